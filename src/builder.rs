@@ -1,0 +1,308 @@
+//! `CacheBuilder`: where a cache's file, geometry and behaviour are chosen.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::{Cache, Inner, UnlinkOnDrop};
+use crate::clock::Clock;
+use crate::expiry::ceil_secs;
+use crate::layout::KeyHash;
+use crate::page::check_page;
+use crate::store::{self, OpenRequest, Requested, DEFAULT_PAGE_SIZE, MAX_NUM_PAGES};
+use crate::{Error, Layout, LockKind, Result};
+
+/// Options for opening a cache; see [`Cache::builder`].
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until `open` is called"]
+pub struct CacheBuilder {
+    path: Option<PathBuf>,
+    layout: Layout,
+    lock_kind: LockKind,
+    num_pages: Option<u32>,
+    page_size: Option<u32>,
+    cache_size: Option<u64>,
+    start_slots: Option<u32>,
+    expire_after: Option<Duration>,
+    permissions: u32,
+    reset: bool,
+    verify: bool,
+    unlink_on_drop: bool,
+    lock_timeout: Option<Duration>,
+    clock: Clock,
+    enable_stats: bool,
+}
+
+impl Default for CacheBuilder {
+    fn default() -> Self {
+        CacheBuilder {
+            path: None,
+            layout: Layout::Native,
+            lock_kind: LockKind::Fcntl,
+            num_pages: None,
+            page_size: None,
+            cache_size: None,
+            start_slots: None,
+            expire_after: None,
+            permissions: 0o640,
+            reset: false,
+            verify: false,
+            unlink_on_drop: false,
+            lock_timeout: None,
+            clock: Clock::system(),
+            enable_stats: true,
+        }
+    }
+}
+
+impl CacheBuilder {
+    /// The cache file. Default: `fastmmap-<uid>.cache` in the temp directory, private to the
+    /// user (a link there, or a file owned by someone else, is refused).
+    pub fn path(mut self, path: impl AsRef<Path>) -> Self {
+        self.path = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// The file layout (default [`Layout::Native`]).
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self
+    }
+
+    /// The page lock kind (default [`LockKind::Fcntl`]).
+    pub fn lock_kind(mut self, kind: LockKind) -> Self {
+        self.lock_kind = kind;
+        self
+    }
+
+    /// Number of pages (default 89). A native file that exists keeps its own; asking for a
+    /// different number is an error.
+    pub fn num_pages(mut self, n: u32) -> Self {
+        self.num_pages = Some(n);
+        self
+    }
+
+    /// Page size in bytes: a power of two from 4 KiB to 1 GiB (default 64 KiB). The largest
+    /// entry a cache holds is a little under one page.
+    pub fn page_size(mut self, bytes: u32) -> Self {
+        self.page_size = Some(bytes);
+        self
+    }
+
+    /// Total size; the geometry is derived as Cache::FastMmap does. With `num_pages`, the page
+    /// size is `cache_size / num_pages` rounded down to a power of two (at least 4 KiB);
+    /// otherwise the page size (given or 64 KiB) is kept and the page count is the first of
+    /// 89, 179, 359, … (`2n + 1`) whose total exceeds `cache_size` — or, for a small
+    /// `cache_size`, the smallest such count that still exceeds it.
+    pub fn cache_size(mut self, bytes: u64) -> Self {
+        self.cache_size = Some(bytes);
+        self
+    }
+
+    /// Slots each page starts with (default and minimum 89). The slot table grows as a page
+    /// fills.
+    pub fn start_slots(mut self, n: u32) -> Self {
+        self.start_slots = Some(n);
+        self
+    }
+
+    /// Default lifetime of entries stored with [`Expiry::Default`](crate::Expiry::Default)
+    /// (default: never expire). Rounded up to whole seconds.
+    pub fn expire_after(mut self, d: Duration) -> Self {
+        self.expire_after = Some(d);
+        self
+    }
+
+    /// Mode of a newly created file (default `0o640`), applied exactly (not masked by the
+    /// umask).
+    pub fn permissions(mut self, mode: u32) -> Self {
+        self.permissions = mode;
+        self
+    }
+
+    /// Empty every page on open, each under its lock (the file is never unlinked: others may
+    /// have it open).
+    pub fn reset(mut self, yes: bool) -> Self {
+        self.reset = yes;
+        self
+    }
+
+    /// Validate every page on open and reset those that fail.
+    pub fn verify(mut self, yes: bool) -> Self {
+        self.verify = yes;
+        self
+    }
+
+    /// Remove the file when the last handle from this `open` is dropped, in the process that
+    /// opened it (forked children never remove it).
+    pub fn unlink_on_drop(mut self, yes: bool) -> Self {
+        self.unlink_on_drop = yes;
+        self
+    }
+
+    /// Give up waiting for a page lock after this long, with [`Error::LockTimeout`]
+    /// (default: wait as long as it takes).
+    pub fn lock_timeout(mut self, d: Duration) -> Self {
+        self.lock_timeout = Some(d);
+        self
+    }
+
+    /// The time source (default [`Clock::system`]); tests pass a [`ManualClock`](crate::ManualClock).
+    pub fn clock(mut self, clock: impl Into<Clock>) -> Self {
+        self.clock = clock.into();
+        self
+    }
+
+    /// Count reads and hits per page in the file (default on).
+    pub fn enable_stats(mut self, yes: bool) -> Self {
+        self.enable_stats = yes;
+        self
+    }
+
+    /// Opens the cache, creating the file if it does not exist.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] for unusable options; [`Error::MissingDirectory`],
+    /// [`Error::PermissionDenied`] or [`Error::Io`] when the file cannot be opened or created;
+    /// [`Error::WrongLayout`], [`Error::BadHeader`], [`Error::WrongSize`],
+    /// [`Error::GeometryMismatch`] or [`Error::LockKindMismatch`] when an existing file is not
+    /// what was asked for. The file is left untouched in every case.
+    pub fn open(self) -> Result<Cache> {
+        let (path, private) = match &self.path {
+            Some(p) => (p.clone(), false),
+            None => (default_path(), true),
+        };
+        let invalid = |reason: String| Error::InvalidOptions { path: path.clone(), reason };
+        let requested = self.requested().map_err(invalid)?;
+        requested.or_defaults().validate().map_err(invalid)?;
+        let default_expiry = match self.expire_after {
+            None => None,
+            Some(d) => Some(
+                u32::try_from(ceil_secs(d))
+                    .map_err(|_| invalid(format!("expire_after {d:?} is beyond the year 2106")))?,
+            ),
+        };
+        let req = OpenRequest {
+            path: path.clone(),
+            layout: self.layout,
+            lock_kind: self.lock_kind,
+            requested,
+            permissions: self.permissions,
+            private,
+        };
+        let file = store::open_shared(&req)?;
+        let cache = Cache {
+            inner: Arc::new(Inner {
+                hash: KeyHash::of(self.layout),
+                geometry: file.geometry(),
+                file,
+                default_expiry,
+                clock: self.clock,
+                stats: self.enable_stats,
+                lock_timeout: self.lock_timeout,
+                _unlink: self.unlink_on_drop.then(|| UnlinkOnDrop::new(path)),
+            }),
+        };
+        if self.reset || self.verify {
+            cache.prepare(self.reset)?;
+        }
+        Ok(cache)
+    }
+
+    /// The geometry fields fixed by the options, with `cache_size` resolved.
+    fn requested(&self) -> std::result::Result<Requested, String> {
+        let mut r = Requested { num_pages: self.num_pages, page_size: self.page_size, start_slots: self.start_slots };
+        if let Some(size) = self.cache_size {
+            let (np, ps) = derive_geometry(size, self.num_pages, self.page_size)?;
+            r.num_pages = Some(np);
+            r.page_size = Some(ps);
+        }
+        Ok(r)
+    }
+}
+
+impl Cache {
+    /// `reset`: wipe every page; otherwise (`verify`) validate every page and reset bad ones.
+    fn prepare(&self, wipe: bool) -> Result<()> {
+        let g = self.inner.geometry;
+        let hash = self.inner.hash;
+        let slot_hash = move |key: &[u8]| hash.locate(key, g.num_pages).1;
+        for page in 0..g.num_pages {
+            let mut guard = self.lock_page(page)?;
+            if wipe {
+                guard.wipe();
+            } else if check_page(guard.bytes(), g.start_slots, Some(&slot_hash)).is_err() {
+                guard.reset();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Cache::FastMmap's derivation of `(num_pages, page_size)` from a total size.
+pub(crate) fn derive_geometry(
+    cache_size: u64,
+    num_pages: Option<u32>,
+    page_size: Option<u32>,
+) -> std::result::Result<(u32, u32), String> {
+    if cache_size == 0 {
+        return Err("cache_size must be positive".into());
+    }
+    if let Some(np) = num_pages {
+        if np == 0 {
+            return Err("num_pages must be positive".into());
+        }
+        let per_page = cache_size / u64::from(np);
+        let ps = if per_page == 0 { 0 } else { 1u64 << per_page.ilog2() }.max(4096);
+        let ps = u32::try_from(ps).map_err(|_| format!("cache_size {cache_size} gives pages larger than 1 GiB"))?;
+        if let Some(given) = page_size
+            && given != ps
+        {
+            return Err(format!(
+                "page_size {given} conflicts with cache_size {cache_size} / num_pages {np} (page size {ps})"
+            ));
+        }
+        return Ok((np, ps));
+    }
+    let ps = page_size.unwrap_or(DEFAULT_PAGE_SIZE).max(4096);
+    let fits = |np: u64| np * u64::from(ps) <= cache_size;
+    let mut np: u64 = 89;
+    if fits(np) {
+        while fits(np) {
+            np = np * 2 + 1;
+            if np > u64::from(MAX_NUM_PAGES) {
+                return Err(format!("cache_size {cache_size} needs more than {MAX_NUM_PAGES} pages"));
+            }
+        }
+    } else {
+        while !fits(np) {
+            np = (np.saturating_sub(1)) / 2;
+        }
+        np = np * 2 + 1;
+    }
+    Ok((np as u32, ps))
+}
+
+/// The default cache file: per user, in the temp directory.
+pub(crate) fn default_path() -> PathBuf {
+    std::env::temp_dir().join(format!("fastmmap-{}.cache", store::current_uid()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_like_cache_fastmmap() {
+        // Values computed with Cache::FastMmap 1.57's own code.
+        assert_eq!(derive_geometry(1 << 20, None, None), Ok((21, 65536)));
+        assert_eq!(derive_geometry(100 << 20, None, None), Ok((2879, 65536)));
+        assert_eq!(derive_geometry(89 * 65536, None, None), Ok((179, 65536)));
+        assert_eq!(derive_geometry(1000, None, None), Ok((1, 65536)));
+        assert_eq!(derive_geometry(10 << 20, Some(100), None), Ok((100, 65536)));
+        assert_eq!(derive_geometry(1 << 20, Some(1000), None), Ok((1000, 4096)));
+        assert!(derive_geometry(10 << 20, Some(100), Some(4096)).is_err());
+        assert!(derive_geometry(0, None, None).is_err());
+        assert!(derive_geometry(u64::MAX, None, None).is_err());
+    }
+}

@@ -1,0 +1,705 @@
+//! The public cache API: joins the key hash, the page locks and the page operations.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::builder::CacheBuilder;
+use crate::clock::{from_unix_secs, Clock};
+use crate::expiry::Expiry;
+use crate::layout::KeyHash;
+use crate::page::format::{max_entry_size, FLAG_TOMBSTONE, FLAG_UNDEF, FLAG_UTF8_KEY, FLAG_UTF8_VALUE};
+use crate::page::{Corrupt, EntryRef, Evict, Store, StoreOutcome};
+use crate::stats::{PageStats, Stats};
+use crate::store::{Geometry, PageGuard, SharedFile};
+use crate::{Error, Layout, Result};
+
+/// A cache in one memory-mapped file, shared by every thread and process that opens it.
+///
+/// Cloning is cheap and shares the handle. See the [crate documentation](crate) for the model.
+#[derive(Clone)]
+pub struct Cache {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) file: Arc<SharedFile>,
+    pub(crate) geometry: Geometry,
+    pub(crate) hash: KeyHash,
+    pub(crate) default_expiry: Option<u32>,
+    pub(crate) clock: Clock,
+    pub(crate) stats: bool,
+    pub(crate) lock_timeout: Option<Duration>,
+    /// Held only for its `Drop`.
+    pub(crate) _unlink: Option<UnlinkOnDrop>,
+}
+
+/// Removes the file when the last handle of one `open` goes, in the opening process only.
+pub(crate) struct UnlinkOnDrop {
+    path: PathBuf,
+    pid: u32,
+}
+
+impl UnlinkOnDrop {
+    pub(crate) fn new(path: PathBuf) -> UnlinkOnDrop {
+        UnlinkOnDrop { path, pid: std::process::id() }
+    }
+}
+
+impl Drop for UnlinkOnDrop {
+    fn drop(&mut self) {
+        if std::process::id() == self.pid {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// What [`Cache::update`] should do with the key, decided from its current value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Update {
+    /// Leave the entry as it is.
+    Keep,
+    /// Store this value, with the default expiry.
+    Set(Vec<u8>),
+    /// Store this value with this expiry.
+    SetWith(Vec<u8>, Expiry),
+    /// Remove the entry.
+    Remove,
+}
+
+/// Flag bits stored with an entry (shared with Cache::FastMmap).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EntryFlags(pub u32);
+
+impl EntryFlags {
+    /// Perl stored the value as a UTF-8 string.
+    pub fn value_is_utf8(self) -> bool {
+        self.0 & FLAG_UTF8_VALUE != 0
+    }
+    /// Perl stored the key as a UTF-8 string.
+    pub fn key_is_utf8(self) -> bool {
+        self.0 & FLAG_UTF8_KEY != 0
+    }
+    /// Perl stored `undef` (the value bytes are empty).
+    pub fn is_undef(self) -> bool {
+        self.0 & FLAG_UNDEF != 0
+    }
+}
+
+/// A value with its metadata, as returned by [`Cache::entry`] and [`Cache::iter`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Entry {
+    /// The value bytes.
+    pub value: Vec<u8>,
+    /// When it expires (`None`: never).
+    pub expires_at: Option<SystemTime>,
+    /// When it was last read or written (whole seconds).
+    pub last_access: SystemTime,
+    /// The modseq it was stored with by [`Cache::set_if_newer`], if any.
+    pub modseq: Option<u64>,
+    /// Its flag bits.
+    pub flags: EntryFlags,
+}
+
+impl Entry {
+    fn from_ref(e: &EntryRef<'_>) -> Entry {
+        Entry {
+            value: e.value.to_vec(),
+            expires_at: (e.expire_on != 0).then(|| from_unix_secs(e.expire_on)),
+            last_access: from_unix_secs(e.last_access),
+            modseq: e.modseq,
+            flags: EntryFlags(e.flags),
+        }
+    }
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("path", &self.path())
+            .field("layout", &self.layout())
+            .field("num_pages", &self.num_pages())
+            .field("page_size", &self.page_size())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    /// Options for opening a cache.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+
+    /// Opens (or creates) a native cache at `path` with default options.
+    ///
+    /// # Errors
+    /// As [`CacheBuilder::open`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Cache> {
+        Cache::builder().path(path).open()
+    }
+
+    /// The cache file.
+    pub fn path(&self) -> &Path {
+        self.inner.file.path()
+    }
+
+    /// The file layout.
+    pub fn layout(&self) -> Layout {
+        self.inner.file.layout()
+    }
+
+    /// The page lock kind.
+    pub fn lock_kind(&self) -> crate::LockKind {
+        self.inner.file.lock_kind()
+    }
+
+    /// Number of pages.
+    pub fn num_pages(&self) -> u32 {
+        self.inner.geometry.num_pages
+    }
+
+    /// Page size in bytes.
+    pub fn page_size(&self) -> u32 {
+        self.inner.geometry.page_size
+    }
+
+    /// Slots each page starts with.
+    pub fn start_slots(&self) -> u32 {
+        self.inner.geometry.start_slots
+    }
+
+    /// The largest entry (24-byte header, key, value, padded to 4 bytes) a page holds.
+    pub fn max_entry_size(&self) -> usize {
+        max_entry_size(self.inner.geometry.page_size as usize, self.inner.geometry.start_slots)
+    }
+
+    /// The clock this cache reads.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    #[inline]
+    fn locate(&self, key: &[u8]) -> (u32, u32) {
+        self.inner.hash.locate(key, self.inner.geometry.num_pages)
+    }
+
+    #[inline]
+    fn now(&self) -> u32 {
+        self.inner.clock.now_secs()
+    }
+
+    pub(crate) fn lock_page(&self, page: u32) -> Result<PageGuard<'_>> {
+        self.inner.file.lock(page, self.inner.lock_timeout)
+    }
+
+    fn corrupt(&self, page: u32, c: Corrupt) -> Error {
+        Error::PageCorrupt { path: self.path().to_path_buf(), page, reason: c.0 }
+    }
+
+    fn check_size(&self, req: &Store<'_>) -> Result<()> {
+        let max = self.max_entry_size();
+        match req.entry_size() {
+            Some(needed) if needed <= max => Ok(()),
+            needed => Err(Error::TooLarge {
+                path: self.path().to_path_buf(),
+                needed: needed.unwrap_or(usize::MAX),
+                max,
+            }),
+        }
+    }
+
+    /// Reads `key` under its page lock and hands the entry to `f`. A page found damaged is
+    /// reset and the key reads as absent.
+    fn read<R>(&self, key: &[u8], f: impl FnOnce(&EntryRef<'_>) -> R) -> Result<Option<R>> {
+        let (page, slot_hash) = self.locate(key);
+        let now = self.now();
+        let mut guard = self.lock_page(page)?;
+        Ok(read_locked(&mut guard, slot_hash, key, now, self.inner.stats, f))
+    }
+
+    /// Stores under a held lock. A page found damaged is reset and the store retried once on
+    /// the fresh page.
+    fn store_locked(&self, guard: &mut PageGuard<'_>, req: &Store<'_>, now: u32) -> Result<StoreOutcome> {
+        let slots = self.inner.geometry.start_slots;
+        match guard.change(|p| p.store(req, now, slots)) {
+            Ok(outcome) => Ok(outcome),
+            Err(_) => guard.change(|p| p.store(req, now, slots)).map_err(|c| self.corrupt(guard.page_index(), c)),
+        }
+    }
+
+    fn store(&self, req: &Store<'_>, page: u32, now: u32) -> Result<StoreOutcome> {
+        self.check_size(req)?;
+        let mut guard = self.lock_page(page)?;
+        self.store_locked(&mut guard, req, now)
+    }
+
+    fn request<'k>(&self, key: &'k [u8], value: &'k [u8], expiry: Expiry, now: u32) -> (u32, Store<'k>) {
+        let (page, slot_hash) = self.locate(key);
+        let expire_on = expiry.expire_on(now, self.inner.default_expiry);
+        (page, Store { slot_hash, key, value, expire_on, flags: 0, modseq: None })
+    }
+
+    /// Stores `value` under `key` with the default expiry.
+    ///
+    /// Returns `false` only when a live tombstone left by [`remove_with_modseq`](Self::remove_with_modseq)
+    /// refuses the store. Storing may evict other entries of the same page (least recently
+    /// used first).
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] if the entry cannot fit in an empty page (the old value stays);
+    /// lock errors.
+    pub fn set(&self, key: &[u8], value: &[u8]) -> Result<bool> {
+        self.set_with(key, value, Expiry::Default)
+    }
+
+    /// Stores `value` under `key` with the given expiry. See [`set`](Self::set).
+    ///
+    /// # Errors
+    /// As [`set`](Self::set).
+    pub fn set_with(&self, key: &[u8], value: &[u8], expiry: Expiry) -> Result<bool> {
+        let now = self.now();
+        let (page, req) = self.request(key, value, expiry, now);
+        Ok(self.store(&req, page, now)? != StoreOutcome::Refused)
+    }
+
+    /// Stores `value` under `key` with explicit flag bits (for example the UTF-8 flags Perl
+    /// reads). Tombstone and modseq bits are not accepted here and are cleared.
+    ///
+    /// # Errors
+    /// As [`set`](Self::set).
+    pub fn set_with_flags(&self, key: &[u8], value: &[u8], expiry: Expiry, flags: EntryFlags) -> Result<bool> {
+        let now = self.now();
+        let (page, mut req) = self.request(key, value, expiry, now);
+        req.flags = flags.0 & !(FLAG_TOMBSTONE | crate::page::format::FLAG_HAS_MODSEQ);
+        Ok(self.store(&req, page, now)? != StoreOutcome::Refused)
+    }
+
+    /// The value stored under `key`, if it is present and not expired.
+    ///
+    /// # Errors
+    /// Lock errors.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.read(key, |e| e.value.to_vec())
+    }
+
+    /// Calls `f` with the value in place, under the page lock, without copying it.
+    ///
+    /// `f` must not call back into this cache (that returns [`Error::Reentrant`]); keep it
+    /// short, since it holds up every other user of the page.
+    ///
+    /// # Errors
+    /// Lock errors.
+    pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {
+        self.read(key, |e| f(e.value))
+    }
+
+    /// The value with its expiry time, last access time, modseq and flags.
+    ///
+    /// # Errors
+    /// Lock errors.
+    pub fn entry(&self, key: &[u8]) -> Result<Option<Entry>> {
+        self.read(key, Entry::from_ref)
+    }
+
+    /// Whether `key` holds a live value. Does not count as a read or refresh the entry.
+    ///
+    /// # Errors
+    /// Lock errors.
+    pub fn contains_key(&self, key: &[u8]) -> Result<bool> {
+        let (page, slot_hash) = self.locate(key);
+        let now = self.now();
+        let mut guard = self.lock_page(page)?;
+        let found = guard.page().peek(slot_hash, key, now).map(|e| e.is_some());
+        Ok(found.unwrap_or_else(|_| {
+            guard.reset();
+            false
+        }))
+    }
+
+    /// Removes `key`. Returns whether it held a live value.
+    ///
+    /// # Errors
+    /// Lock errors.
+    pub fn remove(&self, key: &[u8]) -> Result<bool> {
+        let (page, slot_hash) = self.locate(key);
+        let now = self.now();
+        let mut guard = self.lock_page(page)?;
+        Ok(guard.change(|p| p.remove(slot_hash, key, now)).ok().flatten().is_some_and(|r| r.was_live))
+    }
+
+    /// Removes `key` and returns its value (Cache::FastMmap's `get_and_remove`).
+    ///
+    /// # Errors
+    /// Lock errors.
+    pub fn take(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let (page, slot_hash) = self.locate(key);
+        let now = self.now();
+        let mut guard = self.lock_page(page)?;
+        let value = read_locked(&mut guard, slot_hash, key, now, self.inner.stats, |e| e.value.to_vec());
+        if value.is_some() {
+            let _ = guard.change(|p| p.remove(slot_hash, key, now));
+        }
+        Ok(value)
+    }
+
+    /// Atomic read-modify-write (Cache::FastMmap's `get_and_set`): `f` sees the current value
+    /// (or `None`) under the page lock and decides what happens to it. Returns the value the
+    /// key holds afterwards.
+    ///
+    /// `f` must not call back into this cache ([`Error::Reentrant`]).
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] if `f` asks to store a value that cannot fit (nothing changes);
+    /// lock errors.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = fastmmap::Cache::open(dir.path().join("c")).unwrap();
+    /// use fastmmap::Update;
+    /// for _ in 0..3 {
+    ///     cache.update(b"hits", |old| {
+    ///         let n = old.map_or(0, |v| u64::from_le_bytes(v.try_into().unwrap()));
+    ///         Update::Set((n + 1).to_le_bytes().to_vec())
+    ///     })?;
+    /// }
+    /// assert_eq!(cache.get(b"hits")?, Some(3u64.to_le_bytes().to_vec()));
+    /// # Ok::<(), fastmmap::Error>(())
+    /// ```
+    pub fn update(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> Update) -> Result<Option<Vec<u8>>> {
+        let (page, slot_hash) = self.locate(key);
+        let now = self.now();
+        let mut guard = self.lock_page(page)?;
+        let mut f = Some(f);
+        let decided = read_locked(&mut guard, slot_hash, key, now, self.inner.stats, |e| (f.take().expect("called once"))(Some(e.value)));
+        let decision = match decided {
+            Some(d) => d,
+            None => (f.take().expect("not called yet"))(None),
+        };
+        let (value, expiry) = match decision {
+            Update::Keep => return Ok(peek_locked(&mut guard, slot_hash, key, now)),
+            Update::Remove => {
+                let _ = guard.change(|p| p.remove(slot_hash, key, now));
+                return Ok(None);
+            }
+            Update::Set(v) => (v, Expiry::Default),
+            Update::SetWith(v, e) => (v, e),
+        };
+        let expire_on = expiry.expire_on(now, self.inner.default_expiry);
+        let req = Store { slot_hash, key, value: &value, expire_on, flags: 0, modseq: None };
+        self.check_size(&req)?;
+        match self.store_locked(&mut guard, &req, now)? {
+            StoreOutcome::Refused => Ok(peek_locked(&mut guard, slot_hash, key, now)),
+            _ => Ok(Some(value)),
+        }
+    }
+
+    /// Read-through: the value under `key`, or else `f()` computed outside the lock and stored.
+    /// If another writer stored the key meanwhile, its value wins and is returned.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] if the computed value cannot fit; lock errors.
+    pub fn get_or_insert_with(&self, key: &[u8], f: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>> {
+        if let Some(v) = self.get(key)? {
+            return Ok(v);
+        }
+        let value = f();
+        let now = self.now();
+        let (page, req) = self.request(key, &value, Expiry::Default, now);
+        self.check_size(&req)?;
+        let mut guard = self.lock_page(page)?;
+        if let Some(existing) = read_locked(&mut guard, req.slot_hash, key, now, false, |e| e.value.to_vec()) {
+            return Ok(existing);
+        }
+        self.store_locked(&mut guard, &req, now)?;
+        Ok(value)
+    }
+
+    /// Values of many keys, in the order given, locking each page touched once.
+    ///
+    /// # Errors
+    /// Lock errors.
+    pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut out = vec![None; keys.len()];
+        let now = self.now();
+        for (page, group) in self.group_by_page(keys.iter().map(AsRef::as_ref)) {
+            let mut guard = self.lock_page(page)?;
+            for (i, slot_hash) in group {
+                out[i] = read_locked(&mut guard, slot_hash, keys[i].as_ref(), now, self.inner.stats, |e| e.value.to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores many pairs with the default expiry, locking each page touched once. Returns how
+    /// many were stored (fewer than given only when tombstones refuse some).
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] if any pair cannot fit, before anything is stored; lock errors.
+    pub fn set_many<K: AsRef<[u8]>, V: AsRef<[u8]>>(&self, pairs: &[(K, V)]) -> Result<usize> {
+        let now = self.now();
+        let reqs: Vec<(u32, Store<'_>)> =
+            pairs.iter().map(|(k, v)| self.request(k.as_ref(), v.as_ref(), Expiry::Default, now)).collect();
+        for (_, req) in &reqs {
+            self.check_size(req)?;
+        }
+        let mut stored = 0;
+        for (page, group) in self.group_by_page(pairs.iter().map(|(k, _)| k.as_ref())) {
+            let mut guard = self.lock_page(page)?;
+            for (i, _) in group {
+                if self.store_locked(&mut guard, &reqs[i].1, now)? != StoreOutcome::Refused {
+                    stored += 1;
+                }
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Groups key indexes by page, pages in ascending order.
+    fn group_by_page<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) -> Vec<(u32, Vec<(usize, u32)>)> {
+        let mut located: Vec<(u32, usize, u32)> =
+            keys.enumerate().map(|(i, k)| { let (p, s) = self.locate(k); (p, i, s) }).collect();
+        located.sort_unstable_by_key(|&(p, i, _)| (p, i));
+        let mut groups: Vec<(u32, Vec<(usize, u32)>)> = Vec::new();
+        for (page, i, slot_hash) in located {
+            match groups.last_mut() {
+                Some((p, g)) if *p == page => g.push((i, slot_hash)),
+                _ => groups.push((page, vec![(i, slot_hash)])),
+            }
+        }
+        groups
+    }
+
+    /// The page-key form of Cache::FastMmap: `page_key` picks one page, and each key is stored
+    /// there as `page_key-key`. Values come back in the order of `keys`.
+    ///
+    /// # Errors
+    /// Lock errors.
+    pub fn multi_get<K: AsRef<[u8]>>(&self, page_key: &[u8], keys: &[K]) -> Result<Vec<Option<Vec<u8>>>> {
+        let (page, _) = self.locate(page_key);
+        let now = self.now();
+        let mut guard = self.lock_page(page)?;
+        Ok(keys
+            .iter()
+            .map(|k| {
+                let full = joined_key(page_key, k.as_ref());
+                let (_, slot_hash) = self.locate(&full);
+                read_locked(&mut guard, slot_hash, &full, now, self.inner.stats, |e| e.value.to_vec())
+            })
+            .collect())
+    }
+
+    /// Stores pairs in the page chosen by `page_key` (see [`multi_get`](Self::multi_get)), with
+    /// the default expiry, under one lock. Returns how many were stored.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] if any pair cannot fit, before anything is stored; lock errors.
+    pub fn multi_set<K: AsRef<[u8]>, V: AsRef<[u8]>>(&self, page_key: &[u8], pairs: &[(K, V)]) -> Result<usize> {
+        let (page, _) = self.locate(page_key);
+        let now = self.now();
+        let keys: Vec<Vec<u8>> = pairs.iter().map(|(k, _)| joined_key(page_key, k.as_ref())).collect();
+        let reqs: Vec<Store<'_>> = keys
+            .iter()
+            .zip(pairs)
+            .map(|(full, (_, v))| self.request(full, v.as_ref(), Expiry::Default, now).1)
+            .collect();
+        for req in &reqs {
+            self.check_size(req)?;
+        }
+        let mut guard = self.lock_page(page)?;
+        let mut stored = 0;
+        for req in &reqs {
+            if self.store_locked(&mut guard, req, now)? != StoreOutcome::Refused {
+                stored += 1;
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Stores `value` carrying `modseq`, unless the key holds a live value or tombstone with a
+    /// newer modseq (a stale write-back must not overwrite a newer value). Returns whether it
+    /// was stored.
+    ///
+    /// Entries stored this way carry an 8-byte prefix that Cache::FastMmap 1.57 does not
+    /// understand: Perl would read it as part of the value.
+    ///
+    /// # Errors
+    /// As [`set`](Self::set).
+    pub fn set_if_newer(&self, key: &[u8], value: &[u8], modseq: u64) -> Result<bool> {
+        let now = self.now();
+        let (page, mut req) = self.request(key, value, Expiry::Default, now);
+        req.modseq = Some(modseq);
+        Ok(self.store(&req, page, now)? != StoreOutcome::Refused)
+    }
+
+    /// Removes `key`, leaving a tombstone with `modseq` (expiring like an entry) that refuses
+    /// later stores of older modseqs and plain stores. A tombstone reads as a miss. A newer
+    /// value or tombstone already there is left alone.
+    ///
+    /// # Errors
+    /// Lock errors.
+    pub fn remove_with_modseq(&self, key: &[u8], modseq: u64) -> Result<()> {
+        let now = self.now();
+        let (page, mut req) = self.request(key, &[], Expiry::Default, now);
+        req.flags = FLAG_TOMBSTONE;
+        req.modseq = Some(modseq);
+        self.store(&req, page, now).map(|_| ())
+    }
+
+    /// Drops expired entries from every page (one page locked at a time). Returns how many.
+    ///
+    /// # Errors
+    /// Lock errors.
+    pub fn purge(&self) -> Result<usize> {
+        self.evict_all(Evict::Expired)
+    }
+
+    /// Drops every entry (one page locked at a time).
+    ///
+    /// # Errors
+    /// Lock errors.
+    pub fn clear(&self) -> Result<()> {
+        self.evict_all(Evict::All).map(|_| ())
+    }
+
+    fn evict_all(&self, mode: Evict) -> Result<usize> {
+        let now = self.now();
+        let slots = self.inner.geometry.start_slots;
+        let mut total = 0;
+        for page in 0..self.num_pages() {
+            let mut guard = self.lock_page(page)?;
+            total += guard.change(|p| p.evict(mode, now, slots)).unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    /// Statistics for the whole cache and each page (one page locked at a time).
+    ///
+    /// # Errors
+    /// Lock errors.
+    pub fn stats(&self) -> Result<Stats> {
+        let mut stats = Stats::default();
+        for page in 0..self.num_pages() {
+            let mut guard = self.lock_page(page)?;
+            let h = guard.page().header();
+            stats.add(PageStats {
+                entries: h.num_slots - h.free_slots,
+                slots: h.num_slots,
+                used_bytes: h.free_data - h.slots_end() as u32,
+                free_bytes: h.free_bytes,
+                reads: h.n_reads,
+                hits: h.n_read_hits,
+                resets: self.inner.file.resets(page),
+            });
+        }
+        Ok(stats)
+    }
+
+    /// Zeroes the read, hit and reset counters.
+    ///
+    /// # Errors
+    /// Lock errors.
+    pub fn reset_stats(&self) -> Result<()> {
+        for page in 0..self.num_pages() {
+            let mut guard = self.lock_page(page)?;
+            let _ = guard.page().reset_stats();
+            self.inner.file.clear_resets(page);
+        }
+        Ok(())
+    }
+
+    /// Every live entry, page by page: each page is locked only while its entries are copied
+    /// out, so the iterator holds no lock between calls and the cache may change under it.
+    pub fn iter(&self) -> Iter {
+        Iter { cache: self.clone(), next_page: 0, buffered: Vec::new() }
+    }
+
+    /// Every live key, page by page (see [`iter`](Self::iter)).
+    pub fn keys(&self) -> impl Iterator<Item = Result<Vec<u8>>> + use<> {
+        self.iter().map(|r| r.map(|(k, _)| k))
+    }
+
+    /// The live entries of one page, copied out under its lock.
+    fn page_entries(&self, page: u32) -> Result<Vec<(Vec<u8>, Entry)>> {
+        let now = self.now();
+        let mut guard = self.lock_page(page)?;
+        let mut out = Vec::new();
+        let walked = guard.page().view().for_each_entry(|e| {
+            if !crate::page::format::is_expired(e.expire_on, now) && e.flags & FLAG_TOMBSTONE == 0 {
+                out.push((e.key.to_vec(), Entry::from_ref(&e)));
+            }
+        });
+        if walked.is_err() {
+            guard.reset();
+            out.clear();
+        }
+        Ok(out)
+    }
+}
+
+/// Iterator over a cache's live entries; see [`Cache::iter`].
+pub struct Iter {
+    cache: Cache,
+    next_page: u32,
+    buffered: Vec<(Vec<u8>, Entry)>,
+}
+
+impl Iterator for Iter {
+    type Item = Result<(Vec<u8>, Entry)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.buffered.pop() {
+                return Some(Ok(item));
+            }
+            if self.next_page >= self.cache.num_pages() {
+                return None;
+            }
+            let page = self.next_page;
+            self.next_page += 1;
+            match self.cache.page_entries(page) {
+                Ok(mut entries) => {
+                    entries.reverse();
+                    self.buffered = entries;
+                }
+                Err(e) => {
+                    self.next_page = self.cache.num_pages();
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+fn joined_key(page_key: &[u8], key: &[u8]) -> Vec<u8> {
+    let mut full = Vec::with_capacity(page_key.len() + 1 + key.len());
+    full.extend_from_slice(page_key);
+    full.push(b'-');
+    full.extend_from_slice(key);
+    full
+}
+
+/// A read under a held lock; a damaged page is reset and reads as a miss.
+fn read_locked<R>(
+    guard: &mut PageGuard<'_>,
+    slot_hash: u32,
+    key: &[u8],
+    now: u32,
+    stats: bool,
+    f: impl FnOnce(&EntryRef<'_>) -> R,
+) -> Option<R> {
+    let result = guard.page().get(slot_hash, key, now, stats).map(|e| e.map(|e| f(&e)));
+    result.unwrap_or_else(|_| {
+        guard.reset();
+        None
+    })
+}
+
+/// The current value under a held lock, without counting a read.
+fn peek_locked(guard: &mut PageGuard<'_>, slot_hash: u32, key: &[u8], now: u32) -> Option<Vec<u8>> {
+    let result = guard.page().peek(slot_hash, key, now).map(|e| e.map(|e| e.value.to_vec()));
+    result.unwrap_or_else(|_| {
+        guard.reset();
+        None
+    })
+}

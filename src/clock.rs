@@ -1,0 +1,106 @@
+//! Where the cache gets the time: the system clock, or a manual one for tests.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The time source of a cache. Times in the file are whole Unix seconds.
+#[derive(Clone, Default)]
+pub struct Clock(Source);
+
+#[derive(Clone, Default)]
+enum Source {
+    #[default]
+    System,
+    Manual(Arc<AtomicU64>),
+}
+
+impl Clock {
+    /// The system's real-time clock (the default).
+    pub fn system() -> Clock {
+        Clock(Source::System)
+    }
+
+    /// The current time as whole Unix seconds, as stored in the file (saturating at the
+    /// range of `u32`, which lasts until 2106).
+    #[inline]
+    pub(crate) fn now_secs(&self) -> u32 {
+        match &self.0 {
+            Source::System => unix_secs(SystemTime::now()),
+            Source::Manual(secs) => secs.load(Ordering::Relaxed).min(u64::from(u32::MAX)) as u32,
+        }
+    }
+
+    /// The current time of this clock.
+    pub fn now(&self) -> SystemTime {
+        match &self.0 {
+            Source::System => SystemTime::now(),
+            Source::Manual(secs) => UNIX_EPOCH + Duration::from_secs(secs.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Source::System => f.write_str("Clock::System"),
+            Source::Manual(secs) => write!(f, "Clock::Manual({})", secs.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// A clock that moves only when told to: expiry can be tested without sleeping.
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use fastmmap::ManualClock;
+///
+/// let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+/// clock.advance(Duration::from_secs(60));
+/// assert_eq!(clock.now(), UNIX_EPOCH + Duration::from_secs(1_700_000_060));
+/// ```
+#[derive(Clone, Debug)]
+pub struct ManualClock(Arc<AtomicU64>);
+
+impl ManualClock {
+    /// A clock standing at `start` (whole seconds; a fraction is dropped).
+    pub fn new(start: SystemTime) -> ManualClock {
+        ManualClock(Arc::new(AtomicU64::new(epoch_secs(start))))
+    }
+
+    /// Moves the clock to `time`.
+    pub fn set(&self, time: SystemTime) {
+        self.0.store(epoch_secs(time), Ordering::Relaxed);
+    }
+
+    /// Moves the clock forward by `by` (whole seconds; a fraction is dropped).
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_secs(), Ordering::Relaxed);
+    }
+
+    /// The time the clock stands at.
+    pub fn now(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.0.load(Ordering::Relaxed))
+    }
+}
+
+impl From<ManualClock> for Clock {
+    fn from(m: ManualClock) -> Clock {
+        Clock(Source::Manual(m.0))
+    }
+}
+
+fn epoch_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `t` as whole Unix seconds clamped to `u32`.
+pub(crate) fn unix_secs(t: SystemTime) -> u32 {
+    epoch_secs(t).min(u64::from(u32::MAX)) as u32
+}
+
+/// Seconds stored in the file back to a time.
+pub(crate) fn from_unix_secs(secs: u32) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::from(secs))
+}

@@ -1,0 +1,183 @@
+//! The crate's one error type.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::{Layout, LockKind};
+
+/// Everything that can go wrong opening or using a cache. Every variant names the file.
+///
+/// A miss, or a store refused by the modseq rules, is an ordinary return value, not an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O operation on the cache file failed.
+    #[error("{path}: {op} failed: {source}")]
+    Io {
+        /// The cache file.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The directory the cache file should live in does not exist.
+    #[error("{path}: directory {} does not exist", dir.display())]
+    MissingDirectory {
+        /// The cache file.
+        path: PathBuf,
+        /// The missing directory.
+        dir: PathBuf,
+    },
+
+    /// The operating system refused access to the cache file or its directory.
+    #[error("{path}: permission denied ({op}): {source}")]
+    PermissionDenied {
+        /// The cache file.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The options given to the builder are unusable.
+    #[error("{path}: invalid options: {reason}")]
+    InvalidOptions {
+        /// The cache file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+
+    /// The file's geometry differs from the one explicitly asked for.
+    #[error("{path}: the file has {field} {found}, but {requested} was asked for")]
+    GeometryMismatch {
+        /// The cache file.
+        path: PathBuf,
+        /// `num_pages`, `page_size` or `start_slots`.
+        field: &'static str,
+        /// What the builder asked for.
+        requested: u64,
+        /// What the file has.
+        found: u64,
+    },
+
+    /// The file is of the other layout (or of none this crate knows).
+    #[error("{path}: expected a {expected} file, found {found}")]
+    WrongLayout {
+        /// The cache file.
+        path: PathBuf,
+        /// The layout asked for.
+        expected: Layout,
+        /// What the file looks like.
+        found: &'static str,
+    },
+
+    /// The native file header is damaged or from an unsupported format version.
+    #[error("{path}: bad file header: {reason}")]
+    BadHeader {
+        /// The cache file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The file's size does not match its geometry (short, truncated or grown).
+    #[error("{path}: file is {found} bytes, its geometry needs exactly {expected}")]
+    WrongSize {
+        /// The cache file.
+        path: PathBuf,
+        /// The size the geometry needs.
+        expected: u64,
+        /// The size found.
+        found: u64,
+    },
+
+    /// The file was created for another lock kind; mixed kinds would not exclude each other.
+    #[error("{path}: the file uses {found:?} page locks, but {requested:?} was asked for")]
+    LockKindMismatch {
+        /// The cache file.
+        path: PathBuf,
+        /// The kind asked for.
+        requested: LockKind,
+        /// The kind recorded in the file.
+        found: LockKind,
+    },
+
+    /// The key and value cannot fit in an empty page. Nothing was changed.
+    #[error("{path}: entry of {needed} bytes cannot fit in a page (at most {max})")]
+    TooLarge {
+        /// The cache file.
+        path: PathBuf,
+        /// Bytes the entry needs (header, key, value, padding).
+        needed: usize,
+        /// The largest entry an empty page holds.
+        max: usize,
+    },
+
+    /// Code running under one of this cache's page locks called back into the same cache.
+    #[error("{path}: re-entrant call: this thread already holds a page lock of this cache")]
+    Reentrant {
+        /// The cache file.
+        path: PathBuf,
+    },
+
+    /// A page lock could not be taken within the configured `lock_timeout`.
+    #[error("{path}: timed out after {timeout:?} waiting for the lock of page {page}")]
+    LockTimeout {
+        /// The cache file.
+        path: PathBuf,
+        /// The page.
+        page: u32,
+        /// The configured timeout.
+        timeout: Duration,
+    },
+
+    /// A page was damaged while in use and could not be repaired by resetting it.
+    #[error("{path}: page {page} is damaged: {reason}")]
+    PageCorrupt {
+        /// The cache file.
+        path: PathBuf,
+        /// The page.
+        page: u32,
+        /// What was wrong.
+        reason: &'static str,
+    },
+
+    /// Taking or releasing a page lock failed.
+    #[error("{path}: locking page {page} failed: {source}")]
+    Lock {
+        /// The cache file.
+        path: PathBuf,
+        /// The page.
+        page: u32,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_is_send_sync_static() {
+        fn assert_bounds<T: Send + Sync + 'static + std::error::Error>() {}
+        assert_bounds::<Error>();
+    }
+
+    #[test]
+    fn messages_name_the_file() {
+        let e = Error::TooLarge { path: "/tmp/x.cache".into(), needed: 70000, max: 65148 };
+        assert!(e.to_string().contains("/tmp/x.cache"), "{e}");
+    }
+}

@@ -1,0 +1,121 @@
+//! The two file layouts, the page lock kinds, and how keys are hashed in each.
+
+use std::fmt;
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::page::format::PAGE_MAGIC;
+
+/// How the cache file is laid out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Layout {
+    /// A file header records the geometry, hash and lock kind, with a per-page table of
+    /// crash markers; keys are hashed with xxh3. The default.
+    #[default]
+    Native,
+    /// Byte-compatible with Perl's Cache::FastMmap: no header, its key hash, its lock ranges.
+    /// The geometry must be given (or be the defaults), as in Perl.
+    FastMmap,
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Layout::Native => "native fastmmap",
+            Layout::FastMmap => "Cache::FastMmap",
+        })
+    }
+}
+
+/// How page locks are taken.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LockKind {
+    /// An in-process mutex per page, then an `fcntl` write lock on the page's byte range, as
+    /// Cache::FastMmap does. The kernel releases it when its owner dies.
+    #[default]
+    Fcntl,
+}
+
+impl LockKind {
+    /// The value recorded in the native header.
+    pub(crate) fn code(self) -> u32 {
+        match self {
+            LockKind::Fcntl => 1,
+        }
+    }
+
+    pub(crate) fn from_code(code: u32) -> Option<LockKind> {
+        match code {
+            1 => Some(LockKind::Fcntl),
+            _ => None,
+        }
+    }
+}
+
+/// The key hash of a layout: which page a key lives in, and where its probe chain starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyHash {
+    Xxh3,
+    FastMmap,
+}
+
+/// Header code of [`KeyHash::Xxh3`].
+pub(crate) const HASH_XXH3: u32 = 1;
+
+impl KeyHash {
+    pub(crate) fn of(layout: Layout) -> KeyHash {
+        match layout {
+            Layout::Native => KeyHash::Xxh3,
+            Layout::FastMmap => KeyHash::FastMmap,
+        }
+    }
+
+    /// `(page, slot_hash)` for `key` in a file of `num_pages` pages.
+    #[inline]
+    pub(crate) fn locate(self, key: &[u8], num_pages: u32) -> (u32, u32) {
+        match self {
+            KeyHash::Xxh3 => {
+                let h = xxh3_64(key);
+                ((h % u64::from(num_pages)) as u32, (h >> 32) as u32)
+            }
+            KeyHash::FastMmap => {
+                let h = fastmmap_hash(key);
+                (h % num_pages, h / num_pages)
+            }
+        }
+    }
+}
+
+/// Cache::FastMmap's key hash.
+#[inline]
+pub(crate) fn fastmmap_hash(key: &[u8]) -> u32 {
+    key.iter().fold(PAGE_MAGIC, |h, &b| (h << 4).wrapping_add(h >> 28).wrapping_add(u32::from(b)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fastmmap_hash_matches_the_c_loop() {
+        // h = 0x92f7e3b1; h = (h << 4) + (h >> 28) + byte, in wrapping u32 arithmetic.
+        let mut h: u32 = 0x92f7_e3b1;
+        for &b in b"hello world" {
+            h = (h << 4).wrapping_add(h >> 28).wrapping_add(u32::from(b));
+        }
+        assert_eq!(fastmmap_hash(b"hello world"), h);
+        assert_eq!(fastmmap_hash(b""), 0x92f7_e3b1);
+        let (page, slot) = KeyHash::FastMmap.locate(b"hello world", 89);
+        assert_eq!((page, slot), (h % 89, h / 89));
+    }
+
+    #[test]
+    fn xxh3_pages_in_range() {
+        for i in 0..1000u32 {
+            let (page, _) = KeyHash::Xxh3.locate(&i.to_le_bytes(), 7);
+            assert!(page < 7);
+        }
+    }
+}

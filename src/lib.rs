@@ -1,0 +1,26 @@
+#![doc = include_str!("lib.md")]
+#![deny(unsafe_code, missing_docs)]
+#![warn(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+mod builder;
+mod cache;
+mod clock;
+mod error;
+mod expiry;
+mod layout;
+#[cfg(not(any(fuzzing, feature = "internals")))]
+mod page;
+#[cfg(any(fuzzing, feature = "internals"))]
+#[doc(hidden)]
+#[allow(missing_docs)]
+pub mod page;
+mod stats;
+mod store;
+
+pub use builder::CacheBuilder;
+pub use cache::{Cache, Entry, EntryFlags, Iter, Update};
+pub use clock::{Clock, ManualClock};
+pub use error::{Error, Result};
+pub use expiry::Expiry;
+pub use layout::{Layout, LockKind};
+pub use stats::{PageStats, Stats};

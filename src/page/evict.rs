@@ -1,0 +1,149 @@
+//! Eviction and compaction: Cache::FastMmap's expunge, rebuilding the page in place.
+
+use super::entry::EntryLoc;
+use super::format::*;
+use super::header::PageHeader;
+use super::page::PageMut;
+use super::Corrupt;
+
+/// Which entries a rebuild drops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Evict {
+    /// Only expired entries (`purge`).
+    Expired,
+    /// Everything (`clear`).
+    All,
+    /// Make room for an entry of this many bytes: nothing happens while more than 30% of the
+    /// slots are truly free and the entry fits; otherwise expired entries go, the slot table
+    /// may grow, and least recently used entries go until the data area is under 60% full
+    /// and the entry fits.
+    MakeRoom(usize),
+}
+
+/// Bytes available to entries in a page with `num_slots` slots.
+fn data_capacity(page_size: usize, num_slots: u32) -> Option<usize> {
+    page_size.checked_sub(slots_end(num_slots)?)
+}
+
+impl PageMut<'_> {
+    /// Evicts per `mode` and compacts the survivors. Returns how many entries were dropped.
+    pub fn evict(&mut self, mode: Evict, now: u32, start_slots: u32) -> Result<usize, Corrupt> {
+        let hdr = self.header();
+        let n = hdr.num_slots;
+        if n == 0 {
+            return Err(Corrupt("page has no slots"));
+        }
+        if let Evict::MakeRoom(len) = mode {
+            let truly_free = hdr.free_slots.saturating_sub(hdr.old_slots);
+            if f64::from(truly_free) / f64::from(n) > SLOT_FILL_LIMIT && hdr.free_bytes as usize >= len {
+                return Ok(0);
+            }
+        }
+
+        let page_size = self.buf.len();
+        let (data_start, data_end) = self.data_bounds(&hdr);
+        let mut keep: Vec<EntryLoc> = Vec::new();
+        let mut dropped = 0usize;
+        let mut used = 0usize;
+        for slot in 0..n {
+            let word = self.slot(slot)?;
+            if word <= SLOT_DELETED {
+                continue;
+            }
+            let loc = EntryLoc::read(self.buf, word, data_start, data_end)?;
+            if mode == Evict::All || is_expired(loc.expire_on, now) {
+                dropped += 1;
+                continue;
+            }
+            used += loc.size();
+            keep.push(loc);
+        }
+        if used > data_end - data_start {
+            return Err(Corrupt("entries overlap"));
+        }
+
+        // Grow the slot table when the survivors would fill more than 30% of it.
+        let mut new_n = n;
+        if f64::from(keep.len() as u32) / f64::from(n) > SLOT_FILL_LIMIT {
+            let grown = n.checked_mul(2).and_then(|x| x.checked_add(1));
+            if let Some(grown) = grown {
+                let room_now = data_capacity(page_size, n).unwrap_or(0).saturating_sub(used);
+                let fits = data_capacity(page_size, grown).is_some_and(|cap| cap >= used);
+                let wanted = matches!(mode, Evict::MakeRoom(_)) || room_now > (n as usize + 1) * SLOT_SIZE;
+                if fits && wanted {
+                    new_n = grown;
+                }
+            }
+        }
+
+        if let Evict::MakeRoom(len) = mode {
+            keep.sort_by_key(|loc| loc.last_access);
+            let capacity = data_capacity(page_size, new_n).unwrap_or(0);
+            let threshold = (DATA_FILL_TARGET * capacity as f64) as usize;
+            let mut cut = 0;
+            while cut < keep.len() && used >= threshold {
+                used -= keep[cut].size();
+                cut += 1;
+            }
+            // Beyond Cache::FastMmap: keep going until the new entry fits, so that a store of
+            // an entry that fits an empty page always succeeds.
+            while cut < keep.len() && used + len > capacity {
+                used -= keep[cut].size();
+                cut += 1;
+            }
+            dropped += cut;
+            keep.drain(..cut);
+            if keep.is_empty() && len > capacity {
+                // Only a slot table grown past what this entry allows stands in the way.
+                new_n = start_slots;
+            }
+        }
+        if keep.len() >= new_n as usize {
+            return Err(Corrupt("more entries than slots"));
+        }
+        self.rebuild(new_n, &keep)?;
+        Ok(dropped)
+    }
+
+    /// Rewrites the page with `num_slots` slots holding exactly `keep`, compacted. The magic is
+    /// cleared while the page is rewritten, so a process killed part way leaves a page that
+    /// fails the header check (in either layout) instead of one with torn entries.
+    fn rebuild(&mut self, num_slots: u32, keep: &[EntryLoc]) -> Result<(), Corrupt> {
+        let page_size = self.buf.len();
+        let table_end = slots_end(num_slots).ok_or(Corrupt("slot count overflows"))?;
+        let needed: usize = keep.iter().map(EntryLoc::size).sum();
+        let free_data = table_end
+            .checked_add(needed)
+            .filter(|&end| end <= page_size)
+            .ok_or(Corrupt("survivors do not fit the page"))?;
+
+        let old = self.header();
+        let mut image = vec![0u8; free_data];
+        let mut off = table_end;
+        for loc in keep {
+            let mut slot = loc.slot_hash % num_slots;
+            while super::header::get_u32(&image, SLOTS_OFFSET + slot as usize * SLOT_SIZE) != Some(SLOT_EMPTY) {
+                slot = (slot + 1) % num_slots;
+            }
+            let src = self.buf.get(loc.off..loc.off + loc.raw_size()).ok_or(Corrupt("entry outside the page"))?;
+            image[off..off + src.len()].copy_from_slice(src);
+            super::header::put_u32(&mut image, SLOTS_OFFSET + slot as usize * SLOT_SIZE, off as u32)?;
+            off += loc.size();
+        }
+        let hdr = PageHeader {
+            magic: PAGE_MAGIC,
+            num_slots,
+            free_slots: num_slots - keep.len() as u32,
+            old_slots: 0,
+            free_data: free_data as u32,
+            free_bytes: (page_size - free_data) as u32,
+            n_reads: old.n_reads,
+            n_read_hits: old.n_read_hits,
+        };
+        hdr.write(&mut image)?;
+
+        super::header::put_u32(self.buf, MAGIC_OFFSET, 0)?;
+        self.buf[MAGIC_OFFSET + 4..free_data].copy_from_slice(&image[MAGIC_OFFSET + 4..]);
+        super::header::put_u32(self.buf, MAGIC_OFFSET, PAGE_MAGIC)
+    }
+}

@@ -1,0 +1,102 @@
+//! The page format as constants: one block per structure, each offset built from the previous
+//! one. `docs/format.md` draws the same layout; keep the two in step.
+
+/// Magic number at the start of every page (Cache::FastMmap's, so both layouts share pages).
+pub const PAGE_MAGIC: u32 = 0x92f7_e3b1;
+
+// Page header: eight native-endian u32.
+// | magic | num_slots | free_slots | old_slots | free_data | free_bytes | n_reads | n_read_hits |
+pub const MAGIC_OFFSET: usize = 0;
+pub const NUM_SLOTS_OFFSET: usize = MAGIC_OFFSET + 4;
+pub const FREE_SLOTS_OFFSET: usize = NUM_SLOTS_OFFSET + 4;
+pub const OLD_SLOTS_OFFSET: usize = FREE_SLOTS_OFFSET + 4;
+pub const FREE_DATA_OFFSET: usize = OLD_SLOTS_OFFSET + 4;
+pub const FREE_BYTES_OFFSET: usize = FREE_DATA_OFFSET + 4;
+pub const N_READS_OFFSET: usize = FREE_BYTES_OFFSET + 4;
+pub const N_READ_HITS_OFFSET: usize = N_READS_OFFSET + 4;
+pub const PAGE_HEADER_SIZE: usize = N_READ_HITS_OFFSET + 4;
+
+// Slot table: `num_slots` u32 words right after the header. A word is SLOT_EMPTY (end of a
+// probe chain), SLOT_DELETED (keep probing; reusable) or the page offset of an entry.
+pub const SLOTS_OFFSET: usize = PAGE_HEADER_SIZE;
+pub const SLOT_SIZE: usize = 4;
+pub const SLOT_EMPTY: u32 = 0;
+pub const SLOT_DELETED: u32 = 1;
+
+// Entry: six u32, then the key bytes, then the value bytes, padded to ENTRY_ALIGN.
+// | last_access | expire_on | slot_hash | flags | key_len | val_len | key … | value … | pad |
+pub const LAST_ACCESS_OFFSET: usize = 0;
+pub const EXPIRE_ON_OFFSET: usize = LAST_ACCESS_OFFSET + 4;
+pub const SLOT_HASH_OFFSET: usize = EXPIRE_ON_OFFSET + 4;
+pub const FLAGS_OFFSET: usize = SLOT_HASH_OFFSET + 4;
+pub const KEY_LEN_OFFSET: usize = FLAGS_OFFSET + 4;
+pub const VAL_LEN_OFFSET: usize = KEY_LEN_OFFSET + 4;
+pub const ENTRY_HEADER_SIZE: usize = VAL_LEN_OFFSET + 4;
+pub const ENTRY_ALIGN: usize = 4;
+/// Size of the modseq prefix a value carries when `FLAG_HAS_MODSEQ` is set.
+pub const MODSEQ_SIZE: usize = 8;
+
+// Entry flag bits.
+pub const FLAG_UTF8_VALUE: u32 = 0x8000_0000;
+pub const FLAG_UTF8_KEY: u32 = 0x4000_0000;
+pub const FLAG_UNDEF: u32 = 0x2000_0000;
+pub const FLAG_TOMBSTONE: u32 = 0x1000_0000;
+pub const FLAG_HAS_MODSEQ: u32 = 0x0800_0000;
+/// Write-back: not yet written to the backing store (reserved for the backing-store layer).
+#[allow(dead_code)]
+pub const FLAG_DIRTY: u32 = 0x0000_0001;
+
+/// Fewest slots a page may have (Cache::FastMmap's default and floor).
+pub const MIN_SLOTS: u32 = 89;
+/// Smallest and largest page sizes the crate accepts.
+pub const MIN_PAGE_SIZE: usize = 4096;
+pub const MAX_PAGE_SIZE: usize = 1 << 30;
+
+// Eviction thresholds, Cache::FastMmap's. A store leaves the page alone while more than
+// SLOT_FILL_LIMIT of the slots are truly free and the entry fits; a rebuild grows the slot
+// table when more than SLOT_FILL_LIMIT of it would be used, and evicts least recently used
+// entries until the data area is less than DATA_FILL_TARGET full.
+pub const SLOT_FILL_LIMIT: f64 = 0.3;
+pub const DATA_FILL_TARGET: f64 = 0.6;
+
+/// Rounds `len` up to the entry alignment; `None` on overflow.
+pub const fn align_len(len: usize) -> Option<usize> {
+    match len.checked_add(ENTRY_ALIGN - 1) {
+        Some(l) => Some(l & !(ENTRY_ALIGN - 1)),
+        None => None,
+    }
+}
+
+/// Bytes an entry with these key and value lengths occupies in a page (value length
+/// including any modseq prefix); `None` on overflow.
+pub const fn entry_size(key_len: usize, val_len: usize) -> Option<usize> {
+    match ENTRY_HEADER_SIZE.checked_add(key_len) {
+        Some(l) => match l.checked_add(val_len) {
+            Some(l) => align_len(l),
+            None => None,
+        },
+        None => None,
+    }
+}
+
+/// Offset of the first byte after a slot table of `num_slots` slots; `None` on overflow.
+pub const fn slots_end(num_slots: u32) -> Option<usize> {
+    match (num_slots as usize).checked_mul(SLOT_SIZE) {
+        Some(b) => SLOTS_OFFSET.checked_add(b),
+        None => None,
+    }
+}
+
+/// The largest entry (as counted by [`entry_size`]) that fits an empty page.
+pub const fn max_entry_size(page_size: usize, start_slots: u32) -> usize {
+    match slots_end(start_slots) {
+        Some(end) => page_size.saturating_sub(end),
+        None => 0,
+    }
+}
+
+/// True when an entry with this expiry time is expired at `now` (`0` means never).
+#[inline]
+pub const fn is_expired(expire_on: u32, now: u32) -> bool {
+    expire_on != 0 && now >= expire_on
+}

@@ -1,0 +1,161 @@
+//! The page header: reading, writing and the O(1) consistency check run on every lock.
+
+use super::format::*;
+use super::Corrupt;
+
+/// The eight header words of a page, as read from its bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageHeader {
+    /// `PAGE_MAGIC` in a valid page.
+    pub magic: u32,
+    /// Size of the slot table.
+    pub num_slots: u32,
+    /// Slots holding `SLOT_EMPTY` or `SLOT_DELETED`.
+    pub free_slots: u32,
+    /// Slots holding `SLOT_DELETED`.
+    pub old_slots: u32,
+    /// Page offset where the next entry is appended.
+    pub free_data: u32,
+    /// Bytes left after `free_data`.
+    pub free_bytes: u32,
+    /// Reads of this page (statistics).
+    pub n_reads: u32,
+    /// Reads of this page that found a live value (statistics).
+    pub n_read_hits: u32,
+}
+
+/// Reads the native-endian u32 at `off`, or `None` when it lies outside `buf`.
+#[inline]
+pub(crate) fn get_u32(buf: &[u8], off: usize) -> Option<u32> {
+    let end = off.checked_add(4)?;
+    let bytes = buf.get(off..end)?;
+    Some(u32::from_ne_bytes(bytes.try_into().ok()?))
+}
+
+/// Writes `v` at `off`; fails when `off` lies outside `buf`.
+#[inline]
+pub(crate) fn put_u32(buf: &mut [u8], off: usize, v: u32) -> Result<(), Corrupt> {
+    let end = off.checked_add(4).ok_or(Corrupt("offset overflow"))?;
+    let dst = buf
+        .get_mut(off..end)
+        .ok_or(Corrupt("offset outside the page"))?;
+    dst.copy_from_slice(&v.to_ne_bytes());
+    Ok(())
+}
+
+impl PageHeader {
+    /// Reads the header words; a buffer shorter than a header reads as all zeros (invalid).
+    pub fn read(buf: &[u8]) -> PageHeader {
+        let w = |off| get_u32(buf, off).unwrap_or(0);
+        PageHeader {
+            magic: w(MAGIC_OFFSET),
+            num_slots: w(NUM_SLOTS_OFFSET),
+            free_slots: w(FREE_SLOTS_OFFSET),
+            old_slots: w(OLD_SLOTS_OFFSET),
+            free_data: w(FREE_DATA_OFFSET),
+            free_bytes: w(FREE_BYTES_OFFSET),
+            n_reads: w(N_READS_OFFSET),
+            n_read_hits: w(N_READ_HITS_OFFSET),
+        }
+    }
+
+    /// Writes all eight words.
+    pub fn write(&self, buf: &mut [u8]) -> Result<(), Corrupt> {
+        put_u32(buf, MAGIC_OFFSET, self.magic)?;
+        put_u32(buf, NUM_SLOTS_OFFSET, self.num_slots)?;
+        put_u32(buf, FREE_SLOTS_OFFSET, self.free_slots)?;
+        put_u32(buf, OLD_SLOTS_OFFSET, self.old_slots)?;
+        put_u32(buf, FREE_DATA_OFFSET, self.free_data)?;
+        put_u32(buf, FREE_BYTES_OFFSET, self.free_bytes)?;
+        put_u32(buf, N_READS_OFFSET, self.n_reads)?;
+        put_u32(buf, N_READ_HITS_OFFSET, self.n_read_hits)
+    }
+
+    /// The header of an empty page with `num_slots` slots.
+    pub fn empty(page_size: usize, num_slots: u32) -> PageHeader {
+        let free_data = slots_end(num_slots).unwrap_or(usize::MAX).min(page_size);
+        PageHeader {
+            magic: PAGE_MAGIC,
+            num_slots,
+            free_slots: num_slots,
+            old_slots: 0,
+            free_data: free_data as u32,
+            free_bytes: (page_size - free_data) as u32,
+            n_reads: 0,
+            n_read_hits: 0,
+        }
+    }
+
+    /// Offset of the first byte after the slot table (valid once [`check`](Self::check) passed).
+    pub fn slots_end(&self) -> usize {
+        slots_end(self.num_slots).unwrap_or(usize::MAX)
+    }
+
+    /// The O(1) check run every time a page is locked: the header words agree with each
+    /// other and with the page size. `min_slots` is the configured start slot count.
+    pub fn check(&self, page_size: usize, min_slots: u32) -> Result<(), Corrupt> {
+        if self.magic != PAGE_MAGIC {
+            return Err(Corrupt("bad page magic"));
+        }
+        if self.num_slots < min_slots {
+            return Err(Corrupt("fewer slots than the configured start_slots"));
+        }
+        let table_end = slots_end(self.num_slots).ok_or(Corrupt("slot count overflows"))?;
+        if table_end > page_size {
+            return Err(Corrupt("slot table larger than the page"));
+        }
+        if self.free_slots > self.num_slots {
+            return Err(Corrupt("more free slots than slots"));
+        }
+        if self.old_slots > self.free_slots {
+            return Err(Corrupt("more deleted slots than free slots"));
+        }
+        let free_data = self.free_data as usize;
+        if free_data < table_end || free_data > page_size {
+            return Err(Corrupt("free_data outside the data area"));
+        }
+        if free_data % ENTRY_ALIGN != 0 {
+            return Err(Corrupt("free_data misaligned"));
+        }
+        if free_data + self.free_bytes as usize != page_size {
+            return Err(Corrupt("free_data + free_bytes differs from the page size"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn header_round_trips(words in proptest::array::uniform8(any::<u32>())) {
+            let h = PageHeader {
+                magic: words[0], num_slots: words[1], free_slots: words[2], old_slots: words[3],
+                free_data: words[4], free_bytes: words[5], n_reads: words[6], n_read_hits: words[7],
+            };
+            let mut buf = vec![0u8; PAGE_HEADER_SIZE];
+            h.write(&mut buf).unwrap();
+            prop_assert_eq!(PageHeader::read(&buf), h);
+        }
+
+        #[test]
+        fn check_never_panics(words in proptest::array::uniform8(any::<u32>()), ps in 0usize..70000) {
+            let h = PageHeader {
+                magic: words[0], num_slots: words[1], free_slots: words[2], old_slots: words[3],
+                free_data: words[4], free_bytes: words[5], n_reads: words[6], n_read_hits: words[7],
+            };
+            let _ = h.check(ps, MIN_SLOTS);
+        }
+    }
+
+    #[test]
+    fn empty_header_checks() {
+        let h = PageHeader::empty(4096, MIN_SLOTS);
+        assert_eq!(h.free_data as usize, PAGE_HEADER_SIZE + 4 * MIN_SLOTS as usize);
+        h.check(4096, MIN_SLOTS).unwrap();
+        assert!(PageHeader::read(&[]).check(4096, MIN_SLOTS).is_err());
+    }
+}

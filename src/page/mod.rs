@@ -1,0 +1,32 @@
+//! The page format as pure functions over byte slices: no I/O, no clock, no locks.
+//!
+//! Everything read from a page is checked before use; a check that fails is a [`Corrupt`]
+//! value naming what was wrong, never a panic. The caller (the cache) resets such a page.
+
+mod check;
+mod entry;
+mod evict;
+pub mod format;
+mod header;
+#[allow(clippy::module_inception)]
+mod page;
+
+pub use check::check_page;
+pub use entry::EntryRef;
+pub use evict::Evict;
+pub use header::PageHeader;
+#[allow(unused_imports)] // part of the page API used by tests and fuzz targets
+pub use page::{PageMut, PageView, Removed, Store, StoreOutcome};
+
+/// A page failed validation; the reason is one line of text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Corrupt(pub &'static str);
+
+impl std::fmt::Display for Corrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,376 @@
+//! Operations on one locked page: lookup, store, remove.
+//!
+//! Writes are ordered so that a process killed between any two of them leaves a page the next
+//! locker can use: space is reserved in the header first, the entry bytes are written next,
+//! and the slot word that makes the entry reachable is stored last (the commit point). Slot
+//! counters are adjusted after that; they are advisory and recounted by every rebuild.
+
+use super::entry::{EntryLoc, EntryRef};
+use super::format::*;
+use super::header::{get_u32, put_u32, PageHeader};
+use super::Corrupt;
+
+/// A page's bytes, borrowed mutably for the duration of one locked operation.
+pub struct PageMut<'a> {
+    pub(super) buf: &'a mut [u8],
+}
+
+/// A page's bytes, borrowed for reading.
+#[derive(Clone, Copy)]
+pub struct PageView<'a> {
+    pub(super) buf: &'a [u8],
+}
+
+impl<'a> PageView<'a> {
+    /// Wraps any bytes; every read is bounds-checked, so no check is needed first.
+    pub fn new(buf: &'a [u8]) -> PageView<'a> {
+        PageView { buf }
+    }
+
+    pub fn header(&self) -> PageHeader {
+        PageHeader::read(self.buf)
+    }
+
+    fn word(&self, off: usize) -> Result<u32, Corrupt> {
+        get_u32(self.buf, off).ok_or(Corrupt("offset outside the page"))
+    }
+
+    pub(super) fn slot(&self, slot: u32) -> Result<u32, Corrupt> {
+        self.word(PageMut::slot_off(slot))
+    }
+
+    /// The part of the page entries may occupy: end of the slot table to `free_data`.
+    pub(super) fn data_bounds(&self, hdr: &PageHeader) -> (usize, usize) {
+        (hdr.slots_end(), hdr.free_data as usize)
+    }
+
+    /// Finds `key`, following the probe chain from `slot_hash % num_slots`.
+    pub(super) fn probe(&self, hdr: &PageHeader, slot_hash: u32, key: &[u8]) -> Result<Probe, Corrupt> {
+        let n = hdr.num_slots;
+        if n == 0 {
+            return Err(Corrupt("page has no slots"));
+        }
+        let (data_start, data_end) = self.data_bounds(hdr);
+        let mut slot = slot_hash % n;
+        let mut first_deleted = None;
+        for _ in 0..n {
+            match self.slot(slot)? {
+                SLOT_EMPTY => return Ok(Probe::Miss { vacant: first_deleted.or(Some(slot)) }),
+                SLOT_DELETED => {
+                    first_deleted.get_or_insert(slot);
+                }
+                word => {
+                    let loc = EntryLoc::read(self.buf, word, data_start, data_end)?;
+                    if loc.slot_hash == slot_hash
+                        && loc.key_len == key.len()
+                        && self.buf.get(loc.key_range()) == Some(key)
+                    {
+                        return Ok(Probe::Hit { slot, loc });
+                    }
+                }
+            }
+            slot += 1;
+            if slot == n {
+                slot = 0;
+            }
+        }
+        Ok(Probe::Miss { vacant: first_deleted })
+    }
+
+    /// Looks `key` up without touching access times or statistics. Expired entries and
+    /// tombstones read as absent.
+    pub fn peek(&self, slot_hash: u32, key: &[u8], now: u32) -> Result<Option<EntryRef<'a>>, Corrupt> {
+        let hdr = self.header();
+        match self.probe(&hdr, slot_hash, key)? {
+            Probe::Hit { loc, .. } if !is_expired(loc.expire_on, now) && !loc.is_tombstone() => {
+                Ok(Some(loc.view(self.buf)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Calls `f` for every entry in slot order (expired entries and tombstones included).
+    pub fn for_each_entry(&self, mut f: impl FnMut(EntryRef<'a>)) -> Result<(), Corrupt> {
+        let hdr = self.header();
+        let (data_start, data_end) = self.data_bounds(&hdr);
+        for slot in 0..hdr.num_slots {
+            let word = self.slot(slot)?;
+            if word > SLOT_DELETED {
+                f(EntryLoc::read(self.buf, word, data_start, data_end)?.view(self.buf));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a lookup found.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Probe {
+    /// The key's entry, in slot `slot`.
+    Hit { slot: u32, loc: EntryLoc },
+    /// The key is absent; `vacant` is the slot a store should use (`None`: table full).
+    Miss { vacant: Option<u32> },
+}
+
+/// A store request: everything written into the entry.
+#[derive(Clone, Copy, Debug)]
+pub struct Store<'k> {
+    pub slot_hash: u32,
+    pub key: &'k [u8],
+    pub value: &'k [u8],
+    pub expire_on: u32,
+    /// Flag bits; `FLAG_HAS_MODSEQ` is derived from `modseq`, not taken from here.
+    pub flags: u32,
+    pub modseq: Option<u64>,
+}
+
+impl Store<'_> {
+    /// Bytes the entry will occupy in the page; `None` if it cannot be represented.
+    pub fn entry_size(&self) -> Option<usize> {
+        let val_len = self.value.len().checked_add(self.modseq.map_or(0, |_| MODSEQ_SIZE))?;
+        if u32::try_from(self.key.len()).is_err() || u32::try_from(val_len).is_err() {
+            return None;
+        }
+        entry_size(self.key.len(), val_len)
+    }
+
+    fn stored_flags(&self) -> u32 {
+        match self.modseq {
+            Some(_) => self.flags | FLAG_HAS_MODSEQ,
+            None => self.flags & !FLAG_HAS_MODSEQ,
+        }
+    }
+}
+
+/// Result of [`PageMut::store`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// The entry was written.
+    Stored,
+    /// The conditional-store rules refused it (a newer modseq or a live tombstone holds the
+    /// key); the page is unchanged.
+    Refused,
+    /// A tombstone store found something at least as new already there; nothing changed,
+    /// and nothing needed to.
+    AlreadyNewer,
+}
+
+impl<'a> PageMut<'a> {
+    #[allow(dead_code)] // used by tests and fuzz targets
+    /// Wraps a page whose header passes [`PageHeader::check`].
+    pub fn open(buf: &'a mut [u8], min_slots: u32) -> Result<PageMut<'a>, Corrupt> {
+        PageHeader::read(buf).check(buf.len(), min_slots)?;
+        Ok(PageMut { buf })
+    }
+
+    /// Wraps any bytes without checking them first: every operation checks what it reads.
+    pub fn wrap(buf: &'a mut [u8]) -> PageMut<'a> {
+        PageMut { buf }
+    }
+
+    /// Writes an empty page with `start_slots` slots over whatever `buf` held.
+    pub fn init(buf: &'a mut [u8], start_slots: u32) -> PageMut<'a> {
+        let hdr = PageHeader::empty(buf.len(), start_slots);
+        let end = hdr.slots_end().min(buf.len());
+        buf[..end].fill(0);
+        // Cannot fail: a page is always larger than its header.
+        let _ = hdr.write(buf);
+        PageMut { buf }
+    }
+
+    pub fn header(&self) -> PageHeader {
+        PageHeader::read(self.buf)
+    }
+
+    fn set_word(&mut self, off: usize, v: u32) -> Result<(), Corrupt> {
+        put_u32(self.buf, off, v)
+    }
+
+    /// A read-only view of the page.
+    pub fn view(&self) -> PageView<'_> {
+        PageView { buf: self.buf }
+    }
+
+    pub(super) fn slot(&self, slot: u32) -> Result<u32, Corrupt> {
+        self.view().slot(slot)
+    }
+
+    pub(super) fn data_bounds(&self, hdr: &PageHeader) -> (usize, usize) {
+        self.view().data_bounds(hdr)
+    }
+
+    pub(super) fn probe(&self, hdr: &PageHeader, slot_hash: u32, key: &[u8]) -> Result<Probe, Corrupt> {
+        self.view().probe(hdr, slot_hash, key)
+    }
+
+    /// Looks `key` up without touching access times or statistics (see [`PageView::peek`]).
+    pub fn peek(&self, slot_hash: u32, key: &[u8], now: u32) -> Result<Option<EntryRef<'_>>, Corrupt> {
+        self.view().peek(slot_hash, key, now)
+    }
+
+    pub(super) fn slot_off(slot: u32) -> usize {
+        SLOTS_OFFSET + slot as usize * SLOT_SIZE
+    }
+
+    /// Looks `key` up as a read: counts it in the page statistics (when `stats`) and, on a
+    /// hit, records `now` as the entry's last access.
+    pub fn get(&mut self, slot_hash: u32, key: &[u8], now: u32, stats: bool) -> Result<Option<EntryRef<'_>>, Corrupt> {
+        let hdr = self.header();
+        if stats {
+            self.set_word(N_READS_OFFSET, hdr.n_reads.wrapping_add(1))?;
+        }
+        let loc = match self.probe(&hdr, slot_hash, key)? {
+            Probe::Hit { loc, .. } if !is_expired(loc.expire_on, now) && !loc.is_tombstone() => loc,
+            _ => return Ok(None),
+        };
+        self.set_word(loc.off + LAST_ACCESS_OFFSET, now)?;
+        if stats {
+            self.set_word(N_READ_HITS_OFFSET, hdr.n_read_hits.wrapping_add(1))?;
+        }
+        Ok(Some(EntryLoc { last_access: now, ..loc }.view(self.buf)))
+    }
+
+    /// Applies the conditional-store rules against the entry currently holding the key.
+    fn conditional(&self, existing: &EntryLoc, req: &Store, now: u32) -> Option<StoreOutcome> {
+        if is_expired(existing.expire_on, now) {
+            return None;
+        }
+        let old = existing.modseq(self.buf)?;
+        let tombstoning = req.flags & FLAG_TOMBSTONE != 0;
+        if existing.is_tombstone() {
+            if tombstoning {
+                // Never lower a tombstone's modseq.
+                return (req.modseq.unwrap_or(0) <= old).then_some(StoreOutcome::AlreadyNewer);
+            }
+            return match req.modseq {
+                Some(m) if m >= old => None,
+                _ => Some(StoreOutcome::Refused),
+            };
+        }
+        if tombstoning {
+            // A stale invalidation: the live value is already newer.
+            return (req.modseq.unwrap_or(0) <= old).then_some(StoreOutcome::AlreadyNewer);
+        }
+        match req.modseq {
+            Some(m) if m < old => Some(StoreOutcome::Refused),
+            _ => None,
+        }
+    }
+
+    /// Stores an entry, evicting as Cache::FastMmap does when the page is short of slots or
+    /// space. The caller has checked that the entry fits an empty page
+    /// (`req.entry_size() <= max_entry_size(page_size, start_slots)`); given that, the store
+    /// succeeds unless the conditional-store rules refuse it, and a refused store changes
+    /// nothing.
+    pub fn store(&mut self, req: &Store, now: u32, start_slots: u32) -> Result<StoreOutcome, Corrupt> {
+        let size = req.entry_size().ok_or(Corrupt("entry too large"))?;
+        if size > max_entry_size(self.buf.len(), start_slots) {
+            return Err(Corrupt("entry larger than an empty page"));
+        }
+        let hdr = self.header();
+        if let Probe::Hit { loc, .. } = self.probe(&hdr, req.slot_hash, req.key)? {
+            if let Some(outcome) = self.conditional(&loc, req, now) {
+                return Ok(outcome);
+            }
+        }
+        self.evict(super::Evict::MakeRoom(size), now, start_slots)?;
+        if self.append(req, size, now)? {
+            return Ok(StoreOutcome::Stored);
+        }
+        // Eviction guarantees room and a free slot; a page that still has neither is damaged
+        // in a way the header check cannot see. Start it afresh rather than fail the store.
+        let hdr = self.header();
+        let slots = hdr.num_slots.max(start_slots);
+        let slots = if max_entry_size(self.buf.len(), slots) >= size { slots } else { start_slots };
+        PageMut::init(self.buf, slots);
+        if self.append(req, size, now)? {
+            Ok(StoreOutcome::Stored)
+        } else {
+            Err(Corrupt("no room in an empty page"))
+        }
+    }
+
+    /// Appends the entry at `free_data` and points the key's slot at it, replacing any old
+    /// entry. Returns false (changing nothing) when there is no slot or no room.
+    fn append(&mut self, req: &Store, size: usize, now: u32) -> Result<bool, Corrupt> {
+        let hdr = self.header();
+        if (hdr.free_bytes as usize) < size {
+            return Ok(false);
+        }
+        let (slot, replaced) = match self.probe(&hdr, req.slot_hash, req.key)? {
+            Probe::Hit { slot, .. } => (slot, true),
+            Probe::Miss { vacant: Some(slot) } => (slot, false),
+            Probe::Miss { vacant: None } => return Ok(false),
+        };
+        let reused_deleted = !replaced && self.slot(slot)? == SLOT_DELETED;
+        let off = hdr.free_data as usize;
+        let val_len = size_without_padding(req) - ENTRY_HEADER_SIZE - req.key.len();
+
+        // 1. Reserve the space.
+        self.set_word(FREE_DATA_OFFSET, (off + size) as u32)?;
+        self.set_word(FREE_BYTES_OFFSET, hdr.free_bytes - size as u32)?;
+        // 2. Write the entry.
+        let entry = self.buf.get_mut(off..off + size).ok_or(Corrupt("entry outside the page"))?;
+        entry[LAST_ACCESS_OFFSET..][..4].copy_from_slice(&now.to_ne_bytes());
+        entry[EXPIRE_ON_OFFSET..][..4].copy_from_slice(&req.expire_on.to_ne_bytes());
+        entry[SLOT_HASH_OFFSET..][..4].copy_from_slice(&req.slot_hash.to_ne_bytes());
+        entry[FLAGS_OFFSET..][..4].copy_from_slice(&req.stored_flags().to_ne_bytes());
+        entry[KEY_LEN_OFFSET..][..4].copy_from_slice(&(req.key.len() as u32).to_ne_bytes());
+        entry[VAL_LEN_OFFSET..][..4].copy_from_slice(&(val_len as u32).to_ne_bytes());
+        let mut at = ENTRY_HEADER_SIZE;
+        entry[at..at + req.key.len()].copy_from_slice(req.key);
+        at += req.key.len();
+        if let Some(m) = req.modseq {
+            entry[at..at + MODSEQ_SIZE].copy_from_slice(&m.to_ne_bytes());
+            at += MODSEQ_SIZE;
+        }
+        entry[at..at + req.value.len()].copy_from_slice(req.value);
+        entry[at + req.value.len()..].fill(0);
+        // 3. Commit: make it reachable.
+        self.set_word(Self::slot_off(slot), off as u32)?;
+        // 4. Counters.
+        if !replaced {
+            let hdr = self.header();
+            self.set_word(FREE_SLOTS_OFFSET, hdr.free_slots.saturating_sub(1))?;
+            if reused_deleted {
+                self.set_word(OLD_SLOTS_OFFSET, hdr.old_slots.saturating_sub(1))?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Removes `key`'s entry (live, expired or tombstone). Returns the removed entry's flags
+    /// and whether it held a live value at `now`.
+    pub fn remove(&mut self, slot_hash: u32, key: &[u8], now: u32) -> Result<Option<Removed>, Corrupt> {
+        let hdr = self.header();
+        let Probe::Hit { slot, loc } = self.probe(&hdr, slot_hash, key)? else {
+            return Ok(None);
+        };
+        self.set_word(Self::slot_off(slot), SLOT_DELETED)?;
+        let hdr = self.header();
+        self.set_word(FREE_SLOTS_OFFSET, hdr.free_slots.saturating_add(1).min(hdr.num_slots))?;
+        self.set_word(OLD_SLOTS_OFFSET, hdr.old_slots.saturating_add(1).min(hdr.num_slots))?;
+        Ok(Some(Removed {
+            flags: loc.flags,
+            was_live: !is_expired(loc.expire_on, now) && !loc.is_tombstone(),
+        }))
+    }
+
+    /// Zeroes the page's read statistics.
+    pub fn reset_stats(&mut self) -> Result<(), Corrupt> {
+        self.set_word(N_READS_OFFSET, 0)?;
+        self.set_word(N_READ_HITS_OFFSET, 0)
+    }
+}
+
+fn size_without_padding(req: &Store) -> usize {
+    ENTRY_HEADER_SIZE + req.key.len() + req.value.len() + req.modseq.map_or(0, |_| MODSEQ_SIZE)
+}
+
+/// What [`PageMut::remove`] removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Removed {
+    pub flags: u32,
+    /// The entry held a value that had not expired (and was not a tombstone).
+    pub was_live: bool,
+}

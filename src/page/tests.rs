@@ -1,0 +1,294 @@
+//! Page operations on plain buffers: unit tests and a property test against a `HashMap` model.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+
+use super::format::*;
+use super::*;
+
+const NOW: u32 = 1_700_000_000;
+
+fn slot_hash(key: &[u8]) -> u32 {
+    crate::layout::fastmmap_hash(key) / 7
+}
+
+fn store<'k>(key: &'k [u8], value: &'k [u8], expire_on: u32) -> Store<'k> {
+    Store { slot_hash: slot_hash(key), key, value, expire_on, flags: 0, modseq: None }
+}
+
+fn fresh(size: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; size];
+    PageMut::init(&mut buf, MIN_SLOTS);
+    buf
+}
+
+fn get(buf: &mut [u8], key: &[u8], now: u32) -> Option<Vec<u8>> {
+    PageMut::open(buf, MIN_SLOTS).unwrap().get(slot_hash(key), key, now, true).unwrap().map(|e| e.value.to_vec())
+}
+
+fn put(buf: &mut [u8], key: &[u8], value: &[u8], expire_on: u32, now: u32) -> StoreOutcome {
+    PageMut::open(buf, MIN_SLOTS).unwrap().store(&store(key, value, expire_on), now, MIN_SLOTS).unwrap()
+}
+
+fn checked(buf: &[u8]) {
+    check_page(buf, MIN_SLOTS, Some(&slot_hash)).unwrap();
+}
+
+#[test]
+fn set_get_remove() {
+    let mut buf = fresh(4096);
+    assert_eq!(put(&mut buf, b"k", b"v1", 0, NOW), StoreOutcome::Stored);
+    assert_eq!(get(&mut buf, b"k", NOW), Some(b"v1".to_vec()));
+    assert_eq!(put(&mut buf, b"k", b"value two", 0, NOW), StoreOutcome::Stored);
+    assert_eq!(get(&mut buf, b"k", NOW), Some(b"value two".to_vec()));
+    assert_eq!(get(&mut buf, b"other", NOW), None);
+    checked(&buf);
+    let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+    assert_eq!(page.remove(slot_hash(b"k"), b"k", NOW).unwrap().map(|r| r.was_live), Some(true));
+    assert_eq!(page.remove(slot_hash(b"k"), b"k", NOW).unwrap(), None);
+    checked(&buf);
+    assert_eq!(get(&mut buf, b"k", NOW), None);
+    let h = PageHeader::read(&buf);
+    assert_eq!((h.n_reads, h.n_read_hits), (4, 2));
+}
+
+#[test]
+fn expiry_is_now_at_or_after_expire_on() {
+    let mut buf = fresh(4096);
+    put(&mut buf, b"k", b"v", NOW + 10, NOW);
+    assert!(get(&mut buf, b"k", NOW + 9).is_some());
+    assert!(get(&mut buf, b"k", NOW + 10).is_none());
+    let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+    assert_eq!(page.evict(Evict::Expired, NOW + 10, MIN_SLOTS).unwrap(), 1);
+    assert_eq!(page.header().free_slots, MIN_SLOTS);
+}
+
+#[test]
+fn deleted_slots_are_reused() {
+    let mut buf = fresh(4096);
+    for round in 0..200u32 {
+        let key = format!("key{round}");
+        put(&mut buf, key.as_bytes(), b"x", 0, NOW);
+        let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+        page.remove(slot_hash(key.as_bytes()), key.as_bytes(), NOW).unwrap();
+    }
+    checked(&buf);
+    // Churn never grew the table: deleted slots were reused or compacted away.
+    assert_eq!(PageHeader::read(&buf).num_slots, MIN_SLOTS);
+}
+
+#[test]
+fn eviction_keeps_most_recently_used() {
+    let mut buf = fresh(16384);
+    let value = [7u8; 200];
+    for i in 0..40u32 {
+        put(&mut buf, format!("k{i}").as_bytes(), &value, 0, NOW + i);
+    }
+    // Touch the oldest keys so they become the most recent.
+    for i in 0..5u32 {
+        if get(&mut buf, format!("k{i}").as_bytes(), NOW + 100).is_none() {
+            put(&mut buf, format!("k{i}").as_bytes(), &value, 0, NOW + 100);
+        }
+    }
+    for i in 40..200u32 {
+        put(&mut buf, format!("k{i}").as_bytes(), &value, 0, NOW + 100 + i);
+    }
+    checked(&buf);
+    // The newest entries survive; the ones in between were evicted first.
+    assert!(get(&mut buf, b"k199", NOW + 400).is_some());
+    assert!(get(&mut buf, b"k198", NOW + 400).is_some());
+    assert!(get(&mut buf, b"k41", NOW + 400).is_none());
+}
+
+#[test]
+fn large_values_survive_small_key_churn() {
+    let mut buf = fresh(65536);
+    let big = vec![0xabu8; 30000];
+    put(&mut buf, b"big", &big, 0, NOW);
+    for i in 0..20000u32 {
+        let key = format!("small{}", i % 50);
+        put(&mut buf, key.as_bytes(), b"tiny", 0, NOW);
+        if i % 100 == 0 {
+            // Reading keeps it the most recently used.
+            assert_eq!(get(&mut buf, b"big", NOW).as_deref(), Some(&big[..]), "round {i}");
+        }
+    }
+    checked(&buf);
+}
+
+#[test]
+fn biggest_entry_always_fits_and_oversized_is_refused() {
+    let mut buf = fresh(4096);
+    for i in 0..50u32 {
+        put(&mut buf, format!("k{i}").as_bytes(), b"some value", 0, NOW);
+    }
+    let max = max_entry_size(4096, MIN_SLOTS);
+    let big = vec![1u8; max - ENTRY_HEADER_SIZE - 3];
+    assert_eq!(put(&mut buf, b"big", &big, 0, NOW), StoreOutcome::Stored);
+    assert_eq!(get(&mut buf, b"big", NOW).as_deref(), Some(&big[..]));
+    checked(&buf);
+    let too_big = vec![1u8; max];
+    let req = store(b"big", &too_big, 0);
+    assert!(PageMut::open(&mut buf, MIN_SLOTS).unwrap().store(&req, NOW, MIN_SLOTS).is_err());
+    assert_eq!(get(&mut buf, b"big", NOW).as_deref(), Some(&big[..]), "old value kept");
+}
+
+#[test]
+fn tombstones_and_modseqs() {
+    let mut buf = fresh(4096);
+    let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+    let with = |value: &'static [u8], modseq: u64, flags: u32| Store { modseq: Some(modseq), flags, ..store(b"k", value, 0) };
+    assert_eq!(page.store(&with(b"v5", 5, 0), NOW, MIN_SLOTS).unwrap(), StoreOutcome::Stored);
+    assert_eq!(page.store(&with(b"v4", 4, 0), NOW, MIN_SLOTS).unwrap(), StoreOutcome::Refused);
+    let e = page.get(slot_hash(b"k"), b"k", NOW, false).unwrap().unwrap();
+    assert_eq!((e.value, e.modseq), (&b"v5"[..], Some(5)));
+    // A tombstone older than the value changes nothing.
+    assert_eq!(page.store(&with(b"", 3, FLAG_TOMBSTONE), NOW, MIN_SLOTS).unwrap(), StoreOutcome::AlreadyNewer);
+    assert_eq!(page.store(&with(b"", 7, FLAG_TOMBSTONE), NOW, MIN_SLOTS).unwrap(), StoreOutcome::Stored);
+    assert!(page.get(slot_hash(b"k"), b"k", NOW, false).unwrap().is_none(), "tombstone reads as a miss");
+    assert_eq!(page.store(&store(b"k", b"plain", 0), NOW, MIN_SLOTS).unwrap(), StoreOutcome::Refused);
+    assert_eq!(page.store(&with(b"v6", 6, 0), NOW, MIN_SLOTS).unwrap(), StoreOutcome::Refused);
+    assert_eq!(page.store(&with(b"v8", 8, 0), NOW, MIN_SLOTS).unwrap(), StoreOutcome::Stored);
+    assert_eq!(page.get(slot_hash(b"k"), b"k", NOW, false).unwrap().unwrap().value, b"v8");
+    checked(&buf);
+}
+
+#[test]
+fn slot_table_grows() {
+    let mut buf = fresh(65536);
+    for i in 0..1000u32 {
+        put(&mut buf, format!("key{i}").as_bytes(), b"v", 0, NOW);
+    }
+    let h = PageHeader::read(&buf);
+    assert!(h.num_slots > MIN_SLOTS, "{h:?}");
+    checked(&buf);
+    for i in 0..1000u32 {
+        assert_eq!(get(&mut buf, format!("key{i}").as_bytes(), NOW).as_deref(), Some(&b"v"[..]));
+    }
+}
+
+#[test]
+fn clear_and_purge() {
+    let mut buf = fresh(8192);
+    put(&mut buf, b"a", b"1", NOW + 5, NOW);
+    put(&mut buf, b"b", b"2", 0, NOW);
+    let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+    assert_eq!(page.evict(Evict::Expired, NOW + 5, MIN_SLOTS).unwrap(), 1);
+    assert!(page.peek(slot_hash(b"b"), b"b", NOW).unwrap().is_some());
+    assert_eq!(page.evict(Evict::All, NOW, MIN_SLOTS).unwrap(), 1);
+    assert!(page.peek(slot_hash(b"b"), b"b", NOW).unwrap().is_none());
+    checked(&buf);
+}
+
+#[test]
+fn killed_compaction_fails_the_header_check() {
+    let mut buf = fresh(4096);
+    put(&mut buf, b"a", b"1", 0, NOW);
+    // What a process killed between the two magic writes of a rebuild leaves.
+    buf[..4].copy_from_slice(&0u32.to_ne_bytes());
+    assert!(PageMut::open(&mut buf, MIN_SLOTS).is_err());
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Set(u8, Vec<u8>, u8),
+    Get(u8),
+    Remove(u8),
+    Tick(u8),
+    Purge,
+    Clear,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..600), 0u8..4).prop_map(|(k, v, e)| Op::Set(k, v, e)),
+        4 => any::<u8>().prop_map(Op::Get),
+        2 => any::<u8>().prop_map(Op::Remove),
+        1 => any::<u8>().prop_map(Op::Tick),
+        1 => Just(Op::Purge),
+        1 => Just(Op::Clear),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// An evicted key may be missing; a present key never has a wrong value; a key that was
+    /// removed, cleared or expired is never present.
+    #[test]
+    fn page_matches_model(ops in proptest::collection::vec(op(), 1..300)) {
+        let mut buf = fresh(8192);
+        let mut model: HashMap<Vec<u8>, (Vec<u8>, u32)> = HashMap::new();
+        let mut now = NOW;
+        for op in ops {
+            match op {
+                Op::Set(k, v, e) => {
+                    let key = format!("key-{k}").into_bytes();
+                    let expire_on = if e == 0 { 0 } else { now + u32::from(e) };
+                    prop_assert_eq!(put(&mut buf, &key, &v, expire_on, now), StoreOutcome::Stored);
+                    prop_assert_eq!(get(&mut buf, &key, now), Some(v.clone()), "just stored");
+                    model.insert(key, (v, expire_on));
+                }
+                Op::Get(k) => {
+                    let key = format!("key-{k}").into_bytes();
+                    let got = get(&mut buf, &key, now);
+                    match model.get(&key) {
+                        Some((v, e)) if !is_expired(*e, now) => {
+                            if let Some(got) = got { prop_assert_eq!(&got, v); }
+                        }
+                        _ => prop_assert_eq!(got, None),
+                    }
+                }
+                Op::Remove(k) => {
+                    let key = format!("key-{k}").into_bytes();
+                    PageMut::open(&mut buf, MIN_SLOTS).unwrap().remove(slot_hash(&key), &key, now).unwrap();
+                    model.remove(&key);
+                }
+                Op::Tick(s) => now += u32::from(s % 3),
+                Op::Purge => { PageMut::open(&mut buf, MIN_SLOTS).unwrap().evict(Evict::Expired, now, MIN_SLOTS).unwrap(); }
+                Op::Clear => {
+                    PageMut::open(&mut buf, MIN_SLOTS).unwrap().evict(Evict::All, now, MIN_SLOTS).unwrap();
+                    model.clear();
+                }
+            }
+            check_page(&buf, MIN_SLOTS, Some(&slot_hash)).map_err(|c| TestCaseError::fail(c.0))?;
+        }
+    }
+
+    /// Whatever bytes a page holds, operations return values or `Corrupt`, never panic.
+    #[test]
+    fn arbitrary_bytes_never_panic(
+        mut bytes in proptest::collection::vec(any::<u8>(), 4096..=4096),
+        header in proptest::array::uniform8(0u32..5000),
+        ops in proptest::collection::vec(op(), 1..20),
+    ) {
+        // Half the time give it a plausible header so the operations get past the check.
+        if header[0] % 2 == 0 {
+            let h = PageHeader { magic: PAGE_MAGIC, num_slots: MIN_SLOTS + header[1] % 100, free_slots: header[2] % 150,
+                old_slots: header[3] % 150, free_data: (header[4] & !3) % 4096, free_bytes: 0, n_reads: 0, n_read_hits: 0 };
+            let h = PageHeader { free_bytes: 4096 - h.free_data, ..h };
+            h.write(&mut bytes).unwrap();
+        }
+        let _ = check_page(&bytes, MIN_SLOTS, Some(&slot_hash));
+        for op in ops {
+            let mut page = PageMut::wrap(&mut bytes);
+            let _ = match op {
+                Op::Set(k, v, _) => page.store(&store(&[k], &v[..v.len().min(1000)], 0), NOW, MIN_SLOTS).map(|_| ()),
+                Op::Get(k) => page.get(slot_hash(&[k]), &[k], NOW, true).map(|_| ()),
+                Op::Remove(k) => page.remove(slot_hash(&[k]), &[k], NOW).map(|_| ()),
+                Op::Tick(_) => page.for_each_entry_len().map(|_| ()),
+                Op::Purge => page.evict(Evict::Expired, NOW, MIN_SLOTS).map(|_| ()),
+                Op::Clear => page.evict(Evict::All, NOW, MIN_SLOTS).map(|_| ()),
+            };
+        }
+    }
+}
+
+impl PageMut<'_> {
+    fn for_each_entry_len(&self) -> Result<usize, Corrupt> {
+        let mut n = 0;
+        self.view().for_each_entry(|_| n += 1)?;
+        Ok(n)
+    }
+}

@@ -1,0 +1,53 @@
+//! Cache statistics.
+
+/// Figures for the whole cache, with the per-page figures they sum.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Reads (`get` and friends) counted since the last `reset_stats`.
+    pub reads: u64,
+    /// Reads that found a live value.
+    pub hits: u64,
+    /// Entries stored, including expired ones not yet evicted.
+    pub entries: u64,
+    /// Bytes of the pages' data areas in use (entries, and dead entries until compaction).
+    pub used_bytes: u64,
+    /// Bytes free for new entries without compaction.
+    pub free_bytes: u64,
+    /// Pages reset because they failed validation (crash or corruption).
+    pub resets: u64,
+    /// The same figures page by page.
+    pub pages: Vec<PageStats>,
+}
+
+/// Figures for one page.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PageStats {
+    /// Entries stored, including expired ones not yet evicted.
+    pub entries: u32,
+    /// Size of the page's slot table.
+    pub slots: u32,
+    /// Bytes of the data area in use.
+    pub used_bytes: u32,
+    /// Bytes free for new entries.
+    pub free_bytes: u32,
+    /// Reads of this page.
+    pub reads: u32,
+    /// Reads that found a live value.
+    pub hits: u32,
+    /// Times this page was reset.
+    pub resets: u64,
+}
+
+impl Stats {
+    pub(crate) fn add(&mut self, page: PageStats) {
+        self.reads += u64::from(page.reads);
+        self.hits += u64::from(page.hits);
+        self.entries += u64::from(page.entries);
+        self.used_bytes += u64::from(page.used_bytes);
+        self.free_bytes += u64::from(page.free_bytes);
+        self.resets += page.resets;
+        self.pages.push(page);
+    }
+}

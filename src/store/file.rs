@@ -1,0 +1,299 @@
+//! Creating and opening cache files, race-free, and mapping them.
+//!
+//! A new file is built completely under a temporary name in the target directory and then
+//! published with `link(2)`, which fails if the name already exists: concurrent openers see
+//! either no file or a complete one, and all of them end up on the same inode. The loser of a
+//! race removes its temporary file and opens the winner's. An existing file that does not
+//! match what was asked for is reported and left untouched.
+
+#![allow(unsafe_code)]
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, ErrorKind};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memmap2::MmapRaw;
+
+use super::header::{self, FileHeader, HeaderError};
+use super::{Geometry, Requested};
+use crate::layout::HASH_XXH3;
+use crate::page::format::{NUM_SLOTS_OFFSET, PAGE_MAGIC};
+use crate::page::{PageHeader, PageMut};
+use crate::{Error, Layout, LockKind, Result};
+
+/// What the builder asks for.
+#[derive(Clone, Debug)]
+pub(crate) struct OpenRequest {
+    pub path: PathBuf,
+    pub layout: Layout,
+    pub lock_kind: LockKind,
+    pub requested: Requested,
+    pub permissions: u32,
+    /// The default per-user path in a shared temp directory: refuse links and files owned
+    /// by someone else.
+    pub private: bool,
+}
+
+/// An open, mapped, validated file.
+pub(crate) struct Opened {
+    pub file: File,
+    pub map: MmapRaw,
+    pub geometry: Geometry,
+    /// Offset of page 0 (0 in the FastMmap layout).
+    pub header_size: usize,
+    pub id: (u64, u64),
+}
+
+impl OpenRequest {
+    fn io(&self, op: &'static str, source: io::Error) -> Error {
+        match source.kind() {
+            ErrorKind::PermissionDenied => Error::PermissionDenied { path: self.path.clone(), op, source },
+            _ => Error::Io { path: self.path.clone(), op, source },
+        }
+    }
+
+    /// The geometry a new file gets.
+    fn new_geometry(&self) -> Geometry {
+        self.requested.or_defaults()
+    }
+
+    fn file_size(&self, g: &Geometry) -> u64 {
+        let header = match self.layout {
+            Layout::Native => header::header_size(g.num_pages) as u64,
+            Layout::FastMmap => 0,
+        };
+        header + u64::from(g.num_pages) * u64::from(g.page_size)
+    }
+}
+
+/// Opens the file named by `req`, creating it if it does not exist.
+pub(crate) fn open(req: &OpenRequest) -> Result<Opened> {
+    // Each pass either opens an existing file or publishes a new one; losing a creation race
+    // sends us round again to open the winner's file.
+    for _ in 0..100 {
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true);
+        if req.private {
+            opts.custom_flags(libc::O_NOFOLLOW);
+        }
+        match opts.open(&req.path) {
+            Ok(file) => return open_existing(req, file),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                if let Some(opened) = create(req)? {
+                    return Ok(opened);
+                }
+            }
+            Err(e) => return Err(req.io("open", e)),
+        }
+    }
+    Err(Error::Io {
+        path: req.path.clone(),
+        op: "open",
+        source: io::Error::other("the file kept appearing and disappearing"),
+    })
+}
+
+fn id_of(req: &OpenRequest, file: &File) -> Result<((u64, u64), u64, u32)> {
+    let md = file.metadata().map_err(|e| req.io("stat", e))?;
+    Ok(((md.dev(), md.ino()), md.len(), md.uid()))
+}
+
+fn map(req: &OpenRequest, file: &File, len: u64) -> Result<MmapRaw> {
+    let len = usize::try_from(len).map_err(|_| Error::InvalidOptions {
+        path: req.path.clone(),
+        reason: "the file is larger than this machine can map".into(),
+    })?;
+    memmap2::MmapOptions::new().len(len).map_raw(file).map_err(|e| req.io("mmap", e))
+}
+
+fn open_existing(req: &OpenRequest, file: File) -> Result<Opened> {
+    let (id, len, uid) = id_of(req, &file)?;
+    if req.private && uid != current_uid() {
+        return Err(Error::PermissionDenied {
+            path: req.path.clone(),
+            op: "open",
+            source: io::Error::other("the default cache file is owned by another user"),
+        });
+    }
+    let (geometry, header_size) = match req.layout {
+        Layout::Native => check_native(req, &file, len)?,
+        Layout::FastMmap => (check_fastmmap(req, &file, len)?, 0),
+    };
+    let map = map(req, &file, len)?;
+    Ok(Opened { file, map, geometry, header_size, id })
+}
+
+fn read_prefix(req: &OpenRequest, file: &File, len: u64, want: usize) -> Result<Vec<u8>> {
+    let n = want.min(usize::try_from(len).unwrap_or(want));
+    let mut buf = vec![0u8; n];
+    file.read_exact_at(&mut buf, 0).map_err(|e| req.io("read", e))?;
+    Ok(buf)
+}
+
+fn check_native(req: &OpenRequest, file: &File, len: u64) -> Result<(Geometry, usize)> {
+    let prefix = read_prefix(req, file, len, header::PAGE_TABLE_OFFSET)?;
+    let h = match FileHeader::decode(&prefix) {
+        Ok(h) => h,
+        Err(HeaderError::LooksLikeFastMmap) => {
+            return Err(Error::WrongLayout {
+                path: req.path.clone(),
+                expected: Layout::Native,
+                found: "a Cache::FastMmap file (open it with Layout::FastMmap)",
+            });
+        }
+        Err(HeaderError::NotACacheFile) if len < header::PAGE_TABLE_OFFSET as u64 => {
+            return Err(Error::WrongSize {
+                path: req.path.clone(),
+                expected: header::PAGE_TABLE_OFFSET as u64,
+                found: len,
+            });
+        }
+        Err(HeaderError::NotACacheFile) => {
+            return Err(Error::WrongLayout {
+                path: req.path.clone(),
+                expected: Layout::Native,
+                found: "a file that is not a cache",
+            });
+        }
+        Err(HeaderError::Bad(reason)) => return Err(Error::BadHeader { path: req.path.clone(), reason }),
+    };
+    let geometry = Geometry { num_pages: h.num_pages, page_size: h.page_size, start_slots: h.start_slots };
+    geometry
+        .validate()
+        .map_err(|reason| Error::BadHeader { path: req.path.clone(), reason })?;
+    if h.hash_kind != HASH_XXH3 {
+        return Err(Error::BadHeader { path: req.path.clone(), reason: format!("unknown hash kind {}", h.hash_kind) });
+    }
+    let found_kind = LockKind::from_code(h.lock_kind).ok_or_else(|| Error::BadHeader {
+        path: req.path.clone(),
+        reason: format!("unknown lock kind {}", h.lock_kind),
+    })?;
+    if found_kind != req.lock_kind {
+        return Err(Error::LockKindMismatch { path: req.path.clone(), requested: req.lock_kind, found: found_kind });
+    }
+    req.requested.check_against(&geometry, &req.path)?;
+    let expected = req.file_size(&geometry);
+    if len != expected {
+        return Err(Error::WrongSize { path: req.path.clone(), expected, found: len });
+    }
+    Ok((geometry, h.header_size as usize))
+}
+
+fn check_fastmmap(req: &OpenRequest, file: &File, len: u64) -> Result<Geometry> {
+    let geometry = req.new_geometry();
+    let prefix = read_prefix(req, file, len, header::PAGE_TABLE_OFFSET)?;
+    if prefix.starts_with(&header::FILE_MAGIC) {
+        return Err(Error::WrongLayout {
+            path: req.path.clone(),
+            expected: Layout::FastMmap,
+            found: "a native fastmmap file (open it with Layout::Native)",
+        });
+    }
+    // Page 0's header records its page size (free_data + free_bytes); a different one means
+    // the geometry is wrong, and using it would reset every page of someone else's cache.
+    let page0 = PageHeader::read(&prefix);
+    if page0.magic == PAGE_MAGIC && prefix.len() > NUM_SLOTS_OFFSET {
+        let found = u64::from(page0.free_data) + u64::from(page0.free_bytes);
+        if found != u64::from(geometry.page_size) && found.is_power_of_two() {
+            return Err(Error::GeometryMismatch {
+                path: req.path.clone(),
+                field: "page_size",
+                requested: u64::from(geometry.page_size),
+                found,
+            });
+        }
+    }
+    let expected = req.file_size(&geometry);
+    if len != expected {
+        return Err(Error::WrongSize { path: req.path.clone(), expected, found: len });
+    }
+    Ok(geometry)
+}
+
+/// Builds a complete new file under a temporary name and publishes it. `Ok(None)`: another
+/// opener published first.
+fn create(req: &OpenRequest) -> Result<Option<Opened>> {
+    let dir = match req.path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(Error::MissingDirectory { path: req.path.clone(), dir });
+    }
+    let geometry = req.new_geometry();
+    let size = req.file_size(&geometry);
+    let tmp = temp_name(&req.path, &dir);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(req.permissions)
+        .open(&tmp)
+        .map_err(|e| req.io("create", e))?;
+    let cleanup = RemoveOnDrop(&tmp);
+    file.set_permissions(fs::Permissions::from_mode(req.permissions))
+        .map_err(|e| req.io("chmod", e))?;
+    file.set_len(size).map_err(|e| req.io("resize", e))?;
+    let map = map(req, &file, size)?;
+    let header_size = match req.layout {
+        Layout::Native => header::header_size(geometry.num_pages),
+        Layout::FastMmap => 0,
+    };
+    // SAFETY: the mapping is `size` bytes long and the file is not published yet, so no other
+    // thread or process can reach it; this is the only reference into it.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr(), map.len()) };
+    if req.layout == Layout::Native {
+        FileHeader {
+            header_size: header_size as u32,
+            page_size: geometry.page_size,
+            num_pages: geometry.num_pages,
+            start_slots: geometry.start_slots,
+            hash_kind: HASH_XXH3,
+            lock_kind: req.lock_kind.code(),
+        }
+        .encode(&mut bytes[..header::PAGE_TABLE_OFFSET]);
+    }
+    for page in bytes[header_size..].chunks_exact_mut(geometry.page_size as usize) {
+        PageMut::init(page, geometry.start_slots);
+    }
+    let (id, _, _) = id_of(req, &file)?;
+    match fs::hard_link(&tmp, &req.path) {
+        Ok(()) => {
+            drop(cleanup);
+            Ok(Some(Opened { file, map, geometry, header_size, id }))
+        }
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(req.io("publish (link)", e)),
+    }
+}
+
+/// Removes a temporary file when dropped (publishing links it first, so this never removes
+/// the published name).
+struct RemoveOnDrop<'a>(&'a Path);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(self.0);
+    }
+}
+
+fn temp_name(path: &Path, dir: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    dir.join(format!(
+        ".{name}.{}.{}.{nanos}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// The real user id of this process.
+pub(crate) fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}

@@ -1,0 +1,198 @@
+//! The native file header: geometry, hash and lock kind, then one 64-byte row per page.
+//! Pure encode/decode; the mapping code reads and writes it through these functions.
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::page::format::PAGE_MAGIC;
+
+/// First eight bytes of a native file.
+pub const FILE_MAGIC: [u8; 8] = *b"fastmmap";
+/// Format version written by this crate.
+pub const FORMAT_VERSION: u32 = 1;
+/// Written native-endian; reads back differently on a machine of the other byte order.
+pub const BYTE_ORDER_MARK: u32 = 0x0102_0304;
+
+// Fixed part, native-endian:
+// | magic [8] | version | header_size | page_size | num_pages | start_slots | hash_kind |
+// | lock_kind | byte_order | reserved [16] | checksum u64 (xxh3 of bytes 0..56) |
+// | openers byte (shared fcntl lock of every opener) | reserved … up to PAGE_TABLE_OFFSET |
+pub const FILE_MAGIC_OFFSET: usize = 0;
+pub const VERSION_OFFSET: usize = FILE_MAGIC_OFFSET + 8;
+pub const HEADER_SIZE_OFFSET: usize = VERSION_OFFSET + 4;
+pub const PAGE_SIZE_OFFSET: usize = HEADER_SIZE_OFFSET + 4;
+pub const NUM_PAGES_OFFSET: usize = PAGE_SIZE_OFFSET + 4;
+pub const START_SLOTS_OFFSET: usize = NUM_PAGES_OFFSET + 4;
+pub const HASH_KIND_OFFSET: usize = START_SLOTS_OFFSET + 4;
+pub const LOCK_KIND_OFFSET: usize = HASH_KIND_OFFSET + 4;
+pub const BYTE_ORDER_OFFSET: usize = LOCK_KIND_OFFSET + 4;
+pub const RESERVED_OFFSET: usize = BYTE_ORDER_OFFSET + 4;
+pub const CHECKSUM_OFFSET: usize = RESERVED_OFFSET + 16;
+#[allow(dead_code)] // reserved for robust locks: every opener holds a shared lock on it
+pub const OPENERS_LOCK_OFFSET: usize = CHECKSUM_OFFSET + 8;
+pub const PAGE_TABLE_OFFSET: usize = 128;
+
+// Per-page row, one cache line each:
+// | lock area [48] (robust mutex) | busy u32 | resets u32 | reserved [8] |
+pub const ROW_LOCK_OFFSET: usize = 0;
+pub const ROW_LOCK_SIZE: usize = 48;
+pub const ROW_BUSY_OFFSET: usize = ROW_LOCK_OFFSET + ROW_LOCK_SIZE;
+pub const ROW_RESETS_OFFSET: usize = ROW_BUSY_OFFSET + 4;
+pub const ROW_SIZE: usize = 64;
+
+/// Pages start on a boundary of this many bytes.
+pub const HEADER_ALIGN: usize = 4096;
+
+/// The fixed fields of a native header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileHeader {
+    pub header_size: u32,
+    pub page_size: u32,
+    pub num_pages: u32,
+    pub start_slots: u32,
+    pub hash_kind: u32,
+    pub lock_kind: u32,
+}
+
+/// Size of the header (fixed part and page table, rounded up) for `num_pages` pages.
+pub fn header_size(num_pages: u32) -> usize {
+    let raw = PAGE_TABLE_OFFSET + num_pages as usize * ROW_SIZE;
+    raw.div_ceil(HEADER_ALIGN) * HEADER_ALIGN
+}
+
+/// Offset of page `page`'s row in the page table.
+pub fn row_offset(page: u32) -> usize {
+    PAGE_TABLE_OFFSET + page as usize * ROW_SIZE
+}
+
+fn word(buf: &[u8], off: usize) -> u32 {
+    u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4 bytes"))
+}
+
+/// Why a header could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    /// The first bytes are a Cache::FastMmap page, not a native header.
+    LooksLikeFastMmap,
+    /// No known magic at all.
+    NotACacheFile,
+    /// Recognised, but unusable; the reason says why.
+    Bad(String),
+}
+
+impl FileHeader {
+    /// Writes the fixed part (page table rows are left as they are: zero in a new file).
+    pub fn encode(&self, buf: &mut [u8]) {
+        let put = |buf: &mut [u8], off: usize, v: u32| buf[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        buf[FILE_MAGIC_OFFSET..FILE_MAGIC_OFFSET + 8].copy_from_slice(&FILE_MAGIC);
+        put(buf, VERSION_OFFSET, FORMAT_VERSION);
+        put(buf, HEADER_SIZE_OFFSET, self.header_size);
+        put(buf, PAGE_SIZE_OFFSET, self.page_size);
+        put(buf, NUM_PAGES_OFFSET, self.num_pages);
+        put(buf, START_SLOTS_OFFSET, self.start_slots);
+        put(buf, HASH_KIND_OFFSET, self.hash_kind);
+        put(buf, LOCK_KIND_OFFSET, self.lock_kind);
+        put(buf, BYTE_ORDER_OFFSET, BYTE_ORDER_MARK);
+        buf[RESERVED_OFFSET..CHECKSUM_OFFSET].fill(0);
+        let sum = xxh3_64(&buf[..CHECKSUM_OFFSET]);
+        buf[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8].copy_from_slice(&sum.to_ne_bytes());
+    }
+
+    /// Decodes the first `PAGE_TABLE_OFFSET` bytes of a file (fewer if the file is shorter).
+    pub fn decode(buf: &[u8]) -> Result<FileHeader, HeaderError> {
+        if buf.len() >= 4 && word(buf, 0) == PAGE_MAGIC {
+            return Err(HeaderError::LooksLikeFastMmap);
+        }
+        if buf.len() < FILE_MAGIC.len() || buf[..8] != FILE_MAGIC {
+            return Err(HeaderError::NotACacheFile);
+        }
+        if buf.len() < PAGE_TABLE_OFFSET {
+            return Err(HeaderError::Bad(format!("header is cut short at {} bytes", buf.len())));
+        }
+        if word(buf, BYTE_ORDER_OFFSET) != BYTE_ORDER_MARK {
+            return Err(HeaderError::Bad("written on a machine of another byte order".into()));
+        }
+        let version = word(buf, VERSION_OFFSET);
+        if version != FORMAT_VERSION {
+            return Err(HeaderError::Bad(format!(
+                "format version {version}; this build reads version {FORMAT_VERSION}"
+            )));
+        }
+        let sum = u64::from_ne_bytes(buf[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8].try_into().expect("8 bytes"));
+        if sum != xxh3_64(&buf[..CHECKSUM_OFFSET]) {
+            return Err(HeaderError::Bad("checksum mismatch".into()));
+        }
+        let h = FileHeader {
+            header_size: word(buf, HEADER_SIZE_OFFSET),
+            page_size: word(buf, PAGE_SIZE_OFFSET),
+            num_pages: word(buf, NUM_PAGES_OFFSET),
+            start_slots: word(buf, START_SLOTS_OFFSET),
+            hash_kind: word(buf, HASH_KIND_OFFSET),
+            lock_kind: word(buf, LOCK_KIND_OFFSET),
+        };
+        if h.header_size as usize != header_size(h.num_pages) {
+            return Err(HeaderError::Bad(format!(
+                "header size {} does not match {} pages",
+                h.header_size, h.num_pages
+            )));
+        }
+        Ok(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> FileHeader {
+        FileHeader {
+            header_size: header_size(89) as u32,
+            page_size: 65536,
+            num_pages: 89,
+            start_slots: 89,
+            hash_kind: 1,
+            lock_kind: 1,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut buf = vec![0u8; PAGE_TABLE_OFFSET];
+        sample().encode(&mut buf);
+        assert_eq!(FileHeader::decode(&buf), Ok(sample()));
+    }
+
+    #[test]
+    fn layout_constants() {
+        assert_eq!(OPENERS_LOCK_OFFSET, 64);
+        assert!(OPENERS_LOCK_OFFSET < PAGE_TABLE_OFFSET);
+        assert_eq!(ROW_RESETS_OFFSET + 4 + 8, ROW_SIZE);
+        assert_eq!(header_size(1), 4096);
+        assert_eq!(header_size(89), 8192);
+    }
+
+    #[test]
+    fn recognises_other_files() {
+        let mut buf = vec![0u8; PAGE_TABLE_OFFSET];
+        buf[..4].copy_from_slice(&PAGE_MAGIC.to_ne_bytes());
+        assert_eq!(FileHeader::decode(&buf), Err(HeaderError::LooksLikeFastMmap));
+        assert_eq!(FileHeader::decode(&[0u8; 10]), Err(HeaderError::NotACacheFile));
+        assert_eq!(FileHeader::decode(b"fastmm"), Err(HeaderError::NotACacheFile));
+        assert!(matches!(FileHeader::decode(b"fastmmap"), Err(HeaderError::Bad(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn any_flipped_byte_is_caught(pos in 0usize..CHECKSUM_OFFSET + 8, bit in 0u8..8) {
+            let mut buf = vec![0u8; PAGE_TABLE_OFFSET];
+            sample().encode(&mut buf);
+            buf[pos] ^= 1 << bit;
+            prop_assert!(FileHeader::decode(&buf).is_err());
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = FileHeader::decode(&bytes);
+        }
+    }
+}

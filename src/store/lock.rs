@@ -1,0 +1,169 @@
+//! Page locks. One small interface (`PageLocks::acquire` / `release`) so that a second kind
+//! can be added without touching page or cache code.
+//!
+//! `Fcntl`: an in-process mutex per page (fcntl record locks belong to the process, so they do
+//! not exclude threads), then `fcntl(F_SETLKW, F_WRLCK)` on the page's byte range, retried on
+//! EINTR. The kernel drops the record lock when its owner dies.
+
+#![allow(unsafe_code)]
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
+
+use crate::LockKind;
+
+/// The locks of every page of one file, in this process.
+pub(crate) enum PageLocks {
+    Fcntl { mutexes: Box<[Mutex<()>]> },
+}
+
+/// Why a lock was not taken.
+pub(crate) enum LockFailure {
+    TimedOut,
+    Os(io::Error),
+}
+
+/// A held lock's in-process part; the byte-range part is released by [`PageLocks::release`].
+pub(crate) struct Held<'a> {
+    _mutex: Option<MutexGuard<'a, ()>>,
+}
+
+impl PageLocks {
+    pub(crate) fn new(kind: LockKind, num_pages: u32) -> PageLocks {
+        match kind {
+            LockKind::Fcntl => PageLocks::Fcntl { mutexes: (0..num_pages).map(|_| Mutex::new(())).collect() },
+        }
+    }
+
+    /// Takes page `page`'s lock, whose byte range is `range` of the file `fd`.
+    pub(crate) fn acquire(
+        &self,
+        fd: RawFd,
+        page: u32,
+        range: (u64, u64),
+        deadline: Option<Instant>,
+    ) -> Result<Held<'_>, LockFailure> {
+        match self {
+            PageLocks::Fcntl { mutexes } => {
+                let mutex = &mutexes[page as usize];
+                let guard = match deadline {
+                    None => mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
+                    Some(deadline) => lock_mutex_until(mutex, deadline)?,
+                };
+                fcntl_lock(fd, range, deadline)?;
+                Ok(Held { _mutex: Some(guard) })
+            }
+        }
+    }
+
+    /// Releases what [`acquire`](Self::acquire) took, byte range first.
+    pub(crate) fn release(&self, fd: RawFd, range: (u64, u64), held: Held<'_>) {
+        match self {
+            PageLocks::Fcntl { .. } => {
+                // Unlocking a range we hold cannot fail on a valid descriptor; if it did, the
+                // lock would go with the descriptor anyway.
+                let _ = fcntl(fd, libc::F_SETLK, libc::F_UNLCK as libc::c_short, range);
+                drop(held);
+            }
+        }
+    }
+}
+
+/// Backoff between polls while waiting with a deadline.
+fn backoff(step: &mut Duration, deadline: Instant) -> bool {
+    let now = Instant::now();
+    if now >= deadline {
+        return false;
+    }
+    std::thread::sleep((*step).min(deadline - now));
+    *step = (*step * 2).min(Duration::from_millis(5));
+    true
+}
+
+fn lock_mutex_until(mutex: &Mutex<()>, deadline: Instant) -> Result<MutexGuard<'_, ()>, LockFailure> {
+    let mut step = Duration::from_micros(20);
+    loop {
+        match mutex.try_lock() {
+            Ok(g) => return Ok(g),
+            Err(TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+            Err(TryLockError::WouldBlock) => {
+                if !backoff(&mut step, deadline) {
+                    return Err(LockFailure::TimedOut);
+                }
+            }
+        }
+    }
+}
+
+fn fcntl(fd: RawFd, cmd: libc::c_int, kind: libc::c_short, (start, len): (u64, u64)) -> io::Result<()> {
+    // SAFETY: `flock` is plain data; zeroed is a valid value for every field.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start as libc::off_t;
+    fl.l_len = len as libc::off_t;
+    // SAFETY: `fd` is an open descriptor owned by the caller's `File` for the duration of the
+    // call, and `fl` is a valid, initialised flock structure that outlives the call.
+    let rc = unsafe { libc::fcntl(fd, cmd, &mut fl) };
+    if rc == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+fn fcntl_lock(fd: RawFd, range: (u64, u64), deadline: Option<Instant>) -> Result<(), LockFailure> {
+    let wrlck = libc::F_WRLCK as libc::c_short;
+    let Some(deadline) = deadline else {
+        loop {
+            match fcntl(fd, libc::F_SETLKW, wrlck, range) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(LockFailure::Os(e)),
+            }
+        }
+    };
+    let mut step = Duration::from_micros(20);
+    loop {
+        match fcntl(fd, libc::F_SETLK, wrlck, range) {
+            Ok(()) => return Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES | libc::EINTR)) => {
+                if !backoff(&mut step, deadline) {
+                    return Err(LockFailure::TimedOut);
+                }
+            }
+            Err(e) => return Err(LockFailure::Os(e)),
+        }
+    }
+}
+
+thread_local! {
+    /// Files (by the address of their shared state) whose page lock this thread holds.
+    static HELD: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Marks this thread as holding a lock of file `id` until dropped; `None` if it already does.
+pub(crate) struct Reentry(usize);
+
+impl Reentry {
+    pub(crate) fn enter(id: usize) -> Option<Reentry> {
+        HELD.with(|held| {
+            let mut held = held.borrow_mut();
+            if held.contains(&id) {
+                return None;
+            }
+            held.push(id);
+            Some(Reentry(id))
+        })
+    }
+}
+
+impl Drop for Reentry {
+    fn drop(&mut self) {
+        HELD.with(|held| {
+            let mut held = held.borrow_mut();
+            if let Some(pos) = held.iter().rposition(|&id| id == self.0) {
+                held.swap_remove(pos);
+            }
+        });
+    }
+}

@@ -1,0 +1,86 @@
+//! The process-wide registry: one descriptor, one mapping and one set of page mutexes per file
+//! per process, keyed by (device, inode). Two handles opened separately on one file would not
+//! exclude each other's threads, and closing either descriptor would drop the other's fcntl
+//! locks.
+
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, Weak};
+
+use super::file::{self, OpenRequest};
+use super::lock::PageLocks;
+use super::{Requested, SharedFile};
+use crate::{Error, Result};
+
+type Entry = ((u64, u64), Weak<SharedFile>);
+
+static REGISTRY: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+
+fn registry() -> std::sync::MutexGuard<'static, Vec<Entry>> {
+    REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Opens (or joins this process's existing use of) the file `req` names.
+pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
+    let mut reg = registry();
+    reg.retain(|(_, weak)| weak.strong_count() > 0);
+    if let Ok(md) = std::fs::metadata(&req.path) {
+        if let Some(shared) = lookup(&reg, (md.dev(), md.ino())) {
+            check_compatible(req, &shared)?;
+            return Ok(shared);
+        }
+    }
+    let opened = file::open(req)?;
+    if let Some(shared) = lookup(&reg, opened.id) {
+        // The name was replaced by a file we already have open between our stat and open.
+        // Keep the new descriptor alive instead of closing it (see `SharedFile::spare_fds`).
+        shared.spare_fds.lock().unwrap_or_else(|p| p.into_inner()).push(opened.file);
+        check_compatible(req, &shared)?;
+        return Ok(shared);
+    }
+    let num_pages = opened.geometry.num_pages;
+    let shared = Arc::new(SharedFile {
+        path: req.path.clone(),
+        file: opened.file,
+        map: opened.map,
+        geometry: opened.geometry,
+        layout: req.layout,
+        lock_kind: req.lock_kind,
+        header_size: opened.header_size,
+        locks: PageLocks::new(req.lock_kind, num_pages),
+        local_resets: (0..num_pages).map(|_| AtomicU64::new(0)).collect(),
+        spare_fds: Mutex::new(Vec::new()),
+    });
+    reg.push((opened.id, Arc::downgrade(&shared)));
+    Ok(shared)
+}
+
+fn lookup(reg: &[Entry], id: (u64, u64)) -> Option<Arc<SharedFile>> {
+    reg.iter().find(|(k, _)| *k == id).and_then(|(_, w)| w.upgrade())
+}
+
+/// A second open of a file this process has open must ask for what the file is.
+fn check_compatible(req: &OpenRequest, shared: &SharedFile) -> Result<()> {
+    if req.layout != shared.layout {
+        return Err(Error::WrongLayout {
+            path: req.path.clone(),
+            expected: req.layout,
+            found: match shared.layout {
+                crate::Layout::Native => "a native fastmmap file (already open in this process)",
+                crate::Layout::FastMmap => "a Cache::FastMmap file (already open in this process)",
+            },
+        });
+    }
+    if req.lock_kind != shared.lock_kind {
+        return Err(Error::LockKindMismatch { path: req.path.clone(), requested: req.lock_kind, found: shared.lock_kind });
+    }
+    let requested = match req.layout {
+        crate::Layout::Native => req.requested,
+        // The FastMmap layout has no header: its geometry is always the requested one.
+        crate::Layout::FastMmap => {
+            let g = req.requested.or_defaults();
+            Requested { num_pages: Some(g.num_pages), page_size: Some(g.page_size), start_slots: Some(g.start_slots) }
+        }
+    };
+    requested.check_against(&shared.geometry, &req.path)
+}
