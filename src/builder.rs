@@ -9,7 +9,7 @@ use crate::clock::Clock;
 use crate::expiry::ceil_secs;
 use crate::layout::KeyHash;
 use crate::page::check_page;
-use crate::store::{self, OpenRequest, Requested, DEFAULT_PAGE_SIZE, MAX_NUM_PAGES};
+use crate::store::{self, DEFAULT_PAGE_SIZE, MAX_NUM_PAGES, OpenRequest, Requested};
 use crate::{Error, Layout, LockKind, Result};
 
 /// Options for opening a cache; see [`Cache::builder`].
@@ -172,7 +172,10 @@ impl CacheBuilder {
             Some(p) => (p.clone(), false),
             None => (default_path(), true),
         };
-        let invalid = |reason: String| Error::InvalidOptions { path: path.clone(), reason };
+        let invalid = |reason: String| Error::InvalidOptions {
+            path: path.clone(),
+            reason,
+        };
         let requested = self.requested().map_err(invalid)?;
         requested.or_defaults().validate().map_err(invalid)?;
         let default_expiry = match self.expire_after {
@@ -211,7 +214,11 @@ impl CacheBuilder {
 
     /// The geometry fields fixed by the options, with `cache_size` resolved.
     fn requested(&self) -> std::result::Result<Requested, String> {
-        let mut r = Requested { num_pages: self.num_pages, page_size: self.page_size, start_slots: self.start_slots };
+        let mut r = Requested {
+            num_pages: self.num_pages,
+            page_size: self.page_size,
+            start_slots: self.start_slots,
+        };
         if let Some(size) = self.cache_size {
             let (np, ps) = derive_geometry(size, self.num_pages, self.page_size)?;
             r.num_pages = Some(np);
@@ -253,8 +260,14 @@ pub(crate) fn derive_geometry(
             return Err("num_pages must be positive".into());
         }
         let per_page = cache_size / u64::from(np);
-        let ps = if per_page == 0 { 0 } else { 1u64 << per_page.ilog2() }.max(4096);
-        let ps = u32::try_from(ps).map_err(|_| format!("cache_size {cache_size} gives pages larger than 1 GiB"))?;
+        let ps = if per_page == 0 {
+            0
+        } else {
+            1u64 << per_page.ilog2()
+        }
+        .max(4096);
+        let ps = u32::try_from(ps)
+            .map_err(|_| format!("cache_size {cache_size} gives pages larger than 1 GiB"))?;
         if let Some(given) = page_size
             && given != ps
         {
@@ -271,7 +284,9 @@ pub(crate) fn derive_geometry(
         while fits(np) {
             np = np * 2 + 1;
             if np > u64::from(MAX_NUM_PAGES) {
-                return Err(format!("cache_size {cache_size} needs more than {MAX_NUM_PAGES} pages"));
+                return Err(format!(
+                    "cache_size {cache_size} needs more than {MAX_NUM_PAGES} pages"
+                ));
             }
         }
     } else {

@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::builder::CacheBuilder;
-use crate::clock::{from_unix_secs, Clock};
+use crate::clock::{Clock, from_unix_secs};
 use crate::expiry::Expiry;
 use crate::layout::KeyHash;
-use crate::page::format::{max_entry_size, FLAG_TOMBSTONE, FLAG_UNDEF, FLAG_UTF8_KEY, FLAG_UTF8_VALUE};
+use crate::page::format::{
+    FLAG_TOMBSTONE, FLAG_UNDEF, FLAG_UTF8_KEY, FLAG_UTF8_VALUE, max_entry_size,
+};
 use crate::page::{Corrupt, EntryRef, Evict, Store, StoreOutcome};
 use crate::stats::{PageStats, Stats};
 use crate::store::{Geometry, PageGuard, SharedFile};
@@ -42,7 +44,10 @@ pub(crate) struct UnlinkOnDrop {
 
 impl UnlinkOnDrop {
     pub(crate) fn new(path: PathBuf) -> UnlinkOnDrop {
-        UnlinkOnDrop { path, pid: std::process::id() }
+        UnlinkOnDrop {
+            path,
+            pid: std::process::id(),
+        }
     }
 }
 
@@ -171,7 +176,10 @@ impl Cache {
 
     /// The largest entry (24-byte header, key, value, padded to 4 bytes) a page holds.
     pub fn max_entry_size(&self) -> usize {
-        max_entry_size(self.inner.geometry.page_size as usize, self.inner.geometry.start_slots)
+        max_entry_size(
+            self.inner.geometry.page_size as usize,
+            self.inner.geometry.start_slots,
+        )
     }
 
     /// The clock this cache reads.
@@ -194,7 +202,11 @@ impl Cache {
     }
 
     fn corrupt(&self, page: u32, c: Corrupt) -> Error {
-        Error::PageCorrupt { path: self.path().to_path_buf(), page, reason: c.0 }
+        Error::PageCorrupt {
+            path: self.path().to_path_buf(),
+            page,
+            reason: c.0,
+        }
     }
 
     fn check_size(&self, req: &Store<'_>) -> Result<()> {
@@ -215,16 +227,30 @@ impl Cache {
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
         let mut guard = self.lock_page(page)?;
-        Ok(read_locked(&mut guard, slot_hash, key, now, self.inner.stats, f))
+        Ok(read_locked(
+            &mut guard,
+            slot_hash,
+            key,
+            now,
+            self.inner.stats,
+            f,
+        ))
     }
 
     /// Stores under a held lock. A page found damaged is reset and the store retried once on
     /// the fresh page.
-    fn store_locked(&self, guard: &mut PageGuard<'_>, req: &Store<'_>, now: u32) -> Result<StoreOutcome> {
+    fn store_locked(
+        &self,
+        guard: &mut PageGuard<'_>,
+        req: &Store<'_>,
+        now: u32,
+    ) -> Result<StoreOutcome> {
         let slots = self.inner.geometry.start_slots;
         match guard.change(|p| p.store(req, now, slots)) {
             Ok(outcome) => Ok(outcome),
-            Err(_) => guard.change(|p| p.store(req, now, slots)).map_err(|c| self.corrupt(guard.page_index(), c)),
+            Err(_) => guard
+                .change(|p| p.store(req, now, slots))
+                .map_err(|c| self.corrupt(guard.page_index(), c)),
         }
     }
 
@@ -234,10 +260,26 @@ impl Cache {
         self.store_locked(&mut guard, req, now)
     }
 
-    fn request<'k>(&self, key: &'k [u8], value: &'k [u8], expiry: Expiry, now: u32) -> (u32, Store<'k>) {
+    fn request<'k>(
+        &self,
+        key: &'k [u8],
+        value: &'k [u8],
+        expiry: Expiry,
+        now: u32,
+    ) -> (u32, Store<'k>) {
         let (page, slot_hash) = self.locate(key);
         let expire_on = expiry.expire_on(now, self.inner.default_expiry);
-        (page, Store { slot_hash, key, value, expire_on, flags: 0, modseq: None })
+        (
+            page,
+            Store {
+                slot_hash,
+                key,
+                value,
+                expire_on,
+                flags: 0,
+                modseq: None,
+            },
+        )
     }
 
     /// Stores `value` under `key` with the default expiry.
@@ -268,7 +310,13 @@ impl Cache {
     ///
     /// # Errors
     /// As [`set`](Self::set).
-    pub fn set_with_flags(&self, key: &[u8], value: &[u8], expiry: Expiry, flags: EntryFlags) -> Result<bool> {
+    pub fn set_with_flags(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expiry: Expiry,
+        flags: EntryFlags,
+    ) -> Result<bool> {
         let now = self.now();
         let (page, mut req) = self.request(key, value, expiry, now);
         req.flags = flags.0 & !(FLAG_TOMBSTONE | crate::page::format::FLAG_HAS_MODSEQ);
@@ -325,7 +373,11 @@ impl Cache {
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
         let mut guard = self.lock_page(page)?;
-        Ok(guard.change(|p| p.remove(slot_hash, key, now)).ok().flatten().is_some_and(|r| r.was_live))
+        Ok(guard
+            .change(|p| p.remove(slot_hash, key, now))
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.was_live))
     }
 
     /// Removes `key` and returns its value (Cache::FastMmap's `get_and_remove`).
@@ -336,7 +388,9 @@ impl Cache {
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
         let mut guard = self.lock_page(page)?;
-        let value = read_locked(&mut guard, slot_hash, key, now, self.inner.stats, |e| e.value.to_vec());
+        let value = read_locked(&mut guard, slot_hash, key, now, self.inner.stats, |e| {
+            e.value.to_vec()
+        });
         if value.is_some() {
             let _ = guard.change(|p| p.remove(slot_hash, key, now));
         }
@@ -366,12 +420,18 @@ impl Cache {
     /// assert_eq!(cache.get(b"hits")?, Some(3u64.to_le_bytes().to_vec()));
     /// # Ok::<(), fastmmap::Error>(())
     /// ```
-    pub fn update(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> Update) -> Result<Option<Vec<u8>>> {
+    pub fn update(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> Update,
+    ) -> Result<Option<Vec<u8>>> {
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
         let mut guard = self.lock_page(page)?;
         let mut f = Some(f);
-        let decided = read_locked(&mut guard, slot_hash, key, now, self.inner.stats, |e| (f.take().expect("called once"))(Some(e.value)));
+        let decided = read_locked(&mut guard, slot_hash, key, now, self.inner.stats, |e| {
+            (f.take().expect("called once"))(Some(e.value))
+        });
         let decision = match decided {
             Some(d) => d,
             None => (f.take().expect("not called yet"))(None),
@@ -386,7 +446,14 @@ impl Cache {
             Update::SetWith(v, e) => (v, e),
         };
         let expire_on = expiry.expire_on(now, self.inner.default_expiry);
-        let req = Store { slot_hash, key, value: &value, expire_on, flags: 0, modseq: None };
+        let req = Store {
+            slot_hash,
+            key,
+            value: &value,
+            expire_on,
+            flags: 0,
+            modseq: None,
+        };
         self.check_size(&req)?;
         match self.store_locked(&mut guard, &req, now)? {
             StoreOutcome::Refused => Ok(peek_locked(&mut guard, slot_hash, key, now)),
@@ -408,7 +475,9 @@ impl Cache {
         let (page, req) = self.request(key, &value, Expiry::Default, now);
         self.check_size(&req)?;
         let mut guard = self.lock_page(page)?;
-        if let Some(existing) = read_locked(&mut guard, req.slot_hash, key, now, false, |e| e.value.to_vec()) {
+        if let Some(existing) = read_locked(&mut guard, req.slot_hash, key, now, false, |e| {
+            e.value.to_vec()
+        }) {
             return Ok(existing);
         }
         self.store_locked(&mut guard, &req, now)?;
@@ -425,7 +494,14 @@ impl Cache {
         for (page, group) in self.group_by_page(keys.iter().map(AsRef::as_ref)) {
             let mut guard = self.lock_page(page)?;
             for (i, slot_hash) in group {
-                out[i] = read_locked(&mut guard, slot_hash, keys[i].as_ref(), now, self.inner.stats, |e| e.value.to_vec());
+                out[i] = read_locked(
+                    &mut guard,
+                    slot_hash,
+                    keys[i].as_ref(),
+                    now,
+                    self.inner.stats,
+                    |e| e.value.to_vec(),
+                );
             }
         }
         Ok(out)
@@ -438,8 +514,10 @@ impl Cache {
     /// [`Error::TooLarge`] if any pair cannot fit, before anything is stored; lock errors.
     pub fn set_many<K: AsRef<[u8]>, V: AsRef<[u8]>>(&self, pairs: &[(K, V)]) -> Result<usize> {
         let now = self.now();
-        let reqs: Vec<(u32, Store<'_>)> =
-            pairs.iter().map(|(k, v)| self.request(k.as_ref(), v.as_ref(), Expiry::Default, now)).collect();
+        let reqs: Vec<(u32, Store<'_>)> = pairs
+            .iter()
+            .map(|(k, v)| self.request(k.as_ref(), v.as_ref(), Expiry::Default, now))
+            .collect();
         for (_, req) in &reqs {
             self.check_size(req)?;
         }
@@ -456,9 +534,17 @@ impl Cache {
     }
 
     /// Groups key indexes by page, pages in ascending order.
-    fn group_by_page<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) -> Vec<(u32, Vec<(usize, u32)>)> {
-        let mut located: Vec<(u32, usize, u32)> =
-            keys.enumerate().map(|(i, k)| { let (p, s) = self.locate(k); (p, i, s) }).collect();
+    fn group_by_page<'k>(
+        &self,
+        keys: impl Iterator<Item = &'k [u8]>,
+    ) -> Vec<(u32, Vec<(usize, u32)>)> {
+        let mut located: Vec<(u32, usize, u32)> = keys
+            .enumerate()
+            .map(|(i, k)| {
+                let (p, s) = self.locate(k);
+                (p, i, s)
+            })
+            .collect();
         located.sort_unstable_by_key(|&(p, i, _)| (p, i));
         let mut groups: Vec<(u32, Vec<(usize, u32)>)> = Vec::new();
         for (page, i, slot_hash) in located {
@@ -473,9 +559,16 @@ impl Cache {
     /// The page-key form of Cache::FastMmap: `page_key` picks one page, and each key is stored
     /// there as `page_key-key`. Values come back in the order of `keys`.
     ///
+    /// Such entries live in `page_key`'s page, not in the page their joined key hashes to, so
+    /// reach them only through `multi_get`/`multi_set` (or `iter`), never `get`/`set`.
+    ///
     /// # Errors
     /// Lock errors.
-    pub fn multi_get<K: AsRef<[u8]>>(&self, page_key: &[u8], keys: &[K]) -> Result<Vec<Option<Vec<u8>>>> {
+    pub fn multi_get<K: AsRef<[u8]>>(
+        &self,
+        page_key: &[u8],
+        keys: &[K],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
         let (page, _) = self.locate(page_key);
         let now = self.now();
         let mut guard = self.lock_page(page)?;
@@ -484,7 +577,9 @@ impl Cache {
             .map(|k| {
                 let full = joined_key(page_key, k.as_ref());
                 let (_, slot_hash) = self.locate(&full);
-                read_locked(&mut guard, slot_hash, &full, now, self.inner.stats, |e| e.value.to_vec())
+                read_locked(&mut guard, slot_hash, &full, now, self.inner.stats, |e| {
+                    e.value.to_vec()
+                })
             })
             .collect())
     }
@@ -494,10 +589,17 @@ impl Cache {
     ///
     /// # Errors
     /// [`Error::TooLarge`] if any pair cannot fit, before anything is stored; lock errors.
-    pub fn multi_set<K: AsRef<[u8]>, V: AsRef<[u8]>>(&self, page_key: &[u8], pairs: &[(K, V)]) -> Result<usize> {
+    pub fn multi_set<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        page_key: &[u8],
+        pairs: &[(K, V)],
+    ) -> Result<usize> {
         let (page, _) = self.locate(page_key);
         let now = self.now();
-        let keys: Vec<Vec<u8>> = pairs.iter().map(|(k, _)| joined_key(page_key, k.as_ref())).collect();
+        let keys: Vec<Vec<u8>> = pairs
+            .iter()
+            .map(|(k, _)| joined_key(page_key, k.as_ref()))
+            .collect();
         let reqs: Vec<Store<'_>> = keys
             .iter()
             .zip(pairs)
@@ -611,7 +713,11 @@ impl Cache {
     /// Every live entry, page by page: each page is locked only while its entries are copied
     /// out, so the iterator holds no lock between calls and the cache may change under it.
     pub fn iter(&self) -> Iter {
-        Iter { cache: self.clone(), next_page: 0, buffered: Vec::new() }
+        Iter {
+            cache: self.clone(),
+            next_page: 0,
+            buffered: Vec::new(),
+        }
     }
 
     /// Every live key, page by page (see [`iter`](Self::iter)).
@@ -688,7 +794,10 @@ fn read_locked<R>(
     stats: bool,
     f: impl FnOnce(&EntryRef<'_>) -> R,
 ) -> Option<R> {
-    let result = guard.page().get(slot_hash, key, now, stats).map(|e| e.map(|e| f(&e)));
+    let result = guard
+        .page()
+        .get(slot_hash, key, now, stats)
+        .map(|e| e.map(|e| f(&e)));
     result.unwrap_or_else(|_| {
         guard.reset();
         None
@@ -697,7 +806,10 @@ fn read_locked<R>(
 
 /// The current value under a held lock, without counting a read.
 fn peek_locked(guard: &mut PageGuard<'_>, slot_hash: u32, key: &[u8], now: u32) -> Option<Vec<u8>> {
-    let result = guard.page().peek(slot_hash, key, now).map(|e| e.map(|e| e.value.to_vec()));
+    let result = guard
+        .page()
+        .peek(slot_hash, key, now)
+        .map(|e| e.map(|e| e.value.to_vec()));
     result.unwrap_or_else(|_| {
         guard.reset();
         None

@@ -1,8 +1,8 @@
 //! Where the cache gets the time: the system clock, or a manual one for tests.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The time source of a cache. Times in the file are whole Unix seconds.

@@ -177,7 +177,11 @@ mod tests {
 
     #[test]
     fn messages_name_the_file() {
-        let e = Error::TooLarge { path: "/tmp/x.cache".into(), needed: 70000, max: 65148 };
+        let e = Error::TooLarge {
+            path: "/tmp/x.cache".into(),
+            needed: 70000,
+            max: 65148,
+        };
         assert!(e.to_string().contains("/tmp/x.cache"), "{e}");
     }
 }

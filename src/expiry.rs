@@ -50,9 +50,15 @@ mod tests {
         assert_eq!(Expiry::Never.expire_on(now, Some(5)), 0);
         assert_eq!(Expiry::Default.expire_on(now, None), 0);
         assert_eq!(Expiry::Default.expire_on(now, Some(5)), now + 5);
-        assert_eq!(Expiry::After(Duration::from_millis(1500)).expire_on(now, None), now + 2);
+        assert_eq!(
+            Expiry::After(Duration::from_millis(1500)).expire_on(now, None),
+            now + 2
+        );
         assert_eq!(Expiry::After(Duration::ZERO).expire_on(now, None), now);
         assert_eq!(Expiry::At(UNIX_EPOCH).expire_on(now, None), 1);
-        assert_eq!(Expiry::At(UNIX_EPOCH + Duration::from_secs(u64::MAX / 4)).expire_on(now, None), u32::MAX);
+        assert_eq!(
+            Expiry::At(UNIX_EPOCH + Duration::from_secs(u64::MAX / 4)).expire_on(now, None),
+            u32::MAX
+        );
     }
 }

@@ -91,7 +91,9 @@ impl KeyHash {
 /// Cache::FastMmap's key hash.
 #[inline]
 pub(crate) fn fastmmap_hash(key: &[u8]) -> u32 {
-    key.iter().fold(PAGE_MAGIC, |h, &b| (h << 4).wrapping_add(h >> 28).wrapping_add(u32::from(b)))
+    key.iter().fold(PAGE_MAGIC, |h, &b| {
+        (h << 4).wrapping_add(h >> 28).wrapping_add(u32::from(b))
+    })
 }
 
 #[cfg(test)]

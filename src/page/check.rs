@@ -1,17 +1,24 @@
 //! Full page validation: every slot, every entry, every counter (`verify`, `fastmmap check`).
 
+use super::Corrupt;
 use super::entry::EntryLoc;
 use super::format::*;
 use super::header::{PageHeader, get_u32};
 use super::page::{PageView, Probe};
-use super::Corrupt;
+
+/// Recomputes a key's slot hash.
+pub type SlotHashFn = dyn Fn(&[u8]) -> u32;
 
 /// Validates a whole page held in `buf` without changing it.
 ///
 /// `slot_hash_of`, when given, recomputes each key's slot hash so that entries whose key bytes
 /// were damaged are caught too. (Entries stored with the page-key form of `multi_set` hash
 /// their full key the same way, so this holds for them as well.)
-pub fn check_page(buf: &[u8], min_slots: u32, slot_hash_of: Option<&dyn Fn(&[u8]) -> u32>) -> Result<(), Corrupt> {
+pub fn check_page(
+    buf: &[u8],
+    min_slots: u32,
+    slot_hash_of: Option<&SlotHashFn>,
+) -> Result<(), Corrupt> {
     let hdr = PageHeader::read(buf);
     hdr.check(buf.len(), min_slots)?;
     let page = PageView::new(buf);
@@ -20,7 +27,8 @@ pub fn check_page(buf: &[u8], min_slots: u32, slot_hash_of: Option<&dyn Fn(&[u8]
     let mut old = 0u32;
     let mut extents = Vec::new();
     for slot in 0..hdr.num_slots {
-        let word = get_u32(buf, SLOTS_OFFSET + slot as usize * SLOT_SIZE).ok_or(Corrupt("slot outside the page"))?;
+        let word = get_u32(buf, SLOTS_OFFSET + slot as usize * SLOT_SIZE)
+            .ok_or(Corrupt("slot outside the page"))?;
         match word {
             SLOT_EMPTY => free += 1,
             SLOT_DELETED => {

@@ -1,8 +1,8 @@
 //! Entries inside a page: locating one from a slot word, and the borrowed view handed out.
 
+use super::Corrupt;
 use super::format::*;
 use super::header::get_u32;
-use super::Corrupt;
 
 /// An entry header read from the page and checked to lie inside the data area.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,9 +21,14 @@ impl EntryLoc {
     /// Reads the entry a slot word points at. `data_start..data_end` is the part of the page
     /// entries may occupy (the end of the slot table to `free_data`).
     #[inline]
-    pub fn read(buf: &[u8], slot_word: u32, data_start: usize, data_end: usize) -> Result<EntryLoc, Corrupt> {
+    pub fn read(
+        buf: &[u8],
+        slot_word: u32,
+        data_start: usize,
+        data_end: usize,
+    ) -> Result<EntryLoc, Corrupt> {
         let off = slot_word as usize;
-        if off < data_start || off % ENTRY_ALIGN != 0 {
+        if off < data_start || !off.is_multiple_of(ENTRY_ALIGN) {
             return Err(Corrupt("slot points outside the data area"));
         }
         let header_end = off + ENTRY_HEADER_SIZE;

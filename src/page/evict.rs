@@ -1,10 +1,10 @@
 //! Eviction and compaction: Cache::FastMmap's expunge, rebuilding the page in place.
 
+use super::Corrupt;
 use super::entry::EntryLoc;
 use super::format::*;
 use super::header::PageHeader;
 use super::page::PageMut;
-use super::Corrupt;
 
 /// Which entries a rebuild drops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,7 +35,9 @@ impl PageMut<'_> {
         }
         if let Evict::MakeRoom(len) = mode {
             let truly_free = hdr.free_slots.saturating_sub(hdr.old_slots);
-            if f64::from(truly_free) / f64::from(n) > SLOT_FILL_LIMIT && hdr.free_bytes as usize >= len {
+            if f64::from(truly_free) / f64::from(n) > SLOT_FILL_LIMIT
+                && hdr.free_bytes as usize >= len
+            {
                 return Ok(0);
             }
         }
@@ -67,9 +69,12 @@ impl PageMut<'_> {
         if f64::from(keep.len() as u32) / f64::from(n) > SLOT_FILL_LIMIT {
             let grown = n.checked_mul(2).and_then(|x| x.checked_add(1));
             if let Some(grown) = grown {
-                let room_now = data_capacity(page_size, n).unwrap_or(0).saturating_sub(used);
+                let room_now = data_capacity(page_size, n)
+                    .unwrap_or(0)
+                    .saturating_sub(used);
                 let fits = data_capacity(page_size, grown).is_some_and(|cap| cap >= used);
-                let wanted = matches!(mode, Evict::MakeRoom(_)) || room_now > (n as usize + 1) * SLOT_SIZE;
+                let wanted =
+                    matches!(mode, Evict::MakeRoom(_)) || room_now > (n as usize + 1) * SLOT_SIZE;
                 if fits && wanted {
                     new_n = grown;
                 }
@@ -122,12 +127,21 @@ impl PageMut<'_> {
         let mut off = table_end;
         for loc in keep {
             let mut slot = loc.slot_hash % num_slots;
-            while super::header::get_u32(&image, SLOTS_OFFSET + slot as usize * SLOT_SIZE) != Some(SLOT_EMPTY) {
+            while super::header::get_u32(&image, SLOTS_OFFSET + slot as usize * SLOT_SIZE)
+                != Some(SLOT_EMPTY)
+            {
                 slot = (slot + 1) % num_slots;
             }
-            let src = self.buf.get(loc.off..loc.off + loc.raw_size()).ok_or(Corrupt("entry outside the page"))?;
+            let src = self
+                .buf
+                .get(loc.off..loc.off + loc.raw_size())
+                .ok_or(Corrupt("entry outside the page"))?;
             image[off..off + src.len()].copy_from_slice(src);
-            super::header::put_u32(&mut image, SLOTS_OFFSET + slot as usize * SLOT_SIZE, off as u32)?;
+            super::header::put_u32(
+                &mut image,
+                SLOTS_OFFSET + slot as usize * SLOT_SIZE,
+                off as u32,
+            )?;
             off += loc.size();
         }
         let hdr = PageHeader {

@@ -1,7 +1,7 @@
 //! The page header: reading, writing and the O(1) consistency check run on every lock.
 
-use super::format::*;
 use super::Corrupt;
+use super::format::*;
 
 /// The eight header words of a page, as read from its bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -114,7 +114,7 @@ impl PageHeader {
         if free_data < table_end || free_data > page_size {
             return Err(Corrupt("free_data outside the data area"));
         }
-        if free_data % ENTRY_ALIGN != 0 {
+        if !free_data.is_multiple_of(ENTRY_ALIGN) {
             return Err(Corrupt("free_data misaligned"));
         }
         if free_data + self.free_bytes as usize != page_size {
@@ -154,7 +154,10 @@ mod tests {
     #[test]
     fn empty_header_checks() {
         let h = PageHeader::empty(4096, MIN_SLOTS);
-        assert_eq!(h.free_data as usize, PAGE_HEADER_SIZE + 4 * MIN_SLOTS as usize);
+        assert_eq!(
+            h.free_data as usize,
+            PAGE_HEADER_SIZE + 4 * MIN_SLOTS as usize
+        );
         h.check(4096, MIN_SLOTS).unwrap();
         assert!(PageHeader::read(&[]).check(4096, MIN_SLOTS).is_err());
     }

@@ -5,10 +5,10 @@
 //! and the slot word that makes the entry reachable is stored last (the commit point). Slot
 //! counters are adjusted after that; they are advisory and recounted by every rebuild.
 
+use super::Corrupt;
 use super::entry::{EntryLoc, EntryRef};
 use super::format::*;
-use super::header::{get_u32, put_u32, PageHeader};
-use super::Corrupt;
+use super::header::{PageHeader, get_u32, put_u32};
 
 /// A page's bytes, borrowed mutably for the duration of one locked operation.
 pub struct PageMut<'a> {
@@ -45,7 +45,12 @@ impl<'a> PageView<'a> {
     }
 
     /// Finds `key`, following the probe chain from `slot_hash % num_slots`.
-    pub(super) fn probe(&self, hdr: &PageHeader, slot_hash: u32, key: &[u8]) -> Result<Probe, Corrupt> {
+    pub(super) fn probe(
+        &self,
+        hdr: &PageHeader,
+        slot_hash: u32,
+        key: &[u8],
+    ) -> Result<Probe, Corrupt> {
         let n = hdr.num_slots;
         if n == 0 {
             return Err(Corrupt("page has no slots"));
@@ -55,7 +60,11 @@ impl<'a> PageView<'a> {
         let mut first_deleted = None;
         for _ in 0..n {
             match self.slot(slot)? {
-                SLOT_EMPTY => return Ok(Probe::Miss { vacant: first_deleted.or(Some(slot)) }),
+                SLOT_EMPTY => {
+                    return Ok(Probe::Miss {
+                        vacant: first_deleted.or(Some(slot)),
+                    });
+                }
                 SLOT_DELETED => {
                     first_deleted.get_or_insert(slot);
                 }
@@ -74,12 +83,19 @@ impl<'a> PageView<'a> {
                 slot = 0;
             }
         }
-        Ok(Probe::Miss { vacant: first_deleted })
+        Ok(Probe::Miss {
+            vacant: first_deleted,
+        })
     }
 
     /// Looks `key` up without touching access times or statistics. Expired entries and
     /// tombstones read as absent.
-    pub fn peek(&self, slot_hash: u32, key: &[u8], now: u32) -> Result<Option<EntryRef<'a>>, Corrupt> {
+    pub fn peek(
+        &self,
+        slot_hash: u32,
+        key: &[u8],
+        now: u32,
+    ) -> Result<Option<EntryRef<'a>>, Corrupt> {
         let hdr = self.header();
         match self.probe(&hdr, slot_hash, key)? {
             Probe::Hit { loc, .. } if !is_expired(loc.expire_on, now) && !loc.is_tombstone() => {
@@ -127,7 +143,10 @@ pub struct Store<'k> {
 impl Store<'_> {
     /// Bytes the entry will occupy in the page; `None` if it cannot be represented.
     pub fn entry_size(&self) -> Option<usize> {
-        let val_len = self.value.len().checked_add(self.modseq.map_or(0, |_| MODSEQ_SIZE))?;
+        let val_len = self
+            .value
+            .len()
+            .checked_add(self.modseq.map_or(0, |_| MODSEQ_SIZE))?;
         if u32::try_from(self.key.len()).is_err() || u32::try_from(val_len).is_err() {
             return None;
         }
@@ -199,12 +218,22 @@ impl<'a> PageMut<'a> {
         self.view().data_bounds(hdr)
     }
 
-    pub(super) fn probe(&self, hdr: &PageHeader, slot_hash: u32, key: &[u8]) -> Result<Probe, Corrupt> {
+    pub(super) fn probe(
+        &self,
+        hdr: &PageHeader,
+        slot_hash: u32,
+        key: &[u8],
+    ) -> Result<Probe, Corrupt> {
         self.view().probe(hdr, slot_hash, key)
     }
 
     /// Looks `key` up without touching access times or statistics (see [`PageView::peek`]).
-    pub fn peek(&self, slot_hash: u32, key: &[u8], now: u32) -> Result<Option<EntryRef<'_>>, Corrupt> {
+    pub fn peek(
+        &self,
+        slot_hash: u32,
+        key: &[u8],
+        now: u32,
+    ) -> Result<Option<EntryRef<'_>>, Corrupt> {
         self.view().peek(slot_hash, key, now)
     }
 
@@ -214,7 +243,13 @@ impl<'a> PageMut<'a> {
 
     /// Looks `key` up as a read: counts it in the page statistics (when `stats`) and, on a
     /// hit, records `now` as the entry's last access.
-    pub fn get(&mut self, slot_hash: u32, key: &[u8], now: u32, stats: bool) -> Result<Option<EntryRef<'_>>, Corrupt> {
+    pub fn get(
+        &mut self,
+        slot_hash: u32,
+        key: &[u8],
+        now: u32,
+        stats: bool,
+    ) -> Result<Option<EntryRef<'_>>, Corrupt> {
         let hdr = self.header();
         if stats {
             self.set_word(N_READS_OFFSET, hdr.n_reads.wrapping_add(1))?;
@@ -227,7 +262,13 @@ impl<'a> PageMut<'a> {
         if stats {
             self.set_word(N_READ_HITS_OFFSET, hdr.n_read_hits.wrapping_add(1))?;
         }
-        Ok(Some(EntryLoc { last_access: now, ..loc }.view(self.buf)))
+        Ok(Some(
+            EntryLoc {
+                last_access: now,
+                ..loc
+            }
+            .view(self.buf),
+        ))
     }
 
     /// Applies the conditional-store rules against the entry currently holding the key.
@@ -262,16 +303,21 @@ impl<'a> PageMut<'a> {
     /// (`req.entry_size() <= max_entry_size(page_size, start_slots)`); given that, the store
     /// succeeds unless the conditional-store rules refuse it, and a refused store changes
     /// nothing.
-    pub fn store(&mut self, req: &Store, now: u32, start_slots: u32) -> Result<StoreOutcome, Corrupt> {
+    pub fn store(
+        &mut self,
+        req: &Store,
+        now: u32,
+        start_slots: u32,
+    ) -> Result<StoreOutcome, Corrupt> {
         let size = req.entry_size().ok_or(Corrupt("entry too large"))?;
         if size > max_entry_size(self.buf.len(), start_slots) {
             return Err(Corrupt("entry larger than an empty page"));
         }
         let hdr = self.header();
-        if let Probe::Hit { loc, .. } = self.probe(&hdr, req.slot_hash, req.key)? {
-            if let Some(outcome) = self.conditional(&loc, req, now) {
-                return Ok(outcome);
-            }
+        if let Probe::Hit { loc, .. } = self.probe(&hdr, req.slot_hash, req.key)?
+            && let Some(outcome) = self.conditional(&loc, req, now)
+        {
+            return Ok(outcome);
         }
         self.evict(super::Evict::MakeRoom(size), now, start_slots)?;
         if self.append(req, size, now)? {
@@ -281,7 +327,11 @@ impl<'a> PageMut<'a> {
         // in a way the header check cannot see. Start it afresh rather than fail the store.
         let hdr = self.header();
         let slots = hdr.num_slots.max(start_slots);
-        let slots = if max_entry_size(self.buf.len(), slots) >= size { slots } else { start_slots };
+        let slots = if max_entry_size(self.buf.len(), slots) >= size {
+            slots
+        } else {
+            start_slots
+        };
         PageMut::init(self.buf, slots);
         if self.append(req, size, now)? {
             Ok(StoreOutcome::Stored)
@@ -310,7 +360,10 @@ impl<'a> PageMut<'a> {
         self.set_word(FREE_DATA_OFFSET, (off + size) as u32)?;
         self.set_word(FREE_BYTES_OFFSET, hdr.free_bytes - size as u32)?;
         // 2. Write the entry.
-        let entry = self.buf.get_mut(off..off + size).ok_or(Corrupt("entry outside the page"))?;
+        let entry = self
+            .buf
+            .get_mut(off..off + size)
+            .ok_or(Corrupt("entry outside the page"))?;
         entry[LAST_ACCESS_OFFSET..][..4].copy_from_slice(&now.to_ne_bytes());
         entry[EXPIRE_ON_OFFSET..][..4].copy_from_slice(&req.expire_on.to_ne_bytes());
         entry[SLOT_HASH_OFFSET..][..4].copy_from_slice(&req.slot_hash.to_ne_bytes());
@@ -341,15 +394,26 @@ impl<'a> PageMut<'a> {
 
     /// Removes `key`'s entry (live, expired or tombstone). Returns the removed entry's flags
     /// and whether it held a live value at `now`.
-    pub fn remove(&mut self, slot_hash: u32, key: &[u8], now: u32) -> Result<Option<Removed>, Corrupt> {
+    pub fn remove(
+        &mut self,
+        slot_hash: u32,
+        key: &[u8],
+        now: u32,
+    ) -> Result<Option<Removed>, Corrupt> {
         let hdr = self.header();
         let Probe::Hit { slot, loc } = self.probe(&hdr, slot_hash, key)? else {
             return Ok(None);
         };
         self.set_word(Self::slot_off(slot), SLOT_DELETED)?;
         let hdr = self.header();
-        self.set_word(FREE_SLOTS_OFFSET, hdr.free_slots.saturating_add(1).min(hdr.num_slots))?;
-        self.set_word(OLD_SLOTS_OFFSET, hdr.old_slots.saturating_add(1).min(hdr.num_slots))?;
+        self.set_word(
+            FREE_SLOTS_OFFSET,
+            hdr.free_slots.saturating_add(1).min(hdr.num_slots),
+        )?;
+        self.set_word(
+            OLD_SLOTS_OFFSET,
+            hdr.old_slots.saturating_add(1).min(hdr.num_slots),
+        )?;
         Ok(Some(Removed {
             flags: loc.flags,
             was_live: !is_expired(loc.expire_on, now) && !loc.is_tombstone(),

@@ -14,7 +14,14 @@ fn slot_hash(key: &[u8]) -> u32 {
 }
 
 fn store<'k>(key: &'k [u8], value: &'k [u8], expire_on: u32) -> Store<'k> {
-    Store { slot_hash: slot_hash(key), key, value, expire_on, flags: 0, modseq: None }
+    Store {
+        slot_hash: slot_hash(key),
+        key,
+        value,
+        expire_on,
+        flags: 0,
+        modseq: None,
+    }
 }
 
 fn fresh(size: usize) -> Vec<u8> {
@@ -24,11 +31,18 @@ fn fresh(size: usize) -> Vec<u8> {
 }
 
 fn get(buf: &mut [u8], key: &[u8], now: u32) -> Option<Vec<u8>> {
-    PageMut::open(buf, MIN_SLOTS).unwrap().get(slot_hash(key), key, now, true).unwrap().map(|e| e.value.to_vec())
+    PageMut::open(buf, MIN_SLOTS)
+        .unwrap()
+        .get(slot_hash(key), key, now, true)
+        .unwrap()
+        .map(|e| e.value.to_vec())
 }
 
 fn put(buf: &mut [u8], key: &[u8], value: &[u8], expire_on: u32, now: u32) -> StoreOutcome {
-    PageMut::open(buf, MIN_SLOTS).unwrap().store(&store(key, value, expire_on), now, MIN_SLOTS).unwrap()
+    PageMut::open(buf, MIN_SLOTS)
+        .unwrap()
+        .store(&store(key, value, expire_on), now, MIN_SLOTS)
+        .unwrap()
 }
 
 fn checked(buf: &[u8]) {
@@ -40,12 +54,20 @@ fn set_get_remove() {
     let mut buf = fresh(4096);
     assert_eq!(put(&mut buf, b"k", b"v1", 0, NOW), StoreOutcome::Stored);
     assert_eq!(get(&mut buf, b"k", NOW), Some(b"v1".to_vec()));
-    assert_eq!(put(&mut buf, b"k", b"value two", 0, NOW), StoreOutcome::Stored);
+    assert_eq!(
+        put(&mut buf, b"k", b"value two", 0, NOW),
+        StoreOutcome::Stored
+    );
     assert_eq!(get(&mut buf, b"k", NOW), Some(b"value two".to_vec()));
     assert_eq!(get(&mut buf, b"other", NOW), None);
     checked(&buf);
     let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
-    assert_eq!(page.remove(slot_hash(b"k"), b"k", NOW).unwrap().map(|r| r.was_live), Some(true));
+    assert_eq!(
+        page.remove(slot_hash(b"k"), b"k", NOW)
+            .unwrap()
+            .map(|r| r.was_live),
+        Some(true)
+    );
     assert_eq!(page.remove(slot_hash(b"k"), b"k", NOW).unwrap(), None);
     checked(&buf);
     assert_eq!(get(&mut buf, b"k", NOW), None);
@@ -71,7 +93,8 @@ fn deleted_slots_are_reused() {
         let key = format!("key{round}");
         put(&mut buf, key.as_bytes(), b"x", 0, NOW);
         let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
-        page.remove(slot_hash(key.as_bytes()), key.as_bytes(), NOW).unwrap();
+        page.remove(slot_hash(key.as_bytes()), key.as_bytes(), NOW)
+            .unwrap();
     }
     checked(&buf);
     // Churn never grew the table: deleted slots were reused or compacted away.
@@ -92,7 +115,13 @@ fn eviction_keeps_most_recently_used() {
         }
     }
     for i in 40..200u32 {
-        put(&mut buf, format!("k{i}").as_bytes(), &value, 0, NOW + 100 + i);
+        put(
+            &mut buf,
+            format!("k{i}").as_bytes(),
+            &value,
+            0,
+            NOW + 100 + i,
+        );
     }
     checked(&buf);
     // The newest entries survive; the ones in between were evicted first.
@@ -111,7 +140,11 @@ fn large_values_survive_small_key_churn() {
         put(&mut buf, key.as_bytes(), b"tiny", 0, NOW);
         if i % 100 == 0 {
             // Reading keeps it the most recently used.
-            assert_eq!(get(&mut buf, b"big", NOW).as_deref(), Some(&big[..]), "round {i}");
+            assert_eq!(
+                get(&mut buf, b"big", NOW).as_deref(),
+                Some(&big[..]),
+                "round {i}"
+            );
         }
     }
     checked(&buf);
@@ -130,27 +163,78 @@ fn biggest_entry_always_fits_and_oversized_is_refused() {
     checked(&buf);
     let too_big = vec![1u8; max];
     let req = store(b"big", &too_big, 0);
-    assert!(PageMut::open(&mut buf, MIN_SLOTS).unwrap().store(&req, NOW, MIN_SLOTS).is_err());
-    assert_eq!(get(&mut buf, b"big", NOW).as_deref(), Some(&big[..]), "old value kept");
+    assert!(
+        PageMut::open(&mut buf, MIN_SLOTS)
+            .unwrap()
+            .store(&req, NOW, MIN_SLOTS)
+            .is_err()
+    );
+    assert_eq!(
+        get(&mut buf, b"big", NOW).as_deref(),
+        Some(&big[..]),
+        "old value kept"
+    );
 }
 
 #[test]
 fn tombstones_and_modseqs() {
     let mut buf = fresh(4096);
     let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
-    let with = |value: &'static [u8], modseq: u64, flags: u32| Store { modseq: Some(modseq), flags, ..store(b"k", value, 0) };
-    assert_eq!(page.store(&with(b"v5", 5, 0), NOW, MIN_SLOTS).unwrap(), StoreOutcome::Stored);
-    assert_eq!(page.store(&with(b"v4", 4, 0), NOW, MIN_SLOTS).unwrap(), StoreOutcome::Refused);
-    let e = page.get(slot_hash(b"k"), b"k", NOW, false).unwrap().unwrap();
+    let with = |value: &'static [u8], modseq: u64, flags: u32| Store {
+        modseq: Some(modseq),
+        flags,
+        ..store(b"k", value, 0)
+    };
+    assert_eq!(
+        page.store(&with(b"v5", 5, 0), NOW, MIN_SLOTS).unwrap(),
+        StoreOutcome::Stored
+    );
+    assert_eq!(
+        page.store(&with(b"v4", 4, 0), NOW, MIN_SLOTS).unwrap(),
+        StoreOutcome::Refused
+    );
+    let e = page
+        .get(slot_hash(b"k"), b"k", NOW, false)
+        .unwrap()
+        .unwrap();
     assert_eq!((e.value, e.modseq), (&b"v5"[..], Some(5)));
     // A tombstone older than the value changes nothing.
-    assert_eq!(page.store(&with(b"", 3, FLAG_TOMBSTONE), NOW, MIN_SLOTS).unwrap(), StoreOutcome::AlreadyNewer);
-    assert_eq!(page.store(&with(b"", 7, FLAG_TOMBSTONE), NOW, MIN_SLOTS).unwrap(), StoreOutcome::Stored);
-    assert!(page.get(slot_hash(b"k"), b"k", NOW, false).unwrap().is_none(), "tombstone reads as a miss");
-    assert_eq!(page.store(&store(b"k", b"plain", 0), NOW, MIN_SLOTS).unwrap(), StoreOutcome::Refused);
-    assert_eq!(page.store(&with(b"v6", 6, 0), NOW, MIN_SLOTS).unwrap(), StoreOutcome::Refused);
-    assert_eq!(page.store(&with(b"v8", 8, 0), NOW, MIN_SLOTS).unwrap(), StoreOutcome::Stored);
-    assert_eq!(page.get(slot_hash(b"k"), b"k", NOW, false).unwrap().unwrap().value, b"v8");
+    assert_eq!(
+        page.store(&with(b"", 3, FLAG_TOMBSTONE), NOW, MIN_SLOTS)
+            .unwrap(),
+        StoreOutcome::AlreadyNewer
+    );
+    assert_eq!(
+        page.store(&with(b"", 7, FLAG_TOMBSTONE), NOW, MIN_SLOTS)
+            .unwrap(),
+        StoreOutcome::Stored
+    );
+    assert!(
+        page.get(slot_hash(b"k"), b"k", NOW, false)
+            .unwrap()
+            .is_none(),
+        "tombstone reads as a miss"
+    );
+    assert_eq!(
+        page.store(&store(b"k", b"plain", 0), NOW, MIN_SLOTS)
+            .unwrap(),
+        StoreOutcome::Refused
+    );
+    assert_eq!(
+        page.store(&with(b"v6", 6, 0), NOW, MIN_SLOTS).unwrap(),
+        StoreOutcome::Refused
+    );
+    assert_eq!(
+        page.store(&with(b"v8", 8, 0), NOW, MIN_SLOTS).unwrap(),
+        StoreOutcome::Stored
+    );
+    assert_eq!(
+        page.get(slot_hash(b"k"), b"k", NOW, false)
+            .unwrap()
+            .unwrap()
+            .value,
+        b"v8"
+    );
     checked(&buf);
 }
 
@@ -164,7 +248,10 @@ fn slot_table_grows() {
     assert!(h.num_slots > MIN_SLOTS, "{h:?}");
     checked(&buf);
     for i in 0..1000u32 {
-        assert_eq!(get(&mut buf, format!("key{i}").as_bytes(), NOW).as_deref(), Some(&b"v"[..]));
+        assert_eq!(
+            get(&mut buf, format!("key{i}").as_bytes(), NOW).as_deref(),
+            Some(&b"v"[..])
+        );
     }
 }
 

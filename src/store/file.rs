@@ -49,8 +49,16 @@ pub(crate) struct Opened {
 impl OpenRequest {
     fn io(&self, op: &'static str, source: io::Error) -> Error {
         match source.kind() {
-            ErrorKind::PermissionDenied => Error::PermissionDenied { path: self.path.clone(), op, source },
-            _ => Error::Io { path: self.path.clone(), op, source },
+            ErrorKind::PermissionDenied => Error::PermissionDenied {
+                path: self.path.clone(),
+                op,
+                source,
+            },
+            _ => Error::Io {
+                path: self.path.clone(),
+                op,
+                source,
+            },
         }
     }
 
@@ -80,11 +88,9 @@ pub(crate) fn open(req: &OpenRequest) -> Result<Opened> {
         }
         match opts.open(&req.path) {
             Ok(file) => return open_existing(req, file),
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                if let Some(opened) = create(req)? {
-                    return Ok(opened);
-                }
-            }
+            // Whether we publish the file or another opener does, the next pass opens it by
+            // its name (so the descriptor names the published file, not a removed temporary).
+            Err(e) if e.kind() == ErrorKind::NotFound => create(req)?,
             Err(e) => return Err(req.io("open", e)),
         }
     }
@@ -105,7 +111,10 @@ fn map(req: &OpenRequest, file: &File, len: u64) -> Result<MmapRaw> {
         path: req.path.clone(),
         reason: "the file is larger than this machine can map".into(),
     })?;
-    memmap2::MmapOptions::new().len(len).map_raw(file).map_err(|e| req.io("mmap", e))
+    memmap2::MmapOptions::new()
+        .len(len)
+        .map_raw(file)
+        .map_err(|e| req.io("mmap", e))
 }
 
 fn open_existing(req: &OpenRequest, file: File) -> Result<Opened> {
@@ -122,13 +131,20 @@ fn open_existing(req: &OpenRequest, file: File) -> Result<Opened> {
         Layout::FastMmap => (check_fastmmap(req, &file, len)?, 0),
     };
     let map = map(req, &file, len)?;
-    Ok(Opened { file, map, geometry, header_size, id })
+    Ok(Opened {
+        file,
+        map,
+        geometry,
+        header_size,
+        id,
+    })
 }
 
 fn read_prefix(req: &OpenRequest, file: &File, len: u64, want: usize) -> Result<Vec<u8>> {
     let n = want.min(usize::try_from(len).unwrap_or(want));
     let mut buf = vec![0u8; n];
-    file.read_exact_at(&mut buf, 0).map_err(|e| req.io("read", e))?;
+    file.read_exact_at(&mut buf, 0)
+        .map_err(|e| req.io("read", e))?;
     Ok(buf)
 }
 
@@ -157,26 +173,47 @@ fn check_native(req: &OpenRequest, file: &File, len: u64) -> Result<(Geometry, u
                 found: "a file that is not a cache",
             });
         }
-        Err(HeaderError::Bad(reason)) => return Err(Error::BadHeader { path: req.path.clone(), reason }),
+        Err(HeaderError::Bad(reason)) => {
+            return Err(Error::BadHeader {
+                path: req.path.clone(),
+                reason,
+            });
+        }
     };
-    let geometry = Geometry { num_pages: h.num_pages, page_size: h.page_size, start_slots: h.start_slots };
-    geometry
-        .validate()
-        .map_err(|reason| Error::BadHeader { path: req.path.clone(), reason })?;
+    let geometry = Geometry {
+        num_pages: h.num_pages,
+        page_size: h.page_size,
+        start_slots: h.start_slots,
+    };
+    geometry.validate().map_err(|reason| Error::BadHeader {
+        path: req.path.clone(),
+        reason,
+    })?;
     if h.hash_kind != HASH_XXH3 {
-        return Err(Error::BadHeader { path: req.path.clone(), reason: format!("unknown hash kind {}", h.hash_kind) });
+        return Err(Error::BadHeader {
+            path: req.path.clone(),
+            reason: format!("unknown hash kind {}", h.hash_kind),
+        });
     }
     let found_kind = LockKind::from_code(h.lock_kind).ok_or_else(|| Error::BadHeader {
         path: req.path.clone(),
         reason: format!("unknown lock kind {}", h.lock_kind),
     })?;
     if found_kind != req.lock_kind {
-        return Err(Error::LockKindMismatch { path: req.path.clone(), requested: req.lock_kind, found: found_kind });
+        return Err(Error::LockKindMismatch {
+            path: req.path.clone(),
+            requested: req.lock_kind,
+            found: found_kind,
+        });
     }
     req.requested.check_against(&geometry, &req.path)?;
     let expected = req.file_size(&geometry);
     if len != expected {
-        return Err(Error::WrongSize { path: req.path.clone(), expected, found: len });
+        return Err(Error::WrongSize {
+            path: req.path.clone(),
+            expected,
+            found: len,
+        });
     }
     Ok((geometry, h.header_size as usize))
 }
@@ -207,20 +244,27 @@ fn check_fastmmap(req: &OpenRequest, file: &File, len: u64) -> Result<Geometry> 
     }
     let expected = req.file_size(&geometry);
     if len != expected {
-        return Err(Error::WrongSize { path: req.path.clone(), expected, found: len });
+        return Err(Error::WrongSize {
+            path: req.path.clone(),
+            expected,
+            found: len,
+        });
     }
     Ok(geometry)
 }
 
-/// Builds a complete new file under a temporary name and publishes it. `Ok(None)`: another
-/// opener published first.
-fn create(req: &OpenRequest) -> Result<Option<Opened>> {
+/// Builds a complete new file under a temporary name and publishes it, unless another opener
+/// publishes first.
+fn create(req: &OpenRequest) -> Result<()> {
     let dir = match req.path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
     if !dir.is_dir() {
-        return Err(Error::MissingDirectory { path: req.path.clone(), dir });
+        return Err(Error::MissingDirectory {
+            path: req.path.clone(),
+            dir,
+        });
     }
     let geometry = req.new_geometry();
     let size = req.file_size(&geometry);
@@ -232,7 +276,7 @@ fn create(req: &OpenRequest) -> Result<Option<Opened>> {
         .mode(req.permissions)
         .open(&tmp)
         .map_err(|e| req.io("create", e))?;
-    let cleanup = RemoveOnDrop(&tmp);
+    let _remove_tmp = RemoveOnDrop(&tmp);
     file.set_permissions(fs::Permissions::from_mode(req.permissions))
         .map_err(|e| req.io("chmod", e))?;
     file.set_len(size).map_err(|e| req.io("resize", e))?;
@@ -258,13 +302,10 @@ fn create(req: &OpenRequest) -> Result<Option<Opened>> {
     for page in bytes[header_size..].chunks_exact_mut(geometry.page_size as usize) {
         PageMut::init(page, geometry.start_slots);
     }
-    let (id, _, _) = id_of(req, &file)?;
+    drop(map);
     match fs::hard_link(&tmp, &req.path) {
-        Ok(()) => {
-            drop(cleanup);
-            Ok(Some(Opened { file, map, geometry, header_size, id }))
-        }
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(None),
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(req.io("publish (link)", e)),
     }
 }
@@ -281,7 +322,10 @@ impl Drop for RemoveOnDrop<'_> {
 
 fn temp_name(path: &Path, dir: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());

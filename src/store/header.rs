@@ -82,7 +82,9 @@ pub enum HeaderError {
 impl FileHeader {
     /// Writes the fixed part (page table rows are left as they are: zero in a new file).
     pub fn encode(&self, buf: &mut [u8]) {
-        let put = |buf: &mut [u8], off: usize, v: u32| buf[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        let put = |buf: &mut [u8], off: usize, v: u32| {
+            buf[off..off + 4].copy_from_slice(&v.to_ne_bytes())
+        };
         buf[FILE_MAGIC_OFFSET..FILE_MAGIC_OFFSET + 8].copy_from_slice(&FILE_MAGIC);
         put(buf, VERSION_OFFSET, FORMAT_VERSION);
         put(buf, HEADER_SIZE_OFFSET, self.header_size);
@@ -106,10 +108,15 @@ impl FileHeader {
             return Err(HeaderError::NotACacheFile);
         }
         if buf.len() < PAGE_TABLE_OFFSET {
-            return Err(HeaderError::Bad(format!("header is cut short at {} bytes", buf.len())));
+            return Err(HeaderError::Bad(format!(
+                "header is cut short at {} bytes",
+                buf.len()
+            )));
         }
         if word(buf, BYTE_ORDER_OFFSET) != BYTE_ORDER_MARK {
-            return Err(HeaderError::Bad("written on a machine of another byte order".into()));
+            return Err(HeaderError::Bad(
+                "written on a machine of another byte order".into(),
+            ));
         }
         let version = word(buf, VERSION_OFFSET);
         if version != FORMAT_VERSION {
@@ -117,7 +124,11 @@ impl FileHeader {
                 "format version {version}; this build reads version {FORMAT_VERSION}"
             )));
         }
-        let sum = u64::from_ne_bytes(buf[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8].try_into().expect("8 bytes"));
+        let sum = u64::from_ne_bytes(
+            buf[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8]
+                .try_into()
+                .expect("8 bytes"),
+        );
         if sum != xxh3_64(&buf[..CHECKSUM_OFFSET]) {
             return Err(HeaderError::Bad("checksum mismatch".into()));
         }
@@ -165,7 +176,7 @@ mod tests {
     #[test]
     fn layout_constants() {
         assert_eq!(OPENERS_LOCK_OFFSET, 64);
-        assert!(OPENERS_LOCK_OFFSET < PAGE_TABLE_OFFSET);
+        const { assert!(OPENERS_LOCK_OFFSET < PAGE_TABLE_OFFSET) };
         assert_eq!(ROW_RESETS_OFFSET + 4 + 8, ROW_SIZE);
         assert_eq!(header_size(1), 4096);
         assert_eq!(header_size(89), 8192);
@@ -175,10 +186,22 @@ mod tests {
     fn recognises_other_files() {
         let mut buf = vec![0u8; PAGE_TABLE_OFFSET];
         buf[..4].copy_from_slice(&PAGE_MAGIC.to_ne_bytes());
-        assert_eq!(FileHeader::decode(&buf), Err(HeaderError::LooksLikeFastMmap));
-        assert_eq!(FileHeader::decode(&[0u8; 10]), Err(HeaderError::NotACacheFile));
-        assert_eq!(FileHeader::decode(b"fastmm"), Err(HeaderError::NotACacheFile));
-        assert!(matches!(FileHeader::decode(b"fastmmap"), Err(HeaderError::Bad(_))));
+        assert_eq!(
+            FileHeader::decode(&buf),
+            Err(HeaderError::LooksLikeFastMmap)
+        );
+        assert_eq!(
+            FileHeader::decode(&[0u8; 10]),
+            Err(HeaderError::NotACacheFile)
+        );
+        assert_eq!(
+            FileHeader::decode(b"fastmm"),
+            Err(HeaderError::NotACacheFile)
+        );
+        assert!(matches!(
+            FileHeader::decode(b"fastmmap"),
+            Err(HeaderError::Bad(_))
+        ));
     }
 
     proptest! {

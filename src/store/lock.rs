@@ -34,7 +34,9 @@ pub(crate) struct Held<'a> {
 impl PageLocks {
     pub(crate) fn new(kind: LockKind, num_pages: u32) -> PageLocks {
         match kind {
-            LockKind::Fcntl => PageLocks::Fcntl { mutexes: (0..num_pages).map(|_| Mutex::new(())).collect() },
+            LockKind::Fcntl => PageLocks::Fcntl {
+                mutexes: (0..num_pages).map(|_| Mutex::new(())).collect(),
+            },
         }
     }
 
@@ -50,11 +52,15 @@ impl PageLocks {
             PageLocks::Fcntl { mutexes } => {
                 let mutex = &mutexes[page as usize];
                 let guard = match deadline {
-                    None => mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
+                    None => mutex
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()),
                     Some(deadline) => lock_mutex_until(mutex, deadline)?,
                 };
                 fcntl_lock(fd, range, deadline)?;
-                Ok(Held { _mutex: Some(guard) })
+                Ok(Held {
+                    _mutex: Some(guard),
+                })
             }
         }
     }
@@ -83,7 +89,10 @@ fn backoff(step: &mut Duration, deadline: Instant) -> bool {
     true
 }
 
-fn lock_mutex_until(mutex: &Mutex<()>, deadline: Instant) -> Result<MutexGuard<'_, ()>, LockFailure> {
+fn lock_mutex_until(
+    mutex: &Mutex<()>,
+    deadline: Instant,
+) -> Result<MutexGuard<'_, ()>, LockFailure> {
     let mut step = Duration::from_micros(20);
     loop {
         match mutex.try_lock() {
@@ -98,7 +107,12 @@ fn lock_mutex_until(mutex: &Mutex<()>, deadline: Instant) -> Result<MutexGuard<'
     }
 }
 
-fn fcntl(fd: RawFd, cmd: libc::c_int, kind: libc::c_short, (start, len): (u64, u64)) -> io::Result<()> {
+fn fcntl(
+    fd: RawFd,
+    cmd: libc::c_int,
+    kind: libc::c_short,
+    (start, len): (u64, u64),
+) -> io::Result<()> {
     // SAFETY: `flock` is plain data; zeroed is a valid value for every field.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = kind;
@@ -108,7 +122,11 @@ fn fcntl(fd: RawFd, cmd: libc::c_int, kind: libc::c_short, (start, len): (u64, u
     // SAFETY: `fd` is an open descriptor owned by the caller's `File` for the duration of the
     // call, and `fl` is a valid, initialised flock structure that outlives the call.
     let rc = unsafe { libc::fcntl(fd, cmd, &mut fl) };
-    if rc == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 fn fcntl_lock(fd: RawFd, range: (u64, u64), deadline: Option<Instant>) -> Result<(), LockFailure> {
@@ -126,7 +144,12 @@ fn fcntl_lock(fd: RawFd, range: (u64, u64), deadline: Option<Instant>) -> Result
     loop {
         match fcntl(fd, libc::F_SETLK, wrlck, range) {
             Ok(()) => return Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES | libc::EINTR)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAGAIN | libc::EACCES | libc::EINTR)
+                ) =>
+            {
                 if !backoff(&mut step, deadline) {
                     return Err(LockFailure::TimedOut);
                 }

@@ -25,13 +25,13 @@ mod registry;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use memmap2::MmapRaw;
 
-pub(crate) use file::{current_uid, OpenRequest};
+pub(crate) use file::{OpenRequest, current_uid};
 use lock::{Held, LockFailure, PageLocks, Reentry};
 pub(crate) use registry::open_shared;
 
@@ -66,14 +66,22 @@ impl Geometry {
             ));
         }
         if self.num_pages == 0 || self.num_pages > MAX_NUM_PAGES {
-            return Err(format!("num_pages {} must be from 1 to {MAX_NUM_PAGES}", self.num_pages));
+            return Err(format!(
+                "num_pages {} must be from 1 to {MAX_NUM_PAGES}",
+                self.num_pages
+            ));
         }
         let total = u64::from(self.num_pages) * u64::from(self.page_size);
         if total > MAX_FILE_SIZE {
-            return Err(format!("{total} bytes of pages is more than the {MAX_FILE_SIZE} allowed"));
+            return Err(format!(
+                "{total} bytes of pages is more than the {MAX_FILE_SIZE} allowed"
+            ));
         }
         if self.start_slots < MIN_SLOTS {
-            return Err(format!("start_slots {} must be at least {MIN_SLOTS}", self.start_slots));
+            return Err(format!(
+                "start_slots {} must be at least {MIN_SLOTS}",
+                self.start_slots
+            ));
         }
         let table = crate::page::format::slots_end(self.start_slots).unwrap_or(usize::MAX);
         if table > ps / 2 {
@@ -189,7 +197,10 @@ impl SharedFile {
     pub(crate) fn resets(&self, page: u32) -> u64 {
         match self.row(page) {
             Some((_, resets)) => u64::from(resets.load(Ordering::Relaxed)),
-            None => self.local_resets.get(page as usize).map_or(0, |r| r.load(Ordering::Relaxed)),
+            None => self
+                .local_resets
+                .get(page as usize)
+                .map_or(0, |r| r.load(Ordering::Relaxed)),
         }
     }
 
@@ -210,16 +221,41 @@ impl SharedFile {
     /// first, and the reset counted.
     pub(crate) fn lock(&self, page: u32, timeout: Option<Duration>) -> Result<PageGuard<'_>> {
         let id = self as *const SharedFile as usize;
-        let reentry = Reentry::enter(id).ok_or_else(|| Error::Reentrant { path: self.path.clone() })?;
+        let reentry = Reentry::enter(id).ok_or_else(|| Error::Reentrant {
+            path: self.path.clone(),
+        })?;
         let range = self.page_range(page);
         let deadline = timeout.map(|t| Instant::now() + t);
-        let held = self.locks.acquire(self.file.as_raw_fd(), page, range, deadline).map_err(|f| match f {
-            LockFailure::TimedOut => Error::LockTimeout { path: self.path.clone(), page, timeout: timeout.unwrap_or_default() },
-            LockFailure::Os(source) => Error::Lock { path: self.path.clone(), page, source },
-        })?;
-        let mut guard = PageGuard { file: self, page, range, held: Some(held), _reentry: reentry };
-        let busy = self.row(page).is_some_and(|(busy, _)| busy.load(Ordering::Acquire) != 0);
-        if busy || PageHeader::read(guard.bytes()).check(self.geometry.page_size as usize, self.geometry.start_slots).is_err() {
+        let held = self
+            .locks
+            .acquire(self.file.as_raw_fd(), page, range, deadline)
+            .map_err(|f| match f {
+                LockFailure::TimedOut => Error::LockTimeout {
+                    path: self.path.clone(),
+                    page,
+                    timeout: timeout.unwrap_or_default(),
+                },
+                LockFailure::Os(source) => Error::Lock {
+                    path: self.path.clone(),
+                    page,
+                    source,
+                },
+            })?;
+        let mut guard = PageGuard {
+            file: self,
+            page,
+            range,
+            held: Some(held),
+            _reentry: reentry,
+        };
+        let busy = self
+            .row(page)
+            .is_some_and(|(busy, _)| busy.load(Ordering::Acquire) != 0);
+        if busy
+            || PageHeader::read(guard.bytes())
+                .check(self.geometry.page_size as usize, self.geometry.start_slots)
+                .is_err()
+        {
             guard.reset();
         }
         Ok(guard)
@@ -247,7 +283,12 @@ impl PageGuard<'_> {
         // was checked against the geometry on open); this guard holds the page's lock, so no
         // other thread or cooperating process touches these bytes, and the borrow of `self`
         // keeps the slice from outliving the lock or aliasing another `bytes()` borrow.
-        unsafe { std::slice::from_raw_parts_mut(self.file.map.as_mut_ptr().add(offset as usize), len as usize) }
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.file.map.as_mut_ptr().add(offset as usize),
+                len as usize,
+            )
+        }
     }
 
     /// The page, for reading or for changes that do not restructure it (access times,
@@ -311,7 +352,9 @@ impl PageGuard<'_> {
 impl Drop for PageGuard<'_> {
     fn drop(&mut self) {
         if let Some(held) = self.held.take() {
-            self.file.locks.release(self.file.file.as_raw_fd(), self.range, held);
+            self.file
+                .locks
+                .release(self.file.file.as_raw_fd(), self.range, held);
         }
     }
 }

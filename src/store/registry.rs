@@ -24,17 +24,21 @@ fn registry() -> std::sync::MutexGuard<'static, Vec<Entry>> {
 pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
     let mut reg = registry();
     reg.retain(|(_, weak)| weak.strong_count() > 0);
-    if let Ok(md) = std::fs::metadata(&req.path) {
-        if let Some(shared) = lookup(&reg, (md.dev(), md.ino())) {
-            check_compatible(req, &shared)?;
-            return Ok(shared);
-        }
+    if let Ok(md) = std::fs::metadata(&req.path)
+        && let Some(shared) = lookup(&reg, (md.dev(), md.ino()))
+    {
+        check_compatible(req, &shared)?;
+        return Ok(shared);
     }
     let opened = file::open(req)?;
     if let Some(shared) = lookup(&reg, opened.id) {
         // The name was replaced by a file we already have open between our stat and open.
         // Keep the new descriptor alive instead of closing it (see `SharedFile::spare_fds`).
-        shared.spare_fds.lock().unwrap_or_else(|p| p.into_inner()).push(opened.file);
+        shared
+            .spare_fds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(opened.file);
         check_compatible(req, &shared)?;
         return Ok(shared);
     }
@@ -56,7 +60,9 @@ pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
 }
 
 fn lookup(reg: &[Entry], id: (u64, u64)) -> Option<Arc<SharedFile>> {
-    reg.iter().find(|(k, _)| *k == id).and_then(|(_, w)| w.upgrade())
+    reg.iter()
+        .find(|(k, _)| *k == id)
+        .and_then(|(_, w)| w.upgrade())
 }
 
 /// A second open of a file this process has open must ask for what the file is.
@@ -72,14 +78,22 @@ fn check_compatible(req: &OpenRequest, shared: &SharedFile) -> Result<()> {
         });
     }
     if req.lock_kind != shared.lock_kind {
-        return Err(Error::LockKindMismatch { path: req.path.clone(), requested: req.lock_kind, found: shared.lock_kind });
+        return Err(Error::LockKindMismatch {
+            path: req.path.clone(),
+            requested: req.lock_kind,
+            found: shared.lock_kind,
+        });
     }
     let requested = match req.layout {
         crate::Layout::Native => req.requested,
         // The FastMmap layout has no header: its geometry is always the requested one.
         crate::Layout::FastMmap => {
             let g = req.requested.or_defaults();
-            Requested { num_pages: Some(g.num_pages), page_size: Some(g.page_size), start_slots: Some(g.start_slots) }
+            Requested {
+                num_pages: Some(g.num_pages),
+                page_size: Some(g.page_size),
+                start_slots: Some(g.start_slots),
+            }
         }
     };
     requested.check_against(&shared.geometry, &req.path)

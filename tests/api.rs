@@ -1,0 +1,399 @@
+//! The public API on one process: every operation, on both layouts.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use fastmmap::{Cache, Entry, Error, Expiry, Layout, ManualClock, Update};
+
+fn clock() -> ManualClock {
+    ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+}
+
+fn open(dir: &tempfile::TempDir, layout: Layout) -> Cache {
+    Cache::builder()
+        .path(dir.path().join("api.cache"))
+        .layout(layout)
+        .num_pages(7)
+        .page_size(8192)
+        .clock(clock())
+        .open()
+        .unwrap()
+}
+
+fn each_layout(test: impl Fn(Cache)) {
+    for layout in [Layout::Native, Layout::FastMmap] {
+        let dir = tempfile::tempdir().unwrap();
+        test(open(&dir, layout));
+    }
+}
+
+#[test]
+fn cache_is_send_sync_clone() {
+    fn assert_bounds<T: Send + Sync + Clone + 'static>() {}
+    assert_bounds::<Cache>();
+}
+
+#[test]
+fn set_get_remove_take() {
+    each_layout(|cache| {
+        assert!(cache.set(b"k", b"v").unwrap());
+        assert_eq!(cache.get(b"k").unwrap(), Some(b"v".to_vec()));
+        assert!(cache.contains_key(b"k").unwrap());
+        assert_eq!(cache.get_with(b"k", |v| v.len()).unwrap(), Some(1));
+        assert!(cache.set(b"k", b"").unwrap());
+        assert_eq!(
+            cache.get(b"k").unwrap(),
+            Some(vec![]),
+            "empty values are values"
+        );
+        assert!(cache.remove(b"k").unwrap());
+        assert!(!cache.remove(b"k").unwrap());
+        assert_eq!(cache.get(b"k").unwrap(), None);
+        assert!(!cache.contains_key(b"k").unwrap());
+        cache.set(b"t", b"taken").unwrap();
+        assert_eq!(cache.take(b"t").unwrap(), Some(b"taken".to_vec()));
+        assert_eq!(cache.take(b"t").unwrap(), None);
+        assert!(cache.set(b"", b"empty key").unwrap());
+        assert_eq!(cache.get(b"").unwrap(), Some(b"empty key".to_vec()));
+        let binary: Vec<u8> = (0..=255).collect();
+        cache.set(&binary, &binary).unwrap();
+        assert_eq!(cache.get(&binary).unwrap(), Some(binary.clone()));
+    });
+}
+
+#[test]
+fn entry_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let cache = Cache::builder()
+        .path(dir.path().join("c"))
+        .clock(clock.clone())
+        .open()
+        .unwrap();
+    cache
+        .set_with(b"k", b"v", Expiry::After(Duration::from_secs(60)))
+        .unwrap();
+    clock.advance(Duration::from_secs(5));
+    let e: Entry = cache.entry(b"k").unwrap().unwrap();
+    assert_eq!(e.value, b"v");
+    assert_eq!(
+        e.expires_at,
+        Some(UNIX_EPOCH + Duration::from_secs(1_700_000_060))
+    );
+    assert_eq!(
+        e.last_access,
+        UNIX_EPOCH + Duration::from_secs(1_700_000_005),
+        "a read refreshes last access"
+    );
+    assert_eq!(e.modseq, None);
+    cache.set_with(b"n", b"v", Expiry::Never).unwrap();
+    assert_eq!(cache.entry(b"n").unwrap().unwrap().expires_at, None);
+}
+
+#[test]
+fn update_is_read_modify_write() {
+    each_layout(|cache| {
+        let incr = |old: Option<&[u8]>| {
+            let n = old.map_or(0, |v| u64::from_le_bytes(v.try_into().unwrap()));
+            Update::Set((n + 1).to_le_bytes().to_vec())
+        };
+        for i in 1..=10u64 {
+            assert_eq!(
+                cache.update(b"n", incr).unwrap(),
+                Some(i.to_le_bytes().to_vec())
+            );
+        }
+        assert_eq!(
+            cache.update(b"n", |_| Update::Keep).unwrap(),
+            Some(10u64.to_le_bytes().to_vec())
+        );
+        assert_eq!(cache.update(b"absent", |_| Update::Keep).unwrap(), None);
+        assert_eq!(cache.update(b"n", |_| Update::Remove).unwrap(), None);
+        assert_eq!(cache.get(b"n").unwrap(), None);
+        let v = cache
+            .update(b"e", |_| Update::SetWith(b"x".to_vec(), Expiry::Never))
+            .unwrap();
+        assert_eq!(v, Some(b"x".to_vec()));
+    });
+}
+
+#[test]
+fn get_or_insert_with_computes_once() {
+    each_layout(|cache| {
+        let mut calls = 0;
+        let v = cache
+            .get_or_insert_with(b"k", || {
+                calls += 1;
+                b"computed".to_vec()
+            })
+            .unwrap();
+        assert_eq!(v, b"computed");
+        let v = cache
+            .get_or_insert_with(b"k", || {
+                calls += 1;
+                b"again".to_vec()
+            })
+            .unwrap();
+        assert_eq!(v, b"computed");
+        assert_eq!(calls, 1);
+    });
+}
+
+#[test]
+fn many_and_multi() {
+    each_layout(|cache| {
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..50u32)
+            .map(|i| {
+                (
+                    format!("key{i}").into_bytes(),
+                    format!("value{i}").into_bytes(),
+                )
+            })
+            .collect();
+        assert_eq!(cache.set_many(&pairs).unwrap(), 50);
+        let mut keys: Vec<Vec<u8>> = pairs.iter().map(|(k, _)| k.clone()).collect();
+        keys.push(b"missing".to_vec());
+        let got = cache.get_many(&keys).unwrap();
+        for (i, (_, v)) in pairs.iter().enumerate() {
+            assert_eq!(got[i].as_ref(), Some(v));
+        }
+        assert_eq!(got[50], None);
+
+        assert_eq!(
+            cache
+                .multi_set(b"user:7", &[(b"name", b"ann"), (b"mail", b"a@x")])
+                .unwrap(),
+            2
+        );
+        let got = cache
+            .multi_get(b"user:7", &[&b"mail"[..], b"name", b"nope"])
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![Some(b"a@x".to_vec()), Some(b"ann".to_vec()), None]
+        );
+        // Stored under the joined key, as Cache::FastMmap does.
+        assert!(
+            cache
+                .keys()
+                .map(Result::unwrap)
+                .any(|k| k == b"user:7-name")
+        );
+    });
+}
+
+#[test]
+fn modseq_and_tombstones() {
+    each_layout(|cache| {
+        assert!(cache.set_if_newer(b"k", b"v5", 5).unwrap());
+        assert!(
+            !cache.set_if_newer(b"k", b"v4", 4).unwrap(),
+            "older modseq refused"
+        );
+        let e = cache.entry(b"k").unwrap().unwrap();
+        assert_eq!((e.value.as_slice(), e.modseq), (&b"v5"[..], Some(5)));
+        cache.remove_with_modseq(b"k", 6).unwrap();
+        assert_eq!(
+            cache.get(b"k").unwrap(),
+            None,
+            "a tombstone reads as a miss"
+        );
+        assert!(
+            !cache.set(b"k", b"plain").unwrap(),
+            "a live tombstone refuses a plain store"
+        );
+        assert!(!cache.set_if_newer(b"k", b"v5again", 5).unwrap());
+        assert!(cache.set_if_newer(b"k", b"v7", 7).unwrap());
+        assert_eq!(cache.get(b"k").unwrap(), Some(b"v7".to_vec()));
+        assert_eq!(
+            cache.keys().map(Result::unwrap).collect::<Vec<_>>(),
+            vec![b"k".to_vec()]
+        );
+    });
+}
+
+#[test]
+fn iter_keys_purge_clear_stats() {
+    each_layout(|cache| {
+        for i in 0..100u32 {
+            cache
+                .set(format!("k{i}").as_bytes(), &i.to_le_bytes())
+                .unwrap();
+        }
+        let mut keys: Vec<Vec<u8>> = cache.keys().map(Result::unwrap).collect();
+        keys.sort();
+        assert_eq!(keys.len(), 100);
+        for (k, e) in cache.iter().map(Result::unwrap) {
+            let i: u32 = std::str::from_utf8(&k[1..]).unwrap().parse().unwrap();
+            assert_eq!(e.value, i.to_le_bytes());
+        }
+        cache.reset_stats().unwrap();
+        cache.get(b"k1").unwrap();
+        cache.get(b"nope").unwrap();
+        let s = cache.stats().unwrap();
+        assert_eq!((s.reads, s.hits, s.entries, s.resets), (2, 1, 100, 0));
+        assert_eq!(s.pages.len(), 7);
+        assert!(s.used_bytes > 100 * 24 && s.free_bytes > 0);
+        assert_eq!(cache.purge().unwrap(), 0);
+        cache.clear().unwrap();
+        assert_eq!(cache.keys().count(), 0);
+        assert_eq!(cache.stats().unwrap().entries, 0);
+    });
+}
+
+#[test]
+fn too_large_is_refused_and_old_value_kept() {
+    each_layout(|cache| {
+        cache.set(b"k", b"old").unwrap();
+        let max = cache.max_entry_size();
+        let huge = vec![0u8; max];
+        match cache.set(b"k", &huge) {
+            Err(Error::TooLarge {
+                needed,
+                max: m,
+                path,
+            }) => {
+                assert!(needed > m);
+                assert_eq!(m, max);
+                assert!(path.ends_with("api.cache"));
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert_eq!(cache.get(b"k").unwrap(), Some(b"old".to_vec()));
+        assert!(matches!(
+            cache.update(b"k", |_| Update::Set(huge.clone())),
+            Err(Error::TooLarge { .. })
+        ));
+        assert_eq!(cache.get(b"k").unwrap(), Some(b"old".to_vec()));
+        assert!(matches!(
+            cache.set_many(&[(&b"a"[..], &b"1"[..]), (b"k", &huge)]),
+            Err(Error::TooLarge { .. })
+        ));
+        assert_eq!(
+            cache.get(b"a").unwrap(),
+            None,
+            "nothing stored when one pair is too large"
+        );
+        // The largest entry that fits does fit.
+        let fits = vec![1u8; max - 24 - 1];
+        assert!(cache.set(b"k", &fits).unwrap());
+        assert_eq!(cache.get(b"k").unwrap(), Some(fits));
+    });
+}
+
+#[test]
+fn reentrant_calls_are_refused() {
+    each_layout(|cache| {
+        cache.set(b"k", b"v").unwrap();
+        let inner = cache.get_with(b"k", |_| cache.get(b"k")).unwrap().unwrap();
+        assert!(matches!(inner, Err(Error::Reentrant { .. })));
+        let mut seen = None;
+        cache
+            .update(b"k", |_| {
+                seen = Some(cache.set(b"other", b"x"));
+                Update::Keep
+            })
+            .unwrap();
+        assert!(matches!(seen, Some(Err(Error::Reentrant { .. }))));
+        // After the closures, the cache works normally.
+        assert!(cache.set(b"other", b"x").unwrap());
+    });
+}
+
+#[test]
+fn panic_in_closure_releases_the_lock() {
+    each_layout(|cache| {
+        cache.set(b"k", b"v").unwrap();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cache.get_with(b"k", |_| panic!("boom")).unwrap();
+        }));
+        assert!(caught.is_err());
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cache.update(b"k", |_| panic!("boom")).unwrap();
+        }));
+        assert!(caught.is_err());
+        assert_eq!(cache.get(b"k").unwrap(), Some(b"v".to_vec()));
+        let c2 = cache.clone();
+        std::thread::spawn(move || c2.set(b"k", b"w").unwrap())
+            .join()
+            .unwrap();
+        assert_eq!(cache.get(b"k").unwrap(), Some(b"w".to_vec()));
+    });
+}
+
+#[test]
+fn threads_share_one_cache() {
+    each_layout(|cache| {
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let cache = cache.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..2000 {
+                        cache
+                            .update(b"counter", |old| {
+                                let n =
+                                    old.map_or(0, |v| u64::from_le_bytes(v.try_into().unwrap()));
+                                Update::Set((n + 1).to_le_bytes().to_vec())
+                            })
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(
+            cache.get(b"counter").unwrap(),
+            Some(8000u64.to_le_bytes().to_vec())
+        );
+    });
+}
+
+#[test]
+fn lock_timeout_reports_the_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.cache");
+    let cache = Cache::builder().path(&path).num_pages(1).open().unwrap();
+    let waiter = Cache::builder()
+        .path(&path)
+        .lock_timeout(Duration::from_millis(50))
+        .open()
+        .unwrap();
+    cache.set(b"k", b"v").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        cache
+            .get_with(b"k", |_| {
+                tx.send(()).unwrap();
+                done_rx.recv().unwrap();
+            })
+            .unwrap();
+    });
+    rx.recv().unwrap();
+    match waiter.get(b"k") {
+        Err(Error::LockTimeout {
+            page: 0, timeout, ..
+        }) => assert_eq!(timeout, Duration::from_millis(50)),
+        other => panic!("expected LockTimeout, got {other:?}"),
+    }
+    done_tx.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(waiter.get(b"k").unwrap(), Some(b"v".to_vec()));
+}
+
+#[test]
+fn unlink_on_drop_removes_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gone.cache");
+    let cache = Cache::builder()
+        .path(&path)
+        .unlink_on_drop(true)
+        .open()
+        .unwrap();
+    let clone = cache.clone();
+    drop(cache);
+    assert!(path.exists(), "a clone still uses it");
+    drop(clone);
+    assert!(!path.exists());
+}
