@@ -244,6 +244,43 @@ impl Cache {
         }
         Ok(())
     }
+
+    /// Validates every page fully, one locked at a time, without repairing anything: the
+    /// problems found, one per bad page. (Normal operations reset a page whose header is
+    /// damaged when they lock it; opening with [`CacheBuilder::verify`] resets every bad page.)
+    ///
+    /// # Errors
+    /// Lock errors.
+    pub fn validate(&self) -> Result<Vec<PageProblem>> {
+        let g = self.inner.geometry;
+        let hash = self.inner.hash;
+        let slot_hash = move |key: &[u8]| hash.locate(key, g.num_pages).1;
+        let mut problems = Vec::new();
+        for page in 0..g.num_pages {
+            let mut guard = self.inner.file.lock_as_is(page, self.inner.lock_timeout)?;
+            let problem = match guard.problem() {
+                Some(p) => Some(p),
+                None => check_page(guard.bytes(), g.start_slots, Some(&slot_hash)).err(),
+            };
+            if let Some(reason) = problem {
+                problems.push(PageProblem {
+                    page,
+                    reason: reason.0,
+                });
+            }
+        }
+        Ok(problems)
+    }
+}
+
+/// A page that failed [`Cache::validate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PageProblem {
+    /// The page.
+    pub page: u32,
+    /// What is wrong with it.
+    pub reason: &'static str,
 }
 
 /// Cache::FastMmap's derivation of `(num_pages, page_size)` from a total size.

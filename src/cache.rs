@@ -725,17 +725,37 @@ impl Cache {
         self.iter().map(|r| r.map(|(k, _)| k))
     }
 
+    /// Whether an entry found in `page` with this stored slot hash could have been stored
+    /// under `key`: by `set` (the key hashes to both), or by `multi_set` (the key is
+    /// `page_key-…` for a page key of this page).
+    fn belongs(&self, key: &[u8], page: u32, slot_hash: u32) -> bool {
+        let (key_page, key_slot_hash) = self.locate(key);
+        key_slot_hash == slot_hash
+            && (key_page == page
+                || key
+                    .iter()
+                    .enumerate()
+                    .any(|(i, &b)| b == b'-' && self.locate(&key[..i]).0 == page))
+    }
+
     /// The live entries of one page, copied out under its lock.
     fn page_entries(&self, page: u32) -> Result<Vec<(Vec<u8>, Entry)>> {
         let now = self.now();
         let mut guard = self.lock_page(page)?;
         let mut out = Vec::new();
+        // A key whose bytes were damaged no longer hashes to the slot hash stored with it
+        // (lookups never match it); here it would come out as a key that was never stored.
+        let mut damaged = false;
         let walked = guard.page().view().for_each_entry(|e| {
-            if !crate::page::format::is_expired(e.expire_on, now) && e.flags & FLAG_TOMBSTONE == 0 {
+            if !self.belongs(e.key, page, e.slot_hash) {
+                damaged = true;
+            } else if !crate::page::format::is_expired(e.expire_on, now)
+                && e.flags & FLAG_TOMBSTONE == 0
+            {
                 out.push((e.key.to_vec(), Entry::from_ref(&e)));
             }
         });
-        if walked.is_err() {
+        if walked.is_err() || damaged {
             guard.reset();
             out.clear();
         }

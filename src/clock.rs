@@ -27,7 +27,7 @@ impl Clock {
     #[inline]
     pub(crate) fn now_secs(&self) -> u32 {
         match &self.0 {
-            Source::System => unix_secs(SystemTime::now()),
+            Source::System => crate::store::unix_now_coarse(),
             Source::Manual(secs) => secs.load(Ordering::Relaxed).min(u64::from(u32::MAX)) as u32,
         }
     }
@@ -103,4 +103,29 @@ pub(crate) fn unix_secs(t: SystemTime) -> u32 {
 /// Seconds stored in the file back to a time.
 pub(crate) fn from_unix_secs(secs: u32) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(u64::from(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_clock_agrees_with_system_time() {
+        let before = unix_secs(SystemTime::now());
+        let now = Clock::system().now_secs();
+        let after = unix_secs(SystemTime::now());
+        // The coarse clock may lag the precise one by a tick.
+        assert!(now + 1 >= before && now <= after, "{before} {now} {after}");
+    }
+
+    #[test]
+    fn manual_clock_moves_when_told() {
+        let m = ManualClock::new(UNIX_EPOCH + Duration::from_secs(100));
+        let clock = Clock::from(m.clone());
+        assert_eq!(clock.now_secs(), 100);
+        m.advance(Duration::from_millis(2500));
+        assert_eq!(clock.now_secs(), 102);
+        m.set(UNIX_EPOCH + Duration::from_secs(7));
+        assert_eq!(clock.now(), UNIX_EPOCH + Duration::from_secs(7));
+    }
 }

@@ -17,7 +17,7 @@ pub mod page;
 mod stats;
 mod store;
 
-pub use builder::CacheBuilder;
+pub use builder::{CacheBuilder, PageProblem};
 pub use cache::{Cache, Entry, EntryFlags, Iter, Update};
 pub use clock::{Clock, ManualClock};
 pub use error::{Error, Result};

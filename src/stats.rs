@@ -8,7 +8,7 @@ pub struct Stats {
     pub reads: u64,
     /// Reads that found a live value.
     pub hits: u64,
-    /// Entries stored, including expired ones not yet evicted.
+    /// Entries stored, including expired ones and tombstones not yet evicted.
     pub entries: u64,
     /// Bytes of the pages' data areas in use (entries, and dead entries until compaction).
     pub used_bytes: u64,
@@ -24,7 +24,7 @@ pub struct Stats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PageStats {
-    /// Entries stored, including expired ones not yet evicted.
+    /// Entries stored, including expired ones and tombstones not yet evicted.
     pub entries: u32,
     /// Size of the page's slot table.
     pub slots: u32,

@@ -487,3 +487,35 @@ fn no_temp_files_left_behind() {
         .collect();
     assert_eq!(names.len(), 5, "{names:?}");
 }
+
+#[test]
+fn validate_reports_without_repairing() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v");
+    let cache = Cache::builder()
+        .path(&path)
+        .layout(Layout::FastMmap)
+        .num_pages(4)
+        .page_size(4096)
+        .open()
+        .unwrap();
+    for i in 0..40u32 {
+        cache.set(&i.to_le_bytes(), b"value").unwrap();
+    }
+    assert!(cache.validate().unwrap().is_empty());
+    // Break page 2's header: free_bytes no longer adds up.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(&[0xff; 4], 2 * 4096 + 20)
+        .unwrap();
+    let before = bytes(&path);
+    let problems = cache.validate().unwrap();
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].page, 2);
+    assert_eq!(bytes(&path), before, "validate changes nothing");
+    assert_eq!(cache.stats().unwrap().resets, 1, "the next lock repairs it");
+    assert!(cache.validate().unwrap().is_empty());
+}

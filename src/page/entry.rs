@@ -113,6 +113,7 @@ impl EntryLoc {
             value: buf.get(value_start..stored.end).unwrap_or(&[]),
             last_access: self.last_access,
             expire_on: self.expire_on,
+            slot_hash: self.slot_hash,
             flags: self.flags,
             modseq: self.modseq(buf),
         }
@@ -127,6 +128,8 @@ pub struct EntryRef<'a> {
     pub value: &'a [u8],
     pub last_access: u32,
     pub expire_on: u32,
+    /// The slot hash stored with the entry: it must match the key's.
+    pub slot_hash: u32,
     pub flags: u32,
     pub modseq: Option<u64>,
 }

@@ -28,7 +28,7 @@ fn data_capacity(page_size: usize, num_slots: u32) -> Option<usize> {
 impl PageMut<'_> {
     /// Evicts per `mode` and compacts the survivors. Returns how many entries were dropped.
     pub fn evict(&mut self, mode: Evict, now: u32, start_slots: u32) -> Result<usize, Corrupt> {
-        let hdr = self.header();
+        let hdr = self.checked_header()?;
         let n = hdr.num_slots;
         if n == 0 {
             return Err(Corrupt("page has no slots"));
@@ -156,8 +156,22 @@ impl PageMut<'_> {
         };
         hdr.write(&mut image)?;
 
+        // The page is shared memory that a process killed mid-way leaves behind, so these three
+        // steps must reach it in this order; nothing in this thread reads the cleared magic, so
+        // without the fences the compiler may drop or move the first store.
         super::header::put_u32(self.buf, MAGIC_OFFSET, 0)?;
+        publish_order(self.buf);
         self.buf[MAGIC_OFFSET + 4..free_data].copy_from_slice(&image[MAGIC_OFFSET + 4..]);
+        publish_order(self.buf);
         super::header::put_u32(self.buf, MAGIC_OFFSET, PAGE_MAGIC)
     }
+}
+
+/// Makes the stores to `buf` made so far happen before any made after: the steps of a
+/// crash-ordered write. (`black_box` makes the bytes count as observed, so earlier stores are
+/// not eliminated as dead; the fence keeps later stores from moving before them.)
+#[inline]
+pub(super) fn publish_order(buf: &[u8]) {
+    std::hint::black_box(buf);
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
 }

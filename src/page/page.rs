@@ -31,6 +31,15 @@ impl<'a> PageView<'a> {
         PageHeader::read(self.buf)
     }
 
+    /// The header, checked to be structurally sound (the start slot count is not checked:
+    /// that is policy, enforced when the page is locked). Every operation starts here, so a
+    /// header changed since the lock was taken cannot send it out of bounds.
+    pub fn checked_header(&self) -> Result<PageHeader, Corrupt> {
+        let hdr = self.header();
+        hdr.check(self.buf.len(), 1)?;
+        Ok(hdr)
+    }
+
     fn word(&self, off: usize) -> Result<u32, Corrupt> {
         get_u32(self.buf, off).ok_or(Corrupt("offset outside the page"))
     }
@@ -96,7 +105,7 @@ impl<'a> PageView<'a> {
         key: &[u8],
         now: u32,
     ) -> Result<Option<EntryRef<'a>>, Corrupt> {
-        let hdr = self.header();
+        let hdr = self.checked_header()?;
         match self.probe(&hdr, slot_hash, key)? {
             Probe::Hit { loc, .. } if !is_expired(loc.expire_on, now) && !loc.is_tombstone() => {
                 Ok(Some(loc.view(self.buf)))
@@ -107,7 +116,7 @@ impl<'a> PageView<'a> {
 
     /// Calls `f` for every entry in slot order (expired entries and tombstones included).
     pub fn for_each_entry(&self, mut f: impl FnMut(EntryRef<'a>)) -> Result<(), Corrupt> {
-        let hdr = self.header();
+        let hdr = self.checked_header()?;
         let (data_start, data_end) = self.data_bounds(&hdr);
         for slot in 0..hdr.num_slots {
             let word = self.slot(slot)?;
@@ -201,6 +210,11 @@ impl<'a> PageMut<'a> {
         PageHeader::read(self.buf)
     }
 
+    /// See [`PageView::checked_header`].
+    pub fn checked_header(&self) -> Result<PageHeader, Corrupt> {
+        self.view().checked_header()
+    }
+
     fn set_word(&mut self, off: usize, v: u32) -> Result<(), Corrupt> {
         put_u32(self.buf, off, v)
     }
@@ -250,7 +264,7 @@ impl<'a> PageMut<'a> {
         now: u32,
         stats: bool,
     ) -> Result<Option<EntryRef<'_>>, Corrupt> {
-        let hdr = self.header();
+        let hdr = self.checked_header()?;
         if stats {
             self.set_word(N_READS_OFFSET, hdr.n_reads.wrapping_add(1))?;
         }
@@ -313,7 +327,7 @@ impl<'a> PageMut<'a> {
         if size > max_entry_size(self.buf.len(), start_slots) {
             return Err(Corrupt("entry larger than an empty page"));
         }
-        let hdr = self.header();
+        let hdr = self.checked_header()?;
         if let Probe::Hit { loc, .. } = self.probe(&hdr, req.slot_hash, req.key)?
             && let Some(outcome) = self.conditional(&loc, req, now)
         {
@@ -343,7 +357,7 @@ impl<'a> PageMut<'a> {
     /// Appends the entry at `free_data` and points the key's slot at it, replacing any old
     /// entry. Returns false (changing nothing) when there is no slot or no room.
     fn append(&mut self, req: &Store, size: usize, now: u32) -> Result<bool, Corrupt> {
-        let hdr = self.header();
+        let hdr = self.checked_header()?;
         if (hdr.free_bytes as usize) < size {
             return Ok(false);
         }
@@ -359,6 +373,7 @@ impl<'a> PageMut<'a> {
         // 1. Reserve the space.
         self.set_word(FREE_DATA_OFFSET, (off + size) as u32)?;
         self.set_word(FREE_BYTES_OFFSET, hdr.free_bytes - size as u32)?;
+        super::evict::publish_order(self.buf);
         // 2. Write the entry.
         let entry = self
             .buf
@@ -379,6 +394,7 @@ impl<'a> PageMut<'a> {
         }
         entry[at..at + req.value.len()].copy_from_slice(req.value);
         entry[at + req.value.len()..].fill(0);
+        super::evict::publish_order(self.buf);
         // 3. Commit: make it reachable.
         self.set_word(Self::slot_off(slot), off as u32)?;
         // 4. Counters.
@@ -400,7 +416,7 @@ impl<'a> PageMut<'a> {
         key: &[u8],
         now: u32,
     ) -> Result<Option<Removed>, Corrupt> {
-        let hdr = self.header();
+        let hdr = self.checked_header()?;
         let Probe::Hit { slot, loc } = self.probe(&hdr, slot_hash, key)? else {
             return Ok(None);
         };

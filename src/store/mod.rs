@@ -47,6 +47,20 @@ pub(crate) const MAX_NUM_PAGES: u32 = 1 << 20;
 /// Largest file the crate creates.
 pub(crate) const MAX_FILE_SIZE: u64 = 1 << 40;
 
+/// The current Unix time in whole seconds, from the coarse real-time clock: a read of the
+/// kernel's last tick, far cheaper than a precise clock read, and off by at most a tick
+/// (a few milliseconds), which whole seconds do not notice.
+pub(crate) fn unix_now_coarse() -> u32 {
+    // SAFETY: `timespec` is plain data; zeroed is a valid value.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    if rc != 0 || ts.tv_sec < 0 {
+        return crate::clock::unix_secs(std::time::SystemTime::now());
+    }
+    (ts.tv_sec as u64).min(u64::from(u32::MAX)) as u32
+}
+
 /// Pages, page size and starting slot count of a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Geometry {
@@ -220,6 +234,15 @@ impl SharedFile {
     /// left half-changed by a dead process (busy marker set) or failing the check is reset
     /// first, and the reset counted.
     pub(crate) fn lock(&self, page: u32, timeout: Option<Duration>) -> Result<PageGuard<'_>> {
+        let mut guard = self.lock_as_is(page, timeout)?;
+        if guard.problem().is_some() {
+            guard.reset();
+        }
+        Ok(guard)
+    }
+
+    /// Locks `page` and leaves it as it is, however damaged (for read-only checks).
+    pub(crate) fn lock_as_is(&self, page: u32, timeout: Option<Duration>) -> Result<PageGuard<'_>> {
         let id = self as *const SharedFile as usize;
         let reentry = Reentry::enter(id).ok_or_else(|| Error::Reentrant {
             path: self.path.clone(),
@@ -241,24 +264,13 @@ impl SharedFile {
                     source,
                 },
             })?;
-        let mut guard = PageGuard {
+        Ok(PageGuard {
             file: self,
             page,
             range,
             held: Some(held),
             _reentry: reentry,
-        };
-        let busy = self
-            .row(page)
-            .is_some_and(|(busy, _)| busy.load(Ordering::Acquire) != 0);
-        if busy
-            || PageHeader::read(guard.bytes())
-                .check(self.geometry.page_size as usize, self.geometry.start_slots)
-                .is_err()
-        {
-            guard.reset();
-        }
-        Ok(guard)
+        })
     }
 }
 
@@ -289,6 +301,24 @@ impl PageGuard<'_> {
                 len as usize,
             )
         }
+    }
+
+    /// Why the page must be reset before use, if it must: its busy marker is set (a process
+    /// died changing it) or its header fails the check.
+    pub(crate) fn problem(&mut self) -> Option<crate::page::Corrupt> {
+        let busy = self
+            .file
+            .row(self.page)
+            .is_some_and(|(busy, _)| busy.load(Ordering::Acquire) != 0);
+        if busy {
+            return Some(crate::page::Corrupt(
+                "busy marker set: a process died changing the page",
+            ));
+        }
+        let g = self.file.geometry;
+        PageHeader::read(self.bytes())
+            .check(g.page_size as usize, g.start_slots)
+            .err()
     }
 
     /// The page, for reading or for changes that do not restructure it (access times,
