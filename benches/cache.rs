@@ -1,1 +1,396 @@
-fn main() {}
+//! Benchmarks of the public `Cache` API: one mmap'ed file, fcntl page locks, default geometry
+//! (89 pages × 64 KiB) unless a bench says otherwise, 10-byte keys and 100-byte values.
+//!
+//! The file lives in `/dev/shm` when that exists (as a prefork server would put it), else in
+//! the temp dir; the choice is printed once.
+//!
+//! Concurrency benches use `iter_custom` and report the wall time per operation across all
+//! threads or processes (total wall time / total operations), so a perfectly scaling run on
+//! two cores halves the figure, and contention raises it.
+
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use fastmmap::{Cache, Update};
+use tempfile::TempDir;
+
+/// Keys pre-filled for the hit benches: about 112 per page, well within capacity.
+const HOT_KEYS: usize = 10_000;
+/// Distinct keys for the eviction bench: about five times what the cache holds.
+const EVICTION_KEYS: usize = 200_000;
+/// Keys per `get_many` call.
+const MANY: usize = 16;
+const VALUE_LEN: usize = 100;
+
+type Key = [u8; 10];
+
+/// A 10-byte key: a one-letter prefix and nine decimal digits.
+fn key(prefix: u8, i: usize) -> Key {
+    let mut k = [b'0'; 10];
+    k[0] = prefix;
+    let mut n = i;
+    for b in k[1..].iter_mut().rev() {
+        *b = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    k
+}
+
+fn keys(prefix: u8, n: usize) -> Vec<Key> {
+    (0..n).map(|i| key(prefix, i)).collect()
+}
+
+fn value(seed: usize) -> [u8; VALUE_LEN] {
+    let mut v = [0u8; VALUE_LEN];
+    for (i, b) in v.iter_mut().enumerate() {
+        *b = (seed.wrapping_mul(31).wrapping_add(i)) as u8;
+    }
+    v
+}
+
+/// A fresh directory for cache files: `/dev/shm` if present, else the temp dir.
+fn bench_dir() -> TempDir {
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::Builder::new()
+            .prefix("fastmmap-bench")
+            .tempdir_in(shm)
+    } else {
+        tempfile::Builder::new().prefix("fastmmap-bench").tempdir()
+    }
+    .expect("create a temp dir");
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        eprintln!(
+            "fastmmap bench files in {}",
+            dir.path().parent().unwrap_or(dir.path()).display()
+        )
+    });
+    dir
+}
+
+/// A cache with default geometry holding `HOT_KEYS` entries.
+fn hot_cache(dir: &TempDir, name: &str) -> (Cache, Vec<Key>) {
+    let cache = Cache::builder()
+        .path(dir.path().join(name))
+        .open()
+        .expect("open cache");
+    let keys = keys(b'k', HOT_KEYS);
+    for (i, k) in keys.iter().enumerate() {
+        cache.set(k, &value(i)).expect("set");
+    }
+    for k in &keys {
+        assert!(
+            cache.get(k).expect("get").is_some(),
+            "pre-filled key missing: the cache is too small"
+        );
+    }
+    (cache, keys)
+}
+
+/// Cycles through a slice forever.
+struct Rotor<'a, T> {
+    items: &'a [T],
+    next: usize,
+}
+
+impl<'a, T> Rotor<'a, T> {
+    fn new(items: &'a [T], start: usize) -> Self {
+        Rotor {
+            items,
+            next: start % items.len(),
+        }
+    }
+
+    #[inline]
+    fn next(&mut self) -> &'a T {
+        let item = &self.items[self.next];
+        self.next += 1;
+        if self.next == self.items.len() {
+            self.next = 0;
+        }
+        item
+    }
+}
+
+/// `iters` get hits over `keys`, starting at `start`; panics on a miss.
+#[inline]
+fn get_loop(cache: &Cache, keys: &[Key], start: usize, iters: u64) -> Result<(), fastmmap::Error> {
+    let mut rotor = Rotor::new(keys, start);
+    for _ in 0..iters {
+        let v = cache.get(rotor.next())?;
+        black_box(v);
+    }
+    Ok(())
+}
+
+fn single(c: &mut Criterion) {
+    let dir = bench_dir();
+    let (cache, hot) = hot_cache(&dir, "single");
+    let mut g = c.benchmark_group("cache");
+
+    g.bench_function("get_hit", |b| {
+        let mut keys = Rotor::new(&hot, 0);
+        b.iter(|| {
+            let v = cache.get(keys.next()).unwrap();
+            debug_assert!(v.is_some());
+            v
+        });
+    });
+
+    let absent = keys(b'm', HOT_KEYS);
+    g.bench_function("get_miss", |b| {
+        let mut keys = Rotor::new(&absent, 0);
+        b.iter(|| {
+            let v = cache.get(keys.next()).unwrap();
+            debug_assert!(v.is_none());
+            v
+        });
+    });
+
+    g.bench_function("get_with_len", |b| {
+        let mut keys = Rotor::new(&hot, 0);
+        b.iter(|| cache.get_with(keys.next(), |v: &[u8]| v.len()).unwrap());
+    });
+
+    g.bench_function("set_overwrite", |b| {
+        let val = value(7);
+        let mut keys = Rotor::new(&hot, 0);
+        b.iter(|| cache.set(keys.next(), black_box(&val)).unwrap());
+    });
+
+    g.bench_function("update_counter", |b| {
+        let mut keys = Rotor::new(&hot, 0);
+        b.iter(|| {
+            cache
+                .update(keys.next(), |old| {
+                    let mut v = old.map_or_else(|| vec![0; VALUE_LEN], <[u8]>::to_vec);
+                    let n = u64::from_le_bytes(v[..8].try_into().expect("8 bytes")).wrapping_add(1);
+                    v[..8].copy_from_slice(&n.to_le_bytes());
+                    Update::Set(v)
+                })
+                .unwrap()
+        });
+    });
+
+    // One call fetching MANY keys; criterion's time is per call, its throughput per key.
+    let windows: Vec<&[Key]> = hot.chunks_exact(MANY).collect();
+    g.throughput(Throughput::Elements(MANY as u64));
+    g.bench_function(format!("get_many_{MANY}"), |b| {
+        let mut calls = Rotor::new(&windows, 0);
+        b.iter(|| cache.get_many(calls.next()).unwrap());
+    });
+    g.finish();
+    drop(cache);
+
+    // Many more distinct keys than fit: almost every store is a new key into a full page.
+    let cache = Cache::builder()
+        .path(dir.path().join("evict"))
+        .open()
+        .expect("open cache");
+    let many = keys(b'e', EVICTION_KEYS);
+    let val = value(3);
+    for k in &many {
+        cache.set(k, &val).unwrap();
+    }
+    let mut g = c.benchmark_group("cache");
+    g.bench_function("set_evicting", |b| {
+        let mut keys = Rotor::new(&many, 0);
+        b.iter(|| cache.set(keys.next(), black_box(&val)).unwrap());
+    });
+    g.finish();
+}
+
+/// Get hits from 1, 2 and 4 threads sharing one `Cache`: wall time per get across all threads.
+fn threads(c: &mut Criterion) {
+    let dir = bench_dir();
+    let (cache, hot) = hot_cache(&dir, "threads");
+    let hot = Arc::new(hot);
+    let mut g = c.benchmark_group("get_hit_threads");
+    for n in [1usize, 2, 4] {
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
+            b.iter_custom(|iters| {
+                let barrier = Arc::new(Barrier::new(n + 1));
+                let workers: Vec<_> = (0..n)
+                    .map(|t| {
+                        let (cache, hot, barrier) =
+                            (cache.clone(), Arc::clone(&hot), Arc::clone(&barrier));
+                        std::thread::spawn(move || {
+                            barrier.wait();
+                            get_loop(&cache, &hot, t * hot.len() / n, iters).unwrap();
+                        })
+                    })
+                    .collect();
+                barrier.wait();
+                let start = Instant::now();
+                for w in workers {
+                    w.join().expect("worker");
+                }
+                start.elapsed() / n as u32
+            });
+        });
+    }
+    g.finish();
+}
+
+/// Raw pipe ends, closed on drop.
+struct Pipe {
+    read: libc::c_int,
+    write: libc::c_int,
+}
+
+impl Pipe {
+    fn new() -> Pipe {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` is a valid, writable array of two ints, as pipe(2) requires.
+        let rc = unsafe { libc::pipe(fds.as_mut_ptr()) };
+        assert_eq!(rc, 0, "pipe: {}", std::io::Error::last_os_error());
+        Pipe {
+            read: fds[0],
+            write: fds[1],
+        }
+    }
+
+    /// Writes one byte (async-signal-safe: usable in a forked child).
+    fn signal(&self) -> bool {
+        let byte = 1u8;
+        // SAFETY: `self.write` is this pipe's open write end and `byte` is a valid one-byte
+        // buffer that outlives the call.
+        unsafe { libc::write(self.write, (&raw const byte).cast(), 1) == 1 }
+    }
+
+    /// Blocks until one byte arrives (async-signal-safe: usable in a forked child).
+    fn wait(&self) -> bool {
+        let mut byte = 0u8;
+        loop {
+            // SAFETY: `self.read` is this pipe's open read end and `byte` is a valid, writable
+            // one-byte buffer that outlives the call.
+            let n = unsafe { libc::read(self.read, (&raw mut byte).cast(), 1) };
+            if n == 1 {
+                return true;
+            }
+            if n == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                return false;
+            }
+        }
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        // SAFETY: both descriptors were returned by pipe(2), are owned by this value and are
+        // closed exactly once, here.
+        unsafe {
+            libc::close(self.read);
+            libc::close(self.write);
+        }
+    }
+}
+
+/// Runs `iters` gets over `parent_keys` here while a forked child runs `iters` gets over
+/// `child_keys` on the same cache, both starting together. Returns the wall time from the
+/// common start until both are done.
+fn two_processes(cache: &Cache, parent_keys: &[Key], child_keys: &[Key], iters: u64) -> Duration {
+    let ready = Pipe::new();
+    let go = Pipe::new();
+    // SAFETY: the bench is single-threaded at this point (the thread benches joined all their
+    // workers), so no lock (malloc's, the cache's page mutexes) is held by a thread that the
+    // child would lack. The child only uses the inherited mapping and descriptors, and leaves
+    // with `_exit`, never returning or unwinding into the parent's code.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let ok = ready.signal() && go.wait() && get_loop(cache, child_keys, 0, iters).is_ok();
+        // SAFETY: `_exit` ends the child at once without running the parent's destructors or
+        // atexit handlers (which would, e.g., remove the temp dir); always sound to call.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    assert!(ready.wait(), "child did not start");
+    let start = Instant::now();
+    assert!(go.signal(), "cannot start the child");
+    get_loop(cache, parent_keys, parent_keys.len() / 2, iters).unwrap();
+    let mut status = 0;
+    // SAFETY: `pid` is our own child and `status` a valid, writable int.
+    let rc = unsafe { libc::waitpid(pid, &raw mut status, 0) };
+    let elapsed = start.elapsed();
+    assert_eq!(rc, pid, "waitpid: {}", std::io::Error::last_os_error());
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child failed: status {status}"
+    );
+    elapsed
+}
+
+/// Splits `keys` into those on pages `< num_pages / 2` and the rest, by the native layout's key
+/// hash (xxh3-64 modulo the page count). The split is checked against the cache's own per-page
+/// statistics; `None` if it does not match (the hash changed).
+fn split_by_page(dir: &TempDir, keys: &[Key]) -> Option<(Vec<Key>, Vec<Key>)> {
+    let cache = Cache::builder()
+        .path(dir.path().join("split"))
+        .open()
+        .expect("open cache");
+    let half = u64::from(cache.num_pages() / 2);
+    let (low, high): (Vec<Key>, Vec<Key>) = keys
+        .iter()
+        .partition(|k| xxhash_rust::xxh3::xxh3_64(&k[..]) % u64::from(cache.num_pages()) < half);
+    for k in &low {
+        cache.set(k, &value(0)).ok()?;
+    }
+    let stats = cache.stats().ok()?;
+    let low_ok = stats
+        .pages
+        .iter()
+        .enumerate()
+        .all(|(p, s)| (p as u64) < half || s.entries == 0);
+    let low_count: u64 = stats.pages.iter().map(|s| u64::from(s.entries)).sum();
+    (low_ok && low_count == low.len() as u64).then_some((low, high))
+}
+
+/// Get hits from two processes (the parent and a forked child) on one cache file, against one
+/// process doing the same loop: wall time per get across both.
+fn processes(c: &mut Criterion) {
+    let dir = bench_dir();
+    let (cache, hot) = hot_cache(&dir, "procs");
+    let disjoint = split_by_page(&dir, &hot);
+    if disjoint.is_none() {
+        eprintln!(
+            "get_hit_procs/2_disjoint_pages skipped: cannot tell keys' pages (key hash changed?)"
+        );
+    }
+    let mut g = c.benchmark_group("get_hit_procs");
+    g.bench_function("1", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            get_loop(&cache, &hot, 0, iters).unwrap();
+            start.elapsed()
+        });
+    });
+    g.bench_function("2_same_keys", |b| {
+        b.iter_custom(|iters| two_processes(&cache, &hot, &hot, iters) / 2);
+    });
+    if let Some((low, high)) = &disjoint {
+        g.bench_function("2_disjoint_pages", |b| {
+            b.iter_custom(|iters| two_processes(&cache, low, high, iters) / 2);
+        });
+    }
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(50)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = single, threads, processes
+}
+criterion_main!(benches);
