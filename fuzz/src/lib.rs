@@ -1,0 +1,6 @@
+//! Fuzz targets for the page layer of `fastmmap` (see `fuzz_targets/`). The targets' logic
+//! lives here so that `tests/regressions.rs` can replay saved inputs on a stable toolchain.
+
+pub mod common;
+pub mod page_bytes;
+pub mod page_model;

@@ -1,0 +1,623 @@
+//! Target `page_model`: operation sequences on a fresh page against a `HashMap` model.
+//!
+//! After every operation the page's entries (read with `for_each_entry`) are compared with the
+//! model. The only freedom the page has is eviction, and only where the design allows it:
+//! - a key the model holds may be missing only after a store or an eviction, and then only
+//!   if it had expired, or was least recently used (no survivor was accessed less recently),
+//!   or was cleared by `Evict::All`; a store that found more than 30% of the slots truly free
+//!   and room for the entry evicts nothing; a rebuild leaves no expired entry; after LRU
+//!   eviction the survivors fill less than 60% of the data area;
+//! - every entry in the page is in the model with exactly the model's key, value, flags,
+//!   expiry, modseq and last access time (a present key never has a wrong value; removed,
+//!   cleared and expired keys never come back);
+//! - `get`/`peek` return exactly the model's live entry or a miss; store outcomes follow
+//!   the conditional-store rules of DESIGN.md §3 (computed here independently); a refused
+//!   store changes no byte; `remove` reports the model's entry; `evict` reports how many it
+//!   dropped; read statistics count as the model does;
+//! - `check_page` (with the slot hash recomputed) passes after every operation.
+
+use std::collections::HashMap;
+
+use arbitrary::{Arbitrary, Unstructured};
+use fastmmap::page::format::*;
+use fastmmap::page::{
+    EntryRef, Evict, PageHeader, PageMut, PageView, Removed, Store, StoreOutcome, check_page,
+};
+
+use crate::common::events::{Event, note};
+use crate::common::*;
+
+const MAX_OPS: usize = 320;
+/// Start of time (any value works; a realistic one).
+const T0: u32 = 1_700_000_000;
+
+#[derive(Arbitrary, Debug)]
+pub struct Input {
+    page_size: u8,
+    start_slots: u8,
+    hash: HashMode,
+    ops: Vec<Op>,
+}
+
+#[derive(Arbitrary, Clone, Debug)]
+enum Op {
+    Get {
+        key: KeySel,
+        stats: bool,
+    },
+    Peek {
+        key: KeySel,
+    },
+    /// A plain store (no modseq; the flags of `Cache::set_with_flags`).
+    Set {
+        key: KeySel,
+        value: ValSel,
+        expire: ExpireSel,
+        utf8: u8,
+    },
+    /// `set_if_newer`.
+    SetIfNewer {
+        key: KeySel,
+        value: ValSel,
+        expire: ExpireSel,
+        modseq: ModseqSel,
+    },
+    /// `remove_with_modseq`: a tombstone.
+    Tombstone {
+        key: KeySel,
+        expire: ExpireSel,
+        modseq: ModseqSel,
+    },
+    /// Any store the page API accepts.
+    Store {
+        key: KeySel,
+        value: ValSel,
+        expire: ExpireSel,
+        flags: FlagSel,
+        modseq: ModseqSel,
+    },
+    Remove {
+        key: KeySel,
+    },
+    Evict(EvictSel),
+    ResetStats,
+    Advance(u8),
+    /// `count` plain stores of pool keys `base..`, values of `len` bytes (fills the page fast).
+    Fill {
+        base: u8,
+        count: u8,
+        len: u8,
+        expire: ExpireSel,
+    },
+}
+
+/// Expands `Fill` into the stores it stands for.
+fn expand(ops: &[Op]) -> Vec<Op> {
+    let mut out = Vec::new();
+    for op in ops {
+        match op {
+            Op::Fill {
+                base,
+                count,
+                len,
+                expire,
+            } => out.extend((0..*count).map(|i| Op::Set {
+                key: KeySel::Pool(base.wrapping_add(i)),
+                value: ValSel::Small(*len, i),
+                expire: *expire,
+                utf8: 0,
+            })),
+            _ => out.push(op.clone()),
+        }
+        if out.len() >= MAX_OPS {
+            break;
+        }
+    }
+    out.truncate(MAX_OPS);
+    out
+}
+
+/// What the model knows about one stored key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    value: Vec<u8>,
+    flags: u32,
+    expire_on: u32,
+    modseq: Option<u64>,
+    last_access: u32,
+}
+
+impl Entry {
+    fn of(e: &EntryRef<'_>) -> Entry {
+        Entry {
+            value: e.value.to_vec(),
+            flags: e.flags,
+            expire_on: e.expire_on,
+            modseq: e.modseq,
+            last_access: e.last_access,
+        }
+    }
+
+    fn matches(&self, e: &EntryRef<'_>) -> bool {
+        self.value == e.value
+            && self.flags == e.flags
+            && self.expire_on == e.expire_on
+            && self.modseq == e.modseq
+            && self.last_access == e.last_access
+    }
+
+    fn live(&self, now: u32) -> bool {
+        !is_expired(self.expire_on, now) && self.flags & FLAG_TOMBSTONE == 0
+    }
+
+    fn size(&self, key: &[u8]) -> usize {
+        entry_size(
+            key.len(),
+            self.value.len() + self.modseq.map_or(0, |_| MODSEQ_SIZE),
+        )
+        .unwrap()
+    }
+}
+
+/// The conditional-store rules of DESIGN.md §3, written from the text: a store with a modseq
+/// is refused by a live tombstone or value with a newer modseq; a store without one is
+/// refused by a live tombstone; a tombstone never replaces something at least as new.
+/// (Entries without a modseq never refuse anything: the cache writes every tombstone with
+/// one.)
+fn expected_outcome(existing: Option<&Entry>, req: &Store<'_>, now: u32) -> StoreOutcome {
+    let Some(e) = existing else {
+        return StoreOutcome::Stored;
+    };
+    if is_expired(e.expire_on, now) {
+        return StoreOutcome::Stored;
+    }
+    let Some(old) = e.modseq else {
+        return StoreOutcome::Stored;
+    };
+    let held_tombstone = e.flags & FLAG_TOMBSTONE != 0;
+    if req.flags & FLAG_TOMBSTONE != 0 {
+        return if req.modseq.unwrap_or(0) <= old {
+            StoreOutcome::AlreadyNewer
+        } else {
+            StoreOutcome::Stored
+        };
+    }
+    match (held_tombstone, req.modseq) {
+        (true, Some(m)) if m >= old => StoreOutcome::Stored,
+        (true, _) => StoreOutcome::Refused,
+        (false, Some(m)) if m < old => StoreOutcome::Refused,
+        (false, _) => StoreOutcome::Stored,
+    }
+}
+
+struct Run {
+    buf: Vec<u8>,
+    start_slots: u32,
+    hash: HashMode,
+    now: u32,
+    model: HashMap<Vec<u8>, Entry>,
+    n_reads: u32,
+    n_read_hits: u32,
+}
+
+/// How an operation may have dropped entries the model holds.
+enum Drops {
+    None,
+    /// A store or `MakeRoom` eviction: `new_key` (if any) is the key just stored;
+    /// `triggered` is false when the page had room and slots to spare (nothing may go).
+    MakeRoom {
+        len: usize,
+        new_key: Option<Vec<u8>>,
+        triggered: bool,
+        reported: Option<usize>,
+    },
+    Expired(usize),
+    All(usize),
+}
+
+pub fn run(data: &[u8]) {
+    let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(data)) else {
+        return;
+    };
+    let ps = page_size(input.page_size);
+    let start_slots = start_slots(input.start_slots, ps);
+    let mut buf = vec![0u8; ps];
+    PageMut::init(&mut buf, start_slots);
+    let mut r = Run {
+        buf,
+        start_slots,
+        hash: input.hash,
+        now: T0,
+        model: HashMap::new(),
+        n_reads: 0,
+        n_read_hits: 0,
+    };
+    r.check_page(&"init");
+    for op in &expand(&input.ops) {
+        let drops = r.apply(op);
+        r.sync(drops, op);
+    }
+}
+
+impl Run {
+    fn slot_hash(&self, key: &[u8]) -> u32 {
+        self.hash.slot_hash(key)
+    }
+
+    fn max_entry(&self) -> usize {
+        max_entry_size(self.buf.len(), self.start_slots)
+    }
+
+    /// True when `MakeRoom(len)` would return at once (Cache::FastMmap's 30% rule).
+    fn has_room(&self, len: usize) -> bool {
+        let h = PageHeader::read(&self.buf);
+        let truly_free = h.free_slots.saturating_sub(h.old_slots);
+        f64::from(truly_free) / f64::from(h.num_slots) > SLOT_FILL_LIMIT
+            && h.free_bytes as usize >= len
+    }
+
+    fn apply(&mut self, op: &Op) -> Drops {
+        let now = self.now;
+        match op {
+            Op::Get { key, stats } => {
+                let key = key.bytes();
+                let sh = self.slot_hash(&key);
+                let want = self.model.get(&key).filter(|e| e.live(now)).cloned();
+                let got = PageMut::wrap(&mut self.buf)
+                    .get(sh, &key, now, *stats)
+                    .expect("get failed on a valid page")
+                    .map(|e| Entry::of(&e));
+                let want = want.map(|e| Entry {
+                    last_access: now,
+                    ..e
+                });
+                assert_eq!(got, want, "get {key:?}");
+                note(if want.is_some() {
+                    Event::get_hit
+                } else {
+                    Event::get_miss
+                });
+                if *stats {
+                    self.n_reads = self.n_reads.wrapping_add(1);
+                    if want.is_some() {
+                        self.n_read_hits = self.n_read_hits.wrapping_add(1);
+                    }
+                }
+                if let Some(e) = want {
+                    self.model.insert(key, e);
+                }
+                Drops::None
+            }
+            Op::Peek { key } => {
+                let key = key.bytes();
+                let want = self.model.get(&key).filter(|e| e.live(now)).cloned();
+                let got = PageView::new(&self.buf)
+                    .peek(self.slot_hash(&key), &key, now)
+                    .expect("peek failed on a valid page")
+                    .map(|e| Entry::of(&e));
+                assert_eq!(got, want, "peek {key:?}");
+                Drops::None
+            }
+            Op::Set {
+                key,
+                value,
+                expire,
+                utf8,
+            } => {
+                let bit = |n: u8, flag: u32| if utf8 & (1 << n) != 0 { flag } else { 0 };
+                let flags = bit(0, FLAG_UTF8_VALUE) | bit(1, FLAG_UTF8_KEY) | bit(2, FLAG_UNDEF);
+                self.store(key, value, *expire, flags, None)
+            }
+            Op::SetIfNewer {
+                key,
+                value,
+                expire,
+                modseq,
+            } => self.store(key, value, *expire, 0, Some(modseq.modseq().unwrap_or(0))),
+            Op::Tombstone {
+                key,
+                expire,
+                modseq,
+            } => self.store(
+                key,
+                &ValSel::Raw(Vec::new()),
+                *expire,
+                FLAG_TOMBSTONE,
+                Some(modseq.modseq().unwrap_or(0)),
+            ),
+            Op::Store {
+                key,
+                value,
+                expire,
+                flags,
+                modseq,
+            } => self.store(key, value, *expire, flags.flags(), modseq.modseq()),
+            Op::Remove { key } => {
+                let key = key.bytes();
+                let sh = self.slot_hash(&key);
+                let got = PageMut::wrap(&mut self.buf)
+                    .remove(sh, &key, now)
+                    .expect("remove failed on a valid page");
+                let want = self.model.remove(&key).map(|e| Removed {
+                    flags: e.flags,
+                    was_live: e.live(now),
+                });
+                assert_eq!(got, want, "remove {key:?}");
+                if want.is_some() {
+                    note(Event::remove_hit);
+                }
+                Drops::None
+            }
+            Op::Evict(sel) => {
+                let mode = match *sel {
+                    EvictSel::Expired => Evict::Expired,
+                    EvictSel::All => Evict::All,
+                    EvictSel::MakeRoom(len) => {
+                        Evict::MakeRoom(usize::from(len) % (self.buf.len() + 16))
+                    }
+                };
+                let triggered = match mode {
+                    Evict::MakeRoom(len) => !self.has_room(len),
+                    _ => true,
+                };
+                let n = PageMut::wrap(&mut self.buf)
+                    .evict(mode, now, self.start_slots)
+                    .unwrap_or_else(|c| panic!("evict({mode:?}) failed on a valid page: {c}"));
+                note(match mode {
+                    Evict::Expired => Event::evict_expired,
+                    Evict::All => Event::evict_all,
+                    Evict::MakeRoom(_) => Event::evict_make_room,
+                });
+                match mode {
+                    Evict::Expired => Drops::Expired(n),
+                    Evict::All => Drops::All(n),
+                    Evict::MakeRoom(len) => Drops::MakeRoom {
+                        len,
+                        new_key: None,
+                        triggered,
+                        reported: Some(n),
+                    },
+                }
+            }
+            Op::ResetStats => {
+                PageMut::wrap(&mut self.buf)
+                    .reset_stats()
+                    .expect("reset_stats");
+                self.n_reads = 0;
+                self.n_read_hits = 0;
+                Drops::None
+            }
+            Op::Advance(d) => {
+                self.now = self.now.saturating_add(u32::from(*d));
+                Drops::None
+            }
+            Op::Fill { .. } => unreachable!("expanded before running"),
+        }
+    }
+
+    fn store(
+        &mut self,
+        key: &KeySel,
+        value: &ValSel,
+        expire: ExpireSel,
+        flags: u32,
+        modseq: Option<u64>,
+    ) -> Drops {
+        let now = self.now;
+        let key = key.bytes();
+        let value = value.bytes(self.buf.len());
+        let req = Store {
+            slot_hash: self.slot_hash(&key),
+            key: &key,
+            value: &value,
+            expire_on: expire.expire_on(now),
+            flags,
+            modseq,
+        };
+        let size = req.entry_size();
+        let fits = size.is_some_and(|s| s <= self.max_entry());
+        let before = self.buf.clone();
+        let triggered = !self.has_room(size.unwrap_or(usize::MAX));
+        let expire_on = req.expire_on;
+        let got = PageMut::wrap(&mut self.buf).store(&req, now, self.start_slots);
+        if !fits {
+            note(Event::store_too_big);
+            assert!(got.is_err(), "a too-large entry was {got:?}");
+            assert!(self.buf == before, "a too-large store changed the page");
+            return Drops::None;
+        }
+        let got = got.unwrap_or_else(|c| panic!("store failed on a valid page: {c}"));
+        let want = expected_outcome(self.model.get(&key), &req, now);
+        assert_eq!(
+            got,
+            want,
+            "store outcome for {key:?} over {:?}",
+            self.model.get(&key)
+        );
+        note(match got {
+            StoreOutcome::Stored => Event::store_stored,
+            StoreOutcome::Refused => Event::store_refused,
+            StoreOutcome::AlreadyNewer => Event::store_already_newer,
+        });
+        if got != StoreOutcome::Stored {
+            assert!(self.buf == before, "a {got:?} store changed the page");
+            return Drops::None;
+        }
+        self.model.insert(
+            key.clone(),
+            Entry {
+                value,
+                flags: stored_flags(flags, modseq),
+                expire_on,
+                modseq,
+                last_access: now,
+            },
+        );
+        Drops::MakeRoom {
+            len: size.unwrap(),
+            new_key: Some(key),
+            triggered,
+            reported: None,
+        }
+    }
+
+    fn check_page(&self, after: &dyn std::fmt::Debug) {
+        let hash = self.hash;
+        let f = move |k: &[u8]| hash.slot_hash(k);
+        if let Err(c) = check_page(&self.buf, self.start_slots, Some(&f)) {
+            panic!("check_page failed after {after:?}: {c}");
+        }
+    }
+
+    /// Compares the page with the model, applying the drops the operation was allowed.
+    fn sync(&mut self, drops: Drops, op: &Op) {
+        let now = self.now;
+        self.check_page(op);
+        let h = PageHeader::read(&self.buf);
+        assert_eq!(
+            (h.n_reads, h.n_read_hits),
+            (self.n_reads, self.n_read_hits),
+            "read statistics after {op:?}"
+        );
+        assert!(h.num_slots >= self.start_slots);
+        if h.num_slots > self.start_slots {
+            note(Event::slots_grown);
+        }
+
+        // One pass over the page: every entry must be the model's. (Keys are unique in the
+        // page: check_page found every entry at the end of its own probe chain.)
+        let new_key = match &drops {
+            Drops::MakeRoom { new_key, .. } => new_key.as_deref(),
+            _ => None,
+        };
+        let mut in_page = 0usize;
+        // Over the entries other than the one just stored:
+        let mut oldest_kept = u32::MAX;
+        let mut expired_kept = 0usize;
+        let mut used_kept = 0usize;
+        let model = &self.model;
+        PageView::new(&self.buf)
+            .for_each_entry(|e| {
+                in_page += 1;
+                let Some(m) = model.get(e.key) else {
+                    panic!(
+                        "page holds {:?} => {e:?}, absent from the model, after {op:?}",
+                        e.key
+                    );
+                };
+                if !m.matches(&e) {
+                    panic!("entry {e:?} differs from the model's {m:?} after {op:?}");
+                }
+                if Some(e.key) != new_key {
+                    oldest_kept = oldest_kept.min(e.last_access);
+                    expired_kept += usize::from(is_expired(e.expire_on, now));
+                    used_kept += m.size(e.key);
+                }
+            })
+            .expect("for_each_entry failed on a valid page");
+
+        let dropped: Vec<Vec<u8>> = if in_page == self.model.len() {
+            Vec::new()
+        } else {
+            let mut present = std::collections::HashSet::new();
+            PageView::new(&self.buf)
+                .for_each_entry(|e| {
+                    present.insert(e.key);
+                })
+                .expect("for_each_entry failed on a valid page");
+            self.model
+                .keys()
+                .filter(|k| !present.contains(&k[..]))
+                .cloned()
+                .collect()
+        };
+        assert_eq!(
+            in_page + dropped.len(),
+            self.model.len(),
+            "entries lost track of"
+        );
+        let n_dropped = dropped.len();
+        for k in &dropped {
+            note(if is_expired(self.model[k].expire_on, now) {
+                Event::dropped_expired
+            } else {
+                Event::dropped_lru
+            });
+        }
+        match &drops {
+            Drops::None => assert!(dropped.is_empty(), "{op:?} lost {dropped:?}"),
+            Drops::All(n) => {
+                assert_eq!(in_page, 0, "entries left after Evict::All");
+                assert_eq!(*n, n_dropped, "Evict::All count");
+            }
+            Drops::Expired(n) => {
+                assert_eq!(*n, n_dropped, "Evict::Expired count");
+                for k in &dropped {
+                    assert!(
+                        is_expired(self.model[k].expire_on, now),
+                        "Evict::Expired dropped live {k:?}"
+                    );
+                }
+                assert_eq!(expired_kept, 0, "expired entries survived a purge");
+            }
+            Drops::MakeRoom {
+                len,
+                new_key,
+                triggered,
+                reported,
+            } => {
+                if let Some(n) = reported {
+                    assert_eq!(*n, n_dropped, "MakeRoom count");
+                }
+                if !triggered {
+                    assert!(
+                        dropped.is_empty(),
+                        "{op:?} evicted {dropped:?} from a roomy page"
+                    );
+                }
+                if !dropped.is_empty() {
+                    // The page was rebuilt: nothing expired survives, and whatever live entry
+                    // went was accessed no more recently than any survivor.
+                    assert_eq!(expired_kept, 0, "expired entries survived eviction");
+                    let newest_dropped = dropped
+                        .iter()
+                        .map(|k| &self.model[k])
+                        .filter(|e| !is_expired(e.expire_on, now))
+                        .map(|e| e.last_access)
+                        .max();
+                    if let Some(d) = newest_dropped {
+                        assert!(
+                            d <= oldest_kept,
+                            "LRU evicted an entry accessed at {d} but kept one at {oldest_kept}"
+                        );
+                        // LRU eviction ran: the survivors fill less than DATA_FILL_TARGET.
+                        let cap = self.buf.len() - h.slots_end();
+                        let target = (DATA_FILL_TARGET * cap as f64) as usize;
+                        assert!(
+                            used_kept < target || used_kept == 0,
+                            "after LRU eviction survivors use {used_kept} of {cap} bytes"
+                        );
+                    }
+                }
+                if new_key.is_none() && *len <= self.max_entry() {
+                    assert!(
+                        h.free_bytes as usize >= *len,
+                        "MakeRoom({len}) left too little room"
+                    );
+                    assert!(h.free_slots > 0, "MakeRoom({len}) left no free slot");
+                }
+            }
+        }
+        for k in dropped {
+            self.model.remove(&k);
+        }
+    }
+}
+
+/// The decoded operation sequence of an input, for reading a crash report.
+pub fn describe(data: &[u8]) -> String {
+    match Input::arbitrary_take_rest(Unstructured::new(data)) {
+        Ok(input) => format!("{input:#?}"),
+        Err(e) => format!("undecodable input: {e}"),
+    }
+}
