@@ -388,24 +388,41 @@ fn permission_denied() {
         assert!(ok);
         return;
     }
-    // As root, check from a child that gives up root for `nobody`.
-    // SAFETY: the child only calls async-signal-safe functions and the cache, then _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        // SAFETY: plain syscalls in the child; _exit never returns.
-        unsafe {
-            let ok = libc::setgid(65534) == 0 && libc::setuid(65534) == 0 && denied(&path);
-            libc::_exit(if ok { 0 } else { 1 });
-        }
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "status {status}"
-    );
+    // As root, check from a fresh process running as `nobody`: this test binary, re-run for
+    // the helper test below. (A fork of this multi-threaded harness could inherit locks that
+    // other tests' threads hold.)
+    use std::os::unix::process::CommandExt;
+    // The checkout may sit where `nobody` cannot reach: run a copy from a public directory.
+    let public = tempfile::tempdir().unwrap();
+    fs::set_permissions(public.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = public.path().join("open-test");
+    fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    let status = std::process::Command::new(&exe)
+        .args(["--exact", "permission_denied_as_nobody", "--nocapture"])
+        .env("FASTMMAP_DENIED_PATH", &path)
+        .uid(65534)
+        .gid(65534)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// Runs only when re-executed by `permission_denied`, as `nobody`.
+#[test]
+fn permission_denied_as_nobody() {
+    let Some(path) = std::env::var_os("FASTMMAP_DENIED_PATH") else {
+        return;
+    };
+    let path = Path::new(&path);
+    assert!(matches!(
+        Cache::open(path),
+        Err(Error::PermissionDenied { .. })
+    ));
+    assert!(matches!(
+        Cache::open(path.with_file_name("new")),
+        Err(Error::PermissionDenied { .. })
+    ));
 }
 
 #[test]

@@ -67,6 +67,19 @@ impl OpenRequest {
         self.requested.or_defaults()
     }
 
+    /// Fails unless the file is exactly as long as `g` needs.
+    fn check_size(&self, g: &Geometry, len: u64) -> Result<()> {
+        let expected = self.file_size(g);
+        if len != expected {
+            return Err(Error::WrongSize {
+                path: self.path.clone(),
+                expected,
+                found: len,
+            });
+        }
+        Ok(())
+    }
+
     fn file_size(&self, g: &Geometry) -> u64 {
         let header = match self.layout {
             Layout::Native => header::header_size(g.num_pages) as u64,
@@ -207,14 +220,7 @@ fn check_native(req: &OpenRequest, file: &File, len: u64) -> Result<(Geometry, u
         });
     }
     req.requested.check_against(&geometry, &req.path)?;
-    let expected = req.file_size(&geometry);
-    if len != expected {
-        return Err(Error::WrongSize {
-            path: req.path.clone(),
-            expected,
-            found: len,
-        });
-    }
+    req.check_size(&geometry, len)?;
     Ok((geometry, h.header_size as usize))
 }
 
@@ -242,14 +248,7 @@ fn check_fastmmap(req: &OpenRequest, file: &File, len: u64) -> Result<Geometry> 
             });
         }
     }
-    let expected = req.file_size(&geometry);
-    if len != expected {
-        return Err(Error::WrongSize {
-            path: req.path.clone(),
-            expected,
-            found: len,
-        });
-    }
+    req.check_size(&geometry, len)?;
     Ok(geometry)
 }
 
