@@ -685,9 +685,9 @@ impl Cache {
             let mut guard = self.lock_page(page)?;
             let h = guard.page().header();
             stats.add(PageStats {
-                entries: h.num_slots - h.free_slots,
+                entries: h.num_slots.saturating_sub(h.free_slots),
                 slots: h.num_slots,
-                used_bytes: h.free_data - h.slots_end() as u32,
+                used_bytes: h.free_data.saturating_sub(h.slots_end() as u32),
                 free_bytes: h.free_bytes,
                 reads: h.n_reads,
                 hits: h.n_read_hits,
