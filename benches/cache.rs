@@ -1,5 +1,6 @@
-//! Benchmarks of the public `Cache` API: one mmap'ed file, fcntl page locks, default geometry
-//! (89 pages × 64 KiB) unless a bench says otherwise, 10-byte keys and 100-byte values.
+//! Benchmarks of the public `Cache` API: one mmap'ed file, default geometry (89 pages × 64 KiB)
+//! unless a bench says otherwise, 10-byte keys and 100-byte values. Every bench runs once per
+//! lock kind, side by side: `fcntl/...` (the default) and `robust/...`.
 //!
 //! The file lives in `/dev/shm` when that exists (as a prefork server would put it), else in
 //! the temp dir; the choice is printed once.
@@ -16,7 +17,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use fastmmap::{Cache, Update};
+use fastmmap::{Cache, LockKind, Update};
 use tempfile::TempDir;
 
 /// Keys pre-filled for the hit benches: about 112 per page, well within capacity.
@@ -74,10 +75,23 @@ fn bench_dir() -> TempDir {
     dir
 }
 
+/// The lock kinds compared, with their bench-name prefixes.
+const KINDS: [(LockKind, &str); 2] = [(LockKind::Fcntl, "fcntl"), (LockKind::Robust, "robust")];
+
+/// A cache with default geometry and lock kind `kind`.
+fn open_cache(dir: &TempDir, name: &str, kind: LockKind) -> Cache {
+    Cache::builder()
+        .path(dir.path().join(name))
+        .lock_kind(kind)
+        .open()
+        .expect("open cache")
+}
+
 /// A cache with default geometry holding `HOT_KEYS` entries.
-fn hot_cache(dir: &TempDir, name: &str) -> (Cache, Vec<Key>) {
+fn hot_cache(dir: &TempDir, name: &str, kind: LockKind) -> (Cache, Vec<Key>) {
     let cache = Cache::builder()
         .path(dir.path().join(name))
+        .lock_kind(kind)
         .open()
         .expect("open cache");
     let keys = keys(b'k', HOT_KEYS);
@@ -130,9 +144,15 @@ fn get_loop(cache: &Cache, keys: &[Key], start: usize, iters: u64) -> Result<(),
 }
 
 fn single(c: &mut Criterion) {
+    for (kind, name) in KINDS {
+        single_kind(c, kind, name);
+    }
+}
+
+fn single_kind(c: &mut Criterion, kind: LockKind, name: &str) {
     let dir = bench_dir();
-    let (cache, hot) = hot_cache(&dir, "single");
-    let mut g = c.benchmark_group("cache");
+    let (cache, hot) = hot_cache(&dir, "single", kind);
+    let mut g = c.benchmark_group(name);
 
     g.bench_function("get_hit", |b| {
         let mut keys = Rotor::new(&hot, 0);
@@ -189,16 +209,13 @@ fn single(c: &mut Criterion) {
     drop(cache);
 
     // Many more distinct keys than fit: almost every store is a new key into a full page.
-    let cache = Cache::builder()
-        .path(dir.path().join("evict"))
-        .open()
-        .expect("open cache");
+    let cache = open_cache(&dir, "evict", kind);
     let many = keys(b'e', EVICTION_KEYS);
     let val = value(3);
     for k in &many {
         cache.set(k, &val).unwrap();
     }
-    let mut g = c.benchmark_group("cache");
+    let mut g = c.benchmark_group(name);
     g.bench_function("set_evicting", |b| {
         let mut keys = Rotor::new(&many, 0);
         b.iter(|| cache.set(keys.next(), black_box(&val)).unwrap());
@@ -208,10 +225,16 @@ fn single(c: &mut Criterion) {
 
 /// Get hits from 1, 2 and 4 threads sharing one `Cache`: wall time per get across all threads.
 fn threads(c: &mut Criterion) {
+    for (kind, name) in KINDS {
+        threads_kind(c, kind, name);
+    }
+}
+
+fn threads_kind(c: &mut Criterion, kind: LockKind, name: &str) {
     let dir = bench_dir();
-    let (cache, hot) = hot_cache(&dir, "threads");
+    let (cache, hot) = hot_cache(&dir, "threads", kind);
     let hot = Arc::new(hot);
-    let mut g = c.benchmark_group("get_hit_threads");
+    let mut g = c.benchmark_group(format!("{name}/get_hit_threads"));
     for n in [1usize, 2, 4] {
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
             b.iter_custom(|iters| {
@@ -330,10 +353,7 @@ fn two_processes(cache: &Cache, parent_keys: &[Key], child_keys: &[Key], iters: 
 /// hash (xxh3-64 modulo the page count). The split is checked against the cache's own per-page
 /// statistics; `None` if it does not match (the hash changed).
 fn split_by_page(dir: &TempDir, keys: &[Key]) -> Option<(Vec<Key>, Vec<Key>)> {
-    let cache = Cache::builder()
-        .path(dir.path().join("split"))
-        .open()
-        .expect("open cache");
+    let cache = open_cache(dir, "split", LockKind::Fcntl);
     let half = u64::from(cache.num_pages() / 2);
     let (low, high): (Vec<Key>, Vec<Key>) = keys
         .iter()
@@ -354,15 +374,21 @@ fn split_by_page(dir: &TempDir, keys: &[Key]) -> Option<(Vec<Key>, Vec<Key>)> {
 /// Get hits from two processes (the parent and a forked child) on one cache file, against one
 /// process doing the same loop: wall time per get across both.
 fn processes(c: &mut Criterion) {
+    for (kind, name) in KINDS {
+        processes_kind(c, kind, name);
+    }
+}
+
+fn processes_kind(c: &mut Criterion, kind: LockKind, name: &str) {
     let dir = bench_dir();
-    let (cache, hot) = hot_cache(&dir, "procs");
+    let (cache, hot) = hot_cache(&dir, "procs", kind);
     let disjoint = split_by_page(&dir, &hot);
     if disjoint.is_none() {
         eprintln!(
-            "get_hit_procs/2_disjoint_pages skipped: cannot tell keys' pages (key hash changed?)"
+            "{name}/get_hit_procs/2_disjoint_pages skipped: cannot tell keys' pages (key hash changed?)"
         );
     }
-    let mut g = c.benchmark_group("get_hit_procs");
+    let mut g = c.benchmark_group(format!("{name}/get_hit_procs"));
     g.bench_function("1", |b| {
         b.iter_custom(|iters| {
             let start = Instant::now();

@@ -69,7 +69,9 @@ impl CacheBuilder {
         self
     }
 
-    /// The page lock kind (default [`LockKind::Fcntl`]).
+    /// The page lock kind (default [`LockKind::Fcntl`], as in Cache::FastMmap). It is recorded
+    /// in a native file's header; opening a file with the other kind is an error.
+    /// [`LockKind::Robust`] needs the native layout.
     pub fn lock_kind(mut self, kind: LockKind) -> Self {
         self.lock_kind = kind;
         self
@@ -176,6 +178,22 @@ impl CacheBuilder {
             path: path.clone(),
             reason,
         };
+        if self.lock_kind == LockKind::Robust {
+            if self.layout != Layout::Native {
+                return Err(invalid(
+                    "robust locks need the native layout: a Cache::FastMmap file has no header \
+                     to keep them in, and Perl would not take them"
+                        .into(),
+                ));
+            }
+            if !store::ROBUST_LOCKS_AVAILABLE {
+                return Err(invalid(
+                    "robust locks are not available on this platform (they need Linux with \
+                     glibc); use LockKind::Fcntl"
+                        .into(),
+                ));
+            }
+        }
         let requested = self.requested().map_err(invalid)?;
         requested.or_defaults().validate().map_err(invalid)?;
         let default_expiry = match self.expire_after {

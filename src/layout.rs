@@ -36,6 +36,22 @@ pub enum LockKind {
     /// Cache::FastMmap does. The kernel releases it when its owner dies.
     #[default]
     Fcntl,
+    /// A process-shared robust mutex per page, kept in the native header's page table: one
+    /// lock excludes threads and processes alike, and costs tens of nanoseconds instead of
+    /// a system call. When a process dies holding it, the next locker is told, resets the
+    /// page if the dead process was changing it, and carries on. Native layout only, and
+    /// only where the platform has robust mutexes (Linux with glibc); elsewhere asking for it
+    /// is an [`Error::InvalidOptions`](crate::Error::InvalidOptions).
+    Robust,
+}
+
+impl fmt::Display for LockKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LockKind::Fcntl => "fcntl",
+            LockKind::Robust => "robust",
+        })
+    }
 }
 
 impl LockKind {
@@ -43,12 +59,14 @@ impl LockKind {
     pub(crate) fn code(self) -> u32 {
         match self {
             LockKind::Fcntl => 1,
+            LockKind::Robust => 2,
         }
     }
 
     pub(crate) fn from_code(code: u32) -> Option<LockKind> {
         match code {
             1 => Some(LockKind::Fcntl),
+            2 => Some(LockKind::Robust),
             _ => None,
         }
     }

@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use fastmmap::{Cache, Error, Expiry, Layout, Update};
+use fastmmap::{Cache, Error, Expiry, Update};
 
 const KEYS: usize = 200;
 
@@ -53,10 +53,11 @@ fn key_index(k: &[u8]) -> Option<usize> {
     (i < KEYS && key_name(i) == k).then_some(i)
 }
 
-fn open(path: &std::path::Path, layout: Layout, shape: Shape, verify: bool) -> Cache {
+fn open(path: &std::path::Path, kind: Kind, shape: Shape, verify: bool) -> Cache {
     Cache::builder()
         .path(path)
-        .layout(layout)
+        .layout(kind.layout)
+        .lock_kind(kind.lock)
         .num_pages(shape.num_pages)
         .page_size(shape.page_size)
         .verify(verify)
@@ -146,12 +147,12 @@ fn check_everything(cache: &Cache, what: &str) -> usize {
     live
 }
 
-fn random_kills(layout: Layout, shape: Shape, kills: usize) {
-    let seed = seed(&format!("random_kills_{layout:?}_{shape:?}"));
+fn random_kills(kind: Kind, shape: Shape, kills: usize) {
+    let seed = seed(&format!("random_kills_{kind:?}_{shape:?}"));
     let mut rng = Rng::new(seed);
     let dir = temp_dir();
     let path = dir.path().join("crash");
-    let cache = open(&path, layout, shape, false);
+    let cache = open(&path, kind, shape, false);
     let mut kids = Children::new();
     let mut killed_while_running = 0;
     let mut round = 0;
@@ -178,7 +179,7 @@ fn random_kills(layout: Layout, shape: Shape, kills: usize) {
                 let key = key_name(rng.range(0, KEYS));
                 if let Some(v) = cache.get(&key).expect("parent get") {
                     check_value(&key, &v)
-                        .unwrap_or_else(|e| panic!("{layout:?}: parent read during kills: {e}"));
+                        .unwrap_or_else(|e| panic!("{kind:?}: parent read during kills: {e}"));
                 }
             }
             let now: Vec<libc::pid_t> = if together {
@@ -193,7 +194,7 @@ fn random_kills(layout: Layout, shape: Shape, kills: usize) {
                 match kids.wait(pid) {
                     Exit::Signal(libc::SIGKILL) => killed_while_running += 1,
                     other => panic!(
-                        "{layout:?}: writer {pid} ended with {other:?} before it was killed (details on stderr)"
+                        "{kind:?}: writer {pid} ended with {other:?} before it was killed (details on stderr)"
                     ),
                 }
                 round += 1;
@@ -209,13 +210,13 @@ fn random_kills(layout: Layout, shape: Shape, kills: usize) {
                 let key = key_name(i);
                 if let Some(v) = cache.get(&key).expect("parent get") {
                     check_value(&key, &v).unwrap_or_else(|e| {
-                        panic!("{layout:?}: parent read right after kill {round}: {e}")
+                        panic!("{kind:?}: parent read right after kill {round}: {e}")
                     });
                 }
             }
         }
         if round % 20 < 2 {
-            check_everything(&cache, &format!("{layout:?} after {round} kills"));
+            check_everything(&cache, &format!("{kind:?} after {round} kills"));
         }
     }
     assert_eq!(killed_while_running, round);
@@ -223,14 +224,9 @@ fn random_kills(layout: Layout, shape: Shape, kills: usize) {
 
     // Reopen with full validation of every page (the pages a dead writer left half-changed
     // are reset), then check everything through the API.
-    let verified = open(&path, layout, shape, true);
-    let live = check_everything(
-        &verified,
-        &format!("{layout:?} after reopening with verify"),
-    );
-    eprintln!(
-        "{layout:?}: {round} kills, {resets_seen} page resets, {live} live entries at the end"
-    );
+    let verified = open(&path, kind, shape, true);
+    let live = check_everything(&verified, &format!("{kind:?} after reopening with verify"));
+    eprintln!("{kind:?}: {round} kills, {resets_seen} page resets, {live} live entries at the end");
 
     // Fully usable: every key can be stored and read back, by this process and by another.
     for i in 0..KEYS {
@@ -240,7 +236,7 @@ fn random_kills(layout: Layout, shape: Shape, kills: usize) {
         assert_eq!(
             verified.get(&key).expect("get"),
             Some(v),
-            "{layout:?}: read back {i}"
+            "{kind:?}: read back {i}"
         );
     }
     verified.clear().expect("clear");
@@ -258,52 +254,66 @@ fn random_kills(layout: Layout, shape: Shape, kills: usize) {
         }
     });
     kids.wait_all_ok();
-    check_everything(&verified, &format!("{layout:?} after a clean writer"));
+    check_everything(&verified, &format!("{kind:?} after a clean writer"));
     let reachable = (0..KEYS)
         .filter(|&i| verified.get(&key_name(i)).expect("get").is_some())
         .count();
     assert!(
         reachable > KEYS / 2,
-        "{layout:?}: only {reachable} of {KEYS} small values survived a clean run"
+        "{kind:?}: only {reachable} of {KEYS} small values survived a clean run"
     );
 }
 
 #[test]
 fn random_sigkills_while_writing_native() {
     let _serial = serial();
-    random_kills(Layout::Native, SMALL, scaled(100, 1000));
+    random_kills(NATIVE, SMALL, scaled(100, 1000));
 }
 
 #[test]
 fn random_sigkills_while_writing_fastmmap() {
     let _serial = serial();
-    random_kills(Layout::FastMmap, SMALL, scaled(100, 1000));
+    random_kills(FASTMMAP, SMALL, scaled(100, 1000));
+}
+
+#[test]
+fn random_sigkills_while_writing_robust() {
+    let _serial = serial();
+    random_kills(ROBUST, SMALL, scaled(100, 1000));
 }
 
 #[test]
 fn random_sigkills_during_big_compactions_native() {
     let _serial = serial();
-    random_kills(Layout::Native, BIG, scaled(100, 1000));
+    random_kills(NATIVE, BIG, scaled(100, 1000));
 }
 
 #[test]
 fn random_sigkills_during_big_compactions_fastmmap() {
     let _serial = serial();
-    random_kills(Layout::FastMmap, BIG, scaled(100, 1000));
+    random_kills(FASTMMAP, BIG, scaled(100, 1000));
+}
+
+#[test]
+fn random_sigkills_during_big_compactions_robust() {
+    let _serial = serial();
+    random_kills(ROBUST, BIG, scaled(100, 1000));
 }
 
 /// A child dies (SIGKILL) while inside a `get_with` closure, that is while holding the page
-/// lock: the kernel drops its fcntl lock, and the parent can lock the page again.
-fn killed_lock_holder(layout: Layout) {
+/// lock: the kernel drops its fcntl lock (or marks its robust mutex as owner-dead), and the
+/// parent can lock the page again.
+fn killed_lock_holder(kind: Kind) {
     let dir = temp_dir();
     let path = dir.path().join("holder");
-    let cache = open(&path, layout, SMALL, false);
+    let cache = open(&path, kind, SMALL, false);
     let key: &[u8] = b"held-key";
     let value = make_value(key, 42, 300);
     cache.set(key, &value).expect("set");
     let impatient = Cache::builder()
         .path(&path)
-        .layout(layout)
+        .layout(kind.layout)
+        .lock_kind(kind.lock)
         .num_pages(SMALL.num_pages)
         .page_size(SMALL.page_size)
         .lock_timeout(Duration::from_millis(200))
@@ -327,16 +337,17 @@ fn killed_lock_holder(layout: Layout) {
     });
     assert!(
         holding.wait_timeout(Duration::from_secs(20)),
-        "{layout:?}: the child never took the lock"
+        "{kind:?}: the child never took the lock"
     );
     // The child really holds it: this process cannot get the page.
     assert!(
         matches!(impatient.get(key), Err(Error::LockTimeout { .. })),
-        "{layout:?}: the page lock was available while the child held it"
+        "{kind:?}: the page lock was available while the child held it"
     );
     assert_eq!(kids.kill(pid), Exit::Signal(libc::SIGKILL));
 
-    // The kernel released the dead child's lock: reads and writes work at once.
+    // The dead child's lock is free again (released, or handed over as owner-dead): reads and
+    // writes work at once.
     assert_eq!(
         impatient.get(key).expect("get after the holder died"),
         Some(value.clone())
@@ -364,18 +375,24 @@ fn killed_lock_holder(layout: Layout) {
     assert_eq!(
         cache.stats().expect("stats").resets,
         0,
-        "{layout:?}: a read-only holder's death needs no reset"
+        "{kind:?}: a read-only holder's death needs no reset"
     );
 }
 
 #[test]
 fn killed_lock_holder_releases_the_page_native() {
     let _serial = serial();
-    killed_lock_holder(Layout::Native);
+    killed_lock_holder(NATIVE);
+}
+
+#[test]
+fn killed_lock_holder_releases_the_page_robust() {
+    let _serial = serial();
+    killed_lock_holder(ROBUST);
 }
 
 #[test]
 fn killed_lock_holder_releases_the_page_fastmmap() {
     let _serial = serial();
-    killed_lock_holder(Layout::FastMmap);
+    killed_lock_holder(FASTMMAP);
 }

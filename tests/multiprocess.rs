@@ -38,10 +38,11 @@ fn read_counter(cache: &Cache, key: &[u8]) -> u64 {
     counter_value(cache.get(key).expect("get counter").as_deref()).expect("counter value")
 }
 
-fn small_cache(path: &std::path::Path, layout: Layout, num_pages: u32, page_size: u32) -> Cache {
+fn small_cache(path: &std::path::Path, kind: Kind, num_pages: u32, page_size: u32) -> Cache {
     Cache::builder()
         .path(path)
-        .layout(layout)
+        .layout(kind.layout)
+        .lock_kind(kind.lock)
         .num_pages(num_pages)
         .page_size(page_size)
         // Turns a lock that is never released into a test failure instead of a hang.
@@ -53,13 +54,13 @@ fn small_cache(path: &std::path::Path, layout: Layout, num_pages: u32, page_size
 // ---------------------------------------------------------------------------------------------
 // (a) exact counters
 
-fn counters_are_exact(layout: Layout) {
+fn counters_are_exact(kind: Kind) {
     const PROCS: usize = 4;
     const INCREMENTS: usize = 10_000;
     const COUNTERS: [&[u8]; 4] = [b"counter-a", b"counter-b", b"counter-c", b"counter-d"];
     let dir = temp_dir();
     // Few small pages: several counters share a page and every process contends on them.
-    let cache = small_cache(&dir.path().join("counters"), layout, 3, 4096);
+    let cache = small_cache(&dir.path().join("counters"), kind, 3, 4096);
     let start = Pipe::new();
     let mut kids = Children::new();
     for p in 0..PROCS {
@@ -80,7 +81,7 @@ fn counters_are_exact(layout: Layout) {
     assert_eq!(
         per_counter,
         vec![expected; COUNTERS.len()],
-        "{layout:?}: lost or doubled increments"
+        "{kind:?}: lost or doubled increments"
     );
     assert_eq!(per_counter.iter().sum::<u64>(), (PROCS * INCREMENTS) as u64);
 }
@@ -88,13 +89,19 @@ fn counters_are_exact(layout: Layout) {
 #[test]
 fn four_processes_increment_counters_exactly_native() {
     let _serial = serial();
-    counters_are_exact(Layout::Native);
+    counters_are_exact(NATIVE);
+}
+
+#[test]
+fn four_processes_increment_counters_exactly_robust() {
+    let _serial = serial();
+    counters_are_exact(ROBUST);
 }
 
 #[test]
 fn four_processes_increment_counters_exactly_fastmmap() {
     let _serial = serial();
-    counters_are_exact(Layout::FastMmap);
+    counters_are_exact(FASTMMAP);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -191,10 +198,10 @@ fn processes_never_see_a_wrong_value_under_eviction() {
     const KEYS: usize = 300;
     let ops = scaled(4000, 40_000);
     let seed = seed("processes_never_see_a_wrong_value_under_eviction");
-    for layout in [Layout::Native, Layout::FastMmap] {
+    for kind in ALL_KINDS {
         let dir = temp_dir();
         // 32 KiB in all, for ~300 keys of up to 1.5 KiB: pages are evicted all the time.
-        let cache = small_cache(&dir.path().join("values"), layout, 8, 4096);
+        let cache = small_cache(&dir.path().join("values"), kind, 8, 4096);
         let start = Pipe::new();
         let mut kids = Children::new();
         for p in 0..PROCS {
@@ -222,20 +229,20 @@ fn processes_never_see_a_wrong_value_under_eviction() {
         for _ in 0..ops / 2 {
             let key = key_name(rng.range(0, KEYS));
             if let Some(v) = cache.get(&key).expect("parent get") {
-                check_value(&key, &v).unwrap_or_else(|e| panic!("{layout:?}: parent read {e}"));
+                check_value(&key, &v).unwrap_or_else(|e| panic!("{kind:?}: parent read {e}"));
             }
         }
         kids.wait_all_ok();
-        let live = check_all_entries(&cache, KEYS).unwrap_or_else(|e| panic!("{layout:?}: {e}"));
+        let live = check_all_entries(&cache, KEYS).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
         assert!(
             live < KEYS,
-            "{layout:?}: expected eviction, yet all {KEYS} keys are live"
+            "{kind:?}: expected eviction, yet all {KEYS} keys are live"
         );
-        assert!(live > 0, "{layout:?}: the cache ended up empty");
+        assert!(live > 0, "{kind:?}: the cache ended up empty");
         let stats = cache.stats().expect("stats");
         assert_eq!(
             stats.resets, 0,
-            "{layout:?}: pages were reset although nobody crashed"
+            "{kind:?}: pages were reset although nobody crashed"
         );
     }
 }
@@ -251,10 +258,10 @@ fn threads_in_several_processes_keep_totals_exact() {
     let iters = scaled(2000, 20_000);
     const SHARED: [&[u8]; 3] = [b"shared-0", b"shared-1", b"shared-2"];
     let seed = seed("threads_in_several_processes_keep_totals_exact");
-    for layout in [Layout::Native, Layout::FastMmap] {
+    for kind in ALL_KINDS {
         let dir = temp_dir();
         // Roomy enough that no counter is ever evicted; still few pages, so threads collide.
-        let cache = small_cache(&dir.path().join("mixed"), layout, 5, 65536);
+        let cache = small_cache(&dir.path().join("mixed"), kind, 5, 65536);
         let start = Pipe::new();
         let mut kids = Children::new();
         for p in 0..PROCS {
@@ -303,7 +310,7 @@ fn threads_in_several_processes_keep_totals_exact() {
         assert_eq!(
             total,
             (PROCS * THREADS * iters) as u64,
-            "{layout:?}: shared counters lost increments"
+            "{kind:?}: shared counters lost increments"
         );
         for p in 0..PROCS {
             for t in 0..THREADS {
@@ -311,7 +318,7 @@ fn threads_in_several_processes_keep_totals_exact() {
                 assert_eq!(
                     read_counter(&cache, &own),
                     iters as u64,
-                    "{layout:?}: counter own-{p}-{t}"
+                    "{kind:?}: counter own-{p}-{t}"
                 );
             }
         }
@@ -326,7 +333,7 @@ fn separately_opened_handles_exclude_each_other_and_keep_their_locks() {
     let _serial = serial();
     let dir = temp_dir();
     let path = dir.path().join("two-handles");
-    let a = small_cache(&path, Layout::Native, 2, 4096);
+    let a = small_cache(&path, NATIVE, 2, 4096);
     let b = Cache::builder()
         .path(&path)
         .open()
@@ -443,11 +450,7 @@ fn concurrent_creators_end_up_on_one_file() {
     const PROCS: usize = 8;
     let rounds = scaled(10, 100);
     for round in 0..rounds {
-        let layout = if round % 2 == 0 {
-            Layout::Native
-        } else {
-            Layout::FastMmap
-        };
+        let kind = ALL_KINDS[round % ALL_KINDS.len()];
         let dir = temp_dir();
         let path = dir.path().join("created");
         let start = Pipe::new();
@@ -462,7 +465,8 @@ fn concurrent_creators_end_up_on_one_file() {
                 start.wait();
                 let cache = Cache::builder()
                     .path(path)
-                    .layout(layout)
+                    .layout(kind.layout)
+                    .lock_kind(kind.lock)
                     // 4 MiB in 1024 pages: building the file takes long enough that
                     // the openers really race (with 4 small pages one finishes before
                     // the others look, and even a `rename` publication would pass).
@@ -504,7 +508,7 @@ fn concurrent_creators_end_up_on_one_file() {
         let ino = std::fs::metadata(&path).expect("stat").ino();
         assert!(
             seen.iter().all(|&i| i == ino),
-            "{layout:?}: creators saw different files: {seen:?} vs {ino}"
+            "{kind:?}: creators saw different files: {seen:?} vs {ino}"
         );
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .expect("read_dir")
@@ -513,7 +517,7 @@ fn concurrent_creators_end_up_on_one_file() {
             .collect();
         assert!(
             leftovers.is_empty(),
-            "{layout:?}: temporary files left behind: {leftovers:?}"
+            "{kind:?}: temporary files left behind: {leftovers:?}"
         );
     }
 }
@@ -526,9 +530,9 @@ fn calls_from_inside_closures_are_reentrant_errors_not_deadlocks() {
     let _serial = serial();
     let dir = temp_dir();
     let path = dir.path().join("reentrant");
-    let cache = small_cache(&path, Layout::Native, 4, 4096);
+    let cache = small_cache(&path, NATIVE, 4, 4096);
     let same_file = Cache::builder().path(&path).open().expect("second handle");
-    let unrelated = small_cache(&dir.path().join("other"), Layout::Native, 1, 4096);
+    let unrelated = small_cache(&dir.path().join("other"), NATIVE, 1, 4096);
     cache.set(b"k", b"v").expect("set");
     // A key on a different page of the same file: re-entrancy is per file, not per page.
     let far = (0..1000)
@@ -588,11 +592,12 @@ fn calls_from_inside_closures_are_reentrant_errors_not_deadlocks() {
 #[test]
 fn panic_inside_closure_releases_the_page_lock() {
     let _serial = serial();
-    for layout in [Layout::Native, Layout::FastMmap] {
+    for kind in ALL_KINDS {
         let dir = temp_dir();
         let cache = Cache::builder()
             .path(dir.path().join("panics"))
-            .layout(layout)
+            .layout(kind.layout)
+            .lock_kind(kind.lock)
             .num_pages(2)
             .page_size(4096)
             .lock_timeout(Duration::from_secs(5))
@@ -626,7 +631,7 @@ fn panic_inside_closure_releases_the_page_lock() {
         );
 
         // The same thread is not left "inside" the cache, and the value is unchanged.
-        assert_eq!(read_counter(&cache, key), 1, "{layout:?}: after the panics");
+        assert_eq!(read_counter(&cache, key), 1, "{kind:?}: after the panics");
         // Another thread can take the lock (the in-process mutex is not left locked).
         let c2 = cache.clone();
         std::thread::spawn(move || incr(&c2, b"count").expect("incr from a thread"))
@@ -647,7 +652,7 @@ fn panic_inside_closure_releases_the_page_lock() {
         assert_eq!(
             read_counter(&cache, key),
             102,
-            "{layout:?}: increments after the panics"
+            "{kind:?}: increments after the panics"
         );
     }
 }

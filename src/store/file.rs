@@ -298,6 +298,12 @@ fn create(req: &OpenRequest) -> Result<()> {
         }
         .encode(&mut bytes[..header::PAGE_TABLE_OFFSET]);
     }
+    if req.layout == Layout::Native && req.lock_kind == LockKind::Robust {
+        // SAFETY: `bytes` holds the whole header (header_size(num_pages) bytes and the pages),
+        // and the unpublished file's lock words are reachable by no one else.
+        unsafe { super::robust::init_lock_words(bytes.as_mut_ptr(), geometry.num_pages) }
+            .map_err(|e| req.io("initialise the page locks", e))?;
+    }
     for page in bytes[header_size..].chunks_exact_mut(geometry.page_size as usize) {
         PageMut::init(page, geometry.start_slots);
     }

@@ -1,9 +1,11 @@
-//! Page locks. One small interface (`PageLocks::acquire` / `release`) so that a second kind
-//! can be added without touching page or cache code.
+//! Page locks. One small interface (`PageLocks::acquire` / `release`) over the two kinds, so
+//! page and cache code never see which is in use.
 //!
 //! `Fcntl`: an in-process mutex per page (fcntl record locks belong to the process, so they do
 //! not exclude threads), then `fcntl(F_SETLKW, F_WRLCK)` on the page's byte range, retried on
 //! EINTR. The kernel drops the record lock when its owner dies.
+//!
+//! `Robust`: a process-shared robust mutex per page in the file header; see [`super::robust`].
 
 #![allow(unsafe_code)]
 
@@ -13,11 +15,12 @@ use std::os::fd::RawFd;
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
-use crate::LockKind;
+use super::robust::{RobustHeld, RobustLocks};
 
 /// The locks of every page of one file, in this process.
 pub(crate) enum PageLocks {
     Fcntl { mutexes: Box<[Mutex<()>]> },
+    Robust(RobustLocks),
 }
 
 /// Why a lock was not taken.
@@ -26,28 +29,34 @@ pub(crate) enum LockFailure {
     Os(io::Error),
 }
 
-/// A held lock's in-process part; the byte-range part is released by [`PageLocks::release`].
-pub(crate) struct Held<'a> {
-    _mutex: Option<MutexGuard<'a, ()>>,
+/// A held lock: what [`PageLocks::release`] needs to let it go.
+pub(crate) enum Held<'a> {
+    /// The in-process mutex; the byte-range lock is released by `release`.
+    Fcntl {
+        _mutex: MutexGuard<'a, ()>,
+    },
+    Robust(RobustHeld),
 }
 
 impl PageLocks {
-    pub(crate) fn new(kind: LockKind, num_pages: u32) -> PageLocks {
-        match kind {
-            LockKind::Fcntl => PageLocks::Fcntl {
-                mutexes: (0..num_pages).map(|_| Mutex::new(())).collect(),
-            },
+    /// Fcntl locks for a file of `num_pages` pages.
+    pub(crate) fn fcntl(num_pages: u32) -> PageLocks {
+        PageLocks::Fcntl {
+            mutexes: (0..num_pages).map(|_| Mutex::new(())).collect(),
         }
     }
 
-    /// Takes page `page`'s lock, whose byte range is `range` of the file `fd`.
+    /// Takes page `page`'s lock, whose byte range is `range` of the file `fd`. The flag is
+    /// true when the lock's previous owner died holding it (robust locks only: the kernel
+    /// drops a dead process's fcntl locks without telling anyone).
+    #[inline]
     pub(crate) fn acquire(
         &self,
         fd: RawFd,
         page: u32,
         range: (u64, u64),
         deadline: Option<Instant>,
-    ) -> Result<Held<'_>, LockFailure> {
+    ) -> Result<(Held<'_>, bool), LockFailure> {
         match self {
             PageLocks::Fcntl { mutexes } => {
                 let mutex = &mutexes[page as usize];
@@ -58,17 +67,21 @@ impl PageLocks {
                     Some(deadline) => lock_mutex_until(mutex, deadline)?,
                 };
                 fcntl_lock(fd, range, deadline)?;
-                Ok(Held {
-                    _mutex: Some(guard),
-                })
+                Ok((Held::Fcntl { _mutex: guard }, false))
+            }
+            PageLocks::Robust(locks) => {
+                let (held, owner_died) = locks.acquire(fd, page, deadline)?;
+                Ok((Held::Robust(held), owner_died))
             }
         }
     }
 
-    /// Releases what [`acquire`](Self::acquire) took, byte range first.
+    /// Releases what [`acquire`](Self::acquire) took (for fcntl, the byte range first).
+    #[inline]
     pub(crate) fn release(&self, fd: RawFd, range: (u64, u64), held: Held<'_>) {
-        match self {
-            PageLocks::Fcntl { .. } => {
+        match (self, held) {
+            (PageLocks::Robust(locks), Held::Robust(held)) => locks.release(held),
+            (_, held) => {
                 // Unlocking a range we hold cannot fail on a valid descriptor; if it did, the
                 // lock would go with the descriptor anyway.
                 let _ = fcntl(fd, libc::F_SETLK, libc::F_UNLCK as libc::c_short, range);
@@ -107,7 +120,8 @@ fn lock_mutex_until(
     }
 }
 
-fn fcntl(
+/// One `fcntl` record-lock call on `(start, len)` of `fd`.
+pub(super) fn fcntl(
     fd: RawFd,
     cmd: libc::c_int,
     kind: libc::c_short,
@@ -129,16 +143,20 @@ fn fcntl(
     }
 }
 
+/// Takes a `kind` record lock on `range`, waiting as long as it takes (retried on EINTR).
+pub(super) fn fcntl_wait(fd: RawFd, kind: libc::c_short, range: (u64, u64)) -> io::Result<()> {
+    loop {
+        match fcntl(fd, libc::F_SETLKW, kind, range) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
 fn fcntl_lock(fd: RawFd, range: (u64, u64), deadline: Option<Instant>) -> Result<(), LockFailure> {
     let wrlck = libc::F_WRLCK as libc::c_short;
     let Some(deadline) = deadline else {
-        loop {
-            match fcntl(fd, libc::F_SETLKW, wrlck, range) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(LockFailure::Os(e)),
-            }
-        }
+        return fcntl_wait(fd, wrlck, range).map_err(LockFailure::Os);
     };
     let mut step = Duration::from_micros(20);
     loop {

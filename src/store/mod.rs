@@ -21,6 +21,7 @@ mod file;
 pub(crate) mod header;
 mod lock;
 mod registry;
+mod robust;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -34,6 +35,8 @@ use memmap2::MmapRaw;
 pub(crate) use file::{OpenRequest, current_uid};
 use lock::{Held, LockFailure, PageLocks, Reentry};
 pub(crate) use registry::open_shared;
+/// Whether [`LockKind::Robust`] can be used on this platform.
+pub(crate) const ROBUST_LOCKS_AVAILABLE: bool = robust::AVAILABLE;
 
 use crate::page::format::{MAX_PAGE_SIZE, MIN_PAGE_SIZE, MIN_SLOTS};
 use crate::page::{PageHeader, PageMut};
@@ -233,6 +236,7 @@ impl SharedFile {
     /// Locks `page`, waiting at most `timeout`. The page returned passes the header check: one
     /// left half-changed by a dead process (busy marker set) or failing the check is reset
     /// first, and the reset counted.
+    #[inline]
     pub(crate) fn lock(&self, page: u32, timeout: Option<Duration>) -> Result<PageGuard<'_>> {
         let mut guard = self.lock_as_is(page, timeout)?;
         if guard.problem().is_some() {
@@ -242,6 +246,7 @@ impl SharedFile {
     }
 
     /// Locks `page` and leaves it as it is, however damaged (for read-only checks).
+    #[inline]
     pub(crate) fn lock_as_is(&self, page: u32, timeout: Option<Duration>) -> Result<PageGuard<'_>> {
         let id = self as *const SharedFile as usize;
         let reentry = Reentry::enter(id).ok_or_else(|| Error::Reentrant {
@@ -249,7 +254,7 @@ impl SharedFile {
         })?;
         let range = self.page_range(page);
         let deadline = timeout.map(|t| Instant::now() + t);
-        let held = self
+        let (held, _owner_died) = self
             .locks
             .acquire(self.file.as_raw_fd(), page, range, deadline)
             .map_err(|f| match f {
@@ -289,6 +294,7 @@ impl PageGuard<'_> {
     }
 
     /// The page's bytes.
+    #[inline]
     pub(crate) fn bytes(&mut self) -> &mut [u8] {
         let (offset, len) = self.range;
         // SAFETY: `offset + len` lies inside the mapping (page < num_pages and the file size
@@ -305,6 +311,7 @@ impl PageGuard<'_> {
 
     /// Why the page must be reset before use, if it must: its busy marker is set (a process
     /// died changing it) or its header fails the check.
+    #[inline]
     pub(crate) fn problem(&mut self) -> Option<crate::page::Corrupt> {
         let busy = self
             .file
@@ -323,6 +330,7 @@ impl PageGuard<'_> {
 
     /// The page, for reading or for changes that do not restructure it (access times,
     /// statistics).
+    #[inline]
     pub(crate) fn page(&mut self) -> PageMut<'_> {
         PageMut::wrap(self.bytes())
     }

@@ -3,14 +3,16 @@
 //! exclude each other's threads, and closing either descriptor would drop the other's fcntl
 //! locks.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, Weak};
 
 use super::file::{self, OpenRequest};
 use super::lock::PageLocks;
+use super::robust::RobustLocks;
 use super::{Requested, SharedFile};
-use crate::{Error, Result};
+use crate::{Error, LockKind, Result};
 
 type Entry = ((u64, u64), Weak<SharedFile>);
 
@@ -43,6 +45,18 @@ pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
         return Ok(shared);
     }
     let num_pages = opened.geometry.num_pages;
+    let locks = match req.lock_kind {
+        LockKind::Fcntl => PageLocks::fcntl(num_pages),
+        LockKind::Robust => {
+            let robust = RobustLocks::open(opened.file.as_raw_fd(), &opened.map, num_pages)
+                .map_err(|source| Error::Io {
+                    path: req.path.clone(),
+                    op: "take the openers lock",
+                    source,
+                })?;
+            PageLocks::Robust(robust)
+        }
+    };
     let shared = Arc::new(SharedFile {
         path: req.path.clone(),
         file: opened.file,
@@ -51,7 +65,7 @@ pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
         layout: req.layout,
         lock_kind: req.lock_kind,
         header_size: opened.header_size,
-        locks: PageLocks::new(req.lock_kind, num_pages),
+        locks,
         local_resets: (0..num_pages).map(|_| AtomicU64::new(0)).collect(),
         spare_fds: Mutex::new(Vec::new()),
     });

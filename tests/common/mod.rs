@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use fastmmap::Layout;
+use fastmmap::{Cache, CacheBuilder, Layout, LockKind};
 
 // ---------------------------------------------------------------------------------------------
 // Serialisation and modes
@@ -550,6 +550,38 @@ pub fn key_page(layout: Layout, key: &[u8], num_pages: u32) -> u32 {
     match layout {
         Layout::FastMmap => fastmmap_hash(key) % num_pages,
         _ => (xxhash_rust::xxh3::xxh3_64(key) % u64::from(num_pages)) as u32,
+    }
+}
+
+/// A file layout and the page lock kind it is opened with: the combinations the tests run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kind {
+    pub layout: Layout,
+    pub lock: LockKind,
+}
+
+/// The native layout with fcntl locks (the defaults).
+pub const NATIVE: Kind = Kind {
+    layout: Layout::Native,
+    lock: LockKind::Fcntl,
+};
+/// The native layout with robust shared-memory locks.
+pub const ROBUST: Kind = Kind {
+    layout: Layout::Native,
+    lock: LockKind::Robust,
+};
+/// Cache::FastMmap's layout (fcntl locks, as Perl takes them).
+pub const FASTMMAP: Kind = Kind {
+    layout: Layout::FastMmap,
+    lock: LockKind::Fcntl,
+};
+/// Every combination.
+pub const ALL_KINDS: [Kind; 3] = [NATIVE, ROBUST, FASTMMAP];
+
+impl Kind {
+    /// A builder for this layout and lock kind.
+    pub fn builder(self) -> CacheBuilder {
+        Cache::builder().layout(self.layout).lock_kind(self.lock)
     }
 }
 

@@ -1,0 +1,392 @@
+//! `LockKind::Robust`: one process-shared robust pthread mutex per page, in the lock area of
+//! the page's row of the native header, and the openers lock that tells a first opener it is
+//! alone.
+//!
+//! - **Exclusion.** The mutex is process-shared, so it excludes every thread of every process
+//!   by itself: there is no in-process mutex in front of it.
+//! - **Owner death.** The mutex is robust: when its owner dies, the kernel marks it and the
+//!   next locker gets `EOWNERDEAD`. That locker owns the lock; it marks the mutex consistent
+//!   and goes on, and the page's busy marker (set around every structural change) tells the
+//!   caller whether the page must be reset.
+//! - **Stale lock words.** Robustness only covers owners the kernel saw die. Lock words left in
+//!   a file by processes of an earlier boot, or copied with the file, name owners the kernel
+//!   knows nothing of and would block forever. So every opener holds a shared fcntl lock on the
+//!   header's openers byte for as long as it has the file open; an opener that can take that
+//!   byte exclusively is alone, reinitialises every lock word, and then downgrades to shared.
+//!   Later openers wait on their shared lock until the reinitialisation is done.
+//! - **Fork.** A child shares the lock words but inherits no fcntl lock, so before its first
+//!   lock it takes its own shared openers lock (a fork generation, bumped by a
+//!   `pthread_atfork` child handler, tells it to). A child never owns a mutex its parent held:
+//!   the owner recorded in the word is the parent's thread.
+//! - **Trust.** glibc keeps the owner's robust-list links inside the mutex and follows them at
+//!   unlock. The owner's copy of the mutex is taken when it locks, and any difference is put
+//!   back before it unlocks, so lock words damaged while the lock is held cannot redirect those
+//!   writes. (A process that ignores the protocol and rewrites a held lock word at the same
+//!   instant is beyond what any shared-memory lock can defend against; the fcntl kind keeps its
+//!   state in the kernel and does not have this exposure.)
+
+#![allow(unsafe_code)]
+
+pub(crate) use imp::{AVAILABLE, RobustHeld, RobustLocks, init_lock_words};
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod imp {
+    use std::io;
+    use std::marker::PhantomData;
+    use std::mem::{align_of, size_of};
+    use std::os::fd::RawFd;
+    use std::ptr::NonNull;
+    use std::sync::Once;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    use memmap2::MmapRaw;
+
+    use super::super::header::{self, OPENERS_LOCK_OFFSET, ROW_LOCK_OFFSET, ROW_LOCK_SIZE};
+    use super::super::lock::{LockFailure, fcntl, fcntl_wait};
+
+    /// Robust locks can be used on this platform.
+    pub(crate) const AVAILABLE: bool = true;
+
+    const MUTEX_SIZE: usize = size_of::<libc::pthread_mutex_t>();
+    /// The futex word glibc's lock and unlock fast paths and waiters use is the mutex's first
+    /// `int`; everything after it belongs to the owner while it holds the lock.
+    const OWNER_PART: usize = MUTEX_SIZE - 4;
+
+    const _: () = assert!(MUTEX_SIZE <= ROW_LOCK_SIZE);
+    const _: () = assert!(align_of::<libc::pthread_mutex_t>() <= 8);
+    const _: () = assert!((header::PAGE_TABLE_OFFSET + ROW_LOCK_OFFSET).is_multiple_of(8));
+    const _: () = assert!(header::ROW_SIZE.is_multiple_of(8));
+
+    /// Bumped in every child right after `fork`, so a `RobustLocks` can tell that its process's
+    /// shared openers lock was not inherited.
+    static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+    extern "C" fn after_fork_in_child() {
+        FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn register_fork_handler() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: the handler is a plain function that only touches a static atomic, which
+            // is async-signal-safe and valid in the child of a fork.
+            let rc = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+            // pthread_atfork fails only with ENOMEM; a child would then skip its rejoin, and
+            // the worst case is that it holds no openers lock (see `join`).
+            debug_assert_eq!(rc, 0, "pthread_atfork");
+        });
+    }
+
+    /// The page locks of one robust-locked file, in this process.
+    pub(crate) struct RobustLocks {
+        /// First byte of the file's mapping.
+        base: NonNull<u8>,
+        num_pages: u32,
+        /// The fork generation in which this process took its shared openers lock.
+        joined: AtomicU64,
+    }
+
+    // SAFETY: `base` addresses the mapping owned by the same `SharedFile` as this value, which
+    // outlives it; the only things reached through it are process-shared mutexes, built to be
+    // used from any thread of any process.
+    unsafe impl Send for RobustLocks {}
+    // SAFETY: as for `Send`; `joined` is atomic.
+    unsafe impl Sync for RobustLocks {}
+
+    /// A held robust page lock: the owner's part of the mutex as it was when the lock was
+    /// taken. Not `Send`: a pthread mutex must be unlocked by the thread that locked it.
+    pub(crate) struct RobustHeld {
+        page: u32,
+        owner_part: [u8; OWNER_PART],
+        _not_send: PhantomData<*const ()>,
+    }
+
+    impl RobustLocks {
+        /// Takes this process's shared openers lock on the file `fd` (mapped as `map`),
+        /// reinitialising every lock word first if no other process has the file open.
+        pub(crate) fn open(fd: RawFd, map: &MmapRaw, num_pages: u32) -> io::Result<RobustLocks> {
+            if map.len() < header::header_size(num_pages) {
+                return Err(io::Error::other("the mapping is shorter than its header"));
+            }
+            register_fork_handler();
+            let base =
+                NonNull::new(map.as_mut_ptr()).ok_or_else(|| io::Error::other("null map"))?;
+            let locks = RobustLocks {
+                base,
+                num_pages,
+                joined: AtomicU64::new(u64::MAX),
+            };
+            locks.join(fd, true)?;
+            Ok(locks)
+        }
+
+        /// Takes the shared openers lock. With `may_reinit`, first tries to take it
+        /// exclusively; holding it exclusively means no other process has the file open, so
+        /// no lock word can be held by anyone alive, and every word is reinitialised.
+        ///
+        /// A process that already holds the shared lock would be granted the exclusive one
+        /// even with others present (fcntl locks convert within a process), so `may_reinit`
+        /// is only for the first join of a `SharedFile` (the registry makes that the only
+        /// one in the process), never for a rejoin after fork.
+        fn join(&self, fd: RawFd, may_reinit: bool) -> io::Result<()> {
+            let generation = FORK_GENERATION.load(Ordering::Relaxed);
+            let byte = (OPENERS_LOCK_OFFSET as u64, 1);
+            if may_reinit {
+                match fcntl(fd, libc::F_SETLK, libc::F_WRLCK as libc::c_short, byte) {
+                    Ok(()) => {
+                        let reinit = self.reinit_all();
+                        // Converting our write lock to a read lock is atomic and never waits.
+                        let shared = fcntl_wait(fd, libc::F_RDLCK as libc::c_short, byte);
+                        reinit?;
+                        shared?;
+                        self.joined.store(generation, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            // Waits while a first opener holds the byte exclusively to reinitialise.
+            fcntl_wait(fd, libc::F_RDLCK as libc::c_short, byte)?;
+            self.joined.store(generation, Ordering::Relaxed);
+            Ok(())
+        }
+
+        fn reinit_all(&self) -> io::Result<()> {
+            // SAFETY: the mapping holds the whole header (checked in `open`), and this process
+            // holds the openers byte exclusively: no other process has the file open, and the
+            // registry has not published this `SharedFile` yet, so no thread locks these words.
+            unsafe { init_lock_words(self.base.as_ptr(), self.num_pages) }
+        }
+
+        #[inline]
+        fn mutex(&self, page: u32) -> *mut libc::pthread_mutex_t {
+            assert!(page < self.num_pages, "page {page} out of range");
+            // SAFETY: page < num_pages and the mapping holds the whole header (checked in
+            // `open`), so the row's lock area is inside the mapping; rows are 8-byte aligned.
+            unsafe {
+                self.base
+                    .as_ptr()
+                    .add(header::row_offset(page) + ROW_LOCK_OFFSET)
+                    .cast()
+            }
+        }
+
+        /// Locks `page`, waiting until `deadline` at most. The flag is true when the previous
+        /// owner died holding the lock (the lock has been made consistent again).
+        #[inline]
+        pub(crate) fn acquire(
+            &self,
+            fd: RawFd,
+            page: u32,
+            deadline: Option<Instant>,
+        ) -> Result<(RobustHeld, bool), LockFailure> {
+            if self.joined.load(Ordering::Relaxed) != FORK_GENERATION.load(Ordering::Relaxed) {
+                self.join(fd, false).map_err(LockFailure::Os)?;
+            }
+            let m = self.mutex(page);
+            let rc = match deadline {
+                // SAFETY: `m` is an initialised process-shared mutex inside the live mapping
+                // (initialised at creation, or by the first opener).
+                None => unsafe { libc::pthread_mutex_lock(m) },
+                Some(deadline) => timed_lock(m, deadline),
+            };
+            let owner_died = match rc {
+                0 => false,
+                libc::EOWNERDEAD => {
+                    // SAFETY: we own `m` (EOWNERDEAD means the lock was acquired).
+                    let rc = unsafe { libc::pthread_mutex_consistent(m) };
+                    if rc != 0 {
+                        // SAFETY: we own `m`; unlocking without marking it consistent leaves it
+                        // unrecoverable, which later lockers report as an error.
+                        unsafe { libc::pthread_mutex_unlock(m) };
+                        return Err(LockFailure::Os(io::Error::from_raw_os_error(rc)));
+                    }
+                    true
+                }
+                libc::ETIMEDOUT => return Err(LockFailure::TimedOut),
+                libc::ENOTRECOVERABLE => {
+                    return Err(LockFailure::Os(io::Error::other(
+                        "the page lock is unrecoverable (its owner died and it was released \
+                         without being repaired); it is reinitialised when every process has \
+                         closed the file and one reopens it",
+                    )));
+                }
+                e => return Err(LockFailure::Os(io::Error::from_raw_os_error(e))),
+            };
+            let mut owner_part = [0u8; OWNER_PART];
+            // SAFETY: the owner part of a mutex we hold is written only by its owner (us); the
+            // futex word before it, which waiters change, is not read.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    m.cast::<u8>().add(4),
+                    owner_part.as_mut_ptr(),
+                    OWNER_PART,
+                );
+            }
+            Ok((
+                RobustHeld {
+                    page,
+                    owner_part,
+                    _not_send: PhantomData,
+                },
+                owner_died,
+            ))
+        }
+
+        /// Unlocks what [`acquire`](Self::acquire) locked, first putting back the owner's part
+        /// of the mutex if anything changed it.
+        #[inline]
+        pub(crate) fn release(&self, held: RobustHeld) {
+            let m = self.mutex(held.page);
+            // SAFETY: we hold `m`, so its owner part is ours to read and write; the futex word
+            // is left alone.
+            unsafe {
+                let part = m.cast::<u8>().add(4);
+                let now = std::slice::from_raw_parts(part, OWNER_PART);
+                if now != held.owner_part {
+                    std::ptr::copy_nonoverlapping(held.owner_part.as_ptr(), part, OWNER_PART);
+                }
+            }
+            // SAFETY: this thread locked `m` in `acquire` (RobustHeld is not Send) and has not
+            // unlocked it; the owner part is as glibc left it.
+            let rc = unsafe { libc::pthread_mutex_unlock(m) };
+            debug_assert_eq!(rc, 0, "pthread_mutex_unlock");
+        }
+    }
+
+    /// `pthread_mutex_timedlock` against a monotonic deadline: its own deadline is on the
+    /// real-time clock, so a clock step back or forward is corrected by retrying.
+    fn timed_lock(m: *mut libc::pthread_mutex_t, deadline: Instant) -> libc::c_int {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let at = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .saturating_add(left);
+            let ts = libc::timespec {
+                tv_sec: libc::time_t::try_from(at.as_secs()).unwrap_or(libc::time_t::MAX),
+                tv_nsec: libc::c_long::from(at.subsec_nanos() as i32),
+            };
+            // SAFETY: `m` is an initialised process-shared mutex in the live mapping and `ts`
+            // is a valid timespec that outlives the call.
+            let rc = unsafe { libc::pthread_mutex_timedlock(m, &ts) };
+            if rc == libc::ETIMEDOUT && Instant::now() < deadline {
+                // The real-time clock moved; wait out the rest.
+                std::thread::sleep(Duration::from_micros(10).min(left));
+                continue;
+            }
+            return rc;
+        }
+    }
+
+    /// Initialises the lock word of every page of a native header at `base` as an unlocked
+    /// process-shared robust mutex.
+    ///
+    /// # Safety
+    /// `base` must address a writable mapping holding `header_size(num_pages)` bytes, and no
+    /// thread of any process may be using the lock words.
+    pub(crate) unsafe fn init_lock_words(base: *mut u8, num_pages: u32) -> io::Result<()> {
+        let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+        // SAFETY: `attr` is valid storage for an attribute object; it is initialised by
+        // pthread_mutexattr_init before any other use and destroyed before returning.
+        unsafe {
+            check(libc::pthread_mutexattr_init(attr.as_mut_ptr()))?;
+            let a = attr.as_mut_ptr();
+            let set = check(libc::pthread_mutexattr_setpshared(
+                a,
+                libc::PTHREAD_PROCESS_SHARED,
+            ))
+            .and_then(|()| {
+                check(libc::pthread_mutexattr_setrobust(
+                    a,
+                    libc::PTHREAD_MUTEX_ROBUST,
+                ))
+            });
+            let mut result = set;
+            if result.is_ok() {
+                for page in 0..num_pages {
+                    let m = base
+                        .add(header::row_offset(page) + ROW_LOCK_OFFSET)
+                        .cast::<libc::pthread_mutex_t>();
+                    // Start from zeroes, so bytes of the area past the mutex are defined.
+                    std::ptr::write_bytes(m.cast::<u8>(), 0, ROW_LOCK_SIZE);
+                    if let Err(e) = check(libc::pthread_mutex_init(m, a)) {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            libc::pthread_mutexattr_destroy(a);
+            result
+        }
+    }
+
+    fn check(rc: libc::c_int) -> io::Result<()> {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(rc))
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+mod imp {
+    //! Platforms without robust process-shared mutexes: asking for them is refused when the
+    //! cache is opened, so nothing here is ever reached.
+
+    use std::io;
+    use std::os::fd::RawFd;
+    use std::time::Instant;
+
+    use memmap2::MmapRaw;
+
+    use super::super::lock::LockFailure;
+
+    /// Robust locks cannot be used on this platform.
+    pub(crate) const AVAILABLE: bool = false;
+
+    fn unsupported() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            "robust page locks need Linux with glibc",
+        )
+    }
+
+    /// Never constructed on this platform.
+    pub(crate) enum RobustLocks {}
+
+    /// Never constructed on this platform.
+    pub(crate) enum RobustHeld {}
+
+    impl RobustLocks {
+        pub(crate) fn open(_: RawFd, _: &MmapRaw, _: u32) -> io::Result<RobustLocks> {
+            Err(unsupported())
+        }
+
+        #[inline]
+
+        pub(crate) fn acquire(
+            &self,
+            _: RawFd,
+            _: u32,
+            _: Option<Instant>,
+        ) -> Result<(RobustHeld, bool), LockFailure> {
+            match *self {}
+        }
+
+        #[inline]
+
+        pub(crate) fn release(&self, held: RobustHeld) {
+            match held {}
+        }
+    }
+
+    /// # Safety
+    /// Never unsafe here: it only fails.
+    pub(crate) unsafe fn init_lock_words(_: *mut u8, _: u32) -> io::Result<()> {
+        Err(unsupported())
+    }
+}
