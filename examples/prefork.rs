@@ -13,8 +13,10 @@
 //! every value left in the cache. It exits nonzero if anything is wrong.
 //!
 //! ```text
-//! cargo run --release --example prefork [WORKERS] [OPS_PER_WORKER]
+//! cargo run --release --example prefork [--robust] [WORKERS] [OPS_PER_WORKER]
 //! ```
+//!
+//! `--robust` uses [`LockKind::Robust`] page locks instead of the default fcntl locks.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -24,7 +26,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use fastmmap::{Cache, Expiry, Update};
+use fastmmap::{Cache, Expiry, LockKind, Update};
 
 const DEFAULT_WORKERS: u32 = 4;
 const DEFAULT_OPS: u64 = 100_000;
@@ -40,7 +42,7 @@ const EXIT_ERROR: i32 = 2;
 const EXIT_PANIC: i32 = 3;
 
 fn main() -> ExitCode {
-    let (workers, ops) = match parse_args() {
+    let (workers, ops, lock) = match parse_args() {
         Ok(Some(args)) => args,
         Ok(None) => return ExitCode::SUCCESS,
         Err(msg) => {
@@ -48,7 +50,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(workers, ops) {
+    match run(workers, ops, lock) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -58,15 +60,24 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str =
-    "usage: prefork [WORKERS] [OPS_PER_WORKER]   (defaults: 4 workers, 100000 ops each)";
+const USAGE: &str = "usage: prefork [--robust] [WORKERS] [OPS_PER_WORKER]   \
+     (defaults: fcntl locks, 4 workers, 100000 ops each)";
 
-/// `(workers, ops per worker)`, or `None` when only help was asked for.
-fn parse_args() -> Result<Option<(u32, u64)>, String> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+/// `(workers, ops per worker, lock kind)`, or `None` when only help was asked for.
+fn parse_args() -> Result<Option<(u32, u64, LockKind)>, String> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!("{USAGE}");
         return Ok(None);
+    }
+    let lock = if args.iter().any(|a| a == "--robust") {
+        args.retain(|a| a != "--robust");
+        LockKind::Robust
+    } else {
+        LockKind::Fcntl
+    };
+    if let Some(flag) = args.iter().find(|a| a.starts_with("--")) {
+        return Err(format!("unknown option {flag}"));
     }
     if args.len() > 2 {
         return Err(format!(
@@ -90,10 +101,10 @@ fn parse_args() -> Result<Option<(u32, u64)>, String> {
             .filter(|&n| n >= 1)
             .ok_or_else(|| format!("OPS_PER_WORKER must be a positive number, not {a:?}"))?,
     };
-    Ok(Some((workers, ops)))
+    Ok(Some((workers, ops, lock)))
 }
 
-fn run(workers: u32, ops: u64) -> Result<bool, Box<dyn Error>> {
+fn run(workers: u32, ops: u64, lock: LockKind) -> Result<bool, Box<dyn Error>> {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.subsec_nanos();
     let path = std::env::temp_dir().join(format!(
         "fastmmap-prefork-{}-{nanos}.cache",
@@ -101,9 +112,13 @@ fn run(workers: u32, ops: u64) -> Result<bool, Box<dyn Error>> {
     ));
     // The parent opens the file before forking; the workers inherit the mapping. The file goes
     // when the parent drops its handle (forked children never remove it).
-    let cache = Cache::builder().path(&path).unlink_on_drop(true).open()?;
+    let cache = Cache::builder()
+        .path(&path)
+        .lock_kind(lock)
+        .unlink_on_drop(true)
+        .open()?;
     println!(
-        "prefork: {workers} workers x {ops} ops on {} ({} pages x {} bytes)",
+        "prefork: {workers} workers x {ops} ops on {} ({} pages x {} bytes, {lock} locks)",
         path.display(),
         cache.num_pages(),
         cache.page_size()
