@@ -18,7 +18,7 @@ use crate::{Error, Layout, LockKind, Result};
 pub struct CacheBuilder {
     path: Option<PathBuf>,
     layout: Layout,
-    lock_kind: LockKind,
+    lock_kind: Option<LockKind>,
     num_pages: Option<u32>,
     page_size: Option<u32>,
     cache_size: Option<u64>,
@@ -38,7 +38,7 @@ impl Default for CacheBuilder {
         CacheBuilder {
             path: None,
             layout: Layout::Native,
-            lock_kind: LockKind::Fcntl,
+            lock_kind: None,
             num_pages: None,
             page_size: None,
             cache_size: None,
@@ -69,11 +69,12 @@ impl CacheBuilder {
         self
     }
 
-    /// The page lock kind (default [`LockKind::Fcntl`], as in Cache::FastMmap). It is recorded
-    /// in a native file's header; opening a file with the other kind is an error.
-    /// [`LockKind::Robust`] needs the native layout.
+    /// The page lock kind. It is recorded in a native file's header: left unset, an existing
+    /// native file is opened with the kind it records, and a new file gets
+    /// [`LockKind::Fcntl`] (as in Cache::FastMmap); set, it must match the file's kind, or the
+    /// open is an error. [`LockKind::Robust`] needs the native layout.
     pub fn lock_kind(mut self, kind: LockKind) -> Self {
-        self.lock_kind = kind;
+        self.lock_kind = Some(kind);
         self
     }
 
@@ -178,7 +179,7 @@ impl CacheBuilder {
             path: path.clone(),
             reason,
         };
-        if self.lock_kind == LockKind::Robust {
+        if self.lock_kind == Some(LockKind::Robust) {
             if self.layout != Layout::Native {
                 return Err(invalid(
                     "robust locks need the native layout: a Cache::FastMmap file has no header \

@@ -592,7 +592,42 @@ fn opening_with_the_other_kind_is_an_error_and_changes_nothing() {
             Err(Error::LockKindMismatch { .. })
         ));
         assert_eq!(open.lock_kind(), made);
+        // Not asking for a kind opens the file with the kind it records.
+        let unasked = Cache::builder().path(&path).open().expect("open");
+        assert_eq!(unasked.lock_kind(), made);
     }
+    drop(dir);
+    let dir = temp_dir();
+    let fresh = Cache::builder()
+        .path(dir.path().join("fresh"))
+        .open()
+        .expect("create");
+    assert_eq!(
+        fresh.lock_kind(),
+        LockKind::Fcntl,
+        "the default for a new file"
+    );
+    // ... and in another process, which finds the kind in the header.
+    let path = dir.path().join("robust-unasked");
+    drop(
+        Cache::builder()
+            .path(&path)
+            .lock_kind(LockKind::Robust)
+            .open()
+            .expect("create"),
+    );
+    let mut kids = Children::new();
+    kids.spawn(move || {
+        let cache = Cache::builder()
+            .path(&path)
+            .open()
+            .map_err(|e| e.to_string())?;
+        match cache.lock_kind() {
+            LockKind::Robust => Ok(()),
+            other => Err(format!("opened as {other:?}")),
+        }
+    });
+    kids.wait_all_ok();
 
     // Cache::FastMmap's layout has nowhere to keep robust locks.
     let path = dir.path().join("fastmmap");

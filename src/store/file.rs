@@ -28,7 +28,8 @@ use crate::{Error, Layout, LockKind, Result};
 pub(crate) struct OpenRequest {
     pub path: PathBuf,
     pub layout: Layout,
-    pub lock_kind: LockKind,
+    /// `None`: the kind an existing native file records, else fcntl.
+    pub lock_kind: Option<LockKind>,
     pub requested: Requested,
     pub permissions: u32,
     /// The default per-user path in a shared temp directory: refuse links and files owned
@@ -41,6 +42,7 @@ pub(crate) struct Opened {
     pub file: File,
     pub map: MmapRaw,
     pub geometry: Geometry,
+    pub lock_kind: LockKind,
     /// Offset of page 0 (0 in the FastMmap layout).
     pub header_size: usize,
     pub id: (u64, u64),
@@ -139,15 +141,16 @@ fn open_existing(req: &OpenRequest, file: File) -> Result<Opened> {
             source: io::Error::other("the default cache file is owned by another user"),
         });
     }
-    let (geometry, header_size) = match req.layout {
+    let (geometry, header_size, lock_kind) = match req.layout {
         Layout::Native => check_native(req, &file, len)?,
-        Layout::FastMmap => (check_fastmmap(req, &file, len)?, 0),
+        Layout::FastMmap => (check_fastmmap(req, &file, len)?, 0, LockKind::Fcntl),
     };
     let map = map(req, &file, len)?;
     Ok(Opened {
         file,
         map,
         geometry,
+        lock_kind,
         header_size,
         id,
     })
@@ -161,7 +164,7 @@ fn read_prefix(req: &OpenRequest, file: &File, len: u64, want: usize) -> Result<
     Ok(buf)
 }
 
-fn check_native(req: &OpenRequest, file: &File, len: u64) -> Result<(Geometry, usize)> {
+fn check_native(req: &OpenRequest, file: &File, len: u64) -> Result<(Geometry, usize, LockKind)> {
     let prefix = read_prefix(req, file, len, header::PAGE_TABLE_OFFSET)?;
     let h = match FileHeader::decode(&prefix) {
         Ok(h) => h,
@@ -212,16 +215,18 @@ fn check_native(req: &OpenRequest, file: &File, len: u64) -> Result<(Geometry, u
         path: req.path.clone(),
         reason: format!("unknown lock kind {}", h.lock_kind),
     })?;
-    if found_kind != req.lock_kind {
+    if let Some(requested) = req.lock_kind
+        && requested != found_kind
+    {
         return Err(Error::LockKindMismatch {
             path: req.path.clone(),
-            requested: req.lock_kind,
+            requested,
             found: found_kind,
         });
     }
     req.requested.check_against(&geometry, &req.path)?;
     req.check_size(&geometry, len)?;
-    Ok((geometry, h.header_size as usize))
+    Ok((geometry, h.header_size as usize, found_kind))
 }
 
 fn check_fastmmap(req: &OpenRequest, file: &File, len: u64) -> Result<Geometry> {
@@ -294,11 +299,11 @@ fn create(req: &OpenRequest) -> Result<()> {
             num_pages: geometry.num_pages,
             start_slots: geometry.start_slots,
             hash_kind: HASH_XXH3,
-            lock_kind: req.lock_kind.code(),
+            lock_kind: req.lock_kind.unwrap_or_default().code(),
         }
         .encode(&mut bytes[..header::PAGE_TABLE_OFFSET]);
     }
-    if req.layout == Layout::Native && req.lock_kind == LockKind::Robust {
+    if req.layout == Layout::Native && req.lock_kind == Some(LockKind::Robust) {
         // SAFETY: `bytes` holds the whole header (header_size(num_pages) bytes and the pages),
         // and the unpublished file's lock words are reachable by no one else.
         unsafe { super::robust::init_lock_words(bytes.as_mut_ptr(), geometry.num_pages) }

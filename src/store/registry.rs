@@ -45,7 +45,7 @@ pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
         return Ok(shared);
     }
     let num_pages = opened.geometry.num_pages;
-    let locks = match req.lock_kind {
+    let locks = match opened.lock_kind {
         LockKind::Fcntl => PageLocks::fcntl(num_pages),
         LockKind::Robust => {
             let robust = RobustLocks::open(opened.file.as_raw_fd(), &opened.map, num_pages)
@@ -63,7 +63,7 @@ pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
         map: opened.map,
         geometry: opened.geometry,
         layout: req.layout,
-        lock_kind: req.lock_kind,
+        lock_kind: opened.lock_kind,
         header_size: opened.header_size,
         locks,
         local_resets: (0..num_pages).map(|_| AtomicU64::new(0)).collect(),
@@ -91,10 +91,12 @@ fn check_compatible(req: &OpenRequest, shared: &SharedFile) -> Result<()> {
             },
         });
     }
-    if req.lock_kind != shared.lock_kind {
+    if let Some(requested) = req.lock_kind
+        && requested != shared.lock_kind
+    {
         return Err(Error::LockKindMismatch {
             path: req.path.clone(),
-            requested: req.lock_kind,
+            requested,
             found: shared.lock_kind,
         });
     }
