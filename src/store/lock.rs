@@ -9,7 +9,7 @@
 
 #![allow(unsafe_code)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::{Mutex, MutexGuard, TryLockError};
@@ -178,33 +178,86 @@ fn fcntl_lock(fd: RawFd, range: (u64, u64), deadline: Option<Instant>) -> Result
 }
 
 thread_local! {
-    /// Files (by the address of their shared state) whose page lock this thread holds.
-    static HELD: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    /// The file (by the address of its shared state) whose page lock this thread holds, or 0:
+    /// the common case of one lock at a time, kept in plain cells.
+    static FIRST: Cell<usize> = const { Cell::new(0) };
+    /// How many entries `MORE` has.
+    static NESTED: Cell<usize> = const { Cell::new(0) };
+    /// Further files locked at the same time (a closure of one cache using another).
+    static MORE: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Marks this thread as holding a lock of file `id` until dropped; `None` if it already does.
-pub(crate) struct Reentry(usize);
+pub(crate) struct Reentry {
+    id: usize,
+    first: bool,
+}
 
 impl Reentry {
+    #[inline]
     pub(crate) fn enter(id: usize) -> Option<Reentry> {
-        HELD.with(|held| {
-            let mut held = held.borrow_mut();
-            if held.contains(&id) {
+        debug_assert_ne!(id, 0);
+        let first = FIRST.with(Cell::get);
+        if first == id {
+            return None;
+        }
+        if first == 0 && NESTED.with(Cell::get) == 0 {
+            FIRST.with(|f| f.set(id));
+            return Some(Reentry { id, first: true });
+        }
+        MORE.with(|more| {
+            let mut more = more.borrow_mut();
+            if more.contains(&id) {
                 return None;
             }
-            held.push(id);
-            Some(Reentry(id))
+            more.push(id);
+            NESTED.with(|n| n.set(more.len()));
+            Some(Reentry { id, first: false })
         })
     }
 }
 
 impl Drop for Reentry {
+    #[inline]
     fn drop(&mut self) {
-        HELD.with(|held| {
-            let mut held = held.borrow_mut();
-            if let Some(pos) = held.iter().rposition(|&id| id == self.0) {
-                held.swap_remove(pos);
+        if self.first {
+            FIRST.with(|f| f.set(0));
+            return;
+        }
+        MORE.with(|more| {
+            let mut more = more.borrow_mut();
+            if let Some(pos) = more.iter().rposition(|&id| id == self.id) {
+                more.swap_remove(pos);
             }
+            NESTED.with(|n| n.set(more.len()));
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reentry;
+
+    #[test]
+    fn reentry_is_per_file_in_any_drop_order() {
+        let a = Reentry::enter(1).expect("first");
+        assert!(Reentry::enter(1).is_none());
+        let b = Reentry::enter(2).expect("nested");
+        assert!(Reentry::enter(2).is_none());
+        let c = Reentry::enter(3).expect("nested twice");
+        // Released out of order: the first, while others are still held.
+        drop(a);
+        assert!(Reentry::enter(2).is_none());
+        assert!(Reentry::enter(3).is_none());
+        let a2 = Reentry::enter(1).expect("free again");
+        drop(c);
+        drop(b);
+        assert!(Reentry::enter(1).is_none());
+        let b2 = Reentry::enter(2).expect("free again");
+        drop(a2);
+        drop(b2);
+        let all = [1, 2, 3].map(|id| Reentry::enter(id).expect("all free"));
+        drop(all);
+        assert!(Reentry::enter(3).is_some());
     }
 }

@@ -49,9 +49,12 @@ mod imp {
     pub(crate) const AVAILABLE: bool = true;
 
     const MUTEX_SIZE: usize = size_of::<libc::pthread_mutex_t>();
-    /// The futex word glibc's lock and unlock fast paths and waiters use is the mutex's first
-    /// `int`; everything after it belongs to the owner while it holds the lock.
-    const OWNER_PART: usize = MUTEX_SIZE - 4;
+    /// The futex word, which waiters change, is the mutex's first `int`; everything after it
+    /// belongs to the owner while it holds the lock: the `u32` after the futex word, then
+    /// `OWNER_WORDS` aligned `u64`s.
+    const OWNER_WORDS: usize = MUTEX_SIZE / 8 - 1;
+
+    const _: () = assert!(MUTEX_SIZE.is_multiple_of(8) && MUTEX_SIZE >= 16);
 
     const _: () = assert!(MUTEX_SIZE <= ROW_LOCK_SIZE);
     const _: () = assert!(align_of::<libc::pthread_mutex_t>() <= 8);
@@ -98,8 +101,45 @@ mod imp {
     /// taken. Not `Send`: a pthread mutex must be unlocked by the thread that locked it.
     pub(crate) struct RobustHeld {
         page: u32,
-        owner_part: [u8; OWNER_PART],
+        owner_part: OwnerPart,
         _not_send: PhantomData<*const ()>,
+    }
+
+    /// The owner's part of a mutex (see `OWNER_WORDS`).
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    struct OwnerPart {
+        word: u32,
+        words: [u64; OWNER_WORDS],
+    }
+
+    impl OwnerPart {
+        /// # Safety
+        /// `m` must be a mutex in the live mapping that this thread holds.
+        #[inline]
+        unsafe fn read(m: *mut libc::pthread_mutex_t) -> OwnerPart {
+            let base = m.cast::<u8>();
+            // SAFETY: (caller) `m` is 8-aligned and MUTEX_SIZE bytes long, so both reads are in
+            // bounds and aligned; the owner writes these bytes and nobody else does, and the
+            // futex word before them is not read.
+            unsafe {
+                OwnerPart {
+                    word: base.add(4).cast::<u32>().read(),
+                    words: base.add(8).cast::<[u64; OWNER_WORDS]>().read(),
+                }
+            }
+        }
+
+        /// # Safety
+        /// As for [`read`](Self::read).
+        #[inline]
+        unsafe fn write(self, m: *mut libc::pthread_mutex_t) {
+            let base = m.cast::<u8>();
+            // SAFETY: as in `read`; the owner may write its own part.
+            unsafe {
+                base.add(4).cast::<u32>().write(self.word);
+                base.add(8).cast::<[u64; OWNER_WORDS]>().write(self.words);
+            }
+        }
     }
 
     impl RobustLocks {
@@ -215,16 +255,8 @@ mod imp {
                 }
                 e => return Err(LockFailure::Os(io::Error::from_raw_os_error(e))),
             };
-            let mut owner_part = [0u8; OWNER_PART];
-            // SAFETY: the owner part of a mutex we hold is written only by its owner (us); the
-            // futex word before it, which waiters change, is not read.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    m.cast::<u8>().add(4),
-                    owner_part.as_mut_ptr(),
-                    OWNER_PART,
-                );
-            }
+            // SAFETY: we hold `m`, a mutex in the live mapping.
+            let owner_part = unsafe { OwnerPart::read(m) };
             Ok((
                 RobustHeld {
                     page,
@@ -240,13 +272,10 @@ mod imp {
         #[inline]
         pub(crate) fn release(&self, held: RobustHeld) {
             let m = self.mutex(held.page);
-            // SAFETY: we hold `m`, so its owner part is ours to read and write; the futex word
-            // is left alone.
+            // SAFETY: we hold `m` (RobustHeld is not Send, and is consumed here).
             unsafe {
-                let part = m.cast::<u8>().add(4);
-                let now = std::slice::from_raw_parts(part, OWNER_PART);
-                if now != held.owner_part {
-                    std::ptr::copy_nonoverlapping(held.owner_part.as_ptr(), part, OWNER_PART);
+                if OwnerPart::read(m) != held.owner_part {
+                    held.owner_part.write(m);
                 }
             }
             // SAFETY: this thread locked `m` in `acquire` (RobustHeld is not Send) and has not
