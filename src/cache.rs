@@ -246,10 +246,13 @@ impl Cache {
         now: u32,
     ) -> Result<StoreOutcome> {
         let slots = self.inner.geometry.start_slots;
-        match guard.change(|p| p.store(req, now, slots)) {
+        // Native pages change under a busy marker, so an overwrite of the same size may be
+        // made in place (see `PageMut::store_with`); Cache::FastMmap's pages have no marker.
+        let in_place = self.inner.file.layout() == Layout::Native;
+        match guard.change(|p| p.store_with(req, now, slots, in_place)) {
             Ok(outcome) => Ok(outcome),
             Err(_) => guard
-                .change(|p| p.store(req, now, slots))
+                .change(|p| p.store_with(req, now, slots, in_place))
                 .map_err(|c| self.corrupt(guard.page_index(), c)),
         }
     }

@@ -86,14 +86,21 @@ fn writer(cache: &Cache, seed: u64, max_len: usize) -> ChildResult {
                     .map_err(|e| err("set_with", e))?;
             }
             60..75 => {
-                let new = make_value(&key, rng.next_u64(), rng.range(0, max_len / 2));
+                // Half the time a value as long as the old one: the native layout rewrites
+                // such an entry in place, under the busy marker.
+                let same_size = rng.chance(50);
+                let (seq, len) = (rng.next_u64(), rng.range(0, max_len / 2));
                 let mut seen = Ok(());
                 cache
                     .update(&key, |old| {
-                        if let Some(old) = old {
-                            seen = check_value(&key, old).map(|_| ());
-                        }
-                        Update::Set(new)
+                        let len = match old {
+                            Some(old) => {
+                                seen = check_value(&key, old).map(|_| ());
+                                if same_size { old.len() } else { len }
+                            }
+                            None => len,
+                        };
+                        Update::Set(make_value(&key, seq, len))
                     })
                     .map_err(|e| err("update", e))?;
                 seen?;

@@ -20,6 +20,15 @@ pub enum Evict {
     MakeRoom(usize),
 }
 
+/// Whether a page with header `hdr` takes an entry of `len` bytes without eviction: more than
+/// 30% of its slots truly free (neither used nor deleted), and room for the entry.
+pub(super) fn has_room(hdr: &PageHeader, len: usize) -> bool {
+    let truly_free = hdr.free_slots.saturating_sub(hdr.old_slots);
+    hdr.num_slots > 0
+        && f64::from(truly_free) / f64::from(hdr.num_slots) > SLOT_FILL_LIMIT
+        && hdr.free_bytes as usize >= len
+}
+
 /// Bytes available to entries in a page with `num_slots` slots.
 fn data_capacity(page_size: usize, num_slots: u32) -> Option<usize> {
     page_size.checked_sub(slots_end(num_slots)?)
@@ -33,13 +42,10 @@ impl PageMut<'_> {
         if n == 0 {
             return Err(Corrupt("page has no slots"));
         }
-        if let Evict::MakeRoom(len) = mode {
-            let truly_free = hdr.free_slots.saturating_sub(hdr.old_slots);
-            if f64::from(truly_free) / f64::from(n) > SLOT_FILL_LIMIT
-                && hdr.free_bytes as usize >= len
-            {
-                return Ok(0);
-            }
+        if let Evict::MakeRoom(len) = mode
+            && has_room(&hdr, len)
+        {
+            return Ok(0);
         }
 
         let page_size = self.buf.len();

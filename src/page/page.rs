@@ -7,6 +7,7 @@
 
 use super::Corrupt;
 use super::entry::{EntryLoc, EntryRef};
+use super::evict::has_room;
 use super::format::*;
 use super::header::{PageHeader, get_u32, put_u32};
 
@@ -323,18 +324,44 @@ impl<'a> PageMut<'a> {
         now: u32,
         start_slots: u32,
     ) -> Result<StoreOutcome, Corrupt> {
+        self.store_with(req, now, start_slots, false)
+    }
+
+    /// As [`store`](Self::store); with `in_place`, a live or dead entry of the same key that
+    /// occupies exactly as many bytes as the new one is rewritten where it is, instead of the
+    /// new entry being appended (and the page compacted sooner). Only for pages whose changes
+    /// run under a busy marker (the native layout): an entry rewritten in place is torn if its
+    /// writer dies part way, and only the marker tells the next locker to reset the page.
+    pub fn store_with(
+        &mut self,
+        req: &Store,
+        now: u32,
+        start_slots: u32,
+        in_place: bool,
+    ) -> Result<StoreOutcome, Corrupt> {
         let size = req.entry_size().ok_or(Corrupt("entry too large"))?;
         if size > max_entry_size(self.buf.len(), start_slots) {
             return Err(Corrupt("entry larger than an empty page"));
         }
         let hdr = self.checked_header()?;
-        if let Probe::Hit { loc, .. } = self.probe(&hdr, req.slot_hash, req.key)?
-            && let Some(outcome) = self.conditional(&loc, req, now)
-        {
-            return Ok(outcome);
+        let probe = self.probe(&hdr, req.slot_hash, req.key)?;
+        if let Probe::Hit { loc, .. } = &probe {
+            if let Some(outcome) = self.conditional(loc, req, now) {
+                return Ok(outcome);
+            }
+            if in_place && loc.size() == size {
+                self.write_entry(loc.off, req, size, now)?;
+                return Ok(StoreOutcome::Stored);
+            }
         }
-        self.evict(super::Evict::MakeRoom(size), now, start_slots)?;
-        if self.append(req, size, now)? {
+        let appended = if has_room(&hdr, size) {
+            // Eviction would change nothing: the header and the probe still hold.
+            self.append_probed(req, size, now, &hdr, probe)?
+        } else {
+            self.evict(super::Evict::MakeRoom(size), now, start_slots)?;
+            self.append(req, size, now)?
+        };
+        if appended {
             return Ok(StoreOutcome::Stored);
         }
         // Eviction guarantees room and a free slot; a page that still has neither is damaged
@@ -358,23 +385,59 @@ impl<'a> PageMut<'a> {
     /// entry. Returns false (changing nothing) when there is no slot or no room.
     fn append(&mut self, req: &Store, size: usize, now: u32) -> Result<bool, Corrupt> {
         let hdr = self.checked_header()?;
+        let probe = self.probe(&hdr, req.slot_hash, req.key)?;
+        self.append_probed(req, size, now, &hdr, probe)
+    }
+
+    /// [`append`](Self::append) with the page's current header and the key's probe result.
+    fn append_probed(
+        &mut self,
+        req: &Store,
+        size: usize,
+        now: u32,
+        hdr: &PageHeader,
+        probe: Probe,
+    ) -> Result<bool, Corrupt> {
         if (hdr.free_bytes as usize) < size {
             return Ok(false);
         }
-        let (slot, replaced) = match self.probe(&hdr, req.slot_hash, req.key)? {
+        let (slot, replaced) = match probe {
             Probe::Hit { slot, .. } => (slot, true),
             Probe::Miss { vacant: Some(slot) } => (slot, false),
             Probe::Miss { vacant: None } => return Ok(false),
         };
         let reused_deleted = !replaced && self.slot(slot)? == SLOT_DELETED;
         let off = hdr.free_data as usize;
-        let val_len = size_without_padding(req) - ENTRY_HEADER_SIZE - req.key.len();
 
         // 1. Reserve the space.
         self.set_word(FREE_DATA_OFFSET, (off + size) as u32)?;
         self.set_word(FREE_BYTES_OFFSET, hdr.free_bytes - size as u32)?;
         super::evict::publish_order(self.buf);
         // 2. Write the entry.
+        self.write_entry(off, req, size, now)?;
+        super::evict::publish_order(self.buf);
+        // 3. Commit: make it reachable.
+        self.set_word(Self::slot_off(slot), off as u32)?;
+        // 4. Counters.
+        if !replaced {
+            let hdr = self.header();
+            self.set_word(FREE_SLOTS_OFFSET, hdr.free_slots.saturating_sub(1))?;
+            if reused_deleted {
+                self.set_word(OLD_SLOTS_OFFSET, hdr.old_slots.saturating_sub(1))?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes the entry for `req` (`size` bytes, padding included) at `off`.
+    fn write_entry(
+        &mut self,
+        off: usize,
+        req: &Store,
+        size: usize,
+        now: u32,
+    ) -> Result<(), Corrupt> {
+        let val_len = size_without_padding(req) - ENTRY_HEADER_SIZE - req.key.len();
         let entry = self
             .buf
             .get_mut(off..off + size)
@@ -394,18 +457,7 @@ impl<'a> PageMut<'a> {
         }
         entry[at..at + req.value.len()].copy_from_slice(req.value);
         entry[at + req.value.len()..].fill(0);
-        super::evict::publish_order(self.buf);
-        // 3. Commit: make it reachable.
-        self.set_word(Self::slot_off(slot), off as u32)?;
-        // 4. Counters.
-        if !replaced {
-            let hdr = self.header();
-            self.set_word(FREE_SLOTS_OFFSET, hdr.free_slots.saturating_sub(1))?;
-            if reused_deleted {
-                self.set_word(OLD_SLOTS_OFFSET, hdr.old_slots.saturating_sub(1))?;
-            }
-        }
-        Ok(true)
+        Ok(())
     }
 
     /// Removes `key`'s entry (live, expired or tombstone). Returns the removed entry's flags

@@ -45,6 +45,49 @@ fn put(buf: &mut [u8], key: &[u8], value: &[u8], expire_on: u32, now: u32) -> St
         .unwrap()
 }
 
+fn put_with(
+    buf: &mut [u8],
+    key: &[u8],
+    value: &[u8],
+    expire_on: u32,
+    now: u32,
+    in_place: bool,
+) -> StoreOutcome {
+    PageMut::open(buf, MIN_SLOTS)
+        .unwrap()
+        .store_with(&store(key, value, expire_on), now, MIN_SLOTS, in_place)
+        .unwrap()
+}
+
+#[test]
+fn same_size_overwrite_in_place_keeps_the_entry_where_it_is() {
+    let mut buf = fresh(4096);
+    put(&mut buf, b"k", b"value1", 0, NOW);
+    let free = PageHeader::read(&buf).free_data;
+    // Same padded size (24 + 1 + 6 and 24 + 1 + 7 bytes both take 32): rewritten where it is.
+    assert_eq!(
+        put_with(&mut buf, b"k", b"value-2", NOW + 9, NOW, true),
+        StoreOutcome::Stored
+    );
+    assert_eq!(PageHeader::read(&buf).free_data, free);
+    assert_eq!(get(&mut buf, b"k", NOW), Some(b"value-2".to_vec()));
+    let page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+    let expire_on = page
+        .peek(slot_hash(b"k"), b"k", NOW)
+        .unwrap()
+        .unwrap()
+        .expire_on;
+    assert_eq!(expire_on, NOW + 9);
+    // Without `in_place`, or with another size, the new entry is appended.
+    put_with(&mut buf, b"k", b"value-3", 0, NOW, false);
+    assert!(PageHeader::read(&buf).free_data > free);
+    let free = PageHeader::read(&buf).free_data;
+    put_with(&mut buf, b"k", b"a longer value", 0, NOW, true);
+    assert!(PageHeader::read(&buf).free_data > free);
+    assert_eq!(get(&mut buf, b"k", NOW), Some(b"a longer value".to_vec()));
+    checked(&buf);
+}
+
 fn checked(buf: &[u8]) {
     check_page(buf, MIN_SLOTS, Some(&slot_hash)).unwrap();
 }
@@ -279,7 +322,11 @@ fn killed_compaction_fails_the_header_check() {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Set(u8, Vec<u8>, u8),
+    /// Key, value, expiry (0: never, else seconds from now), in place allowed.
+    Set(u8, Vec<u8>, u8, bool),
+    /// Overwrite a key with a value as long as its current one (filled with the byte): the
+    /// case an in-place store rewrites where it is.
+    Overwrite(u8, u8, bool),
     Get(u8),
     Remove(u8),
     Tick(u8),
@@ -289,7 +336,9 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..600), 0u8..4).prop_map(|(k, v, e)| Op::Set(k, v, e)),
+        6 => (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..600), 0u8..4, any::<bool>())
+            .prop_map(|(k, v, e, p)| Op::Set(k, v, e, p)),
+        3 => (any::<u8>(), any::<u8>(), any::<bool>()).prop_map(|(k, b, p)| Op::Overwrite(k, b, p)),
         4 => any::<u8>().prop_map(Op::Get),
         2 => any::<u8>().prop_map(Op::Remove),
         1 => any::<u8>().prop_map(Op::Tick),
@@ -310,12 +359,20 @@ proptest! {
         let mut now = NOW;
         for op in ops {
             match op {
-                Op::Set(k, v, e) => {
+                Op::Set(k, v, e, in_place) => {
                     let key = format!("key-{k}").into_bytes();
                     let expire_on = if e == 0 { 0 } else { now + u32::from(e) };
-                    prop_assert_eq!(put(&mut buf, &key, &v, expire_on, now), StoreOutcome::Stored);
+                    prop_assert_eq!(put_with(&mut buf, &key, &v, expire_on, now, in_place), StoreOutcome::Stored);
                     prop_assert_eq!(get(&mut buf, &key, now), Some(v.clone()), "just stored");
                     model.insert(key, (v, expire_on));
+                }
+                Op::Overwrite(k, b, in_place) => {
+                    let key = format!("key-{k}").into_bytes();
+                    let len = model.get(&key).map_or(10, |(v, _)| v.len());
+                    let v = vec![b; len];
+                    prop_assert_eq!(put_with(&mut buf, &key, &v, 0, now, in_place), StoreOutcome::Stored);
+                    prop_assert_eq!(get(&mut buf, &key, now), Some(v.clone()), "just overwritten");
+                    model.insert(key, (v, 0));
                 }
                 Op::Get(k) => {
                     let key = format!("key-{k}").into_bytes();
@@ -361,7 +418,12 @@ proptest! {
         for op in ops {
             let mut page = PageMut::wrap(&mut bytes);
             let _ = match op {
-                Op::Set(k, v, _) => page.store(&store(&[k], &v[..v.len().min(1000)], 0), NOW, MIN_SLOTS).map(|_| ()),
+                Op::Set(k, v, _, in_place) => page
+                    .store_with(&store(&[k], &v[..v.len().min(1000)], 0), NOW, MIN_SLOTS, in_place)
+                    .map(|_| ()),
+                Op::Overwrite(k, b, in_place) => page
+                    .store_with(&store(&[k], &[b; 40], 0), NOW, MIN_SLOTS, in_place)
+                    .map(|_| ()),
                 Op::Get(k) => page.get(slot_hash(&[k]), &[k], NOW, true).map(|_| ()),
                 Op::Remove(k) => page.remove(slot_hash(&[k]), &[k], NOW).map(|_| ()),
                 Op::Tick(_) => page.for_each_entry_len().map(|_| ()),
