@@ -72,11 +72,29 @@ pub enum Update {
     Remove,
 }
 
-/// Flag bits stored with an entry (shared with Cache::FastMmap).
+/// Flag bits stored with an entry (shared with Cache::FastMmap). Combine them with `|`:
+/// `EntryFlags::UTF8_KEY | EntryFlags::UTF8_VALUE`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EntryFlags(pub u32);
 
+impl std::ops::BitOr for EntryFlags {
+    type Output = EntryFlags;
+
+    fn bitor(self, other: EntryFlags) -> EntryFlags {
+        EntryFlags(self.0 | other.0)
+    }
+}
+
 impl EntryFlags {
+    /// No flags: a byte string, as every plain store writes.
+    pub const NONE: EntryFlags = EntryFlags(0);
+    /// The value is a character string (its bytes are UTF-8), as Perl marks one.
+    pub const UTF8_VALUE: EntryFlags = EntryFlags(FLAG_UTF8_VALUE);
+    /// The key is a character string (its bytes are UTF-8), as Perl marks one.
+    pub const UTF8_KEY: EntryFlags = EntryFlags(FLAG_UTF8_KEY);
+    /// The value is Perl's `undef` (store it with an empty value).
+    pub const UNDEF: EntryFlags = EntryFlags(FLAG_UNDEF);
+
     /// Perl stored the value as a UTF-8 string.
     pub fn value_is_utf8(self) -> bool {
         self.0 & FLAG_UTF8_VALUE != 0

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use fastmmap::{Cache, Entry, Error, Expiry, Layout, ManualClock, Update};
+use fastmmap::{Cache, Entry, EntryFlags, Error, Expiry, Layout, ManualClock, Update};
 
 fn clock() -> ManualClock {
     ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
@@ -396,4 +396,31 @@ fn unlink_on_drop_removes_the_file() {
     assert!(path.exists(), "a clone still uses it");
     drop(clone);
     assert!(!path.exists());
+}
+
+#[test]
+fn perl_flags_are_stored_and_read_back() {
+    each_layout(|cache| {
+        let both = EntryFlags::UTF8_KEY | EntryFlags::UTF8_VALUE;
+        assert!(
+            cache
+                .set_with_flags("clé".as_bytes(), "café".as_bytes(), Expiry::Never, both)
+                .unwrap()
+        );
+        let e = cache.entry("clé".as_bytes()).unwrap().unwrap();
+        assert_eq!(e.flags, both);
+        assert!(e.flags.key_is_utf8() && e.flags.value_is_utf8() && !e.flags.is_undef());
+        cache
+            .set_with_flags(b"nothing", b"", Expiry::Never, EntryFlags::UNDEF)
+            .unwrap();
+        let e = cache.entry(b"nothing").unwrap().unwrap();
+        assert!(e.flags.is_undef());
+        assert_eq!(e.value, b"");
+        // Plain stores write byte strings.
+        cache.set(b"plain", b"bytes").unwrap();
+        assert_eq!(
+            cache.entry(b"plain").unwrap().unwrap().flags,
+            EntryFlags::NONE
+        );
+    });
 }
