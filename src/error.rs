@@ -99,7 +99,7 @@ pub enum Error {
     },
 
     /// The file was created for another lock kind; mixed kinds would not exclude each other.
-    #[error("{path}: the file uses {found:?} page locks, but {requested:?} was asked for")]
+    #[error("{path}: the file uses {found} page locks, but {requested} locks were asked for")]
     LockKindMismatch {
         /// The cache file.
         path: PathBuf,

@@ -203,6 +203,20 @@ fn lock_timeout_and_reentrancy_behave_as_with_fcntl() {
     assert_eq!(kids.wait(pid), Exit::Code(0));
     assert_eq!(impatient.get(b"held").expect("get"), Some(b"v".to_vec()));
 
+    // A timeout too long to turn into a deadline means waiting as long as it takes.
+    for kind in [ROBUST, NATIVE] {
+        let forever = kind
+            .builder()
+            .path(dir.path().join(format!("forever-{:?}", kind.lock)))
+            .lock_timeout(Duration::MAX)
+            .open()
+            .expect("open");
+        forever
+            .set(b"k", b"v")
+            .expect("set with an endless timeout");
+        assert_eq!(forever.get(b"k").expect("get"), Some(b"v".to_vec()));
+    }
+
     // A call into the same file from inside a closure is an error, not a self-deadlock.
     let inner = cache
         .get_with(b"held", |_| cache.get(b"held"))

@@ -318,6 +318,7 @@ impl<'a> PageMut<'a> {
     /// (`req.entry_size() <= max_entry_size(page_size, start_slots)`); given that, the store
     /// succeeds unless the conditional-store rules refuse it, and a refused store changes
     /// nothing.
+    #[cfg_attr(not(any(test, fuzzing, feature = "internals")), allow(dead_code))] // tests, bench, fuzz
     pub fn store(
         &mut self,
         req: &Store,

@@ -253,7 +253,8 @@ impl SharedFile {
             path: self.path.clone(),
         })?;
         let range = self.page_range(page);
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long to represent as an instant is as good as none.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let (held, _owner_died) = self
             .locks
             .acquire(self.file.as_raw_fd(), page, range, deadline)
