@@ -1,0 +1,426 @@
+//! One function per command, over the crate's public API only.
+
+use std::ffi::OsStr;
+use std::io::{self, BufRead, BufWriter, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fastmmap::{Cache, CacheBuilder, EntryFlags, Error, Expiry, Layout, ManualClock, Stats};
+use serde::Serialize;
+
+use crate::args::{Cli, Command, FileOptions, KeyArgs};
+use crate::escape::{escape, unescape};
+use crate::failure::{Failure, warn};
+use crate::record::{Item, Record, unix_secs};
+
+type Out<'a> = BufWriter<io::StdoutLock<'a>>;
+
+/// Runs the command; whatever it wrote to stdout is flushed before it returns.
+pub(crate) fn run(cli: &Cli) -> Result<(), Failure> {
+    let opts = &cli.file;
+    let mut out = BufWriter::new(io::stdout().lock());
+    let result = match &cli.command {
+        Command::Create(f) => create(opts, &f.file),
+        Command::Get(k) => get(opts, k, &mut out),
+        Command::Set { key, value, expire } => set(opts, key, value, *expire),
+        Command::Remove(k) => remove(opts, k),
+        Command::Keys(f) => keys(opts, &f.file, &mut out),
+        Command::Stats { file, json } => stats(opts, &file.file, *json, &mut out),
+        Command::Check { file, repair } => check(opts, &file.file, *repair, &mut out),
+        Command::Purge(f) => purge(opts, &f.file, &mut out),
+        Command::Clear(f) => Ok(open(opts, &f.file)?.clear()?),
+        Command::Dump(f) => dump(opts, &f.file, &mut out),
+        Command::Load(f) => load(opts, &f.file, &mut out),
+    };
+    let flushed = out.flush().map_err(Failure::stdout);
+    result.and(flushed)
+}
+
+/// The builder for FILE with the layout, geometry, lock kind and lock timeout given on the
+/// command line. Without `--lock`, an existing file is opened with the kind it records.
+fn builder(opts: &FileOptions, path: &Path) -> CacheBuilder {
+    let mut b = Cache::builder().path(path).layout(opts.layout.layout());
+    if let Some(n) = opts.num_pages {
+        b = b.num_pages(n);
+    }
+    if let Some(bytes) = opts.page_size {
+        b = b.page_size(bytes);
+    }
+    if let Some(lock) = opts.lock {
+        b = b.lock_kind(lock.lock_kind());
+    }
+    if let Some(timeout) = opts.lock_timeout {
+        b = b.lock_timeout(timeout);
+    }
+    b
+}
+
+/// Only `create` makes files: every other command needs FILE to exist.
+fn must_exist(path: &Path) -> Result<(), Failure> {
+    match path.metadata() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Failure::at(
+            path,
+            "no such cache file (only `fastmmap create` creates one)",
+        )),
+        // Anything else is for the library to report, with the file's name.
+        _ => Ok(()),
+    }
+}
+
+/// Opens an existing FILE.
+fn open(opts: &FileOptions, path: &Path) -> Result<Cache, Failure> {
+    must_exist(path)?;
+    Ok(builder(opts, path).open()?)
+}
+
+/// KEY or VALUE from the command line: its bytes, or what they stand for with `--escaped`.
+fn arg_bytes(arg: &OsStr, escaped: bool) -> Result<Vec<u8>, Failure> {
+    if escaped {
+        unescape(arg.as_bytes()).map_err(Failure::Error)
+    } else {
+        Ok(arg.as_bytes().to_vec())
+    }
+}
+
+fn create(opts: &FileOptions, path: &Path) -> Result<(), Failure> {
+    // `symlink_metadata`: a dangling link counts as an existing name too.
+    if path.symlink_metadata().is_ok() {
+        return Err(Failure::at(
+            path,
+            "already exists (`create` only makes new files)",
+        ));
+    }
+    builder(opts, path).open()?;
+    Ok(())
+}
+
+fn get(opts: &FileOptions, k: &KeyArgs, out: &mut Out<'_>) -> Result<(), Failure> {
+    let key = arg_bytes(&k.key, k.escaped)?;
+    let cache = open(opts, &k.file)?;
+    let value = cache.get(&key)?.ok_or(Failure::NotFound)?;
+    out.write_all(&value).map_err(Failure::stdout)
+}
+
+fn set(opts: &FileOptions, k: &KeyArgs, value: &OsStr, expire: Option<u64>) -> Result<(), Failure> {
+    let key = arg_bytes(&k.key, k.escaped)?;
+    // Read stdin only once FILE is known to open.
+    let given = if value == "-" {
+        None
+    } else {
+        Some(arg_bytes(value, k.escaped)?)
+    };
+    let cache = open(opts, &k.file)?;
+    let value = match given {
+        Some(value) => value,
+        None => {
+            let mut buf = Vec::new();
+            io::stdin()
+                .lock()
+                .read_to_end(&mut buf)
+                .map_err(|e| Failure::Error(format!("reading stdin: {e}")))?;
+            buf
+        }
+    };
+    let expiry = expire.map_or(Expiry::Never, |secs| {
+        Expiry::After(Duration::from_secs(secs))
+    });
+    if cache.set_with(&key, &value, expiry)? {
+        Ok(())
+    } else {
+        warn(format_args!(
+            "{}: key {}: not stored: a tombstone refuses plain stores of this key until it expires",
+            k.file.display(),
+            escape(&key)
+        ));
+        Err(Failure::Refused)
+    }
+}
+
+fn remove(opts: &FileOptions, k: &KeyArgs) -> Result<(), Failure> {
+    let key = arg_bytes(&k.key, k.escaped)?;
+    if open(opts, &k.file)?.remove(&key)? {
+        Ok(())
+    } else {
+        Err(Failure::NotFound)
+    }
+}
+
+fn keys(opts: &FileOptions, path: &Path, out: &mut Out<'_>) -> Result<(), Failure> {
+    for key in open(opts, path)?.keys() {
+        writeln!(out, "{}", escape(&key?)).map_err(Failure::stdout)?;
+    }
+    Ok(())
+}
+
+fn layout_name(layout: Layout) -> &'static str {
+    match layout {
+        Layout::Native => "native",
+        Layout::FastMmap => "fastmmap",
+        _ => "unknown",
+    }
+}
+
+/// `stats --json`: the totals, then one object per page.
+#[derive(Serialize)]
+struct StatsJson {
+    file: String,
+    layout: &'static str,
+    lock_kind: String,
+    num_pages: u32,
+    page_size: u32,
+    entries: u64,
+    slots: u64,
+    used_bytes: u64,
+    free_bytes: u64,
+    reads: u64,
+    hits: u64,
+    resets: u64,
+    pages: Vec<PageJson>,
+}
+
+#[derive(Serialize)]
+struct PageJson {
+    page: u32,
+    entries: u32,
+    slots: u32,
+    used_bytes: u32,
+    free_bytes: u32,
+    reads: u32,
+    hits: u32,
+    resets: u64,
+}
+
+impl StatsJson {
+    fn of(cache: &Cache, s: &Stats) -> StatsJson {
+        StatsJson {
+            file: cache.path().to_string_lossy().into_owned(),
+            layout: layout_name(cache.layout()),
+            lock_kind: cache.lock_kind().to_string(),
+            num_pages: cache.num_pages(),
+            page_size: cache.page_size(),
+            entries: s.entries,
+            slots: s.pages.iter().map(|p| u64::from(p.slots)).sum(),
+            used_bytes: s.used_bytes,
+            free_bytes: s.free_bytes,
+            reads: s.reads,
+            hits: s.hits,
+            resets: s.resets,
+            pages: (0..)
+                .zip(&s.pages)
+                .map(|(page, p)| PageJson {
+                    page,
+                    entries: p.entries,
+                    slots: p.slots,
+                    used_bytes: p.used_bytes,
+                    free_bytes: p.free_bytes,
+                    reads: p.reads,
+                    hits: p.hits,
+                    resets: p.resets,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn stats(opts: &FileOptions, path: &Path, json: bool, out: &mut Out<'_>) -> Result<(), Failure> {
+    let cache = open(opts, path)?;
+    let s = StatsJson::of(&cache, &cache.stats()?);
+    if json {
+        let text =
+            serde_json::to_string(&s).map_err(|e| Failure::Error(format!("encoding JSON: {e}")))?;
+        return writeln!(out, "{text}").map_err(Failure::stdout);
+    }
+    let totals = [
+        ("file", s.file.clone()),
+        ("layout", s.layout.to_owned()),
+        ("lock kind", s.lock_kind.clone()),
+        ("pages", format!("{} × {} bytes", s.num_pages, s.page_size)),
+        ("entries", s.entries.to_string()),
+        ("slots", s.slots.to_string()),
+        ("used bytes", s.used_bytes.to_string()),
+        ("free bytes", s.free_bytes.to_string()),
+        ("reads", s.reads.to_string()),
+        ("hits", s.hits.to_string()),
+        ("resets", s.resets.to_string()),
+    ];
+    let write = || -> io::Result<()> {
+        for (name, value) in totals {
+            writeln!(out, "{name:<11}{value}")?;
+        }
+        writeln!(out)?;
+        writeln!(
+            out,
+            "    page  entries    slots  used bytes  free bytes       reads        hits  resets"
+        )?;
+        for p in &s.pages {
+            writeln!(
+                out,
+                "{:>8} {:>8} {:>8} {:>11} {:>11} {:>11} {:>11} {:>7}",
+                p.page, p.entries, p.slots, p.used_bytes, p.free_bytes, p.reads, p.hits, p.resets
+            )?;
+        }
+        Ok(())
+    };
+    write().map_err(Failure::stdout)
+}
+
+fn check(opts: &FileOptions, path: &Path, repair: bool, out: &mut Out<'_>) -> Result<(), Failure> {
+    must_exist(path)?;
+    let cache = match builder(opts, path).open() {
+        Ok(cache) => cache,
+        // A native header is self-describing: if it is damaged, or disagrees with the file's
+        // size, the file is. (Without a header, a wrong size may be a wrong --num-pages.)
+        Err(e @ Error::BadHeader { .. }) => return Err(Failure::CheckFailed(Some(e.to_string()))),
+        Err(e @ Error::WrongSize { .. }) if opts.layout.layout() == Layout::Native => {
+            return Err(Failure::CheckFailed(Some(e.to_string())));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let n = cache.num_pages();
+    let problems = cache.validate()?;
+    let done = if repair { " (reset)" } else { "" };
+    for p in &problems {
+        writeln!(out, "page {}: {}{done}", p.page, p.reason).map_err(Failure::stdout)?;
+    }
+    if problems.is_empty() {
+        return writeln!(out, "all {n} pages valid").map_err(Failure::stdout);
+    }
+    if !repair {
+        writeln!(out, "{} of {n} pages damaged", problems.len()).map_err(Failure::stdout)?;
+        return Err(Failure::CheckFailed(None));
+    }
+    // `verify` resets every page that fails validation, each under its lock.
+    builder(opts, path).verify(true).open()?;
+    let left = cache.validate()?;
+    for p in &left {
+        writeln!(
+            out,
+            "page {}: still damaged after a reset: {}",
+            p.page, p.reason
+        )
+        .map_err(Failure::stdout)?;
+    }
+    if left.is_empty() {
+        writeln!(out, "{} of {n} pages damaged and reset", problems.len()).map_err(Failure::stdout)
+    } else {
+        Err(Failure::CheckFailed(None))
+    }
+}
+
+fn purge(opts: &FileOptions, path: &Path, out: &mut Out<'_>) -> Result<(), Failure> {
+    let dropped = open(opts, path)?.purge()?;
+    writeln!(out, "{dropped} expired entries dropped").map_err(Failure::stdout)
+}
+
+fn dump(opts: &FileOptions, path: &Path, out: &mut Out<'_>) -> Result<(), Failure> {
+    for item in open(opts, path)?.iter() {
+        let (key, entry) = item?;
+        let mut line = serde_json::to_vec(&Record::of(&key, &entry))
+            .map_err(|e| Failure::Error(format!("encoding JSON: {e}")))?;
+        line.push(b'\n');
+        out.write_all(&line).map_err(Failure::stdout)?;
+    }
+    Ok(())
+}
+
+/// An input error: `stdin:LINE: REASON`, or `stdin:LINE:COLUMN: REASON` from the JSON parser.
+fn bad_line(line: usize, reason: impl std::fmt::Display) -> Failure {
+    Failure::Error(format!("stdin:{line}: {reason}"))
+}
+
+fn json_error(line: usize, e: &serde_json::Error) -> Failure {
+    let text = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    match text.strip_suffix(&position) {
+        Some(reason) => Failure::Error(format!("stdin:{line}:{}: {reason}", e.column())),
+        None => bad_line(line, text),
+    }
+}
+
+fn load(opts: &FileOptions, path: &Path, out: &mut Out<'_>) -> Result<(), Failure> {
+    let cache = open(opts, path)?;
+    let max = cache.max_entry_size();
+    // Everything is read and checked before anything is stored.
+    let mut items = Vec::new();
+    for (index, line) in io::stdin().lock().split(b'\n').enumerate() {
+        let n = index + 1;
+        let line = line.map_err(|e| Failure::Error(format!("reading stdin: {e}")))?;
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        let record: Record = serde_json::from_slice(&line).map_err(|e| json_error(n, &e))?;
+        let item = record.into_item().map_err(|reason| bad_line(n, reason))?;
+        if item.entry_size() > max {
+            return Err(bad_line(
+                n,
+                format_args!(
+                    "key {}: entry of {} bytes cannot fit in a page of {} (at most {max})",
+                    escape(&item.key),
+                    item.entry_size(),
+                    path.display()
+                ),
+            ));
+        }
+        items.push((n, item));
+    }
+    let (mut loaded, mut expired, mut refused) = (0u64, 0u64, 0u64);
+    for (n, item) in &items {
+        let now = unix_secs(SystemTime::now());
+        if item.expire_on.is_some_and(|at| at <= now) {
+            expired += 1;
+            continue;
+        }
+        let stored = store(opts, path, &cache, item, now).map_err(|e| bad_line(*n, e))?;
+        if stored {
+            loaded += 1;
+        } else {
+            refused += 1;
+            warn(format_args!(
+                "stdin:{n}: key {}: not stored: {} holds a tombstone or a newer modseq for it",
+                escape(&item.key),
+                path.display()
+            ));
+        }
+    }
+    writeln!(
+        out,
+        "{loaded} entries loaded, {expired} expired skipped, {refused} refused"
+    )
+    .map_err(Failure::stdout)?;
+    if refused > 0 {
+        return Err(Failure::Refused);
+    }
+    Ok(())
+}
+
+/// Stores a loaded record with its expiry and flags, or its modseq. Returns whether it was
+/// stored (a tombstone or newer modseq may refuse it).
+fn store(
+    opts: &FileOptions,
+    path: &Path,
+    cache: &Cache,
+    item: &Item,
+    now: u32,
+) -> fastmmap::Result<bool> {
+    let Some(modseq) = item.modseq else {
+        let expiry = item.expire_on.map_or(Expiry::Never, |at| {
+            Expiry::At(UNIX_EPOCH + Duration::from_secs(at.into()))
+        });
+        return cache.set_with_flags(&item.key, &item.value, expiry, EntryFlags(item.flags));
+    };
+    match item.expire_on {
+        // `cache` has no default expiry: `set_if_newer` stores entries that never expire.
+        None => cache.set_if_newer(&item.key, &item.value, modseq),
+        // `set_if_newer` takes the handle's default expiry; a handle on the same file (this
+        // process shares one mapping per file) whose clock stands at `now` and whose default
+        // lifetime is the time left stores exactly `expire_on`.
+        Some(at) => builder(opts, path)
+            .clock(ManualClock::new(
+                UNIX_EPOCH + Duration::from_secs(now.into()),
+            ))
+            .expire_after(Duration::from_secs((at - now).into()))
+            .open()?
+            .set_if_newer(&item.key, &item.value, modseq),
+    }
+}
