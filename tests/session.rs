@@ -1,0 +1,920 @@
+#![cfg(feature = "session")]
+//! Sessions end to end: simulated request cycles (request path and `Cookie` header in;
+//! `Set-Cookie`, `Location` and body out) across forked processes sharing one cache file,
+//! concurrent saves, URL sessions for clients without cookies, fixation, malformed ids,
+//! hostile HTML and awkward URLs.
+//!
+//! Every test takes `common::serial()` first: forking while another test thread of this binary
+//! is inside the cache (or opening one) would hand the child a locked mutex.
+
+mod common;
+
+use std::net::IpAddr;
+use std::time::{Duration, UNIX_EPOCH};
+
+use common::*;
+use fastmmap::session::{
+    Client, CookieConfig, IdSource, NewReason, Origin, Request, Response, Saved, SessionId,
+    SessionStore, UrlRewriter, UrlStyle,
+};
+use fastmmap::{Cache, ManualClock};
+
+const T0: u64 = 1_700_000_000;
+const BASE: &str = "http://localhost:3000/app/";
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    clock: ManualClock,
+    cache: Cache,
+}
+
+fn setup() -> Setup {
+    let dir = temp_dir();
+    let path = dir.path().join("sessions");
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(T0));
+    let cache = Cache::builder()
+        .path(&path)
+        .clock(clock.clone())
+        .lock_timeout(Duration::from_secs(20))
+        .open()
+        .expect("open cache");
+    Setup {
+        _dir: dir,
+        path,
+        clock,
+        cache,
+    }
+}
+
+impl Setup {
+    fn store(&self) -> SessionStore {
+        SessionStore::new(self.cache.clone())
+    }
+
+    fn url_store(&self, style: UrlStyle) -> SessionStore {
+        SessionStore::builder()
+            .cache(self.cache.clone())
+            .urls(UrlRewriter::new(BASE).unwrap().style(style))
+            .build()
+            .unwrap()
+    }
+
+    fn at(&self, secs_after_t0: u64) {
+        self.clock
+            .set(UNIX_EPOCH + Duration::from_secs(T0 + secs_after_t0));
+    }
+
+    /// Whether the file still holds `key`, live or expired, as seen from T0.
+    fn physically_present(&self, key: &[u8]) -> bool {
+        Cache::builder()
+            .path(&self.path)
+            .clock(ManualClock::new(UNIX_EPOCH + Duration::from_secs(T0)))
+            .open()
+            .unwrap()
+            .contains_key(key)
+            .unwrap()
+    }
+}
+
+/// `name=value` from a `Set-Cookie` value: what the browser sends back.
+fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_owned()
+}
+
+fn id_of(set_cookie: &str) -> SessionId {
+    cookie_pair(set_cookie)
+        .split_once('=')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap()
+}
+
+fn send_text(pipe: &Pipe, s: &str) {
+    pipe.send_u64(s.len() as u64);
+    pipe.send(s.as_bytes());
+}
+
+fn recv_text(pipe: &Pipe) -> String {
+    let len = pipe.recv_u64() as usize;
+    let mut buf = vec![0u8; len];
+    pipe.recv(&mut buf);
+    String::from_utf8(buf).unwrap()
+}
+
+fn body(r: &Response) -> &str {
+    std::str::from_utf8(&r.body).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The request cycle across processes
+
+#[test]
+fn a_session_lives_across_forked_workers() {
+    let _serial = serial();
+    let s = setup();
+    let store = s.store();
+    let pipe = Pipe::new();
+    let mut kids = Children::new();
+
+    // Worker 1: a first visit, no cookie. The session gets values and a flash message.
+    kids.spawn(|| {
+        let mut visit = store.begin(&Request::new("/app/cart")).unwrap();
+        assert_eq!(visit.session.origin(), &Origin::New(NewReason::NoId));
+        visit.session.insert("cart", &vec![1]).unwrap();
+        visit.session.flash("notice", "added to cart").unwrap();
+        let mut response = Response::redirect(303, "/app/cart/view");
+        let done = store.finish(&mut visit, &mut response).unwrap();
+        assert_eq!(done.saved, Saved::Written);
+        send_text(
+            &pipe,
+            &response.set_cookie.expect("a new session sets a cookie"),
+        );
+        Ok(())
+    });
+    let set_cookie = recv_text(&pipe);
+    kids.wait_all_ok();
+    assert!(set_cookie.starts_with("session="), "{set_cookie}");
+    assert!(
+        set_cookie.ends_with(
+            "; Path=/; Max-Age=86400; Expires=Wed, 15 Nov 2023 22:13:20 GMT; HttpOnly; SameSite=Lax"
+        ),
+        "{set_cookie}"
+    );
+    let cookie = cookie_pair(&set_cookie);
+    let id = id_of(&set_cookie);
+
+    // Worker 2, 100 s later: the browser follows the redirect with its cookie.
+    kids.spawn(|| {
+        s.at(100);
+        let req = Request::new("/app/cart/view").cookie(&cookie);
+        let mut visit = store.begin(&req).unwrap();
+        assert_eq!(visit.session.origin(), &Origin::Loaded);
+        assert_eq!(visit.source(), IdSource::Cookie);
+        assert_eq!(visit.session.id(), &id);
+        assert_eq!(
+            visit
+                .session
+                .get_flash::<String>("notice")
+                .unwrap()
+                .as_deref(),
+            Some("added to cart")
+        );
+        assert_eq!(
+            visit.session.get::<Vec<u32>>("cart").unwrap(),
+            Some(vec![1])
+        );
+        visit.session.insert("cart", &vec![1, 2]).unwrap();
+        let mut response = Response::html("<a href=\"/app/checkout\">checkout</a>");
+        let done = store.finish(&mut visit, &mut response).unwrap();
+        assert_eq!(done.saved, Saved::Written);
+        // The browser has the cookie and its expiry did not move (absolute lifetime).
+        assert_eq!(response.set_cookie, None);
+        // A client with the cookie gets no ids in URLs.
+        assert_eq!(body(&response), "<a href=\"/app/checkout\">checkout</a>");
+        Ok(())
+    });
+    kids.wait_all_ok();
+
+    // Worker 3, 200 s after the start: the change is there, the flash is gone; the user logs
+    // in, so the session moves to a new id.
+    kids.spawn(|| {
+        s.at(200);
+        let mut visit = store
+            .begin(&Request::new("/app/login").cookie(&cookie))
+            .unwrap();
+        assert_eq!(visit.session.origin(), &Origin::Loaded);
+        assert_eq!(
+            visit.session.get::<Vec<u32>>("cart").unwrap(),
+            Some(vec![1, 2])
+        );
+        assert_eq!(visit.session.get_flash::<String>("notice").unwrap(), None);
+        assert_eq!(store.change_id(&mut visit.session).unwrap(), id);
+        visit.session.insert("user", "ada").unwrap();
+        let mut response = Response::redirect(302, "/app/");
+        store.finish(&mut visit, &mut response).unwrap();
+        send_text(
+            &pipe,
+            &response.set_cookie.expect("a new id sets the cookie"),
+        );
+        Ok(())
+    });
+    let after_login = recv_text(&pipe);
+    kids.wait_all_ok();
+    let new_id = id_of(&after_login);
+    assert_ne!(new_id, id);
+    assert!(
+        !s.physically_present(&store.key(&id)),
+        "the old id is deleted"
+    );
+
+    // Worker 4: the old id is worthless; the new one works until the lifetime ends.
+    let new_cookie = cookie_pair(&after_login);
+    kids.spawn(|| {
+        s.at(300);
+        let mut old = store.begin(&Request::new("/app/").cookie(&cookie)).unwrap();
+        assert_eq!(old.session.origin(), &Origin::New(NewReason::Unknown));
+        assert_ne!(old.session.id(), &id);
+        let mut response = Response::html("");
+        store.finish(&mut old, &mut response).unwrap();
+        let removal = response.set_cookie.expect("a stale cookie is deleted");
+        assert!(
+            removal.starts_with("session=; Path=/; Max-Age=0;"),
+            "{removal}"
+        );
+
+        let visit = store
+            .begin(&Request::new("/app/").cookie(&new_cookie))
+            .unwrap();
+        assert_eq!(visit.session.origin(), &Origin::Loaded);
+        assert_eq!(
+            visit.session.get::<String>("user").unwrap().as_deref(),
+            Some("ada")
+        );
+        assert_eq!(
+            visit.session.get::<Vec<u32>>("cart").unwrap(),
+            Some(vec![1, 2])
+        );
+        Ok(())
+    });
+    kids.wait_all_ok();
+
+    // Worker 5, one second past the lifetime: the session has expired.
+    kids.spawn(|| {
+        s.at(86_400);
+        let mut visit = store
+            .begin(&Request::new("/app/").cookie(&new_cookie))
+            .unwrap();
+        assert!(
+            matches!(
+                visit.session.origin(),
+                Origin::New(NewReason::Unknown | NewReason::Expired)
+            ),
+            "{:?}",
+            visit.session.origin()
+        );
+        assert!(visit.session.is_empty());
+        assert_ne!(visit.session.id(), &new_id);
+        let mut response = Response::html("");
+        store.finish(&mut visit, &mut response).unwrap();
+        assert!(response.set_cookie.unwrap().contains("Max-Age=0"));
+        Ok(())
+    });
+    kids.wait_all_ok();
+    assert!(
+        !s.physically_present(&store.key(&new_id)),
+        "the expired session was deleted on sight"
+    );
+}
+
+#[test]
+fn concurrent_saves_from_processes_never_tear() {
+    let _serial = serial();
+    const PROCS: usize = 4;
+    let rounds = scaled(100, 2_000);
+    let s = setup();
+    let store = s.store();
+    let mut first = store.create(&Client::new()).unwrap();
+    store.save(&mut first).unwrap();
+    let id = *first.id();
+    let start = Pipe::new();
+    let mut kids = Children::new();
+    for p in 0..PROCS {
+        let store = store.clone();
+        let start = &start;
+        kids.spawn(move || {
+            start.wait();
+            let mine = format!("p{p}");
+            for round in 0..rounds {
+                let mut session = store
+                    .load(Some(&id), &Client::new())
+                    .map_err(|e| e.to_string())?;
+                if session.origin() != &Origin::Loaded {
+                    return Err(format!(
+                        "round {round}: session lost: {:?}",
+                        session.origin()
+                    ));
+                }
+                // A large self-describing value: a torn record would not decode, or would mix
+                // writers.
+                if let Some(shared) = session
+                    .get::<Vec<u64>>("shared")
+                    .map_err(|e| e.to_string())?
+                {
+                    let writer = shared[0];
+                    if shared.len() != 500 || shared.iter().any(|&v| v != writer) {
+                        return Err(format!("round {round}: mixed shared value"));
+                    }
+                }
+                session.insert(&mine, &round).map_err(|e| e.to_string())?;
+                session
+                    .insert("shared", &vec![p as u64; 500])
+                    .map_err(|e| e.to_string())?;
+                store.save(&mut session).map_err(|e| e.to_string())?;
+                store
+                    .update(&id, |s| {
+                        let n = s.get::<u64>("count").ok().flatten().unwrap_or(0);
+                        s.insert("count", &(n + 1)).map_err(|e| e.to_string())
+                    })
+                    .map_err(|e| e.to_string())?
+                    .ok_or("session vanished")??;
+            }
+            Ok(())
+        });
+    }
+    start.release(PROCS);
+    kids.wait_all_ok();
+    let session = store.load(Some(&id), &Client::new()).unwrap();
+    assert_eq!(
+        session.get::<u64>("count").unwrap(),
+        Some((PROCS * rounds) as u64)
+    );
+    for p in 0..PROCS {
+        assert_eq!(
+            session.get::<usize>(&format!("p{p}")).unwrap(),
+            Some(rounds - 1),
+            "process {p}'s last save was lost"
+        );
+    }
+    let shared = session.get::<Vec<u64>>("shared").unwrap().unwrap();
+    assert!(shared.iter().all(|&v| v == shared[0]) && (shared[0] as usize) < PROCS);
+    assert_eq!(s.cache.stats().unwrap().resets, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// URL sessions
+
+const PAGE: &str = r##"<!doctype html>
+<html><head><link rel="stylesheet" href="/app/site.css"><script src="/app/app.js"></script></head>
+<body>
+<a href="/app/items">items</a>
+<a href="items?page=2#list">relative</a>
+<a href="http://localhost:3000/app/help">absolute</a>
+<a href="https://elsewhere.example/app/items">external</a>
+<a href="/other">outside the base</a>
+<a href="#top">fragment</a>
+<img src="/app/logo.png"><img src="/app/captcha">
+<form action="/app/search"><input name="q"></form>
+</body></html>"##;
+
+#[test]
+fn path_style_for_clients_without_cookies() {
+    let _serial = serial();
+    let s = setup();
+    let store = s.url_store(UrlStyle::Path);
+
+    let mut visit = store.begin(&Request::new("/app/")).unwrap();
+    assert_eq!(visit.path(), "/app/");
+    visit.session.insert("lang", "en").unwrap();
+    let mut page = Response::html(PAGE);
+    let done = store.finish(&mut visit, &mut page).unwrap();
+    assert!(done.body_error.is_none());
+    let id = *visit.session.id();
+    // The cookie is offered too, in case the client takes it.
+    assert_eq!(id_of(page.set_cookie.as_deref().unwrap()), id);
+    let out = body(&page);
+    for want in [
+        format!(r#"href="/app/site.css/-/{id}""#),
+        format!(r#"src="/app/app.js/-/{id}""#),
+        format!(r#"href="/app/items/-/{id}""#),
+        format!(r#"href="/app/items/-/{id}?page=2#list""#),
+        format!(r#"href="http://localhost:3000/app/help/-/{id}""#),
+        format!(r#"src="/app/captcha/-/{id}""#),
+        format!(r#"action="/app/search/-/{id}""#),
+    ] {
+        assert!(out.contains(&want), "missing {want}:\n{out}");
+    }
+    for unchanged in [
+        r#"href="https://elsewhere.example/app/items""#,
+        r#"href="/other""#,
+        r##"href="#top""##,
+        r#"src="/app/logo.png""#,
+    ] {
+        assert!(out.contains(unchanged), "changed {unchanged}:\n{out}");
+    }
+
+    // The client follows a rewritten link (no cookie): the id comes out of the path.
+    let target = format!("/app/items/-/{id}?page=2");
+    let mut visit = store.begin(&Request::new(&target)).unwrap();
+    assert_eq!(visit.source(), IdSource::Path);
+    assert_eq!(visit.path(), "/app/items");
+    assert_eq!(visit.query(), Some("page=2"));
+    assert_eq!(visit.session.origin(), &Origin::Loaded);
+    assert_eq!(
+        visit.session.get::<String>("lang").unwrap().as_deref(),
+        Some("en")
+    );
+    let mut redirect = Response::redirect(302, "/app/items/1");
+    store.finish(&mut visit, &mut redirect).unwrap();
+    assert_eq!(redirect.location, Some(format!("/app/items/1/-/{id}")));
+    // Still offered the cookie, since it did not send one.
+    assert_eq!(id_of(redirect.set_cookie.as_deref().unwrap()), id);
+    let mut external = Response::redirect(302, "https://pay.example/checkout");
+    let mut visit = store.begin(&Request::new(&target)).unwrap();
+    store.finish(&mut visit, &mut external).unwrap();
+    assert_eq!(
+        external.location.as_deref(),
+        Some("https://pay.example/checkout")
+    );
+
+    // Once it sends the cookie, nothing is rewritten and no cookie is set again.
+    let cookie = format!("session={id}");
+    let mut visit = store.begin(&Request::new("/app/").cookie(&cookie)).unwrap();
+    let mut page = Response::html(PAGE);
+    store.finish(&mut visit, &mut page).unwrap();
+    assert_eq!(body(&page), PAGE);
+    assert_eq!(page.set_cookie, None);
+    let mut redirect = Response::redirect(302, "/app/next");
+    let mut visit = store.begin(&Request::new("/app/").cookie(&cookie)).unwrap();
+    store.finish(&mut visit, &mut redirect).unwrap();
+    assert_eq!(redirect.location.as_deref(), Some("/app/next"));
+}
+
+#[test]
+fn query_style_for_clients_without_cookies() {
+    let _serial = serial();
+    let s = setup();
+    let store = s.url_store(UrlStyle::Query);
+    let mut visit = store.begin(&Request::new("/app/?x=1")).unwrap();
+    visit.session.insert("n", &1).unwrap();
+    let mut page = Response::html(PAGE);
+    store.finish(&mut visit, &mut page).unwrap();
+    let id = *visit.session.id();
+    let out = body(&page);
+    for want in [
+        format!(r#"href="/app/items?sid={id}""#),
+        format!(r#"href="/app/items?page=2&amp;sid={id}#list""#),
+        format!(
+            r#"<form action="/app/search?sid={id}"><input type="hidden" name="sid" value="{id}">"#
+        ),
+    ] {
+        assert!(out.contains(&want), "missing {want}:\n{out}");
+    }
+    assert!(out.contains(r#"href="https://elsewhere.example/app/items""#));
+    // Relative links need no absolute form in query style.
+    assert!(!out.contains(r#"src="/app/logo.png?"#));
+
+    let target = format!("/app/search?q=rust&sid={id}");
+    let mut visit = store.begin(&Request::new(&target)).unwrap();
+    assert_eq!(visit.source(), IdSource::Query);
+    assert_eq!(visit.path(), "/app/search");
+    assert_eq!(visit.query(), Some("q=rust"));
+    assert_eq!(visit.session.get::<u32>("n").unwrap(), Some(1));
+    let mut redirect = Response::redirect(303, "/app/results?q=rust");
+    store.finish(&mut visit, &mut redirect).unwrap();
+    assert_eq!(
+        redirect.location,
+        Some(format!("/app/results?q=rust&sid={id}"))
+    );
+}
+
+#[test]
+fn no_url_rewriting_for_a_session_that_is_not_stored() {
+    let _serial = serial();
+    let s = setup();
+    let store = s.url_store(UrlStyle::Path);
+    let mut visit = store.begin(&Request::new("/app/")).unwrap();
+    let mut page = Response::html(PAGE);
+    store.finish(&mut visit, &mut page).unwrap();
+    assert_eq!(body(&page), PAGE);
+    assert_eq!(page.set_cookie, None);
+    assert_eq!(
+        s.cache.stats().unwrap().entries,
+        0,
+        "nothing stored for an unused session"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixation and malformed ids
+
+#[test]
+fn a_planted_id_is_never_adopted() {
+    let _serial = serial();
+    let s = setup();
+    let store = s.url_store(UrlStyle::Path);
+    let planted = SessionId::generate().unwrap();
+    for request in [
+        Request::new("/app/").cookie(&format!("session={planted}")),
+        Request::new(&format!("/app/-/{planted}")),
+    ] {
+        let mut visit = store.begin(&request).unwrap();
+        assert_eq!(visit.session.origin(), &Origin::New(NewReason::Unknown));
+        assert_ne!(visit.session.id(), &planted);
+        visit.session.insert("user", "victim").unwrap();
+        let mut page = Response::html(r#"<a href="/app/x">x</a>"#);
+        store.finish(&mut visit, &mut page).unwrap();
+        let fresh = *visit.session.id();
+        let set_cookie = page.set_cookie.clone().unwrap();
+        assert_eq!(id_of(&set_cookie), fresh);
+        let everything = format!("{set_cookie} {:?} {}", page.location, body(&page));
+        assert!(!everything.contains(planted.as_str()), "{everything}");
+        assert!(!s.cache.contains_key(&store.key(&planted)).unwrap());
+    }
+}
+
+#[test]
+fn malformed_ids_are_never_looked_up_or_echoed() {
+    let _serial = serial();
+    let s = setup();
+    let store = s.url_store(UrlStyle::Path);
+    let good = SessionId::generate().unwrap();
+    let malformed = [
+        String::new(),
+        "x".into(),
+        good.as_str()[..31].to_owned(),
+        format!("{good}A"),
+        "A".repeat(10_000),
+        format!("{}==", &good.as_str()[..30]),
+        format!("{}+/", &good.as_str()[..30]),
+        format!("%41{}", &good.as_str()[3..]),
+        format!("<script>{}", &good.as_str()[8..]),
+        format!("\"{}\"x", &good.as_str()[..29]),
+        format!("é{}", &good.as_str()[2..]),
+        format!("{} ", &good.as_str()[..31]),
+        format!("{}\0", &good.as_str()[..31]),
+    ];
+    let before = s.cache.stats().unwrap().reads;
+    for bad in &malformed {
+        for request in [
+            Request::new("/app/").cookie(&format!("session={bad}")),
+            Request::new("/app/").cookie(&format!("a=1; session=\"{bad}\"")),
+        ] {
+            let mut visit = store.begin(&request).unwrap();
+            assert!(
+                matches!(visit.session.origin(), Origin::New(NewReason::Malformed(_))),
+                "{bad:?}: {:?}",
+                visit.session.origin()
+            );
+            let mut page = Response::html(r#"<a href="/app/x">x</a>"#);
+            store.finish(&mut visit, &mut page).unwrap();
+            let removal = page.set_cookie.clone().unwrap();
+            assert!(removal.starts_with("session=;"), "{removal}");
+            assert_eq!(body(&page), r#"<a href="/app/x">x</a>"#);
+        }
+        if !bad.contains(['/', '?', '#', '\0']) {
+            let path = format!("/app/items/-/{bad}");
+            let mut visit = store.begin(&Request::new(&path)).unwrap();
+            assert!(matches!(
+                visit.session.origin(),
+                Origin::New(NewReason::Malformed(_))
+            ));
+            assert_eq!(visit.path(), "/app/items");
+            let mut redirect = Response::redirect(302, "/app/next");
+            store.finish(&mut visit, &mut redirect).unwrap();
+            assert_eq!(redirect.location.as_deref(), Some("/app/next"));
+            assert_eq!(redirect.set_cookie, None);
+        }
+        let by_str = store.load_str(Some(bad), &Client::new()).unwrap();
+        assert!(matches!(
+            by_str.origin(),
+            Origin::New(NewReason::Malformed(_))
+        ));
+        if let Origin::New(NewReason::Malformed(why)) = by_str.origin()
+            && bad.len() > 3
+        {
+            assert!(
+                !why.to_string().contains(bad.as_str()),
+                "error echoes the input"
+            );
+        }
+    }
+    assert_eq!(
+        s.cache.stats().unwrap().reads,
+        before,
+        "a malformed id was looked up"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expiry, binding, cookies through the cycle
+
+#[test]
+fn sliding_expiry_resends_the_cookie_only_when_it_moves() {
+    let _serial = serial();
+    let s = setup();
+    let store = SessionStore::builder()
+        .cache(s.cache.clone())
+        .lifetime(Duration::from_secs(86_400))
+        .idle_timeout(Duration::from_secs(600))
+        .extend_threshold(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut visit = store.begin(&Request::new("/")).unwrap();
+    visit.session.insert("n", &1).unwrap();
+    let mut r = Response::new(204);
+    store.finish(&mut visit, &mut r).unwrap();
+    assert!(r.set_cookie.as_deref().unwrap().contains("Max-Age=600;"));
+    let cookie = cookie_pair(r.set_cookie.as_deref().unwrap());
+    let key = store.key(visit.session.id());
+    let stored = s.cache.entry(&key).unwrap().unwrap();
+
+    s.at(30);
+    let mut visit = store.begin(&Request::new("/").cookie(&cookie)).unwrap();
+    let mut r = Response::new(204);
+    assert_eq!(
+        store.finish(&mut visit, &mut r).unwrap().saved,
+        Saved::Unchanged
+    );
+    assert_eq!(r.set_cookie, None);
+    assert_eq!(
+        s.cache.entry(&key).unwrap().unwrap().value,
+        stored.value,
+        "read-only: not rewritten"
+    );
+
+    s.at(61);
+    let mut visit = store.begin(&Request::new("/").cookie(&cookie)).unwrap();
+    assert!(visit.session.was_extended());
+    let mut r = Response::new(204);
+    store.finish(&mut visit, &mut r).unwrap();
+    assert!(
+        r.set_cookie.as_deref().unwrap().contains("Max-Age=600;"),
+        "{:?}",
+        r.set_cookie
+    );
+
+    s.at(61 + 599);
+    let visit = store.begin(&Request::new("/").cookie(&cookie)).unwrap();
+    assert_eq!(visit.session.origin(), &Origin::Loaded);
+    s.at(61 + 599 + 600);
+    let visit = store.begin(&Request::new("/").cookie(&cookie)).unwrap();
+    assert_ne!(visit.session.origin(), &Origin::Loaded);
+}
+
+#[test]
+fn binding_through_the_cycle() {
+    let _serial = serial();
+    let s = setup();
+    let store = SessionStore::builder()
+        .cache(s.cache.clone())
+        .bind_address(true)
+        .build()
+        .unwrap();
+    let home: IpAddr = "203.0.113.5".parse().unwrap();
+    let away: IpAddr = "2001:db8::1".parse().unwrap();
+    let mut visit = store
+        .begin(&Request::new("/").client(Client::new().address(home)))
+        .unwrap();
+    visit.session.insert("user", "ada").unwrap();
+    let mut r = Response::new(200);
+    store.finish(&mut visit, &mut r).unwrap();
+    let cookie = cookie_pair(r.set_cookie.as_deref().unwrap());
+    let id = *visit.session.id();
+
+    let same = Request::new("/")
+        .cookie(&cookie)
+        .client(Client::new().address(home));
+    assert_eq!(
+        store.begin(&same).unwrap().session.origin(),
+        &Origin::Loaded
+    );
+
+    let stolen = Request::new("/")
+        .cookie(&cookie)
+        .client(Client::new().address(away));
+    let mut visit = store.begin(&stolen).unwrap();
+    assert_eq!(
+        visit.session.origin(),
+        &Origin::New(NewReason::AddressChanged)
+    );
+    assert!(visit.session.is_empty());
+    let mut r = Response::new(200);
+    store.finish(&mut visit, &mut r).unwrap();
+    assert!(r.set_cookie.unwrap().contains("Max-Age=0"));
+    // Deleted: the rightful owner has lost it too (that is the point of binding).
+    let mut again = store.begin(&same).unwrap();
+    assert_eq!(again.session.origin(), &Origin::New(NewReason::Unknown));
+    assert!(!s.physically_present(&store.key(&id)));
+    store.finish(&mut again, &mut Response::new(200)).unwrap();
+}
+
+#[test]
+fn logout_deletes_session_and_cookie() {
+    let _serial = serial();
+    let s = setup();
+    let store = SessionStore::builder()
+        .cache(s.cache.clone())
+        .cookie(
+            CookieConfig::new()
+                .name("sid")
+                .unwrap()
+                .domain("example.org")
+                .unwrap()
+                .path("/app")
+                .unwrap()
+                .secure(true),
+        )
+        .build()
+        .unwrap();
+    let mut visit = store.begin(&Request::new("/app/")).unwrap();
+    visit.session.insert("user", "ada").unwrap();
+    let mut r = Response::new(200);
+    store.finish(&mut visit, &mut r).unwrap();
+    let set = r.set_cookie.unwrap();
+    assert!(set.starts_with("sid="), "{set}");
+    assert!(
+        set.contains("; Path=/app; Domain=example.org; Max-Age=86400;"),
+        "{set}"
+    );
+    assert!(set.ends_with("; Secure; HttpOnly; SameSite=Lax"), "{set}");
+    let id = id_of(&set);
+
+    let mut visit = store
+        .begin(&Request::new("/app/logout").cookie(&format!("theme=dark; sid={id}")))
+        .unwrap();
+    assert_eq!(visit.session.origin(), &Origin::Loaded);
+    visit.session.invalidate();
+    let mut r = Response::redirect(303, "/app/");
+    assert_eq!(
+        store.finish(&mut visit, &mut r).unwrap().saved,
+        Saved::Deleted
+    );
+    assert_eq!(
+        r.set_cookie.as_deref(),
+        Some(
+            "sid=; Path=/app; Domain=example.org; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Secure; HttpOnly; SameSite=Lax"
+        )
+    );
+    assert!(!s.physically_present(&store.key(&id)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile HTML and awkward URLs
+
+fn rewrite(store: &SessionStore, html: &[u8]) -> (Response, SessionId) {
+    let mut visit = store.begin(&Request::new("/app/page")).unwrap();
+    visit.session.insert("k", &1).unwrap();
+    let mut r = Response::html(html.to_vec());
+    let done = store.finish(&mut visit, &mut r).unwrap();
+    assert!(done.body_error.is_none(), "{:?}", done.body_error);
+    (r, *visit.session.id())
+}
+
+#[test]
+fn hostile_html() {
+    let _serial = serial();
+    let s = setup();
+    let store = s.url_store(UrlStyle::Query);
+
+    // Quotes inside attributes cannot break out of the rewritten attribute.
+    let (r, id) = rewrite(
+        &store,
+        br#"<a href='/app/x"onmouseover="alert(1)'>q</a><a href="/app/y'z">q</a>"#,
+    );
+    let out = body(&r);
+    assert!(
+        out.contains(&format!(
+            r#"href="/app/x%22onmouseover=%22alert(1)?sid={id}""#
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(r#"href="/app/y%27z?sid={id}""#))
+            || out.contains(&format!(r#"href="/app/y'z?sid={id}""#)),
+        "{out}"
+    );
+    assert!(!out.contains(r#""onmouseover"#), "{out}");
+
+    // Unclosed and broken markup: no panic, nothing outside real attributes is touched.
+    for html in [
+        &b"<a href=\"/app/x"[..],
+        b"<a href=/app/x",
+        b"<a href",
+        b"<div><div><a href=/app/x>x",
+        b"<!-- <a href=/app/x>",
+        b"<script>document.write('<a href=\"/app/x\">')",
+        b"<a href=\"/app/x\" href=\"/app/y\">dup</a>",
+        b"<<a href=/app/x>>",
+        b"<a\0href=/app/x>",
+        b"</a href=/app/x>",
+        b"\xff\xfe<a href=/app/\xff>bin</a>\x00\x01",
+    ] {
+        let mut visit = store.begin(&Request::new("/app/page")).unwrap();
+        visit.session.insert("k", &1).unwrap();
+        let mut r = Response::html(html.to_vec());
+        store.finish(&mut visit, &mut r).unwrap();
+        let id = visit.session.id().to_string();
+        let out = String::from_utf8_lossy(&r.body);
+        let tail_kept = html.len() >= 4 && r.body.ends_with(&html[html.len() - 4..]);
+        assert!(
+            tail_kept || out.contains(&id),
+            "{:?} -> {out:?}",
+            String::from_utf8_lossy(html)
+        );
+    }
+    let (r, id) = rewrite(&store, b"<a href=\"/app/x\" href=\"/app/y\">dup</a>");
+    assert_eq!(body(&r).matches(id.as_str()).count(), 1, "{}", body(&r));
+    let (r, _) = rewrite(&store, b"<!-- <a href=/app/x> -->");
+    assert_eq!(body(&r), "<!-- <a href=/app/x> -->");
+
+    // A huge body with many links.
+    let link =
+        "<p><a href=\"/app/item?id=1\">item</a> <a href=\"https://cdn.example/x.js\">cdn</a></p>\n";
+    let big = link.repeat(2 << 20 >> 7);
+    let (r, id) = rewrite(&store, big.as_bytes());
+    let out = body(&r);
+    assert_eq!(
+        out.matches(&format!("?id=1&amp;sid={id}")).count(),
+        big.matches("?id=1").count()
+    );
+    assert!(!out.contains(&format!("x.js?sid={id}")));
+
+    // A huge attribute and deep nesting.
+    let long = format!("<a href=\"/app/{}\">x</a>", "a".repeat(1 << 20));
+    let (r, id) = rewrite(&store, long.as_bytes());
+    assert!(body(&r).ends_with(&format!("?sid={id}\">x</a>")));
+    let deep = "<div>".repeat(10_000) + "<a href=/app/deep>d</a>";
+    let (r, id) = rewrite(&store, deep.as_bytes());
+    assert!(body(&r).ends_with(&format!("<a href=\"/app/deep?sid={id}\">d</a>")));
+
+    // Nesting so deep that the parser would pass its memory limit: the page goes out as it
+    // was, and the caller is told why.
+    let deeper = "<div>".repeat(200_000) + "<a href=/app/deep>d</a>";
+    let mut visit = store.begin(&Request::new("/app/page")).unwrap();
+    visit.session.insert("k", &1).unwrap();
+    let mut r = Response::html(deeper.clone());
+    let done = store.finish(&mut visit, &mut r).unwrap();
+    let e = done.body_error.expect("over the memory limit");
+    assert!(e.to_string().contains("memory limit"), "{e}");
+    assert_eq!(r.body, deeper.as_bytes());
+    assert!(r.set_cookie.is_some());
+}
+
+#[test]
+fn markup_the_parser_refuses_is_sent_unchanged() {
+    let _serial = serial();
+    let s = setup();
+    let store = s.url_store(UrlStyle::Path);
+    let ambiguous = r#"<select><xmp><script>"use strict";</script></select><a href="/app/x">x</a>"#;
+    let mut visit = store.begin(&Request::new("/app/")).unwrap();
+    visit.session.insert("k", &1).unwrap();
+    let mut r = Response::html(ambiguous);
+    let done = store.finish(&mut visit, &mut r).unwrap();
+    let e = done
+        .body_error
+        .expect("the parser gives up on ambiguous markup");
+    assert!(e.to_string().contains("not rewritten"), "{e}");
+    assert_eq!(body(&r), ambiguous);
+    assert_eq!(done.saved, Saved::Written);
+    assert!(r.set_cookie.is_some());
+}
+
+#[test]
+fn fragments_ports_user_info_and_idns() {
+    let _serial = serial();
+    let s = setup();
+    let store = SessionStore::builder()
+        .cache(s.cache.clone())
+        .urls(UrlRewriter::new("https://bücher.example:8443/shop/").unwrap())
+        .build()
+        .unwrap();
+    let html = r##"<a href="https://bücher.example:8443/shop/a#sec">idn</a>
+<a href="https://xn--bcher-kva.example:8443/shop/b?x=1#f">punycode</a>
+<a href="https://BÜCHER.EXAMPLE:8443/shop/c">upper</a>
+<a href="https://bücher.example/shop/d">default port</a>
+<a href="https://bücher.example:8444/shop/e">other port</a>
+<a href="https://user:pw@bücher.example:8443/shop/f">user-info</a>
+<a href="https://bücher.example:8443@evil.example/shop/g">user-info trick</a>
+<a href="https://bucher.example:8443/shop/h">look-alike</a>
+<a href="http://bücher.example:8443/shop/i">http</a>
+<a href="#only">fragment only</a>
+<a href="j#frag">relative with fragment</a>"##;
+    let mut visit = store.begin(&Request::new("/shop/list")).unwrap();
+    visit.session.insert("k", &1).unwrap();
+    let mut r = Response::html(html);
+    store.finish(&mut visit, &mut r).unwrap();
+    let id = visit.session.id().to_string();
+    let out = body(&r);
+    let host = "https://xn--bcher-kva.example:8443";
+    for want in [
+        format!(r#"href="{host}/shop/a/-/{id}#sec""#),
+        format!(r#"href="{host}/shop/b/-/{id}?x=1#f""#),
+        format!(r#"href="{host}/shop/c/-/{id}""#),
+        format!(r#"href="/shop/j/-/{id}#frag""#),
+    ] {
+        assert!(out.contains(&want), "missing {want}:\n{out}");
+    }
+    assert_eq!(out.matches(id.as_str()).count(), 4, "{out}");
+    for kept in [
+        r#"href="https://bücher.example/shop/d""#,
+        r#"href="https://bücher.example:8444/shop/e""#,
+        r#"href="https://user:pw@bücher.example:8443/shop/f""#,
+        r#"href="https://bücher.example:8443@evil.example/shop/g""#,
+        r#"href="https://bucher.example:8443/shop/h""#,
+        r#"href="http://bücher.example:8443/shop/i""#,
+        r##"href="#only""##,
+    ] {
+        assert!(out.contains(kept), "changed {kept}:\n{out}");
+    }
+    // Adding ids to URLs directly.
+    let urls = store.urls().unwrap();
+    let sid: SessionId = id.parse().unwrap();
+    assert_eq!(
+        urls.add_id("https://bücher.example:8443/shop/?q=ä#top", &sid)
+            .unwrap(),
+        format!("{host}/shop/-/{id}?q=%C3%A4#top")
+    );
+    assert_eq!(urls.add_id("/", &sid).unwrap(), format!("/-/{id}"));
+}
