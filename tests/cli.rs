@@ -1135,7 +1135,11 @@ fn a_robust_file_works_without_lock_and_refuses_fcntl() {
             "{command}: {}",
             r.stderr
         );
-        assert!(message.contains("fcntl locks were asked for"), "{}", r.stderr);
+        assert!(
+            message.contains("fcntl locks were asked for"),
+            "{}",
+            r.stderr
+        );
     }
     assert!(f.bytes() == before, "a refused command changed the file");
     assert_eq!(f.cache().get(b"k").unwrap(), Some(b"v".to_vec()));
