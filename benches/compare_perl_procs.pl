@@ -5,6 +5,7 @@
 # reported as wall time per get across all processes.
 #
 #   perl benches/compare_perl_procs.pl 1; perl benches/compare_perl_procs.pl 2
+use strict; use warnings; use Cache::FastMmap; use Time::HiRes qw(time);
 my $procs = shift // 1; my $ops = 200000;
 my $f = "/dev/shm/fastmmap-perl-procs-$$.cache"; unlink $f;
 my $c = Cache::FastMmap->new(share_file => $f, init_file => 1, serializer => '', unlink_on_exit => 0);
