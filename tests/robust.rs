@@ -6,7 +6,7 @@
 //! Here: the shared mutex alone excludes threads; lock timeouts and re-entrancy; waiters
 //! already blocked when the holder dies; a holder killed in the middle of a change; a forked
 //! child and its parent's lock; the openers lock; stale lock words after every user is gone;
-//! and opening with the wrong kind.
+//! a damaged lock word; and opening with the wrong kind.
 //!
 //! Every test takes `common::serial()` first (see tests/common/mod.rs on forking).
 
@@ -657,4 +657,64 @@ fn opening_with_the_other_kind_is_an_error_and_changes_nothing() {
         other => panic!("robust locks on a FastMmap file: {other:?}"),
     }
     assert!(!path.exists(), "a refused open created the file");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Damaged lock words
+
+#[test]
+fn a_damaged_lock_word_is_an_error_not_an_abort() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("damaged-word");
+    let (on, off) = keys_on(3);
+    let raw = raw_file_for(&path);
+    {
+        let cache = robust(&path, PATIENT);
+        cache.set(&off, b"elsewhere").expect("set");
+    }
+    // Another process keeps the file open, so nobody reinitialises the words.
+    let (opened, go) = (Pipe::new(), Pipe::new());
+    let mut kids = Children::new();
+    kids.spawn({
+        let (path, opened, go) = (&path, &opened, &go);
+        move || {
+            let _cache = ROBUST
+                .builder()
+                .path(path)
+                .open()
+                .map_err(|e| e.to_string())?;
+            opened.release(1);
+            go.wait();
+            Ok(())
+        }
+    });
+    assert!(
+        opened.wait_timeout(PATIENT),
+        "the child never opened the file"
+    );
+    // Garbage in page 3's lock word: a priority-inheritance kind whose owner "died", which
+    // glibc would otherwise meet with an assertion failure.
+    let mut word = read_at(&raw, lock_area_offset(3), LOCK_AREA_SIZE);
+    word[..4].copy_from_slice(&0x4000_0000u32.to_ne_bytes());
+    word[16..20].copy_from_slice(&0x20u32.to_ne_bytes());
+    write_at(&raw, lock_area_offset(3), &word);
+    let cache = robust(&path, IMPATIENT);
+    match cache.get(&on) {
+        Err(Error::Lock { page: 3, .. }) => {}
+        other => panic!("a damaged lock word gave {other:?}"),
+    }
+    assert_eq!(
+        cache.get(&off).expect("other pages work"),
+        Some(b"elsewhere".to_vec())
+    );
+    drop(cache);
+    go.release(1);
+    kids.wait_all_ok();
+    // Alone, the next opener reinitialises the word.
+    let cache = robust(&path, PATIENT);
+    cache.set(&on, b"fine").expect("set after reinitialising");
+    assert_eq!(cache.get(&on).expect("get"), Some(b"fine".to_vec()));
+    drop(cache);
+    drop(raw);
 }

@@ -88,6 +88,8 @@ mod imp {
         num_pages: u32,
         /// The fork generation in which this process took its shared openers lock.
         joined: AtomicU64,
+        /// See [`settings_words`].
+        settings: Box<[(usize, u32)]>,
     }
 
     // SAFETY: `base` addresses the mapping owned by the same `SharedFile` as this value, which
@@ -156,6 +158,7 @@ mod imp {
                 base,
                 num_pages,
                 joined: AtomicU64::new(u64::MAX),
+                settings: settings_words()?,
             };
             locks.join(fd, true)?;
             Ok(locks)
@@ -226,6 +229,18 @@ mod imp {
                 self.join(fd, false).map_err(LockFailure::Os)?;
             }
             let m = self.mutex(page);
+            for &(word, value) in &self.settings {
+                // SAFETY: `word` indexes a u32 inside the mutex (from a MUTEX_SIZE template),
+                // which is 8-aligned inside the live mapping; a volatile read, as another
+                // process that ignores the protocol may be writing it.
+                let found = unsafe { m.cast::<u32>().add(word).read_volatile() };
+                if found != value {
+                    return Err(LockFailure::Os(io::Error::other(
+                        "the page lock word is damaged; it is reinitialised when every process \
+                         has closed the file and one reopens it",
+                    )));
+                }
+            }
             let rc = match deadline {
                 // SAFETY: `m` is an initialised process-shared mutex inside the live mapping
                 // (initialised at creation, or by the first opener).
@@ -317,13 +332,36 @@ mod imp {
     /// `base` must address a writable mapping holding `header_size(num_pages)` bytes, and no
     /// thread of any process may be using the lock words.
     pub(crate) unsafe fn init_lock_words(base: *mut u8, num_pages: u32) -> io::Result<()> {
+        let mutexes = (0..num_pages).map(|page| {
+            // SAFETY: (caller) the header, and so every row's lock area, is inside the
+            // mapping; nobody uses the words.
+            unsafe {
+                let area = base.add(header::row_offset(page) + ROW_LOCK_OFFSET);
+                // Start from zeroes, so bytes of the area past the mutex are defined.
+                std::ptr::write_bytes(area, 0, ROW_LOCK_SIZE);
+                area.cast::<libc::pthread_mutex_t>()
+            }
+        });
+        // SAFETY: (caller) each pointer is an 8-aligned, writable, unused lock area.
+        unsafe { init_mutexes(mutexes) }
+    }
+
+    /// Initialises each mutex as an unlocked process-shared robust mutex.
+    ///
+    /// # Safety
+    /// Each pointer must address writable, 8-aligned storage for a `pthread_mutex_t` that no
+    /// thread of any process is using.
+    unsafe fn init_mutexes(
+        mutexes: impl IntoIterator<Item = *mut libc::pthread_mutex_t>,
+    ) -> io::Result<()> {
         let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
         // SAFETY: `attr` is valid storage for an attribute object; it is initialised by
-        // pthread_mutexattr_init before any other use and destroyed before returning.
+        // pthread_mutexattr_init before any other use and destroyed before returning; the
+        // mutexes are as the caller promised.
         unsafe {
             check(libc::pthread_mutexattr_init(attr.as_mut_ptr()))?;
             let a = attr.as_mut_ptr();
-            let set = check(libc::pthread_mutexattr_setpshared(
+            let mut result = check(libc::pthread_mutexattr_setpshared(
                 a,
                 libc::PTHREAD_PROCESS_SHARED,
             ))
@@ -333,14 +371,8 @@ mod imp {
                     libc::PTHREAD_MUTEX_ROBUST,
                 ))
             });
-            let mut result = set;
             if result.is_ok() {
-                for page in 0..num_pages {
-                    let m = base
-                        .add(header::row_offset(page) + ROW_LOCK_OFFSET)
-                        .cast::<libc::pthread_mutex_t>();
-                    // Start from zeroes, so bytes of the area past the mutex are defined.
-                    std::ptr::write_bytes(m.cast::<u8>(), 0, ROW_LOCK_SIZE);
+                for m in mutexes {
                     if let Err(e) = check(libc::pthread_mutex_init(m, a)) {
                         result = Err(e);
                         break;
@@ -350,6 +382,27 @@ mod imp {
             libc::pthread_mutexattr_destroy(a);
             result
         }
+    }
+
+    /// The `u32` words of a freshly initialised lock that are not zero, other than the futex
+    /// word: its settings (in glibc, the `__kind` word saying robust, process-shared, normal),
+    /// which no lock or unlock changes. A lock word whose settings differ is damaged, and
+    /// glibc must not be handed it: with other settings it may wait past any deadline, or
+    /// fail an assertion and abort the process.
+    pub(super) fn settings_words() -> io::Result<Box<[(usize, u32)]>> {
+        #[repr(C, align(8))]
+        struct Template([u32; MUTEX_SIZE / 4]);
+        let mut template = Template([0; MUTEX_SIZE / 4]);
+        // SAFETY: `template` is writable, 8-aligned, MUTEX_SIZE bytes, and private.
+        unsafe { init_mutexes([(&raw mut template).cast::<libc::pthread_mutex_t>()])? };
+        Ok(template
+            .0
+            .iter()
+            .copied()
+            .enumerate()
+            .skip(1)
+            .filter(|&(_, w)| w != 0)
+            .collect())
     }
 
     fn check(rc: libc::c_int) -> io::Result<()> {
@@ -417,5 +470,16 @@ mod imp {
     /// Never unsafe here: it only fails.
     pub(crate) unsafe fn init_lock_words(_: *mut u8, _: u32) -> io::Result<()> {
         Err(unsupported())
+    }
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    #[test]
+    fn a_fresh_lock_has_settings_to_check() {
+        // glibc records robust + process-shared in a word of its own; if a future glibc did
+        // not, the damaged-word check would silently check nothing.
+        let words = super::imp::settings_words().expect("template");
+        assert!(!words.is_empty());
     }
 }
