@@ -46,9 +46,7 @@ impl PageLocks {
         }
     }
 
-    /// Takes page `page`'s lock, whose byte range is `range` of the file `fd`. The flag is
-    /// true when the lock's previous owner died holding it (robust locks only: the kernel
-    /// drops a dead process's fcntl locks without telling anyone).
+    /// Takes page `page`'s lock, whose byte range is `range` of the file `fd`.
     #[inline]
     pub(crate) fn acquire(
         &self,
@@ -56,7 +54,7 @@ impl PageLocks {
         page: u32,
         range: (u64, u64),
         deadline: Option<Instant>,
-    ) -> Result<(Held<'_>, bool), LockFailure> {
+    ) -> Result<Held<'_>, LockFailure> {
         match self {
             PageLocks::Fcntl { mutexes } => {
                 let mutex = &mutexes[page as usize];
@@ -67,12 +65,9 @@ impl PageLocks {
                     Some(deadline) => lock_mutex_until(mutex, deadline)?,
                 };
                 fcntl_lock(fd, range, deadline)?;
-                Ok((Held::Fcntl { _mutex: guard }, false))
+                Ok(Held::Fcntl { _mutex: guard })
             }
-            PageLocks::Robust(locks) => {
-                let (held, owner_died) = locks.acquire(fd, page, deadline)?;
-                Ok((Held::Robust(held), owner_died))
-            }
+            PageLocks::Robust(locks) => Ok(Held::Robust(locks.acquire(fd, page, deadline)?)),
         }
     }
 

@@ -255,7 +255,7 @@ impl SharedFile {
         let range = self.page_range(page);
         // A timeout too long to represent as an instant is as good as none.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let (held, _owner_died) = self
+        let held = self
             .locks
             .acquire(self.file.as_raw_fd(), page, range, deadline)
             .map_err(|f| match f {

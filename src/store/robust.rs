@@ -216,15 +216,16 @@ mod imp {
             }
         }
 
-        /// Locks `page`, waiting until `deadline` at most. The flag is true when the previous
-        /// owner died holding the lock (the lock has been made consistent again).
+        /// Locks `page`, waiting until `deadline` at most. If the previous owner died holding
+        /// it, the lock is made consistent again; whether the page needs a reset is the busy
+        /// marker's to say, which every locker checks anyway.
         #[inline]
         pub(crate) fn acquire(
             &self,
             fd: RawFd,
             page: u32,
             deadline: Option<Instant>,
-        ) -> Result<(RobustHeld, bool), LockFailure> {
+        ) -> Result<RobustHeld, LockFailure> {
             if self.joined.load(Ordering::Relaxed) != FORK_GENERATION.load(Ordering::Relaxed) {
                 self.join(fd, false).map_err(LockFailure::Os)?;
             }
@@ -247,8 +248,8 @@ mod imp {
                 None => unsafe { libc::pthread_mutex_lock(m) },
                 Some(deadline) => timed_lock(m, deadline),
             };
-            let owner_died = match rc {
-                0 => false,
+            match rc {
+                0 => {}
                 libc::EOWNERDEAD => {
                     // SAFETY: we own `m` (EOWNERDEAD means the lock was acquired).
                     let rc = unsafe { libc::pthread_mutex_consistent(m) };
@@ -258,7 +259,6 @@ mod imp {
                         unsafe { libc::pthread_mutex_unlock(m) };
                         return Err(LockFailure::Os(io::Error::from_raw_os_error(rc)));
                     }
-                    true
                 }
                 libc::ETIMEDOUT => return Err(LockFailure::TimedOut),
                 libc::ENOTRECOVERABLE => {
@@ -269,17 +269,14 @@ mod imp {
                     )));
                 }
                 e => return Err(LockFailure::Os(io::Error::from_raw_os_error(e))),
-            };
+            }
             // SAFETY: we hold `m`, a mutex in the live mapping.
             let owner_part = unsafe { OwnerPart::read(m) };
-            Ok((
-                RobustHeld {
-                    page,
-                    owner_part,
-                    _not_send: PhantomData,
-                },
-                owner_died,
-            ))
+            Ok(RobustHeld {
+                page,
+                owner_part,
+                _not_send: PhantomData,
+            })
         }
 
         /// Unlocks what [`acquire`](Self::acquire) locked, first putting back the owner's part
@@ -448,18 +445,14 @@ mod imp {
             Err(unsupported())
         }
 
-        #[inline]
-
         pub(crate) fn acquire(
             &self,
             _: RawFd,
             _: u32,
             _: Option<Instant>,
-        ) -> Result<(RobustHeld, bool), LockFailure> {
+        ) -> Result<RobustHeld, LockFailure> {
             match *self {}
         }
-
-        #[inline]
 
         pub(crate) fn release(&self, held: RobustHeld) {
             match held {}
