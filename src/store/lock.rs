@@ -12,14 +12,14 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
+use super::fork::{self, LocalLock};
 use super::robust::{RobustHeld, RobustLocks};
 
 /// The locks of every page of one file, in this process.
 pub(crate) enum PageLocks {
-    Fcntl { mutexes: Box<[Mutex<()>]> },
+    Fcntl { mutexes: Box<[LocalLock]> },
     Robust(RobustLocks),
 }
 
@@ -30,10 +30,11 @@ pub(crate) enum LockFailure {
 }
 
 /// A held lock: what [`PageLocks::release`] needs to let it go.
-pub(crate) enum Held<'a> {
-    /// The in-process mutex; the byte-range lock is released by `release`.
+pub(crate) enum Held {
+    /// The in-process lock, taken in this fork generation; the byte-range lock is released by
+    /// `release`.
     Fcntl {
-        _mutex: MutexGuard<'a, ()>,
+        generation: u32,
     },
     Robust(RobustHeld),
 }
@@ -42,7 +43,7 @@ impl PageLocks {
     /// Fcntl locks for a file of `num_pages` pages.
     pub(crate) fn fcntl(num_pages: u32) -> PageLocks {
         PageLocks::Fcntl {
-            mutexes: (0..num_pages).map(|_| Mutex::new(())).collect(),
+            mutexes: (0..num_pages).map(|_| LocalLock::new()).collect(),
         }
     }
 
@@ -54,34 +55,36 @@ impl PageLocks {
         page: u32,
         range: (u64, u64),
         deadline: Option<Instant>,
-    ) -> Result<Held<'_>, LockFailure> {
+    ) -> Result<Held, LockFailure> {
         match self {
             PageLocks::Fcntl { mutexes } => {
                 let mutex = &mutexes[page as usize];
-                let guard = match deadline {
-                    None => mutex
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner()),
-                    Some(deadline) => lock_mutex_until(mutex, deadline)?,
-                };
-                fcntl_lock(fd, range, deadline)?;
-                Ok(Held::Fcntl { _mutex: guard })
+                let generation = mutex.lock(deadline).map_err(|_| LockFailure::TimedOut)?;
+                if let Err(e) = fcntl_lock(fd, range, deadline) {
+                    mutex.unlock(generation);
+                    return Err(e);
+                }
+                Ok(Held::Fcntl { generation })
             }
             PageLocks::Robust(locks) => Ok(Held::Robust(locks.acquire(fd, page, deadline)?)),
         }
     }
 
-    /// Releases what [`acquire`](Self::acquire) took (for fcntl, the byte range first).
+    /// Releases what [`acquire`](Self::acquire) took (for fcntl, the byte range first). A lock
+    /// taken before a fork is not the child's: the child releases nothing.
     #[inline]
-    pub(crate) fn release(&self, fd: RawFd, range: (u64, u64), held: Held<'_>) {
+    pub(crate) fn release(&self, fd: RawFd, page: u32, range: (u64, u64), held: Held) {
         match (self, held) {
             (PageLocks::Robust(locks), Held::Robust(held)) => locks.release(held),
-            (_, held) => {
-                // Unlocking a range we hold cannot fail on a valid descriptor; if it did, the
-                // lock would go with the descriptor anyway.
-                let _ = fcntl(fd, libc::F_SETLK, libc::F_UNLCK as libc::c_short, range);
-                drop(held);
+            (PageLocks::Fcntl { mutexes }, Held::Fcntl { generation }) => {
+                if generation == fork::generation() {
+                    // Unlocking a range we hold cannot fail on a valid descriptor; if it did,
+                    // the lock would go with the descriptor anyway.
+                    let _ = fcntl(fd, libc::F_SETLK, libc::F_UNLCK as libc::c_short, range);
+                }
+                mutexes[page as usize].unlock(generation);
             }
+            _ => unreachable!("a held lock of the other kind"),
         }
     }
 }
@@ -95,24 +98,6 @@ fn backoff(step: &mut Duration, deadline: Instant) -> bool {
     std::thread::sleep((*step).min(deadline - now));
     *step = (*step * 2).min(Duration::from_millis(5));
     true
-}
-
-fn lock_mutex_until(
-    mutex: &Mutex<()>,
-    deadline: Instant,
-) -> Result<MutexGuard<'_, ()>, LockFailure> {
-    let mut step = Duration::from_micros(20);
-    loop {
-        match mutex.try_lock() {
-            Ok(g) => return Ok(g),
-            Err(TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
-            Err(TryLockError::WouldBlock) => {
-                if !backoff(&mut step, deadline) {
-                    return Err(LockFailure::TimedOut);
-                }
-            }
-        }
-    }
 }
 
 /// One `fcntl` record-lock call on `(start, len)` of `fd`.

@@ -18,6 +18,7 @@
 #![allow(unsafe_code)]
 
 mod file;
+mod fork;
 pub(crate) mod header;
 mod lock;
 mod registry;
@@ -285,7 +286,7 @@ pub(crate) struct PageGuard<'a> {
     file: &'a SharedFile,
     page: u32,
     range: (u64, u64),
-    held: Option<Held<'a>>,
+    held: Option<Held>,
     _reentry: Reentry,
 }
 
@@ -393,7 +394,7 @@ impl Drop for PageGuard<'_> {
         if let Some(held) = self.held.take() {
             self.file
                 .locks
-                .release(self.file.file.as_raw_fd(), self.range, held);
+                .release(self.file.file.as_raw_fd(), self.page, self.range, held);
         }
     }
 }

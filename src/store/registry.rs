@@ -3,10 +3,11 @@
 //! exclude each other's threads, and closing either descriptor would drop the other's fcntl
 //! locks.
 
+use std::cell::RefCell;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use super::file::{self, OpenRequest};
 use super::lock::PageLocks;
@@ -18,12 +19,33 @@ type Entry = ((u64, u64), Weak<SharedFile>);
 
 static REGISTRY: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
 
-fn registry() -> std::sync::MutexGuard<'static, Vec<Entry>> {
+fn registry() -> MutexGuard<'static, Vec<Entry>> {
     REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+thread_local! {
+    /// The registry, held by the forking thread from the prepare handler of a fork until the
+    /// fork is done (see `super::fork`).
+    static HELD_FOR_FORK: RefCell<Option<MutexGuard<'static, Vec<Entry>>>> =
+        const { RefCell::new(None) };
+}
+
+/// Takes the registry for the duration of a fork, so that the child's copy is unlocked and
+/// consistent (no other thread is half way through changing it).
+pub(super) fn lock_for_fork() {
+    let guard = registry();
+    // A thread being torn down cannot fork; should it, the registry is simply not held.
+    let _ = HELD_FOR_FORK.try_with(|held| *held.borrow_mut() = Some(guard));
+}
+
+/// Lets go of what [`lock_for_fork`] took, in the parent and in the child.
+pub(super) fn unlock_after_fork() {
+    let _ = HELD_FOR_FORK.try_with(|held| drop(held.borrow_mut().take()));
 }
 
 /// Opens (or joins this process's existing use of) the file `req` names.
 pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
+    super::fork::install();
     let mut reg = registry();
     reg.retain(|(_, weak)| weak.strong_count() > 0);
     if let Ok(md) = std::fs::metadata(&req.path)

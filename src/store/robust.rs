@@ -36,12 +36,12 @@ mod imp {
     use std::mem::{align_of, size_of};
     use std::os::fd::RawFd;
     use std::ptr::NonNull;
-    use std::sync::Once;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
     use memmap2::MmapRaw;
 
+    use super::super::fork;
     use super::super::header::{self, OPENERS_LOCK_OFFSET, ROW_LOCK_OFFSET, ROW_LOCK_SIZE};
     use super::super::lock::{LockFailure, fcntl, fcntl_wait};
 
@@ -61,33 +61,13 @@ mod imp {
     const _: () = assert!((header::PAGE_TABLE_OFFSET + ROW_LOCK_OFFSET).is_multiple_of(8));
     const _: () = assert!(header::ROW_SIZE.is_multiple_of(8));
 
-    /// Bumped in every child right after `fork`, so a `RobustLocks` can tell that its process's
-    /// shared openers lock was not inherited.
-    static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
-
-    extern "C" fn after_fork_in_child() {
-        FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn register_fork_handler() {
-        static ONCE: Once = Once::new();
-        ONCE.call_once(|| {
-            // SAFETY: the handler is a plain function that only touches a static atomic, which
-            // is async-signal-safe and valid in the child of a fork.
-            let rc = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
-            // pthread_atfork fails only with ENOMEM; a child would then skip its rejoin, and
-            // the worst case is that it holds no openers lock (see `join`).
-            debug_assert_eq!(rc, 0, "pthread_atfork");
-        });
-    }
-
     /// The page locks of one robust-locked file, in this process.
     pub(crate) struct RobustLocks {
         /// First byte of the file's mapping.
         base: NonNull<u8>,
         num_pages: u32,
         /// The fork generation in which this process took its shared openers lock.
-        joined: AtomicU64,
+        joined: AtomicU32,
         /// See [`settings_words`].
         settings: Box<[(usize, u32)]>,
     }
@@ -103,6 +83,9 @@ mod imp {
     /// taken. Not `Send`: a pthread mutex must be unlocked by the thread that locked it.
     pub(crate) struct RobustHeld {
         page: u32,
+        /// The fork generation it was taken in: in a child forked while it was held, the lock
+        /// belongs to the parent's thread, and the child's copy of the guard lets go of nothing.
+        generation: u32,
         owner_part: OwnerPart,
         _not_send: PhantomData<*const ()>,
     }
@@ -151,13 +134,12 @@ mod imp {
             if map.len() < header::header_size(num_pages) {
                 return Err(io::Error::other("the mapping is shorter than its header"));
             }
-            register_fork_handler();
             let base =
                 NonNull::new(map.as_mut_ptr()).ok_or_else(|| io::Error::other("null map"))?;
             let locks = RobustLocks {
                 base,
                 num_pages,
-                joined: AtomicU64::new(u64::MAX),
+                joined: AtomicU32::new(u32::MAX),
                 settings: settings_words()?,
             };
             locks.join(fd, true)?;
@@ -173,7 +155,7 @@ mod imp {
         /// is only for the first join of a `SharedFile` (the registry makes that the only
         /// one in the process), never for a rejoin after fork.
         fn join(&self, fd: RawFd, may_reinit: bool) -> io::Result<()> {
-            let generation = FORK_GENERATION.load(Ordering::Relaxed);
+            let generation = fork::generation();
             let byte = (OPENERS_LOCK_OFFSET as u64, 1);
             if may_reinit {
                 match fcntl(fd, libc::F_SETLK, libc::F_WRLCK as libc::c_short, byte) {
@@ -226,7 +208,8 @@ mod imp {
             page: u32,
             deadline: Option<Instant>,
         ) -> Result<RobustHeld, LockFailure> {
-            if self.joined.load(Ordering::Relaxed) != FORK_GENERATION.load(Ordering::Relaxed) {
+            let generation = fork::generation();
+            if self.joined.load(Ordering::Relaxed) != generation {
                 self.join(fd, false).map_err(LockFailure::Os)?;
             }
             let m = self.mutex(page);
@@ -274,6 +257,7 @@ mod imp {
             let owner_part = unsafe { OwnerPart::read(m) };
             Ok(RobustHeld {
                 page,
+                generation,
                 owner_part,
                 _not_send: PhantomData,
             })
@@ -283,6 +267,9 @@ mod imp {
         /// of the mutex if anything changed it.
         #[inline]
         pub(crate) fn release(&self, held: RobustHeld) {
+            if held.generation != fork::generation() {
+                return;
+            }
             let m = self.mutex(held.page);
             // SAFETY: we hold `m` (RobustHeld is not Send, and is consumed here).
             unsafe {
