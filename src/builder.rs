@@ -31,6 +31,9 @@ pub struct CacheBuilder {
     lock_timeout: Option<Duration>,
     clock: Clock,
     enable_stats: bool,
+    allowed_owners: Vec<u32>,
+    follow_symlinks: bool,
+    read_only: bool,
 }
 
 impl Default for CacheBuilder {
@@ -51,13 +54,20 @@ impl Default for CacheBuilder {
             lock_timeout: None,
             clock: Clock::system(),
             enable_stats: true,
+            allowed_owners: Vec::new(),
+            follow_symlinks: false,
+            read_only: false,
         }
     }
 }
 
 impl CacheBuilder {
-    /// The cache file. Default: `fastmmap-<uid>.cache` in the temp directory, private to the
-    /// user (a link there, or a file owned by someone else, is refused).
+    /// The cache file. Default: `fastmmap-<uid>.cache` in the temp directory.
+    ///
+    /// Put it in a directory only this user can write to (`$XDG_RUNTIME_DIR`, or a directory
+    /// of mode 0700): in a directory every user shares, such as `/tmp` or `/dev/shm`, another
+    /// user can create the name first. Such a file is refused (see
+    /// [`allow_owner`](Self::allow_owner)), but the cache is then unusable until it is removed.
     pub fn path(mut self, path: impl AsRef<Path>) -> Self {
         self.path = Some(path.as_ref().to_path_buf());
         self
@@ -156,25 +166,53 @@ impl CacheBuilder {
         self
     }
 
+    /// Trusts files owned by user `uid` too (call once per owner), for caches deliberately
+    /// shared between users. By default a file owned by anyone but this process's effective
+    /// user or root is refused with [`Error::ForeignOwner`]: its owner controls every value
+    /// read from it, can hold page locks to stall every user, and can plant entries.
+    pub fn allow_owner(mut self, uid: u32) -> Self {
+        self.allowed_owners.push(uid);
+        self
+    }
+
+    /// Follows a symbolic link at the file's own name (default: refused with
+    /// [`Error::Symlink`], so that a link planted at the path cannot point the cache at
+    /// another file). Links in the directories above it are always followed.
+    pub fn follow_symlinks(mut self, yes: bool) -> Self {
+        self.follow_symlinks = yes;
+        self
+    }
+
+    /// Opens an existing file for reading only (default off), for users who may only read
+    /// it. Pages are locked with shared (read) record locks, entries are read without
+    /// refreshing their access time or counting the read, and damaged pages read as empty
+    /// (they cannot be repaired). Every change returns [`Error::ReadOnly`]. The file is never
+    /// created. Files with [`LockKind::Robust`] locks cannot be opened read-only: their locks
+    /// live in the file.
+    pub fn read_only(mut self, yes: bool) -> Self {
+        self.read_only = yes;
+        self
+    }
+
     /// Count reads and hits per page in the file (default on).
     pub fn enable_stats(mut self, yes: bool) -> Self {
         self.enable_stats = yes;
         self
     }
 
-    /// Opens the cache, creating the file if it does not exist.
+    /// Opens the cache, creating the file if it does not exist (unless read-only).
     ///
     /// # Errors
     /// [`Error::InvalidOptions`] for unusable options; [`Error::MissingDirectory`],
     /// [`Error::PermissionDenied`] or [`Error::Io`] when the file cannot be opened or created;
-    /// [`Error::WrongLayout`], [`Error::BadHeader`], [`Error::WrongSize`],
-    /// [`Error::GeometryMismatch`] or [`Error::LockKindMismatch`] when an existing file is not
-    /// what was asked for. The file is left untouched in every case.
+    /// [`Error::NoSpace`] when its filesystem has no room for a new file;
+    /// [`Error::ForeignOwner`] or [`Error::Symlink`] for a file that is not to be trusted;
+    /// [`Error::NotACache`], [`Error::WrongLayout`], [`Error::BadHeader`],
+    /// [`Error::WrongSize`], [`Error::GeometryMismatch`] or [`Error::LockKindMismatch`] when an
+    /// existing file is not what was asked for. The file is left untouched in every case, and
+    /// no temporary file is left behind.
     pub fn open(self) -> Result<Cache> {
-        let (path, private) = match &self.path {
-            Some(p) => (p.clone(), false),
-            None => (default_path(), true),
-        };
+        let path = self.path.clone().unwrap_or_else(default_path);
         let invalid = |reason: String| Error::InvalidOptions {
             path: path.clone(),
             reason,
@@ -195,6 +233,11 @@ impl CacheBuilder {
                 ));
             }
         }
+        if self.read_only && (self.reset || self.verify) {
+            return Err(invalid(
+                "reset and verify change the file, which read_only forbids".into(),
+            ));
+        }
         let requested = self.requested().map_err(invalid)?;
         requested.or_defaults().validate().map_err(invalid)?;
         let default_expiry = match self.expire_after {
@@ -210,7 +253,10 @@ impl CacheBuilder {
             lock_kind: self.lock_kind,
             requested,
             permissions: self.permissions,
-            private,
+            follow_symlinks: self.follow_symlinks,
+            allowed_owners: self.allowed_owners.clone(),
+            read_only: self.read_only,
+            trust_contents: self.reset || self.verify,
         };
         let file = store::open_shared(&req)?;
         let cache = Cache {
@@ -221,6 +267,7 @@ impl CacheBuilder {
                 default_expiry,
                 clock: self.clock,
                 stats: self.enable_stats,
+                read_only: self.read_only,
                 lock_timeout: self.lock_timeout,
                 _unlink: self.unlink_on_drop.then(|| UnlinkOnDrop::new(path)),
             }),
@@ -276,10 +323,11 @@ impl Cache {
         let slot_hash = move |key: &[u8]| hash.locate(key, g.num_pages).1;
         let mut problems = Vec::new();
         for page in 0..g.num_pages {
-            let mut guard = self.inner.file.lock_as_is(page, self.inner.lock_timeout)?;
-            let problem = match guard.problem() {
-                Some(p) => Some(p),
-                None => check_page(guard.bytes(), g.start_slots, Some(&slot_hash)).err(),
+            // A shared lock: validating reads the page and changes nothing.
+            let guard = self.inner.file.lock_shared(page, self.inner.lock_timeout)?;
+            let problem = match guard.as_is() {
+                (_, Some(p)) => Some(p),
+                (bytes, None) => check_page(bytes, g.start_slots, Some(&slot_hash)).err(),
             };
             if let Some(reason) = problem {
                 problems.push(PageProblem {

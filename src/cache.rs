@@ -11,9 +11,9 @@ use crate::layout::KeyHash;
 use crate::page::format::{
     FLAG_TOMBSTONE, FLAG_UNDEF, FLAG_UTF8_KEY, FLAG_UTF8_VALUE, max_entry_size,
 };
-use crate::page::{Corrupt, EntryRef, Evict, Store, StoreOutcome};
+use crate::page::{Corrupt, EntryRef, Evict, PageHeader, Store, StoreOutcome};
 use crate::stats::{PageStats, Stats};
-use crate::store::{Geometry, PageGuard, SharedFile};
+use crate::store::{Geometry, PageGuard, ReadGuard, SharedFile};
 use crate::{Error, Layout, Result};
 
 /// A cache in one memory-mapped file, shared by every thread and process that opens it.
@@ -31,6 +31,8 @@ pub(crate) struct Inner {
     pub(crate) default_expiry: Option<u32>,
     pub(crate) clock: Clock,
     pub(crate) stats: bool,
+    /// Opened with `read_only`: every change is refused, reads change nothing.
+    pub(crate) read_only: bool,
     pub(crate) lock_timeout: Option<Duration>,
     /// Held only for its `Drop`.
     pub(crate) _unlink: Option<UnlinkOnDrop>,
@@ -215,7 +217,13 @@ impl Cache {
         self.inner.clock.now_secs()
     }
 
+    /// Locks `page` for a change (or a read that refreshes access times and counts).
     pub(crate) fn lock_page(&self, page: u32) -> Result<PageGuard<'_>> {
+        if self.inner.read_only {
+            return Err(Error::ReadOnly {
+                path: self.path().to_path_buf(),
+            });
+        }
         self.inner.file.lock(page, self.inner.lock_timeout)
     }
 
@@ -244,15 +252,18 @@ impl Cache {
     fn read<R>(&self, key: &[u8], f: impl FnOnce(&EntryRef<'_>) -> R) -> Result<Option<R>> {
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
-        let mut guard = self.lock_page(page)?;
-        Ok(read_locked(
-            &mut guard,
-            slot_hash,
-            key,
-            now,
-            self.inner.stats,
-            f,
-        ))
+        let mut reader = self.read_page(page)?;
+        Ok(reader.get(slot_hash, key, now, self.inner.stats, f))
+    }
+
+    /// Locks `page` for reading: the ordinary lock, or a shared one for a read-only handle.
+    fn read_page(&self, page: u32) -> Result<Reader<'_>> {
+        if self.inner.read_only {
+            let guard = self.inner.file.lock_shared(page, self.inner.lock_timeout)?;
+            Ok(Reader::Shared(guard))
+        } else {
+            Ok(Reader::Write(self.lock_page(page)?))
+        }
     }
 
     /// Stores under a held lock. A page found damaged is reset and the store retried once on
@@ -378,12 +389,8 @@ impl Cache {
     pub fn contains_key(&self, key: &[u8]) -> Result<bool> {
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
-        let mut guard = self.lock_page(page)?;
-        let found = guard.page().peek(slot_hash, key, now).map(|e| e.is_some());
-        Ok(found.unwrap_or_else(|_| {
-            guard.reset();
-            false
-        }))
+        let mut reader = self.read_page(page)?;
+        Ok(reader.peek(slot_hash, key, now, |_| ()).is_some())
     }
 
     /// Removes `key`. Returns whether it held a live value.
@@ -486,10 +493,17 @@ impl Cache {
     /// If another writer stored the key meanwhile, its value wins and is returned.
     ///
     /// # Errors
-    /// [`Error::TooLarge`] if the computed value cannot fit; lock errors.
+    /// [`Error::TooLarge`] if the computed value cannot fit; [`Error::ReadOnly`] on a miss
+    /// through a read-only handle; lock errors.
     pub fn get_or_insert_with(&self, key: &[u8], f: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>> {
         if let Some(v) = self.get(key)? {
             return Ok(v);
+        }
+        if self.inner.read_only {
+            // Refused before `f` does work whose result could not be stored.
+            return Err(Error::ReadOnly {
+                path: self.path().to_path_buf(),
+            });
         }
         let value = f();
         let now = self.now();
@@ -513,16 +527,11 @@ impl Cache {
         let mut out = vec![None; keys.len()];
         let now = self.now();
         for (page, group) in self.group_by_page(keys.iter().map(AsRef::as_ref)) {
-            let mut guard = self.lock_page(page)?;
+            let mut reader = self.read_page(page)?;
             for (i, slot_hash) in group {
-                out[i] = read_locked(
-                    &mut guard,
-                    slot_hash,
-                    keys[i].as_ref(),
-                    now,
-                    self.inner.stats,
-                    |e| e.value.to_vec(),
-                );
+                out[i] = reader.get(slot_hash, keys[i].as_ref(), now, self.inner.stats, |e| {
+                    e.value.to_vec()
+                });
             }
         }
         Ok(out)
@@ -592,13 +601,13 @@ impl Cache {
     ) -> Result<Vec<Option<Vec<u8>>>> {
         let (page, _) = self.locate(page_key);
         let now = self.now();
-        let mut guard = self.lock_page(page)?;
+        let mut reader = self.read_page(page)?;
         Ok(keys
             .iter()
             .map(|k| {
                 let full = joined_key(page_key, k.as_ref());
                 let (_, slot_hash) = self.locate(&full);
-                read_locked(&mut guard, slot_hash, &full, now, self.inner.stats, |e| {
+                reader.get(slot_hash, &full, now, self.inner.stats, |e| {
                     e.value.to_vec()
                 })
             })
@@ -703,8 +712,7 @@ impl Cache {
     pub fn stats(&self) -> Result<Stats> {
         let mut stats = Stats::default();
         for page in 0..self.num_pages() {
-            let mut guard = self.lock_page(page)?;
-            let h = guard.page().header();
+            let h = self.read_page(page)?.header();
             stats.add(PageStats {
                 entries: h.num_slots.saturating_sub(h.free_slots),
                 slots: h.num_slots,
@@ -762,12 +770,12 @@ impl Cache {
     /// The live entries of one page, copied out under its lock.
     fn page_entries(&self, page: u32) -> Result<Vec<(Vec<u8>, Entry)>> {
         let now = self.now();
-        let mut guard = self.lock_page(page)?;
+        let mut reader = self.read_page(page)?;
         let mut out = Vec::new();
         // A key whose bytes were damaged no longer hashes to the slot hash stored with it
         // (lookups never match it); here it would come out as a key that was never stored.
         let mut damaged = false;
-        let walked = guard.page().view().for_each_entry(|e| {
+        let walked = reader.for_each_entry(|e| {
             if !self.belongs(e.key, page, e.slot_hash) {
                 damaged = true;
             } else if !crate::page::format::is_expired(e.expire_on, now)
@@ -777,7 +785,7 @@ impl Cache {
             }
         });
         if walked.is_err() || damaged {
-            guard.reset();
+            reader.reset();
             out.clear();
         }
         Ok(out)
@@ -824,6 +832,84 @@ fn joined_key(page_key: &[u8], key: &[u8]) -> Vec<u8> {
     full.push(b'-');
     full.extend_from_slice(key);
     full
+}
+
+/// A page locked for reading. Through the ordinary lock, reads refresh access times and count
+/// (when statistics are on), and a damaged page is reset. Through a read-only handle's shared
+/// lock, reads change nothing, and a damaged page reads as empty (it cannot be repaired).
+enum Reader<'a> {
+    Write(PageGuard<'a>),
+    Shared(ReadGuard<'a>),
+}
+
+impl Reader<'_> {
+    /// `key`'s live entry handed to `f`, as a read.
+    fn get<R>(
+        &mut self,
+        slot_hash: u32,
+        key: &[u8],
+        now: u32,
+        stats: bool,
+        f: impl FnOnce(&EntryRef<'_>) -> R,
+    ) -> Option<R> {
+        match self {
+            Reader::Write(guard) => read_locked(guard, slot_hash, key, now, stats, f),
+            Reader::Shared(_) => self.peek(slot_hash, key, now, f),
+        }
+    }
+
+    /// `key`'s live entry handed to `f`, without counting a read or refreshing the entry.
+    fn peek<R>(
+        &mut self,
+        slot_hash: u32,
+        key: &[u8],
+        now: u32,
+        f: impl FnOnce(&EntryRef<'_>) -> R,
+    ) -> Option<R> {
+        let found = match self {
+            Reader::Write(guard) => guard
+                .page()
+                .peek(slot_hash, key, now)
+                .map(|e| e.map(|e| f(&e))),
+            Reader::Shared(guard) => match guard.page() {
+                Some(page) => page.peek(slot_hash, key, now).map(|e| e.map(|e| f(&e))),
+                None => Ok(None),
+            },
+        };
+        found.unwrap_or_else(|_| {
+            self.reset();
+            None
+        })
+    }
+
+    /// The page header as it is (for statistics, which read it with saturating arithmetic).
+    fn header(&mut self) -> PageHeader {
+        match self {
+            Reader::Write(guard) => guard.page().header(),
+            Reader::Shared(guard) => PageHeader::read(guard.as_is().0),
+        }
+    }
+
+    /// Calls `f` for every entry (see [`PageView::for_each_entry`](crate::page::PageView)).
+    fn for_each_entry<'p>(
+        &'p mut self,
+        f: impl FnMut(EntryRef<'p>),
+    ) -> std::result::Result<(), Corrupt> {
+        match self {
+            Reader::Write(guard) => crate::page::PageView::new(guard.bytes()).for_each_entry(f),
+            Reader::Shared(guard) => match guard.page() {
+                Some(page) => page.for_each_entry(f),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Resets a page found damaged, where it can be (not through a shared lock).
+    fn reset(&mut self) {
+        if let Reader::Write(guard) = self {
+            guard.reset();
+        }
+    }
 }
 
 /// A read under a held lock; a damaged page is reset and reads as a miss.

@@ -160,6 +160,73 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    /// The filesystem has no room for a new cache file. Nothing is left behind.
+    #[error("{path}: no room on the filesystem for a new cache file of {needed} bytes: {source}")]
+    NoSpace {
+        /// The cache file.
+        path: PathBuf,
+        /// The file's size.
+        needed: u64,
+        /// The operating system's error (out of space, or over a quota).
+        #[source]
+        source: io::Error,
+    },
+
+    /// The file belongs to another user, who could read or change everything in it. See
+    /// [`CacheBuilder::allow_owner`](crate::CacheBuilder::allow_owner).
+    #[error(
+        "{path}: owned by uid {owner}, not by this user (uid {user}) or root: refused, since its          owner controls everything read from it (CacheBuilder::allow_owner trusts an owner)"
+    )]
+    ForeignOwner {
+        /// The cache file.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// This process's effective user id.
+        user: u32,
+    },
+
+    /// The path is a symbolic link, which is not followed unless
+    /// [`CacheBuilder::follow_symlinks`](crate::CacheBuilder::follow_symlinks) allows it, or a
+    /// link whose target does not exist.
+    #[error(
+        "{path}: {}",
+        if *.dangling {
+            "a dangling symbolic link: its target does not exist (create the cache at the \
+             target's path, or remove the link)"
+        } else {
+            "a symbolic link, which is not followed (CacheBuilder::follow_symlinks allows it)"
+        }
+    )]
+    Symlink {
+        /// The cache file's path.
+        path: PathBuf,
+        /// Whether the link's target is missing.
+        dangling: bool,
+    },
+
+    /// The file is not a cache file: it is left untouched. For a Cache::FastMmap-layout file
+    /// (which has no header), page 0 is neither a valid page nor empty;
+    /// [`CacheBuilder::reset`](crate::CacheBuilder::reset) or
+    /// [`CacheBuilder::verify`](crate::CacheBuilder::verify) declare the file a cache and
+    /// overwrite what they cannot read.
+    #[error("{path}: not a cache file ({reason}); it was left untouched")]
+    NotACache {
+        /// The file.
+        path: PathBuf,
+        /// The page that gave it away, if one did.
+        page: Option<u32>,
+        /// What was found.
+        reason: String,
+    },
+
+    /// A change was asked of a cache opened read-only.
+    #[error("{path}: the cache was opened read-only")]
+    ReadOnly {
+        /// The cache file.
+        path: PathBuf,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

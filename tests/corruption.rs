@@ -1161,13 +1161,27 @@ fn files_of_the_other_layout_or_of_random_bytes() {
         "random bytes opened as native",
     );
 
-    // Random bytes of the FastMmap size: a FastMmap file has no header, so this opens; every
-    // page fails validation, is reset when first locked, and counted.
+    // Random bytes of the FastMmap size: a FastMmap file has no header, but a page 0 that is
+    // neither a page nor empty shows it is not a cache, and it is refused untouched...
     std::fs::write(&random_path, rng.bytes(fastmmap_len as usize)).expect("write");
+    let before = std::fs::read(&random_path).expect("read");
+    for b in [
+        builder(&random_path, Layout::FastMmap),
+        builder(&random_path, Layout::FastMmap).read_only(true),
+    ] {
+        match b.open() {
+            Err(Error::NotACache { page: Some(0), .. }) => {}
+            other => panic!("random FastMmap-sized file: expected NotACache, got {other:?}"),
+        }
+        assert!(std::fs::read(&random_path).expect("read") == before);
+    }
+    // ...unless the caller declares it a cache: then every page fails validation, is reset
+    // and counted.
     {
         let cache = builder(&random_path, Layout::FastMmap)
+            .verify(true)
             .open()
-            .expect("open random FastMmap file");
+            .expect("open random FastMmap file with verify");
         assert_usable_after_total_loss(&cache, "random FastMmap file");
     }
 

@@ -10,6 +10,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,9 +33,15 @@ pub(crate) struct OpenRequest {
     pub lock_kind: Option<LockKind>,
     pub requested: Requested,
     pub permissions: u32,
-    /// The default per-user path in a shared temp directory: refuse links and files owned
-    /// by someone else.
-    pub private: bool,
+    /// Follow a symbolic link at the last component of the path.
+    pub follow_symlinks: bool,
+    /// Owners trusted besides this user and root.
+    pub allowed_owners: Vec<u32>,
+    /// Open for reading only: never create, write or take write locks.
+    pub read_only: bool,
+    /// The caller declares the file a cache (`reset`, `verify`): a FastMmap-layout file whose
+    /// page 0 is unreadable is opened anyway, to be overwritten.
+    pub trust_contents: bool,
 }
 
 /// An open, mapped, validated file.
@@ -46,6 +53,8 @@ pub(crate) struct Opened {
     /// Offset of page 0 (0 in the FastMmap layout).
     pub header_size: usize,
     pub id: (u64, u64),
+    /// The file's owner.
+    pub owner: u32,
 }
 
 impl OpenRequest {
@@ -91,18 +100,28 @@ impl OpenRequest {
     }
 }
 
-/// Opens the file named by `req`, creating it if it does not exist.
+/// Opens the file named by `req`, creating it if it does not exist (unless read-only).
 pub(crate) fn open(req: &OpenRequest) -> Result<Opened> {
     // Each pass either opens an existing file or publishes a new one; losing a creation race
     // sends us round again to open the winner's file.
     for _ in 0..100 {
         let mut opts = OpenOptions::new();
-        opts.read(true).write(true);
-        if req.private {
+        opts.read(true).write(!req.read_only);
+        if !req.follow_symlinks {
             opts.custom_flags(libc::O_NOFOLLOW);
         }
         match opts.open(&req.path) {
             Ok(file) => return open_existing(req, file),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) && is_symlink(&req.path) => {
+                return Err(symlink_error(req));
+            }
+            // A dangling link names no file, but creating one would not publish at the path.
+            Err(e) if e.kind() == ErrorKind::NotFound && is_symlink(&req.path) => {
+                return Err(symlink_error(req));
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound && req.read_only => {
+                return Err(req.io("open read-only", e));
+            }
             // Whether we publish the file or another opener does, the next pass opens it by
             // its name (so the descriptor names the published file, not a removed temporary).
             Err(e) if e.kind() == ErrorKind::NotFound => create(req)?,
@@ -116,9 +135,15 @@ pub(crate) fn open(req: &OpenRequest) -> Result<Opened> {
     })
 }
 
-fn id_of(req: &OpenRequest, file: &File) -> Result<((u64, u64), u64, u32)> {
-    let md = file.metadata().map_err(|e| req.io("stat", e))?;
-    Ok(((md.dev(), md.ino()), md.len(), md.uid()))
+fn is_symlink(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|md| md.file_type().is_symlink())
+}
+
+fn symlink_error(req: &OpenRequest) -> Error {
+    Error::Symlink {
+        path: req.path.clone(),
+        dangling: req.follow_symlinks || fs::metadata(&req.path).is_err(),
+    }
 }
 
 fn map(req: &OpenRequest, file: &File, len: u64) -> Result<MmapRaw> {
@@ -126,25 +151,39 @@ fn map(req: &OpenRequest, file: &File, len: u64) -> Result<MmapRaw> {
         path: req.path.clone(),
         reason: "the file is larger than this machine can map".into(),
     })?;
-    memmap2::MmapOptions::new()
-        .len(len)
-        .map_raw(file)
-        .map_err(|e| req.io("mmap", e))
+    let mut opts = memmap2::MmapOptions::new();
+    opts.len(len);
+    if req.read_only {
+        opts.map_raw_read_only(file)
+    } else {
+        opts.map_raw(file)
+    }
+    .map_err(|e| req.io("mmap", e))
 }
 
 fn open_existing(req: &OpenRequest, file: File) -> Result<Opened> {
-    let (id, len, uid) = id_of(req, &file)?;
-    if req.private && uid != current_uid() {
-        return Err(Error::PermissionDenied {
+    let md = file.metadata().map_err(|e| req.io("stat", e))?;
+    if !md.file_type().is_file() {
+        return Err(Error::NotACache {
             path: req.path.clone(),
-            op: "open",
-            source: io::Error::other("the default cache file is owned by another user"),
+            page: None,
+            reason: "not a regular file".into(),
         });
     }
+    check_owner(req, md.uid())?;
+    let len = md.len();
     let (geometry, header_size, lock_kind) = match req.layout {
         Layout::Native => check_native(req, &file, len)?,
         Layout::FastMmap => (check_fastmmap(req, &file, len)?, 0, LockKind::Fcntl),
     };
+    if req.read_only && lock_kind == LockKind::Robust {
+        return Err(Error::InvalidOptions {
+            path: req.path.clone(),
+            reason: "a file with robust page locks cannot be opened read-only: its locks live in \
+                     the file, and taking one writes to it"
+                .into(),
+        });
+    }
     let map = map(req, &file, len)?;
     Ok(Opened {
         file,
@@ -152,7 +191,21 @@ fn open_existing(req: &OpenRequest, file: File) -> Result<Opened> {
         geometry,
         lock_kind,
         header_size,
-        id,
+        id: (md.dev(), md.ino()),
+        owner: md.uid(),
+    })
+}
+
+/// Fails unless the file's owner is this user, root, or an owner the caller trusts.
+pub(crate) fn check_owner(req: &OpenRequest, owner: u32) -> Result<()> {
+    let user = effective_uid();
+    if owner == user || owner == 0 || req.allowed_owners.contains(&owner) {
+        return Ok(());
+    }
+    Err(Error::ForeignOwner {
+        path: req.path.clone(),
+        owner,
+        user,
     })
 }
 
@@ -254,7 +307,32 @@ fn check_fastmmap(req: &OpenRequest, file: &File, len: u64) -> Result<Geometry> 
         }
     }
     req.check_size(&geometry, len)?;
+    if !req.trust_contents {
+        check_first_page(req, file, &geometry)?;
+    }
     Ok(geometry)
+}
+
+/// A Cache::FastMmap file has no header to recognise it by: refuse one whose page 0 is neither
+/// a cache page nor all zeros (a fresh page), rather than reset pages of a file that may be
+/// anything at all.
+fn check_first_page(req: &OpenRequest, file: &File, g: &Geometry) -> Result<()> {
+    let mut page = vec![0u8; g.page_size as usize];
+    file.read_exact_at(&mut page, 0)
+        .map_err(|e| req.io("read", e))?;
+    if page.iter().all(|&b| b == 0) {
+        return Ok(());
+    }
+    PageHeader::read(&page)
+        .check(page.len(), g.start_slots)
+        .map_err(|c| Error::NotACache {
+            path: req.path.clone(),
+            page: Some(0),
+            reason: format!(
+                "page 0 is neither a Cache::FastMmap page nor empty: {c}; open with \
+                 CacheBuilder::reset or verify, or run `fastmmap check --repair`, to overwrite it"
+            ),
+        })
 }
 
 /// Builds a complete new file under a temporary name and publishes it, unless another opener
@@ -283,7 +361,7 @@ fn create(req: &OpenRequest) -> Result<()> {
     let _remove_tmp = RemoveOnDrop(&tmp);
     file.set_permissions(fs::Permissions::from_mode(req.permissions))
         .map_err(|e| req.io("chmod", e))?;
-    file.set_len(size).map_err(|e| req.io("resize", e))?;
+    reserve(req, &file, size)?;
     let map = map(req, &file, size)?;
     let header_size = match req.layout {
         Layout::Native => header::header_size(geometry.num_pages),
@@ -320,6 +398,31 @@ fn create(req: &OpenRequest) -> Result<()> {
     }
 }
 
+/// Gives the new file its size with every block allocated, so that a full filesystem is an
+/// error now rather than a SIGBUS at the first write to a page.
+fn reserve(req: &OpenRequest, file: &File, size: u64) -> Result<()> {
+    let len = libc::off_t::try_from(size).map_err(|_| Error::InvalidOptions {
+        path: req.path.clone(),
+        reason: format!("{size} bytes is too large a file"),
+    })?;
+    loop {
+        // SAFETY: the descriptor is open for writing and owned by `file` for the whole call.
+        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+        match rc {
+            0 => return Ok(()),
+            libc::EINTR => continue,
+            libc::ENOSPC | libc::EDQUOT | libc::EFBIG => {
+                return Err(Error::NoSpace {
+                    path: req.path.clone(),
+                    needed: size,
+                    source: io::Error::from_raw_os_error(rc),
+                });
+            }
+            _ => return Err(req.io("allocate", io::Error::from_raw_os_error(rc))),
+        }
+    }
+}
+
 /// Removes a temporary file when dropped (publishing links it first, so this never removes
 /// the published name).
 struct RemoveOnDrop<'a>(&'a Path);
@@ -344,6 +447,12 @@ fn temp_name(path: &Path, dir: &Path) -> PathBuf {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ))
+}
+
+/// The effective user id of this process: the owner of the files it creates.
+pub(crate) fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// The real user id of this process.

@@ -47,7 +47,8 @@ impl PageLocks {
         }
     }
 
-    /// Takes page `page`'s lock, whose byte range is `range` of the file `fd`.
+    /// Takes page `page`'s lock, whose byte range is `range` of the file `fd`: with `shared`,
+    /// a read record lock (fcntl kind; a robust lock has one mode).
     #[inline]
     pub(crate) fn acquire(
         &self,
@@ -55,12 +56,14 @@ impl PageLocks {
         page: u32,
         range: (u64, u64),
         deadline: Option<Instant>,
+        shared: bool,
     ) -> Result<Held, LockFailure> {
         match self {
             PageLocks::Fcntl { mutexes } => {
                 let mutex = &mutexes[page as usize];
                 let generation = mutex.lock(deadline).map_err(|_| LockFailure::TimedOut)?;
-                if let Err(e) = fcntl_lock(fd, range, deadline) {
+                let kind = if shared { libc::F_RDLCK } else { libc::F_WRLCK };
+                if let Err(e) = fcntl_lock(fd, kind as libc::c_short, range, deadline) {
                     mutex.unlock(generation);
                     return Err(e);
                 }
@@ -133,14 +136,18 @@ pub(super) fn fcntl_wait(fd: RawFd, kind: libc::c_short, range: (u64, u64)) -> i
     }
 }
 
-fn fcntl_lock(fd: RawFd, range: (u64, u64), deadline: Option<Instant>) -> Result<(), LockFailure> {
-    let wrlck = libc::F_WRLCK as libc::c_short;
+fn fcntl_lock(
+    fd: RawFd,
+    kind: libc::c_short,
+    range: (u64, u64),
+    deadline: Option<Instant>,
+) -> Result<(), LockFailure> {
     let Some(deadline) = deadline else {
-        return fcntl_wait(fd, wrlck, range).map_err(LockFailure::Os);
+        return fcntl_wait(fd, kind, range).map_err(LockFailure::Os);
     };
     let mut step = Duration::from_micros(20);
     loop {
-        match fcntl(fd, libc::F_SETLK, wrlck, range) {
+        match fcntl(fd, libc::F_SETLK, kind, range) {
             Ok(()) => return Ok(()),
             Err(e)
                 if matches!(

@@ -40,7 +40,7 @@ pub(crate) use registry::open_shared;
 pub(crate) const ROBUST_LOCKS_AVAILABLE: bool = robust::AVAILABLE;
 
 use crate::page::format::{MAX_PAGE_SIZE, MIN_PAGE_SIZE, MIN_SLOTS};
-use crate::page::{PageHeader, PageMut};
+use crate::page::{PageHeader, PageMut, PageView};
 use crate::{Error, Layout, LockKind, Result};
 
 /// Default geometry (Cache::FastMmap's).
@@ -162,6 +162,11 @@ pub(crate) struct SharedFile {
     layout: Layout,
     lock_kind: LockKind,
     header_size: usize,
+    /// The file's owner, checked again by every later open in this process.
+    owner: u32,
+    /// Opened and mapped for reading only: pages are locked with shared (read) locks and
+    /// never written.
+    read_only: bool,
     locks: PageLocks,
     /// Resets per page, for the FastMmap layout (which has no header to count them in).
     local_resets: Box<[AtomicU64]>,
@@ -192,16 +197,16 @@ impl SharedFile {
         (self.header_size as u64 + u64::from(page) * size, size)
     }
 
-    /// The busy marker and reset counter of `page` (native layout only).
+    /// The busy marker and reset counter of `page` (native layout, opened read-write).
     fn row(&self, page: u32) -> Option<(&AtomicU32, &AtomicU32)> {
-        if self.layout != Layout::Native || page >= self.geometry.num_pages {
+        if self.layout != Layout::Native || self.read_only || page >= self.geometry.num_pages {
             return None;
         }
         let row = header::row_offset(page);
         // SAFETY: the row lies inside the header, which is inside the mapping (checked on open:
-        // header_size covers every row); the offsets are multiples of 4 from a page-aligned
-        // base, so the words are aligned; they are only ever accessed atomically, and the
-        // mapping lives as long as `self`.
+        // header_size covers every row), and the mapping is writable (not read-only); the
+        // offsets are multiples of 4 from a page-aligned base, so the words are aligned; they
+        // are only ever accessed atomically, and the mapping lives as long as `self`.
         unsafe {
             let base = self.map.as_mut_ptr().add(row);
             Some((
@@ -211,10 +216,35 @@ impl SharedFile {
         }
     }
 
+    /// One word of `page`'s row read without writing (native layout): read-only mappings
+    /// cannot be handed out as atomics, which promise writability.
+    fn row_word(&self, page: u32, offset: usize) -> Option<u32> {
+        if self.layout != Layout::Native || page >= self.geometry.num_pages {
+            return None;
+        }
+        if let Some((busy, resets)) = self.row(page) {
+            let word = if offset == header::ROW_BUSY_OFFSET {
+                busy
+            } else {
+                resets
+            };
+            return Some(word.load(Ordering::Acquire));
+        }
+        // SAFETY: as in `row`, the aligned word lies inside the mapping, which is readable; a
+        // volatile read, since other processes write it.
+        Some(unsafe {
+            self.map
+                .as_ptr()
+                .add(header::row_offset(page) + offset)
+                .cast::<u32>()
+                .read_volatile()
+        })
+    }
+
     /// How many times `page` has been reset for failing validation.
     pub(crate) fn resets(&self, page: u32) -> u64 {
-        match self.row(page) {
-            Some((_, resets)) => u64::from(resets.load(Ordering::Relaxed)),
+        match self.row_word(page, header::ROW_RESETS_OFFSET) {
+            Some(resets) => u64::from(resets),
             None => self
                 .local_resets
                 .get(page as usize)
@@ -234,9 +264,9 @@ impl SharedFile {
         }
     }
 
-    /// Locks `page`, waiting at most `timeout`. The page returned passes the header check: one
-    /// left half-changed by a dead process (busy marker set) or failing the check is reset
-    /// first, and the reset counted.
+    /// Locks `page` for a change, waiting at most `timeout`. The page returned passes the
+    /// header check: one left half-changed by a dead process (busy marker set) or failing the
+    /// check is reset first, and the reset counted.
     #[inline]
     pub(crate) fn lock(&self, page: u32, timeout: Option<Duration>) -> Result<PageGuard<'_>> {
         let mut guard = self.lock_as_is(page, timeout)?;
@@ -246,9 +276,32 @@ impl SharedFile {
         Ok(guard)
     }
 
-    /// Locks `page` and leaves it as it is, however damaged (for read-only checks).
+    /// Locks `page` for a change and leaves it as it is, however damaged (for checks and
+    /// repairs).
     #[inline]
     pub(crate) fn lock_as_is(&self, page: u32, timeout: Option<Duration>) -> Result<PageGuard<'_>> {
+        if self.read_only {
+            return Err(Error::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        Ok(PageGuard(self.acquire(page, timeout, false)?))
+    }
+
+    /// Locks `page` for reading, as it is: a read (shared) record lock in a file opened
+    /// read-only, so that other readers go on at the same time; otherwise the page's ordinary
+    /// lock.
+    #[inline]
+    pub(crate) fn lock_shared(
+        &self,
+        page: u32,
+        timeout: Option<Duration>,
+    ) -> Result<ReadGuard<'_>> {
+        Ok(ReadGuard(self.acquire(page, timeout, self.read_only)?))
+    }
+
+    #[inline]
+    fn acquire(&self, page: u32, timeout: Option<Duration>, shared: bool) -> Result<Locked<'_>> {
         let id = self as *const SharedFile as usize;
         let reentry = Reentry::enter(id).ok_or_else(|| Error::Reentrant {
             path: self.path.clone(),
@@ -258,7 +311,7 @@ impl SharedFile {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let held = self
             .locks
-            .acquire(self.file.as_raw_fd(), page, range, deadline)
+            .acquire(self.file.as_raw_fd(), page, range, deadline, shared)
             .map_err(|f| match f {
                 LockFailure::TimedOut => Error::LockTimeout {
                     path: self.path.clone(),
@@ -271,7 +324,7 @@ impl SharedFile {
                     source,
                 },
             })?;
-        Ok(PageGuard {
+        Ok(Locked {
             file: self,
             page,
             range,
@@ -281,8 +334,8 @@ impl SharedFile {
     }
 }
 
-/// A held page lock; the page's bytes are reachable only through it.
-pub(crate) struct PageGuard<'a> {
+/// A held page lock, of either mode; released when dropped.
+struct Locked<'a> {
     file: &'a SharedFile,
     page: u32,
     range: (u64, u64),
@@ -290,22 +343,89 @@ pub(crate) struct PageGuard<'a> {
     _reentry: Reentry,
 }
 
+impl Locked<'_> {
+    /// The page's bytes, for reading.
+    #[inline]
+    fn view(&self) -> &[u8] {
+        let (offset, len) = self.range;
+        // SAFETY: `offset + len` lies inside the mapping (page < num_pages and the file size
+        // was checked against the geometry on open); this lock excludes every cooperating
+        // writer of the page, and the borrow of `self` keeps the slice from outliving it.
+        unsafe {
+            std::slice::from_raw_parts(self.file.map.as_ptr().add(offset as usize), len as usize)
+        }
+    }
+
+    /// Why the page must be reset before use, if it must: its busy marker is set (a process
+    /// died changing it) or its header fails the check.
+    #[inline]
+    fn problem(&self) -> Option<crate::page::Corrupt> {
+        let busy = self
+            .file
+            .row_word(self.page, header::ROW_BUSY_OFFSET)
+            .is_some_and(|busy| busy != 0);
+        if busy {
+            return Some(crate::page::Corrupt(
+                "busy marker set: a process died changing the page",
+            ));
+        }
+        let g = self.file.geometry;
+        PageHeader::read(self.view())
+            .check(g.page_size as usize, g.start_slots)
+            .err()
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take() {
+            self.file
+                .locks
+                .release(self.file.file.as_raw_fd(), self.page, self.range, held);
+        }
+    }
+}
+
+/// A page locked for reading: its bytes can be read, never written (in a file opened
+/// read-only they are mapped read-only).
+pub(crate) struct ReadGuard<'a>(Locked<'a>);
+
+impl ReadGuard<'_> {
+    /// The page, if it passes the header check (a damaged page cannot be repaired here).
+    #[inline]
+    pub(crate) fn page(&self) -> Option<PageView<'_>> {
+        match self.0.problem() {
+            None => Some(PageView::new(self.0.view())),
+            Some(_) => None,
+        }
+    }
+
+    /// The page's bytes, however damaged, and why it is damaged if it is.
+    pub(crate) fn as_is(&self) -> (&[u8], Option<crate::page::Corrupt>) {
+        (self.0.view(), self.0.problem())
+    }
+}
+
+/// A page locked for a change; the page's bytes are reachable only through it.
+pub(crate) struct PageGuard<'a>(Locked<'a>);
+
 impl PageGuard<'_> {
     pub(crate) fn page_index(&self) -> u32 {
-        self.page
+        self.0.page
     }
 
     /// The page's bytes.
     #[inline]
     pub(crate) fn bytes(&mut self) -> &mut [u8] {
-        let (offset, len) = self.range;
+        let (offset, len) = self.0.range;
         // SAFETY: `offset + len` lies inside the mapping (page < num_pages and the file size
-        // was checked against the geometry on open); this guard holds the page's lock, so no
-        // other thread or cooperating process touches these bytes, and the borrow of `self`
-        // keeps the slice from outliving the lock or aliasing another `bytes()` borrow.
+        // was checked against the geometry on open), which is writable (a `PageGuard` is only
+        // made for a file opened read-write); this guard holds the page's lock, so no other
+        // thread or cooperating process touches these bytes, and the borrow of `self` keeps
+        // the slice from outliving the lock or aliasing another `bytes()` borrow.
         unsafe {
             std::slice::from_raw_parts_mut(
-                self.file.map.as_mut_ptr().add(offset as usize),
+                self.0.file.map.as_mut_ptr().add(offset as usize),
                 len as usize,
             )
         }
@@ -315,19 +435,7 @@ impl PageGuard<'_> {
     /// died changing it) or its header fails the check.
     #[inline]
     pub(crate) fn problem(&mut self) -> Option<crate::page::Corrupt> {
-        let busy = self
-            .file
-            .row(self.page)
-            .is_some_and(|(busy, _)| busy.load(Ordering::Acquire) != 0);
-        if busy {
-            return Some(crate::page::Corrupt(
-                "busy marker set: a process died changing the page",
-            ));
-        }
-        let g = self.file.geometry;
-        PageHeader::read(self.bytes())
-            .check(g.page_size as usize, g.start_slots)
-            .err()
+        self.0.problem()
     }
 
     /// The page, for reading or for changes that do not restructure it (access times,
@@ -344,7 +452,7 @@ impl PageGuard<'_> {
         &mut self,
         f: impl FnOnce(&mut PageMut<'_>) -> std::result::Result<T, crate::page::Corrupt>,
     ) -> std::result::Result<T, crate::page::Corrupt> {
-        let row = self.file.row(self.page);
+        let row = self.0.file.row(self.0.page);
         if let Some((busy, _)) = row {
             busy.store(1, Ordering::Relaxed);
             std::sync::atomic::fence(Ordering::Release);
@@ -366,12 +474,13 @@ impl PageGuard<'_> {
 
     /// Resets a page that failed validation, and counts it.
     pub(crate) fn reset(&mut self) {
-        match self.file.row(self.page) {
+        let (file, page) = (self.0.file, self.0.page);
+        match file.row(page) {
             Some((_, resets)) => {
                 resets.fetch_add(1, Ordering::Relaxed);
             }
             None => {
-                if let Some(r) = self.file.local_resets.get(self.page as usize) {
+                if let Some(r) = file.local_resets.get(page as usize) {
                     r.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -381,20 +490,10 @@ impl PageGuard<'_> {
 
     /// Empties the page (on request, not for damage: nothing is counted).
     pub(crate) fn wipe(&mut self) {
-        let slots = self.file.geometry.start_slots;
+        let slots = self.0.file.geometry.start_slots;
         PageMut::init(self.bytes(), slots);
-        if let Some((busy, _)) = self.file.row(self.page) {
+        if let Some((busy, _)) = self.0.file.row(self.0.page) {
             busy.store(0, Ordering::Release);
-        }
-    }
-}
-
-impl Drop for PageGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(held) = self.held.take() {
-            self.file
-                .locks
-                .release(self.file.file.as_raw_fd(), self.page, self.range, held);
         }
     }
 }

@@ -48,7 +48,12 @@ pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
     super::fork::install();
     let mut reg = registry();
     reg.retain(|(_, weak)| weak.strong_count() > 0);
-    if let Ok(md) = std::fs::metadata(&req.path)
+    let md = if req.follow_symlinks {
+        std::fs::metadata(&req.path)
+    } else {
+        std::fs::symlink_metadata(&req.path)
+    };
+    if let Ok(md) = md
         && let Some(shared) = lookup(&reg, (md.dev(), md.ino()))
     {
         check_compatible(req, &shared)?;
@@ -87,6 +92,8 @@ pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
         layout: req.layout,
         lock_kind: opened.lock_kind,
         header_size: opened.header_size,
+        owner: opened.owner,
+        read_only: req.read_only,
         locks,
         local_resets: (0..num_pages).map(|_| AtomicU64::new(0)).collect(),
         spare_fds: Mutex::new(Vec::new()),
@@ -101,8 +108,15 @@ fn lookup(reg: &[Entry], id: (u64, u64)) -> Option<Arc<SharedFile>> {
         .and_then(|(_, w)| w.upgrade())
 }
 
-/// A second open of a file this process has open must ask for what the file is.
+/// A second open of a file this process has open must ask for what the file is, and trust its
+/// owner.
 fn check_compatible(req: &OpenRequest, shared: &SharedFile) -> Result<()> {
+    file::check_owner(req, shared.owner)?;
+    if shared.read_only && !req.read_only {
+        return Err(Error::ReadOnly {
+            path: req.path.clone(),
+        });
+    }
     if req.layout != shared.layout {
         return Err(Error::WrongLayout {
             path: req.path.clone(),

@@ -1,0 +1,581 @@
+//! Hostile users, files and filesystems: a full filesystem is an error (never SIGBUS), files
+//! planted by another user or behind a symbolic link are refused, a file that is not a cache
+//! is never written, and a file the user may only read can still be inspected.
+//!
+//! Some checks need root (to mount a small tmpfs in a private mount namespace, to give a file
+//! to another user, to run as `nobody`). Without root they skip loudly; CI runs as root and
+//! sets `FASTMMAP_REQUIRE_ROOT=1`, which turns a skip into a failure.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use fastmmap::{Cache, Error, Layout, LockKind, Update};
+
+const NOBODY: u32 = 65534;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether a root-only check can run here; without root, says so (or fails under
+/// `FASTMMAP_REQUIRE_ROOT=1`).
+fn root_or_skip(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("FASTMMAP_REQUIRE_ROOT").is_none(),
+        "{test}: needs root, and FASTMMAP_REQUIRE_ROOT is set"
+    );
+    eprintln!("SKIPPED {test}: needs root (to mount a tmpfs, chown a file or run as nobody)");
+    false
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Runs this test binary's test `test` again in a fresh process with `env` set, optionally in
+/// a private mount namespace and as another user; returns whether it passed.
+fn rerun(test: &str, env: &[(&str, &Path)], private_mounts: bool, uid: Option<u32>) -> bool {
+    // The checkout may sit where another user cannot reach: run a copy from a public place.
+    let public = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(public.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let exe = public.path().join("security-test");
+    fs::copy(std::env::current_exe().expect("exe"), &exe).expect("copy");
+    let mut cmd = Command::new(&exe);
+    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    if private_mounts {
+        // SAFETY: runs in the forked child before exec, which is single-threaded; unshare and
+        // mount are plain system calls with valid, NUL-terminated arguments.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Keep the child's mounts from propagating back to the machine.
+                let root = c"/";
+                let rc = libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                );
+                if rc != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    // Another test thread forking while the copy was open for writing hands its child the
+    // descriptor until that child execs: "text file busy" for a moment.
+    for _ in 0..200 {
+        match cmd.status() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            status => return status.expect("run test binary").success(),
+        }
+    }
+    panic!("{}: still busy", exe.display())
+}
+
+// ---------------------------------------------------------------------------------------------
+// A full filesystem
+
+#[test]
+fn a_full_filesystem_is_an_error_not_sigbus() {
+    if !root_or_skip("a_full_filesystem_is_an_error_not_sigbus") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    assert!(
+        rerun(
+            "full_filesystem_in_a_private_tmpfs",
+            &[("FASTMMAP_TMPFS_DIR", dir.path())],
+            true,
+            None
+        ),
+        "the checks on a small tmpfs failed (details above); a SIGBUS shows as a signal"
+    );
+}
+
+/// Mounts a small tmpfs (in the private mount namespace `a_full_filesystem_is_an_error_not_sigbus`
+/// gives it) and fills it. Runs only when re-executed by that test.
+#[test]
+fn full_filesystem_in_a_private_tmpfs() {
+    let Some(dir) = std::env::var_os("FASTMMAP_TMPFS_DIR") else {
+        return;
+    };
+    let mount = |dir: &Path, size: &str| {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount");
+        assert!(
+            status.success(),
+            "mount a {size} tmpfs on {}",
+            dir.display()
+        );
+    };
+    let dir = PathBuf::from(dir);
+
+    // 256 KiB: not even the default cache's header and first pages fit.
+    let tiny = dir.join("tiny");
+    fs::create_dir(&tiny).expect("mkdir");
+    mount(&tiny, "256k");
+    match Cache::open(tiny.join("c")) {
+        Err(Error::NoSpace { needed, .. }) => assert!(needed > 256 * 1024),
+        other => panic!("256 KiB tmpfs: expected NoSpace, got {other:?}"),
+    }
+    assert!(
+        names_in(&tiny).is_empty(),
+        "left behind: {:?}",
+        names_in(&tiny)
+    );
+
+    // 1 MiB: a 5.8 MB cache used to open (sparse) and die at its first stores.
+    let small = dir.join("small");
+    fs::create_dir(&small).expect("mkdir");
+    mount(&small, "1m");
+    for layout in [Layout::Native, Layout::FastMmap] {
+        match Cache::builder()
+            .path(small.join("big"))
+            .layout(layout)
+            .open()
+        {
+            Err(e @ Error::NoSpace { .. }) => {
+                assert!(e.to_string().contains("no room"), "{e}");
+            }
+            other => panic!("1 MiB tmpfs, {layout:?}: expected NoSpace, got {other:?}"),
+        }
+        assert!(
+            names_in(&small).is_empty(),
+            "left behind: {:?}",
+            names_in(&small)
+        );
+    }
+
+    // A cache that fits keeps working after the filesystem fills up: its blocks are its own.
+    let cache = Cache::builder()
+        .path(small.join("fits"))
+        .num_pages(16)
+        .page_size(16 * 1024)
+        .open()
+        .expect("a cache that fits");
+    let filler = small.join("filler");
+    let chunk = vec![0x5au8; 64 * 1024];
+    let mut f = fs::File::create(&filler).expect("filler");
+    loop {
+        use std::io::Write;
+        if f.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    drop(f);
+    for i in 0..5_000u32 {
+        let key = format!("key-{i}");
+        let value = vec![(i % 251) as u8; 100 + (i as usize % 700)];
+        cache
+            .set(key.as_bytes(), &value)
+            .expect("set on a full filesystem");
+        assert_eq!(cache.get(key.as_bytes()).expect("get"), Some(value));
+    }
+    assert_eq!(cache.stats().expect("stats").resets, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whose file
+
+#[test]
+fn a_file_owned_by_another_user_is_refused_unless_allowed() {
+    if !root_or_skip("a_file_owned_by_another_user_is_refused_unless_allowed") {
+        return;
+    }
+    let dir = temp_dir();
+    let path = dir.path().join("planted");
+    // Another user's cache, as if they had created the name first.
+    drop(Cache::open(&path).expect("create"));
+    std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY)).expect("chown");
+    let before = fs::read(&path).expect("read");
+
+    for attempt in [
+        Cache::builder().path(&path),
+        Cache::builder().path(&path).verify(true),
+        Cache::builder().path(&path).reset(true),
+        Cache::builder().path(&path).read_only(true),
+    ] {
+        match attempt.open() {
+            Err(e @ Error::ForeignOwner { owner: NOBODY, .. }) => {
+                assert!(e.to_string().contains("allow_owner"), "{e}");
+            }
+            other => panic!("expected ForeignOwner, got {other:?}"),
+        }
+    }
+    assert!(
+        fs::read(&path).expect("read") == before,
+        "the file was changed"
+    );
+
+    // Deliberate sharing between users: the owner is named.
+    let shared = Cache::builder()
+        .path(&path)
+        .allow_owner(NOBODY)
+        .open()
+        .expect("allowed owner");
+    shared.set(b"k", b"v").expect("set");
+    // A second open in this process (the registry) is checked too.
+    assert!(matches!(
+        Cache::open(&path),
+        Err(Error::ForeignOwner { .. })
+    ));
+    assert!(
+        Cache::builder()
+            .path(&path)
+            .allow_owner(NOBODY)
+            .open()
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_root_owned_file_is_trusted_and_readable_by_a_user_who_may_only_read() {
+    if !root_or_skip("a_root_owned_file_is_trusted_and_readable_by_a_user_who_may_only_read") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    for (name, layout) in [("native", Layout::Native), ("fastmmap", Layout::FastMmap)] {
+        let path = dir.path().join(name);
+        let cache = Cache::builder()
+            .path(&path)
+            .layout(layout)
+            .permissions(0o644)
+            .open()
+            .expect("create");
+        cache.set(b"visible", b"to readers").expect("set");
+        drop(cache);
+    }
+    assert!(rerun(
+        "read_only_as_nobody",
+        &[("FASTMMAP_READ_ONLY_DIR", dir.path())],
+        false,
+        Some(NOBODY)
+    ));
+}
+
+/// Runs only when re-executed by the test above, as `nobody`, on root's files of mode 0644.
+#[test]
+fn read_only_as_nobody() {
+    let Some(dir) = std::env::var_os("FASTMMAP_READ_ONLY_DIR") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    for (name, layout) in [("native", Layout::Native), ("fastmmap", Layout::FastMmap)] {
+        let path = dir.join(name);
+        // Read-write is denied by the file's mode...
+        assert!(matches!(
+            Cache::builder().path(&path).layout(layout).open(),
+            Err(Error::PermissionDenied { .. })
+        ));
+        // ...read-only works (root's file is trusted), and changes nothing.
+        let cache = Cache::builder()
+            .path(&path)
+            .layout(layout)
+            .read_only(true)
+            .open()
+            .expect("read-only open");
+        assert_eq!(
+            cache.get(b"visible").expect("get"),
+            Some(b"to readers".to_vec())
+        );
+        assert!(cache.validate().expect("validate").is_empty());
+        assert_eq!(cache.stats().expect("stats").entries, 1);
+        assert_eq!(cache.keys().count(), 1);
+        assert!(matches!(cache.set(b"k", b"v"), Err(Error::ReadOnly { .. })));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Symbolic links
+
+#[test]
+fn a_symlink_at_the_path_is_refused_unless_allowed() {
+    let dir = temp_dir();
+    let target = dir.path().join("target");
+    let link = dir.path().join("link");
+    Cache::open(&target)
+        .expect("create")
+        .set(b"k", b"target")
+        .expect("set");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    let before = fs::read(&target).expect("read");
+
+    match Cache::open(&link) {
+        Err(
+            e @ Error::Symlink {
+                dangling: false, ..
+            },
+        ) => assert!(e.to_string().contains("follow_symlinks"), "{e}"),
+        other => panic!("expected Symlink, got {other:?}"),
+    }
+    assert!(matches!(
+        Cache::builder().path(&link).read_only(true).open(),
+        Err(Error::Symlink { .. })
+    ));
+    assert!(fs::read(&target).expect("read") == before);
+
+    let followed = Cache::builder()
+        .path(&link)
+        .follow_symlinks(true)
+        .open()
+        .expect("allowed to follow");
+    assert_eq!(followed.get(b"k").expect("get"), Some(b"target".to_vec()));
+    drop(followed);
+    // The target, reached by its own name while the link's open is gone, is the same cache.
+    assert_eq!(
+        Cache::open(&target).expect("open").get(b"k").expect("get"),
+        Some(b"target".to_vec())
+    );
+}
+
+#[test]
+fn a_dangling_symlink_says_so() {
+    let dir = temp_dir();
+    let link = dir.path().join("dangling");
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &link).expect("symlink");
+    for follow in [false, true] {
+        match Cache::builder().path(&link).follow_symlinks(follow).open() {
+            Err(e @ Error::Symlink { dangling: true, .. }) => {
+                assert!(e.to_string().contains("dangling"), "{e}");
+            }
+            other => panic!("follow {follow}: expected a dangling Symlink error, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        names_in(dir.path()),
+        ["dangling"],
+        "nothing created or left behind"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files that are not caches
+
+#[test]
+fn a_file_that_is_not_a_cache_is_never_written() {
+    let dir = temp_dir();
+    let path = dir.path().join("notes.txt");
+    let mut text = b"Dear diary, today I wrote exactly one page of notes. ".repeat(80);
+    text.truncate(4096);
+    fs::write(&path, &text).expect("write");
+    let fastmmap = || {
+        Cache::builder()
+            .path(&path)
+            .layout(Layout::FastMmap)
+            .num_pages(1)
+            .page_size(4096)
+    };
+    for b in [fastmmap(), fastmmap().read_only(true)] {
+        match b.open() {
+            Err(e @ Error::NotACache { page: Some(0), .. }) => {
+                assert!(e.to_string().contains("page 0"), "{e}")
+            }
+            other => panic!("expected NotACache naming page 0, got {other:?}"),
+        }
+    }
+    assert_eq!(fs::read(&path).expect("read"), text, "the file was written");
+
+    // Zeroes are a fresh page (as a new, never-used Cache::FastMmap file may hold).
+    fs::write(&path, vec![0u8; 4096]).expect("write");
+    fastmmap()
+        .open()
+        .expect("zeroed file")
+        .set(b"k", b"v")
+        .expect("set");
+
+    // `reset` is the explicit way to overwrite.
+    fs::write(&path, &text).expect("write");
+    let cache = fastmmap().reset(true).open().expect("reset overwrites");
+    assert_eq!(cache.get(b"k").expect("get"), None);
+    cache.set(b"k", b"v").expect("set");
+
+    // Not a regular file at all: a FIFO (which opens without blocking for reading and
+    // writing) is refused before anything reads from it.
+    let fifo = dir.path().join("fifo");
+    let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("name");
+    // SAFETY: `name` is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+    assert!(matches!(
+        Cache::open(&fifo),
+        Err(Error::NotACache { page: None, .. })
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Read-only use
+
+#[test]
+fn read_only_handles_read_everything_and_change_nothing() {
+    let _serial = serial();
+    let dir = temp_dir();
+    for kind in [NATIVE, FASTMMAP] {
+        let path = dir.path().join(format!("ro-{:?}", kind.layout));
+        let writer = kind
+            .builder()
+            .path(&path)
+            .num_pages(7)
+            .page_size(4096)
+            .open()
+            .expect("create");
+        for i in 0..50u32 {
+            writer
+                .set(format!("k{i}").as_bytes(), format!("v{i}").as_bytes())
+                .expect("set");
+        }
+        writer
+            .multi_set(b"grp", &[(b"a", b"1"), (b"b", b"2")])
+            .expect("multi_set");
+        drop(writer);
+        let before = fs::read(&path).expect("read");
+
+        let ro = kind
+            .builder()
+            .path(&path)
+            .num_pages(7)
+            .page_size(4096)
+            .read_only(true)
+            .open()
+            .expect("read-only");
+        assert_eq!(ro.get(b"k7").expect("get"), Some(b"v7".to_vec()));
+        assert_eq!(ro.get(b"missing").expect("get"), None);
+        assert_eq!(ro.get_with(b"k8", |v| v.len()).expect("get_with"), Some(2));
+        assert!(ro.entry(b"k9").expect("entry").is_some());
+        assert!(ro.contains_key(b"k10").expect("contains_key"));
+        assert_eq!(
+            ro.get_many(&[&b"k1"[..], b"nope", b"k2"])
+                .expect("get_many"),
+            vec![Some(b"v1".to_vec()), None, Some(b"v2".to_vec())]
+        );
+        assert_eq!(
+            ro.multi_get(b"grp", &[&b"a"[..], b"b"]).expect("multi_get"),
+            vec![Some(b"1".to_vec()), Some(b"2".to_vec())]
+        );
+        assert_eq!(ro.keys().count(), 52);
+        assert_eq!(ro.stats().expect("stats").entries, 52);
+        assert!(ro.validate().expect("validate").is_empty());
+
+        let refused = |what: &str, r: Result<(), Error>| match r {
+            Err(Error::ReadOnly { .. }) => {}
+            other => panic!("{kind:?} {what}: expected ReadOnly, got {other:?}"),
+        };
+        refused("set", ro.set(b"k", b"v").map(drop));
+        refused("remove", ro.remove(b"k1").map(drop));
+        refused("take", ro.take(b"k1").map(drop));
+        refused("update", ro.update(b"k1", |_| Update::Keep).map(drop));
+        refused(
+            "get_or_insert_with",
+            ro.get_or_insert_with(b"absent", || panic!("computed for nothing"))
+                .map(drop),
+        );
+        refused("set_many", ro.set_many(&[(b"a", b"b")]).map(drop));
+        refused("clear", ro.clear());
+        refused("purge", ro.purge().map(drop));
+        refused("reset_stats", ro.reset_stats());
+        drop(ro);
+        assert!(
+            fs::read(&path).expect("read") == before,
+            "{kind:?}: reads through a read-only handle changed the file"
+        );
+    }
+    assert!(matches!(
+        Cache::builder()
+            .path(dir.path().join("absent"))
+            .read_only(true)
+            .open(),
+        Err(Error::Io { .. })
+    ));
+    assert!(
+        !dir.path().join("absent").exists(),
+        "read-only created a file"
+    );
+    let robust = dir.path().join("robust");
+    drop(
+        Cache::builder()
+            .path(&robust)
+            .lock_kind(LockKind::Robust)
+            .open()
+            .expect("robust"),
+    );
+    assert!(matches!(
+        Cache::builder().path(&robust).read_only(true).open(),
+        Err(Error::InvalidOptions { .. })
+    ));
+    assert!(matches!(
+        Cache::builder()
+            .path(&robust)
+            .read_only(true)
+            .reset(true)
+            .open(),
+        Err(Error::InvalidOptions { .. })
+    ));
+}
+
+#[test]
+fn a_read_only_reader_waits_for_a_writer_in_another_process() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("shared");
+    drop(Cache::open(&path).expect("create"));
+    let holding = Pipe::new();
+    let release = Pipe::new();
+    let mut kids = Children::new();
+    kids.spawn({
+        let path = path.clone();
+        let (holding, release) = (&holding, &release);
+        move || {
+            let cache = Cache::open(&path).map_err(|e| e.to_string())?;
+            cache
+                .update(b"k", |_| {
+                    holding.release(1);
+                    release.wait();
+                    Update::Set(b"written".to_vec())
+                })
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        }
+    });
+    holding.wait();
+    let ro = Cache::builder()
+        .path(&path)
+        .read_only(true)
+        .lock_timeout(Duration::from_millis(50))
+        .open()
+        .expect("read-only");
+    assert!(matches!(ro.get(b"k"), Err(Error::LockTimeout { .. })));
+    release.release(1);
+    kids.wait_all_ok();
+    assert_eq!(ro.get(b"k").expect("get"), Some(b"written".to_vec()));
+}
