@@ -106,7 +106,13 @@ fn parse_args() -> Result<Option<(u32, u64, LockKind)>, String> {
 
 fn run(workers: u32, ops: u64, lock: LockKind) -> Result<bool, Box<dyn Error>> {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.subsec_nanos();
-    let path = std::env::temp_dir().join(format!(
+    // A private directory when there is one (see the README's Security section); this demo's
+    // file has a fresh name and goes when it ends, so the shared temp dir also does.
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let path = dir.join(format!(
         "fastmmap-prefork-{}-{nanos}.cache",
         std::process::id()
     ));
