@@ -424,3 +424,43 @@ fn perl_flags_are_stored_and_read_back() {
         );
     });
 }
+
+#[test]
+fn undef_with_a_value_is_refused_and_stores_nothing() {
+    each_layout(|cache| {
+        cache.set(b"k", b"old").unwrap();
+        for flags in [
+            EntryFlags::UNDEF,
+            EntryFlags::UNDEF | EntryFlags::UTF8_VALUE | EntryFlags::UTF8_KEY,
+        ] {
+            let err = cache
+                .set_with_flags(b"k", b"bytes Perl would lose", Expiry::Never, flags)
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidValue { .. }),
+                "{flags:?}: {err:?}"
+            );
+            let message = err.to_string();
+            assert!(
+                message.contains("api.cache") && message.contains("undef"),
+                "{message}"
+            );
+            assert_eq!(
+                cache.get(b"k").unwrap(),
+                Some(b"old".to_vec()),
+                "old value kept"
+            );
+            cache
+                .set_with_flags(b"new", b"x", Expiry::Never, flags)
+                .unwrap_err();
+            assert_eq!(cache.get(b"new").unwrap(), None, "nothing stored");
+        }
+        // Undef with no value bytes is what Perl writes for undef.
+        assert!(
+            cache
+                .set_with_flags(b"k", b"", Expiry::Never, EntryFlags::UNDEF)
+                .unwrap()
+        );
+        assert!(cache.entry(b"k").unwrap().unwrap().flags.is_undef());
+    });
+}

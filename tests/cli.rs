@@ -895,7 +895,7 @@ fn load_accepts_hand_written_records_and_skips_expired_ones() {
 #[test]
 fn load_checks_all_input_before_storing_anything() {
     let f = Fixture::created(Kind::Native);
-    let cases: [(&str, &str); 7] = [
+    let cases: [(&str, &str); 9] = [
         (
             "{\"key\":\"a\",\"value\":\"1\"}\n{\"key\":\"b\",\"value\":\"2\"}\nnot json\n",
             "stdin:3:",
@@ -923,6 +923,15 @@ fn load_checks_all_input_before_storing_anything() {
         (
             "{\"key\":\"a\",\"value\":\"1\",\"expire_on\":-4}\n",
             "stdin:1:",
+        ),
+        // Perl reads an undef entry as undef: its value bytes would be lost.
+        (
+            "{\"key\":\"a\",\"value\":\"1\"}\n{\"key\":\"u\",\"value\":\"lost\",\"flags\":536870912}\n",
+            "stdin:2: flags has the undef bit (0x20000000) but the value is not empty",
+        ),
+        (
+            "{\"key\":\"u\",\"value_base64\":\"AA==\",\"flags\":2684354560}\n",
+            "stdin:1: flags has the undef bit (0x20000000) but the value is not empty",
         ),
     ];
     for (input, message) in cases {

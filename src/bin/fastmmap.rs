@@ -67,9 +67,10 @@
 //!   `flags` (the `EntryFlags` bits); and `modseq`, present only on entries stored by
 //!   `set_if_newer`. Expired entries and tombstones are not dumped. Pages are read one at a
 //!   time, so the dump of a busy cache is not a snapshot of one instant.
-//! - **`load`** reads and checks the whole input before it stores anything: a malformed line
-//!   or an entry too large for FILE's pages exits 2 as `stdin:LINE: REASON` and stores
-//!   nothing (an error while storing, such as a failing lock, leaves the earlier records
+//! - **`load`** reads and checks the whole input before it stores anything: a malformed line,
+//!   flags that cannot be stored (the tombstone bit; the undef bit on a non-empty value, which
+//!   Perl would read as undef and `Cache::set_with_flags` refuses) or an entry too large for
+//!   FILE's pages exits 2 as `stdin:LINE: REASON` and stores nothing (an error while storing, such as a failing lock, leaves the earlier records
 //!   stored). Records keep their flags (`set_with_flags`) and expiry (`Expiry::At`); records
 //!   already expired are skipped; records with a modseq are stored with `set_if_newer`, with
 //!   their expiry. `last_access` cannot be restored: loaded entries are accessed at load time.
