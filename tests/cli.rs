@@ -568,6 +568,42 @@ fn check_fails_on_a_damaged_native_header() {
 }
 
 #[test]
+fn an_empty_file_is_called_empty_and_left_alone() {
+    for kind in BOTH {
+        let f = Fixture::new(kind);
+        std::fs::File::create(&f.path).expect("create an empty file");
+        let stdin = b"{\"key\":\"k\",\"value\":\"v\"}\n";
+        let commands: [(&str, &[&[u8]], i32); 11] = [
+            ("check", &[], 3),
+            ("check", &[b"--repair"], 3),
+            ("stats", &[], 2),
+            ("keys", &[], 2),
+            ("get", &[b"k"], 2),
+            ("set", &[b"k", b"v"], 2),
+            ("remove", &[b"k"], 2),
+            ("dump", &[], 2),
+            ("load", &[], 2),
+            ("purge", &[], 2),
+            ("clear", &[], 2),
+        ];
+        for (command, args, code) in commands {
+            let r = f.run_with(command, args, stdin);
+            let what = format!("{kind:?} {command} {args:?}: {r:?}");
+            assert_eq!(r.code, code, "{what}");
+            assert!(
+                r.stderr.starts_with(&format!(
+                    "fastmmap: {}: is empty (0 bytes): not a cache file",
+                    f.path.display()
+                )) && r.stderr.contains("`fastmmap create`"),
+                "{what}"
+            );
+            assert_eq!(r.stdout, b"", "{what}");
+            assert_eq!(f.bytes(), b"", "{what}: the empty file was written to");
+        }
+    }
+}
+
+#[test]
 fn library_errors_name_the_file() {
     let native = Fixture::created(Kind::Native);
     let path = native.path.display().to_string();

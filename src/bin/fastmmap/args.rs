@@ -58,7 +58,7 @@ EXIT STATUS
        modseq (set, load)
     2  usage error, an error opening, reading or writing a file, or a page lock not taken
        within --lock-timeout (message on stderr)
-    3  `check` found damaged pages, or a native file header that is damaged
+    3  `check` found damaged pages, a native file header that is damaged, or an empty FILE
 
 EXAMPLES
     fastmmap create --num-pages 11 --page-size 16384 app.cache
@@ -128,7 +128,9 @@ const CHECK_HELP: &str = "\
 Validates every page completely (header, slot table, every entry), locking one page at a time,
 without changing a byte of the file. Prints a line `page N: REASON` for each damaged page,
 then a summary line. Exits 0 when every page is valid and 3 otherwise; a native file whose
-header is damaged, or whose size disagrees with its header, also exits 3.
+header is damaged, or whose size disagrees with its header, also exits 3, and so does an
+empty FILE (0 bytes) of either layout, which is no cache file at all (--repair leaves it
+alone too: `fastmmap create` makes cache files).
 
 With --repair, each damaged page is reset (emptied) after it is reported, and the exit status
 is 0 once every page is valid again.";
