@@ -720,7 +720,7 @@ impl Cache {
             stats.add(PageStats {
                 entries: h.num_slots.saturating_sub(h.free_slots),
                 slots: h.num_slots,
-                used_bytes: h.free_data.saturating_sub(h.slots_end() as u32),
+                used_bytes: h.used_bytes(),
                 free_bytes: h.free_bytes,
                 reads: h.n_reads,
                 hits: h.n_read_hits,

@@ -464,3 +464,51 @@ fn undef_with_a_value_is_refused_and_stores_nothing() {
         assert!(cache.entry(b"k").unwrap().unwrap().flags.is_undef());
     });
 }
+
+/// The last second a file can hold (`u32::MAX`, in 2106), as an expiry and as an access time,
+/// read back through `entry` and `iter` exactly: times from the file are never added to
+/// unchecked.
+#[test]
+fn times_at_the_end_of_the_u32_range_read_back_exactly() {
+    let last = UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX));
+    let second = Duration::from_secs(1);
+    for layout in [Layout::Native, Layout::FastMmap] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(last - second);
+        let cache = Cache::builder()
+            .path(dir.path().join("late.cache"))
+            .layout(layout)
+            .num_pages(7)
+            .page_size(8192)
+            .clock(clock.clone())
+            .open()
+            .unwrap();
+        cache.set_with(b"latest", b"v", Expiry::At(last)).unwrap();
+        let far = last + Duration::from_secs(1 << 40);
+        cache.set_with(b"beyond", b"w", Expiry::At(far)).unwrap();
+        cache
+            .set_with(b"after", b"x", Expiry::After(Duration::from_secs(u64::MAX)))
+            .unwrap();
+        for key in [&b"latest"[..], b"beyond", b"after"] {
+            let e = cache.entry(key).unwrap().unwrap();
+            assert_eq!(e.expires_at, Some(last), "{layout:?} {key:?}");
+            assert_eq!(e.last_access, last - second, "{layout:?} {key:?}");
+        }
+        let listed: Vec<(Vec<u8>, Entry)> = cache.iter().map(Result::unwrap).collect();
+        assert_eq!(listed.len(), 3);
+        for (key, e) in &listed {
+            assert_eq!(e.expires_at, Some(last), "{layout:?} {key:?}");
+            assert_eq!(e.last_access, last - second, "{layout:?} {key:?}");
+        }
+        // A clock at or past the last second stores that second as the access time.
+        clock.set(last + Duration::from_secs(1000));
+        cache.set_with(b"never", b"n", Expiry::Never).unwrap();
+        let e = cache.entry(b"never").unwrap().unwrap();
+        assert_eq!((e.expires_at, e.last_access), (None, last));
+        assert_eq!(
+            cache.entry(b"latest").unwrap(),
+            None,
+            "expired at its second"
+        );
+    }
+}

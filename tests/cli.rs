@@ -895,6 +895,21 @@ fn dump_format() {
 }
 
 #[test]
+fn dump_and_load_carry_the_last_second_a_file_can_hold() {
+    let last = UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX));
+    let src = Fixture::created(Kind::Native);
+    src.cache().set_with(b"k", b"v", Expiry::At(last)).unwrap();
+    let dumped = src.dump();
+    assert_eq!(dumped.len(), 1);
+    assert_eq!(dumped[0]["expire_on"], u64::from(u32::MAX));
+    let dst = Fixture::created(Kind::FastMmap);
+    let line = serde_json::to_vec(&dumped[0]).unwrap();
+    dst.run_with("load", &[], &line).ok();
+    let e = dst.cache().entry(b"k").unwrap().unwrap();
+    assert_eq!((e.value, e.expires_at), (b"v".to_vec(), Some(last)));
+}
+
+#[test]
 fn load_accepts_hand_written_records_and_skips_expired_ones() {
     let f = Fixture::created(Kind::FastMmap);
     let now = now_secs();

@@ -63,11 +63,13 @@ impl PageMut<'_> {
                 dropped += 1;
                 continue;
             }
-            used += loc.size();
+            // Entries that fit the data area only together with others overlap them (many
+            // slots may point at one entry); the check also keeps the sum from overflowing.
+            used = used
+                .checked_add(loc.size())
+                .filter(|&u| u <= data_end - data_start)
+                .ok_or(Corrupt("entries overlap"))?;
             keep.push(loc);
-        }
-        if used > data_end - data_start {
-            return Err(Corrupt("entries overlap"));
         }
         // Least recently used first. `last_access` has whole seconds, so ties are common in a
         // busy page; they are broken by the data offset, which orders entries by when they
@@ -108,7 +110,7 @@ impl PageMut<'_> {
             }
             // Beyond Cache::FastMmap: keep going until the new entry fits, so that a store of
             // an entry that fits an empty page always succeeds.
-            while cut < keep.len() && used + len > capacity {
+            while cut < keep.len() && used.saturating_add(len) > capacity {
                 used -= keep[cut].size();
                 cut += 1;
             }
