@@ -108,12 +108,13 @@ fn store_with_free_data_outside_the_data_area() {
     }
 }
 
-/// `regressions/page_model/lru-ties-broken-by-slot-order` and `…/lru-ties-after-purge-compaction`:
-/// eviction sorted entries by `last_access` (whole seconds) alone, so entries of the same
-/// second went in slot (hash) order: a page churned within one second evicted entries written
-/// a moment ago and kept older ones. And a purge compacted the survivors in slot order, which
-/// lost the write order that the data offset keeps for breaking such ties. Within one second
-/// the earliest written entries must go first, purges or not.
+/// `regressions/page_model/lru-ties-broken-by-slot-order` and
+/// `regressions/page_model/lru-ties-after-purge-compaction`: eviction sorted entries by
+/// `last_access` (whole seconds) alone, so entries of the same second went in slot (hash)
+/// order: a page churned within one second evicted entries written a moment ago and kept
+/// older ones. And a purge compacted the survivors in slot order, which lost the write order
+/// that the data offset keeps for breaking such ties. Within one second the earliest written
+/// entries must go first, purges or not.
 #[test]
 fn within_one_second_the_earliest_written_go_first() {
     let slot_hash = |key: &[u8]| fastmmap_fuzz::common::fastmmap_hash(key) / 7;

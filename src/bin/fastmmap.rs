@@ -72,12 +72,13 @@
 //! - **`load`** reads and checks the whole input before it stores anything: a malformed line,
 //!   flags that cannot be stored (the tombstone bit; the undef bit on a non-empty value, which
 //!   Perl would read as undef and `Cache::set_with_flags` refuses) or an entry too large for
-//!   FILE's pages exits 2 as `stdin:LINE: REASON` and stores nothing (an error while storing, such as a failing lock, leaves the earlier records
-//!   stored). Records keep their flags (`set_with_flags`) and expiry (`Expiry::At`); records
-//!   already expired are skipped; records with a modseq are stored with `set_if_newer`, with
-//!   their expiry. `last_access` cannot be restored: loaded entries are accessed at load time.
-//!   A record refused by a tombstone or a newer modseq is named on stderr and makes the exit
-//!   status 1. A summary line goes to stdout.
+//!   FILE's pages exits 2 as `stdin:LINE: REASON` and stores nothing (an error while
+//!   storing, such as a failing lock, leaves the earlier records stored). Records keep their
+//!   flags (`set_with_flags`) and expiry (`Expiry::At`); records already expired are skipped;
+//!   records with a modseq are stored with `set_if_newer`, with their expiry. `last_access`
+//!   cannot be restored: loaded entries are accessed at load time. A record refused by a
+//!   tombstone or a newer modseq is named on stderr and makes the exit status 1. A summary
+//!   line goes to stdout.
 //! - **An empty FILE** (0 bytes), which the library reports as a size mismatch, is named as
 //!   such by every command: `FILE: is empty (0 bytes): not a cache file`, pointing at
 //!   `create`. Nothing writes to it.

@@ -79,8 +79,9 @@ impl PageMut<'_> {
         // and a same-size overwrite in place (native layout, `PageMut::store_with`) keeps the
         // old entry's offset; such an entry ranks among those of its second by when it was
         // appended, so it may go before an entry appended later but last touched earlier in
-        // that second. Acceptable: the tie-break is a heuristic within one second (Cache::FastMmap
-        // has none), and from the next second on `last_access` orders them again.
+        // that second. Acceptable: the tie-break is a heuristic within one second
+        // (Cache::FastMmap has none), and from the next second on `last_access` orders them
+        // again.
         keep.sort_unstable_by_key(|loc| (loc.last_access, loc.off));
 
         // Grow the slot table when the survivors would fill more than 30% of it.

@@ -98,8 +98,8 @@ fields are an error. Blank lines are skipped.
 The whole input is read and checked before anything is stored: a malformed line, flags that
 cannot be stored (the tombstone bit, or the undef bit 0x20000000 on a non-empty value, which
 Perl would read as undef), or an entry too large for FILE's pages, stops the load with exit 2
-and a message naming the line (`stdin:LINE: ...`), and nothing is stored. An error while storing (a failing lock) stops it
-part way, and the records before it stay stored.
+and a message naming the line (`stdin:LINE: ...`), and nothing is stored. An error while
+storing (a failing lock) stops it part way, and the records before it stay stored.
 
 Each record keeps its expiry time and flags. A record whose expiry time has passed is skipped.
 A record with a modseq is stored as `set_if_newer` stores it, and is refused if FILE holds a
