@@ -341,7 +341,9 @@ impl Cache {
     /// reads). Tombstone and modseq bits are not accepted here and are cleared.
     ///
     /// # Errors
-    /// As [`set`](Self::set).
+    /// [`Error::InvalidValue`] if `flags` has [`EntryFlags::UNDEF`] and `value` is not empty
+    /// (Perl would read `undef` and lose the bytes; store undef with an empty value), before
+    /// anything is changed; otherwise as [`set`](Self::set).
     pub fn set_with_flags(
         &self,
         key: &[u8],
@@ -349,6 +351,16 @@ impl Cache {
         expiry: Expiry,
         flags: EntryFlags,
     ) -> Result<bool> {
+        if flags.is_undef() && !value.is_empty() {
+            return Err(Error::InvalidValue {
+                path: self.path().to_path_buf(),
+                reason: format!(
+                    "the undef flag (0x20000000) with a value of {} bytes: Perl would read \
+                     undef and lose them (store undef with an empty value)",
+                    value.len()
+                ),
+            });
+        }
         let now = self.now();
         let (page, mut req) = self.request(key, value, expiry, now);
         req.flags = flags.0 & !(FLAG_TOMBSTONE | crate::page::format::FLAG_HAS_MODSEQ);
@@ -716,7 +728,7 @@ impl Cache {
             stats.add(PageStats {
                 entries: h.num_slots.saturating_sub(h.free_slots),
                 slots: h.num_slots,
-                used_bytes: h.free_data.saturating_sub(h.slots_end() as u32),
+                used_bytes: h.used_bytes(),
                 free_bytes: h.free_bytes,
                 reads: h.n_reads,
                 hits: h.n_read_hits,

@@ -227,6 +227,17 @@ pub enum Error {
         /// The cache file.
         path: PathBuf,
     },
+
+    /// The value cannot be stored as given: for example the `undef` flag
+    /// ([`EntryFlags::UNDEF`](crate::EntryFlags::UNDEF)) together with value bytes, which Perl
+    /// would read as `undef`, losing the bytes. Nothing was changed.
+    #[error("{path}: invalid value: {reason}")]
+    InvalidValue {
+        /// The cache file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

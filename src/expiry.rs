@@ -20,7 +20,7 @@ pub enum Expiry {
 
 /// Whole seconds in `d`, rounded up.
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 impl Expiry {
@@ -60,5 +60,8 @@ mod tests {
             Expiry::At(UNIX_EPOCH + Duration::from_secs(u64::MAX / 4)).expire_on(now, None),
             u32::MAX
         );
+        // The longest durations are the far future, not a wrap to "expired at once".
+        assert_eq!(Expiry::After(Duration::MAX).expire_on(now, None), u32::MAX);
+        assert_eq!(ceil_secs(Duration::MAX), u64::MAX);
     }
 }

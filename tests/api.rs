@@ -424,3 +424,91 @@ fn perl_flags_are_stored_and_read_back() {
         );
     });
 }
+
+#[test]
+fn undef_with_a_value_is_refused_and_stores_nothing() {
+    each_layout(|cache| {
+        cache.set(b"k", b"old").unwrap();
+        for flags in [
+            EntryFlags::UNDEF,
+            EntryFlags::UNDEF | EntryFlags::UTF8_VALUE | EntryFlags::UTF8_KEY,
+        ] {
+            let err = cache
+                .set_with_flags(b"k", b"bytes Perl would lose", Expiry::Never, flags)
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidValue { .. }),
+                "{flags:?}: {err:?}"
+            );
+            let message = err.to_string();
+            assert!(
+                message.contains("api.cache") && message.contains("undef"),
+                "{message}"
+            );
+            assert_eq!(
+                cache.get(b"k").unwrap(),
+                Some(b"old".to_vec()),
+                "old value kept"
+            );
+            cache
+                .set_with_flags(b"new", b"x", Expiry::Never, flags)
+                .unwrap_err();
+            assert_eq!(cache.get(b"new").unwrap(), None, "nothing stored");
+        }
+        // Undef with no value bytes is what Perl writes for undef.
+        assert!(
+            cache
+                .set_with_flags(b"k", b"", Expiry::Never, EntryFlags::UNDEF)
+                .unwrap()
+        );
+        assert!(cache.entry(b"k").unwrap().unwrap().flags.is_undef());
+    });
+}
+
+/// The last second a file can hold (`u32::MAX`, in 2106), as an expiry and as an access time,
+/// read back through `entry` and `iter` exactly: times from the file are never added to
+/// unchecked.
+#[test]
+fn times_at_the_end_of_the_u32_range_read_back_exactly() {
+    let last = UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX));
+    let second = Duration::from_secs(1);
+    for layout in [Layout::Native, Layout::FastMmap] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(last - second);
+        let cache = Cache::builder()
+            .path(dir.path().join("late.cache"))
+            .layout(layout)
+            .num_pages(7)
+            .page_size(8192)
+            .clock(clock.clone())
+            .open()
+            .unwrap();
+        cache.set_with(b"latest", b"v", Expiry::At(last)).unwrap();
+        let far = last + Duration::from_secs(1 << 40);
+        cache.set_with(b"beyond", b"w", Expiry::At(far)).unwrap();
+        cache
+            .set_with(b"after", b"x", Expiry::After(Duration::from_secs(u64::MAX)))
+            .unwrap();
+        for key in [&b"latest"[..], b"beyond", b"after"] {
+            let e = cache.entry(key).unwrap().unwrap();
+            assert_eq!(e.expires_at, Some(last), "{layout:?} {key:?}");
+            assert_eq!(e.last_access, last - second, "{layout:?} {key:?}");
+        }
+        let listed: Vec<(Vec<u8>, Entry)> = cache.iter().map(Result::unwrap).collect();
+        assert_eq!(listed.len(), 3);
+        for (key, e) in &listed {
+            assert_eq!(e.expires_at, Some(last), "{layout:?} {key:?}");
+            assert_eq!(e.last_access, last - second, "{layout:?} {key:?}");
+        }
+        // A clock at or past the last second stores that second as the access time.
+        clock.set(last + Duration::from_secs(1000));
+        cache.set_with(b"never", b"n", Expiry::Never).unwrap();
+        let e = cache.entry(b"never").unwrap().unwrap();
+        assert_eq!((e.expires_at, e.last_access), (None, last));
+        assert_eq!(
+            cache.entry(b"latest").unwrap(),
+            None,
+            "expired at its second"
+        );
+    }
+}

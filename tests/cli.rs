@@ -568,6 +568,42 @@ fn check_fails_on_a_damaged_native_header() {
 }
 
 #[test]
+fn an_empty_file_is_called_empty_and_left_alone() {
+    for kind in BOTH {
+        let f = Fixture::new(kind);
+        std::fs::File::create(&f.path).expect("create an empty file");
+        let stdin = b"{\"key\":\"k\",\"value\":\"v\"}\n";
+        let commands: [(&str, &[&[u8]], i32); 11] = [
+            ("check", &[], 3),
+            ("check", &[b"--repair"], 3),
+            ("stats", &[], 2),
+            ("keys", &[], 2),
+            ("get", &[b"k"], 2),
+            ("set", &[b"k", b"v"], 2),
+            ("remove", &[b"k"], 2),
+            ("dump", &[], 2),
+            ("load", &[], 2),
+            ("purge", &[], 2),
+            ("clear", &[], 2),
+        ];
+        for (command, args, code) in commands {
+            let r = f.run_with(command, args, stdin);
+            let what = format!("{kind:?} {command} {args:?}: {r:?}");
+            assert_eq!(r.code, code, "{what}");
+            assert!(
+                r.stderr.starts_with(&format!(
+                    "fastmmap: {}: is empty (0 bytes): not a cache file",
+                    f.path.display()
+                )) && r.stderr.contains("`fastmmap create`"),
+                "{what}"
+            );
+            assert_eq!(r.stdout, b"", "{what}");
+            assert_eq!(f.bytes(), b"", "{what}: the empty file was written to");
+        }
+    }
+}
+
+#[test]
 fn library_errors_name_the_file() {
     let native = Fixture::created(Kind::Native);
     let path = native.path.display().to_string();
@@ -859,6 +895,21 @@ fn dump_format() {
 }
 
 #[test]
+fn dump_and_load_carry_the_last_second_a_file_can_hold() {
+    let last = UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX));
+    let src = Fixture::created(Kind::Native);
+    src.cache().set_with(b"k", b"v", Expiry::At(last)).unwrap();
+    let dumped = src.dump();
+    assert_eq!(dumped.len(), 1);
+    assert_eq!(dumped[0]["expire_on"], u64::from(u32::MAX));
+    let dst = Fixture::created(Kind::FastMmap);
+    let line = serde_json::to_vec(&dumped[0]).unwrap();
+    dst.run_with("load", &[], &line).ok();
+    let e = dst.cache().entry(b"k").unwrap().unwrap();
+    assert_eq!((e.value, e.expires_at), (b"v".to_vec(), Some(last)));
+}
+
+#[test]
 fn load_accepts_hand_written_records_and_skips_expired_ones() {
     let f = Fixture::created(Kind::FastMmap);
     let now = now_secs();
@@ -895,7 +946,7 @@ fn load_accepts_hand_written_records_and_skips_expired_ones() {
 #[test]
 fn load_checks_all_input_before_storing_anything() {
     let f = Fixture::created(Kind::Native);
-    let cases: [(&str, &str); 7] = [
+    let cases: [(&str, &str); 9] = [
         (
             "{\"key\":\"a\",\"value\":\"1\"}\n{\"key\":\"b\",\"value\":\"2\"}\nnot json\n",
             "stdin:3:",
@@ -923,6 +974,15 @@ fn load_checks_all_input_before_storing_anything() {
         (
             "{\"key\":\"a\",\"value\":\"1\",\"expire_on\":-4}\n",
             "stdin:1:",
+        ),
+        // Perl reads an undef entry as undef: its value bytes would be lost.
+        (
+            "{\"key\":\"a\",\"value\":\"1\"}\n{\"key\":\"u\",\"value\":\"lost\",\"flags\":536870912}\n",
+            "stdin:2: flags has the undef bit (0x20000000) but the value is not empty",
+        ),
+        (
+            "{\"key\":\"u\",\"value_base64\":\"AA==\",\"flags\":2684354560}\n",
+            "stdin:1: flags has the undef bit (0x20000000) but the value is not empty",
         ),
     ];
     for (input, message) in cases {

@@ -93,3 +93,44 @@ fn a_value_as_large_as_a_page_allows_always_fits() {
     assert!(cache.set(b"big", &biggest).unwrap());
     assert_eq!(cache.get(b"big").unwrap(), Some(biggest));
 }
+
+/// Keys `0..n` stored in order within one second (the clock never moves), with a `purge`
+/// (a rebuild that evicts nothing live) every `purge_every` stores if given. Returns which
+/// keys are still present.
+fn churn_within_one_second(cache: &Cache, n: usize, purge_every: Option<usize>) -> Vec<bool> {
+    let key = |i: usize| format!("same-second-{i}");
+    for i in 0..n {
+        assert!(cache.set(key(i).as_bytes(), &[i as u8; 200]).unwrap());
+        if purge_every.is_some_and(|every| i % every == every - 1) {
+            assert_eq!(cache.purge().unwrap(), 0);
+        }
+    }
+    (0..n)
+        .map(|i| cache.contains_key(key(i).as_bytes()).unwrap())
+        .collect()
+}
+
+#[test]
+fn within_one_second_the_oldest_writes_go_first() {
+    for layout in [Layout::Native, Layout::FastMmap] {
+        for purge_every in [None, Some(37)] {
+            let (_d, cache, _clock) = one_page(layout, 16384);
+            let n = 400;
+            let present = churn_within_one_second(&cache, n, purge_every);
+            // Every entry has the same last access second: the write order decides, so what is
+            // left is exactly the most recent writes.
+            let first_kept = present.iter().position(|&p| p).expect("something kept");
+            let case = format!("{layout:?}, purge every {purge_every:?}: present {present:?}");
+            assert!(
+                present[first_kept..].iter().all(|&p| p),
+                "an entry written later than a survivor was evicted: {case}"
+            );
+            assert!(first_kept > 0, "nothing was evicted: {case}");
+            assert!(
+                n - first_kept >= 20,
+                "only {} entries kept in a 16 KiB page: {case}",
+                n - first_kept
+            );
+        }
+    }
+}

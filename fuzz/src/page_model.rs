@@ -3,8 +3,9 @@
 //! After every operation the page's entries (read with `for_each_entry`) are compared with the
 //! model. The only freedom the page has is eviction, and only where the design allows it:
 //! - a key the model holds may be missing only after a store or an eviction, and then only
-//!   if it had expired, or was least recently used (no survivor was accessed less recently),
-//!   or was cleared by `Evict::All`; a store that found more than 30% of the slots truly free
+//!   if it had expired, or was least recently used (no survivor was accessed less recently,
+//!   and none accessed in the same second was written earlier), or was cleared by
+//!   `Evict::All`; a store that found more than 30% of the slots truly free
 //!   and room for the entry evicts nothing; a rebuild leaves no expired entry; after LRU
 //!   eviction the survivors fill less than 60% of the data area;
 //! - every entry in the page is in the model with exactly the model's key, value, flags,
@@ -15,6 +16,11 @@
 //!   store changes no byte; `remove` reports the model's entry; `evict` reports how many it
 //!   dropped; read statistics count as the model does;
 //! - `check_page` (with the slot hash recomputed) passes after every operation.
+//!
+//! Write order is modelled as a rank per key: a store ranks its key after every other, and a
+//! rebuild re-ranks the survivors by (last access, rank), the order it compacts them in. The
+//! page breaks ties of `last_access` by data offset, which follows the same order (this
+//! target's stores always append; a same-size overwrite in place would keep its offset).
 
 use std::collections::HashMap;
 
@@ -198,6 +204,9 @@ struct Run {
     model: HashMap<Vec<u8>, Entry>,
     n_reads: u32,
     n_read_hits: u32,
+    /// Write order of the keys the page holds (see the module docs); higher is later.
+    ranks: HashMap<Vec<u8>, u64>,
+    next_rank: u64,
 }
 
 /// How an operation may have dropped entries the model holds.
@@ -231,6 +240,8 @@ pub fn run(data: &[u8]) {
         model: HashMap::new(),
         n_reads: 0,
         n_read_hits: 0,
+        ranks: HashMap::new(),
+        next_rank: 0,
     };
     r.check_page(&"init");
     for op in &expand(&input.ops) {
@@ -338,6 +349,7 @@ impl Run {
                 let got = PageMut::wrap(&mut self.buf)
                     .remove(sh, &key, now)
                     .expect("remove failed on a valid page");
+                self.ranks.remove(&key);
                 let want = self.model.remove(&key).map(|e| Removed {
                     flags: e.flags,
                     was_live: e.live(now),
@@ -486,16 +498,19 @@ impl Run {
 
         // One pass over the page: every entry must be the model's. (Keys are unique in the
         // page: check_page found every entry at the end of its own probe chain.)
-        let new_key = match &drops {
-            Drops::MakeRoom { new_key, .. } => new_key.as_deref(),
+        let new_key_owned = match &drops {
+            Drops::MakeRoom { new_key, .. } => new_key.clone(),
             _ => None,
         };
+        let new_key = new_key_owned.as_deref();
         let mut in_page = 0usize;
         // Over the entries other than the one just stored:
-        let mut oldest_kept = u32::MAX;
+        // (last access, rank) of the least recently used survivor.
+        let mut oldest_kept = (u32::MAX, u64::MAX);
         let mut expired_kept = 0usize;
         let mut used_kept = 0usize;
         let model = &self.model;
+        let ranks = &self.ranks;
         PageView::new(&self.buf)
             .for_each_entry(|e| {
                 in_page += 1;
@@ -509,7 +524,8 @@ impl Run {
                     panic!("entry {e:?} differs from the model's {m:?} after {op:?}");
                 }
                 if Some(e.key) != new_key {
-                    oldest_kept = oldest_kept.min(e.last_access);
+                    let rank = *ranks.get(e.key).expect("every stored key is ranked");
+                    oldest_kept = oldest_kept.min((e.last_access, rank));
                     expired_kept += usize::from(is_expired(e.expire_on, now));
                     used_kept += m.size(e.key);
                 }
@@ -577,18 +593,19 @@ impl Run {
                 }
                 if !dropped.is_empty() {
                     // The page was rebuilt: nothing expired survives, and whatever live entry
-                    // went was accessed no more recently than any survivor.
+                    // went was accessed less recently than any survivor, or in the same second
+                    // and written earlier.
                     assert_eq!(expired_kept, 0, "expired entries survived eviction");
                     let newest_dropped = dropped
                         .iter()
-                        .map(|k| &self.model[k])
-                        .filter(|e| !is_expired(e.expire_on, now))
-                        .map(|e| e.last_access)
+                        .filter(|k| !is_expired(self.model[*k].expire_on, now))
+                        .map(|k| (self.model[k].last_access, self.ranks[k]))
                         .max();
                     if let Some(d) = newest_dropped {
                         assert!(
-                            d <= oldest_kept,
-                            "LRU evicted an entry accessed at {d} but kept one at {oldest_kept}"
+                            d < oldest_kept,
+                            "LRU evicted an entry (last access, write rank) {d:?} but kept one \
+                             at {oldest_kept:?}"
                         );
                         // LRU eviction ran: the survivors fill less than DATA_FILL_TARGET.
                         let cap = self.buf.len() - h.slots_end();
@@ -610,6 +627,31 @@ impl Run {
         }
         for k in dropped {
             self.model.remove(&k);
+            self.ranks.remove(&k);
+        }
+        let rebuilt = match &drops {
+            Drops::None => false,
+            Drops::Expired(_) | Drops::All(_) => true,
+            Drops::MakeRoom { triggered, .. } => *triggered,
+        };
+        if rebuilt {
+            // The rebuild compacted the survivors least recently used first, ties by rank.
+            let mut survivors: Vec<(u32, u64, Vec<u8>)> = self
+                .model
+                .iter()
+                .filter(|(k, _)| Some(k.as_slice()) != new_key)
+                .map(|(k, e)| (e.last_access, self.ranks[k], k.clone()))
+                .collect();
+            survivors.sort_unstable();
+            for (_, _, k) in survivors {
+                self.ranks.insert(k, self.next_rank);
+                self.next_rank += 1;
+            }
+        }
+        // A stored entry is appended after the survivors of any rebuild its store made.
+        if let Some(k) = new_key_owned {
+            self.ranks.insert(k, self.next_rank);
+            self.next_rank += 1;
         }
     }
 }

@@ -107,3 +107,51 @@ fn store_with_free_data_outside_the_data_area() {
         }
     }
 }
+
+/// `regressions/page_model/lru-ties-broken-by-slot-order` and
+/// `regressions/page_model/lru-ties-after-purge-compaction`: eviction sorted entries by
+/// `last_access` (whole seconds) alone, so entries of the same second went in slot (hash)
+/// order: a page churned within one second evicted entries written a moment ago and kept
+/// older ones. And a purge compacted the survivors in slot order, which lost the write order
+/// that the data offset keeps for breaking such ties. Within one second the earliest written
+/// entries must go first, purges or not.
+#[test]
+fn within_one_second_the_earliest_written_go_first() {
+    let slot_hash = |key: &[u8]| fastmmap_fuzz::common::fastmmap_hash(key) / 7;
+    for purge_every in [None, Some(13)] {
+        let mut buf = vec![0u8; 8192];
+        PageMut::init(&mut buf, MIN_SLOTS);
+        let keys: Vec<Vec<u8>> = (0..200u32).map(|i| format!("k{i}").into_bytes()).collect();
+        for (i, key) in keys.iter().enumerate() {
+            let req = Store {
+                slot_hash: slot_hash(key),
+                key,
+                value: &[7; 100],
+                expire_on: 0,
+                flags: 0,
+                modseq: None,
+            };
+            let stored = PageMut::wrap(&mut buf).store(&req, 1, MIN_SLOTS);
+            assert_eq!(stored, Ok(StoreOutcome::Stored));
+            if purge_every.is_some_and(|n| i % n == n - 1) {
+                assert_eq!(
+                    PageMut::wrap(&mut buf).evict(Evict::Expired, 1, MIN_SLOTS),
+                    Ok(0)
+                );
+            }
+        }
+        let present: Vec<bool> = keys
+            .iter()
+            .map(|k| matches!(PageView::new(&buf).peek(slot_hash(k), k, 1), Ok(Some(_))))
+            .collect();
+        let first_kept = present.iter().position(|&p| p).unwrap();
+        assert!(
+            present[first_kept..].iter().all(|&p| p),
+            "purge every {purge_every:?}: a later write went before an earlier one: {present:?}"
+        );
+        assert!(
+            first_kept > 0,
+            "purge every {purge_every:?}: nothing evicted"
+        );
+    }
+}

@@ -58,7 +58,9 @@
 //! - **`check`** opens the file and runs `Cache::validate`, which locks each page in turn and
 //!   writes nothing. It prints `page N: REASON` per damaged page and a summary line, and
 //!   exits 3 if any page is damaged — or if a native header is damaged or disagrees with the
-//!   file's size. `check --repair` then resets the damaged pages (`CacheBuilder::verify`) and
+//!   file's size, or if FILE is empty (0 bytes, in either layout: no geometry is that small,
+//!   so it is no cache file whatever the options; `--repair` does not write to it either).
+//!   `check --repair` then resets the damaged pages (`CacheBuilder::verify`) and
 //!   exits 0 once every page is valid. Every other command resets a page whose header it
 //!   finds damaged when it locks the page, as the library always does.
 //! - **`dump`** ([`record`]): one JSON object per line, in page order: `key` and `value` as
@@ -67,14 +69,19 @@
 //!   `flags` (the `EntryFlags` bits); and `modseq`, present only on entries stored by
 //!   `set_if_newer`. Expired entries and tombstones are not dumped. Pages are read one at a
 //!   time, so the dump of a busy cache is not a snapshot of one instant.
-//! - **`load`** reads and checks the whole input before it stores anything: a malformed line
-//!   or an entry too large for FILE's pages exits 2 as `stdin:LINE: REASON` and stores
-//!   nothing (an error while storing, such as a failing lock, leaves the earlier records
-//!   stored). Records keep their flags (`set_with_flags`) and expiry (`Expiry::At`); records
-//!   already expired are skipped; records with a modseq are stored with `set_if_newer`, with
-//!   their expiry. `last_access` cannot be restored: loaded entries are accessed at load time.
-//!   A record refused by a tombstone or a newer modseq is named on stderr and makes the exit
-//!   status 1. A summary line goes to stdout.
+//! - **`load`** reads and checks the whole input before it stores anything: a malformed line,
+//!   flags that cannot be stored (the tombstone bit; the undef bit on a non-empty value, which
+//!   Perl would read as undef and `Cache::set_with_flags` refuses) or an entry too large for
+//!   FILE's pages exits 2 as `stdin:LINE: REASON` and stores nothing (an error while
+//!   storing, such as a failing lock, leaves the earlier records stored). Records keep their
+//!   flags (`set_with_flags`) and expiry (`Expiry::At`); records already expired are skipped;
+//!   records with a modseq are stored with `set_if_newer`, with their expiry. `last_access`
+//!   cannot be restored: loaded entries are accessed at load time. A record refused by a
+//!   tombstone or a newer modseq is named on stderr and makes the exit status 1. A summary
+//!   line goes to stdout.
+//! - **An empty FILE** (0 bytes), which the library reports as a size mismatch, is named as
+//!   such by every command: `FILE: is empty (0 bytes): not a cache file`, pointing at
+//!   `create`. Nothing writes to it.
 //! - **Errors** from the library print as `fastmmap: FILE: MESSAGE` on stderr and exit 2;
 //!   clap's usage errors exit 2 as well. A closed stdout (`fastmmap keys f | head -1`) ends
 //!   the command quietly with status 0.

@@ -31,10 +31,12 @@ impl EntryLoc {
         if off < data_start || !off.is_multiple_of(ENTRY_ALIGN) {
             return Err(Corrupt("slot points outside the data area"));
         }
-        let header_end = off + ENTRY_HEADER_SIZE;
-        if header_end > data_end {
-            return Err(Corrupt("entry header beyond free_data"));
-        }
+        // Checked: a slot word near u32::MAX overflows a 32-bit usize (and would wrap to a
+        // small offset inside the page).
+        let header_end = off
+            .checked_add(ENTRY_HEADER_SIZE)
+            .filter(|&end| end <= data_end)
+            .ok_or(Corrupt("entry header beyond free_data"))?;
         let w = |o: usize| get_u32(buf, off + o).ok_or(Corrupt("entry outside the page"));
         let loc = EntryLoc {
             off,

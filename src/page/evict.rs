@@ -15,8 +15,8 @@ pub enum Evict {
     All,
     /// Make room for an entry of this many bytes: nothing happens while more than 30% of the
     /// slots are truly free and the entry fits; otherwise expired entries go, the slot table
-    /// may grow, and least recently used entries go until the data area is under 60% full
-    /// and the entry fits.
+    /// may grow, and least recently used entries go (of one second, the earliest written
+    /// first) until the data area is under 60% full and the entry fits.
     MakeRoom(usize),
 }
 
@@ -63,12 +63,26 @@ impl PageMut<'_> {
                 dropped += 1;
                 continue;
             }
-            used += loc.size();
+            // Entries that fit the data area only together with others overlap them (many
+            // slots may point at one entry); the check also keeps the sum from overflowing.
+            used = used
+                .checked_add(loc.size())
+                .filter(|&u| u <= data_end - data_start)
+                .ok_or(Corrupt("entries overlap"))?;
             keep.push(loc);
         }
-        if used > data_end - data_start {
-            return Err(Corrupt("entries overlap"));
-        }
+        // Least recently used first. `last_access` has whole seconds, so ties are common in a
+        // busy page; they are broken by the data offset, which orders entries by when they
+        // were written: entries are appended at `free_data`, and a rebuild (below) writes the
+        // survivors in this same order, so the order holds across rebuilds. Two exceptions,
+        // both within one second only: a read hit sets `last_access` without moving the entry,
+        // and a same-size overwrite in place (native layout, `PageMut::store_with`) keeps the
+        // old entry's offset; such an entry ranks among those of its second by when it was
+        // appended, so it may go before an entry appended later but last touched earlier in
+        // that second. Acceptable: the tie-break is a heuristic within one second
+        // (Cache::FastMmap has none), and from the next second on `last_access` orders them
+        // again.
+        keep.sort_unstable_by_key(|loc| (loc.last_access, loc.off));
 
         // Grow the slot table when the survivors would fill more than 30% of it.
         let mut new_n = n;
@@ -88,7 +102,6 @@ impl PageMut<'_> {
         }
 
         if let Evict::MakeRoom(len) = mode {
-            keep.sort_by_key(|loc| loc.last_access);
             let capacity = data_capacity(page_size, new_n).unwrap_or(0);
             let threshold = (DATA_FILL_TARGET * capacity as f64) as usize;
             let mut cut = 0;
@@ -98,7 +111,7 @@ impl PageMut<'_> {
             }
             // Beyond Cache::FastMmap: keep going until the new entry fits, so that a store of
             // an entry that fits an empty page always succeeds.
-            while cut < keep.len() && used + len > capacity {
+            while cut < keep.len() && used.saturating_add(len) > capacity {
                 used -= keep[cut].size();
                 cut += 1;
             }
@@ -116,7 +129,8 @@ impl PageMut<'_> {
         Ok(dropped)
     }
 
-    /// Rewrites the page with `num_slots` slots holding exactly `keep`, compacted. The magic is
+    /// Rewrites the page with `num_slots` slots holding exactly `keep`, compacted in the order
+    /// given (least recently used first: see `evict`). The magic is
     /// cleared while the page is rewritten, so a process killed part way leaves a page that
     /// fails the header check (in either layout) instead of one with torn entries.
     fn rebuild(&mut self, num_slots: u32, keep: &[EntryLoc]) -> Result<(), Corrupt> {

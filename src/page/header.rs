@@ -91,6 +91,14 @@ impl PageHeader {
         slots_end(self.num_slots).unwrap_or(usize::MAX)
     }
 
+    /// Bytes of the data area in use (entries, and dead entries until the next rebuild):
+    /// `free_data` less the end of the slot table; 0 if the words do not make sense.
+    pub fn used_bytes(&self) -> u32 {
+        // In usize: the end of a slot table may lie past u32 (and `slots_end` saturates).
+        let used = (self.free_data as usize).saturating_sub(self.slots_end());
+        u32::try_from(used).unwrap_or(0)
+    }
+
     /// The O(1) check run every time a page is locked: the header words agree with each
     /// other and with the page size. `min_slots` is the configured start slot count.
     pub fn check(&self, page_size: usize, min_slots: u32) -> Result<(), Corrupt> {
@@ -117,7 +125,8 @@ impl PageHeader {
         if !free_data.is_multiple_of(ENTRY_ALIGN) {
             return Err(Corrupt("free_data misaligned"));
         }
-        if free_data + self.free_bytes as usize != page_size {
+        // Checked: with a 32-bit usize the sum of two words may overflow (and wrap to a match).
+        if free_data.checked_add(self.free_bytes as usize) != Some(page_size) {
             return Err(Corrupt("free_data + free_bytes differs from the page size"));
         }
         Ok(())
@@ -148,6 +157,24 @@ mod tests {
                 free_data: words[4], free_bytes: words[5], n_reads: words[6], n_read_hits: words[7],
             };
             let _ = h.check(ps, MIN_SLOTS);
+        }
+    }
+
+    #[test]
+    fn used_bytes_of_any_header_is_within_free_data() {
+        let empty = PageHeader::empty(4096, MIN_SLOTS);
+        assert_eq!(empty.used_bytes(), 0);
+        let used = PageHeader {
+            free_data: empty.free_data + 100,
+            free_bytes: empty.free_bytes - 100,
+            ..empty
+        };
+        assert_eq!(used.used_bytes(), 100);
+        // Words a process ignoring the locks may write after the lock-time check: a slot table
+        // ending past 4 GiB (whose end truncated to u32 would look small), or past usize.
+        for num_slots in [0x4000_0000, 0x7fff_ffff, u32::MAX] {
+            let h = PageHeader { num_slots, ..used };
+            assert_eq!(h.used_bytes(), 0, "num_slots {num_slots:#x}");
         }
     }
 

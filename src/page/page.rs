@@ -351,6 +351,8 @@ impl<'a> PageMut<'a> {
                 return Ok(outcome);
             }
             if in_place && loc.size() == size {
+                // The entry keeps its offset, so within one second eviction still ranks it by
+                // when it was appended (see the tie-break in `evict`).
                 self.write_entry(loc.off, req, size, now)?;
                 return Ok(StoreOutcome::Stored);
             }

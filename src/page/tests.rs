@@ -220,6 +220,20 @@ fn biggest_entry_always_fits_and_oversized_is_refused() {
 }
 
 #[test]
+fn make_room_for_more_than_a_page_holds_empties_it_without_overflow() {
+    for len in [usize::MAX, usize::MAX - 3, 1 << 40] {
+        let mut buf = fresh(4096);
+        for i in 0..60u32 {
+            put(&mut buf, format!("k{i}").as_bytes(), b"some value", 0, NOW);
+        }
+        let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+        assert_eq!(page.evict(Evict::MakeRoom(len), NOW, MIN_SLOTS), Ok(60));
+        checked(&buf);
+        assert_eq!(PageHeader::read(&buf), PageHeader::empty(4096, MIN_SLOTS));
+    }
+}
+
+#[test]
 fn tombstones_and_modseqs() {
     let mut buf = fresh(4096);
     let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();

@@ -58,7 +58,7 @@ EXIT STATUS
        modseq (set, load)
     2  usage error, an error opening, reading or writing a file, or a page lock not taken
        within --lock-timeout (message on stderr)
-    3  `check` found damaged pages, or a native file header that is damaged
+    3  `check` found damaged pages, a native file header that is damaged, or an empty FILE
 
 EXAMPLES
     fastmmap create --num-pages 11 --page-size 16384 app.cache
@@ -95,10 +95,11 @@ format). `key`/`key_base64` and `value`/`value_base64` are required (one of each
 other fields are optional: no `expire_on` (or null) means never, no `flags` means 0. Unknown
 fields are an error. Blank lines are skipped.
 
-The whole input is read and checked before anything is stored: a malformed line, or an entry
-too large for FILE's pages, stops the load with exit 2 and a message naming the line
-(`stdin:LINE: ...`), and nothing is stored. An error while storing (a failing lock) stops it
-part way, and the records before it stay stored.
+The whole input is read and checked before anything is stored: a malformed line, flags that
+cannot be stored (the tombstone bit, or the undef bit 0x20000000 on a non-empty value, which
+Perl would read as undef), or an entry too large for FILE's pages, stops the load with exit 2
+and a message naming the line (`stdin:LINE: ...`), and nothing is stored. An error while
+storing (a failing lock) stops it part way, and the records before it stay stored.
 
 Each record keeps its expiry time and flags. A record whose expiry time has passed is skipped.
 A record with a modseq is stored as `set_if_newer` stores it, and is refused if FILE holds a
@@ -127,7 +128,9 @@ const CHECK_HELP: &str = "\
 Validates every page completely (header, slot table, every entry), locking one page at a time,
 without changing a byte of the file. Prints a line `page N: REASON` for each damaged page,
 then a summary line. Exits 0 when every page is valid and 3 otherwise; a native file whose
-header is damaged, or whose size disagrees with its header, also exits 3.
+header is damaged, or whose size disagrees with its header, also exits 3, and so does an
+empty FILE (0 bytes) of either layout, which is no cache file at all (--repair leaves it
+alone too: `fastmmap create` makes cache files).
 
 With --repair, each damaged page is reset (emptied) after it is reported, and the exit status
 is 0 once every page is valid again.";

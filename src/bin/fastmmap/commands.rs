@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::args::{Cli, Command, FileOptions, KeyArgs};
 use crate::escape::{escape, unescape};
-use crate::failure::{Failure, warn};
+use crate::failure::{Failure, empty_file, warn};
 use crate::record::{Item, Record, unix_secs};
 
 type Out<'a> = BufWriter<io::StdoutLock<'a>>;
@@ -272,6 +272,10 @@ fn check(opts: &FileOptions, path: &Path, repair: bool, out: &mut Out<'_>) -> Re
         // A native header is self-describing: if it is damaged, or disagrees with the file's
         // size, the file is. (Without a header, a wrong size may be a wrong --num-pages.)
         Err(e @ Error::BadHeader { .. }) => return Err(Failure::CheckFailed(Some(e.to_string()))),
+        // No geometry of either layout has 0 bytes: not a cache file, whatever the options.
+        Err(e @ Error::WrongSize { found: 0, .. }) => {
+            return Err(Failure::CheckFailed(empty_file(&e)));
+        }
         Err(e @ Error::WrongSize { .. }) if opts.layout.layout() == Layout::Native => {
             return Err(Failure::CheckFailed(Some(e.to_string())));
         }

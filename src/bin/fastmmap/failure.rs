@@ -54,7 +54,21 @@ impl Failure {
 /// Library errors name the file first: `fastmmap: FILE: MESSAGE`.
 impl From<fastmmap::Error> for Failure {
     fn from(e: fastmmap::Error) -> Failure {
-        Failure::Error(e.to_string())
+        Failure::Error(empty_file(&e).unwrap_or_else(|| e.to_string()))
+    }
+}
+
+/// The message for a FILE of 0 bytes. The library reports it as a size mismatch
+/// (`WrongSize`: "file is 0 bytes, its geometry needs exactly 128"), which reads as if a
+/// geometry option were wrong; no geometry of either layout has 0 bytes.
+pub(crate) fn empty_file(e: &fastmmap::Error) -> Option<String> {
+    match e {
+        fastmmap::Error::WrongSize { path, found: 0, .. } => Some(format!(
+            "{}: is empty (0 bytes): not a cache file; a cache file is created by \
+             `fastmmap create`, which refuses an existing FILE (remove this empty one first)",
+            path.display()
+        )),
+        _ => None,
     }
 }
 

@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 // Flag bits and entry sizes of the page format (docs/format.md), which the public API does not
 // export: `load` checks records against them before it stores anything.
 
+/// The value is Perl's undef: its value must be empty (`load` refuses one with bytes).
+pub(crate) const FLAG_UNDEF: u32 = 0x2000_0000;
 /// The entry is a tombstone (never dumped; refused by `load`).
 pub(crate) const FLAG_TOMBSTONE: u32 = 0x1000_0000;
 /// The value carries an 8-byte modseq prefix.
@@ -87,7 +89,8 @@ impl Record {
     ///
     /// # Errors
     /// A one-line reason: a missing or doubled key or value, bad base64, or flag bits that
-    /// cannot be stored.
+    /// cannot be stored (the tombstone bit; the modseq bit without a modseq; the undef bit
+    /// with value bytes).
     pub(crate) fn into_item(self) -> Result<Item, String> {
         let key = bytes_of("key", self.key, self.key_base64)?;
         let value = bytes_of("value", self.value, self.value_base64)?;
@@ -95,6 +98,13 @@ impl Record {
             return Err(
                 "flags has the tombstone bit (0x10000000): tombstones cannot be loaded".into(),
             );
+        }
+        if self.flags & FLAG_UNDEF != 0 && !value.is_empty() {
+            return Err(format!(
+                "flags has the undef bit (0x20000000) but the value is not empty ({} bytes): \
+                 Perl would read undef and lose them",
+                value.len()
+            ));
         }
         let flags = self.flags & !FLAG_HAS_MODSEQ;
         match self.modseq {
@@ -213,6 +223,9 @@ mod tests {
         assert!(err(r#"{"key":"k","value":"v","flags":268435456}"#).contains("tombstone"));
         assert!(err(r#"{"key":"k","value":"v","flags":134217728}"#).contains("no modseq"));
         assert!(err(r#"{"key":"k","value":"v","flags":1,"modseq":3}"#).contains("modseq"));
+        assert!(err(r#"{"key":"k","value":"v","flags":536870912}"#).contains("undef bit"));
+        let undef = parse(r#"{"key":"k","value":"","flags":536870912}"#).unwrap();
+        assert_eq!((undef.value, undef.flags), (vec![], 0x2000_0000));
         // The modseq bit goes with a modseq, as `dump` writes it.
         let ok = parse(r#"{"key":"k","value":"v","flags":134217728,"modseq":3}"#).unwrap();
         assert_eq!((ok.flags, ok.modseq), (0, Some(3)));
