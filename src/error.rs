@@ -211,7 +211,16 @@ pub enum Error {
     /// [`CacheBuilder::reset`](crate::CacheBuilder::reset) or
     /// [`CacheBuilder::verify`](crate::CacheBuilder::verify) declare the file a cache and
     /// overwrite what they cannot read.
-    #[error("{path}: not a cache file ({reason}); it was left untouched")]
+    #[error(
+        "{path}: not a cache file: {}; it was left untouched",
+        match page {
+            Some(page) => format!(
+                "page {page} is neither a Cache::FastMmap page nor empty ({reason}); \
+                 CacheBuilder::reset or verify, or `fastmmap check --repair`, overwrite it"
+            ),
+            None => reason.clone(),
+        }
+    )]
     NotACache {
         /// The file.
         path: PathBuf,

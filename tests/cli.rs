@@ -1382,3 +1382,103 @@ fn without_lock_timeout_a_command_waits_for_the_lock() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(out.stdout, b"new", "it read what was stored under the lock");
 }
+
+#[test]
+fn a_file_that_is_not_a_cache_is_refused_and_repaired_only_on_request() {
+    let f = Fixture::new(Kind::FastMmap);
+    // Any file of the right size: a FastMmap-layout file has no header to tell it by.
+    let junk: Vec<u8> = (0..NUM_PAGES * PAGE_SIZE)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&f.path, &junk).expect("write");
+    for (command, args, code) in [
+        ("get", &[&b"k"[..]][..], 2),
+        ("keys", &[][..], 2),
+        ("stats", &[][..], 2),
+        ("dump", &[][..], 2),
+        ("set", &[&b"k"[..], b"v"][..], 2),
+        ("purge", &[][..], 2),
+        ("check", &[][..], 3),
+    ] {
+        let r = f.run(command, args);
+        assert_eq!(r.code, code, "{command}: {r:?}");
+        assert!(
+            r.stderr.contains("not a cache file") && r.stderr.contains("page 0"),
+            "{command}: {r:?}"
+        );
+        assert!(f.bytes() == junk, "{command} wrote into the file");
+    }
+    let repaired = f.run("check", &[b"--repair"]).ok();
+    assert_eq!(
+        repaired.lines()[0],
+        "page 0: not a cache page: bad page magic (reset)"
+    );
+    f.run("check", &[]).ok();
+    f.run("set", &[b"k", b"v"]).ok();
+    assert_eq!(f.run("get", &[b"k"]).ok().stdout, b"v");
+}
+
+/// As root, runs the binary as `nobody` on a root-owned file of mode 0644: the commands that
+/// only read work (read-only, with shared locks), the others are refused, nothing changes.
+#[test]
+fn reading_commands_work_for_a_user_who_may_only_read() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("FASTMMAP_REQUIRE_ROOT").is_none(),
+            "needs root, and FASTMMAP_REQUIRE_ROOT is set"
+        );
+        eprintln!("SKIPPED reading_commands_work_for_a_user_who_may_only_read: needs root");
+        return;
+    }
+    // The binary and the file must be reachable by `nobody`.
+    let public = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(public.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = public.path().join("fastmmap");
+    std::fs::copy(BIN, &bin).expect("copy binary");
+    for kind in BOTH {
+        let path = public.path().join(format!("{kind:?}.cache"));
+        let cache = Fixture {
+            _dir: tempfile::tempdir().unwrap(),
+            path: path.clone(),
+            kind,
+        }
+        .builder()
+        .permissions(0o644)
+        .open()
+        .expect("create");
+        cache.set(b"k", b"shared").expect("set");
+        drop(cache);
+        let before = std::fs::read(&path).unwrap();
+        let as_nobody = |args: &[&str]| {
+            let mut all: Vec<String> = vec![args[0].to_string()];
+            if kind == Kind::FastMmap {
+                all.extend(geometry("fastmmap"));
+            }
+            all.push(path.display().to_string());
+            all.extend(args[1..].iter().map(|a| a.to_string()));
+            let out = Command::new(&bin)
+                .args(&all)
+                .uid(65534)
+                .gid(65534)
+                .output()
+                .expect("run as nobody");
+            (
+                out.status.code().expect("exited"),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        assert_eq!(as_nobody(&["get", "k"]).1, "shared", "{kind:?}");
+        assert_eq!(as_nobody(&["keys"]).1, "k\n", "{kind:?}");
+        assert_eq!(as_nobody(&["check"]).0, 0, "{kind:?}");
+        assert_eq!(as_nobody(&["stats"]).0, 0, "{kind:?}");
+        assert!(as_nobody(&["dump"]).1.contains("shared"), "{kind:?}");
+        let (code, _, err) = as_nobody(&["set", "k", "v"]);
+        assert_eq!(code, 2, "{kind:?}: {err}");
+        assert!(err.contains("permission denied"), "{kind:?}: {err}");
+        assert!(std::fs::read(&path).unwrap() == before, "{kind:?}: changed");
+    }
+}

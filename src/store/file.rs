@@ -328,10 +328,7 @@ fn check_first_page(req: &OpenRequest, file: &File, g: &Geometry) -> Result<()> 
         .map_err(|c| Error::NotACache {
             path: req.path.clone(),
             page: Some(0),
-            reason: format!(
-                "page 0 is neither a Cache::FastMmap page nor empty: {c}; open with \
-                 CacheBuilder::reset or verify, or run `fastmmap check --repair`, to overwrite it"
-            ),
+            reason: c.to_string(),
         })
 }
 

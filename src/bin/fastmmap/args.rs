@@ -47,6 +47,16 @@ KEYS AND VALUES
     themselves, a backslash is printed as `\\\\`, and every other byte (control characters,
     whitespace other than the space, bytes that are not valid UTF-8) as `\\xNN`.
 
+TRUST
+    A FILE owned by another user (root aside), or a symbolic link at FILE, is refused (exit
+    2). A fastmmap-layout FILE whose page 0 is neither a cache page nor empty is not taken for
+    a cache: every command refuses it without writing (`check` exits 3), and only
+    `check --repair` overwrites it.
+
+    `get`, `keys`, `stats`, `dump` and `check` only read: on a FILE you may read but not
+    write, they open it read-only, with shared record locks, and change nothing (a file with
+    robust locks cannot be opened that way: its locks live in the file).
+
 REPAIR
     `check` changes nothing. Every other command resets a page whose header it finds damaged
     when it locks the page (its entries are lost: it is a cache); `check --repair` resets

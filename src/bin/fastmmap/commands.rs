@@ -74,6 +74,20 @@ fn open(opts: &FileOptions, path: &Path) -> Result<Cache, Failure> {
     Ok(builder(opts, path).open()?)
 }
 
+/// Opens an existing FILE for a command that only reads it: read-write if the file allows,
+/// else read-only (shared read locks, nothing written), for users who may only read it.
+fn open_to_read(opts: &FileOptions, path: &Path) -> Result<Cache, Failure> {
+    must_exist(path)?;
+    Ok(open_to_read_with(builder(opts, path))?)
+}
+
+fn open_to_read_with(b: CacheBuilder) -> fastmmap::Result<Cache> {
+    match b.clone().open() {
+        Err(Error::PermissionDenied { .. }) => b.read_only(true).open(),
+        other => other,
+    }
+}
+
 /// KEY or VALUE from the command line: its bytes, or what they stand for with `--escaped`.
 fn arg_bytes(arg: &OsStr, escaped: bool) -> Result<Vec<u8>, Failure> {
     if escaped {
@@ -97,7 +111,7 @@ fn create(opts: &FileOptions, path: &Path) -> Result<(), Failure> {
 
 fn get(opts: &FileOptions, k: &KeyArgs, out: &mut Out<'_>) -> Result<(), Failure> {
     let key = arg_bytes(&k.key, k.escaped)?;
-    let cache = open(opts, &k.file)?;
+    let cache = open_to_read(opts, &k.file)?;
     let value = cache.get(&key)?.ok_or(Failure::NotFound)?;
     out.write_all(&value).map_err(Failure::stdout)
 }
@@ -147,7 +161,7 @@ fn remove(opts: &FileOptions, k: &KeyArgs) -> Result<(), Failure> {
 }
 
 fn keys(opts: &FileOptions, path: &Path, out: &mut Out<'_>) -> Result<(), Failure> {
-    for key in open(opts, path)?.keys() {
+    for key in open_to_read(opts, path)?.keys() {
         writeln!(out, "{}", escape(&key?)).map_err(Failure::stdout)?;
     }
     Ok(())
@@ -224,7 +238,7 @@ impl StatsJson {
 }
 
 fn stats(opts: &FileOptions, path: &Path, json: bool, out: &mut Out<'_>) -> Result<(), Failure> {
-    let cache = open(opts, path)?;
+    let cache = open_to_read(opts, path)?;
     let s = StatsJson::of(&cache, &cache.stats()?);
     if json {
         let text =
@@ -267,8 +281,35 @@ fn stats(opts: &FileOptions, path: &Path, json: bool, out: &mut Out<'_>) -> Resu
 
 fn check(opts: &FileOptions, path: &Path, repair: bool, out: &mut Out<'_>) -> Result<(), Failure> {
     must_exist(path)?;
-    let cache = match builder(opts, path).open() {
+    let opened = if repair {
+        builder(opts, path).open()
+    } else {
+        open_to_read_with(builder(opts, path))
+    };
+    let cache = match opened {
         Ok(cache) => cache,
+        // A Cache::FastMmap file whose page 0 is not a page is not taken for a cache, unless
+        // asked to repair it.
+        Err(Error::NotACache {
+            page: Some(page),
+            reason,
+            ..
+        }) if repair => {
+            // `verify` takes the file for a cache and resets every page that fails validation.
+            let cache = builder(opts, path).verify(true).open()?;
+            let n = cache.num_pages();
+            writeln!(out, "page {page}: not a cache page: {reason} (reset)")
+                .map_err(Failure::stdout)?;
+            if !cache.validate()?.is_empty() {
+                return Err(Failure::CheckFailed(None));
+            }
+            return writeln!(
+                out,
+                "file taken as a cache: every damaged page of {n} reset"
+            )
+            .map_err(Failure::stdout);
+        }
+        Err(e @ Error::NotACache { .. }) => return Err(Failure::CheckFailed(Some(e.to_string()))),
         // A native header is self-describing: if it is damaged, or disagrees with the file's
         // size, the file is. (Without a header, a wrong size may be a wrong --num-pages.)
         Err(e @ Error::BadHeader { .. }) => return Err(Failure::CheckFailed(Some(e.to_string()))),
@@ -318,7 +359,7 @@ fn purge(opts: &FileOptions, path: &Path, out: &mut Out<'_>) -> Result<(), Failu
 }
 
 fn dump(opts: &FileOptions, path: &Path, out: &mut Out<'_>) -> Result<(), Failure> {
-    for item in open(opts, path)?.iter() {
+    for item in open_to_read(opts, path)?.iter() {
         let (key, entry) = item?;
         let mut line = serde_json::to_vec(&Record::of(&key, &entry))
             .map_err(|e| Failure::Error(format!("encoding JSON: {e}")))?;
