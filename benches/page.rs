@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use fastmmap::page::format::MIN_SLOTS;
-use fastmmap::page::{PageMut, Store};
+use fastmmap::page::{NewEntry, PageMut};
 
 const PAGE_SIZE: usize = 65536;
 /// Entries per page in the cache benches (10,000 keys over 89 pages).
@@ -37,8 +37,8 @@ fn keys(prefix: u8, n: usize) -> Vec<Key> {
         .collect()
 }
 
-fn req<'k>(k: &'k Key, value: &'k [u8]) -> Store<'k> {
-    Store {
+fn req<'k>(k: &'k Key, value: &'k [u8]) -> NewEntry<'k> {
+    NewEntry {
         slot_hash: k.slot_hash,
         key: &k.bytes,
         value,

@@ -8,8 +8,10 @@ use crate::cache::{Cache, Inner, UnlinkOnDrop};
 use crate::clock::Clock;
 use crate::expiry::ceil_secs;
 use crate::layout::KeyHash;
-use crate::page::check_page;
-use crate::store::{self, DEFAULT_PAGE_SIZE, MAX_NUM_PAGES, OpenRequest, Requested};
+use crate::page::format::MIN_PAGE_SIZE;
+use crate::store::{
+    self, DEFAULT_NUM_PAGES, DEFAULT_PAGE_SIZE, MAX_NUM_PAGES, OpenRequest, Requested,
+};
 use crate::{Error, Layout, LockKind, Result};
 
 /// Options for opening a cache; see [`Cache::builder`].
@@ -294,62 +296,6 @@ impl CacheBuilder {
     }
 }
 
-impl Cache {
-    /// `reset`: wipe every page; otherwise (`verify`) validate every page and reset bad ones.
-    fn prepare(&self, wipe: bool) -> Result<()> {
-        let g = self.inner.geometry;
-        let hash = self.inner.hash;
-        let slot_hash = move |key: &[u8]| hash.locate(key, g.num_pages).1;
-        for page in 0..g.num_pages {
-            let mut guard = self.lock_page(page)?;
-            if wipe {
-                guard.wipe();
-            } else if check_page(guard.bytes(), g.start_slots, Some(&slot_hash)).is_err() {
-                guard.reset();
-            }
-        }
-        Ok(())
-    }
-
-    /// Validates every page fully, one locked at a time, without repairing anything: the
-    /// problems found, one per bad page. (Normal operations reset a page whose header is
-    /// damaged when they lock it; opening with [`CacheBuilder::verify`] resets every bad page.)
-    ///
-    /// # Errors
-    /// Lock errors.
-    pub fn validate(&self) -> Result<Vec<PageProblem>> {
-        let g = self.inner.geometry;
-        let hash = self.inner.hash;
-        let slot_hash = move |key: &[u8]| hash.locate(key, g.num_pages).1;
-        let mut problems = Vec::new();
-        for page in 0..g.num_pages {
-            // A shared lock: validating reads the page and changes nothing.
-            let guard = self.inner.file.lock_shared(page, self.inner.lock_timeout)?;
-            let problem = match guard.as_is() {
-                (_, Some(p)) => Some(p),
-                (bytes, None) => check_page(bytes, g.start_slots, Some(&slot_hash)).err(),
-            };
-            if let Some(reason) = problem {
-                problems.push(PageProblem {
-                    page,
-                    reason: reason.0,
-                });
-            }
-        }
-        Ok(problems)
-    }
-}
-
-/// A page that failed [`Cache::validate`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PageProblem {
-    /// The page.
-    pub page: u32,
-    /// What is wrong with it.
-    pub reason: &'static str,
-}
-
 /// Cache::FastMmap's derivation of `(num_pages, page_size)` from a total size.
 pub(crate) fn derive_geometry(
     cache_size: u64,
@@ -369,7 +315,7 @@ pub(crate) fn derive_geometry(
         } else {
             1u64 << per_page.ilog2()
         }
-        .max(4096);
+        .max(MIN_PAGE_SIZE as u64);
         let ps = u32::try_from(ps)
             .map_err(|_| format!("cache_size {cache_size} gives pages larger than 1 GiB"))?;
         if let Some(given) = page_size
@@ -381,9 +327,11 @@ pub(crate) fn derive_geometry(
         }
         return Ok((np, ps));
     }
-    let ps = page_size.unwrap_or(DEFAULT_PAGE_SIZE).max(4096);
+    let ps = page_size
+        .unwrap_or(DEFAULT_PAGE_SIZE)
+        .max(MIN_PAGE_SIZE as u32);
     let fits = |np: u64| np * u64::from(ps) <= cache_size;
-    let mut np: u64 = 89;
+    let mut np = u64::from(DEFAULT_NUM_PAGES);
     if fits(np) {
         while fits(np) {
             np = np * 2 + 1;

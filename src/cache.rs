@@ -11,7 +11,7 @@ use crate::layout::KeyHash;
 use crate::page::format::{
     FLAG_TOMBSTONE, FLAG_UNDEF, FLAG_UTF8_KEY, FLAG_UTF8_VALUE, max_entry_size,
 };
-use crate::page::{Corrupt, EntryRef, Evict, PageHeader, Store, StoreOutcome};
+use crate::page::{Corrupt, EntryRef, Evict, NewEntry, PageHeader, StoreOutcome, check_page};
 use crate::stats::{PageStats, Stats};
 use crate::store::{Geometry, PageGuard, ReadGuard, SharedFile};
 use crate::{Error, Layout, Result};
@@ -66,9 +66,9 @@ impl Drop for UnlinkOnDrop {
 pub enum Update {
     /// Leave the entry as it is.
     Keep,
-    /// Store this value, with the default expiry.
+    /// NewEntry this value, with the default expiry.
     Set(Vec<u8>),
-    /// Store this value with this expiry.
+    /// NewEntry this value with this expiry.
     SetWith(Vec<u8>, Expiry),
     /// Remove the entry.
     Remove,
@@ -235,7 +235,7 @@ impl Cache {
         }
     }
 
-    fn check_size(&self, req: &Store<'_>) -> Result<()> {
+    fn check_size(&self, req: &NewEntry<'_>) -> Result<()> {
         let max = self.max_entry_size();
         match req.entry_size() {
             Some(needed) if needed <= max => Ok(()),
@@ -271,7 +271,7 @@ impl Cache {
     fn store_locked(
         &self,
         guard: &mut PageGuard<'_>,
-        req: &Store<'_>,
+        req: &NewEntry<'_>,
         now: u32,
     ) -> Result<StoreOutcome> {
         let slots = self.inner.geometry.start_slots;
@@ -286,7 +286,7 @@ impl Cache {
         }
     }
 
-    fn store(&self, req: &Store<'_>, page: u32, now: u32) -> Result<StoreOutcome> {
+    fn store(&self, req: &NewEntry<'_>, page: u32, now: u32) -> Result<StoreOutcome> {
         self.check_size(req)?;
         let mut guard = self.lock_page(page)?;
         self.store_locked(&mut guard, req, now)
@@ -298,12 +298,12 @@ impl Cache {
         value: &'k [u8],
         expiry: Expiry,
         now: u32,
-    ) -> (u32, Store<'k>) {
+    ) -> (u32, NewEntry<'k>) {
         let (page, slot_hash) = self.locate(key);
         let expire_on = expiry.expire_on(now, self.inner.default_expiry);
         (
             page,
-            Store {
+            NewEntry {
                 slot_hash,
                 key,
                 value,
@@ -486,7 +486,7 @@ impl Cache {
             Update::SetWith(v, e) => (v, e),
         };
         let expire_on = expiry.expire_on(now, self.inner.default_expiry);
-        let req = Store {
+        let req = NewEntry {
             slot_hash,
             key,
             value: &value,
@@ -556,7 +556,7 @@ impl Cache {
     /// [`Error::TooLarge`] if any pair cannot fit, before anything is stored; lock errors.
     pub fn set_many<K: AsRef<[u8]>, V: AsRef<[u8]>>(&self, pairs: &[(K, V)]) -> Result<usize> {
         let now = self.now();
-        let reqs: Vec<(u32, Store<'_>)> = pairs
+        let reqs: Vec<(u32, NewEntry<'_>)> = pairs
             .iter()
             .map(|(k, v)| self.request(k.as_ref(), v.as_ref(), Expiry::Default, now))
             .collect();
@@ -642,7 +642,7 @@ impl Cache {
             .iter()
             .map(|(k, _)| joined_key(page_key, k.as_ref()))
             .collect();
-        let reqs: Vec<Store<'_>> = keys
+        let reqs: Vec<NewEntry<'_>> = keys
             .iter()
             .zip(pairs)
             .map(|(full, (_, v))| self.request(full, v.as_ref(), Expiry::Default, now).1)
@@ -953,4 +953,60 @@ fn peek_locked(guard: &mut PageGuard<'_>, slot_hash: u32, key: &[u8], now: u32) 
         guard.reset();
         None
     })
+}
+
+impl Cache {
+    /// `reset`: wipe every page; otherwise (`verify`) validate every page and reset bad ones.
+    pub(crate) fn prepare(&self, wipe: bool) -> Result<()> {
+        let g = self.inner.geometry;
+        let hash = self.inner.hash;
+        let slot_hash = move |key: &[u8]| hash.locate(key, g.num_pages).1;
+        for page in 0..g.num_pages {
+            let mut guard = self.lock_page(page)?;
+            if wipe {
+                guard.wipe();
+            } else if check_page(guard.bytes(), g.start_slots, Some(&slot_hash)).is_err() {
+                guard.reset();
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates every page fully, one locked at a time, without repairing anything: the
+    /// problems found, one per bad page. (Normal operations reset a page whose header is
+    /// damaged when they lock it; opening with [`CacheBuilder::verify`] resets every bad page.)
+    ///
+    /// # Errors
+    /// Lock errors.
+    pub fn validate(&self) -> Result<Vec<PageProblem>> {
+        let g = self.inner.geometry;
+        let hash = self.inner.hash;
+        let slot_hash = move |key: &[u8]| hash.locate(key, g.num_pages).1;
+        let mut problems = Vec::new();
+        for page in 0..g.num_pages {
+            // A shared lock: validating reads the page and changes nothing.
+            let guard = self.inner.file.lock_shared(page, self.inner.lock_timeout)?;
+            let problem = match guard.as_is() {
+                (_, Some(p)) => Some(p),
+                (bytes, None) => check_page(bytes, g.start_slots, Some(&slot_hash)).err(),
+            };
+            if let Some(reason) = problem {
+                problems.push(PageProblem {
+                    page,
+                    reason: reason.0,
+                });
+            }
+        }
+        Ok(problems)
+    }
+}
+
+/// A page that failed [`Cache::validate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PageProblem {
+    /// The page.
+    pub page: u32,
+    /// What is wrong with it.
+    pub reason: &'static str,
 }

@@ -96,7 +96,8 @@ fn epoch_secs(t: SystemTime) -> u64 {
 }
 
 /// `t` as whole Unix seconds clamped to `u32`.
-pub(crate) fn unix_secs(t: SystemTime) -> u32 {
+#[cfg(test)]
+fn unix_secs(t: SystemTime) -> u32 {
     epoch_secs(t).min(u64::from(u32::MAX)) as u32
 }
 

@@ -19,8 +19,8 @@ pub mod session;
 mod stats;
 mod store;
 
-pub use builder::{CacheBuilder, PageProblem};
-pub use cache::{Cache, Entry, EntryFlags, Iter, Update};
+pub use builder::CacheBuilder;
+pub use cache::{Cache, Entry, EntryFlags, Iter, PageProblem, Update};
 pub use clock::{Clock, ManualClock};
 pub use error::{Error, Result};
 pub use expiry::Expiry;

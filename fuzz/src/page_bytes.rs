@@ -15,7 +15,7 @@
 use arbitrary::{Arbitrary, Unstructured};
 use fastmmap::page::format::*;
 use fastmmap::page::{
-    Corrupt, Evict, PageHeader, PageMut, PageView, Store, StoreOutcome, check_page,
+    Corrupt, Evict, PageHeader, PageMut, PageView, NewEntry, StoreOutcome, check_page,
 };
 
 use crate::common::events::{Event, note};
@@ -69,7 +69,7 @@ enum Op {
     Peek {
         key: KeySel,
     },
-    Store {
+    NewEntry {
         key: KeySel,
         value: ValSel,
         expire: ExpireSel,
@@ -164,7 +164,7 @@ pub fn run(data: &[u8]) {
                     Err(c) => fails_only_if_invalid(was_valid, "peek", c),
                 }
             }
-            Op::Store {
+            Op::NewEntry {
                 key,
                 value,
                 expire,
@@ -173,7 +173,7 @@ pub fn run(data: &[u8]) {
             } => {
                 let key = key.bytes();
                 let value = value.bytes(ps);
-                let req = Store {
+                let req = NewEntry {
                     slot_hash: hash(&key),
                     key: &key,
                     value: &value,
@@ -190,7 +190,7 @@ pub fn run(data: &[u8]) {
                 let overhead = ENTRY_HEADER_SIZE + key.len() + modseq.map_or(0, |_| MODSEQ_SIZE);
                 let len = (max + 1 + usize::from(*extra)).saturating_sub(overhead);
                 let value = vec![0xa5; len];
-                let req = Store {
+                let req = NewEntry {
                     slot_hash: hash(&key),
                     key: &key,
                     value: &value,
@@ -297,7 +297,7 @@ fn expand(ops: &[Op]) -> Vec<Op> {
                 count,
                 len,
                 expire,
-            } => out.extend((0..*count).map(|i| Op::Store {
+            } => out.extend((0..*count).map(|i| Op::NewEntry {
                 key: KeySel::Pool(base.wrapping_add(i)),
                 value: ValSel::Small(*len, i),
                 expire: *expire,
@@ -321,7 +321,7 @@ fn fails_only_if_invalid(was_valid: bool, what: &str, c: Corrupt) {
 }
 
 /// Stores and checks the outcome (see the module docs).
-fn do_store(buf: &mut [u8], req: &Store, now: u32, slots: u32, was_valid: bool) {
+fn do_store(buf: &mut [u8], req: &NewEntry, now: u32, slots: u32, was_valid: bool) {
     let ps = buf.len();
     let fits = req
         .entry_size()

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use arbitrary::{Arbitrary, Unstructured};
 use fastmmap::page::format::*;
 use fastmmap::page::{
-    EntryRef, Evict, PageHeader, PageMut, PageView, Removed, Store, StoreOutcome, check_page,
+    EntryRef, Evict, PageHeader, PageMut, PageView, Removed, NewEntry, StoreOutcome, check_page,
 };
 
 use crate::common::events::{Event, note};
@@ -75,7 +75,7 @@ enum Op {
         modseq: ModseqSel,
     },
     /// Any store the page API accepts.
-    Store {
+    NewEntry {
         key: KeySel,
         value: ValSel,
         expire: ExpireSel,
@@ -170,7 +170,7 @@ impl Entry {
 /// refused by a live tombstone; a tombstone never replaces something at least as new.
 /// (Entries without a modseq never refuse anything: the cache writes every tombstone with
 /// one.)
-fn expected_outcome(existing: Option<&Entry>, req: &Store<'_>, now: u32) -> StoreOutcome {
+fn expected_outcome(existing: Option<&Entry>, req: &NewEntry<'_>, now: u32) -> StoreOutcome {
     let Some(e) = existing else {
         return StoreOutcome::Stored;
     };
@@ -336,7 +336,7 @@ impl Run {
                 FLAG_TOMBSTONE,
                 Some(modseq.modseq().unwrap_or(0)),
             ),
-            Op::Store {
+            Op::NewEntry {
                 key,
                 value,
                 expire,
@@ -418,7 +418,7 @@ impl Run {
         let now = self.now;
         let key = key.bytes();
         let value = value.bytes(self.buf.len());
-        let req = Store {
+        let req = NewEntry {
             slot_hash: self.slot_hash(&key),
             key: &key,
             value: &value,

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use fastmmap::page::format::*;
-use fastmmap::page::{Evict, PageMut, PageView, Store, StoreOutcome};
+use fastmmap::page::{Evict, PageMut, PageView, NewEntry, StoreOutcome};
 
 fn replay(target: &str, run: fn(&[u8])) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -63,7 +63,7 @@ fn evict_with_free_data_below_the_slot_table() {
     PageMut::init(&mut buf, MIN_SLOTS);
     buf[FREE_DATA_OFFSET..][..4].copy_from_slice(&8u32.to_ne_bytes());
     buf[FREE_BYTES_OFFSET..][..4].copy_from_slice(&0u32.to_ne_bytes());
-    let req = Store {
+    let req = NewEntry {
         slot_hash: 1,
         key: b"k",
         value: b"v",
@@ -86,7 +86,7 @@ fn store_with_free_data_outside_the_data_area() {
         let mut buf = vec![0u8; 4096];
         PageMut::init(&mut buf, MIN_SLOTS);
         buf[FREE_DATA_OFFSET..][..4].copy_from_slice(&free_data.to_ne_bytes());
-        let req = Store {
+        let req = NewEntry {
             slot_hash: 7,
             key: b"key",
             value: b"value",
@@ -123,7 +123,7 @@ fn within_one_second_the_earliest_written_go_first() {
         PageMut::init(&mut buf, MIN_SLOTS);
         let keys: Vec<Vec<u8>> = (0..200u32).map(|i| format!("k{i}").into_bytes()).collect();
         for (i, key) in keys.iter().enumerate() {
-            let req = Store {
+            let req = NewEntry {
                 slot_hash: slot_hash(key),
                 key,
                 value: &[7; 100],

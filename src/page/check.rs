@@ -4,7 +4,7 @@ use super::Corrupt;
 use super::entry::EntryLoc;
 use super::format::*;
 use super::header::{PageHeader, get_u32};
-use super::page::{PageView, Probe};
+use super::view::{PageView, Probe};
 
 /// Recomputes a key's slot hash.
 pub type SlotHashFn = dyn Fn(&[u8]) -> u32;

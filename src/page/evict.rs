@@ -4,7 +4,7 @@ use super::Corrupt;
 use super::entry::EntryLoc;
 use super::format::*;
 use super::header::PageHeader;
-use super::page::PageMut;
+use super::view::PageMut;
 
 /// Which entries a rebuild drops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,15 +8,14 @@ mod entry;
 mod evict;
 pub mod format;
 mod header;
-#[allow(clippy::module_inception)]
-mod page;
+mod view;
 
 pub use check::check_page;
 pub use entry::EntryRef;
 pub use evict::Evict;
 pub use header::PageHeader;
 #[allow(unused_imports)] // part of the page API used by tests and fuzz targets
-pub use page::{PageMut, PageView, Removed, Store, StoreOutcome};
+pub use view::{NewEntry, PageMut, PageView, Removed, StoreOutcome};
 
 /// A page failed validation; the reason is one line of text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,8 +13,8 @@ fn slot_hash(key: &[u8]) -> u32 {
     crate::layout::fastmmap_hash(key) / 7
 }
 
-fn store<'k>(key: &'k [u8], value: &'k [u8], expire_on: u32) -> Store<'k> {
-    Store {
+fn store<'k>(key: &'k [u8], value: &'k [u8], expire_on: u32) -> NewEntry<'k> {
+    NewEntry {
         slot_hash: slot_hash(key),
         key,
         value,
@@ -237,7 +237,7 @@ fn make_room_for_more_than_a_page_holds_empties_it_without_overflow() {
 fn tombstones_and_modseqs() {
     let mut buf = fresh(4096);
     let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
-    let with = |value: &'static [u8], modseq: u64, flags: u32| Store {
+    let with = |value: &'static [u8], modseq: u64, flags: u32| NewEntry {
         modseq: Some(modseq),
         flags,
         ..store(b"k", value, 0)

@@ -3,7 +3,7 @@
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::page::format::PAGE_MAGIC;
+use crate::page::format::{MIN_PAGE_SIZE, PAGE_MAGIC};
 
 /// First eight bytes of a native file.
 pub const FILE_MAGIC: [u8; 8] = *b"fastmmap";
@@ -27,9 +27,10 @@ pub const LOCK_KIND_OFFSET: usize = HASH_KIND_OFFSET + 4;
 pub const BYTE_ORDER_OFFSET: usize = LOCK_KIND_OFFSET + 4;
 pub const RESERVED_OFFSET: usize = BYTE_ORDER_OFFSET + 4;
 pub const CHECKSUM_OFFSET: usize = RESERVED_OFFSET + 16;
-#[allow(dead_code)] // reserved for robust locks: every opener holds a shared lock on it
+/// Every opener of a robust-locked file holds a shared fcntl lock on this byte.
 pub const OPENERS_LOCK_OFFSET: usize = CHECKSUM_OFFSET + 8;
-pub const PAGE_TABLE_OFFSET: usize = 128;
+/// The page table starts on the first row boundary after the fixed part.
+pub const PAGE_TABLE_OFFSET: usize = (OPENERS_LOCK_OFFSET + 1).next_multiple_of(ROW_SIZE);
 
 // Per-page row, one cache line each:
 // | lock area [48] (robust mutex) | busy u32 | resets u32 | reserved [8] |
@@ -39,8 +40,9 @@ pub const ROW_BUSY_OFFSET: usize = ROW_LOCK_OFFSET + ROW_LOCK_SIZE;
 pub const ROW_RESETS_OFFSET: usize = ROW_BUSY_OFFSET + 4;
 pub const ROW_SIZE: usize = 64;
 
-/// Pages start on a boundary of this many bytes.
-pub const HEADER_ALIGN: usize = 4096;
+/// Pages start on a boundary of this many bytes: the smallest page size (and the memory
+/// page size of common machines).
+pub const HEADER_ALIGN: usize = MIN_PAGE_SIZE;
 
 /// The fixed fields of a native header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +178,7 @@ mod tests {
     #[test]
     fn layout_constants() {
         assert_eq!(OPENERS_LOCK_OFFSET, 64);
+        assert_eq!(PAGE_TABLE_OFFSET, 128);
         const { assert!(OPENERS_LOCK_OFFSET < PAGE_TABLE_OFFSET) };
         assert_eq!(ROW_RESETS_OFFSET + 4 + 8, ROW_SIZE);
         assert_eq!(header_size(1), 4096);

@@ -41,9 +41,9 @@ mod imp {
 
     use memmap2::MmapRaw;
 
+    use super::super::fcntl::{LockFailure, fcntl, fcntl_wait};
     use super::super::fork;
     use super::super::header::{self, OPENERS_LOCK_OFFSET, ROW_LOCK_OFFSET, ROW_LOCK_SIZE};
-    use super::super::lock::{LockFailure, fcntl, fcntl_wait};
 
     /// Robust locks can be used on this platform.
     pub(crate) const AVAILABLE: bool = true;
@@ -409,7 +409,7 @@ mod imp {
 
     use memmap2::MmapRaw;
 
-    use super::super::lock::LockFailure;
+    use super::super::fcntl::LockFailure;
 
     /// Robust locks cannot be used on this platform.
     pub(crate) const AVAILABLE: bool = false;

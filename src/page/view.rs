@@ -140,7 +140,7 @@ pub(super) enum Probe {
 
 /// A store request: everything written into the entry.
 #[derive(Clone, Copy, Debug)]
-pub struct Store<'k> {
+pub struct NewEntry<'k> {
     pub slot_hash: u32,
     pub key: &'k [u8],
     pub value: &'k [u8],
@@ -150,7 +150,7 @@ pub struct Store<'k> {
     pub modseq: Option<u64>,
 }
 
-impl Store<'_> {
+impl NewEntry<'_> {
     /// Bytes the entry will occupy in the page; `None` if it cannot be represented.
     pub fn entry_size(&self) -> Option<usize> {
         let val_len = self
@@ -287,7 +287,7 @@ impl<'a> PageMut<'a> {
     }
 
     /// Applies the conditional-store rules against the entry currently holding the key.
-    fn conditional(&self, existing: &EntryLoc, req: &Store, now: u32) -> Option<StoreOutcome> {
+    fn conditional(&self, existing: &EntryLoc, req: &NewEntry, now: u32) -> Option<StoreOutcome> {
         if is_expired(existing.expire_on, now) {
             return None;
         }
@@ -321,7 +321,7 @@ impl<'a> PageMut<'a> {
     #[cfg_attr(not(any(test, fuzzing, feature = "internals")), allow(dead_code))] // tests, bench, fuzz
     pub fn store(
         &mut self,
-        req: &Store,
+        req: &NewEntry,
         now: u32,
         start_slots: u32,
     ) -> Result<StoreOutcome, Corrupt> {
@@ -335,7 +335,7 @@ impl<'a> PageMut<'a> {
     /// writer dies part way, and only the marker tells the next locker to reset the page.
     pub fn store_with(
         &mut self,
-        req: &Store,
+        req: &NewEntry,
         now: u32,
         start_slots: u32,
         in_place: bool,
@@ -386,7 +386,7 @@ impl<'a> PageMut<'a> {
 
     /// Appends the entry at `free_data` and points the key's slot at it, replacing any old
     /// entry. Returns false (changing nothing) when there is no slot or no room.
-    fn append(&mut self, req: &Store, size: usize, now: u32) -> Result<bool, Corrupt> {
+    fn append(&mut self, req: &NewEntry, size: usize, now: u32) -> Result<bool, Corrupt> {
         let hdr = self.checked_header()?;
         let probe = self.probe(&hdr, req.slot_hash, req.key)?;
         self.append_probed(req, size, now, &hdr, probe)
@@ -395,7 +395,7 @@ impl<'a> PageMut<'a> {
     /// [`append`](Self::append) with the page's current header and the key's probe result.
     fn append_probed(
         &mut self,
-        req: &Store,
+        req: &NewEntry,
         size: usize,
         now: u32,
         hdr: &PageHeader,
@@ -436,7 +436,7 @@ impl<'a> PageMut<'a> {
     fn write_entry(
         &mut self,
         off: usize,
-        req: &Store,
+        req: &NewEntry,
         size: usize,
         now: u32,
     ) -> Result<(), Corrupt> {
@@ -498,7 +498,7 @@ impl<'a> PageMut<'a> {
     }
 }
 
-fn size_without_padding(req: &Store) -> usize {
+fn size_without_padding(req: &NewEntry) -> usize {
     ENTRY_HEADER_SIZE + req.key.len() + req.value.len() + req.modseq.map_or(0, |_| MODSEQ_SIZE)
 }
 

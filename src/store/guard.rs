@@ -1,0 +1,176 @@
+//! Held page locks. A page's bytes are reachable only through a guard, for as long as it
+//! holds the page's lock.
+
+#![allow(unsafe_code)]
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+
+use super::header;
+use super::lock::{Held, Reentry};
+use super::shared::SharedFile;
+use crate::page::{PageHeader, PageMut, PageView};
+
+/// A held page lock, of either mode; released when dropped.
+pub(super) struct Locked<'a> {
+    pub(super) file: &'a SharedFile,
+    pub(super) page: u32,
+    pub(super) range: (u64, u64),
+    pub(super) held: Option<Held>,
+    pub(super) _reentry: Reentry,
+}
+
+impl Locked<'_> {
+    /// The page's bytes, for reading.
+    #[inline]
+    fn view(&self) -> &[u8] {
+        let (offset, len) = self.range;
+        // SAFETY: `offset + len` lies inside the mapping (page < num_pages and the file size
+        // was checked against the geometry on open); this lock excludes every cooperating
+        // writer of the page, and the borrow of `self` keeps the slice from outliving it.
+        unsafe {
+            std::slice::from_raw_parts(self.file.map.as_ptr().add(offset as usize), len as usize)
+        }
+    }
+
+    /// Why the page must be reset before use, if it must: its busy marker is set (a process
+    /// died changing it) or its header fails the check.
+    #[inline]
+    fn problem(&self) -> Option<crate::page::Corrupt> {
+        let busy = self
+            .file
+            .row_word(self.page, header::ROW_BUSY_OFFSET)
+            .is_some_and(|busy| busy != 0);
+        if busy {
+            return Some(crate::page::Corrupt(
+                "busy marker set: a process died changing the page",
+            ));
+        }
+        let g = self.file.geometry;
+        PageHeader::read(self.view())
+            .check(g.page_size as usize, g.start_slots)
+            .err()
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take() {
+            self.file
+                .locks
+                .release(self.file.file.as_raw_fd(), self.page, self.range, held);
+        }
+    }
+}
+
+/// A page locked for reading: its bytes can be read, never written (in a file opened
+/// read-only they are mapped read-only).
+pub(crate) struct ReadGuard<'a>(pub(super) Locked<'a>);
+
+impl ReadGuard<'_> {
+    /// The page, if it passes the header check (a damaged page cannot be repaired here).
+    #[inline]
+    pub(crate) fn page(&self) -> Option<PageView<'_>> {
+        match self.0.problem() {
+            None => Some(PageView::new(self.0.view())),
+            Some(_) => None,
+        }
+    }
+
+    /// The page's bytes, however damaged, and why it is damaged if it is.
+    pub(crate) fn as_is(&self) -> (&[u8], Option<crate::page::Corrupt>) {
+        (self.0.view(), self.0.problem())
+    }
+}
+
+/// A page locked for a change; the page's bytes are reachable only through it.
+pub(crate) struct PageGuard<'a>(pub(super) Locked<'a>);
+
+impl PageGuard<'_> {
+    pub(crate) fn page_index(&self) -> u32 {
+        self.0.page
+    }
+
+    /// The page's bytes.
+    #[inline]
+    pub(crate) fn bytes(&mut self) -> &mut [u8] {
+        let (offset, len) = self.0.range;
+        // SAFETY: `offset + len` lies inside the mapping (page < num_pages and the file size
+        // was checked against the geometry on open), which is writable (a `PageGuard` is only
+        // made for a file opened read-write); this guard holds the page's lock, so no other
+        // thread or cooperating process touches these bytes, and the borrow of `self` keeps
+        // the slice from outliving the lock or aliasing another `bytes()` borrow.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.0.file.map.as_mut_ptr().add(offset as usize),
+                len as usize,
+            )
+        }
+    }
+
+    /// Why the page must be reset before use, if it must: its busy marker is set (a process
+    /// died changing it) or its header fails the check.
+    #[inline]
+    pub(crate) fn problem(&mut self) -> Option<crate::page::Corrupt> {
+        self.0.problem()
+    }
+
+    /// The page, for reading or for changes that do not restructure it (access times,
+    /// statistics).
+    #[inline]
+    pub(crate) fn page(&mut self) -> PageMut<'_> {
+        PageMut::wrap(self.bytes())
+    }
+
+    /// Runs a structural change with the busy marker set, so that a process killed part way
+    /// leaves the page to be reset by the next locker. A change that finds the page damaged
+    /// resets it and returns the error.
+    pub(crate) fn change<T>(
+        &mut self,
+        f: impl FnOnce(&mut PageMut<'_>) -> std::result::Result<T, crate::page::Corrupt>,
+    ) -> std::result::Result<T, crate::page::Corrupt> {
+        let row = self.0.file.row(self.0.page);
+        if let Some((busy, _)) = row {
+            busy.store(1, Ordering::Relaxed);
+            std::sync::atomic::fence(Ordering::Release);
+        }
+        let result = f(&mut self.page());
+        match result {
+            Ok(value) => {
+                if let Some((busy, _)) = row {
+                    busy.store(0, Ordering::Release);
+                }
+                Ok(value)
+            }
+            Err(corrupt) => {
+                self.reset();
+                Err(corrupt)
+            }
+        }
+    }
+
+    /// Resets a page that failed validation, and counts it.
+    pub(crate) fn reset(&mut self) {
+        let (file, page) = (self.0.file, self.0.page);
+        match file.row(page) {
+            Some((_, resets)) => {
+                resets.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                if let Some(r) = file.local_resets.get(page as usize) {
+                    r.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.wipe();
+    }
+
+    /// Empties the page (on request, not for damage: nothing is counted).
+    pub(crate) fn wipe(&mut self) {
+        let slots = self.0.file.geometry.start_slots;
+        PageMut::init(self.bytes(), slots);
+        if let Some((busy, _)) = self.0.file.row(self.0.page) {
+            busy.store(0, Ordering::Release);
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! One open file, its mapping and its page locks, shared by every handle in this process.
+
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use memmap2::MmapRaw;
+
+use super::fcntl::LockFailure;
+use super::geometry::Geometry;
+use super::guard::{Locked, PageGuard, ReadGuard};
+use super::header;
+use super::lock::{PageLocks, Reentry};
+use crate::{Error, Layout, LockKind, Result};
+
+/// One open file, shared by every `Cache` handle on it in this process.
+pub(crate) struct SharedFile {
+    pub(super) path: PathBuf,
+    pub(super) file: File,
+    pub(super) map: MmapRaw,
+    pub(super) geometry: Geometry,
+    pub(super) layout: Layout,
+    pub(super) lock_kind: LockKind,
+    pub(super) header_size: usize,
+    /// The file's owner, checked again by every later open in this process.
+    pub(super) owner: u32,
+    /// Opened and mapped for reading only: pages are locked with shared (read) locks and
+    /// never written.
+    pub(super) read_only: bool,
+    pub(super) locks: PageLocks,
+    /// Resets per page, for the FastMmap layout (which has no header to count them in).
+    pub(super) local_resets: Box<[AtomicU64]>,
+    /// Descriptors of this file opened by racing openers: never closed while the file is in
+    /// use, since closing any descriptor drops all of this process's fcntl locks on it.
+    pub(super) spare_fds: Mutex<Vec<File>>,
+}
+
+impl SharedFile {
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    pub(crate) fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    pub(crate) fn lock_kind(&self) -> LockKind {
+        self.lock_kind
+    }
+
+    fn page_range(&self, page: u32) -> (u64, u64) {
+        let size = u64::from(self.geometry.page_size);
+        (self.header_size as u64 + u64::from(page) * size, size)
+    }
+
+    /// The busy marker and reset counter of `page` (native layout, opened read-write).
+    pub(super) fn row(&self, page: u32) -> Option<(&AtomicU32, &AtomicU32)> {
+        if self.layout != Layout::Native || self.read_only || page >= self.geometry.num_pages {
+            return None;
+        }
+        let row = header::row_offset(page);
+        // SAFETY: the row lies inside the header, which is inside the mapping (checked on open:
+        // header_size covers every row), and the mapping is writable (not read-only); the
+        // offsets are multiples of 4 from a page-aligned base, so the words are aligned; they
+        // are only ever accessed atomically, and the mapping lives as long as `self`.
+        unsafe {
+            let base = self.map.as_mut_ptr().add(row);
+            Some((
+                AtomicU32::from_ptr(base.add(header::ROW_BUSY_OFFSET).cast()),
+                AtomicU32::from_ptr(base.add(header::ROW_RESETS_OFFSET).cast()),
+            ))
+        }
+    }
+
+    /// One word of `page`'s row read without writing (native layout): read-only mappings
+    /// cannot be handed out as atomics, which promise writability.
+    pub(super) fn row_word(&self, page: u32, offset: usize) -> Option<u32> {
+        if self.layout != Layout::Native || page >= self.geometry.num_pages {
+            return None;
+        }
+        if let Some((busy, resets)) = self.row(page) {
+            let word = if offset == header::ROW_BUSY_OFFSET {
+                busy
+            } else {
+                resets
+            };
+            return Some(word.load(Ordering::Acquire));
+        }
+        // SAFETY: as in `row`, the aligned word lies inside the mapping, which is readable; a
+        // volatile read, since other processes write it.
+        Some(unsafe {
+            self.map
+                .as_ptr()
+                .add(header::row_offset(page) + offset)
+                .cast::<u32>()
+                .read_volatile()
+        })
+    }
+
+    /// How many times `page` has been reset for failing validation.
+    pub(crate) fn resets(&self, page: u32) -> u64 {
+        match self.row_word(page, header::ROW_RESETS_OFFSET) {
+            Some(resets) => u64::from(resets),
+            None => self
+                .local_resets
+                .get(page as usize)
+                .map_or(0, |r| r.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Zeroes the reset counters (native: in the file; FastMmap: in this process).
+    pub(crate) fn clear_resets(&self, page: u32) {
+        match self.row(page) {
+            Some((_, resets)) => resets.store(0, Ordering::Relaxed),
+            None => {
+                if let Some(r) = self.local_resets.get(page as usize) {
+                    r.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Locks `page` for a change, waiting at most `timeout`. The page returned passes the
+    /// header check: one left half-changed by a dead process (busy marker set) or failing the
+    /// check is reset first, and the reset counted.
+    #[inline]
+    pub(crate) fn lock(&self, page: u32, timeout: Option<Duration>) -> Result<PageGuard<'_>> {
+        let mut guard = self.lock_as_is(page, timeout)?;
+        if guard.problem().is_some() {
+            guard.reset();
+        }
+        Ok(guard)
+    }
+
+    /// Locks `page` for a change and leaves it as it is, however damaged (for checks and
+    /// repairs).
+    #[inline]
+    pub(crate) fn lock_as_is(&self, page: u32, timeout: Option<Duration>) -> Result<PageGuard<'_>> {
+        if self.read_only {
+            return Err(Error::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        Ok(PageGuard(self.acquire(page, timeout, false)?))
+    }
+
+    /// Locks `page` for reading, as it is: a read (shared) record lock in a file opened
+    /// read-only, so that other readers go on at the same time; otherwise the page's ordinary
+    /// lock.
+    #[inline]
+    pub(crate) fn lock_shared(
+        &self,
+        page: u32,
+        timeout: Option<Duration>,
+    ) -> Result<ReadGuard<'_>> {
+        Ok(ReadGuard(self.acquire(page, timeout, self.read_only)?))
+    }
+
+    #[inline]
+    fn acquire(&self, page: u32, timeout: Option<Duration>, shared: bool) -> Result<Locked<'_>> {
+        let id = self as *const SharedFile as usize;
+        let reentry = Reentry::enter(id).ok_or_else(|| Error::Reentrant {
+            path: self.path.clone(),
+        })?;
+        let range = self.page_range(page);
+        // A timeout too long to represent as an instant is as good as none.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let held = self
+            .locks
+            .acquire(self.file.as_raw_fd(), page, range, deadline, shared)
+            .map_err(|f| match f {
+                LockFailure::TimedOut => Error::LockTimeout {
+                    path: self.path.clone(),
+                    page,
+                    timeout: timeout.unwrap_or_default(),
+                },
+                LockFailure::Os(source) => Error::Lock {
+                    path: self.path.clone(),
+                    page,
+                    source,
+                },
+            })?;
+        Ok(Locked {
+            file: self,
+            page,
+            range,
+            held: Some(held),
+            _reentry: reentry,
+        })
+    }
+}
