@@ -407,6 +407,89 @@ fn processes_kind(c: &mut Criterion, kind: LockKind, name: &str) {
     g.finish();
 }
 
+/// Keys of the side-by-side comparison with an in-process map.
+const FLOOR_KEYS: usize = 20_000;
+
+/// `0..n` in a fixed pseudo-random order (a seeded Fisher-Yates shuffle).
+fn shuffled(n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+/// The floor: the same workload on a `HashMap` behind a `Mutex` in one process, beside the
+/// cache with each lock kind — 20,000 keys of 10 bytes, 100-byte values, random order: get
+/// hits, overwrites, and gets of which half miss.
+fn floor(c: &mut Criterion) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    let present = keys(b'k', FLOOR_KEYS);
+    let absent = keys(b'x', FLOOR_KEYS);
+    let order = shuffled(FLOOR_KEYS);
+    // Every other key of the half-miss mix is absent.
+    let mixed: Vec<Key> = order
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| if i % 2 == 0 { present[k] } else { absent[k] })
+        .collect();
+    let hits: Vec<Key> = order.iter().map(|&k| present[k]).collect();
+    let mut g = c.benchmark_group("floor");
+
+    let map: Mutex<HashMap<Vec<u8>, Vec<u8>>> = Mutex::new(
+        present
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.to_vec(), value(i).to_vec()))
+            .collect(),
+    );
+    let map_get = |k: &Key| map.lock().unwrap().get(&k[..]).cloned();
+    g.bench_function("hashmap/get_hit", |b| {
+        let mut keys = Rotor::new(&hits, 0);
+        b.iter(|| black_box(map_get(keys.next())))
+    });
+    g.bench_function("hashmap/get_half_miss", |b| {
+        let mut keys = Rotor::new(&mixed, 0);
+        b.iter(|| black_box(map_get(keys.next())))
+    });
+    g.bench_function("hashmap/set_overwrite", |b| {
+        let mut keys = Rotor::new(&hits, 0);
+        let v = value(7);
+        b.iter(|| {
+            let old = map.lock().unwrap().insert(keys.next().to_vec(), v.to_vec());
+            black_box(old)
+        })
+    });
+
+    let dir = bench_dir();
+    for (kind, name) in KINDS {
+        let cache = open_cache(&dir, &format!("floor-{name}"), kind);
+        for (i, k) in present.iter().enumerate() {
+            cache.set(k, &value(i)).expect("set");
+        }
+        g.bench_function(format!("{name}/get_hit"), |b| {
+            let mut keys = Rotor::new(&hits, 0);
+            b.iter(|| black_box(cache.get(keys.next()).unwrap()))
+        });
+        g.bench_function(format!("{name}/get_half_miss"), |b| {
+            let mut keys = Rotor::new(&mixed, 0);
+            b.iter(|| black_box(cache.get(keys.next()).unwrap()))
+        });
+        g.bench_function(format!("{name}/set_overwrite"), |b| {
+            let mut keys = Rotor::new(&hits, 0);
+            let v = value(7);
+            b.iter(|| black_box(cache.set(keys.next(), &v).unwrap()))
+        });
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -417,6 +500,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = single, threads, processes
+    targets = single, threads, processes, floor
 }
 criterion_main!(benches);
