@@ -1441,6 +1441,16 @@ mod tests {
             SessionStore::builder().path(dir.path().join("other")),
             SessionStore::builder()
                 .cookie(CookieConfig::new().same_site(Some(crate::session::SameSite::None))),
+            SessionStore::builder().cookie(CookieConfig::new().name("__Host-sid").unwrap()),
+            SessionStore::builder().cookie(
+                CookieConfig::new()
+                    .name("__host-sid")
+                    .unwrap()
+                    .secure(true)
+                    .domain("example.org")
+                    .unwrap(),
+            ),
+            SessionStore::builder().cookie(CookieConfig::new().name("__SECURE-sid").unwrap()),
         ];
         for b in cases {
             let e = build(b).unwrap_err();
