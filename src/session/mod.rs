@@ -103,6 +103,15 @@
 //! lengths — followed by the data and flash values as JSON and the binding. A record of
 //! another version is reported ([`Error::UnsupportedVersion`]) and left alone, never
 //! overwritten.
+//!
+//! Every byte of a record is checked before use: the cache file is shared, and whatever it
+//! holds never makes the store panic. A damaged record — wrong magic, a section that does
+//! not fit, JSON that is not an object, or a time past early 2106 (the last second a cache
+//! entry can expire; no session this crate writes goes beyond it) — is
+//! [`Error::BadRecord`] for [`SessionStore::load`], [`SessionStore::begin`],
+//! [`SessionStore::save`], [`SessionStore::update`] and [`SessionStore::change_id`], and is
+//! left as it was (it may be another program's value under a colliding key);
+//! [`SessionStore::delete`] removes it.
 
 #![forbid(unsafe_code)]
 

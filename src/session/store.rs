@@ -18,7 +18,7 @@ use crate::session::data::{NewReason, Session, State, from_unix_secs, unix_secs}
 use crate::session::error::{Error, Result};
 use crate::session::id::SessionId;
 use crate::session::record::{
-    Binding, MAX_BOUND_USER_AGENT, Map, Record, RecordView, Times, truncate_at_char,
+    Binding, MAX_BOUND_USER_AGENT, MAX_TIME, Map, Record, RecordView, Times, truncate_at_char,
 };
 use crate::session::uri::UrlRewriter;
 use crate::{Cache, Expiry, Update};
@@ -120,9 +120,9 @@ impl Default for SessionStoreBuilder {
     }
 }
 
-/// Whole seconds in `d`, rounded up.
+/// Whole seconds in `d`, rounded up (saturating).
 fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 impl SessionStoreBuilder {
@@ -142,7 +142,8 @@ impl SessionStoreBuilder {
     }
 
     /// The absolute lifetime: a session ends this long after it was created, however active
-    /// (default [`DEFAULT_LIFETIME`], one day). Whole seconds, rounded up.
+    /// (default [`DEFAULT_LIFETIME`], one day). Whole seconds, rounded up. No session outlives
+    /// early 2106, when the cache's expiry times end.
     pub fn lifetime(mut self, d: Duration) -> Self {
         self.lifetime = d;
         self
@@ -381,18 +382,21 @@ impl SessionStore {
         key
     }
 
-    /// Now, in Unix seconds, by the cache's clock.
+    /// Now, in Unix seconds, by the cache's clock (at most [`MAX_TIME`], like every time in a
+    /// record).
     pub(crate) fn now(&self) -> u64 {
-        unix_secs(self.inner.cache.clock().now())
+        unix_secs(self.inner.cache.clock().now()).min(MAX_TIME)
     }
 
-    /// When a session created at `created` and last active at `active` ends.
+    /// When a session created at `created` and last active at `active` ends: at most
+    /// [`MAX_TIME`], when the cache entry holding it ends anyway.
     fn deadline(&self, created: u64, active: u64) -> u64 {
         let absolute = created.saturating_add(self.inner.lifetime);
-        match self.inner.idle {
+        let end = match self.inner.idle {
             Some(idle) => absolute.min(active.saturating_add(idle)),
             None => absolute,
-        }
+        };
+        end.min(MAX_TIME)
     }
 
     /// The new expiry if a load at `now` should move the idle deadline.
