@@ -743,6 +743,44 @@ fn logout_deletes_session_and_cookie() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The session file
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Session ids are secrets: a file the store creates is readable by its owner only.
+#[test]
+fn a_session_file_the_store_creates_is_private() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("sessions");
+    let store = SessionStore::builder().path(&path).build().unwrap();
+    assert_eq!(store.cache().path(), path);
+    assert_eq!(format!("{:o}", mode_of(&path)), "600");
+
+    // The default file, in the temp directory (a child sets TMPDIR to a directory of its
+    // own, so the test touches no real default file).
+    let tmp = temp_dir();
+    let mut kids = Children::new();
+    kids.spawn(|| {
+        // SAFETY: the forked child has a single thread.
+        unsafe { std::env::set_var("TMPDIR", tmp.path()) };
+        let store = SessionStore::builder().build().map_err(|e| e.to_string())?;
+        let file = store.cache().path();
+        if file.parent() != Some(tmp.path()) {
+            return Err(format!("default session file {file:?} not in TMPDIR"));
+        }
+        match mode_of(file) {
+            0o600 => Ok(()),
+            mode => Err(format!("default session file {file:?} has mode {mode:o}")),
+        }
+    });
+    kids.wait_all_ok();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Damaged records
 
 /// Offsets of the created, updated, active and expires times (u64, little-endian) in a stored

@@ -27,6 +27,8 @@ use crate::{Cache, Expiry, Update};
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(86_400);
 /// The default key prefix of session records in the cache.
 pub const DEFAULT_KEY_PREFIX: &str = "session:";
+/// Mode of a cache file the store creates: session ids are secrets, for its owner only.
+const SESSION_FILE_MODE: u32 = 0o600;
 /// Optimistic save attempts before a save decides under the page lock instead.
 const CAS_ROUNDS: usize = 8;
 /// New ids tried when a generated id is already taken (which a working random number
@@ -134,8 +136,15 @@ impl SessionStoreBuilder {
         self
     }
 
-    /// Keep sessions in a cache at this path, opened with default options. Without `cache`
-    /// or `path`, the cache's default file is used: a per-user file in the temp directory.
+    /// Keep sessions in a cache at this path, opened with default options, except that a
+    /// file the store creates gets mode `0600` (session ids are secrets). Without `cache` or
+    /// `path`, the cache's default file is used — a per-user file in the temp directory
+    /// (see [`CacheBuilder::path`](crate::CacheBuilder::path)) — also created with mode
+    /// `0600`.
+    ///
+    /// An existing file keeps its mode, and a cache given with [`cache`](Self::cache) is used
+    /// as it was opened: check their permissions yourself. Anyone who can read the file can
+    /// read every session and its id.
     pub fn path(mut self, path: impl AsRef<Path>) -> Self {
         self.path = Some(path.as_ref().to_path_buf());
         self
@@ -238,8 +247,11 @@ impl SessionStoreBuilder {
         let cache = match (self.cache, self.path) {
             (Some(_), Some(_)) => return Err(invalid("give either a cache or a path, not both")),
             (Some(cache), None) => cache,
-            (None, Some(path)) => Cache::open(path)?,
-            (None, None) => Cache::builder().open()?,
+            (None, Some(path)) => Cache::builder()
+                .path(path)
+                .permissions(SESSION_FILE_MODE)
+                .open()?,
+            (None, None) => Cache::builder().permissions(SESSION_FILE_MODE).open()?,
         };
         Ok(SessionStore {
             inner: Arc::new(Inner {
