@@ -1120,6 +1120,102 @@ fn hostile_html() {
     assert!(r.set_cookie.is_some());
 }
 
+/// The attribute values in `html` that carry `id`.
+fn values_with_id<'a>(html: &'a str, id: &SessionId) -> Vec<&'a str> {
+    html.split('"')
+        .filter(|v| v.contains(id.as_str()))
+        .collect()
+}
+
+#[test]
+fn a_base_href_never_sends_the_id_elsewhere() {
+    let _serial = serial();
+    let s = setup();
+    let app = "http://localhost:3000/app/";
+    // Pages whose <base> (before or after the links, plain or in markup that browsers read
+    // in more than one way) points elsewhere. Whatever a browser takes as the base, every
+    // URL that carries the id must go to the application: each is written absolute.
+    let pages = [
+        r#"<a href="/app/a">a</a><form action="/app/f"><button formaction="/app/b">b</button></form><form></form><area href="x"><base href="http://evil.example/">"#,
+        r#"<base href="//evil.example/app/"><form action=""><input type="image" formaction=""></form><a href="/app/a">a</a>"#,
+        r#"<noscript><base href="//evil.example/"></noscript><a href="/app/a">a</a><a href="x">x</a><form></form>"#,
+        r#"<template><base href="/app/"></template><noscript>&lt;<BASE href=//evil.example/></noscript><a href="/app/a">a</a>"#,
+        r#"<select><base href="/app/"></select><base href="//evil.example/"><a href="/app/a">a</a><form></form>"#,
+        r#"<a href="/app/a" ping="https://evil.example/ping">a</a><base href="/app/"><iframe src="/app/frame"></iframe><frameset><frame src="/app/frame"></frameset>"#,
+    ];
+    for style in [UrlStyle::Path, UrlStyle::Query] {
+        let store = s.url_store(style);
+        for page in pages {
+            let (r, id) = rewrite(&store, page.as_bytes());
+            let out = body(&r);
+            for value in values_with_id(out, &id) {
+                // The id alone is the value of a hidden field (query style), in a form all
+                // of whose submissions go to the application (checked below).
+                assert!(
+                    value.starts_with(app) || value == id.as_str(),
+                    "{style:?}: {value} in\n{out}"
+                );
+            }
+        }
+    }
+    // A form whose button may submit it to evil.example gets no hidden id field.
+    let store = s.url_store(UrlStyle::Query);
+    let (r, id) = rewrite(&store, pages[0].as_bytes());
+    assert!(
+        !body(&r).contains(&format!(r#"value="{id}""#)),
+        "{}",
+        body(&r)
+    );
+    // The plain case: the empty form posts to the page itself, the links go to evil.example
+    // untouched.
+    let store = s.url_store(UrlStyle::Path);
+    let (r, id) = rewrite(&store, pages[0].as_bytes());
+    assert_eq!(
+        values_with_id(body(&r), &id),
+        [format!("{app}page/-/{id}")],
+        "{}",
+        body(&r)
+    );
+    assert!(body(&r).starts_with(
+        r#"<a href="/app/a">a</a><form action="/app/f"><button formaction="/app/b">"#
+    ));
+}
+
+#[test]
+fn a_request_path_that_looks_like_a_host_never_leaks() {
+    let _serial = serial();
+    let s = setup();
+    let store = SessionStore::builder()
+        .cache(s.cache.clone())
+        .urls(UrlRewriter::new("http://localhost:3000/").unwrap())
+        .build()
+        .unwrap();
+    // A link to `http://localhost:3000//evil.example/x` sent to a victim without cookies.
+    let mut visit = store.begin(&Request::new("//evil.example/x")).unwrap();
+    visit.session.insert("k", &1).unwrap();
+    let mut page = Response::html(r#"<a href="y">y</a><form action="?q=1"></form><form></form>"#);
+    store.finish(&mut visit, &mut page).unwrap();
+    let id = *visit.session.id();
+    let out = body(&page);
+    let values = values_with_id(out, &id);
+    assert_eq!(values.len(), 3, "{out}");
+    for value in values {
+        assert!(
+            value.starts_with("http://localhost:3000//evil.example/"),
+            "{value} in {out}"
+        );
+    }
+    let mut visit = store.begin(&Request::new("//evil.example/x")).unwrap();
+    visit.session.insert("k", &1).unwrap();
+    let mut redirect = Response::redirect(302, "next");
+    store.finish(&mut visit, &mut redirect).unwrap();
+    let location = redirect.location.unwrap();
+    assert!(
+        location.starts_with("http://localhost:3000//evil.example/next/-/"),
+        "{location}"
+    );
+}
+
 #[test]
 fn markup_the_parser_refuses_is_sent_unchanged() {
     let _serial = serial();
