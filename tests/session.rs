@@ -14,10 +14,12 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use common::*;
 use fastmmap::session::{
-    Client, CookieConfig, IdSource, NewReason, Origin, Request, Response, Saved, SessionId,
-    SessionStore, UrlRewriter, UrlStyle,
+    Client, CookieConfig, Error as SessionError, IdSource, NewReason, Origin, Request, Response,
+    Saved, Session, SessionId, SessionStore, UrlRewriter, UrlStyle, Visit,
 };
 use fastmmap::{Cache, ManualClock};
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 
 const T0: u64 = 1_700_000_000;
 const BASE: &str = "http://localhost:3000/app/";
@@ -741,6 +743,282 @@ fn logout_deletes_session_and_cookie() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The session file
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Session ids are secrets: a file the store creates is readable by its owner only.
+#[test]
+fn a_session_file_the_store_creates_is_private() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("sessions");
+    let store = SessionStore::builder().path(&path).build().unwrap();
+    assert_eq!(store.cache().path(), path);
+    assert_eq!(format!("{:o}", mode_of(&path)), "600");
+
+    // The default file, in the temp directory (a child sets TMPDIR to a directory of its
+    // own, so the test touches no real default file).
+    let tmp = temp_dir();
+    let mut kids = Children::new();
+    kids.spawn(|| {
+        // SAFETY: the forked child has a single thread.
+        unsafe { std::env::set_var("TMPDIR", tmp.path()) };
+        let store = SessionStore::builder().build().map_err(|e| e.to_string())?;
+        let file = store.cache().path();
+        if file.parent() != Some(tmp.path()) {
+            return Err(format!("default session file {file:?} not in TMPDIR"));
+        }
+        match mode_of(file) {
+            0o600 => Ok(()),
+            mode => Err(format!("default session file {file:?} has mode {mode:o}")),
+        }
+    });
+    kids.wait_all_ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Damaged records
+
+/// Offsets of the created, updated, active and expires times (u64, little-endian) in a stored
+/// session record (see `src/session/record.rs`).
+const TIME_OFFSETS: [usize; 4] = [8, 16, 24, 32];
+
+/// Stores that read a record's times in every way: absolute lifetime only, and sliding
+/// expiry with URL ids.
+fn damage_stores(s: &Setup) -> [SessionStore; 2] {
+    [
+        SessionStore::new(s.cache.clone()),
+        SessionStore::builder()
+            .cache(s.cache.clone())
+            .idle_timeout(Duration::from_secs(600))
+            .extend_threshold(Duration::from_secs(1))
+            .urls(UrlRewriter::new(BASE).unwrap())
+            .build()
+            .unwrap(),
+    ]
+}
+
+/// A stored session, the session as one request holds it (with an unsaved change), and a
+/// visit that began before the record was damaged (also with a change).
+fn stored_for_damage(store: &SessionStore) -> (SessionId, Session, Visit) {
+    let mut session = store.create(&Client::new()).unwrap();
+    session.insert("n", &1).unwrap();
+    assert_eq!(store.save(&mut session).unwrap(), Saved::Written);
+    let id = *session.id();
+    session.insert("n", &2).unwrap();
+    let mut visit = store
+        .begin(&Request::new("/app/").cookie(&format!("session={id}")))
+        .unwrap();
+    assert_eq!(visit.session.origin(), &Origin::Loaded);
+    visit.session.insert("n", &3).unwrap();
+    (id, session, visit)
+}
+
+/// Runs every store operation on the session `id` (whose stored record was replaced behind
+/// the store's back), giving `after` each result as soon as it has it. `session` and
+/// `visit` are what requests held before the record was replaced.
+fn every_operation(
+    store: &SessionStore,
+    id: SessionId,
+    mut session: Session,
+    mut visit: Visit,
+    mut after: impl FnMut(&'static str, Result<(), SessionError>),
+) {
+    let cookie = format!("session={id}");
+    after("load", store.load(Some(&id), &Client::new()).map(drop));
+    after(
+        "load_str",
+        store.load_str(Some(id.as_str()), &Client::new()).map(drop),
+    );
+    after(
+        "begin by cookie",
+        store
+            .begin(&Request::new("/app/").cookie(&cookie))
+            .map(drop),
+    );
+    if store.urls().is_some() {
+        after(
+            "begin by path",
+            store
+                .begin(&Request::new(&format!("/app/x/-/{id}")))
+                .map(drop),
+        );
+    }
+    after(
+        "update",
+        store.update(&id, |s| s.insert("n", &4).unwrap()).map(drop),
+    );
+    after("save", store.save(&mut session.clone()).map(drop));
+    after(
+        "finish",
+        store
+            .finish(&mut visit, &mut Response::html("<a href=x>x</a>"))
+            .map(drop),
+    );
+    let changed = store.change_id(&mut session).map(drop);
+    let kept_id = session.id() == &id;
+    after("change_id", changed);
+    if !kept_id {
+        after("change_id kept the id", Ok(()));
+    }
+    after("delete", store.delete(&id).map(drop));
+}
+
+/// Every operation that reads a record with an impossible time (past 2106, up to
+/// `u64::MAX`) reports it as unreadable and leaves it alone; `delete` removes it.
+#[test]
+fn junk_times_in_a_stored_record_are_unreadable_never_a_panic() {
+    let _serial = serial();
+    let s = setup();
+    let junk = [
+        u64::MAX,
+        u64::MAX - 1,
+        1 << 63,
+        1 << 40,
+        u64::from(u32::MAX) + 1,
+    ];
+    for store in damage_stores(&s) {
+        // Each time alone, then all four at once.
+        for field in 0..=TIME_OFFSETS.len() {
+            for value in junk {
+                s.at(0);
+                let (id, session, visit) = stored_for_damage(&store);
+                let key = store.key(&id);
+                let mut bytes = s.cache.get(&key).unwrap().unwrap();
+                for (i, offset) in TIME_OFFSETS.iter().enumerate() {
+                    if field == i || field == TIME_OFFSETS.len() {
+                        bytes[*offset..*offset + 8].copy_from_slice(&value.to_le_bytes());
+                    }
+                }
+                s.cache.set(&key, &bytes).unwrap();
+                // Late enough that a load would move an idle deadline.
+                s.at(5);
+                let mut wrong = Vec::new();
+                every_operation(&store, id, session, visit, |op, r| {
+                    let unreadable = matches!(
+                        r,
+                        Err(SessionError::BadRecord { .. }
+                            | SessionError::UnsupportedVersion { .. })
+                    );
+                    if op == "delete" {
+                        if r.is_err() {
+                            wrong.push((op, format!("{r:?}")));
+                        }
+                    } else if !unreadable {
+                        wrong.push((op, format!("{r:?}")));
+                    } else if s.cache.get(&key).unwrap().as_deref() != Some(&bytes[..]) {
+                        wrong.push((op, "changed the record".to_owned()));
+                    }
+                });
+                assert!(!s.cache.contains_key(&key).unwrap(), "delete removes it");
+                assert!(
+                    wrong.is_empty(),
+                    "{store:?}, time {field} = {value:#x}: {wrong:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Bytes for a stored record: mostly a record header (right magic, mostly the right version)
+/// with any times, flags and section lengths, over JSON or junk sections; sometimes any bytes.
+fn record_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let time = prop_oneof![
+        Just(0),
+        Just(u64::MAX),
+        Just(u64::from(u32::MAX)),
+        Just(u64::from(u32::MAX) + 1),
+        T0 - 100_000..T0 + 200_000,
+        any::<u64>(),
+    ];
+    let section = prop_oneof![
+        Just(Vec::new()),
+        Just(b"{}".to_vec()),
+        Just(br#"{"n":1}"#.to_vec()),
+        Just(b"192.0.2.1".to_vec()),
+        prop::collection::vec(any::<u8>(), 0..24),
+    ];
+    let len =
+        |real: usize| prop_oneof![3 => Just(real as u64), 1 => any::<u32>().prop_map(u64::from)];
+    let header = (
+        prop_oneof![4 => Just(1u16), 1 => any::<u16>()],
+        prop_oneof![4 => 0u16..4, 1 => any::<u16>()],
+        [time.clone(), time.clone(), time.clone(), time],
+        [section.clone(), section.clone(), section.clone(), section],
+    );
+    let structured = header
+        .prop_flat_map(move |(version, flags, times, sections)| {
+            let lens: Vec<_> = sections.iter().map(|s| len(s.len())).collect();
+            (Just((version, flags, times, sections)), lens, 0usize..8)
+        })
+        .prop_map(|((version, flags, times, sections), lens, cut)| {
+            let mut b = b"FMSR".to_vec();
+            b.extend_from_slice(&version.to_le_bytes());
+            b.extend_from_slice(&flags.to_le_bytes());
+            for t in times {
+                b.extend_from_slice(&t.to_le_bytes());
+            }
+            b.extend_from_slice(&(lens[0] as u32).to_le_bytes());
+            b.extend_from_slice(&(lens[1] as u32).to_le_bytes());
+            b.extend_from_slice(&(lens[2] as u16).to_le_bytes());
+            b.extend_from_slice(&(lens[3] as u16).to_le_bytes());
+            for section in sections {
+                b.extend_from_slice(&section);
+            }
+            // Sometimes cut short.
+            if cut == 0 {
+                b.truncate(b.len() / 2);
+            }
+            b
+        });
+    prop_oneof![4 => structured, 1 => prop::collection::vec(any::<u8>(), 0..80)]
+}
+
+/// Whatever bytes a stored record holds, no store operation panics, and none writes a
+/// record that cannot be read back.
+#[test]
+fn arbitrary_stored_records_never_panic() {
+    let _serial = serial();
+    let s = setup();
+    let stores = damage_stores(&s);
+    let config = ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    TestRunner::new(config)
+        .run(&record_bytes(), |bytes| {
+            for store in &stores {
+                s.at(0);
+                let (id, session, visit) = stored_for_damage(store);
+                let key = store.key(&id);
+                s.cache.set(&key, &bytes).unwrap();
+                s.at(5);
+                every_operation(store, id, session, visit, |_, _| {});
+                // Whatever was written under any id is readable.
+                for key in s.cache.keys() {
+                    let key = key.unwrap();
+                    let Some(text) = key.strip_prefix(b"session:") else {
+                        continue;
+                    };
+                    let other: SessionId = std::str::from_utf8(text).unwrap().parse().unwrap();
+                    if other != id {
+                        store.load(Some(&other), &Client::new()).unwrap();
+                        store.delete(&other).unwrap();
+                    }
+                }
+                store.delete(&id).unwrap();
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Hostile HTML and awkward URLs
 
 fn rewrite(store: &SessionStore, html: &[u8]) -> (Response, SessionId) {
@@ -840,6 +1118,102 @@ fn hostile_html() {
     assert!(e.to_string().contains("memory limit"), "{e}");
     assert_eq!(r.body, deeper.as_bytes());
     assert!(r.set_cookie.is_some());
+}
+
+/// The attribute values in `html` that carry `id`.
+fn values_with_id<'a>(html: &'a str, id: &SessionId) -> Vec<&'a str> {
+    html.split('"')
+        .filter(|v| v.contains(id.as_str()))
+        .collect()
+}
+
+#[test]
+fn a_base_href_never_sends_the_id_elsewhere() {
+    let _serial = serial();
+    let s = setup();
+    let app = "http://localhost:3000/app/";
+    // Pages whose <base> (before or after the links, plain or in markup that browsers read
+    // in more than one way) points elsewhere. Whatever a browser takes as the base, every
+    // URL that carries the id must go to the application: each is written absolute.
+    let pages = [
+        r#"<a href="/app/a">a</a><form action="/app/f"><button formaction="/app/b">b</button></form><form></form><area href="x"><base href="http://evil.example/">"#,
+        r#"<base href="//evil.example/app/"><form action=""><input type="image" formaction=""></form><a href="/app/a">a</a>"#,
+        r#"<noscript><base href="//evil.example/"></noscript><a href="/app/a">a</a><a href="x">x</a><form></form>"#,
+        r#"<template><base href="/app/"></template><noscript>&lt;<BASE href=//evil.example/></noscript><a href="/app/a">a</a>"#,
+        r#"<select><base href="/app/"></select><base href="//evil.example/"><a href="/app/a">a</a><form></form>"#,
+        r#"<a href="/app/a" ping="https://evil.example/ping">a</a><base href="/app/"><iframe src="/app/frame"></iframe><frameset><frame src="/app/frame"></frameset>"#,
+    ];
+    for style in [UrlStyle::Path, UrlStyle::Query] {
+        let store = s.url_store(style);
+        for page in pages {
+            let (r, id) = rewrite(&store, page.as_bytes());
+            let out = body(&r);
+            for value in values_with_id(out, &id) {
+                // The id alone is the value of a hidden field (query style), in a form all
+                // of whose submissions go to the application (checked below).
+                assert!(
+                    value.starts_with(app) || value == id.as_str(),
+                    "{style:?}: {value} in\n{out}"
+                );
+            }
+        }
+    }
+    // A form whose button may submit it to evil.example gets no hidden id field.
+    let store = s.url_store(UrlStyle::Query);
+    let (r, id) = rewrite(&store, pages[0].as_bytes());
+    assert!(
+        !body(&r).contains(&format!(r#"value="{id}""#)),
+        "{}",
+        body(&r)
+    );
+    // The plain case: the empty form posts to the page itself, the links go to evil.example
+    // untouched.
+    let store = s.url_store(UrlStyle::Path);
+    let (r, id) = rewrite(&store, pages[0].as_bytes());
+    assert_eq!(
+        values_with_id(body(&r), &id),
+        [format!("{app}page/-/{id}")],
+        "{}",
+        body(&r)
+    );
+    assert!(body(&r).starts_with(
+        r#"<a href="/app/a">a</a><form action="/app/f"><button formaction="/app/b">"#
+    ));
+}
+
+#[test]
+fn a_request_path_that_looks_like_a_host_never_leaks() {
+    let _serial = serial();
+    let s = setup();
+    let store = SessionStore::builder()
+        .cache(s.cache.clone())
+        .urls(UrlRewriter::new("http://localhost:3000/").unwrap())
+        .build()
+        .unwrap();
+    // A link to `http://localhost:3000//evil.example/x` sent to a victim without cookies.
+    let mut visit = store.begin(&Request::new("//evil.example/x")).unwrap();
+    visit.session.insert("k", &1).unwrap();
+    let mut page = Response::html(r#"<a href="y">y</a><form action="?q=1"></form><form></form>"#);
+    store.finish(&mut visit, &mut page).unwrap();
+    let id = *visit.session.id();
+    let out = body(&page);
+    let values = values_with_id(out, &id);
+    assert_eq!(values.len(), 3, "{out}");
+    for value in values {
+        assert!(
+            value.starts_with("http://localhost:3000//evil.example/"),
+            "{value} in {out}"
+        );
+    }
+    let mut visit = store.begin(&Request::new("//evil.example/x")).unwrap();
+    visit.session.insert("k", &1).unwrap();
+    let mut redirect = Response::redirect(302, "next");
+    store.finish(&mut visit, &mut redirect).unwrap();
+    let location = redirect.location.unwrap();
+    assert!(
+        location.starts_with("http://localhost:3000//evil.example/next/-/"),
+        "{location}"
+    );
 }
 
 #[test]

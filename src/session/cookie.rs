@@ -37,6 +37,11 @@ impl SameSite {
 /// `Expires` say when the session expires. Without persistence the cookie lasts until the
 /// browser closes (or the session expires, whichever is first).
 ///
+/// A `__Host-` name (`Secure`, `Path=/`, no `Domain`) is the strongest choice over HTTPS:
+/// browsers then accept that cookie only from this very host, over HTTPS, so a sibling
+/// subdomain or a plain-HTTP page cannot plant or overwrite it. Combinations that browsers
+/// refuse are refused by [`validate`](Self::validate), which the store builder calls.
+///
 /// ```
 /// use std::time::{Duration, UNIX_EPOCH};
 /// use fastmmap::session::{CookieConfig, SessionId};
@@ -78,6 +83,18 @@ impl Default for CookieConfig {
             persistent: true,
         }
     }
+}
+
+/// Cookie name prefixes that browsers tie to attributes (RFC 6265bis, "Cookie Name
+/// Prefixes").
+const SECURE_PREFIX: &str = "__Secure-";
+const HOST_PREFIX: &str = "__Host-";
+
+/// Whether `name` starts with `prefix`, ignoring ASCII case (as browsers compare them).
+fn has_prefix(name: &str, prefix: &str) -> bool {
+    name.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 /// RFC 6265 `token` characters (a cookie name).
@@ -184,16 +201,42 @@ impl CookieConfig {
         self.persistent
     }
 
-    /// Checks the combination of options.
+    /// Checks the combination of options: browsers silently drop a cookie that breaks one of
+    /// these rules, and then no session ever sticks.
     ///
     /// # Errors
-    /// [`Error::InvalidOptions`] for `SameSite=None` without `Secure` (browsers drop such a
-    /// cookie).
+    /// [`Error::InvalidOptions`], naming the rule, for `SameSite=None` without `Secure`; a
+    /// name starting with `__Secure-` without `Secure`; a name starting with `__Host-`
+    /// without `Secure`, with a `Domain`, or with a `Path` other than `/`. Prefixes are
+    /// matched in any case (`__host-` counts), as browsers match them.
     pub fn validate(&self) -> Result<()> {
         if self.same_site == Some(SameSite::None) && !self.secure {
             return Err(invalid(
                 "SameSite=None needs Secure (browsers reject the cookie otherwise)".to_owned(),
             ));
+        }
+        let prefix = [SECURE_PREFIX, HOST_PREFIX]
+            .into_iter()
+            .find(|p| has_prefix(&self.name, p));
+        let Some(prefix) = prefix else {
+            return Ok(());
+        };
+        let rule = |what: &str| {
+            invalid(format!(
+                "a cookie name starting with {prefix} (in any case) {what} (browsers reject the \
+                 cookie otherwise)"
+            ))
+        };
+        if !self.secure {
+            return Err(rule("needs Secure"));
+        }
+        if prefix == HOST_PREFIX {
+            if self.domain.is_some() {
+                return Err(rule("must not have a Domain"));
+            }
+            if self.path != "/" {
+                return Err(rule("needs Path=/"));
+            }
         }
         Ok(())
     }
@@ -418,6 +461,62 @@ mod tests {
             .secure(true)
             .validate()
             .unwrap();
+    }
+
+    #[test]
+    fn prefixed_names_need_what_browsers_require() {
+        let named = |name: &str| CookieConfig::new().name(name).unwrap();
+        let refused = |c: CookieConfig, rule: &str| match c.validate() {
+            Err(Error::InvalidOptions { reason }) => {
+                assert!(reason.contains(rule), "{reason:?} should name {rule:?}")
+            }
+            other => panic!("{c:?} should be refused for {rule:?}, got {other:?}"),
+        };
+        for prefix in [
+            "__Secure-",
+            "__secure-",
+            "__SECURE-",
+            "__Host-",
+            "__host-",
+            "__HOST-",
+        ] {
+            let name = format!("{prefix}sid");
+            refused(named(&name), "Secure");
+            named(&name)
+                .secure(true)
+                .path("/")
+                .unwrap()
+                .validate()
+                .unwrap();
+        }
+        for prefix in ["__Host-", "__hOsT-"] {
+            let name = format!("{prefix}sid");
+            refused(
+                named(&name).secure(true).domain("example.org").unwrap(),
+                "Domain",
+            );
+            refused(named(&name).secure(true).path("/app").unwrap(), "Path=/");
+            refused(named(&name).secure(true).path("/app/").unwrap(), "Path=/");
+        }
+        // __Secure- allows a Domain and any Path.
+        named("__Secure-sid")
+            .secure(true)
+            .domain("example.org")
+            .unwrap()
+            .path("/app")
+            .unwrap()
+            .validate()
+            .unwrap();
+        // Not a prefix: anything else that merely looks similar.
+        for name in [
+            "_Host-sid",
+            "__Hostsid",
+            "x__Host-sid",
+            "__Secure",
+            "Host-sid",
+        ] {
+            named(name).validate().unwrap();
+        }
     }
 
     #[test]

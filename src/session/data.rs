@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::session::error::{Error, Result};
 use crate::session::id::{InvalidId, SessionId};
-use crate::session::record::{Binding, Map, Record, Times};
+use crate::session::record::{Binding, MAX_TIME, Map, Record, Times};
 
 /// Where a [`Session`] came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,8 +89,10 @@ pub(crate) fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// `secs` as a `SystemTime`, clamped to [`MAX_TIME`] (a `SystemTime` cannot hold every `u64`
+/// of seconds; record times are checked to be in range, so the clamp is only a backstop).
 pub(crate) fn from_unix_secs(secs: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(secs)
+    UNIX_EPOCH + Duration::from_secs(secs.min(MAX_TIME))
 }
 
 impl Session {

@@ -3,19 +3,23 @@
 //! text, comments or script bodies that merely look like links.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 use lol_html::html_content::{ContentType, Element};
-use lol_html::{HandlerResult, HtmlRewriter, MemorySettings, Settings, element};
-use url::{Position, Url};
+use lol_html::{HtmlRewriter, MemorySettings, Settings, element, text};
+use url::Url;
 
 use crate::session::error::{Error, Result};
 use crate::session::id::SessionId;
-use crate::session::uri::{UrlRewriter, UrlStyle};
+use crate::session::uri::{BaseHref, Bases, UrlRewriter, UrlStyle};
 
-/// The elements and attributes whose URLs get the id, plus `<base href>`, which changes how
-/// relative links resolve. `form` is matched with or without `action`: a form without one
-/// submits to the page itself.
-const SELECTOR: &str = "a[href], link[href], form, img[src], script[src], base[href]";
+/// The elements whose URLs may get the id. `form` is matched with or without `action`: a
+/// form without one submits to the page itself.
+const SELECTOR: &str = "a[href], area[href], link[href], form, button[formaction], \
+                        input[formaction], img[src], script[src]";
+
+/// The namespace of HTML elements (`<base>` elsewhere, say in SVG, is no base).
+const HTML_NAMESPACE: &str = "http://www.w3.org/1999/xhtml";
 
 /// The most memory the HTML parser may use for buffering (a single tag cut across input
 /// chunks). A body is handed over in one piece, so this bounds hostile input only.
@@ -75,7 +79,8 @@ fn decode_attribute(raw: &str) -> Option<Cow<'_, str>> {
             let c = u32::from_str_radix(&digits[..len], radix)
                 .ok()
                 .and_then(char::from_u32)
-                .filter(|&c| c != '\0')?;
+                // Browsers map NUL and C1 controls to other characters; do not guess.
+                .filter(|&c| c != '\0' && !('\u{80}'..='\u{9f}').contains(&c))?;
             out.push(c);
             rest = &rest[skip + len..];
             rest = rest.strip_prefix(';').unwrap_or(rest);
@@ -111,14 +116,102 @@ fn encode_attribute(url: &str) -> Cow<'_, str> {
     }
 }
 
+/// `haystack` contains `needle`, ignoring ASCII case (`needle` is lower-case).
+fn contains_ignoring_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// What the rewriter must know about the whole page before it rewrites any link.
+#[derive(Debug, Default)]
+struct Prescan {
+    /// Every `<base href>`, in document order.
+    bases: Vec<BaseHref>,
+    /// A `<noscript>` holds what may be a `<base>`: the parser reads it as text, browsers
+    /// without scripts as markup.
+    hidden_base: bool,
+    /// Every `formaction` (entity-decoded; `None` if undecidable): a submit button anywhere in
+    /// the page may submit a form (`form=` reaches across the page).
+    form_actions: Vec<Option<String>>,
+}
+
+/// Reads what [`Prescan`] holds. Skips the parse when the body cannot hold any of it.
+fn prescan(body: &[u8]) -> Result<Prescan> {
+    let mut scan = Prescan::default();
+    if !contains_ignoring_case(body, b"<base") && !contains_ignoring_case(body, b"formaction") {
+        return Ok(scan);
+    }
+    let bases = RefCell::new(Vec::new());
+    let mut noscript = Vec::new();
+    let mut form_actions = Vec::new();
+    let settings = Settings::new()
+        .append_element_content_handler(element!("base[href]", |el| {
+            let href = el.get_attribute("href").unwrap_or_default();
+            bases.borrow_mut().push(BaseHref {
+                href: decode_attribute(&href).map(Cow::into_owned),
+                inert: el.namespace_uri() != HTML_NAMESPACE,
+            });
+            Ok(())
+        }))
+        // Runs after the handler above for the same element (handlers run in the order
+        // they were added).
+        .append_element_content_handler(element!("template base[href]", |_| {
+            if let Some(last) = bases.borrow_mut().last_mut() {
+                last.inert = true;
+            }
+            Ok(())
+        }))
+        // Text chunks can split a tag: keep all of it and search it once.
+        .append_element_content_handler(text!("noscript", |t| {
+            noscript.extend_from_slice(t.as_str().as_bytes());
+            Ok(())
+        }))
+        .append_element_content_handler(element!("button[formaction], input[formaction]", |el| {
+            let action = el.get_attribute("formaction").unwrap_or_default();
+            form_actions.push(decode_attribute(&action).map(Cow::into_owned));
+            Ok(())
+        }))
+        .with_memory_settings(
+            MemorySettings::new().with_max_allowed_memory_usage(HTML_MEMORY_LIMIT),
+        );
+    let mut parser = HtmlRewriter::new(settings, |_: &[u8]| {});
+    parser.write(body).map_err(html_error)?;
+    parser.end().map_err(html_error)?;
+    scan.bases = bases.into_inner();
+    scan.hidden_base = contains_ignoring_case(&noscript, b"<base");
+    scan.form_actions = form_actions;
+    Ok(scan)
+}
+
+fn html_error(e: lol_html::errors::RewritingError) -> Error {
+    Error::Html {
+        reason: e.to_string(),
+    }
+}
+
 impl UrlRewriter {
-    /// Adds `id` to the links of an HTML page: `a` and `link` `href`, `form` `action`, `img`
-    /// and `script` `src` — each only if it points under the base URL, is not a skipped asset
-    /// and does not carry an id already (see
-    /// [`rewrite_location`](Self::rewrite_location) for the rules). `document` is the page's
-    /// own URL without the id ([`document_url`](Self::document_url)); a `<base href>` in
-    /// the page is honoured. In query style a `GET` form under the base also gets a hidden
-    /// field with the id, because browsers drop the query of a `GET` form's action.
+    /// Adds `id` to the links of an HTML page: `a` and `area` `href`, `link` `href`, `form`
+    /// `action`, `button` and `input` `formaction`, `img` and `script` `src` — each only if
+    /// it points under the base URL, is not a skipped asset and does not carry an id already
+    /// (see [`rewrite_location`](Self::rewrite_location) for the rules). `document` is the
+    /// page's own URL without the id ([`document_url`](Self::document_url)).
+    ///
+    /// Links resolve as browsers resolve them: against the page's first `<base href>`
+    /// wherever it is (links before it included), or the page's address; after the URL
+    /// parser's own clean-up (surrounding whitespace and control characters, tabs and
+    /// newlines, backslashes as slashes). A form without an `action`, or with an empty
+    /// one, submits to the page itself, and an empty `formaction` likewise. Where the page
+    /// leaves doubt about its base (a `<base>` inside `<noscript>`, `<template>`, `<select>`
+    /// or SVG, which browsers read differently from one another or from this parser), a link
+    /// that gets the id is written as an absolute URL, so that the id goes to the
+    /// application whatever base a browser uses. Links with a `ping` outside the base get no
+    /// id (the ping would be told the link's target).
+    ///
+    /// In query style a `GET` form under the base also gets a hidden field with the id,
+    /// because browsers drop the query of a `GET` form's action — unless a submit button
+    /// anywhere in the page has a `formaction` that may go outside the base (the field would
+    /// go with it).
     ///
     /// The body is read as UTF-8 (bytes that are not pass through untouched). Everything
     /// other than the rewritten attributes is copied as it was.
@@ -127,42 +220,44 @@ impl UrlRewriter {
     /// [`Error::Html`] if the parser gives up (markup it cannot parse unambiguously, or a tag
     /// beyond [`HTML_MEMORY_LIMIT`]); the caller still has the body as it was.
     pub fn rewrite_html(&self, body: &[u8], document: &Url, id: &SessionId) -> Result<Vec<u8>> {
+        let scan = prescan(body)?;
+        let bases = Bases::new(self, document, id, &scan.bases, scan.hidden_base);
+        let hidden_field_allowed = scan.form_actions.iter().all(|action| match action {
+            Some(a) if a.is_empty() => self.is_under_base(document),
+            Some(a) => self.always_under_base(a, &bases),
+            None => false,
+        });
         let mut out = Vec::with_capacity(body.len() + body.len() / 8);
-        // The first <base href> (browsers ignore the rest): `None` until one is seen; then
-        // the URL it sets, or `None` inside if it does not parse (then the page address
-        // counts, as in browsers).
-        let mut base_element: Option<Option<Url>> = None;
         let handler = element!(SELECTOR, |el| {
             let tag = el.tag_name();
             let attr = match tag.as_str() {
                 "form" => "action",
+                "button" | "input" => "formaction",
                 "img" | "script" => "src",
                 _ => "href",
             };
             let raw = el.get_attribute(attr);
-            if tag == "base" {
-                if base_element.is_none() {
-                    let href = raw.as_deref().and_then(decode_attribute);
-                    base_element = Some(href.and_then(|h| document.join(h.trim()).ok()));
-                }
-                return Ok(());
-            }
-            let (against, against_address) = match &base_element {
-                Some(Some(base)) => (base, false),
-                _ => (document, true),
-            };
             let Some(value) = raw
                 .as_deref()
                 .map_or(Some(Cow::Borrowed("")), decode_attribute)
             else {
                 return Ok(());
             };
-            if tag == "form" {
-                self.rewrite_form(el, &value, document, id)?;
+            if matches!(tag.as_str(), "a" | "area") && !self.pings_stay_under_base(el, &bases) {
                 return Ok(());
             }
-            if let Some(link) = self.rewrite_link(&value, against, against_address, id) {
-                el.set_attribute(attr, &encode_attribute(&link.text))?;
+            let link = if matches!(tag.as_str(), "form" | "button" | "input") && value.is_empty() {
+                // No action, or an empty one: the form goes to the page itself.
+                self.rewrite_target(document, &bases, id)
+            } else {
+                self.rewrite_link(&value, &bases, id)
+            };
+            let Some(link) = link else {
+                return Ok(());
+            };
+            el.set_attribute(attr, &encode_attribute(&link.text))?;
+            if tag == "form" && link.with_id && hidden_field_allowed {
+                self.add_hidden_id(el, id);
             }
             Ok(())
         });
@@ -172,36 +267,30 @@ impl UrlRewriter {
                 MemorySettings::new().with_max_allowed_memory_usage(HTML_MEMORY_LIMIT),
             );
         let mut rewriter = HtmlRewriter::new(settings, |chunk: &[u8]| out.extend_from_slice(chunk));
-        let html_error = |e: lol_html::errors::RewritingError| Error::Html {
-            reason: e.to_string(),
-        };
         rewriter.write(body).map_err(html_error)?;
         rewriter.end().map_err(html_error)?;
         Ok(out)
     }
 
-    /// A form submits to its `action`, or to the page itself when it has none (whatever
-    /// `<base href>` says).
-    fn rewrite_form(
-        &self,
-        el: &mut Element<'_, '_>,
-        action: &str,
-        document: &Url,
-        id: &SessionId,
-    ) -> HandlerResult {
-        let target = if action.trim().is_empty() {
-            &document[Position::BeforePath..]
-        } else {
-            action
+    /// Whether every URL in the `ping` attribute of `el` (if any) goes under the base.
+    fn pings_stay_under_base(&self, el: &Element<'_, '_>, bases: &Bases) -> bool {
+        let Some(raw) = el.get_attribute("ping") else {
+            return true;
         };
-        let Some(link) = self.rewrite_link(target, document, true, id) else {
-            return Ok(());
-        };
-        el.set_attribute("action", &encode_attribute(&link.text))?;
+        match decode_attribute(&raw) {
+            Some(pings) => pings
+                .split_ascii_whitespace()
+                .all(|ping| self.always_under_base(ping, bases)),
+            None => false,
+        }
+    }
+
+    /// In query style, a `GET` form (browsers drop the query of its action) gets the id as a
+    /// hidden field.
+    fn add_hidden_id(&self, el: &mut Element<'_, '_>, id: &SessionId) {
         let method = el.get_attribute("method").unwrap_or_default();
         let method = method.trim();
-        if link.with_id
-            && self.url_style() == UrlStyle::Query
+        if self.url_style() == UrlStyle::Query
             && !method.eq_ignore_ascii_case("post")
             && !method.eq_ignore_ascii_case("dialog")
         {
@@ -213,7 +302,6 @@ impl UrlRewriter {
                 ContentType::Html,
             );
         }
-        Ok(())
     }
 }
 
@@ -328,6 +416,252 @@ mod tests {
         assert_eq!(
             rewrite(&path_rw(), broken),
             r#"<base href="http://[::1"><img src="/app/logo.png">"#
+        );
+    }
+
+    /// The attribute values of `out` that carry the id.
+    fn with_id(out: &str) -> Vec<&str> {
+        out.split('"').filter(|v| v.contains(ID)).collect()
+    }
+
+    #[test]
+    fn a_base_after_the_links_still_applies_to_them() {
+        // Browsers resolve every link against the first <base href>, wherever it is.
+        for html in [
+            r#"<a href="/app/x">x</a><form action="/app/f"></form><base href="http://evil.example/">"#,
+            r#"<p><a href="x">x</a><img src="/app/captcha"></p><base href="//evil.example/app/">"#,
+            r#"<a href="/app/x">x</a><base href="http://evil.example/"><base href="/app/">"#,
+        ] {
+            assert_eq!(rewrite(&path_rw(), html), html);
+            assert_eq!(rewrite(&path_rw().style(UrlStyle::Query), html), html);
+        }
+        // A base after the links that keeps them in the application: rewritten against it.
+        let out = rewrite(&path_rw(), r#"<a href="x">x</a><base href="/app/sub/">"#);
+        assert_eq!(
+            out,
+            format!(r#"<a href="/app/sub/x/-/{ID}">x</a><base href="/app/sub/">"#)
+        );
+    }
+
+    #[test]
+    fn forms_submit_where_browsers_send_them() {
+        let evil = r#"<base href="http://evil.example/">"#;
+        // An action resolves against the base...
+        for form in [
+            r#"<form action="/app/f"></form>"#,
+            r#"<form action="f"></form>"#,
+            r#"<form action=" "></form>"#,
+            r#"<form action="?q=1"></form>"#,
+        ] {
+            let html = format!("{evil}{form}");
+            assert_eq!(rewrite(&path_rw(), &html), html);
+        }
+        // ... but an empty or missing one submits to the page's own address, whatever the
+        // base: written absolute, so that the base cannot send it elsewhere.
+        let doc = format!("http://localhost:3000/app/page/-/{ID}");
+        for form in [
+            r#"<form action=""></form>"#,
+            "<form></form>",
+            "<form action></form>",
+        ] {
+            let out = rewrite(&path_rw(), &format!("{evil}{form}"));
+            assert!(out.contains(&format!(r#"action="{doc}""#)), "{out}");
+            assert_eq!(with_id(&out), [doc.as_str()], "{out}");
+        }
+        // Without a base, the same forms stay relative to the site.
+        let out = rewrite(&path_rw(), "<form></form>");
+        assert_eq!(out, format!(r#"<form action="/app/page/-/{ID}"></form>"#));
+    }
+
+    #[test]
+    fn submit_buttons_with_formaction() {
+        let out = rewrite(
+            &path_rw(),
+            r#"<form action="/app/f"><button formaction="/app/b">b</button><input type=image formaction="/app/i"><input type="submit" formaction=""><button formaction="https://elsewhere.example/">x</button></form>"#,
+        );
+        for want in [
+            format!(r#"formaction="/app/b/-/{ID}""#),
+            format!(r#"formaction="/app/i/-/{ID}""#),
+            format!(r#"formaction="/app/page/-/{ID}""#),
+            r#"formaction="https://elsewhere.example/""#.to_owned(),
+        ] {
+            assert!(out.contains(&want), "missing {want} in {out}");
+        }
+        let evil = rewrite(
+            &path_rw(),
+            r#"<base href="http://evil.example/"><button formaction="/app/b">b</button><button formaction="">e</button>"#,
+        );
+        assert_eq!(
+            with_id(&evil),
+            [format!("http://localhost:3000/app/page/-/{ID}")],
+            "{evil}"
+        );
+    }
+
+    #[test]
+    fn no_hidden_id_field_in_a_form_that_may_submit_elsewhere() {
+        let rw = path_rw().style(UrlStyle::Query);
+        let hidden = format!(r#"<input type="hidden" name="sid" value="{ID}">"#);
+        // A submit button anywhere in the page (`form=` reaches across it) whose formaction
+        // leaves the application would carry the field there.
+        for elsewhere in [
+            r#"<button formaction="https://evil.example/">go</button>"#,
+            r#"<input type="submit" form="f" formaction="//evil.example/x">"#,
+            r#"<button formaction="/other/">go</button>"#,
+            r#"<button formaction="&eacute;">go</button>"#,
+        ] {
+            for html in [
+                format!(r#"<form id="f" action="/app/search"><input name="q">{elsewhere}</form>"#),
+                format!(r#"<form id="f" action="/app/search"></form>{elsewhere}"#),
+                format!(r#"{elsewhere}<form id="f"></form>"#),
+            ] {
+                let out = rewrite(&rw, &html);
+                assert!(!out.contains(&hidden), "{out}");
+            }
+        }
+        let out = rewrite(
+            &rw,
+            r#"<form action="/app/search"><button formaction="/app/other">x</button></form>"#,
+        );
+        assert!(out.contains(&hidden), "{out}");
+    }
+
+    #[test]
+    fn areas_and_pings() {
+        let out = rewrite(
+            &path_rw(),
+            r#"<map><area href="/app/a"><area href="https://elsewhere.example/"></map><a href="/app/p" ping="/app/track">p</a><a href="/app/q" ping="/app/t https://evil.example/t">q</a><area href="/app/r" ping="//evil.example/t">"#,
+        );
+        assert!(
+            out.contains(&format!(r#"<area href="/app/a/-/{ID}">"#)),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"<area href="https://elsewhere.example/">"#),
+            "{out}"
+        );
+        assert!(out.contains(&format!(r#"href="/app/p/-/{ID}""#)), "{out}");
+        // A ping elsewhere would be told the link's target (Ping-To), id and all.
+        assert!(out.contains(r#"<a href="/app/q" ping"#), "{out}");
+        assert!(out.contains(r#"<area href="/app/r" ping"#), "{out}");
+    }
+
+    #[test]
+    fn bases_the_parser_may_read_otherwise_than_a_browser() {
+        // A <base> in a <template> or in SVG is no base for browsers; one in <noscript> is
+        // one for browsers without scripts (the parser reads <noscript> as text). Whatever
+        // base applies, a link carrying the id goes to the application: written absolute
+        // when the bases disagree on where a site-relative link goes.
+        let abs = format!("http://localhost:3000/app/x/-/{ID}");
+        for html in [
+            r#"<template><base href="/app/"></template><base href="//evil.example/"><a href="/app/x">x</a>"#,
+            r#"<svg><base href="/app/"></svg><base href="//evil.example/"><a href="/app/x">x</a>"#,
+            r#"<noscript><base href="//evil.example/"></noscript><a href="/app/x">x</a>"#,
+            r#"<noscript><p><BASE HREF=//evil.example/></p></noscript><a href="/app/x">x</a>"#,
+            r#"<select><base href="/app/"></select><base href="//evil.example/"><a href="/app/x">x</a>"#,
+        ] {
+            let out = rewrite(&path_rw(), html);
+            for link in with_id(&out) {
+                assert_eq!(link, abs, "{out}");
+            }
+        }
+        // Where the base is certain, the first real one decides.
+        let out = rewrite(
+            &path_rw(),
+            r#"<template><base href="/app/"></template><base href="//evil.example/"><a href="/app/x">x</a>"#,
+        );
+        assert!(with_id(&out).is_empty(), "{out}");
+    }
+
+    #[test]
+    fn awkward_references() {
+        let rw = path_rw();
+        let cases = [
+            // Whitespace and control characters around a URL are stripped, tabs and
+            // newlines inside it removed, as browsers do.
+            (" \t/app/x\n", Some(format!("/app/x/-/{ID}"))),
+            ("&#1;/app/x&#31;", Some(format!("/app/x/-/{ID}"))),
+            ("/app/&#10;x", Some(format!("/app/x/-/{ID}"))),
+            ("java&#10;script:alert(1)", None),
+            ("&#9;javascript:alert(1)", None),
+            ("data:text/html,<a>", None),
+            ("mailto:a@example.org", None),
+            // Backslashes are slashes in http(s) URLs.
+            ("\\\\evil.example\\app\\x", None),
+            ("/\\evil.example/app/x", None),
+            ("\\app\\x", Some(format!("/app/x/-/{ID}"))),
+            // A scheme with the page's own, but no slashes: relative to the page.
+            (
+                "http:/app/x",
+                Some(format!("http://localhost:3000/app/x/-/{ID}")),
+            ),
+            (
+                "HTTP://LOCALHOST:3000/app/x",
+                Some(format!("http://localhost:3000/app/x/-/{ID}")),
+            ),
+            ("HTTPS://localhost:3000/app/x", None),
+            (
+                "//localhost:3000/app/x",
+                Some(format!("//localhost:3000/app/x/-/{ID}")),
+            ),
+            // Dot segments, plain and encoded, are resolved; encoded slashes are not left
+            // to the server to interpret.
+            ("/app/%2e%2e/x", None),
+            ("/app/..%2fx", None),
+            ("/app/..%5Cx", None),
+        ];
+        for (href, want) in cases {
+            let html = format!(r#"<a href="{href}">x</a>"#);
+            let out = rewrite(&rw, &html);
+            match want {
+                Some(want) => assert_eq!(out, format!(r#"<a href="{want}">x</a>"#), "{href:?}"),
+                None => assert!(!out.contains(ID), "{href:?}: {out}"),
+            }
+        }
+        // Nothing that is not an http(s) link is ever rewritten, even to an absolute path.
+        for href in [
+            "java&#10;script:alert(1)",
+            "mailto:a@example.org",
+            "data:,x",
+        ] {
+            let html = format!(r#"<a href="{href}">x</a>"#);
+            assert_eq!(rewrite(&rw, &html), html);
+        }
+    }
+
+    #[test]
+    fn a_page_whose_path_looks_like_a_host() {
+        // A request for `//evil.example/x` is a page of this site whose path starts with two
+        // slashes; written as a path, a link under it would read as scheme-relative.
+        let rw = UrlRewriter::new("http://localhost:3000/").unwrap();
+        let doc = rw.document_url("//evil.example/x", None);
+        let html = r#"<a href="y">y</a><form></form><a href="/z">z</a>"#;
+        let out =
+            String::from_utf8(rw.rewrite_html(html.as_bytes(), &doc, &id()).unwrap()).unwrap();
+        assert_eq!(
+            with_id(&out),
+            [
+                format!("http://localhost:3000//evil.example/y/-/{ID}"),
+                format!("http://localhost:3000//evil.example/x/-/{ID}"),
+                format!("/z/-/{ID}"),
+            ],
+            "{out}"
+        );
+        assert_eq!(
+            rw.rewrite_location(302, "y", &doc, &id()),
+            Some(format!("http://localhost:3000//evil.example/y/-/{ID}"))
+        );
+    }
+
+    #[test]
+    fn references_browsers_decode_otherwise_are_left_alone() {
+        // C1 controls in numeric references are remapped by browsers (&#x80; is the euro
+        // sign): not decoded here.
+        assert_eq!(decode_attribute("/a?x=&#x80;"), None);
+        assert_eq!(decode_attribute("//evil&#159;.example/"), None);
+        assert_eq!(
+            decode_attribute("/a?x=&#xA0;").as_deref(),
+            Some("/a?x=\u{a0}")
         );
     }
 

@@ -86,7 +86,10 @@
 //! [`UrlRewriter`] carries the id in URLs, in the original's path style (`/cart/-/ID`) or as
 //! a query parameter (`?sid=ID`): it takes the id out of incoming URLs, and adds it to
 //! redirects and to the links of HTML pages (with an HTML rewriter, only for links under the
-//! application's base URL, never to other sites or binary assets, never twice). A client
+//! application's base URL, never to other sites or binary assets, never twice). Links are
+//! resolved as browsers resolve them, against the page's first `<base href>` even when it
+//! comes after them, and a link that carries the id is written so that it reaches the
+//! application whichever base a browser settles on. A client
 //! that sends the session cookie gets no ids in URLs. Ids in URLs leak through `Referer`
 //! headers, logs and shared links; prefer cookies, and bind such sessions to the client.
 //!
@@ -103,6 +106,15 @@
 //! lengths — followed by the data and flash values as JSON and the binding. A record of
 //! another version is reported ([`Error::UnsupportedVersion`]) and left alone, never
 //! overwritten.
+//!
+//! Every byte of a record is checked before use: the cache file is shared, and whatever it
+//! holds never makes the store panic. A damaged record — wrong magic, a section that does
+//! not fit, JSON that is not an object, or a time past early 2106 (the last second a cache
+//! entry can expire; no session this crate writes goes beyond it) — is
+//! [`Error::BadRecord`] for [`SessionStore::load`], [`SessionStore::begin`],
+//! [`SessionStore::save`], [`SessionStore::update`] and [`SessionStore::change_id`], and is
+//! left as it was (it may be another program's value under a colliding key);
+//! [`SessionStore::delete`] removes it.
 
 #![forbid(unsafe_code)]
 

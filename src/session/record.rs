@@ -23,6 +23,7 @@ use crate::session::error::{Error, Result};
 // |     16 |    8 | updated: when the data was last written                        |
 // |     24 |    8 | active: when the idle deadline was last moved                  |
 // |     32 |    8 | expires: when the session ends (never 0)                       |
+// |        |      | (every time is at most `MAX_TIME`)                             |
 // |     40 |    4 | data_len: bytes of the data section                            |
 // |     44 |    4 | flash_len: bytes of the flash section                          |
 // |     48 |    2 | address_len: bytes of the bound client address                 |
@@ -54,6 +55,13 @@ const ADDRESS_LEN_OFFSET: usize = FLASH_LEN_OFFSET + SECTION_LEN_SIZE;
 const USER_AGENT_LEN_OFFSET: usize = ADDRESS_LEN_OFFSET + BINDING_LEN_SIZE;
 /// Bytes before the first section.
 pub(crate) const HEADER_SIZE: usize = USER_AGENT_LEN_OFFSET + BINDING_LEN_SIZE;
+
+/// The last second a record's times may name: the last second a cache entry can expire at
+/// (expiry times in the file are `u32`, early in 2106). A record with a later time was not
+/// written by this crate; keeping every time at or below it also keeps the arithmetic on
+/// them (adding a lifetime, making a `SystemTime`) far from overflow.
+pub(crate) const MAX_TIME: u64 = u32::MAX as u64;
+const TIME_PAST_MAX: &str = "a time is past 2106 (the last second a cache entry can expire)";
 
 /// The session is bound to the client address in the address section.
 const FLAG_BOUND_ADDRESS: u16 = 0x0001;
@@ -119,24 +127,31 @@ fn bad(reason: &'static str) -> Error {
     Error::BadRecord { reason }
 }
 
+/// The `N` bytes at `offset`, or zeros past the end (callers check the length first; this
+/// keeps a mistake there from becoming a panic).
+fn bytes_at<const N: usize>(b: &[u8], offset: usize) -> [u8; N] {
+    offset
+        .checked_add(N)
+        .and_then(|end| b.get(offset..end))
+        .and_then(|s| s.try_into().ok())
+        .unwrap_or([0; N])
+}
+
 fn u16_at(b: &[u8], offset: usize) -> u16 {
-    u16::from_le_bytes([b[offset], b[offset + 1]])
+    u16::from_le_bytes(bytes_at(b, offset))
 }
 
 fn u32_at(b: &[u8], offset: usize) -> u32 {
-    u32::from_le_bytes(b[offset..offset + 4].try_into().expect("4 bytes"))
+    u32::from_le_bytes(bytes_at(b, offset))
 }
 
 fn u64_at(b: &[u8], offset: usize) -> u64 {
-    u64::from_le_bytes(b[offset..offset + 8].try_into().expect("8 bytes"))
+    u64::from_le_bytes(bytes_at(b, offset))
 }
 
 /// Splits `len` bytes off the front of `rest`.
 fn take<'a>(rest: &mut &'a [u8], len: usize, what: &'static str) -> Result<&'a [u8]> {
-    if rest.len() < len {
-        return Err(bad(what));
-    }
-    let (head, tail) = rest.split_at(len);
+    let (head, tail) = rest.split_at_checked(len).ok_or_else(|| bad(what))?;
     *rest = tail;
     Ok(head)
 }
@@ -153,10 +168,19 @@ pub(crate) fn truncate_at_char(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+impl Times {
+    /// Whether every time is at most [`MAX_TIME`].
+    pub(crate) fn in_range(&self) -> bool {
+        [self.created, self.updated, self.active, self.expires]
+            .iter()
+            .all(|&t| t <= MAX_TIME)
+    }
+}
+
 impl Header {
     /// Parses and checks the header at the start of `bytes`.
     fn parse(bytes: &[u8]) -> Result<Header> {
-        if bytes.len() < MAGIC_SIZE || bytes[MAGIC_OFFSET..MAGIC_OFFSET + MAGIC_SIZE] != MAGIC {
+        if bytes.get(MAGIC_OFFSET..MAGIC_OFFSET + MAGIC_SIZE) != Some(&MAGIC[..]) {
             return Err(bad("not a session record (wrong magic)"));
         }
         if bytes.len() < VERSION_OFFSET + VERSION_SIZE {
@@ -192,6 +216,9 @@ impl Header {
         if header.times.expires == 0 {
             return Err(bad("no expiry time"));
         }
+        if !header.times.in_range() {
+            return Err(bad(TIME_PAST_MAX));
+        }
         if flags & FLAG_BOUND_ADDRESS == 0 && header.address_len != 0
             || flags & FLAG_BOUND_USER_AGENT == 0 && header.user_agent_len != 0
         {
@@ -224,15 +251,16 @@ impl<'a> RecordView<'a> {
     /// Checks the header and the section lengths of a stored record.
     pub(crate) fn parse(bytes: &'a [u8]) -> Result<RecordView<'a>> {
         let header = Header::parse(bytes)?;
-        let mut rest = &bytes[HEADER_SIZE..];
+        let mut rest = bytes.get(HEADER_SIZE..).unwrap_or_default();
+        let len = |n: u32, what| usize::try_from(n).map_err(|_| bad(what));
         let data = take(
             &mut rest,
-            header.data_len as usize,
+            len(header.data_len, "data section cut short")?,
             "data section cut short",
         )?;
         let flash = take(
             &mut rest,
-            header.flash_len as usize,
+            len(header.flash_len, "flash section cut short")?,
             "flash section cut short",
         )?;
         let address = take(
@@ -329,8 +357,12 @@ impl Record {
     ///
     /// # Errors
     /// [`Error::BadRecord`] if a section is longer than its length field can say (a data map
-    /// over 4 GiB, or a binding over 64 KiB; the store cuts bindings far shorter).
+    /// over 4 GiB, or a binding over 64 KiB; the store cuts bindings far shorter), or a time
+    /// is past [`MAX_TIME`] (the store clamps them), so that nothing unreadable is written.
     pub(crate) fn encode(&self) -> Result<Vec<u8>> {
+        if !self.times.in_range() {
+            return Err(bad(TIME_PAST_MAX));
+        }
         let data = map_bytes(&self.data);
         let flash = map_bytes(&self.flash);
         let address = self.binding.address.as_deref();
@@ -535,7 +567,7 @@ mod tests {
     proptest! {
         #[test]
         fn any_record_round_trips(
-            times in (any::<u64>(), any::<u64>(), any::<u64>(), 1..u64::MAX),
+            times in (0..=MAX_TIME, 0..=MAX_TIME, 0..=MAX_TIME, 1..=MAX_TIME),
             data in prop::collection::btree_map(".{0,10}", json_value(), 0..6),
             flash in prop::collection::btree_map(".{0,10}", json_value(), 0..3),
             address in proptest::option::of("[0-9a-f:.]{0,39}"),
@@ -549,6 +581,25 @@ mod tests {
             };
             let bytes = r.encode().unwrap();
             prop_assert_eq!(Record::decode(&bytes).unwrap(), r);
+        }
+
+        #[test]
+        fn times_past_2106_are_refused(
+            field in 0..4usize,
+            junk in MAX_TIME + 1..=u64::MAX,
+        ) {
+            let mut r = sample();
+            let t = &mut r.times;
+            *[&mut t.created, &mut t.updated, &mut t.active, &mut t.expires][field] = junk;
+            let refused = matches!(r.encode(), Err(Error::BadRecord { .. }));
+            prop_assert!(refused, "encoded a time past 2106");
+            let mut bytes = sample().encode().unwrap();
+            let offset = CREATED_OFFSET + field * TIME_SIZE;
+            bytes[offset..offset + TIME_SIZE].copy_from_slice(&junk.to_le_bytes());
+            match Record::decode(&bytes) {
+                Err(Error::BadRecord { reason }) => prop_assert!(reason.contains("2106")),
+                other => prop_assert!(false, "{:?}", other),
+            }
         }
 
         #[test]

@@ -18,7 +18,7 @@ use crate::session::data::{NewReason, Session, State, from_unix_secs, unix_secs}
 use crate::session::error::{Error, Result};
 use crate::session::id::SessionId;
 use crate::session::record::{
-    Binding, MAX_BOUND_USER_AGENT, Map, Record, RecordView, Times, truncate_at_char,
+    Binding, MAX_BOUND_USER_AGENT, MAX_TIME, Map, Record, RecordView, Times, truncate_at_char,
 };
 use crate::session::uri::UrlRewriter;
 use crate::{Cache, Expiry, Update};
@@ -27,6 +27,8 @@ use crate::{Cache, Expiry, Update};
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(86_400);
 /// The default key prefix of session records in the cache.
 pub const DEFAULT_KEY_PREFIX: &str = "session:";
+/// Mode of a cache file the store creates: session ids are secrets, for its owner only.
+const SESSION_FILE_MODE: u32 = 0o600;
 /// Optimistic save attempts before a save decides under the page lock instead.
 const CAS_ROUNDS: usize = 8;
 /// New ids tried when a generated id is already taken (which a working random number
@@ -120,9 +122,9 @@ impl Default for SessionStoreBuilder {
     }
 }
 
-/// Whole seconds in `d`, rounded up.
+/// Whole seconds in `d`, rounded up (saturating).
 fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 impl SessionStoreBuilder {
@@ -134,15 +136,23 @@ impl SessionStoreBuilder {
         self
     }
 
-    /// Keep sessions in a cache at this path, opened with default options. Without `cache`
-    /// or `path`, the cache's default file is used: a per-user file in the temp directory.
+    /// Keep sessions in a cache at this path, opened with default options, except that a
+    /// file the store creates gets mode `0600` (session ids are secrets). Without `cache` or
+    /// `path`, the cache's default file is used — a per-user file in the temp directory
+    /// (see [`CacheBuilder::path`](crate::CacheBuilder::path)) — also created with mode
+    /// `0600`.
+    ///
+    /// An existing file keeps its mode, and a cache given with [`cache`](Self::cache) is used
+    /// as it was opened: check their permissions yourself. Anyone who can read the file can
+    /// read every session and its id.
     pub fn path(mut self, path: impl AsRef<Path>) -> Self {
         self.path = Some(path.as_ref().to_path_buf());
         self
     }
 
     /// The absolute lifetime: a session ends this long after it was created, however active
-    /// (default [`DEFAULT_LIFETIME`], one day). Whole seconds, rounded up.
+    /// (default [`DEFAULT_LIFETIME`], one day). Whole seconds, rounded up. No session outlives
+    /// early 2106, when the cache's expiry times end.
     pub fn lifetime(mut self, d: Duration) -> Self {
         self.lifetime = d;
         self
@@ -237,8 +247,11 @@ impl SessionStoreBuilder {
         let cache = match (self.cache, self.path) {
             (Some(_), Some(_)) => return Err(invalid("give either a cache or a path, not both")),
             (Some(cache), None) => cache,
-            (None, Some(path)) => Cache::open(path)?,
-            (None, None) => Cache::builder().open()?,
+            (None, Some(path)) => Cache::builder()
+                .path(path)
+                .permissions(SESSION_FILE_MODE)
+                .open()?,
+            (None, None) => Cache::builder().permissions(SESSION_FILE_MODE).open()?,
         };
         Ok(SessionStore {
             inner: Arc::new(Inner {
@@ -381,18 +394,21 @@ impl SessionStore {
         key
     }
 
-    /// Now, in Unix seconds, by the cache's clock.
+    /// Now, in Unix seconds, by the cache's clock (at most [`MAX_TIME`], like every time in a
+    /// record).
     pub(crate) fn now(&self) -> u64 {
-        unix_secs(self.inner.cache.clock().now())
+        unix_secs(self.inner.cache.clock().now()).min(MAX_TIME)
     }
 
-    /// When a session created at `created` and last active at `active` ends.
+    /// When a session created at `created` and last active at `active` ends: at most
+    /// [`MAX_TIME`], when the cache entry holding it ends anyway.
     fn deadline(&self, created: u64, active: u64) -> u64 {
         let absolute = created.saturating_add(self.inner.lifetime);
-        match self.inner.idle {
+        let end = match self.inner.idle {
             Some(idle) => absolute.min(active.saturating_add(idle)),
             None => absolute,
-        }
+        };
+        end.min(MAX_TIME)
     }
 
     /// The new expiry if a load at `now` should move the idle deadline.
@@ -1441,6 +1457,16 @@ mod tests {
             SessionStore::builder().path(dir.path().join("other")),
             SessionStore::builder()
                 .cookie(CookieConfig::new().same_site(Some(crate::session::SameSite::None))),
+            SessionStore::builder().cookie(CookieConfig::new().name("__Host-sid").unwrap()),
+            SessionStore::builder().cookie(
+                CookieConfig::new()
+                    .name("__host-sid")
+                    .unwrap()
+                    .secure(true)
+                    .domain("example.org")
+                    .unwrap(),
+            ),
+            SessionStore::builder().cookie(CookieConfig::new().name("__SECURE-sid").unwrap()),
         ];
         for b in cases {
             let e = build(b).unwrap_err();

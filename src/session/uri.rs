@@ -6,7 +6,11 @@
 //! **Query**: `?sid=ID`, appended after any existing parameters.
 //!
 //! Only URLs under the application's base URL get an id: same scheme, host, port and
-//! user-info, and a path at or below the base path. External URLs never do.
+//! user-info, and a path at or below the base path. External URLs never do. Where a URL
+//! goes is decided as a browser decides it (WHATWG URL parsing, by the `url` crate), and
+//! the text written into a page or a `Location` is checked to go there too.
+
+use std::borrow::Cow;
 
 use url::{Position, Url};
 
@@ -58,7 +62,8 @@ pub(crate) struct Rewritten {
     pub(crate) with_id: bool,
 }
 
-/// How a link was written, so that a rewritten link keeps its form.
+/// How a link was written, so that a rewritten link keeps its form. Only the form: where a
+/// link goes is decided by the `url` crate, and the text written is checked to go there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RefKind {
     /// `scheme:…`
@@ -79,7 +84,11 @@ impl RefKind {
             .iter()
             .position(|&c| !(c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.')));
         match scheme_len {
-            Some(n) if n > 0 && b[0].is_ascii_alphabetic() && b[n] == b':' => RefKind::Absolute,
+            Some(n)
+                if b.first().is_some_and(u8::is_ascii_alphabetic) && b.get(n) == Some(&b':') =>
+            {
+                RefKind::Absolute
+            }
             _ if is_slash(b.first()) && is_slash(b.get(1)) => RefKind::SchemeRelative,
             _ if is_slash(b.first()) => RefKind::PathAbsolute,
             _ => RefKind::Relative,
@@ -107,11 +116,14 @@ impl RefKind {
 ///
 /// When rewriting redirects and pages, only URLs under the application's base URL get an id:
 /// same scheme, host (compared in its ASCII form, so IDNs match their punycode) and port, no
-/// user-info, and a path at or below the base path. External URLs, URLs of binary assets
-/// (by extension, [`DEFAULT_SKIP_EXTENSIONS`]) and URLs that already carry an id are left
-/// alone. In path style, relative links in a page are written as absolute paths (with or
-/// without an id), because the browser resolves them against an address that has the extra
-/// `/-/ID` segments in it.
+/// user-info, and a path at or below the base path, without encoded slashes or backslashes.
+/// External URLs, URLs of binary assets (by extension, [`DEFAULT_SKIP_EXTENSIONS`]) and URLs
+/// that already carry an id are left alone. URLs are resolved as browsers resolve them
+/// (see [`rewrite_html`](Self::rewrite_html) for pages and their `<base>`). In path style,
+/// relative links in a page are written as absolute paths (with or without an id), because
+/// the browser resolves them against an address that has the extra `/-/ID` segments in it;
+/// a link with the id is written as an absolute URL wherever a path alone could be read
+/// differently (a `<base>` of doubtful origin, a page path starting with `//`).
 ///
 /// ```
 /// use fastmmap::session::{SessionId, UrlRewriter, UrlStyle};
@@ -365,16 +377,23 @@ impl UrlRewriter {
     }
 
     /// Whether `url` is under the base URL: same scheme, host, port and user-info (none), and
-    /// a path at or below the base path.
+    /// a path at or below the base path. A path with an encoded slash or backslash (`%2F`,
+    /// `%5C`) is not, since servers differ in whether they decode it before routing.
     pub fn is_under_base(&self, url: &Url) -> bool {
         let base = &self.base;
         let dir = base.path();
+        let path = url.path();
+        let encoded_separator = path.as_bytes().windows(3).any(|w| {
+            w[0] == b'%'
+                && (w[1..].eq_ignore_ascii_case(b"2f") || w[1..].eq_ignore_ascii_case(b"5c"))
+        });
         url.scheme() == base.scheme()
             && url.host_str() == base.host_str()
             && url.port_or_known_default() == base.port_or_known_default()
             && url.username().is_empty()
             && url.password().is_none()
-            && (url.path().starts_with(dir) || url.path() == dir.trim_end_matches('/'))
+            && (path.starts_with(dir) || path == dir.trim_end_matches('/'))
+            && !encoded_separator
     }
 
     /// Whether `url`'s last path segment ends in one of the skipped extensions.
@@ -400,49 +419,94 @@ impl UrlRewriter {
         }
     }
 
-    /// The rewritten form of one link (already entity-decoded), found in a page whose URL
-    /// (without id) is `document`; `None` to leave it as it is.
+    /// Whether a link to `url` gets the id: under the base, not a skipped asset, no id yet.
+    fn takes_id(&self, url: &Url) -> bool {
+        self.is_under_base(url) && !self.is_skipped_asset(url) && !self.has_id(url)
+    }
+
+    /// The rewritten form of one link (already entity-decoded) in a response to `document`
+    /// (the request's URL without the id) that has no `<base>`: a redirect's `Location`.
+    /// `None` to leave it as it is.
     pub(crate) fn rewrite_reference(
         &self,
         reference: &str,
         document: &Url,
         id: &SessionId,
     ) -> Option<String> {
-        self.rewrite_link(reference, document, true, id)
-            .map(|l| l.text)
+        let bases = Bases::new(self, document, id, &[], false);
+        self.rewrite_link(reference, &bases, id).map(|l| l.text)
     }
 
-    /// A link under the base that is not a skipped asset and has no id yet gets `id`.
-    ///
-    /// `against_address`: `against` is the page's own URL, as opposed to a `<base href>`.
-    /// Then, in path style, a relative link is also written as an absolute path, with or
-    /// without an id: the browser resolves it against the address with `/-/ID` in it, which
-    /// has one more path segment than `against`.
+    /// The rewritten form of a link as written in a page (entity-decoded), or `None` to leave
+    /// it alone. It gets the id if it goes under the base (see [`UrlRewriter`]); written in
+    /// its own form when every base a browser might use sends that form to the same URL,
+    /// else as an absolute URL. A link that gets no id is rewritten only when the id in the
+    /// page's address would send it somewhere else than the author meant (a relative link in
+    /// path style): then as an absolute path.
     pub(crate) fn rewrite_link(
         &self,
         reference: &str,
-        against: &Url,
-        against_address: bool,
+        bases: &Bases,
         id: &SessionId,
     ) -> Option<Rewritten> {
-        let reference = reference.trim_matches(|c: char| c.is_ascii_whitespace());
+        let reference = browser_trim(reference);
         if reference.is_empty() || reference.starts_with('#') {
             return None;
         }
-        let kind = RefKind::of(reference);
-        let mut url = against.join(reference).ok()?;
-        let absolutize =
-            against_address && self.style == UrlStyle::Path && kind == RefKind::Relative;
-        let with_id =
-            self.is_under_base(&url) && !self.is_skipped_asset(&url) && !self.has_id(&url);
-        if with_id {
-            self.add_id_to_url(&mut url, id).ok()?;
-        } else if !absolutize {
+        let target = bases.intended.join(&reference).ok()?;
+        if self.takes_id(&target) {
+            return self.with_id(RefKind::of(&reference), target, bases, id);
+        }
+        let browser_agrees = bases
+            .actual
+            .iter()
+            .all(|base| base.join(&reference).ok().as_ref() == Some(&target));
+        if browser_agrees {
             return None;
         }
+        let text = written(RefKind::of(&reference), &target, &bases.actual)?;
         Some(Rewritten {
-            text: kind.write(&url),
-            with_id,
+            text,
+            with_id: false,
+        })
+    }
+
+    /// `target` with the id, written so that every base a browser might use sends it there;
+    /// `None` if `target` does not take the id.
+    pub(crate) fn rewrite_target(
+        &self,
+        target: &Url,
+        bases: &Bases,
+        id: &SessionId,
+    ) -> Option<Rewritten> {
+        if !self.takes_id(target) {
+            return None;
+        }
+        self.with_id(RefKind::PathAbsolute, target.clone(), bases, id)
+    }
+
+    fn with_id(
+        &self,
+        kind: RefKind,
+        mut target: Url,
+        bases: &Bases,
+        id: &SessionId,
+    ) -> Option<Rewritten> {
+        self.add_id_to_url(&mut target, id).ok()?;
+        let text = written(kind, &target, &bases.possible)?;
+        Some(Rewritten {
+            text,
+            with_id: true,
+        })
+    }
+
+    /// Whether a browser sends `reference` (entity-decoded, as an attribute holds it) under
+    /// the base, whichever base it uses.
+    pub(crate) fn always_under_base(&self, reference: &str, bases: &Bases) -> bool {
+        let reference = browser_trim(reference);
+        bases.possible.iter().all(|base| {
+            base.join(&reference)
+                .is_ok_and(|url| self.is_under_base(&url))
         })
     }
 
@@ -460,6 +524,122 @@ impl UrlRewriter {
             return None;
         }
         self.rewrite_reference(location, document, id)
+    }
+}
+
+/// `reference` as the URL parser reads it: without leading and trailing C0 controls and
+/// spaces, and without tabs and newlines anywhere (WHATWG URL, basic URL parser). The `url`
+/// crate does the same when it parses; this is for looking at the text before that.
+fn browser_trim(reference: &str) -> Cow<'_, str> {
+    let trimmed = reference.trim_matches(|c: char| c <= ' ');
+    if trimmed.contains(['\t', '\n', '\r']) {
+        Cow::Owned(trimmed.replace(['\t', '\n', '\r'], ""))
+    } else {
+        Cow::Borrowed(trimmed)
+    }
+}
+
+/// `url` written in `kind`'s form if every one of `bases` resolves that text to `url`, else as
+/// an absolute URL if they all resolve that to it (a serialised http(s) URL always does).
+fn written(kind: RefKind, url: &Url, bases: &[Url]) -> Option<String> {
+    [kind.write(url), url.as_str().to_owned()]
+        .into_iter()
+        .find(|text| {
+            bases
+                .iter()
+                .all(|base| base.join(text).ok().as_ref() == Some(url))
+        })
+}
+
+/// A `<base href>` as the page has it.
+#[derive(Clone, Debug)]
+pub(crate) struct BaseHref {
+    /// The entity-decoded `href`; `None` if it holds a reference the decoder is unsure of.
+    pub(crate) href: Option<String>,
+    /// Whether browsers certainly do not take it as the document's base (it is inside a
+    /// `<template>`, or not in the HTML namespace), as far as the HTML parser can tell.
+    pub(crate) inert: bool,
+}
+
+/// Origins no application uses, standing in for a base the HTML parser cannot see.
+const PROBE_BASES: [&str; 2] = ["http://probe.invalid/p/q", "https://probe.invalid/p/q"];
+
+/// The bases the links of one response may resolve against.
+///
+/// Browsers resolve every link of a page against its first `<base href>` in tree order —
+/// also the links before it — or, without one, against the page's address. The rewriter
+/// reads the whole body before rewriting, so it knows that base for every link. It still
+/// has two kinds of doubt, and a link gets the id only in a form that reaches the same URL
+/// whichever way they are settled:
+///
+/// - Whether the address has the id in it (a client that came by a rewritten link) or not
+///   (its first visit): relative links are meant against the address without the id.
+/// - Which `<base>` counts: an HTML parser that only tokenises cannot tell every context in
+///   which browsers ignore one (in a `<select>`, a `<template>`, foreign content), and
+///   browsers without scripts see one inside `<noscript>` that the parser reads as text.
+///   So each `<base href>` seen counts as possible, and one that may be hidden adds bases of
+///   foreign origins, against which only an absolute URL holds.
+#[derive(Clone, Debug)]
+pub(crate) struct Bases {
+    /// Where the author meant links to go: the first `<base href>` that is not inert,
+    /// resolved against the page's URL without the id, or that URL.
+    intended: Url,
+    /// What a browser resolves against when that `<base>` is the one: it resolved against the
+    /// page's address with and without the id, or those addresses.
+    actual: Vec<Url>,
+    /// Every base a browser might resolve against.
+    possible: Vec<Url>,
+}
+
+impl Bases {
+    /// The bases of a response to `document` (the request's URL without the id) whose body has
+    /// the `<base href>` elements `found`, in document order; `hidden`: a `<base>` the parser
+    /// could not read may be there too.
+    pub(crate) fn new(
+        urls: &UrlRewriter,
+        document: &Url,
+        id: &SessionId,
+        found: &[BaseHref],
+        hidden: bool,
+    ) -> Bases {
+        let mut addressed = document.clone();
+        let addresses = match urls.add_id_to_url(&mut addressed, id) {
+            Ok(()) => vec![document.clone(), addressed],
+            Err(_) => vec![document.clone()],
+        };
+        // A `<base href>` that does not parse, or names a data: or javascript: URL, leaves the
+        // address as the base (HTML, "set the frozen base URL").
+        let resolve = |href: &str, address: &Url| match address.join(href) {
+            Ok(url) if !matches!(url.scheme(), "data" | "javascript") => url,
+            _ => address.clone(),
+        };
+        let mut unreadable = hidden;
+        let mut possible = addresses.clone();
+        for base in found {
+            match &base.href {
+                Some(href) => possible.extend(addresses.iter().map(|a| resolve(href, a))),
+                None => unreadable = true,
+            }
+        }
+        if unreadable {
+            possible.extend(PROBE_BASES.iter().filter_map(|p| Url::parse(p).ok()));
+        }
+        let (intended, actual) = match found.iter().find(|b| !b.inert) {
+            Some(BaseHref {
+                href: Some(href), ..
+            }) => (
+                resolve(href, document),
+                addresses.iter().map(|a| resolve(href, a)).collect(),
+            ),
+            _ => (document.clone(), addresses),
+        };
+        possible.sort();
+        possible.dedup();
+        Bases {
+            intended,
+            actual,
+            possible,
+        }
     }
 }
 
