@@ -26,7 +26,7 @@ pub struct CacheBuilder {
     cache_size: Option<u64>,
     start_slots: Option<u32>,
     expire_after: Option<Duration>,
-    permissions: u32,
+    permissions: Option<u32>,
     reset: bool,
     verify: bool,
     unlink_on_drop: bool,
@@ -49,7 +49,7 @@ impl Default for CacheBuilder {
             cache_size: None,
             start_slots: None,
             expire_after: None,
-            permissions: 0o640,
+            permissions: None,
             reset: false,
             verify: false,
             unlink_on_drop: false,
@@ -128,10 +128,10 @@ impl CacheBuilder {
         self
     }
 
-    /// Mode of a newly created file (default `0o640`), applied exactly (not masked by the
-    /// umask).
+    /// Mode of a newly created file, applied exactly (not masked by the umask). Default
+    /// `0o640`; `0o600` for the default per-user file (no [`path`](Self::path) given).
     pub fn permissions(mut self, mode: u32) -> Self {
-        self.permissions = mode;
+        self.permissions = Some(mode);
         self
     }
 
@@ -254,7 +254,12 @@ impl CacheBuilder {
             layout: self.layout,
             lock_kind: self.lock_kind,
             requested,
-            permissions: self.permissions,
+            // The default per-user file is nobody else's business.
+            permissions: self.permissions.unwrap_or(if self.path.is_some() {
+                0o640
+            } else {
+                0o600
+            }),
             follow_symlinks: self.follow_symlinks,
             allowed_owners: self.allowed_owners.clone(),
             read_only: self.read_only,

@@ -579,3 +579,33 @@ fn a_read_only_reader_waits_for_a_writer_in_another_process() {
     kids.wait_all_ok();
     assert_eq!(ro.get(b"k").expect("get"), Some(b"written".to_vec()));
 }
+
+#[test]
+fn the_default_per_user_file_is_private() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    assert!(rerun(
+        "default_file_in_tmpdir",
+        &[
+            ("TMPDIR", dir.path()),
+            ("FASTMMAP_DEFAULT_FILE_TEST", dir.path())
+        ],
+        false,
+        None
+    ));
+}
+
+/// Runs only when re-executed by the test above, with TMPDIR pointing at a fresh directory.
+#[test]
+fn default_file_in_tmpdir() {
+    let Some(dir) = std::env::var_os("FASTMMAP_DEFAULT_FILE_TEST") else {
+        return;
+    };
+    let cache = Cache::builder().open().expect("default file");
+    assert!(cache.path().starts_with(&dir), "{}", cache.path().display());
+    let mode = fs::metadata(cache.path())
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "the default per-user file is created private");
+}
