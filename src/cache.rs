@@ -235,15 +235,20 @@ impl Cache {
         }
     }
 
+    /// For the batch stores, which refuse the batch before storing any of it: each entry must
+    /// fit an empty page (single stores learn this from the page).
     fn check_size(&self, req: &NewEntry<'_>) -> Result<()> {
-        let max = self.max_entry_size();
         match req.entry_size() {
-            Some(needed) if needed <= max => Ok(()),
-            needed => Err(Error::TooLarge {
-                path: self.path().to_path_buf(),
-                needed: needed.unwrap_or(usize::MAX),
-                max,
-            }),
+            Some(needed) if needed <= self.max_entry_size() => Ok(()),
+            _ => Err(self.too_large(req)),
+        }
+    }
+
+    fn too_large(&self, req: &NewEntry<'_>) -> Error {
+        Error::TooLarge {
+            path: self.path().to_path_buf(),
+            needed: req.entry_size().unwrap_or(usize::MAX),
+            max: self.max_entry_size(),
         }
     }
 
@@ -278,16 +283,19 @@ impl Cache {
         // Native pages change under a busy marker, so an overwrite of the same size may be
         // made in place (see `PageMut::store_with`); Cache::FastMmap's pages have no marker.
         let in_place = self.inner.file.layout() == Layout::Native;
-        match guard.change(|p| p.store_with(req, now, slots, in_place)) {
-            Ok(outcome) => Ok(outcome),
+        let outcome = match guard.change(|p| p.store_with(req, now, slots, in_place)) {
+            Ok(outcome) => outcome,
             Err(_) => guard
                 .change(|p| p.store_with(req, now, slots, in_place))
-                .map_err(|c| self.corrupt(guard.page_index(), c)),
+                .map_err(|c| self.corrupt(guard.page_index(), c))?,
+        };
+        if outcome == StoreOutcome::TooLarge {
+            return Err(self.too_large(req));
         }
+        Ok(outcome)
     }
 
     fn store(&self, req: &NewEntry<'_>, page: u32, now: u32) -> Result<StoreOutcome> {
-        self.check_size(req)?;
         let mut guard = self.lock_page(page)?;
         self.store_locked(&mut guard, req, now)
     }
@@ -468,16 +476,20 @@ impl Cache {
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
         let mut guard = self.lock_page(page)?;
+        // `f` is called from one of two places: with the entry when there is one, else after.
         let mut f = Some(f);
         let decided = read_locked(&mut guard, slot_hash, key, now, self.inner.stats, |e| {
-            (f.take().expect("called once"))(Some(e.value))
+            let decision = (f.take().expect("called once"))(Some(e.value));
+            // What `Keep` returns is the value just read: copied now, not probed for again.
+            let kept = matches!(decision, Update::Keep).then(|| e.value.to_vec());
+            (decision, kept)
         });
-        let decision = match decided {
-            Some(d) => d,
-            None => (f.take().expect("not called yet"))(None),
+        let (decision, kept) = match decided {
+            Some(decided) => decided,
+            None => ((f.take().expect("not called yet"))(None), None),
         };
         let (value, expiry) = match decision {
-            Update::Keep => return Ok(peek_locked(&mut guard, slot_hash, key, now)),
+            Update::Keep => return Ok(kept),
             Update::Remove => {
                 let _ = guard.change(|p| p.remove(slot_hash, key, now));
                 return Ok(None);
@@ -494,7 +506,6 @@ impl Cache {
             flags: 0,
             modseq: None,
         };
-        self.check_size(&req)?;
         match self.store_locked(&mut guard, &req, now)? {
             StoreOutcome::Refused => Ok(peek_locked(&mut guard, slot_hash, key, now)),
             _ => Ok(Some(value)),
@@ -520,7 +531,6 @@ impl Cache {
         let value = f();
         let now = self.now();
         let (page, req) = self.request(key, &value, Expiry::Default, now);
-        self.check_size(&req)?;
         let mut guard = self.lock_page(page)?;
         if let Some(existing) = read_locked(&mut guard, req.slot_hash, key, now, false, |e| {
             e.value.to_vec()
@@ -894,10 +904,17 @@ impl Reader<'_> {
         })
     }
 
-    /// The page header as it is (for statistics, which read it with saturating arithmetic).
+    /// The page header, for statistics: a damaged page is reset first where it can be, and
+    /// otherwise read as it is (statistics use saturating arithmetic).
     fn header(&mut self) -> PageHeader {
         match self {
-            Reader::Write(guard) => guard.page().header(),
+            Reader::Write(guard) => match guard.page().checked_header() {
+                Ok(hdr) => hdr,
+                Err(_) => {
+                    guard.reset();
+                    guard.page().header()
+                }
+            },
             Reader::Shared(guard) => PageHeader::read(guard.as_is().0),
         }
     }

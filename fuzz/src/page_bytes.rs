@@ -329,7 +329,7 @@ fn do_store(buf: &mut [u8], req: &NewEntry, now: u32, slots: u32, was_valid: boo
     let before = buf.to_vec();
     let res = PageMut::wrap(buf).store(req, now, slots);
     note(match res {
-        Err(_) if !fits => Event::store_too_big,
+        Ok(StoreOutcome::TooLarge) => Event::store_too_big,
         Err(_) => Event::store_err,
         Ok(StoreOutcome::Stored) if !was_valid => Event::stored_on_invalid_page,
         Ok(StoreOutcome::Stored) => Event::store_stored,
@@ -338,13 +338,15 @@ fn do_store(buf: &mut [u8], req: &NewEntry, now: u32, slots: u32, was_valid: boo
     });
     match res {
         Err(c) => {
-            assert!(!fits || !was_valid, "store failed on a valid page: {c}");
-            if !fits {
-                assert!(
-                    buf == &before[..],
-                    "a refused too-large store changed the page"
-                );
-            }
+            assert!(fits, "a too-large store got {c} instead of TooLarge");
+            assert!(!was_valid, "store failed on a valid page: {c}");
+        }
+        Ok(StoreOutcome::TooLarge) => {
+            assert!(!fits, "an entry that fits was refused as too large");
+            assert!(
+                buf == &before[..],
+                "a refused too-large store changed the page"
+            );
         }
         Ok(outcome) if !fits => panic!("an entry larger than an empty page was {outcome:?}"),
         Ok(StoreOutcome::Refused | StoreOutcome::AlreadyNewer) => {

@@ -434,7 +434,7 @@ impl Run {
         let got = PageMut::wrap(&mut self.buf).store(&req, now, self.start_slots);
         if !fits {
             note(Event::store_too_big);
-            assert!(got.is_err(), "a too-large entry was {got:?}");
+            assert_eq!(got, Ok(StoreOutcome::TooLarge), "a too-large entry");
             assert!(self.buf == before, "a too-large store changed the page");
             return Drops::None;
         }
@@ -450,6 +450,7 @@ impl Run {
             StoreOutcome::Stored => Event::store_stored,
             StoreOutcome::Refused => Event::store_refused,
             StoreOutcome::AlreadyNewer => Event::store_already_newer,
+            StoreOutcome::TooLarge => panic!("an entry that fits was refused as too large"),
         });
         if got != StoreOutcome::Stored {
             assert!(self.buf == before, "a {got:?} store changed the page");

@@ -38,6 +38,19 @@ impl PageMut<'_> {
     /// Evicts per `mode` and compacts the survivors. Returns how many entries were dropped.
     pub fn evict(&mut self, mode: Evict, now: u32, start_slots: u32) -> Result<usize, Corrupt> {
         let hdr = self.checked_header()?;
+        self.evict_checked(hdr, mode, now, start_slots)
+            .map(|(dropped, _)| dropped)
+    }
+
+    /// [`evict`](Self::evict) on a page whose header `hdr` the caller has just checked.
+    /// Returns how many entries were dropped and the page's header afterwards.
+    pub(super) fn evict_checked(
+        &mut self,
+        hdr: PageHeader,
+        mode: Evict,
+        now: u32,
+        start_slots: u32,
+    ) -> Result<(usize, PageHeader), Corrupt> {
         let n = hdr.num_slots;
         if n == 0 {
             return Err(Corrupt("page has no slots"));
@@ -45,7 +58,7 @@ impl PageMut<'_> {
         if let Evict::MakeRoom(len) = mode
             && has_room(&hdr, len)
         {
-            return Ok(0);
+            return Ok((0, hdr));
         }
 
         let page_size = self.buf.len();
@@ -125,15 +138,15 @@ impl PageMut<'_> {
         if keep.len() >= new_n as usize {
             return Err(Corrupt("more entries than slots"));
         }
-        self.rebuild(new_n, &keep)?;
-        Ok(dropped)
+        let hdr = self.rebuild(new_n, &keep)?;
+        Ok((dropped, hdr))
     }
 
     /// Rewrites the page with `num_slots` slots holding exactly `keep`, compacted in the order
-    /// given (least recently used first: see `evict`). The magic is
+    /// given (least recently used first: see `evict`), and returns its new header. The magic is
     /// cleared while the page is rewritten, so a process killed part way leaves a page that
     /// fails the header check (in either layout) instead of one with torn entries.
-    fn rebuild(&mut self, num_slots: u32, keep: &[EntryLoc]) -> Result<(), Corrupt> {
+    fn rebuild(&mut self, num_slots: u32, keep: &[EntryLoc]) -> Result<PageHeader, Corrupt> {
         let page_size = self.buf.len();
         let table_end = slots_end(num_slots).ok_or(Corrupt("slot count overflows"))?;
         let needed: usize = keep.iter().map(EntryLoc::size).sum();
@@ -183,7 +196,8 @@ impl PageMut<'_> {
         publish_order(self.buf);
         self.buf[MAGIC_OFFSET + 4..free_data].copy_from_slice(&image[MAGIC_OFFSET + 4..]);
         publish_order(self.buf);
-        super::header::put_u32(self.buf, MAGIC_OFFSET, PAGE_MAGIC)
+        super::header::put_u32(self.buf, MAGIC_OFFSET, PAGE_MAGIC)?;
+        Ok(hdr)
     }
 }
 

@@ -206,11 +206,11 @@ fn biggest_entry_always_fits_and_oversized_is_refused() {
     checked(&buf);
     let too_big = vec![1u8; max];
     let req = store(b"big", &too_big, 0);
-    assert!(
+    assert_eq!(
         PageMut::open(&mut buf, MIN_SLOTS)
             .unwrap()
-            .store(&req, NOW, MIN_SLOTS)
-            .is_err()
+            .store(&req, NOW, MIN_SLOTS),
+        Ok(StoreOutcome::TooLarge)
     );
     assert_eq!(
         get(&mut buf, b"big", NOW).as_deref(),

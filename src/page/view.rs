@@ -14,30 +14,39 @@ use super::header::{PageHeader, get_u32, put_u32};
 /// A page's bytes, borrowed mutably for the duration of one locked operation.
 pub struct PageMut<'a> {
     pub(super) buf: &'a mut [u8],
+    /// The fewest slots a sound header may have (see [`PageView::checked_header`]).
+    min_slots: u32,
 }
 
 /// A page's bytes, borrowed for reading.
 #[derive(Clone, Copy)]
 pub struct PageView<'a> {
     pub(super) buf: &'a [u8],
+    min_slots: u32,
 }
 
 impl<'a> PageView<'a> {
     /// Wraps any bytes; every read is bounds-checked, so no check is needed first.
     pub fn new(buf: &'a [u8]) -> PageView<'a> {
-        PageView { buf }
+        PageView { buf, min_slots: 1 }
+    }
+
+    /// As [`new`](Self::new), for a page whose header must also have at least `min_slots`
+    /// slots (the file's start slot count) to count as sound.
+    pub fn with_min_slots(buf: &'a [u8], min_slots: u32) -> PageView<'a> {
+        PageView { buf, min_slots }
     }
 
     pub fn header(&self) -> PageHeader {
         PageHeader::read(self.buf)
     }
 
-    /// The header, checked to be structurally sound (the start slot count is not checked:
-    /// that is policy, enforced when the page is locked). Every operation starts here, so a
-    /// header changed since the lock was taken cannot send it out of bounds.
+    /// The header, checked to be sound: structurally, and with at least the slots the view
+    /// was made with. Every operation starts here, once: this is the page's one header check
+    /// per operation, and a page that fails it is reset by the caller.
     pub fn checked_header(&self) -> Result<PageHeader, Corrupt> {
         let hdr = self.header();
-        hdr.check(self.buf.len(), 1)?;
+        hdr.check(self.buf.len(), self.min_slots)?;
         Ok(hdr)
     }
 
@@ -182,6 +191,8 @@ pub enum StoreOutcome {
     /// A tombstone store found something at least as new already there; nothing changed,
     /// and nothing needed to.
     AlreadyNewer,
+    /// The entry cannot fit even an empty page; the page is unchanged.
+    TooLarge,
 }
 
 impl<'a> PageMut<'a> {
@@ -189,12 +200,18 @@ impl<'a> PageMut<'a> {
     /// Wraps a page whose header passes [`PageHeader::check`].
     pub fn open(buf: &'a mut [u8], min_slots: u32) -> Result<PageMut<'a>, Corrupt> {
         PageHeader::read(buf).check(buf.len(), min_slots)?;
-        Ok(PageMut { buf })
+        Ok(PageMut { buf, min_slots })
     }
 
     /// Wraps any bytes without checking them first: every operation checks what it reads.
     pub fn wrap(buf: &'a mut [u8]) -> PageMut<'a> {
-        PageMut { buf }
+        PageMut { buf, min_slots: 1 }
+    }
+
+    /// As [`wrap`](Self::wrap), for a page whose header must also have at least `min_slots`
+    /// slots to count as sound (see [`PageView::with_min_slots`]).
+    pub fn with_min_slots(buf: &'a mut [u8], min_slots: u32) -> PageMut<'a> {
+        PageMut { buf, min_slots }
     }
 
     /// Writes an empty page with `start_slots` slots over whatever `buf` held.
@@ -204,7 +221,10 @@ impl<'a> PageMut<'a> {
         buf[..end].fill(0);
         // Cannot fail: a page is always larger than its header.
         let _ = hdr.write(buf);
-        PageMut { buf }
+        PageMut {
+            buf,
+            min_slots: start_slots,
+        }
     }
 
     pub fn header(&self) -> PageHeader {
@@ -222,7 +242,10 @@ impl<'a> PageMut<'a> {
 
     /// A read-only view of the page.
     pub fn view(&self) -> PageView<'_> {
-        PageView { buf: self.buf }
+        PageView {
+            buf: self.buf,
+            min_slots: self.min_slots,
+        }
     }
 
     pub(super) fn slot(&self, slot: u32) -> Result<u32, Corrupt> {
@@ -314,10 +337,9 @@ impl<'a> PageMut<'a> {
     }
 
     /// Stores an entry, evicting as Cache::FastMmap does when the page is short of slots or
-    /// space. The caller has checked that the entry fits an empty page
-    /// (`req.entry_size() <= max_entry_size(page_size, start_slots)`); given that, the store
-    /// succeeds unless the conditional-store rules refuse it, and a refused store changes
-    /// nothing.
+    /// space. An entry that cannot fit an empty page is [`StoreOutcome::TooLarge`]; any other
+    /// store succeeds unless the conditional-store rules refuse it, and a refused store
+    /// changes nothing.
     #[cfg_attr(not(any(test, fuzzing, feature = "internals")), allow(dead_code))] // tests, bench, fuzz
     pub fn store(
         &mut self,
@@ -340,10 +362,10 @@ impl<'a> PageMut<'a> {
         start_slots: u32,
         in_place: bool,
     ) -> Result<StoreOutcome, Corrupt> {
-        let size = req.entry_size().ok_or(Corrupt("entry too large"))?;
-        if size > max_entry_size(self.buf.len(), start_slots) {
-            return Err(Corrupt("entry larger than an empty page"));
-        }
+        let max = max_entry_size(self.buf.len(), start_slots);
+        let Some(size) = req.entry_size().filter(|&size| size <= max) else {
+            return Ok(StoreOutcome::TooLarge);
+        };
         let hdr = self.checked_header()?;
         let probe = self.probe(&hdr, req.slot_hash, req.key)?;
         if let Probe::Hit { loc, .. } = &probe {
@@ -361,8 +383,10 @@ impl<'a> PageMut<'a> {
             // Eviction would change nothing: the header and the probe still hold.
             self.append_probed(req, size, now, &hdr, probe)?
         } else {
-            self.evict(super::Evict::MakeRoom(size), now, start_slots)?;
-            self.append(req, size, now)?
+            let (_, hdr) =
+                self.evict_checked(hdr, super::Evict::MakeRoom(size), now, start_slots)?;
+            let probe = self.probe(&hdr, req.slot_hash, req.key)?;
+            self.append_probed(req, size, now, &hdr, probe)?
         };
         if appended {
             return Ok(StoreOutcome::Stored);

@@ -33,15 +33,18 @@ impl Locked<'_> {
         }
     }
 
-    /// Why the page must be reset before use, if it must: its busy marker is set (a process
-    /// died changing it) or its header fails the check.
+    /// Whether the page's busy marker is set: a process died changing it (native layout).
     #[inline]
-    fn problem(&self) -> Option<crate::page::Corrupt> {
-        let busy = self
-            .file
+    fn busy(&self) -> bool {
+        self.file
             .row_word(self.page, header::ROW_BUSY_OFFSET)
-            .is_some_and(|busy| busy != 0);
-        if busy {
+            .is_some_and(|busy| busy != 0)
+    }
+
+    /// Why the page is unusable as it is, if it is: its busy marker is set, or its header fails
+    /// the check (for validation; operations check the header themselves, once).
+    fn problem(&self) -> Option<crate::page::Corrupt> {
+        if self.busy() {
             return Some(crate::page::Corrupt(
                 "busy marker set: a process died changing the page",
             ));
@@ -68,13 +71,17 @@ impl Drop for Locked<'_> {
 pub(crate) struct ReadGuard<'a>(pub(super) Locked<'a>);
 
 impl ReadGuard<'_> {
-    /// The page, if it passes the header check (a damaged page cannot be repaired here).
+    /// The page, unless a process died changing it (a damaged page cannot be repaired here;
+    /// operations on the page check its header).
     #[inline]
     pub(crate) fn page(&self) -> Option<PageView<'_>> {
-        match self.0.problem() {
-            None => Some(PageView::new(self.0.view())),
-            Some(_) => None,
+        if self.0.busy() {
+            return None;
         }
+        Some(PageView::with_min_slots(
+            self.0.view(),
+            self.0.file.geometry.start_slots,
+        ))
     }
 
     /// The page's bytes, however damaged, and why it is damaged if it is.
@@ -108,18 +115,18 @@ impl PageGuard<'_> {
         }
     }
 
-    /// Why the page must be reset before use, if it must: its busy marker is set (a process
-    /// died changing it) or its header fails the check.
+    /// Whether a process died changing the page (its busy marker is set).
     #[inline]
-    pub(crate) fn problem(&mut self) -> Option<crate::page::Corrupt> {
-        self.0.problem()
+    pub(crate) fn busy(&self) -> bool {
+        self.0.busy()
     }
 
     /// The page, for reading or for changes that do not restructure it (access times,
     /// statistics).
     #[inline]
     pub(crate) fn page(&mut self) -> PageMut<'_> {
-        PageMut::wrap(self.bytes())
+        let min_slots = self.0.file.geometry.start_slots;
+        PageMut::with_min_slots(self.bytes(), min_slots)
     }
 
     /// Runs a structural change with the busy marker set, so that a process killed part way

@@ -129,13 +129,13 @@ impl SharedFile {
         }
     }
 
-    /// Locks `page` for a change, waiting at most `timeout`. The page returned passes the
-    /// header check: one left half-changed by a dead process (busy marker set) or failing the
-    /// check is reset first, and the reset counted.
+    /// Locks `page` for a change, waiting at most `timeout`. A page left half-changed by a
+    /// dead process (its busy marker set) is reset first, and the reset counted; the page's
+    /// header is the page operation's to check.
     #[inline]
     pub(crate) fn lock(&self, page: u32, timeout: Option<Duration>) -> Result<PageGuard<'_>> {
         let mut guard = self.lock_as_is(page, timeout)?;
-        if guard.problem().is_some() {
+        if guard.busy() {
             guard.reset();
         }
         Ok(guard)
