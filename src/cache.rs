@@ -224,7 +224,11 @@ impl Cache {
                 path: self.path().to_path_buf(),
             });
         }
-        self.inner.file.lock(page, self.inner.lock_timeout)
+        let timeout = self.inner.lock_timeout;
+        self.inner
+            .file
+            .lock(page, timeout)
+            .map_err(|e| self.inner.file.lock_error(e, page, timeout))
     }
 
     fn corrupt(&self, page: u32, c: Corrupt) -> Error {
@@ -264,8 +268,11 @@ impl Cache {
     /// Locks `page` for reading: the ordinary lock, or a shared one for a read-only handle.
     fn read_page(&self, page: u32) -> Result<Reader<'_>> {
         if self.inner.read_only {
-            let guard = self.inner.file.lock_shared(page, self.inner.lock_timeout)?;
-            Ok(Reader::Shared(guard))
+            let timeout = self.inner.lock_timeout;
+            match self.inner.file.lock_shared(page, timeout) {
+                Ok(guard) => Ok(Reader::Shared(guard)),
+                Err(e) => Err(self.inner.file.lock_error(e, page, timeout)),
+            }
         } else {
             Ok(Reader::Write(self.lock_page(page)?))
         }
@@ -1002,7 +1009,12 @@ impl Cache {
         let mut problems = Vec::new();
         for page in 0..g.num_pages {
             // A shared lock: validating reads the page and changes nothing.
-            let guard = self.inner.file.lock_shared(page, self.inner.lock_timeout)?;
+            let timeout = self.inner.lock_timeout;
+            let guard = self
+                .inner
+                .file
+                .lock_shared(page, timeout)
+                .map_err(|e| self.inner.file.lock_error(e, page, timeout))?;
             let problem = match guard.as_is() {
                 (_, Some(p)) => Some(p),
                 (bytes, None) => check_page(bytes, g.start_slots, Some(&slot_hash)).err(),

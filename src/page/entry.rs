@@ -2,7 +2,6 @@
 
 use super::Corrupt;
 use super::format::*;
-use super::header::get_u32;
 
 /// An entry header read from the page and checked to lie inside the data area.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,15 +36,21 @@ impl EntryLoc {
             .checked_add(ENTRY_HEADER_SIZE)
             .filter(|&end| end <= data_end)
             .ok_or(Corrupt("entry header beyond free_data"))?;
-        let w = |o: usize| get_u32(buf, off + o).ok_or(Corrupt("entry outside the page"));
+        let header: &[u8; ENTRY_HEADER_SIZE] = buf
+            .get(off..header_end)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(Corrupt("entry outside the page"))?;
+        // In bounds of the fixed-size array: no check left at run time.
+        let w =
+            |o: usize| u32::from_ne_bytes([header[o], header[o + 1], header[o + 2], header[o + 3]]);
         let loc = EntryLoc {
             off,
-            last_access: w(LAST_ACCESS_OFFSET)?,
-            expire_on: w(EXPIRE_ON_OFFSET)?,
-            slot_hash: w(SLOT_HASH_OFFSET)?,
-            flags: w(FLAGS_OFFSET)?,
-            key_len: w(KEY_LEN_OFFSET)? as usize,
-            val_len: w(VAL_LEN_OFFSET)? as usize,
+            last_access: w(LAST_ACCESS_OFFSET),
+            expire_on: w(EXPIRE_ON_OFFSET),
+            slot_hash: w(SLOT_HASH_OFFSET),
+            flags: w(FLAGS_OFFSET),
+            key_len: w(KEY_LEN_OFFSET) as usize,
+            val_len: w(VAL_LEN_OFFSET) as usize,
         };
         let end = header_end
             .checked_add(loc.key_len)

@@ -45,8 +45,15 @@ pub(crate) fn put_u32(buf: &mut [u8], off: usize, v: u32) -> Result<(), Corrupt>
 
 impl PageHeader {
     /// Reads the header words; a buffer shorter than a header reads as all zeros (invalid).
+    #[inline]
     pub fn read(buf: &[u8]) -> PageHeader {
-        let w = |off| get_u32(buf, off).unwrap_or(0);
+        let Some(words) = buf.first_chunk::<PAGE_HEADER_SIZE>() else {
+            return PageHeader::default();
+        };
+        // In bounds of the fixed-size array: no check left at run time.
+        let w = |off: usize| {
+            u32::from_ne_bytes([words[off], words[off + 1], words[off + 2], words[off + 3]])
+        };
         PageHeader {
             magic: w(MAGIC_OFFSET),
             num_slots: w(NUM_SLOTS_OFFSET),

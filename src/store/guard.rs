@@ -15,7 +15,6 @@ use crate::page::{PageHeader, PageMut, PageView};
 pub(super) struct Locked<'a> {
     pub(super) file: &'a SharedFile,
     pub(super) page: u32,
-    pub(super) range: (u64, u64),
     pub(super) held: Option<Held>,
     pub(super) _reentry: Reentry,
 }
@@ -24,7 +23,7 @@ impl Locked<'_> {
     /// The page's bytes, for reading.
     #[inline]
     fn view(&self) -> &[u8] {
-        let (offset, len) = self.range;
+        let (offset, len) = self.file.page_range(self.page);
         // SAFETY: `offset + len` lies inside the mapping (page < num_pages and the file size
         // was checked against the geometry on open); this lock excludes every cooperating
         // writer of the page, and the borrow of `self` keeps the slice from outliving it.
@@ -59,9 +58,12 @@ impl Locked<'_> {
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
         if let Some(held) = self.held.take() {
-            self.file
-                .locks
-                .release(self.file.file.as_raw_fd(), self.page, self.range, held);
+            self.file.locks.release(
+                self.file.file.as_raw_fd(),
+                self.page,
+                self.file.page_range(self.page),
+                held,
+            );
         }
     }
 }
@@ -101,7 +103,7 @@ impl PageGuard<'_> {
     /// The page's bytes.
     #[inline]
     pub(crate) fn bytes(&mut self) -> &mut [u8] {
-        let (offset, len) = self.0.range;
+        let (offset, len) = self.0.file.page_range(self.0.page);
         // SAFETY: `offset + len` lies inside the mapping (page < num_pages and the file size
         // was checked against the geometry on open), which is writable (a `PageGuard` is only
         // made for a file opened read-write); this guard holds the page's lock, so no other

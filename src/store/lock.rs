@@ -72,7 +72,7 @@ impl PageLocks {
     #[inline]
     pub(crate) fn release(&self, fd: RawFd, page: u32, range: (u64, u64), held: Held) {
         match (self, held) {
-            (PageLocks::Robust(locks), Held::Robust(held)) => locks.release(held),
+            (PageLocks::Robust(locks), Held::Robust(held)) => locks.release(page, held),
             (PageLocks::Fcntl { mutexes }, Held::Fcntl { generation }) => {
                 if generation == fork::generation() {
                     // Unlocking a range we hold cannot fail on a valid descriptor; if it did,

@@ -82,7 +82,6 @@ mod imp {
     /// A held robust page lock: the owner's part of the mutex as it was when the lock was
     /// taken. Not `Send`: a pthread mutex must be unlocked by the thread that locked it.
     pub(crate) struct RobustHeld {
-        page: u32,
         /// The fork generation it was taken in: in a child forked while it was held, the lock
         /// belongs to the parent's thread, and the child's copy of the guard lets go of nothing.
         generation: u32,
@@ -256,7 +255,6 @@ mod imp {
             // SAFETY: we hold `m`, a mutex in the live mapping.
             let owner_part = unsafe { OwnerPart::read(m) };
             Ok(RobustHeld {
-                page,
                 generation,
                 owner_part,
                 _not_send: PhantomData,
@@ -266,11 +264,11 @@ mod imp {
         /// Unlocks what [`acquire`](Self::acquire) locked, first putting back the owner's part
         /// of the mutex if anything changed it.
         #[inline]
-        pub(crate) fn release(&self, held: RobustHeld) {
+        pub(crate) fn release(&self, page: u32, held: RobustHeld) {
             if held.generation != fork::generation() {
                 return;
             }
-            let m = self.mutex(held.page);
+            let m = self.mutex(page);
             // SAFETY: we hold `m` (RobustHeld is not Send, and is consumed here).
             unsafe {
                 if OwnerPart::read(m) != held.owner_part {
@@ -441,7 +439,7 @@ mod imp {
             match *self {}
         }
 
-        pub(crate) fn release(&self, held: RobustHeld) {
+        pub(crate) fn release(&self, page: u32, held: RobustHeld) {
             match held {}
         }
     }

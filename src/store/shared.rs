@@ -16,7 +16,20 @@ use super::geometry::Geometry;
 use super::guard::{Locked, PageGuard, ReadGuard};
 use super::header;
 use super::lock::{PageLocks, Reentry};
-use crate::{Error, Layout, LockKind, Result};
+use crate::{Error, Layout, LockKind};
+
+/// Why a page lock was not taken; [`SharedFile::lock_error`] makes it an [`Error`].
+#[derive(Debug)]
+pub(crate) enum LockError {
+    /// This thread already holds a lock of this file.
+    Reentrant,
+    /// A change was asked of a file opened read-only.
+    ReadOnly,
+    /// The lock timeout ran out.
+    TimedOut,
+    /// The operating system refused.
+    Os(std::io::Error),
+}
 
 /// One open file, shared by every `Cache` handle on it in this process.
 pub(crate) struct SharedFile {
@@ -57,7 +70,8 @@ impl SharedFile {
         self.lock_kind
     }
 
-    fn page_range(&self, page: u32) -> (u64, u64) {
+    #[inline]
+    pub(super) fn page_range(&self, page: u32) -> (u64, u64) {
         let size = u64::from(self.geometry.page_size);
         (self.header_size as u64 + u64::from(page) * size, size)
     }
@@ -133,7 +147,11 @@ impl SharedFile {
     /// dead process (its busy marker set) is reset first, and the reset counted; the page's
     /// header is the page operation's to check.
     #[inline]
-    pub(crate) fn lock(&self, page: u32, timeout: Option<Duration>) -> Result<PageGuard<'_>> {
+    pub(crate) fn lock(
+        &self,
+        page: u32,
+        timeout: Option<Duration>,
+    ) -> Result<PageGuard<'_>, LockError> {
         let mut guard = self.lock_as_is(page, timeout)?;
         if guard.busy() {
             guard.reset();
@@ -144,11 +162,13 @@ impl SharedFile {
     /// Locks `page` for a change and leaves it as it is, however damaged (for checks and
     /// repairs).
     #[inline]
-    pub(crate) fn lock_as_is(&self, page: u32, timeout: Option<Duration>) -> Result<PageGuard<'_>> {
+    pub(crate) fn lock_as_is(
+        &self,
+        page: u32,
+        timeout: Option<Duration>,
+    ) -> Result<PageGuard<'_>, LockError> {
         if self.read_only {
-            return Err(Error::ReadOnly {
-                path: self.path.clone(),
-            });
+            return Err(LockError::ReadOnly);
         }
         Ok(PageGuard(self.acquire(page, timeout, false)?))
     }
@@ -161,40 +181,56 @@ impl SharedFile {
         &self,
         page: u32,
         timeout: Option<Duration>,
-    ) -> Result<ReadGuard<'_>> {
+    ) -> Result<ReadGuard<'_>, LockError> {
         Ok(ReadGuard(self.acquire(page, timeout, self.read_only)?))
     }
 
     #[inline]
-    fn acquire(&self, page: u32, timeout: Option<Duration>, shared: bool) -> Result<Locked<'_>> {
+    fn acquire(
+        &self,
+        page: u32,
+        timeout: Option<Duration>,
+        shared: bool,
+    ) -> Result<Locked<'_>, LockError> {
         let id = self as *const SharedFile as usize;
-        let reentry = Reentry::enter(id).ok_or_else(|| Error::Reentrant {
-            path: self.path.clone(),
-        })?;
-        let range = self.page_range(page);
+        let Some(reentry) = Reentry::enter(id) else {
+            return Err(LockError::Reentrant);
+        };
         // A timeout too long to represent as an instant is as good as none.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let held = self
-            .locks
-            .acquire(self.file.as_raw_fd(), page, range, deadline, shared)
-            .map_err(|f| match f {
-                LockFailure::TimedOut => Error::LockTimeout {
-                    path: self.path.clone(),
-                    page,
-                    timeout: timeout.unwrap_or_default(),
-                },
-                LockFailure::Os(source) => Error::Lock {
-                    path: self.path.clone(),
-                    page,
-                    source,
-                },
-            })?;
-        Ok(Locked {
-            file: self,
+        match self.locks.acquire(
+            self.file.as_raw_fd(),
             page,
-            range,
-            held: Some(held),
-            _reentry: reentry,
-        })
+            self.page_range(page),
+            deadline,
+            shared,
+        ) {
+            Ok(held) => Ok(Locked {
+                file: self,
+                page,
+                held: Some(held),
+                _reentry: reentry,
+            }),
+            Err(LockFailure::TimedOut) => Err(LockError::TimedOut),
+            Err(LockFailure::Os(e)) => Err(LockError::Os(e)),
+        }
+    }
+
+    /// The crate's error for a lock of `page` that was not taken (kept off the hot path: the
+    /// lock functions return the small [`LockError`]).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn lock_error(&self, e: LockError, page: u32, timeout: Option<Duration>) -> Error {
+        let path = self.path.clone();
+        match e {
+            LockError::Reentrant => Error::Reentrant { path },
+            LockError::ReadOnly => Error::ReadOnly { path },
+            LockError::TimedOut => Error::LockTimeout {
+                path,
+                page,
+                timeout: timeout.unwrap_or_default(),
+            },
+            LockError::Os(source) => Error::Lock { path, page, source },
+        }
     }
 }
