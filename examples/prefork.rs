@@ -13,10 +13,11 @@
 //! every value left in the cache. It exits nonzero if anything is wrong.
 //!
 //! ```text
-//! cargo run --release --example prefork [--robust] [WORKERS] [OPS_PER_WORKER]
+//! cargo run --release --example prefork [--fcntl | --robust] [WORKERS] [OPS_PER_WORKER]
 //! ```
 //!
-//! `--robust` uses [`LockKind::Robust`] page locks instead of the default fcntl locks.
+//! `--fcntl` and `--robust` choose the page lock kind; without either, the library's default
+//! ([`LockKind::Robust`] on Linux with glibc).
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -60,8 +61,8 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: prefork [--robust] [WORKERS] [OPS_PER_WORKER]   \
-     (defaults: fcntl locks, 4 workers, 100000 ops each)";
+const USAGE: &str = "usage: prefork [--fcntl | --robust] [WORKERS] [OPS_PER_WORKER]   \
+     (defaults: the library's default lock kind, 4 workers, 100000 ops each)";
 
 /// `(workers, ops per worker, lock kind)`, or `None` when only help was asked for.
 fn parse_args() -> Result<Option<(u32, u64, LockKind)>, String> {
@@ -70,12 +71,14 @@ fn parse_args() -> Result<Option<(u32, u64, LockKind)>, String> {
         println!("{USAGE}");
         return Ok(None);
     }
-    let lock = if args.iter().any(|a| a == "--robust") {
-        args.retain(|a| a != "--robust");
+    let lock = if args.iter().any(|a| a == "--fcntl") {
+        LockKind::Fcntl
+    } else if args.iter().any(|a| a == "--robust") {
         LockKind::Robust
     } else {
-        LockKind::Fcntl
+        LockKind::default()
     };
+    args.retain(|a| a != "--fcntl" && a != "--robust");
     if let Some(flag) = args.iter().find(|a| a.starts_with("--")) {
         return Err(format!("unknown option {flag}"));
     }

@@ -82,9 +82,11 @@ impl CacheBuilder {
     }
 
     /// The page lock kind. It is recorded in a native file's header: left unset, an existing
-    /// native file is opened with the kind it records, and a new file gets
-    /// [`LockKind::Fcntl`] (as in Cache::FastMmap); set, it must match the file's kind, or the
-    /// open is an error. [`LockKind::Robust`] needs the native layout.
+    /// native file is opened with the kind it records, and a new native file gets
+    /// [`LockKind::default`] ([`LockKind::Robust`] on Linux with glibc, else
+    /// [`LockKind::Fcntl`]); set, it must match the file's kind, or the open is an error.
+    /// [`LockKind::Robust`] needs the native layout; the FastMmap layout always uses
+    /// [`LockKind::Fcntl`], as Perl does.
     pub fn lock_kind(mut self, kind: LockKind) -> Self {
         self.lock_kind = Some(kind);
         self

@@ -29,12 +29,16 @@ impl fmt::Display for Layout {
 }
 
 /// How page locks are taken.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+///
+/// A new native file gets [`LockKind::default`]: `Robust` where the platform has robust
+/// mutexes (Linux with glibc), else `Fcntl`. A Cache::FastMmap-layout file always uses
+/// `Fcntl`, as Perl does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum LockKind {
     /// An in-process mutex per page, then an `fcntl` write lock on the page's byte range, as
-    /// Cache::FastMmap does. The kernel releases it when its owner dies.
-    #[default]
+    /// Cache::FastMmap does. The kernel releases it when its owner dies. The lock state lives
+    /// in the kernel, out of reach of a process that writes the file without the protocol.
     Fcntl,
     /// A process-shared robust mutex per page, kept in the native header's page table: one
     /// lock excludes threads and processes alike, and costs tens of nanoseconds instead of
@@ -43,6 +47,17 @@ pub enum LockKind {
     /// only where the platform has robust mutexes (Linux with glibc); elsewhere asking for it
     /// is an [`Error::InvalidOptions`](crate::Error::InvalidOptions).
     Robust,
+}
+
+impl Default for LockKind {
+    /// `Robust` where available (Linux with glibc), else `Fcntl`.
+    fn default() -> Self {
+        if crate::store::ROBUST_LOCKS_AVAILABLE {
+            LockKind::Robust
+        } else {
+            LockKind::Fcntl
+        }
+    }
 }
 
 impl fmt::Display for LockKind {

@@ -462,14 +462,20 @@ fn stats_text_and_json() {
             "fastmmap"
         };
         assert_eq!(json["layout"], layout);
-        assert_eq!(json["lock_kind"], "fcntl");
+        // A new native file gets robust locks where the platform has them (Linux, glibc).
+        let lock = if kind == Kind::Native && cfg!(all(target_os = "linux", target_env = "gnu")) {
+            "robust"
+        } else {
+            "fcntl"
+        };
+        assert_eq!(json["lock_kind"], lock);
         let page_numbers: Vec<u64> = pages.iter().map(|p| p["page"].as_u64().unwrap()).collect();
         assert_eq!(page_numbers, (0..u64::from(NUM_PAGES)).collect::<Vec<_>>());
 
         let text = f.run("stats", &[]).ok().text();
         assert!(text.contains("entries    20"), "{text}");
         assert!(text.contains(&format!("layout     {layout}")), "{text}");
-        assert!(text.contains("lock kind  fcntl"), "{text}");
+        assert!(text.contains(&format!("lock kind  {lock}")), "{text}");
         assert!(
             text.contains("page  entries    slots  used bytes  free bytes"),
             "{text}"
@@ -1160,7 +1166,8 @@ fn a_robust_file_works_without_lock_and_refuses_fcntl() {
     );
 
     // dump | load from a robust file into an fcntl one, and back into a new robust one.
-    let fcntl = Fixture::created(Kind::Native);
+    let fcntl = Fixture::new(Kind::Native);
+    create_with_lock(&fcntl, "fcntl").ok();
     pipe_dump_into_load(&f, &fcntl);
     assert_eq!(contents(&fcntl), contents(&f));
     let robust = Fixture::new(Kind::Native);
@@ -1440,12 +1447,14 @@ fn reading_commands_work_for_a_user_who_may_only_read() {
     std::fs::copy(BIN, &bin).expect("copy binary");
     for kind in BOTH {
         let path = public.path().join(format!("{kind:?}.cache"));
+        // Read-only users need fcntl locks: a robust lock lives in the file (below).
         let cache = Fixture {
             _dir: tempfile::tempdir().unwrap(),
             path: path.clone(),
             kind,
         }
         .builder()
+        .lock_kind(LockKind::Fcntl)
         .permissions(0o644)
         .open()
         .expect("create");
@@ -1480,5 +1489,25 @@ fn reading_commands_work_for_a_user_who_may_only_read() {
         assert_eq!(code, 2, "{kind:?}: {err}");
         assert!(err.contains("permission denied"), "{kind:?}: {err}");
         assert!(std::fs::read(&path).unwrap() == before, "{kind:?}: changed");
+    }
+    // A robust-locked file (the native default here) cannot be read without writing: a
+    // reading command says so.
+    if cfg!(all(target_os = "linux", target_env = "gnu")) {
+        let path = public.path().join("robust.cache");
+        Cache::builder()
+            .path(&path)
+            .lock_kind(LockKind::Robust)
+            .permissions(0o644)
+            .open()
+            .expect("create robust");
+        let out = Command::new(&bin)
+            .args(["get".as_ref(), path.as_os_str(), "k".as_ref()])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("run as nobody");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("cannot be opened read-only"), "{err}");
     }
 }

@@ -618,9 +618,16 @@ fn opening_with_the_other_kind_is_an_error_and_changes_nothing() {
         .expect("create");
     assert_eq!(
         fresh.lock_kind(),
-        LockKind::Fcntl,
-        "the default for a new file"
+        LockKind::Robust,
+        "the default for a new native file on Linux with glibc"
     );
+    assert_eq!(LockKind::default(), LockKind::Robust);
+    let fastmmap = Cache::builder()
+        .path(dir.path().join("fresh-fastmmap"))
+        .layout(Layout::FastMmap)
+        .open()
+        .expect("create");
+    assert_eq!(fastmmap.lock_kind(), LockKind::Fcntl, "as Perl locks");
     // ... and in another process, which finds the kind in the header.
     let path = dir.path().join("robust-unasked");
     drop(

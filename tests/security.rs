@@ -269,9 +269,11 @@ fn a_root_owned_file_is_trusted_and_readable_by_a_user_who_may_only_read() {
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
     for (name, layout) in [("native", Layout::Native), ("fastmmap", Layout::FastMmap)] {
         let path = dir.path().join(name);
+        // Read-only users need fcntl locks: a robust lock lives in the file.
         let cache = Cache::builder()
             .path(&path)
             .layout(layout)
+            .lock_kind(LockKind::Fcntl)
             .permissions(0o644)
             .open()
             .expect("create");
@@ -548,7 +550,13 @@ fn a_read_only_reader_waits_for_a_writer_in_another_process() {
     let _serial = serial();
     let dir = temp_dir();
     let path = dir.path().join("shared");
-    drop(Cache::open(&path).expect("create"));
+    drop(
+        Cache::builder()
+            .path(&path)
+            .lock_kind(LockKind::Fcntl)
+            .open()
+            .expect("create"),
+    );
     let holding = Pipe::new();
     let release = Pipe::new();
     let mut kids = Children::new();

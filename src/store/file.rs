@@ -29,7 +29,8 @@ use crate::{Error, Layout, LockKind, Result};
 pub(crate) struct OpenRequest {
     pub path: PathBuf,
     pub layout: Layout,
-    /// `None`: the kind an existing native file records, else fcntl.
+    /// `None`: the kind an existing native file records; for a new file the platform's
+    /// default (`LockKind::default`, fcntl for the FastMmap layout).
     pub lock_kind: Option<LockKind>,
     pub requested: Requested,
     pub permissions: u32,
@@ -347,6 +348,10 @@ fn create(req: &OpenRequest) -> Result<()> {
     }
     let geometry = req.new_geometry();
     let size = req.file_size(&geometry);
+    let lock_kind = req.lock_kind.unwrap_or(match req.layout {
+        Layout::Native => LockKind::default(),
+        Layout::FastMmap => LockKind::Fcntl,
+    });
     let tmp = temp_name(&req.path, &dir);
     let file = OpenOptions::new()
         .read(true)
@@ -374,11 +379,11 @@ fn create(req: &OpenRequest) -> Result<()> {
             num_pages: geometry.num_pages,
             start_slots: geometry.start_slots,
             hash_kind: HASH_XXH3,
-            lock_kind: req.lock_kind.unwrap_or_default().code(),
+            lock_kind: lock_kind.code(),
         }
         .encode(&mut bytes[..header::PAGE_TABLE_OFFSET]);
     }
-    if req.layout == Layout::Native && req.lock_kind == Some(LockKind::Robust) {
+    if req.layout == Layout::Native && lock_kind == LockKind::Robust {
         // SAFETY: `bytes` holds the whole header (header_size(num_pages) bytes and the pages),
         // and the unpublished file's lock words are reachable by no one else.
         unsafe { super::robust::init_lock_words(bytes.as_mut_ptr(), geometry.num_pages) }

@@ -193,7 +193,8 @@ pub(crate) struct FileOptions {
         help_heading = "Cache file options"
     )]
     pub(crate) page_size: Option<u32>,
-    /// Page lock kind of a new file (`create`; default fcntl); for other commands, if given,
+    /// Page lock kind of a new file (`create`; default robust on Linux with glibc, else fcntl;
+    /// a fastmmap-layout file always uses fcntl); for other commands, if given,
     /// it must match the kind the file records
     #[arg(
         long,
