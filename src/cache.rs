@@ -11,9 +11,11 @@ use crate::layout::KeyHash;
 use crate::page::format::{
     FLAG_TOMBSTONE, FLAG_UNDEF, FLAG_UTF8_KEY, FLAG_UTF8_VALUE, max_entry_size,
 };
-use crate::page::{Corrupt, EntryRef, Evict, NewEntry, PageHeader, StoreOutcome, check_page};
+use crate::page::{
+    Copied, Corrupt, EntryRef, Evict, NewEntry, PageHeader, StoreOutcome, check_page,
+};
 use crate::stats::{PageStats, Stats};
-use crate::store::{Geometry, PageGuard, ReadGuard, SharedFile};
+use crate::store::{Access, Geometry, PageGuard, ReadGuard, ReadOutcome, SharedFile};
 use crate::{Error, Layout, Result};
 
 /// A cache in one memory-mapped file, shared by every thread and process that opens it.
@@ -128,6 +130,16 @@ pub struct Entry {
 }
 
 impl Entry {
+    fn from_copied(c: Copied) -> Entry {
+        Entry {
+            expires_at: (c.expire_on != 0).then(|| from_unix_secs(c.expire_on)),
+            last_access: from_unix_secs(c.last_access),
+            modseq: c.modseq,
+            flags: EntryFlags(c.flags),
+            value: c.value,
+        }
+    }
+
     fn from_ref(e: &EntryRef<'_>) -> Entry {
         Entry {
             value: e.value.to_vec(),
@@ -261,8 +273,49 @@ impl Cache {
     fn read<R>(&self, key: &[u8], f: impl FnOnce(&EntryRef<'_>) -> R) -> Result<Option<R>> {
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
+        self.read_at(page, slot_hash, key, now, f)
+    }
+
+    fn read_at<R>(
+        &self,
+        page: u32,
+        slot_hash: u32,
+        key: &[u8],
+        now: u32,
+        f: impl FnOnce(&EntryRef<'_>) -> R,
+    ) -> Result<Option<R>> {
         let mut reader = self.read_page(page)?;
         Ok(reader.get(slot_hash, key, now, self.inner.stats, f))
+    }
+
+    /// Reads `key` without a lock where the file allows (robust locks: see the store's
+    /// optimistic reads), copying its live entry into `out`: `Some(found)`, or `None` when
+    /// only the lock can answer. As a `read`, it counts in the statistics and refreshes the
+    /// entry's access time, as a locked read does (a read-only handle only looks).
+    #[inline]
+    fn read_unlocked(
+        &self,
+        page: u32,
+        slot_hash: u32,
+        key: &[u8],
+        now: u32,
+        read: bool,
+        out: &mut Copied,
+    ) -> Option<bool> {
+        let access = match (read && !self.inner.read_only, self.inner.stats) {
+            (false, _) => Access::Look,
+            (true, false) => Access::Read,
+            (true, true) => Access::CountedRead,
+        };
+        match self
+            .inner
+            .file
+            .read_optimistic(page, slot_hash, key, now, access, out)
+        {
+            ReadOutcome::Hit => Some(true),
+            ReadOutcome::Miss => Some(false),
+            ReadOutcome::Locked => None,
+        }
     }
 
     /// Locks `page` for reading: the ordinary lock, or a shared one for a read-only handle.
@@ -387,7 +440,13 @@ impl Cache {
     /// # Errors
     /// Lock errors.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.read(key, |e| e.value.to_vec())
+        let (page, slot_hash) = self.locate(key);
+        let now = self.now();
+        let mut copied = Copied::default();
+        if let Some(hit) = self.read_unlocked(page, slot_hash, key, now, true, &mut copied) {
+            return Ok(hit.then_some(copied.value));
+        }
+        self.read_at(page, slot_hash, key, now, |e| e.value.to_vec())
     }
 
     /// Calls `f` with the value in place, under the page lock, without copying it.
@@ -406,7 +465,13 @@ impl Cache {
     /// # Errors
     /// Lock errors.
     pub fn entry(&self, key: &[u8]) -> Result<Option<Entry>> {
-        self.read(key, Entry::from_ref)
+        let (page, slot_hash) = self.locate(key);
+        let now = self.now();
+        let mut copied = Copied::default();
+        if let Some(hit) = self.read_unlocked(page, slot_hash, key, now, true, &mut copied) {
+            return Ok(hit.then(|| Entry::from_copied(copied)));
+        }
+        self.read_at(page, slot_hash, key, now, Entry::from_ref)
     }
 
     /// Whether `key` holds a live value. Does not count as a read or refresh the entry.
@@ -416,6 +481,11 @@ impl Cache {
     pub fn contains_key(&self, key: &[u8]) -> Result<bool> {
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
+        if let Some(found) =
+            self.read_unlocked(page, slot_hash, key, now, false, &mut Copied::default())
+        {
+            return Ok(found);
+        }
         let mut reader = self.read_page(page)?;
         Ok(reader.peek(slot_hash, key, now, |_| ()).is_some())
     }

@@ -18,7 +18,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use fastmmap::{Cache, Error, Layout, LockKind, Update};
@@ -502,8 +502,12 @@ fn stale_lock_words_are_reinitialised_by_the_first_opener_only() {
         );
         write_at(&raw, lock_area_offset(2), &stale);
         let cache = robust(&path, IMPATIENT);
+        // A locked read (plain gets may be answered without the lock).
         assert!(
-            matches!(cache.get(on), Err(Error::LockTimeout { .. })),
+            matches!(
+                cache.update(on, |_| Update::Keep),
+                Err(Error::LockTimeout { .. })
+            ),
             "an opener that was not alone reinitialised the lock words"
         );
         assert_eq!(
@@ -707,9 +711,14 @@ fn a_damaged_lock_word_is_an_error_not_an_abort() {
     word[16..20].copy_from_slice(&0x20u32.to_ne_bytes());
     write_at(&raw, lock_area_offset(3), &word);
     let cache = robust(&path, IMPATIENT);
-    match cache.get(&on) {
+    // A locked read (plain gets may be answered without the lock, which is still fine).
+    match cache.update(&on, |_| Update::Keep) {
         Err(Error::Lock { page: 3, .. }) => {}
         other => panic!("a damaged lock word gave {other:?}"),
+    }
+    match cache.set(&on, b"x") {
+        Err(Error::Lock { page: 3, .. }) => {}
+        other => panic!("a damaged lock word gave {other:?} to a store"),
     }
     assert_eq!(
         cache.get(&off).expect("other pages work"),
@@ -724,4 +733,136 @@ fn a_damaged_lock_word_is_an_error_not_an_abort() {
     assert_eq!(cache.get(&on).expect("get"), Some(b"fine".to_vec()));
     drop(cache);
     drop(raw);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads without the lock
+
+/// Readers in threads and processes read keys that writers in other processes overwrite all
+/// the time (in place, same size, and with other sizes that move entries and rebuild pages):
+/// every value a read returns is intact and stored for its key.
+#[test]
+fn reads_without_the_lock_never_return_a_torn_value() {
+    let _serial = serial();
+    const KEYS: usize = 40;
+    let dir = temp_dir();
+    let path = dir.path().join("torn");
+    let cache = ROBUST
+        .builder()
+        .path(&path)
+        .num_pages(3)
+        .page_size(8192)
+        .lock_timeout(PATIENT)
+        .open()
+        .expect("open");
+    let key = |i: usize| format!("key-{i:03}").into_bytes();
+    for i in 0..KEYS {
+        cache
+            .set(&key(i), &make_value(&key(i), 0, 200))
+            .expect("set");
+    }
+    let run_for = Duration::from_millis(scaled(1500, 20_000) as u64);
+    let seed = seed("reads_without_the_lock_never_return_a_torn_value");
+    let start = Pipe::new();
+    let mut kids = Children::new();
+    for w in 0..2u64 {
+        let (cache, start) = (cache.clone(), &start);
+        kids.spawn(move || {
+            start.wait();
+            let mut rng = Rng::new(seed ^ w);
+            let end = Instant::now() + run_for;
+            while Instant::now() < end {
+                let i = rng.range(0, KEYS);
+                // Mostly the same size (rewritten in place), sometimes another.
+                let len = if rng.chance(80) {
+                    200
+                } else {
+                    rng.range(30, 700)
+                };
+                let v = make_value(&key(i), rng.next_u64(), len);
+                cache.set(&key(i), &v).map_err(|e| format!("set: {e}"))?;
+            }
+            Ok(())
+        });
+    }
+    let read_loop = |cache: &Cache, seed: u64| -> Result<u64, String> {
+        let mut rng = Rng::new(seed);
+        let end = Instant::now() + run_for;
+        let mut reads = 0;
+        while Instant::now() < end {
+            let k = key(rng.range(0, KEYS));
+            match rng.below(3) {
+                0 => {
+                    if let Some(v) = cache.get(&k).map_err(|e| format!("get: {e}"))? {
+                        check_value(&k, &v)?;
+                    }
+                }
+                1 => {
+                    if let Some(e) = cache.entry(&k).map_err(|e| format!("entry: {e}"))? {
+                        check_value(&k, &e.value)?;
+                    }
+                }
+                _ => {
+                    cache
+                        .contains_key(&k)
+                        .map_err(|e| format!("contains_key: {e}"))?;
+                }
+            }
+            reads += 1;
+        }
+        Ok(reads)
+    };
+    for r in 0..2u64 {
+        let (cache, start) = (cache.clone(), &start);
+        kids.spawn(move || {
+            start.wait();
+            read_loop(&cache, seed ^ (r + 10)).map(drop)
+        });
+    }
+    start.release(4);
+    let reads = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2u64)
+            .map(|t| {
+                let cache = &cache;
+                s.spawn(move || read_loop(cache, seed ^ (t + 20)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .expect("reader thread")
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
+            .sum::<u64>()
+    });
+    kids.wait_all_ok();
+    assert!(reads > 1000, "only {reads} reads in {run_for:?}");
+    assert_eq!(cache.stats().expect("stats").resets, 0);
+}
+
+/// Reads answered without the lock count in the statistics like locked ones: this process's
+/// counts reach the file when it next locks the page (here: `stats` itself).
+#[test]
+fn reads_without_the_lock_are_counted() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let cache = ROBUST
+        .builder()
+        .path(dir.path().join("counted"))
+        .num_pages(1)
+        .page_size(8192)
+        .open()
+        .expect("open");
+    cache.set(b"here", b"v").expect("set");
+    cache.reset_stats().expect("reset_stats");
+    for _ in 0..10 {
+        assert_eq!(cache.get(b"here").expect("get"), Some(b"v".to_vec()));
+        assert!(cache.entry(b"here").expect("entry").is_some());
+        assert_eq!(cache.get(b"absent").expect("get"), None);
+    }
+    // A look is not a read.
+    assert!(cache.contains_key(b"here").expect("contains_key"));
+    let stats = cache.stats().expect("stats");
+    assert_eq!((stats.reads, stats.hits), (30, 20));
 }

@@ -15,7 +15,8 @@
 use arbitrary::{Arbitrary, Unstructured};
 use fastmmap::page::format::*;
 use fastmmap::page::{
-    Corrupt, Evict, PageHeader, PageMut, PageView, NewEntry, StoreOutcome, check_page,
+    Copied, Corrupt, Evict, NewEntry, PageHeader, PageMut, PageView, StoreOutcome, check_page,
+    find_copy,
 };
 
 use crate::common::events::{Event, note};
@@ -158,11 +159,19 @@ pub fn run(data: &[u8]) {
             }
             Op::Peek { key } => {
                 let key = key.bytes();
-                match PageView::new(&buf).peek(hash(&key), &key, now) {
+                let peeked = PageView::new(&buf).peek(hash(&key), &key, now);
+                match peeked {
                     Ok(Some(e)) => assert_eq!(e.key, &key[..], "peek returned another key"),
                     Ok(None) => {}
                     Err(c) => fails_only_if_invalid(was_valid, "peek", c),
                 }
+                // The copying lookup of optimistic reads finds exactly what peek finds.
+                let mut copied = Copied::default();
+                let found = find_copy(&buf[..], 1, hash(&key), &key, now, &mut copied);
+                let peeked = peeked.map(|e| e.map(|e| (e.value.to_vec(), e.modseq, e.flags)));
+                let found =
+                    found.map(|hit| hit.then(|| (copied.value, copied.modseq, copied.flags)));
+                assert_eq!(found, peeked, "find_copy and peek disagree");
             }
             Op::NewEntry {
                 key,

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use arbitrary::{Arbitrary, Unstructured};
 use fastmmap::page::format::*;
 use fastmmap::page::{
-    EntryRef, Evict, PageHeader, PageMut, PageView, Removed, NewEntry, StoreOutcome, check_page,
+    EntryRef, Evict, NewEntry, PageHeader, PageMut, PageView, Removed, StoreOutcome, check_page,
 };
 
 use crate::common::events::{Event, note};

@@ -1,6 +1,7 @@
 //! Entries inside a page: locating one from a slot word, and the borrowed view handed out.
 
 use super::Corrupt;
+use super::bytes::PageBytes;
 use super::format::*;
 
 /// An entry header read from the page and checked to lie inside the data area.
@@ -20,8 +21,8 @@ impl EntryLoc {
     /// Reads the entry a slot word points at. `data_start..data_end` is the part of the page
     /// entries may occupy (the end of the slot table to `free_data`).
     #[inline]
-    pub fn read(
-        buf: &[u8],
+    pub fn read<B: PageBytes + ?Sized>(
+        buf: &B,
         slot_word: u32,
         data_start: usize,
         data_end: usize,
@@ -36,21 +37,17 @@ impl EntryLoc {
             .checked_add(ENTRY_HEADER_SIZE)
             .filter(|&end| end <= data_end)
             .ok_or(Corrupt("entry header beyond free_data"))?;
-        let header: &[u8; ENTRY_HEADER_SIZE] = buf
-            .get(off..header_end)
-            .and_then(|h| h.try_into().ok())
+        let w = buf
+            .entry_words(off)
             .ok_or(Corrupt("entry outside the page"))?;
-        // In bounds of the fixed-size array: no check left at run time.
-        let w =
-            |o: usize| u32::from_ne_bytes([header[o], header[o + 1], header[o + 2], header[o + 3]]);
         let loc = EntryLoc {
             off,
-            last_access: w(LAST_ACCESS_OFFSET),
-            expire_on: w(EXPIRE_ON_OFFSET),
-            slot_hash: w(SLOT_HASH_OFFSET),
-            flags: w(FLAGS_OFFSET),
-            key_len: w(KEY_LEN_OFFSET) as usize,
-            val_len: w(VAL_LEN_OFFSET) as usize,
+            last_access: w[LAST_ACCESS_OFFSET / 4],
+            expire_on: w[EXPIRE_ON_OFFSET / 4],
+            slot_hash: w[SLOT_HASH_OFFSET / 4],
+            flags: w[FLAGS_OFFSET / 4],
+            key_len: w[KEY_LEN_OFFSET / 4] as usize,
+            val_len: w[VAL_LEN_OFFSET / 4] as usize,
         };
         let end = header_end
             .checked_add(loc.key_len)

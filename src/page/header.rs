@@ -66,6 +66,25 @@ impl PageHeader {
         }
     }
 
+    /// Reads the header words through any [`PageBytes`](super::bytes::PageBytes); a page
+    /// shorter than a header reads as all zeros (invalid).
+    #[inline]
+    pub fn load<B: super::bytes::PageBytes + ?Sized>(b: &B) -> PageHeader {
+        let Some(w) = b.words::<{ PAGE_HEADER_SIZE / 4 }>(MAGIC_OFFSET) else {
+            return PageHeader::default();
+        };
+        PageHeader {
+            magic: w[MAGIC_OFFSET / 4],
+            num_slots: w[NUM_SLOTS_OFFSET / 4],
+            free_slots: w[FREE_SLOTS_OFFSET / 4],
+            old_slots: w[OLD_SLOTS_OFFSET / 4],
+            free_data: w[FREE_DATA_OFFSET / 4],
+            free_bytes: w[FREE_BYTES_OFFSET / 4],
+            n_reads: w[N_READS_OFFSET / 4],
+            n_read_hits: w[N_READ_HITS_OFFSET / 4],
+        }
+    }
+
     /// Writes all eight words.
     pub fn write(&self, buf: &mut [u8]) -> Result<(), Corrupt> {
         put_u32(buf, MAGIC_OFFSET, self.magic)?;

@@ -3,17 +3,21 @@
 //! Everything read from a page is checked before use; a check that fails is a [`Corrupt`]
 //! value naming what was wrong, never a panic. The caller (the cache) resets such a page.
 
+mod bytes;
 mod check;
 mod entry;
 mod evict;
 pub mod format;
 mod header;
+mod lookup;
 mod view;
 
+pub use bytes::PageBytes;
 pub use check::check_page;
 pub use entry::EntryRef;
 pub use evict::Evict;
 pub use header::PageHeader;
+pub use lookup::{Copied, find_copy};
 #[allow(unused_imports)] // part of the page API used by tests and fuzz targets
 pub use view::{NewEntry, PageMut, PageView, Removed, StoreOutcome};
 

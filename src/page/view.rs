@@ -64,47 +64,14 @@ impl<'a> PageView<'a> {
     }
 
     /// Finds `key`, following the probe chain from `slot_hash % num_slots`.
+    #[inline]
     pub(super) fn probe(
         &self,
         hdr: &PageHeader,
         slot_hash: u32,
         key: &[u8],
     ) -> Result<Probe, Corrupt> {
-        let n = hdr.num_slots;
-        if n == 0 {
-            return Err(Corrupt("page has no slots"));
-        }
-        let (data_start, data_end) = self.data_bounds(hdr);
-        let mut slot = slot_hash % n;
-        let mut first_deleted = None;
-        for _ in 0..n {
-            match self.slot(slot)? {
-                SLOT_EMPTY => {
-                    return Ok(Probe::Miss {
-                        vacant: first_deleted.or(Some(slot)),
-                    });
-                }
-                SLOT_DELETED => {
-                    first_deleted.get_or_insert(slot);
-                }
-                word => {
-                    let loc = EntryLoc::read(self.buf, word, data_start, data_end)?;
-                    if loc.slot_hash == slot_hash
-                        && loc.key_len == key.len()
-                        && self.buf.get(loc.key_range()) == Some(key)
-                    {
-                        return Ok(Probe::Hit { slot, loc });
-                    }
-                }
-            }
-            slot += 1;
-            if slot == n {
-                slot = 0;
-            }
-        }
-        Ok(Probe::Miss {
-            vacant: first_deleted,
-        })
+        super::lookup::probe_in(self.buf, hdr, slot_hash, key)
     }
 
     /// Looks `key` up without touching access times or statistics. Expired entries and

@@ -16,6 +16,8 @@ pub(super) struct Locked<'a> {
     pub(super) file: &'a SharedFile,
     pub(super) page: u32,
     pub(super) held: Option<Held>,
+    /// Taken to change the page (a [`PageGuard`]): marked in the page's sequence word.
+    pub(super) change: bool,
     pub(super) _reentry: Reentry,
 }
 
@@ -58,6 +60,10 @@ impl Locked<'_> {
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
         if let Some(held) = self.held.take() {
+            // A lock taken before a fork is the parent's: the child's copy changes nothing.
+            if self.change && held.generation() == super::fork::generation() {
+                self.file.end_change(self.page);
+            }
             self.file.locks.release(
                 self.file.file.as_raw_fd(),
                 self.page,
@@ -117,6 +123,24 @@ impl PageGuard<'_> {
         }
     }
 
+    /// Adds reads and hits counted without the lock (optimistic reads) to the page's
+    /// statistics.
+    pub(crate) fn add_read_counts(&mut self, reads: u32, hits: u32) {
+        let hdr = self.page().header();
+        let bytes = self.bytes();
+        let mut add = |off: usize, to: u32, n: u32| {
+            if let Some(word) = bytes.get_mut(off..off + 4) {
+                word.copy_from_slice(&to.wrapping_add(n).to_ne_bytes());
+            }
+        };
+        add(crate::page::format::N_READS_OFFSET, hdr.n_reads, reads);
+        add(
+            crate::page::format::N_READ_HITS_OFFSET,
+            hdr.n_read_hits,
+            hits,
+        );
+    }
+
     /// Whether a process died changing the page (its busy marker is set).
     #[inline]
     pub(crate) fn busy(&self) -> bool {
@@ -139,15 +163,15 @@ impl PageGuard<'_> {
         f: impl FnOnce(&mut PageMut<'_>) -> std::result::Result<T, crate::page::Corrupt>,
     ) -> std::result::Result<T, crate::page::Corrupt> {
         let row = self.0.file.row(self.0.page);
-        if let Some((busy, _)) = row {
-            busy.store(1, Ordering::Relaxed);
+        if let Some(row) = &row {
+            row.busy.store(1, Ordering::Relaxed);
             std::sync::atomic::fence(Ordering::Release);
         }
         let result = f(&mut self.page());
         match result {
             Ok(value) => {
-                if let Some((busy, _)) = row {
-                    busy.store(0, Ordering::Release);
+                if let Some(row) = row {
+                    row.busy.store(0, Ordering::Release);
                 }
                 Ok(value)
             }
@@ -162,8 +186,8 @@ impl PageGuard<'_> {
     pub(crate) fn reset(&mut self) {
         let (file, page) = (self.0.file, self.0.page);
         match file.row(page) {
-            Some((_, resets)) => {
-                resets.fetch_add(1, Ordering::Relaxed);
+            Some(row) => {
+                row.resets.fetch_add(1, Ordering::Relaxed);
             }
             None => {
                 if let Some(r) = file.local_resets.get(page as usize) {
@@ -178,8 +202,8 @@ impl PageGuard<'_> {
     pub(crate) fn wipe(&mut self) {
         let slots = self.0.file.geometry.start_slots;
         PageMut::init(self.bytes(), slots);
-        if let Some((busy, _)) = self.0.file.row(self.0.page) {
-            busy.store(0, Ordering::Release);
+        if let Some(row) = self.0.file.row(self.0.page) {
+            row.busy.store(0, Ordering::Release);
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::page::format::{MIN_PAGE_SIZE, PAGE_MAGIC};
 /// First eight bytes of a native file.
 pub const FILE_MAGIC: [u8; 8] = *b"fastmmap";
 /// Format version written by this crate.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Written native-endian; reads back differently on a machine of the other byte order.
 pub const BYTE_ORDER_MARK: u32 = 0x0102_0304;
 
@@ -33,11 +33,14 @@ pub const OPENERS_LOCK_OFFSET: usize = CHECKSUM_OFFSET + 8;
 pub const PAGE_TABLE_OFFSET: usize = (OPENERS_LOCK_OFFSET + 1).next_multiple_of(ROW_SIZE);
 
 // Per-page row, one cache line each:
-// | lock area [48] (robust mutex) | busy u32 | resets u32 | reserved [8] |
+// | lock area [48] (robust mutex) | busy u32 | resets u32 | seq u32 | reserved [4] |
 pub const ROW_LOCK_OFFSET: usize = 0;
 pub const ROW_LOCK_SIZE: usize = 48;
 pub const ROW_BUSY_OFFSET: usize = ROW_LOCK_OFFSET + ROW_LOCK_SIZE;
 pub const ROW_RESETS_OFFSET: usize = ROW_BUSY_OFFSET + 4;
+/// Robust-locked files: odd while a lock holder may be changing the page, bumped to the next
+/// even value when it lets go; optimistic readers check that it did not move.
+pub const ROW_SEQ_OFFSET: usize = ROW_RESETS_OFFSET + 4;
 pub const ROW_SIZE: usize = 64;
 
 /// Pages start on a boundary of this many bytes: the smallest page size (and the memory
@@ -180,7 +183,7 @@ mod tests {
         assert_eq!(OPENERS_LOCK_OFFSET, 64);
         assert_eq!(PAGE_TABLE_OFFSET, 128);
         const { assert!(OPENERS_LOCK_OFFSET < PAGE_TABLE_OFFSET) };
-        assert_eq!(ROW_RESETS_OFFSET + 4 + 8, ROW_SIZE);
+        assert_eq!(ROW_SEQ_OFFSET + 4 + 4, ROW_SIZE);
         assert_eq!(header_size(1), 4096);
         assert_eq!(header_size(89), 8192);
     }

@@ -23,6 +23,17 @@ pub(crate) enum PageLocks {
     Robust(RobustLocks),
 }
 
+impl Held {
+    /// The fork generation the lock was taken in.
+    #[inline]
+    pub(crate) fn generation(&self) -> u32 {
+        match self {
+            Held::Fcntl { generation } => *generation,
+            Held::Robust(held) => held.generation(),
+        }
+    }
+}
+
 /// A held lock: what [`PageLocks::release`] needs to let it go.
 pub(crate) enum Held {
     /// The in-process lock, taken in this fork generation; the byte-range lock is released by
@@ -103,6 +114,13 @@ pub(crate) struct Reentry {
 }
 
 impl Reentry {
+    /// Whether this thread holds a lock of file `id`.
+    #[inline]
+    pub(crate) fn held(id: usize) -> bool {
+        FIRST.with(Cell::get) == id
+            || (NESTED.with(Cell::get) != 0 && MORE.with(|more| more.borrow().contains(&id)))
+    }
+
     #[inline]
     pub(crate) fn enter(id: usize) -> Option<Reentry> {
         debug_assert_ne!(id, 0);

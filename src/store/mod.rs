@@ -22,6 +22,7 @@ mod geometry;
 mod guard;
 pub(crate) mod header;
 mod lock;
+mod optimistic;
 mod registry;
 mod robust;
 mod shared;
@@ -32,6 +33,7 @@ pub(crate) use geometry::{
     DEFAULT_NUM_PAGES, DEFAULT_PAGE_SIZE, Geometry, MAX_NUM_PAGES, Requested,
 };
 pub(crate) use guard::{PageGuard, ReadGuard};
+pub(crate) use optimistic::{Access, Outcome as ReadOutcome};
 pub(crate) use registry::open_shared;
 pub(crate) use shared::SharedFile;
 pub(crate) use time::unix_now_coarse;

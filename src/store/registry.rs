@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use super::file::{self, OpenRequest};
 use super::lock::PageLocks;
+use super::optimistic::Optimistic;
 use super::robust::RobustLocks;
 use super::{Requested, SharedFile};
 use crate::{Error, LockKind, Result};
@@ -96,6 +97,10 @@ pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
         read_only: req.read_only,
         locks,
         local_resets: (0..num_pages).map(|_| AtomicU64::new(0)).collect(),
+        optimistic: (opened.lock_kind == LockKind::Robust
+            && req.layout == crate::Layout::Native
+            && !req.read_only)
+            .then(|| Optimistic::new(num_pages)),
         spare_fds: Mutex::new(Vec::new()),
     });
     reg.push((opened.id, Arc::downgrade(&shared)));

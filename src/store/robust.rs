@@ -89,6 +89,14 @@ mod imp {
         _not_send: PhantomData<*const ()>,
     }
 
+    impl RobustHeld {
+        /// The fork generation the lock was taken in.
+        #[inline]
+        pub(crate) fn generation(&self) -> u32 {
+            self.generation
+        }
+    }
+
     /// The owner's part of a mutex (see `OWNER_WORDS`).
     #[derive(Clone, Copy, PartialEq, Eq)]
     struct OwnerPart {
@@ -424,6 +432,12 @@ mod imp {
 
     /// Never constructed on this platform.
     pub(crate) enum RobustHeld {}
+
+    impl RobustHeld {
+        pub(crate) fn generation(&self) -> u32 {
+            match *self {}
+        }
+    }
 
     impl RobustLocks {
         pub(crate) fn open(_: RawFd, _: &MmapRaw, _: u32) -> io::Result<RobustLocks> {

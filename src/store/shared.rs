@@ -31,6 +31,16 @@ pub(crate) enum LockError {
     Os(std::io::Error),
 }
 
+/// The words of a page's row in the native header that this crate changes, as atomics.
+pub(super) struct Row<'a> {
+    /// Set around structural changes; found set, the page is reset.
+    pub(super) busy: &'a AtomicU32,
+    /// Resets of the page.
+    pub(super) resets: &'a AtomicU32,
+    /// Robust-locked files: the sequence word of optimistic reads (odd while locked).
+    pub(super) seq: &'a AtomicU32,
+}
+
 /// One open file, shared by every `Cache` handle on it in this process.
 pub(crate) struct SharedFile {
     pub(super) path: PathBuf,
@@ -51,6 +61,8 @@ pub(crate) struct SharedFile {
     /// Descriptors of this file opened by racing openers: never closed while the file is in
     /// use, since closing any descriptor drops all of this process's fcntl locks on it.
     pub(super) spare_fds: Mutex<Vec<File>>,
+    /// Optimistic reads (robust-locked native files opened read-write): see `optimistic.rs`.
+    pub(super) optimistic: Option<super::optimistic::Optimistic>,
 }
 
 impl SharedFile {
@@ -77,7 +89,7 @@ impl SharedFile {
     }
 
     /// The busy marker and reset counter of `page` (native layout, opened read-write).
-    pub(super) fn row(&self, page: u32) -> Option<(&AtomicU32, &AtomicU32)> {
+    pub(super) fn row(&self, page: u32) -> Option<Row<'_>> {
         if self.layout != Layout::Native || self.read_only || page >= self.geometry.num_pages {
             return None;
         }
@@ -88,10 +100,11 @@ impl SharedFile {
         // are only ever accessed atomically, and the mapping lives as long as `self`.
         unsafe {
             let base = self.map.as_mut_ptr().add(row);
-            Some((
-                AtomicU32::from_ptr(base.add(header::ROW_BUSY_OFFSET).cast()),
-                AtomicU32::from_ptr(base.add(header::ROW_RESETS_OFFSET).cast()),
-            ))
+            Some(Row {
+                busy: AtomicU32::from_ptr(base.add(header::ROW_BUSY_OFFSET).cast()),
+                resets: AtomicU32::from_ptr(base.add(header::ROW_RESETS_OFFSET).cast()),
+                seq: AtomicU32::from_ptr(base.add(header::ROW_SEQ_OFFSET).cast()),
+            })
         }
     }
 
@@ -101,11 +114,11 @@ impl SharedFile {
         if self.layout != Layout::Native || page >= self.geometry.num_pages {
             return None;
         }
-        if let Some((busy, resets)) = self.row(page) {
-            let word = if offset == header::ROW_BUSY_OFFSET {
-                busy
-            } else {
-                resets
+        if let Some(row) = self.row(page) {
+            let word = match offset {
+                header::ROW_BUSY_OFFSET => row.busy,
+                header::ROW_SEQ_OFFSET => row.seq,
+                _ => row.resets,
             };
             return Some(word.load(Ordering::Acquire));
         }
@@ -134,7 +147,7 @@ impl SharedFile {
     /// Zeroes the reset counters (native: in the file; FastMmap: in this process).
     pub(crate) fn clear_resets(&self, page: u32) {
         match self.row(page) {
-            Some((_, resets)) => resets.store(0, Ordering::Relaxed),
+            Some(row) => row.resets.store(0, Ordering::Relaxed),
             None => {
                 if let Some(r) = self.local_resets.get(page as usize) {
                     r.store(0, Ordering::Relaxed);
@@ -156,6 +169,12 @@ impl SharedFile {
         if guard.busy() {
             guard.reset();
         }
+        if let Some(optimistic) = &self.optimistic {
+            let (reads, hits) = optimistic.take(page);
+            if reads != 0 || hits != 0 {
+                guard.add_read_counts(reads, hits);
+            }
+        }
         Ok(guard)
     }
 
@@ -170,7 +189,7 @@ impl SharedFile {
         if self.read_only {
             return Err(LockError::ReadOnly);
         }
-        Ok(PageGuard(self.acquire(page, timeout, false)?))
+        Ok(PageGuard(self.acquire(page, timeout, false, true)?))
     }
 
     /// Locks `page` for reading, as it is: a read (shared) record lock in a file opened
@@ -182,7 +201,12 @@ impl SharedFile {
         page: u32,
         timeout: Option<Duration>,
     ) -> Result<ReadGuard<'_>, LockError> {
-        Ok(ReadGuard(self.acquire(page, timeout, self.read_only)?))
+        Ok(ReadGuard(self.acquire(
+            page,
+            timeout,
+            self.read_only,
+            false,
+        )?))
     }
 
     #[inline]
@@ -191,6 +215,7 @@ impl SharedFile {
         page: u32,
         timeout: Option<Duration>,
         shared: bool,
+        change: bool,
     ) -> Result<Locked<'_>, LockError> {
         let id = self as *const SharedFile as usize;
         let Some(reentry) = Reentry::enter(id) else {
@@ -205,12 +230,18 @@ impl SharedFile {
             deadline,
             shared,
         ) {
-            Ok(held) => Ok(Locked {
-                file: self,
-                page,
-                held: Some(held),
-                _reentry: reentry,
-            }),
+            Ok(held) => {
+                if change {
+                    self.begin_change(page);
+                }
+                Ok(Locked {
+                    file: self,
+                    page,
+                    held: Some(held),
+                    change,
+                    _reentry: reentry,
+                })
+            }
             Err(LockFailure::TimedOut) => Err(LockError::TimedOut),
             Err(LockFailure::Os(e)) => Err(LockError::Os(e)),
         }

@@ -1,0 +1,467 @@
+//! Optimistic reads of robust-locked pages: a read that takes no lock.
+//!
+//! Every holder of a robust page lock makes the page's sequence word (`ROW_SEQ_OFFSET`) odd
+//! as soon as it has the lock and bumps it to the next even value just before it lets go, so
+//! the word moves whenever the page may have changed. A reader loads the word (even: no holder
+//! is inside), looks the key up with atomic loads only, copying out what it returns, and loads
+//! the word again: unchanged, nothing it copied can have been torn. Otherwise, or when the
+//! word is odd, the busy marker set, the page fails a check, or the hit would have to refresh
+//! the entry's access time (it is stored in whole seconds, so within one second a hot key's
+//! reads need no write), the reader takes the lock as before.
+//!
+//! The loads race with the lock holder's plain writes. That is the seqlock pattern, which
+//! Rust's memory model does not yet give a data-race-free form to (an "atomic memcpy"): every
+//! load here is an atomic load, so none is duplicated, merged or elided, every offset is
+//! checked against the page before use, and nothing read is trusted before the sequence check
+//! passes. A process that writes the file without the protocol can make us return garbage, as
+//! it can under a lock.
+//!
+//! Reads counted by optimistic reads cannot be added to the page header without a write: each
+//! process keeps them per page and adds them when it next locks the page, or closes the file.
+
+#![allow(unsafe_code)]
+
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
+use std::time::Duration;
+
+use super::fork;
+use super::lock::Reentry;
+use super::shared::SharedFile;
+use crate::page::{Copied, PageBytes, find_copy};
+
+/// How many times a read whose page changed under it is tried again before taking the lock.
+const RETRIES: usize = 2;
+
+/// Per-file state of optimistic reads in this process.
+pub(crate) struct Optimistic {
+    /// Per page: reads (low half) and hits (high half) counted by optimistic reads and not
+    /// yet added to the page header.
+    pending: Box<[AtomicU64]>,
+    /// The fork generation the pending counts belong to: a child starts with none.
+    generation: AtomicU32,
+}
+
+/// What an optimistic read is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// A look that changes nothing (`contains_key`, read-only handles).
+    Look,
+    /// A read: a hit must carry this second's access time, else the lock refreshes it.
+    Read,
+    /// A read that also counts in the page's statistics.
+    CountedRead,
+}
+
+/// What an optimistic read found.
+pub(crate) enum Outcome {
+    /// A live entry, copied out.
+    Hit,
+    /// No live entry.
+    Miss,
+    /// Nothing usable: take the lock.
+    Locked,
+}
+
+const HIT: u64 = 1 << 32;
+
+impl Optimistic {
+    pub(super) fn new(num_pages: u32) -> Optimistic {
+        Optimistic {
+            pending: (0..num_pages).map(|_| AtomicU64::new(0)).collect(),
+            generation: AtomicU32::new(fork::generation()),
+        }
+    }
+
+    /// The counters, emptied first if they were inherited through a fork.
+    #[inline]
+    fn counters(&self) -> &[AtomicU64] {
+        let generation = fork::generation();
+        if self.generation.load(Ordering::Relaxed) != generation {
+            for c in &self.pending {
+                c.store(0, Ordering::Relaxed);
+            }
+            self.generation.store(generation, Ordering::Relaxed);
+        }
+        &self.pending
+    }
+
+    #[inline]
+    fn count(&self, page: u32, hit: bool) {
+        if let Some(c) = self.counters().get(page as usize) {
+            c.fetch_add(1 + if hit { HIT } else { 0 }, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the reads and hits counted for `page` since the last call.
+    #[inline]
+    pub(super) fn take(&self, page: u32) -> (u32, u32) {
+        let Some(c) = self.counters().get(page as usize) else {
+            return (0, 0);
+        };
+        if c.load(Ordering::Relaxed) == 0 {
+            return (0, 0);
+        }
+        let n = c.swap(0, Ordering::Relaxed);
+        (n as u32, (n >> 32) as u32)
+    }
+
+    fn any_pending(&self) -> impl Iterator<Item = u32> + '_ {
+        self.counters()
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.load(Ordering::Relaxed) != 0)
+            .map(|(page, _)| page as u32)
+    }
+}
+
+/// A page's bytes read with atomic loads.
+struct AtomicPage {
+    base: *const u8,
+    len: usize,
+}
+
+impl AtomicPage {
+    /// # Safety
+    /// `base..base + len` must lie inside a live, writable mapping for as long as the value is
+    /// used, with `base` 8-byte aligned.
+    unsafe fn new(base: *const u8, len: usize) -> AtomicPage {
+        AtomicPage { base, len }
+    }
+
+    #[inline]
+    fn byte(&self, off: usize) -> u8 {
+        debug_assert!(off < self.len);
+        // SAFETY: (new) callers check `off < len`, so the byte lies inside the writable
+        // mapping, which outlives `self`.
+        unsafe { AtomicU8::from_ptr(self.base.add(off).cast_mut()) }.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn word(&self, off: usize) -> u64 {
+        debug_assert!(off.is_multiple_of(8) && off + 8 <= self.len);
+        // SAFETY: (new) callers check the word lies inside the page, and 8-aligned offsets
+        // from an 8-aligned base are aligned; the mapping is writable and outlives `self`.
+        unsafe { AtomicU64::from_ptr(self.base.add(off).cast_mut().cast()) }.load(Ordering::Relaxed)
+    }
+
+    /// Fills `dst` with the bytes at `off`, loading aligned words where it can; `None` (and
+    /// `dst` untouched) if they do not lie inside the page.
+    #[inline]
+    fn load_into(&self, off: usize, dst: &mut [u8]) -> Option<()> {
+        off.checked_add(dst.len()).filter(|&end| end <= self.len)?;
+        let head = (off.next_multiple_of(8) - off).min(dst.len());
+        let (first, rest) = dst.split_at_mut(head);
+        for (i, b) in first.iter_mut().enumerate() {
+            *b = self.byte(off + i);
+        }
+        let mut at = off + head;
+        let mut words = rest.chunks_exact_mut(8);
+        for chunk in &mut words {
+            chunk.copy_from_slice(&self.word(at).to_ne_bytes());
+            at += 8;
+        }
+        for (i, b) in words.into_remainder().iter_mut().enumerate() {
+            *b = self.byte(at + i);
+        }
+        Some(())
+    }
+}
+
+impl PageBytes for AtomicPage {
+    #[inline]
+    fn page_len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    fn u32_at(&self, off: usize) -> Option<u32> {
+        if !off.is_multiple_of(4) || off.checked_add(4)? > self.len {
+            return None;
+        }
+        // SAFETY: checked just above to lie inside the page, 4-aligned from an 8-aligned
+        // base; the mapping is writable and outlives `self`.
+        let word = unsafe { AtomicU32::from_ptr(self.base.add(off).cast_mut().cast()) };
+        Some(word.load(Ordering::Relaxed))
+    }
+
+    #[inline]
+    fn words<const N: usize>(&self, off: usize) -> Option<[u32; N]> {
+        if !off.is_multiple_of(4) || off.checked_add(N * 4)? > self.len {
+            return None;
+        }
+        Some(std::array::from_fn(|i| {
+            // SAFETY: the N words were checked just above to lie inside the page, 4-aligned
+            // from an 8-aligned base; the mapping is writable and outlives `self`.
+            let word = unsafe { AtomicU32::from_ptr(self.base.add(off + i * 4).cast_mut().cast()) };
+            word.load(Ordering::Relaxed)
+        }))
+    }
+
+    #[inline]
+    fn eq_at(&self, off: usize, expected: &[u8]) -> Option<bool> {
+        // Keys are short: compared from a copy on the stack, in pieces for long ones.
+        let mut buf = [0u8; 64];
+        let mut at = off;
+        for part in expected.chunks(buf.len()) {
+            let copy = &mut buf[..part.len()];
+            self.load_into(at, copy)?;
+            if copy != part {
+                return Some(false);
+            }
+            at += part.len();
+        }
+        Some(true)
+    }
+
+    #[inline]
+    fn copy_to(&self, off: usize, len: usize, out: &mut Vec<u8>) -> Option<()> {
+        off.checked_add(len).filter(|&end| end <= self.len)?;
+        let start = out.len();
+        out.resize(start + len, 0);
+        self.load_into(off, &mut out[start..])
+    }
+}
+
+impl SharedFile {
+    /// Marks `page` as possibly changing: right after its lock is taken.
+    #[inline]
+    pub(super) fn begin_change(&self, page: u32) {
+        if self.optimistic.is_none() {
+            return;
+        }
+        if let Some(row) = self.row(page) {
+            let seq = row.seq.load(Ordering::Relaxed);
+            if seq & 1 == 0 {
+                row.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+            }
+            // The odd word is seen before any change to the page.
+            fence(Ordering::Release);
+        }
+    }
+
+    /// Marks the end of a change to `page`: just before its lock is released.
+    #[inline]
+    pub(super) fn end_change(&self, page: u32) {
+        if self.optimistic.is_none() {
+            return;
+        }
+        if let Some(row) = self.row(page) {
+            let seq = row.seq.load(Ordering::Relaxed);
+            row.seq.store((seq | 1).wrapping_add(1), Ordering::Release);
+        }
+    }
+
+    /// Looks `key` up in `page` without a lock, copying its live entry into `out`, for
+    /// `access`. See the module docs for when it gives up ([`Outcome::Locked`]).
+    #[inline]
+    pub(crate) fn read_optimistic(
+        &self,
+        page: u32,
+        slot_hash: u32,
+        key: &[u8],
+        now: u32,
+        access: Access,
+        out: &mut Copied,
+    ) -> Outcome {
+        let Some(optimistic) = &self.optimistic else {
+            return Outcome::Locked;
+        };
+        // Inside a closure that holds one of this file's locks: the lock path reports it.
+        if Reentry::held(self as *const SharedFile as usize) {
+            return Outcome::Locked;
+        }
+        let Some(row) = self.row(page) else {
+            return Outcome::Locked;
+        };
+        let (offset, len) = self.page_range(page);
+        // SAFETY: the page lies inside the mapping (page < num_pages, checked by `row`, and the
+        // file size was checked against the geometry on open), which is writable (optimistic
+        // reads are only set up for files opened read-write) and lives as long as `self`;
+        // pages start at multiples of 4096 from the page-aligned mapping.
+        let bytes =
+            unsafe { AtomicPage::new(self.map.as_ptr().add(offset as usize), len as usize) };
+        for _ in 0..RETRIES {
+            let before = row.seq.load(Ordering::Acquire);
+            if before & 1 != 0 || row.busy.load(Ordering::Relaxed) != 0 {
+                return Outcome::Locked;
+            }
+            let found = find_copy(&bytes, self.geometry.start_slots, slot_hash, key, now, out);
+            // Every load above happens before the second look at the word.
+            fence(Ordering::Acquire);
+            if row.seq.load(Ordering::Relaxed) != before {
+                continue;
+            }
+            let hit = match found {
+                // A page that fails a check, or a hit whose access time must be refreshed.
+                Err(_) => return Outcome::Locked,
+                Ok(true) if access != Access::Look && out.last_access != now => {
+                    return Outcome::Locked;
+                }
+                Ok(hit) => hit,
+            };
+            if access == Access::CountedRead {
+                optimistic.count(page, hit);
+            }
+            return if hit { Outcome::Hit } else { Outcome::Miss };
+        }
+        Outcome::Locked
+    }
+
+    /// Adds the reads counted by this process's optimistic reads of every page to the file,
+    /// each page under its lock (waiting a moment at most: these are statistics).
+    pub(super) fn flush_read_counts(&self) {
+        let Some(optimistic) = &self.optimistic else {
+            return;
+        };
+        let pages: Vec<u32> = optimistic.any_pending().collect();
+        for page in pages {
+            // `lock` adds the page's pending counts.
+            let _ = self.lock(page, Some(Duration::from_millis(100)));
+        }
+    }
+}
+
+impl Drop for SharedFile {
+    fn drop(&mut self) {
+        self.flush_read_counts();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::format::{FLAG_TOMBSTONE, MIN_SLOTS};
+    use crate::page::{NewEntry, PageMut};
+    use proptest::prelude::*;
+
+    /// A page-sized buffer with the 8-byte alignment a mapped page has.
+    struct Aligned(Vec<u64>);
+
+    impl Aligned {
+        fn new(len: usize) -> Aligned {
+            Aligned(vec![0u64; len / 8])
+        }
+        fn bytes(&mut self) -> &mut [u8] {
+            let len = self.0.len() * 8;
+            // SAFETY: the Vec<u64> owns `len` initialised bytes; u8 has no alignment needs.
+            unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), len) }
+        }
+        fn atomic(&mut self) -> AtomicPage {
+            let len = self.0.len() * 8;
+            // SAFETY: the buffer is 8-aligned, writable and outlives every use in the test.
+            unsafe { AtomicPage::new(self.0.as_ptr().cast(), len) }
+        }
+    }
+
+    fn hash(key: &[u8]) -> u32 {
+        crate::layout::fastmmap_hash(key) / 3
+    }
+
+    /// The atomic loads read exactly what plain loads read: same hits, misses and errors,
+    /// same copied bytes, for every key of a page filled by real stores, and for keys that
+    /// are not there.
+    fn agree(page: &mut Aligned, keys: &[Vec<u8>], now: u32) {
+        for key in keys {
+            let mut plain = Copied::default();
+            let mut atomic = Copied::default();
+            let p = find_copy(&*page.bytes(), MIN_SLOTS, hash(key), key, now, &mut plain);
+            let a = find_copy(&page.atomic(), MIN_SLOTS, hash(key), key, now, &mut atomic);
+            assert_eq!(p, a, "key {key:?}");
+            if p == Ok(true) {
+                assert_eq!(plain, atomic, "key {key:?}");
+            }
+            // And what the locked path reads.
+            let view = crate::page::PageView::with_min_slots(page.bytes(), MIN_SLOTS)
+                .peek(hash(key), key, now)
+                .map(|e| e.map(|e| (e.value.to_vec(), e.modseq, e.flags, e.expire_on)));
+            let copied = p.map(|hit| {
+                hit.then(|| {
+                    (
+                        plain.value.clone(),
+                        plain.modseq,
+                        plain.flags,
+                        plain.expire_on,
+                    )
+                })
+            });
+            assert_eq!(view, copied, "key {key:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn atomic_and_plain_loads_agree_on_real_pages(
+            entries in proptest::collection::vec(
+                (proptest::collection::vec(any::<u8>(), 0..40),
+                 proptest::collection::vec(any::<u8>(), 0..300),
+                 any::<bool>(), 0u32..3, any::<bool>()),
+                1..80),
+            page_size in prop_oneof![Just(4096usize), Just(8192)],
+        ) {
+            let now = 1_700_000_000;
+            let mut page = Aligned::new(page_size);
+            PageMut::init(page.bytes(), MIN_SLOTS);
+            let mut keys = Vec::new();
+            for (key, value, modseq, expiry, tombstone) in &entries {
+                let req = NewEntry {
+                    slot_hash: hash(key),
+                    key,
+                    value,
+                    expire_on: [0, now - 1, now + 10][*expiry as usize],
+                    flags: if *tombstone { FLAG_TOMBSTONE } else { 0 },
+                    modseq: modseq.then_some(7),
+                };
+                let _ = PageMut::wrap(page.bytes()).store(&req, now, MIN_SLOTS);
+                keys.push(key.clone());
+                keys.push([key.as_slice(), b"?"].concat());
+            }
+            agree(&mut page, &keys, now);
+        }
+
+        #[test]
+        fn atomic_and_plain_loads_agree_on_any_bytes(
+            bytes in proptest::collection::vec(any::<u8>(), 4096..=4096),
+            header in proptest::array::uniform8(0u32..4096),
+            keys in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..12), 1..20),
+        ) {
+            let mut page = Aligned::new(4096);
+            page.bytes().copy_from_slice(&bytes);
+            // A plausible header over garbage, so lookups get past the first check.
+            let words = [crate::page::format::PAGE_MAGIC, MIN_SLOTS, header[2] % MIN_SLOTS,
+                         0, 32 + 4 * MIN_SLOTS + header[4] % 2048 / 4 * 4, 0, 0, 0];
+            for (i, w) in words.iter().enumerate() {
+                page.bytes()[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            let free_data = words[4];
+            page.bytes()[20..24].copy_from_slice(&(4096 - free_data).to_ne_bytes());
+            agree(&mut page, &keys, 1_700_000_000);
+        }
+    }
+
+    #[test]
+    fn loads_at_every_alignment() {
+        let mut page = Aligned::new(64);
+        for (i, b) in page.bytes().iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let atomic = page.atomic();
+        for off in 0..64 {
+            for len in 0..=64 - off {
+                let mut out = Vec::new();
+                atomic.copy_to(off, len, &mut out).expect("inside");
+                let want: Vec<u8> = (off..off + len).map(|i| i as u8).collect();
+                assert_eq!(out, want, "off {off} len {len}");
+                assert_eq!(atomic.eq_at(off, &want), Some(true));
+                if len > 0 {
+                    let mut other = want.clone();
+                    other[len - 1] ^= 1;
+                    assert_eq!(atomic.eq_at(off, &other), Some(false));
+                }
+            }
+            assert_eq!(atomic.copy_to(off, 65 - off, &mut Vec::new()), None);
+        }
+        assert_eq!(atomic.u32_at(2), None, "misaligned");
+        assert_eq!(atomic.u32_at(64), None, "outside");
+        assert_eq!(atomic.words::<2>(60), None, "partly outside");
+    }
+}
