@@ -263,7 +263,10 @@ impl<'a> PageMut<'a> {
             Probe::Hit { loc, .. } if !is_expired(loc.expire_on, now) && !loc.is_tombstone() => loc,
             _ => return Ok(None),
         };
-        self.set_word(loc.off + LAST_ACCESS_OFFSET, now)?;
+        // Written only when it changes: a hot entry's line stays clean within one second.
+        if loc.last_access != now {
+            self.set_word(loc.off + LAST_ACCESS_OFFSET, now)?;
+        }
         if stats {
             self.set_word(N_READ_HITS_OFFSET, hdr.n_read_hits.wrapping_add(1))?;
         }
