@@ -4,6 +4,7 @@
 //! value naming what was wrong, never a panic. The caller (the cache) resets such a page.
 
 mod check;
+mod dirty;
 mod entry;
 mod evict;
 pub mod format;
@@ -11,6 +12,8 @@ mod header;
 mod view;
 
 pub use check::check_page;
+#[allow(unused_imports)] // part of the page API used by tests and fuzz targets
+pub use dirty::{Dirty, DirtyCopy, count_dirty};
 pub use entry::EntryRef;
 pub use evict::Evict;
 pub use header::PageHeader;
