@@ -20,6 +20,8 @@ pub mod page;
 pub mod session;
 mod stats;
 mod store;
+#[cfg(feature = "serde")]
+pub mod typed;
 mod update;
 
 pub use backing::{Backing, BackingError, WriteMode};
@@ -31,4 +33,6 @@ pub use error::{Error, Result};
 pub use expiry::Expiry;
 pub use layout::{Layout, LockKind};
 pub use stats::{PageStats, Stats};
+#[cfg(feature = "serde")]
+pub use typed::TypedCache;
 pub use update::Existing;
