@@ -278,7 +278,11 @@ impl Cache {
 
     /// Reads `key` under its page lock and hands the entry to `f`. A page found damaged is
     /// reset and the key reads as absent.
-    fn read<R>(&self, key: &[u8], f: impl FnOnce(&EntryRef<'_>) -> R) -> Result<Option<R>> {
+    pub(crate) fn read<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(&EntryRef<'_>) -> R,
+    ) -> Result<Option<R>> {
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
         let mut reader = self.read_page(page)?;

@@ -735,3 +735,31 @@ fn compressed_values_pass_through_the_store_plain() {
         "a handle without compression sees the stored bytes"
     );
 }
+
+#[cfg(feature = "lz4")]
+#[test]
+fn read_only_handles_decompress_too() {
+    use fastmmap::{Compression, LockKind};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ro");
+    let big = b"abcdefghij".repeat(50);
+    let writer = Cache::builder()
+        .path(&path)
+        .lock_kind(LockKind::Fcntl)
+        .compression(Compression::lz4())
+        .open()
+        .unwrap();
+    writer.set(b"big", &big).unwrap();
+    let reader = Cache::builder()
+        .path(&path)
+        .read_only(true)
+        .compression(Compression::lz4())
+        .open()
+        .unwrap();
+    assert_eq!(reader.get(b"big").unwrap(), Some(big.clone()));
+    assert_eq!(reader.entry(b"big").unwrap().unwrap().value, big);
+    assert!(matches!(
+        reader.set(b"x", b"y"),
+        Err(Error::ReadOnly { .. })
+    ));
+}

@@ -82,6 +82,15 @@ impl Cache {
 
     /// `get` through a layer: decompression, and read-through on a miss.
     pub(crate) fn get_layered(&self, layer: &Layer, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if self.inner.read_only {
+            // Shared locks, and nothing to store a read-through in.
+            let found = self.read(key, |e| (e.value.to_vec(), e.flags))?;
+            return match found {
+                Some((_, flags)) if layer.backing.is_some() && is_negative(flags) => Ok(None),
+                Some((stored, flags)) => self.decode_value(key, stored, flags).map(Some),
+                None => Ok(None),
+            };
+        }
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
         match self.look(layer, key, page, slot_hash, now)? {
@@ -138,20 +147,7 @@ impl Cache {
 
     /// The entry as the cache holds it, its value decompressed (no read-through).
     pub(crate) fn entry_layered(&self, key: &[u8]) -> Result<Option<Entry>> {
-        let (page, slot_hash) = self.locate(key);
-        let now = self.now();
-        let found = {
-            let mut guard = self.lock_for_change(page)?;
-            let found = guard
-                .page()
-                .get(slot_hash, key, now, self.inner.stats)
-                .map(|e| e.map(|e| Entry::from_ref(&e)));
-            found.unwrap_or_else(|_| {
-                self.reset_counting(&mut guard);
-                None
-            })
-        };
-        let Some(mut entry) = found else {
+        let Some(mut entry) = self.read(key, Entry::from_ref)? else {
             return Ok(None);
         };
         self.decode_entry(key, &mut entry)?;
