@@ -763,3 +763,24 @@ fn read_only_handles_decompress_too() {
         Err(Error::ReadOnly { .. })
     ));
 }
+
+/// Write-through `update`: the new value is stored dirty under the lock, then written to the
+/// store; if the store fails, the caller hears of it and the value stays dirty until a flush
+/// or an eviction writes it.
+#[test]
+fn a_failed_write_through_update_stays_dirty_until_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Shared::with(&[("n", "1")]);
+    let cache = builder(&dir, &store, WriteMode::Through).open().unwrap();
+    assert_eq!(cache.get(b"n").unwrap(), Some(b"1".to_vec()));
+    store.0.failing.store(true, Ordering::SeqCst);
+    let err = cache
+        .update(b"n", |_| Update::Set(b"2".to_vec()))
+        .unwrap_err();
+    assert!(matches!(err, Error::Backing { op: "store", .. }), "{err}");
+    let e = cache.entry(b"n").unwrap().unwrap();
+    assert_eq!((e.value.as_slice(), e.flags.is_dirty()), (&b"2"[..], true));
+    store.0.failing.store(false, Ordering::SeqCst);
+    assert_eq!(cache.flush().unwrap(), 1);
+    assert_eq!(store.snapshot(), as_map(&[("n", "2")]));
+}
