@@ -359,9 +359,15 @@ impl Cache {
     /// refuses the store. Storing may evict other entries of the same page (least recently
     /// used first).
     ///
+    /// With a backing store: [`WriteMode::Through`](crate::WriteMode::Through) stores in it
+    /// first and leaves the cache as it was if that fails; [`WriteMode::Back`](crate::WriteMode::Back)
+    /// marks the entry dirty. Dirty entries the store must evict are written back first.
+    ///
     /// # Errors
     /// [`Error::TooLarge`] if the entry cannot fit in an empty page (the old value stays);
     /// lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`] (nothing was evicted); a
+    /// dirty value to write back that does not decompress: [`Error::Decode`].
     pub fn set(&self, key: &[u8], value: &[u8]) -> Result<bool> {
         self.set_with(key, value, Expiry::Default)
     }
@@ -370,6 +376,8 @@ impl Cache {
     ///
     /// # Errors
     /// As [`set`](Self::set).
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
     pub fn set_with(&self, key: &[u8], value: &[u8], expiry: Expiry) -> Result<bool> {
         if let Some(layer) = &self.inner.layer {
             return self.set_layered(layer, key, value, expiry, 0);
@@ -418,6 +426,8 @@ impl Cache {
     ///
     /// # Errors
     /// Lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         if let Some(layer) = &self.inner.layer {
             return self.get_layered(layer, key);
@@ -432,6 +442,8 @@ impl Cache {
     ///
     /// # Errors
     /// Lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
     pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {
         if let Some(layer) = &self.inner.layer {
             return Ok(self.get_layered(layer, key)?.map(|v| f(&v)));
@@ -443,6 +455,8 @@ impl Cache {
     ///
     /// # Errors
     /// Lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
     pub fn entry(&self, key: &[u8]) -> Result<Option<Entry>> {
         if self.inner.layer.is_some() {
             return self.entry_layered(key);
@@ -471,10 +485,13 @@ impl Cache {
             .unwrap_or(false))
     }
 
-    /// Removes `key`. Returns whether it held a live value.
+    /// Removes `key`. Returns whether it held a live value. With a backing store, the key is
+    /// deleted from the store first, and the cache is left as it was if that fails.
     ///
     /// # Errors
     /// Lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
     pub fn remove(&self, key: &[u8]) -> Result<bool> {
         if let Some(layer) = &self.inner.layer {
             return self.remove_layered(layer, key);
@@ -493,6 +510,8 @@ impl Cache {
     ///
     /// # Errors
     /// Lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
     pub fn take(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         if let Some(layer) = &self.inner.layer {
             return self.take_layered(layer, key);
@@ -577,6 +596,8 @@ impl Cache {
     ///
     /// # Errors
     /// Lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
     pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>> {
         if let Some(layer) = &self.inner.layer {
             return keys
@@ -602,6 +623,8 @@ impl Cache {
     ///
     /// # Errors
     /// [`Error::TooLarge`] if any pair cannot fit, before anything is stored; lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
     pub fn set_many<K: AsRef<[u8]>, V: AsRef<[u8]>>(&self, pairs: &[(K, V)]) -> Result<usize> {
         if let Some(layer) = &self.inner.layer {
             return self.set_many_layered(layer, pairs);
@@ -742,9 +765,13 @@ impl Cache {
     }
 
     /// Drops expired entries from every page (one page locked at a time). Returns how many.
+    /// With a backing store, expired dirty entries are written back first (Perl's
+    /// `empty(1)`; Perl's `purge` drops them).
     ///
     /// # Errors
     /// Lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
     pub fn purge(&self) -> Result<usize> {
         if self.has_backing() {
             return self.evict_all_keeping_dirty(Evict::Expired);
@@ -752,10 +779,13 @@ impl Cache {
         self.evict_all(Evict::Expired)
     }
 
-    /// Drops every entry (one page locked at a time).
+    /// Drops every entry (one page locked at a time). With a backing store, dirty entries are
+    /// written back first, as [`empty`](Self::empty) does (Perl's `clear` drops them).
     ///
     /// # Errors
     /// Lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
     pub fn clear(&self) -> Result<()> {
         if self.has_backing() {
             return self.evict_all_keeping_dirty(Evict::All).map(|_| ());
