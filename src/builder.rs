@@ -4,8 +4,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backing::{Backing, Layer, WriteMode};
 use crate::cache::{Cache, Inner, UnlinkOnDrop};
 use crate::clock::Clock;
+use crate::compress::Compression;
 use crate::expiry::ceil_secs;
 use crate::layout::KeyHash;
 use crate::page::format::MIN_PAGE_SIZE;
@@ -36,6 +38,20 @@ pub struct CacheBuilder {
     allowed_owners: Vec<u32>,
     follow_symlinks: bool,
     read_only: bool,
+    backing: Option<BackingHandle>,
+    write_mode: WriteMode,
+    cache_not_found: bool,
+    compression: Option<Compression>,
+}
+
+/// The backing store as the builder keeps it (a `dyn Backing` has no `Debug`).
+#[derive(Clone)]
+struct BackingHandle(Arc<dyn Backing>);
+
+impl std::fmt::Debug for BackingHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Backing")
+    }
 }
 
 impl Default for CacheBuilder {
@@ -59,6 +75,10 @@ impl Default for CacheBuilder {
             allowed_owners: Vec::new(),
             follow_symlinks: false,
             read_only: false,
+            backing: None,
+            write_mode: WriteMode::Through,
+            cache_not_found: false,
+            compression: None,
         }
     }
 }
@@ -198,6 +218,51 @@ impl CacheBuilder {
         self
     }
 
+    /// A backing store behind the cache (Cache::FastMmap's `read_cb`, `write_cb` and
+    /// `delete_cb`): misses are read through it, stores reach it as
+    /// [`write_mode`](Self::write_mode) says, and removes delete from it. See [`Backing`].
+    ///
+    /// Give every handle of the file the same store and mode: a handle without one drops the
+    /// dirty entries it evicts without writing them back (as a Perl process without
+    /// `write_cb` does).
+    pub fn backing(mut self, backing: impl Backing) -> Self {
+        self.backing = Some(BackingHandle(Arc::new(backing)));
+        self
+    }
+
+    /// As [`backing`](Self::backing), for a store already shared behind an `Arc`.
+    pub fn backing_arc(mut self, backing: Arc<dyn Backing>) -> Self {
+        self.backing = Some(BackingHandle(backing));
+        self
+    }
+
+    /// When stores reach the backing store (default [`WriteMode::Through`]; Perl's
+    /// `write_action`).
+    pub fn write_mode(mut self, mode: WriteMode) -> Self {
+        self.write_mode = mode;
+        self
+    }
+
+    /// Cache a key the backing store does not have as absent, so that the store is asked once
+    /// (default off; Perl's `cache_not_found`). Such an entry is Perl's `undef`: Perl reads it
+    /// as `undef` without calling its `read_cb` either. It expires like any entry.
+    pub fn cache_not_found(mut self, yes: bool) -> Self {
+        self.cache_not_found = yes;
+        self
+    }
+
+    /// Compress values as they are stored (features `lz4`, `zstd`): each value of at least
+    /// the threshold that shrinks is stored compressed and flagged, so compressed and plain
+    /// entries share one file; reads decompress. Give every handle of the file a compression
+    /// (the same or another): a handle opened without one returns compressed values as they
+    /// are stored (its [`entry`](crate::Cache::entry) says which). Perl cannot read these
+    /// entries.
+    #[cfg(any(feature = "lz4", feature = "zstd"))]
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = Some(compression);
+        self
+    }
+
     /// Count reads and hits per page in the file (default on).
     pub fn enable_stats(mut self, yes: bool) -> Self {
         self.enable_stats = yes;
@@ -267,6 +332,19 @@ impl CacheBuilder {
             read_only: self.read_only,
             trust_contents: self.reset || self.verify,
         };
+        if self.backing.is_none() && (self.cache_not_found || self.write_mode != WriteMode::Through)
+        {
+            return Err(invalid(
+                "write_mode and cache_not_found need a backing store (CacheBuilder::backing)"
+                    .into(),
+            ));
+        }
+        let layer = (self.backing.is_some() || self.compression.is_some()).then(|| Layer {
+            backing: self.backing.as_ref().map(|b| Arc::clone(&b.0)),
+            mode: self.write_mode,
+            cache_not_found: self.cache_not_found,
+            compression: self.compression,
+        });
         let file = store::open_shared(&req)?;
         let cache = Cache {
             inner: Arc::new(Inner {
@@ -278,6 +356,8 @@ impl CacheBuilder {
                 stats: self.enable_stats,
                 read_only: self.read_only,
                 lock_timeout: self.lock_timeout,
+                layer,
+                dirty_lost: Default::default(),
                 _unlink: self.unlink_on_drop.then(|| UnlinkOnDrop::new(path)),
             }),
         };

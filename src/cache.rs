@@ -9,7 +9,8 @@ use crate::clock::{Clock, from_unix_secs};
 use crate::expiry::Expiry;
 use crate::layout::KeyHash;
 use crate::page::format::{
-    FLAG_TOMBSTONE, FLAG_UNDEF, FLAG_UTF8_KEY, FLAG_UTF8_VALUE, max_entry_size,
+    FLAG_COMPRESSION, FLAG_DIRTY, FLAG_HAS_MODSEQ, FLAG_TOMBSTONE, FLAG_UNDEF, FLAG_UTF8_KEY,
+    FLAG_UTF8_VALUE, max_entry_size,
 };
 use crate::page::{
     Copied, Corrupt, EntryRef, Evict, NewEntry, PageHeader, StoreOutcome, check_page,
@@ -36,6 +37,11 @@ pub(crate) struct Inner {
     /// Opened with `read_only`: every change is refused, reads change nothing.
     pub(crate) read_only: bool,
     pub(crate) lock_timeout: Option<Duration>,
+    /// A backing store and/or compression between callers and the pages (`None`: values are
+    /// stored and returned as they are, and nothing else is called).
+    pub(crate) layer: Option<crate::backing::Layer>,
+    /// Dirty entries found in pages this process reset (see `Stats::dirty_lost`).
+    pub(crate) dirty_lost: std::sync::atomic::AtomicU64,
     /// Held only for its `Drop`.
     pub(crate) _unlink: Option<UnlinkOnDrop>,
 }
@@ -89,6 +95,9 @@ impl std::ops::BitOr for EntryFlags {
     }
 }
 
+/// Flag bits a caller may not set: they describe how the crate stored the entry.
+const RESERVED_FLAGS: u32 = FLAG_TOMBSTONE | FLAG_HAS_MODSEQ | FLAG_DIRTY | FLAG_COMPRESSION;
+
 impl EntryFlags {
     /// No flags: a byte string, as every plain store writes.
     pub const NONE: EntryFlags = EntryFlags(0);
@@ -107,9 +116,20 @@ impl EntryFlags {
     pub fn key_is_utf8(self) -> bool {
         self.0 & FLAG_UTF8_KEY != 0
     }
-    /// Perl stored `undef` (the value bytes are empty).
+    /// Perl stored `undef` (the value bytes are empty). With a backing store and
+    /// `cache_not_found`, a key the store does not have is cached this way.
     pub fn is_undef(self) -> bool {
         self.0 & FLAG_UNDEF != 0
+    }
+    /// Written by a write-back `set` and not yet written to the backing store
+    /// (Cache::FastMmap's dirty flag).
+    pub fn is_dirty(self) -> bool {
+        self.0 & FLAG_DIRTY != 0
+    }
+    /// Stored compressed (see [`Compression`](crate::Compression)); the value an [`Entry`]
+    /// carries is already decompressed.
+    pub fn is_compressed(self) -> bool {
+        self.0 & FLAG_COMPRESSION != 0
     }
 }
 
@@ -140,7 +160,7 @@ impl Entry {
         }
     }
 
-    fn from_ref(e: &EntryRef<'_>) -> Entry {
+    pub(crate) fn from_ref(e: &EntryRef<'_>) -> Entry {
         Entry {
             value: e.value.to_vec(),
             expires_at: (e.expire_on != 0).then(|| from_unix_secs(e.expire_on)),
@@ -220,12 +240,12 @@ impl Cache {
     }
 
     #[inline]
-    fn locate(&self, key: &[u8]) -> (u32, u32) {
+    pub(crate) fn locate(&self, key: &[u8]) -> (u32, u32) {
         self.inner.hash.locate(key, self.inner.geometry.num_pages)
     }
 
     #[inline]
-    fn now(&self) -> u32 {
+    pub(crate) fn now(&self) -> u32 {
         self.inner.clock.now_secs()
     }
 
@@ -243,7 +263,7 @@ impl Cache {
             .map_err(|e| self.inner.file.lock_error(e, page, timeout))
     }
 
-    fn corrupt(&self, page: u32, c: Corrupt) -> Error {
+    pub(crate) fn corrupt(&self, page: u32, c: Corrupt) -> Error {
         Error::PageCorrupt {
             path: self.path().to_path_buf(),
             page,
@@ -253,14 +273,14 @@ impl Cache {
 
     /// For the batch stores, which refuse the batch before storing any of it: each entry must
     /// fit an empty page (single stores learn this from the page).
-    fn check_size(&self, req: &NewEntry<'_>) -> Result<()> {
+    pub(crate) fn check_size(&self, req: &NewEntry<'_>) -> Result<()> {
         match req.entry_size() {
             Some(needed) if needed <= self.max_entry_size() => Ok(()),
             _ => Err(self.too_large(req)),
         }
     }
 
-    fn too_large(&self, req: &NewEntry<'_>) -> Error {
+    pub(crate) fn too_large(&self, req: &NewEntry<'_>) -> Error {
         Error::TooLarge {
             path: self.path().to_path_buf(),
             needed: req.entry_size().unwrap_or(usize::MAX),
@@ -270,7 +290,11 @@ impl Cache {
 
     /// Reads `key` under its page lock and hands the entry to `f`. A page found damaged is
     /// reset and the key reads as absent.
-    fn read<R>(&self, key: &[u8], f: impl FnOnce(&EntryRef<'_>) -> R) -> Result<Option<R>> {
+    pub(crate) fn read<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(&EntryRef<'_>) -> R,
+    ) -> Result<Option<R>> {
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
         self.read_at(page, slot_hash, key, now, f)
@@ -333,7 +357,7 @@ impl Cache {
 
     /// Stores under a held lock. A page found damaged is reset and the store retried once on
     /// the fresh page.
-    fn store_locked(
+    pub(crate) fn store_locked(
         &self,
         guard: &mut PageGuard<'_>,
         req: &NewEntry<'_>,
@@ -355,12 +379,12 @@ impl Cache {
         Ok(outcome)
     }
 
-    fn store(&self, req: &NewEntry<'_>, page: u32, now: u32) -> Result<StoreOutcome> {
+    pub(crate) fn store(&self, req: &NewEntry<'_>, page: u32, now: u32) -> Result<StoreOutcome> {
         let mut guard = self.lock_page(page)?;
         self.store_locked(&mut guard, req, now)
     }
 
-    fn request<'k>(
+    pub(crate) fn request<'k>(
         &self,
         key: &'k [u8],
         value: &'k [u8],
@@ -388,9 +412,15 @@ impl Cache {
     /// refuses the store. Storing may evict other entries of the same page (least recently
     /// used first).
     ///
+    /// With a backing store: [`WriteMode::Through`](crate::WriteMode::Through) stores in it
+    /// first and leaves the cache as it was if that fails; [`WriteMode::Back`](crate::WriteMode::Back)
+    /// marks the entry dirty. Dirty entries the store must evict are written back first.
+    ///
     /// # Errors
     /// [`Error::TooLarge`] if the entry cannot fit in an empty page (the old value stays);
     /// lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`] (nothing was evicted); a
+    /// dirty value to write back that does not decompress: [`Error::Decode`].
     pub fn set(&self, key: &[u8], value: &[u8]) -> Result<bool> {
         self.set_with(key, value, Expiry::Default)
     }
@@ -399,14 +429,20 @@ impl Cache {
     ///
     /// # Errors
     /// As [`set`](Self::set).
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
     pub fn set_with(&self, key: &[u8], value: &[u8], expiry: Expiry) -> Result<bool> {
+        if let Some(layer) = &self.inner.layer {
+            return self.set_layered(layer, key, value, expiry, 0);
+        }
         let now = self.now();
         let (page, req) = self.request(key, value, expiry, now);
         Ok(self.store(&req, page, now)? != StoreOutcome::Refused)
     }
 
     /// Stores `value` under `key` with explicit flag bits (for example the UTF-8 flags Perl
-    /// reads). Tombstone and modseq bits are not accepted here and are cleared.
+    /// reads). Tombstone, modseq, dirty and compression bits are not accepted here and are
+    /// cleared.
     ///
     /// # Errors
     /// [`Error::InvalidValue`] if `flags` has [`EntryFlags::UNDEF`] and `value` is not empty
@@ -429,9 +465,13 @@ impl Cache {
                 ),
             });
         }
+        let flags = flags.0 & !RESERVED_FLAGS;
+        if let Some(layer) = &self.inner.layer {
+            return self.set_layered(layer, key, value, expiry, flags);
+        }
         let now = self.now();
         let (page, mut req) = self.request(key, value, expiry, now);
-        req.flags = flags.0 & !(FLAG_TOMBSTONE | crate::page::format::FLAG_HAS_MODSEQ);
+        req.flags = flags;
         Ok(self.store(&req, page, now)? != StoreOutcome::Refused)
     }
 
@@ -439,7 +479,12 @@ impl Cache {
     ///
     /// # Errors
     /// Lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(layer) = &self.inner.layer {
+            return self.get_layered(layer, key);
+        }
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
         let mut copied = Copied::default();
@@ -456,7 +501,12 @@ impl Cache {
     ///
     /// # Errors
     /// Lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
     pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {
+        if let Some(layer) = &self.inner.layer {
+            return Ok(self.get_layered(layer, key)?.map(|v| f(&v)));
+        }
         self.read(key, |e| f(e.value))
     }
 
@@ -464,7 +514,12 @@ impl Cache {
     ///
     /// # Errors
     /// Lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
     pub fn entry(&self, key: &[u8]) -> Result<Option<Entry>> {
+        if self.inner.layer.is_some() {
+            return self.entry_layered(key);
+        }
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
         let mut copied = Copied::default();
@@ -481,20 +536,35 @@ impl Cache {
     pub fn contains_key(&self, key: &[u8]) -> Result<bool> {
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
-        if let Some(found) =
-            self.read_unlocked(page, slot_hash, key, now, false, &mut Copied::default())
-        {
-            return Ok(found);
+        // With a backing store, a key cached as absent (`cache_not_found`) is not there.
+        let negative = self
+            .inner
+            .layer
+            .as_ref()
+            .is_some_and(|l| l.backing.is_some());
+        let mut copied = Copied::default();
+        if let Some(found) = self.read_unlocked(page, slot_hash, key, now, false, &mut copied) {
+            return Ok(found && !(negative && copied.flags & FLAG_UNDEF != 0));
         }
         let mut reader = self.read_page(page)?;
-        Ok(reader.peek(slot_hash, key, now, |_| ()).is_some())
+        Ok(reader
+            .peek(slot_hash, key, now, |e| {
+                !(negative && e.flags & FLAG_UNDEF != 0)
+            })
+            .unwrap_or(false))
     }
 
-    /// Removes `key`. Returns whether it held a live value.
+    /// Removes `key`. Returns whether it held a live value. With a backing store, the key is
+    /// deleted from the store first, and the cache is left as it was if that fails.
     ///
     /// # Errors
     /// Lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
     pub fn remove(&self, key: &[u8]) -> Result<bool> {
+        if let Some(layer) = &self.inner.layer {
+            return self.remove_layered(layer, key);
+        }
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
         let mut guard = self.lock_page(page)?;
@@ -509,7 +579,12 @@ impl Cache {
     ///
     /// # Errors
     /// Lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
     pub fn take(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(layer) = &self.inner.layer {
+            return self.take_layered(layer, key);
+        }
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
         let mut guard = self.lock_page(page)?;
@@ -550,43 +625,8 @@ impl Cache {
         key: &[u8],
         f: impl FnOnce(Option<&[u8]>) -> Update,
     ) -> Result<Option<Vec<u8>>> {
-        let (page, slot_hash) = self.locate(key);
-        let now = self.now();
-        let mut guard = self.lock_page(page)?;
-        // `f` is called from one of two places: with the entry when there is one, else after.
-        let mut f = Some(f);
-        let decided = read_locked(&mut guard, slot_hash, key, now, self.inner.stats, |e| {
-            let decision = (f.take().expect("called once"))(Some(e.value));
-            // What `Keep` returns is the value just read: copied now, not probed for again.
-            let kept = matches!(decision, Update::Keep).then(|| e.value.to_vec());
-            (decision, kept)
-        });
-        let (decision, kept) = match decided {
-            Some(decided) => decided,
-            None => ((f.take().expect("not called yet"))(None), None),
-        };
-        let (value, expiry) = match decision {
-            Update::Keep => return Ok(kept),
-            Update::Remove => {
-                let _ = guard.change(|p| p.remove(slot_hash, key, now));
-                return Ok(None);
-            }
-            Update::Set(v) => (v, Expiry::Default),
-            Update::SetWith(v, e) => (v, e),
-        };
-        let expire_on = expiry.expire_on(now, self.inner.default_expiry);
-        let req = NewEntry {
-            slot_hash,
-            key,
-            value: &value,
-            expire_on,
-            flags: 0,
-            modseq: None,
-        };
-        match self.store_locked(&mut guard, &req, now)? {
-            StoreOutcome::Refused => Ok(peek_locked(&mut guard, slot_hash, key, now)),
-            _ => Ok(Some(value)),
-        }
+        self.update_inner(key, |e| (f(e.map(|e| e.value)), ()))
+            .map(|(value, ())| value)
     }
 
     /// Read-through: the value under `key`, or else `f()` computed outside the lock and stored.
@@ -596,6 +636,9 @@ impl Cache {
     /// [`Error::TooLarge`] if the computed value cannot fit; [`Error::ReadOnly`] on a miss
     /// through a read-only handle; lock errors.
     pub fn get_or_insert_with(&self, key: &[u8], f: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>> {
+        if let Some(layer) = &self.inner.layer {
+            return self.get_or_insert_layered(layer, key, f);
+        }
         if let Some(v) = self.get(key)? {
             return Ok(v);
         }
@@ -622,7 +665,15 @@ impl Cache {
     ///
     /// # Errors
     /// Lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
     pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>> {
+        if let Some(layer) = &self.inner.layer {
+            return keys
+                .iter()
+                .map(|k| self.get_layered(layer, k.as_ref()))
+                .collect();
+        }
         let mut out = vec![None; keys.len()];
         let now = self.now();
         for (page, group) in self.group_by_page(keys.iter().map(AsRef::as_ref)) {
@@ -641,7 +692,12 @@ impl Cache {
     ///
     /// # Errors
     /// [`Error::TooLarge`] if any pair cannot fit, before anything is stored; lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
     pub fn set_many<K: AsRef<[u8]>, V: AsRef<[u8]>>(&self, pairs: &[(K, V)]) -> Result<usize> {
+        if let Some(layer) = &self.inner.layer {
+            return self.set_many_layered(layer, pairs);
+        }
         let now = self.now();
         let reqs: Vec<(u32, NewEntry<'_>)> = pairs
             .iter()
@@ -778,18 +834,31 @@ impl Cache {
     }
 
     /// Drops expired entries from every page (one page locked at a time). Returns how many.
+    /// With a backing store, expired dirty entries are written back first (Perl's
+    /// `empty(1)`; Perl's `purge` drops them).
     ///
     /// # Errors
     /// Lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
     pub fn purge(&self) -> Result<usize> {
+        if self.has_backing() {
+            return self.evict_all_keeping_dirty(Evict::Expired);
+        }
         self.evict_all(Evict::Expired)
     }
 
-    /// Drops every entry (one page locked at a time).
+    /// Drops every entry (one page locked at a time). With a backing store, dirty entries are
+    /// written back first, as [`empty`](Self::empty) does (Perl's `clear` drops them).
     ///
     /// # Errors
     /// Lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
     pub fn clear(&self) -> Result<()> {
+        if self.has_backing() {
+            return self.evict_all_keeping_dirty(Evict::All).map(|_| ());
+        }
         self.evict_all(Evict::All).map(|_| ())
     }
 
@@ -799,7 +868,9 @@ impl Cache {
         let mut total = 0;
         for page in 0..self.num_pages() {
             let mut guard = self.lock_page(page)?;
-            total += guard.change(|p| p.evict(mode, now, slots)).unwrap_or(0);
+            total += self
+                .change_counting(&mut guard, |p| p.evict(mode, now, slots))
+                .unwrap_or(0);
         }
         Ok(total)
     }
@@ -822,6 +893,10 @@ impl Cache {
                 resets: self.inner.file.resets(page),
             });
         }
+        stats.dirty_lost = self
+            .inner
+            .dirty_lost
+            .load(std::sync::atomic::Ordering::Relaxed);
         Ok(stats)
     }
 
@@ -835,6 +910,9 @@ impl Cache {
             let _ = guard.page().reset_stats();
             self.inner.file.clear_resets(page);
         }
+        self.inner
+            .dirty_lost
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -886,6 +964,12 @@ impl Cache {
         if walked.is_err() || damaged {
             reader.reset();
             out.clear();
+        }
+        drop(reader);
+        if self.inner.layer.is_some() {
+            for (key, entry) in &mut out {
+                self.decode_entry(key, entry)?;
+            }
         }
         Ok(out)
     }
@@ -1038,7 +1122,12 @@ fn read_locked<R>(
 }
 
 /// The current value under a held lock, without counting a read.
-fn peek_locked(guard: &mut PageGuard<'_>, slot_hash: u32, key: &[u8], now: u32) -> Option<Vec<u8>> {
+pub(crate) fn peek_locked(
+    guard: &mut PageGuard<'_>,
+    slot_hash: u32,
+    key: &[u8],
+    now: u32,
+) -> Option<Vec<u8>> {
     let result = guard
         .page()
         .peek(slot_hash, key, now)

@@ -247,6 +247,73 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+
+    /// The backing store failed (see [`Backing`](crate::Backing)). A failed write-through
+    /// `set` left the cache as it was; a dirty entry that could not be written back is still
+    /// in the cache, still dirty.
+    #[error(
+        "{path}: backing store {op}{} failed: {source}",
+        key.as_deref().map(|k| format!(" of key {}", show_key(k))).unwrap_or_default()
+    )]
+    Backing {
+        /// The cache file.
+        path: PathBuf,
+        /// `load`, `store` or `delete`.
+        op: &'static str,
+        /// The key the store was called for, if one.
+        key: Option<Vec<u8>>,
+        /// What the store returned.
+        #[source]
+        source: crate::BackingError,
+    },
+
+    /// A stored value could not be decoded: it does not decompress, or a typed codec cannot
+    /// read it as the type asked for. Nothing was changed.
+    #[error("{path}: the value of key {} does not decode: {source}", show_key(key))]
+    Decode {
+        /// The cache file.
+        path: PathBuf,
+        /// The key.
+        key: Vec<u8>,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+
+    /// A value could not be encoded by a typed codec. Nothing was changed.
+    #[error(
+        "{path}: the value for key {} does not encode: {source}",
+        show_key(key)
+    )]
+    Encode {
+        /// The cache file.
+        path: PathBuf,
+        /// The key.
+        key: Vec<u8>,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+/// A key for a message: printable ASCII as it is, anything else as `\xNN`, at most 100 bytes.
+fn show_key(key: &[u8]) -> String {
+    let mut out = String::from("\"");
+    for &b in key.iter().take(100) {
+        match b {
+            b'\\' | b'"' => {
+                out.push('\\');
+                out.push(b as char);
+            }
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    if key.len() > 100 {
+        out.push('…');
+    }
+    out.push('"');
+    out
 }
 
 /// `Result` with this crate's [`Error`].
@@ -270,5 +337,20 @@ mod tests {
             max: 65148,
         };
         assert!(e.to_string().contains("/tmp/x.cache"), "{e}");
+    }
+
+    #[test]
+    fn keys_are_shown_escaped() {
+        let e = Error::Backing {
+            path: "/tmp/x.cache".into(),
+            op: "store",
+            key: Some(b"a\"b\xff".to_vec()),
+            source: "database is locked".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "/tmp/x.cache: backing store store of key \"a\\\"b\\xff\" failed: database is locked"
+        );
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

@@ -2,9 +2,11 @@
 #![deny(unsafe_code, missing_docs)]
 #![warn(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+mod backing;
 mod builder;
 mod cache;
 mod clock;
+mod compress;
 mod error;
 mod expiry;
 mod layout;
@@ -18,11 +20,19 @@ pub mod page;
 pub mod session;
 mod stats;
 mod store;
+#[cfg(feature = "serde")]
+pub mod typed;
+mod update;
 
+pub use backing::{Backing, BackingError, WriteMode};
 pub use builder::CacheBuilder;
 pub use cache::{Cache, Entry, EntryFlags, Iter, PageProblem, Update};
 pub use clock::{Clock, ManualClock};
+pub use compress::Compression;
 pub use error::{Error, Result};
 pub use expiry::Expiry;
 pub use layout::{Layout, LockKind};
 pub use stats::{PageStats, Stats};
+#[cfg(feature = "serde")]
+pub use typed::TypedCache;
+pub use update::Existing;

@@ -43,6 +43,12 @@
 //!   used above (Perl's `test_file => 1` on a copy, which re-initialises every page that fails
 //!   Perl's `_mmc_test_page`, so a changed copy names the bad pages) does catch damage.
 //!
+//! - **Write-back's dirty flag both ways** ([`perl_dirty_entries_are_flushed_by_rust`],
+//!   [`rust_dirty_entries_are_written_back_by_perl`], with `tests/perl/write_back.pl`): entries
+//!   Perl stores in `write_action => 'write_back'` mode carry the dirty flag that a Rust
+//!   write-back handle writes to its backing store (and clears, so Perl's `empty` then writes
+//!   nothing); entries a Rust write-back handle stores are written back by Perl's `empty`.
+//!
 //! If `perl` or Cache::FastMmap is missing, every test prints a banner straight to the terminal
 //! and passes without running; with `FASTMMAP_REQUIRE_PERL=1` (set by CI) it fails instead.
 //! The whole file takes about a second; `FASTMMAP_STRESS=long` runs the two concurrent tests
@@ -1597,4 +1603,165 @@ fn perl_page_check_detects_a_damaged_page() {
         problems.iter().map(|p| p.page).collect::<Vec<_>>(),
         [target]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Write-back: the dirty flag, both ways
+
+/// A backing store that records what reaches it.
+#[derive(Clone, Default)]
+struct Recorder(std::sync::Arc<std::sync::Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>);
+
+impl fastmmap::Backing for Recorder {
+    fn load(&self, _: &[u8]) -> Result<Option<Vec<u8>>, fastmmap::BackingError> {
+        Ok(None)
+    }
+    fn store(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        _: Option<SystemTime>,
+    ) -> Result<(), fastmmap::BackingError> {
+        self.0.lock().unwrap().insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+    fn delete(&self, key: &[u8]) -> Result<(), fastmmap::BackingError> {
+        self.0.lock().unwrap().remove(key);
+        Ok(())
+    }
+}
+
+/// Runs `tests/perl/write_back.pl COMMAND`; the `(key, value)` pairs its write callback got.
+fn run_write_back_pl(
+    path: &Path,
+    geo: Geometry,
+    command: &str,
+    input: &str,
+) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut child = Command::new("perl")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/perl/write_back.pl"))
+        .arg(command)
+        .arg(path)
+        .arg(geo.num_pages.to_string())
+        .arg(geo.page_size.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn perl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write to perl");
+    let out = child.wait_with_output().expect("wait for perl");
+    assert!(
+        out.status.success(),
+        "write_back.pl {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("ASCII");
+    assert_eq!(text.lines().last(), Some("done"), "{text}");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("wb "))
+        .map(|l| {
+            let (k, v) = l.split_once(' ').expect("wb KEY VALUE");
+            (unhex(k), unhex(v))
+        })
+        .collect()
+}
+
+fn write_back_pairs(tag: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    (0..40u32)
+        .map(|i| {
+            let key = format!("{tag}:{i}").into_bytes();
+            let mut value = format!("{tag} value {i} ").into_bytes();
+            value.extend((0..i % 7).map(|b| b as u8 * 37)); // some binary
+            (key, value)
+        })
+        .collect()
+}
+
+#[test]
+fn perl_dirty_entries_are_flushed_by_rust() {
+    if !perl_available("perl_dirty_entries_are_flushed_by_rust") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wb-perl");
+    let geo = Geometry {
+        num_pages: 5,
+        page_size: 16384,
+    };
+    let store = Recorder::default();
+    let cache = geo
+        .builder(&path)
+        .backing(store.clone())
+        .write_mode(fastmmap::WriteMode::Back)
+        .open()
+        .unwrap();
+    let pairs = write_back_pairs("perl");
+    let input: String = pairs
+        .iter()
+        .map(|(k, v)| format!("{} {}\n", hex(k), hex(v)))
+        .collect();
+    let written = run_write_back_pl(&path, geo, "set", &input);
+    assert!(written.is_empty(), "nothing evicted: {written:?}");
+    for (k, v) in &pairs {
+        let e = cache.entry(k).unwrap().expect("Perl's entry");
+        assert_eq!(&e.value, v);
+        assert!(
+            e.flags.is_dirty(),
+            "Perl's write-back entries carry the dirty flag"
+        );
+    }
+    assert_eq!(cache.flush().unwrap(), pairs.len());
+    assert_eq!(
+        *store.0.lock().unwrap(),
+        pairs,
+        "Rust wrote back what Perl stored"
+    );
+    assert!(cache.iter().all(|r| !r.unwrap().1.flags.is_dirty()));
+    // Perl sees the entries clean: its empty() writes nothing back.
+    let again = run_write_back_pl(&path, geo, "empty", "");
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(cache.keys().count(), 0);
+}
+
+#[test]
+fn rust_dirty_entries_are_written_back_by_perl() {
+    if !perl_available("rust_dirty_entries_are_written_back_by_perl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wb-rust");
+    let geo = Geometry {
+        num_pages: 5,
+        page_size: 16384,
+    };
+    let store = Recorder::default();
+    let cache = geo
+        .builder(&path)
+        .backing(store.clone())
+        .write_mode(fastmmap::WriteMode::Back)
+        .open()
+        .unwrap();
+    let pairs = write_back_pairs("rust");
+    for (k, v) in &pairs {
+        cache.set(k, v).unwrap();
+    }
+    cache.set(b"clean", b"flushed").unwrap();
+    cache.evict(b"clean").unwrap();
+    cache.get(b"clean").unwrap();
+    assert!(
+        store.0.lock().unwrap().len() == 1,
+        "only the evicted key reached Rust's store"
+    );
+    let written = run_write_back_pl(&path, geo, "empty", "");
+    assert_eq!(
+        written, pairs,
+        "Perl's empty() wrote back every dirty Rust entry"
+    );
+    assert_eq!(cache.keys().count(), 0);
 }

@@ -121,6 +121,25 @@ struct Damage {
 }
 
 impl Fixture {
+    /// Cache::FastMmap's format has no checksums, and its hash moves little when one bit of a
+    /// key changes: a flipped key bit can leave an entry consistent with its page (as a
+    /// `multi_set` page-key entry: a prefix before a '-' that hashes to this page) and with its
+    /// slot hash. Nothing can tell that from a stored key. Allowed for exactly that: a key
+    /// one bit away from a stored key of the damaged page, in that layout.
+    fn undetectable_key(&self, k: &[u8], in_page: &HashSet<Vec<u8>>) -> bool {
+        let one_bit_off = |s: &Vec<u8>| {
+            s.len() == k.len()
+                && s.iter()
+                    .zip(k)
+                    .map(|(a, b)| (a ^ b).count_ones())
+                    .sum::<u32>()
+                    == 1
+        };
+        self.layout == Layout::FastMmap
+            && !self.values.contains_key(k)
+            && in_page.iter().any(one_bit_off)
+    }
+
     fn new(layout: Layout) -> Fixture {
         let dir = temp_dir();
         let path = dir.path().join("corrupt");
@@ -414,6 +433,14 @@ impl Fixture {
         let mut seen_elsewhere = HashSet::new();
         for item in self.cache.iter() {
             let (k, e) = item.unwrap_or_else(|e| panic!("{ctx}: iter: {e}"));
+            // Cache::FastMmap's format has no checksums, and its hash moves little when one
+            // bit of a key changes: a flipped key bit can leave an entry that is consistent
+            // with its page (as a `multi_set` page-key entry: a prefix before a '-' that hashes
+            // to this page) and its slot hash. Nothing can tell that from a stored key; it is
+            // allowed only for exactly that: one bit of one stored key of the damaged page.
+            if self.undetectable_key(&k, &in_page) {
+                continue;
+            }
             assert!(
                 self.values.contains_key(&k),
                 "{ctx}: iter yielded a key that was never stored: {:?} ({} value bytes)",
@@ -437,7 +464,7 @@ impl Fixture {
         for k in self.cache.keys() {
             let k = k.unwrap_or_else(|e| panic!("{ctx}: keys: {e}"));
             assert!(
-                self.values.contains_key(&k),
+                self.values.contains_key(&k) || self.undetectable_key(&k, &in_page),
                 "{ctx}: keys() yielded a key never stored: {k:?}"
             );
         }

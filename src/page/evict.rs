@@ -1,6 +1,7 @@
 //! Eviction and compaction: Cache::FastMmap's expunge, rebuilding the page in place.
 
 use super::Corrupt;
+use super::dirty::Dirty;
 use super::entry::EntryLoc;
 use super::format::*;
 use super::header::PageHeader;
@@ -38,19 +39,36 @@ impl PageMut<'_> {
     /// Evicts per `mode` and compacts the survivors. Returns how many entries were dropped.
     pub fn evict(&mut self, mode: Evict, now: u32, start_slots: u32) -> Result<usize, Corrupt> {
         let hdr = self.checked_header()?;
-        self.evict_checked(hdr, mode, now, start_slots)
-            .map(|(dropped, _)| dropped)
+        self.evict_checked(hdr, mode, now, start_slots, None)
+            .map(|done| done.map_or(0, |(dropped, _)| dropped))
+    }
+
+    /// [`evict`](Self::evict), doing with the dirty (write-back) entries it drops what `dirty`
+    /// says (see [`Dirty`]). Returns how many entries were dropped, or `None` when `dirty`
+    /// refuses to drop the dirty entries it copied out (the page is then unchanged).
+    pub fn evict_dirty(
+        &mut self,
+        mode: Evict,
+        now: u32,
+        start_slots: u32,
+        dirty: &mut Dirty<'_>,
+    ) -> Result<Option<usize>, Corrupt> {
+        let hdr = self.checked_header()?;
+        self.evict_checked(hdr, mode, now, start_slots, Some(dirty))
+            .map(|done| done.map(|(dropped, _)| dropped))
     }
 
     /// [`evict`](Self::evict) on a page whose header `hdr` the caller has just checked.
-    /// Returns how many entries were dropped and the page's header afterwards.
+    /// Returns how many entries were dropped and the page's header afterwards, or `None` when
+    /// `dirty` refused to let dirty entries go (nothing changed).
     pub(super) fn evict_checked(
         &mut self,
         hdr: PageHeader,
         mode: Evict,
         now: u32,
         start_slots: u32,
-    ) -> Result<(usize, PageHeader), Corrupt> {
+        dirty: Option<&mut Dirty<'_>>,
+    ) -> Result<Option<(usize, PageHeader)>, Corrupt> {
         let n = hdr.num_slots;
         if n == 0 {
             return Err(Corrupt("page has no slots"));
@@ -58,8 +76,11 @@ impl PageMut<'_> {
         if let Evict::MakeRoom(len) = mode
             && has_room(&hdr, len)
         {
-            return Ok((0, hdr));
+            return Ok(Some((0, hdr)));
         }
+        // Dirty entries among the dropped ones are only looked for when someone asks.
+        let mut gone: Vec<EntryLoc> = Vec::new();
+        let watch = dirty.is_some();
 
         let page_size = self.buf.len();
         let (data_start, data_end) = self.data_bounds(&hdr);
@@ -74,6 +95,9 @@ impl PageMut<'_> {
             let loc = EntryLoc::read(self.buf, word, data_start, data_end)?;
             if mode == Evict::All || is_expired(loc.expire_on, now) {
                 dropped += 1;
+                if watch {
+                    gone.push(loc);
+                }
                 continue;
             }
             // Entries that fit the data area only together with others overlap them (many
@@ -129,6 +153,9 @@ impl PageMut<'_> {
                 cut += 1;
             }
             dropped += cut;
+            if watch {
+                gone.extend_from_slice(&keep[..cut]);
+            }
             keep.drain(..cut);
             if keep.is_empty() && len > capacity {
                 // Only a slot table grown past what this entry allows stands in the way.
@@ -138,8 +165,13 @@ impl PageMut<'_> {
         if keep.len() >= new_n as usize {
             return Err(Corrupt("more entries than slots"));
         }
+        if let Some(dirty) = dirty
+            && !dirty.take(self.buf, &gone)
+        {
+            return Ok(None);
+        }
         let hdr = self.rebuild(new_n, &keep)?;
-        Ok((dropped, hdr))
+        Ok(Some((dropped, hdr)))
     }
 
     /// Rewrites the page with `num_slots` slots holding exactly `keep`, compacted in the order

@@ -42,9 +42,15 @@ pub const FLAG_UTF8_KEY: u32 = 0x4000_0000;
 pub const FLAG_UNDEF: u32 = 0x2000_0000;
 pub const FLAG_TOMBSTONE: u32 = 0x1000_0000;
 pub const FLAG_HAS_MODSEQ: u32 = 0x0800_0000;
-/// Write-back: not yet written to the backing store (reserved for the backing-store layer).
-#[allow(dead_code)]
+/// Write-back: not yet written to the backing store (Cache::FastMmap's `FC_ISDIRTY`).
 pub const FLAG_DIRTY: u32 = 0x0000_0001;
+/// The value is compressed (fastmmap only; Perl does not know these bits): the two bits
+/// name the compressor. Perl's own compressors leave no flag.
+pub const FLAG_COMPRESSION: u32 = 0x0600_0000;
+/// `FLAG_COMPRESSION` value: LZ4 block with a little-endian u32 length prefix (lz4_flex).
+pub const FLAG_LZ4: u32 = 0x0200_0000;
+/// `FLAG_COMPRESSION` value: one zstd frame.
+pub const FLAG_ZSTD: u32 = 0x0400_0000;
 
 /// Fewest slots a page may have (Cache::FastMmap's default and floor).
 pub const MIN_SLOTS: u32 = 89;

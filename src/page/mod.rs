@@ -5,6 +5,7 @@
 
 mod bytes;
 mod check;
+mod dirty;
 mod entry;
 mod evict;
 pub mod format;
@@ -14,6 +15,8 @@ mod view;
 
 pub use bytes::PageBytes;
 pub use check::check_page;
+#[allow(unused_imports)] // part of the page API used by tests and fuzz targets
+pub use dirty::{Dirty, DirtyCopy, count_dirty};
 pub use entry::EntryRef;
 pub use evict::Evict;
 pub use header::PageHeader;

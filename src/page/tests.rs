@@ -455,3 +455,222 @@ impl PageMut<'_> {
         Ok(n)
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Write-back: dirty entries are copied out before they are dropped
+
+fn dirty_store<'k>(key: &'k [u8], value: &'k [u8]) -> NewEntry<'k> {
+    NewEntry {
+        flags: FLAG_DIRTY,
+        ..store(key, value, 0)
+    }
+}
+
+fn dirty_keys(buf: &[u8]) -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = PageView::new(buf)
+        .dirty_entries()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.key)
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn refusing_stores_change_nothing_and_report_the_dirty_entries_in_the_way() {
+    let mut buf = fresh(4096);
+    for i in 0..30u8 {
+        let key = [b'd', i];
+        let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+        let mut out = Vec::new();
+        let outcome = page
+            .store_dirty(
+                &dirty_store(&key, &[i; 100]),
+                NOW,
+                MIN_SLOTS,
+                false,
+                &mut Dirty::refuse(&mut out),
+            )
+            .unwrap();
+        if outcome.is_none() {
+            // The page is full of dirty entries: nothing changed, the victims were reported.
+            let before = buf.clone();
+            assert!(!out.is_empty());
+            let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+            let mut again = Vec::new();
+            assert_eq!(
+                page.store_dirty(
+                    &dirty_store(&key, &[i; 100]),
+                    NOW,
+                    MIN_SLOTS,
+                    false,
+                    &mut Dirty::refuse(&mut again)
+                )
+                .unwrap(),
+                None
+            );
+            assert_eq!(buf, before, "a refused store changes nothing");
+            // Written back: mark them clean, and the store goes through, dropping them.
+            let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+            for copy in &out {
+                assert!(page.mark_clean(copy).unwrap());
+                assert!(!page.mark_clean(copy).unwrap(), "already clean");
+            }
+            let mut more = Vec::new();
+            let stored = page
+                .store_dirty(
+                    &dirty_store(&key, &[i; 100]),
+                    NOW,
+                    MIN_SLOTS,
+                    false,
+                    &mut Dirty::refuse(&mut more),
+                )
+                .unwrap();
+            assert_eq!(stored, Some(StoreOutcome::Stored));
+            assert!(more.is_empty());
+            for copy in &out {
+                assert_eq!(
+                    get(&mut buf, &copy.key, NOW),
+                    None,
+                    "the clean victims went"
+                );
+            }
+            return;
+        }
+        assert!(out.is_empty());
+    }
+    panic!("a 4 KiB page never filled with 30 entries of 100 bytes");
+}
+
+#[test]
+fn superseding_a_dirty_entry_is_no_drop_but_a_read_through_replacing_one_is() {
+    let mut buf = fresh(4096);
+    let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+    page.store(
+        &NewEntry {
+            expire_on: NOW + 1,
+            ..dirty_store(b"k", b"old")
+        },
+        NOW,
+        MIN_SLOTS,
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let mut dirty = Dirty::refuse(&mut out);
+    assert_eq!(
+        page.store_dirty(
+            &dirty_store(b"k", b"new"),
+            NOW + 5,
+            MIN_SLOTS,
+            true,
+            &mut dirty
+        )
+        .unwrap(),
+        Some(StoreOutcome::Stored)
+    );
+    assert!(out.is_empty(), "a newer value of the key is no loss");
+
+    let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+    page.store(
+        &NewEntry {
+            expire_on: NOW + 1,
+            ..dirty_store(b"k", b"dirty")
+        },
+        NOW,
+        MIN_SLOTS,
+    )
+    .unwrap();
+    let mut dirty = Dirty::refuse(&mut out);
+    dirty.replacing_drops = true;
+    assert_eq!(
+        page.store_dirty(
+            &store(b"k", b"loaded", 0),
+            NOW + 5,
+            MIN_SLOTS,
+            false,
+            &mut dirty
+        )
+        .unwrap(),
+        None,
+        "an expired dirty value must be written back before a read-through replaces it"
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].key.as_slice(), out[0].value.as_slice()),
+        (&b"k"[..], &b"dirty"[..])
+    );
+    assert_eq!(out[0].expire_on, NOW + 1);
+}
+
+#[test]
+fn counting_the_dirty_entries_of_a_damaged_page() {
+    let mut buf = fresh(8192);
+    let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+    for i in 0..10u8 {
+        let key = [i];
+        let req = if i % 3 == 0 {
+            store(&key, b"clean", 0)
+        } else {
+            dirty_store(&key, b"dirty")
+        };
+        page.store(&req, NOW, MIN_SLOTS).unwrap();
+    }
+    assert_eq!(count_dirty(&buf), 6);
+    assert_eq!(dirty_keys(&buf).len(), 6);
+    // Damage the header the way a killed rebuild does: the count still reads the slots.
+    buf[MAGIC_OFFSET..MAGIC_OFFSET + 4].fill(0);
+    assert_eq!(count_dirty(&buf), 6);
+    // Garbage counts nothing, and never panics.
+    assert_eq!(count_dirty(&[0xff; 4096]), 0);
+    assert_eq!(count_dirty(&[]), 0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 100, ..ProptestConfig::default() })]
+
+    /// Under `Dirty::collect`, a dirty value never leaves the page without a copy: every dirty
+    /// key the model holds is, after each operation, still dirty in the page with its value,
+    /// or superseded by a later store of its key, or among the copies.
+    #[test]
+    fn dirty_values_never_vanish(ops in proptest::collection::vec(
+        (0u8..40, 0usize..300, any::<bool>(), 0u8..4, 0u8..8), 1..250)
+    ) {
+        let mut buf = fresh(4096);
+        let mut dirty: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        let mut now = NOW;
+        for (k, len, is_dirty, expiry, what) in ops {
+            let key = vec![b'k', k];
+            let value = vec![k ^ len as u8; len];
+            let mut out = Vec::new();
+            let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+            match what {
+                0 => { page.evict_dirty(Evict::Expired, now, MIN_SLOTS, &mut Dirty::collect(&mut out)).unwrap(); }
+                1 => now += u32::from(expiry),
+                _ => {
+                    let req = NewEntry {
+                        flags: if is_dirty { FLAG_DIRTY } else { 0 },
+                        expire_on: if expiry == 0 { 0 } else { now + u32::from(expiry) },
+                        ..store(&key, &value, 0)
+                    };
+                    page.store_dirty(&req, now, MIN_SLOTS, false, &mut Dirty::collect(&mut out)).unwrap();
+                    // The new store supersedes the key's old value either way.
+                    dirty.remove(&key);
+                    if is_dirty {
+                        dirty.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+            for copy in out {
+                prop_assert_eq!(dirty.remove(&copy.key), Some(copy.value), "copied out once, as stored");
+            }
+            let still: HashMap<Vec<u8>, Vec<u8>> = PageView::new(&buf)
+                .dirty_entries()
+                .unwrap()
+                .into_iter()
+                .map(|c| (c.key, c.value))
+                .collect();
+            prop_assert_eq!(&still, &dirty, "every dirty value is in the page or was copied");
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //! counters are adjusted after that; they are advisory and recounted by every rebuild.
 
 use super::Corrupt;
+use super::dirty::Dirty;
 use super::entry::{EntryLoc, EntryRef};
 use super::evict::has_room;
 use super::format::*;
@@ -332,34 +333,78 @@ impl<'a> PageMut<'a> {
         start_slots: u32,
         in_place: bool,
     ) -> Result<StoreOutcome, Corrupt> {
+        // Without `Dirty`, nothing is refused.
+        self.store_checked(req, now, start_slots, in_place, None)
+            .map(|outcome| outcome.unwrap_or(StoreOutcome::Stored))
+    }
+
+    /// As [`store_with`](Self::store_with), doing with the dirty (write-back) entries the store
+    /// would drop — evicted, or its own key's entry replaced when `dirty.replacing_drops` —
+    /// what `dirty` says. `None`: `dirty` refused to drop the dirty entries it copied out,
+    /// and nothing changed.
+    pub fn store_dirty(
+        &mut self,
+        req: &NewEntry,
+        now: u32,
+        start_slots: u32,
+        in_place: bool,
+        dirty: &mut Dirty<'_>,
+    ) -> Result<Option<StoreOutcome>, Corrupt> {
+        self.store_checked(req, now, start_slots, in_place, Some(dirty))
+    }
+
+    fn store_checked(
+        &mut self,
+        req: &NewEntry,
+        now: u32,
+        start_slots: u32,
+        in_place: bool,
+        mut dirty: Option<&mut Dirty<'_>>,
+    ) -> Result<Option<StoreOutcome>, Corrupt> {
+        if let Some(dirty) = dirty.as_deref_mut() {
+            dirty.superseded = None;
+        }
         let max = max_entry_size(self.buf.len(), start_slots);
         let Some(size) = req.entry_size().filter(|&size| size <= max) else {
-            return Ok(StoreOutcome::TooLarge);
+            return Ok(Some(StoreOutcome::TooLarge));
         };
         let hdr = self.checked_header()?;
         let probe = self.probe(&hdr, req.slot_hash, req.key)?;
         if let Probe::Hit { loc, .. } = &probe {
             if let Some(outcome) = self.conditional(loc, req, now) {
-                return Ok(outcome);
+                return Ok(Some(outcome));
+            }
+            if let Some(dirty) = dirty.as_deref_mut() {
+                if dirty.replacing_drops {
+                    if !dirty.take(self.buf, std::slice::from_ref(loc)) {
+                        return Ok(None);
+                    }
+                } else {
+                    // Superseded by the new entry: never a victim of the eviction below.
+                    dirty.superseded = Some(loc.off);
+                }
             }
             if in_place && loc.size() == size {
                 // The entry keeps its offset, so within one second eviction still ranks it by
                 // when it was appended (see the tie-break in `evict`).
                 self.write_entry(loc.off, req, size, now)?;
-                return Ok(StoreOutcome::Stored);
+                return Ok(Some(StoreOutcome::Stored));
             }
         }
         let appended = if has_room(&hdr, size) {
             // Eviction would change nothing: the header and the probe still hold.
             self.append_probed(req, size, now, &hdr, probe)?
         } else {
-            let (_, hdr) =
-                self.evict_checked(hdr, super::Evict::MakeRoom(size), now, start_slots)?;
+            let evicted =
+                self.evict_checked(hdr, super::Evict::MakeRoom(size), now, start_slots, dirty)?;
+            let Some((_, hdr)) = evicted else {
+                return Ok(None);
+            };
             let probe = self.probe(&hdr, req.slot_hash, req.key)?;
             self.append_probed(req, size, now, &hdr, probe)?
         };
         if appended {
-            return Ok(StoreOutcome::Stored);
+            return Ok(Some(StoreOutcome::Stored));
         }
         // Eviction guarantees room and a free slot; a page that still has neither is damaged
         // in a way the header check cannot see. Start it afresh rather than fail the store.
@@ -372,7 +417,7 @@ impl<'a> PageMut<'a> {
         };
         PageMut::init(self.buf, slots);
         if self.append(req, size, now)? {
-            Ok(StoreOutcome::Stored)
+            Ok(Some(StoreOutcome::Stored))
         } else {
             Err(Corrupt("no room in an empty page"))
         }

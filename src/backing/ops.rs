@@ -1,0 +1,476 @@
+//! The cache's operations on a handle with a layer (a backing store, compression):
+//! read-through, write-through and write-back, compressed values. The public methods in
+//! `cache.rs` hand over to these when the handle has a layer.
+
+use crate::Result;
+use crate::backing::store::{Layer, WriteMode};
+use crate::backing::write_back::Kept;
+use crate::cache::{Cache, Entry, Update};
+use crate::clock::from_unix_secs;
+use crate::compress::{decompress, is_compressed};
+use crate::expiry::Expiry;
+use crate::page::format::{FLAG_DIRTY, FLAG_UNDEF};
+use crate::page::{DirtyCopy, NewEntry, StoreOutcome};
+use crate::update::{Existing, is_negative};
+
+/// What a look into the cache found, for read-through.
+enum Look {
+    /// A live value (stored bytes, flags).
+    Hit(Vec<u8>, u32),
+    /// The key is cached as absent.
+    Negative,
+    /// Nothing live; the key's expired dirty entry, if it has one.
+    Miss(Option<DirtyCopy>),
+}
+
+impl Cache {
+    /// The value stored as `stored` with `flags`, decompressed.
+    pub(crate) fn decode_value(&self, key: &[u8], stored: Vec<u8>, flags: u32) -> Result<Vec<u8>> {
+        decompress(stored, flags, self.page_size()).map_err(|e| self.decode_error(key, e))
+    }
+
+    /// Decompresses an entry copied out of the cache.
+    pub(crate) fn decode_entry(&self, key: &[u8], entry: &mut Entry) -> Result<()> {
+        if is_compressed(entry.flags.0) {
+            let stored = std::mem::take(&mut entry.value);
+            entry.value = self.decode_value(key, stored, entry.flags.0)?;
+        }
+        Ok(())
+    }
+
+    /// The bytes and flags to store for `value`.
+    fn encode_value(&self, layer: &Layer, value: &[u8]) -> (Option<Vec<u8>>, u32) {
+        match layer
+            .compression
+            .as_ref()
+            .and_then(|c| c.compress(value, self.page_size()))
+        {
+            Some((packed, flag)) => (Some(packed), flag),
+            None => (None, 0),
+        }
+    }
+
+    fn look(&self, layer: &Layer, key: &[u8], page: u32, slot_hash: u32, now: u32) -> Result<Look> {
+        let mut guard = self.lock_for_change(page)?;
+        let found = guard
+            .page()
+            .get(slot_hash, key, now, self.inner.stats)
+            .map(|e| e.map(|e| (e.value.to_vec(), e.flags)));
+        Ok(match found {
+            Ok(Some((_, flags))) if is_negative(flags) && layer.backing.is_some() => Look::Negative,
+            Ok(Some((value, flags))) => Look::Hit(value, flags),
+            Ok(None) if layer.backing.is_some() => {
+                // An expired dirty entry is written back before the store is read.
+                let found = guard.page().view().find(slot_hash, key).map(|e| {
+                    e.filter(|e| e.flags & FLAG_DIRTY != 0).map(|e| DirtyCopy {
+                        slot_hash,
+                        key: key.to_vec(),
+                        value: e.value.to_vec(),
+                        expire_on: e.expire_on,
+                        flags: e.flags,
+                    })
+                });
+                Look::Miss(found.unwrap_or(None))
+            }
+            Ok(None) => Look::Miss(None),
+            Err(_) => {
+                self.reset_counting(&mut guard);
+                Look::Miss(None)
+            }
+        })
+    }
+
+    /// `get` through a layer: decompression, and read-through on a miss.
+    pub(crate) fn get_layered(&self, layer: &Layer, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if self.inner.read_only {
+            // Shared locks, and nothing to store a read-through in.
+            let found = self.read(key, |e| (e.value.to_vec(), e.flags))?;
+            return match found {
+                Some((_, flags)) if layer.backing.is_some() && is_negative(flags) => Ok(None),
+                Some((stored, flags)) => self.decode_value(key, stored, flags).map(Some),
+                None => Ok(None),
+            };
+        }
+        let (page, slot_hash) = self.locate(key);
+        let now = self.now();
+        match self.look(layer, key, page, slot_hash, now)? {
+            Look::Hit(stored, flags) => self.decode_value(key, stored, flags).map(Some),
+            Look::Negative => Ok(None),
+            Look::Miss(expired_dirty) => self.read_through(layer, key, page, now, expired_dirty),
+        }
+    }
+
+    /// Loads `key` from the backing store and caches it (or, with `cache_not_found`, its
+    /// absence). A value stored meanwhile by someone else wins and is returned.
+    fn read_through(
+        &self,
+        layer: &Layer,
+        key: &[u8],
+        page: u32,
+        now: u32,
+        expired_dirty: Option<DirtyCopy>,
+    ) -> Result<Option<Vec<u8>>> {
+        let Some(backing) = &layer.backing else {
+            return Ok(None);
+        };
+        if let Some(copy) = expired_dirty {
+            let copies = [copy];
+            self.write_back(&copies)?;
+            let mut guard = self.lock_for_change(page)?;
+            self.mark_clean(&mut guard, &copies);
+        }
+        let loaded = backing
+            .load(key)
+            .map_err(|e| self.backing_error("load", Some(key), e))?;
+        let (value, flags) = match &loaded {
+            Some(v) => (v.as_slice(), 0),
+            None if layer.cache_not_found => (&[][..], FLAG_UNDEF),
+            None => return Ok(None),
+        };
+        let (packed, cflags) = self.encode_value(layer, value);
+        let (_, mut req) = self.request(
+            key,
+            packed.as_deref().unwrap_or(value),
+            Expiry::Default,
+            now,
+        );
+        req.flags = flags | cflags;
+        if self.check_size(&req).is_err() {
+            // Too large to cache: handed over all the same.
+            return Ok(loaded);
+        }
+        match self.store_keeping_dirty(&req, page, now, true)? {
+            Kept::Existing(stored, flags) => self.decode_value(key, stored, flags).map(Some),
+            Kept::Stored(_) => Ok(loaded),
+        }
+    }
+
+    /// The entry as the cache holds it, its value decompressed (no read-through).
+    pub(crate) fn entry_layered(&self, key: &[u8]) -> Result<Option<Entry>> {
+        let Some(mut entry) = self.read(key, Entry::from_ref)? else {
+            return Ok(None);
+        };
+        self.decode_entry(key, &mut entry)?;
+        Ok(Some(entry))
+    }
+
+    /// `set` through a layer.
+    pub(crate) fn set_layered(
+        &self,
+        layer: &Layer,
+        key: &[u8],
+        value: &[u8],
+        expiry: Expiry,
+        flags: u32,
+    ) -> Result<bool> {
+        let now = self.now();
+        let (packed, cflags) = self.encode_value(layer, value);
+        let (page, mut req) = self.request(key, packed.as_deref().unwrap_or(value), expiry, now);
+        req.flags = flags | cflags;
+        let Some(backing) = &layer.backing else {
+            return Ok(self.store(&req, page, now)? != StoreOutcome::Refused);
+        };
+        self.check_size(&req)?;
+        match layer.mode {
+            WriteMode::Through => {
+                let expires_at = (req.expire_on != 0).then(|| from_unix_secs(req.expire_on));
+                backing
+                    .store(key, value, expires_at)
+                    .map_err(|e| self.backing_error("store", Some(key), e))?;
+            }
+            WriteMode::Back => req.flags |= FLAG_DIRTY,
+        }
+        match self.store_keeping_dirty(&req, page, now, false)? {
+            Kept::Stored(outcome) => Ok(outcome != StoreOutcome::Refused),
+            Kept::Existing(..) => unreachable!("only stores with if_absent find a value"),
+        }
+    }
+
+    /// `set_many` through a layer: one `set` per pair, after checking that all fit.
+    pub(crate) fn set_many_layered<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        layer: &Layer,
+        pairs: &[(K, V)],
+    ) -> Result<usize> {
+        let now = self.now();
+        for (k, v) in pairs {
+            let (packed, _) = self.encode_value(layer, v.as_ref());
+            let value = packed.as_deref().unwrap_or(v.as_ref());
+            self.check_size(&self.request(k.as_ref(), value, Expiry::Default, now).1)?;
+        }
+        let mut stored = 0;
+        for (k, v) in pairs {
+            if self.set_layered(layer, k.as_ref(), v.as_ref(), Expiry::Default, 0)? {
+                stored += 1;
+            }
+        }
+        Ok(stored)
+    }
+
+    /// `remove` through a layer: the backing store first, then the cache.
+    pub(crate) fn remove_layered(&self, layer: &Layer, key: &[u8]) -> Result<bool> {
+        if let Some(backing) = &layer.backing {
+            backing
+                .delete(key)
+                .map_err(|e| self.backing_error("delete", Some(key), e))?;
+        }
+        let (page, slot_hash) = self.locate(key);
+        let now = self.now();
+        let mut guard = self.lock_for_change(page)?;
+        let removed = self.change_counting(&mut guard, |p| p.remove(slot_hash, key, now));
+        Ok(removed
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.was_live && !(layer.backing.is_some() && is_negative(r.flags))))
+    }
+
+    /// `take` through a layer: removed from the cache under its lock, then deleted from the
+    /// backing store; if that fails, the entry goes back into the cache (unless the key was
+    /// stored meanwhile) and the take fails.
+    pub(crate) fn take_layered(&self, layer: &Layer, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let (page, slot_hash) = self.locate(key);
+        let now = self.now();
+        let taken = {
+            let mut guard = self.lock_for_change(page)?;
+            let found = guard
+                .page()
+                .get(slot_hash, key, now, self.inner.stats)
+                .map(|e| e.map(|e| (e.value.to_vec(), e.flags, e.expire_on)));
+            match found {
+                Ok(Some(found)) => {
+                    let _ = self.change_counting(&mut guard, |p| p.remove(slot_hash, key, now));
+                    Some(found)
+                }
+                Ok(None) => None,
+                Err(_) => {
+                    self.reset_counting(&mut guard);
+                    None
+                }
+            }
+        };
+        let Some(backing) = &layer.backing else {
+            return taken
+                .map(|(stored, flags, _)| self.decode_value(key, stored, flags))
+                .transpose();
+        };
+        match taken {
+            Some((_, flags, _)) if is_negative(flags) => Ok(None),
+            Some((stored, flags, expire_on)) => {
+                if let Err(e) = backing.delete(key) {
+                    let req = NewEntry {
+                        slot_hash,
+                        key,
+                        value: &stored,
+                        expire_on,
+                        flags,
+                        modseq: None,
+                    };
+                    let _ = self.store_keeping_dirty(&req, page, now, true);
+                    return Err(self.backing_error("delete", Some(key), e));
+                }
+                self.decode_value(key, stored, flags).map(Some)
+            }
+            None => {
+                let loaded = backing
+                    .load(key)
+                    .map_err(|e| self.backing_error("load", Some(key), e))?;
+                if loaded.is_some() {
+                    backing
+                        .delete(key)
+                        .map_err(|e| self.backing_error("delete", Some(key), e))?;
+                }
+                Ok(loaded)
+            }
+        }
+    }
+
+    /// `get_or_insert_with` through a layer: read-through first; a computed value is stored
+    /// as `set` would store it (write-through: in the cache, dirty, then in the backing store,
+    /// then marked clean).
+    pub(crate) fn get_or_insert_layered(
+        &self,
+        layer: &Layer,
+        key: &[u8],
+        f: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        if let Some(v) = self.get_layered(layer, key)? {
+            return Ok(v);
+        }
+        if self.inner.read_only {
+            return Err(crate::Error::ReadOnly {
+                path: self.path().to_path_buf(),
+            });
+        }
+        let value = f();
+        let now = self.now();
+        let (packed, cflags) = self.encode_value(layer, &value);
+        let (page, mut req) = self.request(
+            key,
+            packed.as_deref().unwrap_or(&value),
+            Expiry::Default,
+            now,
+        );
+        req.flags = cflags
+            | if layer.backing.is_some() {
+                FLAG_DIRTY
+            } else {
+                0
+            };
+        match self.store_keeping_dirty(&req, page, now, true)? {
+            Kept::Existing(stored, flags) => self.decode_value(key, stored, flags),
+            Kept::Stored(_) => {
+                self.write_through(layer, &req, page)?;
+                Ok(value)
+            }
+        }
+    }
+
+    /// For write-through: an entry just stored dirty goes to the backing store, then is marked
+    /// clean (unless changed meanwhile). If the store fails, it stays dirty, for `flush` or the
+    /// eviction that drops it.
+    fn write_through(&self, layer: &Layer, req: &NewEntry<'_>, page: u32) -> Result<()> {
+        if layer.mode != WriteMode::Through || layer.backing.is_none() {
+            return Ok(());
+        }
+        let copies = [DirtyCopy {
+            slot_hash: req.slot_hash,
+            key: req.key.to_vec(),
+            value: req.value.to_vec(),
+            expire_on: req.expire_on,
+            flags: req.flags,
+        }];
+        self.write_back(&copies)?;
+        let mut guard = self.lock_for_change(page)?;
+        self.mark_clean(&mut guard, &copies);
+        Ok(())
+    }
+
+    /// `update` through a layer. A miss is read through first, so that the closure sees the
+    /// backing store's value. The new value is stored dirty under the lock; write-through
+    /// then writes it to the backing store and marks it clean. Dirty entries its store evicts
+    /// (under the lock it must keep) are written back after unlocking.
+    pub(crate) fn update_layered<R>(
+        &self,
+        layer: &Layer,
+        key: &[u8],
+        f: impl FnOnce(Option<Existing<'_>>) -> (Update, R),
+    ) -> Result<(Option<Vec<u8>>, R)> {
+        let (page, slot_hash) = self.locate(key);
+        let now = self.now();
+        let slots = self.inner.geometry.start_slots;
+        let backed = layer.backing.is_some();
+        let mut loaded_once = false;
+        let mut guard = loop {
+            let mut guard = self.lock_for_change(page)?;
+            let live = guard
+                .page()
+                .peek(slot_hash, key, now)
+                .map(|e| e.map(|e| e.flags));
+            let missing = match live {
+                Ok(Some(_)) => false,
+                Ok(None) => true,
+                Err(_) => {
+                    self.reset_counting(&mut guard);
+                    true
+                }
+            };
+            if !(missing && backed) || loaded_once {
+                break guard;
+            }
+            drop(guard);
+            loaded_once = true;
+            self.get_layered(layer, key)?;
+        };
+        // The closure sees the value decompressed, under the lock.
+        let current = guard
+            .page()
+            .get(slot_hash, key, now, self.inner.stats)
+            .map(|e| e.map(|e| (e.value.to_vec(), Entry::from_ref(&e))));
+        let current = match current {
+            Ok(Some((_, e))) if backed && is_negative(e.flags.0) => None,
+            Ok(Some((stored, e))) => Some((self.decode_value(key, stored, e.flags.0)?, e)),
+            Ok(None) => None,
+            Err(_) => {
+                self.reset_counting(&mut guard);
+                None
+            }
+        };
+        let existing = current.as_ref().map(|(value, e)| Existing {
+            value,
+            expires_at: e.expires_at,
+            last_access: e.last_access,
+            flags: e.flags,
+        });
+        let (decision, r) = f(existing);
+        let (value, expiry) = match decision {
+            Update::Keep => return Ok((current.map(|(v, _)| v), r)),
+            Update::Remove => {
+                let old = guard
+                    .page()
+                    .peek(slot_hash, key, now)
+                    .ok()
+                    .flatten()
+                    .map(|e| (e.value.to_vec(), e.flags, e.expire_on));
+                let _ = self.change_counting(&mut guard, |p| p.remove(slot_hash, key, now));
+                drop(guard);
+                if let (Some(backing), Some((stored, flags, expire_on))) = (&layer.backing, old)
+                    && let Err(e) = backing.delete(key)
+                {
+                    let req = NewEntry {
+                        slot_hash,
+                        key,
+                        value: &stored,
+                        expire_on,
+                        flags,
+                        modseq: None,
+                    };
+                    let _ = self.store_keeping_dirty(&req, page, now, true);
+                    return Err(self.backing_error("delete", Some(key), e));
+                }
+                return Ok((None, r));
+            }
+            Update::Set(v) => (v, Expiry::Default),
+            Update::SetWith(v, e) => (v, e),
+        };
+        let (packed, cflags) = self.encode_value(layer, &value);
+        let (_, mut req) = self.request(key, packed.as_deref().unwrap_or(&value), expiry, now);
+        req.flags = cflags | if backed { FLAG_DIRTY } else { 0 };
+        let in_place = self.layout() == crate::Layout::Native;
+        let mut evicted = Vec::new();
+        let mut dirty = crate::page::Dirty::collect(&mut evicted);
+        let stored = match self.change_counting(&mut guard, |p| {
+            p.store_dirty(&req, now, slots, in_place, &mut dirty)
+        }) {
+            Ok(stored) => stored,
+            Err(_) => self
+                .change_counting(&mut guard, |p| {
+                    p.store_dirty(&req, now, slots, in_place, &mut dirty)
+                })
+                .map_err(|c| self.corrupt(page, c))?,
+        };
+        let refused = match stored {
+            Some(StoreOutcome::TooLarge) => return Err(self.too_large(&req)),
+            Some(StoreOutcome::Refused) => true,
+            _ => false,
+        };
+        let now_held = refused.then(|| {
+            guard
+                .page()
+                .peek(slot_hash, key, now)
+                .ok()
+                .flatten()
+                .map(|e| (e.value.to_vec(), e.flags))
+        });
+        drop(guard);
+        self.write_back(&evicted)?;
+        if let Some(held) = now_held {
+            return Ok((
+                held.map(|(stored, flags)| self.decode_value(key, stored, flags))
+                    .transpose()?,
+                r,
+            ));
+        }
+        self.write_through(layer, &req, page)?;
+        Ok((Some(value), r))
+    }
+}

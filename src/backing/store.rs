@@ -1,0 +1,90 @@
+//! The `Backing` trait and the per-handle settings that put a store behind a cache.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// The error a [`Backing`] returns; it reaches the caller as
+/// [`Error::Backing`](crate::Error::Backing), as its `source`.
+pub type BackingError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A store behind the cache: a database, a file, another cache tier. Given to
+/// [`CacheBuilder::backing`](crate::CacheBuilder::backing).
+///
+/// - **Read-through**: a `get` that misses calls [`load`](Self::load) and caches what it
+///   returns (with [`cache_not_found`](crate::CacheBuilder::cache_not_found), a key the store
+///   does not have is cached as absent too, so the store is asked once).
+/// - **Writes**: with [`WriteMode::Through`] a `set` calls [`store`](Self::store) before it
+///   changes the cache; with [`WriteMode::Back`] it marks the entry dirty, and whichever
+///   process later drops the entry (evicts it, purges it once expired, clears the cache)
+///   writes it back first; [`Cache::flush`](crate::Cache::flush) writes back every dirty
+///   entry. `remove` calls [`delete`](Self::delete).
+///
+/// The cache never calls the store while it holds a page lock, so a store may use the cache
+/// itself. Every call may happen in any process that shares the cache file, from any thread,
+/// and concurrently: a store opened in a parent is used by its forked children, so it must
+/// open its connections lazily in each process (after the fork), not share one across a fork.
+///
+/// Two processes may write back the same key at nearly the same time (one dropping an older
+/// value, the other a newer one), and the calls are not ordered with each other. Where keys
+/// are written from several processes and the order matters, make `store` keep the newer of
+/// two values (for example by a version carried in the value).
+pub trait Backing: Send + Sync + 'static {
+    /// The value stored under `key`, or `None` if the store has none.
+    ///
+    /// # Errors
+    /// Any failure of the store; the cache's call fails with `Error::Backing`.
+    fn load(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackingError>;
+
+    /// Stores `value` under `key`. `expires_at` is when the cache entry expires (or expired:
+    /// a write-back of an expired entry says so), for stores that care; Perl's `write_cb` gets
+    /// the same.
+    ///
+    /// # Errors
+    /// Any failure of the store; the cache's call fails with `Error::Backing`, and a dirty
+    /// entry that could not be written back stays in the cache, still dirty.
+    fn store(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expires_at: Option<SystemTime>,
+    ) -> Result<(), BackingError>;
+
+    /// Deletes `key` from the store (absent already is not an error).
+    ///
+    /// # Errors
+    /// Any failure of the store; the cache's call fails with `Error::Backing`.
+    fn delete(&self, key: &[u8]) -> Result<(), BackingError>;
+}
+
+/// When a `set` reaches the [`Backing`] store (Cache::FastMmap's `write_action`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WriteMode {
+    /// Every `set` stores in the backing store first, then in the cache; if the store fails,
+    /// the cache keeps what it had (Perl's `write_through`, the default).
+    #[default]
+    Through,
+    /// A `set` only marks the cache entry dirty; it is written to the store when an entry is
+    /// dropped from the cache, or by [`Cache::flush`](crate::Cache::flush) (Perl's
+    /// `write_back`).
+    Back,
+}
+
+/// What a handle puts between its callers and the pages: a backing store, compression.
+pub(crate) struct Layer {
+    pub(crate) backing: Option<Arc<dyn Backing>>,
+    pub(crate) mode: WriteMode,
+    pub(crate) cache_not_found: bool,
+    pub(crate) compression: Option<crate::compress::Compression>,
+}
+
+impl std::fmt::Debug for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Layer")
+            .field("backing", &self.backing.is_some())
+            .field("mode", &self.mode)
+            .field("cache_not_found", &self.cache_not_found)
+            .field("compression", &self.compression)
+            .finish()
+    }
+}

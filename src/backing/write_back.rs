@@ -1,0 +1,355 @@
+//! Write-back without losing writes: a dirty entry is written to the backing store *before*
+//! it leaves the cache.
+//!
+//! An operation that would drop dirty entries (a store that must evict, a purge, a clear)
+//! first runs with [`Dirty::refuse`]: the page copies the dirty entries out and changes
+//! nothing. The cache unlocks, writes the copies to the backing store, locks again, marks
+//! them clean (if no one changed them meanwhile) and tries again; by then the entries it
+//! drops are clean. So a process killed at any instant loses no dirty entry: until the
+//! backing store has it, it is still in the cache, still dirty, for the next `flush` or
+//! eviction. Two exceptions, both documented: a page reset (its dirty entries are lost and
+//! counted in `Stats::dirty_lost`), and the last of `ROUNDS` attempts (other processes kept
+//! dirtying the page), which drops the dirty entries it must and writes the copies back after
+//! unlocking, as `update` does for the evictions its store makes under its lock.
+
+use std::sync::atomic::Ordering;
+
+use crate::cache::Cache;
+use crate::clock::from_unix_secs;
+use crate::page::format::FLAG_UNDEF;
+use crate::page::{Corrupt, Dirty, DirtyCopy, Evict, NewEntry, PageMut, StoreOutcome, count_dirty};
+use crate::store::PageGuard;
+use crate::update::is_negative;
+use crate::{Error, Result};
+
+/// Attempts that refuse to drop dirty entries before one that drops them and writes the
+/// copies back after unlocking.
+const ROUNDS: usize = 4;
+
+/// What a store that keeps dirty entries did.
+pub(crate) enum Kept {
+    /// It stored (or the conditional-store rules refused it).
+    Stored(StoreOutcome),
+    /// With `if_absent`: the key already held this live value (stored bytes, flags).
+    Existing(Vec<u8>, u32),
+}
+
+impl Cache {
+    /// Whether this handle has a backing store.
+    pub(crate) fn has_backing(&self) -> bool {
+        self.inner
+            .layer
+            .as_ref()
+            .is_some_and(|l| l.backing.is_some())
+    }
+
+    fn note_lost(&self, n: u32) {
+        if n > 0 {
+            self.inner
+                .dirty_lost
+                .fetch_add(u64::from(n), Ordering::Relaxed);
+        }
+    }
+
+    /// Locks `page` for a change. A page a dead process left half-changed is reset, and the
+    /// dirty entries it held are counted as lost.
+    pub(crate) fn lock_for_change(&self, page: u32) -> Result<PageGuard<'_>> {
+        if self.inner.read_only {
+            return Err(Error::ReadOnly {
+                path: self.path().to_path_buf(),
+            });
+        }
+        let timeout = self.inner.lock_timeout;
+        let mut guard = self
+            .inner
+            .file
+            .lock_as_is(page, timeout)
+            .map_err(|e| self.inner.file.lock_error(e, page, timeout))?;
+        if guard.busy() {
+            self.note_lost(count_dirty(guard.bytes()));
+            guard.reset();
+        }
+        Ok(guard)
+    }
+
+    /// [`PageGuard::change`], counting the dirty entries of a page found damaged (and reset).
+    pub(crate) fn change_counting<T>(
+        &self,
+        guard: &mut PageGuard<'_>,
+        f: impl FnOnce(&mut PageMut<'_>) -> std::result::Result<T, Corrupt>,
+    ) -> std::result::Result<T, Corrupt> {
+        let mut lost = 0;
+        let result = guard.change(|p| {
+            let result = f(p);
+            if result.is_err() {
+                lost = p.count_dirty();
+            }
+            result
+        });
+        self.note_lost(lost);
+        result
+    }
+
+    /// Resets a page found damaged by a read, counting its dirty entries.
+    pub(crate) fn reset_counting(&self, guard: &mut PageGuard<'_>) {
+        self.note_lost(count_dirty(guard.bytes()));
+        guard.reset();
+    }
+
+    /// Stores `req` into `page` without dropping a dirty entry that is not in the backing
+    /// store. With `if_absent`, a live value (not a key cached as absent) wins and is
+    /// returned, and an expired dirty entry of the key is written back before it is replaced.
+    pub(crate) fn store_keeping_dirty(
+        &self,
+        req: &NewEntry<'_>,
+        page: u32,
+        now: u32,
+        if_absent: bool,
+    ) -> Result<Kept> {
+        let slots = self.inner.geometry.start_slots;
+        let in_place = self.layout() == crate::Layout::Native;
+        let mut copies = Vec::new();
+        let mut guard = self.lock_for_change(page)?;
+        let mut resets = 0;
+        let mut round = 0;
+        loop {
+            if if_absent {
+                let live = guard
+                    .page()
+                    .peek(req.slot_hash, req.key, now)
+                    .map(|e| e.map(|e| (e.value.to_vec(), e.flags)));
+                match live {
+                    Ok(Some((value, flags))) if !is_negative(flags) => {
+                        return Ok(Kept::Existing(value, flags));
+                    }
+                    Ok(_) => {}
+                    Err(_) => self.reset_counting(&mut guard),
+                }
+            }
+            copies.clear();
+            let refuse = round + 1 < ROUNDS;
+            let mut dirty = if refuse {
+                Dirty::refuse(&mut copies)
+            } else {
+                Dirty::collect(&mut copies)
+            };
+            dirty.replacing_drops = if_absent;
+            let stored = self.change_counting(&mut guard, |p| {
+                p.store_dirty(req, now, slots, in_place, &mut dirty)
+            });
+            match stored {
+                Ok(Some(StoreOutcome::TooLarge)) => return Err(self.too_large(req)),
+                Ok(Some(outcome)) => {
+                    drop(guard);
+                    // Only the last round drops dirty entries: written back now, unlocked.
+                    self.write_back(&copies)?;
+                    return Ok(Kept::Stored(outcome));
+                }
+                Ok(None) => {
+                    drop(guard);
+                    self.write_back(&copies)?;
+                    guard = self.lock_for_change(page)?;
+                    self.mark_clean(&mut guard, &copies);
+                    round += 1;
+                }
+                Err(c) => {
+                    // The page was damaged and has been reset: try once more on the fresh page.
+                    resets += 1;
+                    if resets > 1 {
+                        return Err(self.corrupt(page, c));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Clears the dirty flag of each copy that is still in the page unchanged.
+    pub(crate) fn mark_clean(&self, guard: &mut PageGuard<'_>, copies: &[DirtyCopy]) {
+        for copy in copies {
+            if self.change_counting(guard, |p| p.mark_clean(copy)).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Writes copies of dirty entries to the backing store: each value (decompressed), or a
+    /// delete for a dirty `undef` (a key Perl set to undef, which the store cannot hold).
+    pub(crate) fn write_back(&self, copies: &[DirtyCopy]) -> Result<()> {
+        if copies.is_empty() {
+            return Ok(());
+        }
+        let Some(backing) = self.inner.layer.as_ref().and_then(|l| l.backing.as_ref()) else {
+            return Ok(());
+        };
+        for copy in copies {
+            if copy.flags & FLAG_UNDEF != 0 {
+                backing
+                    .delete(&copy.key)
+                    .map_err(|e| self.backing_error("delete", Some(&copy.key), e))?;
+                continue;
+            }
+            let value =
+                crate::compress::decompress(copy.value.clone(), copy.flags, self.page_size())
+                    .map_err(|e| self.decode_error(&copy.key, e))?;
+            let expires_at = (copy.expire_on != 0).then(|| from_unix_secs(copy.expire_on));
+            backing
+                .store(&copy.key, &value, expires_at)
+                .map_err(|e| self.backing_error("store", Some(&copy.key), e))?;
+        }
+        Ok(())
+    }
+
+    /// `Error::Backing` for a failed call of the store.
+    pub(crate) fn backing_error(
+        &self,
+        op: &'static str,
+        key: Option<&[u8]>,
+        source: crate::BackingError,
+    ) -> Error {
+        Error::Backing {
+            path: self.path().to_path_buf(),
+            op,
+            key: key.map(<[u8]>::to_vec),
+            source,
+        }
+    }
+
+    /// Drops what `mode` says from every page, writing back the dirty entries among them
+    /// first. Returns how many entries were dropped.
+    pub(crate) fn evict_all_keeping_dirty(&self, mode: Evict) -> Result<usize> {
+        let mut total = 0;
+        for page in 0..self.num_pages() {
+            total += self.evict_keeping_dirty(page, mode)?;
+        }
+        Ok(total)
+    }
+
+    fn evict_keeping_dirty(&self, page: u32, mode: Evict) -> Result<usize> {
+        let now = self.now();
+        let slots = self.inner.geometry.start_slots;
+        let mut copies = Vec::new();
+        let mut guard = self.lock_for_change(page)?;
+        for round in 0.. {
+            copies.clear();
+            let mut dirty = if round + 1 < ROUNDS {
+                Dirty::refuse(&mut copies)
+            } else {
+                Dirty::collect(&mut copies)
+            };
+            match self.change_counting(&mut guard, |p| p.evict_dirty(mode, now, slots, &mut dirty))
+            {
+                Ok(Some(dropped)) => {
+                    drop(guard);
+                    self.write_back(&copies)?;
+                    return Ok(dropped);
+                }
+                Ok(None) => {
+                    drop(guard);
+                    self.write_back(&copies)?;
+                    guard = self.lock_for_change(page)?;
+                    self.mark_clean(&mut guard, &copies);
+                }
+                // Damaged, and reset: nothing is left to drop.
+                Err(_) => return Ok(0),
+            }
+        }
+        unreachable!("the last round always returns")
+    }
+
+    /// Writes back every dirty entry of every page and marks it clean; the entries stay
+    /// cached. Returns how many were written. Perl has no such call (its `empty` writes back
+    /// and drops everything).
+    ///
+    /// Each page is locked twice (to copy its dirty entries out, then to mark them clean), and
+    /// never while the backing store is called. An entry changed meanwhile stays dirty: its new
+    /// value is written by a later flush or eviction.
+    ///
+    /// # Errors
+    /// [`Error::Backing`] on the first failure of the store (the entries not yet written stay
+    /// dirty); lock errors. Without a backing store, there is nothing to write: `Ok(0)`.
+    pub fn flush(&self) -> Result<usize> {
+        if !self.has_backing() {
+            return Ok(0);
+        }
+        let mut written = 0;
+        for page in 0..self.num_pages() {
+            let mut guard = self.lock_for_change(page)?;
+            let found = guard.page().view().dirty_entries();
+            let copies = match found {
+                Ok(copies) => copies,
+                Err(_) => {
+                    self.reset_counting(&mut guard);
+                    continue;
+                }
+            };
+            drop(guard);
+            if copies.is_empty() {
+                continue;
+            }
+            self.write_back(&copies)?;
+            written += copies.len();
+            let mut guard = self.lock_for_change(page)?;
+            self.mark_clean(&mut guard, &copies);
+        }
+        Ok(written)
+    }
+
+    /// Writes back every dirty entry and drops every entry (Perl's `empty`); with a backing
+    /// store this is what [`clear`](Self::clear) does too. Without one, it is `clear`.
+    ///
+    /// # Errors
+    /// [`Error::Backing`] on the first failure of the store: that page keeps its entries
+    /// (pages before it are empty); lock errors.
+    pub fn empty(&self) -> Result<()> {
+        self.clear()
+    }
+
+    /// Drops `key` from the cache only — the backing store keeps it — writing it back first if
+    /// it is dirty (Perl's `expire`). Returns whether it held a live value. A later `get`
+    /// reads it through again.
+    ///
+    /// # Errors
+    /// [`Error::Backing`] if a dirty value cannot be written back (it stays cached, dirty);
+    /// lock errors.
+    pub fn evict(&self, key: &[u8]) -> Result<bool> {
+        let (page, slot_hash) = self.locate(key);
+        let now = self.now();
+        let mut guard = self.lock_for_change(page)?;
+        for _ in 0..ROUNDS {
+            let found = guard
+                .page()
+                .view()
+                .find(slot_hash, key)
+                .map(|e| e.map(|e| (e.flags, e.value.to_vec(), e.expire_on)));
+            let (flags, value, expire_on) = match found {
+                Ok(Some(found)) => found,
+                Ok(None) => return Ok(false),
+                Err(_) => {
+                    self.reset_counting(&mut guard);
+                    return Ok(false);
+                }
+            };
+            if flags & crate::page::format::FLAG_DIRTY != 0 && self.has_backing() {
+                let copy = DirtyCopy {
+                    slot_hash,
+                    key: key.to_vec(),
+                    value,
+                    expire_on,
+                    flags,
+                };
+                drop(guard);
+                self.write_back(std::slice::from_ref(&copy))?;
+                guard = self.lock_for_change(page)?;
+                self.mark_clean(&mut guard, std::slice::from_ref(&copy));
+                continue;
+            }
+            let removed = self.change_counting(&mut guard, |p| p.remove(slot_hash, key, now));
+            return Ok(removed
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.was_live && !is_negative(r.flags)));
+        }
+        // Rewritten by others on every round: leave it to them.
+        Ok(false)
+    }
+}

@@ -1,0 +1,170 @@
+//! Write-back support: finding, copying out and cleaning the entries flagged dirty
+//! (`FLAG_DIRTY`, Cache::FastMmap's `FC_ISDIRTY`: stored by a write-back `set`, not yet written
+//! to the backing store).
+//!
+//! The page layer never writes anything back itself: an operation that would drop dirty
+//! entries copies them into a `Vec` its caller owns, and either drops them (the caller writes
+//! the copies back after unlocking) or, when asked to refuse, leaves the page unchanged so that
+//! the caller can write them back first, mark them clean and try again.
+
+use super::Corrupt;
+use super::entry::EntryLoc;
+use super::format::*;
+use super::header::{PageHeader, get_u32};
+use super::view::{PageMut, PageView, Probe};
+
+/// A dirty entry copied out of a page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirtyCopy {
+    pub slot_hash: u32,
+    pub key: Vec<u8>,
+    /// The stored value bytes (without any modseq prefix; compressed if its flags say so).
+    pub value: Vec<u8>,
+    pub expire_on: u32,
+    pub flags: u32,
+}
+
+impl DirtyCopy {
+    fn of(buf: &[u8], loc: &EntryLoc) -> DirtyCopy {
+        let e = loc.view(buf);
+        DirtyCopy {
+            slot_hash: e.slot_hash,
+            key: e.key.to_vec(),
+            value: e.value.to_vec(),
+            expire_on: e.expire_on,
+            flags: e.flags,
+        }
+    }
+}
+
+/// What a store or an eviction does with the dirty entries it would drop. Without one, they
+/// are dropped like any other entry.
+#[derive(Debug)]
+pub struct Dirty<'o> {
+    /// Copies of the dirty entries dropped (or, with `refuse`, that would have been).
+    pub out: &'o mut Vec<DirtyCopy>,
+    /// Drop nothing dirty: copy the dirty entries out and leave the page unchanged.
+    pub refuse: bool,
+    /// A store that replaces its own key's dirty entry drops it too (a clean store that does
+    /// not supersede it, such as a read-through of a key whose dirty entry expired). Otherwise
+    /// the new entry supersedes the old one, which is neither copied nor written back.
+    pub replacing_drops: bool,
+    /// The page offset of the entry the current store supersedes (set by the store).
+    pub(super) superseded: Option<usize>,
+}
+
+impl<'o> Dirty<'o> {
+    /// Copy dirty entries out into `out`, and drop them.
+    pub fn collect(out: &'o mut Vec<DirtyCopy>) -> Dirty<'o> {
+        Dirty {
+            out,
+            refuse: false,
+            replacing_drops: false,
+            superseded: None,
+        }
+    }
+
+    /// Copy dirty entries out into `out`, and drop nothing if there are any.
+    pub fn refuse(out: &'o mut Vec<DirtyCopy>) -> Dirty<'o> {
+        Dirty {
+            refuse: true,
+            ..Dirty::collect(out)
+        }
+    }
+
+    /// Copies the dirty entries of `gone` out. Returns whether they may be dropped.
+    pub(super) fn take(&mut self, buf: &[u8], gone: &[EntryLoc]) -> bool {
+        let before = self.out.len();
+        for loc in gone {
+            if loc.flags & FLAG_DIRTY != 0
+                && !loc.is_tombstone()
+                && Some(loc.off) != self.superseded
+            {
+                self.out.push(DirtyCopy::of(buf, loc));
+            }
+        }
+        !(self.refuse && self.out.len() > before)
+    }
+}
+
+impl PageView<'_> {
+    /// Copies of every dirty entry of the page, expired ones included.
+    pub fn dirty_entries(&self) -> Result<Vec<DirtyCopy>, Corrupt> {
+        let hdr = self.checked_header()?;
+        let (data_start, data_end) = self.data_bounds(&hdr);
+        let mut out = Vec::new();
+        for slot in 0..hdr.num_slots {
+            let word = self.slot(slot)?;
+            if word > SLOT_DELETED {
+                let loc = EntryLoc::read(self.buf, word, data_start, data_end)?;
+                if loc.flags & FLAG_DIRTY != 0 && !loc.is_tombstone() {
+                    out.push(DirtyCopy::of(self.buf, &loc));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `key`'s entry in whatever state (expired, tombstone), without touching anything.
+    pub fn find(&self, slot_hash: u32, key: &[u8]) -> Result<Option<super::EntryRef<'_>>, Corrupt> {
+        let hdr = self.checked_header()?;
+        Ok(match self.probe(&hdr, slot_hash, key)? {
+            Probe::Hit { loc, .. } => Some(loc.view(self.buf)),
+            Probe::Miss { .. } => None,
+        })
+    }
+}
+
+impl PageMut<'_> {
+    /// Clears the dirty flag of `copy`'s key if its entry is still dirty with the same value
+    /// bytes (it has been written back). Returns whether it did. A single flag word changes:
+    /// no structural change.
+    pub fn mark_clean(&mut self, copy: &DirtyCopy) -> Result<bool, Corrupt> {
+        let hdr = self.checked_header()?;
+        let Probe::Hit { loc, .. } = self.probe(&hdr, copy.slot_hash, &copy.key)? else {
+            return Ok(false);
+        };
+        let same = loc.flags & FLAG_DIRTY != 0
+            && !loc.is_tombstone()
+            && loc.view(self.buf).value == copy.value.as_slice();
+        if same {
+            super::header::put_u32(self.buf, loc.off + FLAGS_OFFSET, loc.flags & !FLAG_DIRTY)?;
+        }
+        Ok(same)
+    }
+
+    /// Dirty entries that can still be read from this page's bytes, however damaged: what a
+    /// reset of the page loses (see [`count_dirty`]).
+    pub fn count_dirty(&self) -> u32 {
+        count_dirty(self.buf)
+    }
+}
+
+/// Counts the dirty entries that can still be found in a damaged page (one about to be reset):
+/// every slot word that points at an entry header inside the page whose flags say dirty,
+/// each offset counted once. Nothing is trusted; the count is a best effort.
+pub fn count_dirty(buf: &[u8]) -> u32 {
+    let hdr = PageHeader::read(buf);
+    let Some(table_end) = slots_end(hdr.num_slots).filter(|&end| end <= buf.len()) else {
+        return 0;
+    };
+    let mut seen = Vec::new();
+    for slot in 0..hdr.num_slots as usize {
+        let Some(word) = get_u32(buf, SLOTS_OFFSET + slot * SLOT_SIZE) else {
+            break;
+        };
+        let off = word as usize;
+        if word <= SLOT_DELETED || off < table_end || !off.is_multiple_of(ENTRY_ALIGN) {
+            continue;
+        }
+        if let Ok(loc) = EntryLoc::read(buf, word, table_end, buf.len())
+            && loc.flags & FLAG_DIRTY != 0
+            && !loc.is_tombstone()
+        {
+            seen.push(off);
+        }
+    }
+    seen.sort_unstable();
+    seen.dedup();
+    seen.len() as u32
+}

@@ -1,0 +1,208 @@
+//! Typed values (feature `serde`): both codecs, decode errors that name the key, atomic
+//! updates, and JSON values shared with Perl's `serializer => 'json'`.
+#![cfg(feature = "serde")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use fastmmap::typed::{Change, Codec, Json, Postcard, TypedCache};
+use fastmmap::{Cache, Error, Layout};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct Cart {
+    user: String,
+    items: Vec<(u32, String)>,
+    total_cents: u64,
+    note: Option<String>,
+}
+
+fn cart(n: u32) -> Cart {
+    Cart {
+        user: format!("user-{n}"),
+        items: (0..n).map(|i| (i, format!("item {i} ✓"))).collect(),
+        total_cents: u64::from(n) * 1999,
+        note: n.is_multiple_of(2).then(|| "gift".into()),
+    }
+}
+
+fn typed<C: Codec<Cart>>(dir: &tempfile::TempDir, codec: C) -> TypedCache<str, Cart, C> {
+    TypedCache::new(Cache::open(dir.path().join("typed")).unwrap(), codec)
+}
+
+fn round_trips<C: Codec<Cart>>(codec: C) {
+    let dir = tempfile::tempdir().unwrap();
+    let carts = typed(&dir, codec);
+    for n in 0..20 {
+        carts.set(&format!("cart:{n}"), &cart(n)).unwrap();
+    }
+    for n in 0..20 {
+        assert_eq!(carts.get(&format!("cart:{n}")).unwrap(), Some(cart(n)));
+    }
+    assert_eq!(carts.get("cart:none").unwrap(), None);
+    assert_eq!(carts.take("cart:3").unwrap(), Some(cart(3)));
+    assert_eq!(carts.get("cart:3").unwrap(), None);
+    assert!(carts.remove("cart:4").unwrap());
+    let made = carts.get_or_insert_with("cart:new", || cart(7)).unwrap();
+    assert_eq!(made, cart(7));
+    assert_eq!(
+        carts.get_or_insert_with("cart:new", || cart(8)).unwrap(),
+        cart(7)
+    );
+
+    carts
+        .update("cart:5", |c| {
+            let mut c = c.unwrap();
+            c.items.push((99, "more".into()));
+            Change::Set(c)
+        })
+        .unwrap();
+    assert_eq!(carts.get("cart:5").unwrap().unwrap().items.len(), 6);
+    let items = carts
+        .update_with("cart:5", |c| (Change::Keep, c.map(|c| c.items.len())))
+        .unwrap();
+    assert_eq!(items, Some(6));
+    carts.update("cart:5", |_| Change::Remove).unwrap();
+    assert_eq!(carts.get("cart:5").unwrap(), None);
+}
+
+#[test]
+fn postcard_round_trips() {
+    round_trips(Postcard);
+}
+
+#[test]
+fn json_round_trips() {
+    round_trips(Json);
+}
+
+#[test]
+fn postcard_is_smaller_than_json() {
+    let c = cart(5);
+    let p = Codec::<Cart>::encode(&Postcard, &c).unwrap();
+    let j = Codec::<Cart>::encode(&Json, &c).unwrap();
+    assert!(p.len() * 2 < j.len(), "{} vs {}", p.len(), j.len());
+}
+
+/// A value that does not decode is an error that names the key, never a panic, and an update
+/// of it changes nothing.
+#[test]
+fn bad_values_are_errors_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let carts = typed(&dir, Postcard);
+    let raw = carts.cache();
+    for garbage in [
+        &b""[..],
+        b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+        b"\x05ab",
+    ] {
+        raw.set(b"cart:bad", garbage).unwrap();
+        match carts.get("cart:bad") {
+            Err(Error::Decode { key, .. }) => assert_eq!(key, b"cart:bad"),
+            other => panic!("{other:?}"),
+        }
+        let called = std::cell::Cell::new(false);
+        let err = carts
+            .update("cart:bad", |_| {
+                called.set(true);
+                Change::Remove
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("cart:bad"), "{err}");
+        assert!(!called.get());
+        assert_eq!(
+            raw.get(b"cart:bad").unwrap().as_deref(),
+            Some(garbage),
+            "unchanged"
+        );
+    }
+    // Trailing bytes after a valid value are refused too.
+    let mut bytes = Codec::<Cart>::encode(&Postcard, &cart(1)).unwrap();
+    bytes.push(0);
+    raw.set(b"cart:long", &bytes).unwrap();
+    assert!(matches!(carts.get("cart:long"), Err(Error::Decode { .. })));
+
+    let json = typed(&dir, Json);
+    raw.set(b"cart:notjson", b"{\"user\": ").unwrap();
+    let err = json.get("cart:notjson").unwrap_err();
+    assert!(err.to_string().contains("\"cart:notjson\""), "{err}");
+}
+
+/// A map with non-string keys does not encode as JSON: an error, nothing stored.
+#[test]
+fn values_that_do_not_encode_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path().join("e")).unwrap();
+    let maps: TypedCache<[u8], BTreeMap<(u8, u8), u8>, Json> = TypedCache::new(cache, Json);
+    let value = BTreeMap::from([((1, 2), 3)]);
+    assert!(matches!(maps.set(b"m", &value), Err(Error::Encode { .. })));
+    assert_eq!(maps.cache().get(b"m").unwrap(), None);
+}
+
+fn perl_json_available() -> bool {
+    let ok = Command::new("perl")
+        .args(["-MCache::FastMmap", "-MJSON", "-e", "1"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("FASTMMAP_REQUIRE_PERL").is_none_or(|v| v != "1"),
+            "FASTMMAP_REQUIRE_PERL=1 but perl with Cache::FastMmap and JSON is missing"
+        );
+        common::raw_eprint("\n*** typed: SKIPPED the Perl JSON test (no perl/JSON)\n\n");
+    }
+    ok
+}
+
+/// Perl's `serializer => 'json'` and the `Json` codec read each other's values in one file.
+#[test]
+fn json_values_cross_over_with_perl() {
+    if !perl_json_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("json.cache");
+    let cache = Cache::builder()
+        .path(&path)
+        .layout(Layout::FastMmap)
+        .num_pages(3)
+        .page_size(16384)
+        .open()
+        .unwrap();
+    let carts: TypedCache<str, Cart, Json> = TypedCache::new(cache, Json);
+    carts.set("from-rust", &cart(3)).unwrap();
+    let script = r#"
+        use strict; use warnings; use Cache::FastMmap;
+        my $c = Cache::FastMmap->new(share_file => $ARGV[0], num_pages => 3, page_size => 16384,
+            serializer => 'json', init_file => 0, unlink_on_exit => 0);
+        my $r = $c->get('from-rust') or die "no from-rust\n";
+        die "bad total\n" unless $r->{total_cents} == 3 * 1999;
+        die "bad items\n" unless $r->{items}[2][1] eq "item 2 \x{2713}";
+        die "bad note\n" if defined $r->{note};
+        $c->set('from-perl', { user => "perl \x{e9}", items => [[1, "one"]], total_cents => 5,
+            note => "hi" });
+        print "ok\n";
+    "#;
+    let out = Command::new("perl")
+        .args(["-e", script])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stdout == b"ok\n",
+        "perl: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        carts.get("from-perl").unwrap(),
+        Some(Cart {
+            user: "perl é".into(),
+            items: vec![(1, "one".into())],
+            total_cents: 5,
+            note: Some("hi".into()),
+        })
+    );
+}
