@@ -151,6 +151,17 @@ fn reads_perls_containers() {
     assert_eq!(entries[0].0, HashKey::Str("é".into()));
     assert_eq!(freeze(&data).unwrap(), image);
 
+    // my %h; my $k = ""; utf8::upgrade($k); $h{$k} = 1; $h{""} = 2; freeze(\%h): Perl keeps
+    // the hash flagged after the key was stored again as bytes. Written back unflagged: the
+    // same hash to Perl.
+    let image = native("19000100000008820000000000");
+    let data = thaw(&image).unwrap();
+    let PerlValue::Hash(entries) = root(&data) else {
+        panic!()
+    };
+    assert_eq!(entries[0].0, HashKey::Bytes(vec![]));
+    assert_eq!(freeze(&data).unwrap(), native("0301000000088200000000"));
+
     // freeze([!!1, !!0]): copies of Perl's booleans are the strings "1" and "".
     let data = thaw(&native("02020000000a01310a00")).unwrap();
     assert_eq!(
