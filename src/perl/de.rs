@@ -5,8 +5,8 @@
 //! as its string, and `bool` follows Perl's truth (`undef`, `""`, `"0"` and 0 are false).
 //! References are transparent: a hash reference, a reference to a reference to a hash and a
 //! blessed hash all deserialize as the hash. Shared values are copied to each place that uses
-//! them; cycles, nesting deeper than [`MAX_DEPTH`] and copying more than the expansion limit
-//! are errors.
+//! them; cycles, nesting deeper than [`MAX_DEPTH`] and copying more than the expansion limits
+//! (values, and bytes of strings and keys) are errors.
 
 use std::borrow::Cow;
 
@@ -26,16 +26,31 @@ pub(crate) const MAX_DEPTH: usize = 128;
 /// Values that may be visited in one deserialization: this many, plus
 /// [`EXPANSION_FACTOR`] per value of the data.
 const EXPANSION_FLOOR: usize = 1 << 20;
-/// See [`EXPANSION_FLOOR`].
+/// Bytes of strings and hash keys that may be handed to the visitors in one deserialization:
+/// this many, plus [`EXPANSION_FACTOR`] per byte of the data's strings and keys.
+const EXPANSION_FLOOR_BYTES: usize = 1 << 24;
+/// See [`EXPANSION_FLOOR`] and [`EXPANSION_FLOOR_BYTES`].
 const EXPANSION_FACTOR: usize = 16;
 
 /// Deserializes a `T` from the root of `data`.
 pub(crate) fn from_data<'de, T: de::Deserialize<'de>>(data: &'de PerlData) -> Result<T> {
     let count = data.svs().len();
+    let text_bytes: usize = data
+        .svs()
+        .map(|(_, sv)| match &sv.value {
+            PerlValue::Bytes(b) => b.len(),
+            PerlValue::Str(s) => s.len(),
+            PerlValue::Hash(entries) => entries.iter().map(|(k, _)| key_len(k)).sum(),
+            _ => 0,
+        })
+        .sum();
     let mut state = State {
         depth: 0,
         visits: 0,
         visit_limit: EXPANSION_FLOOR.saturating_add(count.saturating_mul(EXPANSION_FACTOR)),
+        bytes: 0,
+        byte_limit: EXPANSION_FLOOR_BYTES
+            .saturating_add(text_bytes.saturating_mul(EXPANSION_FACTOR)),
         open: vec![false; count],
     };
     T::deserialize(ValueDe {
@@ -49,8 +64,38 @@ struct State {
     depth: usize,
     visits: usize,
     visit_limit: usize,
+    bytes: usize,
+    byte_limit: usize,
     /// Containers being deserialized now: meeting one again is a cycle.
     open: Vec<bool>,
+}
+
+impl State {
+    /// Counts one value, and the bytes of its text, against the expansion limits.
+    fn charge(&mut self, bytes: usize) -> Result<()> {
+        self.visits += 1;
+        if self.visits > self.visit_limit {
+            return Err(Error::TooLarge {
+                limit: self.visit_limit,
+                unit: "values",
+            });
+        }
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.bytes > self.byte_limit {
+            return Err(Error::TooLarge {
+                limit: self.byte_limit,
+                unit: "bytes of strings",
+            });
+        }
+        Ok(())
+    }
+}
+
+fn key_len(key: &HashKey) -> usize {
+    match key {
+        HashKey::Bytes(b) => b.len(),
+        HashKey::Str(s) => s.len(),
+    }
 }
 
 /// A scalar's content.
@@ -214,14 +259,23 @@ struct ValueDe<'de, 's> {
 impl<'de> ValueDe<'de, '_> {
     /// Follows references to the value itself, counting the visit.
     fn node(&mut self) -> Result<Node<'de>> {
-        self.state.visits += 1;
-        if self.state.visits > self.state.visit_limit {
-            return Err(Error::TooLarge {
-                limit: self.state.visit_limit,
-            });
-        }
-        let id = self.data.deref(self.id).ok_or(Error::Cyclic)?;
         let data: &'de PerlData = self.data;
+        // Each reference followed is charged: many uses of one long chain cost their length.
+        let mut id = self.id;
+        let mut steps = 0;
+        while let PerlValue::Ref(r) = &data[id].value {
+            steps += 1;
+            if steps > self.state.open.len() {
+                return Err(Error::Cyclic);
+            }
+            self.state.charge(0)?;
+            id = r.target;
+        }
+        self.state.charge(match &data[id].value {
+            PerlValue::Bytes(b) => b.len(),
+            PerlValue::Str(s) => s.len(),
+            _ => 0,
+        })?;
         Ok(match &data[id].value {
             PerlValue::Undef => Node::Scalar(Scalar::Undef),
             PerlValue::Bool(b) => Node::Scalar(Scalar::Bool(*b)),
@@ -231,7 +285,7 @@ impl<'de> ValueDe<'de, '_> {
             PerlValue::Str(s) => Node::Scalar(Scalar::Str(s)),
             PerlValue::Array(items) => Node::Array(id, items),
             PerlValue::Hash(entries) => Node::Hash(id, entries),
-            PerlValue::Ref(_) => unreachable!("deref stops at a value that is not a reference"),
+            PerlValue::Ref(_) => unreachable!("the loop above follows every reference"),
         })
     }
 
@@ -482,6 +536,7 @@ impl<'de> MapAccess<'de> for Map<'de, '_> {
         let Some((key, value)) = self.entries.next() else {
             return Ok(None);
         };
+        self.state.charge(key_len(key))?;
         self.value = Some(*value);
         seed.deserialize(KeyDe(key)).map(Some)
     }

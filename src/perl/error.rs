@@ -41,11 +41,14 @@ pub enum Error {
     },
 
     /// Deserializing copies shared values once per place they are used; these data would
-    /// make more values than the limit (a small image can describe a huge tree this way).
-    #[error("Perl data expands to more than {limit} values when shared references are copied")]
+    /// make more values, or more bytes of strings, than the limit (a small image can describe
+    /// a huge tree this way).
+    #[error("Perl data expand to more than {limit} {unit} when shared values are copied")]
     TooLarge {
         /// The limit.
         limit: usize,
+        /// What it counts: `values`, or `bytes of strings` (strings and hash keys).
+        unit: &'static str,
     },
 
     /// The data refer to themselves (`$h->{self} = $h`), which a Rust value cannot hold.

@@ -79,8 +79,9 @@
 //! checked against the bytes that remain, so memory is proportional to the image, and the
 //! decoder does not recurse, so any depth is safe. Deserializing into Rust types recurses:
 //! it refuses data nested more than 128 levels deep ([`Error::TooDeep`]), cycles
-//! ([`Error::Cyclic`]), and shared values that would be copied into more than 2²⁰ plus 16
-//! per value of the data ([`Error::TooLarge`]).
+//! ([`Error::Cyclic`]), and shared values that would be copied into more than 2²⁰ values
+//! plus 16 per value of the data, or 16 MiB of strings and keys plus 16 times those of the
+//! data ([`Error::TooLarge`]).
 //!
 //! [`Error::TooDeep`]: crate::perl::Error::TooDeep
 //! [`Error::Cyclic`]: crate::perl::Error::Cyclic

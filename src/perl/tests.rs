@@ -373,6 +373,65 @@ fn shared_values_expanding_exponentially_are_refused() {
 }
 
 #[test]
+fn a_large_string_shared_exponentially_is_refused_before_it_is_copied() {
+    // A 60 KB string behind 30 levels of doubling: 2^30 copies, 64 TB as a tree.
+    let mut data = PerlData::new(PerlValue::Bytes(vec![b'x'; 60_000]));
+    let mut below = data.root();
+    for _ in 0..30 {
+        let r = data.push(PerlValue::Ref(PerlRef::to(below)));
+        below = data.push(PerlValue::Array(vec![r, r]));
+    }
+    data.set_root(below);
+    let image = freeze(&data).unwrap();
+    assert!(matches!(
+        from_slice::<serde_json::Value>(&image),
+        Err(Error::TooLarge {
+            unit: "bytes of strings",
+            ..
+        })
+    ));
+    // Hash keys count too: one hash with a 60 KB key, shared the same way.
+    let mut data = PerlData::new(PerlValue::Undef);
+    let key = HashKey::Bytes(vec![b'k'; 60_000]);
+    let mut below = data.push(PerlValue::Hash(vec![(key, data.root())]));
+    for _ in 0..30 {
+        let r = data.push(PerlValue::Ref(PerlRef::to(below)));
+        below = data.push(PerlValue::Array(vec![r, r]));
+    }
+    data.set_root(below);
+    assert!(matches!(
+        storable::from_data::<serde_json::Value>(&data),
+        Err(Error::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn many_uses_of_a_long_reference_chain_are_charged() {
+    // \\\...\1 (300_000 references), used by 300_000 elements: 9e10 steps to follow.
+    let mut data = PerlData::new(PerlValue::Int(1));
+    let mut head = data.root();
+    for _ in 0..300_000 {
+        head = data.push(PerlValue::Ref(PerlRef::to(head)));
+    }
+    let array = data.push(PerlValue::Array(vec![head; 300_000]));
+    data.set_root(array);
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        storable::from_data::<Vec<i32>>(&data),
+        Err(Error::TooLarge { unit: "values", .. })
+    ));
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    // A reference to itself ($x = \$x) is a cycle.
+    let mut data = PerlData::new(PerlValue::Undef);
+    let me = data.root();
+    data.get_mut(me).unwrap().value = PerlValue::Ref(PerlRef::to(me));
+    assert!(matches!(
+        storable::from_data::<Option<u8>>(&data),
+        Err(Error::Cyclic)
+    ));
+}
+
+#[test]
 fn invalid_data_is_refused_when_frozen() {
     let mut data = PerlData::new(PerlValue::Undef);
     let inner = data.push(PerlValue::Array(vec![]));
@@ -380,12 +439,12 @@ fn invalid_data_is_refused_when_frozen() {
     data.set_root(outer);
     assert!(matches!(freeze(&data), Err(Error::InvalidData(_))));
 
+    // An id from another PerlData.
     let mut other = PerlData::new(PerlValue::Undef);
-    let far = other.push(PerlValue::Undef);
+    let elsewhere = (0..5).map(|_| other.push(PerlValue::Undef)).last().unwrap();
     let mut data = PerlData::new(PerlValue::Undef);
-    let dangling = data.push(PerlValue::Ref(PerlRef::to(SvId::from_index(5).unwrap())));
+    let dangling = data.push(PerlValue::Ref(PerlRef::to(elsewhere)));
     data.set_root(dangling);
-    let _ = far;
     assert!(matches!(freeze(&data), Err(Error::InvalidData(_))));
 
     let mut data = PerlData::new(PerlValue::Undef);
