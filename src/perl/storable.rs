@@ -71,7 +71,9 @@
 //! tied variables, objects frozen by a `STORABLE_freeze` hook, regular expressions,
 //! v-strings, restricted hashes, images of a Perl with long doubles and images older than
 //! Storable 0.7. Anything not well formed, including bytes after the image, is
-//! [`Error::Malformed`](crate::perl::Error::Malformed).
+//! [`Error::Malformed`](crate::perl::Error::Malformed) — so are strings and keys marked UTF-8
+//! that are not strict UTF-8 (Perl's own encoding also allows surrogates and code points
+//! beyond U+10FFFF, which a Rust `String` cannot hold).
 //!
 //! # Hostile input
 //!

@@ -264,6 +264,27 @@ fn reads_blessed_values_and_the_class_table() {
 }
 
 #[test]
+fn reads_images_of_other_byte_orders_and_integer_sizes() {
+    // A big-endian 64-bit Perl: freeze([1000, 1.5]).
+    let be64 = unhex(concat!(
+        "040b08383736353433323104080808",
+        "0200000002",
+        "0600000000000003e8",
+        "073ff8000000000000"
+    ));
+    let data = thaw(&be64).unwrap();
+    assert_eq!(
+        storable::from_data::<(i64, f64)>(&data).unwrap(),
+        (1000, 1.5)
+    );
+    // A 32-bit little-endian Perl with 32-bit IVs: freeze([-1000]).
+    let le32 = unhex("040b04313233340404040802010000000618fcffff");
+    assert_eq!(storable::from_slice::<Vec<i64>>(&le32).unwrap(), [-1000]);
+    // Written back, they are native images of this machine, with the same data.
+    assert_eq!(thaw(&freeze(&data).unwrap()).unwrap(), data);
+}
+
+#[test]
 fn refuses_what_it_does_not_read() {
     for (perl, image) in [
         ("freeze(\\v1.2.3)", native("1d0676312e322e330a03010203")),
