@@ -7,17 +7,18 @@
 #
 # Only a stable toolchain is needed: cargo-fuzz's `-Z` flags are accepted under
 # RUSTC_BOOTSTRAP=1. cargo-fuzz is installed with `cargo install` when missing.
-# Each target first replays its saved inputs in fuzz/regressions/<target>/ and then its
-# corpus in fuzz/corpus/<target>/ (kept between runs, ignored by git).
+# Each target first replays its saved inputs in fuzz/regressions/<target>/ and its seed
+# inputs in fuzz/seeds/<target>/ (if any), and then its corpus in fuzz/corpus/<target>/ (kept
+# between runs, ignored by git).
 #
-# The targets exercise only the page layer, which is safe Rust, so they are built without a
-# sanitizer (`--sanitizer none`: twice the executions of AddressSanitizer); debug assertions,
+# The targets exercise only the page layer and the Perl value codecs, which are safe Rust, so
+# they are built without a sanitizer (`--sanitizer none`: twice the executions of AddressSanitizer); debug assertions,
 # hence integer overflow checks, stay on.
 
 set -euo pipefail
 
 seconds="${FUZZ_SECONDS:-30}"
-targets=(page_bytes page_model)
+targets=(page_bytes page_model storable)
 
 cd "$(dirname "$0")/.."
 export RUSTC_BOOTSTRAP=1
@@ -40,9 +41,13 @@ failed=()
 for t in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$t" "fuzz/regressions/$t"
     echo "smoke: fuzzing $t for ${seconds} s" >&2
-    # The first directory receives new inputs; the second only seeds the run. A failing
+    # The first directory receives new inputs; the others only seed the run. A failing
     # input is written to fuzz/artifacts/$t/.
-    if ! cargo fuzz run --sanitizer none "$t" "fuzz/corpus/$t" "fuzz/regressions/$t" -- \
+    seeds=()
+    if [[ -d "fuzz/seeds/$t" ]]; then
+        seeds=("fuzz/seeds/$t")
+    fi
+    if ! cargo fuzz run --sanitizer none "$t" "fuzz/corpus/$t" "fuzz/regressions/$t" "${seeds[@]}" -- \
         -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1; then
         failed+=("$t")
     fi

@@ -16,6 +16,8 @@ mod page;
 #[doc(hidden)]
 #[allow(missing_docs)]
 pub mod page;
+#[cfg(feature = "perl")]
+pub mod perl;
 #[cfg(feature = "session")]
 pub mod session;
 mod stats;

@@ -206,3 +206,62 @@ fn json_values_cross_over_with_perl() {
         })
     );
 }
+
+#[cfg(feature = "perl")]
+#[test]
+fn storable_round_trips() {
+    round_trips(fastmmap::typed::Storable::default());
+}
+
+/// A default Perl cache (Storable, `freeze(\$value)`) and the `Storable` codec read each
+/// other's values in one file.
+#[cfg(feature = "perl")]
+#[test]
+fn storable_values_cross_over_with_perl() {
+    if !perl_json_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("storable.cache");
+    let cache = Cache::builder()
+        .path(&path)
+        .layout(Layout::FastMmap)
+        .num_pages(3)
+        .page_size(16384)
+        .open()
+        .unwrap();
+    let carts = TypedCache::<str, Cart, _>::new(cache, fastmmap::typed::Storable::default());
+    carts.set("from-rust", &cart(3)).unwrap();
+    let script = r#"
+        use strict; use warnings; use Cache::FastMmap;
+        my $c = Cache::FastMmap->new(share_file => $ARGV[0], num_pages => 3, page_size => 16384,
+            init_file => 0, unlink_on_exit => 0);
+        my $r = $c->get('from-rust') or die "no from-rust\n";
+        die "bad total\n" unless $r->{total_cents} == 3 * 1999;
+        die "bad items\n" unless $r->{items}[2][1] eq "item 2 \x{2713}";
+        die "bad note\n" if defined $r->{note};
+        $c->set('from-perl', { user => "perl \x{e9}", items => [[1, "one"]], total_cents => 5,
+            note => "hi" });
+        print "ok\n";
+    "#;
+    let out = Command::new("perl")
+        .args(["-e", script])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stdout == b"ok\n",
+        "perl: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        carts.get("from-perl").unwrap(),
+        Some(Cart {
+            user: "perl é".into(),
+            items: vec![(1, "one".into())],
+            total_cents: 5,
+            note: Some("hi".into()),
+        })
+    );
+}

@@ -1,6 +1,6 @@
 //! Replays fuzz inputs on a stable toolchain:
 //! `cargo run --manifest-path fuzz/Cargo.toml --example replay -- TARGET [--stats] [PATH...]`
-//! where TARGET is `page_bytes` or `page_model` and each PATH is an input file or a directory
+//! where TARGET is `page_bytes`, `page_model` or `storable` and each PATH is an input file or a directory
 //! of them (no PATH: one input from stdin). Without `--stats` the decoded operations are
 //! printed before each input runs; with it, only counts of what the inputs exercised.
 
@@ -20,8 +20,12 @@ fn main() {
             fastmmap_fuzz::page_model::run,
             fastmmap_fuzz::page_model::describe,
         ),
+        "storable" => (
+            fastmmap_fuzz::storable::run,
+            fastmmap_fuzz::storable::describe,
+        ),
         _ => {
-            eprintln!("usage: replay page_bytes|page_model [--stats] [PATH...]");
+            eprintln!("usage: replay page_bytes|page_model|storable [--stats] [PATH...]");
             std::process::exit(2);
         }
     };

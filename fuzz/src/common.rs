@@ -1,4 +1,4 @@
-//! Pieces shared by both targets: key hashing, and how keys, values, expiry times and flags
+//! Pieces shared by the targets: key hashing, and how keys, values, expiry times and flags
 //! are decoded from the fuzzer's input.
 
 use arbitrary::Arbitrary;
@@ -231,6 +231,13 @@ pub mod events {
         op_err_on_invalid_page,
         stored_on_invalid_page,
         invalid_page_became_valid,
+        thaw_ok,
+        thaw_malformed,
+        thaw_unsupported,
+        deserialized,
+        deserialized_typed,
+        deserialize_refused,
+        decompressed,
     );
 
     static COUNTS: [AtomicU64; NAMES.len()] = [const { AtomicU64::new(0) }; NAMES.len()];

@@ -1,6 +1,8 @@
-//! Fuzz targets for the page layer of `fastmmap` (see `fuzz_targets/`). The targets' logic
+//! Fuzz targets for the page layer and the Perl value codecs of `fastmmap` (see
+//! `fuzz_targets/`). The targets' logic
 //! lives here so that `tests/regressions.rs` can replay saved inputs on a stable toolchain.
 
 pub mod common;
 pub mod page_bytes;
 pub mod page_model;
+pub mod storable;

@@ -1,7 +1,7 @@
-//! Replays every input saved under `fuzz/regressions/<target>/` (and, with
-//! `FUZZ_REPLAY_CORPUS=1`, the local corpora under `fuzz/corpus/<target>/`) through the
-//! targets' logic: `cargo test --manifest-path fuzz/Cargo.toml`. Runs on stable; no
-//! cargo-fuzz needed.
+//! Replays every input saved under `fuzz/regressions/<target>/` and `fuzz/seeds/<target>/`
+//! (and, with `FUZZ_REPLAY_CORPUS=1`, the local corpora under `fuzz/corpus/<target>/`)
+//! through the targets' logic: `cargo test --manifest-path fuzz/Cargo.toml`. Runs on stable;
+//! no cargo-fuzz needed.
 
 use std::path::Path;
 
@@ -13,7 +13,7 @@ fn replay(target: &str, run: fn(&[u8])) {
     let corpus = std::env::var_os("FUZZ_REPLAY_CORPUS").is_some();
     let mut n = 0;
     let mut failed = Vec::new();
-    for dir in ["regressions", "corpus"] {
+    for dir in ["regressions", "seeds", "corpus"] {
         if dir == "corpus" && !corpus {
             continue;
         }
@@ -42,6 +42,13 @@ fn page_bytes() {
 #[test]
 fn page_model() {
     replay("page_model", fastmmap_fuzz::page_model::run);
+}
+
+/// `seeds/storable/` holds images made by Perl 5.36 (tests/perl/values.pl `cases`,
+/// `refused` and `gen 1 40`, and a cached value compressed by each compressor's module).
+#[test]
+fn storable() {
+    replay("storable", fastmmap_fuzz::storable::run);
 }
 
 // Bugs the fuzzers found, written out against the page API so that they outlive changes to

@@ -59,3 +59,23 @@ impl<V: Serialize + DeserializeOwned> Codec<V> for Json {
         Ok(serde_json::from_slice(bytes)?)
     }
 }
+
+/// Perl's values (feature `perl`): what Cache::FastMmap stores with its default serializer
+/// and no compressor, a Storable image of a reference to the value (`freeze(\$value)`), so a
+/// [`TypedCache`](super::TypedCache) reads and writes a default Perl cache's values. Other
+/// Perl serializers and compressors: [`PerlFormat`](crate::perl::PerlFormat), which this
+/// codec wraps with its defaults.
+#[cfg(feature = "perl")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Storable(pub crate::perl::PerlFormat);
+
+#[cfg(feature = "perl")]
+impl<V: Serialize + DeserializeOwned> Codec<V> for Storable {
+    fn encode(&self, value: &V) -> Result<Vec<u8>, CodecError> {
+        Ok(self.0.encode(value)?)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<V, CodecError> {
+        Ok(self.0.decode(bytes)?)
+    }
+}

@@ -7,5 +7,7 @@
 mod codec;
 mod typed_cache;
 
+#[cfg(feature = "perl")]
+pub use codec::Storable;
 pub use codec::{Codec, CodecError, Json, Postcard};
 pub use typed_cache::{Change, TypedCache};
