@@ -357,7 +357,6 @@ impl CacheBuilder {
                 read_only: self.read_only,
                 lock_timeout: self.lock_timeout,
                 layer,
-                dirty_lost: Default::default(),
                 _unlink: self.unlink_on_drop.then(|| UnlinkOnDrop::new(path)),
             }),
         };

@@ -40,8 +40,6 @@ pub(crate) struct Inner {
     /// A backing store and/or compression between callers and the pages (`None`: values are
     /// stored and returned as they are, and nothing else is called).
     pub(crate) layer: Option<crate::backing::Layer>,
-    /// Dirty entries found in pages this process reset (see `Stats::dirty_lost`).
-    pub(crate) dirty_lost: std::sync::atomic::AtomicU64,
     /// Held only for its `Drop`.
     pub(crate) _unlink: Option<UnlinkOnDrop>,
 }
@@ -893,10 +891,7 @@ impl Cache {
                 resets: self.inner.file.resets(page),
             });
         }
-        stats.dirty_lost = self
-            .inner
-            .dirty_lost
-            .load(std::sync::atomic::Ordering::Relaxed);
+        stats.dirty_lost = self.inner.file.dirty_lost(false);
         Ok(stats)
     }
 
@@ -910,9 +905,7 @@ impl Cache {
             let _ = guard.page().reset_stats();
             self.inner.file.clear_resets(page);
         }
-        self.inner
-            .dirty_lost
-            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.inner.file.dirty_lost(true);
         Ok(())
     }
 

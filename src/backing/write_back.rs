@@ -12,12 +12,11 @@
 //! dirtying the page), which drops the dirty entries it must and writes the copies back after
 //! unlocking, as `update` does for the evictions its store makes under its lock.
 
-use std::sync::atomic::Ordering;
 
 use crate::cache::Cache;
 use crate::clock::from_unix_secs;
 use crate::page::format::FLAG_UNDEF;
-use crate::page::{Corrupt, Dirty, DirtyCopy, Evict, NewEntry, PageMut, StoreOutcome, count_dirty};
+use crate::page::{Corrupt, Dirty, DirtyCopy, Evict, NewEntry, PageMut, StoreOutcome};
 use crate::store::PageGuard;
 use crate::update::is_negative;
 use crate::{Error, Result};
@@ -43,14 +42,6 @@ impl Cache {
             .is_some_and(|l| l.backing.is_some())
     }
 
-    fn note_lost(&self, n: u32) {
-        if n > 0 {
-            self.inner
-                .dirty_lost
-                .fetch_add(u64::from(n), Ordering::Relaxed);
-        }
-    }
-
     /// Locks `page` for a change. A page a dead process left half-changed is reset, and the
     /// dirty entries it held are counted as lost.
     pub(crate) fn lock_for_change(&self, page: u32) -> Result<PageGuard<'_>> {
@@ -59,17 +50,8 @@ impl Cache {
                 path: self.path().to_path_buf(),
             });
         }
-        let timeout = self.inner.lock_timeout;
-        let mut guard = self
-            .inner
-            .file
-            .lock_as_is(page, timeout)
-            .map_err(|e| self.inner.file.lock_error(e, page, timeout))?;
-        if guard.busy() {
-            self.note_lost(count_dirty(guard.bytes()));
-            guard.reset();
-        }
-        Ok(guard)
+        // A page found half-changed is reset there, its dirty entries counted as lost.
+        self.lock_page(page)
     }
 
     /// [`PageGuard::change`], counting the dirty entries of a page found damaged (and reset).
@@ -78,21 +60,12 @@ impl Cache {
         guard: &mut PageGuard<'_>,
         f: impl FnOnce(&mut PageMut<'_>) -> std::result::Result<T, Corrupt>,
     ) -> std::result::Result<T, Corrupt> {
-        let mut lost = 0;
-        let result = guard.change(|p| {
-            let result = f(p);
-            if result.is_err() {
-                lost = p.count_dirty();
-            }
-            result
-        });
-        self.note_lost(lost);
-        result
+        // A page found damaged is reset by `change`, its dirty entries counted as lost.
+        guard.change(f)
     }
 
     /// Resets a page found damaged by a read, counting its dirty entries.
     pub(crate) fn reset_counting(&self, guard: &mut PageGuard<'_>) {
-        self.note_lost(count_dirty(guard.bytes()));
         guard.reset();
     }
 

@@ -182,8 +182,16 @@ impl PageGuard<'_> {
         }
     }
 
-    /// Resets a page that failed validation, and counts it.
+    /// Resets a page that failed validation, and counts it, with the dirty (write-back)
+    /// entries that can still be found in it, which are lost.
     pub(crate) fn reset(&mut self) {
+        let lost = crate::page::count_dirty(self.bytes());
+        if lost > 0 {
+            self.0
+                .file
+                .dirty_lost
+                .fetch_add(u64::from(lost), Ordering::Relaxed);
+        }
         let (file, page) = (self.0.file, self.0.page);
         match file.row(page) {
             Some(row) => {

@@ -58,6 +58,8 @@ pub(crate) struct SharedFile {
     pub(super) locks: PageLocks,
     /// Resets per page, for the FastMmap layout (which has no header to count them in).
     pub(super) local_resets: Box<[AtomicU64]>,
+    /// Dirty entries found in pages this process reset (their writes are lost).
+    pub(super) dirty_lost: AtomicU64,
     /// Descriptors of this file opened by racing openers: never closed while the file is in
     /// use, since closing any descriptor drops all of this process's fcntl locks on it.
     pub(super) spare_fds: Mutex<Vec<File>>,
@@ -131,6 +133,15 @@ impl SharedFile {
                 .cast::<u32>()
                 .read_volatile()
         })
+    }
+
+    /// Dirty entries found in pages this process reset; with `clear`, zeroes the count.
+    pub(crate) fn dirty_lost(&self, clear: bool) -> u64 {
+        if clear {
+            self.dirty_lost.swap(0, Ordering::Relaxed)
+        } else {
+            self.dirty_lost.load(Ordering::Relaxed)
+        }
     }
 
     /// How many times `page` has been reset for failing validation.
