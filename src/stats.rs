@@ -17,9 +17,9 @@ pub struct Stats {
     /// Pages reset because they failed validation (crash or corruption).
     pub resets: u64,
     /// Dirty entries (write-back values not yet in the backing store) that were lost because
-    /// their page was reset, as counted by this process: the entries this process's handles
-    /// with a [`Backing`](crate::Backing), and its stores and removes, found in the pages they
-    /// reset. A best effort: what can still be read of a damaged page.
+    /// their page was reset, as counted by this process: the dirty entries found in every page
+    /// it reset, whichever operation found the page damaged. A best effort: what can still be
+    /// read of a damaged page.
     pub dirty_lost: u64,
     /// The same figures page by page.
     pub pages: Vec<PageStats>,
