@@ -69,6 +69,31 @@ impl SessionStore {
     /// under the id that this version cannot read (it is left alone); [`Error::Cache`];
     /// [`Error::Random`].
     pub fn load(&self, id: Option<&SessionId>, client: &Client<'_>) -> Result<Session> {
+        self.load_with(id, client, true)
+    }
+
+    /// [`load`](Self::load), except that stored flash values stay in the store until they are
+    /// read: [`take_flash`](Self::take_flash) takes them, and until then
+    /// [`Session::get_flash`] says so ([`Error::FlashNotTaken`]). This is how Catalyst
+    /// treated flash values, and what the request cycle ([`Visit`](crate::session::Visit))
+    /// does: a request that loads the session but never reads its flash does not consume it.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load).
+    pub fn load_leaving_flash(
+        &self,
+        id: Option<&SessionId>,
+        client: &Client<'_>,
+    ) -> Result<Session> {
+        self.load_with(id, client, false)
+    }
+
+    fn load_with(
+        &self,
+        id: Option<&SessionId>,
+        client: &Client<'_>,
+        deliver_flash: bool,
+    ) -> Result<Session> {
         let Some(id) = id else {
             return self.fresh(NewReason::NoId, client);
         };
@@ -78,7 +103,7 @@ impl SessionStore {
             // An entry the cache no longer shows may still be there, expired: remove it.
             None => Update::Remove,
             Some(bytes) => {
-                let (seen, update) = self.inspect(bytes, now, client);
+                let (seen, update) = self.inspect(bytes, now, client, deliver_flash);
                 found = seen;
                 update
             }
@@ -93,14 +118,75 @@ impl SessionStore {
                     record.times.active = now;
                     record.times.expires = expires;
                 }
-                Ok(Session::loaded(*id, record, extended.is_some()))
+                let pending = !deliver_flash && !record.flash.is_empty();
+                if !deliver_flash {
+                    record.flash.clear();
+                }
+                let mut session = Session::loaded(*id, record, extended.is_some());
+                session.flash_pending = pending;
+                Ok(session)
             }
         }
     }
 
+    /// Takes the flash values of a session loaded by
+    /// [`load_leaving_flash`](Self::load_leaving_flash) out of the store, in one atomic step
+    /// (so exactly one request receives them), and hands them to `session`
+    /// ([`Session::get_flash`]). Does nothing if there are none or they were taken already.
+    ///
+    /// # Errors
+    /// [`Error::BadRecord`] / [`Error::UnsupportedVersion`] if the stored record cannot be
+    /// read (it is left alone; the session then has no flash values); [`Error::Cache`].
+    pub fn take_flash(&self, session: &mut Session) -> Result<()> {
+        if !session.flash_pending {
+            return Ok(());
+        }
+        session.flash_pending = false;
+        let mut taken: Option<Result<crate::session::record::Map>> = None;
+        self.inner.cache.update(&self.key(&session.id), |current| {
+            let Some(bytes) = current else {
+                return Update::Keep;
+            };
+            let view = match RecordView::parse(bytes) {
+                Ok(view) => view,
+                Err(e) => {
+                    taken = Some(Err(e));
+                    return Update::Keep;
+                }
+            };
+            if !view.header.has_flash() {
+                return Update::Keep;
+            }
+            match view.flash() {
+                Ok(flash) => {
+                    taken = Some(Ok(flash));
+                    let times = view.header.times;
+                    Update::SetWith(
+                        view.patched(times.active, times.expires, true),
+                        Expiry::At(from_unix_secs(times.expires)),
+                    )
+                }
+                Err(e) => {
+                    taken = Some(Err(e));
+                    Update::Keep
+                }
+            }
+        })?;
+        if let Some(flash) = taken.transpose()? {
+            session.flash_in = flash;
+        }
+        Ok(())
+    }
+
     /// What a load at `now` by `client` makes of the stored `bytes`, and what it does to
     /// them (under the page lock: only the header is parsed).
-    pub(super) fn inspect(&self, bytes: &[u8], now: u64, client: &Client<'_>) -> (Found, Update) {
+    pub(super) fn inspect(
+        &self,
+        bytes: &[u8],
+        now: u64,
+        client: &Client<'_>,
+        deliver_flash: bool,
+    ) -> (Found, Update) {
         let view = match RecordView::parse(bytes) {
             Ok(view) => view,
             Err(e) => return (Found::Unreadable(e), Update::Keep),
@@ -113,7 +199,7 @@ impl SessionStore {
             return (Found::Dropped(reason), Update::Remove);
         }
         let extended = self.extension(times, now);
-        let drop_flash = view.header.has_flash();
+        let drop_flash = deliver_flash && view.header.has_flash();
         let found = Found::Live {
             bytes: bytes.to_vec(),
             extended,

@@ -151,13 +151,13 @@ fn a_record_seen_expired_is_reported_and_removed() {
     let f = fixture(|b| b.lifetime(Duration::from_secs(100)));
     let id = f.stored_session("n", 1);
     let bytes = f.store.cache().get(&f.store.key(&id)).unwrap().unwrap();
-    let (found, update) = f.store.inspect(&bytes, T0 + 100, &Client::new());
+    let (found, update) = f.store.inspect(&bytes, T0 + 100, &Client::new(), true);
     assert!(matches!(found, Found::Dropped(NewReason::Expired)));
     assert_eq!(update, Update::Remove);
-    let (found, update) = f.store.inspect(&bytes, T0 + 99, &Client::new());
+    let (found, update) = f.store.inspect(&bytes, T0 + 99, &Client::new(), true);
     assert!(matches!(found, Found::Live { extended: None, .. }));
     assert_eq!(update, Update::Keep);
-    let (found, _) = f.store.inspect(b"junk", T0, &Client::new());
+    let (found, _) = f.store.inspect(b"junk", T0, &Client::new(), true);
     assert!(matches!(found, Found::Unreadable(Error::BadRecord { .. })));
 }
 
@@ -593,4 +593,49 @@ fn key_prefix_separates_sessions() {
         .unwrap();
     let s = other.load(Some(&id), &Client::new()).unwrap();
     assert_eq!(s.origin(), &Origin::New(NewReason::Unknown));
+}
+
+#[test]
+fn flash_left_in_the_store_is_taken_once() {
+    let f = fixture(|b| b);
+    let mut s = f.store.create(&Client::new()).unwrap();
+    s.flash("notice", "saved").unwrap();
+    f.store.save(&mut s).unwrap();
+    let id = *s.id();
+    let mut a = f
+        .store
+        .load_leaving_flash(Some(&id), &Client::new())
+        .unwrap();
+    let mut b = f
+        .store
+        .load_leaving_flash(Some(&id), &Client::new())
+        .unwrap();
+    assert!(a.has_pending_flash() && b.has_pending_flash());
+    assert!(matches!(
+        a.get_flash::<String>("notice"),
+        Err(Error::FlashNotTaken)
+    ));
+    f.store.take_flash(&mut a).unwrap();
+    f.store.take_flash(&mut b).unwrap();
+    assert_eq!(
+        a.get_flash::<String>("notice").unwrap().as_deref(),
+        Some("saved")
+    );
+    assert_eq!(
+        b.get_flash::<String>("notice").unwrap(),
+        None,
+        "only one takes it"
+    );
+    // Saving a session that never took its flash keeps the flash stored.
+    let mut c = f.store.create(&Client::new()).unwrap();
+    c.flash("x", &1).unwrap();
+    f.store.save(&mut c).unwrap();
+    let mut d = f
+        .store
+        .load_leaving_flash(Some(c.id()), &Client::new())
+        .unwrap();
+    d.insert("k", &2).unwrap();
+    f.store.save(&mut d).unwrap();
+    let e = f.store.load(Some(c.id()), &Client::new()).unwrap();
+    assert_eq!(e.get_flash::<u32>("x").unwrap(), Some(1));
 }
