@@ -18,6 +18,8 @@ pub mod page;
 pub mod session;
 mod stats;
 mod store;
+#[cfg(any(feature = "axum", feature = "tower-sessions"))]
+pub mod web;
 
 pub use builder::CacheBuilder;
 pub use cache::{Cache, Entry, EntryFlags, Iter, PageProblem, Update};
