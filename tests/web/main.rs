@@ -12,6 +12,7 @@ mod common;
 #[path = "../../examples/support/web_app.rs"]
 mod web_app;
 
+mod browser;
 mod server;
 mod tower_sessions;
 
@@ -37,6 +38,11 @@ fn demo(workers: usize, url_sessions: bool) -> Server {
             web_app::store(&path, &format!("http://{addr}/"), url_sessions).expect("session store");
         web_app::app(store)
     })
+}
+
+/// The demo server with ids in URLs on.
+fn demo_url_server(workers: usize) -> Server {
+    demo(workers, true)
 }
 
 /// `count=N` of a `/count` page.
