@@ -250,13 +250,14 @@ where
         if let Some(uri) = with_path(req.uri(), visit.path(), visit.query()) {
             *req.uri_mut() = uri;
         }
+        let head = req.method() == http::Method::HEAD;
         let handle = Arc::new(Mutex::new(visit));
         req.extensions_mut()
             .insert(Session::from_visit(Arc::clone(&handle)));
         let future = self.inner.call(req);
         Box::pin(async move {
             let response = future.await?;
-            Ok(finish(&config, &handle, response).await)
+            Ok(finish(&config, &handle, response, head).await)
         })
     }
 }
@@ -277,6 +278,7 @@ async fn finish<B>(
     config: &Config,
     handle: &Mutex<crate::session::Visit>,
     response: http::Response<B>,
+    head: bool,
 ) -> http::Response<SessionBody<B>>
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -320,7 +322,8 @@ where
     {
         parts.headers.append(SET_COOKIE, value);
     }
-    let Some(page) = finished.page else {
+    // A HEAD response has no body to rewrite, and keeps the length GET would have.
+    let Some(page) = finished.page.filter(|_| !head) else {
         return http::Response::from_parts(parts, SessionBody::plain(body));
     };
     if parts

@@ -208,7 +208,8 @@ fn wait_signal(signals: &libc::sigset_t, timeout: Duration) -> Option<libc::c_in
     (signal > 0).then_some(signal)
 }
 
-/// Reaps dead workers and starts one for each.
+/// Reaps dead workers and starts one in each empty slot (a dead worker's, or one a failed
+/// `fork` left empty at an earlier tick).
 fn reap_and_replace<F: Fn() -> Router>(
     workers: &mut [Worker],
     listener: &TcpListener,
@@ -220,18 +221,20 @@ fn reap_and_replace<F: Fn() -> Router>(
         // SAFETY: waitpid with WNOHANG writes the status of one exited child, if any.
         let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
         if pid <= 0 {
-            return;
+            break;
         }
-        let Some(slot) = workers.iter_mut().find(|w| w.pid == pid) else {
-            continue;
-        };
+        if let Some(slot) = workers.iter_mut().find(|w| w.pid == pid) {
+            slot.pid = -1;
+        }
+    }
+    for slot in workers.iter_mut().filter(|w| w.pid == -1) {
         if slot.started.elapsed() < MIN_WORKER_LIFE {
             std::thread::sleep(MIN_WORKER_LIFE);
         }
         match spawn(listener, app, None, old_mask) {
             Ok(w) => *slot = w,
             // No process to be had now: try again at the next tick.
-            Err(_) => slot.pid = -1,
+            Err(_) => slot.started = Instant::now(),
         }
     }
 }

@@ -234,3 +234,20 @@ fn a_handler_that_never_uses_the_session_leaves_no_trace() {
     assert!(headers.get(header::SET_COOKIE).is_none());
     assert_eq!(s.cache().keys().count(), 0);
 }
+
+#[test]
+fn a_head_request_keeps_its_length() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let layer = SessionLayer::new(store(&dir, true, CookieConfig::new()));
+    let routes = Router::new().route("/page", get(page));
+    let req = Request::builder()
+        .method("HEAD")
+        .uri("/page")
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers, body) = send(&layer, routes, req);
+    assert_eq!(status, 200);
+    assert_eq!(body, "");
+    assert_eq!(headers[header::CONTENT_LENGTH], PAGE.len().to_string());
+}
