@@ -236,13 +236,16 @@ where
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(a)| a.ip());
-        let client = Client {
-            address,
-            user_agent,
-        };
+        let mut client = Client::new();
+        if let Some(address) = address {
+            client = client.address(address);
+        }
+        if let Some(user_agent) = user_agent {
+            client = client.user_agent(user_agent);
+        }
         let https = is_https(req.uri(), req.headers(), config.trust_forwarded_proto);
-        let mut request = Request::new(req.uri().path()).https(https).client(client);
-        request.query = req.uri().query();
+        let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let mut request = Request::new(target).https(https).client(client);
         if let Some(cookie) = cookie.as_deref() {
             request = request.cookie(cookie);
         }

@@ -13,6 +13,7 @@ mod common;
 mod web_app;
 
 mod browser;
+mod example;
 mod layer;
 mod server;
 mod tower_sessions;

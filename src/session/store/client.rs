@@ -9,6 +9,7 @@ use crate::session::record::{Binding, MAX_BOUND_USER_AGENT, RecordView, truncate
 
 /// What the server knows about the client making a request, for binding sessions to it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Client<'a> {
     /// The client's address (as the server or a trusted proxy saw it).
     pub address: Option<IpAddr>,
