@@ -4,7 +4,8 @@
 //!
 //! The parent binds the listener, forks the workers and supervises them: each worker has
 //! its own single-threaded tokio runtime and accepts on the inherited listener; a worker
-//! that dies is replaced; `SIGTERM` or `SIGINT` stops them all.
+//! that dies is replaced; `SIGTERM` or `SIGINT` stops them all — each worker stops
+//! accepting and finishes the requests it is serving, within the stop timeout.
 
 // fork, waitpid, kill, sigprocmask, sigtimedwait and prctl are libc calls.
 #![allow(unsafe_code)]
@@ -15,7 +16,11 @@ use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
+use std::os::fd::{FromRawFd, OwnedFd};
+
 use axum::Router;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 /// How long the parent waits for its first workers to accept, at most.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -94,8 +99,8 @@ impl Prefork {
         }
     }
 
-    /// How long workers get to exit after `SIGTERM` when the server stops, before they are
-    /// killed (default 10 s).
+    /// How long workers get to finish the requests they are serving after `SIGTERM` when the
+    /// server stops, before they are killed (default 10 s).
     pub fn stop_timeout(mut self, d: Duration) -> Self {
         self.stop_timeout = d;
         self
@@ -308,12 +313,56 @@ fn spawn<F: Fn() -> Router>(
     }
 }
 
-/// A worker's life: a single-threaded runtime serving `app()` on the listener until killed.
+/// `SIGTERM` and `SIGINT`, blocked, as a `signalfd` of this process's own. Waiting on it
+/// shares nothing with the parent: a signal handler installed before the fork (tokio's, by
+/// any runtime with signals enabled) would share its wake-up pipe with every process forked
+/// after it, and a signal to one worker could wake another.
+fn stop_signals() -> io::Result<OwnedFd> {
+    let mut set = parent_signals();
+    // SAFETY: removes a member from a sigset_t we own.
+    unsafe { libc::sigdelset(&mut set, libc::SIGCHLD) };
+    // SAFETY: the worker is single-threaded here; the set is valid.
+    let blocked = unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    os_error(blocked, ())?;
+    // SAFETY: creates a new descriptor from a valid set.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+    let fd = os_error(fd, fd)?;
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits until the signalfd from [`stop_signals`] has a signal.
+async fn stopped(signals: AsyncFd<OwnedFd>) {
+    let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+    loop {
+        let Ok(mut guard) = signals.readable().await else {
+            return;
+        };
+        // SAFETY: reads into a buffer of the size signalfd writes.
+        let n = unsafe {
+            libc::read(
+                signals.get_ref().as_raw_fd(),
+                info.as_mut_ptr().cast(),
+                info.len(),
+            )
+        };
+        if n > 0 {
+            return;
+        }
+        guard.clear_ready();
+    }
+}
+
+/// A worker's life: a single-threaded runtime serving `app()` on the listener until
+/// `SIGTERM` (or `SIGINT`); then it finishes the requests in flight and returns.
 fn worker<F: Fn() -> Router>(
     listener: &TcpListener,
     app: &F,
     ready: Option<&io::PipeWriter>,
 ) -> i32 {
+    let Ok(signals) = stop_signals() else {
+        return WORKER_FAILED;
+    };
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -322,11 +371,19 @@ fn worker<F: Fn() -> Router>(
     };
     let served = runtime.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
+        // SAFETY: the OwnedFd is the one open descriptor it names, and moves into the AsyncFd
+        // for as long as it lives.
+        let signals = unsafe { AsyncFd::register_with_interest(signals, Interest::READABLE) }
+            .map_err(io::Error::from)?;
         if let Some(mut ready) = ready {
             let _ = ready.write_all(b"r");
         }
         let service = app().into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, service).await
+        // On SIGTERM: stop accepting, finish the requests in flight, then exit (the parent
+        // kills what is still there after its stop timeout).
+        axum::serve(listener, service)
+            .with_graceful_shutdown(stopped(signals))
+            .await
     });
     match served {
         Ok(()) => 0,

@@ -135,8 +135,14 @@ impl Browser {
         }
     }
 
-    /// Sends a DevTools command (to a page when `session` is given) and waits for its result.
-    fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+    /// Sends a DevTools command (to a page when `session` is given) and waits for its result,
+    /// or the error DevTools answers with.
+    fn try_call(
+        &mut self,
+        session: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({ "id": id, "method": method, "params": params });
@@ -164,12 +170,17 @@ impl Browser {
             };
             let reply: Value = serde_json::from_str(text.as_str()).expect("DevTools JSON");
             if reply["id"] == json!(id) {
-                if let Some(error) = reply.get("error") {
-                    panic!("{method}: {error}");
-                }
-                return reply["result"].clone();
+                return match reply.get("error") {
+                    Some(error) => Err(error.clone()),
+                    None => Ok(reply["result"].clone()),
+                };
             }
         }
+    }
+
+    fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        self.try_call(session, method, params)
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
     }
 }
 
@@ -200,23 +211,41 @@ impl Page<'_> {
         self.browser.call(Some(&session), method, params)
     }
 
-    /// The value of a JavaScript expression in the page.
+    /// The value of a JavaScript expression in the page; `None` if the page went away while
+    /// it ran (a click that navigates, an evaluation during a navigation).
+    fn try_eval(&mut self, expression: &str) -> Option<Value> {
+        let session = self.session.clone();
+        let r = self
+            .browser
+            .try_call(
+                Some(&session),
+                "Runtime.evaluate",
+                json!({ "expression": expression, "returnByValue": true }),
+            )
+            .ok()?;
+        Some(r["result"]["value"].clone())
+    }
+
     fn eval(&mut self, expression: &str) -> Value {
-        let r = self.call(
-            "Runtime.evaluate",
-            json!({ "expression": expression, "returnByValue": true }),
-        );
-        r["result"]["value"].clone()
+        self.try_eval(expression)
+            .unwrap_or_else(|| panic!("the page went away while evaluating {expression}"))
+    }
+
+    /// Runs an action that may navigate away (a click, a form submission).
+    fn act(&mut self, expression: &str) {
+        let _ = self.try_eval(expression);
     }
 
     /// `(address, text)` of the page once it is loaded and `done(address, text)` holds.
     fn wait_for(&mut self, what: &str, done: impl Fn(&str, &str) -> bool) -> (String, String) {
         let deadline = Instant::now() + STEP;
         loop {
-            let state = self.eval(
-                "JSON.stringify([document.readyState, location.href, \
-                 document.body ? document.body.innerText : ''])",
-            );
+            let state = self
+                .try_eval(
+                    "JSON.stringify([document.readyState, location.href, \
+                     document.body ? document.body.innerText : ''])",
+                )
+                .unwrap_or(Value::Null);
             if let Some(s) = state.as_str()
                 && let Ok(Value::Array(v)) = serde_json::from_str::<Value>(s)
                 && v[0] == "complete"
@@ -286,25 +315,25 @@ fn a_browser_without_cookies_stays_in_one_session_through_url_ids() {
     assert!(page.cookies(&server).is_empty(), "cookies are blocked");
 
     // Click the link to the home page: the same session (visits=2).
-    page.eval("document.getElementById('home').click()");
+    page.act("document.getElementById('home').click()");
     let (href, text) = page.wait_for("visit 2", |_, t| t.contains("visits=2"));
     assert_eq!(id_in(&href), id, "{href}");
     assert!(text.contains("visits=2 user="), "{text}");
 
     // Click through to the counter and its "again" link.
-    page.eval("document.getElementById('count').click()");
+    page.act("document.getElementById('count').click()");
     let (href, text) = page.wait_for("count=1", |_, t| t.starts_with("count=1 "));
     assert_eq!(id_in(&href), id);
     assert!(href.contains("/count/-/"), "{href}");
     assert!(text.starts_with("count=1 pid="), "{text}");
-    page.eval("document.querySelector('a').click()");
+    page.act("document.querySelector('a').click()");
     let (href, _) = page.wait_for("count=2", |_, t| t.starts_with("count=2 "));
     assert_eq!(id_in(&href), id);
 
     // Back to the home page through its address with the id, and submit the login form.
     page.navigate(&format!("{home}-/{id}"));
     page.wait_for("visit 3", |_, t| t.contains("visits=3"));
-    page.eval(
+    page.act(
         "document.querySelector('#login input[name=user]').value = 'ada'; \
          document.querySelector('#login button').click()",
     );

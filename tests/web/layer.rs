@@ -251,3 +251,29 @@ fn a_head_request_keeps_its_length() {
     assert_eq!(body, "");
     assert_eq!(headers[header::CONTENT_LENGTH], PAGE.len().to_string());
 }
+
+#[test]
+fn with_cookies_only_router_layer_is_enough() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let app = Router::new()
+        .route("/page", get(page))
+        .layer(SessionLayer::new(store(&dir, false, CookieConfig::new())));
+    let r = run(app.clone().oneshot(get_req("/page"))).unwrap();
+    let cookie = r.headers()[header::SET_COOKIE].to_str().unwrap();
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    async fn seen(session: Session) -> String {
+        format!("{:?}", session.get::<bool>("seen").unwrap())
+    }
+    let app = Router::new()
+        .route("/seen", get(seen))
+        .layer(SessionLayer::new(store(&dir, false, CookieConfig::new())));
+    let req = Request::builder()
+        .uri("/seen")
+        .header(header::COOKIE, pair)
+        .body(Body::empty())
+        .unwrap();
+    let r = run(app.oneshot(req)).unwrap();
+    let body = run(r.into_body().collect()).unwrap().to_bytes();
+    assert_eq!(&body[..], b"Some(true)");
+}

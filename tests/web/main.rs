@@ -302,7 +302,8 @@ fn a_cookieless_client_following_rewritten_links_stays_in_one_session() {
 }
 
 /// The demo's routes plus `/slow`, which increments the count, says which worker it is in
-/// (in the cache, under `slow-pid`) and then takes 30 s to answer.
+/// (in the cache, under `slow-pid`) and then takes 30 s to answer, and `/pause`, which
+/// answers after 0.8 s.
 fn slow_app(path: std::path::PathBuf, addr: SocketAddr) -> Router {
     let store = web_app::store(&path, &format!("http://{addr}/"), false).unwrap();
     async fn slow(session: Session, cache: axum::extract::State<Cache>) -> String {
@@ -318,8 +319,13 @@ fn slow_app(path: std::path::PathBuf, addr: SocketAddr) -> Router {
         tokio::time::sleep(Duration::from_secs(30)).await;
         "slow".to_owned()
     }
+    async fn pause() -> &'static str {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        "paused"
+    }
     let slow_routes = Router::new()
         .route("/slow", any(slow))
+        .route("/pause", any(pause))
         .with_state(store.cache().clone())
         .layer(SessionLayer::new(store.clone()));
     web_app::app(store).merge(slow_routes)
@@ -431,4 +437,24 @@ fn a_static_asset_neither_loads_nor_sets_anything() {
         ("user=", None),
         "an empty session is not stored"
     );
+}
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let path = Server::session_file(&dir);
+    let server = Server::start(2, dir, move |addr| slow_app(path.clone(), addr));
+    let addr = server.addr;
+    let paused = std::thread::spawn(move || Client::new(addr).try_get("/pause").map(|r| r.body));
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    drop(server); // SIGTERM to the parent, which passes it on and waits for its workers
+    assert_eq!(paused.join().unwrap().expect("answered"), "paused");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(Client::new(addr).try_get("/count").is_err(), "stopped");
 }
