@@ -250,7 +250,8 @@ where
             request = request.cookie(cookie);
         }
         let visit = config.store.begin(&request);
-        if let Some(uri) = with_path(req.uri(), visit.path(), visit.query()) {
+        let changed = visit.path() != req.uri().path() || visit.query() != req.uri().query();
+        if changed && let Some(uri) = with_path(req.uri(), visit.path(), visit.query()) {
             *req.uri_mut() = uri;
         }
         let head = req.method() == http::Method::HEAD;
