@@ -25,6 +25,8 @@ mod store;
 #[cfg(feature = "serde")]
 pub mod typed;
 mod update;
+#[cfg(any(feature = "axum", feature = "tower-sessions"))]
+pub mod web;
 
 pub use backing::{Backing, BackingError, WriteMode};
 pub use builder::CacheBuilder;

@@ -80,6 +80,11 @@ impl Setup {
 }
 
 /// `name=value` from a `Set-Cookie` value: what the browser sends back.
+/// The `Set-Cookie` value of a response, if any.
+fn sc(r: &Response) -> Option<String> {
+    r.set_cookie.as_ref().map(ToString::to_string)
+}
+
 fn cookie_pair(set_cookie: &str) -> String {
     set_cookie.split(';').next().unwrap().to_owned()
 }
@@ -122,17 +127,21 @@ fn a_session_lives_across_forked_workers() {
 
     // Worker 1: a first visit, no cookie. The session gets values and a flash message.
     kids.spawn(|| {
-        let mut visit = store.begin(&Request::new("/app/cart")).unwrap();
-        assert_eq!(visit.session.origin(), &Origin::New(NewReason::NoId));
-        visit.session.insert("cart", &vec![1]).unwrap();
-        visit.session.flash("notice", "added to cart").unwrap();
+        let mut visit = store.begin(&Request::new("/app/cart"));
+        assert_eq!(
+            visit.session().unwrap().origin(),
+            &Origin::New(NewReason::NoId)
+        );
+        visit.session().unwrap().insert("cart", &vec![1]).unwrap();
+        visit
+            .session()
+            .unwrap()
+            .flash("notice", "added to cart")
+            .unwrap();
         let mut response = Response::redirect(303, "/app/cart/view");
         let done = store.finish(&mut visit, &mut response).unwrap();
         assert_eq!(done.saved, Saved::Written);
-        send_text(
-            &pipe,
-            &response.set_cookie.expect("a new session sets a cookie"),
-        );
+        send_text(&pipe, &sc(&response).expect("a new session sets a cookie"));
         Ok(())
     });
     let set_cookie = recv_text(&pipe);
@@ -140,7 +149,7 @@ fn a_session_lives_across_forked_workers() {
     assert!(set_cookie.starts_with("session="), "{set_cookie}");
     assert!(
         set_cookie.ends_with(
-            "; Path=/; Max-Age=86400; Expires=Wed, 15 Nov 2023 22:13:20 GMT; HttpOnly; SameSite=Lax"
+            "; HttpOnly; SameSite=Lax; Path=/; Max-Age=86400; Expires=Wed, 15 Nov 2023 22:13:20 GMT"
         ),
         "{set_cookie}"
     );
@@ -151,28 +160,28 @@ fn a_session_lives_across_forked_workers() {
     kids.spawn(|| {
         s.at(100);
         let req = Request::new("/app/cart/view").cookie(&cookie);
-        let mut visit = store.begin(&req).unwrap();
-        assert_eq!(visit.session.origin(), &Origin::Loaded);
+        let mut visit = store.begin(&req);
+        assert_eq!(visit.session().unwrap().origin(), &Origin::Loaded);
         assert_eq!(visit.source(), IdSource::Cookie);
-        assert_eq!(visit.session.id(), &id);
+        assert_eq!(visit.session().unwrap().id(), &id);
         assert_eq!(
-            visit
-                .session
-                .get_flash::<String>("notice")
-                .unwrap()
-                .as_deref(),
+            visit.get_flash::<String>("notice").unwrap().as_deref(),
             Some("added to cart")
         );
         assert_eq!(
-            visit.session.get::<Vec<u32>>("cart").unwrap(),
+            visit.session().unwrap().get::<Vec<u32>>("cart").unwrap(),
             Some(vec![1])
         );
-        visit.session.insert("cart", &vec![1, 2]).unwrap();
+        visit
+            .session()
+            .unwrap()
+            .insert("cart", &vec![1, 2])
+            .unwrap();
         let mut response = Response::html("<a href=\"/app/checkout\">checkout</a>");
         let done = store.finish(&mut visit, &mut response).unwrap();
         assert_eq!(done.saved, Saved::Written);
         // The browser has the cookie and its expiry did not move (absolute lifetime).
-        assert_eq!(response.set_cookie, None);
+        assert_eq!(sc(&response), None);
         // A client with the cookie gets no ids in URLs.
         assert_eq!(body(&response), "<a href=\"/app/checkout\">checkout</a>");
         Ok(())
@@ -183,23 +192,18 @@ fn a_session_lives_across_forked_workers() {
     // in, so the session moves to a new id.
     kids.spawn(|| {
         s.at(200);
-        let mut visit = store
-            .begin(&Request::new("/app/login").cookie(&cookie))
-            .unwrap();
-        assert_eq!(visit.session.origin(), &Origin::Loaded);
+        let mut visit = store.begin(&Request::new("/app/login").cookie(&cookie));
+        assert_eq!(visit.session().unwrap().origin(), &Origin::Loaded);
         assert_eq!(
-            visit.session.get::<Vec<u32>>("cart").unwrap(),
+            visit.session().unwrap().get::<Vec<u32>>("cart").unwrap(),
             Some(vec![1, 2])
         );
-        assert_eq!(visit.session.get_flash::<String>("notice").unwrap(), None);
-        assert_eq!(store.change_id(&mut visit.session).unwrap(), id);
-        visit.session.insert("user", "ada").unwrap();
+        assert_eq!(visit.get_flash::<String>("notice").unwrap(), None);
+        assert_eq!(visit.change_id().unwrap(), id);
+        visit.session().unwrap().insert("user", "ada").unwrap();
         let mut response = Response::redirect(302, "/app/");
         store.finish(&mut visit, &mut response).unwrap();
-        send_text(
-            &pipe,
-            &response.set_cookie.expect("a new id sets the cookie"),
-        );
+        send_text(&pipe, &sc(&response).expect("a new id sets the cookie"));
         Ok(())
     });
     let after_login = recv_text(&pipe);
@@ -215,27 +219,33 @@ fn a_session_lives_across_forked_workers() {
     let new_cookie = cookie_pair(&after_login);
     kids.spawn(|| {
         s.at(300);
-        let mut old = store.begin(&Request::new("/app/").cookie(&cookie)).unwrap();
-        assert_eq!(old.session.origin(), &Origin::New(NewReason::Unknown));
-        assert_ne!(old.session.id(), &id);
+        let mut old = store.begin(&Request::new("/app/").cookie(&cookie));
+        assert_eq!(
+            old.session().unwrap().origin(),
+            &Origin::New(NewReason::Unknown)
+        );
+        assert_ne!(old.session().unwrap().id(), &id);
         let mut response = Response::html("");
         store.finish(&mut old, &mut response).unwrap();
-        let removal = response.set_cookie.expect("a stale cookie is deleted");
+        let removal = sc(&response).expect("a stale cookie is deleted");
         assert!(
-            removal.starts_with("session=; Path=/; Max-Age=0;"),
+            removal.starts_with("session=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0;"),
             "{removal}"
         );
 
-        let visit = store
-            .begin(&Request::new("/app/").cookie(&new_cookie))
-            .unwrap();
-        assert_eq!(visit.session.origin(), &Origin::Loaded);
+        let mut visit = store.begin(&Request::new("/app/").cookie(&new_cookie));
+        assert_eq!(visit.session().unwrap().origin(), &Origin::Loaded);
         assert_eq!(
-            visit.session.get::<String>("user").unwrap().as_deref(),
+            visit
+                .session()
+                .unwrap()
+                .get::<String>("user")
+                .unwrap()
+                .as_deref(),
             Some("ada")
         );
         assert_eq!(
-            visit.session.get::<Vec<u32>>("cart").unwrap(),
+            visit.session().unwrap().get::<Vec<u32>>("cart").unwrap(),
             Some(vec![1, 2])
         );
         Ok(())
@@ -245,22 +255,20 @@ fn a_session_lives_across_forked_workers() {
     // Worker 5, one second past the lifetime: the session has expired.
     kids.spawn(|| {
         s.at(86_400);
-        let mut visit = store
-            .begin(&Request::new("/app/").cookie(&new_cookie))
-            .unwrap();
+        let mut visit = store.begin(&Request::new("/app/").cookie(&new_cookie));
         assert!(
             matches!(
-                visit.session.origin(),
+                visit.session().unwrap().origin(),
                 Origin::New(NewReason::Unknown | NewReason::Expired)
             ),
             "{:?}",
-            visit.session.origin()
+            visit.session().unwrap().origin()
         );
-        assert!(visit.session.is_empty());
-        assert_ne!(visit.session.id(), &new_id);
+        assert!(visit.session().unwrap().is_empty());
+        assert_ne!(visit.session().unwrap().id(), &new_id);
         let mut response = Response::html("");
         store.finish(&mut visit, &mut response).unwrap();
-        assert!(response.set_cookie.unwrap().contains("Max-Age=0"));
+        assert!(sc(&response).unwrap().contains("Max-Age=0"));
         Ok(())
     });
     kids.wait_all_ok();
@@ -366,15 +374,15 @@ fn path_style_for_clients_without_cookies() {
     let s = setup();
     let store = s.url_store(UrlStyle::Path);
 
-    let mut visit = store.begin(&Request::new("/app/")).unwrap();
+    let mut visit = store.begin(&Request::new("/app/"));
     assert_eq!(visit.path(), "/app/");
-    visit.session.insert("lang", "en").unwrap();
+    visit.session().unwrap().insert("lang", "en").unwrap();
     let mut page = Response::html(PAGE);
     let done = store.finish(&mut visit, &mut page).unwrap();
     assert!(done.body_error.is_none());
-    let id = *visit.session.id();
+    let id = *visit.session().unwrap().id();
     // The cookie is offered too, in case the client takes it.
-    assert_eq!(id_of(page.set_cookie.as_deref().unwrap()), id);
+    assert_eq!(id_of(sc(&page).as_deref().unwrap()), id);
     let out = body(&page);
     for want in [
         format!(r#"href="/app/site.css/-/{id}""#),
@@ -398,22 +406,27 @@ fn path_style_for_clients_without_cookies() {
 
     // The client follows a rewritten link (no cookie): the id comes out of the path.
     let target = format!("/app/items/-/{id}?page=2");
-    let mut visit = store.begin(&Request::new(&target)).unwrap();
+    let mut visit = store.begin(&Request::new(&target));
     assert_eq!(visit.source(), IdSource::Path);
     assert_eq!(visit.path(), "/app/items");
     assert_eq!(visit.query(), Some("page=2"));
-    assert_eq!(visit.session.origin(), &Origin::Loaded);
+    assert_eq!(visit.session().unwrap().origin(), &Origin::Loaded);
     assert_eq!(
-        visit.session.get::<String>("lang").unwrap().as_deref(),
+        visit
+            .session()
+            .unwrap()
+            .get::<String>("lang")
+            .unwrap()
+            .as_deref(),
         Some("en")
     );
     let mut redirect = Response::redirect(302, "/app/items/1");
     store.finish(&mut visit, &mut redirect).unwrap();
     assert_eq!(redirect.location, Some(format!("/app/items/1/-/{id}")));
     // Still offered the cookie, since it did not send one.
-    assert_eq!(id_of(redirect.set_cookie.as_deref().unwrap()), id);
+    assert_eq!(id_of(sc(&redirect).as_deref().unwrap()), id);
     let mut external = Response::redirect(302, "https://pay.example/checkout");
-    let mut visit = store.begin(&Request::new(&target)).unwrap();
+    let mut visit = store.begin(&Request::new(&target));
     store.finish(&mut visit, &mut external).unwrap();
     assert_eq!(
         external.location.as_deref(),
@@ -422,13 +435,13 @@ fn path_style_for_clients_without_cookies() {
 
     // Once it sends the cookie, nothing is rewritten and no cookie is set again.
     let cookie = format!("session={id}");
-    let mut visit = store.begin(&Request::new("/app/").cookie(&cookie)).unwrap();
+    let mut visit = store.begin(&Request::new("/app/").cookie(&cookie));
     let mut page = Response::html(PAGE);
     store.finish(&mut visit, &mut page).unwrap();
     assert_eq!(body(&page), PAGE);
-    assert_eq!(page.set_cookie, None);
+    assert_eq!(sc(&page), None);
     let mut redirect = Response::redirect(302, "/app/next");
-    let mut visit = store.begin(&Request::new("/app/").cookie(&cookie)).unwrap();
+    let mut visit = store.begin(&Request::new("/app/").cookie(&cookie));
     store.finish(&mut visit, &mut redirect).unwrap();
     assert_eq!(redirect.location.as_deref(), Some("/app/next"));
 }
@@ -438,11 +451,11 @@ fn query_style_for_clients_without_cookies() {
     let _serial = serial();
     let s = setup();
     let store = s.url_store(UrlStyle::Query);
-    let mut visit = store.begin(&Request::new("/app/?x=1")).unwrap();
-    visit.session.insert("n", &1).unwrap();
+    let mut visit = store.begin(&Request::new("/app/?x=1"));
+    visit.session().unwrap().insert("n", &1).unwrap();
     let mut page = Response::html(PAGE);
     store.finish(&mut visit, &mut page).unwrap();
-    let id = *visit.session.id();
+    let id = *visit.session().unwrap().id();
     let out = body(&page);
     for want in [
         format!(r#"href="/app/items?sid={id}""#),
@@ -458,11 +471,11 @@ fn query_style_for_clients_without_cookies() {
     assert!(!out.contains(r#"src="/app/logo.png?"#));
 
     let target = format!("/app/search?q=rust&sid={id}");
-    let mut visit = store.begin(&Request::new(&target)).unwrap();
+    let mut visit = store.begin(&Request::new(&target));
     assert_eq!(visit.source(), IdSource::Query);
     assert_eq!(visit.path(), "/app/search");
     assert_eq!(visit.query(), Some("q=rust"));
-    assert_eq!(visit.session.get::<u32>("n").unwrap(), Some(1));
+    assert_eq!(visit.session().unwrap().get::<u32>("n").unwrap(), Some(1));
     let mut redirect = Response::redirect(303, "/app/results?q=rust");
     store.finish(&mut visit, &mut redirect).unwrap();
     assert_eq!(
@@ -476,11 +489,11 @@ fn no_url_rewriting_for_a_session_that_is_not_stored() {
     let _serial = serial();
     let s = setup();
     let store = s.url_store(UrlStyle::Path);
-    let mut visit = store.begin(&Request::new("/app/")).unwrap();
+    let mut visit = store.begin(&Request::new("/app/"));
     let mut page = Response::html(PAGE);
     store.finish(&mut visit, &mut page).unwrap();
     assert_eq!(body(&page), PAGE);
-    assert_eq!(page.set_cookie, None);
+    assert_eq!(sc(&page), None);
     assert_eq!(
         s.cache.stats().unwrap().entries,
         0,
@@ -501,14 +514,17 @@ fn a_planted_id_is_never_adopted() {
         Request::new("/app/").cookie(&format!("session={planted}")),
         Request::new(&format!("/app/-/{planted}")),
     ] {
-        let mut visit = store.begin(&request).unwrap();
-        assert_eq!(visit.session.origin(), &Origin::New(NewReason::Unknown));
-        assert_ne!(visit.session.id(), &planted);
-        visit.session.insert("user", "victim").unwrap();
+        let mut visit = store.begin(&request);
+        assert_eq!(
+            visit.session().unwrap().origin(),
+            &Origin::New(NewReason::Unknown)
+        );
+        assert_ne!(visit.session().unwrap().id(), &planted);
+        visit.session().unwrap().insert("user", "victim").unwrap();
         let mut page = Response::html(r#"<a href="/app/x">x</a>"#);
         store.finish(&mut visit, &mut page).unwrap();
-        let fresh = *visit.session.id();
-        let set_cookie = page.set_cookie.clone().unwrap();
+        let fresh = *visit.session().unwrap().id();
+        let set_cookie = sc(&page).unwrap();
         assert_eq!(id_of(&set_cookie), fresh);
         let everything = format!("{set_cookie} {:?} {}", page.location, body(&page));
         assert!(!everything.contains(planted.as_str()), "{everything}");
@@ -543,30 +559,33 @@ fn malformed_ids_are_never_looked_up_or_echoed() {
             Request::new("/app/").cookie(&format!("session={bad}")),
             Request::new("/app/").cookie(&format!("a=1; session=\"{bad}\"")),
         ] {
-            let mut visit = store.begin(&request).unwrap();
+            let mut visit = store.begin(&request);
             assert!(
-                matches!(visit.session.origin(), Origin::New(NewReason::Malformed(_))),
+                matches!(
+                    visit.session().unwrap().origin(),
+                    Origin::New(NewReason::Malformed(_))
+                ),
                 "{bad:?}: {:?}",
-                visit.session.origin()
+                visit.session().unwrap().origin()
             );
             let mut page = Response::html(r#"<a href="/app/x">x</a>"#);
             store.finish(&mut visit, &mut page).unwrap();
-            let removal = page.set_cookie.clone().unwrap();
+            let removal = sc(&page).unwrap();
             assert!(removal.starts_with("session=;"), "{removal}");
             assert_eq!(body(&page), r#"<a href="/app/x">x</a>"#);
         }
         if !bad.contains(['/', '?', '#', '\0']) {
             let path = format!("/app/items/-/{bad}");
-            let mut visit = store.begin(&Request::new(&path)).unwrap();
+            let mut visit = store.begin(&Request::new(&path));
             assert!(matches!(
-                visit.session.origin(),
+                visit.session().unwrap().origin(),
                 Origin::New(NewReason::Malformed(_))
             ));
             assert_eq!(visit.path(), "/app/items");
             let mut redirect = Response::redirect(302, "/app/next");
             store.finish(&mut visit, &mut redirect).unwrap();
             assert_eq!(redirect.location.as_deref(), Some("/app/next"));
-            assert_eq!(redirect.set_cookie, None);
+            assert_eq!(sc(&redirect), None);
         }
         let by_str = store.load_str(Some(bad), &Client::new()).unwrap();
         assert!(matches!(
@@ -603,23 +622,23 @@ fn sliding_expiry_resends_the_cookie_only_when_it_moves() {
         .extend_threshold(Duration::from_secs(60))
         .build()
         .unwrap();
-    let mut visit = store.begin(&Request::new("/")).unwrap();
-    visit.session.insert("n", &1).unwrap();
+    let mut visit = store.begin(&Request::new("/"));
+    visit.session().unwrap().insert("n", &1).unwrap();
     let mut r = Response::new(204);
     store.finish(&mut visit, &mut r).unwrap();
-    assert!(r.set_cookie.as_deref().unwrap().contains("Max-Age=600;"));
-    let cookie = cookie_pair(r.set_cookie.as_deref().unwrap());
-    let key = store.key(visit.session.id());
+    assert!(sc(&r).as_deref().unwrap().contains("Max-Age=600;"));
+    let cookie = cookie_pair(sc(&r).as_deref().unwrap());
+    let key = store.key(visit.session().unwrap().id());
     let stored = s.cache.entry(&key).unwrap().unwrap();
 
     s.at(30);
-    let mut visit = store.begin(&Request::new("/").cookie(&cookie)).unwrap();
+    let mut visit = store.begin(&Request::new("/").cookie(&cookie));
     let mut r = Response::new(204);
     assert_eq!(
         store.finish(&mut visit, &mut r).unwrap().saved,
         Saved::Unchanged
     );
-    assert_eq!(r.set_cookie, None);
+    assert_eq!(sc(&r), None);
     assert_eq!(
         s.cache.entry(&key).unwrap().unwrap().value,
         stored.value,
@@ -627,22 +646,22 @@ fn sliding_expiry_resends_the_cookie_only_when_it_moves() {
     );
 
     s.at(61);
-    let mut visit = store.begin(&Request::new("/").cookie(&cookie)).unwrap();
-    assert!(visit.session.was_extended());
+    let mut visit = store.begin(&Request::new("/").cookie(&cookie));
+    assert!(visit.session().unwrap().was_extended());
     let mut r = Response::new(204);
     store.finish(&mut visit, &mut r).unwrap();
     assert!(
-        r.set_cookie.as_deref().unwrap().contains("Max-Age=600;"),
+        sc(&r).as_deref().unwrap().contains("Max-Age=600;"),
         "{:?}",
         r.set_cookie
     );
 
     s.at(61 + 599);
-    let visit = store.begin(&Request::new("/").cookie(&cookie)).unwrap();
-    assert_eq!(visit.session.origin(), &Origin::Loaded);
+    let mut visit = store.begin(&Request::new("/").cookie(&cookie));
+    assert_eq!(visit.session().unwrap().origin(), &Origin::Loaded);
     s.at(61 + 599 + 600);
-    let visit = store.begin(&Request::new("/").cookie(&cookie)).unwrap();
-    assert_ne!(visit.session.origin(), &Origin::Loaded);
+    let mut visit = store.begin(&Request::new("/").cookie(&cookie));
+    assert_ne!(visit.session().unwrap().origin(), &Origin::Loaded);
 }
 
 #[test]
@@ -656,38 +675,39 @@ fn binding_through_the_cycle() {
         .unwrap();
     let home: IpAddr = "203.0.113.5".parse().unwrap();
     let away: IpAddr = "2001:db8::1".parse().unwrap();
-    let mut visit = store
-        .begin(&Request::new("/").client(Client::new().address(home)))
-        .unwrap();
-    visit.session.insert("user", "ada").unwrap();
+    let mut visit = store.begin(&Request::new("/").client(Client::new().address(home)));
+    visit.session().unwrap().insert("user", "ada").unwrap();
     let mut r = Response::new(200);
     store.finish(&mut visit, &mut r).unwrap();
-    let cookie = cookie_pair(r.set_cookie.as_deref().unwrap());
-    let id = *visit.session.id();
+    let cookie = cookie_pair(sc(&r).as_deref().unwrap());
+    let id = *visit.session().unwrap().id();
 
     let same = Request::new("/")
         .cookie(&cookie)
         .client(Client::new().address(home));
     assert_eq!(
-        store.begin(&same).unwrap().session.origin(),
+        store.begin(&same).session().unwrap().origin(),
         &Origin::Loaded
     );
 
     let stolen = Request::new("/")
         .cookie(&cookie)
         .client(Client::new().address(away));
-    let mut visit = store.begin(&stolen).unwrap();
+    let mut visit = store.begin(&stolen);
     assert_eq!(
-        visit.session.origin(),
+        visit.session().unwrap().origin(),
         &Origin::New(NewReason::AddressChanged)
     );
-    assert!(visit.session.is_empty());
+    assert!(visit.session().unwrap().is_empty());
     let mut r = Response::new(200);
     store.finish(&mut visit, &mut r).unwrap();
-    assert!(r.set_cookie.unwrap().contains("Max-Age=0"));
+    assert!(sc(&r).unwrap().contains("Max-Age=0"));
     // Deleted: the rightful owner has lost it too (that is the point of binding).
-    let mut again = store.begin(&same).unwrap();
-    assert_eq!(again.session.origin(), &Origin::New(NewReason::Unknown));
+    let mut again = store.begin(&same);
+    assert_eq!(
+        again.session().unwrap().origin(),
+        &Origin::New(NewReason::Unknown)
+    );
     assert!(!s.physically_present(&store.key(&id)));
     store.finish(&mut again, &mut Response::new(200)).unwrap();
 }
@@ -710,33 +730,33 @@ fn logout_deletes_session_and_cookie() {
         )
         .build()
         .unwrap();
-    let mut visit = store.begin(&Request::new("/app/")).unwrap();
-    visit.session.insert("user", "ada").unwrap();
+    let mut visit = store.begin(&Request::new("/app/"));
+    visit.session().unwrap().insert("user", "ada").unwrap();
     let mut r = Response::new(200);
     store.finish(&mut visit, &mut r).unwrap();
-    let set = r.set_cookie.unwrap();
+    let set = sc(&r).unwrap();
     assert!(set.starts_with("sid="), "{set}");
     assert!(
-        set.contains("; Path=/app; Domain=example.org; Max-Age=86400;"),
+        set.contains(
+            "; HttpOnly; SameSite=Lax; Secure; Path=/app; Domain=example.org; Max-Age=86400;"
+        ),
         "{set}"
     );
-    assert!(set.ends_with("; Secure; HttpOnly; SameSite=Lax"), "{set}");
     let id = id_of(&set);
 
-    let mut visit = store
-        .begin(&Request::new("/app/logout").cookie(&format!("theme=dark; sid={id}")))
-        .unwrap();
-    assert_eq!(visit.session.origin(), &Origin::Loaded);
-    visit.session.invalidate();
+    let mut visit =
+        store.begin(&Request::new("/app/logout").cookie(&format!("theme=dark; sid={id}")));
+    assert_eq!(visit.session().unwrap().origin(), &Origin::Loaded);
+    visit.session().unwrap().invalidate();
     let mut r = Response::redirect(303, "/app/");
     assert_eq!(
         store.finish(&mut visit, &mut r).unwrap().saved,
         Saved::Deleted
     );
     assert_eq!(
-        r.set_cookie.as_deref(),
+        sc(&r).as_deref(),
         Some(
-            "sid=; Path=/app; Domain=example.org; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Secure; HttpOnly; SameSite=Lax"
+            "sid=; HttpOnly; SameSite=Lax; Secure; Path=/app; Domain=example.org; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT"
         )
     );
     assert!(!s.physically_present(&store.key(&id)));
@@ -810,11 +830,9 @@ fn stored_for_damage(store: &SessionStore) -> (SessionId, Session, Visit) {
     assert_eq!(store.save(&mut session).unwrap(), Saved::Written);
     let id = *session.id();
     session.insert("n", &2).unwrap();
-    let mut visit = store
-        .begin(&Request::new("/app/").cookie(&format!("session={id}")))
-        .unwrap();
-    assert_eq!(visit.session.origin(), &Origin::Loaded);
-    visit.session.insert("n", &3).unwrap();
+    let mut visit = store.begin(&Request::new("/app/").cookie(&format!("session={id}")));
+    assert_eq!(visit.session().unwrap().origin(), &Origin::Loaded);
+    visit.session().unwrap().insert("n", &3).unwrap();
     (id, session, visit)
 }
 
@@ -838,6 +856,7 @@ fn every_operation(
         "begin by cookie",
         store
             .begin(&Request::new("/app/").cookie(&cookie))
+            .session()
             .map(drop),
     );
     if store.urls().is_some() {
@@ -845,6 +864,7 @@ fn every_operation(
             "begin by path",
             store
                 .begin(&Request::new(&format!("/app/x/-/{id}")))
+                .session()
                 .map(drop),
         );
     }
@@ -1022,12 +1042,12 @@ fn arbitrary_stored_records_never_panic() {
 // Hostile HTML and awkward URLs
 
 fn rewrite(store: &SessionStore, html: &[u8]) -> (Response, SessionId) {
-    let mut visit = store.begin(&Request::new("/app/page")).unwrap();
-    visit.session.insert("k", &1).unwrap();
+    let mut visit = store.begin(&Request::new("/app/page"));
+    visit.session().unwrap().insert("k", &1).unwrap();
     let mut r = Response::html(html.to_vec());
     let done = store.finish(&mut visit, &mut r).unwrap();
     assert!(done.body_error.is_none(), "{:?}", done.body_error);
-    (r, *visit.session.id())
+    (r, *visit.session().unwrap().id())
 }
 
 #[test]
@@ -1069,11 +1089,11 @@ fn hostile_html() {
         b"</a href=/app/x>",
         b"\xff\xfe<a href=/app/\xff>bin</a>\x00\x01",
     ] {
-        let mut visit = store.begin(&Request::new("/app/page")).unwrap();
-        visit.session.insert("k", &1).unwrap();
+        let mut visit = store.begin(&Request::new("/app/page"));
+        visit.session().unwrap().insert("k", &1).unwrap();
         let mut r = Response::html(html.to_vec());
         store.finish(&mut visit, &mut r).unwrap();
-        let id = visit.session.id().to_string();
+        let id = visit.session().unwrap().id().to_string();
         let out = String::from_utf8_lossy(&r.body);
         let tail_kept = html.len() >= 4 && r.body.ends_with(&html[html.len() - 4..]);
         assert!(
@@ -1110,8 +1130,8 @@ fn hostile_html() {
     // Nesting so deep that the parser would pass its memory limit: the page goes out as it
     // was, and the caller is told why.
     let deeper = "<div>".repeat(200_000) + "<a href=/app/deep>d</a>";
-    let mut visit = store.begin(&Request::new("/app/page")).unwrap();
-    visit.session.insert("k", &1).unwrap();
+    let mut visit = store.begin(&Request::new("/app/page"));
+    visit.session().unwrap().insert("k", &1).unwrap();
     let mut r = Response::html(deeper.clone());
     let done = store.finish(&mut visit, &mut r).unwrap();
     let e = done.body_error.expect("over the memory limit");
@@ -1191,11 +1211,11 @@ fn a_request_path_that_looks_like_a_host_never_leaks() {
         .build()
         .unwrap();
     // A link to `http://localhost:3000//evil.example/x` sent to a victim without cookies.
-    let mut visit = store.begin(&Request::new("//evil.example/x")).unwrap();
-    visit.session.insert("k", &1).unwrap();
+    let mut visit = store.begin(&Request::new("//evil.example/x"));
+    visit.session().unwrap().insert("k", &1).unwrap();
     let mut page = Response::html(r#"<a href="y">y</a><form action="?q=1"></form><form></form>"#);
     store.finish(&mut visit, &mut page).unwrap();
-    let id = *visit.session.id();
+    let id = *visit.session().unwrap().id();
     let out = body(&page);
     let values = values_with_id(out, &id);
     assert_eq!(values.len(), 3, "{out}");
@@ -1205,8 +1225,8 @@ fn a_request_path_that_looks_like_a_host_never_leaks() {
             "{value} in {out}"
         );
     }
-    let mut visit = store.begin(&Request::new("//evil.example/x")).unwrap();
-    visit.session.insert("k", &1).unwrap();
+    let mut visit = store.begin(&Request::new("//evil.example/x"));
+    visit.session().unwrap().insert("k", &1).unwrap();
     let mut redirect = Response::redirect(302, "next");
     store.finish(&mut visit, &mut redirect).unwrap();
     let location = redirect.location.unwrap();
@@ -1222,8 +1242,8 @@ fn markup_the_parser_refuses_is_sent_unchanged() {
     let s = setup();
     let store = s.url_store(UrlStyle::Path);
     let ambiguous = r#"<select><xmp><script>"use strict";</script></select><a href="/app/x">x</a>"#;
-    let mut visit = store.begin(&Request::new("/app/")).unwrap();
-    visit.session.insert("k", &1).unwrap();
+    let mut visit = store.begin(&Request::new("/app/"));
+    visit.session().unwrap().insert("k", &1).unwrap();
     let mut r = Response::html(ambiguous);
     let done = store.finish(&mut visit, &mut r).unwrap();
     let e = done
@@ -1255,11 +1275,11 @@ fn fragments_ports_user_info_and_idns() {
 <a href="http://bücher.example:8443/shop/i">http</a>
 <a href="#only">fragment only</a>
 <a href="j#frag">relative with fragment</a>"##;
-    let mut visit = store.begin(&Request::new("/shop/list")).unwrap();
-    visit.session.insert("k", &1).unwrap();
+    let mut visit = store.begin(&Request::new("/shop/list"));
+    visit.session().unwrap().insert("k", &1).unwrap();
     let mut r = Response::html(html);
     store.finish(&mut visit, &mut r).unwrap();
-    let id = visit.session.id().to_string();
+    let id = visit.session().unwrap().id().to_string();
     let out = body(&r);
     let host = "https://xn--bcher-kva.example:8443";
     for want in [
@@ -1291,4 +1311,164 @@ fn fragments_ports_user_info_and_idns() {
         format!("{host}/shop/-/{id}?q=%C3%A4#top")
     );
     assert_eq!(urls.add_id("/", &sid).unwrap(), format!("/-/{id}"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The lazy request cycle
+
+#[test]
+fn a_request_that_never_uses_its_session_touches_nothing() {
+    let _serial = serial();
+    let s = setup();
+    let store = s.url_store(UrlStyle::Path);
+    let mut visit = store.begin(&Request::new("/app/"));
+    visit.session().unwrap().insert("n", &1).unwrap();
+    visit.session().unwrap().flash("notice", "saved").unwrap();
+    let mut r = Response::redirect(303, "/app/next");
+    store.finish(&mut visit, &mut r).unwrap();
+    let cookie = cookie_pair(sc(&r).as_deref().unwrap());
+    let id = *visit.session().unwrap().id();
+    let before = s.cache.entry(&store.key(&id)).unwrap().unwrap();
+
+    // A static asset, by cookie and by URL: nothing loaded, written or consumed.
+    for request in [
+        Request::new("/app/logo.png").cookie(&cookie),
+        Request::new("/app/style.css"),
+    ] {
+        let mut visit = store.begin(&request);
+        let mut r = Response::new(200).content_type("image/png");
+        let done = store.finish(&mut visit, &mut r).unwrap();
+        assert!(!visit.is_loaded());
+        assert_eq!(done.saved, Saved::Unchanged);
+        assert_eq!(sc(&r), None);
+    }
+    let after = s.cache.entry(&store.key(&id)).unwrap().unwrap();
+    assert_eq!(after.value, before.value, "the record is untouched");
+
+    // A request that uses the session but not its flash leaves the flash for later.
+    let mut visit = store.begin(&Request::new("/app/count").cookie(&cookie));
+    assert_eq!(visit.session().unwrap().get::<u32>("n").unwrap(), Some(1));
+    assert!(visit.session().unwrap().has_pending_flash());
+    assert!(matches!(
+        visit.session().unwrap().get_flash::<String>("notice"),
+        Err(SessionError::FlashNotTaken)
+    ));
+    store
+        .finish(&mut visit, &mut Response::html("<p>1</p>"))
+        .unwrap();
+
+    // The request that reads it consumes it; the next one sees nothing.
+    let mut visit = store.begin(&Request::new("/app/flash").cookie(&cookie));
+    assert_eq!(
+        visit.get_flash::<String>("notice").unwrap().as_deref(),
+        Some("saved")
+    );
+    store.finish(&mut visit, &mut Response::new(200)).unwrap();
+    let mut visit = store.begin(&Request::new("/app/flash").cookie(&cookie));
+    assert_eq!(visit.get_flash::<String>("notice").unwrap(), None);
+}
+
+#[test]
+fn a_url_id_stays_in_links_of_pages_that_never_use_the_session() {
+    let _serial = serial();
+    let s = setup();
+    let store = s.url_store(UrlStyle::Path);
+    let mut visit = store.begin(&Request::new("/app/"));
+    visit.session().unwrap().insert("n", &1).unwrap();
+    store.finish(&mut visit, &mut Response::new(200)).unwrap();
+    let id = *visit.session().unwrap().id();
+
+    let target = format!("/app/about/-/{id}");
+    let mut visit = store.begin(&Request::new(&target));
+    let mut page = Response::html(r#"<a href="/app/items">items</a>"#);
+    let done = store.finish(&mut visit, &mut page).unwrap();
+    assert_eq!(
+        body(&page),
+        format!(r#"<a href="/app/items/-/{id}">items</a>"#)
+    );
+    assert_eq!(done.page.as_ref().map(|p| *p.id()), Some(id));
+
+    // A planted (unknown) id in the URL is checked, never written into the page.
+    let planted = SessionId::generate().unwrap();
+    let target = format!("/app/about/-/{planted}");
+    let mut visit = store.begin(&Request::new(&target));
+    let mut page = Response::html(r#"<a href="/app/items">items</a>"#);
+    let done = store.finish(&mut visit, &mut page).unwrap();
+    assert_eq!(body(&page), r#"<a href="/app/items">items</a>"#);
+    assert!(done.page.is_none());
+    assert_eq!(sc(&page), None);
+}
+
+#[test]
+fn update_in_a_visit_is_atomic_across_processes() {
+    let _serial = serial();
+    let s = setup();
+    let store = s.store();
+    let mut visit = store.begin(&Request::new("/"));
+    let first = visit
+        .update(|s| {
+            let n = s.get::<u64>("n").unwrap().unwrap_or(0) + 1;
+            s.insert("n", &n).unwrap();
+            n
+        })
+        .unwrap();
+    assert_eq!(first, 1, "a new session is changed in place");
+    let mut r = Response::new(200);
+    store.finish(&mut visit, &mut r).unwrap();
+    let cookie = cookie_pair(sc(&r).as_deref().unwrap());
+    let mut kids = Children::new();
+    for _ in 0..4 {
+        let (store, cookie) = (store.clone(), cookie.clone());
+        kids.spawn(move || {
+            for _ in 0..50 {
+                let mut visit = store.begin(&Request::new("/").cookie(&cookie));
+                visit
+                    .update(|s| {
+                        let n = s.get::<u64>("n").unwrap().unwrap_or(0) + 1;
+                        s.insert("n", &n).unwrap();
+                    })
+                    .map_err(|e| e.to_string())?;
+                store
+                    .finish(&mut visit, &mut Response::new(200))
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        });
+    }
+    kids.wait_all_ok();
+    let mut visit = store.begin(&Request::new("/").cookie(&cookie));
+    assert_eq!(visit.session().unwrap().get::<u64>("n").unwrap(), Some(201));
+    // Another request's view follows the update, keeping its own changes.
+    visit.session().unwrap().insert("mine", &true).unwrap();
+    visit.update(|s| s.insert("n", &500).unwrap()).unwrap();
+    let session = visit.session().unwrap();
+    assert_eq!(session.get::<u64>("n").unwrap(), Some(500));
+    assert_eq!(session.get::<bool>("mine").unwrap(), Some(true));
+    // A session deleted meanwhile: the visit goes on with a new one.
+    store.delete(visit.session().unwrap().id()).unwrap();
+    let fresh = visit.update(|s| *s.id()).unwrap();
+    assert_ne!(
+        Some(fresh),
+        SessionId::parse(&cookie["session=".len()..]).ok()
+    );
+    assert!(visit.session().unwrap().is_new());
+}
+
+#[test]
+fn secure_only_over_https() {
+    let _serial = serial();
+    let s = setup();
+    let store = SessionStore::builder()
+        .cache(s.cache.clone())
+        .cookie(CookieConfig::new().secure_when(fastmmap::session::Secure::IfHttps))
+        .build()
+        .unwrap();
+    for https in [false, true] {
+        let mut visit = store.begin(&Request::new("/").https(https));
+        assert_eq!(visit.is_https(), https);
+        visit.session().unwrap().insert("n", &1).unwrap();
+        let mut r = Response::new(200);
+        store.finish(&mut visit, &mut r).unwrap();
+        assert_eq!(sc(&r).unwrap().contains("; Secure"), https);
+    }
 }

@@ -12,7 +12,6 @@
 //! dirtying the page), which drops the dirty entries it must and writes the copies back after
 //! unlocking, as `update` does for the evictions its store makes under its lock.
 
-
 use crate::cache::Cache;
 use crate::clock::from_unix_secs;
 use crate::page::format::FLAG_UNDEF;

@@ -135,6 +135,7 @@ impl PageMut<'_> {
 
     /// Dirty entries that can still be read from this page's bytes, however damaged: what a
     /// reset of the page loses (see [`count_dirty`]).
+    #[cfg_attr(not(any(test, fuzzing, feature = "internals")), allow(dead_code))] // tests, fuzz
     pub fn count_dirty(&self) -> u32 {
         count_dirty(self.buf)
     }

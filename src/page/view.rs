@@ -172,6 +172,7 @@ impl<'a> PageMut<'a> {
     }
 
     /// Wraps any bytes without checking them first: every operation checks what it reads.
+    #[cfg_attr(not(any(test, fuzzing, feature = "internals")), allow(dead_code))] // tests, fuzz
     pub fn wrap(buf: &'a mut [u8]) -> PageMut<'a> {
         PageMut { buf, min_slots: 1 }
     }

@@ -1,7 +1,12 @@
-//! The session cookie: `Set-Cookie` values to set and to delete it, and finding the id in a
-//! `Cookie` request header.
+//! The session cookie, through the `cookie` crate (as tower-cookies, tower-sessions and
+//! axum-login use it): the `Set-Cookie` values that set and delete it, and the id in a
+//! `Cookie` request header, parsed strictly.
 
 use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use cookie::SameSite;
+use cookie::time::{Duration as CookieDuration, OffsetDateTime};
+use cookie::{Cookie, Expiration};
 
 use crate::session::error::{Error, Result};
 use crate::session::id::{InvalidId, SessionId};
@@ -9,33 +14,30 @@ use crate::session::id::{InvalidId, SessionId};
 /// The default cookie name (the name the original plugin used).
 pub const DEFAULT_COOKIE_NAME: &str = "session";
 
-/// The `SameSite` attribute of the cookie.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SameSite {
-    /// Sent only with requests from the application's own site.
-    Strict,
-    /// Also sent on top-level navigation from other sites (the default).
-    Lax,
-    /// Sent with every request; browsers require `Secure` with it.
-    None,
-}
-
-impl SameSite {
-    fn as_str(self) -> &'static str {
-        match self {
-            SameSite::Strict => "Strict",
-            SameSite::Lax => "Lax",
-            SameSite::None => "None",
-        }
-    }
+/// When the cookie carries the `Secure` attribute (browsers then send it over HTTPS only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Secure {
+    /// Never (the default: a plain-HTTP site, or a test server).
+    #[default]
+    Never,
+    /// Always: the site is served over HTTPS only.
+    Always,
+    /// Only on responses to requests that came over HTTPS (Catalyst's `cookie_secure => 2`),
+    /// for a site served both ways. Whether a request came over HTTPS is up to the caller
+    /// ([`Request::https`](crate::session::Request::https)); the tower layer reads the
+    /// request URI's scheme and, when told to trust it, `X-Forwarded-Proto`.
+    IfHttps,
 }
 
 /// How the session cookie is written.
 ///
 /// Defaults: name `session`, `Path=/`, no `Domain`, `HttpOnly`, `SameSite=Lax`, not `Secure`
-/// (turn it on for HTTPS with [`secure`](Self::secure)), and persistent: `Max-Age` and
-/// `Expires` say when the session expires. Without persistence the cookie lasts until the
-/// browser closes (or the session expires, whichever is first).
+/// (turn it on for HTTPS with [`secure`](Self::secure), or [`Secure::IfHttps`] with
+/// [`secure_when`](Self::secure_when) for a site served both ways), not `Partitioned`, and
+/// persistent: `Max-Age` and `Expires` say when the session expires. Without persistence it
+/// is a browser-session cookie: it lasts until the browser closes (or the session expires,
+/// whichever is first).
 ///
 /// A `__Host-` name (`Secure`, `Path=/`, no `Domain`) is the strongest choice over HTTPS:
 /// browsers then accept that cookie only from this very host, over HTTPS, so a sibling
@@ -50,9 +52,9 @@ impl SameSite {
 /// let id: SessionId = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".parse()?;
 /// let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
 /// assert_eq!(
-///     cookie.set_cookie(&id, Some(now + Duration::from_secs(3600)), now),
-///     "sid=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA; Path=/; Max-Age=3600; \
-///      Expires=Tue, 14 Nov 2023 23:13:20 GMT; Secure; HttpOnly; SameSite=Lax"
+///     cookie.cookie(&id, Some(now + Duration::from_secs(3600)), now, false).to_string(),
+///     "sid=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA; HttpOnly; SameSite=Lax; Secure; Path=/; \
+///      Max-Age=3600; Expires=Tue, 14 Nov 2023 23:13:20 GMT"
 /// );
 /// assert_eq!(
 ///     cookie.find_id("theme=dark; sid=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
@@ -65,9 +67,10 @@ pub struct CookieConfig {
     name: String,
     path: String,
     domain: Option<String>,
-    secure: bool,
+    secure: Secure,
     http_only: bool,
     same_site: Option<SameSite>,
+    partitioned: bool,
     persistent: bool,
 }
 
@@ -77,9 +80,10 @@ impl Default for CookieConfig {
             name: DEFAULT_COOKIE_NAME.to_owned(),
             path: "/".to_owned(),
             domain: None,
-            secure: false,
+            secure: Secure::Never,
             http_only: true,
             same_site: Some(SameSite::Lax),
+            partitioned: false,
             persistent: true,
         }
     }
@@ -109,6 +113,14 @@ fn is_path_byte(b: u8) -> bool {
 
 fn invalid(reason: String) -> Error {
     Error::InvalidOptions { reason }
+}
+
+/// Unix seconds as a cookie date (clamped to what `time` holds; record times end in 2106).
+fn cookie_date(unix_secs: u64) -> OffsetDateTime {
+    i64::try_from(unix_secs)
+        .ok()
+        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 impl CookieConfig {
@@ -166,9 +178,16 @@ impl CookieConfig {
         Ok(self)
     }
 
-    /// Whether to add `Secure` (default off; turn on when the site is served over HTTPS).
-    pub fn secure(mut self, yes: bool) -> Self {
-        self.secure = yes;
+    /// `Secure` always (`true`) or never (`false`, the default); see
+    /// [`secure_when`](Self::secure_when) for HTTPS requests only.
+    pub fn secure(self, yes: bool) -> Self {
+        self.secure_when(if yes { Secure::Always } else { Secure::Never })
+    }
+
+    /// When to add `Secure`: never (the default), always, or on responses to HTTPS requests
+    /// only ([`Secure::IfHttps`], Catalyst's `cookie_secure => 2`).
+    pub fn secure_when(mut self, when: Secure) -> Self {
+        self.secure = when;
         self
     }
 
@@ -181,6 +200,14 @@ impl CookieConfig {
     /// The `SameSite` attribute, or `None` to leave it out (default `Lax`).
     pub fn same_site(mut self, same_site: Option<SameSite>) -> Self {
         self.same_site = same_site;
+        self
+    }
+
+    /// Whether to add `Partitioned` (CHIPS: a browser keeps a separate cookie for each
+    /// top-level site the application is embedded in; default off). Browsers require
+    /// `Secure` with it: with [`Secure::IfHttps`] it is added to HTTPS responses only.
+    pub fn partitioned(mut self, yes: bool) -> Self {
+        self.partitioned = yes;
         self
     }
 
@@ -201,18 +228,32 @@ impl CookieConfig {
         self.persistent
     }
 
+    /// When the cookie carries `Secure`.
+    pub fn secure_mode(&self) -> Secure {
+        self.secure
+    }
+
     /// Checks the combination of options: browsers silently drop a cookie that breaks one of
     /// these rules, and then no session ever sticks.
     ///
     /// # Errors
-    /// [`Error::InvalidOptions`], naming the rule, for `SameSite=None` without `Secure`; a
-    /// name starting with `__Secure-` without `Secure`; a name starting with `__Host-`
-    /// without `Secure`, with a `Domain`, or with a `Path` other than `/`. Prefixes are
+    /// [`Error::InvalidOptions`], naming the rule, for `SameSite=None` or `Partitioned`
+    /// without `Secure`; a name starting with `__Secure-` without `Secure`; a name starting
+    /// with `__Host-` without `Secure`, with a `Domain`, or with a `Path` other than `/`.
+    /// `Secure` here means [`Secure::Always`], except for `Partitioned`, which
+    /// [`Secure::IfHttps`] also satisfies (it is only added with `Secure`). Prefixes are
     /// matched in any case (`__host-` counts), as browsers match them.
     pub fn validate(&self) -> Result<()> {
-        if self.same_site == Some(SameSite::None) && !self.secure {
+        let always = self.secure == Secure::Always;
+        if self.same_site == Some(SameSite::None) && !always {
             return Err(invalid(
-                "SameSite=None needs Secure (browsers reject the cookie otherwise)".to_owned(),
+                "SameSite=None needs Secure always (browsers reject the cookie otherwise)"
+                    .to_owned(),
+            ));
+        }
+        if self.partitioned && self.secure == Secure::Never {
+            return Err(invalid(
+                "Partitioned needs Secure (browsers reject the cookie otherwise)".to_owned(),
             ));
         }
         let prefix = [SECURE_PREFIX, HOST_PREFIX]
@@ -227,8 +268,8 @@ impl CookieConfig {
                  cookie otherwise)"
             ))
         };
-        if !self.secure {
-            return Err(rule("needs Secure"));
+        if !always {
+            return Err(rule("needs Secure always"));
         }
         if prefix == HOST_PREFIX {
             if self.domain.is_some() {
@@ -241,39 +282,42 @@ impl CookieConfig {
         Ok(())
     }
 
-    fn attributes(&self, out: &mut String) {
-        out.push_str("; Path=");
-        out.push_str(&self.path);
+    /// A cookie named and scoped as configured, with `value`, for a request over HTTPS or
+    /// not.
+    fn base(&self, value: String, https: bool) -> Cookie<'static> {
+        let secure = match self.secure {
+            Secure::Never => false,
+            Secure::Always => true,
+            Secure::IfHttps => https,
+        };
+        let mut c = Cookie::new(self.name.clone(), value);
+        c.set_path(self.path.clone());
         if let Some(domain) = &self.domain {
-            out.push_str("; Domain=");
-            out.push_str(domain);
+            c.set_domain(domain.clone());
         }
-    }
-
-    fn flags(&self, out: &mut String) {
-        if self.secure {
-            out.push_str("; Secure");
-        }
+        c.set_secure(secure);
         if self.http_only {
-            out.push_str("; HttpOnly");
+            c.set_http_only(true);
         }
-        if let Some(s) = self.same_site {
-            out.push_str("; SameSite=");
-            out.push_str(s.as_str());
+        c.set_same_site(self.same_site);
+        if self.partitioned && secure {
+            c.set_partitioned(true);
         }
+        c
     }
 
-    /// A `Set-Cookie` value carrying `id`. When the cookie is persistent and `expires` is
-    /// given, `Max-Age` counts the whole seconds from `now` to `expires` (at least 0) and
-    /// `Expires` names the same instant.
-    pub fn set_cookie(
+    /// The cookie carrying `id`, for a response to a request over HTTPS (`https`) or not.
+    /// When the cookie is persistent and `expires` is given, `Max-Age` counts the whole
+    /// seconds from `now` to `expires` (at least 0) and `Expires` names the same instant.
+    /// Its `Display` is the `Set-Cookie` value.
+    pub fn cookie(
         &self,
         id: &SessionId,
         expires: Option<SystemTime>,
         now: SystemTime,
-    ) -> String {
-        let mut out = format!("{}={}", self.name, id);
-        self.attributes(&mut out);
+        https: bool,
+    ) -> Cookie<'static> {
+        let mut c = self.base(id.to_string(), https);
         if self.persistent
             && let Some(expires) = expires
         {
@@ -281,42 +325,35 @@ impl CookieConfig {
             let at = expires
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            out.push_str(&format!("; Max-Age={max_age}; Expires={}", http_date(at)));
+            c.set_max_age(CookieDuration::seconds(
+                i64::try_from(max_age).unwrap_or(i64::MAX),
+            ));
+            c.set_expires(Expiration::DateTime(cookie_date(at)));
         }
-        self.flags(&mut out);
-        out
+        c
     }
 
-    /// A `Set-Cookie` value that deletes the cookie (empty value, `Max-Age=0`, `Expires` in
+    /// The cookie that deletes the session cookie (empty value, `Max-Age=0`, `Expires` in
     /// 1970), with the same `Path` and `Domain` so that it replaces the one that was set.
-    pub fn removal(&self) -> String {
-        let mut out = format!("{}=", self.name);
-        self.attributes(&mut out);
-        out.push_str("; Max-Age=0; Expires=");
-        out.push_str(&http_date(0));
-        self.flags(&mut out);
-        out
+    pub fn removal(&self, https: bool) -> Cookie<'static> {
+        let mut c = self.base(String::new(), https);
+        c.set_max_age(CookieDuration::ZERO);
+        c.set_expires(Expiration::DateTime(OffsetDateTime::UNIX_EPOCH));
+        c
     }
 
     /// The session id in a `Cookie` request header (join several such headers with `"; "`):
     /// `None` if no cookie has this name; otherwise the first well-formed id among the
     /// cookies of this name, or, if none is well formed, why the first is not. A value in
-    /// double quotes is unquoted; nothing else is decoded.
+    /// double quotes is unquoted; nothing else is decoded, and the id is parsed strictly
+    /// ([`SessionId::parse`]).
     pub fn find_id(&self, cookie_header: &str) -> Option<Result<SessionId, InvalidId>> {
         let mut first_error = None;
-        for pair in cookie_header.split(';') {
-            let Some((name, value)) = pair.split_once('=') else {
-                continue;
-            };
-            if name.trim_matches([' ', '\t']) != self.name {
+        for cookie in Cookie::split_parse(cookie_header).flatten() {
+            if cookie.name() != self.name {
                 continue;
             }
-            let value = value.trim_matches([' ', '\t']);
-            let value = value
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(value);
-            match SessionId::parse(value) {
+            match SessionId::parse(cookie.value_trimmed()) {
                 Ok(id) => return Some(Ok(id)),
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -325,42 +362,6 @@ impl CookieConfig {
         }
         first_error.map(Err)
     }
-}
-
-/// An IMF-fixdate (RFC 9110), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`, for Unix seconds.
-pub(crate) fn http_date(unix_secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = unix_secs / 86_400;
-    let secs = unix_secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
-        DAYS[(days % 7) as usize],
-        day,
-        MONTHS[(month - 1) as usize],
-        year,
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
-
-/// (year, month 1–12, day 1–31) of the day `days` after 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`, for non-negative days).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
@@ -374,33 +375,49 @@ mod tests {
         SessionId::parse(ID).unwrap()
     }
 
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
     #[test]
-    fn http_dates() {
-        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(http_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
-        assert_eq!(http_date(4_102_444_799), "Thu, 31 Dec 2099 23:59:59 GMT");
-        // 2100 is not a leap year.
-        assert_eq!(http_date(4_107_542_400), "Mon, 01 Mar 2100 00:00:00 GMT");
+    fn dates_are_imf_fixdates() {
+        let c = CookieConfig::new();
+        for (secs, date) in [
+            (784_111_777, "Sun, 06 Nov 1994 08:49:37 GMT"),
+            (951_782_400, "Tue, 29 Feb 2000 00:00:00 GMT"),
+            (4_102_444_799, "Thu, 31 Dec 2099 23:59:59 GMT"),
+            // 2100 is not a leap year.
+            (4_107_542_400, "Mon, 01 Mar 2100 00:00:00 GMT"),
+        ] {
+            let set = c.cookie(&id(), Some(at(secs)), at(0), false).to_string();
+            assert!(set.ends_with(&format!("; Expires={date}")), "{set}");
+        }
+        assert!(
+            c.removal(false)
+                .to_string()
+                .ends_with("; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT")
+        );
     }
 
     #[test]
     fn defaults_are_http_only_and_lax() {
         let c = CookieConfig::new();
-        let now = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let now = at(784_111_777);
         assert_eq!(
-            c.set_cookie(&id(), Some(now + Duration::from_secs(86_400)), now),
+            c.cookie(&id(), Some(now + Duration::from_secs(86_400)), now, false)
+                .to_string(),
             format!(
-                "session={ID}; Path=/; Max-Age=86400; Expires=Mon, 07 Nov 1994 08:49:37 GMT; HttpOnly; SameSite=Lax"
+                "session={ID}; HttpOnly; SameSite=Lax; Path=/; Max-Age=86400; Expires=Mon, 07 Nov 1994 08:49:37 GMT"
             )
         );
         assert_eq!(
-            c.set_cookie(&id(), None, now),
-            format!("session={ID}; Path=/; HttpOnly; SameSite=Lax")
+            c.cookie(&id(), None, now, true).to_string(),
+            format!("session={ID}; HttpOnly; SameSite=Lax; Path=/")
         );
         // An expiry already past gives Max-Age=0, never a negative number.
         assert!(
-            c.set_cookie(&id(), Some(now - Duration::from_secs(5)), now)
+            c.cookie(&id(), Some(now - Duration::from_secs(5)), now, false)
+                .to_string()
                 .contains("Max-Age=0;")
         );
         c.validate().unwrap();
@@ -418,18 +435,64 @@ mod tests {
             .secure(true)
             .http_only(false)
             .same_site(Some(SameSite::Strict))
+            .partitioned(true)
             .persistent(false);
         let now = UNIX_EPOCH;
         assert_eq!(
-            c.set_cookie(&id(), Some(now + Duration::from_secs(60)), now),
-            format!("__Host-sid={ID}; Path=/app; Domain=example.org; Secure; SameSite=Strict")
+            c.cookie(&id(), Some(now + Duration::from_secs(60)), now, false)
+                .to_string(),
+            format!(
+                "__Host-sid={ID}; SameSite=Strict; Partitioned; Secure; Path=/app; Domain=example.org"
+            )
         );
         assert_eq!(
-            c.removal(),
-            "__Host-sid=; Path=/app; Domain=example.org; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Secure; SameSite=Strict"
+            c.removal(false).to_string(),
+            "__Host-sid=; SameSite=Strict; Partitioned; Secure; Path=/app; Domain=example.org; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT"
         );
         let none = CookieConfig::new().same_site(None);
-        assert!(!none.set_cookie(&id(), None, now).contains("SameSite"));
+        assert!(
+            !none
+                .cookie(&id(), None, now, false)
+                .to_string()
+                .contains("SameSite")
+        );
+    }
+
+    #[test]
+    fn secure_only_over_https() {
+        let c = CookieConfig::new()
+            .secure_when(Secure::IfHttps)
+            .partitioned(true);
+        c.validate().unwrap();
+        let now = UNIX_EPOCH;
+        let plain = c.cookie(&id(), None, now, false).to_string();
+        assert_eq!(
+            plain,
+            format!("session={ID}; HttpOnly; SameSite=Lax; Path=/")
+        );
+        let tls = c.cookie(&id(), None, now, true).to_string();
+        assert_eq!(
+            tls,
+            format!("session={ID}; HttpOnly; SameSite=Lax; Partitioned; Secure; Path=/")
+        );
+        assert!(c.removal(true).to_string().contains("; Secure"));
+        assert!(!c.removal(false).to_string().contains("Secure"));
+        // Never and Always ignore the request.
+        let never = CookieConfig::new();
+        assert!(
+            !never
+                .cookie(&id(), None, now, true)
+                .to_string()
+                .contains("Secure")
+        );
+        let always = CookieConfig::new().secure(true);
+        assert!(
+            always
+                .cookie(&id(), None, now, false)
+                .to_string()
+                .contains("Secure")
+        );
+        assert_eq!(always.secure_mode(), Secure::Always);
     }
 
     #[test]
@@ -461,6 +524,18 @@ mod tests {
             .secure(true)
             .validate()
             .unwrap();
+        assert!(
+            CookieConfig::new()
+                .same_site(Some(SameSite::None))
+                .secure_when(Secure::IfHttps)
+                .validate()
+                .is_err()
+        );
+        let e = CookieConfig::new()
+            .partitioned(true)
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("Partitioned"), "{e}");
     }
 
     #[test]
@@ -482,6 +557,7 @@ mod tests {
         ] {
             let name = format!("{prefix}sid");
             refused(named(&name), "Secure");
+            refused(named(&name).secure_when(Secure::IfHttps), "Secure always");
             named(&name)
                 .secure(true)
                 .path("/")

@@ -1,21 +1,29 @@
-//! The request cycle: what a web framework does around each request, in two calls.
-//! [`SessionStore::begin`] finds the id (cookie first, then URL), takes it out of the URL and
-//! loads the session; [`SessionStore::finish`] saves it, sets or deletes the cookie, and —
-//! for a client that sent no cookie, when URL ids are on — puts the id into the redirect
-//! target and the links of an HTML body. Strings and bytes in, strings and bytes out: a
-//! framework integration only copies headers.
+//! The request cycle: what a web framework does around each request.
+//! [`SessionStore::begin`] finds the id (cookie first, then URL) and takes it out of the URL,
+//! without touching the cache; the session is loaded when the request first uses it
+//! ([`Visit::session`]), and its flash values are taken when first read
+//! ([`Visit::get_flash`]). [`SessionStore::finish`] saves it, sets or deletes the cookie,
+//! and — for a client that sent no cookie, when URL ids are on — puts the id into the
+//! redirect target and the links of an HTML body. Strings and bytes in, strings and bytes
+//! out: a framework integration only copies headers (the tower layer in `fastmmap::web`
+//! does).
 
+use std::net::IpAddr;
+
+use cookie::Cookie;
 use url::Url;
 
 use crate::session::data::Session;
 use crate::session::data::{NewReason, State, from_unix_secs};
 use crate::session::error::{Error, Result};
+use crate::session::html::PageRewrite;
 use crate::session::id::{InvalidId, SessionId};
 use crate::session::store::{Client, Saved, SessionStore};
 use crate::session::uri::UrlStyle;
 
 /// The parts of an incoming request the session layer needs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Request<'a> {
     /// The path, as received (percent-encoded).
     pub path: &'a str,
@@ -25,6 +33,8 @@ pub struct Request<'a> {
     pub cookie: Option<&'a str>,
     /// The client, for binding.
     pub client: Client<'a>,
+    /// Whether the request came over HTTPS (for [`Secure::IfHttps`](crate::session::Secure)).
+    pub https: bool,
 }
 
 impl<'a> Request<'a> {
@@ -40,6 +50,7 @@ impl<'a> Request<'a> {
             query,
             cookie: None,
             client: Client::default(),
+            https: false,
         }
     }
 
@@ -52,6 +63,12 @@ impl<'a> Request<'a> {
     /// With the client's address and user agent.
     pub fn client(mut self, client: Client<'a>) -> Self {
         self.client = client;
+        self
+    }
+
+    /// Whether it came over HTTPS (default no).
+    pub fn https(mut self, yes: bool) -> Self {
+        self.https = yes;
         self
     }
 }
@@ -69,22 +86,30 @@ pub enum IdSource {
     Query,
 }
 
-/// One request's session, with what [`SessionStore::finish`] needs to know about the request.
+/// One request's session, loaded when first used, with what [`SessionStore::finish`] needs
+/// to know about the request.
+///
+/// A request that never calls [`session`](Self::session) (or the methods that use it) never
+/// touches the cache: it loads nothing, writes nothing and consumes no flash value.
 #[derive(Clone, Debug)]
 pub struct Visit {
-    /// The session: read and change it while handling the request.
-    pub session: Session,
+    store: SessionStore,
+    session: Option<Session>,
+    presented: Option<std::result::Result<SessionId, InvalidId>>,
+    address: Option<IpAddr>,
+    user_agent: Option<String>,
     path: String,
     query: Option<String>,
     source: IdSource,
     cookie_id: Option<SessionId>,
     cookie_sent: bool,
+    https: bool,
     document: Option<Url>,
     expires_at_start: u64,
 }
 
 impl Visit {
-    /// The request path without any session id: what the application should route on.
+    /// The path without any session id: what the application should route on.
     pub fn path(&self) -> &str {
         &self.path
     }
@@ -94,7 +119,7 @@ impl Visit {
         self.query.as_deref()
     }
 
-    /// Where the id came from (whether or not it named a live session).
+    /// Where the id came from (whether or not it names a live session).
     pub fn source(&self) -> IdSource {
         self.source
     }
@@ -104,10 +129,142 @@ impl Visit {
     pub fn cookie_sent(&self) -> bool {
         self.cookie_sent
     }
+
+    /// Whether the request came over HTTPS.
+    pub fn is_https(&self) -> bool {
+        self.https
+    }
+
+    /// Whether the session has been loaded.
+    pub fn is_loaded(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// The session if it has been loaded, without loading it.
+    pub fn loaded(&self) -> Option<&Session> {
+        self.session.as_ref()
+    }
+
+    /// The session, loaded on first use: the one the presented id names, or a new one (see
+    /// [`SessionStore::load`]). Its flash values stay in the store until read with
+    /// [`get_flash`](Self::get_flash) ([`SessionStore::load_leaving_flash`]).
+    ///
+    /// # Errors
+    /// As [`SessionStore::load`]; the next call tries again.
+    pub fn session(&mut self) -> Result<&mut Session> {
+        let session = match self.session.take() {
+            Some(session) => session,
+            None => {
+                let client = Client {
+                    address: self.address,
+                    user_agent: self.user_agent.as_deref(),
+                };
+                let session = match &self.presented {
+                    None => self.store.load_leaving_flash(None, &client)?,
+                    Some(Err(e)) => self.store.fresh(NewReason::Malformed(*e), &client)?,
+                    Some(Ok(id)) => self.store.load_leaving_flash(Some(id), &client)?,
+                };
+                self.expires_at_start = session.times.expires;
+                session
+            }
+        };
+        Ok(self.session.insert(session))
+    }
+
+    /// The flash value under `key` that this session received: the first call takes all of
+    /// the session's flash values out of the store at once ([`SessionStore::take_flash`]),
+    /// so they are consumed by the request that reads them, and only by it (as in Catalyst).
+    /// [`Session::keep_flash`] passes one on to the next request.
+    ///
+    /// # Errors
+    /// As [`session`](Self::session) and [`SessionStore::take_flash`];
+    /// [`Error::Deserialize`] if the value is not a `T`.
+    pub fn get_flash<T: serde::de::DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>> {
+        let store = self.store.clone();
+        let session = self.session()?;
+        store.take_flash(session)?;
+        session.get_flash(key)
+    }
+
+    /// An atomic read-modify-write of the stored session ([`SessionStore::update`]): `f`
+    /// runs under the cache's page lock on the session as stored now, so concurrent
+    /// requests in any process never lose each other's changes (a counter). This request's
+    /// view of the session then shows the result (its own unsaved changes stay on top).
+    ///
+    /// A session not stored yet has no concurrent users: `f` runs on it directly, and the
+    /// save at [`finish`](SessionStore::finish) writes it. A session that was deleted
+    /// meanwhile (a logout in another request) is replaced by a new one, as a load would
+    /// have, and `f` runs on that.
+    ///
+    /// # Errors
+    /// As [`SessionStore::update`]; on an error nothing was written.
+    pub fn update<R>(&mut self, f: impl FnOnce(&mut Session) -> R) -> Result<R> {
+        let store = self.store.clone();
+        let client_address = self.address;
+        let client_agent = self.user_agent.clone();
+        let session = self.session()?;
+        if session.is_new() || session.is_invalidated() {
+            return Ok(f(session));
+        }
+        // `f` runs in one of two places: under the lock if the session is stored, or on a new
+        // session if it is gone; the Option hands the FnOnce to whichever runs.
+        let mut f = Some(f);
+        let id = session.id;
+        let outcome = store.update(&id, |stored| {
+            let f = f.take().expect("update calls its closure once");
+            let result = f(stored);
+            (
+                result,
+                stored.data.clone(),
+                stored.times,
+                stored.invalidated,
+            )
+        })?;
+        match outcome {
+            Some((result, data, times, invalidated)) => {
+                if !session.cleared {
+                    let ours = &session.changes;
+                    session
+                        .data
+                        .retain(|k, _| ours.contains_key(k) || data.contains_key(k));
+                    for (k, v) in data {
+                        if !ours.contains_key(&k) {
+                            session.data.insert(k, v);
+                        }
+                    }
+                }
+                session.times.updated = times.updated;
+                if invalidated {
+                    session.invalidated = true;
+                }
+                Ok(result)
+            }
+            None => {
+                let client = Client {
+                    address: client_address,
+                    user_agent: client_agent.as_deref(),
+                };
+                *session = store.fresh(NewReason::Unknown, &client)?;
+                let f = f.take().expect("a gone session never ran the closure");
+                Ok(f(session))
+            }
+        }
+    }
+
+    /// Moves the session to a new id ([`SessionStore::change_id`]; do it at login). Returns
+    /// the old id.
+    ///
+    /// # Errors
+    /// As [`SessionStore::change_id`].
+    pub fn change_id(&mut self) -> Result<SessionId> {
+        let store = self.store.clone();
+        store.change_id(self.session()?)
+    }
 }
 
 /// The parts of a response the session layer reads and changes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct Response {
     /// The status code.
     pub status: u16,
@@ -118,8 +275,9 @@ pub struct Response {
     pub content_type: Option<String>,
     /// The body.
     pub body: Vec<u8>,
-    /// Set by [`SessionStore::finish`]: a `Set-Cookie` header value to send, if any.
-    pub set_cookie: Option<String>,
+    /// Set by [`SessionStore::finish`]: a `Set-Cookie` header to send, if any (its
+    /// `Display` is the header value).
+    pub set_cookie: Option<Cookie<'static>>,
 }
 
 impl Response {
@@ -150,7 +308,14 @@ impl Response {
         }
     }
 
-    fn is_html(&self) -> bool {
+    /// With a `Content-Type`.
+    pub fn content_type(mut self, content_type: &str) -> Self {
+        self.content_type = Some(content_type.to_owned());
+        self
+    }
+
+    /// Whether the body is HTML (`text/html` or `application/xhtml+xml`), whose links get ids.
+    pub fn is_html(&self) -> bool {
         self.content_type.as_deref().is_some_and(|ct| {
             let mime = ct.split(';').next().unwrap_or("").trim();
             mime.eq_ignore_ascii_case("text/html")
@@ -163,21 +328,23 @@ impl Response {
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Finished {
-    /// What saving the session did.
+    /// What saving the session did ([`Saved::Unchanged`] if it was never loaded).
     pub saved: Saved,
     /// Why the HTML body could not be rewritten, if it could not (it was sent as it was).
     pub body_error: Option<Error>,
+    /// For an HTML response whose links get the id: how to rewrite them. `finish` has
+    /// rewritten [`Response::body`] with it; an integration that streams the body instead
+    /// (and handed `finish` an empty one) rewrites the real body with it.
+    pub page: Option<PageRewrite>,
 }
 
 impl SessionStore {
     /// Starts a request: finds the session id — a well-formed id in the cookie first, else
-    /// one in the URL (when URL ids are on) — takes it out of the URL, and
-    /// [`load`](Self::load)s the session. A malformed id is never looked up; an id with no
-    /// live session gives a new session with a new id (see [`Session::origin`]).
-    ///
-    /// # Errors
-    /// As [`load`](Self::load).
-    pub fn begin(&self, request: &Request<'_>) -> Result<Visit> {
+    /// one in the URL (when URL ids are on) — and takes it out of the URL. Touches nothing:
+    /// the session is loaded when the request first uses it ([`Visit::session`]). A
+    /// malformed id is never looked up; an id with no live session gives a new session with a
+    /// new id (see [`Session::origin`]).
+    pub fn begin(&self, request: &Request<'_>) -> Visit {
         let cookie = request.cookie.and_then(|h| self.inner.cookie.find_id(h));
         let cookie_sent = cookie.is_some();
         let (path, query, from_url, url_source, document) = match &self.inner.urls {
@@ -202,41 +369,44 @@ impl SessionStore {
             Some(Ok(id)) => Some(id),
             _ => None,
         };
-        let (presented, source): (Option<std::result::Result<SessionId, InvalidId>>, IdSource) =
-            match (cookie, from_url) {
-                (Some(Ok(id)), _) => (Some(Ok(id)), IdSource::Cookie),
-                (_, Some(Ok(id))) => (Some(Ok(id)), url_source),
-                (Some(Err(e)), _) => (Some(Err(e)), IdSource::Cookie),
-                (None, Some(Err(e))) => (Some(Err(e)), url_source),
-                (None, None) => (None, IdSource::None),
-            };
-        let session = match presented {
-            None => self.load(None, &request.client)?,
-            Some(Err(e)) => self.fresh(NewReason::Malformed(e), &request.client)?,
-            Some(Ok(id)) => self.load(Some(&id), &request.client)?,
+        let (presented, source) = match (cookie, from_url) {
+            (Some(Ok(id)), _) => (Some(Ok(id)), IdSource::Cookie),
+            (_, Some(Ok(id))) => (Some(Ok(id)), url_source),
+            (Some(Err(e)), _) => (Some(Err(e)), IdSource::Cookie),
+            (None, Some(Err(e))) => (Some(Err(e)), url_source),
+            (None, None) => (None, IdSource::None),
         };
-        Ok(Visit {
-            expires_at_start: session.times.expires,
-            session,
+        Visit {
+            store: self.clone(),
+            session: None,
+            presented,
+            address: request.client.address,
+            user_agent: request.client.user_agent.map(str::to_owned),
             path,
             query,
             source,
             cookie_id,
             cookie_sent,
+            https: request.https,
             document,
-        })
+            expires_at_start: 0,
+        }
     }
 
-    /// Ends a request: [`save`](Self::save)s the session, then fills in `response`:
+    /// Ends a request: [`save`](Self::save)s the session if it was loaded, then fills in
+    /// `response`:
     ///
     /// - `set_cookie`: the cookie, when the client does not have it with this id (a new
     ///   session, a [changed id](Self::change_id), a client that came by URL) or, for a
     ///   persistent cookie, when the session's expiry moved; a deletion cookie when the
     ///   client sent a session cookie but has no stored session (invalidated, expired,
-    ///   unknown, or not stored because it held nothing).
+    ///   unknown, or not stored because it held nothing). For a session never loaded,
+    ///   nothing, except the deletion cookie for a cookie that holds no well-formed id.
     /// - with URL ids on, for a client that sent no session cookie and has a stored
     ///   session: the id goes into `location` (3xx only) and into the links of an HTML body
-    ///   (see [`UrlRewriter`](crate::session::UrlRewriter)).
+    ///   (see [`UrlRewriter`](crate::session::UrlRewriter)). A client that came by a URL id
+    ///   to a page that never used the session keeps it in its links too: the id is checked
+    ///   (loaded, flash values left alone) before it is written into them.
     ///
     /// An HTML body that cannot be rewritten is left as it was; [`Finished::body_error`]
     /// says why.
@@ -244,27 +414,51 @@ impl SessionStore {
     /// # Errors
     /// As [`save`](Self::save); the response is then left untouched.
     pub fn finish(&self, visit: &mut Visit, response: &mut Response) -> Result<Finished> {
-        let saved = self.save(&mut visit.session)?;
-        let session = &visit.session;
+        let came_by_url = matches!(visit.source, IdSource::Path | IdSource::Query)
+            && matches!(visit.presented, Some(Ok(_)));
+        if !visit.is_loaded()
+            && came_by_url
+            && !visit.cookie_sent
+            && (response.is_html() || response.location.is_some())
+        {
+            visit.session()?;
+        }
+        let expires_at_start = visit.expires_at_start;
+        let https = visit.https;
+        let Some(session) = visit.session.as_mut() else {
+            // A cookie that holds no well-formed id is known dead without a load.
+            if visit.cookie_sent && visit.cookie_id.is_none() {
+                response.set_cookie = Some(self.inner.cookie.removal(https));
+            }
+            return Ok(Finished {
+                saved: Saved::Unchanged,
+                body_error: None,
+                page: None,
+            });
+        };
+        let saved = self.save(session)?;
+        let session = &*session;
         let live = session.state == State::Stored && !session.invalidated;
         let cookie = &self.inner.cookie;
         response.set_cookie = if live {
             let moved = cookie.is_persistent()
-                && (session.extended || session.times.expires != visit.expires_at_start);
+                && (session.extended || session.times.expires != expires_at_start);
             (visit.cookie_id != Some(session.id) || moved).then(|| {
                 // Whole seconds, like the session's own times.
-                cookie.set_cookie(
+                cookie.cookie(
                     &session.id,
                     Some(session.expires_at()),
                     from_unix_secs(self.now()),
+                    https,
                 )
             })
         } else if visit.cookie_sent {
-            Some(cookie.removal())
+            Some(cookie.removal(https))
         } else {
             None
         };
         let mut body_error = None;
+        let mut page = None;
         if live
             && !visit.cookie_sent
             && let (Some(urls), Some(document)) = (&self.inner.urls, &visit.document)
@@ -276,13 +470,21 @@ impl SessionStore {
                 response.location = Some(new);
             }
             if response.is_html() {
-                match urls.rewrite_html(&response.body, document, &session.id) {
-                    Ok(body) => response.body = body,
-                    Err(e) => body_error = Some(e),
+                let rewrite = PageRewrite::new(urls.clone(), document.clone(), session.id);
+                if !response.body.is_empty() {
+                    match rewrite.rewrite(&response.body) {
+                        Ok(body) => response.body = body,
+                        Err(e) => body_error = Some(e),
+                    }
                 }
+                page = Some(rewrite);
             }
         }
-        Ok(Finished { saved, body_error })
+        Ok(Finished {
+            saved,
+            body_error,
+            page,
+        })
     }
 }
 

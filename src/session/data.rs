@@ -74,6 +74,9 @@ pub struct Session {
     pub(crate) cleared: bool,
     /// Flash values this load delivered (already removed from the cache).
     pub(crate) flash_in: Map,
+    /// The stored record holds flash values this session has not taken yet (a load that
+    /// left them for [`SessionStore::take_flash`](crate::session::SessionStore::take_flash)).
+    pub(crate) flash_pending: bool,
     /// Flash values for the next load.
     pub(crate) flash_out: Map,
     pub(crate) binding: Binding,
@@ -108,6 +111,7 @@ impl Session {
             changes: BTreeMap::new(),
             cleared: false,
             flash_in: Map::new(),
+            flash_pending: false,
             flash_out: Map::new(),
             binding,
             extended: false,
@@ -127,6 +131,7 @@ impl Session {
             changes: BTreeMap::new(),
             cleared: false,
             flash_in: record.flash,
+            flash_pending: false,
             flash_out: Map::new(),
             binding: record.binding,
             extended,
@@ -245,10 +250,26 @@ impl Session {
     /// The flash value this request received under `key` (set during the previous request
     /// that saved the session).
     ///
+    /// A session loaded by [`SessionStore::load`](crate::session::SessionStore::load) has
+    /// received its flash values. One loaded lazily (a [`Visit`](crate::session::Visit), the
+    /// tower layer) takes them from the store when they are first read:
+    /// [`Visit::get_flash`](crate::session::Visit::get_flash), or
+    /// [`SessionStore::take_flash`](crate::session::SessionStore::take_flash) first.
+    ///
     /// # Errors
-    /// [`Error::Deserialize`] if it is not a `T`.
+    /// [`Error::Deserialize`] if it is not a `T`; [`Error::FlashNotTaken`] if the stored
+    /// flash values have not been taken yet (rather than a silent `None`).
     pub fn get_flash<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        if self.flash_pending {
+            return Err(Error::FlashNotTaken);
+        }
         self.flash_in.get(key).map(|v| decode(key, v)).transpose()
+    }
+
+    /// Whether the stored session holds flash values this session has not taken yet (see
+    /// [`get_flash`](Self::get_flash)).
+    pub fn has_pending_flash(&self) -> bool {
+        self.flash_pending
     }
 
     /// The keys of the flash values this request received.

@@ -84,6 +84,13 @@ pub enum Error {
     #[error("invalid session id: {0}")]
     InvalidId(#[from] InvalidId),
 
+    /// [`Session::get_flash`](crate::session::Session::get_flash) was called on a session
+    /// loaded lazily whose stored flash values have not been taken yet: use
+    /// [`Visit::get_flash`](crate::session::Visit::get_flash) or
+    /// [`SessionStore::take_flash`](crate::session::SessionStore::take_flash).
+    #[error("the session's flash values have not been taken from the store yet")]
+    FlashNotTaken,
+
     /// An HTML body could not be rewritten (for instance a single tag larger than the
     /// rewriter's memory limit). The body was left as it was.
     #[error("HTML body not rewritten: {reason}")]

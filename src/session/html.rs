@@ -4,9 +4,11 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use lol_html::html_content::{ContentType, Element};
-use lol_html::{HtmlRewriter, MemorySettings, Settings, element, text};
+use lol_html::html_content::ContentType;
+use lol_html::send::{Element, HtmlRewriter, Settings};
+use lol_html::{HandlerResult, MemorySettings, element, text};
 use url::Url;
 
 use crate::session::error::{Error, Result};
@@ -145,7 +147,7 @@ fn prescan(body: &[u8]) -> Result<Prescan> {
     let bases = RefCell::new(Vec::new());
     let mut noscript = Vec::new();
     let mut form_actions = Vec::new();
-    let settings = Settings::new()
+    let settings = lol_html::Settings::new()
         .append_element_content_handler(element!("base[href]", |el| {
             let href = el.get_attribute("href").unwrap_or_default();
             bases.borrow_mut().push(BaseHref {
@@ -175,7 +177,7 @@ fn prescan(body: &[u8]) -> Result<Prescan> {
         .with_memory_settings(
             MemorySettings::new().with_max_allowed_memory_usage(HTML_MEMORY_LIMIT),
         );
-    let mut parser = HtmlRewriter::new(settings, |_: &[u8]| {});
+    let mut parser = lol_html::HtmlRewriter::new(settings, |_: &[u8]| {});
     parser.write(body).map_err(html_error)?;
     parser.end().map_err(html_error)?;
     scan.bases = bases.into_inner();
@@ -229,39 +231,9 @@ impl UrlRewriter {
         });
         let mut out = Vec::with_capacity(body.len() + body.len() / 8);
         let handler = element!(SELECTOR, |el| {
-            let tag = el.tag_name();
-            let attr = match tag.as_str() {
-                "form" => "action",
-                "button" | "input" => "formaction",
-                "img" | "script" => "src",
-                _ => "href",
-            };
-            let raw = el.get_attribute(attr);
-            let Some(value) = raw
-                .as_deref()
-                .map_or(Some(Cow::Borrowed("")), decode_attribute)
-            else {
-                return Ok(());
-            };
-            if matches!(tag.as_str(), "a" | "area") && !self.pings_stay_under_base(el, &bases) {
-                return Ok(());
-            }
-            let link = if matches!(tag.as_str(), "form" | "button" | "input") && value.is_empty() {
-                // No action, or an empty one: the form goes to the page itself.
-                self.rewrite_target(document, &bases, id)
-            } else {
-                self.rewrite_link(&value, &bases, id)
-            };
-            let Some(link) = link else {
-                return Ok(());
-            };
-            el.set_attribute(attr, &encode_attribute(&link.text))?;
-            if tag == "form" && link.with_id && hidden_field_allowed {
-                self.add_hidden_id(el, id);
-            }
-            Ok(())
+            self.rewrite_element(el, &bases, document, id, hidden_field_allowed)
         });
-        let settings = Settings::new()
+        let settings = Settings::new_send()
             .append_element_content_handler(handler)
             .with_memory_settings(
                 MemorySettings::new().with_max_allowed_memory_usage(HTML_MEMORY_LIMIT),
@@ -270,6 +242,48 @@ impl UrlRewriter {
         rewriter.write(body).map_err(html_error)?;
         rewriter.end().map_err(html_error)?;
         Ok(out)
+    }
+
+    /// Adds the id to the link of one element of [`SELECTOR`], if it takes one.
+    fn rewrite_element(
+        &self,
+        el: &mut Element<'_, '_>,
+        bases: &Bases,
+        document: &Url,
+        id: &SessionId,
+        hidden_field_allowed: bool,
+    ) -> HandlerResult {
+        let tag = el.tag_name();
+        let attr = match tag.as_str() {
+            "form" => "action",
+            "button" | "input" => "formaction",
+            "img" | "script" => "src",
+            _ => "href",
+        };
+        let raw = el.get_attribute(attr);
+        let Some(value) = raw
+            .as_deref()
+            .map_or(Some(Cow::Borrowed("")), decode_attribute)
+        else {
+            return Ok(());
+        };
+        if matches!(tag.as_str(), "a" | "area") && !self.pings_stay_under_base(el, bases) {
+            return Ok(());
+        }
+        let link = if matches!(tag.as_str(), "form" | "button" | "input") && value.is_empty() {
+            // No action, or an empty one: the form goes to the page itself.
+            self.rewrite_target(document, bases, id)
+        } else {
+            self.rewrite_link(&value, bases, id)
+        };
+        let Some(link) = link else {
+            return Ok(());
+        };
+        el.set_attribute(attr, &encode_attribute(&link.text))?;
+        if tag == "form" && link.with_id && hidden_field_allowed {
+            self.add_hidden_id(el, id);
+        }
+        Ok(())
     }
 
     /// Whether every URL in the `ping` attribute of `el` (if any) goes under the base.
@@ -302,6 +316,155 @@ impl UrlRewriter {
                 ContentType::Html,
             );
         }
+    }
+}
+
+/// How to put the session id into the links of one HTML response: what
+/// [`SessionStore::finish`](crate::session::SessionStore::finish) decided for a client
+/// without the cookie ([`Finished::page`](crate::session::Finished::page)), for a body it did
+/// not hold itself (a tower layer's streamed body).
+///
+/// [`rewrite`](Self::rewrite) takes the whole body and rewrites links exactly as
+/// [`UrlRewriter::rewrite_html`] does. [`stream`](Self::stream) rewrites it chunk by chunk
+/// without holding it, at the price of a rule of caution: a browser resolves links against
+/// the page's first `<base href>` even when it comes after them, which a stream cannot see
+/// coming. So every link that gets the id is written as an absolute URL (it then reaches the
+/// application whatever base applies), each link resolves against the `<base href>` seen so
+/// far (or the page's address), and in query style no form gets a hidden id field (a submit
+/// button further on might send it elsewhere). A page whose `<base>` comes after links to
+/// other places may see those links pointed at the application; the id never leaves it.
+#[derive(Clone, Debug)]
+pub struct PageRewrite {
+    urls: UrlRewriter,
+    document: Url,
+    id: SessionId,
+}
+
+impl PageRewrite {
+    pub(crate) fn new(urls: UrlRewriter, document: Url, id: SessionId) -> PageRewrite {
+        PageRewrite { urls, document, id }
+    }
+
+    /// The id the links get.
+    pub fn id(&self) -> &SessionId {
+        &self.id
+    }
+
+    /// The page's own URL, without the id.
+    pub fn document(&self) -> &Url {
+        &self.document
+    }
+
+    /// The whole body, rewritten ([`UrlRewriter::rewrite_html`]).
+    ///
+    /// # Errors
+    /// As [`UrlRewriter::rewrite_html`].
+    pub fn rewrite(&self, body: &[u8]) -> Result<Vec<u8>> {
+        self.urls.rewrite_html(body, &self.document, &self.id)
+    }
+
+    /// A rewriter for the body in chunks (see the type's documentation for what differs).
+    pub fn stream(&self) -> PageStream {
+        let state = Arc::new(Mutex::new(StreamState {
+            bases: Bases::new(&self.urls, &self.document, &self.id, &[], true),
+            found: Vec::new(),
+        }));
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let (urls, document, id) = (self.urls.clone(), self.document.clone(), self.id);
+        let base_state = Arc::clone(&state);
+        let on_base = element!("base[href]", move |el| {
+            let href = el.get_attribute("href").unwrap_or_default();
+            let mut st = base_state.lock().unwrap_or_else(PoisonError::into_inner);
+            st.found.push(BaseHref {
+                href: decode_attribute(&href).map(Cow::into_owned),
+                inert: el.namespace_uri() != HTML_NAMESPACE,
+            });
+            st.bases = Bases::new(&urls, &document, &id, &st.found, true);
+            Ok(())
+        });
+        let (urls, document, id) = (self.urls.clone(), self.document.clone(), self.id);
+        let template_state = Arc::clone(&state);
+        let in_template = element!("template base[href]", move |_| {
+            let mut st = template_state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(last) = st.found.last_mut() {
+                last.inert = true;
+            }
+            st.bases = Bases::new(&urls, &document, &id, &st.found, true);
+            Ok(())
+        });
+        let (urls, document, id) = (self.urls.clone(), self.document.clone(), self.id);
+        let on_link = element!(SELECTOR, move |el| {
+            let st = state.lock().unwrap_or_else(PoisonError::into_inner);
+            urls.rewrite_element(el, &st.bases, &document, &id, false)
+        });
+        let settings = Settings::new_send()
+            .append_element_content_handler(on_base)
+            .append_element_content_handler(in_template)
+            .append_element_content_handler(on_link)
+            .with_memory_settings(
+                MemorySettings::new().with_max_allowed_memory_usage(HTML_MEMORY_LIMIT),
+            );
+        let sink = Arc::clone(&out);
+        let sink: Sink = Box::new(move |chunk: &[u8]| {
+            sink.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(chunk);
+        });
+        let rewriter = HtmlRewriter::new(settings, sink);
+        PageStream { rewriter, out }
+    }
+}
+
+/// Where a [`PageStream`]'s rewriter writes: a buffer the stream drains after each chunk.
+type Sink = Box<dyn FnMut(&[u8]) + Send>;
+
+/// What the handlers of a [`PageStream`] share: the `<base href>`s seen so far.
+struct StreamState {
+    bases: Bases,
+    found: Vec<BaseHref>,
+}
+
+/// An HTML body being rewritten chunk by chunk ([`PageRewrite::stream`]): write each chunk,
+/// send on what comes back, and end.
+pub struct PageStream {
+    rewriter: HtmlRewriter<'static, Sink>,
+    out: Arc<Mutex<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for PageStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageStream").finish_non_exhaustive()
+    }
+}
+
+impl PageStream {
+    fn drain(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.out.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Feeds the next chunk of the body; returns the rewritten bytes ready so far (the parser
+    /// holds back a tag cut across chunks until it is complete).
+    ///
+    /// # Errors
+    /// [`Error::Html`] if the parser gives up (a tag beyond [`HTML_MEMORY_LIMIT`]); the
+    /// stream is then unusable.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<Vec<u8>> {
+        self.rewriter.write(chunk).map_err(html_error)?;
+        Ok(self.drain())
+    }
+
+    /// Ends the body; returns the last rewritten bytes.
+    ///
+    /// # Errors
+    /// As [`write`](Self::write).
+    pub fn end(self) -> Result<Vec<u8>> {
+        let out = Arc::clone(&self.out);
+        self.rewriter.end().map_err(html_error)?;
+        Ok(std::mem::take(
+            &mut *out.lock().unwrap_or_else(PoisonError::into_inner),
+        ))
     }
 }
 
@@ -709,5 +872,50 @@ mod tests {
             )),
             "{out}"
         );
+    }
+
+    fn stream(rw: &UrlRewriter, html: &str, chunk: usize) -> String {
+        let doc = rw.document_url("/app/page", None);
+        let page = crate::session::PageRewrite::new(rw.clone(), doc, id());
+        let mut stream = page.stream();
+        let mut out = Vec::new();
+        for piece in html.as_bytes().chunks(chunk) {
+            out.extend(stream.write(piece).unwrap());
+        }
+        out.extend(stream.end().unwrap());
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn streaming_writes_links_with_the_id_as_absolute_urls() {
+        let html = r#"<html><head><link rel="stylesheet" href="/app/site.css"></head>
+<body><a href="/app/a">a</a><a href="b?x=1&amp;y=2">b</a><img src="/app/logo.png">
+<a href="https://elsewhere.example/">out</a><form method="get" action="/app/find"></form>
+<base href="https://cdn.example/"><a href="c">c</a></body></html>"#;
+        for chunk in [1, 7, 64, html.len()] {
+            let out = stream(&path_rw(), html, chunk);
+            for want in [
+                format!(r#"href="http://localhost:3000/app/site.css/-/{ID}""#),
+                format!(r#"href="http://localhost:3000/app/a/-/{ID}""#),
+                format!(r#"href="http://localhost:3000/app/b/-/{ID}?x=1&amp;y=2""#),
+                format!(r#"action="http://localhost:3000/app/find/-/{ID}""#),
+                r#"<img src="/app/logo.png">"#.to_owned(),
+                r#"href="https://elsewhere.example/""#.to_owned(),
+                // After the <base>, relative links go where it sends them: no id.
+                r#"<a href="c">c</a>"#.to_owned(),
+            ] {
+                assert!(
+                    out.contains(&want),
+                    "chunk {chunk}: missing {want} in {out}"
+                );
+            }
+        }
+        // No hidden field in query style: a later formaction might send it elsewhere.
+        let q = UrlRewriter::new("http://localhost:3000/app/")
+            .unwrap()
+            .style(UrlStyle::Query);
+        let out = stream(&q, r#"<form action="/app/find"></form>"#, 5);
+        assert!(!out.contains("hidden"), "{out}");
+        assert!(out.contains(&format!("find?sid={ID}")), "{out}");
     }
 }

@@ -13,18 +13,18 @@
 //! let store = SessionStore::builder().path(dir.path().join("sessions")).build()?;
 //!
 //! // A first request, without a cookie.
-//! let mut visit = store.begin(&Request::new("/cart"))?;
-//! visit.session.insert("items", &vec![42])?;
+//! let mut visit = store.begin(&Request::new("/cart"));
+//! visit.session()?.insert("items", &vec![42])?;
 //! let mut response = Response::html("<p>added</p>");
 //! store.finish(&mut visit, &mut response)?;
 //! let set_cookie = response.set_cookie.expect("a new session sets its cookie");
-//! assert!(set_cookie.starts_with("session="));
-//! assert!(set_cookie.contains("HttpOnly; SameSite=Lax"));
+//! assert_eq!(set_cookie.name(), "session");
+//! assert!(set_cookie.to_string().contains("; HttpOnly; SameSite=Lax"));
 //!
 //! // The browser sends the cookie back (this could be another worker process).
-//! let cookie = set_cookie.split(';').next().unwrap();
-//! let visit = store.begin(&Request::new("/checkout").cookie(cookie))?;
-//! assert_eq!(visit.session.get::<Vec<u32>>("items")?, Some(vec![42]));
+//! let cookie = set_cookie.stripped().to_string();
+//! let mut visit = store.begin(&Request::new("/checkout").cookie(&cookie));
+//! assert_eq!(visit.session()?.get::<Vec<u32>>("items")?, Some(vec![42]));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -69,8 +69,11 @@
 //! # Flash values
 //!
 //! [`Session::flash`] stores a value for the next load only (a message shown after a
-//! redirect). That load delivers it ([`Session::get_flash`]) and removes it from the cache
-//! at once, so exactly one load sees it; [`Session::keep_flash`] carries it one load further.
+//! redirect). [`SessionStore::load`] delivers it ([`Session::get_flash`]) and removes it from
+//! the cache at once, so exactly one load sees it; [`Session::keep_flash`] carries it one
+//! load further. The request cycle goes further, as Catalyst did: it leaves flash values in
+//! the store until the request reads one ([`Visit::get_flash`]), so only a request that
+//! reads the flash consumes it — still exactly one.
 //!
 //! # Binding
 //!
@@ -81,8 +84,9 @@
 //!
 //! # Cookies and URLs
 //!
-//! [`CookieConfig`] writes the `Set-Cookie` values (HttpOnly and SameSite=Lax by default,
-//! Secure on request) and finds the id in a `Cookie` header. For clients without cookies,
+//! [`CookieConfig`] makes the cookies through the `cookie` crate (HttpOnly and SameSite=Lax
+//! by default; Secure always or only over HTTPS, Partitioned, persistent or for the browser
+//! session, on request) and finds the id in a `Cookie` header, parsed strictly. For clients without cookies,
 //! [`UrlRewriter`] carries the id in URLs, in the original's path style (`/cart/-/ID`) or as
 //! a query parameter (`?sid=ID`): it takes the id out of incoming URLs, and adds it to
 //! redirects and to the links of HTML pages (with an HTML rewriter, only for links under the
@@ -97,7 +101,9 @@
 //!
 //! [`SessionStore::begin`] and [`SessionStore::finish`] do all of the above around a
 //! request, as the original's `prepare_action` and `finalize` did; a framework integration
-//! copies headers in and out.
+//! copies headers in and out (`fastmmap::web::SessionLayer`, feature `axum`, is one). The
+//! session is loaded lazily, when the request first uses it ([`Visit::session`]): a request
+//! that never does (a static asset) touches nothing.
 //!
 //! # Record format
 //!
@@ -128,11 +134,11 @@ mod record;
 mod store;
 mod uri;
 
-pub use cookie::{CookieConfig, DEFAULT_COOKIE_NAME, SameSite};
+pub use self::cookie::{CookieConfig, DEFAULT_COOKIE_NAME, SameSite, Secure};
 pub use cycle::{Finished, IdSource, Request, Response, Visit};
 pub use data::{NewReason, Origin, Session};
 pub use error::{Error, Result};
-pub use html::HTML_MEMORY_LIMIT;
+pub use html::{HTML_MEMORY_LIMIT, PageRewrite, PageStream};
 pub use id::{ID_BYTES, ID_LEN, InvalidId, SessionId};
 pub use record::{MAX_BOUND_USER_AGENT, RECORD_VERSION};
 pub use store::{

@@ -315,6 +315,11 @@ impl<'a> RecordView<'a> {
         out
     }
 
+    /// Parses the flash section alone.
+    pub(crate) fn flash(&self) -> Result<Map> {
+        parse_map(self.flash, "flash section is not a JSON object")
+    }
+
     /// Parses the JSON sections.
     pub(crate) fn decode(&self) -> Result<Record> {
         Ok(Record {

@@ -44,6 +44,7 @@ pub enum UrlStyle {
 
 /// An incoming request path and query with any session id taken out.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Extracted {
     /// The path without the id (what the application routes on).
     pub path: String,

@@ -1,0 +1,191 @@
+//! [`SessionStoreBuilder`]: the options of a [`SessionStore`], checked once by `build`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{DEFAULT_KEY_PREFIX, DEFAULT_LIFETIME, Inner, SESSION_FILE_MODE, SessionStore};
+use crate::Cache;
+use crate::session::cookie::CookieConfig;
+use crate::session::error::{Error, Result};
+use crate::session::uri::UrlRewriter;
+
+/// Options for a [`SessionStore`]; see [`SessionStore::builder`].
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct SessionStoreBuilder {
+    cache: Option<Cache>,
+    path: Option<PathBuf>,
+    lifetime: Duration,
+    idle_timeout: Option<Duration>,
+    extend_threshold: Option<Duration>,
+    bind_address: bool,
+    bind_user_agent: bool,
+    key_prefix: String,
+    cookie: CookieConfig,
+    urls: Option<UrlRewriter>,
+}
+
+impl Default for SessionStoreBuilder {
+    fn default() -> Self {
+        SessionStoreBuilder {
+            cache: None,
+            path: None,
+            lifetime: DEFAULT_LIFETIME,
+            idle_timeout: None,
+            extend_threshold: None,
+            bind_address: false,
+            bind_user_agent: false,
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            cookie: CookieConfig::default(),
+            urls: None,
+        }
+    }
+}
+
+/// Whole seconds in `d`, rounded up (saturating).
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
+}
+
+impl SessionStoreBuilder {
+    /// Keep sessions in this cache (for example one opened with a
+    /// [`ManualClock`](crate::ManualClock) in tests). The store reads the time from the
+    /// cache's clock.
+    pub fn cache(mut self, cache: Cache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Keep sessions in a cache at this path, opened with default options, except that a
+    /// file the store creates gets mode `0600` (session ids are secrets). Without `cache` or
+    /// `path`, the cache's default file is used — a per-user file in the temp directory
+    /// (see [`CacheBuilder::path`](crate::CacheBuilder::path)) — also created with mode
+    /// `0600`.
+    ///
+    /// An existing file keeps its mode, and a cache given with [`cache`](Self::cache) is used
+    /// as it was opened: check their permissions yourself. Anyone who can read the file can
+    /// read every session and its id.
+    pub fn path(mut self, path: impl AsRef<Path>) -> Self {
+        self.path = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// The absolute lifetime: a session ends this long after it was created, however active
+    /// (default [`DEFAULT_LIFETIME`], one day). Whole seconds, rounded up. No session outlives
+    /// early 2106, when the cache's expiry times end.
+    pub fn lifetime(mut self, d: Duration) -> Self {
+        self.lifetime = d;
+        self
+    }
+
+    /// Sliding expiry: a session also ends after this long without a request (default: off).
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = Some(d);
+        self
+    }
+
+    /// With an idle timeout, how long after the last extension a load moves the idle
+    /// deadline again (default: a tenth of the idle timeout). A session that is only read is
+    /// rewritten at most this often, so it may end up to this much earlier than a strict
+    /// sliding expiry would end it.
+    pub fn extend_threshold(mut self, d: Duration) -> Self {
+        self.extend_threshold = Some(d);
+        self
+    }
+
+    /// Bind new sessions to the client address: a later request from another address
+    /// deletes the session (default off; clients behind changing proxies or on mobile
+    /// networks change address).
+    pub fn bind_address(mut self, yes: bool) -> Self {
+        self.bind_address = yes;
+        self
+    }
+
+    /// Bind new sessions to the user agent: a later request with another `User-Agent`
+    /// deletes the session (default off).
+    pub fn bind_user_agent(mut self, yes: bool) -> Self {
+        self.bind_user_agent = yes;
+        self
+    }
+
+    /// The prefix of session keys in the cache (default [`DEFAULT_KEY_PREFIX`]), so that a
+    /// cache can hold sessions and other entries.
+    pub fn key_prefix(mut self, prefix: &str) -> Self {
+        self.key_prefix = prefix.to_owned();
+        self
+    }
+
+    /// How the session cookie is written and read (default [`CookieConfig::default`]).
+    pub fn cookie(mut self, cookie: CookieConfig) -> Self {
+        self.cookie = cookie;
+        self
+    }
+
+    /// Also carry ids in URLs for clients that send no session cookie (default off): the
+    /// request cycle ([`SessionStore::begin`], [`SessionStore::finish`]) then takes ids out
+    /// of incoming URLs and puts them into redirects and HTML links.
+    pub fn urls(mut self, urls: UrlRewriter) -> Self {
+        self.urls = Some(urls);
+        self
+    }
+
+    /// Opens the cache if needed and builds the store.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] for unusable options (a zero lifetime or idle timeout, a
+    /// threshold not below the idle timeout or without one, an empty key prefix, both
+    /// `cache` and `path`, an invalid cookie); [`Error::Cache`] if the cache cannot be
+    /// opened.
+    pub fn build(self) -> Result<SessionStore> {
+        let invalid = |reason: &str| Error::InvalidOptions {
+            reason: reason.to_owned(),
+        };
+        let lifetime = ceil_secs(self.lifetime);
+        if lifetime == 0 {
+            return Err(invalid("lifetime must be at least one second"));
+        }
+        let idle = self.idle_timeout.map(ceil_secs);
+        if idle == Some(0) {
+            return Err(invalid("idle_timeout must be at least one second"));
+        }
+        let threshold = match (idle, self.extend_threshold) {
+            (None, Some(_)) => return Err(invalid("extend_threshold needs an idle_timeout")),
+            (None, None) => 0,
+            (Some(idle), None) => idle / 10,
+            (Some(idle), Some(t)) => {
+                let t = ceil_secs(t);
+                if t >= idle {
+                    return Err(invalid("extend_threshold must be below idle_timeout"));
+                }
+                t
+            }
+        };
+        if self.key_prefix.is_empty() {
+            return Err(invalid("key_prefix must not be empty"));
+        }
+        self.cookie.validate()?;
+        let cache = match (self.cache, self.path) {
+            (Some(_), Some(_)) => return Err(invalid("give either a cache or a path, not both")),
+            (Some(cache), None) => cache,
+            (None, Some(path)) => Cache::builder()
+                .path(path)
+                .permissions(SESSION_FILE_MODE)
+                .open()?,
+            (None, None) => Cache::builder().permissions(SESSION_FILE_MODE).open()?,
+        };
+        Ok(SessionStore {
+            inner: Arc::new(Inner {
+                cache,
+                lifetime,
+                idle,
+                threshold,
+                bind_address: self.bind_address,
+                bind_user_agent: self.bind_user_agent,
+                prefix: self.key_prefix.into_bytes(),
+                cookie: self.cookie,
+                urls: self.urls,
+            }),
+        })
+    }
+}

@@ -1,0 +1,405 @@
+//! Saving: writes that merge by key with a compare-and-swap, new ids for new sessions and
+//! logins, deletion, and the atomic read-modify-write.
+
+use super::SessionStore;
+use crate::session::data::{Session, State, from_unix_secs};
+use crate::session::error::{Error, Result};
+use crate::session::id::SessionId;
+use crate::session::record::{Map, Record, RecordView, Times};
+use crate::{Expiry, Update};
+
+/// Optimistic save attempts before a save decides under the page lock instead.
+const CAS_ROUNDS: usize = 8;
+/// New ids tried when a generated id is already taken (which a working random number
+/// generator never does).
+const ID_ATTEMPTS: usize = 4;
+
+/// What [`SessionStore::save`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Saved {
+    /// Nothing to write.
+    Unchanged,
+    /// The session was written.
+    Written,
+    /// The session had been [invalidated](Session::invalidate) and was removed.
+    Deleted,
+    /// The stored session had been deleted, had expired, or had moved to a new id meanwhile;
+    /// it was not recreated, and the session now counts as invalidated.
+    Gone,
+}
+
+/// What a save does to the stored record.
+enum Plan {
+    /// The stored session is gone (`remove`: it is there but expired, so remove it).
+    Gone { remove: bool },
+    Write {
+        bytes: Vec<u8>,
+        times: Times,
+        data: Map,
+    },
+}
+
+impl Plan {
+    fn update(&self) -> Update {
+        match self {
+            Plan::Gone { remove: false } => Update::Keep,
+            Plan::Gone { remove: true } => Update::Remove,
+            Plan::Write { bytes, times, .. } => {
+                Update::SetWith(bytes.clone(), Expiry::At(from_unix_secs(times.expires)))
+            }
+        }
+    }
+}
+
+impl SessionStore {
+    /// Writes what changed in `session`: nothing if nothing did
+    /// ([`Session::is_modified`]); removes it if it was
+    /// [invalidated](Session::invalidate).
+    ///
+    /// Concurrent saves of one session (two requests, in any processes) never produce a torn
+    /// record: each save replaces the record as a whole, atomically. For each key it changed,
+    /// the last save wins; keys it did not change keep what other saves wrote, and flash
+    /// values from other requests are kept. A session deleted, expired or moved to a new id
+    /// meanwhile is not brought back ([`Saved::Gone`]). For a read-modify-write of one value
+    /// (a counter) use [`update`](Self::update).
+    ///
+    /// Each write counts as activity: it moves the idle deadline (within the lifetime).
+    ///
+    /// # Errors
+    /// [`Error::Cache`] — [`crate::Error::TooLarge`] if the record does not fit in a cache
+    /// page (nothing is written); [`Error::BadRecord`] / [`Error::UnsupportedVersion`] if
+    /// the stored record cannot be read (it is left alone).
+    pub fn save(&self, session: &mut Session) -> Result<Saved> {
+        if session.invalidated {
+            if session.state == State::Stored {
+                self.inner.cache.remove(&self.key(&session.id))?;
+            }
+            session.state = State::New;
+            session.persist = false;
+            return Ok(Saved::Deleted);
+        }
+        if !session.is_modified() {
+            return Ok(Saved::Unchanged);
+        }
+        let now = self.now();
+        match session.state {
+            State::New => self.save_new(session, now),
+            State::Stored => self.save_stored(session, now, CAS_ROUNDS),
+        }
+    }
+
+    /// Writes a session that is not stored yet, under a key that must be free.
+    fn save_new(&self, session: &mut Session, now: u64) -> Result<Saved> {
+        let created = session.times.created;
+        let times = Times {
+            created,
+            updated: now,
+            active: now,
+            expires: self.deadline(created, now),
+        };
+        if now >= times.expires {
+            return Ok(gone(session));
+        }
+        let record = Record {
+            times,
+            data: session.data.clone(),
+            flash: session.flash_out.clone(),
+            binding: session.binding.clone(),
+        };
+        let bytes = record.encode()?;
+        session.id = self.write_new(&bytes, times.expires, Some(session.id))?;
+        session.mark_stored(record.data, times);
+        Ok(Saved::Written)
+    }
+
+    /// Stores `bytes` under a free id (`first`, if given and free, else new ones); returns
+    /// the id used.
+    fn write_new(&self, bytes: &[u8], expires: u64, first: Option<SessionId>) -> Result<SessionId> {
+        let mut id = match first {
+            Some(id) => id,
+            None => SessionId::generate()?,
+        };
+        for _ in 0..ID_ATTEMPTS {
+            let mut taken = false;
+            self.inner.cache.update(&self.key(&id), |old| {
+                if old.is_some() {
+                    taken = true;
+                    return Update::Keep;
+                }
+                Update::SetWith(bytes.to_vec(), Expiry::At(from_unix_secs(expires)))
+            })?;
+            if !taken {
+                return Ok(id);
+            }
+            id = SessionId::generate()?;
+        }
+        Err(Error::IdCollision)
+    }
+
+    /// What saving `session` over `current` (the stored bytes) does.
+    fn plan(&self, session: &Session, current: Option<&[u8]>, now: u64) -> Result<Plan> {
+        let Some(bytes) = current else {
+            return Ok(Plan::Gone { remove: false });
+        };
+        let view = RecordView::parse(bytes)?;
+        if now >= view.header.times.expires {
+            return Ok(Plan::Gone { remove: true });
+        }
+        let stored = view.decode()?;
+        let created = stored.times.created;
+        let times = Times {
+            created,
+            updated: now,
+            active: now,
+            expires: self.deadline(created, now),
+        };
+        if now >= times.expires {
+            return Ok(Plan::Gone { remove: true });
+        }
+        let mut flash = stored.flash;
+        for (k, v) in &session.flash_out {
+            flash.insert(k.clone(), v.clone());
+        }
+        let record = Record {
+            times,
+            data: session.merged_data(Some(&stored.data)),
+            flash,
+            binding: stored.binding,
+        };
+        Ok(Plan::Write {
+            bytes: record.encode()?,
+            times,
+            data: record.data,
+        })
+    }
+
+    /// Merges into the stored record: up to `rounds` compare-and-swap rounds with the merge
+    /// done outside the lock, then (if other writers keep winning) one merge under the lock.
+    pub(super) fn save_stored(
+        &self,
+        session: &mut Session,
+        now: u64,
+        rounds: usize,
+    ) -> Result<Saved> {
+        let key = self.key(&session.id);
+        let cache = &self.inner.cache;
+        let mut done = None;
+        for _ in 0..rounds {
+            let current = cache.get(&key)?;
+            let plan = self.plan(session, current.as_deref(), now)?;
+            let mut swapped = false;
+            cache.update(&key, |now_bytes| {
+                if now_bytes != current.as_deref() {
+                    return Update::Keep;
+                }
+                swapped = true;
+                plan.update()
+            })?;
+            if swapped {
+                done = Some(plan);
+                break;
+            }
+        }
+        let plan = match done {
+            Some(plan) => plan,
+            None => {
+                let mut decided = None;
+                cache.update(&key, |current| match self.plan(session, current, now) {
+                    Ok(plan) => {
+                        let update = plan.update();
+                        decided = Some(Ok(plan));
+                        update
+                    }
+                    Err(e) => {
+                        decided = Some(Err(e));
+                        Update::Keep
+                    }
+                })?;
+                decided.expect("update calls its closure")?
+            }
+        };
+        Ok(match plan {
+            Plan::Gone { .. } => gone(session),
+            Plan::Write { times, data, .. } => {
+                session.mark_stored(data, times);
+                Saved::Written
+            }
+        })
+    }
+
+    /// Removes the session `id`. Returns whether it was live.
+    ///
+    /// # Errors
+    /// [`Error::Cache`].
+    pub fn delete(&self, id: &SessionId) -> Result<bool> {
+        Ok(self.inner.cache.remove(&self.key(id))?)
+    }
+
+    /// Moves the session to a new id (do this when a user logs in or gains privileges, so
+    /// that an id known before — perhaps planted by an attacker — is worthless after): its
+    /// values, including unsaved changes, are written under the new id and the old id is
+    /// deleted. Returns the old id. For a session not stored yet, only the id changes.
+    ///
+    /// A request still using the old id afterwards gets a new, empty session. If the stored
+    /// session was deleted or expired meanwhile, it is not recreated (the session counts as
+    /// invalidated, as after [`Saved::Gone`]).
+    ///
+    /// # Errors
+    /// As [`save`](Self::save); on an error the session stays under its old id.
+    pub fn change_id(&self, session: &mut Session) -> Result<SessionId> {
+        let old = session.id;
+        if session.state == State::New || session.invalidated {
+            session.id = SessionId::generate()?;
+            return Ok(old);
+        }
+        let now = self.now();
+        let old_key = self.key(&old);
+        // Take the old record (if it can be read) in one step, so that no save slips in
+        // between reading it and deleting it.
+        let mut taken: Option<Result<Vec<u8>>> = None;
+        self.inner.cache.update(&old_key, |current| match current {
+            None => Update::Keep,
+            Some(bytes) => match RecordView::parse(bytes) {
+                Ok(_) => {
+                    taken = Some(Ok(bytes.to_vec()));
+                    Update::Remove
+                }
+                Err(e) => {
+                    taken = Some(Err(e));
+                    Update::Keep
+                }
+            },
+        })?;
+        let Some(stored) = taken.transpose()? else {
+            gone(session);
+            session.id = SessionId::generate()?;
+            return Ok(old);
+        };
+        let restore = || {
+            if let Ok(view) = RecordView::parse(&stored) {
+                let until = Expiry::At(from_unix_secs(view.header.times.expires));
+                let _ = self.inner.cache.set_with(&old_key, &stored, until);
+            }
+        };
+        let written = self
+            .plan(session, Some(&stored), now)
+            .and_then(|plan| match plan {
+                Plan::Gone { .. } => Ok(None),
+                Plan::Write { bytes, times, data } => {
+                    let id = self.write_new(&bytes, times.expires, None)?;
+                    Ok(Some((id, times, data)))
+                }
+            });
+        match written {
+            Err(e) => {
+                restore();
+                Err(e)
+            }
+            Ok(None) => {
+                gone(session);
+                session.id = SessionId::generate()?;
+                Ok(old)
+            }
+            Ok(Some((id, times, data))) => {
+                session.id = id;
+                session.mark_stored(data, times);
+                Ok(old)
+            }
+        }
+    }
+
+    /// Atomic read-modify-write of the session `id`: `f` gets the stored session under the
+    /// cache's page lock — no other thread or process can change the session meanwhile —
+    /// and whatever it changes is written before the lock is released. `None` if there is
+    /// no live session (an expired one is deleted).
+    ///
+    /// This is not a request: it does not deliver flash values (they stay pending, and `f`
+    /// may add some with [`Session::flash`]), check the binding, or move the idle deadline.
+    /// [`Session::invalidate`] in `f` deletes the session.
+    ///
+    /// `f` runs under the page lock: keep it short, and do not use this store's cache in it
+    /// (that is [`crate::Error::Reentrant`]).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = fastmmap::session::SessionStore::builder().path(dir.path().join("s")).build()?;
+    /// # let mut s = store.create(&Default::default())?;
+    /// # store.save(&mut s)?;
+    /// # let id = *s.id();
+    /// let hits = store.update(&id, |session| {
+    ///     let n = session.get::<u64>("hits").ok().flatten().unwrap_or(0) + 1;
+    ///     session.insert("hits", &n).map(|_| n)
+    /// })?;
+    /// assert_eq!(hits.transpose()?, Some(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`save`](Self::save); if the result does not fit, nothing is written.
+    pub fn update<R>(
+        &self,
+        id: &SessionId,
+        f: impl FnOnce(&mut Session) -> R,
+    ) -> Result<Option<R>> {
+        let now = self.now();
+        let mut outcome: Option<Result<R>> = None;
+        self.inner.cache.update(&self.key(id), |current| {
+            let Some(bytes) = current else {
+                return Update::Keep;
+            };
+            let record = match Record::decode(bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    outcome = Some(Err(e));
+                    return Update::Keep;
+                }
+            };
+            if now >= record.times.expires {
+                return Update::Remove;
+            }
+            let pending_flash = record.flash.clone();
+            let mut session = Session::loaded(*id, record, false);
+            session.flash_out = std::mem::take(&mut session.flash_in);
+            let result = f(&mut session);
+            if session.invalidated {
+                outcome = Some(Ok(result));
+                return Update::Remove;
+            }
+            let changed = session.cleared
+                || !session.changes.is_empty()
+                || session.flash_out != pending_flash;
+            if !changed {
+                outcome = Some(Ok(result));
+                return Update::Keep;
+            }
+            let mut times = session.times;
+            times.updated = now;
+            let record = Record {
+                times,
+                data: session.data,
+                flash: session.flash_out,
+                binding: session.binding,
+            };
+            match record.encode() {
+                Ok(bytes) => {
+                    outcome = Some(Ok(result));
+                    Update::SetWith(bytes, Expiry::At(from_unix_secs(times.expires)))
+                }
+                Err(e) => {
+                    outcome = Some(Err(e));
+                    Update::Keep
+                }
+            }
+        })?;
+        outcome.transpose()
+    }
+}
+
+/// The stored session is gone: the in-memory one must not bring it back.
+fn gone(session: &mut Session) -> Saved {
+    session.state = State::New;
+    session.invalidated = true;
+    session.persist = false;
+    Saved::Gone
+}

@@ -1,0 +1,45 @@
+//! Sessions in a tower / axum stack, and a cache-backed store for tower-sessions.
+//!
+//! - [`SessionLayer`] (feature `axum`): the request cycle of
+//!   [`fastmmap::session`](crate::session) around any tower service over `http` types —
+//!   the id from the cookie or the URL, the session loaded when a handler first uses it,
+//!   saved with its cookie afterwards, and ids put into redirects and HTML links for clients
+//!   without cookies. [`Session`] is its axum extractor.
+//! - [`Prefork`] (feature `axum`, Linux): an axum application in forked worker processes
+//!   that share caches and sessions through one file.
+//! - [`FastMmapStore`] (feature `tower-sessions`): a `tower_sessions::SessionStore` over a
+//!   [`Cache`](crate::Cache), for tower-sessions and axum-login users whose workers are
+//!   forked processes.
+//!
+//! This module uses only the crate's public API: what it does, an application could do.
+//!
+//! # Async code and page locks
+//!
+//! The cache is synchronous: each call locks one page of the file for a few microseconds
+//! and returns. Calling it from an async handler is fine — it costs no more than any short
+//! computation, and nothing here holds a page lock (or any lock) across an `.await`. Set
+//! [`CacheBuilder::lock_timeout`](crate::CacheBuilder::lock_timeout) if a process that is
+//! stopped while it holds a page lock (a debugger, `SIGSTOP`) should turn into errors
+//! rather than waiting workers; a process that dies releases its locks.
+
+#[cfg(feature = "axum")]
+mod body;
+#[cfg(feature = "axum")]
+mod extract;
+#[cfg(feature = "axum")]
+mod layer;
+#[cfg(all(feature = "axum", target_os = "linux"))]
+mod prefork;
+#[cfg(feature = "tower-sessions")]
+mod tower_store;
+
+#[cfg(feature = "axum")]
+pub use body::{BoxError, SessionBody};
+#[cfg(feature = "axum")]
+pub use extract::{MissingSessionLayer, Session};
+#[cfg(feature = "axum")]
+pub use layer::{DEFAULT_BUFFER_LIMIT, ResponseFuture, SessionLayer, SessionService};
+#[cfg(all(feature = "axum", target_os = "linux"))]
+pub use prefork::Prefork;
+#[cfg(feature = "tower-sessions")]
+pub use tower_store::{DEFAULT_PREFIX as TOWER_SESSIONS_PREFIX, FastMmapStore};

@@ -1,0 +1,175 @@
+//! [`FastMmapStore`]: a `tower_sessions::SessionStore` over a [`Cache`], so that
+//! tower-sessions (and axum-login) keep sessions in one file shared by forked workers.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use tower_sessions_core::session::{Id, Record};
+use tower_sessions_core::session_store::{self, ExpiredDeletion, SessionStore};
+
+use crate::{Cache, Expiry, Update};
+
+/// The default key prefix of tower-sessions records in the cache.
+pub const DEFAULT_PREFIX: &str = "tower-sessions:";
+/// New ids tried by `create` when an id is taken (as `MemoryStore` does, but bounded).
+const ID_ATTEMPTS: usize = 8;
+
+/// A [`tower_sessions::SessionStore`](SessionStore) that keeps each session record in a
+/// [`Cache`]: every worker process that opens (or inherits) the file sees the same sessions,
+/// with no server to run.
+///
+/// A record is stored as JSON under `prefix + id`, with the cache entry expiring at the
+/// record's `expiry_date` (rounded up to the second): the cache reclaims it, and a load
+/// after that instant finds nothing. `create` never overwrites: an id already in use is
+/// replaced by a fresh random one (as tower-sessions asks of stores). Each operation is one
+/// short cache call (see [`web`](crate::web) on async code and page locks). A record that
+/// does not fit in a cache page is an error from `save`/`create`
+/// ([`Error::TooLarge`](crate::Error::TooLarge)).
+///
+/// ```no_run
+/// use fastmmap::Cache;
+/// use fastmmap::web::FastMmapStore;
+/// use tower_sessions::SessionManagerLayer;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cache = Cache::builder()
+///     .path("/run/user/1000/sessions.cache")
+///     .permissions(0o600)
+///     .open()?;
+/// let layer = SessionManagerLayer::new(FastMmapStore::new(cache));
+/// # let _ = layer; Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct FastMmapStore {
+    cache: Cache,
+    prefix: String,
+}
+
+fn backend(e: crate::Error) -> session_store::Error {
+    session_store::Error::Backend(e.to_string())
+}
+
+/// `t` as a `SystemTime` (1970 for earlier instants), rounded up to the whole second so that
+/// the cache never expires an entry before the record does.
+fn to_system_time(t: OffsetDateTime) -> SystemTime {
+    let secs = t.unix_timestamp() + i64::from(t.nanosecond() > 0);
+    u64::try_from(secs).map_or(UNIX_EPOCH, |s| UNIX_EPOCH + Duration::from_secs(s))
+}
+
+impl FastMmapStore {
+    /// A store in `cache`, with keys under [`TOWER_SESSIONS_PREFIX`](crate::web::TOWER_SESSIONS_PREFIX).
+    pub fn new(cache: Cache) -> FastMmapStore {
+        FastMmapStore {
+            cache,
+            prefix: DEFAULT_PREFIX.to_owned(),
+        }
+    }
+
+    /// Keys start with `prefix` (so that one cache can hold sessions and other entries).
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_owned();
+        self
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// The cache key of a session.
+    pub fn key(&self, id: &Id) -> Vec<u8> {
+        format!("{}{id}", self.prefix).into_bytes()
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        let since = self
+            .cache
+            .clock()
+            .now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        OffsetDateTime::UNIX_EPOCH + since
+    }
+
+    fn encode(record: &Record) -> session_store::Result<Vec<u8>> {
+        serde_json::to_vec(record).map_err(|e| session_store::Error::Encode(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl SessionStore for FastMmapStore {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        let expiry = Expiry::At(to_system_time(record.expiry_date));
+        for _ in 0..ID_ATTEMPTS {
+            // The record holds its id: encode it with the id it is stored under.
+            let bytes = Self::encode(record)?;
+            let mut taken = false;
+            self.cache
+                .update(&self.key(&record.id), |old| {
+                    if old.is_some() {
+                        taken = true;
+                        return Update::Keep;
+                    }
+                    Update::SetWith(bytes.clone(), expiry)
+                })
+                .map_err(backend)?;
+            if !taken {
+                return Ok(());
+            }
+            record.id = Id::default();
+        }
+        Err(session_store::Error::Backend(
+            "every new session id tried was taken".to_owned(),
+        ))
+    }
+
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        let key = self.key(&record.id);
+        if record.expiry_date <= self.now() {
+            self.cache.remove(&key).map_err(backend)?;
+            return Ok(());
+        }
+        let bytes = Self::encode(record)?;
+        let stored = self
+            .cache
+            .set_with(&key, &bytes, Expiry::At(to_system_time(record.expiry_date)))
+            .map_err(backend)?;
+        if stored {
+            Ok(())
+        } else {
+            // Only a tombstone left by a conditional remove refuses a plain store.
+            Err(session_store::Error::Backend(
+                "the cache refused the session record (a tombstone holds its key)".to_owned(),
+            ))
+        }
+    }
+
+    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+        let Some(bytes) = self.cache.get(&self.key(id)).map_err(backend)? else {
+            return Ok(None);
+        };
+        let record: Record = serde_json::from_slice(&bytes)
+            .map_err(|e| session_store::Error::Decode(e.to_string()))?;
+        // The key names the record; a record claiming another id is not this session.
+        if record.id != *id || record.expiry_date <= self.now() {
+            return Ok(None);
+        }
+        Ok(Some(record))
+    }
+
+    async fn delete(&self, id: &Id) -> session_store::Result<()> {
+        self.cache.remove(&self.key(id)).map_err(backend)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ExpiredDeletion for FastMmapStore {
+    /// Purges expired entries from the whole cache ([`Cache::purge`]); the cache also drops
+    /// them by itself when it needs the room.
+    async fn delete_expired(&self) -> session_store::Result<()> {
+        self.cache.purge().map_err(backend)?;
+        Ok(())
+    }
+}
