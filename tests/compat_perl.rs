@@ -259,32 +259,11 @@ fn run_peer(
     opts: &[String],
     input: &str,
 ) -> Vec<String> {
-    let mut child = peer(path, geo, command, opts)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn perl");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let input = input.to_owned();
-    // A separate writer, so a peer that answers as it reads never blocks on a full pipe.
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().expect("wait for perl");
-    writer
-        .join()
-        .expect("writer thread")
-        .expect("write to perl");
-    assert!(
-        out.status.success(),
-        "perl peer.pl {command} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("peer output is ASCII")
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    run_to_completion(
+        &mut peer(path, geo, command, opts),
+        input,
+        &format!("perl peer.pl {command}"),
+    )
 }
 
 /// A peer started ahead of time: it has opened the cache and waits for [`Gated::go`].

@@ -37,9 +37,8 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use common::*;
@@ -107,34 +106,11 @@ fn script() -> PathBuf {
 /// Runs `perl values.pl ARGS` with `input` on its stdin; its stdout lines. Panics with its
 /// stderr if it fails.
 fn perl(args: &[&str], input: &str) -> Vec<String> {
-    let mut child = Command::new("perl")
-        .arg(script())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn perl");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let input = input.to_owned();
-    // A separate writer, so a peer that answers as it reads never blocks on a full pipe.
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().expect("wait for perl");
-    writer
-        .join()
-        .expect("writer thread")
-        .expect("write to perl");
-    assert!(
-        out.status.success(),
-        "perl values.pl {args:?} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("values.pl prints UTF-8")
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    run_to_completion(
+        Command::new("perl").arg(script()).args(args),
+        input,
+        &format!("perl values.pl {args:?}"),
+    )
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -156,14 +156,14 @@ fn perl_json_available() -> bool {
     ok
 }
 
-/// Perl's `serializer => 'json'` and the `Json` codec read each other's values in one file.
-#[test]
-fn json_values_cross_over_with_perl() {
+/// A Rust `TypedCache` with `codec` and a Perl Cache::FastMmap with `perl_options` read each
+/// other's values in one file.
+fn values_cross_over_with_perl<C: Codec<Cart>>(codec: C, perl_options: &str) {
     if !perl_json_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("json.cache");
+    let path = dir.path().join("crossover.cache");
     let cache = Cache::builder()
         .path(&path)
         .layout(Layout::FastMmap)
@@ -171,22 +171,24 @@ fn json_values_cross_over_with_perl() {
         .page_size(16384)
         .open()
         .unwrap();
-    let carts: TypedCache<str, Cart, Json> = TypedCache::new(cache, Json);
+    let carts: TypedCache<str, Cart, C> = TypedCache::new(cache, codec);
     carts.set("from-rust", &cart(3)).unwrap();
-    let script = r#"
+    let script = format!(
+        r#"
         use strict; use warnings; use Cache::FastMmap;
         my $c = Cache::FastMmap->new(share_file => $ARGV[0], num_pages => 3, page_size => 16384,
-            serializer => 'json', init_file => 0, unlink_on_exit => 0);
+            {perl_options} init_file => 0, unlink_on_exit => 0);
         my $r = $c->get('from-rust') or die "no from-rust\n";
-        die "bad total\n" unless $r->{total_cents} == 3 * 1999;
-        die "bad items\n" unless $r->{items}[2][1] eq "item 2 \x{2713}";
-        die "bad note\n" if defined $r->{note};
-        $c->set('from-perl', { user => "perl \x{e9}", items => [[1, "one"]], total_cents => 5,
-            note => "hi" });
+        die "bad total\n" unless $r->{{total_cents}} == 3 * 1999;
+        die "bad items\n" unless $r->{{items}}[2][1] eq "item 2 \x{{2713}}";
+        die "bad note\n" if defined $r->{{note}};
+        $c->set('from-perl', {{ user => "perl \x{{e9}}", items => [[1, "one"]], total_cents => 5,
+            note => "hi" }});
         print "ok\n";
-    "#;
+    "#
+    );
     let out = Command::new("perl")
-        .args(["-e", script])
+        .args(["-e", &script])
         .arg(&path)
         .output()
         .unwrap();
@@ -205,6 +207,12 @@ fn json_values_cross_over_with_perl() {
             note: Some("hi".into()),
         })
     );
+}
+
+/// Perl's `serializer => 'json'` and the `Json` codec read each other's values in one file.
+#[test]
+fn json_values_cross_over_with_perl() {
+    values_cross_over_with_perl(Json, "serializer => 'json',");
 }
 
 #[cfg(feature = "perl")]
@@ -218,50 +226,5 @@ fn storable_round_trips() {
 #[cfg(feature = "perl")]
 #[test]
 fn storable_values_cross_over_with_perl() {
-    if !perl_json_available() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("storable.cache");
-    let cache = Cache::builder()
-        .path(&path)
-        .layout(Layout::FastMmap)
-        .num_pages(3)
-        .page_size(16384)
-        .open()
-        .unwrap();
-    let carts = TypedCache::<str, Cart, _>::new(cache, fastmmap::typed::Storable::default());
-    carts.set("from-rust", &cart(3)).unwrap();
-    let script = r#"
-        use strict; use warnings; use Cache::FastMmap;
-        my $c = Cache::FastMmap->new(share_file => $ARGV[0], num_pages => 3, page_size => 16384,
-            init_file => 0, unlink_on_exit => 0);
-        my $r = $c->get('from-rust') or die "no from-rust\n";
-        die "bad total\n" unless $r->{total_cents} == 3 * 1999;
-        die "bad items\n" unless $r->{items}[2][1] eq "item 2 \x{2713}";
-        die "bad note\n" if defined $r->{note};
-        $c->set('from-perl', { user => "perl \x{e9}", items => [[1, "one"]], total_cents => 5,
-            note => "hi" });
-        print "ok\n";
-    "#;
-    let out = Command::new("perl")
-        .args(["-e", script])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success() && out.stdout == b"ok\n",
-        "perl: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        carts.get("from-perl").unwrap(),
-        Some(Cart {
-            user: "perl é".into(),
-            items: vec![(1, "one".into())],
-            total_cents: 5,
-            note: Some("hi".into()),
-        })
-    );
+    values_cross_over_with_perl(fastmmap::typed::Storable::default(), "");
 }

@@ -641,3 +641,39 @@ pub fn with_deadline<T: Send + 'static>(
         },
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Perl helpers
+
+/// Runs `cmd` (a Perl script) to completion with `input` on its stdin; its stdout lines.
+/// Panics with its stderr, naming it `what`, if it fails.
+pub fn run_to_completion(cmd: &mut std::process::Command, input: &str, what: &str) -> Vec<String> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn perl");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_owned();
+    // A separate writer, so a peer that answers as it reads never blocks on a full pipe.
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().expect("wait for perl");
+    writer
+        .join()
+        .expect("writer thread")
+        .expect("write to perl");
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("perl prints UTF-8")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}

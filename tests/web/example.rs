@@ -25,6 +25,11 @@ fn the_demo_binary_serves_and_stops_on_sigterm() {
         .map(|profile| profile.join("examples").join("web"))
         .filter(|p| p.is_file());
     let Some(binary) = binary else {
+        // CI runs the README's `cargo test`, which builds the example: there it must exist.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "examples/web was not built, though CI runs `cargo test --all-features`"
+        );
         eprintln!(
             "\n==================================================================\n\
              SKIPPED: examples/web was not built (cargo test builds it; --test web\n\
