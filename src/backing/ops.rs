@@ -256,18 +256,15 @@ impl Cache {
         match taken {
             Some((_, flags, _)) if is_negative(flags) => Ok(None),
             Some((stored, flags, expire_on)) => {
-                if let Err(e) = backing.delete(key) {
-                    let req = NewEntry {
-                        slot_hash,
-                        key,
-                        value: &stored,
-                        expire_on,
-                        flags,
-                        modseq: None,
-                    };
-                    let _ = self.store_keeping_dirty(&req, page, now, true);
-                    return Err(self.backing_error("delete", Some(key), e));
-                }
+                let taken = NewEntry {
+                    slot_hash,
+                    key,
+                    value: &stored,
+                    expire_on,
+                    flags,
+                    modseq: None,
+                };
+                self.delete_or_restore(backing, &taken, page, now)?;
                 self.decode_value(key, stored, flags).map(Some)
             }
             None => {
@@ -328,6 +325,23 @@ impl Cache {
     /// For write-through: an entry just stored dirty goes to the backing store, then is marked
     /// clean (unless changed meanwhile). If the store fails, it stays dirty, for `flush` or the
     /// eviction that drops it.
+    /// Deletes the key of `removed`, an entry just taken out of `page`, from the backing
+    /// store; if that fails, puts the entry back (so the cache keeps what it had) and returns
+    /// the backing store's error.
+    fn delete_or_restore(
+        &self,
+        backing: &std::sync::Arc<dyn crate::Backing>,
+        removed: &NewEntry<'_>,
+        page: u32,
+        now: u32,
+    ) -> Result<()> {
+        if let Err(e) = backing.delete(removed.key) {
+            let _ = self.store_keeping_dirty(removed, page, now, true);
+            return Err(self.backing_error("delete", Some(removed.key), e));
+        }
+        Ok(())
+    }
+
     fn write_through(&self, layer: &Layer, req: &NewEntry<'_>, page: u32) -> Result<()> {
         if layer.mode != WriteMode::Through || layer.backing.is_none() {
             return Ok(());
@@ -413,10 +427,8 @@ impl Cache {
                     .map(|e| (e.value.to_vec(), e.flags, e.expire_on));
                 let _ = self.change_counting(&mut guard, |p| p.remove(slot_hash, key, now));
                 drop(guard);
-                if let (Some(backing), Some((stored, flags, expire_on))) = (&layer.backing, old)
-                    && let Err(e) = backing.delete(key)
-                {
-                    let req = NewEntry {
+                if let (Some(backing), Some((stored, flags, expire_on))) = (&layer.backing, old) {
+                    let removed = NewEntry {
                         slot_hash,
                         key,
                         value: &stored,
@@ -424,8 +436,7 @@ impl Cache {
                         flags,
                         modseq: None,
                     };
-                    let _ = self.store_keeping_dirty(&req, page, now, true);
-                    return Err(self.backing_error("delete", Some(key), e));
+                    self.delete_or_restore(backing, &removed, page, now)?;
                 }
                 return Ok((None, r));
             }
