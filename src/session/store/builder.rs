@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{DEFAULT_KEY_PREFIX, DEFAULT_LIFETIME, Inner, SESSION_FILE_MODE, SessionStore};
+use super::{
+    DEFAULT_KEY_PREFIX, DEFAULT_LIFETIME, Inner, Records, SESSION_FILE_MODE, SessionStore,
+};
 use crate::Cache;
 use crate::session::cookie::CookieConfig;
 use crate::session::error::{Error, Result};
@@ -176,7 +178,7 @@ impl SessionStoreBuilder {
         };
         Ok(SessionStore {
             inner: Arc::new(Inner {
-                cache,
+                records: Records::new(cache),
                 lifetime,
                 idle,
                 threshold,

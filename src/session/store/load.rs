@@ -99,7 +99,7 @@ impl SessionStore {
         };
         let now = self.now();
         let mut found = Found::Missing;
-        self.inner.cache.update(&self.key(id), |old| match old {
+        self.inner.records.update(&self.key(id), |old| match old {
             // An entry the cache no longer shows may still be there, expired: remove it.
             None => Update::Remove,
             Some(bytes) => {
@@ -143,35 +143,37 @@ impl SessionStore {
         }
         session.flash_pending = false;
         let mut taken: Option<Result<crate::session::record::Map>> = None;
-        self.inner.cache.update(&self.key(&session.id), |current| {
-            let Some(bytes) = current else {
-                return Update::Keep;
-            };
-            let view = match RecordView::parse(bytes) {
-                Ok(view) => view,
-                Err(e) => {
-                    taken = Some(Err(e));
+        self.inner
+            .records
+            .update(&self.key(&session.id), |current| {
+                let Some(bytes) = current else {
+                    return Update::Keep;
+                };
+                let view = match RecordView::parse(bytes) {
+                    Ok(view) => view,
+                    Err(e) => {
+                        taken = Some(Err(e));
+                        return Update::Keep;
+                    }
+                };
+                if !view.header.has_flash() {
                     return Update::Keep;
                 }
-            };
-            if !view.header.has_flash() {
-                return Update::Keep;
-            }
-            match view.flash() {
-                Ok(flash) => {
-                    taken = Some(Ok(flash));
-                    let times = view.header.times;
-                    Update::SetWith(
-                        view.patched(times.active, times.expires, true),
-                        Expiry::At(from_unix_secs(times.expires)),
-                    )
+                match view.flash() {
+                    Ok(flash) => {
+                        taken = Some(Ok(flash));
+                        let times = view.header.times;
+                        Update::SetWith(
+                            view.patched(times.active, times.expires, true),
+                            Expiry::At(from_unix_secs(times.expires)),
+                        )
+                    }
+                    Err(e) => {
+                        taken = Some(Err(e));
+                        Update::Keep
+                    }
                 }
-                Err(e) => {
-                    taken = Some(Err(e));
-                    Update::Keep
-                }
-            }
-        })?;
+            })?;
         if let Some(flash) = taken.transpose()? {
             session.flash_in = flash;
         }

@@ -24,12 +24,14 @@ use crate::session::uri::UrlRewriter;
 mod builder;
 mod client;
 mod load;
+mod records;
 mod save;
 #[cfg(test)]
 mod tests;
 
 pub use builder::SessionStoreBuilder;
 pub use client::Client;
+use records::Records;
 pub use save::Saved;
 
 /// The default absolute lifetime of a session: one day, as in the original plugin.
@@ -66,7 +68,7 @@ pub struct SessionStore {
 }
 
 pub(crate) struct Inner {
-    cache: Cache,
+    records: Records,
     lifetime: u64,
     idle: Option<u64>,
     threshold: u64,
@@ -81,7 +83,7 @@ impl std::fmt::Debug for SessionStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let i = &self.inner;
         f.debug_struct("SessionStore")
-            .field("cache", &i.cache)
+            .field("cache", i.records.cache())
             .field("lifetime", &i.lifetime)
             .field("idle", &i.idle)
             .field("threshold", &i.threshold)
@@ -109,7 +111,7 @@ impl SessionStore {
 
     /// The cache the sessions live in.
     pub fn cache(&self) -> &Cache {
-        &self.inner.cache
+        self.inner.records.cache()
     }
 
     /// The cookie settings.
@@ -133,7 +135,7 @@ impl SessionStore {
     /// Now, in Unix seconds, by the cache's clock (at most [`MAX_TIME`], like every time in a
     /// record).
     pub(crate) fn now(&self) -> u64 {
-        unix_secs(self.inner.cache.clock().now()).min(MAX_TIME)
+        unix_secs(self.inner.records.now()).min(MAX_TIME)
     }
 
     /// When a session created at `created` and last active at `active` ends: at most

@@ -73,7 +73,7 @@ impl SessionStore {
     pub fn save(&self, session: &mut Session) -> Result<Saved> {
         if session.invalidated {
             if session.state == State::Stored {
-                self.inner.cache.remove(&self.key(&session.id))?;
+                self.inner.records.remove(&self.key(&session.id))?;
             }
             session.state = State::New;
             session.persist = false;
@@ -122,7 +122,7 @@ impl SessionStore {
         };
         for _ in 0..ID_ATTEMPTS {
             let mut taken = false;
-            self.inner.cache.update(&self.key(&id), |old| {
+            self.inner.records.update(&self.key(&id), |old| {
                 if old.is_some() {
                     taken = true;
                     return Update::Keep;
@@ -183,7 +183,7 @@ impl SessionStore {
         rounds: usize,
     ) -> Result<Saved> {
         let key = self.key(&session.id);
-        let cache = &self.inner.cache;
+        let cache = &self.inner.records;
         let mut done = None;
         for _ in 0..rounds {
             let current = cache.get(&key)?;
@@ -233,7 +233,7 @@ impl SessionStore {
     /// # Errors
     /// [`Error::Cache`].
     pub fn delete(&self, id: &SessionId) -> Result<bool> {
-        Ok(self.inner.cache.remove(&self.key(id))?)
+        Ok(self.inner.records.remove(&self.key(id))?)
     }
 
     /// Moves the session to a new id (do this when a user logs in or gains privileges, so
@@ -258,19 +258,21 @@ impl SessionStore {
         // Take the old record (if it can be read) in one step, so that no save slips in
         // between reading it and deleting it.
         let mut taken: Option<Result<Vec<u8>>> = None;
-        self.inner.cache.update(&old_key, |current| match current {
-            None => Update::Keep,
-            Some(bytes) => match RecordView::parse(bytes) {
-                Ok(_) => {
-                    taken = Some(Ok(bytes.to_vec()));
-                    Update::Remove
-                }
-                Err(e) => {
-                    taken = Some(Err(e));
-                    Update::Keep
-                }
-            },
-        })?;
+        self.inner
+            .records
+            .update(&old_key, |current| match current {
+                None => Update::Keep,
+                Some(bytes) => match RecordView::parse(bytes) {
+                    Ok(_) => {
+                        taken = Some(Ok(bytes.to_vec()));
+                        Update::Remove
+                    }
+                    Err(e) => {
+                        taken = Some(Err(e));
+                        Update::Keep
+                    }
+                },
+            })?;
         let Some(stored) = taken.transpose()? else {
             gone(session);
             session.id = SessionId::generate()?;
@@ -279,7 +281,7 @@ impl SessionStore {
         let restore = || {
             if let Ok(view) = RecordView::parse(&stored) {
                 let until = Expiry::At(from_unix_secs(view.header.times.expires));
-                let _ = self.inner.cache.set_with(&old_key, &stored, until);
+                let _ = self.inner.records.set_with(&old_key, &stored, until);
             }
         };
         let written = self
@@ -344,7 +346,7 @@ impl SessionStore {
     ) -> Result<Option<R>> {
         let now = self.now();
         let mut outcome: Option<Result<R>> = None;
-        self.inner.cache.update(&self.key(id), |current| {
+        self.inner.records.update(&self.key(id), |current| {
             let Some(bytes) = current else {
                 return Update::Keep;
             };
