@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --features axum --example web -- --listen 127.0.0.1:8080 --workers 4 \
-//!     --session-file PATH [--url-sessions] [--base-url URL]
+//!     --session-file PATH [--url-sessions] [--base-url URL] [--catalyst --cookie-name NAME]
 //! ```
 //!
 //! The parent binds the listener, opens the session file, forks the workers (each with its
@@ -15,6 +15,13 @@
 //! `--url-sessions` puts session ids into URLs (`/count/-/ID`) for clients that send no
 //! cookie; links are rewritten only under the server's own URL, `http://ADDR/` (or
 //! `--base-url`, for a server reached under another name).
+//!
+//! `--catalyst` (features `axum,perl`) keeps the sessions as a Catalyst application with
+//! Catalyst::Plugin::Session and Session::Store::FastMmap keeps them, in its session file
+//! (Catalyst's `storage`, a Cache::FastMmap file of the default geometry), under the cookie
+//! `--cookie-name` (Catalyst's is `<app>_session`, the default here `session`): Perl and Rust
+//! workers then serve the same sessions. See the README, "Moving a Catalyst application to
+//! Rust, one worker at a time".
 //!
 //! ```text
 //! curl -si -c jar -b jar http://127.0.0.1:8080/count
@@ -31,7 +38,7 @@ use std::process::ExitCode;
 use fastmmap::web::Prefork;
 
 const USAGE: &str = "usage: web --listen ADDR --workers N --session-file PATH [--url-sessions] \
-                     [--base-url URL]";
+                     [--base-url URL] [--catalyst --cookie-name NAME]";
 
 struct Args {
     listen: String,
@@ -39,6 +46,8 @@ struct Args {
     session_file: PathBuf,
     url_sessions: bool,
     base_url: Option<String>,
+    catalyst: bool,
+    cookie_name: Option<String>,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
@@ -47,6 +56,8 @@ fn parse_args() -> Result<Option<Args>, String> {
     let mut session_file = None;
     let mut url_sessions = false;
     let mut base_url = None;
+    let mut catalyst = false;
+    let mut cookie_name = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -67,8 +78,20 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--session-file" => session_file = Some(PathBuf::from(value("--session-file")?)),
             "--url-sessions" => url_sessions = true,
             "--base-url" => base_url = Some(value("--base-url")?),
+            "--catalyst" => catalyst = true,
+            "--cookie-name" => cookie_name = Some(value("--cookie-name")?),
             other => return Err(format!("unknown argument {other:?}")),
         }
+    }
+    if cookie_name.is_some() && !catalyst {
+        return Err("--cookie-name goes with --catalyst".to_owned());
+    }
+    if catalyst && url_sessions {
+        return Err(
+            "--url-sessions cannot be combined with --catalyst (Catalyst's sessions \
+                    here come by cookie)"
+                .to_owned(),
+        );
     }
     Ok(Some(Args {
         listen: listen.ok_or("--listen is required")?,
@@ -76,6 +99,8 @@ fn parse_args() -> Result<Option<Args>, String> {
         session_file: session_file.ok_or("--session-file is required")?,
         url_sessions,
         base_url,
+        catalyst,
+        cookie_name,
     }))
 }
 
@@ -100,13 +125,45 @@ fn main() -> ExitCode {
     }
 }
 
+/// The session store in Catalyst mode: sessions kept in the session file exactly as a
+/// Catalyst application with Catalyst::Plugin::Session and Session::Store::FastMmap (default
+/// options) keeps them, under its cookie name, in a persistent cookie that ends with the
+/// session as Catalyst's does.
+#[cfg(feature = "perl")]
+fn catalyst_store(
+    args: &Args,
+) -> Result<fastmmap::session::SessionStore, Box<dyn std::error::Error>> {
+    use fastmmap::session::{CatalystConfig, CookieConfig, SessionStore};
+    let name = args.cookie_name.as_deref().unwrap_or("session");
+    Ok(SessionStore::builder()
+        .path(&args.session_file)
+        .catalyst(CatalystConfig::new())
+        .cookie(CookieConfig::new().name(name)?.persistent(true))
+        .build()?)
+}
+
+#[cfg(not(feature = "perl"))]
+fn catalyst_store(
+    args: &Args,
+) -> Result<fastmmap::session::SessionStore, Box<dyn std::error::Error>> {
+    let _ = (&args.cookie_name, &args.session_file);
+    Err("--catalyst needs the demo built with the features axum,perl".into())
+}
+
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let listener = TcpListener::bind(&args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr()?;
-    let base = args.base_url.unwrap_or_else(|| format!("http://{addr}/"));
+    let base = args
+        .base_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}/"));
     // Opened before the fork: every worker inherits the mapping of the session file.
-    let store = web_app::store(&args.session_file, &base, args.url_sessions)?;
+    let store = if args.catalyst {
+        catalyst_store(&args)?
+    } else {
+        web_app::store(&args.session_file, &base, args.url_sessions)?
+    };
     Prefork::new(args.workers).run(
         listener,
         || web_app::app(store.clone()),

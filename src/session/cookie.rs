@@ -9,7 +9,7 @@ use cookie::time::{Duration as CookieDuration, OffsetDateTime};
 use cookie::{Cookie, Expiration};
 
 use crate::session::error::{Error, Result};
-use crate::session::id::{InvalidId, SessionId};
+use crate::session::id::{IdFormat, InvalidId, SessionId};
 
 /// The default cookie name (the name the original plugin used).
 pub const DEFAULT_COOKIE_NAME: &str = "session";
@@ -348,12 +348,21 @@ impl CookieConfig {
     /// double quotes is unquoted; nothing else is decoded, and the id is parsed strictly
     /// ([`SessionId::parse`]).
     pub fn find_id(&self, cookie_header: &str) -> Option<Result<SessionId, InvalidId>> {
+        self.find_id_as(cookie_header, IdFormat::Native)
+    }
+
+    /// [`find_id`](Self::find_id) for ids of the shape `format`.
+    pub(crate) fn find_id_as(
+        &self,
+        cookie_header: &str,
+        format: IdFormat,
+    ) -> Option<Result<SessionId, InvalidId>> {
         let mut first_error = None;
         for cookie in Cookie::split_parse(cookie_header).flatten() {
             if cookie.name() != self.name {
                 continue;
             }
-            match SessionId::parse(cookie.value_trimmed()) {
+            match format.parse(cookie.value_trimmed()) {
                 Ok(id) => return Some(Ok(id)),
                 Err(e) => {
                     first_error.get_or_insert(e);

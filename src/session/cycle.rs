@@ -345,11 +345,14 @@ impl SessionStore {
     /// malformed id is never looked up; an id with no live session gives a new session with a
     /// new id (see [`Session::origin`]).
     pub fn begin(&self, request: &Request<'_>) -> Visit {
-        let cookie = request.cookie.and_then(|h| self.inner.cookie.find_id(h));
+        let format = self.id_format();
+        let cookie = request
+            .cookie
+            .and_then(|h| self.inner.cookie.find_id_as(h, format));
         let cookie_sent = cookie.is_some();
         let (path, query, from_url, url_source, document) = match &self.inner.urls {
             Some(urls) => {
-                let e = urls.extract(request.path, request.query);
+                let e = urls.extract_as(request.path, request.query, format);
                 let document = urls.document_url(&e.path, e.query.as_deref());
                 let source = match urls.url_style() {
                     UrlStyle::Path => IdSource::Path,

@@ -1,5 +1,7 @@
 //! Session ids: 192 bits from the operating system's CSPRNG, written as 32 characters of
-//! URL-safe base64. A [`SessionId`] can only hold a well-formed id.
+//! URL-safe base64 — or, for a store in Catalyst mode, 160 bits written as 40 lowercase hex
+//! digits, the shape of Catalyst's ids. A [`SessionId`] can only hold a well-formed id of
+//! one of these shapes ([`IdFormat`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -15,17 +17,97 @@ pub const ID_BYTES: usize = 24;
 /// are exactly 32 characters, so every character carries 6 random bits and each id has one
 /// spelling only.
 pub const ID_LEN: usize = ID_BYTES / 3 * 4;
+/// Random bytes in a Catalyst-shaped id: 160 bits, as many as the SHA-1 digest Catalyst
+/// makes its ids from.
+pub const CATALYST_ID_BYTES: usize = 20;
+/// Characters in a Catalyst-shaped id: two lowercase hex digits per byte.
+pub const CATALYST_ID_LEN: usize = CATALYST_ID_BYTES * 2;
+/// Room for the longest id text.
+const MAX_ID_LEN: usize = if ID_LEN > CATALYST_ID_LEN {
+    ID_LEN
+} else {
+    CATALYST_ID_LEN
+};
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
-/// A well-formed session id: exactly [`ID_LEN`] characters of `A–Z a–z 0–9 - _`.
+/// The shape of a store's session ids. A store accepts ids of its own shape only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IdFormat {
+    /// [`ID_LEN`] characters of URL-safe base64 (`A–Z a–z 0–9 - _`), [`ID_BYTES`] random
+    /// bytes: the default.
+    #[default]
+    Native,
+    /// [`CATALYST_ID_LEN`] lowercase hex digits, [`CATALYST_ID_BYTES`] random bytes: the ids
+    /// Catalyst::Plugin::Session makes (a SHA-1 hex digest), for a store in Catalyst mode.
+    Catalyst,
+}
+
+impl IdFormat {
+    /// A new id of this shape, from the operating system's random number generator.
+    ///
+    /// # Errors
+    /// [`Error::Random`] if the operating system cannot supply random bytes.
+    pub fn generate(self) -> Result<SessionId> {
+        match self {
+            IdFormat::Native => SessionId::generate(),
+            IdFormat::Catalyst => {
+                let mut raw = [0u8; CATALYST_ID_BYTES];
+                getrandom::fill(&mut raw).map_err(Error::Random)?;
+                let mut text = [0u8; MAX_ID_LEN];
+                for (pair, byte) in text.chunks_exact_mut(2).zip(raw) {
+                    pair[0] = HEX_DIGITS[usize::from(byte >> 4)];
+                    pair[1] = HEX_DIGITS[usize::from(byte & 0x0f)];
+                }
+                Ok(SessionId {
+                    text,
+                    len: CATALYST_ID_LEN as u8,
+                })
+            }
+        }
+    }
+
+    /// Parses an id sent by a client, strictly, as an id of this shape only.
+    ///
+    /// # Errors
+    /// [`InvalidId`], saying what is wrong without repeating the input.
+    pub fn parse(self, s: &str) -> Result<SessionId, InvalidId> {
+        match self {
+            IdFormat::Native => SessionId::parse(s),
+            IdFormat::Catalyst => SessionId::parse_catalyst(s),
+        }
+    }
+
+    /// The number of characters in an id of this shape.
+    pub fn len(self) -> usize {
+        match self {
+            IdFormat::Native => ID_LEN,
+            IdFormat::Catalyst => CATALYST_ID_LEN,
+        }
+    }
+
+    /// Always `false`: no id is empty (for clippy's `len` without `is_empty`).
+    pub fn is_empty(self) -> bool {
+        false
+    }
+}
+
+/// A well-formed session id: exactly [`ID_LEN`] characters of `A–Z a–z 0–9 - _`, or (in
+/// Catalyst mode, [`IdFormat::Catalyst`]) exactly [`CATALYST_ID_LEN`] of `0–9 a–f`.
 ///
-/// New ids come from [`SessionId::generate`]; ids from a client go through
-/// [`SessionId::parse`], which accepts nothing else. The text is safe to put in a URL path, a
+/// New ids come from [`SessionId::generate`] (or [`IdFormat::generate`]); ids from a client
+/// go through [`SessionId::parse`] (or [`IdFormat::parse`]), which accept nothing else. The text is safe to put in a URL path, a
 /// query, a cookie or an HTML attribute as it is.
 ///
 /// `Display` writes the id; `Debug` shows only its first four characters, so that logging a
 /// session by accident does not leak the credential.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionId([u8; ID_LEN]);
+pub struct SessionId {
+    /// The id's text, then zeros.
+    text: [u8; MAX_ID_LEN],
+    /// Bytes of text: [`ID_LEN`] or [`CATALYST_ID_LEN`].
+    len: u8,
+}
 
 /// Why a string is not a session id. Carries positions and lengths only, never the text,
 /// so it can be logged or shown without echoing what a client sent.
@@ -47,6 +129,18 @@ pub enum InvalidId {
         /// The byte offset of the first bad byte.
         position: usize,
     },
+    /// A Catalyst-shaped id ([`IdFormat::Catalyst`]) of the wrong length (in bytes).
+    #[error("Catalyst session id of {found} bytes, expected {CATALYST_ID_LEN}")]
+    HexLength {
+        /// Its length.
+        found: usize,
+    },
+    /// A byte that is not a lowercase hex digit in a Catalyst-shaped id.
+    #[error("Catalyst session id has a character outside 0-9 a-f at byte {position}")]
+    HexCharacter {
+        /// The byte offset of the first bad byte.
+        position: usize,
+    },
 }
 
 fn is_id_byte(b: u8) -> bool {
@@ -61,12 +155,15 @@ impl SessionId {
     pub fn generate() -> Result<SessionId> {
         let mut raw = [0u8; ID_BYTES];
         getrandom::fill(&mut raw).map_err(Error::Random)?;
-        let mut text = [0u8; ID_LEN];
+        let mut text = [0u8; MAX_ID_LEN];
         let written = URL_SAFE_NO_PAD
-            .encode_slice(raw, &mut text)
+            .encode_slice(raw, &mut text[..ID_LEN])
             .expect("24 bytes encode to exactly 32 characters");
         debug_assert_eq!(written, ID_LEN);
-        Ok(SessionId(text))
+        Ok(SessionId {
+            text,
+            len: ID_LEN as u8,
+        })
     }
 
     /// Parses an id sent by a client. Strict: exactly [`ID_LEN`] bytes of the id alphabet,
@@ -82,16 +179,58 @@ impl SessionId {
         if let Some(position) = bytes.iter().take(ID_LEN).position(|&b| !is_id_byte(b)) {
             return Err(InvalidId::Character { position });
         }
-        let text: [u8; ID_LEN] = bytes
-            .try_into()
-            .map_err(|_| InvalidId::Length { found: bytes.len() })?;
-        Ok(SessionId(text))
+        if bytes.len() != ID_LEN {
+            return Err(InvalidId::Length { found: bytes.len() });
+        }
+        let mut text = [0u8; MAX_ID_LEN];
+        text[..ID_LEN].copy_from_slice(bytes);
+        Ok(SessionId {
+            text,
+            len: ID_LEN as u8,
+        })
+    }
+
+    /// Parses a Catalyst-shaped id sent by a client: exactly [`CATALYST_ID_LEN`] lowercase
+    /// hex digits, nothing around them. (Catalyst itself accepts hex of any length and
+    /// case, but only ever makes 40 lowercase digits; an id in another case would name
+    /// another cache key.)
+    ///
+    /// # Errors
+    /// [`InvalidId`], saying what is wrong without repeating the input.
+    pub fn parse_catalyst(s: &str) -> Result<SessionId, InvalidId> {
+        let bytes = s.as_bytes();
+        if bytes.is_empty() {
+            return Err(InvalidId::Empty);
+        }
+        let is_hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+        if let Some(position) = bytes.iter().take(CATALYST_ID_LEN).position(|b| !is_hex(b)) {
+            return Err(InvalidId::HexCharacter { position });
+        }
+        if bytes.len() != CATALYST_ID_LEN {
+            return Err(InvalidId::HexLength { found: bytes.len() });
+        }
+        let mut text = [0u8; MAX_ID_LEN];
+        text[..CATALYST_ID_LEN].copy_from_slice(bytes);
+        Ok(SessionId {
+            text,
+            len: CATALYST_ID_LEN as u8,
+        })
+    }
+
+    /// The shape of this id.
+    pub fn format(&self) -> IdFormat {
+        if usize::from(self.len) == CATALYST_ID_LEN {
+            IdFormat::Catalyst
+        } else {
+            IdFormat::Native
+        }
     }
 
     /// The id's text.
     pub fn as_str(&self) -> &str {
-        // Only the id alphabet (ASCII) is ever stored.
-        std::str::from_utf8(&self.0).expect("session ids are ASCII")
+        let text = self.text.get(..usize::from(self.len)).unwrap_or_default();
+        // Only the id alphabets (ASCII) are ever stored.
+        std::str::from_utf8(text).expect("session ids are ASCII")
     }
 }
 
@@ -157,7 +296,7 @@ mod tests {
         // 200 ids: each position takes many values (a stuck position would show up here).
         let ids: Vec<SessionId> = (0..200).map(|_| SessionId::generate().unwrap()).collect();
         for pos in 0..ID_LEN {
-            let seen: HashSet<u8> = ids.iter().map(|id| id.0[pos]).collect();
+            let seen: HashSet<u8> = ids.iter().map(|id| id.text[pos]).collect();
             assert!(
                 seen.len() > 20,
                 "position {pos}: only {} values",
@@ -207,6 +346,61 @@ mod tests {
             SessionId::parse(&s),
             Err(InvalidId::Character { position: 0 })
         );
+    }
+
+    #[test]
+    fn catalyst_ids_are_40_lowercase_hex_digits_and_distinct() {
+        let ids: HashSet<SessionId> = (0..1000)
+            .map(|_| IdFormat::Catalyst.generate().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            assert_eq!(id.as_str().len(), CATALYST_ID_LEN);
+            assert_eq!(id.format(), IdFormat::Catalyst);
+            assert!(id.as_str().bytes().all(|b| HEX_DIGITS.contains(&b)));
+            assert_eq!(IdFormat::Catalyst.parse(id.as_str()), Ok(*id));
+            // Each shape is parsed by its own format only.
+            assert!(SessionId::parse(id.as_str()).is_err());
+        }
+        const { assert!(CATALYST_ID_BYTES * 8 >= 128) };
+        let native = SessionId::generate().unwrap();
+        assert!(IdFormat::Catalyst.parse(native.as_str()).is_err());
+        assert_eq!(native.format(), IdFormat::Native);
+    }
+
+    #[test]
+    fn catalyst_parsing_is_strict() {
+        // An id as Catalyst (Digest SHA-1 hexdigest) writes it.
+        let good = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(SessionId::parse_catalyst(good).unwrap().as_str(), good);
+        assert_eq!(SessionId::parse_catalyst(""), Err(InvalidId::Empty));
+        assert_eq!(
+            SessionId::parse_catalyst(&good[1..]),
+            Err(InvalidId::HexLength { found: 39 })
+        );
+        assert_eq!(
+            SessionId::parse_catalyst(&format!("{good}0")),
+            Err(InvalidId::HexLength { found: 41 })
+        );
+        // Upper case would name another cache key; MD5-length ids are not Catalyst's.
+        assert_eq!(
+            SessionId::parse_catalyst(&good.to_uppercase()),
+            Err(InvalidId::HexCharacter { position: 10 })
+        );
+        assert_eq!(
+            SessionId::parse_catalyst(&good[..32]),
+            Err(InvalidId::HexLength { found: 32 })
+        );
+        for (bad, position) in [
+            (format!(" {}", &good[1..]), 0),
+            (format!("{}g", &good[1..]), 39),
+        ] {
+            assert_eq!(
+                SessionId::parse_catalyst(&bad),
+                Err(InvalidId::HexCharacter { position }),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

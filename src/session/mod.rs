@@ -124,6 +124,8 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "perl")]
+mod catalyst;
 mod cookie;
 mod cycle;
 mod data;
@@ -135,11 +137,18 @@ mod store;
 mod uri;
 
 pub use self::cookie::{CookieConfig, DEFAULT_COOKIE_NAME, SameSite, Secure};
+#[cfg(feature = "perl")]
+pub use catalyst::{
+    CATALYST_DEFAULT_EXPIRES, CATALYST_DEFAULT_NUM_PAGES, CATALYST_DEFAULT_PAGE_SIZE,
+    CatalystConfig,
+};
 pub use cycle::{Finished, IdSource, Request, Response, Visit};
 pub use data::{NewReason, Origin, Session};
 pub use error::{Error, Result};
 pub use html::{HTML_MEMORY_LIMIT, PageRewrite, PageStream};
-pub use id::{ID_BYTES, ID_LEN, InvalidId, SessionId};
+pub use id::{
+    CATALYST_ID_BYTES, CATALYST_ID_LEN, ID_BYTES, ID_LEN, IdFormat, InvalidId, SessionId,
+};
 pub use record::{MAX_BOUND_USER_AGENT, RECORD_VERSION};
 pub use store::{
     Client, DEFAULT_KEY_PREFIX, DEFAULT_LIFETIME, Saved, SessionStore, SessionStoreBuilder,

@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use url::{Position, Url};
 
 use crate::session::error::{Error, Result};
-use crate::session::id::{InvalidId, SessionId};
+use crate::session::id::{IdFormat, InvalidId, SessionId};
 
 /// The path segment before the id in path style.
 pub const PATH_MARKER: &str = "-";
@@ -311,12 +311,22 @@ impl UrlRewriter {
     /// `id` says why (such a request has no session). The path without the id has no
     /// trailing slash (`/shop/-/ID` gives `/shop`), except the root (`/-/ID` gives `/`).
     pub fn extract(&self, path: &str, query: Option<&str>) -> Extracted {
+        self.extract_as(path, query, IdFormat::Native)
+    }
+
+    /// [`extract`](Self::extract) for ids of the shape `format`.
+    pub(crate) fn extract_as(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        format: IdFormat,
+    ) -> Extracted {
         match self.style {
             UrlStyle::Path => match split_path_id(path) {
                 Some((before, text)) => Extracted {
                     path: if before.is_empty() { "/" } else { before }.to_owned(),
                     query: query.map(str::to_owned),
-                    id: Some(SessionId::parse(text)),
+                    id: Some(format.parse(text)),
                 },
                 None => Extracted {
                     path: path.to_owned(),
@@ -326,7 +336,7 @@ impl UrlRewriter {
             },
             UrlStyle::Query => {
                 let (query, id) = match query {
-                    Some(q) => self.extract_from_query(q),
+                    Some(q) => self.extract_from_query(q, format),
                     None => (None, None),
                 };
                 Extracted {
@@ -345,6 +355,7 @@ impl UrlRewriter {
     fn extract_from_query(
         &self,
         query: &str,
+        format: IdFormat,
     ) -> (
         Option<String>,
         Option<std::result::Result<SessionId, InvalidId>>,
@@ -354,7 +365,7 @@ impl UrlRewriter {
         for piece in query.split('&') {
             let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
             if name == self.param {
-                id.get_or_insert_with(|| SessionId::parse(value));
+                id.get_or_insert_with(|| format.parse(value));
             } else {
                 rest.push(piece);
             }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    DEFAULT_KEY_PREFIX, DEFAULT_LIFETIME, Inner, Records, SESSION_FILE_MODE, SessionStore,
+    DEFAULT_KEY_PREFIX, DEFAULT_LIFETIME, Inner, Mode, Records, SESSION_FILE_MODE, SessionStore,
 };
 use crate::Cache;
 use crate::session::cookie::CookieConfig;
@@ -26,6 +26,8 @@ pub struct SessionStoreBuilder {
     key_prefix: String,
     cookie: CookieConfig,
     urls: Option<UrlRewriter>,
+    #[cfg(feature = "perl")]
+    catalyst: Option<crate::session::catalyst::CatalystConfig>,
 }
 
 impl Default for SessionStoreBuilder {
@@ -41,6 +43,8 @@ impl Default for SessionStoreBuilder {
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             cookie: CookieConfig::default(),
             urls: None,
+            #[cfg(feature = "perl")]
+            catalyst: None,
         }
     }
 }
@@ -132,6 +136,24 @@ impl SessionStoreBuilder {
         self
     }
 
+    /// Catalyst mode (feature `perl`): keep sessions exactly as Catalyst::Plugin::Session
+    /// 0.43 with Store::FastMmap keeps them, so that Perl and Rust workers share one session
+    /// file (see the [module docs](crate::session#catalyst-mode)). Ids are 40 lowercase hex
+    /// digits; a cache opened by [`path`](Self::path) uses [`Layout::FastMmap`](crate::Layout::FastMmap)
+    /// with the configured geometry.
+    ///
+    /// Catalyst's own options replace [`lifetime`](Self::lifetime) (Catalyst has no absolute
+    /// lifetime), [`idle_timeout`](Self::idle_timeout) and
+    /// [`extend_threshold`](Self::extend_threshold) (its `expires` and `expiry_threshold`),
+    /// [`bind_address`](Self::bind_address) and [`bind_user_agent`](Self::bind_user_agent)
+    /// (its `verify_address` and `verify_user_agent`), and the key prefix (its keys are
+    /// fixed): setting those too is an error at [`build`](Self::build).
+    #[cfg(feature = "perl")]
+    pub fn catalyst(mut self, config: crate::session::catalyst::CatalystConfig) -> Self {
+        self.catalyst = Some(config);
+        self
+    }
+
     /// Opens the cache if needed and builds the store.
     ///
     /// # Errors
@@ -167,18 +189,59 @@ impl SessionStoreBuilder {
             return Err(invalid("key_prefix must not be empty"));
         }
         self.cookie.validate()?;
+        #[cfg(feature = "perl")]
+        let mode = match self.catalyst {
+            None => Mode::Native,
+            Some(config) => {
+                config.validate()?;
+                if self.lifetime != DEFAULT_LIFETIME
+                    || self.idle_timeout.is_some()
+                    || self.extend_threshold.is_some()
+                {
+                    return Err(invalid(
+                        "in Catalyst mode set expires and expiry_threshold on CatalystConfig, \
+                         not lifetime, idle_timeout or extend_threshold",
+                    ));
+                }
+                if self.bind_address || self.bind_user_agent {
+                    return Err(invalid(
+                        "in Catalyst mode set verify_address and verify_user_agent on \
+                         CatalystConfig, not bind_address or bind_user_agent",
+                    ));
+                }
+                if self.key_prefix != DEFAULT_KEY_PREFIX {
+                    return Err(invalid(
+                        "Catalyst mode uses Catalyst's keys (session:, expires:, flash:); \
+                         key_prefix cannot be changed",
+                    ));
+                }
+                Mode::Catalyst(config)
+            }
+        };
+        #[cfg(not(feature = "perl"))]
+        let mode = Mode::Native;
+        let open = |builder: crate::CacheBuilder| -> Result<Cache> {
+            let builder = builder.permissions(SESSION_FILE_MODE);
+            #[cfg(feature = "perl")]
+            if let Mode::Catalyst(config) = &mode {
+                return Ok(builder
+                    .layout(crate::Layout::FastMmap)
+                    .num_pages(config.num_pages)
+                    .page_size(config.page_size)
+                    .open()?);
+            }
+            Ok(builder.open()?)
+        };
         let cache = match (self.cache, self.path) {
             (Some(_), Some(_)) => return Err(invalid("give either a cache or a path, not both")),
             (Some(cache), None) => cache,
-            (None, Some(path)) => Cache::builder()
-                .path(path)
-                .permissions(SESSION_FILE_MODE)
-                .open()?,
-            (None, None) => Cache::builder().permissions(SESSION_FILE_MODE).open()?,
+            (None, Some(path)) => open(Cache::builder().path(path))?,
+            (None, None) => open(Cache::builder())?,
         };
         Ok(SessionStore {
             inner: Arc::new(Inner {
                 records: Records::new(cache),
+                mode,
                 lifetime,
                 idle,
                 threshold,

@@ -1,6 +1,8 @@
 //! Loading: a session by id (or a new one), decided under the page lock from the record
 //! header alone.
 
+#[cfg(feature = "perl")]
+use super::Mode;
 use super::{Client, SessionStore};
 use crate::session::data::{NewReason, Session, from_unix_secs};
 use crate::session::error::{Error, Result};
@@ -31,6 +33,10 @@ impl SessionStore {
     }
 
     pub(crate) fn fresh(&self, reason: NewReason, client: &Client<'_>) -> Result<Session> {
+        #[cfg(feature = "perl")]
+        if let Mode::Catalyst(config) = &self.inner.mode {
+            return self.catalyst_fresh(config, reason, client);
+        }
         let now = self.now();
         let times = Times {
             created: now,
@@ -39,7 +45,7 @@ impl SessionStore {
             expires: self.deadline(now, now),
         };
         Ok(Session::new(
-            SessionId::generate()?,
+            self.new_id()?,
             reason,
             times,
             self.binding_for(client),
@@ -94,6 +100,10 @@ impl SessionStore {
         client: &Client<'_>,
         deliver_flash: bool,
     ) -> Result<Session> {
+        #[cfg(feature = "perl")]
+        if let Mode::Catalyst(config) = &self.inner.mode {
+            return self.catalyst_load(config, id, client, deliver_flash);
+        }
         let Some(id) = id else {
             return self.fresh(NewReason::NoId, client);
         };
@@ -138,6 +148,10 @@ impl SessionStore {
     /// [`Error::BadRecord`] / [`Error::UnsupportedVersion`] if the stored record cannot be
     /// read (it is left alone; the session then has no flash values); [`Error::Cache`].
     pub fn take_flash(&self, session: &mut Session) -> Result<()> {
+        #[cfg(feature = "perl")]
+        if let Mode::Catalyst(_) = &self.inner.mode {
+            return self.catalyst_take_flash(session);
+        }
         if !session.flash_pending {
             return Ok(());
         }
@@ -223,7 +237,7 @@ impl SessionStore {
     /// # Errors
     /// As [`load`](Self::load).
     pub fn load_str(&self, presented: Option<&str>, client: &Client<'_>) -> Result<Session> {
-        match presented.map(SessionId::parse) {
+        match presented.map(|text| self.id_format().parse(text)) {
             None => self.fresh(NewReason::NoId, client),
             Some(Err(e)) => self.fresh(NewReason::Malformed(e), client),
             Some(Ok(id)) => self.load(Some(&id), client),

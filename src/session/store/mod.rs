@@ -17,11 +17,14 @@ use std::time::Duration;
 use crate::Cache;
 use crate::session::cookie::CookieConfig;
 use crate::session::data::unix_secs;
-use crate::session::id::SessionId;
+use crate::session::error::Result;
+use crate::session::id::{IdFormat, SessionId};
 use crate::session::record::MAX_TIME;
 use crate::session::uri::UrlRewriter;
 
 mod builder;
+#[cfg(feature = "perl")]
+mod catalyst;
 mod client;
 mod load;
 mod records;
@@ -69,6 +72,7 @@ pub struct SessionStore {
 
 pub(crate) struct Inner {
     records: Records,
+    mode: Mode,
     lifetime: u64,
     idle: Option<u64>,
     threshold: u64,
@@ -79,11 +83,22 @@ pub(crate) struct Inner {
     pub(crate) urls: Option<UrlRewriter>,
 }
 
+/// How a store keeps its sessions.
+#[derive(Clone, Debug)]
+pub(crate) enum Mode {
+    /// This crate's own record format, one cache entry per session.
+    Native,
+    /// As Catalyst::Plugin::Session with Store::FastMmap (three keys per session).
+    #[cfg(feature = "perl")]
+    Catalyst(crate::session::catalyst::CatalystConfig),
+}
+
 impl std::fmt::Debug for SessionStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let i = &self.inner;
         f.debug_struct("SessionStore")
             .field("cache", i.records.cache())
+            .field("mode", &i.mode)
             .field("lifetime", &i.lifetime)
             .field("idle", &i.idle)
             .field("threshold", &i.threshold)
@@ -112,6 +127,27 @@ impl SessionStore {
     /// The cache the sessions live in.
     pub fn cache(&self) -> &Cache {
         self.inner.records.cache()
+    }
+
+    /// The shape of this store's session ids: [`IdFormat::Catalyst`] in Catalyst mode, else
+    /// [`IdFormat::Native`]. Ids of another shape are never looked up.
+    pub fn id_format(&self) -> IdFormat {
+        match self.inner.mode {
+            Mode::Native => IdFormat::Native,
+            #[cfg(feature = "perl")]
+            Mode::Catalyst(_) => IdFormat::Catalyst,
+        }
+    }
+
+    /// Whether the store keeps sessions as Catalyst does
+    /// ([`SessionStoreBuilder::catalyst`]).
+    pub fn is_catalyst(&self) -> bool {
+        !matches!(self.inner.mode, Mode::Native)
+    }
+
+    /// A new id of this store's shape.
+    pub(crate) fn new_id(&self) -> Result<SessionId> {
+        self.id_format().generate()
     }
 
     /// The cookie settings.

@@ -1,6 +1,8 @@
 //! Saving: writes that merge by key with a compare-and-swap, new ids for new sessions and
 //! logins, deletion, and the atomic read-modify-write.
 
+#[cfg(feature = "perl")]
+use super::Mode;
 use super::SessionStore;
 use crate::session::data::{Session, State, from_unix_secs};
 use crate::session::error::{Error, Result};
@@ -73,7 +75,7 @@ impl SessionStore {
     pub fn save(&self, session: &mut Session) -> Result<Saved> {
         if session.invalidated {
             if session.state == State::Stored {
-                self.inner.records.remove(&self.key(&session.id))?;
+                self.delete(&session.id)?;
             }
             session.state = State::New;
             session.persist = false;
@@ -81,6 +83,10 @@ impl SessionStore {
         }
         if !session.is_modified() {
             return Ok(Saved::Unchanged);
+        }
+        #[cfg(feature = "perl")]
+        if let Mode::Catalyst(config) = &self.inner.mode {
+            return self.catalyst_save(config, session);
         }
         let now = self.now();
         match session.state {
@@ -118,7 +124,7 @@ impl SessionStore {
     fn write_new(&self, bytes: &[u8], expires: u64, first: Option<SessionId>) -> Result<SessionId> {
         let mut id = match first {
             Some(id) => id,
-            None => SessionId::generate()?,
+            None => self.new_id()?,
         };
         for _ in 0..ID_ATTEMPTS {
             let mut taken = false;
@@ -132,7 +138,7 @@ impl SessionStore {
             if !taken {
                 return Ok(id);
             }
-            id = SessionId::generate()?;
+            id = self.new_id()?;
         }
         Err(Error::IdCollision)
     }
@@ -233,6 +239,10 @@ impl SessionStore {
     /// # Errors
     /// [`Error::Cache`].
     pub fn delete(&self, id: &SessionId) -> Result<bool> {
+        #[cfg(feature = "perl")]
+        if let Mode::Catalyst(_) = &self.inner.mode {
+            return self.catalyst_delete_all(id);
+        }
         Ok(self.inner.records.remove(&self.key(id))?)
     }
 
@@ -248,9 +258,13 @@ impl SessionStore {
     /// # Errors
     /// As [`save`](Self::save); on an error the session stays under its old id.
     pub fn change_id(&self, session: &mut Session) -> Result<SessionId> {
+        #[cfg(feature = "perl")]
+        if let Mode::Catalyst(config) = &self.inner.mode {
+            return self.catalyst_change_id(config, session);
+        }
         let old = session.id;
         if session.state == State::New || session.invalidated {
-            session.id = SessionId::generate()?;
+            session.id = self.new_id()?;
             return Ok(old);
         }
         let now = self.now();
@@ -275,7 +289,7 @@ impl SessionStore {
             })?;
         let Some(stored) = taken.transpose()? else {
             gone(session);
-            session.id = SessionId::generate()?;
+            session.id = self.new_id()?;
             return Ok(old);
         };
         let restore = || {
@@ -300,7 +314,7 @@ impl SessionStore {
             }
             Ok(None) => {
                 gone(session);
-                session.id = SessionId::generate()?;
+                session.id = self.new_id()?;
                 Ok(old)
             }
             Ok(Some((id, times, data))) => {
@@ -344,6 +358,10 @@ impl SessionStore {
         id: &SessionId,
         f: impl FnOnce(&mut Session) -> R,
     ) -> Result<Option<R>> {
+        #[cfg(feature = "perl")]
+        if let Mode::Catalyst(_) = &self.inner.mode {
+            return self.catalyst_update(id, f);
+        }
         let now = self.now();
         let mut outcome: Option<Result<R>> = None;
         self.inner.records.update(&self.key(id), |current| {
