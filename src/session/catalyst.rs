@@ -202,11 +202,18 @@ impl CatalystRecord {
             .map_err(|_| bad("session:SID is not a Perl hash of plain data"))?;
         let created = map
             .remove(CREATED_KEY)
-            .ok_or_else(|| bad("session:SID has no __created"))?;
-        let created = time_of(&created).ok_or_else(|| bad("__created is not a time"))?;
-        let updated = match map.remove(UPDATED_KEY) {
-            None => created,
-            Some(v) => time_of(&v).ok_or_else(|| bad("__updated is not a time"))?,
+            .map(|v| time_of(&v).ok_or_else(|| bad("__created is not a time")))
+            .transpose()?;
+        let updated = map
+            .remove(UPDATED_KEY)
+            .map(|v| time_of(&v).ok_or_else(|| bad("__updated is not a time")))
+            .transpose()?;
+        // Catalyst writes a hash without `__created` when a request that never used the
+        // session sets a flash value; `__updated` is in every hash it saves.
+        let (created, updated) = match (created, updated) {
+            (Some(c), Some(u)) => (c, u),
+            (Some(t), None) | (None, Some(t)) => (t, t),
+            (None, None) => return Err(bad("session:SID has neither __created nor __updated")),
         };
         let flash = match map.remove(FLASH_KEY) {
             None | Some(Value::Null) => Map::new(),
@@ -329,6 +336,18 @@ mod tests {
     }
 
     #[test]
+    fn a_flash_only_hash_from_catalyst_is_read() {
+        // `$c->flash(msg => 'x')` in a request that never touched `$c->session`.
+        let bytes = PerlFormat::default()
+            .encode(&json!({"__updated": 1_700_000_000, "__flash": {"msg": "x"}}))
+            .unwrap();
+        let r = CatalystRecord::decode(&bytes).unwrap();
+        assert_eq!((r.created, r.updated), (1_700_000_000, 1_700_000_000));
+        assert_eq!(r.flash["msg"], json!("x"));
+        assert!(r.data.is_empty());
+    }
+
+    #[test]
     fn expires_round_trips_as_a_number() {
         let bytes = encode_expires(1_700_007_200).unwrap();
         assert_eq!(decode_expires(&bytes).unwrap(), 1_700_007_200);
@@ -351,6 +370,9 @@ mod tests {
             PerlFormat::default().encode(&json!({"user": "x"})).unwrap(),
             PerlFormat::default()
                 .encode(&json!({"__created": "yesterday"}))
+                .unwrap(),
+            PerlFormat::default()
+                .encode(&json!({"__created": -5, "__updated": 1}))
                 .unwrap(),
             PerlFormat::default()
                 .encode(&json!({"__created": 1, "__flash": [1]}))
