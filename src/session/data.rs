@@ -46,6 +46,22 @@ pub enum NewReason {
     UserAgentChanged,
 }
 
+impl NewReason {
+    /// The reason Catalyst::Plugin::Session gives (its `session_delete_reason`) when it
+    /// deletes a session for this reason: `"session expired"`, `"address mismatch"`,
+    /// `"user agent mismatch"`; `None` for reasons that delete nothing. (A logout is the
+    /// application's own [`Session::invalidate`]; Catalyst applications pass their own words,
+    /// often `"logout"`, to `delete_session`.)
+    pub fn catalyst_reason(&self) -> Option<&'static str> {
+        match self {
+            NewReason::Expired => Some("session expired"),
+            NewReason::AddressChanged => Some("address mismatch"),
+            NewReason::UserAgentChanged => Some("user agent mismatch"),
+            _ => None,
+        }
+    }
+}
+
 /// Whether the session exists in the cache (as far as this request knows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum State {

@@ -25,6 +25,8 @@ use crate::session::uri::UrlRewriter;
 mod builder;
 #[cfg(feature = "perl")]
 mod catalyst;
+#[cfg(all(test, feature = "perl"))]
+mod catalyst_tests;
 mod client;
 mod load;
 mod records;

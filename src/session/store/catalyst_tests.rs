@@ -1,0 +1,405 @@
+//! Unit tests of the store in Catalyst mode: the keys and values it writes, Catalyst's
+//! expiry and threshold, verification, damaged records, id shapes, moves, flash, updates.
+
+use std::net::IpAddr;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::perl::PerlFormat;
+use crate::session::catalyst::CatalystConfig;
+use crate::session::data::{NewReason, unix_secs};
+use crate::session::error::Error;
+use crate::session::id::{CATALYST_ID_LEN, IdFormat, InvalidId};
+use crate::session::{CookieConfig, Origin};
+use crate::{Cache, Expiry, Layout, ManualClock};
+
+const T0: u64 = 1_700_000_000;
+/// Catalyst's default `expires`.
+const EXPIRES: u64 = 7200;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    clock: ManualClock,
+    store: SessionStore,
+}
+
+fn fixture(config: CatalystConfig) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(T0));
+    let cache = Cache::builder()
+        .path(dir.path().join("session_data"))
+        .layout(Layout::FastMmap)
+        .num_pages(89)
+        .page_size(64 * 1024)
+        .clock(clock.clone())
+        .open()
+        .unwrap();
+    let store = SessionStore::builder()
+        .cache(cache)
+        .catalyst(config)
+        .build()
+        .unwrap();
+    Fixture {
+        _dir: dir,
+        clock,
+        store,
+    }
+}
+
+impl Fixture {
+    fn advance(&self, secs: u64) {
+        self.clock.advance(Duration::from_secs(secs));
+    }
+
+    fn stored(&self, key: &str, value: u64) -> SessionId {
+        let mut s = self.store.load(None, &Client::new()).unwrap();
+        s.insert(key, &value).unwrap();
+        assert_eq!(self.store.save(&mut s).unwrap(), Saved::Written);
+        *s.id()
+    }
+
+    fn raw(&self, kind: &str, id: &SessionId) -> Option<Vec<u8>> {
+        self.store
+            .cache()
+            .get(format!("{kind}:{id}").as_bytes())
+            .unwrap()
+    }
+
+    /// `session:SID` as Perl thaws it.
+    fn hash(&self, id: &SessionId) -> serde_json::Map<String, Value> {
+        PerlFormat::default()
+            .decode(&self.raw("session", id).expect("session:SID"))
+            .unwrap()
+    }
+
+    /// `expires:SID` as Perl thaws it.
+    fn expires(&self, id: &SessionId) -> Option<u64> {
+        self.raw("expires", id)
+            .map(|b| PerlFormat::default().decode(&b).unwrap())
+    }
+}
+
+#[test]
+fn a_new_session_is_written_as_catalyst_writes_it() {
+    let f = fixture(CatalystConfig::new());
+    let id = f.stored("count", 1);
+    assert_eq!(id.as_str().len(), CATALYST_ID_LEN);
+    assert_eq!(id.format(), IdFormat::Catalyst);
+    let hash = f.hash(&id);
+    assert_eq!(hash["count"], json!(1));
+    assert_eq!(hash["__created"], json!(T0));
+    assert_eq!(hash["__updated"], json!(T0));
+    assert!(!hash.contains_key("__flash") && !hash.contains_key("__address"));
+    assert_eq!(f.expires(&id), Some(T0 + EXPIRES));
+    assert_eq!(f.raw("flash", &id), None);
+    // No cache expiry: Store::FastMmap sets none, the session's end is expires:SID.
+    for kind in ["session", "expires"] {
+        let key = format!("{kind}:{id}");
+        let entry = f.store.cache().entry(key.as_bytes()).unwrap().unwrap();
+        assert_eq!(entry.expires_at, None, "{kind}");
+    }
+    let s = f.store.load(Some(&id), &Client::new()).unwrap();
+    assert_eq!(s.origin(), &Origin::Loaded);
+    assert_eq!(s.get::<u64>("count").unwrap(), Some(1));
+    assert_eq!(unix_secs(s.created_at()), T0);
+    assert_eq!(unix_secs(s.expires_at()), T0 + EXPIRES);
+}
+
+#[test]
+fn each_load_moves_the_expiry_and_a_past_expiry_ends_the_session() {
+    let f = fixture(CatalystConfig::new());
+    let id = f.stored("n", 1);
+    f.advance(100);
+    let s = f.store.load(Some(&id), &Client::new()).unwrap();
+    assert!(s.was_extended());
+    assert_eq!(f.expires(&id), Some(T0 + 100 + EXPIRES));
+    assert_eq!(unix_secs(s.expires_at()), T0 + 100 + EXPIRES);
+    // Catalyst's end is inclusive: a session is live at its expiry second.
+    f.advance(EXPIRES);
+    assert_eq!(
+        f.store.load(Some(&id), &Client::new()).unwrap().origin(),
+        &Origin::Loaded
+    );
+    f.advance(EXPIRES + 1);
+    let s = f.store.load(Some(&id), &Client::new()).unwrap();
+    assert_eq!(s.origin(), &Origin::New(NewReason::Expired));
+    assert_eq!(
+        NewReason::Expired.catalyst_reason(),
+        Some("session expired")
+    );
+    assert_ne!(s.id(), &id);
+    assert_eq!(f.raw("session", &id), None);
+    assert_eq!(f.raw("expires", &id), None);
+}
+
+#[test]
+fn a_session_without_its_expiry_is_deleted_as_expired() {
+    let f = fixture(CatalystConfig::new());
+    let id = f.stored("n", 1);
+    f.store
+        .cache()
+        .remove(format!("expires:{id}").as_bytes())
+        .unwrap();
+    let s = f.store.load(Some(&id), &Client::new()).unwrap();
+    assert_eq!(s.origin(), &Origin::New(NewReason::Expired));
+    assert_eq!(f.raw("session", &id), None);
+}
+
+#[test]
+fn the_threshold_saves_rewrites_of_the_expiry() {
+    let f = fixture(CatalystConfig::new().expiry_threshold(Duration::from_secs(600)));
+    let id = f.stored("n", 1);
+    f.advance(EXPIRES - 601);
+    let s = f.store.load(Some(&id), &Client::new()).unwrap();
+    assert!(!s.was_extended());
+    assert_eq!(f.expires(&id), Some(T0 + EXPIRES));
+    f.advance(1);
+    let s = f.store.load(Some(&id), &Client::new()).unwrap();
+    assert!(s.was_extended());
+    assert_eq!(f.expires(&id), Some(T0 + EXPIRES - 600 + EXPIRES));
+    // A change always moves it (Catalyst extends an updated session).
+    f.advance(10);
+    let mut s = f.store.load(Some(&id), &Client::new()).unwrap();
+    s.insert("n", &2).unwrap();
+    f.store.save(&mut s).unwrap();
+    assert_eq!(f.expires(&id), Some(T0 + EXPIRES - 590 + EXPIRES));
+    assert_eq!(f.hash(&id)["__updated"], json!(T0 + EXPIRES - 590));
+}
+
+#[test]
+fn verification_deletes_a_session_used_by_another_client() {
+    let home: IpAddr = "192.0.2.1".parse().unwrap();
+    let away: IpAddr = "198.51.100.9".parse().unwrap();
+    let f = fixture(
+        CatalystConfig::new()
+            .verify_address(true)
+            .verify_user_agent(true),
+    );
+    let client = Client::new().address(home).user_agent("Firefox");
+    let mut s = f.store.load(None, &client).unwrap();
+    s.insert("n", &1).unwrap();
+    f.store.save(&mut s).unwrap();
+    let id = *s.id();
+    let hash = f.hash(&id);
+    assert_eq!(hash["__address"], json!("192.0.2.1"));
+    assert_eq!(hash["__user_agent"], json!("Firefox"));
+    assert_eq!(
+        f.store.load(Some(&id), &client).unwrap().origin(),
+        &Origin::Loaded
+    );
+    let s = f
+        .store
+        .load(Some(&id), &Client::new().address(home).user_agent("curl"))
+        .unwrap();
+    assert_eq!(s.origin(), &Origin::New(NewReason::UserAgentChanged));
+    assert_eq!(f.raw("session", &id), None);
+
+    let mut s = f.store.load(None, &client).unwrap();
+    s.insert("n", &1).unwrap();
+    f.store.save(&mut s).unwrap();
+    let id = *s.id();
+    let s = f
+        .store
+        .load(
+            Some(&id),
+            &Client::new().address(away).user_agent("Firefox"),
+        )
+        .unwrap();
+    assert_eq!(s.origin(), &Origin::New(NewReason::AddressChanged));
+    assert_eq!(
+        NewReason::AddressChanged.catalyst_reason(),
+        Some("address mismatch")
+    );
+    assert_eq!(f.raw("expires", &id), None);
+}
+
+#[test]
+fn what_perl_cannot_have_written_is_a_bad_record_and_left_alone() {
+    let f = fixture(CatalystConfig::new());
+    let id = f.stored("n", 1);
+    let key = format!("session:{id}");
+    f.store
+        .cache()
+        .set_with(key.as_bytes(), b"garbage", Expiry::Never)
+        .unwrap();
+    assert!(matches!(
+        f.store.load(Some(&id), &Client::new()),
+        Err(Error::BadRecord { .. })
+    ));
+    assert!(matches!(
+        f.store.update(&id, |_| ()),
+        Err(Error::BadRecord { .. })
+    ));
+    assert_eq!(f.raw("session", &id).as_deref(), Some(&b"garbage"[..]));
+    f.store
+        .cache()
+        .set_with(format!("expires:{id}").as_bytes(), b"\x04", Expiry::Never)
+        .unwrap();
+    assert!(matches!(
+        f.store.load(Some(&id), &Client::new()),
+        Err(Error::BadRecord { .. })
+    ));
+    assert!(f.store.delete(&id).unwrap());
+    assert_eq!(f.raw("session", &id), None);
+    assert_eq!(f.raw("expires", &id), None);
+}
+
+#[test]
+fn ids_are_parsed_in_the_stores_shape_only() {
+    let f = fixture(CatalystConfig::new());
+    let native = SessionId::generate().unwrap();
+    let s = f
+        .store
+        .load_str(Some(native.as_str()), &Client::new())
+        .unwrap();
+    assert!(matches!(
+        s.origin(),
+        Origin::New(NewReason::Malformed(InvalidId::HexCharacter { .. }))
+            | Origin::New(NewReason::Malformed(InvalidId::HexLength { .. }))
+    ));
+    let id = f.stored("n", 1);
+    let s = f.store.load_str(Some(id.as_str()), &Client::new()).unwrap();
+    assert_eq!(s.origin(), &Origin::Loaded);
+    let upper = id.as_str().to_uppercase();
+    let s = f.store.load_str(Some(&upper), &Client::new()).unwrap();
+    assert!(matches!(s.origin(), Origin::New(NewReason::Malformed(_))));
+    // The request cycle reads the cookie in the store's shape.
+    let cookie = format!("session={id}");
+    let mut visit = f
+        .store
+        .begin(&crate::session::Request::new("/").cookie(&cookie));
+    assert_eq!(visit.session().unwrap().origin(), &Origin::Loaded);
+}
+
+#[test]
+fn change_id_moves_the_session_and_kills_the_old_keys() {
+    let f = fixture(CatalystConfig::new());
+    let id = f.stored("n", 1);
+    f.advance(5);
+    let mut s = f.store.load(Some(&id), &Client::new()).unwrap();
+    s.insert("user", "ada").unwrap();
+    let old = f.store.change_id(&mut s).unwrap();
+    assert_eq!(old, id);
+    let new = *s.id();
+    assert_ne!(new, id);
+    assert_eq!(new.format(), IdFormat::Catalyst);
+    for kind in ["session", "expires", "flash"] {
+        assert_eq!(f.raw(kind, &id), None, "{kind}:OLD");
+    }
+    let hash = f.hash(&new);
+    assert_eq!(hash["user"], json!("ada"));
+    assert_eq!(hash["n"], json!(1));
+    assert_eq!(hash["__created"], json!(T0));
+    assert_eq!(f.expires(&new), Some(T0 + 5 + EXPIRES));
+    let s = f.store.load(Some(&id), &Client::new()).unwrap();
+    assert_eq!(s.origin(), &Origin::New(NewReason::Unknown));
+}
+
+#[test]
+fn flash_is_kept_until_read_and_delivered_once() {
+    let f = fixture(CatalystConfig::new());
+    let id = f.stored("n", 1);
+    let mut s = f.store.load(Some(&id), &Client::new()).unwrap();
+    s.flash("msg", "saved").unwrap();
+    f.store.save(&mut s).unwrap();
+    assert_eq!(f.hash(&id)["__flash"], json!({"msg": "saved"}));
+    // A request that does not read the flash leaves it.
+    let s = f
+        .store
+        .load_leaving_flash(Some(&id), &Client::new())
+        .unwrap();
+    assert!(s.has_pending_flash());
+    let mut s = f
+        .store
+        .load_leaving_flash(Some(&id), &Client::new())
+        .unwrap();
+    f.store.take_flash(&mut s).unwrap();
+    assert_eq!(
+        s.get_flash::<String>("msg").unwrap().as_deref(),
+        Some("saved")
+    );
+    assert!(!f.hash(&id).contains_key("__flash"));
+    let s = f.store.load(Some(&id), &Client::new()).unwrap();
+    assert_eq!(s.get_flash::<String>("msg").unwrap(), None);
+}
+
+#[test]
+fn update_is_atomic_across_threads() {
+    let f = fixture(CatalystConfig::new());
+    let id = f.stored("hits", 0);
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let store = f.store.clone();
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    store
+                        .update(&id, |s| {
+                            let n = s.get::<u64>("hits").unwrap().unwrap_or(0);
+                            s.insert("hits", &(n + 1)).unwrap();
+                        })
+                        .unwrap()
+                        .expect("session exists");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(f.hash(&id)["hits"], json!(400));
+    // Invalidating in an update deletes all three keys.
+    f.store.update(&id, |s| s.invalidate()).unwrap();
+    assert_eq!(f.raw("session", &id), None);
+    assert_eq!(f.raw("expires", &id), None);
+}
+
+#[test]
+fn a_logout_deletes_every_key() {
+    let f = fixture(CatalystConfig::new());
+    let id = f.stored("n", 1);
+    let mut s = f.store.load(Some(&id), &Client::new()).unwrap();
+    s.invalidate();
+    assert_eq!(f.store.save(&mut s).unwrap(), Saved::Deleted);
+    for kind in ["session", "expires", "flash"] {
+        assert_eq!(f.raw(kind, &id), None, "{kind}");
+    }
+}
+
+#[test]
+fn options_that_catalyst_mode_replaces_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let refused = [
+        SessionStore::builder().idle_timeout(Duration::from_secs(60)),
+        SessionStore::builder().lifetime(Duration::from_secs(60)),
+        SessionStore::builder().bind_address(true),
+        SessionStore::builder().key_prefix("s:"),
+    ];
+    for builder in refused {
+        let e = builder
+            .path(&path)
+            .catalyst(CatalystConfig::new())
+            .build()
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidOptions { .. }), "{e}");
+    }
+    let e = SessionStore::builder()
+        .path(&path)
+        .catalyst(CatalystConfig::new().expires(Duration::ZERO))
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("expires"), "{e}");
+    // By path: a Cache::FastMmap file of Catalyst's default geometry, no header.
+    let store = SessionStore::builder()
+        .path(&path)
+        .catalyst(CatalystConfig::new())
+        .cookie(CookieConfig::new().name("myapp_session").unwrap())
+        .build()
+        .unwrap();
+    assert!(store.is_catalyst());
+    assert_eq!(store.id_format(), IdFormat::Catalyst);
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert_eq!(len, 89 * 64 * 1024);
+}
