@@ -37,6 +37,10 @@
 //! exactly 32 characters of that alphabet is no id — it is never looked up, and never
 //! written back into a response.
 //!
+//! A store in [Catalyst mode](#catalyst-mode) makes and accepts Catalyst's ids instead: 160
+//! bits written as 40 lowercase hex digits ([`IdFormat::Catalyst`]). Each store parses ids of
+//! its own shape only ([`SessionStore::id_format`]).
+//!
 //! # Fixation
 //!
 //! A client presenting a well-formed id that has no live session gets a new session with a
@@ -121,6 +125,78 @@
 //! [`SessionStore::save`], [`SessionStore::update`] and [`SessionStore::change_id`], and is
 //! left as it was (it may be another program's value under a colliding key);
 //! [`SessionStore::delete`] removes it.
+//!
+//! # Catalyst mode
+//!
+//! With the feature `perl`, [`SessionStoreBuilder::catalyst`] keeps sessions exactly as a
+//! Perl Catalyst application with Catalyst::Plugin::Session 0.43, Session::Store::FastMmap
+//! and Session::State::Cookie keeps them, so that Perl and Rust workers serve the same users
+//! from one session file. The application's API does not change: [`Session`],
+//! [`SessionStore`] and the web layer work as above, and values go through Perl's Storable
+//! (numbers stay numbers for Perl, strings stay strings).
+//!
+//! The file is the one Store::FastMmap opens (its `storage`): a Cache::FastMmap file
+//! ([`Layout::FastMmap`](crate::Layout::FastMmap)) of the same geometry — by default
+//! Cache::FastMmap's 89 pages of 64 KiB ([`CatalystConfig::geometry`] otherwise). Each
+//! session is three keys, Storable values with no cache expiry, as Store::FastMmap writes
+//! them:
+//!
+//! | key | value |
+//! |---|---|
+//! | `session:SID` | a hash: `__created`, `__updated`, `__address` / `__user_agent` (when verified), `__flash` (pending flash values) and the application's keys |
+//! | `expires:SID` | when the session ends, Unix seconds |
+//! | `flash:SID` | written by older Catalysts only; deleted with the session |
+//!
+//! What Catalyst does, this store does:
+//!
+//! - **Ids**: new ids are 40 lowercase hex digits from the OS CSPRNG (Catalyst makes the
+//!   same shape from a SHA-1 of the time, a counter and `rand`). Catalyst accepts any
+//!   non-empty hex string; this store accepts exactly 40 lowercase digits — the only ids
+//!   Catalyst makes — and never looks anything else up.
+//! - **Expiry**: a session ends at `expires:SID` (inclusive, as in Catalyst); a request
+//!   that loads it moves that to now + `expires` (default 7200 s, [`CatalystConfig::expires`]),
+//!   or, with an `expiry_threshold`, only once the end is that close or when the request
+//!   changed the session. A session found past its end, or without an `expires:SID`, is
+//!   deleted ([`NewReason::Expired`], Catalyst's "session expired").
+//! - **Verification**: with `verify_address` / `verify_user_agent`, a new session records
+//!   the client's address / user agent, and a request from another one deletes it
+//!   ([`NewReason::AddressChanged`] / [`NewReason::UserAgentChanged`], "address mismatch" /
+//!   "user agent mismatch": [`NewReason::catalyst_reason`]). A logout
+//!   ([`Session::invalidate`], Catalyst's `delete_session`) deletes all three keys.
+//! - **`change_id`** is Catalyst's `change_session_id`: the data (with this request's
+//!   changes) moves to a new id, and the old id's keys are deleted.
+//! - **Flash** values live in the session hash under `__flash` until a request reads them;
+//!   reading takes them all, atomically, so exactly one request sees them.
+//! - **[`SessionStore::update`]** is Catalyst's `get_and_set_session_data`: a
+//!   read-modify-write of `session:SID` under the page lock.
+//! - **Cookies** are the application's [`CookieConfig`]: give it Catalyst's cookie name
+//!   (`<app>_session` unless configured) and make it persistent, as State::Cookie's are
+//!   (they end with the session).
+//!
+//! Where Catalyst's format makes a difference:
+//!
+//! - **Three keys, not one record.** Each key changes atomically on its own, never the three
+//!   together. The writes are ordered so that no reader — Rust, or Perl in another worker —
+//!   finds a session without its expiry: a new session writes `expires:SID` before
+//!   `session:SID`; a deletion removes `session:SID` first; an extension only moves an
+//!   `expires:SID` that is still there. A crash between two writes leaves at worst an
+//!   `expires:SID` without a session (which reads as no session).
+//! - **Saves merge by key** (a compare-and-swap on `session:SID`), as in native mode; a Perl
+//!   worker writes the whole hash it loaded, so between a Perl and a Rust request of one
+//!   session at the same moment the last writer wins, as between two Perl workers.
+//! - **Expired sessions are not reclaimed by the cache**: Store::FastMmap sets no cache
+//!   expiry (and Catalyst does not purge this store), so an abandoned session stays until it
+//!   is loaded (then deleted) or evicted from its page by newer entries.
+//! - **The expiry moves only when a request loads the session** (the layer loads lazily);
+//!   Catalyst moves it on every request that sends the cookie.
+//! - **Plain data only.** A session hash holding a blessed Perl object is
+//!   [`Error::BadRecord`] (and left alone): written back from Rust it would lose its class.
+//!   Catalyst's other `__` keys (`__expire_keys`, an authentication plugin's `__user`) are
+//!   kept as they are and show among the session's keys. Whatever else Perl cannot have
+//!   written — bytes that are not Storable, a session that is not a hash, a time that is not a
+//!   number — is [`Error::BadRecord`], never a panic.
+//! - Catalyst's absolute `lifetime`, `idle_timeout`, `bind_*` and `key_prefix` options do not
+//!   apply: [`CatalystConfig`] has Catalyst's own, and setting the native ones is an error.
 
 #![forbid(unsafe_code)]
 
