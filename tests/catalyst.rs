@@ -5,14 +5,20 @@
 //! (`examples/web --catalyst`) with two workers on the same file and cookie name, and one
 //! client with one cookie jar goes back and forth between them.
 //!
-//! Without Catalyst or Starman the test skips with a banner, unless
+//! A second test uses Catalyst's session store itself (Store::FastMmap, from
+//! `tests/catalyst/store.pl`) on a file that a Rust store in Catalyst mode shares, and checks
+//! what each side sees of the other's values — numbers as numbers, strings as strings.
+//!
+//! Without Catalyst or Starman the tests skip with a banner, unless
 //! `FASTMMAP_REQUIRE_CATALYST=1` (as in CI) makes that a failure.
 
 #[path = "catalyst/harness.rs"]
 mod harness;
 
 use fastmmap::perl::PerlFormat;
-use fastmmap::session::{CATALYST_ID_LEN, IdFormat};
+use fastmmap::session::{
+    CATALYST_ID_LEN, CatalystConfig, Client, IdFormat, Origin, SessionId, SessionStore,
+};
 use fastmmap::{Cache, Layout};
 use harness::{Browser, Server, count_of};
 
@@ -199,4 +205,81 @@ fn perl_and_rust_workers_share_catalyst_sessions() {
         }
         assert_eq!(s.browser.get(other, "/whoami").body, "user=");
     }
+}
+
+#[test]
+fn catalysts_own_store_and_a_rust_store_share_values() {
+    if let Some(reason) = harness::missing_modules() {
+        skip(&reason);
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("session_data");
+    let sid = "0123456789abcdef0123456789abcdef01234567";
+    let id = SessionId::parse_catalyst(sid).unwrap();
+
+    // Perl writes a session as Catalyst::Plugin::Session does, and counts once atomically.
+    harness::store_pl(&file, "write", sid);
+    harness::store_pl(&file, "increment", sid);
+
+    let store = SessionStore::builder()
+        .path(&file)
+        .catalyst(CatalystConfig::new())
+        .build()
+        .unwrap();
+    let mut session = store.load(Some(&id), &Client::new()).unwrap();
+    assert_eq!(session.origin(), &Origin::Loaded);
+    assert_eq!(session.get::<u64>("count").unwrap(), Some(42));
+    assert_eq!(
+        session.get::<String>("user").unwrap().as_deref(),
+        Some("zo\u{eb}")
+    );
+    assert_eq!(
+        session.get::<Vec<String>>("roles").unwrap(),
+        Some(vec!["admin".to_owned(), "dev".to_owned()])
+    );
+    assert_eq!(
+        session.get_value("prefs"),
+        Some(&serde_json::json!({"theme": "dark", "size": 12.5}))
+    );
+    assert_eq!(
+        session.get_flash::<String>("msg").unwrap().as_deref(),
+        Some("from perl")
+    );
+    session.insert("rust_number", &7).unwrap();
+    session.insert("rust_string", "7").unwrap();
+    session.insert("rust_list", &[1.5, 2.0]).unwrap();
+    store.save(&mut session).unwrap();
+    let count = store
+        .update(&id, |s| {
+            let n = s.get::<u64>("count").unwrap().unwrap_or(0) + 1;
+            s.insert("count", &n).unwrap();
+            n
+        })
+        .unwrap();
+    assert_eq!(count, Some(43));
+
+    // What Perl sees: Rust's numbers are numbers, its strings strings; the flash was taken.
+    let seen = harness::store_pl(&file, "read", sid);
+    for line in [
+        "count number 43",
+        "rust_number number 7",
+        "rust_string string 7",
+        "rust_list ARRAY number:1.5,number:2",
+        "user string zo\u{eb}",
+        "roles ARRAY string:admin,string:dev",
+        "prefs HASH size=number:12.5,theme=string:dark",
+    ] {
+        assert!(seen.iter().any(|l| l == line), "{line:?} not in {seen:#?}");
+    }
+    assert!(!seen.iter().any(|l| l.starts_with("__flash")), "{seen:#?}");
+    assert!(
+        seen.iter().any(|l| l.starts_with("expires number ")),
+        "{seen:#?}"
+    );
+
+    // And Perl's atomic update sees Rust's count.
+    harness::store_pl(&file, "increment", sid);
+    let session = store.load(Some(&id), &Client::new()).unwrap();
+    assert_eq!(session.get::<u64>("count").unwrap(), Some(44));
 }

@@ -32,6 +32,23 @@ const PERL_MODULES: [&str; 4] = [
 
 /// Why Catalyst cannot be tested here, if it cannot: Perl's modules or `starman` missing.
 pub fn missing() -> Option<String> {
+    if let Some(reason) = missing_modules() {
+        return Some(reason);
+    }
+    let starman_ok = Command::new("starman")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !starman_ok {
+        return Some("starman is not installed".to_owned());
+    }
+    None
+}
+
+/// Why Catalyst's Perl modules cannot be used here, if they cannot.
+pub fn missing_modules() -> Option<String> {
     let mut perl = Command::new("perl");
     for module in PERL_MODULES {
         perl.arg(format!("-M{module}"));
@@ -48,16 +65,32 @@ pub fn missing() -> Option<String> {
             PERL_MODULES.join(", ")
         ));
     }
-    let starman_ok = Command::new("starman")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !starman_ok {
-        return Some("starman is not installed".to_owned());
-    }
     None
+}
+
+/// Runs `tests/catalyst/store.pl` (Catalyst's Store::FastMmap without an application) on
+/// `file`: `command` is `write`, `read` or `increment` for the session `sid`. Its output
+/// lines.
+pub fn store_pl(file: &Path, command: &str, sid: &str) -> Vec<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/catalyst/store.pl");
+    let out = Command::new("perl")
+        .arg(script)
+        .arg(file)
+        .args([command, sid])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run perl");
+    assert!(
+        out.status.success(),
+        "store.pl {command} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("store.pl prints UTF-8")
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The demo binary cargo built for the tests (`target/<profile>/examples/web`), if it did.
