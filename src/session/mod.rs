@@ -192,7 +192,9 @@
 //! - **Plain data only.** A session hash holding a blessed Perl object is
 //!   [`Error::BadRecord`] (and left alone): written back from Rust it would lose its class.
 //!   Catalyst's other `__` keys (`__expire_keys`, an authentication plugin's `__user`) are
-//!   kept as they are and show among the session's keys. Whatever else Perl cannot have
+//!   kept as they are and show among the session's keys; the Rust side does not drop the
+//!   keys that `__expire_keys` (Catalyst's `session_expire_key`) says have expired — the next
+//!   Perl request that loads the session does. Whatever else Perl cannot have
 //!   written — bytes that are not Storable, a session that is not a hash, a time that is not a
 //!   number — is [`Error::BadRecord`], never a panic.
 //! - Catalyst's absolute `lifetime`, `idle_timeout`, `bind_*` and `key_prefix` options do not

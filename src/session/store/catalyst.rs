@@ -55,27 +55,19 @@ impl SessionStore {
     /// recreated after a deletion). Returns the expiry now stored, if any.
     fn catalyst_extend(&self, id: &SessionId, at: u64) -> Result<Option<u64>> {
         let bytes = encode_expires(at)?;
-        let mut stored = None;
-        self.inner
-            .records
-            .update(&key(EXPIRES_PREFIX, id), |current| {
-                let Some(current) = current else {
-                    return Update::Keep;
-                };
-                match decode_expires(current) {
-                    Ok(old) if old >= at => {
-                        stored = Some(old);
-                        Update::Keep
-                    }
-                    // A damaged expiry is replaced: Catalyst reads it as 0 and would end the
-                    // session; this request has just shown the session to be live.
-                    _ => {
-                        stored = Some(at);
-                        Update::SetWith(bytes.clone(), Expiry::Never)
-                    }
-                }
-            })?;
-        Ok(stored)
+        let after =
+            self.inner
+                .records
+                .update(&key(EXPIRES_PREFIX, id), |current| match current {
+                    None => Update::Keep,
+                    Some(current) => match decode_expires(current) {
+                        Ok(old) if old >= at => Update::Keep,
+                        // A damaged expiry is replaced: Catalyst reads it as 0 and would end the
+                        // session; this request has just shown the session to be live.
+                        _ => Update::SetWith(bytes, Expiry::Never),
+                    },
+                })?;
+        after.map(|stored| decode_expires(&stored)).transpose()
     }
 
     /// Deletes a session's three keys, `session:` first (Catalyst's order).
