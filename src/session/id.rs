@@ -79,16 +79,11 @@ impl IdFormat {
     }
 
     /// The number of characters in an id of this shape.
-    pub fn len(self) -> usize {
+    pub fn id_len(self) -> usize {
         match self {
             IdFormat::Native => ID_LEN,
             IdFormat::Catalyst => CATALYST_ID_LEN,
         }
-    }
-
-    /// Always `false`: no id is empty (for clippy's `len` without `is_empty`).
-    pub fn is_empty(self) -> bool {
-        false
     }
 }
 
@@ -363,6 +358,8 @@ mod tests {
             assert!(SessionId::parse(id.as_str()).is_err());
         }
         const { assert!(CATALYST_ID_BYTES * 8 >= 128) };
+        assert_eq!(IdFormat::Catalyst.id_len(), 40);
+        assert_eq!(IdFormat::Native.id_len(), ID_LEN);
         let native = SessionId::generate().unwrap();
         assert!(IdFormat::Catalyst.parse(native.as_str()).is_err());
         assert_eq!(native.format(), IdFormat::Native);
