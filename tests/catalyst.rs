@@ -60,8 +60,17 @@ fn setup() -> Option<Setup> {
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("session_data");
-    // Catalyst first, as in a running deployment: it creates the session file; the Rust
-    // demo joins it.
+    // The session file exists before Starman starts. Its workers each load the application
+    // and open the file at startup (Starman preloads nothing by default), and Cache::FastMmap
+    // processes racing to create a missing file can each end up with a file of their own
+    // (one unlinks the other's half-made file). The Rust store creates it race-free, with
+    // Catalyst's geometry, and Perl opens it as it is.
+    SessionStore::builder()
+        .path(&file)
+        .catalyst(CatalystConfig::new())
+        .build()
+        .expect("create the session file");
+    // Catalyst first, as in a running deployment; the Rust demo joins it.
     let perl = Server::catalyst(&file, COOKIE);
     let rust = Server::rust(&binary, &file, COOKIE);
     Some(Setup {
@@ -79,6 +88,22 @@ impl Setup {
             .cookie(COOKIE)
             .unwrap_or_else(|| panic!("the jar should hold {COOKIE}"))
             .to_owned()
+    }
+
+    /// What the file holds for the session `sid` (for failure messages).
+    fn describe(&self, sid: Option<&str>) -> String {
+        let Some(sid) = sid else {
+            return "nothing (no cookie)".to_owned();
+        };
+        let cache = self.cache();
+        let perl = PerlFormat::default();
+        let session: Option<serde_json::Value> = perl
+            .get(&cache, format!("session:{sid}").as_bytes())
+            .unwrap_or(None);
+        let expires: Option<serde_json::Value> = perl
+            .get(&cache, format!("expires:{sid}").as_bytes())
+            .unwrap_or(None);
+        format!("session {session:?}, expires {expires:?}")
     }
 
     /// The session file as the Rust crate sees it (Catalyst's geometry).
@@ -103,14 +128,30 @@ fn perl_and_rust_workers_share_catalyst_sessions() {
         s.browser.clear();
         for n in 1..=6 {
             let server = if n % 2 == 1 { first } else { second };
+            let sent = s.browser.cookie(COOKIE).map(str::to_owned);
             let page = s.browser.get(server, "/count");
             assert_eq!(page.status, 200, "{}: {}", server.name, page.body);
-            assert_eq!(count_of(&page.body), n, "request {n} on {}", server.name);
+            assert_eq!(
+                count_of(&page.body),
+                n,
+                "request {n} on {} sent {sent:?}; the file holds {}",
+                server.name,
+                s.describe(sent.as_deref())
+            );
         }
         let sid = s.sid();
         assert_eq!(sid.len(), CATALYST_ID_LEN);
         assert!(IdFormat::Catalyst.parse(&sid).is_ok(), "{sid}");
     }
+
+    // The home page is the same page on both sides, the visit count shared.
+    let perl_home = s.browser.get(perl, "/").body;
+    let rust_home = s.browser.get(rust, "/").body;
+    assert!(
+        perl_home.contains(r#"<p id="state">visits=1 user=</p>"#),
+        "{perl_home}"
+    );
+    assert_eq!(rust_home, perl_home.replace("visits=1", "visits=2"));
 
     // What the file holds is Catalyst's: a Storable hash under session:SID, a number under
     // expires:SID.

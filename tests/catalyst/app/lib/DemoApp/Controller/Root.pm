@@ -38,7 +38,17 @@ sub index : Path : Args(0) {
     my ($self, $c) = @_;
     my $visits = ++$c->session->{visits};
     my $user = escape($c->session->{user} // '');
-    html($c, qq{<!doctype html>\n<p id="state">visits=$visits user=$user</p>\n});
+    html($c, <<"HTML");
+<!doctype html>
+<html><head><title>fastmmap sessions</title><link rel="stylesheet" href="/static/app.css"></head>
+<body>
+<p id="state">visits=$visits user=$user</p>
+<p><a id="home" href="/">home</a> <a id="count" href="/count">count</a> <a id="whoami" href="/whoami">whoami</a> <a id="show-flash" href="/flash">flash</a></p>
+<form id="login" method="post" action="/login"><input name="user" value=""><button>log in</button></form>
+<form id="flash" method="post" action="/flash"><input name="msg" value=""><button>flash</button></form>
+<form id="logout" method="post" action="/logout"><button>log out</button></form>
+</body></html>
+HTML
 }
 
 sub count : Local : Args(0) {
