@@ -323,4 +323,39 @@ fn catalysts_own_store_and_a_rust_store_share_values() {
     harness::store_pl(&file, "increment", sid);
     let session = store.load(Some(&id), &Client::new()).unwrap();
     assert_eq!(session.get::<u64>("count").unwrap(), Some(44));
+
+    // Catalyst's get_and_set_session_data and SessionStore::update exclude each other: Perl
+    // and Rust counting at the same time lose no increment. Rust counts for as long as Perl
+    // does.
+    const PERL_INCREMENTS: u64 = 3000;
+    let mut perl = harness::store_pl_command(&file, "increment", sid)
+        .arg(PERL_INCREMENTS.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run perl");
+    let mut rust_increments = 0u64;
+    let mut seen_perl_count = false;
+    while perl.try_wait().expect("perl's status").is_none() {
+        let before = store
+            .update(&id, |s| {
+                let n = s.get::<u64>("count").unwrap().unwrap_or(0);
+                s.insert("count", &(n + 1)).unwrap();
+                n
+            })
+            .unwrap()
+            .expect("the session is live");
+        rust_increments += 1;
+        seen_perl_count |= before > 44 + rust_increments;
+    }
+    harness::checked_output("increment", perl.wait_with_output().expect("wait for perl"));
+    let session = store.load(Some(&id), &Client::new()).unwrap();
+    assert_eq!(
+        session.get::<u64>("count").unwrap(),
+        Some(44 + PERL_INCREMENTS + rust_increments)
+    );
+    assert!(
+        seen_perl_count,
+        "Rust counted {rust_increments} times but never while Perl did"
+    );
 }

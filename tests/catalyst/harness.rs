@@ -72,14 +72,25 @@ pub fn missing_modules() -> Option<String> {
 /// `file`: `command` is `write`, `read` or `increment` for the session `sid`. Its output
 /// lines.
 pub fn store_pl(file: &Path, command: &str, sid: &str) -> Vec<String> {
+    store_pl_command(file, command, sid)
+        .output()
+        .map(|out| checked_output(command, out))
+        .expect("run perl")
+}
+
+/// The command that runs `tests/catalyst/store.pl` (see [`store_pl`]), to run or spawn.
+pub fn store_pl_command(file: &Path, command: &str, sid: &str) -> Command {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/catalyst/store.pl");
-    let out = Command::new("perl")
-        .arg(script)
+    let mut perl = Command::new("perl");
+    perl.arg(script)
         .arg(file)
         .args([command, sid])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run perl");
+        .stdin(Stdio::null());
+    perl
+}
+
+/// The output lines of a `store.pl` run that must have succeeded.
+pub fn checked_output(command: &str, out: std::process::Output) -> Vec<String> {
     assert!(
         out.status.success(),
         "store.pl {command} failed ({}):\n{}",

@@ -4,7 +4,7 @@
 #
 #   perl store.pl FILE write SID      store a session as Catalyst::Plugin::Session writes one
 #   perl store.pl FILE read SID       print what Perl sees in the session (one line per fact)
-#   perl store.pl FILE increment SID  count += 1 with get_and_set_session_data
+#   perl store.pl FILE increment SID [N]  count += 1 with get_and_set_session_data (N times)
 use strict;
 use warnings;
 use B ();
@@ -20,7 +20,7 @@ sub debug { 0 }
 package main;
 
 binmode STDOUT, ':encoding(UTF-8)';
-my ($file, $command, $sid) = @ARGV;
+my ($file, $command, $sid, $times) = @ARGV;
 die "usage: store.pl FILE write|read|increment SID\n" unless $sid;
 $config{storage} = $file;
 # Keep the file when this process exits (Cache::FastMmap deletes a file it created).
@@ -67,11 +67,13 @@ if ($command eq 'write') {
         }
     }
 } elsif ($command eq 'increment') {
-    StoreOnly->get_and_set_session_data("session:$sid", sub {
-        my ($key, $data) = @_;
-        $data->{count}++;
-        return $data;
-    });
+    for (1 .. ($times // 1)) {
+        StoreOnly->get_and_set_session_data("session:$sid", sub {
+            my ($key, $data) = @_;
+            $data->{count}++;
+            return $data;
+        });
+    }
 } else {
     die "unknown command $command\n";
 }
