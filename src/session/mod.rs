@@ -199,6 +199,10 @@
 //!   number — is [`Error::BadRecord`], never a panic.
 //! - Catalyst's absolute `lifetime`, `idle_timeout`, `bind_*` and `key_prefix` options do not
 //!   apply: [`CatalystConfig`] has Catalyst's own, and setting the native ones is an error.
+//! - **Let the file exist before Perl workers start.** Cache::FastMmap processes that race
+//!   to create a missing file (Starman's workers each open it at startup) can end up on
+//!   different files; a file this store creates is built aside and linked into place, so
+//!   opening the store once first is enough.
 
 #![forbid(unsafe_code)]
 
