@@ -248,6 +248,7 @@ impl Cache {
     }
 
     /// Locks `page` for a change (or a read that refreshes access times and counts).
+    #[inline(always)]
     pub(crate) fn lock_page(&self, page: u32) -> Result<PageGuard<'_>> {
         if self.inner.read_only {
             return Err(Error::ReadOnly {
