@@ -485,6 +485,16 @@ impl<'a> PageMut<'a> {
             .buf
             .get_mut(off..off + size)
             .ok_or(Corrupt("entry outside the page"))?;
+        // The padding (under 4 bytes) is zeroed with the whole last word, which everything
+        // else is then written over: one store rather than a call. (`size` is a multiple of 4
+        // of at least the entry header.)
+        if let Some(last) = entry
+            .len()
+            .checked_sub(4)
+            .and_then(|at| entry.get_mut(at..))
+        {
+            last.copy_from_slice(&[0; 4]);
+        }
         entry[LAST_ACCESS_OFFSET..][..4].copy_from_slice(&now.to_ne_bytes());
         entry[EXPIRE_ON_OFFSET..][..4].copy_from_slice(&req.expire_on.to_ne_bytes());
         entry[SLOT_HASH_OFFSET..][..4].copy_from_slice(&req.slot_hash.to_ne_bytes());
@@ -499,7 +509,6 @@ impl<'a> PageMut<'a> {
             at += MODSEQ_SIZE;
         }
         entry[at..at + req.value.len()].copy_from_slice(req.value);
-        entry[at + req.value.len()..].fill(0);
         Ok(())
     }
 
