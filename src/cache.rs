@@ -379,6 +379,11 @@ impl Cache {
     }
 
     pub(crate) fn store(&self, req: &NewEntry<'_>, page: u32, now: u32) -> Result<StoreOutcome> {
+        if let Some(size) = req.entry_size() {
+            self.inner
+                .file
+                .prefetch_for_store(page, req.slot_hash, size);
+        }
         let mut guard = self.lock_page(page)?;
         self.store_locked(&mut guard, req, now)
     }
