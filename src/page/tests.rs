@@ -704,3 +704,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_in_place_overwrite_keeps_a_key_that_reaches_the_padding() {
+    // 24 + 10 key bytes + 0..=2 value bytes: the last word holds the key's tail.
+    let mut buf = fresh(4096);
+    let key = b"abcdefghij";
+    for value in [&b""[..], b"x", b"yz", b"", b"q"] {
+        assert_eq!(
+            put_with(&mut buf, key, value, 0, NOW, true),
+            StoreOutcome::Stored
+        );
+        assert_eq!(get(&mut buf, key, NOW), Some(value.to_vec()));
+    }
+    check_page(&buf, MIN_SLOTS, Some(&slot_hash)).unwrap();
+}
