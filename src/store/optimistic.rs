@@ -353,7 +353,7 @@ impl SharedFile {
                 bytes.prefetch(at);
                 at += CACHE_LINE;
             }
-            bytes.prefetch(end - 1);
+            bytes.prefetch(end.saturating_sub(1));
         }
         if let Some(off) = second {
             bytes.prefetch(off);
