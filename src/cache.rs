@@ -248,6 +248,7 @@ impl Cache {
     }
 
     /// Locks `page` for a change (or a read that refreshes access times and counts).
+    #[inline(always)]
     pub(crate) fn lock_page(&self, page: u32) -> Result<PageGuard<'_>> {
         if self.inner.read_only {
             return Err(Error::ReadOnly {
@@ -378,6 +379,11 @@ impl Cache {
     }
 
     pub(crate) fn store(&self, req: &NewEntry<'_>, page: u32, now: u32) -> Result<StoreOutcome> {
+        if let Some(size) = req.entry_size() {
+            self.inner
+                .file
+                .prefetch_for_store(page, req.slot_hash, size);
+        }
         let mut guard = self.lock_page(page)?;
         self.store_locked(&mut guard, req, now)
     }

@@ -674,3 +674,48 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn probe_hints_lead_to_the_entry() {
+    let mut buf = fresh(4096);
+    let first_entry = PAGE_HEADER_SIZE + MIN_SLOTS as usize * SLOT_SIZE;
+    assert_eq!(probe_hints::<_, 2>(&buf[..], slot_hash(b"k")), [None, None]);
+    put(&mut buf, b"k", b"v", 0, NOW);
+    assert_eq!(
+        probe_hints::<_, 1>(&buf[..], slot_hash(b"k")),
+        [Some(first_entry)]
+    );
+}
+
+proptest! {
+    /// Hints read from any bytes at all stay inside the page, and reading them never panics.
+    #[test]
+    fn probe_hints_stay_inside_any_page(
+        bytes in proptest::collection::vec(any::<u8>(), 0..512),
+        num_slots in 0u32..200,
+        hash in any::<u32>(),
+    ) {
+        let mut bytes = bytes;
+        if let Some(word) = bytes.get_mut(NUM_SLOTS_OFFSET..NUM_SLOTS_OFFSET + 4) {
+            word.copy_from_slice(&num_slots.to_ne_bytes());
+        }
+        for hint in probe_hints::<_, 4>(&bytes[..], hash).into_iter().flatten() {
+            prop_assert!(hint < bytes.len());
+        }
+    }
+}
+
+#[test]
+fn an_in_place_overwrite_keeps_a_key_that_reaches_the_padding() {
+    // 24 + 10 key bytes + 0..=2 value bytes: the last word holds the key's tail.
+    let mut buf = fresh(4096);
+    let key = b"abcdefghij";
+    for value in [&b""[..], b"x", b"yz", b"", b"q"] {
+        assert_eq!(
+            put_with(&mut buf, key, value, 0, NOW, true),
+            StoreOutcome::Stored
+        );
+        assert_eq!(get(&mut buf, key, NOW), Some(value.to_vec()));
+    }
+    check_page(&buf, MIN_SLOTS, Some(&slot_hash)).unwrap();
+}

@@ -387,8 +387,9 @@ impl<'a> PageMut<'a> {
             }
             if in_place && loc.size() == size {
                 // The entry keeps its offset, so within one second eviction still ranks it by
-                // when it was appended (see the tie-break in `evict`).
-                self.write_entry(loc.off, req, size, now)?;
+                // when it was appended (see the tie-break in `evict`). Its key bytes, just
+                // compared equal, stay as they are.
+                self.write_entry(loc.off, req, size, now, false)?;
                 return Ok(Some(StoreOutcome::Stored));
             }
         }
@@ -457,7 +458,7 @@ impl<'a> PageMut<'a> {
         self.set_word(FREE_BYTES_OFFSET, hdr.free_bytes - size as u32)?;
         super::evict::publish_order(self.buf);
         // 2. Write the entry.
-        self.write_entry(off, req, size, now)?;
+        self.write_entry(off, req, size, now, true)?;
         super::evict::publish_order(self.buf);
         // 3. Commit: make it reachable.
         self.set_word(Self::slot_off(slot), off as u32)?;
@@ -472,19 +473,31 @@ impl<'a> PageMut<'a> {
         Ok(true)
     }
 
-    /// Writes the entry for `req` (`size` bytes, padding included) at `off`.
+    /// Writes the entry for `req` (`size` bytes, padding included) at `off`; without
+    /// `with_key`, over an entry of the same key and size, whose key bytes are left as they are.
     fn write_entry(
         &mut self,
         off: usize,
         req: &NewEntry,
         size: usize,
         now: u32,
+        with_key: bool,
     ) -> Result<(), Corrupt> {
         let val_len = size_without_padding(req) - ENTRY_HEADER_SIZE - req.key.len();
         let entry = self
             .buf
             .get_mut(off..off + size)
             .ok_or(Corrupt("entry outside the page"))?;
+        // The padding (under 4 bytes) is zeroed with the whole last word, which everything
+        // else is then written over: one store rather than a call. (`size` is a multiple of 4
+        // of at least the entry header.)
+        if let Some(last) = entry
+            .len()
+            .checked_sub(4)
+            .and_then(|at| entry.get_mut(at..))
+        {
+            last.copy_from_slice(&[0; 4]);
+        }
         entry[LAST_ACCESS_OFFSET..][..4].copy_from_slice(&now.to_ne_bytes());
         entry[EXPIRE_ON_OFFSET..][..4].copy_from_slice(&req.expire_on.to_ne_bytes());
         entry[SLOT_HASH_OFFSET..][..4].copy_from_slice(&req.slot_hash.to_ne_bytes());
@@ -492,14 +505,16 @@ impl<'a> PageMut<'a> {
         entry[KEY_LEN_OFFSET..][..4].copy_from_slice(&(req.key.len() as u32).to_ne_bytes());
         entry[VAL_LEN_OFFSET..][..4].copy_from_slice(&(val_len as u32).to_ne_bytes());
         let mut at = ENTRY_HEADER_SIZE;
-        entry[at..at + req.key.len()].copy_from_slice(req.key);
+        // The zeroed last word may have held the tail of the key (a short value).
+        if with_key || size.saturating_sub(4) < at + req.key.len() {
+            entry[at..at + req.key.len()].copy_from_slice(req.key);
+        }
         at += req.key.len();
         if let Some(m) = req.modseq {
             entry[at..at + MODSEQ_SIZE].copy_from_slice(&m.to_ne_bytes());
             at += MODSEQ_SIZE;
         }
         entry[at..at + req.value.len()].copy_from_slice(req.value);
-        entry[at + req.value.len()..].fill(0);
         Ok(())
     }
 

@@ -15,7 +15,7 @@ use crate::page::{PageHeader, PageMut, PageView};
 pub(super) struct Locked<'a> {
     pub(super) file: &'a SharedFile,
     pub(super) page: u32,
-    pub(super) held: Option<Held>,
+    pub(super) held: Held,
     /// Taken to change the page (a [`PageGuard`]): marked in the page's sequence word.
     pub(super) change: bool,
     pub(super) _reentry: Reentry,
@@ -59,18 +59,16 @@ impl Locked<'_> {
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        if let Some(held) = self.held.take() {
-            // A lock taken before a fork is the parent's: the child's copy changes nothing.
-            if self.change && held.generation() == super::fork::generation() {
-                self.file.end_change(self.page);
-            }
-            self.file.locks.release(
-                self.file.file.as_raw_fd(),
-                self.page,
-                self.file.page_range(self.page),
-                held,
-            );
+        // A lock taken before a fork is the parent's: the child's copy changes nothing.
+        if self.change && self.held.generation() == super::fork::generation() {
+            self.file.end_change(self.page);
         }
+        self.file.locks.release(
+            self.file.file.as_raw_fd(),
+            self.page,
+            self.file.page_range(self.page),
+            &self.held,
+        );
     }
 }
 

@@ -78,13 +78,14 @@ impl PageLocks {
         }
     }
 
-    /// Releases what [`acquire`](Self::acquire) took (for fcntl, the byte range first). A lock
-    /// taken before a fork is not the child's: the child releases nothing.
+    /// Releases what [`acquire`](Self::acquire) took (for fcntl, the byte range first), once:
+    /// only the drop of the guard that owns `held` calls this. A lock taken before a fork is
+    /// not the child's: the child releases nothing.
     #[inline]
-    pub(crate) fn release(&self, fd: RawFd, page: u32, range: (u64, u64), held: Held) {
+    pub(crate) fn release(&self, fd: RawFd, page: u32, range: (u64, u64), held: &Held) {
         match (self, held) {
             (PageLocks::Robust(locks), Held::Robust(held)) => locks.release(page, held),
-            (PageLocks::Fcntl { mutexes }, Held::Fcntl { generation }) => {
+            (PageLocks::Fcntl { mutexes }, &Held::Fcntl { generation }) => {
                 if generation == fork::generation() {
                     // Unlocking a range we hold cannot fail on a valid descriptor; if it did,
                     // the lock would go with the descriptor anyway.

@@ -1,5 +1,5 @@
-//! The file, its mapping, the process-wide registry and the page locks: the only place with
-//! `unsafe` code.
+//! The file, its mapping, the process-wide registry and the page locks (and the process
+//! control of the prefork server, in `process`): the only place with `unsafe` code.
 //!
 //! # Soundness
 //!
@@ -23,6 +23,8 @@ mod guard;
 pub(crate) mod header;
 mod lock;
 mod optimistic;
+#[cfg(all(feature = "axum", target_os = "linux"))]
+pub(crate) mod process;
 mod registry;
 mod robust;
 mod shared;

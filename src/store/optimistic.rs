@@ -27,10 +27,15 @@ use std::time::Duration;
 use super::fork;
 use super::lock::Reentry;
 use super::shared::SharedFile;
-use crate::page::{Copied, PageBytes, find_copy};
+use crate::page::{Copied, PageBytes, find_copy, probe_hints};
 
 /// How many times a read whose page changed under it is tried again before taking the lock.
 const RETRIES: usize = 2;
+
+/// The line size prefetches step by.
+const CACHE_LINE: usize = 64;
+/// The most bytes of an entry fetched ahead of a store.
+const PREFETCH_SPAN: usize = 4 * CACHE_LINE;
 
 /// Per-file state of optimistic reads in this process.
 pub(crate) struct Optimistic {
@@ -142,6 +147,22 @@ impl AtomicPage {
         // SAFETY: (new) callers check the word lies inside the page, and 8-aligned offsets
         // from an 8-aligned base are aligned; the mapping is writable and outlives `self`.
         unsafe { AtomicU64::from_ptr(self.base.add(off).cast_mut().cast()) }.load(Ordering::Relaxed)
+    }
+
+    /// Asks the processor to start loading the line holding byte `off` (a hint: it reads
+    /// nothing into the program, and does nothing off x86-64).
+    #[inline]
+    fn prefetch(&self, off: usize) {
+        if off >= self.len {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `off < len`, so the address lies inside the mapping (new); a prefetch never
+        // faults, writes or makes a value visible to the program, whatever the address.
+        unsafe {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            _mm_prefetch::<_MM_HINT_T0>(self.base.add(off).cast());
+        }
     }
 
     /// Fills `dst` with the bytes at `off`, loading aligned words where it can; `None` (and
@@ -305,6 +326,38 @@ impl SharedFile {
             return if hit { Outcome::Hit } else { Outcome::Miss };
         }
         Outcome::Locked
+    }
+
+    /// Starts fetching, before `page` is locked, the memory a store of an entry of `size`
+    /// bytes under `slot_hash` is likely to touch: the entries its probe chain starts with.
+    /// Their cache misses then overlap taking the lock instead of following it. The chain is
+    /// read with atomic loads, as an optimistic read reads it, and only as a hint: nothing
+    /// read here is used for anything but the addresses of prefetches inside the page.
+    #[inline]
+    pub(crate) fn prefetch_for_store(&self, page: u32, slot_hash: u32, size: usize) {
+        if self.read_only || page >= self.geometry.num_pages {
+            return;
+        }
+        let (offset, len) = self.page_range(page);
+        // SAFETY: the page lies inside the mapping (page < num_pages, and the file size was
+        // checked against the geometry on open), which is writable (not read-only) and lives
+        // as long as `self`; pages start at multiples of 4096 from the page-aligned mapping.
+        let bytes =
+            unsafe { AtomicPage::new(self.map.as_ptr().add(offset as usize), len as usize) };
+        let [first, second] = probe_hints::<_, 2>(&bytes, slot_hash);
+        if let Some(off) = first {
+            // The entry a hit overwrites in place: its header line and those of its value.
+            let end = off.saturating_add(size.min(PREFETCH_SPAN)).min(bytes.len);
+            let mut at = off;
+            while at < end {
+                bytes.prefetch(at);
+                at += CACHE_LINE;
+            }
+            bytes.prefetch(end.saturating_sub(1));
+        }
+        if let Some(off) = second {
+            bytes.prefetch(off);
+        }
     }
 
     /// Adds the reads counted by this process's optimistic reads of every page to the file,

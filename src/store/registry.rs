@@ -95,6 +95,7 @@ pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
         header_size: opened.header_size,
         owner: opened.owner,
         read_only: req.read_only,
+        rows: req.layout == crate::Layout::Native && !req.read_only,
         locks,
         local_resets: (0..num_pages).map(|_| AtomicU64::new(0)).collect(),
         dirty_lost: AtomicU64::new(0),

@@ -270,14 +270,16 @@ mod imp {
         }
 
         /// Unlocks what [`acquire`](Self::acquire) locked, first putting back the owner's part
-        /// of the mutex if anything changed it.
+        /// of the mutex if anything changed it. Called once per `held`, by the drop of the
+        /// guard that owns it.
         #[inline]
-        pub(crate) fn release(&self, page: u32, held: RobustHeld) {
+        pub(crate) fn release(&self, page: u32, held: &RobustHeld) {
             if held.generation != fork::generation() {
                 return;
             }
             let m = self.mutex(page);
-            // SAFETY: we hold `m` (RobustHeld is not Send, and is consumed here).
+            // SAFETY: we hold `m` (RobustHeld is not Send, and only the drop of the guard that
+            // owns it releases it, once).
             unsafe {
                 if OwnerPart::read(m) != held.owner_part {
                     held.owner_part.write(m);
@@ -453,8 +455,8 @@ mod imp {
             match *self {}
         }
 
-        pub(crate) fn release(&self, page: u32, held: RobustHeld) {
-            match held {}
+        pub(crate) fn release(&self, page: u32, held: &RobustHeld) {
+            match *held {}
         }
     }
 

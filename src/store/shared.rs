@@ -55,6 +55,8 @@ pub(crate) struct SharedFile {
     /// Opened and mapped for reading only: pages are locked with shared (read) locks and
     /// never written.
     pub(super) read_only: bool,
+    /// The per-page rows of the native header can be written (native layout, read-write).
+    pub(super) rows: bool,
     pub(super) locks: PageLocks,
     /// Resets per page, for the FastMmap layout (which has no header to count them in).
     pub(super) local_resets: Box<[AtomicU64]>,
@@ -91,8 +93,9 @@ impl SharedFile {
     }
 
     /// The busy marker and reset counter of `page` (native layout, opened read-write).
+    #[inline]
     pub(super) fn row(&self, page: u32) -> Option<Row<'_>> {
-        if self.layout != Layout::Native || self.read_only || page >= self.geometry.num_pages {
+        if !self.rows || page >= self.geometry.num_pages {
             return None;
         }
         let row = header::row_offset(page);
@@ -248,7 +251,7 @@ impl SharedFile {
                 Ok(Locked {
                     file: self,
                     page,
-                    held: Some(held),
+                    held,
                     change,
                     _reentry: reentry,
                 })

@@ -11,7 +11,9 @@
 //!   [`Cache`](crate::Cache), for tower-sessions and axum-login users whose workers are
 //!   forked processes.
 //!
-//! This module uses only the crate's public API: what it does, an application could do.
+//! This module uses only the crate's public API — what it does, an application could do —
+//! apart from [`Prefork`]'s process control (fork, wait, signals), whose libc calls are safe
+//! wrappers in the store layer: this module has no `unsafe` code.
 //!
 //! # Async code and page locks
 //!
@@ -21,6 +23,8 @@
 //! [`CacheBuilder::lock_timeout`](crate::CacheBuilder::lock_timeout) if a process that is
 //! stopped while it holds a page lock (a debugger, `SIGSTOP`) should turn into errors
 //! rather than waiting workers; a process that dies releases its locks.
+
+#![forbid(unsafe_code)]
 
 #[cfg(feature = "axum")]
 mod body;

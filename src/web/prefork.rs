@@ -7,20 +7,18 @@
 //! that dies is replaced; `SIGTERM` or `SIGINT` stops them all — each worker stops
 //! accepting and finishes the requests it is serving, within the stop timeout.
 
-// fork, waitpid, kill, sigprocmask, sigtimedwait and prctl are libc calls.
-#![allow(unsafe_code)]
-
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use std::os::fd::{FromRawFd, OwnedFd};
-
 use axum::Router;
-use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
+
+// The libc calls (fork, waitpid, kill, the signal mask, sigtimedwait, signalfd, poll) are the
+// store layer's, behind safe wrappers.
+use crate::store::process::{self, Pid, SIGCHLD, SIGINT, SIGTERM, SignalSet};
 
 /// How long the parent waits for its first workers to accept, at most.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -64,30 +62,13 @@ pub struct Prefork {
 
 /// A started worker.
 struct Worker {
-    pid: libc::pid_t,
+    pid: Pid,
     started: Instant,
 }
 
-fn os_error<T>(result: libc::c_int, value: T) -> io::Result<T> {
-    if result == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(value)
-    }
-}
-
 /// The signals the parent waits for instead of handling them.
-fn parent_signals() -> libc::sigset_t {
-    // SAFETY: sigemptyset and sigaddset initialise and fill a sigset_t we own; a zeroed
-    // sigset_t is a valid argument to sigemptyset.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for signal in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT] {
-            libc::sigaddset(&mut set, signal);
-        }
-        set
-    }
+fn parent_signals() -> SignalSet {
+    SignalSet::of(&[SIGCHLD, SIGTERM, SIGINT])
 }
 
 impl Prefork {
@@ -123,14 +104,9 @@ impl Prefork {
     {
         listener.set_nonblocking(true)?;
         let signals = parent_signals();
-        // SAFETY: a zeroed sigset_t is valid to be overwritten by sigprocmask.
-        let mut old_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: both sets are valid sigset_t values we own.
-        let r = unsafe { libc::sigprocmask(libc::SIG_BLOCK, &signals, &mut old_mask) };
-        os_error(r, ())?;
+        let old_mask = signals.block()?;
         let result = self.supervise(&listener, &app, ready, &signals, &old_mask);
-        // SAFETY: restores the mask saved above.
-        unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut()) };
+        old_mask.set_mask();
         result
     }
 
@@ -139,8 +115,8 @@ impl Prefork {
         listener: &TcpListener,
         app: &F,
         ready: impl FnOnce(),
-        signals: &libc::sigset_t,
-        old_mask: &libc::sigset_t,
+        signals: &SignalSet,
+        old_mask: &SignalSet,
     ) -> io::Result<()> {
         let mut workers = Vec::with_capacity(self.workers);
         {
@@ -159,8 +135,8 @@ impl Prefork {
         }
         ready();
         loop {
-            if let Some(signal) = wait_signal(signals, TICK)
-                && (signal == libc::SIGTERM || signal == libc::SIGINT)
+            if let Some(signal) = signals.wait(TICK)
+                && (signal == SIGTERM || signal == SIGINT)
             {
                 break;
             }
@@ -182,14 +158,7 @@ fn wait_ready(pipe: &mut io::PipeReader, n: usize) {
         if left.is_zero() {
             return;
         }
-        let mut pfd = libc::pollfd {
-            fd: pipe.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: one valid pollfd.
-        if unsafe { libc::poll(&mut pfd, 1, ms) } <= 0 {
+        if !process::poll_readable(pipe.as_fd(), left) {
             continue;
         }
         match pipe.read(&mut buf) {
@@ -199,35 +168,15 @@ fn wait_ready(pipe: &mut io::PipeReader, n: usize) {
     }
 }
 
-/// The next of `signals` to arrive within `timeout`, if any.
-fn wait_signal(signals: &libc::sigset_t, timeout: Duration) -> Option<libc::c_int> {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
-    };
-    // SAFETY: a zeroed siginfo_t is a valid out-parameter; the set and timespec are valid.
-    let signal = unsafe {
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        libc::sigtimedwait(signals, &mut info, &ts)
-    };
-    (signal > 0).then_some(signal)
-}
-
 /// Reaps dead workers and starts one in each empty slot (a dead worker's, or one a failed
 /// `fork` left empty at an earlier tick).
 fn reap_and_replace<F: Fn() -> Router>(
     workers: &mut [Worker],
     listener: &TcpListener,
     app: &F,
-    old_mask: &libc::sigset_t,
+    old_mask: &SignalSet,
 ) {
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid with WNOHANG writes the status of one exited child, if any.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid <= 0 {
-            break;
-        }
+    while let Some(pid) = process::reap_any() {
         if let Some(slot) = workers.iter_mut().find(|w| w.pid == pid) {
             slot.pid = -1;
         }
@@ -248,26 +197,17 @@ fn reap_and_replace<F: Fn() -> Router>(
 fn stop(workers: &mut Vec<Worker>, timeout: Duration) {
     workers.retain(|w| w.pid > 0);
     for w in workers.iter() {
-        // SAFETY: signals a child of ours.
-        unsafe { libc::kill(w.pid, libc::SIGTERM) };
+        process::terminate(w.pid);
     }
     let deadline = Instant::now() + timeout;
     while !workers.is_empty() {
-        workers.retain(|w| {
-            let mut status = 0;
-            // SAFETY: waitpid on a child of ours, without blocking.
-            unsafe { libc::waitpid(w.pid, &mut status, libc::WNOHANG) == 0 }
-        });
+        workers.retain(|w| process::still_running(w.pid));
         if workers.is_empty() {
             break;
         }
         if Instant::now() >= deadline {
             for w in workers.iter() {
-                // SAFETY: as above; then wait for it, blocking: SIGKILL cannot be caught.
-                unsafe {
-                    libc::kill(w.pid, libc::SIGKILL);
-                    libc::waitpid(w.pid, std::ptr::null_mut(), 0);
-                }
+                process::kill_and_reap(w.pid);
             }
             workers.clear();
             break;
@@ -281,72 +221,33 @@ fn spawn<F: Fn() -> Router>(
     listener: &TcpListener,
     app: &F,
     ready: Option<&io::PipeWriter>,
-    old_mask: &libc::sigset_t,
+    old_mask: &SignalSet,
 ) -> io::Result<Worker> {
-    // SAFETY: getpid has no preconditions.
-    let parent = unsafe { libc::getpid() };
-    // SAFETY: `run`'s documentation asks for a parent without other threads, so no lock is
-    // held by a thread missing in the child; the child runs only `worker` and leaves through
-    // `_exit`, never returning into the parent's code.
-    let pid = unsafe { libc::fork() };
-    match pid {
-        -1 => Err(io::Error::last_os_error()),
-        0 => {
-            // SAFETY: the child restores the signal mask the parent had before `run`, asks to
-            // be killed with the parent, and checks the parent did not die before that.
-            unsafe {
-                libc::sigprocmask(libc::SIG_SETMASK, old_mask, std::ptr::null_mut());
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                if libc::getppid() != parent {
-                    libc::_exit(0);
-                }
-            }
-            let code = catch_unwind(AssertUnwindSafe(|| worker(listener, app, ready)))
-                .unwrap_or(WORKER_FAILED);
-            // SAFETY: ends the child without running the parent's exit handlers.
-            unsafe { libc::_exit(code) }
-        }
-        pid => Ok(Worker {
-            pid,
-            started: Instant::now(),
-        }),
-    }
+    // `run`'s documentation asks for a parent without other threads.
+    let pid = process::fork_child(old_mask, || worker(listener, app, ready), WORKER_FAILED)?;
+    Ok(Worker {
+        pid,
+        started: Instant::now(),
+    })
 }
 
 /// `SIGTERM` and `SIGINT`, blocked, as a `signalfd` of this process's own. Waiting on it
 /// shares nothing with the parent: a signal handler installed before the fork (tokio's, by
 /// any runtime with signals enabled) would share its wake-up pipe with every process forked
 /// after it, and a signal to one worker could wake another.
-fn stop_signals() -> io::Result<OwnedFd> {
-    let mut set = parent_signals();
-    // SAFETY: removes a member from a sigset_t we own.
-    unsafe { libc::sigdelset(&mut set, libc::SIGCHLD) };
-    // SAFETY: the worker is single-threaded here; the set is valid.
-    let blocked = unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    os_error(blocked, ())?;
-    // SAFETY: creates a new descriptor from a valid set.
-    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
-    let fd = os_error(fd, fd)?;
-    // SAFETY: `fd` is a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+fn stop_signals() -> io::Result<File> {
+    parent_signals().without(SIGCHLD).signal_fd()
 }
 
 /// Waits until the signalfd from [`stop_signals`] has a signal.
-async fn stopped(signals: AsyncFd<OwnedFd>) {
-    let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+async fn stopped(signals: AsyncFd<File>) {
+    let mut info = [0u8; process::SIGNAL_INFO_SIZE];
     loop {
         let Ok(mut guard) = signals.readable().await else {
             return;
         };
-        // SAFETY: reads into a buffer of the size signalfd writes.
-        let n = unsafe {
-            libc::read(
-                signals.get_ref().as_raw_fd(),
-                info.as_mut_ptr().cast(),
-                info.len(),
-            )
-        };
-        if n > 0 {
+        let mut fd: &File = signals.get_ref();
+        if matches!(fd.read(&mut info), Ok(n) if n > 0) {
             return;
         }
         guard.clear_ready();
@@ -371,10 +272,7 @@ fn worker<F: Fn() -> Router>(
     };
     let served = runtime.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
-        // SAFETY: the OwnedFd is the one open descriptor it names, and moves into the AsyncFd
-        // for as long as it lives.
-        let signals = unsafe { AsyncFd::register_with_interest(signals, Interest::READABLE) }
-            .map_err(io::Error::from)?;
+        let signals = process::async_readable(signals)?;
         if let Some(mut ready) = ready {
             let _ = ready.write_all(b"r");
         }
