@@ -27,6 +27,9 @@ struct Mem {
     write_only: bool,
     /// Set: `store` reads this cache (a callback that uses the cache).
     reader: OnceLock<Cache>,
+    /// Set: `store` pauses a little before it stores, as a real store's round trip does,
+    /// which widens every race between writers of one key.
+    slow: AtomicBool,
 }
 
 #[derive(Clone, Default)]
@@ -85,6 +88,9 @@ impl Backing for Shared {
             // Callbacks run without a page lock: using the cache here is no Reentrant error.
             cache.get(b"some other key")?;
         }
+        if self.0.slow.load(Ordering::Relaxed) {
+            pause();
+        }
         self.0.stores.fetch_add(1, Ordering::SeqCst);
         self.0
             .map
@@ -98,6 +104,18 @@ impl Backing for Shared {
         self.0.deletes.fetch_add(1, Ordering::SeqCst);
         self.0.map.lock().unwrap().remove(key);
         Ok(())
+    }
+}
+
+/// A pause of 0 to about 100 µs, different on every call.
+fn pause() {
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, Ordering::Relaxed);
+    let micros = (n.wrapping_mul(2_654_435_761) >> 7) % 100;
+    if micros < 20 {
+        std::thread::yield_now();
+    } else {
+        std::thread::sleep(Duration::from_micros(micros as u64));
     }
 }
 
@@ -687,6 +705,71 @@ fn threads_writing_back_agree_with_the_store() {
     cache.flush().unwrap();
     assert_eq!(store.snapshot(), expected);
     assert_eq!(cache.stats().unwrap().dirty_lost, 0);
+}
+
+/// Writes reach the store in the order they were made, although the store is called after
+/// the page is unlocked: with a slow store, small pages (so evictions write back all the
+/// time) and a thread flushing meanwhile, the store ends with every key's last value — in
+/// both modes — and a write-through cache never holds a value the store has not.
+#[test]
+fn writes_reach_a_slow_store_in_order() {
+    for mode in [WriteMode::Back, WriteMode::Through] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Shared::default();
+        store.0.slow.store(true, Ordering::Relaxed);
+        let cache = builder(&dir, &store, mode)
+            .num_pages(2)
+            .page_size(4096)
+            .open()
+            .unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let flusher = {
+            let (cache, done) = (cache.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    cache.flush().unwrap();
+                }
+            })
+        };
+        let writers: Vec<_> = (0..3u8)
+            .map(|t| {
+                let cache = cache.clone();
+                std::thread::spawn(move || {
+                    let mut last = BTreeMap::new();
+                    for round in 0..20u32 {
+                        for i in 0..60u32 {
+                            let k = format!("t{t}-{i}").into_bytes();
+                            let v = format!("{round}-{}", "x".repeat(i as usize % 50));
+                            cache.set(&k, v.as_bytes()).unwrap();
+                            last.insert(k, v.into_bytes());
+                        }
+                    }
+                    last
+                })
+            })
+            .collect();
+        let mut expected = BTreeMap::new();
+        for w in writers {
+            expected.extend(w.join().unwrap());
+        }
+        done.store(true, Ordering::Relaxed);
+        flusher.join().unwrap();
+        if mode == WriteMode::Through {
+            for (k, v) in cached(&cache) {
+                assert_eq!(
+                    Some(&v),
+                    expected.get(&k),
+                    "{mode:?}: the cache holds the last value"
+                );
+            }
+        }
+        cache.flush().unwrap();
+        assert_eq!(
+            store.snapshot(),
+            expected,
+            "{mode:?}: the store has every last value"
+        );
+    }
 }
 
 #[cfg(feature = "lz4")]

@@ -18,9 +18,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use common::{Children, Exit, Rng};
 
 /// The database as a backing store. A connection is opened lazily in each process (a SQLite
-/// connection must not cross a fork); values carry their round, and a store never replaces a
-/// newer round (two processes may write back one key at nearly the same time, unordered: see
-/// the `Backing` docs).
+/// connection must not cross a fork). A store overwrites what the row holds, and the row
+/// remembers the highest round it ever held (`top`): the cache must write a page's values
+/// back in order, so a row never ends below its `top`.
 struct Sql {
     path: PathBuf,
     conn: Mutex<Option<(u32, Connection)>>,
@@ -31,7 +31,8 @@ impl Sql {
         let conn = Connection::open(path).unwrap();
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
-             CREATE TABLE kv (k BLOB PRIMARY KEY, v BLOB NOT NULL, round INTEGER NOT NULL);",
+             CREATE TABLE kv (k BLOB PRIMARY KEY, v BLOB NOT NULL, round INTEGER NOT NULL,
+                              top INTEGER NOT NULL);",
         )
         .unwrap();
         Sql {
@@ -71,9 +72,9 @@ impl Backing for Sql {
         let round = parse(key, value).map_err(BackingError::from)?;
         self.with(|c| {
             c.execute(
-                "INSERT INTO kv (k, v, round) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (k) DO UPDATE SET v = excluded.v, round = excluded.round
-                 WHERE excluded.round >= kv.round",
+                "INSERT INTO kv (k, v, round, top) VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT (k) DO UPDATE SET v = excluded.v, round = excluded.round,
+                     top = max(kv.top, excluded.round)",
                 params![key, value, round],
             )
         })?;
@@ -248,5 +249,17 @@ fn run(layout: Layout) {
         stats.resets
     );
     assert!(checked > 200, "{checked}");
+    let behind: Vec<(Vec<u8>, i64, i64)> = conn
+        .prepare("SELECT k, round, top FROM kv WHERE round < top")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert!(
+        behind.is_empty(),
+        "{layout:?}: an older value reached the database after a newer one (key, round, \
+         highest round stored): {behind:?} (FASTMMAP_SEED={seed})"
+    );
     assert_eq!(cache.flush().unwrap(), 0);
 }

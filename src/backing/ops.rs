@@ -96,6 +96,29 @@ impl Cache {
         match self.look(layer, key, page, slot_hash, now)? {
             Look::Hit(stored, flags) => self.decode_value(key, stored, flags).map(Some),
             Look::Negative => Ok(None),
+            Look::Miss(_) if layer.backing.is_none() => Ok(None),
+            Look::Miss(_) => {
+                // Loaded and cached under the write-back lock, so that no write of the key
+                // reaches the store between the load and the caching of what it loaded.
+                let _write_back = self.write_back_lock(page)?;
+                self.get_holding_write_back(layer, key, page, slot_hash, now)
+            }
+        }
+    }
+
+    /// `get` through a layer by a caller holding `page`'s write-back lock: looked up again
+    /// (another writer may have filled the key meanwhile), then read through.
+    fn get_holding_write_back(
+        &self,
+        layer: &Layer,
+        key: &[u8],
+        page: u32,
+        slot_hash: u32,
+        now: u32,
+    ) -> Result<Option<Vec<u8>>> {
+        match self.look(layer, key, page, slot_hash, now)? {
+            Look::Hit(stored, flags) => self.decode_value(key, stored, flags).map(Some),
+            Look::Negative => Ok(None),
             Look::Miss(expired_dirty) => self.read_through(layer, key, page, now, expired_dirty),
         }
     }
@@ -171,6 +194,7 @@ impl Cache {
             return Ok(self.store(&req, page, now)? != StoreOutcome::Refused);
         };
         self.check_size(&req)?;
+        let _write_back = self.write_back_lock(page)?;
         match layer.mode {
             WriteMode::Through => {
                 let expires_at = (req.expire_on != 0).then(|| from_unix_secs(req.expire_on));
@@ -209,12 +233,13 @@ impl Cache {
 
     /// `remove` through a layer: the backing store first, then the cache.
     pub(crate) fn remove_layered(&self, layer: &Layer, key: &[u8]) -> Result<bool> {
+        let (page, slot_hash) = self.locate(key);
+        let _write_back = self.write_back_lock(page)?;
         if let Some(backing) = &layer.backing {
             backing
                 .delete(key)
                 .map_err(|e| self.backing_error("delete", Some(key), e))?;
         }
-        let (page, slot_hash) = self.locate(key);
         let now = self.now();
         let mut guard = self.lock_for_change(page)?;
         let removed = self.change_counting(&mut guard, |p| p.remove(slot_hash, key, now));
@@ -230,6 +255,7 @@ impl Cache {
     pub(crate) fn take_layered(&self, layer: &Layer, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
+        let _write_back = self.write_back_lock(page)?;
         let taken = {
             let mut guard = self.lock_for_change(page)?;
             let found = guard
@@ -313,6 +339,7 @@ impl Cache {
             } else {
                 0
             };
+        let _write_back = self.write_back_lock(page)?;
         match self.store_keeping_dirty(&req, page, now, true)? {
             Kept::Existing(stored, flags) => self.decode_value(key, stored, flags),
             Kept::Stored(_) => {
@@ -373,6 +400,7 @@ impl Cache {
         let now = self.now();
         let slots = self.inner.geometry.start_slots;
         let backed = layer.backing.is_some();
+        let _write_back = self.write_back_lock(page)?;
         let mut loaded_once = false;
         let mut guard = loop {
             let mut guard = self.lock_for_change(page)?;
@@ -393,7 +421,7 @@ impl Cache {
             }
             drop(guard);
             loaded_once = true;
-            self.get_layered(layer, key)?;
+            self.get_holding_write_back(layer, key, page, slot_hash, now)?;
         };
         // The closure sees the value decompressed, under the lock.
         let current = guard

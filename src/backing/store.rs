@@ -20,14 +20,19 @@ pub type BackingError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///   entry. `remove` calls [`delete`](Self::delete).
 ///
 /// The cache never calls the store while it holds a page lock, so a store may use the cache
-/// itself. Every call may happen in any process that shares the cache file, from any thread,
-/// and concurrently: a store opened in a parent is used by its forked children, so it must
-/// open its connections lazily in each process (after the fork), not share one across a fork.
+/// itself, and a slow store does not hold up readers. Every call may happen in any process
+/// that shares the cache file, from any thread: a store opened in a parent is used by its
+/// forked children, so it must open its connections lazily in each process (after the fork),
+/// not share one across a fork.
 ///
-/// Two processes may write back the same key at nearly the same time (one dropping an older
-/// value, the other a newer one), and the calls are not ordered with each other. Where keys
-/// are written from several processes and the order matters, make `store` keep the newer of
-/// two values (for example by a version carried in the value).
+/// Calls for keys of one cache page are ordered. An operation that writes to the store (or
+/// copies dirty entries out to write them back, or loads a value to cache it) holds the
+/// page's *write-back lock* — one per page, shared by every process — from before it changes
+/// the page until the store has returned. So writes of one key reach the store in the order
+/// they were made in the cache, an older value never lands after a newer one, and a value
+/// loaded is never cached after a newer one was written. Hits take no write-back lock. The
+/// exception is what a callback does with its own cache: it cannot wait for the lock its
+/// caller holds, so those operations are not ordered against other writers.
 pub trait Backing: Send + Sync + 'static {
     /// The value stored under `key`, or `None` if the store has none.
     ///

@@ -11,12 +11,19 @@
 //! counted in `Stats::dirty_lost`), and the last of `ROUNDS` attempts (other processes kept
 //! dirtying the page), which drops the dirty entries it must and writes the copies back after
 //! unlocking, as `update` does for the evictions its store makes under its lock.
+//!
+//! Writes reach the backing store after the page is unlocked, so two writers of one key could
+//! reach it in the wrong order. Every operation of a backed cache that writes to the backing
+//! store (or copies entries out to write them back, or loads a value to cache it) therefore
+//! holds the page's write-back lock ([`Cache::write_back_lock`]) around both its page change
+//! and its calls of the store: a page's write-backs happen one at a time, in the order of its
+//! changes. Plain hits take only the page lock.
 
 use crate::cache::Cache;
 use crate::clock::from_unix_secs;
 use crate::page::format::FLAG_UNDEF;
 use crate::page::{Corrupt, Dirty, DirtyCopy, Evict, NewEntry, PageMut, StoreOutcome};
-use crate::store::PageGuard;
+use crate::store::{PageGuard, WriteBackGuard};
 use crate::update::is_negative;
 use crate::{Error, Result};
 
@@ -39,6 +46,30 @@ impl Cache {
             .layer
             .as_ref()
             .is_some_and(|l| l.backing.is_some())
+    }
+
+    /// Takes `page`'s write-back lock if this handle has a backing store (`None` if not):
+    /// held from before an operation changes the page until the backing store has what the
+    /// change must write, so that writes of one page reach the store in the order they were
+    /// made. Take it before the page lock.
+    ///
+    /// Also `None` in a backing store's callback that uses its own cache: the thread holds a
+    /// write-back lock already, and could deadlock waiting for another one. What such a
+    /// callback writes is not ordered against other writers of the page (the documented
+    /// exception).
+    ///
+    /// # Errors
+    /// A lock timeout; [`Error::ReadOnly`].
+    pub(crate) fn write_back_lock(&self, page: u32) -> Result<Option<WriteBackGuard<'_>>> {
+        if !self.has_backing() || self.inner.file.holds_write_back() {
+            return Ok(None);
+        }
+        let timeout = self.inner.lock_timeout;
+        self.inner
+            .file
+            .lock_write_back(page, timeout)
+            .map(Some)
+            .map_err(|e| self.inner.file.lock_error(e, page, timeout))
     }
 
     /// Locks `page` for a change. A page a dead process left half-changed is reset, and the
@@ -71,6 +102,7 @@ impl Cache {
     /// Stores `req` into `page` without dropping a dirty entry that is not in the backing
     /// store. With `if_absent`, a live value (not a key cached as absent) wins and is
     /// returned, and an expired dirty entry of the key is written back before it is replaced.
+    /// With a backing store, the caller holds `page`'s write-back lock.
     pub(crate) fn store_keeping_dirty(
         &self,
         req: &NewEntry<'_>,
@@ -200,6 +232,7 @@ impl Cache {
         let now = self.now();
         let slots = self.inner.geometry.start_slots;
         let mut copies = Vec::new();
+        let _write_back = self.write_back_lock(page)?;
         let mut guard = self.lock_for_change(page)?;
         for round in 0.. {
             copies.clear();
@@ -245,6 +278,7 @@ impl Cache {
         }
         let mut written = 0;
         for page in 0..self.num_pages() {
+            let _write_back = self.write_back_lock(page)?;
             let mut guard = self.lock_for_change(page)?;
             let found = guard.page().view().dirty_entries();
             let copies = match found {
@@ -286,6 +320,7 @@ impl Cache {
     pub fn evict(&self, key: &[u8]) -> Result<bool> {
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
+        let _write_back = self.write_back_lock(page)?;
         let mut guard = self.lock_for_change(page)?;
         for _ in 0..ROUNDS {
             let found = guard

@@ -29,6 +29,7 @@ mod registry;
 mod robust;
 mod shared;
 mod time;
+mod write_back;
 
 pub(crate) use file::{OpenRequest, current_uid};
 pub(crate) use geometry::{
@@ -39,6 +40,7 @@ pub(crate) use optimistic::{Access, Outcome as ReadOutcome};
 pub(crate) use registry::open_shared;
 pub(crate) use shared::SharedFile;
 pub(crate) use time::unix_now_coarse;
+pub(crate) use write_back::WriteBackGuard;
 
 /// Whether [`LockKind::Robust`](crate::LockKind::Robust) can be used on this platform.
 pub(crate) const ROBUST_LOCKS_AVAILABLE: bool = robust::AVAILABLE;

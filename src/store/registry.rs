@@ -97,6 +97,7 @@ pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
         read_only: req.read_only,
         rows: req.layout == crate::Layout::Native && !req.read_only,
         locks,
+        write_back_locks: super::write_back::write_back_locks(num_pages),
         local_resets: (0..num_pages).map(|_| AtomicU64::new(0)).collect(),
         dirty_lost: AtomicU64::new(0),
         optimistic: (opened.lock_kind == LockKind::Robust

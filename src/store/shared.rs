@@ -58,6 +58,8 @@ pub(crate) struct SharedFile {
     /// The per-page rows of the native header can be written (native layout, read-write).
     pub(super) rows: bool,
     pub(super) locks: PageLocks,
+    /// One write-back lock per page (see `write_back.rs`).
+    pub(super) write_back_locks: PageLocks,
     /// Resets per page, for the FastMmap layout (which has no header to count them in).
     pub(super) local_resets: Box<[AtomicU64]>,
     /// Dirty entries found in pages this process reset (their writes are lost).

@@ -1,0 +1,108 @@
+//! Write-back locks: one per page, so that the dirty entries of a page reach a backing store
+//! in the order they were written to the page.
+//!
+//! Values are written to a backing store after the page lock is released (a slow store must
+//! not stall every reader of the page). Without more, two writers could race there: one
+//! copies `k = 1` out of the page and unlocks; another stores `k = 2`, copies it and writes it
+//! back first; the first then writes `1` over it, and the store is left behind the cache. So
+//! whoever copies entries out of a page to write them back holds the page's write-back lock
+//! from *before* it takes the copies until the store has them: write-backs of one page happen
+//! one at a time, in the order of their copies.
+//!
+//! The lock order is always write-back lock, then page lock; nobody waits for a write-back
+//! lock while holding a page lock, so holding one across a call of the backing store never
+//! stalls a reader. The lock is an in-process mutex (which excludes threads) and an fcntl
+//! record lock one byte long past the end of the file, at `file length + page` (which excludes
+//! processes, and which the kernel drops if its owner dies). Cache::FastMmap never locks
+//! there. A lock of either kind of file works the same way: write-backs are rare next to page
+//! operations, so the system call costs nothing that matters.
+
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use super::fcntl::LockFailure;
+use super::lock::{Held, PageLocks, Reentry};
+use super::shared::{LockError, SharedFile};
+
+/// A held write-back lock of one page; released when dropped.
+pub(crate) struct WriteBackGuard<'a> {
+    file: &'a SharedFile,
+    page: u32,
+    held: Held,
+    _reentry: Reentry,
+}
+
+impl SharedFile {
+    /// The byte that stands for `page`'s write-back lock: past the end of the file.
+    fn write_back_range(&self, page: u32) -> (u64, u64) {
+        let end = self.header_size as u64
+            + u64::from(self.geometry.num_pages) * u64::from(self.geometry.page_size);
+        (end + u64::from(page), 1)
+    }
+
+    /// The reentry id of this file's write-back locks. Files are at least 8-byte aligned, so
+    /// `+ 1` names no file's page locks.
+    fn write_back_id(&self) -> usize {
+        self as *const SharedFile as usize + 1
+    }
+
+    /// Whether this thread holds a write-back lock of this file (it is in a backing store's
+    /// callback).
+    pub(crate) fn holds_write_back(&self) -> bool {
+        Reentry::held(self.write_back_id())
+    }
+
+    /// Takes `page`'s write-back lock, waiting at most `timeout`. Take it before the page's
+    /// own lock, never while holding that.
+    ///
+    /// A thread that holds a write-back lock of this file cannot take another
+    /// ([`LockError::Reentrant`]): it could wait for itself, or for a thread waiting for it.
+    pub(crate) fn lock_write_back(
+        &self,
+        page: u32,
+        timeout: Option<Duration>,
+    ) -> Result<WriteBackGuard<'_>, LockError> {
+        if self.read_only {
+            return Err(LockError::ReadOnly);
+        }
+        let Some(reentry) = Reentry::enter(self.write_back_id()) else {
+            return Err(LockError::Reentrant);
+        };
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let held = self
+            .write_back_locks
+            .acquire(
+                self.file.as_raw_fd(),
+                page,
+                self.write_back_range(page),
+                deadline,
+                false,
+            )
+            .map_err(|e| match e {
+                LockFailure::TimedOut => LockError::TimedOut,
+                LockFailure::Os(e) => LockError::Os(e),
+            })?;
+        Ok(WriteBackGuard {
+            file: self,
+            page,
+            held,
+            _reentry: reentry,
+        })
+    }
+}
+
+impl Drop for WriteBackGuard<'_> {
+    fn drop(&mut self) {
+        self.file.write_back_locks.release(
+            self.file.file.as_raw_fd(),
+            self.page,
+            self.file.write_back_range(self.page),
+            &self.held,
+        );
+    }
+}
+
+/// The write-back locks of a file of `num_pages` pages.
+pub(super) fn write_back_locks(num_pages: u32) -> PageLocks {
+    PageLocks::fcntl(num_pages)
+}
