@@ -1,0 +1,109 @@
+//! Connections to Redis, opened lazily in each process and kept for reuse by its threads.
+//!
+//! A pool made in a parent is inherited by forked children: a child sees that the pool's
+//! connections belong to another process and opens its own (two processes must never talk
+//! over one socket).
+
+use std::sync::{Mutex, TryLockError};
+use std::time::{Duration, Instant};
+
+use redis::Connection;
+
+use super::{RedisError, RedisOptions};
+
+/// Idle connections of one process.
+struct Idle {
+    pid: u32,
+    conns: Vec<Connection>,
+}
+
+/// At most this many idle connections are kept per process.
+const MAX_IDLE: usize = 16;
+/// How long to wait for the pool's mutex before opening a connection of one's own (a fork
+/// from a thread that held it leaves it locked in the child forever).
+const POOL_WAIT: Duration = Duration::from_millis(2);
+
+/// A per-process pool of connections to one server.
+pub(crate) struct Pool {
+    pub(crate) options: RedisOptions,
+    idle: Mutex<Idle>,
+}
+
+impl Pool {
+    pub(crate) fn new(options: RedisOptions) -> Pool {
+        Pool {
+            options,
+            idle: Mutex::new(Idle {
+                pid: std::process::id(),
+                conns: Vec::new(),
+            }),
+        }
+    }
+
+    /// Runs `f` on a connection of this process; `op` names it in an error. A connection
+    /// on which anything failed is closed, not reused.
+    pub(crate) fn with<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, RedisError> {
+        let mut conn = match self.take() {
+            Some(conn) => conn,
+            None => connect(&self.options)?,
+        };
+        match f(&mut conn) {
+            Ok(v) => {
+                self.put(conn);
+                Ok(v)
+            }
+            Err(e) => Err(self.options.error(op, e)),
+        }
+    }
+
+    fn lock(&self) -> Option<std::sync::MutexGuard<'_, Idle>> {
+        let start = Instant::now();
+        loop {
+            match self.idle.try_lock() {
+                Ok(guard) => return Some(guard),
+                Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                Err(TryLockError::WouldBlock) if start.elapsed() < POOL_WAIT => {
+                    std::thread::yield_now();
+                }
+                Err(TryLockError::WouldBlock) => return None,
+            }
+        }
+    }
+
+    fn take(&self) -> Option<Connection> {
+        let mut idle = self.lock()?;
+        let pid = std::process::id();
+        if idle.pid != pid {
+            // Inherited from the parent: its sockets are the parent's. Forget them without
+            // a word on the wire (dropping only closes this process's descriptors).
+            idle.conns.clear();
+            idle.pid = pid;
+        }
+        idle.conns.pop()
+    }
+
+    fn put(&self, conn: Connection) {
+        if let Some(mut idle) = self.lock()
+            && idle.pid == std::process::id()
+            && idle.conns.len() < MAX_IDLE
+        {
+            idle.conns.push(conn);
+        }
+    }
+}
+
+/// A new connection with the options' timeouts.
+pub(crate) fn connect(options: &RedisOptions) -> Result<Connection, RedisError> {
+    let conn = options
+        .client
+        .get_connection_with_timeout(options.timeout)
+        .map_err(|e| options.error("connect", e))?;
+    conn.set_read_timeout(Some(options.timeout))
+        .and_then(|()| conn.set_write_timeout(Some(options.timeout)))
+        .map_err(|e| options.error("connect", e))?;
+    Ok(conn)
+}
