@@ -65,6 +65,8 @@ mod conn;
 mod error;
 mod listener;
 mod options;
+#[cfg(feature = "session")]
+pub(crate) mod records;
 mod state;
 
 pub use backing::RedisBacking;

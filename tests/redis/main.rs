@@ -8,6 +8,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod server;
+#[cfg(feature = "session")]
+mod sessions;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -26,6 +26,8 @@ pub struct SessionStoreBuilder {
     key_prefix: String,
     cookie: CookieConfig,
     urls: Option<UrlRewriter>,
+    #[cfg(feature = "redis")]
+    redis: Option<crate::redis::RedisOptions>,
 }
 
 impl Default for SessionStoreBuilder {
@@ -41,6 +43,8 @@ impl Default for SessionStoreBuilder {
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             cookie: CookieConfig::default(),
             urls: None,
+            #[cfg(feature = "redis")]
+            redis: None,
         }
     }
 }
@@ -132,6 +136,23 @@ impl SessionStoreBuilder {
         self
     }
 
+    /// Keep sessions in Redis, the source of truth shared by several hosts, with the cache
+    /// file as each host's near cache (feature `redis`). A save is atomic in Redis (the
+    /// record's lock and a version compared and set in one script), a load on any host sees
+    /// the latest save, and a delete (a logout) on one host ends the session everywhere.
+    ///
+    /// Run one [`Listener`](crate::redis::Listener) per host over the store's
+    /// [`cache`](SessionStore::cache), with the same options: without it (or while it is
+    /// disconnected) every read goes to Redis. The cache must have no backing store of its
+    /// own. A record in Redis is the cache record with an 8-byte version in front; it
+    /// expires with the session. Errors of Redis reach the caller as
+    /// [`Error::Cache`] holding [`crate::Error::Backing`] (without the session's key).
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, options: crate::redis::RedisOptions) -> Self {
+        self.redis = Some(options);
+        self
+    }
+
     /// Opens the cache if needed and builds the store.
     ///
     /// # Errors
@@ -176,9 +197,16 @@ impl SessionStoreBuilder {
                 .open()?,
             (None, None) => Cache::builder().permissions(SESSION_FILE_MODE).open()?,
         };
+        #[cfg(feature = "redis")]
+        let records = match self.redis {
+            Some(options) => Records::with_redis(cache, options),
+            None => Records::new(cache),
+        };
+        #[cfg(not(feature = "redis"))]
+        let records = Records::new(cache);
         Ok(SessionStore {
             inner: Arc::new(Inner {
-                records: Records::new(cache),
+                records,
                 lifetime,
                 idle,
                 threshold,
