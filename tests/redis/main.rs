@@ -432,3 +432,105 @@ fn a_listener_in_a_forked_child_is_left_alone() {
     });
     children.wait_all_ok();
 }
+
+/// Redis stays up but the listener's connection is killed: the host clears its file,
+/// resubscribes by itself, and a change made meanwhile is not served stale afterwards.
+#[test]
+fn a_killed_listener_connection_is_replaced() {
+    let _serial = serial();
+    let Some(server) = RedisServer::start("a_killed_listener_connection_is_replaced") else {
+        return;
+    };
+    let dir = temp_dir();
+    let a = open_host(dir.path(), "a", &server);
+    let b = open_host(dir.path(), "b", &server);
+    a.cache.set(b"k", b"old").unwrap();
+    assert!(eventually(BOUND, || {
+        b.cache.get(b"k").unwrap();
+        local(&b, b"k").is_some()
+    }));
+    let before = b.listener.connections();
+    let mut r = server.conn();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut r)
+        .unwrap();
+    // Changed behind B's back while its listener may be down.
+    let _: () = r.set("t:k", "new").unwrap();
+    assert!(eventually(Duration::from_secs(5), || b
+        .listener
+        .connections()
+        > before));
+    assert!(b.listener.wait_trusted(Duration::from_secs(5)));
+    assert_eq!(b.cache.get(b"k").unwrap().as_deref(), Some(&b"new"[..]));
+    assert_eq!(a.cache.get(b"k").unwrap().as_deref(), Some(&b"new"[..]));
+}
+
+/// Without a running listener a host keeps nothing in its file: every read goes to Redis,
+/// so nothing can be stale. (Stopping a listener distrusts the host and clears the file; a
+/// listener whose process died leaves a heartbeat that goes stale after two seconds.)
+#[test]
+fn without_a_listener_nothing_is_kept() {
+    let _serial = serial();
+    let Some(server) = RedisServer::start("without_a_listener_nothing_is_kept") else {
+        return;
+    };
+    let dir = temp_dir();
+    let a = open_host(dir.path(), "a", &server);
+    let Host {
+        cache: b, listener, ..
+    } = open_host(dir.path(), "b", &server);
+    a.cache.set(b"k", b"1").unwrap();
+    assert!(eventually(BOUND, || {
+        b.get(b"k").unwrap();
+        b.entry(b"k").unwrap().is_some()
+    }));
+    drop(listener);
+    assert_eq!(
+        b.entry(b"k").unwrap(),
+        None,
+        "a stopped listener clears the file"
+    );
+    assert_eq!(b.get(b"k").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(
+        b.entry(b"k").unwrap(),
+        None,
+        "nothing kept without a listener"
+    );
+    a.cache.set(b"k", b"2").unwrap();
+    assert_eq!(b.get(b"k").unwrap().as_deref(), Some(&b"2"[..]));
+
+    // A listener in a process that dies (SIGKILL): its heartbeat stops.
+    let mut children = Children::new();
+    let b2 = b.clone();
+    let opts = options(&server);
+    let pid = children.spawn(move || {
+        let l = Listener::start(opts, &b2).map_err(|e| e.to_string())?;
+        if !l.wait_trusted(Duration::from_secs(5)) {
+            return Err("not trusted".into());
+        }
+        std::thread::sleep(Duration::from_secs(60));
+        Ok(())
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            b.get(b"k").unwrap();
+            b.entry(b"k").unwrap().is_some()
+        }),
+        "the child's listener lets the host keep values"
+    );
+    children.kill(pid);
+    std::thread::sleep(Duration::from_millis(2100));
+    b.get(b"k").unwrap();
+    // The copy from before is still served (no one cleared it), but nothing new is kept.
+    let other = b"k-other";
+    a.cache.set(other, b"x").unwrap();
+    assert_eq!(b.get(other).unwrap().as_deref(), Some(&b"x"[..]));
+    assert_eq!(
+        b.entry(other).unwrap(),
+        None,
+        "a dead listener's host keeps nothing new"
+    );
+}
