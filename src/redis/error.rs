@@ -7,7 +7,7 @@
 #[derive(Debug, thiserror::Error)]
 #[error("redis {server}: {op} failed: {source}")]
 pub struct RedisError {
-    /// The server, as given in [`RedisOptions::new`](super::RedisOptions::new).
+    /// The server, without credentials ([`RedisOptions::server`](super::RedisOptions::server)).
     pub server: String,
     /// The command or step that failed (`GET`, `SET`, `connect`, ...).
     pub op: &'static str,

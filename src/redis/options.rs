@@ -7,9 +7,10 @@ use super::RedisError;
 /// Where the Redis server is, the namespace of this application's keys in it, and timeouts.
 /// Cloning is cheap; give the same options to the backing (or the session store) and to the
 /// listener of each host.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RedisOptions {
-    pub(crate) url: String,
+    /// The server without credentials (`host:port/db`), for messages.
+    pub(crate) server: String,
     pub(crate) client: redis::Client,
     pub(crate) namespace: Vec<u8>,
     pub(crate) timeout: Duration,
@@ -27,12 +28,14 @@ impl RedisOptions {
     /// [`RedisError`] if the URL cannot be parsed.
     pub fn new(url: &str) -> Result<RedisOptions, RedisError> {
         let client = redis::Client::open(url).map_err(|e| RedisError {
-            server: url.to_owned(),
+            // The URL may hold a password: not in messages.
+            server: "(unparsable URL)".to_owned(),
             op: "parse URL",
             source: Box::new(e),
         })?;
+        let info = client.get_connection_info();
         Ok(RedisOptions {
-            url: url.to_owned(),
+            server: format!("{}/{}", info.addr(), info.redis_settings().db()),
             client,
             namespace: DEFAULT_NAMESPACE.as_bytes().to_vec(),
             timeout: Duration::from_secs(1),
@@ -63,9 +66,9 @@ impl RedisOptions {
         self
     }
 
-    /// The server URL.
-    pub fn url(&self) -> &str {
-        &self.url
+    /// The server, without credentials: `host:port/db` (or `path/db` for a Unix socket).
+    pub fn server(&self) -> &str {
+        &self.server
     }
 
     /// The Redis key of the cache key `key`.
@@ -83,9 +86,20 @@ impl RedisOptions {
         source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> RedisError {
         RedisError {
-            server: self.url.clone(),
+            server: self.server.clone(),
             op,
             source: source.into(),
         }
+    }
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("server", &self.server)
+            .field("namespace", &String::from_utf8_lossy(&self.namespace))
+            .field("timeout", &self.timeout)
+            .field("lock_lease", &self.lock_lease)
+            .finish_non_exhaustive()
     }
 }

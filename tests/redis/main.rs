@@ -311,7 +311,7 @@ fn redis_down_and_back() {
     // Writes fail clearly and leave the files alone.
     let e = a.cache.set(b"k1", b"during").unwrap_err();
     redis_error(&e);
-    assert!(e.to_string().contains("redis redis://127.0.0.1:"), "{e}");
+    assert!(e.to_string().contains("redis 127.0.0.1:"), "{e}");
     assert_eq!(local(&a, b"k1"), None);
     assert!(
         redis_error(&a.cache.remove(b"k2").unwrap_err())
@@ -533,4 +533,23 @@ fn without_a_listener_nothing_is_kept() {
         None,
         "a dead listener's host keeps nothing new"
     );
+}
+
+#[test]
+fn a_password_in_the_url_stays_out_of_messages() {
+    let o = RedisOptions::new("redis://user:s3cret@127.0.0.1:1/2")
+        .unwrap()
+        .timeout(Duration::from_millis(200));
+    assert_eq!(o.server(), "127.0.0.1:1/2");
+    assert!(!format!("{o:?}").contains("s3cret"));
+    let dir = temp_dir();
+    let path = dir.path().join("c");
+    let cache = Cache::builder()
+        .path(&path)
+        .backing(RedisBacking::new(o, &path))
+        .open()
+        .unwrap();
+    let e = cache.set(b"k", b"v").unwrap_err();
+    assert!(!e.to_string().contains("s3cret"), "{e}");
+    assert!(redis_error(&e).server.contains("127.0.0.1:1"));
 }
