@@ -11,10 +11,17 @@ use redis::Connection;
 
 use super::{RedisError, RedisOptions};
 
+/// A connection, and how many replies to commands sent without waiting are still to be
+/// read from it (read before its next command).
+struct Conn {
+    conn: Connection,
+    unread: usize,
+}
+
 /// Idle connections of one process.
 struct Idle {
     pid: u32,
-    conns: Vec<Connection>,
+    conns: Vec<Conn>,
 }
 
 /// At most this many idle connections are kept per process.
@@ -47,17 +54,41 @@ impl Pool {
         op: &'static str,
         f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, RedisError> {
-        let mut conn = match self.take() {
-            Some(conn) => conn,
-            None => connect(&self.options)?,
-        };
-        match f(&mut conn) {
+        let mut conn = self.ready()?;
+        match f(&mut conn.conn) {
             Ok(v) => {
                 self.put(conn);
                 Ok(v)
             }
             Err(e) => Err(self.options.error(op, e)),
         }
+    }
+
+    /// Sends `cmd` without waiting for its reply (read before the connection's next
+    /// command). Redis runs it all the same; its reply is not looked at.
+    pub(crate) fn send(&self, op: &'static str, cmd: &redis::Cmd) -> Result<(), RedisError> {
+        let mut conn = self.ready()?;
+        conn.conn
+            .send_packed_command(&cmd.get_packed_command())
+            .map_err(|e| self.options.error(op, e))?;
+        conn.unread += 1;
+        self.put(conn);
+        Ok(())
+    }
+
+    /// A connection with no reply left unread: an idle one, else a new one.
+    fn ready(&self) -> Result<Conn, RedisError> {
+        while let Some(mut conn) = self.take() {
+            let drained = (0..conn.unread).try_for_each(|_| conn.conn.recv_response().map(drop));
+            if drained.is_ok() {
+                conn.unread = 0;
+                return Ok(conn);
+            }
+        }
+        Ok(Conn {
+            conn: connect(&self.options)?,
+            unread: 0,
+        })
     }
 
     fn lock(&self) -> Option<std::sync::MutexGuard<'_, Idle>> {
@@ -74,7 +105,7 @@ impl Pool {
         }
     }
 
-    fn take(&self) -> Option<Connection> {
+    fn take(&self) -> Option<Conn> {
         let mut idle = self.lock()?;
         let pid = std::process::id();
         if idle.pid != pid {
@@ -86,7 +117,7 @@ impl Pool {
         idle.conns.pop()
     }
 
-    fn put(&self, conn: Connection) {
+    fn put(&self, conn: Conn) {
         if let Some(mut idle) = self.lock()
             && idle.pid == std::process::id()
             && idle.conns.len() < MAX_IDLE

@@ -7,7 +7,8 @@
 //! with the read of the record in the same round trip), runs the caller's closure once on
 //! what Redis holds, and commits with one script that checks the lock is still its own and
 //! the version unchanged before it writes the next version (or deletes) and releases the
-//! lock. The closure runs exactly once (it is an `FnOnce`), so no retry loop re-runs it: the
+//! lock. An update that changes nothing (most session loads) releases the lock without
+//! waiting for the reply, so it costs one round trip. The closure runs exactly once (it is an `FnOnce`), so no retry loop re-runs it: the
 //! lock makes the script's check a formality unless the lease lapsed, and then the update
 //! fails without writing.
 //!
@@ -32,7 +33,7 @@ const VERSION_SIZE: usize = 8;
 const LOCK_PREFIX: &[u8] = b"fastmmap-lock:";
 
 /// KEYS[1] record, KEYS[2] lock; ARGV[1] token, ARGV[2] version seen ("" if none),
-/// ARGV[3] "set" / "del" / "keep", ARGV[4] new value, ARGV[5] expiry in Unix ms ("" never).
+/// ARGV[3] "set" / "del", ARGV[4] new value, ARGV[5] expiry in Unix ms ("" never).
 /// Returns 1 when done, -1 when the lock is no longer ours, -2 when the version moved.
 const COMMIT: &str = r"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
@@ -217,29 +218,36 @@ impl RecordTier {
         };
         let decision = f(current.as_ref().map(|s| s.record.as_slice()));
         let was_there = current.is_some();
-        let seen: Vec<u8> = current.as_ref().map_or(Vec::new(), |s| s.version.to_vec());
-        let next_version = current
-            .as_ref()
-            .map_or(1, |s| u64::from_be_bytes(s.version).wrapping_add(1));
-        let (op, value, expires, result) = match decision {
-            Update::Keep => ("keep", Vec::new(), None, current.map(|s| s.record)),
-            Update::Remove => ("del", Vec::new(), None, None),
-            Update::Set(v) => ("set", v, None, None),
+        // What to write: the new record (with the next version) and its expiry, or a delete.
+        let (value, expires) = match decision {
+            Update::Keep => {
+                // Nothing to write: release the lock without waiting for the reply (a read
+                // costs one round trip). Should the release be lost, the lock lapses.
+                let _ = self.pool.send("unlock", &release(&lock, &token));
+                return Ok((was_there, current.map(|s| s.record)));
+            }
+            Update::Remove => (None, None),
+            Update::Set(v) => (Some(v), None),
             Update::SetWith(v, e) => {
                 let at = match e {
                     Expiry::At(t) => Some(unix_ms(t)),
                     Expiry::After(d) => Some(unix_ms(SystemTime::now() + d)),
                     Expiry::Default | Expiry::Never => None,
                 };
-                ("set", v, at, None)
+                (Some(v), at)
             }
         };
-        let (blob, result) = if op == "set" {
-            let mut blob = next_version.to_be_bytes().to_vec();
-            blob.extend_from_slice(&value);
-            (blob, Some(value))
-        } else {
-            (Vec::new(), result)
+        let seen: Vec<u8> = current.as_ref().map_or(Vec::new(), |s| s.version.to_vec());
+        let next_version = current
+            .as_ref()
+            .map_or(1, |s| u64::from_be_bytes(s.version).wrapping_add(1));
+        let (op, blob) = match &value {
+            Some(v) => {
+                let mut blob = next_version.to_be_bytes().to_vec();
+                blob.extend_from_slice(v);
+                ("set", blob)
+            }
+            None => ("del", Vec::new()),
         };
         let expires = expires.map_or_else(String::new, |ms| ms.to_string());
         let done: i64 = self
@@ -275,23 +283,26 @@ impl RecordTier {
                 ));
             }
         }
-        if op != "keep" {
-            local.remove(key)?;
-        }
-        Ok((was_there, result))
+        local.remove(key)?;
+        Ok((was_there, value))
     }
 
     /// Releases `lock` if it is still ours (best effort: it lapses anyway).
     fn release(&self, lock: &[u8], token: &str) {
-        let _ = self.pool.with("unlock", |c| {
-            redis::cmd("EVAL")
-                .arg("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1")
-                .arg(1)
-                .arg(lock)
-                .arg(token)
-                .query::<i64>(c)
-        });
+        let _ = self.pool.send("unlock", &release(lock, token));
     }
+}
+
+/// The command that deletes `lock` if it still holds `token`.
+fn release(lock: &[u8], token: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1",
+    )
+    .arg(1)
+    .arg(lock)
+    .arg(token);
+    cmd
 }
 
 /// A lock token: 128 random bits, hex.
