@@ -173,8 +173,8 @@ fn two_host_sessions(dir: &TempDir, options: &RedisOptions) -> (SessionStore, Se
     let (reads, hits) = (sa.reads + sb.reads, sa.hits + sb.hits);
     println!(
         "two hosts, one session, alternating, a save every fifth request: {:.1} µs per \
-         request; record reads served from the host's file: {hits} of {reads} (loads are \
-         atomic updates in Redis and never use the file)",
+         request; record reads served from the host's file: {hits} of {reads} (a save's first read; \
+         loads themselves are atomic updates in Redis)",
         took.as_secs_f64() * 1e6 / requests as f64
     );
     (a, b)

@@ -146,17 +146,30 @@ impl RecordTier {
         let Some(stored) = stored else {
             return Ok(None);
         };
-        if fence.is_some() {
-            let expiry = match stored.expires_ms {
-                Some(ms) => Expiry::At(UNIX_EPOCH + Duration::from_millis(ms)),
-                None => Expiry::Never,
-            };
-            if local.set_with(key, &stored.record, expiry).is_ok() && self.state.fence(key) != fence
-            {
-                local.remove(key)?;
-            }
-        }
+        self.keep(local, key, &stored, fence)?;
         Ok(Some(stored.record))
+    }
+
+    /// Keeps a copy of `stored`, just read from Redis, in the file, unless the host's fence
+    /// (taken before the read) moved or the host does not trust its file.
+    fn keep(
+        &self,
+        local: &Cache,
+        key: &[u8],
+        stored: &Stored,
+        fence: Option<u64>,
+    ) -> crate::Result<()> {
+        if fence.is_none() {
+            return Ok(());
+        }
+        let expiry = match stored.expires_ms {
+            Some(ms) => Expiry::At(UNIX_EPOCH + Duration::from_millis(ms)),
+            None => Expiry::Never,
+        };
+        if local.set_with(key, &stored.record, expiry).is_ok() && self.state.fence(key) != fence {
+            local.remove(key)?;
+        }
+        Ok(())
     }
 
     /// An atomic read-modify-write of the record under `key` in Redis: `f` runs once, on
@@ -175,6 +188,7 @@ impl RecordTier {
         let token = token().map_err(|e| self.error(local, "store", options.error("lock", e)))?;
         let lease_ms = u64::try_from(options.lock_lease.as_millis()).unwrap_or(u64::MAX);
         let give_up = Instant::now() + options.lock_lease + options.timeout;
+        let fence = self.state.fence(key);
         let mut pause = Duration::from_millis(1);
         let current = loop {
             let (taken, value, pexpiretime): (Option<String>, Option<Vec<u8>>, i64) = self
@@ -224,6 +238,10 @@ impl RecordTier {
                 // Nothing to write: release the lock without waiting for the reply (a read
                 // costs one round trip). Should the release be lost, the lock lapses.
                 let _ = self.pool.send("unlock", &release(&lock, &token));
+                if let Some(stored) = &current {
+                    // A fresh copy for the next read on this host (a save's first round).
+                    self.keep(local, key, stored, fence)?;
+                }
                 return Ok((was_there, current.map(|s| s.record)));
             }
             Update::Remove => (None, None),
