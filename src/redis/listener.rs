@@ -193,8 +193,7 @@ impl Worker {
         while !self.stopping() {
             let outcome = self.session();
             // Whatever happened, nothing is trusted until subscribed again.
-            let _ = self.state.distrust();
-            let _ = self.local.clear();
+            self.distrust();
             let error = match outcome {
                 Ok(()) => None,
                 Err(e) => Some(e.to_string()),
@@ -218,9 +217,29 @@ impl Worker {
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
-        let _ = self.state.distrust();
-        let _ = self.local.clear();
+        self.distrust();
         self.shared.set(ListenerStatus::Stopped);
+    }
+
+    /// Marks the host distrusted and clears the file, retrying until both are done (a copy
+    /// left in the file would be served unchecked) or the listener is stopped.
+    fn distrust(&mut self) {
+        loop {
+            let distrusted = self.state.distrust();
+            let cleared = self.local.clear();
+            if distrusted.is_ok() && cleared.is_ok() {
+                return;
+            }
+            let error = distrusted
+                .err()
+                .map(|e| e.to_string())
+                .or_else(|| cleared.err().map(|e| e.to_string()));
+            self.shared.set(ListenerStatus::Down(error));
+            if self.stopping() {
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
     }
 
     fn local_error(&self, op: &'static str, e: crate::Error) -> RedisError {
