@@ -64,6 +64,7 @@ impl Pool {
         }
     }
 
+    #[cfg(feature = "session")]
     /// Sends `cmd` without waiting for its reply (read before the connection's next
     /// command). Redis runs it all the same; its reply is not looked at.
     pub(crate) fn send(&self, op: &'static str, cmd: &redis::Cmd) -> Result<(), RedisError> {
