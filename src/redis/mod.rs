@@ -28,9 +28,10 @@
 //!
 //! # How a host keeps trust (the exact sequence)
 //!
-//! Every host shares a small *state file* beside the cache file (`<cache file>.redis`): a
-//! trust word (odd: distrusted) and a table of per-key-hash invalidation counters. The
-//! listener:
+//! Every host shares a small *state file* beside the cache file (`<cache file>.redis`, mode
+//! 0600, not followed if it is a symbolic link, and ignored unless it has the cache file's
+//! owner): a trust word (odd: distrusted) and a table of per-key-hash invalidation counters.
+//! The listener:
 //!
 //! 1. marks the host distrusted and clears the cache file;
 //! 2. connects, turns on tracking for the namespace with itself as the redirect target,

@@ -15,7 +15,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -56,6 +56,12 @@ fn write_u64(file: &File, offset: u64, v: u64) -> io::Result<()> {
     file.write_all_at(&v.to_ne_bytes(), offset)
 }
 
+/// Whether `file` belongs to the owner of the cache file (which the cache checked when it
+/// opened it): a state file planted by another user is not trusted.
+fn same_owner(file: &File, cache_path: &Path) -> io::Result<bool> {
+    Ok(file.metadata()?.uid() == std::fs::metadata(cache_path)?.uid())
+}
+
 fn open_options() -> OpenOptions {
     let mut o = OpenOptions::new();
     o.read(true)
@@ -65,6 +71,7 @@ fn open_options() -> OpenOptions {
 
 /// A reader of the state file (the cache's fences): opened when first found.
 pub(crate) struct StateReader {
+    cache_path: PathBuf,
     path: PathBuf,
     file: OnceLock<File>,
 }
@@ -72,6 +79,7 @@ pub(crate) struct StateReader {
 impl StateReader {
     pub(crate) fn new(cache_path: &Path) -> StateReader {
         StateReader {
+            cache_path: cache_path.to_path_buf(),
             path: state_path(cache_path),
             file: OnceLock::new(),
         }
@@ -82,6 +90,9 @@ impl StateReader {
             return Some(f);
         }
         let f = open_options().open(&self.path).ok()?;
+        if !same_owner(&f, &self.cache_path).ok()? {
+            return None;
+        }
         Some(self.file.get_or_init(|| f))
     }
 
@@ -118,6 +129,12 @@ impl StateWriter {
             .create(true)
             .mode(0o600)
             .open(&path)?;
+        if !same_owner(&file, cache_path)? {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the state file belongs to another user than the cache file",
+            ));
+        }
         if file.metadata()?.len() != STATE_SIZE {
             file.set_len(STATE_SIZE)?;
         }
