@@ -32,7 +32,11 @@ use crate::{Backing, BackingError};
 ///
 /// Use it with [`WriteMode::Through`](crate::WriteMode::Through) (the default): the listener
 /// removes changed keys from the file whether they are dirty or not, so a write-back value
-/// could be lost. An expiry given to `set` is given to Redis too (`PXAT`).
+/// could be lost. An expiry given to `set` is given to Redis too (`PXAT`). The calls that
+/// act on the file only, with any backing store — `multi_set`, `set_if_newer`,
+/// `remove_with_modseq`, `evict` — do not reach Redis: their values stay on this host (until
+/// an invalidation of the key removes them); use `set`, `set_many` and `remove` for shared
+/// keys.
 ///
 /// Errors are [`RedisError`](super::RedisError)s, the `source` of
 /// [`Error::Backing`](crate::Error::Backing): a `set` or `remove` while Redis is unreachable
