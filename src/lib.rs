@@ -18,6 +18,8 @@ mod page;
 pub mod page;
 #[cfg(feature = "perl")]
 pub mod perl;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "session")]
 pub mod session;
 mod stats;

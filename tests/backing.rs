@@ -867,3 +867,71 @@ fn a_failed_write_through_update_stays_dirty_until_flushed() {
     assert_eq!(cache.flush().unwrap(), 1);
     assert_eq!(store.snapshot(), as_map(&[("n", "2")]));
 }
+
+/// A store whose fence moves (another host changed the key while it was loaded or written)
+/// when `moving` is set: the value reaches the caller and the store, but is not kept in the
+/// file.
+#[derive(Default)]
+struct Fenced {
+    inner: Shared,
+    fence: AtomicUsize,
+    moving: AtomicBool,
+    distrust: AtomicBool,
+}
+
+impl Fenced {
+    fn step(&self) {
+        if self.moving.load(Ordering::SeqCst) {
+            self.fence.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Backing for Fenced {
+    fn load(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackingError> {
+        self.step();
+        self.inner.load(key)
+    }
+    fn store(&self, k: &[u8], v: &[u8], e: Option<SystemTime>) -> Result<(), BackingError> {
+        self.step();
+        self.inner.store(k, v, e)
+    }
+    fn delete(&self, key: &[u8]) -> Result<(), BackingError> {
+        self.inner.delete(key)
+    }
+    fn fence(&self, _key: &[u8]) -> Option<u64> {
+        (!self.distrust.load(Ordering::SeqCst)).then(|| self.fence.load(Ordering::SeqCst) as u64)
+    }
+}
+
+#[test]
+fn a_moved_fence_keeps_values_out_of_the_file() {
+    let dir = common::temp_dir();
+    let store = Arc::new(Fenced::default());
+    store.moving.store(true, Ordering::SeqCst);
+    store.inner.put("a", "1");
+    let cache = Cache::builder()
+        .path(dir.path().join("c"))
+        .backing_arc(Arc::clone(&store) as Arc<dyn Backing>)
+        .open()
+        .unwrap();
+    // Read-through and write-through hand the value over, but do not keep it.
+    assert_eq!(cache.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(cache.entry(b"a").unwrap(), None);
+    assert!(cache.set(b"b", b"2").unwrap());
+    assert_eq!(cache.entry(b"b").unwrap(), None);
+    assert_eq!(
+        store.inner.snapshot().get(&b"b"[..]).map(Vec::as_slice),
+        Some(&b"2"[..])
+    );
+    // A `None` fence (a distrusted host) keeps nothing either, even when it does not move.
+    store.moving.store(false, Ordering::SeqCst);
+    store.distrust.store(true, Ordering::SeqCst);
+    store.inner.put("c", "3");
+    assert_eq!(cache.get(b"c").unwrap().as_deref(), Some(&b"3"[..]));
+    assert_eq!(cache.entry(b"c").unwrap(), None);
+    // A steady fence keeps the value.
+    store.distrust.store(false, Ordering::SeqCst);
+    assert_eq!(cache.get(b"c").unwrap().as_deref(), Some(&b"3"[..]));
+    assert!(cache.entry(b"c").unwrap().is_some());
+}

@@ -2,6 +2,7 @@
 //! read-through, write-through and write-back, compressed values. The public methods in
 //! `cache.rs` hand over to these when the handle has a layer.
 
+use crate::Backing;
 use crate::Result;
 use crate::backing::store::{Layer, WriteMode};
 use crate::backing::write_back::Kept;
@@ -142,6 +143,7 @@ impl Cache {
             let mut guard = self.lock_for_change(page)?;
             self.mark_clean(&mut guard, &copies);
         }
+        let fence = backing.fence(key);
         let loaded = backing
             .load(key)
             .map_err(|e| self.backing_error("load", Some(key), e))?;
@@ -164,7 +166,10 @@ impl Cache {
         }
         match self.store_keeping_dirty(&req, page, now, true)? {
             Kept::Existing(stored, flags) => self.decode_value(key, stored, flags).map(Some),
-            Kept::Stored(_) => Ok(loaded),
+            Kept::Stored(_) => {
+                self.keep_if_fenced(backing, &req, page, fence)?;
+                Ok(loaded)
+            }
         }
     }
 
@@ -195,17 +200,27 @@ impl Cache {
         };
         self.check_size(&req)?;
         let _write_back = self.write_back_lock(page)?;
-        match layer.mode {
+        let fence = match layer.mode {
             WriteMode::Through => {
+                let fence = backing.fence(key);
                 let expires_at = (req.expire_on != 0).then(|| from_unix_secs(req.expire_on));
                 backing
                     .store(key, value, expires_at)
                     .map_err(|e| self.backing_error("store", Some(key), e))?;
+                Some(fence)
             }
-            WriteMode::Back => req.flags |= FLAG_DIRTY,
-        }
+            WriteMode::Back => {
+                req.flags |= FLAG_DIRTY;
+                None
+            }
+        };
         match self.store_keeping_dirty(&req, page, now, false)? {
-            Kept::Stored(outcome) => Ok(outcome != StoreOutcome::Refused),
+            Kept::Stored(outcome) => {
+                if let Some(fence) = fence {
+                    self.keep_if_fenced(backing, &req, page, fence)?;
+                }
+                Ok(outcome != StoreOutcome::Refused)
+            }
             Kept::Existing(..) => unreachable!("only stores with if_absent find a value"),
         }
     }
@@ -370,9 +385,14 @@ impl Cache {
     }
 
     fn write_through(&self, layer: &Layer, req: &NewEntry<'_>, page: u32) -> Result<()> {
-        if layer.mode != WriteMode::Through || layer.backing.is_none() {
+        let Some(backing) = layer
+            .backing
+            .as_ref()
+            .filter(|_| layer.mode == WriteMode::Through)
+        else {
             return Ok(());
-        }
+        };
+        let fence = backing.fence(req.key);
         let copies = [DirtyCopy {
             slot_hash: req.slot_hash,
             key: req.key.to_vec(),
@@ -383,6 +403,34 @@ impl Cache {
         self.write_back(&copies)?;
         let mut guard = self.lock_for_change(page)?;
         self.mark_clean(&mut guard, &copies);
+        drop(guard);
+        self.keep_if_fenced(backing, req, page, fence)
+    }
+
+    /// Drops the clean entry just stored by `req` from the file unless the backing store's
+    /// fence taken before (`before`) still holds (see [`Backing::fence`]): the key may have
+    /// changed on another host meanwhile. A dirty entry there is a newer write and stays.
+    fn keep_if_fenced(
+        &self,
+        backing: &std::sync::Arc<dyn Backing>,
+        req: &NewEntry<'_>,
+        page: u32,
+        before: Option<u64>,
+    ) -> Result<()> {
+        if before.is_some() && backing.fence(req.key) == before {
+            return Ok(());
+        }
+        let now = self.now();
+        let mut guard = self.lock_for_change(page)?;
+        let clean = guard
+            .page()
+            .peek(req.slot_hash, req.key, now)
+            .ok()
+            .flatten()
+            .is_some_and(|e| e.flags & FLAG_DIRTY == 0);
+        if clean {
+            let _ = self.change_counting(&mut guard, |p| p.remove(req.slot_hash, req.key, now));
+        }
         Ok(())
     }
 

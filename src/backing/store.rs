@@ -59,6 +59,20 @@ pub trait Backing: Send + Sync + 'static {
     /// # Errors
     /// Any failure of the store; the cache's call fails with `Error::Backing`.
     fn delete(&self, key: &[u8]) -> Result<(), BackingError>;
+
+    /// A fence for caching `key` from this store, for stores shared with other hosts that
+    /// tell each host when a key changed (as the Redis backing does). The cache takes a fence
+    /// before it loads `key` or writes it through, and another after it has put the value in
+    /// its file; unless both are `Some` and equal, it drops the value from its file again
+    /// (the store keeps it), since the key may have changed elsewhere in between and the
+    /// news of it may already have been handled. `None` means "do not keep local copies
+    /// now". Only write-through and read-through values are fenced, never dirty ones.
+    ///
+    /// The default is `Some(0)`: every value is kept.
+    fn fence(&self, key: &[u8]) -> Option<u64> {
+        let _ = key;
+        Some(0)
+    }
 }
 
 /// When a `set` reaches the [`Backing`] store (Cache::FastMmap's `write_action`).

@@ -677,3 +677,50 @@ pub fn run_to_completion(cmd: &mut std::process::Command, input: &str, what: &st
         .map(str::to_owned)
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// A board of published numbers
+
+/// Slots of (number, time) in a plain file that every process of a test reads and writes
+/// (`pread`/`pwrite` of 16 bytes): which write a worker last had acknowledged, and when.
+#[derive(Clone)]
+pub struct Board {
+    file: std::sync::Arc<File>,
+}
+
+impl Board {
+    pub fn create(path: &Path, slots: usize) -> Board {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .expect("create the board");
+        file.set_len(16 * slots as u64).expect("size the board");
+        Board {
+            file: std::sync::Arc::new(file),
+        }
+    }
+
+    /// Publishes `n` in `slot`, at `at` (time since the test's start).
+    pub fn publish(&self, slot: usize, n: u64, at: Duration) {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&n.to_ne_bytes());
+        b[8..].copy_from_slice(&(at.as_micros() as u64).to_ne_bytes());
+        self.file
+            .write_all_at(&b, 16 * slot as u64)
+            .expect("write the board");
+    }
+
+    /// The number in `slot` and when it was published.
+    pub fn read(&self, slot: usize) -> (u64, Duration) {
+        let mut b = [0u8; 16];
+        self.file
+            .read_exact_at(&mut b, 16 * slot as u64)
+            .expect("read the board");
+        let n = u64::from_ne_bytes(b[..8].try_into().unwrap());
+        let at = u64::from_ne_bytes(b[8..].try_into().unwrap());
+        (n, Duration::from_micros(at))
+    }
+}

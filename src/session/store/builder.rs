@@ -28,6 +28,8 @@ pub struct SessionStoreBuilder {
     urls: Option<UrlRewriter>,
     #[cfg(feature = "perl")]
     catalyst: Option<crate::session::catalyst::CatalystConfig>,
+    #[cfg(feature = "redis")]
+    redis: Option<crate::redis::RedisOptions>,
 }
 
 impl Default for SessionStoreBuilder {
@@ -45,6 +47,8 @@ impl Default for SessionStoreBuilder {
             urls: None,
             #[cfg(feature = "perl")]
             catalyst: None,
+            #[cfg(feature = "redis")]
+            redis: None,
         }
     }
 }
@@ -154,13 +158,30 @@ impl SessionStoreBuilder {
         self
     }
 
+    /// Keep sessions in Redis, the source of truth shared by several hosts, with the cache
+    /// file as each host's near cache (feature `redis`). A save is atomic in Redis (the
+    /// record's lock and a version compared and set in one script), a load on any host sees
+    /// the latest save, and a delete (a logout) on one host ends the session everywhere.
+    ///
+    /// Run one [`Listener`](crate::redis::Listener) per host over the store's
+    /// [`cache`](SessionStore::cache), with the same options: without it (or while it is
+    /// disconnected) every read goes to Redis. The cache must have no backing store of its
+    /// own. A record in Redis is the cache record with an 8-byte version in front; it
+    /// expires with the session. Errors of Redis reach the caller as
+    /// [`Error::Cache`] holding [`crate::Error::Backing`] (without the session's key).
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, options: crate::redis::RedisOptions) -> Self {
+        self.redis = Some(options);
+        self
+    }
+
     /// Opens the cache if needed and builds the store.
     ///
     /// # Errors
     /// [`Error::InvalidOptions`] for unusable options (a zero lifetime or idle timeout, a
     /// threshold not below the idle timeout or without one, an empty key prefix, both
-    /// `cache` and `path`, an invalid cookie); [`Error::Cache`] if the cache cannot be
-    /// opened.
+    /// `cache` and `path`, an invalid cookie, native options with Catalyst mode, Catalyst mode
+    /// with a Redis tier); [`Error::Cache`] if the cache cannot be opened.
     pub fn build(self) -> Result<SessionStore> {
         let invalid = |reason: &str| Error::InvalidOptions {
             reason: reason.to_owned(),
@@ -194,6 +215,12 @@ impl SessionStoreBuilder {
             None => Mode::Native,
             Some(config) => {
                 config.validate()?;
+                #[cfg(feature = "redis")]
+                if self.redis.is_some() {
+                    // The Redis tier owns its cache file (its listener clears all of it);
+                    // Catalyst's file is Perl's too.
+                    return Err(invalid("Catalyst mode and a Redis tier cannot be combined"));
+                }
                 if self.lifetime != DEFAULT_LIFETIME
                     || self.idle_timeout.is_some()
                     || self.extend_threshold.is_some()
@@ -238,9 +265,16 @@ impl SessionStoreBuilder {
             (None, Some(path)) => open(Cache::builder().path(path))?,
             (None, None) => open(Cache::builder())?,
         };
+        #[cfg(feature = "redis")]
+        let records = match self.redis {
+            Some(options) => Records::with_redis(cache, options),
+            None => Records::new(cache),
+        };
+        #[cfg(not(feature = "redis"))]
+        let records = Records::new(cache);
         Ok(SessionStore {
             inner: Arc::new(Inner {
-                records: Records::new(cache),
+                records,
                 mode,
                 lifetime,
                 idle,

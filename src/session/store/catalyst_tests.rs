@@ -385,6 +385,17 @@ fn options_that_catalyst_mode_replaces_are_refused() {
             .unwrap_err();
         assert!(matches!(e, Error::InvalidOptions { .. }), "{e}");
     }
+    #[cfg(feature = "redis")]
+    {
+        let redis = crate::redis::RedisOptions::new("redis://127.0.0.1:1/").unwrap();
+        let e = SessionStore::builder()
+            .path(&path)
+            .catalyst(CatalystConfig::new())
+            .redis(redis)
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("Redis"), "{e}");
+    }
     let e = SessionStore::builder()
         .path(&path)
         .catalyst(CatalystConfig::new().expires(Duration::ZERO))

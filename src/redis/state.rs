@@ -1,0 +1,181 @@
+//! The host's state file: whether the host trusts its cache file, and which keys changed.
+//!
+//! Layout (native-endian `u64`s; only the listener writes, everyone reads with `pread`):
+//!
+//! ```text
+//! offset 0   TRUST      even: trusted; odd: distrusted. Bumped at every change of trust
+//!                       and at every "flush everything" invalidation.
+//! offset 8   HEARTBEAT  the listener's clock, Unix milliseconds, written every 100 ms
+//! offset 16  COUNTERS   NUM_COUNTERS counters; an invalidation of a key bumps the one its
+//!                       hash picks before the key is removed from the cache file
+//! ```
+//!
+//! A torn read (a read racing the listener's write of the same word) can only make a fence
+//! differ, which drops a value from the cache: never the reverse.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const TRUST_OFFSET: u64 = 0;
+const HEARTBEAT_OFFSET: u64 = TRUST_OFFSET + 8;
+const COUNTERS_OFFSET: u64 = HEARTBEAT_OFFSET + 8;
+const NUM_COUNTERS: u64 = 4096;
+const STATE_SIZE: u64 = COUNTERS_OFFSET + 8 * NUM_COUNTERS;
+
+/// A heartbeat older than this means the listener is gone: nothing new is kept.
+pub(crate) const HEARTBEAT_STALE: Duration = Duration::from_secs(2);
+
+/// The state file of the cache file at `cache_path`.
+pub(crate) fn state_path(cache_path: &Path) -> PathBuf {
+    let mut p = cache_path.as_os_str().to_owned();
+    p.push(".redis");
+    PathBuf::from(p)
+}
+
+fn counter_offset(key: &[u8]) -> u64 {
+    COUNTERS_OFFSET + 8 * (xxhash_rust::xxh3::xxh3_64(key) % NUM_COUNTERS)
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn read_u64(file: &File, offset: u64) -> io::Result<u64> {
+    let mut b = [0u8; 8];
+    file.read_exact_at(&mut b, offset)?;
+    Ok(u64::from_ne_bytes(b))
+}
+
+fn write_u64(file: &File, offset: u64, v: u64) -> io::Result<()> {
+    file.write_all_at(&v.to_ne_bytes(), offset)
+}
+
+/// Whether `file` belongs to the owner of the cache file (which the cache checked when it
+/// opened it): a state file planted by another user is not trusted.
+fn same_owner(file: &File, cache_path: &Path) -> io::Result<bool> {
+    Ok(file.metadata()?.uid() == std::fs::metadata(cache_path)?.uid())
+}
+
+fn open_options() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    o
+}
+
+/// A reader of the state file (the cache's fences): opened when first found.
+pub(crate) struct StateReader {
+    cache_path: PathBuf,
+    path: PathBuf,
+    file: OnceLock<File>,
+}
+
+impl StateReader {
+    pub(crate) fn new(cache_path: &Path) -> StateReader {
+        StateReader {
+            cache_path: cache_path.to_path_buf(),
+            path: state_path(cache_path),
+            file: OnceLock::new(),
+        }
+    }
+
+    fn file(&self) -> Option<&File> {
+        if let Some(f) = self.file.get() {
+            return Some(f);
+        }
+        let f = open_options().open(&self.path).ok()?;
+        if !same_owner(&f, &self.cache_path).ok()? {
+            return None;
+        }
+        Some(self.file.get_or_init(|| f))
+    }
+
+    /// The fence of `key`: `None` while the host does not trust its cache file (distrusted,
+    /// no listener yet, or its heartbeat is stale).
+    pub(crate) fn fence(&self, key: &[u8]) -> Option<u64> {
+        let file = self.file()?;
+        let trust = read_u64(file, TRUST_OFFSET).ok()?;
+        if !trust.is_multiple_of(2) {
+            return None;
+        }
+        let beat = read_u64(file, HEARTBEAT_OFFSET).ok()?;
+        let age = unix_millis().saturating_sub(beat);
+        if u128::from(age) > HEARTBEAT_STALE.as_millis() {
+            return None;
+        }
+        let counter = read_u64(file, counter_offset(key)).ok()?;
+        Some((trust << 32) ^ counter)
+    }
+}
+
+/// The listener's writer of the state file.
+pub(crate) struct StateWriter {
+    file: File,
+    trust: u64,
+}
+
+impl StateWriter {
+    /// Opens (or creates, mode 0600) the state file and marks the host distrusted.
+    pub(crate) fn open(cache_path: &Path) -> io::Result<StateWriter> {
+        let path = state_path(cache_path);
+        let file = open_options()
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)?;
+        if !same_owner(&file, cache_path)? {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the state file belongs to another user than the cache file",
+            ));
+        }
+        if file.metadata()?.len() != STATE_SIZE {
+            file.set_len(STATE_SIZE)?;
+        }
+        let trust = read_u64(&file, TRUST_OFFSET)?;
+        let mut w = StateWriter { file, trust };
+        w.distrust()?;
+        Ok(w)
+    }
+
+    /// Marks the host distrusted (idempotent).
+    pub(crate) fn distrust(&mut self) -> io::Result<()> {
+        if self.trust.is_multiple_of(2) {
+            self.trust = self.trust.wrapping_add(1);
+            write_u64(&self.file, TRUST_OFFSET, self.trust)?;
+        }
+        Ok(())
+    }
+
+    /// Marks the host trusted, with a trust word no fence taken before can hold.
+    pub(crate) fn trust(&mut self) -> io::Result<()> {
+        self.trust = self
+            .trust
+            .wrapping_add(if self.trust.is_multiple_of(2) { 2 } else { 1 });
+        self.heartbeat()?;
+        write_u64(&self.file, TRUST_OFFSET, self.trust)
+    }
+
+    /// Changes the trust word without changing trust: every fence taken before differs.
+    pub(crate) fn bump_all(&mut self) -> io::Result<()> {
+        self.trust = self.trust.wrapping_add(2);
+        write_u64(&self.file, TRUST_OFFSET, self.trust)
+    }
+
+    /// Bumps the counter of `key`.
+    pub(crate) fn bump(&mut self, key: &[u8]) -> io::Result<()> {
+        let offset = counter_offset(key);
+        let v = read_u64(&self.file, offset)?;
+        write_u64(&self.file, offset, v.wrapping_add(1))
+    }
+
+    pub(crate) fn heartbeat(&self) -> io::Result<()> {
+        write_u64(&self.file, HEARTBEAT_OFFSET, unix_millis())
+    }
+}
