@@ -95,10 +95,12 @@ impl Cache {
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
         match self.look(layer, key, page, slot_hash, now)? {
-            Look::Hit(stored, flags) => self.decode_value(key, stored, flags).map(Some),
-            Look::Negative => Ok(None),
+            Look::Hit(stored, flags) if layer.trusts_cached() => {
+                self.decode_value(key, stored, flags).map(Some)
+            }
+            Look::Negative if layer.trusts_cached() => Ok(None),
             Look::Miss(_) if layer.backing.is_none() => Ok(None),
-            Look::Miss(_) => {
+            _ => {
                 // Loaded and cached under the write-back lock, so that no write of the key
                 // reaches the store between the load and the caching of what it loaded.
                 let _write_back = self.write_back_lock(page)?;
@@ -117,11 +119,45 @@ impl Cache {
         slot_hash: u32,
         now: u32,
     ) -> Result<Option<Vec<u8>>> {
+        if !layer.trusts_cached() {
+            return self.load_distrusting(layer, key, page, slot_hash, now);
+        }
         match self.look(layer, key, page, slot_hash, now)? {
             Look::Hit(stored, flags) => self.decode_value(key, stored, flags).map(Some),
             Look::Negative => Ok(None),
             Look::Miss(expired_dirty) => self.read_through(layer, key, page, now, expired_dirty),
         }
+    }
+
+    /// `get` while the backing store does not trust the cache's copies
+    /// ([`Backing::trusts_cached`]): a clean copy of `key` is dropped from the file and the
+    /// store is read (what it returns is cached only if the fence allows it, as on any
+    /// read-through). A dirty copy is a write the store does not have yet: it is returned.
+    fn load_distrusting(
+        &self,
+        layer: &Layer,
+        key: &[u8],
+        page: u32,
+        slot_hash: u32,
+        now: u32,
+    ) -> Result<Option<Vec<u8>>> {
+        let mut guard = self.lock_for_change(page)?;
+        let found = guard
+            .page()
+            .peek(slot_hash, key, now)
+            .map(|e| e.map(|e| (e.value.to_vec(), e.flags)));
+        match found {
+            Ok(Some((stored, flags))) if flags & FLAG_DIRTY != 0 => {
+                return self.decode_value(key, stored, flags).map(Some);
+            }
+            Ok(Some(_)) => {
+                let _ = self.change_counting(&mut guard, |p| p.remove(slot_hash, key, now));
+            }
+            Ok(None) => {}
+            Err(_) => self.reset_counting(&mut guard),
+        }
+        drop(guard);
+        self.read_through(layer, key, page, now, None)
     }
 
     /// Loads `key` from the backing store and caches it (or, with `cache_not_found`, its

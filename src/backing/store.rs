@@ -73,6 +73,17 @@ pub trait Backing: Send + Sync + 'static {
         let _ = key;
         Some(0)
     }
+
+    /// Whether a `get` may be served from the cache file now. A store shared with other
+    /// hosts answers `false` while it cannot learn of changes made elsewhere (the Redis
+    /// backing: while its host's listener is disconnected or gone); a `get` then drops the
+    /// local copy and reads the store instead. Called on every `get` hit of a cache with a
+    /// backing store, so it must be cheap.
+    ///
+    /// The default is `true`.
+    fn trusts_cached(&self) -> bool {
+        true
+    }
 }
 
 /// When a `set` reaches the [`Backing`] store (Cache::FastMmap's `write_action`).
@@ -95,6 +106,14 @@ pub(crate) struct Layer {
     pub(crate) mode: WriteMode,
     pub(crate) cache_not_found: bool,
     pub(crate) compression: Option<crate::compress::Compression>,
+}
+
+impl Layer {
+    /// Whether a `get` may be served from the file ([`Backing::trusts_cached`]).
+    #[inline]
+    pub(crate) fn trusts_cached(&self) -> bool {
+        self.backing.as_ref().is_none_or(|b| b.trusts_cached())
+    }
 }
 
 impl std::fmt::Debug for Layer {

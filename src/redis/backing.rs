@@ -109,4 +109,8 @@ impl Backing for RedisBacking {
     fn fence(&self, key: &[u8]) -> Option<u64> {
         self.state.fence(key)
     }
+
+    fn trusts_cached(&self) -> bool {
+        self.state.trusted()
+    }
 }

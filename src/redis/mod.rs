@@ -58,7 +58,9 @@
 //!
 //! The listener also writes a heartbeat into the state file every 100 ms; while it is more
 //! than two seconds old (the listener's process died or hangs), nothing new is kept in the
-//! file. Copies already in the file are still served until a listener runs again: start the
+//! file, and a `get` does not serve the copies already there: it drops its key's copy and
+//! reads Redis ([`Backing::trusts_cached`](crate::Backing::trusts_cached); each process reads
+//! the state file for this at most every 20 ms, so a hit costs a clock read). Start the
 //! listener in the process that outlives the workers (the parent).
 
 mod backing;

@@ -18,6 +18,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const TRUST_OFFSET: u64 = 0;
@@ -26,8 +27,11 @@ const COUNTERS_OFFSET: u64 = HEARTBEAT_OFFSET + 8;
 const NUM_COUNTERS: u64 = 4096;
 const STATE_SIZE: u64 = COUNTERS_OFFSET + 8 * NUM_COUNTERS;
 
-/// A heartbeat older than this means the listener is gone: nothing new is kept.
+/// A heartbeat older than this means the listener is gone: nothing new is kept, and hits are
+/// not served from the file.
 pub(crate) const HEARTBEAT_STALE: Duration = Duration::from_secs(2);
+/// How old a reading of the trust word a `get` hit may rely on.
+pub(crate) const TRUST_RECHECK: Duration = Duration::from_millis(20);
 
 /// The state file of the cache file at `cache_path`.
 pub(crate) fn state_path(cache_path: &Path) -> PathBuf {
@@ -74,6 +78,8 @@ pub(crate) struct StateReader {
     cache_path: PathBuf,
     path: PathBuf,
     file: OnceLock<File>,
+    /// The last trust reading: Unix milliseconds `<< 1`, `| 1` if trusted.
+    seen: AtomicU64,
 }
 
 impl StateReader {
@@ -82,6 +88,7 @@ impl StateReader {
             cache_path: cache_path.to_path_buf(),
             path: state_path(cache_path),
             file: OnceLock::new(),
+            seen: AtomicU64::new(0),
         }
     }
 
@@ -96,10 +103,9 @@ impl StateReader {
         Some(self.file.get_or_init(|| f))
     }
 
-    /// The fence of `key`: `None` while the host does not trust its cache file (distrusted,
-    /// no listener yet, or its heartbeat is stale).
-    pub(crate) fn fence(&self, key: &[u8]) -> Option<u64> {
-        let file = self.file()?;
+    /// The trust word, if the host trusts its cache file now: `None` while distrusted, with
+    /// no listener yet, or with a stale heartbeat (the listener's process is gone).
+    fn trust(&self, file: &File) -> Option<u64> {
         let trust = read_u64(file, TRUST_OFFSET).ok()?;
         if !trust.is_multiple_of(2) {
             return None;
@@ -109,8 +115,30 @@ impl StateReader {
         if u128::from(age) > HEARTBEAT_STALE.as_millis() {
             return None;
         }
+        Some(trust)
+    }
+
+    /// The fence of `key`: `None` while the host does not trust its cache file.
+    pub(crate) fn fence(&self, key: &[u8]) -> Option<u64> {
+        let file = self.file()?;
+        let trust = self.trust(file)?;
         let counter = read_u64(file, counter_offset(key)).ok()?;
         Some((trust << 32) ^ counter)
+    }
+
+    /// Whether the host trusts its cache file, as last seen: the state file is read again
+    /// when the last reading is [`TRUST_RECHECK`] old, so a hit costs a clock read, not a
+    /// system call.
+    pub(crate) fn trusted(&self) -> bool {
+        let now = unix_millis();
+        let seen = self.seen.load(Ordering::Relaxed);
+        if now.saturating_sub(seen >> 1) < TRUST_RECHECK.as_millis() as u64 {
+            return seen & 1 == 1;
+        }
+        let trusted = self.file().and_then(|f| self.trust(f)).is_some();
+        self.seen
+            .store(now << 1 | u64::from(trusted), Ordering::Relaxed);
+        trusted
     }
 }
 

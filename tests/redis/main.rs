@@ -470,7 +470,8 @@ fn a_killed_listener_connection_is_replaced() {
 
 /// Without a running listener a host keeps nothing in its file: every read goes to Redis,
 /// so nothing can be stale. (Stopping a listener distrusts the host and clears the file; a
-/// listener whose process died leaves a heartbeat that goes stale after two seconds.)
+/// listener whose process died leaves a heartbeat that goes stale after two seconds, and
+/// from then on the copies left in the file are not served.)
 #[test]
 fn without_a_listener_nothing_is_kept() {
     let _serial = serial();
@@ -521,10 +522,22 @@ fn without_a_listener_nothing_is_kept() {
         }),
         "the child's listener lets the host keep values"
     );
+    assert_eq!(b.entry(b"k").unwrap().unwrap().value, b"2");
     children.kill(pid);
+    // Changed while no listener of B's is there to hear of it: B's file still holds "2".
+    std::thread::sleep(Duration::from_millis(200));
+    a.cache.set(b"k", b"3").unwrap();
+    assert_eq!(b.entry(b"k").unwrap().unwrap().value, b"2");
     std::thread::sleep(Duration::from_millis(2100));
-    b.get(b"k").unwrap();
-    // The copy from before is still served (no one cleared it), but nothing new is kept.
+    // Once the heartbeat is stale, B's copies are not served: the stale one is dropped and
+    // Redis read instead.
+    assert_eq!(b.get(b"k").unwrap().as_deref(), Some(&b"3"[..]));
+    assert_eq!(
+        b.entry(b"k").unwrap(),
+        None,
+        "the untrusted copy is dropped"
+    );
+    // Nothing new is kept either.
     let other = b"k-other";
     a.cache.set(other, b"x").unwrap();
     assert_eq!(b.get(other).unwrap().as_deref(), Some(&b"x"[..]));
