@@ -8,9 +8,9 @@
 //! what Redis holds, and commits with one script that checks the lock is still its own and
 //! the version unchanged before it writes the next version (or deletes) and releases the
 //! lock. An update that changes nothing (most session loads) releases the lock without
-//! waiting for the reply, so it costs one round trip. The closure runs exactly once (it is an `FnOnce`), so no retry loop re-runs it: the
-//! lock makes the script's check a formality unless the lease lapsed, and then the update
-//! fails without writing.
+//! waiting for the reply, so it costs one round trip. The closure runs exactly once (it is an
+//! `FnOnce`), so no retry loop re-runs it: the lock makes the script's check a formality
+//! unless the lease lapsed, and then the update fails without writing.
 //!
 //! After a write the host drops its local copy; the next read on any host fetches the
 //! record from Redis. A read serves the local copy only while the host trusts its file (see

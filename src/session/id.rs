@@ -91,8 +91,8 @@ impl IdFormat {
 /// Catalyst mode, [`IdFormat::Catalyst`]) exactly [`CATALYST_ID_LEN`] of `0–9 a–f`.
 ///
 /// New ids come from [`SessionId::generate`] (or [`IdFormat::generate`]); ids from a client
-/// go through [`SessionId::parse`] (or [`IdFormat::parse`]), which accept nothing else. The text is safe to put in a URL path, a
-/// query, a cookie or an HTML attribute as it is.
+/// go through [`SessionId::parse`] (or [`IdFormat::parse`]), which accept nothing else. The
+/// text is safe to put in a URL path, a query, a cookie or an HTML attribute as it is.
 ///
 /// `Display` writes the id; `Debug` shows only its first four characters, so that logging a
 /// session by accident does not leak the credential.

@@ -90,14 +90,14 @@
 //!
 //! [`CookieConfig`] makes the cookies through the `cookie` crate (HttpOnly and SameSite=Lax
 //! by default; Secure always or only over HTTPS, Partitioned, persistent or for the browser
-//! session, on request) and finds the id in a `Cookie` header, parsed strictly. For clients without cookies,
-//! [`UrlRewriter`] carries the id in URLs, in the original's path style (`/cart/-/ID`) or as
-//! a query parameter (`?sid=ID`): it takes the id out of incoming URLs, and adds it to
-//! redirects and to the links of HTML pages (with an HTML rewriter, only for links under the
-//! application's base URL, never to other sites or binary assets, never twice). Links are
-//! resolved as browsers resolve them, against the page's first `<base href>` even when it
-//! comes after them, and a link that carries the id is written so that it reaches the
-//! application whichever base a browser settles on. A client
+//! session, on request) and finds the id in a `Cookie` header, parsed strictly. For clients
+//! without cookies, [`UrlRewriter`] carries the id in URLs, in the original's path style
+//! (`/cart/-/ID`) or as a query parameter (`?sid=ID`): it takes the id out of incoming URLs,
+//! and adds it to redirects and to the links of HTML pages (with an HTML rewriter, only for
+//! links under the application's base URL, never to other sites or binary assets, never
+//! twice). Links are resolved as browsers resolve them, against the page's first
+//! `<base href>` even when it comes after them, and a link that carries the id is written so
+//! that it reaches the application whichever base a browser settles on. A client
 //! that sends the session cookie gets no ids in URLs. Ids in URLs leak through `Referer`
 //! headers, logs and shared links; prefer cookies, and bind such sessions to the client.
 //!
