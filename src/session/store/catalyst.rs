@@ -7,6 +7,7 @@
 //! session writes `expires:` before `session:`, a deletion removes `session:` first, and an
 //! extension only moves an `expires:` that is still there (it never brings one back).
 
+use super::save::{CAS_ROUNDS, ID_ATTEMPTS, gone};
 use super::{Client, Saved, SessionStore};
 use crate::session::catalyst::{
     CatalystConfig, CatalystRecord, EXPIRES_PREFIX, FLASH_PREFIX, SESSION_PREFIX, decode_expires,
@@ -17,11 +18,6 @@ use crate::session::error::{Error, Result};
 use crate::session::id::SessionId;
 use crate::session::record::{Binding, Map, Record, Times};
 use crate::{Expiry, Update};
-
-/// Optimistic save attempts before a save decides under the page lock instead.
-const CAS_ROUNDS: usize = 8;
-/// New ids tried when a generated id is already taken.
-const ID_ATTEMPTS: usize = 4;
 
 /// The cache key `prefix + id`.
 fn key(prefix: &str, id: &SessionId) -> Vec<u8> {
@@ -329,57 +325,24 @@ impl SessionStore {
                 return Ok(gone(session));
             }
         }
-        let session_key = key(SESSION_PREFIX, &session.id);
-        let records = &self.inner.records;
-        let mut written: Option<CatalystRecord> = None;
-        for _ in 0..CAS_ROUNDS {
-            let current = records.get(&session_key)?;
-            let Some(current) = current else {
-                return Ok(gone(session));
-            };
-            let merged = self.catalyst_merge(session, &current, now)?;
-            let bytes = merged.encode()?;
-            let mut swapped = false;
-            records.update(&session_key, |now_bytes| {
-                if now_bytes != Some(current.as_slice()) {
-                    return Update::Keep;
+        let decided = self.swap(
+            &key(SESSION_PREFIX, &session.id),
+            CAS_ROUNDS,
+            |current| match current {
+                None => Ok(None),
+                Some(current) => {
+                    let record = self.catalyst_merge(session, current, now)?;
+                    let bytes = record.encode()?;
+                    Ok(Some((record, bytes)))
                 }
-                swapped = true;
-                Update::SetWith(bytes, Expiry::Never)
-            })?;
-            if swapped {
-                written = Some(merged);
-                break;
-            }
-        }
-        let record = match written {
-            Some(record) => record,
-            None => {
-                let mut decided: Option<Result<Option<CatalystRecord>>> = None;
-                records.update(&session_key, |current| {
-                    let Some(current) = current else {
-                        decided = Some(Ok(None));
-                        return Update::Keep;
-                    };
-                    match self
-                        .catalyst_merge(session, current, now)
-                        .and_then(|r| r.encode().map(|b| (r, b)))
-                    {
-                        Ok((record, bytes)) => {
-                            decided = Some(Ok(Some(record)));
-                            Update::SetWith(bytes, Expiry::Never)
-                        }
-                        Err(e) => {
-                            decided = Some(Err(e));
-                            Update::Keep
-                        }
-                    }
-                })?;
-                match decided.expect("update calls its closure")? {
-                    Some(record) => record,
-                    None => return Ok(gone(session)),
-                }
-            }
+            },
+            |decided| match decided {
+                None => Update::Keep,
+                Some((_, bytes)) => Update::SetWith(bytes.clone(), Expiry::Never),
+            },
+        )?;
+        let Some((record, _)) = decided else {
+            return Ok(gone(session));
         };
         let expires = self
             .catalyst_extend(&session.id, now.saturating_add(config.expires))?
@@ -572,12 +535,4 @@ impl SessionStore {
         }
         outcome.transpose()
     }
-}
-
-/// The stored session is gone: the in-memory one must not bring it back.
-fn gone(session: &mut Session) -> Saved {
-    session.state = State::New;
-    session.invalidated = true;
-    session.persist = false;
-    Saved::Gone
 }

@@ -11,10 +11,10 @@ use crate::session::record::{Map, Record, RecordView, Times};
 use crate::{Expiry, Update};
 
 /// Optimistic save attempts before a save decides under the page lock instead.
-const CAS_ROUNDS: usize = 8;
+pub(super) const CAS_ROUNDS: usize = 8;
 /// New ids tried when a generated id is already taken (which a working random number
 /// generator never does).
-const ID_ATTEMPTS: usize = 4;
+pub(super) const ID_ATTEMPTS: usize = 4;
 
 /// What [`SessionStore::save`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,42 +189,12 @@ impl SessionStore {
         rounds: usize,
     ) -> Result<Saved> {
         let key = self.key(&session.id);
-        let cache = &self.inner.records;
-        let mut done = None;
-        for _ in 0..rounds {
-            let current = cache.get(&key)?;
-            let plan = self.plan(session, current.as_deref(), now)?;
-            let mut swapped = false;
-            cache.update(&key, |now_bytes| {
-                if now_bytes != current.as_deref() {
-                    return Update::Keep;
-                }
-                swapped = true;
-                plan.update()
-            })?;
-            if swapped {
-                done = Some(plan);
-                break;
-            }
-        }
-        let plan = match done {
-            Some(plan) => plan,
-            None => {
-                let mut decided = None;
-                cache.update(&key, |current| match self.plan(session, current, now) {
-                    Ok(plan) => {
-                        let update = plan.update();
-                        decided = Some(Ok(plan));
-                        update
-                    }
-                    Err(e) => {
-                        decided = Some(Err(e));
-                        Update::Keep
-                    }
-                })?;
-                decided.expect("update calls its closure")?
-            }
-        };
+        let plan = self.swap(
+            &key,
+            rounds,
+            |current| self.plan(session, current, now),
+            Plan::update,
+        )?;
         Ok(match plan {
             Plan::Gone { .. } => gone(session),
             Plan::Write { times, data, .. } => {
@@ -416,8 +386,55 @@ impl SessionStore {
     }
 }
 
+impl SessionStore {
+    /// Replaces the record under `key` with what `decide` makes of it, atomically, with the
+    /// work of `decide` done outside the lock: up to `rounds` compare-and-swap rounds (read,
+    /// decide, then write `write(&decision)` only if the record is still what was read), then,
+    /// if other writers keep winning, one round with `decide` under the lock. Returns the
+    /// decision that took effect.
+    pub(super) fn swap<P>(
+        &self,
+        key: &[u8],
+        rounds: usize,
+        decide: impl Fn(Option<&[u8]>) -> Result<P>,
+        write: impl Fn(&P) -> Update,
+    ) -> Result<P> {
+        let records = &self.inner.records;
+        for _ in 0..rounds {
+            let current = records.get(key)?;
+            let decision = decide(current.as_deref())?;
+            let mut swapped = false;
+            records.update(key, |now_bytes| {
+                if now_bytes != current.as_deref() {
+                    return Update::Keep;
+                }
+                swapped = true;
+                write(&decision)
+            })?;
+            if swapped {
+                return Ok(decision);
+            }
+        }
+        // `decide` runs under the lock here; its result leaves through `decided`, since the
+        // closure's own return value is the update.
+        let mut decided = None;
+        records.update(key, |current| match decide(current) {
+            Ok(decision) => {
+                let update = write(&decision);
+                decided = Some(Ok(decision));
+                update
+            }
+            Err(e) => {
+                decided = Some(Err(e));
+                Update::Keep
+            }
+        })?;
+        decided.expect("update calls its closure")
+    }
+}
+
 /// The stored session is gone: the in-memory one must not bring it back.
-fn gone(session: &mut Session) -> Saved {
+pub(super) fn gone(session: &mut Session) -> Saved {
     session.state = State::New;
     session.invalidated = true;
     session.persist = false;
