@@ -39,6 +39,8 @@ pub(crate) use guard::{PageGuard, ReadGuard};
 pub(crate) use optimistic::{Access, Outcome as ReadOutcome};
 pub(crate) use registry::open_shared;
 pub(crate) use shared::SharedFile;
+#[cfg(feature = "redis")]
+pub(crate) use time::unix_millis_coarse;
 pub(crate) use time::unix_now_coarse;
 pub(crate) use write_back::WriteBackGuard;
 
