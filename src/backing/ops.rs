@@ -235,7 +235,13 @@ impl Cache {
             return Ok(self.store(&req, page, now)? != StoreOutcome::Refused);
         };
         self.check_size(&req)?;
-        let _write_back = self.write_back_lock(page)?;
+        // Write-through: the store and the page change in one order for every writer. (A
+        // write-back `set` only changes the page; the write-backs its store may need take
+        // the lock themselves.)
+        let _write_back = match layer.mode {
+            WriteMode::Through => self.write_back_lock(page)?,
+            WriteMode::Back => None,
+        };
         let fence = match layer.mode {
             WriteMode::Through => {
                 let fence = backing.fence(key);

@@ -102,7 +102,9 @@ impl Cache {
     /// Stores `req` into `page` without dropping a dirty entry that is not in the backing
     /// store. With `if_absent`, a live value (not a key cached as absent) wins and is
     /// returned, and an expired dirty entry of the key is written back before it is replaced.
-    /// With a backing store, the caller holds `page`'s write-back lock.
+    /// Dirty entries in the way are copied out and written back under `page`'s write-back
+    /// lock: the caller's, or one taken here when the first of them is found (so a store that
+    /// evicts nothing dirty, the common case, takes none).
     pub(crate) fn store_keeping_dirty(
         &self,
         req: &NewEntry<'_>,
@@ -113,6 +115,7 @@ impl Cache {
         let slots = self.inner.geometry.start_slots;
         let in_place = self.layout() == crate::Layout::Native;
         let mut copies = Vec::new();
+        let mut write_back = None;
         let mut guard = self.lock_for_change(page)?;
         let mut resets = 0;
         let mut round = 0;
@@ -148,6 +151,17 @@ impl Cache {
                     // Only the last round drops dirty entries: written back now, unlocked.
                     self.write_back(&copies)?;
                     return Ok(Kept::Stored(outcome));
+                }
+                Ok(None)
+                    if write_back.is_none()
+                        && self.has_backing()
+                        && !self.inner.file.holds_write_back() =>
+                {
+                    // Dirty entries in the way, and copies must be taken under the write-back
+                    // lock: take it (before the page lock, as always) and look again.
+                    drop(guard);
+                    write_back = self.write_back_lock(page)?;
+                    guard = self.lock_for_change(page)?;
                 }
                 Ok(None) => {
                     drop(guard);
