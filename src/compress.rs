@@ -9,8 +9,8 @@
 
 use crate::page::format::{FLAG_COMPRESSION, FLAG_LZ4, FLAG_ZSTD};
 
-/// How a cache compresses the values it stores; see
-/// [`CacheBuilder::compression`](crate::CacheBuilder::compression).
+/// How a cache compresses the values it stores; see `CacheBuilder::compression` (features
+/// `lz4`, `zstd`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Compression {
     algo: Algo,

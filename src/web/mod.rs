@@ -25,6 +25,12 @@
 //! rather than waiting workers; a process that dies releases its locks.
 
 #![forbid(unsafe_code)]
+// Each item exists with its own feature only; the overview above links to all of them
+// (docs.rs builds with every feature).
+#![cfg_attr(
+    not(all(feature = "axum", feature = "tower-sessions")),
+    allow(rustdoc::broken_intra_doc_links)
+)]
 
 #[cfg(feature = "axum")]
 mod body;
