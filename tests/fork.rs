@@ -1,6 +1,6 @@
 //! Fork from any thread at any time, as a prefork server with helper threads does: children
-//! forked while other threads open, use and drop caches, or hold a page lock, must finish,
-//! and must never get a page lock another process holds.
+//! forked while other threads open, use and drop caches, or hold a page lock or a write-back
+//! lock, must finish, and must never get a lock another process holds.
 //!
 //! Unlike the other process tests, these fork on purpose while other threads of the test are
 //! inside the cache. A child that hangs is killed at a deadline and fails the test.
@@ -249,4 +249,99 @@ fn a_page_held_by_another_thread_at_fork_fcntl() {
 #[test]
 fn a_page_held_by_another_thread_at_fork_robust() {
     a_page_held_by_another_thread_at_fork(LockKind::Robust);
+}
+
+/// A backing store whose `store` blocks in the process that made it until told to go on, and
+/// returns at once in any other process.
+struct Blocking {
+    parent: u32,
+    entered: std::sync::Mutex<Option<mpsc::Sender<()>>>,
+    go: std::sync::Mutex<Option<mpsc::Receiver<()>>>,
+}
+
+impl fastmmap::Backing for Blocking {
+    fn load(&self, _: &[u8]) -> Result<Option<Vec<u8>>, fastmmap::BackingError> {
+        Ok(None)
+    }
+    fn store(
+        &self,
+        _: &[u8],
+        _: &[u8],
+        _: Option<std::time::SystemTime>,
+    ) -> Result<(), fastmmap::BackingError> {
+        if std::process::id() == self.parent {
+            let entered = self.entered.lock().unwrap().take();
+            if let Some(entered) = entered {
+                entered.send(()).expect("send");
+                let go = self.go.lock().unwrap().take().expect("one blocking store");
+                go.recv().expect("recv");
+            }
+        }
+        Ok(())
+    }
+    fn delete(&self, _: &[u8]) -> Result<(), fastmmap::BackingError> {
+        Ok(())
+    }
+}
+
+/// A thread of the parent is inside the backing store, holding a page's write-back lock, while
+/// the main thread forks. The child's write-through `set` of a key on that page waits for the
+/// parent's thread (the write-back lock excludes processes) and then completes: the
+/// in-process half of the lock, held by a thread the child does not have, does not hang it.
+fn a_write_back_held_by_another_thread_at_fork(lock: LockKind) {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel();
+    let cache = Cache::builder()
+        .path(dir.path().join("write-back"))
+        .lock_kind(lock)
+        .num_pages(13)
+        .page_size(4096)
+        .backing(Blocking {
+            parent: std::process::id(),
+            entered: std::sync::Mutex::new(Some(entered_tx)),
+            go: std::sync::Mutex::new(Some(go_rx)),
+        })
+        .open()
+        .expect("open");
+    std::thread::scope(|s| {
+        let cache = &cache;
+        s.spawn(move || cache.set(b"held", b"parent").expect("set"));
+        entered_rx.recv().expect("the parent's store started");
+        let child = fork_child({
+            let cache = cache.clone();
+            move || {
+                touch_every_page_but(&cache, b"held")?;
+                cache
+                    .set(b"held", b"child")
+                    .map_err(|e| format!("set: {e}"))?;
+                Ok(())
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let early = try_wait_pid(child);
+        // Let the parent's thread go before any assertion, so that a failure cannot hang.
+        go_tx.send(()).expect("send");
+        assert_eq!(
+            early, None,
+            "{lock:?}: the child wrote through while the parent's thread held the write-back lock"
+        );
+        assert_eq!(
+            wait_until(child, Instant::now() + CHILD_DEADLINE),
+            Some(Exit::Code(0)),
+            "{lock:?}: the child did not finish"
+        );
+    });
+    assert_eq!(cache.get(b"held").expect("get"), Some(b"child".to_vec()));
+}
+
+#[test]
+fn a_write_back_held_by_another_thread_at_fork_fcntl() {
+    a_write_back_held_by_another_thread_at_fork(LockKind::Fcntl);
+}
+
+#[test]
+fn a_write_back_held_by_another_thread_at_fork_robust() {
+    a_write_back_held_by_another_thread_at_fork(LockKind::Robust);
 }
