@@ -404,7 +404,9 @@ impl SessionStore {
     ///   persistent cookie, when the session's expiry moved; a deletion cookie when the
     ///   client sent a session cookie but has no stored session (invalidated, expired,
     ///   unknown, or not stored because it held nothing). For a session never loaded,
-    ///   nothing, except the deletion cookie for a cookie that holds no well-formed id.
+    ///   nothing, except the deletion cookie for a cookie that holds no well-formed id. (In
+    ///   Catalyst mode a request that sends a well-formed session cookie always loads the
+    ///   session here, as Catalyst extends it on every such request.)
     /// - with URL ids on, for a client that sent no session cookie and has a stored
     ///   session: the id goes into `location` (3xx only) and into the links of an HTML body
     ///   (see [`UrlRewriter`](crate::session::UrlRewriter)). A client that came by a URL id
@@ -424,6 +426,11 @@ impl SessionStore {
             && !visit.cookie_sent
             && (response.is_html() || response.location.is_some())
         {
+            visit.session()?;
+        }
+        if !visit.is_loaded() && visit.cookie_id.is_some() && self.is_catalyst() {
+            // Catalyst extends a session on every request that sends its cookie, used or
+            // not (and sends the cookie again with the new expiry): so does its mode here.
             visit.session()?;
         }
         let expires_at_start = visit.expires_at_start;

@@ -187,8 +187,9 @@
 //! - **Expired sessions are not reclaimed by the cache**: Store::FastMmap sets no cache
 //!   expiry (and Catalyst does not purge this store), so an abandoned session stays until it
 //!   is loaded (then deleted) or evicted from its page by newer entries.
-//! - **The expiry moves only when a request loads the session** (the layer loads lazily);
-//!   Catalyst moves it on every request that sends the cookie.
+//! - **The expiry moves on every request that sends the session cookie**, as in Catalyst:
+//!   in this mode [`SessionStore::finish`] loads a session the request never used (with
+//!   `expiry_threshold`, only one near its end is rewritten).
 //! - **Plain data only.** A session hash holding a blessed Perl object is
 //!   [`Error::BadRecord`] (and left alone): written back from Rust it would lose its class.
 //!   Catalyst's other `__` keys (`__expire_keys`, an authentication plugin's `__user`) are

@@ -134,6 +134,51 @@ fn each_load_moves_the_expiry_and_a_past_expiry_ends_the_session() {
     assert_eq!(f.raw("expires", &id), None);
 }
 
+/// As in Catalyst, a request that sends the session cookie extends the session even if it
+/// never uses it, and a persistent cookie is sent again with the new expiry.
+#[test]
+fn every_request_with_the_cookie_extends_the_session() {
+    use crate::session::{Request, Response};
+    let f = fixture(CatalystConfig::new());
+    let store = SessionStore::builder()
+        .cache(f.store.cache().clone())
+        .catalyst(CatalystConfig::new())
+        .cookie(
+            CookieConfig::new()
+                .name("myapp_session")
+                .unwrap()
+                .persistent(true),
+        )
+        .build()
+        .unwrap();
+    let id = f.stored("n", 1);
+    f.advance(100);
+    let cookie = format!("myapp_session={id}");
+    let mut visit = store.begin(&Request::new("/static/app.css").cookie(&cookie));
+    let mut response = Response::new(200);
+    store.finish(&mut visit, &mut response).unwrap();
+    assert_eq!(f.expires(&id), Some(T0 + 100 + EXPIRES));
+    let set = response
+        .set_cookie
+        .expect("the cookie, with its new expiry");
+    assert_eq!(set.value(), id.as_str());
+    assert_eq!(
+        set.expires_datetime().map(|t| t.unix_timestamp()),
+        Some((T0 + 100 + EXPIRES) as i64)
+    );
+    // The flash stays for the request that reads it.
+    let mut s = store.load(Some(&id), &Client::new()).unwrap();
+    s.flash("note", "hi").unwrap();
+    store.save(&mut s).unwrap();
+    let mut visit = store.begin(&Request::new("/static/app.css").cookie(&cookie));
+    store.finish(&mut visit, &mut Response::new(200)).unwrap();
+    let mut visit = store.begin(&Request::new("/").cookie(&cookie));
+    assert_eq!(
+        visit.get_flash::<String>("note").unwrap().as_deref(),
+        Some("hi")
+    );
+}
+
 #[test]
 fn a_session_without_its_expiry_is_deleted_as_expired() {
     let f = fixture(CatalystConfig::new());
