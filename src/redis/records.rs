@@ -181,6 +181,13 @@ impl RecordTier {
         key: &[u8],
         f: impl FnOnce(Option<&[u8]>) -> Update,
     ) -> crate::Result<(bool, Option<Vec<u8>>)> {
+        if InUpdate::inside() {
+            // The closure of an update on this thread holds a session's lock in Redis: a
+            // second update could wait for that lock until its lease ran out.
+            return Err(crate::Error::Reentrant {
+                path: local.path().to_path_buf(),
+            });
+        }
         let options = &self.pool.options;
         let rkey = options.redis_key(key);
         let mut lock = LOCK_PREFIX.to_vec();
@@ -230,7 +237,10 @@ impl RecordTier {
                 return Err(e);
             }
         };
-        let decision = f(current.as_ref().map(|s| s.record.as_slice()));
+        let decision = {
+            let _inside = InUpdate::enter();
+            f(current.as_ref().map(|s| s.record.as_slice()))
+        };
         let was_there = current.is_some();
         // What to write: the new record (with the next version) and its expiry, or a delete.
         let (value, expires) = match decision {
@@ -308,6 +318,31 @@ impl RecordTier {
     /// Releases `lock` if it is still ours (best effort: it lapses anyway).
     fn release(&self, lock: &[u8], token: &str) {
         let _ = self.pool.send("unlock", &release(lock, token));
+    }
+}
+
+thread_local! {
+    /// Whether this thread is running the closure of an update (holding a record's lock).
+    static IN_UPDATE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this thread as inside an update's closure until dropped.
+struct InUpdate;
+
+impl InUpdate {
+    fn enter() -> InUpdate {
+        IN_UPDATE.with(|c| c.set(true));
+        InUpdate
+    }
+
+    fn inside() -> bool {
+        IN_UPDATE.with(std::cell::Cell::get)
+    }
+}
+
+impl Drop for InUpdate {
+    fn drop(&mut self) {
+        IN_UPDATE.with(|c| c.set(false));
     }
 }
 

@@ -70,6 +70,38 @@ fn a_session_follows_the_user_from_host_to_host() {
     assert!(a.listener.invalidations() + b.listener.invalidations() > 0);
 }
 
+/// A session update whose closure uses the store again gets `Reentrant` at once, as with a
+/// local store, instead of waiting for the session's lock in Redis until its lease runs out.
+#[test]
+fn a_reentrant_update_is_an_error_not_a_wait() {
+    let _serial = serial();
+    let Some(server) = RedisServer::start("a_reentrant_update") else {
+        return;
+    };
+    let dir = temp_dir();
+    let a = session_host(dir.path(), "a", &server);
+    let client = Client::new();
+    let mut s = a.store.load(None, &client).unwrap();
+    s.insert("n", &1).unwrap();
+    a.store.save(&mut s).unwrap();
+    let id = *s.id();
+    let inner = a
+        .store
+        .update(&id, |s| {
+            s.insert("n", &2).unwrap();
+            a.store.update(&id, |_| ()).map(|_| ())
+        })
+        .unwrap()
+        .expect("a live session");
+    match inner {
+        Err(fastmmap::session::Error::Cache(fastmmap::Error::Reentrant { .. })) => {}
+        other => panic!("expected Reentrant, got {other:?}"),
+    }
+    // The outer update went through.
+    let s = a.store.load(Some(&id), &client).unwrap();
+    assert_eq!(s.get::<u32>("n").unwrap(), Some(2));
+}
+
 /// Forked workers on two hosts increment one session counter with `SessionStore::update`:
 /// no increment is lost (each is atomic in Redis).
 #[test]
