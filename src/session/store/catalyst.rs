@@ -7,7 +7,7 @@
 //! session writes `expires:` before `session:`, a deletion removes `session:` first, and an
 //! extension only moves an `expires:` that is still there (it never brings one back).
 
-use super::save::{CAS_ROUNDS, ID_ATTEMPTS, gone};
+use super::save::{Applied, CAS_ROUNDS, ID_ATTEMPTS, apply, gone, set_encoded};
 use super::{Client, Saved, SessionStore};
 use crate::session::catalyst::{
     CatalystConfig, CatalystRecord, EXPIRES_PREFIX, FLASH_PREFIX, SESSION_PREFIX, decode_expires,
@@ -233,16 +233,7 @@ impl SessionStore {
                     return Update::Keep;
                 }
                 let flash = std::mem::take(&mut record.flash);
-                match record.encode() {
-                    Ok(bytes) => {
-                        taken = Some(Ok(flash));
-                        Update::SetWith(bytes, Expiry::Never)
-                    }
-                    Err(e) => {
-                        taken = Some(Err(e));
-                        Update::Keep
-                    }
-                }
+                set_encoded(record.encode(), Expiry::Never, flash, &mut taken)
             })?;
         if let Some(flash) = taken.transpose()? {
             session.flash_in = flash;
@@ -499,19 +490,18 @@ impl SessionStore {
                 );
                 // Pending flash values stay pending unless `f` changes them.
                 session.flash_out = pending_flash.clone();
-                let result = f(&mut session);
-                if session.invalidated {
-                    invalidated = true;
-                    outcome = Some(Ok(result));
-                    return Update::Remove;
-                }
-                let changed = session.cleared
-                    || !session.changes.is_empty()
-                    || session.flash_out != pending_flash;
-                if !changed {
-                    outcome = Some(Ok(result));
-                    return Update::Keep;
-                }
+                let (result, session) = match apply(session, &pending_flash, f) {
+                    Applied::Invalidated(result) => {
+                        invalidated = true;
+                        outcome = Some(Ok(result));
+                        return Update::Remove;
+                    }
+                    Applied::Unchanged(result) => {
+                        outcome = Some(Ok(result));
+                        return Update::Keep;
+                    }
+                    Applied::Changed(result, session) => (result, *session),
+                };
                 let record = CatalystRecord {
                     created: session.times.created,
                     updated: now,
@@ -519,16 +509,7 @@ impl SessionStore {
                     flash: session.flash_out,
                     binding: session.binding,
                 };
-                match record.encode() {
-                    Ok(bytes) => {
-                        outcome = Some(Ok(result));
-                        Update::SetWith(bytes, Expiry::Never)
-                    }
-                    Err(e) => {
-                        outcome = Some(Err(e));
-                        Update::Keep
-                    }
-                }
+                set_encoded(record.encode(), Expiry::Never, result, &mut outcome)
             })?;
         if invalidated {
             self.catalyst_delete_all(id)?;

@@ -351,18 +351,17 @@ impl SessionStore {
             let pending_flash = record.flash.clone();
             let mut session = Session::loaded(*id, record, false);
             session.flash_out = std::mem::take(&mut session.flash_in);
-            let result = f(&mut session);
-            if session.invalidated {
-                outcome = Some(Ok(result));
-                return Update::Remove;
-            }
-            let changed = session.cleared
-                || !session.changes.is_empty()
-                || session.flash_out != pending_flash;
-            if !changed {
-                outcome = Some(Ok(result));
-                return Update::Keep;
-            }
+            let (result, session) = match apply(session, &pending_flash, f) {
+                Applied::Invalidated(result) => {
+                    outcome = Some(Ok(result));
+                    return Update::Remove;
+                }
+                Applied::Unchanged(result) => {
+                    outcome = Some(Ok(result));
+                    return Update::Keep;
+                }
+                Applied::Changed(result, session) => (result, *session),
+            };
             let mut times = session.times;
             times.updated = now;
             let record = Record {
@@ -371,18 +370,60 @@ impl SessionStore {
                 flash: session.flash_out,
                 binding: session.binding,
             };
-            match record.encode() {
-                Ok(bytes) => {
-                    outcome = Some(Ok(result));
-                    Update::SetWith(bytes, Expiry::At(from_unix_secs(times.expires)))
-                }
-                Err(e) => {
-                    outcome = Some(Err(e));
-                    Update::Keep
-                }
-            }
+            let until = Expiry::At(from_unix_secs(times.expires));
+            set_encoded(record.encode(), until, result, &mut outcome)
         })?;
         outcome.transpose()
+    }
+}
+
+/// What an update's closure did to a session loaded under the lock.
+pub(super) enum Applied<R> {
+    /// It invalidated the session: remove it.
+    Invalidated(R),
+    /// It changed nothing (flash values included): keep the record.
+    Unchanged(R),
+    /// It changed the session, which is to be written.
+    Changed(R, Box<Session>),
+}
+
+/// Runs an update's closure `f` on `session` (its pending flash values `pending_flash` in
+/// `flash_out`) and says what to do with the record.
+pub(super) fn apply<R>(
+    mut session: Session,
+    pending_flash: &Map,
+    f: impl FnOnce(&mut Session) -> R,
+) -> Applied<R> {
+    let result = f(&mut session);
+    if session.invalidated {
+        return Applied::Invalidated(result);
+    }
+    let changed =
+        session.cleared || !session.changes.is_empty() || session.flash_out != *pending_flash;
+    if changed {
+        Applied::Changed(result, Box::new(session))
+    } else {
+        Applied::Unchanged(result)
+    }
+}
+
+/// The update that stores `encoded` until `until`, with `result` as the outcome; if the record
+/// could not be encoded, the error is the outcome and nothing changes.
+pub(super) fn set_encoded<R>(
+    encoded: Result<Vec<u8>>,
+    until: Expiry,
+    result: R,
+    outcome: &mut Option<Result<R>>,
+) -> Update {
+    match encoded {
+        Ok(bytes) => {
+            *outcome = Some(Ok(result));
+            Update::SetWith(bytes, until)
+        }
+        Err(e) => {
+            *outcome = Some(Err(e));
+            Update::Keep
+        }
     }
 }
 
