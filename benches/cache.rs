@@ -539,6 +539,17 @@ fn write_back(c: &mut Criterion) {
             let v = value(9);
             b.iter(|| black_box(cache.set(keys.next(), &v).unwrap()))
         });
+        g.bench_function(format!("{name}/update_overwrite"), |b| {
+            let mut keys = Rotor::new(&hot, 0);
+            let v = value(5);
+            b.iter(|| {
+                black_box(
+                    cache
+                        .update(keys.next(), |_| Update::Set(v.to_vec()))
+                        .unwrap(),
+                )
+            })
+        });
     }
     g.finish();
 }
