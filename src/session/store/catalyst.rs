@@ -256,25 +256,10 @@ impl SessionStore {
             None => self.new_id()?,
         };
         for _ in 0..ID_ATTEMPTS {
-            let mut taken = false;
-            records.update(&key(EXPIRES_PREFIX, &id), |old| {
-                if old.is_some() {
-                    taken = true;
-                    return Update::Keep;
-                }
-                Update::SetWith(expires_bytes.clone(), Expiry::Never)
-            })?;
-            if !taken {
-                records.update(&key(SESSION_PREFIX, &id), |old| {
-                    if old.is_some() {
-                        taken = true;
-                        return Update::Keep;
-                    }
-                    Update::SetWith(bytes.clone(), Expiry::Never)
-                })?;
-                if !taken {
-                    return Ok(id);
-                }
+            if records.insert(&key(EXPIRES_PREFIX, &id), &expires_bytes, Expiry::Never)?
+                && records.insert(&key(SESSION_PREFIX, &id), &bytes, Expiry::Never)?
+            {
+                return Ok(id);
             }
             id = self.new_id()?;
         }

@@ -71,6 +71,22 @@ impl Records {
         self.cache.update(key, f)
     }
 
+    /// Stores `value` under `key` until `expiry` only if the key holds nothing, atomically;
+    /// whether it did (a new session's id must be free).
+    pub(crate) fn insert(&self, key: &[u8], value: &[u8], expiry: Expiry) -> Result<bool> {
+        // `update` hands back only the value after it, which cannot tell an insert from a
+        // record already holding the same bytes: the decision leaves through `free`.
+        let mut free = false;
+        self.update(key, |old| {
+            if old.is_some() {
+                return Update::Keep;
+            }
+            free = true;
+            Update::SetWith(value.to_vec(), expiry)
+        })?;
+        Ok(free)
+    }
+
     /// Stores `value` under `key` until `expiry`; whether it was stored (see [`Cache::set_with`]).
     pub(crate) fn set_with(&self, key: &[u8], value: &[u8], expiry: Expiry) -> Result<bool> {
         #[cfg(feature = "redis")]

@@ -126,16 +126,9 @@ impl SessionStore {
             Some(id) => id,
             None => self.new_id()?,
         };
+        let until = Expiry::At(from_unix_secs(expires));
         for _ in 0..ID_ATTEMPTS {
-            let mut taken = false;
-            self.inner.records.update(&self.key(&id), |old| {
-                if old.is_some() {
-                    taken = true;
-                    return Update::Keep;
-                }
-                Update::SetWith(bytes.to_vec(), Expiry::At(from_unix_secs(expires)))
-            })?;
-            if !taken {
+            if self.inner.records.insert(&self.key(&id), bytes, until)? {
                 return Ok(id);
             }
             id = self.new_id()?;
