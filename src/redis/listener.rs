@@ -123,8 +123,13 @@ impl Listener {
         })
     }
 
-    /// Where the listener is now.
+    /// Where the listener is now. In a forked child the listener's thread does not exist
+    /// (it lives in the parent): `Stopped`, without touching the status lock, which a fork
+    /// may have copied while the thread held it.
     pub fn status(&self) -> ListenerStatus {
+        if self.pid != std::process::id() {
+            return ListenerStatus::Stopped;
+        }
         self.shared
             .status
             .lock()

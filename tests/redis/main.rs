@@ -427,6 +427,11 @@ fn a_listener_in_a_forked_child_is_left_alone() {
     let mut children = Children::new();
     let listener = a.listener;
     children.spawn(move || {
+        // Its thread is the parent's: the child's copy reports it stopped (without the
+        // status lock, which the fork may have copied held).
+        if listener.status() != fastmmap::redis::ListenerStatus::Stopped {
+            return Err(format!("child sees {:?}", listener.status()));
+        }
         drop(listener);
         Ok(())
     });
