@@ -158,7 +158,18 @@ pub(crate) struct CatalystRecord {
 }
 
 fn bad(reason: &'static str) -> Error {
-    Error::BadRecord { reason }
+    Error::BadRecord {
+        reason,
+        source: None,
+    }
+}
+
+/// [`bad`], keeping what the Perl decoder or encoder said.
+fn bad_perl(reason: &'static str) -> impl FnOnce(crate::perl::Error) -> Error {
+    move |e| Error::BadRecord {
+        reason,
+        source: Some(Box::new(e)),
+    }
 }
 
 /// A time as Perl may have stored it: a non-negative integer (or a string or float of one).
@@ -192,14 +203,15 @@ fn has_object(data: &crate::perl::PerlData) -> bool {
 impl CatalystRecord {
     /// Reads a `session:SID` value as Store::FastMmap writes it (`freeze(\%session)`).
     pub(crate) fn decode(bytes: &[u8]) -> Result<CatalystRecord> {
-        let data = storable::thaw(bytes).map_err(|_| bad("session:SID is not a Storable image"))?;
+        let data =
+            storable::thaw(bytes).map_err(bad_perl("session:SID is not a Storable image"))?;
         if has_object(&data) {
             return Err(bad(
                 "session:SID holds a blessed Perl object, which Rust cannot write back",
             ));
         }
         let mut map: Map = storable::from_data(&data)
-            .map_err(|_| bad("session:SID is not a Perl hash of plain data"))?;
+            .map_err(bad_perl("session:SID is not a Perl hash of plain data"))?;
         let created = map
             .remove(CREATED_KEY)
             .map(|v| time_of(&v).ok_or_else(|| bad("__created is not a time")))
@@ -264,7 +276,7 @@ impl CatalystRecord {
         }
         PerlFormat::default()
             .encode(&Value::Object(hash))
-            .map_err(|_| bad("session values cannot be written as Perl data"))
+            .map_err(bad_perl("session values cannot be written as Perl data"))
     }
 }
 
@@ -272,7 +284,7 @@ impl CatalystRecord {
 pub(crate) fn decode_expires(bytes: &[u8]) -> Result<u64> {
     let value: Value = PerlFormat::default()
         .decode(bytes)
-        .map_err(|_| bad("expires:SID is not a Storable image"))?;
+        .map_err(bad_perl("expires:SID is not a Storable image"))?;
     time_of(&value).ok_or_else(|| bad("expires:SID is not a time"))
 }
 
@@ -281,7 +293,7 @@ pub(crate) fn encode_expires(at: u64) -> Result<Vec<u8>> {
     let at = i64::try_from(at.min(MAX_TIME)).unwrap_or(i64::MAX);
     PerlFormat::default()
         .encode(&at)
-        .map_err(|_| bad("an expiry time cannot be written as Perl data"))
+        .map_err(bad_perl("an expiry time cannot be written as Perl data"))
 }
 
 #[cfg(test)]

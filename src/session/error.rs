@@ -54,6 +54,10 @@ pub enum Error {
     BadRecord {
         /// What is wrong with it.
         reason: &'static str,
+        /// The decoder's own account, where one decoder read it (Perl's Storable, in
+        /// Catalyst mode: where in the image, and what).
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     },
 
     /// The stored record was written in a record format this version does not know (for

@@ -124,7 +124,10 @@ pub(crate) struct Record {
 }
 
 fn bad(reason: &'static str) -> Error {
-    Error::BadRecord { reason }
+    Error::BadRecord {
+        reason,
+        source: None,
+    }
 }
 
 /// The `N` bytes at `offset`, or zeros past the end (callers check the length first; this
@@ -520,7 +523,7 @@ mod tests {
         ];
         for (bytes, want) in cases {
             match Record::decode(&bytes) {
-                Err(Error::BadRecord { reason }) => {
+                Err(Error::BadRecord { reason, .. }) => {
                     assert!(reason.contains(want), "{reason:?} should mention {want:?}")
                 }
                 other => panic!("expected BadRecord({want}), got {other:?}"),
@@ -602,7 +605,7 @@ mod tests {
             let offset = CREATED_OFFSET + field * TIME_SIZE;
             bytes[offset..offset + TIME_SIZE].copy_from_slice(&junk.to_le_bytes());
             match Record::decode(&bytes) {
-                Err(Error::BadRecord { reason }) => prop_assert!(reason.contains("2106")),
+                Err(Error::BadRecord { reason, .. }) => prop_assert!(reason.contains("2106")),
                 other => prop_assert!(false, "{:?}", other),
             }
         }

@@ -277,6 +277,9 @@ fn what_perl_cannot_have_written_is_a_bad_record_and_left_alone() {
         f.store.update(&id, |_| ()),
         Err(Error::BadRecord { .. })
     ));
+    // The Storable decoder's own account of what it found comes along as the source.
+    let e = f.store.load(Some(&id), &Client::new()).unwrap_err();
+    assert!(std::error::Error::source(&e).is_some(), "{e:?}");
     assert_eq!(f.raw("session", &id).as_deref(), Some(&b"garbage"[..]));
     f.store
         .cache()
