@@ -12,6 +12,7 @@
 //! Without Catalyst or Starman the tests skip with a banner, unless
 //! `FASTMMAP_REQUIRE_CATALYST=1` (as in CI) makes that a failure.
 
+mod common;
 #[path = "catalyst/harness.rs"]
 mod harness;
 

@@ -91,17 +91,7 @@ pub fn store_pl_command(file: &Path, command: &str, sid: &str) -> Command {
 
 /// The output lines of a `store.pl` run that must have succeeded.
 pub fn checked_output(command: &str, out: std::process::Output) -> Vec<String> {
-    assert!(
-        out.status.success(),
-        "store.pl {command} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("store.pl prints UTF-8")
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    crate::common::output_lines(&format!("store.pl {command}"), out)
 }
 
 /// The demo binary cargo built for the tests (`target/<profile>/examples/web`), if it did.

@@ -665,6 +665,12 @@ pub fn run_to_completion(cmd: &mut std::process::Command, input: &str, what: &st
         .join()
         .expect("writer thread")
         .expect("write to perl");
+    output_lines(what, out)
+}
+
+/// The stdout lines of a finished program that must have succeeded; panics with its stderr,
+/// naming it `what`, if it did not.
+pub fn output_lines(what: &str, out: std::process::Output) -> Vec<String> {
     assert!(
         out.status.success(),
         "{what} failed ({}):\n{}",
@@ -672,7 +678,7 @@ pub fn run_to_completion(cmd: &mut std::process::Command, input: &str, what: &st
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout)
-        .expect("perl prints UTF-8")
+        .expect("the program prints UTF-8")
         .lines()
         .map(str::to_owned)
         .collect()
