@@ -40,8 +40,10 @@ pub(crate) enum Kept {
 }
 
 impl Cache {
-    /// Whether this handle has a backing store.
-    pub(crate) fn has_backing(&self) -> bool {
+    /// Whether this handle has a backing store ([`CacheBuilder::backing`]).
+    ///
+    /// [`CacheBuilder::backing`]: crate::CacheBuilder::backing
+    pub fn has_backing(&self) -> bool {
         self.inner
             .layer
             .as_ref()

@@ -70,6 +70,31 @@ fn a_session_follows_the_user_from_host_to_host() {
     assert!(a.listener.invalidations() + b.listener.invalidations() > 0);
 }
 
+/// The Redis tier writes the records itself: a cache that has a backing store of its own
+/// is refused, with a reason, rather than writing every record twice.
+#[test]
+fn a_cache_with_a_backing_store_is_refused_under_a_redis_tier() {
+    let dir = temp_dir();
+    let path = dir.path().join("backed.sessions");
+    let options = fastmmap::redis::RedisOptions::new("redis://127.0.0.1:1/").unwrap();
+    let cache = Cache::builder()
+        .path(&path)
+        .backing(fastmmap::redis::RedisBacking::new(options.clone(), &path))
+        .open()
+        .unwrap();
+    assert!(cache.has_backing());
+    let e = SessionStore::builder()
+        .cache(cache)
+        .redis(options)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(e, fastmmap::session::Error::InvalidOptions { .. })
+            && e.to_string().contains("backing"),
+        "{e}"
+    );
+}
+
 /// A session update whose closure uses the store again gets `Reentrant` at once, as with a
 /// local store, instead of waiting for the session's lock in Redis until its lease runs out.
 #[test]

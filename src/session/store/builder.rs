@@ -181,7 +181,8 @@ impl SessionStoreBuilder {
     /// [`Error::InvalidOptions`] for unusable options (a zero lifetime or idle timeout, a
     /// threshold not below the idle timeout or without one, an empty key prefix, both
     /// `cache` and `path`, an invalid cookie, native options with Catalyst mode, Catalyst mode
-    /// with a Redis tier); [`Error::Cache`] if the cache cannot be opened.
+    /// with a Redis tier, a Redis tier over a cache with a backing store); [`Error::Cache`]
+    /// if the cache cannot be opened.
     pub fn build(self) -> Result<SessionStore> {
         let invalid = |reason: &str| Error::InvalidOptions {
             reason: reason.to_owned(),
@@ -267,6 +268,13 @@ impl SessionStoreBuilder {
         };
         #[cfg(feature = "redis")]
         let records = match self.redis {
+            Some(_) if cache.has_backing() => {
+                // The Redis tier writes the records itself; a backing store of the cache
+                // would write them a second time, unordered with the tier's own writes.
+                return Err(invalid(
+                    "a session store with a Redis tier needs a cache without a backing store",
+                ));
+            }
             Some(options) => Records::with_redis(cache, options),
             None => Records::new(cache),
         };
