@@ -58,7 +58,9 @@ pub(crate) struct SharedFile {
     /// The per-page rows of the native header can be written (native layout, read-write).
     pub(super) rows: bool,
     pub(super) locks: PageLocks,
-    /// One write-back lock per page (see `write_back.rs`).
+    /// One write-back lock per page (see `write_back.rs`). Made at open even for handles
+    /// without a backing store (4 bytes a page): made lazily, a fork from another thread
+    /// could copy its initialisation half done, and the child would wait for it forever.
     pub(super) write_back_locks: PageLocks,
     /// Resets per page, for the FastMmap layout (which has no header to count them in).
     pub(super) local_resets: Box<[AtomicU64]>,
