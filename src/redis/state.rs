@@ -17,8 +17,8 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const TRUST_OFFSET: u64 = 0;
@@ -77,7 +77,9 @@ fn open_options() -> OpenOptions {
 pub(crate) struct StateReader {
     cache_path: PathBuf,
     path: PathBuf,
-    file: OnceLock<File>,
+    /// The open state file, once found. Taken with `try_lock` only: a fork from a thread
+    /// holding it would leave it locked in the child, which then opens its own.
+    file: Mutex<Option<Arc<File>>>,
     /// The last trust reading: Unix milliseconds `<< 1`, `| 1` if trusted.
     seen: AtomicU64,
 }
@@ -87,20 +89,31 @@ impl StateReader {
         StateReader {
             cache_path: cache_path.to_path_buf(),
             path: state_path(cache_path),
-            file: OnceLock::new(),
+            file: Mutex::new(None),
             seen: AtomicU64::new(0),
         }
     }
 
-    fn file(&self) -> Option<&File> {
-        if let Some(f) = self.file.get() {
+    /// The state file, if it exists and has the cache file's owner: the one kept, or one
+    /// opened now (kept for next time unless another thread holds the slot).
+    fn file(&self) -> Option<Arc<File>> {
+        let mut slot = match self.file.try_lock() {
+            Ok(slot) => Some(slot),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        if let Some(f) = slot.as_ref().and_then(|s| (**s).clone()) {
             return Some(f);
         }
         let f = open_options().open(&self.path).ok()?;
         if !same_owner(&f, &self.cache_path).ok()? {
             return None;
         }
-        Some(self.file.get_or_init(|| f))
+        let f = Arc::new(f);
+        if let Some(slot) = slot.as_mut() {
+            **slot = Some(Arc::clone(&f));
+        }
+        Some(f)
     }
 
     /// The trust word, if the host trusts its cache file now: `None` while distrusted, with
@@ -121,8 +134,8 @@ impl StateReader {
     /// The fence of `key`: `None` while the host does not trust its cache file.
     pub(crate) fn fence(&self, key: &[u8]) -> Option<u64> {
         let file = self.file()?;
-        let trust = self.trust(file)?;
-        let counter = read_u64(file, counter_offset(key)).ok()?;
+        let trust = self.trust(&file)?;
+        let counter = read_u64(&file, counter_offset(key)).ok()?;
         Some((trust << 32) ^ counter)
     }
 
@@ -135,7 +148,7 @@ impl StateReader {
         if now.saturating_sub(seen >> 1) < TRUST_RECHECK.as_millis() as u64 {
             return seen & 1 == 1;
         }
-        let trusted = self.file().and_then(|f| self.trust(f)).is_some();
+        let trusted = self.file().and_then(|f| self.trust(&f)).is_some();
         self.seen
             .store(now << 1 | u64::from(trusted), Ordering::Relaxed);
         trusted
