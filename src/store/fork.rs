@@ -19,8 +19,8 @@
 
 #![allow(unsafe_code)]
 
-use std::sync::Once;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 /// Bumped in every child right after `fork`.
 static GENERATION: AtomicU32 = AtomicU32::new(0);
@@ -45,18 +45,46 @@ extern "C" fn in_child() {
     super::registry::unlock_after_fork();
 }
 
+/// [`install`]'s progress: not yet, under way (in one thread), done.
+static INSTALL: AtomicU8 = AtomicU8::new(NOT_INSTALLED);
+const NOT_INSTALLED: u8 = 0;
+const INSTALLING: u8 = 1;
+const INSTALLED: u8 = 2;
+/// How long a thread waits for another thread's install before going on without it: only a
+/// child forked in the middle of one waits that long (its installing thread is gone).
+const INSTALL_WAIT: Duration = Duration::from_millis(10);
+
 /// Installs the fork handlers, once per process, before the first cache is opened.
+///
+/// Not a `std::sync::Once`: a fork from another thread in the middle of `call_once` would
+/// leave the child's copy running forever, and its first open would wait for it forever.
 pub(crate) fn install() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: the handlers are plain functions. The prepare handler takes the registry
-        // lock (held only briefly, never across user code, and never by a thread that forks,
-        // since nothing under it forks); the others release it and bump an atomic, which is
-        // all a child may safely do before it is running normally.
-        let rc = unsafe { libc::pthread_atfork(Some(prepare), Some(in_parent), Some(in_child)) };
-        // pthread_atfork fails only with ENOMEM, at start-up; forks are then not protected.
-        debug_assert_eq!(rc, 0, "pthread_atfork");
-    });
+    if INSTALL.load(Ordering::Acquire) == INSTALLED {
+        return;
+    }
+    if INSTALL
+        .compare_exchange(
+            NOT_INSTALLED,
+            INSTALLING,
+            Ordering::Acquire,
+            Ordering::Acquire,
+        )
+        .is_err()
+    {
+        let deadline = Instant::now() + INSTALL_WAIT;
+        while INSTALL.load(Ordering::Acquire) == INSTALLING && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        return;
+    }
+    // SAFETY: the handlers are plain functions. The prepare handler takes the registry
+    // lock (held only briefly, never across user code, and never by a thread that forks,
+    // since nothing under it forks); the others release it and bump an atomic, which is
+    // all a child may safely do before it is running normally.
+    let rc = unsafe { libc::pthread_atfork(Some(prepare), Some(in_parent), Some(in_child)) };
+    // pthread_atfork fails only with ENOMEM, at start-up; forks are then not protected.
+    debug_assert_eq!(rc, 0, "pthread_atfork");
+    INSTALL.store(INSTALLED, Ordering::Release);
 }
 
 /// Tag of a lock held in fork generation `generation`: never 0 (free) and never has
