@@ -206,6 +206,21 @@ pub enum Error {
         dangling: bool,
     },
 
+    /// The directory for the default cache file (no [`CacheBuilder::path`](crate::CacheBuilder::path)
+    /// given) is not private to this user: another user may have created it first, or it is
+    /// open to others. Nothing was created in it.
+    #[error(
+        "{dir}: {reason}: refused as the directory of the default cache file; remove it (or \
+         make it a directory of this user's with mode 0700), or give the cache a path \
+         (CacheBuilder::path)"
+    )]
+    UnsafeDirectory {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The file is not a cache file: it is left untouched. For a Cache::FastMmap-layout file
     /// (which has no header), page 0 is neither a valid page nor empty;
     /// [`CacheBuilder::reset`](crate::CacheBuilder::reset) or
