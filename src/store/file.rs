@@ -122,6 +122,7 @@ pub(crate) fn open(req: &OpenRequest) -> Result<Opened> {
                     reason: format!("{what}, not a regular file"),
                 });
             }
+            Err(Refusal::Symlink) => return Err(symlink_error(req)),
             Err(Refusal::Owner(owner)) => return Err(foreign_owner(req, owner)),
             Err(Refusal::Io(e)) => e,
         };

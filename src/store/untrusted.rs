@@ -45,6 +45,8 @@ pub(crate) enum Refusal {
     /// Something other than a regular file is at the name: what it is ("a FIFO (named
     /// pipe)", "a socket", "a directory", …).
     NotRegular(&'static str),
+    /// A symbolic link at the name, which was not to be followed.
+    Symlink,
     /// A regular file owned by a user the caller does not trust: its owner.
     Owner(u32),
 }
@@ -57,6 +59,10 @@ impl Refusal {
             Refusal::NotRegular(what) => io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{what}, not a regular file"),
+            ),
+            Refusal::Symlink => io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a symbolic link, which is not followed",
             ),
             Refusal::Owner(uid) => io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -107,7 +113,10 @@ pub(crate) fn open_checked(
     if let Some(mode) = access.create {
         opts.create(true).mode(mode);
     }
-    let file = opts.open(path).map_err(Refusal::Io)?;
+    let file = match opts.open(path) {
+        Ok(file) => file,
+        Err(e) => return Err(refusal(path, access, e)),
+    };
     let md = file.metadata().map_err(Refusal::Io)?;
     if let Some(what) = not_regular(&md) {
         return Err(Refusal::NotRegular(what));
@@ -117,6 +126,33 @@ pub(crate) fn open_checked(
     }
     clear_nonblock(&file).map_err(Refusal::Io)?;
     Ok((file, md))
+}
+
+/// Why the open of `path` failed with `e`: what is at the name when that is the reason.
+fn refusal(path: &Path, access: Access, e: io::Error) -> Refusal {
+    let errno = e.raw_os_error().unwrap_or(0);
+    if errno == libc::ELOOP && !access.follow_symlinks {
+        let link = std::fs::symlink_metadata(path).is_ok_and(|md| md.file_type().is_symlink());
+        return if link {
+            Refusal::Symlink
+        } else {
+            Refusal::Io(e)
+        };
+    }
+    // A socket (ENXIO), a device without a driver (ENODEV), a directory opened for writing
+    // (EISDIR): say what is there rather than how the open failed.
+    if ![libc::ENXIO, libc::ENODEV, libc::EISDIR].contains(&errno) {
+        return Refusal::Io(e);
+    }
+    let md = if access.follow_symlinks {
+        std::fs::metadata(path)
+    } else {
+        std::fs::symlink_metadata(path)
+    };
+    match md.ok().as_ref().and_then(not_regular) {
+        Some(what) => Refusal::NotRegular(what),
+        None => Refusal::Io(e),
+    }
 }
 
 /// Clears `O_NONBLOCK` (meaningless for a regular file today, but not left behind).
@@ -228,7 +264,7 @@ mod tests {
         std::os::unix::fs::symlink(&path, &link).unwrap();
         assert!(matches!(
             open_checked(&link, Access::READ, |_| true),
-            Err(Refusal::Io(e)) if e.raw_os_error() == Some(libc::ELOOP)
+            Err(Refusal::Symlink)
         ));
         let follow = Access {
             follow_symlinks: true,
@@ -239,9 +275,21 @@ mod tests {
             open_checked(&path, Access::READ, |_| false),
             Err(Refusal::Owner(_))
         ));
+        let write = Access {
+            write: true,
+            ..Access::READ
+        };
+        for access in [Access::READ, write] {
+            assert!(matches!(
+                open_checked(dir.path(), access, |_| true),
+                Err(Refusal::NotRegular("a directory"))
+            ));
+        }
+        let socket = dir.path().join("s");
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
         assert!(matches!(
-            open_checked(dir.path(), Access::READ, |_| true),
-            Err(Refusal::NotRegular("a directory"))
+            open_checked(&socket, Access::READ, |_| true),
+            Err(Refusal::NotRegular("a socket"))
         ));
         let (file, md) = open_checked(&path, Access::READ, |_| true).unwrap();
         assert_eq!(md.len(), 1);
