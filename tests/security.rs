@@ -791,32 +791,135 @@ fn a_read_only_reader_waits_for_a_writer_in_another_process() {
     assert_eq!(ro.get(b"k").expect("get"), Some(b"written".to_vec()));
 }
 
-#[test]
-fn the_default_per_user_file_is_private() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    assert!(rerun(
-        "default_file_in_tmpdir",
-        &[
-            ("TMPDIR", dir.path()),
-            ("FASTMMAP_DEFAULT_FILE_TEST", dir.path())
-        ],
-        false,
-        None
-    ));
+/// The default file's directory when no `$XDG_RUNTIME_DIR` is usable: per user, in `tmp`.
+fn default_dir_in(tmp: &Path) -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    tmp.join(format!("fastmmap-{}", unsafe { libc::geteuid() }))
 }
 
-/// Runs only when re-executed by the test above, with TMPDIR pointing at a fresh directory.
+/// Runs `default_file_in_tmpdir` in a fresh process with TMPDIR `tmp` and XDG_RUNTIME_DIR
+/// `xdg` (empty: unset), expecting `expect` (see there).
+fn default_file_case(tmp: &Path, xdg: &Path, expect: &str) {
+    let expect = PathBuf::from(expect);
+    assert!(
+        rerun(
+            "default_file_in_tmpdir",
+            &[
+                ("TMPDIR", tmp),
+                ("XDG_RUNTIME_DIR", xdg),
+                ("FASTMMAP_DEFAULT_FILE_TEST", &expect),
+            ],
+            false,
+            None
+        ),
+        "default file with TMPDIR {} and XDG_RUNTIME_DIR {:?}: expected {} (details above)",
+        tmp.display(),
+        xdg,
+        expect.display()
+    );
+}
+
+#[test]
+fn the_default_per_user_file_is_private() {
+    let none = Path::new("");
+    // A fresh temp dir: a private directory is made in it, and the file in that.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let private = default_dir_in(tmp.path());
+    default_file_case(tmp.path(), none, &format!("ok:{}", private.display()));
+    let md = fs::symlink_metadata(&private).expect("stat");
+    assert!(md.is_dir());
+    assert_eq!(md.permissions().mode() & 0o7777, 0o700);
+    // Again, into the directory it made before.
+    default_file_case(tmp.path(), none, &format!("ok:{}", private.display()));
+
+    // $XDG_RUNTIME_DIR, when it is a private directory of ours, is used as it is.
+    let xdg = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(xdg.path(), fs::Permissions::from_mode(0o700)).expect("chmod");
+    default_file_case(
+        tmp.path(),
+        xdg.path(),
+        &format!("ok:{}", xdg.path().display()),
+    );
+    // One that others may enter is passed over for the temp dir.
+    fs::set_permissions(xdg.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    default_file_case(tmp.path(), xdg.path(), &format!("ok:{}", private.display()));
+
+    // The private directory opened to others, replaced by a link or by a file: refused,
+    // naming the directory, and nothing is created.
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o755)).expect("chmod");
+    default_file_case(tmp.path(), none, "unsafe:mode 0755");
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).expect("chmod");
+    let moved = tmp.path().join("moved");
+    fs::rename(&private, &moved).expect("rename");
+    std::os::unix::fs::symlink(&moved, &private).expect("symlink");
+    default_file_case(tmp.path(), none, "unsafe:a symbolic link");
+    fs::remove_file(&private).expect("unlink");
+    fs::write(&private, b"").expect("write");
+    default_file_case(tmp.path(), none, "unsafe:a regular file, not a directory");
+    fs::remove_file(&private).expect("unlink");
+    mkfifo(&private);
+    default_file_case(tmp.path(), none, "unsafe:FIFO");
+    fs::remove_file(&private).expect("unlink");
+
+    // Another user who made the directory first (mode 0700, so that it looks private).
+    if !root_or_skip("the_default_per_user_file_is_private (another user's directory)") {
+        return;
+    }
+    fs::create_dir(&private).expect("mkdir");
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).expect("chmod");
+    std::os::unix::fs::chown(&private, Some(NOBODY), Some(NOBODY)).expect("chown");
+    default_file_case(tmp.path(), none, "unsafe:owned by uid 65534");
+    assert_eq!(
+        names_in(&private),
+        Vec::<String>::new(),
+        "nothing created in it"
+    );
+}
+
+/// Runs only when re-executed by the test above, with TMPDIR and XDG_RUNTIME_DIR set.
+/// `FASTMMAP_DEFAULT_FILE_TEST` is `ok:DIR` (the default cache and session files open, in
+/// DIR, with mode 0600) or `unsafe:TEXT` (both are refused with `Error::UnsafeDirectory`, whose
+/// message contains TEXT and says what to do).
 #[test]
 fn default_file_in_tmpdir() {
-    let Some(dir) = std::env::var_os("FASTMMAP_DEFAULT_FILE_TEST") else {
+    let Some(expect) = std::env::var_os("FASTMMAP_DEFAULT_FILE_TEST") else {
         return;
     };
-    let cache = Cache::builder().open().expect("default file");
-    assert!(cache.path().starts_with(&dir), "{}", cache.path().display());
-    let mode = fs::metadata(cache.path())
-        .expect("stat")
-        .permissions()
-        .mode()
-        & 0o777;
-    assert_eq!(mode, 0o600, "the default per-user file is created private");
+    let expect = expect.into_string().expect("UTF-8");
+    if let Some(dir) = expect.strip_prefix("ok:") {
+        let cache = Cache::builder().open().expect("default file");
+        assert_eq!(cache.path(), Path::new(dir).join("fastmmap.cache"));
+        let mode = fs::metadata(cache.path())
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "the default per-user file is created private");
+        #[cfg(feature = "session")]
+        fastmmap::session::SessionStore::builder()
+            .build()
+            .expect("session store on the default file");
+        return;
+    }
+    let text = expect.strip_prefix("unsafe:").expect("ok: or unsafe:");
+    let check = |e: Error| match e {
+        Error::UnsafeDirectory {
+            ref dir,
+            ref reason,
+        } => {
+            let message = e.to_string();
+            assert!(reason.contains(text), "{message}");
+            assert!(dir.starts_with(std::env::temp_dir()), "{}", dir.display());
+            assert!(message.contains(&*dir.to_string_lossy()), "{message}");
+            assert!(message.contains("remove it"), "{message}");
+            assert!(message.contains("CacheBuilder::path"), "{message}");
+        }
+        other => panic!("expected UnsafeDirectory, got {other:?}"),
+    };
+    check(Cache::builder().open().err().expect("refused"));
+    #[cfg(feature = "session")]
+    match fastmmap::session::SessionStore::builder().build() {
+        Err(fastmmap::session::Error::Cache(e)) => check(e),
+        other => panic!("session store: expected a refusal, got {:?}", other.err()),
+    }
 }
