@@ -27,6 +27,9 @@ pub(crate) struct Access {
     pub follow_symlinks: bool,
 }
 
+// Only the Redis state file's reader opens for reading only, and reports refusals as I/O
+// errors.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 impl Access {
     /// Reading only, not following a link at the name.
     pub(crate) const READ: Access = Access {
@@ -51,6 +54,7 @@ pub(crate) enum Refusal {
     Owner(u32),
 }
 
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 impl Refusal {
     /// The refusal as an I/O error, for callers that report those.
     pub(crate) fn into_io(self) -> io::Error {

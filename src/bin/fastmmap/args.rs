@@ -111,6 +111,12 @@ Perl would read as undef), or an entry too large for FILE's pages, stops the loa
 and a message naming the line (`stdin:LINE: ...`), and nothing is stored. An error while
 storing (a failing lock) stops it part way, and the records before it stay stored.
 
+Memory holds one line at a time, whatever the size of the input: the checked records wait in
+an unnamed temporary file in $TMPDIR (readable by you only, about as large as the input, gone
+when `load` ends) until the last line has passed. A line longer than six times the largest
+entry of FILE plus 1 KiB cannot hold a record that fits (a byte takes at most six characters
+of JSON): it stops the load as soon as that much of it is read.
+
 Each record keeps its expiry time and flags. A record whose expiry time has passed is skipped.
 A record with a modseq is stored as `set_if_newer` stores it, and is refused if FILE holds a
 newer modseq for the key; a record without one is refused by a live tombstone. Refused records
@@ -299,7 +305,8 @@ pub(crate) enum Command {
     Set {
         #[command(flatten)]
         key: KeyArgs,
-        /// The value, or "-" to read it from stdin
+        /// The value, or "-" to read it from stdin (up to the most that fits in a page with
+        /// KEY: a longer value is refused after one byte more, and nothing is stored)
         value: OsString,
         /// Expire the entry this many seconds from now
         #[arg(long, value_name = "SECONDS")]

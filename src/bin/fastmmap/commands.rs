@@ -153,7 +153,7 @@ fn value_from_stdin(cache: &Cache, path: &Path, key: &[u8]) -> Result<Vec<u8>, F
         Failure::at(
             path,
             format_args!(
-                "key {}: too large: {what} (a page holds entries of at most {max} bytes); \
+                "key {}: too large for a page (entries of at most {max} bytes): {what}; \
                  nothing stored",
                 escape(key)
             ),
