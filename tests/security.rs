@@ -916,7 +916,7 @@ fn default_file_in_tmpdir() {
         }
         other => panic!("expected UnsafeDirectory, got {other:?}"),
     };
-    check(Cache::builder().open().err().expect("refused"));
+    check(Cache::builder().open().expect_err("refused"));
     #[cfg(feature = "session")]
     match fastmmap::session::SessionStore::builder().build() {
         Err(fastmmap::session::Error::Cache(e)) => check(e),
