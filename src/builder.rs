@@ -11,13 +11,14 @@ use crate::compress::Compression;
 use crate::expiry::ceil_secs;
 use crate::layout::KeyHash;
 use crate::page::format::MIN_PAGE_SIZE;
+use crate::store::untrusted::DirProblem;
 use crate::store::{
     self, DEFAULT_NUM_PAGES, DEFAULT_PAGE_SIZE, MAX_NUM_PAGES, OpenRequest, Requested, untrusted,
 };
+use crate::{Error, Layout, LockKind, Result};
 
 /// Mode of a new file unless [`CacheBuilder::permissions`] says otherwise: the owner's only.
 const DEFAULT_PERMISSIONS: u32 = 0o600;
-use crate::{Error, Layout, LockKind, Result};
 
 /// Options for opening a cache; see [`Cache::builder`].
 #[derive(Clone, Debug)]
@@ -470,7 +471,12 @@ pub(crate) fn default_path() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("fastmmap-{user}"));
     match untrusted::private_dir(&dir, user) {
         Ok(()) => Ok(dir.join(DEFAULT_FILE_NAME)),
-        Err(reason) => Err(Error::UnsafeDirectory { dir, reason }),
+        Err(DirProblem::NotPrivate(reason)) => Err(Error::UnsafeDirectory { dir, reason }),
+        Err(DirProblem::Create(source)) => Err(Error::Io {
+            path: dir,
+            op: "create the directory of the default cache file",
+            source,
+        }),
     }
 }
 

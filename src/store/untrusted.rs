@@ -214,17 +214,26 @@ pub(crate) fn check_private_dir(
     Ok(())
 }
 
+/// Why [`private_dir`] cannot give a directory.
+#[derive(Debug)]
+pub(crate) enum DirProblem {
+    /// It exists but is not private: why.
+    NotPrivate(String),
+    /// It does not exist and cannot be created.
+    Create(io::Error),
+}
+
 /// A directory only `user` can reach, for default files: `dir` itself once it is checked by
 /// [`check_private_dir`], created with mode 0700 if it does not exist. A directory another
 /// user made first, or one open to others, is refused with the reason, never used or changed.
-pub(crate) fn private_dir(dir: &Path, user: u32) -> Result<(), String> {
+pub(crate) fn private_dir(dir: &Path, user: u32) -> Result<(), DirProblem> {
     use std::os::unix::fs::DirBuilderExt;
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("cannot be created: {e}")),
+        Err(e) => return Err(DirProblem::Create(e)),
     }
-    check_private_dir(dir, user, false)
+    check_private_dir(dir, user, false).map_err(DirProblem::NotPrivate)
 }
 
 #[cfg(test)]
