@@ -1794,3 +1794,14 @@ fn load_streams_a_large_dump_in_bounded_memory() {
         Some(value.into_bytes())
     );
 }
+
+/// `create` makes a file only its owner may read or write, whatever the umask.
+#[test]
+fn create_makes_a_private_file() {
+    use std::os::unix::fs::PermissionsExt;
+    for kind in BOTH {
+        let f = Fixture::created(kind);
+        let mode = std::fs::metadata(&f.path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{kind:?}");
+    }
+}
