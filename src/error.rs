@@ -176,7 +176,8 @@ pub enum Error {
     /// The file belongs to another user, who could read or change everything in it. See
     /// [`CacheBuilder::allow_owner`](crate::CacheBuilder::allow_owner).
     #[error(
-        "{path}: owned by uid {owner}, not by this user (uid {user}) or root: refused, since its          owner controls everything read from it (CacheBuilder::allow_owner trusts an owner)"
+        "{path}: owned by uid {owner}, not by this user (uid {user}) or root: refused, since its \
+         owner controls everything read from it (CacheBuilder::allow_owner trusts an owner)"
     )]
     ForeignOwner {
         /// The cache file.

@@ -127,6 +127,7 @@ pub(crate) fn open(req: &OpenRequest) -> Result<Opened> {
             Err(Refusal::Io(e)) => e,
         };
         match e {
+            // Links followed, but they lead round in a loop.
             e if e.raw_os_error() == Some(libc::ELOOP) && is_symlink(&req.path) => {
                 return Err(symlink_error(req));
             }
