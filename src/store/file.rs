@@ -368,14 +368,7 @@ fn create(req: &OpenRequest) -> Result<()> {
         Layout::Native => LockKind::default(),
         Layout::FastMmap => LockKind::Fcntl,
     });
-    let tmp = temp_name(&req.path, &dir);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(req.permissions)
-        .open(&tmp)
-        .map_err(|e| req.io("create", e))?;
+    let (tmp, file) = create_temp(req, &dir)?;
     let _remove_tmp = RemoveOnDrop(&tmp);
     file.set_permissions(fs::Permissions::from_mode(req.permissions))
         .map_err(|e| req.io("chmod", e))?;
@@ -414,6 +407,28 @@ fn create(req: &OpenRequest) -> Result<()> {
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(req.io("publish (link)", e)),
     }
+}
+
+/// Creates a new temporary file in `dir` for `req`. A name that exists already (planted by
+/// someone who guessed it, even as a link: `O_EXCL` never follows one) is not ours: another
+/// name is tried.
+fn create_temp(req: &OpenRequest, dir: &Path) -> Result<(PathBuf, File)> {
+    let mut taken = io::Error::from(ErrorKind::AlreadyExists);
+    for _ in 0..16 {
+        let tmp = temp_name(&req.path, dir);
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(req.permissions)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => taken = e,
+            Err(e) => return Err(req.io("create", e)),
+        }
+    }
+    Err(req.io("create a temporary file", taken))
 }
 
 /// Gives the new file its size with every block allocated, so that a full filesystem is an
