@@ -49,7 +49,8 @@ KEYS AND VALUES
 
 TRUST
     A FILE owned by another user (root aside), or a symbolic link at FILE, is refused (exit
-    2). A fastmmap-layout FILE whose page 0 is neither a cache page nor empty is not taken for
+    2); so is a FIFO, socket or device at FILE, at once, without waiting on it (`check`
+    exits 3). New files are created with mode 0600. A fastmmap-layout FILE whose page 0 is neither a cache page nor empty is not taken for
     a cache: every command refuses it without writing (`check` exits 3), and only
     `check --repair` overwrites it.
 
