@@ -11,10 +11,14 @@ use crate::compress::Compression;
 use crate::expiry::ceil_secs;
 use crate::layout::KeyHash;
 use crate::page::format::MIN_PAGE_SIZE;
+use crate::store::untrusted::DirProblem;
 use crate::store::{
-    self, DEFAULT_NUM_PAGES, DEFAULT_PAGE_SIZE, MAX_NUM_PAGES, OpenRequest, Requested,
+    self, DEFAULT_NUM_PAGES, DEFAULT_PAGE_SIZE, MAX_NUM_PAGES, OpenRequest, Requested, untrusted,
 };
 use crate::{Error, Layout, LockKind, Result};
+
+/// Mode of a new file unless [`CacheBuilder::permissions`] says otherwise: the owner's only.
+const DEFAULT_PERMISSIONS: u32 = 0o600;
 
 /// Options for opening a cache; see [`Cache::builder`].
 #[derive(Clone, Debug)]
@@ -84,11 +88,15 @@ impl Default for CacheBuilder {
 }
 
 impl CacheBuilder {
-    /// The cache file. Default: `fastmmap-<uid>.cache` in the temp directory.
+    /// The cache file. Default: `fastmmap.cache` in a directory only this user can reach —
+    /// `$XDG_RUNTIME_DIR` if it is set to a directory of this user's with mode 0700 or
+    /// stricter, else `fastmmap-<uid>/` in the temp directory, created with mode 0700. A
+    /// default directory that is not this user's or is open to others is refused with
+    /// [`Error::UnsafeDirectory`], naming it.
     ///
-    /// Put it in a directory only this user can write to (`$XDG_RUNTIME_DIR`, or a directory
-    /// of mode 0700): in a directory every user shares, such as `/tmp` or `/dev/shm`, another
-    /// user can create the name first. Such a file is refused (see
+    /// Put an explicit path in a directory only this user can write to, too: in a directory
+    /// every user shares, such as `/tmp` or `/dev/shm`, another user can create the name
+    /// first. Such a file (or a FIFO, socket or device planted there) is refused (see
     /// [`allow_owner`](Self::allow_owner)), but the cache is then unusable until it is removed.
     pub fn path(mut self, path: impl AsRef<Path>) -> Self {
         self.path = Some(path.as_ref().to_path_buf());
@@ -151,7 +159,13 @@ impl CacheBuilder {
     }
 
     /// Mode of a newly created file, applied exactly (not masked by the umask). Default
-    /// `0o640`; `0o600` for the default per-user file (no [`path`](Self::path) given).
+    /// `0o600`: the owner only.
+    ///
+    /// To share a file with a group, give it that group (a set-group-id directory, or
+    /// `chown`) and `0o640` (the group reads) or `0o660` (the group writes too). Whoever may
+    /// read the file reads every entry; with [`LockKind::Fcntl`] locks a reader can also hold
+    /// shared record locks on pages, which stall the owner's writers for as long as it
+    /// holds them. A file with [`LockKind::Robust`] locks cannot be opened read-only at all.
     pub fn permissions(mut self, mode: u32) -> Self {
         self.permissions = Some(mode);
         self
@@ -281,7 +295,10 @@ impl CacheBuilder {
     /// existing file is not what was asked for. The file is left untouched in every case, and
     /// no temporary file is left behind.
     pub fn open(self) -> Result<Cache> {
-        let path = self.path.clone().unwrap_or_else(default_path);
+        let path = match &self.path {
+            Some(path) => path.clone(),
+            None => default_path()?,
+        };
         let invalid = |reason: String| Error::InvalidOptions {
             path: path.clone(),
             reason,
@@ -321,12 +338,7 @@ impl CacheBuilder {
             layout: self.layout,
             lock_kind: self.lock_kind,
             requested,
-            // The default per-user file is nobody else's business.
-            permissions: self.permissions.unwrap_or(if self.path.is_some() {
-                0o640
-            } else {
-                0o600
-            }),
+            permissions: self.permissions.unwrap_or(DEFAULT_PERMISSIONS),
             follow_symlinks: self.follow_symlinks,
             allowed_owners: self.allowed_owners.clone(),
             read_only: self.read_only,
@@ -436,9 +448,36 @@ pub(crate) fn derive_geometry(
     Ok((np as u32, ps))
 }
 
-/// The default cache file: per user, in the temp directory.
-pub(crate) fn default_path() -> PathBuf {
-    std::env::temp_dir().join(format!("fastmmap-{}.cache", store::current_uid()))
+/// The name of the default cache file in its directory.
+const DEFAULT_FILE_NAME: &str = "fastmmap.cache";
+
+/// The default cache file, in a directory only this user can reach: `$XDG_RUNTIME_DIR` when it
+/// is set to a directory of this user's with mode 0700 or stricter, else
+/// `<temp dir>/fastmmap-<uid>/`, created with mode 0700 if it does not exist.
+///
+/// A name in a directory every user shares could be taken by anyone first; a directory of
+/// one's own cannot. That directory is checked (owned by this user, a directory and not a
+/// link, no permissions for group or others) and refused with what to do otherwise.
+pub(crate) fn default_path() -> Result<PathBuf> {
+    let user = store::effective_uid();
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        // The variable may be left over from another user (`su`): only a private directory
+        // of ours is used, else the temp directory.
+        if dir.is_absolute() && untrusted::check_private_dir(&dir, user, true).is_ok() {
+            return Ok(dir.join(DEFAULT_FILE_NAME));
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("fastmmap-{user}"));
+    match untrusted::private_dir(&dir, user) {
+        Ok(()) => Ok(dir.join(DEFAULT_FILE_NAME)),
+        Err(DirProblem::NotPrivate(reason)) => Err(Error::UnsafeDirectory { dir, reason }),
+        Err(DirProblem::Create(source)) => Err(Error::Io {
+            path: dir,
+            op: "create the directory of the default cache file",
+            source,
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -176,7 +176,8 @@ pub enum Error {
     /// The file belongs to another user, who could read or change everything in it. See
     /// [`CacheBuilder::allow_owner`](crate::CacheBuilder::allow_owner).
     #[error(
-        "{path}: owned by uid {owner}, not by this user (uid {user}) or root: refused, since its          owner controls everything read from it (CacheBuilder::allow_owner trusts an owner)"
+        "{path}: owned by uid {owner}, not by this user (uid {user}) or root: refused, since its \
+         owner controls everything read from it (CacheBuilder::allow_owner trusts an owner)"
     )]
     ForeignOwner {
         /// The cache file.
@@ -204,6 +205,21 @@ pub enum Error {
         path: PathBuf,
         /// Whether the link's target is missing.
         dangling: bool,
+    },
+
+    /// The directory for the default cache file (no [`CacheBuilder::path`](crate::CacheBuilder::path)
+    /// given) is not private to this user: another user may have created it first, or it is
+    /// open to others. Nothing was created in it.
+    #[error(
+        "{dir}: {reason}: refused as the directory of the default cache file; remove it (or \
+         make it a directory of this user's with mode 0700), or give the cache a path \
+         (CacheBuilder::path)"
+    )]
+    UnsafeDirectory {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        reason: String,
     },
 
     /// The file is not a cache file: it is left untouched. For a Cache::FastMmap-layout file

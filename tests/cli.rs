@@ -1511,3 +1511,297 @@ fn reading_commands_work_for_a_user_who_may_only_read() {
         assert!(err.contains("cannot be opened read-only"), "{err}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Planted files and large inputs
+
+/// Runs `cmd` (stdin closed), killing it and failing the test if it has not exited within
+/// [`STUCK`] (a command blocked opening a planted FIFO never would).
+fn run_command_bounded(mut cmd: Command, what: &str) -> Run {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start fastmmap");
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let Ok(output) = rx.recv_timeout(STUCK) else {
+        // SAFETY: kill has no memory preconditions; the child is not reaped yet (its waiting
+        // thread is still blocked), so the pid is still ours.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        panic!("{what}: still running after {STUCK:?}");
+    };
+    let output = output.expect("wait for fastmmap");
+    Run {
+        code: output.status.code().expect("exited, not killed"),
+        stdout: output.stdout,
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn mkfifo(path: &std::path::Path, mode: libc::mode_t) {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+    // SAFETY: `c` is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), mode) }, 0, "mkfifo");
+    // mkfifo's mode is masked by the umask: set it exactly.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A FIFO, a socket or a symbolic link at FILE: every command refuses it at once. The reading
+/// commands are run by a user who may not write FILE, so that they take their read-only
+/// fallback (which used to block forever opening a FIFO): as `nobody` on root's files, or on
+/// files of mode 0444 of one's own.
+#[test]
+fn a_fifo_socket_or_link_at_file_is_refused_at_once() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let public = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(public.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = public.path().join("fastmmap");
+    std::fs::copy(BIN, &bin).expect("copy binary");
+    let target = public.path().join("target.cache");
+    Cache::builder()
+        .path(&target)
+        .lock_kind(LockKind::Fcntl)
+        .permissions(0o444)
+        .open()
+        .expect("create the link's target");
+    let fifo = public.path().join("fifo");
+    mkfifo(&fifo, 0o444);
+    let socket = public.path().join("socket");
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
+    let link = public.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+
+    let reading: [&[&str]; 5] = [&["get", "k"], &["keys"], &["stats"], &["dump"], &["check"]];
+    let writing: [&[&str]; 4] = [&["set", "k", "v"], &["remove", "k"], &["purge"], &["clear"]];
+    for (path, what) in [
+        (&fifo, "FIFO"),
+        (&socket, "socket"),
+        (&link, "symbolic link"),
+    ] {
+        for (args, reads) in reading
+            .iter()
+            .map(|a| (a, true))
+            .chain(writing.iter().map(|a| (a, false)))
+        {
+            let mut cmd = Command::new(&bin);
+            cmd.arg(args[0]).arg(path).args(&args[1..]);
+            if root {
+                cmd.uid(65534).gid(65534);
+            }
+            let label = format!("{} {}", args.join(" "), path.display());
+            let r = run_command_bounded(cmd, &label);
+            assert!(r.code == 2 || r.code == 3, "{label}: {r:?}");
+            assert!(
+                r.stderr.contains(&*path.to_string_lossy()),
+                "{label}: {}",
+                r.stderr
+            );
+            // A writing command is refused for want of permission before it looks further.
+            if reads {
+                assert!(r.stderr.contains(what), "{label}: {}", r.stderr);
+            }
+        }
+    }
+}
+
+/// What a run with a generated stdin left behind: the run, how many bytes of stdin it took
+/// before it exited, and its peak resident set size in bytes.
+struct Streamed {
+    run: Run,
+    written: u64,
+    peak_rss: u64,
+}
+
+/// Runs the binary with `args`, feeding it `total` bytes from `generate` (called with the
+/// offset and a buffer to fill) through a pipe, and measures the child's peak RSS with
+/// `wait4`. Writing stops when the child stops reading.
+fn run_streamed(
+    args: &[&OsStr],
+    total: u64,
+    mut generate: impl FnMut(u64, &mut Vec<u8>) + Send + 'static,
+) -> Streamed {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start fastmmap");
+    let pid = child.id() as libc::pid_t;
+    let mut input = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || {
+        let mut written = 0u64;
+        let mut chunk = Vec::new();
+        while written < total {
+            chunk.clear();
+            generate(written, &mut chunk);
+            if input.write_all(&chunk).is_err() {
+                break; // the command stopped reading (EPIPE)
+            }
+            written += chunk.len() as u64;
+        }
+        written
+    });
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        stdout.read_to_end(&mut v).expect("read stdout");
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        stderr.read_to_end(&mut v).expect("read stderr");
+        v
+    });
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child, not reaped by anyone else (`child` is never waited on);
+    // `status` and `usage` are valid for writes.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(rc, pid, "wait4: {}", std::io::Error::last_os_error());
+    drop(child);
+    let written = writer.join().expect("writer");
+    assert!(libc::WIFEXITED(status), "killed: status {status}");
+    Streamed {
+        run: Run {
+            code: libc::WEXITSTATUS(status),
+            stdout: out.join().expect("stdout"),
+            stderr: String::from_utf8_lossy(&err.join().expect("stderr")).into_owned(),
+        },
+        written,
+        // ru_maxrss is in KiB on Linux.
+        peak_rss: u64::try_from(usage.ru_maxrss).expect("maxrss") * 1024,
+    }
+}
+
+const MIB: u64 = 1 << 20;
+
+/// `FASTMMAP_STRESS=long` asks for the long runs (as in the other test files).
+fn long_mode() -> bool {
+    std::env::var("FASTMMAP_STRESS").is_ok_and(|v| v == "long")
+}
+
+/// `set KEY -` stops reading stdin one byte past the largest value that fits with KEY: a
+/// value of 300 MB is refused after a few KiB, in a few MiB of memory, and nothing is stored;
+/// a value of exactly the limit is stored.
+#[test]
+fn set_from_stdin_reads_no_more_than_fits() {
+    let f = Fixture::created(Kind::Native);
+    let max = f.cache().max_entry_size();
+    let key = b"big";
+    // An entry is a 24-byte header, the key and the value, padded to 4 bytes.
+    let limit = max / 4 * 4 - 24 - key.len();
+    let total = 300 * MIB;
+    let mut args: Vec<&OsStr> = vec!["set".as_ref(), f.path.as_os_str()];
+    args.extend([OsStr::from_bytes(key), "-".as_ref()]);
+    let s = run_streamed(&args, total, |_, chunk| chunk.resize(64 * 1024, b'v'));
+    assert_eq!(s.run.code, 2, "{:?}", s.run);
+    assert!(s.run.stderr.contains("too large"), "{}", s.run.stderr);
+    assert!(
+        s.run.stderr.contains(&format!("{limit} bytes")),
+        "{}",
+        s.run.stderr
+    );
+    // What it took: its own read of limit + 1 bytes, and what the pipe buffered.
+    assert!(s.written < 16 * MIB, "read {} bytes of stdin", s.written);
+    assert!(s.peak_rss < 64 * MIB, "peak RSS {} bytes", s.peak_rss);
+    assert_eq!(f.cache().get(key).unwrap(), None, "something was stored");
+
+    let value = vec![b'v'; limit];
+    f.run_with("set", &[key, b"-"], &value).ok();
+    assert_eq!(f.cache().get(key).unwrap(), Some(value));
+}
+
+/// `load` refuses a line longer than any record that fits, after reading about that much of
+/// it: one line of 300 MB costs a few MiB, and nothing is stored.
+#[test]
+fn load_refuses_an_overlong_line_without_reading_it_whole() {
+    let f = Fixture::created(Kind::Native);
+    let total = 300 * MIB;
+    let args: Vec<&OsStr> = vec!["load".as_ref(), f.path.as_os_str()];
+    let s = run_streamed(&args, total, |at, chunk| {
+        if at == 0 {
+            chunk
+                .extend_from_slice(b"{\"key\":\"a\",\"value\":\"1\"}\n{\"key\":\"k\",\"value\":\"");
+        }
+        chunk.resize(chunk.len() + 64 * 1024, b'x');
+    });
+    assert_eq!(s.run.code, 2, "{:?}", s.run);
+    assert!(
+        s.run
+            .stderr
+            .starts_with("fastmmap: stdin:2: line longer than"),
+        "{}",
+        s.run.stderr
+    );
+    assert!(s.written < 16 * MIB, "read {} bytes of stdin", s.written);
+    assert!(s.peak_rss < 64 * MIB, "peak RSS {} bytes", s.peak_rss);
+    assert_eq!(f.run("keys", &[]).ok().stdout, b"", "something was stored");
+}
+
+/// `load` holds one record in memory at a time: a large dump (64 MiB here, 1 GiB with
+/// `FASTMMAP_STRESS=long`) of 1 KiB records loads in a small fraction of its size, every
+/// record checked before any is stored.
+#[test]
+fn load_streams_a_large_dump_in_bounded_memory() {
+    let f = Fixture::created(Kind::Native);
+    let total = if long_mode() { 1024 * MIB } else { 64 * MIB };
+    let value = "x".repeat(1000);
+    let args: Vec<&OsStr> = vec!["load".as_ref(), f.path.as_os_str()];
+    let mut n = 0u64;
+    let line_value = value.clone();
+    let s = run_streamed(&args, total, move |_, chunk| {
+        for _ in 0..64 {
+            n += 1;
+            writeln!(chunk, "{{\"key\":\"k{n:09}\",\"value\":\"{line_value}\"}}").unwrap();
+        }
+    });
+    assert_eq!(s.run.code, 0, "{:?}", s.run);
+    // Every line has the same length; lines are written whole, 64 at a time.
+    let line_len = format!("{{\"key\":\"k{:09}\",\"value\":\"{value}\"}}\n", 1).len() as u64;
+    let records = s.written / line_len;
+    assert!(s.written >= total, "wrote {}", s.written);
+    assert_eq!(
+        s.run.text(),
+        format!("{records} entries loaded, 0 expired skipped, 0 refused\n")
+    );
+    eprintln!(
+        "load of {} MiB: peak RSS {:.1} MiB",
+        s.written / MIB,
+        s.peak_rss as f64 / MIB as f64
+    );
+    assert!(
+        s.peak_rss < total / 2 && s.peak_rss < 100 * MIB,
+        "peak RSS {} bytes for {} bytes of input",
+        s.peak_rss,
+        s.written
+    );
+    // The small cache keeps the last records stored.
+    let last = format!("k{records:09}");
+    assert_eq!(
+        f.cache().get(last.as_bytes()).unwrap(),
+        Some(value.into_bytes())
+    );
+}
+
+/// `create` makes a file only its owner may read or write, whatever the umask.
+#[test]
+fn create_makes_a_private_file() {
+    use std::os::unix::fs::PermissionsExt;
+    for kind in BOTH {
+        let f = Fixture::created(kind);
+        let mode = std::fs::metadata(&f.path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{kind:?}");
+    }
+}

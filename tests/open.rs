@@ -25,7 +25,7 @@ fn defaults_and_adopted_geometry() {
     assert_eq!(cache.layout(), Layout::Native);
     assert_eq!(
         fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-        0o640
+        0o600
     );
     drop(cache);
 

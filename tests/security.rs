@@ -384,6 +384,209 @@ fn a_dangling_symlink_says_so() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Things planted at a name: FIFOs, sockets, devices, links
+
+/// How long a call that must not block may take before the test calls it hung: far beyond
+/// what an open takes on a loaded machine.
+const HANG: Duration = Duration::from_secs(20);
+
+/// Runs `f` on its own thread and returns its result; fails the test if it has not returned
+/// within [`HANG`] (an open blocked on a planted FIFO never would). A hung thread is left
+/// blocked: the test fails either way.
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(HANG)
+        .unwrap_or_else(|_| panic!("{what}: still blocked after {HANG:?}"))
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: `c` is a valid NUL-terminated path.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
+    assert_eq!(rc, 0, "mkfifo {}", path.display());
+}
+
+/// What another user might leave at a name.
+#[derive(Clone, Copy, Debug)]
+enum Planted {
+    Fifo,
+    Socket,
+    /// A link to a FIFO (refused as a link unless links are followed).
+    LinkToFifo,
+    /// A link to /dev/null (a character device), followed.
+    LinkToDevice,
+}
+
+const PLANTED: [Planted; 4] = [
+    Planted::Fifo,
+    Planted::Socket,
+    Planted::LinkToFifo,
+    Planted::LinkToDevice,
+];
+
+impl Planted {
+    /// Puts it at `path`; returns what an open should call it.
+    fn plant(self, path: &Path) -> &'static str {
+        match self {
+            Planted::Fifo => {
+                mkfifo(path);
+                "FIFO"
+            }
+            Planted::Socket => {
+                drop(std::os::unix::net::UnixListener::bind(path).expect("bind"));
+                "socket"
+            }
+            Planted::LinkToFifo => {
+                let target = path.with_extension("fifo-target");
+                mkfifo(&target);
+                std::os::unix::fs::symlink(&target, path).expect("symlink");
+                "FIFO"
+            }
+            Planted::LinkToDevice => {
+                std::os::unix::fs::symlink("/dev/null", path).expect("symlink");
+                "character device"
+            }
+        }
+    }
+
+    fn is_link(self) -> bool {
+        matches!(self, Planted::LinkToFifo | Planted::LinkToDevice)
+    }
+}
+
+#[test]
+fn a_fifo_socket_device_or_link_at_the_cache_path_is_refused_at_once() {
+    let dir = temp_dir();
+    for planted in PLANTED {
+        let path = dir.path().join(format!("{planted:?}"));
+        let what = planted.plant(&path);
+        let builders = [
+            Cache::builder(),
+            Cache::builder().read_only(true),
+            Cache::builder().reset(true),
+            Cache::builder().layout(Layout::FastMmap),
+            Cache::builder().layout(Layout::FastMmap).read_only(true),
+        ];
+        for (i, builder) in builders.into_iter().enumerate() {
+            let p = path.clone();
+            let b = builder.clone().path(&p);
+            let result = within(&format!("{planted:?} open {i}"), move || b.open());
+            match result {
+                Err(Error::Symlink { .. }) if planted.is_link() => {}
+                Err(e @ Error::NotACache { page: None, .. }) if !planted.is_link() => {
+                    let text = e.to_string();
+                    assert!(text.contains(what), "{planted:?} {i}: {text}");
+                    assert!(text.contains(&*path.to_string_lossy()), "{text}");
+                }
+                other => panic!("{planted:?} open {i}: expected a refusal, got {other:?}"),
+            }
+            if planted.is_link() {
+                // Followed, the link leads to something that is not a file either.
+                let b = builder.path(&p).follow_symlinks(true);
+                match within(&format!("{planted:?} followed {i}"), move || b.open()) {
+                    Err(e @ Error::NotACache { page: None, .. }) => {
+                        assert!(e.to_string().contains(what), "{planted:?} {i}: {e}");
+                    }
+                    other => panic!("{planted:?} followed {i}: expected NotACache, got {other:?}"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_fifo_planted_by_another_user_is_refused_at_once() {
+    if !root_or_skip("a_fifo_planted_by_another_user_is_refused_at_once") {
+        return;
+    }
+    let dir = temp_dir();
+    let path = dir.path().join("planted");
+    mkfifo(&path);
+    std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY)).expect("chown");
+    for read_only in [false, true] {
+        let b = Cache::builder().path(&path).read_only(read_only);
+        match within("foreign FIFO", move || b.open()) {
+            Err(e @ Error::NotACache { .. }) => assert!(e.to_string().contains("FIFO"), "{e}"),
+            other => panic!("expected NotACache, got {other:?}"),
+        }
+    }
+}
+
+/// Things planted at `<cache>.redis`, the Redis tier's state file: a `get` neither hangs nor
+/// trusts them, and a listener refuses to start on them.
+#[cfg(feature = "redis")]
+#[test]
+fn a_planted_redis_state_file_hangs_nothing_and_is_not_trusted() {
+    use fastmmap::redis::{Listener, RedisBacking, RedisOptions};
+
+    let dir = temp_dir();
+    let path = dir.path().join("c");
+    let state = dir.path().join("c.redis");
+    // Nothing listens on port 1 of the loopback address: every Redis call fails at once.
+    let options = RedisOptions::new("redis://127.0.0.1:1/").expect("options");
+    let plain = Cache::open(&path).expect("create");
+    let cache = Cache::builder()
+        .path(&path)
+        .backing(RedisBacking::new(options.clone(), &path))
+        .open()
+        .expect("open with the Redis tier");
+    type Plant = Box<dyn Fn(&Path) -> &'static str>;
+    // A link is refused as a link: the state file's name is never followed.
+    let mut plants: Vec<Plant> = PLANTED
+        .into_iter()
+        .map(|p| {
+            Box::new(move |s: &Path| {
+                let what = p.plant(s);
+                if p.is_link() { "symbolic link" } else { what }
+            }) as Plant
+        })
+        .collect();
+    if is_root() {
+        // Another user's state file claiming a trusted host with a fresh heartbeat.
+        plants.push(Box::new(|s: &Path| {
+            let mut bytes = vec![0u8; 16 + 8 * 4096];
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_millis() as u64;
+            bytes[8..16].copy_from_slice(&now.to_ne_bytes());
+            fs::write(s, &bytes).expect("write");
+            std::os::unix::fs::chown(s, Some(NOBODY), Some(NOBODY)).expect("chown");
+            "uid 65534"
+        }));
+    }
+    for (i, plant) in plants.iter().enumerate() {
+        let what = plant(&state);
+        plain.set(b"k", b"local").expect("set");
+        let c = cache.clone();
+        let got = within(&format!("get with planted state file {i}"), move || {
+            c.get(b"k")
+        });
+        assert!(
+            got.is_err(),
+            "{i}: a value was served on the word of a planted state file: {got:?}"
+        );
+        let (c, o) = (cache.clone(), options.clone());
+        match within(&format!("Listener::start {i}"), move || {
+            Listener::start(o, &c)
+        }) {
+            Err(e) => {
+                let text = e.to_string();
+                assert!(text.contains("c.redis"), "{i}: {text}");
+                assert!(text.contains(what), "{i}: {text}");
+            }
+            Ok(_) => panic!("{i}: a listener started on a planted state file"),
+        }
+        for p in [state.clone(), state.with_extension("fifo-target")] {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Files that are not caches
 
 #[test]
@@ -588,32 +791,135 @@ fn a_read_only_reader_waits_for_a_writer_in_another_process() {
     assert_eq!(ro.get(b"k").expect("get"), Some(b"written".to_vec()));
 }
 
-#[test]
-fn the_default_per_user_file_is_private() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    assert!(rerun(
-        "default_file_in_tmpdir",
-        &[
-            ("TMPDIR", dir.path()),
-            ("FASTMMAP_DEFAULT_FILE_TEST", dir.path())
-        ],
-        false,
-        None
-    ));
+/// The default file's directory when no `$XDG_RUNTIME_DIR` is usable: per user, in `tmp`.
+fn default_dir_in(tmp: &Path) -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    tmp.join(format!("fastmmap-{}", unsafe { libc::geteuid() }))
 }
 
-/// Runs only when re-executed by the test above, with TMPDIR pointing at a fresh directory.
+/// Runs `default_file_in_tmpdir` in a fresh process with TMPDIR `tmp` and XDG_RUNTIME_DIR
+/// `xdg` (empty: unset), expecting `expect` (see there).
+fn default_file_case(tmp: &Path, xdg: &Path, expect: &str) {
+    let expect = PathBuf::from(expect);
+    assert!(
+        rerun(
+            "default_file_in_tmpdir",
+            &[
+                ("TMPDIR", tmp),
+                ("XDG_RUNTIME_DIR", xdg),
+                ("FASTMMAP_DEFAULT_FILE_TEST", &expect),
+            ],
+            false,
+            None
+        ),
+        "default file with TMPDIR {} and XDG_RUNTIME_DIR {:?}: expected {} (details above)",
+        tmp.display(),
+        xdg,
+        expect.display()
+    );
+}
+
+#[test]
+fn the_default_per_user_file_is_private() {
+    let none = Path::new("");
+    // A fresh temp dir: a private directory is made in it, and the file in that.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let private = default_dir_in(tmp.path());
+    default_file_case(tmp.path(), none, &format!("ok:{}", private.display()));
+    let md = fs::symlink_metadata(&private).expect("stat");
+    assert!(md.is_dir());
+    assert_eq!(md.permissions().mode() & 0o7777, 0o700);
+    // Again, into the directory it made before.
+    default_file_case(tmp.path(), none, &format!("ok:{}", private.display()));
+
+    // $XDG_RUNTIME_DIR, when it is a private directory of ours, is used as it is.
+    let xdg = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(xdg.path(), fs::Permissions::from_mode(0o700)).expect("chmod");
+    default_file_case(
+        tmp.path(),
+        xdg.path(),
+        &format!("ok:{}", xdg.path().display()),
+    );
+    // One that others may enter is passed over for the temp dir.
+    fs::set_permissions(xdg.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    default_file_case(tmp.path(), xdg.path(), &format!("ok:{}", private.display()));
+
+    // The private directory opened to others, replaced by a link or by a file: refused,
+    // naming the directory, and nothing is created.
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o755)).expect("chmod");
+    default_file_case(tmp.path(), none, "unsafe:mode 0755");
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).expect("chmod");
+    let moved = tmp.path().join("moved");
+    fs::rename(&private, &moved).expect("rename");
+    std::os::unix::fs::symlink(&moved, &private).expect("symlink");
+    default_file_case(tmp.path(), none, "unsafe:a symbolic link");
+    fs::remove_file(&private).expect("unlink");
+    fs::write(&private, b"").expect("write");
+    default_file_case(tmp.path(), none, "unsafe:a regular file, not a directory");
+    fs::remove_file(&private).expect("unlink");
+    mkfifo(&private);
+    default_file_case(tmp.path(), none, "unsafe:FIFO");
+    fs::remove_file(&private).expect("unlink");
+
+    // Another user who made the directory first (mode 0700, so that it looks private).
+    if !root_or_skip("the_default_per_user_file_is_private (another user's directory)") {
+        return;
+    }
+    fs::create_dir(&private).expect("mkdir");
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).expect("chmod");
+    std::os::unix::fs::chown(&private, Some(NOBODY), Some(NOBODY)).expect("chown");
+    default_file_case(tmp.path(), none, "unsafe:owned by uid 65534");
+    assert_eq!(
+        names_in(&private),
+        Vec::<String>::new(),
+        "nothing created in it"
+    );
+}
+
+/// Runs only when re-executed by the test above, with TMPDIR and XDG_RUNTIME_DIR set.
+/// `FASTMMAP_DEFAULT_FILE_TEST` is `ok:DIR` (the default cache and session files open, in
+/// DIR, with mode 0600) or `unsafe:TEXT` (both are refused with `Error::UnsafeDirectory`, whose
+/// message contains TEXT and says what to do).
 #[test]
 fn default_file_in_tmpdir() {
-    let Some(dir) = std::env::var_os("FASTMMAP_DEFAULT_FILE_TEST") else {
+    let Some(expect) = std::env::var_os("FASTMMAP_DEFAULT_FILE_TEST") else {
         return;
     };
-    let cache = Cache::builder().open().expect("default file");
-    assert!(cache.path().starts_with(&dir), "{}", cache.path().display());
-    let mode = fs::metadata(cache.path())
-        .expect("stat")
-        .permissions()
-        .mode()
-        & 0o777;
-    assert_eq!(mode, 0o600, "the default per-user file is created private");
+    let expect = expect.into_string().expect("UTF-8");
+    if let Some(dir) = expect.strip_prefix("ok:") {
+        let cache = Cache::builder().open().expect("default file");
+        assert_eq!(cache.path(), Path::new(dir).join("fastmmap.cache"));
+        let mode = fs::metadata(cache.path())
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "the default per-user file is created private");
+        #[cfg(feature = "session")]
+        fastmmap::session::SessionStore::builder()
+            .build()
+            .expect("session store on the default file");
+        return;
+    }
+    let text = expect.strip_prefix("unsafe:").expect("ok: or unsafe:");
+    let check = |e: Error| match e {
+        Error::UnsafeDirectory {
+            ref dir,
+            ref reason,
+        } => {
+            let message = e.to_string();
+            assert!(reason.contains(text), "{message}");
+            assert!(dir.starts_with(std::env::temp_dir()), "{}", dir.display());
+            assert!(message.contains(&*dir.to_string_lossy()), "{message}");
+            assert!(message.contains("remove it"), "{message}");
+            assert!(message.contains("CacheBuilder::path"), "{message}");
+        }
+        other => panic!("expected UnsafeDirectory, got {other:?}"),
+    };
+    check(Cache::builder().open().expect_err("refused"));
+    #[cfg(feature = "session")]
+    match fastmmap::session::SessionStore::builder().build() {
+        Err(fastmmap::session::Error::Cache(e)) => check(e),
+        other => panic!("session store: expected a refusal, got {:?}", other.err()),
+    }
 }

@@ -780,17 +780,24 @@ fn a_session_file_the_store_creates_is_private() {
     assert_eq!(store.cache().path(), path);
     assert_eq!(format!("{:o}", mode_of(&path)), "600");
 
-    // The default file, in the temp directory (a child sets TMPDIR to a directory of its
-    // own, so the test touches no real default file).
+    // The default file, in this user's private directory in the temp directory (a child sets
+    // TMPDIR to a directory of its own, so the test touches no real default file).
     let tmp = temp_dir();
     let mut kids = Children::new();
     kids.spawn(|| {
         // SAFETY: the forked child has a single thread.
-        unsafe { std::env::set_var("TMPDIR", tmp.path()) };
+        unsafe {
+            std::env::set_var("TMPDIR", tmp.path());
+            std::env::remove_var("XDG_RUNTIME_DIR");
+        }
         let store = SessionStore::builder().build().map_err(|e| e.to_string())?;
         let file = store.cache().path();
-        if file.parent() != Some(tmp.path()) {
-            return Err(format!("default session file {file:?} not in TMPDIR"));
+        // SAFETY: geteuid has no preconditions.
+        let private = tmp
+            .path()
+            .join(format!("fastmmap-{}", unsafe { libc::geteuid() }));
+        if file.parent() != Some(&private) {
+            return Err(format!("default session file {file:?} not in {private:?}"));
         }
         match mode_of(file) {
             0o600 => Ok(()),

@@ -98,6 +98,8 @@ mod commands;
 mod escape;
 #[path = "fastmmap/failure.rs"]
 mod failure;
+#[path = "fastmmap/input.rs"]
+mod input;
 #[path = "fastmmap/record.rs"]
 mod record;
 

@@ -13,13 +13,15 @@
 //! A torn read (a read racing the listener's write of the same word) can only make a fence
 //! differ, which drops a value from the cache: never the reverse.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::store::untrusted::{Access, Refusal, open_checked};
 
 const TRUST_OFFSET: u64 = 0;
 const HEARTBEAT_OFFSET: u64 = TRUST_OFFSET + 8;
@@ -60,17 +62,22 @@ fn write_u64(file: &File, offset: u64, v: u64) -> io::Result<()> {
     file.write_all_at(&v.to_ne_bytes(), offset)
 }
 
-/// Whether `file` belongs to the owner of the cache file (which the cache checked when it
-/// opened it): a state file planted by another user is not trusted.
-fn same_owner(file: &File, cache_path: &Path) -> io::Result<bool> {
-    Ok(file.metadata()?.uid() == std::fs::metadata(cache_path)?.uid())
-}
-
-fn open_options() -> OpenOptions {
-    let mut o = OpenOptions::new();
-    o.read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
-    o
+/// Opens the state file as `access` says (never blocking on a FIFO or following a link): it
+/// must be a regular file of the cache file's owner (which the cache checked when it opened
+/// it), or it is not trusted.
+fn open_state(cache_path: &Path, path: &Path, access: Access) -> io::Result<File> {
+    let owner = std::fs::metadata(cache_path)?.uid();
+    match open_checked(path, access, |uid| uid == owner) {
+        Ok((file, _)) => Ok(file),
+        Err(Refusal::Owner(uid)) => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the state file belongs to uid {uid}, another user than the cache file's owner \
+                 (uid {owner})"
+            ),
+        )),
+        Err(refusal) => Err(refusal.into_io()),
+    }
 }
 
 /// A reader of the state file (the cache's fences): opened when first found.
@@ -105,10 +112,7 @@ impl StateReader {
         if let Some(f) = slot.as_ref().and_then(|s| (**s).clone()) {
             return Some(f);
         }
-        let f = open_options().open(&self.path).ok()?;
-        if !same_owner(&f, &self.cache_path).ok()? {
-            return None;
-        }
+        let f = open_state(&self.cache_path, &self.path, Access::READ).ok()?;
         let f = Arc::new(f);
         if let Some(slot) = slot.as_mut() {
             **slot = Some(Arc::clone(&f));
@@ -165,17 +169,12 @@ impl StateWriter {
     /// Opens (or creates, mode 0600) the state file and marks the host distrusted.
     pub(crate) fn open(cache_path: &Path) -> io::Result<StateWriter> {
         let path = state_path(cache_path);
-        let file = open_options()
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            .open(&path)?;
-        if !same_owner(&file, cache_path)? {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "the state file belongs to another user than the cache file",
-            ));
-        }
+        let access = Access {
+            write: true,
+            create: Some(0o600),
+            follow_symlinks: false,
+        };
+        let file = open_state(cache_path, &path, access)?;
         if file.metadata()?.len() != STATE_SIZE {
             file.set_len(STATE_SIZE)?;
         }

@@ -8,7 +8,7 @@
 
 #![allow(unsafe_code)]
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, ErrorKind};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use memmap2::MmapRaw;
 
 use super::header::{self, FileHeader, HeaderError};
+use super::untrusted::{Access, Refusal, open_checked};
 use super::{Geometry, Requested};
 use crate::layout::HASH_XXH3;
 use crate::page::format::{NUM_SLOTS_OFFSET, PAGE_MAGIC};
@@ -106,27 +107,41 @@ pub(crate) fn open(req: &OpenRequest) -> Result<Opened> {
     // Each pass either opens an existing file or publishes a new one; losing a creation race
     // sends us round again to open the winner's file.
     for _ in 0..100 {
-        let mut opts = OpenOptions::new();
-        opts.read(true).write(!req.read_only);
-        if !req.follow_symlinks {
-            opts.custom_flags(libc::O_NOFOLLOW);
-        }
-        match opts.open(&req.path) {
-            Ok(file) => return open_existing(req, file),
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) && is_symlink(&req.path) => {
+        let access = Access {
+            write: !req.read_only,
+            create: None,
+            follow_symlinks: req.follow_symlinks,
+        };
+        let e = match open_checked(&req.path, access, |owner| owner_trusted(req, owner)) {
+            Ok((file, md)) => return open_existing(req, file, &md),
+            // A FIFO, socket or device planted at the name: refused before any read.
+            Err(Refusal::NotRegular(what)) => {
+                return Err(Error::NotACache {
+                    path: req.path.clone(),
+                    page: None,
+                    reason: format!("{what}, not a regular file"),
+                });
+            }
+            Err(Refusal::Symlink) => return Err(symlink_error(req)),
+            Err(Refusal::Owner(owner)) => return Err(foreign_owner(req, owner)),
+            Err(Refusal::Io(e)) => e,
+        };
+        match e {
+            // Links followed, but they lead round in a loop.
+            e if e.raw_os_error() == Some(libc::ELOOP) && is_symlink(&req.path) => {
                 return Err(symlink_error(req));
             }
             // A dangling link names no file, but creating one would not publish at the path.
-            Err(e) if e.kind() == ErrorKind::NotFound && is_symlink(&req.path) => {
+            e if e.kind() == ErrorKind::NotFound && is_symlink(&req.path) => {
                 return Err(symlink_error(req));
             }
-            Err(e) if e.kind() == ErrorKind::NotFound && req.read_only => {
+            e if e.kind() == ErrorKind::NotFound && req.read_only => {
                 return Err(req.io("open read-only", e));
             }
             // Whether we publish the file or another opener does, the next pass opens it by
             // its name (so the descriptor names the published file, not a removed temporary).
-            Err(e) if e.kind() == ErrorKind::NotFound => create(req)?,
-            Err(e) => return Err(req.io("open", e)),
+            e if e.kind() == ErrorKind::NotFound => create(req)?,
+            e => return Err(req.io("open", e)),
         }
     }
     Err(Error::Io {
@@ -162,16 +177,8 @@ fn map(req: &OpenRequest, file: &File, len: u64) -> Result<MmapRaw> {
     .map_err(|e| req.io("mmap", e))
 }
 
-fn open_existing(req: &OpenRequest, file: File) -> Result<Opened> {
-    let md = file.metadata().map_err(|e| req.io("stat", e))?;
-    if !md.file_type().is_file() {
-        return Err(Error::NotACache {
-            path: req.path.clone(),
-            page: None,
-            reason: "not a regular file".into(),
-        });
-    }
-    check_owner(req, md.uid())?;
+/// Validates the file `open_checked` opened (a regular file with a trusted owner) and maps it.
+fn open_existing(req: &OpenRequest, file: File, md: &Metadata) -> Result<Opened> {
     let len = md.len();
     let (geometry, header_size, lock_kind) = match req.layout {
         Layout::Native => check_native(req, &file, len)?,
@@ -197,17 +204,26 @@ fn open_existing(req: &OpenRequest, file: File) -> Result<Opened> {
     })
 }
 
-/// Fails unless the file's owner is this user, root, or an owner the caller trusts.
-pub(crate) fn check_owner(req: &OpenRequest, owner: u32) -> Result<()> {
-    let user = effective_uid();
-    if owner == user || owner == 0 || req.allowed_owners.contains(&owner) {
-        return Ok(());
-    }
-    Err(Error::ForeignOwner {
+/// Whether `owner` may own the file: this user, root, or an owner the caller trusts.
+fn owner_trusted(req: &OpenRequest, owner: u32) -> bool {
+    owner == effective_uid() || owner == 0 || req.allowed_owners.contains(&owner)
+}
+
+fn foreign_owner(req: &OpenRequest, owner: u32) -> Error {
+    Error::ForeignOwner {
         path: req.path.clone(),
         owner,
-        user,
-    })
+        user: effective_uid(),
+    }
+}
+
+/// Fails unless the file's owner is this user, root, or an owner the caller trusts.
+pub(crate) fn check_owner(req: &OpenRequest, owner: u32) -> Result<()> {
+    if owner_trusted(req, owner) {
+        Ok(())
+    } else {
+        Err(foreign_owner(req, owner))
+    }
 }
 
 fn read_prefix(req: &OpenRequest, file: &File, len: u64, want: usize) -> Result<Vec<u8>> {
@@ -352,14 +368,7 @@ fn create(req: &OpenRequest) -> Result<()> {
         Layout::Native => LockKind::default(),
         Layout::FastMmap => LockKind::Fcntl,
     });
-    let tmp = temp_name(&req.path, &dir);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(req.permissions)
-        .open(&tmp)
-        .map_err(|e| req.io("create", e))?;
+    let (tmp, file) = create_temp(req, &dir)?;
     let _remove_tmp = RemoveOnDrop(&tmp);
     file.set_permissions(fs::Permissions::from_mode(req.permissions))
         .map_err(|e| req.io("chmod", e))?;
@@ -398,6 +407,28 @@ fn create(req: &OpenRequest) -> Result<()> {
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(req.io("publish (link)", e)),
     }
+}
+
+/// Creates a new temporary file in `dir` for `req`. A name that exists already (planted by
+/// someone who guessed it, even as a link: `O_EXCL` never follows one) is not ours: another
+/// name is tried.
+fn create_temp(req: &OpenRequest, dir: &Path) -> Result<(PathBuf, File)> {
+    let mut taken = io::Error::from(ErrorKind::AlreadyExists);
+    for _ in 0..16 {
+        let tmp = temp_name(&req.path, dir);
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(req.permissions)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => taken = e,
+            Err(e) => return Err(req.io("create", e)),
+        }
+    }
+    Err(req.io("create a temporary file", taken))
 }
 
 /// Gives the new file its size with every block allocated, so that a full filesystem is an
@@ -455,10 +486,4 @@ fn temp_name(path: &Path, dir: &Path) -> PathBuf {
 pub(crate) fn effective_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
-}
-
-/// The real user id of this process.
-pub(crate) fn current_uid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
 }

@@ -29,9 +29,10 @@ mod registry;
 mod robust;
 mod shared;
 mod time;
+pub(crate) mod untrusted;
 mod write_back;
 
-pub(crate) use file::{OpenRequest, current_uid};
+pub(crate) use file::{OpenRequest, effective_uid};
 pub(crate) use geometry::{
     DEFAULT_NUM_PAGES, DEFAULT_PAGE_SIZE, Geometry, MAX_NUM_PAGES, Requested,
 };

@@ -49,7 +49,8 @@ KEYS AND VALUES
 
 TRUST
     A FILE owned by another user (root aside), or a symbolic link at FILE, is refused (exit
-    2). A fastmmap-layout FILE whose page 0 is neither a cache page nor empty is not taken for
+    2); so is a FIFO, socket or device at FILE, at once, without waiting on it (`check`
+    exits 3). New files are created with mode 0600. A fastmmap-layout FILE whose page 0 is neither a cache page nor empty is not taken for
     a cache: every command refuses it without writing (`check` exits 3), and only
     `check --repair` overwrites it.
 
@@ -110,6 +111,12 @@ cannot be stored (the tombstone bit, or the undef bit 0x20000000 on a non-empty 
 Perl would read as undef), or an entry too large for FILE's pages, stops the load with exit 2
 and a message naming the line (`stdin:LINE: ...`), and nothing is stored. An error while
 storing (a failing lock) stops it part way, and the records before it stay stored.
+
+Memory holds one line at a time, whatever the size of the input: the checked records wait in
+an unnamed temporary file in $TMPDIR (readable by you only, about as large as the input, gone
+when `load` ends) until the last line has passed. A line longer than six times the largest
+entry of FILE plus 1 KiB cannot hold a record that fits (a byte takes at most six characters
+of JSON): it stops the load as soon as that much of it is read.
 
 Each record keeps its expiry time and flags. A record whose expiry time has passed is skipped.
 A record with a modseq is stored as `set_if_newer` stores it, and is refused if FILE holds a
@@ -299,7 +306,8 @@ pub(crate) enum Command {
     Set {
         #[command(flatten)]
         key: KeyArgs,
-        /// The value, or "-" to read it from stdin
+        /// The value, or "-" to read it from stdin (up to the most that fits in a page with
+        /// KEY: a longer value is refused after one byte more, and nothing is stored)
         value: OsString,
         /// Expire the entry this many seconds from now
         #[arg(long, value_name = "SECONDS")]

@@ -1,7 +1,7 @@
 //! One function per command, over the crate's public API only.
 
 use std::ffi::OsStr;
-use std::io::{self, BufRead, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,7 +12,8 @@ use serde::Serialize;
 use crate::args::{Cli, Command, FileOptions, KeyArgs};
 use crate::escape::{escape, unescape};
 use crate::failure::{Failure, empty_file, warn};
-use crate::record::{Item, Record, unix_secs};
+use crate::input::{Line, Spool, read_at_most, read_line};
+use crate::record::{Item, Record, max_line_size, max_value_size, unix_secs};
 
 type Out<'a> = BufWriter<io::StdoutLock<'a>>;
 
@@ -127,14 +128,7 @@ fn set(opts: &FileOptions, k: &KeyArgs, value: &OsStr, expire: Option<u64>) -> R
     let cache = open(opts, &k.file)?;
     let value = match given {
         Some(value) => value,
-        None => {
-            let mut buf = Vec::new();
-            io::stdin()
-                .lock()
-                .read_to_end(&mut buf)
-                .map_err(|e| Failure::Error(format!("reading stdin: {e}")))?;
-            buf
-        }
+        None => value_from_stdin(&cache, &k.file, &key)?,
     };
     let expiry = expire.map_or(Expiry::Never, |secs| {
         Expiry::After(Duration::from_secs(secs))
@@ -149,6 +143,37 @@ fn set(opts: &FileOptions, k: &KeyArgs, value: &OsStr, expire: Option<u64>) -> R
         ));
         Err(Failure::Refused)
     }
+}
+
+/// The value of `set KEY -`: stdin, read only up to the largest value a page of FILE holds
+/// for KEY (one byte more tells that it is too large).
+fn value_from_stdin(cache: &Cache, path: &Path, key: &[u8]) -> Result<Vec<u8>, Failure> {
+    let max = cache.max_entry_size();
+    let too_large = |what: String| {
+        Failure::at(
+            path,
+            format_args!(
+                "key {}: too large for a page (entries of at most {max} bytes): {what}; \
+                 nothing stored",
+                escape(key)
+            ),
+        )
+    };
+    let Some(limit) = max_value_size(max, key.len()) else {
+        return Err(too_large(format!(
+            "the key alone ({} bytes) leaves no room for a value",
+            key.len()
+        )));
+    };
+    read_at_most(io::stdin().lock(), limit)
+        .map_err(|e| Failure::Error(format!("reading stdin: {e}")))?
+        .ok_or_else(|| {
+            too_large(format!(
+                "the value on stdin is longer than the {limit} bytes that fit with this key \
+                 (stopped reading after {} bytes)",
+                limit + 1
+            ))
+        })
 }
 
 fn remove(opts: &FileOptions, k: &KeyArgs) -> Result<(), Failure> {
@@ -370,11 +395,11 @@ fn dump(opts: &FileOptions, path: &Path, out: &mut Out<'_>) -> Result<(), Failur
 }
 
 /// An input error: `stdin:LINE: REASON`, or `stdin:LINE:COLUMN: REASON` from the JSON parser.
-fn bad_line(line: usize, reason: impl std::fmt::Display) -> Failure {
+fn bad_line(line: u64, reason: impl std::fmt::Display) -> Failure {
     Failure::Error(format!("stdin:{line}: {reason}"))
 }
 
-fn json_error(line: usize, e: &serde_json::Error) -> Failure {
+fn json_error(line: u64, e: &serde_json::Error) -> Failure {
     let text = e.to_string();
     let position = format!(" at line {} column {}", e.line(), e.column());
     match text.strip_suffix(&position) {
@@ -385,38 +410,17 @@ fn json_error(line: usize, e: &serde_json::Error) -> Failure {
 
 fn load(opts: &FileOptions, path: &Path, out: &mut Out<'_>) -> Result<(), Failure> {
     let cache = open(opts, path)?;
-    let max = cache.max_entry_size();
-    // Everything is read and checked before anything is stored.
-    let mut items = Vec::new();
-    for (index, line) in io::stdin().lock().split(b'\n').enumerate() {
-        let n = index + 1;
-        let line = line.map_err(|e| Failure::Error(format!("reading stdin: {e}")))?;
-        if line.trim_ascii().is_empty() {
-            continue;
-        }
-        let record: Record = serde_json::from_slice(&line).map_err(|e| json_error(n, &e))?;
-        let item = record.into_item().map_err(|reason| bad_line(n, reason))?;
-        if item.entry_size() > max {
-            return Err(bad_line(
-                n,
-                format_args!(
-                    "key {}: entry of {} bytes cannot fit in a page of {} (at most {max})",
-                    escape(&item.key),
-                    item.entry_size(),
-                    path.display()
-                ),
-            ));
-        }
-        items.push((n, item));
-    }
+    let spool = check_input(path, cache.max_entry_size())?;
     let (mut loaded, mut expired, mut refused) = (0u64, 0u64, 0u64);
-    for (n, item) in &items {
+    let records = spool.into_records().map_err(spool_error)?;
+    for record in records {
+        let (n, item) = record.map_err(spool_error)?;
         let now = unix_secs(SystemTime::now());
         if item.expire_on.is_some_and(|at| at <= now) {
             expired += 1;
             continue;
         }
-        let stored = store(opts, path, &cache, item, now).map_err(|e| bad_line(*n, e))?;
+        let stored = store(opts, path, &cache, &item, now).map_err(|e| bad_line(n, e))?;
         if stored {
             loaded += 1;
         } else {
@@ -437,6 +441,62 @@ fn load(opts: &FileOptions, path: &Path, out: &mut Out<'_>) -> Result<(), Failur
         return Err(Failure::Refused);
     }
     Ok(())
+}
+
+fn spool_error(e: io::Error) -> Failure {
+    Failure::Error(format!(
+        "the temporary file holding the checked records failed: {e}"
+    ))
+}
+
+/// Reads and checks every line of stdin before anything is stored, one line in memory at a
+/// time: the checked records wait in a temporary file.
+fn check_input(path: &Path, max: usize) -> Result<Spool, Failure> {
+    let line_limit = max_line_size(max);
+    let mut spool = Spool::new().map_err(|e| {
+        Failure::Error(format!(
+            "creating a temporary file for the checked records (in {}): {e}",
+            std::env::temp_dir().display()
+        ))
+    })?;
+    let mut input = io::stdin().lock();
+    let mut line = Vec::new();
+    for n in 1u64.. {
+        match read_line(&mut input, &mut line, line_limit)
+            .map_err(|e| Failure::Error(format!("reading stdin: {e}")))?
+        {
+            Line::End => break,
+            Line::TooLong => {
+                return Err(bad_line(
+                    n,
+                    format_args!(
+                        "line longer than {line_limit} bytes: no record that long fits in a page \
+                         of {} (entries of at most {max} bytes); stopped reading",
+                        path.display()
+                    ),
+                ));
+            }
+            Line::Read => {}
+        }
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        let record: Record = serde_json::from_slice(&line).map_err(|e| json_error(n, &e))?;
+        let item = record.into_item().map_err(|reason| bad_line(n, reason))?;
+        if item.entry_size() > max {
+            return Err(bad_line(
+                n,
+                format_args!(
+                    "key {}: entry of {} bytes cannot fit in a page of {} (at most {max})",
+                    escape(&item.key),
+                    item.entry_size(),
+                    path.display()
+                ),
+            ));
+        }
+        spool.push(n, &item).map_err(spool_error)?;
+    }
+    Ok(spool)
 }
 
 /// Stores a loaded record with its expiry and flags, or its modseq. Returns whether it was

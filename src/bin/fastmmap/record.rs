@@ -141,6 +141,25 @@ impl Item {
     }
 }
 
+/// The largest value a page whose largest entry is `max_entry` bytes holds under a key of
+/// `key_len` bytes (without a modseq); `None` if even the key does not fit.
+pub(crate) fn max_value_size(max_entry: usize, key_len: usize) -> Option<usize> {
+    (max_entry - max_entry % ENTRY_ALIGN).checked_sub(ENTRY_HEADER_SIZE + key_len)
+}
+
+/// Bytes of JSON a record may take per byte of key or value: `\u0000` for a control byte.
+const JSON_BYTES_PER_BYTE: usize = 6;
+/// Room for a record's field names, numbers and punctuation.
+const JSON_RECORD_OVERHEAD: usize = 1024;
+
+/// The longest `dump` line that can hold an entry of at most `max_entry` bytes: any longer
+/// line is refused without being read whole.
+pub(crate) fn max_line_size(max_entry: usize) -> usize {
+    max_entry
+        .saturating_mul(JSON_BYTES_PER_BYTE)
+        .saturating_add(JSON_RECORD_OVERHEAD)
+}
+
 /// `(text, None)` for valid UTF-8, else `(None, base64)`.
 fn text_or_base64(bytes: &[u8]) -> (Option<String>, Option<String>) {
     match std::str::from_utf8(bytes) {
@@ -243,5 +262,13 @@ mod tests {
         assert_eq!(item(1, 1, None).entry_size(), 28);
         assert_eq!(item(4, 4, None).entry_size(), 32);
         assert_eq!(item(4, 4, Some(1)).entry_size(), 40);
+        // The largest value for a key fills the page's largest entry, and one byte more
+        // does not fit.
+        for (max, key) in [(100, 3), (101, 3), (103, 0), (64, 40)] {
+            let v = max_value_size(max, key).unwrap();
+            assert!(item(key, v, None).entry_size() <= max);
+            assert!(item(key, v + 1, None).entry_size() > max);
+        }
+        assert_eq!(max_value_size(100, 77), None);
     }
 }

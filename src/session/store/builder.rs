@@ -67,10 +67,10 @@ impl SessionStoreBuilder {
         self
     }
 
-    /// Keep sessions in a cache at this path, opened with default options, except that a
-    /// file the store creates gets mode `0600` (session ids are secrets). Without `cache` or
-    /// `path`, the cache's default file is used — a per-user file in the temp directory
-    /// (see [`CacheBuilder::path`](crate::CacheBuilder::path)) — also created with mode
+    /// Keep sessions in a cache at this path, opened with default options: a file the store
+    /// creates gets mode `0600` (session ids are secrets). Without `cache` or `path`, the
+    /// cache's default file is used — `fastmmap.cache` in a directory only this user can
+    /// reach (see [`CacheBuilder::path`](crate::CacheBuilder::path)) — also created with mode
     /// `0600`.
     ///
     /// An existing file keeps its mode, and a cache given with [`cache`](Self::cache) is used
