@@ -48,4 +48,4 @@ mod value;
 pub use compress::Compressor;
 pub use error::{Error, Result};
 pub use format::{PerlFormat, Serializer};
-pub use value::{HashKey, PerlData, PerlRef, PerlValue, Sv, SvId};
+pub use value::{HashKey, Hook, HookKind, PerlData, PerlRef, PerlValue, Sv, SvId};
