@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::perl::{PerlFormat, storable};
+use crate::perl::{HashKey, PerlData, PerlFormat, PerlValue, SvId, storable};
 use crate::session::error::{Error, Result};
 use crate::session::record::{Binding, MAX_TIME, Map};
 
@@ -146,7 +146,7 @@ impl CatalystConfig {
 }
 
 /// A `session:SID` hash, taken apart.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub(crate) struct CatalystRecord {
     pub(crate) created: u64,
     pub(crate) updated: u64,
@@ -155,6 +155,39 @@ pub(crate) struct CatalystRecord {
     pub(crate) data: Map,
     pub(crate) flash: Map,
     pub(crate) binding: Binding,
+    /// The Perl hash this record was read from, if it was: what [`encode`](Self::encode)
+    /// writes back unchanged.
+    pub(crate) stored: Option<Stored>,
+}
+
+impl PartialEq for CatalystRecord {
+    /// Equal as sessions: same times, values, flash and binding (wherever they were read
+    /// from).
+    fn eq(&self, other: &CatalystRecord) -> bool {
+        self.created == other.created
+            && self.updated == other.updated
+            && self.data == other.data
+            && self.flash == other.flash
+            && self.binding == other.binding
+    }
+}
+
+/// A `session:SID` hash as Perl stored it, and the JSON each of its keys was read as.
+///
+/// Writing a record back starts from this: a key whose JSON is unchanged keeps its Perl
+/// value, objects and all (blessed values, `STORABLE_freeze` hook objects, shared values,
+/// byte and character strings), so that Perl thaws the same thing — byte for byte the same
+/// when no value is shared between a changed key and another.
+#[derive(Clone, Debug)]
+pub(crate) struct Stored {
+    /// The thawed image.
+    perl: PerlData,
+    /// The session hash in it.
+    hash: SvId,
+    /// Its entries, in the image's order.
+    entries: Vec<(HashKey, SvId)>,
+    /// What each key read as, by key text.
+    json: Map,
 }
 
 fn bad(reason: &'static str) -> Error {
@@ -194,24 +227,24 @@ fn text_of(value: Value, what: &'static str) -> Result<String> {
     }
 }
 
-/// Whether any value in `data` is blessed: an object that Rust would write back as plain
-/// data, losing its class.
-fn has_object(data: &crate::perl::PerlData) -> bool {
-    data.svs().any(|(_, sv)| sv.class.is_some())
-}
-
 impl CatalystRecord {
     /// Reads a `session:SID` value as Store::FastMmap writes it (`freeze(\%session)`).
+    ///
+    /// Objects are read as [`storable::from_data`] reads them (a blessed hash as its hash, a
+    /// hook object as `{class, frozen, refs}`) and kept for [`encode`](Self::encode).
     pub(crate) fn decode(bytes: &[u8]) -> Result<CatalystRecord> {
-        let data =
+        let perl =
             storable::thaw(bytes).map_err(bad_perl("session:SID is not a Storable image"))?;
-        if has_object(&data) {
-            return Err(bad(
-                "session:SID holds a blessed Perl object, which Rust cannot write back",
-            ));
-        }
-        let mut map: Map = storable::from_data(&data)
-            .map_err(bad_perl("session:SID is not a Perl hash of plain data"))?;
+        let mut map: Map = storable::from_data(&perl)
+            .map_err(bad_perl("session:SID is not a Perl hash that JSON can hold"))?;
+        let hash = perl
+            .deref(perl.root())
+            .ok_or_else(|| bad("session:SID is not a Perl hash"))?;
+        let PerlValue::Hash(entries) = &perl[hash].value else {
+            return Err(bad("session:SID is not a Perl hash"));
+        };
+        let entries = entries.clone();
+        let json = map.clone();
         let created = map
             .remove(CREATED_KEY)
             .map(|v| time_of(&v).ok_or_else(|| bad("__created is not a time")))
@@ -249,10 +282,17 @@ impl CatalystRecord {
                 address,
                 user_agent,
             },
+            stored: Some(Stored {
+                perl,
+                hash,
+                entries,
+                json,
+            }),
         })
     }
 
-    /// The `session:SID` value Store::FastMmap would write for this record.
+    /// The `session:SID` value Store::FastMmap would write for this record: the stored hash
+    /// with only the changed keys rewritten, when it was read from one.
     pub(crate) fn encode(&self) -> Result<Vec<u8>> {
         let mut hash = serde_json::Map::new();
         for (k, v) in &self.data {
@@ -274,10 +314,42 @@ impl CatalystRecord {
         if let Some(agent) = &self.binding.user_agent {
             hash.insert(USER_AGENT_KEY.to_owned(), Value::from(agent.as_str()));
         }
-        PerlFormat::default()
-            .encode(&Value::Object(hash))
-            .map_err(bad_perl("session values cannot be written as Perl data"))
+        let Some(stored) = &self.stored else {
+            return PerlFormat::default()
+                .encode(&Value::Object(hash))
+                .map_err(bad_perl("session values cannot be written as Perl data"));
+        };
+        let mut perl = stored.perl.clone();
+        let mut entries = Vec::with_capacity(hash.len());
+        for (key, id) in &stored.entries {
+            let text = key.text();
+            let Some(value) = hash.get(&*text) else {
+                continue; // deleted
+            };
+            if stored.json.get(&*text) == Some(value) {
+                entries.push((key.clone(), *id));
+            } else {
+                entries.push((key.clone(), graft(&mut perl, value)?));
+            }
+        }
+        for (text, value) in &hash {
+            if !stored.json.contains_key(text) {
+                let id = graft(&mut perl, value)?;
+                entries.push((HashKey::from(text.as_str()), id));
+            }
+        }
+        if let Some(sv) = perl.get_mut(stored.hash) {
+            sv.value = PerlValue::Hash(entries);
+        }
+        storable::freeze(&perl).map_err(bad_perl("session values cannot be written as Perl data"))
     }
+}
+
+/// Adds `value` to `perl` as a scalar that can be a hash value; returns its id.
+fn graft(perl: &mut PerlData, value: &Value) -> Result<SvId> {
+    let data = storable::to_scalar_data(value)
+        .map_err(bad_perl("session values cannot be written as Perl data"))?;
+    Ok(perl.append(data))
 }
 
 /// Reads an `expires:SID` value: a number of Unix seconds.
@@ -299,7 +371,7 @@ pub(crate) fn encode_expires(at: u64) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::perl::{PerlData, PerlValue, Sv};
+    use crate::perl::{Hook, HookKind, PerlRef, Sv};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -319,6 +391,7 @@ mod tests {
                 address: Some("127.0.0.1".into()),
                 user_agent: None,
             },
+            stored: None,
         }
     }
 
@@ -407,23 +480,117 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_blessed_object_is_left_alone() {
+    /// A session as a Catalyst application may hold it: a blessed user, a DateTime-like
+    /// object frozen by its hook (referring to a blessed locale and a scalar), a character
+    /// string and a count. Returns the data and the ids of `count` and `__updated`.
+    fn session_with_objects() -> (PerlData, SvId, SvId) {
         let mut data = PerlData::new(PerlValue::Undef);
-        let created = data.push(PerlValue::Int(1));
-        let object = data.push(Sv::blessed(PerlValue::Hash(Vec::new()), "MyApp::User"));
-        let user = data.push(PerlValue::Ref(crate::perl::PerlRef::to(object)));
-        let hash = data.push(PerlValue::Hash(vec![
-            ("__created".into(), created),
-            ("user".into(), user),
-        ]));
-        let root = data.push(PerlValue::Ref(crate::perl::PerlRef::to(hash)));
-        data.set_root(root);
-        let bytes = storable::freeze(&data).unwrap();
-        assert!(matches!(
-            CatalystRecord::decode(&bytes),
-            Err(Error::BadRecord { .. })
+        let created = data.push(PerlValue::Int(1_700_000_000));
+        let updated = data.push(PerlValue::Int(1_700_000_100));
+        let id = data.push(PerlValue::Int(7));
+        let name = data.push(PerlValue::Bytes(b"ada".to_vec()));
+        let user = data.push(Sv::blessed(
+            PerlValue::Hash(vec![("id".into(), id), ("name".into(), name)]),
+            "MyApp::User",
         ));
+        let user_ref = data.push(PerlValue::Ref(PerlRef::to(user)));
+        let code = data.push(PerlValue::Bytes(b"en-US".to_vec()));
+        let locale = data.push(Sv::blessed(
+            PerlValue::Hash(vec![("code".into(), code)]),
+            "DateTime::Locale::FromData",
+        ));
+        let formatter = data.push(PerlValue::Undef);
+        let when = data.push(Sv::blessed(
+            PerlValue::Hook(Hook::new(
+                HookKind::Hash,
+                b"utc_rd_days:738000|utc_rd_secs:0|rd_nanosecs:0|version:1.59".to_vec(),
+                vec![locale, formatter],
+            )),
+            "DateTime",
+        ));
+        let mut when_ref = PerlRef::to(when);
+        when_ref.overloaded = true;
+        let when_ref = data.push(PerlValue::Ref(when_ref));
+        let greeting = data.push(PerlValue::Str("zo\u{eb}".into()));
+        let count = data.push(PerlValue::Int(3));
+        let hash = data.push(PerlValue::Hash(vec![
+            ("user".into(), user_ref),
+            ("__updated".into(), updated),
+            ("when".into(), when_ref),
+            ("count".into(), count),
+            ("greeting".into(), greeting),
+            ("__created".into(), created),
+        ]));
+        let root = data.push(PerlValue::Ref(PerlRef::to(hash)));
+        data.set_root(root);
+        (data, count, updated)
+    }
+
+    #[test]
+    fn objects_are_read_and_written_back_untouched() {
+        let (data, count, updated) = session_with_objects();
+        let bytes = storable::freeze(&data).unwrap();
+        let mut record = CatalystRecord::decode(&bytes).unwrap();
+        assert_eq!(record.data["user"], json!({"id": 7, "name": "ada"}));
+        assert_eq!(record.data["when"]["class"], json!("DateTime"));
+        assert_eq!(record.data["greeting"], json!("zo\u{eb}"));
+        // Unchanged: the same bytes.
+        assert_eq!(record.encode().unwrap(), bytes);
+
+        // One key changed (and the save's time): every other key keeps its bytes, in place.
+        record.data.insert("count".into(), json!(4));
+        record.updated = 1_700_000_200;
+        let written = record.encode().unwrap();
+        let mut expected = data.clone();
+        expected.get_mut(count).unwrap().value = PerlValue::Int(4);
+        expected.get_mut(updated).unwrap().value = PerlValue::Int(1_700_000_200);
+        assert_eq!(written, storable::freeze(&expected).unwrap());
+
+        // A key added and one removed: the objects are still there, as they were.
+        let mut record = CatalystRecord::decode(&written).unwrap();
+        record.data.remove("user");
+        record.data.insert("cart".into(), json!(["book"]));
+        let back = storable::thaw(&record.encode().unwrap()).unwrap();
+        let hash = back.deref(back.root()).unwrap();
+        assert!(back.hash_get(hash, "user").is_none());
+        let when = back.deref(back.hash_get(hash, "when").unwrap()).unwrap();
+        let PerlValue::Hook(hook) = &back[when].value else {
+            panic!("not a hook object: {:?}", back[when]);
+        };
+        assert_eq!(back[when].class.as_deref(), Some("DateTime"));
+        assert_eq!(
+            back[hook.refs[0]].class.as_deref(),
+            Some("DateTime::Locale::FromData")
+        );
+        let record = CatalystRecord::decode(&storable::freeze(&back).unwrap()).unwrap();
+        assert_eq!(record.data["cart"], json!(["book"]));
+        assert_eq!(record.data["count"], json!(4));
+    }
+
+    #[test]
+    fn an_object_the_application_replaces_is_written_as_plain_data() {
+        let (data, _, _) = session_with_objects();
+        let mut record = CatalystRecord::decode(&storable::freeze(&data).unwrap()).unwrap();
+        record.data.insert("user".into(), json!({"id": 8}));
+        let back = storable::thaw(&record.encode().unwrap()).unwrap();
+        let hash = back.deref(back.root()).unwrap();
+        let user = back.deref(back.hash_get(hash, "user").unwrap()).unwrap();
+        assert_eq!(back[user].class, None);
+        assert_eq!(storable::from_data::<Map>(&back).unwrap()["user"], json!({"id": 8}));
+    }
+
+    #[test]
+    fn an_unreadable_record_says_where_and_why() {
+        let (data, _, _) = session_with_objects();
+        let mut bytes = storable::freeze(&data).unwrap();
+        let at = bytes.len() - 20;
+        bytes[at] = 0xee; // an unknown marker, or a length running past the end
+        bytes.truncate(bytes.len() - 3);
+        let e = CatalystRecord::decode(&bytes).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("session:SID"), "{text}");
+        let source = std::error::Error::source(&e).expect("the decoder's error");
+        assert!(source.to_string().contains("at byte"), "{source}");
     }
 
     fn json_leaf() -> impl Strategy<Value = Value> {
@@ -462,6 +629,7 @@ mod tests {
                 data,
                 flash,
                 binding: Binding { address, user_agent },
+                stored: None,
             };
             let back = CatalystRecord::decode(&r.encode().unwrap()).unwrap();
             // Floats that are whole numbers come back as integers, as Perl stores them.
