@@ -205,6 +205,39 @@ fn bad_perl(reason: &'static str) -> impl FnOnce(crate::perl::Error) -> Error {
     }
 }
 
+/// Which value of a session hash could not be read, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("in the value of session key {key:?}")]
+struct InKey {
+    key: String,
+    #[source]
+    source: crate::perl::Error,
+}
+
+/// The error of a thawed `session:SID` that does not read as a map of JSON values: naming the
+/// first key whose value does not (a cycle, say), when it is a hash.
+fn unreadable(perl: &PerlData, whole: crate::perl::Error) -> Error {
+    let reason = "session:SID is not a Perl hash whose values JSON can hold";
+    let entries = match perl.deref(perl.root()).map(|id| &perl[id].value) {
+        Some(PerlValue::Hash(entries)) => entries,
+        _ => return bad_perl(reason)(whole),
+    };
+    for (key, id) in entries {
+        let mut one = perl.clone();
+        one.set_root(*id);
+        if let Err(source) = storable::from_data::<Value>(&one) {
+            return Error::BadRecord {
+                reason,
+                source: Some(Box::new(InKey {
+                    key: key.text().into_owned(),
+                    source,
+                })),
+            };
+        }
+    }
+    bad_perl(reason)(whole)
+}
+
 /// A time as Perl may have stored it: a non-negative integer (or a string or float of one).
 fn time_of(value: &Value) -> Option<u64> {
     match value {
@@ -234,9 +267,8 @@ impl CatalystRecord {
     /// hook object as `{class, frozen, refs}`) and kept for [`encode`](Self::encode).
     pub(crate) fn decode(bytes: &[u8]) -> Result<CatalystRecord> {
         let perl =
-            storable::thaw(bytes).map_err(bad_perl("session:SID is not a Storable image"))?;
-        let mut map: Map = storable::from_data(&perl)
-            .map_err(bad_perl("session:SID is not a Perl hash that JSON can hold"))?;
+            storable::thaw(bytes).map_err(bad_perl("session:SID cannot be read as a Storable image"))?;
+        let mut map: Map = storable::from_data(&perl).map_err(|e| unreadable(&perl, e))?;
         let hash = perl
             .deref(perl.root())
             .ok_or_else(|| bad("session:SID is not a Perl hash"))?;
@@ -577,6 +609,22 @@ mod tests {
         let user = back.deref(back.hash_get(hash, "user").unwrap()).unwrap();
         assert_eq!(back[user].class, None);
         assert_eq!(storable::from_data::<Map>(&back).unwrap()["user"], json!({"id": 8}));
+    }
+
+    #[test]
+    fn a_value_json_cannot_hold_is_named() {
+        let (mut data, count, _) = session_with_objects();
+        // $session->{count} = \\@loop where @loop holds a reference to itself.
+        let list = data.push(PerlValue::Array(Vec::new()));
+        let list_ref = data.push(PerlValue::Ref(PerlRef::to(list)));
+        data.get_mut(list).unwrap().value = PerlValue::Array(vec![list_ref]);
+        data.get_mut(count).unwrap().value = PerlValue::Ref(PerlRef::to(list));
+        let e = CatalystRecord::decode(&storable::freeze(&data).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("session:SID"), "{e}");
+        let source = std::error::Error::source(&e).expect("which key");
+        assert!(source.to_string().contains("\"count\""), "{source}");
+        let cause = std::error::Error::source(source).expect("why");
+        assert!(cause.to_string().contains("cycle"), "{cause}");
     }
 
     #[test]
