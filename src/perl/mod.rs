@@ -12,7 +12,8 @@
 //! - [`storable`]: Storable's `freeze` / `nfreeze` images, to and from Rust types (serde) or
 //!   [`PerlData`].
 //! - [`PerlData`]: a Perl data structure as Perl holds it — scalars, arrays, hashes,
-//!   references, blessed objects, shared values and cycles — for values that no Rust type
+//!   references, blessed objects (and objects frozen by `STORABLE_freeze` hooks, [`Hook`]),
+//!   shared values and cycles — for values that no Rust type
 //!   describes, or that must be written back exactly as they were.
 //! - [`Compressor`]: the compressors' byte formats.
 //!
