@@ -411,7 +411,10 @@ fn perl_objects_in_a_session_survive_a_rust_save() {
     store.save(&mut session).unwrap();
 
     // Byte for byte: Perl's record with the new count and save time, nothing else.
-    let after = cache.get(key.as_bytes()).unwrap().expect("the saved record");
+    let after = cache
+        .get(key.as_bytes())
+        .unwrap()
+        .expect("the saved record");
     let mut expected = thaw(&before).unwrap();
     let hash = expected.deref(expected.root()).unwrap();
     for (name, value) in [("count", 2), ("__updated", -1)] {
@@ -425,7 +428,11 @@ fn perl_objects_in_a_session_survive_a_rust_save() {
         };
         expected.get_mut(at).unwrap().value = value;
     }
-    assert_eq!(after, freeze(&expected).unwrap(), "only count and __updated changed");
+    assert_eq!(
+        after,
+        freeze(&expected).unwrap(),
+        "only count and __updated changed"
+    );
 
     // A key added by an atomic update, too.
     store

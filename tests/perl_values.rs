@@ -772,7 +772,14 @@ fn what_perl_freezes_but_rust_refuses_is_an_error() {
     }
     assert_eq!(
         names,
-        ["code", "regexp", "restricted", "tied", "tied_hook", "vstring"]
+        [
+            "code",
+            "regexp",
+            "restricted",
+            "tied",
+            "tied_hook",
+            "vstring"
+        ]
     );
 }
 

@@ -118,7 +118,7 @@ enum Node<'de> {
     Array(SvId, &'de [SvId]),
     Hash(SvId, &'de [(HashKey, SvId)]),
     /// A hook object and its class.
-    Hook(SvId, &'de str, &'de Hook),
+    Hook(&'de str, &'de Hook),
 }
 
 impl Node<'_> {
@@ -291,7 +291,7 @@ impl<'de> ValueDe<'de, '_> {
             PerlValue::Str(s) => Node::Scalar(Scalar::Str(s)),
             PerlValue::Array(items) => Node::Array(id, items),
             PerlValue::Hash(entries) => Node::Hash(id, entries),
-            PerlValue::Hook(h) => Node::Hook(id, data[id].class.as_deref().unwrap_or(""), h),
+            PerlValue::Hook(h) => Node::Hook(data[id].class.as_deref().unwrap_or(""), h),
             PerlValue::Ref(_) => unreachable!("the loop above follows every reference"),
         })
     }
@@ -345,19 +345,12 @@ impl<'de> ValueDe<'de, '_> {
         })
     }
 
-    fn hook<V: Visitor<'de>>(
-        &mut self,
-        id: SvId,
-        class: &'de str,
-        hook: &'de Hook,
-        visitor: V,
-    ) -> Result<V::Value> {
-        self.inside(id, |_, _| {
-            visitor.visit_map(HookMap {
-                class,
-                hook,
-                next: 0,
-            })
+    /// A hook object as a map: its parts are a string and bytes, nothing to recurse into.
+    fn hook<V: Visitor<'de>>(class: &'de str, hook: &'de Hook, visitor: V) -> Result<V::Value> {
+        visitor.visit_map(HookMap {
+            class,
+            hook,
+            next: 0,
         })
     }
 
@@ -409,7 +402,7 @@ impl<'de> de::Deserializer<'de> for ValueDe<'de, '_> {
             Node::Scalar(s) => s.any(visitor),
             Node::Array(id, items) => self.seq(id, items, visitor),
             Node::Hash(id, entries) => self.map(id, entries, visitor),
-            Node::Hook(id, class, hook) => self.hook(id, class, hook, visitor),
+            Node::Hook(class, hook) => Self::hook(class, hook, visitor),
         }
     }
 
@@ -472,7 +465,7 @@ impl<'de> de::Deserializer<'de> for ValueDe<'de, '_> {
     fn deserialize_map<V: Visitor<'de>>(mut self, visitor: V) -> Result<V::Value> {
         match self.node()? {
             Node::Hash(id, entries) => self.map(id, entries, visitor),
-            Node::Hook(id, class, hook) => self.hook(id, class, hook, visitor),
+            Node::Hook(class, hook) => Self::hook(class, hook, visitor),
             other => Err(Error::invalid_type(other.unexpected(), &visitor)),
         }
     }
@@ -486,7 +479,7 @@ impl<'de> de::Deserializer<'de> for ValueDe<'de, '_> {
     ) -> Result<V::Value> {
         match self.node()? {
             Node::Hash(id, entries) => self.map(id, entries, visitor),
-            Node::Hook(id, class, hook) => self.hook(id, class, hook, visitor),
+            Node::Hook(class, hook) => Self::hook(class, hook, visitor),
             Node::Array(id, items) => self.seq(id, items, visitor),
             other => Err(Error::invalid_type(other.unexpected(), &visitor)),
         }

@@ -286,7 +286,10 @@ fn reads_hook_objects_and_writes_them_back_byte_for_byte() {
         panic!("{data:?}")
     };
     let shared = target(&data, items[0]);
-    assert_eq!(shared.value, PerlValue::Array(vec![SvId::from_index(3).unwrap()]));
+    assert_eq!(
+        shared.value,
+        PerlValue::Array(vec![SvId::from_index(3).unwrap()])
+    );
     for (item, count) in [(items[1], 5), (items[2], 6)] {
         let PerlValue::Ref(r) = data[item].value else {
             panic!()
@@ -297,7 +300,11 @@ fn reads_hook_objects_and_writes_them_back_byte_for_byte() {
             panic!("{object:?}")
         };
         assert_eq!((hook.kind, &hook.frozen[..]), (HookKind::Hash, &b"n"[..]));
-        assert_eq!(hook.refs[0], SvId::from_index(2).unwrap(), "the shared array");
+        assert_eq!(
+            hook.refs[0],
+            SvId::from_index(2).unwrap(),
+            "the shared array"
+        );
         assert_eq!(data[hook.refs[1]].value, PerlValue::Int(count));
         assert_eq!(hook.refs[2], r.target, "the object itself");
     }
@@ -306,7 +313,10 @@ fn reads_hook_objects_and_writes_them_back_byte_for_byte() {
     assert_eq!(thaw(&freeze(&data).unwrap()).unwrap(), data);
     // Through serde: the class and the string.
     let json: serde_json::Value = storable::from_data(&data).unwrap();
-    assert_eq!(json[1], serde_json::json!({"class": "Hooked::Refs", "frozen": "n"}));
+    assert_eq!(
+        json[1],
+        serde_json::json!({"class": "Hooked::Refs", "frozen": "n"})
+    );
 
     // A hash, an array and a scalar object whose hook returns only a string:
     // nfreeze([bless({}, 'Hooked'), bless([], 'Hooked'), bless(\\(my $s = 1), 'Hooked')])
@@ -329,12 +339,18 @@ fn reads_hook_objects_and_writes_them_back_byte_for_byte() {
 #[test]
 fn hook_objects_built_in_rust_are_checked_when_frozen() {
     let mut data = PerlData::new(PerlValue::Hook(Hook::new(HookKind::Hash, vec![], vec![])));
-    assert!(matches!(freeze(&data), Err(Error::InvalidData(_))), "no class");
+    assert!(
+        matches!(freeze(&data), Err(Error::InvalidData(_))),
+        "no class"
+    );
     data.get_mut(data.root()).unwrap().class = Some("Foo".into());
     let image = freeze(&data).unwrap();
     assert_eq!(thaw(&image).unwrap(), data);
-    data.get_mut(data.root()).unwrap().value =
-        PerlValue::Hook(Hook::new(HookKind::Hash, vec![], vec![SvId::from_index(7).unwrap()]));
+    data.get_mut(data.root()).unwrap().value = PerlValue::Hook(Hook::new(
+        HookKind::Hash,
+        vec![],
+        vec![SvId::from_index(7).unwrap()],
+    ));
     assert!(
         matches!(freeze(&data), Err(Error::InvalidData(_))),
         "a referred value that is not there"
@@ -401,11 +417,20 @@ fn refuses_malformed_images() {
         ("class index never named", net("12050880")),
         ("bless of a back-reference", net("041101410000000000")),
         ("hook class index never named", net("1322050178")),
-        ("hook list naming a value not read", net("1382014601780100000009")),
+        (
+            "hook list naming a value not read",
+            net("1382014601780100000009"),
+        ),
         ("hook after a bless marker", net("110146130201460178")),
-        ("hook array stored as an element", net("0201000000130101460178")),
+        (
+            "hook array stored as an element",
+            net("0201000000130101460178"),
+        ),
         ("hook cut short in its recursion", net("1342")),
-        ("hook list longer than the image", net("1392014601787fffffff")),
+        (
+            "hook list longer than the image",
+            net("1392014601787fffffff"),
+        ),
     ] {
         match thaw(&image) {
             Err(Error::Malformed { .. }) => {}

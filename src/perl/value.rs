@@ -392,10 +392,9 @@ impl PerlData {
     pub fn append(&mut self, other: PerlData) -> SvId {
         let offset = u32::try_from(self.svs.len()).expect("at most 2^32 values in one PerlData");
         let shift = |id: &mut SvId| {
-            id.0 = id
-                .0
-                .checked_add(offset)
-                .expect("at most 2^32 values in one PerlData");
+            id.0 =
+                id.0.checked_add(offset)
+                    .expect("at most 2^32 values in one PerlData");
         };
         let root = {
             let mut root = other.root;

@@ -266,8 +266,8 @@ impl CatalystRecord {
     /// Objects are read as [`storable::from_data`] reads them (a blessed hash as its hash, a
     /// hook object as `{class, frozen, refs}`) and kept for [`encode`](Self::encode).
     pub(crate) fn decode(bytes: &[u8]) -> Result<CatalystRecord> {
-        let perl =
-            storable::thaw(bytes).map_err(bad_perl("session:SID cannot be read as a Storable image"))?;
+        let perl = storable::thaw(bytes)
+            .map_err(bad_perl("session:SID cannot be read as a Storable image"))?;
         let mut map: Map = storable::from_data(&perl).map_err(|e| unreadable(&perl, e))?;
         let hash = perl
             .deref(perl.root())
@@ -608,7 +608,10 @@ mod tests {
         let hash = back.deref(back.root()).unwrap();
         let user = back.deref(back.hash_get(hash, "user").unwrap()).unwrap();
         assert_eq!(back[user].class, None);
-        assert_eq!(storable::from_data::<Map>(&back).unwrap()["user"], json!({"id": 8}));
+        assert_eq!(
+            storable::from_data::<Map>(&back).unwrap()["user"],
+            json!({"id": 8})
+        );
     }
 
     #[test]
