@@ -43,7 +43,7 @@ mod number;
 mod ser;
 pub mod storable;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod value;
 
 pub use compress::Compressor;
