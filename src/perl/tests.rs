@@ -337,6 +337,27 @@ fn reads_hook_objects_and_writes_them_back_byte_for_byte() {
 }
 
 #[test]
+fn reads_the_hook_forms_for_huge_objects() {
+    // 64-bit object numbers (a negative list count): an object whose list names itself.
+    let image = net("139201460178ffffffff0000000000000000");
+    let data = thaw(&image).unwrap();
+    let PerlValue::Hook(hook) = &data[data.root()].value else {
+        panic!("{data:?}")
+    };
+    assert_eq!(hook.refs, [data.root()]);
+    assert_eq!(data[data.root()].class.as_deref(), Some("F"));
+    // Written back with 32-bit numbers, as Perl writes them below 2^32 values.
+    assert_eq!(nfreeze(&data).unwrap(), net("1382014601780100000000"));
+    // A frozen string with a 64-bit length (SX_LOBJECT before SX_HOOK).
+    let data = thaw(&net("2113020146000000000000000178")).unwrap();
+    let PerlValue::Hook(hook) = &data[data.root()].value else {
+        panic!("{data:?}")
+    };
+    assert_eq!((hook.kind, &hook.frozen[..]), (HookKind::Hash, &b"x"[..]));
+    assert_eq!(nfreeze(&data).unwrap(), net("130201460178"));
+}
+
+#[test]
 fn hook_objects_built_in_rust_are_checked_when_frozen() {
     let mut data = PerlData::new(PerlValue::Hook(Hook::new(HookKind::Hash, vec![], vec![])));
     assert!(
