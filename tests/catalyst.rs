@@ -3,7 +3,8 @@
 //! file: the Catalyst twin of the demo (`tests/catalyst/app`, Catalyst::Plugin::Session with
 //! Store::FastMmap and State::Cookie) runs under Starman with two workers, the Rust demo
 //! (`examples/web --catalyst`) with two workers on the same file and cookie name, and one
-//! client with one cookie jar goes back and forth between them.
+//! client with one cookie jar goes back and forth between them — also with Perl objects in
+//! the session (the twin's `/stamp`), which Rust routes keep.
 //!
 //! A second test uses Catalyst's session store itself (Store::FastMmap, from
 //! `tests/catalyst/store.pl`) on a file that a Rust store in Catalyst mode shares, and checks
@@ -215,6 +216,22 @@ fn perl_and_rust_workers_share_catalyst_sessions() {
             assert_eq!(page.body, "user=", "old id on {}", server.name);
         }
     }
+
+    // Perl objects in the session (a hook object and a blessed one sharing an object) do
+    // not break the Rust side: its routes work and save, and Perl gets its objects back.
+    let stamp = s.browser.post(perl, "/stamp", "epoch=1700000000");
+    let want = "stamp=1700000000 zone=UTC class=DemoApp::Stamp thawed=1 member=dora shared=1";
+    assert_eq!(stamp.body, want, "{}", s.describe(Some(&s.sid())));
+    let count = count_of(&s.browser.get(perl, "/count").body);
+    for n in 1..=2 {
+        let page = s.browser.get(rust, "/count");
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert_eq!(count_of(&page.body), count + n);
+    }
+    assert_eq!(s.browser.get(rust, "/whoami").body, "user=bob");
+    assert_eq!(s.browser.get(rust, "/static/app.css").status, 200);
+    assert_eq!(s.browser.get(perl, "/stamp").body, want);
+    assert_eq!(count_of(&s.browser.get(perl, "/count").body), count + 3);
 
     // A flash set on one side is shown once, on the other.
     for (set_on, shown_on, msg) in [(perl, rust, "from-perl"), (rust, perl, "from-rust")] {
