@@ -33,6 +33,7 @@ pub struct Sv {
     /// The class (package) the value is blessed into, if any. In Perl an object is a reference
     /// to a blessed value: `bless {}, 'Foo'` blesses the hash, so here it is the
     /// [`PerlValue::Hash`] that has `class` `Foo`, and a [`PerlValue::Ref`] points to it.
+    /// A [`PerlValue::Hook`] object always has one.
     pub class: Option<Arc<str>>,
 }
 
