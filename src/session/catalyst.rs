@@ -214,6 +214,9 @@ struct InKey {
     source: crate::perl::Error,
 }
 
+/// How many keys [`unreadable`] tries, to name the one JSON cannot hold.
+const MAX_KEYS_TRIED: usize = 1000;
+
 /// The error of a thawed `session:SID` that does not read as a map of JSON values: naming the
 /// first key whose value does not (a cycle, say), when it is a hash.
 fn unreadable(perl: &PerlData, whole: crate::perl::Error) -> Error {
@@ -222,8 +225,9 @@ fn unreadable(perl: &PerlData, whole: crate::perl::Error) -> Error {
         Some(PerlValue::Hash(entries)) => entries,
         _ => return bad_perl(reason)(whole),
     };
-    for (key, id) in entries {
-        let mut one = perl.clone();
+    // Each try scans the whole data once: a bounded number of keys is tried.
+    let mut one = perl.clone();
+    for (key, id) in entries.iter().take(MAX_KEYS_TRIED) {
         one.set_root(*id);
         if let Err(source) = storable::from_data::<Value>(&one) {
             return Error::BadRecord {
