@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::perl::{HashKey, PerlData, PerlFormat, PerlValue, SvId, storable};
+use crate::perl::{HashKey, PerlData, PerlFormat, PerlRef, PerlValue, SvId, storable};
 use crate::session::error::{Error, Result};
 use crate::session::record::{Binding, MAX_TIME, Map};
 
@@ -356,29 +356,60 @@ impl CatalystRecord {
                 .map_err(bad_perl("session values cannot be written as Perl data"));
         };
         let mut perl = stored.perl.clone();
-        let mut entries = Vec::with_capacity(hash.len());
-        for (key, id) in &stored.entries {
-            let text = key.text();
-            let Some(value) = hash.get(&*text) else {
-                continue; // deleted
-            };
-            if stored.json.get(&*text) == Some(value) {
-                entries.push((key.clone(), *id));
-            } else {
-                entries.push((key.clone(), graft(&mut perl, value)?));
-            }
-        }
-        for (text, value) in &hash {
-            if !stored.json.contains_key(text) {
-                let id = graft(&mut perl, value)?;
-                entries.push((HashKey::from(text.as_str()), id));
-            }
-        }
+        let old = |k: &str| stored.json.get(k);
+        let entries = splice(&mut perl, &stored.entries, &old, &hash, true)?;
         if let Some(sv) = perl.get_mut(stored.hash) {
             sv.value = PerlValue::Hash(entries);
         }
         storable::freeze(&perl).map_err(bad_perl("session values cannot be written as Perl data"))
     }
+}
+
+/// The entries of a stored hash written back as `new` says: a key whose JSON is what it read
+/// as (`old`) keeps its Perl value, a changed key gets `new`'s value in its place (in
+/// `__flash` too, when `flash`: the flash hash is spliced the same way, so that its other
+/// values stay as Perl stored them), a missing key goes, and new keys follow.
+fn splice<'a>(
+    perl: &mut PerlData,
+    entries: &[(HashKey, SvId)],
+    old: &dyn Fn(&str) -> Option<&'a Value>,
+    new: &serde_json::Map<String, Value>,
+    flash: bool,
+) -> Result<Vec<(HashKey, SvId)>> {
+    let mut out = Vec::with_capacity(new.len());
+    let mut seen = std::collections::HashSet::new();
+    for (key, id) in entries {
+        let text = key.text();
+        seen.insert(text.clone().into_owned());
+        let Some(value) = new.get(&*text) else {
+            continue; // deleted
+        };
+        let was = old(&text);
+        if was == Some(value) {
+            out.push((key.clone(), *id));
+            continue;
+        }
+        let inner = perl.deref(*id).and_then(|h| match &perl[h].value {
+            PerlValue::Hash(inner) => Some(inner.clone()),
+            _ => None,
+        });
+        let spliced = match (flash && text == FLASH_KEY, was, value, inner) {
+            (true, Some(Value::Object(was)), Value::Object(value), Some(inner)) => {
+                let inner = splice(perl, &inner, &|k| was.get(k), value, false)?;
+                let hash = perl.push(PerlValue::Hash(inner));
+                perl.push(PerlValue::Ref(PerlRef::to(hash)))
+            }
+            _ => graft(perl, value)?,
+        };
+        out.push((key.clone(), spliced));
+    }
+    for (text, value) in new {
+        if !seen.contains(text) {
+            let id = graft(perl, value)?;
+            out.push((HashKey::from(text.as_str()), id));
+        }
+    }
+    Ok(out)
 }
 
 /// Adds `value` to `perl` as a scalar that can be a hash value; returns its id.
@@ -407,7 +438,7 @@ pub(crate) fn encode_expires(at: u64) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::perl::{Hook, HookKind, PerlRef, Sv};
+    use crate::perl::{Hook, HookKind, Sv};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -601,6 +632,33 @@ mod tests {
         let record = CatalystRecord::decode(&storable::freeze(&back).unwrap()).unwrap();
         assert_eq!(record.data["cart"], json!(["book"]));
         assert_eq!(record.data["count"], json!(4));
+    }
+
+    #[test]
+    fn a_flash_value_added_in_rust_leaves_perls_flash_objects_alone() {
+        let (mut data, _, _) = session_with_objects();
+        let hash = data.deref(data.root()).unwrap();
+        let field = data.push(PerlValue::string("email"));
+        let error = data.push(Sv::blessed(
+            PerlValue::Hash(vec![("field".into(), field)]),
+            "MyApp::FormError",
+        ));
+        let error_ref = data.push(PerlValue::Ref(PerlRef::to(error)));
+        let flash = data.push(PerlValue::Hash(vec![("error".into(), error_ref)]));
+        let flash_ref = data.push(PerlValue::Ref(PerlRef::to(flash)));
+        if let PerlValue::Hash(entries) = &mut data.get_mut(hash).unwrap().value {
+            entries.push(("__flash".into(), flash_ref));
+        }
+        let mut record = CatalystRecord::decode(&storable::freeze(&data).unwrap()).unwrap();
+        assert_eq!(record.flash["error"], json!({"field": "email"}));
+        record.flash.insert("msg".into(), json!("saved"));
+        let back = storable::thaw(&record.encode().unwrap()).unwrap();
+        let hash = back.deref(back.root()).unwrap();
+        let flash = back.hash_get(hash, "__flash").unwrap();
+        let error = back.deref(back.hash_get(flash, "error").unwrap()).unwrap();
+        assert_eq!(back[error].class.as_deref(), Some("MyApp::FormError"));
+        let msg = back.hash_get(flash, "msg").unwrap();
+        assert_eq!(back[msg].value, PerlValue::string("saved"));
     }
 
     #[test]
