@@ -3,11 +3,15 @@
 //! file: the Catalyst twin of the demo (`tests/catalyst/app`, Catalyst::Plugin::Session with
 //! Store::FastMmap and State::Cookie) runs under Starman with two workers, the Rust demo
 //! (`examples/web --catalyst`) with two workers on the same file and cookie name, and one
-//! client with one cookie jar goes back and forth between them.
+//! client with one cookie jar goes back and forth between them — also with Perl objects in
+//! the session (the twin's `/stamp`), which Rust routes keep.
 //!
 //! A second test uses Catalyst's session store itself (Store::FastMmap, from
 //! `tests/catalyst/store.pl`) on a file that a Rust store in Catalyst mode shares, and checks
-//! what each side sees of the other's values — numbers as numbers, strings as strings.
+//! what each side sees of the other's values — numbers as numbers, strings as strings. A
+//! third stores Perl objects (blessed, and frozen by `STORABLE_freeze` hooks) in a session
+//! with that store, changes another key from Rust, and checks that Perl gets its objects back
+//! and that the other keys kept their bytes.
 //!
 //! Without Catalyst or Starman the tests skip with a banner, unless
 //! `FASTMMAP_REQUIRE_CATALYST=1` (as in CI) makes that a failure.
@@ -16,7 +20,8 @@ mod common;
 #[path = "catalyst/harness.rs"]
 mod harness;
 
-use fastmmap::perl::PerlFormat;
+use fastmmap::perl::storable::{freeze, thaw};
+use fastmmap::perl::{PerlFormat, PerlValue};
 use fastmmap::session::{
     CATALYST_ID_LEN, CatalystConfig, Client, IdFormat, Origin, SessionId, SessionStore,
 };
@@ -212,6 +217,22 @@ fn perl_and_rust_workers_share_catalyst_sessions() {
         }
     }
 
+    // Perl objects in the session (a hook object and a blessed one sharing an object) do
+    // not break the Rust side: its routes work and save, and Perl gets its objects back.
+    let stamp = s.browser.post(perl, "/stamp", "epoch=1700000000");
+    let want = "stamp=1700000000 zone=UTC class=DemoApp::Stamp thawed=1 member=dora shared=1";
+    assert_eq!(stamp.body, want, "{}", s.describe(Some(&s.sid())));
+    let count = count_of(&s.browser.get(perl, "/count").body);
+    for n in 1..=2 {
+        let page = s.browser.get(rust, "/count");
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert_eq!(count_of(&page.body), count + n);
+    }
+    assert_eq!(s.browser.get(rust, "/whoami").body, "user=bob");
+    assert_eq!(s.browser.get(rust, "/static/app.css").status, 200);
+    assert_eq!(s.browser.get(perl, "/stamp").body, want);
+    assert_eq!(count_of(&s.browser.get(perl, "/count").body), count + 3);
+
     // A flash set on one side is shown once, on the other.
     for (set_on, shown_on, msg) in [(perl, rust, "from-perl"), (rust, perl, "from-rust")] {
         let set = s.browser.post_only(set_on, "/flash", &format!("msg={msg}"));
@@ -359,4 +380,85 @@ fn catalysts_own_store_and_a_rust_store_share_values() {
         seen_perl_count,
         "Rust counted {rust_increments} times but never while Perl did"
     );
+}
+
+/// A session holding Perl objects — a blessed user, a `STORABLE_freeze` hook object that
+/// refers to another object and an array, and an object the two share — written by
+/// Catalyst's store, read and changed (another key) by a Rust store, and read back by Perl:
+/// the objects come back the same (`is_deeply`, class, methods, sharing), and the record's
+/// other keys keep their bytes.
+#[test]
+fn perl_objects_in_a_session_survive_a_rust_save() {
+    if let Some(reason) = harness::missing_modules() {
+        skip(&reason);
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("session_data");
+    let sid = "89abcdef0123456789abcdef0123456789abcdef";
+    let id = SessionId::parse_catalyst(sid).unwrap();
+    let key = format!("session:{sid}");
+    harness::store_pl(&file, "write-objects", sid);
+    let cache = Cache::builder()
+        .path(&file)
+        .layout(Layout::FastMmap)
+        .num_pages(89)
+        .page_size(64 * 1024)
+        .open()
+        .expect("open the session file");
+    let before = cache.get(key.as_bytes()).unwrap().expect("Perl's record");
+
+    let store = SessionStore::builder()
+        .path(&file)
+        .catalyst(CatalystConfig::new())
+        .build()
+        .unwrap();
+    let mut session = store.load(Some(&id), &Client::new()).unwrap();
+    assert_eq!(session.origin(), &Origin::Loaded);
+    assert_eq!(session.get::<u64>("count").unwrap(), Some(1));
+    // A blessed hash reads as its hash; a hook object as its class and string.
+    let user = session.get_value("user").expect("user").clone();
+    assert_eq!(user["name"], "zo\u{eb}");
+    assert_eq!(user["roles"], serde_json::json!(["admin", "dev"]));
+    assert_eq!(
+        session.get_value("stamp"),
+        Some(&serde_json::json!({"class": "MyApp::Stamp", "frozen": "epoch=1700000000"}))
+    );
+    session.insert("count", &2).unwrap();
+    store.save(&mut session).unwrap();
+
+    // Byte for byte: Perl's record with the new count and save time, nothing else.
+    let after = cache
+        .get(key.as_bytes())
+        .unwrap()
+        .expect("the saved record");
+    let mut expected = thaw(&before).unwrap();
+    let hash = expected.deref(expected.root()).unwrap();
+    for (name, value) in [("count", 2), ("__updated", -1)] {
+        let at = expected.hash_get(hash, name).unwrap();
+        let value = if value < 0 {
+            let written = thaw(&after).unwrap();
+            let h = written.deref(written.root()).unwrap();
+            written[written.hash_get(h, name).unwrap()].value.clone()
+        } else {
+            PerlValue::Int(value)
+        };
+        expected.get_mut(at).unwrap().value = value;
+    }
+    assert_eq!(
+        after,
+        freeze(&expected).unwrap(),
+        "only count and __updated changed"
+    );
+
+    // A key added by an atomic update, too.
+    store
+        .update(&id, |s| s.insert("rust", "was here").unwrap())
+        .unwrap()
+        .expect("the session is live");
+
+    let seen = harness::store_pl(&file, "check-objects", sid);
+    assert!(seen.iter().any(|l| l == "count 2"), "{seen:#?}");
+    assert!(seen.iter().any(|l| l == "rust was here"), "{seen:#?}");
+    assert!(seen.iter().any(|l| l == "1..12"), "{seen:#?}");
 }

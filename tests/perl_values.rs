@@ -20,8 +20,11 @@
 //!   classes with Storable's class table, overloaded objects, JSON::PP booleans, an aliased
 //!   element, 200 levels of nesting, UTF-8 and Latin-1 keys, extreme numbers, long strings,
 //!   references to references) both ways, and a structure built in Rust.
+//! - **Hook objects** ([`hook_objects_survive_both_ways_byte_for_byte`]): objects frozen by
+//!   `STORABLE_freeze` hooks in every form Perl writes are read, written back byte for byte,
+//!   and thawed by Perl's `STORABLE_thaw` into the same objects.
 //! - **Refused** ([`what_perl_freezes_but_rust_refuses_is_an_error`]): code references, tied
-//!   hashes, `STORABLE_freeze` hooks, regexps, v-strings and restricted hashes as Perl freezes
+//!   hashes (with or without a hook), regexps, v-strings and restricted hashes as Perl freezes
 //!   them are errors.
 //! - **Through a cache file** ([`perl_caches_and_rust_share_typed_values`]): for each of
 //!   Cache::FastMmap's serializers (storable, json, raw) with each compressor (none, zlib,
@@ -668,6 +671,90 @@ fn shared_references_cycles_and_objects_survive_both_ways() {
     );
 }
 
+/// Objects frozen by `STORABLE_freeze` hooks, in every form Perl writes them (a string only,
+/// references to further values — shared, nested, the object itself — blessed arrays and
+/// scalars, overloading, strings and lists over 255, class names and class indexes over 255):
+/// Rust reads them, writes them back byte for byte, converts them between byte orders, and
+/// Perl's `STORABLE_thaw` rebuilds the same objects from Rust's images.
+#[test]
+fn hook_objects_survive_both_ways_byte_for_byte() {
+    if !perl_available("hook_objects_survive_both_ways_byte_for_byte") {
+        return;
+    }
+    let cases = perl(&["hooks"], "");
+    let mut names = Vec::new();
+    let mut back = String::new();
+    let mut expected = Vec::new();
+    for line in &cases {
+        let f = fields(line, "hook");
+        let name = f[0];
+        names.push(name.to_owned());
+        let data = thaw(&unhex(f[1])).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let ndata = thaw(&unhex(f[2])).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_same(
+            &hex(&freeze(&data).unwrap()),
+            f[1],
+            format_args!("{name}: freeze again"),
+        );
+        assert_same(
+            &hex(&nfreeze(&ndata).unwrap()),
+            f[2],
+            format_args!("{name}: nfreeze again"),
+        );
+        assert_eq!(data, ndata, "{name}: both byte orders read the same");
+        let _ = writeln!(back, "{}", hex(&freeze(&data).unwrap()));
+        let _ = writeln!(back, "{}", hex(&nfreeze(&data).unwrap()));
+        expected.extend([f[3].to_owned(), f[4].to_owned()]);
+        if name == "refs" {
+            check_refs_case(&data);
+        }
+    }
+    assert_eq!(
+        names,
+        ["classes", "kinds", "large", "nested", "refs", "simple"]
+    );
+    let thawed = perl(&["thaw"], &back);
+    assert_eq!(thawed.len(), expected.len());
+    for (i, (line, want)) in thawed.iter().zip(&expected).enumerate() {
+        let f = fields(line, "thawed");
+        let name = &names[i / 2];
+        assert_same(f[0], want, format_args!("{name}: Perl thaws Rust's image"));
+    }
+}
+
+/// The `refs` case as Rust sees it: `one`'s hook referred to the array shared with `before`
+/// and `after`, to the hash `two` shares, to the scalar 5 and to itself.
+fn check_refs_case(data: &PerlData) {
+    use fastmmap::perl::HookKind;
+    let root = data.deref(data.root()).unwrap();
+    let object = |key: &str| data.deref(data.hash_get(root, key).unwrap()).unwrap();
+    let (one, two) = (object("one"), object("two"));
+    assert_eq!(data[one].class.as_deref(), Some("Hooked::Refs"));
+    let (PerlValue::Hook(h1), PerlValue::Hook(h2)) = (&data[one].value, &data[two].value) else {
+        panic!("not hook objects: {:?} {:?}", data[one], data[two]);
+    };
+    assert_eq!(h1.kind, HookKind::Hash);
+    assert_eq!(h1.frozen, b"name=one");
+    assert_eq!(h1.refs.len(), 4);
+    assert_eq!(h1.refs[0], object("before"), "the shared array");
+    assert_eq!(h1.refs[0], object("after"));
+    assert_eq!(h1.refs[1], h2.refs[1], "the shared hash");
+    assert_eq!(data[h1.refs[2]].value, PerlValue::Int(5));
+    assert_eq!(h1.refs[3], one, "the object itself");
+    assert_eq!(data[object("user")].class.as_deref(), Some("My::User"));
+    // Through serde: the class and the hook's string.
+    let json: serde_json::Value = fastmmap::perl::storable::from_data(&{
+        let mut d = data.clone();
+        d.set_root(two);
+        d
+    })
+    .unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"class": "Hooked::Refs", "frozen": "name=two"})
+    );
+}
+
 #[test]
 fn what_perl_freezes_but_rust_refuses_is_an_error() {
     if !perl_available("what_perl_freezes_but_rust_refuses_is_an_error") {
@@ -685,7 +772,14 @@ fn what_perl_freezes_but_rust_refuses_is_an_error() {
     }
     assert_eq!(
         names,
-        ["code", "hook", "regexp", "restricted", "tied", "vstring"]
+        [
+            "code",
+            "regexp",
+            "restricted",
+            "tied",
+            "tied_hook",
+            "vstring"
+        ]
     );
 }
 

@@ -44,7 +44,7 @@ fn page_model() {
     replay("page_model", fastmmap_fuzz::page_model::run);
 }
 
-/// `seeds/storable/` holds images made by Perl 5.36 (tests/perl/values.pl `cases`,
+/// `seeds/storable/` holds images made by Perl 5.36 (tests/perl/values.pl `cases`, `hooks`,
 /// `refused` and `gen 1 40`, and a cached value compressed by each compressor's module).
 #[test]
 fn storable() {

@@ -4,7 +4,10 @@
 //! holds a number deserializes as that number (`nfreeze` stores doubles as strings), a number
 //! as its string, and `bool` follows Perl's truth (`undef`, `""`, `"0"` and 0 are false).
 //! References are transparent: a hash reference, a reference to a reference to a hash and a
-//! blessed hash all deserialize as the hash. Shared values are copied to each place that uses
+//! blessed hash all deserialize as the hash. An object frozen by a `STORABLE_freeze` hook
+//! deserializes as the map `{ class, frozen }`: its class and the string its hook returned
+//! (the values the hook referred to are left out: they often refer back to the object; read
+//! them from the [`PerlData`]). Shared values are copied to each place that uses
 //! them; cycles, nesting deeper than [`MAX_DEPTH`] and copying more than the expansion limits
 //! (values, and bytes of strings and keys) are errors.
 
@@ -16,7 +19,7 @@ use serde::de::{
 };
 
 use crate::perl::number::{nv_as_iv, nv_to_string, parse_f64, parse_i64, parse_u64};
-use crate::perl::value::{HashKey, PerlData, PerlValue, SvId, bytes_as_text};
+use crate::perl::value::{HashKey, Hook, PerlData, PerlValue, SvId, bytes_as_text};
 use crate::perl::{Error, Result};
 
 /// Arrays, hashes and enum wrappers nested deeper than this are refused (as serde_json
@@ -114,6 +117,8 @@ enum Node<'de> {
     Scalar(Scalar<'de>),
     Array(SvId, &'de [SvId]),
     Hash(SvId, &'de [(HashKey, SvId)]),
+    /// A hook object and its class.
+    Hook(&'de str, &'de Hook),
 }
 
 impl Node<'_> {
@@ -121,7 +126,7 @@ impl Node<'_> {
         match self {
             Node::Scalar(s) => s.unexpected(),
             Node::Array(..) => Unexpected::Seq,
-            Node::Hash(..) => Unexpected::Map,
+            Node::Hash(..) | Node::Hook(..) => Unexpected::Map,
         }
     }
 }
@@ -274,6 +279,7 @@ impl<'de> ValueDe<'de, '_> {
         self.state.charge(match &data[id].value {
             PerlValue::Bytes(b) => b.len(),
             PerlValue::Str(s) => s.len(),
+            PerlValue::Hook(h) => h.frozen.len(),
             _ => 0,
         })?;
         Ok(match &data[id].value {
@@ -285,6 +291,7 @@ impl<'de> ValueDe<'de, '_> {
             PerlValue::Str(s) => Node::Scalar(Scalar::Str(s)),
             PerlValue::Array(items) => Node::Array(id, items),
             PerlValue::Hash(entries) => Node::Hash(id, entries),
+            PerlValue::Hook(h) => Node::Hook(data[id].class.as_deref().unwrap_or(""), h),
             PerlValue::Ref(_) => unreachable!("the loop above follows every reference"),
         })
     }
@@ -338,6 +345,15 @@ impl<'de> ValueDe<'de, '_> {
         })
     }
 
+    /// A hook object as a map: its parts are a string and bytes, nothing to recurse into.
+    fn hook<V: Visitor<'de>>(class: &'de str, hook: &'de Hook, visitor: V) -> Result<V::Value> {
+        visitor.visit_map(HookMap {
+            class,
+            hook,
+            next: 0,
+        })
+    }
+
     fn map<V: Visitor<'de>>(
         &mut self,
         id: SvId,
@@ -386,6 +402,7 @@ impl<'de> de::Deserializer<'de> for ValueDe<'de, '_> {
             Node::Scalar(s) => s.any(visitor),
             Node::Array(id, items) => self.seq(id, items, visitor),
             Node::Hash(id, entries) => self.map(id, entries, visitor),
+            Node::Hook(class, hook) => Self::hook(class, hook, visitor),
         }
     }
 
@@ -448,6 +465,7 @@ impl<'de> de::Deserializer<'de> for ValueDe<'de, '_> {
     fn deserialize_map<V: Visitor<'de>>(mut self, visitor: V) -> Result<V::Value> {
         match self.node()? {
             Node::Hash(id, entries) => self.map(id, entries, visitor),
+            Node::Hook(class, hook) => Self::hook(class, hook, visitor),
             other => Err(Error::invalid_type(other.unexpected(), &visitor)),
         }
     }
@@ -461,6 +479,7 @@ impl<'de> de::Deserializer<'de> for ValueDe<'de, '_> {
     ) -> Result<V::Value> {
         match self.node()? {
             Node::Hash(id, entries) => self.map(id, entries, visitor),
+            Node::Hook(class, hook) => Self::hook(class, hook, visitor),
             Node::Array(id, items) => self.seq(id, items, visitor),
             other => Err(Error::invalid_type(other.unexpected(), &visitor)),
         }
@@ -555,6 +574,45 @@ impl<'de> MapAccess<'de> for Map<'de, '_> {
 
     fn size_hint(&self) -> Option<usize> {
         Some(self.entries.len())
+    }
+}
+
+/// The names of a hook object's parts, as a map.
+const HOOK_FIELDS: [&str; 2] = ["class", "frozen"];
+
+/// A hook object as the map `{ class, frozen }`.
+struct HookMap<'de> {
+    class: &'de str,
+    hook: &'de Hook,
+    /// The index in [`HOOK_FIELDS`] of the next key.
+    next: usize,
+}
+
+impl<'de> MapAccess<'de> for HookMap<'de> {
+    type Error = Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>> {
+        let Some(&name) = HOOK_FIELDS.get(self.next) else {
+            return Ok(None);
+        };
+        self.next += 1;
+        seed.deserialize(de::value::BorrowedStrDeserializer::new(name))
+            .map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value> {
+        match self.next {
+            1 => seed.deserialize(de::value::BorrowedStrDeserializer::new(self.class)),
+            2 => match bytes_as_text(&self.hook.frozen) {
+                Cow::Borrowed(s) => seed.deserialize(de::value::BorrowedStrDeserializer::new(s)),
+                Cow::Owned(s) => seed.deserialize(de::value::StringDeserializer::new(s)),
+            },
+            _ => Err(Error::Data("a map value asked for before its key".into())),
+        }
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(HOOK_FIELDS.len() - self.next)
     }
 }
 

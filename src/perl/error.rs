@@ -21,7 +21,7 @@ pub enum Error {
     },
 
     /// The image is well formed but holds something this crate does not read: code
-    /// references, tied variables, objects frozen by `STORABLE_freeze` hooks, regular
+    /// references, tied variables, regular
     /// expressions, v-strings, restricted (locked) hashes, images of a Perl with long
     /// doubles or an unknown byte order, and images from before Storable 0.7.
     #[error("unsupported Storable data at byte {offset}: {what}")]

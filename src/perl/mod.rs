@@ -12,7 +12,8 @@
 //! - [`storable`]: Storable's `freeze` / `nfreeze` images, to and from Rust types (serde) or
 //!   [`PerlData`].
 //! - [`PerlData`]: a Perl data structure as Perl holds it — scalars, arrays, hashes,
-//!   references, blessed objects, shared values and cycles — for values that no Rust type
+//!   references, blessed objects (and objects frozen by `STORABLE_freeze` hooks, [`Hook`]),
+//!   shared values and cycles — for values that no Rust type
 //!   describes, or that must be written back exactly as they were.
 //! - [`Compressor`]: the compressors' byte formats.
 //!
@@ -42,10 +43,10 @@ mod number;
 mod ser;
 pub mod storable;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod value;
 
 pub use compress::Compressor;
 pub use error::{Error, Result};
 pub use format::{PerlFormat, Serializer};
-pub use value::{HashKey, PerlData, PerlRef, PerlValue, Sv, SvId};
+pub use value::{HashKey, Hook, HookKind, PerlData, PerlRef, PerlValue, Sv, SvId};

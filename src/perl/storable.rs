@@ -61,14 +61,15 @@
 //! long and over 2 GiB), arrays, hashes (with byte keys and with UTF-8 keys, Storable's
 //! flagged hashes), references (weak ones and references to objects of classes with
 //! overloading too), blessed values (class names, with Storable's class table on repeats),
-//! shared values and cycles (Storable's back-references), Perl's immortal `undef`, true and
+//! objects frozen by their class's `STORABLE_freeze` hook (kept as
+//! [`PerlValue::Hook`](crate::perl::PerlValue::Hook), in every form Perl writes), shared values and cycles (Storable's back-references), Perl's immortal `undef`, true and
 //! false, and Storable 3.32's booleans. Perl's own images are written back byte for byte,
 //! with two exceptions that change nothing Perl code can see: `undef` is always written as a
 //! fresh `undef` (not Perl's read-only immortal one), and a hash Perl still marks as having
 //! UTF-8 keys when none is left (a key stored again as bytes) is written as a plain hash.
 //!
 //! Refused with [`Error::Unsupported`](crate::perl::Error::Unsupported): code references,
-//! tied variables, objects frozen by a `STORABLE_freeze` hook, regular expressions,
+//! tied variables (with or without a hook), regular expressions,
 //! v-strings, restricted hashes, images of a Perl with long doubles and images older than
 //! Storable 0.7. Anything not well formed, including bytes after the image, is
 //! [`Error::Malformed`](crate::perl::Error::Malformed) — so are strings and keys marked UTF-8

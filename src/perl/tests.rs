@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::perl::number::{nv_as_iv, nv_to_string};
 use crate::perl::storable::{self, freeze, from_slice, nfreeze, thaw, to_vec, to_vec_network};
 use crate::perl::{
-    Compressor, Error, HashKey, PerlData, PerlFormat, PerlRef, PerlValue, Serializer, Sv, SvId,
+    Compressor, Error, HashKey, Hook, HookKind, PerlData, PerlFormat, PerlRef, PerlValue,
+    Serializer, Sv, SvId,
 };
 
 fn unhex(h: &str) -> Vec<u8> {
@@ -264,6 +265,120 @@ fn reads_blessed_values_and_the_class_table() {
 }
 
 #[test]
+fn reads_hook_objects_and_writes_them_back_byte_for_byte() {
+    // package Hooked::Refs { sub STORABLE_freeze { ("n", $_[0]{list}, \\$_[0]{count}, $_[0]) } }
+    // my $shared = [1];
+    // nfreeze([$shared, bless({ list => $shared, count => 5 }, 'Hooked::Refs'),
+    //          bless({ list => $shared, count => 6 }, 'Hooked::Refs')])
+    let image = unhex(concat!(
+        "050b0200000003",
+        "0402000000010881",
+        // SX_REF, SX_HOOK, flags NEED_RECURSE | hash, the count (not stored yet), then flags
+        // HAS_LIST | hash, the class, the string, and object numbers 2 (the shared array),
+        // 6 (the count) and 5 (the object itself).
+        "0413420885",
+        "820c486f6f6b65643a3a52656673016e03000000020000000600000005",
+        // The second object: its class by index (IDX_CLASSNAME).
+        "0413420886a200016e03000000020000000900000008",
+    ));
+    let data = thaw(&image).unwrap();
+    let PerlValue::Array(items) = root(&data) else {
+        panic!("{data:?}")
+    };
+    let shared = target(&data, items[0]);
+    assert_eq!(
+        shared.value,
+        PerlValue::Array(vec![SvId::from_index(3).unwrap()])
+    );
+    for (item, count) in [(items[1], 5), (items[2], 6)] {
+        let PerlValue::Ref(r) = data[item].value else {
+            panic!()
+        };
+        let object = &data[r.target];
+        assert_eq!(object.class.as_deref(), Some("Hooked::Refs"));
+        let PerlValue::Hook(hook) = &object.value else {
+            panic!("{object:?}")
+        };
+        assert_eq!((hook.kind, &hook.frozen[..]), (HookKind::Hash, &b"n"[..]));
+        assert_eq!(
+            hook.refs[0],
+            SvId::from_index(2).unwrap(),
+            "the shared array"
+        );
+        assert_eq!(data[hook.refs[1]].value, PerlValue::Int(count));
+        assert_eq!(hook.refs[2], r.target, "the object itself");
+    }
+    assert_eq!(nfreeze(&data).unwrap(), image);
+    // Natively frozen and read again: the same data.
+    assert_eq!(thaw(&freeze(&data).unwrap()).unwrap(), data);
+    // Through serde: the class and the string.
+    let json: serde_json::Value = storable::from_data(&data).unwrap();
+    assert_eq!(
+        json[1],
+        serde_json::json!({"class": "Hooked::Refs", "frozen": "n"})
+    );
+
+    // A hash, an array and a scalar object whose hook returns only a string:
+    // nfreeze([bless({}, 'Hooked'), bless([], 'Hooked'), bless(\\(my $s = 1), 'Hooked')])
+    let image = unhex("050b020000000304130206486f6f6b65640178041321000178041320000178");
+    let data = thaw(&image).unwrap();
+    let PerlValue::Array(items) = root(&data) else {
+        panic!()
+    };
+    let kinds: Vec<HookKind> = items
+        .iter()
+        .map(|&i| match &target(&data, i).value {
+            PerlValue::Hook(h) => h.kind,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(kinds, [HookKind::Hash, HookKind::Array, HookKind::Scalar]);
+    assert_eq!(nfreeze(&data).unwrap(), image);
+}
+
+#[test]
+fn reads_the_hook_forms_for_huge_objects() {
+    // 64-bit object numbers (a negative list count): an object whose list names itself.
+    let image = net("139201460178ffffffff0000000000000000");
+    let data = thaw(&image).unwrap();
+    let PerlValue::Hook(hook) = &data[data.root()].value else {
+        panic!("{data:?}")
+    };
+    assert_eq!(hook.refs, [data.root()]);
+    assert_eq!(data[data.root()].class.as_deref(), Some("F"));
+    // Written back with 32-bit numbers, as Perl writes them below 2^32 values.
+    assert_eq!(nfreeze(&data).unwrap(), net("1382014601780100000000"));
+    // A frozen string with a 64-bit length (SX_LOBJECT before SX_HOOK).
+    let data = thaw(&net("2113020146000000000000000178")).unwrap();
+    let PerlValue::Hook(hook) = &data[data.root()].value else {
+        panic!("{data:?}")
+    };
+    assert_eq!((hook.kind, &hook.frozen[..]), (HookKind::Hash, &b"x"[..]));
+    assert_eq!(nfreeze(&data).unwrap(), net("130201460178"));
+}
+
+#[test]
+fn hook_objects_built_in_rust_are_checked_when_frozen() {
+    let mut data = PerlData::new(PerlValue::Hook(Hook::new(HookKind::Hash, vec![], vec![])));
+    assert!(
+        matches!(freeze(&data), Err(Error::InvalidData(_))),
+        "no class"
+    );
+    data.get_mut(data.root()).unwrap().class = Some("Foo".into());
+    let image = freeze(&data).unwrap();
+    assert_eq!(thaw(&image).unwrap(), data);
+    data.get_mut(data.root()).unwrap().value = PerlValue::Hook(Hook::new(
+        HookKind::Hash,
+        vec![],
+        vec![SvId::from_index(7).unwrap()],
+    ));
+    assert!(
+        matches!(freeze(&data), Err(Error::InvalidData(_))),
+        "a referred value that is not there"
+    );
+}
+
+#[test]
 fn reads_images_of_other_byte_orders_and_integer_sizes() {
     // A big-endian 64-bit Perl: freeze([1000, 1.5]).
     let be64 = unhex(concat!(
@@ -289,8 +404,8 @@ fn refuses_what_it_does_not_read() {
     for (perl, image) in [
         ("freeze(\\v1.2.3)", native("1d0676312e322e330a03010203")),
         (
-            "freeze(bless {}, 'Hooked') with STORABLE_freeze",
-            native("130206486f6f6b65640178"),
+            "freeze(bless \\%tied, 'Hooked') with STORABLE_freeze",
+            native("130306"),
         ),
         ("a code reference", native("1a0a0373756200")),
         ("a tied hash", native("0c0300000000")),
@@ -322,6 +437,21 @@ fn refuses_malformed_images() {
         ("array inside array", net("02010000000200000000")),
         ("class index never named", net("12050880")),
         ("bless of a back-reference", net("041101410000000000")),
+        ("hook class index never named", net("1322050178")),
+        (
+            "hook list naming a value not read",
+            net("1382014601780100000009"),
+        ),
+        ("hook after a bless marker", net("110146130201460178")),
+        (
+            "hook array stored as an element",
+            net("0201000000130101460178"),
+        ),
+        ("hook cut short in its recursion", net("1342")),
+        (
+            "hook list longer than the image",
+            net("1392014601787fffffff"),
+        ),
     ] {
         match thaw(&image) {
             Err(Error::Malformed { .. }) => {}
@@ -498,7 +628,8 @@ impl Rng {
 }
 
 /// Random Perl data from `seed`: every kind of scalar, nested arrays and hashes, blessed
-/// values, weak and overloaded references, shared values, aliased elements and cycles.
+/// values, hook objects, weak and overloaded references, shared values, aliased elements and
+/// cycles.
 pub(crate) fn random_data(seed: u64) -> PerlData {
     let mut g = Gen {
         rng: Rng(seed | 1),
@@ -597,12 +728,13 @@ impl Gen {
             }
             6 => PerlValue::Undef,
             _ => {
-                let target = match self.rng.below(4) {
+                let target = match self.rng.below(5) {
                     0 if !self.containers.is_empty() => {
                         let i = self.rng.below(self.containers.len() as u64) as usize;
                         self.containers[i]
                     }
                     1 => self.scalar(depth + 1),
+                    2 => self.hook(depth + 1),
                     _ => self.container(depth + 1),
                 };
                 let r = PerlRef {
@@ -615,6 +747,43 @@ impl Gen {
         };
         let id = self.push(value);
         self.scalars.push(id);
+        id
+    }
+
+    /// An object frozen by a hook: its string, and references to new values, to values
+    /// made before (ancestors too: cycles) and to itself; now and then over 255 of them.
+    fn hook(&mut self, depth: usize) -> SvId {
+        let kind = [HookKind::Scalar, HookKind::Array, HookKind::Hash][self.rng.below(3) as usize];
+        let class: std::sync::Arc<str> = match self.rng.below(4) {
+            0 => "Foo".into(),
+            1 => "K".repeat(300).into(),
+            _ => "Hooked".into(),
+        };
+        let empty = Hook::new(kind, Vec::new(), Vec::new());
+        let id = self.data.push(Sv::blessed(PerlValue::Hook(empty), class));
+        if kind != HookKind::Scalar {
+            self.containers.push(id);
+        }
+        let frozen = self.bytes();
+        let n = match self.rng.below(30) {
+            0 => 256 + self.rng.below(20) as usize,
+            _ => self.rng.below(4) as usize,
+        };
+        let refs = (0..n)
+            .map(|_| match self.rng.below(6) {
+                0 => id,
+                1 if !self.containers.is_empty() => {
+                    self.containers[self.rng.below(self.containers.len() as u64) as usize]
+                }
+                2 if !self.scalars.is_empty() => {
+                    self.scalars[self.rng.below(self.scalars.len() as u64) as usize]
+                }
+                3 if depth < 6 && self.budget > 0 => self.container(depth + 1),
+                _ if depth < 6 && self.budget > 0 => self.scalar(depth + 1),
+                _ => self.data.push(PerlValue::Int(n as i64)),
+            })
+            .collect();
+        self.data.get_mut(id).unwrap().value = PerlValue::Hook(Hook::new(kind, frozen, refs));
         id
     }
 

@@ -33,6 +33,7 @@ pub struct Sv {
     /// The class (package) the value is blessed into, if any. In Perl an object is a reference
     /// to a blessed value: `bless {}, 'Foo'` blesses the hash, so here it is the
     /// [`PerlValue::Hash`] that has `class` `Foo`, and a [`PerlValue::Ref`] points to it.
+    /// A [`PerlValue::Hook`] object always has one.
     pub class: Option<Arc<str>>,
 }
 
@@ -88,6 +89,67 @@ pub enum PerlValue {
     Hash(Vec<(HashKey, SvId)>),
     /// A reference to another value.
     Ref(PerlRef),
+    /// An object its class froze with a `STORABLE_freeze` hook (DateTime, DBIx::Class rows,
+    /// …): what the hook returned, kept as it is so that it is written back exactly and Perl's
+    /// `STORABLE_thaw` rebuilds the object. Its [`Sv::class`] is the object's class (required).
+    Hook(Hook),
+}
+
+/// An object frozen by its class's `STORABLE_freeze` hook (Storable's `SX_HOOK`).
+///
+/// Perl calls `$object->STORABLE_freeze($cloning)`, which returns a string and, optionally,
+/// references to further values; Storable stores the string as it is and the referred values
+/// as ordinary Perl data (shared with the rest of the image). To thaw it Perl creates an empty
+/// scalar, array or hash (`kind`), blesses it into the class and calls
+/// `STORABLE_thaw($cloning, $frozen, @refs)`. Rust cannot run the hook: it keeps the three
+/// parts, so the object survives a read and a write back untouched.
+///
+/// ```
+/// use fastmmap::perl::{Hook, HookKind, PerlData, PerlRef, PerlValue, Sv, storable};
+///
+/// // bless({}, 'My::Point') whose STORABLE_freeze returns ("1,2", [3]).
+/// let mut data = PerlData::new(PerlValue::Undef);
+/// let three = data.push(PerlValue::Int(3));
+/// let list = data.push(PerlValue::Array(vec![three]));
+/// let point = data.push(Sv::blessed(
+///     PerlValue::Hook(Hook::new(HookKind::Hash, b"1,2".to_vec(), vec![list])),
+///     "My::Point",
+/// ));
+/// let root = data.push(PerlValue::Ref(PerlRef::to(point)));
+/// data.set_root(root);
+/// let image = storable::freeze(&data)?;
+/// assert_eq!(storable::thaw(&image)?, data);
+/// # Ok::<(), fastmmap::perl::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Hook {
+    /// What the object is in Perl: a blessed scalar, array or hash.
+    pub kind: HookKind,
+    /// The string `STORABLE_freeze` returned first (its bytes, opaque to Storable).
+    pub frozen: Vec<u8>,
+    /// The values the further references it returned refer to, in order: `STORABLE_thaw`
+    /// receives a reference to each. (Ids of the referred values, which may be arrays and
+    /// hashes, not of references to them.)
+    pub refs: Vec<SvId>,
+}
+
+impl Hook {
+    /// A hook object of `kind` with the hook's string and referred values.
+    pub fn new(kind: HookKind, frozen: Vec<u8>, refs: Vec<SvId>) -> Hook {
+        Hook { kind, frozen, refs }
+    }
+}
+
+/// What a [`Hook`] object is in Perl (Storable's `SHT_SCALAR`, `SHT_ARRAY`, `SHT_HASH`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HookKind {
+    /// A blessed scalar (`bless \$x, ...`).
+    Scalar,
+    /// A blessed array.
+    Array,
+    /// A blessed hash.
+    Hash,
 }
 
 impl PerlValue {
@@ -104,7 +166,11 @@ impl PerlValue {
     /// `true` for `Array` and `Hash`, which in Perl can only be reached through a reference
     /// (or be the root of an image), never stored directly in another array or hash.
     pub fn is_container(&self) -> bool {
-        matches!(self, PerlValue::Array(_) | PerlValue::Hash(_))
+        match self {
+            PerlValue::Array(_) | PerlValue::Hash(_) => true,
+            PerlValue::Hook(h) => h.kind != HookKind::Scalar,
+            _ => false,
+        }
     }
 
     /// A short name of the kind of value, for messages.
@@ -118,6 +184,7 @@ impl PerlValue {
             PerlValue::Array(_) => "array",
             PerlValue::Hash(_) => "hash",
             PerlValue::Ref(_) => "reference",
+            PerlValue::Hook(_) => "object frozen by a STORABLE_freeze hook",
         }
     }
 }
@@ -318,6 +385,37 @@ impl PerlData {
         None
     }
 
+    /// Adds every value of `other` (its ids shifted past this structure's) and returns the
+    /// new id of its root, which is not yet reachable from this root.
+    ///
+    /// # Panics
+    /// If the two together hold more than 2³² values.
+    pub fn append(&mut self, other: PerlData) -> SvId {
+        let offset = u32::try_from(self.svs.len()).expect("at most 2^32 values in one PerlData");
+        let shift = |id: &mut SvId| {
+            id.0 =
+                id.0.checked_add(offset)
+                    .expect("at most 2^32 values in one PerlData");
+        };
+        let root = {
+            let mut root = other.root;
+            shift(&mut root);
+            root
+        };
+        self.svs.reserve(other.svs.len());
+        for mut sv in other.svs {
+            match &mut sv.value {
+                PerlValue::Array(items) => items.iter_mut().for_each(shift),
+                PerlValue::Hash(entries) => entries.iter_mut().for_each(|(_, v)| shift(v)),
+                PerlValue::Ref(r) => shift(&mut r.target),
+                PerlValue::Hook(h) => h.refs.iter_mut().for_each(shift),
+                _ => {}
+            }
+            self.push(sv);
+        }
+        root
+    }
+
     /// The value of `id` in a hash value (following references to reach the hash), by key
     /// text. `None` if it is not a hash or has no such key.
     pub fn hash_get(&self, id: SvId, key: &str) -> Option<SvId> {
@@ -389,6 +487,11 @@ impl PartialEq for PerlData {
                 }
                 (Ref(x), Ref(y)) if x.weak == y.weak && x.overloaded == y.overloaded => {
                     todo.push((x.target, y.target));
+                }
+                (Hook(x), Hook(y))
+                    if x.kind == y.kind && x.frozen == y.frozen && x.refs.len() == y.refs.len() =>
+                {
+                    todo.extend(x.refs.iter().copied().zip(y.refs.iter().copied()));
                 }
                 _ => return false,
             }

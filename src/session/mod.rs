@@ -190,9 +190,10 @@
 //! - **The expiry moves on every request that sends the session cookie**, as in Catalyst:
 //!   in this mode [`SessionStore::finish`] loads a session the request never used (with
 //!   `expiry_threshold`, only one near its end is rewritten).
-//! - **Plain data only.** A session hash holding a blessed Perl object is
-//!   [`Error::BadRecord`] (and left alone): written back from Rust it would lose its class.
-//!   Catalyst's other `__` keys (`__expire_keys`, an authentication plugin's `__user`) are
+//! - **Perl objects are kept.** A blessed value reads as its data; an object frozen by its
+//!   class's `STORABLE_freeze` hook (DateTime, DBIx::Class rows) as `{"class", "frozen"}`. A
+//!   save rewrites only the keys the Rust side changed; the others keep their Perl values,
+//!   objects included, byte for byte. A key the Rust side sets is plain data. Catalyst's other `__` keys (`__expire_keys`, an authentication plugin's `__user`) are
 //!   kept as they are and show among the session's keys; the Rust side does not drop the
 //!   keys that `__expire_keys` (Catalyst's `session_expire_key`) says have expired — the next
 //!   Perl request that loads the session does. Whatever else Perl cannot have

@@ -8,10 +8,13 @@
 #   perl values.pl cases
 #       Named structures with shared references, cycles, weak references, blessed objects
 #       and overloading: `case NAME FREEZE_HEX NFREEZE_HEX DUMP NDUMP` for each.
+#   perl values.pl hooks
+#       Named structures with objects frozen by STORABLE_freeze hooks (every SX_HOOK form Perl
+#       writes): `hook NAME FREEZE_HEX NFREEZE_HEX DUMP NDUMP`, the dumps after STORABLE_thaw.
 #   perl values.pl refused
 #       `refused NAME FREEZE_HEX` for data the Rust side refuses: a code reference (with
-#       $Storable::Deparse), a tied hash, a STORABLE_freeze hook, a regexp, a v-string and a
-#       restricted hash.
+#       $Storable::Deparse), a tied hash, a tied hash with a STORABLE_freeze hook, a regexp, a
+#       v-string and a restricted hash.
 #   perl values.pl thaw
 #       For each line of hex on stdin: thaws it, freezes and nfreezes the result (before
 #       dumping, which must not change it) and prints `thawed DUMP FREEZE_HEX NFREEZE_HEX`.
@@ -45,10 +48,56 @@ package Ov {
   use overload '""' => sub { 'Ov' }, 'bool' => sub { 1 }, fallback => 1;
 }
 
-# A class that freezes itself: Storable writes SX_HOOK.
+# Classes whose objects freeze themselves: Storable writes SX_HOOK.
 package Hooked {
   sub STORABLE_freeze { return 'frozen by a hook' }
   sub STORABLE_thaw { my ($self, $cloning, $s) = @_; $self->{s} = $s }
+}
+
+# A hash object whose hook returns references to further values (SHF_NEED_RECURSE and the
+# object list), itself among them.
+package Hooked::Refs {
+  sub STORABLE_freeze {
+    my ($self) = @_;
+    return ("name=$self->{name}", $self->{list}, $self->{meta}, \$self->{count}, $self);
+  }
+  sub STORABLE_thaw {
+    my ($self, $cloning, $s, $list, $meta, $count, $me) = @_;
+    ($self->{name}) = $s =~ /^name=(.*)\z/s;
+    @$self{qw(list meta count)} = ($list, $meta, $$count);
+    $self->{me} = Scalar::Util::refaddr($me) == Scalar::Util::refaddr($self) ? 'self' : 'other';
+  }
+}
+
+# A blessed array and a blessed scalar.
+package Hooked::Array {
+  sub STORABLE_freeze { my ($self) = @_; return join(',', @$self) }
+  sub STORABLE_thaw { my ($self, $cloning, $s) = @_; @$self = split /,/, $s }
+}
+package Hooked::Scalar {
+  sub STORABLE_freeze { my ($self) = @_; return "s:$$self" }
+  sub STORABLE_thaw { my ($self, $cloning, $s) = @_; $$self = substr($s, 2) }
+}
+
+# Overloading and a hook: references to it are SX_OVERLOAD.
+package Hooked::Ov {
+  use overload '""' => sub { 'Hooked::Ov' }, fallback => 1;
+  sub STORABLE_freeze { return 'ov' }
+  sub STORABLE_thaw { $_[0]{v} = $_[2] }
+}
+
+# A long frozen string (SHF_LARGE_STRLEN) and more than 255 references (SHF_LARGE_LISTLEN).
+package Hooked::Many {
+  sub STORABLE_freeze { my ($self) = @_; return ('m' x 300, map { \$_ } @{ $self->{items} }) }
+  sub STORABLE_thaw { my ($self, $cloning, $s, @refs) = @_; $self->{items} = [map { $$_ } @refs]; $self->{s} = length $s }
+}
+
+# Subclasses of Hooked for class names and class indexes over 255 (`hooks`, `thaw`).
+my $LONG_CLASS = 'H' x 300;
+{
+  no strict 'refs';
+  @{"${LONG_CLASS}::ISA"} = ('Hooked');
+  @{"Hooked::C$_\::ISA"} = ('Hooked') for 1 .. 300;
 }
 
 my ($command, @args) = @ARGV;
@@ -341,6 +390,34 @@ if ($command eq 'cases') {
   exit 0;
 }
 
+if ($command eq 'hooks') {
+  my %case;
+  $case{simple} = [ bless({}, 'Hooked'), bless({ x => 1 }, 'Hooked'), bless({ id => 1 }, 'My::User') ];
+  {
+    my $shared = [1, 'two'];
+    my $meta = { a => 1, b => [2] };
+    my $one = bless({ name => 'one', list => $shared, meta => $meta, count => 5 }, 'Hooked::Refs');
+    my $two = bless({ name => 'two', list => [$one], meta => $meta, count => -1 }, 'Hooked::Refs');
+    $case{refs} = { before => $shared, one => $one, two => $two, after => $shared, user => bless({}, 'My::User') };
+    $case{nested} = [ bless({ name => 'outer', list => [$two, bless({}, 'Hooked')], meta => {}, count => 0 }, 'Hooked::Refs') ];
+  }
+  $case{kinds} = [ bless([1, 2, 3], 'Hooked::Array'), bless(\(my $s = 'scalar'), 'Hooked::Scalar'), bless({}, 'Hooked::Ov'), bless({}, 'Hooked::Ov') ];
+  $case{large} = [ bless({ items => [1 .. 300] }, 'Hooked::Many') ];
+  {
+    # A class name over 255 bytes, and a class index over 255 (300 classes, then one again).
+    my @objects = (bless({}, $LONG_CLASS), map { bless({}, "Hooked::C$_") } 1 .. 300);
+    push @objects, bless({}, 'Hooked::C300'), bless({}, $LONG_CLASS);
+    $case{classes} = \@objects;
+  }
+  for my $name (sort keys %case) {
+    my ($f, $n) = images(\$case{$name});
+    my $d1 = canonical(thaw(pack 'H*', $f));
+    my $d2 = canonical(thaw(pack 'H*', $n));
+    print "hook $name $f $n $d1 $d2\n";
+  }
+  exit 0;
+}
+
 if ($command eq 'refused') {
   require Tie::Hash;
   require Hash::Util;
@@ -350,7 +427,9 @@ if ($command eq 'refused') {
   $refused{code} = [ sub { 42 } ];
   tie my %tied, 'Tie::StdHash';
   $refused{tied} = \%tied;
-  $refused{hook} = [ bless({}, 'Hooked') ];
+  # A tied hash blessed into a class with a hook (SHT_EXTRA).
+  tie my %tied_hook, 'Tie::StdHash';
+  $refused{tied_hook} = [ bless(\%tied_hook, 'Hooked') ];
   $refused{regexp} = [ qr/ab+c/i ];
   $refused{vstring} = [ v1.2.3 ];
   my %locked = (a => 1);

@@ -21,6 +21,16 @@
 //!         | SX_FLAG_HASH HFLAGS LEN (item KFLAGS KEYLEN KEY)*
 //!         | SX_REF item | SX_WEAKREF item | SX_OVERLOAD item | SX_WEAKOVERLOAD item
 //!         | SX_LOBJECT TYPE [HFLAGS] U64 ...   strings, arrays, hashes over 2 GiB; big tags
+//!         | [SX_LOBJECT] SX_HOOK hook          an object frozen by STORABLE_freeze (below)
+//! hook    = (FLAGS item)* FLAGS CLASS FROZEN [LIST]
+//!           every FLAGS but the last has SHF_NEED_RECURSE: a value the hook referred to,
+//!           not stored yet, follows it; the type bits of the first FLAGS give the object's
+//!           kind (SHT_SCALAR / SHT_ARRAY / SHT_HASH)
+//! CLASS   = u8 or LEN (SHF_LARGE_CLASSLEN): with SHF_IDX_CLASSNAME an index into the class
+//!           table (shared with SX_BLESS), else the length of a new class name, then the name
+//! FROZEN  = u8 or LEN (SHF_LARGE_STRLEN), or U64 after SX_LOBJECT; then the hook's string
+//! LIST    = (SHF_HAS_LIST) u8 or LEN (SHF_LARGE_LISTLEN) count, then each referred value's
+//!           object number as a big-endian u32; a negative LEN count means U64 numbers
 //! LEN     = i32, big-endian in network order, else in the header's byte order
 //! ```
 //!
@@ -100,6 +110,29 @@ pub(crate) const SX_LOBJECT: u8 = 33;
 pub(crate) const SX_BOOLEAN_TRUE: u8 = 34;
 /// A boolean false (Storable ≥ 3.32, binary minor 12).
 pub(crate) const SX_BOOLEAN_FALSE: u8 = 35;
+
+/// `SX_HOOK` flags: the object's type (`SHT_*`).
+pub(crate) const SHF_TYPE_MASK: u8 = 0x03;
+/// `SX_HOOK` flags: the class name's length or index is an i32 (else a u8).
+pub(crate) const SHF_LARGE_CLASSLEN: u8 = 0x04;
+/// `SX_HOOK` flags: the frozen string's length is an i32 (else a u8).
+pub(crate) const SHF_LARGE_STRLEN: u8 = 0x08;
+/// `SX_HOOK` flags: the list's count is an i32 (else a u8).
+pub(crate) const SHF_LARGE_LISTLEN: u8 = 0x10;
+/// `SX_HOOK` flags: the class is an index into the class table (else a new name).
+pub(crate) const SHF_IDX_CLASSNAME: u8 = 0x20;
+/// `SX_HOOK` flags: a referred value follows, then flags again.
+pub(crate) const SHF_NEED_RECURSE: u8 = 0x40;
+/// `SX_HOOK` flags: a list of referred values' object numbers ends the hook.
+pub(crate) const SHF_HAS_LIST: u8 = 0x80;
+/// `SX_HOOK` object type: a scalar.
+pub(crate) const SHT_SCALAR: u8 = 0;
+/// `SX_HOOK` object type: an array.
+pub(crate) const SHT_ARRAY: u8 = 1;
+/// `SX_HOOK` object type: a hash.
+pub(crate) const SHT_HASH: u8 = 2;
+/// `SX_HOOK` object type: a tied variable, whose real type follows in an extra byte.
+pub(crate) const SHT_EXTRA: u8 = 3;
 
 /// Storable's binary major version (0.7 and later).
 pub(crate) const BIN_MAJOR: u8 = 2;

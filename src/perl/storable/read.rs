@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::format::*;
-use crate::perl::value::{HashKey, PerlData, PerlRef, PerlValue, Sv, SvId};
+use crate::perl::value::{HashKey, Hook, HookKind, PerlData, PerlRef, PerlValue, Sv, SvId};
 use crate::perl::{Error, Result};
 
 /// Thaws an image; see [`storable::thaw`](crate::perl::storable::thaw).
@@ -195,6 +195,13 @@ enum Open {
     Ref {
         id: SvId,
     },
+    /// An `SX_HOOK` object whose referred values are being read (`SHF_NEED_RECURSE`).
+    Hook {
+        id: SvId,
+        kind: HookKind,
+        /// Behind `SX_LOBJECT`: the frozen string has a 64-bit length.
+        large: bool,
+    },
 }
 
 /// What reading one item gave.
@@ -235,6 +242,18 @@ impl Decoder<'_> {
                             r.target = value;
                         }
                         self.open.pop();
+                        value = id;
+                    }
+                    Open::Hook { id, kind, large } => {
+                        // The value read is known by its object number; the hook's list
+                        // names it.
+                        let (id, kind, large) = (*id, *kind, *large);
+                        let flags = self.input.u8()?;
+                        if flags & SHF_NEED_RECURSE != 0 {
+                            break;
+                        }
+                        self.open.pop();
+                        self.hook_tail(id, kind, flags, large)?;
                         value = id;
                     }
                     Open::Array { id, left, items } => {
@@ -386,10 +405,7 @@ impl Decoder<'_> {
             SX_TIED_ARRAY | SX_TIED_HASH | SX_TIED_SCALAR | SX_TIED_KEY | SX_TIED_IDX => {
                 Err(unsupported(at, "a tied variable"))
             }
-            SX_HOOK => Err(unsupported(
-                at,
-                "an object frozen by its class's STORABLE_freeze hook",
-            )),
+            SX_HOOK => self.hook(class, false, at),
             SX_CODE => Err(unsupported(at, "a code reference")),
             SX_REGEXP => Err(unsupported(at, "a regular expression")),
             SX_VSTRING | SX_LVSTRING => Err(unsupported(at, "a v-string")),
@@ -429,11 +445,15 @@ impl Decoder<'_> {
     }
 
     fn back_reference(&mut self, tag: u64, at: usize) -> Result<Step> {
+        self.seen(tag, at).map(Step::Value)
+    }
+
+    /// The value with object number `tag`, which must have been read already.
+    fn seen(&self, tag: u64, at: usize) -> Result<SvId> {
         usize::try_from(tag)
             .ok()
             .filter(|&t| t < self.svs.len())
             .and_then(SvId::from_index)
-            .map(Step::Value)
             .ok_or_else(|| Error::Malformed {
                 offset: at,
                 reason: format!(
@@ -490,6 +510,113 @@ impl Decoder<'_> {
         Ok(Step::Opened)
     }
 
+    /// `SX_HOOK` (after `SX_LOBJECT` when `large`): the object takes its object number now,
+    /// before the values it refers to, as in Perl.
+    fn hook(&mut self, class: Option<Arc<str>>, large: bool, at: usize) -> Result<Step> {
+        if class.is_some() {
+            return Err(Error::Malformed {
+                offset: at,
+                reason: "a hook object after a bless marker".into(),
+            });
+        }
+        let flags_at = self.input.pos;
+        let flags = self.input.u8()?;
+        let kind = match flags & SHF_TYPE_MASK {
+            SHT_SCALAR => HookKind::Scalar,
+            SHT_ARRAY => HookKind::Array,
+            SHT_HASH => HookKind::Hash,
+            other => {
+                debug_assert_eq!(other, SHT_EXTRA);
+                return Err(unsupported(
+                    flags_at,
+                    "a tied variable frozen by a STORABLE_freeze hook",
+                ));
+            }
+        };
+        let empty = Hook::new(kind, Vec::new(), Vec::new());
+        let id = self.new_sv(PerlValue::Hook(empty), None)?;
+        if flags & SHF_NEED_RECURSE != 0 {
+            self.open.push(Open::Hook { id, kind, large });
+            return Ok(Step::Opened);
+        }
+        self.hook_tail(id, kind, flags, large)?;
+        Ok(Step::Value(id))
+    }
+
+    /// The rest of a hook object, from its last flags: class, frozen string, list.
+    fn hook_tail(&mut self, id: SvId, kind: HookKind, flags: u8, large: bool) -> Result<()> {
+        let order = self.order;
+        let at = self.input.pos;
+        let class = if flags & SHF_IDX_CLASSNAME != 0 {
+            let n = if flags & SHF_LARGE_CLASSLEN != 0 {
+                self.input.len(order, "class index")?
+            } else {
+                usize::from(self.input.u8()?)
+            };
+            self.classes
+                .get(n)
+                .cloned()
+                .ok_or_else(|| Error::Malformed {
+                    offset: at,
+                    reason: format!(
+                        "hook class #{n} used before it was named ({} known)",
+                        self.classes.len()
+                    ),
+                })?
+        } else {
+            let n = if flags & SHF_LARGE_CLASSLEN != 0 {
+                self.input.len(order, "class name")?
+            } else {
+                usize::from(self.input.u8()?)
+            };
+            let name = self.input.take(n)?;
+            let name: Arc<str> = std::str::from_utf8(name)
+                .map_err(|_| unsupported(at, "a class name that is not UTF-8"))?
+                .into();
+            self.classes.push(name.clone());
+            name
+        };
+        let n = if large {
+            // Anything this long is longer than the image.
+            usize::try_from(self.input.len64(order)?).unwrap_or(usize::MAX)
+        } else if flags & SHF_LARGE_STRLEN != 0 {
+            self.input.len(order, "hook string")?
+        } else {
+            usize::from(self.input.u8()?)
+        };
+        let frozen = self.input.take(n)?.to_vec();
+        let mut refs = Vec::new();
+        if flags & SHF_HAS_LIST != 0 {
+            let (n, wide) = if flags & SHF_LARGE_LISTLEN != 0 {
+                let raw = self.input.array::<4>()?;
+                let n = if order.network || order.big_endian {
+                    i32::from_be_bytes(raw)
+                } else {
+                    i32::from_le_bytes(raw)
+                };
+                // A negative count: the object numbers are 64-bit.
+                (n.unsigned_abs() as usize, n < 0)
+            } else {
+                (usize::from(self.input.u8()?), false)
+            };
+            self.check_count(n, if wide { 8 } else { 4 }, "hook list")?;
+            refs.reserve_exact(n);
+            for _ in 0..n {
+                let tag_at = self.input.pos;
+                let tag = if wide {
+                    self.input.len64(order)?
+                } else {
+                    u64::from(self.input.i32_be()? as u32)
+                };
+                refs.push(self.seen(tag, tag_at)?);
+            }
+        }
+        let sv = &mut self.svs[id.index()];
+        sv.value = PerlValue::Hook(Hook::new(kind, frozen, refs));
+        sv.class = Some(class);
+        Ok(())
+    }
+
     /// Refuses a count of items that cannot fit in the bytes left, before allocating for it.
     fn check_count(&self, n: usize, min_bytes: usize, what: &str) -> Result<()> {
         if n > self.input.remaining() / min_bytes {
@@ -522,10 +649,7 @@ impl Decoder<'_> {
             self.hash_flags()?;
         }
         if kind == SX_HOOK {
-            return Err(unsupported(
-                at,
-                "an object frozen by its class's STORABLE_freeze hook",
-            ));
+            return self.hook(class, true, at);
         }
         let n = self.input.len64(self.order)?;
         if kind == SX_OBJECT {

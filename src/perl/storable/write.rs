@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::format::*;
 use crate::perl::number::{nv_as_iv, nv_to_string};
-use crate::perl::value::{HashKey, PerlData, PerlValue, SvId, latin1};
+use crate::perl::value::{HashKey, Hook, HookKind, PerlData, PerlValue, SvId, latin1};
 use crate::perl::{Error, Result};
 
 /// Freezes `data`; `network` selects `nfreeze`'s format.
@@ -23,6 +23,45 @@ pub(crate) fn freeze(data: &PerlData, network: bool) -> Result<Vec<u8>> {
         let (id, place) = match item {
             Todo::Key(key, flagged) => {
                 w.key(key, flagged)?;
+                continue;
+            }
+            Todo::Hook { id, next, started } => {
+                let Some(PerlValue::Hook(hook)) = data.get(id).map(|sv| &sv.value) else {
+                    unreachable!("only hook objects are pushed as Todo::Hook");
+                };
+                // As Perl: each referred value not stored yet follows a flags byte (the
+                // first behind SX_HOOK); then the object itself, once they all have tags.
+                let unseen = hook.refs[next..]
+                    .iter()
+                    .position(|r| tags.get(r.index()).is_some_and(Option::is_none));
+                if let Some(skip) = unseen {
+                    let at = next + skip;
+                    w.hook_flags(hook, started, SHF_NEED_RECURSE);
+                    todo.push(Todo::Hook {
+                        id,
+                        next: at + 1,
+                        started: true,
+                    });
+                    todo.push(Todo::Value(hook.refs[at], Place::RefTarget));
+                    continue;
+                }
+                let class = data[id].class.as_deref().unwrap_or_default();
+                let index = classes.get(class).copied();
+                if index.is_none() {
+                    let known = classes.len();
+                    classes.insert(class, known);
+                }
+                let ref_tags = hook
+                    .refs
+                    .iter()
+                    .map(|r| tags.get(r.index()).copied().flatten())
+                    .collect::<Option<Vec<u32>>>()
+                    .ok_or_else(|| {
+                        Error::InvalidData(format!(
+                            "hook object {id:?} refers to a value that is not in this PerlData"
+                        ))
+                    })?;
+                w.hook_end(hook, started, class, index, &ref_tags)?;
                 continue;
             }
             Todo::Value(id, place) => (id, place),
@@ -43,7 +82,14 @@ pub(crate) fn freeze(data: &PerlData, network: bool) -> Result<Vec<u8>> {
         // Storable numbers values in the order it writes them.
         tags[id.index()] = u32::try_from(next_tag).ok();
         next_tag += 1;
-        if let Some(class) = &sv.class {
+        if let PerlValue::Hook(_) = &sv.value {
+            // Its class is written after the values it refers to (Todo::Hook).
+            if sv.class.is_none() {
+                return Err(Error::InvalidData(format!(
+                    "hook object {id:?} has no class"
+                )));
+            }
+        } else if let Some(class) = &sv.class {
             let known = classes.len();
             match classes.get(&**class) {
                 Some(&index) => w.bless_index(index),
@@ -97,6 +143,11 @@ pub(crate) fn freeze(data: &PerlData, network: bool) -> Result<Vec<u8>> {
                 });
                 todo.push(Todo::Value(r.target, Place::RefTarget));
             }
+            PerlValue::Hook(_) => todo.push(Todo::Hook {
+                id,
+                next: 0,
+                started: false,
+            }),
         }
     }
     Ok(w.out)
@@ -104,6 +155,13 @@ pub(crate) fn freeze(data: &PerlData, network: bool) -> Result<Vec<u8>> {
 
 enum Todo<'a> {
     Value(SvId, Place),
+    /// A hook object whose referred values from `next` on may still need storing;
+    /// `started`: its `SX_HOOK` marker has been written.
+    Hook {
+        id: SvId,
+        next: usize,
+        started: bool,
+    },
     /// A hash key, written after its value; `true` in a flagged hash.
     Key(&'a HashKey, bool),
 }
@@ -202,6 +260,88 @@ impl Writer {
             self.out.push(LONG_BLESS_FLAG);
             self.len(n);
         }
+    }
+
+    /// `SX_HOOK` (unless `started`: written already, with `SX_LOBJECT` before it when the
+    /// frozen string is over 2 GiB) and a flags byte: the object's type and `extra`.
+    fn hook_flags(&mut self, hook: &Hook, started: bool, extra: u8) {
+        if !started {
+            if hook.frozen.len() > i32::MAX as usize {
+                self.mark(SX_LOBJECT);
+            }
+            self.mark(SX_HOOK);
+        }
+        let kind = match hook.kind {
+            HookKind::Scalar => SHT_SCALAR,
+            HookKind::Array => SHT_ARRAY,
+            HookKind::Hash => SHT_HASH,
+        };
+        self.out.push(kind | extra);
+    }
+
+    /// The last part of a hook object, as Perl's `store_hook` writes it: flags, the class
+    /// (its `index` in the class table, or its name the first time), the frozen string and
+    /// the referred values' object numbers.
+    fn hook_end(
+        &mut self,
+        hook: &Hook,
+        started: bool,
+        class: &str,
+        index: Option<usize>,
+        ref_tags: &[u32],
+    ) -> Result<()> {
+        if class.len() > i32::MAX as usize {
+            return Err(Error::InvalidData("a class name over 2 GiB".into()));
+        }
+        if ref_tags.len() > i32::MAX as usize {
+            return Err(Error::InvalidData(
+                "a hook object referring to over 2^31 values".into(),
+            ));
+        }
+        let mut flags = 0;
+        if index.unwrap_or(class.len()) > LG_SCALAR {
+            flags |= SHF_LARGE_CLASSLEN;
+        }
+        if index.is_some() {
+            flags |= SHF_IDX_CLASSNAME;
+        }
+        if hook.frozen.len() > LG_SCALAR {
+            flags |= SHF_LARGE_STRLEN;
+        }
+        if !ref_tags.is_empty() {
+            flags |= SHF_HAS_LIST;
+        }
+        if ref_tags.len() > LG_SCALAR {
+            flags |= SHF_LARGE_LISTLEN;
+        }
+        self.hook_flags(hook, started, flags);
+        let n = index.unwrap_or(class.len());
+        if flags & SHF_LARGE_CLASSLEN != 0 {
+            self.len(n);
+        } else {
+            self.out.push(n as u8);
+        }
+        if index.is_none() {
+            self.out.extend_from_slice(class.as_bytes());
+        }
+        let n = hook.frozen.len();
+        if n > i32::MAX as usize {
+            self.len64(n as u64);
+        } else if flags & SHF_LARGE_STRLEN != 0 {
+            self.len(n);
+        } else {
+            self.out.push(n as u8);
+        }
+        self.out.extend_from_slice(&hook.frozen);
+        if flags & SHF_LARGE_LISTLEN != 0 {
+            self.len(ref_tags.len());
+        } else if flags & SHF_HAS_LIST != 0 {
+            self.out.push(ref_tags.len() as u8);
+        }
+        for tag in ref_tags {
+            self.out.extend_from_slice(&tag.to_be_bytes());
+        }
+        Ok(())
     }
 
     /// An integer as Storable writes an IV: a byte if small; else native, or in network

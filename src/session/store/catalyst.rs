@@ -283,6 +283,7 @@ impl SessionStore {
                 data: session.data.clone(),
                 flash: session.flash_out.clone(),
                 binding: session.binding.clone(),
+                stored: None,
             };
             session.id = self.catalyst_write_new(&record, expires, Some(session.id))?;
             let times = Times {
@@ -351,6 +352,7 @@ impl SessionStore {
             data: session.merged_data(Some(&stored.data)),
             flash,
             binding: stored.binding,
+            stored: stored.stored,
         })
     }
 
@@ -401,6 +403,7 @@ impl SessionStore {
             data: session.merged_data(Some(&stored.data)),
             flash,
             binding: stored.binding,
+            stored: stored.stored,
         };
         let expires = now.saturating_add(config.expires);
         let id = match self.catalyst_write_new(&record, expires, None) {
@@ -457,6 +460,7 @@ impl SessionStore {
                     }
                 };
                 let pending_flash = stored.flash.clone();
+                let original = stored.stored;
                 let times = Times {
                     created: stored.created,
                     updated: stored.updated,
@@ -493,6 +497,7 @@ impl SessionStore {
                     data: session.data,
                     flash: session.flash_out,
                     binding: session.binding,
+                    stored: original,
                 };
                 set_encoded(record.encode(), Expiry::Never, result, &mut outcome)
             })?;

@@ -1,5 +1,6 @@
 //! Unit tests of the store in Catalyst mode: the keys and values it writes, Catalyst's
-//! expiry and threshold, verification, damaged records, id shapes, moves, flash, updates.
+//! expiry and threshold, verification, damaged records, id shapes, moves, flash, updates,
+//! Perl objects kept through each of them.
 
 use std::net::IpAddr;
 use std::time::{Duration, UNIX_EPOCH};
@@ -292,6 +293,99 @@ fn what_perl_cannot_have_written_is_a_bad_record_and_left_alone() {
     assert!(f.store.delete(&id).unwrap());
     assert_eq!(f.raw("session", &id), None);
     assert_eq!(f.raw("expires", &id), None);
+}
+
+/// Puts Perl objects into the stored hash of `id`, as a Catalyst application would: a
+/// blessed user, an object frozen by its `STORABLE_freeze` hook (referring to another
+/// object), and a flash value waiting.
+fn add_perl_objects(f: &Fixture, id: &SessionId) {
+    use crate::perl::{Hook, HookKind, PerlRef, PerlValue, Sv, storable};
+    let mut data = storable::thaw(&f.raw("session", id).unwrap()).unwrap();
+    let hash = data.deref(data.root()).unwrap();
+    let name = data.push(PerlValue::string("ada"));
+    let user = data.push(Sv::blessed(
+        PerlValue::Hash(vec![("name".into(), name)]),
+        "MyApp::User",
+    ));
+    let user_ref = data.push(PerlValue::Ref(PerlRef::to(user)));
+    let zone = data.push(Sv::blessed(PerlValue::Hash(vec![]), "MyApp::Zone"));
+    let stamp = data.push(Sv::blessed(
+        PerlValue::Hook(Hook::new(HookKind::Hash, b"epoch=1".to_vec(), vec![zone])),
+        "MyApp::Stamp",
+    ));
+    let stamp_ref = data.push(PerlValue::Ref(PerlRef::to(stamp)));
+    let msg = data.push(PerlValue::string("hi"));
+    let flash = data.push(PerlValue::Hash(vec![("msg".into(), msg)]));
+    let flash_ref = data.push(PerlValue::Ref(PerlRef::to(flash)));
+    let Some(PerlValue::Hash(entries)) = data.get_mut(hash).map(|sv| &mut sv.value) else {
+        panic!("session:SID is a hash");
+    };
+    entries.push(("user".into(), user_ref));
+    entries.push(("stamp".into(), stamp_ref));
+    entries.push(("__flash".into(), flash_ref));
+    let bytes = storable::freeze(&data).unwrap();
+    f.store
+        .cache()
+        .set_with(format!("session:{id}").as_bytes(), &bytes, Expiry::Never)
+        .unwrap();
+}
+
+/// Whether the objects of [`add_perl_objects`] are in the stored hash of `id`, classes and
+/// hook and all.
+#[track_caller]
+fn assert_perl_objects(f: &Fixture, id: &SessionId) {
+    use crate::perl::{PerlValue, storable};
+    let data = storable::thaw(&f.raw("session", id).expect("session:SID")).unwrap();
+    let hash = data.deref(data.root()).unwrap();
+    let user = data.deref(data.hash_get(hash, "user").unwrap()).unwrap();
+    assert_eq!(data[user].class.as_deref(), Some("MyApp::User"));
+    let stamp = data.deref(data.hash_get(hash, "stamp").unwrap()).unwrap();
+    assert_eq!(data[stamp].class.as_deref(), Some("MyApp::Stamp"));
+    let PerlValue::Hook(hook) = &data[stamp].value else {
+        panic!("{:?}", data[stamp]);
+    };
+    assert_eq!(hook.frozen, b"epoch=1");
+    assert_eq!(data[hook.refs[0]].class.as_deref(), Some("MyApp::Zone"));
+}
+
+#[test]
+fn perl_objects_survive_every_write() {
+    let f = fixture(CatalystConfig::new());
+    let id = f.stored("n", 1);
+    add_perl_objects(&f, &id);
+    // Taking the flash rewrites the hash.
+    let mut s = f.store.load(Some(&id), &Client::new()).unwrap();
+    assert_eq!(s.get_flash::<String>("msg").unwrap().as_deref(), Some("hi"));
+    assert_eq!(s.get_value("user"), Some(&json!({"name": "ada"})));
+    assert_eq!(
+        s.get_value("stamp"),
+        Some(&json!({"class": "MyApp::Stamp", "frozen": "epoch=1"}))
+    );
+    assert!(!f.hash(&id).contains_key("__flash"));
+    assert_perl_objects(&f, &id);
+    // A save of another key.
+    s.insert("n", &2).unwrap();
+    f.store.save(&mut s).unwrap();
+    assert_perl_objects(&f, &id);
+    // An update, with a flash value of its own.
+    f.store
+        .update(&id, |s| {
+            s.insert("n", &3).unwrap();
+            s.flash("next", "x").unwrap();
+        })
+        .unwrap();
+    assert_perl_objects(&f, &id);
+    // A move to a new id.
+    let mut s = f.store.load(Some(&id), &Client::new()).unwrap();
+    s.insert("n", &4).unwrap();
+    f.store.change_id(&mut s).unwrap();
+    let new = *s.id();
+    assert_perl_objects(&f, &new);
+    assert_eq!(f.hash(&new)["n"], json!(4));
+    // The application replacing an object writes plain data in its place.
+    s.insert("user", &json!({"name": "bob"})).unwrap();
+    f.store.save(&mut s).unwrap();
+    assert_eq!(f.hash(&new)["user"], json!({"name": "bob"}));
 }
 
 #[test]

@@ -86,6 +86,26 @@ sub flash : Local : Args(0) {
     text($c, "flash=$shown");
 }
 
+# Perl objects in the session (a Perl-only route; the Rust demo has none): POST stores a
+# DemoApp::Stamp, which freezes itself with Storable hooks and refers to a DemoApp::Zone
+# object, and a blessed DemoApp::User; GET shows them as thawed, through their methods.
+sub stamp : Local : Args(0) {
+    my ($self, $c) = @_;
+    my $epoch = $c->req->params->{epoch};
+    if (defined $epoch) {
+        my $zone = DemoApp::Zone->new('UTC');
+        $c->session->{stamp} = DemoApp::Stamp->new(epoch => $epoch, zone => $zone);
+        $c->session->{member} = DemoApp::User->new(name => 'dora', zone => $zone);
+        return $c->res->redirect('/stamp', 303);
+    }
+    my $session = live_session($c) || {};
+    my ($stamp, $member) = @$session{qw(stamp member)};
+    return text($c, 'stamp=') unless ref $stamp;
+    text($c, join ' ', 'stamp=' . $stamp->epoch, 'zone=' . $stamp->zone_name,
+        'class=' . ref($stamp), 'thawed=' . ($stamp->{thawed} // 0),
+        'member=' . $member->name, 'shared=' . ($member->{zone} == $stamp->{zone} ? 1 : 0));
+}
+
 sub logout : Local : Args(0) {
     my ($self, $c) = @_;
     $c->delete_session('logout');
@@ -108,5 +128,26 @@ sub end : Private {
     my ($self, $c) = @_;
     $c->res->header('X-Worker' => $$);
 }
+
+package DemoApp::Zone;
+sub new { my ($class, $name) = @_; bless { name => $name }, $class }
+sub name { $_[0]{name} }
+
+package DemoApp::User;
+sub new { my ($class, %fields) = @_; bless {%fields}, $class }
+sub name { $_[0]{name} }
+
+# Freezes itself as DateTime does: a string, and references to further values.
+package DemoApp::Stamp;
+sub new { my ($class, %fields) = @_; bless {%fields}, $class }
+sub STORABLE_freeze { my ($self) = @_; return ("epoch=$self->{epoch}", $self->{zone}) }
+sub STORABLE_thaw {
+    my ($self, $cloning, $frozen, $zone) = @_;
+    ($self->{epoch}) = $frozen =~ /^epoch=(\d+)\z/ or die "bad frozen DemoApp::Stamp";
+    @$self{qw(zone thawed)} = ($zone, 1);
+    return;
+}
+sub epoch { $_[0]{epoch} }
+sub zone_name { $_[0]{zone}->name }
 
 1;
