@@ -323,7 +323,9 @@ impl Response {
     /// elsewhere), so it is left alone. Nor a page in another charset (`utf-16`, `iso-2022-jp`
     /// …), which a browser may decode into other tags than the UTF-8 rewriter sees.
     pub fn is_html(&self) -> bool {
-        self.content_type.as_deref().is_some_and(rewritable_content_type)
+        self.content_type
+            .as_deref()
+            .is_some_and(rewritable_content_type)
     }
 }
 

