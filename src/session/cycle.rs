@@ -360,7 +360,9 @@ fn rewritable_content_type(content_type: &str) -> bool {
 pub struct Finished {
     /// What saving the session did ([`Saved::Unchanged`] if it was never loaded).
     pub saved: Saved,
-    /// Why the HTML body could not be rewritten, if it could not (it was sent as it was).
+    /// Why the HTML body was not rewritten, if it was not: it was left as it was, without
+    /// ids — also on purpose, for a page a browser may read otherwise than the rewriter
+    /// ([`UrlRewriter::rewrite_html`](crate::session::UrlRewriter::rewrite_html) says when).
     pub body_error: Option<Error>,
     /// For an HTML response whose links get the id: how to rewrite them. `finish` has
     /// rewritten [`Response::body`] with it; an integration that streams the body instead
@@ -443,8 +445,8 @@ impl SessionStore {
     ///   to a page that never used the session keeps it in its links too: the id is checked
     ///   (loaded, flash values left alone) before it is written into them.
     ///
-    /// An HTML body that cannot be rewritten is left as it was; [`Finished::body_error`]
-    /// says why.
+    /// An HTML body that cannot be rewritten, or that a browser may read otherwise than the
+    /// rewriter, is left as it was, without ids; [`Finished::body_error`] says why.
     ///
     /// # Errors
     /// As [`save`](Self::save); the response is then left untouched.

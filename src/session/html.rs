@@ -363,11 +363,12 @@ impl UrlRewriter {
     /// comes back as [`Error::Html`], to be served as it was, without ids — when its raw
     /// bytes hold a `<base` (any case) that the parser did not see as a `base` tag (in text,
     /// a comment, a script, an attribute), when text that the parser read as text holds
-    /// markup (see the type's notes in the source: CDATA, `<style>`, `<noscript>`,
-    /// `<textarea>`, `<title>` …; scripts excepted), or when a browser may decode the bytes
-    /// otherwise (a UTF-16 byte order mark, NUL or ESC bytes). Such pages are rare in
-    /// applications that escape what they print; a visitor without cookies who follows a
-    /// link from one starts a new session.
+    /// markup (a `<` followed by a letter, `/`, `!` or `?` in CDATA, `<style>`, `<noscript>`,
+    /// `<iframe>`, `<xmp>`, `<noembed>`, `<noframes>`, `<textarea>`, `<title>`, after
+    /// `<plaintext>`, and in scripts of a page that has `<svg` or `<math`), or when a browser
+    /// may decode the bytes otherwise (a UTF-16 byte order mark, NUL or ESC bytes). Such
+    /// pages are rare in applications that escape what they print; a visitor without cookies
+    /// who follows a link from one starts a new session.
     ///
     /// The body is read as UTF-8 (bytes that are not pass through untouched). Everything
     /// other than the rewritten attributes is copied as it was.
