@@ -232,7 +232,7 @@ impl Page<'_> {
     }
 
     /// Runs an action that may navigate away (a click, a form submission).
-    fn act(&mut self, expression: &str) {
+    pub(crate) fn act(&mut self, expression: &str) {
         let _ = self.try_eval(expression);
     }
 

