@@ -371,9 +371,11 @@ impl UrlRewriter {
     /// the link's target).
     ///
     /// In query style a `GET` form under the base also gets a hidden field with the id,
-    /// because browsers drop the query of a `GET` form's action — unless some form or submit
-    /// button of the page (`formaction`) may go outside the base, or the raw bytes hold a
-    /// `<form` or a `formaction` the parser did not see as one (the field would go with it).
+    /// because browsers drop the query of a `GET` form's action — unless a submit button
+    /// anywhere in the page (`formaction`) may go outside the base, or forms nest (browsers
+    /// drop the inner `<form>` tag and its fields join the outer form) and one of them may, or
+    /// the raw bytes hold a `<form` or a `formaction` the parser did not see as one (the field
+    /// would go with it).
     ///
     /// **Fails closed.** An HTML tokenizer and a browser can disagree about what is markup
     /// (CDATA in SVG or MathML, `<noscript>` with scripts off, a browser's preload scanner),
