@@ -21,7 +21,7 @@ use crate::common::{serial, temp_dir};
 use crate::{demo_url_server, server::Server};
 
 /// How long any one step may take.
-pub(crate) const STEP: Duration = Duration::from_secs(30);
+const STEP: Duration = Duration::from_secs(30);
 
 /// The chromium binary, if there is one.
 pub(crate) fn chromium() -> Option<PathBuf> {
@@ -213,7 +213,7 @@ impl Page<'_> {
 
     /// The value of a JavaScript expression in the page; `None` if the page went away while
     /// it ran (a click that navigates, an evaluation during a navigation).
-    pub(crate) fn try_eval(&mut self, expression: &str) -> Option<Value> {
+    fn try_eval(&mut self, expression: &str) -> Option<Value> {
         let session = self.session.clone();
         let r = self
             .browser

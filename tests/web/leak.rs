@@ -3,9 +3,11 @@
 //! to point the page's links elsewhere — a `<base>` hidden where the HTML rewriter's
 //! tokenizer and a browser (its parser or its preload scanner) disagree (CDATA in SVG and
 //! MathML, `<noscript>`, `<template>`, `<style>`/`<textarea>` in XHTML), an attribute left
-//! open across the rewritten links, a `<meta http-equiv=refresh>` — with scripts on and off.
-//! A second server on another loopback port (the "evil" origin) records every request it
-//! gets; none may carry the id, while the same-origin links of a plain page still do.
+//! open across the rewritten links, a form that swallows the application's, a
+//! `<meta http-equiv=refresh>` — with scripts on and off, ids in paths and in queries, bodies
+//! rewritten whole and streamed. A second server on another loopback port (the "evil"
+//! origin) records every request it gets; none may carry the id, while the same-origin links
+//! and forms of a plain page still do.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
