@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::Path;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::any;
 use fastmmap::session::{SessionStore, UrlRewriter, UrlStyle};
@@ -253,12 +253,9 @@ const BIG: &str = "-big";
 /// A variant page: the attack, then links of the application (a tracking pixel, a
 /// stylesheet, a relative image, a link, a form) and a closing `'`. A `-big` one ends with
 /// a comment that takes it beyond the layer's buffer limit.
-fn page(name: &str, evil: SocketAddr) -> (&'static str, String) {
+fn page(name: &str, evil: SocketAddr) -> Option<(&'static str, String)> {
     let variant = name.strip_suffix(BIG).unwrap_or(name);
-    let (_, content_type, attack) = VARIANTS
-        .iter()
-        .find(|(n, _, _)| *n == variant)
-        .expect("a known variant");
+    let (_, content_type, attack) = VARIANTS.iter().find(|(n, _, _)| *n == variant)?;
     let attack = attack.replace("EVIL", &format!("//{evil}"));
     let links = format!(
         r#"<img id="pixel" src="/pixel/{name}"/><link rel="stylesheet" href="/style/{name}"/><img id="rel" src="rel/{name}"/><a id="next" href="/next/{name}">next</a><form id="f" action="/form/{name}"><input name="q"/></form><p title='end'>end</p>"#
@@ -282,7 +279,7 @@ fn page(name: &str, evil: SocketAddr) -> (&'static str, String) {
             "<!DOCTYPE html><html><head><title>{name}</title></head><body>{attack}{links}</body></html>"
         )
     };
-    (content_type, body)
+    Some((content_type, body))
 }
 
 /// The application: `/v/NAME` (a variant page, which uses the session), and the
@@ -302,8 +299,12 @@ fn app(path: std::path::PathBuf, addr: SocketAddr, evil: SocketAddr, style: UrlS
             any(
                 move |session: Session, Path(name): Path<String>| async move {
                     session.insert("seen", &name).expect("session");
-                    let (content_type, body) = page(&name, evil);
-                    ([(header::CONTENT_TYPE, content_type)], body)
+                    match page(&name, evil) {
+                        Some((content_type, body)) => {
+                            ([(header::CONTENT_TYPE, content_type)], body).into_response()
+                        }
+                        None => StatusCode::NOT_FOUND.into_response(),
+                    }
                 },
             ),
         )
