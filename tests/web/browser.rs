@@ -24,20 +24,20 @@ use crate::{demo_url_server, server::Server};
 const STEP: Duration = Duration::from_secs(30);
 
 /// The chromium binary, if there is one.
-fn chromium() -> Option<PathBuf> {
+pub(crate) fn chromium() -> Option<PathBuf> {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .iter()
         .map(PathBuf::from)
         .find(|p| p.is_file())
 }
 
-fn browser_required() -> bool {
+pub(crate) fn browser_required() -> bool {
     std::env::var("FASTMMAP_REQUIRE_BROWSER").is_ok_and(|v| v == "1")
 }
 
 /// A headless chromium with a fresh profile that blocks every cookie, killed (with its
 /// whole process group) on drop.
-struct Browser {
+pub(crate) struct Browser {
     child: Child,
     _profile: tempfile::TempDir,
     ws: WebSocket<TcpStream>,
@@ -70,7 +70,7 @@ fn profile_blocking_cookies() -> tempfile::TempDir {
 }
 
 impl Browser {
-    fn launch(binary: &Path) -> Browser {
+    pub(crate) fn launch(binary: &Path) -> Browser {
         let profile = profile_blocking_cookies();
         let mut child = Command::new(binary)
             .args([
@@ -185,13 +185,13 @@ impl Browser {
 }
 
 /// A page (tab) of the browser.
-struct Page<'b> {
+pub(crate) struct Page<'b> {
     browser: &'b mut Browser,
     session: String,
 }
 
 impl Page<'_> {
-    fn open(browser: &mut Browser) -> Page<'_> {
+    pub(crate) fn open(browser: &mut Browser) -> Page<'_> {
         let target = browser.call(None, "Target.createTarget", json!({ "url": "about:blank" }));
         let target_id = target["targetId"].as_str().unwrap().to_owned();
         let attached = browser.call(
@@ -206,7 +206,7 @@ impl Page<'_> {
         page
     }
 
-    fn call(&mut self, method: &str, params: Value) -> Value {
+    pub(crate) fn call(&mut self, method: &str, params: Value) -> Value {
         let session = self.session.clone();
         self.browser.call(Some(&session), method, params)
     }
@@ -226,18 +226,22 @@ impl Page<'_> {
         Some(r["result"]["value"].clone())
     }
 
-    fn eval(&mut self, expression: &str) -> Value {
+    pub(crate) fn eval(&mut self, expression: &str) -> Value {
         self.try_eval(expression)
             .unwrap_or_else(|| panic!("the page went away while evaluating {expression}"))
     }
 
     /// Runs an action that may navigate away (a click, a form submission).
-    fn act(&mut self, expression: &str) {
+    pub(crate) fn act(&mut self, expression: &str) {
         let _ = self.try_eval(expression);
     }
 
     /// `(address, text)` of the page once it is loaded and `done(address, text)` holds.
-    fn wait_for(&mut self, what: &str, done: impl Fn(&str, &str) -> bool) -> (String, String) {
+    pub(crate) fn wait_for(
+        &mut self,
+        what: &str,
+        done: impl Fn(&str, &str) -> bool,
+    ) -> (String, String) {
         let deadline = Instant::now() + STEP;
         loop {
             let state = self
@@ -260,7 +264,7 @@ impl Page<'_> {
         }
     }
 
-    fn navigate(&mut self, url: &str) {
+    pub(crate) fn navigate(&mut self, url: &str) {
         self.call("Page.navigate", json!({ "url": url }));
     }
 

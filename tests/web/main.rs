@@ -15,6 +15,7 @@ mod web_app;
 mod browser;
 mod example;
 mod layer;
+mod leak;
 mod server;
 mod tower_sessions;
 
