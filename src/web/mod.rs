@@ -40,6 +40,8 @@ mod extract;
 mod layer;
 #[cfg(all(feature = "axum", target_os = "linux"))]
 mod prefork;
+#[cfg(all(feature = "axum", target_os = "linux"))]
+mod serve;
 #[cfg(feature = "tower-sessions")]
 mod tower_store;
 
@@ -50,6 +52,9 @@ pub use extract::{MissingSessionLayer, Session};
 #[cfg(feature = "axum")]
 pub use layer::{DEFAULT_BUFFER_LIMIT, ResponseFuture, SessionLayer, SessionService};
 #[cfg(all(feature = "axum", target_os = "linux"))]
-pub use prefork::Prefork;
+pub use prefork::{
+    DEFAULT_BODY_LIMIT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT, DEFAULT_STOP_TIMEOUT, Prefork,
+};
 #[cfg(feature = "tower-sessions")]
 pub use tower_store::{DEFAULT_PREFIX as TOWER_SESSIONS_PREFIX, FastMmapStore};

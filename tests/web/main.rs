@@ -15,6 +15,7 @@ mod web_app;
 mod browser;
 mod example;
 mod layer;
+mod limits;
 mod server;
 mod tower_sessions;
 
