@@ -15,8 +15,8 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::routing::{any, post};
-use fastmmap::{Cache, Update};
 use fastmmap::web::Prefork;
+use fastmmap::{Cache, Update};
 
 use crate::common::{serial, temp_dir};
 use crate::server::{Client, REQUEST_TIMEOUT, Server};
@@ -28,21 +28,14 @@ const SLACK: Duration = Duration::from_secs(5);
 
 /// The demo's routes plus `/echo` (answers `N bytes` for a body of N bytes), `/sleep/MS`
 /// (counts itself under `arrived` in the session cache, then answers `slept` after MS
-/// milliseconds) and `/never` (never answers).
+/// milliseconds), `/never` (never answers) and `/hog/MS` (see [`hog`]).
 fn limits_app(path: PathBuf, addr: SocketAddr) -> Router {
     let store = web_app::store(&path, &format!("http://{addr}/"), false).expect("session store");
     async fn echo(body: Bytes) -> String {
         format!("{} bytes", body.len())
     }
     async fn sleep(Path(ms): Path<u64>, cache: State<Cache>) -> &'static str {
-        cache
-            .update(b"arrived", |old| {
-                let n: u64 = old
-                    .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
-                    .unwrap_or(0);
-                Update::Set((n + 1).to_string().into_bytes())
-            })
-            .expect("count the arrival");
+        count_arrival(&cache);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         "slept"
     }
@@ -53,8 +46,35 @@ fn limits_app(path: PathBuf, addr: SocketAddr) -> Router {
         .route("/echo", post(echo))
         .route("/sleep/{ms}", any(sleep))
         .route("/never", any(never))
+        .route("/hog/{ms}", any(hog))
         .with_state(store.cache().clone());
     web_app::app(store).merge(routes)
+}
+
+/// Opens `/dev/null` until the worker is out of descriptors, counts itself under `arrived`,
+/// holds them for MS milliseconds, then closes them and answers `held N`.
+async fn hog(Path(ms): Path<u64>, cache: State<Cache>) -> String {
+    let mut files = Vec::new();
+    while files.len() < 100_000 {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => files.push(f),
+            Err(_) => break,
+        }
+    }
+    count_arrival(&cache);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    format!("held {}", files.len())
+}
+
+fn count_arrival(cache: &Cache) {
+    cache
+        .update(b"arrived", |old| {
+            let n: u64 = old
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                .unwrap_or(0);
+            Update::Set((n + 1).to_string().into_bytes())
+        })
+        .expect("count the arrival");
 }
 
 fn start(prefork: Prefork) -> Server {
@@ -505,4 +525,66 @@ fn sigterm_finishes_a_slow_request_and_closes_idle_connections() {
         Client::new(addr).try_get("/static/app.css").is_err(),
         "stopped"
     );
+}
+
+/// CPU time (user + system) of process `pid` so far, from `/proc`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the worker's stat");
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// A worker out of descriptors (its application holds them all, in a request in flight)
+/// cannot accept: it pauses instead of spinning on `EMFILE`, and serves the waiting client
+/// once descriptors are free again. The worker's soft `RLIMIT_NOFILE` is lowered to 256 (by
+/// the application, in the worker) to keep the hog small.
+#[test]
+fn a_worker_out_of_descriptors_does_not_spin_and_serves_again() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let path = Server::session_file(&dir);
+    let server = Server::start_with(Prefork::new(1), dir, move |addr| {
+        let limit = libc::rlimit {
+            rlim_cur: 256,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        let mut old = limit;
+        // SAFETY: reads and lowers this worker's own soft limit, from valid structs.
+        unsafe {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut old);
+            libc::setrlimit(
+                libc::RLIMIT_NOFILE,
+                &libc::rlimit {
+                    rlim_cur: limit.rlim_cur.min(old.rlim_max),
+                    rlim_max: old.rlim_max,
+                },
+            );
+        }
+        limits_app(path.clone(), addr)
+    });
+    let addr = server.addr;
+    let worker = Client::new(addr).get("/static/app.css").worker();
+    let hog = std::thread::spawn(move || Client::new(addr).try_get("/hog/4000"));
+    wait_arrived(&server, 1);
+    let before = cpu_time(worker);
+    let waiting = std::thread::spawn(move || Client::new(addr).try_get("/static/app.css"));
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_time(worker) - before;
+    assert!(
+        spent < Duration::from_millis(300),
+        "the worker used {spent:?} of CPU in 2 s without descriptors"
+    );
+    let held = hog.join().unwrap().expect("the hog is answered").body;
+    let n: usize = held.strip_prefix("held ").unwrap().parse().unwrap();
+    assert!((100..256).contains(&n), "{held}");
+    let r = waiting
+        .join()
+        .unwrap()
+        .expect("the waiting client is served");
+    assert_eq!((r.status, r.worker()), (200, worker));
+    assert_eq!(Client::new(addr).get("/static/app.css").status, 200);
 }
