@@ -5,7 +5,7 @@
 //! cargo run --release --features axum --example web -- --listen 127.0.0.1:8080 --workers 4 \
 //!     --session-file PATH [--url-sessions] [--base-url URL] [--catalyst --cookie-name NAME] \
 //!     [--header-timeout SECS] [--keep-alive SECS] [--max-connections N] [--body-limit BYTES] \
-//!     [--request-timeout SECS]
+//!     [--request-timeout SECS] [--send-timeout SECS]
 //! ```
 //!
 //! The parent binds the listener, opens the session file, forks the workers (each with its
@@ -21,8 +21,8 @@
 //! The limits each worker keeps (see `Prefork`; defaults in brackets): `--header-timeout`
 //! for a whole request head [10 s], `--keep-alive` for an idle kept-alive connection [5 s;
 //! 0 turns keep-alive off], `--max-connections` per worker [1024], `--body-limit` for a
-//! request body [2 MiB], `--request-timeout` for a handler [60 s]. Seconds may have a
-//! fraction (`0.5`).
+//! request body [2 MiB], `--request-timeout` for a handler [60 s], `--send-timeout` for a
+//! client that stops reading [30 s]. Seconds may have a fraction (`0.5`).
 //!
 //! `--catalyst` (features `axum,perl`) keeps the sessions as a Catalyst application with
 //! Catalyst::Plugin::Session and Session::Store::FastMmap keeps them, in its session file
@@ -49,7 +49,7 @@ use fastmmap::web::Prefork;
 const USAGE: &str = "usage: web --listen ADDR --workers N --session-file PATH [--url-sessions] \
                      [--base-url URL] [--catalyst --cookie-name NAME] [--header-timeout SECS] \
                      [--keep-alive SECS] [--max-connections N] [--body-limit BYTES] \
-                     [--request-timeout SECS]";
+                     [--request-timeout SECS] [--send-timeout SECS]";
 
 struct Args {
     listen: String,
@@ -70,6 +70,7 @@ struct Limits {
     max_connections: Option<usize>,
     body_limit: Option<usize>,
     request_timeout: Option<Duration>,
+    send_timeout: Option<Duration>,
 }
 
 impl Limits {
@@ -88,6 +89,9 @@ impl Limits {
         }
         if let Some(d) = self.request_timeout {
             prefork = prefork.request_timeout(d);
+        }
+        if let Some(d) = self.send_timeout {
+            prefork = prefork.send_timeout(d);
         }
         prefork
     }
@@ -167,6 +171,10 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--request-timeout" => {
                 let v = value("--request-timeout")?;
                 limits.request_timeout = Some(seconds("--request-timeout", &v, false)?);
+            }
+            "--send-timeout" => {
+                let v = value("--send-timeout")?;
+                limits.send_timeout = Some(seconds("--send-timeout", &v, false)?);
             }
             other => return Err(format!("unknown argument {other:?}")),
         }

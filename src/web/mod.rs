@@ -54,7 +54,8 @@ pub use layer::{DEFAULT_BUFFER_LIMIT, ResponseFuture, SessionLayer, SessionServi
 #[cfg(all(feature = "axum", target_os = "linux"))]
 pub use prefork::{
     DEFAULT_BODY_LIMIT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT, DEFAULT_STOP_TIMEOUT, Prefork,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SEND_TIMEOUT, DEFAULT_STOP_TIMEOUT,
+    Prefork,
 };
 #[cfg(feature = "tower-sessions")]
 pub use tower_store::{DEFAULT_PREFIX as TOWER_SESSIONS_PREFIX, FastMmapStore};

@@ -45,6 +45,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
 /// Default of [`Prefork::request_timeout`].
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default of [`Prefork::send_timeout`].
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default of [`Prefork::stop_timeout`].
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -84,6 +86,7 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// | [`max_connections`](Self::max_connections) | 1,024 per worker | running out of descriptors: beyond the cap the oldest idle connection is closed, or the newcomer refused with a `503` |
 /// | [`body_limit`](Self::body_limit) | 2 MiB | request bodies that would fill memory: `413` |
 /// | [`request_timeout`](Self::request_timeout) | 60 s | a handler that never finishes: `503` |
+/// | [`send_timeout`](Self::send_timeout) | 30 s | a client that stops reading its response (the connection is closed when its socket has taken nothing for this long) |
 /// | [`stop_timeout`](Self::stop_timeout) | 10 s | a stop that never ends: requests still running then are cut |
 ///
 /// A worker that runs out of descriptors anyway (`accept` fails with `EMFILE`) closes its
@@ -91,10 +94,10 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// the connections it has are served meanwhile. Request heads are limited to 64 KiB
 /// (larger ones get `431`).
 ///
-/// What these do not cover: a client that reads its response very slowly holds its
-/// connection (and a place under the cap) until it has read it, or until it is closed
-/// by a stop after the stop timeout; the request timeout ends when the handler has
-/// returned its response, not when a streamed body has been sent.
+/// What these do not cover: a client that reads its response slowly but steadily (a few
+/// bytes within every send timeout) holds its connection, and a place under the cap, until
+/// it has read it all; the request timeout ends when the handler has returned its response,
+/// not when a streamed body has been sent.
 #[derive(Clone, Debug)]
 #[must_use = "a Prefork does nothing until `run` is called"]
 pub struct Prefork {
@@ -124,6 +127,7 @@ impl Prefork {
                 max_connections: DEFAULT_MAX_CONNECTIONS,
                 body_limit: DEFAULT_BODY_LIMIT,
                 request_timeout: DEFAULT_REQUEST_TIMEOUT,
+                send_timeout: DEFAULT_SEND_TIMEOUT,
                 stop_timeout: DEFAULT_STOP_TIMEOUT,
             },
         }
@@ -182,6 +186,16 @@ impl Prefork {
     /// not timed. Must be more than zero ([`run`](Self::run) refuses zero).
     pub fn request_timeout(mut self, d: Duration) -> Self {
         self.limits.request_timeout = d;
+        self
+    }
+
+    /// How long a response may wait for the client to read (default 30 s): when the
+    /// client's socket has taken no byte of it for this long, the connection is closed. The
+    /// clock runs only while there is something to send, so a response that streams slowly
+    /// (server-sent events) is not cut for being quiet. Must be more than zero
+    /// ([`run`](Self::run) refuses zero).
+    pub fn send_timeout(mut self, d: Duration) -> Self {
+        self.limits.send_timeout = d;
         self
     }
 

@@ -27,9 +27,10 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tower_http::limit::{RequestBodyLimit, ResponseBody};
 use tower_http::timeout::Timeout;
 use tower_service::Service;
@@ -59,6 +60,7 @@ pub(crate) struct Limits {
     pub(crate) max_connections: usize,
     pub(crate) body_limit: usize,
     pub(crate) request_timeout: Duration,
+    pub(crate) send_timeout: Duration,
     pub(crate) stop_timeout: Duration,
 }
 
@@ -71,6 +73,9 @@ impl Limits {
         }
         if self.request_timeout.is_zero() {
             return bad("Prefork::request_timeout must be more than zero");
+        }
+        if self.send_timeout.is_zero() {
+            return bad("Prefork::send_timeout must be more than zero");
         }
         if self.max_connections == 0 {
             return bad("Prefork::max_connections must be at least 1");
@@ -407,6 +412,7 @@ impl Connection {
             .header_read_timeout(self.limits.header_read_timeout)
             .keep_alive(!keep_alive.is_zero())
             .max_buf_size(MAX_BUFFER);
+        let stream = SendDeadline::new(stream, self.limits.send_timeout);
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let mut conn = std::pin::pin!(conn);
         let mut closing = false;
@@ -441,5 +447,99 @@ impl Connection {
                 closing = true;
             }
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A client's socket whose writes fail with `TimedOut` once the socket has taken no byte
+    /// for the send timeout (the client stopped reading), so that hyper closes the
+    /// connection. The clock runs only while a write waits: a response that has nothing to
+    /// send (a quiet stream) is not timed.
+    struct SendDeadline {
+        #[pin]
+        stream: TcpStream,
+        timeout: Duration,
+        stalled: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl SendDeadline {
+    fn new(stream: TcpStream, timeout: Duration) -> SendDeadline {
+        SendDeadline {
+            stream,
+            timeout,
+            stalled: None,
+        }
+    }
+}
+
+/// What a write that waits returns: `Pending` until the stall has lasted the timeout, then
+/// `TimedOut`.
+fn stall<T>(
+    stalled: &mut Option<Pin<Box<Sleep>>>,
+    timeout: Duration,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<T>> {
+    let sleep = stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+    match sleep.as_mut().poll(cx) {
+        Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the client read nothing for {timeout:?}"),
+        ))),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+impl AsyncRead for SendDeadline {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.project().stream.poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SendDeadline {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        match this.stream.poll_write(cx, buf) {
+            Poll::Pending => stall(this.stalled, *this.timeout, cx),
+            done => {
+                *this.stalled = None;
+                done
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        match this.stream.poll_write_vectored(cx, bufs) {
+            Poll::Pending => stall(this.stalled, *this.timeout, cx),
+            done => {
+                *this.stalled = None;
+                done
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().stream.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().stream.poll_shutdown(cx)
     }
 }

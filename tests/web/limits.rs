@@ -28,7 +28,7 @@ const SLACK: Duration = Duration::from_secs(5);
 
 /// The demo's routes plus `/echo` (answers `N bytes` for a body of N bytes), `/sleep/MS`
 /// (counts itself under `arrived` in the session cache, then answers `slept` after MS
-/// milliseconds), `/never` (never answers) and `/hog/MS` (see [`hog`]).
+/// milliseconds), `/never` (never answers), `/hog/MS` (see [`hog`]) and `/big/N` (N MiB).
 fn limits_app(path: PathBuf, addr: SocketAddr) -> Router {
     let store = web_app::store(&path, &format!("http://{addr}/"), false).expect("session store");
     async fn echo(body: Bytes) -> String {
@@ -47,6 +47,7 @@ fn limits_app(path: PathBuf, addr: SocketAddr) -> Router {
         .route("/sleep/{ms}", any(sleep))
         .route("/never", any(never))
         .route("/hog/{ms}", any(hog))
+        .route("/big/{mib}", any(big))
         .with_state(store.cache().clone());
     web_app::app(store).merge(routes)
 }
@@ -64,6 +65,10 @@ async fn hog(Path(ms): Path<u64>, cache: State<Cache>) -> String {
     count_arrival(&cache);
     tokio::time::sleep(Duration::from_millis(ms)).await;
     format!("held {}", files.len())
+}
+
+async fn big(Path(mib): Path<usize>) -> Vec<u8> {
+    vec![b'z'; mib.min(256) << 20]
 }
 
 fn count_arrival(cache: &Cache) {
@@ -587,4 +592,40 @@ fn a_worker_out_of_descriptors_does_not_spin_and_serves_again() {
         .expect("the waiting client is served");
     assert_eq!((r.status, r.worker()), (200, worker));
     assert_eq!(Client::new(addr).get("/static/app.css").status, 200);
+}
+
+/// A client that asks for a large response and stops reading is disconnected once its
+/// socket has taken nothing for the send timeout: it receives what the socket buffers held,
+/// then the end of the connection, not the whole response.
+#[test]
+fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
+    let _serial = serial();
+    const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+    const MIB: usize = 64;
+    let server = start(Prefork::new(1).send_timeout(SEND_TIMEOUT));
+    let mut stream = connect(server.addr);
+    write!(stream, "GET /big/{MIB} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    // Far more than the socket buffers of both ends hold: the server's writes stall.
+    std::thread::sleep(SEND_TIMEOUT + SLACK);
+    stream.set_read_timeout(Some(SLACK)).unwrap();
+    let mut received = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => received += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                break false;
+            }
+            Err(_) => break true,
+        }
+        assert!(received <= (MIB << 20) + 4096, "more than the response");
+    };
+    assert!(ended, "the connection is still open after {received} bytes");
+    assert!(
+        received < MIB << 20,
+        "the whole response ({received} bytes) was sent to a client that stopped reading"
+    );
+    assert_eq!(Client::new(server.addr).get("/static/app.css").status, 200);
 }
