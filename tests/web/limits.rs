@@ -226,7 +226,7 @@ fn fd_room(wanted: usize) -> (usize, impl Drop) {
 fn thousands_of_half_sent_heads_lock_nobody_out() {
     let _serial = serial();
     const HEADER_TIMEOUT: Duration = Duration::from_secs(4);
-    const CAP: usize = 300;
+    const CAP: usize = 500;
     let server = start(
         Prefork::new(2)
             .header_read_timeout(HEADER_TIMEOUT)
@@ -438,7 +438,7 @@ fn over_the_cap_with_every_connection_busy_a_newcomer_is_refused_at_once() {
     let server = start(Prefork::new(1).max_connections(2));
     let addr = server.addr;
     let slow: Vec<_> = (0..2)
-        .map(|_| std::thread::spawn(move || Client::new(addr).try_get("/sleep/3000")))
+        .map(|_| std::thread::spawn(move || Client::new(addr).try_get("/sleep/5000")))
         .collect();
     wait_arrived(&server, 2);
     let refused = Client::new(addr).try_get("/static/app.css");
