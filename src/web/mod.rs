@@ -6,7 +6,9 @@
 //!   saved with its cookie afterwards, and ids put into redirects and HTML links for clients
 //!   without cookies. [`Session`] is its axum extractor.
 //! - [`Prefork`] (feature `axum`, Linux): an axum application in forked worker processes
-//!   that share caches and sessions through one file.
+//!   that share caches and sessions through one file, every connection under a deadline and
+//!   a budget (header, keep-alive, request and send timeouts, a connection cap, a body
+//!   limit).
 //! - [`FastMmapStore`] (feature `tower-sessions`): a `tower_sessions::SessionStore` over a
 //!   [`Cache`](crate::Cache), for tower-sessions and axum-login users whose workers are
 //!   forked processes.

@@ -35,10 +35,9 @@ use tower_http::limit::{RequestBodyLimit, ResponseBody};
 use tower_http::timeout::Timeout;
 use tower_service::Service;
 
-/// hyper's read (and write) buffer per connection, and so the largest request head: a head
-/// that does not fit is answered `431` (hyper's default would let each connection buffer
-/// about 400 KiB of an unfinished head).
-const MAX_BUFFER: usize = 64 * 1024;
+/// The largest request head: a longer one, finished or not, is answered `431` and closed
+/// (hyper's default would let each connection buffer about 400 KiB of an unfinished head).
+const MAX_HEAD: usize = 64 * 1024;
 /// Descriptors a worker keeps for everything but client connections (the listener, cache
 /// files, the application's own files and sockets) when it caps its connections below its
 /// `RLIMIT_NOFILE`.
@@ -411,7 +410,7 @@ impl Connection {
             .timer(TokioTimer::new())
             .header_read_timeout(self.limits.header_read_timeout)
             .keep_alive(!keep_alive.is_zero())
-            .max_buf_size(MAX_BUFFER);
+            .max_header_size(MAX_HEAD);
         let stream = SendDeadline::new(stream, self.limits.send_timeout);
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let mut conn = std::pin::pin!(conn);

@@ -629,3 +629,24 @@ fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
     );
     assert_eq!(Client::new(server.addr).get("/static/app.css").status, 200);
 }
+
+/// A request head over 64 KiB gets `431`, whether it would have ended or not; one just
+/// under is served.
+#[test]
+fn a_request_head_over_64_kib_gets_431() {
+    let _serial = serial();
+    let server = start(Prefork::new(1));
+    let send = |filler: usize, finish: bool| {
+        let mut stream = connect(server.addr);
+        let mut head = b"GET /static/app.css HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ".to_vec();
+        head.resize(head.len() + filler, b'a');
+        head.extend_from_slice(if finish { b"\r\n\r\n" } else { b"\r\n" });
+        // The server may answer (and close) before it has read all of it.
+        let _ = stream.write_all(&head);
+        read_response(&mut stream).expect("a response").0
+    };
+    assert_eq!(send(60 * 1024, true), 200);
+    assert_eq!(send(70 * 1024, true), 431);
+    assert_eq!(send(200 * 1024, true), 431);
+    assert_eq!(send(200 * 1024, false), 431);
+}
