@@ -208,9 +208,9 @@ impl Prefork {
     ///
     /// # Errors
     /// `InvalidInput` for a limit that would serve nobody (a zero timeout or cap, see the
-    /// builder methods); the I/O error of making the listener non-blocking, a pipe, or the
+    /// builder methods; timeouts over a year are cut to a year); the I/O error of making the listener non-blocking, a pipe, or the
     /// first `fork`; a worker that fails later is only replaced.
-    pub fn run<F, R>(self, listener: TcpListener, app: F, ready: R) -> io::Result<()>
+    pub fn run<F, R>(mut self, listener: TcpListener, app: F, ready: R) -> io::Result<()>
     where
         F: Fn() -> Router,
         R: FnOnce(),

@@ -63,9 +63,23 @@ pub(crate) struct Limits {
     pub(crate) stop_timeout: Duration,
 }
 
+/// The longest timeout taken as given; longer ones are cut to it (a deadline that far is as
+/// good as none, and adding more to a clock reading could overflow).
+const LONGEST_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl Limits {
-    /// Refuses settings that would stop the server from serving anyone.
-    pub(crate) fn check(&self) -> io::Result<()> {
+    /// Refuses settings that would stop the server from serving anyone, and cuts timeouts
+    /// to [`LONGEST_TIMEOUT`].
+    pub(crate) fn check(&mut self) -> io::Result<()> {
+        for d in [
+            &mut self.header_read_timeout,
+            &mut self.keep_alive_timeout,
+            &mut self.request_timeout,
+            &mut self.send_timeout,
+            &mut self.stop_timeout,
+        ] {
+            *d = (*d).min(LONGEST_TIMEOUT);
+        }
         let bad = |what: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, what.to_owned()));
         if self.header_read_timeout.is_zero() {
             return bad("Prefork::header_read_timeout must be more than zero");
@@ -540,5 +554,72 @@ impl AsyncWrite for SendDeadline {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().stream.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(5),
+            max_connections: 1024,
+            body_limit: 1024,
+            request_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn a_limit_that_would_serve_nobody_is_refused_by_name() {
+        type Spoil = fn(&mut Limits);
+        let cases: [(Spoil, &str); 4] = [
+            (
+                |l| l.header_read_timeout = Duration::ZERO,
+                "header_read_timeout",
+            ),
+            (|l| l.request_timeout = Duration::ZERO, "request_timeout"),
+            (|l| l.send_timeout = Duration::ZERO, "send_timeout"),
+            (|l| l.max_connections = 0, "max_connections"),
+        ];
+        for (spoil, name) in cases {
+            let mut l = limits();
+            spoil(&mut l);
+            let e = l.check().unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            assert!(e.to_string().contains(name), "{e}");
+        }
+        let mut l = limits();
+        l.keep_alive_timeout = Duration::ZERO;
+        l.body_limit = 0;
+        l.check().expect("keep-alive off and no body are fine");
+    }
+
+    #[test]
+    fn endless_timeouts_are_cut_to_a_year() {
+        let mut l = limits();
+        l.header_read_timeout = Duration::MAX;
+        l.stop_timeout = Duration::MAX;
+        l.check().unwrap();
+        assert_eq!(l.header_read_timeout, LONGEST_TIMEOUT);
+        assert_eq!(l.stop_timeout, LONGEST_TIMEOUT);
+        assert_eq!(l.request_timeout, Duration::from_secs(60));
+        // A clock reading plus the longest timeout does not overflow.
+        let _ = std::time::Instant::now() + LONGEST_TIMEOUT;
+    }
+
+    #[test]
+    fn the_cap_leaves_descriptors_under_the_limit() {
+        let mut l = limits();
+        l.max_connections = usize::MAX;
+        let cap = l.connection_cap();
+        if let Some(limit) = crate::store::process::open_files_limit() {
+            assert_eq!(cap as u64, limit.saturating_sub(FD_RESERVE).max(1));
+        }
+        l.max_connections = 3;
+        assert_eq!(l.connection_cap(), 3);
     }
 }
