@@ -411,8 +411,8 @@ fn an_over_limit_body_gets_413() {
     assert_eq!(chunked(10 * LIMIT).0, 413);
 }
 
-/// A handler that never finishes is answered `503` after the request timeout, and the
-/// worker goes on serving.
+/// A handler that never finishes, and one waiting for a body that trickles in and stops,
+/// are answered `503` after the request timeout, and the worker goes on serving.
 #[test]
 fn a_handler_that_never_finishes_gets_503_after_the_request_timeout() {
     let _serial = serial();
@@ -427,6 +427,13 @@ fn a_handler_that_never_finishes_gets_503_after_the_request_timeout() {
         "answered after {:?}",
         started.elapsed()
     );
+    let mut stream = connect(server.addr);
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\nsome")
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(read_response(&mut stream).expect("a response").0, 503);
+    assert!(started.elapsed() + Duration::from_millis(100) >= TIMEOUT);
     assert_eq!(client.get("/static/app.css").status, 200);
 }
 
