@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! cargo run --release --features axum --example web -- --listen 127.0.0.1:8080 --workers 4 \
-//!     --session-file PATH [--url-sessions] [--base-url URL] [--catalyst --cookie-name NAME]
+//!     --session-file PATH [--url-sessions] [--base-url URL] [--catalyst --cookie-name NAME] \
+//!     [--header-timeout SECS] [--keep-alive SECS] [--max-connections N] [--body-limit BYTES] \
+//!     [--request-timeout SECS] [--send-timeout SECS]
 //! ```
 //!
 //! The parent binds the listener, opens the session file, forks the workers (each with its
@@ -15,6 +17,12 @@
 //! `--url-sessions` puts session ids into URLs (`/count/-/ID`) for clients that send no
 //! cookie; links are rewritten only under the server's own URL, `http://ADDR/` (or
 //! `--base-url`, for a server reached under another name).
+//!
+//! The limits each worker keeps (see `Prefork`; defaults in brackets): `--header-timeout`
+//! for a whole request head [10 s], `--keep-alive` for an idle kept-alive connection [5 s;
+//! 0 turns keep-alive off], `--max-connections` per worker [1024], `--body-limit` for a
+//! request body [2 MiB], `--request-timeout` for a handler [60 s], `--send-timeout` for a
+//! client that stops reading [30 s]. Seconds may have a fraction (`0.5`).
 //!
 //! `--catalyst` (features `axum,perl`) keeps the sessions as a Catalyst application with
 //! Catalyst::Plugin::Session and Session::Store::FastMmap keeps them, in its session file
@@ -34,11 +42,14 @@ mod web_app;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use fastmmap::web::Prefork;
 
 const USAGE: &str = "usage: web --listen ADDR --workers N --session-file PATH [--url-sessions] \
-                     [--base-url URL] [--catalyst --cookie-name NAME]";
+                     [--base-url URL] [--catalyst --cookie-name NAME] [--header-timeout SECS] \
+                     [--keep-alive SECS] [--max-connections N] [--body-limit BYTES] \
+                     [--request-timeout SECS] [--send-timeout SECS]";
 
 struct Args {
     listen: String,
@@ -48,6 +59,66 @@ struct Args {
     base_url: Option<String>,
     catalyst: bool,
     cookie_name: Option<String>,
+    limits: Limits,
+}
+
+/// The limits given on the command line; the others keep `Prefork`'s defaults.
+#[derive(Default)]
+struct Limits {
+    header_timeout: Option<Duration>,
+    keep_alive: Option<Duration>,
+    max_connections: Option<usize>,
+    body_limit: Option<usize>,
+    request_timeout: Option<Duration>,
+    send_timeout: Option<Duration>,
+}
+
+impl Limits {
+    fn apply(&self, mut prefork: Prefork) -> Prefork {
+        if let Some(d) = self.header_timeout {
+            prefork = prefork.header_read_timeout(d);
+        }
+        if let Some(d) = self.keep_alive {
+            prefork = prefork.keep_alive_timeout(d);
+        }
+        if let Some(n) = self.max_connections {
+            prefork = prefork.max_connections(n);
+        }
+        if let Some(n) = self.body_limit {
+            prefork = prefork.body_limit(n);
+        }
+        if let Some(d) = self.request_timeout {
+            prefork = prefork.request_timeout(d);
+        }
+        if let Some(d) = self.send_timeout {
+            prefork = prefork.send_timeout(d);
+        }
+        prefork
+    }
+}
+
+/// `value` as seconds (a fraction allowed): more than zero unless `zero_ok`, at most a day.
+fn seconds(name: &str, value: &str, zero_ok: bool) -> Result<Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && (*s > 0.0 || (zero_ok && *s == 0.0)) && *s <= 86_400.0)
+        .map(Duration::from_secs_f64)
+        .ok_or(format!(
+            "{name} must be a number of seconds {} to 86400, not {value:?}",
+            if zero_ok { "from 0" } else { "above 0 and up" }
+        ))
+}
+
+/// `value` as a whole number from `min` to `max`.
+fn number(name: &str, value: &str, min: usize, max: usize) -> Result<usize, String> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or(format!(
+            "{name} must be a number from {min} to {max}, not {value:?}"
+        ))
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
@@ -58,6 +129,7 @@ fn parse_args() -> Result<Option<Args>, String> {
     let mut base_url = None;
     let mut catalyst = false;
     let mut cookie_name = None;
+    let mut limits = Limits::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -80,6 +152,30 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--base-url" => base_url = Some(value("--base-url")?),
             "--catalyst" => catalyst = true,
             "--cookie-name" => cookie_name = Some(value("--cookie-name")?),
+            "--header-timeout" => {
+                let v = value("--header-timeout")?;
+                limits.header_timeout = Some(seconds("--header-timeout", &v, false)?);
+            }
+            "--keep-alive" => {
+                let v = value("--keep-alive")?;
+                limits.keep_alive = Some(seconds("--keep-alive", &v, true)?);
+            }
+            "--max-connections" => {
+                let v = value("--max-connections")?;
+                limits.max_connections = Some(number("--max-connections", &v, 1, 1 << 20)?);
+            }
+            "--body-limit" => {
+                let v = value("--body-limit")?;
+                limits.body_limit = Some(number("--body-limit", &v, 0, 1 << 30)?);
+            }
+            "--request-timeout" => {
+                let v = value("--request-timeout")?;
+                limits.request_timeout = Some(seconds("--request-timeout", &v, false)?);
+            }
+            "--send-timeout" => {
+                let v = value("--send-timeout")?;
+                limits.send_timeout = Some(seconds("--send-timeout", &v, false)?);
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -101,6 +197,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         base_url,
         catalyst,
         cookie_name,
+        limits,
     }))
 }
 
@@ -164,7 +261,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         web_app::store(&args.session_file, &base, args.url_sessions)?
     };
-    Prefork::new(args.workers).run(
+    args.limits.apply(Prefork::new(args.workers)).run(
         listener,
         || web_app::app(store.clone()),
         || {

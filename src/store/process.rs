@@ -1,6 +1,6 @@
 //! Process control for the prefork server (`web::Prefork`): safe wrappers over `fork`,
-//! `waitpid`, `kill`, the signal mask, `sigtimedwait`, `signalfd` and `poll`, so that the web
-//! layer has no `unsafe` code of its own.
+//! `waitpid`, `kill`, the signal mask, `sigtimedwait`, `signalfd`, `poll` and `getrlimit`, so
+//! that the web layer has no `unsafe` code of its own.
 
 #![allow(unsafe_code)]
 
@@ -121,6 +121,18 @@ pub(crate) fn poll_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
     let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
     // SAFETY: one valid pollfd, naming a descriptor the borrow keeps open.
     unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
+}
+
+/// The soft limit on this process's open descriptors (`RLIMIT_NOFILE`), or `None` if there
+/// is none (or it cannot be read).
+pub(crate) fn open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the valid struct we own.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
 }
 
 /// Reaps one child that has exited, without waiting: its pid, or `None` if none has.

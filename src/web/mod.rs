@@ -6,7 +6,9 @@
 //!   saved with its cookie afterwards, and ids put into redirects and HTML links for clients
 //!   without cookies. [`Session`] is its axum extractor.
 //! - [`Prefork`] (feature `axum`, Linux): an axum application in forked worker processes
-//!   that share caches and sessions through one file.
+//!   that share caches and sessions through one file, every connection under a deadline and
+//!   a budget (header, keep-alive, request and send timeouts, a connection cap, a body
+//!   limit).
 //! - [`FastMmapStore`] (feature `tower-sessions`): a `tower_sessions::SessionStore` over a
 //!   [`Cache`](crate::Cache), for tower-sessions and axum-login users whose workers are
 //!   forked processes.
@@ -40,6 +42,8 @@ mod extract;
 mod layer;
 #[cfg(all(feature = "axum", target_os = "linux"))]
 mod prefork;
+#[cfg(all(feature = "axum", target_os = "linux"))]
+mod serve;
 #[cfg(feature = "tower-sessions")]
 mod tower_store;
 
@@ -50,6 +54,10 @@ pub use extract::{MissingSessionLayer, Session};
 #[cfg(feature = "axum")]
 pub use layer::{DEFAULT_BUFFER_LIMIT, ResponseFuture, SessionLayer, SessionService};
 #[cfg(all(feature = "axum", target_os = "linux"))]
-pub use prefork::Prefork;
+pub use prefork::{
+    DEFAULT_BODY_LIMIT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SEND_TIMEOUT, DEFAULT_STOP_TIMEOUT,
+    Prefork,
+};
 #[cfg(feature = "tower-sessions")]
 pub use tower_store::{DEFAULT_PREFIX as TOWER_SESSIONS_PREFIX, FastMmapStore};

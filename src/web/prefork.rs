@@ -6,15 +6,19 @@
 //! its own single-threaded tokio runtime and accepts on the inherited listener; a worker
 //! that dies is replaced; `SIGTERM` or `SIGINT` stops them all — each worker stops
 //! accepting and finishes the requests it is serving, within the stop timeout.
+//!
+//! How a worker serves its connections, with their timeouts and limits, is in `serve.rs`.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use tokio::io::unix::AsyncFd;
+
+use super::serve::{self, Limits};
 
 // The libc calls (fork, waitpid, kill, the signal mask, sigtimedwait, signalfd, poll) are the
 // store layer's, behind safe wrappers.
@@ -30,6 +34,21 @@ const TICK: Duration = Duration::from_millis(500);
 
 /// Exit status of a worker whose runtime or listener failed, or that panicked.
 const WORKER_FAILED: i32 = 70;
+
+/// Default of [`Prefork::header_read_timeout`].
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of [`Prefork::keep_alive_timeout`].
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default of [`Prefork::max_connections`] (per worker).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default of [`Prefork::body_limit`]: 2 MiB, axum's own default for its extractors.
+pub const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// Default of [`Prefork::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default of [`Prefork::send_timeout`].
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of [`Prefork::stop_timeout`].
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An axum application in forked worker processes.
 ///
@@ -53,11 +72,37 @@ const WORKER_FAILED: i32 = 70;
 /// the parent is inherited by every worker, and one opened in a worker maps the same file.
 /// Call `run` from a process that has no other threads (the start of `main`): forking a
 /// process whose other threads hold locks leaves those locks held in the child.
+///
+/// # Limits
+///
+/// Every connection is served by hyper's HTTP/1 server with a timer, under limits that keep
+/// a worker serving while clients misbehave (slowloris, floods of idle connections, huge
+/// bodies, handlers that hang). Each has a builder method and a safe default:
+///
+/// | method | default | defends against |
+/// |---|---|---|
+/// | [`header_read_timeout`](Self::header_read_timeout) | 10 s | a client that opens a connection and sends its request head slowly or never (slowloris) |
+/// | [`keep_alive_timeout`](Self::keep_alive_timeout) | 5 s | kept-alive connections that sit idle between requests |
+/// | [`max_connections`](Self::max_connections) | 1,024 per worker | running out of descriptors: beyond the cap the oldest idle connection is closed, or the newcomer refused with a `503` |
+/// | [`body_limit`](Self::body_limit) | 2 MiB | request bodies that would fill memory: `413` |
+/// | [`request_timeout`](Self::request_timeout) | 60 s | a handler that never finishes: `503` |
+/// | [`send_timeout`](Self::send_timeout) | 30 s | a client that stops reading its response (the connection is closed when its socket has taken nothing for this long) |
+/// | [`stop_timeout`](Self::stop_timeout) | 10 s | a stop that never ends: requests still running then are cut |
+///
+/// A worker that runs out of descriptors anyway (`accept` fails with `EMFILE`) closes its
+/// oldest idle connection and pauses accepting (10 ms, doubling up to 1 s) rather than spin;
+/// the connections it has are served meanwhile. Request heads are limited to 64 KiB
+/// (larger ones get `431`).
+///
+/// What these do not cover: a client that reads its response slowly but steadily (a few
+/// bytes within every send timeout) holds its connection, and a place under the cap, until
+/// it has read it all; the request timeout ends when the handler has returned its response,
+/// not when a streamed body has been sent.
 #[derive(Clone, Debug)]
 #[must_use = "a Prefork does nothing until `run` is called"]
 pub struct Prefork {
     workers: usize,
-    stop_timeout: Duration,
+    limits: Limits,
 }
 
 /// A started worker.
@@ -76,14 +121,81 @@ impl Prefork {
     pub fn new(workers: usize) -> Prefork {
         Prefork {
             workers: workers.max(1),
-            stop_timeout: Duration::from_secs(10),
+            limits: Limits {
+                header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+                keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+                body_limit: DEFAULT_BODY_LIMIT,
+                request_timeout: DEFAULT_REQUEST_TIMEOUT,
+                send_timeout: DEFAULT_SEND_TIMEOUT,
+                stop_timeout: DEFAULT_STOP_TIMEOUT,
+            },
         }
     }
 
     /// How long workers get to finish the requests they are serving after `SIGTERM` when the
-    /// server stops, before they are killed (default 10 s).
+    /// server stops, before they are killed (default 10 s). Idle connections, and those whose
+    /// first request head has not arrived in full, are closed at once.
     pub fn stop_timeout(mut self, d: Duration) -> Self {
-        self.stop_timeout = d;
+        self.limits.stop_timeout = d;
+        self
+    }
+
+    /// How long a client has to send a whole request head, from the moment the worker
+    /// starts waiting for it (default 10 s): a connection whose head is not complete by
+    /// then is closed. This is hyper's header read timeout, and hyper also starts it when a
+    /// kept-alive connection waits for its next request, so it bounds idle keep-alive time
+    /// as well. Must be more than zero ([`run`](Self::run) refuses zero).
+    pub fn header_read_timeout(mut self, d: Duration) -> Self {
+        self.limits.header_read_timeout = d;
+        self
+    }
+
+    /// How long a kept-alive connection may stay idle after a response before its next
+    /// request head has arrived in full (default 5 s); then it is closed. The shorter of this
+    /// and [`header_read_timeout`](Self::header_read_timeout) applies. `Duration::ZERO`
+    /// turns keep-alive off: every connection closes after one response.
+    pub fn keep_alive_timeout(mut self, d: Duration) -> Self {
+        self.limits.keep_alive_timeout = d;
+        self
+    }
+
+    /// How many connections each worker keeps open at most (default 1,024), lowered to
+    /// leave 64 descriptors free under the worker's soft `RLIMIT_NOFILE`. A connection that
+    /// arrives beyond the cap makes the worker close its oldest idle connection (one with no
+    /// request in flight: waiting for its first head or for the next one); if every
+    /// connection has a request in flight, the newcomer is answered `503` and closed at
+    /// once. Must be at least 1 ([`run`](Self::run) refuses zero).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.limits.max_connections = n;
+        self
+    }
+
+    /// The largest request body, in bytes (default 2 MiB): a request that declares a longer
+    /// `Content-Length` gets `413 Payload Too Large` without reaching the application, and
+    /// a streamed body that grows past the limit fails to read (axum's extractors answer
+    /// `413`). axum's `DefaultBodyLimit` is set to the same value; a route may lower it.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.limits.body_limit = bytes;
+        self
+    }
+
+    /// How long a request may take, from its head to the response the application returns,
+    /// reading of the request body included (default 60 s): a request still running then is
+    /// dropped and answered `503 Service Unavailable`. A response body streamed after that is
+    /// not timed. Must be more than zero ([`run`](Self::run) refuses zero).
+    pub fn request_timeout(mut self, d: Duration) -> Self {
+        self.limits.request_timeout = d;
+        self
+    }
+
+    /// How long a response may wait for the client to read (default 30 s): when the
+    /// client's socket has taken no byte of it for this long, the connection is closed. The
+    /// clock runs only while there is something to send, so a response that streams slowly
+    /// (server-sent events) is not cut for being quiet. Must be more than zero
+    /// ([`run`](Self::run) refuses zero).
+    pub fn send_timeout(mut self, d: Duration) -> Self {
+        self.limits.send_timeout = d;
         self
     }
 
@@ -95,13 +207,15 @@ impl Prefork {
     /// A worker dies with the parent (`PR_SET_PDEATHSIG`), so none outlives it.
     ///
     /// # Errors
-    /// The I/O error of making the listener non-blocking, a pipe, or the first `fork`; a
-    /// worker that fails later is only replaced.
-    pub fn run<F, R>(self, listener: TcpListener, app: F, ready: R) -> io::Result<()>
+    /// `InvalidInput` for a limit that would serve nobody (a zero timeout or cap, see the
+    /// builder methods; timeouts over a year are cut to a year); the I/O error of making the listener non-blocking, a pipe, or the
+    /// first `fork`; a worker that fails later is only replaced.
+    pub fn run<F, R>(mut self, listener: TcpListener, app: F, ready: R) -> io::Result<()>
     where
         F: Fn() -> Router,
         R: FnOnce(),
     {
+        self.limits.check()?;
         listener.set_nonblocking(true)?;
         let signals = parent_signals();
         let old_mask = signals.block()?;
@@ -122,10 +236,10 @@ impl Prefork {
         {
             let (mut ready_in, ready_out) = io::pipe()?;
             for _ in 0..self.workers {
-                match spawn(listener, app, Some(&ready_out), old_mask) {
+                match spawn(listener, app, &self.limits, Some(&ready_out), old_mask) {
                     Ok(w) => workers.push(w),
                     Err(e) => {
-                        stop(&mut workers, self.stop_timeout);
+                        stop(&mut workers, self.limits.stop_timeout);
                         return Err(e);
                     }
                 }
@@ -140,9 +254,9 @@ impl Prefork {
             {
                 break;
             }
-            reap_and_replace(&mut workers, listener, app, old_mask);
+            reap_and_replace(&mut workers, listener, app, &self.limits, old_mask);
         }
-        stop(&mut workers, self.stop_timeout);
+        stop(&mut workers, self.limits.stop_timeout);
         Ok(())
     }
 }
@@ -174,6 +288,7 @@ fn reap_and_replace<F: Fn() -> Router>(
     workers: &mut [Worker],
     listener: &TcpListener,
     app: &F,
+    limits: &Limits,
     old_mask: &SignalSet,
 ) {
     while let Some(pid) = process::reap_any() {
@@ -185,7 +300,7 @@ fn reap_and_replace<F: Fn() -> Router>(
         if slot.started.elapsed() < MIN_WORKER_LIFE {
             std::thread::sleep(MIN_WORKER_LIFE);
         }
-        match spawn(listener, app, None, old_mask) {
+        match spawn(listener, app, limits, None, old_mask) {
             Ok(w) => *slot = w,
             // No process to be had now: try again at the next tick.
             Err(_) => slot.started = Instant::now(),
@@ -220,11 +335,16 @@ fn stop(workers: &mut Vec<Worker>, timeout: Duration) {
 fn spawn<F: Fn() -> Router>(
     listener: &TcpListener,
     app: &F,
+    limits: &Limits,
     ready: Option<&io::PipeWriter>,
     old_mask: &SignalSet,
 ) -> io::Result<Worker> {
     // `run`'s documentation asks for a parent without other threads.
-    let pid = process::fork_child(old_mask, || worker(listener, app, ready), WORKER_FAILED)?;
+    let pid = process::fork_child(
+        old_mask,
+        || worker(listener, app, limits, ready),
+        WORKER_FAILED,
+    )?;
     Ok(Worker {
         pid,
         started: Instant::now(),
@@ -254,11 +374,13 @@ async fn stopped(signals: AsyncFd<File>) {
     }
 }
 
-/// A worker's life: a single-threaded runtime serving `app()` on the listener until
-/// `SIGTERM` (or `SIGINT`); then it finishes the requests in flight and returns.
+/// A worker's life: a single-threaded runtime serving `app()` on the listener under
+/// `limits` until `SIGTERM` (or `SIGINT`); then it finishes the requests in flight and
+/// returns.
 fn worker<F: Fn() -> Router>(
     listener: &TcpListener,
     app: &F,
+    limits: &Limits,
     ready: Option<&io::PipeWriter>,
 ) -> i32 {
     let Ok(signals) = stop_signals() else {
@@ -276,12 +398,10 @@ fn worker<F: Fn() -> Router>(
         if let Some(mut ready) = ready {
             let _ = ready.write_all(b"r");
         }
-        let service = app().into_make_service_with_connect_info::<SocketAddr>();
         // On SIGTERM: stop accepting, finish the requests in flight, then exit (the parent
         // kills what is still there after its stop timeout).
-        axum::serve(listener, service)
-            .with_graceful_shutdown(stopped(signals))
-            .await
+        serve::serve(listener, app(), limits.clone(), stopped(signals)).await;
+        io::Result::Ok(())
     });
     match served {
         Ok(()) => 0,

@@ -2,7 +2,8 @@
 //! Sessions over real HTTP: the demo application of `examples/web.rs` (and a tower-sessions
 //! application) served by forked workers ([`fastmmap::web::Prefork`]) on 127.0.0.1, driven by
 //! a real HTTP client — and by a real browser (`browser.rs`). The store semantics of the
-//! tower-sessions store are in `tower_sessions.rs`.
+//! tower-sessions store are in `tower_sessions.rs`; the server's timeouts and limits under
+//! hostile clients (slowloris, floods, huge bodies, stalled readers) in `limits.rs`.
 //!
 //! Every test that forks takes `common::serial()` first, so no other test thread of this
 //! binary is inside a cache when it does.
@@ -16,6 +17,7 @@ mod browser;
 mod example;
 mod layer;
 mod leak;
+mod limits;
 mod server;
 mod tower_sessions;
 

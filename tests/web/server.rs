@@ -36,6 +36,15 @@ impl Server {
     where
         F: Fn(SocketAddr) -> Router,
     {
+        let prefork = Prefork::new(workers).stop_timeout(Duration::from_secs(3));
+        Server::start_with(prefork, dir, app)
+    }
+
+    /// As [`Server::start`], with the workers and limits of `prefork`.
+    pub fn start_with<F>(prefork: Prefork, dir: tempfile::TempDir, app: F) -> Server
+    where
+        F: Fn(SocketAddr) -> Router,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().unwrap();
         // SAFETY: the tests of this binary run one at a time (`common::serial`), so no other
@@ -47,10 +56,7 @@ impl Server {
             // SAFETY: the supervisor dies with the test thread that started it.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
             let code = catch_unwind(AssertUnwindSafe(|| {
-                Prefork::new(workers)
-                    .stop_timeout(Duration::from_secs(3))
-                    .run(listener, || app(addr), || {})
-                    .map_or(1, |()| 0)
+                prefork.run(listener, || app(addr), || {}).map_or(1, |()| 0)
             }))
             .unwrap_or(2);
             // SAFETY: leaves the child without running the test harness's exit code.
