@@ -23,9 +23,9 @@ use crate::cache::Cache;
 use crate::clock::from_unix_secs;
 use crate::page::format::FLAG_UNDEF;
 use crate::page::{Corrupt, Dirty, DirtyCopy, Evict, NewEntry, PageMut, StoreOutcome};
-use crate::store::{PageGuard, WriteBackGuard};
+use crate::store::{PageGuard, WriteBackGuard, WriteBackWait};
 use crate::update::is_negative;
-use crate::{Error, Result};
+use crate::{Error, LockRole, Result};
 
 /// Attempts that refuse to drop dirty entries before one that drops them and writes the
 /// copies back after unlocking.
@@ -69,9 +69,13 @@ impl Cache {
         let timeout = self.inner.lock_timeout;
         self.inner
             .file
-            .lock_write_back(page, timeout)
+            .lock_write_back(page, WriteBackWait::Up(timeout))
             .map(Some)
-            .map_err(|e| self.inner.file.lock_error(e, page, timeout))
+            .map_err(|e| {
+                self.inner
+                    .file
+                    .lock_error(e, LockRole::WriteBack, page, timeout)
+            })
     }
 
     /// Locks `page` for a change. A page a dead process left half-changed is reset, and the
