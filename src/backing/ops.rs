@@ -5,7 +5,7 @@
 use crate::Backing;
 use crate::Result;
 use crate::backing::store::{Layer, WriteMode};
-use crate::backing::write_back::Kept;
+use crate::backing::write_back::{Kept, TryWriteBack};
 use crate::cache::{Cache, Entry, Update};
 use crate::clock::from_unix_secs;
 use crate::compress::{decompress, is_compressed};
@@ -100,13 +100,48 @@ impl Cache {
             }
             Look::Negative if layer.trusts_cached() => Ok(None),
             Look::Miss(_) if layer.backing.is_none() => Ok(None),
-            _ => {
+            look => {
                 // Loaded and cached under the write-back lock, so that no write of the key
-                // reaches the store between the load and the caching of what it loaded.
-                let _write_back = self.write_back_lock(page)?;
+                // reaches the store between the load and the caching of what it loaded. A
+                // reader does not wait behind another's call of the store, which may be slow:
+                // if the lock is held, it reads the store without it and caches nothing.
+                let _write_back = match self.try_write_back_lock(page)? {
+                    TryWriteBack::Taken(guard) => guard,
+                    TryWriteBack::Busy => match self.load_uncached(layer, key, look)? {
+                        Some(found) => return Ok(found),
+                        None => self.write_back_lock(page)?,
+                    },
+                };
                 self.get_holding_write_back(layer, key, page, slot_hash, now)
             }
         }
+    }
+
+    /// What a `get` that missed (or may not trust its hit) returns when the write-back lock
+    /// is held by someone else: the backing store's value, cached nowhere, so the order of
+    /// the store's writes against the cache's does not matter. `None` when the answer needs
+    /// the lock: the key's expired dirty entry must be written back before the store is read.
+    fn load_uncached(
+        &self,
+        layer: &Layer,
+        key: &[u8],
+        look: Look,
+    ) -> Result<Option<Option<Vec<u8>>>> {
+        let Some(backing) = &layer.backing else {
+            return Ok(Some(None));
+        };
+        match look {
+            Look::Miss(Some(_)) => return Ok(None),
+            // A dirty copy is a write the store does not have yet (as in `load_distrusting`).
+            Look::Hit(stored, flags) if flags & FLAG_DIRTY != 0 => {
+                return self.decode_value(key, stored, flags).map(|v| Some(Some(v)));
+            }
+            Look::Hit(..) | Look::Negative | Look::Miss(None) => {}
+        }
+        backing
+            .load(key)
+            .map(Some)
+            .map_err(|e| self.backing_error("load", Some(key), e))
     }
 
     /// `get` through a layer by a caller holding `page`'s write-back lock: looked up again

@@ -23,13 +23,22 @@ use crate::cache::Cache;
 use crate::clock::from_unix_secs;
 use crate::page::format::FLAG_UNDEF;
 use crate::page::{Corrupt, Dirty, DirtyCopy, Evict, NewEntry, PageMut, StoreOutcome};
-use crate::store::{PageGuard, WriteBackGuard, WriteBackWait};
+use crate::store::{LockError, PageGuard, WriteBackGuard, WriteBackWait};
 use crate::update::is_negative;
 use crate::{Error, LockRole, Result};
+use std::time::Duration;
 
 /// Attempts that refuse to drop dirty entries before one that drops them and writes the
 /// copies back after unlocking.
 const ROUNDS: usize = 4;
+
+/// What [`Cache::try_write_back_lock`] got.
+pub(crate) enum TryWriteBack<'a> {
+    /// The lock (`None` where none is needed, as in `write_back_lock`).
+    Taken(Option<WriteBackGuard<'a>>),
+    /// Someone else holds it.
+    Busy,
+}
 
 /// What a store that keeps dirty entries did.
 pub(crate) enum Kept {
@@ -76,6 +85,24 @@ impl Cache {
                     .file
                     .lock_error(e, LockRole::WriteBack, page, timeout)
             })
+    }
+
+    /// [`write_back_lock`](Self::write_back_lock) without waiting: `Busy` if another thread
+    /// or process holds it (it may be inside a slow call of the backing store).
+    pub(crate) fn try_write_back_lock(&self, page: u32) -> Result<TryWriteBack<'_>> {
+        if !self.has_backing() || self.inner.file.holds_write_back() {
+            return Ok(TryWriteBack::Taken(None));
+        }
+        match self.inner.file.lock_write_back(page, WriteBackWait::No) {
+            Ok(guard) => Ok(TryWriteBack::Taken(Some(guard))),
+            Err(LockError::TimedOut) => Ok(TryWriteBack::Busy),
+            Err(e) => {
+                Err(self
+                    .inner
+                    .file
+                    .lock_error(e, LockRole::WriteBack, page, Some(Duration::ZERO)))
+            }
+        }
     }
 
     /// Locks `page` for a change. A page a dead process left half-changed is reset, and the
