@@ -40,6 +40,16 @@ pub(crate) enum TryWriteBack<'a> {
     Busy,
 }
 
+/// How [`Cache::store_keeping_dirty`] makes one attempt at a store.
+enum Plan {
+    /// Under the busy marker (native layout), as every structural change by default.
+    Marked,
+    /// Without it: a dry run found the store to be an append (with or without a rebuild).
+    Unmarked,
+    /// Not at all: a dry run found dirty entries in the way.
+    InTheWay,
+}
+
 /// What a store that keeps dirty entries did.
 pub(crate) enum Kept {
     /// It stored (or the conditional-store rules refused it).
@@ -168,15 +178,51 @@ impl Cache {
             }
             copies.clear();
             let refuse = round + 1 < ROUNDS;
-            let mut dirty = if refuse {
-                Dirty::refuse(&mut copies)
+            // Native pages change under a busy marker, and a process killed with the marker
+            // set leaves the page to be reset, with every dirty entry in it. Yet only an
+            // overwrite in place needs the marker: an append or a rebuild is ordered so that a
+            // process killed part way leaves a page that is whole or fails its header check
+            // (as in the FastMmap layout, which has no marker). So a dry run (which writes
+            // nothing) first asks, without the marker, whether dirty entries are in the way
+            // and whether the store would go in place; only then is the store made, under the
+            // marker only if it must be.
+            let mut plan = Plan::Marked;
+            if refuse && in_place {
+                let mut dry = Dirty::dry(&mut copies);
+                dry.replacing_drops = if_absent;
+                let looked = guard
+                    .page()
+                    .store_dirty(req, now, slots, in_place, &mut dry);
+                let marked = dry.would_write_in_place();
+                plan = match looked {
+                    Ok(None) if !copies.is_empty() => Plan::InTheWay,
+                    Ok(None) if !marked => Plan::Unmarked,
+                    _ => Plan::Marked,
+                };
+            }
+            let stored = if let Plan::InTheWay = plan {
+                Ok(None)
             } else {
-                Dirty::collect(&mut copies)
+                copies.clear();
+                let mut dirty = if refuse {
+                    Dirty::refuse(&mut copies)
+                } else {
+                    Dirty::collect(&mut copies)
+                };
+                dirty.replacing_drops = if_absent;
+                let mut store =
+                    |p: &mut PageMut<'_>| p.store_dirty(req, now, slots, in_place, &mut dirty);
+                match plan {
+                    Plan::Unmarked => {
+                        let stored = store(&mut guard.page());
+                        if stored.is_err() {
+                            self.reset_counting(&mut guard);
+                        }
+                        stored
+                    }
+                    _ => self.change_counting(&mut guard, store),
+                }
             };
-            dirty.replacing_drops = if_absent;
-            let stored = self.change_counting(&mut guard, |p| {
-                p.store_dirty(req, now, slots, in_place, &mut dirty)
-            });
             match stored {
                 Ok(Some(StoreOutcome::TooLarge)) => return Err(self.too_large(req)),
                 Ok(Some(outcome)) => {
@@ -215,9 +261,14 @@ impl Cache {
     }
 
     /// Clears the dirty flag of each copy that is still in the page unchanged.
+    ///
+    /// Without the busy marker: one byte of a flag word changes per copy, so a process killed
+    /// here leaves a sound page, which the marker would have had reset (with every dirty
+    /// entry in it).
     pub(crate) fn mark_clean(&self, guard: &mut PageGuard<'_>, copies: &[DirtyCopy]) {
         for copy in copies {
-            if self.change_counting(guard, |p| p.mark_clean(copy)).is_err() {
+            if guard.page().mark_clean(copy).is_err() {
+                self.reset_counting(guard);
                 return;
             }
         }
