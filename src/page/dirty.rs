@@ -186,7 +186,9 @@ pub fn count_dirty(buf: &[u8]) -> u32 {
     if hdr.magic & !REBUILD_COUNT_MASK == REBUILD_TAG {
         // A rebuild was killed part way: it said how many dirty entries it was moving, which
         // the half-copied page may no longer show.
-        return hdr.magic & REBUILD_COUNT_MASK;
+        // (No more than entries the page could hold: the word may be garbage.)
+        let most = (buf.len() / ENTRY_HEADER_SIZE) as u32;
+        return (hdr.magic & REBUILD_COUNT_MASK).min(most);
     }
     let Some(table_end) = slots_end(hdr.num_slots).filter(|&end| end <= buf.len()) else {
         return 0;
