@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use fastmmap::{Backing, BackingError, Error, LockKind, LockRole, WriteMode};
+use fastmmap::{Backing, BackingError, Error, LockKind, LockRole, Update, WriteMode};
 
 use common::{
     ALL_KINDS, Children, Exit, FASTMMAP, Kind, NATIVE, ROBUST, Rng, scaled, seed, serial, temp_dir,
@@ -239,6 +239,8 @@ struct Tally {
 struct Writes {
     keys: u64,
     sizes: (usize, usize),
+    /// Write with `update` (a read-modify-write) rather than `set`.
+    update: bool,
 }
 
 fn key_of(index: u64) -> Vec<u8> {
@@ -282,9 +284,15 @@ fn kill_loop(kind: Kind, writes: Writes, kills: usize, rng: &mut Rng) -> Tally {
                 }
                 let index = rng.below(writes.keys);
                 let value = value_of(seq, rng.range(writes.sizes.0, writes.sizes.1));
-                writer
-                    .set(&key_of(index), &value)
-                    .map_err(|e| format!("set {seq}: {e}"))?;
+                if writes.update {
+                    writer
+                        .update(&key_of(index), |_| Update::Set(value))
+                        .map_err(|e| format!("update {seq}: {e}"))?;
+                } else {
+                    writer
+                        .set(&key_of(index), &value)
+                        .map_err(|e| format!("set {seq}: {e}"))?;
+                }
                 acks.send(seq * 64 + index)?;
             }
             Err("the writer was never killed".into())
@@ -372,13 +380,14 @@ fn a_killed_writer_loses_no_acknowledged_write_back_value() {
     ));
     let kills = scaled(30, 300);
     // One key whose every overwrite must evict its old value: two do not fit the page.
-    let one_key = Writes {
-        keys: 1,
-        sizes: (38_000, 42_000),
-    };
-    for kind in ALL_KINDS {
+    for (kind, update) in ALL_KINDS.iter().flat_map(|&k| [(k, false), (k, true)]) {
+        let one_key = Writes {
+            keys: 1,
+            sizes: (38_000, 42_000),
+            update,
+        };
         let tally = kill_loop(kind, one_key, kills, &mut rng);
-        eprintln!("{kind:?}: {tally:?}");
+        eprintln!("{kind:?} (update: {update}): {tally:?}");
         assert_eq!(tally.kills, kills);
         assert!(
             tally.uncounted.is_empty(),
@@ -402,13 +411,14 @@ fn a_killed_writer_of_many_keys_loses_nothing_uncounted() {
     let _serial = serial();
     let mut rng = Rng::new(seed("a_killed_writer_of_many_keys_loses_nothing_uncounted"));
     let kills = scaled(30, 300);
-    let many = Writes {
-        keys: 6,
-        sizes: (4_000, 16_000),
-    };
-    for kind in ALL_KINDS {
+    for (kind, update) in ALL_KINDS.iter().flat_map(|&k| [(k, false), (k, true)]) {
+        let many = Writes {
+            keys: 6,
+            sizes: (4_000, 16_000),
+            update,
+        };
         let tally = kill_loop(kind, many, kills, &mut rng);
-        eprintln!("{kind:?}: {tally:?}");
+        eprintln!("{kind:?} (update: {update}): {tally:?}");
         assert!(
             tally.uncounted.is_empty(),
             "{kind:?}: acknowledged write-back values lost without being counted in \
@@ -660,7 +670,7 @@ fn a_page_lock_timeout_names_the_page_lock() {
                 .update(b"k", |_| {
                     h.release(1);
                     g.wait();
-                    fastmmap::Update::Keep
+                    Update::Keep
                 })
                 .map(drop)
                 .map_err(|e| format!("update: {e}"))
@@ -678,5 +688,63 @@ fn a_page_lock_timeout_names_the_page_lock() {
             other => panic!("{kind:?}: expected a page lock timeout, got {other:?}"),
         }
         assert!(err.to_string().contains("page lock of page 0"), "{err}");
+    }
+}
+
+/// An `update` whose store must evict dirty values writes them back first, with the page
+/// unlocked meanwhile. A write-back `set` of the same key that lands then (it needs to evict
+/// nothing, so it takes no write-back lock) wins: the update counts as made just before it,
+/// returns its own value and stores nothing over the newer one.
+#[test]
+fn an_update_overtaken_while_it_writes_back_its_victims_does_not_overwrite_the_newer_value() {
+    let _serial = serial();
+    for kind in ALL_KINDS {
+        let dir = temp_dir();
+        let store_dir = dir.path().join("store");
+        let cache = kind
+            .builder()
+            .path(dir.path().join("cache"))
+            .num_pages(1)
+            .page_size(PAGE_SIZE)
+            .backing(Files::slow(&store_dir, b"victim-0"))
+            .write_mode(WriteMode::Back)
+            .lock_timeout(Duration::from_secs(60))
+            .open()
+            .expect("open");
+        // Five dirty values fill most of the page; the oldest one's write-back is slow.
+        for i in 0..5 {
+            let key = format!("victim-{i}");
+            cache.set(key.as_bytes(), &value_of(i, 10_000)).unwrap();
+        }
+        cache.set(b"k", b"v0").unwrap();
+        let files = Files::new(&store_dir);
+        let mut children = Children::new();
+        let updater = cache.clone();
+        let big = value_of(99, 20_000);
+        let pid = children.spawn(move || {
+            let got = updater
+                .update(b"k", |old| {
+                    assert_eq!(old, Some(&b"v0"[..]));
+                    Update::Set(big.clone())
+                })
+                .map_err(|e| format!("update: {e}"))?;
+            if got != Some(big) {
+                return Err(format!("update returned {got:?}"));
+            }
+            Ok(())
+        });
+        wait_for(&files.flag("entered"));
+        // The updater is writing back `victim-0`, with the page unlocked.
+        cache.set(b"k", b"v2").unwrap();
+        std::fs::write(files.flag("release"), b"").unwrap();
+        assert_eq!(children.wait(pid), Exit::Code(0), "{kind:?}: the updater failed");
+
+        assert_eq!(cache.get(b"k").unwrap(), Some(b"v2".to_vec()), "{kind:?}");
+        assert_eq!(
+            files.read(b"victim-0").map(|v| seq_of(&v)),
+            Some(Ok(0)),
+            "{kind:?}: the victim was written back"
+        );
+        assert_eq!(cache.stats().unwrap().dirty_lost, 0, "{kind:?}");
     }
 }

@@ -5,7 +5,7 @@
 use crate::Backing;
 use crate::Result;
 use crate::backing::store::{Layer, WriteMode};
-use crate::backing::write_back::{Kept, TryWriteBack};
+use crate::backing::write_back::{Kept, Seen, TryWriteBack};
 use crate::cache::{Cache, Entry, Update};
 use crate::clock::from_unix_secs;
 use crate::compress::{decompress, is_compressed};
@@ -523,7 +523,6 @@ impl Cache {
     ) -> Result<(Option<Vec<u8>>, R)> {
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
-        let slots = self.inner.geometry.start_slots;
         let backed = layer.backing.is_some();
         let _write_back = self.write_back_lock(page)?;
         let mut loaded_once = false;
@@ -552,7 +551,17 @@ impl Cache {
         let current = guard
             .page()
             .get(slot_hash, key, now, self.inner.stats)
-            .map(|e| e.map(|e| (e.value.to_vec(), Entry::from_ref(&e))));
+            .map(|e| e.map(|e| (e.value.to_vec(), Entry::from_ref(&e), e.expire_on)));
+        // What the closure's decision rests on, as stored (see `store_updated`).
+        let seen = match &current {
+            Ok(Some((stored, e, expire_on))) => Some(Seen {
+                value: stored.clone(),
+                flags: e.flags.0,
+                expire_on: *expire_on,
+            }),
+            _ => None,
+        };
+        let current = current.map(|e| e.map(|(stored, e, _)| (stored, e)));
         let current = match current {
             Ok(Some((_, e))) if backed && is_negative(e.flags.0) => None,
             Ok(Some((stored, e))) => Some((self.decode_value(key, stored, e.flags.0)?, e)),
@@ -599,22 +608,15 @@ impl Cache {
         let (packed, cflags) = self.encode_value(layer, &value);
         let (_, mut req) = self.request(key, packed.as_deref().unwrap_or(&value), expiry, now);
         req.flags = cflags | if backed { FLAG_DIRTY } else { 0 };
-        let in_place = self.layout() == crate::Layout::Native;
-        let mut evicted = Vec::new();
-        let mut dirty = crate::page::Dirty::collect(&mut evicted);
-        let stored = match self.change_counting(&mut guard, |p| {
-            p.store_dirty(&req, now, slots, in_place, &mut dirty)
-        }) {
-            Ok(stored) => stored,
-            Err(_) => self
-                .change_counting(&mut guard, |p| {
-                    p.store_dirty(&req, now, slots, in_place, &mut dirty)
-                })
-                .map_err(|c| self.corrupt(page, c))?,
+        let (mut guard, stored, evicted) = self.store_updated(guard, &req, page, now, seen)?;
+        let Some(stored) = stored else {
+            // Overtaken: another writer stored the key while dirty entries in the way were
+            // written back. This update took effect just before that write, which replaced it.
+            return Ok((Some(value), r));
         };
         let refused = match stored {
-            Some(StoreOutcome::TooLarge) => return Err(self.too_large(&req)),
-            Some(StoreOutcome::Refused) => true,
+            StoreOutcome::TooLarge => return Err(self.too_large(&req)),
+            StoreOutcome::Refused => true,
             _ => false,
         };
         let now_held = refused.then(|| {

@@ -21,7 +21,7 @@
 
 use crate::cache::Cache;
 use crate::clock::from_unix_secs;
-use crate::page::format::FLAG_UNDEF;
+use crate::page::format::{FLAG_DIRTY, FLAG_UNDEF};
 use crate::page::{Corrupt, Dirty, DirtyCopy, Evict, NewEntry, PageMut, StoreOutcome};
 use crate::store::{LockError, PageGuard, WriteBackGuard, WriteBackWait};
 use crate::update::is_negative;
@@ -40,14 +40,19 @@ pub(crate) enum TryWriteBack<'a> {
     Busy,
 }
 
-/// How [`Cache::store_keeping_dirty`] makes one attempt at a store.
+/// How [`Cache::attempt_store`] makes a store.
 enum Plan {
     /// Under the busy marker (native layout), as every structural change by default.
     Marked,
     /// Without it: a dry run found the store to be an append (with or without a rebuild).
     Unmarked,
-    /// Not at all: a dry run found dirty entries in the way.
-    InTheWay,
+}
+
+/// An entry as an `update`'s closure saw it: its stored bytes, flags and expiry.
+pub(crate) struct Seen {
+    pub(crate) value: Vec<u8>,
+    pub(crate) flags: u32,
+    pub(crate) expire_on: u32,
 }
 
 /// What a store that keeps dirty entries did.
@@ -155,8 +160,6 @@ impl Cache {
         now: u32,
         if_absent: bool,
     ) -> Result<Kept> {
-        let slots = self.inner.geometry.start_slots;
-        let in_place = self.layout() == crate::Layout::Native;
         let mut copies = Vec::new();
         let mut write_back = None;
         let mut guard = self.lock_for_change(page)?;
@@ -176,53 +179,8 @@ impl Cache {
                     Err(_) => self.reset_counting(&mut guard),
                 }
             }
-            copies.clear();
             let refuse = round + 1 < ROUNDS;
-            // Native pages change under a busy marker, and a process killed with the marker
-            // set leaves the page to be reset, with every dirty entry in it. Yet only an
-            // overwrite in place needs the marker: an append or a rebuild is ordered so that a
-            // process killed part way leaves a page that is whole or fails its header check
-            // (as in the FastMmap layout, which has no marker). So a dry run (which writes
-            // nothing) first asks, without the marker, whether dirty entries are in the way
-            // and whether the store would go in place; only then is the store made, under the
-            // marker only if it must be.
-            let mut plan = Plan::Marked;
-            if refuse && in_place {
-                let mut dry = Dirty::dry(&mut copies);
-                dry.replacing_drops = if_absent;
-                let looked = guard
-                    .page()
-                    .store_dirty(req, now, slots, in_place, &mut dry);
-                let marked = dry.would_write_in_place();
-                plan = match looked {
-                    Ok(None) if !copies.is_empty() => Plan::InTheWay,
-                    Ok(None) if !marked => Plan::Unmarked,
-                    _ => Plan::Marked,
-                };
-            }
-            let stored = if let Plan::InTheWay = plan {
-                Ok(None)
-            } else {
-                copies.clear();
-                let mut dirty = if refuse {
-                    Dirty::refuse(&mut copies)
-                } else {
-                    Dirty::collect(&mut copies)
-                };
-                dirty.replacing_drops = if_absent;
-                let mut store =
-                    |p: &mut PageMut<'_>| p.store_dirty(req, now, slots, in_place, &mut dirty);
-                match plan {
-                    Plan::Unmarked => {
-                        let stored = store(&mut guard.page());
-                        if stored.is_err() {
-                            self.reset_counting(&mut guard);
-                        }
-                        stored
-                    }
-                    _ => self.change_counting(&mut guard, store),
-                }
-            };
+            let stored = self.attempt_store(&mut guard, req, now, refuse, if_absent, &mut copies);
             match stored {
                 Ok(Some(StoreOutcome::TooLarge)) => return Err(self.too_large(req)),
                 Ok(Some(outcome)) => {
@@ -257,6 +215,142 @@ impl Cache {
                     }
                 }
             }
+        }
+    }
+
+    /// Stores what an `update`'s closure decided (`req`), under `guard`, which the caller took
+    /// holding `page`'s write-back lock after the closure saw the key as `seen`. A dirty entry
+    /// in the way is not dropped before the backing store has it: the page is unlocked, the
+    /// dirty entries written back and marked clean, and the key looked at again. Returns the
+    /// guard, the store's outcome — `None` if another writer stored the key meanwhile (the
+    /// update then took effect just before that write, which replaced it, and is not stored)
+    /// — and the copies of the dirty entries the last of `ROUNDS` attempts dropped, to be
+    /// written back after unlocking.
+    ///
+    /// The write-back lock keeps every other writer that could change the key out meanwhile
+    /// but one: a write-back `set` that needs to evict nothing dirty.
+    pub(crate) fn store_updated<'c>(
+        &'c self,
+        mut guard: PageGuard<'c>,
+        req: &NewEntry<'_>,
+        page: u32,
+        now: u32,
+        mut seen: Option<Seen>,
+    ) -> Result<(PageGuard<'c>, Option<StoreOutcome>, Vec<DirtyCopy>)> {
+        let mut copies = Vec::new();
+        for round in 0..ROUNDS {
+            let refuse = round + 1 < ROUNDS && self.has_backing();
+            let stored = match self.attempt_store(&mut guard, req, now, refuse, false, &mut copies)
+            {
+                Ok(stored) => stored,
+                // The page was damaged and has been reset: once more on the fresh page.
+                Err(_) => self
+                    .attempt_store(&mut guard, req, now, refuse, false, &mut copies)
+                    .map_err(|c| self.corrupt(page, c))?,
+            };
+            if let Some(outcome) = stored {
+                return Ok((guard, Some(outcome), copies));
+            }
+            drop(guard);
+            self.write_back(&copies)?;
+            guard = self.lock_for_change(page)?;
+            self.mark_clean(&mut guard, &copies);
+            if let Some(seen) = &mut seen
+                && copies
+                    .iter()
+                    .any(|c| c.key.as_slice() == req.key && c.value == seen.value)
+            {
+                // Its own old value, written back: clean now.
+                seen.flags &= !FLAG_DIRTY;
+            }
+            if !self.still_as_seen(&mut guard, req, seen.as_ref(), now) {
+                return Ok((guard, None, Vec::new()));
+            }
+        }
+        unreachable!("the last round drops what it must and stores")
+    }
+
+    /// Whether `req`'s key holds what an `update`'s closure saw (`seen`), but for the dirty
+    /// flag. A clean entry that is gone was evicted (the store has it), not replaced.
+    fn still_as_seen(
+        &self,
+        guard: &mut PageGuard<'_>,
+        req: &NewEntry<'_>,
+        seen: Option<&Seen>,
+        now: u32,
+    ) -> bool {
+        let found = guard
+            .page()
+            .peek(req.slot_hash, req.key, now)
+            .ok()
+            .flatten()
+            .map(|e| (e.value.to_vec(), e.flags, e.expire_on));
+        match (seen, found) {
+            (Some(seen), Some((value, flags, expire_on))) => {
+                value == seen.value
+                    && (flags ^ seen.flags) & !FLAG_DIRTY == 0
+                    && expire_on == seen.expire_on
+            }
+            (None, None) | (Some(_), None) => true,
+            (None, Some(_)) => false,
+        }
+    }
+
+    /// One attempt at storing `req` under `guard`: with `refuse`, a store that would drop dirty
+    /// entries changes nothing and copies them into `copies` (`Ok(None)`); otherwise it drops
+    /// them and copies them there (see [`Dirty`]). A page found damaged is reset (`Err`).
+    ///
+    /// Native pages change under a busy marker, and a process killed with the marker set
+    /// leaves the page to be reset, with every dirty entry in it. Yet only an overwrite in
+    /// place needs the marker: an append or a rebuild is ordered so that a process killed part
+    /// way leaves a page that is whole or fails its header check (as in the FastMmap layout,
+    /// which has no marker). So a refusing attempt first asks in a dry run (which writes
+    /// nothing), without the marker, whether dirty entries are in the way and whether the
+    /// store would go in place; only then is the store made, under the marker only if it must
+    /// be.
+    fn attempt_store(
+        &self,
+        guard: &mut PageGuard<'_>,
+        req: &NewEntry<'_>,
+        now: u32,
+        refuse: bool,
+        replacing_drops: bool,
+        copies: &mut Vec<DirtyCopy>,
+    ) -> std::result::Result<Option<StoreOutcome>, Corrupt> {
+        let slots = self.inner.geometry.start_slots;
+        let in_place = self.layout() == crate::Layout::Native;
+        copies.clear();
+        let mut plan = Plan::Marked;
+        if refuse && in_place {
+            let mut dry = Dirty::dry(copies);
+            dry.replacing_drops = replacing_drops;
+            let looked = guard
+                .page()
+                .store_dirty(req, now, slots, in_place, &mut dry);
+            let marked = dry.would_write_in_place();
+            plan = match looked {
+                Ok(None) if !copies.is_empty() => return Ok(None),
+                Ok(None) if !marked => Plan::Unmarked,
+                _ => Plan::Marked,
+            };
+        }
+        copies.clear();
+        let mut dirty = if refuse {
+            Dirty::refuse(copies)
+        } else {
+            Dirty::collect(copies)
+        };
+        dirty.replacing_drops = replacing_drops;
+        let mut store = |p: &mut PageMut<'_>| p.store_dirty(req, now, slots, in_place, &mut dirty);
+        match plan {
+            Plan::Unmarked => {
+                let stored = store(&mut guard.page());
+                if stored.is_err() {
+                    self.reset_counting(guard);
+                }
+                stored
+            }
+            Plan::Marked => self.change_counting(guard, store),
         }
     }
 
