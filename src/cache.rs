@@ -607,9 +607,15 @@ impl Cache {
     ///
     /// `f` must not call back into this cache ([`Error::Reentrant`]).
     ///
+    /// With a write-back store, a new value that needs room taken from dirty entries waits
+    /// until they are written back (the page is unlocked meanwhile, never while `f` runs). If
+    /// a write-back `set` of the key from elsewhere lands in that moment, the update counts as
+    /// made just before it: it returns its value, and the `set`'s value replaces it.
+    ///
     /// # Errors
     /// [`Error::TooLarge`] if `f` asks to store a value that cannot fit (nothing changes);
-    /// lock errors.
+    /// [`Error::Backing`] if dirty entries in the way cannot be written back (nothing is
+    /// stored); lock errors.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();

@@ -737,7 +737,11 @@ fn an_update_overtaken_while_it_writes_back_its_victims_does_not_overwrite_the_n
         // The updater is writing back `victim-0`, with the page unlocked.
         cache.set(b"k", b"v2").unwrap();
         std::fs::write(files.flag("release"), b"").unwrap();
-        assert_eq!(children.wait(pid), Exit::Code(0), "{kind:?}: the updater failed");
+        assert_eq!(
+            children.wait(pid),
+            Exit::Code(0),
+            "{kind:?}: the updater failed"
+        );
 
         assert_eq!(cache.get(b"k").unwrap(), Some(b"v2".to_vec()), "{kind:?}");
         assert_eq!(

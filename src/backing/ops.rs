@@ -513,8 +513,8 @@ impl Cache {
 
     /// `update` through a layer. A miss is read through first, so that the closure sees the
     /// backing store's value. The new value is stored dirty under the lock; write-through
-    /// then writes it to the backing store and marks it clean. Dirty entries its store evicts
-    /// (under the lock it must keep) are written back after unlocking.
+    /// then writes it to the backing store and marks it clean. Dirty entries in the way of
+    /// its store are written back first (see [`Cache::store_updated`]).
     pub(crate) fn update_layered<R>(
         &self,
         layer: &Layer,

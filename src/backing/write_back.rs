@@ -1,8 +1,8 @@
 //! Write-back without losing writes: a dirty entry is written to the backing store *before*
 //! it leaves the cache.
 //!
-//! An operation that would drop dirty entries (a store that must evict, a purge, a clear)
-//! first runs with [`Dirty::refuse`]: the page copies the dirty entries out and changes
+//! An operation that would drop dirty entries (a store or an `update` that must evict, a
+//! purge, a clear) first runs with [`Dirty::refuse`]: the page copies the dirty entries out and changes
 //! nothing. The cache unlocks, writes the copies to the backing store, locks again, marks
 //! them clean (if no one changed them meanwhile) and tries again; by then the entries it
 //! drops are clean. So a process killed at any instant loses no dirty entry: until the
@@ -10,7 +10,8 @@
 //! eviction. Two exceptions, both documented: a page reset (its dirty entries are lost and
 //! counted in `Stats::dirty_lost`), and the last of `ROUNDS` attempts (other processes kept
 //! dirtying the page), which drops the dirty entries it must and writes the copies back after
-//! unlocking, as `update` does for the evictions its store makes under its lock.
+//! unlocking. An `update` unlocks between its closure and its store only when dirty entries
+//! are in the way, and looks at its key again (see [`Cache::store_updated`]).
 //!
 //! Writes reach the backing store after the page is unlocked, so two writers of one key could
 //! reach it in the wrong order. Every operation of a backed cache that writes to the backing
