@@ -17,7 +17,7 @@ use crate::page::{
 };
 use crate::stats::{PageStats, Stats};
 use crate::store::{Access, Geometry, PageGuard, ReadGuard, ReadOutcome, SharedFile};
-use crate::{Error, Layout, Result};
+use crate::{Error, Layout, LockRole, Result};
 
 /// A cache in one memory-mapped file, shared by every thread and process that opens it.
 ///
@@ -259,7 +259,7 @@ impl Cache {
         self.inner
             .file
             .lock(page, timeout)
-            .map_err(|e| self.inner.file.lock_error(e, page, timeout))
+            .map_err(|e| self.inner.file.lock_error(e, LockRole::Page, page, timeout))
     }
 
     pub(crate) fn corrupt(&self, page: u32, c: Corrupt) -> Error {
@@ -347,7 +347,7 @@ impl Cache {
             let timeout = self.inner.lock_timeout;
             match self.inner.file.lock_shared(page, timeout) {
                 Ok(guard) => Ok(Reader::Shared(guard)),
-                Err(e) => Err(self.inner.file.lock_error(e, page, timeout)),
+                Err(e) => Err(self.inner.file.lock_error(e, LockRole::Page, page, timeout)),
             }
         } else {
             Ok(Reader::Write(self.lock_page(page)?))
@@ -607,9 +607,15 @@ impl Cache {
     ///
     /// `f` must not call back into this cache ([`Error::Reentrant`]).
     ///
+    /// With a write-back store, a new value that needs room taken from dirty entries waits
+    /// until they are written back (the page is unlocked meanwhile, never while `f` runs). If
+    /// a write-back `set` of the key from elsewhere lands in that moment, the update counts as
+    /// made just before it: it returns its value, and the `set`'s value replaces it.
+    ///
     /// # Errors
     /// [`Error::TooLarge`] if `f` asks to store a value that cannot fit (nothing changes);
-    /// lock errors.
+    /// [`Error::Backing`] if dirty entries in the way cannot be written back (nothing is
+    /// stored); lock errors.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -1172,7 +1178,7 @@ impl Cache {
                 .inner
                 .file
                 .lock_shared(page, timeout)
-                .map_err(|e| self.inner.file.lock_error(e, page, timeout))?;
+                .map_err(|e| self.inner.file.lock_error(e, LockRole::Page, page, timeout))?;
             let problem = match guard.as_is() {
                 (_, Some(p)) => Some(p),
                 (bytes, None) => check_page(bytes, g.start_slots, Some(&slot_hash)).err(),

@@ -127,13 +127,15 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// A page lock could not be taken within the configured `lock_timeout`.
-    #[error("{path}: timed out after {timeout:?} waiting for the lock of page {page}")]
+    /// A lock could not be taken within the configured `lock_timeout`.
+    #[error("{path}: timed out after {timeout:?} waiting for the {lock} of page {page}")]
     LockTimeout {
         /// The cache file.
         path: PathBuf,
         /// The page.
         page: u32,
+        /// Which of the page's locks was waited for.
+        lock: LockRole,
         /// The configured timeout.
         timeout: Duration,
     },
@@ -149,13 +151,15 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// Taking or releasing a page lock failed.
-    #[error("{path}: locking page {page} failed: {source}")]
+    /// Taking or releasing a lock failed.
+    #[error("{path}: taking the {lock} of page {page} failed: {source}")]
     Lock {
         /// The cache file.
         path: PathBuf,
         /// The page.
         page: u32,
+        /// Which of the page's locks.
+        lock: LockRole,
         /// The operating system's error.
         #[source]
         source: io::Error,
@@ -313,6 +317,27 @@ pub enum Error {
 }
 
 /// A key for a message: printable ASCII as it is, anything else as `\xNN`, at most 100 bytes.
+/// Which of a page's locks an [`Error::LockTimeout`] or [`Error::Lock`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LockRole {
+    /// The page lock, which every operation on the page holds while it reads or changes it.
+    Page,
+    /// The page's write-back lock, which a cache with a backing store holds around its calls
+    /// of the store for keys of the page (see [`Backing`](crate::Backing)), so that they
+    /// reach the store in order.
+    WriteBack,
+}
+
+impl std::fmt::Display for LockRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LockRole::Page => "page lock",
+            LockRole::WriteBack => "write-back lock",
+        })
+    }
+}
+
 fn show_key(key: &[u8]) -> String {
     let mut out = String::from("\"");
     for &b in key.iter().take(100) {

@@ -35,7 +35,7 @@ pub use builder::CacheBuilder;
 pub use cache::{Cache, Entry, EntryFlags, Iter, PageProblem, Update};
 pub use clock::{Clock, ManualClock};
 pub use compress::Compression;
-pub use error::{Error, Result};
+pub use error::{Error, LockRole, Result};
 pub use expiry::Expiry;
 pub use layout::{Layout, LockKind};
 pub use stats::{PageStats, Stats};

@@ -18,8 +18,9 @@ pub struct Stats {
     pub resets: u64,
     /// Dirty entries (write-back values not yet in the backing store) that were lost because
     /// their page was reset, as counted by this process: the dirty entries found in every page
-    /// it reset, whichever operation found the page damaged. A best effort: what can still be
-    /// read of a damaged page.
+    /// it reset, whichever operation found the page damaged, counted from the page's bytes
+    /// before they are wiped (a page whose rebuild was killed part way carries the number of
+    /// dirty entries it was moving). A best effort: what can still be read of a damaged page.
     pub dirty_lost: u64,
     /// The same figures page by page.
     pub pages: Vec<PageStats>,

@@ -5,8 +5,8 @@
 //!
 //! Here: the shared mutex alone excludes threads; lock timeouts and re-entrancy; waiters
 //! already blocked when the holder dies; a holder killed in the middle of a change; a forked
-//! child and its parent's lock; the openers lock; stale lock words after every user is gone;
-//! a damaged lock word; and opening with the wrong kind.
+//! child and its parent's lock; the openers lock; stale lock words after every user is gone
+//! (page and write-back locks); a damaged lock word; and opening with the wrong kind.
 //!
 //! Every test takes `common::serial()` first (see tests/common/mod.rs on forking).
 
@@ -865,4 +865,126 @@ fn reads_without_the_lock_are_counted() {
     assert!(cache.contains_key(b"here").expect("contains_key"));
     let stats = cache.stats().expect("stats");
     assert_eq!((stats.reads, stats.hits), (30, 20));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Write-back locks
+
+/// A backing store that keeps nothing: enough to give a cache write-back locks.
+struct Nowhere;
+
+impl fastmmap::Backing for Nowhere {
+    fn load(&self, _: &[u8]) -> Result<Option<Vec<u8>>, fastmmap::BackingError> {
+        Ok(None)
+    }
+
+    fn store(
+        &self,
+        _: &[u8],
+        _: &[u8],
+        _: Option<std::time::SystemTime>,
+    ) -> Result<(), fastmmap::BackingError> {
+        Ok(())
+    }
+
+    fn delete(&self, _: &[u8]) -> Result<(), fastmmap::BackingError> {
+        Ok(())
+    }
+}
+
+/// A robust cache with a backing store (write-through), so that its writes take write-back
+/// locks.
+fn robust_backed(path: &Path, timeout: Duration) -> Cache {
+    ROBUST
+        .builder()
+        .path(path)
+        .num_pages(PAGES)
+        .page_size(PAGE_SIZE)
+        .lock_timeout(timeout)
+        .backing(Nowhere)
+        .open()
+        .expect("open robust cache")
+}
+
+/// File offset of native page `page`'s write-back lock: in the write-back lock table, after
+/// the page table.
+fn write_back_lock_offset(page: u32) -> u64 {
+    NATIVE_PAGE_TABLE_OFFSET
+        + u64::from(PAGES) * NATIVE_ROW_SIZE
+        + u64::from(page) * NATIVE_WRITE_BACK_ROW_SIZE
+}
+
+/// As `stale_lock_words_are_reinitialised_by_the_first_opener_only`, for a write-back lock: a
+/// copy of it taken while a process held it blocks writers of its page while another process
+/// has the file open, and the first opener that is alone reinitialises it.
+#[test]
+fn stale_write_back_lock_words_are_reinitialised_by_the_first_opener() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("stale-write-back");
+    let (on, off) = keys_on(1);
+    let raw = raw_file_for(&path);
+    let on: &'static [u8] = on.leak();
+    // `update` of a backed cache holds the page's write-back lock (and its page lock).
+    let stale = {
+        let (holding, go) = (Pipe::new(), Pipe::new());
+        let mut kids = Children::new();
+        let cache = robust_backed(&path, PATIENT);
+        let pid = spawn_holder(&mut kids, &cache, on, &holding, &go);
+        assert!(
+            holding.wait_timeout(PATIENT),
+            "the child never took the lock"
+        );
+        let stale = read_at(&raw, write_back_lock_offset(1), LOCK_AREA_SIZE);
+        go.release(1);
+        assert_eq!(kids.wait(pid), Exit::Code(0));
+        stale
+    };
+    assert_ne!(
+        stale,
+        read_at(&raw, write_back_lock_offset(1), LOCK_AREA_SIZE),
+        "the copy shows the lock held"
+    );
+    {
+        let (opened, go) = (Pipe::new(), Pipe::new());
+        let mut kids = Children::new();
+        kids.spawn({
+            let (path, opened, go) = (&path, &opened, &go);
+            move || {
+                let _cache = ROBUST
+                    .builder()
+                    .path(path)
+                    .open()
+                    .map_err(|e| format!("open: {e}"))?;
+                opened.release(1);
+                go.wait();
+                Ok(())
+            }
+        });
+        assert!(
+            opened.wait_timeout(PATIENT),
+            "the child never opened the file"
+        );
+        write_at(&raw, write_back_lock_offset(1), &stale);
+        let cache = robust_backed(&path, IMPATIENT);
+        match cache.set(on, b"blocked") {
+            Err(Error::LockTimeout {
+                page: 1,
+                lock: fastmmap::LockRole::WriteBack,
+                ..
+            }) => {}
+            other => panic!("expected a write-back lock timeout, got {other:?}"),
+        }
+        cache.set(&off, b"other pages work").expect("set");
+        drop(cache);
+        go.release(1);
+        kids.wait_all_ok();
+    }
+    let cache = robust_backed(&path, IMPATIENT);
+    cache
+        .set(on, b"after")
+        .expect("set after the first opener's reinitialisation");
+    assert_eq!(cache.get(on).expect("get"), Some(b"after".to_vec()));
+    drop(cache);
+    drop(raw);
 }

@@ -5,7 +5,7 @@
 use crate::Backing;
 use crate::Result;
 use crate::backing::store::{Layer, WriteMode};
-use crate::backing::write_back::Kept;
+use crate::backing::write_back::{Kept, Seen, TryWriteBack};
 use crate::cache::{Cache, Entry, Update};
 use crate::clock::from_unix_secs;
 use crate::compress::{decompress, is_compressed};
@@ -100,13 +100,48 @@ impl Cache {
             }
             Look::Negative if layer.trusts_cached() => Ok(None),
             Look::Miss(_) if layer.backing.is_none() => Ok(None),
-            _ => {
+            look => {
                 // Loaded and cached under the write-back lock, so that no write of the key
-                // reaches the store between the load and the caching of what it loaded.
-                let _write_back = self.write_back_lock(page)?;
+                // reaches the store between the load and the caching of what it loaded. A
+                // reader does not wait behind another's call of the store, which may be slow:
+                // if the lock is held, it reads the store without it and caches nothing.
+                let _write_back = match self.try_write_back_lock(page)? {
+                    TryWriteBack::Taken(guard) => guard,
+                    TryWriteBack::Busy => match self.load_uncached(layer, key, look)? {
+                        Some(found) => return Ok(found),
+                        None => self.write_back_lock(page)?,
+                    },
+                };
                 self.get_holding_write_back(layer, key, page, slot_hash, now)
             }
         }
+    }
+
+    /// What a `get` that missed (or may not trust its hit) returns when the write-back lock
+    /// is held by someone else: the backing store's value, cached nowhere, so the order of
+    /// the store's writes against the cache's does not matter. `None` when the answer needs
+    /// the lock: the key's expired dirty entry must be written back before the store is read.
+    fn load_uncached(
+        &self,
+        layer: &Layer,
+        key: &[u8],
+        look: Look,
+    ) -> Result<Option<Option<Vec<u8>>>> {
+        let Some(backing) = &layer.backing else {
+            return Ok(Some(None));
+        };
+        match look {
+            Look::Miss(Some(_)) => return Ok(None),
+            // A dirty copy is a write the store does not have yet (as in `load_distrusting`).
+            Look::Hit(stored, flags) if flags & FLAG_DIRTY != 0 => {
+                return self.decode_value(key, stored, flags).map(|v| Some(Some(v)));
+            }
+            Look::Hit(..) | Look::Negative | Look::Miss(None) => {}
+        }
+        backing
+            .load(key)
+            .map(Some)
+            .map_err(|e| self.backing_error("load", Some(key), e))
     }
 
     /// `get` through a layer by a caller holding `page`'s write-back lock: looked up again
@@ -478,8 +513,8 @@ impl Cache {
 
     /// `update` through a layer. A miss is read through first, so that the closure sees the
     /// backing store's value. The new value is stored dirty under the lock; write-through
-    /// then writes it to the backing store and marks it clean. Dirty entries its store evicts
-    /// (under the lock it must keep) are written back after unlocking.
+    /// then writes it to the backing store and marks it clean. Dirty entries in the way of
+    /// its store are written back first (see [`Cache::store_updated`]).
     pub(crate) fn update_layered<R>(
         &self,
         layer: &Layer,
@@ -488,7 +523,6 @@ impl Cache {
     ) -> Result<(Option<Vec<u8>>, R)> {
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
-        let slots = self.inner.geometry.start_slots;
         let backed = layer.backing.is_some();
         let _write_back = self.write_back_lock(page)?;
         let mut loaded_once = false;
@@ -517,7 +551,17 @@ impl Cache {
         let current = guard
             .page()
             .get(slot_hash, key, now, self.inner.stats)
-            .map(|e| e.map(|e| (e.value.to_vec(), Entry::from_ref(&e))));
+            .map(|e| e.map(|e| (e.value.to_vec(), Entry::from_ref(&e), e.expire_on)));
+        // What the closure's decision rests on, as stored (see `store_updated`).
+        let seen = match &current {
+            Ok(Some((stored, e, expire_on))) => Some(Seen {
+                value: stored.clone(),
+                flags: e.flags.0,
+                expire_on: *expire_on,
+            }),
+            _ => None,
+        };
+        let current = current.map(|e| e.map(|(stored, e, _)| (stored, e)));
         let current = match current {
             Ok(Some((_, e))) if backed && is_negative(e.flags.0) => None,
             Ok(Some((stored, e))) => Some((self.decode_value(key, stored, e.flags.0)?, e)),
@@ -564,22 +608,15 @@ impl Cache {
         let (packed, cflags) = self.encode_value(layer, &value);
         let (_, mut req) = self.request(key, packed.as_deref().unwrap_or(&value), expiry, now);
         req.flags = cflags | if backed { FLAG_DIRTY } else { 0 };
-        let in_place = self.layout() == crate::Layout::Native;
-        let mut evicted = Vec::new();
-        let mut dirty = crate::page::Dirty::collect(&mut evicted);
-        let stored = match self.change_counting(&mut guard, |p| {
-            p.store_dirty(&req, now, slots, in_place, &mut dirty)
-        }) {
-            Ok(stored) => stored,
-            Err(_) => self
-                .change_counting(&mut guard, |p| {
-                    p.store_dirty(&req, now, slots, in_place, &mut dirty)
-                })
-                .map_err(|c| self.corrupt(page, c))?,
+        let (mut guard, stored, evicted) = self.store_updated(guard, &req, page, now, seen)?;
+        let Some(stored) = stored else {
+            // Overtaken: another writer stored the key while dirty entries in the way were
+            // written back. This update took effect just before that write, which replaced it.
+            return Ok((Some(value), r));
         };
         let refused = match stored {
-            Some(StoreOutcome::TooLarge) => return Err(self.too_large(&req)),
-            Some(StoreOutcome::Refused) => true,
+            StoreOutcome::TooLarge => return Err(self.too_large(&req)),
+            StoreOutcome::Refused => true,
             _ => false,
         };
         let now_held = refused.then(|| {

@@ -30,9 +30,19 @@ pub type BackingError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// page's *write-back lock* — one per page, shared by every process — from before it changes
 /// the page until the store has returned. So writes of one key reach the store in the order
 /// they were made in the cache, an older value never lands after a newer one, and a value
-/// loaded is never cached after a newer one was written. Hits take no write-back lock. The
-/// exception is what a callback does with its own cache: it cannot wait for the lock its
-/// caller holds, so those operations are not ordered against other writers.
+/// loaded is never cached after a newer one was written. Hits take no write-back lock, and a
+/// miss never waits for one: if another thread or process holds it (perhaps inside a slow
+/// call of this store), the reader calls [`load`](Self::load) itself and caches nothing. (It
+/// waits, up to the `lock_timeout`, only when the key's expired entry is dirty and must be
+/// written back first.) The exception is what a callback does with its own cache: it cannot
+/// wait for the lock its caller holds, so those operations are not ordered against other
+/// writers.
+///
+/// With robust page locks the write-back locks are robust mutexes in the file, which a user
+/// who may only read the file cannot take; with fcntl locks (every file shared with Perl)
+/// they are fcntl locks past the end of the file, which anyone who may read it can hold, and
+/// so block writers until their [`lock_timeout`](crate::CacheBuilder::lock_timeout) (as with
+/// Perl's Cache::FastMmap).
 pub trait Backing: Send + Sync + 'static {
     /// The value stored under `key`, or `None` if the store has none.
     ///

@@ -1,8 +1,8 @@
 //! Write-back without losing writes: a dirty entry is written to the backing store *before*
 //! it leaves the cache.
 //!
-//! An operation that would drop dirty entries (a store that must evict, a purge, a clear)
-//! first runs with [`Dirty::refuse`]: the page copies the dirty entries out and changes
+//! An operation that would drop dirty entries (a store or an `update` that must evict, a
+//! purge, a clear) first runs with [`Dirty::refuse`]: the page copies the dirty entries out and changes
 //! nothing. The cache unlocks, writes the copies to the backing store, locks again, marks
 //! them clean (if no one changed them meanwhile) and tries again; by then the entries it
 //! drops are clean. So a process killed at any instant loses no dirty entry: until the
@@ -10,7 +10,8 @@
 //! eviction. Two exceptions, both documented: a page reset (its dirty entries are lost and
 //! counted in `Stats::dirty_lost`), and the last of `ROUNDS` attempts (other processes kept
 //! dirtying the page), which drops the dirty entries it must and writes the copies back after
-//! unlocking, as `update` does for the evictions its store makes under its lock.
+//! unlocking. An `update` unlocks between its closure and its store only when dirty entries
+//! are in the way, and looks at its key again (see [`Cache::store_updated`]).
 //!
 //! Writes reach the backing store after the page is unlocked, so two writers of one key could
 //! reach it in the wrong order. Every operation of a backed cache that writes to the backing
@@ -21,15 +22,39 @@
 
 use crate::cache::Cache;
 use crate::clock::from_unix_secs;
-use crate::page::format::FLAG_UNDEF;
+use crate::page::format::{FLAG_DIRTY, FLAG_UNDEF};
 use crate::page::{Corrupt, Dirty, DirtyCopy, Evict, NewEntry, PageMut, StoreOutcome};
-use crate::store::{PageGuard, WriteBackGuard};
+use crate::store::{LockError, PageGuard, WriteBackGuard, WriteBackWait};
 use crate::update::is_negative;
-use crate::{Error, Result};
+use crate::{Error, LockRole, Result};
+use std::time::Duration;
 
 /// Attempts that refuse to drop dirty entries before one that drops them and writes the
 /// copies back after unlocking.
 const ROUNDS: usize = 4;
+
+/// What [`Cache::try_write_back_lock`] got.
+pub(crate) enum TryWriteBack<'a> {
+    /// The lock (`None` where none is needed, as in `write_back_lock`).
+    Taken(Option<WriteBackGuard<'a>>),
+    /// Someone else holds it.
+    Busy,
+}
+
+/// How [`Cache::attempt_store`] makes a store.
+enum Plan {
+    /// Under the busy marker (native layout), as every structural change by default.
+    Marked,
+    /// Without it: a dry run found the store to be an append (with or without a rebuild).
+    Unmarked,
+}
+
+/// An entry as an `update`'s closure saw it: its stored bytes, flags and expiry.
+pub(crate) struct Seen {
+    pub(crate) value: Vec<u8>,
+    pub(crate) flags: u32,
+    pub(crate) expire_on: u32,
+}
 
 /// What a store that keeps dirty entries did.
 pub(crate) enum Kept {
@@ -69,9 +94,31 @@ impl Cache {
         let timeout = self.inner.lock_timeout;
         self.inner
             .file
-            .lock_write_back(page, timeout)
+            .lock_write_back(page, WriteBackWait::Up(timeout))
             .map(Some)
-            .map_err(|e| self.inner.file.lock_error(e, page, timeout))
+            .map_err(|e| {
+                self.inner
+                    .file
+                    .lock_error(e, LockRole::WriteBack, page, timeout)
+            })
+    }
+
+    /// [`write_back_lock`](Self::write_back_lock) without waiting: `Busy` if another thread
+    /// or process holds it (it may be inside a slow call of the backing store).
+    pub(crate) fn try_write_back_lock(&self, page: u32) -> Result<TryWriteBack<'_>> {
+        if !self.has_backing() || self.inner.file.holds_write_back() {
+            return Ok(TryWriteBack::Taken(None));
+        }
+        match self.inner.file.lock_write_back(page, WriteBackWait::No) {
+            Ok(guard) => Ok(TryWriteBack::Taken(Some(guard))),
+            Err(LockError::TimedOut) => Ok(TryWriteBack::Busy),
+            Err(e) => {
+                Err(self
+                    .inner
+                    .file
+                    .lock_error(e, LockRole::WriteBack, page, Some(Duration::ZERO)))
+            }
+        }
     }
 
     /// Locks `page` for a change. A page a dead process left half-changed is reset, and the
@@ -114,8 +161,6 @@ impl Cache {
         now: u32,
         if_absent: bool,
     ) -> Result<Kept> {
-        let slots = self.inner.geometry.start_slots;
-        let in_place = self.layout() == crate::Layout::Native;
         let mut copies = Vec::new();
         let mut write_back = None;
         let mut guard = self.lock_for_change(page)?;
@@ -135,17 +180,8 @@ impl Cache {
                     Err(_) => self.reset_counting(&mut guard),
                 }
             }
-            copies.clear();
             let refuse = round + 1 < ROUNDS;
-            let mut dirty = if refuse {
-                Dirty::refuse(&mut copies)
-            } else {
-                Dirty::collect(&mut copies)
-            };
-            dirty.replacing_drops = if_absent;
-            let stored = self.change_counting(&mut guard, |p| {
-                p.store_dirty(req, now, slots, in_place, &mut dirty)
-            });
+            let stored = self.attempt_store(&mut guard, req, now, refuse, if_absent, &mut copies);
             match stored {
                 Ok(Some(StoreOutcome::TooLarge)) => return Err(self.too_large(req)),
                 Ok(Some(outcome)) => {
@@ -183,10 +219,151 @@ impl Cache {
         }
     }
 
+    /// Stores what an `update`'s closure decided (`req`), under `guard`, which the caller took
+    /// holding `page`'s write-back lock after the closure saw the key as `seen`. A dirty entry
+    /// in the way is not dropped before the backing store has it: the page is unlocked, the
+    /// dirty entries written back and marked clean, and the key looked at again. Returns the
+    /// guard, the store's outcome — `None` if another writer stored the key meanwhile (the
+    /// update then took effect just before that write, which replaced it, and is not stored)
+    /// — and the copies of the dirty entries the last of `ROUNDS` attempts dropped, to be
+    /// written back after unlocking.
+    ///
+    /// The write-back lock keeps every other writer that could change the key out meanwhile
+    /// but one: a write-back `set` that needs to evict nothing dirty.
+    pub(crate) fn store_updated<'c>(
+        &'c self,
+        mut guard: PageGuard<'c>,
+        req: &NewEntry<'_>,
+        page: u32,
+        now: u32,
+        mut seen: Option<Seen>,
+    ) -> Result<(PageGuard<'c>, Option<StoreOutcome>, Vec<DirtyCopy>)> {
+        let mut copies = Vec::new();
+        for round in 0..ROUNDS {
+            let refuse = round + 1 < ROUNDS && self.has_backing();
+            let stored = match self.attempt_store(&mut guard, req, now, refuse, false, &mut copies)
+            {
+                Ok(stored) => stored,
+                // The page was damaged and has been reset: once more on the fresh page.
+                Err(_) => self
+                    .attempt_store(&mut guard, req, now, refuse, false, &mut copies)
+                    .map_err(|c| self.corrupt(page, c))?,
+            };
+            if let Some(outcome) = stored {
+                return Ok((guard, Some(outcome), copies));
+            }
+            drop(guard);
+            self.write_back(&copies)?;
+            guard = self.lock_for_change(page)?;
+            self.mark_clean(&mut guard, &copies);
+            if let Some(seen) = &mut seen
+                && copies
+                    .iter()
+                    .any(|c| c.key.as_slice() == req.key && c.value == seen.value)
+            {
+                // Its own old value, written back: clean now.
+                seen.flags &= !FLAG_DIRTY;
+            }
+            if !self.still_as_seen(&mut guard, req, seen.as_ref(), now) {
+                return Ok((guard, None, Vec::new()));
+            }
+        }
+        unreachable!("the last round drops what it must and stores")
+    }
+
+    /// Whether `req`'s key holds what an `update`'s closure saw (`seen`), but for the dirty
+    /// flag. A clean entry that is gone was evicted (the store has it), not replaced.
+    fn still_as_seen(
+        &self,
+        guard: &mut PageGuard<'_>,
+        req: &NewEntry<'_>,
+        seen: Option<&Seen>,
+        now: u32,
+    ) -> bool {
+        let found = guard
+            .page()
+            .peek(req.slot_hash, req.key, now)
+            .ok()
+            .flatten()
+            .map(|e| (e.value.to_vec(), e.flags, e.expire_on));
+        match (seen, found) {
+            (Some(seen), Some((value, flags, expire_on))) => {
+                value == seen.value
+                    && (flags ^ seen.flags) & !FLAG_DIRTY == 0
+                    && expire_on == seen.expire_on
+            }
+            (None, None) | (Some(_), None) => true,
+            (None, Some(_)) => false,
+        }
+    }
+
+    /// One attempt at storing `req` under `guard`: with `refuse`, a store that would drop dirty
+    /// entries changes nothing and copies them into `copies` (`Ok(None)`); otherwise it drops
+    /// them and copies them there (see [`Dirty`]). A page found damaged is reset (`Err`).
+    ///
+    /// Native pages change under a busy marker, and a process killed with the marker set
+    /// leaves the page to be reset, with every dirty entry in it. Yet only an overwrite in
+    /// place needs the marker: an append or a rebuild is ordered so that a process killed part
+    /// way leaves a page that is whole or fails its header check (as in the FastMmap layout,
+    /// which has no marker). So a refusing attempt first asks in a dry run (which writes
+    /// nothing), without the marker, whether dirty entries are in the way and whether the
+    /// store would go in place; only then is the store made, under the marker only if it must
+    /// be.
+    fn attempt_store(
+        &self,
+        guard: &mut PageGuard<'_>,
+        req: &NewEntry<'_>,
+        now: u32,
+        refuse: bool,
+        replacing_drops: bool,
+        copies: &mut Vec<DirtyCopy>,
+    ) -> std::result::Result<Option<StoreOutcome>, Corrupt> {
+        let slots = self.inner.geometry.start_slots;
+        let in_place = self.layout() == crate::Layout::Native;
+        copies.clear();
+        let mut plan = Plan::Marked;
+        if refuse && in_place {
+            let mut dry = Dirty::dry(copies);
+            dry.replacing_drops = replacing_drops;
+            let looked = guard
+                .page()
+                .store_dirty(req, now, slots, in_place, &mut dry);
+            let marked = dry.would_write_in_place();
+            plan = match looked {
+                Ok(None) if !copies.is_empty() => return Ok(None),
+                Ok(None) if !marked => Plan::Unmarked,
+                _ => Plan::Marked,
+            };
+        }
+        copies.clear();
+        let mut dirty = if refuse {
+            Dirty::refuse(copies)
+        } else {
+            Dirty::collect(copies)
+        };
+        dirty.replacing_drops = replacing_drops;
+        let mut store = |p: &mut PageMut<'_>| p.store_dirty(req, now, slots, in_place, &mut dirty);
+        match plan {
+            Plan::Unmarked => {
+                let stored = store(&mut guard.page());
+                if stored.is_err() {
+                    self.reset_counting(guard);
+                }
+                stored
+            }
+            Plan::Marked => self.change_counting(guard, store),
+        }
+    }
+
     /// Clears the dirty flag of each copy that is still in the page unchanged.
+    ///
+    /// Without the busy marker: one byte of a flag word changes per copy, so a process killed
+    /// here leaves a sound page, which the marker would have had reset (with every dirty
+    /// entry in it).
     pub(crate) fn mark_clean(&self, guard: &mut PageGuard<'_>, copies: &[DirtyCopy]) {
         for copy in copies {
-            if self.change_counting(guard, |p| p.mark_clean(copy)).is_err() {
+            if guard.page().mark_clean(copy).is_err() {
+                self.reset_counting(guard);
                 return;
             }
         }

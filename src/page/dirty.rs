@@ -47,8 +47,22 @@ pub struct Dirty<'o> {
     pub refuse: bool,
     /// A store that replaces its own key's dirty entry drops it too (a clean store that does
     /// not supersede it, such as a read-through of a key whose dirty entry expired). Otherwise
-    /// the new entry supersedes the old one, which is neither copied nor written back.
+    /// the new entry supersedes the old one, which is not written back, with one exception:
+    /// when asked to `refuse`, an eviction that would drop the old entry before the new one
+    /// is in the page copies it out and refuses like for any other dirty entry. Between that
+    /// rebuild and the new entry's commit the key has neither entry, and a writer killed
+    /// there would lose the old value, which a caller has been told is stored; written back
+    /// first, it is in the backing store.
     pub replacing_drops: bool,
+    /// Write nothing at all: refuse as `refuse` does, and stop before the first write of a store
+    /// that could go ahead. A caller whose changes run under a busy marker (the native layout)
+    /// asks this first, without the marker, so that a process killed while it only looks
+    /// leaves no marker that would reset the page and lose its dirty entries.
+    pub dry: bool,
+    /// Set by a dry run that stopped before overwriting the key's entry in place: the one
+    /// write of a store that a process killed part way leaves torn, undetectably without the
+    /// busy marker.
+    pub(super) in_place: bool,
     /// The page offset of the entry the current store supersedes (set by the store).
     pub(super) superseded: Option<usize>,
 }
@@ -59,6 +73,8 @@ impl<'o> Dirty<'o> {
         Dirty {
             out,
             refuse: false,
+            dry: false,
+            in_place: false,
             replacing_drops: false,
             superseded: None,
         }
@@ -72,18 +88,38 @@ impl<'o> Dirty<'o> {
         }
     }
 
+    /// Copy dirty entries out into `out`, and write nothing (see [`dry`](Self::dry)). The store
+    /// or eviction returns `None` either way; it would have gone ahead if `out` is empty.
+    pub fn dry(out: &'o mut Vec<DirtyCopy>) -> Dirty<'o> {
+        Dirty {
+            dry: true,
+            ..Dirty::refuse(out)
+        }
+    }
+
+    /// After a dry run that found nothing in the way: whether the store would overwrite the
+    /// key's entry in place (which must run under the busy marker).
+    pub fn would_write_in_place(&self) -> bool {
+        self.in_place
+    }
+
     /// Copies the dirty entries of `gone` out. Returns whether they may be dropped.
     pub(super) fn take(&mut self, buf: &[u8], gone: &[EntryLoc]) -> bool {
         let before = self.out.len();
         for loc in gone {
             if loc.flags & FLAG_DIRTY != 0
                 && !loc.is_tombstone()
-                && Some(loc.off) != self.superseded
+                && (self.refuse || Some(loc.off) != self.superseded)
             {
                 self.out.push(DirtyCopy::of(buf, loc));
             }
         }
         !(self.refuse && self.out.len() > before)
+    }
+
+    /// Whether a store must stop before its first write (a dry run).
+    pub(super) fn stops(dirty: &Option<&mut Dirty<'_>>) -> bool {
+        dirty.as_ref().is_some_and(|d| d.dry)
     }
 }
 
@@ -143,9 +179,17 @@ impl PageMut<'_> {
 
 /// Counts the dirty entries that can still be found in a damaged page (one about to be reset):
 /// every slot word that points at an entry header inside the page whose flags say dirty,
-/// each offset counted once. Nothing is trusted; the count is a best effort.
+/// each offset counted once; or, for a page whose rebuild was killed, the count the rebuild
+/// left in its magic word ([`REBUILD_TAG`]). Nothing is trusted; the count is a best effort.
 pub fn count_dirty(buf: &[u8]) -> u32 {
     let hdr = PageHeader::read(buf);
+    if hdr.magic & !REBUILD_COUNT_MASK == REBUILD_TAG {
+        // A rebuild was killed part way: it said how many dirty entries it was moving, which
+        // the half-copied page may no longer show.
+        // (No more than entries the page could hold: the word may be garbage.)
+        let most = (buf.len() / ENTRY_HEADER_SIZE) as u32;
+        return (hdr.magic & REBUILD_COUNT_MASK).min(most);
+    }
     let Some(table_end) = slots_end(hdr.num_slots).filter(|&end| end <= buf.len()) else {
         return 0;
     };

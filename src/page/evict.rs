@@ -166,19 +166,33 @@ impl PageMut<'_> {
             return Err(Corrupt("more entries than slots"));
         }
         if let Some(dirty) = dirty
-            && !dirty.take(self.buf, &gone)
+            && (!dirty.take(self.buf, &gone) || dirty.dry)
         {
             return Ok(None);
         }
-        let hdr = self.rebuild(new_n, &keep)?;
+        // Dirty entries the rebuild moves (and, with a `Dirty`, the dirty ones it drops, which
+        // reach the store only after the lock is released): lost if it is killed part way.
+        let dirty_moved = keep
+            .iter()
+            .chain(&gone)
+            .filter(|loc| loc.flags & FLAG_DIRTY != 0 && !loc.is_tombstone())
+            .count();
+        let hdr = self.rebuild(new_n, &keep, dirty_moved)?;
         Ok(Some((dropped, hdr)))
     }
 
     /// Rewrites the page with `num_slots` slots holding exactly `keep`, compacted in the order
     /// given (least recently used first: see `evict`), and returns its new header. The magic is
     /// cleared while the page is rewritten, so a process killed part way leaves a page that
-    /// fails the header check (in either layout) instead of one with torn entries.
-    fn rebuild(&mut self, num_slots: u32, keep: &[EntryLoc]) -> Result<PageHeader, Corrupt> {
+    /// fails the header check (in either layout) instead of one with torn entries; it is
+    /// replaced by [`REBUILD_TAG`] with the count `dirty_moved`, so that the reset of such a
+    /// page counts the dirty entries it loses.
+    fn rebuild(
+        &mut self,
+        num_slots: u32,
+        keep: &[EntryLoc],
+        dirty_moved: usize,
+    ) -> Result<PageHeader, Corrupt> {
         let page_size = self.buf.len();
         let table_end = slots_end(num_slots).ok_or(Corrupt("slot count overflows"))?;
         let needed: usize = keep.iter().map(EntryLoc::size).sum();
@@ -224,7 +238,8 @@ impl PageMut<'_> {
         // The page is shared memory that a process killed mid-way leaves behind, so these three
         // steps must reach it in this order; nothing in this thread reads the cleared magic, so
         // without the fences the compiler may drop or move the first store.
-        super::header::put_u32(self.buf, MAGIC_OFFSET, 0)?;
+        let tag = REBUILD_TAG | dirty_moved.min(REBUILD_COUNT_MASK as usize) as u32;
+        super::header::put_u32(self.buf, MAGIC_OFFSET, tag)?;
         publish_order(self.buf);
         self.buf[MAGIC_OFFSET + 4..free_data].copy_from_slice(&image[MAGIC_OFFSET + 4..]);
         publish_order(self.buf);

@@ -4,6 +4,14 @@
 /// Magic number at the start of every page (Cache::FastMmap's, so both layouts share pages).
 pub const PAGE_MAGIC: u32 = 0x92f7_e3b1;
 
+/// While a page is rebuilt, its magic word holds this tag in its upper half and, in its lower
+/// half (`REBUILD_COUNT_MASK`), how many dirty entries the rebuild moves or drops: a process
+/// killed part way leaves a page that fails its check (the word is never `PAGE_MAGIC`) and
+/// whose reset counts those entries as lost, although the half-copied page no longer shows
+/// them.
+pub const REBUILD_TAG: u32 = 0x5242_0000;
+pub const REBUILD_COUNT_MASK: u32 = 0xffff;
+
 // Page header: eight native-endian u32.
 // | magic | num_slots | free_slots | old_slots | free_data | free_bytes | n_reads | n_read_hits |
 pub const MAGIC_OFFSET: usize = 0;

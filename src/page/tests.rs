@@ -719,3 +719,132 @@ fn an_in_place_overwrite_keeps_a_key_that_reaches_the_padding() {
     }
     check_page(&buf, MIN_SLOTS, Some(&slot_hash)).unwrap();
 }
+
+#[test]
+fn an_overwrite_that_must_evict_its_own_dirty_entry_refuses_until_it_is_written_back() {
+    // Two values of the key do not fit the page together: the rebuild that makes room drops
+    // the old entry before the new one is written. Until the old one is in the backing store,
+    // a refusing store copies it out and changes nothing.
+    let mut buf = fresh(8192);
+    let (old, new) = (vec![1u8; 4500], vec![2u8; 4400]);
+    let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+    page.store(&dirty_store(b"k", &old), NOW, MIN_SLOTS)
+        .unwrap();
+    let mut out = Vec::new();
+    let refused = page
+        .store_dirty(
+            &dirty_store(b"k", &new),
+            NOW,
+            MIN_SLOTS,
+            false,
+            &mut Dirty::refuse(&mut out),
+        )
+        .unwrap();
+    assert_eq!(refused, None);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].key.as_slice(), &out[0].value), (&b"k"[..], &old));
+    assert_eq!(get(&mut buf, b"k", NOW), Some(old.clone()));
+    // Written back and marked clean, the store goes ahead.
+    let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+    assert!(page.mark_clean(&out[0]).unwrap());
+    let mut again = Vec::new();
+    let stored = page
+        .store_dirty(
+            &dirty_store(b"k", &new),
+            NOW,
+            MIN_SLOTS,
+            false,
+            &mut Dirty::refuse(&mut again),
+        )
+        .unwrap();
+    assert_eq!(stored, Some(StoreOutcome::Stored));
+    assert!(again.is_empty());
+    assert_eq!(get(&mut buf, b"k", NOW), Some(new.clone()));
+    // An overwrite with room for both never copies the old value: the new entry's commit
+    // replaces it in one step.
+    let small = vec![3u8; 100];
+    let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+    let mut none = Vec::new();
+    page.store(&dirty_store(b"j", &small), NOW, MIN_SLOTS)
+        .unwrap();
+    let stored = page
+        .store_dirty(
+            &dirty_store(b"j", &[4u8; 100]),
+            NOW,
+            MIN_SLOTS,
+            false,
+            &mut Dirty::refuse(&mut none),
+        )
+        .unwrap();
+    assert_eq!(stored, Some(StoreOutcome::Stored));
+    assert!(none.is_empty());
+}
+
+#[test]
+fn a_dry_run_writes_nothing_and_says_what_the_store_would_do() {
+    let mut buf = fresh(8192);
+    let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+    page.store(&dirty_store(b"k", &[1u8; 100]), NOW, MIN_SLOTS)
+        .unwrap();
+    let before = buf.clone();
+    let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+    // An append (room to spare): nothing in the way, not in place.
+    let mut out = Vec::new();
+    let mut dry = Dirty::dry(&mut out);
+    let looked = page
+        .store_dirty(
+            &dirty_store(b"j", &[2u8; 50]),
+            NOW,
+            MIN_SLOTS,
+            true,
+            &mut dry,
+        )
+        .unwrap();
+    assert_eq!(looked, None);
+    assert!(!dry.would_write_in_place());
+    assert!(out.is_empty());
+    // The same size over the key's entry: in place.
+    let mut dry = Dirty::dry(&mut out);
+    page.store_dirty(
+        &dirty_store(b"k", &[3u8; 100]),
+        NOW,
+        MIN_SLOTS,
+        true,
+        &mut dry,
+    )
+    .unwrap();
+    assert!(dry.would_write_in_place());
+    // Too big to keep the old value: the old dirty value is in the way.
+    let mut dry = Dirty::dry(&mut out);
+    page.store_dirty(
+        &dirty_store(b"k", &[4u8; 7700]),
+        NOW,
+        MIN_SLOTS,
+        true,
+        &mut dry,
+    )
+    .unwrap();
+    assert!(!dry.would_write_in_place());
+    assert_eq!(out.len(), 1);
+    assert_eq!(buf, before, "a dry run writes nothing");
+}
+
+#[test]
+fn a_killed_rebuild_leaves_its_dirty_count_for_the_reset() {
+    let mut buf = fresh(8192);
+    let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+    for i in 0..5u8 {
+        page.store(&dirty_store(&[i], &[i; 1000]), NOW, MIN_SLOTS)
+            .unwrap();
+    }
+    assert_eq!(count_dirty(&buf), 5);
+    // What a rebuild killed part way leaves: the tag and its count in the magic word, and a
+    // half-copied page whose slots may no longer show the entries.
+    buf[MAGIC_OFFSET..MAGIC_OFFSET + 4].copy_from_slice(&(REBUILD_TAG | 5).to_ne_bytes());
+    buf[SLOTS_OFFSET..SLOTS_OFFSET + 4 * MIN_SLOTS as usize].fill(0);
+    assert_eq!(count_dirty(&buf), 5);
+    assert!(
+        PageMut::open(&mut buf, MIN_SLOTS).is_err(),
+        "fails its check"
+    );
+}

@@ -342,7 +342,7 @@ impl<'a> PageMut<'a> {
     /// As [`store_with`](Self::store_with), doing with the dirty (write-back) entries the store
     /// would drop — evicted, or its own key's entry replaced when `dirty.replacing_drops` —
     /// what `dirty` says. `None`: `dirty` refused to drop the dirty entries it copied out,
-    /// and nothing changed.
+    /// or it asked for a dry run ([`Dirty::dry`]); nothing changed.
     pub fn store_dirty(
         &mut self,
         req: &NewEntry,
@@ -364,6 +364,7 @@ impl<'a> PageMut<'a> {
     ) -> Result<Option<StoreOutcome>, Corrupt> {
         if let Some(dirty) = dirty.as_deref_mut() {
             dirty.superseded = None;
+            dirty.in_place = false;
         }
         let max = max_entry_size(self.buf.len(), start_slots);
         let Some(size) = req.entry_size().filter(|&size| size <= max) else {
@@ -386,6 +387,10 @@ impl<'a> PageMut<'a> {
                 }
             }
             if in_place && loc.size() == size {
+                if let Some(dirty) = dirty.as_deref_mut().filter(|d| d.dry) {
+                    dirty.in_place = true;
+                    return Ok(None);
+                }
                 // The entry keeps its offset, so within one second eviction still ranks it by
                 // when it was appended (see the tie-break in `evict`). Its key bytes, just
                 // compared equal, stay as they are.
@@ -394,6 +399,9 @@ impl<'a> PageMut<'a> {
             }
         }
         let appended = if has_room(&hdr, size) {
+            if Dirty::stops(&dirty) {
+                return Ok(None);
+            }
             // Eviction would change nothing: the header and the probe still hold.
             self.append_probed(req, size, now, &hdr, probe)?
         } else {

@@ -1,4 +1,5 @@
-//! The native file header: geometry, hash and lock kind, then one 64-byte row per page.
+//! The native file header: geometry, hash and lock kind, then one 64-byte row per page, then
+//! one 64-byte write-back lock row per page.
 //! Pure encode/decode; the mapping code reads and writes it through these functions.
 
 use xxhash_rust::xxh3::xxh3_64;
@@ -7,8 +8,9 @@ use crate::page::format::{MIN_PAGE_SIZE, PAGE_MAGIC};
 
 /// First eight bytes of a native file.
 pub const FILE_MAGIC: [u8; 8] = *b"fastmmap";
-/// Format version written by this crate.
-pub const FORMAT_VERSION: u32 = 2;
+/// Format version written by this crate. Version 3 added the write-back lock table; version 2
+/// files (and older) are refused with a clear error: they are caches, to be recreated.
+pub const FORMAT_VERSION: u32 = 3;
 /// Written native-endian; reads back differently on a machine of the other byte order.
 pub const BYTE_ORDER_MARK: u32 = 0x0102_0304;
 
@@ -43,6 +45,13 @@ pub const ROW_RESETS_OFFSET: usize = ROW_BUSY_OFFSET + 4;
 pub const ROW_SEQ_OFFSET: usize = ROW_RESETS_OFFSET + 4;
 pub const ROW_SIZE: usize = 64;
 
+// Write-back lock table, after the page table: one row per page, one cache line each, so
+// that a page's write-back lock shares no line with its hot page lock.
+// | write-back lock area [48] (robust mutex) | reserved [16] |
+pub const WRITE_BACK_LOCK_OFFSET: usize = 0;
+pub const WRITE_BACK_LOCK_SIZE: usize = ROW_LOCK_SIZE;
+pub const WRITE_BACK_ROW_SIZE: usize = 64;
+
 /// Pages start on a boundary of this many bytes: the smallest page size (and the memory
 /// page size of common machines).
 pub const HEADER_ALIGN: usize = MIN_PAGE_SIZE;
@@ -58,15 +67,22 @@ pub struct FileHeader {
     pub lock_kind: u32,
 }
 
-/// Size of the header (fixed part and page table, rounded up) for `num_pages` pages.
+/// Size of the header (fixed part, page table and write-back lock table, rounded up) for
+/// `num_pages` pages.
 pub fn header_size(num_pages: u32) -> usize {
-    let raw = PAGE_TABLE_OFFSET + num_pages as usize * ROW_SIZE;
+    let raw = PAGE_TABLE_OFFSET + num_pages as usize * (ROW_SIZE + WRITE_BACK_ROW_SIZE);
     raw.div_ceil(HEADER_ALIGN) * HEADER_ALIGN
 }
 
 /// Offset of page `page`'s row in the page table.
 pub fn row_offset(page: u32) -> usize {
     PAGE_TABLE_OFFSET + page as usize * ROW_SIZE
+}
+
+/// Offset of the write-back lock table of a file of `num_pages` pages: right after the page
+/// table.
+pub fn write_back_table_offset(num_pages: u32) -> usize {
+    PAGE_TABLE_OFFSET + num_pages as usize * ROW_SIZE
 }
 
 fn word(buf: &[u8], off: usize) -> u32 {
@@ -125,8 +141,14 @@ impl FileHeader {
         }
         let version = word(buf, VERSION_OFFSET);
         if version != FORMAT_VERSION {
+            let hint = if version < FORMAT_VERSION {
+                " (written by an older fastmmap; it is only a cache: once no process uses it, \
+                 remove it and it is created afresh)"
+            } else {
+                " (written by a newer fastmmap)"
+            };
             return Err(HeaderError::Bad(format!(
-                "format version {version}; this build reads version {FORMAT_VERSION}"
+                "format version {version}; this build reads version {FORMAT_VERSION}{hint}"
             )));
         }
         let sum = u64::from_ne_bytes(
@@ -185,7 +207,11 @@ mod tests {
         const { assert!(OPENERS_LOCK_OFFSET < PAGE_TABLE_OFFSET) };
         assert_eq!(ROW_SEQ_OFFSET + 4 + 4, ROW_SIZE);
         assert_eq!(header_size(1), 4096);
-        assert_eq!(header_size(89), 8192);
+        assert_eq!(header_size(31), 4096);
+        assert_eq!(header_size(32), 8192);
+        assert_eq!(header_size(89), 12288);
+        assert_eq!(write_back_table_offset(89), 128 + 89 * 64);
+        const { assert!(WRITE_BACK_LOCK_OFFSET + WRITE_BACK_LOCK_SIZE <= WRITE_BACK_ROW_SIZE) };
     }
 
     #[test]
@@ -208,6 +234,22 @@ mod tests {
             FileHeader::decode(b"fastmmap"),
             Err(HeaderError::Bad(_))
         ));
+    }
+
+    #[test]
+    fn an_older_version_is_refused_with_a_hint() {
+        let mut buf = vec![0u8; PAGE_TABLE_OFFSET];
+        sample().encode(&mut buf);
+        buf[VERSION_OFFSET..VERSION_OFFSET + 4].copy_from_slice(&2u32.to_ne_bytes());
+        let sum = xxh3_64(&buf[..CHECKSUM_OFFSET]);
+        buf[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8].copy_from_slice(&sum.to_ne_bytes());
+        match FileHeader::decode(&buf) {
+            Err(HeaderError::Bad(reason)) => {
+                assert!(reason.contains("version 2"), "{reason}");
+                assert!(reason.contains("older fastmmap"), "{reason}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 
     proptest! {

@@ -39,11 +39,11 @@ pub(crate) use geometry::{
 pub(crate) use guard::{PageGuard, ReadGuard};
 pub(crate) use optimistic::{Access, Outcome as ReadOutcome};
 pub(crate) use registry::open_shared;
-pub(crate) use shared::SharedFile;
+pub(crate) use shared::{LockError, SharedFile};
 #[cfg(feature = "redis")]
 pub(crate) use time::unix_millis_coarse;
 pub(crate) use time::unix_now_coarse;
-pub(crate) use write_back::WriteBackGuard;
+pub(crate) use write_back::{Wait as WriteBackWait, WriteBackGuard};
 
 /// Whether [`LockKind::Robust`](crate::LockKind::Robust) can be used on this platform.
 pub(crate) const ROBUST_LOCKS_AVAILABLE: bool = robust::AVAILABLE;

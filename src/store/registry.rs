@@ -85,6 +85,13 @@ pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
             PageLocks::Robust(robust)
         }
     };
+    let write_back_locks =
+        super::write_back::write_back_locks(opened.lock_kind, &opened.file, &opened.map, num_pages)
+            .map_err(|source| Error::Io {
+                path: req.path.clone(),
+                op: "set up the write-back locks",
+                source,
+            })?;
     let shared = Arc::new(SharedFile {
         path: req.path.clone(),
         file: opened.file,
@@ -97,7 +104,7 @@ pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
         read_only: req.read_only,
         rows: req.layout == crate::Layout::Native && !req.read_only,
         locks,
-        write_back_locks: super::write_back::write_back_locks(num_pages),
+        write_back_locks,
         local_resets: (0..num_pages).map(|_| AtomicU64::new(0)).collect(),
         dirty_lost: AtomicU64::new(0),
         optimistic: (opened.lock_kind == LockKind::Robust

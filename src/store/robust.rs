@@ -1,6 +1,7 @@
 //! `LockKind::Robust`: one process-shared robust pthread mutex per page, in the lock area of
-//! the page's row of the native header, and the openers lock that tells a first opener it is
-//! alone.
+//! the page's row of the native header, another per page in the write-back lock table (the
+//! write-back locks, see `write_back.rs`), and the openers lock that tells a first opener it
+//! is alone.
 //!
 //! - **Exclusion.** The mutex is process-shared, so it excludes every thread of every process
 //!   by itself: there is no in-process mutex in front of it.
@@ -29,6 +30,16 @@
 
 pub(crate) use imp::{AVAILABLE, RobustHeld, RobustLocks, init_lock_words};
 
+/// Which of a page's two robust locks a [`RobustLocks`] takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+pub(crate) enum Area {
+    /// The page lock, in the page's row of the page table.
+    Page,
+    /// The write-back lock, in the page's row of the write-back lock table.
+    WriteBack,
+}
+
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod imp {
     use std::io;
@@ -43,7 +54,11 @@ mod imp {
 
     use super::super::fcntl::{LockFailure, fcntl, fcntl_wait};
     use super::super::fork;
-    use super::super::header::{self, OPENERS_LOCK_OFFSET, ROW_LOCK_OFFSET, ROW_LOCK_SIZE};
+    use super::super::header::{
+        self, OPENERS_LOCK_OFFSET, ROW_LOCK_OFFSET, ROW_LOCK_SIZE, WRITE_BACK_LOCK_OFFSET,
+        WRITE_BACK_LOCK_SIZE, WRITE_BACK_ROW_SIZE,
+    };
+    use super::Area;
 
     /// Robust locks can be used on this platform.
     pub(crate) const AVAILABLE: bool = true;
@@ -57,6 +72,9 @@ mod imp {
     const _: () = assert!(MUTEX_SIZE.is_multiple_of(8) && MUTEX_SIZE >= 16);
 
     const _: () = assert!(MUTEX_SIZE <= ROW_LOCK_SIZE);
+    const _: () = assert!(MUTEX_SIZE <= WRITE_BACK_LOCK_SIZE);
+    const _: () = assert!((header::PAGE_TABLE_OFFSET + WRITE_BACK_LOCK_OFFSET).is_multiple_of(8));
+    const _: () = assert!(WRITE_BACK_ROW_SIZE.is_multiple_of(8));
     const _: () = assert!(align_of::<libc::pthread_mutex_t>() <= 8);
     const _: () = assert!((header::PAGE_TABLE_OFFSET + ROW_LOCK_OFFSET).is_multiple_of(8));
     const _: () = assert!(header::ROW_SIZE.is_multiple_of(8));
@@ -66,6 +84,8 @@ mod imp {
         /// First byte of the file's mapping.
         base: NonNull<u8>,
         num_pages: u32,
+        /// Which lock of each page these are.
+        area: Area,
         /// The fork generation in which this process took its shared openers lock.
         joined: AtomicU32,
         /// See [`settings_words`].
@@ -135,22 +155,40 @@ mod imp {
     }
 
     impl RobustLocks {
-        /// Takes this process's shared openers lock on the file `fd` (mapped as `map`),
-        /// reinitialising every lock word first if no other process has the file open.
+        /// The page locks: takes this process's shared openers lock on the file `fd` (mapped
+        /// as `map`), reinitialising every lock word (page and write-back locks) first if no
+        /// other process has the file open.
         pub(crate) fn open(fd: RawFd, map: &MmapRaw, num_pages: u32) -> io::Result<RobustLocks> {
+            let locks = RobustLocks::new(map, num_pages, Area::Page)?;
+            locks.join(fd, true)?;
+            Ok(locks)
+        }
+
+        /// The write-back locks of a file whose page locks [`open`](Self::open) has made (and
+        /// so whose lock words are ready): joins the openers lock the page locks hold.
+        pub(crate) fn open_write_back(
+            fd: RawFd,
+            map: &MmapRaw,
+            num_pages: u32,
+        ) -> io::Result<RobustLocks> {
+            let locks = RobustLocks::new(map, num_pages, Area::WriteBack)?;
+            locks.join(fd, false)?;
+            Ok(locks)
+        }
+
+        fn new(map: &MmapRaw, num_pages: u32, area: Area) -> io::Result<RobustLocks> {
             if map.len() < header::header_size(num_pages) {
                 return Err(io::Error::other("the mapping is shorter than its header"));
             }
             let base =
                 NonNull::new(map.as_mut_ptr()).ok_or_else(|| io::Error::other("null map"))?;
-            let locks = RobustLocks {
+            Ok(RobustLocks {
                 base,
                 num_pages,
+                area,
                 joined: AtomicU32::new(u32::MAX),
                 settings: settings_words()?,
-            };
-            locks.join(fd, true)?;
-            Ok(locks)
+            })
         }
 
         /// Takes the shared openers lock. With `may_reinit`, first tries to take it
@@ -195,14 +233,10 @@ mod imp {
         #[inline]
         fn mutex(&self, page: u32) -> *mut libc::pthread_mutex_t {
             assert!(page < self.num_pages, "page {page} out of range");
+            let offset = lock_offset(self.num_pages, page, self.area);
             // SAFETY: page < num_pages and the mapping holds the whole header (checked in
-            // `open`), so the row's lock area is inside the mapping; rows are 8-byte aligned.
-            unsafe {
-                self.base
-                    .as_ptr()
-                    .add(header::row_offset(page) + ROW_LOCK_OFFSET)
-                    .cast()
-            }
+            // `new`), so the row's lock area is inside the mapping; rows are 8-byte aligned.
+            unsafe { self.base.as_ptr().add(offset).cast() }
         }
 
         /// Locks `page`, waiting until `deadline` at most. If the previous owner died holding
@@ -227,8 +261,8 @@ mod imp {
                 let found = unsafe { m.cast::<u32>().add(word).read_volatile() };
                 if found != value {
                     return Err(LockFailure::Os(io::Error::other(
-                        "the page lock word is damaged; it is reinitialised when every process \
-                         has closed the file and one reopens it",
+                        "the lock word is damaged; it is reinitialised when every process has \
+                         closed the file and one reopens it",
                     )));
                 }
             }
@@ -253,9 +287,9 @@ mod imp {
                 libc::ETIMEDOUT => return Err(LockFailure::TimedOut),
                 libc::ENOTRECOVERABLE => {
                     return Err(LockFailure::Os(io::Error::other(
-                        "the page lock is unrecoverable (its owner died and it was released \
-                         without being repaired); it is reinitialised when every process has \
-                         closed the file and one reopens it",
+                        "the lock is unrecoverable (its owner died and it was released without \
+                         being repaired); it is reinitialised when every process has closed the \
+                         file and one reopens it",
                     )));
                 }
                 e => return Err(LockFailure::Os(io::Error::from_raw_os_error(e))),
@@ -317,22 +351,40 @@ mod imp {
         }
     }
 
-    /// Initialises the lock word of every page of a native header at `base` as an unlocked
-    /// process-shared robust mutex.
+    /// Where page `page`'s lock of kind `area` lies in a native header of `num_pages` pages.
+    fn lock_offset(num_pages: u32, page: u32, area: Area) -> usize {
+        match area {
+            Area::Page => header::row_offset(page) + ROW_LOCK_OFFSET,
+            Area::WriteBack => {
+                header::write_back_table_offset(num_pages)
+                    + page as usize * WRITE_BACK_ROW_SIZE
+                    + WRITE_BACK_LOCK_OFFSET
+            }
+        }
+    }
+
+    /// Initialises every lock word of a native header at `base` (each page's page lock and
+    /// write-back lock) as an unlocked process-shared robust mutex.
     ///
     /// # Safety
     /// `base` must address a writable mapping holding `header_size(num_pages)` bytes, and no
     /// thread of any process may be using the lock words.
     pub(crate) unsafe fn init_lock_words(base: *mut u8, num_pages: u32) -> io::Result<()> {
-        let mutexes = (0..num_pages).map(|page| {
-            // SAFETY: (caller) the header, and so every row's lock area, is inside the
-            // mapping; nobody uses the words.
-            unsafe {
-                let area = base.add(header::row_offset(page) + ROW_LOCK_OFFSET);
-                // Start from zeroes, so bytes of the area past the mutex are defined.
-                std::ptr::write_bytes(area, 0, ROW_LOCK_SIZE);
-                area.cast::<libc::pthread_mutex_t>()
-            }
+        let areas = [
+            (Area::Page, ROW_LOCK_SIZE),
+            (Area::WriteBack, WRITE_BACK_LOCK_SIZE),
+        ];
+        let mutexes = areas.into_iter().flat_map(|(area, size)| {
+            (0..num_pages).map(move |page| {
+                // SAFETY: (caller) the header, and so every row's lock area, is inside the
+                // mapping; nobody uses the words.
+                unsafe {
+                    let at = base.add(lock_offset(num_pages, page, area));
+                    // Start from zeroes, so bytes of the area past the mutex are defined.
+                    std::ptr::write_bytes(at, 0, size);
+                    at.cast::<libc::pthread_mutex_t>()
+                }
+            })
         });
         // SAFETY: (caller) each pointer is an 8-aligned, writable, unused lock area.
         unsafe { init_mutexes(mutexes) }
@@ -443,6 +495,10 @@ mod imp {
 
     impl RobustLocks {
         pub(crate) fn open(_: RawFd, _: &MmapRaw, _: u32) -> io::Result<RobustLocks> {
+            Err(unsupported())
+        }
+
+        pub(crate) fn open_write_back(_: RawFd, _: &MmapRaw, _: u32) -> io::Result<RobustLocks> {
             Err(unsupported())
         }
 

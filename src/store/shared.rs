@@ -16,7 +16,7 @@ use super::geometry::Geometry;
 use super::guard::{Locked, PageGuard, ReadGuard};
 use super::header;
 use super::lock::{PageLocks, Reentry};
-use crate::{Error, Layout, LockKind};
+use crate::{Error, Layout, LockKind, LockRole};
 
 /// Why a page lock was not taken; [`SharedFile::lock_error`] makes it an [`Error`].
 #[derive(Debug)]
@@ -58,8 +58,9 @@ pub(crate) struct SharedFile {
     /// The per-page rows of the native header can be written (native layout, read-write).
     pub(super) rows: bool,
     pub(super) locks: PageLocks,
-    /// One write-back lock per page (see `write_back.rs`). Made at open even for handles
-    /// without a backing store (4 bytes a page): made lazily, a fork from another thread
+    /// One write-back lock per page (see `write_back.rs`), of the file's lock kind. Made at
+    /// open even for handles without a backing store (fcntl kind: 4 bytes a page; robust:
+    /// the lock words are in the file): made lazily, a fork from another thread
     /// could copy its initialisation half done, and the child would wait for it forever.
     pub(super) write_back_locks: PageLocks,
     /// Resets per page, for the FastMmap layout (which has no header to count them in).
@@ -265,11 +266,17 @@ impl SharedFile {
         }
     }
 
-    /// The crate's error for a lock of `page` that was not taken (kept off the hot path: the
-    /// lock functions return the small [`LockError`]).
+    /// The crate's error for `page`'s lock `lock` that was not taken (kept off the hot path:
+    /// the lock functions return the small [`LockError`]).
     #[cold]
     #[inline(never)]
-    pub(crate) fn lock_error(&self, e: LockError, page: u32, timeout: Option<Duration>) -> Error {
+    pub(crate) fn lock_error(
+        &self,
+        e: LockError,
+        lock: LockRole,
+        page: u32,
+        timeout: Option<Duration>,
+    ) -> Error {
         let path = self.path.clone();
         match e {
             LockError::Reentrant => Error::Reentrant { path },
@@ -277,9 +284,15 @@ impl SharedFile {
             LockError::TimedOut => Error::LockTimeout {
                 path,
                 page,
+                lock,
                 timeout: timeout.unwrap_or_default(),
             },
-            LockError::Os(source) => Error::Lock { path, page, source },
+            LockError::Os(source) => Error::Lock {
+                path,
+                page,
+                lock,
+                source,
+            },
         }
     }
 }

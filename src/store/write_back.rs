@@ -11,18 +11,35 @@
 //!
 //! The lock order is always write-back lock, then page lock; nobody waits for a write-back
 //! lock while holding a page lock, so holding one across a call of the backing store never
-//! stalls a reader. The lock is an in-process mutex (which excludes threads) and an fcntl
-//! record lock one byte long past the end of the file, at `file length + page` (which excludes
-//! processes, and which the kernel drops if its owner dies). Cache::FastMmap never locks
-//! there. A lock of either kind of file works the same way: write-backs are rare next to page
-//! operations, so the system call costs nothing that matters.
+//! stalls a page lock. A read-through miss that finds the write-back lock held by someone else
+//! does not wait for it either (see `Cache::get_layered`).
+//!
+//! The lock is of the file's lock kind:
+//!
+//! - **Robust files**: a process-shared robust mutex per page in the write-back lock table of
+//!   the native header, with the page locks' owner-death recovery (a lock whose owner died is
+//!   taken over and marked consistent; it guards no bytes, so nothing needs repair). It lives
+//!   in the shared mapping, which a process that can only read the file cannot change: no
+//!   reader can block a writer.
+//! - **fcntl files** (the only kind of the FastMmap layout): an in-process mutex (which
+//!   excludes threads) and an fcntl record lock one byte long past the end of the file, at
+//!   `file length + page` (which excludes processes, and which the kernel drops if its owner
+//!   dies). Cache::FastMmap never locks there. fcntl locks need only read access, so anyone
+//!   who may read such a file can block its writers, through this lock as through the page
+//!   locks (as with Perl's Cache::FastMmap): such a file must not be readable by anyone not
+//!   trusted to write it.
 
+use std::io;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use memmap2::MmapRaw;
+
 use super::fcntl::LockFailure;
 use super::lock::{Held, PageLocks, Reentry};
+use super::robust::RobustLocks;
 use super::shared::{LockError, SharedFile};
+use crate::LockKind;
 
 /// A held write-back lock of one page; released when dropped.
 pub(crate) struct WriteBackGuard<'a> {
@@ -32,8 +49,18 @@ pub(crate) struct WriteBackGuard<'a> {
     _reentry: Reentry,
 }
 
+/// How long [`SharedFile::lock_write_back`] waits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Wait {
+    /// Up to the timeout (`None`: for as long as it takes).
+    Up(Option<Duration>),
+    /// Not at all: a lock held by anyone else is [`LockError::TimedOut`] at once.
+    No,
+}
+
 impl SharedFile {
-    /// The byte that stands for `page`'s write-back lock: past the end of the file.
+    /// The byte that stands for `page`'s write-back lock of the fcntl kind: past the end of
+    /// the file.
     fn write_back_range(&self, page: u32) -> (u64, u64) {
         let end = self.header_size as u64
             + u64::from(self.geometry.num_pages) * u64::from(self.geometry.page_size);
@@ -52,15 +79,15 @@ impl SharedFile {
         Reentry::held(self.write_back_id())
     }
 
-    /// Takes `page`'s write-back lock, waiting at most `timeout`. Take it before the page's
-    /// own lock, never while holding that.
+    /// Takes `page`'s write-back lock, waiting as `wait` says. Take it before the page's own
+    /// lock, never while holding that.
     ///
     /// A thread that holds a write-back lock of this file cannot take another
     /// ([`LockError::Reentrant`]): it could wait for itself, or for a thread waiting for it.
     pub(crate) fn lock_write_back(
         &self,
         page: u32,
-        timeout: Option<Duration>,
+        wait: Wait,
     ) -> Result<WriteBackGuard<'_>, LockError> {
         if self.read_only {
             return Err(LockError::ReadOnly);
@@ -68,7 +95,10 @@ impl SharedFile {
         let Some(reentry) = Reentry::enter(self.write_back_id()) else {
             return Err(LockError::Reentrant);
         };
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let deadline = match wait {
+            Wait::Up(timeout) => timeout.and_then(|t| Instant::now().checked_add(t)),
+            Wait::No => Some(Instant::now()),
+        };
         let held = self
             .write_back_locks
             .acquire(
@@ -102,7 +132,21 @@ impl Drop for WriteBackGuard<'_> {
     }
 }
 
-/// The write-back locks of a file of `num_pages` pages.
-pub(super) fn write_back_locks(num_pages: u32) -> PageLocks {
-    PageLocks::fcntl(num_pages)
+/// The write-back locks of a file of `num_pages` pages with page locks of kind `kind`, open
+/// as `fd` and mapped as `map`. For a robust file, call this after its page locks are made
+/// (they ready the lock words of the file).
+pub(super) fn write_back_locks(
+    kind: LockKind,
+    fd: &impl AsRawFd,
+    map: &MmapRaw,
+    num_pages: u32,
+) -> io::Result<PageLocks> {
+    match kind {
+        LockKind::Robust => Ok(PageLocks::Robust(RobustLocks::open_write_back(
+            fd.as_raw_fd(),
+            map,
+            num_pages,
+        )?)),
+        LockKind::Fcntl => Ok(PageLocks::fcntl(num_pages)),
+    }
 }

@@ -513,9 +513,13 @@ pub const PAGE_MAGIC: u32 = 0x92f7_e3b1;
 /// Entry header: six u32 (last_access, expire_on, slot_hash, flags, key_len, val_len).
 pub const ENTRY_HEADER_SIZE: usize = 24;
 
+/// `WRITE_BACK_ROW_SIZE`: the write-back lock table after the page table, 64 bytes a page.
+pub const NATIVE_WRITE_BACK_ROW_SIZE: u64 = 64;
+
 /// `header_size(num_pages)` of src/store/header.rs.
 pub fn native_header_size(num_pages: u32) -> u64 {
-    let raw = NATIVE_PAGE_TABLE_OFFSET + u64::from(num_pages) * NATIVE_ROW_SIZE;
+    let raw = NATIVE_PAGE_TABLE_OFFSET
+        + u64::from(num_pages) * (NATIVE_ROW_SIZE + NATIVE_WRITE_BACK_ROW_SIZE);
     raw.div_ceil(NATIVE_HEADER_ALIGN) * NATIVE_HEADER_ALIGN
 }
 
