@@ -9,5 +9,6 @@ mod ops;
 mod store;
 mod write_back;
 
+pub(crate) use ops::STORE_EXPIRY_MARGIN;
 pub(crate) use store::Layer;
 pub use store::{Backing, BackingError, WriteMode};
