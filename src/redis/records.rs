@@ -236,16 +236,18 @@ impl RecordTier {
                     let at: Option<i64> = reply.next().map(redis::from_redis_value).transpose()?;
                     Ok((taken, value, at.unwrap_or(-1)))
                 })
-                .map_err(|e| self.error(local, "store", e))?;
+                // This round trip reads the record: a failure is a failed load (nothing
+                // was written).
+                .map_err(|e| self.error(local, "load", e))?;
             if taken == 1 {
                 break self
                     .parse(value, pexpiretime)
-                    .map_err(|e| self.error(local, "store", e));
+                    .map_err(|e| self.error(local, "load", e));
             }
             if Instant::now() > give_up {
                 return Err(self.error(
                     local,
-                    "store",
+                    "load",
                     options.error("lock", "another host held the session's lock too long"),
                 ));
             }

@@ -9,11 +9,16 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[cfg(feature = "redis")]
+#[path = "../redis/server.rs"]
+#[allow(dead_code)]
+mod redis_server;
 #[path = "../../examples/support/web_app.rs"]
 mod web_app;
 
 mod browser;
 mod example;
+mod faults;
 mod layer;
 mod server;
 mod tower_sessions;
