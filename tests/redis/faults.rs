@@ -136,10 +136,11 @@ fn a_hung_redis_fails_each_call_on_time_and_says_it_timed_out() {
 
     server.pause();
     let upper = timeout.mul_f64(1.1) + Duration::from_millis(200);
-    let mut check = |what: &str, op: &str, call: &dyn Fn() -> fastmmap::Error| {
+    let check = |what: &str, op: &str, call: &dyn Fn() -> fastmmap::Error| {
         let start = Instant::now();
         let e = call();
         let took = start.elapsed();
+        eprintln!("{what}: failed after {took:?} (timeout {timeout:?})");
         assert!(
             took >= timeout && took <= upper,
             "{what}: failed after {took:?}, not within [{timeout:?}, {upper:?}]: {e}"
