@@ -69,6 +69,13 @@ fn no_host_serves_a_value_after_redis_expired_it() {
             .query(&mut r)
             .unwrap();
         assert!(at > 0, "Redis keeps an expiry for {key:?}");
+        if key == b"short" {
+            assert_eq!(
+                at % 1000,
+                0,
+                "a write's expiry is the whole second the file keeps"
+            );
+        }
         // Both hosts hold a read-through copy (once the invalidation of the write is past).
         for host in [&a, &b] {
             assert!(

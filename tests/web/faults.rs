@@ -166,3 +166,63 @@ fn a_hung_redis_stalls_only_the_requests_that_use_the_session() {
     assert_eq!(client.cookie, cookie);
     assert_eq!(client.get("/whoami").body, "ada", "the session survived");
 }
+
+#[cfg(feature = "redis")]
+#[test]
+fn tower_sessions_over_a_hung_redis_leave_the_runtime_free() {
+    use fastmmap::Cache;
+    use fastmmap::redis::{RedisBacking, RedisOptions};
+    use fastmmap::web::FastMmapStore;
+    use tower_sessions::SessionStore as _;
+    use tower_sessions::session::Id;
+
+    use crate::common::{serial, temp_dir};
+    use crate::redis_server::RedisServer;
+
+    let _serial = serial();
+    let Some(redis) = RedisServer::start("tower_sessions_over_a_hung_redis") else {
+        return;
+    };
+    let timeout = Duration::from_secs(3);
+    let options = RedisOptions::new(&redis.url())
+        .unwrap()
+        .namespace("ts:")
+        .timeout(timeout);
+    let dir = temp_dir();
+    let path = dir.path().join("ts.cache");
+    let cache = Cache::builder()
+        .path(&path)
+        .backing(RedisBacking::new(options, &path))
+        .open()
+        .unwrap();
+    let store = FastMmapStore::new(cache);
+
+    redis.pause();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let loading = store.clone();
+        let stuck = tokio::spawn(async move {
+            let start = Instant::now();
+            let r = loading.load(&Id::default()).await;
+            (r, start.elapsed())
+        });
+        // The load starts at this yield; the runtime's one thread must stay free for this
+        // task's timer meanwhile.
+        let start = Instant::now();
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ticked = start.elapsed();
+        assert!(
+            ticked < timeout / 2,
+            "a 100 ms timer took {ticked:?} beside a load from a hung Redis"
+        );
+        let (r, took) = stuck.await.unwrap();
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("timed out"), "{e}");
+        assert!(took >= timeout, "failed after {took:?}");
+    });
+    redis.resume();
+}
