@@ -31,7 +31,9 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 256 * 1024;
 /// 2. It takes the id out of the URL, so the inner service routes on the path without it,
 ///    and puts a [`Session`] handle into the request's extensions (the axum extractor).
 ///    Nothing is read from the cache until a handler uses the session: a static asset
-///    neither loads the session nor consumes its flash values.
+///    neither loads the session nor consumes its flash values. (With a store that may wait
+///    on the network, extracting [`Session`] counts as using it: the extractor loads the
+///    session off the worker's thread, see below.)
 /// 3. When the inner service has answered, it saves the session (if it was used), adds
 ///    `Set-Cookie` (a new or changed id, a moved expiry, or a deletion), and for a client
 ///    that sent no session cookie puts the id into the `Location` of a redirect and the links
