@@ -87,8 +87,15 @@ impl Shared {
                 source: format!("(as earlier in this request) {failure}").into(),
             }));
         }
+        let was_loaded = visit.is_loaded();
         match visit.session() {
-            Ok(s) => Ok(s),
+            Ok(s) => {
+                if !was_loaded {
+                    // Loaded after all (a retry): saved as usual at the end.
+                    self.failure().take();
+                }
+                Ok(s)
+            }
             Err(e) => {
                 *self.failure() = Some(e.to_string());
                 Err(e)

@@ -4,6 +4,7 @@
 //! cookie change; a route that uses it gets an error that says the load failed; nothing is
 //! deleted.
 
+#[cfg(feature = "redis")]
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -35,6 +36,7 @@ fn app(store: SessionStore) -> Router {
 }
 
 /// The session id of a client's cookie (`name=ID`).
+#[cfg(feature = "perl")]
 fn cookie_id(client: &Client) -> String {
     let cookie = client.cookie.as_deref().expect("a session cookie");
     cookie.split_once('=').expect("name=value").1.to_owned()

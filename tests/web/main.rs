@@ -18,6 +18,7 @@ mod web_app;
 
 mod browser;
 mod example;
+#[cfg(any(feature = "perl", feature = "redis"))]
 mod faults;
 mod layer;
 mod server;
