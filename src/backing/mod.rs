@@ -9,5 +9,7 @@ mod ops;
 mod store;
 mod write_back;
 
+#[cfg(all(feature = "redis", feature = "session"))]
+pub(crate) use ops::STORE_EXPIRY_MARGIN;
 pub(crate) use store::Layer;
 pub use store::{Backing, BackingError, WriteMode};

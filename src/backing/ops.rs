@@ -14,6 +14,11 @@ use crate::page::format::{FLAG_DIRTY, FLAG_UNDEF};
 use crate::page::{DirtyCopy, NewEntry, StoreOutcome};
 use crate::update::{Existing, is_negative};
 
+/// How much earlier than the backing store's own expiry a read-through copy expires, at least
+/// ([`Backing::load_with_expiry`]): more than a tick of the coarse clock the file's expiry is
+/// checked with, so that the copy is not served after the store dropped the value.
+pub(crate) const STORE_EXPIRY_MARGIN: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// What a look into the cache found, for read-through.
 enum Look {
     /// A live value (stored bytes, flags).
@@ -215,9 +220,13 @@ impl Cache {
             self.mark_clean(&mut guard, &copies);
         }
         let fence = backing.fence(key);
-        let loaded = backing
-            .load(key)
-            .map_err(|e| self.backing_error("load", Some(key), e))?;
+        let (loaded, store_expiry) = match backing
+            .load_with_expiry(key)
+            .map_err(|e| self.backing_error("load", Some(key), e))?
+        {
+            Some((v, at)) => (Some(v), at),
+            None => (None, None),
+        };
         let (value, flags) = match &loaded {
             Some(v) => (v.as_slice(), 0),
             None if layer.cache_not_found => (&[][..], FLAG_UNDEF),
@@ -231,6 +240,21 @@ impl Cache {
             now,
         );
         req.flags = flags | cflags;
+        if let Some(at) = store_expiry {
+            // The copy must not outlive the store's value: the whole second before it, with a
+            // margin for the coarse clock that expiry is checked with.
+            let at = at
+                .checked_sub(STORE_EXPIRY_MARGIN)
+                .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            let at = u32::try_from(at).unwrap_or(u32::MAX);
+            if at <= now {
+                return Ok(loaded);
+            }
+            if req.expire_on == 0 || at < req.expire_on {
+                req.expire_on = at;
+            }
+        }
         if self.check_size(&req).is_err() {
             // Too large to cache: handed over all the same.
             return Ok(loaded);

@@ -50,6 +50,27 @@ pub trait Backing: Send + Sync + 'static {
     /// Any failure of the store; the cache's call fails with `Error::Backing`.
     fn load(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackingError>;
 
+    /// [`load`](Self::load), with when the store itself will expire the value, for stores
+    /// whose values expire (as Redis's do). The copy a read-through keeps in the cache then
+    /// expires at the last whole second at least 50 ms before that instant (the file counts
+    /// in seconds, by a clock that may lag a few milliseconds), and no later than the
+    /// cache's own [`expire_after`](crate::CacheBuilder::expire_after): it is never served
+    /// after the store has dropped the value. A value whose expiry is closer than that is
+    /// returned but not kept.
+    ///
+    /// The default calls `load` and gives no expiry: the copy gets the cache's default.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load).
+    // The pair is spelled out so that implementors need no new name to write it.
+    #[allow(clippy::type_complexity)]
+    fn load_with_expiry(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<(Vec<u8>, Option<SystemTime>)>, BackingError> {
+        Ok(self.load(key)?.map(|v| (v, None)))
+    }
+
     /// Stores `value` under `key`. `expires_at` is when the cache entry expires (or expired:
     /// a write-back of an expired entry says so), for stores that care; Perl's `write_cb` gets
     /// the same.

@@ -1,12 +1,18 @@
 //! [`RedisBacking`]: Redis as the backing store of a cache file.
 
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::conn::Pool;
 use super::options::RedisOptions;
 use super::state::StateReader;
 use crate::{Backing, BackingError};
+
+/// The value of KEYS[1] and its time to live in milliseconds (-1: none), read atomically in
+/// one round trip with one reply; `false` if there is no value.
+const GET_WITH_TTL: &str = "local v = redis.call('GET', KEYS[1]) \
+if not v then return false end \
+return {v, redis.call('PTTL', KEYS[1])}";
 
 /// Redis behind a cache file: read-through on a miss, write-through, delete. See the
 /// [module docs](crate::redis) for how hosts keep each other's files fresh.
@@ -32,7 +38,11 @@ use crate::{Backing, BackingError};
 ///
 /// Use it with [`WriteMode::Through`](crate::WriteMode::Through) (the default): the listener
 /// removes changed keys from the file whether they are dirty or not, so a write-back value
-/// could be lost. An expiry given to `set` is given to Redis too (`PXAT`). The calls that
+/// could be lost. An expiry given to `set` is given to Redis too (`PXAT`, the same whole
+/// second the file keeps), and a read-through copy keeps the time to live the key has in
+/// Redis (read in the same round trip as the value, rounded down to the second): no host
+/// serves a value after Redis has expired it, whether or not Redis has sent the
+/// invalidation of that expiry yet (it sends it only when it evicts the key). The calls that
 /// act on the file only, with any backing store — `multi_set`, `set_if_newer`,
 /// `remove_with_modseq`, `evict` — do not reach Redis: their values stay on this host (until
 /// an invalidation of the key removes them); use `set`, `set_many` and `remove` for shared
@@ -79,6 +89,30 @@ impl Backing for RedisBacking {
         Ok(self
             .pool
             .with("GET", |c| redis::cmd("GET").arg(&rkey).query(c))?)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn load_with_expiry(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<(Vec<u8>, Option<SystemTime>)>, BackingError> {
+        let rkey = self.pool.options.redis_key(key);
+        // The time to live counts from a moment after this one: an expiry reckoned from
+        // here is never later than Redis's.
+        let asked = SystemTime::now();
+        let found: Option<(Vec<u8>, i64)> = self.pool.with("GET", |c| {
+            redis::cmd("EVAL")
+                .arg(GET_WITH_TTL)
+                .arg(1)
+                .arg(&rkey)
+                .query(c)
+        })?;
+        Ok(found.map(|(value, ttl_ms)| {
+            let at = u64::try_from(ttl_ms)
+                .ok()
+                .map(|ms| asked + Duration::from_millis(ms));
+            (value, at)
+        }))
     }
 
     fn store(

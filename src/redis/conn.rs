@@ -47,20 +47,31 @@ impl Pool {
         }
     }
 
-    /// Runs `f` on a connection of this process; `op` names it in an error. A connection
-    /// on which anything failed is closed, not reused.
+    /// Runs `f` on a connection of this process; `op` names it in an error. The whole of it
+    /// — taking or opening a connection, then `f` — has one deadline,
+    /// [`RedisOptions::timeout`] from now: `f` must make one request with one reply (a
+    /// single command or an `EVAL`), since the redis crate reads each reply of a pipeline
+    /// with the whole socket timeout, even after one of them timed out. A connection on
+    /// which anything failed is closed, not reused.
     pub(crate) fn with<T>(
         &self,
         op: &'static str,
         f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, RedisError> {
-        let mut conn = self.ready()?;
+        let options = &self.options;
+        let deadline = options.deadline();
+        let mut conn = self.ready(deadline)?;
+        let left = options.remaining(op, deadline)?;
+        conn.conn
+            .set_read_timeout(Some(left))
+            .and_then(|()| conn.conn.set_write_timeout(Some(left)))
+            .map_err(|e| options.failed(op, e))?;
         match f(&mut conn.conn) {
             Ok(v) => {
                 self.put(conn);
                 Ok(v)
             }
-            Err(e) => Err(self.options.error(op, e)),
+            Err(e) => Err(options.failed(op, e)),
         }
     }
 
@@ -68,26 +79,39 @@ impl Pool {
     /// Sends `cmd` without waiting for its reply (read before the connection's next
     /// command). Redis runs it all the same; its reply is not looked at.
     pub(crate) fn send(&self, op: &'static str, cmd: &redis::Cmd) -> Result<(), RedisError> {
-        let mut conn = self.ready()?;
+        let options = &self.options;
+        let deadline = options.deadline();
+        let mut conn = self.ready(deadline)?;
+        let left = options.remaining(op, deadline)?;
         conn.conn
-            .send_packed_command(&cmd.get_packed_command())
-            .map_err(|e| self.options.error(op, e))?;
+            .set_write_timeout(Some(left))
+            .and_then(|()| conn.conn.send_packed_command(&cmd.get_packed_command()))
+            .map_err(|e| options.failed(op, e))?;
         conn.unread += 1;
         self.put(conn);
         Ok(())
     }
 
-    /// A connection with no reply left unread: an idle one, else a new one.
-    fn ready(&self) -> Result<Conn, RedisError> {
+    /// A connection with no reply left unread: an idle one (its unread replies read by
+    /// `deadline`), else a new one.
+    fn ready(&self, deadline: Instant) -> Result<Conn, RedisError> {
         while let Some(mut conn) = self.take() {
-            let drained = (0..conn.unread).try_for_each(|_| conn.conn.recv_response().map(drop));
+            if conn.unread == 0 {
+                return Ok(conn);
+            }
+            let Ok(left) = self.options.remaining("read an earlier reply", deadline) else {
+                break;
+            };
+            let drained = conn.conn.set_read_timeout(Some(left)).and_then(|()| {
+                (0..conn.unread).try_for_each(|_| conn.conn.recv_response().map(drop))
+            });
             if drained.is_ok() {
                 conn.unread = 0;
                 return Ok(conn);
             }
         }
         Ok(Conn {
-            conn: connect(&self.options)?,
+            conn: connect(&self.options, deadline)?,
             unread: 0,
         })
     }
@@ -128,14 +152,23 @@ impl Pool {
     }
 }
 
-/// A new connection with the options' timeouts.
-pub(crate) fn connect(options: &RedisOptions) -> Result<Connection, RedisError> {
-    let conn = options
+/// A new connection, connected (and its database selected) by `deadline`; its reads and
+/// writes then time out after [`RedisOptions::timeout`].
+pub(crate) fn connect(options: &RedisOptions, deadline: Instant) -> Result<Connection, RedisError> {
+    let left = options.remaining("connect", deadline)?;
+    let mut conn = options
         .client
-        .get_connection_with_timeout(options.timeout)
-        .map_err(|e| options.error("connect", e))?;
+        .get_connection_with_timeout(left)
+        .map_err(|e| options.failed("connect", e))?;
+    if options.db != 0 {
+        let left = options.remaining("SELECT", deadline)?;
+        conn.set_read_timeout(Some(left))
+            .and_then(|()| conn.set_write_timeout(Some(left)))
+            .and_then(|()| redis::cmd("SELECT").arg(options.db).query::<()>(&mut conn))
+            .map_err(|e| options.failed("SELECT", e))?;
+    }
     conn.set_read_timeout(Some(options.timeout))
         .and_then(|()| conn.set_write_timeout(Some(options.timeout)))
-        .map_err(|e| options.error("connect", e))?;
+        .map_err(|e| options.failed("connect", e))?;
     Ok(conn)
 }

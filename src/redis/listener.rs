@@ -258,11 +258,11 @@ impl Worker {
     /// One connection: subscribe, flush, trust, then apply invalidations until it fails.
     fn session(&mut self) -> Result<(), RedisError> {
         let o = &self.options;
-        let mut conn: Connection = connect(o)?;
+        let mut conn: Connection = connect(o, o.deadline())?;
         let id: i64 = redis::cmd("CLIENT")
             .arg("ID")
             .query(&mut conn)
-            .map_err(|e| o.error("CLIENT ID", e))?;
+            .map_err(|e| o.failed("CLIENT ID", e))?;
         redis::cmd("CLIENT")
             .arg("TRACKING")
             .arg("on")
@@ -272,11 +272,11 @@ impl Worker {
             .arg("PREFIX")
             .arg(&o.namespace)
             .query::<()>(&mut conn)
-            .map_err(|e| o.error("CLIENT TRACKING", e))?;
+            .map_err(|e| o.failed("CLIENT TRACKING", e))?;
         let mut pubsub = conn.as_pubsub();
         pubsub
             .subscribe(INVALIDATE_CHANNEL)
-            .map_err(|e| o.error("SUBSCRIBE", e))?;
+            .map_err(|e| o.failed("SUBSCRIBE", e))?;
         // Subscribed: from here on every change under the namespace reaches us. Whatever the
         // file holds from before may be stale.
         self.local
@@ -289,7 +289,7 @@ impl Worker {
         self.shared.set(ListenerStatus::Trusted);
         pubsub
             .set_read_timeout(Some(POLL))
-            .map_err(|e| o.error("set a read timeout", e))?;
+            .map_err(|e| o.failed("set a read timeout", e))?;
         let mut last_ping = Instant::now();
         loop {
             if self.stopping() {
@@ -303,13 +303,13 @@ impl Worker {
                     .set_read_timeout(Some(o.timeout))
                     .and_then(|()| pubsub.ping::<redis::Value>())
                     .and_then(|_| pubsub.set_read_timeout(Some(POLL)))
-                    .map_err(|e| o.error("PING", e))?;
+                    .map_err(|e| o.failed("PING", e))?;
                 last_ping = Instant::now();
             }
             let msg = match pubsub.get_message() {
                 Ok(msg) => msg,
                 Err(e) if e.is_timeout() => continue,
-                Err(e) => return Err(o.error("receive invalidations", e)),
+                Err(e) => return Err(o.failed("receive invalidations", e)),
             };
             if msg.get_channel_name() != INVALIDATE_CHANNEL {
                 continue;
@@ -338,7 +338,7 @@ impl Worker {
                         .clear()
                         .map_err(|e| self.local_error("clear the cache file", e))?;
                 }
-                Err(e) => return Err(o.error("read an invalidation", e)),
+                Err(e) => return Err(o.failed("read an invalidation", e)),
             }
         }
     }

@@ -26,6 +26,24 @@
 //! If the listener's connection drops, the file is cleared and the host goes to Redis for
 //! everything until the listener is back.
 //!
+//! # Expiry
+//!
+//! Redis tells the listeners of an expired key only when it evicts the key, which with many
+//! keys that have a time to live can be minutes after the expiry. So a copy a host keeps
+//! carries the key's expiry itself: a read-through reads the value and its time to live in
+//! one script ([`Backing::load_with_expiry`](crate::Backing::load_with_expiry)), and the
+//! copy expires at the last whole second at least 50 ms before Redis's expiry; a write sends
+//! its expiry as `PXAT` of the whole second the file keeps. No host serves a value after
+//! Redis has expired it.
+//!
+//! # Timeouts
+//!
+//! [`RedisOptions::timeout`] bounds each round trip, connecting included, and a call that
+//! runs out of it fails with a [`RedisError`] that says it timed out
+//! ([`RedisError::is_timeout`]). Every request is one command or one script with one reply:
+//! the redis crate reads each reply of a pipeline with the whole socket timeout, so a
+//! pipeline of three to a hung server would wait three times as long.
+//!
 //! # How a host keeps trust (the exact sequence)
 //!
 //! Every host shares a small *state file* beside the cache file (`<cache file>.redis`, mode

@@ -1,8 +1,9 @@
 //! [`RedisOptions`]: where Redis is and how the keys are named there.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::RedisError;
+use super::error::TimedOut;
 
 /// Where the Redis server is, the namespace of this application's keys in it, and timeouts.
 /// Cloning is cheap; give the same options to the backing (or the session store) and to the
@@ -11,7 +12,12 @@ use super::RedisError;
 pub struct RedisOptions {
     /// The server without credentials (`host:port/db`), for messages.
     pub(crate) server: String,
+    /// The client, with database 0 and no `CLIENT SETINFO`: connecting sends at most one
+    /// command (`AUTH`, or `HELLO` for RESP3), so that the redis crate's setup, whose every
+    /// reply waits the whole socket timeout, cannot wait twice.
     pub(crate) client: redis::Client,
+    /// The database, selected by [`connect`](super::conn::connect) within the deadline.
+    pub(crate) db: i64,
     pub(crate) namespace: Vec<u8>,
     pub(crate) timeout: Duration,
     pub(crate) lock_lease: Duration,
@@ -33,10 +39,24 @@ impl RedisOptions {
             op: "parse URL",
             source: Box::new(e),
         })?;
-        let info = client.get_connection_info();
+        let info = client.get_connection_info().clone();
+        let db = info.redis_settings().db();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_db(0)
+            .set_skip_set_lib_name();
+        let server = format!("{}/{db}", info.addr());
+        let client =
+            redis::Client::open(info.set_redis_settings(settings)).map_err(|e| RedisError {
+                server: server.clone(),
+                op: "parse URL",
+                source: Box::new(e),
+            })?;
         Ok(RedisOptions {
-            server: format!("{}/{}", info.addr(), info.redis_settings().db()),
+            server,
             client,
+            db,
             namespace: DEFAULT_NAMESPACE.as_bytes().to_vec(),
             timeout: Duration::from_secs(1),
             lock_lease: Duration::from_secs(10),
@@ -51,8 +71,12 @@ impl RedisOptions {
         self
     }
 
-    /// How long connecting and each command may take before it fails (default one second).
-    /// A write that times out fails: whether it reached Redis is then unknown.
+    /// How long one round trip to Redis may take before it fails (default one second): a
+    /// cache `get` that has to connect first fails once connecting and the command together
+    /// took this long, with an error that says it timed out
+    /// ([`RedisError::is_timeout`]). A session update makes two round trips (lock and read,
+    /// then commit), each with this timeout. A write that times out fails: whether it
+    /// reached Redis is then unknown.
     pub fn timeout(mut self, d: Duration) -> RedisOptions {
         self.timeout = d.max(Duration::from_millis(1));
         self
@@ -77,6 +101,43 @@ impl RedisOptions {
         k.extend_from_slice(&self.namespace);
         k.extend_from_slice(key);
         k
+    }
+
+    /// A deadline of one round trip starting now.
+    pub(crate) fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout
+    }
+
+    /// The time left before `deadline`, or a timeout error of `op`.
+    pub(crate) fn remaining(
+        &self,
+        op: &'static str,
+        deadline: Instant,
+    ) -> Result<Duration, RedisError> {
+        match deadline.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(left),
+            _ => Err(self.timed_out(op)),
+        }
+    }
+
+    /// The error of `op` when the server did not answer within the timeout.
+    pub(crate) fn timed_out(&self, op: &'static str) -> RedisError {
+        self.error(
+            op,
+            TimedOut {
+                timeout: self.timeout,
+            },
+        )
+    }
+
+    /// The error of `op` for a failure of the redis crate: a timeout (which the crate
+    /// reports as the socket's "would block") says so.
+    pub(crate) fn failed(&self, op: &'static str, e: redis::RedisError) -> RedisError {
+        if e.is_timeout() {
+            self.timed_out(op)
+        } else {
+            self.error(op, e)
+        }
     }
 
     /// An error of `op` on this server.

@@ -32,6 +32,21 @@ const VERSION_SIZE: usize = 8;
 /// listeners hear about).
 const LOCK_PREFIX: &[u8] = b"fastmmap-lock:";
 
+/// KEYS[1] record: its value and `PEXPIRETIME`, or `false`. One reply (a pipeline's replies
+/// would each wait the whole socket timeout when Redis hangs).
+const READ: &str = "local v = redis.call('GET', KEYS[1]) \
+if not v then return false end \
+return {v, redis.call('PEXPIRETIME', KEYS[1])}";
+
+/// KEYS[1] record, KEYS[2] lock; ARGV[1] token, ARGV[2] lease in ms. Takes the lock if it is
+/// free (`SET NX PX`) and returns {1, record, PEXPIRETIME} ({1} if there is no record), or
+/// {0} if another holds the lock.
+const LOCK_AND_READ: &str = "if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) \
+then return {0} end \
+local v = redis.call('GET', KEYS[1]) \
+if not v then return {1} end \
+return {1, v, redis.call('PEXPIRETIME', KEYS[1])}";
+
 /// KEYS[1] record, KEYS[2] lock; ARGV[1] token, ARGV[2] version seen ("" if none),
 /// ARGV[3] "set" / "del", ARGV[4] new value, ARGV[5] expiry in Unix ms ("" never).
 /// Returns 1 when done, -1 when the lock is no longer ours, -2 when the version moved.
@@ -74,6 +89,10 @@ fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(1, |d| {
         u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
     })
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl RecordTier {
@@ -129,17 +148,13 @@ impl RecordTier {
             return Ok(Some(v));
         }
         let rkey = self.pool.options.redis_key(key);
-        let (value, pexpiretime): (Option<Vec<u8>>, i64) = self
+        let found: Option<(Vec<u8>, i64)> = self
             .pool
             .with("GET", |c| {
-                redis::pipe()
-                    .cmd("GET")
-                    .arg(&rkey)
-                    .cmd("PEXPIRETIME")
-                    .arg(&rkey)
-                    .query(c)
+                redis::cmd("EVAL").arg(READ).arg(1).arg(&rkey).query(c)
             })
             .map_err(|e| self.error(local, "load", e))?;
+        let (value, pexpiretime) = found.map_or((None, -1), |(v, at)| (Some(v), at));
         let stored = self
             .parse(value, pexpiretime)
             .map_err(|e| self.error(local, "load", e))?;
@@ -162,8 +177,12 @@ impl RecordTier {
         if fence.is_none() {
             return Ok(());
         }
-        let expiry = match stored.expires_ms {
-            Some(ms) => Expiry::At(UNIX_EPOCH + Duration::from_millis(ms)),
+        // The whole second (the file's unit) at least a coarse clock's tick before Redis's
+        // expiry: the copy never outlives the record in Redis.
+        let margin = crate::backing::STORE_EXPIRY_MARGIN.as_millis() as u64;
+        let expiry = match stored.expires_ms.map(|ms| ms.saturating_sub(margin) / 1000) {
+            Some(secs) if secs <= unix_secs(local.clock().now()) => return Ok(()),
+            Some(secs) => Expiry::At(UNIX_EPOCH + Duration::from_secs(secs)),
             None => Expiry::Never,
         };
         if local.set_with(key, &stored.record, expiry).is_ok() && self.state.fence(key) != fence {
@@ -198,32 +217,37 @@ impl RecordTier {
         let fence = self.state.fence(key);
         let mut pause = Duration::from_millis(1);
         let current = loop {
-            let (taken, value, pexpiretime): (Option<String>, Option<Vec<u8>>, i64) = self
+            let (taken, value, pexpiretime) = self
                 .pool
                 .with("lock", |c| {
-                    redis::pipe()
-                        .cmd("SET")
+                    let reply: Vec<redis::Value> = redis::cmd("EVAL")
+                        .arg(LOCK_AND_READ)
+                        .arg(2)
+                        .arg(&rkey)
                         .arg(&lock)
                         .arg(&token)
-                        .arg("NX")
-                        .arg("PX")
                         .arg(lease_ms)
-                        .cmd("GET")
-                        .arg(&rkey)
-                        .cmd("PEXPIRETIME")
-                        .arg(&rkey)
-                        .query(c)
+                        .query(c)?;
+                    let mut reply = reply.into_iter();
+                    let taken: i64 =
+                        redis::from_redis_value(reply.next().unwrap_or(redis::Value::Nil))?;
+                    let value: Option<Vec<u8>> =
+                        reply.next().map(redis::from_redis_value).transpose()?;
+                    let at: Option<i64> = reply.next().map(redis::from_redis_value).transpose()?;
+                    Ok((taken, value, at.unwrap_or(-1)))
                 })
-                .map_err(|e| self.error(local, "store", e))?;
-            if taken.is_some() {
+                // This round trip reads the record: a failure is a failed load (nothing
+                // was written).
+                .map_err(|e| self.error(local, "load", e))?;
+            if taken == 1 {
                 break self
                     .parse(value, pexpiretime)
-                    .map_err(|e| self.error(local, "store", e));
+                    .map_err(|e| self.error(local, "load", e));
             }
             if Instant::now() > give_up {
                 return Err(self.error(
                     local,
-                    "store",
+                    "load",
                     options.error("lock", "another host held the session's lock too long"),
                 ));
             }

@@ -16,15 +16,107 @@ use crate::session::{self, Result, SessionId, Visit};
 /// [`SessionLayer`](crate::web::SessionLayer); an axum extractor. Clones share the session.
 ///
 /// The session is loaded on first use, by whichever method comes first; a handler that
-/// never uses it costs nothing. Each method is a short synchronous call (see
-/// [`SessionLayer`](crate::web::SessionLayer) on calling the cache from async code); changes
-/// are saved by the layer when the response goes out. Flash values are consumed when read
+/// never uses it costs nothing. With a store whose calls may wait on the network (a Redis
+/// tier, [`SessionStoreBuilder::redis`](crate::session::SessionStoreBuilder::redis), or a
+/// cache with a backing store), the extractor itself loads the session, on tokio's blocking
+/// pool, so that a slow or hung Redis holds up only that request, never the worker's other
+/// requests; the methods below then work on the loaded session. Each method is a short
+/// synchronous call (see [`SessionLayer`](crate::web::SessionLayer) on calling the cache
+/// from async code), except that with such a store [`update`](Self::update),
+/// [`get_flash`](Self::get_flash) and [`change_id`](Self::change_id) make a round trip to
+/// Redis: call them through [`run_blocking`](Self::run_blocking). Changes are saved by the
+/// layer when the response goes out. Flash values are consumed when read
 /// ([`get_flash`](Self::get_flash)), as in Catalyst.
+///
+/// If the session cannot be loaded (Redis unreachable, a record this version cannot read),
+/// every method that needs it returns that error — as a response, "the session could not
+/// be loaded" and why — and the layer leaves the session and its cookie as they were.
 ///
 /// Without the layer, the extractor fails with a `500` ([`MissingSessionLayer`]).
 #[derive(Clone)]
 pub struct Session {
-    visit: Arc<Mutex<Visit>>,
+    shared: Arc<Shared>,
+}
+
+/// What the layer and the handlers of one request share.
+pub(crate) struct Shared {
+    visit: Mutex<Visit>,
+    /// The store's cache file, for messages.
+    path: std::path::PathBuf,
+    /// Whether a store call may wait on the network: made on the blocking pool.
+    pub(crate) may_block: bool,
+    /// Why the session could not be loaded, once a load failed in this request: the later
+    /// calls fail at once with the same account instead of waiting again.
+    load_failure: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub(crate) fn new(visit: Visit, path: std::path::PathBuf, may_block: bool) -> Shared {
+        Shared {
+            visit: Mutex::new(visit),
+            path,
+            may_block,
+            load_failure: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn visit(&self) -> MutexGuard<'_, Visit> {
+        self.visit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn failure(&self) -> MutexGuard<'_, Option<String>> {
+        self.load_failure.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a load of the session failed in this request.
+    pub(crate) fn load_failed(&self) -> bool {
+        self.failure().is_some()
+    }
+
+    /// The session of `visit`, loaded if needed; a failed load is remembered, and with a
+    /// store that may block, not tried again in this request.
+    fn session<'v>(&self, visit: &'v mut Visit) -> Result<&'v mut session::Session> {
+        if !visit.is_loaded()
+            && self.may_block
+            && let Some(failure) = self.failure().as_ref()
+        {
+            return Err(session::Error::Cache(crate::Error::Backing {
+                path: self.path.clone(),
+                op: "load",
+                key: None,
+                source: format!("(as earlier in this request) {failure}").into(),
+            }));
+        }
+        let was_loaded = visit.is_loaded();
+        match visit.session() {
+            Ok(s) => {
+                if !was_loaded {
+                    // Loaded after all (a retry): saved as usual at the end.
+                    self.failure().take();
+                }
+                Ok(s)
+            }
+            Err(e) => {
+                *self.failure() = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Runs `f` on tokio's blocking pool when there is a runtime, else here.
+pub(crate) async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return f();
+    };
+    match runtime.spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Cancelled: the runtime is shutting down, and this task with it.
+            Err(e) => panic!("a session call on the blocking pool did not run: {e}"),
+        },
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -36,12 +128,41 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    pub(crate) fn from_visit(visit: Arc<Mutex<Visit>>) -> Session {
-        Session { visit }
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Session {
+        Session { shared }
     }
 
     fn visit(&self) -> MutexGuard<'_, Visit> {
-        self.visit.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.visit()
+    }
+
+    /// Runs `f` with this session where blocking is allowed: on tokio's blocking pool when
+    /// the store's calls may wait on the network (a Redis tier, a backing store), else right
+    /// here. Use it for the calls that reach Redis after the load —
+    /// [`update`](Self::update), [`get_flash`](Self::get_flash),
+    /// [`change_id`](Self::change_id) — so that a slow Redis holds up only this request:
+    ///
+    /// ```no_run
+    /// # async fn handler(session: fastmmap::web::Session) -> Result<String, fastmmap::session::Error> {
+    /// let n = session
+    ///     .run_blocking(|s| {
+    ///         s.update(|s| {
+    ///             let n = s.get::<u64>("count").ok().flatten().unwrap_or(0) + 1;
+    ///             s.insert("count", &n).map(|()| n)
+    ///         })
+    ///     })
+    ///     .await??;
+    /// # Ok(n.to_string()) }
+    /// ```
+    pub async fn run_blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Session) -> R + Send + 'static,
+    ) -> R {
+        if !self.shared.may_block {
+            return f(self);
+        }
+        let session = self.clone();
+        blocking(move || f(&session)).await
     }
 
     /// Runs `f` on the session (loading it first if needed): for anything the other methods
@@ -54,7 +175,7 @@ impl Session {
     /// As [`Visit::session`] (the load).
     pub fn with<R>(&self, f: impl FnOnce(&mut session::Session) -> R) -> Result<R> {
         let mut visit = self.visit();
-        Ok(f(visit.session()?))
+        Ok(f(self.shared.session(&mut visit)?))
     }
 
     /// Whether a handler has used the session yet (it is loaded on first use).
@@ -104,7 +225,9 @@ impl Session {
     /// # Errors
     /// As [`Visit::update`].
     pub fn update<R>(&self, f: impl FnOnce(&mut session::Session) -> R) -> Result<R> {
-        self.visit().update(f)
+        let mut visit = self.visit();
+        self.shared.session(&mut visit)?;
+        visit.update(f)
     }
 
     /// Sets a flash value, for the next request that reads it.
@@ -122,7 +245,9 @@ impl Session {
     /// # Errors
     /// As [`Visit::get_flash`].
     pub fn get_flash<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        self.visit().get_flash(key)
+        let mut visit = self.visit();
+        self.shared.session(&mut visit)?;
+        visit.get_flash(key)
     }
 
     /// Passes the flash value under `key` (read by this request) on to the next request.
@@ -140,7 +265,9 @@ impl Session {
     /// # Errors
     /// As [`Visit::change_id`].
     pub fn change_id(&self) -> Result<SessionId> {
-        self.visit().change_id()
+        let mut visit = self.visit();
+        self.shared.session(&mut visit)?;
+        visit.change_id()
     }
 
     /// Ends the session (log-out): it is deleted, and the client's cookie with it, when the
@@ -175,23 +302,51 @@ impl IntoResponse for MissingSessionLayer {
 impl<S: Send + Sync> FromRequestParts<S> for Session {
     type Rejection = MissingSessionLayer;
 
+    /// The request's session; with a store that may block, loaded now on the blocking pool
+    /// (a failure is kept for the handler's first use of the session).
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
+        let session = parts
             .extensions
             .get::<Session>()
             .cloned()
-            .ok_or(MissingSessionLayer)
+            .ok_or(MissingSessionLayer)?;
+        if session.shared.may_block && !session.is_loaded() && !session.shared.load_failed() {
+            let shared = Arc::clone(&session.shared);
+            blocking(move || {
+                let mut visit = shared.visit();
+                // A failure is remembered by `session` and reported at the first use.
+                let _ = shared.session(&mut visit);
+            })
+            .await;
+        }
+        Ok(session)
+    }
+}
+
+/// Whether `e` says that the session could not be loaded: its record cannot be read, or the
+/// store failed while reading it.
+fn is_load_failure(e: &session::Error) -> bool {
+    match e {
+        session::Error::BadRecord { .. } | session::Error::UnsupportedVersion { .. } => true,
+        session::Error::Cache(crate::Error::Backing { op, .. }) => *op == "load",
+        _ => false,
     }
 }
 
 /// A session error as a response: `500 Internal Server Error` with the error's message
 /// (which never holds a session id or anything the client sent), so that handlers can
-/// return `Result<_, fastmmap::session::Error>`.
+/// return `Result<_, fastmmap::session::Error>`. A failed load says so: "the session could
+/// not be loaded", then why.
 impl IntoResponse for session::Error {
     fn into_response(self) -> Response {
+        let what = if is_load_failure(&self) {
+            "the session could not be loaded"
+        } else {
+            "session error"
+        };
         (
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("session error: {self}\n"),
+            format!("{what}: {self}\n"),
         )
             .into_response()
     }

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::ConnectInfo;
@@ -17,7 +17,7 @@ use tower_service::Service;
 
 use crate::session::{Client, Request, Response, SessionStore};
 use crate::web::body::{BoxError, SessionBody};
-use crate::web::extract::Session;
+use crate::web::extract::{Session, Shared, blocking};
 
 /// HTML bodies of known size up to this many bytes are rewritten whole, by default; larger
 /// ones, and bodies of unknown size, are rewritten as they stream.
@@ -31,7 +31,9 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 256 * 1024;
 /// 2. It takes the id out of the URL, so the inner service routes on the path without it,
 ///    and puts a [`Session`] handle into the request's extensions (the axum extractor).
 ///    Nothing is read from the cache until a handler uses the session: a static asset
-///    neither loads the session nor consumes its flash values.
+///    neither loads the session nor consumes its flash values. (With a store that may wait
+///    on the network, extracting [`Session`] counts as using it: the extractor loads the
+///    session off the worker's thread, see below.)
 /// 3. When the inner service has answered, it saves the session (if it was used), adds
 ///    `Set-Cookie` (a new or changed id, a moved expiry, or a deletion), and for a client
 ///    that sent no session cookie puts the id into the `Location` of a redirect and the links
@@ -42,8 +44,19 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 256 * 1024;
 ///    [`PageRewrite`](crate::session::PageRewrite) for what changes). A body with a
 ///    `Content-Encoding` is left alone: put compression outside this layer.
 ///
-/// If the save fails (the record does not fit in a cache page, a lock timeout), the response
-/// becomes a `500`: the application's changes would otherwise be lost without a word.
+/// If the save fails (the record does not fit in a cache page, a lock timeout, Redis down),
+/// the response becomes a `500`: the application's changes would otherwise be lost without a
+/// word.
+///
+/// A session that cannot be *loaded* (Redis unreachable or hung, a record this version
+/// cannot read) breaks only the handlers that use it: they get the error (a response that
+/// says "the session could not be loaded" and why, if they return it). Every other request
+/// — a static asset, a page that never touches the session — is answered as the handler made
+/// it, also when the layer itself would have loaded the session (Catalyst mode extends a
+/// session on every request that sends its cookie; a client that came by a URL id is checked
+/// before its links get the id). Such a response carries no `Set-Cookie` at all: the
+/// session is neither deleted (Redis down must not log everyone out) nor extended, and stays
+/// as it is in the store for the next request.
 ///
 /// # Where it goes
 ///
@@ -93,15 +106,29 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 256 * 1024;
 ///
 /// # Async handlers and the cache
 ///
-/// Every session call is a synchronous call into the cache, made from the handler's task: it
-/// locks one page of the file for a few microseconds (a lookup, a copy, at most a rewrite of
-/// that page) and returns. No lock is ever held across an `.await`, by this layer or by
-/// the cache, so it costs an async runtime no more than any short computation and needs no
-/// `spawn_blocking`. A page lock can only be held longer by a process that stops while
-/// holding it (a debugger, `SIGSTOP`) — a process that dies releases it. To turn such a wait
-/// into an error rather than a stalled worker, open the cache with
-/// [`CacheBuilder::lock_timeout`](crate::CacheBuilder::lock_timeout) and give it to the store
-/// with [`SessionStoreBuilder::cache`](crate::session::SessionStoreBuilder::cache).
+/// With a session store over a cache file alone, every session call is a synchronous call
+/// into the cache, made from the handler's task: it locks one page of the file for a few
+/// microseconds (a lookup, a copy, at most a rewrite of that page) and returns. No lock is
+/// ever held across an `.await`, by this layer or by the cache, so it costs an async runtime
+/// no more than any short computation and needs no `spawn_blocking`. A page lock can only be
+/// held longer by a process that stops while holding it (a debugger, `SIGSTOP`) — a process
+/// that dies releases it. To turn such a wait into an error rather than a stalled worker,
+/// open the cache with [`CacheBuilder::lock_timeout`](crate::CacheBuilder::lock_timeout) and
+/// give it to the store with [`SessionStoreBuilder::cache`](crate::session::SessionStoreBuilder::cache).
+///
+/// A store whose calls may wait on the network — a Redis tier
+/// ([`SessionStoreBuilder::redis`](crate::session::SessionStoreBuilder::redis)), or a cache
+/// with a backing store — costs a round trip per load and two per save that writes (tens of
+/// microseconds on a quiet LAN, up to [`RedisOptions::timeout`](crate::redis::RedisOptions::timeout)
+/// when Redis hangs). The layer then makes those calls on tokio's blocking pool
+/// (`spawn_blocking`, which works in the prefork workers' current-thread runtimes too): the
+/// [`Session`] extractor loads the session there, and the save after the response runs
+/// there, so a slow or hung Redis holds up the requests that need their session, never the
+/// worker's other requests. The calls a handler makes after the load that reach Redis
+/// ([`Session::update`], [`Session::get_flash`], [`Session::change_id`]) belong in
+/// [`Session::run_blocking`]. Each hop to the blocking pool is a hand-off between threads
+/// (16–110 µs measured on the 2-core development VM, about a Redis round trip there), which
+/// is why a file-only store does not take it.
 #[derive(Clone, Debug)]
 pub struct SessionLayer {
     config: Arc<Config>,
@@ -255,13 +282,17 @@ where
             *req.uri_mut() = uri;
         }
         let head = req.method() == http::Method::HEAD;
-        let handle = Arc::new(Mutex::new(visit));
+        let shared = Arc::new(Shared::new(
+            visit,
+            config.store.cache().path().to_path_buf(),
+            config.store.may_block(),
+        ));
         req.extensions_mut()
-            .insert(Session::from_visit(Arc::clone(&handle)));
+            .insert(Session::from_shared(Arc::clone(&shared)));
         let future = self.inner.call(req);
         Box::pin(async move {
             let response = future.await?;
-            Ok(finish(&config, &handle, response, head).await)
+            Ok(finish(config, shared, response, head).await)
         })
     }
 }
@@ -279,8 +310,8 @@ fn plain<B>(status: StatusCode, text: &'static str) -> http::Response<SessionBod
 
 /// Saves the session and fills in the response: cookie, location, body.
 async fn finish<B>(
-    config: &Config,
-    handle: &Mutex<crate::session::Visit>,
+    config: Arc<Config>,
+    shared: Arc<Shared>,
     response: http::Response<B>,
     head: bool,
 ) -> http::Response<SessionBody<B>>
@@ -289,6 +320,10 @@ where
     B::Error: Into<BoxError>,
 {
     let (mut parts, body) = response.into_parts();
+    if shared.load_failed() {
+        // The handler was told; the session and its cookie stay as they were.
+        return http::Response::from_parts(parts, SessionBody::plain(body));
+    }
     let header = |name| {
         parts
             .headers
@@ -300,12 +335,28 @@ where
     view.location = header(LOCATION);
     view.content_type = header(CONTENT_TYPE);
     let location = view.location.clone();
-    let finished = {
-        let mut visit = handle.lock().unwrap_or_else(|p| p.into_inner());
-        config.store.finish(&mut visit, &mut view)
+    let was_loaded = shared.visit().is_loaded();
+    let store_finish = {
+        let shared = Arc::clone(&shared);
+        move || {
+            let finished = config.store.finish(&mut shared.visit(), &mut view);
+            (finished, view, config)
+        }
+    };
+    let (finished, view, config) = if shared.may_block {
+        blocking(store_finish).await
+    } else {
+        store_finish()
     };
     let finished = match finished {
         Ok(finished) => finished,
+        Err(_) if !was_loaded && !shared.visit().is_loaded() => {
+            // A session the handler never used, loaded by `finish` only to extend it (as
+            // Catalyst does) or to check an id from the URL, could not be loaded: the
+            // response goes out as the handler made it, with no cookie — the session is
+            // neither deleted (Redis down must not log everyone out) nor extended.
+            return http::Response::from_parts(parts, SessionBody::plain(body));
+        }
         Err(_) => {
             return plain(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -23,7 +23,10 @@ const ID_ATTEMPTS: usize = 8;
 /// record's `expiry_date` (rounded up to the second): the cache reclaims it, and a load
 /// after that instant finds nothing. `create` never overwrites: an id already in use is
 /// replaced by a fresh random one (as tower-sessions asks of stores). Each operation is one
-/// short cache call (see [`web`](crate::web) on async code and page locks). A record that
+/// short cache call (see [`web`](crate::web) on async code and page locks); over a cache
+/// with a backing store (Redis behind it, where a call waits for a round trip, or for
+/// [`RedisOptions::timeout`](crate::redis::RedisOptions::timeout) when Redis hangs), each
+/// runs on tokio's blocking pool instead, so that it holds up only its own request. A record that
 /// does not fit in a cache page is an error from `save`/`create`
 /// ([`Error::TooLarge`](crate::Error::TooLarge)).
 ///
@@ -97,9 +100,36 @@ impl FastMmapStore {
     }
 }
 
-#[async_trait]
-impl SessionStore for FastMmapStore {
-    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+/// Runs `f` on tokio's blocking pool when there is a runtime, else here.
+async fn on_blocking_pool<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return f();
+    };
+    match runtime.spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("a session store call on the blocking pool did not run: {e}"),
+        },
+    }
+}
+
+impl FastMmapStore {
+    /// Runs `f` on a clone of this store: on tokio's blocking pool if the cache has a backing
+    /// store (Redis behind it: a call may wait for the network), else right here (a page
+    /// lock for microseconds).
+    async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&FastMmapStore) -> R + Send + 'static,
+    ) -> R {
+        if !self.cache.has_backing() {
+            return f(self);
+        }
+        let store = self.clone();
+        on_blocking_pool(move || f(&store)).await
+    }
+
+    fn create_now(&self, record: &mut Record) -> session_store::Result<()> {
         let expiry = Expiry::At(to_system_time(record.expiry_date));
         for _ in 0..ID_ATTEMPTS {
             // The record holds its id: encode it with the id it is stored under.
@@ -124,7 +154,7 @@ impl SessionStore for FastMmapStore {
         ))
     }
 
-    async fn save(&self, record: &Record) -> session_store::Result<()> {
+    fn save_now(&self, record: &Record) -> session_store::Result<()> {
         let key = self.key(&record.id);
         if record.expiry_date <= self.now() {
             self.cache.remove(&key).map_err(backend)?;
@@ -145,7 +175,7 @@ impl SessionStore for FastMmapStore {
         }
     }
 
-    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+    fn load_now(&self, id: &Id) -> session_store::Result<Option<Record>> {
         let Some(bytes) = self.cache.get(&self.key(id)).map_err(backend)? else {
             return Ok(None);
         };
@@ -157,10 +187,32 @@ impl SessionStore for FastMmapStore {
         }
         Ok(Some(record))
     }
+}
+
+#[async_trait]
+impl SessionStore for FastMmapStore {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        let mut owned = record.clone();
+        let (result, owned) = self.run(move |s| (s.create_now(&mut owned), owned)).await;
+        // `create` may have moved the record to a fresh id.
+        *record = owned;
+        result
+    }
+
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        let record = record.clone();
+        self.run(move |s| s.save_now(&record)).await
+    }
+
+    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+        let id = *id;
+        self.run(move |s| s.load_now(&id)).await
+    }
 
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
-        self.cache.remove(&self.key(id)).map_err(backend)?;
-        Ok(())
+        let key = self.key(id);
+        self.run(move |s| s.cache.remove(&key).map(drop).map_err(backend))
+            .await
     }
 }
 
@@ -169,7 +221,7 @@ impl ExpiredDeletion for FastMmapStore {
     /// Purges expired entries from the whole cache ([`Cache::purge`]); the cache also drops
     /// them by itself when it needs the room.
     async fn delete_expired(&self) -> session_store::Result<()> {
-        self.cache.purge().map_err(backend)?;
-        Ok(())
+        self.run(|s| s.cache.purge().map(drop).map_err(backend))
+            .await
     }
 }

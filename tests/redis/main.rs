@@ -7,6 +7,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod faults;
 mod server;
 #[cfg(feature = "session")]
 mod sessions;

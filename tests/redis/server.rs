@@ -1,5 +1,6 @@
 //! A `redis-server` of one test: started on a free loopback port in a temporary directory,
-//! stopped (SIGKILL) and restarted on the same port by the fault tests, killed on drop.
+//! stopped (SIGKILL) and restarted on the same port, or paused (SIGSTOP) and resumed, by the
+//! fault tests; killed on drop.
 //!
 //! Without `redis-server` on the PATH the tests skip loudly, unless `FASTMMAP_REQUIRE_REDIS=1`
 //! (CI), where they fail.
@@ -98,6 +99,27 @@ impl RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops the server with SIGSTOP: it keeps its port, the kernel still accepts
+    /// connections to it, and nothing answers (a hung server).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a [paused](Self::pause) server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the server is running");
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} redis-server failed");
     }
 
     fn ping(&self) -> bool {

@@ -277,3 +277,62 @@ fn with_cookies_only_router_layer_is_enough() {
     let body = run(r.into_body().collect()).unwrap().to_bytes();
     assert_eq!(&body[..], b"Some(true)");
 }
+
+#[test]
+fn an_unreadable_record_fails_only_the_handlers_that_use_it() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let s = store(&dir, true, CookieConfig::new());
+    let layer = SessionLayer::new(s.clone());
+    let id = fastmmap::session::SessionId::generate().unwrap();
+    let garbage = b"not a session record".to_vec();
+    s.cache().set(&s.key(&id), &garbage).unwrap();
+    async fn whoami(session: Session) -> Result<String, fastmmap::session::Error> {
+        Ok(session.get::<String>("user")?.unwrap_or_default())
+    }
+    async fn retried(session: Session) -> &'static str {
+        // A handler that shrugs the failure off: the layer must not try again either.
+        assert!(session.get::<String>("user").is_err());
+        assert!(session.insert("user", "eve").is_err());
+        "fine"
+    }
+    let routes = || {
+        Router::new()
+            .route("/static", get(|| async { Html(PAGE) }))
+            .route("/whoami", get(whoami))
+            .route("/retried", get(retried))
+    };
+    let with_cookie = |path: &str| {
+        Request::builder()
+            .uri(path)
+            .header(header::COOKIE, format!("session={id}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    // By cookie, and by an id in the URL (whose links the layer would check the id for).
+    for req in [with_cookie("/static"), get_req(&format!("/static/-/{id}"))] {
+        let (status, headers, body) = send(&layer, routes(), req);
+        assert_eq!(status, StatusCode::OK);
+        assert!(headers.get(header::SET_COOKIE).is_none(), "{headers:?}");
+        assert_eq!(
+            body, PAGE,
+            "the id is not put into links it could not check"
+        );
+    }
+    let (status, headers, body) = send(&layer, routes(), with_cookie("/whoami"));
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        body.starts_with("the session could not be loaded: ") && body.contains("unreadable"),
+        "{body}"
+    );
+    assert!(!body.contains(id.as_str()), "{body}");
+    assert!(headers.get(header::SET_COOKIE).is_none(), "{headers:?}");
+    let (status, headers, body) = send(&layer, routes(), with_cookie("/retried"));
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "fine"));
+    assert!(headers.get(header::SET_COOKIE).is_none(), "{headers:?}");
+    assert_eq!(
+        s.cache().get(&s.key(&id)).unwrap(),
+        Some(garbage),
+        "left alone"
+    );
+}

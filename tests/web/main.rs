@@ -10,11 +10,17 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[cfg(feature = "redis")]
+#[path = "../redis/server.rs"]
+#[allow(dead_code)]
+mod redis_server;
 #[path = "../../examples/support/web_app.rs"]
 mod web_app;
 
 mod browser;
 mod example;
+#[cfg(any(feature = "perl", feature = "redis"))]
+mod faults;
 mod layer;
 mod leak;
 mod limits;

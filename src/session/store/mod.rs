@@ -147,6 +147,13 @@ impl SessionStore {
         !matches!(self.inner.mode, Mode::Native)
     }
 
+    /// Whether a call of this store may wait on the network (a Redis tier, or a backing
+    /// store behind its cache) rather than take a page lock for microseconds: the web layer
+    /// then makes its calls on tokio's blocking pool.
+    pub(crate) fn may_block(&self) -> bool {
+        self.inner.records.may_block()
+    }
+
     /// A new id of this store's shape.
     pub(crate) fn new_id(&self) -> Result<SessionId> {
         self.id_format().generate()

@@ -44,6 +44,16 @@ impl Records {
         &self.cache
     }
 
+    /// Whether a call may wait on the network: a Redis tier, or a backing store behind the
+    /// cache.
+    pub(crate) fn may_block(&self) -> bool {
+        #[cfg(feature = "redis")]
+        if self.redis.is_some() {
+            return true;
+        }
+        self.cache.has_backing()
+    }
+
     /// Now, by the cache's clock.
     pub(crate) fn now(&self) -> SystemTime {
         self.cache.clock().now()

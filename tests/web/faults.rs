@@ -1,0 +1,230 @@
+//! The session layer when a session cannot be loaded — a record this version cannot read, or
+//! a hung (SIGSTOPped) Redis — over a real server (forked workers, `server.rs`) and a real
+//! HTTP client: routes that do not use the session answer as usual and promptly, with no
+//! cookie change; a route that uses it gets an error that says the load failed; nothing is
+//! deleted.
+
+#[cfg(feature = "redis")]
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::get;
+use fastmmap::session::{self, SessionStore};
+use fastmmap::web::{Session, SessionLayer};
+use tower::Layer;
+
+use crate::server::Client;
+
+/// A static route that never uses the session, a login and a page that reads the session.
+fn app(store: SessionStore) -> Router {
+    let routes = Router::new()
+        .route("/static/app.css", get(|| async { "body {}" }))
+        .route(
+            "/login",
+            get(|s: Session| async move {
+                s.insert("user", "ada")?;
+                Ok::<_, session::Error>("in")
+            }),
+        )
+        .route(
+            "/whoami",
+            get(|s: Session| async move {
+                Ok::<_, session::Error>(s.get::<String>("user")?.unwrap_or_default())
+            }),
+        );
+    Router::new().fallback_service(SessionLayer::new(store).layer(routes))
+}
+
+/// The session id of a client's cookie (`name=ID`).
+#[cfg(feature = "perl")]
+fn cookie_id(client: &Client) -> String {
+    let cookie = client.cookie.as_deref().expect("a session cookie");
+    cookie.split_once('=').expect("name=value").1.to_owned()
+}
+
+#[cfg(feature = "perl")]
+#[test]
+fn an_unreadable_catalyst_record_breaks_only_the_routes_that_use_it() {
+    use fastmmap::session::CatalystConfig;
+
+    use crate::common::{serial, temp_dir};
+    use crate::server::Server;
+
+    let _serial = serial();
+    let dir = temp_dir();
+    let path = Server::session_file(&dir);
+    let catalyst = |path: &std::path::Path| {
+        SessionStore::builder()
+            .path(path)
+            .catalyst(CatalystConfig::new())
+            .build()
+            .expect("a Catalyst-mode store")
+    };
+    let store = catalyst(&path);
+    let server_path = path.clone();
+    let server = Server::start(2, dir, move |_| app(catalyst(&server_path)));
+    let mut client = Client::new(server.addr);
+    assert_eq!(client.get("/login").status, 200);
+    assert_eq!(client.get("/whoami").body, "ada");
+    let sid = cookie_id(&client);
+    let key = format!("session:{sid}");
+    let garbage = b"\x00\x01 not a Storable image".to_vec();
+    store.cache().set(key.as_bytes(), &garbage).unwrap();
+
+    for _ in 0..4 {
+        let a = client.get("/static/app.css");
+        assert_eq!((a.status, a.body.as_str()), (200, "body {}"), "{a:?}");
+        assert_eq!(a.set_cookie(), None, "neither deleted nor extended: {a:?}");
+    }
+    let a = client.get("/whoami");
+    assert_eq!(a.status, 500, "{a:?}");
+    assert!(
+        a.body.starts_with("the session could not be loaded: ") && a.body.contains("Storable"),
+        "{a:?}"
+    );
+    assert!(
+        !a.body.contains(&sid),
+        "the id stays out of messages: {a:?}"
+    );
+    assert_eq!(a.set_cookie(), None, "{a:?}");
+    assert_eq!(
+        store.cache().get(key.as_bytes()).unwrap(),
+        Some(garbage),
+        "the unreadable record is left alone"
+    );
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn a_hung_redis_stalls_only_the_requests_that_use_the_session() {
+    use fastmmap::redis::RedisOptions;
+
+    use crate::common::{serial, temp_dir};
+    use crate::redis_server::RedisServer;
+    use crate::server::Server;
+
+    let _serial = serial();
+    let Some(redis) = RedisServer::start("a_hung_redis_stalls_only_the_requests_that_use_it")
+    else {
+        return;
+    };
+    // Long enough that a worker blocked by the stuck request would be plain to see.
+    let timeout = Duration::from_secs(4);
+    let options = RedisOptions::new(&redis.url())
+        .unwrap()
+        .namespace("web:")
+        .timeout(timeout);
+    let dir = temp_dir();
+    let path = Server::session_file(&dir);
+    // One worker: one current-thread runtime serves every request.
+    let server = Server::start(1, dir, move |_| {
+        app(SessionStore::builder()
+            .path(&path)
+            .redis(options.clone())
+            .build()
+            .expect("a store with a Redis tier"))
+    });
+    let mut client = Client::new(server.addr);
+    assert_eq!(client.get("/login").status, 200);
+    assert_eq!(client.get("/whoami").body, "ada");
+    let cookie = client.cookie.clone();
+
+    redis.pause();
+    let stuck = std::thread::spawn({
+        let mut c = Client::new(server.addr);
+        c.cookie = cookie.clone();
+        move || {
+            let start = Instant::now();
+            let a = c.get("/whoami");
+            (a, start.elapsed())
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut anonymous = Client::new(server.addr);
+    for c in [&mut client, &mut anonymous] {
+        for _ in 0..3 {
+            let start = Instant::now();
+            let a = c.get("/static/app.css");
+            let took = start.elapsed();
+            assert_eq!((a.status, a.body.as_str()), (200, "body {}"), "{a:?}");
+            assert_eq!(a.set_cookie(), None, "{a:?}");
+            assert!(
+                took < timeout / 2,
+                "a request that does not use the session took {took:?} while Redis hangs"
+            );
+        }
+    }
+    assert!(!stuck.is_finished(), "the session request waits for Redis");
+    let (a, took) = stuck.join().unwrap();
+    assert_eq!(a.status, 500, "{a:?}");
+    assert!(
+        a.body.starts_with("the session could not be loaded: ") && a.body.contains("timed out"),
+        "{a:?}"
+    );
+    assert!(took >= timeout, "answered after {took:?}");
+    assert_eq!(a.set_cookie(), None, "not logged out: {a:?}");
+
+    redis.resume();
+    assert_eq!(client.cookie, cookie);
+    assert_eq!(client.get("/whoami").body, "ada", "the session survived");
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn tower_sessions_over_a_hung_redis_leave_the_runtime_free() {
+    use fastmmap::Cache;
+    use fastmmap::redis::{RedisBacking, RedisOptions};
+    use fastmmap::web::FastMmapStore;
+    use tower_sessions::SessionStore as _;
+    use tower_sessions::session::Id;
+
+    use crate::common::{serial, temp_dir};
+    use crate::redis_server::RedisServer;
+
+    let _serial = serial();
+    let Some(redis) = RedisServer::start("tower_sessions_over_a_hung_redis") else {
+        return;
+    };
+    let timeout = Duration::from_secs(3);
+    let options = RedisOptions::new(&redis.url())
+        .unwrap()
+        .namespace("ts:")
+        .timeout(timeout);
+    let dir = temp_dir();
+    let path = dir.path().join("ts.cache");
+    let cache = Cache::builder()
+        .path(&path)
+        .backing(RedisBacking::new(options, &path))
+        .open()
+        .unwrap();
+    let store = FastMmapStore::new(cache);
+
+    redis.pause();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let loading = store.clone();
+        let stuck = tokio::spawn(async move {
+            let start = Instant::now();
+            let r = loading.load(&Id::default()).await;
+            (r, start.elapsed())
+        });
+        // The load starts at this yield; the runtime's one thread must stay free for this
+        // task's timer meanwhile.
+        let start = Instant::now();
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ticked = start.elapsed();
+        assert!(
+            ticked < timeout / 2,
+            "a 100 ms timer took {ticked:?} beside a load from a hung Redis"
+        );
+        let (r, took) = stuck.await.unwrap();
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("timed out"), "{e}");
+        assert!(took >= timeout, "failed after {took:?}");
+    });
+    redis.resume();
+}
