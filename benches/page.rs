@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use fastmmap::page::format::MIN_SLOTS;
+use fastmmap::page::consts::MIN_SLOTS;
 use fastmmap::page::{NewEntry, PageMut};
 
 const PAGE_SIZE: usize = 65536;

@@ -5,6 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod coarse;
+
+#[cfg(feature = "redis")]
+pub(crate) use coarse::unix_millis_coarse;
+
 /// The time source of a cache. Times in the file are whole Unix seconds.
 #[derive(Clone, Default)]
 pub struct Clock(Source);
@@ -27,7 +32,7 @@ impl Clock {
     #[inline]
     pub(crate) fn now_secs(&self) -> u32 {
         match &self.0 {
-            Source::System => crate::store::unix_now_coarse(),
+            Source::System => coarse::unix_now_coarse(),
             Source::Manual(secs) => secs.load(Ordering::Relaxed).min(u64::from(u32::MAX)) as u32,
         }
     }

@@ -3,13 +3,9 @@
 #![warn(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod backing;
-mod builder;
 mod cache;
 mod clock;
-mod compress;
 mod error;
-mod expiry;
-mod layout;
 #[cfg(not(any(fuzzing, feature = "internals")))]
 mod page;
 #[cfg(any(fuzzing, feature = "internals"))]
@@ -22,23 +18,19 @@ pub mod perl;
 pub mod redis;
 #[cfg(feature = "session")]
 pub mod session;
-mod stats;
 mod store;
 #[cfg(feature = "serde")]
 pub mod typed;
-mod update;
 #[cfg(any(feature = "axum", feature = "tower-sessions"))]
 pub mod web;
 
 pub use backing::{Backing, BackingError, WriteMode};
-pub use builder::CacheBuilder;
-pub use cache::{Cache, Entry, EntryFlags, Iter, PageProblem, Update};
+pub use cache::{
+    Cache, CacheBuilder, Compression, Entry, EntryFlags, Existing, Expiry, Iter, PageProblem,
+    PageStats, Stats, Update,
+};
 pub use clock::{Clock, ManualClock};
-pub use compress::Compression;
 pub use error::{Error, LockRole, Result};
-pub use expiry::Expiry;
-pub use layout::{Layout, LockKind};
-pub use stats::{PageStats, Stats};
+pub use store::{Layout, LockKind};
 #[cfg(feature = "serde")]
 pub use typed::TypedCache;
-pub use update::Existing;

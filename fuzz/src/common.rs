@@ -2,7 +2,7 @@
 //! are decoded from the fuzzer's input.
 
 use arbitrary::Arbitrary;
-use fastmmap::page::format::*;
+use fastmmap::page::consts::*;
 
 /// Cache::FastMmap's key hash: `h = 0x92f7e3b1; h = (h << 4) + (h >> 28) + byte`, wrapping.
 pub fn fastmmap_hash(key: &[u8]) -> u32 {

@@ -13,7 +13,7 @@
 //!   slot hash recomputed, after every operation.
 
 use arbitrary::{Arbitrary, Unstructured};
-use fastmmap::page::format::*;
+use fastmmap::page::consts::*;
 use fastmmap::page::{
     Copied, Corrupt, Evict, NewEntry, PageHeader, PageMut, PageView, StoreOutcome, check_page,
     find_copy,

@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 
 use arbitrary::{Arbitrary, Unstructured};
-use fastmmap::page::format::*;
+use fastmmap::page::consts::*;
 use fastmmap::page::{
     EntryRef, Evict, NewEntry, PageHeader, PageMut, PageView, Removed, StoreOutcome, check_page,
 };

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use fastmmap::page::format::*;
+use fastmmap::page::consts::*;
 use fastmmap::page::{Evict, PageMut, PageView, NewEntry, StoreOutcome};
 
 fn replay(target: &str, run: fn(&[u8])) {

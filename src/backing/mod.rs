@@ -5,11 +5,7 @@
 //! reaches it. The cache calls the store only with no page lock held: entries that must be
 //! written back are copied out under the lock and written after it is released.
 
-mod ops;
-mod store;
-mod write_back;
+mod interface;
 
-#[cfg(all(feature = "redis", feature = "session"))]
-pub(crate) use ops::STORE_EXPIRY_MARGIN;
-pub(crate) use store::Layer;
-pub use store::{Backing, BackingError, WriteMode};
+pub(crate) use interface::Layer;
+pub use interface::{Backing, BackingError, WriteMode};

@@ -3,7 +3,7 @@
 //! the store layer validates afterwards). Every load is bounds-checked and returns `None`
 //! outside the page.
 
-use super::format::ENTRY_HEADER_SIZE;
+use super::consts::ENTRY_HEADER_SIZE;
 use super::header::get_u32;
 
 /// A page's bytes, as the page code reads them.

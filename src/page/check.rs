@@ -1,8 +1,8 @@
 //! Full page validation: every slot, every entry, every counter (`verify`, `fastmmap check`).
 
 use super::Corrupt;
+use super::consts::*;
 use super::entry::EntryLoc;
-use super::format::*;
 use super::header::{PageHeader, get_u32};
 use super::view::{PageView, Probe};
 

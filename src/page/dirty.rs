@@ -8,8 +8,8 @@
 //! the caller can write them back first, mark them clean and try again.
 
 use super::Corrupt;
+use super::consts::*;
 use super::entry::EntryLoc;
-use super::format::*;
 use super::header::{PageHeader, get_u32};
 use super::view::{PageMut, PageView, Probe};
 

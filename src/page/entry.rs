@@ -2,7 +2,7 @@
 
 use super::Corrupt;
 use super::bytes::PageBytes;
-use super::format::*;
+use super::consts::*;
 
 /// An entry header read from the page and checked to lie inside the data area.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

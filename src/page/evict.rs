@@ -1,9 +1,9 @@
 //! Eviction and compaction: Cache::FastMmap's expunge, rebuilding the page in place.
 
 use super::Corrupt;
+use super::consts::*;
 use super::dirty::Dirty;
 use super::entry::EntryLoc;
-use super::format::*;
 use super::header::PageHeader;
 use super::view::PageMut;
 

@@ -1,7 +1,7 @@
 //! The page header: reading, writing and the O(1) consistency check run on every lock.
 
 use super::Corrupt;
-use super::format::*;
+use super::consts::*;
 
 /// The eight header words of a page, as read from its bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

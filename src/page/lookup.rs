@@ -3,8 +3,8 @@
 
 use super::Corrupt;
 use super::bytes::PageBytes;
+use super::consts::*;
 use super::entry::EntryLoc;
-use super::format::*;
 use super::header::PageHeader;
 use super::view::Probe;
 

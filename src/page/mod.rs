@@ -5,10 +5,10 @@
 
 mod bytes;
 mod check;
+pub mod consts;
 mod dirty;
 mod entry;
 mod evict;
-pub mod format;
 mod header;
 mod lookup;
 mod view;

@@ -4,13 +4,13 @@ use std::collections::HashMap;
 
 use proptest::prelude::*;
 
-use super::format::*;
+use super::consts::*;
 use super::*;
 
 const NOW: u32 = 1_700_000_000;
 
 fn slot_hash(key: &[u8]) -> u32 {
-    crate::layout::fastmmap_hash(key) / 7
+    crate::store::fastmmap_hash(key) / 7
 }
 
 fn store<'k>(key: &'k [u8], value: &'k [u8], expire_on: u32) -> NewEntry<'k> {

@@ -6,10 +6,10 @@
 //! counters are adjusted after that; they are advisory and recounted by every rebuild.
 
 use super::Corrupt;
+use super::consts::*;
 use super::dirty::Dirty;
 use super::entry::{EntryLoc, EntryRef};
 use super::evict::has_room;
-use super::format::*;
 use super::header::{PageHeader, get_u32, put_u32};
 
 /// A page's bytes, borrowed mutably for the duration of one locked operation.

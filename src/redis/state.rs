@@ -147,7 +147,7 @@ impl StateReader {
     /// when the last reading is [`TRUST_RECHECK`] old, so a hit costs a coarse clock read,
     /// not a system call.
     pub(crate) fn trusted(&self) -> bool {
-        let now = crate::store::unix_millis_coarse();
+        let now = crate::clock::unix_millis_coarse();
         let seen = self.seen.load(Ordering::Relaxed);
         if now.saturating_sub(seen >> 1) < TRUST_RECHECK.as_millis() as u64 {
             return seen & 1 == 1;

@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use memmap2::MmapRaw;
 
 use super::header::{self, FileHeader, HeaderError};
+use super::layout::HASH_XXH3;
 use super::untrusted::{Access, Refusal, open_checked};
 use super::{Geometry, Requested};
-use crate::layout::HASH_XXH3;
-use crate::page::format::{NUM_SLOTS_OFFSET, PAGE_MAGIC};
+use crate::page::consts::{NUM_SLOTS_OFFSET, PAGE_MAGIC};
 use crate::page::{PageHeader, PageMut};
 use crate::{Error, Layout, LockKind, Result};
 

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::page::format::{MAX_PAGE_SIZE, MIN_PAGE_SIZE, MIN_SLOTS};
+use crate::page::consts::{MAX_PAGE_SIZE, MIN_PAGE_SIZE, MIN_SLOTS};
 use crate::{Error, Result};
 
 /// Default geometry (Cache::FastMmap's).
@@ -49,7 +49,7 @@ impl Geometry {
                 self.start_slots
             ));
         }
-        let table = crate::page::format::slots_end(self.start_slots).unwrap_or(usize::MAX);
+        let table = crate::page::consts::slots_end(self.start_slots).unwrap_or(usize::MAX);
         if table > ps / 2 {
             return Err(format!(
                 "a slot table of {} slots ({table} bytes with the page header) must fit in half a page ({} bytes)",

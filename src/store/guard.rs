@@ -131,9 +131,9 @@ impl PageGuard<'_> {
                 word.copy_from_slice(&to.wrapping_add(n).to_ne_bytes());
             }
         };
-        add(crate::page::format::N_READS_OFFSET, hdr.n_reads, reads);
+        add(crate::page::consts::N_READS_OFFSET, hdr.n_reads, reads);
         add(
-            crate::page::format::N_READ_HITS_OFFSET,
+            crate::page::consts::N_READ_HITS_OFFSET,
             hdr.n_read_hits,
             hits,
         );

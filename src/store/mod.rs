@@ -1,5 +1,5 @@
-//! The file, its mapping, the process-wide registry and the page locks (and the process
-//! control of the prefork server, in `process`): the only place with `unsafe` code.
+//! The file, its mapping, the process-wide registry and the page locks: with the clock's and
+//! the prefork server's own system calls, the only place with `unsafe` code.
 //!
 //! # Soundness
 //!
@@ -21,29 +21,28 @@ mod fork;
 mod geometry;
 mod guard;
 pub(crate) mod header;
+mod layout;
 mod lock;
 mod optimistic;
-#[cfg(all(feature = "axum", target_os = "linux"))]
-pub(crate) mod process;
 mod registry;
 mod robust;
 mod shared;
-mod time;
 pub(crate) mod untrusted;
-mod write_back;
+mod write_back_lock;
 
 pub(crate) use file::{OpenRequest, effective_uid};
 pub(crate) use geometry::{
     DEFAULT_NUM_PAGES, DEFAULT_PAGE_SIZE, Geometry, MAX_NUM_PAGES, Requested,
 };
 pub(crate) use guard::{PageGuard, ReadGuard};
+pub(crate) use layout::KeyHash;
+#[cfg(test)]
+pub(crate) use layout::fastmmap_hash;
+pub use layout::{Layout, LockKind};
 pub(crate) use optimistic::{Access, Outcome as ReadOutcome};
 pub(crate) use registry::open_shared;
 pub(crate) use shared::{LockError, SharedFile};
-#[cfg(feature = "redis")]
-pub(crate) use time::unix_millis_coarse;
-pub(crate) use time::unix_now_coarse;
-pub(crate) use write_back::{Wait as WriteBackWait, WriteBackGuard};
+pub(crate) use write_back_lock::{Wait as WriteBackWait, WriteBackGuard};
 
 /// Whether [`LockKind::Robust`](crate::LockKind::Robust) can be used on this platform.
 pub(crate) const ROBUST_LOCKS_AVAILABLE: bool = robust::AVAILABLE;

@@ -383,7 +383,7 @@ impl Drop for SharedFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::page::format::{FLAG_TOMBSTONE, MIN_SLOTS};
+    use crate::page::consts::{FLAG_TOMBSTONE, MIN_SLOTS};
     use crate::page::{NewEntry, PageMut};
     use proptest::prelude::*;
 
@@ -407,7 +407,7 @@ mod tests {
     }
 
     fn hash(key: &[u8]) -> u32 {
-        crate::layout::fastmmap_hash(key) / 3
+        crate::store::fastmmap_hash(key) / 3
     }
 
     /// The atomic loads read exactly what plain loads read: same hits, misses and errors,
@@ -480,7 +480,7 @@ mod tests {
             let mut page = Aligned::new(4096);
             page.bytes().copy_from_slice(&bytes);
             // A plausible header over garbage, so lookups get past the first check.
-            let words = [crate::page::format::PAGE_MAGIC, MIN_SLOTS, header[2] % MIN_SLOTS,
+            let words = [crate::page::consts::PAGE_MAGIC, MIN_SLOTS, header[2] % MIN_SLOTS,
                          0, 32 + 4 * MIN_SLOTS + header[4] % 2048 / 4 * 4, 0, 0, 0];
             for (i, w) in words.iter().enumerate() {
                 page.bytes()[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());

@@ -1,6 +1,6 @@
 //! `LockKind::Robust`: one process-shared robust pthread mutex per page, in the lock area of
 //! the page's row of the native header, another per page in the write-back lock table (the
-//! write-back locks, see `write_back.rs`), and the openers lock that tells a first opener it
+//! write-back locks, see `write_back_lock.rs`), and the openers lock that tells a first opener it
 //! is alone.
 //!
 //! - **Exclusion.** The mutex is process-shared, so it excludes every thread of every process

@@ -58,7 +58,7 @@ pub(crate) struct SharedFile {
     /// The per-page rows of the native header can be written (native layout, read-write).
     pub(super) rows: bool,
     pub(super) locks: PageLocks,
-    /// One write-back lock per page (see `write_back.rs`), of the file's lock kind. Made at
+    /// One write-back lock per page (see `write_back_lock.rs`), of the file's lock kind. Made at
     /// open even for handles without a backing store (fcntl kind: 4 bytes a page; robust:
     /// the lock words are in the file): made lazily, a fork from another thread
     /// could copy its initialisation half done, and the child would wait for it forever.

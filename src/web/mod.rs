@@ -15,7 +15,7 @@
 //!
 //! This module uses only the crate's public API — what it does, an application could do —
 //! apart from [`Prefork`]'s process control (fork, wait, signals), whose libc calls are safe
-//! wrappers in the store layer: this module has no `unsafe` code.
+//! wrappers in `process.rs`, the only file here allowed `unsafe` code.
 //!
 //! # Async code and page locks
 //!
@@ -26,7 +26,6 @@
 //! stopped while it holds a page lock (a debugger, `SIGSTOP`) should turn into errors
 //! rather than waiting workers; a process that dies releases its locks.
 
-#![forbid(unsafe_code)]
 // Each item exists with its own feature only; the overview above links to all of them
 // (docs.rs builds with every feature).
 #![cfg_attr(
@@ -42,6 +41,8 @@ mod extract;
 mod layer;
 #[cfg(all(feature = "axum", target_os = "linux"))]
 mod prefork;
+#[cfg(all(feature = "axum", target_os = "linux"))]
+mod process;
 #[cfg(all(feature = "axum", target_os = "linux"))]
 mod serve;
 #[cfg(feature = "tower-sessions")]

@@ -22,7 +22,7 @@ use super::serve::{self, Limits};
 
 // The libc calls (fork, waitpid, kill, the signal mask, sigtimedwait, signalfd, poll) are the
 // store layer's, behind safe wrappers.
-use crate::store::process::{self, Pid, SIGCHLD, SIGINT, SIGTERM, SignalSet};
+use super::process::{self, Pid, SIGCHLD, SIGINT, SIGTERM, SignalSet};
 
 /// How long the parent waits for its first workers to accept, at most.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);

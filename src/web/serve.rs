@@ -99,7 +99,7 @@ impl Limits {
     /// `max_connections`, lowered to leave [`FD_RESERVE`] descriptors free under the
     /// process's soft `RLIMIT_NOFILE`.
     fn connection_cap(&self) -> usize {
-        let cap = match crate::store::process::open_files_limit() {
+        let cap = match super::process::open_files_limit() {
             Some(limit) => {
                 let room = usize::try_from(limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
                 self.max_connections.min(room)
@@ -616,7 +616,7 @@ mod tests {
         let mut l = limits();
         l.max_connections = usize::MAX;
         let cap = l.connection_cap();
-        if let Some(limit) = crate::store::process::open_files_limit() {
+        if let Some(limit) = crate::web::process::open_files_limit() {
             assert_eq!(cap as u64, limit.saturating_sub(FD_RESERVE).max(1));
         }
         l.max_connections = 3;

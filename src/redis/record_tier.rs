@@ -179,7 +179,7 @@ impl RecordTier {
         }
         // The whole second (the file's unit) at least a coarse clock's tick before Redis's
         // expiry: the copy never outlives the record in Redis.
-        let margin = crate::backing::STORE_EXPIRY_MARGIN.as_millis() as u64;
+        let margin = crate::cache::STORE_EXPIRY_MARGIN.as_millis() as u64;
         let expiry = match stored.expires_ms.map(|ms| ms.saturating_sub(margin) / 1000) {
             Some(secs) if secs <= unix_secs(local.clock().now()) => return Ok(()),
             Some(secs) => Expiry::At(UNIX_EPOCH + Duration::from_secs(secs)),

@@ -136,7 +136,7 @@ pub(crate) struct Layer {
     pub(crate) backing: Option<Arc<dyn Backing>>,
     pub(crate) mode: WriteMode,
     pub(crate) cache_not_found: bool,
-    pub(crate) compression: Option<crate::compress::Compression>,
+    pub(crate) compression: Option<crate::Compression>,
 }
 
 impl Layer {

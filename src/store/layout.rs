@@ -4,7 +4,7 @@ use std::fmt;
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::page::format::PAGE_MAGIC;
+use crate::page::consts::PAGE_MAGIC;
 
 /// How the cache file is laid out.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -7,7 +7,7 @@
 //! every value and flags none: its entries read as plain bytes here, for a Perl-aware codec
 //! (feature `perl`) to decompress.
 
-use crate::page::format::{FLAG_COMPRESSION, FLAG_LZ4, FLAG_ZSTD};
+use crate::page::consts::{FLAG_COMPRESSION, FLAG_LZ4, FLAG_ZSTD};
 
 /// How a cache compresses the values it stores; see `CacheBuilder::compression` (features
 /// `lz4`, `zstd`).

@@ -2,10 +2,10 @@
 
 use std::time::SystemTime;
 
-use crate::cache::{Cache, EntryFlags, Update, peek_locked};
+use super::expiry::Expiry;
+use super::handle::{Cache, EntryFlags, Update, peek_locked};
 use crate::clock::from_unix_secs;
-use crate::expiry::Expiry;
-use crate::page::format::FLAG_UNDEF;
+use crate::page::consts::FLAG_UNDEF;
 use crate::page::{EntryRef, NewEntry, StoreOutcome};
 use crate::{Error, Result};
 

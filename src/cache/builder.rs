@@ -4,13 +4,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::compression::Compression;
+use super::expiry::ceil_secs;
+use super::handle::{Cache, Inner, UnlinkOnDrop};
 use crate::backing::{Backing, Layer, WriteMode};
-use crate::cache::{Cache, Inner, UnlinkOnDrop};
 use crate::clock::Clock;
-use crate::compress::Compression;
-use crate::expiry::ceil_secs;
-use crate::layout::KeyHash;
-use crate::page::format::MIN_PAGE_SIZE;
+use crate::page::consts::MIN_PAGE_SIZE;
+use crate::store::KeyHash;
 use crate::store::untrusted::DirProblem;
 use crate::store::{
     self, DEFAULT_NUM_PAGES, DEFAULT_PAGE_SIZE, MAX_NUM_PAGES, OpenRequest, Requested, untrusted,

@@ -4,18 +4,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::builder::CacheBuilder;
+use super::builder::CacheBuilder;
+use super::expiry::Expiry;
+use super::stats::{PageStats, Stats};
 use crate::clock::{Clock, from_unix_secs};
-use crate::expiry::Expiry;
-use crate::layout::KeyHash;
-use crate::page::format::{
+use crate::page::consts::{
     FLAG_COMPRESSION, FLAG_DIRTY, FLAG_HAS_MODSEQ, FLAG_TOMBSTONE, FLAG_UNDEF, FLAG_UTF8_KEY,
     FLAG_UTF8_VALUE, max_entry_size,
 };
 use crate::page::{
     Copied, Corrupt, EntryRef, Evict, NewEntry, PageHeader, StoreOutcome, check_page,
 };
-use crate::stats::{PageStats, Stats};
+use crate::store::KeyHash;
 use crate::store::{Access, Geometry, PageGuard, ReadGuard, ReadOutcome, SharedFile};
 use crate::{Error, Layout, LockRole, Result};
 
@@ -960,7 +960,7 @@ impl Cache {
         let walked = reader.for_each_entry(|e| {
             if !self.belongs(e.key, page, e.slot_hash) {
                 damaged = true;
-            } else if !crate::page::format::is_expired(e.expire_on, now)
+            } else if !crate::page::consts::is_expired(e.expire_on, now)
                 && e.flags & FLAG_TOMBSTONE == 0
             {
                 out.push((e.key.to_vec(), Entry::from_ref(&e)));

@@ -20,12 +20,12 @@
 //! and its calls of the store: a page's write-backs happen one at a time, in the order of its
 //! changes. Plain hits take only the page lock.
 
-use crate::cache::Cache;
+use super::handle::Cache;
+use super::update::is_negative;
 use crate::clock::from_unix_secs;
-use crate::page::format::{FLAG_DIRTY, FLAG_UNDEF};
+use crate::page::consts::{FLAG_DIRTY, FLAG_UNDEF};
 use crate::page::{Corrupt, Dirty, DirtyCopy, Evict, NewEntry, PageMut, StoreOutcome};
 use crate::store::{LockError, PageGuard, WriteBackGuard, WriteBackWait};
-use crate::update::is_negative;
 use crate::{Error, LockRole, Result};
 use std::time::Duration;
 
@@ -386,7 +386,7 @@ impl Cache {
                 continue;
             }
             let value =
-                crate::compress::decompress(copy.value.clone(), copy.flags, self.page_size())
+                super::compression::decompress(copy.value.clone(), copy.flags, self.page_size())
                     .map_err(|e| self.decode_error(&copy.key, e))?;
             let expires_at = (copy.expire_on != 0).then(|| from_unix_secs(copy.expire_on));
             backing
@@ -529,7 +529,7 @@ impl Cache {
                     return Ok(false);
                 }
             };
-            if flags & crate::page::format::FLAG_DIRTY != 0 && self.has_backing() {
+            if flags & crate::page::consts::FLAG_DIRTY != 0 && self.has_backing() {
                 let copy = DirtyCopy {
                     slot_hash,
                     key: key.to_vec(),

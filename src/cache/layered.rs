@@ -2,17 +2,17 @@
 //! read-through, write-through and write-back, compressed values. The public methods in
 //! `cache.rs` hand over to these when the handle has a layer.
 
+use super::compression::{decompress, is_compressed};
+use super::expiry::Expiry;
+use super::handle::{Cache, Entry, Update};
+use super::update::{Existing, is_negative};
+use super::write_back::{Kept, Seen, TryWriteBack};
 use crate::Backing;
 use crate::Result;
-use crate::backing::store::{Layer, WriteMode};
-use crate::backing::write_back::{Kept, Seen, TryWriteBack};
-use crate::cache::{Cache, Entry, Update};
+use crate::backing::{Layer, WriteMode};
 use crate::clock::from_unix_secs;
-use crate::compress::{decompress, is_compressed};
-use crate::expiry::Expiry;
-use crate::page::format::{FLAG_DIRTY, FLAG_UNDEF};
+use crate::page::consts::{FLAG_DIRTY, FLAG_UNDEF};
 use crate::page::{DirtyCopy, NewEntry, StoreOutcome};
-use crate::update::{Existing, is_negative};
 
 /// How much earlier than the backing store's own expiry a read-through copy expires, at least
 /// ([`Backing::load_with_expiry`]): more than a tick of the coarse clock the file's expiry is
