@@ -1,6 +1,5 @@
 //! The `Backing` trait and the per-handle settings that put a store behind a cache.
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
 /// The error a [`Backing`] returns; it reaches the caller as
@@ -129,31 +128,4 @@ pub enum WriteMode {
     /// dropped from the cache, or by [`Cache::flush`](crate::Cache::flush) (Perl's
     /// `write_back`).
     Back,
-}
-
-/// What a handle puts between its callers and the pages: a backing store, compression.
-pub(crate) struct Layer {
-    pub(crate) backing: Option<Arc<dyn Backing>>,
-    pub(crate) mode: WriteMode,
-    pub(crate) cache_not_found: bool,
-    pub(crate) compression: Option<crate::Compression>,
-}
-
-impl Layer {
-    /// Whether a `get` may be served from the file ([`Backing::trusts_cached`]).
-    #[inline]
-    pub(crate) fn trusts_cached(&self) -> bool {
-        self.backing.as_ref().is_none_or(|b| b.trusts_cached())
-    }
-}
-
-impl std::fmt::Debug for Layer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Layer")
-            .field("backing", &self.backing.is_some())
-            .field("mode", &self.mode)
-            .field("cache_not_found", &self.cache_not_found)
-            .field("compression", &self.compression)
-            .finish()
-    }
 }

@@ -7,5 +7,4 @@
 
 mod interface;
 
-pub(crate) use interface::Layer;
 pub use interface::{Backing, BackingError, WriteMode};

@@ -6,17 +6,16 @@ use std::time::{Duration, SystemTime};
 
 use super::builder::CacheBuilder;
 use super::expiry::Expiry;
+use super::mode::Layer;
 use super::stats::{PageStats, Stats};
 use crate::clock::{Clock, from_unix_secs};
 use crate::page::consts::{
     FLAG_COMPRESSION, FLAG_DIRTY, FLAG_HAS_MODSEQ, FLAG_TOMBSTONE, FLAG_UNDEF, FLAG_UTF8_KEY,
     FLAG_UTF8_VALUE, max_entry_size,
 };
-use crate::page::{
-    Copied, Corrupt, EntryRef, Evict, NewEntry, PageHeader, StoreOutcome, check_page,
-};
+use crate::page::{Copied, Corrupt, EntryRef, Evict, NewEntry, StoreOutcome, check_page};
 use crate::store::KeyHash;
-use crate::store::{Access, Geometry, PageGuard, ReadGuard, ReadOutcome, SharedFile};
+use crate::store::{Access, Geometry, PageGuard, ReadOutcome, Reader, SharedFile};
 use crate::{Error, Layout, LockRole, Result};
 
 /// A cache in one memory-mapped file, shared by every thread and process that opens it.
@@ -39,7 +38,7 @@ pub(crate) struct Inner {
     pub(crate) lock_timeout: Option<Duration>,
     /// A backing store and/or compression between callers and the pages (`None`: values are
     /// stored and returned as they are, and nothing else is called).
-    pub(crate) layer: Option<crate::backing::Layer>,
+    pub(crate) layer: Option<Layer>,
     /// Held only for its `Drop`.
     pub(crate) _unlink: Option<UnlinkOnDrop>,
 }
@@ -148,7 +147,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn from_copied(c: Copied) -> Entry {
+    pub(super) fn from_copied(c: Copied) -> Entry {
         Entry {
             expires_at: (c.expire_on != 0).then(|| from_unix_secs(c.expire_on)),
             last_access: from_unix_secs(c.last_access),
@@ -299,7 +298,7 @@ impl Cache {
         self.read_at(page, slot_hash, key, now, f)
     }
 
-    fn read_at<R>(
+    pub(super) fn read_at<R>(
         &self,
         page: u32,
         slot_hash: u32,
@@ -316,7 +315,7 @@ impl Cache {
     /// only the lock can answer. As a `read`, it counts in the statistics and refreshes the
     /// entry's access time, as a locked read does (a read-only handle only looks).
     #[inline]
-    fn read_unlocked(
+    pub(super) fn read_unlocked(
         &self,
         page: u32,
         slot_hash: u32,
@@ -342,7 +341,7 @@ impl Cache {
     }
 
     /// Locks `page` for reading: the ordinary lock, or a shared one for a read-only handle.
-    fn read_page(&self, page: u32) -> Result<Reader<'_>> {
+    pub(super) fn read_page(&self, page: u32) -> Result<Reader<'_>> {
         if self.inner.read_only {
             let timeout = self.inner.lock_timeout;
             match self.inner.file.lock_shared(page, timeout) {
@@ -436,12 +435,7 @@ impl Cache {
     /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
     /// decompress: [`Error::Decode`].
     pub fn set_with(&self, key: &[u8], value: &[u8], expiry: Expiry) -> Result<bool> {
-        if let Some(layer) = &self.inner.layer {
-            return self.set_layered(layer, key, value, expiry, 0);
-        }
-        let now = self.now();
-        let (page, req) = self.request(key, value, expiry, now);
-        Ok(self.store(&req, page, now)? != StoreOutcome::Refused)
+        self.way().set(key, value, expiry, 0)
     }
 
     /// Stores `value` under `key` with explicit flag bits (for example the UTF-8 flags Perl
@@ -470,13 +464,7 @@ impl Cache {
             });
         }
         let flags = flags.0 & !RESERVED_FLAGS;
-        if let Some(layer) = &self.inner.layer {
-            return self.set_layered(layer, key, value, expiry, flags);
-        }
-        let now = self.now();
-        let (page, mut req) = self.request(key, value, expiry, now);
-        req.flags = flags;
-        Ok(self.store(&req, page, now)? != StoreOutcome::Refused)
+        self.way().set(key, value, expiry, flags)
     }
 
     /// The value stored under `key`, if it is present and not expired.
@@ -486,16 +474,7 @@ impl Cache {
     /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
     /// decompress: [`Error::Decode`].
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(layer) = &self.inner.layer {
-            return self.get_layered(layer, key);
-        }
-        let (page, slot_hash) = self.locate(key);
-        let now = self.now();
-        let mut copied = Copied::default();
-        if let Some(hit) = self.read_unlocked(page, slot_hash, key, now, true, &mut copied) {
-            return Ok(hit.then_some(copied.value));
-        }
-        self.read_at(page, slot_hash, key, now, |e| e.value.to_vec())
+        self.way().get(key)
     }
 
     /// Calls `f` with the value in place, under the page lock, without copying it.
@@ -508,10 +487,7 @@ impl Cache {
     /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
     /// decompress: [`Error::Decode`].
     pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {
-        if let Some(layer) = &self.inner.layer {
-            return Ok(self.get_layered(layer, key)?.map(|v| f(&v)));
-        }
-        self.read(key, |e| f(e.value))
+        self.way().get_with(key, f)
     }
 
     /// The value with its expiry time, last access time, modseq and flags.
@@ -521,16 +497,7 @@ impl Cache {
     /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
     /// decompress: [`Error::Decode`].
     pub fn entry(&self, key: &[u8]) -> Result<Option<Entry>> {
-        if self.inner.layer.is_some() {
-            return self.entry_layered(key);
-        }
-        let (page, slot_hash) = self.locate(key);
-        let now = self.now();
-        let mut copied = Copied::default();
-        if let Some(hit) = self.read_unlocked(page, slot_hash, key, now, true, &mut copied) {
-            return Ok(hit.then(|| Entry::from_copied(copied)));
-        }
-        self.read_at(page, slot_hash, key, now, Entry::from_ref)
+        self.way().entry(key)
     }
 
     /// Whether `key` holds a live value. Does not count as a read or refresh the entry.
@@ -541,11 +508,7 @@ impl Cache {
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
         // With a backing store, a key cached as absent (`cache_not_found`) is not there.
-        let negative = self
-            .inner
-            .layer
-            .as_ref()
-            .is_some_and(|l| l.backing.is_some());
+        let negative = self.has_backing();
         let mut copied = Copied::default();
         if let Some(found) = self.read_unlocked(page, slot_hash, key, now, false, &mut copied) {
             return Ok(found && !(negative && copied.flags & FLAG_UNDEF != 0));
@@ -566,17 +529,7 @@ impl Cache {
     /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
     /// decompress: [`Error::Decode`].
     pub fn remove(&self, key: &[u8]) -> Result<bool> {
-        if let Some(layer) = &self.inner.layer {
-            return self.remove_layered(layer, key);
-        }
-        let (page, slot_hash) = self.locate(key);
-        let now = self.now();
-        let mut guard = self.lock_page(page)?;
-        Ok(guard
-            .change(|p| p.remove(slot_hash, key, now))
-            .ok()
-            .flatten()
-            .is_some_and(|r| r.was_live))
+        self.way().remove(key)
     }
 
     /// Removes `key` and returns its value (Cache::FastMmap's `get_and_remove`).
@@ -586,19 +539,7 @@ impl Cache {
     /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
     /// decompress: [`Error::Decode`].
     pub fn take(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(layer) = &self.inner.layer {
-            return self.take_layered(layer, key);
-        }
-        let (page, slot_hash) = self.locate(key);
-        let now = self.now();
-        let mut guard = self.lock_page(page)?;
-        let value = read_locked(&mut guard, slot_hash, key, now, self.inner.stats, |e| {
-            e.value.to_vec()
-        });
-        if value.is_some() {
-            let _ = guard.change(|p| p.remove(slot_hash, key, now));
-        }
-        Ok(value)
+        self.way().take(key)
     }
 
     /// Atomic read-modify-write (Cache::FastMmap's `get_and_set`): `f` sees the current value
@@ -646,29 +587,7 @@ impl Cache {
     /// [`Error::TooLarge`] if the computed value cannot fit; [`Error::ReadOnly`] on a miss
     /// through a read-only handle; lock errors.
     pub fn get_or_insert_with(&self, key: &[u8], f: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>> {
-        if let Some(layer) = &self.inner.layer {
-            return self.get_or_insert_layered(layer, key, f);
-        }
-        if let Some(v) = self.get(key)? {
-            return Ok(v);
-        }
-        if self.inner.read_only {
-            // Refused before `f` does work whose result could not be stored.
-            return Err(Error::ReadOnly {
-                path: self.path().to_path_buf(),
-            });
-        }
-        let value = f();
-        let now = self.now();
-        let (page, req) = self.request(key, &value, Expiry::Default, now);
-        let mut guard = self.lock_page(page)?;
-        if let Some(existing) = read_locked(&mut guard, req.slot_hash, key, now, false, |e| {
-            e.value.to_vec()
-        }) {
-            return Ok(existing);
-        }
-        self.store_locked(&mut guard, &req, now)?;
-        Ok(value)
+        self.way().get_or_insert(key, f)
     }
 
     /// Values of many keys, in the order given, locking each page touched once.
@@ -678,23 +597,7 @@ impl Cache {
     /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
     /// decompress: [`Error::Decode`].
     pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>> {
-        if let Some(layer) = &self.inner.layer {
-            return keys
-                .iter()
-                .map(|k| self.get_layered(layer, k.as_ref()))
-                .collect();
-        }
-        let mut out = vec![None; keys.len()];
-        let now = self.now();
-        for (page, group) in self.group_by_page(keys.iter().map(AsRef::as_ref)) {
-            let mut reader = self.read_page(page)?;
-            for (i, slot_hash) in group {
-                out[i] = reader.get(slot_hash, keys[i].as_ref(), now, self.inner.stats, |e| {
-                    e.value.to_vec()
-                });
-            }
-        }
-        Ok(out)
+        self.way().get_many(keys)
     }
 
     /// Stores many pairs with the default expiry, locking each page touched once. Returns how
@@ -705,31 +608,11 @@ impl Cache {
     /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
     /// decompress: [`Error::Decode`].
     pub fn set_many<K: AsRef<[u8]>, V: AsRef<[u8]>>(&self, pairs: &[(K, V)]) -> Result<usize> {
-        if let Some(layer) = &self.inner.layer {
-            return self.set_many_layered(layer, pairs);
-        }
-        let now = self.now();
-        let reqs: Vec<(u32, NewEntry<'_>)> = pairs
-            .iter()
-            .map(|(k, v)| self.request(k.as_ref(), v.as_ref(), Expiry::Default, now))
-            .collect();
-        for (_, req) in &reqs {
-            self.check_size(req)?;
-        }
-        let mut stored = 0;
-        for (page, group) in self.group_by_page(pairs.iter().map(|(k, _)| k.as_ref())) {
-            let mut guard = self.lock_page(page)?;
-            for (i, _) in group {
-                if self.store_locked(&mut guard, &reqs[i].1, now)? != StoreOutcome::Refused {
-                    stored += 1;
-                }
-            }
-        }
-        Ok(stored)
+        self.way().set_many(pairs)
     }
 
     /// Groups key indexes by page, pages in ascending order.
-    fn group_by_page<'k>(
+    pub(super) fn group_by_page<'k>(
         &self,
         keys: impl Iterator<Item = &'k [u8]>,
     ) -> Vec<(u32, Vec<(usize, u32)>)> {
@@ -852,10 +735,7 @@ impl Cache {
     /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
     /// decompress: [`Error::Decode`].
     pub fn purge(&self) -> Result<usize> {
-        if self.has_backing() {
-            return self.evict_all_keeping_dirty(Evict::Expired);
-        }
-        self.evict_all(Evict::Expired)
+        self.way().evict(Evict::Expired)
     }
 
     /// Drops every entry (one page locked at a time). With a backing store, dirty entries are
@@ -866,13 +746,10 @@ impl Cache {
     /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
     /// decompress: [`Error::Decode`].
     pub fn clear(&self) -> Result<()> {
-        if self.has_backing() {
-            return self.evict_all_keeping_dirty(Evict::All).map(|_| ());
-        }
-        self.evict_all(Evict::All).map(|_| ())
+        self.way().evict(Evict::All).map(|_| ())
     }
 
-    fn evict_all(&self, mode: Evict) -> Result<usize> {
+    pub(super) fn evict_all(&self, mode: Evict) -> Result<usize> {
         let now = self.now();
         let slots = self.inner.geometry.start_slots;
         let mut total = 0;
@@ -971,11 +848,7 @@ impl Cache {
             out.clear();
         }
         drop(reader);
-        if self.inner.layer.is_some() {
-            for (key, entry) in &mut out {
-                self.decode_entry(key, entry)?;
-            }
-        }
+        self.way().decode_entries(&mut out)?;
         Ok(out)
     }
 }
@@ -1020,127 +893,6 @@ fn joined_key(page_key: &[u8], key: &[u8]) -> Vec<u8> {
     full.push(b'-');
     full.extend_from_slice(key);
     full
-}
-
-/// A page locked for reading. Through the ordinary lock, reads refresh access times and count
-/// (when statistics are on), and a damaged page is reset. Through a read-only handle's shared
-/// lock, reads change nothing, and a damaged page reads as empty (it cannot be repaired).
-enum Reader<'a> {
-    Write(PageGuard<'a>),
-    Shared(ReadGuard<'a>),
-}
-
-impl Reader<'_> {
-    /// `key`'s live entry handed to `f`, as a read.
-    fn get<R>(
-        &mut self,
-        slot_hash: u32,
-        key: &[u8],
-        now: u32,
-        stats: bool,
-        f: impl FnOnce(&EntryRef<'_>) -> R,
-    ) -> Option<R> {
-        match self {
-            Reader::Write(guard) => read_locked(guard, slot_hash, key, now, stats, f),
-            Reader::Shared(_) => self.peek(slot_hash, key, now, f),
-        }
-    }
-
-    /// `key`'s live entry handed to `f`, without counting a read or refreshing the entry.
-    fn peek<R>(
-        &mut self,
-        slot_hash: u32,
-        key: &[u8],
-        now: u32,
-        f: impl FnOnce(&EntryRef<'_>) -> R,
-    ) -> Option<R> {
-        let found = match self {
-            Reader::Write(guard) => guard
-                .page()
-                .peek(slot_hash, key, now)
-                .map(|e| e.map(|e| f(&e))),
-            Reader::Shared(guard) => match guard.page() {
-                Some(page) => page.peek(slot_hash, key, now).map(|e| e.map(|e| f(&e))),
-                None => Ok(None),
-            },
-        };
-        found.unwrap_or_else(|_| {
-            self.reset();
-            None
-        })
-    }
-
-    /// The page header, for statistics: a damaged page is reset first where it can be, and
-    /// otherwise read as it is (statistics use saturating arithmetic).
-    fn header(&mut self) -> PageHeader {
-        match self {
-            Reader::Write(guard) => match guard.page().checked_header() {
-                Ok(hdr) => hdr,
-                Err(_) => {
-                    guard.reset();
-                    guard.page().header()
-                }
-            },
-            Reader::Shared(guard) => PageHeader::read(guard.as_is().0),
-        }
-    }
-
-    /// Calls `f` for every entry (see [`PageView::for_each_entry`](crate::page::PageView)).
-    fn for_each_entry<'p>(
-        &'p mut self,
-        f: impl FnMut(EntryRef<'p>),
-    ) -> std::result::Result<(), Corrupt> {
-        match self {
-            Reader::Write(guard) => crate::page::PageView::new(guard.bytes()).for_each_entry(f),
-            Reader::Shared(guard) => match guard.page() {
-                Some(page) => page.for_each_entry(f),
-                None => Ok(()),
-            },
-        }
-    }
-
-    /// Resets a page found damaged, where it can be (not through a shared lock).
-    fn reset(&mut self) {
-        if let Reader::Write(guard) = self {
-            guard.reset();
-        }
-    }
-}
-
-/// A read under a held lock; a damaged page is reset and reads as a miss.
-fn read_locked<R>(
-    guard: &mut PageGuard<'_>,
-    slot_hash: u32,
-    key: &[u8],
-    now: u32,
-    stats: bool,
-    f: impl FnOnce(&EntryRef<'_>) -> R,
-) -> Option<R> {
-    let result = guard
-        .page()
-        .get(slot_hash, key, now, stats)
-        .map(|e| e.map(|e| f(&e)));
-    result.unwrap_or_else(|_| {
-        guard.reset();
-        None
-    })
-}
-
-/// The current value under a held lock, without counting a read.
-pub(crate) fn peek_locked(
-    guard: &mut PageGuard<'_>,
-    slot_hash: u32,
-    key: &[u8],
-    now: u32,
-) -> Option<Vec<u8>> {
-    let result = guard
-        .page()
-        .peek(slot_hash, key, now)
-        .map(|e| e.map(|e| e.value.to_vec()));
-    result.unwrap_or_else(|_| {
-        guard.reset();
-        None
-    })
 }
 
 impl Cache {

@@ -1,15 +1,16 @@
-//! The cache's operations on a handle with a layer (a backing store, compression):
-//! read-through, write-through and write-back, compressed values. The public methods in
-//! `cache.rs` hand over to these when the handle has a layer.
+//! The layered way of a handle (see `mode.rs`): read-through, write-through and write-back
+//! through a backing store, compressed values. The public methods in `handle.rs` document
+//! these.
 
 use super::compression::{decompress, is_compressed};
 use super::expiry::Expiry;
 use super::handle::{Cache, Entry, Update};
+use super::mode::Layer;
 use super::update::{Existing, is_negative};
 use super::write_back::{Kept, Seen, TryWriteBack};
 use crate::Backing;
 use crate::Result;
-use crate::backing::{Layer, WriteMode};
+use crate::WriteMode;
 use crate::clock::from_unix_secs;
 use crate::page::consts::{FLAG_DIRTY, FLAG_UNDEF};
 use crate::page::{DirtyCopy, NewEntry, StoreOutcome};
@@ -265,6 +266,38 @@ impl Cache {
                 self.keep_if_fenced(backing, &req, page, fence)?;
                 Ok(loaded)
             }
+        }
+    }
+
+    /// `get_with` through a layer: `f` sees the value once it is read (and decompressed), with
+    /// no lock held.
+    pub(super) fn get_with_layered<R>(
+        &self,
+        layer: &Layer,
+        key: &[u8],
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>> {
+        Ok(self.get_layered(layer, key)?.map(|v| f(&v)))
+    }
+
+    /// `get_many` through a layer: one key at a time, each through `get`'s path.
+    pub(super) fn get_many_layered<K: AsRef<[u8]>>(
+        &self,
+        layer: &Layer,
+        keys: &[K],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter()
+            .map(|k| self.get_layered(layer, k.as_ref()))
+            .collect()
+    }
+
+    /// `purge` or `clear` through a layer: dirty entries are written back to the backing
+    /// store before they go.
+    pub(super) fn evict_layered(&self, layer: &Layer, mode: crate::page::Evict) -> Result<usize> {
+        if layer.backing.is_some() {
+            self.evict_all_keeping_dirty(mode)
+        } else {
+            self.evict_all(mode)
         }
     }
 

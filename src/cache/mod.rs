@@ -1,9 +1,10 @@
 //! The cache layer: the whole public face of [`Cache`], joining the page format (`page`) to
 //! the file and its locks (`store`).
 //!
-//! `handle` holds the handle and its plain reads and writes, `builder` opens one, `update`
-//! the read-modify-write under a page lock, `layered` the paths through a backing store and
-//! `write_back` the dirty entries on their way to it; `compression`, `expiry` and `stats` are
+//! `handle` holds the handle and every public method, `builder` opens one, `update` the
+//! read-modify-write under a page lock. `mode` decides once, when a handle is built, which way
+//! its operations go: `plain` (values to the pages as they are) or `layered` (through a
+//! backing store, compression), with `write_back` the dirty entries on their way to the store; `compression`, `expiry` and `stats` are
 //! the value types these speak.
 
 mod builder;
@@ -11,6 +12,8 @@ mod compression;
 mod expiry;
 mod handle;
 mod layered;
+mod mode;
+mod plain;
 mod stats;
 mod update;
 mod write_back;

@@ -3,10 +3,10 @@
 use std::time::SystemTime;
 
 use super::expiry::Expiry;
-use super::handle::{Cache, EntryFlags, Update, peek_locked};
+use super::handle::{Cache, EntryFlags, Update};
 use crate::clock::from_unix_secs;
+use crate::page::EntryRef;
 use crate::page::consts::FLAG_UNDEF;
-use crate::page::{EntryRef, NewEntry, StoreOutcome};
 use crate::{Error, Result};
 
 /// The entry an update's closure sees: the value with its expiry, last access and flags
@@ -110,57 +110,7 @@ impl Cache {
         key: &[u8],
         f: impl FnOnce(Option<Existing<'_>>) -> (Update, R),
     ) -> Result<(Option<Vec<u8>>, R)> {
-        if let Some(layer) = &self.inner.layer {
-            return self.update_layered(layer, key, f);
-        }
-        let (page, slot_hash) = self.locate(key);
-        let now = self.now();
-        let mut guard = self.lock_page(page)?;
-        let stats = self.inner.stats;
-        // `f` is called from one of two places: with the entry when there is one, else after.
-        let mut f = Some(f);
-        let decided = match guard.page().get(slot_hash, key, now, stats) {
-            Ok(Some(e)) => {
-                let (decision, r) =
-                    (f.take().expect("called once"))(Some(Existing::of(&e, e.value)));
-                // What `Keep` returns is the value just read: copied now, not probed for again.
-                let kept = matches!(decision, Update::Keep).then(|| e.value.to_vec());
-                Some((decision, r, kept))
-            }
-            Ok(None) => None,
-            Err(_) => {
-                guard.reset();
-                None
-            }
-        };
-        let (decision, r, kept) = match decided {
-            Some(decided) => decided,
-            None => {
-                let (decision, r) = (f.take().expect("not called yet"))(None);
-                (decision, r, None)
-            }
-        };
-        let (value, expiry) = match decision {
-            Update::Keep => return Ok((kept, r)),
-            Update::Remove => {
-                let _ = guard.change(|p| p.remove(slot_hash, key, now));
-                return Ok((None, r));
-            }
-            Update::Set(v) => (v, Expiry::Default),
-            Update::SetWith(v, e) => (v, e),
-        };
-        let req = NewEntry {
-            slot_hash,
-            key,
-            value: &value,
-            expire_on: expiry.expire_on(now, self.inner.default_expiry),
-            flags: 0,
-            modseq: None,
-        };
-        match self.store_locked(&mut guard, &req, now)? {
-            StoreOutcome::Refused => Ok((peek_locked(&mut guard, slot_hash, key, now), r)),
-            _ => Ok((Some(value), r)),
-        }
+        self.way().update(key, f)
     }
 
     /// `Error::Decode` for `key`.

@@ -24,6 +24,7 @@ pub(crate) mod header;
 mod layout;
 mod lock;
 mod optimistic;
+mod reader;
 mod registry;
 mod robust;
 mod shared;
@@ -34,12 +35,13 @@ pub(crate) use file::{OpenRequest, effective_uid};
 pub(crate) use geometry::{
     DEFAULT_NUM_PAGES, DEFAULT_PAGE_SIZE, Geometry, MAX_NUM_PAGES, Requested,
 };
-pub(crate) use guard::{PageGuard, ReadGuard};
+pub(crate) use guard::PageGuard;
 pub(crate) use layout::KeyHash;
 #[cfg(test)]
 pub(crate) use layout::fastmmap_hash;
 pub use layout::{Layout, LockKind};
 pub(crate) use optimistic::{Access, Outcome as ReadOutcome};
+pub(crate) use reader::{Reader, peek_locked, read_locked};
 pub(crate) use registry::open_shared;
 pub(crate) use shared::{LockError, SharedFile};
 pub(crate) use write_back_lock::{Wait as WriteBackWait, WriteBackGuard};

@@ -1,0 +1,201 @@
+//! The plain way of a handle (see `mode.rs`): values go to the pages as they are given and
+//! come back as they were stored; nothing but the file is touched. The public methods in
+//! `handle.rs` document these.
+
+use super::expiry::Expiry;
+use super::handle::{Cache, Entry, Update};
+use super::update::Existing;
+use crate::page::{Copied, NewEntry, StoreOutcome};
+use crate::store::{peek_locked, read_locked};
+use crate::{Error, Result};
+
+impl Cache {
+    pub(super) fn set_plain(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expiry: Expiry,
+        flags: u32,
+    ) -> Result<bool> {
+        let now = self.now();
+        let (page, mut req) = self.request(key, value, expiry, now);
+        req.flags = flags;
+        Ok(self.store(&req, page, now)? != StoreOutcome::Refused)
+    }
+
+    pub(super) fn get_plain(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let (page, slot_hash) = self.locate(key);
+        let now = self.now();
+        let mut copied = Copied::default();
+        if let Some(hit) = self.read_unlocked(page, slot_hash, key, now, true, &mut copied) {
+            return Ok(hit.then_some(copied.value));
+        }
+        self.read_at(page, slot_hash, key, now, |e| e.value.to_vec())
+    }
+
+    pub(super) fn get_with_plain<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>> {
+        self.read(key, |e| f(e.value))
+    }
+
+    pub(super) fn entry_plain(&self, key: &[u8]) -> Result<Option<Entry>> {
+        let (page, slot_hash) = self.locate(key);
+        let now = self.now();
+        let mut copied = Copied::default();
+        if let Some(hit) = self.read_unlocked(page, slot_hash, key, now, true, &mut copied) {
+            return Ok(hit.then(|| Entry::from_copied(copied)));
+        }
+        self.read_at(page, slot_hash, key, now, Entry::from_ref)
+    }
+
+    pub(super) fn remove_plain(&self, key: &[u8]) -> Result<bool> {
+        let (page, slot_hash) = self.locate(key);
+        let now = self.now();
+        let mut guard = self.lock_page(page)?;
+        Ok(guard
+            .change(|p| p.remove(slot_hash, key, now))
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.was_live))
+    }
+
+    pub(super) fn take_plain(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let (page, slot_hash) = self.locate(key);
+        let now = self.now();
+        let mut guard = self.lock_page(page)?;
+        let value = read_locked(&mut guard, slot_hash, key, now, self.inner.stats, |e| {
+            e.value.to_vec()
+        });
+        if value.is_some() {
+            let _ = guard.change(|p| p.remove(slot_hash, key, now));
+        }
+        Ok(value)
+    }
+
+    pub(super) fn get_or_insert_plain(
+        &self,
+        key: &[u8],
+        f: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        if let Some(v) = self.get_plain(key)? {
+            return Ok(v);
+        }
+        if self.inner.read_only {
+            // Refused before `f` does work whose result could not be stored.
+            return Err(Error::ReadOnly {
+                path: self.path().to_path_buf(),
+            });
+        }
+        let value = f();
+        let now = self.now();
+        let (page, req) = self.request(key, &value, Expiry::Default, now);
+        let mut guard = self.lock_page(page)?;
+        if let Some(existing) = read_locked(&mut guard, req.slot_hash, key, now, false, |e| {
+            e.value.to_vec()
+        }) {
+            return Ok(existing);
+        }
+        self.store_locked(&mut guard, &req, now)?;
+        Ok(value)
+    }
+
+    pub(super) fn get_many_plain<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut out = vec![None; keys.len()];
+        let now = self.now();
+        for (page, group) in self.group_by_page(keys.iter().map(AsRef::as_ref)) {
+            let mut reader = self.read_page(page)?;
+            for (i, slot_hash) in group {
+                out[i] = reader.get(slot_hash, keys[i].as_ref(), now, self.inner.stats, |e| {
+                    e.value.to_vec()
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn set_many_plain<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        pairs: &[(K, V)],
+    ) -> Result<usize> {
+        let now = self.now();
+        let reqs: Vec<(u32, NewEntry<'_>)> = pairs
+            .iter()
+            .map(|(k, v)| self.request(k.as_ref(), v.as_ref(), Expiry::Default, now))
+            .collect();
+        for (_, req) in &reqs {
+            self.check_size(req)?;
+        }
+        let mut stored = 0;
+        for (page, group) in self.group_by_page(pairs.iter().map(|(k, _)| k.as_ref())) {
+            let mut guard = self.lock_page(page)?;
+            for (i, _) in group {
+                if self.store_locked(&mut guard, &reqs[i].1, now)? != StoreOutcome::Refused {
+                    stored += 1;
+                }
+            }
+        }
+        Ok(stored)
+    }
+
+    /// `update` in the plain way: the value afterwards, and what the closure computed.
+    pub(super) fn update_plain<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(Option<Existing<'_>>) -> (Update, R),
+    ) -> Result<(Option<Vec<u8>>, R)> {
+        let (page, slot_hash) = self.locate(key);
+        let now = self.now();
+        let mut guard = self.lock_page(page)?;
+        let stats = self.inner.stats;
+        // `f` is called from one of two places: with the entry when there is one, else after.
+        let mut f = Some(f);
+        let decided = match guard.page().get(slot_hash, key, now, stats) {
+            Ok(Some(e)) => {
+                let (decision, r) =
+                    (f.take().expect("called once"))(Some(Existing::of(&e, e.value)));
+                // What `Keep` returns is the value just read: copied now, not probed for again.
+                let kept = matches!(decision, Update::Keep).then(|| e.value.to_vec());
+                Some((decision, r, kept))
+            }
+            Ok(None) => None,
+            Err(_) => {
+                guard.reset();
+                None
+            }
+        };
+        let (decision, r, kept) = match decided {
+            Some(decided) => decided,
+            None => {
+                let (decision, r) = (f.take().expect("not called yet"))(None);
+                (decision, r, None)
+            }
+        };
+        let (value, expiry) = match decision {
+            Update::Keep => return Ok((kept, r)),
+            Update::Remove => {
+                let _ = guard.change(|p| p.remove(slot_hash, key, now));
+                return Ok((None, r));
+            }
+            Update::Set(v) => (v, Expiry::Default),
+            Update::SetWith(v, e) => (v, e),
+        };
+        let req = NewEntry {
+            slot_hash,
+            key,
+            value: &value,
+            expire_on: expiry.expire_on(now, self.inner.default_expiry),
+            flags: 0,
+            modseq: None,
+        };
+        match self.store_locked(&mut guard, &req, now)? {
+            StoreOutcome::Refused => Ok((peek_locked(&mut guard, slot_hash, key, now), r)),
+            _ => Ok((Some(value), r)),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Reads under a page lock: [`Reader`] is either guard a read may hold (the ordinary lock, or
+//! a read-only handle's shared one) and reads through both alike; a page found damaged is reset
+//! where the guard allows.
+
+use super::guard::{PageGuard, ReadGuard};
+use crate::page::{Corrupt, EntryRef, PageHeader, PageView};
+
+/// A page locked for reading. Through the ordinary lock, reads refresh access times and count
+/// (when statistics are on), and a damaged page is reset. Through a read-only handle's shared
+/// lock, reads change nothing, and a damaged page reads as empty (it cannot be repaired).
+pub(crate) enum Reader<'a> {
+    Write(PageGuard<'a>),
+    Shared(ReadGuard<'a>),
+}
+
+impl Reader<'_> {
+    /// `key`'s live entry handed to `f`, as a read.
+    pub(crate) fn get<R>(
+        &mut self,
+        slot_hash: u32,
+        key: &[u8],
+        now: u32,
+        stats: bool,
+        f: impl FnOnce(&EntryRef<'_>) -> R,
+    ) -> Option<R> {
+        match self {
+            Reader::Write(guard) => read_locked(guard, slot_hash, key, now, stats, f),
+            Reader::Shared(_) => self.peek(slot_hash, key, now, f),
+        }
+    }
+
+    /// `key`'s live entry handed to `f`, without counting a read or refreshing the entry.
+    pub(crate) fn peek<R>(
+        &mut self,
+        slot_hash: u32,
+        key: &[u8],
+        now: u32,
+        f: impl FnOnce(&EntryRef<'_>) -> R,
+    ) -> Option<R> {
+        let found = match self {
+            Reader::Write(guard) => guard
+                .page()
+                .peek(slot_hash, key, now)
+                .map(|e| e.map(|e| f(&e))),
+            Reader::Shared(guard) => match guard.page() {
+                Some(page) => page.peek(slot_hash, key, now).map(|e| e.map(|e| f(&e))),
+                None => Ok(None),
+            },
+        };
+        found.unwrap_or_else(|_| {
+            self.reset();
+            None
+        })
+    }
+
+    /// The page header, for statistics: a damaged page is reset first where it can be, and
+    /// otherwise read as it is (statistics use saturating arithmetic).
+    pub(crate) fn header(&mut self) -> PageHeader {
+        match self {
+            Reader::Write(guard) => match guard.page().checked_header() {
+                Ok(hdr) => hdr,
+                Err(_) => {
+                    guard.reset();
+                    guard.page().header()
+                }
+            },
+            Reader::Shared(guard) => PageHeader::read(guard.as_is().0),
+        }
+    }
+
+    /// Calls `f` for every entry (see [`PageView::for_each_entry`](PageView)).
+    pub(crate) fn for_each_entry<'p>(
+        &'p mut self,
+        f: impl FnMut(EntryRef<'p>),
+    ) -> std::result::Result<(), Corrupt> {
+        match self {
+            Reader::Write(guard) => PageView::new(guard.bytes()).for_each_entry(f),
+            Reader::Shared(guard) => match guard.page() {
+                Some(page) => page.for_each_entry(f),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Resets a page found damaged, where it can be (not through a shared lock).
+    pub(crate) fn reset(&mut self) {
+        if let Reader::Write(guard) = self {
+            guard.reset();
+        }
+    }
+}
+
+/// A read under a held lock; a damaged page is reset and reads as a miss.
+pub(crate) fn read_locked<R>(
+    guard: &mut PageGuard<'_>,
+    slot_hash: u32,
+    key: &[u8],
+    now: u32,
+    stats: bool,
+    f: impl FnOnce(&EntryRef<'_>) -> R,
+) -> Option<R> {
+    let result = guard
+        .page()
+        .get(slot_hash, key, now, stats)
+        .map(|e| e.map(|e| f(&e)));
+    result.unwrap_or_else(|_| {
+        guard.reset();
+        None
+    })
+}
+
+/// The current value under a held lock, without counting a read.
+pub(crate) fn peek_locked(
+    guard: &mut PageGuard<'_>,
+    slot_hash: u32,
+    key: &[u8],
+    now: u32,
+) -> Option<Vec<u8>> {
+    let result = guard
+        .page()
+        .peek(slot_hash, key, now)
+        .map(|e| e.map(|e| e.value.to_vec()));
+    result.unwrap_or_else(|_| {
+        guard.reset();
+        None
+    })
+}
