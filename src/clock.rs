@@ -7,9 +7,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod coarse;
 
-#[cfg(feature = "redis")]
-pub(crate) use coarse::unix_millis_coarse;
-
 /// The time source of a cache. Times in the file are whole Unix seconds.
 #[derive(Clone, Default)]
 pub struct Clock(Source);
@@ -34,6 +31,23 @@ impl Clock {
         match &self.0 {
             Source::System => coarse::unix_now_coarse(),
             Source::Manual(secs) => secs.load(Ordering::Relaxed).min(u64::from(u32::MAX)) as u32,
+        }
+    }
+
+    /// How far the system clock's cheap reading may lag the precise time, with room to spare
+    /// (50 ms): a copy of a value that a store expires by itself should expire in the cache at
+    /// least this much earlier (in the file's whole seconds, rounded down), so that it is never
+    /// served after the store dropped the value.
+    pub const COARSE_MARGIN: Duration = Duration::from_millis(50);
+
+    /// The current time of this clock in Unix milliseconds. For the system clock this is a
+    /// read of the kernel's coarse clock: far cheaper than [`SystemTime::now`], and behind it
+    /// by at most a tick (a few milliseconds, well within [`COARSE_MARGIN`](Self::COARSE_MARGIN)).
+    #[inline]
+    pub fn now_millis(&self) -> u64 {
+        match &self.0 {
+            Source::System => coarse::unix_millis_coarse(),
+            Source::Manual(secs) => secs.load(Ordering::Relaxed).saturating_mul(1000),
         }
     }
 
@@ -71,12 +85,12 @@ pub struct ManualClock(Arc<AtomicU64>);
 impl ManualClock {
     /// A clock standing at `start` (whole seconds; a fraction is dropped).
     pub fn new(start: SystemTime) -> ManualClock {
-        ManualClock(Arc::new(AtomicU64::new(epoch_secs(start))))
+        ManualClock(Arc::new(AtomicU64::new(unix_secs(start))))
     }
 
     /// Moves the clock to `time`.
     pub fn set(&self, time: SystemTime) {
-        self.0.store(epoch_secs(time), Ordering::Relaxed);
+        self.0.store(unix_secs(time), Ordering::Relaxed);
     }
 
     /// Moves the clock forward by `by` (whole seconds; a fraction is dropped).
@@ -96,14 +110,10 @@ impl From<ManualClock> for Clock {
     }
 }
 
-fn epoch_secs(t: SystemTime) -> u64 {
+/// `t` as whole seconds since the Unix epoch (a fraction is dropped; a time before the epoch
+/// is 0), the unit of every time in a cache file.
+pub fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// `t` as whole Unix seconds clamped to `u32`.
-#[cfg(test)]
-fn unix_secs(t: SystemTime) -> u32 {
-    epoch_secs(t).min(u64::from(u32::MAX)) as u32
 }
 
 /// Seconds stored in the file back to a time.
@@ -117,9 +127,9 @@ mod tests {
 
     #[test]
     fn system_clock_agrees_with_system_time() {
-        let before = unix_secs(SystemTime::now());
+        let before = unix_secs(SystemTime::now()) as u32;
         let now = Clock::system().now_secs();
-        let after = unix_secs(SystemTime::now());
+        let after = unix_secs(SystemTime::now()) as u32;
         // The coarse clock may lag the precise one by a tick.
         assert!(now + 1 >= before && now <= after, "{before} {now} {after}");
     }
@@ -133,5 +143,20 @@ mod tests {
         assert_eq!(clock.now_secs(), 102);
         m.set(UNIX_EPOCH + Duration::from_secs(7));
         assert_eq!(clock.now(), UNIX_EPOCH + Duration::from_secs(7));
+        assert_eq!(clock.now_millis(), 7000);
+    }
+
+    #[test]
+    fn system_millis_agree_with_system_time() {
+        let before = SystemTime::now();
+        let now = Clock::system().now_millis();
+        let after = SystemTime::now();
+        let ms = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        // The coarse clock lags the precise one by at most a tick.
+        let margin = Clock::COARSE_MARGIN.as_millis() as u64;
+        assert!(
+            now + margin >= ms(before) && now <= ms(after),
+            "{before:?} {now} {after:?}"
+        );
     }
 }

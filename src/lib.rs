@@ -29,7 +29,7 @@ pub use cache::{
     Cache, CacheBuilder, Compression, Entry, EntryFlags, Existing, Expiry, Iter, PageProblem,
     PageStats, Stats, Update,
 };
-pub use clock::{Clock, ManualClock};
+pub use clock::{Clock, ManualClock, unix_secs};
 pub use error::{Error, LockRole, Result};
 pub use store::{Layout, LockKind};
 #[cfg(feature = "serde")]

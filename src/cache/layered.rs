@@ -8,17 +8,12 @@ use super::handle::{Cache, Entry, Update};
 use super::mode::Layer;
 use super::update::{Existing, is_negative};
 use super::write_back::{Kept, Seen, TryWriteBack};
-use crate::Backing;
 use crate::Result;
 use crate::WriteMode;
 use crate::clock::from_unix_secs;
 use crate::page::consts::{FLAG_DIRTY, FLAG_UNDEF};
 use crate::page::{DirtyCopy, NewEntry, StoreOutcome};
-
-/// How much earlier than the backing store's own expiry a read-through copy expires, at least
-/// ([`Backing::load_with_expiry`]): more than a tick of the coarse clock the file's expiry is
-/// checked with, so that the copy is not served after the store dropped the value.
-pub(crate) const STORE_EXPIRY_MARGIN: std::time::Duration = std::time::Duration::from_millis(50);
+use crate::{Backing, Clock};
 
 /// What a look into the cache found, for read-through.
 enum Look {
@@ -245,7 +240,7 @@ impl Cache {
             // The copy must not outlive the store's value: the whole second before it, with a
             // margin for the coarse clock that expiry is checked with.
             let at = at
-                .checked_sub(STORE_EXPIRY_MARGIN)
+                .checked_sub(Clock::COARSE_MARGIN)
                 .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs());
             let at = u32::try_from(at).unwrap_or(u32::MAX);

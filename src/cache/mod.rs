@@ -24,6 +24,3 @@ pub use expiry::Expiry;
 pub use handle::{Cache, Entry, EntryFlags, Iter, PageProblem, Update};
 pub use stats::{PageStats, Stats};
 pub use update::Existing;
-
-#[cfg(all(feature = "redis", feature = "session"))]
-pub(crate) use layered::STORE_EXPIRY_MARGIN;

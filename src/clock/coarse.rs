@@ -1,4 +1,5 @@
-//! The clock reads of the hot path.
+//! The clock reads of the hot path: the system clock's only system call, and this module's
+//! only `unsafe` code.
 
 #![allow(unsafe_code)]
 
@@ -27,7 +28,6 @@ pub(crate) fn unix_now_coarse() -> u32 {
 }
 
 /// The current Unix time in milliseconds, from the coarse clock (off by at most a tick).
-#[cfg(feature = "redis")]
 pub(crate) fn unix_millis_coarse() -> u64 {
     u64::try_from(coarse_since_epoch().as_millis()).unwrap_or(u64::MAX)
 }

@@ -24,7 +24,7 @@ use super::RedisError;
 use super::conn::Pool;
 use super::options::RedisOptions;
 use super::state::StateReader;
-use crate::{Cache, Expiry, Update};
+use crate::{Cache, Clock, Expiry, Update, unix_secs};
 
 /// Length of the version in front of a record in Redis.
 const VERSION_SIZE: usize = 8;
@@ -89,10 +89,6 @@ fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(1, |d| {
         u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
     })
-}
-
-fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl RecordTier {
@@ -179,7 +175,7 @@ impl RecordTier {
         }
         // The whole second (the file's unit) at least a coarse clock's tick before Redis's
         // expiry: the copy never outlives the record in Redis.
-        let margin = crate::cache::STORE_EXPIRY_MARGIN.as_millis() as u64;
+        let margin = Clock::COARSE_MARGIN.as_millis() as u64;
         let expiry = match stored.expires_ms.map(|ms| ms.saturating_sub(margin) / 1000) {
             Some(secs) if secs <= unix_secs(local.clock().now()) => return Ok(()),
             Some(secs) => Expiry::At(UNIX_EPOCH + Duration::from_secs(secs)),

@@ -14,14 +14,15 @@
 //! differ, which drops a value from the cache: never the reverse.
 
 use std::fs::File;
+use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::store::untrusted::{Access, Refusal, open_checked};
+use crate::Clock;
 
 const TRUST_OFFSET: u64 = 0;
 const HEARTBEAT_OFFSET: u64 = TRUST_OFFSET + 8;
@@ -62,22 +63,48 @@ fn write_u64(file: &File, offset: u64, v: u64) -> io::Result<()> {
     file.write_all_at(&v.to_ne_bytes(), offset)
 }
 
-/// Opens the state file as `access` says (never blocking on a FIFO or following a link): it
-/// must be a regular file of the cache file's owner (which the cache checked when it opened
-/// it), or it is not trusted.
-fn open_state(cache_path: &Path, path: &Path, access: Access) -> io::Result<File> {
+/// Opens the state file (for writing: creating it, mode 0600, if the name is free): it must be a
+/// regular file of the cache file's owner (which the cache checked when it opened it), or it is
+/// not trusted.
+///
+/// Another user may have planted anything at the name, so the open never waits (a FIFO opens at
+/// once and is then refused), never follows a symbolic link, never gains a controlling terminal
+/// and never leaks into a child; the descriptor's own `fstat`, not a second look at the name,
+/// decides. `O_NONBLOCK` stays set: it changes nothing for a regular file.
+fn open_state(cache_path: &Path, path: &Path, write: bool) -> io::Result<File> {
     let owner = std::fs::metadata(cache_path)?.uid();
-    match open_checked(path, access, |uid| uid == owner) {
-        Ok((file, _)) => Ok(file),
-        Err(Refusal::Owner(uid)) => Err(io::Error::new(
+    let mut opts = OpenOptions::new();
+    opts.read(true)
+        .write(write)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC);
+    if write {
+        opts.create(true).mode(0o600);
+    }
+    let file = opts.open(path).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the state file is a symbolic link, which is not followed",
+        ),
+        _ => e,
+    })?;
+    let md = file.metadata()?;
+    if !md.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the state file is not a regular file",
+        ));
+    }
+    if md.uid() != owner {
+        return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "the state file belongs to uid {uid}, another user than the cache file's owner \
-                 (uid {owner})"
+                "the state file belongs to uid {}, another user than the cache file's owner \
+                 (uid {owner})",
+                md.uid()
             ),
-        )),
-        Err(refusal) => Err(refusal.into_io()),
+        ));
     }
+    Ok(file)
 }
 
 /// A reader of the state file (the cache's fences): opened when first found.
@@ -112,7 +139,7 @@ impl StateReader {
         if let Some(f) = slot.as_ref().and_then(|s| (**s).clone()) {
             return Some(f);
         }
-        let f = open_state(&self.cache_path, &self.path, Access::READ).ok()?;
+        let f = open_state(&self.cache_path, &self.path, false).ok()?;
         let f = Arc::new(f);
         if let Some(slot) = slot.as_mut() {
             **slot = Some(Arc::clone(&f));
@@ -147,7 +174,7 @@ impl StateReader {
     /// when the last reading is [`TRUST_RECHECK`] old, so a hit costs a coarse clock read,
     /// not a system call.
     pub(crate) fn trusted(&self) -> bool {
-        let now = crate::clock::unix_millis_coarse();
+        let now = Clock::system().now_millis();
         let seen = self.seen.load(Ordering::Relaxed);
         if now.saturating_sub(seen >> 1) < TRUST_RECHECK.as_millis() as u64 {
             return seen & 1 == 1;
@@ -169,12 +196,7 @@ impl StateWriter {
     /// Opens (or creates, mode 0600) the state file and marks the host distrusted.
     pub(crate) fn open(cache_path: &Path) -> io::Result<StateWriter> {
         let path = state_path(cache_path);
-        let access = Access {
-            write: true,
-            create: Some(0o600),
-            follow_symlinks: false,
-        };
-        let file = open_state(cache_path, &path, access)?;
+        let file = open_state(cache_path, &path, true)?;
         if file.metadata()?.len() != STATE_SIZE {
             file.set_len(STATE_SIZE)?;
         }

@@ -104,9 +104,7 @@ pub struct Session {
     pub(crate) persist: bool,
 }
 
-pub(crate) fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
+pub(crate) use crate::unix_secs;
 
 /// `secs` as a `SystemTime`, clamped to [`MAX_TIME`] (a `SystemTime` cannot hold every `u64`
 /// of seconds; record times are checked to be in range, so the clamp is only a backstop).

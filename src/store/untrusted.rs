@@ -27,9 +27,7 @@ pub(crate) struct Access {
     pub follow_symlinks: bool,
 }
 
-// Only the Redis state file's reader opens for reading only, and reports refusals as I/O
-// errors.
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+#[cfg(test)]
 impl Access {
     /// Reading only, not following a link at the name.
     pub(crate) const READ: Access = Access {
@@ -52,28 +50,6 @@ pub(crate) enum Refusal {
     Symlink,
     /// A regular file owned by a user the caller does not trust: its owner.
     Owner(u32),
-}
-
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
-impl Refusal {
-    /// The refusal as an I/O error, for callers that report those.
-    pub(crate) fn into_io(self) -> io::Error {
-        match self {
-            Refusal::Io(e) => e,
-            Refusal::NotRegular(what) => io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{what}, not a regular file"),
-            ),
-            Refusal::Symlink => io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a symbolic link, which is not followed",
-            ),
-            Refusal::Owner(uid) => io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!("owned by uid {uid}, whom this process does not trust"),
-            ),
-        }
-    }
 }
 
 /// What a file type is, in words, for anything that is not a regular file.

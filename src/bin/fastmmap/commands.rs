@@ -13,7 +13,7 @@ use crate::args::{Cli, Command, FileOptions, KeyArgs};
 use crate::escape::{escape, unescape};
 use crate::failure::{Failure, empty_file, warn};
 use crate::input::{Line, Spool, read_at_most, read_line};
-use crate::record::{Item, Record, max_line_size, max_value_size, unix_secs};
+use crate::record::{Item, Record, file_secs, max_line_size, max_value_size};
 
 type Out<'a> = BufWriter<io::StdoutLock<'a>>;
 
@@ -415,7 +415,7 @@ fn load(opts: &FileOptions, path: &Path, out: &mut Out<'_>) -> Result<(), Failur
     let records = spool.into_records().map_err(spool_error)?;
     for record in records {
         let (n, item) = record.map_err(spool_error)?;
-        let now = unix_secs(SystemTime::now());
+        let now = file_secs(SystemTime::now());
         if item.expire_on.is_some_and(|at| at <= now) {
             expired += 1;
             continue;

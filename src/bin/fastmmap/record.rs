@@ -9,7 +9,7 @@
 //! Keys and values that are valid UTF-8 are JSON strings (`key`, `value`), any other bytes
 //! standard padded base64 (`key_base64`, `value_base64`), so every entry round-trips exactly.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -78,8 +78,8 @@ impl Record {
             key_base64,
             value,
             value_base64,
-            expire_on: entry.expires_at.map(unix_secs),
-            last_access: Some(unix_secs(entry.last_access)),
+            expire_on: entry.expires_at.map(file_secs),
+            last_access: Some(file_secs(entry.last_access)),
             flags: entry.flags.0,
             modseq: entry.modseq,
         }
@@ -181,9 +181,8 @@ fn bytes_of(name: &str, text: Option<String>, base64: Option<String>) -> Result<
 }
 
 /// `t` as whole Unix seconds, clamped to the `u32` range the file stores.
-pub(crate) fn unix_secs(t: SystemTime) -> u32 {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    u32::try_from(secs).unwrap_or(u32::MAX)
+pub(crate) fn file_secs(t: SystemTime) -> u32 {
+    u32::try_from(fastmmap::unix_secs(t)).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
