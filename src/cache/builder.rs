@@ -16,7 +16,8 @@ use crate::store::untrusted::DirProblem;
 use crate::store::{
     self, DEFAULT_NUM_PAGES, DEFAULT_PAGE_SIZE, MAX_NUM_PAGES, OpenRequest, Requested, untrusted,
 };
-use crate::{Error, Layout, LockKind, Result};
+use crate::store::{Layout, LockKind};
+use crate::{Error, Result};
 
 /// Mode of a new file unless [`CacheBuilder::permissions`] says otherwise: the owner's only.
 const DEFAULT_PERMISSIONS: u32 = 0o600;

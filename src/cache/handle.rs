@@ -15,8 +15,9 @@ use crate::page::consts::{
 };
 use crate::page::{Copied, Corrupt, EntryRef, Evict, NewEntry, StoreOutcome, check_page};
 use crate::store::KeyHash;
+use crate::store::Layout;
 use crate::store::{Access, Geometry, PageGuard, ReadOutcome, Reader, SharedFile};
-use crate::{Error, Layout, LockRole, Result};
+use crate::{Error, LockRole, Result};
 
 /// A cache in one memory-mapped file, shared by every thread and process that opens it.
 ///
@@ -204,7 +205,7 @@ impl Cache {
     }
 
     /// The page lock kind.
-    pub fn lock_kind(&self) -> crate::LockKind {
+    pub fn lock_kind(&self) -> crate::store::LockKind {
         self.inner.file.lock_kind()
     }
 

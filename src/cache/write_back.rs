@@ -319,7 +319,7 @@ impl Cache {
         copies: &mut Vec<DirtyCopy>,
     ) -> std::result::Result<Option<StoreOutcome>, Corrupt> {
         let slots = self.inner.geometry.start_slots;
-        let in_place = self.layout() == crate::Layout::Native;
+        let in_place = self.layout() == crate::store::Layout::Native;
         copies.clear();
         let mut plan = Plan::Marked;
         if refuse && in_place {

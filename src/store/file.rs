@@ -19,11 +19,12 @@ use memmap2::MmapRaw;
 
 use super::header::{self, FileHeader, HeaderError};
 use super::layout::HASH_XXH3;
+use super::layout::{Layout, LockKind};
 use super::untrusted::{Access, Refusal, open_checked};
 use super::{Geometry, Requested};
 use crate::page::consts::{NUM_SLOTS_OFFSET, PAGE_MAGIC};
 use crate::page::{PageHeader, PageMut};
-use crate::{Error, Layout, LockKind, Result};
+use crate::{Error, Result};
 
 /// What the builder asks for.
 #[derive(Clone, Debug)]

@@ -52,7 +52,7 @@ pub enum LockKind {
 impl Default for LockKind {
     /// `Robust` where available (Linux with glibc), else `Fcntl`.
     fn default() -> Self {
-        if crate::store::ROBUST_LOCKS_AVAILABLE {
+        if super::ROBUST_LOCKS_AVAILABLE {
             LockKind::Robust
         } else {
             LockKind::Fcntl

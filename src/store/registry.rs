@@ -10,11 +10,12 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use super::file::{self, OpenRequest};
+use super::layout::{Layout, LockKind};
 use super::lock::PageLocks;
 use super::optimistic::Optimistic;
 use super::robust::RobustLocks;
 use super::{Requested, SharedFile};
-use crate::{Error, LockKind, Result};
+use crate::{Error, Result};
 
 type Entry = ((u64, u64), Weak<SharedFile>);
 
@@ -106,13 +107,13 @@ pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
         header_size: opened.header_size,
         owner: opened.owner,
         read_only: req.read_only,
-        rows: req.layout == crate::Layout::Native && !req.read_only,
+        rows: req.layout == Layout::Native && !req.read_only,
         locks,
         write_back_locks,
         local_resets: (0..num_pages).map(|_| AtomicU64::new(0)).collect(),
         dirty_lost: AtomicU64::new(0),
         optimistic: (opened.lock_kind == LockKind::Robust
-            && req.layout == crate::Layout::Native
+            && req.layout == Layout::Native
             && !req.read_only)
             .then(|| Optimistic::new(num_pages)),
         spare_fds: Mutex::new(Vec::new()),
@@ -141,8 +142,8 @@ fn check_compatible(req: &OpenRequest, shared: &SharedFile) -> Result<()> {
             path: req.path.clone(),
             expected: req.layout,
             found: match shared.layout {
-                crate::Layout::Native => "a native fastmmap file (already open in this process)",
-                crate::Layout::FastMmap => "a Cache::FastMmap file (already open in this process)",
+                Layout::Native => "a native fastmmap file (already open in this process)",
+                Layout::FastMmap => "a Cache::FastMmap file (already open in this process)",
             },
         });
     }
@@ -156,9 +157,9 @@ fn check_compatible(req: &OpenRequest, shared: &SharedFile) -> Result<()> {
         });
     }
     let requested = match req.layout {
-        crate::Layout::Native => req.requested,
+        Layout::Native => req.requested,
         // The FastMmap layout has no header: its geometry is always the requested one.
-        crate::Layout::FastMmap => {
+        Layout::FastMmap => {
             let g = req.requested.or_defaults();
             Requested {
                 num_pages: Some(g.num_pages),

@@ -15,8 +15,9 @@ use super::fcntl::LockFailure;
 use super::geometry::Geometry;
 use super::guard::{Locked, PageGuard, ReadGuard};
 use super::header;
+use super::layout::{Layout, LockKind};
 use super::lock::{PageLocks, Reentry};
-use crate::{Error, Layout, LockKind, LockRole};
+use crate::{Error, LockRole};
 
 /// Why a page lock was not taken; [`SharedFile::lock_error`] makes it an [`Error`].
 #[derive(Debug)]

@@ -36,10 +36,10 @@ use std::time::{Duration, Instant};
 use memmap2::MmapRaw;
 
 use super::fcntl::LockFailure;
+use super::layout::LockKind;
 use super::lock::{Held, PageLocks, Reentry};
 use super::robust::RobustLocks;
 use super::shared::{LockError, SharedFile};
-use crate::LockKind;
 
 /// A held write-back lock of one page; released when dropped.
 pub(crate) struct WriteBackGuard<'a> {
