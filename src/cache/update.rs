@@ -46,6 +46,44 @@ impl Existing<'_> {
 }
 
 impl Cache {
+    /// Atomic read-modify-write (Cache::FastMmap's `get_and_set`): `f` sees the current value
+    /// (or `None`) under the page lock and decides what happens to it. Returns the value the
+    /// key holds afterwards.
+    ///
+    /// `f` must not call back into this cache ([`Error::Reentrant`]).
+    ///
+    /// With a write-back store, a new value that needs room taken from dirty entries waits
+    /// until they are written back (the page is unlocked meanwhile, never while `f` runs). If
+    /// a write-back `set` of the key from elsewhere lands in that moment, the update counts as
+    /// made just before it: it returns its value, and the `set`'s value replaces it.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] if `f` asks to store a value that cannot fit (nothing changes);
+    /// [`Error::Backing`] if dirty entries in the way cannot be written back (nothing is
+    /// stored); lock errors.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = fastmmap::Cache::open(dir.path().join("c")).unwrap();
+    /// use fastmmap::Update;
+    /// for _ in 0..3 {
+    ///     cache.update(b"hits", |old| {
+    ///         let n = old.map_or(0, |v| u64::from_le_bytes(v.try_into().unwrap()));
+    ///         Update::Set((n + 1).to_le_bytes().to_vec())
+    ///     })?;
+    /// }
+    /// assert_eq!(cache.get(b"hits")?, Some(3u64.to_le_bytes().to_vec()));
+    /// # Ok::<(), fastmmap::Error>(())
+    /// ```
+    pub fn update(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> Update,
+    ) -> Result<Option<Vec<u8>>> {
+        self.update_inner(key, |e| (f(e.map(|e| e.value)), ()))
+            .map(|(value, ())| value)
+    }
+
     /// As [`update`](Self::update), with the closure seeing the whole entry: value, expiry,
     /// last access and flags. Returns the value the key holds afterwards.
     ///

@@ -1,0 +1,83 @@
+//! Operations over every page, one page locked at a time: `purge`, `clear`, `stats`,
+//! `reset_stats`.
+
+use super::handle::Cache;
+use super::stats::{PageStats, Stats};
+#[cfg(doc)]
+use crate::Error;
+use crate::Result;
+use crate::page::Evict;
+
+impl Cache {
+    /// Drops expired entries from every page (one page locked at a time). Returns how many.
+    /// With a backing store, expired dirty entries are written back first (Perl's
+    /// `empty(1)`; Perl's `purge` drops them).
+    ///
+    /// # Errors
+    /// Lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
+    pub fn purge(&self) -> Result<usize> {
+        self.way().evict(Evict::Expired)
+    }
+
+    /// Drops every entry (one page locked at a time). With a backing store, dirty entries are
+    /// written back first, as [`empty`](Self::empty) does (Perl's `clear` drops them).
+    ///
+    /// # Errors
+    /// Lock errors.
+    /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
+    /// decompress: [`Error::Decode`].
+    pub fn clear(&self) -> Result<()> {
+        self.way().evict(Evict::All).map(|_| ())
+    }
+
+    pub(super) fn evict_all(&self, mode: Evict) -> Result<usize> {
+        let now = self.now();
+        let slots = self.inner.geometry.start_slots;
+        let mut total = 0;
+        for page in 0..self.num_pages() {
+            let mut guard = self.lock_page(page)?;
+            total += self
+                .change_counting(&mut guard, |p| p.evict(mode, now, slots))
+                .unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    /// Statistics for the whole cache and each page (one page locked at a time).
+    ///
+    /// # Errors
+    /// Lock errors.
+    pub fn stats(&self) -> Result<Stats> {
+        let mut stats = Stats::default();
+        for page in 0..self.num_pages() {
+            let h = self.read_page(page)?.header();
+            stats.add(PageStats {
+                entries: h.num_slots.saturating_sub(h.free_slots),
+                slots: h.num_slots,
+                used_bytes: h.used_bytes(),
+                free_bytes: h.free_bytes,
+                reads: h.n_reads,
+                hits: h.n_read_hits,
+                resets: self.inner.file.resets(page),
+            });
+        }
+        stats.dirty_lost = self.inner.file.dirty_lost(false);
+        Ok(stats)
+    }
+
+    /// Zeroes the read, hit and reset counters.
+    ///
+    /// # Errors
+    /// Lock errors.
+    pub fn reset_stats(&self) -> Result<()> {
+        for page in 0..self.num_pages() {
+            let mut guard = self.lock_page(page)?;
+            let _ = guard.page().reset_stats();
+            self.inner.file.clear_resets(page);
+        }
+        self.inner.file.dirty_lost(true);
+        Ok(())
+    }
+}
