@@ -16,7 +16,7 @@
 use std::fs::File;
 use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
@@ -80,19 +80,31 @@ fn open_state(cache_path: &Path, path: &Path, write: bool) -> io::Result<File> {
     if write {
         opts.create(true).mode(0o600);
     }
-    let file = opts.open(path).map_err(|e| match e.raw_os_error() {
-        Some(libc::ELOOP) => io::Error::new(
+    let not_regular = |what: &str| {
+        io::Error::new(
             io::ErrorKind::InvalidInput,
-            "the state file is a symbolic link, which is not followed",
-        ),
-        _ => e,
-    })?;
+            format!("the state file is {what}, not a regular file"),
+        )
+    };
+    let file = match opts.open(path) {
+        Ok(file) => file,
+        Err(e) => {
+            // A link (ELOOP, as links are not followed), a socket (ENXIO), a device without a
+            // driver (ENODEV), a directory opened for writing (EISDIR): say what is there.
+            let errno = e.raw_os_error().unwrap_or(0);
+            if ![libc::ELOOP, libc::ENXIO, libc::ENODEV, libc::EISDIR].contains(&errno) {
+                return Err(e);
+            }
+            let md = std::fs::symlink_metadata(path);
+            return match md.ok().as_ref().and_then(file_kind) {
+                Some(what) => Err(not_regular(what)),
+                None => Err(e),
+            };
+        }
+    };
     let md = file.metadata()?;
-    if !md.file_type().is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the state file is not a regular file",
-        ));
+    if let Some(what) = file_kind(&md) {
+        return Err(not_regular(what));
     }
     if md.uid() != owner {
         return Err(io::Error::new(
@@ -105,6 +117,28 @@ fn open_state(cache_path: &Path, path: &Path, write: bool) -> io::Result<File> {
         ));
     }
     Ok(file)
+}
+
+/// What a file is, in words, unless it is a regular file.
+fn file_kind(md: &std::fs::Metadata) -> Option<&'static str> {
+    let t = md.file_type();
+    Some(if t.is_file() {
+        return None;
+    } else if t.is_symlink() {
+        "a symbolic link, which is not followed"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_dir() {
+        "a directory"
+    } else {
+        "of an unknown kind"
+    })
 }
 
 /// A reader of the state file (the cache's fences): opened when first found.

@@ -1,5 +1,6 @@
-//! The file, its mapping, the process-wide registry and the page locks: with the clock's and
-//! the prefork server's own system calls, the only place with `unsafe` code.
+//! The file, its mapping, the process-wide registry and the page locks: the only place with
+//! `unsafe` code for the mapping. (The coarse clock's read, `clock/coarse.rs`, and the prefork
+//! server's process control, `web/process.rs`, each have their own narrow allowance.)
 //!
 //! # Soundness
 //!

@@ -1,6 +1,6 @@
 //! Process control for the prefork server (`web::Prefork`): safe wrappers over `fork`,
-//! `waitpid`, `kill`, the signal mask, `sigtimedwait`, `signalfd`, `poll` and `getrlimit`, so
-//! that the web layer has no `unsafe` code of its own.
+//! `waitpid`, `kill`, the signal mask, `sigtimedwait`, `signalfd`, `poll` and `getrlimit`: the
+//! one file of the web layer allowed `unsafe` code, so that the rest of it has none.
 
 #![allow(unsafe_code)]
 
