@@ -52,7 +52,7 @@ fn measure_fill(config: FastMmapConfig) -> Fill {
     let mut rebuild_fills = Vec::new();
     for i in 0..inserts {
         cache.insert(traces::ONE_HIT_BASE + i as u64);
-        if i % every != 0 {
+        if !i.is_multiple_of(every) {
             continue;
         }
         let stats = cache.cache().stats().expect("fastmmap stats of the fill");
@@ -169,7 +169,7 @@ fn run_peers(capacity: usize, case: &Case, warmup: usize) -> Vec<(String, Replay
     peers(capacity, &case.trace.keys)
         .into_iter()
         .map(|mut p| {
-            let r = replay(p.as_mut(), &case.trace.keys, warmup, &case.trace.watched);
+            let r = replay(p.as_mut(), &case.trace, warmup);
             (p.name().to_owned(), r)
         })
         .collect()
@@ -212,7 +212,7 @@ fn main() {
         let held = fill.held_mean.round() as usize;
         let warmup = (case.trace.keys.len() as f64 * WARMUP) as usize;
         let mut fm = FastMmap::new(config(pages));
-        let fastmmap = replay(&mut fm, &case.trace.keys, warmup, &case.trace.watched);
+        let fastmmap = replay(&mut fm, &case.trace, warmup);
         drop(fm);
         let at_held = run_peers(held, &case, warmup);
         let at_nominal = run_peers(case.nominal, &case, warmup);
@@ -270,7 +270,7 @@ fn check(case: &Case, fill: &Fill, fastmmap: Replay, at_held: &[(String, Replay)
     // fastmmap may briefly hold more than its average: compare it with the optimum at the
     // most it ever held.
     let mut opt_max = Belady::new(fill.held_max as usize, &case.trace.keys);
-    let opt_max = replay(&mut opt_max, &case.trace.keys, warmup, &case.trace.watched);
+    let opt_max = replay(&mut opt_max, &case.trace, warmup);
     assert!(
         opt_max.hits >= fastmmap.hits,
         "{}: fastmmap hit {} times, more than Bélády's {} at {} entries",
@@ -312,6 +312,11 @@ fn print_tables(rows: &[Row], page_size: u32, rps: u64, reference: &Fill, bytes_
             peers.join(" | ")
         );
     }
+
+    println!(
+        "\nFor the scans and the flood, hit % of the requests for keys used again (the Zipf \
+         requests, the sessions): their one-hit keys can never hit and are left out."
+    );
 
     println!("\n### Hit %, same entries: each peer holds the nominal capacity (issue 21's rule)\n");
     header("trace (entries)");

@@ -12,6 +12,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use fastmmap::{Cache, LockKind, ManualClock};
 
+use crate::traces::Trace;
+
 /// A cache under test: one request at a time, in trace order.
 pub trait Policy {
     /// The column name in the results.
@@ -153,7 +155,10 @@ impl FastMmap {
 
     fn tick(&mut self) {
         self.requests += 1;
-        if self.requests % self.config.requests_per_second.max(1) == 0 {
+        if self
+            .requests
+            .is_multiple_of(self.config.requests_per_second.max(1))
+        {
             self.clock.advance(Duration::from_secs(1));
         }
     }
@@ -449,20 +454,25 @@ impl Replay {
     }
 }
 
-/// Replays `keys` against `policy`, counting hits only after the first `warmup` requests, then
-/// looks up each of `watched`.
-pub fn replay(policy: &mut dyn Policy, keys: &[u64], warmup: usize, watched: &[u64]) -> Replay {
-    let mut hits = 0;
-    for (i, &key) in keys.iter().enumerate() {
+/// Replays `trace` against `policy`, counting hits only after the first `warmup` requests
+/// and only for the requests the trace counts, then looks up each of its watched keys.
+pub fn replay(policy: &mut dyn Policy, trace: &Trace, warmup: usize) -> Replay {
+    let (mut hits, mut counted) = (0, 0);
+    for (i, &key) in trace.keys.iter().enumerate() {
         let hit = policy.access(key);
-        if i >= warmup && hit {
-            hits += 1;
+        if i >= warmup && trace.counts(key) {
+            counted += 1;
+            hits += u64::from(hit);
         }
     }
-    let watched_cached = watched.iter().filter(|&&k| policy.contains(k)).count();
+    let watched_cached = trace
+        .watched
+        .iter()
+        .filter(|&&k| policy.contains(k))
+        .count();
     Replay {
         hits,
-        counted: keys.len().saturating_sub(warmup) as u64,
+        counted,
         watched_cached,
     }
 }
@@ -470,6 +480,15 @@ pub fn replay(policy: &mut dyn Policy, keys: &[u64], warmup: usize, watched: &[u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::traces::ONE_HIT_BASE;
+
+    fn trace(keys: &[u64], watched: &[u64]) -> Trace {
+        Trace {
+            keys: keys.to_vec(),
+            watched: watched.to_vec(),
+            count_one_hit: true,
+        }
+    }
 
     fn hits(policy: &mut dyn Policy, keys: &[u64]) -> Vec<bool> {
         keys.iter().map(|&k| policy.access(k)).collect()
@@ -518,7 +537,7 @@ mod tests {
     fn belady_beats_lru_on_a_loop() {
         let looped: Vec<u64> = (0..40).map(|i| i % 4).collect();
         let mut opt = Belady::new(3, &looped);
-        let got = replay(&mut opt, &looped, 0, &[]);
+        let got = replay(&mut opt, &trace(&looped, &[]), 0);
         // After the first pass (4 misses), one miss per pass of 4: 9 passes of 3 hits.
         assert_eq!(got.hits, 27);
     }
@@ -526,11 +545,19 @@ mod tests {
     #[test]
     fn replay_counts_after_the_warmup_and_checks_watched_keys() {
         let mut lru = Lru::new(2);
-        let got = replay(&mut lru, &[1, 1, 1, 2, 2], 2, &[1, 2, 3]);
+        let got = replay(&mut lru, &trace(&[1, 1, 1, 2, 2], &[1, 2, 3]), 2);
         assert_eq!(got.hits, 2);
         assert_eq!(got.counted, 3);
         assert_eq!(got.watched_cached, 2);
         assert!((got.hit_ratio() - 2.0 / 3.0).abs() < 1e-12);
+
+        // One-hit keys left out of the count: 2 hits of the 2 requests for key 1 after the
+        // first.
+        let mut lru = Lru::new(2);
+        let mut t = trace(&[1, ONE_HIT_BASE, 1, ONE_HIT_BASE + 1, 1], &[]);
+        t.count_one_hit = false;
+        let got = replay(&mut lru, &t, 1);
+        assert_eq!((got.hits, got.counted), (2, 2));
     }
 
     #[test]
@@ -547,7 +574,7 @@ mod tests {
             })),
         ];
         for mut p in peers {
-            let got = replay(p.as_mut(), &keys, 50, &[0, 49, 1000]);
+            let got = replay(p.as_mut(), &trace(&keys, &[0, 49, 1000]), 50);
             assert_eq!(got.hits, 50, "{}", p.name());
             assert_eq!(got.watched_cached, 2, "{}", p.name());
         }

@@ -131,12 +131,23 @@ fn helper2(x: f64) -> f64 {
 
 /// A trace: the keys in request order, and the keys whose survival is reported at the end
 /// (the sessions of [`flood`]; empty for the other traces).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Trace {
     /// Key ids in request order.
     pub keys: Vec<u64>,
     /// Keys to look for in each cache once the trace is over.
     pub watched: Vec<u64>,
+    /// Whether requests for one-hit keys (ids from [`ONE_HIT_BASE`]) count in the hit ratio.
+    /// `false` for the scans and the flood: those keys can never hit, so the ratio is that
+    /// of the reused keys (the Zipf requests, the sessions), as issue 21 measured it.
+    pub count_one_hit: bool,
+}
+
+impl Trace {
+    /// Whether a request for `key` counts in the hit ratio.
+    pub fn counts(&self, key: u64) -> bool {
+        self.count_one_hit || key < ONE_HIT_BASE
+    }
 }
 
 /// `len` requests drawn from Zipf(`s`) over `n` keys (ids `0..n`, id 0 the hottest).
@@ -146,6 +157,7 @@ pub fn zipf(n: u64, s: f64, len: usize, seed: u64) -> Trace {
     Trace {
         keys: (0..len).map(|_| z.sample(&mut rng) - 1).collect(),
         watched: Vec::new(),
+        count_one_hit: true,
     }
 }
 
@@ -174,6 +186,7 @@ pub fn zipf_with_scans(
     Trace {
         keys,
         watched: Vec::new(),
+        count_one_hit: false,
     }
 }
 
@@ -197,6 +210,7 @@ pub fn flood(sessions: u64, flood_per_visit: u64, len: usize, seed: u64) -> Trac
     Trace {
         keys,
         watched: (0..sessions).collect(),
+        count_one_hit: false,
     }
 }
 
@@ -206,6 +220,7 @@ pub fn loop_trace(loop_len: u64, len: usize) -> Trace {
     Trace {
         keys: (0..len as u64).map(|i| i % loop_len.max(1)).collect(),
         watched: Vec::new(),
+        count_one_hit: true,
     }
 }
 
@@ -251,6 +266,7 @@ pub fn block_io(len: usize, seed: u64) -> Trace {
     Trace {
         keys,
         watched: Vec::new(),
+        count_one_hit: true,
     }
 }
 
