@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
-use fastmmap::{Cache, LockKind, ManualClock};
+use fastmmap::{Cache, Layout, LockKind, ManualClock};
 
 use crate::traces::Trace;
 
@@ -22,11 +22,13 @@ pub trait Policy {
     /// whether it was a hit.
     fn access(&mut self, key: u64) -> bool;
     /// Whether `key` is cached now, without counting as an access where the policy allows.
-    fn contains(&mut self, key: u64) -> bool;
+    fn contains(&self, key: u64) -> bool;
 }
 
 /// Bytes of every value fastmmap stores.
 pub const VALUE_SIZE: usize = 100;
+/// The value fastmmap stores for every key.
+const VALUE: [u8; VALUE_SIZE] = [0x5a; VALUE_SIZE];
 /// Bytes of every fastmmap key: the 8-byte id, then padding.
 pub const KEY_SIZE: usize = 16;
 /// Bytes one entry takes in a fastmmap page: its 24-byte header, the key and the value.
@@ -102,7 +104,8 @@ impl Drop for ScratchDir {
 }
 
 /// fastmmap through its public API: a fresh file of the given geometry (native layout, no
-/// expiry), a manual clock, a `get` and on a miss a `set` of a 100-byte value.
+/// expiry), a manual clock, a `get` (`get_with`, which reads in place: the same lookup without
+/// the copy) and on a miss a `set` of a 100-byte value.
 pub struct FastMmap {
     cache: Cache,
     clock: ManualClock,
@@ -124,6 +127,7 @@ impl FastMmap {
         let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
         let cache = Cache::builder()
             .path(&path)
+            .layout(Layout::Native)
             .num_pages(config.pages)
             .page_size(config.page_size)
             .lock_kind(config.lock_kind)
@@ -167,7 +171,7 @@ impl FastMmap {
     pub fn insert(&mut self, id: u64) {
         self.tick();
         self.cache
-            .set(&fastmmap_key(id), &[0x5a; VALUE_SIZE])
+            .set(&fastmmap_key(id), &VALUE)
             .unwrap_or_else(|e| panic!("fastmmap set of key {id} failed: {e}"));
     }
 }
@@ -186,13 +190,13 @@ impl Policy for FastMmap {
             .is_some();
         if !hit {
             self.cache
-                .set(&fastmmap_key(key), &[0x5a; VALUE_SIZE])
+                .set(&fastmmap_key(key), &VALUE)
                 .unwrap_or_else(|e| panic!("fastmmap set of key {key} failed: {e}"));
         }
         hit
     }
 
-    fn contains(&mut self, key: u64) -> bool {
+    fn contains(&self, key: u64) -> bool {
         self.cache
             .contains_key(&fastmmap_key(key))
             .unwrap_or_else(|e| panic!("fastmmap contains_key of key {key} failed: {e}"))
@@ -289,7 +293,7 @@ impl Policy for Lru {
         false
     }
 
-    fn contains(&mut self, key: u64) -> bool {
+    fn contains(&self, key: u64) -> bool {
         self.index.contains_key(&key)
     }
 }
@@ -317,7 +321,7 @@ impl Policy for Moka {
         hit
     }
 
-    fn contains(&mut self, key: u64) -> bool {
+    fn contains(&self, key: u64) -> bool {
         // Apply the evictions moka has queued, so the answer is what it holds.
         self.0.run_pending_tasks();
         self.0.contains_key(&key)
@@ -348,7 +352,7 @@ impl Policy for QuickCache {
         hit
     }
 
-    fn contains(&mut self, key: u64) -> bool {
+    fn contains(&self, key: u64) -> bool {
         self.0.peek(&key).is_some()
     }
 }
@@ -427,7 +431,7 @@ impl Policy for Belady {
         false
     }
 
-    fn contains(&mut self, key: u64) -> bool {
+    fn contains(&self, key: u64) -> bool {
         self.cached.contains_key(&key)
     }
 }
