@@ -1,0 +1,430 @@
+//! Faults are visible: each fault the library recovers from by itself emits its `tracing`
+//! event, with the file, page or server named, and the matching `Stats` counter moves with it.
+//!
+//! A small subscriber of our own, installed once for the whole binary, captures every
+//! `fastmmap::…` event; each test picks out the events that name its own file. Events emitted
+//! in a forked child stay in the child, so a fault made by a child is observed in the parent,
+//! when the next user finds it.
+
+mod common;
+#[cfg(feature = "redis")]
+#[path = "redis/server.rs"]
+#[allow(dead_code)] // the harness of the Redis tests; this file uses a part
+mod server;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Mutex, Once};
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use fastmmap::{Backing, BackingError, Cache, Error, Layout, WriteMode};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Metadata, Subscriber, span};
+
+/// One event as captured: its target, level and fields (the message under `message`).
+#[derive(Clone, Debug)]
+struct Captured {
+    target: String,
+    level: Level,
+    fields: BTreeMap<String, String>,
+}
+
+impl Captured {
+    fn field(&self, name: &str) -> &str {
+        self.fields
+            .get(name)
+            .map_or_else(|| panic!("event without field {name}: {self:?}"), |v| v)
+    }
+}
+
+static EVENTS: Mutex<Vec<Captured>> = Mutex::new(Vec::new());
+
+/// Keeps every event of the crate in [`EVENTS`].
+struct Capture;
+
+struct Fields<'a>(&'a mut BTreeMap<String, String>);
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+}
+
+impl Subscriber for Capture {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.target().starts_with("fastmmap")
+    }
+    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+        span::Id::from_u64(1)
+    }
+    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut fields = BTreeMap::new();
+        event.record(&mut Fields(&mut fields));
+        let captured = Captured {
+            target: event.metadata().target().to_owned(),
+            level: *event.metadata().level(),
+            fields,
+        };
+        EVENTS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(captured);
+    }
+    fn enter(&self, _: &span::Id) {}
+    fn exit(&self, _: &span::Id) {}
+}
+
+fn install() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        tracing::subscriber::set_global_default(Capture).expect("the only global subscriber");
+    });
+}
+
+/// The events captured so far whose `path` is `path`, of `target`.
+fn events(path: &Path, target: &str) -> Vec<Captured> {
+    let path = path.display().to_string();
+    EVENTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|e| e.target == target && e.fields.get("path") == Some(&path))
+        .cloned()
+        .collect()
+}
+
+/// The one event of `target` for `path`.
+fn one_event(path: &Path, target: &str) -> Captured {
+    let found = events(path, target);
+    assert_eq!(
+        found.len(),
+        1,
+        "one {target} event for {path:?}: {found:#?}"
+    );
+    found.into_iter().next().expect("one")
+}
+
+/// A backing store in memory that fails every call when told to.
+#[derive(Clone, Default)]
+struct Store {
+    map: std::sync::Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Store {
+    fn check(&self) -> Result<(), BackingError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            Err("the database is down".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Backing for Store {
+    fn load(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackingError> {
+        self.check()?;
+        Ok(self.map.lock().unwrap().get(key).cloned())
+    }
+    fn store(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        _expires_at: Option<SystemTime>,
+    ) -> Result<(), BackingError> {
+        self.check()?;
+        self.map
+            .lock()
+            .unwrap()
+            .insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+    fn delete(&self, key: &[u8]) -> Result<(), BackingError> {
+        self.check()?;
+        self.map.lock().unwrap().remove(key);
+        Ok(())
+    }
+}
+
+const NUM_PAGES: u32 = 4;
+const PAGE_SIZE: u32 = 8192;
+
+/// A page whose header is damaged is reset by the next read: one warning naming the file, the
+/// page and why, and the page's reset counter moves; on both layouts.
+#[test]
+fn a_damaged_page_is_reset_with_a_warning() {
+    let _serial = serial();
+    install();
+    let dir = temp_dir();
+    for layout in [Layout::Native, Layout::FastMmap] {
+        let path = dir.path().join(format!("{layout:?}.cache"));
+        let cache = Cache::builder()
+            .path(&path)
+            .layout(layout)
+            .num_pages(NUM_PAGES)
+            .page_size(PAGE_SIZE)
+            .open()
+            .expect("open");
+        cache.set(b"k", b"v").expect("set");
+        let page = key_page(layout, b"k", NUM_PAGES);
+        let raw = raw_file(&path);
+        write_u32(
+            &raw,
+            page_offset(layout, NUM_PAGES, PAGE_SIZE, page),
+            0xdead_beef,
+        );
+        assert_eq!(cache.get(b"k").expect("get"), None, "{layout:?}: reset");
+
+        let stats = cache.stats().expect("stats");
+        assert_eq!(stats.resets, 1, "{layout:?}");
+        assert_eq!(stats.pages[page as usize].resets, 1, "{layout:?}");
+        let e = one_event(&path, "fastmmap::page");
+        assert_eq!(e.level, Level::WARN, "{layout:?}");
+        assert_eq!(e.field("page"), page.to_string(), "{layout:?}");
+        assert_eq!(e.field("dirty_lost"), "0", "{layout:?}");
+        assert!(e.field("reason").contains("magic"), "{layout:?}: {e:?}");
+        assert!(events(&path, "fastmmap::write_back").is_empty());
+    }
+}
+
+/// A writer killed in the middle of a change (its busy marker left set) holding dirty
+/// write-back entries: the next user resets the page, and the loss is an error event naming
+/// the file, the page and how many entries, counted in `Stats::dirty_lost`.
+#[test]
+fn dirty_entries_lost_with_a_killed_writer_are_an_error() {
+    let _serial = serial();
+    install();
+    let dir = temp_dir();
+    let path = dir.path().join("c");
+    let cache = Cache::builder()
+        .path(&path)
+        .num_pages(1)
+        .page_size(PAGE_SIZE)
+        .backing(Store::default())
+        .write_mode(WriteMode::Back)
+        .open()
+        .expect("open");
+    let ready = Pipe::new();
+    let mut kids = Children::new();
+    let writer = {
+        let cache = cache.clone();
+        let path = path.clone();
+        let ready = &ready;
+        kids.spawn(move || {
+            for i in 0..3 {
+                cache
+                    .set(format!("dirty{i}").as_bytes(), b"never written back")
+                    .map_err(|e| format!("set: {e}"))?;
+            }
+            // What a SIGKILL in the middle of a structural change leaves: the busy marker.
+            write_u32(&raw_file(&path), busy_marker_offset(0), 1);
+            ready.release(1);
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    };
+    ready.wait();
+    kids.kill(writer);
+    assert!(events(&path, "fastmmap::page").is_empty(), "nothing yet");
+
+    assert_eq!(
+        cache.get(b"dirty0").expect("get"),
+        None,
+        "the page was reset"
+    );
+    let stats = cache.stats().expect("stats");
+    assert_eq!((stats.resets, stats.dirty_lost), (1, 3));
+    let reset = one_event(&path, "fastmmap::page");
+    assert_eq!(reset.level, Level::WARN);
+    assert!(reset.field("reason").contains("busy marker"), "{reset:?}");
+    assert_eq!(reset.field("dirty_lost"), "3");
+    let lost = one_event(&path, "fastmmap::write_back");
+    assert_eq!(lost.level, Level::ERROR);
+    assert_eq!((lost.field("page"), lost.field("count")), ("0", "3"));
+}
+
+/// A backing store that fails a write-back: the caller gets the error, the operator an error
+/// event naming the file and the call (not the key), and `Stats::backing_errors` counts it.
+#[test]
+fn a_failing_write_back_is_an_error_event() {
+    let _serial = serial();
+    install();
+    let dir = temp_dir();
+    let path = dir.path().join("c");
+    let store = Store::default();
+    let cache = Cache::builder()
+        .path(&path)
+        .backing(store.clone())
+        .write_mode(WriteMode::Back)
+        .open()
+        .expect("open");
+    cache.set(b"secret-key", b"v").expect("set");
+    store
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    match cache.flush() {
+        Err(Error::Backing { op: "store", .. }) => {}
+        other => panic!("flush with the store down: {other:?}"),
+    }
+    assert_eq!(cache.stats().expect("stats").backing_errors, 1);
+    let e = one_event(&path, "fastmmap::backing");
+    assert_eq!(e.level, Level::ERROR);
+    assert_eq!(e.field("op"), "store");
+    assert_eq!(e.field("key_len"), "10");
+    assert!(e.field("error").contains("the database is down"), "{e:?}");
+    assert!(
+        !format!("{e:?}").contains("secret-key"),
+        "no key bytes in events: {e:?}"
+    );
+    store
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(cache.flush().expect("flush"), 1, "still dirty, written now");
+    cache.reset_stats().expect("reset_stats");
+    assert_eq!(cache.stats().expect("stats").backing_errors, 0);
+}
+
+/// A page lock held by another process past the lock timeout: a warning naming the file and
+/// the page, counted in `Stats::lock_timeouts`.
+#[test]
+fn a_lock_timeout_is_a_warning() {
+    let _serial = serial();
+    install();
+    let dir = temp_dir();
+    let path = dir.path().join("c");
+    let cache = Cache::builder()
+        .path(&path)
+        .num_pages(1)
+        .lock_timeout(Duration::from_millis(200))
+        .open()
+        .expect("open");
+    let holding = Pipe::new();
+    let mut kids = Children::new();
+    let holder = {
+        let cache = cache.clone();
+        let holding = &holding;
+        kids.spawn(move || {
+            cache
+                .update(b"k", |_| {
+                    holding.release(1);
+                    loop {
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                })
+                .map_err(|e| format!("update: {e}"))?;
+            Ok(())
+        })
+    };
+    holding.wait();
+    match cache.get(b"k") {
+        Err(Error::LockTimeout { page: 0, .. }) => {}
+        other => panic!("get while another process holds the page: {other:?}"),
+    }
+    kids.kill(holder);
+    assert_eq!(cache.stats().expect("stats").lock_timeouts, 1);
+    let e = one_event(&path, "fastmmap::lock");
+    assert_eq!(e.level, Level::WARN);
+    assert_eq!((e.field("page"), e.field("timeout_ms")), ("0", "200"));
+}
+
+/// A session record that cannot be decoded: the load fails, and a warning names the file and
+/// the record's kind, never the session id.
+#[cfg(feature = "session")]
+#[test]
+fn an_undecodable_session_record_is_a_warning() {
+    use fastmmap::session::{Client, Error as SessionError, SessionStore};
+
+    let _serial = serial();
+    install();
+    let dir = temp_dir();
+    let path = dir.path().join("sessions");
+    let cache = Cache::builder().path(&path).open().expect("open");
+    let store = SessionStore::new(cache.clone());
+    let mut session = store.create(&Client::new()).expect("create");
+    session.insert("n", &1).expect("insert");
+    store.save(&mut session).expect("save");
+    let id = *session.id();
+    cache
+        .set(&store.key(&id), b"not a session record")
+        .expect("damage");
+
+    match store.load(Some(&id), &Client::new()) {
+        Err(SessionError::BadRecord { .. } | SessionError::UnsupportedVersion { .. }) => {}
+        other => panic!("load of a damaged record: {other:?}"),
+    }
+    let e = one_event(&path, "fastmmap::session");
+    assert_eq!(e.level, Level::WARN);
+    assert_eq!(e.field("kind"), "session");
+    assert!(
+        !format!("{e:?}").contains(id.as_str()),
+        "no session id in events: {e:?}"
+    );
+}
+
+/// The Redis listener's connection: established (info), lost when its redis-server is killed
+/// (a warning naming the server), established again when the server is back (info).
+#[cfg(feature = "redis")]
+#[test]
+fn a_listener_losing_redis_warns_and_says_when_it_is_back() {
+    use fastmmap::redis::{Listener, ListenerStatus, RedisOptions};
+
+    let _serial = serial();
+    install();
+    let Some(mut server) =
+        server::RedisServer::start("a_listener_losing_redis_warns_and_says_when_it_is_back")
+    else {
+        return;
+    };
+    let dir = temp_dir();
+    let path = dir.path().join("c");
+    let cache = Cache::builder().path(&path).open().expect("open");
+    let options = || {
+        RedisOptions::new(&server.url())
+            .expect("a valid URL")
+            .timeout(Duration::from_millis(500))
+    };
+    let listener = Listener::start(options(), &cache).expect("start the listener");
+    assert!(listener.wait_trusted(Duration::from_secs(10)));
+    let port = server.port.to_string();
+    let up = one_event(&path, "fastmmap::redis");
+    assert_eq!(up.level, Level::INFO);
+    assert!(up.field("server").contains(&port), "{up:?}");
+    assert_eq!(up.field("connections"), "1");
+
+    server.kill();
+    let lost = |path: &Path| {
+        events(path, "fastmmap::redis")
+            .into_iter()
+            .filter(|e| e.level == Level::WARN)
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while lost(&path).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let warnings = lost(&path);
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning however long it is down: {warnings:#?}"
+    );
+    assert!(warnings[0].field("server").contains(&port));
+    assert!(matches!(listener.status(), ListenerStatus::Down(_)));
+
+    server.restart();
+    assert!(listener.wait_trusted(Duration::from_secs(20)));
+    let infos: Vec<Captured> = events(&path, "fastmmap::redis")
+        .into_iter()
+        .filter(|e| e.level == Level::INFO)
+        .collect();
+    assert_eq!(infos.len(), 2, "{infos:#?}");
+    assert_eq!(infos[1].field("connections"), "2");
+    assert_eq!(lost(&path).len(), 1, "reconnection attempts are quiet");
+}
