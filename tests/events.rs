@@ -32,9 +32,10 @@ struct Captured {
 
 impl Captured {
     fn field(&self, name: &str) -> &str {
-        self.fields
-            .get(name)
-            .map_or_else(|| panic!("event without field {name}: {self:?}"), |v| v)
+        match self.fields.get(name) {
+            Some(value) => value,
+            None => panic!("event without field {name}: {self:?}"),
+        }
     }
 }
 
@@ -427,4 +428,28 @@ fn a_listener_losing_redis_warns_and_says_when_it_is_back() {
     assert_eq!(infos.len(), 2, "{infos:#?}");
     assert_eq!(infos[1].field("connections"), "2");
     assert_eq!(lost(&path).len(), 1, "reconnection attempts are quiet");
+}
+
+/// A stored value that does not decode as the typed cache's type: the caller gets the error,
+/// the operator a warning naming the file (not the key), and `Stats::decode_errors` counts it.
+#[cfg(feature = "serde")]
+#[test]
+fn an_undecodable_typed_value_is_a_warning() {
+    use fastmmap::typed::{Json, TypedCache};
+
+    let _serial = serial();
+    install();
+    let dir = temp_dir();
+    let path = dir.path().join("c");
+    let cache = Cache::builder().path(&path).open().expect("open");
+    let typed: TypedCache<str, u64, Json> = TypedCache::new(cache.clone(), Json);
+    cache.set(b"count", b"not json").expect("set");
+    match typed.get("count") {
+        Err(Error::Decode { .. }) => {}
+        other => panic!("get of a value that is not a u64: {other:?}"),
+    }
+    assert_eq!(cache.stats().expect("stats").decode_errors, 1);
+    let e = one_event(&path, "fastmmap::decode");
+    assert_eq!(e.level, Level::WARN);
+    assert_eq!(e.field("key_len"), "5");
 }
