@@ -188,36 +188,40 @@ pub(crate) fn session_unreadable(
     error
 }
 
-/// The web layer could not save (or load, to extend) a session after the handler ran.
+/// The web layer could not save (or load, to extend) a session of `path` after the handler
+/// ran.
 /// `answered` says whether the client got an error response (else its response went out
 /// without a session cookie).
 #[cfg(feature = "axum")]
 #[cold]
-pub(crate) fn session_not_saved(error: &crate::session::Error, answered: bool) {
+pub(crate) fn session_not_saved(path: &Path, error: &crate::session::Error, answered: bool) {
     #[cfg(feature = "tracing")]
     if answered {
         tracing::error!(
             target: target::SESSION,
+            path = %path.display(),
             error = %error,
             "session not saved: the request was answered 500"
         );
     } else {
         tracing::warn!(
             target: target::SESSION,
+            path = %path.display(),
             error = %error,
             "session not loaded to be extended: the response went out without a cookie"
         );
     }
 }
 
-/// The web layer left a response body unrewritten (session ids not added to its URLs):
-/// `error` says why.
+/// The web layer left a response body unrewritten (session ids not added to its URLs), for
+/// sessions kept in `path`: `error` says why.
 #[cfg(feature = "axum")]
 #[cold]
-pub(crate) fn rewrite_refused(error: &crate::session::Error) {
+pub(crate) fn rewrite_refused(path: &Path, error: &crate::session::Error) {
     #[cfg(feature = "tracing")]
     tracing::info!(
         target: target::WEB,
+        path = %path.display(),
         error = %error,
         "response body not rewritten: its URLs do not carry the session id"
     );

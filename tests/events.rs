@@ -202,57 +202,57 @@ fn dirty_entries_lost_with_a_killed_writer_are_an_error() {
     let _serial = serial();
     install();
     let dir = temp_dir();
-    let path = dir.path().join("c");
-    let cache = Cache::builder()
-        .path(&path)
-        .num_pages(1)
-        .page_size(PAGE_SIZE)
-        .backing(Store::default())
-        .write_mode(WriteMode::Back)
-        .open()
-        .expect("open");
-    let ready = Pipe::new();
-    let mut kids = Children::new();
-    let writer = {
-        let cache = cache.clone();
-        let path = path.clone();
-        let ready = &ready;
-        kids.spawn(move || {
-            for i in 0..3 {
-                cache
-                    .set(format!("dirty{i}").as_bytes(), b"never written back")
-                    .map_err(|e| format!("set: {e}"))?;
-            }
-            // What a SIGKILL in the middle of a structural change leaves: the busy marker.
-            write_u32(&raw_file(&path), busy_marker_offset(0), 1);
-            ready.release(1);
-            loop {
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        })
-    };
-    ready.wait();
-    kids.kill(writer);
-    assert!(events(&path, "fastmmap::page").is_empty(), "nothing yet");
+    for kind in [NATIVE, ROBUST] {
+        let path = dir.path().join(format!("{:?}.cache", kind.lock));
+        let cache = kind
+            .builder()
+            .path(&path)
+            .num_pages(1)
+            .page_size(PAGE_SIZE)
+            .backing(Store::default())
+            .write_mode(WriteMode::Back)
+            .open()
+            .expect("open");
+        let ready = Pipe::new();
+        let mut kids = Children::new();
+        let writer = {
+            let cache = cache.clone();
+            let path = path.clone();
+            let ready = &ready;
+            kids.spawn(move || {
+                for i in 0..3 {
+                    cache
+                        .set(format!("dirty{i}").as_bytes(), b"never written back")
+                        .map_err(|e| format!("set: {e}"))?;
+                }
+                // What a SIGKILL in the middle of a structural change leaves: the busy marker.
+                write_u32(&raw_file(&path), busy_marker_offset(0), 1);
+                ready.release(1);
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            })
+        };
+        ready.wait();
+        kids.kill(writer);
+        assert!(events(&path, "fastmmap::page").is_empty(), "nothing yet");
 
-    assert_eq!(
-        cache.get(b"dirty0").expect("get"),
-        None,
-        "the page was reset"
-    );
-    let stats = cache.stats().expect("stats");
-    assert_eq!((stats.resets, stats.dirty_lost), (1, 3));
-    let reset = one_event(&path, "fastmmap::page");
-    assert_eq!(reset.level, Level::WARN);
-    assert!(reset.field("reason").contains("busy marker"), "{reset:?}");
-    assert_eq!(reset.field("dirty_lost"), "3");
-    let lost = one_event(&path, "fastmmap::write_back");
-    assert_eq!(lost.level, Level::ERROR);
-    assert_eq!((lost.field("page"), lost.field("count")), ("0", "3"));
+        assert_eq!(cache.get(b"dirty0").expect("get"), None, "{kind:?}: reset");
+        let stats = cache.stats().expect("stats");
+        assert_eq!((stats.resets, stats.dirty_lost), (1, 3), "{kind:?}");
+        let reset = one_event(&path, "fastmmap::page");
+        assert_eq!(reset.level, Level::WARN);
+        assert!(reset.field("reason").contains("busy marker"), "{reset:?}");
+        assert_eq!(reset.field("dirty_lost"), "3");
+        let lost = one_event(&path, "fastmmap::write_back");
+        assert_eq!(lost.level, Level::ERROR);
+        assert_eq!((lost.field("page"), lost.field("count")), ("0", "3"));
+    }
 }
 
-/// A backing store that fails a write-back: the caller gets the error, the operator an error
-/// event naming the file and the call (not the key), and `Stats::backing_errors` counts it.
+/// A backing store that fails a write-back (a flush, an eviction): the caller gets the error,
+/// the operator an error event naming the file and the call (not the key), and
+/// `Stats::backing_errors` counts it.
 #[test]
 fn a_failing_write_back_is_an_error_event() {
     let _serial = serial();
@@ -284,6 +284,42 @@ fn a_failing_write_back_is_an_error_event() {
         !format!("{e:?}").contains("secret-key"),
         "no key bytes in events: {e:?}"
     );
+    // An eviction that must write dirty entries back first: refused, and said so each time.
+    let small = dir.path().join("small");
+    let evicting = Cache::builder()
+        .path(&small)
+        .num_pages(1)
+        .page_size(4096)
+        .backing(store.clone())
+        .write_mode(WriteMode::Back)
+        .open()
+        .expect("open");
+    store
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut i = 0;
+    while evicting
+        .set(format!("key{i}").as_bytes(), &[b'v'; 100])
+        .is_ok()
+    {
+        i += 1;
+        assert!(
+            i < 1000,
+            "a 4 KiB page holds fewer than 1000 values of 100 bytes"
+        );
+        if i == 10 {
+            store
+                .failing
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let refused = one_event(&small, "fastmmap::backing");
+    assert_eq!(
+        (refused.level, refused.field("op")),
+        (Level::ERROR, "store")
+    );
+    assert_eq!(evicting.stats().expect("stats").backing_errors, 1);
+
     store
         .failing
         .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -452,4 +488,110 @@ fn an_undecodable_typed_value_is_a_warning() {
     let e = one_event(&path, "fastmmap::decode");
     assert_eq!(e.level, Level::WARN);
     assert_eq!(e.field("key_len"), "5");
+}
+
+/// The web layer: a session it cannot save is an error event (the client gets a 500), and a
+/// page it will not rewrite (a NUL byte: UTF-16?) is an info event saying why; both name the
+/// sessions' file.
+#[cfg(feature = "axum")]
+#[test]
+fn the_web_layer_reports_an_unsaved_session_and_an_unrewritten_page() {
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::response::Html;
+    use axum::routing::get;
+    use fastmmap::session::{SessionStore, UrlRewriter};
+    use fastmmap::web::{Session, SessionLayer};
+    use http_body_util::BodyExt;
+    use tower::{Layer, ServiceExt};
+
+    async fn huge(session: Session) -> &'static str {
+        session.insert("huge", &"x".repeat(200_000)).unwrap();
+        "ok"
+    }
+    async fn nul(session: Session) -> Html<&'static str> {
+        session.insert("seen", &true).unwrap();
+        Html("<a href=\"/a\">a</a>\0")
+    }
+
+    let _serial = serial();
+    install();
+    let dir = temp_dir();
+    let path = dir.path().join("s.cache");
+    let store = SessionStore::builder()
+        .path(&path)
+        .urls(UrlRewriter::new("http://app.test/").unwrap())
+        .build()
+        .unwrap();
+    let app = SessionLayer::new(store).layer(
+        Router::new()
+            .route("/huge", get(huge))
+            .route("/nul", get(nul)),
+    );
+    let send = |uri: &str| {
+        let req = Request::builder().uri(uri).body(Body::empty()).unwrap();
+        let app = app.clone();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let r = app.oneshot(req).await.unwrap();
+                let status = r.status();
+                let body = r.into_body().collect().await.unwrap().to_bytes();
+                (status, body)
+            })
+    };
+
+    let (status, _) = send("/huge");
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let e = one_event(&path, "fastmmap::session");
+    assert_eq!(e.level, Level::ERROR);
+    assert!(e.field("error").contains("cannot fit in a page"), "{e:?}");
+
+    let (status, body) = send("/nul");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"<a href=\"/a\">a</a>\0", "left as it was");
+    let e = one_event(&path, "fastmmap::web");
+    assert_eq!(e.level, Level::INFO);
+    assert!(e.field("error").contains("NUL"), "{e:?}");
+}
+
+/// Catalyst mode: a `session:SID` record that is not Storable fails the load with a warning
+/// naming the file and the mode, never the session id.
+#[cfg(all(feature = "session", feature = "perl"))]
+#[test]
+fn an_undecodable_catalyst_record_is_a_warning() {
+    use fastmmap::session::{CatalystConfig, Client, Error as SessionError, SessionStore};
+
+    let _serial = serial();
+    install();
+    let dir = temp_dir();
+    let path = dir.path().join("session_data");
+    let store = SessionStore::builder()
+        .path(&path)
+        .catalyst(CatalystConfig::new())
+        .build()
+        .expect("a Catalyst store");
+    let mut session = store.create(&Client::new()).expect("create");
+    session.insert("n", &1).expect("insert");
+    store.save(&mut session).expect("save");
+    let id = *session.id();
+    let key = format!("session:{}", id.as_str());
+    assert!(store.cache().get(key.as_bytes()).expect("get").is_some());
+    store
+        .cache()
+        .set(key.as_bytes(), b"not Storable")
+        .expect("damage");
+
+    match store.load(Some(&id), &Client::new()) {
+        Err(SessionError::BadRecord { .. }) => {}
+        other => panic!("load of a damaged record: {other:?}"),
+    }
+    let e = one_event(&path, "fastmmap::session");
+    assert_eq!((e.level, e.field("kind")), (Level::WARN, "catalyst"));
+    assert!(
+        !format!("{e:?}").contains(id.as_str()),
+        "no session id in events: {e:?}"
+    );
 }
