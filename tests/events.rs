@@ -595,3 +595,38 @@ fn an_undecodable_catalyst_record_is_a_warning() {
         "no session id in events: {e:?}"
     );
 }
+
+/// A Redis state file that is not what the listener writes (here a symbolic link) is refused:
+/// the host does not trust its file, and a warning names the state file, once however often
+/// it is read.
+#[cfg(feature = "redis")]
+#[test]
+fn a_refused_redis_state_file_is_a_warning() {
+    use fastmmap::redis::{RedisBacking, RedisOptions};
+
+    let _serial = serial();
+    install();
+    let Some(server) = server::RedisServer::start("a_refused_redis_state_file_is_a_warning") else {
+        return;
+    };
+    let dir = temp_dir();
+    let path = dir.path().join("c");
+    let state = dir.path().join("c.redis");
+    std::fs::write(dir.path().join("elsewhere"), [0u8; 64]).expect("a file to point at");
+    std::os::unix::fs::symlink(dir.path().join("elsewhere"), &state).expect("symlink");
+    let options = RedisOptions::new(&server.url())
+        .expect("a valid URL")
+        .timeout(Duration::from_millis(500));
+    let cache = Cache::builder()
+        .path(&path)
+        .backing(RedisBacking::new(options, &path))
+        .open()
+        .expect("open");
+    cache.set(b"k", b"v").expect("set");
+    for _ in 0..5 {
+        assert_eq!(cache.get(b"k").expect("get").as_deref(), Some(&b"v"[..]));
+    }
+    let e = one_event(&state, "fastmmap::redis");
+    assert_eq!(e.level, Level::WARN);
+    assert!(e.field("error").contains("link"), "{e:?}");
+}
