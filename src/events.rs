@@ -127,13 +127,13 @@ pub(crate) fn backing_failed(faults: &Faults, error: &Error) {
 pub(crate) fn decode_failed(faults: &Faults, error: &Error) {
     faults.decode_errors.fetch_add(1, Ordering::Relaxed);
     #[cfg(feature = "tracing")]
-    if let Error::Decode { path, key, source } = error {
+    // The decoder's message is left out: serde's quote the value they could not read.
+    if let Error::Decode { path, key, .. } = error {
         tracing::warn!(
             target: target::DECODE,
             path = %path.display(),
             key_len = key.len(),
-            error = %source,
-            "stored value cannot be decoded"
+            "stored value cannot be decoded: the caller gets Error::Decode"
         );
     }
 }

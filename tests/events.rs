@@ -488,6 +488,10 @@ fn an_undecodable_typed_value_is_a_warning() {
     let e = one_event(&path, "fastmmap::decode");
     assert_eq!(e.level, Level::WARN);
     assert_eq!(e.field("key_len"), "5");
+    assert!(
+        !format!("{e:?}").contains("not json"),
+        "no value bytes: {e:?}"
+    );
 }
 
 /// The web layer: a session it cannot save is an error event (the client gets a 500), and a
