@@ -8,6 +8,7 @@ mod cache;
 mod clock;
 mod compress;
 mod error;
+mod events;
 mod expiry;
 mod layout;
 #[cfg(not(any(fuzzing, feature = "internals")))]

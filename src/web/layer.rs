@@ -350,14 +350,16 @@ where
     };
     let finished = match finished {
         Ok(finished) => finished,
-        Err(_) if !was_loaded && !shared.visit().is_loaded() => {
+        Err(e) if !was_loaded && !shared.visit().is_loaded() => {
+            crate::events::session_not_saved(config.store.cache().path(), &e, false);
             // A session the handler never used, loaded by `finish` only to extend it (as
             // Catalyst does) or to check an id from the URL, could not be loaded: the
             // response goes out as the handler made it, with no cookie — the session is
             // neither deleted (Redis down must not log everyone out) nor extended.
             return http::Response::from_parts(parts, SessionBody::plain(body));
         }
-        Err(_) => {
+        Err(e) => {
+            crate::events::session_not_saved(config.store.cache().path(), &e, true);
             return plain(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the session could not be saved\n",
@@ -398,7 +400,10 @@ where
     }
     match collect(body).await {
         Ok(bytes) => {
-            let out = page.rewrite(&bytes).map_or(bytes, Bytes::from);
+            let out = page
+                .rewrite(&bytes)
+                .map_err(|e| crate::events::rewrite_refused(config.store.cache().path(), &e))
+                .map_or(bytes, Bytes::from);
             parts
                 .headers
                 .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));

@@ -102,7 +102,11 @@ impl SessionStore {
     ) -> Result<Session> {
         #[cfg(feature = "perl")]
         if let Mode::Catalyst(config) = &self.inner.mode {
-            return self.catalyst_load(config, id, client, deliver_flash);
+            return self
+                .catalyst_load(config, id, client, deliver_flash)
+                .map_err(|e| {
+                    crate::events::session_unreadable(self.cache().path(), "catalyst", e)
+                });
         }
         let Some(id) = id else {
             return self.fresh(NewReason::NoId, client);
@@ -120,10 +124,16 @@ impl SessionStore {
         })?;
         match found {
             Found::Missing => self.fresh(NewReason::Unknown, client),
-            Found::Unreadable(e) => Err(e),
+            Found::Unreadable(e) => Err(crate::events::session_unreadable(
+                self.cache().path(),
+                "session",
+                e,
+            )),
             Found::Dropped(reason) => self.fresh(reason, client),
             Found::Live { bytes, extended } => {
-                let mut record = Record::decode(&bytes)?;
+                let mut record = Record::decode(&bytes).map_err(|e| {
+                    crate::events::session_unreadable(self.cache().path(), "session", e)
+                })?;
                 if let Some(expires) = extended {
                     record.times.active = now;
                     record.times.expires = expires;
