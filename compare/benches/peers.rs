@@ -13,7 +13,7 @@
 //!   whole bench), through heed, copying the value out; a write transaction per set, with
 //!   `NO_SYNC` (a cache does not fsync; the environment is in `/dev/shm` anyway).
 //! - `redis`: a `redis-server` of our own on loopback, one connection, `GET`/`SET`; skipped with
-//!   a note when `redis-server` is not on the PATH.
+//!   a note when `redis-server` is not on the PATH (a failure with `FASTMMAP_REQUIRE_REDIS=1`).
 //! - `memcpy`: copying the value into a new `Vec` — the floor of any get that returns an
 //!   owned value.
 //!
@@ -293,8 +293,13 @@ fn redis_set(con: &mut redis::Connection, k: &[u8], v: &[u8]) {
 fn redis_peer(dir: &TempDir) -> Option<(RedisServer, redis::Connection)> {
     let server = match RedisServer::start(dir.path(), Duration::from_secs(5)) {
         Ok(server) => server,
+        Err(e) if std::env::var("FASTMMAP_REQUIRE_REDIS").is_ok_and(|v| v == "1") => {
+            panic!("peers/*/*/*/redis: {e}, and FASTMMAP_REQUIRE_REDIS=1")
+        }
         Err(e) => {
-            eprintln!("peers/*/*/*/redis skipped: {e}");
+            eprintln!(
+                "peers/*/*/*/redis SKIPPED: {e} (FASTMMAP_REQUIRE_REDIS=1 makes this a failure)"
+            );
             return None;
         }
     };
