@@ -18,7 +18,7 @@ use crate::session::data::{NewReason, State, from_unix_secs};
 use crate::session::error::{Error, Result};
 use crate::session::html::PageRewrite;
 use crate::session::id::{InvalidId, SessionId};
-use crate::session::store::{Client, Saved, SessionStore};
+use crate::session::sessions::{Client, Saved, SessionStore};
 use crate::session::uri::UrlStyle;
 
 /// The parts of an incoming request the session layer needs.

@@ -212,7 +212,7 @@
 #![cfg_attr(not(feature = "perl"), allow(rustdoc::broken_intra_doc_links))]
 
 #[cfg(feature = "perl")]
-mod catalyst;
+mod catalyst_record;
 mod cookie;
 mod cycle;
 mod data;
@@ -220,12 +220,12 @@ mod error;
 mod html;
 mod id;
 mod record;
-mod store;
+mod sessions;
 mod uri;
 
 pub use self::cookie::{CookieConfig, DEFAULT_COOKIE_NAME, SameSite, Secure};
 #[cfg(feature = "perl")]
-pub use catalyst::{
+pub use catalyst_record::{
     CATALYST_DEFAULT_EXPIRES, CATALYST_DEFAULT_NUM_PAGES, CATALYST_DEFAULT_PAGE_SIZE,
     CatalystConfig,
 };
@@ -237,7 +237,7 @@ pub use id::{
     CATALYST_ID_BYTES, CATALYST_ID_LEN, ID_BYTES, ID_LEN, IdFormat, InvalidId, SessionId,
 };
 pub use record::{MAX_BOUND_USER_AGENT, RECORD_VERSION};
-pub use store::{
+pub use sessions::{
     Client, DEFAULT_KEY_PREFIX, DEFAULT_LIFETIME, Saved, SessionStore, SessionStoreBuilder,
 };
 pub use uri::{

@@ -45,7 +45,7 @@ mod prefork;
 #[cfg(all(feature = "axum", target_os = "linux"))]
 mod serve;
 #[cfg(feature = "tower-sessions")]
-mod tower_store;
+mod tower_sessions;
 
 #[cfg(feature = "axum")]
 pub use body::{BoxError, SessionBody};
@@ -60,4 +60,4 @@ pub use prefork::{
     Prefork,
 };
 #[cfg(feature = "tower-sessions")]
-pub use tower_store::{DEFAULT_PREFIX as TOWER_SESSIONS_PREFIX, FastMmapStore};
+pub use tower_sessions::{DEFAULT_PREFIX as TOWER_SESSIONS_PREFIX, FastMmapStore};

@@ -29,15 +29,15 @@ mod catalyst;
 mod catalyst_tests;
 mod client;
 mod load;
-mod records;
 mod save;
 #[cfg(test)]
 mod tests;
+mod tier;
 
 pub use builder::SessionStoreBuilder;
 pub use client::Client;
-use records::Records;
 pub use save::Saved;
+use tier::Records;
 
 /// The default absolute lifetime of a session: one day, as in the original plugin.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(86_400);
@@ -92,7 +92,7 @@ pub(crate) enum Mode {
     Native,
     /// As Catalyst::Plugin::Session with Store::FastMmap (three keys per session).
     #[cfg(feature = "perl")]
-    Catalyst(crate::session::catalyst::CatalystConfig),
+    Catalyst(crate::session::catalyst_record::CatalystConfig),
 }
 
 impl std::fmt::Debug for SessionStore {

@@ -27,7 +27,7 @@ pub struct SessionStoreBuilder {
     cookie: CookieConfig,
     urls: Option<UrlRewriter>,
     #[cfg(feature = "perl")]
-    catalyst: Option<crate::session::catalyst::CatalystConfig>,
+    catalyst: Option<crate::session::catalyst_record::CatalystConfig>,
     #[cfg(feature = "redis")]
     redis: Option<crate::redis::RedisOptions>,
 }
@@ -153,7 +153,7 @@ impl SessionStoreBuilder {
     /// (its `verify_address` and `verify_user_agent`), and the key prefix (its keys are
     /// fixed): setting those too is an error at [`build`](Self::build).
     #[cfg(feature = "perl")]
-    pub fn catalyst(mut self, config: crate::session::catalyst::CatalystConfig) -> Self {
+    pub fn catalyst(mut self, config: crate::session::catalyst_record::CatalystConfig) -> Self {
         self.catalyst = Some(config);
         self
     }

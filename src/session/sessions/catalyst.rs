@@ -9,7 +9,7 @@
 
 use super::save::{Applied, CAS_ROUNDS, ID_ATTEMPTS, apply, gone, set_encoded};
 use super::{Client, Saved, SessionStore};
-use crate::session::catalyst::{
+use crate::session::catalyst_record::{
     CatalystConfig, CatalystRecord, EXPIRES_PREFIX, FLASH_PREFIX, SESSION_PREFIX, decode_expires,
     encode_expires,
 };

@@ -17,7 +17,7 @@ use crate::{Cache, Expiry, Result, Update};
 pub(crate) struct Records {
     cache: Cache,
     #[cfg(feature = "redis")]
-    redis: Option<crate::redis::records::RecordTier>,
+    redis: Option<crate::redis::session_tier::RecordTier>,
 }
 
 impl Records {
@@ -32,7 +32,7 @@ impl Records {
     /// Records kept in Redis, with `cache` as the near cache.
     #[cfg(feature = "redis")]
     pub(crate) fn with_redis(cache: Cache, options: crate::redis::RedisOptions) -> Records {
-        let tier = crate::redis::records::RecordTier::new(options, cache.path());
+        let tier = crate::redis::session_tier::RecordTier::new(options, cache.path());
         Records {
             cache,
             redis: Some(tier),
