@@ -1,120 +1,142 @@
-//! Where session records are kept: every read and write of a stored record goes through
-//! [`Records`], so the rest of the store does not care what holds them.
+//! Where session records are kept — the tier seam, chosen once by the builder: every read and
+//! write of a stored record goes through [`Tier`], so the record formats do not care what
+//! holds them.
 //!
-//! That is one [`Cache`], or (feature `redis`, with
-//! [`SessionStoreBuilder::redis`](super::SessionStoreBuilder::redis)) Redis as the source of
-//! truth with the cache file as the near cache of reads: a read serves the local copy while
+//! [`Tier::File`] is one [`Cache`]. [`Tier::Redis`] (feature `redis`, with
+//! [`SessionStoreBuilder::redis`](super::SessionStoreBuilder::redis)) keeps Redis as the source
+//! of truth with the cache file as the near cache of reads: a read serves the local copy while
 //! the host's listener is subscribed, else Redis's; every write is an atomic update in Redis
 //! (the closure runs once, under the record's lock in Redis) after which the local copy is
-//! dropped. See [`crate::redis`].
+//! dropped. See [`crate::redis`]. Each method is one `match` over the two.
 
 use std::time::SystemTime;
 
-use crate::{Cache, Expiry, Result, Update};
+use crate::session::data::unix_secs;
+use crate::session::record::MAX_TIME;
+use crate::{Cache, Expiry, Update};
 
 /// The stored records of a [`SessionStore`](super::SessionStore): get, atomic
 /// read-modify-write, remove.
-pub(crate) struct Records {
-    cache: Cache,
+pub(crate) enum Tier {
+    /// The records are the cache file's entries.
+    File(Cache),
+    /// The records are Redis's; the cache file is the near cache of reads.
     #[cfg(feature = "redis")]
-    redis: Option<crate::redis::session_tier::RecordTier>,
+    Redis {
+        /// The near cache.
+        cache: Cache,
+        /// Redis (boxed: it is large, and every call through it waits on the network anyway).
+        redis: Box<crate::redis::session_tier::RecordTier>,
+    },
 }
 
-impl Records {
-    pub(crate) fn new(cache: Cache) -> Records {
-        Records {
-            cache,
-            #[cfg(feature = "redis")]
-            redis: None,
-        }
-    }
-
+impl Tier {
     /// Records kept in Redis, with `cache` as the near cache.
     #[cfg(feature = "redis")]
-    pub(crate) fn with_redis(cache: Cache, options: crate::redis::RedisOptions) -> Records {
-        let tier = crate::redis::session_tier::RecordTier::new(options, cache.path());
-        Records {
-            cache,
-            redis: Some(tier),
-        }
+    pub(crate) fn redis(cache: Cache, options: crate::redis::RedisOptions) -> Tier {
+        let redis = Box::new(crate::redis::session_tier::RecordTier::new(
+            options,
+            cache.path(),
+        ));
+        Tier::Redis { cache, redis }
     }
 
     /// The local cache file.
     pub(crate) fn cache(&self) -> &Cache {
-        &self.cache
+        match self {
+            Tier::File(cache) => cache,
+            #[cfg(feature = "redis")]
+            Tier::Redis { cache, .. } => cache,
+        }
     }
 
     /// Whether a call may wait on the network: a Redis tier, or a backing store behind the
     /// cache.
     pub(crate) fn may_block(&self) -> bool {
-        #[cfg(feature = "redis")]
-        if self.redis.is_some() {
-            return true;
+        match self {
+            Tier::File(cache) => cache.has_backing(),
+            #[cfg(feature = "redis")]
+            Tier::Redis { .. } => true,
         }
-        self.cache.has_backing()
     }
 
     /// Now, by the cache's clock.
-    pub(crate) fn now(&self) -> SystemTime {
-        self.cache.clock().now()
+    pub(crate) fn clock_now(&self) -> SystemTime {
+        self.cache().clock().now()
+    }
+
+    /// Now, in Unix seconds, by the cache's clock (at most [`MAX_TIME`], like every time in a
+    /// record).
+    pub(crate) fn now(&self) -> u64 {
+        unix_secs(self.clock_now()).min(MAX_TIME)
     }
 
     /// The record under `key`, if any.
-    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        #[cfg(feature = "redis")]
-        if let Some(redis) = &self.redis {
-            return redis.get(&self.cache, key);
+    pub(crate) fn get(&self, key: &[u8]) -> crate::Result<Option<Vec<u8>>> {
+        match self {
+            Tier::File(cache) => cache.get(key),
+            #[cfg(feature = "redis")]
+            Tier::Redis { cache, redis } => redis.get(cache, key),
         }
-        self.cache.get(key)
     }
 
-    /// An atomic read-modify-write of the record under `key` (see [`Cache::update`]).
-    pub(crate) fn update(
+    /// An atomic read-modify-write of the record under `key` (see [`Cache::update_with`]):
+    /// `f` decides the update and what to hand back.
+    pub(crate) fn update_with<R>(
         &self,
         key: &[u8],
-        f: impl FnOnce(Option<&[u8]>) -> Update,
-    ) -> Result<Option<Vec<u8>>> {
-        #[cfg(feature = "redis")]
-        if let Some(redis) = &self.redis {
-            return redis.update(&self.cache, key, f).map(|(_, now)| now);
+        f: impl FnOnce(Option<&[u8]>) -> (Update, R),
+    ) -> crate::Result<R> {
+        match self {
+            Tier::File(cache) => cache.update_with(key, |old| f(old.map(|e| e.value))),
+            #[cfg(feature = "redis")]
+            Tier::Redis { cache, redis } => redis.update_with(cache, key, f),
         }
-        self.cache.update(key, f)
+    }
+
+    /// [`update_with`](Self::update_with) where deciding may fail (a record that does not
+    /// decode, a result that does not encode): a failure changes nothing and is returned.
+    /// This is the one place where an error under the lock leaves the closure.
+    pub(crate) fn try_update<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> crate::session::Result<(Update, R)>,
+    ) -> crate::session::Result<R> {
+        self.update_with(key, |current| match f(current) {
+            Ok((update, r)) => (update, Ok(r)),
+            Err(e) => (Update::Keep, Err(e)),
+        })?
     }
 
     /// Stores `value` under `key` until `expiry` only if the key holds nothing, atomically;
     /// whether it did (a new session's id must be free).
-    pub(crate) fn insert(&self, key: &[u8], value: &[u8], expiry: Expiry) -> Result<bool> {
-        // `update` hands back only the value after it, which cannot tell an insert from a
-        // record already holding the same bytes: the decision leaves through `free`.
-        let mut free = false;
-        self.update(key, |old| {
-            if old.is_some() {
-                return Update::Keep;
-            }
-            free = true;
-            Update::SetWith(value.to_vec(), expiry)
-        })?;
-        Ok(free)
+    pub(crate) fn insert(&self, key: &[u8], value: &[u8], expiry: Expiry) -> crate::Result<bool> {
+        self.update_with(key, |old| match old {
+            Some(_) => (Update::Keep, false),
+            None => (Update::SetWith(value.to_vec(), expiry), true),
+        })
     }
 
     /// Stores `value` under `key` until `expiry`; whether it was stored (see [`Cache::set_with`]).
-    pub(crate) fn set_with(&self, key: &[u8], value: &[u8], expiry: Expiry) -> Result<bool> {
-        #[cfg(feature = "redis")]
-        if let Some(redis) = &self.redis {
-            let set = Update::SetWith(value.to_vec(), expiry);
-            return redis.update(&self.cache, key, |_| set).map(|_| true);
+    pub(crate) fn set_with(&self, key: &[u8], value: &[u8], expiry: Expiry) -> crate::Result<bool> {
+        match self {
+            Tier::File(cache) => cache.set_with(key, value, expiry),
+            #[cfg(feature = "redis")]
+            Tier::Redis { cache, redis } => {
+                let set = Update::SetWith(value.to_vec(), expiry);
+                redis.update_with(cache, key, |_| (set, true))
+            }
         }
-        self.cache.set_with(key, value, expiry)
     }
 
     /// Removes the record under `key`; whether one was there.
-    pub(crate) fn remove(&self, key: &[u8]) -> Result<bool> {
-        #[cfg(feature = "redis")]
-        if let Some(redis) = &self.redis {
-            return redis
-                .update(&self.cache, key, |_| Update::Remove)
-                .map(|(was_there, _)| was_there);
+    pub(crate) fn remove(&self, key: &[u8]) -> crate::Result<bool> {
+        match self {
+            Tier::File(cache) => cache.remove(key),
+            #[cfg(feature = "redis")]
+            Tier::Redis { cache, redis } => {
+                redis.update_with(cache, key, |old| (Update::Remove, old.is_some()))
+            }
         }
-        self.cache.remove(key)
     }
 }
