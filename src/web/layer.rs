@@ -9,13 +9,13 @@ use std::task::{Context, Poll};
 
 use axum::extract::ConnectInfo;
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use http_body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::session::{Client, Request, Response, SessionStore};
+use crate::session::SessionStore;
 use crate::web::body::{BoxError, SessionBody};
 use crate::web::extract::{Session, Shared, blocking};
 
@@ -248,35 +248,14 @@ where
 
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
         let config = Arc::clone(&self.config);
-        let cookies: Vec<&str> = req
-            .headers()
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let cookie = (!cookies.is_empty()).then(|| cookies.join("; "));
-        let user_agent = req
-            .headers()
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok());
         let address = req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(a)| a.ip());
-        let mut client = Client::new();
-        if let Some(address) = address {
-            client = client.address(address);
-        }
-        if let Some(user_agent) = user_agent {
-            client = client.user_agent(user_agent);
-        }
         let https = is_https(req.uri(), req.headers(), config.trust_forwarded_proto);
-        let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let mut request = Request::new(target).https(https).client(client);
-        if let Some(cookie) = cookie.as_deref() {
-            request = request.cookie(cookie);
-        }
-        let visit = config.store.begin(&request);
+        let visit = config
+            .store
+            .begin_http(req.uri(), req.headers(), address, https);
         let changed = visit.path() != req.uri().path() || visit.query() != req.uri().query();
         if changed && let Some(uri) = with_path(req.uri(), visit.path(), visit.query()) {
             *req.uri_mut() = uri;
@@ -324,30 +303,24 @@ where
         // The handler was told; the session and its cookie stay as they were.
         return http::Response::from_parts(parts, SessionBody::plain(body));
     }
-    let header = |name| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let mut view = Response::new(parts.status.as_u16());
-    view.location = header(LOCATION);
-    view.content_type = header(CONTENT_TYPE);
-    let location = view.location.clone();
     let was_loaded = shared.visit().is_loaded();
+    let status = parts.status;
+    let mut headers = std::mem::take(&mut parts.headers);
     let store_finish = {
         let shared = Arc::clone(&shared);
         move || {
-            let finished = config.store.finish(&mut shared.visit(), &mut view);
-            (finished, view, config)
+            let finished = config
+                .store
+                .finish_http(&mut shared.visit(), status, &mut headers);
+            (finished, headers, config)
         }
     };
-    let (finished, view, config) = if shared.may_block {
+    let (finished, headers, config) = if shared.may_block {
         blocking(store_finish).await
     } else {
         store_finish()
     };
+    parts.headers = headers;
     let finished = match finished {
         Ok(finished) => finished,
         Err(_) if !was_loaded && !shared.visit().is_loaded() => {
@@ -364,19 +337,6 @@ where
             );
         }
     };
-    if view.location != location
-        && let Some(new) = view
-            .location
-            .as_deref()
-            .and_then(|l| HeaderValue::from_str(l).ok())
-    {
-        parts.headers.insert(LOCATION, new);
-    }
-    if let Some(cookie) = &view.set_cookie
-        && let Ok(value) = HeaderValue::from_str(&cookie.to_string())
-    {
-        parts.headers.append(SET_COOKIE, value);
-    }
     // A HEAD response has no body to rewrite, and keeps the length GET would have.
     let Some(page) = finished.page.filter(|_| !head) else {
         return http::Response::from_parts(parts, SessionBody::plain(body));

@@ -122,6 +122,7 @@ impl SessionStore {
     /// Whether a call of this store may wait on the network (a Redis tier, or a backing
     /// store behind its cache) rather than take a page lock for microseconds: the web layer
     /// then makes its calls on tokio's blocking pool.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn may_block(&self) -> bool {
         self.inner.tier.may_block()
     }

@@ -52,6 +52,7 @@ impl Tier {
 
     /// Whether a call may wait on the network: a Redis tier, or a backing store behind the
     /// cache.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn may_block(&self) -> bool {
         match self {
             Tier::File(cache) => cache.has_backing(),
