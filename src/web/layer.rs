@@ -17,7 +17,7 @@ use tower_service::Service;
 
 use crate::session::SessionStore;
 use crate::web::body::{BoxError, SessionBody};
-use crate::web::extract::{Session, Shared, blocking};
+use crate::web::extract::{SessionHandle, Shared, blocking};
 
 /// HTML bodies of known size up to this many bytes are rewritten whole, by default; larger
 /// ones, and bodies of unknown size, are rewritten as they stream.
@@ -29,10 +29,10 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 256 * 1024;
 /// 1. It finds the id: the session cookie first, then (with URL ids on,
 ///    [`SessionStoreBuilder::urls`](crate::session::SessionStoreBuilder::urls)) the URL.
 /// 2. It takes the id out of the URL, so the inner service routes on the path without it,
-///    and puts a [`Session`] handle into the request's extensions (the axum extractor).
+///    and puts a [`SessionHandle`] into the request's extensions (the axum extractor).
 ///    Nothing is read from the cache until a handler uses the session: a static asset
 ///    neither loads the session nor consumes its flash values. (With a store that may wait
-///    on the network, extracting [`Session`] counts as using it: the extractor loads the
+///    on the network, extracting [`SessionHandle`] counts as using it: the extractor loads the
 ///    session off the worker's thread, see below.)
 /// 3. When the inner service has answered, it saves the session (if it was used), adds
 ///    `Set-Cookie` (a new or changed id, a moved expiry, or a deletion), and for a client
@@ -84,9 +84,9 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 256 * 1024;
 /// ```no_run
 /// use axum::{Router, routing::get};
 /// use fastmmap::session::SessionStore;
-/// use fastmmap::web::{Session, SessionLayer};
+/// use fastmmap::web::{SessionHandle, SessionLayer};
 ///
-/// async fn count(session: Session) -> Result<String, fastmmap::session::Error> {
+/// async fn count(session: SessionHandle) -> Result<String, fastmmap::session::Error> {
 ///     // An atomic increment under the cache's page lock: concurrent requests in any
 ///     // worker process never lose one.
 ///     let n = session.update(|s| {
@@ -122,11 +122,11 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 256 * 1024;
 /// microseconds on a quiet LAN, up to [`RedisOptions::timeout`](crate::redis::RedisOptions::timeout)
 /// when Redis hangs). The layer then makes those calls on tokio's blocking pool
 /// (`spawn_blocking`, which works in the prefork workers' current-thread runtimes too): the
-/// [`Session`] extractor loads the session there, and the save after the response runs
+/// [`SessionHandle`] extractor loads the session there, and the save after the response runs
 /// there, so a slow or hung Redis holds up the requests that need their session, never the
 /// worker's other requests. The calls a handler makes after the load that reach Redis
-/// ([`Session::update`], [`Session::get_flash`], [`Session::change_id`]) belong in
-/// [`Session::run_blocking`]. Each hop to the blocking pool is a hand-off between threads
+/// ([`SessionHandle::update`], [`SessionHandle::get_flash`], [`SessionHandle::change_id`]) belong in
+/// [`SessionHandle::run_blocking`]. Each hop to the blocking pool is a hand-off between threads
 /// (16–110 µs measured on the 2-core development VM, about a Redis round trip there), which
 /// is why a file-only store does not take it.
 #[derive(Clone, Debug)]
@@ -267,7 +267,7 @@ where
             config.store.may_block(),
         ));
         req.extensions_mut()
-            .insert(Session::from_shared(Arc::clone(&shared)));
+            .insert(SessionHandle::from_shared(Arc::clone(&shared)));
         let future = self.inner.call(req);
         Box::pin(async move {
             let response = future.await?;
