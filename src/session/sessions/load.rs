@@ -3,7 +3,9 @@
 
 use super::{Client, SessionStore};
 use crate::session::data::{NewReason, Session};
-use crate::session::error::Result;
+// `Error` is named by the docs of the public methods.
+#[allow(unused_imports)]
+use crate::session::error::{Error, Result};
 use crate::session::id::SessionId;
 
 impl SessionStore {

@@ -6,7 +6,9 @@ use super::SessionStore;
 use super::tier::Tier;
 use crate::Update;
 use crate::session::data::{Session, State};
-use crate::session::error::Result;
+// `Error` is named by the docs of the public methods.
+#[allow(unused_imports)]
+use crate::session::error::{Error, Result};
 use crate::session::id::SessionId;
 use crate::session::record::Map;
 
