@@ -73,7 +73,7 @@ return 1
 ";
 
 /// The Redis tier of a session store.
-pub(crate) struct RecordTier {
+pub(crate) struct SessionTier {
     pool: Pool,
     state: StateReader,
 }
@@ -95,9 +95,9 @@ fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-impl RecordTier {
-    pub(crate) fn new(options: RedisOptions, cache_path: &Path) -> RecordTier {
-        RecordTier {
+impl SessionTier {
+    pub(crate) fn new(options: RedisOptions, cache_path: &Path) -> SessionTier {
+        SessionTier {
             state: StateReader::new(cache_path),
             pool: Pool::new(options),
         }

@@ -505,82 +505,22 @@ impl SessionStore {
     /// # Errors
     /// As [`save`](Self::save); the response is then left untouched.
     pub fn finish(&self, visit: &mut Visit, response: &mut Response) -> Result<Finished> {
-        let came_by_url = matches!(visit.source, IdSource::Path | IdSource::Query)
-            && matches!(visit.presented, Some(Ok(_)));
-        if !visit.is_loaded()
-            && came_by_url
-            && !visit.cookie_sent
-            && (response.is_html() || response.location.is_some())
-        {
-            visit.session()?;
-        }
-        if !visit.is_loaded() && visit.cookie_id.is_some() && self.is_catalyst() {
-            // Catalyst extends a session on every request that sends its cookie, used or
-            // not (and sends the cookie again with the new expiry): so does its mode here.
-            visit.session()?;
-        }
-        let expires_at_start = visit.expires_at_start;
-        let https = visit.https;
-        let Some(session) = visit.session.as_mut() else {
-            // A cookie that holds no well-formed id is known dead without a load.
-            if visit.cookie_sent && visit.cookie_id.is_none() {
-                response.set_cookie = Some(self.inner.cookie.removal(https));
-            }
-            return Ok(Finished {
-                saved: Saved::Unchanged,
-                body_error: None,
-                page: None,
-            });
+        let mut head = Head {
+            status: response.status,
+            location: response.location.clone(),
+            html: response.is_html(),
+            body: &mut response.body,
+            set_cookie: None,
         };
-        let saved = self.save(session)?;
-        let session = &*session;
-        let live = session.state == State::Stored && !session.invalidated;
-        let cookie = &self.inner.cookie;
-        response.set_cookie = if live {
-            let moved = cookie.is_persistent()
-                && (session.extended || session.times.expires != expires_at_start);
-            (visit.cookie_id != Some(session.id) || moved).then(|| {
-                // Whole seconds, like the session's own times.
-                cookie.cookie(
-                    &session.id,
-                    Some(session.expires_at()),
-                    from_unix_secs(self.now()),
-                    https,
-                )
-            })
-        } else if visit.cookie_sent {
-            Some(cookie.removal(https))
-        } else {
-            None
-        };
-        let mut body_error = None;
-        let mut page = None;
-        if live
-            && !visit.cookie_sent
-            && let (Some(urls), Some(document)) = (&self.inner.urls, &visit.document)
-        {
-            if let Some(location) = response.location.as_deref()
-                && let Some(new) =
-                    urls.rewrite_location(response.status, location, document, &session.id)
-            {
-                response.location = Some(new);
-            }
-            if response.is_html() {
-                let rewrite = PageRewrite::new(urls.clone(), document.clone(), session.id);
-                if !response.body.is_empty() {
-                    match rewrite.rewrite(&response.body) {
-                        Ok(body) => response.body = body,
-                        Err(e) => body_error = Some(e),
-                    }
-                }
-                page = Some(rewrite);
-            }
-        }
-        Ok(Finished {
-            saved,
-            body_error,
-            page,
-        })
+        let finished = self.conclude(visit, &mut head)?;
+        let Head {
+            location,
+            set_cookie,
+            ..
+        } = head;
+        response.location = location;
+        response.set_cookie = set_cookie;
+        Ok(finished)
     }
 
     /// [`finish`](Self::finish) for a response's `http` head: reads its `status`, `Location`
@@ -603,26 +543,125 @@ impl SessionStore {
                 .and_then(|v: &HeaderValue| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let mut response = Response::new(status.as_u16());
-        response.location = header(LOCATION);
-        response.content_type = header(CONTENT_TYPE);
-        let location = response.location.clone();
-        let finished = self.finish(visit, &mut response)?;
-        if response.location != location
-            && let Some(new) = response
+        let mut body = Vec::new();
+        let mut head = Head {
+            status: status.as_u16(),
+            location: header(LOCATION),
+            html: header(CONTENT_TYPE).is_some_and(|t| rewritable_content_type(&t)),
+            body: &mut body,
+            set_cookie: None,
+        };
+        let location = head.location.clone();
+        let finished = self.conclude(visit, &mut head)?;
+        if head.location != location
+            && let Some(new) = head
                 .location
                 .as_deref()
                 .and_then(|l| HeaderValue::from_str(l).ok())
         {
             headers.insert(LOCATION, new);
         }
-        if let Some(cookie) = &response.set_cookie
+        if let Some(cookie) = &head.set_cookie
             && let Ok(value) = HeaderValue::from_str(&cookie.to_string())
         {
             headers.append(SET_COOKIE, value);
         }
         Ok(finished)
     }
+
+    /// What [`finish`](Self::finish) and [`finish_http`](Self::finish_http) do, on the
+    /// response head as the cycle sees it.
+    fn conclude(&self, visit: &mut Visit, head: &mut Head<'_>) -> Result<Finished> {
+        let came_by_url = matches!(visit.source, IdSource::Path | IdSource::Query)
+            && matches!(visit.presented, Some(Ok(_)));
+        if !visit.is_loaded()
+            && came_by_url
+            && !visit.cookie_sent
+            && (head.html || head.location.is_some())
+        {
+            visit.session()?;
+        }
+        if !visit.is_loaded() && visit.cookie_id.is_some() && self.is_catalyst() {
+            // Catalyst extends a session on every request that sends its cookie, used or
+            // not (and sends the cookie again with the new expiry): so does its mode here.
+            visit.session()?;
+        }
+        let expires_at_start = visit.expires_at_start;
+        let https = visit.https;
+        let Some(session) = visit.session.as_mut() else {
+            // A cookie that holds no well-formed id is known dead without a load.
+            if visit.cookie_sent && visit.cookie_id.is_none() {
+                head.set_cookie = Some(self.inner.cookie.removal(https));
+            }
+            return Ok(Finished {
+                saved: Saved::Unchanged,
+                body_error: None,
+                page: None,
+            });
+        };
+        let saved = self.save(session)?;
+        let session = &*session;
+        let live = session.state == State::Stored && !session.invalidated;
+        let cookie = &self.inner.cookie;
+        head.set_cookie = if live {
+            let moved = cookie.is_persistent()
+                && (session.extended || session.times.expires != expires_at_start);
+            (visit.cookie_id != Some(session.id) || moved).then(|| {
+                // Whole seconds, like the session's own times.
+                cookie.cookie(
+                    &session.id,
+                    Some(session.expires_at()),
+                    from_unix_secs(self.now()),
+                    https,
+                )
+            })
+        } else if visit.cookie_sent {
+            Some(cookie.removal(https))
+        } else {
+            None
+        };
+        let mut body_error = None;
+        let mut page = None;
+        if live
+            && !visit.cookie_sent
+            && let (Some(urls), Some(document)) = (&self.inner.urls, &visit.document)
+        {
+            if let Some(location) = head.location.as_deref()
+                && let Some(new) =
+                    urls.rewrite_location(head.status, location, document, &session.id)
+            {
+                head.location = Some(new);
+            }
+            if head.html {
+                let rewrite = PageRewrite::new(urls.clone(), document.clone(), session.id);
+                if !head.body.is_empty() {
+                    match rewrite.rewrite(head.body) {
+                        Ok(body) => *head.body = body,
+                        Err(e) => body_error = Some(e),
+                    }
+                }
+                page = Some(rewrite);
+            }
+        }
+        Ok(Finished {
+            saved,
+            body_error,
+            page,
+        })
+    }
+}
+
+/// A response as the request cycle reads and changes it, whatever types it came in.
+struct Head<'r> {
+    status: u16,
+    /// Rewritten when the id goes into it.
+    location: Option<String>,
+    /// Whether the body is a page whose links get ids ([`Response::is_html`]).
+    html: bool,
+    /// Rewritten in place if not empty (an integration that streams passes an empty one).
+    body: &'r mut Vec<u8>,
+    /// The `Set-Cookie` to send, if any.
+    set_cookie: Option<Cookie<'static>>,
 }
 
 #[cfg(test)]

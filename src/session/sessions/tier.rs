@@ -26,7 +26,7 @@ pub(crate) enum Tier {
         /// The near cache.
         cache: Cache,
         /// Redis (boxed: it is large, and every call through it waits on the network anyway).
-        redis: Box<crate::redis::session_tier::RecordTier>,
+        redis: Box<crate::redis::session_tier::SessionTier>,
     },
 }
 
@@ -34,7 +34,7 @@ impl Tier {
     /// Records kept in Redis, with `cache` as the near cache.
     #[cfg(feature = "redis")]
     pub(crate) fn redis(cache: Cache, options: crate::redis::RedisOptions) -> Tier {
-        let redis = Box::new(crate::redis::session_tier::RecordTier::new(
+        let redis = Box::new(crate::redis::session_tier::SessionTier::new(
             options,
             cache.path(),
         ));
