@@ -506,15 +506,15 @@ fn the_web_layer_reports_an_unsaved_session_and_an_unrewritten_page() {
     use axum::response::Html;
     use axum::routing::get;
     use fastmmap::session::{SessionStore, UrlRewriter};
-    use fastmmap::web::{Session, SessionLayer};
+    use fastmmap::web::{SessionHandle, SessionLayer};
     use http_body_util::BodyExt;
     use tower::{Layer, ServiceExt};
 
-    async fn huge(session: Session) -> &'static str {
+    async fn huge(session: SessionHandle) -> &'static str {
         session.insert("huge", &"x".repeat(200_000)).unwrap();
         "ok"
     }
-    async fn nul(session: Session) -> Html<&'static str> {
+    async fn nul(session: SessionHandle) -> Html<&'static str> {
         session.insert("seen", &true).unwrap();
         Html("<a href=\"/a\">a</a>\0")
     }
