@@ -6,6 +6,7 @@ mod backing;
 mod cache;
 mod clock;
 mod error;
+mod events;
 #[cfg(not(any(fuzzing, feature = "internals")))]
 mod page;
 #[cfg(any(fuzzing, feature = "internals"))]

@@ -22,7 +22,7 @@ use axum::middleware::map_response;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::any;
 use fastmmap::session::{Error as SessionError, SessionStore, UrlRewriter};
-use fastmmap::web::{Session, SessionLayer};
+use fastmmap::web::{SessionHandle, SessionLayer};
 use serde::Deserialize;
 use tower_layer::Layer;
 
@@ -74,7 +74,7 @@ fn escape(s: &str) -> String {
 }
 
 /// Adds one to the session's counter `key`, atomically; returns the new count.
-fn increment(session: &Session, key: &str) -> Result<u64, SessionError> {
+fn increment(session: &SessionHandle, key: &str) -> Result<u64, SessionError> {
     session.update(|s| {
         let n = s.get::<u64>(key)?.unwrap_or(0) + 1;
         s.insert(key, &n)?;
@@ -82,7 +82,7 @@ fn increment(session: &Session, key: &str) -> Result<u64, SessionError> {
     })?
 }
 
-async fn home(session: Session) -> Result<Html<String>, SessionError> {
+async fn home(session: SessionHandle) -> Result<Html<String>, SessionError> {
     let visits = increment(&session, "visits")?;
     let user: String = session.get("user")?.unwrap_or_default();
     Ok(Html(format!(
@@ -100,7 +100,7 @@ async fn home(session: Session) -> Result<Html<String>, SessionError> {
     )))
 }
 
-async fn count(session: Session) -> Result<Html<String>, SessionError> {
+async fn count(session: SessionHandle) -> Result<Html<String>, SessionError> {
     let n = increment(&session, "count")?;
     Ok(Html(format!(
         r#"<p>count={n} pid={}</p><a href="/count">again</a>"#,
@@ -114,7 +114,7 @@ struct LoginForm {
 }
 
 async fn login(
-    session: Session,
+    session: SessionHandle,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Result<Response, SessionError> {
     let user = form
@@ -132,7 +132,7 @@ async fn login(
     Ok(Redirect::to("/whoami").into_response())
 }
 
-async fn whoami(session: Session) -> Result<Response, SessionError> {
+async fn whoami(session: SessionHandle) -> Result<Response, SessionError> {
     let user: String = session.get("user")?.unwrap_or_default();
     Ok(text(format!("user={user}")))
 }
@@ -143,7 +143,7 @@ struct FlashForm {
 }
 
 async fn flash(
-    session: Session,
+    session: SessionHandle,
     form: Result<Form<FlashForm>, FormRejection>,
 ) -> Result<Response, SessionError> {
     if let Some(msg) = form.ok().and_then(|Form(f)| f.msg) {
@@ -154,7 +154,7 @@ async fn flash(
     Ok(text(format!("flash={msg}")))
 }
 
-async fn logout(session: Session) -> Result<Redirect, SessionError> {
+async fn logout(session: SessionHandle) -> Result<Redirect, SessionError> {
     session.invalidate()?;
     Ok(Redirect::to("/whoami"))
 }

@@ -64,10 +64,11 @@ impl Cache {
             });
         }
         stats.dirty_lost = self.inner.file.dirty_lost(false);
+        self.inner.file.faults.report(&mut stats);
         Ok(stats)
     }
 
-    /// Zeroes the read, hit and reset counters.
+    /// Zeroes the read, hit and reset counters, and this process's fault counters.
     ///
     /// # Errors
     /// Lock errors.
@@ -78,6 +79,7 @@ impl Cache {
             self.inner.file.clear_resets(page);
         }
         self.inner.file.dirty_lost(true);
+        self.inner.file.faults.clear();
         Ok(())
     }
 }

@@ -22,6 +22,15 @@ pub struct Stats {
     /// before they are wiped (a page whose rebuild was killed part way carries the number of
     /// dirty entries it was moving). A best effort: what can still be read of a damaged page.
     pub dirty_lost: u64,
+    /// Calls of the backing store that failed, as counted by this process (each one an error
+    /// returned to the caller, and an event under the `tracing` feature).
+    pub backing_errors: u64,
+    /// Stored values that could not be decoded (decompressed, or, for a `TypedCache`,
+    /// deserialised), as counted by this process.
+    pub decode_errors: u64,
+    /// Page or write-back locks not taken within the lock timeout, as counted by this
+    /// process.
+    pub lock_timeouts: u64,
     /// The same figures page by page.
     pub pages: Vec<PageStats>,
 }

@@ -157,11 +157,13 @@ impl Cache {
         key: &[u8],
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Error {
-        Error::Decode {
+        let error = Error::Decode {
             path: self.path().to_path_buf(),
             key: key.to_vec(),
             source: source.into(),
-        }
+        };
+        crate::events::decode_failed(&self.inner.file.faults, &error);
+        error
     }
 }
 

@@ -403,12 +403,14 @@ impl Cache {
         key: Option<&[u8]>,
         source: crate::BackingError,
     ) -> Error {
-        Error::Backing {
+        let error = Error::Backing {
             path: self.path().to_path_buf(),
             op,
             key: key.map(<[u8]>::to_vec),
             source,
-        }
+        };
+        crate::events::backing_failed(&self.inner.file.faults, &error);
+        error
     }
 
     /// Drops what `mode` says from every page, writing back the dirty entries among them

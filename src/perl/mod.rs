@@ -35,18 +35,18 @@
 //! Everything here uses only the crate's public cache API. Decoders treat their input as
 //! hostile: they never panic, and allocate only in proportion to it (see [`storable`]).
 
-mod compress;
+mod compressor;
 mod de;
 mod error;
-mod format;
 mod number;
+mod perl_format;
 mod ser;
 pub mod storable;
 #[cfg(test)]
 pub(crate) mod tests;
 mod value;
 
-pub use compress::Compressor;
+pub use compressor::Compressor;
 pub use error::{Error, Result};
-pub use format::{PerlFormat, Serializer};
+pub use perl_format::{PerlFormat, Serializer};
 pub use value::{HashKey, Hook, HookKind, PerlData, PerlRef, PerlValue, Sv, SvId};

@@ -90,7 +90,7 @@
 //! [`Error::Cyclic`]: crate::perl::Error::Cyclic
 //! [`Error::TooLarge`]: crate::perl::Error::TooLarge
 
-mod format;
+mod image;
 mod read;
 mod write;
 

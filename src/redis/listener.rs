@@ -195,8 +195,15 @@ impl Worker {
 
     fn run(&mut self) {
         let mut backoff = BACKOFF_FIRST;
+        // A failure to connect again, after the first one reported, is reported quietly.
+        let mut again = false;
         while !self.stopping() {
             let outcome = self.session();
+            let was_trusted = self
+                .shared
+                .status
+                .lock()
+                .is_ok_and(|s| *s == ListenerStatus::Trusted);
             // Whatever happened, nothing is trusted until subscribed again.
             self.distrust();
             let error = match outcome {
@@ -206,12 +213,10 @@ impl Worker {
             if self.stopping() {
                 break;
             }
-            if self
-                .shared
-                .status
-                .lock()
-                .is_ok_and(|s| *s == ListenerStatus::Trusted)
-            {
+            again &= !was_trusted;
+            crate::events::redis_down(&self.path, self.options.server(), error.as_deref(), again);
+            again = true;
+            if was_trusted {
                 backoff = BACKOFF_FIRST;
             }
             self.shared.set(ListenerStatus::Down(error));
@@ -229,6 +234,7 @@ impl Worker {
     /// Marks the host distrusted and clears the file, retrying until both are done (a copy
     /// left in the file would be served unchecked) or the listener is stopped.
     fn distrust(&mut self) {
+        let mut reported = false;
         loop {
             let distrusted = self.state.distrust();
             let cleared = self.local.clear();
@@ -239,6 +245,9 @@ impl Worker {
                 .err()
                 .map(|e| e.to_string())
                 .or_else(|| cleared.err().map(|e| e.to_string()));
+            if !std::mem::replace(&mut reported, true) {
+                crate::events::redis_distrust_failed(&self.path, error.as_deref());
+            }
             self.shared.set(ListenerStatus::Down(error));
             if self.stopping() {
                 return;
@@ -285,7 +294,8 @@ impl Worker {
         self.state
             .trust()
             .map_err(|e| o.error("write the state file", e))?;
-        self.shared.connections.fetch_add(1, Ordering::Relaxed);
+        let connections = self.shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::events::redis_trusted(&self.path, o.server(), connections);
         self.shared.set(ListenerStatus::Trusted);
         pubsub
             .set_read_timeout(Some(POLL))

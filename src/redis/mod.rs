@@ -87,7 +87,7 @@ mod error;
 mod listener;
 mod options;
 #[cfg(feature = "session")]
-pub(crate) mod record_tier;
+pub(crate) mod session_tier;
 mod state;
 
 pub use backing::RedisBacking;

@@ -173,7 +173,9 @@ impl StateReader {
         if let Some(f) = slot.as_ref().and_then(|s| (**s).clone()) {
             return Some(f);
         }
-        let f = open_state(&self.cache_path, &self.path, false).ok()?;
+        let f = open_state(&self.cache_path, &self.path, false)
+            .map_err(|e| crate::events::state_file_refused(&self.path, &e))
+            .ok()?;
         let f = Arc::new(f);
         if let Some(slot) = slot.as_mut() {
             **slot = Some(Arc::clone(&f));

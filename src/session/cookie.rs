@@ -348,17 +348,18 @@ impl CookieConfig {
     /// double quotes is unquoted; nothing else is decoded, and the id is parsed strictly
     /// ([`SessionId::parse`]).
     pub fn find_id(&self, cookie_header: &str) -> Option<Result<SessionId, InvalidId>> {
-        self.find_id_as(cookie_header, IdFormat::Native)
+        self.find_id_as([cookie_header], IdFormat::Native)
     }
 
-    /// [`find_id`](Self::find_id) for ids of the shape `format`.
-    pub(crate) fn find_id_as(
+    /// [`find_id`](Self::find_id) for ids of the shape `format`, in the `Cookie` headers
+    /// `headers` (each one as received, not joined).
+    pub(crate) fn find_id_as<'h>(
         &self,
-        cookie_header: &str,
+        headers: impl IntoIterator<Item = &'h str>,
         format: IdFormat,
     ) -> Option<Result<SessionId, InvalidId>> {
         let mut first_error = None;
-        for cookie in Cookie::split_parse(cookie_header).flatten() {
+        for cookie in headers.into_iter().flat_map(Cookie::split_parse).flatten() {
             if cookie.name() != self.name {
                 continue;
             }

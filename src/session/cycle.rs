@@ -4,13 +4,16 @@
 //! ([`Visit::session`]), and its flash values are taken when first read
 //! ([`Visit::get_flash`]). [`SessionStore::finish`] saves it, sets or deletes the cookie,
 //! and — for a client that sent no cookie, when URL ids are on — puts the id into the
-//! redirect target and the links of an HTML body. Strings and bytes in, strings and bytes
-//! out: a framework integration only copies headers (the tower layer in `fastmmap::web`
-//! does).
+//! redirect target and the links of an HTML body. It speaks `http` types
+//! ([`SessionStore::begin_http`], [`SessionStore::finish_http`]: a URI and headers in,
+//! headers out), as the tower layer in `fastmmap::web` uses it; [`Request`] and [`Response`]
+//! are a thin string adapter for frameworks without `http`.
 
 use std::net::IpAddr;
 
 use cookie::Cookie;
+use http::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE, USER_AGENT};
+use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use url::Url;
 
 use crate::session::data::Session;
@@ -18,7 +21,7 @@ use crate::session::data::{NewReason, State, from_unix_secs};
 use crate::session::error::{Error, Result};
 use crate::session::html::PageRewrite;
 use crate::session::id::{InvalidId, SessionId};
-use crate::session::store::{Client, Saved, SessionStore};
+use crate::session::sessions::{Client, Saved, SessionStore};
 use crate::session::uri::UrlStyle;
 
 /// The parts of an incoming request the session layer needs.
@@ -376,15 +379,63 @@ impl SessionStore {
     /// the session is loaded when the request first uses it ([`Visit::session`]). A
     /// malformed id is never looked up; an id with no live session gives a new session with a
     /// new id (see [`Session::origin`]).
+    ///
+    /// This is the string adapter, for frameworks without `http` types;
+    /// [`begin_http`](Self::begin_http) takes a request's `http` head.
     pub fn begin(&self, request: &Request<'_>) -> Visit {
-        let format = self.id_format();
         let cookie = request
             .cookie
-            .and_then(|h| self.inner.cookie.find_id_as(h, format));
+            .and_then(|h| self.inner.cookie.find_id_as([h], self.id_format()));
+        self.start(
+            request.path,
+            request.query,
+            cookie,
+            &request.client,
+            request.https,
+        )
+    }
+
+    /// [`begin`](Self::begin) for a request's `http` head: its URI, and its headers — every
+    /// `Cookie` header as received (none is joined or re-split), and the `User-Agent`. The
+    /// client's `address` (for [binding](crate::session::SessionStoreBuilder::bind_address))
+    /// and whether the request came over HTTPS are the server's to say; a header that is not
+    /// text is ignored.
+    pub fn begin_http(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        address: Option<IpAddr>,
+        https: bool,
+    ) -> Visit {
+        let cookies = headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        let cookie = self.inner.cookie.find_id_as(cookies, self.id_format());
+        let client = Client {
+            address,
+            user_agent: headers.get(USER_AGENT).and_then(|v| v.to_str().ok()),
+        };
+        let (path, query) = uri
+            .path_and_query()
+            .map_or(("/", None), |pq| (pq.path(), pq.query()));
+        self.start(path, query, cookie, &client, https)
+    }
+
+    /// Starts a request for `path` and `query` with the id found in its cookie, if any.
+    fn start(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        cookie: Option<std::result::Result<SessionId, InvalidId>>,
+        client: &Client<'_>,
+        https: bool,
+    ) -> Visit {
+        let format = self.id_format();
         let cookie_sent = cookie.is_some();
         let (path, query, from_url, url_source, document) = match &self.inner.urls {
             Some(urls) => {
-                let e = urls.extract_as(request.path, request.query, format);
+                let e = urls.extract_as(path, query, format);
                 let document = urls.document_url(&e.path, e.query.as_deref());
                 let source = match urls.url_style() {
                     UrlStyle::Path => IdSource::Path,
@@ -393,8 +444,8 @@ impl SessionStore {
                 (e.path, e.query, e.id, source, Some(document))
             }
             None => (
-                request.path.to_owned(),
-                request.query.map(str::to_owned),
+                path.to_owned(),
+                query.map(str::to_owned),
                 None,
                 IdSource::None,
                 None,
@@ -415,14 +466,14 @@ impl SessionStore {
             store: self.clone(),
             session: None,
             presented,
-            address: request.client.address,
-            user_agent: request.client.user_agent.map(str::to_owned),
+            address: client.address,
+            user_agent: client.user_agent.map(str::to_owned),
             path,
             query,
             source,
             cookie_id,
             cookie_sent,
-            https: request.https,
+            https,
             document,
             expires_at_start: 0,
         }
@@ -448,15 +499,85 @@ impl SessionStore {
     /// An HTML body that cannot be rewritten, or that a browser may read otherwise than the
     /// rewriter, is left as it was, without ids; [`Finished::body_error`] says why.
     ///
+    /// This is the string adapter, for frameworks without `http` types;
+    /// [`finish_http`](Self::finish_http) works on a response's `http` head.
+    ///
     /// # Errors
     /// As [`save`](Self::save); the response is then left untouched.
     pub fn finish(&self, visit: &mut Visit, response: &mut Response) -> Result<Finished> {
+        let mut head = Head {
+            status: response.status,
+            location: response.location.clone(),
+            html: response.is_html(),
+            body: &mut response.body,
+            set_cookie: None,
+        };
+        let finished = self.conclude(visit, &mut head)?;
+        let Head {
+            location,
+            set_cookie,
+            ..
+        } = head;
+        response.location = location;
+        response.set_cookie = set_cookie;
+        Ok(finished)
+    }
+
+    /// [`finish`](Self::finish) for a response's `http` head: reads its `status`, `Location`
+    /// and `Content-Type`, and fills in `headers` — a new `Location` (the id added), a
+    /// `Set-Cookie` appended. The body is the caller's: for an HTML body whose links get the
+    /// id, [`Finished::page`] rewrites it, whole or as it streams (the tower layer in
+    /// `fastmmap::web` does both).
+    ///
+    /// # Errors
+    /// As [`save`](Self::save); `headers` are then left untouched.
+    pub fn finish_http(
+        &self,
+        visit: &mut Visit,
+        status: StatusCode,
+        headers: &mut HeaderMap,
+    ) -> Result<Finished> {
+        let header = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let mut body = Vec::new();
+        let mut head = Head {
+            status: status.as_u16(),
+            location: header(LOCATION),
+            html: header(CONTENT_TYPE).is_some_and(|t| rewritable_content_type(&t)),
+            body: &mut body,
+            set_cookie: None,
+        };
+        let location = head.location.clone();
+        let finished = self.conclude(visit, &mut head)?;
+        if head.location != location
+            && let Some(new) = head
+                .location
+                .as_deref()
+                .and_then(|l| HeaderValue::from_str(l).ok())
+        {
+            headers.insert(LOCATION, new);
+        }
+        if let Some(cookie) = &head.set_cookie
+            && let Ok(value) = HeaderValue::from_str(&cookie.to_string())
+        {
+            headers.append(SET_COOKIE, value);
+        }
+        Ok(finished)
+    }
+
+    /// What [`finish`](Self::finish) and [`finish_http`](Self::finish_http) do, on the
+    /// response head as the cycle sees it.
+    fn conclude(&self, visit: &mut Visit, head: &mut Head<'_>) -> Result<Finished> {
         let came_by_url = matches!(visit.source, IdSource::Path | IdSource::Query)
             && matches!(visit.presented, Some(Ok(_)));
         if !visit.is_loaded()
             && came_by_url
             && !visit.cookie_sent
-            && (response.is_html() || response.location.is_some())
+            && (head.html || head.location.is_some())
         {
             visit.session()?;
         }
@@ -470,7 +591,7 @@ impl SessionStore {
         let Some(session) = visit.session.as_mut() else {
             // A cookie that holds no well-formed id is known dead without a load.
             if visit.cookie_sent && visit.cookie_id.is_none() {
-                response.set_cookie = Some(self.inner.cookie.removal(https));
+                head.set_cookie = Some(self.inner.cookie.removal(https));
             }
             return Ok(Finished {
                 saved: Saved::Unchanged,
@@ -482,7 +603,7 @@ impl SessionStore {
         let session = &*session;
         let live = session.state == State::Stored && !session.invalidated;
         let cookie = &self.inner.cookie;
-        response.set_cookie = if live {
+        head.set_cookie = if live {
             let moved = cookie.is_persistent()
                 && (session.extended || session.times.expires != expires_at_start);
             (visit.cookie_id != Some(session.id) || moved).then(|| {
@@ -505,17 +626,17 @@ impl SessionStore {
             && !visit.cookie_sent
             && let (Some(urls), Some(document)) = (&self.inner.urls, &visit.document)
         {
-            if let Some(location) = response.location.as_deref()
+            if let Some(location) = head.location.as_deref()
                 && let Some(new) =
-                    urls.rewrite_location(response.status, location, document, &session.id)
+                    urls.rewrite_location(head.status, location, document, &session.id)
             {
-                response.location = Some(new);
+                head.location = Some(new);
             }
-            if response.is_html() {
+            if head.html {
                 let rewrite = PageRewrite::new(urls.clone(), document.clone(), session.id);
-                if !response.body.is_empty() {
-                    match rewrite.rewrite(&response.body) {
-                        Ok(body) => response.body = body,
+                if !head.body.is_empty() {
+                    match rewrite.rewrite(head.body) {
+                        Ok(body) => *head.body = body,
                         Err(e) => body_error = Some(e),
                     }
                 }
@@ -530,6 +651,19 @@ impl SessionStore {
     }
 }
 
+/// A response as the request cycle reads and changes it, whatever types it came in.
+struct Head<'r> {
+    status: u16,
+    /// Rewritten when the id goes into it.
+    location: Option<String>,
+    /// Whether the body is a page whose links get ids ([`Response::is_html`]).
+    html: bool,
+    /// Rewritten in place if not empty (an integration that streams passes an empty one).
+    body: &'r mut Vec<u8>,
+    /// The `Set-Cookie` to send, if any.
+    set_cookie: Option<Cookie<'static>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -542,6 +676,47 @@ mod tests {
         assert_eq!((r.path, r.query), ("/", None));
         let r = Request::new("/a?");
         assert_eq!((r.path, r.query), ("/a", Some("")));
+    }
+
+    #[test]
+    fn http_heads_in_and_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SessionStore::builder()
+            .path(dir.path().join("sessions"))
+            .build()
+            .unwrap();
+        let uri: Uri = "/cart?x=1".parse().unwrap();
+        let mut visit = store.begin_http(&uri, &HeaderMap::new(), None, false);
+        assert_eq!((visit.path(), visit.query()), ("/cart", Some("x=1")));
+        visit.session().unwrap().insert("n", &1).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(LOCATION, HeaderValue::from_static("/next"));
+        let finished = store
+            .finish_http(&mut visit, StatusCode::SEE_OTHER, &mut headers)
+            .unwrap();
+        assert_eq!(finished.saved, Saved::Written);
+        assert_eq!(headers[LOCATION], "/next");
+        let set = headers[SET_COOKIE].to_str().unwrap();
+        assert!(set.contains("HttpOnly"), "{set}");
+        let pair = set.split(';').next().unwrap();
+
+        // The cookie comes back in the second of two `Cookie` headers.
+        let mut request = HeaderMap::new();
+        request.append(COOKIE, HeaderValue::from_static("theme=dark"));
+        request.append(COOKIE, HeaderValue::from_str(pair).unwrap());
+        request.insert(USER_AGENT, HeaderValue::from_static("test/1"));
+        let mut visit = store.begin_http(&uri, &request, None, false);
+        assert_eq!(visit.source(), IdSource::Cookie);
+        assert!(visit.cookie_sent());
+        assert_eq!(visit.session().unwrap().get::<u32>("n").unwrap(), Some(1));
+        let mut headers = HeaderMap::new();
+        store
+            .finish_http(&mut visit, StatusCode::OK, &mut headers)
+            .unwrap();
+        assert!(
+            headers.get(SET_COOKIE).is_none(),
+            "the client has the cookie"
+        );
     }
 
     #[test]

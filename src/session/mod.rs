@@ -2,9 +2,9 @@
 //! session ids in URLs — for every worker process of a web server sharing one cache file.
 //!
 //! This is what Perl's Catalyst::Plugin::Session::FastMmap did for Catalyst, without a
-//! framework: strings and bytes in (a request path, a `Cookie` header), strings and bytes
-//! out (a `Set-Cookie` value, a `Location`, an HTML body). It uses only the public cache
-//! API.
+//! framework: `http` types in (a URI, the `Cookie` headers) and out (`Set-Cookie`, a
+//! `Location`, a rewriter for an HTML body) — or, for frameworks without `http`, strings and
+//! bytes ([`Request`], [`Response`]). It uses only the public cache API.
 //!
 //! ```
 //! use fastmmap::session::{Request, Response, SessionStore};
@@ -103,9 +103,10 @@
 //!
 //! # The request cycle
 //!
-//! [`SessionStore::begin`] and [`SessionStore::finish`] do all of the above around a
-//! request, as the original's `prepare_action` and `finalize` did; a framework integration
-//! copies headers in and out (`fastmmap::web::SessionLayer`, feature `axum`, is one). The
+//! [`SessionStore::begin_http`] and [`SessionStore::finish_http`] do all of the above around
+//! a request, as the original's `prepare_action` and `finalize` did, on its `http` head
+//! (`fastmmap::web::SessionLayer`, feature `axum`, is built on them);
+//! [`SessionStore::begin`] and [`SessionStore::finish`] do the same with strings and bytes. The
 //! session is loaded lazily, when the request first uses it ([`Visit::session`]): a request
 //! that never does (a static asset) touches nothing.
 //!
@@ -212,7 +213,7 @@
 #![cfg_attr(not(feature = "perl"), allow(rustdoc::broken_intra_doc_links))]
 
 #[cfg(feature = "perl")]
-mod catalyst;
+mod catalyst_record;
 mod cookie;
 mod cycle;
 mod data;
@@ -220,12 +221,12 @@ mod error;
 mod html;
 mod id;
 mod record;
-mod store;
+mod sessions;
 mod uri;
 
 pub use self::cookie::{CookieConfig, DEFAULT_COOKIE_NAME, SameSite, Secure};
 #[cfg(feature = "perl")]
-pub use catalyst::{
+pub use catalyst_record::{
     CATALYST_DEFAULT_EXPIRES, CATALYST_DEFAULT_NUM_PAGES, CATALYST_DEFAULT_PAGE_SIZE,
     CatalystConfig,
 };
@@ -237,7 +238,7 @@ pub use id::{
     CATALYST_ID_BYTES, CATALYST_ID_LEN, ID_BYTES, ID_LEN, IdFormat, InvalidId, SessionId,
 };
 pub use record::{MAX_BOUND_USER_AGENT, RECORD_VERSION};
-pub use store::{
+pub use sessions::{
     Client, DEFAULT_KEY_PREFIX, DEFAULT_LIFETIME, Saved, SessionStore, SessionStoreBuilder,
 };
 pub use uri::{

@@ -174,7 +174,7 @@ impl PageGuard<'_> {
                 Ok(value)
             }
             Err(corrupt) => {
-                self.reset();
+                self.reset_because(Some(corrupt.0));
                 Err(corrupt)
             }
         }
@@ -183,7 +183,14 @@ impl PageGuard<'_> {
     /// Resets a page that failed validation, and counts it, with the dirty (write-back)
     /// entries that can still be found in it, which are lost.
     pub(crate) fn reset(&mut self) {
+        let reason = self.0.problem().map(|c| c.0);
+        self.reset_because(reason);
+    }
+
+    /// [`reset`](Self::reset), for the fault `reason` (if known), which the event names.
+    fn reset_because(&mut self, reason: Option<&'static str>) {
         let lost = crate::page::count_dirty(self.bytes());
+        crate::events::page_reset(&self.0.file.path, self.0.page, reason, lost);
         if lost > 0 {
             self.0
                 .file

@@ -112,6 +112,7 @@ pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
         write_back_locks,
         local_resets: (0..num_pages).map(|_| AtomicU64::new(0)).collect(),
         dirty_lost: AtomicU64::new(0),
+        faults: Default::default(),
         optimistic: (opened.lock_kind == LockKind::Robust
             && req.layout == Layout::Native
             && !req.read_only)

@@ -68,6 +68,8 @@ pub(crate) struct SharedFile {
     pub(super) local_resets: Box<[AtomicU64]>,
     /// Dirty entries found in pages this process reset (their writes are lost).
     pub(super) dirty_lost: AtomicU64,
+    /// Backing store failures, undecodable values and lock timeouts in this process.
+    pub(crate) faults: crate::events::Faults,
     /// Descriptors of this file opened by racing openers: never closed while the file is in
     /// use, since closing any descriptor drops all of this process's fcntl locks on it.
     pub(super) spare_fds: Mutex<Vec<File>>,
@@ -282,12 +284,15 @@ impl SharedFile {
         match e {
             LockError::Reentrant => Error::Reentrant { path },
             LockError::ReadOnly => Error::ReadOnly { path },
-            LockError::TimedOut => Error::LockTimeout {
-                path,
-                page,
-                lock,
-                timeout: timeout.unwrap_or_default(),
-            },
+            LockError::TimedOut => {
+                crate::events::lock_timeout(&self.faults, &path, page, lock, timeout);
+                Error::LockTimeout {
+                    path,
+                    page,
+                    lock,
+                    timeout: timeout.unwrap_or_default(),
+                }
+            }
             LockError::Os(source) => Error::Lock {
                 path,
                 page,

@@ -102,11 +102,13 @@ where
     }
 
     fn decode_error(&self, key: &[u8], source: CodecError) -> Error {
-        Error::Decode {
+        let error = Error::Decode {
             path: self.cache.path().to_path_buf(),
             key: key.to_vec(),
             source,
-        }
+        };
+        crate::events::decode_failed(&self.cache.inner.file.faults, &error);
+        error
     }
 
     fn encode(&self, key: &[u8], value: &V) -> Result<Vec<u8>> {

@@ -1,4 +1,4 @@
-//! [`Session`]: a handler's handle on its request's session (an axum extractor), and the
+//! [`SessionHandle`]: a handler's handle on its request's session (an axum extractor), and the
 //! responses for session errors.
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,7 +34,7 @@ use crate::session::{self, Result, SessionId, Visit};
 ///
 /// Without the layer, the extractor fails with a `500` ([`MissingSessionLayer`]).
 #[derive(Clone)]
-pub struct Session {
+pub struct SessionHandle {
     shared: Arc<Shared>,
 }
 
@@ -119,17 +119,17 @@ pub(crate) async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + '
     }
 }
 
-impl std::fmt::Debug for Session {
+impl std::fmt::Debug for SessionHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
+        f.debug_struct("SessionHandle")
             .field("loaded", &self.is_loaded())
             .finish_non_exhaustive()
     }
 }
 
-impl Session {
-    pub(crate) fn from_shared(shared: Arc<Shared>) -> Session {
-        Session { shared }
+impl SessionHandle {
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> SessionHandle {
+        SessionHandle { shared }
     }
 
     fn visit(&self) -> MutexGuard<'_, Visit> {
@@ -143,7 +143,7 @@ impl Session {
     /// [`change_id`](Self::change_id) — so that a slow Redis holds up only this request:
     ///
     /// ```no_run
-    /// # async fn handler(session: fastmmap::web::Session) -> Result<String, fastmmap::session::Error> {
+    /// # async fn handler(session: fastmmap::web::SessionHandle) -> Result<String, fastmmap::session::Error> {
     /// let n = session
     ///     .run_blocking(|s| {
     ///         s.update(|s| {
@@ -156,7 +156,7 @@ impl Session {
     /// ```
     pub async fn run_blocking<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&Session) -> R + Send + 'static,
+        f: impl FnOnce(&SessionHandle) -> R + Send + 'static,
     ) -> R {
         if !self.shared.may_block {
             return f(self);
@@ -280,14 +280,14 @@ impl Session {
     }
 }
 
-/// The rejection of the [`Session`] extractor when no
+/// The rejection of the [`SessionHandle`] extractor when no
 /// [`SessionLayer`](crate::web::SessionLayer) is around the handler: a `500`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MissingSessionLayer;
 
 impl std::fmt::Display for MissingSessionLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the Session extractor needs a SessionLayer around the handler")
+        f.write_str("the SessionHandle extractor needs a SessionLayer around the handler")
     }
 }
 
@@ -299,7 +299,7 @@ impl IntoResponse for MissingSessionLayer {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Session {
+impl<S: Send + Sync> FromRequestParts<S> for SessionHandle {
     type Rejection = MissingSessionLayer;
 
     /// The request's session; with a store that may block, loaded now on the blocking pool
@@ -307,7 +307,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let session = parts
             .extensions
-            .get::<Session>()
+            .get::<SessionHandle>()
             .cloned()
             .ok_or(MissingSessionLayer)?;
         if session.shared.may_block && !session.is_loaded() && !session.shared.load_failed() {

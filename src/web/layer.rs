@@ -9,15 +9,15 @@ use std::task::{Context, Poll};
 
 use axum::extract::ConnectInfo;
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use http_body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::session::{Client, Request, Response, SessionStore};
+use crate::session::SessionStore;
 use crate::web::body::{BoxError, SessionBody};
-use crate::web::extract::{Session, Shared, blocking};
+use crate::web::extract::{SessionHandle, Shared, blocking};
 
 /// HTML bodies of known size up to this many bytes are rewritten whole, by default; larger
 /// ones, and bodies of unknown size, are rewritten as they stream.
@@ -29,10 +29,10 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 256 * 1024;
 /// 1. It finds the id: the session cookie first, then (with URL ids on,
 ///    [`SessionStoreBuilder::urls`](crate::session::SessionStoreBuilder::urls)) the URL.
 /// 2. It takes the id out of the URL, so the inner service routes on the path without it,
-///    and puts a [`Session`] handle into the request's extensions (the axum extractor).
+///    and puts a [`SessionHandle`] into the request's extensions (the axum extractor).
 ///    Nothing is read from the cache until a handler uses the session: a static asset
 ///    neither loads the session nor consumes its flash values. (With a store that may wait
-///    on the network, extracting [`Session`] counts as using it: the extractor loads the
+///    on the network, extracting [`SessionHandle`] counts as using it: the extractor loads the
 ///    session off the worker's thread, see below.)
 /// 3. When the inner service has answered, it saves the session (if it was used), adds
 ///    `Set-Cookie` (a new or changed id, a moved expiry, or a deletion), and for a client
@@ -84,9 +84,9 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 256 * 1024;
 /// ```no_run
 /// use axum::{Router, routing::get};
 /// use fastmmap::session::SessionStore;
-/// use fastmmap::web::{Session, SessionLayer};
+/// use fastmmap::web::{SessionHandle, SessionLayer};
 ///
-/// async fn count(session: Session) -> Result<String, fastmmap::session::Error> {
+/// async fn count(session: SessionHandle) -> Result<String, fastmmap::session::Error> {
 ///     // An atomic increment under the cache's page lock: concurrent requests in any
 ///     // worker process never lose one.
 ///     let n = session.update(|s| {
@@ -122,11 +122,11 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 256 * 1024;
 /// microseconds on a quiet LAN, up to [`RedisOptions::timeout`](crate::redis::RedisOptions::timeout)
 /// when Redis hangs). The layer then makes those calls on tokio's blocking pool
 /// (`spawn_blocking`, which works in the prefork workers' current-thread runtimes too): the
-/// [`Session`] extractor loads the session there, and the save after the response runs
+/// [`SessionHandle`] extractor loads the session there, and the save after the response runs
 /// there, so a slow or hung Redis holds up the requests that need their session, never the
 /// worker's other requests. The calls a handler makes after the load that reach Redis
-/// ([`Session::update`], [`Session::get_flash`], [`Session::change_id`]) belong in
-/// [`Session::run_blocking`]. Each hop to the blocking pool is a hand-off between threads
+/// ([`SessionHandle::update`], [`SessionHandle::get_flash`], [`SessionHandle::change_id`]) belong in
+/// [`SessionHandle::run_blocking`]. Each hop to the blocking pool is a hand-off between threads
 /// (16–110 µs measured on the 2-core development VM, about a Redis round trip there), which
 /// is why a file-only store does not take it.
 #[derive(Clone, Debug)]
@@ -248,35 +248,14 @@ where
 
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
         let config = Arc::clone(&self.config);
-        let cookies: Vec<&str> = req
-            .headers()
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let cookie = (!cookies.is_empty()).then(|| cookies.join("; "));
-        let user_agent = req
-            .headers()
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok());
         let address = req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(a)| a.ip());
-        let mut client = Client::new();
-        if let Some(address) = address {
-            client = client.address(address);
-        }
-        if let Some(user_agent) = user_agent {
-            client = client.user_agent(user_agent);
-        }
         let https = is_https(req.uri(), req.headers(), config.trust_forwarded_proto);
-        let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let mut request = Request::new(target).https(https).client(client);
-        if let Some(cookie) = cookie.as_deref() {
-            request = request.cookie(cookie);
-        }
-        let visit = config.store.begin(&request);
+        let visit = config
+            .store
+            .begin_http(req.uri(), req.headers(), address, https);
         let changed = visit.path() != req.uri().path() || visit.query() != req.uri().query();
         if changed && let Some(uri) = with_path(req.uri(), visit.path(), visit.query()) {
             *req.uri_mut() = uri;
@@ -288,7 +267,7 @@ where
             config.store.may_block(),
         ));
         req.extensions_mut()
-            .insert(Session::from_shared(Arc::clone(&shared)));
+            .insert(SessionHandle::from_shared(Arc::clone(&shared)));
         let future = self.inner.call(req);
         Box::pin(async move {
             let response = future.await?;
@@ -324,59 +303,42 @@ where
         // The handler was told; the session and its cookie stay as they were.
         return http::Response::from_parts(parts, SessionBody::plain(body));
     }
-    let header = |name| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let mut view = Response::new(parts.status.as_u16());
-    view.location = header(LOCATION);
-    view.content_type = header(CONTENT_TYPE);
-    let location = view.location.clone();
     let was_loaded = shared.visit().is_loaded();
+    let status = parts.status;
+    let mut headers = std::mem::take(&mut parts.headers);
     let store_finish = {
         let shared = Arc::clone(&shared);
         move || {
-            let finished = config.store.finish(&mut shared.visit(), &mut view);
-            (finished, view, config)
+            let finished = config
+                .store
+                .finish_http(&mut shared.visit(), status, &mut headers);
+            (finished, headers, config)
         }
     };
-    let (finished, view, config) = if shared.may_block {
+    let (finished, headers, config) = if shared.may_block {
         blocking(store_finish).await
     } else {
         store_finish()
     };
+    parts.headers = headers;
     let finished = match finished {
         Ok(finished) => finished,
-        Err(_) if !was_loaded && !shared.visit().is_loaded() => {
+        Err(e) if !was_loaded && !shared.visit().is_loaded() => {
+            crate::events::session_not_saved(config.store.cache().path(), &e, false);
             // A session the handler never used, loaded by `finish` only to extend it (as
             // Catalyst does) or to check an id from the URL, could not be loaded: the
             // response goes out as the handler made it, with no cookie — the session is
             // neither deleted (Redis down must not log everyone out) nor extended.
             return http::Response::from_parts(parts, SessionBody::plain(body));
         }
-        Err(_) => {
+        Err(e) => {
+            crate::events::session_not_saved(config.store.cache().path(), &e, true);
             return plain(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the session could not be saved\n",
             );
         }
     };
-    if view.location != location
-        && let Some(new) = view
-            .location
-            .as_deref()
-            .and_then(|l| HeaderValue::from_str(l).ok())
-    {
-        parts.headers.insert(LOCATION, new);
-    }
-    if let Some(cookie) = &view.set_cookie
-        && let Ok(value) = HeaderValue::from_str(&cookie.to_string())
-    {
-        parts.headers.append(SET_COOKIE, value);
-    }
     // A HEAD response has no body to rewrite, and keeps the length GET would have.
     let Some(page) = finished.page.filter(|_| !head) else {
         return http::Response::from_parts(parts, SessionBody::plain(body));
@@ -398,7 +360,10 @@ where
     }
     match collect(body).await {
         Ok(bytes) => {
-            let out = page.rewrite(&bytes).map_or(bytes, Bytes::from);
+            let out = page
+                .rewrite(&bytes)
+                .map_err(|e| crate::events::rewrite_refused(config.store.cache().path(), &e))
+                .map_or(bytes, Bytes::from);
             parts
                 .headers
                 .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));

@@ -4,7 +4,7 @@
 //!   [`fastmmap::session`](crate::session) around any tower service over `http` types —
 //!   the id from the cookie or the URL, the session loaded when a handler first uses it,
 //!   saved with its cookie afterwards, and ids put into redirects and HTML links for clients
-//!   without cookies. [`Session`] is its axum extractor.
+//!   without cookies. [`SessionHandle`] is its axum extractor.
 //! - [`Prefork`] (feature `axum`, Linux): an axum application in forked worker processes
 //!   that share caches and sessions through one file, every connection under a deadline and
 //!   a budget (header, keep-alive, request and send timeouts, a connection cap, a body
@@ -46,12 +46,12 @@ mod process;
 #[cfg(all(feature = "axum", target_os = "linux"))]
 mod serve;
 #[cfg(feature = "tower-sessions")]
-mod tower_store;
+mod tower_sessions;
 
 #[cfg(feature = "axum")]
 pub use body::{BoxError, SessionBody};
 #[cfg(feature = "axum")]
-pub use extract::{MissingSessionLayer, Session};
+pub use extract::{MissingSessionLayer, SessionHandle};
 #[cfg(feature = "axum")]
 pub use layer::{DEFAULT_BUFFER_LIMIT, ResponseFuture, SessionLayer, SessionService};
 #[cfg(all(feature = "axum", target_os = "linux"))]
@@ -61,4 +61,4 @@ pub use prefork::{
     Prefork,
 };
 #[cfg(feature = "tower-sessions")]
-pub use tower_store::{DEFAULT_PREFIX as TOWER_SESSIONS_PREFIX, FastMmapStore};
+pub use tower_sessions::{DEFAULT_PREFIX as TOWER_SESSIONS_PREFIX, FastMmapStore};

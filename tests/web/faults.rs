@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::get;
 use fastmmap::session::{self, SessionStore};
-use fastmmap::web::{Session, SessionLayer};
+use fastmmap::web::{SessionHandle, SessionLayer};
 use tower::Layer;
 
 use crate::server::Client;
@@ -21,14 +21,14 @@ fn app(store: SessionStore) -> Router {
         .route("/static/app.css", get(|| async { "body {}" }))
         .route(
             "/login",
-            get(|s: Session| async move {
+            get(|s: SessionHandle| async move {
                 s.insert("user", "ada")?;
                 Ok::<_, session::Error>("in")
             }),
         )
         .route(
             "/whoami",
-            get(|s: Session| async move {
+            get(|s: SessionHandle| async move {
                 Ok::<_, session::Error>(s.get::<String>("user")?.unwrap_or_default())
             }),
         );

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use fastmmap::session::{CookieConfig, Secure, SessionStore, UrlRewriter};
-use fastmmap::web::{Session, SessionLayer};
+use fastmmap::web::{SessionHandle, SessionLayer};
 use http_body_util::BodyExt;
 use tower::{Layer, ServiceExt};
 
@@ -58,7 +58,7 @@ fn get_req(path: &str) -> Request {
 const PAGE: &str =
     r#"<a href="/a">a</a><a href="b">b</a><img src="/logo.png"><a href="https://x.example/">x</a>"#;
 
-async fn page(session: Session) -> Html<&'static str> {
+async fn page(session: SessionHandle) -> Html<&'static str> {
     session.insert("seen", &true).unwrap();
     Html(PAGE)
 }
@@ -79,7 +79,7 @@ impl http_body::Body for Chunks {
 }
 
 /// The same page in chunks of 5 bytes.
-async fn streamed(session: Session) -> Response {
+async fn streamed(session: SessionHandle) -> Response {
     session.insert("seen", &true).unwrap();
     let chunks = PAGE
         .as_bytes()
@@ -134,7 +134,7 @@ fn compressed_bodies_and_clients_with_the_cookie_are_left_alone() {
     let _serial = serial();
     let dir = temp_dir();
     let layer = SessionLayer::new(store(&dir, true, CookieConfig::new()));
-    async fn gzipped(session: Session) -> Response {
+    async fn gzipped(session: SessionHandle) -> Response {
         session.insert("seen", &true).unwrap();
         (
             [
@@ -203,7 +203,7 @@ fn a_failed_save_is_a_500_and_a_missing_layer_too() {
     let _serial = serial();
     let dir = temp_dir();
     let layer = SessionLayer::new(store(&dir, false, CookieConfig::new()));
-    async fn huge(session: Session) -> &'static str {
+    async fn huge(session: SessionHandle) -> &'static str {
         session.insert("huge", &"x".repeat(200_000)).unwrap();
         "ok"
     }
@@ -224,7 +224,7 @@ fn a_handler_that_never_uses_the_session_leaves_no_trace() {
     let dir = temp_dir();
     let s = store(&dir, true, CookieConfig::new());
     let layer = SessionLayer::new(s.clone());
-    async fn plain(session: Session) -> Html<&'static str> {
+    async fn plain(session: SessionHandle) -> Html<&'static str> {
         assert!(!session.is_loaded());
         Html(PAGE)
     }
@@ -262,7 +262,7 @@ fn with_cookies_only_router_layer_is_enough() {
     let r = run(app.clone().oneshot(get_req("/page"))).unwrap();
     let cookie = r.headers()[header::SET_COOKIE].to_str().unwrap();
     let pair = cookie.split(';').next().unwrap().to_owned();
-    async fn seen(session: Session) -> String {
+    async fn seen(session: SessionHandle) -> String {
         format!("{:?}", session.get::<bool>("seen").unwrap())
     }
     let app = Router::new()
@@ -287,10 +287,10 @@ fn an_unreadable_record_fails_only_the_handlers_that_use_it() {
     let id = fastmmap::session::SessionId::generate().unwrap();
     let garbage = b"not a session record".to_vec();
     s.cache().set(&s.key(&id), &garbage).unwrap();
-    async fn whoami(session: Session) -> Result<String, fastmmap::session::Error> {
+    async fn whoami(session: SessionHandle) -> Result<String, fastmmap::session::Error> {
         Ok(session.get::<String>("user")?.unwrap_or_default())
     }
-    async fn retried(session: Session) -> &'static str {
+    async fn retried(session: SessionHandle) -> &'static str {
         // A handler that shrugs the failure off: the layer must not try again either.
         assert!(session.get::<String>("user").is_err());
         assert!(session.insert("user", "eve").is_err());

@@ -22,7 +22,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::any;
 use fastmmap::session::{SessionStore, UrlRewriter, UrlStyle};
-use fastmmap::web::{Session, SessionLayer};
+use fastmmap::web::{SessionHandle, SessionLayer};
 use serde_json::json;
 use tower_layer::Layer;
 
@@ -297,7 +297,7 @@ fn app(path: std::path::PathBuf, addr: SocketAddr, evil: SocketAddr, style: UrlS
         .route(
             "/v/{name}",
             any(
-                move |session: Session, Path(name): Path<String>| async move {
+                move |session: SessionHandle, Path(name): Path<String>| async move {
                     session.insert("seen", &name).expect("session");
                     match page(&name, evil) {
                         Some((content_type, body)) => {

@@ -35,7 +35,7 @@ use axum::Router;
 use axum::routing::any;
 use fastmmap::Cache;
 use fastmmap::session::{Client as SessionClient, SessionId, SessionStore};
-use fastmmap::web::{Session, SessionLayer};
+use fastmmap::web::{SessionHandle, SessionLayer};
 
 use common::{serial, temp_dir};
 use server::{Client, Server};
@@ -315,7 +315,7 @@ fn a_cookieless_client_following_rewritten_links_stays_in_one_session() {
 /// answers after 0.8 s.
 fn slow_app(path: std::path::PathBuf, addr: SocketAddr) -> Router {
     let store = web_app::store(&path, &format!("http://{addr}/"), false).unwrap();
-    async fn slow(session: Session, cache: axum::extract::State<Cache>) -> String {
+    async fn slow(session: SessionHandle, cache: axum::extract::State<Cache>) -> String {
         session
             .update(|s| {
                 let n = s.get::<u64>("count").unwrap().unwrap_or(0) + 1;

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::format::*;
+use super::image::*;
 use crate::perl::value::{HashKey, Hook, HookKind, PerlData, PerlRef, PerlValue, Sv, SvId};
 use crate::perl::{Error, Result};
 

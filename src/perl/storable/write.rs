@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::format::*;
+use super::image::*;
 use crate::perl::number::{nv_as_iv, nv_to_string};
 use crate::perl::value::{HashKey, Hook, HookKind, PerlData, PerlValue, SvId, latin1};
 use crate::perl::{Error, Result};

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::load::Found;
+use super::native::{Found, Native};
 use super::*;
 use crate::session::data::{NewReason, Session, State, unix_secs};
 use crate::session::error::Error;
@@ -65,6 +65,15 @@ impl Fixture {
 
 fn secs(t: std::time::SystemTime) -> u64 {
     unix_secs(t)
+}
+
+/// The native way of a store built without Catalyst mode.
+fn native(store: &SessionStore) -> &Native {
+    match &store.inner.mode {
+        Mode::Native(native) => native,
+        #[cfg(feature = "perl")]
+        Mode::Catalyst(_) => panic!("a native store"),
+    }
 }
 
 #[test]
@@ -151,13 +160,13 @@ fn a_record_seen_expired_is_reported_and_removed() {
     let f = fixture(|b| b.lifetime(Duration::from_secs(100)));
     let id = f.stored_session("n", 1);
     let bytes = f.store.cache().get(&f.store.key(&id)).unwrap().unwrap();
-    let (found, update) = f.store.inspect(&bytes, T0 + 100, &Client::new(), true);
+    let (found, update) = native(&f.store).inspect(&bytes, T0 + 100, &Client::new(), true);
     assert!(matches!(found, Found::Dropped(NewReason::Expired)));
     assert_eq!(update, Update::Remove);
-    let (found, update) = f.store.inspect(&bytes, T0 + 99, &Client::new(), true);
+    let (found, update) = native(&f.store).inspect(&bytes, T0 + 99, &Client::new(), true);
     assert!(matches!(found, Found::Live { extended: None, .. }));
     assert_eq!(update, Update::Keep);
-    let (found, _) = f.store.inspect(b"junk", T0, &Client::new(), true);
+    let (found, _) = native(&f.store).inspect(b"junk", T0, &Client::new(), true);
     assert!(matches!(found, Found::Unreadable(Error::BadRecord { .. })));
 }
 
@@ -348,14 +357,29 @@ fn the_save_under_the_lock_merges_too() {
     a.insert("from_a", &1).unwrap();
     b.insert("from_b", &2).unwrap();
     let now = f.store.now();
-    assert_eq!(f.store.save_stored(&mut a, now, 0).unwrap(), Saved::Written);
-    assert_eq!(f.store.save_stored(&mut b, now, 0).unwrap(), Saved::Written);
+    assert_eq!(
+        native(&f.store)
+            .save_stored(&f.store.inner.tier, &mut a, now, 0)
+            .unwrap(),
+        Saved::Written
+    );
+    assert_eq!(
+        native(&f.store)
+            .save_stored(&f.store.inner.tier, &mut b, now, 0)
+            .unwrap(),
+        Saved::Written
+    );
     let s = f.store.load(Some(&id), &Client::new()).unwrap();
     assert_eq!(s.get::<u32>("from_a").unwrap(), Some(1));
     assert_eq!(s.get::<u32>("from_b").unwrap(), Some(2));
     f.store.delete(&id).unwrap();
     b.insert("from_b", &3).unwrap();
-    assert_eq!(f.store.save_stored(&mut b, now, 0).unwrap(), Saved::Gone);
+    assert_eq!(
+        native(&f.store)
+            .save_stored(&f.store.inner.tier, &mut b, now, 0)
+            .unwrap(),
+        Saved::Gone
+    );
     let key = f.store.key(&id);
     f.store.cache().set(&key, b"junk").unwrap();
     let mut c = f
@@ -366,7 +390,7 @@ fn the_save_under_the_lock_merges_too() {
     c.state = State::Stored;
     c.insert("x", &1).unwrap();
     assert!(matches!(
-        f.store.save_stored(&mut c, now, 0),
+        native(&f.store).save_stored(&f.store.inner.tier, &mut c, now, 0),
         Err(Error::BadRecord { .. })
     ));
     assert_eq!(f.store.cache().get(&key).unwrap().unwrap(), b"junk");

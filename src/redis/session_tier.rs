@@ -1,5 +1,5 @@
 //! Session records in Redis, the source of truth; the host's cache file is the near cache of
-//! reads (feature `session`). Used by the session store's `Records` when built with
+//! reads (feature `session`). Used by the session store's Redis tier when built with
 //! `SessionStoreBuilder::redis`.
 //!
 //! In Redis a record is `version (8 bytes, big-endian) + record bytes`, expiring with the
@@ -73,7 +73,7 @@ return 1
 ";
 
 /// The Redis tier of a session store.
-pub(crate) struct RecordTier {
+pub(crate) struct SessionTier {
     pool: Pool,
     state: StateReader,
 }
@@ -91,9 +91,9 @@ fn unix_ms(t: SystemTime) -> u64 {
     })
 }
 
-impl RecordTier {
-    pub(crate) fn new(options: RedisOptions, cache_path: &Path) -> RecordTier {
-        RecordTier {
+impl SessionTier {
+    pub(crate) fn new(options: RedisOptions, cache_path: &Path) -> SessionTier {
+        SessionTier {
             state: StateReader::new(cache_path),
             pool: Pool::new(options),
         }
@@ -188,14 +188,13 @@ impl RecordTier {
     }
 
     /// An atomic read-modify-write of the record under `key` in Redis: `f` runs once, on
-    /// Redis's record, under the record's lock. Returns whether a record was there and the
-    /// record afterwards.
-    pub(crate) fn update(
+    /// Redis's record, under the record's lock, and decides the update and what to hand back.
+    pub(crate) fn update_with<R>(
         &self,
         local: &Cache,
         key: &[u8],
-        f: impl FnOnce(Option<&[u8]>) -> Update,
-    ) -> crate::Result<(bool, Option<Vec<u8>>)> {
+        f: impl FnOnce(Option<&[u8]>) -> (Update, R),
+    ) -> crate::Result<R> {
         if InUpdate::inside() {
             // The closure of an update on this thread holds a session's lock in Redis: a
             // second update could wait for that lock until its lease ran out.
@@ -257,11 +256,10 @@ impl RecordTier {
                 return Err(e);
             }
         };
-        let decision = {
+        let (decision, r) = {
             let _inside = InUpdate::enter();
             f(current.as_ref().map(|s| s.record.as_slice()))
         };
-        let was_there = current.is_some();
         // What to write: the new record (with the next version) and its expiry, or a delete.
         let (value, expires) = match decision {
             Update::Keep => {
@@ -272,7 +270,7 @@ impl RecordTier {
                     // A fresh copy for the next read on this host (a save's first round).
                     self.keep(local, key, stored, fence)?;
                 }
-                return Ok((was_there, current.map(|s| s.record)));
+                return Ok(r);
             }
             Update::Remove => (None, None),
             Update::Set(v) => (Some(v), None),
@@ -332,7 +330,7 @@ impl RecordTier {
             }
         }
         local.remove(key)?;
-        Ok((was_there, value))
+        Ok(r)
     }
 
     /// Releases `lock` if it is still ours (best effort: it lapses anyway).

@@ -1,25 +1,19 @@
 //! `SessionStore`: sessions kept in a [`Cache`] — create, load, save, delete, change the id,
 //! and update atomically.
 //!
-//! A session lives under the key `prefix + id` with a cache expiry equal to its own, so the
-//! cache reclaims it when it ends. Loading runs in one [`Cache::update`]: under the page lock
-//! it reads only the record header, deletes an expired or wrongly bound session, and rewrites
-//! the record only to deliver flash values or to move the idle deadline (at most once per
-//! extension threshold). Saving writes only the keys a request changed, with a
-//! compare-and-swap on the stored bytes so that the JSON work happens outside the lock.
-//!
-//! The type and its shared state are here; `builder` makes one, `client` binds sessions to
-//! clients, `load` reads sessions and `save` writes, moves and deletes them.
+//! Two seams, each chosen once by the builder: the record format ([`mode`]: `native` or
+//! `catalyst`) and the tier that holds the records ([`tier`]: the cache file, or Redis with
+//! the file as the near cache). Each public method has one body (in `load` and `save`); what
+//! a format does differently lives in its own file, and no format knows which tier it uses.
+//! `builder` makes a store and `client` describes the client a session may be bound to.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Cache;
 use crate::session::cookie::CookieConfig;
-use crate::session::data::unix_secs;
 use crate::session::error::Result;
 use crate::session::id::{IdFormat, SessionId};
-use crate::session::record::MAX_TIME;
 use crate::session::uri::UrlRewriter;
 
 mod builder;
@@ -29,15 +23,18 @@ mod catalyst;
 mod catalyst_tests;
 mod client;
 mod load;
-mod records;
+mod mode;
+mod native;
 mod save;
 #[cfg(test)]
 mod tests;
+mod tier;
 
 pub use builder::SessionStoreBuilder;
 pub use client::Client;
-use records::Records;
+use mode::Mode;
 pub use save::Saved;
+use tier::Tier;
 
 /// The default absolute lifetime of a session: one day, as in the original plugin.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(86_400);
@@ -73,39 +70,18 @@ pub struct SessionStore {
 }
 
 pub(crate) struct Inner {
-    records: Records,
+    tier: Tier,
     mode: Mode,
-    lifetime: u64,
-    idle: Option<u64>,
-    threshold: u64,
-    bind_address: bool,
-    bind_user_agent: bool,
-    prefix: Vec<u8>,
     pub(crate) cookie: CookieConfig,
     pub(crate) urls: Option<UrlRewriter>,
-}
-
-/// How a store keeps its sessions.
-#[derive(Clone, Debug)]
-pub(crate) enum Mode {
-    /// This crate's own record format, one cache entry per session.
-    Native,
-    /// As Catalyst::Plugin::Session with Store::FastMmap (three keys per session).
-    #[cfg(feature = "perl")]
-    Catalyst(crate::session::catalyst::CatalystConfig),
 }
 
 impl std::fmt::Debug for SessionStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let i = &self.inner;
         f.debug_struct("SessionStore")
-            .field("cache", i.records.cache())
+            .field("cache", i.tier.cache())
             .field("mode", &i.mode)
-            .field("lifetime", &i.lifetime)
-            .field("idle", &i.idle)
-            .field("threshold", &i.threshold)
-            .field("bind_address", &i.bind_address)
-            .field("bind_user_agent", &i.bind_user_agent)
             .field("cookie", &i.cookie)
             .field("urls", &i.urls)
             .finish_non_exhaustive()
@@ -128,30 +104,27 @@ impl SessionStore {
 
     /// The cache the sessions live in.
     pub fn cache(&self) -> &Cache {
-        self.inner.records.cache()
+        self.inner.tier.cache()
     }
 
     /// The shape of this store's session ids: [`IdFormat::Catalyst`] in Catalyst mode, else
     /// [`IdFormat::Native`]. Ids of another shape are never looked up.
     pub fn id_format(&self) -> IdFormat {
-        match self.inner.mode {
-            Mode::Native => IdFormat::Native,
-            #[cfg(feature = "perl")]
-            Mode::Catalyst(_) => IdFormat::Catalyst,
-        }
+        self.inner.mode.id_format()
     }
 
     /// Whether the store keeps sessions as Catalyst does
     /// ([`SessionStoreBuilder::catalyst`]).
     pub fn is_catalyst(&self) -> bool {
-        !matches!(self.inner.mode, Mode::Native)
+        !matches!(self.inner.mode, Mode::Native(_))
     }
 
     /// Whether a call of this store may wait on the network (a Redis tier, or a backing
     /// store behind its cache) rather than take a page lock for microseconds: the web layer
     /// then makes its calls on tokio's blocking pool.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn may_block(&self) -> bool {
-        self.inner.records.may_block()
+        self.inner.tier.may_block()
     }
 
     /// A new id of this store's shape.
@@ -171,26 +144,11 @@ impl SessionStore {
 
     /// The cache key of the session `id`.
     pub fn key(&self, id: &SessionId) -> Vec<u8> {
-        let mut key = Vec::with_capacity(self.inner.prefix.len() + id.as_str().len());
-        key.extend_from_slice(&self.inner.prefix);
-        key.extend_from_slice(id.as_str().as_bytes());
-        key
+        self.inner.mode.key(id)
     }
 
-    /// Now, in Unix seconds, by the cache's clock (at most [`MAX_TIME`], like every time in a
-    /// record).
+    /// Now, in Unix seconds, by the cache's clock.
     pub(crate) fn now(&self) -> u64 {
-        unix_secs(self.inner.records.now()).min(MAX_TIME)
-    }
-
-    /// When a session created at `created` and last active at `active` ends: at most
-    /// [`MAX_TIME`], when the cache entry holding it ends anyway.
-    fn deadline(&self, created: u64, active: u64) -> u64 {
-        let absolute = created.saturating_add(self.inner.lifetime);
-        let end = match self.inner.idle {
-            Some(idle) => absolute.min(active.saturating_add(idle)),
-            None => absolute,
-        };
-        end.min(MAX_TIME)
+        self.inner.tier.now()
     }
 }

@@ -134,14 +134,11 @@ impl FastMmapStore {
         for _ in 0..ID_ATTEMPTS {
             // The record holds its id: encode it with the id it is stored under.
             let bytes = Self::encode(record)?;
-            let mut taken = false;
-            self.cache
-                .update(&self.key(&record.id), |old| {
-                    if old.is_some() {
-                        taken = true;
-                        return Update::Keep;
-                    }
-                    Update::SetWith(bytes.clone(), expiry)
+            let taken = self
+                .cache
+                .update_with(&self.key(&record.id), |old| match old {
+                    Some(_) => (Update::Keep, true),
+                    None => (Update::SetWith(bytes, expiry), false),
                 })
                 .map_err(backend)?;
             if !taken {

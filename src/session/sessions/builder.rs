@@ -4,9 +4,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{
-    DEFAULT_KEY_PREFIX, DEFAULT_LIFETIME, Inner, Mode, Records, SESSION_FILE_MODE, SessionStore,
-};
+use super::mode::Mode;
+use super::native::Native;
+use super::tier::Tier;
+use super::{DEFAULT_KEY_PREFIX, DEFAULT_LIFETIME, Inner, SESSION_FILE_MODE, SessionStore};
 use crate::Cache;
 use crate::session::cookie::CookieConfig;
 use crate::session::error::{Error, Result};
@@ -27,7 +28,7 @@ pub struct SessionStoreBuilder {
     cookie: CookieConfig,
     urls: Option<UrlRewriter>,
     #[cfg(feature = "perl")]
-    catalyst: Option<crate::session::catalyst::CatalystConfig>,
+    catalyst: Option<crate::session::catalyst_record::CatalystConfig>,
     #[cfg(feature = "redis")]
     redis: Option<crate::redis::RedisOptions>,
 }
@@ -153,7 +154,7 @@ impl SessionStoreBuilder {
     /// (its `verify_address` and `verify_user_agent`), and the key prefix (its keys are
     /// fixed): setting those too is an error at [`build`](Self::build).
     #[cfg(feature = "perl")]
-    pub fn catalyst(mut self, config: crate::session::catalyst::CatalystConfig) -> Self {
+    pub fn catalyst(mut self, config: crate::session::catalyst_record::CatalystConfig) -> Self {
         self.catalyst = Some(config);
         self
     }
@@ -211,9 +212,17 @@ impl SessionStoreBuilder {
             return Err(invalid("key_prefix must not be empty"));
         }
         self.cookie.validate()?;
+        let native = Native {
+            lifetime,
+            idle,
+            threshold,
+            bind_address: self.bind_address,
+            bind_user_agent: self.bind_user_agent,
+            prefix: self.key_prefix.clone().into_bytes(),
+        };
         #[cfg(feature = "perl")]
         let mode = match self.catalyst {
-            None => Mode::Native,
+            None => Mode::Native(native),
             Some(config) => {
                 config.validate()?;
                 #[cfg(feature = "redis")]
@@ -243,15 +252,15 @@ impl SessionStoreBuilder {
                          key_prefix cannot be changed",
                     ));
                 }
-                Mode::Catalyst(config)
+                Mode::Catalyst(super::catalyst::Catalyst { config })
             }
         };
         #[cfg(not(feature = "perl"))]
-        let mode = Mode::Native;
+        let mode = Mode::Native(native);
         let open = |builder: crate::CacheBuilder| -> Result<Cache> {
             let builder = builder.permissions(SESSION_FILE_MODE);
             #[cfg(feature = "perl")]
-            if let Mode::Catalyst(config) = &mode {
+            if let Mode::Catalyst(super::catalyst::Catalyst { config }) = &mode {
                 return Ok(builder
                     .layout(crate::Layout::FastMmap)
                     .num_pages(config.num_pages)
@@ -267,7 +276,7 @@ impl SessionStoreBuilder {
             (None, None) => open(Cache::builder())?,
         };
         #[cfg(feature = "redis")]
-        let records = match self.redis {
+        let tier = match self.redis {
             Some(_) if cache.has_backing() => {
                 // The Redis tier writes the records itself; a backing store of the cache
                 // would write them a second time, unordered with the tier's own writes.
@@ -275,21 +284,15 @@ impl SessionStoreBuilder {
                     "a session store with a Redis tier needs a cache without a backing store",
                 ));
             }
-            Some(options) => Records::with_redis(cache, options),
-            None => Records::new(cache),
+            Some(options) => Tier::redis(cache, options),
+            None => Tier::File(cache),
         };
         #[cfg(not(feature = "redis"))]
-        let records = Records::new(cache);
+        let tier = Tier::File(cache);
         Ok(SessionStore {
             inner: Arc::new(Inner {
-                records,
+                tier,
                 mode,
-                lifetime,
-                idle,
-                threshold,
-                bind_address: self.bind_address,
-                bind_user_agent: self.bind_user_agent,
-                prefix: self.key_prefix.into_bytes(),
                 cookie: self.cookie,
                 urls: self.urls,
             }),

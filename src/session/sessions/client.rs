@@ -3,9 +3,7 @@
 
 use std::net::IpAddr;
 
-use super::SessionStore;
-use crate::session::data::NewReason;
-use crate::session::record::{Binding, MAX_BOUND_USER_AGENT, RecordView, truncate_at_char};
+use crate::session::record::{MAX_BOUND_USER_AGENT, truncate_at_char};
 
 /// What the server knows about the client making a request, for binding sessions to it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,38 +42,5 @@ impl<'a> Client<'a> {
 
     pub(super) fn user_agent_text(&self) -> &'a str {
         truncate_at_char(self.user_agent.unwrap_or(""), MAX_BOUND_USER_AGENT)
-    }
-}
-
-impl SessionStore {
-    pub(super) fn binding_for(&self, client: &Client<'_>) -> Binding {
-        Binding {
-            address: self.inner.bind_address.then(|| client.address_text()),
-            user_agent: self
-                .inner
-                .bind_user_agent
-                .then(|| client.user_agent_text().to_owned()),
-        }
-    }
-
-    /// Why `view` may not be used by `client`, if it may not.
-    pub(super) fn binding_mismatch(
-        &self,
-        view: &RecordView<'_>,
-        client: &Client<'_>,
-    ) -> Option<NewReason> {
-        if self.inner.bind_address
-            && let Some(bound) = view.address
-            && bound != client.address_text()
-        {
-            return Some(NewReason::AddressChanged);
-        }
-        if self.inner.bind_user_agent
-            && let Some(bound) = view.user_agent
-            && bound != client.user_agent_text()
-        {
-            return Some(NewReason::UserAgentChanged);
-        }
-        None
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::perl::PerlFormat;
-use crate::session::catalyst::CatalystConfig;
+use crate::session::catalyst_record::CatalystConfig;
 use crate::session::data::{NewReason, unix_secs};
 use crate::session::error::Error;
 use crate::session::id::{CATALYST_ID_LEN, IdFormat, InvalidId};
