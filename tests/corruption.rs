@@ -1028,6 +1028,10 @@ fn damaged_native_file_header_is_refused_untouched() {
             let at = rng.range(0, NATIVE_CHECKSUM_OFFSET + 8);
             bytes[at] ^= rng.range(1, 256) as u8;
         }
+        if bytes == original {
+            // Two flips of one byte by the same mask cancel out: nothing was damaged.
+            continue;
+        }
         std::fs::write(&path, &bytes).expect("write");
         let what = format!("header bytes {:?}", &bytes[..64]);
         assert_refused(&path, Layout::Native, bad_header, &what);
