@@ -4,6 +4,9 @@
 //! - a writer SIGKILLed at a random instant while it overwrites one key of a one-page cache in
 //!   write-back mode never loses the last value it was told was stored: that value (or a later
 //!   one) is in the cache or in the backing store, or the loss is counted in `dirty_lost`;
+//! - a writer kept from its store by another process dirtying the page, round after round,
+//!   writes its victims back holding the page in the last round, so a SIGKILL during that call
+//!   loses nothing acknowledged; a store's callback that uses the cache there gets `Reentrant`;
 //! - a reader does not wait behind another process's slow call of the backing store;
 //! - a process that can only read a robust file cannot block its writers; on an fcntl file it
 //!   can (as with Perl), and the error names the lock it waited for.
@@ -12,6 +15,8 @@ mod common;
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use fastmmap::{Backing, BackingError, Error, LockKind, LockRole, Update, WriteMode};
@@ -29,6 +34,10 @@ struct Files {
     dir: PathBuf,
     /// `store` of this key waits (see [`Files::slow`]).
     slow_key: Option<Vec<u8>>,
+    /// `store` of this key in a process other than this one waits (see [`Files::gated`]).
+    gated: Option<(Vec<u8>, u32)>,
+    /// Calls of `store` of the gated key so far, in this process.
+    gated_calls: AtomicUsize,
 }
 
 impl Files {
@@ -37,6 +46,18 @@ impl Files {
         Files {
             dir: dir.to_path_buf(),
             slow_key: None,
+            gated: None,
+            gated_calls: AtomicUsize::new(0),
+        }
+    }
+
+    /// A store whose `store` of `key`, in any process but this one (a forked child), signals
+    /// `entered-N` (N counting such calls from 1), then waits for `release-N` to appear (at most
+    /// 60 s) before storing.
+    fn gated(dir: &Path, key: &[u8]) -> Files {
+        Files {
+            gated: Some((key.to_vec(), std::process::id())),
+            ..Files::new(dir)
         }
     }
 
@@ -77,6 +98,18 @@ impl Backing for Files {
     }
 
     fn store(&self, key: &[u8], value: &[u8], _: Option<SystemTime>) -> Result<(), BackingError> {
+        if let Some((gated, parent)) = &self.gated
+            && gated.as_slice() == key
+            && std::process::id() != *parent
+        {
+            let n = self.gated_calls.fetch_add(1, Ordering::SeqCst) + 1;
+            std::fs::write(self.flag(&format!("entered-{n}")), b"")?;
+            let release = self.flag(&format!("release-{n}"));
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !release.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
         let slow = self.slow_key.as_deref() == Some(key);
         if slow {
             std::fs::write(self.flag("entered"), b"")?;
@@ -750,5 +783,222 @@ fn an_update_overtaken_while_it_writes_back_its_victims_does_not_overwrite_the_n
             "{kind:?}: the victim was written back"
         );
         assert_eq!(cache.stats().unwrap().dirty_lost, 0, "{kind:?}");
+    }
+}
+
+/// The rounds a store that must evict dirty entries makes before the one that writes them back
+/// holding the page (`ROUNDS` in `src/cache/write_back.rs`).
+const ROUNDS: usize = 4;
+
+/// A value (8 KB) of the victim key, and one of the writer's key (58 KB) that cannot share the
+/// 64 KB page with it: storing it must evict the victim.
+const VICTIM_LEN: usize = 8_000;
+const BIG_LEN: usize = 58_000;
+
+/// A writer process stores a big value that must evict a dirty victim. Each time it unlocks to
+/// write the victim back, this process overwrites the victim (a new dirty value, acknowledged
+/// here), so the writer finds it dirty in the way again; in the last round it writes the
+/// victim back holding the page (a reader of the page times out meanwhile), and is SIGKILLed
+/// inside that call of the store. Every acknowledged value of the victim is still in the cache
+/// or the store, and nothing is counted lost.
+#[test]
+fn a_writer_killed_in_its_last_round_of_write_backs_loses_nothing() {
+    let _serial = serial();
+    for (kind, update) in ALL_KINDS.iter().flat_map(|&k| [(k, false), (k, true)]) {
+        let dir = temp_dir();
+        let store_dir = dir.path().join("store");
+        let path = dir.path().join("cache");
+        let cache = kind
+            .builder()
+            .path(&path)
+            .num_pages(1)
+            .page_size(PAGE_SIZE)
+            .backing(Files::gated(&store_dir, b"victim"))
+            .write_mode(WriteMode::Back)
+            .lock_timeout(Duration::from_secs(60))
+            .open()
+            .expect("open");
+        let files = Files::new(&store_dir);
+        cache.set(b"victim", &value_of(1, VICTIM_LEN)).unwrap();
+        let mut acked = 1;
+
+        let mut children = Children::new();
+        let writer = cache.clone();
+        let pid = children.spawn(move || {
+            let big = value_of(99, BIG_LEN);
+            if update {
+                writer
+                    .update(b"big", |_| Update::Set(big))
+                    .map(drop)
+                    .map_err(|e| format!("update: {e}"))?;
+            } else {
+                writer.set(b"big", &big).map_err(|e| format!("set: {e}"))?;
+            }
+            Err("the writer stored without being killed".into())
+        });
+        // The writer's unlocked rounds: each time, dirty the victim again meanwhile.
+        for n in 1..ROUNDS {
+            wait_for(&files.flag(&format!("entered-{n}")));
+            acked += 1;
+            cache
+                .set(b"victim", &value_of(acked, VICTIM_LEN))
+                .unwrap_or_else(|e| panic!("{kind:?}: set during round {n}: {e}"));
+            std::fs::write(files.flag(&format!("release-{n}")), b"").unwrap();
+        }
+        // The last round: the writer is inside the store, holding the page.
+        wait_for(&files.flag(&format!("entered-{ROUNDS}")));
+        let patient = kind
+            .builder()
+            .path(&path)
+            .num_pages(1)
+            .page_size(PAGE_SIZE)
+            .lock_timeout(Duration::from_millis(200))
+            .open()
+            .expect("open a second handle");
+        let waited = patient.get(b"victim");
+        let exit = children.kill(pid);
+        assert_eq!(
+            exit,
+            Exit::Signal(libc::SIGKILL),
+            "{kind:?} (update: {update}): the writer ended before the kill (details on stderr)"
+        );
+
+        let cached = cache
+            .entry(b"victim")
+            .expect("entry after the kill")
+            .map(|e| seq_of(&e.value).expect("a whole value"));
+        let stored = files
+            .read(b"victim")
+            .map(|v| seq_of(&v).expect("a whole value"));
+        assert!(
+            cached.or(stored).unwrap_or(0) >= acked,
+            "{kind:?} (update: {update}): acknowledged {acked}, cache {cached:?}, store \
+             {stored:?}"
+        );
+        assert_eq!(cache.stats().unwrap().dirty_lost, 0, "{kind:?}");
+        match waited {
+            Err(Error::LockTimeout {
+                page: 0,
+                lock: LockRole::Page,
+                ..
+            }) => {}
+            other => panic!(
+                "{kind:?} (update: {update}): a reader during the last round's write-back \
+                 should wait for the page lock and time out, got {other:?}"
+            ),
+        }
+        // The cache works on: the big value goes in, the victim written back first.
+        cache.set(b"big", &value_of(100, BIG_LEN)).unwrap();
+        assert_eq!(
+            files.read(b"victim").map(|v| seq_of(&v).unwrap()),
+            Some(acked),
+            "{kind:?}"
+        );
+    }
+}
+
+/// A backing store whose `store` uses its own cache: while the page is unlocked (the first
+/// rounds) its writes go in; in the last round, which holds the page, it gets `Reentrant` at
+/// once, not a deadlock, and the store goes on.
+#[test]
+fn a_store_callback_using_the_cache_in_the_last_round_gets_reentrant() {
+    struct Dirtying {
+        files: Files,
+        cache: Arc<OnceLock<fastmmap::Cache>>,
+        results: std::sync::Mutex<Vec<Result<(), String>>>,
+    }
+    impl Backing for Dirtying {
+        fn load(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackingError> {
+            self.files.load(key)
+        }
+        fn store(
+            &self,
+            key: &[u8],
+            value: &[u8],
+            at: Option<SystemTime>,
+        ) -> Result<(), BackingError> {
+            if key == b"victim" {
+                let cache = self.cache.get().expect("the cache is set");
+                let n = self.results.lock().unwrap().len() as u64;
+                let result = match cache.set(b"victim", &value_of(n + 2, VICTIM_LEN)) {
+                    Ok(_) => Ok(()),
+                    Err(e @ Error::Reentrant { .. }) => Err(e.to_string()),
+                    Err(e) => panic!("the callback's set failed otherwise: {e}"),
+                };
+                self.results.lock().unwrap().push(result);
+            }
+            self.files.store(key, value, at)
+        }
+        fn delete(&self, key: &[u8]) -> Result<(), BackingError> {
+            self.files.delete(key)
+        }
+    }
+
+    let _serial = serial();
+    for kind in ALL_KINDS {
+        let dir = temp_dir();
+        let store_dir = dir.path().join("store");
+        let slot = Arc::new(OnceLock::new());
+        let backing = Arc::new(Dirtying {
+            files: Files::new(&store_dir),
+            cache: slot.clone(),
+            results: std::sync::Mutex::new(Vec::new()),
+        });
+        let cache = kind
+            .builder()
+            .path(dir.path().join("cache"))
+            .num_pages(1)
+            .page_size(PAGE_SIZE)
+            .backing(SharedBacking(backing.clone()))
+            .write_mode(WriteMode::Back)
+            .lock_timeout(Duration::from_secs(60))
+            .open()
+            .expect("open");
+        assert!(slot.set(cache.clone()).is_ok());
+        cache.set(b"victim", &value_of(1, VICTIM_LEN)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = cache.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(writer.set(b"big", &value_of(99, BIG_LEN)).map(drop));
+        });
+        let done = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{kind:?}: the set did not return within 60 s"));
+        done.unwrap_or_else(|e| panic!("{kind:?}: set: {e}"));
+        let results = std::mem::take(&mut *backing.results.lock().unwrap());
+        assert_eq!(results.len(), ROUNDS, "{kind:?}: {results:?}");
+        assert!(
+            results[..ROUNDS - 1].iter().all(Result::is_ok),
+            "{kind:?}: {results:?}"
+        );
+        assert!(results[ROUNDS - 1].is_err(), "{kind:?}: {results:?}");
+        // The last value the callback set was written back before it left the page.
+        assert_eq!(
+            Files::new(&store_dir)
+                .read(b"victim")
+                .map(|v| seq_of(&v).unwrap()),
+            Some(ROUNDS as u64),
+            "{kind:?}"
+        );
+        assert_eq!(
+            cache.get(b"victim").unwrap(),
+            Some(value_of(ROUNDS as u64, VICTIM_LEN))
+        );
+        assert_eq!(cache.stats().unwrap().dirty_lost, 0, "{kind:?}");
+    }
+}
+
+/// A backing store shared with the test (through an `Arc`).
+struct SharedBacking<B>(Arc<B>);
+
+impl<B: Backing> Backing for SharedBacking<B> {
+    fn load(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackingError> {
+        self.0.load(key)
+    }
+    fn store(&self, key: &[u8], value: &[u8], at: Option<SystemTime>) -> Result<(), BackingError> {
+        self.0.store(key, value, at)
+    }
+    fn delete(&self, key: &[u8]) -> Result<(), BackingError> {
+        self.0.delete(key)
     }
 }

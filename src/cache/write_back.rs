@@ -7,11 +7,21 @@
 //! them clean (if no one changed them meanwhile) and tries again; by then the entries it
 //! drops are clean. So a process killed at any instant loses no dirty entry: until the
 //! backing store has it, it is still in the cache, still dirty, for the next `flush` or
-//! eviction. Two exceptions, both documented: a page reset (its dirty entries are lost and
-//! counted in `Stats::dirty_lost`), and the last of `ROUNDS` attempts (other processes kept
-//! dirtying the page), which drops the dirty entries it must and writes the copies back after
-//! unlocking. An `update` unlocks between its closure and its store only when dirty entries
-//! are in the way, and looks at its key again (see [`Cache::store_updated`]).
+//! eviction. One exception, documented: a page reset (its dirty entries are lost and counted
+//! in `Stats::dirty_lost`). An `update` unlocks between its closure and its store only when
+//! dirty entries are in the way, and looks at its key again (see [`Cache::store_updated`]).
+//!
+//! If other processes keep dirtying the page, so that `ROUNDS - 1` such attempts each find
+//! dirty entries in the way again, the last attempt does not unlock: it writes the copies
+//! back *holding the page lock* (and the write-back lock), marks them clean, and only then
+//! drops them. So no dirty entry ever leaves the page before the backing store has it, and a
+//! process killed during that call leaves them in the page, dirty (the page is not marked
+//! busy while the store is called, so it is not reset). The price, only in that last round:
+//! every process that reads or writes that one page waits for those calls of the backing
+//! store, each at most its `lock_timeout` (then [`Error::LockTimeout`], counted in
+//! `Stats::lock_timeouts`); other pages are not held up. A backing store whose callback uses
+//! the same cache gets [`Error::Reentrant`] there (the thread holds a page lock), never a
+//! deadlock.
 //!
 //! Writes reach the backing store after the page is unlocked, so two writers of one key could
 //! reach it in the wrong order. Every operation of a backed cache that writes to the backing
@@ -29,8 +39,8 @@ use crate::store::{LockError, PageGuard, WriteBackGuard, WriteBackWait};
 use crate::{Error, LockRole, Result};
 use std::time::Duration;
 
-/// Attempts that refuse to drop dirty entries before one that drops them and writes the
-/// copies back after unlocking.
+/// Attempts at a change that must drop dirty entries: each but the last unlocks the page to
+/// write them back; the last writes them back holding the page lock (see the module docs).
 const ROUNDS: usize = 4;
 
 /// What [`Cache::try_write_back_lock`] got.
@@ -180,13 +190,15 @@ impl Cache {
                     Err(_) => self.reset_counting(&mut guard),
                 }
             }
-            let refuse = round + 1 < ROUNDS;
+            // After a held write-back (the last round), the victims are clean: drop them.
+            let refuse = round < ROUNDS;
             let stored = self.attempt_store(&mut guard, req, now, refuse, if_absent, &mut copies);
             match stored {
                 Ok(Some(StoreOutcome::TooLarge)) => return Err(self.too_large(req)),
                 Ok(Some(outcome)) => {
                     drop(guard);
-                    // Only the last round drops dirty entries: written back now, unlocked.
+                    // Nothing dirty was dropped unless the page changed under the lock (it
+                    // cannot); written back all the same if it were.
                     self.write_back(&copies)?;
                     return Ok(Kept::Stored(outcome));
                 }
@@ -200,6 +212,11 @@ impl Cache {
                     drop(guard);
                     write_back = self.write_back_lock(page)?;
                     guard = self.lock_for_change(page)?;
+                }
+                Ok(None) if round + 1 >= ROUNDS => {
+                    // Others kept dirtying the page: the last round writes back holding it.
+                    self.write_back_held(&mut guard, &copies)?;
+                    round += 1;
                 }
                 Ok(None) => {
                     drop(guard);
@@ -225,8 +242,9 @@ impl Cache {
     /// dirty entries written back and marked clean, and the key looked at again. Returns the
     /// guard, the store's outcome — `None` if another writer stored the key meanwhile (the
     /// update then took effect just before that write, which replaced it, and is not stored)
-    /// — and the copies of the dirty entries the last of `ROUNDS` attempts dropped, to be
-    /// written back after unlocking.
+    /// — and copies of dirty entries it dropped, to be written back after unlocking (none: the
+    /// last of `ROUNDS` attempts writes its victims back holding the lock, then drops them
+    /// clean).
     ///
     /// The write-back lock keeps every other writer that could change the key out meanwhile
     /// but one: a write-back `set` that needs to evict nothing dirty.
@@ -240,7 +258,7 @@ impl Cache {
     ) -> Result<(PageGuard<'c>, Option<StoreOutcome>, Vec<DirtyCopy>)> {
         let mut copies = Vec::new();
         for round in 0..ROUNDS {
-            let refuse = round + 1 < ROUNDS && self.has_backing();
+            let refuse = self.has_backing();
             let stored = match self.attempt_store(&mut guard, req, now, refuse, false, &mut copies)
             {
                 Ok(stored) => stored,
@@ -251,6 +269,15 @@ impl Cache {
             };
             if let Some(outcome) = stored {
                 return Ok((guard, Some(outcome), copies));
+            }
+            if round + 1 == ROUNDS {
+                // Others kept dirtying the page: write back holding it (nothing can change the
+                // key meanwhile), then store, dropping the victims clean.
+                self.write_back_held(&mut guard, &copies)?;
+                let stored = self
+                    .attempt_store(&mut guard, req, now, false, false, &mut copies)
+                    .map_err(|c| self.corrupt(page, c))?;
+                return Ok((guard, stored, copies));
             }
             drop(guard);
             self.write_back(&copies)?;
@@ -268,7 +295,7 @@ impl Cache {
                 return Ok((guard, None, Vec::new()));
             }
         }
-        unreachable!("the last round drops what it must and stores")
+        unreachable!("the last round stores")
     }
 
     /// Whether `req`'s key holds what an `update`'s closure saw (`seen`), but for the dirty
@@ -369,6 +396,17 @@ impl Cache {
         }
     }
 
+    /// The last round's write-back: `copies` (dirty entries in the way) go to the backing store
+    /// while `guard` stays held, then are marked clean, so that the change that follows drops
+    /// them clean. Readers of the page wait meanwhile (each at most its `lock_timeout`); the
+    /// store's callback cannot use this cache ([`Error::Reentrant`]). On an error of the store
+    /// nothing is marked clean.
+    fn write_back_held(&self, guard: &mut PageGuard<'_>, copies: &[DirtyCopy]) -> Result<()> {
+        self.write_back(copies)?;
+        self.mark_clean(guard, copies);
+        Ok(())
+    }
+
     /// Writes copies of dirty entries to the backing store: each value (decompressed), or a
     /// delete for a dirty `undef` (a key Perl set to undef, which the store cannot hold).
     pub(crate) fn write_back(&self, copies: &[DirtyCopy]) -> Result<()> {
@@ -429,9 +467,11 @@ impl Cache {
         let mut copies = Vec::new();
         let _write_back = self.write_back_lock(page)?;
         let mut guard = self.lock_for_change(page)?;
-        for round in 0.. {
+        // Rounds 0..ROUNDS refuse; the last of them writes back holding the lock, so the one
+        // after drops clean entries.
+        for round in 0..=ROUNDS {
             copies.clear();
-            let mut dirty = if round + 1 < ROUNDS {
+            let mut dirty = if round < ROUNDS {
                 Dirty::refuse(&mut copies)
             } else {
                 Dirty::collect(&mut copies)
@@ -443,6 +483,7 @@ impl Cache {
                     self.write_back(&copies)?;
                     return Ok(dropped);
                 }
+                Ok(None) if round + 1 >= ROUNDS => self.write_back_held(&mut guard, &copies)?,
                 Ok(None) => {
                     drop(guard);
                     self.write_back(&copies)?;

@@ -136,9 +136,15 @@ area, reads and hits counted since the statistics were last reset, and resets (t
 was found damaged and emptied). In the fastmmap layout the file has nowhere to keep a reset
 count, so `resets` counts only the resets made by this command.
 
+Then the faults this command itself met while reading the file (each run starts from zero):
+dirty lost (write-back values not yet in their backing store, lost with a damaged page this
+command reset), backing errors and decode errors (always 0 here: the command has no backing
+store and decodes nothing) and lock timeouts.
+
 With --json, one JSON object: file, layout, lock_kind (fcntl or robust), num_pages, page_size,
 the totals (entries, slots,
-used_bytes, free_bytes, reads, hits, resets) and `pages`, an array of objects with page,
+used_bytes, free_bytes, reads, hits, resets), the fault counters (dirty_lost, backing_errors,
+decode_errors, lock_timeouts) and `pages`, an array of objects with page,
 entries, slots, used_bytes, free_bytes, reads, hits and resets.";
 
 const CHECK_HELP: &str = "\

@@ -215,6 +215,11 @@ struct StatsJson {
     reads: u64,
     hits: u64,
     resets: u64,
+    /// This command's own fault counters (see `Stats`): what it met while reading the file.
+    dirty_lost: u64,
+    backing_errors: u64,
+    decode_errors: u64,
+    lock_timeouts: u64,
     pages: Vec<PageJson>,
 }
 
@@ -245,6 +250,10 @@ impl StatsJson {
             reads: s.reads,
             hits: s.hits,
             resets: s.resets,
+            dirty_lost: s.dirty_lost,
+            backing_errors: s.backing_errors,
+            decode_errors: s.decode_errors,
+            lock_timeouts: s.lock_timeouts,
             pages: (0..)
                 .zip(&s.pages)
                 .map(|(page, p)| PageJson {
@@ -283,9 +292,21 @@ fn stats(opts: &FileOptions, path: &Path, json: bool, out: &mut Out<'_>) -> Resu
         ("hits", s.hits.to_string()),
         ("resets", s.resets.to_string()),
     ];
+    // Counted by this process only (each run of the command starts from zero).
+    let faults = [
+        ("dirty lost", s.dirty_lost),
+        ("backing errors", s.backing_errors),
+        ("decode errors", s.decode_errors),
+        ("lock timeouts", s.lock_timeouts),
+    ];
     let write = || -> io::Result<()> {
         for (name, value) in totals {
             writeln!(out, "{name:<11}{value}")?;
+        }
+        writeln!(out)?;
+        writeln!(out, "faults met by this command")?;
+        for (name, value) in faults {
+            writeln!(out, "    {name:<15}{value}")?;
         }
         writeln!(out)?;
         writeln!(
