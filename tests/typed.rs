@@ -7,7 +7,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use fastmmap::typed::{Change, Codec, Json, Postcard, TypedCache};
+use fastmmap::Update;
+use fastmmap::typed::{Codec, Json, Postcard, TypedCache};
 use fastmmap::{Cache, Error, Layout};
 use serde::{Deserialize, Serialize};
 
@@ -56,15 +57,15 @@ fn round_trips<C: Codec<Cart>>(codec: C) {
         .update("cart:5", |c| {
             let mut c = c.unwrap();
             c.items.push((99, "more".into()));
-            Change::Set(c)
+            Update::Set(c)
         })
         .unwrap();
     assert_eq!(carts.get("cart:5").unwrap().unwrap().items.len(), 6);
     let items = carts
-        .update_with("cart:5", |c| (Change::Keep, c.map(|c| c.items.len())))
+        .update_with("cart:5", |c| (Update::Keep, c.map(|c| c.items.len())))
         .unwrap();
     assert_eq!(items, Some(6));
-    carts.update("cart:5", |_| Change::Remove).unwrap();
+    carts.update("cart:5", |_| Update::Remove).unwrap();
     assert_eq!(carts.get("cart:5").unwrap(), None);
 }
 
@@ -107,7 +108,7 @@ fn bad_values_are_errors_naming_the_key() {
         let err = carts
             .update("cart:bad", |_| {
                 called.set(true);
-                Change::Remove
+                Update::Remove
             })
             .unwrap_err();
         assert!(err.to_string().contains("cart:bad"), "{err}");

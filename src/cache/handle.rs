@@ -68,14 +68,17 @@ impl Drop for UnlinkOnDrop {
 }
 
 /// What [`Cache::update`] should do with the key, decided from its current value.
+///
+/// `V` is the value: bytes for a [`Cache`], a typed value for a
+/// [`TypedCache`](crate::typed::TypedCache) (feature `serde`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Update {
+pub enum Update<V = Vec<u8>> {
     /// Leave the entry as it is.
     Keep,
-    /// NewEntry this value, with the default expiry.
-    Set(Vec<u8>),
-    /// NewEntry this value with this expiry.
-    SetWith(Vec<u8>, Expiry),
+    /// Store this value, with the default expiry.
+    Set(V),
+    /// Store this value with this expiry.
+    SetWith(V, Expiry),
     /// Remove the entry.
     Remove,
 }

@@ -10,4 +10,4 @@ mod typed_cache;
 #[cfg(feature = "perl")]
 pub use codec::Storable;
 pub use codec::{Codec, CodecError, Json, Postcard};
-pub use typed_cache::{Change, TypedCache};
+pub use typed_cache::TypedCache;

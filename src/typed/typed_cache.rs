@@ -11,19 +11,6 @@ enum Failed {
     Encode(CodecError),
 }
 
-/// What [`TypedCache::update`] does with a key, decided from its current value.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Change<V> {
-    /// Leave the entry as it is.
-    Keep,
-    /// Store this value, with the default expiry.
-    Set(V),
-    /// Store this value with this expiry.
-    SetWith(V, Expiry),
-    /// Remove the entry.
-    Remove,
-}
-
 /// A [`Cache`] whose values are `V`s, stored through the codec `C`, under keys `K` (anything
 /// that is bytes: `str`, `[u8]`, `String`, `Vec<u8>`).
 ///
@@ -34,7 +21,7 @@ pub enum Change<V> {
 ///
 /// ```
 /// use serde::{Deserialize, Serialize};
-/// use fastmmap::{Cache, typed::{Change, Postcard, TypedCache}};
+/// use fastmmap::{Cache, Update, typed::{Postcard, TypedCache}};
 ///
 /// #[derive(Serialize, Deserialize, Debug, PartialEq)]
 /// struct User { name: String, visits: u32 }
@@ -45,8 +32,8 @@ pub enum Change<V> {
 ///
 /// users.set("ada", &User { name: "Ada".into(), visits: 1 })?;
 /// users.update("ada", |u| match u {
-///     Some(u) => Change::Set(User { visits: u.visits + 1, ..u }),
-///     None => Change::Keep,
+///     Some(u) => Update::Set(User { visits: u.visits + 1, ..u }),
+///     None => Update::Keep,
 /// })?;
 /// assert_eq!(users.get("ada")?, Some(User { name: "Ada".into(), visits: 2 }));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -197,7 +184,7 @@ where
     /// [`Error::Decode`] if the current value does not decode (`f` is not called, nothing
     /// changes); [`Error::Encode`] if the new value does not encode (nothing changes); as
     /// [`Cache::update`].
-    pub fn update(&self, key: &K, f: impl FnOnce(Option<V>) -> Change<V>) -> Result<()> {
+    pub fn update(&self, key: &K, f: impl FnOnce(Option<V>) -> Update<V>) -> Result<()> {
         self.update_with(key, |v| (f(v), ()))
     }
 
@@ -208,7 +195,7 @@ where
     pub fn update_with<R>(
         &self,
         key: &K,
-        f: impl FnOnce(Option<V>) -> (Change<V>, R),
+        f: impl FnOnce(Option<V>) -> (Update<V>, R),
     ) -> Result<R> {
         let key = key.as_ref();
         // Decoding or encoding may fail under the lock: the entry is then kept, and the error
@@ -220,13 +207,13 @@ where
             };
             let (change, r) = f(current);
             let update = match change {
-                Change::Keep => Update::Keep,
-                Change::Remove => Update::Remove,
-                Change::Set(v) => match self.codec.encode(&v) {
+                Update::Keep => Update::Keep,
+                Update::Remove => Update::Remove,
+                Update::Set(v) => match self.codec.encode(&v) {
                     Ok(bytes) => Update::Set(bytes),
                     Err(e) => return (Update::Keep, Err(Failed::Encode(e))),
                 },
-                Change::SetWith(v, expiry) => match self.codec.encode(&v) {
+                Update::SetWith(v, expiry) => match self.codec.encode(&v) {
                     Ok(bytes) => Update::SetWith(bytes, expiry),
                     Err(e) => return (Update::Keep, Err(Failed::Encode(e))),
                 },
