@@ -11,6 +11,7 @@ mod evict;
 pub mod format;
 mod header;
 mod lookup;
+mod policy;
 mod view;
 
 pub use bytes::PageBytes;
