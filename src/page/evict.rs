@@ -156,8 +156,28 @@ impl PageMut<'_> {
             };
             let mut victims =
                 super::policy::choose_victims(&mut keep.clone(), used, len, capacity_with(new_n));
-            if new_n > start_slots && victims.iter().any(|&i| keep[i].flags & FLAG_PROTECTED != 0) {
-                new_n = start_slots;
+            // A large entry (an eighth of the page or more) that would push out protected
+            // entries gets a smaller table instead, if one holds the survivors within the
+            // growth limit.
+            if new_n > start_slots
+                && len.saturating_mul(8) >= page_size
+                && victims.iter().any(|&i| keep[i].flags & FLAG_PROTECTED != 0)
+            {
+                let mut n = start_slots;
+                while n < new_n {
+                    let cut = super::policy::choose_victims(
+                        &mut keep.clone(),
+                        used,
+                        len,
+                        capacity_with(n),
+                    );
+                    let left = keep.len() - cut.len();
+                    if f64::from(left as u32) <= f64::from(n) * SLOT_FILL_LIMIT {
+                        new_n = n;
+                        break;
+                    }
+                    n = n.saturating_mul(2).saturating_add(1);
+                }
             }
             let full = data_capacity(page_size, new_n).unwrap_or(0);
             victims = super::policy::choose_victims(&mut keep, used, len, capacity_with(new_n));

@@ -85,14 +85,14 @@ pub const DATA_FILL_TARGET: f64 = 0.6;
 // first), and protected ones only when probation is empty, until the data area is under
 // POLICY_FILL_TARGET full. The slot hashes of the evicted probationary entries are kept in
 // the ghost record at the end of the page; a new key found there is stored protected.
-pub const POLICY_FILL_TARGET: f64 = 0.875;
-pub const PROTECTED_SHARE: f64 = 0.5;
+pub const POLICY_FILL_TARGET: f64 = 0.9;
+pub const PROTECTED_SHARE: f64 = 0.9;
 
 // Ghost record: the last page_size / GHOST_SHARE bytes of a native page, kept free of entries.
 // | ghost_magic | ghost_count | slot_hash 0 | … | slot_hash count-1 | (unused) |
 // A hint only: it is trusted when its magic is right, its count fits and free_data has not
 // reached it; anything else reads as an empty record.
-pub const GHOST_SHARE: usize = 64;
+pub const GHOST_SHARE: usize = 128;
 pub const GHOST_MAGIC_OFFSET: usize = 0;
 pub const GHOST_COUNT_OFFSET: usize = GHOST_MAGIC_OFFSET + 4;
 pub const GHOST_HASHES_OFFSET: usize = GHOST_COUNT_OFFSET + 4;

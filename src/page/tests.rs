@@ -977,8 +977,8 @@ fn the_protected_part_is_capped_and_its_least_recently_used_go_back_to_probation
 fn a_key_evicted_from_probation_and_stored_again_comes_back_protected() {
     let mut buf = fresh(65536);
     fill_p(&mut buf, "once", 0..100, NOW);
-    // Enough to evict it, not so much that the record (254 keys in 64 KiB) forgets it.
-    fill_p(&mut buf, "flood", 0..450, NOW + 1);
+    // Enough to evict it, not so much that the record (126 keys in 64 KiB) forgets it.
+    fill_p(&mut buf, "flood", 0..400, NOW + 1);
     assert!(!present(&mut buf, "once-0"), "evicted by the flood");
     put_with_p(&mut buf, b"once-0", &[7; 100], 0, NOW + 2, true, true);
     assert_eq!(
@@ -1068,7 +1068,7 @@ proptest! {
     /// and hold what was stored.
     #[test]
     fn any_ghost_record_is_only_a_hint(
-        garbage in proptest::collection::vec(any::<u8>(), 0..=1024),
+        garbage in proptest::collection::vec(any::<u8>(), 0..=512),
         count in any::<u32>(),
         magic in any::<bool>(),
     ) {
