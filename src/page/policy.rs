@@ -39,8 +39,12 @@ pub(super) fn ghosts<'b>(buf: &'b [u8], hdr: &PageHeader) -> Option<&'b [u8]> {
 
 /// Whether `slot_hash` is in the page's ghost record.
 pub(super) fn is_ghost(buf: &[u8], hdr: &PageHeader, slot_hash: u32) -> bool {
-    let want = slot_hash.to_ne_bytes();
-    ghosts(buf, hdr).is_some_and(|g| g.chunks_exact(4).any(|h| h == want))
+    // Whole words compared, not 4-byte slices (a call each): this runs on every new key.
+    ghosts(buf, hdr).is_some_and(|g| {
+        g.chunks_exact(4)
+            .map(|h| u32::from_ne_bytes([h[0], h[1], h[2], h[3]]))
+            .fold(false, |found, h| found | (h == slot_hash))
+    })
 }
 
 /// Writes the ghost record of a page whose entries end at `free_data`: the newest of `old`
