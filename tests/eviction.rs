@@ -1,4 +1,5 @@
-//! Eviction on small caches: least recently used goes first, and big values survive churn.
+//! Eviction on small caches: least recently used goes first, big values survive churn, and in
+//! the native layout entries read since they were stored outlive scans (issue 21).
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -132,5 +133,39 @@ fn within_one_second_the_oldest_writes_go_first() {
                 n - first_kept
             );
         }
+    }
+}
+
+/// Issue 21: in the native layout an entry read since it was stored outlives a scan of keys
+/// used once (the first read, lock-free otherwise, takes the lock to protect the entry); the
+/// FastMmap layout keeps Cache::FastMmap's rule, under which the scan flushes it.
+#[test]
+fn entries_read_once_outlive_a_scan_in_the_native_layout_only() {
+    for layout in [Layout::Native, Layout::FastMmap] {
+        let (_d, cache, clock) = one_page(layout, 65536);
+        let value = [7u8; 100];
+        for i in 0..100 {
+            cache.set(format!("hot{i}").as_bytes(), &value).unwrap();
+        }
+        clock.advance(Duration::from_secs(1));
+        for i in 0..100 {
+            assert!(cache.get(format!("hot{i}").as_bytes()).unwrap().is_some());
+        }
+        // The scan comes later than the reads: recency alone keeps the scan.
+        clock.advance(Duration::from_secs(1));
+        for i in 0..5_000 {
+            cache.set(format!("scan{i}").as_bytes(), &value).unwrap();
+        }
+        let kept = (0..100)
+            .filter(|i| cache.contains_key(format!("hot{i}").as_bytes()).unwrap())
+            .count();
+        match layout {
+            Layout::Native => assert_eq!(kept, 100, "native: hot entries kept"),
+            _ => assert_eq!(
+                kept, 0,
+                "FastMmap layout: Perl's rule, the scan flushes them"
+            ),
+        }
+        assert_eq!(cache.stats().unwrap().resets, 0);
     }
 }

@@ -170,8 +170,10 @@ pub enum EvictSel {
     MakeRoom(u16),
 }
 
-/// The flags a store writes: `FLAG_HAS_MODSEQ` follows the modseq, whatever was asked.
+/// The flags a store writes: `FLAG_HAS_MODSEQ` follows the modseq, whatever was asked, and
+/// `FLAG_PROTECTED` (the eviction policy's) is never taken from a caller nor shown to one.
 pub fn stored_flags(flags: u32, modseq: Option<u64>) -> u32 {
+    let flags = flags & !FLAG_PROTECTED;
     match modseq {
         Some(_) => flags | FLAG_HAS_MODSEQ,
         None => flags & !FLAG_HAS_MODSEQ,

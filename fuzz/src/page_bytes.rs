@@ -11,6 +11,10 @@
 //!   `All` empties the page; `Expired` leaves no expired entry;
 //! - a page built only through the API from `PageMut::init` passes `check_page` with the
 //!   slot hash recomputed, after every operation.
+//!
+//! Inputs with an odd `now` run with the native eviction policy on (`PageMut::with_policy`:
+//! the protected flag and the ghost record at the end of the page, whatever bytes it holds),
+//! those with an even one with Cache::FastMmap's rule.
 
 use arbitrary::{Arbitrary, Unstructured};
 use fastmmap::page::consts::*;
@@ -135,6 +139,7 @@ pub fn run(data: &[u8]) {
     let hash_mode = input.hash;
     let hash = move |k: &[u8]| hash_mode.slot_hash(k);
     let mut now = input.now;
+    let policy = input.now & 1 == 1;
     let mut valid = check_page(&buf, slots, None).is_ok();
     if pristine {
         check_page(&buf, slots, Some(&hash)).expect("a fresh page fails check_page");
@@ -150,7 +155,7 @@ pub fn run(data: &[u8]) {
         match op {
             Op::Get { key, stats } => {
                 let key = key.bytes();
-                let mut page = PageMut::wrap(&mut buf);
+                let mut page = PageMut::wrap(&mut buf).with_policy(policy);
                 match page.get(hash(&key), &key, now, *stats) {
                     Ok(Some(e)) => assert_eq!(e.key, &key[..], "get returned another key"),
                     Ok(None) => {}
@@ -190,7 +195,7 @@ pub fn run(data: &[u8]) {
                     flags: flags.flags(),
                     modseq: modseq.modseq(),
                 };
-                do_store(&mut buf, &req, now, slots, was_valid);
+                do_store(&mut buf, &req, now, slots, was_valid, policy);
             }
             Op::StoreTooBig { key, extra, modseq } => {
                 let key = key.bytes();
@@ -208,12 +213,12 @@ pub fn run(data: &[u8]) {
                     modseq,
                 };
                 assert!(req.entry_size().is_none_or(|s| s > max));
-                do_store(&mut buf, &req, now, slots, was_valid);
+                do_store(&mut buf, &req, now, slots, was_valid, policy);
             }
             Op::Remove { key } => {
                 let key = key.bytes();
                 let sh = hash(&key);
-                let mut page = PageMut::wrap(&mut buf);
+                let mut page = PageMut::wrap(&mut buf).with_policy(policy);
                 match page.remove(sh, &key, now) {
                     Ok(_) => {
                         if was_valid {
@@ -234,7 +239,9 @@ pub fn run(data: &[u8]) {
                     EvictSel::All => Evict::All,
                     EvictSel::MakeRoom(len) => Evict::MakeRoom(usize::from(len) % (ps + 16)),
                 };
-                let res = PageMut::wrap(&mut buf).evict(mode, now, slots);
+                let res = PageMut::wrap(&mut buf)
+                    .with_policy(policy)
+                    .evict(mode, now, slots);
                 match res {
                     Ok(_) if was_valid => check_after_evict(&buf, mode, now, slots, ps),
                     Ok(_) => {}
@@ -264,7 +271,7 @@ pub fn run(data: &[u8]) {
                 assert!(res.is_ok() || !was_valid, "open failed on a valid page");
             }
             Op::ResetStats => {
-                let res = PageMut::wrap(&mut buf).reset_stats();
+                let res = PageMut::wrap(&mut buf).with_policy(policy).reset_stats();
                 assert!(res.is_ok(), "reset_stats failed: {res:?}");
             }
             Op::Advance(d) => now = now.saturating_add(u32::from(*d)),
@@ -330,13 +337,15 @@ fn fails_only_if_invalid(was_valid: bool, what: &str, c: Corrupt) {
 }
 
 /// Stores and checks the outcome (see the module docs).
-fn do_store(buf: &mut [u8], req: &NewEntry, now: u32, slots: u32, was_valid: bool) {
+fn do_store(buf: &mut [u8], req: &NewEntry, now: u32, slots: u32, was_valid: bool, policy: bool) {
     let ps = buf.len();
     let fits = req
         .entry_size()
         .is_some_and(|s| s <= max_entry_size(ps, slots));
     let before = buf.to_vec();
-    let res = PageMut::wrap(buf).store(req, now, slots);
+    let res = PageMut::wrap(buf)
+        .with_policy(policy)
+        .store(req, now, slots);
     note(match res {
         Ok(StoreOutcome::TooLarge) => Event::store_too_big,
         Err(_) => Event::store_err,
@@ -384,7 +393,10 @@ fn do_store(buf: &mut [u8], req: &NewEntry, now: u32, slots: u32, was_valid: boo
                 // even a damaged page reads it back.
                 Err(c) => panic!("peek after a Stored store failed: {c}"),
             }
-            match PageMut::wrap(buf).get(req.slot_hash, req.key, now, true) {
+            match PageMut::wrap(buf)
+                .with_policy(policy)
+                .get(req.slot_hash, req.key, now, true)
+            {
                 Ok(e) => {
                     if let Some(e) = &e {
                         assert_eq!(e.last_access, now, "get after store: last_access");

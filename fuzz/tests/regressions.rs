@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use fastmmap::page::consts::*;
-use fastmmap::page::{Evict, PageMut, PageView, NewEntry, StoreOutcome};
+use fastmmap::page::{Evict, NewEntry, PageMut, PageView, StoreOutcome};
 
 fn replay(target: &str, run: fn(&[u8])) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -59,6 +59,10 @@ pub const FLAG_COMPRESSION: u32 = 0x0600_0000;
 pub const FLAG_LZ4: u32 = 0x0200_0000;
 /// `FLAG_COMPRESSION` value: one zstd frame.
 pub const FLAG_ZSTD: u32 = 0x0400_0000;
+/// The entry has been read since it was stored (or came back while its key was remembered as
+/// recently evicted): it is in the page's protected part, evicted after the probationary
+/// entries. Native layout only (see the eviction policy below); never handed to callers.
+pub const FLAG_PROTECTED: u32 = 0x0100_0000;
 
 /// Fewest slots a page may have (Cache::FastMmap's default and floor).
 pub const MIN_SLOTS: u32 = 89;
@@ -72,6 +76,32 @@ pub const MAX_PAGE_SIZE: usize = 1 << 30;
 // entries until the data area is less than DATA_FILL_TARGET full.
 pub const SLOT_FILL_LIMIT: f64 = 0.3;
 pub const DATA_FILL_TARGET: f64 = 0.6;
+
+// The native layout's eviction policy (segmented LRU with a record of evicted keys; the
+// FastMmap layout keeps Perl's rule above). New entries are on probation; a read hit moves an
+// entry to the protected part (`FLAG_PROTECTED`). A rebuild first moves the least recently
+// used protected entries back to probation until protected entries fill at most
+// PROTECTED_SHARE of the data area, then evicts probationary entries (least recently used
+// first), and protected ones only when probation is empty, until the data area is under
+// POLICY_FILL_TARGET full. The slot hashes of the evicted probationary entries are kept in
+// the ghost record at the end of the page; a new key found there is stored protected.
+pub const POLICY_FILL_TARGET: f64 = 0.9;
+pub const PROTECTED_SHARE: f64 = 0.9;
+
+// Ghost record: the last page_size / GHOST_SHARE bytes of a native page, kept free of entries.
+// | ghost_magic | ghost_count | slot_hash 0 | … | slot_hash count-1 | (unused) |
+// A hint only: it is trusted when its magic is right, its count fits and free_data has not
+// reached it; anything else reads as an empty record.
+pub const GHOST_SHARE: usize = 128;
+pub const GHOST_MAGIC_OFFSET: usize = 0;
+pub const GHOST_COUNT_OFFSET: usize = GHOST_MAGIC_OFFSET + 4;
+pub const GHOST_HASHES_OFFSET: usize = GHOST_COUNT_OFFSET + 4;
+pub const GHOST_MAGIC: u32 = 0x4748_5354;
+
+/// Bytes of the ghost record at the end of a native page of `page_size` bytes.
+pub const fn ghost_size(page_size: usize) -> usize {
+    (page_size / GHOST_SHARE) & !(ENTRY_ALIGN - 1)
+}
 
 /// Rounds `len` up to the entry alignment; `None` on overflow.
 pub const fn align_len(len: usize) -> Option<usize> {

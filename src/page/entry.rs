@@ -118,7 +118,8 @@ impl EntryLoc {
             last_access: self.last_access,
             expire_on: self.expire_on,
             slot_hash: self.slot_hash,
-            flags: self.flags,
+            // The policy's bit is the page's own business.
+            flags: self.flags & !FLAG_PROTECTED,
             modseq: self.modseq(buf),
         }
     }

@@ -74,7 +74,7 @@ impl PageMut<'_> {
             return Err(Corrupt("page has no slots"));
         }
         if let Evict::MakeRoom(len) = mode
-            && has_room(&hdr, len)
+            && has_room(&hdr, len.saturating_add(self.ghost_reserve()))
         {
             return Ok(Some((0, hdr)));
         }
@@ -138,7 +138,86 @@ impl PageMut<'_> {
             }
         }
 
-        if let Evict::MakeRoom(len) = mode {
+        let mut evicted_ghosts: Vec<u32> = Vec::new();
+        if let Evict::MakeRoom(len) = mode
+            && self.policy
+        {
+            // The native policy (see `super::policy`); the ghost record's bytes stay free
+            // unless only they stand between the new entry and the page. A slot table grown
+            // for many small entries shrinks back for a large one, rather than every entry
+            // going first (a table grown again later costs a rebuild, not the page's data).
+            let reserve = ghost_size(page_size);
+            let capacity_with = |n: u32| {
+                let full = data_capacity(page_size, n).unwrap_or(0);
+                match len.saturating_add(reserve) <= full {
+                    true => full - reserve,
+                    false => full,
+                }
+            };
+            let mut victims =
+                super::policy::choose_victims(&mut keep.clone(), used, len, capacity_with(new_n));
+            // A large entry (an eighth of the page or more) that would push out protected
+            // entries gets a smaller table instead, if one holds the survivors within the
+            // growth limit.
+            if new_n > start_slots
+                && len.saturating_mul(8) >= page_size
+                && victims.iter().any(|&i| keep[i].flags & FLAG_PROTECTED != 0)
+            {
+                let mut n = start_slots;
+                while n < new_n {
+                    let cut = super::policy::choose_victims(
+                        &mut keep.clone(),
+                        used,
+                        len,
+                        capacity_with(n),
+                    );
+                    let left = keep.len() - cut.len();
+                    if f64::from(left as u32) <= f64::from(n) * SLOT_FILL_LIMIT {
+                        new_n = n;
+                        break;
+                    }
+                    n = n.saturating_mul(2).saturating_add(1);
+                }
+            }
+            let full = data_capacity(page_size, new_n).unwrap_or(0);
+            victims = super::policy::choose_victims(&mut keep, used, len, capacity_with(new_n));
+            let mut dead = vec![false; keep.len()];
+            for &i in &victims {
+                dead[i] = true;
+                if keep[i].flags & FLAG_PROTECTED == 0 {
+                    evicted_ghosts.push(keep[i].slot_hash);
+                }
+                if watch {
+                    gone.push(keep[i]);
+                }
+            }
+            // A shrunk table must still have a slot to spare: the oldest go (probation first).
+            let mut left = keep.len() - victims.len();
+            for pass_protected in [false, true] {
+                for (i, loc) in keep.iter().enumerate() {
+                    if left < new_n as usize {
+                        break;
+                    }
+                    if !dead[i] && (loc.flags & FLAG_PROTECTED != 0) == pass_protected {
+                        dead[i] = true;
+                        left -= 1;
+                        dropped += 1;
+                        if watch {
+                            gone.push(*loc);
+                        }
+                    }
+                }
+            }
+            dropped += victims.len();
+            let mut i = 0;
+            keep.retain(|_| {
+                i += 1;
+                !dead[i - 1]
+            });
+            if keep.is_empty() && len > full {
+                new_n = start_slots;
+            }
+        } else if let Evict::MakeRoom(len) = mode {
             let capacity = data_capacity(page_size, new_n).unwrap_or(0);
             let threshold = (DATA_FILL_TARGET * capacity as f64) as usize;
             let mut cut = 0;
@@ -177,7 +256,16 @@ impl PageMut<'_> {
             .chain(&gone)
             .filter(|loc| loc.flags & FLAG_DIRTY != 0 && !loc.is_tombstone())
             .count();
+        // The ghost record as it was, read before the rebuild may write over it.
+        let old_ghosts = match self.policy {
+            true => super::policy::ghosts(self.buf, &hdr).map(<[u8]>::to_vec),
+            false => None,
+        };
         let hdr = self.rebuild(new_n, &keep, dirty_moved)?;
+        if self.policy && (!evicted_ghosts.is_empty() || old_ghosts.is_none()) {
+            let old = old_ghosts.as_deref().unwrap_or(&[]);
+            super::policy::write_ghosts(self.buf, hdr.free_data as usize, old, &evicted_ghosts)?;
+        }
         Ok(Some((dropped, hdr)))
     }
 
@@ -216,6 +304,8 @@ impl PageMut<'_> {
                 .get(loc.off..loc.off + loc.raw_size())
                 .ok_or(Corrupt("entry outside the page"))?;
             image[off..off + src.len()].copy_from_slice(src);
+            // The policy may have moved the entry back to probation (`policy::choose_victims`).
+            super::header::put_u32(&mut image, off + FLAGS_OFFSET, loc.flags)?;
             super::header::put_u32(
                 &mut image,
                 SLOTS_OFFSET + slot as usize * SLOT_SIZE,

@@ -93,7 +93,11 @@ pub struct Copied {
     pub last_access: u32,
     pub expire_on: u32,
     pub slot_hash: u32,
+    /// The entry's flags, without the eviction policy's bit.
     pub flags: u32,
+    /// The entry is in the page's protected part (`FLAG_PROTECTED`): a locked read would not
+    /// change its flags.
+    pub protected: bool,
 }
 
 /// Looks `key` up through `b` without writing anything, and copies out its live entry into
@@ -133,6 +137,7 @@ pub fn find_copy<B: PageBytes + ?Sized>(
     out.last_access = loc.last_access;
     out.expire_on = loc.expire_on;
     out.slot_hash = loc.slot_hash;
-    out.flags = loc.flags;
+    out.flags = loc.flags & !FLAG_PROTECTED;
+    out.protected = loc.flags & FLAG_PROTECTED != 0;
     Ok(true)
 }

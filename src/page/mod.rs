@@ -11,6 +11,7 @@ mod entry;
 mod evict;
 mod header;
 mod lookup;
+mod policy;
 mod view;
 
 pub use bytes::PageBytes;

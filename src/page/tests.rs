@@ -31,8 +31,14 @@ fn fresh(size: usize) -> Vec<u8> {
 }
 
 fn get(buf: &mut [u8], key: &[u8], now: u32) -> Option<Vec<u8>> {
+    get_p(buf, key, now, false)
+}
+
+/// [`get`], with the native eviction policy on or off.
+fn get_p(buf: &mut [u8], key: &[u8], now: u32, policy: bool) -> Option<Vec<u8>> {
     PageMut::open(buf, MIN_SLOTS)
         .unwrap()
+        .with_policy(policy)
         .get(slot_hash(key), key, now, true)
         .unwrap()
         .map(|e| e.value.to_vec())
@@ -53,8 +59,22 @@ fn put_with(
     now: u32,
     in_place: bool,
 ) -> StoreOutcome {
+    put_with_p(buf, key, value, expire_on, now, in_place, false)
+}
+
+/// [`put_with`], with the native eviction policy on or off.
+fn put_with_p(
+    buf: &mut [u8],
+    key: &[u8],
+    value: &[u8],
+    expire_on: u32,
+    now: u32,
+    in_place: bool,
+    policy: bool,
+) -> StoreOutcome {
     PageMut::open(buf, MIN_SLOTS)
         .unwrap()
+        .with_policy(policy)
         .store_with(&store(key, value, expire_on), now, MIN_SLOTS, in_place)
         .unwrap()
 }
@@ -367,7 +387,7 @@ proptest! {
     /// An evicted key may be missing; a present key never has a wrong value; a key that was
     /// removed, cleared or expired is never present.
     #[test]
-    fn page_matches_model(ops in proptest::collection::vec(op(), 1..300)) {
+    fn page_matches_model(ops in proptest::collection::vec(op(), 1..300), policy in any::<bool>()) {
         let mut buf = fresh(8192);
         let mut model: HashMap<Vec<u8>, (Vec<u8>, u32)> = HashMap::new();
         let mut now = NOW;
@@ -376,21 +396,21 @@ proptest! {
                 Op::Set(k, v, e, in_place) => {
                     let key = format!("key-{k}").into_bytes();
                     let expire_on = if e == 0 { 0 } else { now + u32::from(e) };
-                    prop_assert_eq!(put_with(&mut buf, &key, &v, expire_on, now, in_place), StoreOutcome::Stored);
-                    prop_assert_eq!(get(&mut buf, &key, now), Some(v.clone()), "just stored");
+                    prop_assert_eq!(put_with_p(&mut buf, &key, &v, expire_on, now, in_place, policy), StoreOutcome::Stored);
+                    prop_assert_eq!(get_p(&mut buf, &key, now, policy), Some(v.clone()), "just stored");
                     model.insert(key, (v, expire_on));
                 }
                 Op::Overwrite(k, b, in_place) => {
                     let key = format!("key-{k}").into_bytes();
                     let len = model.get(&key).map_or(10, |(v, _)| v.len());
                     let v = vec![b; len];
-                    prop_assert_eq!(put_with(&mut buf, &key, &v, 0, now, in_place), StoreOutcome::Stored);
-                    prop_assert_eq!(get(&mut buf, &key, now), Some(v.clone()), "just overwritten");
+                    prop_assert_eq!(put_with_p(&mut buf, &key, &v, 0, now, in_place, policy), StoreOutcome::Stored);
+                    prop_assert_eq!(get_p(&mut buf, &key, now, policy), Some(v.clone()), "just overwritten");
                     model.insert(key, (v, 0));
                 }
                 Op::Get(k) => {
                     let key = format!("key-{k}").into_bytes();
-                    let got = get(&mut buf, &key, now);
+                    let got = get_p(&mut buf, &key, now, policy);
                     match model.get(&key) {
                         Some((v, e)) if !is_expired(*e, now) => {
                             if let Some(got) = got { prop_assert_eq!(&got, v); }
@@ -404,9 +424,9 @@ proptest! {
                     model.remove(&key);
                 }
                 Op::Tick(s) => now += u32::from(s % 3),
-                Op::Purge => { PageMut::open(&mut buf, MIN_SLOTS).unwrap().evict(Evict::Expired, now, MIN_SLOTS).unwrap(); }
+                Op::Purge => { PageMut::open(&mut buf, MIN_SLOTS).unwrap().with_policy(policy).evict(Evict::Expired, now, MIN_SLOTS).unwrap(); }
                 Op::Clear => {
-                    PageMut::open(&mut buf, MIN_SLOTS).unwrap().evict(Evict::All, now, MIN_SLOTS).unwrap();
+                    PageMut::open(&mut buf, MIN_SLOTS).unwrap().with_policy(policy).evict(Evict::All, now, MIN_SLOTS).unwrap();
                     model.clear();
                 }
             }
@@ -420,6 +440,7 @@ proptest! {
         mut bytes in proptest::collection::vec(any::<u8>(), 4096..=4096),
         header in proptest::array::uniform8(0u32..5000),
         ops in proptest::collection::vec(op(), 1..20),
+        policy in any::<bool>(),
     ) {
         // Half the time give it a plausible header so the operations get past the check.
         if header[0] % 2 == 0 {
@@ -430,7 +451,7 @@ proptest! {
         }
         let _ = check_page(&bytes, MIN_SLOTS, Some(&slot_hash));
         for op in ops {
-            let mut page = PageMut::wrap(&mut bytes);
+            let mut page = PageMut::wrap(&mut bytes).with_policy(policy);
             let _ = match op {
                 Op::Set(k, v, _, in_place) => page
                     .store_with(&store(&[k], &v[..v.len().min(1000)], 0), NOW, MIN_SLOTS, in_place)
@@ -847,4 +868,267 @@ fn a_killed_rebuild_leaves_its_dirty_count_for_the_reset() {
         PageMut::open(&mut buf, MIN_SLOTS).is_err(),
         "fails its check"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The native eviction policy: probation, protection on the first hit, the ghost record
+
+/// A 64 KiB page with `n` keys `prefix-i` of 100-byte values stored at `now` under the policy.
+fn fill_p(buf: &mut [u8], prefix: &str, range: std::ops::Range<usize>, now: u32) {
+    for i in range {
+        let key = format!("{prefix}-{i}");
+        put_with_p(buf, key.as_bytes(), &[7; 100], 0, now, true, true);
+    }
+}
+
+fn present(buf: &mut [u8], key: &str) -> bool {
+    PageMut::open(buf, MIN_SLOTS)
+        .unwrap()
+        .peek(slot_hash(key.as_bytes()), key.as_bytes(), NOW + 1000)
+        .unwrap()
+        .is_some()
+}
+
+/// The entry's raw flags word, the policy's bit included.
+fn raw_flags(buf: &[u8], key: &str) -> Option<u32> {
+    let mut flags = None;
+    let view = PageView::new(buf);
+    let hdr = view.checked_header().unwrap();
+    if let view::Probe::Hit { loc, .. } = view
+        .probe(&hdr, slot_hash(key.as_bytes()), key.as_bytes())
+        .unwrap()
+    {
+        flags = Some(loc.flags);
+    }
+    flags
+}
+
+#[test]
+fn a_scan_of_new_keys_never_pushes_out_entries_read_since_they_were_stored() {
+    let mut buf = fresh(65536);
+    // 150 hot keys, each read once (protected), written before the scan and in the same
+    // second as it: recency alone would evict them first.
+    fill_p(&mut buf, "hot", 0..150, NOW);
+    for i in 0..150 {
+        assert!(get_p(&mut buf, format!("hot-{i}").as_bytes(), NOW, true).is_some());
+    }
+    fill_p(&mut buf, "scan", 0..5000, NOW);
+    check_page(&buf, MIN_SLOTS, Some(&slot_hash)).unwrap();
+    let kept = (0..150)
+        .filter(|i| present(&mut buf, &format!("hot-{i}")))
+        .count();
+    assert_eq!(
+        kept, 150,
+        "hot entries kept through a scan of 5,000 new keys"
+    );
+    // Without the policy (Cache::FastMmap's rule), the same scan flushes them all.
+    let mut plain = fresh(65536);
+    for i in 0..150 {
+        put(&mut plain, format!("hot-{i}").as_bytes(), &[7; 100], 0, NOW);
+        get(&mut plain, format!("hot-{i}").as_bytes(), NOW);
+    }
+    for i in 0..5000 {
+        put(
+            &mut plain,
+            format!("scan-{i}").as_bytes(),
+            &[7; 100],
+            0,
+            NOW,
+        );
+    }
+    assert_eq!(
+        (0..150)
+            .filter(|i| present(&mut plain, &format!("hot-{i}")))
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn the_protected_part_is_capped_and_its_least_recently_used_go_back_to_probation() {
+    let mut buf = fresh(65536);
+    // More read entries than half the page holds: the oldest of them must make way.
+    for round in 0..4u32 {
+        let base = round as usize * 150;
+        fill_p(&mut buf, "k", base..base + 150, NOW + round);
+        for i in base..base + 150 {
+            get_p(&mut buf, format!("k-{i}").as_bytes(), NOW + round, true);
+        }
+    }
+    fill_p(&mut buf, "new", 0..2000, NOW + 10);
+    check_page(&buf, MIN_SLOTS, Some(&slot_hash)).unwrap();
+    let hdr = PageHeader::read(&buf);
+    let capacity = 65536 - hdr.slots_end() - ghost_size(65536);
+    let protected: usize = (0..600)
+        .filter_map(|i| raw_flags(&buf, &format!("k-{i}")))
+        .filter(|f| f & FLAG_PROTECTED != 0)
+        .count()
+        * entry_size(5, 100).unwrap();
+    assert!(
+        protected <= (PROTECTED_SHARE * capacity as f64) as usize + 200,
+        "{protected} of {capacity}"
+    );
+    // The most recently read ones are the ones kept.
+    assert!(present(&mut buf, "k-599"));
+    assert!(!present(&mut buf, "k-0"));
+}
+
+#[test]
+fn a_key_evicted_from_probation_and_stored_again_comes_back_protected() {
+    let mut buf = fresh(65536);
+    fill_p(&mut buf, "once", 0..100, NOW);
+    // Enough to evict it, not so much that the record (126 keys in 64 KiB) forgets it.
+    fill_p(&mut buf, "flood", 0..400, NOW + 1);
+    assert!(!present(&mut buf, "once-0"), "evicted by the flood");
+    put_with_p(&mut buf, b"once-0", &[7; 100], 0, NOW + 2, true, true);
+    assert_eq!(
+        raw_flags(&buf, "once-0").unwrap() & FLAG_PROTECTED,
+        FLAG_PROTECTED
+    );
+    // A key never seen starts on probation.
+    put_with_p(&mut buf, b"never-seen", &[7; 100], 0, NOW + 2, true, true);
+    assert_eq!(raw_flags(&buf, "never-seen").unwrap() & FLAG_PROTECTED, 0);
+}
+
+#[test]
+fn sessions_read_twice_survive_a_flood_of_one_hit_keys() {
+    let mut buf = fresh(65536);
+    for i in 0..50 {
+        let key = format!("session-{i}");
+        put_with_p(&mut buf, key.as_bytes(), &[1; 200], 0, NOW, true, true);
+        get_p(&mut buf, key.as_bytes(), NOW + 1, true);
+    }
+    for i in 0..20_000 {
+        let key = format!("anon-{i}");
+        put_with_p(
+            &mut buf,
+            key.as_bytes(),
+            &[2; 100],
+            0,
+            NOW + 2 + i / 1000,
+            true,
+            true,
+        );
+    }
+    check_page(&buf, MIN_SLOTS, Some(&slot_hash)).unwrap();
+    let kept = (0..50)
+        .filter(|i| present(&mut buf, &format!("session-{i}")))
+        .count();
+    assert_eq!(kept, 50);
+}
+
+#[test]
+fn the_policy_bit_is_the_pages_own() {
+    let mut buf = fresh(4096);
+    let mut req = store(b"k", b"v", 0);
+    req.flags = FLAG_PROTECTED | FLAG_UTF8_VALUE;
+    PageMut::open(&mut buf, MIN_SLOTS)
+        .unwrap()
+        .store(&req, NOW, MIN_SLOTS)
+        .unwrap();
+    // Never taken from a caller, not even without the policy.
+    assert_eq!(raw_flags(&buf, "k"), Some(FLAG_UTF8_VALUE));
+    let mut page = PageMut::open(&mut buf, MIN_SLOTS)
+        .unwrap()
+        .with_policy(true);
+    let flags = page
+        .get(slot_hash(b"k"), b"k", NOW, false)
+        .unwrap()
+        .unwrap()
+        .flags;
+    assert_eq!(flags, FLAG_UTF8_VALUE, "set in the page, never shown");
+    assert_eq!(raw_flags(&buf, "k"), Some(FLAG_UTF8_VALUE | FLAG_PROTECTED));
+    let mut out = Copied::default();
+    assert!(find_copy(&buf[..], MIN_SLOTS, slot_hash(b"k"), b"k", NOW, &mut out).unwrap());
+    assert_eq!((out.flags, out.protected), (FLAG_UTF8_VALUE, true));
+}
+
+#[test]
+fn without_the_policy_pages_are_byte_for_byte_as_before() {
+    // Cache::FastMmap's layout: reads set no bit and rebuilds write no ghost record.
+    let mut buf = fresh(8192);
+    for i in 0..400 {
+        let key = format!("k-{i}");
+        put(&mut buf, key.as_bytes(), &[3; 60], 0, NOW);
+        get(&mut buf, key.as_bytes(), NOW);
+    }
+    let view = PageView::new(&buf);
+    view.for_each_entry(|e| assert_eq!(e.flags, 0)).unwrap();
+    let hdr = PageHeader::read(&buf);
+    assert!(policy::ghosts(&buf, &hdr).is_none());
+    let mut n = 0;
+    view.for_each_entry(|_| n += 1).unwrap();
+    assert!(n > 0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Whatever the ghost record holds (a hint written beyond the entries), pages stay sound
+    /// and hold what was stored.
+    #[test]
+    fn any_ghost_record_is_only_a_hint(
+        garbage in proptest::collection::vec(any::<u8>(), 0..=512),
+        count in any::<u32>(),
+        magic in any::<bool>(),
+    ) {
+        let mut buf = fresh(65536);
+        let start = 65536 - ghost_size(65536);
+        let end = (start + garbage.len()).min(65536);
+        buf[start..end].copy_from_slice(&garbage[..end - start]);
+        if magic {
+            buf[start..start + 4].copy_from_slice(&GHOST_MAGIC.to_ne_bytes());
+            buf[start + 4..start + 8].copy_from_slice(&(count % 300).to_ne_bytes());
+        }
+        for i in 0..800u32 {
+            let key = format!("k-{}", i % 500);
+            put_with_p(&mut buf, key.as_bytes(), &i.to_ne_bytes(), 0, NOW + i / 100, true, true);
+            prop_assert_eq!(get_p(&mut buf, key.as_bytes(), NOW + i / 100, true), Some(i.to_ne_bytes().to_vec()));
+        }
+        check_page(&buf, MIN_SLOTS, Some(&slot_hash)).map_err(|c| TestCaseError::fail(c.0))?;
+    }
+}
+
+#[test]
+fn a_large_entry_takes_the_room_of_probation_and_of_a_grown_slot_table_not_of_protected_entries() {
+    let mut buf = fresh(65536);
+    for i in 0..6 {
+        let key = format!("session-{i}");
+        put_with_p(&mut buf, key.as_bytes(), &[1; 200], 0, NOW, true, true);
+        get_p(&mut buf, key.as_bytes(), NOW + 1, true);
+    }
+    for i in 0..3000u32 {
+        let key = format!("anon-{i}");
+        put_with_p(
+            &mut buf,
+            key.as_bytes(),
+            &[2; 100],
+            0,
+            NOW + 2 + i / 100,
+            true,
+            true,
+        );
+        if i % 700 == 699 {
+            // Stored twice (protected, as a session saved twice in one request is).
+            let big = format!("big-{i}");
+            let grown = PageHeader::read(&buf).num_slots;
+            for _ in 0..2 {
+                put_with_p(
+                    &mut buf,
+                    big.as_bytes(),
+                    &[3; 61_600],
+                    0,
+                    NOW + 2 + i / 100,
+                    true,
+                    true,
+                );
+            }
+            assert!(grown > MIN_SLOTS, "the flood grew the slot table");
+            check_page(&buf, MIN_SLOTS, Some(&slot_hash)).unwrap();
+            let kept = (0..6)
+                .filter(|s| present(&mut buf, &format!("session-{s}")))
+                .count();
+            assert_eq!(kept, 6, "after the large entry of round {i}");
+        }
+    }
 }

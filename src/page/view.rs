@@ -17,6 +17,8 @@ pub struct PageMut<'a> {
     pub(super) buf: &'a mut [u8],
     /// The fewest slots a sound header may have (see [`PageView::checked_header`]).
     min_slots: u32,
+    /// Whether the native eviction policy applies (see [`with_policy`](PageMut::with_policy)).
+    pub(super) policy: bool,
 }
 
 /// A page's bytes, borrowed for reading.
@@ -140,10 +142,13 @@ impl NewEntry<'_> {
         entry_size(self.key.len(), val_len)
     }
 
+    /// The flags to store: `FLAG_HAS_MODSEQ` as `modseq` says, and never the policy's bit,
+    /// which only the page sets.
     fn stored_flags(&self) -> u32 {
+        let flags = self.flags & !FLAG_PROTECTED;
         match self.modseq {
-            Some(_) => self.flags | FLAG_HAS_MODSEQ,
-            None => self.flags & !FLAG_HAS_MODSEQ,
+            Some(_) => flags | FLAG_HAS_MODSEQ,
+            None => flags & !FLAG_HAS_MODSEQ,
         }
     }
 }
@@ -168,19 +173,50 @@ impl<'a> PageMut<'a> {
     /// Wraps a page whose header passes [`PageHeader::check`].
     pub fn open(buf: &'a mut [u8], min_slots: u32) -> Result<PageMut<'a>, Corrupt> {
         PageHeader::read(buf).check(buf.len(), min_slots)?;
-        Ok(PageMut { buf, min_slots })
+        Ok(PageMut {
+            buf,
+            min_slots,
+            policy: false,
+        })
     }
 
     /// Wraps any bytes without checking them first: every operation checks what it reads.
     #[cfg_attr(not(any(test, fuzzing, feature = "internals")), allow(dead_code))] // tests, fuzz
     pub fn wrap(buf: &'a mut [u8]) -> PageMut<'a> {
-        PageMut { buf, min_slots: 1 }
+        PageMut {
+            buf,
+            min_slots: 1,
+            policy: false,
+        }
     }
 
     /// As [`wrap`](Self::wrap), for a page whose header must also have at least `min_slots`
     /// slots to count as sound (see [`PageView::with_min_slots`]).
     pub fn with_min_slots(buf: &'a mut [u8], min_slots: u32) -> PageMut<'a> {
-        PageMut { buf, min_slots }
+        PageMut {
+            buf,
+            min_slots,
+            policy: false,
+        }
+    }
+
+    /// Turns the native layout's eviction policy on or off (off by default: Cache::FastMmap's
+    /// rule). With it, a read hit moves an entry to the page's protected part, a store of a
+    /// key remembered as recently evicted is protected at once, and eviction drops
+    /// probationary entries first (see the policy constants in `format`). Pages Perl shares
+    /// must keep it off: Perl knows neither the flag nor the ghost record.
+    pub fn with_policy(mut self, on: bool) -> PageMut<'a> {
+        self.policy = on;
+        self
+    }
+
+    /// Bytes at the end of the page that stores leave to the ghost record.
+    pub(super) fn ghost_reserve(&self) -> usize {
+        if self.policy {
+            ghost_size(self.buf.len())
+        } else {
+            0
+        }
     }
 
     /// Writes an empty page with `start_slots` slots over whatever `buf` held.
@@ -193,6 +229,7 @@ impl<'a> PageMut<'a> {
         PageMut {
             buf,
             min_slots: start_slots,
+            policy: false,
         }
     }
 
@@ -268,6 +305,10 @@ impl<'a> PageMut<'a> {
         // Written only when it changes: a hot entry's line stays clean within one second.
         if loc.last_access != now {
             self.set_word(loc.off + LAST_ACCESS_OFFSET, now)?;
+        }
+        // The first hit moves the entry to the protected part, once.
+        if self.policy && loc.flags & FLAG_PROTECTED == 0 {
+            self.set_word(loc.off + FLAGS_OFFSET, loc.flags | FLAG_PROTECTED)?;
         }
         if stats {
             self.set_word(N_READ_HITS_OFFSET, hdr.n_read_hits.wrapping_add(1))?;
@@ -372,6 +413,14 @@ impl<'a> PageMut<'a> {
         };
         let hdr = self.checked_header()?;
         let probe = self.probe(&hdr, req.slot_hash, req.key)?;
+        // The policy: a key stored again while it is in the page, or while the page remembers
+        // evicting it, is protected; any other new key starts on probation.
+        let protect = self.policy
+            && match probe {
+                Probe::Hit { .. } => true,
+                Probe::Miss { .. } => super::policy::is_ghost(self.buf, &hdr, req.slot_hash),
+            };
+        let extra = if protect { FLAG_PROTECTED } else { 0 };
         if let Probe::Hit { loc, .. } = &probe {
             if let Some(outcome) = self.conditional(loc, req, now) {
                 return Ok(Some(outcome));
@@ -394,16 +443,16 @@ impl<'a> PageMut<'a> {
                 // The entry keeps its offset, so within one second eviction still ranks it by
                 // when it was appended (see the tie-break in `evict`). Its key bytes, just
                 // compared equal, stay as they are.
-                self.write_entry(loc.off, req, size, now, false)?;
+                self.write_entry(loc.off, req, size, now, false, extra)?;
                 return Ok(Some(StoreOutcome::Stored));
             }
         }
-        let appended = if has_room(&hdr, size) {
+        let appended = if has_room(&hdr, size.saturating_add(self.ghost_reserve())) {
             if Dirty::stops(&dirty) {
                 return Ok(None);
             }
             // Eviction would change nothing: the header and the probe still hold.
-            self.append_probed(req, size, now, &hdr, probe)?
+            self.append_probed(req, size, now, &hdr, probe, extra)?
         } else {
             let evicted =
                 self.evict_checked(hdr, super::Evict::MakeRoom(size), now, start_slots, dirty)?;
@@ -411,7 +460,7 @@ impl<'a> PageMut<'a> {
                 return Ok(None);
             };
             let probe = self.probe(&hdr, req.slot_hash, req.key)?;
-            self.append_probed(req, size, now, &hdr, probe)?
+            self.append_probed(req, size, now, &hdr, probe, extra)?
         };
         if appended {
             return Ok(Some(StoreOutcome::Stored));
@@ -426,7 +475,7 @@ impl<'a> PageMut<'a> {
             start_slots
         };
         PageMut::init(self.buf, slots);
-        if self.append(req, size, now)? {
+        if self.append(req, size, now, extra)? {
             Ok(Some(StoreOutcome::Stored))
         } else {
             Err(Corrupt("no room in an empty page"))
@@ -435,10 +484,16 @@ impl<'a> PageMut<'a> {
 
     /// Appends the entry at `free_data` and points the key's slot at it, replacing any old
     /// entry. Returns false (changing nothing) when there is no slot or no room.
-    fn append(&mut self, req: &NewEntry, size: usize, now: u32) -> Result<bool, Corrupt> {
+    fn append(
+        &mut self,
+        req: &NewEntry,
+        size: usize,
+        now: u32,
+        extra: u32,
+    ) -> Result<bool, Corrupt> {
         let hdr = self.checked_header()?;
         let probe = self.probe(&hdr, req.slot_hash, req.key)?;
-        self.append_probed(req, size, now, &hdr, probe)
+        self.append_probed(req, size, now, &hdr, probe, extra)
     }
 
     /// [`append`](Self::append) with the page's current header and the key's probe result.
@@ -449,6 +504,7 @@ impl<'a> PageMut<'a> {
         now: u32,
         hdr: &PageHeader,
         probe: Probe,
+        extra: u32,
     ) -> Result<bool, Corrupt> {
         if (hdr.free_bytes as usize) < size {
             return Ok(false);
@@ -466,7 +522,7 @@ impl<'a> PageMut<'a> {
         self.set_word(FREE_BYTES_OFFSET, hdr.free_bytes - size as u32)?;
         super::evict::publish_order(self.buf);
         // 2. Write the entry.
-        self.write_entry(off, req, size, now, true)?;
+        self.write_entry(off, req, size, now, true, extra)?;
         super::evict::publish_order(self.buf);
         // 3. Commit: make it reachable.
         self.set_word(Self::slot_off(slot), off as u32)?;
@@ -483,6 +539,7 @@ impl<'a> PageMut<'a> {
 
     /// Writes the entry for `req` (`size` bytes, padding included) at `off`; without
     /// `with_key`, over an entry of the same key and size, whose key bytes are left as they are.
+    /// `extra` holds the policy's flag bits (`FLAG_PROTECTED` or none).
     fn write_entry(
         &mut self,
         off: usize,
@@ -490,6 +547,7 @@ impl<'a> PageMut<'a> {
         size: usize,
         now: u32,
         with_key: bool,
+        extra: u32,
     ) -> Result<(), Corrupt> {
         let val_len = size_without_padding(req) - ENTRY_HEADER_SIZE - req.key.len();
         let entry = self
@@ -509,7 +567,8 @@ impl<'a> PageMut<'a> {
         entry[LAST_ACCESS_OFFSET..][..4].copy_from_slice(&now.to_ne_bytes());
         entry[EXPIRE_ON_OFFSET..][..4].copy_from_slice(&req.expire_on.to_ne_bytes());
         entry[SLOT_HASH_OFFSET..][..4].copy_from_slice(&req.slot_hash.to_ne_bytes());
-        entry[FLAGS_OFFSET..][..4].copy_from_slice(&req.stored_flags().to_ne_bytes());
+        let flags = req.stored_flags() | extra;
+        entry[FLAGS_OFFSET..][..4].copy_from_slice(&flags.to_ne_bytes());
         entry[KEY_LEN_OFFSET..][..4].copy_from_slice(&(req.key.len() as u32).to_ne_bytes());
         entry[VAL_LEN_OFFSET..][..4].copy_from_slice(&(val_len as u32).to_ne_bytes());
         let mut at = ENTRY_HEADER_SIZE;

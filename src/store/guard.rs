@@ -150,7 +150,9 @@ impl PageGuard<'_> {
     #[inline]
     pub(crate) fn page(&mut self) -> PageMut<'_> {
         let min_slots = self.0.file.geometry.start_slots;
-        PageMut::with_min_slots(self.bytes(), min_slots)
+        // The eviction policy is the native layout's; Perl's pages keep Perl's rule.
+        let policy = self.0.file.layout() == crate::Layout::Native;
+        PageMut::with_min_slots(self.bytes(), min_slots).with_policy(policy)
     }
 
     /// Runs a structural change with the busy marker set, so that a process killed part way

@@ -8,9 +8,10 @@ use crate::page::consts::{MIN_PAGE_SIZE, PAGE_MAGIC};
 
 /// First eight bytes of a native file.
 pub const FILE_MAGIC: [u8; 8] = *b"fastmmap";
-/// Format version written by this crate. Version 3 added the write-back lock table; version 2
-/// files (and older) are refused with a clear error: they are caches, to be recreated.
-pub const FORMAT_VERSION: u32 = 3;
+/// Format version written by this crate. Version 4 added the pages' eviction policy state (the
+/// protected flag and the ghost record); version 3 the write-back lock table. Older files are
+/// refused with a clear error: they are caches, to be recreated.
+pub const FORMAT_VERSION: u32 = 4;
 /// Written native-endian; reads back differently on a machine of the other byte order.
 pub const BYTE_ORDER_MARK: u32 = 0x0102_0304;
 

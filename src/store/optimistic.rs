@@ -313,9 +313,12 @@ impl SharedFile {
                 continue;
             }
             let hit = match found {
-                // A page that fails a check, or a hit whose access time must be refreshed.
+                // A page that fails a check, or a hit whose access time must be refreshed or
+                // that moves the entry to its page's protected part (its first hit).
                 Err(_) => return Outcome::Locked,
-                Ok(true) if access != Access::Look && out.last_access != now => {
+                Ok(true)
+                    if access != Access::Look && (out.last_access != now || !out.protected) =>
+                {
                     return Outcome::Locked;
                 }
                 Ok(hit) => hit,

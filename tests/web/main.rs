@@ -18,6 +18,7 @@ mod redis_server;
 mod web_app;
 
 mod browser;
+mod eviction;
 mod example;
 #[cfg(any(feature = "perl", feature = "redis"))]
 mod faults;

@@ -1,0 +1,153 @@
+//! The native layout's eviction policy: which entries a rebuild drops, and the ghost record of
+//! recently evicted keys (see the policy constants in `format`).
+//!
+//! Everything here is a hint to eviction: a damaged protected bit or ghost record can make the
+//! page keep the wrong entries, never read or write outside it.
+
+use super::Corrupt;
+use super::consts::*;
+use super::entry::EntryLoc;
+use super::header::{PageHeader, get_u32, put_u32};
+
+/// Page offset of the ghost record of a page of `page_size` bytes.
+fn ghost_start(page_size: usize) -> usize {
+    page_size - ghost_size(page_size)
+}
+
+/// Most slot hashes the ghost record of a page of `page_size` bytes holds.
+pub(super) fn ghost_capacity(page_size: usize) -> usize {
+    ghost_size(page_size).saturating_sub(GHOST_HASHES_OFFSET) / 4
+}
+
+/// The slot hashes in the ghost record, oldest first, or none when the record is not
+/// trustworthy: a wrong magic, a count beyond the record, or entries reaching into it.
+pub(super) fn ghosts<'b>(buf: &'b [u8], hdr: &PageHeader) -> Option<&'b [u8]> {
+    let start = ghost_start(buf.len());
+    if hdr.free_data as usize > start {
+        return None;
+    }
+    if get_u32(buf, start + GHOST_MAGIC_OFFSET)? != GHOST_MAGIC {
+        return None;
+    }
+    let count = get_u32(buf, start + GHOST_COUNT_OFFSET)? as usize;
+    if count > ghost_capacity(buf.len()) {
+        return None;
+    }
+    let first = start + GHOST_HASHES_OFFSET;
+    buf.get(first..first + count * 4)
+}
+
+/// Whether `slot_hash` is in the page's ghost record.
+pub(super) fn is_ghost(buf: &[u8], hdr: &PageHeader, slot_hash: u32) -> bool {
+    // Whole words compared, not 4-byte slices (a call each): this runs on every new key.
+    ghosts(buf, hdr).is_some_and(|g| {
+        g.chunks_exact(4)
+            .map(|h| u32::from_ne_bytes([h[0], h[1], h[2], h[3]]))
+            .fold(false, |found, h| found | (h == slot_hash))
+    })
+}
+
+/// Writes the ghost record of a page whose entries end at `free_data`: the newest of `old`
+/// (the record's bytes before) followed by `evicted`, as many as fit. Nothing is written when
+/// the record would overlap the entries.
+pub(super) fn write_ghosts(
+    buf: &mut [u8],
+    free_data: usize,
+    old: &[u8],
+    evicted: &[u32],
+) -> Result<(), Corrupt> {
+    let start = ghost_start(buf.len());
+    let cap = ghost_capacity(buf.len());
+    if free_data > start || cap == 0 {
+        return Ok(());
+    }
+    let new = evicted.len().min(cap);
+    let kept_old = (old.len() / 4).min(cap - new);
+    let mut hashes: Vec<u8> = Vec::with_capacity((kept_old + new) * 4);
+    hashes.extend_from_slice(&old[old.len() - kept_old * 4..]);
+    for h in &evicted[evicted.len() - new..] {
+        hashes.extend_from_slice(&h.to_ne_bytes());
+    }
+    // The magic last: a writer killed before it leaves the old record or none, either a hint.
+    put_u32(buf, start + GHOST_MAGIC_OFFSET, 0)?;
+    let first = start + GHOST_HASHES_OFFSET;
+    buf.get_mut(first..first + hashes.len())
+        .ok_or(Corrupt("ghost record outside the page"))?
+        .copy_from_slice(&hashes);
+    put_u32(buf, start + GHOST_COUNT_OFFSET, (hashes.len() / 4) as u32)?;
+    super::evict::publish_order(buf);
+    put_u32(buf, start + GHOST_MAGIC_OFFSET, GHOST_MAGIC)
+}
+
+/// Chooses which of `keep` (sorted least recently used first, occupying `used` bytes) a
+/// rebuild for an entry of `len` bytes drops, for a data area of `capacity` bytes (the ghost
+/// record already left out). Demoted protected entries get their flag cleared in `keep`.
+/// Returns the victims' indices into `keep`: probationary ones first, least recently used first.
+pub(super) fn choose_victims(
+    keep: &mut [EntryLoc],
+    mut used: usize,
+    len: usize,
+    capacity: usize,
+) -> Vec<usize> {
+    let threshold = (POLICY_FILL_TARGET * capacity as f64) as usize;
+    let over = |used: usize| used >= threshold || used.saturating_add(len) > capacity;
+    let mut victims = Vec::new();
+    if !over(used) {
+        return victims;
+    }
+    // The protected part is capped: its least recently used entries go back to probation.
+    let protected_cap = (PROTECTED_SHARE * capacity as f64) as usize;
+    let mut protected: usize = keep
+        .iter()
+        .filter(|l| l.flags & FLAG_PROTECTED != 0)
+        .map(EntryLoc::size)
+        .sum();
+    let mut demoted = Vec::new();
+    for (i, loc) in keep.iter_mut().enumerate() {
+        if protected <= protected_cap {
+            break;
+        }
+        if loc.flags & FLAG_PROTECTED != 0 {
+            loc.flags &= !FLAG_PROTECTED;
+            protected -= loc.size();
+            demoted.push(i);
+        }
+    }
+    // As below for victims: a large entry demoted late may leave room for smaller ones.
+    for &i in demoted.iter().rev() {
+        let size = keep[i].size();
+        if protected + size <= protected_cap {
+            keep[i].flags |= FLAG_PROTECTED;
+            protected += size;
+        }
+    }
+    // Probation first, then (only if that was not enough) the protected part.
+    'passes: for pass_protected in [false, true] {
+        for (i, loc) in keep.iter().enumerate() {
+            if !over(used) {
+                break 'passes;
+            }
+            if (loc.flags & FLAG_PROTECTED != 0) == pass_protected {
+                victims.push(i);
+                used -= loc.size();
+            }
+        }
+    }
+    // A large victim late in that order may have made room for some chosen before it (a big
+    // new entry evicts a big old one, not every small one first): the victims that still fit,
+    // the last chosen first, stay.
+    let mut spared = vec![false; victims.len()];
+    for (j, &i) in victims.iter().enumerate().rev() {
+        let size = keep[i].size();
+        if !over(used + size) {
+            used += size;
+            spared[j] = true;
+        }
+    }
+    let mut j = 0;
+    victims.retain(|_| {
+        j += 1;
+        !spared[j - 1]
+    });
+    victims
+}
