@@ -264,40 +264,91 @@ impl AtomicPage {
     }
 }
 
-/// From this many bytes on, a copy out of the page is one `rep movsb` (fast-string
-/// microcode: as fast as `memcpy` for long runs, but slower to start than a few word loads).
+/// From this many bytes on, a copy out of the page is a wide copy (see [`wide_copy`]).
 #[cfg(target_arch = "x86_64")]
-const WIDE_COPY: usize = 256;
+const WIDE_COPY: usize = 64;
 
-/// Copies `dst.len()` bytes from `src` with one `rep movsb`.
+/// From this many bytes on, the wide copy is one `rep movsb` (fast-string microcode: as fast
+/// as `memcpy` for long runs, but slow to start, and slow at a few KiB on some processors).
+#[cfg(target_arch = "x86_64")]
+const REP_MOVSB: usize = 16 << 10;
+
+/// Copies `dst.len()` (at least [`WIDE_COPY`]) bytes from `src`: 64 bytes at a time with
+/// unaligned 16-byte SSE2 loads and stores, the last 64 bytes copied again to cover the
+/// remainder; or, for long runs, with one `rep movsb`.
 ///
 /// Why this is sound while a lock holder may be writing the same bytes: the copy is inline
 /// assembly, whose memory accesses are not Rust loads but the processor's, and on x86-64 each
-/// byte `rep movsb` reads is read in one access that cannot tear (bytes are the unit of
-/// atomicity; TSO orders the rest). Its effect is therefore exactly that of a sequence of
-/// `AtomicU8::load(Relaxed)` of the source bytes, each stored to `dst` — what the word loop
-/// does, an operation Rust's memory model defines, with no data race. The bytes may mix old
-/// and new values; as for every optimistic load, the caller trusts none of them until the
-/// page's sequence word is found unchanged after the copy (the `Acquire` fence in
-/// `read_optimistic` orders the asm's loads before that second look: asm blocks without
-/// `nomem` are compiler barriers for memory, and x86 does not reorder loads with loads).
+/// byte these instructions read is read in one access that cannot tear (a 16-byte load may
+/// mix old and new bytes, but never half a byte; TSO orders the rest). Its effect is therefore
+/// exactly that of a sequence of `AtomicU8::load(Relaxed)` of the source bytes, each stored
+/// to `dst` — an operation Rust's memory model defines, with no data race, as the word loop's
+/// atomic loads are. The bytes may mix old and new values; as for every optimistic load, the
+/// caller trusts none of them until the page's sequence word is found unchanged after the
+/// copy (the `Acquire` fence in `read_optimistic` orders the asm's loads before that second
+/// look: asm without `nomem` is a compiler barrier for memory, and x86 does not reorder loads
+/// with loads). A torn copy is discarded by the caller, as any other.
 ///
 /// # Safety
-/// `src..src + dst.len()` must lie inside a live mapping.
+/// `src..src + dst.len()` must lie inside a live mapping, and `dst.len() >= WIDE_COPY`.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 unsafe fn wide_copy(src: *const u8, dst: &mut [MaybeUninit<u8>]) {
-    // SAFETY: the source range is readable (the caller's contract), the destination is
-    // `dst`, writable for `dst.len()` bytes and not overlapping the mapping (it is our own
-    // memory); the direction flag is clear on entry to asm as the ABI requires, so the copy
-    // runs forwards, touching nothing else; it uses no stack and changes no flags.
+    let len = dst.len();
+    debug_assert!(len >= WIDE_COPY);
+    let out = dst.as_mut_ptr();
+    if len >= REP_MOVSB {
+        // SAFETY: the source range is readable (the caller's contract); the destination is
+        // `dst`, writable for `len` bytes and apart from the mapping (our own memory); the
+        // direction flag is clear on entry to asm, as the ABI requires, so the copy runs
+        // forwards over exactly these ranges; it uses no stack and changes no flags.
+        unsafe {
+            std::arch::asm!(
+                "rep movsb",
+                inout("rcx") len => _,
+                inout("rsi") src => _,
+                inout("rdi") out => _,
+                options(nostack, preserves_flags)
+            );
+        }
+        return;
+    }
+    // SAFETY: as above for the ranges: the loop copies blocks `0..len / 64` (each of 64
+    // bytes, inside both ranges), then the block ending at `len` (inside both, as
+    // `len >= 64`); SSE2 is part of x86-64; the clobbered vector registers are declared.
     unsafe {
         std::arch::asm!(
-            "rep movsb",
-            inout("rcx") dst.len() => _,
-            inout("rsi") src => _,
-            inout("rdi") dst.as_mut_ptr() => _,
-            options(nostack, preserves_flags)
+            "2:",
+            "movdqu xmm0, [{s}]",
+            "movdqu xmm1, [{s} + 16]",
+            "movdqu xmm2, [{s} + 32]",
+            "movdqu xmm3, [{s} + 48]",
+            "movdqu [{d}], xmm0",
+            "movdqu [{d} + 16], xmm1",
+            "movdqu [{d} + 32], xmm2",
+            "movdqu [{d} + 48], xmm3",
+            "add {s}, 64",
+            "add {d}, 64",
+            "dec {n}",
+            "jnz 2b",
+            "movdqu xmm0, [{ls}]",
+            "movdqu xmm1, [{ls} + 16]",
+            "movdqu xmm2, [{ls} + 32]",
+            "movdqu xmm3, [{ls} + 48]",
+            "movdqu [{ld}], xmm0",
+            "movdqu [{ld} + 16], xmm1",
+            "movdqu [{ld} + 32], xmm2",
+            "movdqu [{ld} + 48], xmm3",
+            s = inout(reg) src => _,
+            d = inout(reg) out => _,
+            n = inout(reg) len / 64 => _,
+            ls = in(reg) src.add(len - 64),
+            ld = in(reg) out.add(len - 64),
+            out("xmm0") _,
+            out("xmm1") _,
+            out("xmm2") _,
+            out("xmm3") _,
+            options(nostack)
         );
     }
 }
@@ -640,13 +691,13 @@ mod tests {
     /// length where the wide path starts, append after what the output already holds.
     #[test]
     fn wide_copies_at_every_alignment() {
-        let mut page = Aligned::new(2048);
+        let mut page = Aligned::new(24 << 10);
         for (i, b) in page.bytes().iter_mut().enumerate() {
             *b = (i * 7 + i / 256) as u8;
         }
         let atomic = page.atomic();
         for off in 0..16 {
-            for len in [200, 255, 256, 257, 300, 1024, 2048 - 16] {
+            for len in [63, 64, 65, 127, 128, 129, 200, 4096, 16383, 16384, 20000] {
                 for prefix in [0usize, 1, 5] {
                     let mut out = vec![0xEE; prefix];
                     atomic.copy_to(off, len, &mut out).expect("inside");
@@ -657,7 +708,7 @@ mod tests {
             }
         }
         let mut out = vec![1, 2];
-        assert_eq!(atomic.copy_to(1, 2048, &mut out), None, "past the end");
+        assert_eq!(atomic.copy_to(1, 24 << 10, &mut out), None, "past the end");
         assert_eq!(out, [1, 2], "untouched");
     }
 }
