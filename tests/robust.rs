@@ -841,6 +841,132 @@ fn reads_without_the_lock_never_return_a_torn_value() {
     assert_eq!(cache.stats().expect("stats").resets, 0);
 }
 
+/// A value long enough to be copied wide out of the page, flipped by writers in another
+/// process and thread between two contents that each check themselves (every byte the same,
+/// same length, so it is rewritten in place under readers' feet): a read returns one of the
+/// two whole, never a mix.
+/// Both ways of a wide copy: 4 KiB (vector loads) and 40 KiB (one string copy).
+#[test]
+fn wide_reads_without_the_lock_never_mix_two_values() {
+    let _serial = serial();
+    for len in [4096, 40 * 1024] {
+        flip_under_readers(len);
+    }
+}
+
+fn flip_under_readers(len: usize) {
+    let dir = temp_dir();
+    let cache = ROBUST
+        .builder()
+        .path(dir.path().join("wide"))
+        .num_pages(1)
+        .page_size(128 * 1024)
+        .lock_timeout(PATIENT)
+        .open()
+        .expect("open");
+    let key = b"wide";
+    let contents = [vec![b'A'; len], vec![b'B'; len]];
+    cache.set(key, &contents[0]).expect("set");
+    let run_for = Duration::from_millis(scaled(1500, 20_000) as u64);
+    let check = |v: &[u8]| -> Result<(), String> {
+        if v.len() != len || v.iter().any(|&b| b != v[0]) || !(v[0] == b'A' || v[0] == b'B') {
+            let first = v.iter().position(|&b| b != v[0]);
+            return Err(format!(
+                "mixed value: {} bytes, starts {:?}, first other byte at {first:?}",
+                v.len(),
+                v.first().copied().map(char::from)
+            ));
+        }
+        Ok(())
+    };
+    let write_loop = |cache: &Cache| -> Result<(), String> {
+        let end = Instant::now() + run_for;
+        let mut i = 0;
+        while Instant::now() < end {
+            i += 1;
+            cache
+                .set(key, &contents[i % 2])
+                .map_err(|e| format!("set: {e}"))?;
+        }
+        Ok(())
+    };
+    let read_loop = |cache: &Cache| -> Result<u64, String> {
+        let end = Instant::now() + run_for;
+        let mut reads = 0;
+        while Instant::now() < end {
+            let v = cache.get(key).map_err(|e| format!("get: {e}"))?;
+            check(&v.ok_or("the key vanished")?)?;
+            reads += 1;
+        }
+        Ok(reads)
+    };
+    let start = Pipe::new();
+    let mut kids = Children::new();
+    {
+        let (cache, start) = (cache.clone(), &start);
+        kids.spawn(move || {
+            start.wait();
+            write_loop(&cache)
+        });
+    }
+    {
+        let (cache, start) = (cache.clone(), &start);
+        kids.spawn(move || {
+            start.wait();
+            read_loop(&cache).map(drop)
+        });
+    }
+    start.release(2);
+    let reads = std::thread::scope(|s| {
+        let writer = s.spawn(|| write_loop(&cache));
+        let readers: Vec<_> = (0..2).map(|_| s.spawn(|| read_loop(&cache))).collect();
+        writer
+            .join()
+            .expect("writer thread")
+            .unwrap_or_else(|e| panic!("{e}"));
+        readers
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .expect("reader thread")
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
+            .sum::<u64>()
+    });
+    kids.wait_all_ok();
+    assert!(reads > 100, "only {reads} reads in {run_for:?}");
+    assert_eq!(cache.stats().expect("stats").resets, 0);
+}
+
+/// Reads without the lock from many threads at once are each counted: the threads count in
+/// separate counters, all of which `stats` adds up.
+#[test]
+fn reads_without_the_lock_from_many_threads_are_all_counted() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let cache = ROBUST
+        .builder()
+        .path(dir.path().join("counted-threads"))
+        .num_pages(3)
+        .page_size(8192)
+        .open()
+        .expect("open");
+    cache.set(b"here", b"v").expect("set");
+    cache.reset_stats().expect("reset_stats");
+    std::thread::scope(|s| {
+        for _ in 0..7 {
+            s.spawn(|| {
+                for _ in 0..200 {
+                    assert_eq!(cache.get(b"here").expect("get"), Some(b"v".to_vec()));
+                    assert_eq!(cache.get(b"absent").expect("get"), None);
+                }
+            });
+        }
+    });
+    let stats = cache.stats().expect("stats");
+    assert_eq!((stats.reads, stats.hits), (7 * 400, 7 * 200));
+}
+
 /// Reads answered without the lock count in the statistics like locked ones: this process's
 /// counts reach the file when it next locks the page (here: `stats` itself).
 #[test]

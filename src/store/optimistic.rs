@@ -17,11 +17,15 @@
 //! it can under a lock.
 //!
 //! Reads counted by optimistic reads cannot be added to the page header without a write: each
-//! process keeps them per page and adds them when it next locks the page, or closes the file.
+//! process keeps them per page and adds them when it next locks the page (as `stats` does for
+//! every page), or closes the file. Threads count in separate arrays of counters, on cache lines
+//! of their own, so reads of one page by two threads do not contend on one counter.
 
 #![allow(unsafe_code)]
 
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
+use std::cell::Cell;
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 use std::time::Duration;
 
 use super::fork;
@@ -39,11 +43,41 @@ const PREFETCH_SPAN: usize = 4 * CACHE_LINE;
 
 /// Per-file state of optimistic reads in this process.
 pub(crate) struct Optimistic {
-    /// Per page: reads (low half) and hits (high half) counted by optimistic reads and not
-    /// yet added to the page header.
-    pending: Box<[AtomicU64]>,
+    /// Reads (low half) and hits (high half) counted by optimistic reads and not yet added to
+    /// the page headers: `STRIPES` arrays of one counter per page, each array on cache lines
+    /// of its own. A thread counts in one array only, so threads counting reads of the same
+    /// page do not pass that counter's line between their cores on every read.
+    pending: Box<[Line]>,
+    /// Lines per array.
+    lines: usize,
     /// The fork generation the pending counts belong to: a child starts with none.
     generation: AtomicU32,
+}
+
+/// One cache line of counters.
+#[repr(align(64))]
+struct Line([AtomicU64; COUNTERS_PER_LINE]);
+
+const COUNTERS_PER_LINE: usize = CACHE_LINE / 8;
+
+/// How many counter arrays each file has: threads beyond this many share arrays (still
+/// exact, as every count is an atomic add).
+const STRIPES: usize = 4;
+
+/// The counter array this thread counts in.
+fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    STRIPE.with(|s| {
+        let mut stripe = s.get();
+        if stripe == usize::MAX {
+            stripe = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+            s.set(stripe);
+        }
+        stripe
+    })
 }
 
 /// What an optimistic read is for.
@@ -71,18 +105,22 @@ const HIT: u64 = 1 << 32;
 
 impl Optimistic {
     pub(super) fn new(num_pages: u32) -> Optimistic {
+        let lines = (num_pages as usize).div_ceil(COUNTERS_PER_LINE);
         Optimistic {
-            pending: (0..num_pages).map(|_| AtomicU64::new(0)).collect(),
+            pending: (0..lines * STRIPES)
+                .map(|_| Line(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
+            lines,
             generation: AtomicU32::new(fork::generation()),
         }
     }
 
-    /// The counters, emptied first if they were inherited through a fork.
+    /// Every counter, emptied first if they were inherited through a fork.
     #[inline]
-    fn counters(&self) -> &[AtomicU64] {
+    fn lines(&self) -> &[Line] {
         let generation = fork::generation();
         if self.generation.load(Ordering::Relaxed) != generation {
-            for c in &self.pending {
+            for c in self.pending.iter().flat_map(|line| &line.0) {
                 c.store(0, Ordering::Relaxed);
             }
             self.generation.store(generation, Ordering::Relaxed);
@@ -90,32 +128,50 @@ impl Optimistic {
         &self.pending
     }
 
+    /// `page`'s counter in array `stripe`.
+    #[inline]
+    fn counter(&self, stripe: usize, page: u32) -> Option<&AtomicU64> {
+        let page = page as usize;
+        let line = self
+            .lines()
+            .get(stripe * self.lines + page / COUNTERS_PER_LINE)?;
+        // Past the last page of a stripe's last line: no page.
+        (page < self.lines * COUNTERS_PER_LINE).then(|| &line.0[page % COUNTERS_PER_LINE])
+    }
+
     #[inline]
     fn count(&self, page: u32, hit: bool) {
-        if let Some(c) = self.counters().get(page as usize) {
+        if let Some(c) = self.counter(stripe(), page) {
             c.fetch_add(1 + if hit { HIT } else { 0 }, Ordering::Relaxed);
         }
     }
 
-    /// Takes the reads and hits counted for `page` since the last call.
+    /// Takes the reads and hits counted for `page` since the last call, by every thread.
     #[inline]
     pub(super) fn take(&self, page: u32) -> (u32, u32) {
-        let Some(c) = self.counters().get(page as usize) else {
-            return (0, 0);
-        };
-        if c.load(Ordering::Relaxed) == 0 {
-            return (0, 0);
+        let (mut reads, mut hits) = (0u32, 0u32);
+        for stripe in 0..STRIPES {
+            let Some(c) = self.counter(stripe, page) else {
+                return (0, 0);
+            };
+            if c.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let n = c.swap(0, Ordering::Relaxed);
+            reads = reads.saturating_add(n as u32);
+            hits = hits.saturating_add((n >> 32) as u32);
         }
-        let n = c.swap(0, Ordering::Relaxed);
-        (n as u32, (n >> 32) as u32)
+        (reads, hits)
     }
 
     fn any_pending(&self) -> impl Iterator<Item = u32> + '_ {
-        self.counters()
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.load(Ordering::Relaxed) != 0)
-            .map(|(page, _)| page as u32)
+        let per_stripe = self.lines * COUNTERS_PER_LINE;
+        (0..per_stripe as u32).filter(move |&page| {
+            (0..STRIPES).any(|stripe| {
+                self.counter(stripe, page)
+                    .is_some_and(|c| c.load(Ordering::Relaxed) != 0)
+            })
+        })
     }
 }
 
@@ -169,22 +225,131 @@ impl AtomicPage {
     /// `dst` untouched) if they do not lie inside the page.
     #[inline]
     fn load_into(&self, off: usize, dst: &mut [u8]) -> Option<()> {
+        // SAFETY: `load_uninit` writes only initialised bytes through the view, so `dst`
+        // stays initialised, as `&mut [u8]` requires.
+        let dst = unsafe { &mut *(std::ptr::from_mut(dst) as *mut [MaybeUninit<u8>]) };
+        self.load_uninit(off, dst)
+    }
+
+    /// Fills every byte of `dst` with the bytes at `off`; `None` (and `dst` untouched) if
+    /// they do not lie inside the page. Long runs are copied wide (see [`wide_copy`]), short
+    /// ones with aligned atomic word loads.
+    #[inline]
+    fn load_uninit(&self, off: usize, dst: &mut [MaybeUninit<u8>]) -> Option<()> {
         off.checked_add(dst.len()).filter(|&end| end <= self.len)?;
+        #[cfg(target_arch = "x86_64")]
+        if dst.len() >= WIDE_COPY {
+            // SAFETY: `off..off + dst.len()` was checked just above to lie inside the page,
+            // which lies inside the live mapping (new).
+            unsafe { wide_copy(self.base.add(off), dst) };
+            return Some(());
+        }
         let head = (off.next_multiple_of(8) - off).min(dst.len());
         let (first, rest) = dst.split_at_mut(head);
         for (i, b) in first.iter_mut().enumerate() {
-            *b = self.byte(off + i);
+            b.write(self.byte(off + i));
         }
         let mut at = off + head;
         let mut words = rest.chunks_exact_mut(8);
         for chunk in &mut words {
-            chunk.copy_from_slice(&self.word(at).to_ne_bytes());
+            for (b, v) in chunk.iter_mut().zip(self.word(at).to_ne_bytes()) {
+                b.write(v);
+            }
             at += 8;
         }
         for (i, b) in words.into_remainder().iter_mut().enumerate() {
-            *b = self.byte(at + i);
+            b.write(self.byte(at + i));
         }
         Some(())
+    }
+}
+
+/// From this many bytes on, a copy out of the page is a wide copy (see [`wide_copy`]).
+#[cfg(target_arch = "x86_64")]
+const WIDE_COPY: usize = 64;
+
+/// From this many bytes on, the wide copy is one `rep movsb` (fast-string microcode: as fast
+/// as `memcpy` for long runs, but slow to start, and slow at a few KiB on some processors).
+#[cfg(target_arch = "x86_64")]
+const REP_MOVSB: usize = 16 << 10;
+
+/// Copies `dst.len()` (at least [`WIDE_COPY`]) bytes from `src`: 64 bytes at a time with
+/// unaligned 16-byte SSE2 loads and stores, the last 64 bytes copied again to cover the
+/// remainder; or, for long runs, with one `rep movsb`.
+///
+/// Why this is sound while a lock holder may be writing the same bytes: the copy is inline
+/// assembly, whose memory accesses are not Rust loads but the processor's, and on x86-64 each
+/// byte these instructions read is read in one access that cannot tear (a 16-byte load may
+/// mix old and new bytes, but never half a byte; TSO orders the rest). Its effect is therefore
+/// exactly that of a sequence of `AtomicU8::load(Relaxed)` of the source bytes, each stored
+/// to `dst` — an operation Rust's memory model defines, with no data race, as the word loop's
+/// atomic loads are. The bytes may mix old and new values; as for every optimistic load, the
+/// caller trusts none of them until the page's sequence word is found unchanged after the
+/// copy (the `Acquire` fence in `read_optimistic` orders the asm's loads before that second
+/// look: asm without `nomem` is a compiler barrier for memory, and x86 does not reorder loads
+/// with loads). A torn copy is discarded by the caller, as any other.
+///
+/// # Safety
+/// `src..src + dst.len()` must lie inside a live mapping, and `dst.len() >= WIDE_COPY`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+unsafe fn wide_copy(src: *const u8, dst: &mut [MaybeUninit<u8>]) {
+    let len = dst.len();
+    debug_assert!(len >= WIDE_COPY);
+    let out = dst.as_mut_ptr();
+    if len >= REP_MOVSB {
+        // SAFETY: the source range is readable (the caller's contract); the destination is
+        // `dst`, writable for `len` bytes and apart from the mapping (our own memory); the
+        // direction flag is clear on entry to asm, as the ABI requires, so the copy runs
+        // forwards over exactly these ranges; it uses no stack and changes no flags.
+        unsafe {
+            std::arch::asm!(
+                "rep movsb",
+                inout("rcx") len => _,
+                inout("rsi") src => _,
+                inout("rdi") out => _,
+                options(nostack, preserves_flags)
+            );
+        }
+        return;
+    }
+    // SAFETY: as above for the ranges: the loop copies blocks `0..len / 64` (each of 64
+    // bytes, inside both ranges), then the block ending at `len` (inside both, as
+    // `len >= 64`); SSE2 is part of x86-64; the clobbered vector registers are declared.
+    unsafe {
+        std::arch::asm!(
+            "2:",
+            "movdqu xmm0, [{s}]",
+            "movdqu xmm1, [{s} + 16]",
+            "movdqu xmm2, [{s} + 32]",
+            "movdqu xmm3, [{s} + 48]",
+            "movdqu [{d}], xmm0",
+            "movdqu [{d} + 16], xmm1",
+            "movdqu [{d} + 32], xmm2",
+            "movdqu [{d} + 48], xmm3",
+            "add {s}, 64",
+            "add {d}, 64",
+            "dec {n}",
+            "jnz 2b",
+            "movdqu xmm0, [{ls}]",
+            "movdqu xmm1, [{ls} + 16]",
+            "movdqu xmm2, [{ls} + 32]",
+            "movdqu xmm3, [{ls} + 48]",
+            "movdqu [{ld}], xmm0",
+            "movdqu [{ld} + 16], xmm1",
+            "movdqu [{ld} + 32], xmm2",
+            "movdqu [{ld} + 48], xmm3",
+            s = inout(reg) src => _,
+            d = inout(reg) out => _,
+            n = inout(reg) len / 64 => _,
+            ls = in(reg) src.add(len - 64),
+            ld = in(reg) out.add(len - 64),
+            out("xmm0") _,
+            out("xmm1") _,
+            out("xmm2") _,
+            out("xmm3") _,
+            options(nostack)
+        );
     }
 }
 
@@ -237,9 +402,13 @@ impl PageBytes for AtomicPage {
     #[inline]
     fn copy_to(&self, off: usize, len: usize, out: &mut Vec<u8>) -> Option<()> {
         off.checked_add(len).filter(|&end| end <= self.len)?;
-        let start = out.len();
-        out.resize(start + len, 0);
-        self.load_into(off, &mut out[start..])
+        // Into the spare capacity, with no zero-fill first.
+        out.reserve(len);
+        self.load_uninit(off, &mut out.spare_capacity_mut()[..len])?;
+        // SAFETY: `load_uninit` returned `Some`, so it initialised all `len` bytes after the
+        // old length, within the capacity reserved above.
+        unsafe { out.set_len(out.len() + len) };
+        Some(())
     }
 }
 
@@ -519,5 +688,30 @@ mod tests {
         assert_eq!(atomic.u32_at(2), None, "misaligned");
         assert_eq!(atomic.u32_at(64), None, "outside");
         assert_eq!(atomic.words::<2>(60), None, "partly outside");
+    }
+
+    /// Long copies (the wide path) at every alignment of source and destination, around the
+    /// length where the wide path starts, append after what the output already holds.
+    #[test]
+    fn wide_copies_at_every_alignment() {
+        let mut page = Aligned::new(24 << 10);
+        for (i, b) in page.bytes().iter_mut().enumerate() {
+            *b = (i * 7 + i / 256) as u8;
+        }
+        let atomic = page.atomic();
+        for off in 0..16 {
+            for len in [63, 64, 65, 127, 128, 129, 200, 4096, 16383, 16384, 20000] {
+                for prefix in [0usize, 1, 5] {
+                    let mut out = vec![0xEE; prefix];
+                    atomic.copy_to(off, len, &mut out).expect("inside");
+                    let want: Vec<u8> = (off..off + len).map(|i| (i * 7 + i / 256) as u8).collect();
+                    assert_eq!(&out[..prefix], &vec![0xEE; prefix][..]);
+                    assert_eq!(&out[prefix..], &want[..], "off {off} len {len}");
+                }
+            }
+        }
+        let mut out = vec![1, 2];
+        assert_eq!(atomic.copy_to(1, 24 << 10, &mut out), None, "past the end");
+        assert_eq!(out, [1, 2], "untouched");
     }
 }
