@@ -25,6 +25,12 @@
 //! [`CacheBuilder::lock_timeout`](crate::CacheBuilder::lock_timeout) if a process that is
 //! stopped while it holds a page lock (a debugger, `SIGSTOP`) should turn into errors
 //! rather than waiting workers; a process that dies releases its locks.
+//!
+//! That holds for a cache file alone. A cache or session store with a backing store behind
+//! it (Redis, a database) makes network round trips, which may hang: [`SessionLayer`] and
+//! [`FastMmapStore`] then run their calls on tokio's blocking pool, and a handler's own
+//! calls on such a store belong there too ([`SessionHandle::run_blocking`]), so that a hung
+//! server stalls only the requests that need it.
 
 // Each item exists with its own feature only; the overview above links to all of them
 // (docs.rs builds with every feature).
