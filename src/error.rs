@@ -316,7 +316,6 @@ pub enum Error {
     },
 }
 
-/// A key for a message: printable ASCII as it is, anything else as `\xNN`, at most 100 bytes.
 /// Which of a page's locks an [`Error::LockTimeout`] or [`Error::Lock`] is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -338,6 +337,7 @@ impl std::fmt::Display for LockRole {
     }
 }
 
+/// A key for a message: printable ASCII as it is, anything else as `\xNN`, at most 100 bytes.
 fn show_key(key: &[u8]) -> String {
     let mut out = String::from("\"");
     for &b in key.iter().take(100) {

@@ -76,7 +76,7 @@ impl Cache {
             }
             Ok(None) => Look::Miss(None),
             Err(_) => {
-                self.reset_counting(&mut guard);
+                guard.reset();
                 Look::Miss(None)
             }
         })
@@ -187,10 +187,10 @@ impl Cache {
                 return self.decode_value(key, stored, flags).map(Some);
             }
             Ok(Some(_)) => {
-                let _ = self.change_counting(&mut guard, |p| p.remove(slot_hash, key, now));
+                let _ = guard.change(|p| p.remove(slot_hash, key, now));
             }
             Ok(None) => {}
-            Err(_) => self.reset_counting(&mut guard),
+            Err(_) => guard.reset(),
         }
         drop(guard);
         self.read_through(layer, key, page, now, None)
@@ -386,7 +386,7 @@ impl Cache {
         }
         let now = self.now();
         let mut guard = self.lock_for_change(page)?;
-        let removed = self.change_counting(&mut guard, |p| p.remove(slot_hash, key, now));
+        let removed = guard.change(|p| p.remove(slot_hash, key, now));
         Ok(removed
             .ok()
             .flatten()
@@ -408,12 +408,12 @@ impl Cache {
                 .map(|e| e.map(|e| (e.value.to_vec(), e.flags, e.expire_on)));
             match found {
                 Ok(Some(found)) => {
-                    let _ = self.change_counting(&mut guard, |p| p.remove(slot_hash, key, now));
+                    let _ = guard.change(|p| p.remove(slot_hash, key, now));
                     Some(found)
                 }
                 Ok(None) => None,
                 Err(_) => {
-                    self.reset_counting(&mut guard);
+                    guard.reset();
                     None
                 }
             }
@@ -558,7 +558,7 @@ impl Cache {
             .flatten()
             .is_some_and(|e| e.flags & FLAG_DIRTY == 0);
         if clean {
-            let _ = self.change_counting(&mut guard, |p| p.remove(req.slot_hash, req.key, now));
+            let _ = guard.change(|p| p.remove(req.slot_hash, req.key, now));
         }
         Ok(())
     }
@@ -588,7 +588,7 @@ impl Cache {
                 Ok(Some(_)) => false,
                 Ok(None) => true,
                 Err(_) => {
-                    self.reset_counting(&mut guard);
+                    guard.reset();
                     true
                 }
             };
@@ -619,7 +619,7 @@ impl Cache {
             Ok(Some((stored, e))) => Some((self.decode_value(key, stored, e.flags.0)?, e)),
             Ok(None) => None,
             Err(_) => {
-                self.reset_counting(&mut guard);
+                guard.reset();
                 None
             }
         };
@@ -639,7 +639,7 @@ impl Cache {
                     .ok()
                     .flatten()
                     .map(|e| (e.value.to_vec(), e.flags, e.expire_on));
-                let _ = self.change_counting(&mut guard, |p| p.remove(slot_hash, key, now));
+                let _ = guard.change(|p| p.remove(slot_hash, key, now));
                 drop(guard);
                 if let (Some(backing), Some((stored, flags, expire_on))) = (&layer.backing, old) {
                     let removed = NewEntry {

@@ -38,9 +38,7 @@ impl Cache {
         let mut total = 0;
         for page in 0..self.num_pages() {
             let mut guard = self.lock_page(page)?;
-            total += self
-                .change_counting(&mut guard, |p| p.evict(mode, now, slots))
-                .unwrap_or(0);
+            total += guard.change(|p| p.evict(mode, now, slots)).unwrap_or(0);
         }
         Ok(total)
     }

@@ -139,23 +139,7 @@ impl Cache {
                 path: self.path().to_path_buf(),
             });
         }
-        // A page found half-changed is reset there, its dirty entries counted as lost.
         self.lock_page(page)
-    }
-
-    /// [`PageGuard::change`], counting the dirty entries of a page found damaged (and reset).
-    pub(crate) fn change_counting<T>(
-        &self,
-        guard: &mut PageGuard<'_>,
-        f: impl FnOnce(&mut PageMut<'_>) -> std::result::Result<T, Corrupt>,
-    ) -> std::result::Result<T, Corrupt> {
-        // A page found damaged is reset by `change`, its dirty entries counted as lost.
-        guard.change(f)
-    }
-
-    /// Resets a page found damaged by a read, counting its dirty entries.
-    pub(crate) fn reset_counting(&self, guard: &mut PageGuard<'_>) {
-        guard.reset();
     }
 
     /// Stores `req` into `page` without dropping a dirty entry that is not in the backing
@@ -187,7 +171,7 @@ impl Cache {
                         return Ok(Kept::Existing(value, flags));
                     }
                     Ok(_) => {}
-                    Err(_) => self.reset_counting(&mut guard),
+                    Err(_) => guard.reset(),
                 }
             }
             // After a held write-back (the last round), the victims are clean: drop them.
@@ -374,11 +358,11 @@ impl Cache {
             Plan::Unmarked => {
                 let stored = store(&mut guard.page());
                 if stored.is_err() {
-                    self.reset_counting(guard);
+                    guard.reset();
                 }
                 stored
             }
-            Plan::Marked => self.change_counting(guard, store),
+            Plan::Marked => guard.change(store),
         }
     }
 
@@ -390,7 +374,7 @@ impl Cache {
     pub(crate) fn mark_clean(&self, guard: &mut PageGuard<'_>, copies: &[DirtyCopy]) {
         for copy in copies {
             if guard.page().mark_clean(copy).is_err() {
-                self.reset_counting(guard);
+                guard.reset();
                 return;
             }
         }
@@ -476,8 +460,7 @@ impl Cache {
             } else {
                 Dirty::collect(&mut copies)
             };
-            match self.change_counting(&mut guard, |p| p.evict_dirty(mode, now, slots, &mut dirty))
-            {
+            match guard.change(|p| p.evict_dirty(mode, now, slots, &mut dirty)) {
                 Ok(Some(dropped)) => {
                     drop(guard);
                     self.write_back(&copies)?;
@@ -520,7 +503,7 @@ impl Cache {
             let copies = match found {
                 Ok(copies) => copies,
                 Err(_) => {
-                    self.reset_counting(&mut guard);
+                    guard.reset();
                     continue;
                 }
             };
@@ -568,7 +551,7 @@ impl Cache {
                 Ok(Some(found)) => found,
                 Ok(None) => return Ok(false),
                 Err(_) => {
-                    self.reset_counting(&mut guard);
+                    guard.reset();
                     return Ok(false);
                 }
             };
@@ -586,7 +569,7 @@ impl Cache {
                 self.mark_clean(&mut guard, std::slice::from_ref(&copy));
                 continue;
             }
-            let removed = self.change_counting(&mut guard, |p| p.remove(slot_hash, key, now));
+            let removed = guard.change(|p| p.remove(slot_hash, key, now));
             return Ok(removed
                 .ok()
                 .flatten()

@@ -89,13 +89,8 @@ where
     }
 
     fn decode_error(&self, key: &[u8], source: CodecError) -> Error {
-        let error = Error::Decode {
-            path: self.cache.path().to_path_buf(),
-            key: key.to_vec(),
-            source,
-        };
-        crate::events::decode_failed(&self.cache.inner.file.faults, &error);
-        error
+        // The cache's own: it names the key and counts the fault.
+        self.cache.decode_error(key, source)
     }
 
     fn encode(&self, key: &[u8], value: &V) -> Result<Vec<u8>> {
