@@ -215,7 +215,7 @@ struct InKey {
 }
 
 /// How many keys [`unreadable`] tries, to name the one JSON cannot hold.
-const MAX_KEYS_TRIED: usize = 1000;
+const MAX_KEYS_TRIED: usize = 32;
 
 /// The error of a thawed `session:SID` that does not read as a map of JSON values: naming the
 /// first key whose value does not (a cycle, say), when it is a hash.

@@ -20,8 +20,8 @@ use tokio::io::unix::AsyncFd;
 
 use super::serve::{self, Limits};
 
-// The libc calls (fork, waitpid, kill, the signal mask, sigtimedwait, signalfd, poll) are the
-// store layer's, behind safe wrappers.
+// The libc calls (fork, waitpid, kill, the signal mask, sigtimedwait, signalfd, poll), behind
+// safe wrappers in web/process.rs.
 use super::process::{self, Pid, SIGCHLD, SIGINT, SIGTERM, SignalSet};
 
 /// How long the parent waits for its first workers to accept, at most.
