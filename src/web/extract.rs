@@ -1,6 +1,7 @@
 //! [`SessionHandle`]: a handler's handle on its request's session (an axum extractor), and the
 //! responses for session errors.
 
+use super::blocking::blocking;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::FromRequestParts;
@@ -101,21 +102,6 @@ impl Shared {
                 Err(e)
             }
         }
-    }
-}
-
-/// Runs `f` on tokio's blocking pool when there is a runtime, else here.
-pub(crate) async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return f();
-    };
-    match runtime.spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => match e.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            // Cancelled: the runtime is shutting down, and this task with it.
-            Err(e) => panic!("a session call on the blocking pool did not run: {e}"),
-        },
     }
 }
 

@@ -16,8 +16,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::session::SessionStore;
+use crate::web::blocking::blocking;
 use crate::web::body::{BoxError, SessionBody};
-use crate::web::extract::{SessionHandle, Shared, blocking};
+use crate::web::extract::{SessionHandle, Shared};
 
 /// HTML bodies of known size up to this many bytes are rewritten whole, by default; larger
 /// ones, and bodies of unknown size, are rewritten as they stream.

@@ -39,6 +39,8 @@
     allow(rustdoc::broken_intra_doc_links)
 )]
 
+#[cfg(any(feature = "axum", feature = "tower-sessions"))]
+mod blocking;
 #[cfg(feature = "axum")]
 mod body;
 #[cfg(feature = "axum")]

@@ -100,20 +100,6 @@ impl FastMmapStore {
     }
 }
 
-/// Runs `f` on tokio's blocking pool when there is a runtime, else here.
-async fn on_blocking_pool<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return f();
-    };
-    match runtime.spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => match e.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            Err(e) => panic!("a session store call on the blocking pool did not run: {e}"),
-        },
-    }
-}
-
 impl FastMmapStore {
     /// Runs `f` on a clone of this store: on tokio's blocking pool if the cache has a backing
     /// store (Redis behind it: a call may wait for the network), else right here (a page
@@ -126,7 +112,7 @@ impl FastMmapStore {
             return f(self);
         }
         let store = self.clone();
-        on_blocking_pool(move || f(&store)).await
+        super::blocking::blocking(move || f(&store)).await
     }
 
     fn create_now(&self, record: &mut Record) -> session_store::Result<()> {
