@@ -8,6 +8,7 @@
 //! extension only moves an `expires:` that is still there (it never brings one back).
 
 use super::Client;
+use super::key;
 use super::save::{Applied, CAS_ROUNDS, ID_ATTEMPTS, Saved, apply, gone, swap};
 use super::tier::Tier;
 use crate::session::catalyst_record::{
@@ -19,14 +20,6 @@ use crate::session::error::{Error, Result};
 use crate::session::id::{IdFormat, SessionId};
 use crate::session::record::{Binding, Map, Record, Times};
 use crate::{Expiry, Update};
-
-/// The cache key `prefix + id`.
-fn key(prefix: &str, id: &SessionId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(prefix.len() + id.as_str().len());
-    key.extend_from_slice(prefix.as_bytes());
-    key.extend_from_slice(id.as_str().as_bytes());
-    key
-}
 
 /// A new id of Catalyst's shape.
 fn new_id() -> Result<SessionId> {
@@ -52,12 +45,12 @@ enum Found {
 impl Catalyst {
     /// The cache key of the session hash of `id` (`session:SID`).
     pub(super) fn key(&self, id: &SessionId) -> Vec<u8> {
-        key(SESSION_PREFIX, id)
+        key(SESSION_PREFIX.as_bytes(), id)
     }
 
     /// Catalyst's `expires:SID` for `id`, if there is one.
     fn expires(&self, tier: &Tier, id: &SessionId) -> Result<Option<u64>> {
-        tier.get(&key(EXPIRES_PREFIX, id))?
+        tier.get(&key(EXPIRES_PREFIX.as_bytes(), id))?
             .map(|bytes| decode_expires(&bytes))
             .transpose()
     }
@@ -66,8 +59,9 @@ impl Catalyst {
     /// recreated after a deletion). Returns the expiry now stored, if any.
     fn extend(&self, tier: &Tier, id: &SessionId, at: u64) -> Result<Option<u64>> {
         let bytes = encode_expires(at)?;
-        Ok(
-            tier.update_with(&key(EXPIRES_PREFIX, id), |current| match current {
+        Ok(tier.update_with(
+            &key(EXPIRES_PREFIX.as_bytes(), id),
+            |current| match current {
                 None => (Update::Keep, None),
                 Some(current) => match decode_expires(current) {
                     Ok(old) if old >= at => (Update::Keep, Some(old)),
@@ -75,15 +69,15 @@ impl Catalyst {
                     // session; this request has just shown the session to be live.
                     _ => (Update::SetWith(bytes, Expiry::Never), Some(at)),
                 },
-            })?,
-        )
+            },
+        )?)
     }
 
     /// Deletes a session's three keys, `session:` first (Catalyst's order).
     pub(super) fn delete(&self, tier: &Tier, id: &SessionId) -> Result<bool> {
-        let live = tier.remove(&key(SESSION_PREFIX, id))?;
-        tier.remove(&key(EXPIRES_PREFIX, id))?;
-        tier.remove(&key(FLASH_PREFIX, id))?;
+        let live = tier.remove(&key(SESSION_PREFIX.as_bytes(), id))?;
+        tier.remove(&key(EXPIRES_PREFIX.as_bytes(), id))?;
+        tier.remove(&key(FLASH_PREFIX.as_bytes(), id))?;
         Ok(live)
     }
 
@@ -193,7 +187,7 @@ impl Catalyst {
     /// What `id` names now: missing, dropped (and deleted), or live.
     fn find(&self, tier: &Tier, id: &SessionId, client: &Client<'_>, now: u64) -> Result<Found> {
         let expires = self.expires(tier, id)?;
-        let Some(bytes) = tier.get(&key(SESSION_PREFIX, id))? else {
+        let Some(bytes) = tier.get(&key(SESSION_PREFIX.as_bytes(), id))? else {
             return Ok(Found::Missing);
         };
         let expires = match expires {
@@ -214,7 +208,7 @@ impl Catalyst {
 
     /// Takes the flash values out of `session:SID` (its `__flash`) in one atomic step.
     pub(super) fn take_flash(&self, tier: &Tier, session: &mut Session) -> Result<()> {
-        let taken = tier.try_update(&key(SESSION_PREFIX, &session.id), |current| {
+        let taken = tier.try_update(&key(SESSION_PREFIX.as_bytes(), &session.id), |current| {
             let Some(bytes) = current else {
                 return Ok((Update::Keep, None));
             };
@@ -249,8 +243,11 @@ impl Catalyst {
             None => new_id()?,
         };
         for _ in 0..ID_ATTEMPTS {
-            if tier.insert(&key(EXPIRES_PREFIX, &id), &expires_bytes, Expiry::Never)?
-                && tier.insert(&key(SESSION_PREFIX, &id), &bytes, Expiry::Never)?
+            if tier.insert(
+                &key(EXPIRES_PREFIX.as_bytes(), &id),
+                &expires_bytes,
+                Expiry::Never,
+            )? && tier.insert(&key(SESSION_PREFIX.as_bytes(), &id), &bytes, Expiry::Never)?
             {
                 return Ok(id);
             }
@@ -293,7 +290,7 @@ impl Catalyst {
         }
         let decided = swap(
             tier,
-            &key(SESSION_PREFIX, &session.id),
+            &key(SESSION_PREFIX.as_bytes(), &session.id),
             CAS_ROUNDS,
             |current| match current {
                 None => Ok(None),
@@ -335,7 +332,7 @@ impl Catalyst {
     pub(super) fn change_id(&self, tier: &Tier, session: &mut Session) -> Result<SessionId> {
         let old = session.id;
         let now = tier.now();
-        let old_key = key(SESSION_PREFIX, &old);
+        let old_key = key(SESSION_PREFIX.as_bytes(), &old);
         // Take the old hash in one step (if it can be read), so that no save slips in between.
         let taken = tier.try_update(&old_key, |current| match current {
             None => Ok((Update::Keep, None)),
@@ -389,7 +386,7 @@ impl Catalyst {
             None => return Ok(None),
         };
         // The result, and whether `f` invalidated the session (its other keys go after).
-        let outcome = tier.try_update(&key(SESSION_PREFIX, id), |current| {
+        let outcome = tier.try_update(&key(SESSION_PREFIX.as_bytes(), id), |current| {
             let Some(bytes) = current else {
                 return Ok((Update::Keep, None));
             };

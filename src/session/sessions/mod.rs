@@ -152,3 +152,11 @@ impl SessionStore {
         self.inner.tier.now()
     }
 }
+
+/// The cache key of a session: `prefix` then the id's text.
+fn key(prefix: &[u8], id: &SessionId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + id.as_str().len());
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(id.as_str().as_bytes());
+    key
+}

@@ -68,10 +68,7 @@ impl Plan {
 impl Native {
     /// The cache key of the session `id`.
     pub(super) fn key(&self, id: &SessionId) -> Vec<u8> {
-        let mut key = Vec::with_capacity(self.prefix.len() + id.as_str().len());
-        key.extend_from_slice(&self.prefix);
-        key.extend_from_slice(id.as_str().as_bytes());
-        key
+        super::key(&self.prefix, id)
     }
 
     /// When a session created at `created` and last active at `active` ends: at most
