@@ -298,7 +298,9 @@ fn reap_and_replace<F: Fn() -> Router>(
     }
     for slot in workers.iter_mut().filter(|w| w.pid == -1) {
         if slot.started.elapsed() < MIN_WORKER_LIFE {
-            std::thread::sleep(MIN_WORKER_LIFE);
+            // Too young to replace yet: the next tick tries again (sleeping here would hold
+            // up a SIGTERM, once per crashed worker).
+            continue;
         }
         match spawn(listener, app, limits, None, old_mask) {
             Ok(w) => *slot = w,
