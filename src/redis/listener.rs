@@ -214,7 +214,7 @@ impl Worker {
                 break;
             }
             again &= !was_trusted;
-            crate::events::redis_down(&self.path, self.options.server(), error.as_deref(), again);
+            super::events::redis_down(&self.path, self.options.server(), error.as_deref(), again);
             again = true;
             if was_trusted {
                 backoff = BACKOFF_FIRST;
@@ -246,7 +246,7 @@ impl Worker {
                 .map(|e| e.to_string())
                 .or_else(|| cleared.err().map(|e| e.to_string()));
             if !std::mem::replace(&mut reported, true) {
-                crate::events::redis_distrust_failed(&self.path, error.as_deref());
+                super::events::redis_distrust_failed(&self.path, error.as_deref());
             }
             self.shared.set(ListenerStatus::Down(error));
             if self.stopping() {
@@ -295,7 +295,7 @@ impl Worker {
             .trust()
             .map_err(|e| o.error("write the state file", e))?;
         let connections = self.shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        crate::events::redis_trusted(&self.path, o.server(), connections);
+        super::events::redis_trusted(&self.path, o.server(), connections);
         self.shared.set(ListenerStatus::Trusted);
         pubsub
             .set_read_timeout(Some(POLL))

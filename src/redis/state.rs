@@ -174,7 +174,7 @@ impl StateReader {
             return Some(f);
         }
         let f = open_state(&self.cache_path, &self.path, false)
-            .map_err(|e| crate::events::state_file_refused(&self.path, &e))
+            .map_err(|e| super::events::state_file_refused(&self.path, &e))
             .ok()?;
         let f = Arc::new(f);
         if let Some(slot) = slot.as_mut() {

@@ -325,7 +325,7 @@ where
     let finished = match finished {
         Ok(finished) => finished,
         Err(e) if !was_loaded && !shared.visit().is_loaded() => {
-            crate::events::session_not_saved(config.store.cache().path(), &e, false);
+            super::events::session_not_saved(config.store.cache().path(), &e, false);
             // A session the handler never used, loaded by `finish` only to extend it (as
             // Catalyst does) or to check an id from the URL, could not be loaded: the
             // response goes out as the handler made it, with no cookie — the session is
@@ -333,7 +333,7 @@ where
             return http::Response::from_parts(parts, SessionBody::plain(body));
         }
         Err(e) => {
-            crate::events::session_not_saved(config.store.cache().path(), &e, true);
+            super::events::session_not_saved(config.store.cache().path(), &e, true);
             return plain(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the session could not be saved\n",
@@ -363,7 +363,7 @@ where
         Ok(bytes) => {
             let out = page
                 .rewrite(&bytes)
-                .map_err(|e| crate::events::rewrite_refused(config.store.cache().path(), &e))
+                .map_err(|e| super::events::rewrite_refused(config.store.cache().path(), &e))
                 .map_or(bytes, Bytes::from);
             parts
                 .headers
