@@ -307,6 +307,9 @@ where
     let was_loaded = shared.visit().is_loaded();
     let status = parts.status;
     let mut headers = std::mem::take(&mut parts.headers);
+    // A request that never used the session (a static asset) skips the blocking pool:
+    // `finish_http` then reaches no store.
+    let hop = shared.may_block && shared.visit().needs_store(&headers);
     let store_finish = {
         let shared = Arc::clone(&shared);
         move || {
@@ -316,7 +319,7 @@ where
             (finished, headers, config)
         }
     };
-    let (finished, headers, config) = if shared.may_block {
+    let (finished, headers, config) = if hop {
         blocking(store_finish).await
     } else {
         store_finish()

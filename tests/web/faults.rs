@@ -228,3 +228,97 @@ fn tower_sessions_over_a_hung_redis_leave_the_runtime_free() {
     });
     redis.resume();
 }
+
+/// With a store that may block (a Redis tier), a request that never uses the session is
+/// finished in place: it needs neither the store nor tokio's blocking pool. Here the pool's
+/// one thread is held and Redis is stopped, and the static route still answers, without a
+/// cookie change and without a read or write of the cache file.
+#[cfg(feature = "redis")]
+#[test]
+fn a_request_that_never_uses_the_session_skips_the_store_and_the_blocking_pool() {
+    use std::sync::mpsc;
+
+    use axum::body::Body;
+    use fastmmap::redis::RedisOptions;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use crate::common::temp_dir;
+    use crate::redis_server::RedisServer;
+
+    let Some(redis) = RedisServer::start("a_request_that_never_uses_the_session_skips") else {
+        return;
+    };
+    let options = RedisOptions::new(&redis.url())
+        .unwrap()
+        .namespace("static:")
+        .timeout(Duration::from_secs(3));
+    let dir = temp_dir();
+    let store = SessionStore::builder()
+        .path(dir.path().join("s.cache"))
+        .redis(options)
+        .build()
+        .expect("a store with a Redis tier");
+    let app = app(store.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .max_blocking_threads(1)
+        .build()
+        .unwrap();
+    let send = |path: &str, cookie: Option<&str>| {
+        let mut req = http::Request::builder().uri(path);
+        if let Some(c) = cookie {
+            req = req.header(http::header::COOKIE, c);
+        }
+        let app = app.clone();
+        let req = req.body(Body::empty()).unwrap();
+        let path = path.to_owned();
+        async move {
+            let r = tokio::time::timeout(Duration::from_secs(30), app.oneshot(req))
+                .await
+                .unwrap_or_else(|_| panic!("{path} not answered within 30 s"))
+                .unwrap();
+            let set_cookie = r
+                .headers()
+                .get(http::header::SET_COOKIE)
+                .map(|v| v.to_str().unwrap().to_owned());
+            let status = r.status().as_u16();
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                String::from_utf8_lossy(&body).into_owned(),
+                set_cookie,
+            )
+        }
+    };
+    runtime.block_on(async {
+        let (status, _, set_cookie) = send("/login", None).await;
+        assert_eq!(status, 200);
+        let cookie = set_cookie.expect("a session cookie");
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        assert_eq!(send("/whoami", Some(&cookie)).await.1, "ada");
+
+        redis.pause();
+        // The blocking pool's one thread is taken until this test lets it go.
+        let (held_tx, held) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let holder = tokio::task::spawn_blocking(move || {
+            held_tx.send(()).unwrap();
+            let _ = release_rx.recv_timeout(Duration::from_secs(60));
+        });
+        held.recv_timeout(Duration::from_secs(30))
+            .expect("the blocking pool's thread is taken");
+        let counters = |s: fastmmap::Stats| (s.reads, s.hits, s.entries, s.used_bytes);
+        let before = counters(store.cache().stats().unwrap());
+        for cookie in [Some(cookie.as_str()), None] {
+            let (status, body, set_cookie) = send("/static/app.css", cookie).await;
+            assert_eq!((status, body.as_str()), (200, "body {}"), "{cookie:?}");
+            assert_eq!(set_cookie, None, "{cookie:?}");
+        }
+        let after = counters(store.cache().stats().unwrap());
+        assert_eq!(before, after, "the cache file was not touched");
+        release.send(()).unwrap();
+        holder.await.unwrap();
+    });
+    redis.resume();
+}
