@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::RedisError;
+
 /// The target of the Redis tier's events, for filters: the listener's connection lost (warn),
 /// regained (info), a refused state file (warn).
 const TARGET: &str = "fastmmap::redis";
@@ -12,7 +14,8 @@ const TARGET: &str = "fastmmap::redis";
 /// lost (`error`), and the host distrusts its file until it is back. `again` says this is one
 /// more failed attempt to reconnect, reported quietly.
 #[cold]
-pub(crate) fn redis_down(path: &Path, server: &str, error: Option<&str>, again: bool) {
+pub(crate) fn redis_down(path: &Path, server: &str, error: Option<&RedisError>, again: bool) {
+    let error = error.map(tracing::field::display);
     if again {
         tracing::debug!(
             target: TARGET,
@@ -48,7 +51,8 @@ pub(crate) fn redis_trusted(path: &Path, server: &str, connections: u64) {
 /// The Redis listener of `path` could not mark its host distrusted or clear its file
 /// (`error`); it retries.
 #[cold]
-pub(crate) fn redis_distrust_failed(path: &Path, error: Option<&str>) {
+pub(crate) fn redis_distrust_failed(path: &Path, error: Option<&RedisError>) {
+    let error = error.map(tracing::field::display);
     tracing::error!(
         target: TARGET,
         path = %path.display(),

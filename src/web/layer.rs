@@ -262,11 +262,7 @@ where
             *req.uri_mut() = uri;
         }
         let head = req.method() == http::Method::HEAD;
-        let shared = Arc::new(Shared::new(
-            visit,
-            config.store.cache().path().to_path_buf(),
-            config.store.may_block(),
-        ));
+        let shared = Arc::new(Shared::new(visit, config.store.may_block()));
         req.extensions_mut()
             .insert(SessionHandle::from_shared(Arc::clone(&shared)));
         let future = self.inner.call(req);

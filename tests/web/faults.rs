@@ -238,10 +238,7 @@ fn tower_sessions_over_a_hung_redis_leave_the_runtime_free() {
 fn a_request_that_never_uses_the_session_skips_the_store_and_the_blocking_pool() {
     use std::sync::mpsc;
 
-    use axum::body::Body;
     use fastmmap::redis::RedisOptions;
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
 
     use crate::common::temp_dir;
     use crate::redis_server::RedisServer;
@@ -265,38 +262,12 @@ fn a_request_that_never_uses_the_session_skips_the_store_and_the_blocking_pool()
         .max_blocking_threads(1)
         .build()
         .unwrap();
-    let send = |path: &str, cookie: Option<&str>| {
-        let mut req = http::Request::builder().uri(path);
-        if let Some(c) = cookie {
-            req = req.header(http::header::COOKIE, c);
-        }
-        let app = app.clone();
-        let req = req.body(Body::empty()).unwrap();
-        let path = path.to_owned();
-        async move {
-            let r = tokio::time::timeout(Duration::from_secs(30), app.oneshot(req))
-                .await
-                .unwrap_or_else(|_| panic!("{path} not answered within 30 s"))
-                .unwrap();
-            let set_cookie = r
-                .headers()
-                .get(http::header::SET_COOKIE)
-                .map(|v| v.to_str().unwrap().to_owned());
-            let status = r.status().as_u16();
-            let body = r.into_body().collect().await.unwrap().to_bytes();
-            (
-                status,
-                String::from_utf8_lossy(&body).into_owned(),
-                set_cookie,
-            )
-        }
-    };
     runtime.block_on(async {
-        let (status, _, set_cookie) = send("/login", None).await;
+        let (status, _, set_cookie) = oneshot(&app, "/login", None).await;
         assert_eq!(status, 200);
         let cookie = set_cookie.expect("a session cookie");
         let cookie = cookie.split(';').next().unwrap().to_owned();
-        assert_eq!(send("/whoami", Some(&cookie)).await.1, "ada");
+        assert_eq!(oneshot(&app, "/whoami", Some(&cookie)).await.1, "ada");
 
         redis.pause();
         // The blocking pool's one thread is taken until this test lets it go.
@@ -311,7 +282,7 @@ fn a_request_that_never_uses_the_session_skips_the_store_and_the_blocking_pool()
         let counters = |s: fastmmap::Stats| (s.reads, s.hits, s.entries, s.used_bytes);
         let before = counters(store.cache().stats().unwrap());
         for cookie in [Some(cookie.as_str()), None] {
-            let (status, body, set_cookie) = send("/static/app.css", cookie).await;
+            let (status, body, set_cookie) = oneshot(&app, "/static/app.css", cookie).await;
             assert_eq!((status, body.as_str()), (200, "body {}"), "{cookie:?}");
             assert_eq!(set_cookie, None, "{cookie:?}");
         }
@@ -319,6 +290,114 @@ fn a_request_that_never_uses_the_session_skips_the_store_and_the_blocking_pool()
         assert_eq!(before, after, "the cache file was not touched");
         release.send(()).unwrap();
         holder.await.unwrap();
+    });
+    redis.resume();
+}
+
+/// Sends a GET of `path` (with a `Cookie` header, if any) through `app` in process, waiting
+/// at most 30 s for the answer: its status, body and `Set-Cookie`.
+#[cfg(feature = "redis")]
+async fn oneshot(
+    app: &Router,
+    path: &'static str,
+    cookie: Option<&str>,
+) -> (u16, String, Option<String>) {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let mut req = http::Request::builder().uri(path);
+    if let Some(c) = cookie {
+        req = req.header(http::header::COOKIE, c);
+    }
+    let req = req.body(Body::empty()).unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(30), app.clone().oneshot(req))
+        .await
+        .unwrap_or_else(|_| panic!("{path} not answered within 30 s"))
+        .unwrap();
+    let set_cookie = r
+        .headers()
+        .get(http::header::SET_COOKIE)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let status = r.status().as_u16();
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        String::from_utf8_lossy(&body).into_owned(),
+        set_cookie,
+    )
+}
+
+/// A failed load, replayed to a request's later calls with a store that may block, keeps its
+/// cause: each call's error leads, through `source`, to the Redis timeout itself.
+#[cfg(feature = "redis")]
+#[test]
+fn a_failed_load_keeps_its_cause_for_every_call_of_the_request() {
+    use fastmmap::redis::{RedisError, RedisOptions};
+
+    use crate::common::temp_dir;
+    use crate::redis_server::RedisServer;
+
+    /// Whether `e`'s chain holds a Redis timeout.
+    fn timed_out(e: &session::Error) -> bool {
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            if c.downcast_ref::<RedisError>()
+                .is_some_and(RedisError::is_timeout)
+            {
+                return true;
+            }
+            cause = c.source();
+        }
+        false
+    }
+
+    let Some(redis) = RedisServer::start("a_failed_load_keeps_its_cause") else {
+        return;
+    };
+    let options = RedisOptions::new(&redis.url())
+        .unwrap()
+        .namespace("chain:")
+        .timeout(Duration::from_secs(1));
+    let dir = temp_dir();
+    let store = SessionStore::builder()
+        .path(dir.path().join("s.cache"))
+        .redis(options)
+        .build()
+        .expect("a store with a Redis tier");
+    let routes = Router::new()
+        .route(
+            "/login",
+            get(|s: SessionHandle| async move {
+                s.insert("user", "ada")?;
+                Ok::<_, session::Error>("in")
+            }),
+        )
+        .route(
+            "/twice",
+            get(|s: SessionHandle| async move {
+                let first = s.get::<String>("user").unwrap_err();
+                let second = s.get::<String>("user").unwrap_err();
+                format!("{} {} {first}", timed_out(&first), timed_out(&second))
+            }),
+        );
+    let app = Router::new().fallback_service(SessionLayer::new(store).layer(routes));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (status, _, set_cookie) = oneshot(&app, "/login", None).await;
+        assert_eq!(status, 200);
+        let cookie = set_cookie.expect("a session cookie");
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+
+        redis.pause();
+        let (status, body, set_cookie) = oneshot(&app, "/twice", Some(&cookie)).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.starts_with("true true "), "{body}");
+        assert!(body.contains("timed out"), "{body}");
+        assert_eq!(set_cookie, None, "not logged out");
     });
     redis.resume();
 }
