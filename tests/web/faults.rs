@@ -17,6 +17,11 @@ use crate::server::Client;
 
 /// A static route that never uses the session, a login and a page that reads the session.
 fn app(store: SessionStore) -> Router {
+    app_with(store, Router::new())
+}
+
+/// [`app`]'s routes and `more`.
+fn app_with(store: SessionStore, more: Router) -> Router {
     let routes = Router::new()
         .route("/static/app.css", get(|| async { "body {}" }))
         .route(
@@ -31,7 +36,8 @@ fn app(store: SessionStore) -> Router {
             get(|s: SessionHandle| async move {
                 Ok::<_, session::Error>(s.get::<String>("user")?.unwrap_or_default())
             }),
-        );
+        )
+        .merge(more);
     Router::new().fallback_service(SessionLayer::new(store).layer(routes))
 }
 
@@ -238,24 +244,12 @@ fn tower_sessions_over_a_hung_redis_leave_the_runtime_free() {
 fn a_request_that_never_uses_the_session_skips_the_store_and_the_blocking_pool() {
     use std::sync::mpsc;
 
-    use fastmmap::redis::RedisOptions;
-
-    use crate::common::temp_dir;
     use crate::redis_server::RedisServer;
 
     let Some(redis) = RedisServer::start("a_request_that_never_uses_the_session_skips") else {
         return;
     };
-    let options = RedisOptions::new(&redis.url())
-        .unwrap()
-        .namespace("static:")
-        .timeout(Duration::from_secs(3));
-    let dir = temp_dir();
-    let store = SessionStore::builder()
-        .path(dir.path().join("s.cache"))
-        .redis(options)
-        .build()
-        .expect("a store with a Redis tier");
+    let (_dir, store) = redis_store(&redis, "static:");
     let app = app(store.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -263,10 +257,7 @@ fn a_request_that_never_uses_the_session_skips_the_store_and_the_blocking_pool()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (status, _, set_cookie) = oneshot(&app, "/login", None).await;
-        assert_eq!(status, 200);
-        let cookie = set_cookie.expect("a session cookie");
-        let cookie = cookie.split(';').next().unwrap().to_owned();
+        let cookie = login(&app).await;
         assert_eq!(oneshot(&app, "/whoami", Some(&cookie)).await.1, "ada");
 
         redis.pause();
@@ -292,6 +283,35 @@ fn a_request_that_never_uses_the_session_skips_the_store_and_the_blocking_pool()
         holder.await.unwrap();
     });
     redis.resume();
+}
+
+/// A temporary directory and a session store in it with a Redis tier on `redis` under
+/// `namespace` (a 1 s timeout).
+#[cfg(feature = "redis")]
+fn redis_store(
+    redis: &crate::redis_server::RedisServer,
+    namespace: &str,
+) -> (tempfile::TempDir, SessionStore) {
+    let options = fastmmap::redis::RedisOptions::new(&redis.url())
+        .unwrap()
+        .namespace(namespace)
+        .timeout(Duration::from_secs(1));
+    let dir = crate::common::temp_dir();
+    let store = SessionStore::builder()
+        .path(dir.path().join("s.cache"))
+        .redis(options)
+        .build()
+        .expect("a store with a Redis tier");
+    (dir, store)
+}
+
+/// Logs in through `app`'s `/login`: the session cookie (`name=ID`).
+#[cfg(feature = "redis")]
+async fn login(app: &Router) -> String {
+    let (status, _, set_cookie) = oneshot(app, "/login", None).await;
+    assert_eq!(status, 200);
+    let cookie = set_cookie.expect("a session cookie");
+    cookie.split(';').next().unwrap().to_owned()
 }
 
 /// Sends a GET of `path` (with a `Cookie` header, if any) through `app` in process, waiting
@@ -333,9 +353,8 @@ async fn oneshot(
 #[cfg(feature = "redis")]
 #[test]
 fn a_failed_load_keeps_its_cause_for_every_call_of_the_request() {
-    use fastmmap::redis::{RedisError, RedisOptions};
+    use fastmmap::redis::RedisError;
 
-    use crate::common::temp_dir;
     use crate::redis_server::RedisServer;
 
     /// Whether `e`'s chain holds a Redis timeout.
@@ -355,43 +374,22 @@ fn a_failed_load_keeps_its_cause_for_every_call_of_the_request() {
     let Some(redis) = RedisServer::start("a_failed_load_keeps_its_cause") else {
         return;
     };
-    let options = RedisOptions::new(&redis.url())
-        .unwrap()
-        .namespace("chain:")
-        .timeout(Duration::from_secs(1));
-    let dir = temp_dir();
-    let store = SessionStore::builder()
-        .path(dir.path().join("s.cache"))
-        .redis(options)
-        .build()
-        .expect("a store with a Redis tier");
-    let routes = Router::new()
-        .route(
-            "/login",
-            get(|s: SessionHandle| async move {
-                s.insert("user", "ada")?;
-                Ok::<_, session::Error>("in")
-            }),
-        )
-        .route(
-            "/twice",
-            get(|s: SessionHandle| async move {
-                let first = s.get::<String>("user").unwrap_err();
-                let second = s.get::<String>("user").unwrap_err();
-                format!("{} {} {first}", timed_out(&first), timed_out(&second))
-            }),
-        );
-    let app = Router::new().fallback_service(SessionLayer::new(store).layer(routes));
+    let (_dir, store) = redis_store(&redis, "chain:");
+    let twice = Router::new().route(
+        "/twice",
+        get(|s: SessionHandle| async move {
+            let first = s.get::<String>("user").unwrap_err();
+            let second = s.get::<String>("user").unwrap_err();
+            format!("{} {} {first}", timed_out(&first), timed_out(&second))
+        }),
+    );
+    let app = app_with(store, twice);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (status, _, set_cookie) = oneshot(&app, "/login", None).await;
-        assert_eq!(status, 200);
-        let cookie = set_cookie.expect("a session cookie");
-        let cookie = cookie.split(';').next().unwrap().to_owned();
-
+        let cookie = login(&app).await;
         redis.pause();
         let (status, body, set_cookie) = oneshot(&app, "/twice", Some(&cookie)).await;
         assert_eq!(status, 200, "{body}");
