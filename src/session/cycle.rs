@@ -368,6 +368,12 @@ const UTF8_LABELS: &[&str] = &[
 ];
 
 /// `text/html`, with no `charset` parameter or a UTF-8 one.
+/// `text` as a header value, or why it cannot be one.
+fn header_value(text: &str) -> std::result::Result<HeaderValue, &'static str> {
+    HeaderValue::from_str(text)
+        .map_err(|_| "not a valid header value (it holds a control character)")
+}
+
 /// Whether a response with these `headers` is a page whose links get ids.
 fn is_html_head(headers: &HeaderMap) -> bool {
     headers
@@ -563,7 +569,10 @@ impl SessionStore {
     /// `fastmmap::web` does both).
     ///
     /// # Errors
-    /// As [`save`](Self::save); `headers` are then left untouched.
+    /// As [`save`](Self::save); `headers` are then left untouched. After a save,
+    /// [`Error::InvalidUrl`] if the `Location` with the id, or [`Error::InvalidOptions`] if
+    /// the cookie, cannot be written as a header value (neither happens with the options the
+    /// builders accept); `headers` are then left untouched too.
     pub fn finish_http(
         &self,
         visit: &mut Visit,
@@ -586,17 +595,28 @@ impl SessionStore {
         };
         let location = head.location.clone();
         let finished = self.conclude(visit, &mut head)?;
-        if head.location != location
-            && let Some(new) = head
-                .location
-                .as_deref()
-                .and_then(|l| HeaderValue::from_str(l).ok())
-        {
+        let new_location = match head.location.as_deref() {
+            Some(new) if head.location != location => {
+                Some(header_value(new).map_err(|e| Error::InvalidUrl {
+                    reason: format!("the Location with the session id is {e}"),
+                })?)
+            }
+            _ => None,
+        };
+        let cookie = match &head.set_cookie {
+            Some(cookie) => {
+                Some(
+                    header_value(&cookie.to_string()).map_err(|e| Error::InvalidOptions {
+                        reason: format!("the session cookie is {e}"),
+                    })?,
+                )
+            }
+            None => None,
+        };
+        if let Some(new) = new_location {
             headers.insert(LOCATION, new);
         }
-        if let Some(cookie) = &head.set_cookie
-            && let Ok(value) = HeaderValue::from_str(&cookie.to_string())
-        {
+        if let Some(value) = cookie {
             headers.append(SET_COOKIE, value);
         }
         Ok(finished)
@@ -739,6 +759,13 @@ mod tests {
             headers.get(SET_COOKIE).is_none(),
             "the client has the cookie"
         );
+    }
+
+    #[test]
+    fn header_values_are_checked_not_dropped() {
+        assert_eq!(header_value("/next?sid=x").unwrap(), "/next?sid=x");
+        let e = header_value("/next\r\nSet-Cookie: x=1").unwrap_err();
+        assert!(e.contains("not a valid header value"), "{e}");
     }
 
     #[test]
