@@ -129,7 +129,8 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 256 * 1024;
 /// ([`SessionHandle::update`], [`SessionHandle::get_flash`], [`SessionHandle::change_id`]) belong in
 /// [`SessionHandle::run_blocking`]. Each hop to the blocking pool is a hand-off between threads
 /// (16–110 µs measured on the 2-core development VM, about a Redis round trip there), which
-/// is why a file-only store does not take it.
+/// is why a file-only store does not take it, nor does a request that never used its session
+/// (a static asset; [`Visit::needs_store`](crate::session::Visit::needs_store)).
 #[derive(Clone, Debug)]
 pub struct SessionLayer {
     config: Arc<Config>,
