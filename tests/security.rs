@@ -99,6 +99,11 @@ fn require_root_is_set_by_1_only() {
     };
     assert!(as_nobody("0"), "FASTMMAP_REQUIRE_ROOT=0 skips");
     assert!(as_nobody(""), "an empty FASTMMAP_REQUIRE_ROOT skips");
+    // Straight to the terminal, like the run's own output.
+    raw_eprint(
+        "require_root_is_set_by_1_only: the run under FASTMMAP_REQUIRE_ROOT=1 that follows must \
+         fail; its panic and FAILED lines are expected\n",
+    );
     assert!(
         !as_nobody("1"),
         "FASTMMAP_REQUIRE_ROOT=1 fails without root"
