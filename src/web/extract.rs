@@ -31,8 +31,10 @@ use crate::session::{self, Result, SessionId, Visit};
 /// ([`get_flash`](Self::get_flash)), as in Catalyst.
 ///
 /// If the session cannot be loaded (Redis unreachable, a record this version cannot read),
-/// every method that needs it returns that error — as a response, "the session could not
-/// be loaded" and why — and the layer leaves the session and its cookie as they were.
+/// every method that needs it returns that error — with a store that may block, the one
+/// failure of the request's one load, shared ([`session::Error::LoadFailed`], which reads as
+/// the failure and keeps its `source`); as a response, "the session could not be loaded" and
+/// why — and the layer leaves the session and its cookie as they were.
 ///
 /// Without the layer, the extractor fails with a `500` ([`MissingSessionLayer`]).
 #[derive(Clone)]
