@@ -239,10 +239,7 @@ impl Cache {
         if let Some(at) = store_expiry {
             // The copy must not outlive the store's value: the whole second before it, with a
             // margin for the coarse clock that expiry is checked with.
-            let at = at
-                .checked_sub(Clock::COARSE_MARGIN)
-                .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs());
+            let at = Clock::copy_expiry_secs(at);
             let at = u32::try_from(at).unwrap_or(u32::MAX);
             if at <= now {
                 return Ok(loaded);

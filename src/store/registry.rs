@@ -86,17 +86,7 @@ pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
             PageLocks::Robust(robust)
         }
     };
-    let write_back_locks = super::write_back_lock::write_back_locks(
-        opened.lock_kind,
-        &opened.file,
-        &opened.map,
-        num_pages,
-    )
-    .map_err(|source| Error::Io {
-        path: req.path.clone(),
-        op: "set up the write-back locks",
-        source,
-    })?;
+    let write_back_locks = super::write_back_lock::write_back_locks(&locks, num_pages);
     let shared = Arc::new(SharedFile {
         path: req.path.clone(),
         file: opened.file,
