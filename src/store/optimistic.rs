@@ -128,20 +128,18 @@ impl Optimistic {
         &self.pending
     }
 
-    /// `page`'s counter in array `stripe`.
+    /// `page`'s counter in array `stripe` of `lines` (what [`Optimistic::lines`] returned).
     #[inline]
-    fn counter(&self, stripe: usize, page: u32) -> Option<&AtomicU64> {
+    fn counter<'l>(&self, lines: &'l [Line], stripe: usize, page: u32) -> Option<&'l AtomicU64> {
         let page = page as usize;
-        let line = self
-            .lines()
-            .get(stripe * self.lines + page / COUNTERS_PER_LINE)?;
+        let line = lines.get(stripe * self.lines + page / COUNTERS_PER_LINE)?;
         // Past the last page of a stripe's last line: no page.
         (page < self.lines * COUNTERS_PER_LINE).then(|| &line.0[page % COUNTERS_PER_LINE])
     }
 
     #[inline]
     fn count(&self, page: u32, hit: bool) {
-        if let Some(c) = self.counter(stripe(), page) {
+        if let Some(c) = self.counter(self.lines(), stripe(), page) {
             c.fetch_add(1 + if hit { HIT } else { 0 }, Ordering::Relaxed);
         }
     }
@@ -150,8 +148,9 @@ impl Optimistic {
     #[inline]
     pub(super) fn take(&self, page: u32) -> (u32, u32) {
         let (mut reads, mut hits) = (0u32, 0u32);
+        let lines = self.lines();
         for stripe in 0..STRIPES {
-            let Some(c) = self.counter(stripe, page) else {
+            let Some(c) = self.counter(lines, stripe, page) else {
                 return (0, 0);
             };
             if c.load(Ordering::Relaxed) == 0 {
@@ -166,9 +165,10 @@ impl Optimistic {
 
     fn any_pending(&self) -> impl Iterator<Item = u32> + '_ {
         let per_stripe = self.lines * COUNTERS_PER_LINE;
+        let lines = self.lines();
         (0..per_stripe as u32).filter(move |&page| {
             (0..STRIPES).any(|stripe| {
-                self.counter(stripe, page)
+                self.counter(lines, stripe, page)
                     .is_some_and(|c| c.load(Ordering::Relaxed) != 0)
             })
         })
