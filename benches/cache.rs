@@ -510,9 +510,9 @@ impl fastmmap::Backing for NullBacking {
     }
 }
 
-/// Write-back `set` against a plain `set` (robust locks, the default): overwrites of hot keys,
-/// and stores of ever new keys that evict (each eviction of dirty entries writes them to the
-/// no-op store first, then drops them).
+/// Write-back `set` against a plain `set` (robust locks, the default): get hits and
+/// overwrites of hot keys, and stores of ever new keys that evict (each eviction of dirty
+/// entries writes them to the no-op store first, then drops them).
 fn write_back(c: &mut Criterion) {
     let dir = bench_dir();
     let mut g = c.benchmark_group("write_back");
@@ -529,6 +529,10 @@ fn write_back(c: &mut Criterion) {
         for (i, k) in hot.iter().enumerate() {
             cache.set(k, &value(i)).expect("set");
         }
+        g.bench_function(format!("{name}/get_hit"), |b| {
+            let mut keys = Rotor::new(&hot, 0);
+            b.iter(|| black_box(cache.get(keys.next()).unwrap()))
+        });
         g.bench_function(format!("{name}/set_overwrite"), |b| {
             let mut keys = Rotor::new(&hot, 0);
             let v = value(7);

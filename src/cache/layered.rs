@@ -12,7 +12,7 @@ use crate::Result;
 use crate::WriteMode;
 use crate::clock::from_unix_secs;
 use crate::page::consts::{FLAG_DIRTY, FLAG_UNDEF};
-use crate::page::{DirtyCopy, NewEntry, StoreOutcome};
+use crate::page::{Copied, DirtyCopy, NewEntry, StoreOutcome};
 use crate::{Backing, Clock};
 
 /// What a look into the cache found, for read-through.
@@ -95,6 +95,20 @@ impl Cache {
         }
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
+        if layer.trusts_cached() {
+            // A copy the cache may serve is read without the lock first, as a plain get is: a
+            // hit that needs no change to the page (see `read_unlocked`) is final, and so is a
+            // miss when there is no store to read through. Anything else takes the lock.
+            let mut copied = Copied::default();
+            match self.read_unlocked(page, slot_hash, key, now, true, &mut copied) {
+                Some(true) if layer.backing.is_some() && is_negative(copied.flags) => {
+                    return Ok(None);
+                }
+                Some(true) => return self.decode_value(key, copied.value, copied.flags).map(Some),
+                Some(false) if layer.backing.is_none() => return Ok(None),
+                Some(false) | None => {}
+            }
+        }
         match self.look(layer, key, page, slot_hash, now)? {
             Look::Hit(stored, flags) if layer.trusts_cached() => {
                 self.decode_value(key, stored, flags).map(Some)
