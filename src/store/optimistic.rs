@@ -31,6 +31,7 @@ use std::time::Duration;
 use super::fork;
 use super::lock::Reentry;
 use super::shared::SharedFile;
+use crate::page::consts::MAGIC_OFFSET;
 use crate::page::{Copied, PageBytes, find_copy, probe_hints};
 
 /// How many times a read whose page changed under it is tried again before taking the lock.
@@ -529,6 +530,33 @@ impl SharedFile {
         }
         if let Some(off) = second {
             bytes.prefetch(off);
+        }
+    }
+
+    /// Starts fetching `page`'s header line, and its lock row, for an optimistic read soon
+    /// after: a batch asks for every key's page first, so that their cache misses overlap
+    /// instead of following one another. A hint only: nothing is read into the program.
+    #[inline]
+    pub(crate) fn prefetch_page(&self, page: u32) {
+        if self.optimistic.is_none() || page >= self.geometry.num_pages {
+            return;
+        }
+        let (offset, len) = self.page_range(page);
+        // SAFETY: the page lies inside the mapping (page < num_pages, and the file size was
+        // checked against the geometry on open), which is writable (optimistic reads are only
+        // set up for files opened read-write) and lives as long as `self`; pages start at
+        // multiples of 4096 from the page-aligned mapping.
+        let bytes =
+            unsafe { AtomicPage::new(self.map.as_ptr().add(offset as usize), len as usize) };
+        bytes.prefetch(MAGIC_OFFSET);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(row) = self.row(page) {
+            // SAFETY: a prefetch never faults, writes or makes a value visible to the
+            // program, whatever the address; this one is the row's word in the mapping.
+            unsafe {
+                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                _mm_prefetch::<_MM_HINT_T0>(row.seq.as_ptr().cast_const().cast());
+            }
         }
     }
 
