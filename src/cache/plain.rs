@@ -111,8 +111,8 @@ impl Cache {
         // misses overlap; then each key is read without a lock where it can be, as `get`
         // reads it, and the keys left over lock their pages, each page once.
         let located: Vec<(u32, u32)> = keys.iter().map(|k| self.locate(k.as_ref())).collect();
-        for &(page, _) in &located {
-            self.inner.file.prefetch_page(page);
+        for &(page, slot_hash) in &located {
+            self.inner.file.prefetch_page(page, slot_hash);
         }
         let mut out = vec![None; keys.len()];
         let mut locked = Vec::new();
