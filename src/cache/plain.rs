@@ -106,11 +106,32 @@ impl Cache {
         &self,
         keys: &[K],
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        let mut out = vec![None; keys.len()];
         let now = self.now();
-        for (page, group) in self.group_by_page(keys.iter().map(AsRef::as_ref)) {
+        // Every key's page is located and its lines asked for first, so that their cache
+        // misses overlap; then each key is read without a lock where it can be, as `get`
+        // reads it, and the keys left over lock their pages, each page once.
+        let located: Vec<(u32, u32)> = keys.iter().map(|k| self.locate(k.as_ref())).collect();
+        for &(page, slot_hash) in &located {
+            self.inner.file.prefetch_page(page, slot_hash);
+        }
+        let mut out = vec![None; keys.len()];
+        let mut locked = Vec::new();
+        let mut copied = Copied::default();
+        for (i, &(page, slot_hash)) in located.iter().enumerate() {
+            match self.read_unlocked(page, slot_hash, keys[i].as_ref(), now, true, &mut copied) {
+                Some(true) => out[i] = Some(std::mem::take(&mut copied.value)),
+                Some(false) => {}
+                None => locked.push(i),
+            }
+        }
+        if locked.is_empty() {
+            return Ok(out);
+        }
+        let rest = locked.iter().map(|&i| keys[i].as_ref());
+        for (page, group) in self.group_by_page(rest) {
             let mut reader = self.read_page(page)?;
-            for (i, slot_hash) in group {
+            for (j, slot_hash) in group {
+                let i = locked[j];
                 out[i] = reader.get(slot_hash, keys[i].as_ref(), now, self.inner.stats, |e| {
                     e.value.to_vec()
                 });
