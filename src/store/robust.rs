@@ -177,7 +177,7 @@ mod imp {
         }
 
         fn new(map: &MmapRaw, num_pages: u32, area: Area) -> io::Result<RobustLocks> {
-            if map.len() < header::header_size(num_pages) {
+            if map.len() < header::header_size(num_pages, 0) {
                 return Err(io::Error::other("the mapping is shorter than its header"));
             }
             let base =
