@@ -464,6 +464,9 @@ impl Cache {
         let g = self.inner.geometry;
         let hash = self.inner.hash;
         let slot_hash = move |key: &[u8]| hash.locate(key, g.num_pages).1;
+        // Pages holding overflow blocks have them checked, and those no entry references
+        // freed (a wipe frees them all).
+        let owners = self.inner.file.overflow_owners();
         for page in 0..g.num_pages {
             let mut guard = self.lock_page(page)?;
             if wipe {
@@ -471,7 +474,11 @@ impl Cache {
             } else if check_page(guard.bytes(), g.start_slots, Some(&slot_hash)).is_err() {
                 guard.reset();
             }
+            if owners[page as usize] {
+                guard.sweep_overflow();
+            }
         }
+        self.inner.file.overflow_free_unowned(false);
         Ok(())
     }
 

@@ -2,11 +2,11 @@
 //! storing one, making room in the area when it is full, and reclaiming blocks nothing
 //! references (`check`).
 
-use super::handle::Cache;
+use super::handle::{Cache, PageProblem};
 use crate::page::consts::{FLAG_OVERFLOW, is_expired};
 use crate::page::{NewEntry, PageView, StoreOutcome};
-use crate::store::PageGuard;
-use crate::{Error, Result};
+use crate::store::{PageGuard, Reader};
+use crate::{Error, LockRole, Result};
 
 /// A large value that may be evicted to make room in the overflow area.
 struct Victim {
@@ -156,7 +156,36 @@ impl Cache {
             let mut guard = self.lock_page(page)?;
             freed += u64::from(guard.sweep_overflow());
         }
-        freed += u64::from(self.inner.file.overflow_free_unowned());
+        freed += u64::from(self.inner.file.overflow_free_unowned(false));
         Ok(freed)
+    }
+
+    /// Checks the overflow area without changing anything: the pages whose large values'
+    /// references or blocks fail their checks, and the blocks held that no entry references
+    /// (which [`reclaim_overflow`](Self::reclaim_overflow) frees). One page locked at a time.
+    ///
+    /// # Errors
+    /// Lock errors.
+    pub fn check_overflow(&self) -> Result<(Vec<PageProblem>, u64)> {
+        let mut problems = Vec::new();
+        let mut unreferenced = 0u64;
+        if self.inner.file.overflow().is_none() {
+            return Ok((problems, 0));
+        }
+        for page in 0..self.num_pages() {
+            // A shared lock, as `validate` takes: checking changes nothing.
+            let timeout = self.inner.lock_timeout;
+            let guard = self
+                .inner
+                .file
+                .lock_shared(page, timeout)
+                .map_err(|e| self.inner.file.lock_error(e, LockRole::Page, page, timeout))?;
+            match Reader::Shared(guard).overflow_unreferenced() {
+                Ok(n) => unreferenced += u64::from(n),
+                Err(c) => problems.push(PageProblem { page, reason: c.0 }),
+            }
+        }
+        unreferenced += u64::from(self.inner.file.overflow_free_unowned(true));
+        Ok((problems, unreferenced))
     }
 }

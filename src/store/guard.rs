@@ -227,7 +227,7 @@ impl PageGuard<'_> {
             return 0;
         }
         let before = file.overflow_owned(page);
-        match file.overflow_sweep(page, self.bytes()) {
+        match file.overflow_sweep(page, self.bytes(), false) {
             Ok(freed) => freed,
             Err(c) => {
                 self.reset_because(Some(c.0));

@@ -368,18 +368,40 @@ impl SharedFile {
     }
 
     /// Frees every block `page` owns that its entries do not reference, checking every
-    /// reference (for `check`; the page's lock held). Returns the blocks freed.
-    pub(crate) fn overflow_sweep(&self, page: u32, bytes: &[u8]) -> Result<u32, Corrupt> {
+    /// reference (for `check`; the page's lock held). Returns the blocks freed; `dry`: only
+    /// counts them.
+    pub(crate) fn overflow_sweep(
+        &self,
+        page: u32,
+        bytes: &[u8],
+        dry: bool,
+    ) -> Result<u32, Corrupt> {
         let Some(area) = &self.overflow else {
             return Ok(0);
         };
         let refs = references(bytes)?;
+        if dry {
+            return self.mark(area, page, &refs).map(|(marked, _)| {
+                (0..area.geometry.blocks)
+                    .filter(|&b| {
+                        !marked[b as usize]
+                            && self.load_word(Self::row_offset(area, b) + BLOCK_OWNER_OFFSET)
+                                == page + 1
+                    })
+                    .count() as u32
+            });
+        }
         self.sweep(area, page, &refs)
     }
 
-    fn sweep(&self, area: &Area, page: u32, refs: &[Reference]) -> Result<u32, Corrupt> {
-        let total = area.geometry.blocks as usize;
-        let mut marked = vec![false; total];
+    /// Walks every reference of `page`: which blocks they hold, and how many.
+    fn mark(
+        &self,
+        area: &Area,
+        page: u32,
+        refs: &[Reference],
+    ) -> Result<(Vec<bool>, u32), Corrupt> {
+        let mut marked = vec![false; area.geometry.blocks as usize];
         let mut kept = 0u32;
         for r in refs {
             let mut shared = false;
@@ -391,6 +413,11 @@ impl SharedFile {
                 return Err(Corrupt("two overflow references share a block"));
             }
         }
+        Ok((marked, kept))
+    }
+
+    fn sweep(&self, area: &Area, page: u32, refs: &[Reference]) -> Result<u32, Corrupt> {
+        let (marked, kept) = self.mark(area, page, refs)?;
         let mut freed = 0;
         for (block, &mark) in marked.iter().enumerate() {
             let row = Self::row_offset(area, block as u32);
@@ -422,8 +449,8 @@ impl SharedFile {
     }
 
     /// Frees blocks whose owner word names no page (damage; no lock guards them, as no page
-    /// can). Returns how many.
-    pub(crate) fn overflow_free_unowned(&self) -> u32 {
+    /// can). Returns how many; `dry`: only counts them.
+    pub(crate) fn overflow_free_unowned(&self, dry: bool) -> u32 {
         let Some(area) = &self.overflow else {
             return 0;
         };
@@ -431,11 +458,31 @@ impl SharedFile {
         for block in 0..area.geometry.blocks {
             let row = Self::row_offset(area, block);
             if self.load_word(row + BLOCK_OWNER_OFFSET) > self.geometry.num_pages {
-                self.free_block(area, block);
+                if !dry {
+                    self.free_block(area, block);
+                }
                 freed += 1;
             }
         }
         freed
+    }
+
+    /// Which pages own overflow blocks, by their owner words (a snapshot without locks; all
+    /// false without an area).
+    pub(crate) fn overflow_owners(&self) -> Vec<bool> {
+        let mut owners = vec![false; self.geometry.num_pages as usize];
+        if let Some(area) = &self.overflow {
+            for block in 0..area.geometry.blocks {
+                let owner = self.load_word(Self::row_offset(area, block) + BLOCK_OWNER_OFFSET);
+                if let Some(o) = (owner as usize)
+                    .checked_sub(1)
+                    .and_then(|p| owners.get_mut(p))
+                {
+                    *o = true;
+                }
+            }
+        }
+        owners
     }
 
     /// The area's use (`None`: no area).

@@ -115,12 +115,28 @@ impl Reader<'_> {
         };
         match self {
             Reader::Write(guard) => PageView::new(guard.bytes()).for_each_entry(&mut each)?,
-            Reader::Shared(guard) => match guard.page() {
-                Some(page) => page.for_each_entry(&mut each)?,
-                None => {}
-            },
+            Reader::Shared(guard) => {
+                if let Some(page) = guard.page() {
+                    page.for_each_entry(&mut each)?;
+                }
+            }
         }
         bad.map_or(Ok(()), Err)
+    }
+
+    /// Overflow blocks the page owns that none of its entries references (its references
+    /// checked on the way; a failed check is the error), counted without freeing them.
+    pub(crate) fn overflow_unreferenced(&mut self) -> std::result::Result<u32, Corrupt> {
+        match self {
+            Reader::Write(guard) => {
+                let (file, page) = (guard.0.file, guard.0.page);
+                file.overflow_sweep(page, guard.bytes(), true)
+            }
+            Reader::Shared(guard) => {
+                let (file, page) = (guard.0.file, guard.0.page);
+                file.overflow_sweep(page, guard.as_is().0, true)
+            }
+        }
     }
 
     /// Resets a page found damaged, where it can be (not through a shared lock).
