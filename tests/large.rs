@@ -571,3 +571,63 @@ fn last_block_owner_offset() -> u64 {
     let rows = table + (u64::from(NUM_PAGES) * 4).next_multiple_of(64);
     rows + (AREA / BLOCK - 1) * 8
 }
+
+/// Random bytes written over the overflow table (owned words and block rows) and over the
+/// area, as a hostile or broken process could: no panic, no wrong value, and once `check` has
+/// swept the file every block held is referenced.
+#[test]
+fn random_bytes_in_the_overflow_table_and_area_never_give_a_wrong_value() {
+    let _serial = serial();
+    let mut rng = Rng::new(seed(
+        "random_bytes_in_the_overflow_table_and_area_never_give_a_wrong_value",
+    ));
+    let rounds = scaled(20, 400);
+    let table = NATIVE_PAGE_TABLE_OFFSET
+        + u64::from(NUM_PAGES) * (NATIVE_ROW_SIZE + NATIVE_WRITE_BACK_ROW_SIZE);
+    let rows = table + (u64::from(NUM_PAGES) * 4).next_multiple_of(64);
+    let table_len = rows + (AREA / BLOCK) * 8 - table;
+    for kind in [NATIVE, ROBUST] {
+        let dir = temp_dir();
+        let path = dir.path().join("c");
+        let cache = large(kind, &path).open().expect("open");
+        let raw = raw_file(&path);
+        let len = std::fs::metadata(&path).expect("stat").len();
+        let area_start = len - AREA;
+        for round in 0..rounds {
+            let keys: Vec<Vec<u8>> = (0..6).map(|i| format!("r{i}").into_bytes()).collect();
+            for (i, k) in keys.iter().enumerate() {
+                let v = make_value(k, round as u64, rng.range(20_000, 250_000));
+                cache.set(k, &v).unwrap_or_else(|e| panic!("set {i}: {e}"));
+            }
+            // Damage: a few random words of the table, or a run of random bytes in the area.
+            for _ in 0..rng.range(1, 6) {
+                if rng.chance(50) {
+                    let at = table + rng.below(table_len / 4) * 4;
+                    let word = match rng.below(4) {
+                        0 => 0,
+                        1 => rng.below(u64::from(NUM_PAGES) + 2) as u32,
+                        2 => rng.below(AREA / BLOCK + 2) as u32,
+                        _ => rng.next_u32(),
+                    };
+                    write_u32(&raw, at, word);
+                } else {
+                    let at = area_start + rng.below(AREA - 64);
+                    let n = rng.range(1, 64);
+                    write_at(&raw, at, &rng.bytes(n));
+                }
+            }
+            for k in &keys {
+                if let Some(v) = cache.get(k).expect("get") {
+                    check_value(k, &v).unwrap_or_else(|e| panic!("{kind:?} {round}: {e}"));
+                }
+            }
+            cache.check_overflow().expect("check");
+            cache.reclaim_overflow().expect("reclaim");
+            for item in cache.iter() {
+                let (k, e) = item.expect("entry");
+                check_value(&k, &e.value).expect("intact");
+            }
+            assert_eq!(used(&cache), expected_use(&cache), "{kind:?} round {round}");
+        }
+    }
+}
