@@ -79,6 +79,15 @@ fn every_size_from_one_byte_to_the_maximum_and_one_over() {
             // Only what the one live value needs is held: replaced values gave theirs back.
             assert_eq!(used(&cache), expected_use(&cache), "{kind:?} {len}");
         }
+        // A read-only handle (shared locks; fcntl files only) reads large values too.
+        if kind == NATIVE {
+            let reader = large(kind, &dir.path().join("c"))
+                .read_only(true)
+                .open()
+                .expect("open read-only");
+            let v = reader.get(key).expect("get").expect("present");
+            check_value(key, &v).expect("whole");
+        }
         // One byte over: a clear error, and the old value stays.
         let over = vec![0u8; MAX_VALUE as usize + 1];
         match cache.set(key, &over) {

@@ -169,12 +169,16 @@ impl PageGuard<'_> {
             row.busy.store(1, Ordering::Relaxed);
             std::sync::atomic::fence(Ordering::Release);
         }
+        // Blocks of large values the change drops are freed before the busy marker is cleared
+        // (see `overflow.rs`); without an overflow area this is a branch before and after.
+        let (file, page) = (self.0.file, self.0.page);
+        let before = match file.overflow() {
+            Some(_) => file.overflow_refs(page, self.bytes()),
+            None => None,
+        };
         let mut result = f(&mut self.page());
-        // Blocks of large values the change dropped are freed before the busy marker is
-        // cleared (see `overflow.rs`); without an overflow area this is one branch.
-        if result.is_ok() && self.0.file.overflow_owned(self.0.page) != 0 {
-            let (file, page) = (self.0.file, self.0.page);
-            if let Err(c) = file.overflow_settle(page, self.bytes()) {
+        if result.is_ok() && file.overflow_owned(page) != 0 {
+            if let Err(c) = file.overflow_settle(page, self.bytes(), before) {
                 result = Err(c);
             }
         }

@@ -34,7 +34,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::Xxh3;
 
 use super::header::{
     self, BLOCK_NEXT_OFFSET, BLOCK_OWNER_OFFSET, BLOCK_ROW_SIZE, OWNED_SIZE, OverflowGeometry,
@@ -240,12 +240,16 @@ impl SharedFile {
             });
         }
         let bs = area.geometry.block_size as usize;
+        // The checksum is taken block by block as each is copied, while its bytes are in the
+        // processor's nearest cache, not in a second pass over the whole value.
+        let mut sum = Xxh3::new();
         for (i, &block) in claimed.iter().enumerate() {
             let next = claimed.get(i + 1).map_or(0, |&b| b + 1);
             if let Some(w) = self.table_word(Self::row_offset(area, block) + BLOCK_NEXT_OFFSET) {
                 w.store(next, Ordering::Relaxed);
             }
             let chunk = &value[(i * bs).min(value.len())..((i + 1) * bs).min(value.len())];
+            sum.update(chunk);
             // SAFETY: `block < blocks`, so its `bs` bytes lie inside the area, inside the
             // writable mapping (the file size was checked on open to cover the area); the
             // block was just claimed for `page`, whose lock we hold, so no cooperating thread or
@@ -267,7 +271,7 @@ impl SharedFile {
             first: claimed[0],
             blocks: needed as u32,
             len: value.len() as u64,
-            checksum: xxh3_64(value),
+            checksum: sum.digest(),
         })
     }
 
@@ -332,6 +336,8 @@ impl SharedFile {
             Vec::with_capacity(r.len.min(u64::from(area.geometry.max_value_size)) as usize);
         let bs = area.geometry.block_size as usize;
         let base = self.map.as_ptr();
+        // Summed block by block, as each is copied (see `overflow_write`).
+        let mut sum = Xxh3::new();
         self.walk(area, page, &r, |block, n| {
             let start = out.len();
             // SAFETY: `block < blocks` (checked by `walk`), so its first `n <= bs` bytes lie
@@ -344,25 +350,68 @@ impl SharedFile {
                 std::ptr::copy_nonoverlapping(src, out.as_mut_ptr().add(start), n);
                 out.set_len(start + n);
             }
+            sum.update(&out[start..]);
         })?;
-        if xxh3_64(&out) != r.checksum {
+        if sum.digest() != r.checksum {
             return Err(Corrupt("overflow value does not match its checksum"));
         }
         Ok(out)
     }
 
+    /// The overflow references of `page`'s entries, taken before a structural change (the
+    /// page's lock held) so that [`overflow_settle`](Self::overflow_settle) can free what the
+    /// change drops without a sweep of the area. `None` when the page owns no blocks, or its
+    /// entries cannot be walked (the change finds out).
+    pub(super) fn overflow_refs(&self, page: u32, bytes: &[u8]) -> Option<Vec<Reference>> {
+        if self.overflow_owned(page) == 0 {
+            return None;
+        }
+        references(bytes).ok()
+    }
+
     /// After a structural change of `page` (its lock held, busy marker set): frees the blocks
     /// it owns that no entry references any more (a replaced, removed, evicted or refused large
     /// value). Cheap when nothing was dropped: the page's references are counted against its
-    /// owned word, and the block rows are swept only when they differ.
-    pub(super) fn overflow_settle(&self, page: u32, bytes: &[u8]) -> Result<(), Corrupt> {
+    /// owned word. The chains of the references `before` held that are gone are freed; only
+    /// when the count still disagrees (a refused store, damage) are the block rows swept.
+    pub(super) fn overflow_settle(
+        &self,
+        page: u32,
+        bytes: &[u8],
+        before: Option<Vec<Reference>>,
+    ) -> Result<(), Corrupt> {
         let Some(area) = &self.overflow else {
             return Ok(());
         };
         let refs = references(bytes)?;
         let referenced: u64 = refs.iter().map(|r| u64::from(r.blocks)).sum();
-        if referenced == u64::from(self.overflow_owned(page)) {
+        let owned = self.overflow_owned(page);
+        if referenced == u64::from(owned) {
             return Ok(());
+        }
+        if let Some(before) = before {
+            let mut freed = 0u32;
+            let mut clean = true;
+            let mut chain = Vec::new();
+            for gone in before.iter().filter(|r| !refs.contains(r)) {
+                chain.clear();
+                if self
+                    .walk(area, page, gone, |block, _| chain.push(block))
+                    .is_err()
+                {
+                    clean = false;
+                    continue;
+                }
+                for &block in &chain {
+                    self.free_block(area, block);
+                }
+                freed = freed.saturating_add(chain.len() as u32);
+            }
+            let owned = owned.saturating_sub(freed);
+            self.set_owned(area, page, owned);
+            if clean && referenced == u64::from(owned) {
+                return Ok(());
+            }
         }
         self.sweep(area, page, &refs).map(|_| ())
     }
@@ -533,6 +582,7 @@ fn references(bytes: &[u8]) -> Result<Vec<Reference>, Corrupt> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xxhash_rust::xxh3::xxh3_64;
 
     #[test]
     fn reference_round_trip() {
@@ -544,5 +594,15 @@ mod tests {
         };
         assert_eq!(Reference::decode(&r.encode()), Ok(r));
         assert!(Reference::decode(&r.encode()[..10]).is_err());
+    }
+
+    #[test]
+    fn the_checksum_summed_block_by_block_is_xxh3_of_the_value() {
+        let value: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + i / 300) as u8).collect();
+        let mut sum = Xxh3::new();
+        for chunk in value.chunks(4096) {
+            sum.update(chunk);
+        }
+        assert_eq!(sum.digest(), xxh3_64(&value));
     }
 }
