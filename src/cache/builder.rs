@@ -211,6 +211,7 @@ impl CacheBuilder {
     ///     .num_pages(8)
     ///     .page_size(16 * 1024)
     ///     .overflow_size(4 << 20)
+    ///     .max_value_size(1 << 20)
     ///     .open()?;
     /// let big = vec![7u8; 1 << 20];
     /// cache.set(b"big", &big)?;
