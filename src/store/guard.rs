@@ -177,10 +177,11 @@ impl PageGuard<'_> {
             None => None,
         };
         let mut result = f(&mut self.page());
-        if result.is_ok() && file.overflow_owned(page) != 0 {
-            if let Err(c) = file.overflow_settle(page, self.bytes(), before) {
-                result = Err(c);
-            }
+        if result.is_ok()
+            && file.overflow_owned(page) != 0
+            && let Err(c) = file.overflow_settle(page, self.bytes(), before)
+        {
+            result = Err(c);
         }
         match result {
             Ok(value) => {
