@@ -176,20 +176,14 @@ impl Cache {
         let stats = self.inner.stats;
         // `f` is called from one of two places: with the entry when there is one, else after.
         let mut f = Some(f);
-        let decided = match guard.page().get(slot_hash, key, now, stats) {
-            Ok(Some(e)) => {
-                let (decision, r) =
-                    (f.take().expect("called once"))(Some(Existing::of(&e, e.value)));
-                // What `Keep` returns is the value just read: copied now, not probed for again.
-                let kept = matches!(decision, Update::Keep).then(|| e.value.to_vec());
-                Some((decision, r, kept))
-            }
-            Ok(None) => None,
-            Err(_) => {
-                guard.reset();
-                None
-            }
-        };
+        // A damaged page is reset by the read, and the key is then absent (a large value is
+        // read from the overflow area).
+        let decided = read_locked(&mut guard, slot_hash, key, now, stats, |e| {
+            let (decision, r) = (f.take().expect("called once"))(Some(Existing::of(e, e.value)));
+            // What `Keep` returns is the value just read: copied now, not probed for again.
+            let kept = matches!(decision, Update::Keep).then(|| e.value.to_vec());
+            (decision, r, kept)
+        });
         let (decision, r, kept) = match decided {
             Some(decided) => decided,
             None => {

@@ -534,6 +534,10 @@ impl SharedFile {
                 {
                     return Outcome::Locked;
                 }
+                // A large value is read under the lock (see `overflow.rs`).
+                Ok(true) if out.flags & crate::page::consts::FLAG_OVERFLOW != 0 => {
+                    return Outcome::Locked;
+                }
                 Ok(hit) => hit,
             };
             if access == Access::CountedRead {

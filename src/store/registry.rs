@@ -108,6 +108,12 @@ pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
             && !req.read_only)
             .then(|| Optimistic::new(num_pages)),
         spare_fds: Mutex::new(Vec::new()),
+        overflow: super::overflow::Area::new(
+            opened.overflow,
+            num_pages,
+            opened.header_size,
+            u64::from(num_pages) * u64::from(opened.geometry.page_size),
+        ),
     });
     reg.push((opened.id, Arc::downgrade(&shared)));
     Ok(shared)
@@ -159,5 +165,11 @@ fn check_compatible(req: &OpenRequest, shared: &SharedFile) -> Result<()> {
             }
         }
     };
-    requested.check_against(&shared.geometry, &req.path)
+    requested.check_against(&shared.geometry, &req.path)?;
+    let found = shared
+        .overflow
+        .as_ref()
+        .map(|a| a.geometry)
+        .unwrap_or_default();
+    req.overflow.check_against(&found, &req.path)
 }

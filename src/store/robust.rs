@@ -170,7 +170,7 @@ mod imp {
         /// as `map`), reinitialising every lock word (page and write-back locks) first if no
         /// other process has the file open.
         pub(crate) fn open(fd: RawFd, map: &MmapRaw, num_pages: u32) -> io::Result<RobustLocks> {
-            if map.len() < header::header_size(num_pages) {
+            if map.len() < header::header_size(num_pages, 0) {
                 return Err(io::Error::other("the mapping is shorter than its header"));
             }
             let base =
@@ -476,7 +476,7 @@ mod imp {
         fn page_and_write_back_locks_are_one_set_with_two_areas() {
             let num_pages = 3;
             let file = tempfile::tempfile().unwrap();
-            file.set_len(header::header_size(num_pages) as u64).unwrap();
+            file.set_len(header::header_size(num_pages, 0) as u64).unwrap();
             let map = memmap2::MmapOptions::new().map_raw(&file).unwrap();
             let fd = file.as_raw_fd();
             let pages = RobustLocks::open(fd, &map, num_pages).unwrap();

@@ -75,6 +75,8 @@ pub(crate) struct SharedFile {
     pub(super) spare_fds: Mutex<Vec<File>>,
     /// Optimistic reads (robust-locked native files opened read-write): see `optimistic.rs`.
     pub(super) optimistic: Option<super::optimistic::Optimistic>,
+    /// The overflow area for values larger than a page (native files that have one).
+    pub(super) overflow: Option<super::overflow::Area>,
 }
 
 impl SharedFile {

@@ -58,7 +58,8 @@ impl SharedFile {
     /// the file.
     fn write_back_range(&self, page: u32) -> (u64, u64) {
         let end = self.header_size as u64
-            + u64::from(self.geometry.num_pages) * u64::from(self.geometry.page_size);
+            + u64::from(self.geometry.num_pages) * u64::from(self.geometry.page_size)
+            + self.overflow.as_ref().map_or(0, |a| a.geometry.area_size());
         (end + u64::from(page), 1)
     }
 
