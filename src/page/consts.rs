@@ -63,6 +63,19 @@ pub const FLAG_ZSTD: u32 = 0x0400_0000;
 /// recently evicted): it is in the page's protected part, evicted after the probationary
 /// entries. Native layout only (see the eviction policy below); never handed to callers.
 pub const FLAG_PROTECTED: u32 = 0x0100_0000;
+/// A 2-bit saturating count of the reads that took the page lock since the entry was
+/// protected (at most one a second while it stays hot, since hits within the second of the last
+/// one are lock-free and write nothing). A rebuild gives a protected entry with a count a second
+/// chance, taking one off, instead of moving it back to probation. Native layout only; never
+/// handed to callers.
+pub const FLAG_FREQ: u32 = 0x0030_0000;
+/// One step of `FLAG_FREQ`.
+pub const FREQ_ONE: u32 = 0x0010_0000;
+/// The largest count `FLAG_FREQ` holds.
+pub const FREQ_MAX: u32 = FLAG_FREQ / FREQ_ONE;
+/// Every flag bit of the eviction policy: the page's own business, never handed to callers
+/// nor taken from them.
+pub const POLICY_FLAGS: u32 = FLAG_PROTECTED | FLAG_FREQ;
 
 /// Fewest slots a page may have (Cache::FastMmap's default and floor).
 pub const MIN_SLOTS: u32 = 89;
@@ -92,11 +105,13 @@ pub const PROTECTED_SHARE: f64 = 0.9;
 // | ghost_magic | ghost_count | slot_hash 0 | … | slot_hash count-1 | (unused) |
 // A hint only: it is trusted when its magic is right, its count fits and free_data has not
 // reached it; anything else reads as an empty record.
-pub const GHOST_SHARE: usize = 128;
+pub const GHOST_SHARE: usize = 64;
 pub const GHOST_MAGIC_OFFSET: usize = 0;
 pub const GHOST_COUNT_OFFSET: usize = GHOST_MAGIC_OFFSET + 4;
 pub const GHOST_HASHES_OFFSET: usize = GHOST_COUNT_OFFSET + 4;
 pub const GHOST_MAGIC: u32 = 0x4748_5354;
+/// Bytes of one fingerprint in the ghost record (a u16, see `policy::fingerprint`).
+pub const GHOST_PRINT_SIZE: usize = 2;
 
 /// Bytes of the ghost record at the end of a native page of `page_size` bytes.
 pub const fn ghost_size(page_size: usize) -> usize {

@@ -145,7 +145,7 @@ impl NewEntry<'_> {
     /// The flags to store: `FLAG_HAS_MODSEQ` as `modseq` says, and never the policy's bit,
     /// which only the page sets.
     fn stored_flags(&self) -> u32 {
-        let flags = self.flags & !FLAG_PROTECTED;
+        let flags = self.flags & !POLICY_FLAGS;
         match self.modseq {
             Some(_) => flags | FLAG_HAS_MODSEQ,
             None => flags & !FLAG_HAS_MODSEQ,
@@ -306,9 +306,13 @@ impl<'a> PageMut<'a> {
         if loc.last_access != now {
             self.set_word(loc.off + LAST_ACCESS_OFFSET, now)?;
         }
-        // The first hit moves the entry to the protected part, once.
-        if self.policy && loc.flags & FLAG_PROTECTED == 0 {
-            self.set_word(loc.off + FLAGS_OFFSET, loc.flags | FLAG_PROTECTED)?;
+        // The first hit moves the entry to the protected part; later ones (that took the lock)
+        // count towards its second chances (`super::policy::on_hit`).
+        if self.policy {
+            let flags = super::policy::on_hit(loc.flags, loc.last_access, now);
+            if flags != loc.flags {
+                self.set_word(loc.off + FLAGS_OFFSET, flags)?;
+            }
         }
         if stats {
             self.set_word(N_READ_HITS_OFFSET, hdr.n_read_hits.wrapping_add(1))?;
@@ -415,12 +419,19 @@ impl<'a> PageMut<'a> {
         let probe = self.probe(&hdr, req.slot_hash, req.key)?;
         // The policy: a key stored again while it is in the page, or while the page remembers
         // evicting it, is protected; any other new key starts on probation.
-        let protect = self.policy
-            && match probe {
-                Probe::Hit { .. } => true,
-                Probe::Miss { .. } => super::policy::is_ghost(self.buf, &hdr, req.slot_hash),
-            };
-        let extra = if protect { FLAG_PROTECTED } else { 0 };
+        let extra = match (self.policy, &probe) {
+            (false, _) => 0,
+            // Stored again: as a read hit would, keeping the count it had.
+            (true, Probe::Hit { loc, .. }) => {
+                super::policy::on_hit(loc.flags, loc.last_access, now) & POLICY_FLAGS
+            }
+            (true, Probe::Miss { .. }) => {
+                match super::policy::is_ghost(self.buf, &hdr, req.slot_hash) {
+                    true => FLAG_PROTECTED,
+                    false => 0,
+                }
+            }
+        };
         if let Probe::Hit { loc, .. } = &probe {
             if let Some(outcome) = self.conditional(loc, req, now) {
                 return Ok(Some(outcome));
@@ -539,7 +550,7 @@ impl<'a> PageMut<'a> {
 
     /// Writes the entry for `req` (`size` bytes, padding included) at `off`; without
     /// `with_key`, over an entry of the same key and size, whose key bytes are left as they are.
-    /// `extra` holds the policy's flag bits (`FLAG_PROTECTED` or none).
+    /// `extra` holds the policy's flag bits (`POLICY_FLAGS`).
     fn write_entry(
         &mut self,
         off: usize,
