@@ -19,10 +19,12 @@ pub(super) fn ghost_capacity(page_size: usize) -> usize {
     ghost_size(page_size).saturating_sub(GHOST_HASHES_OFFSET) / GHOST_PRINT_SIZE
 }
 
-/// The ghost record's fingerprint of a key with `slot_hash`: its two halves folded together.
+/// The ghost record's fingerprint of a key with `slot_hash`: the top half of the hash times
+/// an odd constant, so that every bit of it counts (slot hashes of keys in one page may share
+/// bits, and a weak key hash may vary few of them).
 #[inline]
 pub(super) fn fingerprint(slot_hash: u32) -> u16 {
-    (slot_hash ^ (slot_hash >> 16)) as u16
+    (slot_hash.wrapping_mul(0x9e37_79b1) >> 16) as u16
 }
 
 /// The fingerprints in the ghost record, oldest first, or none when the record is not
@@ -53,6 +55,36 @@ pub(super) fn is_ghost(buf: &[u8], hdr: &PageHeader, slot_hash: u32) -> bool {
             .map(|h| u16::from_ne_bytes([h[0], h[1]]))
             .fold(false, |found, h| found | (h == print))
     })
+}
+
+/// Takes the fingerprint of the key with `slot_hash` out of the page's ghost record (its
+/// oldest copy, if it has one): a key returns protected once per eviction, so that a key
+/// moved back from the protected part and evicted again does not return protected on an
+/// older memory of it.
+pub(super) fn forget_ghost(
+    buf: &mut [u8],
+    hdr: &PageHeader,
+    slot_hash: u32,
+) -> Result<(), Corrupt> {
+    let print = fingerprint(slot_hash).to_ne_bytes();
+    let Some(at) =
+        ghosts(buf, hdr).and_then(|g| g.chunks_exact(GHOST_PRINT_SIZE).position(|h| h == print))
+    else {
+        return Ok(());
+    };
+    let start = ghost_start(buf.len());
+    let count = get_u32(buf, start + GHOST_COUNT_OFFSET).unwrap_or(0) as usize;
+    let first = start + GHOST_HASHES_OFFSET;
+    // As in `write_ghosts`: the record is invalid while it changes.
+    put_u32(buf, start + GHOST_MAGIC_OFFSET, 0)?;
+    super::evict::publish_order(buf);
+    let end = first + count * GHOST_PRINT_SIZE;
+    buf.get_mut(first + at * GHOST_PRINT_SIZE..end)
+        .ok_or(Corrupt("ghost record outside the page"))?
+        .copy_within(GHOST_PRINT_SIZE.., 0);
+    put_u32(buf, start + GHOST_COUNT_OFFSET, (count - 1) as u32)?;
+    super::evict::publish_order(buf);
+    put_u32(buf, start + GHOST_MAGIC_OFFSET, GHOST_MAGIC)
 }
 
 /// Writes the ghost record of a page whose entries end at `free_data`: the newest of `old`
@@ -118,6 +150,27 @@ pub(super) fn remembered(flags: u32) -> bool {
     flags & POLICY_FLAGS == 0
 }
 
+/// Where an entry stands in the order in which a rebuild evicts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rank {
+    /// On probation: goes first.
+    Probation,
+    /// Protected, without a count.
+    Uncounted,
+    /// Protected, with a count: goes last.
+    Counted,
+}
+
+impl Rank {
+    fn of(flags: u32) -> Rank {
+        match (flags & FLAG_PROTECTED != 0, flags & FLAG_FREQ != 0) {
+            (false, _) => Rank::Probation,
+            (true, false) => Rank::Uncounted,
+            (true, true) => Rank::Counted,
+        }
+    }
+}
+
 /// Chooses which of `keep` (sorted least recently used first, occupying `used` bytes) a
 /// rebuild for an entry of `len` bytes drops, for a data area of `capacity` bytes (the ghost
 /// record already left out). Protected entries demoted to probation get their flag cleared in
@@ -145,6 +198,7 @@ pub(super) fn choose_victims(
         .map(EntryLoc::size)
         .sum();
     let mut demoted = Vec::new();
+    let before: Vec<u32> = keep.iter().map(|l| l.flags).collect();
     'sweeps: for _ in 0..=FREQ_MAX {
         for (i, loc) in keep.iter_mut().enumerate() {
             if protected <= protected_cap {
@@ -165,21 +219,23 @@ pub(super) fn choose_victims(
             }
         }
     }
-    // As below for victims: a large entry demoted late may leave room for smaller ones.
+    // As below for victims: a large entry demoted late may leave room for smaller ones, which
+    // stay as they were, count and all.
     for &i in demoted.iter().rev() {
         let size = keep[i].size();
         if protected + size <= protected_cap {
-            keep[i].flags = (keep[i].flags & !POLICY_FLAGS) | FLAG_PROTECTED;
+            keep[i].flags = before[i];
             protected += size;
         }
     }
-    // Probation first, then (only if that was not enough) the protected part.
-    'passes: for pass_protected in [false, true] {
+    // Probation first, then (only if that was not enough) the protected entries without a
+    // count, then the others.
+    'passes: for pass in [Rank::Probation, Rank::Uncounted, Rank::Counted] {
         for (i, loc) in keep.iter().enumerate() {
             if !over(used) {
                 break 'passes;
             }
-            if (loc.flags & FLAG_PROTECTED != 0) == pass_protected {
+            if Rank::of(loc.flags) == pass {
                 victims.push(i);
                 used -= loc.size();
             }
@@ -201,5 +257,19 @@ pub(super) fn choose_victims(
         j += 1;
         !spared[j - 1]
     });
+    // Room the protected part has left goes to the probationary entries that stay, newest
+    // first (with no count: the first to go back when entries that are read need the room).
+    // Otherwise a loop over more keys than the page holds, none of them read before it is
+    // evicted, would never hit.
+    let mut dead = vec![false; keep.len()];
+    for &i in &victims {
+        dead[i] = true;
+    }
+    for (i, loc) in keep.iter_mut().enumerate().rev() {
+        if !dead[i] && loc.flags & POLICY_FLAGS == 0 && protected + loc.size() <= protected_cap {
+            loc.flags |= FLAG_PROTECTED;
+            protected += loc.size();
+        }
+    }
     victims
 }

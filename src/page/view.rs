@@ -462,6 +462,7 @@ impl<'a> PageMut<'a> {
             if Dirty::stops(&dirty) {
                 return Ok(None);
             }
+            self.forget_returned(&hdr, &probe, req.slot_hash, extra)?;
             // Eviction would change nothing: the header and the probe still hold.
             self.append_probed(req, size, now, &hdr, probe, extra)?
         } else {
@@ -471,6 +472,7 @@ impl<'a> PageMut<'a> {
                 return Ok(None);
             };
             let probe = self.probe(&hdr, req.slot_hash, req.key)?;
+            self.forget_returned(&hdr, &probe, req.slot_hash, extra)?;
             self.append_probed(req, size, now, &hdr, probe, extra)?
         };
         if appended {
@@ -490,6 +492,23 @@ impl<'a> PageMut<'a> {
             Ok(Some(StoreOutcome::Stored))
         } else {
             Err(Corrupt("no room in an empty page"))
+        }
+    }
+
+    /// The policy: a new key about to be stored protected (`extra`) because the ghost record
+    /// remembers it is taken out of the record (`super::policy::forget_ghost`).
+    fn forget_returned(
+        &mut self,
+        hdr: &PageHeader,
+        probe: &Probe,
+        slot_hash: u32,
+        extra: u32,
+    ) -> Result<(), Corrupt> {
+        match (self.policy, probe) {
+            (true, Probe::Miss { .. }) if extra & FLAG_PROTECTED != 0 => {
+                super::policy::forget_ghost(self.buf, hdr, slot_hash)
+            }
+            _ => Ok(()),
         }
     }
 
