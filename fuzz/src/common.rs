@@ -171,9 +171,9 @@ pub enum EvictSel {
 }
 
 /// The flags a store writes: `FLAG_HAS_MODSEQ` follows the modseq, whatever was asked, and
-/// `FLAG_PROTECTED` (the eviction policy's) is never taken from a caller nor shown to one.
+/// `POLICY_FLAGS` (the eviction policy's) are never taken from a caller nor shown to one.
 pub fn stored_flags(flags: u32, modseq: Option<u64>) -> u32 {
-    let flags = flags & !FLAG_PROTECTED;
+    let flags = flags & !POLICY_FLAGS;
     match modseq {
         Some(_) => flags | FLAG_HAS_MODSEQ,
         None => flags & !FLAG_HAS_MODSEQ,
@@ -228,6 +228,8 @@ pub mod events {
         dropped_expired,
         dropped_lru,
         slots_grown,
+        policy_rebuilt,
+        policy_demoted,
         op_on_valid_page,
         op_on_invalid_page,
         op_err_on_invalid_page,

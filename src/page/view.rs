@@ -638,7 +638,7 @@ impl<'a> PageMut<'a> {
             hdr.old_slots.saturating_add(1).min(hdr.num_slots),
         )?;
         Ok(Some(Removed {
-            flags: loc.flags,
+            flags: loc.flags & !POLICY_FLAGS,
             was_live: !is_expired(loc.expire_on, now) && !loc.is_tombstone(),
         }))
     }
