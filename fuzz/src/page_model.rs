@@ -303,7 +303,7 @@ fn bits_after_hit(bits: u32, last_access: u32, now: u32) -> u32 {
     if bits & FLAG_PROTECTED == 0 {
         FLAG_PROTECTED | FREQ_ONE
     } else if last_access != now {
-        FLAG_PROTECTED | (count + 1).min(3) * FREQ_ONE
+        FLAG_PROTECTED | ((count + 1).min(3) * FREQ_ONE)
     } else {
         bits
     }
@@ -416,8 +416,8 @@ impl Run {
                 assert_eq!(b, FREQ_ONE, "{k:?} moved back unmarked by {op:?}");
                 note(Event::policy_demoted);
             }
-            if old & FLAG_PROTECTED == 0 && b & FLAG_PROTECTED != 0 {
-                assert_eq!(b, FLAG_PROTECTED, "{k:?} protected with a count by {op:?}");
+            if old & FLAG_PROTECTED == 0 {
+                assert_eq!(b & FLAG_PROTECTED, 0, "a rebuild protected {k:?} by {op:?}");
             }
             if b & FLAG_PROTECTED != 0 {
                 protected += self.model.get(k).map_or(0, |e| e.size(k));

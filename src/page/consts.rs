@@ -61,7 +61,7 @@ pub const FLAG_LZ4: u32 = 0x0200_0000;
 pub const FLAG_ZSTD: u32 = 0x0400_0000;
 /// The entry is in the page's protected part, evicted after the probationary entries: it has
 /// been read since it was stored, or came back while its key was remembered as recently
-/// evicted, or a rebuild kept it there while the protected part had room. Native layout only
+/// evicted. Native layout only
 /// (see the eviction policy below); never handed to callers.
 pub const FLAG_PROTECTED: u32 = 0x0100_0000;
 /// On a protected entry, a 2-bit saturating count of the seconds it was read in since it was
@@ -100,8 +100,7 @@ pub const DATA_FILL_TARGET: f64 = 0.6;
 // entries fill at most PROTECTED_SHARE of the data area, taking one off every count whenever
 // none is left without; then evicts probationary entries (least recently used first), and
 // protected ones (those without a count first) only when probation is empty, until the data
-// area is under POLICY_FILL_TARGET full; then protects probation's survivors while the
-// protected part has room. The fingerprints of evicted probationary entries that were never
+// area is under POLICY_FILL_TARGET full. The fingerprints of evicted probationary entries that were never
 // protected are kept in the ghost record at the end of the page; a new key found there is
 // stored protected, and taken out of the record. See `policy` and docs/format.md §4.1.
 pub const POLICY_FILL_TARGET: f64 = 0.9;

@@ -257,19 +257,5 @@ pub(super) fn choose_victims(
         j += 1;
         !spared[j - 1]
     });
-    // Room the protected part has left goes to the probationary entries that stay, newest
-    // first (with no count: the first to go back when entries that are read need the room).
-    // Otherwise a loop over more keys than the page holds, none of them read before it is
-    // evicted, would never hit.
-    let mut dead = vec![false; keep.len()];
-    for &i in &victims {
-        dead[i] = true;
-    }
-    for (i, loc) in keep.iter_mut().enumerate().rev() {
-        if !dead[i] && loc.flags & POLICY_FLAGS == 0 && protected + loc.size() <= protected_cap {
-            loc.flags |= FLAG_PROTECTED;
-            protected += loc.size();
-        }
-    }
     victims
 }
