@@ -49,11 +49,23 @@ pub(super) fn ghosts<'b>(buf: &'b [u8], hdr: &PageHeader) -> Option<&'b [u8]> {
 /// fingerprint: about one new key in 65,536 per remembered one is taken for a returning key).
 pub(super) fn is_ghost(buf: &[u8], hdr: &PageHeader, slot_hash: u32) -> bool {
     let print = fingerprint(slot_hash);
-    // Whole words compared, not 2-byte slices (a call each): this runs on every new key.
+    // This runs on every store of a new key: four fingerprints at a time, as one u64 each
+    // (a lane equal to the fingerprint becomes zero, which the borrow trick below finds).
+    const LOW: u64 = 0x0001_0001_0001_0001;
+    const HIGH: u64 = 0x8000_8000_8000_8000;
+    let spread = u64::from(print) * LOW;
     ghosts(buf, hdr).is_some_and(|g| {
-        g.chunks_exact(GHOST_PRINT_SIZE)
-            .map(|h| u16::from_ne_bytes([h[0], h[1]]))
-            .fold(false, |found, h| found | (h == print))
+        let words = g.chunks_exact(8);
+        let tail = words.remainder();
+        let found = words
+            .map(|w| u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]) ^ spread)
+            .fold(false, |found, x| {
+                found | (x.wrapping_sub(LOW) & !x & HIGH != 0)
+            });
+        found
+            || tail
+                .chunks_exact(GHOST_PRINT_SIZE)
+                .any(|h| u16::from_ne_bytes([h[0], h[1]]) == print)
     })
 }
 

@@ -1330,3 +1330,25 @@ fn a_large_entry_takes_the_room_of_probation_and_of_a_grown_slot_table_not_of_pr
         }
     }
 }
+
+#[test]
+fn the_ghost_record_finds_every_fingerprint_it_holds_and_no_other() {
+    for n in 0..12u32 {
+        let mut buf = fresh(65536);
+        let hashes: Vec<u32> = (0..n)
+            .map(|i| i.wrapping_mul(0x01f3_5a27) ^ 0x55aa)
+            .collect();
+        let free_data = PageHeader::read(&buf).free_data as usize;
+        policy::write_ghosts(&mut buf, free_data, &[], &hashes).unwrap();
+        let hdr = PageHeader::read(&buf);
+        for &h in &hashes {
+            assert!(policy::is_ghost(&buf, &hdr, h), "{n} hashes: {h:#x}");
+        }
+        let prints: Vec<u16> = hashes.iter().map(|&h| policy::fingerprint(h)).collect();
+        for probe in 0..2000u32 {
+            let h = probe.wrapping_mul(0x9e37_79b9);
+            let want = prints.contains(&policy::fingerprint(h));
+            assert_eq!(policy::is_ghost(&buf, &hdr, h), want, "{n} hashes: {h:#x}");
+        }
+    }
+}
