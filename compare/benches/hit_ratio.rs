@@ -199,9 +199,20 @@ fn main() {
     let reference = measure_fill(config(reference_pages));
     let bytes_per_entry = reference.file_bytes as f64 / reference.held_mean;
 
+    // `HIT_RATIO_CASES=loop,block` replays only the cases whose names contain one of those
+    // words (case-insensitive); `HIT_RATIO_PEERS=0` replays fastmmap alone (its column only
+    // is meaningful then): both for trying a policy change quickly.
+    let only: Vec<String> = std::env::var("HIT_RATIO_CASES")
+        .map(|v| v.split(',').map(str::to_lowercase).collect())
+        .unwrap_or_default();
+    let with_peers = std::env::var("HIT_RATIO_PEERS").map_or(true, |v| v != "0");
     let mut fills: BTreeMap<u32, Fill> = BTreeMap::new();
     let mut rows = Vec::new();
     for case in cases(scale) {
+        let lower = case.name.to_lowercase();
+        if !only.is_empty() && !only.iter().any(|w| lower.contains(w.as_str())) {
+            continue;
+        }
         let t = Instant::now();
         let pages = case.pages.unwrap_or_else(|| {
             ((case.nominal as f64 * bytes_per_entry / f64::from(page_size)).round() as u32).max(1)
@@ -214,15 +225,20 @@ fn main() {
         let mut fm = FastMmap::new(config(pages));
         let fastmmap = replay(&mut fm, &case.trace, warmup);
         drop(fm);
-        let at_held = run_peers(held, &case, warmup);
-        let at_nominal = run_peers(case.nominal, &case, warmup);
+        let (at_held, at_nominal) = match with_peers {
+            true => (
+                run_peers(held, &case, warmup),
+                run_peers(case.nominal, &case, warmup),
+            ),
+            false => (Vec::new(), Vec::new()),
+        };
         eprintln!(
             "{}: {} requests, {pages} pages, {:.1?}",
             case.name,
             case.trace.keys.len(),
             t.elapsed()
         );
-        if !full {
+        if !full && with_peers {
             check(&case, &fill, fastmmap, &at_held, warmup);
         }
         rows.push(Row {
@@ -294,6 +310,9 @@ fn pct(r: &Replay) -> String {
 }
 
 fn print_tables(rows: &[Row], page_size: u32, rps: u64, reference: &Fill, bytes_per_entry: f64) {
+    if rows.is_empty() {
+        return;
+    }
     let names: Vec<&str> = rows[0].at_held.iter().map(|(n, _)| n.as_str()).collect();
     let header = |first: &str| {
         println!("| {first} | fastmmap | {} |", names.join(" | "));

@@ -171,11 +171,11 @@ pub enum EvictSel {
 }
 
 /// The flags a store of a value of `value_len` bytes writes: `FLAG_HAS_MODSEQ` follows the
-/// modseq, whatever was asked, `FLAG_PROTECTED` (the eviction policy's) is never taken from a
+/// modseq, whatever was asked, `POLICY_FLAGS` (the eviction policy's) are never taken from a
 /// caller nor shown to one, and `FLAG_OVERFLOW` is kept only on a value of a reference's size
 /// (`OVERFLOW_REF_SIZE`), which the store layer resolves.
 pub fn stored_flags_for(flags: u32, modseq: Option<u64>, value_len: usize) -> u32 {
-    let mut flags = flags & !FLAG_PROTECTED;
+    let mut flags = flags & !POLICY_FLAGS;
     if value_len != OVERFLOW_REF_SIZE {
         flags &= !FLAG_OVERFLOW;
     }
@@ -233,6 +233,8 @@ pub mod events {
         dropped_expired,
         dropped_lru,
         slots_grown,
+        policy_rebuilt,
+        policy_demoted,
         op_on_valid_page,
         op_on_invalid_page,
         op_err_on_invalid_page,

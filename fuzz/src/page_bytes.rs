@@ -185,7 +185,7 @@ pub fn run(data: &[u8]) {
                 let found = find_copy(&buf[..], 1, hash(&key), &key, now, &mut copied);
                 let peeked = peeked.map(|e| e.map(|e| (e.value.to_vec(), e.modseq, e.flags)));
                 let found =
-                    found.map(|hit| hit.then(|| (copied.value, copied.modseq, copied.flags)));
+                    found.map(|hit| hit.then_some((copied.value, copied.modseq, copied.flags)));
                 assert_eq!(found, peeked, "find_copy and peek disagree");
             }
             Op::NewEntry {

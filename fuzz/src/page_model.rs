@@ -17,6 +17,19 @@
 //!   dropped; read statistics count as the model does;
 //! - `check_page` (with the slot hash recomputed) passes after every operation.
 //!
+//! Every input runs twice: with Cache::FastMmap's rule (above), and with the native layout's
+//! eviction policy (`PageMut::with_policy`, docs/format.md §4.1). The policy chooses its
+//! victims by its own bits, so the second run checks, instead of the LRU order and the 60%
+//! fill, the policy's state in the entries' raw flags words:
+//! - without the policy no entry ever carries a policy bit;
+//! - a read hit sets exactly the bits of the rule (first hit: protected with a count of one;
+//!   a hit in a later second: one more, up to three; within the same second: nothing), and
+//!   no operation but a rebuild changes another entry's bits;
+//! - a store of a key the page holds gives it the bits a read hit would; a new key is stored
+//!   on probation or protected without a count (when the ghost record remembers it);
+//! - a rebuild never raises a count, leaves a protected entry it moves back marked as moved
+//!   back, and leaves protected survivors within `PROTECTED_SHARE` of the data area.
+//!
 //! Write order is modelled as a rank per key: a store ranks its key after every other, and a
 //! rebuild re-ranks the survivors by (last access, rank), the order it compacts them in. The
 //! page breaks ties of `last_access` by data offset, which follows the same order (this
@@ -207,6 +220,10 @@ struct Run {
     /// Write order of the keys the page holds (see the module docs); higher is later.
     ranks: HashMap<Vec<u8>, u64>,
     next_rank: u64,
+    /// The native eviction policy is on.
+    policy: bool,
+    /// Each key's policy bits (`POLICY_FLAGS` of its raw flags word) after the last operation.
+    bits: HashMap<Vec<u8>, u32>,
 }
 
 /// How an operation may have dropped entries the model holds.
@@ -228,6 +245,13 @@ pub fn run(data: &[u8]) {
     let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(data)) else {
         return;
     };
+    let ops = expand(&input.ops);
+    for policy in [false, true] {
+        run_with(&input, &ops, policy);
+    }
+}
+
+fn run_with(input: &Input, ops: &[Op], policy: bool) {
     let ps = page_size(input.page_size);
     let start_slots = start_slots(input.start_slots, ps);
     let mut buf = vec![0u8; ps];
@@ -242,11 +266,46 @@ pub fn run(data: &[u8]) {
         n_read_hits: 0,
         ranks: HashMap::new(),
         next_rank: 0,
+        policy,
+        bits: HashMap::new(),
     };
     r.check_page(&"init");
-    for op in &expand(&input.ops) {
+    for op in ops {
+        let before = r.model.clone();
         let drops = r.apply(op);
+        r.check_policy(&drops, op, &before);
         r.sync(drops, op);
+    }
+}
+
+/// Every entry's key and raw flags word, read from the page's bytes (the page API hides the
+/// policy's bits). The page passed `check_page`, so every offset is sound.
+fn raw_flags(buf: &[u8]) -> HashMap<Vec<u8>, u32> {
+    let word = |at: usize| u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap());
+    let h = PageHeader::read(buf);
+    let mut out = HashMap::new();
+    for slot in 0..h.num_slots as usize {
+        let off = word(SLOTS_OFFSET + slot * SLOT_SIZE);
+        if off <= SLOT_DELETED {
+            continue;
+        }
+        let off = off as usize;
+        let key_len = word(off + KEY_LEN_OFFSET) as usize;
+        let key = buf[off + ENTRY_HEADER_SIZE..off + ENTRY_HEADER_SIZE + key_len].to_vec();
+        out.insert(key, word(off + FLAGS_OFFSET));
+    }
+    out
+}
+
+/// The rule for a read hit (docs/format.md §4.1), written from the text.
+fn bits_after_hit(bits: u32, last_access: u32, now: u32) -> u32 {
+    let count = (bits & FLAG_FREQ) / FREQ_ONE;
+    if bits & FLAG_PROTECTED == 0 {
+        FLAG_PROTECTED | FREQ_ONE
+    } else if last_access != now {
+        FLAG_PROTECTED | ((count + 1).min(3) * FREQ_ONE)
+    } else {
+        bits
     }
 }
 
@@ -263,8 +322,116 @@ impl Run {
     fn has_room(&self, len: usize) -> bool {
         let h = PageHeader::read(&self.buf);
         let truly_free = h.free_slots.saturating_sub(h.old_slots);
+        let reserve = if self.policy {
+            ghost_size(self.buf.len())
+        } else {
+            0
+        };
         f64::from(truly_free) / f64::from(h.num_slots) > SLOT_FILL_LIMIT
-            && h.free_bytes as usize >= len
+            && h.free_bytes as usize >= len.saturating_add(reserve)
+    }
+
+    /// The page, with the policy on or off as this run has it.
+    fn page(&mut self) -> PageMut<'_> {
+        PageMut::wrap(&mut self.buf).with_policy(self.policy)
+    }
+
+    /// Checks the policy bits after `op` (see the module docs); `before` is the model before it.
+    fn check_policy(&mut self, drops: &Drops, op: &Op, before: &HashMap<Vec<u8>, Entry>) {
+        let now = self.now;
+        let raw = raw_flags(&self.buf);
+        let got: HashMap<Vec<u8>, u32> = raw
+            .iter()
+            .map(|(k, f)| (k.clone(), f & POLICY_FLAGS))
+            .collect();
+        if !self.policy {
+            for (k, b) in &got {
+                assert_eq!(
+                    *b, 0,
+                    "policy bits on {k:?} without the policy, after {op:?}"
+                );
+            }
+            return;
+        }
+        let rebuilt = match drops {
+            Drops::None => false,
+            Drops::Expired(_) | Drops::All(_) => true,
+            Drops::MakeRoom { triggered, .. } => *triggered,
+        };
+        let new_key = match drops {
+            Drops::MakeRoom { new_key, .. } => new_key.clone(),
+            _ => None,
+        };
+        let get_hit = match op {
+            Op::Get { key, .. } => {
+                let key = key.bytes();
+                before
+                    .get(&key)
+                    .filter(|e| e.live(now))
+                    .map(|e| (key, e.last_access))
+            }
+            _ => None,
+        };
+        let mut protected = 0usize;
+        for (k, &b) in &got {
+            let old = self.bits.get(k).copied();
+            if Some(k) == new_key.as_ref() {
+                // The stored key: as a read hit would have it if the page held it (the rebuild
+                // may have changed its bits before), else on probation or returning.
+                if old.is_none() || !before.contains_key(k) {
+                    assert!(
+                        b == 0 || b == FLAG_PROTECTED,
+                        "new key {k:?} stored with policy bits {b:#x} after {op:?}"
+                    );
+                } else if !rebuilt {
+                    let want = bits_after_hit(old.unwrap_or(0), before[k].last_access, now);
+                    assert_eq!(b, want, "bits of {k:?} stored again, after {op:?}");
+                }
+                continue;
+            }
+            let old = old.unwrap_or(0);
+            if let Some((key, last)) = &get_hit
+                && key == k
+            {
+                assert_eq!(
+                    b,
+                    bits_after_hit(old, *last, now),
+                    "bits of {k:?} after {op:?}"
+                );
+                continue;
+            }
+            if !rebuilt {
+                assert_eq!(b, old, "bits of {k:?} changed by {op:?}");
+                continue;
+            }
+            note(Event::policy_rebuilt);
+            let count = |bits: u32| (bits & FLAG_FREQ) / FREQ_ONE;
+            if old & FLAG_PROTECTED != 0 && b & FLAG_PROTECTED != 0 {
+                assert!(
+                    count(b) <= count(old),
+                    "a rebuild raised {k:?}'s count by {op:?}"
+                );
+            }
+            if old & FLAG_PROTECTED != 0 && b & FLAG_PROTECTED == 0 {
+                assert_eq!(b, FREQ_ONE, "{k:?} moved back unmarked by {op:?}");
+                note(Event::policy_demoted);
+            }
+            if old & FLAG_PROTECTED == 0 {
+                assert_eq!(b & FLAG_PROTECTED, 0, "a rebuild protected {k:?} by {op:?}");
+            }
+            if b & FLAG_PROTECTED != 0 {
+                protected += self.model.get(k).map_or(0, |e| e.size(k));
+            }
+        }
+        if rebuilt && matches!(drops, Drops::MakeRoom { .. }) {
+            let h = PageHeader::read(&self.buf);
+            let cap = self.buf.len() - h.slots_end();
+            assert!(
+                protected <= (PROTECTED_SHARE * cap as f64) as usize,
+                "protected survivors use {protected} of {cap} bytes after {op:?}"
+            );
+        }
+        self.bits = got;
     }
 
     fn apply(&mut self, op: &Op) -> Drops {
@@ -274,7 +441,8 @@ impl Run {
                 let key = key.bytes();
                 let sh = self.slot_hash(&key);
                 let want = self.model.get(&key).filter(|e| e.live(now)).cloned();
-                let got = PageMut::wrap(&mut self.buf)
+                let got = self
+                    .page()
                     .get(sh, &key, now, *stats)
                     .expect("get failed on a valid page")
                     .map(|e| Entry::of(&e));
@@ -346,7 +514,8 @@ impl Run {
             Op::Remove { key } => {
                 let key = key.bytes();
                 let sh = self.slot_hash(&key);
-                let got = PageMut::wrap(&mut self.buf)
+                let got = self
+                    .page()
                     .remove(sh, &key, now)
                     .expect("remove failed on a valid page");
                 self.ranks.remove(&key);
@@ -372,8 +541,10 @@ impl Run {
                     Evict::MakeRoom(len) => !self.has_room(len),
                     _ => true,
                 };
-                let n = PageMut::wrap(&mut self.buf)
-                    .evict(mode, now, self.start_slots)
+                let start_slots = self.start_slots;
+                let n = self
+                    .page()
+                    .evict(mode, now, start_slots)
                     .unwrap_or_else(|c| panic!("evict({mode:?}) failed on a valid page: {c}"));
                 note(match mode {
                     Evict::Expired => Event::evict_expired,
@@ -392,9 +563,7 @@ impl Run {
                 }
             }
             Op::ResetStats => {
-                PageMut::wrap(&mut self.buf)
-                    .reset_stats()
-                    .expect("reset_stats");
+                self.page().reset_stats().expect("reset_stats");
                 self.n_reads = 0;
                 self.n_read_hits = 0;
                 Drops::None
@@ -431,7 +600,8 @@ impl Run {
         let before = self.buf.clone();
         let triggered = !self.has_room(size.unwrap_or(usize::MAX));
         let expire_on = req.expire_on;
-        let got = PageMut::wrap(&mut self.buf).store(&req, now, self.start_slots);
+        let start_slots = self.start_slots;
+        let got = self.page().store(&req, now, start_slots);
         if !fits {
             note(Event::store_too_big);
             assert_eq!(got, Ok(StoreOutcome::TooLarge), "a too-large entry");
@@ -602,7 +772,8 @@ impl Run {
                         .filter(|k| !is_expired(self.model[*k].expire_on, now))
                         .map(|k| (self.model[k].last_access, self.ranks[k]))
                         .max();
-                    if let Some(d) = newest_dropped {
+                    // (The policy chooses by its own bits: see `check_policy`.)
+                    if let Some(d) = newest_dropped.filter(|_| !self.policy) {
                         assert!(
                             d < oldest_kept,
                             "LRU evicted an entry (last access, write rank) {d:?} but kept one \

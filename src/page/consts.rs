@@ -59,10 +59,26 @@ pub const FLAG_COMPRESSION: u32 = 0x0600_0000;
 pub const FLAG_LZ4: u32 = 0x0200_0000;
 /// `FLAG_COMPRESSION` value: one zstd frame.
 pub const FLAG_ZSTD: u32 = 0x0400_0000;
-/// The entry has been read since it was stored (or came back while its key was remembered as
-/// recently evicted): it is in the page's protected part, evicted after the probationary
-/// entries. Native layout only (see the eviction policy below); never handed to callers.
+/// The entry is in the page's protected part, evicted after the probationary entries: it has
+/// been read since it was stored, or came back while its key was remembered as recently
+/// evicted. Native layout only
+/// (see the eviction policy below); never handed to callers.
 pub const FLAG_PROTECTED: u32 = 0x0100_0000;
+/// On a protected entry, a 2-bit saturating count of the seconds it was read in since it was
+/// protected (the first hit counts one; hits within the second of the last access are served
+/// lock-free and count nothing). A rebuild moves protected entries with a count back to
+/// probation only after those without, and takes one off every count when none is left
+/// without. On a probationary entry, `FREQ_ONE` marks one moved back from the protected part,
+/// which is not remembered when evicted. Native layout only; never handed to callers.
+pub const FLAG_FREQ: u32 = 0x0030_0000;
+/// One step of `FLAG_FREQ`.
+pub const FREQ_ONE: u32 = 0x0010_0000;
+/// The largest count `FLAG_FREQ` holds.
+pub const FREQ_MAX: u32 = FLAG_FREQ / FREQ_ONE;
+/// Every flag bit of the eviction policy: the page's own business, never handed to callers
+/// nor taken from them.
+pub const POLICY_FLAGS: u32 = FLAG_PROTECTED | FLAG_FREQ;
+
 /// The value lives in the file's overflow area (native layout only): the entry's value bytes
 /// (after any modseq prefix) are a reference of `OVERFLOW_REF_SIZE` bytes, which the store
 /// layer reads and checks. Never handed to callers.
@@ -89,26 +105,31 @@ pub const MAX_PAGE_SIZE: usize = 1 << 30;
 pub const SLOT_FILL_LIMIT: f64 = 0.3;
 pub const DATA_FILL_TARGET: f64 = 0.6;
 
-// The native layout's eviction policy (segmented LRU with a record of evicted keys; the
-// FastMmap layout keeps Perl's rule above). New entries are on probation; a read hit moves an
-// entry to the protected part (`FLAG_PROTECTED`). A rebuild first moves the least recently
-// used protected entries back to probation until protected entries fill at most
-// PROTECTED_SHARE of the data area, then evicts probationary entries (least recently used
-// first), and protected ones only when probation is empty, until the data area is under
-// POLICY_FILL_TARGET full. The slot hashes of the evicted probationary entries are kept in
-// the ghost record at the end of the page; a new key found there is stored protected.
+// The native layout's eviction policy (segmented LRU with a count of reads and a record of
+// evicted keys; the FastMmap layout keeps Perl's rule above). New entries are on probation; a
+// read hit moves an entry to the protected part (`FLAG_PROTECTED`) with a count of one, and
+// hits in later seconds add to its count (`FLAG_FREQ`). A rebuild first moves protected
+// entries without a count back to probation (least recently used first) until protected
+// entries fill at most PROTECTED_SHARE of the data area, taking one off every count whenever
+// none is left without; then evicts probationary entries (least recently used first), and
+// protected ones (those without a count first) only when probation is empty, until the data
+// area is under POLICY_FILL_TARGET full. The fingerprints of evicted probationary entries that were never
+// protected are kept in the ghost record at the end of the page; a new key found there is
+// stored protected, and taken out of the record. See `policy` and docs/format.md §4.1.
 pub const POLICY_FILL_TARGET: f64 = 0.9;
 pub const PROTECTED_SHARE: f64 = 0.9;
 
 // Ghost record: the last page_size / GHOST_SHARE bytes of a native page, kept free of entries.
-// | ghost_magic | ghost_count | slot_hash 0 | … | slot_hash count-1 | (unused) |
+// | ghost_magic | ghost_count | fingerprint 0 (u16) | … | fingerprint count-1 | (unused) |
 // A hint only: it is trusted when its magic is right, its count fits and free_data has not
 // reached it; anything else reads as an empty record.
-pub const GHOST_SHARE: usize = 128;
+pub const GHOST_SHARE: usize = 64;
 pub const GHOST_MAGIC_OFFSET: usize = 0;
 pub const GHOST_COUNT_OFFSET: usize = GHOST_MAGIC_OFFSET + 4;
 pub const GHOST_HASHES_OFFSET: usize = GHOST_COUNT_OFFSET + 4;
 pub const GHOST_MAGIC: u32 = 0x4748_5354;
+/// Bytes of one fingerprint in the ghost record (a u16, see `policy::fingerprint`).
+pub const GHOST_PRINT_SIZE: usize = 2;
 
 /// Bytes of the ghost record at the end of a native page of `page_size` bytes.
 pub const fn ghost_size(page_size: usize) -> usize {

@@ -132,7 +132,7 @@ impl EntryLoc {
             expire_on: self.expire_on,
             slot_hash: self.slot_hash,
             // The policy's bit is the page's own business.
-            flags: self.flags & !FLAG_PROTECTED,
+            flags: self.flags & !POLICY_FLAGS,
             modseq: self.modseq(buf),
         }
     }

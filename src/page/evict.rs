@@ -184,7 +184,7 @@ impl PageMut<'_> {
             let mut dead = vec![false; keep.len()];
             for &i in &victims {
                 dead[i] = true;
-                if keep[i].flags & FLAG_PROTECTED == 0 {
+                if super::policy::remembered(keep[i].flags) {
                     evicted_ghosts.push(keep[i].slot_hash);
                 }
                 if watch {

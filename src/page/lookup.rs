@@ -137,7 +137,7 @@ pub fn find_copy<B: PageBytes + ?Sized>(
     out.last_access = loc.last_access;
     out.expire_on = loc.expire_on;
     out.slot_hash = loc.slot_hash;
-    out.flags = loc.flags & !FLAG_PROTECTED;
+    out.flags = loc.flags & !POLICY_FLAGS;
     out.protected = loc.flags & FLAG_PROTECTED != 0;
     Ok(true)
 }

@@ -14,12 +14,20 @@ fn ghost_start(page_size: usize) -> usize {
     page_size - ghost_size(page_size)
 }
 
-/// Most slot hashes the ghost record of a page of `page_size` bytes holds.
+/// Most fingerprints the ghost record of a page of `page_size` bytes holds.
 pub(super) fn ghost_capacity(page_size: usize) -> usize {
-    ghost_size(page_size).saturating_sub(GHOST_HASHES_OFFSET) / 4
+    ghost_size(page_size).saturating_sub(GHOST_HASHES_OFFSET) / GHOST_PRINT_SIZE
 }
 
-/// The slot hashes in the ghost record, oldest first, or none when the record is not
+/// The ghost record's fingerprint of a key with `slot_hash`: the top half of the hash times
+/// an odd constant, so that every bit of it counts (slot hashes of keys in one page may share
+/// bits, and a weak key hash may vary few of them).
+#[inline]
+pub(super) fn fingerprint(slot_hash: u32) -> u16 {
+    (slot_hash.wrapping_mul(0x9e37_79b1) >> 16) as u16
+}
+
+/// The fingerprints in the ghost record, oldest first, or none when the record is not
 /// trustworthy: a wrong magic, a count beyond the record, or entries reaching into it.
 pub(super) fn ghosts<'b>(buf: &'b [u8], hdr: &PageHeader) -> Option<&'b [u8]> {
     let start = ghost_start(buf.len());
@@ -34,22 +42,66 @@ pub(super) fn ghosts<'b>(buf: &'b [u8], hdr: &PageHeader) -> Option<&'b [u8]> {
         return None;
     }
     let first = start + GHOST_HASHES_OFFSET;
-    buf.get(first..first + count * 4)
+    buf.get(first..first + count * GHOST_PRINT_SIZE)
 }
 
-/// Whether `slot_hash` is in the page's ghost record.
+/// Whether the key with `slot_hash` is in the page's ghost record (or another key with its
+/// fingerprint: about one new key in 65,536 per remembered one is taken for a returning key).
 pub(super) fn is_ghost(buf: &[u8], hdr: &PageHeader, slot_hash: u32) -> bool {
-    // Whole words compared, not 4-byte slices (a call each): this runs on every new key.
+    let print = fingerprint(slot_hash);
+    // This runs on every store of a new key: four fingerprints at a time, as one u64 each
+    // (a lane equal to the fingerprint becomes zero, which the borrow trick below finds).
+    const LOW: u64 = 0x0001_0001_0001_0001;
+    const HIGH: u64 = 0x8000_8000_8000_8000;
+    let spread = u64::from(print) * LOW;
     ghosts(buf, hdr).is_some_and(|g| {
-        g.chunks_exact(4)
-            .map(|h| u32::from_ne_bytes([h[0], h[1], h[2], h[3]]))
-            .fold(false, |found, h| found | (h == slot_hash))
+        let words = g.chunks_exact(8);
+        let tail = words.remainder();
+        let found = words
+            .map(|w| u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]) ^ spread)
+            .fold(false, |found, x| {
+                found | (x.wrapping_sub(LOW) & !x & HIGH != 0)
+            });
+        found
+            || tail
+                .chunks_exact(GHOST_PRINT_SIZE)
+                .any(|h| u16::from_ne_bytes([h[0], h[1]]) == print)
     })
 }
 
+/// Takes the fingerprint of the key with `slot_hash` out of the page's ghost record (its
+/// oldest copy, if it has one): a key returns protected once per eviction, so that a key
+/// moved back from the protected part and evicted again does not return protected on an
+/// older memory of it.
+pub(super) fn forget_ghost(
+    buf: &mut [u8],
+    hdr: &PageHeader,
+    slot_hash: u32,
+) -> Result<(), Corrupt> {
+    let print = fingerprint(slot_hash).to_ne_bytes();
+    let Some(at) =
+        ghosts(buf, hdr).and_then(|g| g.chunks_exact(GHOST_PRINT_SIZE).position(|h| h == print))
+    else {
+        return Ok(());
+    };
+    let start = ghost_start(buf.len());
+    let count = get_u32(buf, start + GHOST_COUNT_OFFSET).unwrap_or(0) as usize;
+    let first = start + GHOST_HASHES_OFFSET;
+    // As in `write_ghosts`: the record is invalid while it changes.
+    put_u32(buf, start + GHOST_MAGIC_OFFSET, 0)?;
+    super::evict::publish_order(buf);
+    let end = first + count * GHOST_PRINT_SIZE;
+    buf.get_mut(first + at * GHOST_PRINT_SIZE..end)
+        .ok_or(Corrupt("ghost record outside the page"))?
+        .copy_within(GHOST_PRINT_SIZE.., 0);
+    put_u32(buf, start + GHOST_COUNT_OFFSET, (count - 1) as u32)?;
+    super::evict::publish_order(buf);
+    put_u32(buf, start + GHOST_MAGIC_OFFSET, GHOST_MAGIC)
+}
+
 /// Writes the ghost record of a page whose entries end at `free_data`: the newest of `old`
-/// (the record's bytes before) followed by `evicted`, as many as fit. Nothing is written when
-/// the record would overlap the entries.
+/// (the record's bytes before) followed by the fingerprints of `evicted` (slot hashes), as many
+/// as fit. Nothing is written when the record would overlap the entries.
 pub(super) fn write_ghosts(
     buf: &mut [u8],
     free_data: usize,
@@ -62,27 +114,80 @@ pub(super) fn write_ghosts(
         return Ok(());
     }
     let new = evicted.len().min(cap);
-    let kept_old = (old.len() / 4).min(cap - new);
-    let mut hashes: Vec<u8> = Vec::with_capacity((kept_old + new) * 4);
-    hashes.extend_from_slice(&old[old.len() - kept_old * 4..]);
-    for h in &evicted[evicted.len() - new..] {
-        hashes.extend_from_slice(&h.to_ne_bytes());
+    let kept_old = (old.len() / GHOST_PRINT_SIZE).min(cap - new);
+    let mut prints: Vec<u8> = Vec::with_capacity((kept_old + new) * GHOST_PRINT_SIZE);
+    prints.extend_from_slice(&old[old.len() - kept_old * GHOST_PRINT_SIZE..]);
+    for &h in &evicted[evicted.len() - new..] {
+        prints.extend_from_slice(&fingerprint(h).to_ne_bytes());
     }
     // The magic last: a writer killed before it leaves the old record or none, either a hint.
     put_u32(buf, start + GHOST_MAGIC_OFFSET, 0)?;
     let first = start + GHOST_HASHES_OFFSET;
-    buf.get_mut(first..first + hashes.len())
+    buf.get_mut(first..first + prints.len())
         .ok_or(Corrupt("ghost record outside the page"))?
-        .copy_from_slice(&hashes);
-    put_u32(buf, start + GHOST_COUNT_OFFSET, (hashes.len() / 4) as u32)?;
+        .copy_from_slice(&prints);
+    put_u32(
+        buf,
+        start + GHOST_COUNT_OFFSET,
+        (prints.len() / GHOST_PRINT_SIZE) as u32,
+    )?;
     super::evict::publish_order(buf);
     put_u32(buf, start + GHOST_MAGIC_OFFSET, GHOST_MAGIC)
 }
 
+/// The flags of an entry with `flags`, last read or stored in second `last_access`, after a
+/// read hit at `now`: the first hit protects it with a count of one; later ones add one (up
+/// to `FREQ_MAX`), at most one a second. A hit within the second of the last access on a
+/// protected entry changes nothing, so that lock-free readers, which serve exactly those hits,
+/// miss no count.
+#[inline]
+pub(super) fn on_hit(flags: u32, last_access: u32, now: u32) -> u32 {
+    if flags & FLAG_PROTECTED == 0 {
+        (flags & !FLAG_FREQ) | FLAG_PROTECTED | FREQ_ONE
+    } else if last_access != now && flags & FLAG_FREQ != FLAG_FREQ {
+        flags + FREQ_ONE
+    } else {
+        flags
+    }
+}
+
+/// A probationary entry's `FLAG_FREQ` bits when it was moved back from the protected part: it
+/// is not remembered in the ghost record when evicted, so that a key cannot return protected
+/// again and again without ever being read in between.
+const DEMOTED: u32 = FREQ_ONE;
+
+/// Whether an evicted entry with `flags` goes into the ghost record: one that was never
+/// protected.
+pub(super) fn remembered(flags: u32) -> bool {
+    flags & POLICY_FLAGS == 0
+}
+
+/// Where an entry stands in the order in which a rebuild evicts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rank {
+    /// On probation: goes first.
+    Probation,
+    /// Protected, without a count.
+    Uncounted,
+    /// Protected, with a count: goes last.
+    Counted,
+}
+
+impl Rank {
+    fn of(flags: u32) -> Rank {
+        match (flags & FLAG_PROTECTED != 0, flags & FLAG_FREQ != 0) {
+            (false, _) => Rank::Probation,
+            (true, false) => Rank::Uncounted,
+            (true, true) => Rank::Counted,
+        }
+    }
+}
+
 /// Chooses which of `keep` (sorted least recently used first, occupying `used` bytes) a
 /// rebuild for an entry of `len` bytes drops, for a data area of `capacity` bytes (the ghost
-/// record already left out). Demoted protected entries get their flag cleared in `keep`.
-/// Returns the victims' indices into `keep`: probationary ones first, least recently used first.
+/// record already left out). Protected entries demoted to probation get their flag cleared in
+/// `keep`, and those spared a demotion lose one of their count. Returns the victims' indices
+/// into `keep`: probationary ones first, least recently used first.
 pub(super) fn choose_victims(
     keep: &mut [EntryLoc],
     mut used: usize,
@@ -95,7 +200,9 @@ pub(super) fn choose_victims(
     if !over(used) {
         return victims;
     }
-    // The protected part is capped: its least recently used entries go back to probation.
+    // The protected part is capped: sweeping from its least recently used entry, an entry with
+    // a count loses one and stays (a second chance, as a clock hand gives), one without goes
+    // back to probation. A sweep more than the largest count always ends it.
     let protected_cap = (PROTECTED_SHARE * capacity as f64) as usize;
     let mut protected: usize = keep
         .iter()
@@ -103,31 +210,44 @@ pub(super) fn choose_victims(
         .map(EntryLoc::size)
         .sum();
     let mut demoted = Vec::new();
-    for (i, loc) in keep.iter_mut().enumerate() {
+    let before: Vec<u32> = keep.iter().map(|l| l.flags).collect();
+    'sweeps: for _ in 0..=FREQ_MAX {
+        for (i, loc) in keep.iter_mut().enumerate() {
+            if protected <= protected_cap {
+                break 'sweeps;
+            }
+            if loc.flags & POLICY_FLAGS == FLAG_PROTECTED {
+                loc.flags = (loc.flags & !POLICY_FLAGS) | DEMOTED;
+                protected -= loc.size();
+                demoted.push(i);
+            }
+        }
         if protected <= protected_cap {
             break;
         }
-        if loc.flags & FLAG_PROTECTED != 0 {
-            loc.flags &= !FLAG_PROTECTED;
-            protected -= loc.size();
-            demoted.push(i);
+        for loc in keep.iter_mut() {
+            if loc.flags & FLAG_PROTECTED != 0 && loc.flags & FLAG_FREQ != 0 {
+                loc.flags -= FREQ_ONE;
+            }
         }
     }
-    // As below for victims: a large entry demoted late may leave room for smaller ones.
+    // As below for victims: a large entry demoted late may leave room for smaller ones, which
+    // stay as they were, count and all.
     for &i in demoted.iter().rev() {
         let size = keep[i].size();
         if protected + size <= protected_cap {
-            keep[i].flags |= FLAG_PROTECTED;
+            keep[i].flags = before[i];
             protected += size;
         }
     }
-    // Probation first, then (only if that was not enough) the protected part.
-    'passes: for pass_protected in [false, true] {
+    // Probation first, then (only if that was not enough) the protected entries without a
+    // count, then the others.
+    'passes: for pass in [Rank::Probation, Rank::Uncounted, Rank::Counted] {
         for (i, loc) in keep.iter().enumerate() {
             if !over(used) {
                 break 'passes;
             }
-            if (loc.flags & FLAG_PROTECTED != 0) == pass_protected {
+            if Rank::of(loc.flags) == pass {
                 victims.push(i);
                 used -= loc.size();
             }

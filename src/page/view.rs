@@ -146,7 +146,7 @@ impl NewEntry<'_> {
     /// only the page sets, and `FLAG_OVERFLOW` only on a value of a reference's size (the
     /// page never writes an entry its own check would call damaged).
     fn stored_flags(&self) -> u32 {
-        let mut flags = self.flags & !FLAG_PROTECTED;
+        let mut flags = self.flags & !POLICY_FLAGS;
         if self.value.len() != OVERFLOW_REF_SIZE {
             flags &= !FLAG_OVERFLOW;
         }
@@ -310,9 +310,13 @@ impl<'a> PageMut<'a> {
         if loc.last_access != now {
             self.set_word(loc.off + LAST_ACCESS_OFFSET, now)?;
         }
-        // The first hit moves the entry to the protected part, once.
-        if self.policy && loc.flags & FLAG_PROTECTED == 0 {
-            self.set_word(loc.off + FLAGS_OFFSET, loc.flags | FLAG_PROTECTED)?;
+        // The first hit moves the entry to the protected part; later ones (that took the lock)
+        // count towards its second chances (`super::policy::on_hit`).
+        if self.policy {
+            let flags = super::policy::on_hit(loc.flags, loc.last_access, now);
+            if flags != loc.flags {
+                self.set_word(loc.off + FLAGS_OFFSET, flags)?;
+            }
         }
         if stats {
             self.set_word(N_READ_HITS_OFFSET, hdr.n_read_hits.wrapping_add(1))?;
@@ -419,12 +423,19 @@ impl<'a> PageMut<'a> {
         let probe = self.probe(&hdr, req.slot_hash, req.key)?;
         // The policy: a key stored again while it is in the page, or while the page remembers
         // evicting it, is protected; any other new key starts on probation.
-        let protect = self.policy
-            && match probe {
-                Probe::Hit { .. } => true,
-                Probe::Miss { .. } => super::policy::is_ghost(self.buf, &hdr, req.slot_hash),
-            };
-        let extra = if protect { FLAG_PROTECTED } else { 0 };
+        let extra = match (self.policy, &probe) {
+            (false, _) => 0,
+            // Stored again: as a read hit would, keeping the count it had.
+            (true, Probe::Hit { loc, .. }) => {
+                super::policy::on_hit(loc.flags, loc.last_access, now) & POLICY_FLAGS
+            }
+            (true, Probe::Miss { .. }) => {
+                match super::policy::is_ghost(self.buf, &hdr, req.slot_hash) {
+                    true => FLAG_PROTECTED,
+                    false => 0,
+                }
+            }
+        };
         if let Probe::Hit { loc, .. } = &probe {
             if let Some(outcome) = self.conditional(loc, req, now) {
                 return Ok(Some(outcome));
@@ -455,6 +466,7 @@ impl<'a> PageMut<'a> {
             if Dirty::stops(&dirty) {
                 return Ok(None);
             }
+            self.forget_returned(&hdr, &probe, req.slot_hash, extra)?;
             // Eviction would change nothing: the header and the probe still hold.
             self.append_probed(req, size, now, &hdr, probe, extra)?
         } else {
@@ -464,6 +476,7 @@ impl<'a> PageMut<'a> {
                 return Ok(None);
             };
             let probe = self.probe(&hdr, req.slot_hash, req.key)?;
+            self.forget_returned(&hdr, &probe, req.slot_hash, extra)?;
             self.append_probed(req, size, now, &hdr, probe, extra)?
         };
         if appended {
@@ -483,6 +496,23 @@ impl<'a> PageMut<'a> {
             Ok(Some(StoreOutcome::Stored))
         } else {
             Err(Corrupt("no room in an empty page"))
+        }
+    }
+
+    /// The policy: a new key about to be stored protected (`extra`) because the ghost record
+    /// remembers it is taken out of the record (`super::policy::forget_ghost`).
+    fn forget_returned(
+        &mut self,
+        hdr: &PageHeader,
+        probe: &Probe,
+        slot_hash: u32,
+        extra: u32,
+    ) -> Result<(), Corrupt> {
+        match (self.policy, probe) {
+            (true, Probe::Miss { .. }) if extra & FLAG_PROTECTED != 0 => {
+                super::policy::forget_ghost(self.buf, hdr, slot_hash)
+            }
+            _ => Ok(()),
         }
     }
 
@@ -543,7 +573,7 @@ impl<'a> PageMut<'a> {
 
     /// Writes the entry for `req` (`size` bytes, padding included) at `off`; without
     /// `with_key`, over an entry of the same key and size, whose key bytes are left as they are.
-    /// `extra` holds the policy's flag bits (`FLAG_PROTECTED` or none).
+    /// `extra` holds the policy's flag bits (`POLICY_FLAGS`).
     fn write_entry(
         &mut self,
         off: usize,
@@ -612,7 +642,7 @@ impl<'a> PageMut<'a> {
             hdr.old_slots.saturating_add(1).min(hdr.num_slots),
         )?;
         Ok(Some(Removed {
-            flags: loc.flags,
+            flags: loc.flags & !POLICY_FLAGS,
             was_live: !is_expired(loc.expire_on, now) && !loc.is_tombstone(),
         }))
     }

@@ -11,7 +11,8 @@ use crate::page::consts::{MIN_PAGE_SIZE, PAGE_MAGIC};
 pub const FILE_MAGIC: [u8; 8] = *b"fastmmap";
 /// Format version written by this crate. Version 5 added the overflow area for values larger
 /// than a page (its geometry in the fixed part, its table after the write-back lock table,
-/// the `FLAG_OVERFLOW` entry bit); version 4 added the pages' eviction policy state (the
+/// the `FLAG_OVERFLOW` entry bit), the resize words, the read count in the entry flags and a
+/// ghost record of 16-bit fingerprints; version 4 added the pages' eviction policy state (the
 /// protected flag and the ghost record); version 3 the write-back lock table. Older files are
 /// refused with a clear error: they are caches, to be recreated.
 pub const FORMAT_VERSION: u32 = 5;
