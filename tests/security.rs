@@ -20,6 +20,13 @@ use fastmmap::{Cache, Error, Layout, LockKind, Update};
 
 const NOBODY: u32 = 65534;
 
+/// Whether a rerun's output joins this run's.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Shown,
+    Hidden,
+}
+
 fn names_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .expect("read_dir")
@@ -30,8 +37,15 @@ fn names_in(dir: &Path) -> Vec<String> {
 }
 
 /// Runs this test binary's test `test` again in a fresh process with `env` set, optionally in
-/// a private mount namespace and as another user; returns whether it passed.
-fn rerun(test: &str, env: &[(&str, &Path)], private_mounts: bool, uid: Option<u32>) -> bool {
+/// a private mount namespace and as another user; returns whether it passed. Its output joins
+/// this run's, unless `Output::Hidden` (a run that is meant to fail).
+fn rerun(
+    test: &str,
+    env: &[(&str, &Path)],
+    private_mounts: bool,
+    uid: Option<u32>,
+    output: Output,
+) -> bool {
     // The checkout may sit where another user cannot reach: run a copy from a public place.
     let public = tempfile::tempdir().expect("tempdir");
     fs::set_permissions(public.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -44,6 +58,10 @@ fn rerun(test: &str, env: &[(&str, &Path)], private_mounts: bool, uid: Option<u3
     }
     if let Some(uid) = uid {
         cmd.uid(uid).gid(uid);
+    }
+    if output == Output::Hidden {
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
     }
     if private_mounts {
         // SAFETY: runs in the forked child before exec, which is single-threaded; unshare and
@@ -90,22 +108,30 @@ fn require_root_is_set_by_1_only() {
     if !root_or_skip("require_root_is_set_by_1_only") {
         return;
     }
-    let as_nobody = |value: &str| {
+    let as_nobody = |value: &str, output| {
         let env = [
             ("FASTMMAP_REQUIRE_ROOT", Path::new(value)),
             ("FASTMMAP_ROOT_PROBE", Path::new("1")),
         ];
-        rerun("root_or_skip_as_another_user", &env, false, Some(NOBODY))
+        rerun(
+            "root_or_skip_as_another_user",
+            &env,
+            false,
+            Some(NOBODY),
+            output,
+        )
     };
-    assert!(as_nobody("0"), "FASTMMAP_REQUIRE_ROOT=0 skips");
-    assert!(as_nobody(""), "an empty FASTMMAP_REQUIRE_ROOT skips");
-    // Straight to the terminal, like the run's own output.
-    raw_eprint(
-        "require_root_is_set_by_1_only: the run under FASTMMAP_REQUIRE_ROOT=1 that follows must \
-         fail; its panic and FAILED lines are expected\n",
+    assert!(
+        as_nobody("0", Output::Shown),
+        "FASTMMAP_REQUIRE_ROOT=0 skips"
     );
     assert!(
-        !as_nobody("1"),
+        as_nobody("", Output::Shown),
+        "an empty FASTMMAP_REQUIRE_ROOT skips"
+    );
+    // This run must fail; its panic and FAILED lines are kept out of the log.
+    assert!(
+        !as_nobody("1", Output::Hidden),
         "FASTMMAP_REQUIRE_ROOT=1 fails without root"
     );
 }
@@ -134,7 +160,8 @@ fn a_full_filesystem_is_an_error_not_sigbus() {
             "full_filesystem_in_a_private_tmpfs",
             &[("FASTMMAP_TMPFS_DIR", dir.path())],
             true,
-            None
+            None,
+            Output::Shown
         ),
         "the checks on a small tmpfs failed (details above); a SIGBUS shows as a signal"
     );
@@ -303,7 +330,8 @@ fn a_root_owned_file_is_trusted_and_readable_by_a_user_who_may_only_read() {
         "read_only_as_nobody",
         &[("FASTMMAP_READ_ONLY_DIR", dir.path())],
         false,
-        Some(NOBODY)
+        Some(NOBODY),
+        Output::Shown
     ));
 }
 
@@ -829,7 +857,8 @@ fn default_file_case(tmp: &Path, xdg: &Path, expect: &str) {
                 ("FASTMMAP_DEFAULT_FILE_TEST", &expect),
             ],
             false,
-            None
+            None,
+            Output::Shown
         ),
         "default file with TMPDIR {} and XDG_RUNTIME_DIR {:?}: expected {} (details above)",
         tmp.display(),
