@@ -345,6 +345,7 @@ impl CacheBuilder {
             allowed_owners: self.allowed_owners.clone(),
             read_only: self.read_only,
             trust_contents: self.reset || self.verify,
+            must_exist: false,
         };
         if self.backing.is_none() && (self.cache_not_found || self.write_mode != WriteMode::Through)
         {
@@ -363,8 +364,7 @@ impl CacheBuilder {
         let cache = Cache {
             inner: Arc::new(Inner {
                 hash: KeyHash::of(self.layout),
-                geometry: file.geometry(),
-                file,
+                file: store::Current::new(file),
                 default_expiry,
                 clock: self.clock,
                 stats: self.enable_stats,

@@ -6,7 +6,7 @@ use super::expiry::Expiry;
 use super::handle::{Cache, Entry, Update};
 use super::update::Existing;
 use crate::page::{Copied, NewEntry, StoreOutcome};
-use crate::store::{peek_locked, read_locked};
+use crate::store::{MAX_FOLLOWS, SharedFile, peek_locked, read_locked};
 use crate::{Error, Result};
 
 impl Cache {
@@ -106,17 +106,26 @@ impl Cache {
         &self,
         keys: &[K],
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        let mut out = vec![None; keys.len()];
         let now = self.now();
-        for (page, group) in self.group_by_page(keys.iter().map(AsRef::as_ref)) {
-            let mut reader = self.read_page(page)?;
-            for (i, slot_hash) in group {
-                out[i] = reader.get(slot_hash, keys[i].as_ref(), now, self.inner.stats, |e| {
-                    e.value.to_vec()
-                });
+        // A resize met part way: the batch starts over on the new file.
+        'files: for _ in 0..MAX_FOLLOWS {
+            let file: &SharedFile = &self.inner.file;
+            let mut out = vec![None; keys.len()];
+            let groups =
+                self.group_by_page(file.geometry().num_pages, keys.iter().map(AsRef::as_ref));
+            for (page, group) in groups {
+                let Some(mut reader) = self.read_page_at(file, page)? else {
+                    continue 'files;
+                };
+                for (i, slot_hash) in group {
+                    out[i] = reader.get(slot_hash, keys[i].as_ref(), now, self.inner.stats, |e| {
+                        e.value.to_vec()
+                    });
+                }
             }
+            return Ok(out);
         }
-        Ok(out)
+        Err(self.too_many_moves())
     }
 
     pub(super) fn set_many_plain<K: AsRef<[u8]>, V: AsRef<[u8]>>(
@@ -124,23 +133,35 @@ impl Cache {
         pairs: &[(K, V)],
     ) -> Result<usize> {
         let now = self.now();
-        let reqs: Vec<(u32, NewEntry<'_>)> = pairs
+        let reqs: Vec<NewEntry<'_>> = pairs
             .iter()
-            .map(|(k, v)| self.request(k.as_ref(), v.as_ref(), Expiry::Default, now))
+            .map(|(k, v)| self.request(k.as_ref(), v.as_ref(), Expiry::Default, now).1)
             .collect();
-        for (_, req) in &reqs {
+        for req in &reqs {
             self.check_size(req)?;
         }
-        let mut stored = 0;
-        for (page, group) in self.group_by_page(pairs.iter().map(|(k, _)| k.as_ref())) {
-            let mut guard = self.lock_page(page)?;
-            for (i, _) in group {
-                if self.store_locked(&mut guard, &reqs[i].1, now)? != StoreOutcome::Refused {
-                    stored += 1;
+        // A resize met part way: the batch starts over on the new file (the pairs stored
+        // before the move were moved with the rest, and storing them again changes nothing).
+        'files: for _ in 0..MAX_FOLLOWS {
+            let file: &SharedFile = &self.inner.file;
+            let mut stored = 0;
+            let groups = self.group_by_page(
+                file.geometry().num_pages,
+                pairs.iter().map(|(k, _)| k.as_ref()),
+            );
+            for (page, group) in groups {
+                let Some(mut guard) = self.lock_page_at(file, page)? else {
+                    continue 'files;
+                };
+                for (i, _) in group {
+                    if self.store_locked(&mut guard, &reqs[i], now)? != StoreOutcome::Refused {
+                        stored += 1;
+                    }
                 }
             }
+            return Ok(stored);
         }
-        Ok(stored)
+        Err(self.too_many_moves())
     }
 
     /// `update` in the plain way: the value afterwards, and what the closure computed.

@@ -45,6 +45,8 @@ pub(crate) struct OpenRequest {
     /// The caller declares the file a cache (`reset`, `verify`): a FastMmap-layout file whose
     /// page 0 is unreadable is opened anyway, to be overwritten.
     pub trust_contents: bool,
+    /// Open an existing file only, never create one (following a resized file).
+    pub must_exist: bool,
 }
 
 /// An open, mapped, validated file.
@@ -136,7 +138,7 @@ pub(crate) fn open(req: &OpenRequest) -> Result<Opened> {
             e if e.kind() == ErrorKind::NotFound && is_symlink(&req.path) => {
                 return Err(symlink_error(req));
             }
-            e if e.kind() == ErrorKind::NotFound && req.read_only => {
+            e if e.kind() == ErrorKind::NotFound && (req.read_only || req.must_exist) => {
                 return Err(req.io("open read-only", e));
             }
             // Whether we publish the file or another opener does, the next pass opens it by
@@ -295,7 +297,11 @@ fn check_native(req: &OpenRequest, file: &File, len: u64) -> Result<(Geometry, u
             found: found_kind,
         });
     }
-    req.requested.check_against(&geometry, &req.path)?;
+    // A file that was resized has the geometry its resizer chose: what an opener asks for
+    // applies only to a file it creates (see `store/resize.rs`).
+    if header::generation(&prefix) == 0 {
+        req.requested.check_against(&geometry, &req.path)?;
+    }
     req.check_size(&geometry, len)?;
     Ok((geometry, h.header_size as usize, found_kind))
 }

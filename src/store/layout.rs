@@ -105,6 +105,15 @@ impl KeyHash {
         }
     }
 
+    /// The key's whole hash: its page in a file of `n` pages is the hash modulo `n`.
+    #[inline]
+    pub(crate) fn hash(self, key: &[u8]) -> u64 {
+        match self {
+            KeyHash::Xxh3 => xxh3_64(key),
+            KeyHash::FastMmap => u64::from(fastmmap_hash(key)),
+        }
+    }
+
     /// `(page, slot_hash)` for `key` in a file of `num_pages` pages.
     #[inline]
     pub(crate) fn locate(self, key: &[u8], num_pages: u32) -> (u32, u32) {

@@ -27,6 +27,7 @@ mod lock;
 mod optimistic;
 mod reader;
 mod registry;
+mod resize;
 mod robust;
 mod shared;
 pub(crate) mod untrusted;
@@ -44,6 +45,7 @@ pub use layout::{Layout, LockKind};
 pub(crate) use optimistic::{Access, Outcome as ReadOutcome};
 pub(crate) use reader::{Reader, peek_locked, read_locked};
 pub(crate) use registry::open_shared;
+pub(crate) use resize::{Current, MAX_FOLLOWS, resize};
 pub(crate) use shared::{LockError, SharedFile};
 pub(crate) use write_back_lock::{Wait as WriteBackWait, WriteBackGuard};
 
