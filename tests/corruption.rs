@@ -1069,8 +1069,8 @@ fn well_formed_but_wrong_native_headers_are_refused_untouched() {
         _ => matches!(e, Error::GeometryMismatch { .. }),
     };
     let cases: [(&str, usize, u32, &Accept); 12] = [
-        ("version 3", 8, 3, &is_bad),
-        ("version 5", 8, 5, &is_bad),
+        ("version 4", 8, 4, &is_bad),
+        ("version 6", 8, 6, &is_bad),
         ("header_size 8192", 12, 8192, &is_bad),
         ("page_size 5000", 16, 5000, &is_bad),
         ("page_size 0", 16, 0, &is_bad),

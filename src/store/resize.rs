@@ -79,6 +79,20 @@ impl SharedFile {
             .is_some_and(|w| w != 0)
     }
 
+    /// `page`'s moved word is set, and this thread holds the page's lock: whether the move
+    /// is real. Marks in a file that is not *moved* are damage, or the marks of a resizer that
+    /// died before it finished marking (the old file is still the one in use): cleared.
+    #[cold]
+    pub(super) fn moved_under_lock(&self, page: u32) -> bool {
+        if self.is_moved() {
+            return true;
+        }
+        if let Some(row) = self.row(page) {
+            row.moved.store(0, Ordering::Release);
+        }
+        false
+    }
+
     /// A word of the header's resize area (native layout; 0 otherwise).
     fn resize_word(&self, offset: usize) -> u64 {
         if self.layout != Layout::Native {

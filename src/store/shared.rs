@@ -268,7 +268,7 @@ impl SharedFile {
             shared,
         ) {
             Ok(held) => {
-                if self.moved(page) {
+                if self.moved(page) && self.moved_under_lock(page) {
                     self.locks
                         .release(self.file.as_raw_fd(), page, self.page_range(page), &held);
                     return Err(LockError::Moved);

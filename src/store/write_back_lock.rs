@@ -114,7 +114,7 @@ impl SharedFile {
             })?;
         // A resizer holds every write-back lock while it moves the file: taken before the
         // move, the page cannot move while this is held; taken after, the move shows.
-        if self.moved(page) {
+        if self.moved(page) && self.is_moved() {
             self.write_back_locks.release(
                 self.file.as_raw_fd(),
                 page,
