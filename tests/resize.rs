@@ -227,7 +227,7 @@ fn work(cache: Cache, id: usize, stop: &Path, ready: &Pipe) -> Result<Tally, Str
         std::thread::spawn(move || -> Result<(Duration, u64), String> {
             let mut rng = Rng::new(id as u64 * 7919 + 1);
             let (mut longest, mut ops, mut seq) = (Duration::ZERO, 0u64, 0u64);
-            while ops % 64 != 0 || (!stop.exists() && Instant::now() < deadline) {
+            while !ops.is_multiple_of(64) || (!stop.exists() && Instant::now() < deadline) {
                 let k = format!("w{id}-v{}", rng.below(200)).into_bytes();
                 let t = Instant::now();
                 if rng.chance(50) {
@@ -251,7 +251,7 @@ fn work(cache: Cache, id: usize, stop: &Path, ready: &Pipe) -> Result<Tally, Str
         longest: Duration::ZERO,
         ops: 0,
     };
-    while tally.ops % 64 != 0 || (!stop.exists() && Instant::now() < deadline) {
+    while !tally.ops.is_multiple_of(64) || (!stop.exists() && Instant::now() < deadline) {
         let c = rng.below(COUNTERS as u64) as usize;
         let t = Instant::now();
         incr(&cache, format!("counter-{c}").as_bytes())?;

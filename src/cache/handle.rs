@@ -284,8 +284,8 @@ impl Cache {
     #[inline]
     pub(crate) fn locate(&self, key: &[u8]) -> (Loc, u32) {
         let hash = self.inner.hash;
-        let slot_hash = hash.locate(key, self.geometry().num_pages).1;
-        (Loc(hash.hash(key)), slot_hash)
+        let h = hash.hash(key);
+        (Loc(h), hash.split(h, self.geometry().num_pages).1)
     }
 
     /// Follows the resize that moved `from` (see `store/resize.rs`).

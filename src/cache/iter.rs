@@ -43,7 +43,7 @@ impl Cache {
 
     /// The live entries of page `page` of a file of `num_pages` pages, copied out under its
     /// lock; `None` if the handle's file is no longer of that many pages (a resize moved it).
-    fn page_entries(&self, page: u32, num_pages: u32) -> Result<Option<Vec<(Vec<u8>, Entry)>>> {
+    fn page_entries(&self, page: u32, num_pages: u32) -> Result<Option<Vec<KeyEntry>>> {
         let now = self.now();
         let file: &SharedFile = &self.inner.file;
         if file.geometry().num_pages != num_pages {
@@ -74,6 +74,9 @@ impl Cache {
         Ok(Some(out))
     }
 }
+
+/// A key and its entry, as [`Iter`] returns them.
+type KeyEntry = (Vec<u8>, Entry);
 
 /// Iterator over a cache's live entries; see [`Cache::iter`].
 pub struct Iter {

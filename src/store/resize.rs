@@ -336,7 +336,7 @@ struct Moving {
 /// The bytes whose hash chose `page` (of `num_pages`) for an entry: its key, or for
 /// Cache::FastMmap's page-key form (`multi_set`) the page key before a `-`. `None`: the key
 /// does not belong there (damaged bytes).
-fn home<'k>(key: &'k [u8], slot_hash: u32, page: u32, num_pages: u32) -> Option<&'k [u8]> {
+fn home(key: &[u8], slot_hash: u32, page: u32, num_pages: u32) -> Option<&[u8]> {
     let (p, s) = KeyHash::Xxh3.locate(key, num_pages);
     if s != slot_hash {
         return None;

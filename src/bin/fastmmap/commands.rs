@@ -407,13 +407,18 @@ fn purge(opts: &FileOptions, path: &Path, out: &mut Out<'_>) -> Result<(), Failu
 
 fn resize(opts: &FileOptions, path: &Path, pages: u32, out: &mut Out<'_>) -> Result<(), Failure> {
     must_exist(path)?;
-    // --page-size is the new page size here, not one the file must have.
-    let opened = FileOptions {
-        num_pages: None,
-        page_size: None,
-        ..opts.clone()
+    // --page-size is the new page size here, not one a native file must have (a
+    // Cache::FastMmap file needs its geometry to be opened at all, and is then refused).
+    let cache = if opts.layout.layout() == Layout::Native {
+        let opened = FileOptions {
+            num_pages: None,
+            page_size: None,
+            ..opts.clone()
+        };
+        builder(&opened, path).open()?
+    } else {
+        open(opts, path)?
     };
-    let cache = builder(&opened, path).open()?;
     let page_size = opts.page_size.unwrap_or(cache.page_size());
     let r = cache.resize(pages, page_size)?;
     writeln!(
