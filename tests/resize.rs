@@ -519,3 +519,91 @@ fn two_resizes_at_once() {
     }
     assert!(leftovers(dir.path()).is_empty());
 }
+
+/// A backing store in memory, for the write-back case.
+#[derive(Clone, Default)]
+struct Mem(std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<Vec<u8>, Vec<u8>>>>);
+
+impl fastmmap::Backing for Mem {
+    fn load(&self, key: &[u8]) -> Result<Option<Vec<u8>>, fastmmap::BackingError> {
+        Ok(self.0.lock().unwrap().get(key).cloned())
+    }
+    fn store(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        _expires_at: Option<std::time::SystemTime>,
+    ) -> Result<(), fastmmap::BackingError> {
+        self.0.lock().unwrap().insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+    fn delete(&self, key: &[u8]) -> Result<(), fastmmap::BackingError> {
+        self.0.lock().unwrap().remove(key);
+        Ok(())
+    }
+}
+
+/// A write-back cache resized while threads keep writing: dirty entries move dirty, and once
+/// flushed the store holds every acknowledged write.
+#[test]
+fn write_back_entries_stay_dirty_across_moves() {
+    let _s = serial();
+    for kind in [NATIVE, ROBUST] {
+        let dir = temp_dir();
+        let path = dir.path().join("cache");
+        let store = Mem::default();
+        let cache = kind
+            .builder()
+            .path(&path)
+            .num_pages(SMALL)
+            .page_size(PAGE)
+            .backing(store.clone())
+            .write_mode(fastmmap::WriteMode::Back)
+            .open()
+            .expect("open");
+        for i in 0..300 {
+            cache.set(&key(i), b"first").expect("set");
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..2)
+            .map(|t| {
+                let (cache, stop) = (cache.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut last = std::collections::BTreeMap::new();
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 1_000_000 {
+                        let k = format!("t{t}-{}", n % 97).into_bytes();
+                        let v = make_value(&k, n, 64);
+                        cache.set(&k, &v).expect("set during a move");
+                        last.insert(k, v);
+                        n += 1;
+                    }
+                    last
+                })
+            })
+            .collect();
+        for pages in [LARGE, SMALL, LARGE, SMALL] {
+            std::thread::sleep(Duration::from_millis(50));
+            let report = cache.resize(pages, PAGE).expect("resize");
+            assert_eq!(report.dirty_dropped, 0, "{report:?}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut acknowledged = std::collections::BTreeMap::new();
+        for w in writers {
+            acknowledged.extend(w.join().expect("writer"));
+        }
+        for i in 0..300 {
+            let e = cache.entry(&key(i)).expect("entry").expect("kept");
+            assert!(e.flags.is_dirty(), "still dirty after the moves");
+            assert_eq!(e.value, b"first");
+        }
+        cache.flush().expect("flush");
+        let stored = store.0.lock().unwrap().clone();
+        for i in 0..300 {
+            assert_eq!(stored.get(&key(i)).map(Vec::as_slice), Some(&b"first"[..]));
+        }
+        for (k, v) in &acknowledged {
+            assert_eq!(stored.get(k), Some(v), "{:?}", String::from_utf8_lossy(k));
+        }
+    }
+}
