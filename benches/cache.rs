@@ -510,14 +510,15 @@ impl fastmmap::Backing for NullBacking {
     }
 }
 
-/// Write-back `set` against a plain `set` (robust locks, the default): overwrites of hot keys,
-/// and stores of ever new keys that evict (each eviction of dirty entries writes them to the
-/// no-op store first, then drops them).
+/// Write-back `set` against a plain `set` (robust locks, the default): get hits, gets of
+/// absent keys (a read through to the no-op store) and overwrites of hot keys, and stores of ever new keys that evict (each eviction of dirty
+/// entries writes them to the no-op store first, then drops them).
 fn write_back(c: &mut Criterion) {
     let dir = bench_dir();
     let mut g = c.benchmark_group("write_back");
     let hot = keys(b'k', HOT_KEYS);
     let fresh = keys(b'e', EVICTION_KEYS);
+    let absent = keys(b'x', HOT_KEYS);
     for (name, backed) in [("plain", false), ("write_back", true)] {
         let mut b = Cache::builder()
             .path(dir.path().join(name))
@@ -529,6 +530,14 @@ fn write_back(c: &mut Criterion) {
         for (i, k) in hot.iter().enumerate() {
             cache.set(k, &value(i)).expect("set");
         }
+        g.bench_function(format!("{name}/get_hit"), |b| {
+            let mut keys = Rotor::new(&hot, 0);
+            b.iter(|| black_box(cache.get(keys.next()).unwrap()))
+        });
+        g.bench_function(format!("{name}/get_miss"), |b| {
+            let mut keys = Rotor::new(&absent, 0);
+            b.iter(|| black_box(cache.get(keys.next()).unwrap()))
+        });
         g.bench_function(format!("{name}/set_overwrite"), |b| {
             let mut keys = Rotor::new(&hot, 0);
             let v = value(7);

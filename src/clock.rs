@@ -40,6 +40,27 @@ impl Clock {
     /// served after the store dropped the value.
     pub const COARSE_MARGIN: Duration = Duration::from_millis(50);
 
+    /// The expiry, in the file's whole Unix seconds, of a cache's copy of a value that a store
+    /// (a backing store, Redis) expires by itself at `store_expiry`: the last whole second at
+    /// least [`COARSE_MARGIN`](Self::COARSE_MARGIN) before it, so that the copy, whose expiry
+    /// is checked against the coarse clock, is never served after the store dropped the
+    /// value. 0 for a time before the epoch.
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use fastmmap::Clock;
+    ///
+    /// let at = |ms| Clock::copy_expiry_secs(UNIX_EPOCH + Duration::from_millis(ms));
+    /// assert_eq!(at(10_999), 10);
+    /// assert_eq!(at(11_049), 10);
+    /// assert_eq!(at(11_050), 11);
+    /// ```
+    pub fn copy_expiry_secs(store_expiry: SystemTime) -> u64 {
+        store_expiry
+            .checked_sub(Self::COARSE_MARGIN)
+            .map_or(0, unix_secs)
+    }
+
     /// The current time of this clock in Unix milliseconds. For the system clock this is a
     /// read of the kernel's coarse clock: far cheaper than [`SystemTime::now`], and behind it
     /// by at most a tick (a few milliseconds, well within [`COARSE_MARGIN`](Self::COARSE_MARGIN)).

@@ -120,6 +120,35 @@ pub enum Error {
         max: usize,
     },
 
+    /// The value is larger than the file's overflow area takes (its `max_value_size`).
+    /// Nothing was changed.
+    #[error(
+        "{path}: a value of {len} bytes is larger than the cache's max_value_size ({max} bytes)"
+    )]
+    ValueTooLarge {
+        /// The cache file.
+        path: PathBuf,
+        /// Bytes of the value.
+        len: usize,
+        /// The largest value the file's overflow area takes.
+        max: usize,
+    },
+
+    /// The overflow area has no room for a large value, even after evicting other large
+    /// values it could. Nothing was changed.
+    #[error(
+        "{path}: the overflow area has no room for a value of {needed} blocks ({free} free \
+         after evicting what could be evicted)"
+    )]
+    OverflowFull {
+        /// The cache file.
+        path: PathBuf,
+        /// Blocks the value needs.
+        needed: u32,
+        /// Free blocks found.
+        free: u32,
+    },
+
     /// Code running under one of this cache's page locks called back into the same cache.
     #[error("{path}: re-entrant call: this thread already holds a page lock of this cache")]
     Reentrant {

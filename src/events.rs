@@ -1,7 +1,7 @@
-//! Faults made visible: one function per kind of fault the library recovers from by itself
-//! (a page reset, dirty entries lost, a failing backing store, a value or record that cannot
-//! be decoded, a lock timeout, a lost Redis connection, a refused state file, a response left
-//! unrewritten), called in one line where the fault is found.
+//! Faults made visible: one function per kind of fault the core recovers from by itself (a
+//! page reset, dirty entries lost, a failing backing store, a value that cannot be decoded, a
+//! lock timeout), called in one line where the fault is found. The upper layers keep theirs
+//! beside them, in the same manner: `session/events.rs`, `web/events.rs`, `redis/events.rs`.
 //!
 //! With the `tracing` feature each emits one `tracing` event (targets `fastmmap::…`, levels
 //! as an operator would want them, fields naming the file, page, server or key *kind*).
@@ -34,15 +34,6 @@ pub(crate) mod target {
     pub(crate) const LOCK: &str = "fastmmap::lock";
     /// A stored value that cannot be decoded (warn).
     pub(crate) const DECODE: &str = "fastmmap::decode";
-    /// A session record that cannot be read (warn), a session not saved (error).
-    #[cfg(feature = "session")]
-    pub(crate) const SESSION: &str = "fastmmap::session";
-    /// The Redis listener: connection lost (warn), regained (info), a refused state file.
-    #[cfg(feature = "redis")]
-    pub(crate) const REDIS: &str = "fastmmap::redis";
-    /// The web layer: a response body left unrewritten (info).
-    #[cfg(feature = "axum")]
-    pub(crate) const WEB: &str = "fastmmap::web";
 }
 
 /// Fault counters of one open file, in this process (reported in [`Stats`]).
@@ -158,163 +149,4 @@ pub(crate) fn lock_timeout(
         timeout_ms = timeout.unwrap_or_default().as_millis() as u64,
         "lock timed out"
     );
-}
-
-/// A session load from `path` failed with `error`, returned as it is: if it says a stored
-/// record could not be read (damaged, or of an unknown format; other errors are not this
-/// fault), an event. `kind` is the record's kind (`session`, `catalyst`), never its id.
-#[cfg(feature = "session")]
-#[cold]
-pub(crate) fn session_unreadable(
-    path: &Path,
-    kind: &'static str,
-    error: crate::session::Error,
-) -> crate::session::Error {
-    #[cfg(feature = "tracing")]
-    if matches!(
-        error,
-        crate::session::Error::BadRecord { .. } | crate::session::Error::UnsupportedVersion { .. }
-    ) {
-        // The message names the reason only (never the id); the decoder's own account, which
-        // may quote the record, is left out.
-        tracing::warn!(
-            target: target::SESSION,
-            path = %path.display(),
-            kind,
-            error = %error,
-            "session record cannot be read: the request gets an error, the record is left alone"
-        );
-    }
-    error
-}
-
-/// The web layer could not save (or load, to extend) a session of `path` after the handler
-/// ran.
-/// `answered` says whether the client got an error response (else its response went out
-/// without a session cookie).
-#[cfg(feature = "axum")]
-#[cold]
-pub(crate) fn session_not_saved(path: &Path, error: &crate::session::Error, answered: bool) {
-    #[cfg(feature = "tracing")]
-    if answered {
-        tracing::error!(
-            target: target::SESSION,
-            path = %path.display(),
-            error = %error,
-            "session not saved: the request was answered 500"
-        );
-    } else {
-        tracing::warn!(
-            target: target::SESSION,
-            path = %path.display(),
-            error = %error,
-            "session not loaded to be extended: the response went out without a cookie"
-        );
-    }
-}
-
-/// The web layer left a response body unrewritten (session ids not added to its URLs), for
-/// sessions kept in `path`: `error` says why.
-#[cfg(feature = "axum")]
-#[cold]
-pub(crate) fn rewrite_refused(path: &Path, error: &crate::session::Error) {
-    #[cfg(feature = "tracing")]
-    tracing::info!(
-        target: target::WEB,
-        path = %path.display(),
-        error = %error,
-        "response body not rewritten: its URLs do not carry the session id"
-    );
-}
-
-/// The Redis listener of `path` is not subscribed: its connection to `server` failed or was
-/// lost (`error`), and the host distrusts its file until it is back. `again` says this is one
-/// more failed attempt to reconnect, reported quietly.
-#[cfg(feature = "redis")]
-#[cold]
-pub(crate) fn redis_down(path: &Path, server: &str, error: Option<&str>, again: bool) {
-    #[cfg(feature = "tracing")]
-    {
-        if again {
-            tracing::debug!(
-                target: target::REDIS,
-                path = %path.display(),
-                server,
-                error,
-                "Redis still unreachable: the cache file stays distrusted"
-            );
-        } else {
-            tracing::warn!(
-                target: target::REDIS,
-                path = %path.display(),
-                server,
-                error,
-                "Redis connection lost: the cache file is distrusted and cleared until it is back"
-            );
-        }
-    }
-}
-
-/// The Redis listener of `path` subscribed to `server` (for the `connections`-th time): the
-/// host trusts its file again.
-#[cfg(feature = "redis")]
-#[cold]
-pub(crate) fn redis_trusted(path: &Path, server: &str, connections: u64) {
-    #[cfg(feature = "tracing")]
-    tracing::info!(
-        target: target::REDIS,
-        path = %path.display(),
-        server,
-        connections,
-        "Redis connection established: the cache file is trusted"
-    );
-}
-
-/// The Redis listener of `path` could not mark its host distrusted or clear its file
-/// (`error`); it retries.
-#[cfg(feature = "redis")]
-#[cold]
-pub(crate) fn redis_distrust_failed(path: &Path, error: Option<&str>) {
-    #[cfg(feature = "tracing")]
-    tracing::error!(
-        target: target::REDIS,
-        path = %path.display(),
-        error,
-        "cannot distrust or clear the cache file after losing Redis: retrying"
-    );
-}
-
-/// The Redis state file `path` was not opened (`error`): the host is treated as distrusted.
-/// A missing file (no listener yet) is not a fault; a refused one (another owner, a link, not
-/// a regular file) is, reported at most once every ten seconds in this process.
-#[cfg(feature = "redis")]
-#[cold]
-pub(crate) fn state_file_refused(path: &Path, error: &std::io::Error) {
-    #[cfg(feature = "tracing")]
-    if error.kind() != std::io::ErrorKind::NotFound && throttle(&STATE_FILE_REPORTED) {
-        tracing::warn!(
-            target: target::REDIS,
-            path = %path.display(),
-            error = %error,
-            "Redis state file refused: the cache file is not trusted"
-        );
-    }
-}
-
-#[cfg(all(feature = "redis", feature = "tracing"))]
-static STATE_FILE_REPORTED: AtomicU64 = AtomicU64::new(0);
-
-/// Whether a fault reported through `last` (Unix seconds of its last report) may be reported
-/// now: at most once every ten seconds.
-#[cfg(all(feature = "redis", feature = "tracing"))]
-fn throttle(last: &AtomicU64) -> bool {
-    const EVERY_SECS: u64 = 10;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let seen = last.load(Ordering::Relaxed);
-    (seen == 0 || now.saturating_sub(seen) >= EVERY_SECS)
-        && last
-            .compare_exchange(seen, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
 }

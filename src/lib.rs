@@ -7,6 +7,7 @@ mod cache;
 mod clock;
 mod error;
 mod events;
+pub mod fs;
 #[cfg(not(any(fuzzing, feature = "internals")))]
 mod page;
 #[cfg(any(fuzzing, feature = "internals"))]

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use fastmmap::{Cache, CacheBuilder, EntryFlags, Expiry, Layout, LockKind, Update};
 use serde_json::Value;
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_fastmmap");
 const NUM_PAGES: u32 = 5;
 const PAGE_SIZE: u32 = 8192;
@@ -1518,13 +1520,7 @@ fn a_file_that_is_not_a_cache_is_refused_and_repaired_only_on_request() {
 fn reading_commands_work_for_a_user_who_may_only_read() {
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var_os("FASTMMAP_REQUIRE_ROOT").is_none(),
-            "needs root, and FASTMMAP_REQUIRE_ROOT is set"
-        );
-        eprintln!("SKIPPED reading_commands_work_for_a_user_who_may_only_read: needs root");
+    if !common::root_or_skip("reading_commands_work_for_a_user_who_may_only_read") {
         return;
     }
     // The binary and the file must be reachable by `nobody`.

@@ -1061,14 +1061,15 @@ fn well_formed_but_wrong_native_headers_are_refused_untouched() {
     let dir = temp_dir();
     let (path, original) = closed_native_file(dir.path());
     // Field offsets of src/store/header.rs: version 8, header_size 12, page_size 16,
-    // num_pages 20, start_slots 24, hash_kind 28, lock_kind 32, byte order 36.
+    // num_pages 20, start_slots 24, hash_kind 28, lock_kind 32, byte order 36, overflow_blocks
+    // 40, block_size 44, max_value_size 48.
     let is_bad = |_: &str, e: &Error| matches!(e, Error::BadHeader { .. });
     // Without a requested geometry the size is wrong; with one, the geometry is.
     let is_size = |how: &str, e: &Error| match how {
         "plain" => matches!(e, Error::WrongSize { .. }),
         _ => matches!(e, Error::GeometryMismatch { .. }),
     };
-    let cases: [(&str, usize, u32, &Accept); 12] = [
+    let cases: [(&str, usize, u32, &Accept); 15] = [
         ("version 4", 8, 4, &is_bad),
         ("version 6", 8, 6, &is_bad),
         ("header_size 8192", 12, 8192, &is_bad),
@@ -1081,6 +1082,9 @@ fn well_formed_but_wrong_native_headers_are_refused_untouched() {
         ("hash_kind 9", 28, 9, &is_bad),
         ("lock_kind 0", 32, 0, &is_bad),
         ("byte order", 36, 0x0403_0201, &is_bad),
+        ("overflow_blocks 4 (no block size)", 40, 4, &is_bad),
+        ("block_size without an area", 44, 4096, &is_bad),
+        ("max_value_size without an area", 48, 9, &is_bad),
     ];
     for (what, offset, value, ok) in cases {
         std::fs::write(&path, with_field(&original, offset, value)).expect("write");

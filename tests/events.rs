@@ -454,6 +454,12 @@ fn a_listener_losing_redis_warns_and_says_when_it_is_back() {
     );
     assert!(warnings[0].field("server").contains(&port));
     assert!(matches!(listener.status(), ListenerStatus::Down(_)));
+    // The status keeps the error itself, with its cause.
+    let ListenerStatus::Down(Some(error)) = listener.status() else {
+        panic!("down with an error: {:?}", listener.status());
+    };
+    assert!(error.to_string().contains(&port), "{error}");
+    assert!(std::error::Error::source(&*error).is_some(), "{error:?}");
 
     server.restart();
     assert!(listener.wait_trusted(Duration::from_secs(20)));

@@ -20,25 +20,6 @@ use fastmmap::{Cache, Error, Layout, LockKind, Update};
 
 const NOBODY: u32 = 65534;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Whether a root-only check can run here; without root, says so (or fails under
-/// `FASTMMAP_REQUIRE_ROOT=1`).
-fn root_or_skip(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("FASTMMAP_REQUIRE_ROOT").is_none(),
-        "{test}: needs root, and FASTMMAP_REQUIRE_ROOT is set"
-    );
-    eprintln!("SKIPPED {test}: needs root (to mount a tmpfs, chown a file or run as nobody)");
-    false
-}
-
 fn names_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .expect("read_dir")
@@ -99,6 +80,44 @@ fn rerun(test: &str, env: &[(&str, &Path)], private_mounts: bool, uid: Option<u3
         }
     }
     panic!("{}: still busy", exe.display())
+}
+
+/// `FASTMMAP_REQUIRE_ROOT` asks for root only when it is `1`, as the other `FASTMMAP_REQUIRE_*`
+/// variables do: run as `nobody`, a root-only check skips under `0` or an empty value and
+/// fails under `1`.
+#[test]
+fn require_root_is_set_by_1_only() {
+    if !root_or_skip("require_root_is_set_by_1_only") {
+        return;
+    }
+    let as_nobody = |value: &str| {
+        let env = [
+            ("FASTMMAP_REQUIRE_ROOT", Path::new(value)),
+            ("FASTMMAP_ROOT_PROBE", Path::new("1")),
+        ];
+        rerun("root_or_skip_as_another_user", &env, false, Some(NOBODY))
+    };
+    assert!(as_nobody("0"), "FASTMMAP_REQUIRE_ROOT=0 skips");
+    assert!(as_nobody(""), "an empty FASTMMAP_REQUIRE_ROOT skips");
+    // Straight to the terminal, like the run's own output.
+    raw_eprint(
+        "require_root_is_set_by_1_only: the run under FASTMMAP_REQUIRE_ROOT=1 that follows must \
+         fail; its panic and FAILED lines are expected\n",
+    );
+    assert!(
+        !as_nobody("1"),
+        "FASTMMAP_REQUIRE_ROOT=1 fails without root"
+    );
+}
+
+/// A root-only check, for `require_root_is_set_by_1_only` to run as another user. Runs only when
+/// re-executed by that test.
+#[test]
+fn root_or_skip_as_another_user() {
+    if std::env::var_os("FASTMMAP_ROOT_PROBE").is_none() {
+        return;
+    }
+    assert!(!root_or_skip("root_or_skip_as_another_user"), "not root");
 }
 
 // ---------------------------------------------------------------------------------------------

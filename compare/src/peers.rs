@@ -191,16 +191,30 @@ impl Workload {
 pub const MAX_PAGE_SIZE: u32 = 1 << 20;
 
 /// The fastmmap geometry for `size`: the default 64 KiB page where at least 8 values fit,
-/// else the smallest power of two holding 8 capped at [`MAX_PAGE_SIZE`] (so 1 MiB values do
-/// not fit today); and enough pages that they are about a quarter full (hashing fills some pages
-/// well above the mean, and a full page evicts), at least the default 89.
+/// else the smallest power of two holding 8 capped at [`MAX_PAGE_SIZE`]; and enough pages
+/// that they are about a quarter full (hashing fills some pages well above the mean, and a
+/// full page evicts), at least the default 89. Values too large for a page of
+/// [`MAX_PAGE_SIZE`] (1 MiB) get the default geometry and an overflow area
+/// ([`overflow_size`]).
 pub fn geometry(size: Size) -> (u32, u32) {
+    if overflow_size(size).is_some() {
+        return (64 << 10, 89);
+    }
     let entry = 24 + 16 + size.value_len.next_multiple_of(4);
     let page_size = (8 * entry)
         .next_power_of_two()
         .clamp(64 << 10, MAX_PAGE_SIZE as usize);
     let pages = (4 * size.keys * entry).div_ceil(page_size).max(89);
     (page_size as u32, pages as u32)
+}
+
+/// The overflow area fastmmap gets for `size`, when its values do not fit a page of
+/// [`MAX_PAGE_SIZE`]: room for every value twice over (a replace writes the new value before it
+/// frees the old one), in 4 KiB blocks.
+pub fn overflow_size(size: Size) -> Option<u64> {
+    let entry = 24 + 16 + size.value_len.next_multiple_of(4);
+    (entry + 32 + 4 * 89 > MAX_PAGE_SIZE as usize)
+        .then(|| 2 * size.keys as u64 * size.value_len.next_multiple_of(4096) as u64)
 }
 
 /// A `redis-server` of our own on a free loopback port, with its data in a temp dir, no

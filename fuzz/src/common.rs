@@ -170,10 +170,15 @@ pub enum EvictSel {
     MakeRoom(u16),
 }
 
-/// The flags a store writes: `FLAG_HAS_MODSEQ` follows the modseq, whatever was asked, and
-/// `FLAG_PROTECTED` (the eviction policy's) is never taken from a caller nor shown to one.
-pub fn stored_flags(flags: u32, modseq: Option<u64>) -> u32 {
-    let flags = flags & !FLAG_PROTECTED;
+/// The flags a store of a value of `value_len` bytes writes: `FLAG_HAS_MODSEQ` follows the
+/// modseq, whatever was asked, `FLAG_PROTECTED` (the eviction policy's) is never taken from a
+/// caller nor shown to one, and `FLAG_OVERFLOW` is kept only on a value of a reference's size
+/// (`OVERFLOW_REF_SIZE`), which the store layer resolves.
+pub fn stored_flags_for(flags: u32, modseq: Option<u64>, value_len: usize) -> u32 {
+    let mut flags = flags & !FLAG_PROTECTED;
+    if value_len != OVERFLOW_REF_SIZE {
+        flags &= !FLAG_OVERFLOW;
+    }
     match modseq {
         Some(_) => flags | FLAG_HAS_MODSEQ,
         None => flags & !FLAG_HAS_MODSEQ,

@@ -10,7 +10,10 @@
 //!   afterwards (pokes excepted); `MakeRoom(len)` leaves room and a free slot for `len`;
 //!   `All` empties the page; `Expired` leaves no expired entry;
 //! - a page built only through the API from `PageMut::init` passes `check_page` with the
-//!   slot hash recomputed, after every operation.
+//!   slot hash recomputed, after every operation;
+//! - `FLAG_OVERFLOW` (a large value's reference) is kept only on a value of exactly
+//!   `OVERFLOW_REF_SIZE` bytes, and every entry handed out with it has such a value: the
+//!   store layer can rely on the page for the reference's size, and checks the rest.
 //!
 //! Inputs with an odd `now` run with the native eviction policy on (`PageMut::with_policy`:
 //! the protected flag and the ghost record at the end of the page, whatever bytes it holds),
@@ -166,7 +169,14 @@ pub fn run(data: &[u8]) {
                 let key = key.bytes();
                 let peeked = PageView::new(&buf).peek(hash(&key), &key, now);
                 match peeked {
-                    Ok(Some(e)) => assert_eq!(e.key, &key[..], "peek returned another key"),
+                    Ok(Some(e)) => {
+                        assert_eq!(e.key, &key[..], "peek returned another key");
+                        assert!(
+                            e.flags & FLAG_OVERFLOW == 0 || e.value.len() == OVERFLOW_REF_SIZE,
+                            "an overflow reference of {} bytes was handed out",
+                            e.value.len()
+                        );
+                    }
                     Ok(None) => {}
                     Err(c) => fails_only_if_invalid(was_valid, "peek", c),
                 }
@@ -372,7 +382,7 @@ fn do_store(buf: &mut [u8], req: &NewEntry, now: u32, slots: u32, was_valid: boo
         }
         Ok(StoreOutcome::Stored) => {
             let live = !is_expired(req.expire_on, now) && req.flags & FLAG_TOMBSTONE == 0;
-            let flags = stored_flags(req.flags, req.modseq);
+            let flags = stored_flags_for(req.flags, req.modseq, req.value.len());
             let expect = |e: Option<fastmmap::page::EntryRef<'_>>, what: &str| match e {
                 Some(e) => {
                     assert!(

@@ -459,8 +459,8 @@ impl Run {
         self.model.insert(
             key.clone(),
             Entry {
+                flags: stored_flags_for(flags, modseq, value.len()),
                 value,
-                flags: stored_flags(flags, modseq),
                 expire_on,
                 modseq,
                 last_access: now,

@@ -9,7 +9,9 @@ use crate::Result;
 use crate::page::{NewEntry, StoreOutcome};
 
 impl Cache {
-    /// Values of many keys, in the order given, locking each page touched once.
+    /// Values of many keys, in the order given. Each key is read as [`get`](Self::get) reads
+    /// it, without a lock where the file allows; the keys that need a lock have each of their
+    /// pages locked once.
     ///
     /// # Errors
     /// Lock errors.

@@ -48,6 +48,7 @@ pub struct CacheBuilder {
     write_mode: WriteMode,
     cache_not_found: bool,
     compression: Option<Compression>,
+    overflow: crate::store::OverflowRequest,
 }
 
 /// The backing store as the builder keeps it (a `dyn Backing` has no `Debug`).
@@ -85,6 +86,7 @@ impl Default for CacheBuilder {
             write_mode: WriteMode::Through,
             cache_not_found: false,
             compression: None,
+            overflow: Default::default(),
         }
     }
 }
@@ -190,6 +192,44 @@ impl CacheBuilder {
     /// opened it (forked children never remove it).
     pub fn unlink_on_drop(mut self, yes: bool) -> Self {
         self.unlink_on_drop = yes;
+        self
+    }
+
+    /// Gives a new native file an overflow area of `bytes` (rounded up to 4 KiB blocks) after
+    /// its pages, where values too large for their page are kept: the entry (key and
+    /// metadata) stays in its page with a reference, and its bytes go to the area. Default:
+    /// no area, and a value that does not fit its page is [`Error::TooLarge`]. Opening an
+    /// existing file with a different size is [`Error::GeometryMismatch`] (the area is part
+    /// of the file's geometry, recorded in its header). The Cache::FastMmap layout has no
+    /// area (asking for one is [`Error::InvalidOptions`]), and handles with a backing store
+    /// or compression cannot open a file that has one yet.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let cache = fastmmap::Cache::builder()
+    ///     .path(dir.path().join("c"))
+    ///     .num_pages(8)
+    ///     .page_size(16 * 1024)
+    ///     .overflow_size(4 << 20)
+    ///     .max_value_size(1 << 20)
+    ///     .open()?;
+    /// let big = vec![7u8; 1 << 20];
+    /// cache.set(b"big", &big)?;
+    /// assert_eq!(cache.get(b"big")?, Some(big));
+    /// # Ok::<(), fastmmap::Error>(())
+    /// ```
+    pub fn overflow_size(mut self, bytes: u64) -> Self {
+        self.overflow.size = Some(bytes);
+        self
+    }
+
+    /// The largest value a new file's overflow area takes (default: an eighth of the file,
+    /// pages and area together, and no more than the area). A larger value is
+    /// [`Error::TooLarge`]. Recorded in the file's header: opening an existing file with a
+    /// different one is [`Error::GeometryMismatch`]. Needs
+    /// [`overflow_size`](Self::overflow_size).
+    pub fn max_value_size(mut self, bytes: u32) -> Self {
+        self.overflow.max_value_size = Some(bytes);
         self
     }
 
@@ -346,7 +386,17 @@ impl CacheBuilder {
             read_only: self.read_only,
             trust_contents: self.reset || self.verify,
             must_exist: false,
+            overflow: self.overflow,
         };
+        if self.layout == Layout::FastMmap
+            && (self.overflow.size.is_some_and(|s| s > 0) || self.overflow.max_value_size.is_some())
+        {
+            return Err(invalid(
+                "the Cache::FastMmap layout has no overflow area: Perl reads every value from \
+                 its page"
+                    .into(),
+            ));
+        }
         if self.backing.is_none() && (self.cache_not_found || self.write_mode != WriteMode::Through)
         {
             return Err(invalid(
@@ -361,6 +411,13 @@ impl CacheBuilder {
             compression: self.compression,
         });
         let file = store::open_shared(&req)?;
+        if layer.is_some() && file.overflow().is_some() {
+            return Err(invalid(
+                "a backing store or compression cannot be used yet with a file that has an \
+                 overflow area (large values)"
+                    .into(),
+            ));
+        }
         let cache = Cache {
             inner: Arc::new(Inner {
                 hash: KeyHash::of(self.layout),

@@ -12,8 +12,8 @@ use super::expiry::Expiry;
 use super::mode::Layer;
 use crate::clock::{Clock, from_unix_secs};
 use crate::page::consts::{
-    FLAG_COMPRESSION, FLAG_DIRTY, FLAG_HAS_MODSEQ, FLAG_TOMBSTONE, FLAG_UNDEF, FLAG_UTF8_KEY,
-    FLAG_UTF8_VALUE, max_entry_size,
+    FLAG_COMPRESSION, FLAG_DIRTY, FLAG_HAS_MODSEQ, FLAG_OVERFLOW, FLAG_TOMBSTONE, FLAG_UNDEF,
+    FLAG_UTF8_KEY, FLAG_UTF8_VALUE, max_entry_size,
 };
 use crate::page::{Copied, Corrupt, EntryRef, NewEntry, StoreOutcome, check_page};
 use crate::store::{
@@ -120,7 +120,7 @@ impl std::ops::BitOr for EntryFlags {
 
 /// Flag bits a caller may not set: they describe how the crate stored the entry.
 pub(super) const RESERVED_FLAGS: u32 =
-    FLAG_TOMBSTONE | FLAG_HAS_MODSEQ | FLAG_DIRTY | FLAG_COMPRESSION;
+    FLAG_TOMBSTONE | FLAG_HAS_MODSEQ | FLAG_DIRTY | FLAG_COMPRESSION | FLAG_OVERFLOW;
 
 impl EntryFlags {
     /// No flags: a byte string, as every plain store writes.
@@ -268,6 +268,14 @@ impl Cache {
         max_entry_size(self.page_size() as usize, self.geometry().start_slots)
     }
 
+    /// The largest value this cache stores: a value whose entry does not fit a page goes to
+    /// the file's overflow area, up to this size (see
+    /// [`CacheBuilder::overflow_size`](crate::CacheBuilder::overflow_size)). Without an area,
+    /// 0: every entry must fit a page ([`max_entry_size`](Self::max_entry_size)).
+    pub fn max_value_size(&self) -> usize {
+        self.inner.file.max_value_size()
+    }
+
     /// The clock this cache reads.
     pub fn clock(&self) -> &Clock {
         &self.inner.clock
@@ -387,7 +395,27 @@ impl Cache {
     pub(crate) fn check_size(&self, req: &NewEntry<'_>) -> Result<()> {
         match req.entry_size() {
             Some(needed) if needed <= self.max_entry_size() => Ok(()),
+            _ if self.goes_to_overflow(req) => Ok(()),
+            _ if self.inner.file.overflow().is_some() => Err(self.value_too_large(req)),
             _ => Err(self.too_large(req)),
+        }
+    }
+
+    /// Whether `req` is stored in the overflow area: its entry does not fit a page, and its
+    /// value fits the area's limit.
+    #[inline]
+    pub(super) fn goes_to_overflow(&self, req: &NewEntry<'_>) -> bool {
+        let max = self.inner.file.max_value_size();
+        max != 0
+            && req.value.len() <= max
+            && req.entry_size().is_none_or(|n| n > self.max_entry_size())
+    }
+
+    pub(super) fn value_too_large(&self, req: &NewEntry<'_>) -> Error {
+        Error::ValueTooLarge {
+            path: self.path().to_path_buf(),
+            len: req.value.len(),
+            max: self.inner.file.max_value_size(),
         }
     }
 
@@ -479,6 +507,11 @@ impl Cache {
         // Native pages change under a busy marker, so an overwrite of the same size may be
         // made in place (see `PageMut::store_with`); Cache::FastMmap's pages have no marker.
         let in_place = self.inner.file.layout() == Layout::Native;
+        if self.inner.file.overflow().is_some()
+            && req.entry_size().is_none_or(|n| n > self.max_entry_size())
+        {
+            return self.store_large(guard, req, now, in_place);
+        }
         let outcome = match guard.change(|p| p.store_with(req, now, slots, in_place)) {
             Ok(outcome) => outcome,
             Err(_) => guard
@@ -497,7 +530,18 @@ impl Cache {
             file.prefetch_for_store(loc.page(file.geometry().num_pages), req.slot_hash, size);
         }
         let mut guard = self.lock_page(loc)?;
-        self.store_locked(&mut guard, req, now)
+        match self.store_locked(&mut guard, req, now) {
+            Err(Error::OverflowFull { .. }) => {
+                // Room is made in other pages with this one let go (a page lock is never waited
+                // for while another is held), then the store is tried once more.
+                let page = guard.page_index();
+                drop(guard);
+                self.evict_overflow_elsewhere(page, req, now)?;
+                let mut guard = self.lock_page(loc)?;
+                self.store_locked(&mut guard, req, now)
+            }
+            outcome => outcome,
+        }
     }
 
     pub(crate) fn request<'k>(
@@ -532,6 +576,9 @@ impl Cache {
             let g = file.geometry();
             let hash = self.inner.hash;
             let slot_hash = move |key: &[u8]| hash.locate(key, g.num_pages).1;
+            // Pages holding overflow blocks have them checked, and those no entry references
+            // freed (a wipe frees them all).
+            let owners = file.overflow_owners();
             for page in 0..g.num_pages {
                 let Some(mut guard) = self.lock_page_at(file, page)? else {
                     continue 'files;
@@ -541,7 +588,11 @@ impl Cache {
                 } else if check_page(guard.bytes(), g.start_slots, Some(&slot_hash)).is_err() {
                     guard.reset();
                 }
+                if owners[page as usize] {
+                    guard.sweep_overflow();
+                }
             }
+            file.overflow_free_unowned(false);
             return Ok(());
         }
         Err(self.too_many_moves())

@@ -62,7 +62,7 @@ impl Cache {
             } else if !crate::page::consts::is_expired(e.expire_on, now)
                 && e.flags & FLAG_TOMBSTONE == 0
             {
-                out.push((e.key.to_vec(), Entry::from_ref(&e)));
+                out.push((e.key.to_vec(), Entry::from_ref(e)));
             }
         });
         if walked.is_err() || damaged {

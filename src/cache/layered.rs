@@ -12,7 +12,7 @@ use crate::Result;
 use crate::WriteMode;
 use crate::clock::from_unix_secs;
 use crate::page::consts::{FLAG_DIRTY, FLAG_UNDEF};
-use crate::page::{DirtyCopy, NewEntry, StoreOutcome};
+use crate::page::{Copied, DirtyCopy, NewEntry, StoreOutcome};
 use crate::{Backing, Clock};
 
 /// What a look into the cache found, for read-through.
@@ -95,27 +95,53 @@ impl Cache {
         }
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
-        match self.look(layer, key, page, slot_hash, now)? {
-            Look::Hit(stored, flags) if layer.trusts_cached() => {
-                self.decode_value(key, stored, flags).map(Some)
-            }
-            Look::Negative if layer.trusts_cached() => Ok(None),
-            Look::Miss(_) if layer.backing.is_none() => Ok(None),
-            look => {
-                // Loaded and cached under the write-back lock, so that no write of the key
-                // reaches the store between the load and the caching of what it loaded. A
-                // reader does not wait behind another's call of the store, which may be slow:
-                // if the lock is held, it reads the store without it and caches nothing.
-                let _write_back = match self.try_write_back_lock(page)? {
-                    TryWriteBack::Taken(guard) => guard,
-                    TryWriteBack::Busy => match self.load_uncached(layer, key, look)? {
-                        Some(found) => return Ok(found),
-                        None => self.write_back_lock(page)?,
-                    },
-                };
-                self.get_holding_write_back(layer, key, page, slot_hash, now)
+        // A copy the cache may serve is read without the lock first, as a plain get is: a hit
+        // that needs no change to the page (see `read_unlocked`) is final, and so is a miss
+        // when there is no store to read through. A miss seen so is not looked for again under
+        // the page lock before the write-back lock is tried: only that lock's look counts.
+        let mut missed = false;
+        if layer.trusts_cached() {
+            let mut copied = Copied::default();
+            match self.read_unlocked(page, slot_hash, key, now, true, &mut copied) {
+                Some(true) if layer.backing.is_some() && is_negative(copied.flags) => {
+                    return Ok(None);
+                }
+                Some(true) => return self.decode_value(key, copied.value, copied.flags).map(Some),
+                Some(false) if layer.backing.is_none() => return Ok(None),
+                Some(false) => missed = true,
+                None => {}
             }
         }
+        let look = if missed {
+            None
+        } else {
+            match self.look(layer, key, page, slot_hash, now)? {
+                Look::Hit(stored, flags) if layer.trusts_cached() => {
+                    return self.decode_value(key, stored, flags).map(Some);
+                }
+                Look::Negative if layer.trusts_cached() => return Ok(None),
+                Look::Miss(_) if layer.backing.is_none() => return Ok(None),
+                look => Some(look),
+            }
+        };
+        // Loaded and cached under the write-back lock, so that no write of the key reaches
+        // the store between the load and the caching of what it loaded. A reader does not wait
+        // behind another's call of the store, which may be slow: if the lock is held, it reads
+        // the store without it and caches nothing.
+        let _write_back = match self.try_write_back_lock(page)? {
+            TryWriteBack::Taken(guard) => guard,
+            TryWriteBack::Busy => {
+                let look = match look {
+                    Some(look) => look,
+                    None => self.look(layer, key, page, slot_hash, now)?,
+                };
+                match self.load_uncached(layer, key, look)? {
+                    Some(found) => return Ok(found),
+                    None => self.write_back_lock(page)?,
+                }
+            }
+        };
+        self.get_holding_write_back(layer, key, page, slot_hash, now)
     }
 
     /// What a `get` that missed (or may not trust its hit) returns when the write-back lock
@@ -239,10 +265,7 @@ impl Cache {
         if let Some(at) = store_expiry {
             // The copy must not outlive the store's value: the whole second before it, with a
             // margin for the coarse clock that expiry is checked with.
-            let at = at
-                .checked_sub(Clock::COARSE_MARGIN)
-                .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs());
+            let at = Clock::copy_expiry_secs(at);
             let at = u32::try_from(at).unwrap_or(u32::MAX);
             if at <= now {
                 return Ok(loaded);

@@ -75,6 +75,13 @@ impl Cache {
                     resets: file.resets(page),
                 });
             }
+            if let Some(u) = file.overflow_usage() {
+                let bs = u64::from(u.block_size);
+                stats.overflow_bytes = u64::from(u.blocks) * bs;
+                stats.overflow_used_bytes = u64::from(u.used) * bs;
+                stats.overflow_free_runs = u64::from(u.free_runs);
+                stats.overflow_largest_free_run = u64::from(u.largest_free_run) * bs;
+            }
             stats.dirty_lost = file.dirty_lost(false);
             file.faults.report(&mut stats);
             return Ok(stats);

@@ -14,6 +14,7 @@ mod compression;
 mod expiry;
 mod handle;
 mod iter;
+mod large;
 mod layered;
 mod maintenance;
 mod mode;

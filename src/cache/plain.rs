@@ -3,7 +3,7 @@
 //! `handle.rs` document these.
 
 use super::expiry::Expiry;
-use super::handle::{Cache, Entry, Update};
+use super::handle::{Cache, Entry, Loc, Update};
 use super::update::Existing;
 use crate::page::{Copied, NewEntry, StoreOutcome};
 use crate::store::{MAX_FOLLOWS, SharedFile, peek_locked, read_locked};
@@ -107,17 +107,41 @@ impl Cache {
         keys: &[K],
     ) -> Result<Vec<Option<Vec<u8>>>> {
         let now = self.now();
-        // A resize met part way: the batch starts over on the new file.
+        // Every key's page is located and its lines asked for first, so that their cache
+        // misses overlap; then each key is read without a lock where it can be, as `get`
+        // reads it, and the keys left over lock their pages, each page once.
+        let located: Vec<(Loc, u32)> = keys.iter().map(|k| self.locate(k.as_ref())).collect();
+        {
+            let file: &SharedFile = &self.inner.file;
+            let num_pages = file.geometry().num_pages;
+            for &(loc, slot_hash) in &located {
+                file.prefetch_page(loc.page(num_pages), slot_hash);
+            }
+        }
+        let mut out = vec![None; keys.len()];
+        let mut locked = Vec::new();
+        let mut copied = Copied::default();
+        for (i, &(loc, slot_hash)) in located.iter().enumerate() {
+            // A page a resize moved answers `None` here: its keys go to the lock, which follows.
+            match self.read_unlocked(loc, slot_hash, keys[i].as_ref(), now, true, &mut copied) {
+                Some(true) => out[i] = Some(std::mem::take(&mut copied.value)),
+                Some(false) => {}
+                None => locked.push(i),
+            }
+        }
+        if locked.is_empty() {
+            return Ok(out);
+        }
+        // A resize met part way: the keys left over start over on the new file.
         'files: for _ in 0..MAX_FOLLOWS {
             let file: &SharedFile = &self.inner.file;
-            let mut out = vec![None; keys.len()];
-            let groups =
-                self.group_by_page(file.geometry().num_pages, keys.iter().map(AsRef::as_ref));
-            for (page, group) in groups {
+            let rest = locked.iter().map(|&i| keys[i].as_ref());
+            for (page, group) in self.group_by_page(file.geometry().num_pages, rest) {
                 let Some(mut reader) = self.read_page_at(file, page)? else {
                     continue 'files;
                 };
-                for (i, slot_hash) in group {
+                for (j, slot_hash) in group {
+                    let i = locked[j];
                     out[i] = reader.get(slot_hash, keys[i].as_ref(), now, self.inner.stats, |e| {
                         e.value.to_vec()
                     });
@@ -176,20 +200,14 @@ impl Cache {
         let stats = self.inner.stats;
         // `f` is called from one of two places: with the entry when there is one, else after.
         let mut f = Some(f);
-        let decided = match guard.page().get(slot_hash, key, now, stats) {
-            Ok(Some(e)) => {
-                let (decision, r) =
-                    (f.take().expect("called once"))(Some(Existing::of(&e, e.value)));
-                // What `Keep` returns is the value just read: copied now, not probed for again.
-                let kept = matches!(decision, Update::Keep).then(|| e.value.to_vec());
-                Some((decision, r, kept))
-            }
-            Ok(None) => None,
-            Err(_) => {
-                guard.reset();
-                None
-            }
-        };
+        // A damaged page is reset by the read, and the key is then absent (a large value is
+        // read from the overflow area).
+        let decided = read_locked(&mut guard, slot_hash, key, now, stats, |e| {
+            let (decision, r) = (f.take().expect("called once"))(Some(Existing::of(e, e.value)));
+            // What `Keep` returns is the value just read: copied now, not probed for again.
+            let kept = matches!(decision, Update::Keep).then(|| e.value.to_vec());
+            (decision, r, kept)
+        });
         let (decision, r, kept) = match decided {
             Some(decided) => decided,
             None => {

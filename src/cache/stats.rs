@@ -31,6 +31,18 @@ pub struct Stats {
     /// Page or write-back locks not taken within the lock timeout, as counted by this
     /// process.
     pub lock_timeouts: u64,
+    /// Bytes of the overflow area, where values larger than a page live (0: the file has
+    /// none).
+    pub overflow_bytes: u64,
+    /// Bytes of the overflow area held by large values (whole blocks: a value's last block
+    /// is partly empty).
+    pub overflow_used_bytes: u64,
+    /// Runs of consecutive free blocks in the overflow area: how fragmented its free space is
+    /// (1 when all of it is in one run). A value's blocks need not be consecutive, so
+    /// fragmentation costs reads a little locality, never room.
+    pub overflow_free_runs: u64,
+    /// Bytes of the longest run of free blocks in the overflow area.
+    pub overflow_largest_free_run: u64,
     /// The same figures page by page.
     pub pages: Vec<PageStats>,
 }

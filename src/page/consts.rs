@@ -63,6 +63,18 @@ pub const FLAG_ZSTD: u32 = 0x0400_0000;
 /// recently evicted): it is in the page's protected part, evicted after the probationary
 /// entries. Native layout only (see the eviction policy below); never handed to callers.
 pub const FLAG_PROTECTED: u32 = 0x0100_0000;
+/// The value lives in the file's overflow area (native layout only): the entry's value bytes
+/// (after any modseq prefix) are a reference of `OVERFLOW_REF_SIZE` bytes, which the store
+/// layer reads and checks. Never handed to callers.
+pub const FLAG_OVERFLOW: u32 = 0x0080_0000;
+
+// Overflow reference: the value bytes of an entry with FLAG_OVERFLOW, native-endian.
+// | first_block u32 | blocks u32 | len u64 | checksum u64 (xxh3-64 of the value) |
+pub const REF_FIRST_BLOCK_OFFSET: usize = 0;
+pub const REF_BLOCKS_OFFSET: usize = REF_FIRST_BLOCK_OFFSET + 4;
+pub const REF_LEN_OFFSET: usize = REF_BLOCKS_OFFSET + 4;
+pub const REF_CHECKSUM_OFFSET: usize = REF_LEN_OFFSET + 8;
+pub const OVERFLOW_REF_SIZE: usize = REF_CHECKSUM_OFFSET + 8;
 
 /// Fewest slots a page may have (Cache::FastMmap's default and floor).
 pub const MIN_SLOTS: u32 = 89;

@@ -59,7 +59,20 @@ impl EntryLoc {
         if loc.flags & FLAG_HAS_MODSEQ != 0 && loc.val_len < MODSEQ_SIZE {
             return Err(Corrupt("modseq flag on a value shorter than a modseq"));
         }
+        if loc.flags & FLAG_OVERFLOW != 0 && loc.value_len() != OVERFLOW_REF_SIZE {
+            return Err(Corrupt("overflow flag on a value that is not a reference"));
+        }
         Ok(loc)
+    }
+
+    /// Bytes of the value without any modseq prefix.
+    #[inline]
+    pub fn value_len(&self) -> usize {
+        if self.flags & FLAG_HAS_MODSEQ != 0 {
+            self.val_len.saturating_sub(MODSEQ_SIZE)
+        } else {
+            self.val_len
+        }
     }
 
     /// Bytes the entry occupies, padding included.

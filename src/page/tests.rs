@@ -1132,3 +1132,43 @@ fn a_large_entry_takes_the_room_of_probation_and_of_a_grown_slot_table_not_of_pr
         }
     }
 }
+
+#[test]
+fn the_overflow_flag_is_kept_only_on_a_reference() {
+    let mut buf = fresh(4096);
+    let reference = [7u8; OVERFLOW_REF_SIZE];
+    let mut req = store(b"large", &reference, 0);
+    req.flags = FLAG_OVERFLOW;
+    let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+    page.store(&req, NOW, MIN_SLOTS).unwrap();
+    let mut other = store(b"small", b"not a reference", 0);
+    other.flags = FLAG_OVERFLOW;
+    page.store(&other, NOW, MIN_SLOTS).unwrap();
+    assert_eq!(raw_flags(&buf, "large"), Some(FLAG_OVERFLOW));
+    assert_eq!(
+        raw_flags(&buf, "small"),
+        Some(0),
+        "dropped from a value of another size"
+    );
+    // A reference with a modseq prefix keeps it too.
+    let mut with_modseq = store(b"large2", &reference, 0);
+    with_modseq.flags = FLAG_OVERFLOW;
+    with_modseq.modseq = Some(9);
+    let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
+    page.store(&with_modseq, NOW, MIN_SLOTS).unwrap();
+    let e = page
+        .peek(slot_hash(b"large2"), b"large2", NOW)
+        .unwrap()
+        .unwrap();
+    assert_eq!((e.value, e.modseq), (&reference[..], Some(9)));
+    assert_eq!(e.flags & FLAG_OVERFLOW, FLAG_OVERFLOW);
+    // An entry whose flag and value length disagree (damage) fails the page's check.
+    let mut words = buf.clone();
+    let off = (0..words.len() - 5)
+        .find(|&i| &words[i..i + 5] == b"small")
+        .unwrap()
+        - 24;
+    let flags_at = off + FLAGS_OFFSET;
+    words[flags_at..flags_at + 4].copy_from_slice(&FLAG_OVERFLOW.to_ne_bytes());
+    assert!(check_page(&words, MIN_SLOTS, None).is_err());
+}

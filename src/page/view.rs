@@ -142,10 +142,14 @@ impl NewEntry<'_> {
         entry_size(self.key.len(), val_len)
     }
 
-    /// The flags to store: `FLAG_HAS_MODSEQ` as `modseq` says, and never the policy's bit,
-    /// which only the page sets.
+    /// The flags to store: `FLAG_HAS_MODSEQ` as `modseq` says, never the policy's bit, which
+    /// only the page sets, and `FLAG_OVERFLOW` only on a value of a reference's size (the
+    /// page never writes an entry its own check would call damaged).
     fn stored_flags(&self) -> u32 {
-        let flags = self.flags & !FLAG_PROTECTED;
+        let mut flags = self.flags & !FLAG_PROTECTED;
+        if self.value.len() != OVERFLOW_REF_SIZE {
+            flags &= !FLAG_OVERFLOW;
+        }
         match self.modseq {
             Some(_) => flags | FLAG_HAS_MODSEQ,
             None => flags & !FLAG_HAS_MODSEQ,

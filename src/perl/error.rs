@@ -51,6 +51,15 @@ pub enum Error {
         unit: &'static str,
     },
 
+    /// Appending one [`PerlData`](crate::perl::PerlData) to another
+    /// ([`PerlData::append`](crate::perl::PerlData::append)) would make more values than its
+    /// ids can number. Nothing was added.
+    #[error("Perl data would hold more than {limit} values")]
+    TooManyValues {
+        /// The limit ([`PerlData::MAX_VALUES`](crate::perl::PerlData::MAX_VALUES)).
+        limit: usize,
+    },
+
     /// The data refer to themselves (`$h->{self} = $h`), which a Rust value cannot hold.
     /// [`PerlData`](crate::perl::PerlData) can.
     #[error("Perl data contain a cycle of references, which a Rust value cannot hold")]

@@ -388,15 +388,14 @@ impl PerlData {
     /// Adds every value of `other` (its ids shifted past this structure's) and returns the
     /// new id of its root, which is not yet reachable from this root.
     ///
-    /// # Panics
-    /// If the two together hold more than 2³² values.
-    pub fn append(&mut self, other: PerlData) -> SvId {
-        let offset = u32::try_from(self.svs.len()).expect("at most 2^32 values in one PerlData");
-        let shift = |id: &mut SvId| {
-            id.0 =
-                id.0.checked_add(offset)
-                    .expect("at most 2^32 values in one PerlData");
-        };
+    /// # Errors
+    /// [`Error::TooManyValues`](crate::perl::Error::TooManyValues) if the two together would
+    /// hold more than [`MAX_VALUES`](Self::MAX_VALUES) values; this structure is unchanged.
+    pub fn append(&mut self, other: PerlData) -> crate::perl::Result<SvId> {
+        let offset = appended_offset(self.svs.len(), other.svs.len())?;
+        // An id of `other` that names none of its values still names none: the total is
+        // below u32::MAX, which no value has.
+        let shift = |id: &mut SvId| id.0 = id.0.saturating_add(offset);
         let root = {
             let mut root = other.root;
             shift(&mut root);
@@ -411,10 +410,13 @@ impl PerlData {
                 PerlValue::Hook(h) => h.refs.iter_mut().for_each(shift),
                 _ => {}
             }
-            self.push(sv);
+            self.svs.push(sv);
         }
-        root
+        Ok(root)
     }
+
+    /// The most values [`append`](Self::append) lets one structure reach.
+    pub const MAX_VALUES: usize = u32::MAX as usize;
 
     /// The value of `id` in a hash value (following references to reach the hash), by key
     /// text. `None` if it is not a hash or has no such key.
@@ -426,6 +428,17 @@ impl PerlData {
             .iter()
             .find(|(k, _)| k.text() == key)
             .map(|&(_, v)| v)
+    }
+}
+
+/// Where the ids of `added` values appended to `len` values start, if the two fit together
+/// (at most [`PerlData::MAX_VALUES`]).
+fn appended_offset(len: usize, added: usize) -> crate::perl::Result<u32> {
+    match len.checked_add(added) {
+        Some(total) if total <= PerlData::MAX_VALUES => Ok(len as u32),
+        _ => Err(crate::perl::Error::TooManyValues {
+            limit: PerlData::MAX_VALUES,
+        }),
     }
 }
 
@@ -497,5 +510,26 @@ impl PartialEq for PerlData {
             }
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_refuses_more_values_than_ids() {
+        assert_eq!(appended_offset(3, 4).unwrap(), 3);
+        assert_eq!(
+            appended_offset(PerlData::MAX_VALUES - 1, 1).unwrap(),
+            u32::MAX - 1
+        );
+        for (len, added) in [(PerlData::MAX_VALUES, 1), (1, usize::MAX)] {
+            let e = appended_offset(len, added).unwrap_err();
+            assert!(
+                matches!(e, crate::perl::Error::TooManyValues { limit } if limit == PerlData::MAX_VALUES),
+                "{e}"
+            );
+        }
     }
 }

@@ -24,18 +24,34 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Where a [`Listener`] is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where a [`Listener`] is. Two statuses are equal when they are the same state and, for
+/// `Down`, hold the same failure (or none).
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum ListenerStatus {
     /// Not subscribed (yet, or any more): the host does not trust its file. The last error,
-    /// if there was one.
-    Down(Option<String>),
+    /// if there was one, with its cause (`std::error::Error::source`).
+    Down(Option<Arc<RedisError>>),
     /// Subscribed: the host trusts its file.
     Trusted,
     /// Stopped.
     Stopped,
 }
+
+impl PartialEq for ListenerStatus {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Down(a), Self::Down(b)) => match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            },
+            (Self::Trusted, Self::Trusted) | (Self::Stopped, Self::Stopped) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ListenerStatus {}
 
 struct Shared {
     stop: AtomicBool,
@@ -206,15 +222,12 @@ impl Worker {
                 .is_ok_and(|s| *s == ListenerStatus::Trusted);
             // Whatever happened, nothing is trusted until subscribed again.
             self.distrust();
-            let error = match outcome {
-                Ok(()) => None,
-                Err(e) => Some(e.to_string()),
-            };
+            let error = outcome.err().map(Arc::new);
             if self.stopping() {
                 break;
             }
             again &= !was_trusted;
-            crate::events::redis_down(&self.path, self.options.server(), error.as_deref(), again);
+            super::events::redis_down(&self.path, self.options.server(), error.as_deref(), again);
             again = true;
             if was_trusted {
                 backoff = BACKOFF_FIRST;
@@ -236,17 +249,15 @@ impl Worker {
     fn distrust(&mut self) {
         let mut reported = false;
         loop {
-            let distrusted = self.state.distrust();
-            let cleared = self.local.clear();
-            if distrusted.is_ok() && cleared.is_ok() {
-                return;
-            }
-            let error = distrusted
-                .err()
-                .map(|e| e.to_string())
-                .or_else(|| cleared.err().map(|e| e.to_string()));
+            // Both are tried, in this order, whether or not the first fails.
+            let error = match (self.state.distrust(), self.local.clear()) {
+                (Ok(()), Ok(())) => return,
+                (Err(e), _) => self.options.error("write the state file", e),
+                (Ok(()), Err(e)) => self.local_error("clear the cache file", e),
+            };
+            let error = Some(Arc::new(error));
             if !std::mem::replace(&mut reported, true) {
-                crate::events::redis_distrust_failed(&self.path, error.as_deref());
+                super::events::redis_distrust_failed(&self.path, error.as_deref());
             }
             self.shared.set(ListenerStatus::Down(error));
             if self.stopping() {
@@ -295,7 +306,7 @@ impl Worker {
             .trust()
             .map_err(|e| o.error("write the state file", e))?;
         let connections = self.shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        crate::events::redis_trusted(&self.path, o.server(), connections);
+        super::events::redis_trusted(&self.path, o.server(), connections);
         self.shared.set(ListenerStatus::Trusted);
         pubsub
             .set_read_timeout(Some(POLL))

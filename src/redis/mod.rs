@@ -84,6 +84,7 @@
 mod backing;
 mod conn;
 mod error;
+mod events;
 mod listener;
 mod options;
 #[cfg(feature = "session")]

@@ -173,10 +173,9 @@ impl SessionTier {
         if fence.is_none() {
             return Ok(());
         }
-        // The whole second (the file's unit) at least a coarse clock's tick before Redis's
-        // expiry: the copy never outlives the record in Redis.
-        let margin = Clock::COARSE_MARGIN.as_millis() as u64;
-        let expiry = match stored.expires_ms.map(|ms| ms.saturating_sub(margin) / 1000) {
+        // The copy never outlives the record in Redis.
+        let copy_expiry = |ms| Clock::copy_expiry_secs(UNIX_EPOCH + Duration::from_millis(ms));
+        let expiry = match stored.expires_ms.map(copy_expiry) {
             Some(secs) if secs <= unix_secs(local.clock().now()) => return Ok(()),
             Some(secs) => Expiry::At(UNIX_EPOCH + Duration::from_secs(secs)),
             None => Expiry::Never,

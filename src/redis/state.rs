@@ -14,12 +14,11 @@
 //! differ, which drops a value from the cache: never the reverse.
 
 use std::fs::File;
-use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Arc, Mutex, OnceLock, TryLockError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::Clock;
@@ -63,87 +62,34 @@ fn write_u64(file: &File, offset: u64, v: u64) -> io::Result<()> {
     file.write_all_at(&v.to_ne_bytes(), offset)
 }
 
-/// Opens the state file (for writing: creating it, mode 0600, if the name is free): it must be a
-/// regular file of the cache file's owner (which the cache checked when it opened it), or it is
-/// not trusted.
-///
-/// Another user may have planted anything at the name, so the open never waits (a FIFO opens at
-/// once and is then refused), never follows a symbolic link, never gains a controlling terminal
-/// and never leaks into a child; the descriptor's own `fstat`, not a second look at the name,
-/// decides. `O_NONBLOCK` stays set: it changes nothing for a regular file.
-fn open_state(cache_path: &Path, path: &Path, write: bool) -> io::Result<File> {
-    let owner = std::fs::metadata(cache_path)?.uid();
-    let mut opts = OpenOptions::new();
-    opts.read(true)
-        .write(write)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC);
-    if write {
-        opts.create(true).mode(0o600);
-    }
-    let not_regular = |what: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("the state file is {what}, not a regular file"),
-        )
-    };
-    let file = match opts.open(path) {
-        Ok(file) => file,
-        Err(e) => {
-            // A link (ELOOP, as links are not followed), a socket (ENXIO), a device without a
-            // driver (ENODEV), a directory opened for writing (EISDIR): say what is there.
-            let errno = e.raw_os_error().unwrap_or(0);
-            if ![libc::ELOOP, libc::ENXIO, libc::ENODEV, libc::EISDIR].contains(&errno) {
-                return Err(e);
+/// Opens the state file `path` (for writing: creating it, mode 0600, if the name is free) with
+/// [`crate::fs::open_owned`]: it must be a regular file of `owner`, the cache file's owner
+/// (which the cache checked when it opened it), or it is not trusted. Returns the file and its
+/// length.
+fn open_state(path: &Path, owner: u32, write: bool) -> io::Result<(File, u64)> {
+    let create = write.then_some(0o600);
+    let (file, md) = crate::fs::open_owned(path, owner, write, create).map_err(|e| {
+        let kind = e.kind();
+        match kind {
+            io::ErrorKind::InvalidInput | io::ErrorKind::PermissionDenied => {
+                io::Error::new(kind, format!("the state file is refused: {e}"))
             }
-            let md = std::fs::symlink_metadata(path);
-            return match md.ok().as_ref().and_then(file_kind) {
-                Some(what) => Err(not_regular(what)),
-                None => Err(e),
-            };
+            _ => e,
         }
-    };
-    let md = file.metadata()?;
-    if let Some(what) = file_kind(&md) {
-        return Err(not_regular(what));
-    }
-    if md.uid() != owner {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "the state file belongs to uid {}, another user than the cache file's owner \
-                 (uid {owner})",
-                md.uid()
-            ),
-        ));
-    }
-    Ok(file)
+    })?;
+    Ok((file, md.len()))
 }
 
-/// What a file is, in words, unless it is a regular file.
-fn file_kind(md: &std::fs::Metadata) -> Option<&'static str> {
-    let t = md.file_type();
-    Some(if t.is_file() {
-        return None;
-    } else if t.is_symlink() {
-        "a symbolic link, which is not followed"
-    } else if t.is_fifo() {
-        "a FIFO (named pipe)"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_dir() {
-        "a directory"
-    } else {
-        "of an unknown kind"
-    })
+/// The owner of the cache file at `cache_path`, which its state file must have.
+fn cache_owner(cache_path: &Path) -> io::Result<u32> {
+    Ok(std::fs::metadata(cache_path)?.uid())
 }
 
 /// A reader of the state file (the cache's fences): opened when first found.
 pub(crate) struct StateReader {
     cache_path: PathBuf,
+    /// The cache file's owner, looked up once it exists.
+    owner: OnceLock<u32>,
     path: PathBuf,
     /// The open state file, once found. Taken with `try_lock` only: a fork from a thread
     /// holding it would leave it locked in the child, which then opens its own.
@@ -156,6 +102,7 @@ impl StateReader {
     pub(crate) fn new(cache_path: &Path) -> StateReader {
         StateReader {
             cache_path: cache_path.to_path_buf(),
+            owner: OnceLock::new(),
             path: state_path(cache_path),
             file: Mutex::new(None),
             seen: AtomicU64::new(0),
@@ -173,8 +120,15 @@ impl StateReader {
         if let Some(f) = slot.as_ref().and_then(|s| (**s).clone()) {
             return Some(f);
         }
-        let f = open_state(&self.cache_path, &self.path, false)
-            .map_err(|e| crate::events::state_file_refused(&self.path, &e))
+        let owner = match self.owner.get() {
+            Some(&owner) => owner,
+            None => {
+                let owner = cache_owner(&self.cache_path).ok()?;
+                *self.owner.get_or_init(|| owner)
+            }
+        };
+        let (f, _) = open_state(&self.path, owner, false)
+            .map_err(|e| super::events::state_file_refused(&self.path, &e))
             .ok()?;
         let f = Arc::new(f);
         if let Some(slot) = slot.as_mut() {
@@ -232,8 +186,8 @@ impl StateWriter {
     /// Opens (or creates, mode 0600) the state file and marks the host distrusted.
     pub(crate) fn open(cache_path: &Path) -> io::Result<StateWriter> {
         let path = state_path(cache_path);
-        let file = open_state(cache_path, &path, true)?;
-        if file.metadata()?.len() != STATE_SIZE {
+        let (file, len) = open_state(&path, cache_owner(cache_path)?, true)?;
+        if len != STATE_SIZE {
             file.set_len(STATE_SIZE)?;
         }
         let trust = read_u64(&file, TRUST_OFFSET)?;

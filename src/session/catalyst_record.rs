@@ -416,7 +416,8 @@ fn splice<'a>(
 fn graft(perl: &mut PerlData, value: &Value) -> Result<SvId> {
     let data = storable::to_scalar_data(value)
         .map_err(bad_perl("session values cannot be written as Perl data"))?;
-    Ok(perl.append(data))
+    perl.append(data)
+        .map_err(bad_perl("session values cannot be added to the Perl data"))
 }
 
 /// Reads an `expires:SID` value: a number of Unix seconds.
@@ -794,7 +795,7 @@ mod tests {
         ];
         for (key, seed) in [("a", seed), ("b", seed.rotate_left(17))] {
             let random = crate::perl::tests::random_data(seed);
-            let root = data.append(random);
+            let root = data.append(random).unwrap();
             let value = if data[root].value.is_container() {
                 data.push(PerlValue::Ref(PerlRef::to(root)))
             } else {

@@ -148,6 +148,31 @@ impl Visit {
         self.session.as_ref()
     }
 
+    /// Whether [`SessionStore::finish_http`], given a response with these `headers`, would
+    /// reach the store: the session was loaded (it is saved), or `finish` loads it (an id
+    /// that came in the URL, checked before it goes into an HTML page's links or a
+    /// `Location`; a Catalyst session, extended whenever its cookie comes). When it says
+    /// no, `finish_http` touches nothing but `headers` and cannot block, so an integration
+    /// that moves store calls off its async threads may call it in place (a static asset).
+    pub fn needs_store(&self, headers: &HeaderMap) -> bool {
+        let location = headers.get(LOCATION).is_some_and(|v| v.to_str().is_ok());
+        self.is_loaded() || self.must_load(is_html_head(headers), location)
+    }
+
+    /// Whether `finish` loads a session that was never loaded, for a response that is
+    /// (`html`) a page whose links get ids, or that has a `location`.
+    fn must_load(&self, html: bool, location: bool) -> bool {
+        if self.is_loaded() {
+            return false;
+        }
+        let came_by_url = matches!(self.source, IdSource::Path | IdSource::Query)
+            && matches!(self.presented, Some(Ok(_)));
+        // Catalyst extends a session on every request that sends its cookie, used or not
+        // (and sends the cookie again with the new expiry): so does its mode here.
+        (came_by_url && !self.cookie_sent && (html || location))
+            || (self.cookie_id.is_some() && self.store.is_catalyst())
+    }
+
     /// The session, loaded on first use: the one the presented id names, or a new one (see
     /// [`SessionStore::load`]). Its flash values stay in the store until read with
     /// [`get_flash`](Self::get_flash) ([`SessionStore::load_leaving_flash`]).
@@ -343,6 +368,20 @@ const UTF8_LABELS: &[&str] = &[
 ];
 
 /// `text/html`, with no `charset` parameter or a UTF-8 one.
+/// `text` as a header value, or why it cannot be one.
+fn header_value(text: &str) -> std::result::Result<HeaderValue, &'static str> {
+    HeaderValue::from_str(text)
+        .map_err(|_| "not a valid header value (it holds a control character)")
+}
+
+/// Whether a response with these `headers` is a page whose links get ids.
+fn is_html_head(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(rewritable_content_type)
+}
+
 fn rewritable_content_type(content_type: &str) -> bool {
     let mut parts = content_type.split(';');
     let mime = parts.next().unwrap_or("").trim();
@@ -530,7 +569,10 @@ impl SessionStore {
     /// `fastmmap::web` does both).
     ///
     /// # Errors
-    /// As [`save`](Self::save); `headers` are then left untouched.
+    /// As [`save`](Self::save); `headers` are then left untouched. After a save,
+    /// [`Error::InvalidUrl`] if the `Location` with the id, or [`Error::InvalidOptions`] if
+    /// the cookie, cannot be written as a header value (neither happens with the options the
+    /// builders accept); `headers` are then left untouched too.
     pub fn finish_http(
         &self,
         visit: &mut Visit,
@@ -547,23 +589,34 @@ impl SessionStore {
         let mut head = Head {
             status: status.as_u16(),
             location: header(LOCATION),
-            html: header(CONTENT_TYPE).is_some_and(|t| rewritable_content_type(&t)),
+            html: is_html_head(headers),
             body: &mut body,
             set_cookie: None,
         };
         let location = head.location.clone();
         let finished = self.conclude(visit, &mut head)?;
-        if head.location != location
-            && let Some(new) = head
-                .location
-                .as_deref()
-                .and_then(|l| HeaderValue::from_str(l).ok())
-        {
+        let new_location = match head.location.as_deref() {
+            Some(new) if head.location != location => {
+                Some(header_value(new).map_err(|e| Error::InvalidUrl {
+                    reason: format!("the Location with the session id is {e}"),
+                })?)
+            }
+            _ => None,
+        };
+        let cookie = match &head.set_cookie {
+            Some(cookie) => {
+                Some(
+                    header_value(&cookie.to_string()).map_err(|e| Error::InvalidOptions {
+                        reason: format!("the session cookie is {e}"),
+                    })?,
+                )
+            }
+            None => None,
+        };
+        if let Some(new) = new_location {
             headers.insert(LOCATION, new);
         }
-        if let Some(cookie) = &head.set_cookie
-            && let Ok(value) = HeaderValue::from_str(&cookie.to_string())
-        {
+        if let Some(value) = cookie {
             headers.append(SET_COOKIE, value);
         }
         Ok(finished)
@@ -572,18 +625,7 @@ impl SessionStore {
     /// What [`finish`](Self::finish) and [`finish_http`](Self::finish_http) do, on the
     /// response head as the cycle sees it.
     fn conclude(&self, visit: &mut Visit, head: &mut Head<'_>) -> Result<Finished> {
-        let came_by_url = matches!(visit.source, IdSource::Path | IdSource::Query)
-            && matches!(visit.presented, Some(Ok(_)));
-        if !visit.is_loaded()
-            && came_by_url
-            && !visit.cookie_sent
-            && (head.html || head.location.is_some())
-        {
-            visit.session()?;
-        }
-        if !visit.is_loaded() && visit.cookie_id.is_some() && self.is_catalyst() {
-            // Catalyst extends a session on every request that sends its cookie, used or
-            // not (and sends the cookie again with the new expiry): so does its mode here.
+        if visit.must_load(head.html, head.location.is_some()) {
             visit.session()?;
         }
         let expires_at_start = visit.expires_at_start;
@@ -717,6 +759,48 @@ mod tests {
             headers.get(SET_COOKIE).is_none(),
             "the client has the cookie"
         );
+    }
+
+    #[test]
+    fn header_values_are_checked_not_dropped() {
+        assert_eq!(header_value("/next?sid=x").unwrap(), "/next?sid=x");
+        let e = header_value("/next\r\nSet-Cookie: x=1").unwrap_err();
+        assert!(e.contains("not a valid header value"), "{e}");
+    }
+
+    #[test]
+    fn what_finish_needs_of_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SessionStore::builder()
+            .path(dir.path().join("sessions"))
+            .urls(crate::session::UrlRewriter::new("http://app.test/").unwrap())
+            .build()
+            .unwrap();
+        let head = |content_type: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            h
+        };
+        let (html, css) = (head("text/html"), head("text/css"));
+        let mut visit = store.begin_http(&"/a".parse().unwrap(), &HeaderMap::new(), None, false);
+        assert!(!visit.needs_store(&html), "nothing to load or save");
+        visit.session().unwrap().insert("n", &1).unwrap();
+        assert!(visit.needs_store(&css), "a loaded session is saved");
+        store
+            .finish_http(&mut visit, StatusCode::OK, &mut css.clone())
+            .unwrap();
+        let id = *visit.loaded().unwrap().id();
+
+        // A client that came by a URL id: checked before it goes into a page's links or a
+        // `Location`, not for a style sheet.
+        let uri: Uri = format!("/a/-/{id}").parse().unwrap();
+        let visit = store.begin_http(&uri, &HeaderMap::new(), None, false);
+        assert_eq!(visit.source(), IdSource::Path);
+        assert!(visit.needs_store(&html));
+        assert!(!visit.needs_store(&css));
+        let mut redirect = css.clone();
+        redirect.insert(LOCATION, HeaderValue::from_static("/next"));
+        assert!(visit.needs_store(&redirect));
     }
 
     #[test]

@@ -95,6 +95,13 @@ pub enum Error {
     #[error("the session's flash values have not been taken from the store yet")]
     FlashNotTaken,
 
+    /// A failed load of a request's session, kept and shared by every call of that request
+    /// that needs the session: with a store whose calls may wait on the network, the web
+    /// layer's [`SessionHandle`](crate::web::SessionHandle) tries the load once per request.
+    /// It reads as the failure itself (its message and its `source`).
+    #[error(transparent)]
+    LoadFailed(std::sync::Arc<Error>),
+
     /// An HTML body could not be rewritten (for instance a single tag larger than the
     /// rewriter's memory limit). The body was left as it was.
     #[error("HTML body not rewritten: {reason}")]

@@ -256,16 +256,36 @@ struct Prescan {
     /// Every `formaction` (entity-decoded; `None` if undecidable): a submit button anywhere in
     /// the page may submit a form (`form=` reaches across the page).
     button_actions: Vec<Option<String>>,
+    /// How often the raw bytes hold `<base`, `formaction` and (forms only) `<form`, in any
+    /// case: more than the parser saw means some are where a browser may see what it did not.
+    raw: RawCounts,
+}
+
+/// Counts of [`Prescan::raw`], taken once per page.
+#[derive(Debug, Default)]
+struct RawCounts {
+    bases: usize,
+    button_actions: usize,
+    forms: usize,
 }
 
 /// Reads what [`Prescan`] holds (forms only if `forms`). Skips the parse when the body cannot
 /// hold any of it.
 fn prescan(body: &[u8], forms: bool) -> Result<Prescan> {
-    let mut scan = Prescan::default();
-    if count_ignoring_case(body, BASE_OPENING) == 0
-        && count_ignoring_case(body, b"formaction") == 0
-        && !(forms && count_ignoring_case(body, b"<form") > 0)
-    {
+    let raw = RawCounts {
+        bases: count_ignoring_case(body, BASE_OPENING),
+        button_actions: count_ignoring_case(body, b"formaction"),
+        forms: if forms {
+            count_ignoring_case(body, b"<form")
+        } else {
+            0
+        },
+    };
+    let mut scan = Prescan {
+        raw,
+        ..Prescan::default()
+    };
+    if scan.raw.bases == 0 && scan.raw.button_actions == 0 && scan.raw.forms == 0 {
         return Ok(scan);
     }
     let bases = RefCell::new(Vec::new());
@@ -404,7 +424,7 @@ impl UrlRewriter {
         }
         let query = self.url_style() == UrlStyle::Query;
         let scan = prescan(body, query)?;
-        if count_ignoring_case(body, BASE_OPENING) > scan.base_tags {
+        if scan.raw.bases > scan.base_tags {
             return Err(refused(
                 "holds a `<base` that the HTML parser did not read as a base tag (in text, a \
                  comment, a script or an attribute), which a browser may",
@@ -417,8 +437,8 @@ impl UrlRewriter {
             None => false,
         };
         let hidden_field_allowed = query
-            && count_ignoring_case(body, b"<form") == scan.form_actions.len()
-            && count_ignoring_case(body, b"formaction") == scan.button_actions.len()
+            && scan.raw.forms == scan.form_actions.len()
+            && scan.raw.button_actions == scan.button_actions.len()
             && (!scan.nested_forms || scan.form_actions.iter().all(goes_under_base))
             && scan.button_actions.iter().all(goes_under_base);
         let watch = Mutex::new(TextWatch {

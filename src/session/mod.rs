@@ -218,6 +218,7 @@ mod cookie;
 mod cycle;
 mod data;
 mod error;
+mod events;
 mod html;
 mod id;
 mod record;

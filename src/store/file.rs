@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::MmapRaw;
 
-use super::header::{self, FileHeader, HeaderError};
+use super::header::{self, FileHeader, HeaderError, OVERFLOW_BLOCK_SIZE, OverflowGeometry};
 use super::layout::HASH_XXH3;
 use super::layout::{Layout, LockKind};
 use super::untrusted::{Access, Refusal, open_checked};
@@ -47,6 +47,76 @@ pub(crate) struct OpenRequest {
     pub trust_contents: bool,
     /// Open an existing file only, never create one (following a resized file).
     pub must_exist: bool,
+    /// The overflow area asked for (native layout).
+    pub overflow: OverflowRequest,
+}
+
+/// The overflow area's settings the builder set explicitly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct OverflowRequest {
+    /// Bytes of the area (rounded up to whole blocks); `Some(0)`: none.
+    pub size: Option<u64>,
+    /// The largest value stored there.
+    pub max_value_size: Option<u32>,
+}
+
+impl OverflowRequest {
+    /// The area a new file of `g` gets: none unless asked for; the largest value defaults to
+    /// an eighth of the file, and never more than the area.
+    pub(crate) fn geometry(&self, g: &Geometry) -> std::result::Result<OverflowGeometry, String> {
+        let size = self.size.unwrap_or(0);
+        let blocks = size.div_ceil(u64::from(OVERFLOW_BLOCK_SIZE));
+        let blocks = u32::try_from(blocks)
+            .ok()
+            .filter(|&b| b <= header::MAX_OVERFLOW_BLOCKS)
+            .ok_or_else(|| format!("overflow_size {size} is too large"))?;
+        if blocks == 0 {
+            if self.max_value_size.is_some() {
+                return Err("max_value_size needs an overflow area (overflow_size)".into());
+            }
+            return Ok(OverflowGeometry::default());
+        }
+        let area = u64::from(blocks) * u64::from(OVERFLOW_BLOCK_SIZE);
+        let file = area + u64::from(g.num_pages) * u64::from(g.page_size);
+        let max_value_size = match self.max_value_size {
+            Some(max) => max,
+            None => u32::try_from((file / 8).min(area)).unwrap_or(u32::MAX),
+        };
+        let o = OverflowGeometry {
+            blocks,
+            block_size: OVERFLOW_BLOCK_SIZE,
+            max_value_size,
+        };
+        o.validate()?;
+        Ok(o)
+    }
+
+    /// Fails if an explicitly set field differs from the file's.
+    pub(super) fn check_against(&self, found: &OverflowGeometry, path: &Path) -> Result<()> {
+        if let Some(size) = self.size {
+            let asked =
+                size.div_ceil(u64::from(OVERFLOW_BLOCK_SIZE)) * u64::from(OVERFLOW_BLOCK_SIZE);
+            if asked != found.area_size() {
+                return Err(Error::GeometryMismatch {
+                    path: path.to_path_buf(),
+                    field: "overflow_size",
+                    requested: asked,
+                    found: found.area_size(),
+                });
+            }
+        }
+        if let Some(max) = self.max_value_size
+            && max != found.max_value_size
+        {
+            return Err(Error::GeometryMismatch {
+                path: path.to_path_buf(),
+                field: "max_value_size",
+                requested: u64::from(max),
+                found: u64::from(found.max_value_size),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// An open, mapped, validated file.
@@ -60,6 +130,8 @@ pub(crate) struct Opened {
     pub id: (u64, u64),
     /// The file's owner.
     pub owner: u32,
+    /// The overflow area (none: all zero).
+    pub overflow: OverflowGeometry,
 }
 
 impl OpenRequest {
@@ -83,9 +155,9 @@ impl OpenRequest {
         self.requested.or_defaults()
     }
 
-    /// Fails unless the file is exactly as long as `g` needs.
-    fn check_size(&self, g: &Geometry, len: u64) -> Result<()> {
-        let expected = self.file_size(g);
+    /// Fails unless the file is exactly as long as `g` and `o` need.
+    fn check_size(&self, g: &Geometry, o: &OverflowGeometry, len: u64) -> Result<()> {
+        let expected = self.file_size(g, o);
         if len != expected {
             return Err(Error::WrongSize {
                 path: self.path.clone(),
@@ -96,12 +168,12 @@ impl OpenRequest {
         Ok(())
     }
 
-    fn file_size(&self, g: &Geometry) -> u64 {
+    fn file_size(&self, g: &Geometry, o: &OverflowGeometry) -> u64 {
         let header = match self.layout {
-            Layout::Native => header::header_size(g.num_pages) as u64,
+            Layout::Native => header::header_size(g.num_pages, o.blocks) as u64,
             Layout::FastMmap => 0,
         };
-        header + u64::from(g.num_pages) * u64::from(g.page_size)
+        header + u64::from(g.num_pages) * u64::from(g.page_size) + o.area_size()
     }
 }
 
@@ -183,9 +255,14 @@ fn map(req: &OpenRequest, file: &File, len: u64) -> Result<MmapRaw> {
 /// Validates the file `open_checked` opened (a regular file with a trusted owner) and maps it.
 fn open_existing(req: &OpenRequest, file: File, md: &Metadata) -> Result<Opened> {
     let len = md.len();
-    let (geometry, header_size, lock_kind) = match req.layout {
+    let (geometry, header_size, lock_kind, overflow) = match req.layout {
         Layout::Native => check_native(req, &file, len)?,
-        Layout::FastMmap => (check_fastmmap(req, &file, len)?, 0, LockKind::Fcntl),
+        Layout::FastMmap => (
+            check_fastmmap(req, &file, len)?,
+            0,
+            LockKind::Fcntl,
+            OverflowGeometry::default(),
+        ),
     };
     if req.read_only && lock_kind == LockKind::Robust {
         return Err(Error::InvalidOptions {
@@ -204,6 +281,7 @@ fn open_existing(req: &OpenRequest, file: File, md: &Metadata) -> Result<Opened>
         header_size,
         id: (md.dev(), md.ino()),
         owner: md.uid(),
+        overflow,
     })
 }
 
@@ -237,7 +315,11 @@ fn read_prefix(req: &OpenRequest, file: &File, len: u64, want: usize) -> Result<
     Ok(buf)
 }
 
-fn check_native(req: &OpenRequest, file: &File, len: u64) -> Result<(Geometry, usize, LockKind)> {
+fn check_native(
+    req: &OpenRequest,
+    file: &File,
+    len: u64,
+) -> Result<(Geometry, usize, LockKind, OverflowGeometry)> {
     let prefix = read_prefix(req, file, len, header::PAGE_TABLE_OFFSET)?;
     let h = match FileHeader::decode(&prefix) {
         Ok(h) => h,
@@ -297,13 +379,14 @@ fn check_native(req: &OpenRequest, file: &File, len: u64) -> Result<(Geometry, u
             found: found_kind,
         });
     }
-    // A file that was resized has the geometry its resizer chose: what an opener asks for
-    // applies only to a file it creates (see `store/resize.rs`).
+    // A file that was resized has the geometry (and overflow area) its resizer chose: what an
+    // opener asks for applies only to a file it creates (see `store/resize.rs`).
     if header::generation(&prefix) == 0 {
         req.requested.check_against(&geometry, &req.path)?;
+        req.overflow.check_against(&h.overflow, &req.path)?;
     }
-    req.check_size(&geometry, len)?;
-    Ok((geometry, h.header_size as usize, found_kind))
+    req.check_size(&geometry, &h.overflow, len)?;
+    Ok((geometry, h.header_size as usize, found_kind, h.overflow))
 }
 
 fn check_fastmmap(req: &OpenRequest, file: &File, len: u64) -> Result<Geometry> {
@@ -330,7 +413,7 @@ fn check_fastmmap(req: &OpenRequest, file: &File, len: u64) -> Result<Geometry> 
             });
         }
     }
-    req.check_size(&geometry, len)?;
+    req.check_size(&geometry, &OverflowGeometry::default(), len)?;
     if !req.trust_contents {
         check_first_page(req, file, &geometry)?;
     }
@@ -370,7 +453,18 @@ fn create(req: &OpenRequest) -> Result<()> {
         });
     }
     let geometry = req.new_geometry();
-    let size = req.file_size(&geometry);
+    let overflow = match req.layout {
+        Layout::Native => {
+            req.overflow
+                .geometry(&geometry)
+                .map_err(|reason| Error::InvalidOptions {
+                    path: req.path.clone(),
+                    reason,
+                })?
+        }
+        Layout::FastMmap => OverflowGeometry::default(),
+    };
+    let size = req.file_size(&geometry, &overflow);
     let lock_kind = req.lock_kind.unwrap_or(match req.layout {
         Layout::Native => LockKind::default(),
         Layout::FastMmap => LockKind::Fcntl,
@@ -382,7 +476,7 @@ fn create(req: &OpenRequest) -> Result<()> {
     reserve(req, &file, size)?;
     let map = map(req, &file, size)?;
     let header_size = match req.layout {
-        Layout::Native => header::header_size(geometry.num_pages),
+        Layout::Native => header::header_size(geometry.num_pages, overflow.blocks),
         Layout::FastMmap => 0,
     };
     // SAFETY: the mapping is `size` bytes long and the file is not published yet, so no other
@@ -396,6 +490,7 @@ fn create(req: &OpenRequest) -> Result<()> {
             start_slots: geometry.start_slots,
             hash_kind: HASH_XXH3,
             lock_kind: lock_kind.code(),
+            overflow,
         }
         .encode(&mut bytes[..header::PAGE_TABLE_OFFSET]);
     }
@@ -405,7 +500,8 @@ fn create(req: &OpenRequest) -> Result<()> {
         unsafe { super::robust::init_lock_words(bytes.as_mut_ptr(), geometry.num_pages) }
             .map_err(|e| req.io("initialise the page locks", e))?;
     }
-    for page in bytes[header_size..].chunks_exact_mut(geometry.page_size as usize) {
+    let pages_end = header_size + geometry.num_pages as usize * geometry.page_size as usize;
+    for page in bytes[header_size..pages_end].chunks_exact_mut(geometry.page_size as usize) {
         PageMut::init(page, geometry.start_slots);
     }
     drop(map);

@@ -8,8 +8,10 @@ use std::sync::atomic::Ordering;
 
 use super::header;
 use super::lock::{Held, Reentry};
+use super::overflow::Full as OverflowFull;
 use super::shared::SharedFile;
-use crate::page::{PageHeader, PageMut, PageView};
+use crate::page::consts::FLAG_OVERFLOW;
+use crate::page::{NewEntry, PageHeader, PageMut, PageView, StoreOutcome};
 
 /// A held page lock, of either mode; released when dropped.
 pub(super) struct Locked<'a> {
@@ -167,7 +169,20 @@ impl PageGuard<'_> {
             row.busy.store(1, Ordering::Relaxed);
             std::sync::atomic::fence(Ordering::Release);
         }
-        let result = f(&mut self.page());
+        // Blocks of large values the change drops are freed before the busy marker is cleared
+        // (see `overflow.rs`); without an overflow area this is a branch before and after.
+        let (file, page) = (self.0.file, self.0.page);
+        let before = match file.overflow() {
+            Some(_) => file.overflow_refs(page, self.bytes()),
+            None => None,
+        };
+        let mut result = f(&mut self.page());
+        if result.is_ok()
+            && file.overflow_owned(page) != 0
+            && let Err(c) = file.overflow_settle(page, self.bytes(), before)
+        {
+            result = Err(c);
+        }
         match result {
             Ok(value) => {
                 if let Some(row) = row {
@@ -178,6 +193,50 @@ impl PageGuard<'_> {
             Err(corrupt) => {
                 self.reset_because(Some(corrupt.0));
                 Err(corrupt)
+            }
+        }
+    }
+
+    /// Stores `req`, whose value goes to the overflow area, as one structural change: the
+    /// value is written to blocks claimed for this page, then the entry with its reference is
+    /// stored (replacing any old one, whose blocks the change then frees). `Ok(Err(full))`:
+    /// no room in the area, nothing changed.
+    pub(crate) fn store_overflow(
+        &mut self,
+        req: &NewEntry<'_>,
+        now: u32,
+        in_place: bool,
+    ) -> Result<Result<StoreOutcome, OverflowFull>, crate::page::Corrupt> {
+        let (file, page) = (self.0.file, self.0.page);
+        let slots = file.geometry.start_slots;
+        self.change(|p| {
+            let reference = match file.overflow_write(page, req.value) {
+                Ok(r) => r.encode(),
+                Err(full) => return Ok(Err(full)),
+            };
+            let entry = NewEntry {
+                value: &reference,
+                flags: req.flags | FLAG_OVERFLOW,
+                ..*req
+            };
+            p.store_with(&entry, now, slots, in_place).map(Ok)
+        })
+    }
+
+    /// Frees the overflow blocks this page owns that none of its entries references; a page
+    /// whose references fail their checks is reset (which frees all its blocks). Returns the
+    /// blocks freed.
+    pub(crate) fn sweep_overflow(&mut self) -> u32 {
+        let (file, page) = (self.0.file, self.0.page);
+        if file.overflow().is_none() {
+            return 0;
+        }
+        let before = file.overflow_owned(page);
+        match file.overflow_sweep(page, self.bytes(), false) {
+            Ok(freed) => freed,
+            Err(c) => {
+                self.reset_because(Some(c.0));
+                before
             }
         }
     }
@@ -200,6 +259,7 @@ impl PageGuard<'_> {
                 .fetch_add(u64::from(lost), Ordering::Relaxed);
         }
         let (file, page) = (self.0.file, self.0.page);
+        file.overflow_free_all(page, true);
         match file.row(page) {
             Some(row) => {
                 row.resets.fetch_add(1, Ordering::Relaxed);
@@ -216,6 +276,7 @@ impl PageGuard<'_> {
     /// Empties the page (on request, not for damage: nothing is counted).
     pub(crate) fn wipe(&mut self) {
         let slots = self.0.file.geometry.start_slots;
+        self.0.file.overflow_free_all(self.0.page, false);
         PageMut::init(self.bytes(), slots);
         if let Some(row) = self.0.file.row(self.0.page) {
             row.busy.store(0, Ordering::Release);

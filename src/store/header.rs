@@ -1,5 +1,6 @@
 //! The native file header: geometry, hash and lock kind, then one 64-byte row per page, then
-//! one 64-byte write-back lock row per page.
+//! one 64-byte write-back lock row per page, then (files with an overflow area) the overflow
+//! table: a word per page and a row per block (see `overflow.rs`).
 //! Pure encode/decode; the mapping code reads and writes it through these functions.
 
 use xxhash_rust::xxh3::xxh3_64;
@@ -8,8 +9,10 @@ use crate::page::consts::{MIN_PAGE_SIZE, PAGE_MAGIC};
 
 /// First eight bytes of a native file.
 pub const FILE_MAGIC: [u8; 8] = *b"fastmmap";
-/// Format version written by this crate. Version 5 added the resize words (bytes 72..128 of
-/// the fixed part and the moved word of each page row). Version 4 added the pages' eviction policy state (the
+/// Format version written by this crate. Version 5 added the overflow area for values larger
+/// than a page (its geometry in the fixed part, its table after the write-back lock table,
+/// the `FLAG_OVERFLOW` entry bit) and the resize words (bytes 72..128 of the fixed part and
+/// the moved word of each page row); version 4 added the pages' eviction policy state (the
 /// protected flag and the ghost record); version 3 the write-back lock table. Older files are
 /// refused with a clear error: they are caches, to be recreated.
 pub const FORMAT_VERSION: u32 = 5;
@@ -18,7 +21,8 @@ pub const BYTE_ORDER_MARK: u32 = 0x0102_0304;
 
 // Fixed part, native-endian:
 // | magic [8] | version | header_size | page_size | num_pages | start_slots | hash_kind |
-// | lock_kind | byte_order | reserved [16] | checksum u64 (xxh3 of bytes 0..56) |
+// | lock_kind | byte_order | overflow_blocks | block_size | max_value_size | reserved [4] |
+// | checksum u64 (xxh3 of bytes 0..56) |
 // | openers byte (shared fcntl lock of every opener) | reserved … up to PAGE_TABLE_OFFSET |
 pub const FILE_MAGIC_OFFSET: usize = 0;
 pub const VERSION_OFFSET: usize = FILE_MAGIC_OFFSET + 8;
@@ -29,8 +33,14 @@ pub const START_SLOTS_OFFSET: usize = NUM_PAGES_OFFSET + 4;
 pub const HASH_KIND_OFFSET: usize = START_SLOTS_OFFSET + 4;
 pub const LOCK_KIND_OFFSET: usize = HASH_KIND_OFFSET + 4;
 pub const BYTE_ORDER_OFFSET: usize = LOCK_KIND_OFFSET + 4;
-pub const RESERVED_OFFSET: usize = BYTE_ORDER_OFFSET + 4;
-pub const CHECKSUM_OFFSET: usize = RESERVED_OFFSET + 16;
+/// Blocks of the overflow area (0: none; every value must then fit its page).
+pub const OVERFLOW_BLOCKS_OFFSET: usize = BYTE_ORDER_OFFSET + 4;
+/// Bytes per overflow block (0 when there is no area).
+pub const BLOCK_SIZE_OFFSET: usize = OVERFLOW_BLOCKS_OFFSET + 4;
+/// The largest value stored in the overflow area (0 when there is no area).
+pub const MAX_VALUE_SIZE_OFFSET: usize = BLOCK_SIZE_OFFSET + 4;
+pub const RESERVED_OFFSET: usize = MAX_VALUE_SIZE_OFFSET + 4;
+pub const CHECKSUM_OFFSET: usize = RESERVED_OFFSET + 4;
 /// Every opener of a robust-locked file holds a shared fcntl lock on this byte.
 pub const OPENERS_LOCK_OFFSET: usize = CHECKSUM_OFFSET + 8;
 // Resize words, after the openers byte and reserved bytes 65..72; not checksummed, changed
@@ -91,13 +101,94 @@ pub struct FileHeader {
     pub start_slots: u32,
     pub hash_kind: u32,
     pub lock_kind: u32,
+    /// The overflow area: blocks, bytes per block, largest value (all 0: no area).
+    pub overflow: OverflowGeometry,
 }
 
-/// Size of the header (fixed part, page table and write-back lock table, rounded up) for
-/// `num_pages` pages.
-pub fn header_size(num_pages: u32) -> usize {
-    let raw = PAGE_TABLE_OFFSET + num_pages as usize * (ROW_SIZE + WRITE_BACK_ROW_SIZE);
+/// The overflow area of a native file: values too large for their page live here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverflowGeometry {
+    pub blocks: u32,
+    pub block_size: u32,
+    pub max_value_size: u32,
+}
+
+/// Bytes per overflow block of the files this crate creates.
+pub const OVERFLOW_BLOCK_SIZE: u32 = 4096;
+
+// Overflow table, after the write-back lock table (files with an overflow area only):
+// | owned u32 per page (blocks the page holds) | padded to OVERFLOW_ROW_SIZE |
+// | block row per block: owner u32 (page + 1; 0 free) | next u32 (block + 1; 0 last) |
+pub const OWNED_SIZE: usize = 4;
+pub const BLOCK_OWNER_OFFSET: usize = 0;
+pub const BLOCK_NEXT_OFFSET: usize = BLOCK_OWNER_OFFSET + 4;
+pub const BLOCK_ROW_SIZE: usize = BLOCK_NEXT_OFFSET + 4;
+
+impl OverflowGeometry {
+    /// Bytes of the overflow area.
+    pub fn area_size(&self) -> u64 {
+        u64::from(self.blocks) * u64::from(self.block_size)
+    }
+
+    /// Checks the fields agree with each other; the error is the reason.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.blocks == 0 {
+            if self.block_size != 0 || self.max_value_size != 0 {
+                return Err("an overflow block size or value size without an area".into());
+            }
+            return Ok(());
+        }
+        if self.block_size != OVERFLOW_BLOCK_SIZE {
+            return Err(format!(
+                "overflow block size {} (this build uses {OVERFLOW_BLOCK_SIZE})",
+                self.block_size
+            ));
+        }
+        if self.blocks > MAX_OVERFLOW_BLOCKS {
+            return Err(format!(
+                "{} overflow blocks is more than the {MAX_OVERFLOW_BLOCKS} allowed",
+                self.blocks
+            ));
+        }
+        if self.max_value_size == 0 || u64::from(self.max_value_size) > self.area_size() {
+            return Err(format!(
+                "max_value_size {} must be from 1 to the overflow area's {} bytes",
+                self.max_value_size,
+                self.area_size()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Most overflow blocks a file may have (1 TiB of 4 KiB blocks).
+pub const MAX_OVERFLOW_BLOCKS: u32 = 1 << 28;
+
+/// Size of the header (fixed part, page table, write-back lock table and overflow table,
+/// rounded up) for `num_pages` pages and `blocks` overflow blocks.
+pub fn header_size(num_pages: u32, blocks: u32) -> usize {
+    let raw = overflow_table_offset(num_pages) + overflow_table_size(num_pages, blocks);
     raw.div_ceil(HEADER_ALIGN) * HEADER_ALIGN
+}
+
+/// Offset of the overflow table: right after the write-back lock table.
+pub fn overflow_table_offset(num_pages: u32) -> usize {
+    write_back_table_offset(num_pages) + num_pages as usize * WRITE_BACK_ROW_SIZE
+}
+
+/// Offset of the block rows inside the overflow table (after the pages' owned words, padded
+/// to a row).
+pub fn block_rows_offset(num_pages: u32) -> usize {
+    overflow_table_offset(num_pages) + (num_pages as usize * OWNED_SIZE).next_multiple_of(ROW_SIZE)
+}
+
+/// Bytes of the overflow table: none without an area.
+pub fn overflow_table_size(num_pages: u32, blocks: u32) -> usize {
+    if blocks == 0 {
+        return 0;
+    }
+    block_rows_offset(num_pages) - overflow_table_offset(num_pages)
+        + blocks as usize * BLOCK_ROW_SIZE
 }
 
 /// Offset of page `page`'s row in the page table.
@@ -147,6 +238,9 @@ impl FileHeader {
         put(buf, HASH_KIND_OFFSET, self.hash_kind);
         put(buf, LOCK_KIND_OFFSET, self.lock_kind);
         put(buf, BYTE_ORDER_OFFSET, BYTE_ORDER_MARK);
+        put(buf, OVERFLOW_BLOCKS_OFFSET, self.overflow.blocks);
+        put(buf, BLOCK_SIZE_OFFSET, self.overflow.block_size);
+        put(buf, MAX_VALUE_SIZE_OFFSET, self.overflow.max_value_size);
         buf[RESERVED_OFFSET..CHECKSUM_OFFSET].fill(0);
         let sum = xxh3_64(&buf[..CHECKSUM_OFFSET]);
         buf[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8].copy_from_slice(&sum.to_ne_bytes());
@@ -198,8 +292,14 @@ impl FileHeader {
             start_slots: word(buf, START_SLOTS_OFFSET),
             hash_kind: word(buf, HASH_KIND_OFFSET),
             lock_kind: word(buf, LOCK_KIND_OFFSET),
+            overflow: OverflowGeometry {
+                blocks: word(buf, OVERFLOW_BLOCKS_OFFSET),
+                block_size: word(buf, BLOCK_SIZE_OFFSET),
+                max_value_size: word(buf, MAX_VALUE_SIZE_OFFSET),
+            },
         };
-        if h.header_size as usize != header_size(h.num_pages) {
+        h.overflow.validate().map_err(HeaderError::Bad)?;
+        if h.header_size as usize != header_size(h.num_pages, h.overflow.blocks) {
             return Err(HeaderError::Bad(format!(
                 "header size {} does not match {} pages",
                 h.header_size, h.num_pages
@@ -216,12 +316,13 @@ mod tests {
 
     fn sample() -> FileHeader {
         FileHeader {
-            header_size: header_size(89) as u32,
+            header_size: header_size(89, 0) as u32,
             page_size: 65536,
             num_pages: 89,
             start_slots: 89,
             hash_kind: 1,
             lock_kind: 1,
+            overflow: OverflowGeometry::default(),
         }
     }
 
@@ -230,6 +331,45 @@ mod tests {
         let mut buf = vec![0u8; PAGE_TABLE_OFFSET];
         sample().encode(&mut buf);
         assert_eq!(FileHeader::decode(&buf), Ok(sample()));
+        let with_area = FileHeader {
+            header_size: header_size(89, 256) as u32,
+            overflow: OverflowGeometry {
+                blocks: 256,
+                block_size: OVERFLOW_BLOCK_SIZE,
+                max_value_size: 65536 * 2,
+            },
+            ..sample()
+        };
+        with_area.encode(&mut buf);
+        assert_eq!(FileHeader::decode(&buf), Ok(with_area));
+    }
+
+    #[test]
+    fn overflow_fields_that_disagree_are_refused() {
+        let bad = [
+            (0, 4096, 0),
+            (0, 0, 10),
+            (4, 512, 10),
+            (4, 4096, 0),
+            (4, 4096, 4 * 4096 + 1),
+        ];
+        for (blocks, block_size, max_value_size) in bad {
+            let h = FileHeader {
+                header_size: header_size(89, blocks) as u32,
+                overflow: OverflowGeometry {
+                    blocks,
+                    block_size,
+                    max_value_size,
+                },
+                ..sample()
+            };
+            let mut buf = vec![0u8; PAGE_TABLE_OFFSET];
+            h.encode(&mut buf);
+            assert!(
+                matches!(FileHeader::decode(&buf), Err(HeaderError::Bad(_))),
+                "{blocks} {block_size} {max_value_size}"
+            );
+        }
     }
 
     #[test]
@@ -240,10 +380,18 @@ mod tests {
         assert_eq!(ROW_MOVED_OFFSET + 4, ROW_SIZE);
         assert_eq!(RESIZE_LOCK_OFFSET, 72);
         const { assert!(RESIZE_WORDS_END <= PAGE_TABLE_OFFSET) };
-        assert_eq!(header_size(1), 4096);
-        assert_eq!(header_size(31), 4096);
-        assert_eq!(header_size(32), 8192);
-        assert_eq!(header_size(89), 12288);
+        assert_eq!(RESERVED_OFFSET, 52);
+        assert_eq!(CHECKSUM_OFFSET, 56);
+        assert_eq!(header_size(1, 0), 4096);
+        assert_eq!(header_size(31, 0), 4096);
+        assert_eq!(header_size(32, 0), 8192);
+        assert_eq!(header_size(89, 0), 12288);
+        // 89 owned words padded to 384 bytes, then 8-byte block rows.
+        assert_eq!(block_rows_offset(89), 128 + 89 * 128 + 384);
+        assert_eq!(
+            header_size(89, 100),
+            (128 + 89 * 128 + 384 + 800usize).div_ceil(4096) * 4096
+        );
         assert_eq!(write_back_table_offset(89), 128 + 89 * 64);
         const { assert!(WRITE_BACK_LOCK_OFFSET + WRITE_BACK_LOCK_SIZE <= WRITE_BACK_ROW_SIZE) };
     }

@@ -25,6 +25,7 @@ pub(crate) mod header;
 mod layout;
 mod lock;
 mod optimistic;
+mod overflow;
 mod reader;
 mod registry;
 mod resize;
@@ -33,7 +34,7 @@ mod shared;
 pub(crate) mod untrusted;
 mod write_back_lock;
 
-pub(crate) use file::{OpenRequest, effective_uid};
+pub(crate) use file::{OpenRequest, OverflowRequest, effective_uid};
 pub(crate) use geometry::{
     DEFAULT_NUM_PAGES, DEFAULT_PAGE_SIZE, Geometry, MAX_NUM_PAGES, Requested,
 };

@@ -31,6 +31,7 @@ use std::time::Duration;
 use super::fork;
 use super::lock::Reentry;
 use super::shared::SharedFile;
+use crate::page::consts::{MAGIC_OFFSET, NUM_SLOTS_OFFSET, SLOT_SIZE, SLOTS_OFFSET};
 use crate::page::{Copied, PageBytes, find_copy, probe_hints};
 
 /// How many times a read whose page changed under it is tried again before taking the lock.
@@ -52,6 +53,10 @@ pub(crate) struct Optimistic {
     lines: usize,
     /// The fork generation the pending counts belong to: a child starts with none.
     generation: AtomicU32,
+    /// Each page's slot count as this process last saw it (0: not seen yet), so that a read
+    /// can fetch the line of its key's first slot at once, instead of after the page header's
+    /// cache miss. A hint: a wrong one costs a useless prefetch, and nothing read depends on it.
+    num_slots: Box<[AtomicU32]>,
 }
 
 /// One cache line of counters.
@@ -112,6 +117,39 @@ impl Optimistic {
                 .collect(),
             lines,
             generation: AtomicU32::new(fork::generation()),
+            num_slots: (0..num_pages).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    /// The slot count `page` had when last seen, else `start_slots`.
+    #[inline]
+    fn num_slots_hint(&self, page: u32, start_slots: u32) -> u32 {
+        match self.num_slots.get(page as usize) {
+            Some(n) => match n.load(Ordering::Relaxed) {
+                0 => start_slots,
+                n => n,
+            },
+            None => start_slots,
+        }
+    }
+
+    /// Asks for the lines a lookup of `slot_hash` in `page` (seen through `bytes`) starts
+    /// with: the page header and, by the slot count hint, the key's first slot.
+    #[inline]
+    fn prefetch_start(&self, bytes: &AtomicPage, page: u32, slot_hash: u32, start_slots: u32) {
+        let num_slots = self.num_slots_hint(page, start_slots).max(1);
+        bytes.prefetch(MAGIC_OFFSET);
+        bytes.prefetch(SLOTS_OFFSET + (slot_hash % num_slots) as usize * SLOT_SIZE);
+    }
+
+    /// Records the slot count just read from `page`'s header (written only when it changed,
+    /// so readers of a page do not pass the hint's line between their cores).
+    #[inline]
+    fn saw_num_slots(&self, page: u32, num_slots: u32) {
+        if let Some(n) = self.num_slots.get(page as usize)
+            && n.load(Ordering::Relaxed) != num_slots
+        {
+            n.store(num_slots, Ordering::Relaxed);
         }
     }
 
@@ -128,20 +166,18 @@ impl Optimistic {
         &self.pending
     }
 
-    /// `page`'s counter in array `stripe`.
+    /// `page`'s counter in array `stripe` of `lines` (what [`Optimistic::lines`] returned).
     #[inline]
-    fn counter(&self, stripe: usize, page: u32) -> Option<&AtomicU64> {
+    fn counter<'l>(&self, lines: &'l [Line], stripe: usize, page: u32) -> Option<&'l AtomicU64> {
         let page = page as usize;
-        let line = self
-            .lines()
-            .get(stripe * self.lines + page / COUNTERS_PER_LINE)?;
+        let line = lines.get(stripe * self.lines + page / COUNTERS_PER_LINE)?;
         // Past the last page of a stripe's last line: no page.
         (page < self.lines * COUNTERS_PER_LINE).then(|| &line.0[page % COUNTERS_PER_LINE])
     }
 
     #[inline]
     fn count(&self, page: u32, hit: bool) {
-        if let Some(c) = self.counter(stripe(), page) {
+        if let Some(c) = self.counter(self.lines(), stripe(), page) {
             c.fetch_add(1 + if hit { HIT } else { 0 }, Ordering::Relaxed);
         }
     }
@@ -150,8 +186,9 @@ impl Optimistic {
     #[inline]
     pub(super) fn take(&self, page: u32) -> (u32, u32) {
         let (mut reads, mut hits) = (0u32, 0u32);
+        let lines = self.lines();
         for stripe in 0..STRIPES {
-            let Some(c) = self.counter(stripe, page) else {
+            let Some(c) = self.counter(lines, stripe, page) else {
                 return (0, 0);
             };
             if c.load(Ordering::Relaxed) == 0 {
@@ -166,9 +203,10 @@ impl Optimistic {
 
     fn any_pending(&self) -> impl Iterator<Item = u32> + '_ {
         let per_stripe = self.lines * COUNTERS_PER_LINE;
+        let lines = self.lines();
         (0..per_stripe as u32).filter(move |&page| {
             (0..STRIPES).any(|stripe| {
-                self.counter(stripe, page)
+                self.counter(lines, stripe, page)
                     .is_some_and(|c| c.load(Ordering::Relaxed) != 0)
             })
         })
@@ -470,6 +508,9 @@ impl SharedFile {
         // pages start at multiples of 4096 from the page-aligned mapping.
         let bytes =
             unsafe { AtomicPage::new(self.map.as_ptr().add(offset as usize), len as usize) };
+        // The page header and the key's first slot are fetched together, while the row's
+        // sequence word is loaded, rather than one after the other.
+        optimistic.prefetch_start(&bytes, page, slot_hash, self.geometry.start_slots);
         for _ in 0..RETRIES {
             let before = row.seq.load(Ordering::Acquire);
             if before & 1 != 0
@@ -484,6 +525,9 @@ impl SharedFile {
             if row.seq.load(Ordering::Relaxed) != before {
                 continue;
             }
+            if let Some(n) = bytes.u32_at(NUM_SLOTS_OFFSET) {
+                optimistic.saw_num_slots(page, n);
+            }
             let hit = match found {
                 // A page that fails a check, or a hit whose access time must be refreshed or
                 // that moves the entry to its page's protected part (its first hit).
@@ -491,6 +535,10 @@ impl SharedFile {
                 Ok(true)
                     if access != Access::Look && (out.last_access != now || !out.protected) =>
                 {
+                    return Outcome::Locked;
+                }
+                // A large value is read under the lock (see `overflow.rs`).
+                Ok(true) if out.flags & crate::page::consts::FLAG_OVERFLOW != 0 => {
                     return Outcome::Locked;
                 }
                 Ok(hit) => hit,
@@ -519,6 +567,10 @@ impl SharedFile {
         // as long as `self`; pages start at multiples of 4096 from the page-aligned mapping.
         let bytes =
             unsafe { AtomicPage::new(self.map.as_ptr().add(offset as usize), len as usize) };
+        if let Some(optimistic) = &self.optimistic {
+            // The key's first slot is fetched with the header, not after it.
+            optimistic.prefetch_start(&bytes, page, slot_hash, self.geometry.start_slots);
+        }
         let [first, second] = probe_hints::<_, 2>(&bytes, slot_hash);
         if let Some(off) = first {
             // The entry a hit overwrites in place: its header line and those of its value.
@@ -532,6 +584,37 @@ impl SharedFile {
         }
         if let Some(off) = second {
             bytes.prefetch(off);
+        }
+    }
+
+    /// Starts fetching `page`'s header line, the line of `slot_hash`'s first slot, and the
+    /// page's lock row, for an optimistic read soon after: a batch asks for every key's page
+    /// first, so that their cache misses overlap instead of following one another. A hint
+    /// only: nothing is read into the program.
+    #[inline]
+    pub(crate) fn prefetch_page(&self, page: u32, slot_hash: u32) {
+        let Some(optimistic) = &self.optimistic else {
+            return;
+        };
+        if page >= self.geometry.num_pages {
+            return;
+        }
+        let (offset, len) = self.page_range(page);
+        // SAFETY: the page lies inside the mapping (page < num_pages, and the file size was
+        // checked against the geometry on open), which is writable (optimistic reads are only
+        // set up for files opened read-write) and lives as long as `self`; pages start at
+        // multiples of 4096 from the page-aligned mapping.
+        let bytes =
+            unsafe { AtomicPage::new(self.map.as_ptr().add(offset as usize), len as usize) };
+        optimistic.prefetch_start(&bytes, page, slot_hash, self.geometry.start_slots);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(row) = self.row(page) {
+            // SAFETY: a prefetch never faults, writes or makes a value visible to the
+            // program, whatever the address; this one is the row's word in the mapping.
+            unsafe {
+                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                _mm_prefetch::<_MM_HINT_T0>(row.seq.as_ptr().cast_const().cast());
+            }
         }
     }
 

@@ -3,7 +3,28 @@
 //! where the guard allows.
 
 use super::guard::{PageGuard, ReadGuard};
+use super::shared::SharedFile;
+use crate::page::consts::FLAG_OVERFLOW;
 use crate::page::{Corrupt, EntryRef, PageHeader, PageView};
+
+/// Hands `f` the entry, its value read from the overflow area if it lives there (the page's
+/// lock held). A reference that fails its checks is damage.
+fn resolved<R>(
+    file: &SharedFile,
+    page: u32,
+    e: &EntryRef<'_>,
+    f: impl FnOnce(&EntryRef<'_>) -> R,
+) -> Result<R, Corrupt> {
+    if e.flags & FLAG_OVERFLOW == 0 {
+        return Ok(f(e));
+    }
+    let value = file.overflow_read(page, e.value)?;
+    Ok(f(&EntryRef {
+        value: &value,
+        flags: e.flags & !FLAG_OVERFLOW,
+        ..*e
+    }))
+}
 
 /// A page locked for reading. Through the ordinary lock, reads refresh access times and count
 /// (when statistics are on), and a damaged page is reset. Through a read-only handle's shared
@@ -38,14 +59,22 @@ impl Reader<'_> {
         f: impl FnOnce(&EntryRef<'_>) -> R,
     ) -> Option<R> {
         let found = match self {
-            Reader::Write(guard) => guard
-                .page()
-                .peek(slot_hash, key, now)
-                .map(|e| e.map(|e| f(&e))),
-            Reader::Shared(guard) => match guard.page() {
-                Some(page) => page.peek(slot_hash, key, now).map(|e| e.map(|e| f(&e))),
-                None => Ok(None),
-            },
+            Reader::Write(guard) => {
+                let (file, page) = (guard.0.file, guard.0.page);
+                guard
+                    .page()
+                    .peek(slot_hash, key, now)
+                    .and_then(|e| e.map(|e| resolved(file, page, &e, f)).transpose())
+            }
+            Reader::Shared(guard) => {
+                let (file, index) = (guard.0.file, guard.0.page);
+                match guard.page() {
+                    Some(page) => page
+                        .peek(slot_hash, key, now)
+                        .and_then(|e| e.map(|e| resolved(file, index, &e, f)).transpose()),
+                    None => Ok(None),
+                }
+            }
         };
         found.unwrap_or_else(|_| {
             self.reset();
@@ -68,17 +97,45 @@ impl Reader<'_> {
         }
     }
 
-    /// Calls `f` for every entry (see [`PageView::for_each_entry`](PageView)).
-    pub(crate) fn for_each_entry<'p>(
-        &'p mut self,
-        f: impl FnMut(EntryRef<'p>),
+    /// Calls `f` for every entry (see [`PageView::for_each_entry`](PageView)), with large
+    /// values read from the overflow area.
+    pub(crate) fn for_each_entry(
+        &mut self,
+        mut f: impl FnMut(&EntryRef<'_>),
     ) -> std::result::Result<(), Corrupt> {
+        let mut bad = None;
+        let (file, index) = match self {
+            Reader::Write(guard) => (guard.0.file, guard.0.page),
+            Reader::Shared(guard) => (guard.0.file, guard.0.page),
+        };
+        let mut each = |e: EntryRef<'_>| {
+            if let Err(c) = resolved(file, index, &e, &mut f) {
+                bad = Some(c);
+            }
+        };
         match self {
-            Reader::Write(guard) => PageView::new(guard.bytes()).for_each_entry(f),
-            Reader::Shared(guard) => match guard.page() {
-                Some(page) => page.for_each_entry(f),
-                None => Ok(()),
-            },
+            Reader::Write(guard) => PageView::new(guard.bytes()).for_each_entry(&mut each)?,
+            Reader::Shared(guard) => {
+                if let Some(page) = guard.page() {
+                    page.for_each_entry(&mut each)?;
+                }
+            }
+        }
+        bad.map_or(Ok(()), Err)
+    }
+
+    /// Overflow blocks the page owns that none of its entries references (its references
+    /// checked on the way; a failed check is the error), counted without freeing them.
+    pub(crate) fn overflow_unreferenced(&mut self) -> std::result::Result<u32, Corrupt> {
+        match self {
+            Reader::Write(guard) => {
+                let (file, page) = (guard.0.file, guard.0.page);
+                file.overflow_sweep(page, guard.bytes(), true)
+            }
+            Reader::Shared(guard) => {
+                let (file, page) = (guard.0.file, guard.0.page);
+                file.overflow_sweep(page, guard.as_is().0, true)
+            }
         }
     }
 
@@ -99,10 +156,11 @@ pub(crate) fn read_locked<R>(
     stats: bool,
     f: impl FnOnce(&EntryRef<'_>) -> R,
 ) -> Option<R> {
+    let (file, page) = (guard.0.file, guard.0.page);
     let result = guard
         .page()
         .get(slot_hash, key, now, stats)
-        .map(|e| e.map(|e| f(&e)));
+        .and_then(|e| e.map(|e| resolved(file, page, &e, f)).transpose());
     result.unwrap_or_else(|_| {
         guard.reset();
         None
@@ -116,10 +174,11 @@ pub(crate) fn peek_locked(
     key: &[u8],
     now: u32,
 ) -> Option<Vec<u8>> {
-    let result = guard
-        .page()
-        .peek(slot_hash, key, now)
-        .map(|e| e.map(|e| e.value.to_vec()));
+    let (file, page) = (guard.0.file, guard.0.page);
+    let result = guard.page().peek(slot_hash, key, now).and_then(|e| {
+        e.map(|e| resolved(file, page, &e, |e| e.value.to_vec()))
+            .transpose()
+    });
     result.unwrap_or_else(|_| {
         guard.reset();
         None

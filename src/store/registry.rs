@@ -104,17 +104,7 @@ pub(super) fn open_registered(
             PageLocks::Robust(robust)
         }
     };
-    let write_back_locks = super::write_back_lock::write_back_locks(
-        opened.lock_kind,
-        &opened.file,
-        &opened.map,
-        num_pages,
-    )
-    .map_err(|source| Error::Io {
-        path: req.path.clone(),
-        op: "set up the write-back locks",
-        source,
-    })?;
+    let write_back_locks = super::write_back_lock::write_back_locks(&locks, num_pages);
     let shared = Arc::new(SharedFile {
         path: path.to_path_buf(),
         file: opened.file,
@@ -142,6 +132,12 @@ pub(super) fn open_registered(
         },
         successor: Mutex::new(None),
         resizing: Mutex::new(()),
+        overflow: super::overflow::Area::new(
+            opened.overflow,
+            num_pages,
+            opened.header_size,
+            u64::from(num_pages) * u64::from(opened.geometry.page_size),
+        ),
     });
     reg.push((opened.id, Arc::downgrade(&shared)));
     Ok(shared)
@@ -197,5 +193,11 @@ fn check_compatible(req: &OpenRequest, shared: &SharedFile) -> Result<()> {
         // Resized: the geometry is the resizer's (see `file::check_native`).
         return Ok(());
     }
-    requested.check_against(&shared.geometry, &req.path)
+    requested.check_against(&shared.geometry, &req.path)?;
+    let found = shared
+        .overflow
+        .as_ref()
+        .map(|a| a.geometry)
+        .unwrap_or_default();
+    req.overflow.check_against(&found, &req.path)
 }

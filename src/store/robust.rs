@@ -30,7 +30,9 @@
 
 pub(crate) use imp::{AVAILABLE, RobustHeld, RobustLocks, init_lock_words};
 
-/// Which of a page's two robust locks a [`RobustLocks`] takes.
+/// Which of a page's two robust locks a [`RobustLocks`] takes: one file's page locks and
+/// write-back locks are one set ([`RobustLocks::write_back`]) with two areas, which join the
+/// openers lock and check the lock words' settings as one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
 pub(crate) enum Area {
@@ -47,6 +49,7 @@ mod imp {
     use std::mem::{align_of, size_of};
     use std::os::fd::RawFd;
     use std::ptr::NonNull;
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -79,13 +82,21 @@ mod imp {
     const _: () = assert!((header::PAGE_TABLE_OFFSET + ROW_LOCK_OFFSET).is_multiple_of(8));
     const _: () = assert!(header::ROW_SIZE.is_multiple_of(8));
 
-    /// The page locks of one robust-locked file, in this process.
+    /// The locks of one area (page or write-back locks) of one robust-locked file, in this
+    /// process.
     pub(crate) struct RobustLocks {
         /// First byte of the file's mapping.
         base: NonNull<u8>,
         num_pages: u32,
         /// Which lock of each page these are.
         area: Area,
+        /// What the file's two areas share.
+        set: Arc<Set>,
+    }
+
+    /// What the page locks and the write-back locks of one file share: they join the openers
+    /// lock once, and check one template.
+    struct Set {
         /// The fork generation in which this process took its shared openers lock.
         joined: AtomicU32,
         /// See [`settings_words`].
@@ -159,36 +170,34 @@ mod imp {
         /// as `map`), reinitialising every lock word (page and write-back locks) first if no
         /// other process has the file open.
         pub(crate) fn open(fd: RawFd, map: &MmapRaw, num_pages: u32) -> io::Result<RobustLocks> {
-            let locks = RobustLocks::new(map, num_pages, Area::Page)?;
-            locks.join(fd, true)?;
-            Ok(locks)
-        }
-
-        /// The write-back locks of a file whose page locks [`open`](Self::open) has made (and
-        /// so whose lock words are ready): joins the openers lock the page locks hold.
-        pub(crate) fn open_write_back(
-            fd: RawFd,
-            map: &MmapRaw,
-            num_pages: u32,
-        ) -> io::Result<RobustLocks> {
-            let locks = RobustLocks::new(map, num_pages, Area::WriteBack)?;
-            locks.join(fd, false)?;
-            Ok(locks)
-        }
-
-        fn new(map: &MmapRaw, num_pages: u32, area: Area) -> io::Result<RobustLocks> {
-            if map.len() < header::header_size(num_pages) {
+            if map.len() < header::header_size(num_pages, 0) {
                 return Err(io::Error::other("the mapping is shorter than its header"));
             }
             let base =
                 NonNull::new(map.as_mut_ptr()).ok_or_else(|| io::Error::other("null map"))?;
-            Ok(RobustLocks {
+            let locks = RobustLocks {
                 base,
                 num_pages,
-                area,
-                joined: AtomicU32::new(u32::MAX),
-                settings: settings_words()?,
-            })
+                area: Area::Page,
+                set: Arc::new(Set {
+                    joined: AtomicU32::new(u32::MAX),
+                    settings: settings_words()?,
+                }),
+            };
+            locks.join(fd, true)?;
+            Ok(locks)
+        }
+
+        /// The write-back locks of the same file: the other area of this set, which shares
+        /// its openers lock (joined once per fork generation, whichever area locks first)
+        /// and its settings.
+        pub(crate) fn write_back(&self) -> RobustLocks {
+            RobustLocks {
+                base: self.base,
+                num_pages: self.num_pages,
+                area: Area::WriteBack,
+                set: Arc::clone(&self.set),
+            }
         }
 
         /// Takes the shared openers lock. With `may_reinit`, first tries to take it
@@ -210,7 +219,7 @@ mod imp {
                         let shared = fcntl_wait(fd, libc::F_RDLCK as libc::c_short, byte);
                         reinit?;
                         shared?;
-                        self.joined.store(generation, Ordering::Relaxed);
+                        self.set.joined.store(generation, Ordering::Relaxed);
                         return Ok(());
                     }
                     Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => {}
@@ -219,7 +228,7 @@ mod imp {
             }
             // Waits while a first opener holds the byte exclusively to reinitialise.
             fcntl_wait(fd, libc::F_RDLCK as libc::c_short, byte)?;
-            self.joined.store(generation, Ordering::Relaxed);
+            self.set.joined.store(generation, Ordering::Relaxed);
             Ok(())
         }
 
@@ -250,11 +259,11 @@ mod imp {
             deadline: Option<Instant>,
         ) -> Result<RobustHeld, LockFailure> {
             let generation = fork::generation();
-            if self.joined.load(Ordering::Relaxed) != generation {
+            if self.set.joined.load(Ordering::Relaxed) != generation {
                 self.join(fd, false).map_err(LockFailure::Os)?;
             }
             let m = self.mutex(page);
-            for &(word, value) in &self.settings {
+            for &(word, value) in &self.set.settings {
                 // SAFETY: `word` indexes a u32 inside the mutex (from a MUTEX_SIZE template),
                 // which is 8-aligned inside the live mapping; a volatile read, as another
                 // process that ignores the protocol may be writing it.
@@ -456,6 +465,43 @@ mod imp {
             Err(io::Error::from_raw_os_error(rc))
         }
     }
+
+    #[cfg(test)]
+    mod tests {
+        use std::os::fd::AsRawFd;
+
+        use super::*;
+
+        #[test]
+        fn page_and_write_back_locks_are_one_set_with_two_areas() {
+            let num_pages = 3;
+            let file = tempfile::tempfile().unwrap();
+            file.set_len(header::header_size(num_pages, 0) as u64)
+                .unwrap();
+            let map = memmap2::MmapOptions::new().map_raw(&file).unwrap();
+            let fd = file.as_raw_fd();
+            let pages = RobustLocks::open(fd, &map, num_pages).unwrap();
+            let write_back = pages.write_back();
+            // Joined once, by the opener, for both areas; one template of settings.
+            assert!(Arc::ptr_eq(&pages.set, &write_back.set));
+            assert_eq!(
+                write_back.set.joined.load(Ordering::Relaxed),
+                fork::generation()
+            );
+            // Two areas: a page's two locks are two mutexes, held at once.
+            for page in 0..num_pages {
+                assert_ne!(pages.mutex(page), write_back.mutex(page));
+                let Ok(a) = pages.acquire(fd, page, None) else {
+                    panic!("page lock {page}");
+                };
+                let Ok(b) = write_back.acquire(fd, page, Some(Instant::now())) else {
+                    panic!("write-back lock {page} beside its page lock");
+                };
+                write_back.release(page, &b);
+                pages.release(page, &a);
+            }
+        }
+    }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
@@ -498,8 +544,8 @@ mod imp {
             Err(unsupported())
         }
 
-        pub(crate) fn open_write_back(_: RawFd, _: &MmapRaw, _: u32) -> io::Result<RobustLocks> {
-            Err(unsupported())
+        pub(crate) fn write_back(&self) -> RobustLocks {
+            match *self {}
         }
 
         pub(crate) fn acquire(

@@ -88,6 +88,8 @@ pub(crate) struct SharedFile {
     /// Held by a thread of this process that resizes the file (fcntl locks do not exclude
     /// threads of one process).
     pub(super) resizing: Mutex<()>,
+    /// The overflow area for values larger than a page (native files that have one).
+    pub(super) overflow: Option<super::overflow::Area>,
 }
 
 impl SharedFile {

@@ -108,6 +108,65 @@ pub(crate) fn open_checked(
     Ok((file, md))
 }
 
+/// Opens `path` for reading (and writing, with `write`), creating it with `create_mode`
+/// (masked by the umask; only with `write`) if the name is free. The open never blocks,
+/// never follows a symbolic link at the name, never gains a controlling terminal and never
+/// leaks into a child; then the descriptor's own `fstat`, not a second look at the name,
+/// must show a regular file owned by the user `owner`. Returns the file and that `fstat`.
+///
+/// # Errors
+/// The open's own error (`NotFound` for a free name without `create_mode`, ...);
+/// `InvalidInput` for something other than a regular file (the message says what: "a FIFO
+/// (named pipe), not a regular file", "a symbolic link, which is not followed") or for
+/// `create_mode` without `write`; `PermissionDenied` for a file of another owner ("owned by
+/// uid 65534, not by uid 1000").
+///
+/// ```
+/// use std::os::unix::fs::MetadataExt;
+///
+/// let dir = tempfile::tempdir()?;
+/// let me = std::fs::metadata(dir.path())?.uid();
+/// let path = dir.path().join("state");
+/// let (_file, md) = fastmmap::fs::open_owned(&path, me, true, Some(0o600))?;
+/// assert!(md.is_file());
+/// let e = fastmmap::fs::open_owned(&path, me + 1, false, None).unwrap_err();
+/// assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn open_owned(
+    path: &Path,
+    owner: u32,
+    write: bool,
+    create_mode: Option<u32>,
+) -> io::Result<(File, Metadata)> {
+    if create_mode.is_some() && !write {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a file is created only when it is opened for writing",
+        ));
+    }
+    let access = Access {
+        write,
+        create: create_mode,
+        follow_symlinks: false,
+    };
+    open_checked(path, access, |uid| uid == owner).map_err(|refusal| match refusal {
+        Refusal::Io(e) => e,
+        Refusal::NotRegular(what) => io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what}, not a regular file"),
+        ),
+        Refusal::Symlink => io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a symbolic link, which is not followed",
+        ),
+        Refusal::Owner(uid) => io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("owned by uid {uid}, not by uid {owner}"),
+        ),
+    })
+}
+
 /// Why the open of `path` failed with `e`: what is at the name when that is the reason.
 fn refusal(path: &Path, access: Access, e: io::Error) -> Refusal {
     let errno = e.raw_os_error().unwrap_or(0);
@@ -285,5 +344,30 @@ mod tests {
         // SAFETY: the descriptor is owned by `file`.
         let fl = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
         assert_eq!(fl & libc::O_NONBLOCK, 0);
+    }
+
+    #[test]
+    fn open_owned_says_what_it_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::fs::metadata(dir.path()).unwrap().uid();
+        let path = dir.path().join("f");
+        let (_, md) = open_owned(&path, me, true, Some(0o600)).unwrap();
+        assert_eq!((md.len(), md.mode() & 0o777), (0, 0o600));
+        let e = open_owned(&path, me + 1, false, None).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            e.to_string(),
+            format!("owned by uid {me}, not by uid {}", me + 1)
+        );
+        let link = dir.path().join("l");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let e = open_owned(&link, me, false, None).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        let e = open_owned(dir.path(), me, false, None).unwrap_err();
+        assert_eq!(e.to_string(), "a directory, not a regular file");
+        let e = open_owned(&dir.path().join("none"), me, false, Some(0o600)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let e = open_owned(&dir.path().join("none"), me, false, None).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }
 }

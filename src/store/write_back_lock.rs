@@ -29,16 +29,11 @@
 //!   locks (as with Perl's Cache::FastMmap): such a file must not be readable by anyone not
 //!   trusted to write it.
 
-use std::io;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use memmap2::MmapRaw;
-
 use super::fcntl::LockFailure;
-use super::layout::LockKind;
 use super::lock::{Held, PageLocks, Reentry};
-use super::robust::RobustLocks;
 use super::shared::{LockError, SharedFile};
 
 /// A held write-back lock of one page; released when dropped.
@@ -63,7 +58,8 @@ impl SharedFile {
     /// the file.
     pub(super) fn write_back_range(&self, page: u32) -> (u64, u64) {
         let end = self.header_size as u64
-            + u64::from(self.geometry.num_pages) * u64::from(self.geometry.page_size);
+            + u64::from(self.geometry.num_pages) * u64::from(self.geometry.page_size)
+            + self.overflow.as_ref().map_or(0, |a| a.geometry.area_size());
         (end + u64::from(page), 1)
     }
 
@@ -143,21 +139,12 @@ impl Drop for WriteBackGuard<'_> {
     }
 }
 
-/// The write-back locks of a file of `num_pages` pages with page locks of kind `kind`, open
-/// as `fd` and mapped as `map`. For a robust file, call this after its page locks are made
-/// (they ready the lock words of the file).
-pub(super) fn write_back_locks(
-    kind: LockKind,
-    fd: &impl AsRawFd,
-    map: &MmapRaw,
-    num_pages: u32,
-) -> io::Result<PageLocks> {
-    match kind {
-        LockKind::Robust => Ok(PageLocks::Robust(RobustLocks::open_write_back(
-            fd.as_raw_fd(),
-            map,
-            num_pages,
-        )?)),
-        LockKind::Fcntl => Ok(PageLocks::fcntl(num_pages)),
+/// The write-back locks of a file of `num_pages` pages whose page locks are `page_locks`:
+/// for a robust file, the other area of the same set (which has joined the openers lock and
+/// readied the lock words).
+pub(super) fn write_back_locks(page_locks: &PageLocks, num_pages: u32) -> PageLocks {
+    match page_locks {
+        PageLocks::Robust(locks) => PageLocks::Robust(locks.write_back()),
+        PageLocks::Fcntl { .. } => PageLocks::fcntl(num_pages),
     }
 }

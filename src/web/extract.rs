@@ -2,6 +2,7 @@
 //! responses for session errors.
 
 use super::blocking::blocking;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::FromRequestParts;
@@ -30,8 +31,10 @@ use crate::session::{self, Result, SessionId, Visit};
 /// ([`get_flash`](Self::get_flash)), as in Catalyst.
 ///
 /// If the session cannot be loaded (Redis unreachable, a record this version cannot read),
-/// every method that needs it returns that error — as a response, "the session could not
-/// be loaded" and why — and the layer leaves the session and its cookie as they were.
+/// every method that needs it returns that error — with a store that may block, the one
+/// failure of the request's one load, shared ([`session::Error::LoadFailed`], which reads as
+/// the failure and keeps its `source`); as a response, "the session could not be loaded" and
+/// why — and the layer leaves the session and its cookie as they were.
 ///
 /// Without the layer, the extractor fails with a `500` ([`MissingSessionLayer`]).
 #[derive(Clone)]
@@ -42,22 +45,22 @@ pub struct SessionHandle {
 /// What the layer and the handlers of one request share.
 pub(crate) struct Shared {
     visit: Mutex<Visit>,
-    /// The store's cache file, for messages.
-    path: std::path::PathBuf,
     /// Whether a store call may wait on the network: made on the blocking pool.
     pub(crate) may_block: bool,
-    /// Why the session could not be loaded, once a load failed in this request: the later
-    /// calls fail at once with the same account instead of waiting again.
-    load_failure: Mutex<Option<String>>,
+    /// Whether the last load of the session in this request failed.
+    load_failed: AtomicBool,
+    /// With a store that may block, that failure: the later calls fail at once with the same
+    /// error ([`session::Error::LoadFailed`]) instead of waiting again.
+    failure: Mutex<Option<Arc<session::Error>>>,
 }
 
 impl Shared {
-    pub(crate) fn new(visit: Visit, path: std::path::PathBuf, may_block: bool) -> Shared {
+    pub(crate) fn new(visit: Visit, may_block: bool) -> Shared {
         Shared {
             visit: Mutex::new(visit),
-            path,
             may_block,
-            load_failure: Mutex::new(None),
+            load_failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
         }
     }
 
@@ -65,13 +68,13 @@ impl Shared {
         self.visit.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn failure(&self) -> MutexGuard<'_, Option<String>> {
-        self.load_failure.lock().unwrap_or_else(|p| p.into_inner())
+    fn failure(&self) -> MutexGuard<'_, Option<Arc<session::Error>>> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether a load of the session failed in this request.
     pub(crate) fn load_failed(&self) -> bool {
-        self.failure().is_some()
+        self.load_failed.load(Ordering::Relaxed)
     }
 
     /// The session of `visit`, loaded if needed; a failed load is remembered, and with a
@@ -81,25 +84,26 @@ impl Shared {
             && self.may_block
             && let Some(failure) = self.failure().as_ref()
         {
-            return Err(session::Error::Cache(crate::Error::Backing {
-                path: self.path.clone(),
-                op: "load",
-                key: None,
-                source: format!("(as earlier in this request) {failure}").into(),
-            }));
+            return Err(session::Error::LoadFailed(Arc::clone(failure)));
         }
         let was_loaded = visit.is_loaded();
         match visit.session() {
             Ok(s) => {
                 if !was_loaded {
                     // Loaded after all (a retry): saved as usual at the end.
-                    self.failure().take();
+                    self.load_failed.store(false, Ordering::Relaxed);
                 }
                 Ok(s)
             }
             Err(e) => {
-                *self.failure() = Some(e.to_string());
-                Err(e)
+                self.load_failed.store(true, Ordering::Relaxed);
+                if !self.may_block {
+                    // The next call tries again.
+                    return Err(e);
+                }
+                let e = Arc::new(e);
+                *self.failure() = Some(Arc::clone(&e));
+                Err(session::Error::LoadFailed(e))
             }
         }
     }
@@ -313,6 +317,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionHandle {
 /// store failed while reading it.
 fn is_load_failure(e: &session::Error) -> bool {
     match e {
+        session::Error::LoadFailed(e) => is_load_failure(e),
         session::Error::BadRecord { .. } | session::Error::UnsupportedVersion { .. } => true,
         session::Error::Cache(crate::Error::Backing { op, .. }) => *op == "load",
         _ => false,

@@ -129,7 +129,8 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 256 * 1024;
 /// ([`SessionHandle::update`], [`SessionHandle::get_flash`], [`SessionHandle::change_id`]) belong in
 /// [`SessionHandle::run_blocking`]. Each hop to the blocking pool is a hand-off between threads
 /// (16–110 µs measured on the 2-core development VM, about a Redis round trip there), which
-/// is why a file-only store does not take it.
+/// is why a file-only store does not take it, nor does a request that never used its session
+/// (a static asset; [`Visit::needs_store`](crate::session::Visit::needs_store)).
 #[derive(Clone, Debug)]
 pub struct SessionLayer {
     config: Arc<Config>,
@@ -262,11 +263,7 @@ where
             *req.uri_mut() = uri;
         }
         let head = req.method() == http::Method::HEAD;
-        let shared = Arc::new(Shared::new(
-            visit,
-            config.store.cache().path().to_path_buf(),
-            config.store.may_block(),
-        ));
+        let shared = Arc::new(Shared::new(visit, config.store.may_block()));
         req.extensions_mut()
             .insert(SessionHandle::from_shared(Arc::clone(&shared)));
         let future = self.inner.call(req);
@@ -307,6 +304,9 @@ where
     let was_loaded = shared.visit().is_loaded();
     let status = parts.status;
     let mut headers = std::mem::take(&mut parts.headers);
+    // A request that never used the session (a static asset) skips the blocking pool:
+    // `finish_http` then reaches no store.
+    let hop = shared.may_block && shared.visit().needs_store(&headers);
     let store_finish = {
         let shared = Arc::clone(&shared);
         move || {
@@ -316,7 +316,7 @@ where
             (finished, headers, config)
         }
     };
-    let (finished, headers, config) = if shared.may_block {
+    let (finished, headers, config) = if hop {
         blocking(store_finish).await
     } else {
         store_finish()
@@ -325,7 +325,7 @@ where
     let finished = match finished {
         Ok(finished) => finished,
         Err(e) if !was_loaded && !shared.visit().is_loaded() => {
-            crate::events::session_not_saved(config.store.cache().path(), &e, false);
+            super::events::session_not_saved(config.store.cache().path(), &e, false);
             // A session the handler never used, loaded by `finish` only to extend it (as
             // Catalyst does) or to check an id from the URL, could not be loaded: the
             // response goes out as the handler made it, with no cookie — the session is
@@ -333,7 +333,7 @@ where
             return http::Response::from_parts(parts, SessionBody::plain(body));
         }
         Err(e) => {
-            crate::events::session_not_saved(config.store.cache().path(), &e, true);
+            super::events::session_not_saved(config.store.cache().path(), &e, true);
             return plain(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the session could not be saved\n",
@@ -363,7 +363,7 @@ where
         Ok(bytes) => {
             let out = page
                 .rewrite(&bytes)
-                .map_err(|e| crate::events::rewrite_refused(config.store.cache().path(), &e))
+                .map_err(|e| super::events::rewrite_refused(config.store.cache().path(), &e))
                 .map_or(bytes, Bytes::from);
             parts
                 .headers

@@ -44,6 +44,8 @@ mod blocking;
 #[cfg(feature = "axum")]
 mod body;
 #[cfg(feature = "axum")]
+mod events;
+#[cfg(feature = "axum")]
 mod extract;
 #[cfg(feature = "axum")]
 mod layer;

@@ -39,6 +39,32 @@ pub fn scaled(short: usize, long: usize) -> usize {
     if long_mode() { long } else { short }
 }
 
+/// Whether the `FASTMMAP_REQUIRE_*` variable `var` is set to `1` (CI sets them): a test
+/// whose component is missing then fails instead of skipping. Any other value, or none, asks
+/// for nothing.
+pub fn required(var: &str) -> bool {
+    std::env::var_os(var).is_some_and(|v| v == "1")
+}
+
+/// Whether a root-only check can run here (this process is root: it may mount a tmpfs, chown
+/// a file or run a command as another user). Without root, says that `test` is skipped, or
+/// fails under `FASTMMAP_REQUIRE_ROOT=1`.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        !required("FASTMMAP_REQUIRE_ROOT"),
+        "{test}: needs root, and FASTMMAP_REQUIRE_ROOT=1"
+    );
+    eprintln!(
+        "SKIPPED {test}: needs root (to mount a tmpfs, chown a file or run as another user); \
+         FASTMMAP_REQUIRE_ROOT=1 makes this a failure"
+    );
+    false
+}
+
 /// The seed for a randomised test: `FASTMMAP_SEED` if set, else from the clock. Printed so a
 /// failure can be replayed.
 pub fn seed(test: &str) -> u64 {

@@ -227,6 +227,24 @@ pub(crate) struct FileOptions {
         help_heading = "Cache file options"
     )]
     pub(crate) lock_timeout: Option<Duration>,
+    /// Bytes of the overflow area where values larger than a page are kept (`create`; default
+    /// none; read from the header of a native file, and if given it must match)
+    #[arg(
+        long,
+        value_name = "BYTES",
+        global = true,
+        help_heading = "Cache file options"
+    )]
+    pub(crate) overflow_size: Option<u64>,
+    /// The largest value the overflow area takes (`create`; default an eighth of the file;
+    /// read from the header of a native file, and if given it must match)
+    #[arg(
+        long,
+        value_name = "BYTES",
+        global = true,
+        help_heading = "Cache file options"
+    )]
+    pub(crate) max_value_size: Option<u32>,
 }
 
 /// The longest `--lock-timeout`: far beyond any wait worth setting, and small enough that a

@@ -55,6 +55,12 @@ fn builder(opts: &FileOptions, path: &Path) -> CacheBuilder {
     if let Some(timeout) = opts.lock_timeout {
         b = b.lock_timeout(timeout);
     }
+    if let Some(bytes) = opts.overflow_size {
+        b = b.overflow_size(bytes);
+    }
+    if let Some(bytes) = opts.max_value_size {
+        b = b.max_value_size(bytes);
+    }
     b
 }
 
@@ -166,12 +172,14 @@ fn value_from_stdin(cache: &Cache, path: &Path, key: &[u8]) -> Result<Vec<u8>, F
             key.len()
         )));
     };
+    // A file with an overflow area takes values up to its max_value_size.
+    let limit = limit.max(cache.max_value_size());
     read_at_most(io::stdin().lock(), limit)
         .map_err(|e| Failure::Error(format!("reading stdin: {e}")))?
         .ok_or_else(|| {
             too_large(format!(
                 "the value on stdin is longer than the {limit} bytes that fit with this key \
-                 (stopped reading after {} bytes)",
+                 or in the overflow area (stopped reading after {} bytes)",
                 limit + 1
             ))
         })
@@ -221,6 +229,12 @@ struct StatsJson {
     backing_errors: u64,
     decode_errors: u64,
     lock_timeouts: u64,
+    /// The overflow area (all 0 without one).
+    overflow_bytes: u64,
+    overflow_used_bytes: u64,
+    overflow_free_runs: u64,
+    overflow_largest_free_run: u64,
+    max_value_size: u64,
     pages: Vec<PageJson>,
 }
 
@@ -255,6 +269,11 @@ impl StatsJson {
             backing_errors: s.backing_errors,
             decode_errors: s.decode_errors,
             lock_timeouts: s.lock_timeouts,
+            overflow_bytes: s.overflow_bytes,
+            overflow_used_bytes: s.overflow_used_bytes,
+            overflow_free_runs: s.overflow_free_runs,
+            overflow_largest_free_run: s.overflow_largest_free_run,
+            max_value_size: cache.max_value_size() as u64,
             pages: (0..)
                 .zip(&s.pages)
                 .map(|(page, p)| PageJson {
@@ -280,7 +299,7 @@ fn stats(opts: &FileOptions, path: &Path, json: bool, out: &mut Out<'_>) -> Resu
             serde_json::to_string(&s).map_err(|e| Failure::Error(format!("encoding JSON: {e}")))?;
         return writeln!(out, "{text}").map_err(Failure::stdout);
     }
-    let totals = [
+    let mut totals = vec![
         ("file", s.file.clone()),
         ("layout", s.layout.to_owned()),
         ("lock kind", s.lock_kind.clone()),
@@ -293,6 +312,21 @@ fn stats(opts: &FileOptions, path: &Path, json: bool, out: &mut Out<'_>) -> Resu
         ("hits", s.hits.to_string()),
         ("resets", s.resets.to_string()),
     ];
+    // Files with an overflow area (large values) say how it is used.
+    if s.overflow_bytes != 0 {
+        totals.push((
+            "overflow",
+            format!(
+                "{} of {} bytes used; free space in {} runs, the longest {} bytes; values up to \
+                 {} bytes",
+                s.overflow_used_bytes,
+                s.overflow_bytes,
+                s.overflow_free_runs,
+                s.overflow_largest_free_run,
+                s.max_value_size
+            ),
+        ));
+    }
     // Counted by this process only (each run of the command starts from zero).
     let faults = [
         ("dirty lost", s.dirty_lost),
@@ -370,7 +404,30 @@ fn check(opts: &FileOptions, path: &Path, repair: bool, out: &mut Out<'_>) -> Re
         Err(e) => return Err(e.into()),
     };
     let n = cache.num_pages();
-    let problems = cache.validate()?;
+    let mut problems = cache.validate()?;
+    // Large values: every reference and block chain checked, and blocks no entry holds.
+    let (bad_refs, unreferenced) = cache.check_overflow()?;
+    for p in bad_refs {
+        if !problems.iter().any(|q| q.page == p.page) {
+            problems.push(p);
+        }
+    }
+    problems.sort_by_key(|p| p.page);
+    if unreferenced > 0 {
+        let done = if repair { " (freed)" } else { "" };
+        writeln!(
+            out,
+            "overflow area: {unreferenced} blocks held by no entry{done}"
+        )
+        .map_err(Failure::stdout)?;
+        if !repair {
+            if problems.is_empty() {
+                return Err(Failure::CheckFailed(None));
+            }
+        } else if problems.is_empty() {
+            cache.reclaim_overflow()?;
+        }
+    }
     let done = if repair { " (reset)" } else { "" };
     for p in &problems {
         writeln!(out, "page {}: {}{done}", p.page, p.reason).map_err(Failure::stdout)?;
@@ -457,7 +514,7 @@ fn json_error(line: u64, e: &serde_json::Error) -> Failure {
 
 fn load(opts: &FileOptions, path: &Path, out: &mut Out<'_>) -> Result<(), Failure> {
     let cache = open(opts, path)?;
-    let spool = check_input(path, cache.max_entry_size())?;
+    let spool = check_input(path, cache.max_entry_size(), cache.max_value_size())?;
     let (mut loaded, mut expired, mut refused) = (0u64, 0u64, 0u64);
     let records = spool.into_records().map_err(spool_error)?;
     for record in records {
@@ -498,8 +555,9 @@ fn spool_error(e: io::Error) -> Failure {
 
 /// Reads and checks every line of stdin before anything is stored, one line in memory at a
 /// time: the checked records wait in a temporary file.
-fn check_input(path: &Path, max: usize) -> Result<Spool, Failure> {
-    let line_limit = max_line_size(max);
+/// `big`: the largest value the file's overflow area takes (0: none).
+fn check_input(path: &Path, max: usize, big: usize) -> Result<Spool, Failure> {
+    let line_limit = max_line_size(max.saturating_add(big));
     let mut spool = Spool::new().map_err(|e| {
         Failure::Error(format!(
             "creating a temporary file for the checked records (in {}): {e}",
@@ -530,11 +588,12 @@ fn check_input(path: &Path, max: usize) -> Result<Spool, Failure> {
         }
         let record: Record = serde_json::from_slice(&line).map_err(|e| json_error(n, &e))?;
         let item = record.into_item().map_err(|reason| bad_line(n, reason))?;
-        if item.entry_size() > max {
+        if item.entry_size() > max && item.value.len() > big {
             return Err(bad_line(
                 n,
                 format_args!(
-                    "key {}: entry of {} bytes cannot fit in a page of {} (at most {max})",
+                    "key {}: entry of {} bytes cannot fit in a page of {} (at most {max}), nor \
+                     its value in the overflow area (values of at most {big} bytes)",
                     escape(&item.key),
                     item.entry_size(),
                     path.display()

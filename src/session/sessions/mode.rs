@@ -69,7 +69,7 @@ impl Mode {
             #[cfg(feature = "perl")]
             Mode::Catalyst(way) => (way.load(tier, id, client, deliver_flash), "catalyst"),
         };
-        loaded.map_err(|e| crate::events::session_unreadable(tier.cache().path(), kind, e))
+        loaded.map_err(|e| crate::session::events::session_unreadable(tier.cache().path(), kind, e))
     }
 
     /// Takes the stored flash values of `session` (it has some pending).
