@@ -39,9 +39,14 @@ impl Cache {
     ///
     /// Every live entry that fits keeps its value, expiry, flags (the dirty flag too), modseq
     /// and access time; when shrinking, what does not fit is evicted by the new page's policy
-    /// and counted in the report. Every handle, in this process and others, follows the move by
-    /// itself at its next operation; the old file's space is freed once no process maps it
-    /// (a handle keeps each file it followed mapped until it is dropped).
+    /// and counted in the report. A file with an overflow area keeps one of the same size and
+    /// [`max_value_size`](Self::max_value_size): each large value is read and checked from
+    /// the old area and written to the new one, or stored in its page if the new page size
+    /// holds it (and a value a smaller page no longer holds goes to the area; with no room
+    /// anywhere it is dropped and counted). Entries the eviction policy had protected stay
+    /// protected. Every handle, in this process and others, follows the move by itself at its
+    /// next operation; the old file's space is freed once no process maps it (a handle keeps
+    /// each file it followed mapped until it is dropped).
     ///
     /// This first version holds every page lock of the old file while it copies, so each
     /// operation of every user waits at most for one whole move (see the README, "Resizing a

@@ -14,10 +14,12 @@
 //! 3. It takes every write-back lock, then every page lock of the old file, in page order
 //!    (the order every other locker follows: write-back lock before page lock, one page at a
 //!    time), copies every live entry (value, expiry, flags with the dirty bit, modseq, access
-//!    time) into the successor's page for its key, marks every old page *moved* in its row
-//!    and the old header *moved* (still holding the locks, so lock-free readers see the mark
-//!    in the same sequence window as the copy), renames the successor over the path, and lets
-//!    go.
+//!    time, the policy's protected bit; a large value's bytes read and checked from the old
+//!    overflow area and written to blocks of the new one, whose area has the old one's size
+//!    and `max_value_size`) into the successor's page for its key, marks every old page
+//!    *moved* in its row and the old header *moved* (still holding the locks, so lock-free
+//!    readers see the mark in the same sequence window as the copy), renames the successor
+//!    over the path, and lets go.
 //! 4. Every locker checks its page's moved word right after taking the lock (one load of the
 //!    row it already touched); found set, it lets go and follows: it opens the successor
 //!    (by its temporary name, else by the path), checks that it is of the same lineage and a
@@ -48,8 +50,8 @@ use super::layout::{KeyHash, Layout};
 use super::lock::{Held, Reentry};
 use super::registry::{Entry, lock_registry, open_registered};
 use super::shared::SharedFile;
-use super::{OpenRequest, Requested};
-use crate::page::consts::{FLAG_DIRTY, is_expired};
+use super::{OpenRequest, OverflowRequest, Requested};
+use crate::page::consts::{FLAG_DIRTY, FLAG_OVERFLOW, is_expired, max_entry_size};
 use crate::page::{Dirty, NewEntry, PageView, StoreOutcome};
 use crate::{Error, Result};
 
@@ -331,6 +333,8 @@ struct Moving {
     flags: u32,
     modseq: Option<u64>,
     last_access: u32,
+    /// In the old page's protected part (the eviction policy's bit, §4.1 of docs/format.md).
+    protected: bool,
 }
 
 /// The bytes whose hash chose `page` (of `num_pages`) for an entry: its key, or for
@@ -539,11 +543,20 @@ pub(crate) fn resize(old: &SharedFile, to: Geometry, now: u32, wait: Duration) -
             must_exist: false,
             trust_contents: false,
             read_only: false,
+            // The old file's overflow area, as it is: its size and largest value do not depend
+            // on the pages, and the values it holds then fit the new one.
+            overflow: OverflowRequest {
+                size: Some(old.overflow().map_or(0, |a| a.geometry.area_size())),
+                max_value_size: old.overflow().map(|a| a.geometry.max_value_size),
+            },
             ..old.request.clone()
         };
         open_registered(&mut reg, &req, &old.path)?
     };
-    if new.resize_word(header::LINEAGE_OFFSET) != 0 || new.geometry != to {
+    if new.resize_word(header::LINEAGE_OFFSET) != 0
+        || new.geometry != to
+        || new.overflow().map(|a| a.geometry) != old.overflow().map(|a| a.geometry)
+    {
         return Err(old.resize_error(format!(
             "{} existed already and is not a fresh file: not used",
             temp.display()
@@ -573,23 +586,41 @@ pub(crate) fn resize(old: &SharedFile, to: Geometry, now: u32, wait: Duration) -
             std::slice::from_raw_parts(old.map.as_ptr().add(offset as usize), len as usize)
         };
         let view = PageView::with_min_slots(bytes, g.start_slots);
-        let walked = view.for_each_entry(|e| {
+        let walked = view.for_each_entry_protected(|e, protected| {
             if is_expired(e.expire_on, now) {
                 return;
             }
             let Some(home) = home(e.key, e.slot_hash, page, g.num_pages) else {
                 return;
             };
+            // A large value's bytes are read from the old area, checked (chain, checksum),
+            // never its reference copied: the new file has blocks of its own. One that fails
+            // its checks is damage, dropped as any entry of a damaged page.
+            let value = if e.flags & FLAG_OVERFLOW != 0 {
+                match old.overflow_read(page, e.value) {
+                    Ok(value) => value,
+                    Err(_) => {
+                        moved.dropped += 1;
+                        if e.flags & FLAG_DIRTY != 0 {
+                            moved.dirty_dropped += 1;
+                        }
+                        return;
+                    }
+                }
+            } else {
+                e.value.to_vec()
+            };
             let dest = KeyHash::Xxh3.locate(home, to.num_pages).0;
             buckets[dest as usize].push(Moving {
                 page: dest,
                 key: e.key.to_vec(),
-                value: e.value.to_vec(),
+                value,
                 slot_hash: e.slot_hash,
                 expire_on: e.expire_on,
-                flags: e.flags,
+                flags: e.flags & !FLAG_OVERFLOW,
                 modseq: e.modseq,
                 last_access: e.last_access,
+                protected,
             });
         });
         if walked.is_err() {
@@ -606,6 +637,7 @@ pub(crate) fn resize(old: &SharedFile, to: Geometry, now: u32, wait: Duration) -
             .lock(first.page, None)
             .map_err(|e| new.lock_error(e, crate::LockRole::Page, first.page, None))?;
         let mut lost = Vec::new();
+        let max_entry = max_entry_size(to.page_size as usize, to.start_slots);
         for m in bucket.iter() {
             let req = NewEntry {
                 slot_hash: m.slot_hash,
@@ -615,15 +647,42 @@ pub(crate) fn resize(old: &SharedFile, to: Geometry, now: u32, wait: Duration) -
                 flags: m.flags,
                 modseq: m.modseq,
             };
+            let at = m.last_access.max(1);
+            // As any store: in the page if the entry fits an empty one, else in the overflow
+            // area if the value fits it (a page size change can move a value either way).
+            let large = req.entry_size().is_none_or(|n| n > max_entry)
+                && new.max_value_size() != 0
+                && m.value.len() <= new.max_value_size();
             // Dirty entries the page's policy evicts to make room are copied into `lost`.
             let stored = guard.change(|p| {
-                p.store_dirty(
+                let reference;
+                let req = if large {
+                    reference = match new.overflow_write(first.page, &m.value) {
+                        Ok(r) => r.encode(),
+                        // The area is full: the value is dropped, nothing stored.
+                        Err(_) => return Ok(None),
+                    };
+                    NewEntry {
+                        value: &reference,
+                        flags: req.flags | FLAG_OVERFLOW,
+                        ..req
+                    }
+                } else {
+                    req
+                };
+                let stored = p.store_dirty(
                     &req,
-                    m.last_access.max(1),
+                    at,
                     to.start_slots,
                     false,
                     &mut Dirty::collect(&mut lost),
-                )
+                )?;
+                // The policy's protected bit is set by the page on a hit, never taken from a
+                // caller: a read at the entry's own access time sets it, changing nothing else.
+                if m.protected && stored == Some(StoreOutcome::Stored) {
+                    p.get(req.slot_hash, req.key, at, false)?;
+                }
+                Ok(stored)
             });
             if !matches!(stored, Ok(Some(StoreOutcome::Stored))) && m.flags & FLAG_DIRTY != 0 {
                 moved.dirty_dropped += 1;
