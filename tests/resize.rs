@@ -607,3 +607,294 @@ fn write_back_entries_stay_dirty_across_moves() {
         }
     }
 }
+
+// Large values (issue 24's overflow area) across moves.
+
+const AREA: u64 = 16 << 20;
+const MAX_VALUE: u32 = 256 * 1024;
+const BLOCK: u64 = 4096;
+
+fn open_large(kind: Kind, path: &Path, pages: u32) -> Cache {
+    kind.builder()
+        .path(path)
+        .num_pages(pages)
+        .page_size(PAGE)
+        .overflow_size(AREA)
+        .max_value_size(MAX_VALUE)
+        .lock_timeout(Duration::from_secs(30))
+        .open()
+        .expect("open with an overflow area")
+}
+
+/// Bytes of the overflow area the live entries of `cache` should hold: the blocks of every
+/// value whose entry does not fit a page.
+fn expected_use(cache: &Cache) -> u64 {
+    cache
+        .iter()
+        .map(|r| r.expect("entry"))
+        .filter(|(k, e)| {
+            (24 + k.len() + e.value.len()).next_multiple_of(4) > cache.max_entry_size()
+        })
+        .map(|(_, e)| (e.value.len() as u64).div_ceil(BLOCK) * BLOCK)
+        .sum()
+}
+
+/// The area after a move: the old one's size and largest value, no damaged page, no block
+/// held that no entry references, and exactly the blocks the live large values need.
+fn assert_area_exact(cache: &Cache, what: &str) {
+    assert_eq!(cache.max_value_size(), MAX_VALUE as usize, "{what}");
+    let stats = cache.stats().expect("stats");
+    assert_eq!(stats.overflow_bytes, AREA, "{what}");
+    let (problems, unreferenced) = cache.check_overflow().expect("check_overflow");
+    assert_eq!(problems, vec![], "{what}");
+    assert_eq!(unreferenced, 0, "{what}: a block leaked");
+    assert_eq!(
+        stats.overflow_used_bytes,
+        expected_use(cache),
+        "{what}: blocks held"
+    );
+}
+
+#[test]
+fn large_values_are_carried_by_grow_and_shrink() {
+    let _s = serial();
+    for kind in [NATIVE, ROBUST] {
+        let dir = temp_dir();
+        let path = dir.path().join("cache");
+        let cache = open_large(kind, &path, 8);
+        let other = Cache::builder().path(&path).open().expect("second handle");
+        // Tiny values, values just over what a 16 KiB page holds but within what a 64 KiB one
+        // holds (at most three to a page, so that no page evicts one), and larger ones up to
+        // the largest value.
+        let sizes = [100, 17_000, 20_000, 70_000, MAX_VALUE as usize - 1000];
+        let mut n = 0;
+        for (i, &len) in sizes.iter().cycle().take(40).enumerate() {
+            cache
+                .set(&key(i), &make_value(&key(i), i as u64, len))
+                .expect("set");
+            n += 1;
+        }
+        cache.set(b"dirty-looking", &[7; 40_000]).expect("set");
+        n += 1;
+        assert_eq!(cache.stats().expect("stats").entries, n, "all stored");
+        assert!(cache.stats().expect("stats").overflow_used_bytes > 0);
+        let check_all = |c: &Cache, what: &str| {
+            for i in 0..40 {
+                let v = c
+                    .get(&key(i))
+                    .expect("get")
+                    .unwrap_or_else(|| panic!("{what}: {:?} kept", key(i)));
+                assert_eq!(
+                    check_value(&key(i), &v).expect("intact"),
+                    i as u64,
+                    "{what}"
+                );
+            }
+            assert_eq!(
+                c.get(b"dirty-looking").expect("get").as_deref(),
+                Some(&[7; 40_000][..]),
+                "{what}"
+            );
+        };
+        // More pages, then larger pages (values up to 64 KiB move into their page), then
+        // fewer and smaller ones again (they move back to the area).
+        for (pages, page_size, what) in [
+            (97, PAGE, "grown"),
+            (97, PAGE * 4, "larger pages"),
+            (5, PAGE, "shrunk"),
+        ] {
+            let report = cache.resize(pages, page_size).expect(what);
+            assert_eq!(
+                (report.copied, report.dropped),
+                (n, 0),
+                "{what}: {report:?}"
+            );
+            assert_eq!(report.damaged_pages, 0, "{what}");
+            check_all(&cache, what);
+            check_all(&other, what);
+            assert_area_exact(&cache, what);
+            assert_eq!(cache.validate().expect("validate"), vec![], "{what}");
+        }
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "{:?}",
+            leftovers(dir.path())
+        );
+        // A fresh open finds the area too.
+        let fresh = Cache::builder().path(&path).open().expect("reopen");
+        assert_eq!(fresh.max_value_size(), MAX_VALUE as usize);
+        check_all(&fresh, "reopened");
+    }
+}
+
+#[test]
+fn a_large_value_too_large_for_the_new_pages_and_the_area_is_dropped_and_counted() {
+    let _s = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("cache");
+    // No overflow area: a value that fits a 64 KiB page but not a 16 KiB one has nowhere to
+    // go when the pages shrink.
+    let cache = NATIVE
+        .builder()
+        .path(&path)
+        .num_pages(3)
+        .page_size(PAGE * 4)
+        .open()
+        .expect("open");
+    assert_eq!(cache.max_value_size(), 0);
+    cache.set(b"big", &[1; 40_000]).expect("set");
+    cache.set(b"small", b"kept").expect("set");
+    let report = cache.resize(3, PAGE).expect("shrink");
+    assert_eq!((report.copied, report.dropped), (1, 1), "{report:?}");
+    assert_eq!(cache.get(b"big").expect("get"), None);
+    assert_eq!(
+        cache.get(b"small").expect("get").as_deref(),
+        Some(&b"kept"[..])
+    );
+    assert_eq!(cache.max_value_size(), 0, "still no area");
+    assert_eq!(cache.stats().expect("stats").overflow_bytes, 0);
+}
+
+/// A worker storing and reading back large self-checking values on keys of its own until
+/// `stop` exists (or a minute passes): every read of its own key must give exactly what it
+/// last stored there, whatever moves happened in between.
+fn large_worker(cache: &Cache, id: usize, stop: &Path, ready: &Pipe) -> ChildResult {
+    // Released even if this worker fails, so that the parent goes on (and then sees it).
+    ready.release(1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut rng = Rng::new(id as u64 * 104_729 + 3);
+    let mut last: Vec<Option<u64>> = vec![None; 12];
+    let mut seq = 0u64;
+    let mut ops = 0u64;
+    while !ops.is_multiple_of(16) || (!stop.exists() && Instant::now() < deadline) {
+        let k = rng.below(last.len() as u64) as usize;
+        let key = format!("w{id}-large-{k}").into_bytes();
+        if rng.chance(40) {
+            seq += 1;
+            // Mostly larger than a page, some that fit one.
+            let len = if rng.chance(20) {
+                rng.range(40, 4000)
+            } else {
+                rng.range(20_000, MAX_VALUE as usize)
+            };
+            cache
+                .set(&key, &make_value(&key, seq, len))
+                .map_err(|e| format!("set {k}: {e}"))?;
+            last[k] = Some(seq);
+        } else {
+            let got = cache.get(&key).map_err(|e| format!("get {k}: {e}"))?;
+            let got = match got {
+                Some(v) => Some(check_value(&key, &v)?),
+                None => None,
+            };
+            if got != last[k] {
+                return Err(format!("{k}: read {got:?}, last stored {:?}", last[k]));
+            }
+        }
+        ops += 1;
+    }
+    Ok(())
+}
+
+fn large_values_survive_moves_under_load(kind: Kind) {
+    let _s = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("cache");
+    let stop = dir.path().join("stop");
+    let cache = open_large(kind, &path, 7);
+    let ready = Pipe::new();
+    let mut children = Children::new();
+    for id in 0..3 {
+        let (path, stop, ready) = (path.clone(), stop.clone(), &ready);
+        children.spawn(move || {
+            let cache = Cache::builder()
+                .path(&path)
+                .lock_timeout(Duration::from_secs(30))
+                .open()
+                .map_err(|e| format!("open: {e}"))?;
+            large_worker(&cache, id, &stop, ready)
+        });
+    }
+    for _ in 0..3 {
+        ready.wait();
+    }
+    for _ in 0..scaled(2, 20) {
+        for pages in [61, 7] {
+            std::thread::sleep(Duration::from_millis(200));
+            let report = cache.resize(pages, PAGE).expect("resize under load");
+            assert_eq!(report.dropped, 0, "the area holds every value: {report:?}");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(&stop, b"").expect("stop file");
+    children.wait_all_ok();
+    for item in cache.iter() {
+        let (k, e) = item.expect("entry");
+        check_value(&k, &e.value).expect("intact");
+    }
+    assert_area_exact(&cache, "after the moves");
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
+}
+
+#[test]
+fn forked_workers_keep_large_values_across_moves_fcntl() {
+    large_values_survive_moves_under_load(NATIVE);
+}
+
+#[test]
+fn forked_workers_keep_large_values_across_moves_robust() {
+    large_values_survive_moves_under_load(ROBUST);
+}
+
+/// The eviction policy's protected part survives a move: entries read once (protected) and
+/// stored long ago outlive newer entries never read (on probation) when the new pages fill.
+#[test]
+fn protected_entries_stay_protected_across_a_move() {
+    let _s = serial();
+    let clock =
+        fastmmap::ManualClock::new(std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    let dir = temp_dir();
+    let cache = NATIVE
+        .builder()
+        .path(dir.path().join("cache"))
+        .num_pages(1)
+        .page_size(PAGE)
+        .clock(clock.clone())
+        .open()
+        .expect("open");
+    let named = |what: &str, i: usize| format!("{what}-{i}").into_bytes();
+    for i in 0..10 {
+        let k = named("read", i);
+        cache.set(&k, &make_value(&k, 1, 500)).expect("set");
+        assert!(cache.get(&k).expect("get").is_some());
+    }
+    clock.advance(Duration::from_secs(100));
+    for i in 0..10 {
+        let k = named("unread", i);
+        cache.set(&k, &make_value(&k, 1, 500)).expect("set");
+    }
+    let report = cache.resize(2, PAGE).expect("resize");
+    assert_eq!((report.copied, report.dropped), (20, 0), "{report:?}");
+    clock.advance(Duration::from_secs(100));
+    for i in 0..60 {
+        let k = named("new", i);
+        cache.set(&k, &make_value(&k, 1, 500)).expect("set");
+    }
+    let unread = (0..10)
+        .filter(|&i| cache.get(&named("unread", i)).expect("get").is_some())
+        .count();
+    assert!(
+        unread < 10,
+        "the new pages filled: {unread} of the unread kept"
+    );
+    for i in 0..10 {
+        assert!(
+            cache.get(&named("read", i)).expect("get").is_some(),
+            "read-{i}, protected before the move, was evicted before entries on probation"
+        );
+    }
+}
