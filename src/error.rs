@@ -343,6 +343,26 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+
+    /// Another process or thread is resizing this cache (see [`Cache::resize`](crate::Cache::resize));
+    /// nothing was changed.
+    #[error("{path}: a resize is already in progress{}", pid.map(|p| format!(" (by process {p})")).unwrap_or_default())]
+    ResizeInProgress {
+        /// The cache file.
+        path: PathBuf,
+        /// The resizing process, if the system said.
+        pid: Option<i32>,
+    },
+
+    /// A resize could not be done, or the file a resize moved the cache to could not be
+    /// followed; `reason` says why.
+    #[error("{path}: resize: {reason}")]
+    Resize {
+        /// The cache file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Which of a page's locks an [`Error::LockTimeout`] or [`Error::Lock`] is about.

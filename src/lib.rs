@@ -31,6 +31,7 @@ pub use cache::{
     Cache, CacheBuilder, Compression, Entry, EntryFlags, Existing, Expiry, Iter, PageProblem,
     PageStats, Stats, Update,
 };
+pub use cache::{DEFAULT_RESIZE_LOCK_WAIT, ResizeReport};
 pub use clock::{Clock, ManualClock, unix_secs};
 pub use error::{Error, LockRole, Result};
 pub use store::{Layout, LockKind};

@@ -32,16 +32,17 @@ impl Cache {
         self.way().set_many(pairs)
     }
 
-    /// Groups key indexes by page, pages in ascending order.
+    /// Groups key indexes by page of a file of `num_pages` pages, pages in ascending order.
     pub(super) fn group_by_page<'k>(
         &self,
+        num_pages: u32,
         keys: impl Iterator<Item = &'k [u8]>,
     ) -> Vec<(u32, Vec<(usize, u32)>)> {
         let mut located: Vec<(u32, usize, u32)> = keys
             .enumerate()
             .map(|(i, k)| {
-                let (p, s) = self.locate(k);
-                (p, i, s)
+                let (loc, s) = self.locate(k);
+                (loc.page(num_pages), i, s)
             })
             .collect();
         located.sort_unstable_by_key(|&(p, i, _)| (p, i));

@@ -385,6 +385,7 @@ impl CacheBuilder {
             allowed_owners: self.allowed_owners.clone(),
             read_only: self.read_only,
             trust_contents: self.reset || self.verify,
+            must_exist: false,
             overflow: self.overflow,
         };
         if self.layout == Layout::FastMmap
@@ -420,8 +421,7 @@ impl CacheBuilder {
         let cache = Cache {
             inner: Arc::new(Inner {
                 hash: KeyHash::of(self.layout),
-                geometry: file.geometry(),
-                file,
+                file: store::Current::new(file),
                 default_expiry,
                 clock: self.clock,
                 stats: self.enable_stats,

@@ -16,7 +16,10 @@ use crate::page::consts::{
     FLAG_UTF8_KEY, FLAG_UTF8_VALUE, max_entry_size,
 };
 use crate::page::{Copied, Corrupt, EntryRef, NewEntry, StoreOutcome, check_page};
-use crate::store::{Access, Geometry, KeyHash, Layout, PageGuard, ReadOutcome, Reader, SharedFile};
+use crate::store::{
+    Access, Current, Geometry, KeyHash, Layout, LockError, MAX_FOLLOWS, PageGuard, ReadOutcome,
+    Reader, SharedFile,
+};
 use crate::{Error, LockRole, Result};
 
 /// A cache in one memory-mapped file, shared by every thread and process that opens it.
@@ -28,8 +31,8 @@ pub struct Cache {
 }
 
 pub(crate) struct Inner {
-    pub(crate) file: Arc<SharedFile>,
-    pub(crate) geometry: Geometry,
+    /// The file this handle uses now: the one it opened, or the one a resize moved it to.
+    pub(crate) file: Current,
     pub(crate) hash: KeyHash,
     pub(crate) default_expiry: Option<u32>,
     pub(crate) clock: Clock,
@@ -64,6 +67,25 @@ impl Drop for UnlinkOnDrop {
         if std::process::id() == self.pid {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// Where a key lives: its whole hash, from which each file picks the key's page (a resize
+/// changes the number of pages, so the page is picked when the page is locked).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Loc(u64);
+
+impl Loc {
+    /// A place on page `page` of every file of more than `page` pages (for walks over every
+    /// page).
+    pub(crate) fn at(page: u32) -> Loc {
+        Loc(u64::from(page))
+    }
+
+    /// The key's page in a file of `num_pages` pages.
+    #[inline]
+    pub(crate) fn page(self, num_pages: u32) -> u32 {
+        (self.0 % u64::from(num_pages)) as u32
     }
 }
 
@@ -213,27 +235,37 @@ impl Cache {
         self.inner.file.lock_kind()
     }
 
-    /// Number of pages.
+    /// Number of pages (of the file the cache was last moved to, if it was
+    /// [resized](Self::resize)).
     pub fn num_pages(&self) -> u32 {
-        self.inner.geometry.num_pages
+        self.followed().num_pages
     }
 
-    /// Page size in bytes.
+    /// Page size in bytes (as [`num_pages`](Self::num_pages)).
     pub fn page_size(&self) -> u32 {
-        self.inner.geometry.page_size
+        self.followed().page_size
+    }
+
+    /// The geometry after following any finished resize (for the accessors, which take no
+    /// lock; operations follow when they lock a moved page).
+    fn followed(&self) -> Geometry {
+        for _ in 0..MAX_FOLLOWS {
+            let file: &SharedFile = &self.inner.file;
+            if !file.is_moved() || self.follow(file).is_err() {
+                break;
+            }
+        }
+        self.geometry()
     }
 
     /// Slots each page starts with.
     pub fn start_slots(&self) -> u32 {
-        self.inner.geometry.start_slots
+        self.geometry().start_slots
     }
 
     /// The largest entry (24-byte header, key, value, padded to 4 bytes) a page holds.
     pub fn max_entry_size(&self) -> usize {
-        max_entry_size(
-            self.inner.geometry.page_size as usize,
-            self.inner.geometry.start_slots,
-        )
+        max_entry_size(self.page_size() as usize, self.geometry().start_slots)
     }
 
     /// The largest value this cache stores: a value whose entry does not fit a page goes to
@@ -249,9 +281,78 @@ impl Cache {
         &self.inner.clock
     }
 
+    /// The geometry of the file this handle uses now.
     #[inline]
-    pub(crate) fn locate(&self, key: &[u8]) -> (u32, u32) {
-        self.inner.hash.locate(key, self.inner.geometry.num_pages)
+    pub(crate) fn geometry(&self) -> Geometry {
+        self.inner.file.geometry()
+    }
+
+    /// Where `key` lives (its page is picked when its file is locked, since a resize can
+    /// change the number of pages) and its slot hash.
+    #[inline]
+    pub(crate) fn locate(&self, key: &[u8]) -> (Loc, u32) {
+        let hash = self.inner.hash;
+        let h = hash.hash(key);
+        (Loc(h), hash.split(h, self.geometry().num_pages).1)
+    }
+
+    /// Follows the resize that moved `from` (see `store/resize.rs`).
+    #[cold]
+    pub(crate) fn follow(&self, from: &SharedFile) -> Result<()> {
+        self.inner.file.follow(from)
+    }
+
+    #[cold]
+    pub(crate) fn too_many_moves(&self) -> Error {
+        Error::Resize {
+            path: self.path().to_path_buf(),
+            reason: format!("the file moved more than {MAX_FOLLOWS} times during one operation"),
+        }
+    }
+
+    /// Locks page `page` of `file` (a file this handle used) for a change: `None` if a resize
+    /// moved it, and this handle now follows the move (the caller starts over on the new
+    /// file).
+    pub(crate) fn lock_page_at<'s>(
+        &'s self,
+        file: &'s SharedFile,
+        page: u32,
+    ) -> Result<Option<PageGuard<'s>>> {
+        if self.inner.read_only {
+            return Err(Error::ReadOnly {
+                path: self.path().to_path_buf(),
+            });
+        }
+        let timeout = self.inner.lock_timeout;
+        match file.lock(page, timeout) {
+            Ok(guard) => Ok(Some(guard)),
+            Err(LockError::Moved) => {
+                self.follow(file)?;
+                Ok(None)
+            }
+            Err(e) => Err(file.lock_error(e, LockRole::Page, page, timeout)),
+        }
+    }
+
+    /// Locks page `page` of `file` for reading (see [`read_page`](Self::read_page)): `None`
+    /// if a resize moved it, as [`lock_page_at`](Self::lock_page_at).
+    pub(crate) fn read_page_at<'s>(
+        &'s self,
+        file: &'s SharedFile,
+        page: u32,
+    ) -> Result<Option<Reader<'s>>> {
+        if !self.inner.read_only {
+            return Ok(self.lock_page_at(file, page)?.map(Reader::Write));
+        }
+        let timeout = self.inner.lock_timeout;
+        match file.lock_shared(page, timeout) {
+            Ok(guard) => Ok(Some(Reader::Shared(guard))),
+            Err(LockError::Moved) => {
+                self.follow(file)?;
+                Ok(None)
+            }
+            Err(e) => Err(file.lock_error(e, LockRole::Page, page, timeout)),
+        }
     }
 
     #[inline]
@@ -259,19 +360,26 @@ impl Cache {
         self.inner.clock.now_secs()
     }
 
-    /// Locks `page` for a change (or a read that refreshes access times and counts).
+    /// Locks the page of `loc` for a change (or a read that refreshes access times and
+    /// counts), in the file this handle uses now, following any resize that moved it.
     #[inline(always)]
-    pub(crate) fn lock_page(&self, page: u32) -> Result<PageGuard<'_>> {
+    pub(crate) fn lock_page(&self, loc: Loc) -> Result<PageGuard<'_>> {
         if self.inner.read_only {
             return Err(Error::ReadOnly {
                 path: self.path().to_path_buf(),
             });
         }
         let timeout = self.inner.lock_timeout;
-        self.inner
-            .file
-            .lock(page, timeout)
-            .map_err(|e| self.inner.file.lock_error(e, LockRole::Page, page, timeout))
+        for _ in 0..MAX_FOLLOWS {
+            let file: &SharedFile = &self.inner.file;
+            let page = loc.page(file.geometry().num_pages);
+            match file.lock(page, timeout) {
+                Ok(guard) => return Ok(guard),
+                Err(LockError::Moved) => self.follow(file)?,
+                Err(e) => return Err(file.lock_error(e, LockRole::Page, page, timeout)),
+            }
+        }
+        Err(self.too_many_moves())
     }
 
     pub(crate) fn corrupt(&self, page: u32, c: Corrupt) -> Error {
@@ -333,7 +441,7 @@ impl Cache {
 
     pub(super) fn read_at<R>(
         &self,
-        page: u32,
+        page: Loc,
         slot_hash: u32,
         key: &[u8],
         now: u32,
@@ -350,7 +458,7 @@ impl Cache {
     #[inline]
     pub(super) fn read_unlocked(
         &self,
-        page: u32,
+        loc: Loc,
         slot_hash: u32,
         key: &[u8],
         now: u32,
@@ -362,28 +470,29 @@ impl Cache {
             (true, false) => Access::Read,
             (true, true) => Access::CountedRead,
         };
-        match self
-            .inner
-            .file
-            .read_optimistic(page, slot_hash, key, now, access, out)
-        {
+        let file: &SharedFile = &self.inner.file;
+        let page = loc.page(file.geometry().num_pages);
+        match file.read_optimistic(page, slot_hash, key, now, access, out) {
             ReadOutcome::Hit => Some(true),
             ReadOutcome::Miss => Some(false),
             ReadOutcome::Locked => None,
         }
     }
 
-    /// Locks `page` for reading: the ordinary lock, or a shared one for a read-only handle.
-    pub(super) fn read_page(&self, page: u32) -> Result<Reader<'_>> {
-        if self.inner.read_only {
-            let timeout = self.inner.lock_timeout;
-            match self.inner.file.lock_shared(page, timeout) {
-                Ok(guard) => Ok(Reader::Shared(guard)),
-                Err(e) => Err(self.inner.file.lock_error(e, LockRole::Page, page, timeout)),
-            }
-        } else {
-            Ok(Reader::Write(self.lock_page(page)?))
+    /// Locks the page of `loc` for reading: the ordinary lock, or a shared one for a
+    /// read-only handle, following any resize that moved it.
+    pub(super) fn read_page(&self, loc: Loc) -> Result<Reader<'_>> {
+        if !self.inner.read_only {
+            return Ok(Reader::Write(self.lock_page(loc)?));
         }
+        for _ in 0..MAX_FOLLOWS {
+            let file: &SharedFile = &self.inner.file;
+            let page = loc.page(file.geometry().num_pages);
+            if let Some(reader) = self.read_page_at(file, page)? {
+                return Ok(reader);
+            }
+        }
+        Err(self.too_many_moves())
     }
 
     /// Stores under a held lock. A page found damaged is reset and the store retried once on
@@ -394,7 +503,7 @@ impl Cache {
         req: &NewEntry<'_>,
         now: u32,
     ) -> Result<StoreOutcome> {
-        let slots = self.inner.geometry.start_slots;
+        let slots = self.geometry().start_slots;
         // Native pages change under a busy marker, so an overwrite of the same size may be
         // made in place (see `PageMut::store_with`); Cache::FastMmap's pages have no marker.
         let in_place = self.inner.file.layout() == Layout::Native;
@@ -415,20 +524,20 @@ impl Cache {
         Ok(outcome)
     }
 
-    pub(crate) fn store(&self, req: &NewEntry<'_>, page: u32, now: u32) -> Result<StoreOutcome> {
+    pub(crate) fn store(&self, req: &NewEntry<'_>, loc: Loc, now: u32) -> Result<StoreOutcome> {
         if let Some(size) = req.entry_size() {
-            self.inner
-                .file
-                .prefetch_for_store(page, req.slot_hash, size);
+            let file: &SharedFile = &self.inner.file;
+            file.prefetch_for_store(loc.page(file.geometry().num_pages), req.slot_hash, size);
         }
-        let mut guard = self.lock_page(page)?;
+        let mut guard = self.lock_page(loc)?;
         match self.store_locked(&mut guard, req, now) {
             Err(Error::OverflowFull { .. }) => {
                 // Room is made in other pages with this one let go (a page lock is never waited
                 // for while another is held), then the store is tried once more.
+                let page = guard.page_index();
                 drop(guard);
                 self.evict_overflow_elsewhere(page, req, now)?;
-                let mut guard = self.lock_page(page)?;
+                let mut guard = self.lock_page(loc)?;
                 self.store_locked(&mut guard, req, now)
             }
             outcome => outcome,
@@ -441,7 +550,7 @@ impl Cache {
         value: &'k [u8],
         expiry: Expiry,
         now: u32,
-    ) -> (u32, NewEntry<'k>) {
+    ) -> (Loc, NewEntry<'k>) {
         let (page, slot_hash) = self.locate(key);
         let expire_on = expiry.expire_on(now, self.inner.default_expiry);
         (
@@ -461,25 +570,32 @@ impl Cache {
 impl Cache {
     /// `reset`: wipe every page; otherwise (`verify`) validate every page and reset bad ones.
     pub(crate) fn prepare(&self, wipe: bool) -> Result<()> {
-        let g = self.inner.geometry;
-        let hash = self.inner.hash;
-        let slot_hash = move |key: &[u8]| hash.locate(key, g.num_pages).1;
-        // Pages holding overflow blocks have them checked, and those no entry references
-        // freed (a wipe frees them all).
-        let owners = self.inner.file.overflow_owners();
-        for page in 0..g.num_pages {
-            let mut guard = self.lock_page(page)?;
-            if wipe {
-                guard.wipe();
-            } else if check_page(guard.bytes(), g.start_slots, Some(&slot_hash)).is_err() {
-                guard.reset();
+        // A resize met part way: the walk starts over on the new file.
+        'files: for _ in 0..MAX_FOLLOWS {
+            let file: &SharedFile = &self.inner.file;
+            let g = file.geometry();
+            let hash = self.inner.hash;
+            let slot_hash = move |key: &[u8]| hash.locate(key, g.num_pages).1;
+            // Pages holding overflow blocks have them checked, and those no entry references
+            // freed (a wipe frees them all).
+            let owners = file.overflow_owners();
+            for page in 0..g.num_pages {
+                let Some(mut guard) = self.lock_page_at(file, page)? else {
+                    continue 'files;
+                };
+                if wipe {
+                    guard.wipe();
+                } else if check_page(guard.bytes(), g.start_slots, Some(&slot_hash)).is_err() {
+                    guard.reset();
+                }
+                if owners[page as usize] {
+                    guard.sweep_overflow();
+                }
             }
-            if owners[page as usize] {
-                guard.sweep_overflow();
-            }
+            file.overflow_free_unowned(false);
+            return Ok(());
         }
-        self.inner.file.overflow_free_unowned(false);
-        Ok(())
+        Err(self.too_many_moves())
     }
 
     /// Validates every page fully, one locked at a time, without repairing anything: the
@@ -489,30 +605,37 @@ impl Cache {
     /// # Errors
     /// Lock errors.
     pub fn validate(&self) -> Result<Vec<PageProblem>> {
-        let g = self.inner.geometry;
-        let hash = self.inner.hash;
-        let slot_hash = move |key: &[u8]| hash.locate(key, g.num_pages).1;
-        let mut problems = Vec::new();
-        for page in 0..g.num_pages {
-            // A shared lock: validating reads the page and changes nothing.
-            let timeout = self.inner.lock_timeout;
-            let guard = self
-                .inner
-                .file
-                .lock_shared(page, timeout)
-                .map_err(|e| self.inner.file.lock_error(e, LockRole::Page, page, timeout))?;
-            let problem = match guard.as_is() {
-                (_, Some(p)) => Some(p),
-                (bytes, None) => check_page(bytes, g.start_slots, Some(&slot_hash)).err(),
-            };
-            if let Some(reason) = problem {
-                problems.push(PageProblem {
-                    page,
-                    reason: reason.0,
-                });
+        'files: for _ in 0..MAX_FOLLOWS {
+            let file: &SharedFile = &self.inner.file;
+            let g = file.geometry();
+            let hash = self.inner.hash;
+            let slot_hash = move |key: &[u8]| hash.locate(key, g.num_pages).1;
+            let mut problems = Vec::new();
+            for page in 0..g.num_pages {
+                // A shared lock: validating reads the page and changes nothing.
+                let timeout = self.inner.lock_timeout;
+                let guard = match file.lock_shared(page, timeout) {
+                    Ok(guard) => guard,
+                    Err(LockError::Moved) => {
+                        self.follow(file)?;
+                        continue 'files;
+                    }
+                    Err(e) => return Err(file.lock_error(e, LockRole::Page, page, timeout)),
+                };
+                let problem = match guard.as_is() {
+                    (_, Some(p)) => Some(p),
+                    (bytes, None) => check_page(bytes, g.start_slots, Some(&slot_hash)).err(),
+                };
+                if let Some(reason) = problem {
+                    problems.push(PageProblem {
+                        page,
+                        reason: reason.0,
+                    });
+                }
             }
+            return Ok(problems);
         }
-        Ok(problems)
+        Err(self.too_many_moves())
     }
 }
 

@@ -3,14 +3,22 @@
 use super::handle::{Cache, Entry};
 use crate::Result;
 use crate::page::consts::FLAG_TOMBSTONE;
+use crate::store::{MAX_FOLLOWS, SharedFile};
 
 impl Cache {
     /// Every live entry, page by page: each page is locked only while its entries are copied
     /// out, so the iterator holds no lock between calls and the cache may change under it.
+    ///
+    /// A [`resize`](Self::resize) finished while iterating sends the iterator on to the new
+    /// file, where it skips the keys whose pages it had already visited (keys stored with
+    /// [`multi_set`](Self::multi_set) are placed by their page key, so such an entry may
+    /// then be returned twice, or not at all).
     pub fn iter(&self) -> Iter {
         Iter {
             cache: self.clone(),
             next_page: 0,
+            num_pages: self.num_pages(),
+            visited: Vec::new(),
             buffered: Vec::new(),
         }
     }
@@ -20,29 +28,36 @@ impl Cache {
         self.iter().map(|r| r.map(|(k, _)| k))
     }
 
-    /// Whether an entry found in `page` with this stored slot hash could have been stored
-    /// under `key`: by `set` (the key hashes to both), or by `multi_set` (the key is
-    /// `page_key-…` for a page key of this page).
-    fn belongs(&self, key: &[u8], page: u32, slot_hash: u32) -> bool {
-        let (key_page, key_slot_hash) = self.locate(key);
+    /// Whether an entry found in `page` (of `num_pages`) with this stored slot hash could have
+    /// been stored under `key`: by `set` (the key hashes to both), or by `multi_set` (the key
+    /// is `page_key-…` for a page key of this page).
+    fn belongs(&self, key: &[u8], page: u32, num_pages: u32, slot_hash: u32) -> bool {
+        let (key_loc, key_slot_hash) = self.locate(key);
         key_slot_hash == slot_hash
-            && (key_page == page
+            && (key_loc.page(num_pages) == page
                 || key
                     .iter()
                     .enumerate()
-                    .any(|(i, &b)| b == b'-' && self.locate(&key[..i]).0 == page))
+                    .any(|(i, &b)| b == b'-' && self.locate(&key[..i]).0.page(num_pages) == page))
     }
 
-    /// The live entries of one page, copied out under its lock.
-    fn page_entries(&self, page: u32) -> Result<Vec<(Vec<u8>, Entry)>> {
+    /// The live entries of page `page` of a file of `num_pages` pages, copied out under its
+    /// lock; `None` if the handle's file is no longer of that many pages (a resize moved it).
+    fn page_entries(&self, page: u32, num_pages: u32) -> Result<Option<Vec<KeyEntry>>> {
         let now = self.now();
-        let mut reader = self.read_page(page)?;
+        let file: &SharedFile = &self.inner.file;
+        if file.geometry().num_pages != num_pages {
+            return Ok(None);
+        }
+        let Some(mut reader) = self.read_page_at(file, page)? else {
+            return Ok(None);
+        };
         let mut out = Vec::new();
         // A key whose bytes were damaged no longer hashes to the slot hash stored with it
         // (lookups never match it); here it would come out as a key that was never stored.
         let mut damaged = false;
         let walked = reader.for_each_entry(|e| {
-            if !self.belongs(e.key, page, e.slot_hash) {
+            if !self.belongs(e.key, page, num_pages, e.slot_hash) {
                 damaged = true;
             } else if !crate::page::consts::is_expired(e.expire_on, now)
                 && e.flags & FLAG_TOMBSTONE == 0
@@ -56,14 +71,22 @@ impl Cache {
         }
         drop(reader);
         self.way().decode_entries(&mut out)?;
-        Ok(out)
+        Ok(Some(out))
     }
 }
+
+/// A key and its entry, as [`Iter`] returns them.
+type KeyEntry = (Vec<u8>, Entry);
 
 /// Iterator over a cache's live entries; see [`Cache::iter`].
 pub struct Iter {
     cache: Cache,
     next_page: u32,
+    /// Pages of the file being walked.
+    num_pages: u32,
+    /// Files walked before a resize moved them: (pages, pages visited). Keys of visited pages
+    /// are not returned again from the new file.
+    visited: Vec<(u32, u32)>,
     buffered: Vec<(Vec<u8>, Entry)>,
 }
 
@@ -75,18 +98,35 @@ impl Iterator for Iter {
             if let Some(item) = self.buffered.pop() {
                 return Some(Ok(item));
             }
-            if self.next_page >= self.cache.num_pages() {
+            if self.next_page >= self.num_pages {
                 return None;
             }
             let page = self.next_page;
-            self.next_page += 1;
-            match self.cache.page_entries(page) {
-                Ok(mut entries) => {
+            match self.cache.page_entries(page, self.num_pages) {
+                Ok(Some(mut entries)) => {
+                    self.next_page += 1;
+                    if !self.visited.is_empty() {
+                        let cache = &self.cache;
+                        let visited = &self.visited;
+                        entries.retain(|(key, _)| {
+                            let loc = cache.locate(key).0;
+                            visited.iter().all(|&(n, done)| loc.page(n) >= done)
+                        });
+                    }
                     entries.reverse();
                     self.buffered = entries;
                 }
+                Ok(None) => {
+                    if self.visited.len() >= MAX_FOLLOWS {
+                        self.next_page = self.num_pages;
+                        return Some(Err(self.cache.too_many_moves()));
+                    }
+                    self.visited.push((self.num_pages, self.next_page));
+                    self.num_pages = self.cache.num_pages();
+                    self.next_page = 0;
+                }
                 Err(e) => {
-                    self.next_page = self.cache.num_pages();
+                    self.next_page = self.num_pages;
                     return Some(Err(e));
                 }
             }

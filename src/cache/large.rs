@@ -2,10 +2,10 @@
 //! storing one, making room in the area when it is full, and reclaiming blocks nothing
 //! references (`check`).
 
-use super::handle::{Cache, PageProblem};
+use super::handle::{Cache, Loc, PageProblem};
 use crate::page::consts::{FLAG_OVERFLOW, is_expired};
 use crate::page::{NewEntry, PageView, StoreOutcome};
-use crate::store::{PageGuard, Reader};
+use crate::store::{LockError, MAX_FOLLOWS, PageGuard, Reader, SharedFile};
 use crate::{Error, LockRole, Result};
 
 /// A large value that may be evicted to make room in the overflow area.
@@ -86,7 +86,7 @@ impl Cache {
                     return Ok(());
                 }
                 let other = (page + i) % pages;
-                let mut guard = self.lock_page(other)?;
+                let mut guard = self.lock_page(Loc::at(other))?;
                 self.evict_large_locked(&mut guard, None, needed, now, expired_only);
             }
         }
@@ -151,13 +151,20 @@ impl Cache {
         if self.inner.file.overflow().is_none() {
             return Ok(0);
         }
-        let mut freed = 0u64;
-        for page in 0..self.num_pages() {
-            let mut guard = self.lock_page(page)?;
-            freed += u64::from(guard.sweep_overflow());
+        // A resize met part way: the walk starts over on the new file.
+        'files: for _ in 0..MAX_FOLLOWS {
+            let file: &SharedFile = &self.inner.file;
+            let mut freed = 0u64;
+            for page in 0..file.geometry().num_pages {
+                let Some(mut guard) = self.lock_page_at(file, page)? else {
+                    continue 'files;
+                };
+                freed += u64::from(guard.sweep_overflow());
+            }
+            freed += u64::from(file.overflow_free_unowned(false));
+            return Ok(freed);
         }
-        freed += u64::from(self.inner.file.overflow_free_unowned(false));
-        Ok(freed)
+        Err(self.too_many_moves())
     }
 
     /// Checks the overflow area without changing anything: the pages whose large values'
@@ -167,25 +174,33 @@ impl Cache {
     /// # Errors
     /// Lock errors.
     pub fn check_overflow(&self) -> Result<(Vec<PageProblem>, u64)> {
-        let mut problems = Vec::new();
-        let mut unreferenced = 0u64;
         if self.inner.file.overflow().is_none() {
-            return Ok((problems, 0));
+            return Ok((Vec::new(), 0));
         }
-        for page in 0..self.num_pages() {
-            // A shared lock, as `validate` takes: checking changes nothing.
-            let timeout = self.inner.lock_timeout;
-            let guard = self
-                .inner
-                .file
-                .lock_shared(page, timeout)
-                .map_err(|e| self.inner.file.lock_error(e, LockRole::Page, page, timeout))?;
-            match Reader::Shared(guard).overflow_unreferenced() {
-                Ok(n) => unreferenced += u64::from(n),
-                Err(c) => problems.push(PageProblem { page, reason: c.0 }),
+        // A resize met part way: the walk starts over on the new file.
+        'files: for _ in 0..MAX_FOLLOWS {
+            let file: &SharedFile = &self.inner.file;
+            let mut problems = Vec::new();
+            let mut unreferenced = 0u64;
+            for page in 0..file.geometry().num_pages {
+                // A shared lock, as `validate` takes: checking changes nothing.
+                let timeout = self.inner.lock_timeout;
+                let guard = match file.lock_shared(page, timeout) {
+                    Ok(guard) => guard,
+                    Err(LockError::Moved) => {
+                        self.follow(file)?;
+                        continue 'files;
+                    }
+                    Err(e) => return Err(file.lock_error(e, LockRole::Page, page, timeout)),
+                };
+                match Reader::Shared(guard).overflow_unreferenced() {
+                    Ok(n) => unreferenced += u64::from(n),
+                    Err(c) => problems.push(PageProblem { page, reason: c.0 }),
+                }
             }
+            unreferenced += u64::from(file.overflow_free_unowned(true));
+            return Ok((problems, unreferenced));
         }
-        unreferenced += u64::from(self.inner.file.overflow_free_unowned(true));
-        Ok((problems, unreferenced))
+        Err(self.too_many_moves())
     }
 }

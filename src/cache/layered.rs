@@ -4,7 +4,7 @@
 
 use super::compression::{decompress, is_compressed};
 use super::expiry::Expiry;
-use super::handle::{Cache, Entry, Update};
+use super::handle::{Cache, Entry, Loc, Update};
 use super::mode::Layer;
 use super::update::{Existing, is_negative};
 use super::write_back::{Kept, Seen, TryWriteBack};
@@ -52,7 +52,7 @@ impl Cache {
         }
     }
 
-    fn look(&self, layer: &Layer, key: &[u8], page: u32, slot_hash: u32, now: u32) -> Result<Look> {
+    fn look(&self, layer: &Layer, key: &[u8], page: Loc, slot_hash: u32, now: u32) -> Result<Look> {
         let mut guard = self.lock_for_change(page)?;
         let found = guard
             .page()
@@ -177,7 +177,7 @@ impl Cache {
         &self,
         layer: &Layer,
         key: &[u8],
-        page: u32,
+        page: Loc,
         slot_hash: u32,
         now: u32,
     ) -> Result<Option<Vec<u8>>> {
@@ -199,7 +199,7 @@ impl Cache {
         &self,
         layer: &Layer,
         key: &[u8],
-        page: u32,
+        page: Loc,
         slot_hash: u32,
         now: u32,
     ) -> Result<Option<Vec<u8>>> {
@@ -228,7 +228,7 @@ impl Cache {
         &self,
         layer: &Layer,
         key: &[u8],
-        page: u32,
+        page: Loc,
         now: u32,
         expired_dirty: Option<DirtyCopy>,
     ) -> Result<Option<Vec<u8>>> {
@@ -526,7 +526,7 @@ impl Cache {
         &self,
         backing: &std::sync::Arc<dyn crate::Backing>,
         removed: &NewEntry<'_>,
-        page: u32,
+        page: Loc,
         now: u32,
     ) -> Result<()> {
         if let Err(e) = backing.delete(removed.key) {
@@ -536,7 +536,7 @@ impl Cache {
         Ok(())
     }
 
-    fn write_through(&self, layer: &Layer, req: &NewEntry<'_>, page: u32) -> Result<()> {
+    fn write_through(&self, layer: &Layer, req: &NewEntry<'_>, page: Loc) -> Result<()> {
         let Some(backing) = layer
             .backing
             .as_ref()
@@ -566,7 +566,7 @@ impl Cache {
         &self,
         backing: &std::sync::Arc<dyn Backing>,
         req: &NewEntry<'_>,
-        page: u32,
+        page: Loc,
         before: Option<u64>,
     ) -> Result<()> {
         if before.is_some() && backing.fence(req.key) == before {

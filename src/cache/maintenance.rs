@@ -7,6 +7,7 @@ use super::stats::{PageStats, Stats};
 use crate::Error;
 use crate::Result;
 use crate::page::Evict;
+use crate::store::{MAX_FOLLOWS, SharedFile};
 
 impl Cache {
     /// Drops expired entries from every page (one page locked at a time). Returns how many.
@@ -34,13 +35,20 @@ impl Cache {
 
     pub(super) fn evict_all(&self, mode: Evict) -> Result<usize> {
         let now = self.now();
-        let slots = self.inner.geometry.start_slots;
         let mut total = 0;
-        for page in 0..self.num_pages() {
-            let mut guard = self.lock_page(page)?;
-            total += guard.change(|p| p.evict(mode, now, slots)).unwrap_or(0);
+        // A resize met part way: the walk starts over on the new file.
+        'files: for _ in 0..MAX_FOLLOWS {
+            let file: &SharedFile = &self.inner.file;
+            let slots = file.geometry().start_slots;
+            for page in 0..file.geometry().num_pages {
+                let Some(mut guard) = self.lock_page_at(file, page)? else {
+                    continue 'files;
+                };
+                total += guard.change(|p| p.evict(mode, now, slots)).unwrap_or(0);
+            }
+            return Ok(total);
         }
-        Ok(total)
+        Err(self.too_many_moves())
     }
 
     /// Statistics for the whole cache and each page (one page locked at a time).
@@ -48,29 +56,37 @@ impl Cache {
     /// # Errors
     /// Lock errors.
     pub fn stats(&self) -> Result<Stats> {
-        let mut stats = Stats::default();
-        for page in 0..self.num_pages() {
-            let h = self.read_page(page)?.header();
-            stats.add(PageStats {
-                entries: h.num_slots.saturating_sub(h.free_slots),
-                slots: h.num_slots,
-                used_bytes: h.used_bytes(),
-                free_bytes: h.free_bytes,
-                reads: h.n_reads,
-                hits: h.n_read_hits,
-                resets: self.inner.file.resets(page),
-            });
+        // A resize met part way: the walk starts over on the new file.
+        'files: for _ in 0..MAX_FOLLOWS {
+            let file: &SharedFile = &self.inner.file;
+            let mut stats = Stats::default();
+            for page in 0..file.geometry().num_pages {
+                let Some(mut reader) = self.read_page_at(file, page)? else {
+                    continue 'files;
+                };
+                let h = reader.header();
+                stats.add(PageStats {
+                    entries: h.num_slots.saturating_sub(h.free_slots),
+                    slots: h.num_slots,
+                    used_bytes: h.used_bytes(),
+                    free_bytes: h.free_bytes,
+                    reads: h.n_reads,
+                    hits: h.n_read_hits,
+                    resets: file.resets(page),
+                });
+            }
+            if let Some(u) = file.overflow_usage() {
+                let bs = u64::from(u.block_size);
+                stats.overflow_bytes = u64::from(u.blocks) * bs;
+                stats.overflow_used_bytes = u64::from(u.used) * bs;
+                stats.overflow_free_runs = u64::from(u.free_runs);
+                stats.overflow_largest_free_run = u64::from(u.largest_free_run) * bs;
+            }
+            stats.dirty_lost = file.dirty_lost(false);
+            file.faults.report(&mut stats);
+            return Ok(stats);
         }
-        if let Some(u) = self.inner.file.overflow_usage() {
-            let bs = u64::from(u.block_size);
-            stats.overflow_bytes = u64::from(u.blocks) * bs;
-            stats.overflow_used_bytes = u64::from(u.used) * bs;
-            stats.overflow_free_runs = u64::from(u.free_runs);
-            stats.overflow_largest_free_run = u64::from(u.largest_free_run) * bs;
-        }
-        stats.dirty_lost = self.inner.file.dirty_lost(false);
-        self.inner.file.faults.report(&mut stats);
-        Ok(stats)
+        Err(self.too_many_moves())
     }
 
     /// Zeroes the read, hit and reset counters, and this process's fault counters.
@@ -78,13 +94,19 @@ impl Cache {
     /// # Errors
     /// Lock errors.
     pub fn reset_stats(&self) -> Result<()> {
-        for page in 0..self.num_pages() {
-            let mut guard = self.lock_page(page)?;
-            let _ = guard.page().reset_stats();
-            self.inner.file.clear_resets(page);
+        'files: for _ in 0..MAX_FOLLOWS {
+            let file: &SharedFile = &self.inner.file;
+            for page in 0..file.geometry().num_pages {
+                let Some(mut guard) = self.lock_page_at(file, page)? else {
+                    continue 'files;
+                };
+                let _ = guard.page().reset_stats();
+                file.clear_resets(page);
+            }
+            file.dirty_lost(true);
+            file.faults.clear();
+            return Ok(());
         }
-        self.inner.file.dirty_lost(true);
-        self.inner.file.faults.clear();
-        Ok(())
+        Err(self.too_many_moves())
     }
 }

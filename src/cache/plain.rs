@@ -3,10 +3,10 @@
 //! `handle.rs` document these.
 
 use super::expiry::Expiry;
-use super::handle::{Cache, Entry, Update};
+use super::handle::{Cache, Entry, Loc, Update};
 use super::update::Existing;
 use crate::page::{Copied, NewEntry, StoreOutcome};
-use crate::store::{peek_locked, read_locked};
+use crate::store::{MAX_FOLLOWS, SharedFile, peek_locked, read_locked};
 use crate::{Error, Result};
 
 impl Cache {
@@ -110,15 +110,20 @@ impl Cache {
         // Every key's page is located and its lines asked for first, so that their cache
         // misses overlap; then each key is read without a lock where it can be, as `get`
         // reads it, and the keys left over lock their pages, each page once.
-        let located: Vec<(u32, u32)> = keys.iter().map(|k| self.locate(k.as_ref())).collect();
-        for &(page, slot_hash) in &located {
-            self.inner.file.prefetch_page(page, slot_hash);
+        let located: Vec<(Loc, u32)> = keys.iter().map(|k| self.locate(k.as_ref())).collect();
+        {
+            let file: &SharedFile = &self.inner.file;
+            let num_pages = file.geometry().num_pages;
+            for &(loc, slot_hash) in &located {
+                file.prefetch_page(loc.page(num_pages), slot_hash);
+            }
         }
         let mut out = vec![None; keys.len()];
         let mut locked = Vec::new();
         let mut copied = Copied::default();
-        for (i, &(page, slot_hash)) in located.iter().enumerate() {
-            match self.read_unlocked(page, slot_hash, keys[i].as_ref(), now, true, &mut copied) {
+        for (i, &(loc, slot_hash)) in located.iter().enumerate() {
+            // A page a resize moved answers `None` here: its keys go to the lock, which follows.
+            match self.read_unlocked(loc, slot_hash, keys[i].as_ref(), now, true, &mut copied) {
                 Some(true) => out[i] = Some(std::mem::take(&mut copied.value)),
                 Some(false) => {}
                 None => locked.push(i),
@@ -127,17 +132,24 @@ impl Cache {
         if locked.is_empty() {
             return Ok(out);
         }
-        let rest = locked.iter().map(|&i| keys[i].as_ref());
-        for (page, group) in self.group_by_page(rest) {
-            let mut reader = self.read_page(page)?;
-            for (j, slot_hash) in group {
-                let i = locked[j];
-                out[i] = reader.get(slot_hash, keys[i].as_ref(), now, self.inner.stats, |e| {
-                    e.value.to_vec()
-                });
+        // A resize met part way: the keys left over start over on the new file.
+        'files: for _ in 0..MAX_FOLLOWS {
+            let file: &SharedFile = &self.inner.file;
+            let rest = locked.iter().map(|&i| keys[i].as_ref());
+            for (page, group) in self.group_by_page(file.geometry().num_pages, rest) {
+                let Some(mut reader) = self.read_page_at(file, page)? else {
+                    continue 'files;
+                };
+                for (j, slot_hash) in group {
+                    let i = locked[j];
+                    out[i] = reader.get(slot_hash, keys[i].as_ref(), now, self.inner.stats, |e| {
+                        e.value.to_vec()
+                    });
+                }
             }
+            return Ok(out);
         }
-        Ok(out)
+        Err(self.too_many_moves())
     }
 
     pub(super) fn set_many_plain<K: AsRef<[u8]>, V: AsRef<[u8]>>(
@@ -145,23 +157,35 @@ impl Cache {
         pairs: &[(K, V)],
     ) -> Result<usize> {
         let now = self.now();
-        let reqs: Vec<(u32, NewEntry<'_>)> = pairs
+        let reqs: Vec<NewEntry<'_>> = pairs
             .iter()
-            .map(|(k, v)| self.request(k.as_ref(), v.as_ref(), Expiry::Default, now))
+            .map(|(k, v)| self.request(k.as_ref(), v.as_ref(), Expiry::Default, now).1)
             .collect();
-        for (_, req) in &reqs {
+        for req in &reqs {
             self.check_size(req)?;
         }
-        let mut stored = 0;
-        for (page, group) in self.group_by_page(pairs.iter().map(|(k, _)| k.as_ref())) {
-            let mut guard = self.lock_page(page)?;
-            for (i, _) in group {
-                if self.store_locked(&mut guard, &reqs[i].1, now)? != StoreOutcome::Refused {
-                    stored += 1;
+        // A resize met part way: the batch starts over on the new file (the pairs stored
+        // before the move were moved with the rest, and storing them again changes nothing).
+        'files: for _ in 0..MAX_FOLLOWS {
+            let file: &SharedFile = &self.inner.file;
+            let mut stored = 0;
+            let groups = self.group_by_page(
+                file.geometry().num_pages,
+                pairs.iter().map(|(k, _)| k.as_ref()),
+            );
+            for (page, group) in groups {
+                let Some(mut guard) = self.lock_page_at(file, page)? else {
+                    continue 'files;
+                };
+                for (i, _) in group {
+                    if self.store_locked(&mut guard, &reqs[i], now)? != StoreOutcome::Refused {
+                        stored += 1;
+                    }
                 }
             }
+            return Ok(stored);
         }
-        Ok(stored)
+        Err(self.too_many_moves())
     }
 
     /// `update` in the plain way: the value afterwards, and what the closure computed.

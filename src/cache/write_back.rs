@@ -30,12 +30,12 @@
 //! and its calls of the store: a page's write-backs happen one at a time, in the order of its
 //! changes. Plain hits take only the page lock.
 
-use super::handle::Cache;
+use super::handle::{Cache, Loc};
 use super::update::is_negative;
 use crate::clock::from_unix_secs;
 use crate::page::consts::{FLAG_DIRTY, FLAG_UNDEF};
 use crate::page::{Corrupt, Dirty, DirtyCopy, Evict, NewEntry, PageMut, StoreOutcome};
-use crate::store::{LockError, PageGuard, WriteBackGuard, WriteBackWait};
+use crate::store::{LockError, MAX_FOLLOWS, PageGuard, SharedFile, WriteBackGuard, WriteBackWait};
 use crate::{Error, LockRole, Result};
 use std::time::Duration;
 
@@ -97,43 +97,52 @@ impl Cache {
     ///
     /// # Errors
     /// A lock timeout; [`Error::ReadOnly`].
-    pub(crate) fn write_back_lock(&self, page: u32) -> Result<Option<WriteBackGuard<'_>>> {
+    pub(crate) fn write_back_lock(&self, loc: Loc) -> Result<Option<WriteBackGuard<'_>>> {
         if !self.has_backing() || self.inner.file.holds_write_back() {
             return Ok(None);
         }
         let timeout = self.inner.lock_timeout;
-        self.inner
-            .file
-            .lock_write_back(page, WriteBackWait::Up(timeout))
-            .map(Some)
-            .map_err(|e| {
-                self.inner
-                    .file
-                    .lock_error(e, LockRole::WriteBack, page, timeout)
-            })
+        for _ in 0..MAX_FOLLOWS {
+            let file: &SharedFile = &self.inner.file;
+            let page = loc.page(file.geometry().num_pages);
+            match file.lock_write_back(page, WriteBackWait::Up(timeout)) {
+                Ok(guard) => return Ok(Some(guard)),
+                Err(LockError::Moved) => self.follow(file)?,
+                Err(e) => return Err(file.lock_error(e, LockRole::WriteBack, page, timeout)),
+            }
+        }
+        Err(self.too_many_moves())
     }
 
     /// [`write_back_lock`](Self::write_back_lock) without waiting: `Busy` if another thread
     /// or process holds it (it may be inside a slow call of the backing store).
-    pub(crate) fn try_write_back_lock(&self, page: u32) -> Result<TryWriteBack<'_>> {
+    pub(crate) fn try_write_back_lock(&self, loc: Loc) -> Result<TryWriteBack<'_>> {
         if !self.has_backing() || self.inner.file.holds_write_back() {
             return Ok(TryWriteBack::Taken(None));
         }
-        match self.inner.file.lock_write_back(page, WriteBackWait::No) {
-            Ok(guard) => Ok(TryWriteBack::Taken(Some(guard))),
-            Err(LockError::TimedOut) => Ok(TryWriteBack::Busy),
-            Err(e) => {
-                Err(self
-                    .inner
-                    .file
-                    .lock_error(e, LockRole::WriteBack, page, Some(Duration::ZERO)))
+        for _ in 0..MAX_FOLLOWS {
+            let file: &SharedFile = &self.inner.file;
+            let page = loc.page(file.geometry().num_pages);
+            match file.lock_write_back(page, WriteBackWait::No) {
+                Ok(guard) => return Ok(TryWriteBack::Taken(Some(guard))),
+                Err(LockError::TimedOut) => return Ok(TryWriteBack::Busy),
+                Err(LockError::Moved) => self.follow(file)?,
+                Err(e) => {
+                    return Err(file.lock_error(
+                        e,
+                        LockRole::WriteBack,
+                        page,
+                        Some(Duration::ZERO),
+                    ));
+                }
             }
         }
+        Err(self.too_many_moves())
     }
 
     /// Locks `page` for a change. A page a dead process left half-changed is reset, and the
     /// dirty entries it held are counted as lost.
-    pub(crate) fn lock_for_change(&self, page: u32) -> Result<PageGuard<'_>> {
+    pub(crate) fn lock_for_change(&self, page: Loc) -> Result<PageGuard<'_>> {
         if self.inner.read_only {
             return Err(Error::ReadOnly {
                 path: self.path().to_path_buf(),
@@ -151,7 +160,7 @@ impl Cache {
     pub(crate) fn store_keeping_dirty(
         &self,
         req: &NewEntry<'_>,
-        page: u32,
+        page: Loc,
         now: u32,
         if_absent: bool,
     ) -> Result<Kept> {
@@ -213,7 +222,7 @@ impl Cache {
                     // The page was damaged and has been reset: try once more on the fresh page.
                     resets += 1;
                     if resets > 1 {
-                        return Err(self.corrupt(page, c));
+                        return Err(self.corrupt(guard.page_index(), c));
                     }
                 }
             }
@@ -236,7 +245,7 @@ impl Cache {
         &'c self,
         mut guard: PageGuard<'c>,
         req: &NewEntry<'_>,
-        page: u32,
+        page: Loc,
         now: u32,
         mut seen: Option<Seen>,
     ) -> Result<(PageGuard<'c>, Option<StoreOutcome>, Vec<DirtyCopy>)> {
@@ -249,7 +258,7 @@ impl Cache {
                 // The page was damaged and has been reset: once more on the fresh page.
                 Err(_) => self
                     .attempt_store(&mut guard, req, now, refuse, false, &mut copies)
-                    .map_err(|c| self.corrupt(page, c))?,
+                    .map_err(|c| self.corrupt(guard.page_index(), c))?,
             };
             if let Some(outcome) = stored {
                 return Ok((guard, Some(outcome), copies));
@@ -260,7 +269,7 @@ impl Cache {
                 self.write_back_held(&mut guard, &copies)?;
                 let stored = self
                     .attempt_store(&mut guard, req, now, false, false, &mut copies)
-                    .map_err(|c| self.corrupt(page, c))?;
+                    .map_err(|c| self.corrupt(guard.page_index(), c))?;
                 return Ok((guard, stored, copies));
             }
             drop(guard);
@@ -329,7 +338,7 @@ impl Cache {
         replacing_drops: bool,
         copies: &mut Vec<DirtyCopy>,
     ) -> std::result::Result<Option<StoreOutcome>, Corrupt> {
-        let slots = self.inner.geometry.start_slots;
+        let slots = self.geometry().start_slots;
         let in_place = self.layout() == crate::store::Layout::Native;
         copies.clear();
         let mut plan = Plan::Marked;
@@ -439,15 +448,23 @@ impl Cache {
     /// first. Returns how many entries were dropped.
     pub(crate) fn evict_all_keeping_dirty(&self, mode: Evict) -> Result<usize> {
         let mut total = 0;
-        for page in 0..self.num_pages() {
-            total += self.evict_keeping_dirty(page, mode)?;
+        // A resize met part way: the walk starts over on the new file.
+        'files: for _ in 0..MAX_FOLLOWS {
+            let file: *const SharedFile = &*self.inner.file;
+            for page in 0..self.num_pages() {
+                total += self.evict_keeping_dirty(Loc::at(page), mode)?;
+                if !std::ptr::eq(&*self.inner.file, file) {
+                    continue 'files;
+                }
+            }
+            return Ok(total);
         }
-        Ok(total)
+        Err(self.too_many_moves())
     }
 
-    fn evict_keeping_dirty(&self, page: u32, mode: Evict) -> Result<usize> {
+    fn evict_keeping_dirty(&self, page: Loc, mode: Evict) -> Result<usize> {
         let now = self.now();
-        let slots = self.inner.geometry.start_slots;
+        let slots = self.geometry().start_slots;
         let mut copies = Vec::new();
         let _write_back = self.write_back_lock(page)?;
         let mut guard = self.lock_for_change(page)?;
@@ -496,27 +513,36 @@ impl Cache {
             return Ok(0);
         }
         let mut written = 0;
-        for page in 0..self.num_pages() {
-            let _write_back = self.write_back_lock(page)?;
-            let mut guard = self.lock_for_change(page)?;
-            let found = guard.page().view().dirty_entries();
-            let copies = match found {
-                Ok(copies) => copies,
-                Err(_) => {
-                    guard.reset();
+        // A resize met part way: the walk starts over on the new file (entries written back
+        // already are clean there: they were copied clean, or marked clean in it).
+        'files: for _ in 0..MAX_FOLLOWS {
+            let file: *const SharedFile = &*self.inner.file;
+            for page in (0..self.num_pages()).map(Loc::at) {
+                if !std::ptr::eq(&*self.inner.file, file) {
+                    continue 'files;
+                }
+                let _write_back = self.write_back_lock(page)?;
+                let mut guard = self.lock_for_change(page)?;
+                let found = guard.page().view().dirty_entries();
+                let copies = match found {
+                    Ok(copies) => copies,
+                    Err(_) => {
+                        guard.reset();
+                        continue;
+                    }
+                };
+                drop(guard);
+                if copies.is_empty() {
                     continue;
                 }
-            };
-            drop(guard);
-            if copies.is_empty() {
-                continue;
+                self.write_back(&copies)?;
+                written += copies.len();
+                let mut guard = self.lock_for_change(page)?;
+                self.mark_clean(&mut guard, &copies);
             }
-            self.write_back(&copies)?;
-            written += copies.len();
-            let mut guard = self.lock_for_change(page)?;
-            self.mark_clean(&mut guard, &copies);
+            return Ok(written);
         }
-        Ok(written)
+        Err(self.too_many_moves())
     }
 
     /// Writes back every dirty entry and drops every entry (Perl's `empty`); with a backing

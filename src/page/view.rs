@@ -106,6 +106,25 @@ impl<'a> PageView<'a> {
         }
         Ok(())
     }
+
+    /// As [`for_each_entry`](Self::for_each_entry), with whether each entry is in the page's
+    /// protected part (`FLAG_PROTECTED`, which the entry's flags never show): a resize carries
+    /// it to the entry's new page.
+    pub fn for_each_entry_protected(
+        &self,
+        mut f: impl FnMut(EntryRef<'a>, bool),
+    ) -> Result<(), Corrupt> {
+        let hdr = self.checked_header()?;
+        let (data_start, data_end) = self.data_bounds(&hdr);
+        for slot in 0..hdr.num_slots {
+            let word = self.slot(slot)?;
+            if word > SLOT_DELETED {
+                let loc = EntryLoc::read(self.buf, word, data_start, data_end)?;
+                f(loc.view(self.buf), loc.flags & FLAG_PROTECTED != 0);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What a lookup found.

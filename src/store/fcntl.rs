@@ -48,10 +48,19 @@ pub(super) fn fcntl(
 }
 
 /// Takes a `kind` record lock on `range`, waiting as long as it takes (retried on EINTR).
+///
+/// `EDEADLK` is retried too, after a short sleep: the kernel's deadlock detection sees
+/// processes, not threads, so two processes whose threads each hold one page and wait for
+/// another page look deadlocked while no thread waits for itself (no thread of this crate
+/// waits for a page lock while holding another: see `store/lock.rs`; a resizer, which holds
+/// many, never waits in the kernel).
 pub(super) fn fcntl_wait(fd: RawFd, kind: libc::c_short, range: (u64, u64)) -> io::Result<()> {
     loop {
         match fcntl(fd, libc::F_SETLKW, kind, range) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EDEADLK) => {
+                std::thread::sleep(Duration::from_micros(200));
+            }
             other => return other,
         }
     }

@@ -45,6 +45,8 @@ pub(crate) struct OpenRequest {
     /// The caller declares the file a cache (`reset`, `verify`): a FastMmap-layout file whose
     /// page 0 is unreadable is opened anyway, to be overwritten.
     pub trust_contents: bool,
+    /// Open an existing file only, never create one (following a resized file).
+    pub must_exist: bool,
     /// The overflow area asked for (native layout).
     pub overflow: OverflowRequest,
 }
@@ -208,7 +210,7 @@ pub(crate) fn open(req: &OpenRequest) -> Result<Opened> {
             e if e.kind() == ErrorKind::NotFound && is_symlink(&req.path) => {
                 return Err(symlink_error(req));
             }
-            e if e.kind() == ErrorKind::NotFound && req.read_only => {
+            e if e.kind() == ErrorKind::NotFound && (req.read_only || req.must_exist) => {
                 return Err(req.io("open read-only", e));
             }
             // Whether we publish the file or another opener does, the next pass opens it by
@@ -377,8 +379,12 @@ fn check_native(
             found: found_kind,
         });
     }
-    req.requested.check_against(&geometry, &req.path)?;
-    req.overflow.check_against(&h.overflow, &req.path)?;
+    // A file that was resized has the geometry (and overflow area) its resizer chose: what an
+    // opener asks for applies only to a file it creates (see `store/resize.rs`).
+    if header::generation(&prefix) == 0 {
+        req.requested.check_against(&geometry, &req.path)?;
+        req.overflow.check_against(&h.overflow, &req.path)?;
+    }
     req.check_size(&geometry, &h.overflow, len)?;
     Ok((geometry, h.header_size as usize, found_kind, h.overflow))
 }

@@ -11,8 +11,9 @@ use crate::page::consts::{MIN_PAGE_SIZE, PAGE_MAGIC};
 pub const FILE_MAGIC: [u8; 8] = *b"fastmmap";
 /// Format version written by this crate. Version 5 added the overflow area for values larger
 /// than a page (its geometry in the fixed part, its table after the write-back lock table,
-/// the `FLAG_OVERFLOW` entry bit), the resize words, the read count in the entry flags and a
-/// ghost record of 16-bit fingerprints; version 4 added the pages' eviction policy state (the
+/// the `FLAG_OVERFLOW` entry bit), the resize words (bytes 72..128 of the fixed part and
+/// the moved word of each page row), the read count in the entry flags and a ghost record of
+/// 16-bit fingerprints; version 4 added the pages' eviction policy state (the
 /// protected flag and the ghost record); version 3 the write-back lock table. Older files are
 /// refused with a clear error: they are caches, to be recreated.
 pub const FORMAT_VERSION: u32 = 5;
@@ -43,11 +44,32 @@ pub const RESERVED_OFFSET: usize = MAX_VALUE_SIZE_OFFSET + 4;
 pub const CHECKSUM_OFFSET: usize = RESERVED_OFFSET + 4;
 /// Every opener of a robust-locked file holds a shared fcntl lock on this byte.
 pub const OPENERS_LOCK_OFFSET: usize = CHECKSUM_OFFSET + 8;
+// Resize words, after the openers byte and reserved bytes 65..72; not checksummed, changed
+// only by a resizer holding the resize lock (see `store/resize.rs` and docs/format.md):
+// | lineage u64 | generation u32 | state u32 | successor nonce u64 | reserved … up to 128 |
+/// A resizer holds an exclusive fcntl lock on this byte for as long as it works.
+pub const RESIZE_LOCK_OFFSET: usize = 72;
+/// Random id shared by a file and every file it was resized into (0: never resized).
+pub const LINEAGE_OFFSET: usize = RESIZE_LOCK_OFFSET;
+/// How many resizes lie between this file and the first of its lineage.
+pub const GENERATION_OFFSET: usize = LINEAGE_OFFSET + 8;
+/// 0 (in use, no successor), [`STATE_BUILDING`] or [`STATE_MOVED`].
+pub const STATE_OFFSET: usize = GENERATION_OFFSET + 4;
+/// The nonce naming the successor file (`<path>.resize-<nonce as 16 hex digits>`).
+pub const SUCCESSOR_OFFSET: usize = STATE_OFFSET + 4;
+#[cfg(test)]
+pub const RESIZE_WORDS_END: usize = SUCCESSOR_OFFSET + 8;
+/// A resizer is building the successor named by the nonce (or died doing so): the successor
+/// is not in use, and the next resizer removes it.
+pub const STATE_BUILDING: u32 = 1;
+/// Every entry is in the successor named by the nonce: every user goes there.
+pub const STATE_MOVED: u32 = 2;
+
 /// The page table starts on the first row boundary after the fixed part.
 pub const PAGE_TABLE_OFFSET: usize = (OPENERS_LOCK_OFFSET + 1).next_multiple_of(ROW_SIZE);
 
 // Per-page row, one cache line each:
-// | lock area [48] (robust mutex) | busy u32 | resets u32 | seq u32 | reserved [4] |
+// | lock area [48] (robust mutex) | busy u32 | resets u32 | seq u32 | moved u32 |
 pub const ROW_LOCK_OFFSET: usize = 0;
 pub const ROW_LOCK_SIZE: usize = 48;
 pub const ROW_BUSY_OFFSET: usize = ROW_LOCK_OFFSET + ROW_LOCK_SIZE;
@@ -55,6 +77,9 @@ pub const ROW_RESETS_OFFSET: usize = ROW_BUSY_OFFSET + 4;
 /// Robust-locked files: odd while a lock holder may be changing the page, bumped to the next
 /// even value when it lets go; optimistic readers check that it did not move.
 pub const ROW_SEQ_OFFSET: usize = ROW_RESETS_OFFSET + 4;
+/// Non-zero once the page's entries live in the successor file: set under the page lock by a
+/// resizer, read by every locker after taking the lock and by optimistic readers.
+pub const ROW_MOVED_OFFSET: usize = ROW_SEQ_OFFSET + 4;
 pub const ROW_SIZE: usize = 64;
 
 // Write-back lock table, after the page table: one row per page, one cache line each, so
@@ -176,6 +201,12 @@ pub fn row_offset(page: u32) -> usize {
 /// table.
 pub fn write_back_table_offset(num_pages: u32) -> usize {
     PAGE_TABLE_OFFSET + num_pages as usize * ROW_SIZE
+}
+
+/// The generation recorded in a header's first bytes (0 if they are too short to hold it).
+pub fn generation(buf: &[u8]) -> u32 {
+    buf.get(GENERATION_OFFSET..GENERATION_OFFSET + 4)
+        .map_or(0, |b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
 }
 
 fn word(buf: &[u8], off: usize) -> u32 {
@@ -347,7 +378,9 @@ mod tests {
         assert_eq!(OPENERS_LOCK_OFFSET, 64);
         assert_eq!(PAGE_TABLE_OFFSET, 128);
         const { assert!(OPENERS_LOCK_OFFSET < PAGE_TABLE_OFFSET) };
-        assert_eq!(ROW_SEQ_OFFSET + 4 + 4, ROW_SIZE);
+        assert_eq!(ROW_MOVED_OFFSET + 4, ROW_SIZE);
+        assert_eq!(RESIZE_LOCK_OFFSET, 72);
+        const { assert!(RESIZE_WORDS_END <= PAGE_TABLE_OFFSET) };
         assert_eq!(RESERVED_OFFSET, 52);
         assert_eq!(CHECKSUM_OFFSET, 56);
         assert_eq!(header_size(1, 0), 4096);

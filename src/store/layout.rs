@@ -105,16 +105,29 @@ impl KeyHash {
         }
     }
 
+    /// The key's whole hash: its page in a file of `n` pages is the hash modulo `n`.
+    #[inline]
+    pub(crate) fn hash(self, key: &[u8]) -> u64 {
+        match self {
+            KeyHash::Xxh3 => xxh3_64(key),
+            KeyHash::FastMmap => u64::from(fastmmap_hash(key)),
+        }
+    }
+
     /// `(page, slot_hash)` for `key` in a file of `num_pages` pages.
     #[inline]
     pub(crate) fn locate(self, key: &[u8], num_pages: u32) -> (u32, u32) {
+        self.split(self.hash(key), num_pages)
+    }
+
+    /// `(page, slot_hash)` of a key whose [`hash`](Self::hash) is `h`, in a file of
+    /// `num_pages` pages.
+    #[inline]
+    pub(crate) fn split(self, h: u64, num_pages: u32) -> (u32, u32) {
         match self {
-            KeyHash::Xxh3 => {
-                let h = xxh3_64(key);
-                ((h % u64::from(num_pages)) as u32, (h >> 32) as u32)
-            }
+            KeyHash::Xxh3 => ((h % u64::from(num_pages)) as u32, (h >> 32) as u32),
             KeyHash::FastMmap => {
-                let h = fastmmap_hash(key);
+                let h = h as u32;
                 (h % num_pages, h / num_pages)
             }
         }

@@ -28,6 +28,7 @@ mod optimistic;
 mod overflow;
 mod reader;
 mod registry;
+mod resize;
 mod robust;
 mod shared;
 pub(crate) mod untrusted;
@@ -45,6 +46,7 @@ pub use layout::{Layout, LockKind};
 pub(crate) use optimistic::{Access, Outcome as ReadOutcome};
 pub(crate) use reader::{Reader, peek_locked, read_locked};
 pub(crate) use registry::open_shared;
+pub(crate) use resize::{Current, MAX_FOLLOWS, resize};
 pub(crate) use shared::{LockError, SharedFile};
 pub(crate) use write_back_lock::{Wait as WriteBackWait, WriteBackGuard};
 

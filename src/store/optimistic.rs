@@ -513,7 +513,10 @@ impl SharedFile {
         optimistic.prefetch_start(&bytes, page, slot_hash, self.geometry.start_slots);
         for _ in 0..RETRIES {
             let before = row.seq.load(Ordering::Acquire);
-            if before & 1 != 0 || row.busy.load(Ordering::Relaxed) != 0 {
+            if before & 1 != 0
+                || row.busy.load(Ordering::Relaxed) != 0
+                || row.moved.load(Ordering::Relaxed) != 0
+            {
                 return Outcome::Locked;
             }
             let found = find_copy(&bytes, self.geometry.start_slots, slot_hash, key, now, out);

@@ -17,7 +17,7 @@ use super::robust::RobustLocks;
 use super::{Requested, SharedFile};
 use crate::{Error, Result};
 
-type Entry = ((u64, u64), Weak<SharedFile>);
+pub(super) type Entry = ((u64, u64), Weak<SharedFile>);
 
 static REGISTRY: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
 
@@ -49,6 +49,24 @@ pub(super) fn unlock_after_fork() {
 pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
     super::fork::install();
     let mut reg = registry();
+    open_registered(&mut reg, req, &req.path)
+}
+
+/// The registry, for a resize's follow step, which opens the successor of a file and swaps a
+/// handle to it under this one lock (held across a fork by the forking thread, so a child never
+/// inherits it half way).
+pub(super) fn lock_registry() -> MutexGuard<'static, Vec<Entry>> {
+    super::fork::install();
+    registry()
+}
+
+/// [`open_shared`] under the registry's lock `reg`; the file is known by `path` (a
+/// resized file is opened under its temporary name but known by the cache's path).
+pub(super) fn open_registered(
+    reg: &mut Vec<Entry>,
+    req: &OpenRequest,
+    path: &std::path::Path,
+) -> Result<Arc<SharedFile>> {
     reg.retain(|(_, weak)| weak.strong_count() > 0);
     let md = if req.follow_symlinks {
         std::fs::metadata(&req.path)
@@ -56,13 +74,13 @@ pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
         std::fs::symlink_metadata(&req.path)
     };
     if let Ok(md) = md
-        && let Some(shared) = lookup(&reg, (md.dev(), md.ino()))
+        && let Some(shared) = lookup(reg, (md.dev(), md.ino()))
     {
         check_compatible(req, &shared)?;
         return Ok(shared);
     }
     let opened = file::open(req)?;
-    if let Some(shared) = lookup(&reg, opened.id) {
+    if let Some(shared) = lookup(reg, opened.id) {
         // The name was replaced by a file we already have open between our stat and open.
         // Keep the new descriptor alive instead of closing it (see `SharedFile::spare_fds`).
         shared
@@ -88,7 +106,7 @@ pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
     };
     let write_back_locks = super::write_back_lock::write_back_locks(&locks, num_pages);
     let shared = Arc::new(SharedFile {
-        path: req.path.clone(),
+        path: path.to_path_buf(),
         file: opened.file,
         map: opened.map,
         geometry: opened.geometry,
@@ -108,6 +126,12 @@ pub(crate) fn open_shared(req: &OpenRequest) -> Result<Arc<SharedFile>> {
             && !req.read_only)
             .then(|| Optimistic::new(num_pages)),
         spare_fds: Mutex::new(Vec::new()),
+        request: OpenRequest {
+            path: path.to_path_buf(),
+            ..req.clone()
+        },
+        successor: Mutex::new(None),
+        resizing: Mutex::new(()),
         overflow: super::overflow::Area::new(
             opened.overflow,
             num_pages,
@@ -165,6 +189,10 @@ fn check_compatible(req: &OpenRequest, shared: &SharedFile) -> Result<()> {
             }
         }
     };
+    if shared.generation() != 0 {
+        // Resized: the geometry is the resizer's (see `file::check_native`).
+        return Ok(());
+    }
     requested.check_against(&shared.geometry, &req.path)?;
     let found = shared
         .overflow

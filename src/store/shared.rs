@@ -30,6 +30,9 @@ pub(crate) enum LockError {
     TimedOut,
     /// The operating system refused.
     Os(std::io::Error),
+    /// The page's entries live in the file this one was resized into: the lock was let go,
+    /// and the caller follows the move (see `store/resize.rs`).
+    Moved,
 }
 
 /// The words of a page's row in the native header that this crate changes, as atomics.
@@ -40,6 +43,8 @@ pub(super) struct Row<'a> {
     pub(super) resets: &'a AtomicU32,
     /// Robust-locked files: the sequence word of optimistic reads (odd while locked).
     pub(super) seq: &'a AtomicU32,
+    /// Non-zero once the page's entries live in the successor file (see `store/resize.rs`).
+    pub(super) moved: &'a AtomicU32,
 }
 
 /// One open file, shared by every `Cache` handle on it in this process.
@@ -75,6 +80,14 @@ pub(crate) struct SharedFile {
     pub(super) spare_fds: Mutex<Vec<File>>,
     /// Optimistic reads (robust-locked native files opened read-write): see `optimistic.rs`.
     pub(super) optimistic: Option<super::optimistic::Optimistic>,
+    /// How this file was opened, to open the file it is resized into the same way.
+    pub(super) request: super::OpenRequest,
+    /// The file this one was resized into, once some handle of this process followed it
+    /// (changed only under the registry's lock: see `store/resize.rs`).
+    pub(super) successor: Mutex<Option<std::sync::Arc<SharedFile>>>,
+    /// Held by a thread of this process that resizes the file (fcntl locks do not exclude
+    /// threads of one process).
+    pub(super) resizing: Mutex<()>,
     /// The overflow area for values larger than a page (native files that have one).
     pub(super) overflow: Option<super::overflow::Area>,
 }
@@ -119,6 +132,7 @@ impl SharedFile {
                 busy: AtomicU32::from_ptr(base.add(header::ROW_BUSY_OFFSET).cast()),
                 resets: AtomicU32::from_ptr(base.add(header::ROW_RESETS_OFFSET).cast()),
                 seq: AtomicU32::from_ptr(base.add(header::ROW_SEQ_OFFSET).cast()),
+                moved: AtomicU32::from_ptr(base.add(header::ROW_MOVED_OFFSET).cast()),
             })
         }
     }
@@ -133,6 +147,7 @@ impl SharedFile {
             let word = match offset {
                 header::ROW_BUSY_OFFSET => row.busy,
                 header::ROW_SEQ_OFFSET => row.seq,
+                header::ROW_MOVED_OFFSET => row.moved,
                 _ => row.resets,
             };
             return Some(word.load(Ordering::Acquire));
@@ -255,6 +270,11 @@ impl SharedFile {
             shared,
         ) {
             Ok(held) => {
+                if self.moved(page) && self.moved_under_lock(page) {
+                    self.locks
+                        .release(self.file.as_raw_fd(), page, self.page_range(page), &held);
+                    return Err(LockError::Moved);
+                }
                 if change {
                     self.begin_change(page);
                 }
@@ -300,6 +320,10 @@ impl SharedFile {
                 page,
                 lock,
                 source,
+            },
+            LockError::Moved => Error::Resize {
+                path,
+                reason: format!("page {page} moved to the resized file while being locked"),
             },
         }
     }

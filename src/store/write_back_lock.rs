@@ -56,7 +56,7 @@ pub(crate) enum Wait {
 impl SharedFile {
     /// The byte that stands for `page`'s write-back lock of the fcntl kind: past the end of
     /// the file.
-    fn write_back_range(&self, page: u32) -> (u64, u64) {
+    pub(super) fn write_back_range(&self, page: u32) -> (u64, u64) {
         let end = self.header_size as u64
             + u64::from(self.geometry.num_pages) * u64::from(self.geometry.page_size)
             + self.overflow.as_ref().map_or(0, |a| a.geometry.area_size());
@@ -108,6 +108,17 @@ impl SharedFile {
                 LockFailure::TimedOut => LockError::TimedOut,
                 LockFailure::Os(e) => LockError::Os(e),
             })?;
+        // A resizer holds every write-back lock while it moves the file: taken before the
+        // move, the page cannot move while this is held; taken after, the move shows.
+        if self.moved(page) && self.is_moved() {
+            self.write_back_locks.release(
+                self.file.as_raw_fd(),
+                page,
+                self.write_back_range(page),
+                &held,
+            );
+            return Err(LockError::Moved);
+        }
         Ok(WriteBackGuard {
             file: self,
             page,

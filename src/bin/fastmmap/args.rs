@@ -369,4 +369,23 @@ pub(crate) enum Command {
     /// Store the entries of `dump` output read from stdin (expired records are skipped)
     #[command(long_about = LOAD_HELP)]
     Load(FileArg),
+    /// Move a native cache, while it is in use, to a new file of N pages (and --page-size
+    /// BYTES, default: as it is) that takes FILE's name; every user follows by itself
+    #[command(long_about = RESIZE_HELP)]
+    Resize {
+        #[command(flatten)]
+        file: FileArg,
+        /// Pages of the new file
+        #[arg(long, value_name = "N")]
+        pages: u32,
+    },
 }
+
+const RESIZE_HELP: &str = "\
+Move a native cache, while other threads and processes keep using it, to a new file of --pages \
+N pages of --page-size BYTES (default: the page size it has), which takes FILE's name. Every \
+user of the cache follows the move by itself at its next operation. Entries that do not fit \
+the new geometry are evicted by their new page's policy and counted. While the entries are \
+copied every page is locked: operations wait for the copy (see the README, \"Resizing a live \
+cache\"). Each lock is waited for at most --lock-timeout (default 10 seconds here). Exits 2 if \
+another resize of FILE is in progress.";

@@ -33,6 +33,7 @@ pub(crate) fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Clear(f) => Ok(open(opts, &f.file)?.clear()?),
         Command::Dump(f) => dump(opts, &f.file, &mut out),
         Command::Load(f) => load(opts, &f.file, &mut out),
+        Command::Resize { file, pages } => resize(opts, &file.file, *pages, &mut out),
     };
     let flushed = out.flush().map_err(Failure::stdout);
     result.and(flushed)
@@ -459,6 +460,31 @@ fn check(opts: &FileOptions, path: &Path, repair: bool, out: &mut Out<'_>) -> Re
 fn purge(opts: &FileOptions, path: &Path, out: &mut Out<'_>) -> Result<(), Failure> {
     let dropped = open(opts, path)?.purge()?;
     writeln!(out, "{dropped} expired entries dropped").map_err(Failure::stdout)
+}
+
+fn resize(opts: &FileOptions, path: &Path, pages: u32, out: &mut Out<'_>) -> Result<(), Failure> {
+    must_exist(path)?;
+    // --page-size is the new page size here, not one a native file must have (a
+    // Cache::FastMmap file needs its geometry to be opened at all, and is then refused).
+    let cache = if opts.layout.layout() == Layout::Native {
+        let opened = FileOptions {
+            num_pages: None,
+            page_size: None,
+            ..opts.clone()
+        };
+        builder(&opened, path).open()?
+    } else {
+        open(opts, path)?
+    };
+    let page_size = opts.page_size.unwrap_or(cache.page_size());
+    let r = cache.resize(pages, page_size)?;
+    writeln!(
+        out,
+        "resized from {} pages of {} bytes to {pages} pages of {page_size} bytes: {} entries \
+         copied, {} dropped ({} of them dirty), {} damaged pages skipped",
+        r.old_num_pages, r.old_page_size, r.copied, r.dropped, r.dirty_dropped, r.damaged_pages
+    )
+    .map_err(Failure::stdout)
 }
 
 fn dump(opts: &FileOptions, path: &Path, out: &mut Out<'_>) -> Result<(), Failure> {

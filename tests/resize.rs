@@ -1,0 +1,900 @@
+//! Resizing a live cache (`Cache::resize`, `fastmmap resize`): entries keep their values and
+//! metadata; other handles and forked workers follow the move by themselves, with exact
+//! counters and intact values; a resizer SIGKILLed at any instant leaves a usable cache; two
+//! resizes at once do not both run.
+//!
+//! Every test takes `common::serial()` first: forking while another test thread of this binary
+//! is inside the cache would hand the child a locked mutex.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use fastmmap::{Cache, Error, Expiry, Layout, Update};
+
+const SMALL: u32 = 89;
+const LARGE: u32 = 997;
+const PAGE: u32 = 16384;
+
+/// Adds one to the 8-byte counter under `key`; returns the new count.
+fn incr(cache: &Cache, key: &[u8]) -> Result<u64, String> {
+    cache
+        .update_with(key, |old| match counter_value(old.map(|e| e.value)) {
+            Ok(n) => (Update::Set((n + 1).to_le_bytes().to_vec()), Ok(n + 1)),
+            Err(e) => (Update::Keep, Err(e)),
+        })
+        .map_err(|e| format!("update {:?}: {e}", String::from_utf8_lossy(key)))?
+}
+
+fn open(kind: Kind, path: &Path, pages: u32) -> Cache {
+    kind.builder()
+        .path(path)
+        .num_pages(pages)
+        .page_size(PAGE)
+        .open()
+        .expect("open")
+}
+
+/// Files of a resize left in `dir` (`<name>.resize-<nonce>`).
+fn leftovers(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.to_string_lossy().contains(".resize-"))
+        .collect()
+}
+
+fn key(i: usize) -> Vec<u8> {
+    format!("key-{i}").into_bytes()
+}
+
+#[test]
+fn grow_and_shrink_keep_entries_and_their_metadata() {
+    let _s = serial();
+    for kind in [NATIVE, ROBUST] {
+        let dir = temp_dir();
+        let path = dir.path().join("cache");
+        let cache = open(kind, &path, SMALL);
+        // A second handle of this process, opened on its own: it follows by itself.
+        let other = Cache::builder().path(&path).open().expect("second handle");
+        for i in 0..500 {
+            let v = make_value(&key(i), i as u64, 40 + i % 300);
+            cache.set(&key(i), &v).expect("set");
+        }
+        cache
+            .set_with(
+                b"expiring",
+                b"soon",
+                Expiry::After(Duration::from_secs(3600)),
+            )
+            .expect("set with expiry");
+        assert!(
+            cache
+                .set_if_newer(b"versioned", b"v7", 7)
+                .expect("set_if_newer")
+        );
+        let before = cache.entry(b"expiring").expect("entry").expect("present");
+
+        let grown = cache.resize(LARGE, PAGE * 2).expect("grow");
+        assert_eq!(grown.old_num_pages, SMALL);
+        assert_eq!(grown.dropped, 0, "{grown:?}");
+        assert_eq!(grown.copied, 502, "{grown:?}");
+        assert_eq!((cache.num_pages(), cache.page_size()), (LARGE, PAGE * 2));
+        for handle in [&cache, &other] {
+            for i in 0..500 {
+                let v = handle.get(&key(i)).expect("get").expect("kept");
+                assert_eq!(check_value(&key(i), &v).expect("intact"), i as u64);
+            }
+        }
+        assert_eq!(other.num_pages(), LARGE, "the second handle followed");
+        let after = cache.entry(b"expiring").expect("entry").expect("kept");
+        assert_eq!(after.expires_at, before.expires_at);
+        assert_eq!(after.value, b"soon");
+        // The modseq came along: an older version is still refused.
+        assert!(
+            !cache
+                .set_if_newer(b"versioned", b"v6", 6)
+                .expect("older refused")
+        );
+        assert_eq!(
+            cache
+                .entry(b"versioned")
+                .expect("entry")
+                .expect("kept")
+                .modseq,
+            Some(7)
+        );
+
+        // A fresh open finds the new file under the old name, whatever geometry it asks for.
+        let fresh = open(kind, &path, SMALL);
+        assert_eq!(fresh.num_pages(), LARGE);
+        drop(fresh);
+
+        let shrunk = other.resize(SMALL, PAGE).expect("shrink");
+        assert_eq!(shrunk.old_num_pages, LARGE);
+        assert_eq!(shrunk.copied + shrunk.dropped, 502, "{shrunk:?}");
+        assert_eq!(cache.num_pages(), SMALL);
+        let mut kept = 0;
+        for i in 0..500 {
+            if let Some(v) = cache.get(&key(i)).expect("get") {
+                assert_eq!(check_value(&key(i), &v).expect("intact"), i as u64);
+                kept += 1;
+            }
+        }
+        assert!(kept + 2 >= shrunk.copied, "{kept} of {shrunk:?}");
+        assert_eq!(cache.validate().expect("validate"), vec![]);
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "{:?}",
+            leftovers(dir.path())
+        );
+    }
+}
+
+#[test]
+fn shrinking_below_what_is_stored_evicts_and_counts() {
+    let _s = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("cache");
+    let cache = open(NATIVE, &path, LARGE);
+    for i in 0..3000 {
+        cache
+            .set(&key(i), &make_value(&key(i), 1, 500))
+            .expect("set");
+    }
+    let report = cache.resize(8, 4096).expect("shrink");
+    assert!(report.dropped > 0, "{report:?}");
+    assert_eq!(report.copied + report.dropped, 3000, "{report:?}");
+    let stats = cache.stats().expect("stats");
+    assert_eq!(stats.entries, report.copied);
+    for i in 0..3000 {
+        if let Some(v) = cache.get(&key(i)).expect("get") {
+            check_value(&key(i), &v).expect("intact");
+        }
+    }
+}
+
+#[test]
+fn refuses_what_it_cannot_do() {
+    let _s = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("cache");
+    let perl = FASTMMAP
+        .builder()
+        .path(dir.path().join("perl"))
+        .num_pages(7)
+        .open()
+        .expect("open");
+    assert!(
+        matches!(perl.resize(17, 65536), Err(Error::Resize { .. })),
+        "a Cache::FastMmap file has no header to record a move in"
+    );
+    let cache = open(NATIVE, &path, SMALL);
+    cache.set(b"k", b"v").expect("set");
+    assert!(matches!(
+        cache.resize(0, PAGE),
+        Err(Error::InvalidOptions { .. })
+    ));
+    assert!(matches!(
+        cache.resize(10, 5000),
+        Err(Error::InvalidOptions { .. })
+    ));
+    assert_eq!(cache.num_pages(), SMALL);
+    assert_eq!(cache.get(b"k").expect("get"), Some(b"v".to_vec()));
+    let ro = Cache::builder()
+        .path(&path)
+        .read_only(true)
+        .open()
+        .expect("read-only");
+    assert!(matches!(ro.resize(100, PAGE), Err(Error::ReadOnly { .. })));
+    assert!(leftovers(dir.path()).is_empty());
+    let _ = Layout::Native;
+}
+
+/// What one worker did: increments per counter, its longest operation, how many operations.
+struct Tally {
+    counts: Vec<u64>,
+    longest: Duration,
+    ops: u64,
+}
+
+const COUNTERS: usize = 32;
+const WORKERS: usize = 4;
+
+/// A worker: two threads, one incrementing counters, one storing and reading back
+/// self-checking values, until `stop` exists (or a minute passes). Sends its tally on `out`.
+fn worker(cache: Cache, id: usize, stop: PathBuf, ready: &Pipe, out: &Pipe) -> ChildResult {
+    let result = work(cache, id, &stop, ready);
+    // Always answer, so that the parent never waits for a worker that failed.
+    let tally = result.as_ref().ok();
+    out.send_u64(u64::from(tally.is_some()));
+    for c in 0..COUNTERS {
+        out.send_u64(tally.map_or(0, |t| t.counts[c]));
+    }
+    out.send_u64(tally.map_or(0, |t| t.longest.as_micros() as u64));
+    out.send_u64(tally.map_or(0, |t| t.ops));
+    result.map(|_| ())
+}
+
+fn work(cache: Cache, id: usize, stop: &Path, ready: &Pipe) -> Result<Tally, String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let values = {
+        let cache = cache.clone();
+        let stop = stop.to_path_buf();
+        std::thread::spawn(move || -> Result<(Duration, u64), String> {
+            let mut rng = Rng::new(id as u64 * 7919 + 1);
+            let (mut longest, mut ops, mut seq) = (Duration::ZERO, 0u64, 0u64);
+            while !ops.is_multiple_of(64) || (!stop.exists() && Instant::now() < deadline) {
+                let k = format!("w{id}-v{}", rng.below(200)).into_bytes();
+                let t = Instant::now();
+                if rng.chance(50) {
+                    seq += 1;
+                    let v = make_value(&k, seq, rng.range(60, 600));
+                    cache.set(&k, &v).map_err(|e| format!("set: {e}"))?;
+                } else if let Some(v) = cache.get(&k).map_err(|e| format!("get: {e}"))? {
+                    check_value(&k, &v)?;
+                }
+                longest = longest.max(t.elapsed());
+                ops += 1;
+            }
+            Ok((longest, ops))
+        })
+    };
+    // Released even if this thread fails, so that the parent goes on (and then sees it).
+    ready.release(1);
+    let mut rng = Rng::new(id as u64);
+    let mut tally = Tally {
+        counts: vec![0; COUNTERS],
+        longest: Duration::ZERO,
+        ops: 0,
+    };
+    while !tally.ops.is_multiple_of(64) || (!stop.exists() && Instant::now() < deadline) {
+        let c = rng.below(COUNTERS as u64) as usize;
+        let t = Instant::now();
+        incr(&cache, format!("counter-{c}").as_bytes())?;
+        tally.longest = tally.longest.max(t.elapsed());
+        tally.counts[c] += 1;
+        tally.ops += 1;
+    }
+    let (longest, ops) = values
+        .join()
+        .map_err(|_| "the value thread panicked".to_string())??;
+    tally.longest = tally.longest.max(longest);
+    tally.ops += ops;
+    Ok(tally)
+}
+
+fn workers_follow_resizes(kind: Kind) {
+    let _s = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("cache");
+    let stop = dir.path().join("stop");
+    let cache = open(kind, &path, SMALL);
+    let ready = Pipe::new();
+    let mut children = Children::new();
+    let mut outs = Vec::new();
+    for _ in 0..WORKERS {
+        let out = Pipe::new();
+        outs.push(out);
+    }
+    for (id, out) in outs.iter().enumerate() {
+        let (cache, stop, ready) = (cache.clone(), stop.clone(), &ready);
+        children.spawn(move || worker(cache, id, stop, ready, out));
+    }
+    for _ in 0..WORKERS {
+        ready.wait();
+    }
+    let started = Instant::now();
+    let cycles = scaled(3, 30);
+    let mut moves = Vec::new();
+    for _ in 0..cycles {
+        for pages in [LARGE, SMALL] {
+            std::thread::sleep(Duration::from_millis(150));
+            let t = Instant::now();
+            let report = cache.resize(pages, PAGE).expect("resize under load");
+            moves.push(t.elapsed());
+            assert_eq!(
+                report.dropped, 0,
+                "nothing is evicted at this load: {report:?}"
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    std::fs::write(&stop, b"").expect("stop file");
+    let mut tallies = Vec::new();
+    for out in &outs {
+        let ok = out.recv_u64() == 1;
+        let counts = (0..COUNTERS).map(|_| out.recv_u64()).collect();
+        let longest = Duration::from_micros(out.recv_u64());
+        let ops = out.recv_u64();
+        if ok {
+            tallies.push(Tally {
+                counts,
+                longest,
+                ops,
+            });
+        }
+    }
+    children.wait_all_ok();
+    let elapsed = started.elapsed();
+    for c in 0..COUNTERS {
+        let expected: u64 = tallies.iter().map(|t| t.counts[c]).sum();
+        let found = counter_value(
+            cache
+                .get(format!("counter-{c}").as_bytes())
+                .expect("get")
+                .as_deref(),
+        )
+        .expect("counter");
+        assert_eq!(found, expected, "counter-{c}");
+    }
+    assert_eq!(cache.num_pages(), SMALL);
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
+    let ops: u64 = tallies.iter().map(|t| t.ops).sum();
+    let longest = tallies.iter().map(|t| t.longest).max().unwrap_or_default();
+    eprintln!(
+        "{kind:?}: {} moves between {SMALL} and {LARGE} pages of {PAGE} bytes, each {:?} at \
+         most; {WORKERS} workers x 2 threads: {ops} operations in {elapsed:?} ({:.0}/s), the \
+         longest {longest:?}",
+        moves.len(),
+        moves.iter().max().copied().unwrap_or_default(),
+        ops as f64 / elapsed.as_secs_f64()
+    );
+}
+
+#[test]
+fn forked_workers_follow_resizes_fcntl() {
+    workers_follow_resizes(NATIVE);
+}
+
+#[test]
+fn forked_workers_follow_resizes_robust() {
+    workers_follow_resizes(ROBUST);
+}
+
+/// The resizer is SIGKILLed at a random instant, again and again: the cache stays usable by a
+/// handle opened before, nothing stored is lost, and a later resize goes through.
+#[test]
+fn a_killed_resizer_loses_nothing() {
+    let _s = serial();
+    let mut rng = Rng::new(seed("a_killed_resizer_loses_nothing"));
+    for kind in [NATIVE, ROBUST] {
+        let dir = temp_dir();
+        let path = dir.path().join("cache");
+        let cache = open(kind, &path, SMALL);
+        for i in 0..300 {
+            cache
+                .set(&key(i), &make_value(&key(i), i as u64, 200))
+                .expect("set");
+        }
+        let mut children = Children::new();
+        let rounds = scaled(8, 200);
+        for round in 0..rounds {
+            let pages = if round % 2 == 0 { LARGE } else { SMALL };
+            let child_path = path.clone();
+            let pid = children.spawn(move || {
+                let cache = Cache::builder()
+                    .path(&child_path)
+                    .open()
+                    .map_err(|e| e.to_string())?;
+                match cache.resize(pages, PAGE) {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(format!("resize: {e}")),
+                }
+            });
+            std::thread::sleep(Duration::from_micros(rng.below(60_000)));
+            children.kill(pid);
+            assert_eq!(
+                incr(&cache, b"counter").expect("incr after a kill"),
+                round as u64 + 1
+            );
+            for i in 0..300 {
+                let v = cache.get(&key(i)).expect("get").expect("still there");
+                assert_eq!(check_value(&key(i), &v).expect("intact"), i as u64);
+            }
+        }
+        cache
+            .resize(SMALL + 1, PAGE)
+            .expect("a resize after the kills");
+        assert_eq!(incr(&cache, b"counter").expect("incr"), rounds as u64 + 1);
+        for i in 0..300 {
+            let v = cache.get(&key(i)).expect("get").expect("still there");
+            assert_eq!(check_value(&key(i), &v).expect("intact"), i as u64);
+        }
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "{:?}",
+            leftovers(dir.path())
+        );
+        assert_eq!(Cache::open(&path).expect("reopen").num_pages(), SMALL + 1);
+    }
+}
+
+/// Another process holds the resize lock: a resize is refused, naming that process.
+#[test]
+fn a_resize_in_progress_refuses_another() {
+    let _s = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("cache");
+    let cache = open(NATIVE, &path, SMALL);
+    cache.set(b"k", b"v").expect("set");
+    let held = Pipe::new();
+    let done = Pipe::new();
+    let mut children = Children::new();
+    let (child_path, h, d) = (path.clone(), &held, &done);
+    let pid = children.spawn(move || {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&child_path)
+            .map_err(|e| e.to_string())?;
+        // The resize lock: byte 72 of the header (docs/format.md).
+        // SAFETY: flock is plain data; the descriptor stays open across the call.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_WRLCK as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fl.l_start = 72;
+        fl.l_len = 1;
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) } != 0 {
+            return Err("could not take the resize lock".into());
+        }
+        h.release(1);
+        d.wait();
+        Ok(())
+    });
+    held.wait();
+    match cache.resize(LARGE, PAGE) {
+        Err(Error::ResizeInProgress { pid: found, .. }) => assert_eq!(found, Some(pid)),
+        other => panic!("expected ResizeInProgress, got {other:?}"),
+    }
+    done.release(1);
+    children.wait_all_ok();
+    assert_eq!(cache.num_pages(), SMALL);
+    cache.resize(LARGE, PAGE).expect("the lock is free again");
+    assert_eq!(cache.get(b"k").expect("get"), Some(b"v".to_vec()));
+    assert!(leftovers(dir.path()).is_empty());
+}
+
+/// Two processes resize at the same instant: each succeeds or is told another resize is in
+/// progress; at least one succeeds; nothing stored is lost.
+#[test]
+fn two_resizes_at_once() {
+    let _s = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("cache");
+    let cache = open(ROBUST, &path, SMALL);
+    for i in 0..200 {
+        cache
+            .set(&key(i), &make_value(&key(i), 3, 300))
+            .expect("set");
+    }
+    for round in 0..scaled(4, 40) {
+        let go = Pipe::new();
+        let mut children = Children::new();
+        let mut pids = Vec::new();
+        for pages in [400 + round as u32, 600 + round as u32] {
+            let (child_path, go) = (path.clone(), &go);
+            pids.push(children.spawn(move || {
+                let cache = Cache::builder()
+                    .path(&child_path)
+                    .open()
+                    .map_err(|e| e.to_string())?;
+                go.wait();
+                match cache.resize(pages, PAGE) {
+                    Ok(_) => Ok(()),
+                    Err(Error::ResizeInProgress { .. }) => Err("in progress".into()),
+                    Err(e) => Err(format!("unexpected: {e}")),
+                }
+            }));
+        }
+        go.release(2);
+        let exits: Vec<Exit> = pids.iter().map(|&p| children.wait(p)).collect();
+        assert!(
+            exits.contains(&Exit::Code(0)),
+            "at least one resize goes through: {exits:?}"
+        );
+        assert!(
+            exits
+                .iter()
+                .all(|e| matches!(e, Exit::Code(0) | Exit::Code(CHILD_FAILED))),
+            "{exits:?}"
+        );
+        let pages = cache.num_pages();
+        assert!(
+            [400 + round as u32, 600 + round as u32].contains(&pages),
+            "{pages}"
+        );
+        for i in 0..200 {
+            let v = cache.get(&key(i)).expect("get").expect("kept");
+            check_value(&key(i), &v).expect("intact");
+        }
+    }
+    assert!(leftovers(dir.path()).is_empty());
+}
+
+/// A backing store in memory, for the write-back case.
+#[derive(Clone, Default)]
+struct Mem(std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<Vec<u8>, Vec<u8>>>>);
+
+impl fastmmap::Backing for Mem {
+    fn load(&self, key: &[u8]) -> Result<Option<Vec<u8>>, fastmmap::BackingError> {
+        Ok(self.0.lock().unwrap().get(key).cloned())
+    }
+    fn store(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        _expires_at: Option<std::time::SystemTime>,
+    ) -> Result<(), fastmmap::BackingError> {
+        self.0.lock().unwrap().insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+    fn delete(&self, key: &[u8]) -> Result<(), fastmmap::BackingError> {
+        self.0.lock().unwrap().remove(key);
+        Ok(())
+    }
+}
+
+/// A write-back cache resized while threads keep writing: dirty entries move dirty, and once
+/// flushed the store holds every acknowledged write.
+#[test]
+fn write_back_entries_stay_dirty_across_moves() {
+    let _s = serial();
+    for kind in [NATIVE, ROBUST] {
+        let dir = temp_dir();
+        let path = dir.path().join("cache");
+        let store = Mem::default();
+        let cache = kind
+            .builder()
+            .path(&path)
+            .num_pages(SMALL)
+            .page_size(PAGE)
+            .backing(store.clone())
+            .write_mode(fastmmap::WriteMode::Back)
+            .open()
+            .expect("open");
+        for i in 0..300 {
+            cache.set(&key(i), b"first").expect("set");
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..2)
+            .map(|t| {
+                let (cache, stop) = (cache.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut last = std::collections::BTreeMap::new();
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 1_000_000 {
+                        let k = format!("t{t}-{}", n % 97).into_bytes();
+                        let v = make_value(&k, n, 64);
+                        cache.set(&k, &v).expect("set during a move");
+                        last.insert(k, v);
+                        n += 1;
+                    }
+                    last
+                })
+            })
+            .collect();
+        for pages in [LARGE, SMALL, LARGE, SMALL] {
+            std::thread::sleep(Duration::from_millis(50));
+            let report = cache.resize(pages, PAGE).expect("resize");
+            assert_eq!(report.dirty_dropped, 0, "{report:?}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut acknowledged = std::collections::BTreeMap::new();
+        for w in writers {
+            acknowledged.extend(w.join().expect("writer"));
+        }
+        for i in 0..300 {
+            let e = cache.entry(&key(i)).expect("entry").expect("kept");
+            assert!(e.flags.is_dirty(), "still dirty after the moves");
+            assert_eq!(e.value, b"first");
+        }
+        cache.flush().expect("flush");
+        let stored = store.0.lock().unwrap().clone();
+        for i in 0..300 {
+            assert_eq!(stored.get(&key(i)).map(Vec::as_slice), Some(&b"first"[..]));
+        }
+        for (k, v) in &acknowledged {
+            assert_eq!(stored.get(k), Some(v), "{:?}", String::from_utf8_lossy(k));
+        }
+    }
+}
+
+// Large values (issue 24's overflow area) across moves.
+
+const AREA: u64 = 16 << 20;
+const MAX_VALUE: u32 = 256 * 1024;
+const BLOCK: u64 = 4096;
+
+fn open_large(kind: Kind, path: &Path, pages: u32) -> Cache {
+    kind.builder()
+        .path(path)
+        .num_pages(pages)
+        .page_size(PAGE)
+        .overflow_size(AREA)
+        .max_value_size(MAX_VALUE)
+        .lock_timeout(Duration::from_secs(30))
+        .open()
+        .expect("open with an overflow area")
+}
+
+/// Bytes of the overflow area the live entries of `cache` should hold: the blocks of every
+/// value whose entry does not fit a page.
+fn expected_use(cache: &Cache) -> u64 {
+    cache
+        .iter()
+        .map(|r| r.expect("entry"))
+        .filter(|(k, e)| {
+            (24 + k.len() + e.value.len()).next_multiple_of(4) > cache.max_entry_size()
+        })
+        .map(|(_, e)| (e.value.len() as u64).div_ceil(BLOCK) * BLOCK)
+        .sum()
+}
+
+/// The area after a move: the old one's size and largest value, no damaged page, no block
+/// held that no entry references, and exactly the blocks the live large values need.
+fn assert_area_exact(cache: &Cache, what: &str) {
+    assert_eq!(cache.max_value_size(), MAX_VALUE as usize, "{what}");
+    let stats = cache.stats().expect("stats");
+    assert_eq!(stats.overflow_bytes, AREA, "{what}");
+    let (problems, unreferenced) = cache.check_overflow().expect("check_overflow");
+    assert_eq!(problems, vec![], "{what}");
+    assert_eq!(unreferenced, 0, "{what}: a block leaked");
+    assert_eq!(
+        stats.overflow_used_bytes,
+        expected_use(cache),
+        "{what}: blocks held"
+    );
+}
+
+#[test]
+fn large_values_are_carried_by_grow_and_shrink() {
+    let _s = serial();
+    for kind in [NATIVE, ROBUST] {
+        let dir = temp_dir();
+        let path = dir.path().join("cache");
+        let cache = open_large(kind, &path, 8);
+        let other = Cache::builder().path(&path).open().expect("second handle");
+        // Tiny values, values just over what a 16 KiB page holds but within what a 64 KiB one
+        // holds (at most three to a page, so that no page evicts one), and larger ones up to
+        // the largest value.
+        let sizes = [100, 17_000, 20_000, 70_000, MAX_VALUE as usize - 1000];
+        let mut n = 0;
+        for (i, &len) in sizes.iter().cycle().take(40).enumerate() {
+            cache
+                .set(&key(i), &make_value(&key(i), i as u64, len))
+                .expect("set");
+            n += 1;
+        }
+        cache.set(b"dirty-looking", &[7; 40_000]).expect("set");
+        n += 1;
+        assert_eq!(cache.stats().expect("stats").entries, n, "all stored");
+        assert!(cache.stats().expect("stats").overflow_used_bytes > 0);
+        let check_all = |c: &Cache, what: &str| {
+            for i in 0..40 {
+                let v = c
+                    .get(&key(i))
+                    .expect("get")
+                    .unwrap_or_else(|| panic!("{what}: {:?} kept", key(i)));
+                assert_eq!(
+                    check_value(&key(i), &v).expect("intact"),
+                    i as u64,
+                    "{what}"
+                );
+            }
+            assert_eq!(
+                c.get(b"dirty-looking").expect("get").as_deref(),
+                Some(&[7; 40_000][..]),
+                "{what}"
+            );
+        };
+        // More pages, then larger pages (values up to 64 KiB move into their page), then
+        // fewer and smaller ones again (they move back to the area).
+        for (pages, page_size, what) in [
+            (97, PAGE, "grown"),
+            (97, PAGE * 4, "larger pages"),
+            (5, PAGE, "shrunk"),
+        ] {
+            let report = cache.resize(pages, page_size).expect(what);
+            assert_eq!(
+                (report.copied, report.dropped),
+                (n, 0),
+                "{what}: {report:?}"
+            );
+            assert_eq!(report.damaged_pages, 0, "{what}");
+            check_all(&cache, what);
+            check_all(&other, what);
+            assert_area_exact(&cache, what);
+            assert_eq!(cache.validate().expect("validate"), vec![], "{what}");
+        }
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "{:?}",
+            leftovers(dir.path())
+        );
+        // A fresh open finds the area too.
+        let fresh = Cache::builder().path(&path).open().expect("reopen");
+        assert_eq!(fresh.max_value_size(), MAX_VALUE as usize);
+        check_all(&fresh, "reopened");
+    }
+}
+
+#[test]
+fn a_large_value_too_large_for_the_new_pages_and_the_area_is_dropped_and_counted() {
+    let _s = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("cache");
+    // No overflow area: a value that fits a 64 KiB page but not a 16 KiB one has nowhere to
+    // go when the pages shrink.
+    let cache = NATIVE
+        .builder()
+        .path(&path)
+        .num_pages(3)
+        .page_size(PAGE * 4)
+        .open()
+        .expect("open");
+    assert_eq!(cache.max_value_size(), 0);
+    cache.set(b"big", &[1; 40_000]).expect("set");
+    cache.set(b"small", b"kept").expect("set");
+    let report = cache.resize(3, PAGE).expect("shrink");
+    assert_eq!((report.copied, report.dropped), (1, 1), "{report:?}");
+    assert_eq!(cache.get(b"big").expect("get"), None);
+    assert_eq!(
+        cache.get(b"small").expect("get").as_deref(),
+        Some(&b"kept"[..])
+    );
+    assert_eq!(cache.max_value_size(), 0, "still no area");
+    assert_eq!(cache.stats().expect("stats").overflow_bytes, 0);
+}
+
+/// A worker storing and reading back large self-checking values on keys of its own until
+/// `stop` exists (or a minute passes): every read of its own key must give exactly what it
+/// last stored there, whatever moves happened in between.
+fn large_worker(cache: &Cache, id: usize, stop: &Path, ready: &Pipe) -> ChildResult {
+    // Released even if this worker fails, so that the parent goes on (and then sees it).
+    ready.release(1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut rng = Rng::new(id as u64 * 104_729 + 3);
+    let mut last: Vec<Option<u64>> = vec![None; 12];
+    let mut seq = 0u64;
+    let mut ops = 0u64;
+    while !ops.is_multiple_of(16) || (!stop.exists() && Instant::now() < deadline) {
+        let k = rng.below(last.len() as u64) as usize;
+        let key = format!("w{id}-large-{k}").into_bytes();
+        if rng.chance(40) {
+            seq += 1;
+            // Mostly larger than a page, some that fit one.
+            let len = if rng.chance(20) {
+                rng.range(40, 4000)
+            } else {
+                rng.range(20_000, MAX_VALUE as usize)
+            };
+            cache
+                .set(&key, &make_value(&key, seq, len))
+                .map_err(|e| format!("set {k}: {e}"))?;
+            last[k] = Some(seq);
+        } else {
+            let got = cache.get(&key).map_err(|e| format!("get {k}: {e}"))?;
+            let got = match got {
+                Some(v) => Some(check_value(&key, &v)?),
+                None => None,
+            };
+            if got != last[k] {
+                return Err(format!("{k}: read {got:?}, last stored {:?}", last[k]));
+            }
+        }
+        ops += 1;
+    }
+    Ok(())
+}
+
+fn large_values_survive_moves_under_load(kind: Kind) {
+    let _s = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("cache");
+    let stop = dir.path().join("stop");
+    let cache = open_large(kind, &path, 7);
+    let ready = Pipe::new();
+    let mut children = Children::new();
+    for id in 0..3 {
+        let (path, stop, ready) = (path.clone(), stop.clone(), &ready);
+        children.spawn(move || {
+            let cache = Cache::builder()
+                .path(&path)
+                .lock_timeout(Duration::from_secs(30))
+                .open()
+                .map_err(|e| format!("open: {e}"))?;
+            large_worker(&cache, id, &stop, ready)
+        });
+    }
+    for _ in 0..3 {
+        ready.wait();
+    }
+    for _ in 0..scaled(2, 20) {
+        for pages in [61, 7] {
+            std::thread::sleep(Duration::from_millis(200));
+            let report = cache.resize(pages, PAGE).expect("resize under load");
+            assert_eq!(report.dropped, 0, "the area holds every value: {report:?}");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(&stop, b"").expect("stop file");
+    children.wait_all_ok();
+    for item in cache.iter() {
+        let (k, e) = item.expect("entry");
+        check_value(&k, &e.value).expect("intact");
+    }
+    assert_area_exact(&cache, "after the moves");
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
+}
+
+#[test]
+fn forked_workers_keep_large_values_across_moves_fcntl() {
+    large_values_survive_moves_under_load(NATIVE);
+}
+
+#[test]
+fn forked_workers_keep_large_values_across_moves_robust() {
+    large_values_survive_moves_under_load(ROBUST);
+}
+
+/// The eviction policy's protected part survives a move: entries read once (protected) and
+/// stored long ago outlive newer entries never read (on probation) when the new pages fill.
+#[test]
+fn protected_entries_stay_protected_across_a_move() {
+    let _s = serial();
+    let clock =
+        fastmmap::ManualClock::new(std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    let dir = temp_dir();
+    let cache = NATIVE
+        .builder()
+        .path(dir.path().join("cache"))
+        .num_pages(1)
+        .page_size(PAGE)
+        .clock(clock.clone())
+        .open()
+        .expect("open");
+    let named = |what: &str, i: usize| format!("{what}-{i}").into_bytes();
+    for i in 0..10 {
+        let k = named("read", i);
+        cache.set(&k, &make_value(&k, 1, 500)).expect("set");
+        assert!(cache.get(&k).expect("get").is_some());
+    }
+    clock.advance(Duration::from_secs(100));
+    for i in 0..10 {
+        let k = named("unread", i);
+        cache.set(&k, &make_value(&k, 1, 500)).expect("set");
+    }
+    let report = cache.resize(2, PAGE).expect("resize");
+    assert_eq!((report.copied, report.dropped), (20, 0), "{report:?}");
+    clock.advance(Duration::from_secs(100));
+    for i in 0..60 {
+        let k = named("new", i);
+        cache.set(&k, &make_value(&k, 1, 500)).expect("set");
+    }
+    let unread = (0..10)
+        .filter(|&i| cache.get(&named("unread", i)).expect("get").is_some())
+        .count();
+    assert!(
+        unread < 10,
+        "the new pages filled: {unread} of the unread kept"
+    );
+    for i in 0..10 {
+        assert!(
+            cache.get(&named("read", i)).expect("get").is_some(),
+            "read-{i}, protected before the move, was evicted before entries on probation"
+        );
+    }
+}
