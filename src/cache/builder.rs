@@ -410,13 +410,6 @@ impl CacheBuilder {
             compression: self.compression,
         });
         let file = store::open_shared(&req)?;
-        if layer.is_some() && file.overflow().is_some() {
-            return Err(invalid(
-                "a backing store or compression cannot be used yet with a file that has an \
-                 overflow area (large values)"
-                    .into(),
-            ));
-        }
         let cache = Cache {
             inner: Arc::new(Inner {
                 hash: KeyHash::of(self.layout),
