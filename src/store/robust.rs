@@ -476,7 +476,8 @@ mod imp {
         fn page_and_write_back_locks_are_one_set_with_two_areas() {
             let num_pages = 3;
             let file = tempfile::tempfile().unwrap();
-            file.set_len(header::header_size(num_pages, 0) as u64).unwrap();
+            file.set_len(header::header_size(num_pages, 0) as u64)
+                .unwrap();
             let map = memmap2::MmapOptions::new().map_raw(&file).unwrap();
             let fd = file.as_raw_fd();
             let pages = RobustLocks::open(fd, &map, num_pages).unwrap();
