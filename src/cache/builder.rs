@@ -201,8 +201,9 @@ impl CacheBuilder {
     /// no area, and a value that does not fit its page is [`Error::TooLarge`]. Opening an
     /// existing file with a different size is [`Error::GeometryMismatch`] (the area is part
     /// of the file's geometry, recorded in its header). The Cache::FastMmap layout has no
-    /// area (asking for one is [`Error::InvalidOptions`]), and handles with a backing store
-    /// or compression cannot open a file that has one yet.
+    /// area (asking for one is [`Error::InvalidOptions`]). Large values work with a
+    /// [`backing`](Self::backing) store in every [`write_mode`](Self::write_mode) and with
+    /// [`compression`](Self::compression), which runs first.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
