@@ -419,7 +419,7 @@ fn wb_key(worker: u64, i: u64) -> Vec<u8> {
 fn forked_write_back_writers_one_killed_lose_no_acknowledged_large_write() {
     let _serial = serial();
     let seed = seed("forked_write_back_writers_one_killed_lose_no_acknowledged_large_write");
-    let kills = scaled(3, 20);
+    let kills = scaled(6, 40);
     let mut rng = Rng::new(seed);
     for kind in [NATIVE, ROBUST] {
         let deadline = Instant::now() + Duration::from_secs(scaled(120, 900) as u64);
