@@ -50,14 +50,14 @@ impl Cache {
         Ok(())
     }
 
-    /// For `mark_clean`: a copy made from a request (write-through), which knows the value's
-    /// bytes but not the reference it was stored under, gets the reference of the key's large
-    /// entry in the page if that entry holds these bytes (its length and checksum match).
-    pub(super) fn with_reference(&self, guard: &mut PageGuard<'_>, copy: &DirtyCopy) -> DirtyCopy {
-        let mut copy = copy.clone();
-        if copy.reference.is_some() || self.inner.file.overflow().is_none() {
-            return copy;
-        }
+    /// For `mark_clean`: a copy made from a request (write-through) knows the value's bytes
+    /// but not the reference it was stored under. The reference of the key's large entry in
+    /// the page, if that entry holds these bytes (its length and checksum match).
+    pub(super) fn reference_of(
+        &self,
+        guard: &mut PageGuard<'_>,
+        copy: &DirtyCopy,
+    ) -> Option<Vec<u8>> {
         let found = guard
             .page()
             .view()
@@ -66,14 +66,9 @@ impl Cache {
             .flatten()
             .filter(|e| e.flags & FLAG_OVERFLOW != 0)
             .map(|e| e.value.to_vec());
-        if let Some(raw) = found
-            && let Ok(r) = OverflowReference::decode(&raw)
-            && r.len == copy.value.len() as u64
-            && r.checksum == xxh3_64(&copy.value)
-        {
-            copy.reference = Some(raw);
-        }
-        copy
+        let raw = found?;
+        let r = OverflowReference::decode(&raw).ok()?;
+        (r.len == copy.value.len() as u64 && r.checksum == xxh3_64(&copy.value)).then_some(raw)
     }
 
     /// One attempt at a layered store of `req`, whose value goes to the overflow area, under

@@ -456,12 +456,17 @@ impl Cache {
     /// entry in it).
     pub(crate) fn mark_clean(&self, guard: &mut PageGuard<'_>, copies: &[DirtyCopy]) {
         for copy in copies {
-            let marked = if copy.reference.is_none() && self.inner.file.overflow().is_some() {
-                // Made from a request: the entry may hold these bytes as a large value.
-                let copy = self.with_reference(guard, copy);
-                guard.page().mark_clean(&copy)
-            } else {
-                guard.page().mark_clean(copy)
+            // A copy made from a request: the entry may hold its bytes as a large value.
+            let reference = match copy.reference {
+                None if self.inner.file.overflow().is_some() => self.reference_of(guard, copy),
+                _ => None,
+            };
+            let marked = match reference {
+                Some(reference) => guard.page().mark_clean(&DirtyCopy {
+                    reference: Some(reference),
+                    ..copy.clone()
+                }),
+                None => guard.page().mark_clean(copy),
             };
             if marked.is_err() {
                 guard.reset();
