@@ -558,3 +558,54 @@ fn run_killed_round(kind: Kind, seed: u64, round: usize) {
     cache.clear().expect("clear");
     assert_eq!(used(&cache), 0);
 }
+
+#[test]
+fn write_back_update_take_and_a_full_area_under_update() {
+    let dir = temp_dir();
+    let store = Shared::default();
+    let cache = backed(&dir.path().join("c"), &store, WriteMode::Back);
+    cache.set(b"u", &make_value(b"u", 1, 200_000)).unwrap();
+    // The closure sees the dirty large value whole; its result is stored dirty.
+    let now = cache
+        .update(b"u", |old| {
+            assert_eq!(old.map(|v| check_value(b"u", v).unwrap()), Some(1));
+            Update::Set(make_value(b"u", 2, 400_000))
+        })
+        .unwrap();
+    assert_eq!(now.map(|v| v.len()), Some(400_000));
+    assert!(cache.entry(b"u").unwrap().unwrap().flags.is_dirty());
+    assert_eq!(store.stores(), 0);
+    assert_eq!(used(&cache), expected_use(&cache));
+    // A dirty large value taken is deleted from the store and handed over.
+    let taken = cache.take(b"u").unwrap().expect("taken");
+    assert_eq!(check_value(b"u", &taken), Ok(2));
+    assert_eq!(store.value(b"u"), None);
+    assert_eq!(used(&cache), 0);
+    // The area full of dirty values: an update (which holds its page's write-back lock) that
+    // needs room gets OverflowFull and changes nothing; the dirty values stay, and a flush
+    // writes them all.
+    let key = |i: u64| format!("full{i}").into_bytes();
+    let mut stored = Vec::new();
+    for i in 0..16u64 {
+        match cache.set(&key(i), &make_value(&key(i), 1, 250_000)) {
+            Ok(true) => stored.push(i),
+            other => panic!("set {i}: {other:?}"),
+        }
+    }
+    let before = store.stores();
+    let big = make_value(b"late", 1, 900_000);
+    let updated = cache.update(b"late", |_| Update::Set(big.clone()));
+    assert!(
+        matches!(updated, Err(Error::OverflowFull { .. })),
+        "{:?}",
+        updated.map(|v| v.map(|v| v.len()))
+    );
+    assert_eq!(cache.entry(b"late").unwrap(), None);
+    assert_eq!(store.stores(), before, "nothing written back meanwhile");
+    cache.flush().unwrap();
+    for i in stored {
+        assert_stored(&store, &key(i), &make_value(&key(i), 1, 250_000));
+    }
+    assert_eq!(store.written_twice(), Vec::<String>::new());
+    assert_eq!(cache.check_overflow().unwrap(), (Vec::new(), 0));
+}
