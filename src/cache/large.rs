@@ -1,5 +1,7 @@
 //! Values larger than a page (native files with an overflow area; see `store/overflow.rs`):
-//! storing one, making room in the area when it is full, and reclaiming blocks nothing
+//! storing one (plain, or through a layer: a backing store's write modes keep the same
+//! one-change rule), reading the bytes of dirty large values for write-back, making room in
+//! the area when it is full (never by dropping a dirty value), and reclaiming blocks nothing
 //! references (`check`).
 
 use super::handle::{Cache, PageProblem};

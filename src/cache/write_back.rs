@@ -29,6 +29,12 @@
 //! holds the page's write-back lock ([`Cache::write_back_lock`]) around both its page change
 //! and its calls of the store: a page's write-backs happen one at a time, in the order of its
 //! changes. Plain hits take only the page lock.
+//!
+//! A dirty large value (in the overflow area) is copied out with its bytes, read from its
+//! blocks under the page lock before the change that drops it frees them; it is marked clean
+//! only while its page still holds the same reference. The area's eviction never takes a
+//! dirty value: a store that finds the area full of them writes them back first (see
+//! `large.rs`).
 
 use super::handle::Cache;
 use super::update::is_negative;
