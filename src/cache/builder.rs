@@ -201,8 +201,9 @@ impl CacheBuilder {
     /// no area, and a value that does not fit its page is [`Error::TooLarge`]. Opening an
     /// existing file with a different size is [`Error::GeometryMismatch`] (the area is part
     /// of the file's geometry, recorded in its header). The Cache::FastMmap layout has no
-    /// area (asking for one is [`Error::InvalidOptions`]), and handles with a backing store
-    /// or compression cannot open a file that has one yet.
+    /// area (asking for one is [`Error::InvalidOptions`]). Large values work with a
+    /// [`backing`](Self::backing) store in every [`write_mode`](Self::write_mode) and with
+    /// [`compression`](Self::compression), which runs first.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -411,13 +412,6 @@ impl CacheBuilder {
             compression: self.compression,
         });
         let file = store::open_shared(&req)?;
-        if layer.is_some() && file.overflow().is_some() {
-            return Err(invalid(
-                "a backing store or compression cannot be used yet with a file that has an \
-                 overflow area (large values)"
-                    .into(),
-            ));
-        }
         let cache = Cache {
             inner: Arc::new(Inner {
                 hash: KeyHash::of(self.layout),

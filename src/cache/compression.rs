@@ -61,8 +61,11 @@ impl Compression {
 
     /// The bytes to store for `value` and the flag bits that say how: compressed when it is
     /// long enough and shrinks, else `None` (store it as it is).
-    pub(crate) fn compress(&self, value: &[u8], page_size: u32) -> Option<(Vec<u8>, u32)> {
-        if value.len() < self.min_size || value.len() > max_plain_len(page_size) {
+    /// `max_plain`: the longest value compressed ([`Cache::plain_limit`]).
+    ///
+    /// [`Cache::plain_limit`]: crate::Cache
+    pub(crate) fn compress(&self, value: &[u8], max_plain: usize) -> Option<(Vec<u8>, u32)> {
+        if value.len() < self.min_size || value.len() > max_plain {
             return None;
         }
         let (packed, flag): (Vec<u8>, u32) = self.algo.compress(value)?;
@@ -82,7 +85,9 @@ impl Algo {
     }
 }
 
-fn max_plain_len(page_size: u32) -> usize {
+/// The longest value compression takes for a page of `page_size` (a file with an overflow
+/// area takes its `max_value_size` too).
+pub(crate) fn max_plain_len(page_size: u32) -> usize {
     (page_size as usize).saturating_mul(MAX_EXPANSION_PAGES)
 }
 
@@ -102,9 +107,8 @@ pub(crate) fn is_compressed(flags: u32) -> bool {
 pub(crate) fn decompress(
     stored: Vec<u8>,
     flags: u32,
-    page_size: u32,
+    max: usize,
 ) -> Result<Vec<u8>, DecompressError> {
-    let max = max_plain_len(page_size);
     match flags & FLAG_COMPRESSION {
         0 => Ok(stored),
         FLAG_LZ4 => lz4(&stored, max),
@@ -180,17 +184,32 @@ mod tests {
     #[test]
     fn lz4_round_trips_and_refuses_hostile_lengths() {
         let value = b"abcdefgh".repeat(100);
-        let (packed, flag) = Compression::lz4().compress(&value, 4096).unwrap();
+        let (packed, flag) = Compression::lz4()
+            .compress(&value, max_plain_len(4096))
+            .unwrap();
         assert_eq!(flag, FLAG_LZ4);
         assert!(packed.len() < value.len());
-        assert_eq!(decompress(packed.clone(), flag, 4096).unwrap(), value);
+        assert_eq!(
+            decompress(packed.clone(), flag, max_plain_len(4096)).unwrap(),
+            value
+        );
         let mut huge = packed.clone();
         huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(decompress(huge, flag, 4096).is_err());
-        assert!(decompress(packed[..packed.len() - 3].to_vec(), flag, 4096).is_err());
-        assert!(decompress(vec![1, 2], flag, 4096).is_err());
+        assert!(decompress(huge, flag, max_plain_len(4096)).is_err());
+        assert!(
+            decompress(
+                packed[..packed.len() - 3].to_vec(),
+                flag,
+                max_plain_len(4096)
+            )
+            .is_err()
+        );
+        assert!(decompress(vec![1, 2], flag, max_plain_len(4096)).is_err());
         // Short or incompressible values are stored as they are.
-        assert_eq!(Compression::lz4().compress(b"short", 4096), None);
+        assert_eq!(
+            Compression::lz4().compress(b"short", max_plain_len(4096)),
+            None
+        );
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let noise: Vec<u8> = (0..1000)
             .map(|_| {
@@ -200,23 +219,43 @@ mod tests {
                 (x >> 56) as u8
             })
             .collect();
-        assert_eq!(Compression::lz4().min_size(10).compress(&noise, 4096), None);
+        assert_eq!(
+            Compression::lz4()
+                .min_size(10)
+                .compress(&noise, max_plain_len(4096)),
+            None
+        );
     }
 
     #[cfg(feature = "zstd")]
     #[test]
     fn zstd_round_trips_and_refuses_hostile_frames() {
         let value = b"abcdefgh".repeat(100);
-        let (packed, flag) = Compression::zstd(3).compress(&value, 4096).unwrap();
+        let (packed, flag) = Compression::zstd(3)
+            .compress(&value, max_plain_len(4096))
+            .unwrap();
         assert_eq!(flag, FLAG_ZSTD);
-        assert_eq!(decompress(packed.clone(), flag, 4096).unwrap(), value);
-        assert!(decompress(packed[..packed.len() - 2].to_vec(), flag, 4096).is_err());
-        assert!(decompress(b"not zstd at all".to_vec(), flag, 4096).is_err());
+        assert_eq!(
+            decompress(packed.clone(), flag, max_plain_len(4096)).unwrap(),
+            value
+        );
+        assert!(
+            decompress(
+                packed[..packed.len() - 2].to_vec(),
+                flag,
+                max_plain_len(4096)
+            )
+            .is_err()
+        );
+        assert!(decompress(b"not zstd at all".to_vec(), flag, max_plain_len(4096)).is_err());
     }
 
     #[test]
     fn plain_and_unknown_flags() {
-        assert_eq!(decompress(b"v".to_vec(), 0, 4096).unwrap(), b"v");
-        assert!(decompress(b"v".to_vec(), FLAG_COMPRESSION, 4096).is_err());
+        assert_eq!(
+            decompress(b"v".to_vec(), 0, max_plain_len(4096)).unwrap(),
+            b"v"
+        );
+        assert!(decompress(b"v".to_vec(), FLAG_COMPRESSION, max_plain_len(4096)).is_err());
     }
 }

@@ -1,12 +1,17 @@
 //! Values larger than a page (native files with an overflow area; see `store/overflow.rs`):
-//! storing one, making room in the area when it is full, and reclaiming blocks nothing
+//! storing one (plain, or through a layer: a backing store's write modes keep the same
+//! one-change rule), reading the bytes of dirty large values for write-back, making room in
+//! the area when it is full (never by dropping a dirty value), and reclaiming blocks nothing
 //! references (`check`).
 
 use super::handle::{Cache, Loc, PageProblem};
-use crate::page::consts::{FLAG_OVERFLOW, is_expired};
-use crate::page::{NewEntry, PageView, StoreOutcome};
-use crate::store::{LockError, MAX_FOLLOWS, PageGuard, Reader, SharedFile};
+use crate::page::consts::{FLAG_DIRTY, FLAG_OVERFLOW, OVERFLOW_REF_SIZE, is_expired};
+use crate::page::{Corrupt, Dirty, DirtyCopy, NewEntry, PageView, StoreOutcome};
+use crate::store::{
+    LockError, MAX_FOLLOWS, OverflowFull, OverflowReference, PageGuard, Place, Reader, SharedFile,
+};
 use crate::{Error, LockRole, Result};
+use xxhash_rust::xxh3::xxh3_64;
 
 /// A large value that may be evicted to make room in the overflow area.
 struct Victim {
@@ -17,6 +22,139 @@ struct Victim {
 }
 
 impl Cache {
+    /// The value bytes and flags of an entry of the page `at` as the page holds them: a large
+    /// value's bytes are read from the overflow area (the page's lock held), its flags lose
+    /// `FLAG_OVERFLOW`. A reference that fails its checks is damage: the caller resets the page.
+    pub(super) fn resolve(
+        &self,
+        at: Place<'_>,
+        value: &[u8],
+        flags: u32,
+    ) -> std::result::Result<(Vec<u8>, u32), Corrupt> {
+        if flags & FLAG_OVERFLOW == 0 {
+            return Ok((value.to_vec(), flags));
+        }
+        let bytes = at.file.overflow_read(at.page, value)?;
+        Ok((bytes, flags & !FLAG_OVERFLOW))
+    }
+
+    /// Reads the bytes of the large values among dirty entries copied out of `page`, its lock
+    /// held and before the change that dropped them frees their blocks; each keeps its
+    /// reference for `mark_clean`.
+    pub(super) fn resolve_copies(
+        &self,
+        at: Place<'_>,
+        copies: &mut [DirtyCopy],
+    ) -> std::result::Result<(), Corrupt> {
+        for copy in copies.iter_mut().filter(|c| c.flags & FLAG_OVERFLOW != 0) {
+            let bytes = at.file.overflow_read(at.page, &copy.value)?;
+            copy.reference = Some(std::mem::replace(&mut copy.value, bytes));
+            copy.flags &= !FLAG_OVERFLOW;
+        }
+        Ok(())
+    }
+
+    /// For `mark_clean`: a copy made from a request (write-through) knows the value's bytes
+    /// but not the reference it was stored under. The reference of the key's large entry in
+    /// the page, if that entry holds these bytes (its length and checksum match).
+    pub(super) fn reference_of(
+        &self,
+        guard: &mut PageGuard<'_>,
+        copy: &DirtyCopy,
+    ) -> Option<Vec<u8>> {
+        let found = guard
+            .page()
+            .view()
+            .find(copy.slot_hash, &copy.key)
+            .ok()
+            .flatten()
+            .filter(|e| e.flags & FLAG_OVERFLOW != 0)
+            .map(|e| e.value.to_vec());
+        let raw = found?;
+        let r = OverflowReference::decode(&raw).ok()?;
+        (r.len == copy.value.len() as u64 && r.checksum == xxh3_64(&copy.value)).then_some(raw)
+    }
+
+    /// One attempt at a layered store of `req`, whose value goes to the overflow area, under
+    /// `guard`, keeping the kill-safety argument of `overflow.rs`: claiming the blocks, writing
+    /// them, linking the entry and freeing what it replaces or evicts make one structural
+    /// change under the busy marker. With `refuse`, a dry run first looks (writing nothing)
+    /// for dirty entries in the way: found, they are copied out (their large values read) and
+    /// nothing changes (`Ok(None)`). Dirty entries the store drops are copied out, their large
+    /// values read before their blocks are freed. When the area is full, this page's clean
+    /// large values are evicted once and the store tried again; `Err(Ok(full))` if it still
+    /// has no room. `Err(Err(c))`: the page was damaged and has been reset.
+    #[cold]
+    pub(super) fn attempt_store_large(
+        &self,
+        guard: &mut PageGuard<'_>,
+        req: &NewEntry<'_>,
+        now: u32,
+        dirty_rules: (bool, bool),
+        copies: &mut Vec<DirtyCopy>,
+    ) -> std::result::Result<Option<StoreOutcome>, std::result::Result<OverflowFull, Corrupt>> {
+        let (refuse, replacing_drops) = dirty_rules;
+        let page = guard.page_index();
+        let at = guard.place();
+        let file = &self.inner.file;
+        let slots = self.geometry().start_slots;
+        if refuse {
+            // The entry the page will hold is a reference: a stand-in of its size decides.
+            let stand_in = [0u8; OVERFLOW_REF_SIZE];
+            let entry = NewEntry {
+                value: &stand_in,
+                flags: req.flags | FLAG_OVERFLOW,
+                ..*req
+            };
+            copies.clear();
+            let mut dry = Dirty::dry(copies);
+            dry.replacing_drops = replacing_drops;
+            let looked = guard.page().store_dirty(&entry, now, slots, true, &mut dry);
+            if let Err(c) = looked.and_then(|_| self.resolve_copies(at, copies)) {
+                guard.reset();
+                return Err(Err(c));
+            }
+            if !copies.is_empty() {
+                return Ok(None);
+            }
+        }
+        let mut evicted = false;
+        loop {
+            copies.clear();
+            let changed = guard.change(|p| {
+                let reference = match file.overflow_write(page, req.value) {
+                    Ok(r) => r.encode(),
+                    Err(full) => return Ok(Err(full)),
+                };
+                let entry = NewEntry {
+                    value: &reference,
+                    flags: req.flags | FLAG_OVERFLOW,
+                    ..*req
+                };
+                let mut dirty = if refuse {
+                    Dirty::refuse(copies)
+                } else {
+                    Dirty::collect(copies)
+                };
+                dirty.replacing_drops = replacing_drops;
+                let stored = p.store_dirty(&entry, now, slots, true, &mut dirty)?;
+                // Before the change ends and frees the blocks of what it dropped (or, refused,
+                // the blocks just written).
+                self.resolve_copies(at, copies)?;
+                Ok(Ok(stored))
+            });
+            match changed {
+                Ok(Ok(stored)) => return Ok(stored),
+                Ok(Err(full)) if !evicted => {
+                    evicted = true;
+                    self.evict_large_locked(guard, Some(req.key), full.needed, now, false);
+                }
+                Ok(Err(full)) => return Err(Ok(full)),
+                Err(c) => return Err(Err(c)),
+            }
+        }
+    }
+
     /// Stores `req`, whose entry does not fit a page, with its value in the overflow area.
     /// When the area is full, this page's other large values go first (expired ones, then
     /// the least recently used); what other pages must give up is the caller's to ask for
@@ -93,6 +231,19 @@ impl Cache {
         Ok(())
     }
 
+    /// Writes back the dirty large values of every page that owns overflow blocks and marks
+    /// them clean, so that the area's eviction may take them (a write-back cache whose area
+    /// is full of writes the backing store does not have yet). Each page under its write-back
+    /// lock, as `flush` does; the caller holds no lock.
+    pub(super) fn write_back_large(&self) -> Result<usize> {
+        let owners = self.inner.file.overflow_owners();
+        let mut written = 0;
+        for (page, _) in owners.iter().enumerate().filter(|(_, owns)| **owns) {
+            written += self.flush_page(Loc::at(page as u32), true)?;
+        }
+        Ok(written)
+    }
+
     fn free_blocks(&self) -> u32 {
         self.inner
             .file
@@ -100,9 +251,9 @@ impl Cache {
             .map_or(0, |u| u.blocks - u.used.min(u.blocks))
     }
 
-    /// Removes large values of the locked page (never `keep`'s) until `needed` blocks are
-    /// free: expired ones first, then (unless `expired_only`) the least recently used.
-    fn evict_large_locked(
+    /// Removes clean large values of the locked page (never `keep`'s) until `needed` blocks
+    /// are free: expired ones first, then (unless `expired_only`) the least recently used.
+    pub(super) fn evict_large_locked(
         &self,
         guard: &mut PageGuard<'_>,
         keep: Option<&[u8]>,
@@ -112,7 +263,9 @@ impl Cache {
     ) {
         let mut victims = Vec::new();
         let walked = PageView::new(guard.bytes()).for_each_entry(|e| {
-            if e.flags & FLAG_OVERFLOW != 0 && keep != Some(e.key) {
+            // A dirty value is a write the backing store does not have yet: never evicted
+            // here (a write-back, flush or eviction that writes it back first frees it).
+            if e.flags & FLAG_OVERFLOW != 0 && e.flags & FLAG_DIRTY == 0 && keep != Some(e.key) {
                 victims.push(Victim {
                     slot_hash: e.slot_hash,
                     key: e.key.to_vec(),

@@ -2,7 +2,7 @@
 //! through a backing store, compressed values. The public methods in `handle.rs` document
 //! these.
 
-use super::compression::{decompress, is_compressed};
+use super::compression::{decompress, is_compressed, max_plain_len};
 use super::expiry::Expiry;
 use super::handle::{Cache, Entry, Loc, Update};
 use super::mode::Layer;
@@ -28,7 +28,7 @@ enum Look {
 impl Cache {
     /// The value stored as `stored` with `flags`, decompressed.
     pub(crate) fn decode_value(&self, key: &[u8], stored: Vec<u8>, flags: u32) -> Result<Vec<u8>> {
-        decompress(stored, flags, self.page_size()).map_err(|e| self.decode_error(key, e))
+        decompress(stored, flags, self.plain_limit()).map_err(|e| self.decode_error(key, e))
     }
 
     /// Decompresses an entry copied out of the cache.
@@ -40,12 +40,19 @@ impl Cache {
         Ok(())
     }
 
-    /// The bytes and flags to store for `value`.
+    /// The longest value compression takes, and decompression gives back: many pages' worth,
+    /// or the overflow area's `max_value_size` if larger.
+    pub(crate) fn plain_limit(&self) -> usize {
+        max_plain_len(self.page_size()).max(self.max_value_size())
+    }
+
+    /// The bytes and flags to store for `value`: compressed first, so that a large value that
+    /// fits its page once compressed stays in the page.
     fn encode_value(&self, layer: &Layer, value: &[u8]) -> (Option<Vec<u8>>, u32) {
         match layer
             .compression
             .as_ref()
-            .and_then(|c| c.compress(value, self.page_size()))
+            .and_then(|c| c.compress(value, self.plain_limit()))
         {
             Some((packed, flag)) => (Some(packed), flag),
             None => (None, 0),
@@ -54,10 +61,12 @@ impl Cache {
 
     fn look(&self, layer: &Layer, key: &[u8], page: Loc, slot_hash: u32, now: u32) -> Result<Look> {
         let mut guard = self.lock_for_change(page)?;
+        let at = guard.place();
         let found = guard
             .page()
             .get(slot_hash, key, now, self.inner.stats)
-            .map(|e| e.map(|e| (e.value.to_vec(), e.flags)));
+            .map(|e| e.map(|e| (e.value.to_vec(), e.flags)))
+            .and_then(|e| e.map(|(v, f)| self.resolve(at, &v, f)).transpose());
         Ok(match found {
             Ok(Some((_, flags))) if is_negative(flags) && layer.backing.is_some() => Look::Negative,
             Ok(Some((value, flags))) => Look::Hit(value, flags),
@@ -70,9 +79,21 @@ impl Cache {
                         value: e.value.to_vec(),
                         expire_on: e.expire_on,
                         flags: e.flags,
+                        reference: None,
                     })
                 });
-                Look::Miss(found.unwrap_or(None))
+                match found {
+                    Ok(Some(copy)) => {
+                        let mut copy = [copy];
+                        if self.resolve_copies(at, &mut copy).is_err() {
+                            guard.reset();
+                            return Ok(Look::Miss(None));
+                        }
+                        let [copy] = copy;
+                        Look::Miss(Some(copy))
+                    }
+                    _ => Look::Miss(None),
+                }
             }
             Ok(None) => Look::Miss(None),
             Err(_) => {
@@ -204,10 +225,12 @@ impl Cache {
         now: u32,
     ) -> Result<Option<Vec<u8>>> {
         let mut guard = self.lock_for_change(page)?;
+        let at = guard.place();
         let found = guard
             .page()
             .peek(slot_hash, key, now)
-            .map(|e| e.map(|e| (e.value.to_vec(), e.flags)));
+            .map(|e| e.map(|e| (e.value.to_vec(), e.flags)))
+            .and_then(|e| e.map(|(v, f)| self.resolve(at, &v, f)).transpose());
         match found {
             Ok(Some((stored, flags))) if flags & FLAG_DIRTY != 0 => {
                 return self.decode_value(key, stored, flags).map(Some);
@@ -278,12 +301,15 @@ impl Cache {
             // Too large to cache: handed over all the same.
             return Ok(loaded);
         }
-        match self.store_keeping_dirty(&req, page, now, true)? {
-            Kept::Existing(stored, flags) => self.decode_value(key, stored, flags).map(Some),
-            Kept::Stored(_) => {
+        match self.store_keeping_dirty(&req, page, now, true) {
+            Ok(Kept::Existing(stored, flags)) => self.decode_value(key, stored, flags).map(Some),
+            Ok(Kept::Stored(_)) => {
                 self.keep_if_fenced(backing, &req, page, fence)?;
                 Ok(loaded)
             }
+            // A large value the overflow area has no room for: handed over uncached.
+            Err(crate::Error::OverflowFull { .. }) => Ok(loaded),
+            Err(e) => Err(e),
         }
     }
 
@@ -425,10 +451,15 @@ impl Cache {
         let _write_back = self.write_back_lock(page)?;
         let taken = {
             let mut guard = self.lock_for_change(page)?;
+            let at = guard.place();
             let found = guard
                 .page()
                 .get(slot_hash, key, now, self.inner.stats)
-                .map(|e| e.map(|e| (e.value.to_vec(), e.flags, e.expire_on)));
+                .map(|e| e.map(|e| (e.value.to_vec(), e.flags, e.expire_on)))
+                .and_then(|e| {
+                    e.map(|(v, f, x)| self.resolve(at, &v, f).map(|(v, f)| (v, f, x)))
+                        .transpose()
+                });
             match found {
                 Ok(Some(found)) => {
                     let _ = guard.change(|p| p.remove(slot_hash, key, now));
@@ -551,6 +582,7 @@ impl Cache {
             value: req.value.to_vec(),
             expire_on: req.expire_on,
             flags: req.flags,
+            reference: None,
         }];
         self.write_back(&copies)?;
         let mut guard = self.lock_for_change(page)?;
@@ -623,10 +655,22 @@ impl Cache {
             self.get_holding_write_back(layer, key, page, slot_hash, now)?;
         };
         // The closure sees the value decompressed, under the lock.
+        let at = guard.place();
         let current = guard
             .page()
             .get(slot_hash, key, now, self.inner.stats)
-            .map(|e| e.map(|e| (e.value.to_vec(), Entry::from_ref(&e), e.expire_on)));
+            .map(|e| e.map(|e| (e.value.to_vec(), Entry::from_ref(&e), e.expire_on)))
+            .and_then(|e| {
+                e.map(|(v, mut entry, x)| {
+                    // A large value: its bytes, and its flags without the overflow bit.
+                    self.resolve(at, &v, entry.flags.0).map(|(v, f)| {
+                        entry.flags.0 = f;
+                        entry.value.clear();
+                        (v, entry, x)
+                    })
+                })
+                .transpose()
+            });
         // What the closure's decision rests on, as stored (see `store_updated`).
         let seen = match &current {
             Ok(Some((stored, e, expire_on))) => Some(Seen {
@@ -661,7 +705,8 @@ impl Cache {
                     .peek(slot_hash, key, now)
                     .ok()
                     .flatten()
-                    .map(|e| (e.value.to_vec(), e.flags, e.expire_on));
+                    .map(|e| (e.value.to_vec(), e.flags, e.expire_on))
+                    .and_then(|(v, f, x)| self.resolve(at, &v, f).ok().map(|(v, f)| (v, f, x)));
                 let _ = guard.change(|p| p.remove(slot_hash, key, now));
                 drop(guard);
                 if let (Some(backing), Some((stored, flags, expire_on))) = (&layer.backing, old) {
@@ -701,6 +746,7 @@ impl Cache {
                 .ok()
                 .flatten()
                 .map(|e| (e.value.to_vec(), e.flags))
+                .and_then(|(v, f)| self.resolve(at, &v, f).ok())
         });
         drop(guard);
         self.write_back(&evicted)?;

@@ -29,13 +29,21 @@
 //! holds the page's write-back lock ([`Cache::write_back_lock`]) around both its page change
 //! and its calls of the store: a page's write-backs happen one at a time, in the order of its
 //! changes. Plain hits take only the page lock.
+//!
+//! A dirty large value (in the overflow area) is copied out with its bytes, read from its
+//! blocks under the page lock before the change that drops it frees them; it is marked clean
+//! only while its page still holds the same reference. The area's eviction never takes a
+//! dirty value: a store that finds the area full of them writes them back first (see
+//! `large.rs`).
 
 use super::handle::{Cache, Loc};
 use super::update::is_negative;
 use crate::clock::from_unix_secs;
-use crate::page::consts::{FLAG_DIRTY, FLAG_UNDEF};
+use crate::page::consts::{FLAG_DIRTY, FLAG_OVERFLOW, FLAG_UNDEF};
 use crate::page::{Corrupt, Dirty, DirtyCopy, Evict, NewEntry, PageMut, StoreOutcome};
-use crate::store::{LockError, MAX_FOLLOWS, PageGuard, SharedFile, WriteBackGuard, WriteBackWait};
+use crate::store::{
+    LockError, MAX_FOLLOWS, OverflowFull, PageGuard, SharedFile, WriteBackGuard, WriteBackWait,
+};
 use crate::{Error, LockRole, Result};
 use std::time::Duration;
 
@@ -57,6 +65,15 @@ enum Plan {
     Marked,
     /// Without it: a dry run found the store to be an append (with or without a rebuild).
     Unmarked,
+}
+
+/// Why an attempt at a store changed nothing, when it is not dirty entries in the way.
+pub(crate) enum Failed {
+    /// The page was damaged, and has been reset.
+    Reset(Corrupt),
+    /// A large value found no room in the overflow area, even after this page's clean large
+    /// values were evicted.
+    Full(OverflowFull),
 }
 
 /// An entry as an `update`'s closure saw it: its stored bytes, flags and expiry.
@@ -167,14 +184,17 @@ impl Cache {
         let mut copies = Vec::new();
         let mut write_back = None;
         let mut guard = self.lock_for_change(page)?;
+        let at = guard.place();
         let mut resets = 0;
+        let mut made_room = 0;
         let mut round = 0;
         loop {
             if if_absent {
                 let live = guard
                     .page()
                     .peek(req.slot_hash, req.key, now)
-                    .map(|e| e.map(|e| (e.value.to_vec(), e.flags)));
+                    .map(|e| e.map(|e| (e.value.to_vec(), e.flags)))
+                    .and_then(|e| e.map(|(v, f)| self.resolve(at, &v, f)).transpose());
                 match live {
                     Ok(Some((value, flags))) if !is_negative(flags) => {
                         return Ok(Kept::Existing(value, flags));
@@ -218,14 +238,51 @@ impl Cache {
                     self.mark_clean(&mut guard, &copies);
                     round += 1;
                 }
-                Err(c) => {
+                Err(Failed::Reset(c)) => {
                     // The page was damaged and has been reset: try once more on the fresh page.
                     resets += 1;
                     if resets > 1 {
                         return Err(self.corrupt(guard.page_index(), c));
                     }
                 }
+                Err(Failed::Full(full)) if made_room < 2 => {
+                    // Room is made in other pages with this one let go (a page lock is never
+                    // waited for while another is held), then the store is tried again. Dirty
+                    // large values are never evicted before the backing store has them: if
+                    // the clean ones were not enough, the second time every page's dirty large
+                    // values are written back first, each under its page's write-back lock —
+                    // unless the caller holds one (a thread takes one at a time).
+                    made_room += 1;
+                    let locked_page = guard.page_index();
+                    drop(guard);
+                    if made_room == 2 {
+                        write_back = None;
+                        if self.inner.file.holds_write_back() {
+                            return Err(self.overflow_full(full));
+                        }
+                        self.write_back_large()?;
+                    }
+                    self.evict_overflow_elsewhere(locked_page, req, now)?;
+                    guard = self.lock_for_change(page)?;
+                }
+                Err(Failed::Full(full)) => return Err(self.overflow_full(full)),
             }
+        }
+    }
+
+    fn failed(&self, page: u32, f: Failed) -> Error {
+        match f {
+            Failed::Reset(c) => self.corrupt(page, c),
+            Failed::Full(full) => self.overflow_full(full),
+        }
+    }
+
+    /// `Error::OverflowFull` for a large value that found no room.
+    pub(crate) fn overflow_full(&self, full: OverflowFull) -> Error {
+        Error::OverflowFull {
+            path: self.path().to_path_buf(),
+            needed: full.needed,
+            free: full.free,
         }
     }
 
@@ -255,10 +312,11 @@ impl Cache {
             let stored = match self.attempt_store(&mut guard, req, now, refuse, false, &mut copies)
             {
                 Ok(stored) => stored,
+                Err(Failed::Full(full)) => return Err(self.overflow_full(full)),
                 // The page was damaged and has been reset: once more on the fresh page.
-                Err(_) => self
+                Err(Failed::Reset(_)) => self
                     .attempt_store(&mut guard, req, now, refuse, false, &mut copies)
-                    .map_err(|c| self.corrupt(guard.page_index(), c))?,
+                    .map_err(|f| self.failed(guard.page_index(), f))?,
             };
             if let Some(outcome) = stored {
                 return Ok((guard, Some(outcome), copies));
@@ -269,7 +327,7 @@ impl Cache {
                 self.write_back_held(&mut guard, &copies)?;
                 let stored = self
                     .attempt_store(&mut guard, req, now, false, false, &mut copies)
-                    .map_err(|c| self.corrupt(guard.page_index(), c))?;
+                    .map_err(|f| self.failed(guard.page_index(), f))?;
                 return Ok((guard, stored, copies));
             }
             drop(guard);
@@ -300,12 +358,22 @@ impl Cache {
         seen: Option<&Seen>,
         now: u32,
     ) -> bool {
+        let at = guard.place();
         let found = guard
             .page()
             .peek(req.slot_hash, req.key, now)
             .ok()
             .flatten()
             .map(|e| (e.value.to_vec(), e.flags, e.expire_on));
+        // A large value is compared by its bytes, as the closure saw them.
+        let found = match found.map(|(v, f, x)| self.resolve(at, &v, f).map(|(v, f)| (v, f, x))) {
+            Some(Ok(found)) => Some(found),
+            Some(Err(_)) => {
+                guard.reset();
+                None
+            }
+            None => None,
+        };
         match (seen, found) {
             (Some(seen), Some((value, flags, expire_on))) => {
                 value == seen.value
@@ -337,7 +405,17 @@ impl Cache {
         refuse: bool,
         replacing_drops: bool,
         copies: &mut Vec<DirtyCopy>,
-    ) -> std::result::Result<Option<StoreOutcome>, Corrupt> {
+    ) -> std::result::Result<Option<StoreOutcome>, Failed> {
+        if self.goes_to_overflow(req) {
+            return self
+                .attempt_store_large(guard, req, now, (refuse, replacing_drops), copies)
+                .map_err(|e| match e {
+                    Ok(full) => Failed::Full(full),
+                    Err(c) => Failed::Reset(c),
+                });
+        }
+        let page = guard.page_index();
+        let at = guard.place();
         let slots = self.geometry().start_slots;
         let in_place = self.layout() == crate::store::Layout::Native;
         copies.clear();
@@ -349,9 +427,19 @@ impl Cache {
                 .page()
                 .store_dirty(req, now, slots, in_place, &mut dry);
             let marked = dry.would_write_in_place();
+            // A page that holds large values changes under the marker: the change frees the
+            // blocks of what it replaces or evicts (see `overflow.rs`).
+            let owns_blocks = self.inner.file.overflow_owned(page) != 0;
             plan = match looked {
-                Ok(None) if !copies.is_empty() => return Ok(None),
-                Ok(None) if !marked => Plan::Unmarked,
+                Ok(None) if !copies.is_empty() => {
+                    // Large values among them are read now, while their blocks are theirs.
+                    if let Err(c) = self.resolve_copies(at, copies) {
+                        guard.reset();
+                        return Err(Failed::Reset(c));
+                    }
+                    return Ok(None);
+                }
+                Ok(None) if !marked && !owns_blocks => Plan::Unmarked,
                 _ => Plan::Marked,
             };
         }
@@ -362,16 +450,22 @@ impl Cache {
             Dirty::collect(copies)
         };
         dirty.replacing_drops = replacing_drops;
-        let mut store = |p: &mut PageMut<'_>| p.store_dirty(req, now, slots, in_place, &mut dirty);
+        // Large values among the dirty entries copied out are read before the change ends and
+        // frees their blocks.
+        let mut store = |p: &mut PageMut<'_>| {
+            let stored = p.store_dirty(req, now, slots, in_place, &mut dirty)?;
+            self.resolve_copies(at, dirty.out)?;
+            Ok(stored)
+        };
         match plan {
             Plan::Unmarked => {
                 let stored = store(&mut guard.page());
                 if stored.is_err() {
                     guard.reset();
                 }
-                stored
+                stored.map_err(Failed::Reset)
             }
-            Plan::Marked => guard.change(store),
+            Plan::Marked => guard.change(store).map_err(Failed::Reset),
         }
     }
 
@@ -382,7 +476,19 @@ impl Cache {
     /// entry in it).
     pub(crate) fn mark_clean(&self, guard: &mut PageGuard<'_>, copies: &[DirtyCopy]) {
         for copy in copies {
-            if guard.page().mark_clean(copy).is_err() {
+            // A copy made from a request: the entry may hold its bytes as a large value.
+            let reference = match copy.reference {
+                None if self.inner.file.overflow().is_some() => self.reference_of(guard, copy),
+                _ => None,
+            };
+            let marked = match reference {
+                Some(reference) => guard.page().mark_clean(&DirtyCopy {
+                    reference: Some(reference),
+                    ..copy.clone()
+                }),
+                None => guard.page().mark_clean(copy),
+            };
+            if marked.is_err() {
                 guard.reset();
                 return;
             }
@@ -417,7 +523,7 @@ impl Cache {
                 continue;
             }
             let value =
-                super::compression::decompress(copy.value.clone(), copy.flags, self.page_size())
+                super::compression::decompress(copy.value.clone(), copy.flags, self.plain_limit())
                     .map_err(|e| self.decode_error(&copy.key, e))?;
             let expires_at = (copy.expire_on != 0).then(|| from_unix_secs(copy.expire_on));
             backing
@@ -468,6 +574,7 @@ impl Cache {
         let mut copies = Vec::new();
         let _write_back = self.write_back_lock(page)?;
         let mut guard = self.lock_for_change(page)?;
+        let at = guard.place();
         // Rounds 0..ROUNDS refuse; the last of them writes back holding the lock, so the one
         // after drops clean entries.
         for round in 0..=ROUNDS {
@@ -477,7 +584,13 @@ impl Cache {
             } else {
                 Dirty::collect(&mut copies)
             };
-            match guard.change(|p| p.evict_dirty(mode, now, slots, &mut dirty)) {
+            let changed = guard.change(|p| {
+                let dropped = p.evict_dirty(mode, now, slots, &mut dirty)?;
+                // Before the change ends and frees the blocks of the large values it drops.
+                self.resolve_copies(at, dirty.out)?;
+                Ok(dropped)
+            });
+            match changed {
                 Ok(Some(dropped)) => {
                     drop(guard);
                     self.write_back(&copies)?;
@@ -521,28 +634,40 @@ impl Cache {
                 if !std::ptr::eq(&*self.inner.file, file) {
                     continue 'files;
                 }
-                let _write_back = self.write_back_lock(page)?;
-                let mut guard = self.lock_for_change(page)?;
-                let found = guard.page().view().dirty_entries();
-                let copies = match found {
-                    Ok(copies) => copies,
-                    Err(_) => {
-                        guard.reset();
-                        continue;
-                    }
-                };
-                drop(guard);
-                if copies.is_empty() {
-                    continue;
-                }
-                self.write_back(&copies)?;
-                written += copies.len();
-                let mut guard = self.lock_for_change(page)?;
-                self.mark_clean(&mut guard, &copies);
+                written += self.flush_page(page, false)?;
             }
             return Ok(written);
         }
         Err(self.too_many_moves())
+    }
+
+    /// `flush` of one page (`only_large`: of its large values only). Returns how many entries
+    /// were written.
+    pub(crate) fn flush_page(&self, page: Loc, only_large: bool) -> Result<usize> {
+        let _write_back = self.write_back_lock(page)?;
+        let mut guard = self.lock_for_change(page)?;
+        let at = guard.place();
+        let found = guard.page().view().dirty_entries().and_then(|mut copies| {
+            if only_large {
+                copies.retain(|c| c.flags & FLAG_OVERFLOW != 0);
+            }
+            self.resolve_copies(at, &mut copies).map(|_| copies)
+        });
+        let copies = match found {
+            Ok(copies) => copies,
+            Err(_) => {
+                guard.reset();
+                return Ok(0);
+            }
+        };
+        drop(guard);
+        if copies.is_empty() {
+            return Ok(0);
+        }
+        self.write_back(&copies)?;
+        let mut guard = self.lock_for_change(page)?;
+        self.mark_clean(&mut guard, &copies);
+        Ok(copies.len())
     }
 
     /// Writes back every dirty entry and drops every entry (Perl's `empty`); with a backing
@@ -567,6 +692,7 @@ impl Cache {
         let now = self.now();
         let _write_back = self.write_back_lock(page)?;
         let mut guard = self.lock_for_change(page)?;
+        let at = guard.place();
         for _ in 0..ROUNDS {
             let found = guard
                 .page()
@@ -582,13 +708,19 @@ impl Cache {
                 }
             };
             if flags & crate::page::consts::FLAG_DIRTY != 0 && self.has_backing() {
-                let copy = DirtyCopy {
+                let mut copy = [DirtyCopy {
                     slot_hash,
                     key: key.to_vec(),
                     value,
                     expire_on,
                     flags,
-                };
+                    reference: None,
+                }];
+                if self.resolve_copies(at, &mut copy).is_err() {
+                    guard.reset();
+                    return Ok(false);
+                }
+                let [copy] = copy;
                 drop(guard);
                 self.write_back(std::slice::from_ref(&copy))?;
                 guard = self.lock_for_change(page)?;

@@ -18,10 +18,16 @@ use super::view::{PageMut, PageView, Probe};
 pub struct DirtyCopy {
     pub slot_hash: u32,
     pub key: Vec<u8>,
-    /// The stored value bytes (without any modseq prefix; compressed if its flags say so).
+    /// The stored value bytes (without any modseq prefix; compressed if its flags say so). As
+    /// the page layer copies a large value out, its overflow reference (`FLAG_OVERFLOW` in
+    /// `flags`); the cache layer then reads the value's bytes into it under the page lock,
+    /// before the blocks can be freed, and keeps the reference in `reference`.
     pub value: Vec<u8>,
     pub expire_on: u32,
     pub flags: u32,
+    /// For a large value whose bytes `value` holds: the overflow reference the page held, which
+    /// [`PageMut::mark_clean`] compares instead of the bytes.
+    pub reference: Option<Vec<u8>>,
 }
 
 impl DirtyCopy {
@@ -33,6 +39,7 @@ impl DirtyCopy {
             value: e.value.to_vec(),
             expire_on: e.expire_on,
             flags: e.flags,
+            reference: None,
         }
     }
 }
@@ -153,16 +160,19 @@ impl PageView<'_> {
 
 impl PageMut<'_> {
     /// Clears the dirty flag of `copy`'s key if its entry is still dirty with the same value
-    /// bytes (it has been written back). Returns whether it did. A single flag word changes:
-    /// no structural change.
+    /// bytes (it has been written back) — for a large value, the same overflow reference (new
+    /// bytes always get a new reference: its blocks and checksum). Returns whether it did. A
+    /// single flag word changes: no structural change.
     pub fn mark_clean(&mut self, copy: &DirtyCopy) -> Result<bool, Corrupt> {
         let hdr = self.checked_header()?;
         let Probe::Hit { loc, .. } = self.probe(&hdr, copy.slot_hash, &copy.key)? else {
             return Ok(false);
         };
+        let stored = copy.reference.as_deref().unwrap_or(&copy.value);
         let same = loc.flags & FLAG_DIRTY != 0
             && !loc.is_tombstone()
-            && loc.view(self.buf).value == copy.value.as_slice();
+            && (loc.flags & FLAG_OVERFLOW != 0) == copy.reference.is_some()
+            && loc.view(self.buf).value == stored;
         if same {
             super::header::put_u32(self.buf, loc.off + FLAGS_OFFSET, loc.flags & !FLAG_DIRTY)?;
         }

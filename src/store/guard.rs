@@ -101,6 +101,24 @@ impl ReadGuard<'_> {
 /// A page locked for a change; the page's bytes are reachable only through it.
 pub(crate) struct PageGuard<'a>(pub(super) Locked<'a>);
 
+/// The file and page a [`PageGuard`] holds: where the large values of its entries are read
+/// from while the guard lives (after a resize, the handle's current file may be another).
+#[derive(Clone, Copy)]
+pub(crate) struct Place<'a> {
+    pub(crate) file: &'a SharedFile,
+    pub(crate) page: u32,
+}
+
+impl<'a> PageGuard<'a> {
+    /// The file and page this guard holds.
+    pub(crate) fn place(&self) -> Place<'a> {
+        Place {
+            file: self.0.file,
+            page: self.0.page,
+        }
+    }
+}
+
 impl PageGuard<'_> {
     pub(crate) fn page_index(&self) -> u32 {
         self.0.page

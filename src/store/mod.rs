@@ -38,12 +38,13 @@ pub(crate) use file::{OpenRequest, OverflowRequest, effective_uid};
 pub(crate) use geometry::{
     DEFAULT_NUM_PAGES, DEFAULT_PAGE_SIZE, Geometry, MAX_NUM_PAGES, Requested,
 };
-pub(crate) use guard::PageGuard;
+pub(crate) use guard::{PageGuard, Place};
 pub(crate) use layout::KeyHash;
 #[cfg(test)]
 pub(crate) use layout::fastmmap_hash;
 pub use layout::{Layout, LockKind};
 pub(crate) use optimistic::{Access, Outcome as ReadOutcome};
+pub(crate) use overflow::{Full as OverflowFull, Reference as OverflowReference};
 pub(crate) use reader::{Reader, peek_locked, read_locked};
 pub(crate) use registry::open_shared;
 pub(crate) use resize::{Current, MAX_FOLLOWS, resize};

@@ -186,7 +186,7 @@ impl SharedFile {
 
     /// Blocks `page` owns, as its owned word counts them (0 without an area).
     #[inline]
-    pub(super) fn overflow_owned(&self, page: u32) -> u32 {
+    pub(crate) fn overflow_owned(&self, page: u32) -> u32 {
         match &self.overflow {
             Some(area) if page < self.geometry.num_pages => {
                 self.load_word(Self::owned_offset(area, page))
