@@ -17,8 +17,8 @@ use crate::page::consts::{
 };
 use crate::page::{Copied, Corrupt, EntryRef, NewEntry, StoreOutcome, check_page};
 use crate::store::{
-    Access, Current, Geometry, KeyHash, Layout, LockError, MAX_FOLLOWS, PageGuard, ReadOutcome,
-    Reader, SharedFile,
+    Access, Current, Geometry, KeyHash, Layout, LockError, MAX_FOLLOWS, PageGuard, ReadGuard,
+    ReadOutcome, Reader, SharedFile,
 };
 use crate::{Error, LockRole, Result};
 
@@ -344,9 +344,19 @@ impl Cache {
         if !self.inner.read_only {
             return Ok(self.lock_page_at(file, page)?.map(Reader::Write));
         }
+        Ok(self.shared_page_at(file, page)?.map(Reader::Shared))
+    }
+
+    /// Takes page `page` of `file` shared, for a read that changes nothing (`validate`, the
+    /// overflow check): `None` if a resize moved it, as [`lock_page_at`](Self::lock_page_at).
+    pub(crate) fn shared_page_at<'s>(
+        &'s self,
+        file: &'s SharedFile,
+        page: u32,
+    ) -> Result<Option<ReadGuard<'s>>> {
         let timeout = self.inner.lock_timeout;
         match file.lock_shared(page, timeout) {
-            Ok(guard) => Ok(Some(Reader::Shared(guard))),
+            Ok(guard) => Ok(Some(guard)),
             Err(LockError::Moved) => {
                 self.follow(file)?;
                 Ok(None)
@@ -613,14 +623,8 @@ impl Cache {
             let mut problems = Vec::new();
             for page in 0..g.num_pages {
                 // A shared lock: validating reads the page and changes nothing.
-                let timeout = self.inner.lock_timeout;
-                let guard = match file.lock_shared(page, timeout) {
-                    Ok(guard) => guard,
-                    Err(LockError::Moved) => {
-                        self.follow(file)?;
-                        continue 'files;
-                    }
-                    Err(e) => return Err(file.lock_error(e, LockRole::Page, page, timeout)),
+                let Some(guard) = self.shared_page_at(file, page)? else {
+                    continue 'files;
                 };
                 let problem = match guard.as_is() {
                     (_, Some(p)) => Some(p),

@@ -8,9 +8,9 @@ use super::handle::{Cache, Loc, PageProblem};
 use crate::page::consts::{FLAG_DIRTY, FLAG_OVERFLOW, OVERFLOW_REF_SIZE, is_expired};
 use crate::page::{Corrupt, Dirty, DirtyCopy, NewEntry, PageView, StoreOutcome};
 use crate::store::{
-    LockError, MAX_FOLLOWS, OverflowFull, OverflowReference, PageGuard, Place, Reader, SharedFile,
+    MAX_FOLLOWS, OverflowFull, OverflowReference, PageGuard, Place, Reader, SharedFile,
 };
-use crate::{Error, LockRole, Result};
+use crate::{Error, Result};
 use xxhash_rust::xxh3::xxh3_64;
 
 /// A large value that may be evicted to make room in the overflow area.
@@ -337,14 +337,8 @@ impl Cache {
             let mut unreferenced = 0u64;
             for page in 0..file.geometry().num_pages {
                 // A shared lock, as `validate` takes: checking changes nothing.
-                let timeout = self.inner.lock_timeout;
-                let guard = match file.lock_shared(page, timeout) {
-                    Ok(guard) => guard,
-                    Err(LockError::Moved) => {
-                        self.follow(file)?;
-                        continue 'files;
-                    }
-                    Err(e) => return Err(file.lock_error(e, LockRole::Page, page, timeout)),
+                let Some(guard) = self.shared_page_at(file, page)? else {
+                    continue 'files;
                 };
                 match Reader::Shared(guard).overflow_unreferenced() {
                     Ok(n) => unreferenced += u64::from(n),

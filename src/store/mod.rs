@@ -38,7 +38,7 @@ pub(crate) use file::{OpenRequest, OverflowRequest, effective_uid};
 pub(crate) use geometry::{
     DEFAULT_NUM_PAGES, DEFAULT_PAGE_SIZE, Geometry, MAX_NUM_PAGES, Requested,
 };
-pub(crate) use guard::{PageGuard, Place};
+pub(crate) use guard::{PageGuard, Place, ReadGuard};
 pub(crate) use layout::KeyHash;
 #[cfg(test)]
 pub(crate) use layout::fastmmap_hash;
