@@ -61,6 +61,71 @@ impl Backing for Dir {
     }
 }
 
+/// SQLite (rusqlite) as a backing store shared by forked processes: a connection is opened
+/// lazily in each process (one must not cross a fork), as in `tests/backing_sqlite.rs`.
+#[derive(Clone)]
+struct Sql {
+    path: PathBuf,
+    conn: Arc<std::sync::Mutex<Option<(u32, rusqlite::Connection)>>>,
+}
+
+impl Sql {
+    fn new(path: &Path) -> Sql {
+        let conn = rusqlite::Connection::open(path).expect("open the database");
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE kv (k BLOB PRIMARY KEY, v BLOB NOT NULL);",
+        )
+        .expect("create the table");
+        Sql {
+            path: path.to_path_buf(),
+            conn: Arc::new(std::sync::Mutex::new(None)),
+        }
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, BackingError> {
+        let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = std::process::id();
+        if slot.as_ref().is_none_or(|(owner, _)| *owner != pid) {
+            // A connection inherited through fork is the parent's: forget it, never use it.
+            if let Some((_, inherited)) = slot.take() {
+                std::mem::forget(inherited);
+            }
+            let conn = rusqlite::Connection::open(&self.path)?;
+            conn.busy_timeout(Duration::from_secs(60))?;
+            *slot = Some((pid, conn));
+        }
+        Ok(f(&slot.as_ref().expect("opened").1)?)
+    }
+}
+
+impl Backing for Sql {
+    fn load(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackingError> {
+        use rusqlite::OptionalExtension;
+        self.with(|c| {
+            c.query_row("SELECT v FROM kv WHERE k = ?1", [key], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    fn store(&self, key: &[u8], value: &[u8], _: Option<SystemTime>) -> Result<(), BackingError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO kv (k, v) VALUES (?1, ?2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                [key, value],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn delete(&self, key: &[u8]) -> Result<(), BackingError> {
+        self.with(|c| c.execute("DELETE FROM kv WHERE k = ?1", [key]))?;
+        Ok(())
+    }
+}
+
 fn open(kind: Kind, path: &Path, pages: u32, store: impl Backing + 'static) -> Cache {
     kind.builder()
         .path(path)
@@ -110,13 +175,15 @@ fn writer(cache: &Cache, w: usize, stop: &Path, ready: &Pipe, out: &Pipe) -> Chi
 /// Forked writers keep setting while the cache is shrunk below what it holds, grown and shrunk
 /// again: no resize drops a dirty entry, and after `flush` the store holds every key's last
 /// acknowledged value.
-fn shrink_under_forked_writers(kind: Kind) {
+fn shrink_under_forked_writers<B: Backing + Clone + 'static>(
+    kind: Kind,
+    make: impl Fn(&Path) -> B,
+) {
     let _s = serial();
     let dir = temp_dir();
     let path = dir.path().join("cache");
     let stop = dir.path().join("stop");
-    let store = Dir(dir.path().join("store"));
-    std::fs::create_dir(&store.0).expect("store dir");
+    let store = make(dir.path());
     let cache = open(kind, &path, BIG, store.clone());
     // Fill the big file with dirty entries that the small one cannot hold.
     for i in 0..600 {
@@ -187,14 +254,26 @@ fn shrink_under_forked_writers(kind: Kind) {
     );
 }
 
+fn dir_store(dir: &Path) -> Dir {
+    let store = Dir(dir.join("store"));
+    std::fs::create_dir(&store.0).expect("store dir");
+    store
+}
+
 #[test]
 fn shrinking_under_forked_writers_writes_back_what_does_not_fit_fcntl() {
-    shrink_under_forked_writers(NATIVE);
+    shrink_under_forked_writers(NATIVE, dir_store);
 }
 
 #[test]
 fn shrinking_under_forked_writers_writes_back_what_does_not_fit_robust() {
-    shrink_under_forked_writers(ROBUST);
+    shrink_under_forked_writers(ROBUST, dir_store);
+}
+
+/// The same over a real database: SQLite, shared by the forked writers.
+#[test]
+fn shrinking_a_write_back_cache_over_sqlite_under_forked_writers_loses_nothing() {
+    shrink_under_forked_writers(NATIVE, |dir| Sql::new(&dir.join("db.sqlite")));
 }
 
 /// An in-memory store that fails every write while `fail` is set.
@@ -307,4 +386,37 @@ fn without_a_backing_store_dirty_entries_are_dropped_and_counted() {
         plain.stats().expect("stats").dirty_lost,
         report.dirty_dropped
     );
+}
+
+/// A page size shrink, with no overflow area: dirty values a new page cannot hold at all are
+/// written back with their whole bytes, and the store has them after the move.
+#[test]
+fn dirty_values_too_large_for_the_new_pages_are_written_back_whole() {
+    let _s = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("cache");
+    let store = Flaky::default();
+    let cache = NATIVE
+        .builder()
+        .path(&path)
+        .num_pages(SMALL)
+        .page_size(4 * PAGE)
+        .overflow_size(0)
+        .backing(store.clone())
+        .write_mode(WriteMode::Back)
+        .open()
+        .expect("open");
+    let keys: Vec<Vec<u8>> = (0..6).map(|i| format!("big-{i}").into_bytes()).collect();
+    for k in &keys {
+        cache.set(k, &make_value(k, 3, 6000)).expect("set");
+    }
+    let report = cache.resize(SMALL, PAGE).expect("resize");
+    assert_eq!(report.dirty_dropped, 0, "{report:?}");
+    assert_eq!(report.written_back, keys.len() as u64, "{report:?}");
+    let map = store.map.lock().unwrap();
+    for k in &keys {
+        let v = map.get(k).expect("written back by the resize");
+        assert_eq!(v.len(), 6000);
+        assert_eq!(check_value(k, v), Ok(3));
+    }
 }
