@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::handle::Cache;
+use crate::page::DirtyCopy;
 use crate::store::{self, Geometry, MAX_FOLLOWS, SharedFile};
 use crate::{Error, Result};
 
@@ -24,10 +25,15 @@ pub struct ResizeReport {
     /// Live entries that did not fit their new page (evicted by its policy, or larger than a
     /// new page holds).
     pub dropped: u64,
-    /// Dirty (write-back) entries among `dropped`: they were not in the backing store, and are
-    /// lost. Also counted in [`Stats::dirty_lost`](crate::Stats::dirty_lost) of the resizing
-    /// process. Flush first ([`Cache::flush`]) to have none.
+    /// Dirty (write-back) entries among `dropped` that are lost: only on a handle without a
+    /// backing store (it has nowhere to write them), or whose large value was found damaged.
+    /// Also counted in [`Stats::dirty_lost`](crate::Stats::dirty_lost) of the resizing
+    /// process. Resize through a handle with the backing store, or flush first
+    /// ([`Cache::flush`]), to have none.
     pub dirty_dropped: u64,
+    /// Dirty entries among `dropped` that a handle with a backing store wrote to it before the
+    /// move was published: in the store, not lost.
+    pub written_back: u64,
     /// Pages found damaged (a process died changing them), whose entries were not copied.
     pub damaged_pages: u64,
 }
@@ -39,7 +45,8 @@ impl Cache {
     ///
     /// Every live entry that fits keeps its value, expiry, flags (the dirty flag too), modseq
     /// and access time; when shrinking, what does not fit is evicted by the new page's policy
-    /// and counted in the report. A file with an overflow area keeps one of the same size and
+    /// and counted in the report; on a handle with a [`backing`](crate::CacheBuilder::backing)
+    /// store, the dirty entries among them are written to it first (see below). A file with an overflow area keeps one of the same size and
     /// [`max_value_size`](Self::max_value_size): each large value is read and checked from
     /// the old area and written to the new one, or stored in its page if the new page size
     /// holds it (and a value a smaller page no longer holds goes to the area; with no room
@@ -53,11 +60,22 @@ impl Cache {
     /// live cache", for measured times). Each lock is waited for at most the handle's
     /// [`lock_timeout`](crate::CacheBuilder::lock_timeout), or [`DEFAULT_RESIZE_LOCK_WAIT`].
     ///
+    /// # Dirty entries that do not fit
+    /// On a handle with a backing store, the dirty entries that do not fit the new file are
+    /// written to the store after the new file is built and before any user is moved to it,
+    /// while the resize still holds every lock of the old file (so every user waits for those
+    /// calls too, each at most its `lock_timeout`; the store's callback cannot use this cache:
+    /// [`Error::Reentrant`]). If the store fails, the resize is rolled back: the error is
+    /// returned, the old file stays in use with those entries still in it and still dirty,
+    /// and the new file is removed; written ones are in the store, which is harmless. Without
+    /// a backing store they are dropped and counted in [`ResizeReport::dirty_dropped`].
+    ///
     /// # Errors
     /// [`Error::ResizeInProgress`] if another thread or process is resizing the file;
     /// [`Error::Resize`] for a Cache::FastMmap-layout file; [`Error::InvalidOptions`] for a
     /// geometry the crate cannot use; [`Error::ReadOnly`]; lock timeouts, I/O errors
-    /// ([`Error::NoSpace`]). A failed resize leaves the cache as it was.
+    /// ([`Error::NoSpace`]); [`Error::Backing`] from the backing store (rolled back, see above).
+    /// A failed resize leaves the cache as it was.
     pub fn resize(&self, num_pages: u32, page_size: u32) -> Result<ResizeReport> {
         if self.inner.read_only {
             return Err(Error::ReadOnly {
@@ -73,7 +91,10 @@ impl Cache {
                 page_size,
                 start_slots: old.start_slots,
             };
-            match store::resize(file, to, self.now(), wait) {
+            let mut write_back = |copies: &[DirtyCopy]| self.write_back(copies);
+            let write_back: Option<store::WriteBack<'_>> =
+                self.has_backing().then_some(&mut write_back);
+            match store::resize(file, to, self.now(), wait, write_back) {
                 Ok(moved) => {
                     self.follow(file)?;
                     return Ok(ResizeReport {
@@ -82,6 +103,7 @@ impl Cache {
                         copied: moved.copied,
                         dropped: moved.dropped,
                         dirty_dropped: moved.dirty_dropped,
+                        written_back: moved.written_back,
                         damaged_pages: moved.damaged_pages,
                     });
                 }

@@ -52,7 +52,7 @@ use super::registry::{Entry, lock_registry, open_registered};
 use super::shared::SharedFile;
 use super::{OpenRequest, OverflowRequest, Requested};
 use crate::page::consts::{FLAG_DIRTY, FLAG_OVERFLOW, is_expired, max_entry_size};
-use crate::page::{Dirty, NewEntry, PageView, StoreOutcome};
+use crate::page::{Dirty, DirtyCopy, NewEntry, PageView, StoreOutcome};
 use crate::{Error, Result};
 
 /// Most moves one operation follows before it gives up (each is a whole resize finished while
@@ -67,8 +67,11 @@ pub(crate) struct Moved {
     /// Entries that did not fit their new page (evicted by its policy, or larger than a new
     /// page can hold).
     pub dropped: u64,
-    /// Dirty (write-back) entries among `dropped`: not in the backing store, lost.
+    /// Dirty (write-back) entries among `dropped` that no backing store took: lost.
     pub dirty_dropped: u64,
+    /// Dirty entries among `dropped` handed to the caller's write-back (in the backing store
+    /// before the move was published).
+    pub written_back: u64,
     /// Old pages found damaged (a process died changing them), whose entries were not copied.
     pub damaged_pages: u64,
 }
@@ -337,6 +340,21 @@ struct Moving {
     protected: bool,
 }
 
+impl Moving {
+    /// A copy of this entry to write back: its value's bytes as stored (compressed if its flags
+    /// say), never an overflow reference.
+    fn dirty_copy(&self) -> DirtyCopy {
+        DirtyCopy {
+            slot_hash: self.slot_hash,
+            key: self.key.clone(),
+            value: self.value.clone(),
+            expire_on: self.expire_on,
+            flags: self.flags & !FLAG_OVERFLOW,
+            reference: None,
+        }
+    }
+}
+
 /// The bytes whose hash chose `page` (of `num_pages`) for an entry: its key, or for
 /// Cache::FastMmap's page-key form (`multi_set`) the page key before a `-`. `None`: the key
 /// does not belong there (damaged bytes).
@@ -485,10 +503,31 @@ fn lock_owner(fd: i32, (start, len): (u64, u64)) -> Option<i32> {
     (rc == 0 && fl.l_type != libc::F_UNLCK as libc::c_short).then_some(fl.l_pid)
 }
 
+/// Writes dirty entries a resize could not place to a backing store (see [`resize`]).
+pub(crate) type WriteBack<'w> = &'w mut dyn FnMut(&[DirtyCopy]) -> Result<()>;
+
 /// Moves every entry of `old` to a new file of geometry `to` and publishes it at `old`'s path.
 /// `now` is the time of the cache's clock (expired entries are not copied); each lock is
 /// waited for at most `wait`.
-pub(crate) fn resize(old: &SharedFile, to: Geometry, now: u32, wait: Duration) -> Result<Moved> {
+///
+/// With `write_back`, the dirty entries that do not fit the new file (evicted by a new page's
+/// policy, too large for it, or with no room in the new overflow area) are copied out with
+/// their bytes (a large value's read from the old area, compressed as stored) and handed to it
+/// once, after the new file is built and *before* anything is marked moved, while every
+/// write-back lock and every page lock of the old file is still held (the exception to the
+/// rule that no store is called under a page lock, as in write-back's last round: the store
+/// must have them before the old file, their only other home, stops being used, and nobody
+/// else may change or write back the old file meanwhile). If it fails, the resize rolls back:
+/// nothing is marked, the successor is removed, and the old file stays in use with every entry
+/// dirty as it was. Without `write_back` they are dropped and counted in `dirty_dropped` (and
+/// the new file's `dirty_lost`).
+pub(crate) fn resize(
+    old: &SharedFile,
+    to: Geometry,
+    now: u32,
+    wait: Duration,
+    write_back: Option<WriteBack<'_>>,
+) -> Result<Moved> {
     if old.layout != Layout::Native {
         return Err(old.resize_error(
             "only native files can be resized (the Cache::FastMmap layout has no header to \
@@ -568,6 +607,8 @@ pub(crate) fn resize(old: &SharedFile, to: Geometry, now: u32, wait: Duration) -
     let deadline = Instant::now() + wait;
     let all = lock_all(old, deadline)?;
     let mut moved = Moved::default();
+    // Dirty entries that do not fit, copied out for `write_back`.
+    let mut unplaced: Vec<DirtyCopy> = Vec::new();
     let mut buckets: Vec<Vec<Moving>> = (0..to.num_pages).map(|_| Vec::new()).collect();
     let g = old.geometry;
     for page in 0..g.num_pages {
@@ -685,14 +726,34 @@ pub(crate) fn resize(old: &SharedFile, to: Geometry, now: u32, wait: Duration) -
                 Ok(stored)
             });
             if !matches!(stored, Ok(Some(StoreOutcome::Stored))) && m.flags & FLAG_DIRTY != 0 {
-                moved.dirty_dropped += 1;
+                unplaced.push(m.dirty_copy());
             }
         }
-        moved.dirty_dropped += lost.len() as u64;
+        // The entries the page's policy evicted, copied from what was moved (their bytes, not
+        // a reference into the new area).
+        for copy in &lost {
+            if let Some(m) = bucket
+                .iter()
+                .find(|m| m.key == copy.key && m.flags & FLAG_DIRTY != 0)
+            {
+                unplaced.push(m.dirty_copy());
+            }
+        }
         let mut kept = 0u64;
         let _ = guard.page().view().for_each_entry(|_| kept += 1);
         moved.copied += kept;
         moved.dropped += (bucket.len() as u64).saturating_sub(kept);
+    }
+    if !unplaced.is_empty() {
+        match write_back {
+            // On an error `all`, then `building` (which removes the successor), are dropped
+            // before anything is marked: the old file stays the one in use.
+            Some(write_back) => {
+                write_back(&unplaced)?;
+                moved.written_back += unplaced.len() as u64;
+            }
+            None => moved.dirty_dropped += unplaced.len() as u64,
+        }
     }
     if moved.dirty_dropped > 0 {
         new.dirty_lost
@@ -705,6 +766,9 @@ pub(crate) fn resize(old: &SharedFile, to: Geometry, now: u32, wait: Duration) -
         }
     }
     old.set_resize_word(header::STATE_OFFSET, u64::from(header::STATE_MOVED));
+    // This process follows to the file just built (the registry keeps only weak references:
+    // without this, `new`, and its count of lost dirty entries, would be dropped on return).
+    *old.successor.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&new));
     let renamed = std::fs::rename(&temp, &old.path);
     let mut building = building;
     building.published = true;

@@ -1,0 +1,422 @@
+//! Resizing a write-back cache over a backing store (issue 23): a dirty entry that does not fit
+//! the new file is written to the store before the move is published, never dropped; a store
+//! that fails during a resize rolls it back with nothing lost; a handle without a backing
+//! store still drops and counts them.
+//!
+//! Every test takes `common::serial()` first: forking while another test thread of this binary
+//! is inside the cache would hand the child a locked mutex.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use fastmmap::{Backing, BackingError, Cache, Error, WriteMode};
+
+const PAGE: u32 = 4096;
+const BIG: u32 = 64;
+const SMALL: u32 = 8;
+
+/// A backing store shared by forked processes: one file per key (hex name) in a directory,
+/// each written to a temporary name and renamed into place.
+#[derive(Clone)]
+struct Dir(PathBuf);
+
+impl Dir {
+    fn file(&self, key: &[u8]) -> PathBuf {
+        let name: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        self.0.join(name)
+    }
+}
+
+impl Backing for Dir {
+    fn load(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackingError> {
+        match std::fs::read(self.file(key)) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn store(&self, key: &[u8], value: &[u8], _: Option<SystemTime>) -> Result<(), BackingError> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let temp = self.0.join(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&temp, value)?;
+        std::fs::rename(&temp, self.file(key))?;
+        Ok(())
+    }
+
+    fn delete(&self, key: &[u8]) -> Result<(), BackingError> {
+        match std::fs::remove_file(self.file(key)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// SQLite (rusqlite) as a backing store shared by forked processes: a connection is opened
+/// lazily in each process (one must not cross a fork), as in `tests/backing_sqlite.rs`.
+#[derive(Clone)]
+struct Sql {
+    path: PathBuf,
+    conn: Arc<std::sync::Mutex<Option<(u32, rusqlite::Connection)>>>,
+}
+
+impl Sql {
+    fn new(path: &Path) -> Sql {
+        let conn = rusqlite::Connection::open(path).expect("open the database");
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE kv (k BLOB PRIMARY KEY, v BLOB NOT NULL);",
+        )
+        .expect("create the table");
+        Sql {
+            path: path.to_path_buf(),
+            conn: Arc::new(std::sync::Mutex::new(None)),
+        }
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, BackingError> {
+        let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = std::process::id();
+        if slot.as_ref().is_none_or(|(owner, _)| *owner != pid) {
+            // A connection inherited through fork is the parent's: forget it, never use it.
+            if let Some((_, inherited)) = slot.take() {
+                std::mem::forget(inherited);
+            }
+            let conn = rusqlite::Connection::open(&self.path)?;
+            conn.busy_timeout(Duration::from_secs(60))?;
+            *slot = Some((pid, conn));
+        }
+        Ok(f(&slot.as_ref().expect("opened").1)?)
+    }
+}
+
+impl Backing for Sql {
+    fn load(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackingError> {
+        use rusqlite::OptionalExtension;
+        self.with(|c| {
+            c.query_row("SELECT v FROM kv WHERE k = ?1", [key], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    fn store(&self, key: &[u8], value: &[u8], _: Option<SystemTime>) -> Result<(), BackingError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO kv (k, v) VALUES (?1, ?2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                [key, value],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn delete(&self, key: &[u8]) -> Result<(), BackingError> {
+        self.with(|c| c.execute("DELETE FROM kv WHERE k = ?1", [key]))?;
+        Ok(())
+    }
+}
+
+fn open(kind: Kind, path: &Path, pages: u32, store: impl Backing + 'static) -> Cache {
+    kind.builder()
+        .path(path)
+        .num_pages(pages)
+        .page_size(PAGE)
+        .backing(store)
+        .write_mode(WriteMode::Back)
+        .open()
+        .expect("open")
+}
+
+const WORKERS: usize = 3;
+const KEYS: usize = 120;
+
+fn wkey(w: usize, i: usize) -> Vec<u8> {
+    format!("w{w}-k{i:03}").into_bytes()
+}
+
+/// A forked writer: sets its own keys (self-checking values with a rising sequence) until
+/// `stop` exists, at most a minute; sends, per key, the sequence of its last acknowledged set
+/// (0: none), after a first word saying whether it ran without error.
+fn writer(cache: &Cache, w: usize, stop: &Path, ready: &Pipe, out: &Pipe) -> ChildResult {
+    let mut last = vec![0u64; KEYS];
+    let mut rng = Rng::new(w as u64 * 31 + 7);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    ready.release(1);
+    let mut result = Ok(());
+    let mut n = 0u64;
+    while n < 200 || (!stop.exists() && Instant::now() < deadline) {
+        let i = rng.below(KEYS as u64) as usize;
+        let k = wkey(w, i);
+        let seq = last[i] + 1;
+        if let Err(e) = cache.set(&k, &make_value(&k, seq, rng.range(60, 300))) {
+            result = Err(format!("set {:?}: {e}", String::from_utf8_lossy(&k)));
+            break;
+        }
+        last[i] = seq;
+        n += 1;
+    }
+    out.send_u64(u64::from(result.is_ok()));
+    for s in &last {
+        out.send_u64(*s);
+    }
+    result
+}
+
+/// Forked writers keep setting while the cache is shrunk below what it holds, grown and shrunk
+/// again: no resize drops a dirty entry, and after `flush` the store holds every key's last
+/// acknowledged value.
+fn shrink_under_forked_writers<B: Backing + Clone + 'static>(
+    kind: Kind,
+    make: impl Fn(&Path) -> B,
+) {
+    let _s = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("cache");
+    let stop = dir.path().join("stop");
+    let store = make(dir.path());
+    let cache = open(kind, &path, BIG, store.clone());
+    // Fill the big file with dirty entries that the small one cannot hold.
+    for i in 0..600 {
+        let k = format!("pre-{i}").into_bytes();
+        cache.set(&k, &make_value(&k, 1, 200)).expect("set");
+    }
+    let ready = Pipe::new();
+    let outs: Vec<Pipe> = (0..WORKERS).map(|_| Pipe::new()).collect();
+    let mut children = Children::new();
+    for (w, out) in outs.iter().enumerate() {
+        let (cache, stop, ready) = (cache.clone(), stop.clone(), &ready);
+        children.spawn(move || writer(&cache, w, &stop, ready, out));
+    }
+    for _ in 0..WORKERS {
+        ready.wait();
+    }
+    let mut written_back = 0;
+    for pages in [SMALL, BIG, SMALL, BIG, SMALL] {
+        std::thread::sleep(Duration::from_millis(100));
+        let report = cache.resize(pages, PAGE).expect("resize under load");
+        assert_eq!(report.dirty_dropped, 0, "{report:?}");
+        written_back += report.written_back;
+    }
+    std::fs::write(&stop, b"").expect("stop file");
+    let mut last = Vec::new();
+    for out in &outs {
+        let ok = out.recv_u64() == 1;
+        let seqs: Vec<u64> = (0..KEYS).map(|_| out.recv_u64()).collect();
+        assert!(ok, "a writer failed (its error is above)");
+        last.push(seqs);
+    }
+    children.wait_all_ok();
+    assert!(
+        written_back > 0,
+        "the first shrink had dirty entries to write back"
+    );
+    assert_eq!(cache.stats().expect("stats").dirty_lost, 0);
+    cache.flush().expect("flush");
+    for i in 0..600 {
+        let k = format!("pre-{i}").into_bytes();
+        let v = store.load(&k).expect("load").expect("in the store");
+        assert_eq!(check_value(&k, &v), Ok(1));
+    }
+    let mut checked = 0;
+    for (w, seqs) in last.iter().enumerate() {
+        for (i, &seq) in seqs.iter().enumerate() {
+            if seq == 0 {
+                continue;
+            }
+            let k = wkey(w, i);
+            let v = store.load(&k).expect("load").unwrap_or_else(|| {
+                panic!(
+                    "{:?} acknowledged, not in the store",
+                    String::from_utf8_lossy(&k)
+                )
+            });
+            assert_eq!(
+                check_value(&k, &v),
+                Ok(seq),
+                "{:?}: the store has another write than the last acknowledged one",
+                String::from_utf8_lossy(&k)
+            );
+            checked += 1;
+        }
+    }
+    eprintln!(
+        "{kind:?}: {written_back} dirty entries written back by resizes; {checked} keys checked"
+    );
+}
+
+fn dir_store(dir: &Path) -> Dir {
+    let store = Dir(dir.join("store"));
+    std::fs::create_dir(&store.0).expect("store dir");
+    store
+}
+
+#[test]
+fn shrinking_under_forked_writers_writes_back_what_does_not_fit_fcntl() {
+    shrink_under_forked_writers(NATIVE, dir_store);
+}
+
+#[test]
+fn shrinking_under_forked_writers_writes_back_what_does_not_fit_robust() {
+    shrink_under_forked_writers(ROBUST, dir_store);
+}
+
+/// The same over a real database: SQLite, shared by the forked writers.
+#[test]
+fn shrinking_a_write_back_cache_over_sqlite_under_forked_writers_loses_nothing() {
+    shrink_under_forked_writers(NATIVE, |dir| Sql::new(&dir.join("db.sqlite")));
+}
+
+/// An in-memory store that fails every write while `fail` is set.
+#[derive(Clone, Default)]
+struct Flaky {
+    fail: Arc<AtomicBool>,
+    map: Arc<std::sync::Mutex<std::collections::BTreeMap<Vec<u8>, Vec<u8>>>>,
+}
+
+impl Backing for Flaky {
+    fn load(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackingError> {
+        Ok(self.map.lock().unwrap().get(key).cloned())
+    }
+    fn store(&self, key: &[u8], value: &[u8], _: Option<SystemTime>) -> Result<(), BackingError> {
+        if self.fail.load(Ordering::Relaxed) {
+            return Err("the store is down".into());
+        }
+        self.map
+            .lock()
+            .unwrap()
+            .insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+    fn delete(&self, key: &[u8]) -> Result<(), BackingError> {
+        self.map.lock().unwrap().remove(key);
+        Ok(())
+    }
+}
+
+/// A store that fails during a shrink: the resize is rolled back (the old file stays in use,
+/// every entry still dirty, no successor left behind); once the store is back, the same
+/// shrink writes them back and loses nothing.
+#[test]
+fn a_failing_store_during_a_resize_loses_nothing() {
+    let _s = serial();
+    for kind in [NATIVE, ROBUST] {
+        let dir = temp_dir();
+        let path = dir.path().join("cache");
+        let store = Flaky::default();
+        let cache = open(kind, &path, BIG, store.clone());
+        let keys: Vec<Vec<u8>> = (0..300).map(|i| format!("k{i}").into_bytes()).collect();
+        for k in &keys {
+            cache.set(k, &make_value(k, 1, 200)).expect("set");
+        }
+        assert!(
+            store.map.lock().unwrap().is_empty(),
+            "all fit: nothing written yet"
+        );
+        store.fail.store(true, Ordering::Relaxed);
+        match cache.resize(SMALL, PAGE) {
+            Err(Error::Backing { op: "store", .. }) => {}
+            other => panic!("a failing store should fail the resize: {other:?}"),
+        }
+        assert_eq!(
+            cache.num_pages(),
+            BIG,
+            "rolled back: the old file is in use"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("read dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.to_string_lossy().contains(".resize-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        let other = open(kind, &path, BIG, store.clone());
+        assert_eq!(other.num_pages(), BIG);
+        for k in &keys {
+            let e = other.entry(k).expect("entry").expect("still cached");
+            assert!(e.flags.is_dirty(), "still dirty");
+            assert_eq!(check_value(k, &e.value), Ok(1));
+        }
+        store.fail.store(false, Ordering::Relaxed);
+        let report = cache.resize(SMALL, PAGE).expect("resize");
+        assert_eq!(report.dirty_dropped, 0, "{report:?}");
+        assert!(report.written_back > 0, "{report:?}");
+        assert_eq!(report.written_back, report.dropped, "{report:?}");
+        assert_eq!(other.num_pages(), SMALL, "the other handle follows");
+        cache.flush().expect("flush");
+        let map = store.map.lock().unwrap();
+        for k in &keys {
+            let v = map.get(k).expect("in the store");
+            assert_eq!(check_value(k, v), Ok(1));
+        }
+        assert_eq!(cache.stats().expect("stats").dirty_lost, 0);
+    }
+}
+
+/// A handle without a backing store has nowhere to write dirty entries that do not fit: it
+/// drops and counts them, as before.
+#[test]
+fn without_a_backing_store_dirty_entries_are_dropped_and_counted() {
+    let _s = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("cache");
+    let store = Flaky::default();
+    let backed = open(NATIVE, &path, BIG, store);
+    for i in 0..600 {
+        let k = format!("k{i}").into_bytes();
+        backed.set(&k, &make_value(&k, 1, 200)).expect("set");
+    }
+    let plain = NATIVE
+        .builder()
+        .path(&path)
+        .open()
+        .expect("open without a backing store");
+    let report = plain.resize(SMALL, PAGE).expect("resize");
+    assert!(report.dirty_dropped > 0, "{report:?}");
+    assert_eq!(report.written_back, 0, "{report:?}");
+    assert_eq!(
+        plain.stats().expect("stats").dirty_lost,
+        report.dirty_dropped
+    );
+}
+
+/// A page size shrink, with no overflow area: dirty values a new page cannot hold at all are
+/// written back with their whole bytes, and the store has them after the move.
+#[test]
+fn dirty_values_too_large_for_the_new_pages_are_written_back_whole() {
+    let _s = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("cache");
+    let store = Flaky::default();
+    let cache = NATIVE
+        .builder()
+        .path(&path)
+        .num_pages(SMALL)
+        .page_size(4 * PAGE)
+        .overflow_size(0)
+        .backing(store.clone())
+        .write_mode(WriteMode::Back)
+        .open()
+        .expect("open");
+    let keys: Vec<Vec<u8>> = (0..6).map(|i| format!("big-{i}").into_bytes()).collect();
+    for k in &keys {
+        cache.set(k, &make_value(k, 3, 6000)).expect("set");
+    }
+    let report = cache.resize(SMALL, PAGE).expect("resize");
+    assert_eq!(report.dirty_dropped, 0, "{report:?}");
+    assert_eq!(report.written_back, keys.len() as u64, "{report:?}");
+    let map = store.map.lock().unwrap();
+    for k in &keys {
+        let v = map.get(k).expect("written back by the resize");
+        assert_eq!(v.len(), 6000);
+        assert_eq!(check_value(k, v), Ok(3));
+    }
+}
