@@ -242,7 +242,20 @@ fn iter_keys_purge_clear_stats() {
 
 #[test]
 fn too_large_is_refused_and_old_value_kept() {
-    each_layout(|cache| {
+    // Without an overflow area (the FastMmap layout, or a native file asked for none) an
+    // entry larger than a page is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let no_area = Cache::builder()
+        .path(dir.path().join("api.cache"))
+        .num_pages(7)
+        .page_size(8192)
+        .overflow_size(0)
+        .clock(clock())
+        .open()
+        .unwrap();
+    assert_eq!(no_area.max_value_size(), 0);
+    let dir = tempfile::tempdir().unwrap();
+    for cache in [no_area, open(&dir, Layout::FastMmap)] {
         cache.set(b"k", b"old").unwrap();
         let max = cache.max_entry_size();
         let huge = vec![0u8; max];
@@ -277,7 +290,50 @@ fn too_large_is_refused_and_old_value_kept() {
         let fits = vec![1u8; max - 24 - 1];
         assert!(cache.set(b"k", &fits).unwrap());
         assert_eq!(cache.get(b"k").unwrap(), Some(fits));
-    });
+    }
+}
+
+/// A native file has an overflow area by default: a value larger than a page is stored, and
+/// one byte more than `max_value_size` is refused with the old value kept.
+#[test]
+fn values_over_max_value_size_are_refused_and_old_value_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(&dir, Layout::Native);
+    let max = cache.max_value_size();
+    assert!(
+        max > cache.max_entry_size(),
+        "the default area takes more than a page"
+    );
+    cache.set(b"k", b"old").unwrap();
+    let huge = vec![0u8; max + 1];
+    match cache.set(b"k", &huge) {
+        Err(Error::ValueTooLarge { len, max: m, path }) => {
+            assert_eq!((len, m), (max + 1, max));
+            assert!(path.ends_with("api.cache"));
+        }
+        other => panic!("expected ValueTooLarge, got {other:?}"),
+    }
+    assert_eq!(cache.get(b"k").unwrap(), Some(b"old".to_vec()));
+    assert!(matches!(
+        cache.update(b"k", |_| Update::Set(huge.clone())),
+        Err(Error::ValueTooLarge { .. })
+    ));
+    assert_eq!(cache.get(b"k").unwrap(), Some(b"old".to_vec()));
+    assert!(matches!(
+        cache.set_many(&[(&b"a"[..], &b"1"[..]), (b"k", &huge)]),
+        Err(Error::ValueTooLarge { .. })
+    ));
+    assert_eq!(cache.get(b"a").unwrap(), None, "nothing stored");
+    // A value larger than a page, up to the limit, is stored (the default limit is the whole
+    // area, so the largest goes in once the other is removed: a replacement claims its
+    // blocks before it frees the old ones).
+    let big = vec![2u8; cache.max_entry_size()];
+    assert!(cache.set(b"k", &big).unwrap());
+    assert_eq!(cache.get(b"k").unwrap(), Some(big));
+    assert!(cache.remove(b"k").unwrap());
+    let largest = vec![3u8; max];
+    assert!(cache.set(b"l", &largest).unwrap());
+    assert_eq!(cache.get(b"l").unwrap(), Some(largest));
 }
 
 #[test]

@@ -160,10 +160,15 @@ impl Fixture {
         std::fs::read(&self.path).expect("read the cache file")
     }
 
-    /// File offset of page `page`: a native file's pages follow its 4096-aligned header.
+    /// File offset of page `page`: a native file's pages follow its 4096-aligned header, and
+    /// its default overflow area follows them; a fastmmap-layout file is its pages.
     fn page_offset(&self, page: u32) -> usize {
         let pages = (NUM_PAGES * PAGE_SIZE) as usize;
-        let header = self.bytes().len() - pages;
+        let area = match self.kind {
+            Kind::Native => common::native_default_area(NUM_PAGES, PAGE_SIZE) as usize,
+            Kind::FastMmap => 0,
+        };
+        let header = self.bytes().len() - pages - area;
         header + (page * PAGE_SIZE) as usize
     }
 
@@ -495,10 +500,27 @@ fn stats_text_and_json() {
                 "{name}: {text}"
             );
         }
-        // Totals and a blank line (12), the fault block and a blank line (6), the page table.
+        // A native file has its default overflow area (an eighth of the pages' bytes, in
+        // 4 KiB blocks), and says how it is used; a fastmmap-layout file has none.
+        let area = common::native_default_area(NUM_PAGES, PAGE_SIZE);
+        let overflow_lines = match kind {
+            Kind::Native => {
+                assert_eq!(json["overflow_bytes"], area, "{kind:?}");
+                let line = format!("overflow   0 of {area} bytes used;");
+                assert!(text.contains(&line), "{line:?}: {text}");
+                1
+            }
+            Kind::FastMmap => {
+                assert_eq!(json["overflow_bytes"], 0, "{kind:?}");
+                assert!(!text.contains("overflow"), "{text}");
+                0
+            }
+        };
+        // Totals (and the overflow line) and a blank line (12), the fault block and a blank
+        // line (6), the page table.
         assert_eq!(
             text.lines().count(),
-            12 + 6 + 1 + NUM_PAGES as usize,
+            12 + overflow_lines + 6 + 1 + NUM_PAGES as usize,
             "{text}"
         );
         for field in [

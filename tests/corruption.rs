@@ -1069,7 +1069,11 @@ fn well_formed_but_wrong_native_headers_are_refused_untouched() {
         "plain" => matches!(e, Error::WrongSize { .. }),
         _ => matches!(e, Error::GeometryMismatch { .. }),
     };
-    let cases: [(&str, usize, u32, &Accept); 15] = [
+    // The file has the default overflow area: an eighth of its pages' bytes.
+    let blocks = (native_default_area(NUM_PAGES, PAGE_SIZE) / NATIVE_OVERFLOW_BLOCK_SIZE) as u32;
+    assert!(blocks > 0);
+    let area = blocks * NATIVE_OVERFLOW_BLOCK_SIZE as u32;
+    let cases: [(&str, usize, u32, &Accept); 16] = [
         ("version 4", 8, 4, &is_bad),
         ("version 6", 8, 6, &is_bad),
         ("header_size 8192", 12, 8192, &is_bad),
@@ -1082,9 +1086,10 @@ fn well_formed_but_wrong_native_headers_are_refused_untouched() {
         ("hash_kind 9", 28, 9, &is_bad),
         ("lock_kind 0", 32, 0, &is_bad),
         ("byte order", 36, 0x0403_0201, &is_bad),
-        ("overflow_blocks 4 (no block size)", 40, 4, &is_bad),
-        ("block_size without an area", 44, 4096, &is_bad),
-        ("max_value_size without an area", 48, 9, &is_bad),
+        ("overflow_blocks 0 (with a block size)", 40, 0, &is_bad),
+        ("block_size 8192", 44, 8192, &is_bad),
+        ("max_value_size 0", 48, 0, &is_bad),
+        ("max_value_size over the area", 48, area + 1, &is_bad),
     ];
     for (what, offset, value, ok) in cases {
         std::fs::write(&path, with_field(&original, offset, value)).expect("write");
@@ -1094,6 +1099,25 @@ fn well_formed_but_wrong_native_headers_are_refused_untouched() {
     builder(&path, Layout::Native)
         .open()
         .expect("the restored file opens");
+
+    // A file made without an area (overflow_size(0)): overflow fields alone are refused.
+    let plain = dir.path().join("no-area");
+    drop(
+        builder(&plain, Layout::Native)
+            .overflow_size(0)
+            .open()
+            .expect("create"),
+    );
+    let original = std::fs::read(&plain).expect("read");
+    let cases: [(&str, usize, u32); 3] = [
+        ("overflow_blocks 4 (no block size)", 40, 4),
+        ("block_size without an area", 44, 4096),
+        ("max_value_size without an area", 48, 9),
+    ];
+    for (what, offset, value) in cases {
+        std::fs::write(&plain, with_field(&original, offset, value)).expect("write");
+        assert_refused(&plain, Layout::Native, is_bad, what);
+    }
 }
 
 #[test]
@@ -1110,7 +1134,7 @@ fn truncated_or_grown_files_are_refused_untouched() {
         let original = std::fs::read(&path).expect("read");
         let full = original.len() as u64;
         let header = if layout == Layout::Native {
-            native_header_size(NUM_PAGES)
+            native_header_size(NUM_PAGES, PAGE_SIZE)
         } else {
             0
         };
@@ -1168,7 +1192,9 @@ fn files_of_the_other_layout_or_of_random_bytes() {
     let _serial = serial();
     let mut rng = Rng::new(seed("files_of_the_other_layout_or_of_random_bytes"));
     let dir = temp_dir();
-    let native_len = native_header_size(NUM_PAGES) + u64::from(NUM_PAGES) * u64::from(PAGE_SIZE);
+    let native_len = native_header_size(NUM_PAGES, PAGE_SIZE)
+        + u64::from(NUM_PAGES) * u64::from(PAGE_SIZE)
+        + native_default_area(NUM_PAGES, PAGE_SIZE);
     let fastmmap_len = u64::from(NUM_PAGES) * u64::from(PAGE_SIZE);
     let wrong_layout = |_: &str, e: &Error| matches!(e, Error::WrongLayout { .. });
 
@@ -1229,7 +1255,7 @@ fn files_of_the_other_layout_or_of_random_bytes() {
 
     // A valid native header over random pages (and a zeroed page table): same.
     let (path, original) = closed_native_file(dir.path());
-    let header = native_header_size(NUM_PAGES) as usize;
+    let header = native_header_size(NUM_PAGES, PAGE_SIZE) as usize;
     let mut bytes = original[..header].to_vec();
     bytes[NATIVE_PAGE_TABLE_OFFSET as usize..].fill(0);
     bytes.extend(rng.bytes(original.len() - header));

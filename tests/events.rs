@@ -516,10 +516,6 @@ fn the_web_layer_reports_an_unsaved_session_and_an_unrewritten_page() {
     use http_body_util::BodyExt;
     use tower::{Layer, ServiceExt};
 
-    async fn huge(session: SessionHandle) -> &'static str {
-        session.insert("huge", &"x".repeat(200_000)).unwrap();
-        "ok"
-    }
     async fn nul(session: SessionHandle) -> Html<&'static str> {
         session.insert("seen", &true).unwrap();
         Html("<a href=\"/a\">a</a>\0")
@@ -534,9 +530,17 @@ fn the_web_layer_reports_an_unsaved_session_and_an_unrewritten_page() {
         .urls(UrlRewriter::new("http://app.test/").unwrap())
         .build()
         .unwrap();
+    // A session larger than the cache's largest value (its overflow area's max_value_size).
+    let huge = store.cache().max_value_size() + 1;
     let app = SessionLayer::new(store).layer(
         Router::new()
-            .route("/huge", get(huge))
+            .route(
+                "/huge",
+                get(move |session: SessionHandle| async move {
+                    session.insert("huge", &"x".repeat(huge)).unwrap();
+                    "ok"
+                }),
+            )
             .route("/nul", get(nul)),
     );
     let send = |uri: &str| {
@@ -557,7 +561,7 @@ fn the_web_layer_reports_an_unsaved_session_and_an_unrewritten_page() {
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     let e = one_event(&path, "fastmmap::session");
     assert_eq!(e.level, Level::ERROR);
-    assert!(e.field("error").contains("cannot fit in a page"), "{e:?}");
+    assert!(e.field("error").contains("max_value_size"), "{e:?}");
 
     let (status, body) = send("/nul");
     assert_eq!(status, StatusCode::OK);

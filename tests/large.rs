@@ -239,11 +239,13 @@ fn options_are_checked_against_the_file() {
         compressed.set(b"packed", &v).expect("set");
         assert_eq!(compressed.get(b"packed").expect("get"), Some(v));
     }
-    // Without an area, a value too large for its page is TooLarge, as it always was.
+    // Without an area (overflow_size(0)), a value too large for its page is TooLarge, as it
+    // always was.
     let plain = Cache::builder()
         .path(dir.path().join("plain"))
         .num_pages(2)
         .page_size(4096)
+        .overflow_size(0)
         .open()
         .expect("open");
     assert_eq!(plain.max_value_size(), 0);
@@ -251,6 +253,34 @@ fn options_are_checked_against_the_file() {
         plain.set(b"k", &[0u8; 5000]),
         Err(Error::TooLarge { .. })
     ));
+    drop(plain);
+    let reopened = Cache::builder()
+        .path(dir.path().join("plain"))
+        .open()
+        .expect("a file without an area opens without options");
+    assert_eq!(reopened.max_value_size(), 0, "and keeps having none");
+    drop(reopened);
+    // By default a native file has an area of an eighth of its pages' bytes (rounded up to
+    // 4 KiB blocks) taking values up to the whole area: 16 pages of 4 KiB, 2 blocks.
+    let default = Cache::builder()
+        .path(dir.path().join("default"))
+        .num_pages(16)
+        .page_size(4096)
+        .open()
+        .expect("open");
+    assert_eq!(default.max_value_size(), 8192);
+    let v = make_value(b"k", 1, 5000);
+    assert!(default.set(b"k", &v).expect("a value larger than a page"));
+    assert_eq!(default.get(b"k").expect("get"), Some(v.clone()));
+    assert!(matches!(
+        default.set(b"k", &[0u8; 8193]),
+        Err(Error::ValueTooLarge {
+            len: 8193,
+            max: 8192,
+            ..
+        })
+    ));
+    assert_eq!(default.get(b"k").expect("get"), Some(v), "kept");
 }
 
 /// Forked writers store self-checking values of random sizes (most of them larger than a

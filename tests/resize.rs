@@ -739,6 +739,7 @@ fn a_large_value_too_large_for_the_new_pages_and_the_area_is_dropped_and_counted
         .path(&path)
         .num_pages(3)
         .page_size(PAGE * 4)
+        .overflow_size(0)
         .open()
         .expect("open");
     assert_eq!(cache.max_value_size(), 0);

@@ -198,10 +198,15 @@ impl CacheBuilder {
     /// Gives a new native file an overflow area of `bytes` (rounded up to 4 KiB blocks) after
     /// its pages, where values too large for their page are kept: the entry (key and
     /// metadata) stays in its page with a reference, and its bytes go to the area. Default:
-    /// no area, and a value that does not fit its page is [`Error::TooLarge`]. Opening an
-    /// existing file with a different size is [`Error::GeometryMismatch`] (the area is part
-    /// of the file's geometry, recorded in its header). The Cache::FastMmap layout has no
-    /// area (asking for one is [`Error::InvalidOptions`]). Large values work with a
+    /// an eighth of the pages' bytes, rounded up to whole blocks, so that the pages, where
+    /// every small value lives, keep seven eighths of the file while a value far larger than
+    /// a page still fits (a default file of 89 pages of 64 KiB gets 712 KiB, and takes values
+    /// up to that). `overflow_size(0)`: no area, and a value that does not fit its page is
+    /// [`Error::TooLarge`], as before there were areas. Opening an existing file without
+    /// this option uses the file's own area (or none); with a different size it is
+    /// [`Error::GeometryMismatch`] (the area is part of the file's geometry, recorded in its
+    /// header). The Cache::FastMmap layout has no area (asking for one is
+    /// [`Error::InvalidOptions`]). Large values work with a
     /// [`backing`](Self::backing) store in every [`write_mode`](Self::write_mode) and with
     /// [`compression`](Self::compression), which runs first.
     ///
@@ -225,10 +230,12 @@ impl CacheBuilder {
     }
 
     /// The largest value a new file's overflow area takes (default: an eighth of the file,
-    /// pages and area together, and no more than the area). A larger value is
-    /// [`Error::TooLarge`]. Recorded in the file's header: opening an existing file with a
-    /// different one is [`Error::GeometryMismatch`]. Needs
-    /// [`overflow_size`](Self::overflow_size).
+    /// pages and area together, and no more than the area: with the default area, the whole
+    /// area). A larger value is [`Error::ValueTooLarge`], and nothing is changed; a value
+    /// whose entry fits a page is stored there whatever this says. Recorded in the file's
+    /// header: opening an existing file with a different one is
+    /// [`Error::GeometryMismatch`]. Needs an area: with
+    /// [`overflow_size(0)`](Self::overflow_size) it is [`Error::InvalidOptions`].
     pub fn max_value_size(mut self, bytes: u32) -> Self {
         self.overflow.max_value_size = Some(bytes);
         self

@@ -10,8 +10,10 @@ use crate::session::id::InvalidId;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The cache underneath failed (see [`fastmmap::Error`](crate::Error)); a record too large
-    /// for a page is [`crate::Error::TooLarge`], and nothing was changed.
+    /// The cache underneath failed (see [`fastmmap::Error`](crate::Error)). A record too large
+    /// for the cache is [`crate::Error::ValueTooLarge`] (larger than its overflow area's
+    /// `max_value_size`) or, on a cache without an area, [`crate::Error::TooLarge`]; either
+    /// way nothing was changed.
     #[error("session cache: {0}")]
     Cache(#[from] crate::Error),
 

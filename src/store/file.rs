@@ -61,15 +61,17 @@ pub(crate) struct OverflowRequest {
 }
 
 impl OverflowRequest {
-    /// The area a new file of `g` gets: none unless asked for; the largest value defaults to
-    /// an eighth of the file, and never more than the area.
+    /// The area a new file of `g` gets: unless asked for, an eighth of its pages' bytes
+    /// rounded up to whole blocks (at most `MAX_OVERFLOW_BLOCKS`); `Some(0)`: none. The
+    /// largest value defaults to an eighth of the file, and never more than the area.
     pub(crate) fn geometry(&self, g: &Geometry) -> std::result::Result<OverflowGeometry, String> {
-        let size = self.size.unwrap_or(0);
-        let blocks = size.div_ceil(u64::from(OVERFLOW_BLOCK_SIZE));
-        let blocks = u32::try_from(blocks)
-            .ok()
-            .filter(|&b| b <= header::MAX_OVERFLOW_BLOCKS)
-            .ok_or_else(|| format!("overflow_size {size} is too large"))?;
+        let blocks = match self.size {
+            Some(size) => u32::try_from(size.div_ceil(u64::from(OVERFLOW_BLOCK_SIZE)))
+                .ok()
+                .filter(|&b| b <= header::MAX_OVERFLOW_BLOCKS)
+                .ok_or_else(|| format!("overflow_size {size} is too large"))?,
+            None => default_overflow_blocks(g),
+        };
         if blocks == 0 {
             if self.max_value_size.is_some() {
                 return Err("max_value_size needs an overflow area (overflow_size)".into());
@@ -117,6 +119,16 @@ impl OverflowRequest {
         }
         Ok(())
     }
+}
+
+/// Blocks of the overflow area a new native file gets by default: an eighth of its pages'
+/// bytes, rounded up to whole blocks, and no more than `MAX_OVERFLOW_BLOCKS`. An eighth keeps
+/// the pages (where every small value lives) seven eighths of the file, while a value up to
+/// the default `max_value_size` (the whole area) still fits; see docs/format.md §2.4.
+pub(crate) fn default_overflow_blocks(g: &Geometry) -> u32 {
+    let bytes = u64::from(g.num_pages) * u64::from(g.page_size) / 8;
+    let blocks = bytes.div_ceil(u64::from(OVERFLOW_BLOCK_SIZE));
+    u32::try_from(blocks.min(u64::from(header::MAX_OVERFLOW_BLOCKS))).unwrap_or(u32::MAX)
 }
 
 /// An open, mapped, validated file.

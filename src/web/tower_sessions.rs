@@ -26,9 +26,10 @@ const ID_ATTEMPTS: usize = 8;
 /// short cache call (see [`web`](crate::web) on async code and page locks); over a cache
 /// with a backing store (Redis behind it, where a call waits for a round trip, or for
 /// [`RedisOptions::timeout`](crate::redis::RedisOptions::timeout) when Redis hangs), each
-/// runs on tokio's blocking pool instead, so that it holds up only its own request. A record that
-/// does not fit in a cache page is an error from `save`/`create`
-/// ([`Error::TooLarge`](crate::Error::TooLarge)).
+/// runs on tokio's blocking pool instead, so that it holds up only its own request. A record larger
+/// than the cache's `max_value_size` is an error from `save`/`create`
+/// ([`Error::ValueTooLarge`](crate::Error::ValueTooLarge); on a cache without an overflow
+/// area, one that does not fit a page is [`Error::TooLarge`](crate::Error::TooLarge)).
 ///
 /// ```no_run
 /// use fastmmap::Cache;

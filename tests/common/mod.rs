@@ -542,10 +542,28 @@ pub const ENTRY_HEADER_SIZE: usize = 24;
 /// `WRITE_BACK_ROW_SIZE`: the write-back lock table after the page table, 64 bytes a page.
 pub const NATIVE_WRITE_BACK_ROW_SIZE: u64 = 64;
 
-/// `header_size(num_pages)` of src/store/header.rs.
-pub fn native_header_size(num_pages: u32) -> u64 {
+/// `OVERFLOW_BLOCK_SIZE`: bytes per block of the overflow area.
+pub const NATIVE_OVERFLOW_BLOCK_SIZE: u64 = 4096;
+
+/// Bytes of the overflow area a native file gets unless `overflow_size` says otherwise: an
+/// eighth of its pages' bytes, rounded up to whole blocks.
+pub fn native_default_area(num_pages: u32, page_size: u32) -> u64 {
+    (u64::from(num_pages) * u64::from(page_size) / 8).div_ceil(NATIVE_OVERFLOW_BLOCK_SIZE)
+        * NATIVE_OVERFLOW_BLOCK_SIZE
+}
+
+/// `header_size(num_pages, overflow_blocks)` of src/store/header.rs, for a file created with
+/// the default overflow area (docs/format.md §1: the overflow table follows the write-back
+/// lock table).
+pub fn native_header_size(num_pages: u32, page_size: u32) -> u64 {
+    let blocks = native_default_area(num_pages, page_size) / NATIVE_OVERFLOW_BLOCK_SIZE;
+    let table = match blocks {
+        0 => 0,
+        _ => (4 * u64::from(num_pages)).next_multiple_of(64) + 8 * blocks,
+    };
     let raw = NATIVE_PAGE_TABLE_OFFSET
-        + u64::from(num_pages) * (NATIVE_ROW_SIZE + NATIVE_WRITE_BACK_ROW_SIZE);
+        + u64::from(num_pages) * (NATIVE_ROW_SIZE + NATIVE_WRITE_BACK_ROW_SIZE)
+        + table;
     raw.div_ceil(NATIVE_HEADER_ALIGN) * NATIVE_HEADER_ALIGN
 }
 
@@ -553,7 +571,7 @@ pub fn native_header_size(num_pages: u32) -> u64 {
 pub fn page_offset(layout: Layout, num_pages: u32, page_size: u32, page: u32) -> u64 {
     let base = match layout {
         Layout::FastMmap => 0,
-        _ => native_header_size(num_pages),
+        _ => native_header_size(num_pages, page_size),
     };
     base + u64::from(page) * u64::from(page_size)
 }

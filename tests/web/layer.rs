@@ -202,16 +202,31 @@ fn secure_only_over_https_and_a_trusted_proxy() {
 fn a_failed_save_is_a_500_and_a_missing_layer_too() {
     let _serial = serial();
     let dir = temp_dir();
-    let layer = SessionLayer::new(store(&dir, false, CookieConfig::new()));
-    async fn huge(session: SessionHandle) -> &'static str {
-        session.insert("huge", &"x".repeat(200_000)).unwrap();
-        "ok"
-    }
-    let routes = Router::new().route("/huge", get(huge));
-    let (status, headers, body) = send(&layer, routes, get_req("/huge"));
+    let s = store(&dir, false, CookieConfig::new());
+    // A session larger than the cache's largest value (its overflow area's max_value_size)
+    // cannot be saved; one larger than a page but within it can.
+    let (huge, big) = (
+        s.cache().max_value_size() + 1,
+        s.cache().max_entry_size() + 1000,
+    );
+    assert!(big < huge);
+    let layer = SessionLayer::new(s);
+    let sized = |n: usize| {
+        get(move |session: SessionHandle| async move {
+            session.insert("data", &"x".repeat(n)).unwrap();
+            "ok"
+        })
+    };
+    let routes = Router::new()
+        .route("/huge", sized(huge))
+        .route("/big", sized(big));
+    let (status, headers, body) = send(&layer, routes.clone(), get_req("/huge"));
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(headers.get(header::SET_COOKIE).is_none());
     assert!(body.contains("session could not be saved"), "{body}");
+    let (status, headers, body) = send(&layer, routes, get_req("/big"));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(headers.get(header::SET_COOKIE).is_some());
 
     let bare = Router::new().route("/page", get(page));
     let r = run(bare.oneshot(get_req("/page"))).unwrap();

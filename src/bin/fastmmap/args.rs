@@ -228,7 +228,8 @@ pub(crate) struct FileOptions {
     )]
     pub(crate) lock_timeout: Option<Duration>,
     /// Bytes of the overflow area where values larger than a page are kept (`create`; default
-    /// none; read from the header of a native file, and if given it must match)
+    /// an eighth of the pages' bytes in 4 KiB blocks, 0 for none; read from the header of a
+    /// native file, and if given it must match)
     #[arg(
         long,
         value_name = "BYTES",

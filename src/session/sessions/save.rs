@@ -48,8 +48,9 @@ impl SessionStore {
     /// Each write counts as activity: it moves the idle deadline (within the lifetime).
     ///
     /// # Errors
-    /// [`Error::Cache`] — [`crate::Error::TooLarge`] if the record does not fit in a cache
-    /// page (nothing is written); [`Error::BadRecord`] / [`Error::UnsupportedVersion`] if
+    /// [`Error::Cache`] — [`crate::Error::ValueTooLarge`] if the record is larger than the
+    /// cache's `max_value_size` ([`crate::Error::TooLarge`] if the cache has no overflow area
+    /// and the record does not fit a page); nothing is written; [`Error::BadRecord`] / [`Error::UnsupportedVersion`] if
     /// the stored record cannot be read (it is left alone).
     pub fn save(&self, session: &mut Session) -> Result<Saved> {
         if session.invalidated {

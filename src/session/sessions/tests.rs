@@ -447,10 +447,12 @@ fn change_id_failure_keeps_the_old_session() {
     let f = fixture(|b| b);
     let id = f.stored_session("user", 7);
     let mut s = f.store.load(Some(&id), &Client::new()).unwrap();
-    s.insert("huge", &"x".repeat(100_000)).unwrap();
+    // Larger than the cache's largest value (its overflow area's max_value_size).
+    let huge = "x".repeat(f.store.cache().max_value_size() + 1);
+    s.insert("huge", &huge).unwrap();
     let e = f.store.change_id(&mut s).unwrap_err();
     assert!(
-        matches!(e, Error::Cache(crate::Error::TooLarge { .. })),
+        matches!(e, Error::Cache(crate::Error::ValueTooLarge { .. })),
         "{e}"
     );
     assert_eq!(s.id(), &id);
@@ -463,11 +465,14 @@ fn too_large_saves_change_nothing() {
     let f = fixture(|b| b);
     let id = f.stored_session("n", 1);
     let mut s = f.store.load(Some(&id), &Client::new()).unwrap();
-    s.insert("huge", &"x".repeat(100_000)).unwrap();
-    assert!(matches!(
-        f.store.save(&mut s),
-        Err(Error::Cache(crate::Error::TooLarge { .. }))
-    ));
+    // Larger than the cache's largest value (its overflow area's max_value_size).
+    let huge = "x".repeat(f.store.cache().max_value_size() + 1);
+    s.insert("huge", &huge).unwrap();
+    let r = f.store.save(&mut s);
+    assert!(
+        matches!(r, Err(Error::Cache(crate::Error::ValueTooLarge { .. }))),
+        "{r:?}"
+    );
     assert!(
         s.is_modified(),
         "the changes are still there to retry or drop"
@@ -475,6 +480,20 @@ fn too_large_saves_change_nothing() {
     let back = f.store.load(Some(&id), &Client::new()).unwrap();
     assert_eq!(back.get::<u64>("n").unwrap(), Some(1));
     assert!(!back.contains_key("huge"));
+}
+
+/// A session larger than a cache page (a cart, a rendered form) goes to the cache's default
+/// overflow area and comes back whole.
+#[test]
+fn a_session_larger_than_a_page_is_saved() {
+    let f = fixture(|b| b);
+    let big = "y".repeat(f.store.cache().max_entry_size() + 1000);
+    assert!(big.len() < f.store.cache().max_value_size());
+    let mut s = f.store.load(None, &Client::new()).unwrap();
+    s.insert("big", &big).unwrap();
+    f.store.save(&mut s).unwrap();
+    let back = f.store.load(Some(s.id()), &Client::new()).unwrap();
+    assert_eq!(back.get::<String>("big").unwrap(), Some(big));
 }
 
 #[test]
