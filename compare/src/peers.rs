@@ -298,10 +298,14 @@ mod tests {
     }
 
     #[test]
-    fn geometry_fits_all_but_the_largest_values() {
+    fn pages_fit_all_but_the_largest_values_which_get_an_overflow_area() {
         assert_eq!(geometry(SIZES[0]), (64 << 10, 89));
         assert_eq!(geometry(SIZES[1]).0, 64 << 10);
         assert_eq!(geometry(SIZES[2]).0, MAX_PAGE_SIZE);
-        assert_eq!(geometry(SIZES[3]).0, MAX_PAGE_SIZE);
+        assert!(SIZES[..3].iter().all(|&s| overflow_size(s).is_none()));
+        // 1 MiB values: the default pages, and an area holding every value twice.
+        assert_eq!(geometry(SIZES[3]), (64 << 10, 89));
+        let area = overflow_size(SIZES[3]).expect("an overflow area");
+        assert!(area >= 2 * SIZES[3].keys as u64 * SIZES[3].value_len as u64);
     }
 }
