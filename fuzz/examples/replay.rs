@@ -1,6 +1,6 @@
 //! Replays fuzz inputs on a stable toolchain:
 //! `cargo run --manifest-path fuzz/Cargo.toml --example replay -- TARGET [--stats] [PATH...]`
-//! where TARGET is `page_bytes`, `page_model` or `storable` and each PATH is an input file or a directory
+//! where TARGET is `page_bytes`, `page_model`, `overflow_bytes` or `storable` and each PATH is an input file or a directory
 //! of them (no PATH: one input from stdin). Without `--stats` the decoded operations are
 //! printed before each input runs; with it, only counts of what the inputs exercised.
 
@@ -20,12 +20,18 @@ fn main() {
             fastmmap_fuzz::page_model::run,
             fastmmap_fuzz::page_model::describe,
         ),
+        "overflow_bytes" => (
+            fastmmap_fuzz::overflow_bytes::run,
+            fastmmap_fuzz::overflow_bytes::describe,
+        ),
         "storable" => (
             fastmmap_fuzz::storable::run,
             fastmmap_fuzz::storable::describe,
         ),
         _ => {
-            eprintln!("usage: replay page_bytes|page_model|storable [--stats] [PATH...]");
+            eprintln!(
+                "usage: replay page_bytes|page_model|overflow_bytes|storable [--stats] [PATH...]"
+            );
             std::process::exit(2);
         }
     };

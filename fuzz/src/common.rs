@@ -247,6 +247,10 @@ pub mod events {
         deserialized_typed,
         deserialize_refused,
         decompressed,
+        overflow_ref_damaged,
+        overflow_large_read,
+        overflow_reclaimed,
+        overflow_final_large_entries,
     );
 
     static COUNTS: [AtomicU64; NAMES.len()] = [const { AtomicU64::new(0) }; NAMES.len()];

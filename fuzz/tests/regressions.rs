@@ -44,6 +44,11 @@ fn page_model() {
     replay("page_model", fastmmap_fuzz::page_model::run);
 }
 
+#[test]
+fn overflow_bytes() {
+    replay("overflow_bytes", fastmmap_fuzz::overflow_bytes::run);
+}
+
 /// `seeds/storable/` holds images made by Perl 5.36 (tests/perl/values.pl `cases`, `hooks`,
 /// `refused` and `gen 1 40`, and a cached value compressed by each compressor's module).
 #[test]
