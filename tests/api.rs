@@ -298,8 +298,16 @@ fn too_large_is_refused_and_old_value_kept() {
 #[test]
 fn values_over_max_value_size_are_refused_and_old_value_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = open(&dir, Layout::Native);
+    // 16 pages of 8 KiB: a default area of 16 KiB, and values up to half of it.
+    let cache = Cache::builder()
+        .path(dir.path().join("api.cache"))
+        .num_pages(16)
+        .page_size(8192)
+        .clock(clock())
+        .open()
+        .unwrap();
     let max = cache.max_value_size();
+    assert_eq!(max, 8192, "half the default area");
     assert!(
         max > cache.max_entry_size(),
         "the default area takes more than a page"
@@ -324,16 +332,17 @@ fn values_over_max_value_size_are_refused_and_old_value_kept() {
         Err(Error::ValueTooLarge { .. })
     ));
     assert_eq!(cache.get(b"a").unwrap(), None, "nothing stored");
-    // A value larger than a page, up to the limit, is stored (the default limit is the whole
-    // area, so the largest goes in once the other is removed: a replacement claims its
-    // blocks before it frees the old ones).
+    // A value larger than a page, up to the limit, is stored; and since the default limit is
+    // half the area, a value of the largest size replaces another of that size in place of
+    // it (a replacement claims its blocks before it frees the old ones).
     let big = vec![2u8; cache.max_entry_size()];
     assert!(cache.set(b"k", &big).unwrap());
     assert_eq!(cache.get(b"k").unwrap(), Some(big));
-    assert!(cache.remove(b"k").unwrap());
-    let largest = vec![3u8; max];
-    assert!(cache.set(b"l", &largest).unwrap());
-    assert_eq!(cache.get(b"l").unwrap(), Some(largest));
+    for fill in 3..6u8 {
+        let largest = vec![fill; max];
+        assert!(cache.set(b"l", &largest).unwrap(), "replace {fill}");
+        assert_eq!(cache.get(b"l").unwrap(), Some(largest));
+    }
 }
 
 #[test]

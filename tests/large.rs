@@ -261,10 +261,10 @@ fn options_are_checked_against_the_file() {
     assert_eq!(reopened.max_value_size(), 0, "and keeps having none");
     drop(reopened);
     // By default a native file has an area of an eighth of its pages' bytes (rounded up to
-    // 4 KiB blocks) taking values up to the whole area: 16 pages of 4 KiB, 2 blocks.
+    // 4 KiB blocks) taking values up to half the area: 32 pages of 4 KiB, 4 blocks.
     let default = Cache::builder()
         .path(dir.path().join("default"))
-        .num_pages(16)
+        .num_pages(32)
         .page_size(4096)
         .open()
         .expect("open");

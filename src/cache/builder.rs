@@ -201,7 +201,7 @@ impl CacheBuilder {
     /// an eighth of the pages' bytes, rounded up to whole blocks, so that the pages, where
     /// every small value lives, keep seven eighths of the file while a value far larger than
     /// a page still fits (a default file of 89 pages of 64 KiB gets 712 KiB, and takes values
-    /// up to that). `overflow_size(0)`: no area, and a value that does not fit its page is
+    /// up to half that: see [`max_value_size`](Self::max_value_size)). `overflow_size(0)`: no area, and a value that does not fit its page is
     /// [`Error::TooLarge`], as before there were areas. Opening an existing file without
     /// this option uses the file's own area (or none); with a different size it is
     /// [`Error::GeometryMismatch`] (the area is part of the file's geometry, recorded in its
@@ -230,11 +230,13 @@ impl CacheBuilder {
     }
 
     /// The largest value a new file's overflow area takes (default: an eighth of the file,
-    /// pages and area together, and no more than the area: with the default area, the whole
-    /// area). A larger value is [`Error::ValueTooLarge`], and nothing is changed; a value
-    /// whose entry fits a page is stored there whatever this says. Recorded in the file's
-    /// header: opening an existing file with a different one is
-    /// [`Error::GeometryMismatch`]. Needs an area: with
+    /// pages and area together, and no more than half the area in whole blocks, so that a
+    /// value of that size and its replacement fit at once: a replace writes its new blocks
+    /// before it frees the old ones). Set higher by hand, replacing a value of more than half
+    /// the area can fail with [`Error::OverflowFull`], which changes nothing. A value larger
+    /// than this is [`Error::ValueTooLarge`], and nothing is changed; a value whose entry fits
+    /// a page is stored there whatever this says. Recorded in the file's header: opening an
+    /// existing file with a different one is [`Error::GeometryMismatch`]. Needs an area: with
     /// [`overflow_size(0)`](Self::overflow_size) it is [`Error::InvalidOptions`].
     pub fn max_value_size(mut self, bytes: u32) -> Self {
         self.overflow.max_value_size = Some(bytes);

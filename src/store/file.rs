@@ -63,7 +63,8 @@ pub(crate) struct OverflowRequest {
 impl OverflowRequest {
     /// The area a new file of `g` gets: unless asked for, an eighth of its pages' bytes
     /// rounded up to whole blocks (at most `MAX_OVERFLOW_BLOCKS`); `Some(0)`: none. The
-    /// largest value defaults to an eighth of the file, and never more than the area.
+    /// largest value defaults to an eighth of the file, and never more than half the area
+    /// (whole blocks, at least one), so that a value of that size can always be replaced.
     pub(crate) fn geometry(&self, g: &Geometry) -> std::result::Result<OverflowGeometry, String> {
         let blocks = match self.size {
             Some(size) => u32::try_from(size.div_ceil(u64::from(OVERFLOW_BLOCK_SIZE)))
@@ -80,9 +81,12 @@ impl OverflowRequest {
         }
         let area = u64::from(blocks) * u64::from(OVERFLOW_BLOCK_SIZE);
         let file = area + u64::from(g.num_pages) * u64::from(g.page_size);
+        // A replace writes its new blocks before it frees the old ones, so the default leaves
+        // room for a value of the largest default size and its replacement at once.
+        let half = u64::from((blocks / 2).max(1)) * u64::from(OVERFLOW_BLOCK_SIZE);
         let max_value_size = match self.max_value_size {
             Some(max) => max,
-            None => u32::try_from((file / 8).min(area)).unwrap_or(u32::MAX),
+            None => u32::try_from((file / 8).min(half)).unwrap_or(u32::MAX),
         };
         let o = OverflowGeometry {
             blocks,
@@ -124,7 +128,8 @@ impl OverflowRequest {
 /// Blocks of the overflow area a new native file gets by default: an eighth of its pages'
 /// bytes, rounded up to whole blocks, and no more than `MAX_OVERFLOW_BLOCKS`. An eighth keeps
 /// the pages (where every small value lives) seven eighths of the file, while a value up to
-/// the default `max_value_size` (the whole area) still fits; see docs/format.md §2.4.
+/// the default `max_value_size` (half the area) and its replacement still fit; see
+/// docs/format.md §2.4.
 pub(crate) fn default_overflow_blocks(g: &Geometry) -> u32 {
     let bytes = u64::from(g.num_pages) * u64::from(g.page_size) / 8;
     let blocks = bytes.div_ceil(u64::from(OVERFLOW_BLOCK_SIZE));

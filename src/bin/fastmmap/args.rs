@@ -237,8 +237,9 @@ pub(crate) struct FileOptions {
         help_heading = "Cache file options"
     )]
     pub(crate) overflow_size: Option<u64>,
-    /// The largest value the overflow area takes (`create`; default an eighth of the file;
-    /// read from the header of a native file, and if given it must match)
+    /// The largest value the overflow area takes (`create`; default an eighth of the file and
+    /// at most half the area; read from the header of a native file, and if given it must
+    /// match)
     #[arg(
         long,
         value_name = "BYTES",
