@@ -111,6 +111,50 @@ fn every_size_from_one_byte_to_the_maximum_and_one_over() {
     }
 }
 
+/// `get_with` hands the closure a large value whole, both when its blocks are one run (lent in
+/// place) and when a value is split over runs around a hole (copied out first), and the same
+/// value as `get`.
+#[test]
+fn get_with_sees_whole_values_in_one_run_and_split_over_runs() {
+    for kind in [NATIVE, ROBUST] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A 16-block area: three 4-block values, the middle one removed, and then a 6-block
+        // value, which has only the 4-block tail and the 4-block hole to go to.
+        let cache = kind
+            .builder()
+            .path(dir.path().join("c"))
+            .num_pages(NUM_PAGES)
+            .page_size(PAGE_SIZE)
+            .overflow_size(16 * BLOCK)
+            .max_value_size(8 * BLOCK as u32)
+            .open()
+            .expect("open");
+        let four = 4 * BLOCK as usize - 100;
+        for (i, key) in [&b"a"[..], b"b", b"c"].into_iter().enumerate() {
+            assert!(
+                cache
+                    .set(key, &make_value(key, i as u64, four))
+                    .expect("set")
+            );
+        }
+        assert!(cache.remove(b"b").expect("remove"));
+        let six = make_value(b"d", 9, 6 * BLOCK as usize - 100);
+        assert!(cache.set(b"d", &six).expect("set d"));
+        for (key, seq, len) in [(&b"a"[..], 0, four), (b"c", 2, four), (b"d", 9, six.len())] {
+            let want = make_value(key, seq, len);
+            let seen = cache
+                .get_with(key, |v| (check_value(key, v), v.to_vec()))
+                .expect("get_with")
+                .expect("present");
+            assert_eq!(seen.0, Ok(seq), "{kind:?} {key:?}");
+            assert_eq!(seen.1, want, "{kind:?} {key:?}");
+            assert_eq!(cache.get(key).expect("get"), Some(want), "{kind:?} {key:?}");
+        }
+        let (problems, unreferenced) = cache.check_overflow().expect("check");
+        assert!(problems.is_empty() && unreferenced == 0, "{kind:?}");
+    }
+}
+
 #[test]
 fn expiry_update_take_clear_and_batches_handle_large_values() {
     let _serial = serial();

@@ -34,7 +34,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 use super::header::{
     self, BLOCK_NEXT_OFFSET, BLOCK_OWNER_OFFSET, BLOCK_ROW_SIZE, OWNED_SIZE, OverflowGeometry,
@@ -358,6 +358,51 @@ impl SharedFile {
         Ok(out)
     }
 
+    /// As [`overflow_read`](Self::overflow_read), but hands `f` the value where it lies in the
+    /// area, without a copy, when its blocks are one run of consecutive blocks (as the claim's
+    /// hand usually leaves them); a value split over several runs is copied out first. The
+    /// same checks, the checksum included, come before `f` sees a byte. Call it holding
+    /// `page`'s lock, which must outlive `f`.
+    pub(crate) fn overflow_lend<R>(
+        &self,
+        page: u32,
+        bytes: &[u8],
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, Corrupt> {
+        let area = self.overflow.as_ref().ok_or(Corrupt(
+            "overflow reference in a file without an overflow area",
+        ))?;
+        let r = Reference::decode(bytes)?;
+        let mut next = r.first;
+        let mut one_run = true;
+        self.walk(area, page, &r, |block, _| {
+            one_run &= block == next;
+            next = block.wrapping_add(1);
+        })?;
+        if !one_run {
+            return self.overflow_read(page, bytes).map(|v| f(&v));
+        }
+        let bs = area.geometry.block_size as usize;
+        // SAFETY: `walk` checked that the chain is `r.blocks` blocks, each `< blocks`, here
+        // `first, first + 1, …`, and that `r.len` needs exactly `r.blocks` blocks; so the
+        // `r.len` bytes from block `first` lie inside the area, inside the mapping, which
+        // lives as long as `self`. Every block is owned by `page`, whose lock the caller holds
+        // for as long as `f` runs, so no cooperating writer changes or frees them meanwhile,
+        // exactly as for the page bytes a guard lends.
+        let value = unsafe {
+            std::slice::from_raw_parts(
+                self.map
+                    .as_ptr()
+                    .add(area.data_offset + r.first as usize * bs),
+                r.len as usize,
+            )
+        };
+        if xxh3_64(value) != r.checksum {
+            return Err(Corrupt("overflow value does not match its checksum"));
+        }
+        Ok(f(value))
+    }
+
     /// The overflow references of `page`'s entries, taken before a structural change (the
     /// page's lock held) so that [`overflow_settle`](Self::overflow_settle) can free what the
     /// change drops without a sweep of the area. `None` when the page owns no blocks, or its
@@ -582,7 +627,6 @@ fn references(bytes: &[u8]) -> Result<Vec<Reference>, Corrupt> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xxhash_rust::xxh3::xxh3_64;
 
     #[test]
     fn reference_round_trip() {

@@ -7,8 +7,9 @@ use super::shared::SharedFile;
 use crate::page::consts::FLAG_OVERFLOW;
 use crate::page::{Corrupt, EntryRef, PageHeader, PageView};
 
-/// Hands `f` the entry, its value read from the overflow area if it lives there (the page's
-/// lock held). A reference that fails its checks is damage.
+/// Hands `f` the entry, its value from the overflow area if it lives there (lent in place when
+/// its blocks are one run, else copied; the page's lock held). A reference that fails its
+/// checks is damage.
 fn resolved<R>(
     file: &SharedFile,
     page: u32,
@@ -18,12 +19,13 @@ fn resolved<R>(
     if e.flags & FLAG_OVERFLOW == 0 {
         return Ok(f(e));
     }
-    let value = file.overflow_read(page, e.value)?;
-    Ok(f(&EntryRef {
-        value: &value,
-        flags: e.flags & !FLAG_OVERFLOW,
-        ..*e
-    }))
+    file.overflow_lend(page, e.value, |value| {
+        f(&EntryRef {
+            value,
+            flags: e.flags & !FLAG_OVERFLOW,
+            ..*e
+        })
+    })
 }
 
 /// A page locked for reading. Through the ordinary lock, reads refresh access times and count
