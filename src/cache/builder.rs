@@ -199,9 +199,10 @@ impl CacheBuilder {
     /// its pages, where values too large for their page are kept: the entry (key and
     /// metadata) stays in its page with a reference, and its bytes go to the area. Default:
     /// an eighth of the pages' bytes, rounded up to whole blocks, so that the pages, where
-    /// every small value lives, keep seven eighths of the file while a value far larger than
-    /// a page still fits (a default file of 89 pages of 64 KiB gets 712 KiB, and takes values
-    /// up to half that: see [`max_value_size`](Self::max_value_size)). `overflow_size(0)`: no area, and a value that does not fit its page is
+    /// every small value lives, keep eight ninths of pages and area together while a value far
+    /// larger than a page still fits (a default file of 89 pages of 64 KiB gets 712 KiB, and
+    /// takes values up to half that: see [`max_value_size`](Self::max_value_size)).
+    /// `overflow_size(0)`: no area, and a value that does not fit its page is
     /// [`Error::TooLarge`], as before there were areas. Opening an existing file without
     /// this option uses the file's own area (or none); with a different size it is
     /// [`Error::GeometryMismatch`] (the area is part of the file's geometry, recorded in its

@@ -127,8 +127,8 @@ impl OverflowRequest {
 
 /// Blocks of the overflow area a new native file gets by default: an eighth of its pages'
 /// bytes, rounded up to whole blocks, and no more than `MAX_OVERFLOW_BLOCKS`. An eighth keeps
-/// the pages (where every small value lives) seven eighths of the file, while a value up to
-/// the default `max_value_size` (half the area) and its replacement still fit; see
+/// the pages (where every small value lives) eight ninths of pages and area together, while a
+/// value up to the default `max_value_size` (half the area) and its replacement still fit; see
 /// docs/format.md §2.4.
 pub(crate) fn default_overflow_blocks(g: &Geometry) -> u32 {
     let bytes = u64::from(g.num_pages) * u64::from(g.page_size) / 8;
