@@ -9,6 +9,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::traces::Rng;
+
 /// One value size of the benchmark and how many keys it is run with.
 #[derive(Clone, Copy, Debug)]
 pub struct Size {
@@ -45,49 +47,10 @@ pub const SIZES: [Size; 4] = [
     },
 ];
 
-/// A small, seeded xorshift generator: the same inputs on every run, no dependency.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator started from `seed` (zero is replaced by a fixed odd constant).
-    pub fn new(seed: u64) -> Rng {
-        Rng(if seed == 0 {
-            0x9e37_79b9_7f4a_7c15
-        } else {
-            seed
-        })
-    }
-
-    /// The next pseudo-random 64-bit number.
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// A number in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    /// `0..n` in a pseudo-random order (Fisher-Yates).
-    pub fn permutation(&mut self, n: usize) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..n).collect();
-        for i in (1..n).rev() {
-            order.swap(i, self.below(i + 1));
-        }
-        order
-    }
-}
-
 /// The key `i`: `k` and `i` in decimal, padded with letters to a length of 10 to 16 bytes
 /// drawn from `rng`. Distinct for distinct `i`.
 fn key(i: usize, rng: &mut Rng) -> Vec<u8> {
-    let len = 10 + rng.below(7);
+    let len = 10 + rng.below(7) as usize;
     let mut k = format!("k{i}:").into_bytes();
     while k.len() < len {
         k.push(b'a' + rng.below(26) as u8);

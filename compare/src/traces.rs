@@ -38,6 +38,15 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
+
+    /// `0..n` in a pseudo-random order (Fisher-Yates).
+    pub fn permutation(&mut self, n: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            order.swap(i, self.below(i as u64 + 1) as usize);
+        }
+        order
+    }
 }
 
 /// Zipf's law over the ranks `1..=n` with exponent `s > 0`: P(k) ∝ k^-s. An exact sampler by
