@@ -131,7 +131,7 @@ pub(super) fn open_registered(
             ..req.clone()
         },
         successor: Mutex::new(None),
-        resizing: Mutex::new(()),
+        resizing: std::sync::atomic::AtomicU32::new(0),
         overflow: super::overflow::Area::new(
             opened.overflow,
             num_pages,

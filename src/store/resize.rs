@@ -446,7 +446,32 @@ fn lock_all(f: &SharedFile, deadline: Instant) -> Result<AllHeld<'_>> {
 /// The in-process and fcntl resize locks of a file; let go when dropped.
 struct ResizeLock<'a> {
     file: &'a SharedFile,
-    _local: std::sync::MutexGuard<'a, ()>,
+    _local: LocalResize<'a>,
+}
+
+/// This process's claim on resizing a file (`SharedFile::resizing`); let go when dropped.
+struct LocalResize<'a>(&'a AtomicU32);
+
+impl<'a> LocalResize<'a> {
+    /// Claims `word` unless a thread of this process, since its last fork, holds it: a claim
+    /// made in another fork generation belongs to a thread that does not exist here (a fork
+    /// from another thread mid-resize), so it counts as free.
+    fn claim(word: &'a AtomicU32) -> Option<LocalResize<'a>> {
+        let mine = super::fork::generation().wrapping_add(1).max(1);
+        let held = word.load(Ordering::Acquire);
+        if held == mine {
+            return None;
+        }
+        word.compare_exchange(held, mine, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| LocalResize(word))
+    }
+}
+
+impl Drop for LocalResize<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Release);
+    }
 }
 
 impl Drop for ResizeLock<'_> {
@@ -465,12 +490,8 @@ fn resize_lock(f: &SharedFile) -> Result<ResizeLock<'_>> {
         path: f.path.clone(),
         pid,
     };
-    let local = match f.resizing.try_lock() {
-        Ok(g) => g,
-        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-        Err(std::sync::TryLockError::WouldBlock) => {
-            return Err(in_progress(Some(std::process::id() as i32)));
-        }
+    let Some(local) = LocalResize::claim(&f.resizing) else {
+        return Err(in_progress(Some(std::process::id() as i32)));
     };
     let range = (header::RESIZE_LOCK_OFFSET as u64, 1);
     let fd = f.file.as_raw_fd();
@@ -602,7 +623,11 @@ pub(crate) fn resize(
         )));
     }
     new.set_resize_word(header::LINEAGE_OFFSET, lineage);
-    new.set_resize_word(header::GENERATION_OFFSET, u64::from(old.generation() + 1));
+    // The generation word is outside the header's checksum: any value may be there.
+    let Some(generation) = old.generation().checked_add(1) else {
+        return Err(old.resize_error("the file's resize generation is at its maximum"));
+    };
+    new.set_resize_word(header::GENERATION_OFFSET, u64::from(generation));
 
     let deadline = Instant::now() + wait;
     let all = lock_all(old, deadline)?;

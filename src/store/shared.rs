@@ -85,9 +85,11 @@ pub(crate) struct SharedFile {
     /// The file this one was resized into, once some handle of this process followed it
     /// (changed only under the registry's lock: see `store/resize.rs`).
     pub(super) successor: Mutex<Option<std::sync::Arc<SharedFile>>>,
-    /// Held by a thread of this process that resizes the file (fcntl locks do not exclude
-    /// threads of one process).
-    pub(super) resizing: Mutex<()>,
+    /// Non-zero while a thread of this process resizes the file (fcntl locks do not exclude
+    /// threads of one process): the fork generation of that process plus one, so that a
+    /// child forked mid-resize, whose generation is another, finds it free (see
+    /// `resize::resize_lock`).
+    pub(super) resizing: std::sync::atomic::AtomicU32,
     /// The overflow area for values larger than a page (native files that have one).
     pub(super) overflow: Option<super::overflow::Area>,
 }
