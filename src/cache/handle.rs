@@ -595,8 +595,8 @@ impl Cache {
                 };
                 if wipe {
                     guard.wipe();
-                } else if check_page(guard.bytes(), g.start_slots, Some(&slot_hash)).is_err() {
-                    guard.reset();
+                } else if let Err(c) = check_page(guard.bytes(), g.start_slots, Some(&slot_hash)) {
+                    guard.reset_for(c);
                 }
                 if owners[page as usize] {
                     guard.sweep_overflow();

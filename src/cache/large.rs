@@ -111,7 +111,7 @@ impl Cache {
             dry.replacing_drops = replacing_drops;
             let looked = guard.page().store_dirty(&entry, now, slots, true, &mut dry);
             if let Err(c) = looked.and_then(|_| self.resolve_copies(at, copies)) {
-                guard.reset();
+                guard.reset_for(c);
                 return Err(Err(c));
             }
             if !copies.is_empty() {
@@ -274,8 +274,8 @@ impl Cache {
                 });
             }
         });
-        if walked.is_err() {
-            guard.reset();
+        if let Err(c) = walked {
+            guard.reset_for(c);
             return;
         }
         victims.retain(|v| v.expired || !expired_only);

@@ -85,8 +85,8 @@ impl Cache {
                 match found {
                     Ok(Some(copy)) => {
                         let mut copy = [copy];
-                        if self.resolve_copies(at, &mut copy).is_err() {
-                            guard.reset();
+                        if let Err(c) = self.resolve_copies(at, &mut copy) {
+                            guard.reset_for(c);
                             return Ok(Look::Miss(None));
                         }
                         let [copy] = copy;
@@ -96,8 +96,8 @@ impl Cache {
                 }
             }
             Ok(None) => Look::Miss(None),
-            Err(_) => {
-                guard.reset();
+            Err(c) => {
+                guard.reset_for(c);
                 Look::Miss(None)
             }
         })
@@ -239,7 +239,7 @@ impl Cache {
                 let _ = guard.change(|p| p.remove(slot_hash, key, now));
             }
             Ok(None) => {}
-            Err(_) => guard.reset(),
+            Err(c) => guard.reset_for(c),
         }
         drop(guard);
         self.read_through(layer, key, page, now, None)
@@ -466,8 +466,8 @@ impl Cache {
                     Some(found)
                 }
                 Ok(None) => None,
-                Err(_) => {
-                    guard.reset();
+                Err(c) => {
+                    guard.reset_for(c);
                     None
                 }
             }
@@ -642,8 +642,8 @@ impl Cache {
             let missing = match live {
                 Ok(Some(_)) => false,
                 Ok(None) => true,
-                Err(_) => {
-                    guard.reset();
+                Err(c) => {
+                    guard.reset_for(c);
                     true
                 }
             };
@@ -685,8 +685,8 @@ impl Cache {
             Ok(Some((_, e))) if backed && is_negative(e.flags.0) => None,
             Ok(Some((stored, e))) => Some((self.decode_value(key, stored, e.flags.0)?, e)),
             Ok(None) => None,
-            Err(_) => {
-                guard.reset();
+            Err(c) => {
+                guard.reset_for(c);
                 None
             }
         };

@@ -200,7 +200,7 @@ impl Cache {
                         return Ok(Kept::Existing(value, flags));
                     }
                     Ok(_) => {}
-                    Err(_) => guard.reset(),
+                    Err(c) => guard.reset_for(c),
                 }
             }
             // After a held write-back (the last round), the victims are clean: drop them.
@@ -368,8 +368,8 @@ impl Cache {
         // A large value is compared by its bytes, as the closure saw them.
         let found = match found.map(|(v, f, x)| self.resolve(at, &v, f).map(|(v, f)| (v, f, x))) {
             Some(Ok(found)) => Some(found),
-            Some(Err(_)) => {
-                guard.reset();
+            Some(Err(c)) => {
+                guard.reset_for(c);
                 None
             }
             None => None,
@@ -434,7 +434,7 @@ impl Cache {
                 Ok(None) if !copies.is_empty() => {
                     // Large values among them are read now, while their blocks are theirs.
                     if let Err(c) = self.resolve_copies(at, copies) {
-                        guard.reset();
+                        guard.reset_for(c);
                         return Err(Failed::Reset(c));
                     }
                     return Ok(None);
@@ -460,8 +460,8 @@ impl Cache {
         match plan {
             Plan::Unmarked => {
                 let stored = store(&mut guard.page());
-                if stored.is_err() {
-                    guard.reset();
+                if let Err(c) = stored {
+                    guard.reset_for(c);
                 }
                 stored.map_err(Failed::Reset)
             }
@@ -488,8 +488,8 @@ impl Cache {
                 }),
                 None => guard.page().mark_clean(copy),
             };
-            if marked.is_err() {
-                guard.reset();
+            if let Err(c) = marked {
+                guard.reset_for(c);
                 return;
             }
         }
@@ -655,8 +655,8 @@ impl Cache {
         });
         let copies = match found {
             Ok(copies) => copies,
-            Err(_) => {
-                guard.reset();
+            Err(c) => {
+                guard.reset_for(c);
                 return Ok(0);
             }
         };
@@ -702,8 +702,8 @@ impl Cache {
             let (flags, value, expire_on) = match found {
                 Ok(Some(found)) => found,
                 Ok(None) => return Ok(false),
-                Err(_) => {
-                    guard.reset();
+                Err(c) => {
+                    guard.reset_for(c);
                     return Ok(false);
                 }
             };
@@ -716,8 +716,8 @@ impl Cache {
                     flags,
                     reference: None,
                 }];
-                if self.resolve_copies(at, &mut copy).is_err() {
-                    guard.reset();
+                if let Err(c) = self.resolve_copies(at, &mut copy) {
+                    guard.reset_for(c);
                     return Ok(false);
                 }
                 let [copy] = copy;

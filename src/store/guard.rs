@@ -266,6 +266,12 @@ impl PageGuard<'_> {
         self.reset_because(reason);
     }
 
+    /// [`reset`](Self::reset), for the damage `c` a caller found (a check deeper than the
+    /// page header's: an entry, a chain, an overflow reference), which the event names.
+    pub(crate) fn reset_for(&mut self, c: crate::page::Corrupt) {
+        self.reset_because(Some(c.0));
+    }
+
     /// [`reset`](Self::reset), for the fault `reason` (if known), which the event names.
     fn reset_because(&mut self, reason: Option<&'static str>) {
         let lost = crate::page::count_dirty(self.bytes());
