@@ -65,8 +65,7 @@ impl Cache {
         let found = guard
             .page()
             .get(slot_hash, key, now, self.inner.stats)
-            .map(|e| e.map(|e| (e.value.to_vec(), e.flags)))
-            .and_then(|e| e.map(|(v, f)| self.resolve(at, &v, f)).transpose());
+            .and_then(|e| e.map(|e| self.resolve(at, e.value, e.flags)).transpose());
         Ok(match found {
             Ok(Some((_, flags))) if is_negative(flags) && layer.backing.is_some() => Look::Negative,
             Ok(Some((value, flags))) => Look::Hit(value, flags),
@@ -229,8 +228,7 @@ impl Cache {
         let found = guard
             .page()
             .peek(slot_hash, key, now)
-            .map(|e| e.map(|e| (e.value.to_vec(), e.flags)))
-            .and_then(|e| e.map(|(v, f)| self.resolve(at, &v, f)).transpose());
+            .and_then(|e| e.map(|e| self.resolve(at, e.value, e.flags)).transpose());
         match found {
             Ok(Some((stored, flags))) if flags & FLAG_DIRTY != 0 => {
                 return self.decode_value(key, stored, flags).map(Some);

@@ -193,8 +193,7 @@ impl Cache {
                 let live = guard
                     .page()
                     .peek(req.slot_hash, req.key, now)
-                    .map(|e| e.map(|e| (e.value.to_vec(), e.flags)))
-                    .and_then(|e| e.map(|(v, f)| self.resolve(at, &v, f)).transpose());
+                    .and_then(|e| e.map(|e| self.resolve(at, e.value, e.flags)).transpose());
                 match live {
                     Ok(Some((value, flags))) if !is_negative(flags) => {
                         return Ok(Kept::Existing(value, flags));
