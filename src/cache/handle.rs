@@ -587,8 +587,12 @@ impl Cache {
             let hash = self.inner.hash;
             let slot_hash = move |key: &[u8]| hash.locate(key, g.num_pages).1;
             // Pages holding overflow blocks have them checked, and those no entry references
-            // freed (a wipe frees them all).
-            let owners = file.overflow_owners();
+            // freed (a wipe frees them all: no scan of the block rows then).
+            let owners = if wipe {
+                Vec::new()
+            } else {
+                file.overflow_owners()
+            };
             for page in 0..g.num_pages {
                 let Some(mut guard) = self.lock_page_at(file, page)? else {
                     continue 'files;
@@ -598,7 +602,7 @@ impl Cache {
                 } else if let Err(c) = check_page(guard.bytes(), g.start_slots, Some(&slot_hash)) {
                     guard.reset_for(c);
                 }
-                if owners[page as usize] {
+                if owners.get(page as usize) == Some(&true) {
                     guard.sweep_overflow();
                 }
             }
