@@ -154,14 +154,15 @@ impl PageMut<'_> {
                     false => full,
                 }
             };
-            let mut victims =
-                super::policy::choose_victims(&mut keep.clone(), used, len, capacity_with(new_n));
             // A large entry (an eighth of the page or more) that would push out protected
             // entries gets a smaller table instead, if one holds the survivors within the
-            // growth limit.
+            // growth limit. Only then are victims chosen on a copy first: every other rebuild
+            // chooses once, below.
             if new_n > start_slots
                 && len.saturating_mul(8) >= page_size
-                && victims.iter().any(|&i| keep[i].flags & FLAG_PROTECTED != 0)
+                && super::policy::choose_victims(&mut keep.clone(), used, len, capacity_with(new_n))
+                    .iter()
+                    .any(|&i| keep[i].flags & FLAG_PROTECTED != 0)
             {
                 let mut n = start_slots;
                 while n < new_n {
@@ -180,7 +181,7 @@ impl PageMut<'_> {
                 }
             }
             let full = data_capacity(page_size, new_n).unwrap_or(0);
-            victims = super::policy::choose_victims(&mut keep, used, len, capacity_with(new_n));
+            let victims = super::policy::choose_victims(&mut keep, used, len, capacity_with(new_n));
             let mut dead = vec![false; keep.len()];
             for &i in &victims {
                 dead[i] = true;
