@@ -5,12 +5,12 @@
 //! references (`check`).
 
 use super::handle::{Cache, Loc, PageProblem};
+use crate::Result;
 use crate::page::consts::{FLAG_DIRTY, FLAG_OVERFLOW, OVERFLOW_REF_SIZE, is_expired};
 use crate::page::{Corrupt, Dirty, DirtyCopy, NewEntry, PageView, StoreOutcome};
 use crate::store::{
     MAX_FOLLOWS, OverflowFull, OverflowReference, PageGuard, Place, Reader, SharedFile,
 };
-use crate::{Error, Result};
 use xxhash_rust::xxh3::xxh3_64;
 
 /// A large value that may be evicted to make room in the overflow area.
@@ -188,13 +188,7 @@ impl Cache {
                     evicted = true;
                     self.evict_large_locked(guard, Some(req.key), full.needed, now, false);
                 }
-                Err(full) => {
-                    return Err(Error::OverflowFull {
-                        path: self.path().to_path_buf(),
-                        needed: full.needed,
-                        free: full.free,
-                    });
-                }
+                Err(full) => return Err(self.overflow_full(full)),
             }
         }
     }
@@ -248,7 +242,7 @@ impl Cache {
         self.inner
             .file
             .overflow_usage()
-            .map_or(0, |u| u.blocks - u.used.min(u.blocks))
+            .map_or(0, |u| u.blocks.saturating_sub(u.used))
     }
 
     /// Removes clean large values of the locked page (never `keep`'s) until `needed` blocks

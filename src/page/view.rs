@@ -96,15 +96,7 @@ impl<'a> PageView<'a> {
 
     /// Calls `f` for every entry in slot order (expired entries and tombstones included).
     pub fn for_each_entry(&self, mut f: impl FnMut(EntryRef<'a>)) -> Result<(), Corrupt> {
-        let hdr = self.checked_header()?;
-        let (data_start, data_end) = self.data_bounds(&hdr);
-        for slot in 0..hdr.num_slots {
-            let word = self.slot(slot)?;
-            if word > SLOT_DELETED {
-                f(EntryLoc::read(self.buf, word, data_start, data_end)?.view(self.buf));
-            }
-        }
-        Ok(())
+        self.for_each_entry_protected(|e, _| f(e))
     }
 
     /// As [`for_each_entry`](Self::for_each_entry), with whether each entry is in the page's
