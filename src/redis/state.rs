@@ -72,13 +72,18 @@ fn open_state(path: &Path, owner: u32, write: bool) -> io::Result<(File, u64)> {
         let kind = e.kind();
         match kind {
             io::ErrorKind::InvalidInput | io::ErrorKind::PermissionDenied => {
-                io::Error::new(kind, format!("the state file is refused: {e}"))
+                io::Error::new(kind, Refused(e))
             }
             _ => e,
         }
     })?;
     Ok((file, md.len()))
 }
+
+/// Why a state file is not trusted: the checked open's own error, kept as the source.
+#[derive(Debug, thiserror::Error)]
+#[error("the state file is refused: {0}")]
+struct Refused(#[source] io::Error);
 
 /// The owner of the cache file at `cache_path`, which its state file must have.
 fn cache_owner(cache_path: &Path) -> io::Result<u32> {
