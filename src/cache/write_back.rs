@@ -42,7 +42,8 @@ use crate::clock::from_unix_secs;
 use crate::page::consts::{FLAG_DIRTY, FLAG_OVERFLOW, FLAG_UNDEF};
 use crate::page::{Corrupt, Dirty, DirtyCopy, Evict, NewEntry, PageMut, StoreOutcome};
 use crate::store::{
-    LockError, MAX_FOLLOWS, OverflowFull, PageGuard, SharedFile, WriteBackGuard, WriteBackWait,
+    LockError, MAX_FOLLOWS, OverflowFull, PageGuard, Route, SharedFile, WriteBackGuard,
+    WriteBackWait,
 };
 use crate::{Error, LockRole, Result};
 use std::time::Duration;
@@ -261,7 +262,7 @@ impl Cache {
                         }
                         self.write_back_large()?;
                     }
-                    self.evict_overflow_elsewhere(locked_page, req, now)?;
+                    self.evict_overflow_elsewhere(locked_page, full.needed, now)?;
                     guard = self.lock_for_change(page)?;
                 }
                 Err(Failed::Full(full)) => return Err(self.overflow_full(full)),
@@ -405,7 +406,7 @@ impl Cache {
         replacing_drops: bool,
         copies: &mut Vec<DirtyCopy>,
     ) -> std::result::Result<Option<StoreOutcome>, Failed> {
-        if self.goes_to_overflow(req) {
+        if guard.place().file.route(req) == Route::Overflow {
             return self
                 .attempt_store_large(guard, req, now, (refuse, replacing_drops), copies)
                 .map_err(|e| match e {

@@ -42,9 +42,9 @@ use super::header::{
 use super::shared::SharedFile;
 use crate::page::consts::{
     FLAG_OVERFLOW, OVERFLOW_REF_SIZE, REF_BLOCKS_OFFSET, REF_CHECKSUM_OFFSET,
-    REF_FIRST_BLOCK_OFFSET, REF_LEN_OFFSET,
+    REF_FIRST_BLOCK_OFFSET, REF_LEN_OFFSET, max_entry_size,
 };
-use crate::page::{Corrupt, PageView};
+use crate::page::{Corrupt, NewEntry, PageView};
 
 /// Where a file's overflow area and table are, in bytes from the start of the mapping.
 pub(crate) struct Area {
@@ -141,7 +141,37 @@ pub(crate) struct Usage {
     pub(crate) largest_free_run: u32,
 }
 
+/// Where a store puts an entry: the one decision every writer of this file makes the same
+/// way (plain and layered stores, batches' size checks, a resize copying entries over).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// The entry fits an empty page: it is stored there, value and all.
+    Page,
+    /// It does not, and its value fits the overflow area (`max_value_size`): the value goes
+    /// to the area and the page keeps a reference.
+    Overflow,
+    /// Neither: the store is refused before anything changes (`Error::ValueTooLarge` in a file
+    /// with an area, `Error::TooLarge` without one).
+    TooLarge,
+}
+
 impl SharedFile {
+    /// Where `req` goes in this file (see [`Route`]).
+    #[inline]
+    pub(crate) fn route(&self, req: &NewEntry<'_>) -> Route {
+        let g = &self.geometry;
+        let max_entry = max_entry_size(g.page_size as usize, g.start_slots);
+        if req.entry_size().is_some_and(|n| n <= max_entry) {
+            return Route::Page;
+        }
+        let max_value = self.max_value_size();
+        if max_value != 0 && req.value.len() <= max_value {
+            Route::Overflow
+        } else {
+            Route::TooLarge
+        }
+    }
+
     /// The overflow area, if the file has one.
     pub(crate) fn overflow(&self) -> Option<&Area> {
         self.overflow.as_ref()
