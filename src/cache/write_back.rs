@@ -36,6 +36,7 @@
 //! dirty value: a store that finds the area full of them writes them back first (see
 //! `large.rs`).
 
+use super::compression::decompress_borrowed;
 use super::handle::{Cache, Loc};
 use super::update::is_negative;
 use crate::clock::from_unix_secs;
@@ -477,17 +478,12 @@ impl Cache {
     pub(crate) fn mark_clean(&self, guard: &mut PageGuard<'_>, copies: &[DirtyCopy]) {
         for copy in copies {
             // A copy made from a request: the entry may hold its bytes as a large value.
-            let reference = match copy.reference {
+            let found = match copy.reference {
                 None if self.inner.file.overflow().is_some() => self.reference_of(guard, copy),
                 _ => None,
             };
-            let marked = match reference {
-                Some(reference) => guard.page().mark_clean(&DirtyCopy {
-                    reference: Some(reference),
-                    ..copy.clone()
-                }),
-                None => guard.page().mark_clean(copy),
-            };
+            let reference = copy.reference.as_deref().or(found.as_deref());
+            let marked = guard.page().mark_clean(copy, reference);
             if let Err(c) = marked {
                 guard.reset_for(c);
                 return;
@@ -522,9 +518,8 @@ impl Cache {
                     .map_err(|e| self.backing_error("delete", Some(&copy.key), e))?;
                 continue;
             }
-            let value =
-                super::compression::decompress(copy.value.clone(), copy.flags, self.plain_limit())
-                    .map_err(|e| self.decode_error(&copy.key, e))?;
+            let value = decompress_borrowed(&copy.value, copy.flags, self.plain_limit())
+                .map_err(|e| self.decode_error(&copy.key, e))?;
             let expires_at = (copy.expire_on != 0).then(|| from_unix_secs(copy.expire_on));
             backing
                 .store(&copy.key, &value, expires_at)
