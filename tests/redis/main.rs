@@ -430,7 +430,7 @@ fn a_listener_in_a_forked_child_is_left_alone() {
     children.spawn(move || {
         // Its thread is the parent's: the child's copy reports it stopped (without the
         // status lock, which the fork may have copied held).
-        if listener.status() != fastmmap::redis::ListenerStatus::Stopped {
+        if !matches!(listener.status(), ListenerStatus::Stopped) {
             return Err(format!("child sees {:?}", listener.status()));
         }
         drop(listener);

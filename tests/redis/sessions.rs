@@ -187,8 +187,10 @@ fn sessions_while_redis_is_down() {
     let id = *s.id();
 
     server.kill();
-    assert!(eventually(Duration::from_secs(3), || a.listener.status()
-        != fastmmap::redis::ListenerStatus::Trusted));
+    assert!(eventually(Duration::from_secs(3), || !a
+        .listener
+        .status()
+        .is_trusted()));
     let mut s2 = a.store.load(None, &client).unwrap();
     s2.insert("user", "grace").unwrap();
     let e = a.store.save(&mut s2).unwrap_err();
