@@ -208,7 +208,7 @@ impl Cache {
             let refuse = round < ROUNDS;
             let stored = self.attempt_store(&mut guard, req, now, refuse, if_absent, &mut copies);
             match stored {
-                Ok(Some(StoreOutcome::TooLarge)) => return Err(self.too_large(req)),
+                Ok(Some(StoreOutcome::TooLarge)) => return Err(self.refused(req)),
                 Ok(Some(outcome)) => {
                     drop(guard);
                     // Nothing dirty was dropped unless the page changed under the lock (it
@@ -407,13 +407,18 @@ impl Cache {
         replacing_drops: bool,
         copies: &mut Vec<DirtyCopy>,
     ) -> std::result::Result<Option<StoreOutcome>, Failed> {
-        if guard.place().file.route(req) == Route::Overflow {
-            return self
-                .attempt_store_large(guard, req, now, (refuse, replacing_drops), copies)
-                .map_err(|e| match e {
-                    Ok(full) => Failed::Full(full),
-                    Err(c) => Failed::Reset(c),
-                });
+        match guard.place().file.route(req) {
+            Route::Page => {}
+            Route::Overflow => {
+                return self
+                    .attempt_store_large(guard, req, now, (refuse, replacing_drops), copies)
+                    .map_err(|e| match e {
+                        Ok(full) => Failed::Full(full),
+                        Err(c) => Failed::Reset(c),
+                    });
+            }
+            // Refused before the page is touched (the caller's error: `Cache::refused`).
+            Route::TooLarge => return Ok(Some(StoreOutcome::TooLarge)),
         }
         let page = guard.page_index();
         let at = guard.place();
