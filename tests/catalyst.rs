@@ -33,7 +33,7 @@ const COOKIE: &str = "demo_session";
 
 fn skip(reason: &str) {
     assert!(
-        std::env::var_os("FASTMMAP_REQUIRE_CATALYST").is_none_or(|v| v != "1"),
+        !common::required("FASTMMAP_REQUIRE_CATALYST"),
         "FASTMMAP_REQUIRE_CATALYST=1 but {reason}"
     );
     eprintln!(

@@ -609,3 +609,37 @@ fn write_back_update_take_and_a_full_area_under_update() {
     assert_eq!(store.written_twice(), Vec::<String>::new());
     assert_eq!(cache.check_overflow().unwrap(), (Vec::new(), 0));
 }
+
+/// A value over `max_value_size` is `ValueTooLarge` (the area's limit, as a plain cache says)
+/// in every write mode, from `set` and from `update` alike, and changes nothing.
+#[test]
+fn a_value_over_max_value_size_is_value_too_large_in_every_mode() {
+    for mode in [WriteMode::Through, WriteMode::Back] {
+        let dir = temp_dir();
+        let store = Shared::default();
+        let cache = backed(&dir.path().join("c"), &store, mode);
+        let old = make_value(b"k", 1, 200_000);
+        cache.set(b"k", &old).unwrap();
+        let over = vec![7u8; MAX_VALUE as usize + 1];
+        let refused = |r: Result<(), Error>, how: &str| match r {
+            Err(Error::ValueTooLarge { len, max, .. }) => {
+                assert_eq!(
+                    (len, max),
+                    (over.len(), MAX_VALUE as usize),
+                    "{mode:?} {how}"
+                );
+            }
+            other => panic!("{mode:?} {how}: expected ValueTooLarge, got {other:?}"),
+        };
+        refused(cache.set(b"k", &over).map(drop), "set");
+        refused(
+            cache.update(b"k", |_| Update::Set(over.clone())).map(drop),
+            "update",
+        );
+        assert_eq!(
+            cache.get(b"k").unwrap().as_deref(),
+            Some(&old[..]),
+            "{mode:?}"
+        );
+    }
+}

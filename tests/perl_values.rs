@@ -88,7 +88,7 @@ fn perl_available(test: &str) -> bool {
     });
     match probe {
         Ok(()) => true,
-        Err(why) if std::env::var_os("FASTMMAP_REQUIRE_PERL").is_some_and(|v| v == "1") => {
+        Err(why) if required("FASTMMAP_REQUIRE_PERL") => {
             panic!("FASTMMAP_REQUIRE_PERL=1 but {why}")
         }
         Err(why) => {

@@ -149,7 +149,7 @@ fn perl_json_available() -> bool {
         .is_ok_and(|o| o.status.success());
     if !ok {
         assert!(
-            std::env::var_os("FASTMMAP_REQUIRE_PERL").is_none_or(|v| v != "1"),
+            !common::required("FASTMMAP_REQUIRE_PERL"),
             "FASTMMAP_REQUIRE_PERL=1 but perl with Cache::FastMmap and JSON is missing"
         );
         common::raw_eprint("\n*** typed: SKIPPED the Perl JSON test (no perl/JSON)\n\n");

@@ -109,10 +109,30 @@ pub(crate) fn decompress(
     flags: u32,
     max: usize,
 ) -> Result<Vec<u8>, DecompressError> {
+    if !is_compressed(flags) {
+        return Ok(stored);
+    }
+    unpack(&stored, flags, max)
+}
+
+/// As [`decompress`], for bytes the caller keeps: borrowed back unless the flags say they
+/// were compressed (no copy of a plain value).
+pub(crate) fn decompress_borrowed(
+    stored: &[u8],
+    flags: u32,
+    max: usize,
+) -> Result<std::borrow::Cow<'_, [u8]>, DecompressError> {
+    if !is_compressed(flags) {
+        return Ok(std::borrow::Cow::Borrowed(stored));
+    }
+    unpack(stored, flags, max).map(std::borrow::Cow::Owned)
+}
+
+/// The value compressed as `stored` by the method `flags` name.
+fn unpack(stored: &[u8], flags: u32, max: usize) -> Result<Vec<u8>, DecompressError> {
     match flags & FLAG_COMPRESSION {
-        0 => Ok(stored),
-        FLAG_LZ4 => lz4(&stored, max),
-        FLAG_ZSTD => zstd(&stored, max),
+        FLAG_LZ4 => lz4(stored, max),
+        FLAG_ZSTD => zstd(stored, max),
         _ => Err(DecompressError(format!(
             "unknown compression flags {:#x}",
             flags & FLAG_COMPRESSION

@@ -18,7 +18,7 @@ use crate::page::consts::{
 use crate::page::{Copied, Corrupt, EntryRef, NewEntry, StoreOutcome, check_page};
 use crate::store::{
     Access, Current, Geometry, KeyHash, Layout, LockError, MAX_FOLLOWS, PageGuard, ReadGuard,
-    ReadOutcome, Reader, SharedFile,
+    ReadOutcome, Reader, Route, SharedFile,
 };
 use crate::{Error, LockRole, Result};
 
@@ -400,25 +400,25 @@ impl Cache {
         }
     }
 
+    // --- Routing: page or overflow area (one decision, `SharedFile::route`) ---
+
     /// For the batch stores, which refuse the batch before storing any of it: each entry must
-    /// fit an empty page (single stores learn this from the page).
+    /// fit an empty page or the overflow area (single stores learn this as they store).
     pub(crate) fn check_size(&self, req: &NewEntry<'_>) -> Result<()> {
-        match req.entry_size() {
-            Some(needed) if needed <= self.max_entry_size() => Ok(()),
-            _ if self.goes_to_overflow(req) => Ok(()),
-            _ if self.inner.file.overflow().is_some() => Err(self.value_too_large(req)),
-            _ => Err(self.too_large(req)),
+        match self.inner.file.route(req) {
+            Route::Page | Route::Overflow => Ok(()),
+            Route::TooLarge => Err(self.refused(req)),
         }
     }
 
-    /// Whether `req` is stored in the overflow area: its entry does not fit a page, and its
-    /// value fits the area's limit.
-    #[inline]
-    pub(super) fn goes_to_overflow(&self, req: &NewEntry<'_>) -> bool {
-        let max = self.inner.file.max_value_size();
-        max != 0
-            && req.value.len() <= max
-            && req.entry_size().is_none_or(|n| n > self.max_entry_size())
+    /// The error for `req`, which neither a page nor the overflow area takes
+    /// ([`Route::TooLarge`]): over `max_value_size` in a file with an area, else over a page.
+    pub(super) fn refused(&self, req: &NewEntry<'_>) -> Error {
+        if self.inner.file.overflow().is_some() {
+            self.value_too_large(req)
+        } else {
+            self.too_large(req)
+        }
     }
 
     pub(super) fn value_too_large(&self, req: &NewEntry<'_>) -> Error {
@@ -436,6 +436,8 @@ impl Cache {
             max: self.max_entry_size(),
         }
     }
+
+    // --- end of routing ---
 
     /// Reads `key` under its page lock and hands the entry to `f`. A page found damaged is
     /// reset and the key reads as absent.
@@ -517,10 +519,10 @@ impl Cache {
         // Native pages change under a busy marker, so an overwrite of the same size may be
         // made in place (see `PageMut::store_with`); Cache::FastMmap's pages have no marker.
         let in_place = self.inner.file.layout() == Layout::Native;
-        if self.inner.file.overflow().is_some()
-            && req.entry_size().is_none_or(|n| n > self.max_entry_size())
-        {
-            return self.store_large(guard, req, now, in_place);
+        match guard.place().file.route(req) {
+            Route::Page => {}
+            Route::Overflow => return self.store_large(guard, req, now, in_place),
+            Route::TooLarge => return Err(self.refused(req)),
         }
         let outcome = match guard.change(|p| p.store_with(req, now, slots, in_place)) {
             Ok(outcome) => outcome,
@@ -541,12 +543,12 @@ impl Cache {
         }
         let mut guard = self.lock_page(loc)?;
         match self.store_locked(&mut guard, req, now) {
-            Err(Error::OverflowFull { .. }) => {
+            Err(Error::OverflowFull { needed, .. }) => {
                 // Room is made in other pages with this one let go (a page lock is never waited
                 // for while another is held), then the store is tried once more.
                 let page = guard.page_index();
                 drop(guard);
-                self.evict_overflow_elsewhere(page, req, now)?;
+                self.evict_overflow_elsewhere(page, needed, now)?;
                 let mut guard = self.lock_page(loc)?;
                 self.store_locked(&mut guard, req, now)
             }

@@ -94,9 +94,7 @@ impl Cache {
         copies: &mut Vec<DirtyCopy>,
     ) -> std::result::Result<Option<StoreOutcome>, std::result::Result<OverflowFull, Corrupt>> {
         let (refuse, replacing_drops) = dirty_rules;
-        let page = guard.page_index();
         let at = guard.place();
-        let file = &self.inner.file;
         let slots = self.geometry().start_slots;
         if refuse {
             // The entry the page will hold is a reference: a stand-in of its size decides.
@@ -121,27 +119,18 @@ impl Cache {
         let mut evicted = false;
         loop {
             copies.clear();
-            let changed = guard.change(|p| {
-                let reference = match file.overflow_write(page, req.value) {
-                    Ok(r) => r.encode(),
-                    Err(full) => return Ok(Err(full)),
-                };
-                let entry = NewEntry {
-                    value: &reference,
-                    flags: req.flags | FLAG_OVERFLOW,
-                    ..*req
-                };
-                let mut dirty = if refuse {
-                    Dirty::refuse(copies)
-                } else {
-                    Dirty::collect(copies)
-                };
-                dirty.replacing_drops = replacing_drops;
-                let stored = p.store_dirty(&entry, now, slots, true, &mut dirty)?;
+            let mut dirty = if refuse {
+                Dirty::refuse(copies)
+            } else {
+                Dirty::collect(copies)
+            };
+            dirty.replacing_drops = replacing_drops;
+            let changed = guard.store_overflow_with(req, |p, entry| {
+                let stored = p.store_dirty(entry, now, slots, true, &mut dirty)?;
                 // Before the change ends and frees the blocks of what it dropped (or, refused,
                 // the blocks just written).
-                self.resolve_copies(at, copies)?;
-                Ok(Ok(stored))
+                self.resolve_copies(at, dirty.out)?;
+                Ok(stored)
             });
             match changed {
                 Ok(Ok(stored)) => return Ok(stored),
@@ -155,7 +144,7 @@ impl Cache {
         }
     }
 
-    /// Stores `req`, whose entry does not fit a page, with its value in the overflow area.
+    /// Stores `req`, which goes to the overflow area ([`Route::Overflow`]), with its value there.
     /// When the area is full, this page's other large values go first (expired ones, then
     /// the least recently used); what other pages must give up is the caller's to ask for
     /// (`store` lets go of this page's lock first).
@@ -167,9 +156,6 @@ impl Cache {
         now: u32,
         in_place: bool,
     ) -> Result<StoreOutcome> {
-        if !self.goes_to_overflow(req) {
-            return Err(self.value_too_large(req));
-        }
         let page = guard.page_index();
         let mut evicted = false;
         loop {
@@ -193,24 +179,15 @@ impl Cache {
         }
     }
 
-    /// Makes room for `req` in the overflow area from pages other than `page` (whose lock
-    /// the caller does not hold): expired large values first, then the least recently used
-    /// of each page in turn, one page locked at a time, until enough blocks are free or
-    /// every page was visited twice.
-    pub(super) fn evict_overflow_elsewhere(
-        &self,
-        page: u32,
-        req: &NewEntry<'_>,
-        now: u32,
-    ) -> Result<()> {
-        let Some(usage) = self.inner.file.overflow_usage() else {
+    /// Makes room for `needed` blocks in the overflow area (what the store that found it full
+    /// needs: [`OverflowFull::needed`]) from pages other than `page` (whose lock the caller
+    /// does not hold): expired large values first, then the least recently used of each page
+    /// in turn, one page locked at a time, until enough blocks are free or every page was
+    /// visited twice.
+    pub(super) fn evict_overflow_elsewhere(&self, page: u32, needed: u32, now: u32) -> Result<()> {
+        if self.inner.file.overflow().is_none() {
             return Ok(());
-        };
-        let needed = req
-            .value
-            .len()
-            .div_ceil(usage.block_size.max(1) as usize)
-            .max(1) as u32;
+        }
         let pages = self.num_pages();
         for expired_only in [true, false] {
             for i in 1..pages {

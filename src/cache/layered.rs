@@ -733,7 +733,7 @@ impl Cache {
             return Ok((Some(value), r));
         };
         let refused = match stored {
-            StoreOutcome::TooLarge => return Err(self.too_large(&req)),
+            StoreOutcome::TooLarge => return Err(self.refused(&req)),
             StoreOutcome::Refused => true,
             _ => false,
         };

@@ -36,13 +36,15 @@
 //! dirty value: a store that finds the area full of them writes them back first (see
 //! `large.rs`).
 
+use super::compression::decompress_borrowed;
 use super::handle::{Cache, Loc};
 use super::update::is_negative;
 use crate::clock::from_unix_secs;
 use crate::page::consts::{FLAG_DIRTY, FLAG_OVERFLOW, FLAG_UNDEF};
 use crate::page::{Corrupt, Dirty, DirtyCopy, Evict, NewEntry, PageMut, StoreOutcome};
 use crate::store::{
-    LockError, MAX_FOLLOWS, OverflowFull, PageGuard, SharedFile, WriteBackGuard, WriteBackWait,
+    LockError, MAX_FOLLOWS, OverflowFull, PageGuard, Route, SharedFile, WriteBackGuard,
+    WriteBackWait,
 };
 use crate::{Error, LockRole, Result};
 use std::time::Duration;
@@ -206,7 +208,7 @@ impl Cache {
             let refuse = round < ROUNDS;
             let stored = self.attempt_store(&mut guard, req, now, refuse, if_absent, &mut copies);
             match stored {
-                Ok(Some(StoreOutcome::TooLarge)) => return Err(self.too_large(req)),
+                Ok(Some(StoreOutcome::TooLarge)) => return Err(self.refused(req)),
                 Ok(Some(outcome)) => {
                     drop(guard);
                     // Nothing dirty was dropped unless the page changed under the lock (it
@@ -261,7 +263,7 @@ impl Cache {
                         }
                         self.write_back_large()?;
                     }
-                    self.evict_overflow_elsewhere(locked_page, req, now)?;
+                    self.evict_overflow_elsewhere(locked_page, full.needed, now)?;
                     guard = self.lock_for_change(page)?;
                 }
                 Err(Failed::Full(full)) => return Err(self.overflow_full(full)),
@@ -405,13 +407,18 @@ impl Cache {
         replacing_drops: bool,
         copies: &mut Vec<DirtyCopy>,
     ) -> std::result::Result<Option<StoreOutcome>, Failed> {
-        if self.goes_to_overflow(req) {
-            return self
-                .attempt_store_large(guard, req, now, (refuse, replacing_drops), copies)
-                .map_err(|e| match e {
-                    Ok(full) => Failed::Full(full),
-                    Err(c) => Failed::Reset(c),
-                });
+        match guard.place().file.route(req) {
+            Route::Page => {}
+            Route::Overflow => {
+                return self
+                    .attempt_store_large(guard, req, now, (refuse, replacing_drops), copies)
+                    .map_err(|e| match e {
+                        Ok(full) => Failed::Full(full),
+                        Err(c) => Failed::Reset(c),
+                    });
+            }
+            // Refused before the page is touched (the caller's error: `Cache::refused`).
+            Route::TooLarge => return Ok(Some(StoreOutcome::TooLarge)),
         }
         let page = guard.page_index();
         let at = guard.place();
@@ -476,17 +483,12 @@ impl Cache {
     pub(crate) fn mark_clean(&self, guard: &mut PageGuard<'_>, copies: &[DirtyCopy]) {
         for copy in copies {
             // A copy made from a request: the entry may hold its bytes as a large value.
-            let reference = match copy.reference {
+            let found = match copy.reference {
                 None if self.inner.file.overflow().is_some() => self.reference_of(guard, copy),
                 _ => None,
             };
-            let marked = match reference {
-                Some(reference) => guard.page().mark_clean(&DirtyCopy {
-                    reference: Some(reference),
-                    ..copy.clone()
-                }),
-                None => guard.page().mark_clean(copy),
-            };
+            let reference = copy.reference.as_deref().or(found.as_deref());
+            let marked = guard.page().mark_clean(copy, reference);
             if let Err(c) = marked {
                 guard.reset_for(c);
                 return;
@@ -521,9 +523,8 @@ impl Cache {
                     .map_err(|e| self.backing_error("delete", Some(&copy.key), e))?;
                 continue;
             }
-            let value =
-                super::compression::decompress(copy.value.clone(), copy.flags, self.plain_limit())
-                    .map_err(|e| self.decode_error(&copy.key, e))?;
+            let value = decompress_borrowed(&copy.value, copy.flags, self.plain_limit())
+                .map_err(|e| self.decode_error(&copy.key, e))?;
             let expires_at = (copy.expire_on != 0).then(|| from_unix_secs(copy.expire_on));
             backing
                 .store(&copy.key, &value, expires_at)

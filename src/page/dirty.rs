@@ -160,18 +160,23 @@ impl PageView<'_> {
 
 impl PageMut<'_> {
     /// Clears the dirty flag of `copy`'s key if its entry is still dirty with the same value
-    /// bytes (it has been written back) — for a large value, the same overflow reference (new
-    /// bytes always get a new reference: its blocks and checksum). Returns whether it did. A
-    /// single flag word changes: no structural change.
-    pub fn mark_clean(&mut self, copy: &DirtyCopy) -> Result<bool, Corrupt> {
+    /// bytes (it has been written back) — for a large value, the same overflow reference
+    /// `reference` (new bytes always get a new reference: its blocks and checksum). The
+    /// reference is `copy.reference`, or one the caller found for a copy made from a request.
+    /// Returns whether it did. A single flag word changes: no structural change.
+    pub fn mark_clean(
+        &mut self,
+        copy: &DirtyCopy,
+        reference: Option<&[u8]>,
+    ) -> Result<bool, Corrupt> {
         let hdr = self.checked_header()?;
         let Probe::Hit { loc, .. } = self.probe(&hdr, copy.slot_hash, &copy.key)? else {
             return Ok(false);
         };
-        let stored = copy.reference.as_deref().unwrap_or(&copy.value);
+        let stored = reference.unwrap_or(&copy.value);
         let same = loc.flags & FLAG_DIRTY != 0
             && !loc.is_tombstone()
-            && (loc.flags & FLAG_OVERFLOW != 0) == copy.reference.is_some()
+            && (loc.flags & FLAG_OVERFLOW != 0) == reference.is_some()
             && loc.view(self.buf).value == stored;
         if same {
             super::header::put_u32(self.buf, loc.off + FLAGS_OFFSET, loc.flags & !FLAG_DIRTY)?;

@@ -535,8 +535,11 @@ fn refusing_stores_change_nothing_and_report_the_dirty_entries_in_the_way() {
             // Written back: mark them clean, and the store goes through, dropping them.
             let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
             for copy in &out {
-                assert!(page.mark_clean(copy).unwrap());
-                assert!(!page.mark_clean(copy).unwrap(), "already clean");
+                assert!(page.mark_clean(copy, copy.reference.as_deref()).unwrap());
+                assert!(
+                    !page.mark_clean(copy, copy.reference.as_deref()).unwrap(),
+                    "already clean"
+                );
             }
             let mut more = Vec::new();
             let stored = page
@@ -767,7 +770,7 @@ fn an_overwrite_that_must_evict_its_own_dirty_entry_refuses_until_it_is_written_
     assert_eq!(get(&mut buf, b"k", NOW), Some(old.clone()));
     // Written back and marked clean, the store goes ahead.
     let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
-    assert!(page.mark_clean(&out[0]).unwrap());
+    assert!(page.mark_clean(&out[0], None).unwrap());
     let mut again = Vec::new();
     let stored = page
         .store_dirty(

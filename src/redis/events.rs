@@ -1,10 +1,12 @@
 //! The Redis tier's faults, in the manner of the core's (`events.rs`): a lost connection, a
 //! regained one, a failed distrust, a refused state file.
 
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, TryLockError};
+use std::time::SystemTime;
 
 use super::RedisError;
+use crate::unix_secs;
 
 /// The target of the Redis tier's events, for filters: the listener's connection lost (warn),
 /// regained (info), a refused state file (warn).
@@ -63,10 +65,10 @@ pub(crate) fn redis_distrust_failed(path: &Path, error: Option<&RedisError>) {
 
 /// The Redis state file `path` was not opened (`error`): the host is treated as distrusted.
 /// A missing file (no listener yet) is not a fault; a refused one (another owner, a link, not
-/// a regular file) is, reported at most once every ten seconds in this process.
+/// a regular file) is, reported at most once every ten seconds per file in this process.
 #[cold]
 pub(crate) fn state_file_refused(path: &Path, error: &std::io::Error) {
-    if error.kind() != std::io::ErrorKind::NotFound && throttle(&STATE_FILE_REPORTED) {
+    if error.kind() != std::io::ErrorKind::NotFound && throttle(path) {
         tracing::warn!(
             target: TARGET,
             path = %path.display(),
@@ -76,18 +78,57 @@ pub(crate) fn state_file_refused(path: &Path, error: &std::io::Error) {
     }
 }
 
-static STATE_FILE_REPORTED: AtomicU64 = AtomicU64::new(0);
+/// How often one state file's refusal is reported, at most.
+const REPORT_EVERY_SECS: u64 = 10;
+/// How many state files' last reports are remembered; past that the oldest is forgotten (and
+/// that file may be reported again early).
+const REPORTED_FILES: usize = 64;
 
-/// Whether a fault reported through `last` (Unix seconds of its last report) may be reported
-/// now: at most once every ten seconds.
-fn throttle(last: &AtomicU64) -> bool {
-    const EVERY_SECS: u64 = 10;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let seen = last.load(Ordering::Relaxed);
-    (seen == 0 || now.saturating_sub(seen) >= EVERY_SECS)
-        && last
-            .compare_exchange(seen, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
+/// The state files whose refusal was reported, with when (Unix seconds).
+static REPORTED: Mutex<Vec<(PathBuf, u64)>> = Mutex::new(Vec::new());
+
+/// Whether a refusal of the state file `path` may be reported now: not within
+/// [`REPORT_EVERY_SECS`] of its last report.
+fn throttle(path: &Path) -> bool {
+    let now = unix_secs(SystemTime::now());
+    // Never waited for: a fork may have copied the lock held. Unsure, report.
+    let mut reported = match REPORTED.try_lock() {
+        Ok(reported) => reported,
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(TryLockError::WouldBlock) => return true,
+    };
+    if let Some((_, last)) = reported.iter_mut().find(|(p, _)| p == path) {
+        if now.saturating_sub(*last) < REPORT_EVERY_SECS {
+            return false;
+        }
+        *last = now;
+        return true;
+    }
+    if reported.len() >= REPORTED_FILES
+        && let Some(oldest) = (0..reported.len()).min_by_key(|&i| reported[i].1)
+    {
+        reported.swap_remove(oldest);
+    }
+    reported.push((path.to_path_buf(), now));
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_state_file_is_throttled_on_its_own_and_memory_is_bounded() {
+        let dir = Path::new("/nonexistent/fastmmap-throttle-test");
+        let a = dir.join("a.redis");
+        let b = dir.join("b.redis");
+        assert!(throttle(&a), "the first refusal of a file is reported");
+        assert!(!throttle(&a), "again within the period: not reported");
+        assert!(throttle(&b), "another file is reported on its own");
+        for i in 0..REPORTED_FILES * 2 {
+            throttle(&dir.join(format!("{i}.redis")));
+        }
+        let held = REPORTED.lock().unwrap_or_else(|p| p.into_inner()).len();
+        assert!(held <= REPORTED_FILES, "{held} files remembered");
+    }
 }

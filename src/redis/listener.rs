@@ -24,8 +24,9 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Where a [`Listener`] is. Two statuses are equal when they are the same state and, for
-/// `Down`, hold the same failure (or none).
+/// Where a [`Listener`] is. Not comparable with `==`: two failures are not equal in any
+/// useful sense (errors have no equality), so ask with `matches!` or
+/// [`is_trusted`](Self::is_trusted).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum ListenerStatus {
@@ -38,20 +39,12 @@ pub enum ListenerStatus {
     Stopped,
 }
 
-impl PartialEq for ListenerStatus {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (Self::Down(a), Self::Down(b)) => match (a, b) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (a, b) => a.is_none() && b.is_none(),
-            },
-            (Self::Trusted, Self::Trusted) | (Self::Stopped, Self::Stopped) => true,
-            _ => false,
-        }
+impl ListenerStatus {
+    /// Whether the listener is subscribed: the host trusts its file.
+    pub fn is_trusted(&self) -> bool {
+        matches!(self, ListenerStatus::Trusted)
     }
 }
-
-impl Eq for ListenerStatus {}
 
 struct Shared {
     stop: AtomicBool,
@@ -158,7 +151,7 @@ impl Listener {
     pub fn wait_trusted(&self, timeout: Duration) -> bool {
         let start = Instant::now();
         loop {
-            if self.status() == ListenerStatus::Trusted {
+            if self.status().is_trusted() {
                 return true;
             }
             if start.elapsed() >= timeout {
@@ -215,11 +208,7 @@ impl Worker {
         let mut again = false;
         while !self.stopping() {
             let outcome = self.session();
-            let was_trusted = self
-                .shared
-                .status
-                .lock()
-                .is_ok_and(|s| *s == ListenerStatus::Trusted);
+            let was_trusted = self.shared.status.lock().is_ok_and(|s| s.is_trusted());
             // Whatever happened, nothing is trusted until subscribed again.
             self.distrust();
             let error = outcome.err().map(Arc::new);

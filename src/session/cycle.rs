@@ -155,8 +155,13 @@ impl Visit {
     /// no, `finish_http` touches nothing but `headers` and cannot block, so an integration
     /// that moves store calls off its async threads may call it in place (a static asset).
     pub fn needs_store(&self, headers: &HeaderMap) -> bool {
-        let location = headers.get(LOCATION).is_some_and(|v| v.to_str().is_ok());
-        self.is_loaded() || self.must_load(is_html_head(headers), location)
+        self.needs_store_for(&ResponseHead::read(headers))
+    }
+
+    /// [`needs_store`](Self::needs_store), for a response head already read (an integration
+    /// that then finishes with [`SessionStore::finish_http_with`] reads it once).
+    pub fn needs_store_for(&self, head: &ResponseHead) -> bool {
+        self.is_loaded() || self.must_load(head.html, head.location.is_some())
     }
 
     /// Whether `finish` loads a session that was never loaded, for a response that is
@@ -287,6 +292,32 @@ impl Visit {
     pub fn change_id(&mut self) -> Result<SessionId> {
         let store = self.store.clone();
         store.change_id(self.session()?)
+    }
+}
+
+/// What the end of a request reads from a response's `http` head: whether its body is a
+/// page whose links get the id (its `Content-Type`), and its `Location`. Read once
+/// ([`ResponseHead::read`]) for both [`Visit::needs_store_for`] and
+/// [`SessionStore::finish_http_with`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ResponseHead {
+    /// `text/html`, with no charset or a UTF-8 one ([`Response::is_html`]).
+    pub html: bool,
+    /// The `Location` header, if it is text.
+    pub location: Option<String>,
+}
+
+impl ResponseHead {
+    /// Reads `Content-Type` and `Location` from `headers`.
+    pub fn read(headers: &HeaderMap) -> ResponseHead {
+        ResponseHead {
+            html: is_html_head(headers),
+            location: headers
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        }
     }
 }
 
@@ -579,17 +610,28 @@ impl SessionStore {
         status: StatusCode,
         headers: &mut HeaderMap,
     ) -> Result<Finished> {
-        let header = |name| {
-            headers
-                .get(name)
-                .and_then(|v: &HeaderValue| v.to_str().ok())
-                .map(str::to_owned)
-        };
+        let read = ResponseHead::read(headers);
+        self.finish_http_with(visit, status, read, headers)
+    }
+
+    /// [`finish_http`](Self::finish_http), with `Content-Type` and `Location` already read
+    /// from `headers` as `read` (by [`ResponseHead::read`], for
+    /// [`Visit::needs_store_for`]).
+    ///
+    /// # Errors
+    /// As [`finish_http`](Self::finish_http).
+    pub fn finish_http_with(
+        &self,
+        visit: &mut Visit,
+        status: StatusCode,
+        read: ResponseHead,
+        headers: &mut HeaderMap,
+    ) -> Result<Finished> {
         let mut body = Vec::new();
         let mut head = Head {
             status: status.as_u16(),
-            location: header(LOCATION),
-            html: is_html_head(headers),
+            location: read.location,
+            html: read.html,
             body: &mut body,
             set_cookie: None,
         };

@@ -231,7 +231,7 @@ pub use catalyst_record::{
     CATALYST_DEFAULT_EXPIRES, CATALYST_DEFAULT_NUM_PAGES, CATALYST_DEFAULT_PAGE_SIZE,
     CatalystConfig,
 };
-pub use cycle::{Finished, IdSource, Request, Response, Visit};
+pub use cycle::{Finished, IdSource, Request, Response, ResponseHead, Visit};
 pub use data::{NewReason, Origin, Session};
 pub use error::{Error, Result};
 pub use html::{HTML_MEMORY_LIMIT, PageRewrite, PageStream};

@@ -225,8 +225,23 @@ impl PageGuard<'_> {
         now: u32,
         in_place: bool,
     ) -> Result<Result<StoreOutcome, OverflowFull>, crate::page::Corrupt> {
+        let slots = self.0.file.geometry.start_slots;
+        self.store_overflow_with(req, |p, entry| p.store_with(entry, now, slots, in_place))
+    }
+
+    /// The overflow store every writer of a large value shares: one structural change (busy
+    /// marker set) that writes `req.value` to blocks claimed for this page, then hands `store`
+    /// the entry to keep in the page instead — `req` with the value's reference and
+    /// `FLAG_OVERFLOW` — to store as it must (plainly, keeping dirty entries, …). Whatever the
+    /// change drops or refuses (the old value, evicted ones, the blocks just written if the
+    /// store refused) is freed as the change ends, so `store` does any reading of dropped
+    /// large values before it returns. `Ok(Err(full))`: no room in the area, nothing changed.
+    pub(crate) fn store_overflow_with<T>(
+        &mut self,
+        req: &NewEntry<'_>,
+        store: impl FnOnce(&mut PageMut<'_>, &NewEntry<'_>) -> Result<T, crate::page::Corrupt>,
+    ) -> Result<Result<T, OverflowFull>, crate::page::Corrupt> {
         let (file, page) = (self.0.file, self.0.page);
-        let slots = file.geometry.start_slots;
         self.change(|p| {
             let reference = match file.overflow_write(page, req.value) {
                 Ok(r) => r.encode(),
@@ -237,7 +252,7 @@ impl PageGuard<'_> {
                 flags: req.flags | FLAG_OVERFLOW,
                 ..*req
             };
-            p.store_with(&entry, now, slots, in_place).map(Ok)
+            store(p, &entry).map(Ok)
         })
     }
 

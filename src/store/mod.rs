@@ -44,7 +44,7 @@ pub(crate) use layout::KeyHash;
 pub(crate) use layout::fastmmap_hash;
 pub use layout::{Layout, LockKind};
 pub(crate) use optimistic::{Access, Outcome as ReadOutcome};
-pub(crate) use overflow::{Full as OverflowFull, Reference as OverflowReference};
+pub(crate) use overflow::{Full as OverflowFull, Reference as OverflowReference, Route};
 pub(crate) use reader::{Reader, peek_locked, read_locked};
 pub(crate) use registry::open_shared;
 pub(crate) use resize::{Current, MAX_FOLLOWS, WriteBack, resize};

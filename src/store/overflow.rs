@@ -42,9 +42,9 @@ use super::header::{
 use super::shared::SharedFile;
 use crate::page::consts::{
     FLAG_OVERFLOW, OVERFLOW_REF_SIZE, REF_BLOCKS_OFFSET, REF_CHECKSUM_OFFSET,
-    REF_FIRST_BLOCK_OFFSET, REF_LEN_OFFSET,
+    REF_FIRST_BLOCK_OFFSET, REF_LEN_OFFSET, max_entry_size,
 };
-use crate::page::{Corrupt, PageView};
+use crate::page::{Corrupt, NewEntry, PageView};
 
 /// Where a file's overflow area and table are, in bytes from the start of the mapping.
 pub(crate) struct Area {
@@ -141,7 +141,37 @@ pub(crate) struct Usage {
     pub(crate) largest_free_run: u32,
 }
 
+/// Where a store puts an entry: the one decision every writer of this file makes the same
+/// way (plain and layered stores, batches' size checks, a resize copying entries over).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// The entry fits an empty page: it is stored there, value and all.
+    Page,
+    /// It does not, and its value fits the overflow area (`max_value_size`): the value goes
+    /// to the area and the page keeps a reference.
+    Overflow,
+    /// Neither: the store is refused before anything changes (`Error::ValueTooLarge` in a file
+    /// with an area, `Error::TooLarge` without one).
+    TooLarge,
+}
+
 impl SharedFile {
+    /// Where `req` goes in this file (see [`Route`]).
+    #[inline]
+    pub(crate) fn route(&self, req: &NewEntry<'_>) -> Route {
+        let g = &self.geometry;
+        let max_entry = max_entry_size(g.page_size as usize, g.start_slots);
+        if req.entry_size().is_some_and(|n| n <= max_entry) {
+            return Route::Page;
+        }
+        let max_value = self.max_value_size();
+        if max_value != 0 && req.value.len() <= max_value {
+            Route::Overflow
+        } else {
+            Route::TooLarge
+        }
+    }
+
     /// The overflow area, if the file has one.
     pub(crate) fn overflow(&self) -> Option<&Area> {
         self.overflow.as_ref()
@@ -360,9 +390,10 @@ impl SharedFile {
 
     /// As [`overflow_read`](Self::overflow_read), but hands `f` the value where it lies in the
     /// area, without a copy, when its blocks are one run of consecutive blocks (as the claim's
-    /// hand usually leaves them); a value split over several runs is copied out first. The
-    /// same checks, the checksum included, come before `f` sees a byte. Call it holding
-    /// `page`'s lock, which must outlive `f`.
+    /// hand usually leaves them); a value split over several runs is copied out. The chain is
+    /// walked once: nothing is copied while it stays one run, and at the first break the run
+    /// so far is copied, then every block after it. The same checks, the checksum included,
+    /// come before `f` sees a byte. Call it holding `page`'s lock, which must outlive `f`.
     pub(crate) fn overflow_lend<R>(
         &self,
         page: u32,
@@ -373,34 +404,56 @@ impl SharedFile {
             "overflow reference in a file without an overflow area",
         ))?;
         let r = Reference::decode(bytes)?;
-        let mut next = r.first;
-        let mut one_run = true;
-        self.walk(area, page, &r, |block, _| {
-            one_run &= block == next;
-            next = block.wrapping_add(1);
-        })?;
-        if !one_run {
-            return self.overflow_read(page, bytes).map(|v| f(&v));
-        }
         let bs = area.geometry.block_size as usize;
-        // SAFETY: `walk` checked that the chain is `r.blocks` blocks, each `< blocks`, here
-        // `first, first + 1, …`, and that `r.len` needs exactly `r.blocks` blocks; so the
-        // `r.len` bytes from block `first` lie inside the area, inside the mapping, which
-        // lives as long as `self`. Every block is owned by `page`, whose lock the caller holds
-        // for as long as `f` runs, so no cooperating writer changes or frees them meanwhile,
-        // exactly as for the page bytes a guard lends.
-        let value = unsafe {
-            std::slice::from_raw_parts(
-                self.map
-                    .as_ptr()
-                    .add(area.data_offset + r.first as usize * bs),
-                r.len as usize,
-            )
+        let base = self.map.as_ptr();
+        // `n` value bytes from the start of `block`, over consecutive blocks.
+        // SAFETY: called only below, on blocks `walk` has checked (each `< blocks` and owned
+        // by `page`), for a run of `k` consecutive such blocks and `n <= k * bs` bytes: they
+        // lie inside the area, inside the mapping, which lives as long as `self`. The caller
+        // holds `page`'s lock for as long as the bytes are used (copied here, or lent to `f`),
+        // so no cooperating writer changes or frees them meanwhile.
+        let span = |block: u32, n: usize| unsafe {
+            std::slice::from_raw_parts(base.add(area.data_offset + block as usize * bs), n)
         };
-        if xxh3_64(value) != r.checksum {
-            return Err(Corrupt("overflow value does not match its checksum"));
+        let mut next = r.first;
+        let mut run = 0usize;
+        let mut split: Option<(Vec<u8>, Xxh3)> = None;
+        self.walk(area, page, &r, |block, n| match &mut split {
+            None if block == next => {
+                run += n;
+                next = block.wrapping_add(1);
+            }
+            None => {
+                let mut out =
+                    Vec::with_capacity(r.len.min(u64::from(area.geometry.max_value_size)) as usize);
+                let mut sum = Xxh3::new();
+                for part in [span(r.first, run), span(block, n)] {
+                    out.extend_from_slice(part);
+                    sum.update(part);
+                }
+                split = Some((out, sum));
+            }
+            Some((out, sum)) => {
+                let part = span(block, n);
+                out.extend_from_slice(part);
+                sum.update(part);
+            }
+        })?;
+        match split {
+            None => {
+                let value = span(r.first, run);
+                if xxh3_64(value) != r.checksum {
+                    return Err(Corrupt("overflow value does not match its checksum"));
+                }
+                Ok(f(value))
+            }
+            Some((value, sum)) => {
+                if sum.digest() != r.checksum {
+                    return Err(Corrupt("overflow value does not match its checksum"));
+                }
+                Ok(f(&value))
+            }
         }
-        Ok(f(value))
     }
 
     /// The overflow references of `page`'s entries, taken before a structural change (the

@@ -15,7 +15,7 @@ use http_body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::session::SessionStore;
+use crate::session::{ResponseHead, SessionStore};
 use crate::web::blocking::blocking;
 use crate::web::body::{BoxError, SessionBody};
 use crate::web::extract::{SessionHandle, Shared};
@@ -301,18 +301,26 @@ where
         // The handler was told; the session and its cookie stay as they were.
         return http::Response::from_parts(parts, SessionBody::plain(body));
     }
-    let was_loaded = shared.visit().is_loaded();
     let status = parts.status;
     let mut headers = std::mem::take(&mut parts.headers);
+    // Read once, for the question below and for the finish.
+    let read = ResponseHead::read(&headers);
     // A request that never used the session (a static asset) skips the blocking pool:
     // `finish_http` then reaches no store.
-    let hop = shared.may_block && shared.visit().needs_store(&headers);
+    let (was_loaded, hop) = {
+        let visit = shared.visit();
+        (
+            visit.is_loaded(),
+            shared.may_block && visit.needs_store_for(&read),
+        )
+    };
     let store_finish = {
         let shared = Arc::clone(&shared);
         move || {
-            let finished = config
-                .store
-                .finish_http(&mut shared.visit(), status, &mut headers);
+            let finished =
+                config
+                    .store
+                    .finish_http_with(&mut shared.visit(), status, read, &mut headers);
             (finished, headers, config)
         }
     };

@@ -40,7 +40,7 @@ impl RedisServer {
 
     fn start_with(test: &str, durable: bool) -> Option<RedisServer> {
         if binary().is_none() {
-            if std::env::var("FASTMMAP_REQUIRE_REDIS").is_ok_and(|v| v == "1") {
+            if super::common::required("FASTMMAP_REQUIRE_REDIS") {
                 panic!("{test}: redis-server is not installed, and FASTMMAP_REQUIRE_REDIS=1");
             }
             eprintln!(

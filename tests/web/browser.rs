@@ -32,7 +32,7 @@ pub(crate) fn chromium() -> Option<PathBuf> {
 }
 
 pub(crate) fn browser_required() -> bool {
-    std::env::var("FASTMMAP_REQUIRE_BROWSER").is_ok_and(|v| v == "1")
+    crate::common::required("FASTMMAP_REQUIRE_BROWSER")
 }
 
 /// A headless chromium with a fresh profile that blocks every cookie, killed (with its

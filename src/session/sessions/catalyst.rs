@@ -21,6 +21,21 @@ use crate::session::id::{IdFormat, SessionId};
 use crate::session::record::{Binding, Map, Record, Times};
 use crate::{Expiry, Update};
 
+/// `session:SID`: the session hash of `id`.
+fn session_key(id: &SessionId) -> Vec<u8> {
+    key(SESSION_PREFIX.as_bytes(), id)
+}
+
+/// `expires:SID`: when the session `id` ends.
+fn expires_key(id: &SessionId) -> Vec<u8> {
+    key(EXPIRES_PREFIX.as_bytes(), id)
+}
+
+/// `flash:SID`: the flash of the session `id`.
+fn flash_key(id: &SessionId) -> Vec<u8> {
+    key(FLASH_PREFIX.as_bytes(), id)
+}
+
 /// A new id of Catalyst's shape.
 fn new_id() -> Result<SessionId> {
     IdFormat::Catalyst.generate()
@@ -45,12 +60,12 @@ enum Found {
 impl Catalyst {
     /// The cache key of the session hash of `id` (`session:SID`).
     pub(super) fn key(&self, id: &SessionId) -> Vec<u8> {
-        key(SESSION_PREFIX.as_bytes(), id)
+        session_key(id)
     }
 
     /// Catalyst's `expires:SID` for `id`, if there is one.
     fn expires(&self, tier: &Tier, id: &SessionId) -> Result<Option<u64>> {
-        tier.get(&key(EXPIRES_PREFIX.as_bytes(), id))?
+        tier.get(&expires_key(id))?
             .map(|bytes| decode_expires(&bytes))
             .transpose()
     }
@@ -59,25 +74,22 @@ impl Catalyst {
     /// recreated after a deletion). Returns the expiry now stored, if any.
     fn extend(&self, tier: &Tier, id: &SessionId, at: u64) -> Result<Option<u64>> {
         let bytes = encode_expires(at)?;
-        Ok(tier.update_with(
-            &key(EXPIRES_PREFIX.as_bytes(), id),
-            |current| match current {
-                None => (Update::Keep, None),
-                Some(current) => match decode_expires(current) {
-                    Ok(old) if old >= at => (Update::Keep, Some(old)),
-                    // A damaged expiry is replaced: Catalyst reads it as 0 and would end the
-                    // session; this request has just shown the session to be live.
-                    _ => (Update::SetWith(bytes, Expiry::Never), Some(at)),
-                },
+        Ok(tier.update_with(&expires_key(id), |current| match current {
+            None => (Update::Keep, None),
+            Some(current) => match decode_expires(current) {
+                Ok(old) if old >= at => (Update::Keep, Some(old)),
+                // A damaged expiry is replaced: Catalyst reads it as 0 and would end the
+                // session; this request has just shown the session to be live.
+                _ => (Update::SetWith(bytes, Expiry::Never), Some(at)),
             },
-        )?)
+        })?)
     }
 
     /// Deletes a session's three keys, `session:` first (Catalyst's order).
     pub(super) fn delete(&self, tier: &Tier, id: &SessionId) -> Result<bool> {
-        let live = tier.remove(&key(SESSION_PREFIX.as_bytes(), id))?;
-        tier.remove(&key(EXPIRES_PREFIX.as_bytes(), id))?;
-        tier.remove(&key(FLASH_PREFIX.as_bytes(), id))?;
+        let live = tier.remove(&session_key(id))?;
+        tier.remove(&expires_key(id))?;
+        tier.remove(&flash_key(id))?;
         Ok(live)
     }
 
@@ -187,7 +199,7 @@ impl Catalyst {
     /// What `id` names now: missing, dropped (and deleted), or live.
     fn find(&self, tier: &Tier, id: &SessionId, client: &Client<'_>, now: u64) -> Result<Found> {
         let expires = self.expires(tier, id)?;
-        let Some(bytes) = tier.get(&key(SESSION_PREFIX.as_bytes(), id))? else {
+        let Some(bytes) = tier.get(&session_key(id))? else {
             return Ok(Found::Missing);
         };
         let expires = match expires {
@@ -208,7 +220,7 @@ impl Catalyst {
 
     /// Takes the flash values out of `session:SID` (its `__flash`) in one atomic step.
     pub(super) fn take_flash(&self, tier: &Tier, session: &mut Session) -> Result<()> {
-        let taken = tier.try_update(&key(SESSION_PREFIX.as_bytes(), &session.id), |current| {
+        let taken = tier.try_update(&session_key(&session.id), |current| {
             let Some(bytes) = current else {
                 return Ok((Update::Keep, None));
             };
@@ -243,11 +255,8 @@ impl Catalyst {
             None => new_id()?,
         };
         for _ in 0..ID_ATTEMPTS {
-            if tier.insert(
-                &key(EXPIRES_PREFIX.as_bytes(), &id),
-                &expires_bytes,
-                Expiry::Never,
-            )? && tier.insert(&key(SESSION_PREFIX.as_bytes(), &id), &bytes, Expiry::Never)?
+            if tier.insert(&expires_key(&id), &expires_bytes, Expiry::Never)?
+                && tier.insert(&session_key(&id), &bytes, Expiry::Never)?
             {
                 return Ok(id);
             }
@@ -290,7 +299,7 @@ impl Catalyst {
         }
         let decided = swap(
             tier,
-            &key(SESSION_PREFIX.as_bytes(), &session.id),
+            &session_key(&session.id),
             CAS_ROUNDS,
             |current| match current {
                 None => Ok(None),
@@ -332,7 +341,7 @@ impl Catalyst {
     pub(super) fn change_id(&self, tier: &Tier, session: &mut Session) -> Result<SessionId> {
         let old = session.id;
         let now = tier.now();
-        let old_key = key(SESSION_PREFIX.as_bytes(), &old);
+        let old_key = session_key(&old);
         // Take the old hash in one step (if it can be read), so that no save slips in between.
         let taken = tier.try_update(&old_key, |current| match current {
             None => Ok((Update::Keep, None)),
@@ -386,7 +395,7 @@ impl Catalyst {
             None => return Ok(None),
         };
         // The result, and whether `f` invalidated the session (its other keys go after).
-        let outcome = tier.try_update(&key(SESSION_PREFIX.as_bytes(), id), |current| {
+        let outcome = tier.try_update(&session_key(id), |current| {
             let Some(bytes) = current else {
                 return Ok((Update::Keep, None));
             };
