@@ -11,7 +11,7 @@ use super::lock::{Held, Reentry};
 use super::overflow::Full as OverflowFull;
 use super::shared::SharedFile;
 use crate::page::consts::FLAG_OVERFLOW;
-use crate::page::{NewEntry, PageHeader, PageMut, PageView, StoreOutcome};
+use crate::page::{Dirty, NewEntry, PageHeader, PageMut, PageView, StoreOutcome};
 
 /// A held page lock, of either mode; released when dropped.
 pub(super) struct Locked<'a> {
@@ -225,6 +225,20 @@ impl PageGuard<'_> {
         now: u32,
         in_place: bool,
     ) -> Result<Result<StoreOutcome, OverflowFull>, crate::page::Corrupt> {
+        self.store_overflow_with(req, now, in_place, None)
+            .map(|stored| stored.map(|outcome| outcome.unwrap_or(StoreOutcome::Stored)))
+    }
+
+    /// [`store_overflow`](Self::store_overflow), copying the dirty (write-back) entries the
+    /// store drops into `dirty` when given (see [`PageMut::store_dirty`]). `dirty` must not
+    /// refuse (a [`Dirty::collect`]): the value's blocks are written first.
+    pub(crate) fn store_overflow_with(
+        &mut self,
+        req: &NewEntry<'_>,
+        now: u32,
+        in_place: bool,
+        dirty: Option<&mut Dirty<'_>>,
+    ) -> Result<Result<Option<StoreOutcome>, OverflowFull>, crate::page::Corrupt> {
         let (file, page) = (self.0.file, self.0.page);
         let slots = file.geometry.start_slots;
         self.change(|p| {
@@ -237,7 +251,11 @@ impl PageGuard<'_> {
                 flags: req.flags | FLAG_OVERFLOW,
                 ..*req
             };
-            p.store_with(&entry, now, slots, in_place).map(Ok)
+            match dirty {
+                Some(dirty) => p.store_dirty(&entry, now, slots, in_place, dirty),
+                None => p.store_with(&entry, now, slots, in_place).map(Some),
+            }
+            .map(Ok)
         })
     }
 

@@ -52,7 +52,7 @@ use super::lock::{Held, Reentry};
 use super::registry::{Entry, lock_registry, open_registered};
 use super::shared::SharedFile;
 use super::{OpenRequest, OverflowRequest, Requested};
-use crate::page::consts::{FLAG_DIRTY, FLAG_OVERFLOW, is_expired, max_entry_size};
+use crate::page::consts::{FLAG_DIRTY, FLAG_OVERFLOW, is_expired};
 use crate::page::{Dirty, DirtyCopy, NewEntry, PageView, StoreOutcome};
 use crate::{Error, Result};
 
@@ -693,7 +693,6 @@ pub(crate) fn resize(
             .lock(dest, None)
             .map_err(|e| new.lock_error(e, crate::LockRole::Page, dest, None))?;
         let mut lost = Vec::new();
-        let max_entry = max_entry_size(to.page_size as usize, to.start_slots);
         for m in bucket.iter() {
             let req = NewEntry {
                 slot_hash: m.slot_hash,
@@ -705,42 +704,24 @@ pub(crate) fn resize(
             };
             let at = m.last_access.max(1);
             // As any store: in the page if the entry fits an empty one, else in the overflow
-            // area if the value fits it (a page size change can move a value either way).
-            let large = req.entry_size().is_none_or(|n| n > max_entry)
-                && new.max_value_size() != 0
-                && m.value.len() <= new.max_value_size();
-            // Dirty entries the page's policy evicts to make room are copied into `lost`.
-            let stored = guard.change(|p| {
-                let reference;
-                let req = if large {
-                    reference = match new.overflow_write(dest, &m.value) {
-                        Ok(r) => r.encode(),
-                        // The area is full: the value is dropped, nothing stored.
-                        Err(_) => return Ok(None),
-                    };
-                    NewEntry {
-                        value: &reference,
-                        flags: req.flags | FLAG_OVERFLOW,
-                        ..req
-                    }
-                } else {
-                    req
-                };
-                let stored = p.store_dirty(
-                    &req,
-                    at,
-                    to.start_slots,
-                    false,
-                    &mut Dirty::collect(&mut lost),
-                )?;
-                // The policy's protected bit is set by the page on a hit, never taken from a
-                // caller: a read at the entry's own access time sets it, changing nothing else.
-                if m.protected && stored == Some(StoreOutcome::Stored) {
-                    p.get(req.slot_hash, req.key, at, false)?;
-                }
-                Ok(stored)
-            });
-            if !matches!(stored, Ok(Some(StoreOutcome::Stored))) && m.flags & FLAG_DIRTY != 0 {
+            // area if the value fits it (a page size change can move a value either way). Dirty
+            // entries the page's policy evicts to make room are copied into `lost`.
+            let mut dirty = Dirty::collect(&mut lost);
+            let stored = if new.routes_to_overflow(&req) {
+                // A full area: the value is dropped, nothing stored.
+                guard
+                    .store_overflow_with(&req, at, false, Some(&mut dirty))
+                    .map(|stored| stored.unwrap_or(None))
+            } else {
+                guard.change(|p| p.store_dirty(&req, at, to.start_slots, false, &mut dirty))
+            };
+            let stored = matches!(stored, Ok(Some(StoreOutcome::Stored)));
+            // The policy's protected bit is set by the page on a hit, never taken from a
+            // caller: a read at the entry's own access time sets it, changing nothing else.
+            if m.protected && stored {
+                let _ = guard.change(|p| p.get(req.slot_hash, req.key, at, false).map(|_| ()));
+            }
+            if !stored && m.flags & FLAG_DIRTY != 0 {
                 unplaced.push(m.dirty_copy());
             }
         }

@@ -165,6 +165,17 @@ impl SharedFile {
         })
     }
 
+    /// Whether `req` goes to the overflow area on an ordinary store: its entry does not fit an
+    /// empty page, and its value fits the area's limit (a file without an area: never).
+    pub(crate) fn routes_to_overflow(&self, req: &crate::page::NewEntry<'_>) -> bool {
+        let max = self.max_value_size();
+        let max_entry = crate::page::consts::max_entry_size(
+            self.geometry.page_size as usize,
+            self.geometry.start_slots,
+        );
+        max != 0 && req.value.len() <= max && req.entry_size().is_none_or(|n| n > max_entry)
+    }
+
     /// Dirty entries found in pages this process reset; with `clear`, zeroes the count.
     pub(crate) fn dirty_lost(&self, clear: bool) -> u64 {
         if clear {
