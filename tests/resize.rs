@@ -290,12 +290,18 @@ fn workers_follow_resizes(kind: Kind) {
     let started = Instant::now();
     let cycles = scaled(3, 30);
     let mut moves = Vec::new();
+    let mut held = Duration::ZERO;
     for _ in 0..cycles {
         for pages in [LARGE, SMALL] {
             std::thread::sleep(Duration::from_millis(150));
             let t = Instant::now();
             let report = cache.resize(pages, PAGE).expect("resize under load");
             moves.push(t.elapsed());
+            assert!(
+                report.locks_held > Duration::ZERO && report.locks_held <= t.elapsed(),
+                "the locks are held for part of the move: {report:?}"
+            );
+            held = held.max(report.locks_held);
             assert_eq!(
                 report.dropped, 0,
                 "nothing is evicted at this load: {report:?}"
@@ -341,8 +347,8 @@ fn workers_follow_resizes(kind: Kind) {
     let longest = tallies.iter().map(|t| t.longest).max().unwrap_or_default();
     eprintln!(
         "{kind:?}: {} moves between {SMALL} and {LARGE} pages of {PAGE} bytes, each {:?} at \
-         most; {WORKERS} workers x 2 threads: {ops} operations in {elapsed:?} ({:.0}/s), the \
-         longest {longest:?}",
+         most, the old file's locks held {held:?} at most; {WORKERS} workers x 2 threads: {ops} \
+         operations in {elapsed:?} ({:.0}/s), the longest {longest:?}",
         moves.len(),
         moves.iter().max().copied().unwrap_or_default(),
         ops as f64 / elapsed.as_secs_f64()

@@ -63,6 +63,9 @@ pub(crate) const MAX_FOLLOWS: usize = 64;
 /// What one resize did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Moved {
+    /// From the first lock of the old file taken to the last let go: the longest any user of
+    /// the old file can have waited for this move.
+    pub held: Duration,
     /// Entries copied to the new file.
     pub copied: u64,
     /// Entries that did not fit their new page (evicted by its policy, or larger than a new
@@ -620,7 +623,8 @@ pub(crate) fn resize(
     };
     new.set_resize_word(header::GENERATION_OFFSET, u64::from(generation));
 
-    let deadline = Instant::now() + wait;
+    let locking = Instant::now();
+    let deadline = locking + wait;
     let all = lock_all(old, deadline)?;
     let mut moved = Moved::default();
     // Dirty entries that do not fit, copied out for `write_back`.
@@ -777,6 +781,7 @@ pub(crate) fn resize(
     let mut building = building;
     building.published = true;
     drop(all);
+    moved.held = locking.elapsed();
     renamed.map_err(|source| Error::Io {
         path: old.path.clone(),
         op: "rename the resized file over the path (the cache was moved; its users follow it \
