@@ -279,7 +279,8 @@ pub(crate) fn successor_path(path: &Path, nonce: u64) -> PathBuf {
 /// following costs the old file's mapping for the handle's life.
 pub(crate) struct Current {
     now: AtomicPtr<SharedFile>,
-    /// The file this handle opened (held for its ownership): the first of the chain of successors `now` points into.
+    /// The file this handle opened (held for its ownership): the first of the chain of
+    /// successors `now` points into.
     _first: Arc<SharedFile>,
 }
 
