@@ -290,12 +290,18 @@ fn workers_follow_resizes(kind: Kind) {
     let started = Instant::now();
     let cycles = scaled(3, 30);
     let mut moves = Vec::new();
+    let mut held = Duration::ZERO;
     for _ in 0..cycles {
         for pages in [LARGE, SMALL] {
             std::thread::sleep(Duration::from_millis(150));
             let t = Instant::now();
             let report = cache.resize(pages, PAGE).expect("resize under load");
             moves.push(t.elapsed());
+            assert!(
+                report.locks_held > Duration::ZERO && report.locks_held <= t.elapsed(),
+                "the locks are held for part of the move: {report:?}"
+            );
+            held = held.max(report.locks_held);
             assert_eq!(
                 report.dropped, 0,
                 "nothing is evicted at this load: {report:?}"
@@ -341,8 +347,8 @@ fn workers_follow_resizes(kind: Kind) {
     let longest = tallies.iter().map(|t| t.longest).max().unwrap_or_default();
     eprintln!(
         "{kind:?}: {} moves between {SMALL} and {LARGE} pages of {PAGE} bytes, each {:?} at \
-         most; {WORKERS} workers x 2 threads: {ops} operations in {elapsed:?} ({:.0}/s), the \
-         longest {longest:?}",
+         most, the old file's locks held {held:?} at most; {WORKERS} workers x 2 threads: {ops} \
+         operations in {elapsed:?} ({:.0}/s), the longest {longest:?}",
         moves.len(),
         moves.iter().max().copied().unwrap_or_default(),
         ops as f64 / elapsed.as_secs_f64()
@@ -897,5 +903,50 @@ fn protected_entries_stay_protected_across_a_move() {
             cache.get(&named("read", i)).expect("get").is_some(),
             "read-{i}, protected before the move, was evicted before entries on probation"
         );
+    }
+}
+
+/// An iteration that meets a resize goes on in the new file and yields every key once,
+/// including keys stored with `multi_set` (placed by their page key, not their own hash),
+/// growing and shrinking, with both lock kinds.
+#[test]
+fn an_iteration_across_a_resize_yields_every_key_once() {
+    let _s = serial();
+    for kind in [NATIVE, ROBUST] {
+        for (from, to) in [(SMALL, LARGE), (LARGE, SMALL)] {
+            let dir = temp_dir();
+            let path = dir.path().join("cache");
+            let cache = open(kind, &path, from);
+            let mut expected = std::collections::BTreeSet::new();
+            for i in 0..300 {
+                cache.set(&key(i), b"v").expect("set");
+                expected.insert(key(i));
+            }
+            for p in 0..40 {
+                let page_key = format!("group{p}");
+                let pairs: Vec<(Vec<u8>, &[u8])> = (0..5)
+                    .map(|j| (format!("member{j}").into_bytes(), &b"w"[..]))
+                    .collect();
+                cache
+                    .multi_set(page_key.as_bytes(), &pairs)
+                    .expect("multi_set");
+                expected.extend((0..5).map(|j| format!("{page_key}-member{j}").into_bytes()));
+            }
+            let mut iter = cache.iter();
+            let mut seen: Vec<Vec<u8>> = (0..200)
+                .map(|_| iter.next().expect("more keys").expect("an entry").0)
+                .collect();
+            let report = cache.resize(to, PAGE).expect("resize");
+            assert_eq!(report.dropped, 0, "{report:?}");
+            seen.extend(iter.map(|item| item.expect("an entry").0));
+            let yielded = seen.len();
+            let seen: std::collections::BTreeSet<Vec<u8>> = seen.into_iter().collect();
+            assert_eq!(
+                seen.len(),
+                yielded,
+                "{kind:?} {from} -> {to}: a key came twice"
+            );
+            assert_eq!(seen, expected, "{kind:?} {from} -> {to}");
+        }
     }
 }

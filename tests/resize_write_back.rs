@@ -420,3 +420,183 @@ fn dirty_values_too_large_for_the_new_pages_are_written_back_whole() {
         assert_eq!(check_value(k, v), Ok(3));
     }
 }
+
+/// A store that says when it is called, waits to be told to go on, then fails: a resize that
+/// writes back through it stays inside the call, holding the resize lock and every lock of the
+/// old file, until the test lets it go.
+#[derive(Clone)]
+struct Gate {
+    entered: Arc<Pipe>,
+    go: Arc<Pipe>,
+}
+
+impl Backing for Gate {
+    fn load(&self, _: &[u8]) -> Result<Option<Vec<u8>>, BackingError> {
+        Ok(None)
+    }
+    fn store(&self, _: &[u8], _: &[u8], _: Option<SystemTime>) -> Result<(), BackingError> {
+        self.entered.release(1);
+        if !self.go.wait_timeout(Duration::from_secs(60)) {
+            return Err("the test never let the store go on".into());
+        }
+        Err("the store is down".into())
+    }
+    fn delete(&self, _: &[u8]) -> Result<(), BackingError> {
+        Ok(())
+    }
+}
+
+/// A process forked by another thread while this one resizes inherits the resize claim as the
+/// resizing thread left it: the child is refused only while the parent really resizes (by the
+/// parent's file lock, naming the parent), and once the parent's resize is over (here rolled
+/// back by a failing store) the child resizes the file itself.
+#[test]
+fn a_child_forked_from_another_thread_mid_resize_can_resize() {
+    let _s = serial();
+    for kind in [NATIVE, ROBUST] {
+        let dir = temp_dir();
+        let path = dir.path().join("cache");
+        let gate = Gate {
+            entered: Arc::new(Pipe::new()),
+            go: Arc::new(Pipe::new()),
+        };
+        let cache = open(kind, &path, BIG, gate.clone());
+        let keys: Vec<Vec<u8>> = (0..300).map(|i| format!("k{i}").into_bytes()).collect();
+        for k in &keys {
+            cache.set(k, &make_value(k, 1, 200)).expect("set");
+        }
+        let resizer = {
+            let cache = cache.clone();
+            std::thread::spawn(move || cache.resize(SMALL, PAGE))
+        };
+        assert!(
+            gate.entered.wait_timeout(Duration::from_secs(60)),
+            "the shrink writes back through the store"
+        );
+        let (tried, over) = (Pipe::new(), Pipe::new());
+        let parent = std::process::id() as i32;
+        let mut children = Children::new();
+        let (child_path, t, o) = (path.clone(), &tried, &over);
+        children.spawn(move || {
+            let cache = Cache::builder()
+                .path(&child_path)
+                .open()
+                .map_err(|e| e.to_string())?;
+            match cache.resize(BIG + 1, PAGE) {
+                Err(Error::ResizeInProgress { pid, .. }) if pid == Some(parent) => {}
+                other => return Err(format!("during the parent's resize: {other:?}")),
+            }
+            t.release(1);
+            if !o.wait_timeout(Duration::from_secs(60)) {
+                return Err("no word from the parent".into());
+            }
+            let report = cache
+                .resize(BIG + 1, PAGE)
+                .map_err(|e| format!("after the parent's resize: {e}"))?;
+            if report.copied != 300 {
+                return Err(format!("every entry is carried: {report:?}"));
+            }
+            Ok(())
+        });
+        assert!(
+            tried.wait_timeout(Duration::from_secs(60)),
+            "the child tried"
+        );
+        gate.go.release(1);
+        match resizer.join().expect("the resizing thread") {
+            Err(Error::Backing { op: "store", .. }) => {}
+            other => panic!("the failing store rolls the parent's resize back: {other:?}"),
+        }
+        over.release(1);
+        children.wait_all_ok();
+        assert_eq!(
+            cache.num_pages(),
+            BIG + 1,
+            "the parent follows the child's move"
+        );
+        for k in &keys {
+            let e = cache.entry(k).expect("entry").expect("still cached");
+            assert!(e.flags.is_dirty(), "still dirty");
+            assert_eq!(check_value(k, &e.value), Ok(1));
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("read dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.to_string_lossy().contains(".resize-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}
+
+/// The resizer is SIGKILLed at the worst moment for its locks: inside a backing store's call,
+/// holding the resize lock and every page and write-back lock of the old file. The kernel (fcntl)
+/// or the robust mutexes' owner-died recovery hands them back; no page is reset, every entry
+/// is still there and still dirty, and the next resize, through a handle with a working store,
+/// removes the half-built file, writes back what does not fit, and loses nothing.
+#[test]
+fn a_resizer_killed_holding_every_lock_loses_nothing() {
+    let _s = serial();
+    for kind in [NATIVE, ROBUST] {
+        let dir = temp_dir();
+        let path = dir.path().join("cache");
+        let store = Flaky::default();
+        let cache = open(kind, &path, BIG, store.clone());
+        let keys: Vec<Vec<u8>> = (0..300).map(|i| format!("k{i}").into_bytes()).collect();
+        for k in &keys {
+            cache.set(k, &make_value(k, 1, 200)).expect("set");
+        }
+        let gate = Gate {
+            entered: Arc::new(Pipe::new()),
+            go: Arc::new(Pipe::new()),
+        };
+        let mut children = Children::new();
+        let (child_path, child_gate) = (path.clone(), gate.clone());
+        let pid = children.spawn(move || {
+            let cache = kind
+                .builder()
+                .path(&child_path)
+                .backing(child_gate)
+                .write_mode(WriteMode::Back)
+                .open()
+                .map_err(|e| e.to_string())?;
+            // Stops inside the store's call until it is killed.
+            cache.resize(SMALL, PAGE).map_err(|e| e.to_string())?;
+            Err("the resize came back from a store that never answers".into())
+        });
+        assert!(
+            gate.entered.wait_timeout(Duration::from_secs(60)),
+            "the child's shrink writes back through the store"
+        );
+        children.kill(pid);
+        assert_eq!(
+            cache.num_pages(),
+            BIG,
+            "the old file is still the one in use"
+        );
+        for k in &keys {
+            let e = cache.entry(k).expect("entry").expect("still cached");
+            assert!(e.flags.is_dirty(), "still dirty");
+            assert_eq!(check_value(k, &e.value), Ok(1));
+        }
+        cache
+            .set(b"after", b"the kill")
+            .expect("a store after the kill");
+        let stats = cache.stats().expect("stats");
+        assert_eq!((stats.resets, stats.dirty_lost), (0, 0), "{stats:?}");
+        let report = cache.resize(SMALL, PAGE).expect("the next resize");
+        assert_eq!(report.dirty_dropped, 0, "{report:?}");
+        assert_eq!(report.written_back, report.dropped, "{report:?}");
+        cache.flush().expect("flush");
+        let map = store.map.lock().unwrap();
+        for k in &keys {
+            let v = map.get(k).expect("in the store");
+            assert_eq!(check_value(k, v), Ok(1));
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("read dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.to_string_lossy().contains(".resize-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}

@@ -70,6 +70,10 @@ impl Drop for UnlinkOnDrop {
     }
 }
 
+/// How [`Cache::each_page`] locks each page: `None` when a resize moved the page (and the
+/// handle follows the move).
+pub(crate) type TakePage<'s, G> = fn(&'s Cache, &'s SharedFile, u32) -> Result<Option<G>>;
+
 /// Where a key lives: its whole hash, from which each file picks the key's page (a resize
 /// changes the number of pages, so the page is picked when the page is locked).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -365,6 +369,33 @@ impl Cache {
         }
     }
 
+    /// Visits every page of the file this handle uses, one page locked at a time by `take`
+    /// ([`lock_page_at`](Self::lock_page_at), [`read_page_at`](Self::read_page_at) or
+    /// [`shared_page_at`](Self::shared_page_at)), handing `visit` the state, the file, the
+    /// page and its lock. `start` is called with the state before the walk over each file: a
+    /// resize met part way starts the walk over on the new file (so `start` decides what a
+    /// walk keeps from the one it replaces). Returns the state and the file the walk ended on.
+    pub(crate) fn each_page<'s, G, S>(
+        &'s self,
+        take: TakePage<'s, G>,
+        mut state: S,
+        mut start: impl FnMut(&mut S, &'s SharedFile),
+        mut visit: impl FnMut(&mut S, &'s SharedFile, u32, G) -> Result<()>,
+    ) -> Result<(S, &'s SharedFile)> {
+        'files: for _ in 0..MAX_FOLLOWS {
+            let file: &'s SharedFile = &self.inner.file;
+            start(&mut state, file);
+            for page in 0..file.geometry().num_pages {
+                let Some(guard) = take(self, file, page)? else {
+                    continue 'files;
+                };
+                visit(&mut state, file, page, guard)?;
+            }
+            return Ok((state, file));
+        }
+        Err(self.too_many_moves())
+    }
+
     #[inline]
     pub(crate) fn now(&self) -> u32 {
         self.inner.clock.now_secs()
@@ -582,23 +613,22 @@ impl Cache {
 impl Cache {
     /// `reset`: wipe every page; otherwise (`verify`) validate every page and reset bad ones.
     pub(crate) fn prepare(&self, wipe: bool) -> Result<()> {
-        // A resize met part way: the walk starts over on the new file.
-        'files: for _ in 0..MAX_FOLLOWS {
-            let file: &SharedFile = &self.inner.file;
-            let g = file.geometry();
-            let hash = self.inner.hash;
-            let slot_hash = move |key: &[u8]| hash.locate(key, g.num_pages).1;
+        let hash = self.inner.hash;
+        let (_, file) = self.each_page(
+            Cache::lock_page_at,
+            Vec::new(),
             // Pages holding overflow blocks have them checked, and those no entry references
             // freed (a wipe frees them all: no scan of the block rows then).
-            let owners = if wipe {
-                Vec::new()
-            } else {
-                file.overflow_owners()
-            };
-            for page in 0..g.num_pages {
-                let Some(mut guard) = self.lock_page_at(file, page)? else {
-                    continue 'files;
-                };
+            |owners, file| {
+                *owners = if wipe {
+                    Vec::new()
+                } else {
+                    file.overflow_owners()
+                }
+            },
+            |owners, file, page, mut guard| {
+                let g = file.geometry();
+                let slot_hash = move |key: &[u8]| hash.locate(key, g.num_pages).1;
                 if wipe {
                     guard.wipe();
                 } else if let Err(c) = check_page(guard.bytes(), g.start_slots, Some(&slot_hash)) {
@@ -607,11 +637,11 @@ impl Cache {
                 if owners.get(page as usize) == Some(&true) {
                     guard.sweep_overflow();
                 }
-            }
-            file.overflow_free_unowned(false);
-            return Ok(());
-        }
-        Err(self.too_many_moves())
+                Ok(())
+            },
+        )?;
+        file.overflow_free_unowned(false);
+        Ok(())
     }
 
     /// Validates every page fully, one locked at a time, without repairing anything: the
@@ -621,17 +651,15 @@ impl Cache {
     /// # Errors
     /// Lock errors.
     pub fn validate(&self) -> Result<Vec<PageProblem>> {
-        'files: for _ in 0..MAX_FOLLOWS {
-            let file: &SharedFile = &self.inner.file;
-            let g = file.geometry();
-            let hash = self.inner.hash;
-            let slot_hash = move |key: &[u8]| hash.locate(key, g.num_pages).1;
-            let mut problems = Vec::new();
-            for page in 0..g.num_pages {
-                // A shared lock: validating reads the page and changes nothing.
-                let Some(guard) = self.shared_page_at(file, page)? else {
-                    continue 'files;
-                };
+        let hash = self.inner.hash;
+        let (problems, _) = self.each_page(
+            // A shared lock: validating reads the page and changes nothing.
+            Cache::shared_page_at,
+            Vec::new(),
+            |problems, _| problems.clear(),
+            |problems, file, page, guard| {
+                let g = file.geometry();
+                let slot_hash = move |key: &[u8]| hash.locate(key, g.num_pages).1;
                 let problem = match guard.as_is() {
                     (_, Some(p)) => Some(p),
                     (bytes, None) => check_page(bytes, g.start_slots, Some(&slot_hash)).err(),
@@ -642,10 +670,10 @@ impl Cache {
                         reason: reason.0,
                     });
                 }
-            }
-            return Ok(problems);
-        }
-        Err(self.too_many_moves())
+                Ok(())
+            },
+        )?;
+        Ok(problems)
     }
 }
 

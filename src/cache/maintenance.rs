@@ -7,7 +7,6 @@ use super::stats::{PageStats, Stats};
 use crate::Error;
 use crate::Result;
 use crate::page::Evict;
-use crate::store::{MAX_FOLLOWS, SharedFile};
 
 impl Cache {
     /// Drops expired entries from every page (one page locked at a time). Returns how many.
@@ -35,20 +34,18 @@ impl Cache {
 
     pub(super) fn evict_all(&self, mode: Evict) -> Result<usize> {
         let now = self.now();
-        let mut total = 0;
-        // A resize met part way: the walk starts over on the new file.
-        'files: for _ in 0..MAX_FOLLOWS {
-            let file: &SharedFile = &self.inner.file;
-            let slots = file.geometry().start_slots;
-            for page in 0..file.geometry().num_pages {
-                let Some(mut guard) = self.lock_page_at(file, page)? else {
-                    continue 'files;
-                };
-                total += guard.change(|p| p.evict(mode, now, slots)).unwrap_or(0);
-            }
-            return Ok(total);
-        }
-        Err(self.too_many_moves())
+        // A walk started over after a resize keeps the count of what the first one dropped.
+        let (total, _) = self.each_page(
+            Cache::lock_page_at,
+            0,
+            |_, _| {},
+            |total, file, _, mut guard| {
+                let slots = file.geometry().start_slots;
+                *total += guard.change(|p| p.evict(mode, now, slots)).unwrap_or(0);
+                Ok(())
+            },
+        )?;
+        Ok(total)
     }
 
     /// Statistics for the whole cache and each page (one page locked at a time).
@@ -56,14 +53,11 @@ impl Cache {
     /// # Errors
     /// Lock errors.
     pub fn stats(&self) -> Result<Stats> {
-        // A resize met part way: the walk starts over on the new file.
-        'files: for _ in 0..MAX_FOLLOWS {
-            let file: &SharedFile = &self.inner.file;
-            let mut stats = Stats::default();
-            for page in 0..file.geometry().num_pages {
-                let Some(mut reader) = self.read_page_at(file, page)? else {
-                    continue 'files;
-                };
+        let (mut stats, file) = self.each_page(
+            Cache::read_page_at,
+            Stats::default(),
+            |stats, _| *stats = Stats::default(),
+            |stats, file, page, mut reader| {
                 let h = reader.header();
                 stats.add(PageStats {
                     entries: h.num_slots.saturating_sub(h.free_slots),
@@ -74,19 +68,19 @@ impl Cache {
                     hits: h.n_read_hits,
                     resets: file.resets(page),
                 });
-            }
-            if let Some(u) = file.overflow_usage() {
-                let bs = u64::from(u.block_size);
-                stats.overflow_bytes = u64::from(u.blocks) * bs;
-                stats.overflow_used_bytes = u64::from(u.used) * bs;
-                stats.overflow_free_runs = u64::from(u.free_runs);
-                stats.overflow_largest_free_run = u64::from(u.largest_free_run) * bs;
-            }
-            stats.dirty_lost = file.dirty_lost(false);
-            file.faults.report(&mut stats);
-            return Ok(stats);
+                Ok(())
+            },
+        )?;
+        if let Some(u) = file.overflow_usage() {
+            let bs = u64::from(u.block_size);
+            stats.overflow_bytes = u64::from(u.blocks) * bs;
+            stats.overflow_used_bytes = u64::from(u.used) * bs;
+            stats.overflow_free_runs = u64::from(u.free_runs);
+            stats.overflow_largest_free_run = u64::from(u.largest_free_run) * bs;
         }
-        Err(self.too_many_moves())
+        stats.dirty_lost = file.dirty_lost(false);
+        file.faults.report(&mut stats);
+        Ok(stats)
     }
 
     /// Zeroes the read, hit and reset counters, and this process's fault counters.
@@ -94,19 +88,18 @@ impl Cache {
     /// # Errors
     /// Lock errors.
     pub fn reset_stats(&self) -> Result<()> {
-        'files: for _ in 0..MAX_FOLLOWS {
-            let file: &SharedFile = &self.inner.file;
-            for page in 0..file.geometry().num_pages {
-                let Some(mut guard) = self.lock_page_at(file, page)? else {
-                    continue 'files;
-                };
+        let (_, file) = self.each_page(
+            Cache::lock_page_at,
+            (),
+            |_, _| {},
+            |_, file, page, mut guard| {
                 let _ = guard.page().reset_stats();
                 file.clear_resets(page);
-            }
-            file.dirty_lost(true);
-            file.faults.clear();
-            return Ok(());
-        }
-        Err(self.too_many_moves())
+                Ok(())
+            },
+        )?;
+        file.dirty_lost(true);
+        file.faults.clear();
+        Ok(())
     }
 }

@@ -36,6 +36,10 @@ pub struct ResizeReport {
     pub written_back: u64,
     /// Pages found damaged (a process died changing them), whose entries were not copied.
     pub damaged_pages: u64,
+    /// How long the resize held locks of the old file, from the first taken to the last let
+    /// go: the longest any operation can have waited for this move (see "Resizing a live
+    /// cache" in the README).
+    pub locks_held: Duration,
 }
 
 impl Cache {
@@ -56,8 +60,9 @@ impl Cache {
     /// each file it followed mapped until it is dropped).
     ///
     /// This first version holds every page lock of the old file while it copies, so each
-    /// operation of every user waits at most for one whole move (see the README, "Resizing a
-    /// live cache", for measured times). Each lock is waited for at most the handle's
+    /// operation of every user waits at most for one whole move: the report's
+    /// [`locks_held`](ResizeReport::locks_held) says how long that was (see the README,
+    /// "Resizing a live cache", for measured times). Each lock is waited for at most the handle's
     /// [`lock_timeout`](crate::CacheBuilder::lock_timeout), or [`DEFAULT_RESIZE_LOCK_WAIT`].
     ///
     /// # Dirty entries that do not fit
@@ -105,6 +110,7 @@ impl Cache {
                         dirty_dropped: moved.dirty_dropped,
                         written_back: moved.written_back,
                         damaged_pages: moved.damaged_pages,
+                        locks_held: moved.held,
                     });
                 }
                 // Moved by another resize before this one took the lock: resize the new file.

@@ -24,13 +24,14 @@ fn backoff(step: &mut Duration, deadline: Instant) -> bool {
     true
 }
 
-/// One `fcntl` record-lock call on `(start, len)` of `fd`.
-pub(super) fn fcntl(
+/// One `fcntl` record-lock call on `(start, len)` of `fd`, with the `flock` it was given
+/// (`F_GETLK` writes the conflicting lock into it).
+fn fcntl_call(
     fd: RawFd,
     cmd: libc::c_int,
     kind: libc::c_short,
     (start, len): (u64, u64),
-) -> io::Result<()> {
+) -> io::Result<libc::flock> {
     // SAFETY: `flock` is plain data; zeroed is a valid value for every field.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = kind;
@@ -43,8 +44,25 @@ pub(super) fn fcntl(
     if rc == -1 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(fl)
     }
+}
+
+/// One `fcntl` record-lock call on `(start, len)` of `fd`.
+pub(super) fn fcntl(
+    fd: RawFd,
+    cmd: libc::c_int,
+    kind: libc::c_short,
+    range: (u64, u64),
+) -> io::Result<()> {
+    fcntl_call(fd, cmd, kind, range).map(|_| ())
+}
+
+/// The process holding a lock on `range` of `fd` that a write lock would conflict with, if
+/// the system says (`F_GETLK`).
+pub(super) fn lock_owner(fd: RawFd, range: (u64, u64)) -> Option<i32> {
+    let fl = fcntl_call(fd, libc::F_GETLK, libc::F_WRLCK as libc::c_short, range).ok()?;
+    (fl.l_type != libc::F_UNLCK as libc::c_short).then_some(fl.l_pid)
 }
 
 /// Takes a `kind` record lock on `range`, waiting as long as it takes (retried on EINTR).

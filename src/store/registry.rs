@@ -130,7 +130,7 @@ pub(super) fn open_registered(
             path: path.to_path_buf(),
             ..req.clone()
         },
-        successor: Mutex::new(None),
+        successor: std::sync::OnceLock::new(),
         resizing: std::sync::atomic::AtomicU32::new(0),
         overflow: super::overflow::Area::new(
             opened.overflow,

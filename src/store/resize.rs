@@ -33,6 +33,7 @@
 
 #![allow(unsafe_code)]
 
+use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::ops::Deref;
@@ -43,15 +44,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::fcntl::{LockFailure, fcntl};
+use super::fcntl::{LockFailure, fcntl, lock_owner};
 use super::geometry::Geometry;
 use super::header;
 use super::layout::{KeyHash, Layout};
 use super::lock::{Held, Reentry};
 use super::registry::{Entry, lock_registry, open_registered};
 use super::shared::SharedFile;
-use super::{OpenRequest, OverflowRequest, Requested};
-use crate::page::consts::{FLAG_DIRTY, FLAG_OVERFLOW, is_expired, max_entry_size};
+use super::{OpenRequest, OverflowRequest, Requested, Route};
+use crate::page::consts::{FLAG_DIRTY, FLAG_OVERFLOW, is_expired};
 use crate::page::{Dirty, DirtyCopy, NewEntry, PageView, StoreOutcome};
 use crate::{Error, Result};
 
@@ -62,6 +63,9 @@ pub(crate) const MAX_FOLLOWS: usize = 64;
 /// What one resize did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Moved {
+    /// From the first lock of the old file taken to the last let go: the longest any user of
+    /// the old file can have waited for this move.
+    pub held: Duration,
     /// Entries copied to the new file.
     pub copied: u64,
     /// Entries that did not fit their new page (evicted by its policy, or larger than a new
@@ -154,12 +158,12 @@ impl SharedFile {
     }
 
     /// The file this one was moved to, opened (once per process) and checked: same lineage,
-    /// later generation, and the owner and link rules of any open. Called under the registry's
-    /// lock `reg`.
-    fn successor(&self, reg: &mut Vec<Entry>) -> Result<Arc<SharedFile>> {
-        let mut slot = self.successor.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(next) = slot.as_ref() {
-            return Ok(Arc::clone(next));
+    /// later generation, and the owner and link rules of any open. Kept in `self.successor`,
+    /// which is set once, under the registry's lock `reg`, and never cleared: the successor
+    /// lives as long as this file.
+    fn successor(&self, reg: &mut Vec<Entry>) -> Result<&SharedFile> {
+        if let Some(next) = self.successor.get() {
+            return Ok(next);
         }
         if self.resize_word(header::STATE_OFFSET) != u64::from(header::STATE_MOVED) {
             return Err(self.resize_error("followed a file that was not moved"));
@@ -208,8 +212,7 @@ impl SharedFile {
             if by_temp {
                 finish_rename(&temp, &self.path, self);
             }
-            *slot = Some(Arc::clone(&next));
-            return Ok(next);
+            return Ok(self.successor.get_or_init(|| next));
         }
         Err(last.unwrap_or_else(|| {
             self.resize_error(format!(
@@ -270,35 +273,39 @@ pub(crate) fn successor_path(path: &Path, nonce: u64) -> PathBuf {
 
 /// The file a handle uses now: the one it opened, or the last one it followed a resize to.
 ///
-/// Reading it is one atomic load. A handle keeps every file it has followed mapped until it is
-/// dropped (an operation may still be using the old one), so following costs the old file's
-/// mapping for the handle's life.
+/// Reading it is one atomic load. Each file keeps the file it was resized into alive
+/// (`SharedFile::successor`, set once and never cleared), so a handle keeps every file it has
+/// followed mapped until it is dropped (an operation may still be using the old one):
+/// following costs the old file's mapping for the handle's life.
 pub(crate) struct Current {
     now: AtomicPtr<SharedFile>,
-    /// Every file this handle has used; changed only under the registry's lock.
-    kept: std::sync::Mutex<Vec<Arc<SharedFile>>>,
+    /// The file this handle opened (held for its ownership): the first of the chain of
+    /// successors `now` points into.
+    _first: Arc<SharedFile>,
 }
 
 impl Current {
     pub(crate) fn new(file: Arc<SharedFile>) -> Current {
         Current {
             now: AtomicPtr::new(Arc::as_ptr(&file).cast_mut()),
-            kept: std::sync::Mutex::new(vec![file]),
+            _first: file,
         }
     }
 
     /// Moves this handle from `from` (a file found moved) to its successor, unless another
     /// thread already has.
     pub(crate) fn follow(&self, from: &SharedFile) -> Result<()> {
-        let mut reg = lock_registry();
-        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         if !std::ptr::eq(self.now.load(Ordering::Acquire), from) {
             return Ok(());
         }
-        let next = from.successor(&mut reg)?;
-        self.now
-            .store(Arc::as_ptr(&next).cast_mut(), Ordering::Release);
-        kept.push(next);
+        let next = from.successor(&mut lock_registry())?;
+        // Another thread following the same move stores the same pointer, or has gone on.
+        let _ = self.now.compare_exchange(
+            std::ptr::from_ref(from).cast_mut(),
+            std::ptr::from_ref(next).cast_mut(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
         Ok(())
     }
 }
@@ -308,8 +315,10 @@ impl Deref for Current {
 
     #[inline]
     fn deref(&self) -> &SharedFile {
-        // SAFETY: the pointer is always that of an `Arc` in `kept`, which only grows and lives
-        // as long as `self`, so the file outlives the borrow of `self`.
+        // SAFETY: the pointer is `_first`'s, or (by `follow`) the successor of a file it
+        // pointed to; each file holds its successor's `Arc` for as long as it lives and never
+        // lets go of it, so by induction from `_first`, which lives as long as `self`, the file
+        // outlives the borrow of `self`.
         unsafe { &*self.now.load(Ordering::Acquire) }
     }
 }
@@ -328,7 +337,6 @@ fn random_u64() -> u64 {
 
 /// An entry copied out of an old page, on its way to its new page.
 struct Moving {
-    page: u32,
     key: Vec<u8>,
     value: Vec<u8>,
     slot_hash: u32,
@@ -511,19 +519,6 @@ fn resize_lock(f: &SharedFile) -> Result<ResizeLock<'_>> {
     }
 }
 
-/// The process holding a lock on `range` of `fd`, if the system says.
-fn lock_owner(fd: i32, (start, len): (u64, u64)) -> Option<i32> {
-    // SAFETY: `flock` is plain data; zeroed is a valid value for every field.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = start as libc::off_t;
-    fl.l_len = len as libc::off_t;
-    // SAFETY: `fd` is open for the duration of the call; `fl` is a valid flock structure.
-    let rc = unsafe { libc::fcntl(fd, libc::F_GETLK, &mut fl) };
-    (rc == 0 && fl.l_type != libc::F_UNLCK as libc::c_short).then_some(fl.l_pid)
-}
-
 /// Writes dirty entries a resize could not place to a backing store (see [`resize`]).
 pub(crate) type WriteBack<'w> = &'w mut dyn FnMut(&[DirtyCopy]) -> Result<()>;
 
@@ -629,7 +624,8 @@ pub(crate) fn resize(
     };
     new.set_resize_word(header::GENERATION_OFFSET, u64::from(generation));
 
-    let deadline = Instant::now() + wait;
+    let locking = Instant::now();
+    let deadline = locking + wait;
     let all = lock_all(old, deadline)?;
     let mut moved = Moved::default();
     // Dirty entries that do not fit, copied out for `write_back`.
@@ -678,7 +674,6 @@ pub(crate) fn resize(
             };
             let dest = KeyHash::Xxh3.locate(home, to.num_pages).0;
             buckets[dest as usize].push(Moving {
-                page: dest,
                 key: e.key.to_vec(),
                 value,
                 slot_hash: e.slot_hash,
@@ -693,17 +688,16 @@ pub(crate) fn resize(
             moved.damaged_pages += 1;
         }
     }
-    for bucket in &mut buckets {
+    for (dest, bucket) in (0u32..).zip(&mut buckets) {
+        if bucket.is_empty() {
+            continue;
+        }
         // The most recently used last, so that a page too small keeps them.
         bucket.sort_by_key(|m| m.last_access);
-        let Some(first) = bucket.first() else {
-            continue;
-        };
         let mut guard = new
-            .lock(first.page, None)
-            .map_err(|e| new.lock_error(e, crate::LockRole::Page, first.page, None))?;
+            .lock(dest, None)
+            .map_err(|e| new.lock_error(e, crate::LockRole::Page, dest, None))?;
         let mut lost = Vec::new();
-        let max_entry = max_entry_size(to.page_size as usize, to.start_slots);
         for m in bucket.iter() {
             let req = NewEntry {
                 slot_hash: m.slot_hash,
@@ -715,54 +709,42 @@ pub(crate) fn resize(
             };
             let at = m.last_access.max(1);
             // As any store: in the page if the entry fits an empty one, else in the overflow
-            // area if the value fits it (a page size change can move a value either way).
-            let large = req.entry_size().is_none_or(|n| n > max_entry)
-                && new.max_value_size() != 0
-                && m.value.len() <= new.max_value_size();
-            // Dirty entries the page's policy evicts to make room are copied into `lost`.
-            let stored = guard.change(|p| {
-                let reference;
-                let req = if large {
-                    reference = match new.overflow_write(first.page, &m.value) {
-                        Ok(r) => r.encode(),
-                        // The area is full: the value is dropped, nothing stored.
-                        Err(_) => return Ok(None),
-                    };
-                    NewEntry {
-                        value: &reference,
-                        flags: req.flags | FLAG_OVERFLOW,
-                        ..req
-                    }
-                } else {
-                    req
-                };
-                let stored = p.store_dirty(
-                    &req,
-                    at,
-                    to.start_slots,
-                    false,
-                    &mut Dirty::collect(&mut lost),
-                )?;
-                // The policy's protected bit is set by the page on a hit, never taken from a
-                // caller: a read at the entry's own access time sets it, changing nothing else.
-                if m.protected && stored == Some(StoreOutcome::Stored) {
-                    p.get(req.slot_hash, req.key, at, false)?;
-                }
-                Ok(stored)
-            });
-            if !matches!(stored, Ok(Some(StoreOutcome::Stored))) && m.flags & FLAG_DIRTY != 0 {
+            // area if the value fits it (a page size change can move a value either way). Dirty
+            // entries the page's policy evicts to make room are copied into `lost`.
+            let mut dirty = Dirty::collect(&mut lost);
+            let stored = if new.route(&req) == Route::Overflow {
+                // A full area: the value is dropped, nothing stored.
+                guard
+                    .store_overflow_with(&req, |p, entry| {
+                        p.store_dirty(entry, at, to.start_slots, false, &mut dirty)
+                    })
+                    .map(|stored| stored.unwrap_or(None))
+            } else {
+                guard.change(|p| p.store_dirty(&req, at, to.start_slots, false, &mut dirty))
+            };
+            let stored = matches!(stored, Ok(Some(StoreOutcome::Stored)));
+            // The policy's protected bit is set by the page on a hit, never taken from a
+            // caller: a read at the entry's own access time sets it, changing nothing else.
+            if m.protected && stored {
+                let _ = guard.change(|p| p.get(req.slot_hash, req.key, at, false).map(|_| ()));
+            }
+            if !stored && m.flags & FLAG_DIRTY != 0 {
                 unplaced.push(m.dirty_copy());
             }
         }
         // The entries the page's policy evicted, copied from what was moved (their bytes, not
         // a reference into the new area).
-        for copy in &lost {
-            if let Some(m) = bucket
+        if !lost.is_empty() {
+            let dirty: HashMap<&[u8], &Moving> = bucket
                 .iter()
-                .find(|m| m.key == copy.key && m.flags & FLAG_DIRTY != 0)
-            {
-                unplaced.push(m.dirty_copy());
-            }
+                .filter(|m| m.flags & FLAG_DIRTY != 0)
+                .map(|m| (&m.key[..], m))
+                .collect();
+            unplaced.extend(
+                lost.iter()
+                    .filter_map(|copy| dirty.get(&copy.key[..]))
+                    .map(|m| m.dirty_copy()),
+            );
         }
         let mut kept = 0u64;
         let _ = guard.page().view().for_each_entry(|_| kept += 1);
@@ -793,11 +775,16 @@ pub(crate) fn resize(
     old.set_resize_word(header::STATE_OFFSET, u64::from(header::STATE_MOVED));
     // This process follows to the file just built (the registry keeps only weak references:
     // without this, `new`, and its count of lost dirty entries, would be dropped on return).
-    *old.successor.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&new));
+    // A follower of this process may have set it already, to the same file.
+    {
+        let _reg = lock_registry();
+        let _ = old.successor.set(Arc::clone(&new));
+    }
     let renamed = std::fs::rename(&temp, &old.path);
     let mut building = building;
     building.published = true;
     drop(all);
+    moved.held = locking.elapsed();
     renamed.map_err(|source| Error::Io {
         path: old.path.clone(),
         op: "rename the resized file over the path (the cache was moved; its users follow it \

@@ -82,9 +82,9 @@ pub(crate) struct SharedFile {
     pub(super) optimistic: Option<super::optimistic::Optimistic>,
     /// How this file was opened, to open the file it is resized into the same way.
     pub(super) request: super::OpenRequest,
-    /// The file this one was resized into, once some handle of this process followed it
-    /// (changed only under the registry's lock: see `store/resize.rs`).
-    pub(super) successor: Mutex<Option<std::sync::Arc<SharedFile>>>,
+    /// The file this one was resized into, once some handle of this process followed it (set
+    /// once, under the registry's lock, and never cleared: see `store/resize.rs`).
+    pub(super) successor: std::sync::OnceLock<std::sync::Arc<SharedFile>>,
     /// Non-zero while a thread of this process resizes the file (fcntl locks do not exclude
     /// threads of one process): the fork generation of that process plus one, so that a
     /// child forked mid-resize, whose generation is another, finds it free (see

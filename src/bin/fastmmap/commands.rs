@@ -481,8 +481,15 @@ fn resize(opts: &FileOptions, path: &Path, pages: u32, out: &mut Out<'_>) -> Res
     writeln!(
         out,
         "resized from {} pages of {} bytes to {pages} pages of {page_size} bytes: {} entries \
-         copied, {} dropped ({} of them dirty), {} damaged pages skipped",
-        r.old_num_pages, r.old_page_size, r.copied, r.dropped, r.dirty_dropped, r.damaged_pages
+         copied, {} dropped ({} of them dirty), {} damaged pages skipped; the old file's \
+         locks were held for {:.1} ms",
+        r.old_num_pages,
+        r.old_page_size,
+        r.copied,
+        r.dropped,
+        r.dirty_dropped,
+        r.damaged_pages,
+        r.locks_held.as_secs_f64() * 1000.0
     )
     .map_err(Failure::stdout)
 }
