@@ -228,13 +228,13 @@ fn native_make_room(room: &mut Survivors, len: usize, page_size: usize, start_sl
     // A shrunk table must still have a slot to spare: the oldest go (probation first).
     let mut left = room.keep.len() - victims.len();
     for pass_protected in [false, true] {
-        for i in 0..room.keep.len() {
+        for (i, dead) in dead.iter_mut().enumerate() {
             if left < room.num_slots as usize {
                 break;
             }
-            let loc = room.keep[i];
-            if !dead[i] && (loc.flags & FLAG_PROTECTED != 0) == pass_protected {
-                dead[i] = true;
+            let protected = room.keep[i].flags & FLAG_PROTECTED != 0;
+            if !*dead && protected == pass_protected {
+                *dead = true;
                 left -= 1;
                 room.drop_entry(i);
             }
