@@ -130,6 +130,9 @@ impl FastMmap {
             .layout(Layout::Native)
             .num_pages(config.pages)
             .page_size(config.page_size)
+            // No overflow area: every value here fits a page, and the area's bytes would
+            // count in the bytes of file per entry that size the other caches.
+            .overflow_size(0)
             .lock_kind(config.lock_kind)
             .clock(clock.clone())
             .unlink_on_drop(true)
