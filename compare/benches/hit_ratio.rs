@@ -135,6 +135,12 @@ fn cases(scale: usize) -> Vec<Case> {
             pages: None,
         },
         Case {
+            name: format!("Loop over {} keys, cache {}", s(30_000), s(10_000)),
+            trace: traces::loop_trace(s(30_000) as u64, s(600_000)),
+            nominal: s(10_000),
+            pages: None,
+        },
+        Case {
             name: format!("Block I/O (synthetic), cache {}", s(10_000)),
             trace: traces::block_io(len, 7),
             nominal: s(10_000),

@@ -130,6 +130,9 @@ impl FastMmap {
             .layout(Layout::Native)
             .num_pages(config.pages)
             .page_size(config.page_size)
+            // No overflow area: every value here fits a page, and the area's bytes would
+            // count in the bytes of file per entry that size the other caches.
+            .overflow_size(0)
             .lock_kind(config.lock_kind)
             .clock(clock.clone())
             .unlink_on_drop(true)
@@ -298,62 +301,95 @@ impl Policy for Lru {
     }
 }
 
-/// moka's `sync::Cache` (W-TinyLFU), bounded in entries.
-pub struct Moka(moka::sync::Cache<u64, ()>);
-
-impl Moka {
+/// A peer cache crate, as the replay uses it: bounded in entries, keys only (the value is
+/// `()`), a get, an insert and a look that changes nothing where the crate allows.
+pub trait PeerCache {
+    /// The column name in the results.
+    const NAME: &'static str;
     /// An empty cache of `capacity` entries.
-    pub fn new(capacity: usize) -> Moka {
-        Moka(moka::sync::Cache::new(capacity as u64))
+    fn with_capacity(capacity: usize) -> Self;
+    /// Looks `key` up as a read: whether it was cached.
+    fn get(&mut self, key: u64) -> bool;
+    /// Inserts `key` (the cache may decline to keep it).
+    fn insert(&mut self, key: u64);
+    /// Whether `key` is cached now.
+    fn holds(&self, key: u64) -> bool;
+}
+
+/// A [`PeerCache`] as a [`Policy`]: a get, and on a miss an insert.
+pub struct Peer<C>(C);
+
+impl<C: PeerCache> Peer<C> {
+    /// An empty cache of `capacity` entries.
+    pub fn new(capacity: usize) -> Peer<C> {
+        Peer(C::with_capacity(capacity))
     }
 }
 
-impl Policy for Moka {
+impl<C: PeerCache> Policy for Peer<C> {
     fn name(&self) -> &str {
-        "moka"
+        C::NAME
     }
 
     fn access(&mut self, key: u64) -> bool {
-        let hit = self.0.get(&key).is_some();
+        let hit = self.0.get(key);
         if !hit {
-            self.0.insert(key, ());
+            self.0.insert(key);
         }
         hit
     }
 
     fn contains(&self, key: u64) -> bool {
+        self.0.holds(key)
+    }
+}
+
+/// moka's `sync::Cache` (W-TinyLFU), bounded in entries.
+pub type Moka = Peer<moka::sync::Cache<u64, ()>>;
+
+impl PeerCache for moka::sync::Cache<u64, ()> {
+    const NAME: &'static str = "moka";
+
+    fn with_capacity(capacity: usize) -> Self {
+        moka::sync::Cache::new(capacity as u64)
+    }
+
+    fn get(&mut self, key: u64) -> bool {
+        moka::sync::Cache::get(self, &key).is_some()
+    }
+
+    fn insert(&mut self, key: u64) {
+        moka::sync::Cache::insert(self, key, ());
+    }
+
+    fn holds(&self, key: u64) -> bool {
         // Apply the evictions moka has queued, so the answer is what it holds.
-        self.0.run_pending_tasks();
-        self.0.contains_key(&key)
+        self.run_pending_tasks();
+        self.contains_key(&key)
     }
 }
 
 /// quick_cache's single-threaded `unsync::Cache` (S3-FIFO-like CLOCK-Pro), bounded in
 /// entries.
-pub struct QuickCache(quick_cache::unsync::Cache<u64, ()>);
+pub type QuickCache = Peer<quick_cache::unsync::Cache<u64, ()>>;
 
-impl QuickCache {
-    /// An empty cache of `capacity` entries.
-    pub fn new(capacity: usize) -> QuickCache {
-        QuickCache(quick_cache::unsync::Cache::new(capacity.max(1)))
-    }
-}
+impl PeerCache for quick_cache::unsync::Cache<u64, ()> {
+    const NAME: &'static str = "quick_cache";
 
-impl Policy for QuickCache {
-    fn name(&self) -> &str {
-        "quick_cache"
+    fn with_capacity(capacity: usize) -> Self {
+        quick_cache::unsync::Cache::new(capacity.max(1))
     }
 
-    fn access(&mut self, key: u64) -> bool {
-        let hit = self.0.get(&key).is_some();
-        if !hit {
-            self.0.insert(key, ());
-        }
-        hit
+    fn get(&mut self, key: u64) -> bool {
+        quick_cache::unsync::Cache::get(self, &key).is_some()
     }
 
-    fn contains(&self, key: u64) -> bool {
-        self.0.peek(&key).is_some()
+    fn insert(&mut self, key: u64) {
+        quick_cache::unsync::Cache::insert(self, key, ());
+    }
+
+    fn holds(&self, key: u64) -> bool {
+        self.peek(&key).is_some()
     }
 }
 

@@ -123,7 +123,7 @@ pub const PROTECTED_SHARE: f64 = 0.9;
 // | ghost_magic | ghost_count | fingerprint 0 (u16) | … | fingerprint count-1 | (unused) |
 // A hint only: it is trusted when its magic is right, its count fits and free_data has not
 // reached it; anything else reads as an empty record.
-pub const GHOST_SHARE: usize = 64;
+pub const GHOST_SHARE: usize = 32;
 pub const GHOST_MAGIC_OFFSET: usize = 0;
 pub const GHOST_COUNT_OFFSET: usize = GHOST_MAGIC_OFFSET + 4;
 pub const GHOST_HASHES_OFFSET: usize = GHOST_COUNT_OFFSET + 4;

@@ -31,8 +31,44 @@ pub(super) fn has_room(hdr: &PageHeader, len: usize) -> bool {
 }
 
 /// Bytes available to entries in a page with `num_slots` slots.
-fn data_capacity(page_size: usize, num_slots: u32) -> Option<usize> {
+pub(super) fn data_capacity(page_size: usize, num_slots: u32) -> Option<usize> {
     page_size.checked_sub(slots_end(num_slots)?)
+}
+
+/// What a rebuild keeps, as the policy's `make_room` hook sees and changes it.
+pub(super) struct Survivors {
+    /// The entries kept so far, least recently used first (see `evict`); the policy drops
+    /// its victims from here and may change the policy bits of the others.
+    pub keep: Vec<EntryLoc>,
+    /// Bytes `keep` occupies.
+    pub used: usize,
+    /// Slots of the rebuilt page.
+    pub num_slots: u32,
+    /// Entries dropped so far (expired ones, then the policy's victims).
+    pub dropped: usize,
+    /// The dropped entries, when the caller watches for dirty ones.
+    pub gone: Option<Vec<EntryLoc>>,
+    /// Slot hashes of the victims the policy remembers (its ghost record).
+    pub ghosts: Vec<u32>,
+}
+
+impl Survivors {
+    /// Counts `keep[i]` as dropped (and watched, if it is); the caller takes it out of `keep`.
+    pub(super) fn drop_entry(&mut self, i: usize) {
+        self.dropped += 1;
+        if let Some(gone) = self.gone.as_mut() {
+            gone.push(self.keep[i]);
+        }
+    }
+
+    /// Takes the entries marked in `dead` out of `keep`.
+    pub(super) fn retain_live(&mut self, dead: &[bool]) {
+        let mut i = 0;
+        self.keep.retain(|_| {
+            i += 1;
+            !dead[i - 1]
+        });
+    }
 }
 
 impl PageMut<'_> {
@@ -138,110 +174,27 @@ impl PageMut<'_> {
             }
         }
 
-        let mut evicted_ghosts: Vec<u32> = Vec::new();
-        if let Evict::MakeRoom(len) = mode
-            && self.policy
-        {
-            // The native policy (see `super::policy`); the ghost record's bytes stay free
-            // unless only they stand between the new entry and the page. A slot table grown
-            // for many small entries shrinks back for a large one, rather than every entry
-            // going first (a table grown again later costs a rebuild, not the page's data).
-            let reserve = ghost_size(page_size);
-            let capacity_with = |n: u32| {
-                let full = data_capacity(page_size, n).unwrap_or(0);
-                match len.saturating_add(reserve) <= full {
-                    true => full - reserve,
-                    false => full,
-                }
-            };
-            // A large entry (an eighth of the page or more) that would push out protected
-            // entries gets a smaller table instead, if one holds the survivors within the
-            // growth limit. Only then are victims chosen on a copy first: every other rebuild
-            // chooses once, below.
-            if new_n > start_slots
-                && len.saturating_mul(8) >= page_size
-                && super::policy::choose_victims(&mut keep.clone(), used, len, capacity_with(new_n))
-                    .iter()
-                    .any(|&i| keep[i].flags & FLAG_PROTECTED != 0)
-            {
-                let mut n = start_slots;
-                while n < new_n {
-                    let cut = super::policy::choose_victims(
-                        &mut keep.clone(),
-                        used,
-                        len,
-                        capacity_with(n),
-                    );
-                    let left = keep.len() - cut.len();
-                    if f64::from(left as u32) <= f64::from(n) * SLOT_FILL_LIMIT {
-                        new_n = n;
-                        break;
-                    }
-                    n = n.saturating_mul(2).saturating_add(1);
-                }
-            }
-            let full = data_capacity(page_size, new_n).unwrap_or(0);
-            let victims = super::policy::choose_victims(&mut keep, used, len, capacity_with(new_n));
-            let mut dead = vec![false; keep.len()];
-            for &i in &victims {
-                dead[i] = true;
-                if super::policy::remembered(keep[i].flags) {
-                    evicted_ghosts.push(keep[i].slot_hash);
-                }
-                if watch {
-                    gone.push(keep[i]);
-                }
-            }
-            // A shrunk table must still have a slot to spare: the oldest go (probation first).
-            let mut left = keep.len() - victims.len();
-            for pass_protected in [false, true] {
-                for (i, loc) in keep.iter().enumerate() {
-                    if left < new_n as usize {
-                        break;
-                    }
-                    if !dead[i] && (loc.flags & FLAG_PROTECTED != 0) == pass_protected {
-                        dead[i] = true;
-                        left -= 1;
-                        dropped += 1;
-                        if watch {
-                            gone.push(*loc);
-                        }
-                    }
-                }
-            }
-            dropped += victims.len();
-            let mut i = 0;
-            keep.retain(|_| {
-                i += 1;
-                !dead[i - 1]
-            });
-            if keep.is_empty() && len > full {
-                new_n = start_slots;
-            }
-        } else if let Evict::MakeRoom(len) = mode {
-            let capacity = data_capacity(page_size, new_n).unwrap_or(0);
-            let threshold = (DATA_FILL_TARGET * capacity as f64) as usize;
-            let mut cut = 0;
-            while cut < keep.len() && used >= threshold {
-                used -= keep[cut].size();
-                cut += 1;
-            }
-            // Beyond Cache::FastMmap: keep going until the new entry fits, so that a store of
-            // an entry that fits an empty page always succeeds.
-            while cut < keep.len() && used.saturating_add(len) > capacity {
-                used -= keep[cut].size();
-                cut += 1;
-            }
-            dropped += cut;
-            if watch {
-                gone.extend_from_slice(&keep[..cut]);
-            }
-            keep.drain(..cut);
-            if keep.is_empty() && len > capacity {
-                // Only a slot table grown past what this entry allows stands in the way.
-                new_n = start_slots;
-            }
+        let mut room = Survivors {
+            keep,
+            used,
+            num_slots: new_n,
+            dropped,
+            gone: watch.then_some(gone),
+            ghosts: Vec::new(),
+        };
+        if let Evict::MakeRoom(len) = mode {
+            self.policy
+                .make_room(&mut room, len, page_size, start_slots);
         }
+        let Survivors {
+            keep,
+            num_slots: new_n,
+            dropped,
+            gone,
+            ghosts: evicted_ghosts,
+            ..
+        } = room;
+        let gone = gone.unwrap_or_default();
         if keep.len() >= new_n as usize {
             return Err(Corrupt("more entries than slots"));
         }
@@ -258,15 +211,10 @@ impl PageMut<'_> {
             .filter(|loc| loc.flags & FLAG_DIRTY != 0 && !loc.is_tombstone())
             .count();
         // The ghost record as it was, read before the rebuild may write over it.
-        let old_ghosts = match self.policy {
-            true => super::policy::ghosts(self.buf, &hdr).map(<[u8]>::to_vec),
-            false => None,
-        };
+        let memory = self.policy.memory(self.buf, &hdr);
         let hdr = self.rebuild(new_n, &keep, dirty_moved)?;
-        if self.policy && (!evicted_ghosts.is_empty() || old_ghosts.is_none()) {
-            let old = old_ghosts.as_deref().unwrap_or(&[]);
-            super::policy::write_ghosts(self.buf, hdr.free_data as usize, old, &evicted_ghosts)?;
-        }
+        self.policy
+            .on_evict(self.buf, hdr.free_data as usize, memory, &evicted_ghosts)?;
         Ok(Some((dropped, hdr)))
     }
 

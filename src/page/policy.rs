@@ -1,5 +1,10 @@
-//! The native layout's eviction policy: which entries a rebuild drops, and the ghost record of
-//! recently evicted keys (see the policy constants in `format`).
+//! Eviction policies: which entries a rebuild drops, and what a page remembers for that.
+//!
+//! [`Policy`] is the one seam: each page operation calls its hooks (on a read hit, on a
+//! store, to make room, on eviction), and each hook has one `match` between Cache::FastMmap's
+//! rule (the FastMmap layout, which Perl shares) and the native layout's (probation and
+//! protection, a read count and a ghost record of recently evicted keys: see the policy
+//! constants in `consts` and docs/format.md §4.1).
 //!
 //! Everything here is a hint to eviction: a damaged protected bit or ghost record can make the
 //! page keep the wrong entries, never read or write outside it.
@@ -7,7 +12,239 @@
 use super::Corrupt;
 use super::consts::*;
 use super::entry::EntryLoc;
+use super::evict::{Survivors, data_capacity};
 use super::header::{PageHeader, get_u32, put_u32};
+use super::view::Probe;
+
+/// The eviction rule a page follows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Policy {
+    /// Cache::FastMmap's (docs/format.md §4): least recently used first, until the data area
+    /// is under 60% full; no policy bits, no ghost record. Pages Perl shares must keep it:
+    /// Perl knows neither.
+    #[default]
+    Perl,
+    /// The native layout's (docs/format.md §4.1).
+    Native,
+}
+
+impl Policy {
+    /// Bytes at the end of a page of `page_size` bytes that stores leave free (the ghost
+    /// record).
+    #[inline]
+    pub(super) fn reserve(self, page_size: usize) -> usize {
+        match self {
+            Policy::Perl => 0,
+            Policy::Native => ghost_size(page_size),
+        }
+    }
+
+    /// On a read hit: the flags of an entry with `flags`, last read or stored in second
+    /// `last_access`, after a hit at `now` (see [`on_hit`]).
+    #[inline]
+    pub(super) fn on_hit(self, flags: u32, last_access: u32, now: u32) -> u32 {
+        match self {
+            Policy::Perl => flags,
+            Policy::Native => on_hit(flags, last_access, now),
+        }
+    }
+
+    /// On a store: the policy bits (`POLICY_FLAGS`) of the entry a store writes for a key
+    /// that `probe` found, or did not. A key stored again while it is in the page is treated
+    /// as a read hit would be, keeping its count; a new key the ghost record remembers is
+    /// protected; any other new key starts on probation.
+    pub(super) fn on_store(
+        self,
+        buf: &[u8],
+        hdr: &PageHeader,
+        probe: &Probe,
+        slot_hash: u32,
+        now: u32,
+    ) -> u32 {
+        match (self, probe) {
+            (Policy::Perl, _) => 0,
+            (Policy::Native, Probe::Hit { loc, .. }) => {
+                on_hit(loc.flags, loc.last_access, now) & POLICY_FLAGS
+            }
+            (Policy::Native, Probe::Miss { .. }) => match is_ghost(buf, hdr, slot_hash) {
+                true => FLAG_PROTECTED,
+                false => 0,
+            },
+        }
+    }
+
+    /// Just before a store appends its entry with policy bits `extra` (from
+    /// [`on_store`](Self::on_store), `probe` taken on the page as it is now): a new key
+    /// admitted protected because the ghost record remembers it is taken out of the record
+    /// (see [`forget_ghost`]).
+    pub(super) fn on_admit(
+        self,
+        buf: &mut [u8],
+        hdr: &PageHeader,
+        probe: &Probe,
+        slot_hash: u32,
+        extra: u32,
+    ) -> Result<(), Corrupt> {
+        match (self, probe) {
+            (Policy::Native, Probe::Miss { .. }) if extra & FLAG_PROTECTED != 0 => {
+                forget_ghost(buf, hdr, slot_hash)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// To make room for an entry of `len` bytes in a rebuild: drops victims from `room.keep`
+    /// (least recently used first) and may change the survivors' policy bits and the slot
+    /// count (`start_slots` is the file's). The page's bytes are not changed.
+    pub(super) fn make_room(
+        self,
+        room: &mut Survivors,
+        len: usize,
+        page_size: usize,
+        start_slots: u32,
+    ) {
+        match self {
+            Policy::Perl => perl_make_room(room, len, page_size, start_slots),
+            Policy::Native => native_make_room(room, len, page_size, start_slots),
+        }
+    }
+
+    /// Before a rebuild writes over it: what the page remembers of earlier evictions (the
+    /// ghost record's bytes), for [`on_evict`](Self::on_evict).
+    pub(super) fn memory(self, buf: &[u8], hdr: &PageHeader) -> Memory {
+        match self {
+            Policy::Perl => Memory::None,
+            Policy::Native => match ghosts(buf, hdr) {
+                Some(g) => Memory::Ghosts(g.to_vec()),
+                None => Memory::Lost,
+            },
+        }
+    }
+
+    /// After a rebuild whose entries end at `free_data`: remembers `evicted` (the slot hashes
+    /// that [`make_room`](Self::make_room) chose to remember) beside `memory`, rewriting the
+    /// ghost record when anything was evicted or the record was not sound.
+    pub(super) fn on_evict(
+        self,
+        buf: &mut [u8],
+        free_data: usize,
+        memory: Memory,
+        evicted: &[u32],
+    ) -> Result<(), Corrupt> {
+        match memory {
+            Memory::None => Ok(()),
+            Memory::Ghosts(_) if evicted.is_empty() => Ok(()),
+            Memory::Ghosts(old) => write_ghosts(buf, free_data, &old, evicted),
+            Memory::Lost => write_ghosts(buf, free_data, &[], evicted),
+        }
+    }
+}
+
+/// What a page remembers of earlier evictions, read before a rebuild.
+pub(super) enum Memory {
+    /// Nothing: the policy keeps no record.
+    None,
+    /// The ghost record's fingerprints, oldest first.
+    Ghosts(Vec<u8>),
+    /// The policy keeps a record, but the page's was not sound (or there was none yet).
+    Lost,
+}
+
+/// Cache::FastMmap's rule (docs/format.md §4, step 4): the least recently used go until the
+/// data area is under `DATA_FILL_TARGET` full, then until the new entry fits.
+fn perl_make_room(room: &mut Survivors, len: usize, page_size: usize, start_slots: u32) {
+    let capacity = data_capacity(page_size, room.num_slots).unwrap_or(0);
+    let threshold = (DATA_FILL_TARGET * capacity as f64) as usize;
+    let mut cut = 0;
+    while cut < room.keep.len() && room.used >= threshold {
+        room.used -= room.keep[cut].size();
+        cut += 1;
+    }
+    // Beyond Cache::FastMmap: keep going until the new entry fits, so that a store of an
+    // entry that fits an empty page always succeeds.
+    while cut < room.keep.len() && room.used.saturating_add(len) > capacity {
+        room.used -= room.keep[cut].size();
+        cut += 1;
+    }
+    for i in 0..cut {
+        room.drop_entry(i);
+    }
+    room.keep.drain(..cut);
+    if room.keep.is_empty() && len > capacity {
+        // Only a slot table grown past what this entry allows stands in the way.
+        room.num_slots = start_slots;
+    }
+}
+
+/// The native rule (docs/format.md §4.1): victims from [`choose_victims`], the ghost record
+/// left free unless only it stands between the new entry and the page, and a slot table
+/// grown for many small entries shrunk back for a large one, rather than every entry going
+/// first (a table grown again later costs a rebuild, not the page's data).
+fn native_make_room(room: &mut Survivors, len: usize, page_size: usize, start_slots: u32) {
+    let reserve = ghost_size(page_size);
+    let capacity_with = |n: u32| {
+        let full = data_capacity(page_size, n).unwrap_or(0);
+        match len.saturating_add(reserve) <= full {
+            true => full - reserve,
+            false => full,
+        }
+    };
+    let used = room.used;
+    // A large entry (an eighth of the page or more) that would push out protected entries
+    // gets a smaller table instead, if one holds the survivors within the growth limit. Only
+    // then are victims chosen on a copy first: every other rebuild chooses once, below.
+    if room.num_slots > start_slots
+        && len.saturating_mul(8) >= page_size
+        && choose_victims(
+            &mut room.keep.clone(),
+            used,
+            len,
+            capacity_with(room.num_slots),
+        )
+        .iter()
+        .any(|&i| room.keep[i].flags & FLAG_PROTECTED != 0)
+    {
+        let mut n = start_slots;
+        while n < room.num_slots {
+            let cut = choose_victims(&mut room.keep.clone(), used, len, capacity_with(n));
+            let left = room.keep.len() - cut.len();
+            if f64::from(left as u32) <= f64::from(n) * SLOT_FILL_LIMIT {
+                room.num_slots = n;
+                break;
+            }
+            n = n.saturating_mul(2).saturating_add(1);
+        }
+    }
+    let full = data_capacity(page_size, room.num_slots).unwrap_or(0);
+    let victims = choose_victims(&mut room.keep, used, len, capacity_with(room.num_slots));
+    let mut dead = vec![false; room.keep.len()];
+    for &i in &victims {
+        dead[i] = true;
+        if remembered(room.keep[i].flags) {
+            room.ghosts.push(room.keep[i].slot_hash);
+        }
+        room.drop_entry(i);
+    }
+    // A shrunk table must still have a slot to spare: the oldest go (probation first).
+    let mut left = room.keep.len() - victims.len();
+    for pass_protected in [false, true] {
+        for (i, dead) in dead.iter_mut().enumerate() {
+            if left < room.num_slots as usize {
+                break;
+            }
+            let protected = room.keep[i].flags & FLAG_PROTECTED != 0;
+            if !*dead && protected == pass_protected {
+                *dead = true;
+                left -= 1;
+                room.drop_entry(i);
+            }
+        }
+    }
+    room.retain_live(&dead);
+    if room.keep.is_empty() && len > full {
+        room.num_slots = start_slots;
+    }
+}
 
 /// Page offset of the ghost record of a page of `page_size` bytes.
 fn ghost_start(page_size: usize) -> usize {

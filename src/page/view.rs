@@ -11,14 +11,15 @@ use super::dirty::Dirty;
 use super::entry::{EntryLoc, EntryRef};
 use super::evict::has_room;
 use super::header::{PageHeader, get_u32, put_u32};
+use super::policy::Policy;
 
 /// A page's bytes, borrowed mutably for the duration of one locked operation.
 pub struct PageMut<'a> {
     pub(super) buf: &'a mut [u8],
     /// The fewest slots a sound header may have (see [`PageView::checked_header`]).
     min_slots: u32,
-    /// Whether the native eviction policy applies (see [`with_policy`](PageMut::with_policy)).
-    pub(super) policy: bool,
+    /// The eviction policy (see [`with_policy`](PageMut::with_policy)).
+    pub(super) policy: Policy,
 }
 
 /// A page's bytes, borrowed for reading.
@@ -191,7 +192,7 @@ impl<'a> PageMut<'a> {
         Ok(PageMut {
             buf,
             min_slots,
-            policy: false,
+            policy: Policy::Perl,
         })
     }
 
@@ -201,7 +202,7 @@ impl<'a> PageMut<'a> {
         PageMut {
             buf,
             min_slots: 1,
-            policy: false,
+            policy: Policy::Perl,
         }
     }
 
@@ -211,7 +212,7 @@ impl<'a> PageMut<'a> {
         PageMut {
             buf,
             min_slots,
-            policy: false,
+            policy: Policy::Perl,
         }
     }
 
@@ -221,17 +222,16 @@ impl<'a> PageMut<'a> {
     /// probationary entries first (see the policy constants in `format`). Pages Perl shares
     /// must keep it off: Perl knows neither the flag nor the ghost record.
     pub fn with_policy(mut self, on: bool) -> PageMut<'a> {
-        self.policy = on;
+        self.policy = match on {
+            true => Policy::Native,
+            false => Policy::Perl,
+        };
         self
     }
 
-    /// Bytes at the end of the page that stores leave to the ghost record.
+    /// Bytes at the end of the page that stores leave to the policy (the ghost record).
     pub(super) fn ghost_reserve(&self) -> usize {
-        if self.policy {
-            ghost_size(self.buf.len())
-        } else {
-            0
-        }
+        self.policy.reserve(self.buf.len())
     }
 
     /// Writes an empty page with `start_slots` slots over whatever `buf` held.
@@ -244,7 +244,7 @@ impl<'a> PageMut<'a> {
         PageMut {
             buf,
             min_slots: start_slots,
-            policy: false,
+            policy: Policy::Perl,
         }
     }
 
@@ -321,13 +321,11 @@ impl<'a> PageMut<'a> {
         if loc.last_access != now {
             self.set_word(loc.off + LAST_ACCESS_OFFSET, now)?;
         }
-        // The first hit moves the entry to the protected part; later ones (that took the lock)
-        // count towards its second chances (`super::policy::on_hit`).
-        if self.policy {
-            let flags = super::policy::on_hit(loc.flags, loc.last_access, now);
-            if flags != loc.flags {
-                self.set_word(loc.off + FLAGS_OFFSET, flags)?;
-            }
+        // The policy's hook: in the native layout the first hit moves the entry to the
+        // protected part, and later ones (that took the lock) count towards its second chances.
+        let flags = self.policy.on_hit(loc.flags, loc.last_access, now);
+        if flags != loc.flags {
+            self.set_word(loc.off + FLAGS_OFFSET, flags)?;
         }
         if stats {
             self.set_word(N_READ_HITS_OFFSET, hdr.n_read_hits.wrapping_add(1))?;
@@ -432,21 +430,10 @@ impl<'a> PageMut<'a> {
         };
         let hdr = self.checked_header()?;
         let probe = self.probe(&hdr, req.slot_hash, req.key)?;
-        // The policy: a key stored again while it is in the page, or while the page remembers
-        // evicting it, is protected; any other new key starts on probation.
-        let extra = match (self.policy, &probe) {
-            (false, _) => 0,
-            // Stored again: as a read hit would, keeping the count it had.
-            (true, Probe::Hit { loc, .. }) => {
-                super::policy::on_hit(loc.flags, loc.last_access, now) & POLICY_FLAGS
-            }
-            (true, Probe::Miss { .. }) => {
-                match super::policy::is_ghost(self.buf, &hdr, req.slot_hash) {
-                    true => FLAG_PROTECTED,
-                    false => 0,
-                }
-            }
-        };
+        // The policy's bits for the new entry (`Policy::on_store`).
+        let extra = self
+            .policy
+            .on_store(self.buf, &hdr, &probe, req.slot_hash, now);
         if let Probe::Hit { loc, .. } = &probe {
             if let Some(outcome) = self.conditional(loc, req, now) {
                 return Ok(Some(outcome));
@@ -477,7 +464,8 @@ impl<'a> PageMut<'a> {
             if Dirty::stops(&dirty) {
                 return Ok(None);
             }
-            self.forget_returned(&hdr, &probe, req.slot_hash, extra)?;
+            self.policy
+                .on_admit(self.buf, &hdr, &probe, req.slot_hash, extra)?;
             // Eviction would change nothing: the header and the probe still hold.
             self.append_probed(req, size, now, &hdr, probe, extra)?
         } else {
@@ -487,7 +475,8 @@ impl<'a> PageMut<'a> {
                 return Ok(None);
             };
             let probe = self.probe(&hdr, req.slot_hash, req.key)?;
-            self.forget_returned(&hdr, &probe, req.slot_hash, extra)?;
+            self.policy
+                .on_admit(self.buf, &hdr, &probe, req.slot_hash, extra)?;
             self.append_probed(req, size, now, &hdr, probe, extra)?
         };
         if appended {
@@ -507,23 +496,6 @@ impl<'a> PageMut<'a> {
             Ok(Some(StoreOutcome::Stored))
         } else {
             Err(Corrupt("no room in an empty page"))
-        }
-    }
-
-    /// The policy: a new key about to be stored protected (`extra`) because the ghost record
-    /// remembers it is taken out of the record (`super::policy::forget_ghost`).
-    fn forget_returned(
-        &mut self,
-        hdr: &PageHeader,
-        probe: &Probe,
-        slot_hash: u32,
-        extra: u32,
-    ) -> Result<(), Corrupt> {
-        match (self.policy, probe) {
-            (true, Probe::Miss { .. }) if extra & FLAG_PROTECTED != 0 => {
-                super::policy::forget_ghost(self.buf, hdr, slot_hash)
-            }
-            _ => Ok(()),
         }
     }
 
