@@ -950,3 +950,112 @@ fn an_iteration_across_a_resize_yields_every_key_once() {
         }
     }
 }
+
+/// Two resizes in a row by another process while this handle is idle: the handle has not
+/// followed either when its next call finds its page moved twice, and each call of a
+/// write-back cache goes on to the newest file by itself (get, set, update, take, get_many,
+/// set_many, flush, evict), with every value intact and every write in the store at the end.
+#[test]
+fn a_handle_behind_two_moves_keeps_working_on_every_call() {
+    let _s = serial();
+    for kind in [NATIVE, ROBUST] {
+        let dir = temp_dir();
+        let path = dir.path().join("cache");
+        let store = Mem::default();
+        let cache = kind
+            .builder()
+            .path(&path)
+            .num_pages(SMALL)
+            .page_size(PAGE)
+            .backing(store.clone())
+            .write_mode(fastmmap::WriteMode::Back)
+            .open()
+            .expect("open");
+        let value = |i: usize, round: usize| format!("value-{i}-{round}").into_bytes();
+        for i in 0..40 {
+            cache.set(&key(i), &value(i, 0)).expect("set");
+        }
+        let mut children = Children::new();
+        // Another process moves the file twice (out of this handle's sight).
+        let mut move_twice = |round: usize| {
+            let child_path = path.clone();
+            children.spawn(move || {
+                let other = Cache::builder()
+                    .path(&child_path)
+                    .open()
+                    .map_err(|e| e.to_string())?;
+                for pages in [LARGE + round as u32, SMALL + round as u32] {
+                    let report = other
+                        .resize(pages, PAGE)
+                        .map_err(|e| format!("resize to {pages} pages: {e}"))?;
+                    if report.dropped != 0 {
+                        return Err(format!("resize to {pages} pages dropped: {report:?}"));
+                    }
+                }
+                Ok(())
+            });
+            children.wait_all_ok();
+        };
+
+        move_twice(1);
+        assert_eq!(cache.get(&key(0)).expect("get"), Some(value(0, 0)));
+
+        move_twice(2);
+        cache.set(&key(1), &value(1, 2)).expect("set");
+        assert_eq!(cache.get(&key(1)).expect("get"), Some(value(1, 2)));
+
+        move_twice(3);
+        let updated = cache
+            .update(&key(2), |old| {
+                assert_eq!(old, Some(&value(2, 0)[..]), "update saw the value");
+                Update::Set(value(2, 3))
+            })
+            .expect("update");
+        assert_eq!(updated, Some(value(2, 3)));
+
+        move_twice(4);
+        assert_eq!(cache.take(&key(3)).expect("take"), Some(value(3, 0)));
+        assert_eq!(cache.get(&key(3)).expect("get"), None, "taken");
+
+        move_twice(5);
+        let got = cache
+            .get_many(&[key(4), key(1), key(999)])
+            .expect("get_many");
+        assert_eq!(got, vec![Some(value(4, 0)), Some(value(1, 2)), None]);
+
+        move_twice(6);
+        let pairs: Vec<_> = (5..10).map(|i| (key(i), value(i, 6))).collect();
+        assert_eq!(cache.set_many(&pairs).expect("set_many"), pairs.len());
+        for (k, v) in &pairs {
+            assert_eq!(cache.get(k).expect("get").as_ref(), Some(v));
+        }
+
+        move_twice(7);
+        assert!(cache.flush().expect("flush") > 0, "dirty entries written");
+        let stored = store.0.lock().unwrap().clone();
+        for i in (0..40).filter(|&i| i != 3) {
+            let round = match i {
+                1 => 2,
+                2 => 3,
+                5..10 => 6,
+                _ => 0,
+            };
+            let want = value(i, round);
+            assert_eq!(stored.get(&key(i)), Some(&want), "key {i} in the store");
+            let e = cache.entry(&key(i)).expect("entry").expect("cached");
+            assert!(!e.flags.is_dirty(), "key {i} clean after the flush");
+            assert_eq!(e.value, want);
+        }
+        assert_eq!(stored.get(&key(3)), None, "a taken key is not written");
+
+        move_twice(8);
+        assert!(cache.evict(&key(0)).expect("evict"), "key 0 was cached");
+        assert_eq!(cache.get(&key(0)).expect("read through"), Some(value(0, 0)));
+        assert_eq!(cache.num_pages(), SMALL + 8);
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "{:?}",
+            leftovers(dir.path())
+        );
+    }
+}

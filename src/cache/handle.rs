@@ -314,9 +314,32 @@ impl Cache {
         }
     }
 
+    /// Runs `step` on `from` (the file this handle uses now, or the file a walk is on) and,
+    /// each time `step` finds its page moved by a resize (answers `None`), on the file the
+    /// move went to: a cursor of this operation's own, so that it goes on whether or not the
+    /// handle has followed the move (the steps that find a move also follow it, as before).
+    /// At most `MAX_FOLLOWS` moves, then [`too_many_moves`](Self::too_many_moves).
+    ///
+    /// Every operation that locks a page of a key, or walks the pages, follows moves this way.
+    #[inline(always)]
+    pub(crate) fn follow_moves<'s, R>(
+        &'s self,
+        from: &'s SharedFile,
+        mut step: impl FnMut(&'s SharedFile) -> Result<Option<R>>,
+    ) -> Result<R> {
+        let mut file = from;
+        for _ in 0..MAX_FOLLOWS {
+            if let Some(done) = step(file)? {
+                return Ok(done);
+            }
+            file = file.successor()?;
+        }
+        Err(self.too_many_moves())
+    }
+
     /// Locks page `page` of `file` (a file this handle used) for a change: `None` if a resize
-    /// moved it, and this handle now follows the move (the caller starts over on the new
-    /// file).
+    /// moved it, and this handle now follows the move (the caller goes on on `file`'s
+    /// successor: [`follow_moves`](Self::follow_moves)).
     pub(crate) fn lock_page_at<'s>(
         &'s self,
         file: &'s SharedFile,
@@ -382,18 +405,18 @@ impl Cache {
         mut start: impl FnMut(&mut S, &'s SharedFile),
         mut visit: impl FnMut(&mut S, &'s SharedFile, u32, G) -> Result<()>,
     ) -> Result<(S, &'s SharedFile)> {
-        'files: for _ in 0..MAX_FOLLOWS {
-            let file: &'s SharedFile = &self.inner.file;
+        let from: &'s SharedFile = &self.inner.file;
+        let file = self.follow_moves(from, |file| {
             start(&mut state, file);
             for page in 0..file.geometry().num_pages {
                 let Some(guard) = take(self, file, page)? else {
-                    continue 'files;
+                    return Ok(None);
                 };
                 visit(&mut state, file, page, guard)?;
             }
-            return Ok((state, file));
-        }
-        Err(self.too_many_moves())
+            Ok(Some(file))
+        })?;
+        Ok((state, file))
     }
 
     #[inline]
@@ -405,22 +428,20 @@ impl Cache {
     /// counts), in the file this handle uses now, following any resize that moved it.
     #[inline(always)]
     pub(crate) fn lock_page(&self, loc: Loc) -> Result<PageGuard<'_>> {
-        if self.inner.read_only {
-            return Err(Error::ReadOnly {
-                path: self.path().to_path_buf(),
-            });
-        }
-        let timeout = self.inner.lock_timeout;
-        for _ in 0..MAX_FOLLOWS {
-            let file: &SharedFile = &self.inner.file;
-            let page = loc.page(file.geometry().num_pages);
-            match file.lock(page, timeout) {
-                Ok(guard) => return Ok(guard),
-                Err(LockError::Moved) => self.follow(file)?,
-                Err(e) => return Err(file.lock_error(e, LockRole::Page, page, timeout)),
-            }
-        }
-        Err(self.too_many_moves())
+        self.lock_page_from(&self.inner.file, loc)
+    }
+
+    /// [`lock_page`](Self::lock_page) starting at `from` (a file this handle used), following
+    /// any resize that moved it.
+    #[inline(always)]
+    pub(crate) fn lock_page_from<'s>(
+        &'s self,
+        from: &'s SharedFile,
+        loc: Loc,
+    ) -> Result<PageGuard<'s>> {
+        self.follow_moves(from, |file| {
+            self.lock_page_at(file, loc.page(file.geometry().num_pages))
+        })
     }
 
     pub(crate) fn corrupt(&self, page: u32, c: Corrupt) -> Error {
@@ -525,17 +546,9 @@ impl Cache {
     /// Locks the page of `loc` for reading: the ordinary lock, or a shared one for a
     /// read-only handle, following any resize that moved it.
     pub(super) fn read_page(&self, loc: Loc) -> Result<Reader<'_>> {
-        if !self.inner.read_only {
-            return Ok(Reader::Write(self.lock_page(loc)?));
-        }
-        for _ in 0..MAX_FOLLOWS {
-            let file: &SharedFile = &self.inner.file;
-            let page = loc.page(file.geometry().num_pages);
-            if let Some(reader) = self.read_page_at(file, page)? {
-                return Ok(reader);
-            }
-        }
-        Err(self.too_many_moves())
+        self.follow_moves(&self.inner.file, |file| {
+            self.read_page_at(file, loc.page(file.geometry().num_pages))
+        })
     }
 
     /// Stores under a held lock. A page found damaged is reset and the store retried once on

@@ -8,9 +8,7 @@ use super::handle::{Cache, Loc, PageProblem};
 use crate::Result;
 use crate::page::consts::{FLAG_DIRTY, FLAG_OVERFLOW, OVERFLOW_REF_SIZE, is_expired};
 use crate::page::{Corrupt, Dirty, DirtyCopy, NewEntry, PageView, StoreOutcome};
-use crate::store::{
-    MAX_FOLLOWS, OverflowFull, OverflowReference, PageGuard, Place, Reader, SharedFile,
-};
+use crate::store::{OverflowFull, OverflowReference, PageGuard, Place, Reader};
 use xxhash_rust::xxh3::xxh3_64;
 
 /// A large value that may be evicted to make room in the overflow area.
@@ -276,19 +274,16 @@ impl Cache {
             return Ok(0);
         }
         // A resize met part way: the walk starts over on the new file.
-        'files: for _ in 0..MAX_FOLLOWS {
-            let file: &SharedFile = &self.inner.file;
-            let mut freed = 0u64;
-            for page in 0..file.geometry().num_pages {
-                let Some(mut guard) = self.lock_page_at(file, page)? else {
-                    continue 'files;
-                };
-                freed += u64::from(guard.sweep_overflow());
-            }
-            freed += u64::from(file.overflow_free_unowned(false));
-            return Ok(freed);
-        }
-        Err(self.too_many_moves())
+        let (freed, file) = self.each_page(
+            Cache::lock_page_at,
+            0u64,
+            |freed, _| *freed = 0,
+            |freed, _, _, mut guard| {
+                *freed += u64::from(guard.sweep_overflow());
+                Ok(())
+            },
+        )?;
+        Ok(freed + u64::from(file.overflow_free_unowned(false)))
     }
 
     /// Checks the overflow area without changing anything: the pages whose large values'
@@ -302,23 +297,23 @@ impl Cache {
             return Ok((Vec::new(), 0));
         }
         // A resize met part way: the walk starts over on the new file.
-        'files: for _ in 0..MAX_FOLLOWS {
-            let file: &SharedFile = &self.inner.file;
-            let mut problems = Vec::new();
-            let mut unreferenced = 0u64;
-            for page in 0..file.geometry().num_pages {
-                // A shared lock, as `validate` takes: checking changes nothing.
-                let Some(guard) = self.shared_page_at(file, page)? else {
-                    continue 'files;
-                };
+        let ((problems, unreferenced), file) = self.each_page(
+            // A shared lock, as `validate` takes: checking changes nothing.
+            Cache::shared_page_at,
+            (Vec::new(), 0u64),
+            |(problems, unreferenced), _| {
+                problems.clear();
+                *unreferenced = 0;
+            },
+            |(problems, unreferenced), _, page, guard| {
                 match Reader::Shared(guard).overflow_unreferenced() {
-                    Ok(n) => unreferenced += u64::from(n),
+                    Ok(n) => *unreferenced += u64::from(n),
                     Err(c) => problems.push(PageProblem { page, reason: c.0 }),
                 }
-            }
-            unreferenced += u64::from(file.overflow_free_unowned(true));
-            return Ok((problems, unreferenced));
-        }
-        Err(self.too_many_moves())
+                Ok(())
+            },
+        )?;
+        let unreferenced = unreferenced + u64::from(file.overflow_free_unowned(true));
+        Ok((problems, unreferenced))
     }
 }

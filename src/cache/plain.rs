@@ -6,7 +6,7 @@ use super::expiry::Expiry;
 use super::handle::{Cache, Entry, Loc, Update};
 use super::update::Existing;
 use crate::page::{Copied, NewEntry, StoreOutcome};
-use crate::store::{MAX_FOLLOWS, SharedFile, peek_locked, read_locked};
+use crate::store::{SharedFile, peek_locked, read_locked};
 use crate::{Error, Result};
 
 impl Cache {
@@ -133,12 +133,11 @@ impl Cache {
             return Ok(out);
         }
         // A resize met part way: the keys left over start over on the new file.
-        'files: for _ in 0..MAX_FOLLOWS {
-            let file: &SharedFile = &self.inner.file;
+        self.follow_moves(&self.inner.file, |file| {
             let rest = locked.iter().map(|&i| keys[i].as_ref());
             for (page, group) in self.group_by_page(file.geometry().num_pages, rest) {
                 let Some(mut reader) = self.read_page_at(file, page)? else {
-                    continue 'files;
+                    return Ok(None);
                 };
                 for (j, slot_hash) in group {
                     let i = locked[j];
@@ -147,9 +146,9 @@ impl Cache {
                     });
                 }
             }
-            return Ok(out);
-        }
-        Err(self.too_many_moves())
+            Ok(Some(()))
+        })?;
+        Ok(out)
     }
 
     pub(super) fn set_many_plain<K: AsRef<[u8]>, V: AsRef<[u8]>>(
@@ -166,8 +165,7 @@ impl Cache {
         }
         // A resize met part way: the batch starts over on the new file (the pairs stored
         // before the move were moved with the rest, and storing them again changes nothing).
-        'files: for _ in 0..MAX_FOLLOWS {
-            let file: &SharedFile = &self.inner.file;
+        self.follow_moves(&self.inner.file, |file| {
             let mut stored = 0;
             let groups = self.group_by_page(
                 file.geometry().num_pages,
@@ -175,7 +173,7 @@ impl Cache {
             );
             for (page, group) in groups {
                 let Some(mut guard) = self.lock_page_at(file, page)? else {
-                    continue 'files;
+                    return Ok(None);
                 };
                 for (i, _) in group {
                     if self.store_locked(&mut guard, &reqs[i], now)? != StoreOutcome::Refused {
@@ -183,9 +181,8 @@ impl Cache {
                     }
                 }
             }
-            return Ok(stored);
-        }
-        Err(self.too_many_moves())
+            Ok(Some(stored))
+        })
     }
 
     /// `update` in the plain way: the value afterwards, and what the closure computed.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::handle::Cache;
 use crate::page::DirtyCopy;
-use crate::store::{self, Geometry, MAX_FOLLOWS, SharedFile};
+use crate::store::{self, Geometry};
 use crate::{Error, Result};
 
 /// How long [`Cache::resize`] waits for each lock when the handle has no
@@ -88,8 +88,7 @@ impl Cache {
             });
         }
         let wait = self.inner.lock_timeout.unwrap_or(DEFAULT_RESIZE_LOCK_WAIT);
-        for _ in 0..MAX_FOLLOWS {
-            let file: &SharedFile = &self.inner.file;
+        self.follow_moves(&self.inner.file, |file| {
             let old = file.geometry();
             let to = Geometry {
                 num_pages,
@@ -102,7 +101,7 @@ impl Cache {
             match store::resize(file, to, self.now(), wait, write_back) {
                 Ok(moved) => {
                     self.follow(file)?;
-                    return Ok(ResizeReport {
+                    Ok(Some(ResizeReport {
                         old_num_pages: old.num_pages,
                         old_page_size: old.page_size,
                         copied: moved.copied,
@@ -111,13 +110,12 @@ impl Cache {
                         written_back: moved.written_back,
                         damaged_pages: moved.damaged_pages,
                         locks_held: moved.held,
-                    });
+                    }))
                 }
                 // Moved by another resize before this one took the lock: resize the new file.
-                Err(Error::Resize { .. }) if file.is_moved() => self.follow(file)?,
-                Err(e) => return Err(e),
+                Err(Error::Resize { .. }) if file.is_moved() => self.follow(file).map(|()| None),
+                Err(e) => Err(e),
             }
-        }
-        Err(self.too_many_moves())
+        })
     }
 }

@@ -43,8 +43,7 @@ use crate::clock::from_unix_secs;
 use crate::page::consts::{FLAG_DIRTY, FLAG_OVERFLOW, FLAG_UNDEF};
 use crate::page::{Corrupt, Dirty, DirtyCopy, Evict, NewEntry, PageMut, StoreOutcome};
 use crate::store::{
-    LockError, MAX_FOLLOWS, OverflowFull, PageGuard, Route, SharedFile, WriteBackGuard,
-    WriteBackWait,
+    LockError, OverflowFull, PageGuard, Route, SharedFile, WriteBackGuard, WriteBackWait,
 };
 use crate::{Error, LockRole, Result};
 use std::time::Duration;
@@ -117,20 +116,28 @@ impl Cache {
     /// # Errors
     /// A lock timeout; [`Error::ReadOnly`].
     pub(crate) fn write_back_lock(&self, loc: Loc) -> Result<Option<WriteBackGuard<'_>>> {
+        self.write_back_lock_from(&self.inner.file, loc)
+    }
+
+    /// [`write_back_lock`](Self::write_back_lock) starting at `from` (a file this handle
+    /// used), following any resize that moved it.
+    fn write_back_lock_from<'s>(
+        &'s self,
+        from: &'s SharedFile,
+        loc: Loc,
+    ) -> Result<Option<WriteBackGuard<'s>>> {
         if !self.has_backing() || self.inner.file.holds_write_back() {
             return Ok(None);
         }
         let timeout = self.inner.lock_timeout;
-        for _ in 0..MAX_FOLLOWS {
-            let file: &SharedFile = &self.inner.file;
+        self.follow_moves(from, |file| {
             let page = loc.page(file.geometry().num_pages);
             match file.lock_write_back(page, WriteBackWait::Up(timeout)) {
-                Ok(guard) => return Ok(Some(guard)),
-                Err(LockError::Moved) => self.follow(file)?,
-                Err(e) => return Err(file.lock_error(e, LockRole::WriteBack, page, timeout)),
+                Ok(guard) => Ok(Some(Some(guard))),
+                Err(LockError::Moved) => self.follow(file).map(|()| None),
+                Err(e) => Err(file.lock_error(e, LockRole::WriteBack, page, timeout)),
             }
-        }
-        Err(self.too_many_moves())
+        })
     }
 
     /// [`write_back_lock`](Self::write_back_lock) without waiting: `Busy` if another thread
@@ -139,24 +146,15 @@ impl Cache {
         if !self.has_backing() || self.inner.file.holds_write_back() {
             return Ok(TryWriteBack::Taken(None));
         }
-        for _ in 0..MAX_FOLLOWS {
-            let file: &SharedFile = &self.inner.file;
+        self.follow_moves(&self.inner.file, |file| {
             let page = loc.page(file.geometry().num_pages);
             match file.lock_write_back(page, WriteBackWait::No) {
-                Ok(guard) => return Ok(TryWriteBack::Taken(Some(guard))),
-                Err(LockError::TimedOut) => return Ok(TryWriteBack::Busy),
-                Err(LockError::Moved) => self.follow(file)?,
-                Err(e) => {
-                    return Err(file.lock_error(
-                        e,
-                        LockRole::WriteBack,
-                        page,
-                        Some(Duration::ZERO),
-                    ));
-                }
+                Ok(guard) => Ok(Some(TryWriteBack::Taken(Some(guard)))),
+                Err(LockError::TimedOut) => Ok(Some(TryWriteBack::Busy)),
+                Err(LockError::Moved) => self.follow(file).map(|()| None),
+                Err(e) => Err(file.lock_error(e, LockRole::WriteBack, page, Some(Duration::ZERO))),
             }
-        }
-        Err(self.too_many_moves())
+        })
     }
 
     /// Locks `page` for a change. A page a dead process left half-changed is reset, and the
@@ -554,27 +552,35 @@ impl Cache {
     /// first. Returns how many entries were dropped.
     pub(crate) fn evict_all_keeping_dirty(&self, mode: Evict) -> Result<usize> {
         let mut total = 0;
-        // A resize met part way: the walk starts over on the new file.
-        'files: for _ in 0..MAX_FOLLOWS {
-            let file: *const SharedFile = &*self.inner.file;
-            for page in 0..self.num_pages() {
-                total += self.evict_keeping_dirty(Loc::at(page), mode)?;
-                if !std::ptr::eq(&*self.inner.file, file) {
-                    continue 'files;
+        // A resize met part way (a page found moved): the walk starts over on the new file.
+        self.follow_moves(&self.inner.file, |file| {
+            for page in 0..file.geometry().num_pages {
+                let (dropped, on) = self.evict_keeping_dirty(file, Loc::at(page), mode)?;
+                total += dropped;
+                if !std::ptr::eq(on, file) {
+                    return Ok(None);
                 }
             }
-            return Ok(total);
-        }
-        Err(self.too_many_moves())
+            Ok(Some(()))
+        })?;
+        Ok(total)
     }
 
-    fn evict_keeping_dirty(&self, page: Loc, mode: Evict) -> Result<usize> {
+    /// Drops what `mode` says from the page of `page`, starting at `from`: how many entries
+    /// were dropped, and the file whose page that was (not `from` if a resize moved it).
+    fn evict_keeping_dirty<'s>(
+        &'s self,
+        from: &'s SharedFile,
+        page: Loc,
+        mode: Evict,
+    ) -> Result<(usize, &'s SharedFile)> {
         let now = self.now();
         let slots = self.geometry().start_slots;
         let mut copies = Vec::new();
-        let _write_back = self.write_back_lock(page)?;
-        let mut guard = self.lock_for_change(page)?;
+        let _write_back = self.write_back_lock_from(from, page)?;
+        let mut guard = self.lock_page_from(from, page)?;
         let at = guard.place();
+        let on = at.file;
         // Rounds 0..ROUNDS refuse; the last of them writes back holding the lock, so the one
         // after drops clean entries.
         for round in 0..=ROUNDS {
@@ -594,17 +600,17 @@ impl Cache {
                 Ok(Some(dropped)) => {
                     drop(guard);
                     self.write_back(&copies)?;
-                    return Ok(dropped);
+                    return Ok((dropped, on));
                 }
                 Ok(None) if round + 1 >= ROUNDS => self.write_back_held(&mut guard, &copies)?,
                 Ok(None) => {
                     drop(guard);
                     self.write_back(&copies)?;
-                    guard = self.lock_for_change(page)?;
+                    guard = self.lock_page_from(on, page)?;
                     self.mark_clean(&mut guard, &copies);
                 }
                 // Damaged, and reset: nothing is left to drop.
-                Err(_) => return Ok(0),
+                Err(_) => return Ok((0, on)),
             }
         }
         unreachable!("the last round always returns")
@@ -626,27 +632,40 @@ impl Cache {
             return Ok(0);
         }
         let mut written = 0;
-        // A resize met part way: the walk starts over on the new file (entries written back
-        // already are clean there: they were copied clean, or marked clean in it).
-        'files: for _ in 0..MAX_FOLLOWS {
-            let file: *const SharedFile = &*self.inner.file;
-            for page in (0..self.num_pages()).map(Loc::at) {
-                if !std::ptr::eq(&*self.inner.file, file) {
-                    continue 'files;
+        // A resize met part way (a page found moved): the walk starts over on the new file
+        // (entries written back already are clean there: they were copied clean, or marked
+        // clean in it).
+        self.follow_moves(&self.inner.file, |file| {
+            for page in 0..file.geometry().num_pages {
+                let (n, on) = self.flush_page_from(file, Loc::at(page), false)?;
+                written += n;
+                if !std::ptr::eq(on, file) {
+                    return Ok(None);
                 }
-                written += self.flush_page(page, false)?;
             }
-            return Ok(written);
-        }
-        Err(self.too_many_moves())
+            Ok(Some(()))
+        })?;
+        Ok(written)
     }
 
     /// `flush` of one page (`only_large`: of its large values only). Returns how many entries
     /// were written.
     pub(crate) fn flush_page(&self, page: Loc, only_large: bool) -> Result<usize> {
-        let _write_back = self.write_back_lock(page)?;
-        let mut guard = self.lock_for_change(page)?;
+        Ok(self.flush_page_from(&self.inner.file, page, only_large)?.0)
+    }
+
+    /// [`flush_page`](Self::flush_page) starting at `from`: how many entries were written,
+    /// and the file whose page that was (not `from` if a resize moved it).
+    fn flush_page_from<'s>(
+        &'s self,
+        from: &'s SharedFile,
+        page: Loc,
+        only_large: bool,
+    ) -> Result<(usize, &'s SharedFile)> {
+        let _write_back = self.write_back_lock_from(from, page)?;
+        let mut guard = self.lock_page_from(from, page)?;
         let at = guard.place();
+        let on = at.file;
         let found = guard.page().view().dirty_entries().and_then(|mut copies| {
             if only_large {
                 copies.retain(|c| c.flags & FLAG_OVERFLOW != 0);
@@ -657,17 +676,17 @@ impl Cache {
             Ok(copies) => copies,
             Err(c) => {
                 guard.reset_for(c);
-                return Ok(0);
+                return Ok((0, on));
             }
         };
         drop(guard);
         if copies.is_empty() {
-            return Ok(0);
+            return Ok((0, on));
         }
         self.write_back(&copies)?;
-        let mut guard = self.lock_for_change(page)?;
+        let mut guard = self.lock_page_from(on, page)?;
         self.mark_clean(&mut guard, &copies);
-        Ok(copies.len())
+        Ok((copies.len(), on))
     }
 
     /// Writes back every dirty entry and drops every entry (Perl's `empty`); with a backing

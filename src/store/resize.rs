@@ -161,7 +161,7 @@ impl SharedFile {
     /// later generation, and the owner and link rules of any open. Kept in `self.successor`,
     /// which is set once, under the registry's lock `reg`, and never cleared: the successor
     /// lives as long as this file.
-    fn successor(&self, reg: &mut Vec<Entry>) -> Result<&SharedFile> {
+    fn successor_in(&self, reg: &mut Vec<Entry>) -> Result<&SharedFile> {
         if let Some(next) = self.successor.get() {
             return Ok(next);
         }
@@ -220,6 +220,19 @@ impl SharedFile {
                 temp.display()
             ))
         }))
+    }
+
+    /// The file this one was moved to (see `successor_in`): where an operation that found a
+    /// page of this file moved goes on, whether or not its handle has followed yet.
+    ///
+    /// # Errors
+    /// [`Error::Resize`] if this file was not moved, or its successor cannot be opened or is
+    /// not a later generation of the same cache.
+    pub(crate) fn successor(&self) -> Result<&SharedFile> {
+        match self.successor.get() {
+            Some(next) => Ok(next),
+            None => self.successor_in(&mut lock_registry()),
+        }
     }
 }
 
@@ -298,7 +311,7 @@ impl Current {
         if !std::ptr::eq(self.now.load(Ordering::Acquire), from) {
             return Ok(());
         }
-        let next = from.successor(&mut lock_registry())?;
+        let next = from.successor()?;
         // Another thread following the same move stores the same pointer, or has gone on.
         let _ = self.now.compare_exchange(
             std::ptr::from_ref(from).cast_mut(),
