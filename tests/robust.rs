@@ -807,18 +807,23 @@ fn reads_without_the_lock_never_return_a_torn_value() {
                 s.spawn(move || read_loop(cache, seed ^ (t + 20)))
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .expect("reader thread")
-                    .unwrap_or_else(|e| panic!("{e}"))
-            })
-            .sum::<u64>()
+        total_reads(handles)
     });
     kids.wait_all_ok();
     assert!(reads > 1000, "only {reads} reads in {run_for:?}");
     assert_eq!(cache.stats().expect("stats").resets, 0);
+}
+
+/// The reads counted by reader threads, each joined; a reader's error fails the test.
+fn total_reads(readers: Vec<std::thread::ScopedJoinHandle<'_, Result<u64, String>>>) -> u64 {
+    readers
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .expect("reader thread")
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .sum()
 }
 
 /// A value long enough to be copied wide out of the page, flipped by writers in another
@@ -904,14 +909,7 @@ fn flip_under_readers(len: usize) {
             .join()
             .expect("writer thread")
             .unwrap_or_else(|e| panic!("{e}"));
-        readers
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .expect("reader thread")
-                    .unwrap_or_else(|e| panic!("{e}"))
-            })
-            .sum::<u64>()
+        total_reads(readers)
     });
     kids.wait_all_ok();
     assert!(reads > 100, "only {reads} reads in {run_for:?}");
