@@ -17,7 +17,6 @@ mod common;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -185,19 +184,10 @@ fn the_shared_mutex_alone_excludes_threads() {
     // lets go.
     let impatient = robust(&path, IMPATIENT);
     let cache = &cache;
-    let (holding_tx, holding_rx) = mpsc::channel();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
     std::thread::scope(|s| {
-        s.spawn(move || {
-            cache
-                .update(b"counter", |old| {
-                    holding_tx.send(()).expect("send");
-                    go_rx.recv().expect("recv");
-                    Update::Set(old.expect("value").to_vec())
-                })
-                .expect("update");
+        let go_tx = hold_in_thread(s, cache, b"counter", |old| {
+            Update::Set(old.expect("value").to_vec())
         });
-        holding_rx.recv().expect("the holder started");
         assert!(
             matches!(impatient.get(b"counter"), Err(Error::LockTimeout { .. })),
             "another thread got the page while it was held"
@@ -384,22 +374,11 @@ fn a_forked_child_never_owns_a_lock_its_parent_holds() {
     let cache = robust(&path, PATIENT);
     cache.set(b"k", b"parent").expect("set");
 
-    let (holding_tx, holding_rx) = mpsc::channel();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
     let mut kids = Children::new();
     std::thread::scope(|s| {
         // A thread of the parent holds the page lock while the main thread forks.
         let cache = &cache;
-        s.spawn(move || {
-            cache
-                .update(b"k", |_| {
-                    holding_tx.send(()).expect("send");
-                    go_rx.recv().expect("recv");
-                    Update::Set(b"released".to_vec())
-                })
-                .expect("update");
-        });
-        holding_rx.recv().expect("holder started");
+        let go_tx = hold_in_thread(s, cache, b"k", |_| Update::Set(b"released".to_vec()));
         let child = kids.spawn({
             let cache = cache.clone();
             move || {

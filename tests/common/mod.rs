@@ -387,6 +387,30 @@ impl Drop for Pipe {
     }
 }
 
+/// Spawns a thread in `scope` that takes `key`'s page lock inside `cache.update` and holds it
+/// until the returned sender says go, then ends the update with what `then` answers; returns
+/// once the thread holds the lock.
+pub fn hold_in_thread<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    cache: &'scope Cache,
+    key: &'static [u8],
+    then: impl FnOnce(Option<&[u8]>) -> fastmmap::Update + Send + 'scope,
+) -> std::sync::mpsc::Sender<()> {
+    let (holding_tx, holding_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    scope.spawn(move || {
+        cache
+            .update(key, |old| {
+                holding_tx.send(()).expect("send");
+                go_rx.recv().expect("recv");
+                then(old)
+            })
+            .expect("update");
+    });
+    holding_rx.recv().expect("the holder started");
+    go_tx
+}
+
 // ---------------------------------------------------------------------------------------------
 // Random numbers
 
