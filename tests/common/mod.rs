@@ -756,6 +756,19 @@ pub fn output_lines(what: &str, out: std::process::Output) -> Vec<String> {
         .collect()
 }
 
+/// `bytes` in lowercase hex, as the Perl scripts exchange keys and values.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of hex text `h` from a Perl script; panics on anything else.
+pub fn unhex(h: &str) -> Vec<u8> {
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex from a Perl script"))
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // A board of published numbers
 
