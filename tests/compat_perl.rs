@@ -1619,32 +1619,19 @@ fn write_back_cache(path: &Path) -> (Cache, Recorder) {
 /// `(key, value)` pairs its write callback got.
 fn run_write_back_pl(path: &Path, command: &str, input: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let geo = WRITE_BACK_GEO;
-    let mut child = Command::new("perl")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/perl/write_back.pl"))
-        .arg(command)
-        .arg(path)
-        .arg(geo.num_pages.to_string())
-        .arg(geo.page_size.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn perl");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write to perl");
-    let out = child.wait_with_output().expect("wait for perl");
-    assert!(
-        out.status.success(),
-        "write_back.pl {command}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let lines = run_to_completion(
+        Command::new("perl")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/perl/write_back.pl"))
+            .arg(command)
+            .arg(path)
+            .arg(geo.num_pages.to_string())
+            .arg(geo.page_size.to_string()),
+        input,
+        &format!("write_back.pl {command}"),
     );
-    let text = String::from_utf8(out.stdout).expect("ASCII");
-    assert_eq!(text.lines().last(), Some("done"), "{text}");
-    text.lines()
+    assert_eq!(lines.last().map(String::as_str), Some("done"), "{lines:?}");
+    lines
+        .iter()
         .filter_map(|l| l.strip_prefix("wb "))
         .map(|l| {
             let (k, v) = l.split_once(' ').expect("wb KEY VALUE");

@@ -717,9 +717,13 @@ pub fn with_deadline<T: Send + 'static>(
 // ---------------------------------------------------------------------------------------------
 // Perl helpers
 
-/// Runs `cmd` (a Perl script) to completion with `input` on its stdin; its stdout lines.
-/// Panics with its stderr, naming it `what`, if it fails.
-pub fn run_to_completion(cmd: &mut std::process::Command, input: &str, what: &str) -> Vec<String> {
+/// Runs `cmd` to completion with `stdin` on its stdin, its stdout and stderr captured; its
+/// output, and whether all of `stdin` was written (a program that does not read it may exit
+/// first: the caller decides whether that is an error).
+pub fn output_with_stdin(
+    cmd: &mut std::process::Command,
+    stdin: &[u8],
+) -> (std::process::Output, std::io::Result<()>) {
     use std::io::Write;
     use std::process::Stdio;
     let mut child = cmd
@@ -727,16 +731,21 @@ pub fn run_to_completion(cmd: &mut std::process::Command, input: &str, what: &st
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn perl");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let input = input.to_owned();
-    // A separate writer, so a peer that answers as it reads never blocks on a full pipe.
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().expect("wait for perl");
-    writer
-        .join()
-        .expect("writer thread")
-        .expect("write to perl");
+        .unwrap_or_else(|e| panic!("start {:?}: {e}", cmd.get_program()));
+    let mut input = child.stdin.take().expect("stdin");
+    let stdin = stdin.to_vec();
+    // A separate writer, so a program that answers as it reads never blocks on a full pipe.
+    let writer = std::thread::spawn(move || input.write_all(&stdin));
+    let out = child.wait_with_output().expect("wait for the program");
+    let written = writer.join().expect("writer thread");
+    (out, written)
+}
+
+/// Runs `cmd` (a Perl script) to completion with `input` on its stdin; its stdout lines.
+/// Panics with its stderr, naming it `what`, if it fails.
+pub fn run_to_completion(cmd: &mut std::process::Command, input: &str, what: &str) -> Vec<String> {
+    let (out, written) = output_with_stdin(cmd, input.as_bytes());
+    written.expect("write to perl");
     output_lines(what, out)
 }
 
