@@ -112,16 +112,21 @@ impl Setup {
         format!("session {session:?}, expires {expires:?}")
     }
 
-    /// The session file as the Rust crate sees it (Catalyst's geometry).
+    /// The session file as the Rust crate sees it.
     fn cache(&self) -> Cache {
-        Cache::builder()
-            .path(&self.file)
-            .layout(Layout::FastMmap)
-            .num_pages(89)
-            .page_size(64 * 1024)
-            .open()
-            .expect("open the session file")
+        open_session_file(&self.file)
     }
+}
+
+/// The session file at `file` opened with Catalyst's geometry.
+fn open_session_file(file: &std::path::Path) -> Cache {
+    Cache::builder()
+        .path(file)
+        .layout(Layout::FastMmap)
+        .num_pages(89)
+        .page_size(64 * 1024)
+        .open()
+        .expect("open the session file")
 }
 
 #[test]
@@ -399,13 +404,7 @@ fn perl_objects_in_a_session_survive_a_rust_save() {
     let id = SessionId::parse_catalyst(sid).unwrap();
     let key = format!("session:{sid}");
     harness::store_pl(&file, "write-objects", sid);
-    let cache = Cache::builder()
-        .path(&file)
-        .layout(Layout::FastMmap)
-        .num_pages(89)
-        .page_size(64 * 1024)
-        .open()
-        .expect("open the session file");
+    let cache = open_session_file(&file);
     let before = cache.get(key.as_bytes()).unwrap().expect("Perl's record");
 
     let store = SessionStore::builder()

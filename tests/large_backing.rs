@@ -91,7 +91,12 @@ impl Backing for Shared {
 }
 
 fn large(path: &Path) -> CacheBuilder {
-    Cache::builder()
+    large_with(Cache::builder(), path)
+}
+
+/// `builder` for a file at `path` with this test's geometry and overflow area.
+fn large_with(builder: CacheBuilder, path: &Path) -> CacheBuilder {
+    builder
         .path(path)
         .num_pages(NUM_PAGES)
         .page_size(PAGE_SIZE)
@@ -436,13 +441,7 @@ fn run_killed_round(kind: Kind, seed: u64, round: usize) {
     std::fs::create_dir(&files).unwrap();
     let path = dir.path().join("c");
     let open = |path: &Path, files: &Path| {
-        kind.builder()
-            .path(path)
-            .num_pages(NUM_PAGES)
-            .page_size(PAGE_SIZE)
-            .overflow_size(AREA)
-            .max_value_size(MAX_VALUE)
-            .lock_timeout(Duration::from_secs(30))
+        large_with(kind.builder(), path)
             .backing(Files {
                 dir: files.to_path_buf(),
             })
