@@ -374,18 +374,13 @@ struct Files {
 
 impl Files {
     fn path(&self, key: &[u8]) -> PathBuf {
-        let name: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        self.dir.join(name)
+        self.dir.join(common::hex(key))
     }
 }
 
 impl Backing for Files {
     fn load(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackingError> {
-        match std::fs::read(self.path(key)) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(common::read_if_present(&self.path(key))?)
     }
     fn store(&self, key: &[u8], value: &[u8], _: Option<SystemTime>) -> Result<(), BackingError> {
         check_value(key, value)?;

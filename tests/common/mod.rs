@@ -660,6 +660,16 @@ impl Kind {
 // ---------------------------------------------------------------------------------------------
 // Raw file access
 
+/// The bytes of the file at `path`, or `None` if there is none (how the tests' file-per-key
+/// backing stores load a key).
+pub fn read_if_present(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Opens the cache file for raw reads and writes. Keep it open for the whole test: closing
 /// any descriptor of a file drops every fcntl lock this process holds on it.
 pub fn raw_file(path: &Path) -> File {
@@ -765,7 +775,8 @@ pub fn output_lines(what: &str, out: std::process::Output) -> Vec<String> {
         .collect()
 }
 
-/// `bytes` in lowercase hex, as the Perl scripts exchange keys and values.
+/// `bytes` in lowercase hex (as the Perl scripts exchange keys and values, and as file-per-key
+/// stores name their files).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
