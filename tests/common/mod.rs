@@ -790,6 +790,20 @@ pub fn unhex(h: &str) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// HTTP
+
+/// A blocking HTTP client as the tests' clients use it: redirects are not followed (a test
+/// looks at them), no idle connection is kept, and every request is bounded by `timeout`.
+pub fn http_client(timeout: Duration) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
+        .timeout(timeout)
+        .build()
+        .expect("http client")
+}
+
+// ---------------------------------------------------------------------------------------------
 // A board of published numbers
 
 /// Slots of (number, time) in a plain file that every process of a test reads and writes
