@@ -20,7 +20,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use fastmmap::{Cache, Error, Layout, LockKind, Update};
+use fastmmap::{Cache, CacheBuilder, Error, Layout, LockKind, Update};
 
 const PAGES: u32 = 4;
 const PAGE_SIZE: u32 = 4096;
@@ -28,14 +28,19 @@ const PAGE_SIZE: u32 = 4096;
 /// A robust cache of four small pages; `timeout` bounds every lock wait, so that a lock that
 /// is never released fails the test instead of hanging it.
 fn robust(path: &Path, timeout: Duration) -> Cache {
+    robust_builder(path, timeout)
+        .open()
+        .expect("open robust cache")
+}
+
+/// The options of [`robust`], not opened yet.
+fn robust_builder(path: &Path, timeout: Duration) -> CacheBuilder {
     ROBUST
         .builder()
         .path(path)
         .num_pages(PAGES)
         .page_size(PAGE_SIZE)
         .lock_timeout(timeout)
-        .open()
-        .expect("open robust cache")
 }
 
 const PATIENT: Duration = Duration::from_secs(20);
@@ -895,21 +900,27 @@ fn flip_under_readers(len: usize) {
     assert_eq!(cache.stats().expect("stats").resets, 0);
 }
 
+/// A robust cache of `pages` pages holding `here` (= `v`), its statistics just reset.
+fn counting_cache(path: &Path, pages: u32) -> Cache {
+    let cache = ROBUST
+        .builder()
+        .path(path)
+        .num_pages(pages)
+        .page_size(8192)
+        .open()
+        .expect("open");
+    cache.set(b"here", b"v").expect("set");
+    cache.reset_stats().expect("reset_stats");
+    cache
+}
+
 /// Reads without the lock from many threads at once are each counted: the threads count in
 /// separate counters, all of which `stats` adds up.
 #[test]
 fn reads_without_the_lock_from_many_threads_are_all_counted() {
     let _serial = serial();
     let dir = temp_dir();
-    let cache = ROBUST
-        .builder()
-        .path(dir.path().join("counted-threads"))
-        .num_pages(3)
-        .page_size(8192)
-        .open()
-        .expect("open");
-    cache.set(b"here", b"v").expect("set");
-    cache.reset_stats().expect("reset_stats");
+    let cache = counting_cache(&dir.path().join("counted-threads"), 3);
     std::thread::scope(|s| {
         for _ in 0..7 {
             s.spawn(|| {
@@ -930,15 +941,7 @@ fn reads_without_the_lock_from_many_threads_are_all_counted() {
 fn reads_without_the_lock_are_counted() {
     let _serial = serial();
     let dir = temp_dir();
-    let cache = ROBUST
-        .builder()
-        .path(dir.path().join("counted"))
-        .num_pages(1)
-        .page_size(8192)
-        .open()
-        .expect("open");
-    cache.set(b"here", b"v").expect("set");
-    cache.reset_stats().expect("reset_stats");
+    let cache = counting_cache(&dir.path().join("counted"), 1);
     for _ in 0..10 {
         assert_eq!(cache.get(b"here").expect("get"), Some(b"v".to_vec()));
         assert!(cache.entry(b"here").expect("entry").is_some());
@@ -978,12 +981,7 @@ impl fastmmap::Backing for Nowhere {
 /// A robust cache with a backing store (write-through), so that its writes take write-back
 /// locks.
 fn robust_backed(path: &Path, timeout: Duration) -> Cache {
-    ROBUST
-        .builder()
-        .path(path)
-        .num_pages(PAGES)
-        .page_size(PAGE_SIZE)
-        .lock_timeout(timeout)
+    robust_builder(path, timeout)
         .backing(Nowhere)
         .open()
         .expect("open robust cache")
