@@ -133,6 +133,17 @@ fn pairs(seed: u64, n: usize, len: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
     (0..n).map(|_| (word(10), word(len))).collect()
 }
 
+/// Sets `n` pairs (of seed 6543, values of 100 bytes) in `cache`; returns what `store` held
+/// before with those pairs added: what the store and the cache must hold between them.
+fn set_pairs(cache: &Cache, store: &Shared, n: usize) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut written = store.snapshot();
+    for (k, v) in pairs(6543, n, 100) {
+        cache.set(&k, &v).unwrap();
+        written.insert(k, v);
+    }
+    written
+}
+
 fn cached(cache: &Cache) -> BTreeMap<Vec<u8>, Vec<u8>> {
     cache
         .iter()
@@ -160,11 +171,7 @@ fn write_back_reaches_the_store_on_empty_and_reads_come_back_through() {
             .page_size(32768)
             .open()
             .unwrap();
-        let mut written: BTreeMap<_, _> = store.snapshot();
-        for (k, v) in pairs(6543, 100, 100) {
-            cache.set(&k, &v).unwrap();
-            written.insert(k, v);
-        }
+        let written = set_pairs(&cache, &store, 100);
         assert_eq!(store.len(), 2, "{layout:?}: nothing written back yet");
         assert!(
             cache
@@ -209,11 +216,7 @@ fn write_through_keeps_the_store_complete_through_evictions() {
         .page_size(4096)
         .open()
         .unwrap();
-    let mut written: BTreeMap<_, _> = store.snapshot();
-    for (k, v) in pairs(6543, 3000, 100) {
-        cache.set(&k, &v).unwrap();
-        written.insert(k, v);
-    }
+    let written = set_pairs(&cache, &store, 3000);
     let in_cache = cached(&cache);
     assert_eq!(store.snapshot(), written);
     assert!(
@@ -243,11 +246,7 @@ fn write_back_through_evictions_loses_nothing_and_removes_delete() {
             .page_size(4096)
             .open()
             .unwrap();
-        let mut written: BTreeMap<_, _> = store.snapshot();
-        for (k, v) in pairs(6543, 3000, 100) {
-            cache.set(&k, &v).unwrap();
-            written.insert(k, v);
-        }
+        let mut written = set_pairs(&cache, &store, 3000);
         let in_cache = cached(&cache);
         assert!(
             store.len() < 2700,

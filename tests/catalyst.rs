@@ -71,11 +71,7 @@ fn setup() -> Option<Setup> {
     // processes racing to create a missing file can each end up with a file of their own
     // (one unlinks the other's half-made file). The Rust store creates it race-free, with
     // Catalyst's geometry, and Perl opens it as it is.
-    SessionStore::builder()
-        .path(&file)
-        .catalyst(CatalystConfig::new())
-        .build()
-        .expect("create the session file");
+    catalyst_store(&file);
     // Catalyst first, as in a running deployment; the Rust demo joins it.
     let perl = Server::catalyst(&file, COOKIE);
     let rust = Server::rust(&binary, &file, COOKIE);
@@ -112,16 +108,30 @@ impl Setup {
         format!("session {session:?}, expires {expires:?}")
     }
 
-    /// The session file as the Rust crate sees it (Catalyst's geometry).
+    /// The session file as the Rust crate sees it.
     fn cache(&self) -> Cache {
-        Cache::builder()
-            .path(&self.file)
-            .layout(Layout::FastMmap)
-            .num_pages(89)
-            .page_size(64 * 1024)
-            .open()
-            .expect("open the session file")
+        open_session_file(&self.file)
     }
+}
+
+/// A Rust store of Catalyst sessions in `file` (created, with Catalyst's geometry, if missing).
+fn catalyst_store(file: &std::path::Path) -> SessionStore {
+    SessionStore::builder()
+        .path(file)
+        .catalyst(CatalystConfig::new())
+        .build()
+        .expect("open the session file as a Catalyst store")
+}
+
+/// The session file at `file` opened with Catalyst's geometry.
+fn open_session_file(file: &std::path::Path) -> Cache {
+    Cache::builder()
+        .path(file)
+        .layout(Layout::FastMmap)
+        .num_pages(89)
+        .page_size(64 * 1024)
+        .open()
+        .expect("open the session file")
 }
 
 #[test]
@@ -285,11 +295,7 @@ fn catalysts_own_store_and_a_rust_store_share_values() {
     harness::store_pl(&file, "write", sid);
     harness::store_pl(&file, "increment", sid);
 
-    let store = SessionStore::builder()
-        .path(&file)
-        .catalyst(CatalystConfig::new())
-        .build()
-        .unwrap();
+    let store = catalyst_store(&file);
     let mut session = store.load(Some(&id), &Client::new()).unwrap();
     assert_eq!(session.origin(), &Origin::Loaded);
     assert_eq!(session.get::<u64>("count").unwrap(), Some(42));
@@ -399,20 +405,10 @@ fn perl_objects_in_a_session_survive_a_rust_save() {
     let id = SessionId::parse_catalyst(sid).unwrap();
     let key = format!("session:{sid}");
     harness::store_pl(&file, "write-objects", sid);
-    let cache = Cache::builder()
-        .path(&file)
-        .layout(Layout::FastMmap)
-        .num_pages(89)
-        .page_size(64 * 1024)
-        .open()
-        .expect("open the session file");
+    let cache = open_session_file(&file);
     let before = cache.get(key.as_bytes()).unwrap().expect("Perl's record");
 
-    let store = SessionStore::builder()
-        .path(&file)
-        .catalyst(CatalystConfig::new())
-        .build()
-        .unwrap();
+    let store = catalyst_store(&file);
     let mut session = store.load(Some(&id), &Client::new()).unwrap();
     assert_eq!(session.origin(), &Origin::Loaded);
     assert_eq!(session.get::<u64>("count").unwrap(), Some(1));

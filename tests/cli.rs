@@ -29,6 +29,16 @@ struct Run {
     stderr: String,
 }
 
+impl From<std::process::Output> for Run {
+    fn from(output: std::process::Output) -> Run {
+        Run {
+            code: output.status.code().expect("exited, not killed"),
+            stdout: output.stdout,
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
 impl Run {
     fn text(&self) -> String {
         String::from_utf8(self.stdout.clone()).expect("stdout is UTF-8")
@@ -51,26 +61,9 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start fastmmap");
-    let mut input = child.stdin.take().expect("stdin");
-    let stdin = stdin.to_vec();
     // A command that does not read stdin may exit first: a failed write is not an error here.
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&stdin);
-    });
-    let output = child.wait_with_output().expect("wait for fastmmap");
-    writer.join().expect("stdin writer");
-    Run {
-        code: output.status.code().expect("exited, not killed"),
-        stdout: output.stdout,
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    let (output, _written) = common::output_with_stdin(Command::new(BIN).args(args), stdin);
+    Run::from(output)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -814,43 +807,46 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn help_states_the_decisions() {
-    let help = run(["--help"], b"").ok().text();
-    for needle in [
-        "Only `create` creates a cache file",
-        "--escaped",
-        "\\xNN",
-        "EXIT STATUS",
-        "3  `check` found damaged pages",
-        "LOCKS",
-        "--lock <KIND>",
-        "--lock-timeout <SECONDS>",
-    ] {
-        assert!(help.contains(needle), "--help lacks {needle:?}");
-    }
-    let dump = run(["dump", "--help"], b"").ok().text();
-    for needle in [
-        "key_base64",
-        "value_base64",
-        "expire_on",
-        "last_access",
-        "modseq",
-    ] {
-        assert!(dump.contains(needle), "dump --help lacks {needle:?}");
-    }
-    let load = run(["load", "--help"], b"").ok().text();
-    for needle in [
-        "nothing is stored",
-        "expiry time has passed is skipped",
-        "set_if_newer",
-    ] {
-        assert!(load.contains(needle), "load --help lacks {needle:?}");
-    }
-    assert!(
-        run(["check", "--help"], b"")
-            .ok()
-            .text()
-            .contains("without changing a byte")
+    assert_help_says(
+        &["--help"],
+        &[
+            "Only `create` creates a cache file",
+            "--escaped",
+            "\\xNN",
+            "EXIT STATUS",
+            "3  `check` found damaged pages",
+            "LOCKS",
+            "--lock <KIND>",
+            "--lock-timeout <SECONDS>",
+        ],
     );
+    assert_help_says(
+        &["dump", "--help"],
+        &[
+            "key_base64",
+            "value_base64",
+            "expire_on",
+            "last_access",
+            "modseq",
+        ],
+    );
+    assert_help_says(
+        &["load", "--help"],
+        &[
+            "nothing is stored",
+            "expiry time has passed is skipped",
+            "set_if_newer",
+        ],
+    );
+    assert_help_says(&["check", "--help"], &["without changing a byte"]);
+}
+
+/// Asserts that what `fastmmap ARGS` prints (a help text) says every one of `needles`.
+fn assert_help_says(args: &[&str], needles: &[&str]) {
+    let help = run(args, b"").ok().text();
+    for needle in needles {
+        assert!(help.contains(needle), "{args:?} lacks {needle:?}");
+    }
 }
 
 /// Entries of every kind `dump` must carry: binary and UTF-8 keys and values, flags, expiry
@@ -1411,12 +1407,7 @@ fn run_bounded(f: &Fixture, command: &str, args: &[&[u8]]) -> Run {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let output = child.wait_with_output().expect("wait for fastmmap");
-    Run {
-        code: output.status.code().expect("exited, not killed"),
-        stdout: output.stdout,
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    Run::from(child.wait_with_output().expect("wait for fastmmap"))
 }
 
 /// While this process holds the page lock of a key, `get KEY --lock-timeout 0.2` from another

@@ -172,20 +172,6 @@ impl PerlStr {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-fn unhex(h: &str) -> Vec<u8> {
-    (0..h.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex from peer"))
-        .collect()
-}
-
 /// The flag word Perl 1.57 stores for `set($key, $value)`. Its XS records the key's UTF-8
 /// flag only in the branch for a defined value, so an undef value never carries it.
 fn perl_flags(key: &PerlStr, value: &PerlStr) -> u32 {
@@ -1610,39 +1596,42 @@ impl fastmmap::Backing for Recorder {
     }
 }
 
-/// Runs `tests/perl/write_back.pl COMMAND`; the `(key, value)` pairs its write callback got.
-fn run_write_back_pl(
-    path: &Path,
-    geo: Geometry,
-    command: &str,
-    input: &str,
-) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let mut child = Command::new("perl")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/perl/write_back.pl"))
-        .arg(command)
-        .arg(path)
-        .arg(geo.num_pages.to_string())
-        .arg(geo.page_size.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn perl");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write to perl");
-    let out = child.wait_with_output().expect("wait for perl");
-    assert!(
-        out.status.success(),
-        "write_back.pl {command}: {}",
-        String::from_utf8_lossy(&out.stderr)
+/// The geometry of the write-back tests' files (`write_back.pl` opens them with the same).
+const WRITE_BACK_GEO: Geometry = Geometry {
+    num_pages: 5,
+    page_size: 16384,
+};
+
+/// A write-back cache at `path`, of [`WRITE_BACK_GEO`], whose backing store records what
+/// reaches it.
+fn write_back_cache(path: &Path) -> (Cache, Recorder) {
+    let store = Recorder::default();
+    let cache = WRITE_BACK_GEO
+        .builder(path)
+        .backing(store.clone())
+        .write_mode(fastmmap::WriteMode::Back)
+        .open()
+        .unwrap();
+    (cache, store)
+}
+
+/// Runs `tests/perl/write_back.pl COMMAND` on the file at `path` (of [`WRITE_BACK_GEO`]); the
+/// `(key, value)` pairs its write callback got.
+fn run_write_back_pl(path: &Path, command: &str, input: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let geo = WRITE_BACK_GEO;
+    let lines = run_to_completion(
+        Command::new("perl")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/perl/write_back.pl"))
+            .arg(command)
+            .arg(path)
+            .arg(geo.num_pages.to_string())
+            .arg(geo.page_size.to_string()),
+        input,
+        &format!("write_back.pl {command}"),
     );
-    let text = String::from_utf8(out.stdout).expect("ASCII");
-    assert_eq!(text.lines().last(), Some("done"), "{text}");
-    text.lines()
+    assert_eq!(lines.last().map(String::as_str), Some("done"), "{lines:?}");
+    lines
+        .iter()
         .filter_map(|l| l.strip_prefix("wb "))
         .map(|l| {
             let (k, v) = l.split_once(' ').expect("wb KEY VALUE");
@@ -1669,23 +1658,13 @@ fn perl_dirty_entries_are_flushed_by_rust() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wb-perl");
-    let geo = Geometry {
-        num_pages: 5,
-        page_size: 16384,
-    };
-    let store = Recorder::default();
-    let cache = geo
-        .builder(&path)
-        .backing(store.clone())
-        .write_mode(fastmmap::WriteMode::Back)
-        .open()
-        .unwrap();
+    let (cache, store) = write_back_cache(&path);
     let pairs = write_back_pairs("perl");
     let input: String = pairs
         .iter()
         .map(|(k, v)| format!("{} {}\n", hex(k), hex(v)))
         .collect();
-    let written = run_write_back_pl(&path, geo, "set", &input);
+    let written = run_write_back_pl(&path, "set", &input);
     assert!(written.is_empty(), "nothing evicted: {written:?}");
     for (k, v) in &pairs {
         let e = cache.entry(k).unwrap().expect("Perl's entry");
@@ -1703,7 +1682,7 @@ fn perl_dirty_entries_are_flushed_by_rust() {
     );
     assert!(cache.iter().all(|r| !r.unwrap().1.flags.is_dirty()));
     // Perl sees the entries clean: its empty() writes nothing back.
-    let again = run_write_back_pl(&path, geo, "empty", "");
+    let again = run_write_back_pl(&path, "empty", "");
     assert!(again.is_empty(), "{again:?}");
     assert_eq!(cache.keys().count(), 0);
 }
@@ -1715,17 +1694,7 @@ fn rust_dirty_entries_are_written_back_by_perl() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wb-rust");
-    let geo = Geometry {
-        num_pages: 5,
-        page_size: 16384,
-    };
-    let store = Recorder::default();
-    let cache = geo
-        .builder(&path)
-        .backing(store.clone())
-        .write_mode(fastmmap::WriteMode::Back)
-        .open()
-        .unwrap();
+    let (cache, store) = write_back_cache(&path);
     let pairs = write_back_pairs("rust");
     for (k, v) in &pairs {
         cache.set(k, v).unwrap();
@@ -1737,7 +1706,7 @@ fn rust_dirty_entries_are_written_back_by_perl() {
         store.0.lock().unwrap().len() == 1,
         "only the evicted key reached Rust's store"
     );
-    let written = run_write_back_pl(&path, geo, "empty", "");
+    let written = run_write_back_pl(&path, "empty", "");
     assert_eq!(
         written, pairs,
         "Perl's empty() wrote back every dirty Rust entry"

@@ -154,22 +154,11 @@ fn a_page_held_by_another_thread_at_fork(lock: LockKind) {
     let cache = open(&path, lock).expect("open");
     cache.set(b"held", b"before").expect("set");
 
-    let (holding_tx, holding_rx) = mpsc::channel();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
     let mut kids = Children::new();
     let released = Pipe::new();
     std::thread::scope(|s| {
         let cache = &cache;
-        s.spawn(move || {
-            cache
-                .update(b"held", |_| {
-                    holding_tx.send(()).expect("send");
-                    go_rx.recv().expect("recv");
-                    Update::Set(b"released".to_vec())
-                })
-                .expect("update");
-        });
-        holding_rx.recv().expect("holder started");
+        let go_tx = hold_in_thread(s, cache, b"held", |_| Update::Set(b"released".to_vec()));
         let waiter = kids.spawn({
             let cache = cache.clone();
             move || {

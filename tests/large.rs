@@ -535,25 +535,14 @@ fn damaged_blocks_and_references_read_as_misses_never_as_wrong_values() {
 #[cfg(feature = "cli")]
 #[test]
 fn the_command_line_tool_handles_large_values() {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     fn run(args: &[&std::ffi::OsStr], stdin: &[u8]) -> std::process::Output {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fastmmap"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start fastmmap");
-        let mut input = child.stdin.take().expect("stdin");
-        let stdin = stdin.to_vec();
-        let writer = std::thread::spawn(move || {
-            let _ = input.write_all(&stdin);
-        });
-        let out = child.wait_with_output().expect("wait");
-        writer.join().expect("writer");
-        out
+        output_with_stdin(
+            Command::new(env!("CARGO_BIN_EXE_fastmmap")).args(args),
+            stdin,
+        )
+        .0
     }
     let os = |s: &str| std::ffi::OsString::from(s);
 

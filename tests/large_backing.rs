@@ -91,7 +91,12 @@ impl Backing for Shared {
 }
 
 fn large(path: &Path) -> CacheBuilder {
-    Cache::builder()
+    large_with(Cache::builder(), path)
+}
+
+/// `builder` for a file at `path` with this test's geometry and overflow area.
+fn large_with(builder: CacheBuilder, path: &Path) -> CacheBuilder {
+    builder
         .path(path)
         .num_pages(NUM_PAGES)
         .page_size(PAGE_SIZE)
@@ -369,18 +374,13 @@ struct Files {
 
 impl Files {
     fn path(&self, key: &[u8]) -> PathBuf {
-        let name: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        self.dir.join(name)
+        self.dir.join(common::hex(key))
     }
 }
 
 impl Backing for Files {
     fn load(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackingError> {
-        match std::fs::read(self.path(key)) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(common::read_if_present(&self.path(key))?)
     }
     fn store(&self, key: &[u8], value: &[u8], _: Option<SystemTime>) -> Result<(), BackingError> {
         check_value(key, value)?;
@@ -436,13 +436,7 @@ fn run_killed_round(kind: Kind, seed: u64, round: usize) {
     std::fs::create_dir(&files).unwrap();
     let path = dir.path().join("c");
     let open = |path: &Path, files: &Path| {
-        kind.builder()
-            .path(path)
-            .num_pages(NUM_PAGES)
-            .page_size(PAGE_SIZE)
-            .overflow_size(AREA)
-            .max_value_size(MAX_VALUE)
-            .lock_timeout(Duration::from_secs(30))
+        large_with(kind.builder(), path)
             .backing(Files {
                 dir: files.to_path_buf(),
             })

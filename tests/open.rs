@@ -7,10 +7,15 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use fastmmap::{Cache, Error, Layout};
+use fastmmap::{Cache, CacheBuilder, Error, Layout};
 
 fn bytes(path: &Path) -> Vec<u8> {
     fs::read(path).unwrap()
+}
+
+/// Options for a small cache at `path`: two pages of 4 KiB.
+fn two_pages(path: &Path) -> CacheBuilder {
+    Cache::builder().path(path).num_pages(2).page_size(4096)
 }
 
 #[test]
@@ -166,29 +171,11 @@ fn wrong_layout_either_way() {
     let dir = tempfile::tempdir().unwrap();
     let native = dir.path().join("native");
     let perl = dir.path().join("perl");
-    Cache::builder()
-        .path(&native)
-        .num_pages(2)
-        .page_size(4096)
-        .open()
-        .unwrap()
-        .set(b"k", b"v")
-        .unwrap();
-    Cache::builder()
-        .path(&perl)
-        .layout(Layout::FastMmap)
-        .num_pages(2)
-        .page_size(4096)
-        .open()
-        .unwrap();
+    two_pages(&native).open().unwrap().set(b"k", b"v").unwrap();
+    two_pages(&perl).layout(Layout::FastMmap).open().unwrap();
     let (nb, pb) = (bytes(&native), bytes(&perl));
     // Dropped handles: the registry must not short-circuit these checks.
-    let e = Cache::builder()
-        .path(&native)
-        .layout(Layout::FastMmap)
-        .num_pages(2)
-        .page_size(4096)
-        .open();
+    let e = two_pages(&native).layout(Layout::FastMmap).open();
     assert!(
         matches!(
             e,
@@ -221,18 +208,8 @@ fn wrong_layout_either_way() {
 fn wrong_layout_while_open_in_this_process() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c");
-    let _held = Cache::builder()
-        .path(&path)
-        .num_pages(2)
-        .page_size(4096)
-        .open()
-        .unwrap();
-    let e = Cache::builder()
-        .path(&path)
-        .layout(Layout::FastMmap)
-        .num_pages(2)
-        .page_size(4096)
-        .open();
+    let _held = two_pages(&path).open().unwrap();
+    let e = two_pages(&path).layout(Layout::FastMmap).open();
     assert!(matches!(e, Err(Error::WrongLayout { .. })), "{e:?}");
     let e = Cache::builder().path(&path).num_pages(3).open();
     assert!(
@@ -251,12 +228,7 @@ fn wrong_layout_while_open_in_this_process() {
 fn truncated_short_and_grown_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c");
-    Cache::builder()
-        .path(&path)
-        .num_pages(2)
-        .page_size(4096)
-        .open()
-        .unwrap();
+    two_pages(&path).open().unwrap();
     let full = bytes(&path);
     for len in [0usize, 10, 100, 4096, full.len() - 1] {
         fs::write(&path, &full[..len]).unwrap();
@@ -327,12 +299,7 @@ fn truncated_short_and_grown_files() {
 fn bad_header() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c");
-    Cache::builder()
-        .path(&path)
-        .num_pages(2)
-        .page_size(4096)
-        .open()
-        .unwrap();
+    two_pages(&path).open().unwrap();
     let good = bytes(&path);
     for (offset, what) in [
         (8usize, "version"),

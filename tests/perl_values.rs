@@ -116,20 +116,6 @@ fn perl(args: &[&str], input: &str) -> Vec<String> {
     )
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-fn unhex(h: &str) -> Vec<u8> {
-    (0..h.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex from perl"))
-        .collect()
-}
-
 /// The fields of a line from values.pl after its tag.
 fn fields<'a>(line: &'a str, tag: &str) -> Vec<&'a str> {
     let rest = line

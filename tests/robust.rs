@@ -17,11 +17,10 @@ mod common;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use fastmmap::{Cache, Error, Layout, LockKind, Update};
+use fastmmap::{Cache, CacheBuilder, Error, Layout, LockKind, Update};
 
 const PAGES: u32 = 4;
 const PAGE_SIZE: u32 = 4096;
@@ -29,14 +28,19 @@ const PAGE_SIZE: u32 = 4096;
 /// A robust cache of four small pages; `timeout` bounds every lock wait, so that a lock that
 /// is never released fails the test instead of hanging it.
 fn robust(path: &Path, timeout: Duration) -> Cache {
+    robust_builder(path, timeout)
+        .open()
+        .expect("open robust cache")
+}
+
+/// The options of [`robust`], not opened yet.
+fn robust_builder(path: &Path, timeout: Duration) -> CacheBuilder {
     ROBUST
         .builder()
         .path(path)
         .num_pages(PAGES)
         .page_size(PAGE_SIZE)
         .lock_timeout(timeout)
-        .open()
-        .expect("open robust cache")
 }
 
 const PATIENT: Duration = Duration::from_secs(20);
@@ -71,26 +75,64 @@ fn keys_on(page: u32) -> (Vec<u8>, Vec<u8>) {
     )
 }
 
-/// Forks a child that takes the page lock of `key` (inside `update`), tells `holding`, and
-/// then sleeps inside the lock until it is killed or `go` lets it finish.
-fn spawn_holder(
-    kids: &mut Children,
-    cache: &Cache,
-    key: &'static [u8],
-    holding: &Pipe,
-    go: &Pipe,
-) -> libc::pid_t {
-    let cache = cache.clone();
-    kids.spawn(move || {
-        cache
-            .update(key, |_| {
-                holding.release(1);
-                go.wait();
-                Update::Keep
-            })
-            .map_err(|e| format!("update: {e}"))?;
-        Ok(())
-    })
+/// Forks a child that takes the page lock of `key` (inside `update`) and then sleeps inside
+/// the lock until it is killed or `go` lets it finish; returns once the child holds the lock.
+fn hold_lock(kids: &mut Children, cache: &Cache, key: &'static [u8], go: &Pipe) -> libc::pid_t {
+    let holding = Pipe::new();
+    let pid = kids.spawn({
+        let (cache, holding) = (cache.clone(), &holding);
+        move || {
+            cache
+                .update(key, |_| {
+                    holding.release(1);
+                    go.wait();
+                    Update::Keep
+                })
+                .map_err(|e| format!("update: {e}"))?;
+            Ok(())
+        }
+    });
+    assert!(
+        holding.wait_timeout(PATIENT),
+        "the child never took the lock"
+    );
+    pid
+}
+
+/// A copy of the lock word at `offset` in `raw`, taken while a forked child holds `key`'s
+/// page lock (inside `update` of `cache`); the child then finishes normally, so the copy shows
+/// a lock held by a thread that no longer exists.
+fn copy_while_held(cache: &Cache, key: &'static [u8], raw: &File, offset: u64) -> Vec<u8> {
+    let go = Pipe::new();
+    let mut kids = Children::new();
+    let pid = hold_lock(&mut kids, cache, key, &go);
+    let copy = read_at(raw, offset, LOCK_AREA_SIZE);
+    go.release(1);
+    assert_eq!(kids.wait(pid), Exit::Code(0));
+    copy
+}
+
+/// Forks a child that opens the file at `path` and keeps it open until `go` lets it finish
+/// (so that no other opener is alone); returns once the child has opened it.
+fn hold_open(kids: &mut Children, path: &Path, go: &Pipe) {
+    let opened = Pipe::new();
+    kids.spawn({
+        let opened = &opened;
+        move || {
+            let _cache = ROBUST
+                .builder()
+                .path(path)
+                .open()
+                .map_err(|e| format!("open: {e}"))?;
+            opened.release(1);
+            go.wait();
+            Ok(())
+        }
+    });
+    assert!(
+        opened.wait_timeout(PATIENT),
+        "the child never opened the file"
+    );
 }
 
 /// Who holds a conflicting fcntl lock on the openers byte, as seen from this process
@@ -147,19 +189,10 @@ fn the_shared_mutex_alone_excludes_threads() {
     // lets go.
     let impatient = robust(&path, IMPATIENT);
     let cache = &cache;
-    let (holding_tx, holding_rx) = mpsc::channel();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
     std::thread::scope(|s| {
-        s.spawn(move || {
-            cache
-                .update(b"counter", |old| {
-                    holding_tx.send(()).expect("send");
-                    go_rx.recv().expect("recv");
-                    Update::Set(old.expect("value").to_vec())
-                })
-                .expect("update");
+        let go_tx = hold_in_thread(s, cache, b"counter", |old| {
+            Update::Set(old.expect("value").to_vec())
         });
-        holding_rx.recv().expect("the holder started");
         assert!(
             matches!(impatient.get(b"counter"), Err(Error::LockTimeout { .. })),
             "another thread got the page while it was held"
@@ -186,13 +219,9 @@ fn lock_timeout_and_reentrancy_behave_as_with_fcntl() {
     let impatient = robust(&path, IMPATIENT);
     cache.set(b"held", b"v").expect("set");
 
-    let (holding, go) = (Pipe::new(), Pipe::new());
+    let go = Pipe::new();
     let mut kids = Children::new();
-    let pid = spawn_holder(&mut kids, &cache, b"held", &holding, &go);
-    assert!(
-        holding.wait_timeout(PATIENT),
-        "the child never took the lock"
-    );
+    let pid = hold_lock(&mut kids, &cache, b"held", &go);
     let started = std::time::Instant::now();
     match impatient.get(b"held") {
         Err(Error::LockTimeout { timeout, .. }) => assert_eq!(timeout, IMPATIENT),
@@ -248,13 +277,9 @@ fn waiters_proceed_when_the_holder_dies() {
     let cache = robust(&path, PATIENT);
     cache.set(b"held", b"value").expect("set");
 
-    let (holding, go, waiting) = (Pipe::new(), Pipe::new(), Pipe::new());
+    let (go, waiting) = (Pipe::new(), Pipe::new());
     let mut kids = Children::new();
-    let holder = spawn_holder(&mut kids, &cache, b"held", &holding, &go);
-    assert!(
-        holding.wait_timeout(PATIENT),
-        "the child never took the lock"
-    );
+    let holder = hold_lock(&mut kids, &cache, b"held", &go);
     // Two waiters block on the page lock before the holder dies.
     let waiters: Vec<_> = (0..2)
         .map(|_| {
@@ -304,13 +329,9 @@ fn a_holder_killed_in_the_middle_of_a_change_has_its_page_reset() {
     cache.set(&off, b"elsewhere").expect("set");
     let on: &'static [u8] = on.leak();
 
-    let (holding, go) = (Pipe::new(), Pipe::new());
+    let go = Pipe::new();
     let mut kids = Children::new();
-    let holder = spawn_holder(&mut kids, &cache, on, &holding, &go);
-    assert!(
-        holding.wait_timeout(PATIENT),
-        "the child never took the lock"
-    );
+    let holder = hold_lock(&mut kids, &cache, on, &go);
     // As if the holder had started a structural change: its busy marker is set.
     write_at(&raw, busy_marker_offset(1), &1u32.to_ne_bytes());
     assert_eq!(kids.kill(holder), Exit::Signal(libc::SIGKILL));
@@ -358,22 +379,11 @@ fn a_forked_child_never_owns_a_lock_its_parent_holds() {
     let cache = robust(&path, PATIENT);
     cache.set(b"k", b"parent").expect("set");
 
-    let (holding_tx, holding_rx) = mpsc::channel();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
     let mut kids = Children::new();
     std::thread::scope(|s| {
         // A thread of the parent holds the page lock while the main thread forks.
         let cache = &cache;
-        s.spawn(move || {
-            cache
-                .update(b"k", |_| {
-                    holding_tx.send(()).expect("send");
-                    go_rx.recv().expect("recv");
-                    Update::Set(b"released".to_vec())
-                })
-                .expect("update");
-        });
-        holding_rx.recv().expect("holder started");
+        let go_tx = hold_in_thread(s, cache, b"k", |_| Update::Set(b"released".to_vec()));
         let child = kids.spawn({
             let cache = cache.clone();
             move || {
@@ -462,44 +472,15 @@ fn stale_lock_words_are_reinitialised_by_the_first_opener_only() {
     // finishes normally. Writing the copy back leaves a word held by a thread that no longer
     // exists and that the kernel never saw die holding it: the state after a reboot with the
     // file on disk.
-    let stale = {
-        let (holding, go) = (Pipe::new(), Pipe::new());
-        let mut kids = Children::new();
-        let cache = robust(&path, PATIENT);
-        let pid = spawn_holder(&mut kids, &cache, on, &holding, &go);
-        assert!(
-            holding.wait_timeout(PATIENT),
-            "the child never took the lock"
-        );
-        let stale = read_at(&raw, lock_area_offset(2), LOCK_AREA_SIZE);
-        go.release(1);
-        assert_eq!(kids.wait(pid), Exit::Code(0));
-        stale
-    };
+    let stale = copy_while_held(&robust(&path, PATIENT), on, &raw, lock_area_offset(2));
     // While another process has the file open, an opener is not alone: it must leave the lock
     // words as they are (it cannot know that nobody holds them), so the stale word blocks it.
     // (The other process opens first: had it opened after the word was written, it would have
     // been alone, and would itself have reinitialised the words.)
     {
-        let (opened, go) = (Pipe::new(), Pipe::new());
+        let go = Pipe::new();
         let mut kids = Children::new();
-        kids.spawn({
-            let (path, opened, go) = (&path, &opened, &go);
-            move || {
-                let _cache = ROBUST
-                    .builder()
-                    .path(path)
-                    .open()
-                    .map_err(|e| format!("open: {e}"))?;
-                opened.release(1);
-                go.wait();
-                Ok(())
-            }
-        });
-        assert!(
-            opened.wait_timeout(PATIENT),
-            "the child never opened the file"
-        );
+        hold_open(&mut kids, &path, &go);
         write_at(&raw, lock_area_offset(2), &stale);
         let cache = robust(&path, IMPATIENT);
         // A locked read (plain gets may be answered without the lock).
@@ -543,7 +524,7 @@ fn every_user_killed_then_the_file_reopened() {
 
     // Every page locked by a process, all of them killed at once, nobody else left.
     let mut kids = Children::new();
-    let (holding, go) = (Pipe::new(), Pipe::new());
+    let go = Pipe::new();
     let mut pids = Vec::new();
     {
         let cache = robust(&path, PATIENT);
@@ -551,8 +532,7 @@ fn every_user_killed_then_the_file_reopened() {
             cache.set(k, b"before").expect("set");
         }
         for &k in &keys {
-            pids.push(spawn_holder(&mut kids, &cache, k, &holding, &go));
-            assert!(holding.wait_timeout(PATIENT), "a child never took its lock");
+            pids.push(hold_lock(&mut kids, &cache, k, &go));
         }
     }
     assert!(openers_lock_holder(&raw, true).is_some());
@@ -685,25 +665,9 @@ fn a_damaged_lock_word_is_an_error_not_an_abort() {
         cache.set(&off, b"elsewhere").expect("set");
     }
     // Another process keeps the file open, so nobody reinitialises the words.
-    let (opened, go) = (Pipe::new(), Pipe::new());
+    let go = Pipe::new();
     let mut kids = Children::new();
-    kids.spawn({
-        let (path, opened, go) = (&path, &opened, &go);
-        move || {
-            let _cache = ROBUST
-                .builder()
-                .path(path)
-                .open()
-                .map_err(|e| e.to_string())?;
-            opened.release(1);
-            go.wait();
-            Ok(())
-        }
-    });
-    assert!(
-        opened.wait_timeout(PATIENT),
-        "the child never opened the file"
-    );
+    hold_open(&mut kids, &path, &go);
     // Garbage in page 3's lock word: a priority-inheritance kind whose owner "died", which
     // glibc would otherwise meet with an assertion failure.
     let mut word = read_at(&raw, lock_area_offset(3), LOCK_AREA_SIZE);
@@ -827,18 +791,23 @@ fn reads_without_the_lock_never_return_a_torn_value() {
                 s.spawn(move || read_loop(cache, seed ^ (t + 20)))
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .expect("reader thread")
-                    .unwrap_or_else(|e| panic!("{e}"))
-            })
-            .sum::<u64>()
+        total_reads(handles)
     });
     kids.wait_all_ok();
     assert!(reads > 1000, "only {reads} reads in {run_for:?}");
     assert_eq!(cache.stats().expect("stats").resets, 0);
+}
+
+/// The reads counted by reader threads, each joined; a reader's error fails the test.
+fn total_reads(readers: Vec<std::thread::ScopedJoinHandle<'_, Result<u64, String>>>) -> u64 {
+    readers
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .expect("reader thread")
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .sum()
 }
 
 /// A value long enough to be copied wide out of the page, flipped by writers in another
@@ -924,18 +893,25 @@ fn flip_under_readers(len: usize) {
             .join()
             .expect("writer thread")
             .unwrap_or_else(|e| panic!("{e}"));
-        readers
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .expect("reader thread")
-                    .unwrap_or_else(|e| panic!("{e}"))
-            })
-            .sum::<u64>()
+        total_reads(readers)
     });
     kids.wait_all_ok();
     assert!(reads > 100, "only {reads} reads in {run_for:?}");
     assert_eq!(cache.stats().expect("stats").resets, 0);
+}
+
+/// A robust cache of `pages` pages holding `here` (= `v`), its statistics just reset.
+fn counting_cache(path: &Path, pages: u32) -> Cache {
+    let cache = ROBUST
+        .builder()
+        .path(path)
+        .num_pages(pages)
+        .page_size(8192)
+        .open()
+        .expect("open");
+    cache.set(b"here", b"v").expect("set");
+    cache.reset_stats().expect("reset_stats");
+    cache
 }
 
 /// Reads without the lock from many threads at once are each counted: the threads count in
@@ -944,15 +920,7 @@ fn flip_under_readers(len: usize) {
 fn reads_without_the_lock_from_many_threads_are_all_counted() {
     let _serial = serial();
     let dir = temp_dir();
-    let cache = ROBUST
-        .builder()
-        .path(dir.path().join("counted-threads"))
-        .num_pages(3)
-        .page_size(8192)
-        .open()
-        .expect("open");
-    cache.set(b"here", b"v").expect("set");
-    cache.reset_stats().expect("reset_stats");
+    let cache = counting_cache(&dir.path().join("counted-threads"), 3);
     std::thread::scope(|s| {
         for _ in 0..7 {
             s.spawn(|| {
@@ -973,15 +941,7 @@ fn reads_without_the_lock_from_many_threads_are_all_counted() {
 fn reads_without_the_lock_are_counted() {
     let _serial = serial();
     let dir = temp_dir();
-    let cache = ROBUST
-        .builder()
-        .path(dir.path().join("counted"))
-        .num_pages(1)
-        .page_size(8192)
-        .open()
-        .expect("open");
-    cache.set(b"here", b"v").expect("set");
-    cache.reset_stats().expect("reset_stats");
+    let cache = counting_cache(&dir.path().join("counted"), 1);
     for _ in 0..10 {
         assert_eq!(cache.get(b"here").expect("get"), Some(b"v".to_vec()));
         assert!(cache.entry(b"here").expect("entry").is_some());
@@ -1021,12 +981,7 @@ impl fastmmap::Backing for Nowhere {
 /// A robust cache with a backing store (write-through), so that its writes take write-back
 /// locks.
 fn robust_backed(path: &Path, timeout: Duration) -> Cache {
-    ROBUST
-        .builder()
-        .path(path)
-        .num_pages(PAGES)
-        .page_size(PAGE_SIZE)
-        .lock_timeout(timeout)
+    robust_builder(path, timeout)
         .backing(Nowhere)
         .open()
         .expect("open robust cache")
@@ -1052,45 +1007,21 @@ fn stale_write_back_lock_words_are_reinitialised_by_the_first_opener() {
     let raw = raw_file_for(&path);
     let on: &'static [u8] = on.leak();
     // `update` of a backed cache holds the page's write-back lock (and its page lock).
-    let stale = {
-        let (holding, go) = (Pipe::new(), Pipe::new());
-        let mut kids = Children::new();
-        let cache = robust_backed(&path, PATIENT);
-        let pid = spawn_holder(&mut kids, &cache, on, &holding, &go);
-        assert!(
-            holding.wait_timeout(PATIENT),
-            "the child never took the lock"
-        );
-        let stale = read_at(&raw, write_back_lock_offset(1), LOCK_AREA_SIZE);
-        go.release(1);
-        assert_eq!(kids.wait(pid), Exit::Code(0));
-        stale
-    };
+    let stale = copy_while_held(
+        &robust_backed(&path, PATIENT),
+        on,
+        &raw,
+        write_back_lock_offset(1),
+    );
     assert_ne!(
         stale,
         read_at(&raw, write_back_lock_offset(1), LOCK_AREA_SIZE),
         "the copy shows the lock held"
     );
     {
-        let (opened, go) = (Pipe::new(), Pipe::new());
+        let go = Pipe::new();
         let mut kids = Children::new();
-        kids.spawn({
-            let (path, opened, go) = (&path, &opened, &go);
-            move || {
-                let _cache = ROBUST
-                    .builder()
-                    .path(path)
-                    .open()
-                    .map_err(|e| format!("open: {e}"))?;
-                opened.release(1);
-                go.wait();
-                Ok(())
-            }
-        });
-        assert!(
-            opened.wait_timeout(PATIENT),
-            "the child never opened the file"
-        );
+        hold_open(&mut kids, &path, &go);
         write_at(&raw, write_back_lock_offset(1), &stale);
         let cache = robust_backed(&path, IMPATIENT);
         match cache.set(on, b"blocked") {

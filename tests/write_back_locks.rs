@@ -71,8 +71,7 @@ impl Files {
     }
 
     fn path(&self, key: &[u8]) -> PathBuf {
-        let name: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        self.dir.join(format!("k-{name}"))
+        self.dir.join(format!("k-{}", common::hex(key)))
     }
 
     fn flag(&self, name: &str) -> PathBuf {
@@ -80,21 +79,13 @@ impl Files {
     }
 
     fn read(&self, key: &[u8]) -> Option<Vec<u8>> {
-        match std::fs::read(self.path(key)) {
-            Ok(v) => Some(v),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => panic!("read the store: {e}"),
-        }
+        common::read_if_present(&self.path(key)).unwrap_or_else(|e| panic!("read the store: {e}"))
     }
 }
 
 impl Backing for Files {
     fn load(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackingError> {
-        match std::fs::read(self.path(key)) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(common::read_if_present(&self.path(key))?)
     }
 
     fn store(&self, key: &[u8], value: &[u8], _: Option<SystemTime>) -> Result<(), BackingError> {

@@ -117,12 +117,7 @@ impl Cache {
         let mut evicted = false;
         loop {
             copies.clear();
-            let mut dirty = if refuse {
-                Dirty::refuse(copies)
-            } else {
-                Dirty::collect(copies)
-            };
-            dirty.replacing_drops = replacing_drops;
+            let mut dirty = super::write_back::dirty_rules(copies, refuse, replacing_drops);
             let changed = guard.store_overflow_with(req, |p, entry| {
                 let stored = p.store_dirty(entry, now, slots, true, &mut dirty)?;
                 // Before the change ends and frees the blocks of what it dropped (or, refused,

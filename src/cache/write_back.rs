@@ -448,12 +448,7 @@ impl Cache {
             };
         }
         copies.clear();
-        let mut dirty = if refuse {
-            Dirty::refuse(copies)
-        } else {
-            Dirty::collect(copies)
-        };
-        dirty.replacing_drops = replacing_drops;
+        let mut dirty = dirty_rules(copies, refuse, replacing_drops);
         // Large values among the dirty entries copied out are read before the change ends and
         // frees their blocks.
         let mut store = |p: &mut PageMut<'_>| {
@@ -755,4 +750,21 @@ impl Cache {
         // Rewritten by others on every round: leave it to them.
         Ok(false)
     }
+}
+
+/// The dirty-entry rules of one store: with `refuse`, a store that would drop dirty entries
+/// copies them into `copies` and changes nothing; otherwise it drops them and copies them
+/// there. `replacing_drops` as in [`Dirty::replacing_drops`].
+pub(super) fn dirty_rules(
+    copies: &mut Vec<DirtyCopy>,
+    refuse: bool,
+    replacing_drops: bool,
+) -> Dirty<'_> {
+    let mut dirty = if refuse {
+        Dirty::refuse(copies)
+    } else {
+        Dirty::collect(copies)
+    };
+    dirty.replacing_drops = replacing_drops;
+    dirty
 }

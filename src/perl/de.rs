@@ -338,10 +338,7 @@ impl<'de> ValueDe<'de, '_> {
                 state,
             };
             let value = visitor.visit_seq(&mut seq)?;
-            match seq.items.len() {
-                0 => Ok(value),
-                left => Err(Error::invalid_length(items.len(), &ExpectedFewer(left))),
-            }
+            all_read(value, items.len(), seq.items.len())
         })
     }
 
@@ -368,11 +365,17 @@ impl<'de> ValueDe<'de, '_> {
                 state,
             };
             let value = visitor.visit_map(&mut map)?;
-            match map.entries.len() {
-                0 => Ok(value),
-                left => Err(Error::invalid_length(entries.len(), &ExpectedFewer(left))),
-            }
+            all_read(value, entries.len(), map.entries.len())
         })
+    }
+}
+
+/// `value`, if the visitor read every one of a container's `total` elements; an error if it
+/// left `left` of them unread.
+fn all_read<T>(value: T, total: usize, left: usize) -> Result<T> {
+    match left {
+        0 => Ok(value),
+        left => Err(Error::invalid_length(total, &ExpectedFewer(left))),
     }
 }
 

@@ -255,57 +255,31 @@ impl SeqSerializer<'_> {
     }
 }
 
-impl ser::SerializeSeq for SeqSerializer<'_> {
-    type Ok = SvId;
-    type Error = Error;
+/// serde's four sequence traits, alike here: each element or field is `element`, the end
+/// `finish`.
+macro_rules! seq_traits {
+    ($($name:ident: $method:ident),*) => {$(
+        impl ser::$name for SeqSerializer<'_> {
+            type Ok = SvId;
+            type Error = Error;
 
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
-        self.element(value)
-    }
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+                self.element(value)
+            }
 
-    fn end(self) -> Result<SvId> {
-        self.finish()
-    }
+            fn end(self) -> Result<SvId> {
+                self.finish()
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for SeqSerializer<'_> {
-    type Ok = SvId;
-    type Error = Error;
-
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
-        self.element(value)
-    }
-
-    fn end(self) -> Result<SvId> {
-        self.finish()
-    }
-}
-
-impl ser::SerializeTupleStruct for SeqSerializer<'_> {
-    type Ok = SvId;
-    type Error = Error;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
-        self.element(value)
-    }
-
-    fn end(self) -> Result<SvId> {
-        self.finish()
-    }
-}
-
-impl ser::SerializeTupleVariant for SeqSerializer<'_> {
-    type Ok = SvId;
-    type Error = Error;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
-        self.element(value)
-    }
-
-    fn end(self) -> Result<SvId> {
-        self.finish()
-    }
-}
+seq_traits!(
+    SerializeSeq: serialize_element,
+    SerializeTuple: serialize_element,
+    SerializeTupleStruct: serialize_field,
+    SerializeTupleVariant: serialize_field
+);
 
 /// Collects the entries of a hash reference.
 struct MapSerializer<'a> {
@@ -358,39 +332,29 @@ impl ser::SerializeMap for MapSerializer<'_> {
     }
 }
 
-impl ser::SerializeStruct for MapSerializer<'_> {
-    type Ok = SvId;
-    type Error = Error;
+/// serde's two struct traits, alike here: each field is an `entry` under its name.
+macro_rules! struct_traits {
+    ($($name:ident),*) => {$(
+        impl ser::$name for MapSerializer<'_> {
+            type Ok = SvId;
+            type Error = Error;
 
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<()> {
-        self.entry(HashKey::from(key), value)
-    }
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                key: &'static str,
+                value: &T,
+            ) -> Result<()> {
+                self.entry(HashKey::from(key), value)
+            }
 
-    fn end(self) -> Result<SvId> {
-        self.finish()
-    }
+            fn end(self) -> Result<SvId> {
+                self.finish()
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeStructVariant for MapSerializer<'_> {
-    type Ok = SvId;
-    type Error = Error;
-
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<()> {
-        self.entry(HashKey::from(key), value)
-    }
-
-    fn end(self) -> Result<SvId> {
-        self.finish()
-    }
-}
+struct_traits!(SerializeStruct, SerializeStructVariant);
 
 /// Map keys: Perl's hash keys are strings, so strings, bytes, chars, integers and unit
 /// variants are accepted (integers as their decimal strings, as serde_json does).

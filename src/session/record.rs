@@ -172,6 +172,16 @@ pub(crate) fn truncate_at_char(s: &str, max: usize) -> &str {
 }
 
 impl Times {
+    /// The times of a record created at `created` and written (so also active) at `now`.
+    pub(crate) fn written(created: u64, now: u64, expires: u64) -> Times {
+        Times {
+            created,
+            updated: now,
+            active: now,
+            expires,
+        }
+    }
+
     /// Whether every time is at most [`MAX_TIME`].
     pub(crate) fn in_range(&self) -> bool {
         [self.created, self.updated, self.active, self.expires]

@@ -236,12 +236,7 @@ pub struct Browser {
 impl Browser {
     pub fn new() -> Browser {
         Browser {
-            http: reqwest::blocking::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .pool_max_idle_per_host(0)
-                .timeout(REQUEST_TIMEOUT)
-                .build()
-                .expect("http client"),
+            http: crate::common::http_client(REQUEST_TIMEOUT),
             jar: BTreeMap::new(),
         }
     }

@@ -387,6 +387,30 @@ impl Drop for Pipe {
     }
 }
 
+/// Spawns a thread in `scope` that takes `key`'s page lock inside `cache.update` and holds it
+/// until the returned sender says go, then ends the update with what `then` answers; returns
+/// once the thread holds the lock.
+pub fn hold_in_thread<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    cache: &'scope Cache,
+    key: &'static [u8],
+    then: impl FnOnce(Option<&[u8]>) -> fastmmap::Update + Send + 'scope,
+) -> std::sync::mpsc::Sender<()> {
+    let (holding_tx, holding_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    scope.spawn(move || {
+        cache
+            .update(key, |old| {
+                holding_tx.send(()).expect("send");
+                go_rx.recv().expect("recv");
+                then(old)
+            })
+            .expect("update");
+    });
+    holding_rx.recv().expect("the holder started");
+    go_tx
+}
+
 // ---------------------------------------------------------------------------------------------
 // Random numbers
 
@@ -636,6 +660,16 @@ impl Kind {
 // ---------------------------------------------------------------------------------------------
 // Raw file access
 
+/// The bytes of the file at `path`, or `None` if there is none (how the tests' file-per-key
+/// backing stores load a key).
+pub fn read_if_present(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Opens the cache file for raw reads and writes. Keep it open for the whole test: closing
 /// any descriptor of a file drops every fcntl lock this process holds on it.
 pub fn raw_file(path: &Path) -> File {
@@ -693,9 +727,13 @@ pub fn with_deadline<T: Send + 'static>(
 // ---------------------------------------------------------------------------------------------
 // Perl helpers
 
-/// Runs `cmd` (a Perl script) to completion with `input` on its stdin; its stdout lines.
-/// Panics with its stderr, naming it `what`, if it fails.
-pub fn run_to_completion(cmd: &mut std::process::Command, input: &str, what: &str) -> Vec<String> {
+/// Runs `cmd` to completion with `stdin` on its stdin, its stdout and stderr captured; its
+/// output, and whether all of `stdin` was written (a program that does not read it may exit
+/// first: the caller decides whether that is an error).
+pub fn output_with_stdin(
+    cmd: &mut std::process::Command,
+    stdin: &[u8],
+) -> (std::process::Output, std::io::Result<()>) {
     use std::io::Write;
     use std::process::Stdio;
     let mut child = cmd
@@ -703,16 +741,21 @@ pub fn run_to_completion(cmd: &mut std::process::Command, input: &str, what: &st
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn perl");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let input = input.to_owned();
-    // A separate writer, so a peer that answers as it reads never blocks on a full pipe.
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().expect("wait for perl");
-    writer
-        .join()
-        .expect("writer thread")
-        .expect("write to perl");
+        .unwrap_or_else(|e| panic!("start {:?}: {e}", cmd.get_program()));
+    let mut input = child.stdin.take().expect("stdin");
+    let stdin = stdin.to_vec();
+    // A separate writer, so a program that answers as it reads never blocks on a full pipe.
+    let writer = std::thread::spawn(move || input.write_all(&stdin));
+    let out = child.wait_with_output().expect("wait for the program");
+    let written = writer.join().expect("writer thread");
+    (out, written)
+}
+
+/// Runs `cmd` (a Perl script) to completion with `input` on its stdin; its stdout lines.
+/// Panics with its stderr, naming it `what`, if it fails.
+pub fn run_to_completion(cmd: &mut std::process::Command, input: &str, what: &str) -> Vec<String> {
+    let (out, written) = output_with_stdin(cmd, input.as_bytes());
+    written.expect("write to perl");
     output_lines(what, out)
 }
 
@@ -730,6 +773,34 @@ pub fn output_lines(what: &str, out: std::process::Output) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
+}
+
+/// `bytes` in lowercase hex (as the Perl scripts exchange keys and values, and as file-per-key
+/// stores name their files).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of hex text `h` from a Perl script; panics on anything else.
+pub fn unhex(h: &str) -> Vec<u8> {
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex from a Perl script"))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+/// A blocking HTTP client as the tests' clients use it: redirects are not followed (a test
+/// looks at them), no idle connection is kept, and every request is bounded by `timeout`.
+pub fn http_client(timeout: Duration) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
+        .timeout(timeout)
+        .build()
+        .expect("http client")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -24,15 +24,30 @@ use crate::{demo_url_server, server::Server};
 const STEP: Duration = Duration::from_secs(30);
 
 /// The chromium binary, if there is one.
-pub(crate) fn chromium() -> Option<PathBuf> {
+fn chromium() -> Option<PathBuf> {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .iter()
         .map(PathBuf::from)
         .find(|p| p.is_file())
 }
 
-pub(crate) fn browser_required() -> bool {
-    crate::common::required("FASTMMAP_REQUIRE_BROWSER")
+/// The chromium binary for `test`; without one, says loudly that `test` is skipped, or fails
+/// under `FASTMMAP_REQUIRE_BROWSER=1`.
+pub(crate) fn chromium_or_skip(test: &str) -> Option<PathBuf> {
+    let binary = chromium();
+    if binary.is_none() {
+        assert!(
+            !crate::common::required("FASTMMAP_REQUIRE_BROWSER"),
+            "FASTMMAP_REQUIRE_BROWSER=1 but chromium is not installed (apt-get install chromium)"
+        );
+        eprintln!(
+            "\n==================================================================\n\
+             SKIPPED: {test} needs chromium (apt-get install chromium);\n\
+             set FASTMMAP_REQUIRE_BROWSER=1 to make its absence a failure.\n\
+             ==================================================================\n"
+        );
+    }
+    binary
 }
 
 /// A headless chromium with a fresh profile that blocks every cookie, killed (with its
@@ -286,17 +301,7 @@ fn id_in(href: &str) -> &str {
 #[test]
 fn a_browser_without_cookies_stays_in_one_session_through_url_ids() {
     let _serial = serial();
-    let Some(binary) = chromium() else {
-        assert!(
-            !browser_required(),
-            "FASTMMAP_REQUIRE_BROWSER=1 but chromium is not installed (apt-get install chromium)"
-        );
-        eprintln!(
-            "\n==================================================================\n\
-             SKIPPED: the browser test needs chromium (apt-get install chromium);\n\
-             set FASTMMAP_REQUIRE_BROWSER=1 to make its absence a failure.\n\
-             ==================================================================\n"
-        );
+    let Some(binary) = chromium_or_skip("the browser test") else {
         return;
     };
     let server = demo_url_server(2);

@@ -26,7 +26,7 @@ use fastmmap::web::{SessionHandle, SessionLayer};
 use serde_json::json;
 use tower_layer::Layer;
 
-use crate::browser::{Browser, Page, browser_required, chromium};
+use crate::browser::{Browser, Page, chromium_or_skip};
 use crate::common::{serial, temp_dir};
 use crate::server::Server;
 
@@ -426,14 +426,7 @@ fn visit_all(
 #[test]
 fn no_session_id_reaches_another_origin_whatever_the_markup() {
     let _serial = serial();
-    let Some(binary) = chromium() else {
-        assert!(
-            !browser_required(),
-            "FASTMMAP_REQUIRE_BROWSER=1 but chromium is not installed (apt-get install chromium)"
-        );
-        eprintln!(
-            "\nSKIPPED: the id-leak browser test needs chromium (apt-get install chromium)\n"
-        );
+    let Some(binary) = chromium_or_skip("the id-leak browser test") else {
         return;
     };
     let evil = Recorder::start();

@@ -145,12 +145,7 @@ pub struct Client {
 impl Client {
     pub fn new(addr: SocketAddr) -> Client {
         Client {
-            http: reqwest::blocking::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .pool_max_idle_per_host(0)
-                .timeout(REQUEST_TIMEOUT)
-                .build()
-                .expect("http client"),
+            http: crate::common::http_client(REQUEST_TIMEOUT),
             base: format!("http://{addr}"),
             cookie: None,
             keeps_cookies: true,

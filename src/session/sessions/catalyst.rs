@@ -101,12 +101,7 @@ impl Catalyst {
         client: &Client<'_>,
     ) -> Result<Session> {
         let now = tier.now();
-        let times = Times {
-            created: now,
-            updated: now,
-            active: now,
-            expires: now.saturating_add(self.config.expires),
-        };
+        let times = Times::written(now, now, now.saturating_add(self.config.expires));
         let binding = Binding {
             address: self.config.verify_address.then(|| client.address_text()),
             user_agent: self
@@ -281,12 +276,7 @@ impl Catalyst {
                 stored: None,
             };
             session.id = self.write_new(tier, &record, expires, Some(session.id))?;
-            let times = Times {
-                created: record.created,
-                updated: now,
-                active: now,
-                expires,
-            };
+            let times = Times::written(record.created, now, expires);
             session.mark_stored(record.data, times);
             return Ok(Saved::Written);
         }
@@ -320,12 +310,7 @@ impl Catalyst {
         let expires = self
             .extend(tier, &session.id, now.saturating_add(self.config.expires))?
             .unwrap_or(session.times.expires);
-        let times = Times {
-            created: record.created,
-            updated: now,
-            active: now,
-            expires,
-        };
+        let times = Times::written(record.created, now, expires);
         session.mark_stored(record.data, times);
         Ok(Saved::Written)
     }
@@ -368,12 +353,7 @@ impl Catalyst {
         };
         self.delete(tier, &old)?;
         session.id = id;
-        let times = Times {
-            created: record.created,
-            updated: now,
-            active: now,
-            expires,
-        };
+        let times = Times::written(record.created, now, expires);
         session.mark_stored(record.data, times);
         Ok(old)
     }

@@ -471,25 +471,7 @@ fn flash_is_kept_until_read_and_delivered_once() {
 fn update_is_atomic_across_threads() {
     let f = fixture(CatalystConfig::new());
     let id = f.stored("hits", 0);
-    let threads: Vec<_> = (0..4)
-        .map(|_| {
-            let store = f.store.clone();
-            std::thread::spawn(move || {
-                for _ in 0..100 {
-                    store
-                        .update(&id, |s| {
-                            let n = s.get::<u64>("hits").unwrap().unwrap_or(0);
-                            s.insert("hits", &(n + 1)).unwrap();
-                        })
-                        .unwrap()
-                        .expect("session exists");
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    super::tests::add_hits_from_threads(&f.store, id);
     assert_eq!(f.hash(&id)["hits"], json!(400));
     // Invalidating in an update deletes all three keys.
     f.store.update(&id, |s| s.invalidate()).unwrap();

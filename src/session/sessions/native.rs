@@ -125,12 +125,7 @@ impl Native {
         client: &Client<'_>,
     ) -> Result<Session> {
         let now = tier.now();
-        let times = Times {
-            created: now,
-            updated: now,
-            active: now,
-            expires: self.deadline(now, now),
-        };
+        let times = Times::written(now, now, self.deadline(now, now));
         let id = IdFormat::Native.generate()?;
         Ok(Session::new(id, reason, times, self.binding_for(client)))
     }
@@ -248,12 +243,7 @@ impl Native {
     /// Writes a session that is not stored yet, under a key that must be free.
     fn save_new(&self, tier: &Tier, session: &mut Session, now: u64) -> Result<Saved> {
         let created = session.times.created;
-        let times = Times {
-            created,
-            updated: now,
-            active: now,
-            expires: self.deadline(created, now),
-        };
+        let times = Times::written(created, now, self.deadline(created, now));
         if now >= times.expires {
             return Ok(gone(session));
         }
@@ -303,12 +293,7 @@ impl Native {
         }
         let stored = view.decode()?;
         let created = stored.times.created;
-        let times = Times {
-            created,
-            updated: now,
-            active: now,
-            expires: self.deadline(created, now),
-        };
+        let times = Times::written(created, now, self.deadline(created, now));
         if now >= times.expires {
             return Ok(Plan::Gone { remove: true });
         }

@@ -528,13 +528,12 @@ fn unreadable_records_are_errors_and_left_alone() {
     assert_eq!(f.store.cache().get(&key).unwrap().unwrap(), future);
 }
 
-#[test]
-fn update_is_atomic_across_threads() {
-    let f = fixture(|b| b);
-    let id = f.stored_session("hits", 0);
+/// Four threads each add 1 to the session `id`'s `hits` 100 times, each time in an update
+/// (so 400 in all when updates are atomic). Shared with the Catalyst-mode tests.
+pub(super) fn add_hits_from_threads(store: &SessionStore, id: SessionId) {
     let threads: Vec<_> = (0..4)
         .map(|_| {
-            let store = f.store.clone();
+            let store = store.clone();
             std::thread::spawn(move || {
                 for _ in 0..100 {
                     store
@@ -551,6 +550,13 @@ fn update_is_atomic_across_threads() {
     for t in threads {
         t.join().unwrap();
     }
+}
+
+#[test]
+fn update_is_atomic_across_threads() {
+    let f = fixture(|b| b);
+    let id = f.stored_session("hits", 0);
+    add_hits_from_threads(&f.store, id);
     let s = f.store.load(Some(&id), &Client::new()).unwrap();
     assert_eq!(s.get::<u64>("hits").unwrap(), Some(400));
 }
