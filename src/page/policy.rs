@@ -177,32 +177,44 @@ fn perl_make_room(room: &mut Survivors, len: usize, page_size: usize, start_slot
 }
 
 /// The native rule (docs/format.md §4.1): victims from [`choose_victims`], the ghost record
-/// left free unless only it stands between the new entry and the page, and a slot table
-/// grown for many small entries shrunk back for a large one, rather than every entry going
-/// first (a table grown again later costs a rebuild, not the page's data).
+/// left free unless only it stands between the new entry and the page, or between a large
+/// entry and the page's protected entries, and a slot table grown for many small entries
+/// shrunk back for a large one, rather than every entry going first (a table grown again
+/// later costs a rebuild, not the page's data).
 fn native_make_room(room: &mut Survivors, len: usize, page_size: usize, start_slots: u32) {
-    let reserve = ghost_size(page_size);
-    let capacity_with = |n: u32| {
+    let used = room.used;
+    let capacity_with = |n: u32, reserve: usize| {
         let full = data_capacity(page_size, n).unwrap_or(0);
         match len.saturating_add(reserve) <= full {
             true => full - reserve,
             false => full,
         }
     };
-    let used = room.used;
-    // A large entry (an eighth of the page or more) that would push out protected entries
-    // gets a smaller table instead, if one holds the survivors within the growth limit. Only
-    // then are victims chosen on a copy first: every other rebuild chooses once, below.
+    let drops_protected = |keep: &[EntryLoc], capacity: usize| {
+        choose_victims(&mut keep.to_vec(), used, len, capacity)
+            .iter()
+            .any(|&i| keep[i].flags & FLAG_PROTECTED != 0)
+    };
+    // A large entry (an eighth of the page or more) is the only kind whose room may cost
+    // protected entries. Only for one are victims chosen on a copy first: every other rebuild
+    // chooses once, below.
+    let large = len.saturating_mul(8) >= page_size;
+    // The ghost record is a hint and protected entries are not: a large entry that would push
+    // some out to keep the record's bytes free takes those bytes instead (the record is lost).
+    let reserve = match large
+        && drops_protected(
+            &room.keep,
+            capacity_with(room.num_slots, ghost_size(page_size)),
+        ) {
+        true => 0,
+        false => ghost_size(page_size),
+    };
+    let capacity_with = |n: u32| capacity_with(n, reserve);
+    // A large entry that would still push out protected entries gets a smaller table instead,
+    // if one holds the survivors within the growth limit.
     if room.num_slots > start_slots
-        && len.saturating_mul(8) >= page_size
-        && choose_victims(
-            &mut room.keep.clone(),
-            used,
-            len,
-            capacity_with(room.num_slots),
-        )
-        .iter()
-        .any(|&i| room.keep[i].flags & FLAG_PROTECTED != 0)
+        && large
+        && drops_protected(&room.keep, capacity_with(room.num_slots))
     {
         let mut n = start_slots;
         while n < room.num_slots {

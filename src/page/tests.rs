@@ -1336,6 +1336,25 @@ fn a_large_entry_takes_the_room_of_probation_and_of_a_grown_slot_table_not_of_pr
 }
 
 #[test]
+fn a_large_entry_takes_the_ghost_records_bytes_before_protected_entries() {
+    // Nine protected sessions and a value that fits beside them only in the bytes the ghost
+    // record keeps free: the record goes (it is a hint), the sessions stay.
+    let mut buf = fresh(65536);
+    for i in 0..9 {
+        let key = format!("session-{i}");
+        put_with_p(&mut buf, key.as_bytes(), &[1; 200], 0, NOW, true, true);
+        get_p(&mut buf, key.as_bytes(), NOW + 1, true);
+    }
+    put_with_p(&mut buf, b"big", &[3; 62_000], 0, NOW + 2, true, true);
+    check_page(&buf, MIN_SLOTS, Some(&slot_hash)).unwrap();
+    assert!(present(&mut buf, "big"), "the large entry is stored");
+    let kept = (0..9)
+        .filter(|s| present(&mut buf, &format!("session-{s}")))
+        .count();
+    assert_eq!(kept, 9, "protected sessions kept beside the large entry");
+}
+
+#[test]
 fn the_overflow_flag_is_kept_only_on_a_reference() {
     let mut buf = fresh(4096);
     let reference = [7u8; OVERFLOW_REF_SIZE];
