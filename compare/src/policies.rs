@@ -360,11 +360,13 @@ impl PeerCache for moka::sync::Cache<u64, ()> {
 
     fn insert(&mut self, key: u64) {
         moka::sync::Cache::insert(self, key, ());
+        // moka applies its bound lazily, in batches: until then it holds more than its
+        // capacity, and a later get can hit what a cache of that capacity would not hold (it
+        // once beat Bélády's optimum by a hit). Applying it now compares it at its capacity.
+        self.run_pending_tasks();
     }
 
     fn holds(&self, key: u64) -> bool {
-        // Apply the evictions moka has queued, so the answer is what it holds.
-        self.run_pending_tasks();
         self.contains_key(&key)
     }
 }
