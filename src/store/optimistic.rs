@@ -259,6 +259,24 @@ impl AtomicPage {
         }
     }
 
+    /// Asks for the first line of every 4 KiB memory page that `off..off + len` enters after
+    /// its first, so that the address translations (a walk of the page tables each, when the
+    /// run is cold) and the first line misses of every page run together, ahead of a copy that
+    /// would otherwise meet them one after another: the processor's own prefetchers stop at a
+    /// 4 KiB boundary. A hint: it reads nothing into the program.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    fn prefetch_memory_pages(&self, off: usize, len: usize) {
+        const MEMORY_PAGE: usize = 4096;
+        let start = self.base as usize + off;
+        let mut at = (start | (MEMORY_PAGE - 1)) + 1 - self.base as usize;
+        let end = off + len;
+        while at < end {
+            self.prefetch(at);
+            at += MEMORY_PAGE;
+        }
+    }
+
     /// Fills `dst` with the bytes at `off`, loading aligned words where it can; `None` (and
     /// `dst` untouched) if they do not lie inside the page.
     #[inline]
@@ -277,6 +295,7 @@ impl AtomicPage {
         off.checked_add(dst.len()).filter(|&end| end <= self.len)?;
         #[cfg(target_arch = "x86_64")]
         if dst.len() >= WIDE_COPY {
+            self.prefetch_memory_pages(off, dst.len());
             // SAFETY: `off..off + dst.len()` was checked just above to lie inside the page,
             // which lies inside the live mapping (new).
             unsafe { wide_copy(self.base.add(off), dst) };
