@@ -277,16 +277,6 @@ impl AtomicPage {
         }
     }
 
-    /// Fills `dst` with the bytes at `off`, loading aligned words where it can; `None` (and
-    /// `dst` untouched) if they do not lie inside the page.
-    #[inline]
-    fn load_into(&self, off: usize, dst: &mut [u8]) -> Option<()> {
-        // SAFETY: `load_uninit` writes only initialised bytes through the view, so `dst`
-        // stays initialised, as `&mut [u8]` requires.
-        let dst = unsafe { &mut *(std::ptr::from_mut(dst) as *mut [MaybeUninit<u8>]) };
-        self.load_uninit(off, dst)
-    }
-
     /// Fills every byte of `dst` with the bytes at `off`; `None` (and `dst` untouched) if
     /// they do not lie inside the page. Long runs are copied wide (see [`wide_copy`]), short
     /// ones with aligned atomic word loads.
@@ -442,16 +432,34 @@ impl PageBytes for AtomicPage {
 
     #[inline]
     fn eq_at(&self, off: usize, expected: &[u8]) -> Option<bool> {
-        // Keys are short: compared from a copy on the stack, in pieces for long ones.
-        let mut buf = [0u8; 64];
+        off.checked_add(expected.len())
+            .filter(|&end| end <= self.len)?;
+        // Compared where they lie, with the loads a copy would make (bytes up to a word
+        // boundary, aligned words, bytes), but no copy and no call: keys are short, and this
+        // runs on every probe of a lock-free read. Stops at the first difference.
+        let head = (off.next_multiple_of(8) - off).min(expected.len());
+        let (first, rest) = expected.split_at(head);
         let mut at = off;
-        for part in expected.chunks(buf.len()) {
-            let copy = &mut buf[..part.len()];
-            self.load_into(at, copy)?;
-            if copy != part {
+        for &b in first {
+            if self.byte(at) != b {
                 return Some(false);
             }
-            at += part.len();
+            at += 1;
+        }
+        let mut words = rest.chunks_exact(8);
+        for chunk in &mut words {
+            let mut want = [0u8; 8];
+            want.copy_from_slice(chunk);
+            if self.word(at) != u64::from_ne_bytes(want) {
+                return Some(false);
+            }
+            at += 8;
+        }
+        for &b in words.remainder() {
+            if self.byte(at) != b {
+                return Some(false);
+            }
+            at += 1;
         }
         Some(true)
     }
