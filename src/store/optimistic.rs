@@ -467,8 +467,13 @@ impl PageBytes for AtomicPage {
     #[inline]
     fn copy_to(&self, off: usize, len: usize, out: &mut Vec<u8>) -> Option<()> {
         off.checked_add(len).filter(|&end| end <= self.len)?;
-        // Into the spare capacity, with no zero-fill first.
-        out.reserve(len);
+        // Into the spare capacity, with no zero-fill first. A get starts with an empty `Vec`:
+        // allocated at once at the exact size, rather than through `reserve`'s growth path.
+        if out.capacity() == 0 {
+            *out = Vec::with_capacity(len);
+        } else {
+            out.reserve(len);
+        }
         self.load_uninit(off, &mut out.spare_capacity_mut()[..len])?;
         // SAFETY: `load_uninit` returned `Some`, so it initialised all `len` bytes after the
         // old length, within the capacity reserved above.
