@@ -263,14 +263,17 @@ impl AtomicPage {
     /// its first, so that the address translations (a walk of the page tables each, when the
     /// run is cold) and the first line misses of every page run together, ahead of a copy that
     /// would otherwise meet them one after another: the processor's own prefetchers stop at a
-    /// 4 KiB boundary. A hint: it reads nothing into the program.
+    /// 4 KiB boundary. A hint: it reads nothing into the program. At most the first
+    /// `PAGES_AHEAD` pages are asked for: the processor holds only so many misses at once,
+    /// and a copy longer than that overlaps the later walks with its own work.
     #[cfg(target_arch = "x86_64")]
     #[inline]
     fn prefetch_memory_pages(&self, off: usize, len: usize) {
         const MEMORY_PAGE: usize = 4096;
+        const PAGES_AHEAD: usize = 16;
         let start = self.base as usize + off;
         let mut at = (start | (MEMORY_PAGE - 1)) + 1 - self.base as usize;
-        let end = off + len;
+        let end = (off + len).min(at + (PAGES_AHEAD - 1) * MEMORY_PAGE);
         while at < end {
             self.prefetch(at);
             at += MEMORY_PAGE;
