@@ -20,6 +20,9 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use fastmmap::{Cache, LockKind, Update};
 use tempfile::TempDir;
 
+#[path = "support/fork.rs"]
+mod fork;
+
 /// Keys pre-filled for the hit benches: about 112 per page, well within capacity.
 const HOT_KEYS: usize = 10_000;
 /// Distinct keys for the eviction bench: about five times what the cache holds.
@@ -261,92 +264,18 @@ fn threads_kind(c: &mut Criterion, kind: LockKind, name: &str) {
     g.finish();
 }
 
-/// Raw pipe ends, closed on drop.
-struct Pipe {
-    read: libc::c_int,
-    write: libc::c_int,
-}
-
-impl Pipe {
-    fn new() -> Pipe {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: `fds` is a valid, writable array of two ints, as pipe(2) requires.
-        let rc = unsafe { libc::pipe(fds.as_mut_ptr()) };
-        assert_eq!(rc, 0, "pipe: {}", std::io::Error::last_os_error());
-        Pipe {
-            read: fds[0],
-            write: fds[1],
-        }
-    }
-
-    /// Writes one byte (async-signal-safe: usable in a forked child).
-    fn signal(&self) -> bool {
-        let byte = 1u8;
-        // SAFETY: `self.write` is this pipe's open write end and `byte` is a valid one-byte
-        // buffer that outlives the call.
-        unsafe { libc::write(self.write, (&raw const byte).cast(), 1) == 1 }
-    }
-
-    /// Blocks until one byte arrives (async-signal-safe: usable in a forked child).
-    fn wait(&self) -> bool {
-        let mut byte = 0u8;
-        loop {
-            // SAFETY: `self.read` is this pipe's open read end and `byte` is a valid, writable
-            // one-byte buffer that outlives the call.
-            let n = unsafe { libc::read(self.read, (&raw mut byte).cast(), 1) };
-            if n == 1 {
-                return true;
-            }
-            if n == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                return false;
-            }
-        }
-    }
-}
-
-impl Drop for Pipe {
-    fn drop(&mut self) {
-        // SAFETY: both descriptors were returned by pipe(2), are owned by this value and are
-        // closed exactly once, here.
-        unsafe {
-            libc::close(self.read);
-            libc::close(self.write);
-        }
-    }
-}
-
 /// Runs `iters` gets over `parent_keys` here while a forked child runs `iters` gets over
 /// `child_keys` on the same cache, both starting together. Returns the wall time from the
 /// common start until both are done.
 fn two_processes(cache: &Cache, parent_keys: &[Key], child_keys: &[Key], iters: u64) -> Duration {
-    let ready = Pipe::new();
-    let go = Pipe::new();
     // SAFETY: the bench is single-threaded at this point (the thread benches joined all their
-    // workers), so no lock (malloc's, the cache's page mutexes) is held by a thread that the
-    // child would lack. The child only uses the inherited mapping and descriptors, and leaves
-    // with `_exit`, never returning or unwinding into the parent's code.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-    if pid == 0 {
-        let ok = ready.signal() && go.wait() && get_loop(cache, child_keys, 0, iters).is_ok();
-        // SAFETY: `_exit` ends the child at once without running the parent's destructors or
-        // atexit handlers (which would, e.g., remove the temp dir); always sound to call.
-        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    // workers); the child only uses the inherited mapping and descriptors.
+    unsafe {
+        fork::two_processes(
+            || get_loop(cache, parent_keys, parent_keys.len() / 2, iters).unwrap(),
+            || get_loop(cache, child_keys, 0, iters).is_ok(),
+        )
     }
-    assert!(ready.wait(), "child did not start");
-    let start = Instant::now();
-    assert!(go.signal(), "cannot start the child");
-    get_loop(cache, parent_keys, parent_keys.len() / 2, iters).unwrap();
-    let mut status = 0;
-    // SAFETY: `pid` is our own child and `status` a valid, writable int.
-    let rc = unsafe { libc::waitpid(pid, &raw mut status, 0) };
-    let elapsed = start.elapsed();
-    assert_eq!(rc, pid, "waitpid: {}", std::io::Error::last_os_error());
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child failed: status {status}"
-    );
-    elapsed
 }
 
 /// Splits `keys` into those on pages `< num_pages / 2` and the rest, by the native layout's key

@@ -48,6 +48,10 @@ use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions};
 use tempfile::TempDir;
 
+/// The fork harness, shared with `benches/cache.rs`.
+#[path = "../../benches/support/fork.rs"]
+mod fork;
+
 /// The clock of the `peers` group: wall time (the default), or with `PEERS_CLOCK=cpu` the
 /// CPU time of the benchmarking thread, which leaves out the time other processes hold the
 /// core — for a machine shared with other work. Redis round trips, threads and processes are
@@ -491,96 +495,24 @@ fn op_loop(visits: &Visits<'_>, start: usize, iters: u64, op: &impl Fn(&[u8])) {
     }
 }
 
-/// Raw pipe ends, closed on drop.
-struct Pipe {
-    read: libc::c_int,
-    write: libc::c_int,
-}
-
-impl Pipe {
-    fn new() -> Pipe {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: `fds` is a valid, writable array of two ints, as pipe(2) requires.
-        let rc = unsafe { libc::pipe(fds.as_mut_ptr()) };
-        assert_eq!(rc, 0, "pipe: {}", std::io::Error::last_os_error());
-        Pipe {
-            read: fds[0],
-            write: fds[1],
-        }
-    }
-
-    /// Writes one byte (async-signal-safe: usable in a forked child).
-    fn signal(&self) -> bool {
-        let byte = 1u8;
-        // SAFETY: `self.write` is this pipe's open write end and `byte` is a valid one-byte
-        // buffer that outlives the call.
-        unsafe { libc::write(self.write, (&raw const byte).cast(), 1) == 1 }
-    }
-
-    /// Blocks until one byte arrives (async-signal-safe: usable in a forked child).
-    fn wait(&self) -> bool {
-        let mut byte = 0u8;
-        loop {
-            // SAFETY: `self.read` is this pipe's open read end and `byte` is a valid, writable
-            // one-byte buffer that outlives the call.
-            let n = unsafe { libc::read(self.read, (&raw mut byte).cast(), 1) };
-            if n == 1 {
-                return true;
-            }
-            if n == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                return false;
-            }
-        }
-    }
-}
-
-impl Drop for Pipe {
-    fn drop(&mut self) {
-        // SAFETY: both descriptors were returned by pipe(2), are owned by this value and are
-        // closed exactly once, here.
-        unsafe {
-            libc::close(self.read);
-            libc::close(self.write);
-        }
-    }
-}
-
 /// Runs `iters` get hits here while a forked child does the same on the same cache file, both
 /// released together; returns the wall time until both are done, divided by two.
 fn in_two_processes(cache: &Cache, iters: u64, visits: &Visits<'_>) -> Duration {
     let get = |k: &[u8]| {
         black_box(cache.get(k).expect("get").expect("hit"));
     };
-    let ready = Pipe::new();
-    let go = Pipe::new();
     // SAFETY: this process is single-threaded here (the thread benches joined their workers;
-    // no store in this bench runs threads of its own), so no lock is held by a thread the child
-    // would lack. The child only reads the inherited mapping and leaves with `_exit`, never
-    // returning or unwinding into the parent's code.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-    if pid == 0 {
-        let ok = ready.signal() && go.wait();
-        if ok {
-            op_loop(visits, visits.len() / 2, iters, &get);
-        }
-        // SAFETY: `_exit` ends the child at once without running the parent's destructors or
-        // atexit handlers (which would remove the temp dir); always sound to call.
-        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-    }
-    assert!(ready.wait(), "the forked child did not start");
-    let start = Instant::now();
-    assert!(go.signal(), "cannot release the forked child");
-    op_loop(visits, 0, iters, &get);
-    let mut status = 0;
-    // SAFETY: `pid` is our own child and `status` a valid, writable int.
-    let rc = unsafe { libc::waitpid(pid, &raw mut status, 0) };
-    let elapsed = start.elapsed();
-    assert_eq!(rc, pid, "waitpid: {}", std::io::Error::last_os_error());
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "the forked child failed: status {status}"
-    );
+    // no store in this bench runs threads of its own); the child only reads the inherited
+    // mapping.
+    let elapsed = unsafe {
+        fork::two_processes(
+            || op_loop(visits, 0, iters, &get),
+            || {
+                op_loop(visits, visits.len() / 2, iters, &get);
+                true
+            },
+        )
+    };
     elapsed / 2
 }
 
