@@ -137,10 +137,11 @@ impl Cache {
         }
     }
 
-    /// Stores `req`, which goes to the overflow area ([`Route::Overflow`]), with its value there.
-    /// When the area is full, this page's other large values go first (expired ones, then
-    /// the least recently used); what other pages must give up is the caller's to ask for
-    /// (`store` lets go of this page's lock first).
+    /// Stores `req`, which goes to the overflow area
+    /// ([`Route::Overflow`](crate::store::Route::Overflow)), with its value there. When the
+    /// area is full, this page's other large values go first (expired ones, then the least
+    /// recently used); what other pages must give up is the caller's to ask for (`store` lets
+    /// go of this page's lock first).
     #[cold]
     pub(super) fn store_large(
         &self,

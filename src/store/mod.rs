@@ -51,5 +51,5 @@ pub(crate) use resize::{Current, MAX_FOLLOWS, WriteBack, resize};
 pub(crate) use shared::{LockError, SharedFile};
 pub(crate) use write_back_lock::{Wait as WriteBackWait, WriteBackGuard};
 
-/// Whether [`LockKind::Robust`](crate::LockKind::Robust) can be used on this platform.
+/// Whether [`LockKind::Robust`] can be used on this platform.
 pub(crate) const ROBUST_LOCKS_AVAILABLE: bool = robust::AVAILABLE;

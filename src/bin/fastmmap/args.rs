@@ -29,10 +29,10 @@ GEOMETRY
 
 LOCKS
     A native file records the kind of its page locks, chosen by `create --lock` (default
-    fcntl): `fcntl` (as Cache::FastMmap takes them) or `robust` (a process-shared robust mutex
-    per page; native layout on Linux with glibc only). Every other command opens a file with the
-    kind it records; --lock, if given, must match it (else exit 2). A fastmmap-layout file
-    always uses fcntl locks.
+    robust on Linux with glibc, else fcntl): `fcntl` (as Cache::FastMmap takes them) or
+    `robust` (a process-shared robust mutex per page; native layout on Linux with glibc
+    only). Every other command opens a file with the kind it records; --lock, if given, must
+    match it (else exit 2). A fastmmap-layout file always uses fcntl locks.
 
     A command waits for a page lock as long as another process holds it. With --lock-timeout
     SECONDS (fractions allowed: 0.5) it gives up after that long and exits 2.
@@ -108,15 +108,17 @@ fields are an error. Blank lines are skipped.
 
 The whole input is read and checked before anything is stored: a malformed line, flags that
 cannot be stored (the tombstone bit, or the undef bit 0x20000000 on a non-empty value, which
-Perl would read as undef), or an entry too large for FILE's pages, stops the load with exit 2
-and a message naming the line (`stdin:LINE: ...`), and nothing is stored. An error while
-storing (a failing lock) stops it part way, and the records before it stay stored.
+Perl would read as undef), or an entry too large for FILE's pages whose value is also over
+the largest value FILE's overflow area takes, stops the load with exit 2 and a message naming
+the line (`stdin:LINE: ...`), and nothing is stored. An error while storing (a failing
+lock) stops it part way, and the records before it stay stored.
 
 Memory holds one line at a time, whatever the size of the input: the checked records wait in
 an unnamed temporary file in $TMPDIR (readable by you only, about as large as the input, gone
 when `load` ends) until the last line has passed. A line longer than six times the largest
-entry of FILE plus 1 KiB cannot hold a record that fits (a byte takes at most six characters
-of JSON): it stops the load as soon as that much of it is read.
+entry of FILE (plus the largest value its overflow area takes) plus 1 KiB cannot hold a record
+that fits (a byte takes at most six characters of JSON): it stops the load as soon as that
+much of it is read.
 
 Each record keeps its expiry time and flags. A record whose expiry time has passed is skipped.
 A record with a modseq is stored as `set_if_newer` stores it, and is refused if FILE holds a

@@ -152,8 +152,9 @@ fn set(opts: &FileOptions, k: &KeyArgs, value: &OsStr, expire: Option<u64>) -> R
     }
 }
 
-/// The value of `set KEY -`: stdin, read only up to the largest value a page of FILE holds
-/// for KEY (one byte more tells that it is too large).
+/// The value of `set KEY -`: stdin, read only up to the largest value FILE takes for KEY
+/// (what fits a page with KEY, or the overflow area's `max_value_size` if that is more; one
+/// byte more tells that it is too large).
 fn value_from_stdin(cache: &Cache, path: &Path, key: &[u8]) -> Result<Vec<u8>, Failure> {
     let max = cache.max_entry_size();
     let too_large = |what: String| {
