@@ -583,9 +583,13 @@ fn check_input(path: &Path, max: usize, big: usize) -> Result<Spool, Failure> {
                 return Err(bad_line(
                     n,
                     format_args!(
-                        "line longer than {line_limit} bytes: no record that long fits in a page \
-                         of {} (entries of at most {max} bytes); stopped reading",
-                        path.display()
+                        "line longer than {line_limit} bytes: no record that long fits {} \
+                         (entries of at most {max} bytes in a page{}); stopped reading",
+                        path.display(),
+                        match big {
+                            0 => String::new(),
+                            big => format!(", values of at most {big} bytes in its overflow area"),
+                        }
                     ),
                 ));
             }
