@@ -20,7 +20,10 @@ pub struct EntryLoc {
 impl EntryLoc {
     /// Reads the entry a slot word points at. `data_start..data_end` is the part of the page
     /// entries may occupy (the end of the slot table to `free_data`).
-    #[inline]
+    ///
+    /// Always inlined: returned through memory, the `Result` is written field by field and
+    /// read back in wider loads, which stalls store-to-load forwarding on every probe.
+    #[inline(always)]
     pub fn read<B: PageBytes + ?Sized>(
         buf: &B,
         slot_word: u32,

@@ -9,8 +9,9 @@ use super::header::PageHeader;
 use super::view::Probe;
 
 /// Follows `key`'s probe chain from `slot_hash % num_slots` in a page whose header `hdr` has
-/// been checked.
-#[inline]
+/// been checked. Always inlined, as [`EntryLoc::read`] is: a `Result<Probe, _>` returned
+/// through memory is read back wider than it was written, stalling store-to-load forwarding.
+#[inline(always)]
 pub(super) fn probe_in<B: PageBytes + ?Sized>(
     b: &B,
     hdr: &PageHeader,

@@ -67,8 +67,9 @@ impl<'a> PageView<'a> {
         (hdr.slots_end(), hdr.free_data as usize)
     }
 
-    /// Finds `key`, following the probe chain from `slot_hash % num_slots`.
-    #[inline]
+    /// Finds `key`, following the probe chain from `slot_hash % num_slots`. Always inlined
+    /// (see `probe_in`).
+    #[inline(always)]
     pub(super) fn probe(
         &self,
         hdr: &PageHeader,
@@ -277,6 +278,7 @@ impl<'a> PageMut<'a> {
         self.view().data_bounds(hdr)
     }
 
+    #[inline(always)]
     pub(super) fn probe(
         &self,
         hdr: &PageHeader,
@@ -428,7 +430,9 @@ impl<'a> PageMut<'a> {
         let Some(size) = req.entry_size().filter(|&size| size <= max) else {
             return Ok(Some(StoreOutcome::TooLarge));
         };
-        let hdr = self.checked_header()?;
+        // `checked_header`, without moving the header through a `Result` on the stack.
+        let hdr = self.header();
+        hdr.check(self.buf.len(), self.min_slots)?;
         let probe = self.probe(&hdr, req.slot_hash, req.key)?;
         // The policy's bits for the new entry (`Policy::on_store`).
         let extra = self
