@@ -549,6 +549,18 @@ impl fastmmap::Backing for Mem {
     }
 }
 
+/// A write-back cache of `SMALL` pages at `path` over `store`.
+fn write_back_over(kind: Kind, path: &Path, store: &Mem) -> Cache {
+    kind.builder()
+        .path(path)
+        .num_pages(SMALL)
+        .page_size(PAGE)
+        .backing(store.clone())
+        .write_mode(fastmmap::WriteMode::Back)
+        .open()
+        .expect("open")
+}
+
 /// A write-back cache resized while threads keep writing: dirty entries move dirty, and once
 /// flushed the store holds every acknowledged write.
 #[test]
@@ -558,15 +570,7 @@ fn write_back_entries_stay_dirty_across_moves() {
         let dir = temp_dir();
         let path = dir.path().join("cache");
         let store = Mem::default();
-        let cache = kind
-            .builder()
-            .path(&path)
-            .num_pages(SMALL)
-            .page_size(PAGE)
-            .backing(store.clone())
-            .write_mode(fastmmap::WriteMode::Back)
-            .open()
-            .expect("open");
+        let cache = write_back_over(kind, &path, &store);
         for i in 0..300 {
             cache.set(&key(i), b"first").expect("set");
         }
@@ -962,15 +966,7 @@ fn a_handle_behind_two_moves_keeps_working_on_every_call() {
         let dir = temp_dir();
         let path = dir.path().join("cache");
         let store = Mem::default();
-        let cache = kind
-            .builder()
-            .path(&path)
-            .num_pages(SMALL)
-            .page_size(PAGE)
-            .backing(store.clone())
-            .write_mode(fastmmap::WriteMode::Back)
-            .open()
-            .expect("open");
+        let cache = write_back_over(kind, &path, &store);
         let value = |i: usize, round: usize| format!("value-{i}-{round}").into_bytes();
         for i in 0..40 {
             cache.set(&key(i), &value(i, 0)).expect("set");
