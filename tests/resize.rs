@@ -1055,3 +1055,87 @@ fn a_handle_behind_two_moves_keeps_working_on_every_call() {
         );
     }
 }
+
+/// Fills `cache` with 300 keys of their own and 40 `multi_set` groups of 5 (placed by their
+/// page key): the keys an iteration must yield.
+fn fill_for_iteration(cache: &Cache) -> std::collections::BTreeSet<Vec<u8>> {
+    let mut expected = std::collections::BTreeSet::new();
+    for i in 0..300 {
+        cache.set(&key(i), b"v").expect("set");
+        expected.insert(key(i));
+    }
+    for p in 0..40 {
+        let page_key = format!("group{p}");
+        let pairs: Vec<(Vec<u8>, &[u8])> = (0..5)
+            .map(|j| (format!("member{j}").into_bytes(), &b"w"[..]))
+            .collect();
+        cache
+            .multi_set(page_key.as_bytes(), &pairs)
+            .expect("multi_set");
+        expected.extend((0..5).map(|j| format!("{page_key}-member{j}").into_bytes()));
+    }
+    expected
+}
+
+/// An iteration across resizes that keep the page count and change the page size (alone, and
+/// after one that changes the page count) yields every key exactly once: the walk goes on at
+/// the page it was at in the new file. The resizes are made by this handle (which follows at
+/// once) or by another process (the iterator finds its page moved and goes on in the new file
+/// by itself, before this handle has followed).
+#[test]
+fn an_iteration_across_a_resize_that_keeps_the_page_count_yields_every_key_once() {
+    let _s = serial();
+    let plans: [&[(u32, u32)]; 2] = [&[(SMALL, 2 * PAGE)], &[(LARGE, PAGE), (LARGE, PAGE / 2)]];
+    for kind in [NATIVE, ROBUST] {
+        for plan in plans {
+            for by_other_process in [false, true] {
+                let what =
+                    format!("{kind:?} {SMALL}x{PAGE} -> {plan:?}, other: {by_other_process}");
+                let dir = temp_dir();
+                let path = dir.path().join("cache");
+                let cache = open(kind, &path, SMALL);
+                let expected = fill_for_iteration(&cache);
+                let mut iter = cache.iter();
+                let mut seen: Vec<Vec<u8>> = (0..200)
+                    .map(|_| iter.next().expect("more keys").expect("an entry").0)
+                    .collect();
+                if by_other_process {
+                    let child_path = path.clone();
+                    let mut children = Children::new();
+                    children.spawn(move || {
+                        let other = Cache::builder()
+                            .path(&child_path)
+                            .open()
+                            .map_err(|e| e.to_string())?;
+                        for &(pages, page_size) in plan {
+                            let report = other
+                                .resize(pages, page_size)
+                                .map_err(|e| format!("resize to {pages}x{page_size}: {e}"))?;
+                            if report.dropped != 0 {
+                                return Err(format!("resize dropped: {report:?}"));
+                            }
+                        }
+                        Ok(())
+                    });
+                    children.wait_all_ok();
+                } else {
+                    for &(pages, page_size) in plan {
+                        let report = cache.resize(pages, page_size).expect("resize");
+                        assert_eq!(report.dropped, 0, "{what}: {report:?}");
+                    }
+                }
+                seen.extend(iter.map(|item| item.expect("an entry").0));
+                let yielded = seen.len();
+                let seen: std::collections::BTreeSet<Vec<u8>> = seen.into_iter().collect();
+                assert_eq!(seen.len(), yielded, "{what}: a key came twice");
+                assert_eq!(seen, expected, "{what}");
+                let &(pages, page_size) = plan.last().expect("a resize");
+                assert_eq!(
+                    (cache.num_pages(), cache.page_size()),
+                    (pages, page_size),
+                    "{what}"
+                );
+            }
+        }
+    }
+}

@@ -300,6 +300,14 @@ impl Cache {
         (Loc(h), hash.split(h, self.geometry().num_pages).1)
     }
 
+    /// [`locate`](Self::locate) with the slot hash of a file of `num_pages` pages (a walk's
+    /// own file, which need not be the one the handle uses now).
+    pub(crate) fn locate_in(&self, key: &[u8], num_pages: u32) -> (Loc, u32) {
+        let hash = self.inner.hash;
+        let h = hash.hash(key);
+        (Loc(h), hash.split(h, num_pages).1)
+    }
+
     /// Follows the resize that moved `from` (see `store/resize.rs`).
     #[cold]
     pub(crate) fn follow(&self, from: &SharedFile) -> Result<()> {

@@ -1,5 +1,7 @@
 //! Every live entry, page by page: `iter` and `keys`.
 
+use std::sync::Arc;
+
 use super::handle::{Cache, Entry, Loc};
 use crate::Result;
 use crate::page::consts::FLAG_TOMBSTONE;
@@ -10,14 +12,14 @@ impl Cache {
     /// out, so the iterator holds no lock between calls and the cache may change under it.
     ///
     /// A [`resize`](Self::resize) finished while iterating sends the iterator on to the new
-    /// file, where it skips the keys whose pages it had already visited (a key stored with
-    /// [`multi_set`](Self::multi_set) by the page of its page key), so that each key comes
-    /// once.
+    /// file (whether or not this handle has followed it yet), where it skips the keys whose
+    /// pages it had already visited (a key stored with [`multi_set`](Self::multi_set) by the
+    /// page of its page key), so that each key comes once.
     pub fn iter(&self) -> Iter {
         Iter {
             cache: self.clone(),
+            file: self.inner.file.arc(),
             next_page: 0,
-            num_pages: self.num_pages(),
             visited: Vec::new(),
             buffered: Vec::new(),
         }
@@ -28,12 +30,15 @@ impl Cache {
         self.iter().map(|r| r.map(|(k, _)| k))
     }
 
-    /// What placed an entry found in `page` (of `num_pages`) with this stored slot hash, if it
-    /// could have been stored under `key`: the key itself (`set`: the key hashes to both), or
-    /// its page key (`multi_set`: the key is `page_key-…` for a page key of this page). A
-    /// resize places an entry by the same bytes, so it is where the entry lives in any file.
+    /// What placed an entry found in `page` (of a file of `num_pages`) with this stored slot
+    /// hash, if it could have been stored under `key`: the key itself (`set`: the key hashes to
+    /// both), or its page key (`multi_set`: the key is `page_key-…` for a page key of this
+    /// page). A resize places an entry by the same bytes, so it is where the entry lives in any
+    /// file.
     fn home(&self, key: &[u8], page: u32, num_pages: u32, slot_hash: u32) -> Option<Loc> {
-        let (key_loc, key_slot_hash) = self.locate(key);
+        // The slot hash of the walked file, which need not be the handle's (a FastMmap hash
+        // splits by the page count).
+        let (key_loc, key_slot_hash) = self.locate_in(key, num_pages);
         if key_slot_hash != slot_hash {
             return None;
         }
@@ -47,15 +52,12 @@ impl Cache {
             .find(|loc| loc.page(num_pages) == page)
     }
 
-    /// The live entries of page `page` of a file of `num_pages` pages, copied out under its
-    /// lock, each with what placed it ([`home`](Self::home)); `None` if the handle's file is no
-    /// longer of that many pages (a resize moved it).
-    fn page_entries(&self, page: u32, num_pages: u32) -> Result<Option<Vec<(Loc, KeyEntry)>>> {
+    /// The live entries of page `page` of `file`, copied out under its lock, each with what
+    /// placed it ([`home`](Self::home)); `None` if a resize moved the page (the walk goes on
+    /// in `file`'s successor).
+    fn page_entries(&self, file: &SharedFile, page: u32) -> Result<Option<Vec<(Loc, KeyEntry)>>> {
         let now = self.now();
-        let file: &SharedFile = &self.inner.file;
-        if file.geometry().num_pages != num_pages {
-            return Ok(None);
-        }
+        let num_pages = file.geometry().num_pages;
         let Some(mut reader) = self.read_page_at(file, page)? else {
             return Ok(None);
         };
@@ -93,13 +95,36 @@ type KeyEntry = (Vec<u8>, Entry);
 /// Iterator over a cache's live entries; see [`Cache::iter`].
 pub struct Iter {
     cache: Cache,
+    /// The file being walked: the handle's when the walk began, then the successor of each
+    /// file a resize moved under the walk. The walk's own cursor, as every operation has (see
+    /// `Cache::follow_moves`): it goes on whether or not the handle has followed. Each file
+    /// keeps its successor alive, and this `Arc` keeps the file.
+    file: Arc<SharedFile>,
     next_page: u32,
-    /// Pages of the file being walked.
-    num_pages: u32,
     /// Files walked before a resize moved them: (pages, pages visited). Keys of visited pages
-    /// are not returned again from the new file.
+    /// are not returned again from a later file.
     visited: Vec<(u32, u32)>,
     buffered: Vec<KeyEntry>,
+}
+
+impl Iter {
+    /// The walk found its page moved: go on in the successor of the file walked. A resize
+    /// that kept the page count (another page size) put every key on the page of the same
+    /// number, so the walk goes on at the page it was at (every page before it holds only
+    /// keys already visited); otherwise from page 0, skipping the keys of visited pages.
+    fn step_to_successor(&mut self) -> Result<()> {
+        if self.visited.len() >= MAX_FOLLOWS {
+            return Err(self.cache.too_many_moves());
+        }
+        let num_pages = self.file.geometry().num_pages;
+        let next = self.file.successor_arc()?;
+        self.visited.push((num_pages, self.next_page));
+        if next.geometry().num_pages != num_pages {
+            self.next_page = 0;
+        }
+        self.file = next;
+        Ok(())
+    }
 }
 
 impl Iterator for Iter {
@@ -110,31 +135,26 @@ impl Iterator for Iter {
             if let Some(item) = self.buffered.pop() {
                 return Some(Ok(item));
             }
-            if self.next_page >= self.num_pages {
+            let num_pages = self.file.geometry().num_pages;
+            if self.next_page >= num_pages {
                 return None;
             }
             let page = self.next_page;
-            match self.cache.page_entries(page, self.num_pages) {
+            let step = match self.cache.page_entries(&self.file, page) {
                 Ok(Some(mut entries)) => {
                     self.next_page += 1;
                     let visited = &self.visited;
                     entries
                         .retain(|(home, _)| visited.iter().all(|&(n, done)| home.page(n) >= done));
                     self.buffered = entries.into_iter().rev().map(|(_, e)| e).collect();
+                    Ok(())
                 }
-                Ok(None) => {
-                    if self.visited.len() >= MAX_FOLLOWS {
-                        self.next_page = self.num_pages;
-                        return Some(Err(self.cache.too_many_moves()));
-                    }
-                    self.visited.push((self.num_pages, self.next_page));
-                    self.num_pages = self.cache.num_pages();
-                    self.next_page = 0;
-                }
-                Err(e) => {
-                    self.next_page = self.num_pages;
-                    return Some(Err(e));
-                }
+                Ok(None) => self.step_to_successor(),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = step {
+                self.next_page = u32::MAX;
+                return Some(Err(e));
             }
         }
     }

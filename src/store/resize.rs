@@ -234,6 +234,19 @@ impl SharedFile {
             None => self.successor_in(&mut lock_registry()),
         }
     }
+
+    /// [`successor`](Self::successor), shared: for a cursor that outlives any borrow of the
+    /// handle (`Cache::iter`'s).
+    ///
+    /// # Errors
+    /// As [`successor`](Self::successor).
+    pub(crate) fn successor_arc(&self) -> Result<Arc<SharedFile>> {
+        self.successor()?;
+        self.successor
+            .get()
+            .cloned()
+            .ok_or_else(|| self.resize_error("the successor was opened but not kept"))
+    }
 }
 
 /// A resizer died between marking the old file moved and renaming the successor over the
@@ -320,6 +333,22 @@ impl Current {
             Ordering::Acquire,
         );
         Ok(())
+    }
+
+    /// The file this handle uses now, shared: for a cursor that outlives any borrow of the
+    /// handle (`Cache::iter`'s). Found from the first file down its chain of successors, where
+    /// `follow` put it.
+    pub(crate) fn arc(&self) -> Arc<SharedFile> {
+        let now = self.now.load(Ordering::Acquire);
+        let mut file = &self._first;
+        while !std::ptr::eq(Arc::as_ptr(file), now) {
+            match file.successor.get() {
+                Some(next) => file = next,
+                // Not reached: `now` is `_first` or a successor `follow` set before storing it.
+                None => break,
+            }
+        }
+        Arc::clone(file)
     }
 }
 
