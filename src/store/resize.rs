@@ -305,16 +305,16 @@ pub(crate) fn successor_path(path: &Path, nonce: u64) -> PathBuf {
 /// following costs the old file's mapping for the handle's life.
 pub(crate) struct Current {
     now: AtomicPtr<SharedFile>,
-    /// The file this handle opened (held for its ownership): the first of the chain of
+    /// The file this handle opened: the first of the chain of
     /// successors `now` points into.
-    _first: Arc<SharedFile>,
+    first: Arc<SharedFile>,
 }
 
 impl Current {
     pub(crate) fn new(file: Arc<SharedFile>) -> Current {
         Current {
             now: AtomicPtr::new(Arc::as_ptr(&file).cast_mut()),
-            _first: file,
+            first: file,
         }
     }
 
@@ -340,11 +340,11 @@ impl Current {
     /// `follow` put it.
     pub(crate) fn arc(&self) -> Arc<SharedFile> {
         let now = self.now.load(Ordering::Acquire);
-        let mut file = &self._first;
+        let mut file = &self.first;
         while !std::ptr::eq(Arc::as_ptr(file), now) {
             match file.successor.get() {
                 Some(next) => file = next,
-                // Not reached: `now` is `_first` or a successor `follow` set before storing it.
+                // Not reached: `now` is `first` or a successor `follow` set before storing it.
                 None => break,
             }
         }
@@ -357,9 +357,9 @@ impl Deref for Current {
 
     #[inline]
     fn deref(&self) -> &SharedFile {
-        // SAFETY: the pointer is `_first`'s, or (by `follow`) the successor of a file it
+        // SAFETY: the pointer is `first`'s, or (by `follow`) the successor of a file it
         // pointed to; each file holds its successor's `Arc` for as long as it lives and never
-        // lets go of it, so by induction from `_first`, which lives as long as `self`, the file
+        // lets go of it, so by induction from `first`, which lives as long as `self`, the file
         // outlives the borrow of `self`.
         unsafe { &*self.now.load(Ordering::Acquire) }
     }
