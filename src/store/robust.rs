@@ -44,6 +44,7 @@ pub(crate) enum Area {
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod imp {
+    use std::cell::UnsafeCell;
     use std::io;
     use std::marker::PhantomData;
     use std::mem::{align_of, size_of};
@@ -92,6 +93,29 @@ mod imp {
         area: Area,
         /// What the file's two areas share.
         set: Arc<Set>,
+        /// Per page, the owner's part of its mutex as this process's holder found it on
+        /// taking it: kept here, in the process's own memory, rather than in the returned
+        /// [`RobustHeld`], so the guard stays small and the snapshot is not copied along the
+        /// lock's return path. Slot `p` is written and read only by the thread holding page
+        /// `p`'s mutex, which orders every holder's use after the previous one's.
+        owners: Box<[OwnerSlot]>,
+    }
+
+    /// One page's [`RobustLocks::owners`] slot.
+    struct OwnerSlot(UnsafeCell<OwnerPart>);
+
+    impl OwnerSlot {
+        fn new() -> OwnerSlot {
+            OwnerSlot(UnsafeCell::new(OwnerPart {
+                word: 0,
+                words: [0; OWNER_WORDS],
+            }))
+        }
+    }
+
+    /// Slots for `num_pages` pages.
+    fn owner_slots(num_pages: u32) -> Box<[OwnerSlot]> {
+        (0..num_pages).map(|_| OwnerSlot::new()).collect()
     }
 
     /// What the page locks and the write-back locks of one file share: they join the openers
@@ -107,16 +131,17 @@ mod imp {
     // outlives it; the only things reached through it are process-shared mutexes, built to be
     // used from any thread of any process.
     unsafe impl Send for RobustLocks {}
-    // SAFETY: as for `Send`; `joined` is atomic.
+    // SAFETY: as for `Send`; `joined` is atomic, and each `owners` slot is touched only by
+    // the thread holding its page's mutex (see `owners`).
     unsafe impl Sync for RobustLocks {}
 
-    /// A held robust page lock: the owner's part of the mutex as it was when the lock was
-    /// taken. Not `Send`: a pthread mutex must be unlocked by the thread that locked it.
+    /// A held robust page lock (the owner's part of the mutex as it was when the lock was
+    /// taken is in [`RobustLocks::owners`]). Not `Send`: a pthread mutex must be unlocked by
+    /// the thread that locked it.
     pub(crate) struct RobustHeld {
         /// The fork generation it was taken in: in a child forked while it was held, the lock
         /// belongs to the parent's thread, and the child's copy of the guard lets go of nothing.
         generation: u32,
-        owner_part: OwnerPart,
         _not_send: PhantomData<*const ()>,
     }
 
@@ -183,6 +208,7 @@ mod imp {
                     joined: AtomicU32::new(u32::MAX),
                     settings: settings_words()?,
                 }),
+                owners: owner_slots(num_pages),
             };
             locks.join(fd, true)?;
             Ok(locks)
@@ -197,6 +223,7 @@ mod imp {
                 num_pages: self.num_pages,
                 area: Area::WriteBack,
                 set: Arc::clone(&self.set),
+                owners: owner_slots(self.num_pages),
             }
         }
 
@@ -303,11 +330,13 @@ mod imp {
                 }
                 e => return Err(LockFailure::Os(io::Error::from_raw_os_error(e))),
             }
-            // SAFETY: we hold `m`, a mutex in the live mapping.
-            let owner_part = unsafe { OwnerPart::read(m) };
+            // SAFETY: we hold `m`, a mutex in the live mapping; the slot of `page` (in range:
+            // `mutex` checked it) is touched only by the thread holding `m`, this one now.
+            unsafe {
+                *self.owners[page as usize].0.get() = OwnerPart::read(m);
+            }
             Ok(RobustHeld {
                 generation,
-                owner_part,
                 _not_send: PhantomData,
             })
         }
@@ -322,10 +351,12 @@ mod imp {
             }
             let m = self.mutex(page);
             // SAFETY: we hold `m` (RobustHeld is not Send, and only the drop of the guard that
-            // owns it releases it, once).
+            // owns it releases it, once), so the slot of `page`, which only the holder of `m`
+            // touches, holds what `acquire` found.
             unsafe {
-                if OwnerPart::read(m) != held.owner_part {
-                    held.owner_part.write(m);
+                let owner_part = *self.owners[page as usize].0.get();
+                if OwnerPart::read(m) != owner_part {
+                    owner_part.write(m);
                 }
             }
             // SAFETY: this thread locked `m` in `acquire` (RobustHeld is not Send) and has not
@@ -499,6 +530,45 @@ mod imp {
                 };
                 write_back.release(page, &b);
                 pages.release(page, &a);
+            }
+        }
+
+        #[test]
+        fn owner_words_damaged_while_held_are_put_back_before_unlocking() {
+            let num_pages = 2;
+            let file = tempfile::tempfile().unwrap();
+            file.set_len(header::header_size(num_pages, 0) as u64)
+                .unwrap();
+            let map = memmap2::MmapOptions::new().map_raw(&file).unwrap();
+            let fd = file.as_raw_fd();
+            let pages = RobustLocks::open(fd, &map, num_pages).unwrap();
+            let write_back = pages.write_back();
+            for round in 0..3u8 {
+                // Both areas held at once, so each one's robust-list links name the other.
+                let Ok(a) = pages.acquire(fd, 1, None) else {
+                    panic!("page lock, round {round}");
+                };
+                let Ok(b) = write_back.acquire(fd, 1, None) else {
+                    panic!("write-back lock, round {round}");
+                };
+                for m in [pages.mutex(1), write_back.mutex(1)] {
+                    let base = m.cast::<u8>();
+                    // SAFETY: this thread holds `m`, MUTEX_SIZE bytes in the live mapping; the
+                    // owner's part (after the futex word) is scribbled over, as a hostile
+                    // process might.
+                    unsafe { std::ptr::write_bytes(base.add(4), 0xa5 ^ round, MUTEX_SIZE - 4) };
+                }
+                write_back.release(1, &b);
+                pages.release(1, &a);
+                // Unlocked, and the settings intact: taken again at once, without waiting.
+                let Ok(a) = pages.acquire(fd, 1, Some(Instant::now())) else {
+                    panic!("page lock not released whole, round {round}");
+                };
+                let Ok(b) = write_back.acquire(fd, 1, Some(Instant::now())) else {
+                    panic!("write-back lock not released whole, round {round}");
+                };
+                write_back.release(1, &b);
+                pages.release(1, &a);
             }
         }
     }
