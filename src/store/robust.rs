@@ -503,16 +503,22 @@ mod imp {
 
         use super::*;
 
-        #[test]
-        fn page_and_write_back_locks_are_one_set_with_two_areas() {
-            let num_pages = 3;
+        /// A header of `num_pages` pages in an unnamed file, mapped, and its two lock areas
+        /// (the file and mapping are returned to keep them alive).
+        fn locks(num_pages: u32) -> (std::fs::File, memmap2::MmapRaw, RobustLocks, RobustLocks) {
             let file = tempfile::tempfile().unwrap();
             file.set_len(header::header_size(num_pages, 0) as u64)
                 .unwrap();
             let map = memmap2::MmapOptions::new().map_raw(&file).unwrap();
-            let fd = file.as_raw_fd();
-            let pages = RobustLocks::open(fd, &map, num_pages).unwrap();
+            let pages = RobustLocks::open(file.as_raw_fd(), &map, num_pages).unwrap();
             let write_back = pages.write_back();
+            (file, map, pages, write_back)
+        }
+
+        #[test]
+        fn page_and_write_back_locks_are_one_set_with_two_areas() {
+            let (file, _map, pages, write_back) = locks(3);
+            let fd = file.as_raw_fd();
             // Joined once, by the opener, for both areas; one template of settings.
             assert!(Arc::ptr_eq(&pages.set, &write_back.set));
             assert_eq!(
@@ -520,7 +526,7 @@ mod imp {
                 fork::generation()
             );
             // Two areas: a page's two locks are two mutexes, held at once.
-            for page in 0..num_pages {
+            for page in 0..pages.num_pages {
                 assert_ne!(pages.mutex(page), write_back.mutex(page));
                 let Ok(a) = pages.acquire(fd, page, None) else {
                     panic!("page lock {page}");
@@ -535,14 +541,8 @@ mod imp {
 
         #[test]
         fn owner_words_damaged_while_held_are_put_back_before_unlocking() {
-            let num_pages = 2;
-            let file = tempfile::tempfile().unwrap();
-            file.set_len(header::header_size(num_pages, 0) as u64)
-                .unwrap();
-            let map = memmap2::MmapOptions::new().map_raw(&file).unwrap();
+            let (file, _map, pages, write_back) = locks(2);
             let fd = file.as_raw_fd();
-            let pages = RobustLocks::open(fd, &map, num_pages).unwrap();
-            let write_back = pages.write_back();
             for round in 0..3u8 {
                 // Both areas held at once, so each one's robust-list links name the other.
                 let Ok(a) = pages.acquire(fd, 1, None) else {
