@@ -921,21 +921,7 @@ fn an_iteration_across_a_resize_yields_every_key_once() {
             let dir = temp_dir();
             let path = dir.path().join("cache");
             let cache = open(kind, &path, from);
-            let mut expected = std::collections::BTreeSet::new();
-            for i in 0..300 {
-                cache.set(&key(i), b"v").expect("set");
-                expected.insert(key(i));
-            }
-            for p in 0..40 {
-                let page_key = format!("group{p}");
-                let pairs: Vec<(Vec<u8>, &[u8])> = (0..5)
-                    .map(|j| (format!("member{j}").into_bytes(), &b"w"[..]))
-                    .collect();
-                cache
-                    .multi_set(page_key.as_bytes(), &pairs)
-                    .expect("multi_set");
-                expected.extend((0..5).map(|j| format!("{page_key}-member{j}").into_bytes()));
-            }
+            let expected = fill_for_iteration(&cache);
             let mut iter = cache.iter();
             let mut seen: Vec<Vec<u8>> = (0..200)
                 .map(|_| iter.next().expect("more keys").expect("an entry").0)
