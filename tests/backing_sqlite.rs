@@ -9,54 +9,33 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use fastmmap::{Backing, BackingError, Cache, Layout, WriteMode};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use common::{Children, Exit, Rng};
+use common::{Children, Exit, PerProcessConnection, Rng};
 
 /// The database as a backing store. A connection is opened lazily in each process (a SQLite
 /// connection must not cross a fork). A store overwrites what the row holds, and the row
 /// remembers the highest round it ever held (`top`): the cache must write a page's values
 /// back in order, so a row never ends below its `top`.
-struct Sql {
-    path: PathBuf,
-    conn: Mutex<Option<(u32, Connection)>>,
-}
+struct Sql(PerProcessConnection);
 
 impl Sql {
     fn new(path: &Path) -> Sql {
-        let conn = Connection::open(path).unwrap();
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             CREATE TABLE kv (k BLOB PRIMARY KEY, v BLOB NOT NULL, round INTEGER NOT NULL,
+        Sql(PerProcessConnection::create(
+            path,
+            "CREATE TABLE kv (k BLOB PRIMARY KEY, v BLOB NOT NULL, round INTEGER NOT NULL,
                               top INTEGER NOT NULL);",
-        )
-        .unwrap();
-        Sql {
-            path: path.to_path_buf(),
-            conn: Mutex::new(None),
-        }
+        ))
     }
 
     fn with<T>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, BackingError> {
-        let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let pid = std::process::id();
-        if slot.as_ref().is_none_or(|(owner, _)| *owner != pid) {
-            // A connection inherited through fork is the parent's: forget it, never use it.
-            if let Some((_, inherited)) = slot.take() {
-                std::mem::forget(inherited);
-            }
-            let conn = Connection::open(&self.path)?;
-            conn.busy_timeout(Duration::from_secs(60))?;
-            *slot = Some((pid, conn));
-        }
-        Ok(f(&slot.as_ref().expect("opened").1)?)
+        self.0.with(f)
     }
 }
 

@@ -64,40 +64,21 @@ impl Backing for Dir {
 /// SQLite (rusqlite) as a backing store shared by forked processes: a connection is opened
 /// lazily in each process (one must not cross a fork), as in `tests/backing_sqlite.rs`.
 #[derive(Clone)]
-struct Sql {
-    path: PathBuf,
-    conn: Arc<std::sync::Mutex<Option<(u32, rusqlite::Connection)>>>,
-}
+struct Sql(Arc<PerProcessConnection>);
 
 impl Sql {
     fn new(path: &Path) -> Sql {
-        let conn = rusqlite::Connection::open(path).expect("open the database");
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; CREATE TABLE kv (k BLOB PRIMARY KEY, v BLOB NOT NULL);",
-        )
-        .expect("create the table");
-        Sql {
-            path: path.to_path_buf(),
-            conn: Arc::new(std::sync::Mutex::new(None)),
-        }
+        Sql(Arc::new(PerProcessConnection::create(
+            path,
+            "CREATE TABLE kv (k BLOB PRIMARY KEY, v BLOB NOT NULL);",
+        )))
     }
 
     fn with<T>(
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
     ) -> Result<T, BackingError> {
-        let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let pid = std::process::id();
-        if slot.as_ref().is_none_or(|(owner, _)| *owner != pid) {
-            // A connection inherited through fork is the parent's: forget it, never use it.
-            if let Some((_, inherited)) = slot.take() {
-                std::mem::forget(inherited);
-            }
-            let conn = rusqlite::Connection::open(&self.path)?;
-            conn.busy_timeout(Duration::from_secs(60))?;
-            *slot = Some((pid, conn));
-        }
-        Ok(f(&slot.as_ref().expect("opened").1)?)
+        self.0.with(f)
     }
 }
 

@@ -849,3 +849,47 @@ impl Board {
         (n, Duration::from_micros(at))
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// SQLite across forks
+
+/// A SQLite connection opened lazily in each process that uses it: a connection must not
+/// cross a fork, so one inherited from the parent is forgotten (never used, never closed)
+/// and the child opens its own. Each backing store over SQLite in the tests keeps one.
+pub struct PerProcessConnection {
+    path: std::path::PathBuf,
+    slot: Mutex<Option<(u32, rusqlite::Connection)>>,
+}
+
+impl PerProcessConnection {
+    /// Creates the database at `path` with `schema` (in WAL mode), for connections opened
+    /// later.
+    pub fn create(path: &Path, schema: &str) -> PerProcessConnection {
+        let conn = rusqlite::Connection::open(path).expect("open the database");
+        conn.execute_batch(&format!("PRAGMA journal_mode = WAL; {schema}"))
+            .expect("create the schema");
+        PerProcessConnection {
+            path: path.to_path_buf(),
+            slot: Mutex::new(None),
+        }
+    }
+
+    /// Runs `f` on this process's connection, opening it (with a 60 s busy timeout) if this
+    /// process has none yet.
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, fastmmap::BackingError> {
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = std::process::id();
+        if slot.as_ref().is_none_or(|(owner, _)| *owner != pid) {
+            if let Some((_, inherited)) = slot.take() {
+                std::mem::forget(inherited);
+            }
+            let conn = rusqlite::Connection::open(&self.path)?;
+            conn.busy_timeout(Duration::from_secs(60))?;
+            *slot = Some((pid, conn));
+        }
+        Ok(f(&slot.as_ref().expect("opened").1)?)
+    }
+}
