@@ -241,6 +241,11 @@ impl SharedFile {
         let total = area.geometry.blocks;
         let needed = area.blocks_for(value.len());
         let owner = page + 1;
+        // Counted before the claims, so that a process killed among them leaves the owned word
+        // too high, never too low: the page's next settle then sweeps (a journaled change's
+        // claims are made with the busy marker clear, and no reset frees them).
+        let owned = self.overflow_owned(page);
+        self.set_owned(area, page, owned.saturating_add(needed as u32));
         let mut claimed: Vec<u32> = Vec::with_capacity(needed);
         let start = area.hand.load(Ordering::Relaxed) % total;
         for i in 0..total {
@@ -264,6 +269,7 @@ impl SharedFile {
             for &block in &claimed {
                 self.free_block(area, block);
             }
+            self.set_owned(area, page, owned);
             return Err(Full {
                 needed: needed as u32,
                 free: claimed.len() as u32,
@@ -295,8 +301,6 @@ impl SharedFile {
         let last = *claimed.last().expect("at least one block");
         area.hand
             .store(last.wrapping_add(1) % total, Ordering::Relaxed);
-        let owned = self.overflow_owned(page);
-        self.set_owned(area, page, owned.saturating_add(needed as u32));
         Ok(Reference {
             first: claimed[0],
             blocks: needed as u32,
