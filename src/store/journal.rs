@@ -70,6 +70,8 @@ pub(crate) const JOURNAL_MAGIC: u32 = u32::from_be_bytes(*b"JRNL");
 /// The page and its copy are compared in chunks of this many bytes: a chunk that differs is
 /// journaled whole, and neighbouring ones make one extent.
 pub(crate) const CHUNK: usize = 64;
+/// Unchanged bytes are skipped this many at a time before chunks are compared.
+const SPAN: usize = 16 * CHUNK;
 /// How long a change waits for the journal while other pages' changes hold it (each holds
 /// it for one page copy): past it, the change is refused and nothing changes.
 pub(crate) const JOURNAL_WAIT: Duration = Duration::from_secs(10);
@@ -186,6 +188,12 @@ fn write_record(rec: &mut [u8], page: u32, old: &[u8], new: &[u8]) -> Result<u32
     let same = |i: usize| old[i..i + CHUNK] == new[i..i + CHUNK];
     let (size, mut i, mut at, mut count) = (old.len().min(new.len()), 0, RECORD_EXTENTS_OFFSET, 0);
     while i + CHUNK <= size {
+        // Most of a page is unchanged: whole spans are compared first, chunks only inside a
+        // span that differs.
+        if i % SPAN == 0 && i + SPAN <= size && old[i..i + SPAN] == new[i..i + SPAN] {
+            i += SPAN;
+            continue;
+        }
         if same(i) {
             i += CHUNK;
             continue;
