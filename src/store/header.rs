@@ -373,6 +373,31 @@ mod tests {
     }
 
     #[test]
+    fn a_journal_size_is_the_page_size_and_its_room_or_nothing() {
+        let mut buf = vec![0u8; PAGE_TABLE_OFFSET];
+        let with_journal = FileHeader {
+            journal_size: 65536 + JOURNAL_ROOM,
+            ..sample()
+        };
+        with_journal.encode(&mut buf);
+        assert_eq!(FileHeader::decode(&buf), Ok(with_journal));
+        for bad in [1, 4096, 65536, 65536 + 2 * JOURNAL_ROOM, u32::MAX] {
+            let h = FileHeader {
+                journal_size: bad,
+                ..sample()
+            };
+            h.encode(&mut buf);
+            match FileHeader::decode(&buf) {
+                Err(HeaderError::Bad(reason)) => {
+                    assert!(reason.contains("journal_size"), "{reason}")
+                }
+                other => panic!("journal_size {bad}: {other:?}"),
+            }
+        }
+        assert_eq!(journal_size(u32::MAX), None);
+    }
+
+    #[test]
     fn overflow_fields_that_disagree_are_refused() {
         let bad = [
             (0, 4096, 0),
