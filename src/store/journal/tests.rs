@@ -371,6 +371,66 @@ fn a_re_application_killed_at_any_step_is_completed_by_the_next_locker() {
     }
 }
 
+/// Journaled changes of different pages at once, by two processes and two threads, share the
+/// one journal: every change lands, and the journal ends free.
+#[test]
+fn changes_of_many_pages_at_once_share_the_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    const ROUNDS: u32 = 150;
+    for kind in kinds() {
+        let file = open(&dir, &format!("many-{kind:?}"), kind);
+        let slots = file.geometry().start_slots;
+        let work = |page: u32| {
+            for i in 0..ROUNDS {
+                let mut g = file.lock(page, TIMEOUT).expect("lock");
+                let key = format!("k{i}");
+                let value = large(i as u8, 20 + 10 * (i as usize % 7));
+                g.change_journaled(|p, _| {
+                    p.store(&entry(key.as_bytes(), &value, 0), NOW, slots)
+                        .map(drop)
+                })
+                .expect("journaled change");
+            }
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                assert_eq!(
+                    in_child(|| {
+                        work(0);
+                        0
+                    }),
+                    0
+                )
+            });
+            s.spawn(|| {
+                assert_eq!(
+                    in_child(|| {
+                        work(3);
+                        0
+                    }),
+                    0
+                )
+            });
+            s.spawn(|| work(1));
+            work(2);
+        });
+        for page in 0..PAGES {
+            let found = contents(&file, page);
+            for i in 0..ROUNDS {
+                let key = format!("k{i}");
+                let value = large(i as u8, 20 + 10 * (i as usize % 7));
+                assert_eq!(
+                    found.get(key.as_bytes()),
+                    Some(&value),
+                    "{kind:?} page {page} {key}"
+                );
+            }
+            assert_eq!(file.resets(page), 0);
+        }
+        assert_eq!(writer_word(&file), 0);
+    }
+}
+
 #[test]
 fn a_shared_lock_completes_the_change_too() {
     let dir = tempfile::tempdir().expect("tempdir");
