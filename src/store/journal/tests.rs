@@ -487,6 +487,26 @@ fn a_failing_change_changes_nothing_and_frees_its_blocks() {
 }
 
 #[test]
+fn a_page_found_damaged_before_the_copy_is_reset_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = open(&dir, "damaged", LockKind::Fcntl);
+    users_write(&file);
+    let mut g = file.lock(P, TIMEOUT).expect("lock");
+    g.bytes()[..4].fill(0xee);
+    let mut ran = false;
+    let r = g.change_journaled(|_, _| {
+        ran = true;
+        Ok(())
+    });
+    assert!(r.is_err() && !ran);
+    drop(g);
+    assert_eq!(file.resets(P), 1);
+    assert!(contents(&file, P).is_empty());
+    assert_area_clean(&file);
+    assert_eq!(writer_word(&file), 0);
+}
+
+#[test]
 fn a_file_without_a_journal_refuses_and_runs_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file =
