@@ -72,14 +72,17 @@ pub(crate) const JOURNAL_MAGIC: u32 = u32::from_be_bytes(*b"JRNL");
 pub(crate) const CHUNK: usize = 64;
 /// Unchanged bytes are skipped this many at a time before chunks are compared.
 const SPAN: usize = 16 * CHUNK;
-/// How long a change waits for the journal while other pages' changes hold it (each holds
-/// it for one page copy): past it, the change is refused and nothing changes.
+/// How long a change waits by default for the journal while other pages' changes hold it
+/// (each holds it for one page copy): past it, the change is refused and nothing changes.
+/// [`SharedFile::set_journal_wait`] sets another.
 pub(crate) const JOURNAL_WAIT: Duration = Duration::from_secs(10);
 
 /// Where a file's journal region is.
 pub(crate) struct Journal {
     offset: usize,
     size: usize,
+    /// How long a change waits for the journal, in milliseconds (this process's setting).
+    wait_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Journal {
@@ -88,6 +91,7 @@ impl Journal {
         (size != 0).then_some(Journal {
             offset: offset as usize,
             size: size as usize,
+            wait_ms: std::sync::atomic::AtomicU64::new(JOURNAL_WAIT.as_millis() as u64),
         })
     }
 }
@@ -252,6 +256,17 @@ impl SharedFile {
         self.journal.is_some()
     }
 
+    /// Sets how long a journaled change of this file, in this process, waits for the journal
+    /// while changes of other pages hold it ([`JOURNAL_WAIT`] until set; a resizer may pass
+    /// its lock timeout). No journal: nothing to set.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn set_journal_wait(&self, wait: Duration) {
+        if let Some(j) = &self.journal {
+            let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            j.wait_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
     /// The journal's writer word (`None`: no journal, or mapped read-only).
     fn journal_writer(&self) -> Option<&AtomicU32> {
         let j = self.journal.as_ref()?;
@@ -362,14 +377,18 @@ impl SharedFile {
     }
 
     /// Claims the journal for a change of `page` (whose lock the caller holds), waiting at
-    /// most [`JOURNAL_WAIT`] for the changes of other pages that hold it, and taking it from
-    /// dead ones.
+    /// most the journal's wait ([`JOURNAL_WAIT`] unless set) for the changes of other pages
+    /// that hold it, and taking it from dead ones.
     fn journal_claim(&self, page: u32) -> Result<(), Corrupt> {
-        let writer = self.journal_writer().ok_or(Corrupt(
-            "a journaled change asked of a file without a journal",
-        ))?;
+        let (Some(j), Some(writer)) = (&self.journal, self.journal_writer()) else {
+            return Err(Corrupt(
+                "a journaled change asked of a file without a journal",
+            ));
+        };
         let mine = page + 1;
-        let deadline = Instant::now() + JOURNAL_WAIT;
+        let wait = Duration::from_millis(j.wait_ms.load(Ordering::Relaxed));
+        // A wait too long to represent is as good as none.
+        let deadline = Instant::now().checked_add(wait);
         let mut pause = Duration::from_micros(20);
         loop {
             let held = match writer.compare_exchange(0, mine, Ordering::Acquire, Ordering::Acquire)
@@ -393,7 +412,7 @@ impl SharedFile {
                 }
                 Some(q) => self.journal_take_over(q),
             }
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Corrupt(
                     "the file's journal stayed held by another page's change",
                 ));
@@ -438,7 +457,8 @@ impl PageGuard<'_> {
     /// the error is returned; a page found damaged before the copy is reset, as
     /// [`change`](Self::change) does. A file without a journal refuses (`Err`, `f` not run):
     /// falling back to an ordinary change would lose what the caller asked for silently. So
-    /// does a journal that other pages' changes hold past [`JOURNAL_WAIT`]. Blocks claimed by
+    /// does a journal that other pages' changes hold past its wait
+    /// ([`SharedFile::set_journal_wait`], [`JOURNAL_WAIT`] by default). Blocks claimed by
     /// a change killed before its marker was set are freed by the page's next structural
     /// change (its settle) or by [`sweep_overflow`](Self::sweep_overflow).
     // Called by the page-at-a-time resize (another branch) and by this module's tests.

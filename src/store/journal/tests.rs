@@ -486,6 +486,50 @@ fn a_failing_change_changes_nothing_and_frees_its_blocks() {
     assert_eq!(writer_word(&file), 0);
 }
 
+/// A live change of another page holding the journal past the wait: the change is refused,
+/// nothing changed, its blocks freed, and the holder keeps the journal.
+#[test]
+fn a_journal_held_by_a_live_change_past_the_wait_refuses_the_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = open(&dir, "held", LockKind::Fcntl);
+    let before = users_write(&file);
+    file.set_journal_wait(Duration::from_millis(100));
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let holder = &file;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let file = holder;
+            // As a change of `Q` in progress: its lock held, the journal claimed for it.
+            let g = file.lock(Q, TIMEOUT).expect("lock");
+            file.journal_claim(Q).expect("claim");
+            held_tx.send(()).expect("send");
+            let _ = done_rx.recv_timeout(Duration::from_secs(30));
+            file.journal_give_up(Q);
+            drop(g);
+        });
+        held_rx.recv_timeout(Duration::from_secs(30)).expect("held");
+        let start = Instant::now();
+        let mut g = file.lock(P, TIMEOUT).expect("lock");
+        let r = g.change_journaled(the_change);
+        drop(g);
+        assert!(r.is_err(), "{r:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "waited past any bound"
+        );
+        assert_eq!(
+            writer_word(&file),
+            Q + 1,
+            "the live holder lost the journal"
+        );
+        assert!(contents(&file, P) == before);
+        done_tx.send(()).expect("send");
+    });
+    assert_eq!(writer_word(&file), 0);
+    assert_area_clean(&file);
+}
+
 #[test]
 fn a_page_found_damaged_before_the_copy_is_reset_and_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
