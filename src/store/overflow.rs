@@ -19,7 +19,10 @@
 //! Claiming, writing, linking the entry and freeing replaced blocks all happen inside the
 //! page's structural change, under its busy marker. A process killed anywhere in it leaves the
 //! marker set; the next locker resets the page, and a reset frees every block the page owns.
-//! Blocks left owned but unreferenced for any other reason (a damaged file) are found by
+//! A journaled change (`journal.rs`) claims and writes its blocks before it sets any marker:
+//! killed then, it leaves them owned by the page and referenced by nothing, with the page's
+//! owned word raised before the claims, so the page's next settle sweeps them. Blocks left
+//! owned but unreferenced for any other reason (a damaged file) are found by
 //! [`SharedFile::overflow_sweep`], which `check` runs on every page.
 //!
 //! # Readers
@@ -233,7 +236,9 @@ impl SharedFile {
 
     /// Writes `value` to newly claimed blocks owned by `page` and returns its reference.
     /// Call it holding `page`'s lock, inside a structural change (busy marker set): a process
-    /// killed here leaves the page to be reset, which frees the blocks.
+    /// killed here leaves the page to be reset, which frees the blocks. Or inside a journaled
+    /// change's closure (marker clear): killed there, the blocks stay owned and unreferenced,
+    /// with the owned word counting them, and the page's next settle or sweep frees them.
     pub(crate) fn overflow_write(&self, page: u32, value: &[u8]) -> Result<Reference, Full> {
         let Some(area) = &self.overflow else {
             return Err(Full { needed: 1, free: 0 });

@@ -225,7 +225,8 @@ impl SharedFile {
     }
 
     /// Locks `page` for a change and leaves it as it is, however damaged (for checks and
-    /// repairs).
+    /// repairs), its busy marker too (a journaled change is completed by [`lock`](Self::lock)
+    /// and [`lock_shared`](Self::lock_shared), not here).
     #[inline]
     pub(crate) fn lock_as_is(
         &self,
