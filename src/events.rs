@@ -88,6 +88,19 @@ pub(crate) fn page_reset(path: &Path, page: u32, reason: Option<&str>, lost: u32
     }
 }
 
+/// A structural change of page `page` of `path` that a process died making was completed from
+/// the file's journal (see `store/journal.rs`): nothing was lost, and the page was not reset.
+#[cold]
+pub(crate) fn journal_reapplied(path: &Path, page: u32) {
+    #[cfg(feature = "tracing")]
+    tracing::info!(
+        target: target::PAGE,
+        path = %path.display(),
+        page,
+        "journal re-applied: a change a dead process left half made was completed"
+    );
+}
+
 /// A backing store call failed (`error` is the [`Error::Backing`] returned to the caller).
 /// Counted in `Stats::backing_errors`.
 #[cold]

@@ -1062,21 +1062,23 @@ fn well_formed_but_wrong_native_headers_are_refused_untouched() {
     let (path, original) = closed_native_file(dir.path());
     // Field offsets of src/store/header.rs: version 8, header_size 12, page_size 16,
     // num_pages 20, start_slots 24, hash_kind 28, lock_kind 32, byte order 36, overflow_blocks
-    // 40, block_size 44, max_value_size 48.
+    // 40, block_size 44, max_value_size 48, journal_size 52.
     let is_bad = |_: &str, e: &Error| matches!(e, Error::BadHeader { .. });
     // Without a requested geometry the size is wrong; with one, the geometry is.
     let is_size = |how: &str, e: &Error| match how {
         "plain" => matches!(e, Error::WrongSize { .. }),
         _ => matches!(e, Error::GeometryMismatch { .. }),
     };
+    let is_size_only = |_: &str, e: &Error| matches!(e, Error::WrongSize { .. });
     // The file has the default overflow area: an eighth of its pages' bytes.
     let blocks = (native_default_area(NUM_PAGES, PAGE_SIZE) / NATIVE_OVERFLOW_BLOCK_SIZE) as u32;
     assert!(blocks > 0);
     let area = blocks * NATIVE_OVERFLOW_BLOCK_SIZE as u32;
-    let cases: [(&str, usize, u32, &Accept); 17] = [
+    let cases: [(&str, usize, u32, &Accept); 20] = [
         ("version 4", 8, 4, &is_bad),
         ("version 5", 8, 5, &is_bad),
-        ("version 7", 8, 7, &is_bad),
+        ("version 6", 8, 6, &is_bad),
+        ("version 8", 8, 8, &is_bad),
         ("header_size 8192", 12, 8192, &is_bad),
         ("page_size 5000", 16, 5000, &is_bad),
         ("page_size 0", 16, 0, &is_bad),
@@ -1091,6 +1093,14 @@ fn well_formed_but_wrong_native_headers_are_refused_untouched() {
         ("block_size 8192", 44, 8192, &is_bad),
         ("max_value_size 0", 48, 0, &is_bad),
         ("max_value_size over the area", 48, area + 1, &is_bad),
+        ("journal_size not the page's", 52, 4096, &is_bad),
+        // The size a journal of this page size has, in a file made without one.
+        (
+            "journal_size without its region",
+            52,
+            PAGE_SIZE + 4096,
+            &is_size_only,
+        ),
     ];
     for (what, offset, value, ok) in cases {
         std::fs::write(&path, with_field(&original, offset, value)).expect("write");

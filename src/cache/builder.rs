@@ -398,6 +398,7 @@ impl CacheBuilder {
             trust_contents: self.reset || self.verify,
             must_exist: false,
             overflow: self.overflow,
+            journal: false,
         };
         if self.layout == Layout::FastMmap
             && (self.overflow.size.is_some_and(|s| s > 0) || self.overflow.max_value_size.is_some())

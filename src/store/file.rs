@@ -49,6 +49,9 @@ pub(crate) struct OpenRequest {
     pub must_exist: bool,
     /// The overflow area asked for (native layout).
     pub overflow: OverflowRequest,
+    /// A new native file gets a journal region (for `PageGuard::change_journaled`; see
+    /// `journal.rs`). An existing file is opened with whatever its header says.
+    pub journal: bool,
 }
 
 /// The overflow area's settings the builder set explicitly.
@@ -149,6 +152,8 @@ pub(crate) struct Opened {
     pub owner: u32,
     /// The overflow area (none: all zero).
     pub overflow: OverflowGeometry,
+    /// Bytes of the journal region after the overflow area (0: none).
+    pub journal_size: u32,
 }
 
 impl OpenRequest {
@@ -172,9 +177,10 @@ impl OpenRequest {
         self.requested.or_defaults()
     }
 
-    /// Fails unless the file is exactly as long as `g` and `o` need.
-    fn check_size(&self, g: &Geometry, o: &OverflowGeometry, len: u64) -> Result<()> {
-        let expected = self.file_size(g, o);
+    /// Fails unless the file is exactly as long as `g`, `o` and a journal of `journal` bytes
+    /// need.
+    fn check_size(&self, g: &Geometry, o: &OverflowGeometry, journal: u32, len: u64) -> Result<()> {
+        let expected = self.file_size(g, o) + u64::from(journal);
         if len != expected {
             return Err(Error::WrongSize {
                 path: self.path.clone(),
@@ -272,13 +278,14 @@ fn map(req: &OpenRequest, file: &File, len: u64) -> Result<MmapRaw> {
 /// Validates the file `open_checked` opened (a regular file with a trusted owner) and maps it.
 fn open_existing(req: &OpenRequest, file: File, md: &Metadata) -> Result<Opened> {
     let len = md.len();
-    let (geometry, header_size, lock_kind, overflow) = match req.layout {
+    let (geometry, header_size, lock_kind, overflow, journal_size) = match req.layout {
         Layout::Native => check_native(req, &file, len)?,
         Layout::FastMmap => (
             check_fastmmap(req, &file, len)?,
             0,
             LockKind::Fcntl,
             OverflowGeometry::default(),
+            0,
         ),
     };
     if req.read_only && lock_kind == LockKind::Robust {
@@ -299,6 +306,7 @@ fn open_existing(req: &OpenRequest, file: File, md: &Metadata) -> Result<Opened>
         id: (md.dev(), md.ino()),
         owner: md.uid(),
         overflow,
+        journal_size,
     })
 }
 
@@ -336,7 +344,7 @@ fn check_native(
     req: &OpenRequest,
     file: &File,
     len: u64,
-) -> Result<(Geometry, usize, LockKind, OverflowGeometry)> {
+) -> Result<(Geometry, usize, LockKind, OverflowGeometry, u32)> {
     let prefix = read_prefix(req, file, len, header::PAGE_TABLE_OFFSET)?;
     let h = match FileHeader::decode(&prefix) {
         Ok(h) => h,
@@ -402,8 +410,14 @@ fn check_native(
         req.requested.check_against(&geometry, &req.path)?;
         req.overflow.check_against(&h.overflow, &req.path)?;
     }
-    req.check_size(&geometry, &h.overflow, len)?;
-    Ok((geometry, h.header_size as usize, found_kind, h.overflow))
+    req.check_size(&geometry, &h.overflow, h.journal_size, len)?;
+    Ok((
+        geometry,
+        h.header_size as usize,
+        found_kind,
+        h.overflow,
+        h.journal_size,
+    ))
 }
 
 fn check_fastmmap(req: &OpenRequest, file: &File, len: u64) -> Result<Geometry> {
@@ -430,7 +444,7 @@ fn check_fastmmap(req: &OpenRequest, file: &File, len: u64) -> Result<Geometry> 
             });
         }
     }
-    req.check_size(&geometry, &OverflowGeometry::default(), len)?;
+    req.check_size(&geometry, &OverflowGeometry::default(), 0, len)?;
     if !req.trust_contents {
         check_first_page(req, file, &geometry)?;
     }
@@ -481,7 +495,16 @@ fn create(req: &OpenRequest) -> Result<()> {
         }
         Layout::FastMmap => OverflowGeometry::default(),
     };
-    let size = req.file_size(&geometry, &overflow);
+    let journal_size = match (req.layout, req.journal) {
+        (Layout::Native, true) => {
+            header::journal_size(geometry.page_size).ok_or_else(|| Error::InvalidOptions {
+                path: req.path.clone(),
+                reason: "no journal fits this page size".into(),
+            })?
+        }
+        _ => 0,
+    };
+    let size = req.file_size(&geometry, &overflow) + u64::from(journal_size);
     let lock_kind = req.lock_kind.unwrap_or(match req.layout {
         Layout::Native => LockKind::default(),
         Layout::FastMmap => LockKind::Fcntl,
@@ -508,6 +531,7 @@ fn create(req: &OpenRequest) -> Result<()> {
             hash_kind: HASH_XXH3,
             lock_kind: lock_kind.code(),
             overflow,
+            journal_size,
         }
         .encode(&mut bytes[..header::PAGE_TABLE_OFFSET]);
     }

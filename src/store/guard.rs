@@ -47,10 +47,23 @@ impl Locked<'_> {
     /// Why the page is unusable as it is, if it is: its busy marker is set, or its header fails
     /// the check (for validation; operations check the header themselves, once).
     fn problem(&self) -> Option<crate::page::Corrupt> {
-        if self.busy() {
-            return Some(crate::page::Corrupt(
-                "busy marker set: a process died changing the page",
-            ));
+        match self
+            .file
+            .row_word(self.page, header::ROW_BUSY_OFFSET)
+            .unwrap_or(0)
+        {
+            0 => {}
+            super::journal::BUSY_REDO => {
+                return Some(crate::page::Corrupt(
+                    "busy marker at the journal's value: a journaled change waits for a writer \
+                     to complete it",
+                ));
+            }
+            _ => {
+                return Some(crate::page::Corrupt(
+                    "busy marker set: a process died changing the page",
+                ));
+            }
         }
         let g = self.file.geometry;
         PageHeader::read(self.view())
@@ -184,7 +197,8 @@ impl PageGuard<'_> {
     ) -> std::result::Result<T, crate::page::Corrupt> {
         let row = self.0.file.row(self.0.page);
         if let Some(row) = &row {
-            row.busy.store(1, Ordering::Relaxed);
+            row.busy
+                .store(super::journal::BUSY_CHANGE, Ordering::Relaxed);
             std::sync::atomic::fence(Ordering::Release);
         }
         // Blocks of large values the change drops are freed before the busy marker is cleared
@@ -288,7 +302,7 @@ impl PageGuard<'_> {
     }
 
     /// [`reset`](Self::reset), for the fault `reason` (if known), which the event names.
-    fn reset_because(&mut self, reason: Option<&'static str>) {
+    pub(super) fn reset_because(&mut self, reason: Option<&'static str>) {
         let lost = crate::page::count_dirty(self.bytes());
         crate::events::page_reset(&self.0.file.path, self.0.page, reason, lost);
         if lost > 0 {
@@ -299,6 +313,8 @@ impl PageGuard<'_> {
         }
         let (file, page) = (self.0.file, self.0.page);
         file.overflow_free_all(page, true);
+        // A journal claimed for this page by a change that died is this lock holder's to give up.
+        file.journal_give_up(page);
         match file.row(page) {
             Some(row) => {
                 row.resets.fetch_add(1, Ordering::Relaxed);

@@ -9,20 +9,23 @@ use crate::page::consts::{MIN_PAGE_SIZE, PAGE_MAGIC};
 
 /// First eight bytes of a native file.
 pub const FILE_MAGIC: [u8; 8] = *b"fastmmap";
-/// Format version written by this crate. Version 5 added the overflow area for values larger
+/// Format version written by this crate. Version 7 gave the checksummed word at byte 52 to
+/// `journal_size` (the redo journal of crash-atomic page changes, after everything else in the
+/// file; see `journal.rs`) and the busy marker its journal value, `BUSY_REDO`; version 6 files
+/// are refused like older ones (they are caches, to be recreated). Version 5 added the overflow area for values larger
 /// than a page (its geometry in the fixed part, its table after the write-back lock table,
 /// the `FLAG_OVERFLOW` entry bit), the resize words (bytes 72..128 of the fixed part and
 /// the moved word of each page row), the read count in the entry flags and a ghost record of
 /// 16-bit fingerprints; version 4 added the pages' eviction policy state (the
 /// protected flag and the ghost record); version 3 the write-back lock table. Older files are
 /// refused with a clear error: they are caches, to be recreated.
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 /// Written native-endian; reads back differently on a machine of the other byte order.
 pub const BYTE_ORDER_MARK: u32 = 0x0102_0304;
 
 // Fixed part, native-endian:
 // | magic [8] | version | header_size | page_size | num_pages | start_slots | hash_kind |
-// | lock_kind | byte_order | overflow_blocks | block_size | max_value_size | reserved [4] |
+// | lock_kind | byte_order | overflow_blocks | block_size | max_value_size | journal_size |
 // | checksum u64 (xxh3 of bytes 0..56) |
 // | openers byte (shared fcntl lock of every opener) | reserved … up to PAGE_TABLE_OFFSET |
 pub const FILE_MAGIC_OFFSET: usize = 0;
@@ -40,8 +43,10 @@ pub const OVERFLOW_BLOCKS_OFFSET: usize = BYTE_ORDER_OFFSET + 4;
 pub const BLOCK_SIZE_OFFSET: usize = OVERFLOW_BLOCKS_OFFSET + 4;
 /// The largest value stored in the overflow area (0 when there is no area).
 pub const MAX_VALUE_SIZE_OFFSET: usize = BLOCK_SIZE_OFFSET + 4;
-pub const RESERVED_OFFSET: usize = MAX_VALUE_SIZE_OFFSET + 4;
-pub const CHECKSUM_OFFSET: usize = RESERVED_OFFSET + 4;
+/// Bytes of the journal region after the overflow area (0: no journal; otherwise exactly
+/// [`journal_size`] of the page size).
+pub const JOURNAL_SIZE_OFFSET: usize = MAX_VALUE_SIZE_OFFSET + 4;
+pub const CHECKSUM_OFFSET: usize = JOURNAL_SIZE_OFFSET + 4;
 /// Every opener of a robust-locked file holds a shared fcntl lock on this byte.
 pub const OPENERS_LOCK_OFFSET: usize = CHECKSUM_OFFSET + 8;
 // Resize words, after the openers byte and reserved bytes 65..72; not checksummed, changed
@@ -104,6 +109,8 @@ pub struct FileHeader {
     pub lock_kind: u32,
     /// The overflow area: blocks, bytes per block, largest value (all 0: no area).
     pub overflow: OverflowGeometry,
+    /// Bytes of the journal region (0: none).
+    pub journal_size: u32,
 }
 
 /// The overflow area of a native file: values too large for their page live here.
@@ -160,6 +167,17 @@ impl OverflowGeometry {
         }
         Ok(())
     }
+}
+
+/// Room of a journal region beyond one page's bytes: the record's header and its extents'
+/// headers (at most one per two 64-byte chunks of the page), rounded up to keep the region's
+/// end on a 4096-byte boundary.
+pub const JOURNAL_ROOM: u32 = 4096;
+
+/// The `journal_size` of a file of `page_size` pages that has a journal (`None`: no such
+/// size, a page size no file can have).
+pub fn journal_size(page_size: u32) -> Option<u32> {
+    page_size.checked_add(JOURNAL_ROOM)
 }
 
 /// Most overflow blocks a file may have (1 TiB of 4 KiB blocks).
@@ -242,7 +260,7 @@ impl FileHeader {
         put(buf, OVERFLOW_BLOCKS_OFFSET, self.overflow.blocks);
         put(buf, BLOCK_SIZE_OFFSET, self.overflow.block_size);
         put(buf, MAX_VALUE_SIZE_OFFSET, self.overflow.max_value_size);
-        buf[RESERVED_OFFSET..CHECKSUM_OFFSET].fill(0);
+        put(buf, JOURNAL_SIZE_OFFSET, self.journal_size);
         let sum = xxh3_64(&buf[..CHECKSUM_OFFSET]);
         buf[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8].copy_from_slice(&sum.to_ne_bytes());
     }
@@ -298,8 +316,16 @@ impl FileHeader {
                 block_size: word(buf, BLOCK_SIZE_OFFSET),
                 max_value_size: word(buf, MAX_VALUE_SIZE_OFFSET),
             },
+            journal_size: word(buf, JOURNAL_SIZE_OFFSET),
         };
         h.overflow.validate().map_err(HeaderError::Bad)?;
+        if h.journal_size != 0 && Some(h.journal_size) != journal_size(h.page_size) {
+            return Err(HeaderError::Bad(format!(
+                "journal_size {} does not fit page size {} (a journal is the page size + {} \
+                 bytes)",
+                h.journal_size, h.page_size, JOURNAL_ROOM
+            )));
+        }
         if h.header_size as usize != header_size(h.num_pages, h.overflow.blocks) {
             return Err(HeaderError::Bad(format!(
                 "header size {} does not match {} pages",
@@ -324,6 +350,7 @@ mod tests {
             hash_kind: 1,
             lock_kind: 1,
             overflow: OverflowGeometry::default(),
+            journal_size: 0,
         }
     }
 
@@ -343,6 +370,31 @@ mod tests {
         };
         with_area.encode(&mut buf);
         assert_eq!(FileHeader::decode(&buf), Ok(with_area));
+    }
+
+    #[test]
+    fn a_journal_size_is_the_page_size_and_its_room_or_nothing() {
+        let mut buf = vec![0u8; PAGE_TABLE_OFFSET];
+        let with_journal = FileHeader {
+            journal_size: 65536 + JOURNAL_ROOM,
+            ..sample()
+        };
+        with_journal.encode(&mut buf);
+        assert_eq!(FileHeader::decode(&buf), Ok(with_journal));
+        for bad in [1, 4096, 65536, 65536 + 2 * JOURNAL_ROOM, u32::MAX] {
+            let h = FileHeader {
+                journal_size: bad,
+                ..sample()
+            };
+            h.encode(&mut buf);
+            match FileHeader::decode(&buf) {
+                Err(HeaderError::Bad(reason)) => {
+                    assert!(reason.contains("journal_size"), "{reason}")
+                }
+                other => panic!("journal_size {bad}: {other:?}"),
+            }
+        }
+        assert_eq!(journal_size(u32::MAX), None);
     }
 
     #[test]
@@ -381,7 +433,7 @@ mod tests {
         assert_eq!(ROW_MOVED_OFFSET + 4, ROW_SIZE);
         assert_eq!(RESIZE_LOCK_OFFSET, 72);
         const { assert!(RESIZE_WORDS_END <= PAGE_TABLE_OFFSET) };
-        assert_eq!(RESERVED_OFFSET, 52);
+        assert_eq!(JOURNAL_SIZE_OFFSET, 52);
         assert_eq!(CHECKSUM_OFFSET, 56);
         assert_eq!(header_size(1, 0), 4096);
         assert_eq!(header_size(31, 0), 4096);

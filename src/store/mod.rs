@@ -22,6 +22,7 @@ mod fork;
 mod geometry;
 mod guard;
 pub(crate) mod header;
+mod journal;
 mod layout;
 mod lock;
 mod optimistic;

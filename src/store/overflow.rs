@@ -19,7 +19,10 @@
 //! Claiming, writing, linking the entry and freeing replaced blocks all happen inside the
 //! page's structural change, under its busy marker. A process killed anywhere in it leaves the
 //! marker set; the next locker resets the page, and a reset frees every block the page owns.
-//! Blocks left owned but unreferenced for any other reason (a damaged file) are found by
+//! A journaled change (`journal.rs`) claims and writes its blocks before it sets any marker:
+//! killed then, it leaves them owned by the page and referenced by nothing, with the page's
+//! owned word raised before the claims, so the page's next settle sweeps them. Blocks left
+//! owned but unreferenced for any other reason (a damaged file) are found by
 //! [`SharedFile::overflow_sweep`], which `check` runs on every page.
 //!
 //! # Readers
@@ -233,7 +236,9 @@ impl SharedFile {
 
     /// Writes `value` to newly claimed blocks owned by `page` and returns its reference.
     /// Call it holding `page`'s lock, inside a structural change (busy marker set): a process
-    /// killed here leaves the page to be reset, which frees the blocks.
+    /// killed here leaves the page to be reset, which frees the blocks. Or inside a journaled
+    /// change's closure (marker clear): killed there, the blocks stay owned and unreferenced,
+    /// with the owned word counting them, and the page's next settle or sweep frees them.
     pub(crate) fn overflow_write(&self, page: u32, value: &[u8]) -> Result<Reference, Full> {
         let Some(area) = &self.overflow else {
             return Err(Full { needed: 1, free: 0 });
@@ -241,6 +246,11 @@ impl SharedFile {
         let total = area.geometry.blocks;
         let needed = area.blocks_for(value.len());
         let owner = page + 1;
+        // Counted before the claims, so that a process killed among them leaves the owned word
+        // too high, never too low: the page's next settle then sweeps (a journaled change's
+        // claims are made with the busy marker clear, and no reset frees them).
+        let owned = self.overflow_owned(page);
+        self.set_owned(area, page, owned.saturating_add(needed as u32));
         let mut claimed: Vec<u32> = Vec::with_capacity(needed);
         let start = area.hand.load(Ordering::Relaxed) % total;
         for i in 0..total {
@@ -264,6 +274,7 @@ impl SharedFile {
             for &block in &claimed {
                 self.free_block(area, block);
             }
+            self.set_owned(area, page, owned);
             return Err(Full {
                 needed: needed as u32,
                 free: claimed.len() as u32,
@@ -295,8 +306,6 @@ impl SharedFile {
         let last = *claimed.last().expect("at least one block");
         area.hand
             .store(last.wrapping_add(1) % total, Ordering::Relaxed);
-        let owned = self.overflow_owned(page);
-        self.set_owned(area, page, owned.saturating_add(needed as u32));
         Ok(Reference {
             first: claimed[0],
             blocks: needed as u32,

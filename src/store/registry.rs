@@ -138,6 +138,12 @@ pub(super) fn open_registered(
             opened.header_size,
             u64::from(num_pages) * u64::from(opened.geometry.page_size),
         ),
+        journal: super::journal::Journal::new(
+            opened.journal_size,
+            opened.header_size as u64
+                + u64::from(num_pages) * u64::from(opened.geometry.page_size)
+                + opened.overflow.area_size(),
+        ),
     });
     reg.push((opened.id, Arc::downgrade(&shared)));
     Ok(shared)

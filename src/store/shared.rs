@@ -37,7 +37,8 @@ pub(crate) enum LockError {
 
 /// The words of a page's row in the native header that this crate changes, as atomics.
 pub(super) struct Row<'a> {
-    /// Set around structural changes; found set, the page is reset.
+    /// Set around structural changes (`BUSY_CHANGE`, or `BUSY_REDO` for a journaled one);
+    /// found set, the page is reset, or its journaled change completed.
     pub(super) busy: &'a AtomicU32,
     /// Resets of the page.
     pub(super) resets: &'a AtomicU32,
@@ -92,6 +93,8 @@ pub(crate) struct SharedFile {
     pub(super) resizing: std::sync::atomic::AtomicU32,
     /// The overflow area for values larger than a page (native files that have one).
     pub(super) overflow: Option<super::overflow::Area>,
+    /// The redo journal of crash-atomic page changes (native files created with one).
+    pub(super) journal: Option<super::journal::Journal>,
 }
 
 impl SharedFile {
@@ -198,7 +201,8 @@ impl SharedFile {
     }
 
     /// Locks `page` for a change, waiting at most `timeout`. A page left half-changed by a
-    /// dead process (its busy marker set) is reset first, and the reset counted; the page's
+    /// dead process (its busy marker set) is reset first, and the reset counted, unless the
+    /// marker is the journal's and the journal completes the change; the page's
     /// header is the page operation's to check.
     #[inline]
     pub(crate) fn lock(
@@ -207,7 +211,8 @@ impl SharedFile {
         timeout: Option<Duration>,
     ) -> Result<PageGuard<'_>, LockError> {
         let mut guard = self.lock_as_is(page, timeout)?;
-        if guard.busy() {
+        // A journaled change a dead process left is completed; any other marker is a reset.
+        if guard.busy() && !self.journal_redo(page) {
             guard.reset();
         }
         if let Some(optimistic) = &self.optimistic {
@@ -220,7 +225,8 @@ impl SharedFile {
     }
 
     /// Locks `page` for a change and leaves it as it is, however damaged (for checks and
-    /// repairs).
+    /// repairs), its busy marker too (a journaled change is completed by [`lock`](Self::lock)
+    /// and [`lock_shared`](Self::lock_shared), not here).
     #[inline]
     pub(crate) fn lock_as_is(
         &self,
@@ -242,12 +248,20 @@ impl SharedFile {
         page: u32,
         timeout: Option<Duration>,
     ) -> Result<ReadGuard<'_>, LockError> {
-        Ok(ReadGuard(self.acquire(
-            page,
-            timeout,
-            self.read_only,
-            false,
-        )?))
+        let mut locked = self.acquire(page, timeout, self.read_only, false)?;
+        // This lock excludes every writer of a read-write mapping: a journaled change a dead
+        // process left is completed here too (as a change, for optimistic readers), so
+        // reads and `validate` see the page whole. Read-only, it waits for a writer (the page
+        // reads as busy).
+        if self.journal.is_some()
+            && !self.read_only
+            && self.row_word(page, header::ROW_BUSY_OFFSET) == Some(super::journal::BUSY_REDO)
+        {
+            self.begin_change(page);
+            locked.change = true;
+            self.journal_redo(page);
+        }
+        Ok(ReadGuard(locked))
     }
 
     #[inline]
