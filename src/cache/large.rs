@@ -269,12 +269,12 @@ impl Cache {
         if self.inner.file.overflow().is_none() {
             return Ok(0);
         }
-        // A resize met part way: the walk starts over on the new file.
+        // A resize met part way: the walk goes on in the new file (`each_page`).
         let (freed, file) = self.each_page(
             Cache::lock_page_at,
             0u64,
-            |freed, _| *freed = 0,
-            |freed, _, _, mut guard| {
+            |_, _| {},
+            |freed, _, _, mut guard, _| {
                 *freed += u64::from(guard.sweep_overflow());
                 Ok(())
             },
@@ -292,16 +292,13 @@ impl Cache {
         if self.inner.file.overflow().is_none() {
             return Ok((Vec::new(), 0));
         }
-        // A resize met part way: the walk starts over on the new file.
+        // A resize met part way: the walk goes on in the new file (`each_page`).
         let ((problems, unreferenced), file) = self.each_page(
             // A shared lock, as `validate` takes: checking changes nothing.
             Cache::shared_page_at,
             (Vec::new(), 0u64),
-            |(problems, unreferenced), _| {
-                problems.clear();
-                *unreferenced = 0;
-            },
-            |(problems, unreferenced), _, page, guard| {
+            |_, _| {},
+            |(problems, unreferenced), _, page, guard, _| {
                 match Reader::Shared(guard).overflow_unreferenced() {
                     Ok(n) => *unreferenced += u64::from(n),
                     Err(c) => problems.push(PageProblem { page, reason: c.0 }),
