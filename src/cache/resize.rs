@@ -132,14 +132,30 @@ impl Cache {
         page_size: u32,
         pages: u32,
     ) -> Result<ResizeReport> {
-        self.resize_with(num_pages, page_size, Some(pages))
+        self.resize_with(num_pages, page_size, Some(store::Stop::After(pages)))
+    }
+
+    /// [`resize`](Self::resize) that moves `pages` old pages, then stores the next page's
+    /// entries in the first of their new pages and stops there without marking it or taking
+    /// them out again: what a resizer killed in that page leaves (for tests of stale copies).
+    ///
+    /// # Errors
+    /// As [`resize`](Self::resize).
+    #[doc(hidden)]
+    pub fn resize_abandoning_page(
+        &self,
+        num_pages: u32,
+        page_size: u32,
+        pages: u32,
+    ) -> Result<ResizeReport> {
+        self.resize_with(num_pages, page_size, Some(store::Stop::Abandoning(pages)))
     }
 
     fn resize_with(
         &self,
         num_pages: u32,
         page_size: u32,
-        stop_after: Option<u32>,
+        stop: Option<store::Stop>,
     ) -> Result<ResizeReport> {
         if self.inner.read_only {
             return Err(Error::ReadOnly {
@@ -158,7 +174,7 @@ impl Cache {
             let mut write_back = |copies: &[DirtyCopy]| self.write_back(copies);
             let write_back: Option<store::WriteBack<'_>> =
                 self.has_backing().then_some(&mut write_back);
-            let moved = match store::resize(file, to, self.now(), wait, write_back, stop_after) {
+            let moved = match store::resize(file, to, self.now(), wait, write_back, stop) {
                 Ok(moved) => moved,
                 // Moved by another resize before this one took the lock: resize the new file.
                 Err(Error::Resize { .. }) if file.is_moved() => {

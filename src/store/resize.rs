@@ -539,6 +539,17 @@ fn resize_lock(f: &SharedFile) -> Result<ResizeLock<'_>> {
     }
 }
 
+/// Where a resize stops early, for tests of a move stopped part way.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Stop {
+    /// Once this many pages were moved: cleanly, between two pages.
+    After(u32),
+    /// Once this many pages were moved, in the middle of the next one: its entries stored
+    /// in the first of their new pages, the page not marked, nothing cleaned up (as a
+    /// resizer killed there leaves it).
+    Abandoning(u32),
+}
+
 /// Writes dirty entries a resize could not place to a backing store (see [`resize`]).
 pub(crate) type WriteBack<'w> = &'w mut dyn FnMut(&[DirtyCopy]) -> Result<()>;
 
@@ -614,7 +625,7 @@ impl SharedFile {
 /// *migrating* and in use, and the next resize finishes it. Without `write_back` they are
 /// dropped and counted in `dirty_dropped` (and the new file's `dirty_lost`).
 ///
-/// `stop_after` (tests): stop once that many pages were moved by this call, leaving the file
+/// `stop` (tests): stop once that many pages were moved by this call, leaving the file
 /// *migrating*; the report says `finished: false`.
 pub(crate) fn resize(
     old: &SharedFile,
@@ -622,7 +633,7 @@ pub(crate) fn resize(
     now: u32,
     wait: Duration,
     mut write_back: Option<WriteBack<'_>>,
-    stop_after: Option<u32>,
+    stop: Option<Stop>,
 ) -> Result<Moved> {
     if old.layout != Layout::Native {
         return Err(old.resize_error(
@@ -685,15 +696,7 @@ pub(crate) fn resize(
             build_successor(old, to)?
         }
     };
-    migrate(
-        old,
-        &new,
-        now,
-        wait,
-        &mut write_back,
-        stop_after,
-        &mut moved,
-    )?;
+    migrate(old, &new, now, wait, &mut write_back, stop, &mut moved)?;
     if moved.dirty_dropped > 0 {
         new.dirty_lost
             .fetch_add(moved.dirty_dropped, Ordering::Relaxed);
@@ -801,7 +804,7 @@ fn migrate(
     now: u32,
     wait: Duration,
     write_back: &mut Option<WriteBack<'_>>,
-    stop_after: Option<u32>,
+    stop: Option<Stop>,
     moved: &mut Moved,
 ) -> Result<()> {
     let pages = old.geometry.num_pages;
@@ -809,10 +812,16 @@ fn migrate(
         if old.moved(page) {
             continue;
         }
-        if stop_after.is_some_and(|n| moved.pages_moved >= n) {
+        let mut abandon = false;
+        match stop {
+            Some(Stop::After(n)) if moved.pages_moved >= n => return Ok(()),
+            Some(Stop::Abandoning(n)) if moved.pages_moved >= n => abandon = true,
+            _ => {}
+        }
+        let held = move_page(old, new, page, now, wait, write_back, abandon, moved)?;
+        if abandon {
             return Ok(());
         }
-        let held = move_page(old, new, page, now, wait, write_back, moved)?;
         moved.held += held;
         moved.longest_step = moved.longest_step.max(held);
         moved.pages_moved += 1;
@@ -830,6 +839,7 @@ fn move_page(
     now: u32,
     wait: Duration,
     write_back: &mut Option<WriteBack<'_>>,
+    abandon: bool,
     moved: &mut Moved,
 ) -> Result<Duration> {
     let timeout = Some(wait);
@@ -900,6 +910,11 @@ fn move_page(
             // removed now, so that nothing but a killed resizer leaves stale copies behind.
             remove_copies(new, &placed, now, timeout);
             return Err(e);
+        }
+        if abandon {
+            // As a resizer killed here leaves it: stale copies in the new file, the old page
+            // unmarked (tests).
+            return Ok(locked.elapsed());
         }
     }
     // The commit point of the page: from here on its entries live in the successor.
