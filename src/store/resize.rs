@@ -560,20 +560,55 @@ const MAX_ROUNDS: usize = 100_000;
 
 /// A change of a successor page that a resizer makes while users may hold entries there.
 ///
-/// `f` runs on the page and may claim overflow blocks for it
-/// (`place.file.overflow_write(place.page, …)`); on `Ok` the change stays and the blocks the
-/// page no longer references are freed; on `Err` the page is reset.
+/// `f` runs on a private copy of the page and may claim overflow blocks for it
+/// (`place.file.overflow_write(place.page, …)`); on `Ok` the changed bytes are installed under
+/// the busy marker and the blocks the page no longer references are freed; on `Err` (the page
+/// is damaged) the page is reset, as any change that finds damage resets it.
 ///
-/// The crash-atomic form (`PageGuard::change_journaled`, whose `Err` changes nothing and
-/// whose change a SIGKILLed resizer cannot leave half made) replaces this body when the
-/// journal lands; until then a resizer killed inside `f` leaves the page to be reset by the
-/// next locker, as any killed writer does.
+/// The crash-atomic form (`PageGuard::change_journaled`, whose change a SIGKILLed resizer
+/// cannot leave half made) replaces this body when the successor journal lands. Until then
+/// a resizer killed while the bytes are installed (one copy of a page, not the stores that
+/// built it) leaves the page to be reset by the next locker, as any killed writer does; one
+/// killed inside `f` leaves the page as it was and the blocks `f` claimed to the next sweep.
 fn journaled<T>(
     guard: &mut PageGuard<'_>,
     f: impl FnOnce(&mut PageMut<'_>, Place<'_>) -> Result<T, Corrupt>,
 ) -> Result<T, Corrupt> {
     let place = guard.place();
-    guard.change(|p| f(p, place))
+    let (file, page) = (place.file, place.page);
+    let mut copy = guard.bytes().to_vec();
+    let policy = file.layout == Layout::Native;
+    let mut private =
+        PageMut::with_min_slots(&mut copy, file.geometry.start_slots).with_policy(policy);
+    let value = match f(&mut private, place) {
+        Ok(value) => value,
+        Err(c) => {
+            guard.reset_for(c);
+            return Err(c);
+        }
+    };
+    // As `PageGuard::change`: the busy marker around the install, and the blocks the old bytes
+    // referenced and the new ones do not freed before it is cleared.
+    let row = file.row(page);
+    if let Some(row) = &row {
+        row.busy.store(1, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+    }
+    let before = match file.overflow() {
+        Some(_) => file.overflow_refs(page, guard.bytes()),
+        None => None,
+    };
+    guard.bytes().copy_from_slice(&copy);
+    if file.overflow_owned(page) != 0
+        && let Err(c) = file.overflow_settle(page, guard.bytes(), before)
+    {
+        guard.reset_for(c);
+        return Err(c);
+    }
+    if let Some(row) = row {
+        row.busy.store(0, Ordering::Release);
+    }
+    Ok(value)
 }
 
 /// The page of `old` that placed an entry found on page `page` of its successor (of
@@ -668,10 +703,11 @@ pub(crate) fn resize(
             }
             moved.resumed = true;
             remove_stale(old, &next, now, wait)?;
-            if next.geometry != to {
-                // Another geometry is asked for: the successor, holding only the moved pages'
-                // entries, is resized to it first (a move of its own, resumed as any), and
-                // the pages left here then go straight to the file it was moved to. A user of
+            if next.is_migrating() || next.geometry != to {
+                // Another geometry is asked for, or the successor's own move to another was
+                // stopped too: the successor, holding only the moved pages' entries, is
+                // resized to it first (a move of its own, resumed as any), and the pages left
+                // here then go straight to the file it was moved to. A user of
                 // a moved page of this file follows both moves; one of a page not moved yet
                 // stays here. So the stopped move never has to be finished at its geometry.
                 let first = resize(
@@ -683,7 +719,12 @@ pub(crate) fn resize(
                     None,
                 )?;
                 moved.absorb(&first);
-                next = next.successor_arc()?;
+                for _ in 0..MAX_FOLLOWS {
+                    if !next.is_moved() {
+                        break;
+                    }
+                    next = next.successor_arc()?;
+                }
             }
             next
         }
@@ -704,15 +745,18 @@ pub(crate) fn resize(
     if !moved.finished {
         return Ok(moved);
     }
-    // Every row is marked: the whole file is moved, and the successor takes the path.
-    old.set_resize_word(header::STATE_OFFSET, u64::from(header::STATE_MOVED));
+    // Every row is marked: every user already goes to the successor, which now takes the old
+    // file's name (the cache's path, or the temporary name of a stopped move's successor
+    // resized by a resume, which that move renames over the path at its end), before the
+    // state says *moved* (from then on handles move over, and the first renames it if this
+    // resizer died first). A resume that finds the successor renamed already has none to do.
     let temp = successor_path(&old.path, old.resize_word(header::SUCCESSOR_OFFSET));
-    // The old file's name: the cache's path, or the temporary name of a stopped move's
-    // successor resized by a resume (which its own move renames over the path at its end).
-    let Some(name) = name_of(old) else {
-        return Ok(moved);
+    let renamed = match name_of(old) {
+        Some(name) => std::fs::rename(&temp, name),
+        None => Ok(()),
     };
-    std::fs::rename(&temp, name).map_err(|source| Error::Io {
+    old.set_resize_word(header::STATE_OFFSET, u64::from(header::STATE_MOVED));
+    renamed.map_err(|source| Error::Io {
         path: old.path.clone(),
         op: "rename the resized file over the path (the cache was moved; its users follow it \
              under its temporary name until the next resize or follower renames it)",
