@@ -1073,10 +1073,11 @@ fn well_formed_but_wrong_native_headers_are_refused_untouched() {
     let blocks = (native_default_area(NUM_PAGES, PAGE_SIZE) / NATIVE_OVERFLOW_BLOCK_SIZE) as u32;
     assert!(blocks > 0);
     let area = blocks * NATIVE_OVERFLOW_BLOCK_SIZE as u32;
-    let cases: [(&str, usize, u32, &Accept); 17] = [
+    let cases: [(&str, usize, u32, &Accept); 18] = [
         ("version 4", 8, 4, &is_bad),
         ("version 5", 8, 5, &is_bad),
-        ("version 7", 8, 7, &is_bad),
+        ("version 6", 8, 6, &is_bad),
+        ("version 8", 8, 8, &is_bad),
         ("header_size 8192", 12, 8192, &is_bad),
         ("page_size 5000", 16, 5000, &is_bad),
         ("page_size 0", 16, 0, &is_bad),

@@ -1,35 +1,38 @@
 //! Resizing a live file: moving every entry to a file of another geometry while other threads
 //! and processes keep using it, and every user following the move by itself.
 //!
-//! # Protocol (first step: the move holds every page)
+//! # Protocol (one old page at a time; docs/format.md §2.5 has the whole of it)
 //!
 //! 1. The resizer takes the **resize lock**, an exclusive fcntl lock on header byte
 //!    [`RESIZE_LOCK_OFFSET`](header::RESIZE_LOCK_OFFSET) of the old file (plus an in-process
-//!    mutex, since fcntl locks do not exclude threads). The kernel drops it if the resizer
+//!    claim, since fcntl locks do not exclude threads). The kernel drops it if the resizer
 //!    dies. A second resizer gets [`Error::ResizeInProgress`].
 //! 2. It records a random nonce and the state *building* in the old header, and creates the
 //!    successor `<path>.resize-<nonce>` through the ordinary safe create path (`O_EXCL`,
 //!    the requested mode, a temporary name linked into place, owner checks on open), with the
-//!    lineage of the old file and the next generation in its header.
-//! 3. It takes every write-back lock, then every page lock of the old file, in page order
-//!    (the order every other locker follows: write-back lock before page lock, one page at a
-//!    time), copies every live entry (value, expiry, flags with the dirty bit, modseq, access
-//!    time, the policy's protected bit; a large value's bytes read and checked from the old
-//!    overflow area and written to blocks of the new one, whose area has the old one's size
-//!    and `max_value_size`) into the successor's page for its key, marks every old page
-//!    *moved* in its row and the old header *moved* (still holding the locks, so lock-free
-//!    readers see the mark in the same sequence window as the copy), renames the successor
-//!    over the path, and lets go.
-//! 4. Every locker checks its page's moved word right after taking the lock (one load of the
-//!    row it already touched); found set, it lets go and follows: it opens the successor
-//!    (by its temporary name, else by the path), checks that it is of the same lineage and a
-//!    later generation, swaps the handle to it, and redoes its step there. Optimistic readers
-//!    check the word inside their sequence window and fall back to the lock.
+//!    lineage of the old file and the next generation in its header; then the state
+//!    *migrating*: from here on the successor is in use.
+//! 3. One **step** per old page, in page order: old write-back lock, old page lock (as a
+//!    change, so lock-free readers see the mark in the same window), copy the live entries
+//!    out, store them into their new pages (each under its write-back lock and page lock,
+//!    through [`journaled`], dirty victims written back first when there is a backing store),
+//!    mark the old page's row moved (the commit point of the page), let go.
+//! 4. Rename the successor over the old file's name, then the state *moved*.
 //!
-//! A resizer killed before step 3 marks anything leaves the old file in use, unchanged, and a
-//! successor in state *building* that the next resize removes. Killed after the marks but
-//! before the rename, it leaves a complete successor under its temporary name, which every
-//! user follows, and which the first follower renames over the path.
+//! Every locker checks its page's moved word right after taking the lock (one load of the
+//! row it already touched); found set, it lets go and does its step in the successor (opened
+//! once per process: by its temporary name, else by the path, checked to be of the same
+//! lineage and a later generation). Its handle moves over only once the file is *moved*.
+//! Optimistic readers check the word inside their sequence window and fall back to the lock.
+//!
+//! Between a step's stores and its mark, the successor holds *stale copies* of the page's
+//! entries: an entry of the successor whose old page is not marked does not exist
+//! ([`SharedFile::stale_in_successor`]). A step stopped by a backing store's error takes them
+//! out again; a killed resizer leaves them, and the next resize (a *resume*) removes them
+//! before it goes on from the first page not marked.
+//!
+//! A resizer killed before the state *migrating* leaves the old file in use, unchanged, and a
+//! successor in state *building* that the next resize removes.
 
 #![allow(unsafe_code)]
 
