@@ -73,10 +73,8 @@ pub(crate) struct Moved {
     pub longest_step: Duration,
     /// Old pages moved by this call.
     pub pages_moved: u32,
-    /// Every page is moved and the successor published (false: stopped by `stop_after`).
+    /// Every page is moved and the successor published (false: stopped by `Stop`).
     pub finished: bool,
-    /// The call finished a move stopped part way (into that move's successor).
-    pub resumed: bool,
     /// Entries copied to the new file and kept there.
     pub copied: u64,
     /// Entries that did not fit their new page (evicted by its policy, or larger than a new
@@ -704,7 +702,6 @@ pub(crate) fn resize(
                 }
                 next = next.successor_arc()?;
             }
-            moved.resumed = true;
             remove_stale(old, &next, now, wait)?;
             if next.is_migrating() || next.geometry != to {
                 // Another geometry is asked for, or the successor's own move to another was
@@ -865,7 +862,13 @@ fn migrate(
             Some(Stop::Abandoning(n)) if moved.pages_moved >= n => abandon = true,
             _ => {}
         }
-        let held = move_page(old, new, page, now, wait, write_back, abandon, moved)?;
+        let files = Files {
+            old,
+            new,
+            now,
+            wait,
+        };
+        let held = move_page(&files, page, write_back, abandon, moved)?;
         if abandon {
             return Ok(());
         }
@@ -877,18 +880,30 @@ fn migrate(
     Ok(())
 }
 
+/// The two files of a move, the cache's time (expired entries are left behind) and how long
+/// each lock is waited for.
+struct Files<'f> {
+    old: &'f SharedFile,
+    new: &'f SharedFile,
+    now: u32,
+    wait: Duration,
+}
+
 /// One step: moves the live entries of old page `page` to their new pages and marks the page
 /// moved. Returns how long the old page lock was held.
 fn move_page(
-    old: &SharedFile,
-    new: &SharedFile,
+    files: &Files<'_>,
     page: u32,
-    now: u32,
-    wait: Duration,
     write_back: &mut Option<WriteBack<'_>>,
     abandon: bool,
     moved: &mut Moved,
 ) -> Result<Duration> {
+    let &Files {
+        old,
+        new,
+        now,
+        wait,
+    } = files;
     let timeout = Some(wait);
     let _write_back_lock = old
         .lock_write_back(page, super::write_back_lock::Wait::Up(timeout))
