@@ -1332,3 +1332,48 @@ fn stale_copies_of_a_stopped_page_never_come_back() {
         check("finished");
     }
 }
+
+/// `flush` during a stopped move writes each dirty entry's newest value: it walks the old
+/// file's unmoved pages first, then the new file, where the stale copies of a page stopped
+/// mid-way (older values of keys rewritten in the old file since) are never written back.
+#[test]
+fn flush_never_writes_a_stale_copy() {
+    let _s = serial();
+    for kind in [NATIVE, ROBUST] {
+        let dir = temp_dir();
+        let path = dir.path().join("cache");
+        let store = Mem::default();
+        let cache = write_back_over(kind, &path, &store);
+        for i in 0..HALF_KEYS {
+            cache
+                .set(&key(i), &make_value(&key(i), 1, 100))
+                .expect("set");
+        }
+        cache
+            .resize_abandoning_page(2, PAGE, 10)
+            .expect("stopped mid-page");
+        for i in 0..HALF_KEYS {
+            cache
+                .set(&key(i), &make_value(&key(i), 2, 100))
+                .expect("set again");
+        }
+        let check = |what: &str| {
+            let stored = store.0.lock().unwrap().clone();
+            for i in 0..HALF_KEYS {
+                let v = stored
+                    .get(&key(i))
+                    .unwrap_or_else(|| panic!("{what}: key {i}"));
+                assert_eq!(check_value(&key(i), v), Ok(2), "{what}: key {i} newest");
+            }
+        };
+        assert_eq!(
+            cache.flush().expect("flush"),
+            HALF_KEYS,
+            "each dirty entry once"
+        );
+        check("flushed while stopped");
+        cache.resize(4, PAGE).expect("finish");
+        cache.flush().expect("flush");
+        check("finished");
+    }
+}

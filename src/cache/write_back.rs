@@ -746,7 +746,26 @@ impl Cache {
         let _write_back = self.write_back_lock_from(from, page)?;
         let guard = self.lock_page_from(from, page)?;
         let at = guard.place();
-        self.flush_held(at.file, at.page, guard, only_large, |_| true)
+        // A page found moved was followed: its entries whose old page is not marked are stale
+        // copies (of a move under way or stopped), never written back.
+        let pages = at.file.geometry().num_pages;
+        let keep = |c: &DirtyCopy| {
+            let mut f = from;
+            for _ in 0..crate::store::MAX_FOLLOWS {
+                if std::ptr::eq(f, at.file) {
+                    return true;
+                }
+                if f.stale_in_successor(pages, at.page, &c.key, c.slot_hash) {
+                    return false;
+                }
+                match f.successor() {
+                    Ok(next) => f = next,
+                    Err(_) => return false,
+                }
+            }
+            false
+        };
+        self.flush_held(at.file, at.page, guard, only_large, keep)
     }
 
     /// Writes back the dirty entries of page `page` of `file`, locked by `guard` (its
