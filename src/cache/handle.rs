@@ -116,12 +116,6 @@ impl Walked<'_> {
 pub(crate) struct Loc(u64);
 
 impl Loc {
-    /// A place on page `page` of every file of more than `page` pages (for walks over every
-    /// page).
-    pub(crate) fn at(page: u32) -> Loc {
-        Loc(u64::from(page))
-    }
-
     /// The key's page in a file of `num_pages` pages.
     #[inline]
     pub(crate) fn page(self, num_pages: u32) -> u32 {
@@ -651,9 +645,9 @@ impl Cache {
             Err(Error::OverflowFull { needed, .. }) => {
                 // Room is made in other pages with this one let go (a page lock is never waited
                 // for while another is held), then the store is tried once more.
-                let page = guard.page_index();
+                let at = guard.place();
                 drop(guard);
-                self.evict_overflow_elsewhere(page, needed, now)?;
+                self.evict_overflow_elsewhere(at, needed, now)?;
                 let mut guard = self.lock_page(loc)?;
                 self.store_locked(&mut guard, req, now)
             }

@@ -43,7 +43,7 @@ use crate::clock::from_unix_secs;
 use crate::page::consts::{FLAG_DIRTY, FLAG_OVERFLOW, FLAG_UNDEF};
 use crate::page::{Corrupt, Dirty, DirtyCopy, Evict, NewEntry, PageMut, StoreOutcome};
 use crate::store::{
-    LockError, OverflowFull, PageGuard, Route, SharedFile, WriteBackGuard, WriteBackWait,
+    LockError, OverflowFull, PageGuard, Place, Route, SharedFile, WriteBackGuard, WriteBackWait,
 };
 use crate::{Error, LockRole, Result};
 use std::time::Duration;
@@ -256,16 +256,16 @@ impl Cache {
                     // values are written back first, each under its page's write-back lock —
                     // unless the caller holds one (a thread takes one at a time).
                     made_room += 1;
-                    let locked_page = guard.page_index();
+                    let locked = guard.place();
                     drop(guard);
                     if made_room == 2 {
                         write_back = None;
-                        if self.inner.file.holds_write_back() {
+                        if locked.file.holds_write_back() {
                             return Err(self.overflow_full(full));
                         }
-                        self.write_back_large()?;
+                        self.write_back_large(locked.file)?;
                     }
-                    self.evict_overflow_elsewhere(locked_page, full.needed, now)?;
+                    self.evict_overflow_elsewhere(locked, full.needed, now)?;
                     guard = self.lock_for_change(page)?;
                 }
                 Err(Failed::Full(full)) => return Err(self.overflow_full(full)),
@@ -739,33 +739,40 @@ impl Cache {
         Ok(written)
     }
 
-    /// `flush` of one page (`only_large`: of its large values only). Returns how many entries
-    /// were written.
-    pub(crate) fn flush_page(&self, page: Loc, only_large: bool) -> Result<usize> {
-        let from: &SharedFile = &self.inner.file;
-        let _write_back = self.write_back_lock_from(from, page)?;
-        let guard = self.lock_page_from(from, page)?;
-        let at = guard.place();
-        // A page found moved was followed: its entries whose old page is not marked are stale
-        // copies (of a move under way or stopped), never written back.
-        let pages = at.file.geometry().num_pages;
-        let keep = |c: &DirtyCopy| {
-            let mut f = from;
-            for _ in 0..crate::store::MAX_FOLLOWS {
-                if std::ptr::eq(f, at.file) {
-                    return true;
-                }
-                if f.stale_in_successor(pages, at.page, &c.key, c.slot_hash) {
-                    return false;
-                }
-                match f.successor() {
-                    Ok(next) => f = next,
-                    Err(_) => return false,
-                }
-            }
-            false
+    /// `flush` of page `page` of `file` (`only_large`: of its large values only; nothing if
+    /// the page was found moved). Returns how many entries were written.
+    pub(crate) fn flush_page_at(
+        &self,
+        file: &SharedFile,
+        page: u32,
+        only_large: bool,
+    ) -> Result<usize> {
+        let Some((_write_back, guard)) = self.lock_with_write_back(file, page)? else {
+            return Ok(0);
         };
-        self.flush_held(at.file, at.page, guard, only_large, keep)
+        let at = guard.place();
+        self.flush_held(file, page, guard, only_large, |c| !self.stale(at, c))
+    }
+
+    /// Whether `c`, found at `at` (a page of the file this handle uses, or of a file a resize
+    /// moved it to), is a stale copy: its page in some file between is not marked moved (see
+    /// `SharedFile::stale_in_successor`), so it does not exist and is never written back.
+    fn stale(&self, at: Place<'_>, c: &DirtyCopy) -> bool {
+        let pages = at.file.geometry().num_pages;
+        let mut f: &SharedFile = &self.inner.file;
+        for _ in 0..crate::store::MAX_FOLLOWS {
+            if std::ptr::eq(f, at.file) {
+                return false;
+            }
+            if f.stale_in_successor(pages, at.page, &c.key, c.slot_hash) {
+                return true;
+            }
+            match f.successor() {
+                Ok(next) => f = next,
+                Err(_) => return true,
+            }
+        }
+        true
     }
 
     /// Writes back the dirty entries of page `page` of `file`, locked by `guard` (its
