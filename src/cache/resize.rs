@@ -20,10 +20,11 @@ pub struct ResizeReport {
     pub old_num_pages: u32,
     /// Page size before.
     pub old_page_size: u32,
-    /// Entries now in the new file.
+    /// Entries this call copied to the new file that are still there at the end of their step.
     pub copied: u64,
-    /// Live entries that did not fit their new page (evicted by its policy, or larger than a
-    /// new page holds).
+    /// Entries that did not fit their new page (evicted by its policy, or larger than a new
+    /// page holds): copies, or entries users had stored in the new file since their pages
+    /// moved.
     pub dropped: u64,
     /// Dirty (write-back) entries among `dropped` that are lost: only on a handle without a
     /// backing store (it has nowhere to write them), or whose large value was found damaged.
@@ -31,8 +32,8 @@ pub struct ResizeReport {
     /// process. Resize through a handle with the backing store, or flush first
     /// ([`Cache::flush`]), to have none.
     pub dirty_dropped: u64,
-    /// Dirty entries among `dropped` that a handle with a backing store wrote to it before the
-    /// move was published: in the store, not lost.
+    /// Dirty entries among `dropped` that a handle with a backing store wrote to it before
+    /// they were dropped: in the store, not lost.
     pub written_back: u64,
     /// Pages found damaged (a process died changing them), whose entries were not copied.
     pub damaged_pages: u64,
