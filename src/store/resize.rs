@@ -589,16 +589,17 @@ fn journaled<T>(
         }
     };
     // As `PageGuard::change`: the busy marker around the install, and the blocks the old bytes
-    // referenced and the new ones do not freed before it is cleared.
+    // referenced and the new ones do not freed before it is cleared. The old references are
+    // read first (the lock keeps the bytes still), so the marker covers little but the copy.
+    let before = match file.overflow() {
+        Some(_) => file.overflow_refs(page, guard.bytes()),
+        None => None,
+    };
     let row = file.row(page);
     if let Some(row) = &row {
         row.busy.store(1, Ordering::Relaxed);
         std::sync::atomic::fence(Ordering::Release);
     }
-    let before = match file.overflow() {
-        Some(_) => file.overflow_refs(page, guard.bytes()),
-        None => None,
-    };
     guard.bytes().copy_from_slice(&copy);
     if file.overflow_owned(page) != 0
         && let Err(c) = file.overflow_settle(page, guard.bytes(), before)
@@ -647,10 +648,11 @@ impl SharedFile {
 /// one old page at a time. `now` is the time of the cache's clock (expired entries are not
 /// copied); each lock is waited for at most `wait`.
 ///
-/// A file found *migrating* (a move stopped part way, with no resizer left) is finished first,
-/// into the successor it already has (whatever `to` says: the caller resizes that one again
-/// if it differs): the stale copies the stopped move left there are removed, then the pages
-/// not marked yet are moved.
+/// A file found *migrating* (a move stopped part way, with no resizer left) is **resumed**:
+/// the stale copies the stopped move left in its successor are removed; if `to` is another
+/// geometry than the successor's (or the successor's own move was stopped too), the successor
+/// is resized to `to` first; then the pages not marked yet are moved into the file that ends
+/// up with geometry `to`.
 ///
 /// Each step holds one old page's write-back lock and page lock, and, in turn, the write-back
 /// lock and page lock of each new page its entries go to. With `write_back`, the dirty entries
@@ -661,8 +663,8 @@ impl SharedFile {
 /// *migrating* and in use, and the next resize finishes it. Without `write_back` they are
 /// dropped and counted in `dirty_dropped` (and the new file's `dirty_lost`).
 ///
-/// `stop` (tests): stop once that many pages were moved by this call, leaving the file
-/// *migrating*; the report says `finished: false`.
+/// `stop` (tests): stop early, leaving the file *migrating* (see [`Stop`]); the result says
+/// `finished: false`.
 pub(crate) fn resize(
     old: &SharedFile,
     to: Geometry,
@@ -707,9 +709,9 @@ pub(crate) fn resize(
                 // Another geometry is asked for, or the successor's own move to another was
                 // stopped too: the successor, holding only the moved pages' entries, is
                 // resized to it first (a move of its own, resumed as any), and the pages left
-                // here then go straight to the file it was moved to. A user of
-                // a moved page of this file follows both moves; one of a page not moved yet
-                // stays here. So the stopped move never has to be finished at its geometry.
+                // here then go straight to the file it was moved to. A user of a moved page of
+                // this file follows both moves; one of a page not moved yet stays here. So the
+                // stopped move never has to be finished at a geometry nobody asks for.
                 let first = resize(
                     &next,
                     to,
