@@ -107,7 +107,9 @@ impl Cache {
     /// callback cannot use this cache: [`Error::Reentrant`]). If the store fails, the move
     /// stops at that page: its copies are taken out of the new file, the error is returned,
     /// the page and those after it stay in the old file with their entries still dirty, and
-    /// the next `resize` finishes the move. Without a backing store they are dropped and
+    /// the next `resize` finishes the move. (With the `tracing` feature, a warning on target
+    /// `fastmmap::resize` names the page of the old file the move stopped at, and how many
+    /// it has.) Without a backing store they are dropped and
     /// counted in [`ResizeReport::dirty_dropped`].
     ///
     /// # Errors

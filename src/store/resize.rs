@@ -870,7 +870,9 @@ fn migrate(
             now,
             wait,
         };
-        let held = move_page(&files, page, write_back, abandon, moved)?;
+        let held = move_page(&files, page, write_back, abandon, moved).inspect_err(|e| {
+            crate::events::resize_stopped(&old.path, page, pages, e);
+        })?;
         if abandon {
             return Ok(());
         }
