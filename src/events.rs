@@ -34,6 +34,8 @@ pub(crate) mod target {
     pub(crate) const LOCK: &str = "fastmmap::lock";
     /// A stored value that cannot be decoded (warn).
     pub(crate) const DECODE: &str = "fastmmap::decode";
+    /// A resize stopped part way (warn).
+    pub(crate) const RESIZE: &str = "fastmmap::resize";
 }
 
 /// Fault counters of one open file, in this process (reported in [`Stats`]).
@@ -161,5 +163,20 @@ pub(crate) fn lock_timeout(
         lock = %lock,
         timeout_ms = timeout.unwrap_or_default().as_millis() as u64,
         "lock timed out"
+    );
+}
+
+/// A resize stopped at old page `page` of `pages` by `error` (a backing store's, a lock
+/// timeout, …): the cache stays in use, that page and those after it in the old file, and the
+/// next resize finishes the move.
+pub(crate) fn resize_stopped(path: &Path, page: u32, pages: u32, error: &Error) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(
+        target: target::RESIZE,
+        path = %path.display(),
+        page,
+        pages,
+        error = %error,
+        "resize stopped part way: the cache stays in use, and the next resize finishes the move"
     );
 }

@@ -291,6 +291,7 @@ fn workers_follow_resizes(kind: Kind) {
     let cycles = scaled(3, 30);
     let mut moves = Vec::new();
     let mut held = Duration::ZERO;
+    let mut step = Duration::ZERO;
     for _ in 0..cycles {
         for pages in [LARGE, SMALL] {
             std::thread::sleep(Duration::from_millis(150));
@@ -302,6 +303,7 @@ fn workers_follow_resizes(kind: Kind) {
                 "the locks are held for part of the move: {report:?}"
             );
             held = held.max(report.locks_held);
+            step = step.max(report.longest_step);
             assert_eq!(
                 report.dropped, 0,
                 "nothing is evicted at this load: {report:?}"
@@ -347,7 +349,8 @@ fn workers_follow_resizes(kind: Kind) {
     let longest = tallies.iter().map(|t| t.longest).max().unwrap_or_default();
     eprintln!(
         "{kind:?}: {} moves between {SMALL} and {LARGE} pages of {PAGE} bytes, each {:?} at \
-         most, the old file's locks held {held:?} at most; {WORKERS} workers x 2 threads: {ops} \
+         most, one step holding an old page {step:?} at most (the old file's page locks \
+         {held:?} in all per move at most); {WORKERS} workers x 2 threads: {ops} \
          operations in {elapsed:?} ({:.0}/s), the longest {longest:?}",
         moves.len(),
         moves.iter().max().copied().unwrap_or_default(),
@@ -1122,6 +1125,315 @@ fn an_iteration_across_a_resize_that_keeps_the_page_count_yields_every_key_once(
                     "{what}"
                 );
             }
+        }
+    }
+}
+
+// A move stopped part way (issue 23's page-at-a-time move): each half of the pages lives in
+// its own file until a resize finishes the move.
+
+const HALF_KEYS: usize = 400;
+
+/// What a cache stopped half way (or finished) must show: every key with its newest value,
+/// every counter exact, `iter` each key once, `stats` each entry once, and `flush` the newest
+/// value of every dirty entry in the store.
+fn assert_whole(cache: &Cache, store: &Mem, seq: &[u64], counters: &[u64], what: &str) {
+    let mut expected = std::collections::BTreeSet::new();
+    for (i, &s) in seq.iter().enumerate() {
+        let v = cache
+            .get(&key(i))
+            .expect("get")
+            .unwrap_or_else(|| panic!("{what}: key {i}"));
+        assert_eq!(check_value(&key(i), &v), Ok(s), "{what}: key {i}");
+        expected.insert(key(i));
+    }
+    for (c, &n) in counters.iter().enumerate() {
+        let k = format!("counter-{c}").into_bytes();
+        let found = counter_value(cache.get(&k).expect("get").as_deref()).expect("counter");
+        assert_eq!(found, n, "{what}: counter-{c}");
+        if n > 0 {
+            expected.insert(k);
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for item in cache.iter() {
+        let (k, _) = item.expect("iter");
+        assert!(
+            seen.insert(k.clone()),
+            "{what}: iter gave {:?} twice",
+            String::from_utf8_lossy(&k)
+        );
+    }
+    let diff: Vec<_> = seen
+        .symmetric_difference(&expected)
+        .map(|k| String::from_utf8_lossy(k))
+        .collect();
+    assert!(
+        diff.is_empty(),
+        "{what}: iter yields every key, differs in {diff:?}"
+    );
+    assert_eq!(
+        cache.stats().expect("stats").entries,
+        expected.len() as u64,
+        "{what}: stats"
+    );
+    cache.flush().expect("flush");
+    let stored = store.0.lock().unwrap().clone();
+    for (i, &s) in seq.iter().enumerate() {
+        let v = stored
+            .get(&key(i))
+            .unwrap_or_else(|| panic!("{what}: key {i} flushed"));
+        assert_eq!(
+            check_value(&key(i), v),
+            Ok(s),
+            "{what}: key {i} flushed newest"
+        );
+    }
+}
+
+/// Forked workers write every key (worker `w` the keys `w, w + 4, …`) with sequence `round`
+/// and add one to a counter per key; returns once all are done.
+fn write_both_halves(cache: &Cache, round: u64, seq: &mut [u64], counters: &mut [u64]) {
+    let mut children = Children::new();
+    for w in 0..WORKERS {
+        let cache = cache.clone();
+        children.spawn(move || {
+            for i in (w..HALF_KEYS).step_by(WORKERS) {
+                let v = make_value(&key(i), round, 80 + i % 200);
+                cache.set(&key(i), &v).map_err(|e| format!("set: {e}"))?;
+                incr(&cache, format!("counter-{}", i % COUNTERS).as_bytes())?;
+            }
+            Ok(())
+        });
+    }
+    children.wait_all_ok();
+    for i in 0..HALF_KEYS {
+        seq[i] = round;
+        counters[i % COUNTERS] += 1;
+    }
+}
+
+/// A move stopped half way serves both halves to forked workers (reads, writes, exact
+/// `update` counters), and walks see each entry once; a resize then finishes it, and the same
+/// holds in the new file.
+#[test]
+fn a_move_stopped_half_way_serves_both_halves() {
+    let _s = serial();
+    for kind in [NATIVE, ROBUST] {
+        let dir = temp_dir();
+        let path = dir.path().join("cache");
+        let store = Mem::default();
+        let cache = write_back_over(kind, &path, &store);
+        let mut seq = vec![0u64; HALF_KEYS];
+        let mut counters = vec![0u64; COUNTERS];
+        for i in 0..HALF_KEYS {
+            cache
+                .set(&key(i), &make_value(&key(i), 0, 80 + i % 200))
+                .expect("set");
+        }
+        let report = cache
+            .resize_stopping_after(LARGE, PAGE, SMALL / 2)
+            .expect("half a move");
+        assert_eq!(report.pages_moved, SMALL / 2, "{report:?}");
+        assert_eq!(
+            cache.num_pages(),
+            SMALL,
+            "the old file is still the one in use"
+        );
+        assert_eq!(
+            leftovers(dir.path()).len(),
+            1,
+            "the move's new file, not yet published"
+        );
+        assert_whole(&cache, &store, &seq, &counters, "stopped");
+        write_both_halves(&cache, 1, &mut seq, &mut counters);
+        assert_whole(
+            &cache,
+            &store,
+            &seq,
+            &counters,
+            "stopped, written by workers",
+        );
+        let report = cache.resize(LARGE, PAGE).expect("finish the move");
+        assert_eq!(report.pages_moved, SMALL - SMALL / 2, "{report:?}");
+        assert_eq!(cache.num_pages(), LARGE);
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "{:?}",
+            leftovers(dir.path())
+        );
+        assert_whole(&cache, &store, &seq, &counters, "finished");
+        write_both_halves(&cache, 2, &mut seq, &mut counters);
+        assert_whole(
+            &cache,
+            &store,
+            &seq,
+            &counters,
+            "finished, written by workers",
+        );
+    }
+}
+
+/// A resizer that stops in the middle of a page (as a SIGKILL there leaves it) leaves copies
+/// of that page's entries in the new file while the page stays unmarked: they do not exist.
+/// A key of that page deleted in the old file stays deleted when a resize finishes the move
+/// (it would come back if the finish did not remove the stale copies first), and no walk sees
+/// the copies meanwhile.
+#[test]
+fn stale_copies_of_a_stopped_page_never_come_back() {
+    let _s = serial();
+    for kind in [NATIVE, ROBUST] {
+        let dir = temp_dir();
+        let path = dir.path().join("cache");
+        let cache = open(kind, &path, SMALL);
+        for i in 0..HALF_KEYS {
+            cache
+                .set(&key(i), &make_value(&key(i), 1, 100))
+                .expect("set");
+        }
+        // To 2 pages: the abandoned page's entries go to up to two new pages, the first of
+        // which gets its copies.
+        cache
+            .resize_abandoning_page(2, PAGE, 10)
+            .expect("stopped mid-page");
+        for i in (1..HALF_KEYS).step_by(2) {
+            assert!(cache.remove(&key(i)).expect("remove"), "key {i} was there");
+        }
+        let check = |what: &str| {
+            for i in 0..HALF_KEYS {
+                let v = cache.get(&key(i)).expect("get");
+                if i % 2 == 1 {
+                    assert_eq!(v, None, "{what}: key {i} stays deleted");
+                } else {
+                    let v = v.unwrap_or_else(|| panic!("{what}: key {i}"));
+                    assert_eq!(check_value(&key(i), &v), Ok(1), "{what}: key {i}");
+                }
+            }
+            let keys: Vec<Vec<u8>> = cache.keys().map(|k| k.expect("keys")).collect();
+            let unique: std::collections::BTreeSet<_> = keys.iter().cloned().collect();
+            assert_eq!(keys.len(), unique.len(), "{what}: each key once");
+            let expected: std::collections::BTreeSet<_> =
+                (0..HALF_KEYS).step_by(2).map(key).collect();
+            assert_eq!(unique, expected, "{what}: iter");
+            assert_eq!(
+                cache.stats().expect("stats").entries,
+                expected.len() as u64,
+                "{what}: stats"
+            );
+        };
+        check("stopped mid-page");
+        cache.resize(4, PAGE).expect("finish, to another geometry");
+        assert_eq!(cache.num_pages(), 4);
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "{:?}",
+            leftovers(dir.path())
+        );
+        check("finished");
+    }
+}
+
+/// `flush` during a stopped move writes each dirty entry's newest value: it walks the old
+/// file's unmoved pages first, then the new file, where the stale copies of a page stopped
+/// mid-way (older values of keys rewritten in the old file since) are never written back.
+#[test]
+fn flush_never_writes_a_stale_copy() {
+    let _s = serial();
+    for kind in [NATIVE, ROBUST] {
+        let dir = temp_dir();
+        let path = dir.path().join("cache");
+        let store = Mem::default();
+        let cache = write_back_over(kind, &path, &store);
+        for i in 0..HALF_KEYS {
+            cache
+                .set(&key(i), &make_value(&key(i), 1, 100))
+                .expect("set");
+        }
+        cache
+            .resize_abandoning_page(2, PAGE, 10)
+            .expect("stopped mid-page");
+        for i in 0..HALF_KEYS {
+            cache
+                .set(&key(i), &make_value(&key(i), 2, 100))
+                .expect("set again");
+        }
+        let check = |what: &str| {
+            let stored = store.0.lock().unwrap().clone();
+            for i in 0..HALF_KEYS {
+                let v = stored
+                    .get(&key(i))
+                    .unwrap_or_else(|| panic!("{what}: key {i}"));
+                assert_eq!(check_value(&key(i), v), Ok(2), "{what}: key {i} newest");
+            }
+        };
+        assert_eq!(
+            cache.flush().expect("flush"),
+            HALF_KEYS,
+            "each dirty entry once"
+        );
+        check("flushed while stopped");
+        cache.resize(4, PAGE).expect("finish");
+        cache.flush().expect("flush");
+        check("finished");
+    }
+}
+
+/// A user's store in the new file that evicts a stale copy (a dirty copy a killed resizer
+/// left of a page it never marked) never writes it back: the copy is older than its real
+/// entry in the old file, which was rewritten and flushed since, and writing it would put an
+/// older value in the backing store after the newer one.
+#[test]
+fn a_store_that_evicts_a_stale_copy_never_writes_it_back() {
+    let _s = serial();
+    for kind in [NATIVE, ROBUST] {
+        let dir = temp_dir();
+        let path = dir.path().join("cache");
+        let store = Mem::default();
+        let cache = write_back_over(kind, &path, &store);
+        for i in 0..HALF_KEYS {
+            cache
+                .set(&key(i), &make_value(&key(i), 1, 100))
+                .expect("set");
+        }
+        // Old pages 0..10 moved to a 2-page file; page 10's entries copied there, unmarked.
+        cache
+            .resize_abandoning_page(2, PAGE, 10)
+            .expect("stopped mid-page");
+        let abandoned: Vec<Vec<u8>> = (0..HALF_KEYS)
+            .map(key)
+            .filter(|k| key_page(Layout::Native, k, SMALL) == 10)
+            .collect();
+        assert!(!abandoned.is_empty(), "the abandoned page held keys");
+        // Rewritten in the old file (their page is not marked), then flushed: the store has
+        // the newest values, and the old file's entries are clean.
+        for k in &abandoned {
+            cache.set(k, &make_value(k, 2, 100)).expect("set again");
+        }
+        cache.flush().expect("flush");
+        // Keys of moved pages fill the new file's two pages many times over: every stale
+        // copy there is evicted by a user's store.
+        let mut filled = 0;
+        for n in 0.. {
+            let k = format!("fill-{n}").into_bytes();
+            if key_page(Layout::Native, &k, SMALL) >= 10 {
+                continue;
+            }
+            cache.set(&k, &make_value(&k, 1, 1000)).expect("fill");
+            filled += 1;
+            if filled == 200 {
+                break;
+            }
+        }
+        let stored = store.0.lock().unwrap().clone();
+        for k in &abandoned {
+            let v = stored.get(k).expect("in the store");
+            assert_eq!(
+                check_value(k, v),
+                Ok(2),
+                "{kind:?}: the store keeps the newest value"
+            );
+            let v = cache.get(k).expect("get").expect("still cached");
+            assert_eq!(check_value(k, &v), Ok(2), "{kind:?}: the cache too");
         }
     }
 }

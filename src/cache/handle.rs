@@ -74,18 +74,48 @@ impl Drop for UnlinkOnDrop {
 /// handle follows the move).
 pub(crate) type TakePage<'s, G> = fn(&'s Cache, &'s SharedFile, u32) -> Result<Option<G>>;
 
+/// The files a walk over every page visited before the one it is on, each with the pages it
+/// visited there (the others were found moved): see [`Cache::each_page`].
+#[derive(Default)]
+pub(crate) struct Walked<'s> {
+    pub(crate) files: Vec<(&'s SharedFile, Vec<bool>)>,
+}
+
+impl Walked<'_> {
+    /// Whether the walk is on the first file it visited (every entry counts).
+    pub(crate) fn first(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Whether an entry found on page `page` of `file` (of `num_pages` pages, the file the walk
+    /// is on), stored under `key` with `slot_hash`, is one the walk has not met yet: its page
+    /// in each file visited before was found moved (so it was not visited there), and is
+    /// still marked moved (an entry whose old page is not marked is a stale copy and does not
+    /// exist). Entries only move from a file to its successor, and marks stay, so every entry
+    /// counts once.
+    pub(crate) fn counts(&self, num_pages: u32, page: u32, key: &[u8], slot_hash: u32) -> bool {
+        self.files.iter().all(|(f, visited)| {
+            crate::store::old_page_of(f, num_pages, page, key, slot_hash)
+                .is_some_and(|p| !visited[p as usize] && f.page_moved(p))
+        })
+    }
+
+    /// Whether an entry found on page `page` of the file the walk is on is a stale copy (see
+    /// [`counts`](Self::counts)): never written back, never dropped by a walk that keeps
+    /// dirty entries.
+    pub(crate) fn stale(&self, num_pages: u32, page: u32, key: &[u8], slot_hash: u32) -> bool {
+        self.files
+            .iter()
+            .any(|(f, _)| f.stale_in_successor(num_pages, page, key, slot_hash))
+    }
+}
+
 /// Where a key lives: its whole hash, from which each file picks the key's page (a resize
 /// changes the number of pages, so the page is picked when the page is locked).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Loc(u64);
 
 impl Loc {
-    /// A place on page `page` of every file of more than `page` pages (for walks over every
-    /// page).
-    pub(crate) fn at(page: u32) -> Loc {
-        Loc(u64::from(page))
-    }
-
     /// The key's page in a file of `num_pages` pages.
     #[inline]
     pub(crate) fn page(self, num_pages: u32) -> u32 {
@@ -403,28 +433,45 @@ impl Cache {
     /// Visits every page of the file this handle uses, one page locked at a time by `take`
     /// ([`lock_page_at`](Self::lock_page_at), [`read_page_at`](Self::read_page_at) or
     /// [`shared_page_at`](Self::shared_page_at)), handing `visit` the state, the file, the
-    /// page and its lock. `start` is called with the state before the walk over each file: a
-    /// resize met part way starts the walk over on the new file (so `start` decides what a
-    /// walk keeps from the one it replaces). Returns the state and the file the walk ended on.
+    /// page, its lock and what the walk visited before this file. `start` is called with the
+    /// state before the walk over each file. Returns the state and the file the walk ended on.
+    ///
+    /// A resize met on the way (pages found moved: a move under way, stopped part way, or
+    /// finished) does not start the walk over: the pages found moved are skipped, and the
+    /// walk then visits every page of the successor, where [`Walked::counts`] says which
+    /// entries it has not met yet (docs/format.md §2.5, "Walks").
     pub(crate) fn each_page<'s, G, S>(
         &'s self,
         take: TakePage<'s, G>,
         mut state: S,
         mut start: impl FnMut(&mut S, &'s SharedFile),
-        mut visit: impl FnMut(&mut S, &'s SharedFile, u32, G) -> Result<()>,
+        mut visit: impl FnMut(&mut S, &'s SharedFile, u32, G, &Walked<'s>) -> Result<()>,
     ) -> Result<(S, &'s SharedFile)> {
-        let from: &'s SharedFile = &self.inner.file;
-        let file = self.follow_moves(from, |file| {
-            start(&mut state, file);
-            for page in 0..file.geometry().num_pages {
-                let Some(guard) = take(self, file, page)? else {
-                    return Ok(None);
-                };
-                visit(&mut state, file, page, guard)?;
+        let mut walked = Walked::default();
+        let mut file: &'s SharedFile = &self.inner.file;
+        for _ in 0..MAX_FOLLOWS {
+            if file.is_moved() {
+                // Every page is in the successor: nothing here to visit.
+                self.follow(file)?;
+                file = file.successor()?;
+                continue;
             }
-            Ok(Some(file))
-        })?;
-        Ok((state, file))
+            start(&mut state, file);
+            let pages = file.geometry().num_pages;
+            let mut visited = vec![false; pages as usize];
+            for page in 0..pages {
+                if let Some(guard) = take(self, file, page)? {
+                    visited[page as usize] = true;
+                    visit(&mut state, file, page, guard, &walked)?;
+                }
+            }
+            if visited.iter().all(|&v| v) {
+                return Ok((state, file));
+            }
+            walked.files.push((file, visited));
+            file = file.successor()?;
+        }
+        Err(self.too_many_moves())
     }
 
     #[inline]
@@ -598,9 +645,9 @@ impl Cache {
             Err(Error::OverflowFull { needed, .. }) => {
                 // Room is made in other pages with this one let go (a page lock is never waited
                 // for while another is held), then the store is tried once more.
-                let page = guard.page_index();
+                let at = guard.place();
                 drop(guard);
-                self.evict_overflow_elsewhere(page, needed, now)?;
+                self.evict_overflow_elsewhere(at, needed, now)?;
                 let mut guard = self.lock_page(loc)?;
                 self.store_locked(&mut guard, req, now)
             }
@@ -647,7 +694,7 @@ impl Cache {
                     file.overflow_owners()
                 }
             },
-            |owners, file, page, mut guard| {
+            |owners, file, page, mut guard, _| {
                 let g = file.geometry();
                 let slot_hash = move |key: &[u8]| hash.locate(key, g.num_pages).1;
                 if wipe {
@@ -677,8 +724,8 @@ impl Cache {
             // A shared lock: validating reads the page and changes nothing.
             Cache::shared_page_at,
             Vec::new(),
-            |problems, _| problems.clear(),
-            |problems, file, page, guard| {
+            |_, _| {},
+            |problems, file, page, guard, _| {
                 let g = file.geometry();
                 let slot_hash = move |key: &[u8]| hash.locate(key, g.num_pages).1;
                 let problem = match guard.as_is() {

@@ -11,14 +11,17 @@ impl Cache {
     /// Every live entry, page by page: each page is locked only while its entries are copied
     /// out, so the iterator holds no lock between calls and the cache may change under it.
     ///
-    /// A [`resize`](Self::resize) finished while iterating sends the iterator on to the new
-    /// file (whether or not this handle has followed it yet), where it skips the keys whose
-    /// pages it had already visited (a key stored with [`multi_set`](Self::multi_set) by the
-    /// page of its page key), so that each key comes once.
+    /// A [`resize`](Self::resize) met while iterating (pages found moved) sends the iterator,
+    /// once past the old file's last page, on to the new file (whether or not this handle has
+    /// followed it yet), where it skips the keys whose old pages it visited (a key stored with
+    /// [`multi_set`](Self::multi_set) by the page of its page key) and the stale copies of a
+    /// move under way, so that each key comes once.
     pub fn iter(&self) -> Iter {
+        let file = self.inner.file.arc();
         Iter {
             cache: self.clone(),
-            file: self.inner.file.arc(),
+            visiting: vec![false; file.geometry().num_pages as usize],
+            file,
             next_page: 0,
             visited: Vec::new(),
             buffered: Vec::new(),
@@ -52,28 +55,32 @@ impl Cache {
             .find(|loc| loc.page(num_pages) == page)
     }
 
-    /// The live entries of page `page` of `file`, copied out under its lock, each with what
-    /// placed it ([`home`](Self::home)); `None` if a resize moved the page (the walk goes on
-    /// in `file`'s successor).
-    fn page_entries(&self, file: &SharedFile, page: u32) -> Result<Option<Vec<(Loc, KeyEntry)>>> {
+    /// The live entries of page `page` of `file` that `keep` keeps (by key and slot hash),
+    /// copied out under its lock; `None` if a resize moved the page (the walk goes on in
+    /// `file`'s successor).
+    fn page_entries(
+        &self,
+        file: &SharedFile,
+        page: u32,
+        keep: impl Fn(&[u8], u32) -> bool,
+    ) -> Result<Option<Vec<KeyEntry>>> {
         let now = self.now();
         let num_pages = file.geometry().num_pages;
         let Some(mut reader) = self.read_page_at(file, page)? else {
             return Ok(None);
         };
         let mut out = Vec::new();
-        let mut homes = Vec::new();
         // A key whose bytes were damaged no longer hashes to the slot hash stored with it
         // (lookups never match it); here it would come out as a key that was never stored.
         let mut damaged = false;
         let walked =
             reader.for_each_entry(|e| match self.home(e.key, page, num_pages, e.slot_hash) {
                 None => damaged = true,
-                Some(home)
+                Some(_)
                     if !crate::page::consts::is_expired(e.expire_on, now)
-                        && e.flags & FLAG_TOMBSTONE == 0 =>
+                        && e.flags & FLAG_TOMBSTONE == 0
+                        && keep(e.key, e.slot_hash) =>
                 {
-                    homes.push(home);
                     out.push((e.key.to_vec(), Entry::from_ref(e)));
                 }
                 Some(_) => {}
@@ -81,11 +88,10 @@ impl Cache {
         if walked.is_err() || damaged {
             reader.reset();
             out.clear();
-            homes.clear();
         }
         drop(reader);
         self.way().decode_entries(&mut out)?;
-        Ok(Some(homes.into_iter().zip(out).collect()))
+        Ok(Some(out))
     }
 }
 
@@ -101,28 +107,31 @@ pub struct Iter {
     /// keeps its successor alive, and this `Arc` keeps the file.
     file: Arc<SharedFile>,
     next_page: u32,
-    /// Files walked before a resize moved them: (pages, pages visited). Keys of visited pages
-    /// are not returned again from a later file.
-    visited: Vec<(u32, u32)>,
+    /// The pages of `file` visited (the others were found moved).
+    visiting: Vec<bool>,
+    /// Files walked before, each with the pages visited there: an entry of a later file is
+    /// returned only if its page in each of them was not visited and is marked moved (see
+    /// `Walked::counts`, which walks over every page share).
+    visited: Vec<(Arc<SharedFile>, Vec<bool>)>,
     buffered: Vec<KeyEntry>,
 }
 
 impl Iter {
-    /// The walk found its page moved: go on in the successor of the file walked. A resize
-    /// that kept the page count (another page size) put every key on the page of the same
-    /// number, so the walk goes on at the page it was at (every page before it holds only
-    /// keys already visited); otherwise from page 0, skipping the keys of visited pages.
+    /// The walk is past the last page of its file, some of which were found moved: go on
+    /// from page 0 of the file's successor.
     fn step_to_successor(&mut self) -> Result<()> {
         if self.visited.len() >= MAX_FOLLOWS {
             return Err(self.cache.too_many_moves());
         }
-        let num_pages = self.file.geometry().num_pages;
         let next = self.file.successor_arc()?;
-        self.visited.push((num_pages, self.next_page));
-        if next.geometry().num_pages != num_pages {
-            self.next_page = 0;
+        let pages = next.geometry().num_pages as usize;
+        let visiting = std::mem::replace(&mut self.visiting, vec![false; pages]);
+        let file = std::mem::replace(&mut self.file, next);
+        // A file found moved before any of its pages was visited adds nothing to the filter.
+        if visiting.iter().any(|&v| v) {
+            self.visited.push((file, visiting));
         }
-        self.file = next;
+        self.next_page = 0;
         Ok(())
     }
 }
@@ -136,21 +145,31 @@ impl Iterator for Iter {
                 return Some(Ok(item));
             }
             let num_pages = self.file.geometry().num_pages;
-            if self.next_page >= num_pages {
-                return None;
-            }
-            let page = self.next_page;
-            let step = match self.cache.page_entries(&self.file, page) {
-                Ok(Some(mut entries)) => {
-                    self.next_page += 1;
-                    let visited = &self.visited;
-                    entries
-                        .retain(|(home, _)| visited.iter().all(|&(n, done)| home.page(n) >= done));
-                    self.buffered = entries.into_iter().rev().map(|(_, e)| e).collect();
-                    Ok(())
+            let step = if self.next_page >= num_pages {
+                if self.next_page == u32::MAX || self.visiting.iter().all(|&v| v) {
+                    return None;
                 }
-                Ok(None) => self.step_to_successor(),
-                Err(e) => Err(e),
+                self.step_to_successor()
+            } else {
+                let page = self.next_page;
+                let visited = &self.visited;
+                let keep = |key: &[u8], slot_hash: u32| {
+                    visited.iter().all(|(f, seen)| {
+                        crate::store::old_page_of(f, num_pages, page, key, slot_hash)
+                            .is_some_and(|p| !seen[p as usize] && f.page_moved(p))
+                    })
+                };
+                match self.cache.page_entries(&self.file, page, keep) {
+                    Ok(found) => {
+                        self.next_page += 1;
+                        if let Some(entries) = found {
+                            self.visiting[page as usize] = true;
+                            self.buffered = entries.into_iter().rev().collect();
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
             };
             if let Err(e) = step {
                 self.next_page = u32::MAX;

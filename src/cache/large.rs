@@ -4,11 +4,11 @@
 //! the area when it is full (never by dropping a dirty value), and reclaiming blocks nothing
 //! references (`check`).
 
-use super::handle::{Cache, Loc, PageProblem};
+use super::handle::{Cache, PageProblem};
 use crate::Result;
 use crate::page::consts::{FLAG_DIRTY, FLAG_OVERFLOW, OVERFLOW_REF_SIZE, is_expired};
 use crate::page::{Corrupt, Dirty, DirtyCopy, NewEntry, PageView, StoreOutcome};
-use crate::store::{OverflowFull, OverflowReference, PageGuard, Place, Reader};
+use crate::store::{OverflowFull, OverflowReference, PageGuard, Place, Reader, SharedFile};
 use xxhash_rust::xxh3::xxh3_64;
 
 /// A large value that may be evicted to make room in the overflow area.
@@ -178,19 +178,29 @@ impl Cache {
     /// does not hold): expired large values first, then the least recently used of each page
     /// in turn, one page locked at a time, until enough blocks are free or every page was
     /// visited twice.
-    pub(super) fn evict_overflow_elsewhere(&self, page: u32, needed: u32, now: u32) -> Result<()> {
-        if self.inner.file.overflow().is_none() {
+    ///
+    /// `at` is the file and page of the store (during a resize, the new file's, whose area is
+    /// its own): the pages walked are that file's, a page of it found moved is skipped.
+    pub(super) fn evict_overflow_elsewhere(
+        &self,
+        at: Place<'_>,
+        needed: u32,
+        now: u32,
+    ) -> Result<()> {
+        let (file, page) = (at.file, at.page);
+        if file.overflow().is_none() {
             return Ok(());
         }
-        let pages = self.num_pages();
+        let pages = file.geometry().num_pages;
         for expired_only in [true, false] {
             for i in 1..pages {
-                if self.free_blocks() >= needed {
+                if free_blocks(file) >= needed {
                     return Ok(());
                 }
                 let other = (page + i) % pages;
-                let mut guard = self.lock_page(Loc::at(other))?;
-                self.evict_large_locked(&mut guard, None, needed, now, expired_only);
+                if let Some(mut guard) = self.lock_page_at(file, other)? {
+                    self.evict_large_locked(&mut guard, None, needed, now, expired_only);
+                }
             }
         }
         Ok(())
@@ -200,20 +210,15 @@ impl Cache {
     /// them clean, so that the area's eviction may take them (a write-back cache whose area
     /// is full of writes the backing store does not have yet). Each page under its write-back
     /// lock, as `flush` does; the caller holds no lock.
-    pub(super) fn write_back_large(&self) -> Result<usize> {
-        let owners = self.inner.file.overflow_owners();
+    ///
+    /// `file` is the file whose area is full (during a resize, maybe the new one).
+    pub(super) fn write_back_large(&self, file: &SharedFile) -> Result<usize> {
+        let owners = file.overflow_owners();
         let mut written = 0;
         for (page, _) in owners.iter().enumerate().filter(|(_, owns)| **owns) {
-            written += self.flush_page(Loc::at(page as u32), true)?;
+            written += self.flush_page_at(file, page as u32, true)?;
         }
         Ok(written)
-    }
-
-    fn free_blocks(&self) -> u32 {
-        self.inner
-            .file
-            .overflow_usage()
-            .map_or(0, |u| u.blocks.saturating_sub(u.used))
     }
 
     /// Removes clean large values of the locked page (never `keep`'s) until `needed` blocks
@@ -245,8 +250,9 @@ impl Cache {
         }
         victims.retain(|v| v.expired || !expired_only);
         victims.sort_by_key(|v| (!v.expired, v.last_access));
+        let file = guard.place().file;
         for v in victims {
-            if self.free_blocks() >= needed {
+            if free_blocks(file) >= needed {
                 return;
             }
             if guard
@@ -269,12 +275,12 @@ impl Cache {
         if self.inner.file.overflow().is_none() {
             return Ok(0);
         }
-        // A resize met part way: the walk starts over on the new file.
+        // A resize met part way: the walk goes on in the new file (`each_page`).
         let (freed, file) = self.each_page(
             Cache::lock_page_at,
             0u64,
-            |freed, _| *freed = 0,
-            |freed, _, _, mut guard| {
+            |_, _| {},
+            |freed, _, _, mut guard, _| {
                 *freed += u64::from(guard.sweep_overflow());
                 Ok(())
             },
@@ -292,16 +298,13 @@ impl Cache {
         if self.inner.file.overflow().is_none() {
             return Ok((Vec::new(), 0));
         }
-        // A resize met part way: the walk starts over on the new file.
+        // A resize met part way: the walk goes on in the new file (`each_page`).
         let ((problems, unreferenced), file) = self.each_page(
             // A shared lock, as `validate` takes: checking changes nothing.
             Cache::shared_page_at,
             (Vec::new(), 0u64),
-            |(problems, unreferenced), _| {
-                problems.clear();
-                *unreferenced = 0;
-            },
-            |(problems, unreferenced), _, page, guard| {
+            |_, _| {},
+            |(problems, unreferenced), _, page, guard, _| {
                 match Reader::Shared(guard).overflow_unreferenced() {
                     Ok(n) => *unreferenced += u64::from(n),
                     Err(c) => problems.push(PageProblem { page, reason: c.0 }),
@@ -312,4 +315,10 @@ impl Cache {
         let unreferenced = unreferenced + u64::from(file.overflow_free_unowned(true));
         Ok((problems, unreferenced))
     }
+}
+
+/// Blocks free in `file`'s overflow area.
+fn free_blocks(file: &SharedFile) -> u32 {
+    file.overflow_usage()
+        .map_or(0, |u| u.blocks.saturating_sub(u.used))
 }

@@ -34,12 +34,13 @@ impl Cache {
 
     pub(super) fn evict_all(&self, mode: Evict) -> Result<usize> {
         let now = self.now();
-        // A walk started over after a resize keeps the count of what the first one dropped.
+        // Past a resize met part way, every entry of the new file is dropped too (stale
+        // copies with the rest: `clear` may drop more than it met).
         let (total, _) = self.each_page(
             Cache::lock_page_at,
             0,
             |_, _| {},
-            |total, file, _, mut guard| {
+            |total, file, _, mut guard, _| {
                 let slots = file.geometry().start_slots;
                 *total += guard.change(|p| p.evict(mode, now, slots)).unwrap_or(0);
                 Ok(())
@@ -56,11 +57,25 @@ impl Cache {
         let (mut stats, file) = self.each_page(
             Cache::read_page_at,
             Stats::default(),
-            |stats, _| *stats = Stats::default(),
-            |stats, file, page, mut reader| {
+            |_, _| {},
+            |stats, file, page, mut reader, walked| {
                 let h = reader.header();
+                // Past a resize met on the way, only the entries the walk has not met count
+                // (never a stale copy, never one counted in the old file).
+                let entries = if walked.first() {
+                    h.num_slots.saturating_sub(h.free_slots)
+                } else {
+                    let n = file.geometry().num_pages;
+                    let mut entries = 0;
+                    let _ = reader.for_each_entry(|e| {
+                        if walked.counts(n, page, e.key, e.slot_hash) {
+                            entries += 1;
+                        }
+                    });
+                    entries
+                };
                 stats.add(PageStats {
-                    entries: h.num_slots.saturating_sub(h.free_slots),
+                    entries,
                     slots: h.num_slots,
                     used_bytes: h.used_bytes(),
                     free_bytes: h.free_bytes,
@@ -92,7 +107,7 @@ impl Cache {
             Cache::lock_page_at,
             (),
             |_, _| {},
-            |_, file, page, mut guard| {
+            |_, file, page, mut guard, _| {
                 let _ = guard.page().reset_stats();
                 file.clear_resets(page);
                 Ok(())

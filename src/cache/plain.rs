@@ -132,12 +132,15 @@ impl Cache {
         if locked.is_empty() {
             return Ok(out);
         }
-        // A resize met part way: the keys left over start over on the new file.
+        // The keys of pages a resize moved go on in the new file; the others were read here
+        // (while a move is under way, an unmoved page's keys live only in the old file).
         self.follow_moves(&self.inner.file, |file| {
             let rest = locked.iter().map(|&i| keys[i].as_ref());
+            let mut moved = Vec::new();
             for (page, group) in self.group_by_page(file.geometry().num_pages, rest) {
                 let Some(mut reader) = self.read_page_at(file, page)? else {
-                    return Ok(None);
+                    moved.extend(group.iter().map(|&(j, _)| locked[j]));
+                    continue;
                 };
                 for (j, slot_hash) in group {
                     let i = locked[j];
@@ -146,7 +149,11 @@ impl Cache {
                     });
                 }
             }
-            Ok(Some(()))
+            if moved.is_empty() {
+                return Ok(Some(()));
+            }
+            locked = moved;
+            Ok(None)
         })?;
         Ok(out)
     }
@@ -163,25 +170,33 @@ impl Cache {
         for req in &reqs {
             self.check_size(req)?;
         }
-        // A resize met part way: the batch starts over on the new file (the pairs stored
-        // before the move were moved with the rest, and storing them again changes nothing).
+        // The pairs of pages a resize moved go on in the new file; the others were stored
+        // here (while a move is under way, an unmoved page's keys live only in the old file).
+        let mut rest: Vec<usize> = (0..pairs.len()).collect();
+        let mut stored = 0;
         self.follow_moves(&self.inner.file, |file| {
-            let mut stored = 0;
+            let mut moved = Vec::new();
             let groups = self.group_by_page(
                 file.geometry().num_pages,
-                pairs.iter().map(|(k, _)| k.as_ref()),
+                rest.iter().map(|&i| pairs[i].0.as_ref()),
             );
             for (page, group) in groups {
                 let Some(mut guard) = self.lock_page_at(file, page)? else {
-                    return Ok(None);
+                    moved.extend(group.iter().map(|&(j, _)| rest[j]));
+                    continue;
                 };
-                for (i, _) in group {
-                    if self.store_locked(&mut guard, &reqs[i], now)? != StoreOutcome::Refused {
+                for (j, _) in group {
+                    if self.store_locked(&mut guard, &reqs[rest[j]], now)? != StoreOutcome::Refused
+                    {
                         stored += 1;
                     }
                 }
             }
-            Ok(Some(stored))
+            if moved.is_empty() {
+                return Ok(Some(stored));
+            }
+            rest = moved;
+            Ok(None)
         })
     }
 

@@ -37,13 +37,13 @@
 //! `large.rs`).
 
 use super::compression::decompress_borrowed;
-use super::handle::{Cache, Loc};
+use super::handle::{Cache, Loc, Walked};
 use super::update::is_negative;
 use crate::clock::from_unix_secs;
 use crate::page::consts::{FLAG_DIRTY, FLAG_OVERFLOW, FLAG_UNDEF};
 use crate::page::{Corrupt, Dirty, DirtyCopy, Evict, NewEntry, PageMut, StoreOutcome};
 use crate::store::{
-    LockError, OverflowFull, PageGuard, Route, SharedFile, WriteBackGuard, WriteBackWait,
+    LockError, OverflowFull, PageGuard, Place, Route, SharedFile, WriteBackGuard, WriteBackWait,
 };
 use crate::{Error, LockRole, Result};
 use std::time::Duration;
@@ -51,6 +51,10 @@ use std::time::Duration;
 /// Attempts at a change that must drop dirty entries: each but the last unlocks the page to
 /// write them back; the last writes them back holding the page lock (see the module docs).
 const ROUNDS: usize = 4;
+
+/// A page lock with the page's write-back lock, if one is needed (see
+/// `Cache::lock_with_write_back`).
+type WithWriteBack<'s> = (Option<WriteBackGuard<'s>>, PageGuard<'s>);
 
 /// What [`Cache::try_write_back_lock`] got.
 pub(crate) enum TryWriteBack<'a> {
@@ -252,16 +256,16 @@ impl Cache {
                     // values are written back first, each under its page's write-back lock —
                     // unless the caller holds one (a thread takes one at a time).
                     made_room += 1;
-                    let locked_page = guard.page_index();
+                    let locked = guard.place();
                     drop(guard);
                     if made_room == 2 {
                         write_back = None;
-                        if self.inner.file.holds_write_back() {
+                        if locked.file.holds_write_back() {
                             return Err(self.overflow_full(full));
                         }
-                        self.write_back_large()?;
+                        self.write_back_large(locked.file)?;
                     }
-                    self.evict_overflow_elsewhere(locked_page, full.needed, now)?;
+                    self.evict_overflow_elsewhere(locked, full.needed, now)?;
                     guard = self.lock_for_change(page)?;
                 }
                 Err(Failed::Full(full)) => return Err(self.overflow_full(full)),
@@ -396,7 +400,45 @@ impl Cache {
     /// nothing), without the marker, whether dirty entries are in the way and whether the
     /// store would go in place; only then is the store made, under the marker only if it must
     /// be.
+    ///
+    /// A dead resizer's copy among the dirty entries (one a killed resizer left in a page of
+    /// the file a move goes to, whose real entry is in the old file: see
+    /// [`dead_copy`](Self::dead_copy)) does not exist: it is never handed back to be written
+    /// back — it may be older than its real entry, written back already — and one in the way
+    /// is marked clean and the store tried again.
     fn attempt_store(
+        &self,
+        guard: &mut PageGuard<'_>,
+        req: &NewEntry<'_>,
+        now: u32,
+        refuse: bool,
+        replacing_drops: bool,
+        copies: &mut Vec<DirtyCopy>,
+    ) -> std::result::Result<Option<StoreOutcome>, Failed> {
+        let at = guard.place();
+        let mut stored = None;
+        for _ in 0..2 {
+            stored = self.attempt_store_once(guard, req, now, refuse, replacing_drops, copies)?;
+            // The file the handle uses holds no stale copy: the common case ends here.
+            if copies.is_empty() || std::ptr::eq(at.file, &*self.inner.file) {
+                return Ok(stored);
+            }
+            let (stale, real): (Vec<DirtyCopy>, Vec<DirtyCopy>) =
+                copies.drain(..).partition(|c| self.dead_copy(at, c));
+            *copies = real;
+            if stale.is_empty() || stored.is_some() || !copies.is_empty() {
+                if stored.is_none() {
+                    self.mark_clean(guard, &stale);
+                }
+                return Ok(stored);
+            }
+            // Refused for stale copies alone: clean in truth, and then out of the way.
+            self.mark_clean(guard, &stale);
+        }
+        Ok(stored)
+    }
+
+    fn attempt_store_once(
         &self,
         guard: &mut PageGuard<'_>,
         req: &NewEntry<'_>,
@@ -543,39 +585,66 @@ impl Cache {
         error
     }
 
+    /// Takes page `page` of `file` with its write-back lock (none without a backing store, or
+    /// in a backing store's callback), for the walks that write back: `None` if a resize moved
+    /// the page (see [`Cache::each_page`]).
+    fn lock_with_write_back<'s>(
+        &'s self,
+        file: &'s SharedFile,
+        page: u32,
+    ) -> Result<Option<WithWriteBack<'s>>> {
+        let write_back = if !self.has_backing() || file.holds_write_back() {
+            None
+        } else {
+            let timeout = self.inner.lock_timeout;
+            match file.lock_write_back(page, WriteBackWait::Up(timeout)) {
+                Ok(guard) => Some(guard),
+                Err(LockError::Moved) => return self.follow(file).map(|()| None),
+                Err(e) => return Err(file.lock_error(e, LockRole::WriteBack, page, timeout)),
+            }
+        };
+        Ok(self
+            .lock_page_at(file, page)?
+            .map(|guard| (write_back, guard)))
+    }
+
     /// Drops what `mode` says from every page, writing back the dirty entries among them
     /// first. Returns how many entries were dropped.
+    ///
+    /// Past a resize met on the way, a stale copy (whose old page is not marked moved: it
+    /// does not exist, §2.5 of docs/format.md) is neither written back (it may be older than
+    /// its real entry, written back already) nor dropped (it becomes real if its page is
+    /// moved, as a write made after the walk visited that page).
     pub(crate) fn evict_all_keeping_dirty(&self, mode: Evict) -> Result<usize> {
-        let mut total = 0;
-        // A resize met part way (a page found moved): the walk starts over on the new file.
-        self.follow_moves(&self.inner.file, |file| {
-            for page in 0..file.geometry().num_pages {
-                let (dropped, on) = self.evict_keeping_dirty(file, Loc::at(page), mode)?;
-                total += dropped;
-                if !std::ptr::eq(on, file) {
-                    return Ok(None);
-                }
-            }
-            Ok(Some(()))
-        })?;
+        let (total, _) = self.each_page(
+            Cache::lock_with_write_back,
+            0,
+            |_, _| {},
+            |total, file, page, (_write_back, guard), walked| {
+                *total += if walked.first() {
+                    self.evict_keeping_dirty(file, page, guard, mode)?
+                } else {
+                    self.evict_counted(file, page, guard, mode, walked)?
+                };
+                Ok(())
+            },
+        )?;
         Ok(total)
     }
 
-    /// Drops what `mode` says from the page of `page`, starting at `from`: how many entries
-    /// were dropped, and the file whose page that was (not `from` if a resize moved it).
+    /// Drops what `mode` says from page `page` of `file`, locked by `guard` (and its
+    /// write-back lock held by the caller): how many entries were dropped.
     fn evict_keeping_dirty<'s>(
         &'s self,
-        from: &'s SharedFile,
-        page: Loc,
+        file: &'s SharedFile,
+        page: u32,
+        mut guard: PageGuard<'s>,
         mode: Evict,
-    ) -> Result<(usize, &'s SharedFile)> {
+    ) -> Result<usize> {
         let now = self.now();
-        let slots = self.geometry().start_slots;
+        let slots = file.geometry().start_slots;
         let mut copies = Vec::new();
-        let _write_back = self.write_back_lock_from(from, page)?;
-        let mut guard = self.lock_page_from(from, page)?;
         let at = guard.place();
-        let on = at.file;
         // Rounds 0..ROUNDS refuse; the last of them writes back holding the lock, so the one
         // after drops clean entries.
         for round in 0..=ROUNDS {
@@ -595,20 +664,86 @@ impl Cache {
                 Ok(Some(dropped)) => {
                     drop(guard);
                     self.write_back(&copies)?;
-                    return Ok((dropped, on));
+                    return Ok(dropped);
                 }
                 Ok(None) if round + 1 >= ROUNDS => self.write_back_held(&mut guard, &copies)?,
                 Ok(None) => {
                     drop(guard);
                     self.write_back(&copies)?;
-                    guard = self.lock_page_from(on, page)?;
+                    // The write-back lock keeps the page from moving meanwhile.
+                    let Some(again) = self.lock_page_at(file, page)? else {
+                        return Ok(0);
+                    };
+                    guard = again;
                     self.mark_clean(&mut guard, &copies);
                 }
                 // Damaged, and reset: nothing is left to drop.
-                Err(_) => return Ok((0, on)),
+                Err(_) => return Ok(0),
             }
         }
         unreachable!("the last round always returns")
+    }
+
+    /// [`evict_keeping_dirty`](Self::evict_keeping_dirty) for a page of a file the walk
+    /// reached past a resize: entry by entry, leaving stale copies as they are.
+    fn evict_counted<'s>(
+        &'s self,
+        file: &'s SharedFile,
+        page: u32,
+        mut guard: PageGuard<'s>,
+        mode: Evict,
+        walked: &Walked<'_>,
+    ) -> Result<usize> {
+        let now = self.now();
+        let pages = file.geometry().num_pages;
+        let at = guard.place();
+        let chosen = |key: &[u8], slot_hash: u32, expire_on: u32| {
+            !walked.stale(pages, page, key, slot_hash)
+                && (mode == Evict::All || crate::page::consts::is_expired(expire_on, now))
+        };
+        let mut keys = Vec::new();
+        let found = guard.page().view().for_each_entry(|e| {
+            if chosen(e.key, e.slot_hash, e.expire_on) {
+                keys.push((e.slot_hash, e.key.to_vec()));
+            }
+        });
+        let copies = found
+            .and_then(|()| guard.page().view().dirty_entries())
+            .and_then(|mut copies| {
+                copies.retain(|c| chosen(&c.key, c.slot_hash, c.expire_on));
+                self.resolve_copies(at, &mut copies).map(|_| copies)
+            });
+        let copies = match copies {
+            Ok(copies) => copies,
+            Err(c) => {
+                guard.reset_for(c);
+                return Ok(0);
+            }
+        };
+        if !copies.is_empty() {
+            drop(guard);
+            self.write_back(&copies)?;
+            // The write-back lock keeps the page from moving meanwhile.
+            let Some(again) = self.lock_page_at(file, page)? else {
+                return Ok(0);
+            };
+            guard = again;
+            self.mark_clean(&mut guard, &copies);
+        }
+        // An entry written again meanwhile is dirty again: it stays, as a write after the walk.
+        let removed = guard.change(|p| {
+            let mut removed = 0;
+            for (slot_hash, key) in &keys {
+                let clean = p.view().find(*slot_hash, key)?.is_some_and(|e| {
+                    e.flags & FLAG_DIRTY == 0 && chosen(key, *slot_hash, e.expire_on)
+                });
+                if clean && p.remove(*slot_hash, key, now)?.is_some() {
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        });
+        Ok(removed.unwrap_or(0))
     }
 
     /// Writes back every dirty entry of every page and marks it clean; the entries stay
@@ -617,7 +752,9 @@ impl Cache {
     ///
     /// Each page is locked twice (to copy its dirty entries out, then to mark them clean), and
     /// never while the backing store is called. An entry changed meanwhile stays dirty: its new
-    /// value is written by a later flush or eviction.
+    /// value is written by a later flush or eviction. During a resize, each entry is written
+    /// from where it lives (a stale copy of a move under way is never written: §2.5 of
+    /// docs/format.md).
     ///
     /// # Errors
     /// [`Error::Backing`] on the first failure of the store (the entries not yet written stay
@@ -626,62 +763,112 @@ impl Cache {
         if !self.has_backing() {
             return Ok(0);
         }
-        let mut written = 0;
-        // A resize met part way (a page found moved): the walk starts over on the new file
-        // (entries written back already are clean there: they were copied clean, or marked
-        // clean in it).
-        self.follow_moves(&self.inner.file, |file| {
-            for page in 0..file.geometry().num_pages {
-                let (n, on) = self.flush_page_from(file, Loc::at(page), false)?;
-                written += n;
-                if !std::ptr::eq(on, file) {
-                    return Ok(None);
-                }
-            }
-            Ok(Some(()))
-        })?;
+        let (written, _) = self.each_page(
+            Cache::lock_with_write_back,
+            0,
+            |_, _| {},
+            |written, file, page, (_write_back, guard), walked| {
+                let pages = file.geometry().num_pages;
+                let keep = |c: &DirtyCopy| !walked.stale(pages, page, &c.key, c.slot_hash);
+                *written += self.flush_held(file, page, guard, false, keep)?;
+                Ok(())
+            },
+        )?;
         Ok(written)
     }
 
-    /// `flush` of one page (`only_large`: of its large values only). Returns how many entries
-    /// were written.
-    pub(crate) fn flush_page(&self, page: Loc, only_large: bool) -> Result<usize> {
-        Ok(self.flush_page_from(&self.inner.file, page, only_large)?.0)
+    /// `flush` of page `page` of `file` (`only_large`: of its large values only; nothing if
+    /// the page was found moved). Returns how many entries were written.
+    pub(crate) fn flush_page_at(
+        &self,
+        file: &SharedFile,
+        page: u32,
+        only_large: bool,
+    ) -> Result<usize> {
+        let Some((_write_back, guard)) = self.lock_with_write_back(file, page)? else {
+            return Ok(0);
+        };
+        let at = guard.place();
+        self.flush_held(file, page, guard, only_large, |c| !self.stale(at, c))
     }
 
-    /// [`flush_page`](Self::flush_page) starting at `from`: how many entries were written,
-    /// and the file whose page that was (not `from` if a resize moved it).
-    fn flush_page_from<'s>(
-        &'s self,
-        from: &'s SharedFile,
-        page: Loc,
-        only_large: bool,
-    ) -> Result<(usize, &'s SharedFile)> {
-        let _write_back = self.write_back_lock_from(from, page)?;
-        let mut guard = self.lock_page_from(from, page)?;
-        let at = guard.place();
-        let on = at.file;
-        let found = guard.page().view().dirty_entries().and_then(|mut copies| {
-            if only_large {
-                copies.retain(|c| c.flags & FLAG_OVERFLOW != 0);
+    /// Whether `c`, found at `at` (a page of the file this handle uses, or of a file a resize
+    /// moved it to), is a stale copy: its page in some file between is not marked moved (see
+    /// `SharedFile::stale_in_successor`), so it does not exist and is never written back.
+    fn stale(&self, at: Place<'_>, c: &DirtyCopy) -> bool {
+        let pages = at.file.geometry().num_pages;
+        let mut f: &SharedFile = &self.inner.file;
+        for _ in 0..crate::store::MAX_FOLLOWS {
+            if std::ptr::eq(f, at.file) {
+                return false;
             }
+            if f.stale_in_successor(pages, at.page, &c.key, c.slot_hash) {
+                return true;
+            }
+            match f.successor() {
+                Ok(next) => f = next,
+                Err(_) => return true,
+            }
+        }
+        true
+    }
+
+    /// Whether `c`, found at `at` (a page of a file a resize moves the handle's file to), is a
+    /// copy a dead resizer left of a page it never marked, in some file of the chain from the
+    /// handle's file to `at` (see `SharedFile::dead_copy_in_successor`). `false` for a file
+    /// not ahead of the handle's in that chain.
+    fn dead_copy(&self, at: Place<'_>, c: &DirtyCopy) -> bool {
+        let pages = at.file.geometry().num_pages;
+        let mut f: &SharedFile = &self.inner.file;
+        for _ in 0..crate::store::MAX_FOLLOWS {
+            if std::ptr::eq(f, at.file) || !(f.is_migrating() || f.is_moved()) {
+                return false;
+            }
+            if f.dead_copy_in_successor(pages, at.page, &c.key, c.slot_hash) {
+                return true;
+            }
+            match f.successor() {
+                Ok(next) => f = next,
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// Writes back the dirty entries of page `page` of `file`, locked by `guard` (its
+    /// write-back lock held by the caller), that `keep` keeps (`only_large`: its large values
+    /// only), and marks them clean. Returns how many were written.
+    fn flush_held<'s>(
+        &'s self,
+        file: &'s SharedFile,
+        page: u32,
+        mut guard: PageGuard<'s>,
+        only_large: bool,
+        keep: impl Fn(&DirtyCopy) -> bool,
+    ) -> Result<usize> {
+        let at = guard.place();
+        let found = guard.page().view().dirty_entries().and_then(|mut copies| {
+            copies.retain(|c| keep(c) && (!only_large || c.flags & FLAG_OVERFLOW != 0));
             self.resolve_copies(at, &mut copies).map(|_| copies)
         });
         let copies = match found {
             Ok(copies) => copies,
             Err(c) => {
                 guard.reset_for(c);
-                return Ok((0, on));
+                return Ok(0);
             }
         };
         drop(guard);
         if copies.is_empty() {
-            return Ok((0, on));
+            return Ok(0);
         }
         self.write_back(&copies)?;
-        let mut guard = self.lock_page_from(on, page)?;
-        self.mark_clean(&mut guard, &copies);
-        Ok((copies.len(), on))
+        // The write-back lock keeps the page from moving meanwhile; moved all the same, the
+        // entries stay dirty, to be written again.
+        if let Some(mut guard) = self.lock_page_at(file, page)? {
+            self.mark_clean(&mut guard, &copies);
+        }
+        Ok(copies.len())
     }
 
     /// Writes back every dirty entry and drops every entry (Perl's `empty`); with a backing

@@ -11,8 +11,9 @@ use crate::page::consts::{MIN_PAGE_SIZE, PAGE_MAGIC};
 pub const FILE_MAGIC: [u8; 8] = *b"fastmmap";
 /// Format version written by this crate. Version 7 gave the checksummed word at byte 52 to
 /// `journal_size` (the redo journal of crash-atomic page changes, after everything else in the
-/// file; see `journal.rs`) and the busy marker its journal value, `BUSY_REDO`; version 6 files
-/// are refused like older ones (they are caches, to be recreated). Version 5 added the overflow area for values larger
+/// file; see `journal.rs`), the busy marker its journal value, `BUSY_REDO`, and the resize
+/// state *migrating* (a successor in use while the old file's pages are moved one at a time);
+/// version 6 files are refused like older ones (they are caches, to be recreated). Version 5 added the overflow area for values larger
 /// than a page (its geometry in the fixed part, its table after the write-back lock table,
 /// the `FLAG_OVERFLOW` entry bit), the resize words (bytes 72..128 of the fixed part and
 /// the moved word of each page row), the read count in the entry flags and a ghost record of
@@ -58,7 +59,7 @@ pub const RESIZE_LOCK_OFFSET: usize = 72;
 pub const LINEAGE_OFFSET: usize = RESIZE_LOCK_OFFSET;
 /// How many resizes lie between this file and the first of its lineage.
 pub const GENERATION_OFFSET: usize = LINEAGE_OFFSET + 8;
-/// 0 (in use, no successor), [`STATE_BUILDING`] or [`STATE_MOVED`].
+/// 0 (in use, no successor), [`STATE_BUILDING`], [`STATE_MIGRATING`] or [`STATE_MOVED`].
 pub const STATE_OFFSET: usize = GENERATION_OFFSET + 4;
 /// The nonce naming the successor file (`<path>.resize-<nonce as 16 hex digits>`).
 pub const SUCCESSOR_OFFSET: usize = STATE_OFFSET + 4;
@@ -69,6 +70,10 @@ pub const RESIZE_WORDS_END: usize = SUCCESSOR_OFFSET + 8;
 pub const STATE_BUILDING: u32 = 1;
 /// Every entry is in the successor named by the nonce: every user goes there.
 pub const STATE_MOVED: u32 = 2;
+/// The successor named by the nonce is in use: the entries of each page whose row is marked
+/// moved live there, the others here (a resizer moves one page at a time, or died doing so
+/// and the next resize goes on). The successor is never removed.
+pub const STATE_MIGRATING: u32 = 3;
 
 /// The page table starts on the first row boundary after the fixed part.
 pub const PAGE_TABLE_OFFSET: usize = (OPENERS_LOCK_OFFSET + 1).next_multiple_of(ROW_SIZE);

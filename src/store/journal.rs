@@ -259,7 +259,6 @@ impl SharedFile {
     /// Sets how long a journaled change of this file, in this process, waits for the journal
     /// while changes of other pages hold it ([`JOURNAL_WAIT`] until set; a resizer may pass
     /// its lock timeout). No journal: nothing to set.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn set_journal_wait(&self, wait: Duration) {
         if let Some(j) = &self.journal {
             let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
@@ -461,8 +460,6 @@ impl PageGuard<'_> {
     /// ([`SharedFile::set_journal_wait`], [`JOURNAL_WAIT`] by default). Blocks claimed by
     /// a change killed before its marker was set are freed by the page's next structural
     /// change (its settle) or by [`sweep_overflow`](Self::sweep_overflow).
-    // Called by the page-at-a-time resize (another branch) and by this module's tests.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn change_journaled<T>(
         &mut self,
         f: impl FnOnce(&mut PageMut<'_>, Place<'_>) -> Result<T, crate::page::Corrupt>,

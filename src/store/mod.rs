@@ -48,7 +48,7 @@ pub(crate) use optimistic::{Access, Outcome as ReadOutcome};
 pub(crate) use overflow::{Full as OverflowFull, Reference as OverflowReference, Route};
 pub(crate) use reader::{Reader, peek_locked, read_locked};
 pub(crate) use registry::open_shared;
-pub(crate) use resize::{Current, MAX_FOLLOWS, WriteBack, resize};
+pub(crate) use resize::{Current, MAX_FOLLOWS, Moved, Stop, WriteBack, old_page_of, resize};
 pub(crate) use shared::{LockError, SharedFile};
 pub(crate) use write_back_lock::{Wait as WriteBackWait, WriteBackGuard};
 

@@ -1,39 +1,42 @@
 //! Resizing a live file: moving every entry to a file of another geometry while other threads
 //! and processes keep using it, and every user following the move by itself.
 //!
-//! # Protocol (first step: the move holds every page)
+//! # Protocol (one old page at a time; docs/format.md §2.5 has the whole of it)
 //!
 //! 1. The resizer takes the **resize lock**, an exclusive fcntl lock on header byte
 //!    [`RESIZE_LOCK_OFFSET`](header::RESIZE_LOCK_OFFSET) of the old file (plus an in-process
-//!    mutex, since fcntl locks do not exclude threads). The kernel drops it if the resizer
+//!    claim, since fcntl locks do not exclude threads). The kernel drops it if the resizer
 //!    dies. A second resizer gets [`Error::ResizeInProgress`].
 //! 2. It records a random nonce and the state *building* in the old header, and creates the
 //!    successor `<path>.resize-<nonce>` through the ordinary safe create path (`O_EXCL`,
 //!    the requested mode, a temporary name linked into place, owner checks on open), with the
-//!    lineage of the old file and the next generation in its header.
-//! 3. It takes every write-back lock, then every page lock of the old file, in page order
-//!    (the order every other locker follows: write-back lock before page lock, one page at a
-//!    time), copies every live entry (value, expiry, flags with the dirty bit, modseq, access
-//!    time, the policy's protected bit; a large value's bytes read and checked from the old
-//!    overflow area and written to blocks of the new one, whose area has the old one's size
-//!    and `max_value_size`) into the successor's page for its key, marks every old page
-//!    *moved* in its row and the old header *moved* (still holding the locks, so lock-free
-//!    readers see the mark in the same sequence window as the copy), renames the successor
-//!    over the path, and lets go.
-//! 4. Every locker checks its page's moved word right after taking the lock (one load of the
-//!    row it already touched); found set, it lets go and follows: it opens the successor
-//!    (by its temporary name, else by the path), checks that it is of the same lineage and a
-//!    later generation, swaps the handle to it, and redoes its step there. Optimistic readers
-//!    check the word inside their sequence window and fall back to the lock.
+//!    lineage of the old file and the next generation in its header; then the state
+//!    *migrating*: from here on the successor is in use.
+//! 3. One **step** per old page, in page order: old write-back lock, old page lock (as a
+//!    change, so lock-free readers see the mark in the same window), copy the live entries
+//!    out, store them into their new pages (each under its write-back lock and page lock,
+//!    through [`journaled`], dirty victims written back first when there is a backing store),
+//!    mark the old page's row moved (the commit point of the page), let go.
+//! 4. Rename the successor over the old file's name, then the state *moved*.
 //!
-//! A resizer killed before step 3 marks anything leaves the old file in use, unchanged, and a
-//! successor in state *building* that the next resize removes. Killed after the marks but
-//! before the rename, it leaves a complete successor under its temporary name, which every
-//! user follows, and which the first follower renames over the path.
+//! Every locker checks its page's moved word right after taking the lock (one load of the
+//! row it already touched); found set, it lets go and does its step in the successor (opened
+//! once per process: by its temporary name, else by the path, checked to be of the same
+//! lineage and a later generation). Its handle moves over only once the file is *moved*.
+//! Optimistic readers check the word inside their sequence window and fall back to the lock.
+//!
+//! Between a step's stores and its mark, the successor holds *stale copies* of the page's
+//! entries: an entry of the successor whose old page is not marked does not exist
+//! ([`SharedFile::stale_in_successor`]). A step stopped by a backing store's error takes them
+//! out again; a killed resizer leaves them, and the next resize (a *resume*) removes them
+//! before it goes on from the first page not marked.
+//!
+//! A resizer killed before the state *migrating* leaves the old file in use, unchanged, and a
+//! successor in state *building* that the next resize removes.
 
 #![allow(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::ops::Deref;
@@ -44,16 +47,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::fcntl::{LockFailure, fcntl, lock_owner};
+use super::fcntl::{fcntl, lock_owner};
 use super::geometry::Geometry;
+use super::guard::{PageGuard, Place};
 use super::header;
 use super::layout::{KeyHash, Layout};
-use super::lock::{Held, Reentry};
 use super::registry::{Entry, lock_registry, open_registered};
 use super::shared::SharedFile;
 use super::{OpenRequest, OverflowRequest, Requested, Route};
 use crate::page::consts::{FLAG_DIRTY, FLAG_OVERFLOW, is_expired};
-use crate::page::{Dirty, DirtyCopy, NewEntry, PageView, StoreOutcome};
+use crate::page::{Corrupt, Dirty, DirtyCopy, NewEntry, PageMut, StoreOutcome};
 use crate::{Error, Result};
 
 /// Most moves one operation follows before it gives up (each is a whole resize finished while
@@ -63,18 +66,24 @@ pub(crate) const MAX_FOLLOWS: usize = 64;
 /// What one resize did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Moved {
-    /// From the first lock of the old file taken to the last let go: the longest any user of
-    /// the old file can have waited for this move.
+    /// The old page locks' hold times added up (each step holds one old page).
     pub held: Duration,
-    /// Entries copied to the new file.
+    /// The longest one step held an old page lock: the longest any user of the old file can
+    /// have waited for this move.
+    pub longest_step: Duration,
+    /// Old pages moved by this call.
+    pub pages_moved: u32,
+    /// Every page is moved and the successor published (false: stopped by `Stop`).
+    pub finished: bool,
+    /// Entries copied to the new file and kept there.
     pub copied: u64,
     /// Entries that did not fit their new page (evicted by its policy, or larger than a new
-    /// page can hold).
+    /// page can hold), the resizer's copies or entries users had stored there.
     pub dropped: u64,
     /// Dirty (write-back) entries among `dropped` that no backing store took: lost.
     pub dirty_dropped: u64,
     /// Dirty entries among `dropped` handed to the caller's write-back (in the backing store
-    /// before the move was published).
+    /// before they were dropped).
     pub written_back: u64,
     /// Old pages found damaged (a process died changing them), whose entries were not copied.
     pub damaged_pages: u64,
@@ -89,11 +98,11 @@ impl SharedFile {
     }
 
     /// `page`'s moved word is set, and this thread holds the page's lock: whether the move
-    /// is real. Marks in a file that is not *moved* are damage, or the marks of a resizer that
-    /// died before it finished marking (the old file is still the one in use): cleared.
+    /// is real. Marks in a file that is neither *migrating* nor *moved* are damage (no resizer
+    /// marks a page before the state says *migrating*): cleared.
     #[cold]
     pub(super) fn moved_under_lock(&self, page: u32) -> bool {
-        if self.is_moved() {
+        if self.is_moved() || self.is_migrating() {
             return true;
         }
         if let Some(row) = self.row(page) {
@@ -145,6 +154,17 @@ impl SharedFile {
         self.resize_word(header::STATE_OFFSET) == u64::from(header::STATE_MOVED)
     }
 
+    /// Whether `page`'s entries live in the successor (its row is marked moved).
+    pub(crate) fn page_moved(&self, page: u32) -> bool {
+        self.moved(page)
+    }
+
+    /// Whether a move one page at a time is under way (or was stopped part way): the pages
+    /// whose rows are marked live in the successor, the others here.
+    pub(crate) fn is_migrating(&self) -> bool {
+        self.resize_word(header::STATE_OFFSET) == u64::from(header::STATE_MIGRATING)
+    }
+
     /// How many resizes lie between this file and the first of its lineage.
     pub(crate) fn generation(&self) -> u32 {
         self.resize_word(header::GENERATION_OFFSET) as u32
@@ -165,13 +185,17 @@ impl SharedFile {
         if let Some(next) = self.successor.get() {
             return Ok(next);
         }
-        if self.resize_word(header::STATE_OFFSET) != u64::from(header::STATE_MOVED) {
+        if !self.is_moved() && !self.is_migrating() {
             return Err(self.resize_error("followed a file that was not moved"));
         }
         let nonce = self.resize_word(header::SUCCESSOR_OFFSET);
         let temp = successor_path(&self.path, nonce);
         let mut last = None;
-        for (candidate, by_temp) in [(&temp, true), (&self.path, false)] {
+        // The temporary name, the cache's path, and the name this file was opened by (a
+        // successor resized before its own move finished hands its name on: see `resize`).
+        let opened_as = (self.request.path != self.path).then_some((&self.request.path, false));
+        let candidates = [Some((&temp, true)), Some((&self.path, false)), opened_as];
+        for (candidate, by_temp) in candidates.into_iter().flatten() {
             let req = OpenRequest {
                 path: candidate.clone(),
                 lock_kind: Some(self.lock_kind),
@@ -209,8 +233,9 @@ impl SharedFile {
                 )));
                 continue;
             }
-            if by_temp {
-                finish_rename(&temp, &self.path, self);
+            // While *migrating* the path names this file; the rename is the finish's.
+            if by_temp && self.is_moved() {
+                finish_rename(&temp, self);
             }
             return Ok(self.successor.get_or_init(|| next));
         }
@@ -249,18 +274,24 @@ impl SharedFile {
     }
 }
 
+/// The name `file` goes by now: the cache's path, or, for the successor of a move that was
+/// itself resized before that move finished, the temporary name it was opened by (see
+/// `resize`'s resume). `None` if neither names it (a later resize published a newer file).
+fn name_of(file: &SharedFile) -> Option<&Path> {
+    let md = file.file.metadata().ok()?;
+    [&file.path, &file.request.path]
+        .into_iter()
+        .find(|p| {
+            std::fs::symlink_metadata(p).is_ok_and(|m| m.dev() == md.dev() && m.ino() == md.ino())
+        })
+        .map(|p| p.as_path())
+}
+
 /// A resizer died between marking the old file moved and renaming the successor over the
-/// path: rename it now, if the path still names the old file (a later resize may have
-/// published a newer one).
-fn finish_rename(temp: &Path, path: &Path, old: &SharedFile) {
-    let Ok(old_md) = old.file.metadata() else {
-        return;
-    };
-    match std::fs::symlink_metadata(path) {
-        Ok(md) if md.dev() == old_md.dev() && md.ino() == old_md.ino() => {
-            let _ = std::fs::rename(temp, path);
-        }
-        _ => {}
+/// old file's name: rename it now, if that name still names the old file.
+fn finish_rename(temp: &Path, old: &SharedFile) {
+    if let Some(name) = name_of(old) {
+        let _ = std::fs::rename(temp, name);
     }
 }
 
@@ -319,12 +350,18 @@ impl Current {
     }
 
     /// Moves this handle from `from` (a file found moved) to its successor, unless another
-    /// thread already has.
+    /// thread already has. A file still *migrating* is not left: only the operation that found
+    /// its page moved goes on in the successor (`Cache::follow_moves`).
     pub(crate) fn follow(&self, from: &SharedFile) -> Result<()> {
-        if !std::ptr::eq(self.now.load(Ordering::Acquire), from) {
+        if !std::ptr::eq(self.now.load(Ordering::Acquire), from) || !from.is_moved() {
             return Ok(());
         }
         let next = from.successor()?;
+        // Opened while the file was still *migrating*: the rename a dead resizer left undone.
+        finish_rename(
+            &successor_path(&from.path, from.resize_word(header::SUCCESSOR_OFFSET)),
+            from,
+        );
         // Another thread following the same move stores the same pointer, or has gone on.
         let _ = self.now.compare_exchange(
             std::ptr::from_ref(from).cast_mut(),
@@ -391,6 +428,18 @@ struct Moving {
 }
 
 impl Moving {
+    /// The store request that puts this entry in its new page.
+    fn request(&self) -> NewEntry<'_> {
+        NewEntry {
+            slot_hash: self.slot_hash,
+            key: &self.key,
+            value: &self.value,
+            expire_on: self.expire_on,
+            flags: self.flags,
+            modseq: self.modseq,
+        }
+    }
+
     /// A copy of this entry to write back: its value's bytes as stored (compressed if its flags
     /// say), never an overflow reference.
     fn dirty_copy(&self) -> DirtyCopy {
@@ -421,76 +470,6 @@ fn home(key: &[u8], slot_hash: u32, page: u32, num_pages: u32) -> Option<&[u8]> 
         .filter(|&(_, &b)| b == b'-')
         .map(|(i, _)| &key[..i])
         .find(|prefix| KeyHash::Xxh3.locate(prefix, num_pages).0 == page)
-}
-
-/// Every lock of the old file, held by the resizer; let go (page locks first) when dropped.
-struct AllHeld<'a> {
-    file: &'a SharedFile,
-    write_back: Vec<Held>,
-    pages: Vec<Held>,
-    _reentry: Reentry,
-    _wb_reentry: Reentry,
-}
-
-impl Drop for AllHeld<'_> {
-    fn drop(&mut self) {
-        let f = self.file;
-        let fd = f.file.as_raw_fd();
-        for (page, held) in self.pages.iter().enumerate().rev() {
-            let page = page as u32;
-            if held.generation() == super::fork::generation() {
-                f.end_change(page);
-            }
-            f.locks.release(fd, page, f.page_range(page), held);
-        }
-        for (page, held) in self.write_back.iter().enumerate().rev() {
-            let page = page as u32;
-            f.write_back_locks
-                .release(fd, page, f.write_back_range(page), held);
-        }
-    }
-}
-
-/// Takes every write-back lock, then every page lock, of `f`, each waiting until `deadline`.
-fn lock_all(f: &SharedFile, deadline: Instant) -> Result<AllHeld<'_>> {
-    let id = f as *const SharedFile as usize;
-    let (Some(reentry), Some(wb_reentry)) = (Reentry::enter(id), Reentry::enter(id + 1)) else {
-        return Err(Error::Reentrant {
-            path: f.path.clone(),
-        });
-    };
-    let mut all = AllHeld {
-        file: f,
-        write_back: Vec::with_capacity(f.geometry.num_pages as usize),
-        pages: Vec::with_capacity(f.geometry.num_pages as usize),
-        _reentry: reentry,
-        _wb_reentry: wb_reentry,
-    };
-    let fd = f.file.as_raw_fd();
-    let failed = |page: u32, lock: crate::LockRole, e: LockFailure| {
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        let e = match e {
-            LockFailure::TimedOut => super::LockError::TimedOut,
-            LockFailure::Os(e) => super::LockError::Os(e),
-        };
-        f.lock_error(e, lock, page, Some(timeout))
-    };
-    for page in 0..f.geometry.num_pages {
-        let held = f
-            .write_back_locks
-            .acquire(fd, page, f.write_back_range(page), Some(deadline), false)
-            .map_err(|e| failed(page, crate::LockRole::WriteBack, e))?;
-        all.write_back.push(held);
-    }
-    for page in 0..f.geometry.num_pages {
-        let held = f
-            .locks
-            .acquire(fd, page, f.page_range(page), Some(deadline), false)
-            .map_err(|e| failed(page, crate::LockRole::Page, e))?;
-        f.begin_change(page);
-        all.pages.push(held);
-    }
-    Ok(all)
 }
 
 /// The in-process and fcntl resize locks of a file; let go when dropped.
@@ -561,30 +540,134 @@ fn resize_lock(f: &SharedFile) -> Result<ResizeLock<'_>> {
     }
 }
 
+/// Where a resize stops early, for tests of a move stopped part way.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Stop {
+    /// Once this many pages were moved: cleanly, between two pages.
+    After(u32),
+    /// Once this many pages were moved, in the middle of the next one: its entries stored
+    /// in the first of their new pages, the page not marked, nothing cleaned up (as a
+    /// resizer killed there leaves it).
+    Abandoning(u32),
+}
+
 /// Writes dirty entries a resize could not place to a backing store (see [`resize`]).
 pub(crate) type WriteBack<'w> = &'w mut dyn FnMut(&[DirtyCopy]) -> Result<()>;
 
-/// Moves every entry of `old` to a new file of geometry `to` and publishes it at `old`'s path.
-/// `now` is the time of the cache's clock (expired entries are not copied); each lock is
-/// waited for at most `wait`.
+/// Most rounds of written-back victims one new page's store of one old page's entries takes
+/// (each round writes back at least one dirty entry of the page, so the bound is only a
+/// guard against damage).
+const MAX_ROUNDS: usize = 100_000;
+
+/// A change of a successor page that a resizer makes while users may hold entries there:
+/// [`PageGuard::change_journaled`], whose change a SIGKILLed resizer cannot leave half made
+/// (the next locker completes it from the successor's journal, docs/format.md §5.5).
 ///
-/// With `write_back`, the dirty entries that do not fit the new file (evicted by a new page's
-/// policy, too large for it, or with no room in the new overflow area) are copied out with
-/// their bytes (a large value's read from the old area, compressed as stored) and handed to it
-/// once, after the new file is built and *before* anything is marked moved, while every
-/// write-back lock and every page lock of the old file is still held (the exception to the
-/// rule that no store is called under a page lock, as in write-back's last round: the store
-/// must have them before the old file, their only other home, stops being used, and nobody
-/// else may change or write back the old file meanwhile). If it fails, the resize rolls back:
-/// nothing is marked, the successor is removed, and the old file stays in use with every entry
-/// dirty as it was. Without `write_back` they are dropped and counted in `dirty_dropped` (and
-/// the new file's `dirty_lost`).
+/// `f` runs on a private copy of the page and may claim overflow blocks for it
+/// (`place.file.overflow_write(place.page, …)`); on `Ok` the changed bytes are installed and
+/// the blocks the page no longer references are freed. On `Err` nothing is changed (a page
+/// whose header is damaged is reset first, and counted, as any change resets it), and the
+/// step that asked fails with the page named.
+fn journaled<T>(
+    guard: &mut PageGuard<'_>,
+    f: impl FnOnce(&mut PageMut<'_>, Place<'_>) -> Result<T, Corrupt>,
+) -> Result<T, Corrupt> {
+    guard.change_journaled(f)
+}
+
+/// The page of `old` that placed an entry found on page `page` of its successor (of
+/// `new_pages` pages), stored under `key` with `slot_hash`: the page, under `old`'s geometry,
+/// of the bytes that placed it (its key, or a `multi_set` entry's page key). `None`: the key
+/// does not belong on that page (damaged bytes).
+pub(crate) fn old_page_of(
+    old: &SharedFile,
+    new_pages: u32,
+    page: u32,
+    key: &[u8],
+    slot_hash: u32,
+) -> Option<u32> {
+    let home = home(key, slot_hash, page, new_pages)?;
+    Some(KeyHash::Xxh3.locate(home, old.geometry.num_pages).0)
+}
+
+impl SharedFile {
+    /// Whether a resize of this file is running now, in this process (a thread holding the
+    /// in-process claim since the last fork) or in another (holding the resize lock's fcntl
+    /// lock, which the kernel lets go of when it dies). One system call: for the rare case of
+    /// a copy whose old page is not marked (see [`dead_copy_in_successor`]).
+    ///
+    /// [`dead_copy_in_successor`]: Self::dead_copy_in_successor
+    pub(crate) fn resize_running(&self) -> bool {
+        let mine = super::fork::generation().wrapping_add(1).max(1);
+        self.resizing.load(Ordering::Acquire) == mine
+            || lock_owner(
+                self.file.as_raw_fd(),
+                (header::RESIZE_LOCK_OFFSET as u64, 1),
+            )
+            .is_some()
+    }
+
+    /// Whether an entry found on page `page` of this file's successor (of `new_pages` pages),
+    /// stored under `key` with `slot_hash`, is a copy a *dead* resizer left of a page it never
+    /// marked: its old page is not marked and no resize runs. Such a copy may be older than
+    /// its real entry (rewritten in this file since, and written back), so it is never written
+    /// back. A copy whose old page a running resizer has not marked yet is exact (the resizer
+    /// holds that page's lock until it marks it), and is written back as any entry.
+    pub(crate) fn dead_copy_in_successor(
+        &self,
+        new_pages: u32,
+        page: u32,
+        key: &[u8],
+        slot_hash: u32,
+    ) -> bool {
+        self.is_migrating()
+            && self.stale_in_successor(new_pages, page, key, slot_hash)
+            && !self.resize_running()
+    }
+
+    /// Whether an entry found on page `page` of this file's successor (of `new_pages` pages)
+    /// is a stale copy: its old page is not marked moved, so it does not exist (the entry of
+    /// that page of this file is the real one; see docs/format.md §2.5). Damaged keys count as
+    /// stale.
+    pub(crate) fn stale_in_successor(
+        &self,
+        new_pages: u32,
+        page: u32,
+        key: &[u8],
+        slot_hash: u32,
+    ) -> bool {
+        old_page_of(self, new_pages, page, key, slot_hash).is_none_or(|p| !self.moved(p))
+    }
+}
+
+/// Moves every entry of `old` to a new file of geometry `to` and publishes it at `old`'s path,
+/// one old page at a time. `now` is the time of the cache's clock (expired entries are not
+/// copied); each lock is waited for at most `wait`.
+///
+/// A file found *migrating* (a move stopped part way, with no resizer left) is **resumed**:
+/// the stale copies the stopped move left in its successor are removed; if `to` is another
+/// geometry than the successor's (or the successor's own move was stopped too), the successor
+/// is resized to `to` first; then the pages not marked yet are moved into the file that ends
+/// up with geometry `to`.
+///
+/// Each step holds one old page's write-back lock and page lock, and, in turn, the write-back
+/// lock and page lock of each new page its entries go to. With `write_back`, the dirty entries
+/// a new page's store would evict (users' entries already there, or copies) are written to it
+/// while the step holds its locks, before the store that evicts them; the entries that fit no
+/// new page likewise. If it fails, the step's copies are removed from the new pages, the old
+/// page stays unmarked, and the error is returned: the move stops there, the file stays
+/// *migrating* and in use, and the next resize finishes it. Without `write_back` they are
+/// dropped and counted in `dirty_dropped` (and the new file's `dirty_lost`).
+///
+/// `stop` (tests): stop early, leaving the file *migrating* (see [`Stop`]); the result says
+/// `finished: false`.
 pub(crate) fn resize(
     old: &SharedFile,
     to: Geometry,
     now: u32,
     wait: Duration,
-    write_back: Option<WriteBack<'_>>,
+    mut write_back: Option<WriteBack<'_>>,
+    stop: Option<Stop>,
 ) -> Result<Moved> {
     if old.layout != Layout::Native {
         return Err(old.resize_error(
@@ -602,17 +685,104 @@ pub(crate) fn resize(
         reason,
     })?;
     let _resize_lock = resize_lock(old)?;
-    match old.resize_word(header::STATE_OFFSET) as u32 {
+    let mut moved = Moved::default();
+    let new = match old.resize_word(header::STATE_OFFSET) as u32 {
         header::STATE_MOVED => {
             return Err(old.resize_error("the file was moved already: follow it first"));
         }
-        header::STATE_BUILDING => {
-            // A resizer died building a successor nobody uses.
-            let nonce = old.resize_word(header::SUCCESSOR_OFFSET);
-            remove_successor(&successor_path(&old.path, nonce));
+        header::STATE_MIGRATING => {
+            // A move stopped part way: its successor is in use (and may have been moved on
+            // by an earlier resume), and the move goes on into it.
+            let mut next = old.successor_arc()?;
+            for _ in 0..MAX_FOLLOWS {
+                if !next.is_moved() {
+                    break;
+                }
+                next = next.successor_arc()?;
+            }
+            remove_stale(old, &next, now, wait)?;
+            if next.is_migrating() || next.geometry != to {
+                // Another geometry is asked for, or the successor's own move to another was
+                // stopped too: the successor, holding only the moved pages' entries, is
+                // resized to it first (a move of its own, resumed as any), and the pages left
+                // here then go straight to the file it was moved to. A user of a moved page of
+                // this file follows both moves; one of a page not moved yet stays here. So the
+                // stopped move never has to be finished at a geometry nobody asks for.
+                let first = resize(
+                    &next,
+                    to,
+                    now,
+                    wait,
+                    write_back.as_mut().map(|w| &mut **w as WriteBack<'_>),
+                    None,
+                )?;
+                moved.absorb(&first);
+                for _ in 0..MAX_FOLLOWS {
+                    if !next.is_moved() {
+                        break;
+                    }
+                    next = next.successor_arc()?;
+                }
+            }
+            next
         }
-        _ => {}
+        state => {
+            if state == header::STATE_BUILDING {
+                // A resizer died building a successor nobody uses.
+                let nonce = old.resize_word(header::SUCCESSOR_OFFSET);
+                remove_successor(&successor_path(&old.path, nonce));
+            }
+            build_successor(old, to)?
+        }
+    };
+    // A journaled change of a successor page waits for the journal at most as long as for a
+    // lock (only a dead resizer's claim can hold it: resizes of one file are one at a time).
+    new.set_journal_wait(wait);
+    migrate(old, &new, now, wait, &mut write_back, stop, &mut moved)?;
+    if moved.dirty_dropped > 0 {
+        new.dirty_lost
+            .fetch_add(moved.dirty_dropped, Ordering::Relaxed);
     }
+    if !moved.finished {
+        return Ok(moved);
+    }
+    // Every row is marked: every user already goes to the successor, which now takes the old
+    // file's name (the cache's path, or the temporary name of a stopped move's successor
+    // resized by a resume, which that move renames over the path at its end), before the
+    // state says *moved* (from then on handles move over, and the first renames it if this
+    // resizer died first). A resume that finds the successor renamed already has none to do.
+    let temp = successor_path(&old.path, old.resize_word(header::SUCCESSOR_OFFSET));
+    let renamed = match name_of(old) {
+        Some(name) => std::fs::rename(&temp, name),
+        None => Ok(()),
+    };
+    old.set_resize_word(header::STATE_OFFSET, u64::from(header::STATE_MOVED));
+    renamed.map_err(|source| Error::Io {
+        path: old.path.clone(),
+        op: "rename the resized file over the path (the cache was moved; its users follow it \
+             under its temporary name until the next resize or follower renames it)",
+        source,
+    })?;
+    Ok(moved)
+}
+
+impl Moved {
+    /// Adds what another move of the same call did.
+    fn absorb(&mut self, other: &Moved) {
+        self.held += other.held;
+        self.longest_step = self.longest_step.max(other.longest_step);
+        self.pages_moved += other.pages_moved;
+        self.copied += other.copied;
+        self.dropped += other.dropped;
+        self.dirty_dropped += other.dirty_dropped;
+        self.written_back += other.written_back;
+        self.damaged_pages += other.damaged_pages;
+    }
+}
+
+/// Creates the successor of `old` of geometry `to` (state *building* meanwhile), and puts
+/// `old` in state *migrating*: from then on the successor is in use and never removed.
+fn build_successor(old: &SharedFile, to: Geometry) -> Result<Arc<SharedFile>> {
     let mut lineage = old.resize_word(header::LINEAGE_OFFSET);
     if lineage == 0 {
         lineage = random_u64();
@@ -622,34 +792,35 @@ pub(crate) fn resize(
     old.set_resize_word(header::SUCCESSOR_OFFSET, nonce);
     old.set_resize_word(header::STATE_OFFSET, u64::from(header::STATE_BUILDING));
     let temp = successor_path(&old.path, nonce);
-    let building = RemoveUnlessPublished {
+    let mut building = RemoveUnlessPublished {
         path: &temp,
         published: false,
     };
-    let new = {
-        let mut reg = lock_registry();
-        let req = OpenRequest {
-            path: temp.clone(),
-            lock_kind: Some(old.lock_kind),
-            requested: Requested {
-                num_pages: Some(to.num_pages),
-                page_size: Some(to.page_size),
-                start_slots: Some(to.start_slots),
-            },
-            follow_symlinks: false,
-            must_exist: false,
-            trust_contents: false,
-            read_only: false,
-            // The old file's overflow area, as it is: its size and largest value do not depend
-            // on the pages, and the values it holds then fit the new one.
-            overflow: OverflowRequest {
-                size: Some(old.overflow().map_or(0, |a| a.geometry.area_size())),
-                max_value_size: old.overflow().map(|a| a.geometry.max_value_size),
-            },
-            ..old.request.clone()
-        };
-        open_registered(&mut reg, &req, &old.path)?
+    let mut reg = lock_registry();
+    let req = OpenRequest {
+        path: temp.clone(),
+        lock_kind: Some(old.lock_kind),
+        requested: Requested {
+            num_pages: Some(to.num_pages),
+            page_size: Some(to.page_size),
+            start_slots: Some(to.start_slots),
+        },
+        follow_symlinks: false,
+        must_exist: false,
+        trust_contents: false,
+        read_only: false,
+        // The old file's overflow area, as it is: its size and largest value do not depend
+        // on the pages, and the values it holds then fit the new one.
+        overflow: OverflowRequest {
+            size: Some(old.overflow().map_or(0, |a| a.geometry.area_size())),
+            max_value_size: old.overflow().map(|a| a.geometry.max_value_size),
+        },
+        // Users write into the successor while pages are still moved into it: the resizer's
+        // changes of its pages go through its journal (§5.5).
+        journal: true,
+        ..old.request.clone()
     };
+    let new = open_registered(&mut reg, &req, &old.path)?;
     if new.resize_word(header::LINEAGE_OFFSET) != 0
         || new.geometry != to
         || new.overflow().map(|a| a.geometry) != old.overflow().map(|a| a.geometry)
@@ -665,32 +836,103 @@ pub(crate) fn resize(
         return Err(old.resize_error("the file's resize generation is at its maximum"));
     };
     new.set_resize_word(header::GENERATION_OFFSET, u64::from(generation));
+    // This process's users find the successor here (the registry keeps only weak references:
+    // without this, `new`, and its count of lost dirty entries, would be dropped on return).
+    let _ = old.successor.set(Arc::clone(&new));
+    drop(reg);
+    old.set_resize_word(header::STATE_OFFSET, u64::from(header::STATE_MIGRATING));
+    building.published = true;
+    Ok(new)
+}
 
-    let locking = Instant::now();
-    let deadline = locking + wait;
-    let all = lock_all(old, deadline)?;
-    let mut moved = Moved::default();
-    // Dirty entries that do not fit, copied out for `write_back`.
-    let mut unplaced: Vec<DirtyCopy> = Vec::new();
-    let mut buckets: Vec<Vec<Moving>> = (0..to.num_pages).map(|_| Vec::new()).collect();
-    let g = old.geometry;
-    for page in 0..g.num_pages {
-        if old
-            .row(page)
-            .is_some_and(|r| r.busy.load(Ordering::Acquire) != 0)
-        {
-            moved.damaged_pages += 1;
+/// Moves every page of `old` not marked yet, in page order (see [`move_page`]).
+fn migrate(
+    old: &SharedFile,
+    new: &SharedFile,
+    now: u32,
+    wait: Duration,
+    write_back: &mut Option<WriteBack<'_>>,
+    stop: Option<Stop>,
+    moved: &mut Moved,
+) -> Result<()> {
+    let pages = old.geometry.num_pages;
+    for page in 0..pages {
+        if old.moved(page) {
             continue;
         }
-        let (offset, len) = old.page_range(page);
-        // SAFETY: the page lies inside the mapping (page < num_pages, file size checked on
-        // open); `all` holds its lock, so no cooperating writer changes it while this shared
-        // slice lives, and it does not outlive this iteration.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(old.map.as_ptr().add(offset as usize), len as usize)
+        let mut abandon = false;
+        match stop {
+            Some(Stop::After(n)) if moved.pages_moved >= n => return Ok(()),
+            Some(Stop::Abandoning(n)) if moved.pages_moved >= n => abandon = true,
+            _ => {}
+        }
+        let files = Files {
+            old,
+            new,
+            now,
+            wait,
         };
-        let view = PageView::with_min_slots(bytes, g.start_slots);
-        let walked = view.for_each_entry_protected(|e, protected| {
+        let held = move_page(&files, page, write_back, abandon, moved).inspect_err(|e| {
+            crate::events::resize_stopped(&old.path, page, pages, e);
+        })?;
+        if abandon {
+            return Ok(());
+        }
+        moved.held += held;
+        moved.longest_step = moved.longest_step.max(held);
+        moved.pages_moved += 1;
+    }
+    moved.finished = true;
+    Ok(())
+}
+
+/// The two files of a move, the cache's time (expired entries are left behind) and how long
+/// each lock is waited for.
+struct Files<'f> {
+    old: &'f SharedFile,
+    new: &'f SharedFile,
+    now: u32,
+    wait: Duration,
+}
+
+/// One step: moves the live entries of old page `page` to their new pages and marks the page
+/// moved. Returns how long the old page lock was held.
+fn move_page(
+    files: &Files<'_>,
+    page: u32,
+    write_back: &mut Option<WriteBack<'_>>,
+    abandon: bool,
+    moved: &mut Moved,
+) -> Result<Duration> {
+    let &Files {
+        old,
+        new,
+        now,
+        wait,
+    } = files;
+    let timeout = Some(wait);
+    let _write_back_lock = old
+        .lock_write_back(page, super::write_back_lock::Wait::Up(timeout))
+        .map_err(|e| old.lock_error(e, crate::LockRole::WriteBack, page, timeout))?;
+    // Taken as for a change, so that a robust page's `seq` is odd while the entries are
+    // copied and the page marked: lock-free readers see the mark in the same window.
+    let mut guard = old
+        .lock_as_is(page, timeout)
+        .map_err(|e| old.lock_error(e, crate::LockRole::Page, page, timeout))?;
+    let locked = Instant::now();
+    let mut groups: BTreeMap<u32, Vec<Moving>> = BTreeMap::new();
+    // The old file may itself be a successor, whose resizer died inside a journaled change of
+    // this page: completed first, as any locker completes it (never counted as damage).
+    if guard.busy() {
+        old.journal_redo(page);
+    }
+    if guard.busy() {
+        moved.damaged_pages += 1;
+    } else {
+        let g = old.geometry;
+        let to = new.geometry;
+        let view = guard.page();
+        let walked = view.view().for_each_entry_protected(|e, protected| {
             if is_expired(e.expire_on, now) {
                 return;
             }
@@ -715,7 +957,7 @@ pub(crate) fn resize(
                 e.value.to_vec()
             };
             let dest = KeyHash::Xxh3.locate(home, to.num_pages).0;
-            buckets[dest as usize].push(Moving {
+            groups.entry(dest).or_default().push(Moving {
                 key: e.key.to_vec(),
                 value,
                 slot_hash: e.slot_hash,
@@ -730,113 +972,221 @@ pub(crate) fn resize(
             moved.damaged_pages += 1;
         }
     }
-    for (dest, bucket) in (0u32..).zip(&mut buckets) {
-        if bucket.is_empty() {
-            continue;
-        }
+    // Ascending new pages, old lock before new ones: the order of every locker.
+    let mut placed: Vec<(u32, &[Moving])> = Vec::new();
+    for (&dest, group) in &mut groups {
         // The most recently used last, so that a page too small keeps them.
-        bucket.sort_by_key(|m| m.last_access);
-        let mut guard = new
-            .lock(dest, None)
-            .map_err(|e| new.lock_error(e, crate::LockRole::Page, dest, None))?;
-        let mut lost = Vec::new();
-        for m in bucket.iter() {
-            let req = NewEntry {
-                slot_hash: m.slot_hash,
-                key: &m.key,
-                value: &m.value,
-                expire_on: m.expire_on,
-                flags: m.flags,
-                modseq: m.modseq,
-            };
-            let at = m.last_access.max(1);
-            // As any store: in the page if the entry fits an empty one, else in the overflow
-            // area if the value fits it (a page size change can move a value either way). Dirty
-            // entries the page's policy evicts to make room are copied into `lost`.
-            let mut dirty = Dirty::collect(&mut lost);
-            let stored = if new.route(&req) == Route::Overflow {
-                // A full area: the value is dropped, nothing stored.
-                guard
-                    .store_overflow_with(&req, |p, entry| {
-                        p.store_dirty(entry, at, to.start_slots, false, &mut dirty)
-                    })
-                    .map(|stored| stored.unwrap_or(None))
-            } else {
-                guard.change(|p| p.store_dirty(&req, at, to.start_slots, false, &mut dirty))
-            };
-            let stored = matches!(stored, Ok(Some(StoreOutcome::Stored)));
-            // The policy's protected bit is set by the page on a hit, never taken from a
-            // caller: a read at the entry's own access time sets it, changing nothing else.
-            if m.protected && stored {
-                let _ = guard.change(|p| p.get(req.slot_hash, req.key, at, false).map(|_| ()));
-            }
-            if !stored && m.flags & FLAG_DIRTY != 0 {
-                unplaced.push(m.dirty_copy());
-            }
+        group.sort_by_key(|m| m.last_access);
+        placed.push((dest, group));
+        if let Err(e) = place_group(new, dest, group, timeout, write_back, moved) {
+            // The old page stays unmarked, so these copies do not exist (§2.5); they are
+            // removed now, so that nothing but a killed resizer leaves stale copies behind.
+            remove_copies(new, &placed, now, timeout);
+            return Err(e);
         }
-        // The entries the page's policy evicted, copied from what was moved (their bytes, not
-        // a reference into the new area).
-        if !lost.is_empty() {
-            let dirty: HashMap<&[u8], &Moving> = bucket
-                .iter()
-                .filter(|m| m.flags & FLAG_DIRTY != 0)
-                .map(|m| (&m.key[..], m))
-                .collect();
-            unplaced.extend(
-                lost.iter()
-                    .filter_map(|copy| dirty.get(&copy.key[..]))
-                    .map(|m| m.dirty_copy()),
-            );
-        }
-        let mut kept = 0u64;
-        let _ = guard.page().view().for_each_entry(|_| kept += 1);
-        moved.copied += kept;
-        moved.dropped += (bucket.len() as u64).saturating_sub(kept);
-    }
-    if !unplaced.is_empty() {
-        match write_back {
-            // On an error `all`, then `building` (which removes the successor), are dropped
-            // before anything is marked: the old file stays the one in use.
-            Some(write_back) => {
-                write_back(&unplaced)?;
-                moved.written_back += unplaced.len() as u64;
-            }
-            None => moved.dirty_dropped += unplaced.len() as u64,
+        if abandon {
+            // As a resizer killed here leaves it: stale copies in the new file, the old page
+            // unmarked (tests).
+            return Ok(locked.elapsed());
         }
     }
-    if moved.dirty_dropped > 0 {
-        new.dirty_lost
-            .fetch_add(moved.dirty_dropped, Ordering::Relaxed);
+    // The commit point of the page: from here on its entries live in the successor.
+    if let Some(row) = old.row(page) {
+        row.moved.store(1, Ordering::Release);
     }
-    // The marks, under every lock, then the new name.
-    for page in 0..g.num_pages {
-        if let Some(row) = old.row(page) {
-            row.moved.store(1, Ordering::Release);
-        }
-    }
-    old.set_resize_word(header::STATE_OFFSET, u64::from(header::STATE_MOVED));
-    // This process follows to the file just built (the registry keeps only weak references:
-    // without this, `new`, and its count of lost dirty entries, would be dropped on return).
-    // A follower of this process may have set it already, to the same file.
-    {
-        let _reg = lock_registry();
-        let _ = old.successor.set(Arc::clone(&new));
-    }
-    let renamed = std::fs::rename(&temp, &old.path);
-    let mut building = building;
-    building.published = true;
-    drop(all);
-    moved.held = locking.elapsed();
-    renamed.map_err(|source| Error::Io {
-        path: old.path.clone(),
-        op: "rename the resized file over the path (the cache was moved; its users follow it \
-             under its temporary name until the next resize or follower renames it)",
-        source,
-    })?;
-    Ok(moved)
+    drop(guard);
+    Ok(locked.elapsed())
 }
 
-/// Removes a successor that was not published (a resize that failed before its marks).
+/// Stores `group` (entries of one old page, least recently used first) into page `dest` of
+/// `new` through [`journaled`] changes, under `dest`'s write-back lock and page lock.
+fn place_group(
+    new: &SharedFile,
+    dest: u32,
+    group: &[Moving],
+    timeout: Option<Duration>,
+    write_back: &mut Option<WriteBack<'_>>,
+    moved: &mut Moved,
+) -> Result<()> {
+    let corrupt = |c: Corrupt| Error::PageCorrupt {
+        path: new.path.clone(),
+        page: dest,
+        reason: c.0,
+    };
+    let _write_back_lock = new
+        .lock_write_back(dest, super::write_back_lock::Wait::Up(timeout))
+        .map_err(|e| new.lock_error(e, crate::LockRole::WriteBack, dest, timeout))?;
+    let mut guard = new
+        .lock(dest, timeout)
+        .map_err(|e| new.lock_error(e, crate::LockRole::Page, dest, timeout))?;
+    let slots = new.geometry.start_slots;
+    let before = entries_of(&mut guard);
+    // With a backing store, a store that would drop dirty entries is refused, and they are
+    // written back and marked clean first; without one they are dropped and counted.
+    let refuse = write_back.is_some();
+    let mut unfit: Vec<DirtyCopy> = Vec::new();
+    let mut lost: Vec<DirtyCopy> = Vec::new();
+    let mut next = 0;
+    for _ in 0..MAX_ROUNDS {
+        let mut victims: Vec<DirtyCopy> = Vec::new();
+        let reached = journaled(&mut guard, |p, place| {
+            let mut i = next;
+            while let Some(m) = group.get(i) {
+                let mut dirty = if refuse {
+                    Dirty::refuse(&mut victims)
+                } else {
+                    Dirty::collect(&mut lost)
+                };
+                let req = m.request();
+                let at = m.last_access.max(1);
+                // As any store: in the page if the entry fits an empty one, else in the overflow
+                // area if the value fits it (a page size change can move a value either way).
+                let outcome = match place.file.route(&req) {
+                    Route::Page => p.store_dirty(&req, at, slots, false, &mut dirty)?,
+                    Route::Overflow => match place.file.overflow_write(place.page, &m.value) {
+                        Ok(r) => {
+                            let reference = r.encode();
+                            let entry = NewEntry {
+                                value: &reference,
+                                flags: req.flags | FLAG_OVERFLOW,
+                                ..req
+                            };
+                            p.store_dirty(&entry, at, slots, false, &mut dirty)?
+                        }
+                        // A full area: the value is dropped, nothing stored.
+                        Err(_) => Some(StoreOutcome::TooLarge),
+                    },
+                    Route::TooLarge => Some(StoreOutcome::TooLarge),
+                };
+                match outcome {
+                    // Dirty entries in the way: written back before this store is made.
+                    None => return Ok(i),
+                    // The policy's protected bit is set by the page on a hit, never taken
+                    // from a caller: a read at the entry's own access time sets it.
+                    Some(StoreOutcome::Stored) if m.protected => {
+                        p.get(req.slot_hash, req.key, at, false)?;
+                    }
+                    Some(StoreOutcome::TooLarge) if m.flags & FLAG_DIRTY != 0 => {
+                        unfit.push(m.dirty_copy());
+                    }
+                    Some(_) => {}
+                }
+                i += 1;
+            }
+            Ok(i)
+        })
+        .map_err(corrupt)?;
+        if reached == group.len() {
+            next = reached;
+            break;
+        }
+        // A large victim's bytes, read from the new area (nothing was dropped: its blocks are
+        // still the page's).
+        for c in victims.iter_mut().filter(|c| c.flags & FLAG_OVERFLOW != 0) {
+            let bytes = new.overflow_read(dest, &c.value).map_err(corrupt)?;
+            c.reference = Some(std::mem::replace(&mut c.value, bytes));
+            c.flags &= !FLAG_OVERFLOW;
+        }
+        if let Some(w) = write_back.as_mut() {
+            w(&victims)?;
+        }
+        moved.written_back += victims.len() as u64;
+        journaled(&mut guard, |p, _| {
+            for c in &victims {
+                p.mark_clean(c, c.reference.as_deref())?;
+            }
+            Ok(())
+        })
+        .map_err(corrupt)?;
+        next = reached;
+    }
+    if next < group.len() {
+        return Err(new.resize_error(format!(
+            "page {dest} of the new file kept refusing the moved entries"
+        )));
+    }
+    if !unfit.is_empty() {
+        match write_back.as_mut() {
+            Some(w) => {
+                w(&unfit)?;
+                moved.written_back += unfit.len() as u64;
+            }
+            None => moved.dirty_dropped += unfit.len() as u64,
+        }
+    }
+    moved.dirty_dropped += lost.len() as u64;
+    let after = entries_of(&mut guard);
+    let dropped = (before + group.len() as u64).saturating_sub(after);
+    moved.dropped += dropped;
+    moved.copied += (group.len() as u64).saturating_sub(dropped);
+    Ok(())
+}
+
+/// Entries stored in a page (0 if it is damaged).
+fn entries_of(guard: &mut PageGuard<'_>) -> u64 {
+    let mut n = 0;
+    let _ = guard.page().view().for_each_entry(|_| n += 1);
+    n
+}
+
+/// Removes the copies a failed step stored into new pages (best effort: any left are stale,
+/// and do not exist; the next resize removes them).
+fn remove_copies(
+    new: &SharedFile,
+    placed: &[(u32, &[Moving])],
+    now: u32,
+    timeout: Option<Duration>,
+) {
+    for &(dest, group) in placed {
+        let Ok(mut guard) = new.lock(dest, timeout) else {
+            continue;
+        };
+        let _ = journaled(&mut guard, |p, _| {
+            for m in group {
+                p.remove(m.slot_hash, &m.key, now)?;
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Removes from every page of `new` the stale copies a stopped move left: entries whose old
+/// page in `old` is not marked moved (their real entries are there).
+fn remove_stale(old: &SharedFile, new: &SharedFile, now: u32, wait: Duration) -> Result<()> {
+    let pages = new.geometry.num_pages;
+    for page in 0..pages {
+        let mut guard = match new.lock(page, Some(wait)) {
+            Ok(guard) => guard,
+            // Moved on by a resize of its own that stopped part way: that move's resume
+            // removes its own stale copies, and no copy of `old`'s went there yet.
+            Err(super::LockError::Moved) => continue,
+            Err(e) => return Err(new.lock_error(e, crate::LockRole::Page, page, Some(wait))),
+        };
+        let mut stale = Vec::new();
+        let _ = guard.page().view().for_each_entry(|e| {
+            if old.stale_in_successor(pages, page, e.key, e.slot_hash) {
+                stale.push((e.slot_hash, e.key.to_vec()));
+            }
+        });
+        if stale.is_empty() {
+            continue;
+        }
+        journaled(&mut guard, |p, _| {
+            for (slot_hash, key) in &stale {
+                p.remove(*slot_hash, key, now)?;
+            }
+            Ok(())
+        })
+        .map_err(|c| Error::PageCorrupt {
+            path: new.path.clone(),
+            page,
+            reason: c.0,
+        })?;
+    }
+    Ok(())
+}
+
+/// Removes a successor that was not published (a resize that failed before *migrating*).
 struct RemoveUnlessPublished<'a> {
     path: &'a Path,
     published: bool,

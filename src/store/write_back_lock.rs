@@ -108,9 +108,9 @@ impl SharedFile {
                 LockFailure::TimedOut => LockError::TimedOut,
                 LockFailure::Os(e) => LockError::Os(e),
             })?;
-        // A resizer holds every write-back lock while it moves the file: taken before the
-        // move, the page cannot move while this is held; taken after, the move shows.
-        if self.moved(page) && self.is_moved() {
+        // A resizer holds a page's write-back lock while it moves the page: taken before the
+        // move, the page cannot move while this is held; taken after, the mark shows.
+        if self.moved(page) && (self.is_moved() || self.is_migrating()) {
             self.write_back_locks.release(
                 self.file.as_raw_fd(),
                 page,

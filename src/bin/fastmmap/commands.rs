@@ -482,14 +482,16 @@ fn resize(opts: &FileOptions, path: &Path, pages: u32, out: &mut Out<'_>) -> Res
     writeln!(
         out,
         "resized from {} pages of {} bytes to {pages} pages of {page_size} bytes: {} entries \
-         copied, {} dropped ({} of them dirty), {} damaged pages skipped; the old file's \
-         locks were held for {:.1} ms",
+         copied, {} dropped ({} of them dirty), {} damaged pages skipped; {} old pages moved \
+         one at a time, each page's lock held at most {:.2} ms ({:.1} ms in all)",
         r.old_num_pages,
         r.old_page_size,
         r.copied,
         r.dropped,
         r.dirty_dropped,
         r.damaged_pages,
+        r.pages_moved,
+        r.longest_step.as_secs_f64() * 1000.0,
         r.locks_held.as_secs_f64() * 1000.0
     )
     .map_err(Failure::stdout)
