@@ -96,8 +96,11 @@ impl Cache {
     /// A resizer killed part way, or a move stopped by a backing store's error (below), leaves
     /// the cache in use and nothing lost: the keys of the pages already moved are served from
     /// the new file, the others from the old one, by every handle. The next `resize` (of any
-    /// geometry) first finishes that move into its new file, then resizes again if the
-    /// geometry it asks for is another.
+    /// geometry) resumes it: it removes the copies a killed resizer left of the page it had
+    /// not marked, resizes the stopped move's new file first if the geometry asked for is
+    /// another, and moves the remaining old pages into the file of that geometry. The
+    /// resizer's changes of the new file's pages (which users write into meanwhile) go
+    /// through that file's journal, so a kill never costs users' writes there.
     ///
     /// # Dirty entries that do not fit
     /// On a handle with a backing store, the dirty entries a new page's store would evict (the
