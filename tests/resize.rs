@@ -1437,3 +1437,104 @@ fn a_store_that_evicts_a_stale_copy_never_writes_it_back() {
         }
     }
 }
+
+/// Forked workers keep incrementing counters and storing self-checking values while resizers,
+/// each in a process of its own, are SIGKILLed at random instants of page-at-a-time moves:
+/// every kill leaves the keys of moved pages in the new file, where the workers write, and
+/// the resizer may die inside a change of one of its pages, which the next locker completes
+/// from the journal (`store/journal/tests.rs` kills a change at each of its steps). No write
+/// is lost: after a last resize resumes the move, every counter is exact, every value intact,
+/// and no file of a killed resizer is left behind.
+/// The resize state word of a native header, and its value while pages move
+/// (docs/format.md §2.1, §2.5).
+const STATE_OFFSET: u64 = 84;
+const STATE_MIGRATING: u32 = 3;
+
+fn workers_keep_every_write_through_killed_resizers(kind: Kind) {
+    let _s = serial();
+    let mut rng = Rng::new(seed("workers_keep_every_write_through_killed_resizers"));
+    let dir = temp_dir();
+    let path = dir.path().join("cache");
+    let stop = dir.path().join("stop");
+    let cache = open(kind, &path, SMALL);
+    let ready = Pipe::new();
+    let mut children = Children::new();
+    let outs: Vec<Pipe> = (0..WORKERS).map(|_| Pipe::new()).collect();
+    for (id, out) in outs.iter().enumerate() {
+        let (cache, stop, ready) = (cache.clone(), stop.clone(), &ready);
+        children.spawn(move || worker(cache, id, stop, ready, out));
+    }
+    for _ in 0..WORKERS {
+        ready.wait();
+    }
+    let mut resizers = Children::new();
+    for round in 0..scaled(6, 60) {
+        let pages = if round % 2 == 0 { LARGE } else { SMALL };
+        let child_path = path.clone();
+        let pid = resizers.spawn(move || {
+            let cache = Cache::builder()
+                .path(&child_path)
+                .open()
+                .map_err(|e| e.to_string())?;
+            cache
+                .resize(pages, PAGE)
+                .map(|_| ())
+                .map_err(|e| format!("resize: {e}"))
+        });
+        // Killed once its pages are moving (the file named by the path is the one moved
+        // from: a move renames only at its end), at a random instant of its first
+        // milliseconds of steps; or, one round in four, at any instant.
+        let old = raw_file(&path);
+        let watching = Instant::now();
+        while rng.below(4) != 0
+            && read_u32(&old, STATE_OFFSET) != STATE_MIGRATING
+            && watching.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        std::thread::sleep(Duration::from_micros(rng.below(8_000)));
+        resizers.kill(pid);
+    }
+    // Resumes whatever move the last kill stopped.
+    cache.resize(SMALL, PAGE).expect("a resize after the kills");
+    std::thread::sleep(Duration::from_millis(100));
+    std::fs::write(&stop, b"").expect("stop file");
+    let mut expected = vec![0u64; COUNTERS];
+    for out in &outs {
+        assert_eq!(out.recv_u64(), 1, "a worker failed (its error is above)");
+        for count in expected.iter_mut() {
+            *count += out.recv_u64();
+        }
+        let _longest = out.recv_u64();
+        let _ops = out.recv_u64();
+    }
+    children.wait_all_ok();
+    for (c, &want) in expected.iter().enumerate() {
+        let found = counter_value(
+            cache
+                .get(format!("counter-{c}").as_bytes())
+                .expect("get")
+                .as_deref(),
+        )
+        .expect("counter");
+        assert_eq!(found, want, "{kind:?}: counter-{c}");
+    }
+    let stats = cache.stats().expect("stats");
+    assert_eq!(stats.resets, 0, "{kind:?}: no page was reset: {stats:?}");
+    assert_eq!(cache.num_pages(), SMALL);
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
+}
+
+#[test]
+fn forked_workers_keep_every_write_through_killed_resizers_fcntl() {
+    workers_keep_every_write_through_killed_resizers(NATIVE);
+}
+
+#[test]
+fn forked_workers_keep_every_write_through_killed_resizers_robust() {
+    workers_keep_every_write_through_killed_resizers(ROBUST);
+}

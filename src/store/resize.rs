@@ -700,6 +700,13 @@ pub(crate) fn resize(
                 }
                 next = next.successor_arc()?;
             }
+            if next.resize_word(header::STATE_OFFSET) == u64::from(header::STATE_BUILDING) {
+                // A resume killed while it built a successor for `next` (below): nobody uses
+                // that one, and nothing else would remove it if `next` is not resized again.
+                let nonce = next.resize_word(header::SUCCESSOR_OFFSET);
+                remove_successor(&successor_path(&next.path, nonce));
+                next.set_resize_word(header::STATE_OFFSET, 0);
+            }
             remove_stale(old, &next, now, wait)?;
             if next.is_migrating() || next.geometry != to {
                 // Another geometry is asked for, or the successor's own move to another was
