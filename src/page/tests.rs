@@ -1402,7 +1402,7 @@ fn the_ghost_record_finds_every_fingerprint_it_holds_and_no_other() {
             .map(|i| i.wrapping_mul(0x01f3_5a27) ^ 0x55aa)
             .collect();
         let free_data = PageHeader::read(&buf).free_data as usize;
-        policy::write_ghosts(&mut buf, free_data, &[], &hashes).unwrap();
+        policy::write_ghosts(&mut buf, free_data, 0, &hashes).unwrap();
         let hdr = PageHeader::read(&buf);
         for &h in &hashes {
             assert!(policy::is_ghost(&buf, &hdr, h), "{n} hashes: {h:#x}");
@@ -1412,6 +1412,40 @@ fn the_ghost_record_finds_every_fingerprint_it_holds_and_no_other() {
             let h = probe.wrapping_mul(0x9e37_79b9);
             let want = prints.contains(&policy::fingerprint(h));
             assert_eq!(policy::is_ghost(&buf, &hdr, h), want, "{n} hashes: {h:#x}");
+        }
+    }
+}
+
+#[test]
+fn the_ghost_record_keeps_the_newest_fingerprints_in_order() {
+    // A rebuild rewrites the record in place: the newest of what it held, then the new ones.
+    let cap = policy::ghost_capacity(65536);
+    let hashes: Vec<u32> = (0..6000u32)
+        .map(|i| i.wrapping_mul(0x01f3_5a27) ^ 0x55aa)
+        .collect();
+    let mut buf = fresh(65536);
+    let free_data = PageHeader::read(&buf).free_data as usize;
+    let mut model: Vec<u16> = Vec::new();
+    let mut at = 0;
+    for step in [0usize, 7, 300, 1, 900, cap, 2 * cap, 5] {
+        let batch = &hashes[at..at + step];
+        at += step;
+        let hdr = PageHeader::read(&buf);
+        let old = policy::ghosts(&buf, &hdr).map_or(0, |g| g.len() / GHOST_PRINT_SIZE);
+        policy::write_ghosts(&mut buf, free_data, old, batch).unwrap();
+        model.extend(batch.iter().map(|&h| policy::fingerprint(h)));
+        let drop = model.len().saturating_sub(cap);
+        model.drain(..drop);
+        let hdr = PageHeader::read(&buf);
+        let held: Vec<u16> = policy::ghosts(&buf, &hdr)
+            .unwrap()
+            .chunks_exact(GHOST_PRINT_SIZE)
+            .map(|p| u16::from_ne_bytes([p[0], p[1]]))
+            .collect();
+        assert_eq!(held, model, "after a batch of {step}");
+        for (i, &h) in hashes[..at].iter().enumerate().rev().take(50) {
+            let want = model.contains(&policy::fingerprint(h));
+            assert_eq!(policy::is_ghost(&buf, &hdr, h), want, "key {i}");
         }
     }
 }
