@@ -795,22 +795,13 @@ impl Cache {
     /// Whether `c`, found at `at` (a page of the file this handle uses, or of a file a resize
     /// moved it to), is a stale copy: its page in some file between is not marked moved (see
     /// `SharedFile::stale_in_successor`), so it does not exist and is never written back.
+    /// A chain that cannot be followed to `at` counts as stale (nothing is written).
     fn stale(&self, at: Place<'_>, c: &DirtyCopy) -> bool {
         let pages = at.file.geometry().num_pages;
-        let mut f: &SharedFile = &self.inner.file;
-        for _ in 0..crate::store::MAX_FOLLOWS {
-            if std::ptr::eq(f, at.file) {
-                return false;
-            }
-            if f.stale_in_successor(pages, at.page, &c.key, c.slot_hash) {
-                return true;
-            }
-            match f.successor() {
-                Ok(next) => f = next,
-                Err(_) => return true,
-            }
-        }
-        true
+        self.any_before(at, |f| {
+            f.stale_in_successor(pages, at.page, &c.key, c.slot_hash)
+        })
+        .unwrap_or(true)
     }
 
     /// Whether `c`, found at `at` (a page of a file a resize moves the handle's file to), is a
@@ -819,20 +810,30 @@ impl Cache {
     /// not ahead of the handle's in that chain.
     fn dead_copy(&self, at: Place<'_>, c: &DirtyCopy) -> bool {
         let pages = at.file.geometry().num_pages;
+        self.any_before(at, |f| {
+            f.dead_copy_in_successor(pages, at.page, &c.key, c.slot_hash)
+        })
+        .unwrap_or(false)
+    }
+
+    /// Follows the chain of resizes from the file this handle uses to `at.file`, asking `test`
+    /// of each file before it: `Some(true)` as soon as one answers yes, `Some(false)` at
+    /// `at.file`, `None` if the chain ends (or breaks) before it.
+    fn any_before(&self, at: Place<'_>, test: impl Fn(&SharedFile) -> bool) -> Option<bool> {
         let mut f: &SharedFile = &self.inner.file;
         for _ in 0..crate::store::MAX_FOLLOWS {
-            if std::ptr::eq(f, at.file) || !(f.is_migrating() || f.is_moved()) {
-                return false;
+            if std::ptr::eq(f, at.file) {
+                return Some(false);
             }
-            if f.dead_copy_in_successor(pages, at.page, &c.key, c.slot_hash) {
-                return true;
+            if !(f.is_migrating() || f.is_moved()) {
+                return None;
             }
-            match f.successor() {
-                Ok(next) => f = next,
-                Err(_) => return false,
+            if test(f) {
+                return Some(true);
             }
+            f = f.successor().ok()?;
         }
-        false
+        None
     }
 
     /// Writes back the dirty entries of page `page` of `file`, locked by `guard` (its
