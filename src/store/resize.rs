@@ -918,14 +918,10 @@ fn move_page(
         wait,
     } = files;
     let timeout = Some(wait);
-    let _write_back_lock = old
-        .lock_write_back(page, super::write_back_lock::Wait::Up(timeout))
-        .map_err(|e| old.lock_error(e, crate::LockRole::WriteBack, page, timeout))?;
     // Taken as for a change, so that a robust page's `seq` is odd while the entries are
-    // copied and the page marked: lock-free readers see the mark in the same window.
-    let mut guard = old
-        .lock_as_is(page, timeout)
-        .map_err(|e| old.lock_error(e, crate::LockRole::Page, page, timeout))?;
+    // copied and the page marked: lock-free readers see the mark in the same window. As it
+    // is: a busy marker is this step's to deal with (below).
+    let (_write_back_lock, mut guard) = lock_both(old, page, timeout, SharedFile::lock_as_is)?;
     let locked = Instant::now();
     let mut groups: BTreeMap<u32, Vec<Moving>> = BTreeMap::new();
     // The old file may itself be a successor, whose resizer died inside a journaled change of
@@ -1005,6 +1001,22 @@ fn move_page(
     Ok(locked.elapsed())
 }
 
+/// Takes `page`'s write-back lock, then its page lock with `lock` (the order of every
+/// locker), each waiting at most `timeout`.
+fn lock_both<'f>(
+    file: &'f SharedFile,
+    page: u32,
+    timeout: Option<Duration>,
+    lock: fn(&'f SharedFile, u32, Option<Duration>) -> Result<PageGuard<'f>, super::LockError>,
+) -> Result<(super::write_back_lock::WriteBackGuard<'f>, PageGuard<'f>)> {
+    let write_back = file
+        .lock_write_back(page, super::write_back_lock::Wait::Up(timeout))
+        .map_err(|e| file.lock_error(e, crate::LockRole::WriteBack, page, timeout))?;
+    let guard = lock(file, page, timeout)
+        .map_err(|e| file.lock_error(e, crate::LockRole::Page, page, timeout))?;
+    Ok((write_back, guard))
+}
+
 /// Stores `group` (entries of one old page, least recently used first) into page `dest` of
 /// `new` through [`journaled`] changes, under `dest`'s write-back lock and page lock.
 fn place_group(
@@ -1020,12 +1032,7 @@ fn place_group(
         page: dest,
         reason: c.0,
     };
-    let _write_back_lock = new
-        .lock_write_back(dest, super::write_back_lock::Wait::Up(timeout))
-        .map_err(|e| new.lock_error(e, crate::LockRole::WriteBack, dest, timeout))?;
-    let mut guard = new
-        .lock(dest, timeout)
-        .map_err(|e| new.lock_error(e, crate::LockRole::Page, dest, timeout))?;
+    let (_write_back_lock, mut guard) = lock_both(new, dest, timeout, SharedFile::lock)?;
     let slots = new.geometry.start_slots;
     let before = entries_of(&mut guard);
     // With a backing store, a store that would drop dirty entries is refused, and they are
