@@ -201,7 +201,12 @@ fn tower_sessions_over_http_in_forked_workers() {
     });
     let mut client = Client::new(server.addr);
     let mut workers = HashSet::new();
-    for n in 1..=30 {
+    let mut n = 0;
+    // Every request on a new connection, which the kernel hands to whichever worker accepts:
+    // on until a second worker has answered (as `a_cookie_session_spread_over_workers_…`),
+    // since one worker may take the first 30 while the others start.
+    while n < 30 || (workers.len() < 2 && n < 400) {
+        n += 1;
         let r = client.get("/count");
         assert_eq!(r.body, format!("n={n}"));
         workers.insert(r.worker());
