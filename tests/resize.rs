@@ -39,14 +39,6 @@ fn open(kind: Kind, path: &Path, pages: u32) -> Cache {
 }
 
 /// Files of a resize left in `dir` (`<name>.resize-<nonce>`).
-fn leftovers(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .expect("read dir")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.to_string_lossy().contains(".resize-"))
-        .collect()
-}
-
 fn key(i: usize) -> Vec<u8> {
     format!("key-{i}").into_bytes()
 }
@@ -127,9 +119,9 @@ fn grow_and_shrink_keep_entries_and_their_metadata() {
         assert!(kept + 2 >= shrunk.copied, "{kept} of {shrunk:?}");
         assert_eq!(cache.validate().expect("validate"), vec![]);
         assert!(
-            leftovers(dir.path()).is_empty(),
+            resize_files(dir.path()).is_empty(),
             "{:?}",
-            leftovers(dir.path())
+            resize_files(dir.path())
         );
     }
 }
@@ -190,7 +182,7 @@ fn refuses_what_it_cannot_do() {
         .open()
         .expect("read-only");
     assert!(matches!(ro.resize(100, PAGE), Err(Error::ReadOnly { .. })));
-    assert!(leftovers(dir.path()).is_empty());
+    assert!(resize_files(dir.path()).is_empty());
     let _ = Layout::Native;
 }
 
@@ -341,9 +333,9 @@ fn workers_follow_resizes(kind: Kind) {
     }
     assert_eq!(cache.num_pages(), SMALL);
     assert!(
-        leftovers(dir.path()).is_empty(),
+        resize_files(dir.path()).is_empty(),
         "{:?}",
-        leftovers(dir.path())
+        resize_files(dir.path())
     );
     let ops: u64 = tallies.iter().map(|t| t.ops).sum();
     let longest = tallies.iter().map(|t| t.longest).max().unwrap_or_default();
@@ -418,9 +410,9 @@ fn a_killed_resizer_loses_nothing() {
             assert_eq!(check_value(&key(i), &v).expect("intact"), i as u64);
         }
         assert!(
-            leftovers(dir.path()).is_empty(),
+            resize_files(dir.path()).is_empty(),
             "{:?}",
-            leftovers(dir.path())
+            resize_files(dir.path())
         );
         assert_eq!(Cache::open(&path).expect("reopen").num_pages(), SMALL + 1);
     }
@@ -469,7 +461,7 @@ fn a_resize_in_progress_refuses_another() {
     assert_eq!(cache.num_pages(), SMALL);
     cache.resize(LARGE, PAGE).expect("the lock is free again");
     assert_eq!(cache.get(b"k").expect("get"), Some(b"v".to_vec()));
-    assert!(leftovers(dir.path()).is_empty());
+    assert!(resize_files(dir.path()).is_empty());
 }
 
 /// Two processes resize at the same instant: each succeeds or is told another resize is in
@@ -526,7 +518,7 @@ fn two_resizes_at_once() {
             check_value(&key(i), &v).expect("intact");
         }
     }
-    assert!(leftovers(dir.path()).is_empty());
+    assert!(resize_files(dir.path()).is_empty());
 }
 
 /// A backing store in memory, for the write-back case.
@@ -729,9 +721,9 @@ fn large_values_are_carried_by_grow_and_shrink() {
             assert_eq!(cache.validate().expect("validate"), vec![], "{what}");
         }
         assert!(
-            leftovers(dir.path()).is_empty(),
+            resize_files(dir.path()).is_empty(),
             "{:?}",
-            leftovers(dir.path())
+            resize_files(dir.path())
         );
         // A fresh open finds the area too.
         let fresh = Cache::builder().path(&path).open().expect("reopen");
@@ -848,9 +840,9 @@ fn large_values_survive_moves_under_load(kind: Kind) {
     }
     assert_area_exact(&cache, "after the moves");
     assert!(
-        leftovers(dir.path()).is_empty(),
+        resize_files(dir.path()).is_empty(),
         "{:?}",
-        leftovers(dir.path())
+        resize_files(dir.path())
     );
 }
 
@@ -1038,9 +1030,9 @@ fn a_handle_behind_two_moves_keeps_working_on_every_call() {
         assert_eq!(cache.get(&key(0)).expect("read through"), Some(value(0, 0)));
         assert_eq!(cache.num_pages(), SMALL + 8);
         assert!(
-            leftovers(dir.path()).is_empty(),
+            resize_files(dir.path()).is_empty(),
             "{:?}",
-            leftovers(dir.path())
+            resize_files(dir.path())
         );
     }
 }
@@ -1241,7 +1233,7 @@ fn a_move_stopped_half_way_serves_both_halves() {
             "the old file is still the one in use"
         );
         assert_eq!(
-            leftovers(dir.path()).len(),
+            resize_files(dir.path()).len(),
             1,
             "the move's new file, not yet published"
         );
@@ -1258,9 +1250,9 @@ fn a_move_stopped_half_way_serves_both_halves() {
         assert_eq!(report.pages_moved, SMALL - SMALL / 2, "{report:?}");
         assert_eq!(cache.num_pages(), LARGE);
         assert!(
-            leftovers(dir.path()).is_empty(),
+            resize_files(dir.path()).is_empty(),
             "{:?}",
-            leftovers(dir.path())
+            resize_files(dir.path())
         );
         assert_whole(&cache, &store, &seq, &counters, "finished");
         write_both_halves(&cache, 2, &mut seq, &mut counters);
@@ -1272,6 +1264,20 @@ fn a_move_stopped_half_way_serves_both_halves() {
             "finished, written by workers",
         );
     }
+}
+
+/// Stores keys `0..HALF_KEYS` (sequence 1), then stops a move to 2 pages as a resizer killed
+/// mid-page leaves it: old pages 0..10 moved, page 10's entries copied into the new file and
+/// the page not marked (its copies are stale).
+fn fill_and_abandon_page_10(cache: &Cache) {
+    for i in 0..HALF_KEYS {
+        cache
+            .set(&key(i), &make_value(&key(i), 1, 100))
+            .expect("set");
+    }
+    cache
+        .resize_abandoning_page(2, PAGE, 10)
+        .expect("stopped mid-page");
 }
 
 /// A resizer that stops in the middle of a page (as a SIGKILL there leaves it) leaves copies
@@ -1286,16 +1292,9 @@ fn stale_copies_of_a_stopped_page_never_come_back() {
         let dir = temp_dir();
         let path = dir.path().join("cache");
         let cache = open(kind, &path, SMALL);
-        for i in 0..HALF_KEYS {
-            cache
-                .set(&key(i), &make_value(&key(i), 1, 100))
-                .expect("set");
-        }
         // To 2 pages: the abandoned page's entries go to up to two new pages, the first of
         // which gets its copies.
-        cache
-            .resize_abandoning_page(2, PAGE, 10)
-            .expect("stopped mid-page");
+        fill_and_abandon_page_10(&cache);
         for i in (1..HALF_KEYS).step_by(2) {
             assert!(cache.remove(&key(i)).expect("remove"), "key {i} was there");
         }
@@ -1325,9 +1324,9 @@ fn stale_copies_of_a_stopped_page_never_come_back() {
         cache.resize(4, PAGE).expect("finish, to another geometry");
         assert_eq!(cache.num_pages(), 4);
         assert!(
-            leftovers(dir.path()).is_empty(),
+            resize_files(dir.path()).is_empty(),
             "{:?}",
-            leftovers(dir.path())
+            resize_files(dir.path())
         );
         check("finished");
     }
@@ -1344,14 +1343,7 @@ fn flush_never_writes_a_stale_copy() {
         let path = dir.path().join("cache");
         let store = Mem::default();
         let cache = write_back_over(kind, &path, &store);
-        for i in 0..HALF_KEYS {
-            cache
-                .set(&key(i), &make_value(&key(i), 1, 100))
-                .expect("set");
-        }
-        cache
-            .resize_abandoning_page(2, PAGE, 10)
-            .expect("stopped mid-page");
+        fill_and_abandon_page_10(&cache);
         for i in 0..HALF_KEYS {
             cache
                 .set(&key(i), &make_value(&key(i), 2, 100))
@@ -1390,15 +1382,7 @@ fn a_store_that_evicts_a_stale_copy_never_writes_it_back() {
         let path = dir.path().join("cache");
         let store = Mem::default();
         let cache = write_back_over(kind, &path, &store);
-        for i in 0..HALF_KEYS {
-            cache
-                .set(&key(i), &make_value(&key(i), 1, 100))
-                .expect("set");
-        }
-        // Old pages 0..10 moved to a 2-page file; page 10's entries copied there, unmarked.
-        cache
-            .resize_abandoning_page(2, PAGE, 10)
-            .expect("stopped mid-page");
+        fill_and_abandon_page_10(&cache);
         let abandoned: Vec<Vec<u8>> = (0..HALF_KEYS)
             .map(key)
             .filter(|k| key_page(Layout::Native, k, SMALL) == 10)
@@ -1523,9 +1507,9 @@ fn workers_keep_every_write_through_killed_resizers(kind: Kind) {
     assert_eq!(stats.resets, 0, "{kind:?}: no page was reset: {stats:?}");
     assert_eq!(cache.num_pages(), SMALL);
     assert!(
-        leftovers(dir.path()).is_empty(),
+        resize_files(dir.path()).is_empty(),
         "{:?}",
-        leftovers(dir.path())
+        resize_files(dir.path())
     );
 }
 

@@ -1,7 +1,7 @@
 //! Resizing a write-back cache over a backing store (issue 23): a dirty entry that does not fit
-//! the new file is written to the store before the move is published, never dropped; a store
-//! that fails during a resize rolls it back with nothing lost; a handle without a backing
-//! store still drops and counts them.
+//! the new file is written to the store before the step that would drop it, never dropped; a
+//! store that fails during a resize stops the move where it is with nothing lost, and the next
+//! resize finishes it; a handle without a backing store still drops and counts them.
 //!
 //! Every test takes `common::serial()` first: forking while another test thread of this binary
 //! is inside the cache would hand the child a locked mutex.
@@ -284,9 +284,10 @@ impl Backing for Flaky {
     }
 }
 
-/// A store that fails during a shrink: the resize is rolled back (the old file stays in use,
-/// every entry still dirty, no successor left behind); once the store is back, the same
-/// shrink writes them back and loses nothing.
+/// A store that fails during a shrink: the move stops at the page it was on (the old file stays
+/// the handles' file, every entry not moved still dirty in it, the new file beside it); once
+/// the store is back, the same shrink resumes the move, writes back what does not fit, loses
+/// nothing and leaves no file behind.
 #[test]
 fn a_failing_store_during_a_resize_loses_nothing() {
     let _s = serial();
@@ -344,15 +345,6 @@ fn a_failing_store_during_a_resize_loses_nothing() {
         let leftovers = resize_files(dir.path());
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
-}
-
-/// The `.resize-` files in `dir`: new files of moves not finished.
-fn resize_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(dir)
-        .expect("read dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.to_string_lossy().contains(".resize-"))
-        .collect()
 }
 
 /// A handle without a backing store has nowhere to write dirty entries that do not fit: it
@@ -416,8 +408,8 @@ fn dirty_values_too_large_for_the_new_pages_are_written_back_whole() {
 }
 
 /// A store that says when it is called, waits to be told to go on, then fails: a resize that
-/// writes back through it stays inside the call, holding the resize lock and every lock of the
-/// old file, until the test lets it go.
+/// writes back through it stays inside the call, holding the resize lock and the locks of its
+/// step (an old page and a new page, each with its write-back lock), until the test lets it go.
 #[derive(Clone)]
 struct Gate {
     entered: Arc<Pipe>,
@@ -442,8 +434,8 @@ impl Backing for Gate {
 
 /// A process forked by another thread while this one resizes inherits the resize claim as the
 /// resizing thread left it: the child is refused only while the parent really resizes (by the
-/// parent's file lock, naming the parent), and once the parent's resize is over (here rolled
-/// back by a failing store) the child resizes the file itself.
+/// parent's file lock, naming the parent), and once the parent's resize is over (here stopped
+/// part way by a failing store) the child resizes the file itself, resuming that move.
 #[test]
 fn a_child_forked_from_another_thread_mid_resize_can_resize() {
     let _s = serial();
@@ -499,7 +491,7 @@ fn a_child_forked_from_another_thread_mid_resize_can_resize() {
         gate.go.release(1);
         match resizer.join().expect("the resizing thread") {
             Err(Error::Backing { op: "store", .. }) => {}
-            other => panic!("the failing store rolls the parent's resize back: {other:?}"),
+            other => panic!("the failing store stops the parent's resize: {other:?}"),
         }
         over.release(1);
         children.wait_all_ok();
@@ -513,22 +505,18 @@ fn a_child_forked_from_another_thread_mid_resize_can_resize() {
             assert!(e.flags.is_dirty(), "still dirty");
             assert_eq!(check_value(k, &e.value), Ok(1));
         }
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-            .expect("read dir")
-            .map(|e| e.expect("entry").path())
-            .filter(|p| p.to_string_lossy().contains(".resize-"))
-            .collect();
+        let leftovers = resize_files(dir.path());
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }
 
 /// The resizer is SIGKILLed at the worst moment for its locks: inside a backing store's call,
-/// holding the resize lock and every page and write-back lock of the old file. The kernel (fcntl)
-/// or the robust mutexes' owner-died recovery hands them back; no page is reset, every entry
-/// is still there and still dirty, and the next resize, through a handle with a working store,
-/// removes the half-built file, writes back what does not fit, and loses nothing.
+/// holding the resize lock and its step's page and write-back locks of both files. The kernel
+/// (fcntl) or the robust mutexes' owner-died recovery hands them back; no page is reset, every
+/// entry is still there and still dirty, and the next resize, through a handle with a working
+/// store, resumes the stopped move, writes back what does not fit, and loses nothing.
 #[test]
-fn a_resizer_killed_holding_every_lock_loses_nothing() {
+fn a_resizer_killed_inside_a_store_call_loses_nothing() {
     let _s = serial();
     for kind in [NATIVE, ROBUST] {
         let dir = temp_dir();
@@ -586,11 +574,7 @@ fn a_resizer_killed_holding_every_lock_loses_nothing() {
             let v = map.get(k).expect("in the store");
             assert_eq!(check_value(k, v), Ok(1));
         }
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-            .expect("read dir")
-            .map(|e| e.expect("entry").path())
-            .filter(|p| p.to_string_lossy().contains(".resize-"))
-            .collect();
+        let leftovers = resize_files(dir.path());
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }

@@ -660,6 +660,16 @@ impl Kind {
 // ---------------------------------------------------------------------------------------------
 // Raw file access
 
+/// The files a resize made or left in `dir` (names holding `.resize-`: a successor under its
+/// temporary name, or the temporary file of its creation).
+pub fn resize_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.to_string_lossy().contains(".resize-"))
+        .collect()
+}
+
 /// The bytes of the file at `path`, or `None` if there is none (how the tests' file-per-key
 /// backing stores load a key).
 pub fn read_if_present(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
