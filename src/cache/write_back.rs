@@ -416,26 +416,33 @@ impl Cache {
         copies: &mut Vec<DirtyCopy>,
     ) -> std::result::Result<Option<StoreOutcome>, Failed> {
         let at = guard.place();
-        let mut stored = None;
         for _ in 0..2 {
-            stored = self.attempt_store_once(guard, req, now, refuse, replacing_drops, copies)?;
-            // The file the handle uses holds no stale copy: the common case ends here.
-            if copies.is_empty() || std::ptr::eq(at.file, &*self.inner.file) {
+            let stored =
+                self.attempt_store_once(guard, req, now, refuse, replacing_drops, copies)?;
+            let dead = self.take_dead_copies(at, copies);
+            if stored.is_some() || dead.is_empty() {
                 return Ok(stored);
             }
-            let (stale, real): (Vec<DirtyCopy>, Vec<DirtyCopy>) =
-                copies.drain(..).partition(|c| self.dead_copy(at, c));
-            *copies = real;
-            if stale.is_empty() || stored.is_some() || !copies.is_empty() {
-                if stored.is_none() {
-                    self.mark_clean(guard, &stale);
-                }
-                return Ok(stored);
+            // Refused: the dead copies are still in the page, clean in truth.
+            self.mark_clean(guard, &dead);
+            if !copies.is_empty() {
+                return Ok(None);
             }
-            // Refused for stale copies alone: clean in truth, and then out of the way.
-            self.mark_clean(guard, &stale);
+            // Refused for dead copies alone: out of the way now.
         }
-        Ok(stored)
+        Ok(None)
+    }
+
+    /// Takes out of `copies` (dirty entries found at `at`) the dead resizer's copies among
+    /// them (see [`dead_copy`](Self::dead_copy)), and returns those. Nothing to do, and no
+    /// allocation, when there are none or `at` is in the file the handle uses.
+    fn take_dead_copies(&self, at: Place<'_>, copies: &mut Vec<DirtyCopy>) -> Vec<DirtyCopy> {
+        if copies.is_empty() || std::ptr::eq(at.file, &*self.inner.file) {
+            return Vec::new();
+        }
+        let (dead, real) = copies.drain(..).partition(|c| self.dead_copy(at, c));
+        *copies = real;
+        dead
     }
 
     fn attempt_store_once(

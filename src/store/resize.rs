@@ -482,11 +482,16 @@ struct ResizeLock<'a> {
 struct LocalResize<'a>(&'a AtomicU32);
 
 impl<'a> LocalResize<'a> {
+    /// The claim word's value while a thread of this process, since its last fork, resizes.
+    fn mine() -> u32 {
+        super::fork::generation().wrapping_add(1).max(1)
+    }
+
     /// Claims `word` unless a thread of this process, since its last fork, holds it: a claim
     /// made in another fork generation belongs to a thread that does not exist here (a fork
     /// from another thread mid-resize), so it counts as free.
     fn claim(word: &'a AtomicU32) -> Option<LocalResize<'a>> {
-        let mine = super::fork::generation().wrapping_add(1).max(1);
+        let mine = Self::mine();
         let held = word.load(Ordering::Acquire);
         if held == mine {
             return None;
@@ -598,8 +603,7 @@ impl SharedFile {
     ///
     /// [`dead_copy_in_successor`]: Self::dead_copy_in_successor
     pub(crate) fn resize_running(&self) -> bool {
-        let mine = super::fork::generation().wrapping_add(1).max(1);
-        self.resizing.load(Ordering::Acquire) == mine
+        self.resizing.load(Ordering::Acquire) == LocalResize::mine()
             || lock_owner(
                 self.file.as_raw_fd(),
                 (header::RESIZE_LOCK_OFFSET as u64, 1),
