@@ -624,9 +624,14 @@ impl SharedFile {
         key: &[u8],
         slot_hash: u32,
     ) -> bool {
+        // No resize running first, then the mark: a running resizer may mark the page
+        // between the two looks (it let the copy's new page go before it marks the old one),
+        // and its copy is then the real entry. With none running the marks cannot change
+        // while the caller holds the copy's page: a resume removes stale copies, page by
+        // page, before it marks anything.
         self.is_migrating()
-            && self.stale_in_successor(new_pages, page, key, slot_hash)
             && !self.resize_running()
+            && self.stale_in_successor(new_pages, page, key, slot_hash)
     }
 
     /// Whether an entry found on page `page` of this file's successor (of `new_pages` pages)
