@@ -832,7 +832,7 @@ impl Cache {
             if std::ptr::eq(f, at.file) {
                 return Some(false);
             }
-            if !(f.is_migrating() || f.is_moved()) {
+            if !f.in_move() {
                 return None;
             }
             if test(f) {

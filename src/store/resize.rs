@@ -102,7 +102,7 @@ impl SharedFile {
     /// marks a page before the state says *migrating*): cleared.
     #[cold]
     pub(super) fn moved_under_lock(&self, page: u32) -> bool {
-        if self.is_moved() || self.is_migrating() {
+        if self.in_move() {
             return true;
         }
         if let Some(row) = self.row(page) {
@@ -165,6 +165,16 @@ impl SharedFile {
         self.resize_word(header::STATE_OFFSET) == u64::from(header::STATE_MIGRATING)
     }
 
+    /// Whether this file's entries live in a successor, some (*migrating*) or all (*moved*).
+    /// The state word is read once: a move goes from the one to the other, and two reads (is
+    /// it moved? is it migrating?) could see neither, and a page's mark taken for damage.
+    pub(crate) fn in_move(&self) -> bool {
+        matches!(
+            self.resize_word(header::STATE_OFFSET) as u32,
+            header::STATE_MIGRATING | header::STATE_MOVED
+        )
+    }
+
     /// How many resizes lie between this file and the first of its lineage.
     pub(crate) fn generation(&self) -> u32 {
         self.resize_word(header::GENERATION_OFFSET) as u32
@@ -185,7 +195,7 @@ impl SharedFile {
         if let Some(next) = self.successor.get() {
             return Ok(next);
         }
-        if !self.is_moved() && !self.is_migrating() {
+        if !self.in_move() {
             return Err(self.resize_error("followed a file that was not moved"));
         }
         let nonce = self.resize_word(header::SUCCESSOR_OFFSET);
@@ -1222,3 +1232,6 @@ impl Drop for RemoveUnlessPublished<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

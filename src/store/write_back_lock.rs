@@ -110,7 +110,7 @@ impl SharedFile {
             })?;
         // A resizer holds a page's write-back lock while it moves the page: taken before the
         // move, the page cannot move while this is held; taken after, the mark shows.
-        if self.moved(page) && (self.is_moved() || self.is_migrating()) {
+        if self.moved(page) && self.in_move() {
             self.write_back_locks.release(
                 self.file.as_raw_fd(),
                 page,
