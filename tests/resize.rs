@@ -1370,6 +1370,47 @@ fn flush_never_writes_a_stale_copy() {
     }
 }
 
+/// `clear` during a stopped move writes back each dirty entry's newest value before it drops
+/// it, and leaves the stale copies of the page stopped mid-way alone (older values: written
+/// back, they would overwrite the newest in the store); finishing the move then removes them,
+/// and every key reads its newest value back from the store.
+#[test]
+fn clear_never_writes_back_a_stale_copy() {
+    let _s = serial();
+    for kind in [NATIVE, ROBUST] {
+        let dir = temp_dir();
+        let path = dir.path().join("cache");
+        let store = Mem::default();
+        let cache = write_back_over(kind, &path, &store);
+        fill_and_abandon_page_10(&cache);
+        for i in 0..HALF_KEYS {
+            cache
+                .set(&key(i), &make_value(&key(i), 2, 100))
+                .expect("set again");
+        }
+        let check = |what: &str| {
+            let stored = store.0.lock().unwrap().clone();
+            for i in 0..HALF_KEYS {
+                let v = stored
+                    .get(&key(i))
+                    .unwrap_or_else(|| panic!("{what}: key {i} stored"));
+                assert_eq!(check_value(&key(i), v), Ok(2), "{what}: key {i} stored");
+                let v = cache
+                    .get(&key(i))
+                    .expect("get")
+                    .unwrap_or_else(|| panic!("{what}: key {i} read"));
+                assert_eq!(check_value(&key(i), &v), Ok(2), "{what}: key {i} read");
+            }
+        };
+        cache.clear().expect("clear");
+        assert_eq!(cache.stats().expect("stats").entries, 0, "cleared");
+        check("cleared while stopped");
+        cache.resize(4, PAGE).expect("finish");
+        cache.flush().expect("flush");
+        check("finished");
+    }
+}
+
 /// A user's store in the new file that evicts a stale copy (a dirty copy a killed resizer
 /// left of a page it never marked) never writes it back: the copy is older than its real
 /// entry in the old file, which was rewritten and flushed since, and writing it would put an

@@ -41,7 +41,7 @@ use super::handle::{Cache, Loc, Walked};
 use super::update::is_negative;
 use crate::clock::from_unix_secs;
 use crate::page::consts::{FLAG_DIRTY, FLAG_OVERFLOW, FLAG_UNDEF};
-use crate::page::{Corrupt, Dirty, DirtyCopy, Evict, NewEntry, PageMut, StoreOutcome};
+use crate::page::{Corrupt, Dirty, DirtyCopy, Evict, NewEntry, PageMut, Spare, StoreOutcome};
 use crate::store::{
     LockError, OverflowFull, PageGuard, Place, Route, SharedFile, WriteBackGuard, WriteBackWait,
 };
@@ -628,11 +628,7 @@ impl Cache {
             0,
             |_, _| {},
             |total, file, page, (_write_back, guard), walked| {
-                *total += if walked.first() {
-                    self.evict_keeping_dirty(file, page, guard, mode)?
-                } else {
-                    self.evict_counted(file, page, guard, mode, walked)?
-                };
+                *total += self.evict_keeping_dirty(file, page, guard, mode, walked)?;
                 Ok(())
             },
         )?;
@@ -640,16 +636,21 @@ impl Cache {
     }
 
     /// Drops what `mode` says from page `page` of `file`, locked by `guard` (and its
-    /// write-back lock held by the caller): how many entries were dropped.
+    /// write-back lock held by the caller), but for the stale copies `walked` finds there:
+    /// how many entries were dropped.
     fn evict_keeping_dirty<'s>(
         &'s self,
         file: &'s SharedFile,
         page: u32,
         mut guard: PageGuard<'s>,
         mode: Evict,
+        walked: &Walked<'_>,
     ) -> Result<usize> {
         let now = self.now();
         let slots = file.geometry().start_slots;
+        let pages = file.geometry().num_pages;
+        let stale = |key: &[u8], slot_hash: u32| walked.stale(pages, page, key, slot_hash);
+        let spare: Spare<'_> = (!walked.first()).then_some(&stale);
         let mut copies = Vec::new();
         let at = guard.place();
         // Rounds 0..ROUNDS refuse; the last of them writes back holding the lock, so the one
@@ -662,7 +663,7 @@ impl Cache {
                 Dirty::collect(&mut copies)
             };
             let changed = guard.change(|p| {
-                let dropped = p.evict_dirty(mode, now, slots, &mut dirty)?;
+                let dropped = p.evict_dirty(mode, now, slots, spare, &mut dirty)?;
                 // Before the change ends and frees the blocks of the large values it drops.
                 self.resolve_copies(at, dirty.out)?;
                 Ok(dropped)
@@ -689,68 +690,6 @@ impl Cache {
             }
         }
         unreachable!("the last round always returns")
-    }
-
-    /// [`evict_keeping_dirty`](Self::evict_keeping_dirty) for a page of a file the walk
-    /// reached past a resize: entry by entry, leaving stale copies as they are.
-    fn evict_counted<'s>(
-        &'s self,
-        file: &'s SharedFile,
-        page: u32,
-        mut guard: PageGuard<'s>,
-        mode: Evict,
-        walked: &Walked<'_>,
-    ) -> Result<usize> {
-        let now = self.now();
-        let pages = file.geometry().num_pages;
-        let at = guard.place();
-        let chosen = |key: &[u8], slot_hash: u32, expire_on: u32| {
-            !walked.stale(pages, page, key, slot_hash)
-                && (mode == Evict::All || crate::page::consts::is_expired(expire_on, now))
-        };
-        let mut keys = Vec::new();
-        let found = guard.page().view().for_each_entry(|e| {
-            if chosen(e.key, e.slot_hash, e.expire_on) {
-                keys.push((e.slot_hash, e.key.to_vec()));
-            }
-        });
-        let copies = found
-            .and_then(|()| guard.page().view().dirty_entries())
-            .and_then(|mut copies| {
-                copies.retain(|c| chosen(&c.key, c.slot_hash, c.expire_on));
-                self.resolve_copies(at, &mut copies).map(|_| copies)
-            });
-        let copies = match copies {
-            Ok(copies) => copies,
-            Err(c) => {
-                guard.reset_for(c);
-                return Ok(0);
-            }
-        };
-        if !copies.is_empty() {
-            drop(guard);
-            self.write_back(&copies)?;
-            // The write-back lock keeps the page from moving meanwhile.
-            let Some(again) = self.lock_page_at(file, page)? else {
-                return Ok(0);
-            };
-            guard = again;
-            self.mark_clean(&mut guard, &copies);
-        }
-        // An entry written again meanwhile is dirty again: it stays, as a write after the walk.
-        let removed = guard.change(|p| {
-            let mut removed = 0;
-            for (slot_hash, key) in &keys {
-                let clean = p.view().find(*slot_hash, key)?.is_some_and(|e| {
-                    e.flags & FLAG_DIRTY == 0 && chosen(key, *slot_hash, e.expire_on)
-                });
-                if clean && p.remove(*slot_hash, key, now)?.is_some() {
-                    removed += 1;
-                }
-            }
-            Ok(removed)
-        });
-        Ok(removed.unwrap_or(0))
     }
 
     /// Writes back every dirty entry of every page and marks it clean; the entries stay

@@ -21,6 +21,11 @@ pub enum Evict {
     MakeRoom(usize),
 }
 
+/// Entries a rebuild keeps whatever its mode says, asked of each it would drop by mode
+/// (`Expired`, `All`) with the entry's key and slot hash: a walk's stale copies of a move under
+/// way (docs/format.md §2.5), which neither exist nor may be dropped.
+pub type Spare<'s> = Option<&'s dyn Fn(&[u8], u32) -> bool>;
+
 /// Whether a page with header `hdr` takes an entry of `len` bytes without eviction: more than
 /// 30% of its slots truly free (neither used nor deleted), and room for the entry.
 pub(super) fn has_room(hdr: &PageHeader, len: usize) -> bool {
@@ -75,22 +80,24 @@ impl PageMut<'_> {
     /// Evicts per `mode` and compacts the survivors. Returns how many entries were dropped.
     pub fn evict(&mut self, mode: Evict, now: u32, start_slots: u32) -> Result<usize, Corrupt> {
         let hdr = self.checked_header()?;
-        self.evict_checked(hdr, mode, now, start_slots, None)
+        self.evict_checked(hdr, mode, now, start_slots, None, None)
             .map(|done| done.map_or(0, |(dropped, _)| dropped))
     }
 
     /// [`evict`](Self::evict), doing with the dirty (write-back) entries it drops what `dirty`
     /// says (see [`Dirty`]). Returns how many entries were dropped, or `None` when `dirty`
-    /// refuses to drop the dirty entries it copied out (the page is then unchanged).
+    /// refuses to drop the dirty entries it copied out (the page is then unchanged). The
+    /// entries `spare` names stay, neither dropped nor handed to `dirty`.
     pub fn evict_dirty(
         &mut self,
         mode: Evict,
         now: u32,
         start_slots: u32,
+        spare: Spare<'_>,
         dirty: &mut Dirty<'_>,
     ) -> Result<Option<usize>, Corrupt> {
         let hdr = self.checked_header()?;
-        self.evict_checked(hdr, mode, now, start_slots, Some(dirty))
+        self.evict_checked(hdr, mode, now, start_slots, spare, Some(dirty))
             .map(|done| done.map(|(dropped, _)| dropped))
     }
 
@@ -103,6 +110,7 @@ impl PageMut<'_> {
         mode: Evict,
         now: u32,
         start_slots: u32,
+        spare: Spare<'_>,
         dirty: Option<&mut Dirty<'_>>,
     ) -> Result<Option<(usize, PageHeader)>, Corrupt> {
         let n = hdr.num_slots;
@@ -129,7 +137,14 @@ impl PageMut<'_> {
                 continue;
             }
             let loc = EntryLoc::read(self.buf, word, data_start, data_end)?;
-            if mode == Evict::All || is_expired(loc.expire_on, now) {
+            if (mode == Evict::All || is_expired(loc.expire_on, now))
+                && !spare.is_some_and(|spare| {
+                    let key = loc.off + ENTRY_HEADER_SIZE;
+                    self.buf
+                        .get(key..key + loc.key_len)
+                        .is_some_and(|key| spare(key, loc.slot_hash))
+                })
+            {
                 dropped += 1;
                 if watch {
                     gone.push(loc);

@@ -669,7 +669,7 @@ proptest! {
             let mut out = Vec::new();
             let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
             match what {
-                0 => { page.evict_dirty(Evict::Expired, now, MIN_SLOTS, &mut Dirty::collect(&mut out)).unwrap(); }
+                0 => { page.evict_dirty(Evict::Expired, now, MIN_SLOTS, None, &mut Dirty::collect(&mut out)).unwrap(); }
                 1 => now += u32::from(expiry),
                 _ => {
                     let req = NewEntry {

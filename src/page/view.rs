@@ -473,8 +473,14 @@ impl<'a> PageMut<'a> {
             // Eviction would change nothing: the header and the probe still hold.
             self.append_probed(req, size, now, &hdr, probe, extra)?
         } else {
-            let evicted =
-                self.evict_checked(hdr, super::Evict::MakeRoom(size), now, start_slots, dirty)?;
+            let evicted = self.evict_checked(
+                hdr,
+                super::Evict::MakeRoom(size),
+                now,
+                start_slots,
+                None,
+                dirty,
+            )?;
             let Some((_, hdr)) = evicted else {
                 return Ok(None);
             };
