@@ -1332,6 +1332,33 @@ fn stale_copies_of_a_stopped_page_never_come_back() {
     }
 }
 
+/// A write-back cache over a fresh store, stopped mid-page as [`fill_and_abandon_page_10`]
+/// leaves it, then every key rewritten (sequence 2): the stale copies of page 10 in the new
+/// file hold older values than their keys' real entries in the old one.
+fn rewritten_over_stale_copies(kind: Kind) -> (tempfile::TempDir, Mem, Cache) {
+    let dir = temp_dir();
+    let store = Mem::default();
+    let cache = write_back_over(kind, &dir.path().join("cache"), &store);
+    fill_and_abandon_page_10(&cache);
+    for i in 0..HALF_KEYS {
+        cache
+            .set(&key(i), &make_value(&key(i), 2, 100))
+            .expect("set again");
+    }
+    (dir, store, cache)
+}
+
+/// Asserts that `store` holds every key's newest value (sequence 2).
+fn assert_stored_newest(store: &Mem, what: &str) {
+    let stored = store.0.lock().unwrap().clone();
+    for i in 0..HALF_KEYS {
+        let v = stored
+            .get(&key(i))
+            .unwrap_or_else(|| panic!("{what}: key {i} stored"));
+        assert_eq!(check_value(&key(i), v), Ok(2), "{what}: key {i} newest");
+    }
+}
+
 /// `flush` during a stopped move writes each dirty entry's newest value: it walks the old
 /// file's unmoved pages first, then the new file, where the stale copies of a page stopped
 /// mid-way (older values of keys rewritten in the old file since) are never written back.
@@ -1339,34 +1366,16 @@ fn stale_copies_of_a_stopped_page_never_come_back() {
 fn flush_never_writes_a_stale_copy() {
     let _s = serial();
     for kind in [NATIVE, ROBUST] {
-        let dir = temp_dir();
-        let path = dir.path().join("cache");
-        let store = Mem::default();
-        let cache = write_back_over(kind, &path, &store);
-        fill_and_abandon_page_10(&cache);
-        for i in 0..HALF_KEYS {
-            cache
-                .set(&key(i), &make_value(&key(i), 2, 100))
-                .expect("set again");
-        }
-        let check = |what: &str| {
-            let stored = store.0.lock().unwrap().clone();
-            for i in 0..HALF_KEYS {
-                let v = stored
-                    .get(&key(i))
-                    .unwrap_or_else(|| panic!("{what}: key {i}"));
-                assert_eq!(check_value(&key(i), v), Ok(2), "{what}: key {i} newest");
-            }
-        };
+        let (_dir, store, cache) = rewritten_over_stale_copies(kind);
         assert_eq!(
             cache.flush().expect("flush"),
             HALF_KEYS,
             "each dirty entry once"
         );
-        check("flushed while stopped");
+        assert_stored_newest(&store, "flushed while stopped");
         cache.resize(4, PAGE).expect("finish");
         cache.flush().expect("flush");
-        check("finished");
+        assert_stored_newest(&store, "finished");
     }
 }
 
@@ -1378,23 +1387,10 @@ fn flush_never_writes_a_stale_copy() {
 fn clear_never_writes_back_a_stale_copy() {
     let _s = serial();
     for kind in [NATIVE, ROBUST] {
-        let dir = temp_dir();
-        let path = dir.path().join("cache");
-        let store = Mem::default();
-        let cache = write_back_over(kind, &path, &store);
-        fill_and_abandon_page_10(&cache);
-        for i in 0..HALF_KEYS {
-            cache
-                .set(&key(i), &make_value(&key(i), 2, 100))
-                .expect("set again");
-        }
+        let (_dir, store, cache) = rewritten_over_stale_copies(kind);
         let check = |what: &str| {
-            let stored = store.0.lock().unwrap().clone();
+            assert_stored_newest(&store, what);
             for i in 0..HALF_KEYS {
-                let v = stored
-                    .get(&key(i))
-                    .unwrap_or_else(|| panic!("{what}: key {i} stored"));
-                assert_eq!(check_value(&key(i), v), Ok(2), "{what}: key {i} stored");
                 let v = cache
                     .get(&key(i))
                     .expect("get")

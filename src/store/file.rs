@@ -156,6 +156,38 @@ pub(crate) struct Opened {
     pub journal_size: u32,
 }
 
+#[cfg(test)]
+impl OpenRequest {
+    /// A native file of `num_pages` pages of `page_size` bytes at `path` with `kind` locks,
+    /// created if missing (mode 0600, no link followed, only our own), with the default
+    /// overflow area and no journal: for store tests, which set the rest.
+    pub(crate) fn native(
+        path: &Path,
+        kind: LockKind,
+        num_pages: u32,
+        page_size: u32,
+    ) -> OpenRequest {
+        OpenRequest {
+            path: path.to_path_buf(),
+            layout: Layout::Native,
+            lock_kind: Some(kind),
+            requested: Requested {
+                num_pages: Some(num_pages),
+                page_size: Some(page_size),
+                start_slots: None,
+            },
+            permissions: 0o600,
+            follow_symlinks: false,
+            allowed_owners: Vec::new(),
+            read_only: false,
+            trust_contents: false,
+            must_exist: false,
+            overflow: OverflowRequest::default(),
+            journal: false,
+        }
+    }
+}
+
 impl OpenRequest {
     fn io(&self, op: &'static str, source: io::Error) -> Error {
         match source.kind() {

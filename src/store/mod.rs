@@ -54,3 +54,14 @@ pub(crate) use write_back_lock::{Wait as WriteBackWait, WriteBackGuard};
 
 /// Whether [`LockKind::Robust`] can be used on this platform.
 pub(crate) const ROBUST_LOCKS_AVAILABLE: bool = robust::AVAILABLE;
+
+/// The lock kinds this build can use (fcntl, and robust where available): store tests run
+/// under each.
+#[cfg(test)]
+pub(crate) fn lock_kinds() -> Vec<LockKind> {
+    let mut kinds = vec![LockKind::Fcntl];
+    if ROBUST_LOCKS_AVAILABLE {
+        kinds.push(LockKind::Robust);
+    }
+    kinds
+}

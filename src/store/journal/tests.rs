@@ -15,7 +15,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::*;
 use crate::page::consts::FLAG_OVERFLOW;
 use crate::page::{NewEntry, PageView};
-use crate::store::{Layout, LockKind, OpenRequest, OverflowRequest, Requested, open_shared};
+use crate::store::{LockKind, OpenRequest, OverflowRequest, lock_kinds, open_shared};
 
 const PAGES: u32 = 4;
 const PAGE_SIZE: u32 = 65536;
@@ -28,35 +28,14 @@ const TIMEOUT: Option<Duration> = Some(Duration::from_secs(10));
 /// A forked child that has not ended by then is killed, and the test fails.
 const CHILD_DEADLINE: Duration = Duration::from_secs(60);
 
-fn kinds() -> Vec<LockKind> {
-    let mut kinds = vec![LockKind::Fcntl];
-    if crate::store::ROBUST_LOCKS_AVAILABLE {
-        kinds.push(LockKind::Robust);
-    }
-    kinds
-}
-
 fn request(path: &Path, kind: LockKind, journal: bool) -> OpenRequest {
     OpenRequest {
-        path: path.to_path_buf(),
-        layout: Layout::Native,
-        lock_kind: Some(kind),
-        requested: Requested {
-            num_pages: Some(PAGES),
-            page_size: Some(PAGE_SIZE),
-            start_slots: None,
-        },
-        permissions: 0o600,
-        follow_symlinks: false,
-        allowed_owners: Vec::new(),
-        read_only: false,
-        trust_contents: false,
-        must_exist: false,
         overflow: OverflowRequest {
             size: Some(64 * 4096),
             max_value_size: Some(131_072),
         },
         journal,
+        ..OpenRequest::native(path, kind, PAGES, PAGE_SIZE)
     }
 }
 
@@ -328,7 +307,7 @@ fn assert_outcome(file: &SharedFile, before: &BTreeMap<Vec<u8>, Vec<u8>>, made: 
 #[test]
 fn a_change_killed_at_any_step_is_undone_or_completed_never_reset() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for kind in kinds() {
+    for kind in lock_kinds() {
         for (n, &step) in [0].iter().chain(&STEPS).enumerate() {
             let what = format!("{kind:?}, killed at step {step}");
             let file = open(&dir, &format!("kill-{kind:?}-{n}"), kind);
@@ -351,7 +330,7 @@ fn a_re_application_killed_at_any_step_is_completed_by_the_next_locker() {
         crash::CLEARED,
         crash::INVALIDATED,
     ];
-    for kind in kinds() {
+    for kind in lock_kinds() {
         for &step in &redo_steps {
             let what = format!("{kind:?}, re-application killed at step {step}");
             let file = open(&dir, &format!("redo-{kind:?}-{step}"), kind);
@@ -377,7 +356,7 @@ fn a_re_application_killed_at_any_step_is_completed_by_the_next_locker() {
 fn changes_of_many_pages_at_once_share_the_journal() {
     let dir = tempfile::tempdir().expect("tempdir");
     const ROUNDS: u32 = 150;
-    for kind in kinds() {
+    for kind in lock_kinds() {
         let file = open(&dir, &format!("many-{kind:?}"), kind);
         let slots = file.geometry().start_slots;
         let work = |page: u32| {
@@ -434,7 +413,7 @@ fn changes_of_many_pages_at_once_share_the_journal() {
 #[test]
 fn a_shared_lock_completes_the_change_too() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for kind in kinds() {
+    for kind in lock_kinds() {
         let file = open(&dir, &format!("shared-{kind:?}"), kind);
         let before = users_write(&file);
         assert_eq!(change_killed_at(&file, crash::MARKED), crash::STATUS);

@@ -7,41 +7,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::store::{LockError, LockKind, OpenRequest, OverflowRequest, Requested, open_shared};
+use crate::store::{LockError, LockKind, OpenRequest, lock_kinds, open_shared};
 
 const PAGE: u32 = 1;
 const TIMEOUT: Option<Duration> = Some(Duration::from_secs(10));
 /// How long each locker keeps trying (the race it guards against lies between two loads).
 const HAMMER: Duration = Duration::from_millis(400);
 
-fn kinds() -> Vec<LockKind> {
-    let mut kinds = vec![LockKind::Fcntl];
-    if crate::store::ROBUST_LOCKS_AVAILABLE {
-        kinds.push(LockKind::Robust);
-    }
-    kinds
-}
-
 fn open(path: &Path, kind: LockKind) -> Arc<SharedFile> {
-    open_shared(&OpenRequest {
-        path: path.to_path_buf(),
-        layout: Layout::Native,
-        lock_kind: Some(kind),
-        requested: Requested {
-            num_pages: Some(4),
-            page_size: Some(4096),
-            start_slots: None,
-        },
-        permissions: 0o600,
-        follow_symlinks: false,
-        allowed_owners: Vec::new(),
-        read_only: false,
-        trust_contents: false,
-        must_exist: false,
-        overflow: OverflowRequest::default(),
-        journal: false,
-    })
-    .expect("open")
+    open_shared(&OpenRequest::native(path, kind, 4, 4096)).expect("open")
 }
 
 /// Runs `lock` on a marked page for [`HAMMER`] while another thread flips the file's state
@@ -89,7 +63,7 @@ fn hammer(file: &Arc<SharedFile>, lock: impl Fn(&SharedFile) -> Result<(), LockE
 
 #[test]
 fn a_marked_page_stays_moved_while_the_move_finishes() {
-    for kind in kinds() {
+    for kind in lock_kinds() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = open(&dir.path().join("cache"), kind);
         hammer(&file, |f| f.lock(PAGE, TIMEOUT).map(drop));
