@@ -1,6 +1,6 @@
-//! Optimistic reads of robust-locked pages: a read that takes no lock.
+//! Optimistic reads of native pages (either lock kind): a read that takes no lock.
 //!
-//! Every holder of a robust page lock makes the page's sequence word (`ROW_SEQ_OFFSET`) odd
+//! Every holder of a page lock (robust or fcntl) makes the page's sequence word (`ROW_SEQ_OFFSET`) odd
 //! as soon as it has the lock and bumps it to the next even value just before it lets go, so
 //! the word moves whenever the page may have changed. A reader loads the word (even: no holder
 //! is inside), looks the key up with atomic loads only, copying out what it returns, and loads

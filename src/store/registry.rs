@@ -121,9 +121,7 @@ pub(super) fn open_registered(
         local_resets: (0..num_pages).map(|_| AtomicU64::new(0)).collect(),
         dirty_lost: AtomicU64::new(0),
         faults: Default::default(),
-        optimistic: (opened.lock_kind == LockKind::Robust
-            && req.layout == Layout::Native
-            && !req.read_only)
+        optimistic: (req.layout == Layout::Native && !req.read_only)
             .then(|| Optimistic::new(num_pages)),
         spare_fds: Mutex::new(Vec::new()),
         request: OpenRequest {
