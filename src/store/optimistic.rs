@@ -1,13 +1,13 @@
 //! Optimistic reads of native pages (either lock kind): a read that takes no lock.
 //!
-//! Every holder of a page lock (robust or fcntl) makes the page's sequence word (`ROW_SEQ_OFFSET`) odd
-//! as soon as it has the lock and bumps it to the next even value just before it lets go, so
-//! the word moves whenever the page may have changed. A reader loads the word (even: no holder
-//! is inside), looks the key up with atomic loads only, copying out what it returns, and loads
-//! the word again: unchanged, nothing it copied can have been torn. Otherwise, or when the
-//! word is odd, the busy marker set, the page fails a check, or the hit would have to refresh
-//! the entry's access time (it is stored in whole seconds, so within one second a hot key's
-//! reads need no write), the reader takes the lock as before.
+//! Every holder of a page lock (robust or fcntl) makes the page's sequence word (`ROW_SEQ_OFFSET`)
+//! odd as soon as it has the lock and bumps it to the next even value just before it lets go, so
+//! the word moves whenever the page may have changed. A reader loads the word (even: no holder is
+//! inside), looks the key up with atomic loads only, copying out what it returns, and loads the
+//! word again: unchanged, nothing it copied can have been torn. Otherwise, or when the word is odd,
+//! the busy marker set, the page fails a check, or the hit would have to refresh the entry's access
+//! time (it is stored in whole seconds, so within one second a hot key's reads need no write), the
+//! reader takes the lock as before.
 //!
 //! The loads race with the lock holder's plain writes. That is the seqlock pattern, which
 //! Rust's memory model does not yet give a data-race-free form to (an "atomic memcpy"): every

@@ -79,7 +79,7 @@ pub(crate) struct SharedFile {
     /// Descriptors of this file opened by racing openers: never closed while the file is in
     /// use, since closing any descriptor drops all of this process's fcntl locks on it.
     pub(super) spare_fds: Mutex<Vec<File>>,
-    /// Optimistic reads (robust-locked native files opened read-write): see `optimistic.rs`.
+    /// Optimistic reads (native files opened read-write, either lock kind): see `optimistic.rs`.
     pub(super) optimistic: Option<super::optimistic::Optimistic>,
     /// How this file was opened, to open the file it is resized into the same way.
     pub(super) request: super::OpenRequest,
