@@ -662,6 +662,44 @@ fn assert_area_exact(cache: &Cache, what: &str) {
     );
 }
 
+/// A write-back store of a small value over a large one, in a page a stopped move has put in
+/// the new file, frees the large value's blocks: the page it changes and the blocks it owns are
+/// the new file's, not those of the handle's file (the old one, until the move finishes).
+#[test]
+fn a_write_back_store_in_a_moved_page_frees_the_blocks_it_replaces() {
+    let _s = serial();
+    for kind in [NATIVE, ROBUST] {
+        let dir = temp_dir();
+        let store = Mem::default();
+        let cache = kind
+            .builder()
+            .path(dir.path().join("cache"))
+            .num_pages(SMALL)
+            .page_size(PAGE)
+            .overflow_size(AREA)
+            .max_value_size(MAX_VALUE)
+            .backing(store.clone())
+            .write_mode(fastmmap::WriteMode::Back)
+            .lock_timeout(Duration::from_secs(30))
+            .open()
+            .expect("open");
+        for i in 0..40 {
+            let v = make_value(&key(i), 1, 20_000);
+            cache.set(&key(i), &v).expect("large value");
+        }
+        cache
+            .resize_stopping_after(LARGE, PAGE, SMALL / 2)
+            .expect("half a move");
+        for i in 0..40 {
+            let v = make_value(&key(i), 2, 100);
+            cache.set(&key(i), &v).expect("small value");
+        }
+        assert_area_exact(&cache, "small values over large ones, the move stopped");
+        cache.resize(LARGE, PAGE).expect("finish the move");
+        assert_area_exact(&cache, "finished");
+    }
+}
+
 #[test]
 fn large_values_are_carried_by_grow_and_shrink() {
     let _s = serial();

@@ -614,11 +614,13 @@ impl Cache {
         req: &NewEntry<'_>,
         now: u32,
     ) -> Result<StoreOutcome> {
-        let slots = self.geometry().start_slots;
+        // The page's own file (past a resize, not necessarily the handle's) decides.
+        let file = guard.place().file;
+        let slots = file.geometry().start_slots;
         // Native pages change under a busy marker, so an overwrite of the same size may be
         // made in place (see `PageMut::store_with`); Cache::FastMmap's pages have no marker.
-        let in_place = self.inner.file.layout() == Layout::Native;
-        match guard.place().file.route(req) {
+        let in_place = file.layout() == Layout::Native;
+        match file.route(req) {
             Route::Page => {}
             Route::Overflow => return self.store_large(guard, req, now, in_place),
             Route::TooLarge => return Err(self.refused(req)),

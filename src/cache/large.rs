@@ -93,7 +93,7 @@ impl Cache {
     ) -> std::result::Result<Option<StoreOutcome>, std::result::Result<OverflowFull, Corrupt>> {
         let (refuse, replacing_drops) = dirty_rules;
         let at = guard.place();
-        let slots = self.geometry().start_slots;
+        let slots = at.file.geometry().start_slots;
         if refuse {
             // The entry the page will hold is a reference: a stand-in of its size decides.
             let stand_in = [0u8; OVERFLOW_REF_SIZE];

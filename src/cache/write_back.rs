@@ -467,10 +467,11 @@ impl Cache {
             // Refused before the page is touched (the caller's error: `Cache::refused`).
             Route::TooLarge => return Ok(Some(StoreOutcome::TooLarge)),
         }
+        // The page's own file (past a resize, not necessarily the handle's) decides.
         let page = guard.page_index();
         let at = guard.place();
-        let slots = self.geometry().start_slots;
-        let in_place = self.layout() == crate::store::Layout::Native;
+        let slots = at.file.geometry().start_slots;
+        let in_place = at.file.layout() == crate::store::Layout::Native;
         copies.clear();
         let mut plan = Plan::Marked;
         if refuse && in_place {
@@ -482,7 +483,7 @@ impl Cache {
             let marked = dry.would_write_in_place();
             // A page that holds large values changes under the marker: the change frees the
             // blocks of what it replaces or evicts (see `overflow.rs`).
-            let owns_blocks = self.inner.file.overflow_owned(page) != 0;
+            let owns_blocks = at.file.overflow_owned(page) != 0;
             plan = match looked {
                 Ok(None) if !copies.is_empty() => {
                     // Large values among them are read now, while their blocks are theirs.
