@@ -1447,6 +1447,80 @@ fn clear_never_writes_back_a_stale_copy() {
     }
 }
 
+/// A backing store whose `store` sets another key in the cache it backs (a callback that uses
+/// the cache), keeping what that set returned.
+#[derive(Clone, Default)]
+struct Echo {
+    /// The cache it backs (a cycle: taken out at the end of the test).
+    cache: std::sync::Arc<std::sync::Mutex<Option<Cache>>>,
+    echo_key: std::sync::Arc<std::sync::OnceLock<Vec<u8>>>,
+    results: std::sync::Arc<std::sync::Mutex<Vec<Result<bool, String>>>>,
+}
+
+impl fastmmap::Backing for Echo {
+    fn load(&self, _: &[u8]) -> Result<Option<Vec<u8>>, fastmmap::BackingError> {
+        Ok(None)
+    }
+    fn store(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        _: Option<std::time::SystemTime>,
+    ) -> Result<(), fastmmap::BackingError> {
+        let cache = self.cache.lock().unwrap().clone();
+        if let (Some(cache), Some(echo)) = (cache, self.echo_key.get())
+            && key != echo.as_slice()
+        {
+            let done = cache.set(echo, value).map_err(|e| e.to_string());
+            self.results.lock().unwrap().push(done);
+        }
+        Ok(())
+    }
+    fn delete(&self, _: &[u8]) -> Result<(), fastmmap::BackingError> {
+        Ok(())
+    }
+}
+
+/// A store callback that uses the cache during a stopped move, for a key whose page is in the
+/// new file, proceeds as it does without a move: the write-back lock its thread holds is the
+/// new file's, and it takes no second one (it used to be refused as re-entrant).
+#[test]
+fn a_store_callback_may_use_the_cache_in_a_moved_page() {
+    let _s = serial();
+    for kind in [NATIVE, ROBUST] {
+        let dir = temp_dir();
+        let echo = Echo::default();
+        let cache = kind
+            .builder()
+            .path(dir.path().join("cache"))
+            .num_pages(SMALL)
+            .page_size(PAGE)
+            .backing(echo.clone())
+            .write_mode(fastmmap::WriteMode::Through)
+            .lock_timeout(Duration::from_secs(30))
+            .open()
+            .expect("open");
+        let moved: Vec<Vec<u8>> = (0..1000)
+            .map(key)
+            .filter(|k| key_page(Layout::Native, k, SMALL) < SMALL / 2)
+            .take(2)
+            .collect();
+        for k in &moved {
+            cache.set(k, b"before").expect("set");
+        }
+        cache
+            .resize_stopping_after(LARGE, PAGE, SMALL / 2)
+            .expect("half a move");
+        *echo.cache.lock().unwrap() = Some(cache.clone());
+        echo.echo_key.set(moved[1].clone()).expect("once");
+        assert!(cache.set(&moved[0], b"after").expect("set through"));
+        let results = echo.results.lock().unwrap().clone();
+        assert_eq!(results, vec![Ok(true)], "{kind:?}: the callback's set");
+        assert_eq!(cache.get(&moved[1]).expect("get"), Some(b"after".to_vec()));
+        echo.cache.lock().unwrap().take();
+    }
+}
+
 /// A user's store in the new file that evicts a stale copy (a dirty copy a killed resizer
 /// left of a page it never marked) never writes it back: the copy is older than its real
 /// entry in the old file, which was rewritten and flushed since, and writing it would put an

@@ -69,10 +69,21 @@ impl SharedFile {
         self as *const SharedFile as usize + 1
     }
 
-    /// Whether this thread holds a write-back lock of this file (it is in a backing store's
-    /// callback).
+    /// Whether this thread holds a write-back lock of this file, or of a file it was resized
+    /// into (it is in a backing store's callback: during a move its lock may be the new
+    /// file's, and taking another there would be refused as re-entrant).
     pub(crate) fn holds_write_back(&self) -> bool {
-        Reentry::held(self.write_back_id())
+        let mut file = self;
+        for _ in 0..=super::MAX_FOLLOWS {
+            if Reentry::held(file.write_back_id()) {
+                return true;
+            }
+            match file.successor.get() {
+                Some(next) => file = next,
+                None => return false,
+            }
+        }
+        false
     }
 
     /// Takes `page`'s write-back lock, waiting as `wait` says. Take it before the page's own
