@@ -118,11 +118,7 @@ fn grow_and_shrink_keep_entries_and_their_metadata() {
         }
         assert!(kept + 2 >= shrunk.copied, "{kept} of {shrunk:?}");
         assert_eq!(cache.validate().expect("validate"), vec![]);
-        assert!(
-            resize_files(dir.path()).is_empty(),
-            "{:?}",
-            resize_files(dir.path())
-        );
+        assert_no_resize_files(dir.path());
     }
 }
 
@@ -182,8 +178,7 @@ fn refuses_what_it_cannot_do() {
         .open()
         .expect("read-only");
     assert!(matches!(ro.resize(100, PAGE), Err(Error::ReadOnly { .. })));
-    assert!(resize_files(dir.path()).is_empty());
-    let _ = Layout::Native;
+    assert_no_resize_files(dir.path());
 }
 
 /// What one worker did: increments per counter, its longest operation, how many operations.
@@ -332,11 +327,7 @@ fn workers_follow_resizes(kind: Kind) {
         assert_eq!(found, expected, "counter-{c}");
     }
     assert_eq!(cache.num_pages(), SMALL);
-    assert!(
-        resize_files(dir.path()).is_empty(),
-        "{:?}",
-        resize_files(dir.path())
-    );
+    assert_no_resize_files(dir.path());
     let ops: u64 = tallies.iter().map(|t| t.ops).sum();
     let longest = tallies.iter().map(|t| t.longest).max().unwrap_or_default();
     eprintln!(
@@ -409,11 +400,7 @@ fn a_killed_resizer_loses_nothing() {
             let v = cache.get(&key(i)).expect("get").expect("still there");
             assert_eq!(check_value(&key(i), &v).expect("intact"), i as u64);
         }
-        assert!(
-            resize_files(dir.path()).is_empty(),
-            "{:?}",
-            resize_files(dir.path())
-        );
+        assert_no_resize_files(dir.path());
         assert_eq!(Cache::open(&path).expect("reopen").num_pages(), SMALL + 1);
     }
 }
@@ -461,7 +448,7 @@ fn a_resize_in_progress_refuses_another() {
     assert_eq!(cache.num_pages(), SMALL);
     cache.resize(LARGE, PAGE).expect("the lock is free again");
     assert_eq!(cache.get(b"k").expect("get"), Some(b"v".to_vec()));
-    assert!(resize_files(dir.path()).is_empty());
+    assert_no_resize_files(dir.path());
 }
 
 /// Two processes resize at the same instant: each succeeds or is told another resize is in
@@ -518,7 +505,7 @@ fn two_resizes_at_once() {
             check_value(&key(i), &v).expect("intact");
         }
     }
-    assert!(resize_files(dir.path()).is_empty());
+    assert_no_resize_files(dir.path());
 }
 
 /// A backing store in memory, for the write-back case.
@@ -760,11 +747,7 @@ fn large_values_are_carried_by_grow_and_shrink() {
             assert_area_exact(&cache, what);
             assert_eq!(cache.validate().expect("validate"), vec![], "{what}");
         }
-        assert!(
-            resize_files(dir.path()).is_empty(),
-            "{:?}",
-            resize_files(dir.path())
-        );
+        assert_no_resize_files(dir.path());
         // A fresh open finds the area too.
         let fresh = Cache::builder().path(&path).open().expect("reopen");
         assert_eq!(fresh.max_value_size(), MAX_VALUE as usize);
@@ -879,11 +862,7 @@ fn large_values_survive_moves_under_load(kind: Kind) {
         check_value(&k, &e.value).expect("intact");
     }
     assert_area_exact(&cache, "after the moves");
-    assert!(
-        resize_files(dir.path()).is_empty(),
-        "{:?}",
-        resize_files(dir.path())
-    );
+    assert_no_resize_files(dir.path());
 }
 
 #[test]
@@ -1069,11 +1048,7 @@ fn a_handle_behind_two_moves_keeps_working_on_every_call() {
         assert!(cache.evict(&key(0)).expect("evict"), "key 0 was cached");
         assert_eq!(cache.get(&key(0)).expect("read through"), Some(value(0, 0)));
         assert_eq!(cache.num_pages(), SMALL + 8);
-        assert!(
-            resize_files(dir.path()).is_empty(),
-            "{:?}",
-            resize_files(dir.path())
-        );
+        assert_no_resize_files(dir.path());
     }
 }
 
@@ -1289,11 +1264,7 @@ fn a_move_stopped_half_way_serves_both_halves() {
         let report = cache.resize(LARGE, PAGE).expect("finish the move");
         assert_eq!(report.pages_moved, SMALL - SMALL / 2, "{report:?}");
         assert_eq!(cache.num_pages(), LARGE);
-        assert!(
-            resize_files(dir.path()).is_empty(),
-            "{:?}",
-            resize_files(dir.path())
-        );
+        assert_no_resize_files(dir.path());
         assert_whole(&cache, &store, &seq, &counters, "finished");
         write_both_halves(&cache, 2, &mut seq, &mut counters);
         assert_whole(
@@ -1363,11 +1334,7 @@ fn stale_copies_of_a_stopped_page_never_come_back() {
         check("stopped mid-page");
         cache.resize(4, PAGE).expect("finish, to another geometry");
         assert_eq!(cache.num_pages(), 4);
-        assert!(
-            resize_files(dir.path()).is_empty(),
-            "{:?}",
-            resize_files(dir.path())
-        );
+        assert_no_resize_files(dir.path());
         check("finished");
     }
 }
@@ -1657,11 +1624,7 @@ fn workers_keep_every_write_through_killed_resizers(kind: Kind) {
     let stats = cache.stats().expect("stats");
     assert_eq!(stats.resets, 0, "{kind:?}: no page was reset: {stats:?}");
     assert_eq!(cache.num_pages(), SMALL);
-    assert!(
-        resize_files(dir.path()).is_empty(),
-        "{:?}",
-        resize_files(dir.path())
-    );
+    assert_no_resize_files(dir.path());
 }
 
 #[test]

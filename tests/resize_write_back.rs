@@ -342,8 +342,7 @@ fn a_failing_store_during_a_resize_loses_nothing() {
             assert_eq!(check_value(k, v), Ok(1));
         }
         assert_eq!(cache.stats().expect("stats").dirty_lost, 0);
-        let leftovers = resize_files(dir.path());
-        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert_no_resize_files(dir.path());
     }
 }
 
@@ -505,8 +504,7 @@ fn a_child_forked_from_another_thread_mid_resize_can_resize() {
             assert!(e.flags.is_dirty(), "still dirty");
             assert_eq!(check_value(k, &e.value), Ok(1));
         }
-        let leftovers = resize_files(dir.path());
-        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert_no_resize_files(dir.path());
     }
 }
 
@@ -574,7 +572,6 @@ fn a_resizer_killed_inside_a_store_call_loses_nothing() {
             let v = map.get(k).expect("in the store");
             assert_eq!(check_value(k, v), Ok(1));
         }
-        let leftovers = resize_files(dir.path());
-        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert_no_resize_files(dir.path());
     }
 }

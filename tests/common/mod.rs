@@ -670,6 +670,12 @@ pub fn resize_files(dir: &Path) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// Asserts that no file of a resize (`<name>.resize-<nonce>`) is left in `dir`.
+pub fn assert_no_resize_files(dir: &Path) {
+    let left = resize_files(dir);
+    assert!(left.is_empty(), "files of a resize left behind: {left:?}");
+}
+
 /// The bytes of the file at `path`, or `None` if there is none (how the tests' file-per-key
 /// backing stores load a key).
 pub fn read_if_present(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
