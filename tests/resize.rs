@@ -1414,6 +1414,48 @@ fn clear_never_writes_back_a_stale_copy() {
     }
 }
 
+/// A follower that finishes a dead resizer's rename renames only the successor it opened: a
+/// file put at the successor's temporary name since (another user's, in a shared directory)
+/// is never renamed over the cache's name.
+#[test]
+fn a_file_planted_at_the_temporary_name_is_never_renamed_over_the_cache() {
+    use std::os::unix::fs::MetadataExt;
+    let _s = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("cache");
+    let cache = open(NATIVE, &path, SMALL);
+    cache.set(b"k", b"v").expect("set");
+    // A second handle, still on the old file when the move ends.
+    let other = Cache::builder().path(&path).open().expect("second handle");
+    let keep = dir.path().join("old-file");
+    std::fs::hard_link(&path, &keep).expect("link the old file");
+    let old_ino = std::fs::metadata(&path).expect("old").ino();
+    cache.resize(LARGE, PAGE).expect("resize");
+    // As a resizer that died before its rename leaves it: the old file at the path, marked
+    // moved; then someone puts another file at the successor's temporary name.
+    std::fs::rename(&path, dir.path().join("successor-aside")).expect("move the successor aside");
+    std::fs::rename(&keep, &path).expect("the old file back at the path");
+    let nonce_name = {
+        let header = std::fs::read(&path).expect("read the old file");
+        // The successor's nonce: header bytes 88..96 (docs/format.md §2.5).
+        let nonce = u64::from_ne_bytes(header[88..96].try_into().expect("8 bytes"));
+        dir.path().join(format!("cache.resize-{nonce:016x}"))
+    };
+    std::fs::write(&nonce_name, b"planted").expect("plant");
+    // The second handle follows the move (its file is marked moved) and finishes the rename
+    // only if the temporary name still holds the successor: it does not.
+    assert_eq!(
+        other.get(b"k").expect("get through the move"),
+        Some(b"v".to_vec())
+    );
+    assert_eq!(
+        std::fs::metadata(&path).expect("path").ino(),
+        old_ino,
+        "the cache's name was given to the planted file"
+    );
+    assert_eq!(std::fs::read(&nonce_name).expect("planted"), b"planted");
+}
+
 /// A backing store whose `store` sets another key in the cache it backs (a callback that uses
 /// the cache), keeping what that set returned.
 #[derive(Clone, Default)]

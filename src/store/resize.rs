@@ -245,7 +245,7 @@ impl SharedFile {
             }
             // While *migrating* the path names this file; the rename is the finish's.
             if by_temp && self.is_moved() {
-                finish_rename(&temp, self);
+                finish_rename(&temp, self, &next);
             }
             return Ok(self.successor.get_or_init(|| next));
         }
@@ -288,19 +288,28 @@ impl SharedFile {
 /// itself resized before that move finished, the temporary name it was opened by (see
 /// `resize`'s resume). `None` if neither names it (a later resize published a newer file).
 fn name_of(file: &SharedFile) -> Option<&Path> {
-    let md = file.file.metadata().ok()?;
     [&file.path, &file.request.path]
         .into_iter()
-        .find(|p| {
-            std::fs::symlink_metadata(p).is_ok_and(|m| m.dev() == md.dev() && m.ino() == md.ino())
-        })
+        .find(|p| names(p, file))
         .map(|p| p.as_path())
 }
 
-/// A resizer died between marking the old file moved and renaming the successor over the
-/// old file's name: rename it now, if that name still names the old file.
-fn finish_rename(temp: &Path, old: &SharedFile) {
-    if let Some(name) = name_of(old) {
+/// Whether `path` itself (not a link there) is `file`.
+fn names(path: &Path, file: &SharedFile) -> bool {
+    let (Ok(md), Ok(at)) = (file.file.metadata(), std::fs::symlink_metadata(path)) else {
+        return false;
+    };
+    at.dev() == md.dev() && at.ino() == md.ino()
+}
+
+/// A resizer died between marking the old file moved and renaming the successor `next` over
+/// the old file's name: rename it now, if that name still names the old file and the
+/// temporary name still names `next` (in a shared directory another user may have put
+/// something else there since: it is never renamed over the cache's name).
+fn finish_rename(temp: &Path, old: &SharedFile, next: &SharedFile) {
+    if let Some(name) = name_of(old)
+        && names(temp, next)
+    {
         let _ = std::fs::rename(temp, name);
     }
 }
@@ -371,6 +380,7 @@ impl Current {
         finish_rename(
             &successor_path(&from.path, from.resize_word(header::SUCCESSOR_OFFSET)),
             from,
+            next,
         );
         // Another thread following the same move stores the same pointer, or has gone on.
         let _ = self.now.compare_exchange(
