@@ -188,12 +188,14 @@ impl Cache {
         let mut copies = Vec::new();
         let mut write_back = None;
         let mut guard = self.lock_for_change(page)?;
-        let at = guard.place();
         let mut resets = 0;
         let mut made_room = 0;
         let mut round = 0;
         loop {
             if if_absent {
+                // The page locked now: a round that let it go may have locked it again in the
+                // file a resize moved it to, whose blocks a large value is read from.
+                let at = guard.place();
                 let live = guard
                     .page()
                     .peek(req.slot_hash, req.key, now)
