@@ -531,14 +531,24 @@ impl fastmmap::Backing for Mem {
     }
 }
 
-/// A write-back cache of `SMALL` pages at `path` over `store`.
-fn write_back_over(kind: Kind, path: &Path, store: &Mem) -> Cache {
+/// The options of a cache of `SMALL` pages at `path` over `backing`, written `mode`.
+fn backed(
+    kind: Kind,
+    path: &Path,
+    backing: impl fastmmap::Backing + 'static,
+    mode: fastmmap::WriteMode,
+) -> fastmmap::CacheBuilder {
     kind.builder()
         .path(path)
         .num_pages(SMALL)
         .page_size(PAGE)
-        .backing(store.clone())
-        .write_mode(fastmmap::WriteMode::Back)
+        .backing(backing)
+        .write_mode(mode)
+}
+
+/// A write-back cache of `SMALL` pages at `path` over `store`.
+fn write_back_over(kind: Kind, path: &Path, store: &Mem) -> Cache {
+    backed(kind, path, store.clone(), fastmmap::WriteMode::Back)
         .open()
         .expect("open")
 }
@@ -658,15 +668,10 @@ fn a_write_back_store_in_a_moved_page_frees_the_blocks_it_replaces() {
     for kind in [NATIVE, ROBUST] {
         let dir = temp_dir();
         let store = Mem::default();
-        let cache = kind
-            .builder()
-            .path(dir.path().join("cache"))
-            .num_pages(SMALL)
-            .page_size(PAGE)
+        let path = dir.path().join("cache");
+        let cache = backed(kind, &path, store.clone(), fastmmap::WriteMode::Back)
             .overflow_size(AREA)
             .max_value_size(MAX_VALUE)
-            .backing(store.clone())
-            .write_mode(fastmmap::WriteMode::Back)
             .lock_timeout(Duration::from_secs(30))
             .open()
             .expect("open");
@@ -1499,13 +1504,8 @@ fn a_store_callback_may_use_the_cache_in_a_moved_page() {
     for kind in [NATIVE, ROBUST] {
         let dir = temp_dir();
         let echo = Echo::default();
-        let cache = kind
-            .builder()
-            .path(dir.path().join("cache"))
-            .num_pages(SMALL)
-            .page_size(PAGE)
-            .backing(echo.clone())
-            .write_mode(fastmmap::WriteMode::Through)
+        let path = dir.path().join("cache");
+        let cache = backed(kind, &path, echo.clone(), fastmmap::WriteMode::Through)
             .lock_timeout(Duration::from_secs(30))
             .open()
             .expect("open");
