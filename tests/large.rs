@@ -481,21 +481,38 @@ fn damaged_blocks_and_references_read_as_misses_never_as_wrong_values() {
         let area_start = len - AREA;
         let key = b"victim-key-0123456789";
 
-        // A flipped byte in the value's blocks: the checksum catches it.
-        let value = make_value(key, 1, 100_000);
-        cache.set(key, &value).expect("set");
-        let bytes = read_at(&raw, area_start, AREA as usize);
-        let at = find(&bytes, &value[..64]).expect("the value's first block");
-        let mut b = read_at(&raw, area_start + at as u64 + 5000, 1);
-        b[0] ^= 0x40;
-        write_at(&raw, area_start + at as u64 + 5000, &b);
-        assert_eq!(cache.get(key).expect("get"), None, "{kind:?}");
-        let stats = cache.stats().expect("stats");
-        assert!(stats.resets >= 1, "{kind:?}: the page was reset");
-        assert_eq!(
-            stats.overflow_used_bytes, 0,
-            "{kind:?}: and its blocks freed"
-        );
+        // A flipped byte in the value's blocks, in a middle block or among its last 64 bytes
+        // (which xxh3 mixes in twice): the checksum catches it, whether the value is copied
+        // out (`get`) or lent in place (`get_with`).
+        let len = 100_000;
+        for (round, flip_at) in [5_000, len - 10].into_iter().enumerate() {
+            for lend in [false, true] {
+                // A new value each time, so the stale bytes of the last one's freed blocks do
+                // not match the search below.
+                let value = make_value(key, 10 + 2 * round as u64 + u64::from(lend), len);
+                cache.set(key, &value).expect("set");
+                // Found by the 32 bytes before it, in the same 4 KiB block.
+                let bytes = read_at(&raw, area_start, AREA as usize);
+                let at = find(&bytes, &value[flip_at - 32..flip_at]).expect("the value's block");
+                let flip = area_start + (at + 32) as u64;
+                let mut b = read_at(&raw, flip, 1);
+                b[0] ^= 0x40;
+                write_at(&raw, flip, &b);
+                let resets = cache.stats().expect("stats").resets;
+                let seen = if lend {
+                    cache.get_with(key, |v| v.to_vec()).expect("get_with")
+                } else {
+                    cache.get(key).expect("get")
+                };
+                assert_eq!(seen, None, "{kind:?} {round} {lend}");
+                let stats = cache.stats().expect("stats");
+                assert!(stats.resets > resets, "{kind:?}: the page was reset");
+                assert_eq!(
+                    stats.overflow_used_bytes, 0,
+                    "{kind:?}: and its blocks freed"
+                );
+            }
+        }
 
         // A reference whose first block is out of range, or names another page's block.
         for bad_first in [u32::MAX, (AREA / BLOCK) as u32 - 1, 0] {

@@ -77,9 +77,7 @@ impl Cache {
             .map(|k| {
                 let full = joined_key(page_key, k.as_ref());
                 let (_, slot_hash) = self.locate(&full);
-                reader.get(slot_hash, &full, now, self.inner.stats, |e| {
-                    e.value.to_vec()
-                })
+                reader.get_value(slot_hash, &full, now, self.inner.stats)
             })
             .collect())
     }

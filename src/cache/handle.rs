@@ -558,6 +558,19 @@ impl Cache {
         self.read_at(page, slot_hash, key, now, f)
     }
 
+    /// As [`read_at`](Self::read_at), the live value copied out (a large value checked as it
+    /// is copied, in one pass).
+    pub(super) fn read_value_at(
+        &self,
+        page: Loc,
+        slot_hash: u32,
+        key: &[u8],
+        now: u32,
+    ) -> Result<Option<Vec<u8>>> {
+        let mut reader = self.read_page(page)?;
+        Ok(reader.get_value(slot_hash, key, now, self.inner.stats))
+    }
+
     pub(super) fn read_at<R>(
         &self,
         page: Loc,

@@ -8,8 +8,9 @@ use super::handle::{Cache, PageProblem};
 use crate::Result;
 use crate::page::consts::{FLAG_DIRTY, FLAG_OVERFLOW, OVERFLOW_REF_SIZE, is_expired};
 use crate::page::{Corrupt, Dirty, DirtyCopy, NewEntry, PageView, StoreOutcome};
-use crate::store::{OverflowFull, OverflowReference, PageGuard, Place, Reader, SharedFile};
-use xxhash_rust::xxh3::xxh3_64;
+use crate::store::{
+    OverflowFull, OverflowReference, PageGuard, Place, Reader, SharedFile, overflow_checksum,
+};
 
 /// A large value that may be evicted to make room in the overflow area.
 struct Victim {
@@ -70,7 +71,8 @@ impl Cache {
             .map(|e| e.value.to_vec());
         let raw = found?;
         let r = OverflowReference::decode(&raw).ok()?;
-        (r.len == copy.value.len() as u64 && r.checksum == xxh3_64(&copy.value)).then_some(raw)
+        (r.len == copy.value.len() as u64 && r.checksum == overflow_checksum(&copy.value))
+            .then_some(raw)
     }
 
     /// One attempt at a layered store of `req`, whose value goes to the overflow area, under

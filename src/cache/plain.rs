@@ -6,7 +6,7 @@ use super::expiry::Expiry;
 use super::handle::{Cache, Entry, Loc, Update};
 use super::update::Existing;
 use crate::page::{Copied, NewEntry, StoreOutcome};
-use crate::store::{SharedFile, peek_locked, read_locked};
+use crate::store::{SharedFile, peek_locked, read_locked, read_locked_value};
 use crate::{Error, Result};
 
 impl Cache {
@@ -30,7 +30,7 @@ impl Cache {
         if let Some(hit) = self.read_unlocked(page, slot_hash, key, now, true, &mut copied) {
             return Ok(hit.then_some(copied.value));
         }
-        self.read_at(page, slot_hash, key, now, |e| e.value.to_vec())
+        self.read_value_at(page, slot_hash, key, now)
     }
 
     pub(super) fn get_with_plain<R>(
@@ -66,9 +66,7 @@ impl Cache {
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
         let mut guard = self.lock_page(page)?;
-        let value = read_locked(&mut guard, slot_hash, key, now, self.inner.stats, |e| {
-            e.value.to_vec()
-        });
+        let value = read_locked_value(&mut guard, slot_hash, key, now, self.inner.stats);
         if value.is_some() {
             let _ = guard.change(|p| p.remove(slot_hash, key, now));
         }
@@ -93,9 +91,7 @@ impl Cache {
         let now = self.now();
         let (page, req) = self.request(key, &value, Expiry::Default, now);
         let mut guard = self.lock_page(page)?;
-        if let Some(existing) = read_locked(&mut guard, req.slot_hash, key, now, false, |e| {
-            e.value.to_vec()
-        }) {
+        if let Some(existing) = read_locked_value(&mut guard, req.slot_hash, key, now, false) {
             return Ok(existing);
         }
         self.store_locked(&mut guard, &req, now)?;
@@ -144,9 +140,7 @@ impl Cache {
                 };
                 for (j, slot_hash) in group {
                     let i = locked[j];
-                    out[i] = reader.get(slot_hash, keys[i].as_ref(), now, self.inner.stats, |e| {
-                        e.value.to_vec()
-                    });
+                    out[i] = reader.get_value(slot_hash, keys[i].as_ref(), now, self.inner.stats);
                 }
             }
             if moved.is_empty() {

@@ -16,6 +16,7 @@
 //! The native header's per-page rows (busy marker, reset counter) are read and written as
 //! atomics, since their words are shared memory.
 
+mod checksum;
 mod fcntl;
 mod file;
 mod fork;
@@ -35,6 +36,7 @@ mod shared;
 pub(crate) mod untrusted;
 mod write_back_lock;
 
+pub(crate) use checksum::checksum as overflow_checksum;
 pub(crate) use file::{OpenRequest, OverflowRequest, effective_uid};
 pub(crate) use geometry::{
     DEFAULT_NUM_PAGES, DEFAULT_PAGE_SIZE, Geometry, MAX_NUM_PAGES, Requested,
@@ -46,7 +48,7 @@ pub(crate) use layout::fastmmap_hash;
 pub use layout::{Layout, LockKind};
 pub(crate) use optimistic::{Access, Outcome as ReadOutcome};
 pub(crate) use overflow::{Full as OverflowFull, Reference as OverflowReference, Route};
-pub(crate) use reader::{Reader, peek_locked, read_locked};
+pub(crate) use reader::{Reader, peek_locked, read_locked, read_locked_value};
 pub(crate) use registry::open_shared;
 pub(crate) use resize::{Current, MAX_FOLLOWS, Moved, Stop, WriteBack, old_page_of, resize};
 pub(crate) use shared::{LockError, SharedFile};

@@ -37,8 +37,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use xxhash_rust::xxh3::{Xxh3, xxh3_64};
-
+use super::checksum::{CopySum, checksum};
 use super::header::{
     self, BLOCK_NEXT_OFFSET, BLOCK_OWNER_OFFSET, BLOCK_ROW_SIZE, OWNED_SIZE, OverflowGeometry,
 };
@@ -281,16 +280,14 @@ impl SharedFile {
             });
         }
         let bs = area.geometry.block_size as usize;
-        // The checksum is taken block by block as each is copied, while its bytes are in the
-        // processor's nearest cache, not in a second pass over the whole value.
-        let mut sum = Xxh3::new();
+        // The checksum is taken as each block is copied, in the same pass (`checksum.rs`).
+        let mut sum = CopySum::new(value.len());
         for (i, &block) in claimed.iter().enumerate() {
             let next = claimed.get(i + 1).map_or(0, |&b| b + 1);
             if let Some(w) = self.table_word(Self::row_offset(area, block) + BLOCK_NEXT_OFFSET) {
                 w.store(next, Ordering::Relaxed);
             }
             let chunk = &value[(i * bs).min(value.len())..((i + 1) * bs).min(value.len())];
-            sum.update(chunk);
             // SAFETY: `block < blocks`, so its `bs` bytes lie inside the area, inside the
             // writable mapping (the file size was checked on open to cover the area); the
             // block was just claimed for `page`, whose lock we hold, so no cooperating thread or
@@ -300,7 +297,7 @@ impl SharedFile {
                     .map
                     .as_mut_ptr()
                     .add(area.data_offset + block as usize * bs);
-                std::ptr::copy_nonoverlapping(chunk.as_ptr(), dst, chunk.len());
+                sum.copy(chunk, dst);
             }
         }
         let last = *claimed.last().expect("at least one block");
@@ -310,7 +307,7 @@ impl SharedFile {
             first: claimed[0],
             blocks: needed as u32,
             len: value.len() as u64,
-            checksum: sum.digest(),
+            checksum: sum.finish(),
         })
     }
 
@@ -375,23 +372,18 @@ impl SharedFile {
             Vec::with_capacity(r.len.min(u64::from(area.geometry.max_value_size)) as usize);
         let bs = area.geometry.block_size as usize;
         let base = self.map.as_ptr();
-        // Summed block by block, as each is copied (see `overflow_write`).
-        let mut sum = Xxh3::new();
+        // Summed as each block is copied, in the same pass (see `overflow_write`).
+        let mut sum = CopySum::new(r.len as usize);
         self.walk(area, page, &r, |block, n| {
-            let start = out.len();
             // SAFETY: `block < blocks` (checked by `walk`), so its first `n <= bs` bytes lie
             // inside the area, inside the mapping; the block is owned by `page`, whose lock the
-            // caller holds, so no cooperating writer changes it; `out` has room reserved for
-            // `len` bytes in all, and we set its length only after the copy.
-            unsafe {
-                let src = base.add(area.data_offset + block as usize * bs);
-                out.reserve(n);
-                std::ptr::copy_nonoverlapping(src, out.as_mut_ptr().add(start), n);
-                out.set_len(start + n);
-            }
-            sum.update(&out[start..]);
+            // caller holds, so no cooperating writer changes it while it is copied.
+            let src = unsafe {
+                std::slice::from_raw_parts(base.add(area.data_offset + block as usize * bs), n)
+            };
+            sum.append(&mut out, src);
         })?;
-        if sum.digest() != r.checksum {
+        if sum.finish() != r.checksum {
             return Err(Corrupt("overflow value does not match its checksum"));
         }
         Ok(out)
@@ -426,7 +418,7 @@ impl SharedFile {
         };
         let mut next = r.first;
         let mut run = 0usize;
-        let mut split: Option<(Vec<u8>, Xxh3)> = None;
+        let mut split: Option<(Vec<u8>, CopySum)> = None;
         self.walk(area, page, &r, |block, n| match &mut split {
             None if block == next => {
                 run += n;
@@ -435,29 +427,24 @@ impl SharedFile {
             None => {
                 let mut out =
                     Vec::with_capacity(r.len.min(u64::from(area.geometry.max_value_size)) as usize);
-                let mut sum = Xxh3::new();
+                let mut sum = CopySum::new(r.len as usize);
                 for part in [span(r.first, run), span(block, n)] {
-                    out.extend_from_slice(part);
-                    sum.update(part);
+                    sum.append(&mut out, part);
                 }
                 split = Some((out, sum));
             }
-            Some((out, sum)) => {
-                let part = span(block, n);
-                out.extend_from_slice(part);
-                sum.update(part);
-            }
+            Some((out, sum)) => sum.append(out, span(block, n)),
         })?;
         match split {
             None => {
                 let value = span(r.first, run);
-                if xxh3_64(value) != r.checksum {
+                if checksum(value) != r.checksum {
                     return Err(Corrupt("overflow value does not match its checksum"));
                 }
                 Ok(f(value))
             }
             Some((value, sum)) => {
-                if sum.digest() != r.checksum {
+                if sum.finish() != r.checksum {
                     return Err(Corrupt("overflow value does not match its checksum"));
                 }
                 Ok(f(&value))
@@ -700,15 +687,5 @@ mod tests {
         };
         assert_eq!(Reference::decode(&r.encode()), Ok(r));
         assert!(Reference::decode(&r.encode()[..10]).is_err());
-    }
-
-    #[test]
-    fn the_checksum_summed_block_by_block_is_xxh3_of_the_value() {
-        let value: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + i / 300) as u8).collect();
-        let mut sum = Xxh3::new();
-        for chunk in value.chunks(4096) {
-            sum.update(chunk);
-        }
-        assert_eq!(sum.digest(), xxh3_64(&value));
     }
 }

@@ -28,6 +28,15 @@ fn resolved<R>(
     })
 }
 
+/// The entry's value as an owned copy: a large value copied out of the overflow area and
+/// checked in the same pass (`checksum.rs`), rather than checked where it lies, then copied.
+fn owned(file: &SharedFile, page: u32, e: &EntryRef<'_>) -> Result<Vec<u8>, Corrupt> {
+    if e.flags & FLAG_OVERFLOW == 0 {
+        return Ok(e.value.to_vec());
+    }
+    file.overflow_read(page, e.value)
+}
+
 /// A page locked for reading. Through the ordinary lock, reads refresh access times and count
 /// (when statistics are on), and a damaged page is reset. Through a read-only handle's shared
 /// lock, reads change nothing, and a damaged page reads as empty (it cannot be repaired).
@@ -46,9 +55,33 @@ impl Reader<'_> {
         stats: bool,
         f: impl FnOnce(&EntryRef<'_>) -> R,
     ) -> Option<R> {
+        self.get_as(slot_hash, key, now, stats, |file, page, e| {
+            resolved(file, page, e, f)
+        })
+    }
+
+    /// `key`'s live value copied out, as a read.
+    pub(crate) fn get_value(
+        &mut self,
+        slot_hash: u32,
+        key: &[u8],
+        now: u32,
+        stats: bool,
+    ) -> Option<Vec<u8>> {
+        self.get_as(slot_hash, key, now, stats, owned)
+    }
+
+    fn get_as<R>(
+        &mut self,
+        slot_hash: u32,
+        key: &[u8],
+        now: u32,
+        stats: bool,
+        resolve: impl FnOnce(&SharedFile, u32, &EntryRef<'_>) -> Result<R, Corrupt>,
+    ) -> Option<R> {
         match self {
-            Reader::Write(guard) => read_locked(guard, slot_hash, key, now, stats, f),
-            Reader::Shared(_) => self.peek(slot_hash, key, now, f),
+            Reader::Write(guard) => read_locked_as(guard, slot_hash, key, now, stats, resolve),
+            Reader::Shared(_) => self.peek_as(slot_hash, key, now, resolve),
         }
     }
 
@@ -60,20 +93,32 @@ impl Reader<'_> {
         now: u32,
         f: impl FnOnce(&EntryRef<'_>) -> R,
     ) -> Option<R> {
+        self.peek_as(slot_hash, key, now, |file, page, e| {
+            resolved(file, page, e, f)
+        })
+    }
+
+    fn peek_as<R>(
+        &mut self,
+        slot_hash: u32,
+        key: &[u8],
+        now: u32,
+        resolve: impl FnOnce(&SharedFile, u32, &EntryRef<'_>) -> Result<R, Corrupt>,
+    ) -> Option<R> {
         let found = match self {
             Reader::Write(guard) => {
                 let (file, page) = (guard.0.file, guard.0.page);
                 guard
                     .page()
                     .peek(slot_hash, key, now)
-                    .and_then(|e| e.map(|e| resolved(file, page, &e, f)).transpose())
+                    .and_then(|e| e.map(|e| resolve(file, page, &e)).transpose())
             }
             Reader::Shared(guard) => {
                 let (file, index) = (guard.0.file, guard.0.page);
                 match guard.page() {
                     Some(page) => page
                         .peek(slot_hash, key, now)
-                        .and_then(|e| e.map(|e| resolved(file, index, &e, f)).transpose()),
+                        .and_then(|e| e.map(|e| resolve(file, index, &e)).transpose()),
                     None => Ok(None),
                 }
             }
@@ -158,11 +203,35 @@ pub(crate) fn read_locked<R>(
     stats: bool,
     f: impl FnOnce(&EntryRef<'_>) -> R,
 ) -> Option<R> {
+    read_locked_as(guard, slot_hash, key, now, stats, |file, page, e| {
+        resolved(file, page, e, f)
+    })
+}
+
+/// As [`read_locked`], the live value copied out.
+pub(crate) fn read_locked_value(
+    guard: &mut PageGuard<'_>,
+    slot_hash: u32,
+    key: &[u8],
+    now: u32,
+    stats: bool,
+) -> Option<Vec<u8>> {
+    read_locked_as(guard, slot_hash, key, now, stats, owned)
+}
+
+fn read_locked_as<R>(
+    guard: &mut PageGuard<'_>,
+    slot_hash: u32,
+    key: &[u8],
+    now: u32,
+    stats: bool,
+    resolve: impl FnOnce(&SharedFile, u32, &EntryRef<'_>) -> Result<R, Corrupt>,
+) -> Option<R> {
     let (file, page) = (guard.0.file, guard.0.page);
     let result = guard
         .page()
         .get(slot_hash, key, now, stats)
-        .and_then(|e| e.map(|e| resolved(file, page, &e, f)).transpose());
+        .and_then(|e| e.map(|e| resolve(file, page, &e)).transpose());
     result.unwrap_or_else(|_| {
         guard.reset();
         None
@@ -177,10 +246,10 @@ pub(crate) fn peek_locked(
     now: u32,
 ) -> Option<Vec<u8>> {
     let (file, page) = (guard.0.file, guard.0.page);
-    let result = guard.page().peek(slot_hash, key, now).and_then(|e| {
-        e.map(|e| resolved(file, page, &e, |e| e.value.to_vec()))
-            .transpose()
-    });
+    let result = guard
+        .page()
+        .peek(slot_hash, key, now)
+        .and_then(|e| e.map(|e| owned(file, page, &e)).transpose());
     result.unwrap_or_else(|_| {
         guard.reset();
         None
