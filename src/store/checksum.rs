@@ -411,6 +411,8 @@ mod wide {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     /// Bytes that are not a repeating pattern, so a misplaced stripe changes the sum.
@@ -471,6 +473,35 @@ mod tests {
                     "{len} bytes summed in pieces of {piece}"
                 );
             }
+        }
+    }
+
+    proptest! {
+        /// Pieces of any sizes, copied or only summed, in any mix: the same sum as one call
+        /// of xxhash-rust, and the copy exact.
+        #[test]
+        fn any_split_gives_xxh3_64(
+            len in 0usize..20_000,
+            cuts in proptest::collection::vec((1usize..5_000, any::<bool>()), 1..12),
+        ) {
+            let value = bytes(len);
+            let mut sum = CopySum::new(len);
+            let mut out = Vec::new();
+            let (mut at, mut i) = (0, 0);
+            while at < len {
+                let (size, copy) = cuts[i % cuts.len()];
+                let piece = &value[at..(at + size).min(len)];
+                if copy {
+                    sum.append(&mut out, piece);
+                } else {
+                    sum.update(piece);
+                    out.extend_from_slice(piece);
+                }
+                at += piece.len();
+                i += 1;
+            }
+            prop_assert_eq!(&out, &value);
+            prop_assert_eq!(sum.finish(), xxh3_64(&value));
         }
     }
 
