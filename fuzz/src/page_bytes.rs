@@ -9,8 +9,8 @@
 //! - on a page that passes `check_page`, every operation succeeds and the page still passes
 //!   afterwards (pokes excepted); `MakeRoom(len)` leaves room and a free slot for `len`;
 //!   `All` empties the page; `Expired` leaves no expired entry;
-//! - a page built only through the API from `PageMut::init` passes `check_page` with the
-//!   slot hash recomputed, after every operation;
+//! - a page built only through the API from `PageMut::init_as` (tagged or not) passes
+//!   `check_page` with the slot hash recomputed, after every operation;
 //! - `FLAG_OVERFLOW` (a large value's reference) is kept only on a value of exactly
 //!   `OVERFLOW_REF_SIZE` bytes, and every entry handed out with it has such a value: the
 //!   store layer can rely on the page for the reference's size, and checks the rest.
@@ -44,8 +44,8 @@ pub struct Input {
 
 #[derive(Arbitrary, Debug)]
 enum Start {
-    /// An empty page from `PageMut::init`.
-    Init,
+    /// An empty page from `PageMut::init_as`, its slot words tagged or not.
+    Init { tagged: bool },
     /// Bytes from the input (at an offset, optionally repeated over the page; the rest zero),
     /// optionally with a header that passes the O(1) header check.
     Raw {
@@ -66,6 +66,8 @@ struct HeaderPatch {
     recount: bool,
     /// Make every non-free slot word point into the data area, 4-aligned.
     fix_slots: bool,
+    /// The tagged page magic (`PAGE_MAGIC_TAGGED`) instead of Cache::FastMmap's.
+    tagged: bool,
 }
 
 #[derive(Arbitrary, Clone, Debug)]
@@ -122,8 +124,8 @@ pub fn run(data: &[u8]) {
     let slots = start_slots(input.start_slots, ps);
     let mut buf = vec![0u8; ps];
     let mut pristine = match &input.start {
-        Start::Init => {
-            PageMut::init(&mut buf, slots);
+        Start::Init { tagged } => {
+            PageMut::init_as(&mut buf, slots, *tagged);
             true
         }
         Start::Raw {
@@ -480,10 +482,12 @@ fn patch_header(buf: &mut [u8], p: &HeaderPatch, min_slots: u32) {
         for s in 0..num_slots {
             let w = word(buf, s);
             if w > SLOT_DELETED {
+                // In a tagged page the word keeps its high bits, as a tag.
+                let tag = if p.tagged { w & !offset_mask(ps) } else { 0 };
                 let fixed = if span == 0 {
                     SLOT_EMPTY
                 } else {
-                    (table_end + 4 * (w as usize % span)) as u32
+                    (table_end + 4 * (w as usize % span)) as u32 | tag
                 };
                 let o = SLOTS_OFFSET + s as usize * SLOT_SIZE;
                 buf[o..o + 4].copy_from_slice(&fixed.to_ne_bytes());
@@ -509,7 +513,11 @@ fn patch_header(buf: &mut [u8], p: &HeaderPatch, min_slots: u32) {
         (free, u32::from(p.old_slots) % (free + 1))
     };
     let h = PageHeader {
-        magic: PAGE_MAGIC,
+        magic: if p.tagged {
+            PAGE_MAGIC_TAGGED
+        } else {
+            PAGE_MAGIC
+        },
         num_slots,
         free_slots,
         old_slots,

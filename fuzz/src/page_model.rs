@@ -255,7 +255,8 @@ fn run_with(input: &Input, ops: &[Op], policy: bool) {
     let ps = page_size(input.page_size);
     let start_slots = start_slots(input.start_slots, ps);
     let mut buf = vec![0u8; ps];
-    PageMut::init(&mut buf, start_slots);
+    // A native page is tagged, as the crate makes them (docs/format.md §3.2).
+    PageMut::init_as(&mut buf, start_slots, policy);
     let mut r = Run {
         buf,
         start_slots,
@@ -285,11 +286,12 @@ fn raw_flags(buf: &[u8]) -> HashMap<Vec<u8>, u32> {
     let h = PageHeader::read(buf);
     let mut out = HashMap::new();
     for slot in 0..h.num_slots as usize {
-        let off = word(SLOTS_OFFSET + slot * SLOT_SIZE);
-        if off <= SLOT_DELETED {
+        let slot_word = word(SLOTS_OFFSET + slot * SLOT_SIZE);
+        if slot_word <= SLOT_DELETED {
             continue;
         }
-        let off = off as usize;
+        // Without its tag, in a tagged page.
+        let off = (slot_word & !h.tag_mask(buf.len())) as usize;
         let key_len = word(off + KEY_LEN_OFFSET) as usize;
         let key = buf[off + ENTRY_HEADER_SIZE..off + ENTRY_HEADER_SIZE + key_len].to_vec();
         out.insert(key, word(off + FLAGS_OFFSET));

@@ -23,6 +23,7 @@ pub fn check_page(
     hdr.check(buf.len(), min_slots)?;
     let page = PageView::new(buf);
     let (data_start, data_end) = page.data_bounds(&hdr);
+    let tags = hdr.tag_mask(buf.len());
     let mut free = 0u32;
     let mut old = 0u32;
     let mut extents = Vec::new();
@@ -36,7 +37,10 @@ pub fn check_page(
                 old += 1;
             }
             _ => {
-                let loc = EntryLoc::read(buf, word, data_start, data_end)?;
+                let loc = EntryLoc::read(buf, word & !tags, data_start, data_end)?;
+                if (word ^ loc.slot_hash) & tags != 0 {
+                    return Err(Corrupt("a slot's tag differs from its entry's slot hash"));
+                }
                 if let Some(f) = slot_hash_of {
                     let key = &buf[loc.key_range()];
                     if f(key) != loc.slot_hash {

@@ -4,6 +4,26 @@
 /// Magic number at the start of every page (Cache::FastMmap's, so both layouts share pages).
 pub const PAGE_MAGIC: u32 = 0x92f7_e3b1;
 
+/// Magic number of a native page whose slot words carry tags: the bits of a slot word above
+/// those an offset in the page needs ([`offset_mask`]) hold the same bits of the entry's slot
+/// hash, so a lookup passes over the slots of other keys without reading their entries.
+/// Cache::FastMmap's pages never have it (Perl reads slot words as plain offsets).
+/// Far from `PAGE_MAGIC` (17 bits differ), so that a damaged magic word does not turn one into
+/// the other.
+pub const PAGE_MAGIC_TAGGED: u32 = 0x5a3c_96e7;
+
+/// The bits of a slot word that hold an entry's offset in a page of `page_len` bytes: as many
+/// as `page_len - 1` needs (16 for 64 KiB). The rest are a tagged page's tag.
+pub const fn offset_mask(page_len: usize) -> u32 {
+    let top = page_len.saturating_sub(1) as u64;
+    let bits = u64::BITS - top.leading_zeros();
+    if bits >= u32::BITS {
+        u32::MAX
+    } else {
+        (1u32 << bits) - 1
+    }
+}
+
 /// While a page is rebuilt, its magic word holds this tag in its upper half and, in its lower
 /// half (`REBUILD_COUNT_MASK`), how many dirty entries the rebuild moves or drops: a process
 /// killed part way leaves a page that fails its check (the word is never `PAGE_MAGIC`) and

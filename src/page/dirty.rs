@@ -135,11 +135,12 @@ impl PageView<'_> {
     pub fn dirty_entries(&self) -> Result<Vec<DirtyCopy>, Corrupt> {
         let hdr = self.checked_header()?;
         let (data_start, data_end) = self.data_bounds(&hdr);
+        let tags = hdr.tag_mask(self.buf.len());
         let mut out = Vec::new();
         for slot in 0..hdr.num_slots {
             let word = self.slot(slot)?;
             if word > SLOT_DELETED {
-                let loc = EntryLoc::read(self.buf, word, data_start, data_end)?;
+                let loc = EntryLoc::read(self.buf, word & !tags, data_start, data_end)?;
                 if loc.flags & FLAG_DIRTY != 0 && !loc.is_tombstone() {
                     out.push(DirtyCopy::of(self.buf, &loc));
                 }
@@ -193,8 +194,8 @@ impl PageMut<'_> {
 }
 
 /// Counts the dirty entries that can still be found in a damaged page (one about to be reset):
-/// every slot word that points at an entry header inside the page whose flags say dirty,
-/// each offset counted once; or, for a page whose rebuild was killed, the count the rebuild
+/// every slot word that points at an entry header inside the page whose flags say dirty
+/// (read without any tag bits, whatever the damaged magic says), each offset counted once; or, for a page whose rebuild was killed, the count the rebuild
 /// left in its magic word ([`REBUILD_TAG`]). Nothing is trusted; the count is a best effort.
 pub fn count_dirty(buf: &[u8]) -> u32 {
     let hdr = PageHeader::read(buf);
@@ -213,11 +214,12 @@ pub fn count_dirty(buf: &[u8]) -> u32 {
         let Some(word) = get_u32(buf, SLOTS_OFFSET + slot * SLOT_SIZE) else {
             break;
         };
-        let off = word as usize;
+        let word_off = word & offset_mask(buf.len());
+        let off = word_off as usize;
         if word <= SLOT_DELETED || off < table_end || !off.is_multiple_of(ENTRY_ALIGN) {
             continue;
         }
-        if let Ok(loc) = EntryLoc::read(buf, word, table_end, buf.len())
+        if let Ok(loc) = EntryLoc::read(buf, word_off, table_end, buf.len())
             && loc.flags & FLAG_DIRTY != 0
             && !loc.is_tombstone()
         {

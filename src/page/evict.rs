@@ -128,6 +128,7 @@ impl PageMut<'_> {
 
         let page_size = self.buf.len();
         let (data_start, data_end) = self.data_bounds(&hdr);
+        let tags = hdr.tag_mask(page_size);
         let mut keep: Vec<EntryLoc> = Vec::new();
         let mut dropped = 0usize;
         let mut used = 0usize;
@@ -136,7 +137,7 @@ impl PageMut<'_> {
             if word <= SLOT_DELETED {
                 continue;
             }
-            let loc = EntryLoc::read(self.buf, word, data_start, data_end)?;
+            let loc = EntryLoc::read(self.buf, word & !tags, data_start, data_end)?;
             if (mode == Evict::All || is_expired(loc.expire_on, now))
                 && !spare.is_some_and(|spare| {
                     let key = loc.off + ENTRY_HEADER_SIZE;
@@ -253,7 +254,9 @@ impl PageMut<'_> {
             .filter(|&end| end <= page_size)
             .ok_or(Corrupt("survivors do not fit the page"))?;
 
+        // The page keeps its kind: tagged slot words or plain offsets.
         let old = self.header();
+        let tags = old.tag_mask(page_size);
         let mut image = vec![0u8; free_data];
         let mut off = table_end;
         for loc in keep {
@@ -273,12 +276,17 @@ impl PageMut<'_> {
             super::header::put_u32(
                 &mut image,
                 SLOTS_OFFSET + slot as usize * SLOT_SIZE,
-                off as u32,
+                off as u32 | (loc.slot_hash & tags),
             )?;
             off += loc.size();
         }
+        let magic = if old.tagged() {
+            PAGE_MAGIC_TAGGED
+        } else {
+            PAGE_MAGIC
+        };
         let hdr = PageHeader {
-            magic: PAGE_MAGIC,
+            magic,
             num_slots,
             free_slots: num_slots - keep.len() as u32,
             old_slots: 0,
@@ -297,7 +305,7 @@ impl PageMut<'_> {
         publish_order(self.buf);
         self.buf[MAGIC_OFFSET + 4..free_data].copy_from_slice(&image[MAGIC_OFFSET + 4..]);
         publish_order(self.buf);
-        super::header::put_u32(self.buf, MAGIC_OFFSET, PAGE_MAGIC)?;
+        super::header::put_u32(self.buf, MAGIC_OFFSET, magic)?;
         Ok(hdr)
     }
 }

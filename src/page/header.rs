@@ -6,7 +6,8 @@ use super::consts::*;
 /// The eight header words of a page, as read from its bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PageHeader {
-    /// `PAGE_MAGIC` in a valid page.
+    /// `PAGE_MAGIC` in a valid page, or `PAGE_MAGIC_TAGGED` in a native page whose slot words
+    /// carry tags.
     pub magic: u32,
     /// Size of the slot table.
     pub num_slots: u32,
@@ -97,11 +98,15 @@ impl PageHeader {
         put_u32(buf, N_READ_HITS_OFFSET, self.n_read_hits)
     }
 
-    /// The header of an empty page with `num_slots` slots.
-    pub fn empty(page_size: usize, num_slots: u32) -> PageHeader {
+    /// The header of an empty page with `num_slots` slots, its slot words tagged or not.
+    pub fn empty(page_size: usize, num_slots: u32, tagged: bool) -> PageHeader {
         let free_data = slots_end(num_slots).unwrap_or(usize::MAX).min(page_size);
         PageHeader {
-            magic: PAGE_MAGIC,
+            magic: if tagged {
+                PAGE_MAGIC_TAGGED
+            } else {
+                PAGE_MAGIC
+            },
             num_slots,
             free_slots: num_slots,
             old_slots: 0,
@@ -109,6 +114,23 @@ impl PageHeader {
             free_bytes: (page_size - free_data) as u32,
             n_reads: 0,
             n_read_hits: 0,
+        }
+    }
+
+    /// Whether the page's slot words carry tags (`PAGE_MAGIC_TAGGED`).
+    #[inline]
+    pub fn tagged(&self) -> bool {
+        self.magic == PAGE_MAGIC_TAGGED
+    }
+
+    /// The bits of this page's slot words that are tag (none in an untagged page): a slot word
+    /// is `offset | (slot_hash & tag_mask)`.
+    #[inline]
+    pub fn tag_mask(&self, page_size: usize) -> u32 {
+        if self.tagged() {
+            !offset_mask(page_size)
+        } else {
+            0
         }
     }
 
@@ -128,7 +150,7 @@ impl PageHeader {
     /// The O(1) check run every time a page is locked: the header words agree with each
     /// other and with the page size. `min_slots` is the configured start slot count.
     pub fn check(&self, page_size: usize, min_slots: u32) -> Result<(), Corrupt> {
-        if self.magic != PAGE_MAGIC {
+        if self.magic != PAGE_MAGIC && self.magic != PAGE_MAGIC_TAGGED {
             return Err(Corrupt("bad page magic"));
         }
         if self.num_slots < min_slots {
@@ -188,7 +210,7 @@ mod tests {
 
     #[test]
     fn used_bytes_of_any_header_is_within_free_data() {
-        let empty = PageHeader::empty(4096, MIN_SLOTS);
+        let empty = PageHeader::empty(4096, MIN_SLOTS, false);
         assert_eq!(empty.used_bytes(), 0);
         let used = PageHeader {
             free_data: empty.free_data + 100,
@@ -206,7 +228,7 @@ mod tests {
 
     #[test]
     fn empty_header_checks() {
-        let h = PageHeader::empty(4096, MIN_SLOTS);
+        let h = PageHeader::empty(4096, MIN_SLOTS, false);
         assert_eq!(
             h.free_data as usize,
             PAGE_HEADER_SIZE + 4 * MIN_SLOTS as usize

@@ -23,6 +23,7 @@ pub(super) fn probe_in<B: PageBytes + ?Sized>(
         return Err(Corrupt("page has no slots"));
     }
     let (data_start, data_end) = (hdr.slots_end(), hdr.free_data as usize);
+    let tags = hdr.tag_mask(b.page_len());
     let mut slot = slot_hash % n;
     let mut first_deleted = None;
     for _ in 0..n {
@@ -38,8 +39,10 @@ pub(super) fn probe_in<B: PageBytes + ?Sized>(
             SLOT_DELETED => {
                 first_deleted.get_or_insert(slot);
             }
+            // Another key's entry, told by its tag without reading it.
+            word if (word ^ slot_hash) & tags != 0 => {}
             word => {
-                let loc = EntryLoc::read(b, word, data_start, data_end)?;
+                let loc = EntryLoc::read(b, word & !tags, data_start, data_end)?;
                 if loc.slot_hash == slot_hash
                     && loc.key_len == key.len()
                     && b.eq_at(loc.key_range().start, key) == Some(true)
@@ -59,8 +62,9 @@ pub(super) fn probe_in<B: PageBytes + ?Sized>(
 }
 
 /// Where `slot_hash`'s probe chain is likely to lead: the page offsets held by the first `N`
-/// slots of the chain, up to the first empty one. Hints for fetching memory early, read
-/// before the page is locked: unchecked beyond lying inside the page, never used to read.
+/// slots of the chain, up to the first empty one (without their tags, if any). Hints for
+/// fetching memory early, read before the page is locked: unchecked beyond lying inside the
+/// page, never used to read.
 #[inline]
 pub fn probe_hints<B: PageBytes + ?Sized, const N: usize>(
     b: &B,
@@ -75,7 +79,10 @@ pub fn probe_hints<B: PageBytes + ?Sized, const N: usize>(
         match b.u32_at(SLOTS_OFFSET + slot as usize * SLOT_SIZE) {
             None | Some(SLOT_EMPTY) => break,
             Some(SLOT_DELETED) => {}
-            Some(word) => *hint = Some(word as usize).filter(|&off| off < b.page_len()),
+            Some(word) => {
+                *hint = Some((word & offset_mask(b.page_len())) as usize)
+                    .filter(|&off| off < b.page_len());
+            }
         }
         slot += 1;
         if slot == n {

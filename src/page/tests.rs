@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 
 use super::consts::*;
+use super::header::{get_u32, put_u32};
 use super::*;
 
 const NOW: u32 = 1_700_000_000;
@@ -25,8 +26,13 @@ fn store<'k>(key: &'k [u8], value: &'k [u8], expire_on: u32) -> NewEntry<'k> {
 }
 
 fn fresh(size: usize) -> Vec<u8> {
+    fresh_as(size, false)
+}
+
+/// An empty page, its slot words tagged or not (`PAGE_MAGIC_TAGGED`).
+fn fresh_as(size: usize, tagged: bool) -> Vec<u8> {
     let mut buf = vec![0u8; size];
-    PageMut::init(&mut buf, MIN_SLOTS);
+    PageMut::init_as(&mut buf, MIN_SLOTS, tagged);
     buf
 }
 
@@ -249,7 +255,10 @@ fn make_room_for_more_than_a_page_holds_empties_it_without_overflow() {
         let mut page = PageMut::open(&mut buf, MIN_SLOTS).unwrap();
         assert_eq!(page.evict(Evict::MakeRoom(len), NOW, MIN_SLOTS), Ok(60));
         checked(&buf);
-        assert_eq!(PageHeader::read(&buf), PageHeader::empty(4096, MIN_SLOTS));
+        assert_eq!(
+            PageHeader::read(&buf),
+            PageHeader::empty(4096, MIN_SLOTS, false)
+        );
     }
 }
 
@@ -387,8 +396,12 @@ proptest! {
     /// An evicted key may be missing; a present key never has a wrong value; a key that was
     /// removed, cleared or expired is never present.
     #[test]
-    fn page_matches_model(ops in proptest::collection::vec(op(), 1..300), policy in any::<bool>()) {
-        let mut buf = fresh(8192);
+    fn page_matches_model(
+        ops in proptest::collection::vec(op(), 1..300),
+        policy in any::<bool>(),
+        tagged in any::<bool>(),
+    ) {
+        let mut buf = fresh_as(8192, tagged);
         let mut model: HashMap<Vec<u8>, (Vec<u8>, u32)> = HashMap::new();
         let mut now = NOW;
         for op in ops {
@@ -444,7 +457,8 @@ proptest! {
     ) {
         // Half the time give it a plausible header so the operations get past the check.
         if header[0] % 2 == 0 {
-            let h = PageHeader { magic: PAGE_MAGIC, num_slots: MIN_SLOTS + header[1] % 100, free_slots: header[2] % 150,
+            let magic = if header[5] % 2 == 0 { PAGE_MAGIC } else { PAGE_MAGIC_TAGGED };
+            let h = PageHeader { magic, num_slots: MIN_SLOTS + header[1] % 100, free_slots: header[2] % 150,
                 old_slots: header[3] % 150, free_data: (header[4] & !3) % 4096, free_bytes: 0, n_reads: 0, n_read_hits: 0 };
             let h = PageHeader { free_bytes: 4096 - h.free_data, ..h };
             h.write(&mut bytes).unwrap();
@@ -701,14 +715,72 @@ proptest! {
 
 #[test]
 fn probe_hints_lead_to_the_entry() {
-    let mut buf = fresh(4096);
-    let first_entry = PAGE_HEADER_SIZE + MIN_SLOTS as usize * SLOT_SIZE;
-    assert_eq!(probe_hints::<_, 2>(&buf[..], slot_hash(b"k")), [None, None]);
-    put(&mut buf, b"k", b"v", 0, NOW);
-    assert_eq!(
-        probe_hints::<_, 1>(&buf[..], slot_hash(b"k")),
-        [Some(first_entry)]
-    );
+    for tagged in [false, true] {
+        let mut buf = fresh_as(4096, tagged);
+        let first_entry = PAGE_HEADER_SIZE + MIN_SLOTS as usize * SLOT_SIZE;
+        assert_eq!(probe_hints::<_, 2>(&buf[..], slot_hash(b"k")), [None, None]);
+        put(&mut buf, b"k", b"v", 0, NOW);
+        assert_eq!(
+            probe_hints::<_, 1>(&buf[..], slot_hash(b"k")),
+            [Some(first_entry)],
+            "tagged: {tagged}"
+        );
+    }
+}
+
+/// In a tagged page each slot word holds its entry's offset below `offset_mask` and the
+/// same bits of the entry's slot hash above it; rebuilds keep the page tagged; a lookup
+/// passes over a slot whose tag is not its key's (the key reads as absent, never as another's
+/// value), and `check_page` calls such a slot damage.
+#[test]
+fn a_tagged_page_keeps_each_keys_tag_in_its_slot() {
+    let mut buf = fresh_as(4096, true);
+    let mask = offset_mask(4096);
+    assert_eq!(mask, 0xfff);
+    let keys: Vec<Vec<u8>> = (0..60).map(|i| format!("key-{i}").into_bytes()).collect();
+    for key in &keys {
+        put(&mut buf, key, &[7; 20], 0, NOW);
+    }
+    let slots_of = |buf: &[u8]| -> Vec<(usize, u32)> {
+        let hdr = PageHeader::read(buf);
+        (0..hdr.num_slots as usize)
+            .map(|s| (s, get_u32(buf, SLOTS_OFFSET + s * SLOT_SIZE).unwrap()))
+            .filter(|&(_, w)| w > SLOT_DELETED)
+            .collect()
+    };
+    let check_tags = |buf: &[u8]| {
+        assert!(PageHeader::read(buf).tagged());
+        let slots = slots_of(buf);
+        assert!(!slots.is_empty());
+        for (_, word) in slots {
+            let off = (word & mask) as usize;
+            let hash = get_u32(buf, off + SLOT_HASH_OFFSET).unwrap();
+            assert_eq!(word & !mask, hash & !mask, "slot word {word:#x}");
+        }
+        check_page(buf, MIN_SLOTS, Some(&slot_hash)).unwrap();
+    };
+    check_tags(&buf);
+    for key in &keys {
+        assert_eq!(get(&mut buf, key, NOW), Some(vec![7; 20]));
+    }
+    // A rebuild (`Evict::All` rewrites the page empty) keeps the page tagged.
+    PageMut::open(&mut buf, MIN_SLOTS)
+        .unwrap()
+        .evict(Evict::All, NOW, MIN_SLOTS)
+        .unwrap();
+    for key in &keys[..30] {
+        put(&mut buf, key, &[8; 20], 0, NOW);
+    }
+    check_tags(&buf);
+
+    // One slot's tag changed: its key is no longer found, and the page fails its check.
+    let (slot, word) = slots_of(&buf)[0];
+    let off = (word & mask) as usize;
+    let key_len = get_u32(&buf, off + KEY_LEN_OFFSET).unwrap() as usize;
+    let key = buf[off + ENTRY_HEADER_SIZE..off + ENTRY_HEADER_SIZE + key_len].to_vec();
+    put_u32(&mut buf, SLOTS_OFFSET + slot * SLOT_SIZE, word ^ (1 << 20)).unwrap();
+    assert_eq!(get(&mut buf, &key, NOW), None);
+    assert!(check_page(&buf, MIN_SLOTS, Some(&slot_hash)).is_err());
 }
 
 proptest! {

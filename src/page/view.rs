@@ -110,10 +110,11 @@ impl<'a> PageView<'a> {
     ) -> Result<(), Corrupt> {
         let hdr = self.checked_header()?;
         let (data_start, data_end) = self.data_bounds(&hdr);
+        let tags = hdr.tag_mask(self.buf.len());
         for slot in 0..hdr.num_slots {
             let word = self.slot(slot)?;
             if word > SLOT_DELETED {
-                let loc = EntryLoc::read(self.buf, word, data_start, data_end)?;
+                let loc = EntryLoc::read(self.buf, word & !tags, data_start, data_end)?;
                 f(loc.view(self.buf), loc.flags & FLAG_PROTECTED != 0);
             }
         }
@@ -235,9 +236,16 @@ impl<'a> PageMut<'a> {
         self.policy.reserve(self.buf.len())
     }
 
-    /// Writes an empty page with `start_slots` slots over whatever `buf` held.
+    /// Writes an empty page with `start_slots` slots over whatever `buf` held, with untagged
+    /// slot words (Cache::FastMmap's page).
     pub fn init(buf: &'a mut [u8], start_slots: u32) -> PageMut<'a> {
-        let hdr = PageHeader::empty(buf.len(), start_slots);
+        Self::init_as(buf, start_slots, false)
+    }
+
+    /// As [`init`](Self::init), a native page whose slot words carry tags when `tagged`
+    /// (`PAGE_MAGIC_TAGGED`).
+    pub fn init_as(buf: &'a mut [u8], start_slots: u32, tagged: bool) -> PageMut<'a> {
+        let hdr = PageHeader::empty(buf.len(), start_slots, tagged);
         let end = hdr.slots_end().min(buf.len());
         buf[..end].fill(0);
         // Cannot fail: a page is always larger than its header.
@@ -501,7 +509,7 @@ impl<'a> PageMut<'a> {
         } else {
             start_slots
         };
-        PageMut::init(self.buf, slots);
+        PageMut::init_as(self.buf, slots, self.policy == Policy::Native);
         if self.append(req, size, now, extra)? {
             Ok(Some(StoreOutcome::Stored))
         } else {
@@ -551,8 +559,9 @@ impl<'a> PageMut<'a> {
         // 2. Write the entry.
         self.write_entry(off, req, size, now, true, extra)?;
         super::evict::publish_order(self.buf);
-        // 3. Commit: make it reachable.
-        self.set_word(Self::slot_off(slot), off as u32)?;
+        // 3. Commit: make it reachable (with its tag, in a tagged page).
+        let tag = req.slot_hash & hdr.tag_mask(self.buf.len());
+        self.set_word(Self::slot_off(slot), off as u32 | tag)?;
         // 4. Counters.
         if !replaced {
             let hdr = self.header();

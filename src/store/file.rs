@@ -575,7 +575,7 @@ fn create(req: &OpenRequest) -> Result<()> {
     }
     let pages_end = header_size + geometry.num_pages as usize * geometry.page_size as usize;
     for page in bytes[header_size..pages_end].chunks_exact_mut(geometry.page_size as usize) {
-        PageMut::init(page, geometry.start_slots);
+        PageMut::init_as(page, geometry.start_slots, req.layout == Layout::Native);
     }
     drop(map);
     match fs::hard_link(&tmp, &req.path) {

@@ -332,7 +332,8 @@ impl PageGuard<'_> {
     pub(crate) fn wipe(&mut self) {
         let slots = self.0.file.geometry.start_slots;
         self.0.file.overflow_free_all(self.0.page, false);
-        PageMut::init(self.bytes(), slots);
+        let tagged = self.0.file.layout() == crate::Layout::Native;
+        PageMut::init_as(self.bytes(), slots, tagged);
         if let Some(row) = self.0.file.row(self.0.page) {
             row.busy.store(0, Ordering::Release);
         }

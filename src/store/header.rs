@@ -20,7 +20,7 @@ pub const FILE_MAGIC: [u8; 8] = *b"fastmmap";
 /// 16-bit fingerprints; version 4 added the pages' eviction policy state (the
 /// protected flag and the ghost record); version 3 the write-back lock table. Older files are
 /// refused with a clear error: they are caches, to be recreated.
-pub const FORMAT_VERSION: u32 = 7;
+pub const FORMAT_VERSION: u32 = 8;
 /// Written native-endian; reads back differently on a machine of the other byte order.
 pub const BYTE_ORDER_MARK: u32 = 0x0102_0304;
 

@@ -560,6 +560,29 @@ pub const NATIVE_CHECKSUM_OFFSET: usize = 56;
 /// Page header size and magic (src/page/format.rs).
 pub const PAGE_HEADER_SIZE: usize = 32;
 pub const PAGE_MAGIC: u32 = 0x92f7_e3b1;
+/// `PAGE_MAGIC_TAGGED`: a native page whose slot words carry tags (docs/format.md §3.2).
+pub const PAGE_MAGIC_TAGGED: u32 = 0x5a3c_96e7;
+
+/// Whether `magic` is a page's: Cache::FastMmap's, or a tagged native page's.
+pub fn is_page_magic(magic: u32) -> bool {
+    magic == PAGE_MAGIC || magic == PAGE_MAGIC_TAGGED
+}
+
+/// The offset a slot word of the page image `page` holds: without its tag in a tagged page
+/// (the bits above those an offset in the page needs).
+pub fn slot_offset(page: &[u8], word: u32) -> usize {
+    let tagged = page
+        .get(..4)
+        .map(|m| u32::from_ne_bytes(m.try_into().unwrap()))
+        == Some(PAGE_MAGIC_TAGGED);
+    let bits = usize::BITS - (page.len().max(1) - 1).leading_zeros();
+    let mask = if tagged && bits < 32 {
+        (1u32 << bits) - 1
+    } else {
+        u32::MAX
+    };
+    (word & mask) as usize
+}
 /// Entry header: six u32 (last_access, expire_on, slot_hash, flags, key_len, val_len).
 pub const ENTRY_HEADER_SIZE: usize = 24;
 
