@@ -195,8 +195,9 @@ impl PageMut<'_> {
 
 /// Counts the dirty entries that can still be found in a damaged page (one about to be reset):
 /// every slot word that points at an entry header inside the page whose flags say dirty
-/// (read without any tag bits, whatever the damaged magic says), each offset counted once; or, for a page whose rebuild was killed, the count the rebuild
-/// left in its magic word ([`REBUILD_TAG`]). Nothing is trusted; the count is a best effort.
+/// (read without any tag bits, whatever the damaged magic says), each offset counted once;
+/// or, for a page whose rebuild was killed, the count the rebuild left in its magic word
+/// ([`REBUILD_TAG`]). Nothing is trusted; the count is a best effort.
 pub fn count_dirty(buf: &[u8]) -> u32 {
     let hdr = PageHeader::read(buf);
     if hdr.magic & !REBUILD_COUNT_MASK == REBUILD_TAG {

@@ -9,11 +9,13 @@ use crate::page::consts::{MIN_PAGE_SIZE, PAGE_MAGIC};
 
 /// First eight bytes of a native file.
 pub const FILE_MAGIC: [u8; 8] = *b"fastmmap";
-/// Format version written by this crate. Version 7 gave the checksummed word at byte 52 to
-/// `journal_size` (the redo journal of crash-atomic page changes, after everything else in the
-/// file; see `journal.rs`), the busy marker its journal value, `BUSY_REDO`, and the resize
-/// state *migrating* (a successor in use while the old file's pages are moved one at a time);
-/// version 6 files are refused like older ones (they are caches, to be recreated). Version 5 added the overflow area for values larger
+/// Format version written by this crate. Version 8 keeps a tag of each key's slot hash in the
+/// slot words of native pages (`PAGE_MAGIC_TAGGED`, docs/format.md §3.2); version 7 files are
+/// refused like older ones (a version 7 process would take a tagged page for damage). Version
+/// 7 gave the checksummed word at byte 52 to `journal_size` (the redo journal of crash-atomic
+/// page changes, after everything else in the file; see `journal.rs`), the busy marker its
+/// journal value, `BUSY_REDO`, and the resize state *migrating* (a successor in use while the
+/// old file's pages are moved one at a time). Version 5 added the overflow area for values larger
 /// than a page (its geometry in the fixed part, its table after the write-back lock table,
 /// the `FLAG_OVERFLOW` entry bit), the resize words (bytes 72..128 of the fixed part and
 /// the moved word of each page row), the read count in the entry flags and a ghost record of
