@@ -238,6 +238,7 @@ impl<'a> PageMut<'a> {
 
     /// Writes an empty page with `start_slots` slots over whatever `buf` held, with untagged
     /// slot words (Cache::FastMmap's page).
+    #[cfg_attr(not(any(test, fuzzing, feature = "internals")), allow(dead_code))] // tests, fuzz
     pub fn init(buf: &'a mut [u8], start_slots: u32) -> PageMut<'a> {
         Self::init_as(buf, start_slots, false)
     }
@@ -509,7 +510,8 @@ impl<'a> PageMut<'a> {
         } else {
             start_slots
         };
-        PageMut::init_as(self.buf, slots, self.policy == Policy::Native);
+        // The page keeps its kind, as a rebuild does (`hdr` passed the header check).
+        PageMut::init_as(self.buf, slots, hdr.tagged());
         if self.append(req, size, now, extra)? {
             Ok(Some(StoreOutcome::Stored))
         } else {
