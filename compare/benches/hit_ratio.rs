@@ -147,6 +147,48 @@ fn cases(scale: usize) -> Vec<Case> {
             pages: None,
         },
     ]
+    .into_iter()
+    .chain(recorded_case(s(10_000)))
+    .collect()
+}
+
+/// Where the recorded block trace is looked for when `HIT_RATIO_TRACE` names no file:
+/// libCacheSim's `data/cloudPhysicsIO.txt`, copied here (not shipped; see
+/// `compare/README.md`).
+const DEFAULT_TRACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/cloudPhysicsIO.txt");
+
+/// The recorded block trace (issue 21's cloudPhysicsIO row), replayed whole at every scale,
+/// if its file is there; a note on stderr if not. A file named by `HIT_RATIO_TRACE` that
+/// cannot be read or parsed is an error, not a skip.
+fn recorded_case(nominal: usize) -> Option<Case> {
+    let named = std::env::var_os("HIT_RATIO_TRACE");
+    let path = named
+        .clone()
+        .map_or_else(|| DEFAULT_TRACE.into(), std::path::PathBuf::from);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if named.is_none() && e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "hit_ratio: SKIPPED the recorded block trace: no {} (HIT_RATIO_TRACE names \
+                 another file; compare/README.md says where to get it)",
+                path.display()
+            );
+            return None;
+        }
+        Err(e) => panic!("HIT_RATIO_TRACE: cannot read {}: {e}", path.display()),
+    };
+    let trace = traces::recorded(&text)
+        .unwrap_or_else(|e| panic!("HIT_RATIO_TRACE: {}: {e}", path.display()));
+    let file = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    );
+    Some(Case {
+        name: format!("Block I/O, recorded ({file}), cache {nominal}"),
+        trace,
+        nominal,
+        pages: None,
+    })
 }
 
 /// Results of one case: fastmmap once, each other policy at both capacities.

@@ -279,10 +279,46 @@ pub fn block_io(len: usize, seed: u64) -> Trace {
     }
 }
 
+/// A recorded trace in the plain form libCacheSim's sample traces have
+/// (`data/cloudPhysicsIO.txt`): one key per line, a whole number, blank lines and lines
+/// starting with `#` skipped. Every request counts in the hit ratio. An error names the first
+/// line that is not a key, or says the text holds none.
+pub fn recorded(text: &str) -> Result<Trace, String> {
+    let mut keys = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key = line
+            .parse::<u64>()
+            .map_err(|e| format!("line {}: {line:?} is not a key ({e})", n + 1))?;
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        return Err("no keys".to_owned());
+    }
+    Ok(Trace {
+        keys,
+        watched: Vec::new(),
+        count_one_hit: true,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn a_recorded_trace_is_read_line_by_line() {
+        let t = recorded("42932745\n# a comment\n\n  7 \n42932745\n").expect("three keys");
+        assert_eq!(t.keys, [42932745, 7, 42932745]);
+        assert!(t.counts(7) && t.counts(ONE_HIT_BASE) && t.watched.is_empty());
+        let e = recorded("1\n2\nblock 3\n").expect_err("not a key");
+        assert!(e.starts_with("line 3: \"block 3\""), "{e}");
+        assert_eq!(recorded("# nothing\n").expect_err("empty"), "no keys");
+    }
 
     #[test]
     fn rng_is_deterministic_and_uniform() {
