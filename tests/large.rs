@@ -483,13 +483,13 @@ fn damaged_blocks_and_references_read_as_misses_never_as_wrong_values() {
 
         // A flipped byte in the value's blocks, in a middle block or among its last 64 bytes
         // (which xxh3 mixes in twice): the checksum catches it, whether the value is copied
-        // out (`get`) or lent in place (`get_with`).
+        // out (`get`, `entry`: checked in the copy's pass) or lent in place (`get_with`).
         let len = 100_000;
         for (round, flip_at) in [5_000, len - 10].into_iter().enumerate() {
-            for lend in [false, true] {
+            for (how, read) in ["get", "get_with", "entry"].into_iter().enumerate() {
                 // A new value each time, so the stale bytes of the last one's freed blocks do
                 // not match the search below.
-                let value = make_value(key, 10 + 2 * round as u64 + u64::from(lend), len);
+                let value = make_value(key, 10 + 3 * round as u64 + how as u64, len);
                 cache.set(key, &value).expect("set");
                 // Found by the 32 bytes before it, in the same 4 KiB block.
                 let bytes = read_at(&raw, area_start, AREA as usize);
@@ -499,12 +499,12 @@ fn damaged_blocks_and_references_read_as_misses_never_as_wrong_values() {
                 b[0] ^= 0x40;
                 write_at(&raw, flip, &b);
                 let resets = cache.stats().expect("stats").resets;
-                let seen = if lend {
-                    cache.get_with(key, |v| v.to_vec()).expect("get_with")
-                } else {
-                    cache.get(key).expect("get")
+                let seen = match read {
+                    "get" => cache.get(key).expect("get"),
+                    "get_with" => cache.get_with(key, |v| v.to_vec()).expect("get_with"),
+                    _ => cache.entry(key).expect("entry").map(|e| e.value),
                 };
-                assert_eq!(seen, None, "{kind:?} {round} {lend}");
+                assert_eq!(seen, None, "{kind:?} {round} {read}");
                 let stats = cache.stats().expect("stats");
                 assert!(stats.resets > resets, "{kind:?}: the page was reset");
                 assert_eq!(
@@ -544,6 +544,57 @@ fn damaged_blocks_and_references_read_as_misses_never_as_wrong_values() {
         cache.clear().expect("clear");
         assert_eq!(used(&cache), 0);
     }
+}
+
+/// A read-only handle with a compression layer (shared locks; fcntl files only) reads large
+/// values, compressed or not, whole through `get` and `entry`, each copied out and checked in
+/// one pass; a damaged block reads as a miss, never as a wrong value.
+#[cfg(feature = "lz4")]
+#[test]
+fn a_read_only_layered_handle_reads_large_values_whole_or_not_at_all() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("c");
+    let lz4 = fastmmap::Compression::lz4;
+    let writer = large(NATIVE, &path)
+        .compression(lz4())
+        .open()
+        .expect("open");
+    let noise = make_value(b"noise", 1, 300_000);
+    writer.set(b"noise", &noise).expect("set");
+    let text = b"compresses well, yet not into a page "
+        .repeat(20_000)
+        .into_iter()
+        .chain(make_value(b"text", 2, 40_000))
+        .collect::<Vec<u8>>();
+    writer.set(b"text", &text).expect("set");
+    assert!(
+        used(&writer) > 300_000u64.div_ceil(BLOCK) * BLOCK,
+        "both in the area"
+    );
+    let reader = large(NATIVE, &path)
+        .compression(lz4())
+        .read_only(true)
+        .open()
+        .expect("open read-only");
+    for (key, value) in [(&b"noise"[..], &noise), (b"text", &text)] {
+        assert_eq!(reader.get(key).expect("get").as_ref(), Some(value));
+        let entry = reader.entry(key).expect("entry").expect("present");
+        assert_eq!(&entry.value, value);
+        assert_eq!(entry.flags.is_compressed(), key == b"text");
+    }
+    // A flipped byte in the stored (uncompressed) value's blocks.
+    let raw = raw_file(&path);
+    let area_start = std::fs::metadata(&path).expect("stat").len() - AREA;
+    let bytes = read_at(&raw, area_start, AREA as usize);
+    let at = find(&bytes, &noise[200_000..200_032]).expect("the value's block");
+    let flip = area_start + at as u64;
+    let mut b = read_at(&raw, flip, 1);
+    b[0] ^= 0x40;
+    write_at(&raw, flip, &b);
+    assert_eq!(reader.get(b"noise").expect("get"), None);
+    assert_eq!(reader.entry(b"noise").expect("entry"), None);
+    assert_eq!(reader.get(b"text").expect("get"), Some(text));
 }
 
 /// The `fastmmap` command on a file with an overflow area: `create` makes one, `set` from stdin

@@ -219,8 +219,13 @@ impl Entry {
     }
 
     pub(crate) fn from_ref(e: &EntryRef<'_>) -> Entry {
+        Entry::with_value(e.value.to_vec(), e)
+    }
+
+    /// The entry `e` describes, with `value` for its value (a copy already made).
+    pub(crate) fn with_value(value: Vec<u8>, e: &EntryRef<'_>) -> Entry {
         Entry {
-            value: e.value.to_vec(),
+            value,
             expires_at: (e.expire_on != 0).then(|| from_unix_secs(e.expire_on)),
             last_access: from_unix_secs(e.last_access),
             modseq: e.modseq,
@@ -569,6 +574,32 @@ impl Cache {
     ) -> Result<Option<Vec<u8>>> {
         let mut reader = self.read_page(page)?;
         Ok(reader.get_value(slot_hash, key, now, self.inner.stats))
+    }
+
+    /// As [`read_at`](Self::read_at), the live value copied out as
+    /// [`read_value_at`](Self::read_value_at) copies it, and handed to `f` with the entry's
+    /// other fields (its `value` empty, its flags without the overflow bit).
+    pub(super) fn read_owned_at<R>(
+        &self,
+        page: Loc,
+        slot_hash: u32,
+        key: &[u8],
+        now: u32,
+        f: impl FnOnce(Vec<u8>, &EntryRef<'_>) -> R,
+    ) -> Result<Option<R>> {
+        let mut reader = self.read_page(page)?;
+        Ok(reader.get_owned(slot_hash, key, now, self.inner.stats, f))
+    }
+
+    /// [`read_owned_at`](Self::read_owned_at) for `key`, located here.
+    pub(crate) fn read_owned<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(Vec<u8>, &EntryRef<'_>) -> R,
+    ) -> Result<Option<R>> {
+        let (page, slot_hash) = self.locate(key);
+        let now = self.now();
+        self.read_owned_at(page, slot_hash, key, now, f)
     }
 
     pub(super) fn read_at<R>(

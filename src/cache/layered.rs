@@ -106,7 +106,7 @@ impl Cache {
     pub(crate) fn get_layered(&self, layer: &Layer, key: &[u8]) -> Result<Option<Vec<u8>>> {
         if self.inner.read_only {
             // Shared locks, and nothing to store a read-through in.
-            let found = self.read(key, |e| (e.value.to_vec(), e.flags))?;
+            let found = self.read_owned(key, |value, e| (value, e.flags))?;
             return match found {
                 Some((_, flags)) if layer.backing.is_some() && is_negative(flags) => Ok(None),
                 Some((stored, flags)) => self.decode_value(key, stored, flags).map(Some),
@@ -345,7 +345,7 @@ impl Cache {
 
     /// The entry as the cache holds it, its value decompressed (no read-through).
     pub(crate) fn entry_layered(&self, key: &[u8]) -> Result<Option<Entry>> {
-        let Some(mut entry) = self.read(key, Entry::from_ref)? else {
+        let Some(mut entry) = self.read_owned(key, Entry::with_value)? else {
             return Ok(None);
         };
         self.decode_entry(key, &mut entry)?;

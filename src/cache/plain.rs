@@ -48,7 +48,7 @@ impl Cache {
         if let Some(hit) = self.read_unlocked(page, slot_hash, key, now, true, &mut copied) {
             return Ok(hit.then(|| Entry::from_copied(copied)));
         }
-        self.read_at(page, slot_hash, key, now, Entry::from_ref)
+        self.read_owned_at(page, slot_hash, key, now, Entry::with_value)
     }
 
     pub(super) fn remove_plain(&self, key: &[u8]) -> Result<bool> {

@@ -37,6 +37,26 @@ fn owned(file: &SharedFile, page: u32, e: &EntryRef<'_>) -> Result<Vec<u8>, Corr
     file.overflow_read(page, e.value)
 }
 
+/// Hands `f` the entry's value as an owned copy ([`owned`]) and the entry's other fields: an
+/// [`EntryRef`] whose `value` is empty (the bytes are in the copy) and whose flags are those
+/// of the value, without the overflow bit.
+fn owned_with<R>(
+    file: &SharedFile,
+    page: u32,
+    e: &EntryRef<'_>,
+    f: impl FnOnce(Vec<u8>, &EntryRef<'_>) -> R,
+) -> Result<R, Corrupt> {
+    let value = owned(file, page, e)?;
+    Ok(f(
+        value,
+        &EntryRef {
+            value: &[],
+            flags: e.flags & !FLAG_OVERFLOW,
+            ..*e
+        },
+    ))
+}
+
 /// A page locked for reading. Through the ordinary lock, reads refresh access times and count
 /// (when statistics are on), and a damaged page is reset. Through a read-only handle's shared
 /// lock, reads change nothing, and a damaged page reads as empty (it cannot be repaired).
@@ -69,6 +89,21 @@ impl Reader<'_> {
         stats: bool,
     ) -> Option<Vec<u8>> {
         self.get_as(slot_hash, key, now, stats, owned)
+    }
+
+    /// `key`'s live value copied out, handed to `f` with the entry's other fields (see
+    /// [`owned_with`]), as a read.
+    pub(crate) fn get_owned<R>(
+        &mut self,
+        slot_hash: u32,
+        key: &[u8],
+        now: u32,
+        stats: bool,
+        f: impl FnOnce(Vec<u8>, &EntryRef<'_>) -> R,
+    ) -> Option<R> {
+        self.get_as(slot_hash, key, now, stats, |file, page, e| {
+            owned_with(file, page, e, f)
+        })
     }
 
     fn get_as<R>(
