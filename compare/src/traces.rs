@@ -243,7 +243,8 @@ pub fn loop_trace(loop_len: u64, len: usize) -> Trace {
 ///   wrapping around (loops: a table scanned again and again).
 ///
 /// By requests that is about a third each: hot reads, one-hit runs and loops. Not a recorded
-/// trace: no real trace is shipped (see compare/README.md).
+/// trace: the recorded one is replayed through [`recorded`] when its file is there (see
+/// compare/README.md).
 pub fn block_io(len: usize, seed: u64) -> Trace {
     const HOT_BLOCKS: u64 = 200_000;
     const FILES: u64 = 16;
