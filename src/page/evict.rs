@@ -132,12 +132,19 @@ impl PageMut<'_> {
         let mut keep: Vec<EntryLoc> = Vec::new();
         let mut dropped = 0usize;
         let mut used = 0usize;
+        // The entries are read in page order, not slot order: their headers then come in
+        // address order, which the processor's prefetchers follow (in slot order they are
+        // scattered over the page, a cache miss each).
+        let mut offsets = Vec::with_capacity((n - hdr.free_slots.min(n)) as usize);
         for slot in 0..n {
             let word = self.slot(slot)?;
-            if word <= SLOT_DELETED {
-                continue;
+            if word > SLOT_DELETED {
+                offsets.push(word & !tags);
             }
-            let loc = EntryLoc::read(self.buf, word & !tags, data_start, data_end)?;
+        }
+        offsets.sort_unstable();
+        for word in offsets {
+            let loc = EntryLoc::read(self.buf, word, data_start, data_end)?;
             if (mode == Evict::All || is_expired(loc.expire_on, now))
                 && !spare.is_some_and(|spare| {
                     let key = loc.off + ENTRY_HEADER_SIZE;
