@@ -77,7 +77,7 @@ impl Cache {
             .map(|k| {
                 let full = joined_key(page_key, k.as_ref());
                 let (_, slot_hash) = self.locate(&full);
-                reader.get_value(slot_hash, &full, now, self.inner.stats)
+                reader.get_owned(slot_hash, &full, now, self.inner.stats, |v, _| v)
             })
             .collect())
     }

@@ -564,21 +564,8 @@ impl Cache {
     }
 
     /// As [`read_at`](Self::read_at), the live value copied out (a large value checked as it
-    /// is copied, in one pass).
-    pub(super) fn read_value_at(
-        &self,
-        page: Loc,
-        slot_hash: u32,
-        key: &[u8],
-        now: u32,
-    ) -> Result<Option<Vec<u8>>> {
-        let mut reader = self.read_page(page)?;
-        Ok(reader.get_value(slot_hash, key, now, self.inner.stats))
-    }
-
-    /// As [`read_at`](Self::read_at), the live value copied out as
-    /// [`read_value_at`](Self::read_value_at) copies it, and handed to `f` with the entry's
-    /// other fields (its `value` empty, its flags without the overflow bit).
+    /// is copied, in one pass) and handed to `f` with the entry's other fields (its `value`
+    /// empty, its flags without the overflow bit).
     pub(super) fn read_owned_at<R>(
         &self,
         page: Loc,

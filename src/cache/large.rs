@@ -10,6 +10,7 @@ use crate::page::consts::{FLAG_DIRTY, FLAG_OVERFLOW, OVERFLOW_REF_SIZE, is_expir
 use crate::page::{Corrupt, Dirty, DirtyCopy, NewEntry, PageView, StoreOutcome};
 use crate::store::{
     OverflowFull, OverflowReference, PageGuard, Place, Reader, SharedFile, overflow_checksum,
+    owned_value,
 };
 
 /// A large value that may be evicted to make room in the overflow area.
@@ -30,11 +31,7 @@ impl Cache {
         value: &[u8],
         flags: u32,
     ) -> std::result::Result<(Vec<u8>, u32), Corrupt> {
-        if flags & FLAG_OVERFLOW == 0 {
-            return Ok((value.to_vec(), flags));
-        }
-        let bytes = at.file.overflow_read(at.page, value)?;
-        Ok((bytes, flags & !FLAG_OVERFLOW))
+        owned_value(at.file, at.page, value, flags)
     }
 
     /// Reads the bytes of the large values among dirty entries copied out of `page`, its lock

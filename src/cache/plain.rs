@@ -30,7 +30,7 @@ impl Cache {
         if let Some(hit) = self.read_unlocked(page, slot_hash, key, now, true, &mut copied) {
             return Ok(hit.then_some(copied.value));
         }
-        self.read_value_at(page, slot_hash, key, now)
+        self.read_owned_at(page, slot_hash, key, now, |value, _| value)
     }
 
     pub(super) fn get_with_plain<R>(
@@ -140,7 +140,13 @@ impl Cache {
                 };
                 for (j, slot_hash) in group {
                     let i = locked[j];
-                    out[i] = reader.get_value(slot_hash, keys[i].as_ref(), now, self.inner.stats);
+                    out[i] = reader.get_owned(
+                        slot_hash,
+                        keys[i].as_ref(),
+                        now,
+                        self.inner.stats,
+                        |v, _| v,
+                    );
                 }
             }
             if moved.is_empty() {

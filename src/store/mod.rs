@@ -48,7 +48,7 @@ pub(crate) use layout::fastmmap_hash;
 pub use layout::{Layout, LockKind};
 pub(crate) use optimistic::{Access, Outcome as ReadOutcome};
 pub(crate) use overflow::{Full as OverflowFull, Reference as OverflowReference, Route};
-pub(crate) use reader::{Reader, peek_locked, read_locked, read_locked_value};
+pub(crate) use reader::{Reader, owned_value, peek_locked, read_locked, read_locked_value};
 pub(crate) use registry::open_shared;
 pub(crate) use resize::{Current, MAX_FOLLOWS, Moved, Stop, WriteBack, old_page_of, resize};
 pub(crate) use shared::{LockError, SharedFile};

@@ -28,30 +28,42 @@ fn resolved<R>(
     })
 }
 
-/// The entry's value as an owned copy: a large value copied out of the overflow area and
-/// checked in the same pass (`checksum.rs`), rather than checked where it lies, then copied.
-fn owned(file: &SharedFile, page: u32, e: &EntryRef<'_>) -> Result<Vec<u8>, Corrupt> {
-    if e.flags & FLAG_OVERFLOW == 0 {
-        return Ok(e.value.to_vec());
+/// An entry's value (`value`, stored with `flags`) as an owned copy, with the value's flags
+/// (without `FLAG_OVERFLOW`): a large value is copied out of the overflow area and checked in
+/// the same pass (`checksum.rs`), rather than checked where it lies, then copied. The page's
+/// lock must be held; a reference that fails its checks is damage.
+pub(crate) fn owned_value(
+    file: &SharedFile,
+    page: u32,
+    value: &[u8],
+    flags: u32,
+) -> Result<(Vec<u8>, u32), Corrupt> {
+    if flags & FLAG_OVERFLOW == 0 {
+        return Ok((value.to_vec(), flags));
     }
-    file.overflow_read(page, e.value)
+    Ok((file.overflow_read(page, value)?, flags & !FLAG_OVERFLOW))
 }
 
-/// Hands `f` the entry's value as an owned copy ([`owned`]) and the entry's other fields: an
-/// [`EntryRef`] whose `value` is empty (the bytes are in the copy) and whose flags are those
-/// of the value, without the overflow bit.
+/// The entry's value as an owned copy ([`owned_value`]).
+fn owned(file: &SharedFile, page: u32, e: &EntryRef<'_>) -> Result<Vec<u8>, Corrupt> {
+    owned_value(file, page, e.value, e.flags).map(|(value, _)| value)
+}
+
+/// Hands `f` the entry's value as an owned copy ([`owned_value`]) and the entry's other
+/// fields: an [`EntryRef`] whose `value` is empty (the bytes are in the copy) and whose flags
+/// are those of the value, without the overflow bit.
 fn owned_with<R>(
     file: &SharedFile,
     page: u32,
     e: &EntryRef<'_>,
     f: impl FnOnce(Vec<u8>, &EntryRef<'_>) -> R,
 ) -> Result<R, Corrupt> {
-    let value = owned(file, page, e)?;
+    let (value, flags) = owned_value(file, page, e.value, e.flags)?;
     Ok(f(
         value,
         &EntryRef {
             value: &[],
-            flags: e.flags & !FLAG_OVERFLOW,
+            flags,
             ..*e
         },
     ))
@@ -78,17 +90,6 @@ impl Reader<'_> {
         self.get_as(slot_hash, key, now, stats, |file, page, e| {
             resolved(file, page, e, f)
         })
-    }
-
-    /// `key`'s live value copied out, as a read.
-    pub(crate) fn get_value(
-        &mut self,
-        slot_hash: u32,
-        key: &[u8],
-        now: u32,
-        stats: bool,
-    ) -> Option<Vec<u8>> {
-        self.get_as(slot_hash, key, now, stats, owned)
     }
 
     /// `key`'s live value copied out, handed to `f` with the entry's other fields (see
