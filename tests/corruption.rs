@@ -166,6 +166,15 @@ impl Fixture {
         }
     }
 
+    /// Whether `magic` is a page's in this fixture's layout: Cache::FastMmap's pages carry
+    /// only Perl's magic; native pages either.
+    fn is_magic(&self, magic: u32) -> bool {
+        match self.layout {
+            Layout::Native => is_page_magic(magic),
+            _ => magic == PAGE_MAGIC,
+        }
+    }
+
     fn page_off(&self, page: u32) -> u64 {
         page_offset(self.layout, NUM_PAGES, PAGE_SIZE, page)
     }
@@ -257,7 +266,7 @@ impl Fixture {
                     _ => [0, 1, u32::MAX, PAGE_SIZE][rng.range(0, 4)],
                 };
                 write_u32(&self.raw, base + 4 * w as u64, new);
-                must_reset = w == 0 && !is_page_magic(new);
+                must_reset = w == 0 && !self.is_magic(new);
                 format!("header word {w}: {old:#x} -> {new:#x}")
             }
             3 => {
@@ -325,7 +334,8 @@ impl Fixture {
                 let bytes = rng.bytes(hi - lo);
                 write_at(&self.raw, base + lo as u64, &bytes);
                 tainted = tainted_by(&live, lo, hi);
-                must_reset = lo < 4 && !word(&self.page_bytes(page), 0).is_some_and(is_page_magic);
+                must_reset =
+                    lo < 4 && !word(&self.page_bytes(page), 0).is_some_and(|m| self.is_magic(m));
                 format!("random bytes at {lo}..{hi}")
             }
             6 => {
@@ -963,6 +973,58 @@ fn busy_marker_resets_exactly_that_page() {
     kids.wait_all_ok();
     f.cache.reset_stats().expect("reset_stats");
     assert_eq!(f.cache.stats().expect("stats").resets, 0);
+}
+
+/// A page of a Cache::FastMmap-layout file that carries the native magic of tagged slot words
+/// (Perl would take those words for offsets) is damage: the first lock resets it, to Perl's
+/// magic, and only it; a read-only handle reads it as empty and leaves it alone; `validate`
+/// names it.
+#[test]
+fn native_page_magic_in_a_fastmmap_file_resets_that_page() {
+    let _serial = serial();
+    let mut rng = Rng::new(seed(
+        "native_page_magic_in_a_fastmmap_file_resets_that_page",
+    ));
+    let mut f = Fixture::new(Layout::FastMmap);
+    for page in 0..NUM_PAGES {
+        f.populate(&mut rng);
+        let before = f.resets();
+        let keys = f.keys_in(page);
+        write_u32(&f.raw, f.page_off(page), PAGE_MAGIC_TAGGED);
+        let reader = builder(&f.path, Layout::FastMmap)
+            .read_only(true)
+            .open()
+            .expect("open read-only");
+        for k in &keys {
+            assert_eq!(reader.get(k).expect("read-only get"), None, "page {page}");
+        }
+        assert_eq!(
+            read_u32(&f.raw, f.page_off(page)),
+            PAGE_MAGIC_TAGGED,
+            "a read-only handle changes nothing"
+        );
+        drop(reader);
+        if page % 2 == 1 {
+            let report = f.cache.validate().expect("validate");
+            assert!(
+                format!("{report:?}").contains("Cache::FastMmap's layout"),
+                "page {page}: {report:?}"
+            );
+        }
+        let d = Damage {
+            page,
+            what: "native tagged magic in a Cache::FastMmap page".into(),
+            tainted: HashSet::new(),
+            must_reset: true,
+        };
+        f.check_after(&d, &before, &mut rng);
+        assert_eq!(
+            read_u32(&f.raw, f.page_off(page)),
+            PAGE_MAGIC,
+            "page {page}"
+        );
+        assert_eq!(f.resets()[page as usize], before[page as usize] + 1);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

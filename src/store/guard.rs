@@ -10,8 +10,13 @@ use super::header;
 use super::lock::{Held, Reentry};
 use super::overflow::Full as OverflowFull;
 use super::shared::SharedFile;
-use crate::page::consts::FLAG_OVERFLOW;
-use crate::page::{NewEntry, PageHeader, PageMut, PageView, StoreOutcome};
+use crate::page::consts::{FLAG_OVERFLOW, MAGIC_OFFSET, PAGE_MAGIC_TAGGED};
+use crate::page::{NewEntry, PageBytes, PageHeader, PageMut, PageView, StoreOutcome};
+
+/// Why a Cache::FastMmap-layout page with a native page's magic is reset.
+pub(super) const FOREIGN_MAGIC: crate::page::Corrupt = crate::page::Corrupt(
+    "a native page's magic (tagged slot words) in a file of Cache::FastMmap's layout",
+);
 
 /// A held page lock, of either mode; released when dropped.
 pub(super) struct Locked<'a> {
@@ -44,9 +49,21 @@ impl Locked<'_> {
             .is_some_and(|busy| busy != 0)
     }
 
+    /// Whether the page carries the magic of a native page with tagged slot words in a file of
+    /// Cache::FastMmap's layout, where Perl reads every slot word as an offset: such a page is
+    /// damage there, never written by this crate (see [`SharedFile::lock`]).
+    #[inline]
+    pub(super) fn foreign_magic(&self) -> bool {
+        self.file.layout() != crate::Layout::Native
+            && self.view().u32_at(MAGIC_OFFSET) == Some(PAGE_MAGIC_TAGGED)
+    }
+
     /// Why the page is unusable as it is, if it is: its busy marker is set, or its header fails
     /// the check (for validation; operations check the header themselves, once).
     fn problem(&self) -> Option<crate::page::Corrupt> {
+        if self.foreign_magic() {
+            return Some(FOREIGN_MAGIC);
+        }
         match self
             .file
             .row_word(self.page, header::ROW_BUSY_OFFSET)
@@ -96,7 +113,7 @@ impl ReadGuard<'_> {
     /// operations on the page check its header).
     #[inline]
     pub(crate) fn page(&self) -> Option<PageView<'_>> {
-        if self.0.busy() {
+        if self.0.busy() || self.0.foreign_magic() {
             return None;
         }
         Some(PageView::with_min_slots(

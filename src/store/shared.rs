@@ -215,6 +215,12 @@ impl SharedFile {
         if guard.busy() && !self.journal_redo(page) {
             guard.reset();
         }
+        // In Cache::FastMmap's layout a page may only be one Perl reads: a page with the
+        // native tagged magic (damage, or planted) is reset here, before anything reads its
+        // slot words with tags or writes tagged ones for Perl to take for offsets.
+        if self.layout != Layout::Native && guard.0.foreign_magic() {
+            guard.reset_because(Some(super::guard::FOREIGN_MAGIC.0));
+        }
         if let Some(optimistic) = &self.optimistic {
             let (reads, hits) = optimistic.take(page);
             if reads != 0 || hits != 0 {
