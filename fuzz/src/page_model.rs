@@ -291,7 +291,7 @@ fn raw_flags(buf: &[u8]) -> HashMap<Vec<u8>, u32> {
             continue;
         }
         // Without its tag, in a tagged page.
-        let off = (slot_word & !h.tag_mask(buf.len())) as usize;
+        let off = h.slot_words(buf.len()).offset(slot_word) as usize;
         let key_len = word(off + KEY_LEN_OFFSET) as usize;
         let key = buf[off + ENTRY_HEADER_SIZE..off + ENTRY_HEADER_SIZE + key_len].to_vec();
         out.insert(key, word(off + FLAGS_OFFSET));

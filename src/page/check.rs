@@ -23,7 +23,7 @@ pub fn check_page(
     hdr.check(buf.len(), min_slots)?;
     let page = PageView::new(buf);
     let (data_start, data_end) = page.data_bounds(&hdr);
-    let tags = hdr.tag_mask(buf.len());
+    let words = hdr.slot_words(buf.len());
     let mut free = 0u32;
     let mut old = 0u32;
     let mut extents = Vec::new();
@@ -37,8 +37,8 @@ pub fn check_page(
                 old += 1;
             }
             _ => {
-                let loc = EntryLoc::read(buf, word & !tags, data_start, data_end)?;
-                if (word ^ loc.slot_hash) & tags != 0 {
+                let loc = EntryLoc::read(buf, words.offset(word), data_start, data_end)?;
+                if words.other_hash(word, loc.slot_hash) {
                     return Err(Corrupt("a slot's tag differs from its entry's slot hash"));
                 }
                 if let Some(f) = slot_hash_of {

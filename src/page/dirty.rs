@@ -135,12 +135,11 @@ impl PageView<'_> {
     pub fn dirty_entries(&self) -> Result<Vec<DirtyCopy>, Corrupt> {
         let hdr = self.checked_header()?;
         let (data_start, data_end) = self.data_bounds(&hdr);
-        let tags = hdr.tag_mask(self.buf.len());
+        let words = hdr.slot_words(self.buf.len());
         let mut out = Vec::new();
         for slot in 0..hdr.num_slots {
-            let word = self.slot(slot)?;
-            if word > SLOT_DELETED {
-                let loc = EntryLoc::read(self.buf, word & !tags, data_start, data_end)?;
+            if let Some(off) = words.entry(self.slot(slot)?) {
+                let loc = EntryLoc::read(self.buf, off, data_start, data_end)?;
                 if loc.flags & FLAG_DIRTY != 0 && !loc.is_tombstone() {
                     out.push(DirtyCopy::of(self.buf, &loc));
                 }
@@ -215,6 +214,8 @@ pub fn count_dirty(buf: &[u8]) -> u32 {
         let Some(word) = get_u32(buf, SLOTS_OFFSET + slot * SLOT_SIZE) else {
             break;
         };
+        // Not through `SlotWords`: the magic that says whether the words carry tags may be the
+        // damage, so any tag bits are stripped (an untagged offset never has them).
         let word_off = word & offset_mask(buf.len());
         let off = word_off as usize;
         if word <= SLOT_DELETED || off < table_end || !off.is_multiple_of(ENTRY_ALIGN) {

@@ -128,7 +128,7 @@ impl PageMut<'_> {
 
         let page_size = self.buf.len();
         let (data_start, data_end) = self.data_bounds(&hdr);
-        let tags = hdr.tag_mask(page_size);
+        let words = hdr.slot_words(page_size);
         let mut keep: Vec<EntryLoc> = Vec::new();
         let mut dropped = 0usize;
         let mut used = 0usize;
@@ -137,14 +137,13 @@ impl PageMut<'_> {
         // scattered over the page, a cache miss each).
         let mut offsets = Vec::with_capacity((n - hdr.free_slots.min(n)) as usize);
         for slot in 0..n {
-            let word = self.slot(slot)?;
-            if word > SLOT_DELETED {
-                offsets.push(word & !tags);
+            if let Some(off) = words.entry(self.slot(slot)?) {
+                offsets.push(off);
             }
         }
         offsets.sort_unstable();
-        for word in offsets {
-            let loc = EntryLoc::read(self.buf, word, data_start, data_end)?;
+        for off in offsets {
+            let loc = EntryLoc::read(self.buf, off, data_start, data_end)?;
             if (mode == Evict::All || is_expired(loc.expire_on, now))
                 && !spare.is_some_and(|spare| {
                     let key = loc.off + ENTRY_HEADER_SIZE;
@@ -265,7 +264,7 @@ impl PageMut<'_> {
 
         // The page keeps its kind: tagged slot words or plain offsets.
         let old = self.header();
-        let tags = old.tag_mask(page_size);
+        let words = old.slot_words(page_size);
         // The header and an empty slot table, zeroed; then each survivor appended with its
         // padding zeroed, so no byte of the image is written twice (a zeroed image of the whole
         // page cost a pass over it per rebuild).
@@ -291,7 +290,7 @@ impl PageMut<'_> {
             super::header::put_u32(
                 &mut image,
                 SLOTS_OFFSET + slot as usize * SLOT_SIZE,
-                off as u32 | (loc.slot_hash & tags),
+                words.word(off as u32, loc.slot_hash),
             )?;
         }
         debug_assert_eq!(image.len(), free_data);

@@ -25,6 +25,43 @@ pub struct PageHeader {
     pub n_read_hits: u32,
 }
 
+/// The one reading of a page's slot words (docs/format.md §3.2): `SLOT_EMPTY`, `SLOT_DELETED`,
+/// or an entry's page offset, with, in a tagged page, the bits of the entry's slot hash above
+/// those an offset needs (`offset | (slot_hash & tags)`). Every walk, probe, check and rebuild
+/// reads and writes slot words through it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotWords {
+    /// The bits of a word that are tag: none in an untagged page.
+    tags: u32,
+}
+
+impl SlotWords {
+    /// The page offset of the entry `word` points at; `None` for an empty or deleted slot.
+    #[inline]
+    pub fn entry(self, word: u32) -> Option<u32> {
+        (word > SLOT_DELETED).then_some(self.offset(word))
+    }
+
+    /// The page offset held by `word`, known to be neither empty nor deleted.
+    #[inline]
+    pub fn offset(self, word: u32) -> u32 {
+        word & !self.tags
+    }
+
+    /// Whether `word`, an entry's, is told by its tag to belong to another slot hash than
+    /// `slot_hash` (never in an untagged page, whose words have no tag).
+    #[inline]
+    pub fn other_hash(self, word: u32, slot_hash: u32) -> bool {
+        (word ^ slot_hash) & self.tags != 0
+    }
+
+    /// The word that points at an entry of slot hash `slot_hash` at page offset `off`.
+    #[inline]
+    pub fn word(self, off: u32, slot_hash: u32) -> u32 {
+        off | (slot_hash & self.tags)
+    }
+}
+
 /// Reads the native-endian u32 at `off`, or `None` when it lies outside `buf`.
 #[inline]
 pub(crate) fn get_u32(buf: &[u8], off: usize) -> Option<u32> {
@@ -123,14 +160,15 @@ impl PageHeader {
         self.magic == PAGE_MAGIC_TAGGED
     }
 
-    /// The bits of this page's slot words that are tag (none in an untagged page): a slot word
-    /// is `offset | (slot_hash & tag_mask)`.
+    /// How this page's slot words read (see [`SlotWords`]).
     #[inline]
-    pub fn tag_mask(&self, page_size: usize) -> u32 {
-        if self.tagged() {
-            !offset_mask(page_size)
-        } else {
-            0
+    pub fn slot_words(&self, page_size: usize) -> SlotWords {
+        SlotWords {
+            tags: if self.tagged() {
+                !offset_mask(page_size)
+            } else {
+                0
+            },
         }
     }
 

@@ -23,7 +23,7 @@ pub(super) fn probe_in<B: PageBytes + ?Sized>(
         return Err(Corrupt("page has no slots"));
     }
     let (data_start, data_end) = (hdr.slots_end(), hdr.free_data as usize);
-    let tags = hdr.tag_mask(b.page_len());
+    let words = hdr.slot_words(b.page_len());
     let mut slot = slot_hash % n;
     let mut first_deleted = None;
     for _ in 0..n {
@@ -40,9 +40,9 @@ pub(super) fn probe_in<B: PageBytes + ?Sized>(
                 first_deleted.get_or_insert(slot);
             }
             // Another key's entry, told by its tag without reading it.
-            word if (word ^ slot_hash) & tags != 0 => {}
+            word if words.other_hash(word, slot_hash) => {}
             word => {
-                let loc = EntryLoc::read(b, word & !tags, data_start, data_end)?;
+                let loc = EntryLoc::read(b, words.offset(word), data_start, data_end)?;
                 if loc.slot_hash == slot_hash
                     && loc.key_len == key.len()
                     && b.eq_at(loc.key_range().start, key) == Some(true)
@@ -80,6 +80,7 @@ pub fn probe_hints<B: PageBytes + ?Sized, const N: usize>(
             None | Some(SLOT_EMPTY) => break,
             Some(SLOT_DELETED) => {}
             Some(word) => {
+                // Any tag bits stripped, as `SlotWords` would, without reading the magic.
                 *hint = Some((word & offset_mask(b.page_len())) as usize)
                     .filter(|&off| off < b.page_len());
             }

@@ -110,11 +110,10 @@ impl<'a> PageView<'a> {
     ) -> Result<(), Corrupt> {
         let hdr = self.checked_header()?;
         let (data_start, data_end) = self.data_bounds(&hdr);
-        let tags = hdr.tag_mask(self.buf.len());
+        let words = hdr.slot_words(self.buf.len());
         for slot in 0..hdr.num_slots {
-            let word = self.slot(slot)?;
-            if word > SLOT_DELETED {
-                let loc = EntryLoc::read(self.buf, word & !tags, data_start, data_end)?;
+            if let Some(off) = words.entry(self.slot(slot)?) {
+                let loc = EntryLoc::read(self.buf, off, data_start, data_end)?;
                 f(loc.view(self.buf), loc.flags & FLAG_PROTECTED != 0);
             }
         }
@@ -562,8 +561,10 @@ impl<'a> PageMut<'a> {
         self.write_entry(off, req, size, now, true, extra)?;
         super::evict::publish_order(self.buf);
         // 3. Commit: make it reachable (with its tag, in a tagged page).
-        let tag = req.slot_hash & hdr.tag_mask(self.buf.len());
-        self.set_word(Self::slot_off(slot), off as u32 | tag)?;
+        let word = hdr
+            .slot_words(self.buf.len())
+            .word(off as u32, req.slot_hash);
+        self.set_word(Self::slot_off(slot), word)?;
         // 4. Counters.
         if !replaced {
             let hdr = self.header();
