@@ -183,13 +183,6 @@ impl PageMut<'_> {
         }
         Ok(same)
     }
-
-    /// Dirty entries that can still be read from this page's bytes, however damaged: what a
-    /// reset of the page loses (see [`count_dirty`]).
-    #[cfg_attr(not(any(test, fuzzing, feature = "internals")), allow(dead_code))] // tests, fuzz
-    pub fn count_dirty(&self) -> u32 {
-        count_dirty(self.buf)
-    }
 }
 
 /// Counts the dirty entries that can still be found in a damaged page (one about to be reset):
