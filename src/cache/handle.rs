@@ -669,9 +669,11 @@ impl Cache {
     }
 
     pub(crate) fn store(&self, req: &NewEntry<'_>, loc: Loc, now: u32) -> Result<StoreOutcome> {
-        if let Some(size) = req.entry_size() {
+        {
+            // The page's lock row, header and the key's first slot are on their way while the
+            // lock is taken (a hint only; see `prefetch_page`).
             let file: &SharedFile = &self.inner.file;
-            file.prefetch_for_store(loc.page(file.geometry().num_pages), req.slot_hash, size);
+            file.prefetch_page(loc.page(file.geometry().num_pages), req.slot_hash);
         }
         let mut guard = self.lock_page(loc)?;
         match self.store_locked(&mut guard, req, now) {

@@ -61,38 +61,6 @@ pub(super) fn probe_in<B: PageBytes + ?Sized>(
     })
 }
 
-/// Where `slot_hash`'s probe chain is likely to lead: the page offsets held by the first `N`
-/// slots of the chain, up to the first empty one (without their tags, if any). Hints for
-/// fetching memory early, read before the page is locked: unchecked beyond lying inside the
-/// page, never used to read.
-#[inline]
-pub fn probe_hints<B: PageBytes + ?Sized, const N: usize>(
-    b: &B,
-    slot_hash: u32,
-) -> [Option<usize>; N] {
-    let mut hints = [None; N];
-    let Some(n) = b.u32_at(NUM_SLOTS_OFFSET).filter(|&n| n != 0) else {
-        return hints;
-    };
-    let mut slot = slot_hash % n;
-    for hint in &mut hints {
-        match b.u32_at(SLOTS_OFFSET + slot as usize * SLOT_SIZE) {
-            None | Some(SLOT_EMPTY) => break,
-            Some(SLOT_DELETED) => {}
-            Some(word) => {
-                // Any tag bits stripped, as `SlotWords` would, without reading the magic.
-                *hint = Some((word & offset_mask(b.page_len())) as usize)
-                    .filter(|&off| off < b.page_len());
-            }
-        }
-        slot += 1;
-        if slot == n {
-            slot = 0;
-        }
-    }
-    hints
-}
-
 /// What a copying lookup took out of a page: a live entry's value (without any modseq prefix)
 /// and its words.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -21,7 +21,7 @@ pub use dirty::{Dirty, DirtyCopy, count_dirty};
 pub use entry::EntryRef;
 pub use evict::{Evict, Spare};
 pub use header::PageHeader;
-pub use lookup::{Copied, find_copy, probe_hints};
+pub use lookup::{Copied, find_copy};
 #[allow(unused_imports)] // part of the page API used by tests and fuzz targets
 pub use view::{NewEntry, PageMut, PageView, Removed, StoreOutcome};
 

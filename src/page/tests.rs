@@ -713,21 +713,6 @@ proptest! {
     }
 }
 
-#[test]
-fn probe_hints_lead_to_the_entry() {
-    for tagged in [false, true] {
-        let mut buf = fresh_as(4096, tagged);
-        let first_entry = PAGE_HEADER_SIZE + MIN_SLOTS as usize * SLOT_SIZE;
-        assert_eq!(probe_hints::<_, 2>(&buf[..], slot_hash(b"k")), [None, None]);
-        put(&mut buf, b"k", b"v", 0, NOW);
-        assert_eq!(
-            probe_hints::<_, 1>(&buf[..], slot_hash(b"k")),
-            [Some(first_entry)],
-            "tagged: {tagged}"
-        );
-    }
-}
-
 /// In a tagged page each slot word holds its entry's offset below `offset_mask` and the
 /// same bits of the entry's slot hash above it; rebuilds keep the page tagged; a lookup
 /// passes over a slot whose tag is not its key's (the key reads as absent, never as another's
@@ -781,24 +766,6 @@ fn a_tagged_page_keeps_each_keys_tag_in_its_slot() {
     put_u32(&mut buf, SLOTS_OFFSET + slot * SLOT_SIZE, word ^ (1 << 20)).unwrap();
     assert_eq!(get(&mut buf, &key, NOW), None);
     assert!(check_page(&buf, MIN_SLOTS, Some(&slot_hash)).is_err());
-}
-
-proptest! {
-    /// Hints read from any bytes at all stay inside the page, and reading them never panics.
-    #[test]
-    fn probe_hints_stay_inside_any_page(
-        bytes in proptest::collection::vec(any::<u8>(), 0..512),
-        num_slots in 0u32..200,
-        hash in any::<u32>(),
-    ) {
-        let mut bytes = bytes;
-        if let Some(word) = bytes.get_mut(NUM_SLOTS_OFFSET..NUM_SLOTS_OFFSET + 4) {
-            word.copy_from_slice(&num_slots.to_ne_bytes());
-        }
-        for hint in probe_hints::<_, 4>(&bytes[..], hash).into_iter().flatten() {
-            prop_assert!(hint < bytes.len());
-        }
-    }
 }
 
 #[test]

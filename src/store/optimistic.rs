@@ -32,15 +32,13 @@ use super::fork;
 use super::lock::Reentry;
 use super::shared::SharedFile;
 use crate::page::consts::{MAGIC_OFFSET, NUM_SLOTS_OFFSET, SLOT_SIZE, SLOTS_OFFSET};
-use crate::page::{Copied, PageBytes, find_copy, probe_hints};
+use crate::page::{Copied, PageBytes, find_copy};
 
 /// How many times a read whose page changed under it is tried again before taking the lock.
 const RETRIES: usize = 2;
 
 /// The line size prefetches step by.
 const CACHE_LINE: usize = 64;
-/// The most bytes of an entry fetched ahead of a store.
-const PREFETCH_SPAN: usize = 4 * CACHE_LINE;
 
 /// Per-file state of optimistic reads in this process.
 pub(crate) struct Optimistic {
@@ -723,46 +721,13 @@ impl SharedFile {
         Outcome::Locked
     }
 
-    /// Starts fetching, before `page` is locked, the memory a store of an entry of `size`
-    /// bytes under `slot_hash` is likely to touch: the entries its probe chain starts with.
-    /// Their cache misses then overlap taking the lock instead of following it. The chain is
-    /// read with atomic loads, as an optimistic read reads it, and only as a hint: nothing
-    /// read here is used for anything but the addresses of prefetches inside the page.
-    #[inline]
-    pub(crate) fn prefetch_for_store(&self, page: u32, slot_hash: u32, size: usize) {
-        if self.read_only || page >= self.geometry.num_pages {
-            return;
-        }
-        let (offset, len) = self.page_range(page);
-        // SAFETY: the page lies inside the mapping (page < num_pages, and the file size was
-        // checked against the geometry on open), which is writable (not read-only) and lives
-        // as long as `self`; pages start at multiples of 4096 from the page-aligned mapping.
-        let bytes =
-            unsafe { AtomicPage::new(self.map.as_ptr().add(offset as usize), len as usize) };
-        if let Some(optimistic) = &self.optimistic {
-            // The key's first slot is fetched with the header, not after it.
-            optimistic.prefetch_start(&bytes, page, slot_hash, self.geometry.start_slots);
-        }
-        let [first, second] = probe_hints::<_, 2>(&bytes, slot_hash);
-        if let Some(off) = first {
-            // The entry a hit overwrites in place: its header line and those of its value.
-            let end = off.saturating_add(size.min(PREFETCH_SPAN)).min(bytes.len);
-            let mut at = off;
-            while at < end {
-                bytes.prefetch(at);
-                at += CACHE_LINE;
-            }
-            bytes.prefetch(end.saturating_sub(1));
-        }
-        if let Some(off) = second {
-            bytes.prefetch(off);
-        }
-    }
-
     /// Starts fetching `page`'s header line, the line of `slot_hash`'s first slot, and the
-    /// page's lock row, for an optimistic read soon after: a batch asks for every key's page
-    /// first, so that their cache misses overlap instead of following one another. A hint
-    /// only: nothing is read into the program.
+    /// page's lock row: for an optimistic read soon after (a batch asks for every key's page
+    /// first, so that their cache misses overlap instead of following one another), and for a
+    /// store about to lock the page. A hint only: nothing is read into the program, so nothing
+    /// waits on it. (A store once also read the key's slot word here, to fetch the entry it
+    /// points at: that load, and the branches on it, cost a store whose lines were already in
+    /// the processor's caches more than the early entry fetch saved one whose lines were not.)
     #[inline]
     pub(crate) fn prefetch_page(&self, page: u32, slot_hash: u32) {
         let Some(optimistic) = &self.optimistic else {
