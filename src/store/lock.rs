@@ -54,7 +54,7 @@ impl PageLocks {
 
     /// Takes page `page`'s lock, whose byte range is `range` of the file `fd`: with `shared`,
     /// a read record lock (fcntl kind; a robust lock has one mode).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn acquire(
         &self,
         fd: RawFd,

@@ -278,7 +278,7 @@ mod imp {
         /// Locks `page`, waiting until `deadline` at most. If the previous owner died holding
         /// it, the lock is made consistent again; whether the page needs a reset is the busy
         /// marker's to say, which every locker checks anyway.
-        #[inline]
+        #[inline(always)]
         pub(crate) fn acquire(
             &self,
             fd: RawFd,

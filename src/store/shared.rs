@@ -204,7 +204,9 @@ impl SharedFile {
     /// dead process (its busy marker set) is reset first, and the reset counted, unless the
     /// marker is the journal's and the journal completes the change; the page's
     /// header is the page operation's to check.
-    #[inline]
+    // Always inlined, with `lock_as_is` and the `acquire`s below it: the guard is then built
+    // in the caller's frame rather than copied out through each return (`Cache::lock_page`).
+    #[inline(always)]
     pub(crate) fn lock(
         &self,
         page: u32,
@@ -233,7 +235,7 @@ impl SharedFile {
     /// Locks `page` for a change and leaves it as it is, however damaged (for checks and
     /// repairs), its busy marker too (a journaled change is completed by [`lock`](Self::lock)
     /// and [`lock_shared`](Self::lock_shared), not here).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn lock_as_is(
         &self,
         page: u32,
@@ -270,7 +272,7 @@ impl SharedFile {
         Ok(ReadGuard(locked))
     }
 
-    #[inline]
+    #[inline(always)]
     fn acquire(
         &self,
         page: u32,
