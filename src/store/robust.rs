@@ -177,6 +177,39 @@ mod imp {
             }
         }
 
+        /// [`read`](Self::read), right after this thread locked `m`: glibc has just written
+        /// some of these bytes (the count, owner and user count as `u32`s, the robust-list links
+        /// as `u64`s), and a load that spans several such fresh stores waits for them to reach
+        /// the cache, where a load of exactly one takes its value from the store at once. So
+        /// each word is loaded at the width it was written (volatile, so the loads are not
+        /// merged into wider ones).
+        ///
+        /// # Safety
+        /// As for [`read`](Self::read).
+        #[inline]
+        unsafe fn read_fresh(m: *mut libc::pthread_mutex_t) -> OwnerPart {
+            let base = m.cast::<u8>();
+            // SAFETY: as in `read`: every load is in bounds and aligned to its width (the mutex
+            // is 8-aligned), of bytes only the owner writes.
+            unsafe {
+                let half = |at: usize| base.add(at).cast::<u32>().read_volatile();
+                let low = half(8).to_ne_bytes();
+                let high = half(12).to_ne_bytes();
+                let mut first = [0u8; 8];
+                first[..4].copy_from_slice(&low);
+                first[4..].copy_from_slice(&high);
+                let mut words = [0u64; OWNER_WORDS];
+                words[0] = u64::from_ne_bytes(first);
+                for (i, w) in words.iter_mut().enumerate().skip(1) {
+                    *w = base.add(8 + 8 * i).cast::<u64>().read_volatile();
+                }
+                OwnerPart {
+                    word: half(4),
+                    words,
+                }
+            }
+        }
+
         /// # Safety
         /// As for [`read`](Self::read).
         #[inline]
@@ -333,7 +366,7 @@ mod imp {
             // SAFETY: we hold `m`, a mutex in the live mapping; the slot of `page` (in range:
             // `mutex` checked it) is touched only by the thread holding `m`, this one now.
             unsafe {
-                *self.owners[page as usize].0.get() = OwnerPart::read(m);
+                *self.owners[page as usize].0.get() = OwnerPart::read_fresh(m);
             }
             Ok(RobustHeld {
                 generation,
@@ -537,6 +570,23 @@ mod imp {
                 write_back.release(page, &b);
                 pages.release(page, &a);
             }
+        }
+
+        #[test]
+        fn a_fresh_read_of_the_owner_part_is_the_plain_read() {
+            let (file, _map, pages, _write_back) = locks(2);
+            let Ok(held) = pages.acquire(file.as_raw_fd(), 1, None) else {
+                panic!("page lock");
+            };
+            let m = pages.mutex(1);
+            // SAFETY: this thread holds `m`, a mutex in the live mapping.
+            let (fresh, plain) = unsafe { (OwnerPart::read_fresh(m), OwnerPart::read(m)) };
+            assert!(fresh == plain);
+            // glibc's owner word (bytes 8..12) names this thread, as written at lock time.
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            assert_eq!(plain.words[0].to_ne_bytes()[..4], tid.to_ne_bytes());
+            pages.release(1, &held);
         }
 
         #[test]
