@@ -212,24 +212,46 @@ impl SharedFile {
         page: u32,
         timeout: Option<Duration>,
     ) -> Result<PageGuard<'_>, LockError> {
-        let mut guard = self.lock_as_is(page, timeout)?;
+        let guard = self.lock_as_is(page, timeout)?;
+        // What needs the guard by reference is decided here and done in `mend`, so that on
+        // the common path the guard is never borrowed, and goes to the caller as built.
+        let busy = guard.busy();
+        let foreign = self.layout != Layout::Native && guard.0.foreign_magic();
+        let counts = match &self.optimistic {
+            Some(optimistic) => optimistic.take(page),
+            None => (0, 0),
+        };
+        if busy || foreign || counts != (0, 0) {
+            return Ok(self.mend(guard, busy, foreign, counts));
+        }
+        Ok(guard)
+    }
+
+    /// [`lock`](Self::lock)'s work on a page that needs it: a busy marker, a foreign magic,
+    /// or read counts of this process's lock-free reads to add to the page header.
+    #[inline(never)]
+    fn mend<'a>(
+        &'a self,
+        mut guard: PageGuard<'a>,
+        busy: bool,
+        foreign: bool,
+        (reads, hits): (u32, u32),
+    ) -> PageGuard<'a> {
+        let page = guard.page_index();
         // A journaled change a dead process left is completed; any other marker is a reset.
-        if guard.busy() && !self.journal_redo(page) {
+        if busy && !self.journal_redo(page) {
             guard.reset();
         }
         // In Cache::FastMmap's layout a page may only be one Perl reads: a page with the
         // native tagged magic (damage, or planted) is reset here, before anything reads its
         // slot words with tags or writes tagged ones for Perl to take for offsets.
-        if self.layout != Layout::Native && guard.0.foreign_magic() {
+        if foreign && guard.0.foreign_magic() {
             guard.reset_because(Some(super::guard::FOREIGN_MAGIC.0));
         }
-        if let Some(optimistic) = &self.optimistic {
-            let (reads, hits) = optimistic.take(page);
-            if reads != 0 || hits != 0 {
-                guard.add_read_counts(reads, hits);
-            }
+        if reads != 0 || hits != 0 {
+            guard.add_read_counts(reads, hits);
         }
-        Ok(guard)
+        guard
     }
 
     /// Locks `page` for a change and leaves it as it is, however damaged (for checks and
