@@ -488,27 +488,36 @@ impl Cache {
     /// counts), in the file this handle uses now, following any resize that moved it.
     #[inline(always)]
     pub(crate) fn lock_page(&self, loc: Loc) -> Result<PageGuard<'_>> {
-        // The common case, a page of the handle's file taken at once, hands the guard on as
-        // the lock built it. Through `lock_page_at` and `follow_moves` it was rewrapped twice
-        // (`Result<Option<_>>`, then `Result<_>`), each a copy of a struct just written field
-        // by field, whose wide reads waited for those writes to reach the cache: 5–8% of a
-        // `set`. A move to follow, a read-only handle and an error to build go the general
-        // way, off the inlined path.
         let file: &SharedFile = &self.inner.file;
-        if !self.inner.read_only {
-            let page = loc.page(file.geometry().num_pages);
-            match file.lock(page, self.inner.lock_timeout) {
-                Ok(guard) => return Ok(guard),
-                Err(e) => return self.lock_page_failed(file, loc, e),
-            }
+        match self.try_lock_page(file, loc) {
+            Ok(guard) => Ok(guard),
+            Err(e) => self.lock_page_failed(file, loc, e),
         }
-        self.lock_page_from(file, loc)
+    }
+
+    /// [`lock_page`](Self::lock_page)'s common case, a page of the handle's file taken at
+    /// once: the guard as the lock built it, or the store's small error for
+    /// [`lock_page_failed`](Self::lock_page_failed) to act on (a move to follow, a read-only
+    /// handle, an error to build). Hot paths match on this themselves, so the guard goes
+    /// from the lock to their frame without passing through a `Result` with the crate's large
+    /// `Error`, whose copy (a struct just written field by field, read back in wide loads
+    /// that wait for those writes) was a hot spot of a `set`.
+    #[inline(always)]
+    pub(crate) fn try_lock_page<'s>(
+        &'s self,
+        file: &'s SharedFile,
+        loc: Loc,
+    ) -> std::result::Result<PageGuard<'s>, LockError> {
+        if self.inner.read_only {
+            return Err(LockError::ReadOnly);
+        }
+        file.lock(loc.page(file.geometry().num_pages), self.inner.lock_timeout)
     }
 
     /// [`lock_page`](Self::lock_page)'s way on when its first try on `file` failed with `e`.
     #[cold]
     #[inline(never)]
-    fn lock_page_failed<'s>(
+    pub(crate) fn lock_page_failed<'s>(
         &'s self,
         file: &'s SharedFile,
         loc: Loc,
@@ -702,18 +711,24 @@ impl Cache {
     }
 
     pub(crate) fn store(&self, req: &NewEntry<'_>, loc: Loc, now: u32) -> Result<StoreOutcome> {
-        {
-            // The page's lock row, header and the key's first slot are on their way while the
-            // lock is taken (a hint only; see `prefetch_page`).
-            let file: &SharedFile = &self.inner.file;
-            file.prefetch_page(loc.page(file.geometry().num_pages), req.slot_hash);
+        let file: &SharedFile = &self.inner.file;
+        // The page's lock row, header and the key's first slot are on their way while the lock
+        // is taken (a hint only; see `prefetch_page`).
+        file.prefetch_page(loc.page(file.geometry().num_pages), req.slot_hash);
+        let mut guard = match self.try_lock_page(file, loc) {
+            Ok(guard) => guard,
+            Err(e) => self.lock_page_failed(file, loc, e)?,
+        };
+        // Rebuilt rather than passed on whole: `Ok` is a tag and a byte, where moving the
+        // `Result` copies the room its large `Error` takes, just written, in wide loads that
+        // wait for the writes.
+        match self.store_locked(&mut guard, req, now) {
+            Ok(outcome) => Ok(outcome),
+            Err(Error::OverflowFull { needed, .. }) => {
+                self.store_after_overflow_full(guard, req, loc, now, needed)
+            }
+            Err(e) => Err(e),
         }
-        let mut guard = self.lock_page(loc)?;
-        let outcome = self.store_locked(&mut guard, req, now);
-        if let Err(Error::OverflowFull { needed, .. }) = outcome {
-            return self.store_after_overflow_full(guard, req, loc, now, needed);
-        }
-        outcome
     }
 
     /// [`store`](Self::store)'s way on when the overflow area had no room for `req`'s value:
