@@ -498,12 +498,12 @@ impl Cache {
     /// [`lock_page`](Self::lock_page)'s common case, a page of the handle's file taken at
     /// once: the guard as the lock built it, or the store's small error for
     /// [`lock_page_failed`](Self::lock_page_failed) to act on (a move to follow, a read-only
-    /// handle, an error to build). Hot paths match on this themselves, so the guard goes
-    /// from the lock to their frame without passing through a `Result` with the crate's large
-    /// `Error`, whose copy (a struct just written field by field, read back in wide loads
-    /// that wait for those writes) was a hot spot of a `set`.
+    /// handle, an error to build). A hot path (`store`) matches on this itself, so the guard
+    /// goes from the lock to its frame without passing through a `Result` with the crate's
+    /// large `Error`, whose copy (a struct just written field by field, read back in wide
+    /// loads that wait for those writes) was a hot spot of a `set`.
     #[inline(always)]
-    pub(crate) fn try_lock_page<'s>(
+    fn try_lock_page<'s>(
         &'s self,
         file: &'s SharedFile,
         loc: Loc,
@@ -517,7 +517,7 @@ impl Cache {
     /// [`lock_page`](Self::lock_page)'s way on when its first try on `file` failed with `e`.
     #[cold]
     #[inline(never)]
-    pub(crate) fn lock_page_failed<'s>(
+    fn lock_page_failed<'s>(
         &'s self,
         file: &'s SharedFile,
         loc: Loc,

@@ -214,7 +214,8 @@ impl SharedFile {
     ) -> Result<PageGuard<'_>, LockError> {
         let guard = self.lock_as_is(page, timeout)?;
         // What needs the guard by reference is decided here and done in `mend`, so that on
-        // the common path the guard is never borrowed, and goes to the caller as built.
+        // the common path the guard is never handed to a call that is not inlined (which puts
+        // it in memory, to be copied out again), and goes to the caller as built.
         let busy = guard.busy();
         let foreign = self.layout != Layout::Native && guard.0.foreign_magic();
         let counts = match &self.optimistic {
