@@ -453,10 +453,12 @@ impl Cache {
             let found = guard
                 .page()
                 .get(slot_hash, key, now, self.inner.stats)
-                .map(|e| e.map(|e| (e.value.to_vec(), e.flags, e.expire_on)))
                 .and_then(|e| {
-                    e.map(|(v, f, x)| self.resolve(at, &v, f).map(|(v, f)| (v, f, x)))
-                        .transpose()
+                    e.map(|e| {
+                        self.resolve(at, e.value, e.flags)
+                            .map(|(v, f)| (v, f, e.expire_on))
+                    })
+                    .transpose()
                 });
             match found {
                 Ok(Some(found)) => {
@@ -657,14 +659,13 @@ impl Cache {
         let current = guard
             .page()
             .get(slot_hash, key, now, self.inner.stats)
-            .map(|e| e.map(|e| (e.value.to_vec(), Entry::from_ref(&e), e.expire_on)))
             .and_then(|e| {
-                e.map(|(v, mut entry, x)| {
+                e.map(|e| {
                     // A large value: its bytes, and its flags without the overflow bit.
-                    self.resolve(at, &v, entry.flags.0).map(|(v, f)| {
+                    self.resolve(at, e.value, e.flags).map(|(v, f)| {
+                        let mut entry = Entry::with_value(Vec::new(), &e);
                         entry.flags.0 = f;
-                        entry.value.clear();
-                        (v, entry, x)
+                        (v, entry, e.expire_on)
                     })
                 })
                 .transpose()
@@ -703,8 +704,10 @@ impl Cache {
                     .peek(slot_hash, key, now)
                     .ok()
                     .flatten()
-                    .map(|e| (e.value.to_vec(), e.flags, e.expire_on))
-                    .and_then(|(v, f, x)| self.resolve(at, &v, f).ok().map(|(v, f)| (v, f, x)));
+                    .and_then(|e| {
+                        let (v, f) = self.resolve(at, e.value, e.flags).ok()?;
+                        Some((v, f, e.expire_on))
+                    });
                 let _ = guard.change(|p| p.remove(slot_hash, key, now));
                 drop(guard);
                 if let (Some(backing), Some((stored, flags, expire_on))) = (&layer.backing, old) {
@@ -743,8 +746,7 @@ impl Cache {
                 .peek(slot_hash, key, now)
                 .ok()
                 .flatten()
-                .map(|e| (e.value.to_vec(), e.flags))
-                .and_then(|(v, f)| self.resolve(at, &v, f).ok())
+                .and_then(|e| self.resolve(at, e.value, e.flags).ok())
         });
         drop(guard);
         self.write_back(&evicted)?;

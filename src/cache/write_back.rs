@@ -369,9 +369,12 @@ impl Cache {
             .peek(req.slot_hash, req.key, now)
             .ok()
             .flatten()
-            .map(|e| (e.value.to_vec(), e.flags, e.expire_on));
-        // A large value is compared by its bytes, as the closure saw them.
-        let found = match found.map(|(v, f, x)| self.resolve(at, &v, f).map(|(v, f)| (v, f, x))) {
+            // A large value is compared by its bytes, as the closure saw them.
+            .map(|e| {
+                self.resolve(at, e.value, e.flags)
+                    .map(|(v, f)| (v, f, e.expire_on))
+            });
+        let found = match found {
             Some(Ok(found)) => Some(found),
             Some(Err(c)) => {
                 guard.reset_for(c);
