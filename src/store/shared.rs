@@ -217,7 +217,7 @@ impl SharedFile {
         // the common path the guard is never handed to a call that is not inlined (which puts
         // it in memory, to be copied out again), and goes to the caller as built.
         let busy = guard.busy();
-        let foreign = self.layout != Layout::Native && guard.0.foreign_magic();
+        let foreign = guard.0.foreign_magic();
         let counts = match &self.optimistic {
             Some(optimistic) => optimistic.take(page),
             None => (0, 0),
