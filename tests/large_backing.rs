@@ -637,3 +637,39 @@ fn a_value_over_max_value_size_is_value_too_large_in_every_mode() {
         );
     }
 }
+
+/// Write-through: once the backing store has taken a `set`'s value, a cache that cannot keep
+/// the new value (here the area is full of another handle's dirty values, which a
+/// write-through `set`, holding its page's write-back lock, may not write back) gets the
+/// error, and keeps no copy of the key either: the old value would be stale. The next `get`
+/// reads the store's value through.
+#[test]
+fn a_write_through_the_cache_cannot_keep_leaves_no_stale_copy() {
+    let dir = temp_dir();
+    let path = dir.path().join("c");
+    let store = Shared::default();
+    let back = backed(&path, &store, WriteMode::Back);
+    let through = backed(&path, &store, WriteMode::Through);
+    through.set(b"late", b"old and small").unwrap();
+    assert_stored(&store, b"late", b"old and small");
+    let key = |i: u64| format!("full{i}").into_bytes();
+    for i in 0..16u64 {
+        assert!(back.set(&key(i), &make_value(&key(i), 1, 250_000)).unwrap());
+    }
+    let big = make_value(b"late", 2, 900_000);
+    let set = through.set(b"late", &big);
+    assert!(
+        matches!(set, Err(Error::OverflowFull { .. })),
+        "{set:?}: expected OverflowFull"
+    );
+    assert_stored(&store, b"late", &big);
+    assert_eq!(
+        through.entry(b"late").unwrap().map(|e| e.value.len()),
+        None,
+        "the old value is no copy of the store's"
+    );
+    let got = through.get(b"late").unwrap().expect("read through");
+    assert_eq!(check_value(b"late", &got), Ok(2));
+    back.flush().unwrap();
+    assert_eq!(store.written_twice(), Vec::<String>::new());
+}

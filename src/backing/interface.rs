@@ -121,7 +121,12 @@ pub trait Backing: Send + Sync + 'static {
 #[non_exhaustive]
 pub enum WriteMode {
     /// Every `set` stores in the backing store first, then in the cache; if the store fails,
-    /// the cache keeps what it had (Perl's `write_through`, the default).
+    /// the cache keeps what it had (Perl's `write_through`, the default). If the store takes
+    /// the value and the cache then cannot (its overflow area full of other handles' dirty
+    /// values, a concurrent resize to smaller pages, a damaged page), the `set` returns that
+    /// error and the cache drops its clean copy of the key, which the store no longer holds:
+    /// the next `get` reads the new value through. (After a lock error the copy is left, so
+    /// that the caller waits no longer than its lock timeout.)
     #[default]
     Through,
     /// A `set` only marks the cache entry dirty; it is written to the store when an entry is

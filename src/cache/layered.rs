@@ -390,14 +390,32 @@ impl Cache {
                 None
             }
         };
-        match self.store_keeping_dirty(&req, page, now, false)? {
-            Kept::Stored(outcome) => {
+        match self.store_keeping_dirty(&req, page, now, false) {
+            Ok(Kept::Stored(outcome)) => {
                 if let Some(fence) = fence {
                     self.keep_if_fenced(backing, &req, page, fence)?;
                 }
                 Ok(outcome != StoreOutcome::Refused)
             }
-            Kept::Existing(..) => unreachable!("only stores with if_absent find a value"),
+            Ok(Kept::Existing(..)) => unreachable!("only stores with if_absent find a value"),
+            // The backing store has the new value and the cache could not take it (the
+            // overflow area full of dirty values, a resize to smaller pages, a damaged page):
+            // a clean copy of the key is the old value, no longer the store's, and goes. A
+            // dirty one is a write of its own that the store has not seen, and stays. Not
+            // after a lock error: a second wait would double the caller's deadline.
+            Err(e)
+                if fence.is_some()
+                    && !matches!(
+                        e,
+                        crate::Error::LockTimeout { .. }
+                            | crate::Error::Lock { .. }
+                            | crate::Error::Reentrant { .. }
+                    ) =>
+            {
+                let _ = self.drop_clean_copy(&req, page);
+                Err(e)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -547,9 +565,6 @@ impl Cache {
         }
     }
 
-    /// For write-through: an entry just stored dirty goes to the backing store, then is marked
-    /// clean (unless changed meanwhile). If the store fails, it stays dirty, for `flush` or the
-    /// eviction that drops it.
     /// Deletes the key of `removed`, an entry just taken out of `page`, from the backing
     /// store; if that fails, puts the entry back (so the cache keeps what it had) and returns
     /// the backing store's error.
@@ -567,6 +582,9 @@ impl Cache {
         Ok(())
     }
 
+    /// For write-through: an entry just stored dirty goes to the backing store, then is marked
+    /// clean (unless changed meanwhile). If the store fails, it stays dirty, for `flush` or the
+    /// eviction that drops it.
     fn write_through(&self, layer: &Layer, req: &NewEntry<'_>, page: Loc) -> Result<()> {
         let Some(backing) = layer
             .backing
@@ -604,6 +622,12 @@ impl Cache {
         if before.is_some() && backing.fence(req.key) == before {
             return Ok(());
         }
+        self.drop_clean_copy(req, page)
+    }
+
+    /// Removes the cached copy of `req`'s key if it is clean (a copy of what the backing store
+    /// had); a dirty one is a write the store has not taken, and stays.
+    fn drop_clean_copy(&self, req: &NewEntry<'_>, page: Loc) -> Result<()> {
         let now = self.now();
         let mut guard = self.lock_for_change(page)?;
         let clean = guard
