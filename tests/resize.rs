@@ -1678,3 +1678,60 @@ fn forked_workers_keep_every_write_through_killed_resizers_fcntl() {
 fn forked_workers_keep_every_write_through_killed_resizers_robust() {
     workers_keep_every_write_through_killed_resizers(ROBUST);
 }
+
+/// A batch checks its pairs against the file it stores in: a handle that has not yet followed
+/// another's resize to smaller pages learns of it when it locks, and a pair too large for the
+/// new pages refuses the batch before any of it is stored there. The errors give the new
+/// pages' limit.
+#[test]
+fn a_batch_checks_its_pairs_against_the_file_a_resize_moved_it_to() {
+    let _s = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("cache");
+    let without_area = |pages: u32| {
+        NATIVE
+            .builder()
+            .path(&path)
+            .num_pages(pages)
+            .page_size(PAGE)
+            .overflow_size(0)
+            .open()
+            .expect("open")
+    };
+    let stale = without_area(SMALL);
+    let resizer = without_area(SMALL);
+    let big = vec![b'b'; 6000];
+    stale
+        .set(b"fits now", &big)
+        .expect("a 6000-byte value fits a 16 KiB page");
+    let small_max = {
+        let report = resizer.resize(SMALL, 4096).expect("shrink the pages");
+        assert_eq!(report.old_page_size, PAGE);
+        resizer.max_entry_size()
+    };
+    assert!(small_max < big.len());
+    let too_large = |r: Result<usize, Error>, what: &str| match r {
+        Err(Error::TooLarge { max, .. }) => assert_eq!(max, small_max, "{what}"),
+        other => panic!("{what}: expected TooLarge, got {other:?}"),
+    };
+    let pairs = [
+        (b"small".to_vec(), b"x".to_vec()),
+        (b"big".to_vec(), big.clone()),
+    ];
+    too_large(stale.multi_set(b"pk", &pairs), "multi_set");
+    assert_eq!(
+        stale.multi_get(b"pk", &[b"small"]).expect("multi_get"),
+        vec![None],
+        "multi_set stored a pair"
+    );
+    too_large(stale.set_many(&pairs), "set_many");
+    assert_eq!(
+        stale.get(b"small").expect("get"),
+        None,
+        "set_many stored a pair"
+    );
+    too_large(stale.set(b"big", &big).map(usize::from), "set");
+    assert_eq!(stale.page_size(), 4096);
+    assert_eq!(stale.set_many(&pairs[..1]).expect("set_many"), 1);
+    assert_eq!(stale.get(b"small").expect("get"), Some(b"x".to_vec()));
+}

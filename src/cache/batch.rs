@@ -25,7 +25,11 @@ impl Cache {
     /// many were stored (fewer than given only when tombstones refuse some).
     ///
     /// # Errors
-    /// [`Error::TooLarge`] if any pair cannot fit, before anything is stored; lock errors.
+    /// [`Error::TooLarge`] (or [`Error::ValueTooLarge`] in a file with an overflow area) if any
+    /// pair cannot fit, before anything is stored; lock errors. Should another process resize
+    /// the file to smaller pages while the batch is under way, the pairs stored before the move
+    /// stay (as the resize left them) and the rest are checked against the new file before
+    /// any of them is stored there.
     /// With a [`Backing`](crate::Backing) store: [`Error::Backing`]; a stored value that does not
     /// decompress: [`Error::Decode`].
     pub fn set_many<K: AsRef<[u8]>, V: AsRef<[u8]>>(&self, pairs: &[(K, V)]) -> Result<usize> {
@@ -103,10 +107,13 @@ impl Cache {
             .zip(pairs)
             .map(|(full, (_, v))| self.request(full, v.as_ref(), Expiry::Default, now).1)
             .collect();
-        for req in &reqs {
-            self.check_size(req)?;
-        }
         let mut guard = self.lock_page(page)?;
+        // Checked against the file whose page is held (a resize may have moved the page to
+        // one of smaller pages since the handle last looked), before anything is stored.
+        let file = guard.place().file;
+        for req in &reqs {
+            self.check_size_in(file, req)?;
+        }
         let mut stored = 0;
         for req in &reqs {
             if self.store_locked(&mut guard, req, now)? != StoreOutcome::Refused {

@@ -559,35 +559,45 @@ impl Cache {
     /// For the batch stores, which refuse the batch before storing any of it: each entry must
     /// fit an empty page or the overflow area (single stores learn this as they store).
     pub(crate) fn check_size(&self, req: &NewEntry<'_>) -> Result<()> {
-        match self.inner.file.route(req) {
+        self.check_size_in(&self.inner.file, req)
+    }
+
+    /// [`check_size`](Self::check_size) against `file`, the file a batch is about to store in
+    /// (past a resize, not necessarily the handle's when the batch began).
+    pub(super) fn check_size_in(&self, file: &SharedFile, req: &NewEntry<'_>) -> Result<()> {
+        match file.route(req) {
             Route::Page | Route::Overflow => Ok(()),
-            Route::TooLarge => Err(self.refused(req)),
+            Route::TooLarge => Err(self.refused_in(file, req)),
         }
     }
 
     /// The error for `req`, which neither a page nor the overflow area takes
     /// ([`Route::TooLarge`]): over `max_value_size` in a file with an area, else over a page.
     pub(super) fn refused(&self, req: &NewEntry<'_>) -> Error {
-        if self.inner.file.overflow().is_some() {
-            self.value_too_large(req)
+        self.refused_in(&self.inner.file, req)
+    }
+
+    /// [`refused`](Self::refused) with `file`'s limits: the file the store was routed in.
+    pub(super) fn refused_in(&self, file: &SharedFile, req: &NewEntry<'_>) -> Error {
+        if file.overflow().is_some() {
+            Error::ValueTooLarge {
+                path: self.path().to_path_buf(),
+                len: req.value.len(),
+                max: file.max_value_size(),
+            }
         } else {
-            self.too_large(req)
+            self.too_large_in(file, req)
         }
     }
 
-    pub(super) fn value_too_large(&self, req: &NewEntry<'_>) -> Error {
-        Error::ValueTooLarge {
-            path: self.path().to_path_buf(),
-            len: req.value.len(),
-            max: self.inner.file.max_value_size(),
-        }
-    }
-
-    pub(crate) fn too_large(&self, req: &NewEntry<'_>) -> Error {
+    /// The error for `req`, whose entry does not fit an empty page of `file` (the file of the
+    /// page that refused it).
+    pub(super) fn too_large_in(&self, file: &SharedFile, req: &NewEntry<'_>) -> Error {
+        let g = file.geometry();
         Error::TooLarge {
             path: self.path().to_path_buf(),
             needed: req.entry_size().unwrap_or(usize::MAX),
-            max: self.max_entry_size(),
+            max: max_entry_size(g.page_size as usize, g.start_slots),
         }
     }
 
@@ -696,7 +706,7 @@ impl Cache {
         match file.route(req) {
             Route::Page => {}
             Route::Overflow => return self.store_large(guard, req, now, in_place),
-            Route::TooLarge => return Err(self.refused(req)),
+            Route::TooLarge => return Err(self.refused_in(file, req)),
         }
         let outcome = match guard.change(|p| p.store_with(req, now, slots, in_place)) {
             Ok(outcome) => outcome,
@@ -705,7 +715,7 @@ impl Cache {
                 .map_err(|c| self.corrupt(guard.page_index(), c))?,
         };
         if outcome == StoreOutcome::TooLarge {
-            return Err(self.too_large(req));
+            return Err(self.too_large_in(file, req));
         }
         Ok(outcome)
     }

@@ -161,7 +161,9 @@ impl Cache {
                     .map_err(|c| self.corrupt(page, c))?,
             };
             match outcome {
-                Ok(StoreOutcome::TooLarge) => return Err(self.too_large(req)),
+                Ok(StoreOutcome::TooLarge) => {
+                    return Err(self.too_large_in(guard.place().file, req));
+                }
                 Ok(outcome) => return Ok(outcome),
                 Err(full) if !evicted => {
                     evicted = true;

@@ -167,14 +167,17 @@ impl Cache {
             .iter()
             .map(|(k, v)| self.request(k.as_ref(), v.as_ref(), Expiry::Default, now).1)
             .collect();
-        for req in &reqs {
-            self.check_size(req)?;
-        }
         // The pairs of pages a resize moved go on in the new file; the others were stored
         // here (while a move is under way, an unmoved page's keys live only in the old file).
         let mut rest: Vec<usize> = (0..pairs.len()).collect();
         let mut stored = 0;
         self.follow_moves(&self.inner.file, |file| {
+            // Every pair still to store must fit this file before any is stored in it: the
+            // whole batch, in the file the handle uses; past a resize to smaller pages, the
+            // pairs not yet stored (those stored before the move stay, as the resize left them).
+            for &i in &rest {
+                self.check_size_in(file, &reqs[i])?;
+            }
             let mut moved = Vec::new();
             let groups = self.group_by_page(
                 file.geometry().num_pages,
