@@ -934,3 +934,59 @@ fn a_moved_fence_keeps_values_out_of_the_file() {
     assert_eq!(cache.get(b"c").unwrap().as_deref(), Some(&b"3"[..]));
     assert!(cache.entry(b"c").unwrap().is_some());
 }
+
+/// `update` of a key only the store holds, when the read-through cannot keep a copy in the
+/// file (a moving fence, a distrusted host): the closure sees the store's value, its `Set`
+/// builds on it, and its `Remove` deletes the key from the store. (It used to see `None`: a
+/// counter at 41 became 1, and a removal left the store's value in place.)
+#[test]
+fn update_sees_the_stores_value_when_the_file_cannot_keep_it() {
+    for mode in [WriteMode::Through, WriteMode::Back] {
+        for distrust in [false, true] {
+            let what = format!("{mode:?}, distrust {distrust}");
+            let dir = common::temp_dir();
+            let store = Arc::new(Fenced::default());
+            store.moving.store(!distrust, Ordering::SeqCst);
+            store.distrust.store(distrust, Ordering::SeqCst);
+            store.inner.put("counter", "41");
+            store.inner.put("gone", "x");
+            let cache = Cache::builder()
+                .path(dir.path().join("c"))
+                .backing_arc(Arc::clone(&store) as Arc<dyn Backing>)
+                .write_mode(mode)
+                .open()
+                .unwrap();
+            let seen = cache
+                .update_with(b"counter", |old| {
+                    let seen = old.map(|e| e.value.to_vec());
+                    let n: u64 = seen
+                        .as_deref()
+                        .map_or(0, |v| std::str::from_utf8(v).unwrap().parse().unwrap());
+                    (Update::Set((n + 1).to_string().into_bytes()), seen)
+                })
+                .unwrap();
+            assert_eq!(seen.as_deref(), Some(&b"41"[..]), "{what}: the closure saw");
+            cache.flush().unwrap();
+            assert_eq!(
+                store
+                    .inner
+                    .snapshot()
+                    .get(&b"counter"[..])
+                    .map(Vec::as_slice),
+                Some(&b"42"[..]),
+                "{what}"
+            );
+            let kept = cache.update(b"gone", |old| {
+                assert_eq!(old, Some(&b"x"[..]), "{what}: the closure saw");
+                Update::Remove
+            });
+            assert_eq!(kept.unwrap(), None, "{what}");
+            assert_eq!(
+                store.inner.snapshot().get(&b"gone"[..]),
+                None,
+                "{what}: still stored"
+            );
+            assert_eq!(cache.get(b"gone").unwrap(), None, "{what}");
+        }
+    }
+}

@@ -2,6 +2,8 @@
 //! through a backing store, compressed values. The public methods in `handle.rs` document
 //! these.
 
+use std::time::SystemTime;
+
 use super::compression::{decompress, is_compressed, max_plain_len};
 use super::expiry::Expiry;
 use super::handle::{Cache, Entry, Loc, Update};
@@ -13,7 +15,7 @@ use crate::WriteMode;
 use crate::clock::from_unix_secs;
 use crate::page::consts::{FLAG_DIRTY, FLAG_UNDEF};
 use crate::page::{Copied, DirtyCopy, NewEntry, StoreOutcome};
-use crate::{Backing, Clock};
+use crate::{Backing, Clock, EntryFlags};
 
 /// What a look into the cache found, for read-through.
 enum Look {
@@ -23,6 +25,14 @@ enum Look {
     Negative,
     /// Nothing live; the key's expired dirty entry, if it has one.
     Miss(Option<DirtyCopy>),
+}
+
+/// A value read through the backing store: what the store returned (decompressed), with the
+/// store's expiry for it when the store gave one. Whether the file kept a copy is the file's
+/// business: `update` hands it to its closure either way.
+struct Loaded {
+    value: Vec<u8>,
+    expires_at: Option<SystemTime>,
 }
 
 impl Cache {
@@ -161,7 +171,9 @@ impl Cache {
                 }
             }
         };
-        self.get_holding_write_back(layer, key, page, slot_hash, now)
+        Ok(self
+            .get_holding_write_back(layer, key, page, slot_hash, now)?
+            .map(|loaded| loaded.value))
     }
 
     /// What a `get` that missed (or may not trust its hit) returns when the write-back lock
@@ -200,15 +212,25 @@ impl Cache {
         page: Loc,
         slot_hash: u32,
         now: u32,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<Option<Loaded>> {
         if !layer.trusts_cached() {
             return self.load_distrusting(layer, key, page, slot_hash, now);
         }
         match self.look(layer, key, page, slot_hash, now)? {
-            Look::Hit(stored, flags) => self.decode_value(key, stored, flags).map(Some),
+            Look::Hit(stored, flags) => self.in_file(key, stored, flags),
             Look::Negative => Ok(None),
             Look::Miss(expired_dirty) => self.read_through(layer, key, page, now, expired_dirty),
         }
+    }
+
+    /// A value found in the file (as `stored`, with `flags`) where a read-through was due: the
+    /// file has its expiry.
+    fn in_file(&self, key: &[u8], stored: Vec<u8>, flags: u32) -> Result<Option<Loaded>> {
+        let value = self.decode_value(key, stored, flags)?;
+        Ok(Some(Loaded {
+            value,
+            expires_at: None,
+        }))
     }
 
     /// `get` while the backing store does not trust the cache's copies
@@ -222,7 +244,7 @@ impl Cache {
         page: Loc,
         slot_hash: u32,
         now: u32,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<Option<Loaded>> {
         let mut guard = self.lock_for_change(page)?;
         let at = guard.place();
         let found = guard
@@ -231,7 +253,7 @@ impl Cache {
             .and_then(|e| e.map(|e| self.resolve(at, e.value, e.flags)).transpose());
         match found {
             Ok(Some((stored, flags))) if flags & FLAG_DIRTY != 0 => {
-                return self.decode_value(key, stored, flags).map(Some);
+                return self.in_file(key, stored, flags);
             }
             Ok(Some(_)) => {
                 let _ = guard.change(|p| p.remove(slot_hash, key, now));
@@ -252,7 +274,7 @@ impl Cache {
         page: Loc,
         now: u32,
         expired_dirty: Option<DirtyCopy>,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<Option<Loaded>> {
         let Some(backing) = &layer.backing else {
             return Ok(None);
         };
@@ -269,6 +291,12 @@ impl Cache {
         {
             Some((v, at)) => (Some(v), at),
             None => (None, None),
+        };
+        let handed = |loaded: Option<Vec<u8>>| {
+            loaded.map(|value| Loaded {
+                value,
+                expires_at: store_expiry,
+            })
         };
         let (value, flags) = match &loaded {
             Some(v) => (v.as_slice(), 0),
@@ -289,7 +317,7 @@ impl Cache {
             let at = Clock::copy_expiry_secs(at);
             let at = u32::try_from(at).unwrap_or(u32::MAX);
             if at <= now {
-                return Ok(loaded);
+                return Ok(handed(loaded));
             }
             if req.expire_on == 0 || at < req.expire_on {
                 req.expire_on = at;
@@ -297,16 +325,16 @@ impl Cache {
         }
         if self.check_size(&req).is_err() {
             // Too large to cache: handed over all the same.
-            return Ok(loaded);
+            return Ok(handed(loaded));
         }
         match self.store_keeping_dirty(&req, page, now, true) {
-            Ok(Kept::Existing(stored, flags)) => self.decode_value(key, stored, flags).map(Some),
+            Ok(Kept::Existing(stored, flags)) => self.in_file(key, stored, flags),
             Ok(Kept::Stored(_)) => {
                 self.keep_if_fenced(backing, &req, page, fence)?;
-                Ok(loaded)
+                Ok(handed(loaded))
             }
             // A large value the overflow area has no room for: handed over uncached.
-            Err(crate::Error::OverflowFull { .. }) => Ok(loaded),
+            Err(crate::Error::OverflowFull { .. }) => Ok(handed(loaded)),
             Err(e) => Err(e),
         }
     }
@@ -657,6 +685,7 @@ impl Cache {
         let backed = layer.backing.is_some();
         let _write_back = self.write_back_lock(page)?;
         let mut loaded_once = false;
+        let mut loaded = None;
         let mut guard = loop {
             let mut guard = self.lock_for_change(page)?;
             let live = guard
@@ -676,7 +705,7 @@ impl Cache {
             }
             drop(guard);
             loaded_once = true;
-            self.get_holding_write_back(layer, key, page, slot_hash, now)?;
+            loaded = self.get_holding_write_back(layer, key, page, slot_hash, now)?;
         };
         // The closure sees the value decompressed, under the lock.
         let at = guard.place();
@@ -713,6 +742,25 @@ impl Cache {
                 None
             }
         };
+        // The store's value, which the read-through above could not leave in the file (its
+        // fence moved or the host distrusts its copies, the store's expiry is within the
+        // second, a large value found no room): the closure sees it all the same, and a
+        // removal deletes it from the store. Without this the closure would see no value for
+        // a key the store holds, and its decision would overwrite or keep what it never saw.
+        let only_in_store = current.is_none() && loaded.is_some();
+        let current = match (current, loaded) {
+            (None, Some(Loaded { value, expires_at })) => Some((
+                value,
+                Entry {
+                    value: Vec::new(),
+                    expires_at,
+                    last_access: from_unix_secs(now),
+                    modseq: None,
+                    flags: EntryFlags(0),
+                },
+            )),
+            (current, _) => current,
+        };
         let existing = current.as_ref().map(|(value, e)| Existing {
             value,
             expires_at: e.expires_at,
@@ -734,7 +782,13 @@ impl Cache {
                     });
                 let _ = guard.change(|p| p.remove(slot_hash, key, now));
                 drop(guard);
-                if let (Some(backing), Some((stored, flags, expire_on))) = (&layer.backing, old) {
+                if let (Some(backing), true) = (&layer.backing, only_in_store) {
+                    backing
+                        .delete(key)
+                        .map_err(|e| self.backing_error("delete", Some(key), e))?;
+                } else if let (Some(backing), Some((stored, flags, expire_on))) =
+                    (&layer.backing, old)
+                {
                     let removed = NewEntry {
                         slot_hash,
                         key,
