@@ -486,9 +486,10 @@ impl Cache {
             .is_some_and(|r| r.was_live && !(layer.backing.is_some() && is_negative(r.flags))))
     }
 
-    /// `take` through a layer: removed from the cache under its lock, then deleted from the
-    /// backing store; if that fails, the entry goes back into the cache (unless the key was
-    /// stored meanwhile) and the take fails.
+    /// `take` through a layer: a clean entry is removed from the cache under its lock, then
+    /// deleted from the backing store; if that fails, the entry goes back into the cache
+    /// (unless the key was stored meanwhile) and the take fails. A dirty entry stays in the
+    /// cache until the store has deleted the key (see [`delete_taken`](Self::delete_taken)).
     pub(crate) fn take_layered(&self, layer: &Layer, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
@@ -508,7 +509,9 @@ impl Cache {
                 });
             match found {
                 Ok(Some(found)) => {
-                    let _ = guard.change(|p| p.remove(slot_hash, key, now));
+                    if !leaves_after_delete(layer, found.1) {
+                        let _ = guard.change(|p| p.remove(slot_hash, key, now));
+                    }
                     Some(found)
                 }
                 Ok(None) => None,
@@ -534,7 +537,7 @@ impl Cache {
                     flags,
                     modseq: None,
                 };
-                self.delete_or_restore(backing, &taken, page, now)?;
+                self.delete_taken(backing, &taken, page, now)?;
                 self.decode_value(key, stored, flags).map(Some)
             }
             None => {
@@ -593,19 +596,51 @@ impl Cache {
         }
     }
 
-    /// Deletes the key of `removed`, an entry just taken out of `page`, from the backing
-    /// store; if that fails, puts the entry back (so the cache keeps what it had) and returns
+    /// Deletes the key of `taken` (an entry of `page` that `take` or an update's `Remove` read
+    /// under the lock) from the backing store, and completes its removal from the file: a
+    /// clean entry was already taken out, and is put back if the delete fails (so the cache
+    /// keeps what it had); a dirty one goes only once the store has deleted the key. Returns
     /// the backing store's error.
-    fn delete_or_restore(
+    fn delete_taken(
         &self,
         backing: &std::sync::Arc<dyn crate::Backing>,
-        removed: &NewEntry<'_>,
+        taken: &NewEntry<'_>,
         page: Loc,
         now: u32,
     ) -> Result<()> {
-        if let Err(e) = backing.delete(removed.key) {
-            let _ = self.store_keeping_dirty(removed, page, now, true);
-            return Err(self.backing_error("delete", Some(removed.key), e));
+        let deleted = backing
+            .delete(taken.key)
+            .map_err(|e| self.backing_error("delete", Some(taken.key), e));
+        if taken.flags & FLAG_DIRTY == 0 {
+            // A clean entry was taken out first; put back if the store kept the key.
+            if deleted.is_err() {
+                let _ = self.store_keeping_dirty(taken, page, now, true);
+            }
+            return deleted;
+        }
+        // A dirty entry is a write the store has not seen: it stayed in the file through the
+        // delete (see `leaves_after_delete`), so that a failure leaves it there, still to be
+        // written back, rather than in neither place (a restore can fail too: a full page
+        // whose dirty entries the store, down, cannot take). It goes now, unless changed
+        // meanwhile: a write that landed after the delete stays. Expired or not: an expired
+        // dirty entry would be written back on its way out.
+        deleted?;
+        let mut guard = self.lock_for_change(page)?;
+        let at = guard.place();
+        let unchanged = guard
+            .page()
+            .view()
+            .find(taken.slot_hash, taken.key)
+            .ok()
+            .flatten()
+            .is_some_and(|e| {
+                e.expire_on == taken.expire_on
+                    && self
+                        .resolve(at, e.value, e.flags)
+                        .is_ok_and(|(v, f)| f == taken.flags && v == taken.value)
+            });
+        if unchanged {
+            let _ = guard.change(|p| p.remove(taken.slot_hash, taken.key, now));
         }
         Ok(())
     }
@@ -780,7 +815,12 @@ impl Cache {
                         let (v, f) = self.resolve(at, e.value, e.flags).ok()?;
                         Some((v, f, e.expire_on))
                     });
-                let _ = guard.change(|p| p.remove(slot_hash, key, now));
+                if !old
+                    .as_ref()
+                    .is_some_and(|(_, flags, _)| leaves_after_delete(layer, *flags))
+                {
+                    let _ = guard.change(|p| p.remove(slot_hash, key, now));
+                }
                 drop(guard);
                 if let (Some(backing), true) = (&layer.backing, only_in_store) {
                     backing
@@ -797,7 +837,7 @@ impl Cache {
                         flags,
                         modseq: None,
                     };
-                    self.delete_or_restore(backing, &removed, page, now)?;
+                    self.delete_taken(backing, &removed, page, now)?;
                 }
                 return Ok((None, r));
             }
@@ -838,4 +878,11 @@ impl Cache {
         self.write_through(layer, &req, page)?;
         Ok((Some(value), r))
     }
+}
+
+/// Whether an entry with `flags`, read by `take` or an update's `Remove`, stays in the file
+/// until the backing store has deleted its key (see `Cache::delete_taken`): a dirty entry of a
+/// backed handle, a write the store has not seen.
+fn leaves_after_delete(layer: &Layer, flags: u32) -> bool {
+    layer.backing.is_some() && flags & FLAG_DIRTY != 0 && !is_negative(flags)
 }
