@@ -1056,3 +1056,49 @@ fn a_dirty_entry_taken_while_the_store_fails_is_not_lost() {
     assert_eq!(cache.entry(b"t").unwrap(), None);
     assert_eq!(store.snapshot().get(&b"t"[..]), None);
 }
+
+/// `remove` while another process holds the key's page lock past the lock timeout, just as
+/// the store deletes the key: the cached copy was taken out before the delete, so the cache
+/// never serves the value the store no longer has. (Deleting first, the remove then timed out
+/// on the page lock and left the old value cached.)
+#[test]
+fn a_remove_never_leaves_a_copy_the_store_has_deleted() {
+    let dir = common::temp_dir();
+    let store = Shared::default();
+    let cache = builder(&dir, &store, WriteMode::Through)
+        .num_pages(1)
+        .lock_timeout(Duration::from_millis(200))
+        .open()
+        .unwrap();
+    cache.set(b"k", b"v").unwrap();
+    let plain = Cache::builder().path(dir.path().join("c")).open().unwrap();
+    let (held, holder) = (
+        Arc::new(std::sync::Barrier::new(2)),
+        Arc::new(Mutex::new(None)),
+    );
+    let (held2, holder2) = (Arc::clone(&held), Arc::clone(&holder));
+    *store.0.on_delete.lock().unwrap() = Some(Box::new(move || {
+        // Another handle takes the page's lock and keeps it past the timeout.
+        let held3 = Arc::clone(&held2);
+        let t = std::thread::spawn(move || {
+            plain
+                .update(b"other", |_| {
+                    held3.wait();
+                    std::thread::sleep(Duration::from_millis(600));
+                    Update::Keep
+                })
+                .unwrap();
+        });
+        held2.wait();
+        *holder2.lock().unwrap() = Some(t);
+    }));
+    let removed = cache.remove(b"k");
+    holder.lock().unwrap().take().unwrap().join().unwrap();
+    assert!(removed.unwrap(), "it held a live value");
+    assert_eq!(store.snapshot().get(&b"k"[..]), None);
+    assert_eq!(
+        cache.get(b"k").unwrap(),
+        None,
+        "the cache kept the deleted value"
+    );
+}

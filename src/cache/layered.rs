@@ -468,22 +468,84 @@ impl Cache {
         Ok(stored)
     }
 
-    /// `remove` through a layer: the backing store first, then the cache.
+    /// `remove` through a layer. Its live entry is read first, under the lock, and dealt with
+    /// as `take` deals with it (see [`delete_taken`](Self::delete_taken)): a clean one is taken
+    /// out before the store deletes the key, and put back if that fails; a dirty one goes once
+    /// the store has deleted it. (Deleting first and locking after could fail at the lock,
+    /// leaving the cache serving a value the store no longer has.)
     pub(crate) fn remove_layered(&self, layer: &Layer, key: &[u8]) -> Result<bool> {
         let (page, slot_hash) = self.locate(key);
-        let _write_back = self.write_back_lock(page)?;
-        if let Some(backing) = &layer.backing {
-            backing
-                .delete(key)
-                .map_err(|e| self.backing_error("delete", Some(key), e))?;
-        }
         let now = self.now();
+        let _write_back = self.write_back_lock(page)?;
+        let Some(backing) = &layer.backing else {
+            let mut guard = self.lock_for_change(page)?;
+            let removed = guard.change(|p| p.remove(slot_hash, key, now));
+            return Ok(removed.ok().flatten().is_some_and(|r| r.was_live));
+        };
+        match self.take_out(layer, key, page, slot_hash, now, false)? {
+            Some((stored, flags, expire_on)) if !is_negative(flags) => {
+                let taken = NewEntry {
+                    slot_hash,
+                    key,
+                    value: &stored,
+                    expire_on,
+                    flags,
+                    modseq: None,
+                };
+                self.delete_taken(backing, &taken, page, now)?;
+                Ok(true)
+            }
+            found => {
+                backing
+                    .delete(key)
+                    .map_err(|e| self.backing_error("delete", Some(key), e))?;
+                if found.is_none() {
+                    // An expired entry of the key goes too.
+                    let mut guard = self.lock_for_change(page)?;
+                    let _ = guard.change(|p| p.remove(slot_hash, key, now));
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// The live entry of `key` in `page`, read under the lock as (stored bytes, flags,
+    /// expire_on), and taken out of the file unless it must stay until the backing store has
+    /// deleted the key ([`leaves_after_delete`]). `count` counts the read in the statistics.
+    fn take_out(
+        &self,
+        layer: &Layer,
+        key: &[u8],
+        page: Loc,
+        slot_hash: u32,
+        now: u32,
+        count: bool,
+    ) -> Result<Option<(Vec<u8>, u32, u32)>> {
         let mut guard = self.lock_for_change(page)?;
-        let removed = guard.change(|p| p.remove(slot_hash, key, now));
-        Ok(removed
-            .ok()
-            .flatten()
-            .is_some_and(|r| r.was_live && !(layer.backing.is_some() && is_negative(r.flags))))
+        let at = guard.place();
+        let found = guard
+            .page()
+            .get(slot_hash, key, now, count && self.inner.stats)
+            .and_then(|e| {
+                e.map(|e| {
+                    self.resolve(at, e.value, e.flags)
+                        .map(|(v, f)| (v, f, e.expire_on))
+                })
+                .transpose()
+            });
+        Ok(match found {
+            Ok(Some(found)) => {
+                if !leaves_after_delete(layer, found.1) {
+                    let _ = guard.change(|p| p.remove(slot_hash, key, now));
+                }
+                Some(found)
+            }
+            Ok(None) => None,
+            Err(c) => {
+                guard.reset_for(c);
+                None
+            }
+        })
     }
 
     /// `take` through a layer: a clean entry is removed from the cache under its lock, then
@@ -494,33 +556,7 @@ impl Cache {
         let (page, slot_hash) = self.locate(key);
         let now = self.now();
         let _write_back = self.write_back_lock(page)?;
-        let taken = {
-            let mut guard = self.lock_for_change(page)?;
-            let at = guard.place();
-            let found = guard
-                .page()
-                .get(slot_hash, key, now, self.inner.stats)
-                .and_then(|e| {
-                    e.map(|e| {
-                        self.resolve(at, e.value, e.flags)
-                            .map(|(v, f)| (v, f, e.expire_on))
-                    })
-                    .transpose()
-                });
-            match found {
-                Ok(Some(found)) => {
-                    if !leaves_after_delete(layer, found.1) {
-                        let _ = guard.change(|p| p.remove(slot_hash, key, now));
-                    }
-                    Some(found)
-                }
-                Ok(None) => None,
-                Err(c) => {
-                    guard.reset_for(c);
-                    None
-                }
-            }
-        };
+        let taken = self.take_out(layer, key, page, slot_hash, now, true)?;
         let Some(backing) = &layer.backing else {
             return taken
                 .map(|(stored, flags, _)| self.decode_value(key, stored, flags))

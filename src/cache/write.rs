@@ -67,7 +67,10 @@ impl Cache {
     }
 
     /// Removes `key`. Returns whether it held a live value. With a backing store, the key is
-    /// deleted from the store first, and the cache is left as it was if that fails.
+    /// deleted from the store too, and the cache is left as it was if that fails: a cached
+    /// copy is taken out first and put back then (a dirty one, a write the store has not seen,
+    /// stays until the store has deleted the key), so the cache never keeps a value the store
+    /// has deleted.
     ///
     /// # Errors
     /// Lock errors.
