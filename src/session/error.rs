@@ -21,6 +21,12 @@ pub enum Error {
     #[error("cannot generate a session id: the system's random number generator failed: {0}")]
     Random(#[source] getrandom::Error),
 
+    /// [`SessionStore::change_id`](crate::session::SessionStore::change_id) found the
+    /// session changed by other requests every time it was about to delete the old id (a
+    /// handful of times in a row). Nothing changed: the session keeps its old id; try again.
+    #[error("the session kept changing while its id was being changed; it keeps its old id")]
+    Contended,
+
     /// Every freshly generated id was already in use: the random number generator is not
     /// random. Nothing was written.
     #[error(

@@ -9,7 +9,7 @@
 
 use super::Client;
 use super::key;
-use super::save::{Applied, CAS_ROUNDS, ID_ATTEMPTS, Saved, apply, gone, swap};
+use super::save::{Applied, CAS_ROUNDS, ID_ATTEMPTS, Moved, Saved, apply, gone, move_record, swap};
 use super::tier::Tier;
 use crate::session::catalyst_record::{
     CatalystConfig, CatalystRecord, EXPIRES_PREFIX, FLASH_PREFIX, SESSION_PREFIX, decode_expires,
@@ -322,39 +322,46 @@ impl Catalyst {
     }
 
     /// Catalyst's `change_session_id` for a stored session: the session (with this request's
-    /// changes) moves to a new id; the old id's three keys are deleted.
+    /// changes) moves to a new id; the old id's three keys are deleted. The new hash is
+    /// written before the old one goes, and the old one goes only as it was read (see
+    /// [`move_record`]), so an error at any step leaves the session whole under its old id.
     pub(super) fn change_id(&self, tier: &Tier, session: &mut Session) -> Result<SessionId> {
         let old = session.id;
         let now = tier.now();
-        let old_key = session_key(&old);
-        // Take the old hash in one step (if it can be read), so that no save slips in between.
-        let taken = tier.try_update(&old_key, |current| match current {
-            None => Ok((Update::Keep, None)),
-            Some(bytes) => {
-                let record = CatalystRecord::decode(bytes)?;
-                Ok((Update::Remove, Some((bytes.to_vec(), record))))
-            }
-        })?;
-        let Some((stored_bytes, stored)) = taken else {
-            gone(session);
-            self.delete(tier, &old)?;
-            session.id = new_id()?;
-            return Ok(old);
-        };
-        let record = merged(session, stored, now);
         let expires = now.saturating_add(self.config.expires);
-        let id = match self.write_new(tier, &record, expires, None) {
-            Ok(id) => id,
-            Err(e) => {
-                // Put the old session back as it was; its expiry was never touched.
-                let _ = tier.set_with(&old_key, &stored_bytes, Expiry::Never);
-                return Err(e);
+        let moved = move_record(
+            tier,
+            &session_key(&old),
+            |stored| {
+                let record = merged(session, CatalystRecord::decode(stored)?, now);
+                Ok(Some((record.encode()?, record)))
+            },
+            |bytes, record, to| match to {
+                None => self.write_new(tier, record, expires, None),
+                Some(id) => {
+                    tier.set_with(&session_key(&id), bytes, Expiry::Never)?;
+                    Ok(id)
+                }
+            },
+            |id| {
+                let _ = self.delete(tier, id);
+            },
+        )?;
+        match moved {
+            Moved::To(id, record) => {
+                // The old id's other keys: without its `session:` hash they hold no session,
+                // so a failure to delete them now leaves only garbage, not the session.
+                let _ = self.delete(tier, &old);
+                session.id = id;
+                let times = Times::written(record.created, now, expires);
+                session.mark_stored(record.data, times);
             }
-        };
-        self.delete(tier, &old)?;
-        session.id = id;
-        let times = Times::written(record.created, now, expires);
-        session.mark_stored(record.data, times);
+            Moved::Gone => {
+                gone(session);
+                self.delete(tier, &old)?;
+                session.id = new_id()?;
+            }
+        }
         Ok(old)
     }
 

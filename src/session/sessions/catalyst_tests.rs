@@ -439,6 +439,53 @@ fn change_id_moves_the_session_and_kills_the_old_keys() {
     assert_eq!(s.origin(), &Origin::New(NewReason::Unknown));
 }
 
+/// Catalyst mode's `change_id` over a cache whose backing store stops taking writes: the move
+/// fails and the session stays whole under its old id (see the native mode's test).
+#[test]
+fn change_id_keeps_the_session_when_the_store_stops_taking_writes() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let backing = std::sync::Arc::new(super::tests::FailingStores::default());
+    let cache = Cache::builder()
+        .path(dir.path().join("session_data"))
+        .layout(Layout::FastMmap)
+        .num_pages(89)
+        .page_size(64 * 1024)
+        .clock(ManualClock::new(UNIX_EPOCH + Duration::from_secs(T0)))
+        .backing_arc(backing.clone())
+        .open()
+        .unwrap();
+    let store = SessionStore::builder()
+        .cache(cache)
+        .catalyst(CatalystConfig::new())
+        .build()
+        .unwrap();
+    let mut s = store.load(None, &Client::new()).unwrap();
+    s.insert("user", "ada").unwrap();
+    store.save(&mut s).unwrap();
+    let id = *s.id();
+    let mut s = store.load(Some(&id), &Client::new()).unwrap();
+    backing.failing.store(true, Ordering::SeqCst);
+    let e = store.change_id(&mut s).unwrap_err();
+    assert!(
+        matches!(e, Error::Cache(crate::Error::Backing { op: "store", .. })),
+        "{e}"
+    );
+    assert_eq!(s.id(), &id, "the session keeps its id");
+    let back = store.load(Some(&id), &Client::new()).unwrap();
+    assert_eq!(
+        back.get::<String>("user").unwrap().as_deref(),
+        Some("ada"),
+        "the session was lost"
+    );
+    backing.failing.store(false, Ordering::SeqCst);
+    assert_eq!(store.change_id(&mut s).unwrap(), id);
+    let moved = store.load(Some(s.id()), &Client::new()).unwrap();
+    assert_eq!(moved.get::<String>("user").unwrap().as_deref(), Some("ada"));
+    let by_old = store.load(Some(&id), &Client::new()).unwrap();
+    assert_eq!(by_old.origin(), &Origin::New(NewReason::Unknown));
+}
+
 #[test]
 fn flash_is_kept_until_read_and_delivered_once() {
     let f = fixture(CatalystConfig::new());

@@ -8,7 +8,7 @@
 //! work happens outside the lock.
 
 use super::Client;
-use super::save::{Applied, CAS_ROUNDS, ID_ATTEMPTS, Saved, apply, gone, swap};
+use super::save::{Applied, CAS_ROUNDS, ID_ATTEMPTS, Moved, Saved, apply, gone, move_record, swap};
 use super::tier::Tier;
 use crate::session::data::{NewReason, Session, State, from_unix_secs};
 use crate::session::error::{Error, Result};
@@ -344,56 +344,50 @@ impl Native {
         Ok(tier.remove(&self.key(id))?)
     }
 
-    /// Moves a stored session to a new id.
+    /// Moves a stored session to a new id: the new record is written before the old one goes,
+    /// and the old one goes only as it was read (see [`move_record`]), so an error at any step
+    /// leaves the session whole under its old id, as `change_id` promises.
     pub(super) fn change_id(&self, tier: &Tier, session: &mut Session) -> Result<SessionId> {
         let old = session.id;
         let now = tier.now();
         let old_key = self.key(&old);
-        // Take the old record (if it can be read) in one step, so that no save slips in
-        // between reading it and deleting it.
-        let taken = tier.try_update(&old_key, |current| match current {
-            None => Ok((Update::Keep, None)),
-            Some(bytes) => {
-                RecordView::parse(bytes)?;
-                Ok((Update::Remove, Some(bytes.to_vec())))
-            }
-        })?;
-        let Some(stored) = taken else {
-            gone(session);
-            session.id = IdFormat::Native.generate()?;
-            return Ok(old);
-        };
-        let restore = || {
-            if let Ok(view) = RecordView::parse(&stored) {
-                let until = Expiry::At(from_unix_secs(view.header.times.expires));
-                let _ = tier.set_with(&old_key, &stored, until);
-            }
-        };
-        let written = self
-            .plan(session, Some(&stored), now)
-            .and_then(|plan| match plan {
-                Plan::Gone { .. } => Ok(None),
-                Plan::Write { bytes, times, data } => {
-                    let id = self.write_new(tier, &bytes, times.expires, None)?;
-                    Ok(Some((id, times, data)))
+        let mut expired = false;
+        let moved = move_record(
+            tier,
+            &old_key,
+            |stored| match self.plan(session, Some(stored), now)? {
+                Plan::Gone { remove } => {
+                    expired = remove;
+                    Ok(None)
                 }
-            });
-        match written {
-            Err(e) => {
-                restore();
-                Err(e)
-            }
-            Ok(None) => {
-                gone(session);
-                session.id = IdFormat::Native.generate()?;
-                Ok(old)
-            }
-            Ok(Some((id, times, data))) => {
+                Plan::Write { bytes, times, data } => Ok(Some((bytes, (times, data)))),
+            },
+            |bytes, (times, _), to| match to {
+                None => self.write_new(tier, bytes, times.expires, None),
+                Some(id) => {
+                    let until = Expiry::At(from_unix_secs(times.expires));
+                    tier.set_with(&self.key(&id), bytes, until)?;
+                    Ok(id)
+                }
+            },
+            |id| {
+                let _ = tier.remove(&self.key(id));
+            },
+        )?;
+        match moved {
+            Moved::To(id, (times, data)) => {
                 session.id = id;
                 session.mark_stored(data, times);
-                Ok(old)
+            }
+            Moved::Gone => {
+                if expired {
+                    tier.remove(&old_key)?;
+                }
+                gone(session);
+                session.id = IdFormat::Native.generate()?;
             }
         }
+        Ok(old)
     }
 
     /// The atomic read-modify-write of the session `id` under the lock.

@@ -84,8 +84,12 @@ impl SessionStore {
     /// session was deleted or expired meanwhile, it is not recreated (the session counts as
     /// invalidated, as after [`Saved::Gone`]).
     ///
+    /// The new record is written before the old one is deleted, and the old one only as it
+    /// was read: a save to the old id by another request meanwhile is carried over.
+    ///
     /// # Errors
-    /// As [`save`](Self::save); on an error the session stays under its old id.
+    /// As [`save`](Self::save); [`Error::Contended`] if other requests kept saving the session
+    /// meanwhile. On an error the session stays whole under its old id, whatever failed.
     pub fn change_id(&self, session: &mut Session) -> Result<SessionId> {
         let old = session.id;
         if session.state == State::New || session.invalidated {
@@ -191,6 +195,72 @@ pub(super) fn swap<P>(
         let decision = decide(current)?;
         Ok((write(&decision), decision))
     })
+}
+
+/// What [`move_record`] did.
+pub(super) enum Moved<T> {
+    /// The record is under the new id, made by `decide` (with this `T`) from what the old id
+    /// held last; the old record is gone.
+    To(SessionId, T),
+    /// The old id held nothing to move (`decide` said so, or the record was deleted
+    /// meanwhile): nothing changed, and any record written for the new id was removed again.
+    Gone,
+}
+
+/// Moves the record under `old_key` to a new id, for `change_id`, in rounds: the old record is
+/// read, `decide` makes the new record's bytes of it (or `None`: nothing to move), `write`
+/// stores them under a new id (given `None`, a fresh one; given the id an earlier round wrote,
+/// over that record), and the old record is removed only if it is still what was read. A save
+/// to the old id that lands meanwhile fails that last step, and the next round carries its
+/// changes over (at most [`CAS_ROUNDS`] rounds, then [`Error::Contended`]).
+///
+/// The new record is written before the old one goes, so an error at any step leaves the
+/// session whole under its old id. (Taking the old record first and putting it back after a
+/// failed write lost the session whenever the put-back failed too, as it does when the store
+/// is down.) A record written for the new id is removed again on an error or when there is
+/// nothing to move (`discard`, best effort: if that fails too, the record is an orphan under
+/// an id nobody was given, until it expires).
+pub(super) fn move_record<T>(
+    tier: &Tier,
+    old_key: &[u8],
+    mut decide: impl FnMut(&[u8]) -> Result<Option<(Vec<u8>, T)>>,
+    mut write: impl FnMut(&[u8], &T, Option<SessionId>) -> Result<SessionId>,
+    discard: impl FnOnce(&SessionId),
+) -> Result<Moved<T>> {
+    let mut written = None;
+    let mut rounds = || {
+        for _ in 0..CAS_ROUNDS {
+            let Some(stored) = tier.get(old_key)? else {
+                return Ok(None);
+            };
+            let Some((bytes, made)) = decide(&stored)? else {
+                return Ok(None);
+            };
+            let id = write(&bytes, &made, written)?;
+            written = Some(id);
+            let removed = tier.update_with(old_key, |current| match current {
+                Some(current) if current == stored.as_slice() => (Update::Remove, Some(true)),
+                Some(_) => (Update::Keep, Some(false)),
+                None => (Update::Keep, None),
+            })?;
+            match removed {
+                Some(true) => return Ok(Some((id, made))),
+                Some(false) => {}
+                None => return Ok(None),
+            }
+        }
+        Err(Error::Contended)
+    };
+    let outcome = rounds();
+    match outcome {
+        Ok(Some((id, made))) => Ok(Moved::To(id, made)),
+        other => {
+            if let Some(id) = &written {
+                discard(id);
+            }
+            other.map(|_| Moved::Gone)
+        }
+    }
 }
 
 /// The stored session is gone: the in-memory one must not bring it back.

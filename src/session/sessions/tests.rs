@@ -460,6 +460,132 @@ fn change_id_failure_keeps_the_old_session() {
     assert_eq!(back.get::<u64>("user").unwrap(), Some(7));
 }
 
+/// A backing store in memory whose `store` can be made to fail.
+#[derive(Default)]
+pub(super) struct FailingStores {
+    map: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Vec<u8>>>,
+    pub(super) failing: std::sync::atomic::AtomicBool,
+    /// Run by the next `store`, before it stores: what happens elsewhere meanwhile.
+    on_store: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl crate::Backing for FailingStores {
+    fn load(&self, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, crate::BackingError> {
+        Ok(self.map.lock().unwrap().get(key).cloned())
+    }
+    fn store(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        _: Option<std::time::SystemTime>,
+    ) -> std::result::Result<(), crate::BackingError> {
+        let hook = self.on_store.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook();
+        }
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("the database is down".into());
+        }
+        self.map
+            .lock()
+            .unwrap()
+            .insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+    fn delete(&self, key: &[u8]) -> std::result::Result<(), crate::BackingError> {
+        self.map.lock().unwrap().remove(key);
+        Ok(())
+    }
+}
+
+/// `change_id` over a cache whose backing store stops taking writes: the move fails, and the
+/// session stays whole under its old id. (The old record used to be taken first and put back
+/// after the failed write; the put-back failed too, and the session was lost.)
+#[test]
+fn change_id_keeps_the_session_when_the_store_stops_taking_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let backing = std::sync::Arc::new(FailingStores::default());
+    let cache = Cache::builder()
+        .path(dir.path().join("s"))
+        .clock(ManualClock::new(UNIX_EPOCH + Duration::from_secs(T0)))
+        .backing_arc(backing.clone())
+        .open()
+        .unwrap();
+    let store = SessionStore::builder().cache(cache).build().unwrap();
+    let mut s = store.load(None, &Client::new()).unwrap();
+    s.insert("user", &7u64).unwrap();
+    store.save(&mut s).unwrap();
+    let id = *s.id();
+    let mut s = store.load(Some(&id), &Client::new()).unwrap();
+    backing
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let e = store.change_id(&mut s).unwrap_err();
+    assert!(
+        matches!(e, Error::Cache(crate::Error::Backing { op: "store", .. })),
+        "{e}"
+    );
+    assert_eq!(s.id(), &id, "the session keeps its id");
+    let back = store.load(Some(&id), &Client::new()).unwrap();
+    assert_eq!(
+        back.get::<u64>("user").unwrap(),
+        Some(7),
+        "the session was lost"
+    );
+    backing
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(store.change_id(&mut s).unwrap(), id);
+    let moved = store.load(Some(s.id()), &Client::new()).unwrap();
+    assert_eq!(moved.get::<u64>("user").unwrap(), Some(7));
+    let by_old = store.load(Some(&id), &Client::new()).unwrap();
+    assert_eq!(by_old.origin(), &Origin::New(NewReason::Unknown));
+}
+
+/// A save to the old id that lands while `change_id` writes the new record is carried over:
+/// the old record is deleted only as it was read, so the move goes round again.
+#[test]
+fn change_id_carries_over_a_save_that_lands_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let backing = std::sync::Arc::new(FailingStores::default());
+    let open = || {
+        let cache = Cache::builder()
+            .path(dir.path().join("s"))
+            .clock(ManualClock::new(UNIX_EPOCH + Duration::from_secs(T0)))
+            .backing_arc(backing.clone())
+            .open()
+            .unwrap();
+        SessionStore::builder().cache(cache).build().unwrap()
+    };
+    let (store, other) = (open(), open());
+    let mut s = store.load(None, &Client::new()).unwrap();
+    s.insert("user", &7u64).unwrap();
+    store.save(&mut s).unwrap();
+    let id = *s.id();
+    let mut s = store.load(Some(&id), &Client::new()).unwrap();
+    s.insert("role", "admin").unwrap();
+    // While the move writes the new record, another request saves to the old id.
+    *backing.on_store.lock().unwrap() = Some(Box::new(move || {
+        let mut elsewhere = other.load(Some(&id), &Client::new()).unwrap();
+        elsewhere.insert("cart", &3u64).unwrap();
+        assert_eq!(other.save(&mut elsewhere).unwrap(), Saved::Written);
+    }));
+    assert_eq!(store.change_id(&mut s).unwrap(), id);
+    let moved = store.load(Some(s.id()), &Client::new()).unwrap();
+    assert_eq!(moved.get::<u64>("user").unwrap(), Some(7));
+    assert_eq!(
+        moved.get::<String>("role").unwrap().as_deref(),
+        Some("admin")
+    );
+    assert_eq!(
+        moved.get::<u64>("cart").unwrap(),
+        Some(3),
+        "the other save was lost"
+    );
+    let by_old = store.load(Some(&id), &Client::new()).unwrap();
+    assert_eq!(by_old.origin(), &Origin::New(NewReason::Unknown));
+}
+
 #[test]
 fn too_large_saves_change_nothing() {
     let f = fixture(|b| b);
