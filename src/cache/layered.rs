@@ -35,6 +35,14 @@ struct Loaded {
     expires_at: Option<SystemTime>,
 }
 
+/// An entry read under its page lock by `take`, `remove` or an update's `Remove`: its stored
+/// bytes (a large value's whole), flags (without the policy's bits) and expiry.
+struct Taken {
+    stored: Vec<u8>,
+    flags: u32,
+    expire_on: u32,
+}
+
 impl Cache {
     /// The value stored as `stored` with `flags`, decompressed.
     pub(crate) fn decode_value(&self, key: &[u8], stored: Vec<u8>, flags: u32) -> Result<Vec<u8>> {
@@ -483,16 +491,8 @@ impl Cache {
             return Ok(removed.ok().flatten().is_some_and(|r| r.was_live));
         };
         match self.take_out(layer, key, page, slot_hash, now, false)? {
-            Some((stored, flags, expire_on)) if !is_negative(flags) => {
-                let taken = NewEntry {
-                    slot_hash,
-                    key,
-                    value: &stored,
-                    expire_on,
-                    flags,
-                    modseq: None,
-                };
-                self.delete_taken(backing, &taken, page, now)?;
+            Some(taken) if !is_negative(taken.flags) => {
+                self.delete_taken(backing, key, slot_hash, &taken, page, now)?;
                 Ok(true)
             }
             found => {
@@ -509,9 +509,9 @@ impl Cache {
         }
     }
 
-    /// The live entry of `key` in `page`, read under the lock as (stored bytes, flags,
-    /// expire_on), and taken out of the file unless it must stay until the backing store has
-    /// deleted the key ([`leaves_after_delete`]). `count` counts the read in the statistics.
+    /// The live entry of `key` in `page`, read under the lock, and taken out of the file
+    /// unless it must stay until the backing store has deleted the key
+    /// ([`leaves_after_delete`]). `count` counts the read in the statistics.
     fn take_out(
         &self,
         layer: &Layer,
@@ -520,7 +520,7 @@ impl Cache {
         slot_hash: u32,
         now: u32,
         count: bool,
-    ) -> Result<Option<(Vec<u8>, u32, u32)>> {
+    ) -> Result<Option<Taken>> {
         let mut guard = self.lock_for_change(page)?;
         let at = guard.place();
         let found = guard
@@ -529,13 +529,17 @@ impl Cache {
             .and_then(|e| {
                 e.map(|e| {
                     self.resolve(at, e.value, e.flags)
-                        .map(|(v, f)| (v, f, e.expire_on))
+                        .map(|(stored, flags)| Taken {
+                            stored,
+                            flags,
+                            expire_on: e.expire_on,
+                        })
                 })
                 .transpose()
             });
         Ok(match found {
             Ok(Some(found)) => {
-                if !leaves_after_delete(layer, found.1) {
+                if !leaves_after_delete(layer, found.flags) {
                     let _ = guard.change(|p| p.remove(slot_hash, key, now));
                 }
                 Some(found)
@@ -559,22 +563,14 @@ impl Cache {
         let taken = self.take_out(layer, key, page, slot_hash, now, true)?;
         let Some(backing) = &layer.backing else {
             return taken
-                .map(|(stored, flags, _)| self.decode_value(key, stored, flags))
+                .map(|t| self.decode_value(key, t.stored, t.flags))
                 .transpose();
         };
         match taken {
-            Some((_, flags, _)) if is_negative(flags) => Ok(None),
-            Some((stored, flags, expire_on)) => {
-                let taken = NewEntry {
-                    slot_hash,
-                    key,
-                    value: &stored,
-                    expire_on,
-                    flags,
-                    modseq: None,
-                };
-                self.delete_taken(backing, &taken, page, now)?;
-                self.decode_value(key, stored, flags).map(Some)
+            Some(taken) if is_negative(taken.flags) => Ok(None),
+            Some(taken) => {
+                self.delete_taken(backing, key, slot_hash, &taken, page, now)?;
+                self.decode_value(key, taken.stored, taken.flags).map(Some)
             }
             None => {
                 let loaded = backing
@@ -632,25 +628,35 @@ impl Cache {
         }
     }
 
-    /// Deletes the key of `taken` (an entry of `page` that `take` or an update's `Remove` read
-    /// under the lock) from the backing store, and completes its removal from the file: a
+    /// Deletes `key`, whose entry `taken` (in `page`) `take`, `remove` or an update's `Remove`
+    /// read under the lock, from the backing store, and completes its removal from the file: a
     /// clean entry was already taken out, and is put back if the delete fails (so the cache
     /// keeps what it had); a dirty one goes only once the store has deleted the key. Returns
     /// the backing store's error.
     fn delete_taken(
         &self,
         backing: &std::sync::Arc<dyn crate::Backing>,
-        taken: &NewEntry<'_>,
+        key: &[u8],
+        slot_hash: u32,
+        taken: &Taken,
         page: Loc,
         now: u32,
     ) -> Result<()> {
         let deleted = backing
-            .delete(taken.key)
-            .map_err(|e| self.backing_error("delete", Some(taken.key), e));
+            .delete(key)
+            .map_err(|e| self.backing_error("delete", Some(key), e));
         if taken.flags & FLAG_DIRTY == 0 {
             // A clean entry was taken out first; put back if the store kept the key.
             if deleted.is_err() {
-                let _ = self.store_keeping_dirty(taken, page, now, true);
+                let entry = NewEntry {
+                    slot_hash,
+                    key,
+                    value: &taken.stored,
+                    expire_on: taken.expire_on,
+                    flags: taken.flags,
+                    modseq: None,
+                };
+                let _ = self.store_keeping_dirty(&entry, page, now, true);
             }
             return deleted;
         }
@@ -666,17 +672,17 @@ impl Cache {
         let unchanged = guard
             .page()
             .view()
-            .find(taken.slot_hash, taken.key)
+            .find(slot_hash, key)
             .ok()
             .flatten()
             .is_some_and(|e| {
                 e.expire_on == taken.expire_on
                     && self
                         .resolve(at, e.value, e.flags)
-                        .is_ok_and(|(v, f)| f == taken.flags && v == taken.value)
+                        .is_ok_and(|(v, f)| f == taken.flags && v == taken.stored)
             });
         if unchanged {
-            let _ = guard.change(|p| p.remove(taken.slot_hash, taken.key, now));
+            let _ = guard.change(|p| p.remove(slot_hash, key, now));
         }
         Ok(())
     }
@@ -848,12 +854,16 @@ impl Cache {
                     .ok()
                     .flatten()
                     .and_then(|e| {
-                        let (v, f) = self.resolve(at, e.value, e.flags).ok()?;
-                        Some((v, f, e.expire_on))
+                        let (stored, flags) = self.resolve(at, e.value, e.flags).ok()?;
+                        Some(Taken {
+                            stored,
+                            flags,
+                            expire_on: e.expire_on,
+                        })
                     });
                 if !old
                     .as_ref()
-                    .is_some_and(|(_, flags, _)| leaves_after_delete(layer, *flags))
+                    .is_some_and(|old| leaves_after_delete(layer, old.flags))
                 {
                     let _ = guard.change(|p| p.remove(slot_hash, key, now));
                 }
@@ -862,18 +872,8 @@ impl Cache {
                     backing
                         .delete(key)
                         .map_err(|e| self.backing_error("delete", Some(key), e))?;
-                } else if let (Some(backing), Some((stored, flags, expire_on))) =
-                    (&layer.backing, old)
-                {
-                    let removed = NewEntry {
-                        slot_hash,
-                        key,
-                        value: &stored,
-                        expire_on,
-                        flags,
-                        modseq: None,
-                    };
-                    self.delete_taken(backing, &removed, page, now)?;
+                } else if let (Some(backing), Some(old)) = (&layer.backing, old) {
+                    self.delete_taken(backing, key, slot_hash, &old, page, now)?;
                 }
                 return Ok((None, r));
             }

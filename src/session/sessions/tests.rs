@@ -498,6 +498,17 @@ impl crate::Backing for FailingStores {
     }
 }
 
+/// A native store over the cache file `s` in `dir` with `backing` behind it, write-through.
+fn backed_store(dir: &std::path::Path, backing: &std::sync::Arc<FailingStores>) -> SessionStore {
+    let cache = Cache::builder()
+        .path(dir.join("s"))
+        .clock(ManualClock::new(UNIX_EPOCH + Duration::from_secs(T0)))
+        .backing_arc(backing.clone())
+        .open()
+        .unwrap();
+    SessionStore::builder().cache(cache).build().unwrap()
+}
+
 /// `change_id` over a cache whose backing store stops taking writes: the move fails, and the
 /// session stays whole under its old id. (The old record used to be taken first and put back
 /// after the failed write; the put-back failed too, and the session was lost.)
@@ -505,13 +516,7 @@ impl crate::Backing for FailingStores {
 fn change_id_keeps_the_session_when_the_store_stops_taking_writes() {
     let dir = tempfile::tempdir().unwrap();
     let backing = std::sync::Arc::new(FailingStores::default());
-    let cache = Cache::builder()
-        .path(dir.path().join("s"))
-        .clock(ManualClock::new(UNIX_EPOCH + Duration::from_secs(T0)))
-        .backing_arc(backing.clone())
-        .open()
-        .unwrap();
-    let store = SessionStore::builder().cache(cache).build().unwrap();
+    let store = backed_store(dir.path(), &backing);
     let mut s = store.load(None, &Client::new()).unwrap();
     s.insert("user", &7u64).unwrap();
     store.save(&mut s).unwrap();
@@ -548,16 +553,10 @@ fn change_id_keeps_the_session_when_the_store_stops_taking_writes() {
 fn change_id_carries_over_a_save_that_lands_meanwhile() {
     let dir = tempfile::tempdir().unwrap();
     let backing = std::sync::Arc::new(FailingStores::default());
-    let open = || {
-        let cache = Cache::builder()
-            .path(dir.path().join("s"))
-            .clock(ManualClock::new(UNIX_EPOCH + Duration::from_secs(T0)))
-            .backing_arc(backing.clone())
-            .open()
-            .unwrap();
-        SessionStore::builder().cache(cache).build().unwrap()
-    };
-    let (store, other) = (open(), open());
+    let (store, other) = (
+        backed_store(dir.path(), &backing),
+        backed_store(dir.path(), &backing),
+    );
     let mut s = store.load(None, &Client::new()).unwrap();
     s.insert("user", &7u64).unwrap();
     store.save(&mut s).unwrap();
