@@ -15,6 +15,9 @@ use fastmmap::{
     Update, WriteMode,
 };
 
+/// What happens elsewhere while a call of the store is on its way.
+type Hook = Box<dyn FnOnce() + Send>;
+
 /// A backing store in memory: a map, call counters, and switches to fail or to refuse loads.
 #[derive(Default)]
 struct Mem {
@@ -32,7 +35,7 @@ struct Mem {
     slow: AtomicBool,
     /// Run once by the next `delete`, before it does anything: what happens elsewhere while a
     /// delete is on its way.
-    on_delete: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    on_delete: Mutex<Option<Hook>>,
 }
 
 #[derive(Clone, Default)]
@@ -883,6 +886,8 @@ struct Fenced {
     fence: AtomicUsize,
     moving: AtomicBool,
     distrust: AtomicBool,
+    /// Run by the `fence` call this many calls from now (1: the next).
+    on_fence: Mutex<Option<(usize, Hook)>>,
 }
 
 impl Fenced {
@@ -906,6 +911,20 @@ impl Backing for Fenced {
         self.inner.delete(key)
     }
     fn fence(&self, _key: &[u8]) -> Option<u64> {
+        let hook = {
+            let mut armed = self.on_fence.lock().unwrap();
+            match armed.as_mut() {
+                Some((1, _)) => armed.take().map(|(_, hook)| hook),
+                Some((calls, _)) => {
+                    *calls -= 1;
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
         (!self.distrust.load(Ordering::SeqCst)).then(|| self.fence.load(Ordering::SeqCst) as u64)
     }
 }
@@ -1101,4 +1120,52 @@ fn a_remove_never_leaves_a_copy_the_store_has_deleted() {
         None,
         "the cache kept the deleted value"
     );
+}
+
+/// A read-through whose fence moved during the load (another host changed the key) stores
+/// nothing, rather than storing a copy and dropping it after: that drop needs the page lock
+/// again, and when another process held it past the lock timeout the `get` failed and left the
+/// copy in the file, where no news of the change would remove it.
+#[test]
+fn a_fence_that_moved_during_the_load_stores_no_copy_to_drop() {
+    let dir = common::temp_dir();
+    let store = Arc::new(Fenced::default());
+    store.moving.store(true, Ordering::SeqCst);
+    store.inner.put("k", "v");
+    let cache = Cache::builder()
+        .path(dir.path().join("c"))
+        .num_pages(1)
+        .lock_timeout(Duration::from_millis(200))
+        .backing_arc(Arc::clone(&store) as Arc<dyn Backing>)
+        .open()
+        .unwrap();
+    let plain = Cache::builder().path(dir.path().join("c")).open().unwrap();
+    let (held, holder) = (
+        Arc::new(std::sync::Barrier::new(2)),
+        Arc::new(Mutex::new(None)),
+    );
+    let (held2, holder2) = (Arc::clone(&held), Arc::clone(&holder));
+    // At the fence taken after the load, another handle takes the page's lock and keeps it
+    // past the timeout.
+    *store.on_fence.lock().unwrap() = Some((
+        2,
+        Box::new(move || {
+            let held3 = Arc::clone(&held2);
+            let t = std::thread::spawn(move || {
+                plain
+                    .update(b"other", |_| {
+                        held3.wait();
+                        std::thread::sleep(Duration::from_millis(600));
+                        Update::Keep
+                    })
+                    .unwrap();
+            });
+            held2.wait();
+            *holder2.lock().unwrap() = Some(t);
+        }),
+    ));
+    let got = cache.get(b"k");
+    holder.lock().unwrap().take().unwrap().join().unwrap();
+    assert_eq!(got.unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(cache.entry(b"k").unwrap(), None, "a copy the fence forbids");
 }

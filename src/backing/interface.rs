@@ -95,8 +95,10 @@ pub trait Backing: Send + Sync + 'static {
     /// before it loads `key` or writes it through, and another after it has put the value in
     /// its file; unless both are `Some` and equal, it drops the value from its file again
     /// (the store keeps it), since the key may have changed elsewhere in between and the
-    /// news of it may already have been handled. `None` means "do not keep local copies
-    /// now". Only write-through and read-through values are fenced, never dirty ones.
+    /// news of it may already have been handled. A read-through also takes one right after
+    /// the load, and stores nothing if the fence moved already. `None` means "do not keep
+    /// local copies now". Only write-through and read-through values are fenced, never dirty
+    /// ones. Called with no lock held; keep it cheap.
     ///
     /// The default is `Some(0)`: every value is kept.
     fn fence(&self, key: &[u8]) -> Option<u64> {

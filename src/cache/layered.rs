@@ -306,6 +306,14 @@ impl Cache {
                 expires_at: store_expiry,
             })
         };
+        // A fence that moved while the store was read (or a host that keeps no copies now):
+        // nothing is stored, rather than a copy stored and dropped again after, which takes
+        // the page lock a second time and, should that fail, leaves a copy no news of the
+        // change will remove. (The fence is checked once more after the store, for a change
+        // landing meanwhile; that window is the store's, not the round trip's.)
+        if fence.is_none() || backing.fence(key) != fence {
+            return Ok(handed(loaded));
+        }
         let (value, flags) = match &loaded {
             Some(v) => (v.as_slice(), 0),
             None if layer.cache_not_found => (&[][..], FLAG_UNDEF),
