@@ -170,7 +170,9 @@ impl SessionTier {
         stored: &Stored,
         fence: Option<u64>,
     ) -> crate::Result<()> {
-        if fence.is_none() {
+        // A fence that moved during the read: no copy, rather than one stored and removed
+        // again under a second lock, which may fail and leave it (see `read_through`'s check).
+        if fence.is_none() || self.state.fence(key) != fence {
             return Ok(());
         }
         // The copy never outlives the record in Redis.
