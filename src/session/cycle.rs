@@ -468,8 +468,10 @@ impl SessionStore {
     /// [`begin`](Self::begin) for a request's `http` head: its URI, and its headers — every
     /// `Cookie` header as received (none is joined or re-split), and the `User-Agent`. The
     /// client's `address` (for [binding](crate::session::SessionStoreBuilder::bind_address))
-    /// and whether the request came over HTTPS are the server's to say; a header that is not
-    /// text is ignored.
+    /// and whether the request came over HTTPS are the server's to say. Header bytes that
+    /// are not UTF-8 read as U+FFFD: a cookie whose value is not ASCII (browsers send such
+    /// values raw) leaves the session cookie beside it in the same header readable, as it is
+    /// to Catalyst, which splits the header on `;` as bytes.
     pub fn begin_http(
         &self,
         uri: &Uri,
@@ -477,14 +479,16 @@ impl SessionStore {
         address: Option<IpAddr>,
         https: bool,
     ) -> Visit {
-        let cookies = headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok());
-        let cookie = self.inner.cookie.find_id_as(cookies, self.id_format());
+        let text = |v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+        let cookies: Vec<String> = headers.get_all(COOKIE).iter().map(text).collect();
+        let cookie = self
+            .inner
+            .cookie
+            .find_id_as(cookies.iter().map(String::as_str), self.id_format());
+        let user_agent = headers.get(USER_AGENT).map(text);
         let client = Client {
             address,
-            user_agent: headers.get(USER_AGENT).and_then(|v| v.to_str().ok()),
+            user_agent: user_agent.as_deref(),
         };
         let (path, query) = uri
             .path_and_query()
@@ -801,6 +805,62 @@ mod tests {
             headers.get(SET_COOKIE).is_none(),
             "the client has the cookie"
         );
+    }
+
+    /// A cookie with a non-ASCII value (sent raw, as browsers do) in the same header as the
+    /// session cookie: the session is found all the same, and no new cookie is set.
+    #[test]
+    fn a_non_ascii_cookie_beside_the_session_cookie_hides_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SessionStore::builder()
+            .path(dir.path().join("sessions"))
+            .build()
+            .unwrap();
+        let uri: Uri = "/".parse().unwrap();
+        let mut visit = store.begin_http(&uri, &HeaderMap::new(), None, false);
+        visit.session().unwrap().insert("n", &1).unwrap();
+        let mut headers = HeaderMap::new();
+        store
+            .finish_http(&mut visit, StatusCode::OK, &mut headers)
+            .unwrap();
+        let pair = headers[SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap();
+        for raw in [
+            format!("{pair}; name=Jos\u{e9}").into_bytes(),
+            [
+                b"name=Jos".as_slice(),
+                &[0xc3, 0xa9],
+                format!("; {pair}").as_bytes(),
+            ]
+            .concat(),
+            [b"x=\xff; ".as_slice(), pair.as_bytes()].concat(),
+        ] {
+            let mut request = HeaderMap::new();
+            request.append(COOKIE, HeaderValue::from_bytes(&raw).unwrap());
+            request.insert(
+                USER_AGENT,
+                HeaderValue::from_bytes(b"caf\xc3\xa9/1").unwrap(),
+            );
+            let mut visit = store.begin_http(&uri, &request, None, false);
+            assert_eq!(visit.source(), IdSource::Cookie, "{raw:?}");
+            assert_eq!(
+                visit.session().unwrap().get::<u32>("n").unwrap(),
+                Some(1),
+                "{raw:?}"
+            );
+            let mut headers = HeaderMap::new();
+            store
+                .finish_http(&mut visit, StatusCode::OK, &mut headers)
+                .unwrap();
+            assert!(
+                headers.get(SET_COOKIE).is_none(),
+                "a new cookie for {raw:?}"
+            );
+        }
     }
 
     #[test]
