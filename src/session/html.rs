@@ -14,7 +14,7 @@ use url::Url;
 
 use crate::session::error::{Error, Result};
 use crate::session::id::SessionId;
-use crate::session::uri::{BaseHref, Bases, UrlRewriter, UrlStyle};
+use crate::session::uri::{BaseHref, Bases, MAX_BASES, UrlRewriter, UrlStyle};
 
 /// The elements whose URLs may get the id. `form` is matched with or without `action`: a
 /// form without one submits to the page itself.
@@ -614,12 +614,18 @@ impl PageRewrite {
             found: Vec::new(),
             watch: TextWatch::default(),
             misread: false,
+            too_many_bases: false,
         }));
         let out = Arc::new(Mutex::new(Vec::new()));
         let (urls, document, id) = (self.urls.clone(), self.document.clone(), self.id);
         let base_state = Arc::clone(&state);
         let on_base = element!("base[href]", move |el| {
             let mut st = base_state.lock().unwrap_or_else(PoisonError::into_inner);
+            if st.found.len() >= MAX_BASES {
+                // More bases than a page has: no more ids (see `MAX_BASES`), and no more work.
+                st.too_many_bases = true;
+                return Ok(());
+            }
             st.found.push(BaseHref {
                 href: base_href(el.get_attribute("href").as_deref()),
                 inert: el.namespace_uri() != HTML_NAMESPACE,
@@ -633,6 +639,9 @@ impl PageRewrite {
             let mut st = template_state
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
+            if st.too_many_bases {
+                return Ok(());
+            }
             if let Some(last) = st.found.last_mut() {
                 last.inert = true;
             }
@@ -707,12 +716,14 @@ struct StreamState {
     watch: TextWatch,
     /// Bytes a browser may decode otherwise so far?
     misread: bool,
+    /// More `<base href>`s than [`MAX_BASES`] so far?
+    too_many_bases: bool,
 }
 
 impl StreamState {
     /// Whether links from here on are left alone.
     fn disarmed(&self) -> bool {
-        self.watch.found || self.misread
+        self.watch.found || self.misread || self.too_many_bases
     }
 }
 
@@ -1385,6 +1396,40 @@ mod tests {
             out.extend(stream.end().unwrap());
             assert_eq!(out, utf16, "chunk {chunk}");
         }
+    }
+
+    /// A page of many `<base>` tags and links (a hostile one: pages have one base) costs
+    /// work in proportion to its size, not to bases times links: past `MAX_BASES` its base
+    /// counts as unreadable, and links get the id only as absolute URLs, which mean the same
+    /// whichever base a browser takes; a stream adds no ids after the base past the cap.
+    /// (This page took 6.6 s whole and 19.6 s streamed in a debug build before the cap.)
+    #[test]
+    fn many_bases_cost_no_more_than_the_page() {
+        let n = 2_000;
+        let mut html = String::new();
+        for i in 0..n {
+            html.push_str(&format!(r#"<base href="/app/b{i}/">"#));
+        }
+        for _ in 0..n {
+            html.push_str(r#"<a href="http://localhost:3000/app/x">x</a><a href="/app/y">y</a>"#);
+        }
+        let with_id = |path: &str| format!(r#"href="http://localhost:3000/app/{path}/-/{ID}""#);
+        let out = rewrite(&path_rw(), &html);
+        assert_eq!(out.matches(&with_id("x")).count(), n);
+        assert_eq!(out.matches(&with_id("y")).count(), n);
+        assert!(
+            !out.contains(r#"href="/app/y"#),
+            "a relative link with the id"
+        );
+        let out = stream(&path_rw(), &html, 4096);
+        assert_eq!(out, html, "a stream with too many bases adds no ids");
+        // A few bases still count one by one: a path-absolute link under all of them keeps
+        // its form; streamed, it gets the id as an absolute URL, as any link there does.
+        let few = r#"<base href="/app/b1/"><base href="/app/b2/"><a href="/app/y">y</a>"#;
+        let out = rewrite(&path_rw(), few);
+        assert!(out.contains(&format!(r#"href="/app/y/-/{ID}""#)), "{out}");
+        let out = stream(&path_rw(), few, 7);
+        assert!(out.contains(&with_id("y")), "{out}");
     }
 
     #[test]

@@ -576,6 +576,14 @@ pub(crate) struct BaseHref {
 /// Origins no application uses, standing in for a base the HTML parser cannot see.
 const PROBE_BASES: [&str; 2] = ["http://probe.invalid/p/q", "https://probe.invalid/p/q"];
 
+/// `<base href>` elements of one page that count one by one as possible bases. A page with
+/// more (one is the rule) is taken as one whose base is unreadable: its links get the id only
+/// as absolute URLs, which mean the same against any base, so what the others say no longer
+/// matters (a streamed page stops adding ids at the first base past the cap). Without the cap
+/// a page of many `<base>` tags and links cost their product in URL joins (and a streamed one
+/// the square of its bases): minutes of a worker's time for a page of a few hundred KiB.
+pub(crate) const MAX_BASES: usize = 4;
+
 /// The bases the links of one response may resolve against.
 ///
 /// Browsers resolve every link of a page against its first `<base href>` in tree order —
@@ -625,9 +633,9 @@ impl Bases {
             Ok(url) if !matches!(url.scheme(), "data" | "javascript") => url,
             _ => address.clone(),
         };
-        let mut unreadable = hidden;
+        let mut unreadable = hidden || found.len() > MAX_BASES;
         let mut possible = addresses.clone();
-        for base in found {
+        for base in found.iter().take(MAX_BASES) {
             match &base.href {
                 Some(href) => possible.extend(addresses.iter().map(|a| resolve(href, a))),
                 None => unreadable = true,
