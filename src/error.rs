@@ -169,6 +169,20 @@ pub enum Error {
         timeout: Duration,
     },
 
+    /// Opening a file with robust locks waits for the file's openers lock while another
+    /// process holds it exclusively: one opening the file first, which reinitialises every
+    /// lock, or one stopped (or hostile) while holding it. This is that wait running past
+    /// the handle's `lock_timeout`. Nothing was opened.
+    #[error(
+        "{path}: timed out after {timeout:?} waiting for the file's openers lock (another process          holds it: one opening the file first, or stopped while doing so)"
+    )]
+    OpenersLockTimeout {
+        /// The cache file.
+        path: PathBuf,
+        /// The configured timeout.
+        timeout: Duration,
+    },
+
     /// A page was damaged while in use and could not be repaired by resetting it.
     #[error("{path}: page {page} is damaged: {reason}")]
     PageCorrupt {

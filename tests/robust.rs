@@ -451,6 +451,54 @@ fn a_forked_child_takes_its_own_openers_lock() {
     );
 }
 
+/// Opening a file while another process holds its openers lock exclusively (a first opener
+/// reinitialising the locks and stopped there, or a hostile writer) waits no longer than the
+/// handle's lock timeout: `Error::OpenersLockTimeout`, and nothing opened. It used to wait as
+/// long as the byte was held, whatever the timeout, with this process's registry of open
+/// files locked all the while (so its other opens and its forks waited too).
+#[test]
+fn an_open_waits_for_the_openers_lock_no_longer_than_the_lock_timeout() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("held");
+    robust(&path, PATIENT).set(b"k", b"v").expect("set");
+    let (held, go) = (Pipe::new(), Pipe::new());
+    let mut kids = Children::new();
+    kids.spawn({
+        let (held, go, path) = (&held, &go, &path);
+        move || {
+            let file = raw_file_for(path);
+            // SAFETY: `flock` is plain data; zeroed is a valid value for every field.
+            let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+            fl.l_type = libc::F_WRLCK as libc::c_short;
+            fl.l_whence = libc::SEEK_SET as libc::c_short;
+            fl.l_start = OPENERS_BYTE;
+            fl.l_len = 1;
+            // SAFETY: the descriptor is open for the duration of the call; `fl` is valid.
+            let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) };
+            if rc != 0 {
+                return Err(format!("F_SETLK: {}", std::io::Error::last_os_error()));
+            }
+            held.release(1);
+            go.wait();
+            Ok(())
+        }
+    });
+    assert!(held.wait_timeout(PATIENT), "the child never took the byte");
+    let opened = robust_builder(&path, IMPATIENT).open();
+    assert!(
+        matches!(opened, Err(Error::OpenersLockTimeout { timeout, .. }) if timeout == IMPATIENT),
+        "{:?}",
+        opened.map(|_| ())
+    );
+    // Another file of this process opens meanwhile.
+    robust(&dir.path().join("other"), PATIENT);
+    go.release(1);
+    kids.wait_all_ok();
+    let cache = robust(&path, PATIENT);
+    assert_eq!(cache.get(b"k").expect("get"), Some(b"v".to_vec()));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Stale lock words
 

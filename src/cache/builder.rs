@@ -399,6 +399,7 @@ impl CacheBuilder {
             must_exist: false,
             overflow: self.overflow,
             journal: false,
+            lock_timeout: self.lock_timeout,
         };
         if self.layout == Layout::FastMmap
             && (self.overflow.size.is_some_and(|s| s > 0) || self.overflow.max_value_size.is_some())

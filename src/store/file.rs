@@ -14,6 +14,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use memmap2::MmapRaw;
 
@@ -52,6 +53,10 @@ pub(crate) struct OpenRequest {
     /// A new native file gets a journal region (for `PageGuard::change_journaled`; see
     /// `journal.rs`). An existing file is opened with whatever its header says.
     pub journal: bool,
+    /// How long opening a file with robust locks waits for its openers lock (held
+    /// exclusively by a process opening the file first, while it reinitialises the locks):
+    /// the opening handle's lock timeout. `None`: as long as it takes.
+    pub lock_timeout: Option<Duration>,
 }
 
 /// The overflow area's settings the builder set explicitly.
@@ -184,6 +189,7 @@ impl OpenRequest {
             must_exist: false,
             overflow: OverflowRequest::default(),
             journal: false,
+            lock_timeout: None,
         }
     }
 }

@@ -9,6 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use super::fcntl::LockFailure;
 use super::file::{self, OpenRequest};
 use super::layout::{Layout, LockKind};
 use super::lock::PageLocks;
@@ -95,12 +96,22 @@ pub(super) fn open_registered(
     let locks = match opened.lock_kind {
         LockKind::Fcntl => PageLocks::fcntl(num_pages),
         LockKind::Robust => {
-            let robust = RobustLocks::open(opened.file.as_raw_fd(), &opened.map, num_pages)
-                .map_err(|source| Error::Io {
-                    path: req.path.clone(),
-                    op: "take the openers lock",
-                    source,
-                })?;
+            let deadline = req
+                .lock_timeout
+                .and_then(|t| std::time::Instant::now().checked_add(t));
+            let robust =
+                RobustLocks::open(opened.file.as_raw_fd(), &opened.map, num_pages, deadline)
+                    .map_err(|failure| match failure {
+                        LockFailure::TimedOut => Error::OpenersLockTimeout {
+                            path: req.path.clone(),
+                            timeout: req.lock_timeout.unwrap_or_default(),
+                        },
+                        LockFailure::Os(source) => Error::Io {
+                            path: req.path.clone(),
+                            op: "take the openers lock",
+                            source,
+                        },
+                    })?;
             PageLocks::Robust(robust)
         }
     };

@@ -56,7 +56,7 @@ mod imp {
 
     use memmap2::MmapRaw;
 
-    use super::super::fcntl::{LockFailure, fcntl, fcntl_wait};
+    use super::super::fcntl::{LockFailure, fcntl, fcntl_lock, fcntl_wait};
     use super::super::fork;
     use super::super::header::{
         self, OPENERS_LOCK_OFFSET, ROW_LOCK_OFFSET, ROW_LOCK_SIZE, WRITE_BACK_LOCK_OFFSET,
@@ -227,23 +227,30 @@ mod imp {
         /// The page locks: takes this process's shared openers lock on the file `fd` (mapped
         /// as `map`), reinitialising every lock word (page and write-back locks) first if no
         /// other process has the file open.
-        pub(crate) fn open(fd: RawFd, map: &MmapRaw, num_pages: u32) -> io::Result<RobustLocks> {
+        pub(crate) fn open(
+            fd: RawFd,
+            map: &MmapRaw,
+            num_pages: u32,
+            deadline: Option<Instant>,
+        ) -> Result<RobustLocks, LockFailure> {
             if map.len() < header::header_size(num_pages, 0) {
-                return Err(io::Error::other("the mapping is shorter than its header"));
+                return Err(LockFailure::Os(io::Error::other(
+                    "the mapping is shorter than its header",
+                )));
             }
-            let base =
-                NonNull::new(map.as_mut_ptr()).ok_or_else(|| io::Error::other("null map"))?;
+            let base = NonNull::new(map.as_mut_ptr())
+                .ok_or_else(|| LockFailure::Os(io::Error::other("null map")))?;
             let locks = RobustLocks {
                 base,
                 num_pages,
                 area: Area::Page,
                 set: Arc::new(Set {
                     joined: AtomicU32::new(u32::MAX),
-                    settings: settings_words()?,
+                    settings: settings_words().map_err(LockFailure::Os)?,
                 }),
                 owners: owner_slots(num_pages),
             };
-            locks.join(fd, true)?;
+            locks.join(fd, true, deadline)?;
             Ok(locks)
         }
 
@@ -267,8 +274,15 @@ mod imp {
         /// A process that already holds the shared lock would be granted the exclusive one
         /// even with others present (fcntl locks convert within a process), so `may_reinit`
         /// is only for the first join of a `SharedFile` (the registry makes that the only
-        /// one in the process), never for a rejoin after fork.
-        fn join(&self, fd: RawFd, may_reinit: bool) -> io::Result<()> {
+        /// one in the process), never for a rejoin after fork. Waits for the shared lock until
+        /// `deadline` at most (a first opener holds the byte while it reinitialises; so may
+        /// a process stopped there, or a hostile one).
+        fn join(
+            &self,
+            fd: RawFd,
+            may_reinit: bool,
+            deadline: Option<Instant>,
+        ) -> Result<(), LockFailure> {
             let generation = fork::generation();
             let byte = (OPENERS_LOCK_OFFSET as u64, 1);
             if may_reinit {
@@ -277,17 +291,17 @@ mod imp {
                         let reinit = self.reinit_all();
                         // Converting our write lock to a read lock is atomic and never waits.
                         let shared = fcntl_wait(fd, libc::F_RDLCK as libc::c_short, byte);
-                        reinit?;
-                        shared?;
+                        reinit.map_err(LockFailure::Os)?;
+                        shared.map_err(LockFailure::Os)?;
                         self.set.joined.store(generation, Ordering::Relaxed);
                         return Ok(());
                     }
                     Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => {}
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(LockFailure::Os(e)),
                 }
             }
             // Waits while a first opener holds the byte exclusively to reinitialise.
-            fcntl_wait(fd, libc::F_RDLCK as libc::c_short, byte)?;
+            fcntl_lock(fd, libc::F_RDLCK as libc::c_short, byte, deadline)?;
             self.set.joined.store(generation, Ordering::Relaxed);
             Ok(())
         }
@@ -320,7 +334,7 @@ mod imp {
         ) -> Result<RobustHeld, LockFailure> {
             let generation = fork::generation();
             if self.set.joined.load(Ordering::Relaxed) != generation {
-                self.join(fd, false).map_err(LockFailure::Os)?;
+                self.join(fd, false, deadline)?;
             }
             let m = self.mutex(page);
             for &(word, value) in &self.set.settings {
@@ -543,7 +557,9 @@ mod imp {
             file.set_len(header::header_size(num_pages, 0) as u64)
                 .unwrap();
             let map = memmap2::MmapOptions::new().map_raw(&file).unwrap();
-            let pages = RobustLocks::open(file.as_raw_fd(), &map, num_pages).unwrap();
+            let Ok(pages) = RobustLocks::open(file.as_raw_fd(), &map, num_pages, None) else {
+                panic!("open the robust locks");
+            };
             let write_back = pages.write_back();
             (file, map, pages, write_back)
         }
@@ -660,8 +676,13 @@ mod imp {
     }
 
     impl RobustLocks {
-        pub(crate) fn open(_: RawFd, _: &MmapRaw, _: u32) -> io::Result<RobustLocks> {
-            Err(unsupported())
+        pub(crate) fn open(
+            _: RawFd,
+            _: &MmapRaw,
+            _: u32,
+            _: Option<Instant>,
+        ) -> Result<RobustLocks, LockFailure> {
+            Err(LockFailure::Os(unsupported()))
         }
 
         pub(crate) fn write_back(&self) -> RobustLocks {
