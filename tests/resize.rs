@@ -1735,3 +1735,37 @@ fn a_batch_checks_its_pairs_against_the_file_a_resize_moved_it_to() {
     assert_eq!(stale.set_many(&pairs[..1]).expect("set_many"), 1);
     assert_eq!(stale.get(b"small").expect("get"), Some(b"x".to_vec()));
 }
+
+/// A resize keeps the file's mode and group (and its owner): the successor takes the old
+/// file's place, and users who share it through them keep it. (It used to get the resizer's
+/// default mode, 0600, and group, and those users lost the cache at their next operation.)
+/// Run as root, the file is first given another group (1, `daemon` on Debian).
+#[test]
+fn a_resize_keeps_the_files_mode_and_group() {
+    use std::os::unix::fs::MetadataExt;
+    let _s = serial();
+    let dir = temp_dir();
+    let path = dir.path().join("cache");
+    let cache = NATIVE
+        .builder()
+        .path(&path)
+        .num_pages(SMALL)
+        .page_size(PAGE)
+        .permissions(0o640)
+        .open()
+        .expect("open");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(&path, None, Some(1)).expect("chgrp");
+    }
+    let before = std::fs::metadata(&path).expect("stat");
+    cache.set(b"k", b"v").expect("set");
+    cache.resize(LARGE, PAGE).expect("grow");
+    let after = std::fs::metadata(&path).expect("stat");
+    assert_ne!(after.ino(), before.ino(), "the file was replaced");
+    assert_eq!(after.mode() & 0o777, 0o640, "mode");
+    assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+    assert_eq!(cache.get(b"k").expect("get"), Some(b"v".to_vec()));
+    let other = NATIVE.builder().path(&path).open().expect("a new opener");
+    assert_eq!(other.num_pages(), LARGE);
+}

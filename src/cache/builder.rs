@@ -399,6 +399,7 @@ impl CacheBuilder {
             must_exist: false,
             overflow: self.overflow,
             journal: false,
+            owner: None,
             lock_timeout: self.lock_timeout,
         };
         if self.layout == Layout::FastMmap

@@ -53,6 +53,9 @@ pub(crate) struct OpenRequest {
     /// A new native file gets a journal region (for `PageGuard::change_journaled`; see
     /// `journal.rs`). An existing file is opened with whatever its header says.
     pub journal: bool,
+    /// A new file's owner and group (a resize's successor keeps its old file's): the group
+    /// is set, and the owner too when we are root. `None`: ours, and the directory's group.
+    pub owner: Option<(u32, u32)>,
     /// How long opening a file with robust locks waits for its openers lock (held
     /// exclusively by a process opening the file first, while it reinitialises the locks):
     /// the opening handle's lock timeout. `None`: as long as it takes.
@@ -189,6 +192,7 @@ impl OpenRequest {
             must_exist: false,
             overflow: OverflowRequest::default(),
             journal: false,
+            owner: None,
             lock_timeout: None,
         }
     }
@@ -549,6 +553,15 @@ fn create(req: &OpenRequest) -> Result<()> {
     });
     let (tmp, file) = create_temp(req, &dir)?;
     let _remove_tmp = RemoveOnDrop(&tmp);
+    if let Some((uid, gid)) = req.owner {
+        // Before the mode: a change of owner may clear its set-id bits. Only root may give a
+        // file away; -1 leaves the owner as it is.
+        let uid = if effective_uid() == 0 { uid } else { u32::MAX };
+        // SAFETY: the descriptor is open and owned by `file` for the whole call.
+        if unsafe { libc::fchown(file.as_raw_fd(), uid, gid) } != 0 {
+            return Err(req.io("chown", io::Error::last_os_error()));
+        }
+    }
     file.set_permissions(fs::Permissions::from_mode(req.permissions))
         .map_err(|e| req.io("chmod", e))?;
     reserve(req, &file, size)?;

@@ -819,6 +819,21 @@ impl Moved {
 /// Creates the successor of `old` of geometry `to` (state *building* meanwhile), and puts
 /// `old` in state *migrating*: from then on the successor is in use and never removed.
 fn build_successor(old: &SharedFile, to: Geometry) -> Result<Arc<SharedFile>> {
+    // The successor takes the old file's place, so it gets its mode and group (and, made by
+    // root, its owner). Made by another user it would be that user's, which the owner's
+    // processes refuse to follow (`ForeignOwner`): only the owner or root may resize.
+    let md = old.file.metadata().map_err(|e| Error::Io {
+        path: old.path.clone(),
+        op: "stat",
+        source: e,
+    })?;
+    let me = super::file::effective_uid();
+    if me != 0 && me != md.uid() {
+        return Err(old.resize_error(format!(
+            "only the file's owner (uid {}) or root may resize it: the new file would belong to              uid {me}, whom the owner's processes do not trust",
+            md.uid()
+        )));
+    }
     let mut lineage = old.resize_word(header::LINEAGE_OFFSET);
     if lineage == 0 {
         lineage = random_u64();
@@ -854,6 +869,8 @@ fn build_successor(old: &SharedFile, to: Geometry) -> Result<Arc<SharedFile>> {
         // Users write into the successor while pages are still moved into it: the resizer's
         // changes of its pages go through its journal (§5.5).
         journal: true,
+        permissions: md.mode() & 0o777,
+        owner: Some((md.uid(), md.gid())),
         ..old.request.clone()
     };
     let new = open_registered(&mut reg, &req, &old.path)?;
