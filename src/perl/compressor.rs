@@ -14,6 +14,12 @@ const LZ4_MAX_RATIO: usize = 255;
 const SNAPPY_MAX_RATIO: usize = 32;
 /// Deflate decompresses to at most 1032 times its size.
 const DEFLATE_MAX_RATIO: usize = 1032;
+/// The most any value decompresses to, whatever its compressed size: 16 MiB, as a native
+/// file's compressed values of 64 KiB pages. The ratios above bound what a format can make of
+/// its input, but a full 64 KiB gzip entry in a Perl page may still claim 66 MB, and decoding
+/// Storable data costs tens of bytes per byte of image: planted there, one value would take
+/// gigabytes of every process that reads it.
+pub const MAX_DECOMPRESSED: usize = 16 << 20;
 
 /// A Cache::FastMmap `compressor` (the `compress` option of older versions meant `Zlib`).
 ///
@@ -85,23 +91,34 @@ impl Compressor {
     /// # Errors
     /// [`Error::Decompress`] when the bytes are not in the compressor's format, their check
     /// sum does not match, or they claim to decompress to more than the format could make of
-    /// them (output is never larger than a fixed multiple of the input).
+    /// them (output is never larger than a fixed multiple of the input) or to more than
+    /// [`MAX_DECOMPRESSED`] bytes, before that is allocated.
     pub fn decompress(self, data: &[u8]) -> Result<Vec<u8>> {
         let corrupt = |reason: String| Error::Decompress {
             compressor: self,
             reason,
         };
+        let over_max = |len: usize| {
+            (len > MAX_DECOMPRESSED).then(|| {
+                corrupt(format!(
+                    "decompresses to {len} bytes, more than the {MAX_DECOMPRESSED} allowed"
+                ))
+            })
+        };
         match self {
             Compressor::None => Ok(data.to_vec()),
             Compressor::Zlib => {
-                let limit = data.len().saturating_mul(DEFLATE_MAX_RATIO) as u64;
+                let ratio = data.len().saturating_mul(DEFLATE_MAX_RATIO);
+                let limit = ratio.min(MAX_DECOMPRESSED) as u64;
                 let mut out = Vec::new();
                 flate2::read::GzDecoder::new(data)
                     .take(limit + 1)
                     .read_to_end(&mut out)
                     .map_err(|e| corrupt(e.to_string()))?;
                 if out.len() as u64 > limit {
-                    return Err(corrupt("decompresses to more than deflate can".into()));
+                    return Err(over_max(out.len()).unwrap_or_else(|| {
+                        corrupt("decompresses to more than deflate can".into())
+                    }));
                 }
                 Ok(out)
             }
@@ -111,6 +128,9 @@ impl Compressor {
                     .split_first_chunk::<LZ4_LEN_SIZE>()
                     .ok_or_else(|| corrupt("shorter than its length header".into()))?;
                 let len = u32::from_le_bytes(*len) as usize;
+                if let Some(e) = over_max(len) {
+                    return Err(e);
+                }
                 if len > block.len().saturating_mul(LZ4_MAX_RATIO) {
                     return Err(corrupt(format!(
                         "claims {len} bytes from a block of {}",
@@ -127,6 +147,9 @@ impl Compressor {
             }
             Compressor::Snappy => {
                 let len = snap::raw::decompress_len(data).map_err(|e| corrupt(e.to_string()))?;
+                if let Some(e) = over_max(len) {
+                    return Err(e);
+                }
                 if len > data.len().saturating_mul(SNAPPY_MAX_RATIO) {
                     return Err(corrupt(format!(
                         "claims {len} bytes from {} bytes",
@@ -216,5 +239,23 @@ mod tests {
         let n = gz.len();
         gz[n - 5] ^= 1;
         assert!(Compressor::Zlib.decompress(&gz).is_err());
+    }
+
+    /// Whatever a format's ratio allows, no value decompresses to more than
+    /// `MAX_DECOMPRESSED` bytes: a run of zeros one byte longer (about 16 KB of gzip, which a Perl
+    /// page holds easily) is refused by that ceiling, not by the ratio; 16 MiB is not.
+    #[test]
+    fn no_value_decompresses_past_the_ceiling() {
+        for c in [Compressor::Zlib, Compressor::Lz4, Compressor::Snappy] {
+            let over = c.compress(&vec![0u8; MAX_DECOMPRESSED + 1]).unwrap();
+            match c.decompress(&over) {
+                Err(Error::Decompress { reason, .. }) => {
+                    assert!(reason.contains("more than the"), "{c}: {reason}");
+                }
+                other => panic!("{c}: {:?}", other.map(|v| v.len())),
+            }
+            let at = c.compress(&vec![0u8; MAX_DECOMPRESSED]).unwrap();
+            assert_eq!(c.decompress(&at).unwrap().len(), MAX_DECOMPRESSED, "{c}");
+        }
     }
 }

@@ -46,7 +46,7 @@ pub mod storable;
 pub(crate) mod tests;
 mod value;
 
-pub use compressor::Compressor;
+pub use compressor::{Compressor, MAX_DECOMPRESSED};
 pub use error::{Error, Result};
 pub use perl_format::{PerlFormat, Serializer};
 pub use value::{HashKey, Hook, HookKind, PerlData, PerlRef, PerlValue, Sv, SvId};

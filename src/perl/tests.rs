@@ -111,6 +111,30 @@ fn reads_perls_scalars_and_writes_them_back_byte_for_byte() {
     }
 }
 
+/// Hostile images of containers nested six bytes a level, each declaring about the rest of
+/// the image as its count (which each passes alone): decoding fails at the end, as it must,
+/// without first reserving room for every declared count at every level (memory quadratic in
+/// the image: a 1 MiB image asked for terabytes, and the allocation failure aborted the
+/// process).
+#[test]
+fn nested_declared_counts_reserve_no_more_than_the_image_holds() {
+    let nested = |tag: u8, per_item: usize| {
+        let total = 1 << 20;
+        let mut image = vec![0x05, 0x0b];
+        while image.len() + 5 + 6 + 8 <= total {
+            let n = (total - image.len() - 5) / per_item;
+            image.push(tag);
+            image.extend_from_slice(&(n as u32).to_be_bytes());
+            image.push(4); // SX_REF: the first item is a reference to the next level.
+        }
+        image.resize(total, 0x0e); // SX_SV_UNDEF
+        image
+    };
+    for (what, image) in [("hashes", nested(3, 5)), ("arrays", nested(2, 1))] {
+        assert!(thaw(&image).is_err(), "{what}: a malformed image decoded");
+    }
+}
+
 #[test]
 fn reads_perls_containers() {
     // freeze({ a => 1 })
