@@ -131,6 +131,68 @@ fn bad_values_are_errors_naming_the_key() {
     assert!(err.to_string().contains("\"cart:notjson\""), "{err}");
 }
 
+/// A recursive type, as a comment thread.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct Thread {
+    text: String,
+    replies: Vec<Thread>,
+}
+
+/// `n` replies, each to the one before.
+fn thread(n: usize) -> Thread {
+    (0..n).fold(
+        Thread {
+            text: "last".into(),
+            replies: Vec::new(),
+        },
+        |inner, i| Thread {
+            text: format!("reply {i}"),
+            replies: vec![inner],
+        },
+    )
+}
+
+/// Postcard has no nesting limit of its own: a recursive type decoded from bytes another
+/// process planted (one byte a level: 20,000 bytes) overflowed the stack and aborted the
+/// process. Values nested more than 128 containers deep are now `Error::Decode`, in a thread
+/// with a small stack too; ordinary nesting decodes as before.
+#[test]
+fn deeply_nested_values_are_errors_not_stack_overflows() {
+    let decoded = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let threads: TypedCache<str, Thread, Postcard> =
+                TypedCache::new(Cache::open(dir.path().join("t")).unwrap(), Postcard);
+            // A text of length 0, then one reply, over and over: each level two containers
+            // (the struct and its list of replies).
+            let mut planted = [0u8, 1].repeat(20_000);
+            planted.extend_from_slice(&[0, 0]);
+            threads.cache().set(b"planted", &planted).unwrap();
+            let planted = threads.get("planted");
+            threads.set("shallow", &thread(40)).unwrap();
+            let shallow = threads.get("shallow").unwrap();
+            threads.set("deep", &thread(100)).unwrap();
+            let deep = threads.get("deep");
+            (
+                planted.map(|_| ()).map_err(|e| e.to_string()),
+                shallow,
+                deep.map(|_| ()).map_err(|e| e.to_string()),
+            )
+        })
+        .unwrap()
+        .join()
+        .expect("the decoding thread died");
+    let (planted, shallow, deep) = decoded;
+    for (what, result) in [("planted", planted), ("deep", deep)] {
+        match result {
+            Err(e) => assert!(e.contains("nested more than 128"), "{what}: {e}"),
+            Ok(()) => panic!("{what}: decoded"),
+        }
+    }
+    assert_eq!(shallow, Some(thread(40)));
+}
+
 /// A map with non-string keys does not encode as JSON: an error, nothing stored.
 #[test]
 fn values_that_do_not_encode_are_errors() {

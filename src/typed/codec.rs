@@ -26,7 +26,9 @@ pub trait Codec<V>: Send + Sync {
 /// The compact binary codec: [postcard](https://docs.rs/postcard)'s format (varint integers,
 /// no field names; its wire format is stable since 1.0). Not self-describing: types that
 /// need `deserialize_any` (`serde_json::Value`, untagged enums, `#[serde(flatten)]`) need
-/// [`Json`]. Bytes left over after the value are an error.
+/// [`Json`]. Bytes left over after the value are an error, and so is a value nested more
+/// than 128 containers deep (postcard has no limit of its own: decoding a recursive type
+/// from bytes another process planted would otherwise run out of stack).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Postcard;
 
@@ -36,7 +38,16 @@ impl<V: Serialize + DeserializeOwned> Codec<V> for Postcard {
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<V, CodecError> {
-        let (value, rest) = postcard::take_from_bytes(bytes)?;
+        let mut de = postcard::Deserializer::from_bytes(bytes);
+        let (value, too_deep) =
+            super::depth::watch(|| V::deserialize(super::depth::Limited::new(&mut de)));
+        let value = match value {
+            Ok(value) => value,
+            // postcard reports every error of the value's own as one message.
+            Err(_) if too_deep => return Err(super::depth::too_deep().into()),
+            Err(e) => return Err(e.into()),
+        };
+        let rest = de.finalize()?;
         if !rest.is_empty() {
             return Err(format!("{} bytes after the value", rest.len()).into());
         }

@@ -5,6 +5,7 @@
 //! with `serializer => 'json'`. Any other format is a [`Codec`] implementation away.
 
 mod codec;
+mod depth;
 mod typed_cache;
 
 #[cfg(feature = "perl")]
