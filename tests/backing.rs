@@ -1076,6 +1076,33 @@ fn a_dirty_entry_taken_while_the_store_fails_is_not_lost() {
     assert_eq!(store.snapshot().get(&b"t"[..]), None);
 }
 
+/// The thread a [`page_lock_holder`] started, once its hook has run.
+type Holder = Arc<Mutex<Option<std::thread::JoinHandle<()>>>>;
+
+/// A hook after which another handle on the (one-page) file at `path` holds its page's lock
+/// for 600 ms, past the 200 ms timeouts of the tests that use it; join the holder after.
+fn page_lock_holder(path: &std::path::Path) -> (Hook, Holder) {
+    let plain = Cache::builder().path(path).open().unwrap();
+    let holder: Holder = Arc::new(Mutex::new(None));
+    let slot = Arc::clone(&holder);
+    let hook: Hook = Box::new(move || {
+        let held = Arc::new(std::sync::Barrier::new(2));
+        let in_update = Arc::clone(&held);
+        let t = std::thread::spawn(move || {
+            plain
+                .update(b"other", |_| {
+                    in_update.wait();
+                    std::thread::sleep(Duration::from_millis(600));
+                    Update::Keep
+                })
+                .unwrap();
+        });
+        held.wait();
+        *slot.lock().unwrap() = Some(t);
+    });
+    (hook, holder)
+}
+
 /// `remove` while another process holds the key's page lock past the lock timeout, just as
 /// the store deletes the key: the cached copy was taken out before the delete, so the cache
 /// never serves the value the store no longer has. (Deleting first, the remove then timed out
@@ -1090,27 +1117,8 @@ fn a_remove_never_leaves_a_copy_the_store_has_deleted() {
         .open()
         .unwrap();
     cache.set(b"k", b"v").unwrap();
-    let plain = Cache::builder().path(dir.path().join("c")).open().unwrap();
-    let (held, holder) = (
-        Arc::new(std::sync::Barrier::new(2)),
-        Arc::new(Mutex::new(None)),
-    );
-    let (held2, holder2) = (Arc::clone(&held), Arc::clone(&holder));
-    *store.0.on_delete.lock().unwrap() = Some(Box::new(move || {
-        // Another handle takes the page's lock and keeps it past the timeout.
-        let held3 = Arc::clone(&held2);
-        let t = std::thread::spawn(move || {
-            plain
-                .update(b"other", |_| {
-                    held3.wait();
-                    std::thread::sleep(Duration::from_millis(600));
-                    Update::Keep
-                })
-                .unwrap();
-        });
-        held2.wait();
-        *holder2.lock().unwrap() = Some(t);
-    }));
+    let (hook, holder) = page_lock_holder(&dir.path().join("c"));
+    *store.0.on_delete.lock().unwrap() = Some(hook);
     let removed = cache.remove(b"k");
     holder.lock().unwrap().take().unwrap().join().unwrap();
     assert!(removed.unwrap(), "it held a live value");
@@ -1139,31 +1147,9 @@ fn a_fence_that_moved_during_the_load_stores_no_copy_to_drop() {
         .backing_arc(Arc::clone(&store) as Arc<dyn Backing>)
         .open()
         .unwrap();
-    let plain = Cache::builder().path(dir.path().join("c")).open().unwrap();
-    let (held, holder) = (
-        Arc::new(std::sync::Barrier::new(2)),
-        Arc::new(Mutex::new(None)),
-    );
-    let (held2, holder2) = (Arc::clone(&held), Arc::clone(&holder));
-    // At the fence taken after the load, another handle takes the page's lock and keeps it
-    // past the timeout.
-    *store.on_fence.lock().unwrap() = Some((
-        2,
-        Box::new(move || {
-            let held3 = Arc::clone(&held2);
-            let t = std::thread::spawn(move || {
-                plain
-                    .update(b"other", |_| {
-                        held3.wait();
-                        std::thread::sleep(Duration::from_millis(600));
-                        Update::Keep
-                    })
-                    .unwrap();
-            });
-            held2.wait();
-            *holder2.lock().unwrap() = Some(t);
-        }),
-    ));
+    // At the fence taken after the load.
+    let (hook, holder) = page_lock_holder(&dir.path().join("c"));
+    *store.on_fence.lock().unwrap() = Some((2, hook));
     let got = cache.get(b"k");
     holder.lock().unwrap().take().unwrap().join().unwrap();
     assert_eq!(got.unwrap().as_deref(), Some(&b"v"[..]));
