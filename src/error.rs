@@ -174,7 +174,8 @@ pub enum Error {
     /// lock, or one stopped (or hostile) while holding it. This is that wait running past
     /// the handle's `lock_timeout`. Nothing was opened.
     #[error(
-        "{path}: timed out after {timeout:?} waiting for the file's openers lock (another process          holds it: one opening the file first, or stopped while doing so)"
+        "{path}: timed out after {timeout:?} waiting for the file's openers lock (another process \
+         holds it: one opening the file first, or stopped while doing so)"
     )]
     OpenersLockTimeout {
         /// The cache file.

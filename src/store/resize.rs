@@ -830,7 +830,8 @@ fn build_successor(old: &SharedFile, to: Geometry) -> Result<Arc<SharedFile>> {
     let me = super::file::effective_uid();
     if me != 0 && me != md.uid() {
         return Err(old.resize_error(format!(
-            "only the file's owner (uid {}) or root may resize it: the new file would belong to              uid {me}, whom the owner's processes do not trust",
+            "only the file's owner (uid {}) or root may resize it: the new file would belong to \
+             uid {me}, whom the owner's processes do not trust",
             md.uid()
         )));
     }
