@@ -401,6 +401,73 @@ impl std::fmt::Display for LockRole {
     }
 }
 
+impl Error {
+    /// This error with no key in it: for callers whose keys are secrets (a session's key
+    /// holds its id) and for log events. The key's length stays in a `Decode`/`Encode`
+    /// message as `<N-byte key>`.
+    #[cfg_attr(not(feature = "session"), allow(dead_code))]
+    pub(crate) fn without_key(self) -> Error {
+        let hidden = |key: &[u8]| format!("<{}-byte key>", key.len()).into_bytes();
+        match self {
+            Error::Backing {
+                path, op, source, ..
+            } => Error::Backing {
+                path,
+                op,
+                key: None,
+                source,
+            },
+            Error::Decode { path, key, source } => Error::Decode {
+                path,
+                key: hidden(&key),
+                source,
+            },
+            Error::Encode { path, key, source } => Error::Encode {
+                path,
+                key: hidden(&key),
+                source,
+            },
+            other => other,
+        }
+    }
+}
+
+/// `error`'s message without its key (for log events: keys may be secrets, as a session's
+/// holds its id): a key's length stands in for it.
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+pub(crate) struct KeyHidden<'e>(pub(crate) &'e Error);
+
+impl std::fmt::Display for KeyHidden<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Error::Backing {
+                path,
+                op,
+                key: Some(key),
+                source,
+            } => write!(
+                f,
+                "{}: backing store {op} of a {}-byte key failed: {source}",
+                path.display(),
+                key.len()
+            ),
+            Error::Decode { path, key, source } => write!(
+                f,
+                "{}: the value of a {}-byte key does not decode: {source}",
+                path.display(),
+                key.len()
+            ),
+            Error::Encode { path, key, source } => write!(
+                f,
+                "{}: the value for a {}-byte key does not encode: {source}",
+                path.display(),
+                key.len()
+            ),
+            other => other.fmt(f),
+        }
+    }
+}
+
 /// A key for a message: printable ASCII as it is, anything else as `\xNN`, at most 100 bytes.
 fn show_key(key: &[u8]) -> String {
     let mut out = String::from("\"");
@@ -442,6 +509,30 @@ mod tests {
             max: 65148,
         };
         assert!(e.to_string().contains("/tmp/x.cache"), "{e}");
+    }
+
+    #[test]
+    fn keys_can_be_hidden() {
+        let with_key = || Error::Backing {
+            path: "/tmp/x.cache".into(),
+            op: "store",
+            key: Some(b"session:SECRETID".to_vec()),
+            source: "database is locked".into(),
+        };
+        let hidden = KeyHidden(&with_key()).to_string();
+        assert_eq!(
+            hidden,
+            "/tmp/x.cache: backing store store of a 16-byte key failed: database is locked"
+        );
+        let without = with_key().without_key().to_string();
+        assert!(!without.contains("SECRET"), "{without}");
+        let decode = Error::Decode {
+            path: "/tmp/x.cache".into(),
+            key: b"session:SECRETID".to_vec(),
+            source: "bad frame".into(),
+        };
+        assert!(!KeyHidden(&decode).to_string().contains("SECRET"));
+        assert!(!decode.without_key().to_string().contains("SECRET"));
     }
 
     #[test]

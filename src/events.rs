@@ -176,7 +176,7 @@ pub(crate) fn resize_stopped(path: &Path, page: u32, pages: u32, error: &Error) 
         path = %path.display(),
         page,
         pages,
-        error = %error,
+        error = %crate::error::KeyHidden(error),
         "resize stopped part way: the cache stays in use, and the next resize finishes the move"
     );
 }

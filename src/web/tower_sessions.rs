@@ -51,7 +51,8 @@ pub struct FastMmapStore {
 }
 
 fn backend(e: crate::Error) -> session_store::Error {
-    session_store::Error::Backend(e.to_string())
+    // No key: a record's key holds its session id, which tower-sessions logs with the error.
+    session_store::Error::Backend(e.without_key().to_string())
 }
 
 /// `t` as a `SystemTime` (1970 for earlier instants), rounded up to the whole second so that

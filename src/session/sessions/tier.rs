@@ -75,7 +75,7 @@ impl Tier {
     /// The record under `key`, if any.
     pub(crate) fn get(&self, key: &[u8]) -> crate::Result<Option<Vec<u8>>> {
         match self {
-            Tier::File(cache) => cache.get(key),
+            Tier::File(cache) => cache.get(key).map_err(crate::Error::without_key),
             #[cfg(feature = "redis")]
             Tier::Redis { cache, redis } => redis.get(cache, key),
         }
@@ -89,7 +89,9 @@ impl Tier {
         f: impl FnOnce(Option<&[u8]>) -> (Update, R),
     ) -> crate::Result<R> {
         match self {
-            Tier::File(cache) => cache.update_with(key, |old| f(old.map(|e| e.value))),
+            Tier::File(cache) => cache
+                .update_with(key, |old| f(old.map(|e| e.value)))
+                .map_err(crate::Error::without_key),
             #[cfg(feature = "redis")]
             Tier::Redis { cache, redis } => redis.update_with(cache, key, f),
         }
@@ -121,7 +123,9 @@ impl Tier {
     /// Stores `value` under `key` until `expiry`; whether it was stored (see [`Cache::set_with`]).
     pub(crate) fn set_with(&self, key: &[u8], value: &[u8], expiry: Expiry) -> crate::Result<bool> {
         match self {
-            Tier::File(cache) => cache.set_with(key, value, expiry),
+            Tier::File(cache) => cache
+                .set_with(key, value, expiry)
+                .map_err(crate::Error::without_key),
             #[cfg(feature = "redis")]
             Tier::Redis { cache, redis } => {
                 let set = Update::SetWith(value.to_vec(), expiry);
@@ -133,7 +137,7 @@ impl Tier {
     /// Removes the record under `key`; whether one was there.
     pub(crate) fn remove(&self, key: &[u8]) -> crate::Result<bool> {
         match self {
-            Tier::File(cache) => cache.remove(key),
+            Tier::File(cache) => cache.remove(key).map_err(crate::Error::without_key),
             #[cfg(feature = "redis")]
             Tier::Redis { cache, redis } => {
                 redis.update_with(cache, key, |old| (Update::Remove, old.is_some()))
