@@ -1059,7 +1059,7 @@ fn load_accepts_hand_written_records_and_skips_expired_ones() {
 #[test]
 fn load_checks_all_input_before_storing_anything() {
     let f = Fixture::created(Kind::Native);
-    let cases: [(&str, &str); 9] = [
+    let cases: [(&str, &str); 10] = [
         (
             "{\"key\":\"a\",\"value\":\"1\"}\n{\"key\":\"b\",\"value\":\"2\"}\nnot json\n",
             "stdin:3:",
@@ -1096,6 +1096,12 @@ fn load_checks_all_input_before_storing_anything() {
         (
             "{\"key\":\"u\",\"value_base64\":\"AA==\",\"flags\":2684354560}\n",
             "stdin:1: flags has the undef bit (0x20000000) but the value is not empty",
+        ),
+        // A value stored compressed (LZ4's bit, as a handle with compression dumps it): stored
+        // without the bit, the compressed bytes would read back as the value.
+        (
+            "{\"key\":\"a\",\"value\":\"1\"}\n{\"key\":\"z\",\"value\":\"x\",\"flags\":33554432}\n",
+            "stdin:2: flags 0x2000000 has a compression bit",
         ),
     ];
     for (input, message) in cases {

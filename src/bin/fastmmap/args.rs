@@ -120,7 +120,10 @@ entry of FILE (plus the largest value its overflow area takes) plus 1 KiB cannot
 that fits (a byte takes at most six characters of JSON): it stops the load as soon as that
 much of it is read.
 
-Each record keeps its expiry time and flags. A record whose expiry time has passed is skipped.
+Each record keeps its expiry time and flags, except the dirty bit (FILE has no backing store
+to write it to). A record whose flags say the value is compressed (an entry of a handle with
+compression, dumped as it is stored) stops the load: its bytes would be stored as the value.
+A record whose expiry time has passed is skipped.
 A record with a modseq is stored as `set_if_newer` stores it, and is refused if FILE holds a
 newer modseq for the key; a record without one is refused by a live tombstone. Refused records
 are named on stderr and make the exit status 1; the others are stored all the same. The last

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use fastmmap::Entry;
+use fastmmap::{Entry, EntryFlags};
 use serde::{Deserialize, Serialize};
 
 // Flag bits and entry sizes of the page format (docs/format.md), which the public API does not
@@ -98,6 +98,15 @@ impl Record {
             return Err(
                 "flags has the tombstone bit (0x10000000): tombstones cannot be loaded".into(),
             );
+        }
+        if EntryFlags(self.flags).is_compressed() {
+            // The value is compressed bytes, which a store would keep as the value itself (the
+            // compression bits are the library's to set): the application would read them back
+            // as its value. Refused rather than corrupted.
+            return Err(format!(
+                "flags {:#x} has a compression bit: the value is compressed bytes, which would                  be stored as the value itself; dump the file with a handle that decompresses",
+                self.flags
+            ));
         }
         if self.flags & FLAG_UNDEF != 0 && !value.is_empty() {
             return Err(format!(
