@@ -45,7 +45,8 @@ KEYS AND VALUES
 
     `keys` prints one key per line. Printable ASCII and printable UTF-8 characters stand for
     themselves, a backslash is printed as `\\\\`, and every other byte (control characters,
-    whitespace other than the space, bytes that are not valid UTF-8) as `\\xNN`.
+    whitespace other than the space, invisible format characters such as bidirectional
+    overrides and zero-width spaces, bytes that are not valid UTF-8) as `\\xNN`.
 
 TRUST
     A FILE owned by another user (root aside), or a symbolic link at FILE, is refused (exit

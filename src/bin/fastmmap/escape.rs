@@ -1,9 +1,11 @@
 //! Keys as one line of text, and back: the form `keys` prints and `--escaped` reads.
 //!
 //! Printable ASCII and printable UTF-8 characters stand for themselves; a backslash is `\\`;
-//! every other byte — control characters, whitespace other than the space, bytes that are not
-//! valid UTF-8 — is `\xNN` (lower-case hex). Escaping never produces a line break, and
-//! unescaping gives back the exact bytes.
+//! every other byte — control characters, whitespace other than the space, invisible format
+//! characters (bidirectional overrides and isolates, zero-width characters, the byte order
+//! mark, the soft hyphen), bytes that are not valid UTF-8 — is `\xNN` (lower-case hex).
+//! Escaping never produces a line break, and unescaping gives back the exact bytes. So a key
+//! never shows as another (`evil\u{202e}gnp.exe` would read `evilexe.png`).
 
 use std::fmt::Write as _;
 
@@ -14,7 +16,7 @@ pub(crate) fn escape(bytes: &[u8]) -> String {
         for c in chunk.valid().chars() {
             if c == '\\' {
                 out.push_str("\\\\");
-            } else if c.is_control() || (c.is_whitespace() && c != ' ') {
+            } else if c.is_control() || (c.is_whitespace() && c != ' ') || invisible(c) {
                 for b in c.encode_utf8(&mut [0; 4]).bytes() {
                     push_hex(&mut out, b);
                 }
@@ -27,6 +29,22 @@ pub(crate) fn escape(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// A format character that changes how the text around it shows, or shows as nothing.
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00ad}'
+            | '\u{061c}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+    )
 }
 
 fn push_hex(out: &mut String, b: u8) {
@@ -100,6 +118,20 @@ mod tests {
             escape("\u{85}\u{2028}".as_bytes()),
             "\\xc2\\x85\\xe2\\x80\\xa8"
         );
+    }
+
+    #[test]
+    fn invisible_format_characters_are_escaped() {
+        // A right-to-left override would show `evil\u{202e}gnp.exe` as `evilexe.png`.
+        assert_eq!(
+            escape("evil\u{202e}gnp.exe".as_bytes()),
+            "evil\\xe2\\x80\\xaegnp.exe"
+        );
+        for c in ['\u{200b}', '\u{2066}', '\u{feff}', '\u{ad}', '\u{61c}'] {
+            let text = escape(c.to_string().as_bytes());
+            assert!(text.starts_with("\\x"), "{c:?}: {text}");
+            assert_eq!(unescape(text.as_bytes()), Ok(c.to_string().into_bytes()));
+        }
     }
 
     #[test]
