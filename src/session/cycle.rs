@@ -479,12 +479,15 @@ impl SessionStore {
         address: Option<IpAddr>,
         https: bool,
     ) -> Visit {
-        let text = |v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
-        let cookies: Vec<String> = headers.get_all(COOKIE).iter().map(text).collect();
+        // Borrowed unless a header holds bytes that are not UTF-8: no copy on the common path.
+        fn text(v: &HeaderValue) -> std::borrow::Cow<'_, str> {
+            String::from_utf8_lossy(v.as_bytes())
+        }
+        let cookies: Vec<_> = headers.get_all(COOKIE).iter().map(text).collect();
         let cookie = self
             .inner
             .cookie
-            .find_id_as(cookies.iter().map(String::as_str), self.id_format());
+            .find_id_as(cookies.iter().map(|c| c.as_ref()), self.id_format());
         let user_agent = headers.get(USER_AGENT).map(text);
         let client = Client {
             address,
@@ -766,32 +769,41 @@ mod tests {
         assert_eq!((r.path, r.query), ("/a", Some("")));
     }
 
-    #[test]
-    fn http_heads_in_and_out() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A store in `dir`, and the `name=id` pair of the cookie a first request that stored a
+    /// session (`n` = 1) was given, answered with `status` and `headers`.
+    fn store_with_a_session(
+        dir: &tempfile::TempDir,
+        uri: &Uri,
+        status: StatusCode,
+        mut headers: HeaderMap,
+    ) -> (SessionStore, String) {
         let store = SessionStore::builder()
             .path(dir.path().join("sessions"))
             .build()
             .unwrap();
-        let uri: Uri = "/cart?x=1".parse().unwrap();
-        let mut visit = store.begin_http(&uri, &HeaderMap::new(), None, false);
-        assert_eq!((visit.path(), visit.query()), ("/cart", Some("x=1")));
+        let mut visit = store.begin_http(uri, &HeaderMap::new(), None, false);
         visit.session().unwrap().insert("n", &1).unwrap();
-        let mut headers = HeaderMap::new();
-        headers.insert(LOCATION, HeaderValue::from_static("/next"));
-        let finished = store
-            .finish_http(&mut visit, StatusCode::SEE_OTHER, &mut headers)
-            .unwrap();
+        let finished = store.finish_http(&mut visit, status, &mut headers).unwrap();
         assert_eq!(finished.saved, Saved::Written);
-        assert_eq!(headers[LOCATION], "/next");
         let set = headers[SET_COOKIE].to_str().unwrap();
         assert!(set.contains("HttpOnly"), "{set}");
-        let pair = set.split(';').next().unwrap();
+        (store, set.split(';').next().unwrap().to_owned())
+    }
+
+    #[test]
+    fn http_heads_in_and_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri: Uri = "/cart?x=1".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(LOCATION, HeaderValue::from_static("/next"));
+        let (store, pair) = store_with_a_session(&dir, &uri, StatusCode::SEE_OTHER, headers);
+        let visit = store.begin_http(&uri, &HeaderMap::new(), None, false);
+        assert_eq!((visit.path(), visit.query()), ("/cart", Some("x=1")));
 
         // The cookie comes back in the second of two `Cookie` headers.
         let mut request = HeaderMap::new();
         request.append(COOKIE, HeaderValue::from_static("theme=dark"));
-        request.append(COOKIE, HeaderValue::from_str(pair).unwrap());
+        request.append(COOKIE, HeaderValue::from_str(&pair).unwrap());
         request.insert(USER_AGENT, HeaderValue::from_static("test/1"));
         let mut visit = store.begin_http(&uri, &request, None, false);
         assert_eq!(visit.source(), IdSource::Cookie);
@@ -812,23 +824,8 @@ mod tests {
     #[test]
     fn a_non_ascii_cookie_beside_the_session_cookie_hides_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SessionStore::builder()
-            .path(dir.path().join("sessions"))
-            .build()
-            .unwrap();
         let uri: Uri = "/".parse().unwrap();
-        let mut visit = store.begin_http(&uri, &HeaderMap::new(), None, false);
-        visit.session().unwrap().insert("n", &1).unwrap();
-        let mut headers = HeaderMap::new();
-        store
-            .finish_http(&mut visit, StatusCode::OK, &mut headers)
-            .unwrap();
-        let pair = headers[SET_COOKIE]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap();
+        let (store, pair) = store_with_a_session(&dir, &uri, StatusCode::OK, HeaderMap::new());
         for raw in [
             format!("{pair}; name=Jos\u{e9}").into_bytes(),
             [
