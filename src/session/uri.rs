@@ -581,7 +581,7 @@ const PROBE_BASES: [&str; 2] = ["http://probe.invalid/p/q", "https://probe.inval
 /// as absolute URLs, which mean the same against any base, so what the others say no longer
 /// matters (a streamed page stops adding ids at the first base past the cap). Without the cap
 /// a page of many `<base>` tags and links cost their product in URL joins (and a streamed one
-/// the square of its bases): minutes of a worker's time for a page of a few hundred KiB.
+/// the square of its bases): 78 s of a worker's time for a streamed page of 355 KiB (debug).
 pub(crate) const MAX_BASES: usize = 4;
 
 /// The bases the links of one response may resolve against.
